@@ -1,0 +1,162 @@
+"""The command line: ``customgrad fit | list``. Parses arguments, calls the library, prints.
+
+Errors from the library reach the user as one line ``error: ...`` and exit code 1 (2 for usage
+errors), converted in one place, `main`; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+
+from .errors import CustomgradError, UsageError
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises `UsageError` instead of printing usage and exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(option: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be a positive integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{option} must be a positive integer (1 or more), got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_float(option: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(
+                f"{option} must be a finite positive number such as 1e-6, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _add_fit(subparsers) -> None:
+    from .experiments import EXPERIMENTS
+
+    parser = subparsers.add_parser(
+        "fit",
+        help="fit a model; with no arguments, the blog's experiment (fixed)",
+        description="Fit a model. With no arguments: the blog's fit of a + b*P2(c*x + d) to tan(x), "
+        "by the blog's own gradient descent, bugs fixed.",
+    )
+    parser.add_argument("--experiment", choices=sorted(EXPERIMENTS), default="blog",
+                        help="built-in experiment: blog (tan, P2) or tutorial (sin, Legendre P3)")
+    parser.add_argument("--steps", type=_positive_int("--steps"), default=None,
+                        help="number of gradient-descent steps (default 2000)")
+    parser.add_argument("--lr", type=_positive_float("--lr"), default=None,
+                        help="learning rate (default: the experiment's, 1e-6 for blog, 5e-6 for tutorial)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the random initial parameters")
+    parser.add_argument("--quiet", action="store_true", help="print only the result line")
+    parser.add_argument("--json", metavar="PATH", help="write parameters, loss history and settings")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG: data, fitted curve and loss curve")
+    parser.set_defaults(run=_run_fit)
+
+
+def _run_fit(args) -> int:
+    from .experiments import explain_blog_fit, get_experiment, run_experiment
+    from .plot import check_writable, plot_experiment
+    from .progress import progress_bar
+
+    experiment = get_experiment(args.experiment)
+    json_path = check_writable(args.json, "--json") if args.json else None
+    plot_path = check_writable(args.plot, "--plot") if args.plot else None
+    steps = args.steps or experiment.steps
+    with progress_bar(steps, f"fitting ({experiment.name})", enabled=not args.quiet) as advance:
+
+        def on_step(t: int, loss: float) -> None:
+            if not args.quiet and t % experiment.log_every == experiment.log_every - 1:
+                print(t, loss, flush=True)
+            advance(f"loss {loss:.6g}")
+
+        run = run_experiment(experiment, steps=steps, learning_rate=args.lr, seed=args.seed, on_step=on_step)
+    print(experiment.result_line({k: _tensor(v) for k, v in run.params.items()}))
+    if not args.quiet:
+        print(f"({len(run.losses)} steps in {run.seconds:.2f} s; final loss {run.losses[-1]:.7g})")
+        if experiment.name == "blog":
+            print(explain_blog_fit(run.x, run.y))
+    if json_path is not None:
+        json_path.write_text(json.dumps(run.to_dict(), indent=2) + "\n")
+        if not args.quiet:
+            print(f"wrote {json_path}")
+    if plot_path is not None:
+        plot_experiment(run, plot_path)
+        if not args.quiet:
+            print(f"wrote {plot_path}")
+    return 0
+
+
+def _tensor(value: float):
+    import torch
+
+    return torch.tensor(value)
+
+
+def _add_list(subparsers) -> None:
+    parser = subparsers.add_parser("list", help="list the built-in and registered functions")
+    parser.set_defaults(run=_run_list)
+
+
+def _run_list(args) -> int:
+    from .library import BUILTINS
+
+    for name, function in BUILTINS.items():
+        summary = (function.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:24s} {summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``customgrad`` argument parser with all its subcommands."""
+    parser = _ArgumentParser(prog="customgrad", description="Define, check and fit custom autograd Functions.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+    _add_fit(subparsers)
+    _add_list(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``customgrad`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise UsageError("no command given: try 'customgrad fit' (see 'customgrad --help')")
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (CustomgradError, OSError) as error:
+        if debug:
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2 if isinstance(error, UsageError) else 1
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

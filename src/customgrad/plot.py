@@ -1,0 +1,64 @@
+"""Figures: data with the fitted curve, and the loss curve. matplotlib is imported lazily, Agg backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .experiments import ExperimentRun
+
+
+def check_writable(path: str | Path, option: str) -> Path:
+    """Fail early, before a long run, when ``path`` cannot be written."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"{option}: {str(path)!r} is a directory; give a file name such as {str(path / 'out')!r}")
+    if not parent.is_dir():
+        raise UsageError(f"{option}: cannot write {str(path)!r}: directory {str(parent)!r} does not exist; "
+                         "create it or choose another path")
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as error:
+        raise UsageError(f"{option}: cannot write {str(path)!r}: {error.strerror}; choose another path") from None
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_experiment(run: ExperimentRun, path: str | Path) -> Path:
+    """Save a PNG with two panels: data and fitted curve, and the loss per step (log scale)."""
+    plt = _pyplot()
+    x = run.x.double().numpy()
+    y = run.y.double().numpy()
+    fitted = run.fitted.double().numpy()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(x, y, ".", markersize=2, color="0.5", label=f"data: {run.experiment.target_name}(x)")
+    left.plot(x, fitted, "-", color="C3", label="fitted model")
+    # tan's poles would squash the plot: clip the view to the bulk of the data and the fit.
+    span = max(abs(fitted).max(), float(sorted(abs(y))[int(0.9 * (len(y) - 1))])) * 1.3 + 1e-9
+    left.set_ylim(-span, span)
+    left.set_xlabel("x")
+    left.set_ylabel("y")
+    left.set_title(run.experiment.description, fontsize=9)
+    left.legend(loc="best", fontsize=8)
+    right.semilogy(range(len(run.losses)), run.losses, color="C0")
+    right.set_xlabel("step")
+    right.set_ylabel("loss = sum of squared errors")
+    right.set_title("loss", fontsize=9)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

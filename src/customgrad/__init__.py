@@ -1,5 +1,6 @@
 """customgrad: define, check, fit and accelerate custom PyTorch autograd Functions."""
 
+from .check import CheckReport, CheckResult, check
 from .errors import (
     CheckError,
     CustomgradError,
@@ -16,6 +17,8 @@ __all__ = [
     "EXPERIMENTS",
     "P2",
     "CheckError",
+    "CheckReport",
+    "CheckResult",
     "CustomgradError",
     "DataError",
     "DeriveError",
@@ -24,6 +27,7 @@ __all__ = [
     "IdentityWithSquareGrad",
     "LegendreP3",
     "UsageError",
+    "check",
     "run_experiment",
 ]
 

@@ -64,17 +64,17 @@ def _ctx_attributes(subject: Subject, inputs: list[Any], problems: list[str], wa
         outputs = subject.call(arguments) if not subject.clone_inputs else subject.apply(*arguments)
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
     attributes = _tensor_attributes(outputs)
-    with torch.no_grad():
-        for position in sources:
-            arguments[position].add_(0.5)
     differentiable = [outputs[i] for i in reference.output_positions]
     try:
-        grads = torch.autograd.grad(differentiable, list(sources.values()), reference.upstream, allow_unused=True)
-    except RuntimeError as error:
-        if "modified by an inplace operation" in str(error):
-            _attribute_warning(attributes, warnings_, "")
-            return
-        raise
+        with torch.no_grad():
+            for position in sources:
+                arguments[position].add_(0.5)
+        grads = torch.autograd.grad(differentiable, list(sources.values()), reference.upstream,
+                                    allow_unused=True)
+    except RuntimeError:
+        # Autograd noticed the change (version counter, or view + in-place rules): protected.
+        _attribute_warning(attributes, warnings_, "")
+        return
     stale = []
     for position, grad in zip(sources, grads, strict=True):
         want = reference.gradients[position]

@@ -81,12 +81,26 @@ def _differences(subject: Subject, label: str, reference, result) -> list[str]:
 
 
 def _is_elementwise(subject: Subject, reference) -> bool:
-    """Every floating input and differentiable output share one shape (an elementwise Function's mark)."""
+    """Inputs and outputs share one shape, and changing one input element changes only that output element."""
     shapes = {tuple(reference.outputs[i].shape) for i in reference.output_positions}
     shapes |= {tuple(subject.example_inputs[p].shape) for p in subject.differentiable_positions}
     others = [v for i, v in enumerate(subject.example_inputs)
               if isinstance(v, torch.Tensor) and i not in subject.differentiable_positions]
-    return len(shapes) == 1 and not others
+    if len(shapes) != 1 or others:
+        return False
+    inputs = [v.detach() if isinstance(v, torch.Tensor) else v for v in reference.inputs]
+    base = subject.forward_outputs(inputs, reference.output_positions)
+    for position in subject.differentiable_positions:
+        n = inputs[position].numel()
+        for element in sorted({0, n // 2, n - 1}):
+            moved = inputs[position].clone()
+            moved.view(-1)[element] += 1e-3 * (1 + abs(float(moved.view(-1)[element])))
+            outputs = subject.forward_outputs(subject.with_values({position: moved}), reference.output_positions)
+            for before, after in zip(base, outputs, strict=True):
+                changed = (before != after).view(-1).nonzero().flatten().tolist()
+                if any(index != element for index in changed):
+                    return False
+    return True
 
 
 def _shape_variants(subject: Subject, inputs: list[Any]) -> list[tuple[str, list[Any]]]:

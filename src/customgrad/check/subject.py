@@ -67,15 +67,23 @@ def _parameter_names(fn: Callable, function_class: type | None) -> tuple[str, ..
     declared = getattr(function_class, "input_names", None)
     if declared:
         return tuple(declared)
-    target = function_class.forward if function_class is not None and fn is function_class else fn
+    direct = function_class is not None and (fn is function_class or getattr(fn, "__self__", None) is function_class)
+    target = function_class.forward if direct else fn
     try:
         parameters = list(inspect.signature(target).parameters.values())
     except (TypeError, ValueError):
         return ()
-    if target is not fn or (function_class is not None and fn is function_class):
-        if function_class is not None and not has_setup_context(function_class) and parameters:
-            parameters = parameters[1:]  # ctx
+    if direct and not has_setup_context(function_class) and parameters:
+        parameters = parameters[1:]  # ctx
     return tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def is_once_differentiable(function_class: type | None) -> bool:
+    """Whether backward is decorated with ``torch.autograd.function.once_differentiable``."""
+    backward = getattr(function_class, "backward", None)
+    code = getattr(backward, "__code__", None)
+    return (getattr(backward, "__wrapped__", None) is not None and code is not None
+            and code.co_filename.replace(os.sep, "/").endswith("torch/autograd/function.py"))
 
 
 def user_location(error: BaseException) -> str | None:
@@ -151,6 +159,7 @@ class Subject:
     declared_vjp: VectorJacobianProduct | None = field(init=False, default=None)
     declared_text: dict[str, str] = field(init=False, default_factory=dict)
     compile_backend: str | None = field(init=False, default=None)
+    all_parameter_names: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -160,6 +169,7 @@ class Subject:
         self.function_class = _find_function_class(self.fn)
         self.apply = self.fn.apply if is_function_class(self.fn) else self.fn
         names = _parameter_names(self.fn, self.function_class)
+        self.all_parameter_names = names
         self.parameter_names = tuple(names[: len(self.example_inputs)]) + tuple(
             f"input{i}" for i in range(len(names), len(self.example_inputs))
         )
@@ -177,6 +187,11 @@ class Subject:
         if self.function_class is not None:
             return self.function_class.__name__
         return getattr(self.fn, "__qualname__", None) or getattr(self.fn, "__name__", repr(self.fn))
+
+    @property
+    def calls_function_directly(self) -> bool:
+        """Whether ``apply`` is the Function's own ``apply`` (not a wrapper around it)."""
+        return self.function_class is not None and self.apply == self.function_class.apply
 
     @property
     def differentiable_positions(self) -> list[int]:

@@ -33,7 +33,12 @@ class Check:
 #: The checks, in the order they run and are reported.
 CHECKS: tuple[Check, ...] = (
     Check("runs", "forward and backward run", gradients.check_runs, needs_backward=False),
-    Check("arity", "one gradient per input; shapes, dtypes, devices fit", gradients.check_arity),
+    Check(
+        "arity",
+        "one gradient per input; shapes, dtypes, devices fit",
+        gradients.check_arity,
+        needs_backward=False,
+    ),
     Check("first_order", "gradients match finite differences", gradients.check_first_order),
     Check("linearity", "linear in grad_output; zero and undefined grad_output", gradients.check_linearity),
     Check("second_order", "double backward (gradgradcheck)", gradients.check_second_order),
@@ -49,8 +54,9 @@ CHECKS: tuple[Check, ...] = (
 CHECK_NAMES = tuple(check.name for check in CHECKS)
 
 
-def check(fn: Any, *example_inputs: Any, custom_gradient: Any = None, checks: Any = None,
-          compile: bool | str = True) -> CheckReport:  # noqa: A002 - the documented keyword
+def check(
+    fn: Any, *example_inputs: Any, custom_gradient: Any = None, checks: Any = None, compile: bool | str = True
+) -> CheckReport:  # noqa: A002 - the documented keyword
     """Run the battery of checks on a custom autograd Function and report every finding.
 
     Parameters
@@ -90,7 +96,9 @@ def check(fn: Any, *example_inputs: Any, custom_gradient: Any = None, checks: An
         if item.needs_backward and broken is not None:
             result = CheckResult(item.name, "skipped", f"not run: {broken} (see 'runs')")
         elif item.name == "compile" and subject.compile_backend is None:
-            result = CheckResult(item.name, "skipped", "torch.compile check disabled (compile=False / --no-compile)")
+            result = CheckResult(
+                item.name, "skipped", "torch.compile check disabled (compile=False / --no-compile)"
+            )
         else:
             result = run_with_time_limit(item, subject)
         if item.name == "runs" and result.status == "failed":
@@ -106,7 +114,9 @@ def _select(checks: Any) -> set[str]:
     names = [checks] if isinstance(checks, str) else list(checks)
     unknown = [name for name in names if name not in CHECK_NAMES]
     if unknown:
-        raise UsageError(f"unknown check(s) {', '.join(map(repr, unknown))}: choose from {', '.join(CHECK_NAMES)}")
+        raise UsageError(
+            f"unknown check(s) {', '.join(map(repr, unknown))}: choose from {', '.join(CHECK_NAMES)}"
+        )
     return set(names)
 
 
@@ -128,12 +138,20 @@ def run_with_time_limit(item: Check, subject: Subject) -> CheckResult:
         worker.join(item.time_limit)
     seconds = time.perf_counter() - start
     if worker.is_alive():
-        result = CheckResult(item.name, "failed", f"timed out after {item.time_limit:g} s: does forward or "
-                             "backward hang (an endless loop, a blocking call)?")
+        result = CheckResult(
+            item.name,
+            "failed",
+            f"timed out after {item.time_limit:g} s: does forward or "
+            "backward hang (an endless loop, a blocking call)?",
+        )
     elif "error" in box:
         error = box["error"]
-        result = CheckResult(item.name, "failed", f"the check could not complete: {describe_error(error)}",
-                             {"error": type(error).__name__})
+        result = CheckResult(
+            item.name,
+            "failed",
+            f"the check could not complete: {describe_error(error)}",
+            {"error": type(error).__name__},
+        )
     else:
         result = box["result"]
         result.name = item.name

@@ -38,7 +38,8 @@ def resolve_declared_gradient(subject: Subject) -> tuple[VectorJacobianProduct |
         return _checked_vjp(declaration, subject), {"(all)": getattr(declaration, "__name__", "callable")}
     if not isinstance(declaration, dict):
         raise UsageError(
-            f"custom_gradient must be a dict {{input name: formula}} or a callable vjp(inputs, grad_outputs), "
+            f"custom_gradient must be a dict {{input name: formula}} or a callable "
+            f"vjp(inputs, grad_outputs), "
             f"got {type(declaration).__name__}"
         )
     names = subject.parameter_names
@@ -54,7 +55,11 @@ def resolve_declared_gradient(subject: Subject) -> tuple[VectorJacobianProduct |
         if position not in subject.differentiable_positions:
             raise UsageError(f"custom_gradient for {name!r}: that input is not a floating-point tensor")
         partials[position] = _partial_callable(partial, names, name)
-        texts[name] = partial if isinstance(partial, str) else (repr(partial) if isinstance(partial, (int, float)) else "a callable")
+        texts[name] = (
+            partial
+            if isinstance(partial, str)
+            else (repr(partial) if isinstance(partial, (int, float)) else "a callable")
+        )
 
     def vjp(inputs: Sequence[Any], grad_outputs: Sequence[torch.Tensor]) -> list[Any]:
         result: list[Any] = [None] * len(inputs)
@@ -118,8 +123,10 @@ def _formula_callable(text: str, names: Sequence[str], input_name: str) -> Calla
     evaluate = torch_callable(formula.expr, tuple(names))
 
     def partial(*inputs: Any) -> torch.Tensor:
-        values = [v.to(torch.float64) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                  for v in inputs]
+        values = [
+            v.to(torch.float64) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for v in inputs
+        ]
         return torch.as_tensor(evaluate(*values), dtype=torch.float64)
 
     return partial

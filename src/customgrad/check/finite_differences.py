@@ -16,8 +16,12 @@ import torch
 STEP = 1e-6
 
 
-def numerical_vjp(function: Callable[..., Sequence[torch.Tensor]], tensors: Sequence[torch.Tensor],
-                  upstream: Sequence[torch.Tensor], step: float = STEP) -> list[torch.Tensor]:
+def numerical_vjp(
+    function: Callable[..., Sequence[torch.Tensor]],
+    tensors: Sequence[torch.Tensor],
+    upstream: Sequence[torch.Tensor],
+    step: float = STEP,
+) -> list[torch.Tensor]:
     """d/dx_i of ``sum_k <upstream_k, function(*tensors)_k>`` for every input, by central differences.
 
     The inputs are perturbed one element at a time in float64 copies; the function is called with the
@@ -29,7 +33,9 @@ def numerical_vjp(function: Callable[..., Sequence[torch.Tensor]], tensors: Sequ
     def objective(values: list[torch.Tensor]) -> float:
         cast = [v.to(t.dtype) for v, t in zip(values, tensors, strict=True)]
         outputs = function(*cast)
-        return float(sum((w * o.detach().to(torch.float64)).sum() for w, o in zip(weights, outputs, strict=True)))
+        return float(
+            sum((w * o.detach().to(torch.float64)).sum() for w, o in zip(weights, outputs, strict=True))
+        )
 
     gradients = []
     for index, tensor in enumerate(base):
@@ -60,16 +66,19 @@ class Mismatch:
 
     def describe(self) -> str:
         where = list(self.worst_index)
-        return (f"{self.count} of {self.total} elements differ; worst at index {where}: "
-                f"expected {self.expected:.6g}, got {self.got:.6g}")
+        return (
+            f"{self.count} of {self.total} elements differ; worst at index {where}: "
+            f"expected {self.expected:.6g}, got {self.got:.6g}"
+        )
 
 
 def tolerance_scale(expected: torch.Tensor) -> float:
     return max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
 
 
-def compare_gradient(got: torch.Tensor | None, expected: torch.Tensor, *, rtol: float = 1e-6,
-                     atol: float = 1e-6) -> Mismatch | None:
+def compare_gradient(
+    got: torch.Tensor | None, expected: torch.Tensor, *, rtol: float = 1e-6, atol: float = 1e-6
+) -> Mismatch | None:
     """Elementwise ``|got - expected| <= atol * scale + rtol * |expected|``; None if all agree.
 
     ``scale`` is ``max(1, max |expected|)`` so that cancellation near zero is not reported. A missing
@@ -90,10 +99,23 @@ def compare_gradient(got: torch.Tensor | None, expected: torch.Tensor, *, rtol: 
         return None
     score = torch.where(bad, torch.nan_to_num(error, nan=float("inf")), torch.zeros_like(error))
     worst = int(score.flatten().argmax())
-    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), expected.shape)) if expected.dim() else ()
-    first = [(tuple(i), float(got_t[tuple(i)]), float(expected[tuple(i)])) for i in bad.nonzero().tolist()[:5]]
-    return Mismatch(int(bad.sum()), expected.numel(), index, float(got_t.flatten()[worst]),
-                    float(expected.flatten()[worst]), float(score.flatten()[worst]), first)
+    index = (
+        tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), expected.shape))
+        if expected.dim()
+        else ()
+    )
+    first = [
+        (tuple(i), float(got_t[tuple(i)]), float(expected[tuple(i)])) for i in bad.nonzero().tolist()[:5]
+    ]
+    return Mismatch(
+        int(bad.sum()),
+        expected.numel(),
+        index,
+        float(got_t.flatten()[worst]),
+        float(expected.flatten()[worst]),
+        float(score.flatten()[worst]),
+        first,
+    )
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -123,7 +145,10 @@ class HintContext:
 
 def _zeros(c: HintContext) -> str | None:
     if bool((c.got == 0).all()) and not bool((c.expected == 0).all()):
-        return "the gradient is all zeros: is the returned value detached from the computation, or a placeholder?"
+        return (
+            "the gradient is all zeros: is the returned value detached from the computation, "
+            "or a placeholder?"
+        )
     return None
 
 
@@ -139,14 +164,19 @@ def _scaled(c: HintContext) -> str | None:
         return None
     ratio = _constant(c.got[nonzero] / c.expected[nonzero])
     if ratio is not None and abs(ratio - 1) > 1e-6:
-        return f"scaled: got = {ratio:.6g} x expected; a constant factor is wrong (a missing or extra 2, 0.5, ...)"
+        return (
+            f"scaled: got = {ratio:.6g} x expected; a constant factor is wrong "
+            "(a missing or extra 2, 0.5, ...)"
+        )
     return None
 
 
 def _ignores_upstream(c: HintContext) -> str | None:
     if c.expected_with_unit_upstream is not None and _close(c.got, c.expected_with_unit_upstream):
-        return ("ignores grad_output: got the gradient for grad_output = 1; multiply the local derivative "
-                "by grad_output (chain rule)")
+        return (
+            "ignores grad_output: got the gradient for grad_output = 1; multiply the local derivative "
+            "by grad_output (chain rule)"
+        )
     return None
 
 
@@ -155,8 +185,10 @@ def _local_offset(c: HintContext) -> str | None:
         return None
     offset = _constant((c.got - c.expected) / c.upstream)
     if offset is not None and abs(offset) > 1e-9:
-        return (f"off by a constant: the derivative is off by {offset:.6g} everywhere (got "
-                f"grad_output * (derivative {offset:+.6g})); a constant term is missing or wrong")
+        return (
+            f"off by a constant: the derivative is off by {offset:.6g} everywhere (got "
+            f"grad_output * (derivative {offset:+.6g})); a constant term is missing or wrong"
+        )
     return None
 
 
@@ -170,8 +202,10 @@ def _offset(c: HintContext) -> str | None:
 def _swapped(c: HintContext) -> str | None:
     for name, other in c.other_expected.items():
         if _close(c.got, other) and not _close(c.expected, other):
-            return (f"inputs swapped: this is the gradient expected for {name!r}; return the gradients in "
-                    "the order of forward's inputs")
+            return (
+                f"inputs swapped: this is the gradient expected for {name!r}; return the gradients in "
+                "the order of forward's inputs"
+            )
     return None
 
 

@@ -30,8 +30,11 @@ def check_hygiene(subject: Subject) -> CheckResult:
     if warnings_:
         return warning("; ".join(warnings_), notes=notes)
     extra = f" ({'; '.join(notes)})" if notes else ""
-    return passed("inputs unmodified, in-place changes after forward are detected or harmless, graph freed "
-                  f"after backward{extra}", notes=notes)
+    return passed(
+        "inputs unmodified, in-place changes after forward are detected or harmless, graph freed "
+        f"after backward{extra}",
+        notes=notes,
+    )
 
 
 def _inputs_unmodified(subject: Subject, inputs: list[Any], problems: list[str], notes: list[str]) -> None:
@@ -51,8 +54,10 @@ def _inputs_unmodified(subject: Subject, inputs: list[Any], problems: list[str],
         if dirty:
             notes.append(f"{name!r} is modified in place and returned (mark_dirty)")
         else:
-            problems.append(f"forward modified input {name!r} in place without ctx.mark_dirty({name}): the "
-                            "caller's tensor changed; work on a copy (x = x.clone()) or mark_dirty and return it")
+            problems.append(
+                f"forward modified input {name!r} in place without ctx.mark_dirty({name}): the "
+                "caller's tensor changed; work on a copy (x = x.clone()) or mark_dirty and return it"
+            )
 
 
 def _ctx_attributes(subject: Subject, inputs: list[Any], problems: list[str], warnings_: list[str]) -> None:
@@ -69,8 +74,9 @@ def _ctx_attributes(subject: Subject, inputs: list[Any], problems: list[str], wa
         with torch.no_grad():
             for position in sources:
                 arguments[position].add_(0.5)
-        grads = torch.autograd.grad(differentiable, list(sources.values()), reference.upstream,
-                                    allow_unused=True)
+        grads = torch.autograd.grad(
+            differentiable, list(sources.values()), reference.upstream, allow_unused=True
+        )
     except RuntimeError:
         # Autograd noticed the change (version counter, or view + in-place rules): protected.
         _attribute_warning(attributes, warnings_, "")
@@ -80,23 +86,30 @@ def _ctx_attributes(subject: Subject, inputs: list[Any], problems: list[str], wa
         want = reference.gradients[position]
         if want is None and grad is None:
             continue
-        if compare_gradient(grad, want if want is not None else torch.zeros_like(inputs[position])) is not None:
+        if (
+            compare_gradient(grad, want if want is not None else torch.zeros_like(inputs[position]))
+            is not None
+        ):
             stale.append(subject.input_name(position))
     if stale:
         where = f" (stored on ctx.{', ctx.'.join(attributes)})" if attributes else ""
         problems.append(
             f"after forward, changing {', '.join(map(repr, stale))} in place (x.add_(0.5)) silently changed "
-            f"the gradient backward returns{where}: state kept outside ctx.save_for_backward is not protected; "
-            "save tensors with ctx.save_for_backward so that autograd raises on such changes")
+            f"the gradient backward returns{where}: state kept outside ctx.save_for_backward is not "
+            "protected; "
+            "save tensors with ctx.save_for_backward so that autograd raises on such changes"
+        )
     else:
         _attribute_warning(attributes, warnings_, "")
 
 
 def _attribute_warning(attributes: list[str], warnings_: list[str], _: str) -> None:
     if attributes:
-        warnings_.append(f"tensor(s) stored as ctx attributes (ctx.{', ctx.'.join(attributes)}) instead of "
-                         "ctx.save_for_backward: in-place changes are not detected and they can keep memory "
-                         "alive; use save_for_backward")
+        warnings_.append(
+            f"tensor(s) stored as ctx attributes (ctx.{', ctx.'.join(attributes)}) instead of "
+            "ctx.save_for_backward: in-place changes are not detected and they can keep memory "
+            "alive; use save_for_backward"
+        )
 
 
 def _tensor_attributes(outputs: tuple[Any, ...]) -> list[str]:
@@ -116,7 +129,9 @@ def _freed_after_backward(subject: Subject, inputs: list[Any], problems: list[st
     enabled = gc.isenabled()
     gc.disable()
     try:
-        leaves = {p: inputs[p].detach().clone().requires_grad_(True) for p in subject.differentiable_positions}
+        leaves = {
+            p: inputs[p].detach().clone().requires_grad_(True) for p in subject.differentiable_positions
+        }
         with torch.enable_grad():
             outputs = subject.call(subject.with_values(leaves))
         differentiable = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
@@ -128,9 +143,11 @@ def _freed_after_backward(subject: Subject, inputs: list[Any], problems: list[st
         if enabled:
             gc.enable()
     if alive:
-        problems.append(f"{alive} output(s) stay alive after backward once the caller dropped them: the "
-                        "Function's graph is not freed (a reference cycle, e.g. the output kept on ctx: "
-                        "ctx.out = out); save outputs with ctx.save_for_backward(out) instead")
+        problems.append(
+            f"{alive} output(s) stay alive after backward once the caller dropped them: the "
+            "Function's graph is not freed (a reference cycle, e.g. the output kept on ctx: "
+            "ctx.out = out); save outputs with ctx.save_for_backward(out) instead"
+        )
 
 
 def check_determinism(subject: Subject) -> CheckResult:
@@ -147,8 +164,8 @@ def check_determinism(subject: Subject) -> CheckResult:
         if (a is None) != (b is None) or (a is not None and not torch.equal(a, b)):
             differences.append(f"gradient of {subject.input_name(position)!r}")
     if differences:
-        return warning(f"two identical runs differ in {', '.join(differences)}: nondeterministic (atomics, "
-                       "unseeded randomness, dict/set order?); results will not reproduce exactly")
+        return warning(
+            f"two identical runs differ in {', '.join(differences)}: nondeterministic (atomics, "
+            "unseeded randomness, dict/set order?); results will not reproduce exactly"
+        )
     return passed("two runs give bitwise identical outputs and gradients")
-
-

@@ -13,8 +13,12 @@ from .subject import Subject, make_generator
 
 def float64_copies(subject: Subject) -> list[Any]:
     """The example inputs with every floating tensor copied to float64 (values unchanged)."""
-    return subject.with_values({p: subject.example_inputs[p].detach().to(torch.float64).clone()
-                                for p in subject.differentiable_positions})
+    return subject.with_values(
+        {
+            p: subject.example_inputs[p].detach().to(torch.float64).clone()
+            for p in subject.differentiable_positions
+        }
+    )
 
 
 #: Random points, as (label, how to draw a value from the example tensor in float64).
@@ -29,8 +33,10 @@ def sample_points(subject: Subject, seed: int = 0) -> list[tuple[str, list[Any]]
     """The example point and other random points (both signs, near zero) in float64."""
     generator = make_generator(seed)
     base = float64_copies(subject)
-    return [(label, subject.with_values({p: draw(base[p], generator) for p in subject.differentiable_positions}))
-            for label, draw in POINTS]
+    return [
+        (label, subject.with_values({p: draw(base[p], generator) for p in subject.differentiable_positions}))
+        for label, draw in POINTS
+    ]
 
 
 def non_contiguous(tensor: torch.Tensor) -> torch.Tensor:
@@ -51,4 +57,6 @@ def random_like(shape: tuple[int, ...], generator: torch.Generator) -> torch.Ten
 
 def values_not_float32(tensor: torch.Tensor) -> torch.Tensor:
     """Values with bits below float32's resolution, so that float32 rounding changes them."""
-    return tensor + tensor.abs().clamp_min(1e-3) * 1e-9 * (1 + torch.arange(tensor.numel()).reshape(tensor.shape))
+    return tensor + tensor.abs().clamp_min(1e-3) * 1e-9 * (
+        1 + torch.arange(tensor.numel()).reshape(tensor.shape)
+    )

@@ -65,8 +65,14 @@ def _undefined_names(source: Source) -> list[Finding]:
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in local | known:
                 close = difflib.get_close_matches(node.id, sorted(local | source.module_names), n=1)
                 hint = f": did you mean {close[0]!r}?" if close else ": define it or fix the spelling"
-                findings.append(Finding("undefined name", "failed", node.lineno,
-                                        f"undefined name {node.id!r} in {method_name}{hint}"))
+                findings.append(
+                    Finding(
+                        "undefined name",
+                        "failed",
+                        node.lineno,
+                        f"undefined name {node.id!r} in {method_name}{hint}",
+                    )
+                )
     return findings
 
 
@@ -86,9 +92,15 @@ def _gradient_count(source: Source) -> list[Finding]:
         else:
             continue
         if count != source.n_inputs:
-            findings.append(Finding("gradient count", "failed", node.lineno,
-                                    f"backward returns {count} gradient(s) but forward takes {source.n_inputs} "
-                                    "input(s): return one per input, None for non-tensors"))
+            findings.append(
+                Finding(
+                    "gradient count",
+                    "failed",
+                    node.lineno,
+                    f"backward returns {count} gradient(s) but forward takes {source.n_inputs} "
+                    "input(s): return one per input, None for non-tensors",
+                )
+            )
     return findings
 
 
@@ -103,14 +115,23 @@ def _ctx_tensor_attributes(source: Source) -> list[Finding]:
             if not isinstance(node, ast.Assign):
                 continue
             for target in node.targets:
-                if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
-                        and target.value.id == "ctx" and isinstance(node.value, ast.Name)
-                        and node.value.id in aliases):
-                    findings.append(Finding(
-                        "tensor on ctx", "warning", node.lineno,
-                        f"ctx.{target.attr} = {node.value.id} stores a tensor as a ctx attribute: use "
-                        f"ctx.save_for_backward({node.value.id}) so in-place changes are detected and "
-                        "memory is freed after backward"))
+                if (
+                    isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == "ctx"
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases
+                ):
+                    findings.append(
+                        Finding(
+                            "tensor on ctx",
+                            "warning",
+                            node.lineno,
+                            f"ctx.{target.attr} = {node.value.id} stores a tensor as a ctx attribute: use "
+                            f"ctx.save_for_backward({node.value.id}) so in-place changes are detected and "
+                            "memory is freed after backward",
+                        )
+                    )
     return findings
 
 
@@ -138,15 +159,26 @@ def _inplace_on_inputs(source: Source) -> list[Finding]:
     findings = []
     for node in ast.walk(forward):
         name = None
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.endswith("_")
-                and not node.func.attr.startswith("_") and isinstance(node.func.value, ast.Name)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr.endswith("_")
+            and not node.func.attr.startswith("_")
+            and isinstance(node.func.value, ast.Name)
+        ):
             name, operation = node.func.value.id, f"{node.func.value.id}.{node.func.attr}(...)"
         elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
             name, operation = node.target.id, f"{node.target.id} {_operator(node.op)}= ..."
         if name in inputs:
-            findings.append(Finding("in-place on input", "warning", node.lineno,
-                                    f"forward modifies its input in place ({operation}) without ctx.mark_dirty"
-                                    f"({name}): work on a copy, or call ctx.mark_dirty({name}) and return it"))
+            findings.append(
+                Finding(
+                    "in-place on input",
+                    "warning",
+                    node.lineno,
+                    f"forward modifies its input in place ({operation}) without ctx.mark_dirty"
+                    f"({name}): work on a copy, or call ctx.mark_dirty({name}) and return it",
+                )
+            )
     return findings
 
 
@@ -166,10 +198,16 @@ def _detach_in_backward(source: Source) -> list[Finding]:
         elif isinstance(node, ast.Attribute) and node.attr == "no_grad":
             what = "torch.no_grad()"
         if what:
-            findings.append(Finding("detach in backward", "warning", node.lineno,
-                                    f"backward uses {what}, which leaves the autograd graph: second derivatives "
-                                    "will be wrong; use differentiable torch operations, or mark backward "
-                                    "@torch.autograd.function.once_differentiable"))
+            findings.append(
+                Finding(
+                    "detach in backward",
+                    "warning",
+                    node.lineno,
+                    f"backward uses {what}, which leaves the autograd graph: second derivatives "
+                    "will be wrong; use differentiable torch operations, or mark backward "
+                    "@torch.autograd.function.once_differentiable",
+                )
+            )
     return findings
 
 
@@ -187,11 +225,13 @@ RULES: tuple[tuple[str, Callable[[Source], list[Finding]]], ...] = (
 )
 
 
-def lint_function(cls: type, example_inputs: tuple) -> list[Finding]:
+def lint_function(cls: type, example_inputs: tuple, n_inputs: int | None = None) -> list[Finding]:
     """Findings of every rule in `RULES` for a Function class (empty when its source is unavailable)."""
     source = _parse(cls, example_inputs)
     if source is None:
         return []
+    if n_inputs is not None:
+        source.n_inputs = n_inputs
     findings = []
     for _, rule in RULES:
         findings.extend(rule(source))
@@ -215,8 +255,16 @@ def _parse(cls: type, example_inputs: tuple) -> Source | None:
     if parameters and not has_setup_context(cls):
         parameters = parameters[1:]
     flags = [isinstance(v, torch.Tensor) for v in example_inputs]
-    source = Source(cls, path, class_node, methods, module_names,
-                    [p for p, f in zip(parameters, flags, strict=False) if f], len(parameters), flags)
+    source = Source(
+        cls,
+        path,
+        class_node,
+        methods,
+        module_names,
+        [p for p, f in zip(parameters, flags, strict=False) if f],
+        len(parameters),
+        flags,
+    )
     return source
 
 
@@ -225,7 +273,8 @@ def check_lint(subject: Subject) -> CheckResult:
     cls = subject.function_class
     if cls is None:
         return skipped("no autograd.Function class found behind the callable; nothing to lint")
-    findings = lint_function(cls, subject.example_inputs)
+    n_inputs = len(subject.all_parameter_names) if has_setup_context(cls) else len(subject.example_inputs)
+    findings = lint_function(cls, subject.example_inputs, n_inputs)
     try:
         path = inspect.getsourcefile(cls)
     except TypeError:

@@ -27,7 +27,9 @@ def check_precision(subject: Subject) -> CheckResult:
     for dtype, units in LOW_PRECISION:
         name = str(dtype).replace("torch.", "")
         values = subject.with_values({p: point[p].to(dtype) for p in subject.differentiable_positions})
-        rounded = subject.with_values({p: values[p].to(torch.float64) for p in subject.differentiable_positions})
+        rounded = subject.with_values(
+            {p: values[p].to(torch.float64) for p in subject.differentiable_positions}
+        )
         try:
             low = subject.evaluate(values, [g.to(dtype) for g in reference.upstream])
         except Exception as error:  # noqa: BLE001 - a dtype the Function does not support is a note
@@ -38,8 +40,11 @@ def check_precision(subject: Subject) -> CheckResult:
         if eager is not None:
             tolerance = max(tolerance, 4 * eager(values, dtype))
         pairs = [(f"output {i}", low.outputs[i], high.outputs[i]) for i in high.output_positions]
-        pairs += [(f"gradient of {subject.input_name(p)!r}", low.gradients[p], high.gradients[p])
-                  for p in subject.differentiable_positions if high.gradients[p] is not None]
+        pairs += [
+            (f"gradient of {subject.input_name(p)!r}", low.gradients[p], high.gradients[p])
+            for p in subject.differentiable_positions
+            if high.gradients[p] is not None
+        ]
         for label, got, want in pairs:
             if got is None:
                 continue
@@ -47,20 +52,26 @@ def check_precision(subject: Subject) -> CheckResult:
             scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
             error = float((got.detach().double() - want).abs().max()) if want.numel() else 0.0
             if error > tolerance * scale:
-                problems.append(f"{name}: {label} is off by {error:.3g} (allowed {tolerance * scale:.3g}, "
-                                f"{units:g} x eps x max |value|) compared with float64")
+                problems.append(
+                    f"{name}: {label} is off by {error:.3g} (allowed {tolerance * scale:.3g}, "
+                    f"{units:g} x eps x max |value|) compared with float64"
+                )
     if problems:
         return failed("; ".join(problems), notes=notes)
     note = f" ({'; '.join(notes)})" if notes else ""
-    return passed(f"float64 is float64-accurate; float32, float16, bfloat16 agree with float64{note}", notes=notes)
+    return passed(
+        f"float64 is float64-accurate; float32, float16, bfloat16 agree with float64{note}", notes=notes
+    )
 
 
 def _float32_math(subject: Subject) -> list[str]:
     """A float64 result insensitive to changes below float32's resolution was computed in float32."""
     base = float64_copies(subject)
     generator = make_generator(72)
-    values = {p: torch.randn(base[p].shape, generator=generator, dtype=torch.float64) + 0.5
-              for p in subject.differentiable_positions}
+    values = {
+        p: torch.randn(base[p].shape, generator=generator, dtype=torch.float64) + 0.5
+        for p in subject.differentiable_positions
+    }
     problems = []
     evaluations = []
     for relative in (0.0, 1e-11, 1e-3):
@@ -72,15 +83,20 @@ def _float32_math(subject: Subject) -> list[str]:
         if a is None or b is None or c is None or a.numel() == 0:
             continue
         if a.dtype == torch.float64 and torch.equal(a, b) and bool((a != c).all()):
-            problems.append(f"float64: {label} does not change when the inputs change by 1e-11 (relative) but "
-                            "does for 1e-3: it is computed in float32 (a .float(), float32 constant or "
-                            "numpy float32 array); keep the input's dtype throughout")
+            problems.append(
+                f"float64: {label} does not change when the inputs change by 1e-11 (relative) but "
+                "does for 1e-3: it is computed in float32 (a .float(), float32 constant or "
+                "numpy float32 array); keep the input's dtype throughout"
+            )
     return problems
 
 
 def _quantities(subject: Subject, evaluation) -> list[tuple[str, Any]]:
-    items: list[tuple[str, Any]] = [(f"output {i}", lambda e, i=i: e.outputs[i].detach())
-                                    for i in evaluation.output_positions]
-    items += [(f"the gradient of {subject.input_name(p)!r}", lambda e, p=p: e.gradients[p])
-              for p in subject.differentiable_positions]
+    items: list[tuple[str, Any]] = [
+        (f"output {i}", lambda e, i=i: e.outputs[i].detach()) for i in evaluation.output_positions
+    ]
+    items += [
+        (f"the gradient of {subject.input_name(p)!r}", lambda e, p=p: e.gradients[p])
+        for p in subject.differentiable_positions
+    ]
     return items

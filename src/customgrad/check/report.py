@@ -76,16 +76,25 @@ class CheckReport:
         for result in self.results:
             label = STATUS_LABELS[result.status]
             prefix = f"  {result.name:<{width}}  {label:<8} "
-            body = textwrap.wrap(result.message, width=max(40, 108 - len(prefix)),
-                                 break_long_words=False, break_on_hyphens=False) or [""]
+            body = textwrap.wrap(
+                result.message,
+                width=max(40, 108 - len(prefix)),
+                break_long_words=False,
+                break_on_hyphens=False,
+            ) or [""]
             lines.append(prefix + body[0])
             lines.extend(" " * len(prefix) + line for line in body[1:])
         lines += ["", self.summary()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"subject": self.subject, "inputs": self.inputs, "ok": self.ok, "counts": self.counts(),
-                "results": [asdict(r) for r in self.results]}
+        return {
+            "subject": self.subject,
+            "inputs": self.inputs,
+            "ok": self.ok,
+            "counts": self.counts(),
+            "results": [asdict(r) for r in self.results],
+        }
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=_jsonable)

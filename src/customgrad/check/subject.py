@@ -67,7 +67,9 @@ def _parameter_names(fn: Callable, function_class: type | None) -> tuple[str, ..
     declared = getattr(function_class, "input_names", None)
     if declared:
         return tuple(declared)
-    direct = function_class is not None and (fn is function_class or getattr(fn, "__self__", None) is function_class)
+    direct = function_class is not None and (
+        fn is function_class or getattr(fn, "__self__", None) is function_class
+    )
     target = function_class.forward if direct else fn
     try:
         parameters = list(inspect.signature(target).parameters.values())
@@ -82,8 +84,11 @@ def is_once_differentiable(function_class: type | None) -> bool:
     """Whether backward is decorated with ``torch.autograd.function.once_differentiable``."""
     backward = getattr(function_class, "backward", None)
     code = getattr(backward, "__code__", None)
-    return (getattr(backward, "__wrapped__", None) is not None and code is not None
-            and code.co_filename.replace(os.sep, "/").endswith("torch/autograd/function.py"))
+    return (
+        getattr(backward, "__wrapped__", None) is not None
+        and code is not None
+        and code.co_filename.replace(os.sep, "/").endswith("torch/autograd/function.py")
+    )
 
 
 def user_location(error: BaseException) -> str | None:
@@ -223,9 +228,15 @@ class Subject:
         arguments = [v.clone() if self.clone_inputs and isinstance(v, torch.Tensor) else v for v in inputs]
         return flatten_outputs(self.apply(*arguments))
 
-    def evaluate(self, inputs: Sequence[Any], upstream: Sequence[torch.Tensor] | None = None, *,
-                 generator: torch.Generator | None = None, create_graph: bool = False,
-                 upstream_requires_grad: bool = False) -> Evaluation:
+    def evaluate(
+        self,
+        inputs: Sequence[Any],
+        upstream: Sequence[torch.Tensor] | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        create_graph: bool = False,
+        upstream_requires_grad: bool = False,
+    ) -> Evaluation:
         """Forward, then gradients of ``sum_k <upstream_k, output_k>`` w.r.t. the floating inputs."""
         leaves = {}
         arguments = list(inputs)
@@ -235,7 +246,9 @@ class Subject:
             arguments[position] = leaf
         with torch.enable_grad():
             outputs = self.call(arguments)
-            positions = [i for i, out in enumerate(outputs) if isinstance(out, torch.Tensor) and out.requires_grad]
+            positions = [
+                i for i, out in enumerate(outputs) if isinstance(out, torch.Tensor) and out.requires_grad
+            ]
             if not positions:
                 raise CheckError(
                     f"no output of {self.name} requires grad: does forward return tensors computed from "
@@ -244,10 +257,16 @@ class Subject:
             if upstream is None:
                 upstream = [random_upstream(outputs[i], generator) for i in positions]
             upstream = [g.detach().requires_grad_(upstream_requires_grad) for g in upstream]
-            grads = torch.autograd.grad([outputs[i] for i in positions], list(leaves.values()), upstream,
-                                        allow_unused=True, create_graph=create_graph)
-        return Evaluation(list(arguments), leaves, outputs, positions, list(upstream),
-                          dict(zip(leaves, grads, strict=True)))
+            grads = torch.autograd.grad(
+                [outputs[i] for i in positions],
+                list(leaves.values()),
+                upstream,
+                allow_unused=True,
+                create_graph=create_graph,
+            )
+        return Evaluation(
+            list(arguments), leaves, outputs, positions, list(upstream), dict(zip(leaves, grads, strict=True))
+        )
 
     def forward_outputs(self, inputs: Sequence[Any], positions: Sequence[int]) -> list[torch.Tensor]:
         """The differentiable outputs (by position) of a forward pass without autograd."""
@@ -272,8 +291,9 @@ class Subject:
         if remaining:
 
             def forward(*tensors: torch.Tensor) -> list[torch.Tensor]:
-                return self.forward_outputs(self.with_values(dict(zip(remaining, tensors, strict=True))),
-                                            evaluation.output_positions)
+                return self.forward_outputs(
+                    self.with_values(dict(zip(remaining, tensors, strict=True))), evaluation.output_positions
+                )
 
             numeric = numerical_vjp(forward, [inputs[p] for p in remaining], evaluation.upstream)
             result.update(zip(remaining, numeric, strict=True))

@@ -12,7 +12,7 @@ import customgrad
 from customgrad import CheckReport, UsageError, check
 from customgrad.check import CHECK_NAMES
 from customgrad.library import P2, IdentityWithSquareGrad
-from fixtures.correct_functions import CORRECT, Square
+from fixtures.correct_functions import CORRECT, BlogSurrogate, Square
 from fixtures.planted_mistakes import PLANTED, MissingTerm
 from reference import assert_matches_reference
 
@@ -23,9 +23,7 @@ from reference import assert_matches_reference
 def test_correct_functions_raise_no_false_alarm(name, fn, inputs, options, expected_warnings):
     report = check(fn, *inputs, compile=False, **options)
     alarms = [
-        r
-        for r in report.results
-        if r.status == "failed" or (r.status == "warning" and r.name not in expected_warnings)
+        r for r in report.results if r.status == "failed" or (r.status == "warning" and r.name not in expected_warnings)
     ]
     assert report.ok and not alarms, str(report)
 
@@ -52,6 +50,8 @@ def test_planted_compile_mistake_is_caught():
 def test_compile_check_passes_for_a_correct_function():
     report = check(Square, torch.randn(3, 4, dtype=torch.float64), checks=["compile"])
     assert report["compile"].status == "passed", str(report)
+    generated = check(P2, torch.randn(5, dtype=torch.float64), checks=["compile"])
+    assert generated["compile"].status == "passed", str(generated)
 
 
 def test_every_check_is_planted_in_the_corpus():
@@ -96,19 +96,16 @@ def test_scaled_and_swapped_and_ignored_upstream_hints():
 
 def test_custom_gradient_is_compared_instead_of_finite_differences():
     x = torch.randn(5, dtype=torch.float64)
-    undeclared = check(IdentityWithSquareGrad, x, compile=False)
-    declared = check(IdentityWithSquareGrad, x, compile=False, custom_gradient={"input": lambda x: 2 * x})
+    undeclared = check(BlogSurrogate, x, compile=False)
+    declared = check(BlogSurrogate, x, compile=False, custom_gradient={"input": "2*input"})
     assert undeclared["first_order"].status == "failed"
     assert "custom_gradient=" in undeclared["first_order"].message
     assert declared.ok and declared["first_order"].status == "passed"
+    assert "2*input" in declared["first_order"].message
 
     # A wrong declaration is reported: the backward is 2x, not 3x.
-    wrong = check(
-        IdentityWithSquareGrad, x, checks=["first_order"], custom_gradient={"input": lambda x: 3 * x}
-    )
-    assert (
-        wrong["first_order"].status == "failed" and "declared custom gradient" in wrong["first_order"].message
-    )
+    wrong = check(BlogSurrogate, x, checks=["first_order"], custom_gradient={"input": "3*input"})
+    assert wrong["first_order"].status == "failed" and "declared custom gradient" in wrong["first_order"].message
 
 
 def test_custom_gradient_as_vjp_callable():
@@ -116,7 +113,7 @@ def test_custom_gradient_as_vjp_callable():
         return (2 * inputs[0] * grad_outputs[0],)
 
     report = check(
-        IdentityWithSquareGrad,
+        BlogSurrogate,
         torch.randn(4, dtype=torch.float64),
         checks=["first_order"],
         custom_gradient=vjp,
@@ -126,7 +123,30 @@ def test_custom_gradient_as_vjp_callable():
 
 def test_custom_gradient_with_unknown_input_name_is_a_usage_error():
     with pytest.raises(UsageError, match="'x'.*inputs are input"):
-        check(IdentityWithSquareGrad, torch.randn(3), custom_gradient={"x": "2*x"})
+        check(BlogSurrogate, torch.randn(3), custom_gradient={"x": "2*x"})
+
+
+@pytest.mark.parametrize(
+    ("formula", "options"),
+    [
+        ("x**2 + 2*x", {}),
+        ("sin(x) * y + exp(-x**2)", {}),
+        ("x", {"grads": {"x": "2*x"}}),
+        ("x * y", {"inputs": ["x", "y"], "grads": {"y": "0"}}),
+    ],
+)
+def test_functions_generated_by_customgrad_function_pass(formula, options):
+    generated = customgrad.function(formula, **options)
+    generator = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(4, generator=generator, dtype=torch.float64) for _ in generated.input_names]
+    report = check(generated, *inputs, compile=False)
+    assert report.ok and not [r for r in report.results if r.status == "warning"], str(report)
+
+
+def test_declared_gradient_of_a_generated_function_is_used():
+    assert IdentityWithSquareGrad.declared_grads
+    report = check(IdentityWithSquareGrad, torch.randn(5, dtype=torch.float64), checks=["first_order"])
+    assert report.ok and "declared custom gradient" in report["first_order"].message
 
 
 def test_unknown_check_name_is_a_usage_error():
@@ -143,8 +163,7 @@ def test_a_hanging_check_times_out_and_the_others_still_run(monkeypatch):
         time.sleep(5)
 
     patched = tuple(
-        battery.Check(c.name, c.summary, hang, time_limit=0.2) if c.name == "determinism" else c
-        for c in battery.CHECKS
+        battery.Check(c.name, c.summary, hang, time_limit=0.2) if c.name == "determinism" else c for c in battery.CHECKS
     )
     monkeypatch.setattr(battery, "CHECKS", patched)
     report = check(P2, torch.randn(3, dtype=torch.float64), compile=False)

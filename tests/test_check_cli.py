@@ -50,7 +50,7 @@ def test_module_target_shapes_and_json():
     result = run_cli("customgrad.library:LegendreP3", "--shapes", "3x4", "--json", "--no-compile")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["ok"] and data["inputs"] == "input: float64[3, 4]"
+    assert data["ok"] and data["inputs"] == "x: float64[3, 4]"
 
 
 def test_planted_mistake_exits_1():

@@ -11,10 +11,17 @@ from .errors import (
     UsageError,
 )
 from .experiments import EXPERIMENTS, run_experiment
+from .formula import Formula, parse_formula
+from .function import function
 from .library import P2, IdentityWithSquareGrad, LegendreP3
+from .registry import REGISTRY
 
 __all__ = [
     "EXPERIMENTS",
+    "REGISTRY",
+    "Formula",
+    "function",
+    "parse_formula",
     "P2",
     "CheckError",
     "CheckReport",

@@ -1,4 +1,4 @@
-"""The command line: ``customgrad fit | check | list``. Parses arguments, calls the library, prints.
+"""The command line: ``customgrad fit | derive | check | list``. Parses arguments, calls the library, prints.
 
 Errors from the library reach the user as one line ``error: ...`` and exit code 1 (2 for usage
 errors), converted in one place, `main`; ``--debug`` shows the traceback instead.
@@ -12,7 +12,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-from .errors import CustomgradError, UsageError
+from .errors import CustomgradError, FormulaError, UsageError
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -42,9 +42,7 @@ def _positive_float(option: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{option} must be a number, got {text!r}") from None
         if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(
-                f"{option} must be a finite positive number such as 1e-6, got {text!r}"
-            )
+            raise argparse.ArgumentTypeError(f"{option} must be a finite positive number such as 1e-6, got {text!r}")
         return value
 
     return parse
@@ -130,10 +128,70 @@ def _add_list(subparsers) -> None:
 
 def _run_list(args) -> int:
     from .library import BUILTINS
+    from .registry import REGISTRY
 
+    print("built-in:")
     for name, function in BUILTINS.items():
         summary = (function.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:24s} {summary}")
+        print(f"  {name:34s} {summary}")
+    registered = [entry for name, entry in REGISTRY.items() if name not in BUILTINS]
+    print("registered:" if registered else "registered: none yet (customgrad.function(..., name=...) adds one)")
+    for entry in registered:
+        print(f"  {entry.name:34s} {entry.summary}")
+    return 0
+
+
+def _add_derive(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "derive",
+        help="print the partial derivatives of a formula, or a standalone module",
+        description="Derive the partial derivatives of FORMULA and print them, pretty and as torch code; "
+        "with --emit python, print a standalone module (torch only) defining the Function.",
+    )
+    parser.add_argument("formula", help='the formula, e.g. "x**2 + 2*x"')
+    parser.add_argument("--inputs", help="comma-separated input names in call order (default: order of appearance)")
+    parser.add_argument("--name", default="Function", help="class name (default: Function)")
+    parser.add_argument(
+        "--grad",
+        action="append",
+        default=[],
+        metavar="INPUT=FORMULA",
+        help="declare a custom gradient for an input, e.g. --grad x=2*x (repeatable)",
+    )
+    parser.add_argument("--emit", choices=["python"], help="print a standalone module instead")
+    parser.set_defaults(run=_run_derive)
+
+
+def _run_derive(args) -> int:
+    import sympy
+
+    from .codegen.module import emit_module
+    from .codegen.torch import print_torch
+    from .function import function
+
+    grads = {}
+    for item in args.grad:
+        input_name, separator, text = item.partition("=")
+        if not separator or not input_name.strip() or not text.strip():
+            raise UsageError(f"--grad expects INPUT=FORMULA such as x=2*x, got {item!r}")
+        grads[input_name.strip()] = text.strip()
+    inputs = [n.strip() for n in args.inputs.split(",")] if args.inputs else None
+    if not args.name.isidentifier():
+        raise UsageError(f"--name must be a Python identifier such as P2, got {args.name!r}")
+    spec = function(args.formula, inputs=inputs, name=None, grads=grads).spec
+    spec = type(spec)(
+        name=args.name, inputs=spec.inputs, raw_outputs=spec.raw_outputs, declared=spec.declared, formula=spec.formula
+    )
+    if args.emit == "python":
+        print(emit_module(spec), end="")
+        return 0
+    names = ", ".join(spec.input_names)
+    print(f"{args.name}({names}) = {spec.formula}\n")
+    for symbol, partial in zip(spec.inputs, spec.partials[0], strict=True):
+        kind = "declared" if symbol.name in spec.declared else "derived"
+        print(f"d/d{symbol.name} ({kind}):")
+        print("    " + sympy.pretty(partial, use_unicode=False).replace("\n", "\n    "))
+        print(f"    torch: {print_torch(partial)}\n")
     return 0
 
 
@@ -164,12 +222,11 @@ def _run_check(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``customgrad`` argument parser with all its subcommands."""
-    parser = _ArgumentParser(
-        prog="customgrad", description="Define, check and fit custom autograd Functions."
-    )
+    parser = _ArgumentParser(prog="customgrad", description="Define, check and fit custom autograd Functions.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     _add_fit(subparsers)
+    _add_derive(subparsers)
     _add_check(subparsers)
     _add_list(subparsers)
     return parser
@@ -190,11 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CustomgradError, OSError) as error:
         if debug:
             raise
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {_message(error)}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
 
 
-def _one_line(error: BaseException) -> str:
+def _message(error: BaseException) -> str:
+    # Formula errors keep their quoted formula and caret lines; everything else is one line.
+    if isinstance(error, FormulaError):
+        return str(error)
     return " ".join(str(error).split())
 
 

@@ -1,16 +1,20 @@
 """Built-in custom autograd Functions: the blog's P2, the PyTorch tutorial's Legendre P3, and the
 blog's deliberately custom (surrogate) gradient example.
 
-These are written by hand, the way the blog and the tutorial write them (bugs fixed), so that they
-serve both as ready-to-use functions and as references for functions derived from formulas.
+The built-ins are generated from formulas (`P2`, `LegendreP3`, `IdentityWithSquareGrad`) and
+registered, so formulas can call them. The hand-written originals, the way the blog and the
+tutorial write them (bugs fixed), stay beside them as ``*Handwritten``: references for tests and
+examples of what `customgrad.check` accepts.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .function import function
 
-class P2(torch.autograd.Function):
+
+class P2Handwritten(torch.autograd.Function):
     """Quadratic P2(x) = x^2 + 2x, with the hand-written backward grad * (2x + 2).
 
     The blog's Function, with its ``inptu`` typo fixed.
@@ -28,7 +32,7 @@ class P2(torch.autograd.Function):
         return grad_output * (2 * input + 2)
 
 
-class LegendreP3(torch.autograd.Function):
+class LegendreP3Handwritten(torch.autograd.Function):
     """Legendre polynomial P3(x) = (5x^3 - 3x) / 2, with backward grad * 1.5 (5x^2 - 1).
 
     From PyTorch's "polynomial_custom_function" tutorial.
@@ -46,7 +50,7 @@ class LegendreP3(torch.autograd.Function):
         return grad_output * 1.5 * (5 * input**2 - 1)
 
 
-class IdentityWithSquareGrad(torch.autograd.Function):
+class IdentityWithSquareGradHandwritten(torch.autograd.Function):
     """Identity forward f(x) = x with an intentional custom (surrogate) backward grad * 2x.
 
     The blog's second example. The backward is deliberately *not* the true derivative (which is 1):
@@ -67,9 +71,19 @@ class IdentityWithSquareGrad(torch.autograd.Function):
         return grad_output * 2 * input
 
 
+# d/dx (x^2 + 2x) = 2x + 2, derived
+P2 = function("x**2 + 2*x", name="P2")
+# d/dx (5x^3 - 3x) / 2 = 1.5 (5x^2 - 1), derived
+LegendreP3 = function("(5*x**3 - 3*x) / 2", name="LegendreP3")
+# identity with the surrogate gradient 2x (the derivative of x^2), declared
+IdentityWithSquareGrad = function("x", grads={"x": "2*x"}, name="IdentityWithSquareGrad")
+
 #: Built-in Functions by name, as `customgrad list` shows them.
 BUILTINS: dict[str, type[torch.autograd.Function]] = {
     "P2": P2,
     "LegendreP3": LegendreP3,
     "IdentityWithSquareGrad": IdentityWithSquareGrad,
+    "P2Handwritten": P2Handwritten,
+    "LegendreP3Handwritten": LegendreP3Handwritten,
+    "IdentityWithSquareGradHandwritten": IdentityWithSquareGradHandwritten,
 }

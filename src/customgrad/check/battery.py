@@ -96,9 +96,7 @@ def check(
         if item.needs_backward and broken is not None:
             result = CheckResult(item.name, "skipped", f"not run: {broken} (see 'runs')")
         elif item.name == "compile" and subject.compile_backend is None:
-            result = CheckResult(
-                item.name, "skipped", "torch.compile check disabled (compile=False / --no-compile)"
-            )
+            result = CheckResult(item.name, "skipped", "torch.compile check disabled (compile=False / --no-compile)")
         else:
             result = run_with_time_limit(item, subject)
         if item.name == "runs" and result.status == "failed":
@@ -114,9 +112,7 @@ def _select(checks: Any) -> set[str]:
     names = [checks] if isinstance(checks, str) else list(checks)
     unknown = [name for name in names if name not in CHECK_NAMES]
     if unknown:
-        raise UsageError(
-            f"unknown check(s) {', '.join(map(repr, unknown))}: choose from {', '.join(CHECK_NAMES)}"
-        )
+        raise UsageError(f"unknown check(s) {', '.join(map(repr, unknown))}: choose from {', '.join(CHECK_NAMES)}")
     return set(names)
 
 
@@ -141,8 +137,7 @@ def run_with_time_limit(item: Check, subject: Subject) -> CheckResult:
         result = CheckResult(
             item.name,
             "failed",
-            f"timed out after {item.time_limit:g} s: does forward or "
-            "backward hang (an endless loop, a blocking call)?",
+            f"timed out after {item.time_limit:g} s: does forward or backward hang (an endless loop, a blocking call)?",
         )
     elif "error" in box:
         error = box["error"]

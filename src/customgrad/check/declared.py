@@ -123,10 +123,7 @@ def _formula_callable(text: str, names: Sequence[str], input_name: str) -> Calla
     evaluate = torch_callable(formula.expr, tuple(names))
 
     def partial(*inputs: Any) -> torch.Tensor:
-        values = [
-            v.to(torch.float64) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-            for v in inputs
-        ]
+        values = [v.to(torch.float64) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for v in inputs]
         return torch.as_tensor(evaluate(*values), dtype=torch.float64)
 
     return partial

@@ -33,9 +33,7 @@ def numerical_vjp(
     def objective(values: list[torch.Tensor]) -> float:
         cast = [v.to(t.dtype) for v, t in zip(values, tensors, strict=True)]
         outputs = function(*cast)
-        return float(
-            sum((w * o.detach().to(torch.float64)).sum() for w, o in zip(weights, outputs, strict=True))
-        )
+        return float(sum((w * o.detach().to(torch.float64)).sum() for w, o in zip(weights, outputs, strict=True)))
 
     gradients = []
     for index, tensor in enumerate(base):
@@ -99,14 +97,8 @@ def compare_gradient(
         return None
     score = torch.where(bad, torch.nan_to_num(error, nan=float("inf")), torch.zeros_like(error))
     worst = int(score.flatten().argmax())
-    index = (
-        tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), expected.shape))
-        if expected.dim()
-        else ()
-    )
-    first = [
-        (tuple(i), float(got_t[tuple(i)]), float(expected[tuple(i)])) for i in bad.nonzero().tolist()[:5]
-    ]
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), expected.shape)) if expected.dim() else ()
+    first = [(tuple(i), float(got_t[tuple(i)]), float(expected[tuple(i)])) for i in bad.nonzero().tolist()[:5]]
     return Mismatch(
         int(bad.sum()),
         expected.numel(),
@@ -145,10 +137,7 @@ class HintContext:
 
 def _zeros(c: HintContext) -> str | None:
     if bool((c.got == 0).all()) and not bool((c.expected == 0).all()):
-        return (
-            "the gradient is all zeros: is the returned value detached from the computation, "
-            "or a placeholder?"
-        )
+        return "the gradient is all zeros: is the returned value detached from the computation, or a placeholder?"
     return None
 
 
@@ -164,10 +153,7 @@ def _scaled(c: HintContext) -> str | None:
         return None
     ratio = _constant(c.got[nonzero] / c.expected[nonzero])
     if ratio is not None and abs(ratio - 1) > 1e-6:
-        return (
-            f"scaled: got = {ratio:.6g} x expected; a constant factor is wrong "
-            "(a missing or extra 2, 0.5, ...)"
-        )
+        return f"scaled: got = {ratio:.6g} x expected; a constant factor is wrong (a missing or extra 2, 0.5, ...)"
     return None
 
 

@@ -42,9 +42,7 @@ def check_runs(subject: Subject) -> CheckResult:
     try:
         subject.evaluate(inputs, generator=make_generator(1))
     except Exception as error:  # noqa: BLE001
-        return failed(
-            f"backward raised {describe_error(error)}", stage="backward", error=type(error).__name__
-        )
+        return failed(f"backward raised {describe_error(error)}", stage="backward", error=type(error).__name__)
     note = " (inputs are cloned: the Function works in place)" if subject.clone_inputs else ""
     return passed(f"forward and backward run on {subject.describe_inputs()}{note}")
 
@@ -203,9 +201,7 @@ def check_first_order(subject: Subject) -> CheckResult:
                 text += " (backward returned None for it)"
             problems[name] = text
     if not points_checked:
-        return skipped(
-            f"the forward gives non-finite values at every point tried ({', '.join(skipped_points)})"
-        )
+        return skipped(f"the forward gives non-finite values at every point tried ({', '.join(skipped_points)})")
     details = {
         "points": points_checked,
         "skipped_points": skipped_points,
@@ -224,11 +220,7 @@ def check_first_order(subject: Subject) -> CheckResult:
                 "scaling, surrogate), declare it: custom_gradient={'name': 'formula'}"
             )
         return failed(message, **details)
-    declared = (
-        f" ({', '.join(f'{k}: {v}' for k, v in subject.declared_text.items())})"
-        if subject.declared_text
-        else ""
-    )
+    declared = f" ({', '.join(f'{k}: {v}' for k, v in subject.declared_text.items())})" if subject.declared_text else ""
     return passed(
         f"gradients match {what}{declared} at {len(points_checked)} points "
         f"({'; '.join(points_checked)}) with a random grad_output",
@@ -245,10 +237,7 @@ def _pool(contexts: list[HintContext]) -> HintContext:
         return torch.cat([v.detach().double().flatten() for v in values])
 
     upstream = cat(
-        [
-            c.upstream if c.upstream is not None and c.upstream.shape == c.expected.shape else None
-            for c in contexts
-        ]
+        [c.upstream if c.upstream is not None and c.upstream.shape == c.expected.shape else None for c in contexts]
     )
     names = set.intersection(*(set(c.other_expected) for c in contexts))
     return HintContext(
@@ -280,9 +269,7 @@ def _hint_context(
         with_unit = subject.expected_gradients(inputs, unit)[position]
     except Exception:  # noqa: BLE001 - a hint is optional
         with_unit = None
-    others = {
-        subject.input_name(p): e for p, e in expected.items() if p != position and e.shape == want.shape
-    }
+    others = {subject.input_name(p): e for p, e in expected.items() if p != position and e.shape == want.shape}
     return HintContext(got64, want, upstream, with_unit, others)
 
 
@@ -386,9 +373,7 @@ def check_second_order(subject: Subject) -> CheckResult:
     (_, inputs) = sample_points(subject, seed=30)[1]
     generator = make_generator(31)
     try:
-        evaluation = subject.evaluate(
-            inputs, generator=generator, create_graph=True, upstream_requires_grad=True
-        )
+        evaluation = subject.evaluate(inputs, generator=generator, create_graph=True, upstream_requires_grad=True)
         positions = [p for p in subject.differentiable_positions if evaluation.gradients[p] is not None]
         grads = [evaluation.gradients[p] for p in positions]
         weights = [random_upstream(g, generator) for g in grads]
@@ -406,17 +391,13 @@ def check_second_order(subject: Subject) -> CheckResult:
             )
     except RuntimeError as error:
         if "once_differentiable" in str(error):
-            return skipped(
-                "backward is marked @once_differentiable: second derivatives raise an error by design"
-            )
+            return skipped("backward is marked @once_differentiable: second derivatives raise an error by design")
         raise
     upstream = [g.detach() for g in evaluation.upstream]
     n_inputs = len(subject.differentiable_positions)
 
     def backward_of(*tensors: torch.Tensor) -> list[torch.Tensor]:
-        values = subject.with_values(
-            dict(zip(subject.differentiable_positions, tensors[:n_inputs], strict=True))
-        )
+        values = subject.with_values(dict(zip(subject.differentiable_positions, tensors[:n_inputs], strict=True)))
         result = subject.evaluate(values, list(tensors[n_inputs:]))
         return [_dense(result.gradients[p], values[p]) for p in positions]
 

@@ -74,9 +74,7 @@ def _ctx_attributes(subject: Subject, inputs: list[Any], problems: list[str], wa
         with torch.no_grad():
             for position in sources:
                 arguments[position].add_(0.5)
-        grads = torch.autograd.grad(
-            differentiable, list(sources.values()), reference.upstream, allow_unused=True
-        )
+        grads = torch.autograd.grad(differentiable, list(sources.values()), reference.upstream, allow_unused=True)
     except RuntimeError:
         # Autograd noticed the change (version counter, or view + in-place rules): protected.
         _attribute_warning(attributes, warnings_, "")
@@ -86,10 +84,7 @@ def _ctx_attributes(subject: Subject, inputs: list[Any], problems: list[str], wa
         want = reference.gradients[position]
         if want is None and grad is None:
             continue
-        if (
-            compare_gradient(grad, want if want is not None else torch.zeros_like(inputs[position]))
-            is not None
-        ):
+        if compare_gradient(grad, want if want is not None else torch.zeros_like(inputs[position])) is not None:
             stale.append(subject.input_name(position))
     if stale:
         where = f" (stored on ctx.{', ctx.'.join(attributes)})" if attributes else ""
@@ -129,9 +124,7 @@ def _freed_after_backward(subject: Subject, inputs: list[Any], problems: list[st
     enabled = gc.isenabled()
     gc.disable()
     try:
-        leaves = {
-            p: inputs[p].detach().clone().requires_grad_(True) for p in subject.differentiable_positions
-        }
+        leaves = {p: inputs[p].detach().clone().requires_grad_(True) for p in subject.differentiable_positions}
         with torch.enable_grad():
             outputs = subject.call(subject.with_values(leaves))
         differentiable = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]

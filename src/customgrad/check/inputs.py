@@ -14,10 +14,7 @@ from .subject import Subject, make_generator
 def float64_copies(subject: Subject) -> list[Any]:
     """The example inputs with every floating tensor copied to float64 (values unchanged)."""
     return subject.with_values(
-        {
-            p: subject.example_inputs[p].detach().to(torch.float64).clone()
-            for p in subject.differentiable_positions
-        }
+        {p: subject.example_inputs[p].detach().to(torch.float64).clone() for p in subject.differentiable_positions}
     )
 
 
@@ -57,6 +54,4 @@ def random_like(shape: tuple[int, ...], generator: torch.Generator) -> torch.Ten
 
 def values_not_float32(tensor: torch.Tensor) -> torch.Tensor:
     """Values with bits below float32's resolution, so that float32 rounding changes them."""
-    return tensor + tensor.abs().clamp_min(1e-3) * 1e-9 * (
-        1 + torch.arange(tensor.numel()).reshape(tensor.shape)
-    )
+    return tensor + tensor.abs().clamp_min(1e-3) * 1e-9 * (1 + torch.arange(tensor.numel()).reshape(tensor.shape))

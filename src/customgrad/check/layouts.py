@@ -28,9 +28,7 @@ def check_layouts(subject: Subject) -> CheckResult:
         ("non-contiguous grad_output", inputs, [non_contiguous(g) for g in reference.upstream]),
     ]
     for label, values, upstream in variants:
-        if all(
-            v.is_contiguous() for v in [*upstream, *(values[p] for p in subject.differentiable_positions)]
-        ):
+        if all(v.is_contiguous() for v in [*upstream, *(values[p] for p in subject.differentiable_positions)]):
             continue  # 0-d tensors: no non-contiguous layout exists
         tried.append(label)
         try:
@@ -62,8 +60,7 @@ def check_layouts(subject: Subject) -> CheckResult:
                 mismatch = compare_gradient(got, want)
                 if mismatch is not None:
                     problems.append(
-                        f"{label}: gradient of {subject.input_name(position)!r} is wrong: "
-                        f"{mismatch.describe()}"
+                        f"{label}: gradient of {subject.input_name(position)!r} is wrong: {mismatch.describe()}"
                     )
     if problems:
         return failed("; ".join(problems), tried=tried, notes=notes)
@@ -78,10 +75,7 @@ def check_layouts(subject: Subject) -> CheckResult:
 def _differences(subject: Subject, label: str, reference, result) -> list[str]:
     problems = []
     for index in reference.output_positions:
-        if (
-            compare_gradient(result.outputs[index], reference.outputs[index], rtol=1e-12, atol=1e-12)
-            is not None
-        ):
+        if compare_gradient(result.outputs[index], reference.outputs[index], rtol=1e-12, atol=1e-12) is not None:
             problems.append(f"{label}: output {index} differs from the contiguous result")
     for position in subject.differentiable_positions:
         want = reference.gradients[position]
@@ -115,9 +109,7 @@ def _is_elementwise(subject: Subject, reference) -> bool:
         for element in sorted({0, n // 2, n - 1}):
             moved = inputs[position].clone()
             moved.view(-1)[element] += 1e-3 * (1 + abs(float(moved.view(-1)[element])))
-            outputs = subject.forward_outputs(
-                subject.with_values({position: moved}), reference.output_positions
-            )
+            outputs = subject.forward_outputs(subject.with_values({position: moved}), reference.output_positions)
             for before, after in zip(base, outputs, strict=True):
                 changed = (before != after).view(-1).nonzero().flatten().tolist()
                 if any(index != element for index in changed):

@@ -280,7 +280,7 @@ def check_lint(subject: Subject) -> CheckResult:
     except TypeError:
         path = None
     if path is None and not findings:
-        return skipped(f"the source of {cls.__name__} is not available (defined interactively?)")
+        return skipped(f"the source of {cls.__name__} is not available (generated, or defined interactively)")
     where = _short(path)
     details = {"findings": [vars(f) for f in findings]}
     messages = [f"{where}:{f.line}: {f.message}" for f in findings]

@@ -27,9 +27,7 @@ def check_precision(subject: Subject) -> CheckResult:
     for dtype, units in LOW_PRECISION:
         name = str(dtype).replace("torch.", "")
         values = subject.with_values({p: point[p].to(dtype) for p in subject.differentiable_positions})
-        rounded = subject.with_values(
-            {p: values[p].to(torch.float64) for p in subject.differentiable_positions}
-        )
+        rounded = subject.with_values({p: values[p].to(torch.float64) for p in subject.differentiable_positions})
         try:
             low = subject.evaluate(values, [g.to(dtype) for g in reference.upstream])
         except Exception as error:  # noqa: BLE001 - a dtype the Function does not support is a note
@@ -59,9 +57,7 @@ def check_precision(subject: Subject) -> CheckResult:
     if problems:
         return failed("; ".join(problems), notes=notes)
     note = f" ({'; '.join(notes)})" if notes else ""
-    return passed(
-        f"float64 is float64-accurate; float32, float16, bfloat16 agree with float64{note}", notes=notes
-    )
+    return passed(f"float64 is float64-accurate; float32, float16, bfloat16 agree with float64{note}", notes=notes)
 
 
 def _float32_math(subject: Subject) -> list[str]:

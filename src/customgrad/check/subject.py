@@ -29,9 +29,7 @@ VectorJacobianProduct = Callable[[Sequence[Any], Sequence[torch.Tensor]], Sequen
 def is_function_class(value: Any) -> bool:
     """Whether ``value`` is a subclass of `torch.autograd.Function` (not the base itself)."""
     return (
-        isinstance(value, type)
-        and issubclass(value, torch.autograd.Function)
-        and value is not torch.autograd.Function
+        isinstance(value, type) and issubclass(value, torch.autograd.Function) and value is not torch.autograd.Function
     )
 
 
@@ -67,9 +65,7 @@ def _parameter_names(fn: Callable, function_class: type | None) -> tuple[str, ..
     declared = getattr(function_class, "input_names", None)
     if declared:
         return tuple(declared)
-    direct = function_class is not None and (
-        fn is function_class or getattr(fn, "__self__", None) is function_class
-    )
+    direct = function_class is not None and (fn is function_class or getattr(fn, "__self__", None) is function_class)
     target = function_class.forward if direct else fn
     try:
         parameters = list(inspect.signature(target).parameters.values())
@@ -168,9 +164,7 @@ class Subject:
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
-            raise UsageError(
-                f"check() needs an autograd.Function subclass or a callable, got {type(self.fn).__name__}"
-            )
+            raise UsageError(f"check() needs an autograd.Function subclass or a callable, got {type(self.fn).__name__}")
         self.function_class = _find_function_class(self.fn)
         self.apply = self.fn.apply if is_function_class(self.fn) else self.fn
         names = _parameter_names(self.fn, self.function_class)
@@ -246,9 +240,7 @@ class Subject:
             arguments[position] = leaf
         with torch.enable_grad():
             outputs = self.call(arguments)
-            positions = [
-                i for i, out in enumerate(outputs) if isinstance(out, torch.Tensor) and out.requires_grad
-            ]
+            positions = [i for i, out in enumerate(outputs) if isinstance(out, torch.Tensor) and out.requires_grad]
             if not positions:
                 raise CheckError(
                     f"no output of {self.name} requires grad: does forward return tensors computed from "
@@ -291,9 +283,10 @@ class Subject:
         if remaining:
 
             def forward(*tensors: torch.Tensor) -> list[torch.Tensor]:
-                return self.forward_outputs(
-                    self.with_values(dict(zip(remaining, tensors, strict=True))), evaluation.output_positions
-                )
+                values = list(inputs)
+                for position, tensor in zip(remaining, tensors, strict=True):
+                    values[position] = tensor
+                return self.forward_outputs(values, evaluation.output_positions)
 
             numeric = numerical_vjp(forward, [inputs[p] for p in remaining], evaluation.upstream)
             result.update(zip(remaining, numeric, strict=True))

@@ -70,6 +70,9 @@ def parse_shapes(text: str) -> list[tuple[int, ...]]:
 
 def tensor_parameters(fn: Any) -> list[str]:
     """Forward's parameters without defaults (each gets a tensor), ctx excluded."""
+    declared = getattr(fn, "input_names", None)
+    if declared:
+        return list(declared)
     if is_function_class(fn):
         parameters = list(inspect.signature(fn.forward).parameters.values())
         if not has_setup_context(fn):
@@ -79,9 +82,7 @@ def tensor_parameters(fn: Any) -> list[str]:
     else:
         raise UsageError(f"target is a {type(fn).__name__}, not an autograd.Function or a callable")
     return [
-        p.name
-        for p in parameters
-        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
 
 

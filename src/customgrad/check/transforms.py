@@ -75,9 +75,7 @@ def _vmap_and_jacrev(
 ) -> None:
     positions = subject.differentiable_positions
     generator = make_generator(82)
-    batched = {
-        p: torch.randn((BATCH, *inputs[p].shape), generator=generator, dtype=torch.float64) for p in positions
-    }
+    batched = {p: torch.randn((BATCH, *inputs[p].shape), generator=generator, dtype=torch.float64) for p in positions}
     in_dims = tuple(0 if i in batched else None for i in range(len(inputs)))
 
     def call(*arguments: Any) -> tuple[Any, ...]:
@@ -165,9 +163,7 @@ def _compare_compiled(subject: Subject, run, backend: str, inputs: list[Any], re
     compiled = torch.compile(run, fullgraph=True, backend=backend)
     positions = subject.differentiable_positions
     leaves = {p: inputs[p].detach().clone().requires_grad_(True) for p in positions}
-    arguments = subject.with_values(
-        {p: (l.clone() if subject.clone_inputs else l) for p, l in leaves.items()}
-    )
+    arguments = subject.with_values({p: (l.clone() if subject.clone_inputs else l) for p, l in leaves.items()})
     capture_problem = None
     try:
         with torch.enable_grad():

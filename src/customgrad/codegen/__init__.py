@@ -1,0 +1,1 @@
+"""Printers from SymPy expressions to source code (torch now; Triton later)."""

@@ -1,0 +1,272 @@
+"""SymPy -> torch source: a code printer driven by a mapping table, and a compiler for it.
+
+Generated code is ordinary Python over ``torch`` calls; it is produced from whitelisted SymPy
+expressions (never from user text) and compiled with ``compile``/``exec`` into a function.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+
+import sympy
+import torch
+from sympy.codegen.cfunctions import expm1, log1p
+from sympy.printing.pycode import AbstractPythonCodePrinter
+
+from ..functions import Round, sigmoid, softplus
+from ..registry import REGISTRY
+
+#: SymPy function -> torch call. A new formula function is one new row here.
+TORCH_FUNCTIONS: dict[type, str] = {
+    sympy.exp: "torch.exp",
+    sympy.log: "torch.log",
+    log1p: "torch.log1p",
+    expm1: "torch.expm1",
+    sympy.sin: "torch.sin",
+    sympy.cos: "torch.cos",
+    sympy.tan: "torch.tan",
+    sympy.asin: "torch.asin",
+    sympy.acos: "torch.acos",
+    sympy.atan: "torch.atan",
+    sympy.sinh: "torch.sinh",
+    sympy.cosh: "torch.cosh",
+    sympy.tanh: "torch.tanh",
+    sympy.asinh: "torch.asinh",
+    sympy.acosh: "torch.acosh",
+    sympy.atanh: "torch.atanh",
+    sympy.erf: "torch.erf",
+    sympy.erfc: "torch.erfc",
+    sigmoid: "torch.sigmoid",
+    softplus: "torch.nn.functional.softplus",
+    sympy.Abs: "torch.abs",
+    sympy.sign: "torch.sign",
+    sympy.floor: "torch.floor",
+    sympy.ceiling: "torch.ceil",
+    Round: "torch.round",
+}
+
+#: Functions of two tensors: constant arguments are passed as float64 0-dim tensors.
+TORCH_BINARY_FUNCTIONS: dict[type, str] = {
+    sympy.atan2: "torch.atan2",
+    sympy.Max: "torch.maximum",
+    sympy.Min: "torch.minimum",
+}
+
+_RELATIONS = {
+    sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
+    sympy.GreaterThan: ">=", sympy.Eq: "==", sympy.Ne: "!=",
+}
+
+
+class TorchCodePrinter(AbstractPythonCodePrinter):
+    """Prints a SymPy expression as a torch expression over tensors named like its symbols."""
+
+    printmethod = "_customgrad_torchcode"
+    language = "Python with torch"
+
+    def __init__(self, settings=None):
+        super().__init__({"fully_qualified_modules": True, **(settings or {})})
+
+    # Numbers: plain float literals, which keep the tensor's dtype under torch's promotion rules.
+    def _print_constant_value(self, expr) -> str:
+        value = float(sympy.N(expr, 17))
+        return repr(value) if value == value else "float('nan')"
+
+    def _print_Integer(self, expr):
+        return f"{int(expr)}.0" if abs(int(expr)) < 2**53 else repr(float(expr))
+
+    def _print_Rational(self, expr):
+        return self._print_constant_value(expr)
+
+    _print_Float = _print_Rational
+    _print_NumberSymbol = _print_Rational
+    _print_Pi = _print_Rational
+    _print_Exp1 = _print_Rational
+
+    def _print_Half(self, expr):
+        return "0.5"
+
+    def _print_Infinity(self, expr):
+        return "float('inf')"
+
+    def _print_NegativeInfinity(self, expr):
+        return "float('-inf')"
+
+    def _print_NaN(self, expr):
+        return "float('nan')"
+
+    def _print_Symbol(self, expr):
+        return str(expr)
+
+    def _print_Pow(self, expr, rational=False):
+        base, exponent = expr.args
+        if not expr.free_symbols:
+            return self._print_constant_value(expr)
+        if exponent == sympy.S.Half:
+            return f"torch.sqrt({self._print(base)})"
+        if exponent == -sympy.S.Half:
+            return f"torch.rsqrt({self._print(base)})"
+        if exponent == -1:
+            return f"torch.reciprocal({self._print(base)})"
+        if exponent == 2:
+            return f"torch.square({self._print(base)})"
+        if not base.free_symbols:
+            return f"torch.pow({self._print(base)}, {self._print(exponent)})"
+        return f"torch.pow({self._print(base)}, {self._print(exponent)})"
+
+    def _print_Function(self, expr):
+        if not expr.free_symbols:
+            return self._print_constant_value(expr)
+        kind = type(expr)
+        if kind in TORCH_FUNCTIONS:
+            return f"{TORCH_FUNCTIONS[kind]}({', '.join(self._print(arg) for arg in expr.args)})"
+        if kind in TORCH_BINARY_FUNCTIONS:
+            return self._print_binary(TORCH_BINARY_FUNCTIONS[kind], expr.args)
+        name = getattr(kind, "_customgrad_name", None)
+        if name is not None:
+            return f"_registered_{name}({', '.join(self._print(arg) for arg in expr.args)})"
+        raise NotImplementedError(f"no torch translation for {kind.__name__}")
+
+    _print_Max = _print_Function
+    _print_Min = _print_Function
+    _print_atan2 = _print_Function
+    _print_sign = _print_Function
+    _print_Abs = _print_Function
+    _print_floor = _print_Function
+    _print_ceiling = _print_Function
+    _print_erf = _print_Function
+    _print_erfc = _print_Function
+    _print_exp = _print_Function
+    _print_log = _print_Function
+
+    def _print_binary(self, call: str, args: Sequence[sympy.Expr]) -> str:
+        # Fold a + b + c ... left to right; constants become float64 0-dim tensors (no promotion).
+        printed = [self._print(arg) if arg.free_symbols else f"_constant({self._print(arg)})" for arg in args]
+        result = printed[0]
+        for item in printed[1:]:
+            result = f"{call}({result}, {item})"
+        return result
+
+    def _print_Heaviside(self, expr):
+        # H(z) with H(0) = 1/2, the value SymPy and torch.maximum's tie-splitting use.
+        return f"(0.5 + 0.5 * torch.sign({self._print(expr.args[0])}))"
+
+    def _print_DiracDelta(self, expr):
+        return "0.0"
+
+    def _print_Piecewise(self, expr):
+        pieces = list(expr.args)
+        if pieces[-1].cond != sympy.true:
+            pieces.append(sympy.functions.elementary.piecewise.ExprCondPair(sympy.nan, sympy.true))
+        result = self._print_where_value(pieces[-1].expr)
+        for piece in reversed(pieces[:-1]):
+            result = f"torch.where({self._print(piece.cond)}, {self._print_where_value(piece.expr)}, {result})"
+        return result
+
+    def _print_where_value(self, expr):
+        return self._print(expr) if expr.free_symbols else f"_constant({self._print(expr)})"
+
+    def _print_Relational(self, expr):
+        operator = _RELATIONS[type(expr)]
+        left, right = expr.args
+        left_text = self._print(left) if left.free_symbols else f"_constant({self._print(left)})"
+        return f"({left_text} {operator} {self._print(right)})"
+
+    def _print_And(self, expr):
+        return "(" + " & ".join(self._print(arg) for arg in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        return "(" + " | ".join(self._print(arg) for arg in expr.args) + ")"
+
+    def _print_Not(self, expr):
+        return f"(~{self._print(expr.args[0])})"
+
+    def _print_BooleanTrue(self, expr):
+        return "True"
+
+    def _print_BooleanFalse(self, expr):
+        return "False"
+
+
+def print_torch(expr: sympy.Expr) -> str:
+    """The torch source of one expression."""
+    return TorchCodePrinter().doprint(expr)
+
+
+def _constant(value: float) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float64)
+
+
+def runtime_namespace() -> dict:
+    """Names generated code may use: torch, the constant helper, and the registered functions."""
+    namespace = {"torch": torch, "_constant": _constant}
+    for name, entry in REGISTRY.items():
+        namespace[f"_registered_{name}"] = entry.function.apply
+    return namespace
+
+
+def function_source(
+    name: str, argument_names: Sequence[str], outputs: Sequence[sympy.Expr], *, shared: bool = True
+) -> str:
+    """Source of ``def name(args): ...; return (out0, out1, ...)`` with common subexpressions shared.
+
+    Outputs that do not depend on every argument are still returned as tensors with the full
+    broadcast shape (constant outputs included), so callers can rely on one shape for all outputs.
+    """
+    lines = [f"def {name}({', '.join(argument_names)}):"]
+    if shared:
+        temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
+        replacements, reduced = sympy.cse(list(outputs), symbols=temporaries, optimizations="basic")
+    else:
+        replacements, reduced = [], list(outputs)
+    printer = TorchCodePrinter()
+    for temporary, value in replacements:
+        lines.append(f"    {temporary} = {printer.doprint(value)}")
+    all_arguments = {sympy.Symbol(a, real=True) for a in argument_names}
+    results = []
+    for index, output in enumerate(reduced):
+        text = printer.doprint(output)
+        original_symbols = outputs[index].free_symbols
+        if not all_arguments <= original_symbols or isinstance(outputs[index], sympy.Symbol):
+            text = f"_full({text}, {', '.join(argument_names)})"
+        results.append(text)
+    lines.append(f"    return ({', '.join(results)},)")
+    return "\n".join(lines) + "\n"
+
+
+def _full(value, *arguments) -> torch.Tensor:
+    """``value`` as a new tensor with the broadcast shape of ``arguments`` (functional: vmap-safe)."""
+    tensors = [a for a in arguments if isinstance(a, torch.Tensor)]
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    if isinstance(value, torch.Tensor):
+        return value + torch.zeros(shape, dtype=value.dtype, device=value.device)
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    if not dtype.is_floating_point and not dtype.is_complex:
+        dtype = torch.get_default_dtype()
+    return torch.full(shape, value, dtype=dtype, device=tensors[0].device)
+
+
+def compile_source(source: str, name: str, filename: str) -> Callable:
+    """Compile generated source and return the function it defines."""
+    namespace = runtime_namespace()
+    namespace["_full"] = _full
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated code, not user text
+    return namespace[name]
+
+
+def torch_callable(expr: sympy.Expr, names: Sequence[str]) -> Callable[..., torch.Tensor]:
+    """A torch function of positional tensors (in the order ``names``) computing ``expr``.
+
+    Differentiable by ordinary autograd; registered functions are called through their
+    autograd Functions, so their own (derived or declared) gradients apply.
+    """
+    source = function_source("_expression", list(names), [expr], shared=True)
+    compiled = compile_source(source, "_expression", f"<customgrad expression {expr}>")
+
+    def evaluate(*arguments):
+        return compiled(*arguments)[0]
+
+    evaluate.source = source  # type: ignore[attr-defined]
+    return evaluate

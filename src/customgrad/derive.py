@@ -1,0 +1,122 @@
+"""SymPy expression -> `FunctionSpec`: inputs, outputs, and one partial per input and output.
+
+Partials are derived symbolically, or declared (a custom, surrogate gradient replaces the true
+one). Generalised functions that appear in derivatives of step functions (DiracDelta, the
+derivative of floor/ceiling) are zero almost everywhere and become 0, as autograd treats them.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import sympy
+
+from .errors import DeriveError
+from .registry import REGISTRY
+
+SIMPLIFY_MAX_OPS = 40  # simplify small partials only: simplify() is slow on large expressions
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """Everything needed to generate an autograd Function.
+
+    Attributes
+    ----------
+    name : str
+        Name of the generated class.
+    inputs : tuple of sympy.Symbol
+        Inputs, in call order.
+    outputs : tuple of sympy.Expr
+        Output expressions (one for formulas; several for generated backward Functions).
+    partials : tuple of tuple of sympy.Expr
+        ``partials[k][i]`` = d outputs[k] / d inputs[i], derived or declared.
+    declared : dict of str to sympy.Expr
+        Declared custom gradients, input name -> expression (empty when all are derived).
+    formula : str
+        The formula text the spec came from ("" for generated backward Functions).
+    """
+
+    name: str
+    inputs: tuple[sympy.Symbol, ...]
+    raw_outputs: tuple[sympy.Expr, ...] = field(repr=False)
+    declared: dict[str, sympy.Expr] = field(default_factory=dict)
+    formula: str = ""
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(symbol.name for symbol in self.inputs)
+
+    @functools.cached_property
+    def outputs(self) -> tuple[sympy.Expr, ...]:
+        """Outputs with registered formula functions inlined, ready for code generation."""
+        return tuple(inline_registered(output) for output in self.raw_outputs)
+
+    @functools.cached_property
+    def partials(self) -> tuple[tuple[sympy.Expr, ...], ...]:
+        """``partials[k][i]`` = d outputs[k] / d inputs[i]: declared, else derived (computed once, lazily)."""
+        return tuple(
+            tuple(self.declared[variable.name] if variable.name in self.declared
+                  else inline_registered(derive_partial(output, variable)) for variable in self.inputs)
+            for output in self.raw_outputs
+        )
+
+    @functools.cached_property
+    def needs(self) -> tuple[tuple[int, ...], ...]:
+        """``needs[i]``: positions of the inputs that input i's partials depend on (what to save)."""
+        return tuple(
+            tuple(j for j, s in enumerate(self.inputs) if any(s in row[i].free_symbols for row in self.partials))
+            for i in range(len(self.inputs))
+        )
+
+
+def zero_almost_everywhere(expr: sympy.Expr) -> sympy.Expr:
+    """Replace DiracDelta and derivatives of floor/ceiling (zero almost everywhere) by 0."""
+    expr = expr.replace(lambda e: isinstance(e, sympy.DiracDelta), lambda e: sympy.S.Zero)
+    return expr.replace(
+        lambda e: isinstance(e, sympy.Derivative) and isinstance(e.expr, (sympy.floor, sympy.ceiling)),
+        lambda e: sympy.S.Zero,
+    )
+
+
+def derive_partial(expr: sympy.Expr, variable: sympy.Symbol) -> sympy.Expr:
+    """d expr / d variable, with a-e-zero terms removed and small results simplified."""
+    partial = zero_almost_everywhere(sympy.diff(expr, variable))
+    if partial.has(sympy.Derivative):
+        raise DeriveError(f"cannot differentiate {expr} with respect to {variable}: SymPy left {partial}")
+    if sympy.count_ops(partial) <= SIMPLIFY_MAX_OPS:
+        simpler = sympy.simplify(partial)
+        if sympy.count_ops(simpler) < sympy.count_ops(partial):
+            partial = simpler
+    return partial
+
+
+def inline_registered(expr: sympy.Expr) -> sympy.Expr:
+    """Replace calls of registered formula functions by their expressions (hand-written ones stay)."""
+
+    def is_inlinable(e) -> bool:
+        name = getattr(type(e), "_customgrad_name", None)
+        return name is not None and name in REGISTRY and REGISTRY[name].expr is not None
+
+    def inline(e):
+        entry = REGISTRY[type(e)._customgrad_name]
+        return inline_registered(entry.expr.xreplace(dict(zip(entry.input_symbols, e.args, strict=True))))
+
+    return expr.replace(is_inlinable, inline)
+
+
+def derive_spec(
+    name: str,
+    inputs: tuple[sympy.Symbol, ...],
+    outputs: tuple[sympy.Expr, ...],
+    declared: dict[str, sympy.Expr] | None = None,
+    formula: str = "",
+) -> FunctionSpec:
+    """The spec of ``outputs`` over ``inputs``; partials are derived on first use, declared ones kept.
+
+    Declared gradients apply to single-output specs (formulas); registered functions called by the
+    outputs contribute their own partials (derived or declared) through the chain rule.
+    """
+    return FunctionSpec(name=name, inputs=tuple(inputs), raw_outputs=tuple(outputs),
+                        declared=dict(declared or {}), formula=formula)

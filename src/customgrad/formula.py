@@ -1,0 +1,290 @@
+"""Formula text -> SymPy expression, safely: a whitelist over Python's ``ast``, never ``eval``.
+
+The language: numbers, names, ``pi``, ``E``, ``+ - * / **``, unary minus, parentheses, calls of the
+functions in `customgrad.functions.FUNCTIONS` and of registered functions, comparisons combined with
+``and``/``or``/``not`` inside ``where(cond, a, b)`` and ``Piecewise((a, cond), ..., (b, True))``.
+Names keep the order of their first appearance, which is the default input order.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+from dataclasses import dataclass
+
+import sympy
+
+from .errors import FormulaError
+from .functions import CONSTANTS, FUNCTIONS
+from .registry import REGISTRY
+
+MAX_FORMULA_LENGTH = 10_000
+MAX_INTEGER_DIGITS = 100
+MAX_EXPONENT = 1_000
+
+_BINARY = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.Pow: lambda a, b: a**b,
+}
+_COMPARE = {
+    ast.Lt: sympy.StrictLessThan,
+    ast.LtE: sympy.LessThan,
+    ast.Gt: sympy.StrictGreaterThan,
+    ast.GtE: sympy.GreaterThan,
+    ast.Eq: sympy.Eq,
+    ast.NotEq: sympy.Ne,
+}
+_OPERATOR_NAMES = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.BitXor: "^", ast.BitAnd: "&",
+                   ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>", ast.Invert: "~", ast.Not: "not"}
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A parsed formula: its text, its SymPy expression, and its names in order of first appearance."""
+
+    text: str
+    expr: sympy.Expr
+    names: tuple[str, ...]
+
+    @property
+    def symbols(self) -> tuple[sympy.Symbol, ...]:
+        """The input symbols, in the order of `names`."""
+        return tuple(symbol(name) for name in self.names)
+
+
+def symbol(name: str) -> sympy.Symbol:
+    """The SymPy symbol customgrad uses for an input called ``name`` (real-valued)."""
+    return sympy.Symbol(name, real=True)
+
+
+def known_function_names() -> list[str]:
+    """Names callable from formulas: the built-in table, Piecewise, and the registered functions."""
+    return [*FUNCTIONS, "Piecewise", *REGISTRY]
+
+
+def parse_formula(text: str, *, what: str = "formula") -> Formula:
+    """Parse formula text into a `Formula`, rejecting anything outside the whitelist.
+
+    Parameters
+    ----------
+    text : str
+        The formula, e.g. ``"x**2 + 2*x"``.
+    what : str
+        How errors refer to the text (``"formula"``, ``"gradient for 'x'"``, ``"model"``).
+
+    Raises
+    ------
+    FormulaError
+        With the formula quoted, a caret under the offending part, and a suggested fix.
+    """
+    if not isinstance(text, str):
+        raise FormulaError(f"{what} must be a string such as \"x**2 + 2*x\", got {type(text).__name__}")
+    if not text.strip():
+        raise FormulaError(f"{what} is empty: write an expression such as \"x**2 + 2*x\"")
+    if len(text) > MAX_FORMULA_LENGTH:
+        raise FormulaError(f"{what} is {len(text)} characters long; the limit is {MAX_FORMULA_LENGTH}")
+    if "\n" in text.strip() or "\r" in text:
+        raise FormulaError(f"{what} {text!r} spans several lines: write it on one line")
+    source = text.strip()
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError as error:
+        column = (error.offset or 1) - 1
+        raise FormulaError(_quote(f"{what} is not a valid expression ({error.msg})", source, column, 1)) from None
+    except (ValueError, RecursionError, MemoryError):
+        raise FormulaError(f"{what} {source!r} cannot be parsed: it is nested too deeply or too long") from None
+    builder = _Builder(source, what)
+    try:
+        expr = builder.build(tree.body)
+    except RecursionError:
+        raise FormulaError(f"{what} {source!r} is nested too deeply") from None
+    if isinstance(expr, (sympy.logic.boolalg.Boolean, tuple)) and not isinstance(expr, sympy.Expr):
+        raise FormulaError(_quote(f"{what} is a condition, not a value: use it inside where(cond, a, b)",
+                                  source, 0, len(source)))
+    return Formula(text=source, expr=expr, names=tuple(builder.names))
+
+
+def _quote(message: str, source: str, column: int, width: int) -> str:
+    column = max(0, min(column, len(source)))
+    width = max(1, min(width, len(source) - column) if column < len(source) else 1)
+    return f"{message}\n    {source}\n    {' ' * column}{'^' * width}"
+
+
+class _Builder:
+    """Turns a whitelisted AST into SymPy, node by node; anything else is a FormulaError."""
+
+    def __init__(self, source: str, what: str):
+        self.source = source
+        self.what = what
+        self.names: list[str] = []
+
+    def fail(self, node: ast.AST, message: str) -> FormulaError:
+        column = getattr(node, "col_offset", 0)
+        end = getattr(node, "end_col_offset", None) or column + 1
+        if getattr(node, "end_lineno", 1) != getattr(node, "lineno", 1):
+            end = len(self.source)
+        return FormulaError(_quote(f"{self.what}: {message}", self.source, column, end - column))
+
+    def build(self, node: ast.AST, condition: bool = False):
+        method = getattr(self, f"_{type(node).__name__}", None)
+        if method is None:
+            raise self.fail(node, _describe_unsupported(node))
+        return method(node, condition)
+
+    def value(self, node: ast.AST):
+        result = self.build(node)
+        if not isinstance(result, sympy.Expr):
+            raise self.fail(node, "a condition is used where a value is expected; "
+                                  "put comparisons inside where(cond, a, b)")
+        return result
+
+    def _Constant(self, node: ast.Constant, condition: bool):
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if value is True and condition:
+                return sympy.true
+            raise self.fail(node, f"{value!r} is not allowed: only numbers, names and function calls are")
+        if isinstance(value, int):
+            if len(str(abs(value))) > MAX_INTEGER_DIGITS:
+                raise self.fail(node, f"integer literal has more than {MAX_INTEGER_DIGITS} digits")
+            return sympy.Integer(value)
+        if not math.isfinite(value):
+            raise self.fail(node, "number is too large (overflows to infinity)")
+        # Exact rational from the shortest decimal form, so derivatives stay exact.
+        return sympy.Rational(repr(value))
+
+    def _Name(self, node: ast.Name, condition: bool):
+        name = node.id
+        if name in CONSTANTS:
+            return CONSTANTS[name]
+        if name == "True" and condition:
+            return sympy.true
+        if name.startswith("_"):
+            raise self.fail(node, f"name {name!r} is not allowed: names may not start with '_'")
+        if name in FUNCTIONS or name in REGISTRY or name == "Piecewise":
+            raise self.fail(node, f"{name!r} is a function: call it, as in {name}(x)")
+        if name not in self.names:
+            self.names.append(name)
+        return sympy.Symbol(name, real=True)
+
+    def _UnaryOp(self, node: ast.UnaryOp, condition: bool):
+        if isinstance(node.op, ast.USub):
+            return -self.value(node.operand)
+        if isinstance(node.op, ast.UAdd):
+            return self.value(node.operand)
+        if isinstance(node.op, ast.Not) and condition:
+            return sympy.Not(self.condition(node.operand))
+        raise self.fail(node, f"operator {_OPERATOR_NAMES.get(type(node.op), '?')!r} is not allowed here")
+
+    def _BinOp(self, node: ast.BinOp, condition: bool):
+        operation = _BINARY.get(type(node.op))
+        if operation is None:
+            symbol_text = _OPERATOR_NAMES.get(type(node.op), "?")
+            raise self.fail(node, f"operator {symbol_text!r} is not supported: use + - * / ** "
+                                  "and functions such as floor(x)")
+        left, right = self.value(node.left), self.value(node.right)
+        if isinstance(node.op, ast.Pow):
+            self._check_power(node, left, right)
+        try:
+            return operation(left, right)
+        except (OverflowError, MemoryError, ValueError) as error:
+            raise self.fail(node, f"cannot be evaluated exactly ({error})") from None
+
+    def _check_power(self, node, base, exponent):
+        if exponent.is_Number and abs(exponent) > MAX_EXPONENT:
+            raise self.fail(node, f"exponent {exponent} is too large (limit {MAX_EXPONENT})")
+        if base.is_Number and exponent.is_Number and base != 0:
+            magnitude = abs(float(exponent)) * abs(math.log10(abs(float(base)))) if float(base) else 0
+            if magnitude > 300:
+                raise self.fail(node, "this power is too large to compute (more than 1e300)")
+
+    def condition(self, node: ast.AST):
+        result = self.build(node, condition=True)
+        if not isinstance(result, (sympy.logic.boolalg.Boolean, sympy.core.relational.Relational)):
+            raise self.fail(node, "expected a condition such as x > 0")
+        return result
+
+    def _Compare(self, node: ast.Compare, condition: bool):
+        if not condition:
+            raise self.fail(node, "comparisons are only allowed as the condition of where(cond, a, b) "
+                                  "or Piecewise((a, cond), (b, True))")
+        parts = []
+        left = self.value(node.left)
+        for operator, comparator in zip(node.ops, node.comparators, strict=True):
+            relation = _COMPARE.get(type(operator))
+            if relation is None:
+                raise self.fail(node, "only < <= > >= == != comparisons are allowed")
+            right = self.value(comparator)
+            parts.append(relation(left, right))
+            left = right
+        return sympy.And(*parts)
+
+    def _BoolOp(self, node: ast.BoolOp, condition: bool):
+        if not condition:
+            raise self.fail(node, "'and'/'or' are only allowed inside the condition of where(...)")
+        parts = [self.condition(value) for value in node.values]
+        return sympy.And(*parts) if isinstance(node.op, ast.And) else sympy.Or(*parts)
+
+    def _Call(self, node: ast.Call, condition: bool):
+        if not isinstance(node.func, ast.Name):
+            raise self.fail(node.func, "only plain function names can be called, such as sin(x)")
+        name = node.func.id
+        if node.keywords or any(isinstance(arg, ast.Starred) for arg in node.args):
+            raise self.fail(node, f"{name}(...) takes positional arguments only")
+        if name == "Piecewise":
+            return self._piecewise(node)
+        if name == "where":
+            self._arity(node, name, 3, 3)
+            cond = self.condition(node.args[0])
+            return sympy.Piecewise((self.value(node.args[1]), cond), (self.value(node.args[2]), True))
+        if name in FUNCTIONS:
+            entry = FUNCTIONS[name]
+            self._arity(node, name, entry.min_args, entry.max_args)
+            return entry.build(*[self.value(arg) for arg in node.args])
+        registered = REGISTRY.get(name)
+        if registered is not None:
+            self._arity(node, name, registered.arity, registered.arity)
+            return registered.symbol(*[self.value(arg) for arg in node.args])
+        known = known_function_names()
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise self.fail(node.func, f"unknown function {name!r}: {hint}(known: {', '.join(known)})")
+
+    def _arity(self, node: ast.Call, name: str, low: int, high: int | None) -> None:
+        count = len(node.args)
+        if count < low or (high is not None and count > high):
+            expected = str(low) if low == high else (f"{low} or more" if high is None else f"{low} to {high}")
+            raise self.fail(node, f"{name}() takes {expected} argument{'s' if expected != '1' else ''}, "
+                                  f"got {count}")
+
+    def _piecewise(self, node: ast.Call):
+        if not node.args:
+            raise self.fail(node, "Piecewise needs pairs: Piecewise((a, x < 0), (b, True))")
+        pieces = []
+        for arg in node.args:
+            if not isinstance(arg, ast.Tuple) or len(arg.elts) != 2:
+                raise self.fail(arg, "each Piecewise argument must be a pair (value, condition)")
+            value_node, condition_node = arg.elts
+            pieces.append((self.value(value_node), self.condition(condition_node)))
+        return sympy.Piecewise(*pieces)
+
+
+def _describe_unsupported(node: ast.AST) -> str:
+    descriptions = {
+        ast.Attribute: "attribute access ('.') is not allowed",
+        ast.Subscript: "indexing ('[...]') is not allowed",
+        ast.Lambda: "lambda is not allowed",
+        ast.ListComp: "comprehensions are not allowed",
+        ast.GeneratorExp: "comprehensions are not allowed",
+        ast.SetComp: "comprehensions are not allowed",
+        ast.DictComp: "comprehensions are not allowed",
+        ast.IfExp: "'a if cond else b' is not allowed: use where(cond, a, b)",
+        ast.Tuple: "tuples are only allowed as Piecewise((value, condition), ...) pairs",
+        ast.NamedExpr: "':=' is not allowed",
+        ast.JoinedStr: "strings are not allowed",
+    }
+    return descriptions.get(type(node), f"{type(node).__name__} is not allowed in a formula")

@@ -1,0 +1,105 @@
+"""The registry of named functions: what formulas may call besides the built-in table.
+
+Naming a function (``customgrad.function(..., name="P2")``) registers it; formulas can then call
+``P2(...)``, and differentiate through it with its own derived or declared partials.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import sympy
+import torch
+
+from .errors import DeriveError, UsageError
+
+
+@dataclass
+class RegisteredFunction:
+    """A named function callable from formulas.
+
+    Attributes
+    ----------
+    name : str
+        The name formulas use.
+    function : type[torch.autograd.Function]
+        What runs: generated code calls ``function.apply``.
+    arity : int
+        Number of inputs.
+    symbol : type[sympy.Function]
+        SymPy handle for the function in expressions; its ``fdiff`` gives the partials.
+    partials : tuple of sympy.Expr, optional
+        One partial per input over `input_symbols` (derived, or declared), or None for a
+        hand-written Function whose derivative is not known symbolically.
+    input_symbols : tuple of sympy.Symbol, optional
+        The function's own inputs, which `partials` and `expr` are written in.
+    expr : sympy.Expr, optional
+        The function's value as an expression (None for hand-written Functions).
+    """
+
+    name: str
+    function: type[torch.autograd.Function]
+    arity: int
+    symbol: type[sympy.Function] = field(repr=False)
+    partials: tuple[sympy.Expr, ...] | None = field(default=None, repr=False)
+    input_symbols: tuple[sympy.Symbol, ...] | None = field(default=None, repr=False)
+    expr: sympy.Expr | None = field(default=None, repr=False)
+    summary: str = ""
+
+
+REGISTRY: dict[str, RegisteredFunction] = {}
+
+
+def _make_symbol(name: str, arity: int) -> type[sympy.Function]:
+    def fdiff(self, argindex=1):
+        entry = REGISTRY.get(name)
+        if entry is None or entry.partials is None:
+            raise DeriveError(
+                f"cannot differentiate through {name!r}: it is a hand-written Function whose derivative "
+                f"is not known symbolically; define it with customgrad.function(...) instead"
+            )
+        substitution = dict(zip(entry.input_symbols, self.args, strict=True))
+        return entry.partials[argindex - 1].xreplace(substitution)
+
+    return type(name, (sympy.Function,), {"nargs": arity, "fdiff": fdiff, "_customgrad_name": name})
+
+
+def forward_arity(function: type[torch.autograd.Function]) -> int:
+    """Number of inputs of an autograd.Function's forward (``ctx`` not counted when present)."""
+    parameters = list(inspect.signature(function.forward).parameters.values())
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        raise UsageError(f"{function.__name__}.forward takes *args; register a Function with named inputs")
+    count = len(parameters)
+    uses_ctx = getattr(function, "setup_context", None) is torch.autograd.Function.setup_context
+    return count - 1 if uses_ctx else count
+
+
+def register(
+    name: str,
+    function: type[torch.autograd.Function],
+    *,
+    partials: tuple[sympy.Expr, ...] | None = None,
+    input_symbols: tuple[sympy.Symbol, ...] | None = None,
+    expr: sympy.Expr | None = None,
+    summary: str = "",
+) -> RegisteredFunction:
+    """Register ``function`` under ``name`` so formulas can call it (replaces an earlier entry)."""
+    if not name.isidentifier() or name.startswith("_"):
+        raise UsageError(f"function name {name!r} is not a valid name: use letters, digits and '_', "
+                         "starting with a letter")
+    from .functions import CONSTANTS, FUNCTIONS
+
+    if name in FUNCTIONS or name in CONSTANTS:
+        raise UsageError(f"function name {name!r} is taken by a built-in formula function; choose another name")
+    arity = len(input_symbols) if input_symbols is not None else forward_arity(function)
+    entry = RegisteredFunction(name=name, function=function, arity=arity, symbol=_make_symbol(name, arity),
+                               partials=partials, input_symbols=input_symbols, expr=expr,
+                               summary=summary or (function.__doc__ or "").strip().split("\n")[0])
+    REGISTRY[name] = entry
+    return entry
+
+
+def lookup(name: str) -> RegisteredFunction | None:
+    """The registered function called ``name``, or None."""
+    return REGISTRY.get(name)

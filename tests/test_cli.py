@@ -1,0 +1,97 @@
+"""The command line through its real entry point: exit codes, output, JSON and PNG."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "customgrad", *arguments], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_fit_without_arguments_runs_the_blog_experiment_fixed():
+    result = run_cli("fit")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    logged = [line.split() for line in lines[:20]]
+    assert [int(step) for step, _ in logged] == list(range(99, 2000, 100))
+    assert abs(float(logged[0][1]) - 3994944) < 2 and abs(float(logged[-1][1]) - 3993725) < 2
+    result_line = next(line for line in lines if line.startswith("Result: y = "))
+    assert "<" not in result_line and "bound method" not in result_line
+    numbers = result_line.replace("Result: y = ", "").replace("* P2(", "").replace("x +", "").replace(")", "")
+    assert len([float(v) for v in numbers.replace("+ ", "").split()]) == 4
+    assert "81%" in result.stdout and "re-parametrised quadratic" in result.stdout
+    assert result.stderr == ""  # no progress bar when piped
+
+
+def test_fit_writes_json_and_png(tmp_path):
+    json_path, png_path = tmp_path / "run.json", tmp_path / "fit.png"
+    result = run_cli("fit", "--experiment", "tutorial", "--steps", "300", "--quiet",
+                     "--json", str(json_path), "--plot", str(png_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Result: y = ") and len(result.stdout.splitlines()) == 1
+    content = json.loads(json_path.read_text())
+    assert set(content["params"]) == {"a", "b", "c", "d"}
+    assert len(content["loss_history"]) == 300 and content["settings"]["learning_rate"] == 5e-6
+    assert content["final_loss"] == content["loss_history"][-1]
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("arguments", "fragment"), [
+    (["fit", "--steps", "-1"], "--steps must be a positive integer"),
+    (["fit", "--lr", "nan"], "--lr must be a finite positive number"),
+    (["fit", "--experiment", "nope"], "invalid choice: 'nope'"),
+    (["fit", "--plot", "/nonexistent-dir/fit.png"], "--plot: cannot write"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_gives_one_error_line_and_a_nonzero_exit(arguments, fragment):
+    result = run_cli(*arguments)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback():
+    result = run_cli("--debug", "fit", "--plot", "/nonexistent-dir/fit.png")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_list_shows_builtins():
+    result = run_cli("list")
+    assert result.returncode == 0
+    assert "P2" in result.stdout and "LegendreP3" in result.stdout and "IdentityWithSquareGrad" in result.stdout
+
+
+def test_derive_prints_each_partial_pretty_and_as_code():
+    result = run_cli("derive", "a + b*P2(c*x + d)")
+    assert result.returncode == 0, result.stderr
+    for name in "abcxd":
+        assert f"d/d{name} (derived):" in result.stdout
+    assert "torch: 2.0*b*c*(c*x + d + 1.0)" in result.stdout
+
+
+def test_derive_emit_python_prints_a_module_that_runs_without_customgrad(tmp_path):
+    result = run_cli("derive", "x", "--grad", "x=2*x", "--name", "Surrogate", "--emit", "python")
+    assert result.returncode == 0, result.stderr
+    module = tmp_path / "surrogate.py"
+    module.write_text(result.stdout)
+    check = ("import torch, surrogate\n"
+             "x = torch.randn(7, dtype=torch.float64, requires_grad=True)\n"
+             "g, = torch.autograd.grad(surrogate.Surrogate.apply(x).sum(), x)\n"
+             "assert torch.equal(g, 2 * x.detach()), g\n"
+             "import sys; assert 'customgrad' not in sys.modules\n")
+    ran = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+
+
+def test_formula_errors_quote_the_formula_with_a_caret():
+    result = run_cli("derive", "sinn(x) + 1")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("error: formula: unknown function 'sinn': did you mean 'sin'")
+    assert lines[1].strip() == "sinn(x) + 1" and lines[2].strip() == "^^^^"

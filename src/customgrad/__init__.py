@@ -1,5 +1,6 @@
 """customgrad: define, check, fit and accelerate custom PyTorch autograd Functions."""
 
+from .check import CheckReport, CheckResult, check
 from .errors import (
     CheckError,
     CustomgradError,
@@ -23,6 +24,8 @@ __all__ = [
     "parse_formula",
     "P2",
     "CheckError",
+    "CheckReport",
+    "CheckResult",
     "CustomgradError",
     "DataError",
     "DeriveError",
@@ -31,6 +34,7 @@ __all__ = [
     "IdentityWithSquareGrad",
     "LegendreP3",
     "UsageError",
+    "check",
     "run_experiment",
 ]
 

@@ -1,4 +1,4 @@
-"""The command line: ``customgrad fit | list``. Parses arguments, calls the library, prints.
+"""The command line: ``customgrad fit | derive | check | list``. Parses arguments, calls the library, prints.
 
 Errors from the library reach the user as one line ``error: ...`` and exit code 1 (2 for usage
 errors), converted in one place, `main`; ``--debug`` shows the traceback instead.
@@ -42,9 +42,7 @@ def _positive_float(option: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{option} must be a number, got {text!r}") from None
         if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(
-                f"{option} must be a finite positive number such as 1e-6, got {text!r}"
-            )
+            raise argparse.ArgumentTypeError(f"{option} must be a finite positive number such as 1e-6, got {text!r}")
         return value
 
     return parse
@@ -59,12 +57,24 @@ def _add_fit(subparsers) -> None:
         description="Fit a model. With no arguments: the blog's fit of a + b*P2(c*x + d) to tan(x), "
         "by the blog's own gradient descent, bugs fixed.",
     )
-    parser.add_argument("--experiment", choices=sorted(EXPERIMENTS), default="blog",
-                        help="built-in experiment: blog (tan, P2) or tutorial (sin, Legendre P3)")
-    parser.add_argument("--steps", type=_positive_int("--steps"), default=None,
-                        help="number of gradient-descent steps (default 2000)")
-    parser.add_argument("--lr", type=_positive_float("--lr"), default=None,
-                        help="learning rate (default: the experiment's, 1e-6 for blog, 5e-6 for tutorial)")
+    parser.add_argument(
+        "--experiment",
+        choices=sorted(EXPERIMENTS),
+        default="blog",
+        help="built-in experiment: blog (tan, P2) or tutorial (sin, Legendre P3)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_positive_int("--steps"),
+        default=None,
+        help="number of gradient-descent steps (default 2000)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=_positive_float("--lr"),
+        default=None,
+        help="learning rate (default: the experiment's, 1e-6 for blog, 5e-6 for tutorial)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the random initial parameters")
     parser.add_argument("--quiet", action="store_true", help="print only the result line")
     parser.add_argument("--json", metavar="PATH", help="write parameters, loss history and settings")
@@ -133,15 +143,21 @@ def _run_list(args) -> int:
 
 def _add_derive(subparsers) -> None:
     parser = subparsers.add_parser(
-        "derive", help="print the partial derivatives of a formula, or a standalone module",
+        "derive",
+        help="print the partial derivatives of a formula, or a standalone module",
         description="Derive the partial derivatives of FORMULA and print them, pretty and as torch code; "
         "with --emit python, print a standalone module (torch only) defining the Function.",
     )
     parser.add_argument("formula", help='the formula, e.g. "x**2 + 2*x"')
     parser.add_argument("--inputs", help="comma-separated input names in call order (default: order of appearance)")
     parser.add_argument("--name", default="Function", help="class name (default: Function)")
-    parser.add_argument("--grad", action="append", default=[], metavar="INPUT=FORMULA",
-                        help="declare a custom gradient for an input, e.g. --grad x=2*x (repeatable)")
+    parser.add_argument(
+        "--grad",
+        action="append",
+        default=[],
+        metavar="INPUT=FORMULA",
+        help="declare a custom gradient for an input, e.g. --grad x=2*x (repeatable)",
+    )
     parser.add_argument("--emit", choices=["python"], help="print a standalone module instead")
     parser.set_defaults(run=_run_derive)
 
@@ -163,8 +179,9 @@ def _run_derive(args) -> int:
     if not args.name.isidentifier():
         raise UsageError(f"--name must be a Python identifier such as P2, got {args.name!r}")
     spec = function(args.formula, inputs=inputs, name=None, grads=grads).spec
-    spec = type(spec)(name=args.name, inputs=spec.inputs, raw_outputs=spec.raw_outputs,
-                      declared=spec.declared, formula=spec.formula)
+    spec = type(spec)(
+        name=args.name, inputs=spec.inputs, raw_outputs=spec.raw_outputs, declared=spec.declared, formula=spec.formula
+    )
     if args.emit == "python":
         print(emit_module(spec), end="")
         return 0
@@ -178,6 +195,31 @@ def _run_derive(args) -> int:
     return 0
 
 
+def _add_check(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="run the check battery on a custom autograd Function",
+        description="Check a custom autograd Function: runs, gradients (first and second order), "
+        "layouts, precision, hygiene, torch.func, torch.compile, lint, determinism. Exit code 0 when "
+        "nothing failed, 1 when a check failed, 2 for usage errors.",
+    )
+    parser.add_argument("target", help="path/to/file.py:Name or package.module:Name")
+    parser.add_argument("--shapes", help='shapes of the tensor arguments, e.g. "3x4,4" (default: 5 each)')
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--no-compile", action="store_true", help="skip the (slow) torch.compile check")
+    parser.set_defaults(run=_run_check)
+
+
+def _run_check(args) -> int:
+    from .check import check
+    from .check.target import example_inputs, load_target
+
+    target = load_target(args.target)
+    report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile)
+    print(report.to_json() if args.json else report)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``customgrad`` argument parser with all its subcommands."""
     parser = _ArgumentParser(prog="customgrad", description="Define, check and fit custom autograd Functions.")
@@ -185,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     _add_fit(subparsers)
     _add_derive(subparsers)
+    _add_check(subparsers)
     _add_list(subparsers)
     return parser
 

@@ -1,0 +1,219 @@
+"""Finite differences and the comparison of a computed gradient with an expected one.
+
+`numerical_vjp` differentiates any function of tensors by central differences in float64;
+`compare_gradient` measures the mismatch, names the worst element, and `diagnose` turns the pattern
+of the mismatch into a hint (rules as a table: `HINTS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+#: Central-difference step in float64: error ~ eps^2 f''' + 1e-16 |f| / eps, both ~1e-10 here.
+STEP = 1e-6
+
+
+def numerical_vjp(
+    function: Callable[..., Sequence[torch.Tensor]],
+    tensors: Sequence[torch.Tensor],
+    upstream: Sequence[torch.Tensor],
+    step: float = STEP,
+) -> list[torch.Tensor]:
+    """d/dx_i of ``sum_k <upstream_k, function(*tensors)_k>`` for every input, by central differences.
+
+    The inputs are perturbed one element at a time in float64 copies; the function is called with the
+    perturbed copies in the dtype of the originals.
+    """
+    base = [t.detach().to(torch.float64).clone() for t in tensors]
+    weights = [g.detach().to(torch.float64) for g in upstream]
+
+    def objective(values: list[torch.Tensor]) -> float:
+        cast = [v.to(t.dtype) for v, t in zip(values, tensors, strict=True)]
+        outputs = function(*cast)
+        return float(sum((w * o.detach().to(torch.float64)).sum() for w, o in zip(weights, outputs, strict=True)))
+
+    gradients = []
+    for index, tensor in enumerate(base):
+        gradient = torch.zeros_like(tensor)
+        flat = gradient.view(-1)
+        for element in range(tensor.numel()):
+            values = [b.clone() for b in base]
+            values[index].view(-1)[element] += step
+            plus = objective(values)
+            values[index].view(-1)[element] -= 2 * step
+            minus = objective(values)
+            flat[element] = (plus - minus) / (2 * step)
+        gradients.append(gradient)
+    return gradients
+
+
+@dataclass
+class Mismatch:
+    """How a computed gradient differs from the expected one (None when they agree)."""
+
+    count: int
+    total: int
+    worst_index: tuple[int, ...]
+    got: float
+    expected: float
+    max_error: float
+    first: list[tuple[tuple[int, ...], float, float]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        where = list(self.worst_index)
+        return (
+            f"{self.count} of {self.total} elements differ; worst at index {where}: "
+            f"expected {self.expected:.6g}, got {self.got:.6g}"
+        )
+
+
+def tolerance_scale(expected: torch.Tensor) -> float:
+    return max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+
+
+def compare_gradient(
+    got: torch.Tensor | None, expected: torch.Tensor, *, rtol: float = 1e-6, atol: float = 1e-6
+) -> Mismatch | None:
+    """Elementwise ``|got - expected| <= atol * scale + rtol * |expected|``; None if all agree.
+
+    ``scale`` is ``max(1, max |expected|)`` so that cancellation near zero is not reported. A missing
+    gradient (None) counts as zeros.
+    """
+    expected = expected.detach().to(torch.float64)
+    got_t = torch.zeros_like(expected) if got is None else got.detach().to(torch.float64)
+    if got_t.shape != expected.shape:
+        try:
+            got_t = got_t.sum_to_size(expected.shape)
+        except RuntimeError:
+            return Mismatch(expected.numel(), expected.numel(), (), float("nan"), float("nan"), float("inf"))
+    error = (got_t - expected).abs()
+    bound = atol * tolerance_scale(expected) + rtol * expected.abs()
+    both_nan = torch.isnan(got_t) & torch.isnan(expected)
+    bad = ~((error <= bound) | both_nan)
+    if not bool(bad.any()):
+        return None
+    score = torch.where(bad, torch.nan_to_num(error, nan=float("inf")), torch.zeros_like(error))
+    worst = int(score.flatten().argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), expected.shape)) if expected.dim() else ()
+    first = [(tuple(i), float(got_t[tuple(i)]), float(expected[tuple(i)])) for i in bad.nonzero().tolist()[:5]]
+    return Mismatch(
+        int(bad.sum()),
+        expected.numel(),
+        index,
+        float(got_t.flatten()[worst]),
+        float(expected.flatten()[worst]),
+        float(score.flatten()[worst]),
+        first,
+    )
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    return bool(torch.allclose(a, b, rtol=1e-5, atol=1e-6 * tolerance_scale(b)))
+
+
+def _constant(values: torch.Tensor) -> float | None:
+    """The common value of all elements, if there is one (and at least two elements)."""
+    if values.numel() < 2:
+        return None
+    mean = values.mean()
+    return float(mean) if _close(values, mean.expand_as(values)) else None
+
+
+@dataclass
+class HintContext:
+    """What a hint rule may look at: the gradient, the expected one and alternatives (float64)."""
+
+    got: torch.Tensor
+    expected: torch.Tensor
+    upstream: torch.Tensor | None = None
+    expected_with_unit_upstream: torch.Tensor | None = None
+    other_expected: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _zeros(c: HintContext) -> str | None:
+    if bool((c.got == 0).all()) and not bool((c.expected == 0).all()):
+        return "the gradient is all zeros: is the returned value detached from the computation, or a placeholder?"
+    return None
+
+
+def _sign(c: HintContext) -> str | None:
+    if _close(c.got, -c.expected):
+        return "sign flipped: got = -expected; check the sign of the derivative"
+    return None
+
+
+def _scaled(c: HintContext) -> str | None:
+    nonzero = c.expected.abs() > 1e-9 * tolerance_scale(c.expected)
+    if int(nonzero.sum()) < 2 or bool((c.got[~nonzero] != 0).any()):
+        return None
+    ratio = _constant(c.got[nonzero] / c.expected[nonzero])
+    if ratio is not None and abs(ratio - 1) > 1e-6:
+        return f"scaled: got = {ratio:.6g} x expected; a constant factor is wrong (a missing or extra 2, 0.5, ...)"
+    return None
+
+
+def _ignores_upstream(c: HintContext) -> str | None:
+    if c.expected_with_unit_upstream is not None and _close(c.got, c.expected_with_unit_upstream):
+        return (
+            "ignores grad_output: got the gradient for grad_output = 1; multiply the local derivative "
+            "by grad_output (chain rule)"
+        )
+    return None
+
+
+def _local_offset(c: HintContext) -> str | None:
+    if c.upstream is None or c.upstream.shape != c.expected.shape:
+        return None
+    offset = _constant((c.got - c.expected) / c.upstream)
+    if offset is not None and abs(offset) > 1e-9:
+        return (
+            f"off by a constant: the derivative is off by {offset:.6g} everywhere (got "
+            f"grad_output * (derivative {offset:+.6g})); a constant term is missing or wrong"
+        )
+    return None
+
+
+def _offset(c: HintContext) -> str | None:
+    offset = _constant(c.got - c.expected)
+    if offset is not None and abs(offset) > 1e-9:
+        return f"off by a constant: got = expected {offset:+.6g}, a term that does not multiply grad_output"
+    return None
+
+
+def _swapped(c: HintContext) -> str | None:
+    for name, other in c.other_expected.items():
+        if _close(c.got, other) and not _close(c.expected, other):
+            return (
+                f"inputs swapped: this is the gradient expected for {name!r}; return the gradients in "
+                "the order of forward's inputs"
+            )
+    return None
+
+
+#: Hint rules in the order they are tried; the first that matches explains the mismatch.
+HINTS: tuple[tuple[str, Callable[[HintContext], str | None]], ...] = (
+    ("zeros", _zeros),
+    ("sign flipped", _sign),
+    ("inputs swapped", _swapped),
+    ("ignores grad_output", _ignores_upstream),
+    ("scaled", _scaled),
+    ("off by a constant", _offset),
+    ("derivative off by a constant", _local_offset),
+)
+
+
+def diagnose(context: HintContext) -> str | None:
+    """A hint from the first rule in `HINTS` that recognises the mismatch, or None."""
+    for _, rule in HINTS:
+        try:
+            hint = rule(context)
+        except RuntimeError:
+            continue
+        if hint:
+            return hint
+    return None

@@ -1,0 +1,130 @@
+"""Layouts: non-contiguous inputs and grad_outputs, and (for elementwise Functions) sizes 0 and 1,
+batched and broadcast shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .finite_differences import compare_gradient
+from .inputs import float64_copies, non_contiguous, random_like
+from .outcome import failed, passed, warning
+from .report import CheckResult
+from .subject import Subject, describe_error, make_generator
+
+
+def check_layouts(subject: Subject) -> CheckResult:
+    """Same results for non-contiguous inputs and grad_outputs; right gradients at other shapes."""
+    inputs = float64_copies(subject)
+    reference = subject.evaluate(inputs, generator=make_generator(60))
+    problems, notes, tried = [], [], []
+    variants = [
+        (
+            "non-contiguous inputs",
+            subject.with_values({p: non_contiguous(inputs[p]) for p in subject.differentiable_positions}),
+            reference.upstream,
+        ),
+        ("non-contiguous grad_output", inputs, [non_contiguous(g) for g in reference.upstream]),
+    ]
+    for label, values, upstream in variants:
+        if all(v.is_contiguous() for v in [*upstream, *(values[p] for p in subject.differentiable_positions)]):
+            continue  # 0-d tensors: no non-contiguous layout exists
+        tried.append(label)
+        try:
+            result = subject.evaluate(values, upstream)
+        except Exception as error:  # noqa: BLE001
+            problems.append(
+                f"{label}: raised {describe_error(error)}; use .reshape()/.contiguous() instead of "
+                ".view(), and do not assume strides"
+            )
+            continue
+        problems.extend(_differences(subject, label, reference, result))
+    if _is_elementwise(subject, reference):
+        for label, values in _shape_variants(subject, inputs):
+            tried.append(label)
+            try:
+                result = subject.evaluate(values, generator=make_generator(61))
+            except Exception as error:  # noqa: BLE001
+                notes.append(f"{label}: raised {describe_error(error)}")
+                continue
+            expected = subject.expected_gradients(values, result)
+            for position, want in expected.items():
+                got = result.gradients[position]
+                if got is not None and got.shape != values[position].shape:
+                    problems.append(
+                        f"{label}: gradient of {subject.input_name(position)!r} has shape "
+                        f"{list(got.shape)}, input has {list(values[position].shape)}"
+                    )
+                    continue
+                mismatch = compare_gradient(got, want)
+                if mismatch is not None:
+                    problems.append(
+                        f"{label}: gradient of {subject.input_name(position)!r} is wrong: {mismatch.describe()}"
+                    )
+    if problems:
+        return failed("; ".join(problems), tried=tried, notes=notes)
+    if notes:
+        return warning(
+            "the Function does not accept some shapes an elementwise Function should: " + "; ".join(notes),
+            tried=tried,
+        )
+    return passed(f"same results for {', '.join(tried) or 'the example layout'}", tried=tried)
+
+
+def _differences(subject: Subject, label: str, reference, result) -> list[str]:
+    problems = []
+    for index in reference.output_positions:
+        if compare_gradient(result.outputs[index], reference.outputs[index], rtol=1e-12, atol=1e-12) is not None:
+            problems.append(f"{label}: output {index} differs from the contiguous result")
+    for position in subject.differentiable_positions:
+        want = reference.gradients[position]
+        if want is None:
+            continue
+        mismatch = compare_gradient(result.gradients[position], want, rtol=1e-12, atol=1e-12)
+        if mismatch is not None:
+            problems.append(
+                f"{label}: gradient of {subject.input_name(position)!r} differs from the contiguous "
+                f"result ({mismatch.describe()}); do not assume a memory layout (use .reshape, "
+                ".contiguous(), no raw data_ptr/stride arithmetic)"
+            )
+    return problems
+
+
+def _is_elementwise(subject: Subject, reference) -> bool:
+    """Inputs and outputs share one shape, and changing one input element changes only that output element."""
+    shapes = {tuple(reference.outputs[i].shape) for i in reference.output_positions}
+    shapes |= {tuple(subject.example_inputs[p].shape) for p in subject.differentiable_positions}
+    others = [
+        v
+        for i, v in enumerate(subject.example_inputs)
+        if isinstance(v, torch.Tensor) and i not in subject.differentiable_positions
+    ]
+    if len(shapes) != 1 or others:
+        return False
+    inputs = [v.detach() if isinstance(v, torch.Tensor) else v for v in reference.inputs]
+    base = subject.forward_outputs(inputs, reference.output_positions)
+    for position in subject.differentiable_positions:
+        n = inputs[position].numel()
+        for element in sorted({0, n // 2, n - 1}):
+            moved = inputs[position].clone()
+            moved.view(-1)[element] += 1e-3 * (1 + abs(float(moved.view(-1)[element])))
+            outputs = subject.forward_outputs(subject.with_values({position: moved}), reference.output_positions)
+            for before, after in zip(base, outputs, strict=True):
+                changed = (before != after).view(-1).nonzero().flatten().tolist()
+                if any(index != element for index in changed):
+                    return False
+    return True
+
+
+def _shape_variants(subject: Subject, inputs: list[Any]) -> list[tuple[str, list[Any]]]:
+    generator = make_generator(62)
+    positions = subject.differentiable_positions
+    variants = []
+    for label, shape in (("size 1", (1,)), ("size 0", (0,)), ("batched (2, 3, 4)", (2, 3, 4))):
+        variants.append((label, subject.with_values({p: random_like(shape, generator) for p in positions})))
+    if len(positions) > 1:
+        values = {p: random_like((3, 4), generator) for p in positions}
+        values[positions[-1]] = random_like((4,), generator)
+        variants.append(("broadcast (3, 4) with (4,)", subject.with_values(values)))
+    return variants

@@ -1,0 +1,98 @@
+"""Precision: float64 inputs get float64-accurate results (no math silently done in float32), and
+float32/float16/bfloat16 results agree with float64 within what the dtype allows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .inputs import float64_copies, sample_points
+from .outcome import failed, passed
+from .report import CheckResult
+from .subject import Subject, describe_error, make_generator
+
+#: Low-precision dtypes compared with float64, and the tolerance in units of the dtype's epsilon
+#: (relative to the largest magnitude) used when no same-dtype eager reference exists.
+LOW_PRECISION = ((torch.float32, 64.0), (torch.float16, 64.0), (torch.bfloat16, 64.0))
+
+
+def check_precision(subject: Subject) -> CheckResult:
+    """float64 accuracy, and low-precision dtypes against a float64 reference."""
+    problems, notes = [], []
+    problems += _float32_math(subject)
+    (_, point) = sample_points(subject, seed=70)[1]
+    reference = subject.evaluate(point, generator=make_generator(71))
+    eager = getattr(subject.function_class, "eager_reference", None)
+    for dtype, units in LOW_PRECISION:
+        name = str(dtype).replace("torch.", "")
+        values = subject.with_values({p: point[p].to(dtype) for p in subject.differentiable_positions})
+        rounded = subject.with_values({p: values[p].to(torch.float64) for p in subject.differentiable_positions})
+        try:
+            low = subject.evaluate(values, [g.to(dtype) for g in reference.upstream])
+        except Exception as error:  # noqa: BLE001 - a dtype the Function does not support is a note
+            notes.append(f"{name} not supported ({describe_error(error)})")
+            continue
+        high = subject.evaluate(rounded, list(reference.upstream))
+        tolerance = units * torch.finfo(dtype).eps
+        if eager is not None:
+            tolerance = max(tolerance, 4 * eager(values, dtype))
+        pairs = [(f"output {i}", low.outputs[i], high.outputs[i]) for i in high.output_positions]
+        pairs += [
+            (f"gradient of {subject.input_name(p)!r}", low.gradients[p], high.gradients[p])
+            for p in subject.differentiable_positions
+            if high.gradients[p] is not None
+        ]
+        for label, got, want in pairs:
+            if got is None:
+                continue
+            want = want.detach().double()
+            scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+            error = float((got.detach().double() - want).abs().max()) if want.numel() else 0.0
+            if error > tolerance * scale:
+                problems.append(
+                    f"{name}: {label} is off by {error:.3g} (allowed {tolerance * scale:.3g}, "
+                    f"{units:g} x eps x max |value|) compared with float64"
+                )
+    if problems:
+        return failed("; ".join(problems), notes=notes)
+    note = f" ({'; '.join(notes)})" if notes else ""
+    return passed(f"float64 is float64-accurate; float32, float16, bfloat16 agree with float64{note}", notes=notes)
+
+
+def _float32_math(subject: Subject) -> list[str]:
+    """A float64 result insensitive to changes below float32's resolution was computed in float32."""
+    base = float64_copies(subject)
+    generator = make_generator(72)
+    values = {
+        p: torch.randn(base[p].shape, generator=generator, dtype=torch.float64) + 0.5
+        for p in subject.differentiable_positions
+    }
+    problems = []
+    evaluations = []
+    for relative in (0.0, 1e-11, 1e-3):
+        moved = subject.with_values({p: v * (1 + relative) for p, v in values.items()})
+        evaluations.append(subject.evaluate(moved, generator=make_generator(73)))
+    same, tiny, large = evaluations
+    for label, pick in _quantities(subject, same):
+        a, b, c = pick(same), pick(tiny), pick(large)
+        if a is None or b is None or c is None or a.numel() == 0:
+            continue
+        if a.dtype == torch.float64 and torch.equal(a, b) and bool((a != c).all()):
+            problems.append(
+                f"float64: {label} does not change when the inputs change by 1e-11 (relative) but "
+                "does for 1e-3: it is computed in float32 (a .float(), float32 constant or "
+                "numpy float32 array); keep the input's dtype throughout"
+            )
+    return problems
+
+
+def _quantities(subject: Subject, evaluation) -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = [
+        (f"output {i}", lambda e, i=i: e.outputs[i].detach()) for i in evaluation.output_positions
+    ]
+    items += [
+        (f"the gradient of {subject.input_name(p)!r}", lambda e, p=p: e.gradients[p])
+        for p in subject.differentiable_positions
+    ]
+    return items

@@ -1,0 +1,318 @@
+"""The thing under check: a custom autograd Function (or a callable built from them) with example inputs.
+
+`Subject` knows how to call it, which inputs are differentiable, which outputs carry gradients, the
+names of its inputs, and the gradient it is meant to have (the true derivative, or a declared custom
+gradient). Every check receives one `Subject` and one `Evaluation` helper, `evaluate`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import CheckError, UsageError
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_CHECK_DIR = os.path.dirname(__file__)
+
+#: A vector-Jacobian product: (inputs, upstream gradients per differentiable output) -> one gradient
+#: (or None) per input.
+VectorJacobianProduct = Callable[[Sequence[Any], Sequence[torch.Tensor]], Sequence[Any]]
+
+
+def is_function_class(value: Any) -> bool:
+    """Whether ``value`` is a subclass of `torch.autograd.Function` (not the base itself)."""
+    return (
+        isinstance(value, type) and issubclass(value, torch.autograd.Function) and value is not torch.autograd.Function
+    )
+
+
+def has_setup_context(function_class: type) -> bool:
+    """Whether the Function uses the ``forward(...)`` + ``setup_context(ctx, inputs, output)`` style."""
+    return function_class.setup_context is not torch.autograd.Function.setup_context
+
+
+def _find_function_class(fn: Callable) -> type | None:
+    """The autograd.Function behind ``fn``: the class itself, ``Class.apply``, or one a lambda calls."""
+    if is_function_class(fn):
+        return fn
+    owner = getattr(fn, "__self__", None)
+    if is_function_class(owner):
+        return owner
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    namespace = dict(getattr(fn, "__globals__", {}))
+    for cell_name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
+        try:
+            namespace[cell_name] = cell.cell_contents
+        except ValueError:
+            continue
+    for name in code.co_names + code.co_freevars:
+        candidate = namespace.get(name)
+        if is_function_class(candidate):
+            return candidate
+    return None
+
+
+def _parameter_names(fn: Callable, function_class: type | None) -> tuple[str, ...]:
+    declared = getattr(function_class, "input_names", None)
+    if declared:
+        return tuple(declared)
+    direct = function_class is not None and (fn is function_class or getattr(fn, "__self__", None) is function_class)
+    target = function_class.forward if direct else fn
+    try:
+        parameters = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return ()
+    if direct and not has_setup_context(function_class) and parameters:
+        parameters = parameters[1:]  # ctx
+    return tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def is_once_differentiable(function_class: type | None) -> bool:
+    """Whether backward is decorated with ``torch.autograd.function.once_differentiable``."""
+    backward = getattr(function_class, "backward", None)
+    code = getattr(backward, "__code__", None)
+    return (
+        getattr(backward, "__wrapped__", None) is not None
+        and code is not None
+        and code.co_filename.replace(os.sep, "/").endswith("torch/autograd/function.py")
+    )
+
+
+def user_location(error: BaseException) -> str | None:
+    """``file:line: source`` of the innermost traceback frame in the user's code (not torch's, not ours)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    for frame in reversed(frames):
+        path = os.path.abspath(frame.filename)
+        if path.startswith(_TORCH_DIR) or path.startswith(_CHECK_DIR) or frame.filename.startswith("<"):
+            continue
+        where = f"{_short_path(frame.filename)}:{frame.lineno}"
+        return f"{where}: {frame.line.strip()}" if frame.line else where
+    return None
+
+
+def _short_path(path: str) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path
+    return relative if not relative.startswith("..") else path
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` plus the user's file and line when the traceback reaches user code."""
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    location = user_location(error)
+    return f"{text} (at {location})" if location else text
+
+
+def flatten_outputs(outputs: Any) -> tuple[Any, ...]:
+    """A Function's outputs as a tuple, whether it returned one value or several."""
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+
+
+def is_float_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+@dataclass
+class Evaluation:
+    """One forward and backward pass: inputs, outputs, upstream gradients and the resulting gradients."""
+
+    inputs: list[Any]
+    leaves: dict[int, torch.Tensor]
+    outputs: tuple[Any, ...]
+    output_positions: list[int]
+    upstream: list[torch.Tensor]
+    gradients: dict[int, torch.Tensor | None]
+
+
+@dataclass
+class Subject:
+    """A Function (or callable built from Functions) and the example inputs it is checked at.
+
+    Parameters
+    ----------
+    fn : autograd.Function subclass or callable
+        What is checked. A Function class is called through ``fn.apply``.
+    example_inputs : sequence
+        Positional arguments: tensors (floating ones are differentiated) and non-tensor values.
+    custom_gradient : dict or callable or None
+        The intended gradient when the backward is deliberately not the true derivative; see
+        `customgrad.check`.
+    """
+
+    fn: Callable
+    example_inputs: tuple[Any, ...]
+    custom_gradient: Any = None
+    function_class: type | None = field(init=False)
+    apply: Callable = field(init=False)
+    parameter_names: tuple[str, ...] = field(init=False)
+    clone_inputs: bool = field(init=False, default=False)
+    declared_vjp: VectorJacobianProduct | None = field(init=False, default=None)
+    declared_text: dict[str, str] = field(init=False, default_factory=dict)
+    compile_backend: str | None = field(init=False, default=None)
+    all_parameter_names: tuple[str, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise UsageError(f"check() needs an autograd.Function subclass or a callable, got {type(self.fn).__name__}")
+        self.function_class = _find_function_class(self.fn)
+        self.apply = self.fn.apply if is_function_class(self.fn) else self.fn
+        names = _parameter_names(self.fn, self.function_class)
+        self.all_parameter_names = names
+        self.parameter_names = tuple(names[: len(self.example_inputs)]) + tuple(
+            f"input{i}" for i in range(len(names), len(self.example_inputs))
+        )
+        if not self.differentiable_positions:
+            raise UsageError(
+                f"check({self.name}, ...) needs at least one floating-point tensor among the example "
+                f"inputs to differentiate; got {self.describe_inputs()}"
+            )
+        from .declared import resolve_declared_gradient
+
+        self.declared_vjp, self.declared_text = resolve_declared_gradient(self)
+
+    @property
+    def name(self) -> str:
+        if self.function_class is not None:
+            return self.function_class.__name__
+        return getattr(self.fn, "__qualname__", None) or getattr(self.fn, "__name__", repr(self.fn))
+
+    @property
+    def calls_function_directly(self) -> bool:
+        """Whether ``apply`` is the Function's own ``apply`` (not a wrapper around it)."""
+        return self.function_class is not None and self.apply == self.function_class.apply
+
+    @property
+    def differentiable_positions(self) -> list[int]:
+        return [i for i, value in enumerate(self.example_inputs) if is_float_tensor(value)]
+
+    def input_name(self, position: int) -> str:
+        return self.parameter_names[position]
+
+    def describe_inputs(self) -> str:
+        parts = []
+        for name, value in zip(self.parameter_names, self.example_inputs, strict=True):
+            if isinstance(value, torch.Tensor):
+                dtype = str(value.dtype).replace("torch.", "")
+                parts.append(f"{name}: {dtype}{list(value.shape)}")
+            else:
+                parts.append(f"{name}={value!r}")
+        return ", ".join(parts)
+
+    # -- running -------------------------------------------------------------------------------
+    def with_values(self, values: dict[int, torch.Tensor]) -> list[Any]:
+        """The example inputs with the tensors at the given positions replaced."""
+        inputs = list(self.example_inputs)
+        for position, value in values.items():
+            inputs[position] = value
+        return inputs
+
+    def call(self, inputs: Sequence[Any]) -> tuple[Any, ...]:
+        """Run the forward on ``inputs`` (clones of tensors when the Function works in place)."""
+        arguments = [v.clone() if self.clone_inputs and isinstance(v, torch.Tensor) else v for v in inputs]
+        return flatten_outputs(self.apply(*arguments))
+
+    def evaluate(
+        self,
+        inputs: Sequence[Any],
+        upstream: Sequence[torch.Tensor] | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        create_graph: bool = False,
+        upstream_requires_grad: bool = False,
+    ) -> Evaluation:
+        """Forward, then gradients of ``sum_k <upstream_k, output_k>`` w.r.t. the floating inputs."""
+        leaves = {}
+        arguments = list(inputs)
+        for position in self.differentiable_positions:
+            leaf = inputs[position].detach().requires_grad_(True)
+            leaves[position] = leaf
+            arguments[position] = leaf
+        with torch.enable_grad():
+            outputs = self.call(arguments)
+            positions = [i for i, out in enumerate(outputs) if isinstance(out, torch.Tensor) and out.requires_grad]
+            if not positions:
+                raise CheckError(
+                    f"no output of {self.name} requires grad: does forward return tensors computed from "
+                    "its inputs (and not marked non-differentiable)?"
+                )
+            if upstream is None:
+                upstream = [random_upstream(outputs[i], generator) for i in positions]
+            upstream = [g.detach().requires_grad_(upstream_requires_grad) for g in upstream]
+            grads = torch.autograd.grad(
+                [outputs[i] for i in positions],
+                list(leaves.values()),
+                upstream,
+                allow_unused=True,
+                create_graph=create_graph,
+            )
+        return Evaluation(
+            list(arguments), leaves, outputs, positions, list(upstream), dict(zip(leaves, grads, strict=True))
+        )
+
+    def forward_outputs(self, inputs: Sequence[Any], positions: Sequence[int]) -> list[torch.Tensor]:
+        """The differentiable outputs (by position) of a forward pass without autograd."""
+        with torch.no_grad():
+            outputs = self.call(inputs)
+        return [outputs[i] for i in positions]
+
+    def expected_gradients(self, inputs: Sequence[Any], evaluation: Evaluation) -> dict[int, torch.Tensor]:
+        """The gradients the Function should return: declared custom ones, else finite differences."""
+        from .finite_differences import numerical_vjp
+
+        result: dict[int, torch.Tensor] = {}
+        declared_positions = getattr(self.declared_vjp, "declared_positions", set())
+        if self.declared_vjp is not None:
+            grads = self.declared_vjp(list(inputs), list(evaluation.upstream))
+            for position in declared_positions:
+                shape = inputs[position].shape
+                value = grads[position]
+                value = torch.zeros(shape) if value is None else value
+                result[position] = sum_to_shape(torch.as_tensor(value, dtype=torch.float64), shape)
+        remaining = [p for p in self.differentiable_positions if p not in result]
+        if remaining:
+
+            def forward(*tensors: torch.Tensor) -> list[torch.Tensor]:
+                values = list(inputs)
+                for position, tensor in zip(remaining, tensors, strict=True):
+                    values[position] = tensor
+                return self.forward_outputs(values, evaluation.output_positions)
+
+            numeric = numerical_vjp(forward, [inputs[p] for p in remaining], evaluation.upstream)
+            result.update(zip(remaining, numeric, strict=True))
+        return result
+
+
+def sum_to_shape(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Reduce a broadcast gradient to ``shape`` by summing, as the autograd engine does."""
+    if value.shape == shape:
+        return value
+    if value.dim() == 0:
+        return value.expand(shape).clone()
+    try:
+        return value.sum_to_size(shape)
+    except RuntimeError:
+        return torch.broadcast_to(value, shape).clone()
+
+
+def random_upstream(output: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """A random, non-constant upstream gradient bounded away from zero: sign * U(0.5, 1.5)."""
+    magnitude = torch.rand(output.shape, generator=generator, dtype=torch.float64) + 0.5
+    sign = torch.where(torch.rand(output.shape, generator=generator, dtype=torch.float64) < 0.5, -1.0, 1.0)
+    return (magnitude * sign).to(output.dtype)
+
+
+def make_generator(seed: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator

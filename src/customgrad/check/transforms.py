@@ -1,0 +1,219 @@
+"""Function transforms and compilation: torch.func (vmap, grad, jacrev) and torch.compile(fullgraph=True)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from .finite_differences import compare_gradient
+from .inputs import sample_points
+from .outcome import failed, passed, skipped, warning
+from .report import CheckResult
+from .subject import Subject, describe_error, flatten_outputs, has_setup_context, make_generator
+
+HOW_TO_SETUP_CONTEXT = (
+    "to support torch.func, split forward: forward(x, ...) without ctx computes the output, and "
+    "@staticmethod setup_context(ctx, inputs, output) saves what backward needs (x, = inputs; "
+    "ctx.save_for_backward(x)); add generate_vmap_rule = True (or a vmap staticmethod) for vmap/jacrev"
+)
+HOW_TO_VMAP = (
+    "for vmap and jacrev set generate_vmap_rule = True on the class (when forward and backward use "
+    "only torch operations) or write a vmap staticmethod"
+)
+
+BATCH = 3
+
+
+def check_torch_func(subject: Subject) -> CheckResult:
+    """vmap over a batch equals a loop; torch.func.grad and jacrev agree with autograd."""
+    cls = subject.function_class
+    if cls is not None and not has_setup_context(cls):
+        return warning(
+            f"{cls.__name__} defines forward(ctx, ...) without setup_context, so torch.func "
+            f"transforms (vmap, grad, jacrev) refuse it: {HOW_TO_SETUP_CONTEXT}"
+        )
+    (_, inputs) = sample_points(subject, seed=80)[1]
+    reference = subject.evaluate(inputs, generator=make_generator(81))
+    problems, warnings_, passed_parts = [], [], []
+    positions = subject.differentiable_positions
+    output_positions = reference.output_positions
+
+    def scalar(*tensors: torch.Tensor) -> torch.Tensor:
+        outputs = subject.call(subject.with_values(dict(zip(positions, tensors, strict=True))))
+        return sum((g * outputs[i]).sum() for g, i in zip(reference.upstream, output_positions, strict=True))
+
+    tensors = [inputs[p] for p in positions]
+    try:
+        grads = torch.func.grad(scalar, argnums=tuple(range(len(tensors))))(*tensors)
+        for position, got in zip(positions, grads, strict=True):
+            want = reference.gradients[position]
+            if want is not None and compare_gradient(got, want) is not None:
+                problems.append(
+                    f"torch.func.grad gives a different gradient of {subject.input_name(position)!r} "
+                    f"than autograd ({compare_gradient(got, want).describe()})"
+                )
+        passed_parts.append("grad")
+    except Exception as error:  # noqa: BLE001
+        problems.append(f"torch.func.grad raised {describe_error(error)}")
+    _vmap_and_jacrev(subject, inputs, reference, problems, warnings_, passed_parts)
+    if problems:
+        return failed("; ".join(problems + warnings_))
+    if warnings_:
+        return warning("; ".join(warnings_) + (f" ({', '.join(passed_parts)} work)" if passed_parts else ""))
+    return passed(f"{', '.join(passed_parts)} agree with autograd and a loop")
+
+
+def _vmap_and_jacrev(
+    subject: Subject,
+    inputs: list[Any],
+    reference,
+    problems: list[str],
+    warnings_: list[str],
+    passed_parts: list[str],
+) -> None:
+    positions = subject.differentiable_positions
+    generator = make_generator(82)
+    batched = {p: torch.randn((BATCH, *inputs[p].shape), generator=generator, dtype=torch.float64) for p in positions}
+    in_dims = tuple(0 if i in batched else None for i in range(len(inputs)))
+
+    def call(*arguments: Any) -> tuple[Any, ...]:
+        return tuple(o for o in subject.call(list(arguments)) if isinstance(o, torch.Tensor))
+
+    try:
+        with torch.no_grad():
+            mapped = torch.vmap(call, in_dims=in_dims)(*subject.with_values(batched))
+    except Exception as error:  # noqa: BLE001
+        if "generate_vmap_rule" in str(error) or "vmap staticmethod" in str(error):
+            warnings_.append(f"vmap is not supported: {HOW_TO_VMAP}")
+            return
+        problems.append(f"vmap raised {describe_error(error)}")
+        return
+    with torch.no_grad():
+        looped = [call(*subject.with_values({p: v[b] for p, v in batched.items()})) for b in range(BATCH)]
+    for index, got in enumerate(mapped):
+        want = torch.stack([row[index] for row in looped])
+        if got.shape != want.shape or not torch.allclose(got.double(), want.double(), rtol=1e-10, atol=1e-10):
+            problems.append(
+                f"vmap over a batch of {BATCH} differs from a loop in output {index} (vmap rule "
+                "wrong: check out_dims and where the batch dimension goes)"
+            )
+    passed_parts.append("vmap")
+    # jacrev of the first differentiable output w.r.t. each input, against autograd row by row.
+    first = reference.output_positions[0]
+
+    def output_of(*tensors: torch.Tensor) -> torch.Tensor:
+        return subject.call(subject.with_values(dict(zip(positions, tensors, strict=True))))[first]
+
+    tensors = [inputs[p] for p in positions]
+    try:
+        jacobians = torch.func.jacrev(output_of, argnums=tuple(range(len(tensors))))(*tensors)
+    except Exception as error:  # noqa: BLE001
+        problems.append(f"torch.func.jacrev raised {describe_error(error)}")
+        return
+    out_shape = reference.outputs[first].shape
+    for k, (position, jacobian) in enumerate(zip(positions, jacobians, strict=True)):
+        rows = []
+        for element in range(max(1, out_shape.numel())):
+            unit = torch.zeros(out_shape.numel(), dtype=torch.float64)
+            if out_shape.numel():
+                unit[element] = 1
+            upstream = [
+                unit.reshape(out_shape) if i == first else torch.zeros_like(reference.outputs[i])
+                for i in reference.output_positions
+            ]
+            grad = subject.evaluate(inputs, upstream).gradients[position]
+            rows.append(torch.zeros_like(tensors[k]) if grad is None else grad.detach())
+        want = torch.stack(rows).reshape(*out_shape, *tensors[k].shape)
+        mismatch = compare_gradient(jacobian, want)
+        if mismatch is not None:
+            problems.append(
+                f"torch.func.jacrev for {subject.input_name(position)!r} differs from autograd's "
+                f"Jacobian ({mismatch.describe()})"
+            )
+    passed_parts.append("jacrev")
+
+
+def check_compile(subject: Subject) -> CheckResult:
+    """torch.compile(fullgraph=True) gives the eager outputs and gradients."""
+    backend = subject.compile_backend
+    if backend is None:
+        return skipped("torch.compile check disabled")
+
+    (_, inputs) = sample_points(subject, seed=90)[1]
+    reference = subject.evaluate(inputs, generator=make_generator(91))
+
+    def run(*arguments: Any) -> tuple[Any, ...]:
+        return flatten_outputs(subject.apply(*arguments))
+
+    logger = logging.getLogger("torch._dynamo")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # graph-break chatter: the result says it once, in words
+    try:
+        return _compare_compiled(subject, run, backend, inputs, reference)
+    finally:
+        logger.setLevel(level)
+
+
+def _compare_compiled(subject: Subject, run, backend: str, inputs: list[Any], reference) -> CheckResult:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled = torch.compile(run, fullgraph=True, backend=backend)
+    positions = subject.differentiable_positions
+    leaves = {p: inputs[p].detach().clone().requires_grad_(True) for p in positions}
+    arguments = subject.with_values({p: (l.clone() if subject.clone_inputs else l) for p, l in leaves.items()})
+    capture_problem = None
+    try:
+        with torch.enable_grad():
+            outputs = compiled(*arguments)
+    except Exception as error:  # noqa: BLE001
+        reason = " ".join(str(error).split("\n")[0].split())[:300]
+        capture_problem = (
+            f"torch.compile(fullgraph=True, backend={backend!r}) cannot capture {subject.name} "
+            f"in one graph: {type(error).__name__}: {reason}"
+        )
+        if "custom jvp" in reason:
+            capture_problem += (
+                " (Dynamo does not trace autograd.Functions that define a jvp staticmethod; "
+                "drop jvp if forward-mode AD is not needed)"
+            )
+        torch._dynamo.reset()
+        compiled = torch.compile(run, backend=backend)
+        try:
+            with torch.enable_grad():
+                outputs = compiled(*arguments)
+        except Exception as second:  # noqa: BLE001
+            return failed(f"{capture_problem}; even with graph breaks it raised {describe_error(second)}")
+    problems = []
+    for index in reference.output_positions:
+        if compare_gradient(outputs[index], reference.outputs[index], rtol=1e-9, atol=1e-9) is not None:
+            problems.append(f"compiled output {index} differs from eager")
+    try:
+        grads = torch.autograd.grad(
+            [outputs[i] for i in reference.output_positions],
+            list(leaves.values()),
+            reference.upstream,
+            allow_unused=True,
+        )
+    except Exception as error:  # noqa: BLE001
+        return failed(f"backward of the compiled Function raised {describe_error(error)}")
+    for position, got in zip(positions, grads, strict=True):
+        want = reference.gradients[position]
+        if want is not None and compare_gradient(got, want, rtol=1e-9, atol=1e-9) is not None:
+            problems.append(
+                f"compiled gradient of {subject.input_name(position)!r} differs from eager "
+                f"({compare_gradient(got, want, rtol=1e-9, atol=1e-9).describe()})"
+            )
+    if problems:
+        return failed("; ".join(([capture_problem] if capture_problem else []) + problems), backend=backend)
+    if capture_problem:
+        return warning(
+            f"{capture_problem}. With graph breaks, compiled outputs and gradients match eager",
+            backend=backend,
+        )
+    return passed(
+        f"torch.compile(fullgraph=True, backend={backend!r}) matches eager outputs and gradients",
+        backend=backend,
+    )

@@ -1,0 +1,196 @@
+"""The check battery: no false alarm on correct Functions, each planted mistake caught by its check,
+report and API behaviour."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import customgrad
+from customgrad import CheckReport, UsageError, check
+from customgrad.check import CHECK_NAMES
+from customgrad.library import P2, IdentityWithSquareGrad
+from fixtures.correct_functions import CORRECT, BlogSurrogate, Square
+from fixtures.planted_mistakes import PLANTED, MissingTerm
+from reference import assert_matches_reference
+
+
+@pytest.mark.parametrize(
+    ("name", "fn", "inputs", "options", "expected_warnings"), CORRECT, ids=[entry[0] for entry in CORRECT]
+)
+def test_correct_functions_raise_no_false_alarm(name, fn, inputs, options, expected_warnings):
+    report = check(fn, *inputs, compile=False, **options)
+    alarms = [
+        r for r in report.results if r.status == "failed" or (r.status == "warning" and r.name not in expected_warnings)
+    ]
+    assert report.ok and not alarms, str(report)
+
+
+@pytest.mark.parametrize(
+    "function", [f for f, (_, name, _) in PLANTED.items() if name != "compile"], ids=lambda f: f.__name__
+)
+def test_planted_mistake_is_caught_by_its_check(function):
+    inputs, name, status = PLANTED[function]
+    report = check(function, *inputs, compile=False)
+    assert report[name].status == status, str(report)
+
+
+@pytest.mark.slow
+def test_planted_compile_mistake_is_caught():
+    function = next(f for f, (_, name, _) in PLANTED.items() if name == "compile")
+    inputs, name, status = PLANTED[function]
+    report = check(function, *inputs, checks=["compile"])
+    assert report[name].status == status
+    assert "one graph" in report[name].message
+
+
+@pytest.mark.slow
+def test_compile_check_passes_for_a_correct_function():
+    report = check(Square, torch.randn(3, 4, dtype=torch.float64), checks=["compile"])
+    assert report["compile"].status == "passed", str(report)
+    generated = check(P2, torch.randn(5, dtype=torch.float64), checks=["compile"])
+    assert generated["compile"].status == "passed", str(generated)
+
+
+def test_every_check_is_planted_in_the_corpus():
+    assert {name for _, name, _ in PLANTED.values()} == set(CHECK_NAMES)
+
+
+def test_missing_term_hint_names_the_constant():
+    report = check(MissingTerm, torch.randn(5, dtype=torch.float64), checks=["first_order"])
+    message = report["first_order"].message
+    assert "off by -2" in message and "'x'" in message and "expected" in message
+
+
+def test_scaled_and_swapped_and_ignored_upstream_hints():
+    class Scaled(Square):
+        @staticmethod
+        def backward(ctx, grad_output):
+            (x,) = ctx.saved_tensors
+            return grad_output * 4 * x
+
+    class Swapped(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, y):
+            ctx.save_for_backward(x, y)
+            return x * y
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            x, y = ctx.saved_tensors
+            return grad_output * x, grad_output * y
+
+    class IgnoresUpstream(Square):
+        @staticmethod
+        def backward(ctx, grad_output):
+            (x,) = ctx.saved_tensors
+            return 2 * x
+
+    x, y = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    assert "scaled: got = 2 x expected" in check(Scaled, x, checks=["first_order"])["first_order"].message
+    assert "inputs swapped" in check(Swapped, x, y, checks=["first_order"])["first_order"].message
+    assert "ignores grad_output" in check(IgnoresUpstream, x, checks=["first_order"])["first_order"].message
+
+
+def test_custom_gradient_is_compared_instead_of_finite_differences():
+    x = torch.randn(5, dtype=torch.float64)
+    undeclared = check(BlogSurrogate, x, compile=False)
+    declared = check(BlogSurrogate, x, compile=False, custom_gradient={"input": "2*input"})
+    assert undeclared["first_order"].status == "failed"
+    assert "custom_gradient=" in undeclared["first_order"].message
+    assert declared.ok and declared["first_order"].status == "passed"
+    assert "2*input" in declared["first_order"].message
+
+    # A wrong declaration is reported: the backward is 2x, not 3x.
+    wrong = check(BlogSurrogate, x, checks=["first_order"], custom_gradient={"input": "3*input"})
+    assert wrong["first_order"].status == "failed" and "declared custom gradient" in wrong["first_order"].message
+
+
+def test_custom_gradient_as_vjp_callable():
+    def vjp(inputs, grad_outputs):
+        return (2 * inputs[0] * grad_outputs[0],)
+
+    report = check(
+        BlogSurrogate,
+        torch.randn(4, dtype=torch.float64),
+        checks=["first_order"],
+        custom_gradient=vjp,
+    )
+    assert report.ok
+
+
+def test_custom_gradient_with_unknown_input_name_is_a_usage_error():
+    with pytest.raises(UsageError, match="'x'.*inputs are input"):
+        check(BlogSurrogate, torch.randn(3), custom_gradient={"x": "2*x"})
+
+
+@pytest.mark.parametrize(
+    ("formula", "options"),
+    [
+        ("x**2 + 2*x", {}),
+        ("sin(x) * y + exp(-x**2)", {}),
+        ("x", {"grads": {"x": "2*x"}}),
+        ("x * y", {"inputs": ["x", "y"], "grads": {"y": "0"}}),
+    ],
+)
+def test_functions_generated_by_customgrad_function_pass(formula, options):
+    generated = customgrad.function(formula, **options)
+    generator = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(4, generator=generator, dtype=torch.float64) for _ in generated.input_names]
+    report = check(generated, *inputs, compile=False)
+    assert report.ok and not [r for r in report.results if r.status == "warning"], str(report)
+
+
+def test_declared_gradient_of_a_generated_function_is_used():
+    assert IdentityWithSquareGrad.declared_grads
+    report = check(IdentityWithSquareGrad, torch.randn(5, dtype=torch.float64), checks=["first_order"])
+    assert report.ok and "declared custom gradient" in report["first_order"].message
+
+
+def test_unknown_check_name_is_a_usage_error():
+    with pytest.raises(UsageError, match="first-order"):
+        check(P2, torch.randn(3), checks=["first-order"])
+
+
+def test_a_hanging_check_times_out_and_the_others_still_run(monkeypatch):
+    import time
+
+    from customgrad.check import battery
+
+    def hang(subject):
+        time.sleep(5)
+
+    patched = tuple(
+        battery.Check(c.name, c.summary, hang, time_limit=0.2) if c.name == "determinism" else c for c in battery.CHECKS
+    )
+    monkeypatch.setattr(battery, "CHECKS", patched)
+    report = check(P2, torch.randn(3, dtype=torch.float64), compile=False)
+    assert report["determinism"].status == "failed" and "timed out" in report["determinism"].message
+    assert report["first_order"].status == "passed"
+
+
+def test_report_table_and_json():
+    report = check(P2, torch.randn(3, dtype=torch.float64), compile=False)
+    assert isinstance(report, CheckReport) and report.ok
+    text = str(report)
+    assert "first_order" in text and "OK:" in text.splitlines()[-1]
+    data = json.loads(report.to_json())
+    assert data["ok"] is True and len(data["results"]) == len(CHECK_NAMES)
+    assert {r["status"] for r in data["results"]} <= {"passed", "failed", "warning", "skipped"}
+
+
+def test_check_is_exported_from_the_package():
+    assert customgrad.check is check and customgrad.CheckReport is CheckReport
+
+
+def test_battery_gradients_agree_with_eager_autograd_reference():
+    # The battery's finite differences are the reference it trusts: compare them once with eager autograd.
+    from customgrad.check.finite_differences import numerical_vjp
+
+    x = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(6, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(torch.sin(x) * x, x, upstream)
+    (numeric,) = numerical_vjp(lambda t: [torch.sin(t) * t], [x.detach()], [upstream])
+    assert_matches_reference(numeric, expected, rtol=1e-8, atol=1e-9, what="finite differences")

@@ -1,0 +1,83 @@
+"""``customgrad check`` through the real entry point: exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SOURCE = Path(__file__).parent.parent / "src"
+
+
+def run_cli(*arguments: str) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, PYTHONPATH=f"{SOURCE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return subprocess.run(
+        [sys.executable, "-m", "customgrad", "check", *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=Path(__file__).parent.parent,
+        timeout=600,
+    )
+
+
+def test_blog_p2_reports_the_name_error_and_its_line():
+    result = run_cli(f"{FIXTURES / 'blog_p2.py'}:P2", "--no-compile")
+    assert result.returncode == 1, result.stderr
+    assert "NameError: name 'inptu' is not defined" in result.stdout
+    line = next(
+        i
+        for i, text in enumerate((FIXTURES / "blog_p2.py").read_text().splitlines(), 1)
+        if "return" in text and "inptu" in text
+    )
+    assert f"blog_p2.py:{line}" in result.stdout
+    assert "return grad_output * (2 * inptu + 2)" in result.stdout
+    assert "did you mean" in result.stdout and "undefined name 'inptu'" in result.stdout
+
+
+def test_fixed_blog_p2_passes():
+    result = run_cli(f"{FIXTURES / 'blog_p2_fixed.py'}:P2", "--no-compile")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("OK:")
+
+
+def test_module_target_shapes_and_json():
+    result = run_cli("customgrad.library:LegendreP3", "--shapes", "3x4", "--json", "--no-compile")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] and data["inputs"] == "x: float64[3, 4]"
+
+
+def test_planted_mistake_exits_1():
+    result = run_cli(f"{FIXTURES / 'planted_mistakes.py'}:MissingTerm", "--no-compile")
+    assert result.returncode == 1
+    assert "off by -2" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["no/such/file.py:P2"], "no such file"),
+        (["customgrad.library:Nope"], "has no 'Nope'"),
+        (["customgrad.library"], "path/to/file.py:Name"),
+        (["customgrad.library:P2", "--shapes", "3y4"], "cannot read '3y4'"),
+        (["customgrad.library:P2", "--shapes", "3,4"], "gives 2 shape(s)"),
+    ],
+)
+def test_usage_errors_exit_2(arguments, message):
+    result = run_cli(*arguments)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr
+
+
+@pytest.mark.slow
+def test_compile_runs_by_default():
+    result = run_cli(f"{FIXTURES / 'blog_p2_fixed.py'}:P2", "--json")
+    assert result.returncode == 0, result.stderr
+    compile_result = next(r for r in json.loads(result.stdout)["results"] if r["name"] == "compile")
+    assert compile_result["status"] == "passed"

@@ -1,10 +1,11 @@
 """Levenberg-Marquardt: minimise cost = ||r(theta)||^2 by trust-region steps
 delta = -(J^T J + lambda D^2)^-1 J^T r, with ||D delta|| <= Delta (More's MINPACK variant).
 
-Per iteration: one exact Jacobian, a QR of it and an SVD of the small R factor, then as many trial
-steps as the trust region needs, each costing one residual evaluation and no new factorisation
-(lambda is solved from the singular values). The step uses only R and Q^T r, pieces a batch or a
-sharded data set can assemble (stacked QRs), and never forms J^T J, which squares the condition number.
+Per iteration: one exact Jacobian, an R-only QR of [J | r] (torch, on the data's device), an SVD of
+the small R (numpy), then as many trial steps as the trust region needs, each costing one residual
+evaluation and no new factorisation (lambda is solved from the singular values). The step uses only
+R and Q^T r, pieces a batch or a sharded data set can assemble (stacked QRs), and never forms J^T J,
+which squares the condition number.
 D holds running maxima of the Jacobian's column norms, so the method is invariant to parameter scale.
 """
 
@@ -18,6 +19,14 @@ import numpy as np
 import torch
 
 EPS = float(np.finfo(np.float64).eps)
+# Singular values below this share of the largest are left out of Gauss-Newton steps: those directions
+# are not identifiable from the data (the cost does not change along them), and stepping along
+# them only makes the parameters drift.
+RANK_TOLERANCE = 1e-10
+# With such directions, the parameters can drift forever at a nearly constant cost (a model with a
+# redundant parameter approaching its infimum): stop when the cost changes by less than
+# DRIFT_TOLERANCE (relative) over DRIFT_WINDOW accepted steps.
+DRIFT_TOLERANCE, DRIFT_WINDOW = 1e-9, 10
 
 
 @dataclass
@@ -33,11 +42,19 @@ class Outcome:
     history: list[float] = field(default_factory=list)
 
 
-def factorize(jacobian: torch.Tensor, r: torch.Tensor, scale: torch.Tensor):
-    """Singular values s, right vectors V^T and U^T r of J D^-1, via J = QR then svd(R D^-1)."""
-    q, upper = torch.linalg.qr(jacobian)
-    u, s, vt = torch.linalg.svd(upper / scale)
-    return s.numpy(), vt.numpy(), (u.T @ (q.T @ r)).numpy()
+def reduce_jacobian(jacobian: torch.Tensor, r: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The p-sized pieces of the least-squares problem: R and Q^T r of J = QR, on the CPU.
+
+    One R-only QR of the augmented [J | r] gives both (its last column is Q^T r), without forming Q.
+    Everything the step needs follows: ||J_j|| = ||R_j||, J^T r = R^T Q^T r, the singular values
+    of J. Data shards or batches combine by stacking their augmented R's and QR-ing again.
+    """
+    augmented = torch.cat([jacobian, r.unsqueeze(-1)], dim=-1)
+    rows, columns = augmented.shape
+    if rows < columns:
+        augmented = torch.cat([augmented, augmented.new_zeros(columns - rows, columns)])
+    upper = torch.linalg.qr(augmented, mode="r").R.cpu().numpy()
+    return upper[:-1, :-1], upper[:-1, -1]
 
 
 def lm_parameter(s: np.ndarray, utr: np.ndarray, radius: float) -> tuple[float, np.ndarray]:
@@ -47,7 +64,7 @@ def lm_parameter(s: np.ndarray, utr: np.ndarray, radius: float) -> tuple[float, 
     when that step already fits. Newton's method on 1/||delta_s|| (Hebden), which converges from below.
     """
     a = s * utr
-    keep = s > s[0] * EPS * len(s) if s[0] > 0 else np.zeros_like(s, dtype=bool)
+    keep = s > s[0] * RANK_TOLERANCE if s[0] > 0 else np.zeros_like(s, dtype=bool)
     gauss_newton = np.where(keep, -utr / np.where(keep, s, 1.0), 0.0)
     norm = math.sqrt(float(gauss_newton @ gauss_newton))
     if norm <= 1.1 * radius:
@@ -95,6 +112,7 @@ def levenberg_marquardt(
     max_steps : int
         Maximum number of Jacobian evaluations (outer iterations).
     """
+    theta_np = theta.detach().cpu().numpy().astype(np.float64)
     r = residuals(theta)
     cost = cost_of(r)
     evaluations, jacobians, steps = 1, 0, 0
@@ -104,33 +122,35 @@ def levenberg_marquardt(
     while jacobians < max_steps:
         r_eff, jacobian = linearize(theta, r)
         jacobians += 1
-        if not bool(torch.isfinite(jacobian).all()):
+        upper, qtr = reduce_jacobian(jacobian, r_eff)
+        if not (np.isfinite(upper).all() and np.isfinite(qtr).all()):
             status = "nonfinite"
             break
-        column_norms = torch.linalg.vector_norm(jacobian, dim=0)
+        column_norms = np.linalg.norm(upper, axis=0)
         if scale is None:
-            scale = torch.where(column_norms > 0, column_norms, 1.0)
-            radius = factor * float(torch.linalg.vector_norm(scale * theta)) or factor
+            scale = np.where(column_norms > 0, column_norms, 1.0)
+            radius = factor * float(np.linalg.norm(scale * theta_np)) or factor
         else:
-            scale = torch.maximum(scale, column_norms)
+            scale = np.maximum(scale, column_norms)
         if cost == 0:
             status = "exact"
             break
-        gradient = (jacobian.T @ r_eff) / (column_norms * math.sqrt(cost))
-        gradient_cosine = float(torch.nan_to_num(gradient, nan=0.0).abs().max()) if len(gradient) else 0.0
-        if gradient_cosine <= gtol:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cosines = np.abs(upper.T @ qtr) / (column_norms * math.sqrt(cost))
+        if float(np.nan_to_num(cosines, nan=0.0).max(initial=0.0)) <= gtol:
             status = "gtol"
             break
-        s, vt, utr = factorize(jacobian, r_eff, scale)
-        scale_np = scale.numpy()
-        theta_norm = float(np.linalg.norm(scale_np * theta.numpy()))
+        u, s, vt = np.linalg.svd(upper / scale)
+        utr = u.T @ qtr
+        theta_norm = float(np.linalg.norm(scale * theta_np))
         while True:
             lam, coordinates = lm_parameter(s, utr, radius)
             step_scaled = vt.T @ coordinates
             step_norm = float(np.linalg.norm(step_scaled))
             if steps == 0 and jacobians == 1:
                 radius = min(radius, step_norm)
-            trial = theta + torch.from_numpy(step_scaled / scale_np)
+            trial_np = theta_np + step_scaled / scale
+            trial = torch.from_numpy(trial_np).to(theta)
             r_trial = residuals(trial)
             evaluations += 1
             cost_trial = cost_of(r_trial)
@@ -152,8 +172,8 @@ def levenberg_marquardt(
                 radius = step_norm / 0.5
             accepted = ratio >= 1e-4
             if accepted:
-                theta, r, cost = trial, r_trial, cost_trial
-                theta_norm = float(np.linalg.norm(scale_np * theta.numpy()))
+                theta, theta_np, r, cost = trial, trial_np, r_trial, cost_trial
+                theta_norm = float(np.linalg.norm(scale * theta_np))
                 steps += 1
                 history.append(cost)
                 if on_step is not None:
@@ -166,6 +186,13 @@ def levenberg_marquardt(
                 status = "roundoff"
             elif cost == 0:
                 status = "exact"
+            elif (
+                accepted
+                and s[-1] <= RANK_TOLERANCE * s[0]
+                and len(history) > DRIFT_WINDOW
+                and history[-DRIFT_WINDOW - 1] - cost <= DRIFT_TOLERANCE * cost
+            ):
+                status = "drift"
             elif not finite and radius <= EPS * max(theta_norm, 1.0):
                 status = "nonfinite"
             else:

@@ -16,6 +16,11 @@ TERMINATION: dict[str, tuple[bool, str]] = {
     "gtol": (True, "converged: the residuals are orthogonal to every Jacobian column (below gtol)"),
     "roundoff": (True, "converged: no further reduction is possible in floating point (roundoff level)"),
     "exact": (True, "converged: the residuals are zero, the model fits the data exactly"),
+    "drift": (
+        True,
+        "converged: the cost changes by less than 1e-9 (relative) over 10 steps while the "
+        "parameters drift along directions the data do not determine",
+    ),
     "completed": (True, "ran the requested number of steps"),
     "max_steps": (
         False,

@@ -10,6 +10,7 @@ from .errors import (
     UsageError,
 )
 from .experiments import EXPERIMENTS, run_experiment
+from .fit import FitResult, fit
 from .library import P2, IdentityWithSquareGrad, LegendreP3
 
 __all__ = [
@@ -20,10 +21,12 @@ __all__ = [
     "DataError",
     "DeriveError",
     "FitError",
+    "FitResult",
     "FormulaError",
     "IdentityWithSquareGrad",
     "LegendreP3",
     "UsageError",
+    "fit",
     "run_experiment",
 ]
 

@@ -27,6 +27,9 @@ RANK_TOLERANCE = 1e-10
 # redundant parameter approaching its infimum): stop when the cost changes by less than
 # DRIFT_TOLERANCE (relative) over DRIFT_WINDOW accepted steps.
 DRIFT_TOLERANCE, DRIFT_WINDOW = 1e-9, 10
+# Consecutive trial steps with NaN/inf cost tolerated, each shrinking the trust region tenfold:
+# enough to come back from a first step that overflowed.
+NONFINITE_RETRIES = 30
 
 
 @dataclass
@@ -117,6 +120,7 @@ def levenberg_marquardt(
     cost = cost_of(r)
     evaluations, jacobians, steps = 1, 0, 0
     history = [cost]
+    nonfinite_run = 0
     scale = radius = None
     status = "max_steps"
     while jacobians < max_steps:
@@ -193,10 +197,13 @@ def levenberg_marquardt(
                 and history[-DRIFT_WINDOW - 1] - cost <= DRIFT_TOLERANCE * cost
             ):
                 status = "drift"
-            elif not finite and radius <= EPS * max(theta_norm, 1.0):
-                status = "nonfinite"
             else:
                 status = ""
+            nonfinite_run = 0 if finite else nonfinite_run + 1
+            # The model gave NaN/inf: a few shrinking retries (a step may just have been too long), but
+            # converging onto a NaN wall, or hitting it again and again, means: stop, keep the best.
+            if nonfinite_run and (status or nonfinite_run >= NONFINITE_RETRIES):
+                status = "nonfinite"
             if status or accepted:
                 break
         if status:

@@ -257,18 +257,14 @@ def build_function(
     names = tuple(parsed.names)
     if not x_is_dict:
         candidates = [name for name in names if name not in param_names]
-        if len(candidates) > 1:
-            raise UsageError(
-                f"model {model!r} uses {candidates}, which are not parameters; with one data array "
-                f"x only one data name is allowed (parameters: {', '.join(param_names)})"
-            )
-        data_names = tuple(candidates) or ("x",)
+        # A single predictor takes the model's first name that is not a parameter.
+        data_names = tuple(candidates[:1]) or ("x",)
     unknown = [name for name in names if name not in param_names and name not in data_names]
     if unknown:
         raise UsageError(
             f"model {model!r} uses {', '.join(map(repr, unknown))}, which is neither a data name "
             f"({', '.join(data_names)}) nor a parameter ({', '.join(param_names)}): add it to params "
-            "or to the data"
+            "or to the data (several predictors: pass x as a dict of named arrays)"
         )
     unused = [name for name in param_names if name not in names]
     if unused:

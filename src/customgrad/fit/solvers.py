@@ -36,7 +36,7 @@ def _gradient_descent(optimizer_name: str):
             optimizer = torch.optim.LBFGS(
                 [leaf],
                 lr=rate,
-                max_iter=1,
+                max_iter=20,
                 line_search_fn="strong_wolfe",
                 tolerance_grad=1e-15,
                 tolerance_change=1e-15,
@@ -61,12 +61,14 @@ def _gradient_descent(optimizer_name: str):
 
         status = "completed"
         for step in range(max_steps):
-            value = float(optimizer.step(closure))
+            before = leaf.detach().clone()
+            # the value returned is the cost at the parameters before the step
+            value = float(optimizer.step(closure).detach())
             if not math.isfinite(value):
                 status = "nonfinite"
                 break
             if value < best_cost:
-                best_theta, best_cost = leaf.detach().clone(), value
+                best_theta, best_cost = before, value
             history.append(value)
             if on_step is not None:
                 on_step(step + 1, value)

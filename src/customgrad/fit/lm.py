@@ -26,7 +26,7 @@ RANK_TOLERANCE = 1e-10
 # With such directions, the parameters can drift forever at a nearly constant cost (a model with a
 # redundant parameter approaching its infimum): stop when the cost changes by less than
 # DRIFT_TOLERANCE (relative) over DRIFT_WINDOW accepted steps.
-DRIFT_TOLERANCE, DRIFT_WINDOW = 1e-9, 10
+DRIFT_TOLERANCE, DRIFT_WINDOW = 1e-8, 10
 # Consecutive trial steps with NaN/inf cost tolerated, each shrinking the trust region tenfold:
 # enough to come back from a first step that overflowed.
 NONFINITE_RETRIES = 30

@@ -18,7 +18,7 @@ TERMINATION: dict[str, tuple[bool, str]] = {
     "exact": (True, "converged: the residuals are zero, the model fits the data exactly"),
     "drift": (
         True,
-        "converged: the cost changes by less than 1e-9 (relative) over 10 steps while the "
+        "converged: the cost changes by less than 1e-8 (relative) over 10 steps while the "
         "parameters drift along directions the data do not determine",
     ),
     "completed": (True, "ran the requested number of steps"),

@@ -11,6 +11,7 @@ from .errors import (
     UsageError,
 )
 from .experiments import EXPERIMENTS, run_experiment
+from .fit import FitResult, fit
 from .formula import Formula, parse_formula
 from .function import function
 from .library import P2, IdentityWithSquareGrad, LegendreP3
@@ -30,11 +31,13 @@ __all__ = [
     "DataError",
     "DeriveError",
     "FitError",
+    "FitResult",
     "FormulaError",
     "IdentityWithSquareGrad",
     "LegendreP3",
     "UsageError",
     "check",
+    "fit",
     "run_experiment",
 ]
 

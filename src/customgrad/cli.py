@@ -79,10 +79,61 @@ def _add_fit(subparsers) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only the result line")
     parser.add_argument("--json", metavar="PATH", help="write parameters, loss history and settings")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG: data, fitted curve and loss curve")
+    fitting = parser.add_argument_group("fitting your own model (or the experiment's data with --method)")
+    fitting.add_argument(
+        "--model", help='formula, e.g. "a + b*P2(c*x + d)" (default for a NIST file: its model)'
+    )
+    fitting.add_argument(
+        "--data", metavar="FILE", help="CSV (header optional), whitespace table, or NIST StRD .dat"
+    )
+    fitting.add_argument(
+        "--x",
+        action="append",
+        metavar="COL",
+        help="predictor column, by name or 0-based index; repeat for several (default: 0)",
+    )
+    fitting.add_argument("--y", metavar="COL", help="response column, by name or index (default: 1)")
+    fitting.add_argument("--sigma", metavar="COL", help="column of standard deviations of y")
+    fitting.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="initial value of a parameter; repeat for each",
+    )
+    fitting.add_argument(
+        "--bound",
+        action="append",
+        default=[],
+        metavar="NAME=LOW:HIGH",
+        help="bounds of a parameter (leave a side empty for none), e.g. b=0:",
+    )
+    fitting.add_argument(
+        "--method",
+        choices=["lm", "lbfgs", "adam", "sgd"],
+        default=None,
+        help="solver (default lm; without --model/--data and --method: the blog's SGD run)",
+    )
+    fitting.add_argument("--loss", choices=["linear", "soft_l1", "huber", "cauchy"], default="linear")
+    fitting.add_argument(
+        "--nan-policy",
+        choices=["raise", "omit"],
+        default="raise",
+        help="rows with NaN/inf: stop with an error (raise) or drop them (omit)",
+    )
+    fitting.add_argument(
+        "--start",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="NIST files: which certified starting point to use (default 1)",
+    )
     parser.set_defaults(run=_run_fit)
 
 
 def _run_fit(args) -> int:
+    if args.model or args.data or args.method:
+        return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
     from .plot import check_writable, plot_experiment
     from .progress import progress_bar
@@ -112,6 +163,31 @@ def _run_fit(args) -> int:
         plot_experiment(run, plot_path)
         if not args.quiet:
             print(f"wrote {plot_path}")
+    return 0
+
+
+def _run_model_fit(args) -> int:
+    from .fit.cli_inputs import fit_inputs
+    from .plot import check_writable
+
+    json_path = check_writable(args.json, "--json") if args.json else None
+    plot_path = check_writable(args.plot, "--plot") if args.plot else None
+    result = fit_inputs(args)
+    if args.quiet:
+        print(" ".join(f"{name}={value!r}" for name, value in result.params.items()))
+    else:
+        print(result.report())
+    if json_path is not None:
+        result.to_json(json_path)
+        if not args.quiet:
+            print(f"wrote {json_path}")
+    if plot_path is not None:
+        result.plot(plot_path)
+        if not args.quiet:
+            print(f"wrote {plot_path}")
+    if not result.success:
+        print(f"error: the fit did not converge: {result.message}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -222,7 +298,9 @@ def _run_check(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``customgrad`` argument parser with all its subcommands."""
-    parser = _ArgumentParser(prog="customgrad", description="Define, check and fit custom autograd Functions.")
+    parser = _ArgumentParser(
+        prog="customgrad", description="Define, check and fit custom autograd Functions."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     _add_fit(subparsers)

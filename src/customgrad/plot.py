@@ -9,6 +9,7 @@ from .errors import UsageError
 
 if TYPE_CHECKING:
     from .experiments import ExperimentRun
+    from .fit.result import FitResult
 
 
 def check_writable(path: str | Path, option: str) -> Path:
@@ -16,15 +17,21 @@ def check_writable(path: str | Path, option: str) -> Path:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise UsageError(f"{option}: {str(path)!r} is a directory; give a file name such as {str(path / 'out')!r}")
+        raise UsageError(
+            f"{option}: {str(path)!r} is a directory; give a file name such as {str(path / 'out')!r}"
+        )
     if not parent.is_dir():
-        raise UsageError(f"{option}: cannot write {str(path)!r}: directory {str(parent)!r} does not exist; "
-                         "create it or choose another path")
+        raise UsageError(
+            f"{option}: cannot write {str(path)!r}: directory {str(parent)!r} does not exist; "
+            "create it or choose another path"
+        )
     try:
         with open(path, "ab"):
             pass
     except OSError as error:
-        raise UsageError(f"{option}: cannot write {str(path)!r}: {error.strerror}; choose another path") from None
+        raise UsageError(
+            f"{option}: cannot write {str(path)!r}: {error.strerror}; choose another path"
+        ) from None
     return path
 
 
@@ -57,6 +64,42 @@ def plot_experiment(run: ExperimentRun, path: str | Path) -> Path:
     right.set_xlabel("step")
     right.set_ylabel("loss = sum of squared errors")
     right.set_title("loss", fontsize=9)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_fit(result: FitResult, path: str | Path) -> Path:
+    """Save a PNG: data and fitted curve against the first predictor, and the residuals y - fit below."""
+    import numpy as np
+
+    plt = _pyplot()
+    data = result.data
+    name, x = next(iter(data["x"].items()))
+    y, fitted = data["y"], data["fitted"]
+    order = np.argsort(x, kind="stable")
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    if data.get("sigma") is not None:
+        top.errorbar(x, y, yerr=data["sigma"], fmt=".", markersize=3, color="0.45", label="data", zorder=1)
+    else:
+        top.plot(x, y, ".", markersize=3, color="0.45", label="data")
+    top.plot(x[order], fitted[order], "-", color="C3", label="fit")
+    # A pole in the data (tan) would squash the plot: clip the view to the bulk of the data and the fit.
+    bulk = float(np.quantile(np.abs(y), 0.9)) if len(y) else 1.0
+    span = max(float(np.abs(fitted).max(initial=0.0)), bulk) * 1.3 + 1e-9
+    if float(np.abs(y).max(initial=0.0)) > 3 * span:
+        top.set_ylim(-span, span)
+    top.set_ylabel("y")
+    top.set_title(f"{result.model}  ({result.method}, cost {result.cost:.6g})", fontsize=9)
+    top.legend(loc="best", fontsize=8)
+    bottom.axhline(0.0, color="0.6", linewidth=0.8)
+    bottom.plot(x, y - fitted, ".", markersize=3, color="C0")
+    bottom.set_xlabel(name)
+    bottom.set_ylabel("residual")
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=110)

@@ -1,0 +1,290 @@
+"""`fit(model, x, y, params=...)`: least-squares fit of a formula or callable model, with standard errors."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+
+from ..errors import FitError, UsageError
+from .data import prepare_data
+from .loss import get_loss, robust_cost, robust_linearization
+from .model import Model, build_function, check_finite_start, parameter_specs
+from .result import FitResult
+from .solvers import DEFAULT_STEPS, get_solver
+from .statistics import CONDITION_WARNING, uncertainty
+
+# Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
+# recomputed in extended precision (formula models only).
+_ROUNDOFF_SHARE = 1e-6
+# A parameter whose relative sensitivity ||J_j|| * max(|b_j|, 1) falls below this share of ||y|| has
+# stopped mattering (an exp that underflowed): the solution is a plateau, worth one restart.
+_SATURATED = 1e-10
+
+
+def fit(
+    model: str | Callable,
+    x,
+    y,
+    *,
+    params: Mapping,
+    method: str = "lm",
+    sigma=None,
+    bounds: Mapping | None = None,
+    loss: str = "linear",
+    max_steps: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    device=None,
+    progress: bool = False,
+    nan_policy: str = "raise",
+    learning_rate: float | None = None,
+    ftol: float = 1e-15,
+    xtol: float = 1e-15,
+    gtol: float = 1e-15,
+    on_step: Callable[[int, float], None] | None = None,
+    decimal_data: Mapping[str, list[str]] | None = None,
+) -> FitResult:
+    """Fit y ~ model(x; params) by minimising cost = sum rho(((model - y) / sigma)^2).
+
+    Parameters
+    ----------
+    model : str or callable
+        A formula over data names, parameters and registered functions (``"b1*(1 - exp(-b2*x))"``), or
+        a callable ``f(x, **params)`` of torch tensors (``x`` is the dict when ``x`` is a dict).
+    x : array, tensor or dict of str -> array
+        The predictor, or several by name.
+    y : array or tensor
+        Observations, one per data point.
+    params : dict
+        Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``.
+    method : {"lm", "lbfgs", "adam", "sgd"}
+        Levenberg-Marquardt with exact Jacobians (default), or a gradient-based optimiser.
+    sigma : array, optional
+        Standard deviation of each observation; residuals are divided by it.
+    bounds : dict of str -> (lower, upper), optional
+        Bounds per parameter (None for an open side).
+    loss : {"linear", "soft_l1", "huber", "cauchy"}
+        rho of the squared residuals; "linear" is least squares.
+    max_steps : int, optional
+        Step limit (LM: Jacobian evaluations); defaults per method in `solvers.DEFAULT_STEPS`.
+    nan_policy : {"raise", "omit"}
+        What to do with rows holding NaN or inf.
+    progress : bool
+        Show a progress bar on a terminal.
+    decimal_data : dict of str -> list of str, optional
+        The data as decimal text (data names and "y"), as files hold it. When float64 rounding would
+        swamp the final cost (residuals near 1e-16 of the data), a formula model's cost is
+        recomputed from this text in 40-digit arithmetic. The file readers pass it.
+    """
+    start_time = time.perf_counter()
+    solver = get_solver(method)
+    rho = get_loss(loss)
+    if max_steps is None:
+        max_steps = DEFAULT_STEPS[method]
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise UsageError(f"max_steps must be a positive integer, got {max_steps!r}")
+    specs = parameter_specs(params, bounds)
+    data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
+    names = tuple(spec.name for spec in specs)
+    function, text, data_names = build_function(model, tuple(data.x), names, data.x_is_dict)
+    columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
+    problem = Model(function, columns, data.y, data.sigma, specs, text)
+    theta = problem.initial_theta()
+    try:
+        check_finite_start(problem.residuals(theta))
+    except RuntimeError as error:
+        if isinstance(error, FitError):
+            raise
+        raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
+
+    def cost_of(r):
+        return float(r @ r) if rho is None else robust_cost(rho, r)
+
+    def linearize(t, r):
+        r_new, jacobian = problem.jacobian(t)
+        return (r_new, jacobian) if rho is None else robust_linearization(rho, r_new, jacobian)
+
+    def objective(leaf):
+        r = problem.predict(problem.external(leaf)) - problem.y
+        if problem.inverse_sigma is not None:
+            r = r * problem.inverse_sigma
+        z = r * r
+        return z.sum() if rho is None else rho(z)[0].sum()
+
+    if method == "lm":
+        problem.check_pointwise(theta)
+    options = dict(max_steps=max_steps, objective=objective, learning_rate=learning_rate)
+    if method == "lm":
+        options.update(ftol=ftol, xtol=xtol, gtol=gtol)
+    from ..progress import progress_bar
+
+    with progress_bar(max_steps, f"fitting ({method})", enabled=progress) as advance:
+
+        def step_callback(step: int, cost: float) -> None:
+            advance(f"cost {cost:.6g}")
+            if on_step is not None:
+                on_step(step, cost)
+
+        outcome = solver(problem.residuals, linearize, cost_of, theta, on_step=step_callback, **options)
+        if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta):
+            retry = solver(problem.residuals, linearize, cost_of, theta, factor=1.0, **options)
+            if retry.cost < outcome.cost:
+                retry.evaluations += outcome.evaluations
+                retry.jacobians += outcome.jacobians
+                outcome = retry
+    exact = None
+    if decimal_data is not None and not data.omitted_rows:
+        exact = {name: list(texts) for name, texts in decimal_data.items()}
+    return _result(problem, outcome, method, loss, data.omitted_rows, time.perf_counter() - start_time, exact)
+
+
+def _saturated(problem: Model, theta: torch.Tensor) -> bool:
+    _, jacobian = problem.jacobian(theta)
+    values = problem.external(theta).abs().clamp_min(1.0)
+    sensitivity = torch.linalg.vector_norm(jacobian, dim=0) * values
+    return bool((sensitivity < _SATURATED * torch.linalg.vector_norm(problem.y)).any())
+
+
+def _result(
+    problem: Model, outcome, method: str, loss: str, omitted: list[int], seconds: float, exact: dict | None
+) -> FitResult:
+    values = problem.external(outcome.theta)
+    r, jacobian = problem.jacobian(values, external=True)
+    cost = _precise_cost(problem, values, float(r @ r), exact or {})
+    n, p = problem.size, len(problem.names)
+    dof = n - p
+    spread = uncertainty(jacobian, cost, dof, problem.names)
+    value_list = values.tolist()
+    fitted = dict(zip(problem.names, value_list, strict=True))
+    all_params = {spec.name: fitted.get(spec.name, spec.value) for spec in problem.specs}
+    warnings = _diagnose(problem, outcome.status, spread, value_list, dof, omitted)
+    with torch.no_grad():
+        prediction = problem.predict(values)
+    return FitResult(
+        params=all_params,
+        stderr=dict(zip(problem.names, spread.stderr.tolist(), strict=True)),
+        covariance=spread.covariance,
+        correlation=spread.correlation,
+        cost=cost,
+        residual_std=math.sqrt(cost / dof) if dof > 0 else math.nan,
+        dof=dof,
+        evaluations=outcome.evaluations,
+        jacobians=outcome.jacobians,
+        steps=outcome.steps,
+        status=outcome.status,
+        method=method,
+        model=problem.text,
+        loss=loss,
+        loss_value=outcome.cost,
+        history=outcome.history,
+        warnings=warnings,
+        not_identifiable=spread.not_identifiable,
+        condition=spread.condition,
+        fixed={spec.name: spec.value for spec in problem.specs if spec.fixed},
+        seconds=seconds,
+        data={
+            "x": {k: v.cpu().numpy() for k, v in problem.data.items()},
+            "y": problem.y.cpu().numpy(),
+            "fitted": prediction.detach().cpu().numpy(),
+            "sigma": None if problem.inverse_sigma is None else (1 / problem.inverse_sigma).cpu().numpy(),
+        },
+    )
+
+
+def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict) -> float:
+    precise = getattr(problem.function, "precise", None)
+    roundoff = float(torch.finfo(torch.float64).eps * torch.linalg.vector_norm(problem.y))
+    if precise is None or not math.isfinite(cost) or roundoff < _ROUNDOFF_SHARE * math.sqrt(cost):
+        return cost
+    import mpmath
+
+    named = dict(zip(problem.names, values.tolist(), strict=True))
+    named.update({name: float(v) for name, v in problem.fixed.items()})
+    size = problem.size
+
+    def column(name: str, floats) -> list:
+        text = exact.get(name)
+        return list(text) if text is not None and len(text) == size else [float(v) for v in floats]
+
+    with mpmath.workdps(40):
+        columns = [
+            column(name, problem.data[name].cpu().numpy()) if name in problem.data else [named[name]] * size
+            for name in _formula_names(problem)
+        ]
+        try:
+            predictions = precise(columns)
+        except (ValueError, ZeroDivisionError, TypeError):
+            return cost
+        y = column("y", problem.y.cpu().numpy())
+        weights = [1.0] * size if problem.inverse_sigma is None else problem.inverse_sigma.cpu().tolist()
+        total = mpmath.fsum(
+            ((f - mpmath.mpf(t)) * mpmath.mpf(w)) ** 2
+            for f, t, w in zip(predictions, y, weights, strict=True)
+        )
+    return float(total)
+
+
+def _formula_names(problem: Model) -> tuple[str, ...]:
+    return problem.function.names  # type: ignore[attr-defined]
+
+
+def _diagnose(
+    problem: Model, status: str, spread, values: list[float], dof: int, omitted: list[int]
+) -> list[str]:
+    warnings = []
+    if status == "max_steps":
+        warnings.append("the step limit was reached: the parameters may not be converged (raise max_steps)")
+    if status == "nonfinite":
+        warnings.append(
+            "the model produced NaN or inf during the fit; the best parameters before that are kept"
+        )
+    for group in spread.not_identifiable:
+        warnings.append(
+            f"parameters {', '.join(group)} are not identifiable: the Jacobian has rank {spread.rank} "
+            f"of {len(problem.names)}, so the data fix only a combination of them; their standard "
+            "errors are undefined (fix one of them or re-parametrise the model)"
+        )
+    if not spread.not_identifiable and spread.condition > CONDITION_WARNING:
+        warnings.append(
+            f"the scaled Jacobian is ill-conditioned (condition number {spread.condition:.3g}): "
+            "standard errors are fragile"
+        )
+    for spec, value in zip(problem.free, values, strict=True):
+        width = (spec.upper - spec.lower) if spec.bounded and math.isfinite(spec.upper - spec.lower) else 1.0
+        for side, bound in (("lower", spec.lower), ("upper", spec.upper)):
+            if math.isfinite(bound) and abs(value - bound) <= 1e-6 * max(abs(width), abs(bound), 1.0):
+                warnings.append(
+                    f"parameter {spec.name} = {value:.8g} is at its {side} bound {bound}: "
+                    "its standard error assumes the bound is not there"
+                )
+    if dof <= 0:
+        warnings.append(
+            f"{problem.size} data points for {len(problem.names)} free parameters: no degrees of "
+            "freedom left, standard errors are undefined"
+        )
+    if omitted:
+        warnings.append(
+            f"{len(omitted)} rows with NaN or inf were omitted (nan_policy='omit'): rows "
+            f"{', '.join(map(str, omitted[:10]))}{' ...' if len(omitted) > 10 else ''}"
+        )
+    return warnings
+
+
+def fit_experiment(name: str, *, method: str = "lm", seed: int = 0, **options) -> FitResult:
+    """Fit a built-in experiment's model to its data (``"blog"``: a + b P2(c x + d) to tan x) with ``method``.
+
+    Same data and initial values as the experiment's own gradient descent, in float64.
+    """
+    from ..experiments import get_experiment
+
+    experiment = get_experiment(name)
+    x, y = experiment.data()
+    initial = {key: float(value) for key, value in experiment.initial_params(seed).items()}
+
+    def model(x, **params):
+        return experiment.model(params, x)
+
+    model.__name__ = experiment.description.split(": ", 1)[-1].split(",")[0]
+    return fit(model, x, y, params=initial, method=method, **options)

@@ -1,0 +1,106 @@
+"""From ``customgrad fit`` options to a `fit` call: data file, columns, parameters, bounds.
+
+Kept out of the CLI module so that it holds no logic: it parses, calls this, prints.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..errors import DataError, UsageError
+from .api import fit, fit_experiment
+from .data import read_table
+from .nist import read_nist
+from .result import FitResult
+
+
+def parse_assignments(items: list[str], option: str, parse_value) -> dict:
+    """``["a=1", "b=2"]`` -> ``{"a": parse_value("1"), ...}``, with errors naming the option."""
+    result = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise UsageError(f"{option} {item!r}: write NAME=VALUE, e.g. {option} a=1.5")
+        result[name.strip()] = parse_value(value.strip(), f"{option} {item!r}")
+    return result
+
+
+def _number(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{where}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{where}: the value must be finite")
+    return value
+
+
+def _bounds(text: str, where: str) -> tuple[float | None, float | None]:
+    low, sep, high = text.partition(":")
+    if not sep:
+        raise UsageError(f"{where}: write NAME=LOW:HIGH, leaving a side empty for none (b=0:)")
+    return (_number(low, where) if low else None, _number(high, where) if high else None)
+
+
+def fit_inputs(args) -> FitResult:
+    """Run the fit the ``customgrad fit`` options describe and return its result."""
+    params = parse_assignments(args.param, "--param", _number)
+    bounds = parse_assignments(args.bound, "--bound", _bounds)
+    options = dict(
+        method=args.method or "lm",
+        loss=args.loss,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        progress=not args.quiet,
+        nan_policy=args.nan_policy,
+    )
+    if not args.data:
+        if args.model:
+            raise UsageError("--model needs --data FILE (or leave both out to fit the built-in experiment)")
+        return fit_experiment(args.experiment, seed=args.seed, bounds=bounds or None, **options)
+    path = Path(args.data)
+    if not path.is_file():
+        raise DataError(f"--data {args.data!r}: no such file")
+    if _is_nist(path):
+        problem = read_nist(path)
+        return fit(
+            args.model or problem.formula,
+            problem.x,
+            problem.y,
+            params=params or problem.starts[args.start - 1],
+            bounds=bounds or None,
+            decimal_data=None if args.model else problem.decimal,
+            **options,
+        )
+    if not args.model:
+        raise UsageError(
+            f'--data {args.data!r} is a table: give the model with --model, e.g. --model "a + b*x"'
+        )
+    if not params:
+        raise UsageError(
+            "give each parameter an initial value with --param NAME=VALUE (e.g. --param a=0 --param b=1)"
+        )
+    table = read_table(path)
+    x_columns = args.x or ["0"]
+    y_column = args.y or "1"
+    if len(x_columns) == 1:
+        x = table.column(x_columns[0])
+    else:
+        x = {_column_name(table, column): table.column(column) for column in x_columns}
+    sigma = table.column(args.sigma) if args.sigma else None
+    return fit(
+        args.model, x, table.column(y_column), params=params, bounds=bounds or None, sigma=sigma, **options
+    )
+
+
+def _column_name(table, spec: str) -> str:
+    return spec if spec in table.names else table.names[int(spec)]
+
+
+def _is_nist(path: Path) -> bool:
+    try:
+        with open(path, errors="replace") as handle:
+            return handle.readline().startswith("NIST/ITL StRD")
+    except OSError as error:
+        raise DataError(f"cannot read data file {str(path)!r}: {error.strerror}") from None

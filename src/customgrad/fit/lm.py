@@ -1,0 +1,221 @@
+"""Levenberg-Marquardt: minimise cost = ||r(theta)||^2 by trust-region steps
+delta = -(J^T J + lambda D^2)^-1 J^T r, with ||D delta|| <= Delta (More's MINPACK variant).
+
+Per iteration: one exact Jacobian, an R-only QR of [J | r] (torch, on the data's device), an SVD of
+the small R (numpy), then as many trial steps as the trust region needs, each costing one residual
+evaluation and no new factorisation (lambda is solved from the singular values). The step uses only
+R and Q^T r, pieces a batch or a sharded data set can assemble (stacked QRs), and never forms J^T J,
+which squares the condition number.
+D holds running maxima of the Jacobian's column norms, so the method is invariant to parameter scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+EPS = float(np.finfo(np.float64).eps)
+# Singular values below this share of the largest are left out of Gauss-Newton steps: those directions
+# are not identifiable from the data (the cost does not change along them), and stepping along
+# them only makes the parameters drift.
+RANK_TOLERANCE = 1e-10
+# With such directions, the parameters can drift forever at a nearly constant cost (a model with a
+# redundant parameter approaching its infimum): stop when the cost changes by less than
+# DRIFT_TOLERANCE (relative) over DRIFT_WINDOW accepted steps.
+DRIFT_TOLERANCE, DRIFT_WINDOW = 1e-8, 10
+# Consecutive trial steps with NaN/inf cost tolerated, each shrinking the trust region tenfold:
+# enough to come back from a first step that overflowed.
+NONFINITE_RETRIES = 30
+
+
+@dataclass
+class Outcome:
+    """What a solver hands back: internal coordinates, status key (see `result.TERMINATION`), counts."""
+
+    theta: torch.Tensor
+    status: str
+    cost: float
+    evaluations: int
+    jacobians: int
+    steps: int
+    history: list[float] = field(default_factory=list)
+
+
+def reduce_jacobian(jacobian: torch.Tensor, r: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The p-sized pieces of the least-squares problem: R and Q^T r of J = QR, on the CPU.
+
+    One R-only QR of the augmented [J | r] gives both (its last column is Q^T r), without forming Q.
+    Everything the step needs follows: ||J_j|| = ||R_j||, J^T r = R^T Q^T r, the singular values
+    of J. Data shards or batches combine by stacking their augmented R's and QR-ing again.
+    """
+    augmented = torch.cat([jacobian, r.unsqueeze(-1)], dim=-1)
+    rows, columns = augmented.shape
+    if rows < columns:
+        augmented = torch.cat([augmented, augmented.new_zeros(columns - rows, columns)])
+    upper = torch.linalg.qr(augmented, mode="r").R.cpu().numpy()
+    return upper[:-1, :-1], upper[:-1, -1]
+
+
+def lm_parameter(s: np.ndarray, utr: np.ndarray, radius: float) -> tuple[float, np.ndarray]:
+    """lambda >= 0 with ||delta_s(lambda)|| within 10% of ``radius``, and the step's V-coordinates.
+
+    delta_s(lambda) = -V diag(s / (s^2 + lambda)) U^T r; lambda = 0 (Gauss-Newton, pseudo-inverse)
+    when that step already fits. Newton's method on 1/||delta_s|| (Hebden), which converges from below.
+    """
+    a = s * utr
+    keep = s > s[0] * RANK_TOLERANCE if s[0] > 0 else np.zeros_like(s, dtype=bool)
+    gauss_newton = np.where(keep, -utr / np.where(keep, s, 1.0), 0.0)
+    norm = math.sqrt(float(gauss_newton @ gauss_newton))
+    if norm <= 1.1 * radius:
+        return 0.0, gauss_newton
+    lam = 0.0 if keep.all() else EPS * s[0] ** 2
+    for _ in range(60):
+        denominator = s * s + lam
+        coefficients = a / denominator
+        q = math.sqrt(float(coefficients @ coefficients))
+        if abs(q - radius) <= 0.1 * radius or q == 0:
+            break
+        derivative = -float((coefficients * coefficients) @ (1 / denominator)) / q
+        lam = max(lam + (q - q * q / radius) / derivative, 0.0)
+    return lam, -a / (s * s + lam)
+
+
+def levenberg_marquardt(
+    residuals: Callable,
+    linearize: Callable,
+    cost_of: Callable,
+    theta: torch.Tensor,
+    *,
+    ftol: float = 1e-15,
+    xtol: float = 1e-15,
+    gtol: float = 1e-15,
+    max_steps: int = 1000,
+    factor: float = 100.0,
+    on_step: Callable | None = None,
+) -> Outcome:
+    """Minimise cost_of(residuals(theta)) from ``theta`` (MINPACK's lmder logic, SVD-based lmpar).
+
+    Parameters
+    ----------
+    residuals : callable
+        theta -> r.
+    linearize : callable
+        (theta, r) -> (r_effective, J_effective), the residuals and Jacobian of the local
+        least-squares model (plain r, J for the linear loss).
+    cost_of : callable
+        r -> cost = sum rho(r^2).
+    ftol, xtol, gtol : float
+        Stop when the actual and predicted relative reductions of the cost are both below ``ftol``,
+        the trust radius is below ``xtol * ||D theta||``, or the cosine between r and every column of
+        J is below ``gtol``.
+    max_steps : int
+        Maximum number of Jacobian evaluations (outer iterations).
+    """
+    theta_np = theta.detach().cpu().numpy().astype(np.float64)
+    r = residuals(theta)
+    cost = cost_of(r)
+    evaluations, jacobians, steps = 1, 0, 0
+    history = [cost]
+    nonfinite_run = 0
+    scale = radius = None
+    status = "max_steps"
+    while jacobians < max_steps:
+        r_eff, jacobian = linearize(theta, r)
+        jacobians += 1
+        upper, qtr = reduce_jacobian(jacobian, r_eff)
+        if not (np.isfinite(upper).all() and np.isfinite(qtr).all()):
+            status = "nonfinite"
+            break
+        column_norms = np.linalg.norm(upper, axis=0)
+        if scale is None:
+            scale = np.where(column_norms > 0, column_norms, 1.0)
+            radius = factor * float(np.linalg.norm(scale * theta_np)) or factor
+        else:
+            scale = np.maximum(scale, column_norms)
+        if cost == 0:
+            status = "exact"
+            break
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cosines = np.abs(upper.T @ qtr) / (column_norms * math.sqrt(cost))
+        if float(np.nan_to_num(cosines, nan=0.0).max(initial=0.0)) <= gtol:
+            status = "gtol"
+            break
+        u, s, vt = np.linalg.svd(upper / scale)
+        utr = u.T @ qtr
+        theta_norm = float(np.linalg.norm(scale * theta_np))
+        while True:
+            lam, coordinates = lm_parameter(s, utr, radius)
+            step_scaled = vt.T @ coordinates
+            step_norm = float(np.linalg.norm(step_scaled))
+            if steps == 0 and jacobians == 1:
+                radius = min(radius, step_norm)
+            trial_np = theta_np + step_scaled / scale
+            trial = torch.from_numpy(trial_np).to(theta)
+            r_trial = residuals(trial)
+            evaluations += 1
+            cost_trial = cost_of(r_trial)
+            finite = math.isfinite(cost_trial)
+            actual = (
+                1 - cost_trial / cost if finite and 0.1 * math.sqrt(cost_trial) < math.sqrt(cost) else -1.0
+            )
+            linear_part = float(np.sum((s * coordinates) ** 2)) / cost
+            damping_part = lam * step_norm**2 / cost
+            predicted = linear_part + 2 * damping_part
+            directional = -(linear_part + damping_part)
+            ratio = actual / predicted if predicted != 0 else 0.0
+            if ratio <= 0.25:
+                shrink = 0.5 if actual >= 0 else 0.5 * directional / (directional + 0.5 * actual)
+                if not finite or 0.1 * math.sqrt(cost_trial) >= math.sqrt(cost) or shrink < 0.1:
+                    shrink = 0.1
+                radius = shrink * min(radius, step_norm / 0.1)
+            elif lam == 0 or ratio >= 0.75:
+                radius = step_norm / 0.5
+            accepted = ratio >= 1e-4
+            if accepted:
+                theta, theta_np, r, cost = trial, trial_np, r_trial, cost_trial
+                theta_norm = float(np.linalg.norm(scale * theta_np))
+                steps += 1
+                history.append(cost)
+                if on_step is not None:
+                    on_step(steps, cost)
+            if abs(actual) <= ftol and predicted <= ftol and 0.5 * ratio <= 1:
+                status = "ftol"
+            elif radius <= xtol * theta_norm:
+                status = "xtol"
+            elif (abs(actual) <= EPS and predicted <= EPS and 0.5 * ratio <= 1) or radius <= EPS * theta_norm:
+                status = "roundoff"
+            elif cost == 0:
+                status = "exact"
+            elif (
+                accepted
+                and s[-1] <= RANK_TOLERANCE * s[0]
+                and len(history) > DRIFT_WINDOW
+                and history[-DRIFT_WINDOW - 1] - cost <= DRIFT_TOLERANCE * cost
+            ):
+                status = "drift"
+            else:
+                status = ""
+            nonfinite_run = 0 if finite else nonfinite_run + 1
+            # The model gave NaN/inf: a few shrinking retries (a step may just have been too long), but
+            # converging onto a NaN wall, or hitting it again and again, means: stop, keep the best.
+            if nonfinite_run and (status or nonfinite_run >= NONFINITE_RETRIES):
+                status = "nonfinite"
+            if status or accepted:
+                break
+        if status:
+            break
+    else:
+        status = "max_steps"
+    return Outcome(
+        theta=theta,
+        status=status,
+        cost=cost,
+        evaluations=evaluations,
+        jacobians=jacobians,
+        steps=steps,
+        history=history,
+    )

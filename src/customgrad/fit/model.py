@@ -1,0 +1,315 @@
+"""The model of a fit: residuals r(theta) = (f(x; theta) - y) / sigma and their exact Jacobian.
+
+A model is a formula (``"b1*(1 - exp(-b2*x))"``) or a Python callable ``f(x, **params)`` built from
+torch ops and autograd Functions. Free parameters form the vector ``theta``; fixed ones are constants;
+bounded ones are optimised in an unbounded internal coordinate (MINUIT's transforms), so every solver
+sees an unconstrained problem.
+
+The Jacobian comes from one forward and one backward pass: each parameter is expanded to one copy
+per data point, so d r_i / d copy_i of parameter j is J[i, j] when the model is pointwise in the
+data (each f_i depends on row i only). That is checked once, against an ordinary backward pass; a model
+that mixes rows gets its Jacobian row by row instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ..codegen.torch import torch_callable
+from ..errors import FitError, UsageError
+from ..formula import parse_formula, symbol
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """A parameter's initial value, bounds ``lower <= value <= upper`` and whether it is held fixed."""
+
+    name: str
+    value: float
+    lower: float = -math.inf
+    upper: float = math.inf
+    fixed: bool = False
+
+    @property
+    def bounded(self) -> bool:
+        """True when either bound is finite."""
+        return math.isfinite(self.lower) or math.isfinite(self.upper)
+
+
+def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSpec]:
+    """Read ``params`` (name -> value, or name -> {"value", "min", "max", "fixed"}) and ``bounds``."""
+    if not isinstance(params, Mapping) or not params:
+        raise UsageError(
+            "params must be a non-empty dict of name -> initial value, e.g. {'a': 0.0, 'b': 1.0}"
+        )
+    bounds = dict(bounds or {})
+    unknown = set(bounds) - set(params)
+    if unknown:
+        raise UsageError(
+            f"bounds given for {sorted(unknown)}, which are not parameters (parameters: {', '.join(params)})"
+        )
+    specs = []
+    for name, given in params.items():
+        spec = dict(given) if isinstance(given, Mapping) else {"value": given}
+        extra = set(spec) - {"value", "min", "max", "fixed"}
+        if extra:
+            raise UsageError(
+                f"parameter {name!r}: unknown keys {sorted(extra)} (allowed: value, min, max, fixed)"
+            )
+        if spec.get("value") is None:
+            raise UsageError(
+                f"parameter {name!r} has no initial value: give one, e.g. params={{{name!r}: 1.0}}"
+            )
+        value = _finite(spec["value"], f"initial value of parameter {name!r}")
+        lower, upper = bounds.get(name, (spec.get("min"), spec.get("max")))
+        lower = -math.inf if lower is None else float(lower)
+        upper = math.inf if upper is None else float(upper)
+        if not lower < upper:
+            raise UsageError(f"parameter {name!r}: lower bound {lower} must be below upper bound {upper}")
+        if not lower <= value <= upper:
+            raise UsageError(
+                f"parameter {name!r}: initial value {value} lies outside its bounds "
+                f"[{lower}, {upper}]; start inside them"
+            )
+        specs.append(ParameterSpec(name, value, lower, upper, bool(spec.get("fixed", False))))
+    if all(spec.fixed for spec in specs):
+        raise UsageError("every parameter is fixed: leave at least one free to fit")
+    return specs
+
+
+def _finite(value, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise UsageError(f"{what} must be finite, got {number}")
+    return number
+
+
+# Internal (unbounded) <-> external (bounded) coordinates, one row per kind of bound (MINUIT, lmfit).
+def _to_external(spec: ParameterSpec, t: torch.Tensor) -> torch.Tensor:
+    lo, hi = spec.lower, spec.upper
+    if math.isfinite(lo) and math.isfinite(hi):
+        return lo + (hi - lo) * (torch.sin(t) + 1) / 2
+    if math.isfinite(lo):
+        return lo - 1 + torch.sqrt(t * t + 1)
+    return hi + 1 - torch.sqrt(t * t + 1)
+
+
+def _to_internal(spec: ParameterSpec, value: float) -> float:
+    lo, hi = spec.lower, spec.upper
+    if math.isfinite(lo) and math.isfinite(hi):
+        return math.asin(min(1.0, max(-1.0, 2 * (value - lo) / (hi - lo) - 1)))
+    if math.isfinite(lo):
+        return math.sqrt((value - lo + 1) ** 2 - 1)
+    return math.sqrt((hi - value + 1) ** 2 - 1)
+
+
+class Model:
+    """Residuals r(theta) = (f(x; theta) - y) / sigma of a fit, with their exact Jacobian.
+
+    Parameters
+    ----------
+    function : callable
+        ``function(data, values)`` -> predictions, where ``data`` maps data names to tensors and
+        ``values`` maps every parameter name to a tensor (scalar, or one copy per data point).
+    data : dict of str -> Tensor
+        Predictors, each of shape (n,).
+    y, sigma : Tensor
+        Observations (n,) and their standard deviations (n,) or None.
+    specs : list of ParameterSpec
+        All parameters, free and fixed.
+    """
+
+    def __init__(
+        self,
+        function: Callable,
+        data: dict[str, torch.Tensor],
+        y: torch.Tensor,
+        sigma: torch.Tensor | None,
+        specs: list[ParameterSpec],
+        text: str,
+    ):
+        self.function = function
+        self.data = data
+        self.y = y
+        self.inverse_sigma = None if sigma is None else 1 / sigma
+        self.specs = specs
+        self.text = text
+        self.free = [spec for spec in specs if not spec.fixed]
+        self.names = tuple(spec.name for spec in self.free)
+        self.fixed = {
+            spec.name: torch.tensor(spec.value, dtype=y.dtype, device=y.device)
+            for spec in specs
+            if spec.fixed
+        }
+        self.bounded = [(i, spec) for i, spec in enumerate(self.free) if spec.bounded]
+        self.pointwise = True
+        self._ones = torch.ones_like(y)
+
+    @property
+    def size(self) -> int:
+        """Number of data points n."""
+        return self.y.shape[-1]
+
+    def initial_theta(self) -> torch.Tensor:
+        """Internal coordinates of the initial values, shape (p,)."""
+        values = [_to_internal(s, s.value) if s.bounded else s.value for s in self.free]
+        return torch.tensor(values, dtype=self.y.dtype, device=self.y.device)
+
+    def external(self, theta: torch.Tensor) -> torch.Tensor:
+        """Parameter values from internal coordinates (rows of ``theta``: one per free parameter)."""
+        if not self.bounded:
+            return theta
+        rows = list(theta.unbind(0))
+        for i, spec in self.bounded:
+            rows[i] = _to_external(spec, rows[i])
+        return torch.stack(rows)
+
+    def predict(self, values: torch.Tensor) -> torch.Tensor:
+        """Model predictions f(x; values) for external parameter values (p,) or (p, n)."""
+        named = dict(zip(self.names, values.unbind(0), strict=True))
+        named.update(self.fixed)
+        return torch.broadcast_to(self.function(self.data, named), self.y.shape)
+
+    def residuals(self, theta: torch.Tensor) -> torch.Tensor:
+        """r = (f(x; theta) - y) / sigma at internal coordinates ``theta``, without autograd."""
+        with torch.no_grad():
+            r = self.predict(self.external(theta)) - self.y
+            return r if self.inverse_sigma is None else r * self.inverse_sigma
+
+    def jacobian(self, theta: torch.Tensor, *, external: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals r (n,) and Jacobian J = dr/dtheta (n, p), exact, by one backward pass.
+
+        With ``external`` the Jacobian is taken with respect to the parameter values themselves
+        (for standard errors), not the internal coordinates of bounded parameters.
+        """
+        if not self.pointwise:
+            return self._jacobian_by_rows(theta, external)
+        copies = theta.detach().unsqueeze(-1).expand(*theta.shape, self.size).clone().requires_grad_()
+        with torch.enable_grad():
+            values = copies if external else self.external(copies)
+            r = self.predict(values) - self.y
+            if self.inverse_sigma is not None:
+                r = r * self.inverse_sigma
+            if not r.requires_grad:
+                return r.detach(), torch.zeros(self.size, len(self.names), dtype=r.dtype, device=r.device)
+            (grad,) = torch.autograd.grad(r, copies, self._ones, allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(copies)
+        return r.detach(), grad.transpose(-1, -2)
+
+    def check_pointwise(self, theta: torch.Tensor) -> None:
+        """Compare J^T v of the expanded-copies Jacobian with a plain backward pass, once."""
+        r, jacobian = self.jacobian(theta)
+        leaf = theta.detach().clone().requires_grad_()
+        v = torch.linspace(-1.0, 2.0, self.size, dtype=r.dtype, device=r.device)
+        with torch.enable_grad():
+            out = self.predict(self.external(leaf)) - self.y
+            if self.inverse_sigma is not None:
+                out = out * self.inverse_sigma
+            if not out.requires_grad:
+                return
+            (expected,) = torch.autograd.grad(out, leaf, v, allow_unused=True)
+        if expected is None:
+            return
+        got = jacobian.T @ v
+        scale = expected.abs() + (jacobian.abs().T @ v.abs()) + 1e-300
+        if not bool((((got - expected).abs() / scale) <= 1e-8).all()):
+            self.pointwise = False
+
+    def _jacobian_by_rows(self, theta: torch.Tensor, external: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = theta.detach().clone().requires_grad_()
+        with torch.enable_grad():
+            r = self.predict(leaf if external else self.external(leaf)) - self.y
+            if self.inverse_sigma is not None:
+                r = r * self.inverse_sigma
+            rows = [
+                torch.autograd.grad(r[i], leaf, retain_graph=True, allow_unused=True)[0]
+                for i in range(self.size)
+            ]
+        zero = torch.zeros_like(theta)
+        return r.detach(), torch.stack([zero if row is None else row for row in rows])
+
+
+def build_function(
+    model, data_names: tuple[str, ...], param_names: tuple[str, ...], x_is_dict: bool
+) -> tuple[Callable, str, tuple[str, ...]]:
+    """Turn a formula or a callable into ``function(data, values)``; returns it, its text, data names.
+
+    A formula's names must each be a data name or a parameter; anything else is an error listing both.
+    """
+    if callable(model):
+        text = getattr(model, "__name__", type(model).__name__)
+        if x_is_dict:
+            return (lambda data, values: model(data, **values)), text, data_names
+        (only,) = data_names
+        return (lambda data, values: model(data[only], **values)), text, data_names
+    if not isinstance(model, str):
+        raise UsageError(
+            f"model must be a formula string or a callable f(x, **params), got {type(model).__name__}"
+        )
+    parsed = parse_formula(model, what="model")
+    names = tuple(parsed.names)
+    if not x_is_dict:
+        candidates = [name for name in names if name not in param_names]
+        # A single predictor takes the model's first name that is not a parameter.
+        data_names = tuple(candidates[:1]) or ("x",)
+    unknown = [name for name in names if name not in param_names and name not in data_names]
+    if unknown:
+        raise UsageError(
+            f"model {model!r} uses {', '.join(map(repr, unknown))}, which is neither a data name "
+            f"({', '.join(data_names)}) nor a parameter ({', '.join(param_names)}): add it to params "
+            "or to the data (several predictors: pass x as a dict of named arrays)"
+        )
+    unused = [name for name in param_names if name not in names]
+    if unused:
+        raise UsageError(
+            f"parameter(s) {', '.join(map(repr, unused))} do not appear in model {model!r}: "
+            "remove them or fix the model"
+        )
+    evaluate = torch_callable(parsed.expr, names)
+    data_map = dict(zip(data_names, data_names, strict=True))
+
+    def function(data, values):
+        return evaluate(*(data[n] if n in data_map else values[n] for n in names))
+
+    function.names = names  # type: ignore[attr-defined]
+    function.precise = _precise_evaluator(parsed, names)  # type: ignore[attr-defined]
+    return function, model, data_names
+
+
+def _precise_evaluator(parsed, names: tuple[str, ...]) -> Callable | None:
+    # The formula in 40-digit arithmetic (mpmath), for a cost that float64 roundoff would swamp
+    # (Lanczos1: residuals ~1e-13 on values ~1). None when the formula calls something mpmath lacks.
+    import mpmath
+    import sympy
+
+    from ..derive import inline_registered
+
+    try:
+        scalar = sympy.lambdify([symbol(n) for n in names], inline_registered(parsed.expr), modules="mpmath")
+    except Exception:  # noqa: BLE001 - anything unsupported just means: no precise evaluation
+        return None
+
+    def evaluate(columns: list) -> list:
+        with mpmath.workdps(40):
+            return [scalar(*(mpmath.mpf(c) for c in row)) for row in zip(*columns, strict=True)]
+
+    return evaluate
+
+
+def check_finite_start(r: torch.Tensor) -> None:
+    """Raise `FitError` when the model gives NaN/inf at the initial values (nothing to fit from)."""
+    bad = ~torch.isfinite(r)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:10].tolist()
+        raise FitError(
+            f"the model gives NaN or inf at the initial parameter values (data rows {rows}); "
+            "choose other initial values"
+        )

@@ -1,0 +1,137 @@
+"""``customgrad fit`` with models and data, invoked through the real entry point."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+NIST = Path(__file__).resolve().parents[1] / "src" / "customgrad" / "data" / "nist"
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "customgrad", "fit", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    t = np.linspace(0, 5, 30)
+    y = 3 * np.exp(-0.7 * t) + 0.5 + 0.01 * np.cos(9 * t)
+    path = tmp_path / "decay.csv"
+    path.write_text(
+        "time,signal,err\n" + "\n".join(f"{a},{b},0.01" for a, b in zip(t, y, strict=True)) + "\n"
+    )
+    return path
+
+
+def test_blog_with_lm_reaches_the_infimum_and_says_not_identifiable(tmp_path):
+    out = run("--method", "lm", "--json", str(tmp_path / "blog.json"), "--plot", str(tmp_path / "blog.png"))
+    assert out.returncode == 0, out.stderr
+    data = json.loads((tmp_path / "blog.json").read_text())
+    assert data["cost"] <= 3993588.9
+    assert "not identifiable" in out.stdout
+    assert (tmp_path / "blog.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_csv_fit_with_named_columns_json_and_plot(csv_file, tmp_path):
+    out = run(
+        "--model",
+        "a*exp(-k*t) + c",
+        "--data",
+        str(csv_file),
+        "--x",
+        "time",
+        "--y",
+        "signal",
+        "--sigma",
+        "err",
+        "--param",
+        "a=1",
+        "--param",
+        "k=0.1",
+        "--param",
+        "c=0",
+        "--json",
+        str(tmp_path / "out.json"),
+        "--plot",
+        str(tmp_path / "fit.png"),
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert abs(data["params"]["k"] - 0.7) < 0.01 and data["success"]
+    assert "±" in out.stdout
+
+
+def test_whitespace_file_columns_by_index(tmp_path):
+    path = tmp_path / "line.txt"
+    path.write_text("".join(f"{x} {2 * x + 1}\n" for x in range(10)))
+    out = run(
+        "--model", "a*x + b", "--data", str(path), "--x", "0", "--y", "1", "--param", "a=0", "--param", "b=0"
+    )
+    assert out.returncode == 0, out.stderr
+    assert "a  " in out.stdout
+
+
+def test_nist_file_fits_with_its_own_model_and_start():
+    out = run("--data", str(NIST / "Misra1a.dat"), "--start", "2", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert "b1=238.94212" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "a*x", "--data", "missing.csv", "--param", "a=1"], "no such file"),
+        (
+            ["--model", "a*x + q", "--data", "{csv}", "--x", "time", "--y", "signal", "--param", "a=1"],
+            "neither a data name",
+        ),
+        (["--model", "a*x", "--data", "{csv}", "--x", "nope", "--param", "a=1"], "no column 'nope'"),
+        (["--model", "a*x", "--data", "{csv}"], "--param NAME=VALUE"),
+        (["--model", "a*x", "--data", "{csv}", "--param", "a"], "write NAME=VALUE"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(csv_file, args, message):
+    out = run(*[arg.replace("{csv}", str(csv_file)) for arg in args])
+    assert out.returncode in (1, 2)
+    assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_nan_in_data_names_rows_and_omit_works(tmp_path):
+    path = tmp_path / "nan.csv"
+    path.write_text("x,y\n0,1\n1,nan\n2,5\n3,7\n")
+    out = run("--model", "a*x + b", "--data", str(path), "--param", "a=0", "--param", "b=0")
+    assert out.returncode == 1 and "rows 1" in out.stderr
+    out = run(
+        "--model", "a*x + b", "--data", str(path), "--param", "a=0", "--param", "b=0", "--nan-policy", "omit"
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_model_nan_during_fit_exits_nonzero_and_keeps_best(tmp_path):
+    path = tmp_path / "line.csv"
+    path.write_text("x,y\n" + "".join(f"{x},{2 * x}\n" for x in range(1, 8)))
+    # NaN once a > 1.2, and the best fit (a = 2) lies beyond
+    out = run(
+        "--model",
+        "a*x + 1e-12*sqrt(1.2 - a)",
+        "--data",
+        str(path),
+        "--param",
+        "a=1",
+        "--json",
+        str(tmp_path / "o.json"),
+    )
+    assert out.returncode == 1
+    assert "NaN or inf" in out.stdout + out.stderr
+    data = json.loads((tmp_path / "o.json").read_text())
+    assert data["status"] == "nonfinite" and 1.0 <= data["params"]["a"] <= 1.2

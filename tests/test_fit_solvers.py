@@ -1,0 +1,196 @@
+"""The fit engine against SciPy on synthetic problems: values, standard errors, robust losses, bounds."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import curve_fit, least_squares
+
+from customgrad import P2, DataError, FitError, UsageError, fit
+from reference import assert_matches_reference
+
+
+def pick(values: dict, names: str) -> np.ndarray:
+    """The values of one-letter names, as a float64 array (the reference helper needs arrays, not lists)."""
+    return np.array([values[name] for name in names])
+
+
+@pytest.fixture
+def decay():
+    """y = 3 exp(-0.7 t) + 0.5 with fixed noise."""
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 5, 40)
+    y = 3 * np.exp(-0.7 * t) + 0.5 + 0.02 * rng.standard_normal(40)
+    return t, y
+
+
+def test_lm_matches_scipy_curve_fit_values_and_stderr(decay):
+    t, y = decay
+    result = fit("a*exp(-k*t) + c", t, y, params={"a": 1.0, "k": 0.1, "c": 0.0})
+    expected, covariance = curve_fit(
+        lambda t, a, k, c: a * np.exp(-k * t) + c, t, y, p0=[1, 0.1, 0], ftol=1e-14, xtol=1e-14
+    )
+    assert result.success, result.message
+    assert_matches_reference(pick(result.params, "akc"), expected, rtol=1e-7, what="params")
+    assert_matches_reference(
+        pick(result.stderr, "akc"), np.sqrt(np.diag(covariance)), rtol=1e-5, what="stderr"
+    )
+    assert_matches_reference(result.covariance, covariance, rtol=1e-5, atol=1e-12, what="covariance")
+
+
+def test_callable_model_with_hand_written_function_matches_scipy():
+    x = np.linspace(-1, 1, 50)
+    y = 0.3 + 1.5 * ((0.8 * x + 0.1) ** 2 + 2 * (0.8 * x + 0.1)) + 0.01 * np.sin(7 * x)
+
+    def model(x, a, b, c):
+        return a + b * P2.apply(c * x + 0.1)
+
+    result = fit(model, torch.tensor(x), torch.tensor(y), params={"a": 0.0, "b": 1.0, "c": 1.0})
+    reference = least_squares(
+        lambda p: p[0] + p[1] * ((p[2] * x + 0.1) ** 2 + 2 * (p[2] * x + 0.1)) - y,
+        [0, 1, 1],
+        method="lm",
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
+    )
+    assert_matches_reference(pick(result.params, "abc"), reference.x, rtol=1e-8, what="params")
+    assert_matches_reference(np.float64(result.cost), np.float64(2 * reference.cost), rtol=1e-10, what="cost")
+
+
+@pytest.mark.parametrize("loss", ["soft_l1", "huber", "cauchy"])
+def test_robust_losses_match_scipy_trf(decay, loss):
+    t, y = decay
+    y = y.copy()
+    y[[5, 17]] += 2.0  # outliers
+    result = fit("a*exp(-k*t) + c", t, y, params={"a": 1.0, "k": 0.1, "c": 0.0}, loss=loss)
+    reference = least_squares(
+        lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y,
+        [1, 0.1, 0],
+        loss=loss,
+        method="trf",
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
+    )
+    assert_matches_reference(pick(result.params, "akc"), reference.x, rtol=1e-6, what=f"params ({loss})")
+
+
+def test_sigma_weights_match_scipy(decay):
+    t, y = decay
+    sigma = 0.01 + 0.05 * t
+    result = fit("a*exp(-k*t) + c", t, y, params={"a": 1.0, "k": 0.1, "c": 0.0}, sigma=sigma)
+    expected, _ = curve_fit(
+        lambda t, a, k, c: a * np.exp(-k * t) + c, t, y, p0=[1, 0.1, 0], sigma=sigma, ftol=1e-14, xtol=1e-14
+    )
+    assert_matches_reference(pick(result.params, "akc"), expected, rtol=1e-7, what="params")
+
+
+def test_bounds_hold_and_are_reported(decay):
+    t, y = decay
+    result = fit("a*exp(-k*t) + c", t, y, params={"a": 1.0, "k": 0.1, "c": 0.7}, bounds={"c": (0.6, 2.0)})
+    reference = least_squares(
+        lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y,
+        [1, 0.1, 0.7],
+        bounds=([-np.inf, -np.inf, 0.6], [np.inf, np.inf, 2.0]),
+        xtol=1e-15,
+        ftol=1e-15,
+    )
+    assert result.params["c"] >= 0.6
+    assert_matches_reference(pick(result.params, "akc"), reference.x, rtol=1e-5, what="params")
+    assert any("at its lower bound" in w for w in result.warnings)
+
+
+def test_fixed_parameter_is_kept(decay):
+    t, y = decay
+    result = fit("a*exp(-k*t) + c", t, y, params={"a": 1.0, "k": 0.1, "c": {"value": 0.5, "fixed": True}})
+    expected, _ = curve_fit(
+        lambda t, a, k: a * np.exp(-k * t) + 0.5, t, y, p0=[1, 0.1], ftol=1e-14, xtol=1e-14
+    )
+    assert result.params["c"] == 0.5 and "c" not in result.stderr
+    assert_matches_reference(pick(result.params, "ak"), expected, rtol=1e-7, what="params")
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_gradient_methods_approach_the_least_squares_cost(decay, method):
+    t, y = decay
+    best = fit("a*exp(-k*t) + c", t, y, params={"a": 1.0, "k": 0.1, "c": 0.0})
+    steps = 200 if method == "lbfgs" else 4000
+    result = fit(
+        "a*exp(-k*t) + c",
+        t,
+        y,
+        params={"a": 2.0, "k": 0.5, "c": 0.3},
+        method=method,
+        max_steps=steps,
+        learning_rate=0.05 if method == "adam" else None,
+    )
+    assert result.cost <= best.cost * 1.05
+    assert len(result.history) == result.steps
+
+
+def test_several_predictors_by_name():
+    rng = np.random.default_rng(1)
+    u, v = rng.uniform(0, 1, 30), rng.uniform(0, 1, 30)
+    y = 2 * u - 3 * v**2 + 1
+    result = fit("a*u + b*v**2 + c", {"u": u, "v": v}, y, params={"a": 0.0, "b": 0.0, "c": 0.0})
+    assert_matches_reference(
+        pick(result.params, "abc"), np.array([2.0, -3.0, 1.0]), rtol=1e-10, what="params"
+    )
+
+
+def test_rank_deficient_model_names_the_unidentifiable_parameters():
+    x = np.linspace(0, 1, 20)
+    result = fit("a*b*x + c", x, 2 * x + 1, params={"a": 1.0, "b": 1.0, "c": 0.0})
+    assert any("a, b are not identifiable" in w for w in result.warnings), result.warnings
+    assert np.isnan(result.stderr["a"]) and np.isnan(result.stderr["b"])
+    assert result.cost < 1e-20
+
+
+def test_unknown_symbol_lists_data_names_and_parameters():
+    with pytest.raises(UsageError, match=r"'q'.*neither a data name \(x\) nor a parameter \(a, b\)"):
+        fit("a + b*x + q", {"x": [1.0, 2, 3]}, [1.0, 2, 3], params={"a": 0.0, "b": 1.0})
+
+
+def test_bad_data_gives_clear_errors():
+    with pytest.raises(DataError, match=r"NaN or inf in x at rows 1"):
+        fit("a*x", [1.0, float("nan"), 3.0], [1.0, 2, 3], params={"a": 1.0})
+    with pytest.raises(DataError, match="lengths differ"):
+        fit("a*x", [1.0, 2.0], [1.0, 2, 3], params={"a": 1.0})
+    with pytest.raises(DataError, match="no data"):
+        fit("a*x", [], [], params={"a": 1.0})
+    with pytest.raises(UsageError, match="has no initial value"):
+        fit("a*x", [1.0, 2.0], [1.0, 2.0], params={"a": None})
+    with pytest.raises(FitError, match="NaN or inf at the initial parameter values"):
+        fit("log(a*x)", [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], params={"a": -1.0})
+
+
+def test_nan_policy_omit_drops_rows():
+    x = np.array([0.0, 1.0, 2.0, 3.0, np.nan])
+    result = fit("a*x + b", x, 2 * np.nan_to_num(x) + 1, params={"a": 0.0, "b": 0.0}, nan_policy="omit")
+    assert_matches_reference(pick(result.params, "ab"), np.array([2.0, 1.0]), rtol=1e-10, what="params")
+    assert any("omitted" in w for w in result.warnings)
+
+
+def test_model_going_nonfinite_mid_fit_keeps_best_params():
+    x = np.linspace(0.1, 2, 20)
+
+    def model(x, a):
+        # finite near the start, NaN once a passes 1.2: the optimum (a = 2) lies beyond
+        return torch.where(a < 1.2, a * x, torch.full_like(x, float("nan")))
+
+    result = fit(model, x, 2 * x, params={"a": 1.0})
+    assert not result.success and result.status == "nonfinite"
+    assert 1.0 <= result.params["a"] < 1.2
+
+
+def test_report_json_and_plot(decay, tmp_path):
+    import json
+
+    t, y = decay
+    result = fit("a*exp(-k*t) + c", t, y, params={"a": 1.0, "k": 0.1, "c": 0.0})
+    report = result.report()
+    assert "± " in report and "status: " in report
+    data = json.loads(result.to_json(tmp_path / "r.json"))
+    assert data["params"].keys() == {"a", "k", "c"} and data["success"] is True
+    path = result.plot(tmp_path / "fit.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"

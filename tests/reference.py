@@ -24,8 +24,8 @@ def assert_matches_reference(actual, expected, *, rtol: float, atol: float = 0.0
     what : str
         Name of the compared quantity, used in the failure message.
     """
-    actual_t = torch.as_tensor(actual).detach().to("cpu", torch.float64)
-    expected_t = torch.as_tensor(expected).detach().to("cpu", torch.float64)
+    actual_t = _as_float64(actual)
+    expected_t = _as_float64(expected)
     assert actual_t.shape == expected_t.shape, (
         f"{what}: shape {tuple(actual_t.shape)} differs from the reference's {tuple(expected_t.shape)}"
     )
@@ -47,3 +47,10 @@ def assert_matches_reference(actual, expected, *, rtol: float, atol: float = 0.0
         a, e = actual_t[tuple(index)].item(), expected_t[tuple(index)].item()
         lines.append(f"  at {index}: got {a!r}, expected {e!r}")
     raise AssertionError("\n".join(lines))
+
+
+def _as_float64(value) -> torch.Tensor:
+    # Python numbers and lists go straight to float64 (torch.as_tensor alone would round them to float32).
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float64)
+    return torch.as_tensor(value, dtype=torch.float64)

@@ -218,7 +218,9 @@ def function_source(
     lines = [f"def {name}({', '.join(argument_names)}):"]
     if shared:
         temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
-        replacements, reduced = sympy.cse(list(outputs), symbols=temporaries, optimizations="basic")
+        # No "basic" optimizations: they pull out rational content, turning x/200000 + 1 into
+        # (x + 200000)/200000, which overflows float16.
+        replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
     else:
         replacements, reduced = [], list(outputs)
     printer = TorchCodePrinter()

@@ -240,6 +240,14 @@ def test_naming_registers_and_later_formulas_call_it():
     assert_matches_reference(grad, 24 * x**2 - 2, rtol=1e-14, what="grad")
 
 
+def test_registered_functions_at_constant_arguments_are_folded():
+    generated = function("max(x, P2(-1)) + P2(2)")
+    x = torch.tensor([-2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    output = generated.apply(x)
+    assert_matches_reference(output, torch.tensor([7.0, 8.5]), rtol=1e-15, what="forward")
+    assert_matches_reference(torch.autograd.grad(output.sum(), x)[0], torch.tensor([0.0, 1.0]), rtol=0, what="grad")
+
+
 def test_bad_declared_gradients_are_rejected():
     with pytest.raises(UsageError, match="not an input"):
         function("x*y", grads={"z": "1"})

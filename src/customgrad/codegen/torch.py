@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import sympy
@@ -72,7 +73,7 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
     # Numbers: plain float literals, which keep the tensor's dtype under torch's promotion rules.
     def _print_constant_value(self, expr) -> str:
         value = float(sympy.N(expr, 17))
-        return repr(value) if value == value else "float('nan')"
+        return repr(value) if math.isfinite(value) else f"float('{value}')"  # exp(800) overflows to inf
 
     def _print_Integer(self, expr):
         return f"{int(expr)}.0" if abs(int(expr)) < 2**53 else repr(float(expr))

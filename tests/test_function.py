@@ -119,6 +119,36 @@ def test_gradients_are_reduced_to_each_input_shape():
     assert_matches_reference(grad_b, torch.tensor(12.0), rtol=0, what="grad b")
 
 
+@pytest.mark.parametrize("shape", [(0,), (1,), (1023,), (2, 0, 3), "non-contiguous"], ids=str)
+def test_odd_shapes_match_eager(shape):
+    case = CASES_BY_ID["blog_model"]
+    values = case.sample(5)
+    if shape == "non-contiguous":
+        x = torch.rand(5, 3, dtype=torch.float64).t()
+        assert not x.is_contiguous()
+    else:
+        x = torch.rand(shape, dtype=torch.float64)
+    values["x"] = 4 * x - 2
+    actual = derivatives(functools.partial(call_generated, case), values, 2, 6)
+    expected = derivatives(functools.partial(call_reference, case), values, 2, 6)
+    for level, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        for a, e in zip(got, want, strict=True):
+            assert_close_float64(a, e, f"shape {shape} order {level}", level)
+
+
+def test_gradients_keep_each_input_dtype():
+    generated = built("a*x**2 + sin(b*x)")
+    a = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    x = torch.rand(3, dtype=torch.float32, requires_grad=True)
+    b = torch.rand((), dtype=torch.float16, requires_grad=True)
+    output = generated.apply(a, x, b)
+    assert output.dtype == (a * x**2 + torch.sin(b * x)).dtype == torch.float64
+    first = torch.autograd.grad(output.sum(), (a, x, b), create_graph=True)
+    assert [g.dtype for g in first] == [torch.float64, torch.float32, torch.float16]
+    second = torch.autograd.grad(sum(g.sum() for g in first), (a, x, b))
+    assert [g.dtype for g in second] == [torch.float64, torch.float32, torch.float16]
+
+
 def test_python_number_inputs_get_none_gradients():
     generated = built("a*x**2 + sin(b*x)")
     x = torch.linspace(-1, 1, 5, dtype=torch.float64, requires_grad=True)
@@ -418,3 +448,17 @@ def test_compiled_corpus_formulas_match_eager(case_id):
     assert_matches_reference(actual, expected, rtol=RTOL, atol=1e-14, what="compiled forward")
     for got, want in zip(actual_grads, expected_grads, strict=True):
         assert_matches_reference(got, want, rtol=RTOL, atol=1e-14, what="compiled gradient")
+
+
+def test_calling_the_class_is_apply_in_eager_mode():
+    generated = built("a*x**2 + sin(x)")
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    assert torch.equal(generated(2.0, x), generated.apply(2.0, x))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(raises=torch._dynamo.exc.Unsupported, strict=True,
+                   reason="Dynamo treats F(x) as instantiation; compiled code calls F.apply(x) (see function's docs)")
+def test_calling_the_class_under_compile():
+    generated = built("a*x**2 + sin(x)")
+    torch.compile(lambda v: generated(2.0, v) * 3, backend="eager", fullgraph=True)(torch.ones(3))

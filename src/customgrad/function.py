@@ -31,7 +31,12 @@ _counter = itertools.count()
 
 
 def _call_apply(cls, *args):
-    """``P2(x)`` means ``P2.apply(x)``: as ``__new__``, so that Dynamo traces it like ``apply``."""
+    """``P2(x)`` means ``P2.apply(x)`` in eager mode (as ``__new__``).
+
+    Dynamo ignores it: it models calling an autograd.Function class as instantiation whatever
+    ``__new__`` or the metaclass say, and recognises ``apply`` only on classes whose metaclass is
+    exactly ``FunctionMeta``; so compiled code must call ``P2.apply(x)``.
+    """
     return cls.apply(*args)
 
 
@@ -217,7 +222,12 @@ def function(
         Call it as ``F.apply(...)`` or ``F(...)``. Inputs are tensors or Python numbers and
         broadcast; numbers get no gradient. ``F.forward_ad`` is the variant with a ``jvp`` for
         forward-mode AD (``torch.func.jvp``, ``jacfwd``); ``F`` itself compiles with
-        ``torch.compile(fullgraph=True)``.
+        ``torch.compile(fullgraph=True)`` when called as ``F.apply(...)``.
+
+    Notes
+    -----
+    Under ``torch.compile`` write ``F.apply(x)``, not ``F(x)``: Dynamo treats calling an
+    autograd.Function class as instantiating it (torch 2.13), which fails to trace.
     """
     parsed = parse_formula(formula)
     if inputs is None:

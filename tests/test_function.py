@@ -177,6 +177,19 @@ def test_python_numbers_follow_torch_type_promotion():
         assert generated.apply(a, x, b).dtype == expected.dtype, (a, x, b)
 
 
+@pytest.mark.parametrize("formula", ["where(x > 0, x, 0)", "max(x, 0)", "min(x, 2, 3)", "atan2(2, x)",
+                                     "where(1 < x, 1, -1)", "0*x + 3", "where(x > 0.1, x, 0.2)"])
+def test_constants_never_promote_the_input_dtype(formula):
+    generated = built(formula)
+    for x in [torch.tensor(0.5, dtype=torch.float16), torch.tensor([0.5, -1.0], dtype=torch.bfloat16),
+              torch.tensor(0.5), torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)]:
+        output = generated.apply(x)
+        assert output.dtype == x.dtype and output.shape == x.shape, (formula, x)
+        if x.requires_grad:
+            (grad,) = torch.autograd.grad(output.sum(), x)
+            assert grad.dtype == x.dtype and grad.shape == x.shape
+
+
 def test_backward_skips_inputs_that_need_no_gradient(monkeypatch):
     generated = function("a*exp(x) + b*x**3")
     a, b = torch.tensor(2.0, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64)
@@ -392,6 +405,32 @@ def test_cuda_matches_cpu(dtype):
         for got, want in zip(cuda[level], cpu[level], strict=True):
             assert got.device.type == "cuda" and got.dtype == dtype
             assert_matches_reference(got, want, rtol=tolerance, atol=tolerance, what=f"cuda order {level}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_cuda_corpus_matches_eager_autograd_on_cuda(case):
+    values = {name: value.cuda() for name, value in case.sample(0).items()}
+    actual = derivatives(functools.partial(call_generated, case), values, 2, 1)
+    expected = derivatives(functools.partial(call_reference, case), values, 2, 1)
+    for level, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        for a, e in zip(got, want, strict=True):
+            assert a.device.type == "cuda"
+            assert_close_float64(a, e, f"{case.id} cuda order {level}", level)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cuda_compiled_with_inductor_matches_eager():
+    torch._dynamo.reset()
+    model = _compiled_model(built("a + b*P2(c*x + d)")).cuda()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.linspace(-2, 2, 11, dtype=torch.float64, device="cuda", requires_grad=True)
+    expected, actual = model(x), compiled(x)
+    assert_matches_reference(actual, expected, rtol=1e-14, what="compiled forward")
+    for got, want in zip(torch.autograd.grad(actual.sum(), [x, *model.parameters()]),
+                         torch.autograd.grad(expected.sum(), [x, *model.parameters()]), strict=True):
+        assert_matches_reference(got, want, rtol=1e-13, atol=1e-15, what="compiled gradient")
 
 
 # torch.compile.

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import sympy
 import torch
+from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
 from .codegen.torch import compile_source, function_source
 from .derive import FunctionSpec, derive_spec
@@ -51,6 +52,11 @@ def _as_tensor_arguments(arguments: Sequence) -> list:
         device = reference.device
     return [a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=dtype, device=device)
             for a in arguments]
+
+
+def _promoted_dtype(arguments: Sequence) -> torch.dtype:
+    """The dtype torch's type promotion gives an elementwise op of ``arguments`` (tensors and numbers)."""
+    return elementwise_dtypes(*arguments, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT)[1]
 
 
 def _python_name(name: str) -> str:
@@ -98,6 +104,11 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
         if len(arguments) != input_count:
             raise UsageError(f"{arity_message}, got {len(arguments)}")
         outputs = forward_code(*_as_tensor_arguments(arguments))
+        # Constant-valued pieces (where(x > 0, 1, -1)) come out in the default dtype: give every
+        # output the dtype torch's promotion gives the inputs, as a torch expression of them would.
+        dtype = _promoted_dtype(arguments)
+        if dtype.is_floating_point:
+            outputs = tuple(o.to(dtype) if o.dtype != dtype and o.is_floating_point() else o for o in outputs)
         return outputs[0] if output_count == 1 else outputs
 
     def make_setup_context(for_jvp: bool):

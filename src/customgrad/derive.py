@@ -86,10 +86,26 @@ def derive_partial(expr: sympy.Expr, variable: sympy.Symbol) -> sympy.Expr:
     if partial.has(sympy.Derivative):
         raise DeriveError(f"cannot differentiate {expr} with respect to {variable}: SymPy left {partial}")
     if sympy.count_ops(partial) <= SIMPLIFY_MAX_OPS:
-        simpler = sympy.simplify(partial)
-        if sympy.count_ops(simpler) < sympy.count_ops(partial):
-            partial = simpler
+        partial = simplify_bounded(partial)
     return partial
+
+
+def simplify_bounded(expr: sympy.Expr) -> sympy.Expr:
+    """The shortest of ``expr``, its common factors pulled out, and its cancelled rational form,
+    among those that introduce no number larger than ``expr``'s own.
+
+    Not ``sympy.simplify``: its trigsimp can run for minutes on small expressions (hyperbolic
+    functions are factored over the Gaussian rationals); these passes are polynomial-time.
+    """
+    candidates = [expr, sympy.factor_terms(expr), sympy.factor_terms(sympy.cancel(expr))]
+    # Rewrites that clear denominators (0.044715 x -> (8943 x + 200000)/200000) overflow float16.
+    largest = _largest_number(expr)
+    candidates = [c for c in candidates if _largest_number(c) <= largest]
+    return min(candidates, key=sympy.count_ops)  # ties keep the earliest, least rewritten form
+
+
+def _largest_number(expr: sympy.Expr) -> float:
+    return max((abs(float(number)) for number in expr.atoms(sympy.Number) if number.is_finite), default=0.0)
 
 
 def inline_registered(expr: sympy.Expr) -> sympy.Expr:

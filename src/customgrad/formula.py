@@ -38,6 +38,7 @@ _COMPARE = {
     ast.Eq: sympy.Eq,
     ast.NotEq: sympy.Ne,
 }
+_NOT_FINITE_REAL = (sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I)
 _OPERATOR_NAMES = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.BitXor: "^", ast.BitAnd: "&",
                    ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>", ast.Invert: "~", ast.Not: "not"}
 
@@ -133,7 +134,15 @@ class _Builder:
         method = getattr(self, f"_{type(node).__name__}", None)
         if method is None:
             raise self.fail(node, _describe_unsupported(node))
-        return method(node, condition)
+        result = method(node, condition)
+        if isinstance(result, sympy.Expr):
+            self._check_finite_real(node, result)
+        return result
+
+    def _check_finite_real(self, node: ast.AST, result: sympy.Expr) -> None:
+        # 1/0, log(0), sqrt(-1), asin(2): SymPy gives zoo, I, complex values; torch would give nan or complex.
+        if result.has(*_NOT_FINITE_REAL) or (not result.free_symbols and result.is_extended_real is False):
+            raise self.fail(node, f"this part is {result}, not a finite real number")
 
     def value(self, node: ast.AST):
         result = self.build(node)
@@ -204,7 +213,9 @@ class _Builder:
 
     def condition(self, node: ast.AST):
         result = self.build(node, condition=True)
-        if not isinstance(result, (sympy.logic.boolalg.Boolean, sympy.core.relational.Relational)):
+        # A Symbol is also a sympy Boolean: only relations and their combinations are conditions.
+        is_condition = isinstance(result, (sympy.logic.boolalg.Boolean, sympy.core.relational.Relational))
+        if isinstance(result, sympy.Expr) or not is_condition:
             raise self.fail(node, "expected a condition such as x > 0")
         return result
 
@@ -244,15 +255,21 @@ class _Builder:
         if name in FUNCTIONS:
             entry = FUNCTIONS[name]
             self._arity(node, name, entry.min_args, entry.max_args)
-            return entry.build(*[self.value(arg) for arg in node.args])
+            return self._apply(node, entry.build, [self.value(arg) for arg in node.args])
         registered = REGISTRY.get(name)
         if registered is not None:
             self._arity(node, name, registered.arity, registered.arity)
-            return registered.symbol(*[self.value(arg) for arg in node.args])
+            return self._apply(node, registered.symbol, [self.value(arg) for arg in node.args])
         known = known_function_names()
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         raise self.fail(node.func, f"unknown function {name!r}: {hint}(known: {', '.join(known)})")
+
+    def _apply(self, node: ast.Call, build, arguments: list):
+        try:
+            return build(*arguments)
+        except (ValueError, TypeError, ArithmeticError) as error:  # e.g. max(x, c) with c not comparable
+            raise self.fail(node, f"cannot be built ({error})") from None
 
     def _arity(self, node: ast.Call, name: str, low: int, high: int | None) -> None:
         count = len(node.args)

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import sympy
 import torch
+from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
 from .codegen.torch import compile_source, function_source
 from .derive import FunctionSpec, derive_spec
@@ -31,7 +32,12 @@ _counter = itertools.count()
 
 
 def _call_apply(cls, *args):
-    """``P2(x)`` means ``P2.apply(x)``: as ``__new__``, so that Dynamo traces it like ``apply``."""
+    """``P2(x)`` means ``P2.apply(x)`` in eager mode (as ``__new__``).
+
+    Dynamo ignores it: it models calling an autograd.Function class as instantiation whatever
+    ``__new__`` or the metaclass say, and recognises ``apply`` only on classes whose metaclass is
+    exactly ``FunctionMeta``; so compiled code must call ``P2.apply(x)``.
+    """
     return cls.apply(*args)
 
 
@@ -46,6 +52,11 @@ def _as_tensor_arguments(arguments: Sequence) -> list:
         device = reference.device
     return [a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=dtype, device=device)
             for a in arguments]
+
+
+def _promoted_dtype(arguments: Sequence) -> torch.dtype:
+    """The dtype torch's type promotion gives an elementwise op of ``arguments`` (tensors and numbers)."""
+    return elementwise_dtypes(*arguments, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT)[1]
 
 
 def _python_name(name: str) -> str:
@@ -93,6 +104,11 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
         if len(arguments) != input_count:
             raise UsageError(f"{arity_message}, got {len(arguments)}")
         outputs = forward_code(*_as_tensor_arguments(arguments))
+        # Constant-valued pieces (where(x > 0, 1, -1)) come out in the default dtype: give every
+        # output the dtype torch's promotion gives the inputs, as a torch expression of them would.
+        dtype = _promoted_dtype(arguments)
+        if dtype.is_floating_point:
+            outputs = tuple(o.to(dtype) if o.dtype != dtype and o.is_floating_point() else o for o in outputs)
         return outputs[0] if output_count == 1 else outputs
 
     def make_setup_context(for_jvp: bool):
@@ -217,7 +233,12 @@ def function(
         Call it as ``F.apply(...)`` or ``F(...)``. Inputs are tensors or Python numbers and
         broadcast; numbers get no gradient. ``F.forward_ad`` is the variant with a ``jvp`` for
         forward-mode AD (``torch.func.jvp``, ``jacfwd``); ``F`` itself compiles with
-        ``torch.compile(fullgraph=True)``.
+        ``torch.compile(fullgraph=True)`` when called as ``F.apply(...)``.
+
+    Notes
+    -----
+    Under ``torch.compile`` write ``F.apply(x)``, not ``F(x)``: Dynamo treats calling an
+    autograd.Function class as instantiating it (torch 2.13), which fails to trace.
     """
     parsed = parse_formula(formula)
     if inputs is None:

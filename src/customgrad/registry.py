@@ -62,7 +62,15 @@ def _make_symbol(name: str, arity: int) -> type[sympy.Function]:
         substitution = dict(zip(entry.input_symbols, self.args, strict=True))
         return entry.partials[argindex - 1].xreplace(substitution)
 
-    return type(name, (sympy.Function,), {"nargs": arity, "fdiff": fdiff, "_customgrad_name": name})
+    def _eval_evalf(self, prec):
+        # Numeric value at constant arguments (so that max(x, P2(0)) can compare and codegen can fold it).
+        entry = REGISTRY.get(name)
+        if entry is None or entry.expr is None:
+            return None
+        return entry.expr.xreplace(dict(zip(entry.input_symbols, self.args, strict=True)))._eval_evalf(prec)
+
+    return type(name, (sympy.Function,), {"nargs": arity, "fdiff": fdiff, "_eval_evalf": _eval_evalf,
+                                          "_customgrad_name": name})
 
 
 def forward_arity(function: type[torch.autograd.Function]) -> int:

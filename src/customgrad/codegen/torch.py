@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import sympy
@@ -47,11 +48,17 @@ TORCH_FUNCTIONS: dict[type, str] = {
     Round: "torch.round",
 }
 
-#: Functions of two tensors: constant arguments are passed as float64 0-dim tensors.
+#: Functions of two tensors. A constant argument is a Python number (clamp) or a tensor like the
+#: other argument (atan2), so that, as in torch, constants never promote the inputs' dtype.
 TORCH_BINARY_FUNCTIONS: dict[type, str] = {
     sympy.atan2: "torch.atan2",
     sympy.Max: "torch.maximum",
     sympy.Min: "torch.minimum",
+}
+#: max(x, c) and min(x, c) for a constant c.
+TORCH_CLAMPS: dict[type, str] = {
+    sympy.Max: "torch.clamp_min",
+    sympy.Min: "torch.clamp_max",
 }
 
 _RELATIONS = {
@@ -72,7 +79,7 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
     # Numbers: plain float literals, which keep the tensor's dtype under torch's promotion rules.
     def _print_constant_value(self, expr) -> str:
         value = float(sympy.N(expr, 17))
-        return repr(value) if value == value else "float('nan')"
+        return repr(value) if math.isfinite(value) else f"float('{value}')"  # exp(800) overflows to inf
 
     def _print_Integer(self, expr):
         return f"{int(expr)}.0" if abs(int(expr)) < 2**53 else repr(float(expr))
@@ -123,7 +130,7 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
         if kind in TORCH_FUNCTIONS:
             return f"{TORCH_FUNCTIONS[kind]}({', '.join(self._print(arg) for arg in expr.args)})"
         if kind in TORCH_BINARY_FUNCTIONS:
-            return self._print_binary(TORCH_BINARY_FUNCTIONS[kind], expr.args)
+            return self._print_binary(kind, expr.args)
         name = getattr(kind, "_customgrad_name", None)
         if name is not None:
             return f"_registered_{name}({', '.join(self._print(arg) for arg in expr.args)})"
@@ -141,13 +148,24 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
     _print_exp = _print_Function
     _print_log = _print_Function
 
-    def _print_binary(self, call: str, args: Sequence[sympy.Expr]) -> str:
-        # Fold a + b + c ... left to right; constants become float64 0-dim tensors (no promotion).
-        printed = [self._print(arg) if arg.free_symbols else f"_constant({self._print(arg)})" for arg in args]
-        result = printed[0]
-        for item in printed[1:]:
-            result = f"{call}({result}, {item})"
-        return result
+    def _print_binary(self, kind: type, args: Sequence[sympy.Expr]) -> str:
+        call = TORCH_BINARY_FUNCTIONS[kind]
+        if kind in TORCH_CLAMPS:
+            # Fold max(a, b, c, ...) left to right over the tensors, then clamp by the constant (SymPy
+            # folds several constants into one).
+            tensors = [self._print(arg) for arg in args if arg.free_symbols]
+            result = tensors[0]
+            for item in tensors[1:]:
+                result = f"{call}({result}, {item})"
+            for constant in (arg for arg in args if not arg.free_symbols):
+                result = f"{TORCH_CLAMPS[kind]}({result}, {self._print(constant)})"
+            return result
+        first, second = (self._print(arg) for arg in args)
+        if not args[0].free_symbols:
+            first = f"torch.full_like({second}, {first})"
+        if not args[1].free_symbols:
+            second = f"torch.full_like({first}, {second})"
+        return f"{call}({first}, {second})"
 
     def _print_Heaviside(self, expr):
         # H(z) with H(0) = 1/2, the value SymPy and torch.maximum's tie-splitting use.
@@ -166,13 +184,13 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
         return result
 
     def _print_where_value(self, expr):
-        return self._print(expr) if expr.free_symbols else f"_constant({self._print(expr)})"
+        # Constants stay Python numbers, which take the other branch's dtype as in torch.where(c, x, 0.0).
+        return self._print(expr)
 
     def _print_Relational(self, expr):
         operator = _RELATIONS[type(expr)]
         left, right = expr.args
-        left_text = self._print(left) if left.free_symbols else f"_constant({self._print(left)})"
-        return f"({left_text} {operator} {self._print(right)})"
+        return f"({self._print(left)} {operator} {self._print(right)})"
 
     def _print_And(self, expr):
         return "(" + " & ".join(self._print(arg) for arg in expr.args) + ")"
@@ -218,7 +236,9 @@ def function_source(
     lines = [f"def {name}({', '.join(argument_names)}):"]
     if shared:
         temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
-        replacements, reduced = sympy.cse(list(outputs), symbols=temporaries, optimizations="basic")
+        # No "basic" optimizations: they pull out rational content, turning x/200000 + 1 into
+        # (x + 200000)/200000, which overflows float16.
+        replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
     else:
         replacements, reduced = [], list(outputs)
     printer = TorchCodePrinter()

@@ -194,3 +194,13 @@ def test_battery_gradients_agree_with_eager_autograd_reference():
     (expected,) = torch.autograd.grad(torch.sin(x) * x, x, upstream)
     (numeric,) = numerical_vjp(lambda t: [torch.sin(t) * t], [x.detach()], [upstream])
     assert_matches_reference(numeric, expected, rtol=1e-8, atol=1e-9, what="finite differences")
+
+
+@pytest.mark.gpu
+def test_battery_runs_on_cuda_inputs():
+    x = torch.randn(5, dtype=torch.float64, device="cuda")
+    report = check(P2, x, compile=False)
+    assert report.ok, str(report)
+    planted = check(MissingTerm, x, compile=False)
+    assert not planted.ok
+    assert any(r.name == "first_order" and r.status == "failed" for r in planted.results), str(planted)

@@ -194,3 +194,12 @@ def test_report_json_and_plot(decay, tmp_path):
     assert data["params"].keys() == {"a", "k", "c"} and data["success"] is True
     path = result.plot(tmp_path / "fit.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.gpu
+def test_lm_on_cuda_matches_scipy(decay):
+    t, y = decay
+    result = fit("a*exp(-k*t) + c", t, y, params={"a": 1.0, "k": 0.1, "c": 0.0}, device="cuda")
+    expected, _ = curve_fit(lambda t, a, k, c: a * np.exp(-k * t) + c, t, y, p0=[1, 0.1, 0], ftol=1e-14, xtol=1e-14)
+    assert result.success, result.message
+    assert_matches_reference(pick(result.params, "akc"), expected, rtol=1e-7, what="params fitted on cuda")

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, in one run (for a lent CUDA machine): the GPU tests, then the
+# Function benchmark on CUDA. Run from the repository root: bash benchmarks/device_checks.sh
+set -u
+export PYTHONPATH="$PWD/src:$PWD/tests" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '|', torch.cuda.get_device_name())"
+python3 -m pytest tests/test_function.py tests/test_check.py tests/test_fit_solvers.py -m gpu -q -p no:cacheprovider \
+  -o addopts="--strict-markers" 2>&1 | tail -15
+python3 benchmarks/bench_function.py --device cuda --size 10000000 --dtype float32 --repeats 30
+python3 benchmarks/bench_function.py --device cuda --size 10000000 --dtype bfloat16 --repeats 30

@@ -50,7 +50,8 @@ def derivatives(call, values: dict[str, torch.Tensor], order: int, seed: int) ->
     results = [[output]]
     generator = torch.Generator().manual_seed(seed)
     for level in range(order):
-        weighted = sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype)).sum() for t in results[-1])
+        weights = [torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) for t in results[-1]]
+        weighted = sum((t * w).sum() for t, w in zip(results[-1], weights, strict=True))
         results.append(gradients(weighted, leaves, create_graph=level < order - 1))
     return results
 

@@ -21,8 +21,8 @@ def float64_copies(subject: Subject) -> list[Any]:
 #: Random points, as (label, how to draw a value from the example tensor in float64).
 POINTS = (
     ("example values", lambda x, g: x.clone()),
-    ("random (both signs)", lambda x, g: torch.randn(x.shape, generator=g, dtype=torch.float64)),
-    ("near zero", lambda x, g: 0.05 * torch.randn(x.shape, generator=g, dtype=torch.float64)),
+    ("random (both signs)", lambda x, g: random_like(x.shape, g, x.device)),
+    ("near zero", lambda x, g: 0.05 * random_like(x.shape, g, x.device)),
 )
 
 
@@ -48,10 +48,13 @@ def non_contiguous(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().clone()
 
 
-def random_like(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, dtype=torch.float64)
+def random_like(shape: tuple[int, ...], generator: torch.Generator, device=None) -> torch.Tensor:
+    """Standard normal float64 values, drawn on the CPU (reproducible) and moved to ``device``."""
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(device)
 
 
 def values_not_float32(tensor: torch.Tensor) -> torch.Tensor:
     """Values with bits below float32's resolution, so that float32 rounding changes them."""
-    return tensor + tensor.abs().clamp_min(1e-3) * 1e-9 * (1 + torch.arange(tensor.numel()).reshape(tensor.shape))
+    return tensor + tensor.abs().clamp_min(1e-3) * 1e-9 * (
+        1 + torch.arange(tensor.numel(), device=tensor.device).reshape(tensor.shape)
+    )

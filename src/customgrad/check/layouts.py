@@ -120,11 +120,12 @@ def _is_elementwise(subject: Subject, reference) -> bool:
 def _shape_variants(subject: Subject, inputs: list[Any]) -> list[tuple[str, list[Any]]]:
     generator = make_generator(62)
     positions = subject.differentiable_positions
+    device = inputs[positions[0]].device if positions else None
     variants = []
     for label, shape in (("size 1", (1,)), ("size 0", (0,)), ("batched (2, 3, 4)", (2, 3, 4))):
-        variants.append((label, subject.with_values({p: random_like(shape, generator) for p in positions})))
+        variants.append((label, subject.with_values({p: random_like(shape, generator, device) for p in positions})))
     if len(positions) > 1:
-        values = {p: random_like((3, 4), generator) for p in positions}
-        values[positions[-1]] = random_like((4,), generator)
+        values = {p: random_like((3, 4), generator, device) for p in positions}
+        values[positions[-1]] = random_like((4,), generator, device)
         variants.append(("broadcast (3, 4) with (4,)", subject.with_values(values)))
     return variants

@@ -65,7 +65,7 @@ def _float32_math(subject: Subject) -> list[str]:
     base = float64_copies(subject)
     generator = make_generator(72)
     values = {
-        p: torch.randn(base[p].shape, generator=generator, dtype=torch.float64) + 0.5
+        p: (torch.randn(base[p].shape, generator=generator, dtype=torch.float64) + 0.5).to(base[p].device)
         for p in subject.differentiable_positions
     }
     problems = []

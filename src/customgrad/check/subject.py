@@ -277,8 +277,9 @@ class Subject:
             for position in declared_positions:
                 shape = inputs[position].shape
                 value = grads[position]
-                value = torch.zeros(shape) if value is None else value
-                result[position] = sum_to_shape(torch.as_tensor(value, dtype=torch.float64), shape)
+                device = inputs[position].device
+                value = torch.zeros(shape, device=device) if value is None else value
+                result[position] = sum_to_shape(torch.as_tensor(value, dtype=torch.float64, device=device), shape)
         remaining = [p for p in self.differentiable_positions if p not in result]
         if remaining:
 
@@ -309,7 +310,7 @@ def random_upstream(output: torch.Tensor, generator: torch.Generator | None) -> 
     """A random, non-constant upstream gradient bounded away from zero: sign * U(0.5, 1.5)."""
     magnitude = torch.rand(output.shape, generator=generator, dtype=torch.float64) + 0.5
     sign = torch.where(torch.rand(output.shape, generator=generator, dtype=torch.float64) < 0.5, -1.0, 1.0)
-    return (magnitude * sign).to(output.dtype)
+    return (magnitude * sign).to(output.device, output.dtype)
 
 
 def make_generator(seed: int) -> torch.Generator:

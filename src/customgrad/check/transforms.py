@@ -75,7 +75,10 @@ def _vmap_and_jacrev(
 ) -> None:
     positions = subject.differentiable_positions
     generator = make_generator(82)
-    batched = {p: torch.randn((BATCH, *inputs[p].shape), generator=generator, dtype=torch.float64) for p in positions}
+    batched = {
+        p: torch.randn((BATCH, *inputs[p].shape), generator=generator, dtype=torch.float64).to(inputs[p].device)
+        for p in positions
+    }
     in_dims = tuple(0 if i in batched else None for i in range(len(inputs)))
 
     def call(*arguments: Any) -> tuple[Any, ...]:
@@ -116,7 +119,7 @@ def _vmap_and_jacrev(
     for k, (position, jacobian) in enumerate(zip(positions, jacobians, strict=True)):
         rows = []
         for element in range(max(1, out_shape.numel())):
-            unit = torch.zeros(out_shape.numel(), dtype=torch.float64)
+            unit = torch.zeros(out_shape.numel(), dtype=torch.float64, device=reference.outputs[first].device)
             if out_shape.numel():
                 unit[element] = 1
             upstream = [

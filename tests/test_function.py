@@ -490,6 +490,19 @@ def test_compiled_corpus_formulas_match_eager(case_id):
         assert_matches_reference(got, want, rtol=RTOL, atol=1e-14, what="compiled gradient")
 
 
+@pytest.mark.slow
+def test_compiled_inference_without_gradients_matches_eager():
+    # With no input needing a gradient Dynamo calls forward directly, counting its parameters.
+    generated = built("where(x > 0, 1, -1)*y + sin(x)")
+    x = torch.linspace(-1, 1, 7, dtype=torch.float32)
+    y = torch.tensor(0.5, dtype=torch.float64)
+    compiled = torch.compile(lambda a, b: generated.apply(a, b), backend="aot_eager", fullgraph=True)
+    actual = compiled(x, y)
+    expected = torch.where(x > 0, 1.0, -1.0) * 0.5 + torch.sin(x)
+    assert actual.dtype == torch.float32
+    assert_matches_reference(actual, expected, rtol=1e-6, what="compiled inference")
+
+
 def test_calling_the_class_is_apply_in_eager_mode():
     generated = built("a*x**2 + sin(x)")
     x = torch.linspace(-1, 1, 5, dtype=torch.float64)

@@ -14,7 +14,9 @@ compiles with ``fullgraph=True``) and ``cls.forward_ad`` (defines ``jvp``; use i
 
 from __future__ import annotations
 
+import functools
 import itertools
+import keyword
 import re
 from collections.abc import Mapping, Sequence
 
@@ -56,7 +58,26 @@ def _as_tensor_arguments(arguments: Sequence) -> list:
 
 def _promoted_dtype(arguments: Sequence) -> torch.dtype:
     """The dtype torch's type promotion gives an elementwise op of ``arguments`` (tensors and numbers)."""
+    if torch.compiler.is_compiling():
+        # elementwise_dtypes is not traceable by Dynamo before torch 2.13: let torch promote empty
+        # stand-ins (same dtype and dimensionality) instead, which follows the same rules.
+        tensors = [a for a in arguments if isinstance(a, torch.Tensor)]
+        numbers = [a for a in arguments if not isinstance(a, torch.Tensor)]
+        probes = [torch.empty((0,) if t.dim() else (), dtype=t.dtype, device=t.device) for t in tensors]
+        return functools.reduce(torch.add, [*probes, *numbers]).dtype
     return elementwise_dtypes(*arguments, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT)[1]
+
+
+def _with_signature(function, names: Sequence[str]):
+    """``function(*args)`` behind an explicit signature ``(name0, name1, ...)``.
+
+    Dynamo counts forward's parameters to decide whether to pass ``ctx`` when no input needs a
+    gradient; a ``*args`` forward would receive it.
+    """
+    source = f"def forward({', '.join(names)}):\n    return _implementation({', '.join(names)})\n"
+    namespace = {"_implementation": function}
+    exec(compile(source, "<customgrad forward>", "exec"), namespace)  # noqa: S102 - names are identifiers
+    return namespace["forward"]
 
 
 def _python_name(name: str) -> str:
@@ -181,7 +202,7 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
 
     namespace = {
         "generate_vmap_rule": True,
-        "forward": staticmethod(forward),
+        "forward": staticmethod(_with_signature(forward, argument_names)),
         "setup_context": staticmethod(make_setup_context(False)),
         "backward": staticmethod(make_backward(False)),
         "spec": spec,
@@ -256,7 +277,7 @@ def function(
                                f"{'is' if len(missing) == 1 else 'are'} not among inputs {input_names}: "
                                "add them to inputs")
         for n in input_names:
-            if not n.isidentifier() or n.startswith("_"):
+            if not n.isidentifier() or n.startswith("_") or keyword.iskeyword(n):
                 raise UsageError(f"input name {n!r} is not a valid name: use letters, digits and '_'")
     if not input_names:
         raise FormulaError(f"formula {formula!r} has no inputs: a function needs at least one, as in \"2*x\"")

@@ -74,7 +74,10 @@ def _with_signature(function, names: Sequence[str]):
     Dynamo counts forward's parameters to decide whether to pass ``ctx`` when no input needs a
     gradient; a ``*args`` forward would receive it.
     """
-    source = f"def forward({', '.join(names)}):\n    return _implementation({', '.join(names)})\n"
+    # Defaults of None let a call with too few inputs reach forward's own clear error.
+    parameters = ", ".join(f"{name}=None" for name in names)
+    source = (f"def forward({parameters}):\n"
+              f"    return _implementation(*[a for a in ({', '.join(names)},) if a is not None])\n")
     namespace = {"_implementation": function}
     exec(compile(source, "<customgrad forward>", "exec"), namespace)  # noqa: S102 - names are identifiers
     return namespace["forward"]

@@ -46,6 +46,8 @@ def _call_apply(cls, *args):
 def _as_tensor_arguments(arguments: Sequence) -> list:
     """Numbers become tensors in the dtype and on the device of the first tensor (torch's rule for
     Python scalars); when there is no tensor at all, the default dtype on the CPU."""
+    if all(isinstance(a, torch.Tensor) for a in arguments):
+        return list(arguments)
     reference = next((a for a in arguments if isinstance(a, torch.Tensor)), None)
     if reference is None:
         dtype, device = torch.get_default_dtype(), None
@@ -58,6 +60,11 @@ def _as_tensor_arguments(arguments: Sequence) -> list:
 
 def _promoted_dtype(arguments: Sequence) -> torch.dtype:
     """The dtype torch's type promotion gives an elementwise op of ``arguments`` (tensors and numbers)."""
+    first = arguments[0]
+    if isinstance(first, torch.Tensor) and all(
+        isinstance(a, torch.Tensor) and a.dtype == first.dtype for a in arguments
+    ):
+        return first.dtype
     if torch.compiler.is_compiling():
         # elementwise_dtypes is not traceable by Dynamo before torch 2.13: let torch promote empty
         # stand-ins (same dtype and dimensionality) instead, which follows the same rules.
@@ -168,6 +175,11 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
                 # backward Function for all inputs (built eagerly, so Dynamo runs no SymPy).
                 computed = all_inputs
                 gradients = compiled_function.forward(*(values[j] for j in compiled_keep), *grad_outputs)
+            elif not torch.is_grad_enabled() and not for_jvp:
+                # No create_graph: nothing will differentiate these gradients, so run the backward
+                # Function's plain torch code without recording a graph (saves apply's overhead).
+                (function, used), computed = backward_function(ctx.needed), ctx.needed
+                gradients = function.forward(*(values[j] for j in used), *grad_outputs)
             else:
                 (function, used), computed = backward_function(ctx.needed), ctx.needed
                 if for_jvp:  # forward-over-reverse (hessian via jacfwd) needs jvp at every level

@@ -204,3 +204,32 @@ def test_battery_runs_on_cuda_inputs():
     planted = check(MissingTerm, x, compile=False)
     assert not planted.ok
     assert any(r.name == "first_order" and r.status == "failed" for r in planted.results), str(planted)
+
+
+class CancellingHandwritten(torch.autograd.Function):
+    """f(x) = 1000 (exp(x) - exp(x - 0.001)): correct, but cancellation loses most digits in float16."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return 1000 * (torch.exp(x) - torch.exp(x - 0.001))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return grad_output * 1000 * (torch.exp(x) - torch.exp(x - 0.001))
+
+
+def test_precision_tolerance_comes_from_the_same_dtype_eager_formula():
+    x = torch.randn(5, dtype=torch.float64)
+    # Without a same-dtype reference the fixed tolerance (64 eps) flags float16's cancellation ...
+    handwritten = check(CancellingHandwritten, x, checks=["precision"], compile=False)
+    precision = next(r for r in handwritten.results if r.name == "precision")
+    assert precision.status == "failed" and "float16" in precision.message, precision.message
+    # ... while a generated Function is held to what the same formula in eager torch ops achieves.
+    generated = customgrad.function("1000*(exp(x) - exp(x - 0.001))", name="Cancelling")
+    eager = generated.eager(x.to(torch.float16)).double()
+    exact = 1000 * (torch.exp(x) - torch.exp(x - 0.001))
+    assert float((eager - exact).abs().max()) > 64 * torch.finfo(torch.float16).eps * float(exact.abs().max())
+    report = check(generated, x, checks=["precision"], compile=False)
+    assert next(r for r in report.results if r.name == "precision").status == "passed", str(report)

@@ -24,7 +24,7 @@ import sympy
 import torch
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
-from .codegen.torch import compile_source, function_source
+from .codegen.torch import compile_source, function_source, torch_callable
 from .derive import FunctionSpec, derive_spec
 from .errors import FormulaError, UsageError
 from .formula import parse_formula, symbol
@@ -88,6 +88,17 @@ def _with_signature(function, names: Sequence[str]):
     namespace = {"_implementation": function}
     exec(compile(source, "<customgrad forward>", "exec"), namespace)  # noqa: S102 - names are identifiers
     return namespace["forward"]
+
+
+def _eager_twin(spec: FunctionSpec):
+    """The formula as plain torch ops, differentiated by ordinary autograd (true derivatives, every
+    intermediate saved): a same-dtype reference for checks and benchmarks."""
+    code = torch_callable(spec.outputs[0], spec.input_names)
+
+    def eager(*arguments):
+        return code(*_as_tensor_arguments(arguments))
+
+    return _with_signature(eager, spec.input_names)
 
 
 def _python_name(name: str) -> str:
@@ -224,6 +235,7 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
         "formula": spec.formula,
         "input_names": tuple(argument_names),
         "declared_grads": {name: str(expr) for name, expr in spec.declared.items()},
+        "eager": staticmethod(_eager_twin(spec)) if eager_backward and output_count == 1 else None,
         "forward_source": source,
         "__doc__": f"{spec.name}({', '.join(argument_names)}) = {', '.join(map(str, spec.outputs))}",
         "__module__": "customgrad.generated",

@@ -5,10 +5,11 @@ torch ops and autograd Functions. Free parameters form the vector ``theta``; fix
 bounded ones are optimised in an unbounded internal coordinate (MINUIT's transforms), so every solver
 sees an unconstrained problem.
 
-The Jacobian comes from one forward and one backward pass: each parameter is expanded to one copy
-per data point, so d r_i / d copy_i of parameter j is J[i, j] when the model is pointwise in the
-data (each f_i depends on row i only). That is checked once, against an ordinary backward pass; a model
-that mixes rows gets its Jacobian row by row instead.
+A formula's Jacobian is generated symbolically with the residuals, in one compiled function (see
+`formula_model`). Any other model's comes from one forward and one backward pass: each parameter is
+expanded to one copy per data point, so d r_i / d copy_i of parameter j is J[i, j] when the model is
+pointwise in the data (each f_i depends on row i only). That is checked once, against an ordinary
+backward pass; a model that mixes rows gets its Jacobian row by row instead.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..codegen.torch import torch_callable
 from ..errors import FitError, UsageError
-from ..formula import parse_formula, symbol
+from .formula_model import formula_model
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,15 @@ def _to_external(spec: ParameterSpec, t: torch.Tensor) -> torch.Tensor:
     return hi + 1 - torch.sqrt(t * t + 1)
 
 
+def _external_slope(spec: ParameterSpec, t: float) -> float:
+    # d external / d internal of `_to_external`, for the chain rule on Jacobian columns.
+    lo, hi = spec.lower, spec.upper
+    if math.isfinite(lo) and math.isfinite(hi):
+        return (hi - lo) * math.cos(t) / 2
+    slope = t / math.sqrt(t * t + 1)
+    return slope if math.isfinite(lo) else -slope
+
+
 def _to_internal(spec: ParameterSpec, value: float) -> float:
     lo, hi = spec.lower, spec.upper
     if math.isfinite(lo) and math.isfinite(hi):
@@ -149,6 +158,9 @@ class Model:
             if spec.fixed
         }
         self.bounded = [(i, spec) for i, spec in enumerate(self.free) if spec.bounded]
+        # Formula models: residuals and Jacobian rows from one generated function (None: autograd).
+        linearization = getattr(function, "linearization", None)
+        self.rows = linearization(self.names) if linearization is not None else None
         self.pointwise = True
         self._ones = torch.ones_like(y)
 
@@ -189,6 +201,8 @@ class Model:
         With ``external`` the Jacobian is taken with respect to the parameter values themselves
         (for standard errors), not the internal coordinates of bounded parameters.
         """
+        if self.rows is not None:
+            return self._symbolic_jacobian(theta, external)
         if not self.pointwise:
             return self._jacobian_by_rows(theta, external)
         copies = theta.detach().unsqueeze(-1).expand(*theta.shape, self.size).clone().requires_grad_()
@@ -204,8 +218,27 @@ class Model:
             grad = torch.zeros_like(copies)
         return r.detach(), grad.transpose(-1, -2)
 
+    def _symbolic_jacobian(self, theta: torch.Tensor, external: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # One generated call writes df/db_j into rows 0..p-1 and f into row p of a (p+1, n) block.
+        values = theta if external else self.external(theta)
+        named = dict(zip(self.names, values.unbind(0), strict=True))
+        named.update(self.fixed)
+        p = len(self.names)
+        block = self.y.new_empty(p + 1, self.size)
+        self.rows(block, self.data, named)
+        block[p] -= self.y
+        if self.inverse_sigma is not None:
+            block *= self.inverse_sigma
+        if self.bounded and not external:
+            internal = theta.tolist()
+            for i, spec in self.bounded:
+                block[i] *= _external_slope(spec, internal[i])
+        return block[p], block[:p].T
+
     def check_pointwise(self, theta: torch.Tensor) -> None:
         """Compare J^T v of the expanded-copies Jacobian with a plain backward pass, once."""
+        if self.rows is not None:
+            return  # a formula is pointwise by construction
         r, jacobian = self.jacobian(theta)
         leaf = theta.detach().clone().requires_grad_()
         v = torch.linspace(-1.0, 2.0, self.size, dtype=r.dtype, device=r.device)
@@ -254,8 +287,8 @@ def build_function(
         raise UsageError(
             f"model must be a formula string or a callable f(x, **params), got {type(model).__name__}"
         )
-    parsed = parse_formula(model, what="model")
-    names = tuple(parsed.names)
+    compiled = formula_model(model)
+    names = compiled.names
     if not x_is_dict:
         candidates = [name for name in names if name not in param_names]
         # A single predictor takes the model's first name that is not a parameter.
@@ -273,35 +306,7 @@ def build_function(
             f"parameter(s) {', '.join(map(repr, unused))} do not appear in model {model!r}: "
             "remove them or fix the model"
         )
-    evaluate = torch_callable(parsed.expr, names)
-    data_map = dict(zip(data_names, data_names, strict=True))
-
-    def function(data, values):
-        return evaluate(*(data[n] if n in data_map else values[n] for n in names))
-
-    function.names = names  # type: ignore[attr-defined]
-    function.precise = _precise_evaluator(parsed, names)  # type: ignore[attr-defined]
-    return function, model, data_names
-
-
-def _precise_evaluator(parsed, names: tuple[str, ...]) -> Callable | None:
-    # The formula in 40-digit arithmetic (mpmath), for a cost that float64 roundoff would swamp
-    # (Lanczos1: residuals ~1e-13 on values ~1). None when the formula calls something mpmath lacks.
-    import mpmath
-    import sympy
-
-    from ..derive import inline_registered
-
-    try:
-        scalar = sympy.lambdify([symbol(n) for n in names], inline_registered(parsed.expr), modules="mpmath")
-    except Exception:  # noqa: BLE001 - anything unsupported just means: no precise evaluation
-        return None
-
-    def evaluate(columns: list) -> list:
-        with mpmath.workdps(40):
-            return [scalar(*(mpmath.mpf(c) for c in row)) for row in zip(*columns, strict=True)]
-
-    return evaluate
+    return compiled, model, data_names
 
 
 def check_finite_start(r: torch.Tensor) -> None:

@@ -135,8 +135,10 @@ def _fit(model, x, y, *, params, method, sigma, bounds, loss, max_steps, dtype, 
         return float(r @ r) if rho is None else robust_cost(rho, r)
 
     def linearize(t, r):
-        r_new, jacobian = problem.jacobian(t)
-        return (r_new, jacobian) if rho is None else robust_linearization(rho, r_new, jacobian)
+        if rho is None:
+            return problem.augmented(t)
+        r_new, jacobian = robust_linearization(rho, *problem.jacobian(t))
+        return torch.cat([jacobian, r_new.unsqueeze(-1)], dim=-1)
 
     def objective(leaf):
         r = problem.predict(problem.external(leaf)) - problem.y
@@ -159,7 +161,8 @@ def _fit(model, x, y, *, params, method, sigma, bounds, loss, max_steps, dtype, 
             if on_step is not None:
                 on_step(step, cost)
 
-        outcome = solver(problem.residuals, linearize, cost_of, theta, on_step=step_callback, **options)
+        callback = step_callback if progress or on_step is not None else None
+        outcome = solver(problem.residuals, linearize, cost_of, theta, on_step=callback, **options)
         if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta):
             retry = solver(problem.residuals, linearize, cost_of, theta, factor=1.0, **options)
             if retry.cost < outcome.cost:

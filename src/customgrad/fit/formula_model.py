@@ -68,9 +68,10 @@ class FormulaModel:
         return evaluate
 
     def linearization(self, free: tuple[str, ...]) -> Callable | None:
-        """``rows(out, data, values)`` writing df/db_j into ``out[j]`` (j over ``free``) and f into ``out[-1]``.
+        """``rows(out, *arguments)`` writing df/db_j into ``out[j]`` (j over ``free``) and f into ``out[-1]``.
 
-        ``out`` has shape (len(free) + 1, n). None when a partial is not known symbolically (a
+        ``arguments`` are the formula's values in the order of `names`; ``out`` has shape
+        (len(free) + 1, n). None when a partial is not known symbolically (a
         hand-written registered Function) or cannot be printed as torch code.
         """
         if free not in self._linearizations:
@@ -87,14 +88,8 @@ class FormulaModel:
         rows.append(inline_registered(expr))
         source = _rows_source("_linearization", self.names, rows)
         compiled = compile_source(source, "_linearization", f"<customgrad jacobian of {self.parsed.text}>")
-        names = self.names
-
-        def write_rows(out: torch.Tensor, data: dict, values: dict) -> torch.Tensor:
-            compiled(out, *(data[n] if n in data else values[n] for n in names))
-            return out
-
-        write_rows.source = source  # type: ignore[attr-defined]
-        return write_rows
+        compiled.source = source
+        return compiled
 
 
 def _rows_source(name: str, argument_names: Sequence[str], rows: Sequence[sympy.Expr]) -> str:

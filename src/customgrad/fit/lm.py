@@ -45,19 +45,17 @@ class Outcome:
     history: list[float] = field(default_factory=list)
 
 
-def reduce_jacobian(jacobian: torch.Tensor, r: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """The p-sized pieces of the least-squares problem: R and Q^T r of J = QR, on the CPU.
+def reduce_jacobian(augmented: torch.Tensor) -> np.ndarray:
+    """The (p+1)-square R of the augmented Jacobian [J | r] = QR, on the CPU.
 
-    One R-only QR of the augmented [J | r] gives both (its last column is Q^T r), without forming Q.
-    Everything the step needs follows: ||J_j|| = ||R_j||, J^T r = R^T Q^T r, the singular values
-    of J. Data shards or batches combine by stacking their augmented R's and QR-ing again.
+    R's leading p x p block is the R of J and its last column holds Q^T r, so everything the step
+    needs follows without forming Q: ||J_j|| = ||R_j||, J^T r = R^T Q^T r, the singular values of J.
+    Data shards or batches combine by stacking their R's and QR-ing again.
     """
-    augmented = torch.cat([jacobian, r.unsqueeze(-1)], dim=-1)
     rows, columns = augmented.shape
     if rows < columns:
         augmented = torch.cat([augmented, augmented.new_zeros(columns - rows, columns)])
-    upper = torch.linalg.qr(augmented, mode="r").R.cpu().numpy()
-    return upper[:-1, :-1], upper[:-1, -1]
+    return torch.linalg.qr(augmented, mode="r").R.cpu().numpy()
 
 
 def lm_parameter(s: np.ndarray, utr: np.ndarray, radius: float) -> tuple[float, np.ndarray]:
@@ -104,8 +102,8 @@ def levenberg_marquardt(
     residuals : callable
         theta -> r.
     linearize : callable
-        (theta, r) -> (r_effective, J_effective), the residuals and Jacobian of the local
-        least-squares model (plain r, J for the linear loss).
+        (theta, r) -> [J | r_effective], shape (n, p + 1): the Jacobian and residuals of the local
+        least-squares model (plain J, r for the linear loss).
     cost_of : callable
         r -> cost = sum rho(r^2).
     ftol, xtol, gtol : float
@@ -115,6 +113,8 @@ def levenberg_marquardt(
     max_steps : int
         Maximum number of Jacobian evaluations (outer iterations).
     """
+    # The loop runs once per Jacobian on p-sized numpy arrays: Python floats and few numpy calls,
+    # since on small problems each call costs more than the arithmetic.
     theta_np = theta.detach().cpu().numpy().astype(np.float64)
     r = residuals(theta)
     cost = cost_of(r)
@@ -124,33 +124,35 @@ def levenberg_marquardt(
     scale = radius = None
     status = "max_steps"
     while jacobians < max_steps:
-        r_eff, jacobian = linearize(theta, r)
+        reduced = reduce_jacobian(linearize(theta, r))
         jacobians += 1
-        upper, qtr = reduce_jacobian(jacobian, r_eff)
-        if not (np.isfinite(upper).all() and np.isfinite(qtr).all()):
+        if not np.isfinite(reduced).all():
             status = "nonfinite"
             break
-        column_norms = np.linalg.norm(upper, axis=0)
+        upper, qtr = reduced[:-1, :-1], reduced[:-1, -1]
+        column_norms = np.sqrt(np.einsum("ij,ij->j", upper, upper))
         if scale is None:
             scale = np.where(column_norms > 0, column_norms, 1.0)
-            radius = factor * float(np.linalg.norm(scale * theta_np)) or factor
+            radius = factor * _norm(scale * theta_np) or factor
         else:
             scale = np.maximum(scale, column_norms)
         if cost == 0:
             status = "exact"
             break
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cosines = np.abs(upper.T @ qtr) / (column_norms * math.sqrt(cost))
-        if float(np.nan_to_num(cosines, nan=0.0).max(initial=0.0)) <= gtol:
+        # gtol: max_j |J_j^T r| / (||J_j|| ||r||), columns of zero norm left out
+        gradient = np.abs(upper.T @ qtr)
+        positive = column_norms > 0
+        if float((gradient[positive] / column_norms[positive]).max(initial=0.0)) <= gtol * math.sqrt(cost):
             status = "gtol"
             break
         u, s, vt = np.linalg.svd(upper / scale)
         utr = u.T @ qtr
-        theta_norm = float(np.linalg.norm(scale * theta_np))
+        v = vt.T
+        theta_norm = _norm(scale * theta_np)
         while True:
             lam, coordinates = lm_parameter(s, utr, radius)
-            step_scaled = vt.T @ coordinates
-            step_norm = float(np.linalg.norm(step_scaled))
+            step_scaled = v @ coordinates
+            step_norm = _norm(step_scaled)
             if steps == 0 and jacobians == 1:
                 radius = min(radius, step_norm)
             trial_np = theta_np + step_scaled / scale
@@ -162,7 +164,7 @@ def levenberg_marquardt(
             actual = (
                 1 - cost_trial / cost if finite and 0.1 * math.sqrt(cost_trial) < math.sqrt(cost) else -1.0
             )
-            linear_part = float(np.sum((s * coordinates) ** 2)) / cost
+            linear_part = _norm(s * coordinates) ** 2 / cost
             damping_part = lam * step_norm**2 / cost
             predicted = linear_part + 2 * damping_part
             directional = -(linear_part + damping_part)
@@ -177,7 +179,7 @@ def levenberg_marquardt(
             accepted = ratio >= 1e-4
             if accepted:
                 theta, theta_np, r, cost = trial, trial_np, r_trial, cost_trial
-                theta_norm = float(np.linalg.norm(scale * theta_np))
+                theta_norm = _norm(scale * theta_np)
                 steps += 1
                 history.append(cost)
                 if on_step is not None:
@@ -219,3 +221,7 @@ def levenberg_marquardt(
         steps=steps,
         history=history,
     )
+
+
+def _norm(vector: np.ndarray) -> float:
+    return math.sqrt(float(vector @ vector))

@@ -162,6 +162,12 @@ class Model:
         linearization = getattr(function, "linearization", None)
         self.rows = linearization(self.names) if linearization is not None else None
         self.pointwise = True
+        # A formula's arguments in call order: a data column or fixed value, or the index of a free one.
+        position = {name: i for i, name in enumerate(self.names)}
+        self._slots = [
+            (data[n], None) if n in data else (self.fixed.get(n), position.get(n))
+            for n in getattr(function, "names", ())
+        ]
         self._ones = torch.ones_like(y)
 
     @property
@@ -189,20 +195,36 @@ class Model:
         named.update(self.fixed)
         return torch.broadcast_to(self.function(self.data, named), self.y.shape)
 
+    def _arguments(self, values: torch.Tensor) -> list:
+        parts = values.unbind(0)
+        return [value if index is None else parts[index] for value, index in self._slots]
+
     def residuals(self, theta: torch.Tensor) -> torch.Tensor:
         """r = (f(x; theta) - y) / sigma at internal coordinates ``theta``, without autograd."""
+        if self.rows is not None:  # a formula: no autograd in sight, and no per-call dict of names
+            r = self.function.evaluate(*self._arguments(self.external(theta))) - self.y
+            return r if self.inverse_sigma is None else r * self.inverse_sigma
         with torch.no_grad():
             r = self.predict(self.external(theta)) - self.y
             return r if self.inverse_sigma is None else r * self.inverse_sigma
 
+    def augmented(self, theta: torch.Tensor) -> torch.Tensor:
+        """[J | r], shape (n, p + 1): the Jacobian with the residuals as a last column."""
+        if self.rows is not None:
+            return self._symbolic_block(theta, external=False).T
+        r, jacobian = self.jacobian(theta)
+        return torch.cat([jacobian, r.unsqueeze(-1)], dim=-1)
+
     def jacobian(self, theta: torch.Tensor, *, external: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Residuals r (n,) and Jacobian J = dr/dtheta (n, p), exact, by one backward pass.
+        """Residuals r (n,) and Jacobian J = dr/dtheta (n, p), exact: symbolic for a formula, else
+        by one backward pass.
 
         With ``external`` the Jacobian is taken with respect to the parameter values themselves
         (for standard errors), not the internal coordinates of bounded parameters.
         """
         if self.rows is not None:
-            return self._symbolic_jacobian(theta, external)
+            block = self._symbolic_block(theta, external)
+            return block[-1], block[:-1].T
         if not self.pointwise:
             return self._jacobian_by_rows(theta, external)
         copies = theta.detach().unsqueeze(-1).expand(*theta.shape, self.size).clone().requires_grad_()
@@ -218,14 +240,12 @@ class Model:
             grad = torch.zeros_like(copies)
         return r.detach(), grad.transpose(-1, -2)
 
-    def _symbolic_jacobian(self, theta: torch.Tensor, external: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        # One generated call writes df/db_j into rows 0..p-1 and f into row p of a (p+1, n) block.
-        values = theta if external else self.external(theta)
-        named = dict(zip(self.names, values.unbind(0), strict=True))
-        named.update(self.fixed)
+    def _symbolic_block(self, theta: torch.Tensor, external: bool) -> torch.Tensor:
+        # One generated call writes df/db_j into rows 0..p-1 and f into row p of a (p+1, n) block,
+        # which transposed is [J | r] in the column-major layout LAPACK's QR wants.
         p = len(self.names)
         block = self.y.new_empty(p + 1, self.size)
-        self.rows(block, self.data, named)
+        self.rows(block, *self._arguments(theta if external else self.external(theta)))
         block[p] -= self.y
         if self.inverse_sigma is not None:
             block *= self.inverse_sigma
@@ -233,7 +253,7 @@ class Model:
             internal = theta.tolist()
             for i, spec in self.bounded:
                 block[i] *= _external_slope(spec, internal[i])
-        return block[p], block[:p].T
+        return block
 
     def check_pointwise(self, theta: torch.Tensor) -> None:
         """Compare J^T v of the expanded-copies Jacobian with a plain backward pass, once."""

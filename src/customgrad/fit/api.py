@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 
+import numpy as np
 import torch
 
 from ..errors import FitError, UsageError
@@ -96,17 +97,22 @@ def fit(
 
 @contextlib.contextmanager
 def _threads_for(entries: int, device) -> Iterator[None]:
-    """One torch thread for a small CPU problem (restored afterwards), the current setting otherwise."""
+    """One torch thread for a small CPU problem (restored afterwards), the current setting otherwise.
+
+    Also silences numpy's floating-point warnings: formula models evaluated in numpy make NaN and inf
+    silently, as torch does, and the solver handles them.
+    """
     threads = torch.get_num_threads()
     small = entries <= _SINGLE_THREAD_ENTRIES and (device is None or torch.device(device).type == "cpu")
-    if not small or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    with np.errstate(all="ignore"):
+        if not small or threads == 1:
+            yield
+            return
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _fit(model, x, y, *, params, method, sigma, bounds, loss, max_steps, dtype, device, progress, nan_policy,

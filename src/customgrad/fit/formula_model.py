@@ -12,13 +12,13 @@ Compiled formulas are cached by text, names and the registry entries they were b
 from __future__ import annotations
 
 import functools
-import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import sympy
 import torch
 
-from ..codegen.torch import TorchCodePrinter, compile_source, torch_callable
+from ..codegen.numpy import NumpyCodePrinter, compile_numpy
+from ..codegen.torch import compile_source, rows_source, torch_callable
 from ..derive import derive_partial, inline_registered
 from ..errors import CustomgradError
 from ..formula import Formula, parse_formula, symbol
@@ -40,7 +40,7 @@ class FormulaModel:
         self.parsed = parsed
         self.names = tuple(parsed.names)
         self.evaluate = torch_callable(parsed.expr, self.names)
-        self._linearizations: dict[tuple[str, ...], Callable | None] = {}
+        self._linearizations: dict[tuple, Callable | None] = {}
 
     def __call__(self, data: dict, values: dict) -> torch.Tensor:
         return self.evaluate(*(data[n] if n in data else values[n] for n in self.names))
@@ -67,42 +67,43 @@ class FormulaModel:
 
         return evaluate
 
-    def linearization(self, free: tuple[str, ...]) -> Callable | None:
+    def linearization(self, free: tuple[str, ...], language: str = "torch") -> Callable | None:
         """``rows(out, *arguments)`` writing df/db_j into ``out[j]`` (j over ``free``) and f into ``out[-1]``.
 
         ``arguments`` are the formula's values in the order of `names`; ``out`` has shape
-        (len(free) + 1, n). None when a partial is not known symbolically (a
-        hand-written registered Function) or cannot be printed as torch code.
+        (len(free) + 1, n): a tensor for ``language="torch"``, an array for ``"numpy"``. None when a
+        partial is not known symbolically (a hand-written registered Function) or the language
+        cannot express the formula (numpy has no erf).
         """
-        if free not in self._linearizations:
+        key = (free, language)
+        if key not in self._linearizations:
             try:
-                self._linearizations[free] = self._compile_linearization(free)
+                self._linearizations[key] = self._compile(self._rows(free), language)
             except (CustomgradError, NotImplementedError, TypeError, ValueError):
-                self._linearizations[free] = None
-        return self._linearizations[free]
+                self._linearizations[key] = None
+        return self._linearizations[key]
 
-    def _compile_linearization(self, free: tuple[str, ...]) -> Callable:
+    def values(self, language: str = "torch") -> Callable | None:
+        """``value(out, *arguments)`` writing f into ``out[0]``; None where `linearization` gives None."""
+        return self.linearization((), language)
+
+    def _rows(self, free: tuple[str, ...]) -> list[sympy.Expr]:
         expr = self.parsed.expr
         # Differentiate before inlining registered functions, so their declared partials apply.
         rows = [inline_registered(derive_partial(expr, symbol(name))) for name in free]
         rows.append(inline_registered(expr))
-        source = _rows_source("_linearization", self.names, rows)
-        compiled = compile_source(source, "_linearization", f"<customgrad jacobian of {self.parsed.text}>")
+        return rows
+
+    def _compile(self, rows: list[sympy.Expr], language: str) -> Callable:
+        filename = f"<customgrad {language} rows of {self.parsed.text}>"
+        if language == "numpy":
+            source = rows_source("_rows", self.names, rows, NumpyCodePrinter())
+            compiled = compile_numpy(source, "_rows", filename)
+        else:
+            source = rows_source("_rows", self.names, rows)
+            compiled = compile_source(source, "_rows", filename)
         compiled.source = source
         return compiled
-
-
-def _rows_source(name: str, argument_names: Sequence[str], rows: Sequence[sympy.Expr]) -> str:
-    # def name(out, args): shared subexpressions; out[0] = row0; ...: each row broadcasts into out's row,
-    # so a partial that is constant or free of the data (d/db1 of b1 + ...) costs one fill.
-    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
-    replacements, reduced = sympy.cse(list(rows), symbols=temporaries, optimizations="basic")
-    printer = TorchCodePrinter()
-    lines = [f"def {name}(_out, {', '.join(argument_names)}):"]
-    lines += [f"    {temporary} = {printer.doprint(value)}" for temporary, value in replacements]
-    for index, row in enumerate(reduced):
-        lines.append(f"    _out[{index}] = {printer.doprint(row)}")
-    return "\n".join(lines) + "\n"
 
 
 _MODELS: dict[str, tuple[tuple, FormulaModel]] = {}

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import FitError, UsageError
@@ -158,16 +159,28 @@ class Model:
             if spec.fixed
         }
         self.bounded = [(i, spec) for i, spec in enumerate(self.free) if spec.bounded]
-        # Formula models: residuals and Jacobian rows from one generated function (None: autograd).
+        self.pointwise = True
+        # Formula models: residuals and Jacobian rows from one generated function (None: autograd),
+        # in numpy for float64 on the CPU (a numpy call costs a fraction of a torch dispatch).
         linearization = getattr(function, "linearization", None)
         self.rows = linearization(self.names) if linearization is not None else None
-        self.pointwise = True
+        on_cpu = y.device.type == "cpu" and y.dtype == torch.float64
+        self._numpy_rows = linearization(self.names, "numpy") if self.rows is not None and on_cpu else None
+        self._numpy_value = function.values("numpy") if self._numpy_rows is not None else None
+        if self._numpy_value is None:
+            self._numpy_rows = None
         # A formula's arguments in call order: a data column or fixed value, or the index of a free one.
         position = {name: i for i, name in enumerate(self.names)}
         self._slots = [
             (data[n], None) if n in data else (self.fixed.get(n), position.get(n))
             for n in getattr(function, "names", ())
         ]
+        if self._numpy_rows is not None:
+            self._numpy_slots = [
+                (value if index is not None else value.numpy(), index) for value, index in self._slots
+            ]
+            self._y_array = y.numpy()
+            self._weights = None if self.inverse_sigma is None else self.inverse_sigma.numpy()
         self._ones = torch.ones_like(y)
 
     @property
@@ -199,8 +212,20 @@ class Model:
         parts = values.unbind(0)
         return [value if index is None else parts[index] for value, index in self._slots]
 
+    def _numpy_arguments(self, values: torch.Tensor) -> list:
+        parts = list(values.numpy())
+        return [value if index is None else parts[index] for value, index in self._numpy_slots]
+
     def residuals(self, theta: torch.Tensor) -> torch.Tensor:
         """r = (f(x; theta) - y) / sigma at internal coordinates ``theta``, without autograd."""
+        if self._numpy_rows is not None:
+            out = np.empty((1, self.size))
+            self._numpy_value(out, *self._numpy_arguments(self.external(theta)))
+            r = out[0]
+            r -= self._y_array
+            if self._weights is not None:
+                r *= self._weights
+            return torch.from_numpy(r)
         if self.rows is not None:  # a formula: no autograd in sight, and no per-call dict of names
             r = self.function.evaluate(*self._arguments(self.external(theta))) - self.y
             return r if self.inverse_sigma is None else r * self.inverse_sigma
@@ -244,11 +269,20 @@ class Model:
         # One generated call writes df/db_j into rows 0..p-1 and f into row p of a (p+1, n) block,
         # which transposed is [J | r] in the column-major layout LAPACK's QR wants.
         p = len(self.names)
-        block = self.y.new_empty(p + 1, self.size)
-        self.rows(block, *self._arguments(theta if external else self.external(theta)))
-        block[p] -= self.y
-        if self.inverse_sigma is not None:
-            block *= self.inverse_sigma
+        values = theta if external else self.external(theta)
+        if self._numpy_rows is not None:
+            array = np.empty((p + 1, self.size))
+            self._numpy_rows(array, *self._numpy_arguments(values))
+            array[p] -= self._y_array
+            if self._weights is not None:
+                array *= self._weights
+            block = torch.from_numpy(array)
+        else:
+            block = self.y.new_empty(p + 1, self.size)
+            self.rows(block, *self._arguments(values))
+            block[p] -= self.y
+            if self.inverse_sigma is not None:
+                block *= self.inverse_sigma
         if self.bounded and not external:
             internal = theta.tolist()
             for i, spec in self.bounded:

@@ -316,16 +316,12 @@ def _diagnose(
 def fit_experiment(name: str, *, method: str = "lm", seed: int = 0, **options) -> FitResult:
     """Fit a built-in experiment's model to its data (``"blog"``: a + b P2(c x + d) to tan x) with ``method``.
 
-    Same data and initial values as the experiment's own gradient descent, in float64.
+    Same data and initial values as the experiment's own gradient descent, in float64. The model is
+    given as the experiment's formula (``"a + b*P2(c*x + d)"``), so LM gets its symbolic Jacobian.
     """
     from ..experiments import get_experiment
 
     experiment = get_experiment(name)
     x, y = experiment.data()
     initial = {key: float(value) for key, value in experiment.initial_params(seed).items()}
-
-    def model(x, **params):
-        return experiment.model(params, x)
-
-    model.__name__ = experiment.description.split(": ", 1)[-1].split(",")[0]
-    return fit(model, x, y, params=initial, method=method, **options)
+    return fit(experiment.formula, x, y, params=initial, method=method, **options)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 EPS = float(np.finfo(np.float64).eps)
+TINY = float(np.finfo(np.float64).tiny)
 # Singular values below this share of the largest are left out of Gauss-Newton steps: those directions
 # are not identifiable from the data (the cost does not change along them), and stepping along
 # them only makes the parameters drift.
@@ -58,28 +59,45 @@ def reduce_jacobian(augmented: torch.Tensor) -> np.ndarray:
     return torch.linalg.qr(augmented, mode="r").R.cpu().numpy()
 
 
-def lm_parameter(s: np.ndarray, utr: np.ndarray, radius: float) -> tuple[float, np.ndarray]:
-    """lambda >= 0 with ||delta_s(lambda)|| within 10% of ``radius``, and the step's V-coordinates.
+class DampedStep:
+    """The steps delta(lambda) = -V diag(s / (s^2 + lambda)) U^T r of one linearisation, for any radius.
 
-    delta_s(lambda) = -V diag(s / (s^2 + lambda)) U^T r; lambda = 0 (Gauss-Newton, pseudo-inverse)
-    when that step already fits. Newton's method on 1/||delta_s|| (Hebden), which converges from below.
+    Built once per Jacobian from the singular values ``s`` of J D^-1 and ``utr`` = U^T r. Plain Python
+    floats: p is small, and a numpy call costs more than its arithmetic.
     """
-    a = s * utr
-    keep = s > s[0] * RANK_TOLERANCE if s[0] > 0 else np.zeros_like(s, dtype=bool)
-    gauss_newton = np.where(keep, -utr / np.where(keep, s, 1.0), 0.0)
-    norm = math.sqrt(float(gauss_newton @ gauss_newton))
-    if norm <= 1.1 * radius:
-        return 0.0, gauss_newton
-    lam = 0.0 if keep.all() else EPS * s[0] ** 2
-    for _ in range(60):
-        denominator = s * s + lam
-        coefficients = a / denominator
-        q = math.sqrt(float(coefficients @ coefficients))
-        if abs(q - radius) <= 0.1 * radius or q == 0:
-            break
-        derivative = -float((coefficients * coefficients) @ (1 / denominator)) / q
-        lam = max(lam + (q - q * q / radius) / derivative, 0.0)
-    return lam, -a / (s * s + lam)
+
+    def __init__(self, s: np.ndarray, utr: np.ndarray):
+        values, projected = s.tolist(), utr.tolist()
+        largest = values[0] if values else 0.0
+        keep = [largest > 0 and value > largest * RANK_TOLERANCE for value in values]
+        self.squares = [value * value for value in values]
+        self.products = [value * u for value, u in zip(values, projected)]
+        # Gauss-Newton with the pseudo-inverse: non-identifiable directions left out
+        self.gauss_newton = [-u / value if kept else 0.0 for value, u, kept in zip(values, projected, keep)]
+        self.gauss_newton_norm = math.sqrt(sum(c * c for c in self.gauss_newton))
+        self.start = 0.0 if all(keep) else EPS * largest**2
+
+    def solve(self, radius: float) -> tuple[float, list[float], float, float]:
+        """lambda >= 0 with ||delta|| within 10% of ``radius``; the step's V-coordinates c, ||c||, ||S c||^2.
+
+        lambda = 0 (Gauss-Newton) when that step already fits; otherwise Newton's method on
+        1/||delta|| (Hebden), which converges from below.
+        """
+        if self.gauss_newton_norm <= 1.1 * radius:
+            lam, coordinates, norm = 0.0, self.gauss_newton, self.gauss_newton_norm
+        else:
+            lam = self.start
+            for _ in range(60):
+                coefficients = [a / (q + lam) for a, q in zip(self.products, self.squares)]
+                norm = math.sqrt(sum(c * c for c in coefficients))
+                if abs(norm - radius) <= 0.1 * radius or norm == 0:
+                    break
+                derivative = -sum(c * c / (q + lam) for c, q in zip(coefficients, self.squares)) / norm
+                lam = max(lam + (norm - norm * norm / radius) / derivative, 0.0)
+            coordinates = [-a / (q + lam) for a, q in zip(self.products, self.squares)]
+            norm = math.sqrt(sum(c * c for c in coordinates))
+        decrease = sum(q * c * c for q, c in zip(self.squares, coordinates))
+        return lam, coordinates, norm, decrease
 
 
 def levenberg_marquardt(
@@ -139,20 +157,18 @@ def levenberg_marquardt(
         if cost == 0:
             status = "exact"
             break
-        # gtol: max_j |J_j^T r| / (||J_j|| ||r||), columns of zero norm left out
+        # gtol: max_j |J_j^T r| / (||J_j|| ||r||); a zero column has J_j^T r = 0 and counts as 0
         gradient = np.abs(upper.T @ qtr)
-        positive = column_norms > 0
-        if float((gradient[positive] / column_norms[positive]).max(initial=0.0)) <= gtol * math.sqrt(cost):
+        if float((gradient / np.maximum(column_norms, TINY)).max(initial=0.0)) <= gtol * math.sqrt(cost):
             status = "gtol"
             break
         u, s, vt = np.linalg.svd(upper / scale)
-        utr = u.T @ qtr
+        damped = DampedStep(s, u.T @ qtr)
         v = vt.T
         theta_norm = _norm(scale * theta_np)
         while True:
-            lam, coordinates = lm_parameter(s, utr, radius)
+            lam, coordinates, step_norm, decrease = damped.solve(radius)
             step_scaled = v @ coordinates
-            step_norm = _norm(step_scaled)
             if steps == 0 and jacobians == 1:
                 radius = min(radius, step_norm)
             trial_np = theta_np + step_scaled / scale
@@ -164,7 +180,7 @@ def levenberg_marquardt(
             actual = (
                 1 - cost_trial / cost if finite and 0.1 * math.sqrt(cost_trial) < math.sqrt(cost) else -1.0
             )
-            linear_part = _norm(s * coordinates) ** 2 / cost
+            linear_part = decrease / cost
             damping_part = lam * step_norm**2 / cost
             predicted = linear_part + 2 * damping_part
             directional = -(linear_part + damping_part)

@@ -138,7 +138,7 @@ def _fit(model, x, y, *, params, method, sigma, bounds, loss, max_steps, dtype, 
         raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
 
     def cost_of(r):
-        return float(r @ r) if rho is None else robust_cost(rho, r)
+        return robust_cost(rho, r)
 
     def linearize(t, r):
         if rho is None:

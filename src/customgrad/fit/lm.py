@@ -164,14 +164,14 @@ def levenberg_marquardt(
             break
         u, s, vt = np.linalg.svd(upper / scale)
         damped = DampedStep(s, u.T @ qtr)
-        v = vt.T
+        # theta + D^-1 V c: the step from its V-coordinates c, in one product
+        to_step = vt.T / scale[:, None]
         theta_norm = _norm(scale * theta_np)
         while True:
             lam, coordinates, step_norm, decrease = damped.solve(radius)
-            step_scaled = v @ coordinates
             if steps == 0 and jacobians == 1:
                 radius = min(radius, step_norm)
-            trial_np = theta_np + step_scaled / scale
+            trial_np = theta_np + to_step @ np.array(coordinates)
             trial = torch.from_numpy(trial_np).to(theta)
             r_trial = residuals(trial)
             evaluations += 1

@@ -157,7 +157,8 @@ def _fit(model, x, y, *, params, method, sigma, bounds, loss, max_steps, dtype, 
         problem.check_pointwise(theta)
     options = dict(max_steps=max_steps, objective=objective, learning_rate=learning_rate)
     if method == "lm":
-        options.update(ftol=ftol, xtol=xtol, gtol=gtol)
+        # geodesic acceleration probes residuals(): only where they are the linearised ones
+        options.update(ftol=ftol, xtol=xtol, gtol=gtol, geodesic_acceleration=rho is None)
     from ..progress import progress_bar
 
     with progress_bar(max_steps, f"fitting ({method})", enabled=progress) as advance:

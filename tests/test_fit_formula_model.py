@@ -138,3 +138,16 @@ def test_redefining_a_registered_function_rebuilds_the_compiled_formula():
     second = fit("a*Twice_fit_test(x)", np.arange(1.0, 6.0), np.arange(1.0, 6.0) * 6, params={"a": 1.0})
     assert_matches_reference(np.array([first.params["a"], second.params["a"]]), np.array([3.0, 2.0]),
                              rtol=1e-12, what="a")
+
+
+def test_float32_fit_uses_torch_rows_and_matches_scipy():
+    # float32 stays in torch (the numpy rows are float64 only); geodesic acceleration included
+    t = np.linspace(0, 5, 40)
+    y = 3 * np.exp(-0.7 * t) + 0.5 + 0.02 * np.sin(3 * t)
+    result = fit("a*exp(-k*t) + c", t, y, params={"a": 1.0, "k": 0.1, "c": 0.0}, dtype=torch.float32)
+    reference = least_squares(
+        lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y, [1.0, 0.1, 0.0], method="lm", xtol=1e-15, ftol=1e-15
+    )
+    assert_matches_reference(
+        np.array([result.params[n] for n in "akc"]), reference.x, rtol=1e-4, what="float32 params"
+    )

@@ -274,9 +274,10 @@ def _half_acceleration(
     acceleration is not small next to the velocity (2 ||a|| > `ACCELERATION_RATIO` ||v||, scaled):
     there the path curves too much for a second-order correction to be trusted.
     """
-    jacobian = augmented[:, :-1]
-    curvature = (2 / PROBE) * ((r_probe - r) / PROBE - jacobian @ torch.from_numpy(velocity).to(jacobian))
-    projected = (jacobian.T @ curvature).cpu().numpy() / scale
+    # J^T as rows: contiguous for the generated (p + 1, n) block, so both products run without copies
+    rows = augmented.T[:-1]
+    curvature = (r_probe - r - PROBE * (torch.from_numpy(velocity).to(rows) @ rows)) * (2 / PROBE**2)
+    projected = (rows @ curvature).cpu().numpy() / scale
     coordinates = -(vt @ projected) / (s * s + lam)
     if not 2 * _norm(coordinates) <= ACCELERATION_RATIO * velocity_norm:  # NaN too
         return 0.0

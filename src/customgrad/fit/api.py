@@ -85,8 +85,11 @@ def fit(
         recomputed from this text in 40-digit arithmetic. The file readers pass it.
     """
     start_time = time.perf_counter()
-    size = len(y) if hasattr(y, "__len__") else 0
-    with _threads_for(size * max(len(params), 1) if isinstance(params, Mapping) else 0, device):
+    try:
+        entries = len(y) * len(params)  # Jacobian size; bad input is reported by the checks inside
+    except TypeError:
+        entries = 0
+    with _threads_for(entries, device):
         return _fit(
             model, x, y, params=params, method=method, sigma=sigma, bounds=bounds, loss=loss,
             max_steps=max_steps, dtype=dtype, device=device, progress=progress, nan_policy=nan_policy,

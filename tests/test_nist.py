@@ -63,3 +63,18 @@ def test_certified_values_to_6_digits_and_stderr_to_4(name, start):
     assert_matches_reference(
         np.float64(result.cost), np.float64(problem.certified_cost), rtol=1e-6, what=f"{name} cost"
     )
+
+
+def test_geodesic_acceleration_crosses_mgh09s_valley_in_fewer_jacobians_than_scipy():
+    # MGH09 from start 1 winds along a curved valley: SciPy's LM (MINPACK, same tolerances) needs ~336
+    # Jacobians; geodesic acceleration bends the steps along it.
+    problem = load_nist("MGH09")
+    result = fit(problem.formula, problem.x, problem.y, params=problem.starts[0])
+    names = list(problem.certified_params)
+    assert_matches_reference(
+        np.array([result.params[n] for n in names]),
+        np.array([problem.certified_params[n] for n in names]),
+        rtol=1e-6,
+        what="MGH09 params",
+    )
+    assert result.jacobians < 250

@@ -30,6 +30,8 @@ class Experiment:
     target: Callable[[torch.Tensor], torch.Tensor]
     model_text: str
     model: Callable[[Params, torch.Tensor], torch.Tensor]
+    # The same model as a formula over x and the parameters, for `customgrad.fit`.
+    formula: str
     initial_params: Callable[[int], Params]
     learning_rate: float
     steps: int = 2000
@@ -71,6 +73,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         target=torch.tan,
         model_text="<a> + <b> * P2(<c> x + <d>)",
         model=lambda p, x: p["a"] + p["b"] * P2.apply(p["c"] * x + p["d"]),
+        formula="a + b*P2(c*x + d)",
         initial_params=_blog_initial_params,
         learning_rate=1e-6,
     ),
@@ -81,6 +84,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         target=torch.sin,
         model_text="<a> + <b> * P3(<c> + <d> x)",
         model=lambda p, x: p["a"] + p["b"] * LegendreP3.apply(p["c"] + p["d"] * x),
+        formula="a + b*LegendreP3(c + d*x)",
         initial_params=_tutorial_initial_params,
         learning_rate=5e-6,
     ),

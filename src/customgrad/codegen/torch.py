@@ -256,6 +256,24 @@ def function_source(
     return "\n".join(lines) + "\n"
 
 
+def rows_source(
+    name: str, argument_names: Sequence[str], rows: Sequence[sympy.Expr], printer: TorchCodePrinter | None = None
+) -> str:
+    """Source of ``def name(_out, args): ...; _out[i] = row_i`` with common subexpressions shared.
+
+    Each row broadcasts into ``_out[i]`` (an array or tensor the caller allocates), so a row that is a
+    constant or free of the data (d/db1 of b1 + ...) costs one fill. ``printer`` picks the language
+    (torch by default; `codegen.numpy.NumpyCodePrinter` for numpy).
+    """
+    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
+    replacements, reduced = sympy.cse(list(rows), symbols=temporaries, optimizations="basic")
+    printer = printer or TorchCodePrinter()
+    lines = [f"def {name}(_out, {', '.join(argument_names)}):"]
+    lines += [f"    {temporary} = {printer.doprint(value)}" for temporary, value in replacements]
+    lines += [f"    _out[{index}] = {printer.doprint(row)}" for index, row in enumerate(reduced)]
+    return "\n".join(lines) + "\n"
+
+
 def _full(value, *arguments) -> torch.Tensor:
     """``value`` as a new tensor with the broadcast shape of ``arguments`` (functional: vmap-safe)."""
     tensors = [a for a in arguments if isinstance(a, torch.Tensor)]

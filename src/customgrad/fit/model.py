@@ -5,10 +5,11 @@ torch ops and autograd Functions. Free parameters form the vector ``theta``; fix
 bounded ones are optimised in an unbounded internal coordinate (MINUIT's transforms), so every solver
 sees an unconstrained problem.
 
-The Jacobian comes from one forward and one backward pass: each parameter is expanded to one copy
-per data point, so d r_i / d copy_i of parameter j is J[i, j] when the model is pointwise in the
-data (each f_i depends on row i only). That is checked once, against an ordinary backward pass; a model
-that mixes rows gets its Jacobian row by row instead.
+A formula's Jacobian is generated symbolically with the residuals, in one compiled function (see
+`formula_model`). Any other model's comes from one forward and one backward pass: each parameter is
+expanded to one copy per data point, so d r_i / d copy_i of parameter j is J[i, j] when the model is
+pointwise in the data (each f_i depends on row i only). That is checked once, against an ordinary
+backward pass; a model that mixes rows gets its Jacobian row by row instead.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from ..codegen.torch import torch_callable
 from ..errors import FitError, UsageError
-from ..formula import parse_formula, symbol
+from .formula_model import formula_model
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,15 @@ def _to_external(spec: ParameterSpec, t: torch.Tensor) -> torch.Tensor:
     return hi + 1 - torch.sqrt(t * t + 1)
 
 
+def _external_slope(spec: ParameterSpec, t: float) -> float:
+    # d external / d internal of `_to_external`, for the chain rule on Jacobian columns.
+    lo, hi = spec.lower, spec.upper
+    if math.isfinite(lo) and math.isfinite(hi):
+        return (hi - lo) * math.cos(t) / 2
+    slope = t / math.sqrt(t * t + 1)
+    return slope if math.isfinite(lo) else -slope
+
+
 def _to_internal(spec: ParameterSpec, value: float) -> float:
     lo, hi = spec.lower, spec.upper
     if math.isfinite(lo) and math.isfinite(hi):
@@ -150,6 +160,27 @@ class Model:
         }
         self.bounded = [(i, spec) for i, spec in enumerate(self.free) if spec.bounded]
         self.pointwise = True
+        # Formula models: residuals and Jacobian rows from one generated function (None: autograd),
+        # in numpy for float64 on the CPU (a numpy call costs a fraction of a torch dispatch).
+        linearization = getattr(function, "linearization", None)
+        self.rows = linearization(self.names) if linearization is not None else None
+        on_cpu = y.device.type == "cpu" and y.dtype == torch.float64
+        self._numpy_rows = linearization(self.names, "numpy") if self.rows is not None and on_cpu else None
+        self._numpy_value = function.values("numpy") if self._numpy_rows is not None else None
+        if self._numpy_value is None:
+            self._numpy_rows = None
+        # A formula's arguments in call order: a data column or fixed value, or the index of a free one.
+        position = {name: i for i, name in enumerate(self.names)}
+        self._slots = [
+            (data[n], None) if n in data else (self.fixed.get(n), position.get(n))
+            for n in getattr(function, "names", ())
+        ]
+        if self._numpy_rows is not None:
+            self._numpy_slots = [
+                (value if index is not None else value.numpy(), index) for value, index in self._slots
+            ]
+            self._y_array = y.numpy()
+            self._weights = None if self.inverse_sigma is None else self.inverse_sigma.numpy()
         self._ones = torch.ones_like(y)
 
     @property
@@ -177,18 +208,48 @@ class Model:
         named.update(self.fixed)
         return torch.broadcast_to(self.function(self.data, named), self.y.shape)
 
+    def _arguments(self, values: torch.Tensor) -> list:
+        parts = values.unbind(0)
+        return [value if index is None else parts[index] for value, index in self._slots]
+
+    def _numpy_arguments(self, values: torch.Tensor) -> list:
+        parts = list(values.numpy())
+        return [value if index is None else parts[index] for value, index in self._numpy_slots]
+
     def residuals(self, theta: torch.Tensor) -> torch.Tensor:
         """r = (f(x; theta) - y) / sigma at internal coordinates ``theta``, without autograd."""
+        if self._numpy_rows is not None:
+            out = np.empty((1, self.size))
+            self._numpy_value(out, *self._numpy_arguments(self.external(theta)))
+            r = out[0]
+            r -= self._y_array
+            if self._weights is not None:
+                r *= self._weights
+            return torch.from_numpy(r)
+        if self.rows is not None:  # a formula: no autograd in sight, and no per-call dict of names
+            r = self.function.evaluate(*self._arguments(self.external(theta))) - self.y
+            return r if self.inverse_sigma is None else r * self.inverse_sigma
         with torch.no_grad():
             r = self.predict(self.external(theta)) - self.y
             return r if self.inverse_sigma is None else r * self.inverse_sigma
 
+    def augmented(self, theta: torch.Tensor) -> torch.Tensor:
+        """[J | r], shape (n, p + 1): the Jacobian with the residuals as a last column."""
+        if self.rows is not None:
+            return self._symbolic_block(theta, external=False).T
+        r, jacobian = self.jacobian(theta)
+        return torch.cat([jacobian, r.unsqueeze(-1)], dim=-1)
+
     def jacobian(self, theta: torch.Tensor, *, external: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Residuals r (n,) and Jacobian J = dr/dtheta (n, p), exact, by one backward pass.
+        """Residuals r (n,) and Jacobian J = dr/dtheta (n, p), exact: symbolic for a formula, else
+        by one backward pass.
 
         With ``external`` the Jacobian is taken with respect to the parameter values themselves
         (for standard errors), not the internal coordinates of bounded parameters.
         """
+        if self.rows is not None:
+            block = self._symbolic_block(theta, external)
+            return block[-1], block[:-1].T
         if not self.pointwise:
             return self._jacobian_by_rows(theta, external)
         copies = theta.detach().unsqueeze(-1).expand(*theta.shape, self.size).clone().requires_grad_()
@@ -204,8 +265,34 @@ class Model:
             grad = torch.zeros_like(copies)
         return r.detach(), grad.transpose(-1, -2)
 
+    def _symbolic_block(self, theta: torch.Tensor, external: bool) -> torch.Tensor:
+        # One generated call writes df/db_j into rows 0..p-1 and f into row p of a (p+1, n) block,
+        # which transposed is [J | r] in the column-major layout LAPACK's QR wants.
+        p = len(self.names)
+        values = theta if external else self.external(theta)
+        if self._numpy_rows is not None:
+            array = np.empty((p + 1, self.size))
+            self._numpy_rows(array, *self._numpy_arguments(values))
+            array[p] -= self._y_array
+            if self._weights is not None:
+                array *= self._weights
+            block = torch.from_numpy(array)
+        else:
+            block = self.y.new_empty(p + 1, self.size)
+            self.rows(block, *self._arguments(values))
+            block[p] -= self.y
+            if self.inverse_sigma is not None:
+                block *= self.inverse_sigma
+        if self.bounded and not external:
+            internal = theta.tolist()
+            for i, spec in self.bounded:
+                block[i] *= _external_slope(spec, internal[i])
+        return block
+
     def check_pointwise(self, theta: torch.Tensor) -> None:
         """Compare J^T v of the expanded-copies Jacobian with a plain backward pass, once."""
+        if self.rows is not None:
+            return  # a formula is pointwise by construction
         r, jacobian = self.jacobian(theta)
         leaf = theta.detach().clone().requires_grad_()
         v = torch.linspace(-1.0, 2.0, self.size, dtype=r.dtype, device=r.device)
@@ -254,8 +341,8 @@ def build_function(
         raise UsageError(
             f"model must be a formula string or a callable f(x, **params), got {type(model).__name__}"
         )
-    parsed = parse_formula(model, what="model")
-    names = tuple(parsed.names)
+    compiled = formula_model(model)
+    names = compiled.names
     if not x_is_dict:
         candidates = [name for name in names if name not in param_names]
         # A single predictor takes the model's first name that is not a parameter.
@@ -273,35 +360,7 @@ def build_function(
             f"parameter(s) {', '.join(map(repr, unused))} do not appear in model {model!r}: "
             "remove them or fix the model"
         )
-    evaluate = torch_callable(parsed.expr, names)
-    data_map = dict(zip(data_names, data_names, strict=True))
-
-    def function(data, values):
-        return evaluate(*(data[n] if n in data_map else values[n] for n in names))
-
-    function.names = names  # type: ignore[attr-defined]
-    function.precise = _precise_evaluator(parsed, names)  # type: ignore[attr-defined]
-    return function, model, data_names
-
-
-def _precise_evaluator(parsed, names: tuple[str, ...]) -> Callable | None:
-    # The formula in 40-digit arithmetic (mpmath), for a cost that float64 roundoff would swamp
-    # (Lanczos1: residuals ~1e-13 on values ~1). None when the formula calls something mpmath lacks.
-    import mpmath
-    import sympy
-
-    from ..derive import inline_registered
-
-    try:
-        scalar = sympy.lambdify([symbol(n) for n in names], inline_registered(parsed.expr), modules="mpmath")
-    except Exception:  # noqa: BLE001 - anything unsupported just means: no precise evaluation
-        return None
-
-    def evaluate(columns: list) -> list:
-        with mpmath.workdps(40):
-            return [scalar(*(mpmath.mpf(c) for c in row)) for row in zip(*columns, strict=True)]
-
-    return evaluate
+    return compiled, model, data_names
 
 
 def check_finite_start(r: torch.Tensor) -> None:

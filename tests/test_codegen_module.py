@@ -1,13 +1,16 @@
 """Emitted standalone modules against eager autograd in float64, first and second order."""
 
+import functools
 import inspect
 
 import pytest
 import torch
 
+from corpus import CASES as CORPUS
 from customgrad import function
 from customgrad.codegen.module import emit_module
 from reference import assert_matches_reference
+from test_function import assert_close_float64, call_reference, derivatives
 
 CASES = [
     ("a + b*P2(c*x + d)", lambda a, b, c, x, d: a + b * ((c * x + d) ** 2 + 2 * (c * x + d))),
@@ -54,3 +57,20 @@ def test_emitted_module_keeps_a_declared_gradient_exactly():
     (gradient,) = torch.autograd.grad(emitted.apply(x), x, upstream)
     assert torch.equal(gradient, upstream)
     assert torch.equal(emitted.apply(x.detach()), torch.round(x.detach()))
+
+
+@functools.cache
+def emitted_class(formula: str):
+    generated = function(formula)
+    return load(emit_module(generated.spec), generated.spec.name), generated.input_names
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=lambda c: c.id)
+def test_emitted_module_passes_the_corpus_to_second_order(case):
+    emitted, names = emitted_class(case.formula)
+    values = case.sample(3)
+    actual = derivatives(lambda v: emitted.apply(*(v[n] for n in names)), values, 2, 4)
+    expected = derivatives(functools.partial(call_reference, case), values, 2, 4)
+    for level, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        for a, e in zip(got, want, strict=True):
+            assert_close_float64(a, e, f"emitted {case.id} order {level}", level)

@@ -44,7 +44,7 @@ def test_blog_with_lm_reaches_the_infimum_and_says_not_identifiable(tmp_path):
 def test_csv_fit_with_named_columns_json_and_plot(csv_file, tmp_path):
     out = run(
         "--model",
-        "a*exp(-k*t) + c",
+        "a*exp(-k*time) + c",
         "--data",
         str(csv_file),
         "--x",
@@ -78,6 +78,14 @@ def test_whitespace_file_columns_by_index(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "a  " in out.stdout
+
+
+def test_model_name_that_is_no_column_of_a_headed_file_is_an_error(csv_file):
+    out = run("--model", "a*exp(-k*t) + c", "--data", str(csv_file), "--x", "time", "--y", "signal",
+              "--param", "a=1", "--param", "k=0.1", "--param", "c=0")
+    assert out.returncode == 2
+    assert "'t', which is neither a data name (time) nor a parameter (a, k, c)" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_nist_file_fits_with_its_own_model_and_start():

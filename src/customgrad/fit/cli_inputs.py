@@ -84,9 +84,9 @@ def fit_inputs(args) -> FitResult:
     table = read_table(path)
     x_columns = args.x or ["0"]
     y_column = args.y or "1"
-    if len(x_columns) == 1:
-        x = table.column(x_columns[0])
-    else:
+    if len(x_columns) == 1 and not table.has_header:
+        x = table.column(x_columns[0])  # no names: the model's one non-parameter name is the predictor
+    else:  # named columns: the model must use the predictors' names
         x = {_column_name(table, column): table.column(column) for column in x_columns}
     sigma = table.column(args.sigma) if args.sigma else None
     return fit(
@@ -95,6 +95,7 @@ def fit_inputs(args) -> FitResult:
 
 
 def _column_name(table, spec: str) -> str:
+    table.column(spec)  # a missing column raises DataError naming the columns there are
     return spec if spec in table.names else table.names[int(spec)]
 
 

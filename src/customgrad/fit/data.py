@@ -23,6 +23,7 @@ class Table:
     names: list[str]
     values: np.ndarray
     path: str
+    has_header: bool = True
 
     def column(self, spec: str) -> np.ndarray:
         """A column by header name or by 0-based index (``"2"``)."""
@@ -73,7 +74,7 @@ def read_table(path: str | Path) -> Table:
                 raise DataError(f"{str(path)!r} line {number}, column {j}: {cell!r} is not a number")
             values[number - (2 if header else 1), j] = float(cell)
     names = header or [f"c{j}" for j in range(width)]
-    return Table(names=names, values=values, path=str(path))
+    return Table(names=names, values=values, path=str(path), has_header=bool(header))
 
 
 def _is_number(text: str) -> bool:

@@ -352,7 +352,7 @@ def build_function(
         raise UsageError(
             f"model {model!r} uses {', '.join(map(repr, unknown))}, which is neither a data name "
             f"({', '.join(data_names)}) nor a parameter ({', '.join(param_names)}): add it to params "
-            "or to the data (several predictors: pass x as a dict of named arrays)"
+            "or to the data (several predictors: pass x as a dict of named arrays; CLI: --x COLUMN for each)"
         )
     unused = [name for name in param_names if name not in names]
     if unused:

@@ -233,3 +233,10 @@ def test_precision_tolerance_comes_from_the_same_dtype_eager_formula():
     assert float((eager - exact).abs().max()) > 64 * torch.finfo(torch.float16).eps * float(exact.abs().max())
     report = check(generated, x, checks=["precision"], compile=False)
     assert next(r for r in report.results if r.name == "precision").status == "passed", str(report)
+
+
+def test_precision_of_a_generated_function_with_an_unused_input():
+    generated = customgrad.function("x*y", inputs=["x", "u", "y"])
+    values = [torch.randn(4, dtype=torch.float64) for _ in range(3)]
+    report = check(generated, *values, checks=["precision"], compile=False)
+    assert report.ok, str(report)

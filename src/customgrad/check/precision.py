@@ -38,20 +38,20 @@ def check_precision(subject: Subject) -> CheckResult:
             notes.append(f"{name} not supported ({describe_error(error)})")
             continue
         high = subject.evaluate(rounded, list(reference.upstream))
-        eager_pairs = None
+        eager_pairs = {}
         if eager is not None:
             # The same formula in plain torch ops, same dtype: how far rounding alone moves it.
             eager_pairs = _pairs(eager, eager.evaluate(values, low_upstream),
                                  eager.evaluate(rounded, list(reference.upstream)))
-        for index, (label, got, want) in enumerate(_pairs(subject, low, high)):
+        for label, (got, want) in _pairs(subject, low, high).items():
             if got is None:
                 continue
             want = want.detach().double()
             scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
             error = float((got.detach().double() - want).abs().max()) if want.numel() else 0.0
             allowed, basis = units * torch.finfo(dtype).eps * scale, f"{units:g} x eps x max |value|"
-            if eager_pairs is not None and eager_pairs[index][1] is not None and want.numel():
-                _, eager_low, eager_high = eager_pairs[index]
+            eager_low, eager_high = eager_pairs.get(label, (None, None))
+            if eager_low is not None and eager_high is not None and want.numel():
                 eager_error = float((eager_low.detach().double() - eager_high.detach().double()).abs().max())
                 if EAGER_FACTOR * eager_error > allowed:
                     allowed = EAGER_FACTOR * eager_error
@@ -103,14 +103,14 @@ def _quantities(subject: Subject, evaluation) -> list[tuple[str, Any]]:
     return items
 
 
-def _pairs(subject: Subject, low, high) -> list[tuple[str, Any, Any]]:
-    """(label, low-precision value, float64 value) for every output and input gradient."""
-    pairs = [(f"output {i}", low.outputs[i], high.outputs[i]) for i in high.output_positions]
-    pairs += [
-        (f"gradient of {subject.input_name(p)!r}", low.gradients[p], high.gradients[p])
+def _pairs(subject: Subject, low, high) -> dict[str, tuple[Any, Any]]:
+    """label -> (low-precision value, float64 value) for every output and input gradient."""
+    pairs = {f"output {i}": (low.outputs[i], high.outputs[i]) for i in high.output_positions}
+    pairs.update({
+        f"gradient of {subject.input_name(p)!r}": (low.gradients[p], high.gradients[p])
         for p in subject.differentiable_positions
         if high.gradients[p] is not None
-    ]
+    })
     return pairs
 
 

@@ -203,3 +203,16 @@ def test_lm_on_cuda_matches_scipy(decay):
     expected, _ = curve_fit(lambda t, a, k, c: a * np.exp(-k * t) + c, t, y, p0=[1, 0.1, 0], ftol=1e-14, xtol=1e-14)
     assert result.success, result.message
     assert_matches_reference(pick(result.params, "akc"), expected, rtol=1e-7, what="params fitted on cuda")
+
+
+@pytest.mark.parametrize(("model", "truth", "make_y"), [
+    ("a*softplus(b*x)", {"a": 1.5, "b": 0.7}, lambda x: 1.5 * np.log1p(np.exp(0.7 * x))),
+    ("a*round(x) + b", {"a": 2.0, "b": 1.0}, lambda x: 2 * np.round(x) + 1),
+])
+def test_exact_fits_with_customgrad_functions_recover_the_generating_values(model, truth, make_y):
+    # An exact fit takes the extended-precision cost path, which must know sigmoid, softplus and round.
+    x = np.linspace(-2, 2, 20)
+    result = fit(model, x, make_y(x), params={name: 1.0 for name in truth})
+    assert result.success, result.message
+    assert_matches_reference(pick(result.params, "ab"), pick(truth, "ab"), rtol=1e-9, atol=1e-12, what="params")
+    assert result.cost < 1e-20

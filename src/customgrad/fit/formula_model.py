@@ -56,8 +56,10 @@ class FormulaModel:
         import mpmath
 
         try:
+            # customgrad's own functions (sigmoid, softplus) in terms of exp; round as mpmath's nint.
+            expression = inline_registered(self.parsed.expr).rewrite(sympy.exp)
             scalar = sympy.lambdify(
-                [symbol(n) for n in self.names], inline_registered(self.parsed.expr), modules="mpmath"
+                [symbol(n) for n in self.names], expression, modules=[{"Round": mpmath.nint}, "mpmath"]
             )
         except Exception:  # noqa: BLE001 - anything unsupported just means: no precise evaluation
             return None

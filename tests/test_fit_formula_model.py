@@ -123,10 +123,36 @@ def test_fit_of_a_formula_with_erf_matches_scipy():
                              what="params")
 
 
-def test_fit_restores_the_thread_count():
+def test_small_fits_run_on_one_thread_and_restore_the_setting():
     before = torch.get_num_threads()
-    fit("a*x + b", np.arange(5.0), np.arange(5.0) * 2 + 1, params={"a": 1.0, "b": 0.0})
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)
+    try:
+        during = []
+        fit("a*x + b", np.arange(5.0), np.arange(5.0) * 2 + 1, params={"a": 1.0, "b": 0.0},
+            on_step=lambda step, cost: during.append(torch.get_num_threads()))
+        assert during and set(during) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_concurrent_small_fits_restore_the_thread_setting():
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        def one_fit():
+            fit("a*exp(-k*x)", np.arange(30.0), 3 * np.exp(-0.1 * np.arange(30.0)), params={"a": 1.0, "k": 0.5})
+
+        workers = [threading.Thread(target=one_fit) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_redefining_a_registered_function_rebuilds_the_compiled_formula():

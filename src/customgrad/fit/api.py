@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 
@@ -98,24 +99,36 @@ def fit(
         )
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE = {"users": 0, "saved": 0}
+
+
 @contextlib.contextmanager
 def _threads_for(entries: int, device) -> Iterator[None]:
     """One torch thread for a small CPU problem (restored afterwards), the current setting otherwise.
 
-    Also silences numpy's floating-point warnings: formula models evaluated in numpy make NaN and inf
-    silently, as torch does, and the solver handles them.
+    ``torch.set_num_threads`` is process-wide: concurrent small fits share one change, counted under
+    a lock, and the last one out restores the setting the first one saw. Also silences numpy's
+    floating-point warnings: formula models evaluated in numpy make NaN and inf silently, as torch
+    does, and the solver handles them.
     """
-    threads = torch.get_num_threads()
     small = entries <= _SINGLE_THREAD_ENTRIES and (device is None or torch.device(device).type == "cpu")
     with np.errstate(all="ignore"):
-        if not small or threads == 1:
+        if not small:
             yield
             return
-        torch.set_num_threads(1)
+        with _THREADS_LOCK:
+            if _THREADS_STATE["users"] == 0:
+                _THREADS_STATE["saved"] = torch.get_num_threads()
+                torch.set_num_threads(1)
+            _THREADS_STATE["users"] += 1
         try:
             yield
         finally:
-            torch.set_num_threads(threads)
+            with _THREADS_LOCK:
+                _THREADS_STATE["users"] -= 1
+                if _THREADS_STATE["users"] == 0:
+                    torch.set_num_threads(_THREADS_STATE["saved"])
 
 
 def _fit(model, x, y, *, params, method, sigma, bounds, loss, max_steps, dtype, device, progress, nan_policy,

@@ -13,36 +13,43 @@ from customgrad.fit.model import Model, build_function, parameter_specs
 from reference import assert_matches_reference
 
 # One formula per printer rule: every numpy function row, each power case, Piecewise, a registered
-# function (P2, inlined; its partials through the chain rule), constants.
-FORMULAS = [
-    "b1*(1 - exp(-b2*x))",
-    "b1 / (1 + exp(b2 - b3*x))",
-    "b1*(b2 + x + 1)**(-1/b3)",
-    "sqrt(b1 + x**2) + 1/sqrt(b2 + x**2) + b3/(x + 4)",
-    "log(b1 + x**2) + log1p(b2*x**2) + expm1(b3*x)",
-    "sin(b1*x) + cos(b2*x) + tan(b3*x/4)",
-    "asin(b1*x/3) + acos(b2*x/3) + atan(b3*x)",
-    "sinh(b1*x) + cosh(b2*x) + tanh(b3*x)",
-    "asinh(b1*x) + acosh(2 + b2*x**2) + atanh(b3*x/3)",
-    "sigmoid(b1*x) + softplus(b2*x) + abs(b3 - x)",
-    "atan2(b1, x + 3) + max(b2*x, 0.1) + min(b3, x)",
-    "where(x > b1, b2*x, b3*x**2) + floor(x) + ceil(x) + round(x) + sign(x)",
-    "b1 + b2*P2(b3*x + 0.5)",
-    "b1 + b2*cos(2*pi*x/12) + b3**3*x",
-]
+# function (P2, inlined; its partials through the chain rule), constants. Each with an independent
+# reference written in plain torch ops (not customgrad's printers).
+T = torch
+FORMULAS = {
+    "b1*(1 - exp(-b2*x)) - b3": lambda x, b1, b2, b3: b1 * (1 - T.exp(-b2 * x)) - b3,
+    "b1 / (1 + exp(b2 - b3*x))": lambda x, b1, b2, b3: b1 / (1 + T.exp(b2 - b3 * x)),
+    "b1*(b2 + x + 1)**(-1/b3)": lambda x, b1, b2, b3: b1 * (b2 + x + 1) ** (-1 / b3),
+    "sqrt(b1 + x**2) + 1/sqrt(b2 + x**2) + b3/(x + 4)":
+        lambda x, b1, b2, b3: T.sqrt(b1 + x**2) + 1 / T.sqrt(b2 + x**2) + b3 / (x + 4),
+    "log(b1 + x**2) + log1p(b2*x**2) + expm1(b3*x)":
+        lambda x, b1, b2, b3: T.log(b1 + x**2) + T.log1p(b2 * x**2) + T.expm1(b3 * x),
+    "sin(b1*x) + cos(b2*x) + tan(b3*x/4)": lambda x, b1, b2, b3: T.sin(b1 * x) + T.cos(b2 * x) + T.tan(b3 * x / 4),
+    "asin(b1*x/3) + acos(b2*x/3) + atan(b3*x)":
+        lambda x, b1, b2, b3: T.asin(b1 * x / 3) + T.acos(b2 * x / 3) + T.atan(b3 * x),
+    "sinh(b1*x) + cosh(b2*x) + tanh(b3*x)": lambda x, b1, b2, b3: T.sinh(b1 * x) + T.cosh(b2 * x) + T.tanh(b3 * x),
+    "asinh(b1*x) + acosh(2 + b2*x**2) + atanh(b3*x/3)":
+        lambda x, b1, b2, b3: T.asinh(b1 * x) + T.acosh(2 + b2 * x**2) + T.atanh(b3 * x / 3),
+    "sigmoid(b1*x) + softplus(b2*x) + abs(b3 - x)":
+        lambda x, b1, b2, b3: T.sigmoid(b1 * x) + T.nn.functional.softplus(b2 * x) + T.abs(b3 - x),
+    "atan2(b1, x + 3) + max(b2*x, 0.1) + min(b3, x)":
+        lambda x, b1, b2, b3: T.atan2(b1.expand_as(x), x + 3) + T.clamp(b2 * x, min=0.1) + T.minimum(b3, x),
+    "where(x > b1, b2*x, b3*x**2) + floor(x) + ceil(x) + round(x) + sign(x)":
+        lambda x, b1, b2, b3: T.where(x > b1, b2 * x, b3 * x**2) + T.floor(x) + T.ceil(x) + T.round(x) + T.sign(x),
+    "b1 + b2*P2(b3*x + 0.5)": lambda x, b1, b2, b3: b1 + b2 * ((b3 * x + 0.5) ** 2 + 2 * (b3 * x + 0.5)),
+    "b1 + b2*cos(2*pi*x/12) + b3**3*x": lambda x, b1, b2, b3: b1 + b2 * T.cos(2 * math.pi * x / 12) + b3**3 * x,
+}
 VALUES = {"b1": 0.7, "b2": 0.3, "b3": 0.45}
 
 
 def eager_jacobian(text: str, x: torch.Tensor, values: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """f and df/db by autograd through the plain torch evaluation of the formula (no symbolic partials)."""
-    compiled = formula_model(text)
-    names = [n for n in compiled.names if n != "x"]
+    """f and df/db by autograd through the independent torch reference of the formula."""
+    reference = FORMULAS[text]
 
     def f(theta):
-        named = dict(zip(names, theta.unbind(0), strict=True))
-        return compiled({"x": x}, named)
+        return reference(x, *theta.unbind(0))
 
-    theta = torch.tensor([values[n] for n in names], dtype=torch.float64)
+    theta = torch.tensor([values[n] for n in ("b1", "b2", "b3")], dtype=torch.float64)
     return f(theta), torch.autograd.functional.jacobian(f, theta)
 
 
@@ -52,7 +59,8 @@ def test_generated_rows_match_eager_autograd(text, language):
     # x avoids the kinks of abs/max/min/floor/where, where autograd and the symbolic partial may differ
     x = torch.linspace(-0.93, 0.91, 23, dtype=torch.float64) + 0.013
     compiled = formula_model(text)
-    names = tuple(n for n in compiled.names if n != "x")
+    names = ("b1", "b2", "b3")
+    assert sorted(n for n in compiled.names if n != "x") == list(names)
     rows = compiled.linearization(names, language)
     assert rows is not None
     arguments = [x if n == "x" else torch.tensor(VALUES[n], dtype=torch.float64) for n in compiled.names]
@@ -66,6 +74,7 @@ def test_generated_rows_match_eager_autograd(text, language):
         rows(out, *arguments)
     value, jacobian = eager_jacobian(text, x, VALUES)
     assert_matches_reference(out[-1], value, rtol=1e-13, atol=1e-14, what=f"{text} value ({language})")
+    # rows follow `names` (b1, b2, b3), the reference's parameter order
     assert_matches_reference(out[:-1].T, jacobian, rtol=1e-11, atol=1e-13, what=f"{text} jacobian ({language})")
 
 

@@ -212,18 +212,24 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
     def spec_needs():
         return spec.needs
 
-    tangent_names = [f"_t{i}" for i in range(input_count)]
-    jvp_outputs = tuple(sympy.Add(*[sympy.Symbol(t, real=True) * row[i] for i, t in enumerate(tangent_names)])
-                        for row in spec.partials)
-    jvp_source = function_source(f"{python_name}_jvp", argument_names + tangent_names, jvp_outputs)
-    jvp_code = compile_source(jvp_source, f"{python_name}_jvp", f"<customgrad {spec.name} jvp>")
+    jvp_cache: list = []
+
+    def jvp_code():
+        """sum_i partial_i * tangent_i, generated on first use (forward mode is the rarer path)."""
+        if not jvp_cache:
+            tangents = [f"_t{i}" for i in range(input_count)]
+            outputs = tuple(sympy.Add(*[sympy.Symbol(t, real=True) * row[i] for i, t in enumerate(tangents)])
+                            for row in spec.partials)
+            source = function_source(f"{python_name}_jvp", argument_names + tangents, outputs)
+            jvp_cache.append(compile_source(source, f"{python_name}_jvp", f"<customgrad {spec.name} jvp>"))
+        return jvp_cache[0]
 
     def jvp(ctx, *tangents):
         arguments = _as_tensor_arguments(ctx.forward_inputs)
         reference = next(a for a in arguments if isinstance(a, torch.Tensor))
         filled = [t if t is not None else torch.zeros((), dtype=reference.dtype, device=reference.device)
                   for t in tangents]
-        outputs = jvp_code(*arguments, *filled)
+        outputs = jvp_code()(*arguments, *filled)
         return outputs[0] if output_count == 1 else outputs
 
     namespace = {

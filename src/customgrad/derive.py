@@ -36,6 +36,8 @@ class FunctionSpec:
         Declared custom gradients, input name -> expression (empty when all are derived).
     formula : str
         The formula text the spec came from ("" for generated backward Functions).
+    full_shape : tuple of str
+        Inputs known to have the outputs' full broadcast shape (a backward's upstream gradients).
     """
 
     name: str
@@ -43,6 +45,7 @@ class FunctionSpec:
     raw_outputs: tuple[sympy.Expr, ...] = field(repr=False)
     declared: dict[str, sympy.Expr] = field(default_factory=dict)
     formula: str = ""
+    full_shape: tuple[str, ...] = ()
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -128,6 +131,7 @@ def derive_spec(
     outputs: tuple[sympy.Expr, ...],
     declared: dict[str, sympy.Expr] | None = None,
     formula: str = "",
+    full_shape: tuple[str, ...] = (),
 ) -> FunctionSpec:
     """The spec of ``outputs`` over ``inputs``; partials are derived on first use, declared ones kept.
 
@@ -135,4 +139,4 @@ def derive_spec(
     outputs contribute their own partials (derived or declared) through the chain rule.
     """
     return FunctionSpec(name=name, inputs=tuple(inputs), raw_outputs=tuple(outputs),
-                        declared=dict(declared or {}), formula=formula)
+                        declared=dict(declared or {}), formula=formula, full_shape=tuple(full_shape))

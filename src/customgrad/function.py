@@ -117,7 +117,7 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
     output_count = len(spec.outputs)
     argument_names = [s.name for s in spec.inputs]
     python_name = _python_name(spec.name)
-    source = function_source(f"{python_name}_forward", argument_names, spec.outputs)
+    source = function_source(f"{python_name}_forward", argument_names, spec.outputs, full_shape=spec.full_shape)
     forward_code = compile_source(source, f"{python_name}_forward", f"<customgrad {spec.name} forward>")
     backward_cache: dict[tuple[int, ...], tuple[type, list[int]]] = {}
     all_inputs = tuple(range(input_count))
@@ -131,7 +131,8 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
                             for i in needed)
             used = sorted(set().union(*(spec.needs[i] for i in needed)))
             inputs = tuple(spec.inputs[j] for j in used) + grads
-            backward_spec = derive_spec(f"{spec.name}_backward", inputs, outputs)
+            backward_spec = derive_spec(f"{spec.name}_backward", inputs, outputs,
+                                        full_shape=tuple(g.name for g in grads))
             backward_cache[needed] = (build_function(backward_spec, eager_backward=False), used)
         return backward_cache[needed]
 
@@ -217,7 +218,7 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
     def jvp_code():
         """sum_i partial_i * tangent_i, generated on first use (forward mode is the rarer path)."""
         if not jvp_cache:
-            tangents = [f"_t{i}" for i in range(input_count)]
+            tangents = [f"_tangent{i}" for i in range(input_count)]  # not _t*: CSE temporaries
             outputs = tuple(sympy.Add(*[sympy.Symbol(t, real=True) * row[i] for i, t in enumerate(tangents)])
                             for row in spec.partials)
             source = function_source(f"{python_name}_jvp", argument_names + tangents, outputs)

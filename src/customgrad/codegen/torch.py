@@ -226,12 +226,19 @@ def runtime_namespace() -> dict:
 
 
 def function_source(
-    name: str, argument_names: Sequence[str], outputs: Sequence[sympy.Expr], *, shared: bool = True
+    name: str,
+    argument_names: Sequence[str],
+    outputs: Sequence[sympy.Expr],
+    *,
+    shared: bool = True,
+    full_shape: Sequence[str] = (),
 ) -> str:
     """Source of ``def name(args): ...; return (out0, out1, ...)`` with common subexpressions shared.
 
     Outputs that do not depend on every argument are still returned as tensors with the full
-    broadcast shape (constant outputs included), so callers can rely on one shape for all outputs.
+    broadcast shape (constant outputs included), so callers can rely on one shape for all outputs;
+    an output using one of the ``full_shape`` arguments (known to have that shape: the upstream
+    gradients of a backward) has it already. Temporaries are named ``_t0, _t1, ...``.
     """
     lines = [f"def {name}({', '.join(argument_names)}):"]
     if shared:
@@ -249,7 +256,8 @@ def function_source(
     for index, output in enumerate(reduced):
         text = printer.doprint(output)
         original_symbols = outputs[index].free_symbols
-        if not all_arguments <= original_symbols or isinstance(outputs[index], sympy.Symbol):
+        has_full_shape = any(symbol.name in full_shape for symbol in original_symbols)
+        if isinstance(outputs[index], sympy.Symbol) or not (has_full_shape or all_arguments <= original_symbols):
             text = f"_full({text}, {', '.join(argument_names)})"
         results.append(text)
     lines.append(f"    return ({', '.join(results)},)")

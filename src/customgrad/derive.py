@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import sympy
 
 from .errors import DeriveError
-from .registry import REGISTRY
 
 SIMPLIFY_MAX_OPS = 40  # simplify small partials only: simplify() is slow on large expressions
 
@@ -115,11 +114,11 @@ def inline_registered(expr: sympy.Expr) -> sympy.Expr:
     """Replace calls of registered formula functions by their expressions (hand-written ones stay)."""
 
     def is_inlinable(e) -> bool:
-        name = getattr(type(e), "_customgrad_name", None)
-        return name is not None and name in REGISTRY and REGISTRY[name].expr is not None
+        entry = getattr(type(e), "_customgrad_entry", None)
+        return entry is not None and entry.expr is not None
 
     def inline(e):
-        entry = REGISTRY[type(e)._customgrad_name]
+        entry = type(e)._customgrad_entry
         return inline_registered(entry.expr.xreplace(dict(zip(entry.input_symbols, e.args, strict=True))))
 
     return expr.replace(is_inlinable, inline)

@@ -52,9 +52,11 @@ REGISTRY: dict[str, RegisteredFunction] = {}
 
 
 def _make_symbol(name: str, arity: int) -> type[sympy.Function]:
+    # Each symbol class answers for the entry it was made for (``_customgrad_entry``, set by
+    # `register`), so expressions built before a name is redefined keep their meaning.
     def fdiff(self, argindex=1):
-        entry = REGISTRY.get(name)
-        if entry is None or entry.partials is None:
+        entry = type(self)._customgrad_entry
+        if entry.partials is None:
             raise DeriveError(
                 f"cannot differentiate through {name!r}: it is a hand-written Function whose derivative "
                 f"is not known symbolically; define it with customgrad.function(...) instead"
@@ -64,8 +66,8 @@ def _make_symbol(name: str, arity: int) -> type[sympy.Function]:
 
     def _eval_evalf(self, prec):
         # Numeric value at constant arguments (so that max(x, P2(0)) can compare and codegen can fold it).
-        entry = REGISTRY.get(name)
-        if entry is None or entry.expr is None:
+        entry = type(self)._customgrad_entry
+        if entry.expr is None:
             return None
         return entry.expr.xreplace(dict(zip(entry.input_symbols, self.args, strict=True)))._eval_evalf(prec)
 
@@ -104,6 +106,7 @@ def register(
     entry = RegisteredFunction(name=name, function=function, arity=arity, symbol=_make_symbol(name, arity),
                                partials=partials, input_symbols=input_symbols, expr=expr,
                                summary=summary or (function.__doc__ or "").strip().split("\n")[0])
+    entry.symbol._customgrad_entry = entry
     REGISTRY[name] = entry
     return entry
 

@@ -213,13 +213,9 @@ def print_torch(expr: sympy.Expr) -> str:
     return TorchCodePrinter().doprint(expr)
 
 
-def _constant(value: float) -> torch.Tensor:
-    return torch.tensor(value, dtype=torch.float64)
-
-
 def runtime_namespace() -> dict:
-    """Names generated code may use: torch, the constant helper, and the registered functions."""
-    namespace = {"torch": torch, "_constant": _constant}
+    """Names generated code may use: torch and the registered functions."""
+    namespace = {"torch": torch}
     for name, entry in REGISTRY.items():
         namespace[f"_registered_{name}"] = entry.function.apply
     return namespace

@@ -119,8 +119,6 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
             return f"torch.reciprocal({self._print(base)})"
         if exponent == 2:
             return f"torch.square({self._print(base)})"
-        if not base.free_symbols:
-            return f"torch.pow({self._print(base)}, {self._print(exponent)})"
         return f"torch.pow({self._print(base)}, {self._print(exponent)})"
 
     def _print_Function(self, expr):
@@ -178,14 +176,11 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
         pieces = list(expr.args)
         if pieces[-1].cond != sympy.true:
             pieces.append(sympy.functions.elementary.piecewise.ExprCondPair(sympy.nan, sympy.true))
-        result = self._print_where_value(pieces[-1].expr)
-        for piece in reversed(pieces[:-1]):
-            result = f"torch.where({self._print(piece.cond)}, {self._print_where_value(piece.expr)}, {result})"
-        return result
-
-    def _print_where_value(self, expr):
         # Constants stay Python numbers, which take the other branch's dtype as in torch.where(c, x, 0.0).
-        return self._print(expr)
+        result = self._print(pieces[-1].expr)
+        for piece in reversed(pieces[:-1]):
+            result = f"torch.where({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
+        return result
 
     def _print_Relational(self, expr):
         operator = _RELATIONS[type(expr)]

@@ -16,7 +16,7 @@ import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
 from ..functions import Round, sigmoid, softplus
-from .torch import _RELATIONS, TorchCodePrinter
+from .torch import TorchCodePrinter
 
 #: SymPy function -> numpy call (a function with no row here is not available in numpy code).
 NUMPY_FUNCTIONS: dict[type, str] = {
@@ -58,65 +58,22 @@ class NumpyCodePrinter(TorchCodePrinter):
 
     printmethod = "_customgrad_numpycode"
     language = "Python with numpy"
+    module = "numpy"
+    functions = NUMPY_FUNCTIONS
+    binary_functions = NUMPY_BINARY_FUNCTIONS
+    powers = {sympy.S.Half: "numpy.sqrt({})", -sympy.S.Half: "(1.0 / numpy.sqrt({}))",
+              sympy.S.NegativeOne: "(1.0 / ({}))", sympy.Integer(2): "numpy.square({})"}
+    power = "numpy.power({}, {})"
+    calls_registered = False
 
-    def _print_Pow(self, expr, rational=False):
-        base, exponent = expr.args
-        if not expr.free_symbols:
-            return self._print_constant_value(expr)
-        if exponent == sympy.S.Half:
-            return f"numpy.sqrt({self._print(base)})"
-        if exponent == -sympy.S.Half:
-            return f"(1.0 / numpy.sqrt({self._print(base)}))"
-        if exponent == -1:
-            return f"(1.0 / ({self._print(base)}))"
-        if exponent == 2:
-            return f"numpy.square({self._print(base)})"
-        return f"numpy.power({self._print(base)}, {self._print(exponent)})"
-
-    def _print_Function(self, expr):
-        if not expr.free_symbols:
-            return self._print_constant_value(expr)
-        kind = type(expr)
-        if kind in NUMPY_FUNCTIONS:
-            return f"{NUMPY_FUNCTIONS[kind]}({', '.join(self._print(arg) for arg in expr.args)})"
-        if kind in NUMPY_BINARY_FUNCTIONS:
-            return self._print_binary(NUMPY_BINARY_FUNCTIONS[kind], expr.args)
-        raise NotImplementedError(f"no numpy translation for {kind.__name__}")
-
-    _print_Max = _print_Function
-    _print_Min = _print_Function
-    _print_atan2 = _print_Function
-    _print_sign = _print_Function
-    _print_Abs = _print_Function
-    _print_floor = _print_Function
-    _print_ceiling = _print_Function
-    _print_erf = _print_Function
-    _print_erfc = _print_Function
-    _print_exp = _print_Function
-    _print_log = _print_Function
-
-    def _print_binary(self, call: str, args: Sequence[sympy.Expr]) -> str:
+    def _print_binary(self, kind: type, args: Sequence[sympy.Expr]) -> str:
+        # numpy's binary functions take Python numbers: a plain left fold.
+        call = self.binary_functions[kind]
         printed = [self._print(arg) for arg in args]
         result = printed[0]
         for item in printed[1:]:
             result = f"{call}({result}, {item})"
         return result
-
-    def _print_Heaviside(self, expr):
-        return f"(0.5 + 0.5 * numpy.sign({self._print(expr.args[0])}))"
-
-    def _print_Piecewise(self, expr):
-        pieces = list(expr.args)
-        if pieces[-1].cond != sympy.true:
-            pieces.append(sympy.functions.elementary.piecewise.ExprCondPair(sympy.nan, sympy.true))
-        result = self._print(pieces[-1].expr)
-        for piece in reversed(pieces[:-1]):
-            result = f"numpy.where({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
-        return result
-
-    def _print_Relational(self, expr):
-        left, right = expr.args
-        return f"({self._print(left)} {_RELATIONS[type(expr)]} {self._print(right)})"
 
 
 def _sigmoid(x):

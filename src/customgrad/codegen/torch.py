@@ -72,6 +72,15 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
 
     printmethod = "_customgrad_torchcode"
     language = "Python with torch"
+    #: What a subclass for another array library replaces: its module name and its tables.
+    module = "torch"
+    functions = TORCH_FUNCTIONS
+    binary_functions = TORCH_BINARY_FUNCTIONS
+    #: x**exponent -> call, for the exponents with a cheaper or more accurate form than pow.
+    powers = {sympy.S.Half: "torch.sqrt({})", -sympy.S.Half: "torch.rsqrt({})", sympy.S.NegativeOne:
+              "torch.reciprocal({})", sympy.Integer(2): "torch.square({})"}
+    power = "torch.pow({}, {})"
+    calls_registered = True  # registered Functions are callable (torch only)
 
     def __init__(self, settings=None):
         super().__init__({"fully_qualified_modules": True, **(settings or {})})
@@ -111,28 +120,22 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
         base, exponent = expr.args
         if not expr.free_symbols:
             return self._print_constant_value(expr)
-        if exponent == sympy.S.Half:
-            return f"torch.sqrt({self._print(base)})"
-        if exponent == -sympy.S.Half:
-            return f"torch.rsqrt({self._print(base)})"
-        if exponent == -1:
-            return f"torch.reciprocal({self._print(base)})"
-        if exponent == 2:
-            return f"torch.square({self._print(base)})"
-        return f"torch.pow({self._print(base)}, {self._print(exponent)})"
+        if exponent in self.powers:
+            return self.powers[exponent].format(self._print(base))
+        return self.power.format(self._print(base), self._print(exponent))
 
     def _print_Function(self, expr):
         if not expr.free_symbols:
             return self._print_constant_value(expr)
         kind = type(expr)
-        if kind in TORCH_FUNCTIONS:
-            return f"{TORCH_FUNCTIONS[kind]}({', '.join(self._print(arg) for arg in expr.args)})"
-        if kind in TORCH_BINARY_FUNCTIONS:
+        if kind in self.functions:
+            return f"{self.functions[kind]}({', '.join(self._print(arg) for arg in expr.args)})"
+        if kind in self.binary_functions:
             return self._print_binary(kind, expr.args)
         name = getattr(kind, "_customgrad_name", None)
-        if name is not None:
+        if name is not None and self.calls_registered:
             return f"_registered_{name}({', '.join(self._print(arg) for arg in expr.args)})"
-        raise NotImplementedError(f"no torch translation for {kind.__name__}")
+        raise NotImplementedError(f"no {self.module} translation for {kind.__name__}")
 
     _print_Max = _print_Function
     _print_Min = _print_Function
@@ -167,7 +170,7 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
 
     def _print_Heaviside(self, expr):
         # H(z) with H(0) = 1/2, the value SymPy and torch.maximum's tie-splitting use.
-        return f"(0.5 + 0.5 * torch.sign({self._print(expr.args[0])}))"
+        return f"(0.5 + 0.5 * {self.module}.sign({self._print(expr.args[0])}))"
 
     def _print_DiracDelta(self, expr):
         return "0.0"
@@ -179,7 +182,7 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
         # Constants stay Python numbers, which take the other branch's dtype as in torch.where(c, x, 0.0).
         result = self._print(pieces[-1].expr)
         for piece in reversed(pieces[:-1]):
-            result = f"torch.where({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
+            result = f"{self.module}.where({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
         return result
 
     def _print_Relational(self, expr):

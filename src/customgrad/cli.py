@@ -132,15 +132,15 @@ def _add_fit(subparsers) -> None:
 
 
 def _run_fit(args) -> int:
-    if args.model or args.data or args.method:
+    if args.model is not None or args.data is not None or args.method or args.param or args.bound:
         return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
-    from .plot import check_writable, plot_experiment
+    from .plot import check_image_path, check_writable, plot_experiment
     from .progress import progress_bar
 
     experiment = get_experiment(args.experiment)
     json_path = check_writable(args.json, "--json") if args.json else None
-    plot_path = check_writable(args.plot, "--plot") if args.plot else None
+    plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     steps = args.steps or experiment.steps
     with progress_bar(steps, f"fitting ({experiment.name})", enabled=not args.quiet) as advance:
 
@@ -168,10 +168,10 @@ def _run_fit(args) -> int:
 
 def _run_model_fit(args) -> int:
     from .fit.cli_inputs import fit_inputs
-    from .plot import check_writable
+    from .plot import check_image_path, check_writable
 
     json_path = check_writable(args.json, "--json") if args.json else None
-    plot_path = check_writable(args.plot, "--plot") if args.plot else None
+    plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     result = fit_inputs(args)
     if args.quiet:
         print(" ".join(f"{name}={value!r}" for name, value in result.params.items()))

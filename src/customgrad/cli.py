@@ -241,7 +241,7 @@ def _add_derive(subparsers) -> None:
 def _run_derive(args) -> int:
     import sympy
 
-    from .codegen.module import emit_module
+    from .codegen.module import check_class_name, emit_module
     from .codegen.torch import print_torch
     from .function import function
 
@@ -252,8 +252,7 @@ def _run_derive(args) -> int:
             raise UsageError(f"--grad expects INPUT=FORMULA such as x=2*x, got {item!r}")
         grads[input_name.strip()] = text.strip()
     inputs = [n.strip() for n in args.inputs.split(",")] if args.inputs else None
-    if not args.name.isidentifier():
-        raise UsageError(f"--name must be a Python identifier such as P2, got {args.name!r}")
+    check_class_name(args.name, "--name")
     spec = function(args.formula, inputs=inputs, name=None, grads=grads).spec
     spec = type(spec)(
         name=args.name, inputs=spec.inputs, raw_outputs=spec.raw_outputs, declared=spec.declared, formula=spec.formula

@@ -240,3 +240,24 @@ def test_precision_of_a_generated_function_with_an_unused_input():
     values = [torch.randn(4, dtype=torch.float64) for _ in range(3)]
     report = check(generated, *values, checks=["precision"], compile=False)
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize(
+    ("fn", "inputs", "options", "message"),
+    [
+        (dict, 1, {}, r"got the class dict, which is not one"),
+        (torch.autograd.Function, 1, {}, r"got the class Function, which is not one"),
+        (Square, 0, {}, r"check\(Square, ...\) got 0 example inputs, but Square takes \(x\)"),
+        (Square, 2, {}, r"got 2 example inputs, but Square takes \(x\) \(too many positional arguments\)"),
+        (customgrad.function("x*y"), 1, {}, r"got 1 example input, but Formula\d+ takes \(x, y\): give one"),
+        (Square, 1, {"checks": []}, r"checks is empty"),
+        (Square, 1, {"compile": "nonsense"}, r"compile='nonsense' is not a torch.compile backend: choose one of"),
+        (Square, 1, {"compile": 3}, r"compile must be True, False or a backend name"),
+        (Square, 1, {"custom_gradient": {"x": True}}, r"custom_gradient\['x'\] must be a formula text"),
+        (Square, 1, {"custom_gradient": {"x": float("nan")}}, r"custom_gradient\['x'\] is nan"),
+        (Square, 1, {"custom_gradient": lambda a: a}, r"must take two arguments, vjp\(inputs, grad_outputs\)"),
+    ],
+)
+def test_misuse_of_check_is_a_usage_error(fn, inputs, options, message):
+    with pytest.raises(UsageError, match=message):
+        check(fn, *[torch.randn(4, dtype=torch.float64) for _ in range(inputs)], **options)

@@ -81,3 +81,35 @@ def test_compile_runs_by_default():
     assert result.returncode == 0, result.stderr
     compile_result = next(r for r in json.loads(result.stdout)["results"] if r["name"] == "compile")
     assert compile_result["status"] == "passed"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def f(:\n", r"broken.py:1 has a syntax error (invalid syntax); fix the file"),
+        ("raise RuntimeError('boom at import')\n", "raised RuntimeError: boom at import at "),
+        ("import no_such_package_for_customgrad\n", "raised ModuleNotFoundError: No module named"),
+        ("import sys\nsys.exit(3)\n", "calls sys.exit(3); put script code under if __name__ == '__main__':"),
+    ],
+)
+def test_a_target_file_that_fails_to_import_is_one_usage_error(tmp_path, source, message):
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    result = run_cli(f"{path}:F", "--no-compile")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: target ") and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["torch:sin", "--no-compile"], "cannot read the parameters of"),
+        (["customgrad.library:P2", "--shapes", "100000000x100000000"], "more than the limit of 10,000,000"),
+        (["customgrad.library:P2", "--shapes", "3,4", "--no-compile"], "gives 2 shape(s)"),
+    ],
+)
+def test_targets_without_a_signature_and_huge_shapes_are_usage_errors(arguments, message):
+    result = run_cli(*arguments)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -95,3 +95,10 @@ def test_formula_errors_quote_the_formula_with_a_caret():
     lines = result.stderr.splitlines()
     assert lines[0].startswith("error: formula: unknown function 'sinn': did you mean 'sin'")
     assert lines[1].strip() == "sinn(x) + 1" and lines[2].strip() == "^^^^"
+
+
+@pytest.mark.parametrize("name", ["class", "1abc", "my-func"])
+def test_derive_rejects_class_names_python_cannot_use(name):
+    result = run_cli("derive", "x", "--name", name, "--emit", "python")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"error: --name must be a Python identifier such as P2 (not a keyword), got {name!r}\n"

@@ -143,3 +143,33 @@ def test_model_nan_during_fit_exits_nonzero_and_keeps_best(tmp_path):
     assert "NaN or inf" in out.stdout + out.stderr
     data = json.loads((tmp_path / "o.json").read_text())
     assert data["status"] == "nonfinite" and 1.0 <= data["params"]["a"] <= 1.2
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--model", "", "--data", "{csv}", "--param", "a=1"], 1, 'error: model is empty: write an expression'),
+        (["--model", "a*time", "--data", "{csv}", "--x", "time", "--y", "signal", "--param", "a=1", "--param", "a=2"],
+         2, "error: --param 'a=2': 'a' is given more than once"),
+        (["--model", "a*time", "--data", "{csv}", "--x", "time", "--y", "signal", "--param", "a b=1"],
+         2, "error: parameter name 'a b' is not a name"),
+        (["--model", "a*time", "--data", "{csv}", "--x", "time", "--y", "signal", "--param", "a=1",
+          "--plot", "{dir}/fit.txt"], 2, "error: --plot: cannot write a figure to"),
+        (["--steps", "3", "--param", "a=1"], 2, "error: --param sets initial values of a --model/--data fit"),
+        (["--steps", "3", "--bound", "a=0:1"], 2, "error: --bound on the built-in experiment needs"),
+    ],
+)
+def test_options_a_new_user_gets_wrong_give_one_line(csv_file, args, code, message):
+    out = run(*[arg.replace("{csv}", str(csv_file)).replace("{dir}", str(csv_file.parent)) for arg in args])
+    assert out.returncode == code, out.stderr
+    assert out.stderr.startswith(message) and len(out.stderr.splitlines()) == 1, out.stderr
+    assert out.stdout == ""  # nothing ran, nothing was printed
+    assert not (csv_file.parent / "fit.txt").exists()
+
+
+def test_a_fit_that_fails_leaves_no_empty_json_or_plot_file(csv_file):
+    json_path, plot_path = csv_file.parent / "out.json", csv_file.parent / "out.png"
+    out = run("--model", "a*q", "--data", str(csv_file), "--param", "a=1",
+              "--json", str(json_path), "--plot", str(plot_path))
+    assert out.returncode == 2 and out.stderr.startswith("error: ")
+    assert not json_path.exists() and not plot_path.exists()

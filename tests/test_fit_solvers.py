@@ -164,6 +164,60 @@ def test_bad_data_gives_clear_errors():
         fit("log(a*x)", [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], params={"a": -1.0})
 
 
+X3, Y3, AB = [0.0, 1.0, 2.0], [1.0, 3.0, 5.0], {"a": 0.0, "b": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"bounds": {"a": 1}}, UsageError, r"bounds for parameter 'a' must be a pair \(lower, upper\)"),
+        ({"bounds": {"a": (0, 1, 2)}}, UsageError, r"must be a pair"),
+        ({"bounds": {"a": ("x", 2)}}, UsageError, r"lower bound of parameter 'a' must be a number or None, got 'x'"),
+        ({"bounds": {"a": (float("nan"), 2)}}, UsageError, r"lower bound of parameter 'a' is NaN"),
+        ({"params": {"a": {"value": 0.0, "fixed": "no"}, "b": 1.0}}, UsageError, r"'fixed' must be True or False"),
+        ({"params": {"a": True, "b": 1.0}}, UsageError, r"initial value of parameter 'a' must be a number, got True"),
+        ({"params": {"a b": 0.0, "b": 1.0}}, UsageError, r"parameter name 'a b' is not a name"),
+        ({"params": {**AB, "x": 1.0}}, UsageError, r"'x' in model 'a \+ b\*x' is both a data name and a parameter"),
+        ({"max_steps": True}, UsageError, r"max_steps must be a positive integer, got True"),
+        ({"learning_rate": -1, "method": "adam"}, UsageError, r"learning_rate must be a finite positive number"),
+        ({"learning_rate": "0.1", "method": "sgd"}, UsageError, r"learning_rate must be a finite positive number"),
+        ({"ftol": "a"}, UsageError, r"ftol must be a finite number >= 0"),
+        ({"on_step": 3}, UsageError, r"on_step must be a callable"),
+        ({"dtype": torch.float16}, UsageError, r"dtype must be torch.float64 or torch.float32"),
+        ({"dtype": "float32"}, UsageError, r"dtype must be torch.float64 or torch.float32"),
+        ({"device": "gpu"}, UsageError, r"device 'gpu' is not a torch device"),
+        ({"y": np.array(Y3) + 1j}, DataError, r"y holds complex numbers"),
+        ({"y": torch.tensor(Y3, dtype=torch.complex64)}, DataError, r"y is a complex tensor"),
+        ({"y": None}, DataError, r"y is None"),
+    ],
+)
+def test_bad_fit_arguments_give_clear_errors(options, error, message):
+    arguments = {"model": "a + b*x", "x": X3, "y": Y3, "params": AB, **options}
+    model, x, y = arguments.pop("model"), arguments.pop("x"), arguments.pop("y")
+    with pytest.raises(error, match=message):
+        fit(model, x, y, **arguments)
+
+
+def test_numpy_integer_step_limit_is_accepted():
+    result = fit("a + b*x", X3, Y3, params=AB, max_steps=np.int64(50))
+    assert_matches_reference(pick(result.params, "ab"), np.array([1.0, 2.0]), rtol=1e-10, what="params")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_usage_error():
+    with pytest.raises(UsageError, match=r"device 'cuda' is not available"):
+        fit("a + b*x", X3, Y3, params=AB, device="cuda")
+
+
+def test_callable_models_with_the_wrong_signature_or_return_type_are_named():
+    with pytest.raises(UsageError, match=r"model <lambda>\(x, a\) cannot be called as <lambda>\(x, a=..., b=...\)"):
+        fit(lambda x, a: a * x, X3, Y3, params=AB)
+    with pytest.raises(FitError, match=r"model <lambda> returned float, not a tensor"):
+        fit(lambda x, a, b: 1.0, X3, Y3, params=AB)
+    with pytest.raises(FitError, match=r"returned ndarray, not a tensor"):
+        fit(lambda x, a, b: np.asarray(x) * 2, X3, Y3, params=AB)
+
+
 def test_nan_policy_omit_drops_rows():
     x = np.array([0.0, 1.0, 2.0, 3.0, np.nan])
     result = fit("a*x + b", x, 2 * np.nan_to_num(x) + 1, params={"a": 0.0, "b": 0.0}, nan_policy="omit")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy
 import pytest
 import torch
 
@@ -515,3 +516,69 @@ def test_calling_the_class_is_apply_in_eager_mode():
 def test_calling_the_class_under_compile():
     generated = built("a*x**2 + sin(x)")
     torch.compile(lambda v: generated(2.0, v) * 3, backend="eager", fullgraph=True)(torch.ones(3))
+
+
+# Mistakes a new user makes: each is a UsageError or FormulaError that names the thing and the fix.
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"inputs": 3}, r"inputs must be a list of names"),
+        ({"inputs": ["x", None]}, r"inputs must be a list of names"),
+        ({"grads": ["x"]}, r"grads must be a dict \{input name: formula\}"),
+        ({"grads": "2*x"}, r"grads must be a dict"),
+        ({"grads": {"x": None}}, r"grads\['x'\] must be a formula such as '2\*x' or a finite number, got NoneType"),
+        ({"grads": {"x": True}}, r"grads\['x'\] must be .* got bool"),
+        ({"grads": {"x": float("nan")}}, r"grads\['x'\] must be .* got float nan"),
+        ({"grads": {"x": torch.tensor(1.0)}}, r"grads\['x'\] must be .* got Tensor"),
+        ({"name": 3}, r"name must be a string such as 'P2', got int"),
+        ({"name": "lambda"}, r"not a valid name.*not a Python keyword"),
+        ({"name": "Piecewise"}, r"taken by a built-in"),
+        ({"name": "x"}, r"name 'x' is also an input of 'x\*y'"),
+    ],
+)
+def test_bad_arguments_of_function_are_usage_errors(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        function("x*y", **kwargs)
+    assert "x" not in customgrad.REGISTRY  # nothing half-registered
+
+
+def test_generator_of_inputs_and_numeric_declared_gradients_are_accepted():
+    generated = function("x*y", inputs=(n for n in "yx"), grads={"x": 2, "y": 0.5})
+    assert generated.input_names == ("y", "x")
+    y, x = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    grad_y, grad_x = torch.autograd.grad(generated.apply(y, x).sum(), (y, x))
+    assert torch.equal(grad_x, torch.full((3,), 2.0)) and torch.equal(grad_y, torch.full((3,), 0.5))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("abc", r"input 'x' must be a tensor or a real Python number, got str$"),
+        ([1.0, 2.0], r"got list \(convert it with torch.as_tensor"),
+        (numpy.ones(3), r"got ndarray \(convert it with torch.as_tensor"),
+        (torch.ones(2, dtype=torch.complex64), r"input 'x' is a torch.complex64 tensor, but formulas are real-valued"),
+        (10**400, r"integer with 401 digits, too large"),
+    ],
+)
+def test_calling_with_values_that_are_not_real_tensors_or_numbers_is_a_usage_error(value, message):
+    with pytest.raises(UsageError, match=message):
+        function("x**2 + 1").apply(value)
+
+
+def test_numpy_scalars_and_keywords_are_accepted_like_python_numbers():
+    generated = function("x**2 + 2*x")
+    assert generated.apply(numpy.float64(2.0)).item() == 8.0
+    assert torch.equal(generated(x=torch.ones(2)), torch.full((2,), 3.0))
+
+
+def test_shapes_that_do_not_broadcast_name_the_inputs():
+    with pytest.raises(UsageError, match=r"do not broadcast together \(x \(3,\), y \(4,\)\)"):
+        function("x*y").apply(torch.ones(3, requires_grad=True), torch.ones(4))
+
+
+def test_a_registered_name_used_as_a_variable_says_it_is_registered():
+    function("2*t", name="DoubleForTest")
+    with pytest.raises(FormulaError, match=r"registered with customgrad.function\(..., name='DoubleForTest'\)"):
+        function("DoubleForTest + 1")

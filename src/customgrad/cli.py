@@ -132,15 +132,15 @@ def _add_fit(subparsers) -> None:
 
 
 def _run_fit(args) -> int:
-    if args.model or args.data or args.method:
+    if args.model is not None or args.data is not None or args.method or args.param or args.bound:
         return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
-    from .plot import check_writable, plot_experiment
+    from .plot import check_image_path, check_writable, plot_experiment
     from .progress import progress_bar
 
     experiment = get_experiment(args.experiment)
     json_path = check_writable(args.json, "--json") if args.json else None
-    plot_path = check_writable(args.plot, "--plot") if args.plot else None
+    plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     steps = args.steps or experiment.steps
     with progress_bar(steps, f"fitting ({experiment.name})", enabled=not args.quiet) as advance:
 
@@ -168,10 +168,10 @@ def _run_fit(args) -> int:
 
 def _run_model_fit(args) -> int:
     from .fit.cli_inputs import fit_inputs
-    from .plot import check_writable
+    from .plot import check_image_path, check_writable
 
     json_path = check_writable(args.json, "--json") if args.json else None
-    plot_path = check_writable(args.plot, "--plot") if args.plot else None
+    plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     result = fit_inputs(args)
     if args.quiet:
         print(" ".join(f"{name}={value!r}" for name, value in result.params.items()))
@@ -241,7 +241,7 @@ def _add_derive(subparsers) -> None:
 def _run_derive(args) -> int:
     import sympy
 
-    from .codegen.module import emit_module
+    from .codegen.module import check_class_name, emit_module
     from .codegen.torch import print_torch
     from .function import function
 
@@ -252,8 +252,7 @@ def _run_derive(args) -> int:
             raise UsageError(f"--grad expects INPUT=FORMULA such as x=2*x, got {item!r}")
         grads[input_name.strip()] = text.strip()
     inputs = [n.strip() for n in args.inputs.split(",")] if args.inputs else None
-    if not args.name.isidentifier():
-        raise UsageError(f"--name must be a Python identifier such as P2, got {args.name!r}")
+    check_class_name(args.name, "--name")
     spec = function(args.formula, inputs=inputs, name=None, grads=grads).spec
     spec = type(spec)(
         name=args.name, inputs=spec.inputs, raw_outputs=spec.raw_outputs, declared=spec.declared, formula=spec.formula

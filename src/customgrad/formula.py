@@ -174,7 +174,10 @@ class _Builder:
             return sympy.true
         if name.startswith("_"):
             raise self.fail(node, f"name {name!r} is not allowed: names may not start with '_'")
-        if name in FUNCTIONS or name in REGISTRY or name == "Piecewise":
+        if name in REGISTRY and name not in FUNCTIONS:
+            raise self.fail(node, f"{name!r} is a function registered with customgrad.function(..., name={name!r}): "
+                                  f"call it, as in {name}(x), or use another variable name")
+        if name in FUNCTIONS or name == "Piecewise":
             raise self.fail(node, f"{name!r} is a function: call it, as in {name}(x)")
         if name not in self.names:
             self.names.append(name)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import functools
 import itertools
 import keyword
+import math
+import numbers
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import sympy
 import torch
@@ -28,19 +30,60 @@ from .codegen.torch import compile_source, function_source, torch_callable
 from .derive import FunctionSpec, derive_spec
 from .errors import FormulaError, UsageError
 from .formula import parse_formula, symbol
-from .registry import register
+from .registry import check_function_name, register
 
 _counter = itertools.count()
 
 
-def _call_apply(cls, *args):
+def _call_apply(cls, *args, **kwargs):
     """``P2(x)`` means ``P2.apply(x)`` in eager mode (as ``__new__``).
 
     Dynamo ignores it: it models calling an autograd.Function class as instantiation whatever
     ``__new__`` or the metaclass say, and recognises ``apply`` only on classes whose metaclass is
     exactly ``FunctionMeta``; so compiled code must call ``P2.apply(x)``.
     """
-    return cls.apply(*args)
+    return cls.apply(*args, **kwargs)
+
+
+def _checked_arguments(arguments: Sequence, names: Sequence[str], function_name: str) -> list:
+    """The call's arguments if each is a real tensor or a real Python number (numpy scalars become
+    Python numbers); anything else is a `UsageError` naming the input."""
+    checked = list(arguments)
+    for position, (name, value) in enumerate(zip(names, arguments, strict=False)):
+        if isinstance(value, torch.Tensor):
+            if value.is_complex():
+                raise UsageError(f"{function_name}: input {name!r} is a {value.dtype} tensor, but formulas are "
+                                 "real-valued: pass the real and imaginary parts (x.real, x.imag) as real tensors")
+            continue
+        if isinstance(value, (bool, int, float)) and type(value) in (bool, int, float):
+            number = value
+        elif isinstance(value, numbers.Real):  # numpy scalars
+            number = int(value) if isinstance(value, numbers.Integral) else float(value)
+        else:
+            hint = " (convert it with torch.as_tensor(...))" if isinstance(value, (list, tuple)) or hasattr(
+                value, "__array__") else ""
+            raise UsageError(f"{function_name}: input {name!r} must be a tensor or a real Python number, "
+                             f"got {type(value).__name__}{hint}")
+        if isinstance(number, int) and not isinstance(number, bool):
+            try:
+                float(number)
+            except OverflowError:
+                raise UsageError(f"{function_name}: input {name!r} is an integer with {len(str(abs(number)))} "
+                                 "digits, too large for a floating-point tensor") from None
+        checked[position] = number
+    return checked
+
+
+def _broadcast_error(arguments: Sequence, names: Sequence[str], function_name: str) -> UsageError | None:
+    """A `UsageError` naming the inputs and their shapes when the tensor inputs do not broadcast."""
+    shapes = [(name, tuple(a.shape)) for name, a in zip(names, arguments, strict=False) if isinstance(a, torch.Tensor)]
+    try:
+        torch.broadcast_shapes(*(shape for _, shape in shapes))
+    except RuntimeError:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes)
+        return UsageError(f"{function_name}: the shapes of the inputs do not broadcast together ({listed}): "
+                          "each dimension must match or be 1 (torch broadcasting rules)")
+    return None
 
 
 def _as_tensor_arguments(arguments: Sequence) -> list:
@@ -145,8 +188,19 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
 
     def forward(*arguments):
         if len(arguments) != input_count:
-            raise UsageError(f"{arity_message}, got {len(arguments)}")
-        outputs = forward_code(*_as_tensor_arguments(arguments))
+            raise UsageError(f"{arity_message}, got {len(arguments)} (None counts as a missing input)")
+        arguments = _checked_arguments(arguments, argument_names, spec.name)
+        tensors = _as_tensor_arguments(arguments)
+        if torch.compiler.is_compiling():
+            outputs = forward_code(*tensors)
+        else:
+            try:
+                outputs = forward_code(*tensors)
+            except RuntimeError:
+                error = _broadcast_error(tensors, argument_names, spec.name)
+                if error is None:
+                    raise
+                raise error from None
         # Constant-valued pieces (where(x > 0, 1, -1)) come out in the default dtype: give every
         # output the dtype torch's promotion gives the inputs, as a torch expression of them would.
         dtype = _promoted_dtype(arguments)
@@ -258,6 +312,16 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
     return cls
 
 
+def _gradient_text(input_name: str, value) -> str:
+    """A declared gradient as formula text: strings as they are, finite real numbers (``1``, ``0.5``) too."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return repr(float(value)) if not isinstance(value, numbers.Integral) else str(int(value))
+    raise UsageError(f"grads[{input_name!r}] must be a formula such as '2*{input_name}' or a finite number, "
+                     f"got {type(value).__name__} {value!r}")
+
+
 def function(
     formula: str,
     *,
@@ -296,12 +360,16 @@ def function(
     autograd.Function class as instantiating it (torch 2.13), which fails to trace.
     """
     parsed = parse_formula(formula)
+    if name is not None and not isinstance(name, str):
+        raise UsageError(f"name must be a string such as 'P2', got {type(name).__name__} {name!r}")
     if inputs is None:
         input_names = list(parsed.names)
     else:
-        if isinstance(inputs, str) or not all(isinstance(n, str) for n in inputs):
+        if isinstance(inputs, str) or not isinstance(inputs, Iterable):
             raise UsageError(f"inputs must be a list of names such as ['x', 'y'], got {inputs!r}")
         input_names = list(inputs)
+        if not all(isinstance(n, str) for n in input_names):
+            raise UsageError(f"inputs must be a list of names such as ['x', 'y'], got {input_names!r}")
         duplicates = sorted({n for n in input_names if input_names.count(n) > 1})
         if duplicates:
             raise UsageError(f"inputs {input_names} name {', '.join(duplicates)} more than once")
@@ -315,12 +383,20 @@ def function(
                 raise UsageError(f"input name {n!r} is not a valid name: use letters, digits and '_'")
     if not input_names:
         raise FormulaError(f"formula {formula!r} has no inputs: a function needs at least one, as in \"2*x\"")
+    if name is not None:
+        check_function_name(name)
+    if name is not None and name in input_names:
+        raise UsageError(f"name {name!r} is also an input of {formula!r}: registering it would make {name!r} a "
+                         "function in every later formula; choose another name")
+    if grads is not None and not isinstance(grads, Mapping):
+        raise UsageError(f"grads must be a dict {{input name: formula}} such as {{'x': '2*x'}}, "
+                         f"got {type(grads).__name__} {grads!r}")
     declared: dict[str, sympy.Expr] = {}
     for input_name, text in (grads or {}).items():
         if input_name not in input_names:
             raise UsageError(f"grads names {input_name!r}, which is not an input of {formula!r} "
                              f"(inputs: {', '.join(input_names)})")
-        parsed_gradient = parse_formula(str(text), what=f"gradient for {input_name!r}")
+        parsed_gradient = parse_formula(_gradient_text(input_name, text), what=f"gradient for {input_name!r}")
         unknown = [n for n in parsed_gradient.names if n not in input_names]
         if unknown:
             raise FormulaError(f"gradient for {input_name!r} ({text!r}) uses {', '.join(map(repr, unknown))}, "

@@ -25,14 +25,32 @@ def check_writable(path: str | Path, option: str) -> Path:
             f"{option}: cannot write {str(path)!r}: directory {str(parent)!r} does not exist; "
             "create it or choose another path"
         )
+    existed = path.exists()
     try:
         with open(path, "ab"):
             pass
+        if not existed:
+            path.unlink()  # a run that fails later leaves no empty file behind
     except OSError as error:
         raise UsageError(
             f"{option}: cannot write {str(path)!r}: {error.strerror}; choose another path"
         ) from None
     return path
+
+
+#: Image formats matplotlib's Agg backend writes, by file suffix (no suffix: PNG).
+IMAGE_SUFFIXES = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps", "gif")
+
+
+def check_image_path(path: str | Path, option: str) -> Path:
+    """`check_writable`, and the suffix names an image format matplotlib writes (``fit.png``)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix and suffix not in IMAGE_SUFFIXES:
+        raise UsageError(
+            f"{option}: cannot write a figure to {str(path)!r}: '.{suffix}' is not an image format; "
+            f"use one of {', '.join('.' + s for s in IMAGE_SUFFIXES)} (e.g. fit.png)"
+        )
+    return check_writable(path, option)
 
 
 def _pyplot():
@@ -65,7 +83,7 @@ def plot_experiment(run: ExperimentRun, path: str | Path) -> Path:
     right.set_ylabel("loss = sum of squared errors")
     right.set_title("loss", fontsize=9)
     figure.tight_layout()
-    path = Path(path)
+    path = check_image_path(path, "plot path")
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
@@ -101,7 +119,7 @@ def plot_fit(result: FitResult, path: str | Path) -> Path:
     bottom.set_xlabel(name)
     bottom.set_ylabel("residual")
     figure.tight_layout()
-    path = Path(path)
+    path = check_image_path(path, "plot path")
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path

@@ -7,6 +7,7 @@ Naming a function (``customgrad.function(..., name="P2")``) registers it; formul
 from __future__ import annotations
 
 import inspect
+import keyword
 from dataclasses import dataclass, field
 
 import sympy
@@ -85,6 +86,18 @@ def forward_arity(function: type[torch.autograd.Function]) -> int:
     return count - 1 if uses_ctx else count
 
 
+def check_function_name(name: str) -> None:
+    """Raise `UsageError` unless formulas could call a function called ``name``."""
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or keyword.iskeyword(name):
+        raise UsageError(f"function name {name!r} is not a valid name: use letters, digits and '_', "
+                         "starting with a letter (and not a Python keyword)")
+    from .functions import CONSTANTS, FUNCTIONS
+
+    if name in FUNCTIONS or name in CONSTANTS or name == "Piecewise":
+        raise UsageError(f"function name {name!r} is taken by a built-in formula function or constant; "
+                         "choose another name")
+
+
 def register(
     name: str,
     function: type[torch.autograd.Function],
@@ -95,13 +108,7 @@ def register(
     summary: str = "",
 ) -> RegisteredFunction:
     """Register ``function`` under ``name`` so formulas can call it (replaces an earlier entry)."""
-    if not name.isidentifier() or name.startswith("_"):
-        raise UsageError(f"function name {name!r} is not a valid name: use letters, digits and '_', "
-                         "starting with a letter")
-    from .functions import CONSTANTS, FUNCTIONS
-
-    if name in FUNCTIONS or name in CONSTANTS:
-        raise UsageError(f"function name {name!r} is taken by a built-in formula function; choose another name")
+    check_function_name(name)
     arity = len(input_symbols) if input_symbols is not None else forward_arity(function)
     entry = RegisteredFunction(name=name, function=function, arity=arity, symbol=_make_symbol(name, arity),
                                partials=partials, input_symbols=input_symbols, expr=expr,

@@ -86,6 +86,7 @@ def check(
         ``.ok``, ``.results`` (one `CheckResult` per check), ``str(report)`` and ``.to_json()``.
     """
     selected = _select(checks)
+    _check_compile_option(compile)
     subject = Subject(fn, tuple(example_inputs), custom_gradient)
     subject.compile_backend = ("aot_eager" if compile is True else compile) if compile else None
     results: list[CheckResult] = []
@@ -106,10 +107,24 @@ def check(
     return CheckReport(subject.name, subject.describe_inputs(), results)
 
 
+def _check_compile_option(compile: Any) -> None:  # noqa: A002 - the documented keyword
+    if isinstance(compile, bool):
+        return
+    if not isinstance(compile, str):
+        raise UsageError(f"compile must be True, False or a backend name such as 'inductor', got {compile!r}")
+    from torch._dynamo import list_backends
+
+    backends = sorted(set(list_backends(exclude_tags=())))
+    if compile not in backends:
+        raise UsageError(f"compile={compile!r} is not a torch.compile backend: choose one of {', '.join(backends)}")
+
+
 def _select(checks: Any) -> set[str]:
     if checks is None:
         return set(CHECK_NAMES)
     names = [checks] if isinstance(checks, str) else list(checks)
+    if not names:
+        raise UsageError(f"checks is empty: name at least one of {', '.join(CHECK_NAMES)} (or leave it out for all)")
     unknown = [name for name in names if name not in CHECK_NAMES]
     if unknown:
         raise UsageError(f"unknown check(s) {', '.join(map(repr, unknown))}: choose from {', '.join(CHECK_NAMES)}")

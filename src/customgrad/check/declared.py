@@ -16,6 +16,8 @@ Functions made by `customgrad.function(..., grads=...)` carry their declaration
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,7 @@ def resolve_declared_gradient(subject: Subject) -> tuple[VectorJacobianProduct |
     if declaration is None:
         return None, {}
     if callable(declaration) and not isinstance(declaration, dict):
+        _check_takes_two_arguments(declaration)
         return _checked_vjp(declaration, subject), {"(all)": getattr(declaration, "__name__", "callable")}
     if not isinstance(declaration, dict):
         raise UsageError(
@@ -74,6 +77,21 @@ def resolve_declared_gradient(subject: Subject) -> tuple[VectorJacobianProduct |
     return vjp, texts
 
 
+def _check_takes_two_arguments(function: Callable) -> None:
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        name = getattr(function, "__name__", "callable")
+        raise UsageError(
+            f"custom_gradient callable {name}{signature} must take two arguments, vjp(inputs, grad_outputs), "
+            "and return one gradient per input"
+        ) from None
+
+
 def _checked_vjp(function: Callable, subject: Subject) -> VectorJacobianProduct:
     def vjp(inputs: Sequence[Any], grad_outputs: Sequence[torch.Tensor]) -> list[Any]:
         with torch.no_grad():
@@ -93,8 +111,10 @@ def _checked_vjp(function: Callable, subject: Subject) -> VectorJacobianProduct:
 def _partial_callable(partial: Any, names: Sequence[str], input_name: str) -> Callable[..., Any]:
     if callable(partial):
         return partial
-    if isinstance(partial, (int, float)):
+    if isinstance(partial, (int, float)) and not isinstance(partial, bool):
         value = float(partial)
+        if not math.isfinite(value):
+            raise UsageError(f"custom_gradient[{input_name!r}] is {value}: give a finite number or a formula")
         return lambda *inputs: torch.tensor(value, dtype=torch.float64)
     if isinstance(partial, str):
         return _formula_callable(partial, names, input_name)

@@ -165,6 +165,11 @@ class Subject:
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise UsageError(f"check() needs an autograd.Function subclass or a callable, got {type(self.fn).__name__}")
+        if isinstance(self.fn, type) and not is_function_class(self.fn):
+            raise UsageError(
+                f"check() needs a subclass of torch.autograd.Function (or a callable using one), got the class "
+                f"{self.fn.__qualname__}, which is not one: define forward and backward on a Function subclass"
+            )
         self.function_class = _find_function_class(self.fn)
         self.apply = self.fn.apply if is_function_class(self.fn) else self.fn
         names = _parameter_names(self.fn, self.function_class)
@@ -172,6 +177,7 @@ class Subject:
         self.parameter_names = tuple(names[: len(self.example_inputs)]) + tuple(
             f"input{i}" for i in range(len(names), len(self.example_inputs))
         )
+        self._check_example_count()
         if not self.differentiable_positions:
             raise UsageError(
                 f"check({self.name}, ...) needs at least one floating-point tensor among the example "
@@ -180,6 +186,36 @@ class Subject:
         from .declared import resolve_declared_gradient
 
         self.declared_vjp, self.declared_text = resolve_declared_gradient(self)
+
+    def _check_example_count(self) -> None:
+        """One example input per argument of forward (or of the callable): a `UsageError` otherwise."""
+        count = len(self.example_inputs)
+        direct = self.function_class is not None and (
+            self.fn is self.function_class or getattr(self.fn, "__self__", None) is self.function_class
+        )
+        declared = getattr(self.function_class, "input_names", None)
+        target = self.function_class.forward if direct else self.fn
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            return  # a built-in: the 'runs' check reports what happens
+        parameters = list(signature.parameters.values())
+        if direct and not has_setup_context(self.function_class) and parameters:
+            parameters = parameters[1:]  # ctx
+        names = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        try:
+            if direct and declared:
+                if count != len(declared):
+                    raise TypeError("")
+            else:
+                signature.replace(parameters=parameters).bind(*self.example_inputs)
+        except TypeError as error:
+            raise UsageError(
+                f"check({self.name}, ...) got {count} example input{'s' * (count != 1)}, but "
+                f"{self.name} takes ({', '.join(declared if direct and declared else names)})"
+                f"{f' ({error})' if str(error) else ''}: "
+                "give one example per argument of forward"
+            ) from None
 
     @property
     def name(self) -> str:

@@ -3,10 +3,14 @@ from ``--shapes "3x4,4"``."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,8 @@ from .subject import has_setup_context, is_function_class
 
 #: Shape of each tensor argument when ``--shapes`` is not given.
 DEFAULT_SHAPE = (5,)
+#: Largest example tensor ``--shapes`` may ask for: the battery runs many variants of each.
+MAX_EXAMPLE_ELEMENTS = 10_000_000
 
 
 def load_target(spec: str) -> Any:
@@ -28,14 +34,18 @@ def load_target(spec: str) -> Any:
         path = Path(location)
         if not path.is_file():
             raise UsageError(f"no such file {location!r} in target {spec!r}")
+        if path.suffix != ".py":
+            raise UsageError(f"target file {location!r} is not a Python file: write path/to/file.py:Name")
         module_name = f"_customgrad_target_{path.stem}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module  # inspect.getsource needs it
-        module_spec.loader.exec_module(module)
+        with _import_errors(location, spec):
+            module_spec.loader.exec_module(module)
     else:
         try:
-            module = importlib.import_module(location)
+            with _import_errors(location, spec, modules=True):
+                module = importlib.import_module(location)
         except ImportError as error:
             raise UsageError(f"cannot import module {location!r} of target {spec!r}: {error}") from None
     try:
@@ -45,6 +55,37 @@ def load_target(spec: str) -> Any:
         raise UsageError(
             f"{location!r} has no {name!r} (autograd Functions there: {', '.join(known) or 'none'})"
         ) from None
+
+
+@contextlib.contextmanager
+def _import_errors(location: str, spec: str, modules: bool = False) -> Iterator[None]:
+    """Errors while running the target's module become one `UsageError` naming the file and line."""
+    try:
+        yield
+    except SyntaxError as error:
+        where = f"{error.filename}:{error.lineno}" if error.filename else location
+        raise UsageError(f"target {spec!r}: {where} has a syntax error ({error.msg}); fix the file") from None
+    except ImportError:
+        if modules and location.split(".")[0] not in sys.modules:
+            raise
+        raise _raised_while_importing(location, spec, sys.exc_info()[1]) from None
+    except SystemExit as error:
+        raise UsageError(
+            f"target {spec!r}: importing {location!r} calls sys.exit({error.code!r}); "
+            "put script code under if __name__ == '__main__':"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - the user's module, reported with its file and line
+        raise _raised_while_importing(location, spec, error) from None
+
+
+def _raised_while_importing(location: str, spec: str, error: BaseException) -> UsageError:
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<frozen")]
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    message = " ".join(str(error).split())
+    return UsageError(
+        f"target {spec!r}: importing {location!r} raised {type(error).__name__}: {message}{where}; "
+        "fix the module (check imports it, running its top-level code)"
+    )
 
 
 def parse_shapes(text: str) -> list[tuple[int, ...]]:
@@ -78,7 +119,13 @@ def tensor_parameters(fn: Any) -> list[str]:
         if not has_setup_context(fn):
             parameters = parameters[1:]
     elif callable(fn):
-        parameters = list(inspect.signature(fn).parameters.values())
+        try:
+            parameters = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"cannot read the parameters of {getattr(fn, '__qualname__', fn)!r} (a built-in?): wrap it in a "
+                "Python function of tensors, or call customgrad.check(fn, *inputs) from Python"
+            ) from None
     else:
         raise UsageError(f"target is a {type(fn).__name__}, not an autograd.Function or a callable")
     return [
@@ -94,6 +141,13 @@ def example_inputs(fn: Any, shapes: str | None, seed: int = 0) -> list[torch.Ten
         raise UsageError(
             f"--shapes gives {len(sizes)} shape(s) but forward takes {len(names)} tensor "
             f"argument(s) ({', '.join(names)}): give one shape per argument"
+        )
+    too_large = [size for size in sizes if math.prod(size) > MAX_EXAMPLE_ELEMENTS]
+    if too_large:
+        shape = "x".join(map(str, too_large[0]))
+        raise UsageError(
+            f"--shapes: {shape} has {math.prod(too_large[0]):,} elements, more than the limit of "
+            f"{MAX_EXAMPLE_ELEMENTS:,}; the checks need small examples such as 5 or 3x4"
         )
     generator = torch.Generator().manual_seed(seed)
     return [torch.randn(size, generator=generator, dtype=torch.float64) for size in sizes]

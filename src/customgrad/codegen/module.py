@@ -7,10 +7,12 @@ second and higher derivatives through it without customgrad installed.
 from __future__ import annotations
 
 import inspect
+import keyword
 
 import sympy
 
 from ..derive import FunctionSpec
+from ..errors import DeriveError, UsageError
 from .torch import function_source
 
 _REDUCE = '''
@@ -30,12 +32,19 @@ def _helpers() -> str:
     return "\n\n".join(inspect.getsource(helper) for helper in (_as_tensor_arguments, _full)) + "\n" + _REDUCE
 
 
+def check_class_name(name: str, what: str) -> None:
+    """Raise `UsageError` unless ``name`` can name a Python class (an identifier, not a keyword)."""
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise UsageError(f"{what} must be a Python identifier such as P2 (not a keyword), got {name!r}")
+
+
 def emit_module(spec: FunctionSpec) -> str:
     """Source of a module defining ``class <name>(torch.autograd.Function)`` for a single-output spec."""
+    check_class_name(spec.name, "class name")
     if len(spec.outputs) != 1:
-        raise ValueError("emit_module handles single-output functions")
+        raise DeriveError("emit_module handles single-output functions")
     if any(getattr(type(e), "_customgrad_name", None) for e in sympy.preorder_traversal(spec.outputs[0])):
-        raise ValueError(f"{spec.name} calls a hand-written Function, which a standalone module cannot hold")
+        raise DeriveError(f"{spec.name} calls a hand-written Function, which a standalone module cannot hold")
     names = list(spec.input_names)
     name = spec.name
     grad = sympy.Symbol("grad_output", real=True)

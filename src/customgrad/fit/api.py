@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -86,6 +87,7 @@ def fit(
         recomputed from this text in 40-digit arithmetic. The file readers pass it.
     """
     start_time = time.perf_counter()
+    dtype, device = _dtype_and_device(dtype, device)
     try:
         entries = len(y) * len(params)  # Jacobian size; bad input is reported by the checks inside
     except TypeError:
@@ -137,8 +139,14 @@ def _fit(model, x, y, *, params, method, sigma, bounds, loss, max_steps, dtype, 
     rho = get_loss(loss)
     if max_steps is None:
         max_steps = DEFAULT_STEPS[method]
-    if not isinstance(max_steps, int) or max_steps < 1:
+    if not isinstance(max_steps, numbers.Integral) or isinstance(max_steps, bool) or max_steps < 1:
         raise UsageError(f"max_steps must be a positive integer, got {max_steps!r}")
+    max_steps = int(max_steps)
+    if learning_rate is not None:
+        learning_rate = _number(learning_rate, "learning_rate", positive=True)
+    ftol, xtol, gtol = (_number(value, name) for value, name in ((ftol, "ftol"), (xtol, "xtol"), (gtol, "gtol")))
+    if on_step is not None and not callable(on_step):
+        raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
     specs = parameter_specs(params, bounds)
     data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
     names = tuple(spec.name for spec in specs)
@@ -196,6 +204,38 @@ def _fit(model, x, y, *, params, method, sigma, bounds, loss, max_steps, dtype, 
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}
     return _result(problem, outcome, method, loss, data.omitted_rows, time.perf_counter() - start_time, exact)
+
+
+_DTYPES = (torch.float64, torch.float32)
+
+
+def _number(value, name: str, *, positive: bool = False) -> float:
+    """A finite real option (``ftol``, ``learning_rate``): positive, or at least 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0 or (
+        positive and value == 0
+    ):
+        rule = "a finite positive number" if positive else "a finite number >= 0"
+        raise UsageError(f"{name} must be {rule} such as 1e-6, got {value!r}")
+    return float(value)
+
+
+def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
+    """Check the fit's dtype (float64 or float32: the solvers' linear algebra) and device (one that exists)."""
+    if dtype not in _DTYPES:
+        raise UsageError(
+            f"dtype must be torch.float64 or torch.float32 (the solvers' QR and SVD need them), got {dtype!r}"
+        )
+    if device is None:
+        return dtype, None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"device {device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:0'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {str(device)!r} is not available: this torch has no CUDA device; use 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device {str(device)!r} does not exist: there are {torch.cuda.device_count()} CUDA devices")
+    return dtype, device
 
 
 def _saturated(problem: Model, theta: torch.Tensor) -> bool:

@@ -22,6 +22,8 @@ def parse_assignments(items: list[str], option: str, parse_value) -> dict:
         name, sep, value = item.partition("=")
         if not sep or not name.strip() or not value.strip():
             raise UsageError(f"{option} {item!r}: write NAME=VALUE, e.g. {option} a=1.5")
+        if name.strip() in result:
+            raise UsageError(f"{option} {item!r}: {name.strip()!r} is given more than once; give each name once")
         result[name.strip()] = parse_value(value.strip(), f"{option} {item!r}")
     return result
 
@@ -55,9 +57,19 @@ def fit_inputs(args) -> FitResult:
         progress=not args.quiet,
         nan_policy=args.nan_policy,
     )
-    if not args.data:
-        if args.model:
+    if args.data is None:
+        if args.model is not None:
             raise UsageError("--model needs --data FILE (or leave both out to fit the built-in experiment)")
+        if params:
+            raise UsageError(
+                "--param sets initial values of a --model/--data fit; the built-in experiment starts from "
+                "random values (choose them with --seed)"
+            )
+        if bounds and not args.method:
+            raise UsageError(
+                "--bound on the built-in experiment needs a solver with bounds: add --method lm "
+                "(the blog's gradient-descent run has none)"
+            )
         return fit_experiment(args.experiment, seed=args.seed, bounds=bounds or None, **options)
     path = Path(args.data)
     if not path.is_file():
@@ -65,15 +77,15 @@ def fit_inputs(args) -> FitResult:
     if _is_nist(path):
         problem = read_nist(path)
         return fit(
-            args.model or problem.formula,
+            problem.formula if args.model is None else args.model,
             problem.x,
             problem.y,
             params=params or problem.starts[args.start - 1],
             bounds=bounds or None,
-            decimal_data=None if args.model else problem.decimal,
+            decimal_data=None if args.model is not None else problem.decimal,
             **options,
         )
-    if not args.model:
+    if args.model is None:
         raise UsageError(
             f'--data {args.data!r} is a table: give the model with --model, e.g. --model "a + b*x"'
         )

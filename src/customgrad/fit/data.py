@@ -97,8 +97,14 @@ class FitData:
 
 
 def _as_array(values, what: str) -> np.ndarray:
+    if values is None:
+        raise DataError(f"{what} is None: give an array of numbers, one per data point")
     if isinstance(values, torch.Tensor):
+        if values.is_complex():
+            raise DataError(f"{what} is a complex tensor: a fit needs real data (pass .real or .abs())")
         values = values.detach().cpu().to(torch.float64).numpy()
+    elif np.iscomplexobj(values):
+        raise DataError(f"{what} holds complex numbers: a fit needs real data (pass .real or abs(...))")
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):

@@ -14,8 +14,9 @@ backward pass; a model that mixes rows gets its Jacobian row by row instead.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,8 @@ def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSp
         )
     specs = []
     for name, given in params.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise UsageError(f"parameter name {name!r} is not a name: use letters, digits and '_', such as 'b1'")
         spec = dict(given) if isinstance(given, Mapping) else {"value": given}
         extra = set(spec) - {"value", "min", "max", "fixed"}
         if extra:
@@ -66,9 +69,14 @@ def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSp
                 f"parameter {name!r} has no initial value: give one, e.g. params={{{name!r}: 1.0}}"
             )
         value = _finite(spec["value"], f"initial value of parameter {name!r}")
-        lower, upper = bounds.get(name, (spec.get("min"), spec.get("max")))
-        lower = -math.inf if lower is None else float(lower)
-        upper = math.inf if upper is None else float(upper)
+        pair = bounds.get(name, (spec.get("min"), spec.get("max")))
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Iterable) or len(pair := list(pair)) != 2:
+            raise UsageError(
+                f"bounds for parameter {name!r} must be a pair (lower, upper), None for an open side, got {pair!r}"
+            )
+        lower, upper = pair
+        lower = -math.inf if lower is None else _bound(lower, f"lower bound of parameter {name!r}")
+        upper = math.inf if upper is None else _bound(upper, f"upper bound of parameter {name!r}")
         if not lower < upper:
             raise UsageError(f"parameter {name!r}: lower bound {lower} must be below upper bound {upper}")
         if not lower <= value <= upper:
@@ -76,13 +84,28 @@ def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSp
                 f"parameter {name!r}: initial value {value} lies outside its bounds "
                 f"[{lower}, {upper}]; start inside them"
             )
-        specs.append(ParameterSpec(name, value, lower, upper, bool(spec.get("fixed", False))))
+        fixed = spec.get("fixed", False)
+        if not isinstance(fixed, (bool, np.bool_)):
+            raise UsageError(f"parameter {name!r}: 'fixed' must be True or False, got {fixed!r}")
+        specs.append(ParameterSpec(name, value, lower, upper, bool(fixed)))
     if all(spec.fixed for spec in specs):
         raise UsageError("every parameter is fixed: leave at least one free to fit")
     return specs
 
 
+def _bound(value, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a number or None, got {value!r}") from None
+    if math.isnan(number):
+        raise UsageError(f"{what} is NaN: give a number, or None for no bound")
+    return number
+
+
 def _finite(value, what: str) -> float:
+    if isinstance(value, (bool, np.bool_)):
+        raise UsageError(f"{what} must be a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -333,10 +356,11 @@ def build_function(
     """
     if callable(model):
         text = getattr(model, "__name__", type(model).__name__)
+        _check_signature(model, text, param_names)
         if x_is_dict:
-            return (lambda data, values: model(data, **values)), text, data_names
+            return _returning_tensor(lambda data, values: model(data, **values), text), text, data_names
         (only,) = data_names
-        return (lambda data, values: model(data[only], **values)), text, data_names
+        return _returning_tensor(lambda data, values: model(data[only], **values), text), text, data_names
     if not isinstance(model, str):
         raise UsageError(
             f"model must be a formula string or a callable f(x, **params), got {type(model).__name__}"
@@ -347,6 +371,12 @@ def build_function(
         candidates = [name for name in names if name not in param_names]
         # A single predictor takes the model's first name that is not a parameter.
         data_names = tuple(candidates[:1]) or ("x",)
+    both = [name for name in param_names if name in data_names]
+    if both:
+        raise UsageError(
+            f"{', '.join(map(repr, both))} in model {model!r} is both a data name and a parameter: "
+            "rename the parameter (or the data column)"
+        )
     unknown = [name for name in names if name not in param_names and name not in data_names]
     if unknown:
         raise UsageError(
@@ -361,6 +391,34 @@ def build_function(
             "remove them or fix the model"
         )
     return compiled, model, data_names
+
+
+def _check_signature(model: Callable, text: str, param_names: tuple[str, ...]) -> None:
+    """A callable model must accept ``model(x, name=value, ...)`` for every parameter."""
+    try:
+        signature = inspect.signature(model)
+    except (TypeError, ValueError):
+        return  # builtins and the like: the first call tells
+    try:
+        signature.bind(None, **dict.fromkeys(param_names))
+    except TypeError as error:
+        raise UsageError(
+            f"model {text}{signature} cannot be called as {text}(x, {', '.join(f'{n}=...' for n in param_names)}) "
+            f"({error}): take the data first and each parameter by name"
+        ) from None
+
+
+def _returning_tensor(function: Callable, text: str) -> Callable:
+    def checked(data, values):
+        result = function(data, values)
+        if not isinstance(result, torch.Tensor):
+            raise FitError(
+                f"model {text} returned {type(result).__name__}, not a tensor: compute the predictions with "
+                "torch operations on x and the parameters (both are tensors)"
+            )
+        return result
+
+    return checked
 
 
 def check_finite_start(r: torch.Tensor) -> None:

@@ -243,7 +243,7 @@ def _run_derive(args) -> int:
 
     from .codegen.module import check_class_name, emit_module
     from .codegen.torch import print_torch
-    from .function import function
+    from .function import formula_spec
 
     grads = {}
     for item in args.grad:
@@ -253,10 +253,7 @@ def _run_derive(args) -> int:
         grads[input_name.strip()] = text.strip()
     inputs = [n.strip() for n in args.inputs.split(",")] if args.inputs else None
     check_class_name(args.name, "--name")
-    spec = function(args.formula, inputs=inputs, name=None, grads=grads).spec
-    spec = type(spec)(
-        name=args.name, inputs=spec.inputs, raw_outputs=spec.raw_outputs, declared=spec.declared, formula=spec.formula
-    )
+    spec = formula_spec(args.formula, inputs=inputs, grads=grads, class_name=args.name)
     if args.emit == "python":
         print(emit_module(spec), end="")
         return 0

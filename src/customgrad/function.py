@@ -359,9 +359,35 @@ def function(
     Under ``torch.compile`` write ``F.apply(x)``, not ``F(x)``: Dynamo treats calling an
     autograd.Function class as instantiating it (torch 2.13), which fails to trace.
     """
-    parsed = parse_formula(formula)
     if name is not None and not isinstance(name, str):
         raise UsageError(f"name must be a string such as 'P2', got {type(name).__name__} {name!r}")
+    if name is not None:
+        check_function_name(name)
+    spec = formula_spec(formula, inputs=inputs, grads=grads, class_name=name)
+    if name is not None and name in spec.input_names:
+        raise UsageError(f"name {name!r} is also an input of {formula!r}: registering it would make {name!r} a "
+                         "function in every later formula; choose another name")
+    cls = build_function(spec)
+    if name is not None:
+        # Registered with the un-inlined expression so callers differentiate through our partials.
+        register(name, cls, partials=spec.partials[0], input_symbols=spec.inputs, expr=spec.raw_outputs[0],
+                 summary=f"{name}({', '.join(spec.input_names)}) = {spec.formula}")
+    return cls
+
+
+def formula_spec(
+    formula: str,
+    *,
+    inputs: Sequence[str] | None = None,
+    grads: Mapping[str, str] | None = None,
+    class_name: str | None = None,
+) -> FunctionSpec:
+    """The `FunctionSpec` of f(inputs) = formula with declared ``grads``, validated; nothing generated yet.
+
+    Parameters as for `function`; ``class_name`` names the spec (default ``Formula<n>``). Partials
+    are derived when first used.
+    """
+    parsed = parse_formula(formula)
     if inputs is None:
         input_names = list(parsed.names)
     else:
@@ -383,11 +409,6 @@ def function(
                 raise UsageError(f"input name {n!r} is not a valid name: use letters, digits and '_'")
     if not input_names:
         raise FormulaError(f"formula {formula!r} has no inputs: a function needs at least one, as in \"2*x\"")
-    if name is not None:
-        check_function_name(name)
-    if name is not None and name in input_names:
-        raise UsageError(f"name {name!r} is also an input of {formula!r}: registering it would make {name!r} a "
-                         "function in every later formula; choose another name")
     if grads is not None and not isinstance(grads, Mapping):
         raise UsageError(f"grads must be a dict {{input name: formula}} such as {{'x': '2*x'}}, "
                          f"got {type(grads).__name__} {grads!r}")
@@ -403,12 +424,6 @@ def function(
                                f"which {'is' if len(unknown) == 1 else 'are'} not an input "
                                f"(inputs: {', '.join(input_names)})")
         declared[input_name] = parsed_gradient.expr
-    class_name = name or f"Formula{next(_counter)}"
     symbols = tuple(symbol(n) for n in input_names)
-    spec = derive_spec(class_name, symbols, (parsed.expr,), declared, formula=parsed.text)
-    cls = build_function(spec)
-    if name is not None:
-        # Registered with the un-inlined expression so callers differentiate through our partials.
-        register(name, cls, partials=spec.partials[0], input_symbols=symbols, expr=parsed.expr,
-                 summary=f"{name}({', '.join(input_names)}) = {parsed.text}")
-    return cls
+    return derive_spec(class_name or f"Formula{next(_counter)}", symbols, (parsed.expr,), declared,
+                       formula=parsed.text)

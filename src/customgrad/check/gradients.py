@@ -48,9 +48,7 @@ def check_runs(subject: Subject) -> CheckResult:
 
 
 def _forward_with_leaves(subject: Subject, inputs: list[Any]) -> tuple[Any, ...]:
-    arguments = list(inputs)
-    for position in subject.differentiable_positions:
-        arguments[position] = inputs[position].detach().requires_grad_(True)
+    _, arguments = subject.leaves(inputs)
     try:
         return subject.call(arguments)
     except RuntimeError as error:
@@ -136,9 +134,7 @@ def _raw_backward(subject: Subject, inputs: list[Any]) -> tuple[tuple[Any, ...],
     cls = subject.function_class
     if cls is None or not subject.calls_function_directly:
         return None
-    arguments = list(inputs)
-    for position in subject.differentiable_positions:
-        arguments[position] = inputs[position].detach().requires_grad_(True)
+    _, arguments = subject.leaves(inputs)
     with torch.enable_grad():
         outputs = subject.call(arguments)
     node = next((o.grad_fn for o in outputs if isinstance(o, torch.Tensor) and o.grad_fn is not None), None)
@@ -325,8 +321,7 @@ def _check_single_outputs(subject: Subject, inputs: list[Any], evaluation) -> li
     for k, output_position in enumerate(positions):
         upstream = [g if j == k else torch.zeros_like(g) for j, g in enumerate(evaluation.upstream)]
         reference = subject.evaluate(inputs, upstream)
-        leaves = {p: inputs[p].detach().requires_grad_(True) for p in subject.differentiable_positions}
-        arguments = subject.with_values(leaves)
+        leaves, arguments = subject.leaves(inputs)
         try:
             with torch.enable_grad():
                 outputs = subject.call(arguments)

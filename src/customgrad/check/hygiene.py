@@ -124,9 +124,9 @@ def _freed_after_backward(subject: Subject, inputs: list[Any], problems: list[st
     enabled = gc.isenabled()
     gc.disable()
     try:
-        leaves = {p: inputs[p].detach().clone().requires_grad_(True) for p in subject.differentiable_positions}
+        _, arguments = subject.leaves(inputs, clone=True)
         with torch.enable_grad():
-            outputs = subject.call(subject.with_values(leaves))
+            outputs = subject.call(arguments)
         differentiable = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
         references = [weakref.ref(o) for o in differentiable]
         torch.autograd.backward(differentiable, [torch.ones_like(o) for o in differentiable])

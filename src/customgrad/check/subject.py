@@ -246,6 +246,18 @@ class Subject:
         return ", ".join(parts)
 
     # -- running -------------------------------------------------------------------------------
+    def leaves(self, inputs: Sequence[Any], clone: bool = False) -> tuple[dict[int, torch.Tensor], list[Any]]:
+        """Fresh leaves requiring grad for the floating inputs (copies with ``clone``), and the
+        argument list holding them."""
+        leaves = {}
+        for position in self.differentiable_positions:
+            value = inputs[position].detach()
+            leaves[position] = (value.clone() if clone else value).requires_grad_(True)
+        arguments = list(inputs)
+        for position, leaf in leaves.items():
+            arguments[position] = leaf
+        return leaves, arguments
+
     def with_values(self, values: dict[int, torch.Tensor]) -> list[Any]:
         """The example inputs with the tensors at the given positions replaced."""
         inputs = list(self.example_inputs)
@@ -268,12 +280,7 @@ class Subject:
         upstream_requires_grad: bool = False,
     ) -> Evaluation:
         """Forward, then gradients of ``sum_k <upstream_k, output_k>`` w.r.t. the floating inputs."""
-        leaves = {}
-        arguments = list(inputs)
-        for position in self.differentiable_positions:
-            leaf = inputs[position].detach().requires_grad_(True)
-            leaves[position] = leaf
-            arguments[position] = leaf
+        leaves, arguments = self.leaves(inputs)
         with torch.enable_grad():
             outputs = self.call(arguments)
             positions = [i for i, out in enumerate(outputs) if isinstance(out, torch.Tensor) and out.requires_grad]

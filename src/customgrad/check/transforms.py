@@ -165,7 +165,7 @@ def _compare_compiled(subject: Subject, run, backend: str, inputs: list[Any], re
     torch._dynamo.reset()
     compiled = torch.compile(run, fullgraph=True, backend=backend)
     positions = subject.differentiable_positions
-    leaves = {p: inputs[p].detach().clone().requires_grad_(True) for p in positions}
+    leaves, _ = subject.leaves(inputs, clone=True)
     arguments = subject.with_values({p: (l.clone() if subject.clone_inputs else l) for p, l in leaves.items()})
     capture_problem = None
     try:

@@ -213,5 +213,6 @@ def explain_blog_fit(x: torch.Tensor, y: torch.Tensor) -> str:
         f"nearest them (x = {xs}, |tan x| = {float(y64[nearest].abs().min()):.1f}) carry "
         f"{100 * share:.0f}% of sum(tan^2), and a + b*P2(c*x + d) = a + b*((c*x + d)^2 + 2*(c*x + d)) "
         "is only a re-parametrised quadratic in x, which cannot follow tan. Plain gradient descent "
-        "with lr 1e-6 barely moves from its random start either."
+        "with lr 1e-6 barely moves from its random start either; 'customgrad fit --method lm' finds "
+        "the best this model can do and shows which parameters the data cannot determine."
     )

@@ -261,3 +261,65 @@ def test_precision_of_a_generated_function_with_an_unused_input():
 def test_misuse_of_check_is_a_usage_error(fn, inputs, options, message):
     with pytest.raises(UsageError, match=message):
         check(fn, *[torch.randn(4, dtype=torch.float64) for _ in range(inputs)], **options)
+
+
+GRADIENT_CHECKS = ("arity", "first_order", "linearity", "second_order", "precision")
+
+
+@pytest.mark.slow
+def test_blog_p2_with_a_broken_backward_still_checks_its_forward():
+    from fixtures.blog_p2 import P2 as BlogP2
+
+    report = check(BlogP2, torch.randn(5, dtype=torch.float64))
+    statuses = {r.name: r.status for r in report.results}
+    assert statuses == {
+        "runs": "failed",
+        "lint": "failed",
+        **dict.fromkeys(GRADIENT_CHECKS, "skipped"),
+        **dict.fromkeys(("hygiene", "determinism", "layouts", "compile"), "passed"),
+        "torch_func": "warning",
+    }, str(report)
+    for name in ("hygiene", "determinism", "layouts", "compile", "torch_func"):
+        assert report[name].message.startswith("forward only: backward does not run (see 'runs')"), str(report)
+        assert report[name].details["forward_only"] is True
+    assert "setup_context" in report["torch_func"].message
+
+
+class ModifiesInputBrokenBackward(torch.autograd.Function):
+    """Doubles x in place without mark_dirty, and backward raises."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x.mul_(2)
+        return x * 1
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        raise RuntimeError("backward not written yet")
+
+
+def test_forward_modifying_its_input_fails_hygiene_even_when_backward_raises():
+    report = check(ModifiesInputBrokenBackward, torch.randn(4, dtype=torch.float64), compile=False)
+    assert report["runs"].status == "failed" and report["runs"].details["stage"] == "backward"
+    assert report["hygiene"].status == "failed", str(report)
+    assert "without ctx.mark_dirty(x)" in report["hygiene"].message
+    assert report["hygiene"].message.startswith("forward only:")
+    assert all(report[name].status == "skipped" for name in GRADIENT_CHECKS), str(report)
+
+
+class ForwardRaises(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        raise ValueError("forward not written yet")
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output
+
+
+def test_a_raising_forward_skips_every_runtime_check():
+    report = check(ForwardRaises, torch.randn(4, dtype=torch.float64), compile=False)
+    assert report["runs"].status == "failed" and report["runs"].details["stage"] == "forward"
+    others = [r for r in report.results if r.name not in ("runs", "lint")]
+    assert all(r.status == "skipped" for r in others), str(report)
+    assert all("forward does not run" in r.message for r in others if r.name != "arity"), str(report)

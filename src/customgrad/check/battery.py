@@ -1,11 +1,13 @@
 """The battery: the table of named checks, run each under a time limit, gather a `CheckReport`.
 
 Each check is independent: one that crashes, fails or hangs never stops the others. Checks that
-need a working forward and backward are skipped (saying why) when ``runs`` fails.
+need a working forward and backward are skipped (saying why) when ``runs`` fails; when only the
+backward fails, those with a forward-only part run that part on a `Subject` marked ``forward_only``.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import warnings
@@ -21,13 +23,15 @@ from .subject import Subject, describe_error
 
 @dataclass(frozen=True)
 class Check:
-    """One named check: what it verifies, the function that runs it, its time limit."""
+    """One named check: what it verifies, the function that runs it, its time limit, and whether it
+    has a part that needs only the forward (run alone when the backward raises)."""
 
     name: str
     summary: str
     run: Callable[[Subject], CheckResult]
     time_limit: float = 60.0
     needs_backward: bool = True
+    forward_only: bool = False
 
 
 #: The checks, in the order they run and are reported.
@@ -42,16 +46,35 @@ CHECKS: tuple[Check, ...] = (
     Check("first_order", "gradients match finite differences", gradients.check_first_order),
     Check("linearity", "linear in grad_output; zero and undefined grad_output", gradients.check_linearity),
     Check("second_order", "double backward (gradgradcheck)", gradients.check_second_order),
-    Check("layouts", "non-contiguous, broadcast, batched, sizes 0 and 1", layouts.check_layouts),
+    Check(
+        "layouts",
+        "non-contiguous, broadcast, batched, sizes 0 and 1",
+        layouts.check_layouts,
+        forward_only=True,
+    ),
     Check("precision", "float64 accuracy; float32/float16/bfloat16 vs float64", precision.check_precision),
-    Check("hygiene", "inputs unmodified, save_for_backward, no leaks", hygiene.check_hygiene),
-    Check("torch_func", "vmap, grad, jacrev", transforms.check_torch_func),
-    Check("compile", "torch.compile(fullgraph=True) vs eager", transforms.check_compile, time_limit=300.0),
+    Check(
+        "hygiene",
+        "inputs unmodified, save_for_backward, no leaks",
+        hygiene.check_hygiene,
+        forward_only=True,
+    ),
+    Check("torch_func", "vmap, grad, jacrev", transforms.check_torch_func, forward_only=True),
+    Check(
+        "compile",
+        "torch.compile(fullgraph=True) vs eager",
+        transforms.check_compile,
+        time_limit=300.0,
+        forward_only=True,
+    ),
     Check("lint", "static analysis of forward/backward source", lint.check_lint, needs_backward=False),
-    Check("determinism", "two runs give identical results", hygiene.check_determinism),
+    Check("determinism", "two runs give identical results", hygiene.check_determinism, forward_only=True),
 )
 
 CHECK_NAMES = tuple(check.name for check in CHECKS)
+
+#: How a check run on the forward alone says so, first in its message.
+FORWARD_ONLY = "forward only: backward does not run (see 'runs')"
 
 
 def check(
@@ -89,19 +112,26 @@ def check(
     _check_compile_option(compile)
     subject = Subject(fn, tuple(example_inputs), custom_gradient)
     subject.compile_backend = ("aot_eager" if compile is True else compile) if compile else None
+    forward_subject = copy.copy(subject)
+    forward_subject.forward_only = True
     results: list[CheckResult] = []
-    broken: str | None = None
+    broken: str | None = None  # the stage that raised in 'runs': "forward" or "backward"
     for item in CHECKS:
         if item.name not in selected and item.name != "runs":
             continue
-        if item.needs_backward and broken is not None:
-            result = CheckResult(item.name, "skipped", f"not run: {broken} (see 'runs')")
+        forward_only = broken == "backward" and item.forward_only
+        if item.needs_backward and broken is not None and not forward_only:
+            result = CheckResult(item.name, "skipped", f"not run: {broken} does not run (see 'runs')")
         elif item.name == "compile" and subject.compile_backend is None:
             result = CheckResult(item.name, "skipped", "torch.compile check disabled (compile=False / --no-compile)")
+        elif forward_only:
+            result = run_with_time_limit(item, forward_subject)
+            result.message = f"{FORWARD_ONLY}; {result.message}"
+            result.details["forward_only"] = True
         else:
             result = run_with_time_limit(item, subject)
         if item.name == "runs" and result.status == "failed":
-            broken = f"{result.details.get('stage', 'forward')} does not run"
+            broken = result.details.get("stage", "forward")
         if item.name in selected:
             results.append(result)
     return CheckReport(subject.name, subject.describe_inputs(), results)

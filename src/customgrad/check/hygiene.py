@@ -19,17 +19,21 @@ from .subject import Subject, make_generator
 
 
 def check_hygiene(subject: Subject) -> CheckResult:
-    """Inputs unmodified, state saved with save_for_backward, and no leak of the graph after backward."""
+    """Inputs unmodified, state saved with save_for_backward, and no leak of the graph after backward
+    (the first alone when ``subject.forward_only``)."""
     (_, inputs) = sample_points(subject, seed=40)[1]
     problems, warnings_, notes = [], [], []
     _inputs_unmodified(subject, inputs, problems, notes)
-    _ctx_attributes(subject, inputs, problems, warnings_)
-    _freed_after_backward(subject, inputs, problems)
+    if not subject.forward_only:
+        _ctx_attributes(subject, inputs, problems, warnings_)
+        _freed_after_backward(subject, inputs, problems)
     if problems:
         return failed("; ".join(problems + warnings_), notes=notes)
     if warnings_:
         return warning("; ".join(warnings_), notes=notes)
     extra = f" ({'; '.join(notes)})" if notes else ""
+    if subject.forward_only:
+        return passed(f"forward leaves its inputs unmodified{extra}", notes=notes)
     return passed(
         "inputs unmodified, in-place changes after forward are detected or harmless, graph freed "
         f"after backward{extra}",
@@ -144,7 +148,8 @@ def _freed_after_backward(subject: Subject, inputs: list[Any], problems: list[st
 
 
 def check_determinism(subject: Subject) -> CheckResult:
-    """Two runs with the same inputs and grad_output give bitwise identical outputs and gradients."""
+    """Two runs with the same inputs and grad_output give bitwise identical outputs and gradients (outputs
+    alone when ``subject.forward_only``: the gradients are then None)."""
     (_, inputs) = sample_points(subject, seed=50)[1]
     first = subject.evaluate(inputs, generator=make_generator(51))
     second = subject.evaluate(inputs, list(first.upstream))
@@ -161,4 +166,5 @@ def check_determinism(subject: Subject) -> CheckResult:
             f"two identical runs differ in {', '.join(differences)}: nondeterministic (atomics, "
             "unseeded randomness, dict/set order?); results will not reproduce exactly"
         )
-    return passed("two runs give bitwise identical outputs and gradients")
+    compared = "outputs" if subject.forward_only else "outputs and gradients"
+    return passed(f"two runs give bitwise identical {compared}")

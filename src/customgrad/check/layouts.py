@@ -1,5 +1,5 @@
 """Layouts: non-contiguous inputs and grad_outputs, and (for elementwise Functions) sizes 0 and 1,
-batched and broadcast shapes."""
+batched and broadcast shapes. With ``subject.forward_only`` the outputs alone are compared."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def check_layouts(subject: Subject) -> CheckResult:
             reference.upstream,
         ),
         ("non-contiguous grad_output", inputs, [non_contiguous(g) for g in reference.upstream]),
-    ]
+    ][: 1 if subject.forward_only else 2]
     for label, values, upstream in variants:
         if all(v.is_contiguous() for v in [*upstream, *(values[p] for p in subject.differentiable_positions)]):
             continue  # 0-d tensors: no non-contiguous layout exists
@@ -47,6 +47,9 @@ def check_layouts(subject: Subject) -> CheckResult:
                 result = subject.evaluate(values, generator=make_generator(61))
             except Exception as error:  # noqa: BLE001
                 notes.append(f"{label}: raised {describe_error(error)}")
+                continue
+            if subject.forward_only:
+                problems.extend(_forward_differences(subject, label, values, result))
                 continue
             expected = subject.expected_gradients(values, result)
             for position, want in expected.items():
@@ -88,6 +91,22 @@ def _differences(subject: Subject, label: str, reference, result) -> list[str]:
                 f"result ({mismatch.describe()}); do not assume a memory layout (use .reshape, "
                 ".contiguous(), no raw data_ptr/stride arithmetic)"
             )
+    return problems
+
+
+def _forward_differences(subject: Subject, label: str, values: list[Any], result) -> list[str]:
+    """An elementwise forward on a shape variant equals forward on flat contiguous copies, reshaped."""
+    positions = subject.differentiable_positions
+    shape = torch.broadcast_shapes(*(values[p].shape for p in positions))
+    flat = subject.with_values({p: values[p].expand(shape).reshape(-1).clone() for p in positions})
+    expected = subject.forward_outputs(flat, result.output_positions)
+    problems = []
+    for index, want in zip(result.output_positions, expected, strict=True):
+        got = result.outputs[index]
+        if got.shape != shape:
+            problems.append(f"{label}: output {index} has shape {list(got.shape)}, expected {list(shape)}")
+        elif compare_gradient(got, want.reshape(shape), rtol=1e-12, atol=1e-12) is not None:
+            problems.append(f"{label}: output {index} differs from forward on flat contiguous copies")
     return problems
 
 

@@ -161,6 +161,8 @@ class Subject:
     declared_text: dict[str, str] = field(init=False, default_factory=dict)
     compile_backend: str | None = field(init=False, default=None)
     all_parameter_names: tuple[str, ...] = field(init=False, default=())
+    #: The backward raises: `evaluate` runs the forward alone and every gradient is None.
+    forward_only: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -279,7 +281,8 @@ class Subject:
         create_graph: bool = False,
         upstream_requires_grad: bool = False,
     ) -> Evaluation:
-        """Forward, then gradients of ``sum_k <upstream_k, output_k>`` w.r.t. the floating inputs."""
+        """Forward, then gradients of ``sum_k <upstream_k, output_k>`` w.r.t. the floating inputs (all None
+        when ``forward_only``)."""
         leaves, arguments = self.leaves(inputs)
         with torch.enable_grad():
             outputs = self.call(arguments)
@@ -292,13 +295,16 @@ class Subject:
             if upstream is None:
                 upstream = [random_upstream(outputs[i], generator) for i in positions]
             upstream = [g.detach().requires_grad_(upstream_requires_grad) for g in upstream]
-            grads = torch.autograd.grad(
-                [outputs[i] for i in positions],
-                list(leaves.values()),
-                upstream,
-                allow_unused=True,
-                create_graph=create_graph,
-            )
+            if self.forward_only:
+                grads = (None,) * len(leaves)
+            else:
+                grads = torch.autograd.grad(
+                    [outputs[i] for i in positions],
+                    list(leaves.values()),
+                    upstream,
+                    allow_unused=True,
+                    create_graph=create_graph,
+                )
         return Evaluation(
             list(arguments), leaves, outputs, positions, list(upstream), dict(zip(leaves, grads, strict=True))
         )

@@ -27,7 +27,8 @@ BATCH = 3
 
 
 def check_torch_func(subject: Subject) -> CheckResult:
-    """vmap over a batch equals a loop; torch.func.grad and jacrev agree with autograd."""
+    """vmap over a batch equals a loop; torch.func.grad and jacrev agree with autograd (vmap of the
+    forward alone when ``subject.forward_only``)."""
     cls = subject.function_class
     if cls is not None and not has_setup_context(cls):
         return warning(
@@ -37,6 +38,19 @@ def check_torch_func(subject: Subject) -> CheckResult:
     (_, inputs) = sample_points(subject, seed=80)[1]
     reference = subject.evaluate(inputs, generator=make_generator(81))
     problems, warnings_, passed_parts = [], [], []
+    if not subject.forward_only:
+        _grad(subject, inputs, reference, problems, passed_parts)
+    _vmap_and_jacrev(subject, inputs, reference, problems, warnings_, passed_parts)
+    if problems:
+        return failed("; ".join(problems + warnings_))
+    if warnings_:
+        return warning("; ".join(warnings_) + (f" ({', '.join(passed_parts)} work)" if passed_parts else ""))
+    if subject.forward_only:
+        return passed(f"{', '.join(passed_parts)} of the forward agrees with a loop")
+    return passed(f"{', '.join(passed_parts)} agree with autograd and a loop")
+
+
+def _grad(subject: Subject, inputs: list[Any], reference, problems: list[str], passed_parts: list[str]) -> None:
     positions = subject.differentiable_positions
     output_positions = reference.output_positions
 
@@ -57,12 +71,6 @@ def check_torch_func(subject: Subject) -> CheckResult:
         passed_parts.append("grad")
     except Exception as error:  # noqa: BLE001
         problems.append(f"torch.func.grad raised {describe_error(error)}")
-    _vmap_and_jacrev(subject, inputs, reference, problems, warnings_, passed_parts)
-    if problems:
-        return failed("; ".join(problems + warnings_))
-    if warnings_:
-        return warning("; ".join(warnings_) + (f" ({', '.join(passed_parts)} work)" if passed_parts else ""))
-    return passed(f"{', '.join(passed_parts)} agree with autograd and a loop")
 
 
 def _vmap_and_jacrev(
@@ -103,6 +111,8 @@ def _vmap_and_jacrev(
                 "wrong: check out_dims and where the batch dimension goes)"
             )
     passed_parts.append("vmap")
+    if subject.forward_only:
+        return
     # jacrev of the first differentiable output w.r.t. each input, against autograd row by row.
     first = reference.output_positions[0]
 
@@ -139,7 +149,8 @@ def _vmap_and_jacrev(
 
 
 def check_compile(subject: Subject) -> CheckResult:
-    """torch.compile(fullgraph=True) gives the eager outputs and gradients."""
+    """torch.compile(fullgraph=True) gives the eager outputs and gradients (outputs alone, traced without
+    autograd, when ``subject.forward_only``)."""
     backend = subject.compile_backend
     if backend is None:
         return skipped("torch.compile check disabled")
@@ -164,12 +175,13 @@ def _compare_compiled(subject: Subject, run, backend: str, inputs: list[Any], re
 
     torch._dynamo.reset()
     compiled = torch.compile(run, fullgraph=True, backend=backend)
-    positions = subject.differentiable_positions
     leaves, _ = subject.leaves(inputs, clone=True)
     arguments = subject.with_values({p: (l.clone() if subject.clone_inputs else l) for p, l in leaves.items()})
     capture_problem = None
+    # Without the backward, trace under no_grad so that Dynamo does not trace the broken backward.
+    autograd = torch.no_grad if subject.forward_only else torch.enable_grad
     try:
-        with torch.enable_grad():
+        with autograd():
             outputs = compiled(*arguments)
     except Exception as error:  # noqa: BLE001
         reason = " ".join(str(error).split("\n")[0].split())[:300]
@@ -185,7 +197,7 @@ def _compare_compiled(subject: Subject, run, backend: str, inputs: list[Any], re
         torch._dynamo.reset()
         compiled = torch.compile(run, backend=backend)
         try:
-            with torch.enable_grad():
+            with autograd():
                 outputs = compiled(*arguments)
         except Exception as second:  # noqa: BLE001
             return failed(f"{capture_problem}; even with graph breaks it raised {describe_error(second)}")
@@ -193,30 +205,38 @@ def _compare_compiled(subject: Subject, run, backend: str, inputs: list[Any], re
     for index in reference.output_positions:
         if compare_gradient(outputs[index], reference.outputs[index], rtol=1e-9, atol=1e-9) is not None:
             problems.append(f"compiled output {index} differs from eager")
-    try:
-        grads = torch.autograd.grad(
-            [outputs[i] for i in reference.output_positions],
-            list(leaves.values()),
-            reference.upstream,
-            allow_unused=True,
+    if not subject.forward_only:
+        try:
+            problems.extend(_gradient_differences(subject, outputs, leaves, reference))
+        except Exception as error:  # noqa: BLE001
+            return failed(f"backward of the compiled Function raised {describe_error(error)}")
+    compared = "outputs" if subject.forward_only else "outputs and gradients"
+    if problems:
+        return failed("; ".join(([capture_problem] if capture_problem else []) + problems), backend=backend)
+    if capture_problem:
+        return warning(
+            f"{capture_problem}. With graph breaks, compiled {compared} match eager",
+            backend=backend,
         )
-    except Exception as error:  # noqa: BLE001
-        return failed(f"backward of the compiled Function raised {describe_error(error)}")
-    for position, got in zip(positions, grads, strict=True):
+    return passed(
+        f"torch.compile(fullgraph=True, backend={backend!r}) matches eager {compared}",
+        backend=backend,
+    )
+
+
+def _gradient_differences(subject: Subject, outputs, leaves: dict[int, torch.Tensor], reference) -> list[str]:
+    grads = torch.autograd.grad(
+        [outputs[i] for i in reference.output_positions],
+        list(leaves.values()),
+        reference.upstream,
+        allow_unused=True,
+    )
+    problems = []
+    for position, got in zip(subject.differentiable_positions, grads, strict=True):
         want = reference.gradients[position]
         if want is not None and compare_gradient(got, want, rtol=1e-9, atol=1e-9) is not None:
             problems.append(
                 f"compiled gradient of {subject.input_name(position)!r} differs from eager "
                 f"({compare_gradient(got, want, rtol=1e-9, atol=1e-9).describe()})"
             )
-    if problems:
-        return failed("; ".join(([capture_problem] if capture_problem else []) + problems), backend=backend)
-    if capture_problem:
-        return warning(
-            f"{capture_problem}. With graph breaks, compiled outputs and gradients match eager",
-            backend=backend,
-        )
-    return passed(
-        f"torch.compile(fullgraph=True, backend={backend!r}) matches eager outputs and gradients",
-        backend=backend,
-    )
+    return problems

@@ -323,3 +323,17 @@ def test_a_raising_forward_skips_every_runtime_check():
     others = [r for r in report.results if r.name not in ("runs", "lint")]
     assert all(r.status == "skipped" for r in others), str(report)
     assert all("forward does not run" in r.message for r in others if r.name != "arity"), str(report)
+
+
+def test_arity_says_which_pass_raised():
+    class ForwardRaises(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            raise ValueError("no forward today")
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            return grad_output
+
+    report = check(ForwardRaises, torch.randn(3, dtype=torch.float64), compile=False)
+    assert report["arity"].status == "skipped" and report["arity"].message.startswith("forward raises")

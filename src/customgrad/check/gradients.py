@@ -64,8 +64,10 @@ def check_arity(subject: Subject) -> CheckResult:
     inputs = float64_copies(subject)
     try:
         raw = _raw_backward(subject, inputs)
+    except _BackwardRaised as raised:
+        return skipped(f"backward raises, so its gradients cannot be inspected: {describe_error(raised.error)}")
     except Exception as error:  # noqa: BLE001
-        return skipped(f"backward raises, so its gradients cannot be inspected: {describe_error(error)}")
+        return skipped(f"forward raises, so there are no gradients to inspect: {describe_error(error)}")
     if raw is None:
         try:
             subject.evaluate(inputs, generator=make_generator(2))
@@ -129,6 +131,14 @@ def check_arity(subject: Subject) -> CheckResult:
     return passed(message + (f" ({'; '.join(notes)})" if notes else ""), notes=notes)
 
 
+class _BackwardRaised(Exception):
+    """The Function's backward (not its forward) raised ``error``."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
 def _raw_backward(subject: Subject, inputs: list[Any]) -> tuple[tuple[Any, ...], dict] | None:
     """Call the Function's backward directly on its ctx, to see what it returns before the engine does."""
     cls = subject.function_class
@@ -150,7 +160,10 @@ def _raw_backward(subject: Subject, inputs: list[Any]) -> tuple[tuple[Any, ...],
         else:
             upstream.append(None)
     with torch.no_grad():
-        grads = cls.backward(node, *upstream)
+        try:
+            grads = cls.backward(node, *upstream)
+        except Exception as error:  # noqa: BLE001 - told apart from a failing forward by check_arity
+            raise _BackwardRaised(error) from error
     grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
     return grads, {}
 

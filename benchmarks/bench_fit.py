@@ -56,9 +56,11 @@ def main() -> int:
     ours = timed(lambda: fit_experiment("blog", method="lm"), args.repeat)
     scipy_cost = scipy_blog()
     scipy = timed(scipy_blog, args.repeat)
-    print(f"customgrad lm: best {min(ours):.1f} ms, median {statistics.median(ours):.1f} ms "
-          f"(target <= {TARGET_MS:g} ms); cost {result.cost:.10g}, {result.jacobians} Jacobians, "
-          f"{result.evaluations} evaluations, status {result.status}")
+    print(
+        f"customgrad lm: best {min(ours):.1f} ms, median {statistics.median(ours):.1f} ms "
+        f"(target <= {TARGET_MS:g} ms); cost {result.cost:.10g}, {result.jacobians} Jacobians, "
+        f"{result.evaluations} evaluations, status {result.status}"
+    )
     print(f"scipy lm:      best {min(scipy):.1f} ms, median {statistics.median(scipy):.1f} ms; cost {scipy_cost:.10g}")
     return 0
 

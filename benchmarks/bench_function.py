@@ -21,8 +21,10 @@ from customgrad.library import P2Handwritten
 
 CASES = {
     "P2: x**2 + 2*x": ("x**2 + 2*x", lambda x: x**2 + 2 * x),
-    "GELU-tanh": ("0.5*x*(1 + tanh(0.7978845608028654*(x + 0.044715*x**3)))",
-                  lambda x: 0.5 * x * (1 + torch.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))),
+    "GELU-tanh": (
+        "0.5*x*(1 + tanh(0.7978845608028654*(x + 0.044715*x**3)))",
+        lambda x: 0.5 * x * (1 + torch.tanh(0.7978845608028654 * (x + 0.044715 * x**3))),
+    ),
     "Mish: x*tanh(softplus(x))": ("x*tanh(softplus(x))", lambda x: x * torch.tanh(torch.nn.functional.softplus(x))),
     "Legendre P3": ("(5*x**3 - 3*x)/2", lambda x: (5 * x**3 - 3 * x) / 2),
 }
@@ -44,6 +46,7 @@ def saved_bytes(fn, x: torch.Tensor) -> int:
 
 def time_forward_backward(fn, x: torch.Tensor, repeats: int) -> float:
     """Median seconds of forward + backward of ``fn(x).sum()``."""
+
     def once():
         x.grad = None
         fn(x).sum().backward()
@@ -71,8 +74,10 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     x = torch.randn(args.size, device=args.device, dtype=dtype, requires_grad=True)
-    print(f"device {args.device}, {args.size} elements of {args.dtype}, torch {torch.__version__}; "
-          f"median of {args.repeats} forward+backward runs\n")
+    print(
+        f"device {args.device}, {args.size} elements of {args.dtype}, torch {torch.__version__}; "
+        f"median of {args.repeats} forward+backward runs\n"
+    )
     header = f"{'function':28s} {'variant':12s} {'time ms':>9s} {'vs eager':>9s} {'saved MB':>9s} {'vs eager':>9s}"
     print(header)
     print("-" * len(header))
@@ -86,8 +91,10 @@ def main() -> None:
         for name, fn in variants.items():
             seconds = base_time if name == "eager" else time_forward_backward(fn, x, args.repeats)
             stored = saved_bytes(fn, x)
-            print(f"{label:28s} {name:12s} {seconds * 1e3:9.3f} {seconds / base_time:9.2f}x "
-                  f"{stored / 1e6:9.2f} {stored / max(base_bytes, 1):9.2f}x")
+            print(
+                f"{label:28s} {name:12s} {seconds * 1e3:9.3f} {seconds / base_time:9.2f}x "
+                f"{stored / 1e6:9.2f} {stored / max(base_bytes, 1):9.2f}x"
+            )
 
 
 if __name__ == "__main__":

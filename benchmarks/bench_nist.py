@@ -25,9 +25,7 @@ PARAM_DIGITS, STDERR_DIGITS = 6.0, 4.0
 
 
 def run_ours(problem, start):
-    result = fit(
-        problem.formula, problem.x, problem.y, params=problem.starts[start], decimal_data=problem.decimal
-    )
+    result = fit(problem.formula, problem.x, problem.y, params=problem.starts[start], decimal_data=problem.decimal)
     return result.params, result.stderr
 
 

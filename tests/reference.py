@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def assert_matches_reference(actual, expected, *, rtol: float, atol: float = 0.0, what: str = "value",
-                             max_report: int = 5) -> None:
+def assert_matches_reference(
+    actual, expected, *, rtol: float, atol: float = 0.0, what: str = "value", max_report: int = 5
+) -> None:
     """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise, NaN equal to NaN.
 
     Parameters
@@ -40,9 +41,11 @@ def assert_matches_reference(actual, expected, *, rtol: float, atol: float = 0.0
     relative = torch.where(bad, error / expected_t.abs().clamp_min(1e-300), torch.zeros_like(error))
     worst = torch.nan_to_num(relative, nan=float("inf")).flatten().argmax().item()
     worst_index = list(torch.unravel_index(torch.tensor(worst), expected_t.shape)) if expected_t.dim() else []
-    lines = [f"{what}: {len(indices)} of {expected_t.numel()} elements differ "
-             f"(rtol={rtol:g}, atol={atol:g}); worst relative error {relative.flatten()[worst].item():.3g}"
-             f" at index {[int(i) for i in worst_index]}"]
+    lines = [
+        f"{what}: {len(indices)} of {expected_t.numel()} elements differ "
+        f"(rtol={rtol:g}, atol={atol:g}); worst relative error {relative.flatten()[worst].item():.3g}"
+        f" at index {[int(i) for i in worst_index]}"
+    ]
     for index in indices[:max_report]:
         a, e = actual_t[tuple(index)].item(), expected_t[tuple(index)].item()
         lines.append(f"  at {index}: got {a!r}, expected {e!r}")

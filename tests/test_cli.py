@@ -8,8 +8,9 @@ import pytest
 
 
 def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "customgrad", *arguments], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "customgrad", *arguments], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_fit_without_arguments_runs_the_blog_experiment_fixed():
@@ -29,8 +30,18 @@ def test_fit_without_arguments_runs_the_blog_experiment_fixed():
 
 def test_fit_writes_json_and_png(tmp_path):
     json_path, png_path = tmp_path / "run.json", tmp_path / "fit.png"
-    result = run_cli("fit", "--experiment", "tutorial", "--steps", "300", "--quiet",
-                     "--json", str(json_path), "--plot", str(png_path))
+    result = run_cli(
+        "fit",
+        "--experiment",
+        "tutorial",
+        "--steps",
+        "300",
+        "--quiet",
+        "--json",
+        str(json_path),
+        "--plot",
+        str(png_path),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Result: y = ") and len(result.stdout.splitlines()) == 1
     content = json.loads(json_path.read_text())
@@ -40,13 +51,16 @@ def test_fit_writes_json_and_png(tmp_path):
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 10_000
 
 
-@pytest.mark.parametrize(("arguments", "fragment"), [
-    (["fit", "--steps", "-1"], "--steps must be a positive integer"),
-    (["fit", "--lr", "nan"], "--lr must be a finite positive number"),
-    (["fit", "--experiment", "nope"], "invalid choice: 'nope'"),
-    (["fit", "--plot", "/nonexistent-dir/fit.png"], "--plot: cannot write"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["fit", "--steps", "-1"], "--steps must be a positive integer"),
+        (["fit", "--lr", "nan"], "--lr must be a finite positive number"),
+        (["fit", "--experiment", "nope"], "invalid choice: 'nope'"),
+        (["fit", "--plot", "/nonexistent-dir/fit.png"], "--plot: cannot write"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_bad_input_gives_one_error_line_and_a_nonzero_exit(arguments, fragment):
     result = run_cli(*arguments)
     assert result.returncode == 2
@@ -80,11 +94,13 @@ def test_derive_emit_python_prints_a_module_that_runs_without_customgrad(tmp_pat
     assert result.returncode == 0, result.stderr
     module = tmp_path / "surrogate.py"
     module.write_text(result.stdout)
-    check = ("import torch, surrogate\n"
-             "x = torch.randn(7, dtype=torch.float64, requires_grad=True)\n"
-             "g, = torch.autograd.grad(surrogate.Surrogate.apply(x).sum(), x)\n"
-             "assert torch.equal(g, 2 * x.detach()), g\n"
-             "import sys; assert 'customgrad' not in sys.modules\n")
+    check = (
+        "import torch, surrogate\n"
+        "x = torch.randn(7, dtype=torch.float64, requires_grad=True)\n"
+        "g, = torch.autograd.grad(surrogate.Surrogate.apply(x).sum(), x)\n"
+        "assert torch.equal(g, 2 * x.detach()), g\n"
+        "import sys; assert 'customgrad' not in sys.modules\n"
+    )
     ran = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
 

@@ -9,8 +9,10 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.parametrize(("script", "final_loss"), [("blog_p2.py", 3993725.0), ("blog_p2_from_formula.py", 3993725.0),
-                                                    ("tutorial_legendre.py", 8.9436)])
+@pytest.mark.parametrize(
+    ("script", "final_loss"),
+    [("blog_p2.py", 3993725.0), ("blog_p2_from_formula.py", 3993725.0), ("tutorial_legendre.py", 8.9436)],
+)
 def test_example_prints_the_expected_final_loss(script, final_loss):
     result = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

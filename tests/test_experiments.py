@@ -47,8 +47,12 @@ def test_blog_run_with_the_handwritten_p2_gives_the_same_trajectory():
     experiment = EXPERIMENTS["blog"]
     handwritten_model = lambda p, x: p["a"] + p["b"] * P2Handwritten.apply(p["c"] * x + p["d"])  # noqa: E731
     handwritten = run_experiment(dataclasses.replace(experiment, model=handwritten_model), seed=3, steps=300)
-    assert_matches_reference(torch.tensor(generated.losses), torch.tensor(handwritten.losses), rtol=1e-6,
-                             what="loss history, generated vs hand-written P2")
+    assert_matches_reference(
+        torch.tensor(generated.losses),
+        torch.tensor(handwritten.losses),
+        rtol=1e-6,
+        what="loss history, generated vs hand-written P2",
+    )
 
 
 def test_tutorial_run_reaches_the_tutorial_loss():
@@ -75,9 +79,15 @@ def test_explanation_states_the_pole_share_computed_from_the_data():
     assert "1.5700105" in text and "1272.6" in text
 
 
-@pytest.mark.parametrize(("options", "fragment"), [({"steps": 0}, "steps"), ({"steps": -1}, "steps"),
-                                                   ({"learning_rate": float("nan")}, "learning rate"),
-                                                   ({"learning_rate": -1.0}, "learning rate")])
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"steps": -1}, "steps"),
+        ({"learning_rate": float("nan")}, "learning rate"),
+        ({"learning_rate": -1.0}, "learning rate"),
+    ],
+)
 def test_bad_settings_are_rejected_with_the_setting_named(options, fragment):
     with pytest.raises(UsageError, match=fragment):
         run_experiment(EXPERIMENTS["blog"], **options)

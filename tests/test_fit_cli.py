@@ -26,9 +26,7 @@ def csv_file(tmp_path):
     t = np.linspace(0, 5, 30)
     y = 3 * np.exp(-0.7 * t) + 0.5 + 0.01 * np.cos(9 * t)
     path = tmp_path / "decay.csv"
-    path.write_text(
-        "time,signal,err\n" + "\n".join(f"{a},{b},0.01" for a, b in zip(t, y, strict=True)) + "\n"
-    )
+    path.write_text("time,signal,err\n" + "\n".join(f"{a},{b},0.01" for a, b in zip(t, y, strict=True)) + "\n")
     return path
 
 
@@ -73,16 +71,28 @@ def test_csv_fit_with_named_columns_json_and_plot(csv_file, tmp_path):
 def test_whitespace_file_columns_by_index(tmp_path):
     path = tmp_path / "line.txt"
     path.write_text("".join(f"{x} {2 * x + 1}\n" for x in range(10)))
-    out = run(
-        "--model", "a*x + b", "--data", str(path), "--x", "0", "--y", "1", "--param", "a=0", "--param", "b=0"
-    )
+    out = run("--model", "a*x + b", "--data", str(path), "--x", "0", "--y", "1", "--param", "a=0", "--param", "b=0")
     assert out.returncode == 0, out.stderr
     assert "a  " in out.stdout
 
 
 def test_model_name_that_is_no_column_of_a_headed_file_is_an_error(csv_file):
-    out = run("--model", "a*exp(-k*t) + c", "--data", str(csv_file), "--x", "time", "--y", "signal",
-              "--param", "a=1", "--param", "k=0.1", "--param", "c=0")
+    out = run(
+        "--model",
+        "a*exp(-k*t) + c",
+        "--data",
+        str(csv_file),
+        "--x",
+        "time",
+        "--y",
+        "signal",
+        "--param",
+        "a=1",
+        "--param",
+        "k=0.1",
+        "--param",
+        "c=0",
+    )
     assert out.returncode == 2
     assert "'t', which is neither a data name (time) nor a parameter (a, k, c)" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -119,9 +129,7 @@ def test_nan_in_data_names_rows_and_omit_works(tmp_path):
     path.write_text("x,y\n0,1\n1,nan\n2,5\n3,7\n")
     out = run("--model", "a*x + b", "--data", str(path), "--param", "a=0", "--param", "b=0")
     assert out.returncode == 1 and "rows 1" in out.stderr
-    out = run(
-        "--model", "a*x + b", "--data", str(path), "--param", "a=0", "--param", "b=0", "--nan-policy", "omit"
-    )
+    out = run("--model", "a*x + b", "--data", str(path), "--param", "a=0", "--param", "b=0", "--nan-policy", "omit")
     assert out.returncode == 0, out.stderr
 
 
@@ -148,13 +156,48 @@ def test_model_nan_during_fit_exits_nonzero_and_keeps_best(tmp_path):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--model", "", "--data", "{csv}", "--param", "a=1"], 1, 'error: model is empty: write an expression'),
-        (["--model", "a*time", "--data", "{csv}", "--x", "time", "--y", "signal", "--param", "a=1", "--param", "a=2"],
-         2, "error: --param 'a=2': 'a' is given more than once"),
-        (["--model", "a*time", "--data", "{csv}", "--x", "time", "--y", "signal", "--param", "a b=1"],
-         2, "error: parameter name 'a b' is not a name"),
-        (["--model", "a*time", "--data", "{csv}", "--x", "time", "--y", "signal", "--param", "a=1",
-          "--plot", "{dir}/fit.txt"], 2, "error: --plot: cannot write a figure to"),
+        (["--model", "", "--data", "{csv}", "--param", "a=1"], 1, "error: model is empty: write an expression"),
+        (
+            [
+                "--model",
+                "a*time",
+                "--data",
+                "{csv}",
+                "--x",
+                "time",
+                "--y",
+                "signal",
+                "--param",
+                "a=1",
+                "--param",
+                "a=2",
+            ],
+            2,
+            "error: --param 'a=2': 'a' is given more than once",
+        ),
+        (
+            ["--model", "a*time", "--data", "{csv}", "--x", "time", "--y", "signal", "--param", "a b=1"],
+            2,
+            "error: parameter name 'a b' is not a name",
+        ),
+        (
+            [
+                "--model",
+                "a*time",
+                "--data",
+                "{csv}",
+                "--x",
+                "time",
+                "--y",
+                "signal",
+                "--param",
+                "a=1",
+                "--plot",
+                "{dir}/fit.txt",
+            ],
+            2,
+            "error: --plot: cannot write a figure to",
+        ),
         (["--steps", "3", "--param", "a=1"], 2, "error: --param sets initial values of a --model/--data fit"),
         (["--steps", "3", "--bound", "a=0:1"], 2, "error: --bound on the built-in experiment needs"),
     ],
@@ -169,7 +212,8 @@ def test_options_a_new_user_gets_wrong_give_one_line(csv_file, args, code, messa
 
 def test_a_fit_that_fails_leaves_no_empty_json_or_plot_file(csv_file):
     json_path, plot_path = csv_file.parent / "out.json", csv_file.parent / "out.png"
-    out = run("--model", "a*q", "--data", str(csv_file), "--param", "a=1",
-              "--json", str(json_path), "--plot", str(plot_path))
+    out = run(
+        "--model", "a*q", "--data", str(csv_file), "--param", "a=1", "--json", str(json_path), "--plot", str(plot_path)
+    )
     assert out.returncode == 2 and out.stderr.startswith("error: ")
     assert not json_path.exists() and not plot_path.exists()

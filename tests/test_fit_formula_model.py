@@ -20,22 +20,29 @@ FORMULAS = {
     "b1*(1 - exp(-b2*x)) - b3": lambda x, b1, b2, b3: b1 * (1 - T.exp(-b2 * x)) - b3,
     "b1 / (1 + exp(b2 - b3*x))": lambda x, b1, b2, b3: b1 / (1 + T.exp(b2 - b3 * x)),
     "b1*(b2 + x + 1)**(-1/b3)": lambda x, b1, b2, b3: b1 * (b2 + x + 1) ** (-1 / b3),
-    "sqrt(b1 + x**2) + 1/sqrt(b2 + x**2) + b3/(x + 4)":
-        lambda x, b1, b2, b3: T.sqrt(b1 + x**2) + 1 / T.sqrt(b2 + x**2) + b3 / (x + 4),
-    "log(b1 + x**2) + log1p(b2*x**2) + expm1(b3*x)":
-        lambda x, b1, b2, b3: T.log(b1 + x**2) + T.log1p(b2 * x**2) + T.expm1(b3 * x),
+    "sqrt(b1 + x**2) + 1/sqrt(b2 + x**2) + b3/(x + 4)": lambda x, b1, b2, b3: (
+        T.sqrt(b1 + x**2) + 1 / T.sqrt(b2 + x**2) + b3 / (x + 4)
+    ),
+    "log(b1 + x**2) + log1p(b2*x**2) + expm1(b3*x)": lambda x, b1, b2, b3: (
+        T.log(b1 + x**2) + T.log1p(b2 * x**2) + T.expm1(b3 * x)
+    ),
     "sin(b1*x) + cos(b2*x) + tan(b3*x/4)": lambda x, b1, b2, b3: T.sin(b1 * x) + T.cos(b2 * x) + T.tan(b3 * x / 4),
-    "asin(b1*x/3) + acos(b2*x/3) + atan(b3*x)":
-        lambda x, b1, b2, b3: T.asin(b1 * x / 3) + T.acos(b2 * x / 3) + T.atan(b3 * x),
+    "asin(b1*x/3) + acos(b2*x/3) + atan(b3*x)": lambda x, b1, b2, b3: (
+        T.asin(b1 * x / 3) + T.acos(b2 * x / 3) + T.atan(b3 * x)
+    ),
     "sinh(b1*x) + cosh(b2*x) + tanh(b3*x)": lambda x, b1, b2, b3: T.sinh(b1 * x) + T.cosh(b2 * x) + T.tanh(b3 * x),
-    "asinh(b1*x) + acosh(2 + b2*x**2) + atanh(b3*x/3)":
-        lambda x, b1, b2, b3: T.asinh(b1 * x) + T.acosh(2 + b2 * x**2) + T.atanh(b3 * x / 3),
-    "sigmoid(b1*x) + softplus(b2*x) + abs(b3 - x)":
-        lambda x, b1, b2, b3: T.sigmoid(b1 * x) + T.nn.functional.softplus(b2 * x) + T.abs(b3 - x),
-    "atan2(b1, x + 3) + max(b2*x, 0.1) + min(b3, x)":
-        lambda x, b1, b2, b3: T.atan2(b1.expand_as(x), x + 3) + T.clamp(b2 * x, min=0.1) + T.minimum(b3, x),
-    "where(x > b1, b2*x, b3*x**2) + floor(x) + ceil(x) + round(x) + sign(x)":
-        lambda x, b1, b2, b3: T.where(x > b1, b2 * x, b3 * x**2) + T.floor(x) + T.ceil(x) + T.round(x) + T.sign(x),
+    "asinh(b1*x) + acosh(2 + b2*x**2) + atanh(b3*x/3)": lambda x, b1, b2, b3: (
+        T.asinh(b1 * x) + T.acosh(2 + b2 * x**2) + T.atanh(b3 * x / 3)
+    ),
+    "sigmoid(b1*x) + softplus(b2*x) + abs(b3 - x)": lambda x, b1, b2, b3: (
+        T.sigmoid(b1 * x) + T.nn.functional.softplus(b2 * x) + T.abs(b3 - x)
+    ),
+    "atan2(b1, x + 3) + max(b2*x, 0.1) + min(b3, x)": lambda x, b1, b2, b3: (
+        T.atan2(b1.expand_as(x), x + 3) + T.clamp(b2 * x, min=0.1) + T.minimum(b3, x)
+    ),
+    "where(x > b1, b2*x, b3*x**2) + floor(x) + ceil(x) + round(x) + sign(x)": lambda x, b1, b2, b3: (
+        T.where(x > b1, b2 * x, b3 * x**2) + T.floor(x) + T.ceil(x) + T.round(x) + T.sign(x)
+    ),
     "b1 + b2*P2(b3*x + 0.5)": lambda x, b1, b2, b3: b1 + b2 * ((b3 * x + 0.5) ** 2 + 2 * (b3 * x + 0.5)),
     "b1 + b2*cos(2*pi*x/12) + b3**3*x": lambda x, b1, b2, b3: b1 + b2 * T.cos(2 * math.pi * x / 12) + b3**3 * x,
 }
@@ -115,8 +122,9 @@ def test_model_jacobian_with_bounds_sigma_and_fixed_matches_autograd(dtype):
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     assert_matches_reference(r, residuals(theta), rtol=tolerance, atol=tolerance, what="residuals")
     assert_matches_reference(jacobian, expected, rtol=tolerance, atol=tolerance, what="jacobian")
-    assert_matches_reference(model.residuals(theta), residuals(theta), rtol=tolerance, atol=tolerance,
-                             what="residuals without the jacobian")
+    assert_matches_reference(
+        model.residuals(theta), residuals(theta), rtol=tolerance, atol=tolerance, what="residuals without the jacobian"
+    )
 
 
 def test_fit_of_a_formula_with_erf_matches_scipy():
@@ -128,8 +136,7 @@ def test_fit_of_a_formula_with_erf_matches_scipy():
     reference = least_squares(
         lambda p: p[0] * erf(p[1] * x) - y, [1.0, 1.0], method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15
     )
-    assert_matches_reference(np.array([result.params["a"], result.params["b"]]), reference.x, rtol=1e-8,
-                             what="params")
+    assert_matches_reference(np.array([result.params["a"], result.params["b"]]), reference.x, rtol=1e-8, what="params")
 
 
 def test_small_fits_run_on_one_thread_and_restore_the_setting():
@@ -137,8 +144,13 @@ def test_small_fits_run_on_one_thread_and_restore_the_setting():
     torch.set_num_threads(2)
     try:
         during = []
-        fit("a*x + b", np.arange(5.0), np.arange(5.0) * 2 + 1, params={"a": 1.0, "b": 0.0},
-            on_step=lambda step, cost: during.append(torch.get_num_threads()))
+        fit(
+            "a*x + b",
+            np.arange(5.0),
+            np.arange(5.0) * 2 + 1,
+            params={"a": 1.0, "b": 0.0},
+            on_step=lambda step, cost: during.append(torch.get_num_threads()),
+        )
         assert during and set(during) == {1}
         assert torch.get_num_threads() == 2
     finally:
@@ -151,6 +163,7 @@ def test_concurrent_small_fits_restore_the_thread_setting():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
+
         def one_fit():
             fit("a*exp(-k*x)", np.arange(30.0), 3 * np.exp(-0.1 * np.arange(30.0)), params={"a": 1.0, "k": 0.5})
 
@@ -171,8 +184,9 @@ def test_redefining_a_registered_function_rebuilds_the_compiled_formula():
     first = fit("a*Twice_fit_test(x)", np.arange(1.0, 6.0), np.arange(1.0, 6.0) * 6, params={"a": 1.0})
     function("3*x", name="Twice_fit_test")
     second = fit("a*Twice_fit_test(x)", np.arange(1.0, 6.0), np.arange(1.0, 6.0) * 6, params={"a": 1.0})
-    assert_matches_reference(np.array([first.params["a"], second.params["a"]]), np.array([3.0, 2.0]),
-                             rtol=1e-12, what="a")
+    assert_matches_reference(
+        np.array([first.params["a"], second.params["a"]]), np.array([3.0, 2.0]), rtol=1e-12, what="a"
+    )
 
 
 def test_float32_fit_uses_torch_rows_and_matches_scipy():
@@ -183,6 +197,4 @@ def test_float32_fit_uses_torch_rows_and_matches_scipy():
     reference = least_squares(
         lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y, [1.0, 0.1, 0.0], method="lm", xtol=1e-15, ftol=1e-15
     )
-    assert_matches_reference(
-        np.array([result.params[n] for n in "akc"]), reference.x, rtol=1e-4, what="float32 params"
-    )
+    assert_matches_reference(np.array([result.params[n] for n in "akc"]), reference.x, rtol=1e-4, what="float32 params")

@@ -31,9 +31,7 @@ def test_lm_matches_scipy_curve_fit_values_and_stderr(decay):
     )
     assert result.success, result.message
     assert_matches_reference(pick(result.params, "akc"), expected, rtol=1e-7, what="params")
-    assert_matches_reference(
-        pick(result.stderr, "akc"), np.sqrt(np.diag(covariance)), rtol=1e-5, what="stderr"
-    )
+    assert_matches_reference(pick(result.stderr, "akc"), np.sqrt(np.diag(covariance)), rtol=1e-5, what="stderr")
     assert_matches_reference(result.covariance, covariance, rtol=1e-5, atol=1e-12, what="covariance")
 
 
@@ -103,9 +101,7 @@ def test_bounds_hold_and_are_reported(decay):
 def test_fixed_parameter_is_kept(decay):
     t, y = decay
     result = fit("a*exp(-k*t) + c", t, y, params={"a": 1.0, "k": 0.1, "c": {"value": 0.5, "fixed": True}})
-    expected, _ = curve_fit(
-        lambda t, a, k: a * np.exp(-k * t) + 0.5, t, y, p0=[1, 0.1], ftol=1e-14, xtol=1e-14
-    )
+    expected, _ = curve_fit(lambda t, a, k: a * np.exp(-k * t) + 0.5, t, y, p0=[1, 0.1], ftol=1e-14, xtol=1e-14)
     assert result.params["c"] == 0.5 and "c" not in result.stderr
     assert_matches_reference(pick(result.params, "ak"), expected, rtol=1e-7, what="params")
 
@@ -133,9 +129,7 @@ def test_several_predictors_by_name():
     u, v = rng.uniform(0, 1, 30), rng.uniform(0, 1, 30)
     y = 2 * u - 3 * v**2 + 1
     result = fit("a*u + b*v**2 + c", {"u": u, "v": v}, y, params={"a": 0.0, "b": 0.0, "c": 0.0})
-    assert_matches_reference(
-        pick(result.params, "abc"), np.array([2.0, -3.0, 1.0]), rtol=1e-10, what="params"
-    )
+    assert_matches_reference(pick(result.params, "abc"), np.array([2.0, -3.0, 1.0]), rtol=1e-10, what="params")
 
 
 def test_rank_deficient_model_names_the_unidentifiable_parameters():
@@ -259,10 +253,13 @@ def test_lm_on_cuda_matches_scipy(decay):
     assert_matches_reference(pick(result.params, "akc"), expected, rtol=1e-7, what="params fitted on cuda")
 
 
-@pytest.mark.parametrize(("model", "truth", "make_y"), [
-    ("a*softplus(b*x)", {"a": 1.5, "b": 0.7}, lambda x: 1.5 * np.log1p(np.exp(0.7 * x))),
-    ("a*round(x) + b", {"a": 2.0, "b": 1.0}, lambda x: 2 * np.round(x) + 1),
-])
+@pytest.mark.parametrize(
+    ("model", "truth", "make_y"),
+    [
+        ("a*softplus(b*x)", {"a": 1.5, "b": 0.7}, lambda x: 1.5 * np.log1p(np.exp(0.7 * x))),
+        ("a*round(x) + b", {"a": 2.0, "b": 1.0}, lambda x: 2 * np.round(x) + 1),
+    ],
+)
 def test_exact_fits_with_customgrad_functions_recover_the_generating_values(model, truth, make_y):
     # An exact fit takes the extended-precision cost path, which must know sigmoid, softplus and round.
     x = np.linspace(-2, 2, 20)

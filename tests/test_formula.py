@@ -57,8 +57,12 @@ def nothing_is_executed():
         stack.enter_context(mock.patch.object(builtins, "__import__", guarded_import))
         for name in ("eval", "exec"):
             stack.enter_context(mock.patch.object(builtins, name, text_forbidden(name)))
-        for module, name in [(os, "system"), (os, "popen"), (subprocess, "Popen"),
-                             (sympy.parsing.sympy_parser, "parse_expr")]:
+        for module, name in [
+            (os, "system"),
+            (os, "popen"),
+            (subprocess, "Popen"),
+            (sympy.parsing.sympy_parser, "parse_expr"),
+        ]:
             stack.enter_context(mock.patch.object(module, name, forbidden(f"{module.__name__}.{name}")))
         yield
 
@@ -87,18 +91,26 @@ def test_every_function_in_the_table_parses(name):
         assert set(parsed.names) <= {"x", "y", "z"}
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("x**2 + 2*x", x**2 + 2 * x),
-    ("-x + 3/4", -x + sympy.Rational(3, 4)),
-    ("0.1*x", sympy.Rational(1, 10) * x),  # exact decimal, not the binary float 0.1
-    ("2*pi*E*x", 2 * sympy.pi * sympy.E * x),
-    ("where(x > 0, x, 0)", sympy.Piecewise((x, x > 0), (0, True))),
-    ("Piecewise((x, x < -1), (y, x < 1 and y >= 0), (z, True))",
-     sympy.Piecewise((x, x < -1), (y, sympy.And(x < 1, y >= 0)), (z, True))),
-    ("where(not x > 0 or y == 1, x, y)", sympy.Piecewise((x, sympy.Or(sympy.Not(x > 0), sympy.Eq(y, 1))), (y, True))),
-    ("max(x, y, z)", sympy.Max(x, y, z)),
-    ("x**-2", x**-2),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("x**2 + 2*x", x**2 + 2 * x),
+        ("-x + 3/4", -x + sympy.Rational(3, 4)),
+        ("0.1*x", sympy.Rational(1, 10) * x),  # exact decimal, not the binary float 0.1
+        ("2*pi*E*x", 2 * sympy.pi * sympy.E * x),
+        ("where(x > 0, x, 0)", sympy.Piecewise((x, x > 0), (0, True))),
+        (
+            "Piecewise((x, x < -1), (y, x < 1 and y >= 0), (z, True))",
+            sympy.Piecewise((x, x < -1), (y, sympy.And(x < 1, y >= 0)), (z, True)),
+        ),
+        (
+            "where(not x > 0 or y == 1, x, y)",
+            sympy.Piecewise((x, sympy.Or(sympy.Not(x > 0), sympy.Eq(y, 1))), (y, True)),
+        ),
+        ("max(x, y, z)", sympy.Max(x, y, z)),
+        ("x**-2", x**-2),
+    ],
+)
 def test_formulas_parse_to_sympy_semantics(text, expected):
     assert parse(text).expr == expected
 
@@ -146,34 +158,40 @@ def test_caret_points_at_the_bad_token_inside_the_formula():
     assert "^" in caret
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("sin(x, y)", "sin() takes 1 argument, got 2"),
-    ("atan2(x)", "atan2() takes 2 arguments, got 1"),
-    ("max(x)", "max() takes 2 or more arguments, got 1"),
-    ("where(x > 0, x)", "where() takes 3 arguments, got 2"),
-    ("P2(x, y)", "P2() takes 1 argument, got 2"),
-    ("exp()", "exp() takes 1 argument, got 0"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("sin(x, y)", "sin() takes 1 argument, got 2"),
+        ("atan2(x)", "atan2() takes 2 arguments, got 1"),
+        ("max(x)", "max() takes 2 or more arguments, got 1"),
+        ("where(x > 0, x)", "where() takes 3 arguments, got 2"),
+        ("P2(x, y)", "P2() takes 1 argument, got 2"),
+        ("exp()", "exp() takes 1 argument, got 0"),
+    ],
+)
 def test_arity_errors(text, expected):
     assert expected in _error(text)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("x < 1", "comparisons are only allowed as the condition"),
-    ("where(x > 0 and y, 1, 2)", "expected a condition"),
-    ("x + (y > 1)", "only allowed as the condition"),
-    ("where(x, 1, 2)", "expected a condition"),
-    ("sin", "is a function: call it"),
-    ("_x + 1", "may not start with '_'"),
-    ("sin(x=1)", "positional arguments only"),
-    ("x + 1/0", "not a finite real number"),
-    ("sqrt(-1) * x", "not a finite real number"),
-    ("asin(2) + x", "not a finite real number"),
-    ("x**2000", "too large"),
-    ("", "empty"),
-    ("x +\ny", "one line"),
-    ("Piecewise(x)", "pair"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("x < 1", "comparisons are only allowed as the condition"),
+        ("where(x > 0 and y, 1, 2)", "expected a condition"),
+        ("x + (y > 1)", "only allowed as the condition"),
+        ("where(x, 1, 2)", "expected a condition"),
+        ("sin", "is a function: call it"),
+        ("_x + 1", "may not start with '_'"),
+        ("sin(x=1)", "positional arguments only"),
+        ("x + 1/0", "not a finite real number"),
+        ("sqrt(-1) * x", "not a finite real number"),
+        ("asin(2) + x", "not a finite real number"),
+        ("x**2000", "too large"),
+        ("", "empty"),
+        ("x +\ny", "one line"),
+        ("Piecewise(x)", "pair"),
+    ],
+)
 def test_rule_violations_say_what_to_do(text, expected):
     assert expected in _error(text)
 
@@ -286,9 +304,11 @@ def test_random_formula_like_text_parses_or_raises_formula_error(text):
 
 
 NAMES = st.sampled_from(["x", "y", "z"])
-NUMBERS = st.one_of(st.integers(0, 10**6).map(str),
-                    st.floats(0, 1e6, allow_nan=False, allow_infinity=False).map(repr),
-                    st.sampled_from(["pi", "E", "0.5", "1e-300", "1e300"]))
+NUMBERS = st.one_of(
+    st.integers(0, 10**6).map(str),
+    st.floats(0, 1e6, allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(["pi", "E", "0.5", "1e-300", "1e300"]),
+)
 UNARY = sorted(name for name, entry in FUNCTIONS.items() if entry.min_args == 1 and name != "where")
 VARIADIC = sorted(name for name, entry in FUNCTIONS.items() if entry.max_args is None)
 
@@ -296,15 +316,18 @@ VARIADIC = sorted(name for name, entry in FUNCTIONS.items() if entry.max_args is
 def _expressions():
     def extend(children):
         conditions = st.tuples(children, st.sampled_from(["<", "<=", ">", ">=", "==", "!="]), children).map(
-            lambda t: f"{t[0]} {t[1]} {t[2]}")
+            lambda t: f"{t[0]} {t[1]} {t[2]}"
+        )
         return st.one_of(
             st.tuples(children, st.sampled_from(["+", "-", "*", "/", "**"]), children).map(
-                lambda t: f"({t[0]} {t[1]} {t[2]})"),
+                lambda t: f"({t[0]} {t[1]} {t[2]})"
+            ),
             children.map(lambda c: f"-{c}"),
             st.tuples(st.sampled_from(UNARY), children).map(lambda t: f"{t[0]}({t[1]})"),
             st.tuples(children, children).map(lambda t: f"atan2({t[0]}, {t[1]})"),
             st.tuples(st.sampled_from(VARIADIC), st.lists(children, min_size=2, max_size=3)).map(
-                lambda t: f"{t[0]}({', '.join(t[1])})"),
+                lambda t: f"{t[0]}({', '.join(t[1])})"
+            ),
             st.tuples(conditions, children, children).map(lambda t: f"where({t[0]}, {t[1]}, {t[2]})"),
             st.tuples(children, st.sampled_from(["P2", "LegendreP3"])).map(lambda t: f"{t[1]}({t[0]})"),
         )

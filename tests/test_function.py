@@ -40,8 +40,9 @@ def gradients(output: torch.Tensor, inputs: list[torch.Tensor], create_graph: bo
     """d output / d inputs, zeros where the output does not depend on an input (or on none)."""
     if not output.requires_grad:
         return [torch.zeros_like(t) for t in inputs]
-    return list(torch.autograd.grad(output, inputs, create_graph=create_graph, allow_unused=True,
-                                    materialize_grads=True))
+    return list(
+        torch.autograd.grad(output, inputs, create_graph=create_graph, allow_unused=True, materialize_grads=True)
+    )
 
 
 def derivatives(call, values: dict[str, torch.Tensor], order: int, seed: int) -> list[list[torch.Tensor]]:
@@ -179,12 +180,26 @@ def test_python_numbers_follow_torch_type_promotion():
         assert generated.apply(a, x, b).dtype == expected.dtype, (a, x, b)
 
 
-@pytest.mark.parametrize("formula", ["where(x > 0, x, 0)", "max(x, 0)", "min(x, 2, 3)", "atan2(2, x)",
-                                     "where(1 < x, 1, -1)", "0*x + 3", "where(x > 0.1, x, 0.2)"])
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "where(x > 0, x, 0)",
+        "max(x, 0)",
+        "min(x, 2, 3)",
+        "atan2(2, x)",
+        "where(1 < x, 1, -1)",
+        "0*x + 3",
+        "where(x > 0.1, x, 0.2)",
+    ],
+)
 def test_constants_never_promote_the_input_dtype(formula):
     generated = built(formula)
-    for x in [torch.tensor(0.5, dtype=torch.float16), torch.tensor([0.5, -1.0], dtype=torch.bfloat16),
-              torch.tensor(0.5), torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)]:
+    for x in [
+        torch.tensor(0.5, dtype=torch.float16),
+        torch.tensor([0.5, -1.0], dtype=torch.bfloat16),
+        torch.tensor(0.5),
+        torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True),
+    ]:
         output = generated.apply(x)
         assert output.dtype == x.dtype and output.shape == x.shape, (formula, x)
         if x.requires_grad:
@@ -337,8 +352,9 @@ def test_jacrev_and_hessian_match_eager(case_id):
     expected = torch.func.jacrev(torch.func.jacrev(lambda v: case.reference(v).sum()))(x)
     assert_matches_reference(hessian, expected, rtol=RTOL, atol=1e-14, what="hessian")
     grad = torch.func.grad(lambda v: generated.apply(v).sum())(x)
-    assert_matches_reference(grad, torch.func.grad(lambda v: case.reference(v).sum())(x), rtol=RTOL, atol=1e-14,
-                             what="grad")
+    assert_matches_reference(
+        grad, torch.func.grad(lambda v: case.reference(v).sum())(x), rtol=RTOL, atol=1e-14, what="grad"
+    )
 
 
 @pytest.mark.parametrize("case_id", TRANSFORM_CASES)
@@ -391,7 +407,8 @@ def test_low_precision_is_as_accurate_as_same_dtype_eager(case_id, dtype):
             tolerance = 4 * eager_error + 8 * EPS[dtype] * scale
             error = (got.double() - want).abs()
             assert bool((error <= tolerance).all()), (
-                f"{case_id} {dtype} order {level}: error {error.max().item():.3g} > {tolerance.max().item():.3g}")
+                f"{case_id} {dtype} order {level}: error {error.max().item():.3g} > {tolerance.max().item():.3g}"
+            )
             assert_matches_reference(got.double(), want, rtol=0, atol=tolerance.max().item(), what=f"order {level}")
 
 
@@ -400,8 +417,9 @@ def test_low_precision_is_as_accurate_as_same_dtype_eager(case_id, dtype):
 def test_cuda_matches_cpu(dtype):
     case = CASES_BY_ID["blog_model"]
     cpu = derivatives(functools.partial(call_generated, case), case.sample(1, dtype), 2, 2)
-    cuda = derivatives(functools.partial(call_generated, case),
-                       {n: v.cuda() for n, v in case.sample(1, dtype).items()}, 2, 2)
+    cuda = derivatives(
+        functools.partial(call_generated, case), {n: v.cuda() for n, v in case.sample(1, dtype).items()}, 2, 2
+    )
     tolerance = 1e-12 if dtype == torch.float64 else 64 * EPS[dtype]
     for level in range(3):
         for got, want in zip(cuda[level], cpu[level], strict=True):
@@ -430,8 +448,11 @@ def test_cuda_compiled_with_inductor_matches_eager():
     x = torch.linspace(-2, 2, 11, dtype=torch.float64, device="cuda", requires_grad=True)
     expected, actual = model(x), compiled(x)
     assert_matches_reference(actual, expected, rtol=1e-14, what="compiled forward")
-    for got, want in zip(torch.autograd.grad(actual.sum(), [x, *model.parameters()]),
-                         torch.autograd.grad(expected.sum(), [x, *model.parameters()]), strict=True):
+    for got, want in zip(
+        torch.autograd.grad(actual.sum(), [x, *model.parameters()]),
+        torch.autograd.grad(expected.sum(), [x, *model.parameters()]),
+        strict=True,
+    ):
         assert_matches_reference(got, want, rtol=1e-13, atol=1e-15, what="compiled gradient")
 
 
@@ -511,8 +532,11 @@ def test_calling_the_class_is_apply_in_eager_mode():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=torch._dynamo.exc.Unsupported, strict=True,
-                   reason="Dynamo treats F(x) as instantiation; compiled code calls F.apply(x) (see function's docs)")
+@pytest.mark.xfail(
+    raises=torch._dynamo.exc.Unsupported,
+    strict=True,
+    reason="Dynamo treats F(x) as instantiation; compiled code calls F.apply(x) (see function's docs)",
+)
 def test_calling_the_class_under_compile():
     generated = built("a*x**2 + sin(x)")
     torch.compile(lambda v: generated(2.0, v) * 3, backend="eager", fullgraph=True)(torch.ones(3))

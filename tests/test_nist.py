@@ -17,10 +17,7 @@ def test_all_27_problems_ship_with_the_package():
 
 def test_nist_notation_becomes_formula_syntax():
     assert nist_model_to_formula("y = b1*(1-exp[-b2*x])  +  e") == ("y", "b1*(1-exp(-b2*x))")
-    assert (
-        nist_model_to_formula("y = b1 - b2*x - arctan[b3/(x-b4)]/pi + e")[1]
-        == "b1 - b2*x - atan(b3/(x-b4))/pi"
-    )
+    assert nist_model_to_formula("y = b1 - b2*x - arctan[b3/(x-b4)]/pi + e")[1] == "b1 - b2*x - atan(b3/(x-b4))/pi"
     assert nist_model_to_formula("log[y] = b1 - b2*x1 * exp[-b3*x2] + e")[0] == "log(y)"
 
 
@@ -39,9 +36,7 @@ def test_reader_reads_header_values_and_data():
 @pytest.mark.parametrize("name", PROBLEMS)
 def test_certified_values_to_6_digits_and_stderr_to_4(name, start):
     problem = load_nist(name)
-    result = fit(
-        problem.formula, problem.x, problem.y, params=problem.starts[start], decimal_data=problem.decimal
-    )
+    result = fit(problem.formula, problem.x, problem.y, params=problem.starts[start], decimal_data=problem.decimal)
     assert result.success, result.message
     names = list(problem.certified_params)
     found = np.array([result.params[n] for n in names])

@@ -81,12 +81,8 @@ def _add_fit(subparsers) -> None:
     parser.add_argument("--json", metavar="PATH", help="write parameters, loss history and settings")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG: data, fitted curve and loss curve")
     fitting = parser.add_argument_group("fitting your own model (or the experiment's data with --method)")
-    fitting.add_argument(
-        "--model", help='formula, e.g. "a + b*P2(c*x + d)" (default for a NIST file: its model)'
-    )
-    fitting.add_argument(
-        "--data", metavar="FILE", help="CSV (header optional), whitespace table, or NIST StRD .dat"
-    )
+    fitting.add_argument("--model", help='formula, e.g. "a + b*P2(c*x + d)" (default for a NIST file: its model)')
+    fitting.add_argument("--data", metavar="FILE", help="CSV (header optional), whitespace table, or NIST StRD .dat")
     fitting.add_argument(
         "--x",
         action="append",
@@ -295,9 +291,7 @@ def _run_check(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``customgrad`` argument parser with all its subcommands."""
-    parser = _ArgumentParser(
-        prog="customgrad", description="Define, check and fit custom autograd Functions."
-    )
+    parser = _ArgumentParser(prog="customgrad", description="Define, check and fit custom autograd Functions.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     _add_fit(subparsers)

@@ -59,8 +59,12 @@ class FunctionSpec:
     def partials(self) -> tuple[tuple[sympy.Expr, ...], ...]:
         """``partials[k][i]`` = d outputs[k] / d inputs[i]: declared, else derived (computed once, lazily)."""
         return tuple(
-            tuple(self.declared[variable.name] if variable.name in self.declared
-                  else inline_registered(derive_partial(output, variable)) for variable in self.inputs)
+            tuple(
+                self.declared[variable.name]
+                if variable.name in self.declared
+                else inline_registered(derive_partial(output, variable))
+                for variable in self.inputs
+            )
             for output in self.raw_outputs
         )
 
@@ -137,5 +141,11 @@ def derive_spec(
     Declared gradients apply to single-output specs (formulas); registered functions called by the
     outputs contribute their own partials (derived or declared) through the chain rule.
     """
-    return FunctionSpec(name=name, inputs=tuple(inputs), raw_outputs=tuple(outputs),
-                        declared=dict(declared or {}), formula=formula, full_shape=tuple(full_shape))
+    return FunctionSpec(
+        name=name,
+        inputs=tuple(inputs),
+        raw_outputs=tuple(outputs),
+        declared=dict(declared or {}),
+        formula=formula,
+        full_shape=tuple(full_shape),
+    )

@@ -39,8 +39,18 @@ _COMPARE = {
     ast.NotEq: sympy.Ne,
 }
 _NOT_FINITE_REAL = (sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I)
-_OPERATOR_NAMES = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.BitXor: "^", ast.BitAnd: "&",
-                   ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>", ast.Invert: "~", ast.Not: "not"}
+_OPERATOR_NAMES = {
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
+    ast.MatMult: "@",
+    ast.BitXor: "^",
+    ast.BitAnd: "&",
+    ast.BitOr: "|",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.Invert: "~",
+    ast.Not: "not",
+}
 
 
 @dataclass(frozen=True)
@@ -83,9 +93,9 @@ def parse_formula(text: str, *, what: str = "formula") -> Formula:
         With the formula quoted, a caret under the offending part, and a suggested fix.
     """
     if not isinstance(text, str):
-        raise FormulaError(f"{what} must be a string such as \"x**2 + 2*x\", got {type(text).__name__}")
+        raise FormulaError(f'{what} must be a string such as "x**2 + 2*x", got {type(text).__name__}')
     if not text.strip():
-        raise FormulaError(f"{what} is empty: write an expression such as \"x**2 + 2*x\"")
+        raise FormulaError(f'{what} is empty: write an expression such as "x**2 + 2*x"')
     if len(text) > MAX_FORMULA_LENGTH:
         raise FormulaError(f"{what} is {len(text)} characters long; the limit is {MAX_FORMULA_LENGTH}")
     if "\n" in text.strip() or "\r" in text:
@@ -104,8 +114,9 @@ def parse_formula(text: str, *, what: str = "formula") -> Formula:
     except RecursionError:
         raise FormulaError(f"{what} {source!r} is nested too deeply") from None
     if isinstance(expr, (sympy.logic.boolalg.Boolean, tuple)) and not isinstance(expr, sympy.Expr):
-        raise FormulaError(_quote(f"{what} is a condition, not a value: use it inside where(cond, a, b)",
-                                  source, 0, len(source)))
+        raise FormulaError(
+            _quote(f"{what} is a condition, not a value: use it inside where(cond, a, b)", source, 0, len(source))
+        )
     return Formula(text=source, expr=expr, names=tuple(builder.names))
 
 
@@ -147,8 +158,9 @@ class _Builder:
     def value(self, node: ast.AST):
         result = self.build(node)
         if not isinstance(result, sympy.Expr):
-            raise self.fail(node, "a condition is used where a value is expected; "
-                                  "put comparisons inside where(cond, a, b)")
+            raise self.fail(
+                node, "a condition is used where a value is expected; put comparisons inside where(cond, a, b)"
+            )
         return result
 
     def _Constant(self, node: ast.Constant, condition: bool):
@@ -175,8 +187,11 @@ class _Builder:
         if name.startswith("_"):
             raise self.fail(node, f"name {name!r} is not allowed: names may not start with '_'")
         if name in REGISTRY and name not in FUNCTIONS:
-            raise self.fail(node, f"{name!r} is a function registered with customgrad.function(..., name={name!r}): "
-                                  f"call it, as in {name}(x), or use another variable name")
+            raise self.fail(
+                node,
+                f"{name!r} is a function registered with customgrad.function(..., name={name!r}): "
+                f"call it, as in {name}(x), or use another variable name",
+            )
         if name in FUNCTIONS or name == "Piecewise":
             raise self.fail(node, f"{name!r} is a function: call it, as in {name}(x)")
         if name not in self.names:
@@ -196,8 +211,9 @@ class _Builder:
         operation = _BINARY.get(type(node.op))
         if operation is None:
             symbol_text = _OPERATOR_NAMES.get(type(node.op), "?")
-            raise self.fail(node, f"operator {symbol_text!r} is not supported: use + - * / ** "
-                                  "and functions such as floor(x)")
+            raise self.fail(
+                node, f"operator {symbol_text!r} is not supported: use + - * / ** and functions such as floor(x)"
+            )
         left, right = self.value(node.left), self.value(node.right)
         if isinstance(node.op, ast.Pow):
             self._check_power(node, left, right)
@@ -224,8 +240,10 @@ class _Builder:
 
     def _Compare(self, node: ast.Compare, condition: bool):
         if not condition:
-            raise self.fail(node, "comparisons are only allowed as the condition of where(cond, a, b) "
-                                  "or Piecewise((a, cond), (b, True))")
+            raise self.fail(
+                node,
+                "comparisons are only allowed as the condition of where(cond, a, b) or Piecewise((a, cond), (b, True))",
+            )
         parts = []
         left = self.value(node.left)
         for operator, comparator in zip(node.ops, node.comparators, strict=True):
@@ -278,8 +296,7 @@ class _Builder:
         count = len(node.args)
         if count < low or (high is not None and count > high):
             expected = str(low) if low == high else (f"{low} or more" if high is None else f"{low} to {high}")
-            raise self.fail(node, f"{name}() takes {expected} argument{'s' if expected != '1' else ''}, "
-                                  f"got {count}")
+            raise self.fail(node, f"{name}() takes {expected} argument{'s' if expected != '1' else ''}, got {count}")
 
     def _piecewise(self, node: ast.Call):
         if not node.args:

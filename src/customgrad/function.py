@@ -52,24 +52,33 @@ def _checked_arguments(arguments: Sequence, names: Sequence[str], function_name:
     for position, (name, value) in enumerate(zip(names, arguments, strict=False)):
         if isinstance(value, torch.Tensor):
             if value.is_complex():
-                raise UsageError(f"{function_name}: input {name!r} is a {value.dtype} tensor, but formulas are "
-                                 "real-valued: pass the real and imaginary parts (x.real, x.imag) as real tensors")
+                raise UsageError(
+                    f"{function_name}: input {name!r} is a {value.dtype} tensor, but formulas are "
+                    "real-valued: pass the real and imaginary parts (x.real, x.imag) as real tensors"
+                )
             continue
         if isinstance(value, (bool, int, float)) and type(value) in (bool, int, float):
             number = value
         elif isinstance(value, numbers.Real):  # numpy scalars
             number = int(value) if isinstance(value, numbers.Integral) else float(value)
         else:
-            hint = " (convert it with torch.as_tensor(...))" if isinstance(value, (list, tuple)) or hasattr(
-                value, "__array__") else ""
-            raise UsageError(f"{function_name}: input {name!r} must be a tensor or a real Python number, "
-                             f"got {type(value).__name__}{hint}")
+            hint = (
+                " (convert it with torch.as_tensor(...))"
+                if isinstance(value, (list, tuple)) or hasattr(value, "__array__")
+                else ""
+            )
+            raise UsageError(
+                f"{function_name}: input {name!r} must be a tensor or a real Python number, "
+                f"got {type(value).__name__}{hint}"
+            )
         if isinstance(number, int) and not isinstance(number, bool):
             try:
                 float(number)
             except OverflowError:
-                raise UsageError(f"{function_name}: input {name!r} is an integer with {len(str(abs(number)))} "
-                                 "digits, too large for a floating-point tensor") from None
+                raise UsageError(
+                    f"{function_name}: input {name!r} is an integer with {len(str(abs(number)))} "
+                    "digits, too large for a floating-point tensor"
+                ) from None
         checked[position] = number
     return checked
 
@@ -81,8 +90,10 @@ def _broadcast_error(arguments: Sequence, names: Sequence[str], function_name: s
         torch.broadcast_shapes(*(shape for _, shape in shapes))
     except RuntimeError:
         listed = ", ".join(f"{name} {shape}" for name, shape in shapes)
-        return UsageError(f"{function_name}: the shapes of the inputs do not broadcast together ({listed}): "
-                          "each dimension must match or be 1 (torch broadcasting rules)")
+        return UsageError(
+            f"{function_name}: the shapes of the inputs do not broadcast together ({listed}): "
+            "each dimension must match or be 1 (torch broadcasting rules)"
+        )
     return None
 
 
@@ -97,8 +108,7 @@ def _as_tensor_arguments(arguments: Sequence) -> list:
     else:
         dtype = reference.dtype if reference.is_floating_point() else torch.get_default_dtype()
         device = reference.device
-    return [a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=dtype, device=device)
-            for a in arguments]
+    return [a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=dtype, device=device) for a in arguments]
 
 
 def _promoted_dtype(arguments: Sequence) -> torch.dtype:
@@ -126,8 +136,10 @@ def _with_signature(function, names: Sequence[str]):
     """
     # Defaults of None let a call with too few inputs reach forward's own clear error.
     parameters = ", ".join(f"{name}=None" for name in names)
-    source = (f"def forward({parameters}):\n"
-              f"    return _implementation(*[a for a in ({', '.join(names)},) if a is not None])\n")
+    source = (
+        f"def forward({parameters}):\n"
+        f"    return _implementation(*[a for a in ({', '.join(names)},) if a is not None])\n"
+    )
     namespace = {"_implementation": function}
     exec(compile(source, "<customgrad forward>", "exec"), namespace)  # noqa: S102 - names are identifiers
     return namespace["forward"]
@@ -170,12 +182,14 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
         if needed not in backward_cache:
             level = next(_counter)  # fresh names: nested backward Functions take earlier grads as inputs
             grads = tuple(sympy.Symbol(f"_g{level}_{k}", real=True) for k in range(output_count))
-            outputs = tuple(sympy.Add(*[g * row[i] for g, row in zip(grads, spec.partials, strict=True)])
-                            for i in needed)
+            outputs = tuple(
+                sympy.Add(*[g * row[i] for g, row in zip(grads, spec.partials, strict=True)]) for i in needed
+            )
             used = sorted(set().union(*(spec.needs[i] for i in needed)))
             inputs = tuple(spec.inputs[j] for j in used) + grads
-            backward_spec = derive_spec(f"{spec.name}_backward", inputs, outputs,
-                                        full_shape=tuple(g.name for g in grads))
+            backward_spec = derive_spec(
+                f"{spec.name}_backward", inputs, outputs, full_shape=tuple(g.name for g in grads)
+            )
             backward_cache[needed] = (build_function(backward_spec, eager_backward=False), used)
         return backward_cache[needed]
 
@@ -210,8 +224,7 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
 
     def make_setup_context(for_jvp: bool):
         def setup_context(ctx, inputs, output):
-            ctx.needed = tuple(i for i in all_inputs
-                               if ctx.needs_input_grad[i] and isinstance(inputs[i], torch.Tensor))
+            ctx.needed = tuple(i for i in all_inputs if ctx.needs_input_grad[i] and isinstance(inputs[i], torch.Tensor))
             if not ctx.needed:
                 keep = []
             elif torch.compiler.is_compiling():
@@ -273,8 +286,10 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
         """sum_i partial_i * tangent_i, generated on first use (forward mode is the rarer path)."""
         if not jvp_cache:
             tangents = [f"_tangent{i}" for i in range(input_count)]  # not _t*: CSE temporaries
-            outputs = tuple(sympy.Add(*[sympy.Symbol(t, real=True) * row[i] for i, t in enumerate(tangents)])
-                            for row in spec.partials)
+            outputs = tuple(
+                sympy.Add(*[sympy.Symbol(t, real=True) * row[i] for i, t in enumerate(tangents)])
+                for row in spec.partials
+            )
             source = function_source(f"{python_name}_jvp", argument_names + tangents, outputs)
             jvp_cache.append(compile_source(source, f"{python_name}_jvp", f"<customgrad {spec.name} jvp>"))
         return jvp_cache[0]
@@ -282,8 +297,9 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
     def jvp(ctx, *tangents):
         arguments = _as_tensor_arguments(ctx.forward_inputs)
         reference = next(a for a in arguments if isinstance(a, torch.Tensor))
-        filled = [t if t is not None else torch.zeros((), dtype=reference.dtype, device=reference.device)
-                  for t in tangents]
+        filled = [
+            t if t is not None else torch.zeros((), dtype=reference.dtype, device=reference.device) for t in tangents
+        ]
         outputs = jvp_code()(*arguments, *filled)
         return outputs[0] if output_count == 1 else outputs
 
@@ -304,9 +320,14 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
     }
     cls = type(torch.autograd.Function)(python_name, (torch.autograd.Function,), namespace)
     cls.forward_ad = type(torch.autograd.Function)(
-        f"{python_name}_forward_ad", (torch.autograd.Function,),
-        {**namespace, "setup_context": staticmethod(make_setup_context(True)),
-         "backward": staticmethod(make_backward(True)), "jvp": staticmethod(jvp)},
+        f"{python_name}_forward_ad",
+        (torch.autograd.Function,),
+        {
+            **namespace,
+            "setup_context": staticmethod(make_setup_context(True)),
+            "backward": staticmethod(make_backward(True)),
+            "jvp": staticmethod(jvp),
+        },
     )
     cls.forward_ad.forward_ad = cls.forward_ad
     return cls
@@ -318,8 +339,10 @@ def _gradient_text(input_name: str, value) -> str:
         return value
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
         return repr(float(value)) if not isinstance(value, numbers.Integral) else str(int(value))
-    raise UsageError(f"grads[{input_name!r}] must be a formula such as '2*{input_name}' or a finite number, "
-                     f"got {type(value).__name__} {value!r}")
+    raise UsageError(
+        f"grads[{input_name!r}] must be a formula such as '2*{input_name}' or a finite number, "
+        f"got {type(value).__name__} {value!r}"
+    )
 
 
 def function(
@@ -365,13 +388,21 @@ def function(
         check_function_name(name)
     spec = formula_spec(formula, inputs=inputs, grads=grads, class_name=name)
     if name is not None and name in spec.input_names:
-        raise UsageError(f"name {name!r} is also an input of {formula!r}: registering it would make {name!r} a "
-                         "function in every later formula; choose another name")
+        raise UsageError(
+            f"name {name!r} is also an input of {formula!r}: registering it would make {name!r} a "
+            "function in every later formula; choose another name"
+        )
     cls = build_function(spec)
     if name is not None:
         # Registered with the un-inlined expression so callers differentiate through our partials.
-        register(name, cls, partials=spec.partials[0], input_symbols=spec.inputs, expr=spec.raw_outputs[0],
-                 summary=f"{name}({', '.join(spec.input_names)}) = {spec.formula}")
+        register(
+            name,
+            cls,
+            partials=spec.partials[0],
+            input_symbols=spec.inputs,
+            expr=spec.raw_outputs[0],
+            summary=f"{name}({', '.join(spec.input_names)}) = {spec.formula}",
+        )
     return cls
 
 
@@ -401,29 +432,34 @@ def formula_spec(
             raise UsageError(f"inputs {input_names} name {', '.join(duplicates)} more than once")
         missing = [n for n in parsed.names if n not in input_names]
         if missing:
-            raise FormulaError(f"formula {formula!r} uses {', '.join(map(repr, missing))}, which "
-                               f"{'is' if len(missing) == 1 else 'are'} not among inputs {input_names}: "
-                               "add them to inputs")
+            raise FormulaError(
+                f"formula {formula!r} uses {', '.join(map(repr, missing))}, which "
+                f"{'is' if len(missing) == 1 else 'are'} not among inputs {input_names}: "
+                "add them to inputs"
+            )
         for n in input_names:
             if not n.isidentifier() or n.startswith("_") or keyword.iskeyword(n):
                 raise UsageError(f"input name {n!r} is not a valid name: use letters, digits and '_'")
     if not input_names:
-        raise FormulaError(f"formula {formula!r} has no inputs: a function needs at least one, as in \"2*x\"")
+        raise FormulaError(f'formula {formula!r} has no inputs: a function needs at least one, as in "2*x"')
     if grads is not None and not isinstance(grads, Mapping):
-        raise UsageError(f"grads must be a dict {{input name: formula}} such as {{'x': '2*x'}}, "
-                         f"got {type(grads).__name__} {grads!r}")
+        raise UsageError(
+            f"grads must be a dict {{input name: formula}} such as {{'x': '2*x'}}, got {type(grads).__name__} {grads!r}"
+        )
     declared: dict[str, sympy.Expr] = {}
     for input_name, text in (grads or {}).items():
         if input_name not in input_names:
-            raise UsageError(f"grads names {input_name!r}, which is not an input of {formula!r} "
-                             f"(inputs: {', '.join(input_names)})")
+            raise UsageError(
+                f"grads names {input_name!r}, which is not an input of {formula!r} (inputs: {', '.join(input_names)})"
+            )
         parsed_gradient = parse_formula(_gradient_text(input_name, text), what=f"gradient for {input_name!r}")
         unknown = [n for n in parsed_gradient.names if n not in input_names]
         if unknown:
-            raise FormulaError(f"gradient for {input_name!r} ({text!r}) uses {', '.join(map(repr, unknown))}, "
-                               f"which {'is' if len(unknown) == 1 else 'are'} not an input "
-                               f"(inputs: {', '.join(input_names)})")
+            raise FormulaError(
+                f"gradient for {input_name!r} ({text!r}) uses {', '.join(map(repr, unknown))}, "
+                f"which {'is' if len(unknown) == 1 else 'are'} not an input "
+                f"(inputs: {', '.join(input_names)})"
+            )
         declared[input_name] = parsed_gradient.expr
     symbols = tuple(symbol(n) for n in input_names)
-    return derive_spec(class_name or f"Formula{next(_counter)}", symbols, (parsed.expr,), declared,
-                       formula=parsed.text)
+    return derive_spec(class_name or f"Formula{next(_counter)}", symbols, (parsed.expr,), declared, formula=parsed.text)

@@ -17,9 +17,7 @@ def check_writable(path: str | Path, option: str) -> Path:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise UsageError(
-            f"{option}: {str(path)!r} is a directory; give a file name such as {str(path / 'out')!r}"
-        )
+        raise UsageError(f"{option}: {str(path)!r} is a directory; give a file name such as {str(path / 'out')!r}")
     if not parent.is_dir():
         raise UsageError(
             f"{option}: cannot write {str(path)!r}: directory {str(parent)!r} does not exist; "
@@ -32,9 +30,7 @@ def check_writable(path: str | Path, option: str) -> Path:
         if not existed:
             path.unlink()  # a run that fails later leaves no empty file behind
     except OSError as error:
-        raise UsageError(
-            f"{option}: cannot write {str(path)!r}: {error.strerror}; choose another path"
-        ) from None
+        raise UsageError(f"{option}: cannot write {str(path)!r}: {error.strerror}; choose another path") from None
     return path
 
 
@@ -98,9 +94,7 @@ def plot_fit(result: FitResult, path: str | Path) -> Path:
     name, x = next(iter(data["x"].items()))
     y, fitted = data["y"], data["fitted"]
     order = np.argsort(x, kind="stable")
-    figure, (top, bottom) = plt.subplots(
-        2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     if data.get("sigma") is not None:
         top.errorbar(x, y, yerr=data["sigma"], fmt=".", markersize=3, color="0.45", label="data", zorder=1)
     else:

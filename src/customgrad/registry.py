@@ -72,8 +72,9 @@ def _make_symbol(name: str, arity: int) -> type[sympy.Function]:
             return None
         return entry.expr.xreplace(dict(zip(entry.input_symbols, self.args, strict=True)))._eval_evalf(prec)
 
-    return type(name, (sympy.Function,), {"nargs": arity, "fdiff": fdiff, "_eval_evalf": _eval_evalf,
-                                          "_customgrad_name": name})
+    return type(
+        name, (sympy.Function,), {"nargs": arity, "fdiff": fdiff, "_eval_evalf": _eval_evalf, "_customgrad_name": name}
+    )
 
 
 def forward_arity(function: type[torch.autograd.Function]) -> int:
@@ -89,13 +90,16 @@ def forward_arity(function: type[torch.autograd.Function]) -> int:
 def check_function_name(name: str) -> None:
     """Raise `UsageError` unless formulas could call a function called ``name``."""
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or keyword.iskeyword(name):
-        raise UsageError(f"function name {name!r} is not a valid name: use letters, digits and '_', "
-                         "starting with a letter (and not a Python keyword)")
+        raise UsageError(
+            f"function name {name!r} is not a valid name: use letters, digits and '_', "
+            "starting with a letter (and not a Python keyword)"
+        )
     from .functions import CONSTANTS, FUNCTIONS
 
     if name in FUNCTIONS or name in CONSTANTS or name == "Piecewise":
-        raise UsageError(f"function name {name!r} is taken by a built-in formula function or constant; "
-                         "choose another name")
+        raise UsageError(
+            f"function name {name!r} is taken by a built-in formula function or constant; choose another name"
+        )
 
 
 def register(
@@ -110,9 +114,16 @@ def register(
     """Register ``function`` under ``name`` so formulas can call it (replaces an earlier entry)."""
     check_function_name(name)
     arity = len(input_symbols) if input_symbols is not None else forward_arity(function)
-    entry = RegisteredFunction(name=name, function=function, arity=arity, symbol=_make_symbol(name, arity),
-                               partials=partials, input_symbols=input_symbols, expr=expr,
-                               summary=summary or (function.__doc__ or "").strip().split("\n")[0])
+    entry = RegisteredFunction(
+        name=name,
+        function=function,
+        arity=arity,
+        symbol=_make_symbol(name, arity),
+        partials=partials,
+        input_symbols=input_symbols,
+        expr=expr,
+        summary=summary or (function.__doc__ or "").strip().split("\n")[0],
+    )
     entry.symbol._customgrad_entry = entry
     REGISTRY[name] = entry
     return entry

@@ -41,8 +41,9 @@ def check_precision(subject: Subject) -> CheckResult:
         eager_pairs = {}
         if eager is not None:
             # The same formula in plain torch ops, same dtype: how far rounding alone moves it.
-            eager_pairs = _pairs(eager, eager.evaluate(values, low_upstream),
-                                 eager.evaluate(rounded, list(reference.upstream)))
+            eager_pairs = _pairs(
+                eager, eager.evaluate(values, low_upstream), eager.evaluate(rounded, list(reference.upstream))
+            )
         for label, (got, want) in _pairs(subject, low, high).items():
             if got is None:
                 continue
@@ -57,8 +58,9 @@ def check_precision(subject: Subject) -> CheckResult:
                     allowed = EAGER_FACTOR * eager_error
                     basis = f"{EAGER_FACTOR:g} x the error of the same formula in eager torch ops"
             if error > allowed:
-                problems.append(f"{name}: {label} is off by {error:.3g} (allowed {allowed:.3g}, {basis}) "
-                                "compared with float64")
+                problems.append(
+                    f"{name}: {label} is off by {error:.3g} (allowed {allowed:.3g}, {basis}) compared with float64"
+                )
     if problems:
         return failed("; ".join(problems), notes=notes)
     note = f" ({'; '.join(notes)})" if notes else ""
@@ -106,11 +108,13 @@ def _quantities(subject: Subject, evaluation) -> list[tuple[str, Any]]:
 def _pairs(subject: Subject, low, high) -> dict[str, tuple[Any, Any]]:
     """label -> (low-precision value, float64 value) for every output and input gradient."""
     pairs = {f"output {i}": (low.outputs[i], high.outputs[i]) for i in high.output_positions}
-    pairs.update({
-        f"gradient of {subject.input_name(p)!r}": (low.gradients[p], high.gradients[p])
-        for p in subject.differentiable_positions
-        if high.gradients[p] is not None
-    })
+    pairs.update(
+        {
+            f"gradient of {subject.input_name(p)!r}": (low.gradients[p], high.gradients[p])
+            for p in subject.differentiable_positions
+            if high.gradients[p] is not None
+        }
+    )
     return pairs
 
 

@@ -50,13 +50,14 @@ def emit_module(spec: FunctionSpec) -> str:
     grad = sympy.Symbol("grad_output", real=True)
     backward_outputs = [grad * partial for partial in spec.partials[0]]
     forward_source = function_source(f"_{name}_forward", names, spec.outputs)
-    backward_source = function_source(f"_{name}_backward", [*names, "grad_output"], backward_outputs,
-                                      full_shape=("grad_output",))
+    backward_source = function_source(
+        f"_{name}_backward", [*names, "grad_output"], backward_outputs, full_shape=("grad_output",)
+    )
     declared = "".join(f"\n    Declared (custom) gradient for {n}: {e}." for n, e in spec.declared.items())
     unpack = ", ".join(names) + ","
     returns = ", ".join(
-        f"_reduce(grads[{i}], {n}) if ctx.needs_input_grad[{i}] and isinstance(ctx.inputs[{i}], torch.Tensor) "
-        "else None" for i, n in enumerate(names)
+        f"_reduce(grads[{i}], {n}) if ctx.needs_input_grad[{i}] and isinstance(ctx.inputs[{i}], torch.Tensor) else None"
+        for i, n in enumerate(names)
     )
     return f'''"""{name}({", ".join(names)}) = {spec.formula or spec.outputs[0]}
 

@@ -61,8 +61,12 @@ class NumpyCodePrinter(TorchCodePrinter):
     module = "numpy"
     functions = NUMPY_FUNCTIONS
     binary_functions = NUMPY_BINARY_FUNCTIONS
-    powers = {sympy.S.Half: "numpy.sqrt({})", -sympy.S.Half: "(1.0 / numpy.sqrt({}))",
-              sympy.S.NegativeOne: "(1.0 / ({}))", sympy.Integer(2): "numpy.square({})"}
+    powers = {
+        sympy.S.Half: "numpy.sqrt({})",
+        -sympy.S.Half: "(1.0 / numpy.sqrt({}))",
+        sympy.S.NegativeOne: "(1.0 / ({}))",
+        sympy.Integer(2): "numpy.square({})",
+    }
     power = "numpy.power({}, {})"
     calls_registered = False
 

@@ -62,8 +62,12 @@ TORCH_CLAMPS: dict[type, str] = {
 }
 
 _RELATIONS = {
-    sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
-    sympy.GreaterThan: ">=", sympy.Eq: "==", sympy.Ne: "!=",
+    sympy.StrictLessThan: "<",
+    sympy.LessThan: "<=",
+    sympy.StrictGreaterThan: ">",
+    sympy.GreaterThan: ">=",
+    sympy.Eq: "==",
+    sympy.Ne: "!=",
 }
 
 
@@ -77,8 +81,12 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
     functions = TORCH_FUNCTIONS
     binary_functions = TORCH_BINARY_FUNCTIONS
     #: x**exponent -> call, for the exponents with a cheaper or more accurate form than pow.
-    powers = {sympy.S.Half: "torch.sqrt({})", -sympy.S.Half: "torch.rsqrt({})", sympy.S.NegativeOne:
-              "torch.reciprocal({})", sympy.Integer(2): "torch.square({})"}
+    powers = {
+        sympy.S.Half: "torch.sqrt({})",
+        -sympy.S.Half: "torch.rsqrt({})",
+        sympy.S.NegativeOne: "torch.reciprocal({})",
+        sympy.Integer(2): "torch.square({})",
+    }
     power = "torch.pow({}, {})"
     calls_registered = True  # registered Functions are callable (torch only)
 

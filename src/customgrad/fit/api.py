@@ -94,10 +94,26 @@ def fit(
         entries = 0
     with _threads_for(entries, device):
         return _fit(
-            model, x, y, params=params, method=method, sigma=sigma, bounds=bounds, loss=loss,
-            max_steps=max_steps, dtype=dtype, device=device, progress=progress, nan_policy=nan_policy,
-            learning_rate=learning_rate, ftol=ftol, xtol=xtol, gtol=gtol, on_step=on_step,
-            decimal_data=decimal_data, start_time=start_time,
+            model,
+            x,
+            y,
+            params=params,
+            method=method,
+            sigma=sigma,
+            bounds=bounds,
+            loss=loss,
+            max_steps=max_steps,
+            dtype=dtype,
+            device=device,
+            progress=progress,
+            nan_policy=nan_policy,
+            learning_rate=learning_rate,
+            ftol=ftol,
+            xtol=xtol,
+            gtol=gtol,
+            on_step=on_step,
+            decimal_data=decimal_data,
+            start_time=start_time,
         )
 
 
@@ -133,8 +149,29 @@ def _threads_for(entries: int, device) -> Iterator[None]:
                     torch.set_num_threads(_THREADS_STATE["saved"])
 
 
-def _fit(model, x, y, *, params, method, sigma, bounds, loss, max_steps, dtype, device, progress, nan_policy,
-         learning_rate, ftol, xtol, gtol, on_step, decimal_data, start_time) -> FitResult:
+def _fit(
+    model,
+    x,
+    y,
+    *,
+    params,
+    method,
+    sigma,
+    bounds,
+    loss,
+    max_steps,
+    dtype,
+    device,
+    progress,
+    nan_policy,
+    learning_rate,
+    ftol,
+    xtol,
+    gtol,
+    on_step,
+    decimal_data,
+    start_time,
+) -> FitResult:
     solver = get_solver(method)
     rho = get_loss(loss)
     if max_steps is None:
@@ -211,8 +248,12 @@ _DTYPES = (torch.float64, torch.float32)
 
 def _number(value, name: str, *, positive: bool = False) -> float:
     """A finite real option (``ftol``, ``learning_rate``): positive, or at least 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0 or (
-        positive and value == 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+        or (positive and value == 0)
     ):
         rule = "a finite positive number" if positive else "a finite number >= 0"
         raise UsageError(f"{name} must be {rule} such as 1e-6, got {value!r}")
@@ -318,8 +359,7 @@ def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict
         y = column("y", problem.y.cpu().numpy())
         weights = [1.0] * size if problem.inverse_sigma is None else problem.inverse_sigma.cpu().tolist()
         total = mpmath.fsum(
-            ((f - mpmath.mpf(t)) * mpmath.mpf(w)) ** 2
-            for f, t, w in zip(predictions, y, weights, strict=True)
+            ((f - mpmath.mpf(t)) * mpmath.mpf(w)) ** 2 for f, t, w in zip(predictions, y, weights, strict=True)
         )
     return float(total)
 
@@ -328,16 +368,12 @@ def _formula_names(problem: Model) -> tuple[str, ...]:
     return problem.function.names  # type: ignore[attr-defined]
 
 
-def _diagnose(
-    problem: Model, status: str, spread, values: list[float], dof: int, omitted: list[int]
-) -> list[str]:
+def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int, omitted: list[int]) -> list[str]:
     warnings = []
     if status == "max_steps":
         warnings.append("the step limit was reached: the parameters may not be converged (raise max_steps)")
     if status == "nonfinite":
-        warnings.append(
-            "the model produced NaN or inf during the fit; the best parameters before that are kept"
-        )
+        warnings.append("the model produced NaN or inf during the fit; the best parameters before that are kept")
     for group in spread.not_identifiable:
         warnings.append(
             f"parameters {', '.join(group)} are not identifiable: the Jacobian has rank {spread.rank} "

@@ -86,13 +86,9 @@ def fit_inputs(args) -> FitResult:
             **options,
         )
     if args.model is None:
-        raise UsageError(
-            f'--data {args.data!r} is a table: give the model with --model, e.g. --model "a + b*x"'
-        )
+        raise UsageError(f'--data {args.data!r} is a table: give the model with --model, e.g. --model "a + b*x"')
     if not params:
-        raise UsageError(
-            "give each parameter an initial value with --param NAME=VALUE (e.g. --param a=0 --param b=1)"
-        )
+        raise UsageError("give each parameter an initial value with --param NAME=VALUE (e.g. --param a=0 --param b=1)")
     table = read_table(path)
     x_columns = args.x or ["0"]
     y_column = args.y or "1"
@@ -101,9 +97,7 @@ def fit_inputs(args) -> FitResult:
     else:  # named columns: the model must use the predictors' names
         x = {_column_name(table, column): table.column(column) for column in x_columns}
     sigma = table.column(args.sigma) if args.sigma else None
-    return fit(
-        args.model, x, table.column(y_column), params=params, bounds=bounds or None, sigma=sigma, **options
-    )
+    return fit(args.model, x, table.column(y_column), params=params, bounds=bounds or None, sigma=sigma, **options)
 
 
 def _column_name(table, spec: str) -> str:

@@ -112,9 +112,7 @@ def _as_array(values, what: str) -> np.ndarray:
     if array.ndim != 1:
         array = array.squeeze()
         if array.ndim != 1:
-            raise DataError(
-                f"{what} must be one-dimensional (one value per data point), got shape {array.shape}"
-            )
+            raise DataError(f"{what} must be one-dimensional (one value per data point), got shape {array.shape}")
     return array
 
 
@@ -123,9 +121,7 @@ def prepare_data(x, y, sigma=None, *, nan_policy: str = "raise", dtype=torch.flo
     if nan_policy not in NAN_POLICIES:
         raise UsageError(f"nan_policy must be one of {{{', '.join(NAN_POLICIES)}}}, got {nan_policy!r}")
     x_is_dict = isinstance(x, Mapping)
-    columns = (
-        {str(k): _as_array(v, f"x[{k!r}]") for k, v in x.items()} if x_is_dict else {"x": _as_array(x, "x")}
-    )
+    columns = {str(k): _as_array(v, f"x[{k!r}]") for k, v in x.items()} if x_is_dict else {"x": _as_array(x, "x")}
     if not columns:
         raise DataError("x is an empty dict: give at least one predictor, e.g. x={'t': [...]} ")
     y_array = _as_array(y, "y")

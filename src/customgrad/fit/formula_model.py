@@ -120,8 +120,10 @@ def formula_model(text: str) -> FormulaModel:
     """
     entries = tuple(REGISTRY.items())
     cached = _MODELS.get(text)
-    if cached is not None and len(cached[0]) == len(entries) and all(
-        a[0] == b[0] and a[1] is b[1] for a, b in zip(cached[0], entries, strict=True)
+    if (
+        cached is not None
+        and len(cached[0]) == len(entries)
+        and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(cached[0], entries, strict=True))
     ):
         return cached[1]
     model = FormulaModel(parse_formula(text, what="model"))

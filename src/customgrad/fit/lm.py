@@ -194,9 +194,7 @@ def levenberg_marquardt(
             evaluations += 1
             cost_trial = cost_of(r_trial)
             finite = math.isfinite(cost_trial)
-            actual = (
-                1 - cost_trial / cost if finite and 0.1 * math.sqrt(cost_trial) < math.sqrt(cost) else -1.0
-            )
+            actual = 1 - cost_trial / cost if finite and 0.1 * math.sqrt(cost_trial) < math.sqrt(cost) else -1.0
             linear_part = decrease / cost
             damping_part = lam * step_norm**2 / cost
             predicted = linear_part + 2 * damping_part

@@ -62,9 +62,7 @@ def robust_cost(rho: Rho | None, r: torch.Tensor) -> float:
     return float(rho(r * r)[0].sum())
 
 
-def robust_linearization(
-    rho: Rho, r: torch.Tensor, jacobian: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def robust_linearization(rho: Rho, r: torch.Tensor, jacobian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Residuals and Jacobian scaled so that a Gauss-Newton step minimises sum rho(r^2) (Triggs).
 
     With z = r^2: J <- sqrt(rho' + 2 rho'' z) J and r <- rho' r / sqrt(rho' + 2 rho'' z), so that

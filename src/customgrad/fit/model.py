@@ -45,9 +45,7 @@ class ParameterSpec:
 def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSpec]:
     """Read ``params`` (name -> value, or name -> {"value", "min", "max", "fixed"}) and ``bounds``."""
     if not isinstance(params, Mapping) or not params:
-        raise UsageError(
-            "params must be a non-empty dict of name -> initial value, e.g. {'a': 0.0, 'b': 1.0}"
-        )
+        raise UsageError("params must be a non-empty dict of name -> initial value, e.g. {'a': 0.0, 'b': 1.0}")
     bounds = dict(bounds or {})
     unknown = set(bounds) - set(params)
     if unknown:
@@ -61,13 +59,9 @@ def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSp
         spec = dict(given) if isinstance(given, Mapping) else {"value": given}
         extra = set(spec) - {"value", "min", "max", "fixed"}
         if extra:
-            raise UsageError(
-                f"parameter {name!r}: unknown keys {sorted(extra)} (allowed: value, min, max, fixed)"
-            )
+            raise UsageError(f"parameter {name!r}: unknown keys {sorted(extra)} (allowed: value, min, max, fixed)")
         if spec.get("value") is None:
-            raise UsageError(
-                f"parameter {name!r} has no initial value: give one, e.g. params={{{name!r}: 1.0}}"
-            )
+            raise UsageError(f"parameter {name!r} has no initial value: give one, e.g. params={{{name!r}: 1.0}}")
         value = _finite(spec["value"], f"initial value of parameter {name!r}")
         pair = bounds.get(name, (spec.get("min"), spec.get("max")))
         if isinstance(pair, (str, bytes)) or not isinstance(pair, Iterable) or len(pair := list(pair)) != 2:
@@ -177,9 +171,7 @@ class Model:
         self.free = [spec for spec in specs if not spec.fixed]
         self.names = tuple(spec.name for spec in self.free)
         self.fixed = {
-            spec.name: torch.tensor(spec.value, dtype=y.dtype, device=y.device)
-            for spec in specs
-            if spec.fixed
+            spec.name: torch.tensor(spec.value, dtype=y.dtype, device=y.device) for spec in specs if spec.fixed
         }
         self.bounded = [(i, spec) for i, spec in enumerate(self.free) if spec.bounded]
         self.pointwise = True
@@ -199,9 +191,7 @@ class Model:
             for n in getattr(function, "names", ())
         ]
         if self._numpy_rows is not None:
-            self._numpy_slots = [
-                (value if index is not None else value.numpy(), index) for value, index in self._slots
-            ]
+            self._numpy_slots = [(value if index is not None else value.numpy(), index) for value, index in self._slots]
             self._y_array = y.numpy()
             self._weights = None if self.inverse_sigma is None else self.inverse_sigma.numpy()
         self._ones = torch.ones_like(y)
@@ -339,10 +329,7 @@ class Model:
             r = self.predict(leaf if external else self.external(leaf)) - self.y
             if self.inverse_sigma is not None:
                 r = r * self.inverse_sigma
-            rows = [
-                torch.autograd.grad(r[i], leaf, retain_graph=True, allow_unused=True)[0]
-                for i in range(self.size)
-            ]
+            rows = [torch.autograd.grad(r[i], leaf, retain_graph=True, allow_unused=True)[0] for i in range(self.size)]
         zero = torch.zeros_like(theta)
         return r.detach(), torch.stack([zero if row is None else row for row in rows])
 
@@ -362,9 +349,7 @@ def build_function(
         (only,) = data_names
         return _returning_tensor(lambda data, values: model(data[only], **values), text), text, data_names
     if not isinstance(model, str):
-        raise UsageError(
-            f"model must be a formula string or a callable f(x, **params), got {type(model).__name__}"
-        )
+        raise UsageError(f"model must be a formula string or a callable f(x, **params), got {type(model).__name__}")
     compiled = formula_model(model)
     names = compiled.names
     if not x_is_dict:

@@ -26,9 +26,7 @@ _NOTATION: tuple[tuple[str, str], ...] = (
 )
 # Transforms of the response written on the left of "=" (Nelson: log[y] = ...): name -> numpy function.
 _RESPONSE_TRANSFORMS = {"y": lambda y: y, "log(y)": np.log}
-_LINES = re.compile(
-    r"(Starting Values|Certified Values|Data)\s*\(lines\s+(\d+)\s+to\s+(\d+)\)", re.IGNORECASE
-)
+_LINES = re.compile(r"(Starting Values|Certified Values|Data)\s*\(lines\s+(\d+)\s+to\s+(\d+)\)", re.IGNORECASE)
 _PARAMETER = re.compile(r"^\s*(b\d+)\s*=\s*(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
 _SUMMARY = {
     "Residual Sum of Squares": "certified_cost",
@@ -134,20 +132,14 @@ def read_nist(path: str | Path) -> NistProblem:
     columns = {name: data[:, i] for i, name in enumerate(header)}
     response, formula = _read_model(lines, where)
     if response not in _RESPONSE_TRANSFORMS:
-        raise DataError(
-            f"{where}: response {response!r} not supported (known: {', '.join(_RESPONSE_TRANSFORMS)})"
-        )
+        raise DataError(f"{where}: response {response!r} not supported (known: {', '.join(_RESPONSE_TRANSFORMS)})")
     difficulty = next(
         (line.split("Level of Difficulty")[0].strip() for line in lines if "Level of Difficulty" in line), ""
     )
     y = _RESPONSE_TRANSFORMS[response](columns.pop("y"))
     # The data's decimal text, for an exact final cost (Lanczos1's residuals are at float64's rounding
     # of the data); y's only when the response is y itself.
-    decimal = {
-        name: tuple(row[i] for row in texts)
-        for i, name in enumerate(header)
-        if name != "y" or response == "y"
-    }
+    decimal = {name: tuple(row[i] for row in texts) for i, name in enumerate(header) if name != "y" or response == "y"}
     return NistProblem(
         name=path.stem,
         formula=formula,
@@ -196,7 +188,5 @@ def load_nist(name: str) -> NistProblem:
     known = {known.lower(): known for known in nist_names()}
     if name.lower() not in known:
         raise UsageError(f"unknown NIST problem {name!r}: choose one of {', '.join(known.values())}")
-    with resources.as_file(
-        resources.files("customgrad") / "data" / "nist" / f"{known[name.lower()]}.dat"
-    ) as path:
+    with resources.as_file(resources.files("customgrad") / "data" / "nist" / f"{known[name.lower()]}.dat") as path:
         return read_nist(path)

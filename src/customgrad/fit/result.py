@@ -24,8 +24,7 @@ TERMINATION: dict[str, tuple[bool, str]] = {
     "completed": (True, "ran the requested number of steps"),
     "max_steps": (
         False,
-        "stopped: the step limit was reached before convergence; raise max_steps or "
-        "start closer to the solution",
+        "stopped: the step limit was reached before convergence; raise max_steps or start closer to the solution",
     ),
     "nonfinite": (
         False,

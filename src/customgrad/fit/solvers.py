@@ -72,11 +72,7 @@ def _gradient_descent(optimizer_name: str):
             history.append(value)
             if on_step is not None:
                 on_step(step + 1, value)
-            if (
-                optimizer_name == "lbfgs"
-                and len(history) > 1
-                and abs(history[-2] - value) <= 1e-15 * abs(value)
-            ):
+            if optimizer_name == "lbfgs" and len(history) > 1 and abs(history[-2] - value) <= 1e-15 * abs(value):
                 status = "ftol"
                 break
         final = cost_of(residuals(leaf.detach()))
@@ -100,9 +96,7 @@ def _gradient_descent(optimizer_name: str):
 def _lm(residuals, linearize, cost_of, theta, *, max_steps, on_step=None, **options) -> Outcome:
     options.pop("objective", None)
     options.pop("learning_rate", None)
-    return levenberg_marquardt(
-        residuals, linearize, cost_of, theta, max_steps=max_steps, on_step=on_step, **options
-    )
+    return levenberg_marquardt(residuals, linearize, cost_of, theta, max_steps=max_steps, on_step=on_step, **options)
 
 
 SOLVERS: dict[str, Callable[..., Outcome]] = {

@@ -15,6 +15,8 @@ import sympy
 from .errors import DeriveError
 
 SIMPLIFY_MAX_OPS = 40  # simplify small partials only: simplify() is slow on large expressions
+# cancel() expands powers of sums: (x + y + z + 1)**29 has 4960 terms. Display-only simplification skips it there.
+CANCEL_MAX_POWER = 6
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,24 @@ def zero_almost_everywhere(expr: sympy.Expr) -> sympy.Expr:
 
 
 def derive_partial(expr: sympy.Expr, variable: sympy.Symbol) -> sympy.Expr:
-    """d expr / d variable, with a-e-zero terms removed and small results simplified."""
+    """d expr / d variable, with a-e-zero terms removed.
+
+    Not simplified: on the formula corpus simplification changed no error bound (forward <= 1e-14,
+    derivatives <= 1e-12 relative in float64) while costing three quarters of the time to define a
+    formula (and minutes on (x + y + z + 1)**30); code generation shares subexpressions anyway.
+    `simplify_for_display` tidies what ``customgrad derive`` prints.
+    """
     partial = zero_almost_everywhere(sympy.diff(expr, variable))
     if partial.has(sympy.Derivative):
         raise DeriveError(f"cannot differentiate {expr} with respect to {variable}: SymPy left {partial}")
-    if sympy.count_ops(partial) <= SIMPLIFY_MAX_OPS:
-        partial = simplify_bounded(partial)
     return partial
+
+
+def simplify_for_display(expr: sympy.Expr) -> sympy.Expr:
+    """``expr`` simplified by `simplify_bounded` when small (for people to read; code uses it as derived)."""
+    if sympy.count_ops(expr) > SIMPLIFY_MAX_OPS:
+        return expr
+    return simplify_bounded(expr)
 
 
 def simplify_bounded(expr: sympy.Expr) -> sympy.Expr:
@@ -103,11 +116,17 @@ def simplify_bounded(expr: sympy.Expr) -> sympy.Expr:
     Not ``sympy.simplify``: its trigsimp can run for minutes on small expressions (hyperbolic
     functions are factored over the Gaussian rationals); these passes are polynomial-time.
     """
-    candidates = [expr, sympy.factor_terms(expr), sympy.factor_terms(sympy.cancel(expr))]
+    candidates = [expr, sympy.factor_terms(expr)]
+    if not _has_large_power_of_sum(expr):
+        candidates.append(sympy.factor_terms(sympy.cancel(expr)))
     # Rewrites that clear denominators (0.044715 x -> (8943 x + 200000)/200000) overflow float16.
     largest = _largest_number(expr)
     candidates = [c for c in candidates if _largest_number(c) <= largest]
     return min(candidates, key=sympy.count_ops)  # ties keep the earliest, least rewritten form
+
+
+def _has_large_power_of_sum(expr: sympy.Expr) -> bool:
+    return any(p.base.is_Add and p.exp.is_Integer and abs(int(p.exp)) > CANCEL_MAX_POWER for p in expr.atoms(sympy.Pow))
 
 
 def _largest_number(expr: sympy.Expr) -> float:

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import functools
 import itertools
-import keyword
-import math
 import numbers
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import sympy
 import torch
@@ -28,8 +26,8 @@ from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dty
 
 from .codegen.torch import compile_source, function_source, torch_callable
 from .derive import FunctionSpec, derive_spec
-from .errors import FormulaError, UsageError
-from .formula import parse_formula, symbol
+from .errors import UsageError
+from .formula_spec import formula_spec
 from .registry import check_function_name, register
 
 _counter = itertools.count()
@@ -333,18 +331,6 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
     return cls
 
 
-def _gradient_text(input_name: str, value) -> str:
-    """A declared gradient as formula text: strings as they are, finite real numbers (``1``, ``0.5``) too."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
-        return repr(float(value)) if not isinstance(value, numbers.Integral) else str(int(value))
-    raise UsageError(
-        f"grads[{input_name!r}] must be a formula such as '2*{input_name}' or a finite number, "
-        f"got {type(value).__name__} {value!r}"
-    )
-
-
 def function(
     formula: str,
     *,
@@ -404,62 +390,3 @@ def function(
             summary=f"{name}({', '.join(spec.input_names)}) = {spec.formula}",
         )
     return cls
-
-
-def formula_spec(
-    formula: str,
-    *,
-    inputs: Sequence[str] | None = None,
-    grads: Mapping[str, str] | None = None,
-    class_name: str | None = None,
-) -> FunctionSpec:
-    """The `FunctionSpec` of f(inputs) = formula with declared ``grads``, validated; nothing generated yet.
-
-    Parameters as for `function`; ``class_name`` names the spec (default ``Formula<n>``). Partials
-    are derived when first used.
-    """
-    parsed = parse_formula(formula)
-    if inputs is None:
-        input_names = list(parsed.names)
-    else:
-        if isinstance(inputs, str) or not isinstance(inputs, Iterable):
-            raise UsageError(f"inputs must be a list of names such as ['x', 'y'], got {inputs!r}")
-        input_names = list(inputs)
-        if not all(isinstance(n, str) for n in input_names):
-            raise UsageError(f"inputs must be a list of names such as ['x', 'y'], got {input_names!r}")
-        duplicates = sorted({n for n in input_names if input_names.count(n) > 1})
-        if duplicates:
-            raise UsageError(f"inputs {input_names} name {', '.join(duplicates)} more than once")
-        missing = [n for n in parsed.names if n not in input_names]
-        if missing:
-            raise FormulaError(
-                f"formula {formula!r} uses {', '.join(map(repr, missing))}, which "
-                f"{'is' if len(missing) == 1 else 'are'} not among inputs {input_names}: "
-                "add them to inputs"
-            )
-        for n in input_names:
-            if not n.isidentifier() or n.startswith("_") or keyword.iskeyword(n):
-                raise UsageError(f"input name {n!r} is not a valid name: use letters, digits and '_'")
-    if not input_names:
-        raise FormulaError(f'formula {formula!r} has no inputs: a function needs at least one, as in "2*x"')
-    if grads is not None and not isinstance(grads, Mapping):
-        raise UsageError(
-            f"grads must be a dict {{input name: formula}} such as {{'x': '2*x'}}, got {type(grads).__name__} {grads!r}"
-        )
-    declared: dict[str, sympy.Expr] = {}
-    for input_name, text in (grads or {}).items():
-        if input_name not in input_names:
-            raise UsageError(
-                f"grads names {input_name!r}, which is not an input of {formula!r} (inputs: {', '.join(input_names)})"
-            )
-        parsed_gradient = parse_formula(_gradient_text(input_name, text), what=f"gradient for {input_name!r}")
-        unknown = [n for n in parsed_gradient.names if n not in input_names]
-        if unknown:
-            raise FormulaError(
-                f"gradient for {input_name!r} ({text!r}) uses {', '.join(map(repr, unknown))}, "
-                f"which {'is' if len(unknown) == 1 else 'are'} not an input "
-                f"(inputs: {', '.join(input_names)})"
-            )
-        declared[input_name] = parsed_gradient.expr
-    symbols = tuple(symbol(n) for n in input_names)
-    return derive_spec(class_name or f"Formula{next(_counter)}", symbols, (parsed.expr,), declared, formula=parsed.text)

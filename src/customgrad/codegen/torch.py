@@ -10,14 +10,17 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import sympy
-import torch
 from sympy.codegen.cfunctions import expm1, log1p
 from sympy.printing.pycode import AbstractPythonCodePrinter
 
 from ..functions import Round, sigmoid, softplus
 from ..registry import REGISTRY
+
+if TYPE_CHECKING:
+    import torch
 
 #: SymPy function -> torch call. A new formula function is one new row here.
 TORCH_FUNCTIONS: dict[type, str] = {
@@ -219,11 +222,15 @@ def print_torch(expr: sympy.Expr) -> str:
     return TorchCodePrinter().doprint(expr)
 
 
-def runtime_namespace() -> dict:
-    """Names generated code may use: torch and the registered functions."""
+def runtime_namespace(source: str | None = None) -> dict:
+    """Names generated code may use: torch and the registered functions (those ``source`` calls, if given)."""
+    import torch  # here, not at the top: printing code (customgrad derive) needs no torch
+
     namespace = {"torch": torch}
     for name, entry in REGISTRY.items():
-        namespace[f"_registered_{name}"] = entry.function.apply
+        # Only what the code calls: a built-in's Function is generated when first called.
+        if source is None or f"_registered_{name}(" in source:
+            namespace[f"_registered_{name}"] = entry.autograd_function().apply
     return namespace
 
 
@@ -286,6 +293,8 @@ def rows_source(
 
 def _full(value, *arguments) -> torch.Tensor:
     """``value`` as a new tensor with the broadcast shape of ``arguments`` (functional: vmap-safe)."""
+    import torch
+
     tensors = [a for a in arguments if isinstance(a, torch.Tensor)]
     shape = torch.broadcast_shapes(*(t.shape for t in tensors))
     if isinstance(value, torch.Tensor):
@@ -298,7 +307,7 @@ def _full(value, *arguments) -> torch.Tensor:
 
 def compile_source(source: str, name: str, filename: str) -> Callable:
     """Compile generated source and return the function it defines."""
-    namespace = runtime_namespace()
+    namespace = runtime_namespace(source)
     namespace["_full"] = _full
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated code, not user text
     return namespace[name]

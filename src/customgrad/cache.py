@@ -11,8 +11,8 @@ API (all a caller needs)::
     info() -> CacheInfo                      # entries and bytes per namespace
     clear() -> int                           # removes every entry, returns how many
 
-``key`` is a string or a sequence of strings; customgrad's version, torch's version, the Python
-version and `FORMAT_VERSION` are added to it, so an entry written by another version is never read.
+``key`` is a string or a sequence of strings; customgrad's, torch's, SymPy's and Python's versions
+and `FORMAT_VERSION` are added to it, so an entry written by another version is never read.
 Entries are written to a temporary file in the same folder and renamed into place (`os.replace`),
 so readers see a whole entry or none and two processes writing the same entry both succeed. Each
 entry carries its key digest, length and SHA-256, so truncated or hand-edited entries are ignored
@@ -169,19 +169,18 @@ def _digest(namespace: str, key: str | Sequence[str]) -> str:
 
 def _library_versions() -> list[str]:
     if not _versions:
-        _versions.extend([__version__, _torch_version(), "{}.{}".format(*sys.version_info[:2])])
+        versions = [_installed_version("torch"), _installed_version("sympy")]
+        _versions.extend([__version__, *versions, "{}.{}".format(*sys.version_info[:2])])
     return _versions
 
 
-def _torch_version() -> str:
-    # Reading the installed version avoids importing torch (seconds) just to name a cache entry.
-    torch = sys.modules.get("torch")
-    if torch is not None and hasattr(torch, "__version__"):
-        return str(torch.__version__)
+def _installed_version(package: str) -> str:
+    # The installed distribution's version (the same whether or not the package is imported yet):
+    # reading it avoids importing torch (seconds) just to name a cache entry.
     from importlib import metadata
 
     try:
-        return metadata.version("torch")
+        return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "none"
 

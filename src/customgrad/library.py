@@ -90,6 +90,11 @@ def registered_builtin(name: str) -> RegisteredFunction:
     return REGISTRY.setdefault(name, _entries[name])
 
 
+def builtin_entry(name: str) -> RegisteredFunction | None:
+    """The registry entry made for built-in ``name``, or None when it has not been made yet."""
+    return _entries.get(name)
+
+
 def __getattr__(name: str):
     if name in GENERATED or name in HANDWRITTEN:
         return builtin(name)

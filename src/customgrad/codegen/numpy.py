@@ -9,13 +9,13 @@ results here, as in torch).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import numpy
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
 from ..functions import Round, sigmoid, softplus
+from .runtime import compile_numpy  # noqa: F401 - the runtime, re-exported
 from .torch import TorchCodePrinter
 
 #: SymPy function -> numpy call (a function with no row here is not available in numpy code).
@@ -78,20 +78,3 @@ class NumpyCodePrinter(TorchCodePrinter):
         for item in printed[1:]:
             result = f"{call}({result}, {item})"
         return result
-
-
-def _sigmoid(x):
-    # 1 / (1 + exp(-x)), without overflow warnings mattering (exp(-x) = inf gives 0)
-    return 1.0 / (1.0 + numpy.exp(-x))
-
-
-def _softplus(x):
-    # log(1 + exp(x)), stable for large x
-    return numpy.logaddexp(0.0, x)
-
-
-def compile_numpy(source: str, name: str, filename: str) -> Callable:
-    """Compile generated numpy source and return the function it defines."""
-    namespace = {"numpy": numpy, "_sigmoid": _sigmoid, "_softplus": _softplus}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated code, not user text
-    return namespace[name]

@@ -6,7 +6,6 @@ expressions (never from user text) and compiled with ``compile``/``exec`` into a
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -17,7 +16,7 @@ from sympy.codegen.cfunctions import expm1, log1p
 from sympy.printing.pycode import AbstractPythonCodePrinter
 
 from ..functions import Round, sigmoid, softplus
-from ..registry import REGISTRY
+from .runtime import _full, compile_source, runtime_namespace  # noqa: F401 - the runtime, re-exported
 
 if TYPE_CHECKING:
     import torch
@@ -222,18 +221,6 @@ def print_torch(expr: sympy.Expr) -> str:
     return TorchCodePrinter().doprint(expr)
 
 
-def runtime_namespace(source: str | None = None) -> dict:
-    """Names generated code may use: torch and the registered functions (those ``source`` calls, if given)."""
-    import torch  # here, not at the top: printing code (customgrad derive) needs no torch
-
-    namespace = {"torch": torch}
-    for name, entry in REGISTRY.items():
-        # Only what the code calls: a built-in's Function is generated when first called.
-        if source is None or f"_registered_{name}(" in source:
-            namespace[f"_registered_{name}"] = entry.autograd_function().apply
-    return namespace
-
-
 def function_source(
     name: str,
     argument_names: Sequence[str],
@@ -289,28 +276,6 @@ def rows_source(
     lines += [f"    {temporary} = {printer.doprint(value)}" for temporary, value in replacements]
     lines += [f"    _out[{index}] = {printer.doprint(row)}" for index, row in enumerate(reduced)]
     return "\n".join(lines) + "\n"
-
-
-def _full(value, *arguments) -> torch.Tensor:
-    """``value`` as a new tensor with the broadcast shape of ``arguments`` (functional: vmap-safe)."""
-    import torch
-
-    tensors = [a for a in arguments if isinstance(a, torch.Tensor)]
-    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
-    if isinstance(value, torch.Tensor):
-        return value + torch.zeros(shape, dtype=value.dtype, device=value.device)
-    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
-    if not dtype.is_floating_point and not dtype.is_complex:
-        dtype = torch.get_default_dtype()
-    return torch.full(shape, value, dtype=dtype, device=tensors[0].device)
-
-
-def compile_source(source: str, name: str, filename: str) -> Callable:
-    """Compile generated source and return the function it defines."""
-    namespace = runtime_namespace(source)
-    namespace["_full"] = _full
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated code, not user text
-    return namespace[name]
 
 
 def torch_callable(expr: sympy.Expr, names: Sequence[str]) -> Callable[..., torch.Tensor]:

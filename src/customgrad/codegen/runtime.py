@@ -1,0 +1,77 @@
+"""Running generated code: source -> function, with the names generated code may use.
+
+No SymPy here, so that code read back from the disk cache runs without importing it: torch code
+gets ``torch``, ``_full`` and the registered Functions it calls; numpy code gets ``numpy`` and its
+helpers.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy
+
+if TYPE_CHECKING:
+    import torch
+
+_REGISTERED_CALL = re.compile(r"\b_registered_(\w+)\(")
+
+
+def runtime_namespace(source: str | None = None) -> dict:
+    """Names generated code may use: torch and the registered functions (those ``source`` calls, if given)."""
+    import torch  # here, not at the top: printing code (customgrad derive) needs no torch
+
+    namespace = {"torch": torch}
+    called = set(_REGISTERED_CALL.findall(source)) if source is not None else None
+    if called is None or called:
+        # Only what the code calls (and nothing for code that calls none: no SymPy for cached code);
+        # a built-in's Function is generated when first called.
+        from ..registry import REGISTRY, lookup
+
+        for name in called if called is not None else list(REGISTRY):
+            entry = lookup(name)
+            if entry is not None:
+                namespace[f"_registered_{name}"] = entry.autograd_function().apply
+    return namespace
+
+
+def _full(value, *arguments) -> torch.Tensor:
+    """``value`` as a new tensor with the broadcast shape of ``arguments`` (functional: vmap-safe)."""
+    import torch
+
+    tensors = [a for a in arguments if isinstance(a, torch.Tensor)]
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    if isinstance(value, torch.Tensor):
+        return value + torch.zeros(shape, dtype=value.dtype, device=value.device)
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    if not dtype.is_floating_point and not dtype.is_complex:
+        dtype = torch.get_default_dtype()
+    return torch.full(shape, value, dtype=dtype, device=tensors[0].device)
+
+
+def compile_source(source: str, name: str, filename: str) -> Callable:
+    """Compile generated source and return the function it defines."""
+    namespace = runtime_namespace(source)
+    namespace["_full"] = _full
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated code, not user text
+    return namespace[name]
+
+
+def _sigmoid(x):
+    # 1 / (1 + exp(-x)), without overflow warnings mattering (exp(-x) = inf gives 0)
+    return 1.0 / (1.0 + numpy.exp(-x))
+
+
+def _softplus(x):
+    # log(1 + exp(x)), stable for large x
+    return numpy.logaddexp(0.0, x)
+
+
+def compile_numpy(source: str, name: str, filename: str) -> Callable:
+    """Compile generated numpy source and return the function it defines."""
+    namespace = {"numpy": numpy, "_sigmoid": _sigmoid, "_softplus": _softplus}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated code, not user text
+    return namespace[name]

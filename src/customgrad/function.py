@@ -145,11 +145,13 @@ def _with_signature(function, names: Sequence[str]):
 
 def _eager_twin(spec: FunctionSpec):
     """The formula as plain torch ops, differentiated by ordinary autograd (true derivatives, every
-    intermediate saved): a same-dtype reference for checks and benchmarks."""
-    code = torch_callable(spec.outputs[0], spec.input_names)
+    intermediate saved): a same-dtype reference for checks and benchmarks. Generated on first call."""
+    code: list = []
 
     def eager(*arguments):
-        return code(*_as_tensor_arguments(arguments))
+        if not code:
+            code.append(torch_callable(spec.outputs[0], spec.input_names))
+        return code[0](*_as_tensor_arguments(arguments))
 
     return _with_signature(eager, spec.input_names)
 
@@ -312,7 +314,8 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
         "declared_grads": {name: str(expr) for name, expr in spec.declared.items()},
         "eager": staticmethod(_eager_twin(spec)) if eager_backward and output_count == 1 else None,
         "forward_source": source,
-        "__doc__": f"{spec.name}({', '.join(argument_names)}) = {', '.join(map(str, spec.outputs))}",
+        # The formula as written; printing a backward's outputs would cost more than generating its code.
+        "__doc__": f"{spec.name}({', '.join(argument_names)}) = {spec.formula or 'generated backward'}",
         "__module__": "customgrad.generated",
         "__new__": staticmethod(_call_apply),
     }

@@ -121,7 +121,7 @@ class FormulaModel:
                     record = {"source": None}
                 _store(self._key, part, record)
             source = record["source"]
-            self._linearizations[key] = None if source is None else self._compile(source, language)
+            self._linearizations[key] = None if source is None else _Compiled(source, language, self.text)
         return self._linearizations[key]
 
     def values(self, language: str = "torch") -> Callable | None:
@@ -147,11 +147,20 @@ class FormulaModel:
             return rows_source("_rows", self.names, rows, NumpyCodePrinter())
         return rows_source("_rows", self.names, rows)
 
-    def _compile(self, source: str, language: str) -> Callable:
-        filename = f"<customgrad {language} rows of {self.text}>"
-        compiled = (compile_numpy if language == "numpy" else compile_source)(source, "_rows", filename)
-        compiled.source = source
-        return compiled
+
+class _Compiled:
+    """Generated rows code, compiled on first call (a fit on the numpy path never calls the torch rows)."""
+
+    def __init__(self, source: str, language: str, text: str):
+        self.source, self.language, self.text = source, language, text
+        self._function: Callable | None = None
+
+    def __call__(self, *arguments):
+        if self._function is None:
+            filename = f"<customgrad {self.language} rows of {self.text}>"
+            compile_rows = compile_numpy if self.language == "numpy" else compile_source
+            self._function = compile_rows(self.source, "_rows", filename)
+        return self._function(*arguments)
 
 
 _MODELS: dict[str, tuple[tuple, FormulaModel]] = {}

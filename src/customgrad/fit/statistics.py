@@ -1,6 +1,7 @@
-"""Standard errors cov = s^2 (J^T J)^-1, s^2 = cost / dof, from an SVD of the column-scaled Jacobian,
-with the diagnostics a careful analyst adds: rank deficiency (which parameters are not identifiable),
-ill-conditioning, and parameters at their bounds.
+"""Standard errors cov = s^2 (J^T J)^-1, s^2 = cost / dof, from an SVD of the column-scaled R factor
+of J = QR (the same small R Levenberg-Marquardt steps with), with the diagnostics a careful analyst
+adds: rank deficiency (which parameters are not identifiable), parameters the model no longer depends
+on, ill-conditioning, and parameters at their bounds.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ import torch
 # and condition number above which standard errors are flagged as fragile.
 RANK_TOLERANCE = 1e-10
 CONDITION_WARNING = 1e12
-# A parameter counts as part of a null direction when its component there exceeds this.
+# A parameter counts as part of a null direction when its component there exceeds this
+# (on the projector onto the null space: its diagonal entry exceeds the square).
 NULL_COMPONENT = 0.1
+# A parameter whose whole effect (a change by max(|b_j|, 1)) moves the predictions by less than this
+# share of the data, ||J_j|| max(|b_j|, 1) < INSENSITIVE ||y||, is not determined by the data: its
+# Jacobian column is rounding noise (c + a exp(-k x) on constant y, where a ~ 1e-17 leaves k free).
+INSENSITIVE = 1e-12
 
 
 @dataclass
@@ -31,37 +37,86 @@ class Uncertainty:
     not_identifiable: list[list[str]] = field(default_factory=list)
 
 
-def uncertainty(jacobian: torch.Tensor, cost: float, dof: int, names: tuple[str, ...]) -> Uncertainty:
-    """cov = s^2 D^-1 V diag(1/S^2) V^T D^-1 (SVD of J D^-1), s^2 = cost / dof; NaN where not identifiable."""
-    jacobian = jacobian.detach().to(torch.float64).cpu().numpy()
-    p = jacobian.shape[1]
-    column_norms = np.linalg.norm(jacobian, axis=0)
-    scale = np.where(column_norms > 0, column_norms, 1.0)
-    if not np.isfinite(jacobian).all():
+def reduce_to_r(jacobian: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The p x p upper-triangular R of J = QR (zero rows appended when n < p), float64 on the CPU.
+
+    R carries everything the covariance needs, J^T J = R^T R, in p^2 numbers: R's of data shards or
+    batches stack and reduce again.
+    """
+    matrix = torch.as_tensor(jacobian).detach().to(torch.float64)
+    rows, columns = matrix.shape
+    if rows < columns:
+        matrix = torch.cat([matrix, matrix.new_zeros(columns - rows, columns)])
+    return torch.linalg.qr(matrix, mode="r").R.cpu().numpy()
+
+
+def uncertainty(
+    jacobian: torch.Tensor,
+    cost: float,
+    dof: int,
+    names: tuple[str, ...],
+    *,
+    values: np.ndarray | None = None,
+    data_norm: float | None = None,
+) -> Uncertainty:
+    """cov = s^2 D^-1 V diag(1/S^2) V^T D^-1 (SVD of R D^-1, J = QR), s^2 = cost / dof; NaN where not identifiable.
+
+    With ``values`` (the fitted parameters) and ``data_norm`` (||y||, weighted as J is), a parameter
+    whose column is below `INSENSITIVE` of the data is not identifiable either (see `INSENSITIVE`).
+    """
+    p = len(names)
+    upper = reduce_to_r(jacobian)
+    if not np.isfinite(upper).all():
         nan = np.full((p, p), math.nan)
         return Uncertainty(nan, np.full(p, math.nan), nan, math.inf, 0, [list(names)])
-    _, s, vt = np.linalg.svd(jacobian / scale, full_matrices=False)
-    s = np.concatenate([s, np.zeros(p - len(s))])
+    column_norms = np.sqrt(np.einsum("ij,ij->j", upper, upper))
+    if values is not None and data_norm is not None and data_norm > 0:
+        reach = column_norms * np.maximum(np.abs(np.asarray(values, dtype=np.float64)), 1.0)
+        upper = np.where(reach < INSENSITIVE * data_norm, 0.0, upper)  # such a column is rounding noise
+        column_norms = np.where(reach < INSENSITIVE * data_norm, 0.0, column_norms)
+    scale = np.where(column_norms > 0, column_norms, 1.0)
+    _, s, vt = np.linalg.svd(upper / scale)
     keep = s > RANK_TOLERANCE * s[0] if s[0] > 0 else np.zeros(p, dtype=bool)
     rank = int(keep.sum())
     condition = float(s[0] / s[-1]) if s[-1] > 0 else math.inf
-    not_identifiable: list[list[str]] = []
-    if rank < p:
-        vt_full = np.linalg.svd(jacobian / scale)[2] if vt.shape[0] < p else vt
-        involved = np.zeros(p, dtype=bool)
-        for row in vt_full[rank:]:
-            members = np.abs(row) > NULL_COMPONENT
-            involved |= members
-            not_identifiable.append([names[j] for j in np.flatnonzero(members)])
-        vt = vt_full
     variance = cost / dof if dof > 0 else math.nan
     inverse = np.where(keep, 1 / np.where(keep, s, 1.0) ** 2, 0.0)
-    covariance = (vt[:p].T * inverse) @ vt[:p] / np.outer(scale, scale) * variance
+    covariance = (vt.T * inverse) @ vt / np.outer(scale, scale) * variance
     stderr = np.sqrt(np.abs(np.diag(covariance)))
-    if rank < p:
-        stderr[involved] = math.nan
-        covariance[involved, :] = math.nan
-        covariance[:, involved] = math.nan
+    groups = _null_groups(vt[rank:])
+    for group in groups:
+        stderr[group] = math.nan
+        covariance[group, :] = math.nan
+        covariance[:, group] = math.nan
     with np.errstate(invalid="ignore", divide="ignore"):
         correlation = covariance / np.outer(stderr, stderr)
+    not_identifiable = [[names[j] for j in group] for group in groups]
     return Uncertainty(covariance, stderr, correlation, condition, rank, not_identifiable)
+
+
+def _null_groups(null_rows: np.ndarray) -> list[list[int]]:
+    """Parameters in the null space, grouped by the null directions they share (any basis gives the same).
+
+    From the projector N = V0 V0^T onto the null space: j takes part when N_jj > `NULL_COMPONENT`^2;
+    i and j belong together when |N_ij| exceeds it too (connected components).
+    """
+    if len(null_rows) == 0:
+        return []
+    projector = null_rows.T @ null_rows
+    threshold = NULL_COMPONENT**2
+    involved = [j for j in range(len(projector)) if projector[j, j] > threshold]
+    groups: list[list[int]] = []
+    unseen = set(involved)
+    for start in involved:
+        if start not in unseen:
+            continue
+        unseen.discard(start)
+        group, frontier = [start], [start]
+        while frontier:
+            i = frontier.pop()
+            linked = [j for j in sorted(unseen) if abs(projector[i, j]) > threshold]
+            unseen.difference_update(linked)
+            group.extend(linked)
+            frontier.extend(linked)
+        groups.append(sorted(group))
+    return groups

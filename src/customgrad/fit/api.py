@@ -30,6 +30,9 @@ _SATURATED = 1e-10
 # are dominated by per-op dispatch, and thread hand-offs cost more than they save (a 200 x 9 QR takes
 # 10 us on one thread and milliseconds on two busy ones).
 _SINGLE_THREAD_ENTRIES = 1_000_000
+# Residuals beyond 2^±_SAFE_EXPONENT are rescaled by a power of two (exact) before LM and the
+# statistics square them: cost = sum r^2 overflows float64 from |r| ~ 1e154 and underflows below 1e-162.
+_SAFE_EXPONENT = 256
 
 
 def fit(
@@ -192,18 +195,27 @@ def _fit(
     problem = Model(function, columns, data.y, data.sigma, specs, text)
     theta = problem.initial_theta()
     try:
-        check_finite_start(problem.residuals(theta))
+        start = problem.residuals(theta)
+        check_finite_start(start)
     except RuntimeError as error:
         if isinstance(error, FitError):
             raise
         raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
+    # LM on least squares is invariant to a common scale of the residuals: run it in units where
+    # the cost neither overflows nor underflows (a robust loss is not, and other solvers' steps are not)
+    scale = power_of_two_scale(start) if method == "lm" and rho is None else 1.0
+
+    def residuals(t):
+        r = problem.residuals(t)
+        return r if scale == 1.0 else r * scale
 
     def cost_of(r):
         return robust_cost(rho, r)
 
     def linearize(t, r):
         if rho is None:
-            return problem.augmented(t)
+            block = problem.augmented(t)
+            return block if scale == 1.0 else block * scale
         r_new, jacobian = robust_linearization(rho, *problem.jacobian(t))
         return torch.cat([jacobian, r_new.unsqueeze(-1)], dim=-1)
 
@@ -225,18 +237,22 @@ def _fit(
     with progress_bar(max_steps, f"fitting ({method})", enabled=progress) as advance:
 
         def step_callback(step: int, cost: float) -> None:
+            cost = cost / scale / scale
             advance(f"cost {cost:.6g}")
             if on_step is not None:
                 on_step(step, cost)
 
         callback = step_callback if progress or on_step is not None else None
-        outcome = solver(problem.residuals, linearize, cost_of, theta, on_step=callback, **options)
+        outcome = solver(residuals, linearize, cost_of, theta, on_step=callback, **options)
         if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta):
-            retry = solver(problem.residuals, linearize, cost_of, theta, factor=1.0, **options)
+            retry = solver(residuals, linearize, cost_of, theta, factor=1.0, **options)
             if retry.cost < outcome.cost:
                 retry.evaluations += outcome.evaluations
                 retry.jacobians += outcome.jacobians
                 outcome = retry
+    if scale != 1.0:
+        outcome.cost = outcome.cost / scale / scale
+        outcome.history = [cost / scale / scale for cost in outcome.history]
     exact = None
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}
@@ -279,11 +295,25 @@ def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
     return dtype, device
 
 
+def power_of_two_scale(*tensors: torch.Tensor) -> float:
+    """2^k bringing max |t| into [2^-_SAFE_EXPONENT, 2^_SAFE_EXPONENT] (1.0 when it is there or 0)."""
+    largest = max(float(t.abs().max()) if t.numel() else 0.0 for t in tensors)
+    if largest == 0 or not math.isfinite(largest):
+        return 1.0
+    exponent = math.frexp(largest)[1]
+    if exponent > _SAFE_EXPONENT:
+        return math.ldexp(1.0, _SAFE_EXPONENT - exponent)
+    if exponent < -_SAFE_EXPONENT:
+        return math.ldexp(1.0, -_SAFE_EXPONENT - exponent)
+    return 1.0
+
+
 def _saturated(problem: Model, theta: torch.Tensor) -> bool:
     _, jacobian = problem.jacobian(theta)
+    scale = power_of_two_scale(problem.y)  # norms of data near 1e200 would overflow
     values = problem.external(theta).abs().clamp_min(1.0)
-    sensitivity = torch.linalg.vector_norm(jacobian, dim=0) * values
-    return bool((sensitivity < _SATURATED * torch.linalg.vector_norm(problem.y)).any())
+    sensitivity = torch.linalg.vector_norm(jacobian * scale, dim=0) * values
+    return bool((sensitivity < _SATURATED * torch.linalg.vector_norm(problem.y * scale)).any())
 
 
 def _result(
@@ -291,11 +321,18 @@ def _result(
 ) -> FitResult:
     values = problem.external(outcome.theta)
     r, jacobian = problem.jacobian(values, external=True)
-    cost = _precise_cost(problem, values, float(r @ r), exact or {})
+    weighted_y = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
+    # statistics in units where the squares stay in range (the covariance does not depend on them)
+    scale = power_of_two_scale(r, weighted_y)
+    scaled_cost = float((r * scale) @ (r * scale))
+    cost = _precise_cost(problem, values, scaled_cost / scale / scale, exact or {})
+    if math.isfinite(cost) and cost > 0:
+        scaled_cost = cost * scale * scale
     n, p = problem.size, len(problem.names)
     dof = n - p
-    spread = uncertainty(jacobian, cost, dof, problem.names)
     value_list = values.tolist()
+    data_norm = float(torch.linalg.vector_norm(weighted_y * scale))
+    spread = uncertainty(jacobian * scale, scaled_cost, dof, problem.names, values=value_list, data_norm=data_norm)
     fitted = dict(zip(problem.names, value_list, strict=True))
     all_params = {spec.name: fitted.get(spec.name, spec.value) for spec in problem.specs}
     warnings = _diagnose(problem, outcome.status, spread, value_list, dof, omitted)
@@ -307,7 +344,7 @@ def _result(
         covariance=spread.covariance,
         correlation=spread.correlation,
         cost=cost,
-        residual_std=math.sqrt(cost / dof) if dof > 0 else math.nan,
+        residual_std=math.sqrt(scaled_cost / dof) / scale if dof > 0 else math.nan,
         dof=dof,
         evaluations=outcome.evaluations,
         jacobians=outcome.jacobians,
@@ -372,13 +409,26 @@ def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int
     warnings = []
     if status == "max_steps":
         warnings.append("the step limit was reached: the parameters may not be converged (raise max_steps)")
+    if status == "step_limit":
+        warnings.append(
+            "the solver ran its fixed number of steps without a convergence test: the parameters may not "
+            "be converged (compare with method='lm', or check that the cost history has levelled off)"
+        )
     if status == "nonfinite":
         warnings.append("the model produced NaN or inf during the fit; the best parameters before that are kept")
     for group in spread.not_identifiable:
+        rank = f"the Jacobian has rank {spread.rank} of {len(problem.names)}"
+        if len(group) == 1:
+            warnings.append(
+                f"parameter {group[0]} is not identifiable: the model does not depend on it at the fitted "
+                f"values ({rank}), so the data do not determine it; its standard error is undefined "
+                "(fix it or re-parametrise the model)"
+            )
+            continue
         warnings.append(
-            f"parameters {', '.join(group)} are not identifiable: the Jacobian has rank {spread.rank} "
-            f"of {len(problem.names)}, so the data fix only a combination of them; their standard "
-            "errors are undefined (fix one of them or re-parametrise the model)"
+            f"parameters {', '.join(group)} are not identifiable: {rank}, so the data fix only a "
+            "combination of them; their standard errors are undefined (fix one of them or re-parametrise "
+            "the model)"
         )
     if not spread.not_identifiable and spread.condition > CONDITION_WARNING:
         warnings.append(

@@ -21,7 +21,11 @@ TERMINATION: dict[str, tuple[bool, str]] = {
         "converged: the cost changes by less than 1e-8 (relative) over 10 steps while the "
         "parameters drift along directions the data do not determine",
     ),
-    "completed": (True, "ran the requested number of steps"),
+    "step_limit": (
+        False,
+        "stopped: ran the requested number of steps; this method has no convergence test, so "
+        "convergence is not established (method 'lm' or 'lbfgs' test for it)",
+    ),
     "max_steps": (
         False,
         "stopped: the step limit was reached before convergence; raise max_steps or start closer to the solution",

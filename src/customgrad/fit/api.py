@@ -336,6 +336,11 @@ def _result(
     fitted = dict(zip(problem.names, value_list, strict=True))
     all_params = {spec.name: fitted.get(spec.name, spec.value) for spec in problem.specs}
     warnings = _diagnose(problem, outcome.status, spread, value_list, dof, omitted)
+    if math.isinf(cost) and math.isfinite(scaled_cost):
+        warnings.append(
+            "the cost (sum of squared residuals) exceeds float64's range (~1.8e308) and is reported as inf; "
+            "the fit, residual std and standard errors were computed in rescaled units and are finite"
+        )
     with torch.no_grad():
         prediction = problem.predict(values)
     return FitResult(

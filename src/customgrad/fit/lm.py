@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .statistics import column_norms as safe_column_norms
+
 EPS = float(np.finfo(np.float64).eps)
 TINY = float(np.finfo(np.float64).tiny)
 # Singular values below this share of the largest are left out of Gauss-Newton steps: those directions
@@ -170,7 +172,7 @@ def levenberg_marquardt(
             status = "nonfinite"
             break
         upper, qtr = reduced[:-1, :-1], reduced[:-1, -1]
-        column_norms = np.sqrt(np.einsum("ij,ij->j", upper, upper))
+        column_norms = safe_column_norms(upper)
         if scale is None:
             scale = np.where(column_norms > 0, column_norms, 1.0)
             radius = max(factor * _norm(scale * theta_np) or factor, VISIBLE_STEP * math.sqrt(cost))

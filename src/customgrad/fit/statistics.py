@@ -37,6 +37,19 @@ class Uncertainty:
     not_identifiable: list[list[str]] = field(default_factory=list)
 
 
+def column_norms(matrix: np.ndarray) -> np.ndarray:
+    """||A_j||; where the squares leave float64's range, as m_j ||A_j / m_j|| with m_j = max_i |A_ij|
+    (entries near 1e-200 or 1e200 neither underflow nor overflow; others keep the plain sum of squares).
+    """
+    plain = np.sqrt(np.einsum("ij,ij->j", matrix, matrix))
+    if ((plain > 1e-140) & (plain < 1e140)).all():
+        return plain
+    largest = np.abs(matrix).max(axis=0, initial=0.0)
+    safe = np.where(largest > 0, largest, 1.0)
+    scaled = largest * np.sqrt(np.einsum("ij,ij->j", matrix / safe, matrix / safe))
+    return np.where((plain > 1e-140) & (plain < 1e140), plain, scaled)
+
+
 def reduce_to_r(jacobian: torch.Tensor | np.ndarray) -> np.ndarray:
     """The p x p upper-triangular R of J = QR (zero rows appended when n < p), float64 on the CPU.
 
@@ -69,27 +82,31 @@ def uncertainty(
     if not np.isfinite(upper).all():
         nan = np.full((p, p), math.nan)
         return Uncertainty(nan, np.full(p, math.nan), nan, math.inf, 0, [list(names)])
-    column_norms = np.sqrt(np.einsum("ij,ij->j", upper, upper))
+    norms = column_norms(upper)
     if values is not None and data_norm is not None and data_norm > 0:
-        reach = column_norms * np.maximum(np.abs(np.asarray(values, dtype=np.float64)), 1.0)
+        reach = norms * np.maximum(np.abs(np.asarray(values, dtype=np.float64)), 1.0)
         upper = np.where(reach < INSENSITIVE * data_norm, 0.0, upper)  # such a column is rounding noise
-        column_norms = np.where(reach < INSENSITIVE * data_norm, 0.0, column_norms)
-    scale = np.where(column_norms > 0, column_norms, 1.0)
+        norms = np.where(reach < INSENSITIVE * data_norm, 0.0, norms)
+    scale = np.where(norms > 0, norms, 1.0)
     _, s, vt = np.linalg.svd(upper / scale)
     keep = s > RANK_TOLERANCE * s[0] if s[0] > 0 else np.zeros(p, dtype=bool)
     rank = int(keep.sum())
     condition = float(s[0] / s[-1]) if s[-1] > 0 else math.inf
     variance = cost / dof if dof > 0 else math.nan
-    inverse = np.where(keep, 1 / np.where(keep, s, 1.0) ** 2, 0.0)
-    covariance = (vt.T * inverse) @ vt / np.outer(scale, scale) * variance
-    stderr = np.sqrt(np.abs(np.diag(covariance)))
+    # (D^-1 J^T J D^-1)^+ in the scaled coordinates, entries of order 1; the units come last, and
+    # stderr takes its square root before them, so parameters near 1e300 keep finite stderr
+    core = (vt.T * np.where(keep, 1 / np.where(keep, s, 1.0) ** 2, 0.0)) @ vt
+    spread = np.sqrt(np.abs(np.diag(core)))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        stderr = math.sqrt(variance) * spread / scale
+        covariance = core * variance / np.outer(scale, scale)
+        correlation = core / np.outer(spread, spread)
     groups = _null_groups(vt[rank:])
     for group in groups:
         stderr[group] = math.nan
-        covariance[group, :] = math.nan
-        covariance[:, group] = math.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        correlation = covariance / np.outer(stderr, stderr)
+        for matrix in (covariance, correlation):
+            matrix[group, :] = math.nan
+            matrix[:, group] = math.nan
     not_identifiable = [[names[j] for j in group] for group in groups]
     return Uncertainty(covariance, stderr, correlation, condition, rank, not_identifiable)
 

@@ -61,8 +61,8 @@ def _add_fit(subparsers) -> None:
     parser.add_argument(
         "--experiment",
         choices=sorted(EXPERIMENTS),
-        default="blog",
-        help="built-in experiment: blog (tan, P2) or tutorial (sin, Legendre P3)",
+        default=None,
+        help="built-in experiment: blog (tan, P2, the default) or tutorial (sin, Legendre P3)",
     )
     parser.add_argument(
         "--steps",
@@ -76,7 +76,9 @@ def _add_fit(subparsers) -> None:
         default=None,
         help="learning rate (default: the experiment's, 1e-6 for blog, 5e-6 for tutorial)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for the random initial parameters")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="built-in experiment: seed for the random initial values (default 0)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the result line")
     parser.add_argument("--json", metavar="PATH", help="write parameters, loss history and settings")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG: data, fitted curve and loss curve")
@@ -111,25 +113,32 @@ def _add_fit(subparsers) -> None:
         default=None,
         help="solver (default lm; without --model/--data and --method: the blog's SGD run)",
     )
-    fitting.add_argument("--loss", choices=["linear", "soft_l1", "huber", "cauchy"], default="linear")
+    fitting.add_argument(
+        "--loss",
+        choices=["linear", "soft_l1", "huber", "cauchy"],
+        default=None,
+        help="rho of the squared residuals (default linear: least squares)",
+    )
     fitting.add_argument(
         "--nan-policy",
         choices=["raise", "omit"],
-        default="raise",
-        help="rows with NaN/inf: stop with an error (raise) or drop them (omit)",
+        default=None,
+        help="rows with NaN/inf: stop with an error (raise, the default) or drop them (omit)",
     )
     fitting.add_argument(
         "--start",
         type=int,
         choices=[1, 2],
-        default=1,
+        default=None,
         help="NIST files: which certified starting point to use (default 1)",
     )
     parser.set_defaults(run=_run_fit)
 
 
 def _run_fit(args) -> int:
-    if args.model is not None or args.data is not None or args.method or args.param or args.bound:
+    from .fit.cli_inputs import fit_run
+
+    if fit_run(args) != "experiment":
         return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
     from .plot import check_image_path, check_writable, plot_experiment

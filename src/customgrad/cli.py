@@ -7,7 +7,6 @@ errors), converted in one place, `main`; ``--debug`` shows the traceback instead
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -143,6 +142,7 @@ def _run_fit(args) -> int:
     from .experiments import explain_blog_fit, get_experiment, run_experiment
     from .plot import check_image_path, check_writable, plot_experiment
     from .progress import progress_bar
+    from .strict_json import write as write_json
 
     experiment = get_experiment(args.experiment)
     json_path = check_writable(args.json, "--json") if args.json else None
@@ -157,18 +157,24 @@ def _run_fit(args) -> int:
 
         run = run_experiment(experiment, steps=steps, learning_rate=args.lr, seed=args.seed, on_step=on_step)
     print(experiment.result_line({k: _tensor(v) for k, v in run.params.items()}))
-    if not args.quiet:
-        print(f"({len(run.losses)} steps in {run.seconds:.2f} s; final loss {run.losses[-1]:.7g})")
+    if not args.quiet and run.diverged_at is None:
+        print(
+            f"(ran its fixed {len(run.losses)} steps of gradient descent in {run.seconds:.2f} s, with no "
+            f"convergence test; final loss {run.losses[-1]:.7g})"
+        )
         if experiment.name == "blog":
             print(explain_blog_fit(run.x, run.y))
     if json_path is not None:
-        json_path.write_text(json.dumps(run.to_dict(), indent=2) + "\n")
+        write_json(json_path, run.to_dict())
         if not args.quiet:
             print(f"wrote {json_path}")
     if plot_path is not None:
         plot_experiment(run, plot_path)
         if not args.quiet:
             print(f"wrote {plot_path}")
+    if run.divergence is not None:
+        print(f"error: {run.divergence}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 import threading
@@ -370,6 +371,8 @@ def _result(
             "y": problem.y.cpu().numpy(),
             "fitted": prediction.detach().cpu().numpy(),
             "sigma": None if problem.inverse_sigma is None else (1 / problem.inverse_sigma).cpu().numpy(),
+            # the fitted model at any x (one predictor): the plot draws it on a dense grid
+            "curve": functools.partial(problem.curve, values.detach()) if len(problem.data) == 1 else None,
         },
     )
 
@@ -398,6 +401,10 @@ def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict
             predictions = precise(columns)
         except Exception:  # noqa: BLE001 - extended precision is a refinement: keep the float64 cost
             return cost
+        # sin and cos rewritten with exp come back complex, with an imaginary part at the roundoff level
+        if any(abs(mpmath.im(f)) > mpmath.mpf(10) ** -30 * (1 + abs(f)) for f in predictions):
+            return cost
+        predictions = [mpmath.re(f) for f in predictions]
         y = column("y", problem.y.cpu().numpy())
         weights = [1.0] * size if problem.inverse_sigma is None else problem.inverse_sigma.cpu().tolist()
         total = mpmath.fsum(

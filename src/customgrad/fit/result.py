@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..strict_json import dumps, json_ready
 
 # Termination reasons: status -> (success, message). One row per way a solver can stop.
 TERMINATION: dict[str, tuple[bool, str]] = {
@@ -116,20 +117,8 @@ class FitResult:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        """Everything but the data, as plain JSON-ready values (NaN -> null)."""
-
-        def clean(value):
-            if isinstance(value, float):
-                return value if math.isfinite(value) else None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [clean(v) for v in value]
-            if isinstance(value, np.ndarray):
-                return clean(value.tolist())
-            return value
-
-        return clean(
+        """Everything but the data, as plain JSON-ready values (NaN and inf -> null)."""
+        return json_ready(
             {
                 "model": self.model,
                 "method": self.method,
@@ -159,7 +148,7 @@ class FitResult:
 
     def to_json(self, path: str | Path | None = None) -> str:
         """The result as JSON text; also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        text = dumps(self.to_dict())
         if path is not None:
             Path(path).write_text(text)
         return text

@@ -198,8 +198,8 @@ def test_model_nan_during_fit_exits_nonzero_and_keeps_best(tmp_path):
             2,
             "error: --plot: cannot write a figure to",
         ),
-        (["--steps", "3", "--param", "a=1"], 2, "error: --param sets initial values of a --model/--data fit"),
-        (["--steps", "3", "--bound", "a=0:1"], 2, "error: --bound on the built-in experiment needs"),
+        (["--steps", "3", "--param", "a=1"], 2, "error: --param does not apply to the built-in experiment's"),
+        (["--steps", "3", "--bound", "a=0:1"], 2, "error: --bound does not apply to the built-in experiment's"),
     ],
 )
 def test_options_a_new_user_gets_wrong_give_one_line(csv_file, args, code, message):

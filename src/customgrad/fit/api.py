@@ -34,6 +34,8 @@ _SINGLE_THREAD_ENTRIES = 1_000_000
 # Residuals beyond 2^±_SAFE_EXPONENT are rescaled by a power of two (exact) before LM and the
 # statistics square them: cost = sum r^2 overflows float64 from |r| ~ 1e154 and underflows below 1e-162.
 _SAFE_EXPONENT = 256
+# Restarts of LM in new units when the residuals left the range of the first ones (see `_in_range`).
+_RESTARTS = 3
 
 
 def fit(
@@ -204,11 +206,12 @@ def _fit(
         raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
     # LM on least squares is invariant to a common scale of the residuals: run it in units where
     # the cost neither overflows nor underflows (a robust loss is not, and other solvers' steps are not)
-    scale = power_of_two_scale(start) if method == "lm" and rho is None else 1.0
+    rescaled = method == "lm" and rho is None
+    units = {"scale": power_of_two_scale(start) if rescaled else 1.0, "steps": 0}
 
     def residuals(t):
         r = problem.residuals(t)
-        return r if scale == 1.0 else r * scale
+        return r if units["scale"] == 1.0 else r * units["scale"]
 
     def cost_of(r):
         return robust_cost(rho, r)
@@ -216,7 +219,7 @@ def _fit(
     def linearize(t, r):
         if rho is None:
             block = problem.augmented(t)
-            return block if scale == 1.0 else block * scale
+            return block if units["scale"] == 1.0 else block * units["scale"]
         r_new, jacobian = robust_linearization(rho, *problem.jacobian(t))
         return torch.cat([jacobian, r_new.unsqueeze(-1)], dim=-1)
 
@@ -238,22 +241,25 @@ def _fit(
     with progress_bar(max_steps, f"fitting ({method})", enabled=progress) as advance:
 
         def step_callback(step: int, cost: float) -> None:
-            cost = cost / scale / scale
+            cost = cost / units["scale"] / units["scale"]
             advance(f"cost {cost:.6g}")
             if on_step is not None:
-                on_step(step, cost)
+                on_step(units["steps"] + step, cost)
 
         callback = step_callback if progress or on_step is not None else None
-        outcome = solver(residuals, linearize, cost_of, theta, on_step=callback, **options)
+
+        def run(start: torch.Tensor):
+            return solver(residuals, linearize, cost_of, start, on_step=callback, **options)
+
+        outcome = run(theta)
         if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta):
             retry = solver(residuals, linearize, cost_of, theta, factor=1.0, **options)
             if retry.cost < outcome.cost:
                 retry.evaluations += outcome.evaluations
                 retry.jacobians += outcome.jacobians
                 outcome = retry
-    if scale != 1.0:
-        outcome.cost = outcome.cost / scale / scale
-        outcome.history = [cost / scale / scale for cost in outcome.history]
+        if rescaled:
+            outcome = _in_range(run, problem, units, outcome)
     exact = None
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}
@@ -294,6 +300,30 @@ def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"device {str(device)!r} does not exist: there are {torch.cuda.device_count()} CUDA devices")
     return dtype, device
+
+
+def _in_range(run: Callable, problem: Model, units: dict, outcome):
+    """The outcome with its costs back in the data's units; first, while LM ended where its scaled
+    cost is out of squaring range (a start 1e170 times off the data: the residuals shrank by more
+    than float64's squares span), restart it from there in new units. The Jacobian count adds up.
+    """
+    history = [cost / units["scale"] / units["scale"] for cost in outcome.history]
+    for _ in range(_RESTARTS):
+        if 2.0**-_SAFE_EXPONENT < outcome.cost < 2.0 ** (2 * _SAFE_EXPONENT) or outcome.status == "nonfinite":
+            break
+        scale = power_of_two_scale(problem.residuals(outcome.theta))
+        if scale == units["scale"]:
+            break
+        units["scale"], units["steps"] = scale, units["steps"] + outcome.steps
+        again = run(outcome.theta)
+        again.evaluations += outcome.evaluations
+        again.jacobians += outcome.jacobians
+        again.steps += outcome.steps
+        history += [cost / scale / scale for cost in again.history[1:]]
+        outcome = again
+    outcome.cost = outcome.cost / units["scale"] / units["scale"]
+    outcome.history = history
+    return outcome
 
 
 def power_of_two_scale(*tensors: torch.Tensor) -> float:

@@ -117,3 +117,10 @@ def test_the_plot_draws_the_model_on_a_dense_grid_over_the_data(tmp_path, monkey
     assert_matches_reference(drawn, p["a"] * np.sin(p["w"] * grid) + p["b"] * grid, rtol=1e-12, atol=1e-15)
     expected, _ = curve_fit(lambda t, a, w, b: a * np.sin(w * t) + b * t, x, y, p0=[1, 2.05, 0.3])
     assert_matches_reference(np.array([p["a"], p["w"], p["b"]]), expected, rtol=1e-6)
+
+
+def test_every_constant_of_the_formula_language_has_a_description_for_fit_messages():
+    from customgrad.fit.model import CONSTANT_NAMES
+    from customgrad.functions import CONSTANTS
+
+    assert set(CONSTANT_NAMES) == set(CONSTANTS)

@@ -141,7 +141,7 @@ def _shade_band(axes, result: FitResult, kind: str, name: str, x, order) -> None
 
 def plot_profile(result: FitResult, name: str, path: str | Path) -> Path:
     """Save a figure of a parameter's profile: the sigma level it reaches against its value, the intervals
-    found, and the parabola |v - best| / stderr that the standard error assumes."""
+    found, and the quadratic profile that value +- t stderr assumes."""
     import numpy as np
 
     from .fit.distributions import profile_probability
@@ -156,14 +156,18 @@ def plot_profile(result: FitResult, name: str, path: str | Path) -> Path:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.plot(values, levels, ".-", color="C0", label="profile")
     stderr = result.stderr[name]
-    if np.isfinite(stderr) and stderr > 0:
-        axes.plot(values, np.abs(np.asarray(values) - best) / stderr, ":", color="0.5", label="|v - best| / stderr")
+    if np.isfinite(stderr) and stderr > 0:  # what value +- t stderr assumes: a parabola in chi2
+        excess = ((np.asarray(values) - best) / stderr) ** 2
+        quadratic = best_cost + excess if absolute else best_cost * (1 + excess / dof)
+        assumed = [profile_probability(cost, best_cost, dof, absolute=absolute) for cost in quadratic]
+        axes.plot(values, assumed, ":", color="0.5", label="quadratic (from stderr)")
     for index, (sigma, (low, high)) in enumerate(sorted(result.source.intervals[name].items())):
         axes.axhline(sigma, color="0.8", linewidth=0.8)
         for end in (low, high):
             if np.isfinite(end):
                 axes.axvline(end, color=f"C{index + 1}", linestyle="--", linewidth=0.9)
     axes.axvline(best, color="C3", linewidth=0.9, label=f"best {best:.6g}")
+    axes.set_ylim(0, 1.6 * max(result.source.intervals[name]))
     axes.set_xlabel(name)
     axes.set_ylabel("sigma level of the profile")
     axes.set_title(f"profile of {name} in {result.model}", fontsize=9)

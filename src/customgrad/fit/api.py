@@ -17,8 +17,8 @@ from .data import prepare_data
 from .loss import get_loss, robust_cost, robust_linearization
 from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
-from .source import FitSource
 from .solvers import DEFAULT_STEPS, get_solver
+from .source import FitSource
 from .statistics import CONDITION_WARNING, uncertainty
 from .ties import split_ties
 

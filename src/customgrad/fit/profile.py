@@ -17,7 +17,6 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from ..errors import FitError, UsageError
@@ -30,8 +29,8 @@ if TYPE_CHECKING:
 
 # Outward steps before giving up on an end; the step doubles every STEP_DOUBLING of them.
 SEARCH_STEPS, STEP_DOUBLING = 40, 4
-# The root of chi2_p(v) = level, to this share of the search step.
-ROOT_TOLERANCE = 1e-9
+# The root of chi2_p(v) = level, to this share of the search step (or of sqrt(level - chi2_best)).
+ROOT_TOLERANCE = 1e-8
 REFIT_STEPS = 1000
 
 
@@ -56,7 +55,10 @@ class Profile:
         return self.points[value][0]
 
     def _fit(self, value: float, start: dict[str, float]) -> tuple[float, dict[str, float]]:
-        with np.errstate(all="ignore"):  # far out on the profile the model may overflow; LM copes
+        from .api import _threads_for  # one thread for small problems, and numpy's overflow warnings off
+
+        problem = self.source.problem
+        with _threads_for(problem.size * len(problem.names), problem.y.device):
             return self._refit(value, start)
 
     def _refit(self, value: float, start: dict[str, float]) -> tuple[float, dict[str, float]]:
@@ -136,9 +138,7 @@ def _check(result: FitResult, sigmas, params) -> tuple[FitSource, list[str], lis
     for name in names:
         if name in free:
             continue
-        why = (
-            "it is tied by an expr" if name in result.tied else "it is fixed" if name in result.fixed else "unknown"
-        )
+        why = "it is tied by an expr" if name in result.tied else "it is fixed" if name in result.fixed else "unknown"
         raise UsageError(f"conf_interval: parameter {name!r} cannot be profiled ({why}); free: {', '.join(free)}")
     sigmas = [sigmas] if isinstance(sigmas, (int, float)) else list(sigmas)
     if not sigmas:
@@ -195,7 +195,7 @@ def _solve(profile: Profile, low: tuple[float, float], high: tuple[float, float]
         if not min(a, b) < c < max(a, b):
             c = (a + b) / 2
         fc = g(profile(c))
-        if fc == 0:
+        if abs(fc) <= ROOT_TOLERANCE * target:
             return c
         if (fc > 0) == (fb > 0):
             b, fb = c, fc

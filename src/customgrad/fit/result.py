@@ -257,9 +257,7 @@ class FitResult:
         )
 
     def _uncertainty_dict(self, bands: str | None) -> dict:
-        extra = {
-            name: getattr(self, name) for name in ("chisqr", "redchi", "aic", "bic", "rsquared", "nfree", "ndata")
-        }
+        extra = {name: getattr(self, name) for name in ("chisqr", "redchi", "aic", "bic", "rsquared", "nfree", "ndata")}
         extra.update(tied=self.tied, absolute_sigma=self.absolute_sigma)
         if self.source is not None and self.source.intervals:
             extra["conf_interval"] = {

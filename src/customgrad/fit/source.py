@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .model import Model, ParameterSpec
+from .model import Model
 from .ties import Ties
 
 
@@ -87,6 +87,3 @@ def _vector(values, what: str) -> np.ndarray:
     if array.ndim != 1:
         raise DataError(f"{what} must be one-dimensional (one value per point), got shape {array.shape}")
     return array
-
-
-__all__ = ["FitSource", "ParameterSpec"]

@@ -8,9 +8,11 @@ covariance, and hence its bands, are not limited by finite-difference error.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -344,3 +346,64 @@ def test_sigma_not_positive_is_an_error_naming_the_rows():
     x = np.linspace(0, 1, 6)
     with pytest.raises(DataError, match=r"sigma must be positive.*rows \[1, 4\]"):
         customgrad.fit("a*x + b", x, 2 * x, params={"a": 1.0, "b": 0.0}, sigma=[1, 0, 1, 1, -2, 1])
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "customgrad", "fit", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_ci_bands_and_json(tmp_path):
+    nist = Path(__file__).resolve().parents[1] / "src" / "customgrad" / "data" / "nist" / "Misra1a.dat"
+    json_path, plot_path = tmp_path / "fit.json", tmp_path / "fit.png"
+    out = _cli("--data", str(nist), "--ci", "--bands", "prediction", "--json", str(json_path), "--plot", str(plot_path))
+    assert out.returncode == 0, out.stderr
+    assert "profile intervals" in out.stdout and "redchi" in out.stdout
+    data = json.loads(json_path.read_text())
+    case = CASES["Misra1a"]
+    expected = customgrad.fit(case.formula, case.x, case.y, params=case.start)
+    assert data["band"]["kind"] == "prediction"
+    assert_close(data["band"]["halfwidth"], expected.eval_uncertainty(sigma=2, kind="prediction"), 1e-9, "band")
+    low, high = data["conf_interval"]["b1"]["2"]
+    assert low < data["params"]["b1"] < high
+    assert plot_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_absolute_sigma(tmp_path):
+    case = CASES["peak-weighted"]
+    path = tmp_path / "peak.csv"
+    rows = zip(case.x, case.y, case.sigma, strict=True)
+    path.write_text("x,y,s\n" + "\n".join(f"{float(a)!r},{float(b)!r},{float(c)!r}" for a, b, c in rows) + "\n")
+    params = [f"--param={name}={value}" for name, value in case.start.items()]
+    common = ["--model", case.formula, "--data", str(path), "--x", "x", "--y", "y", "--sigma", "s", *params]
+    relative, absolute = tmp_path / "relative.json", tmp_path / "absolute.json"
+    assert _cli(*common, "--json", str(relative)).returncode == 0
+    assert _cli(*common, "--absolute-sigma", "--json", str(absolute)).returncode == 0
+    relative, absolute = json.loads(relative.read_text()), json.loads(absolute.read_text())
+    assert absolute["absolute_sigma"] is True
+    scale = relative["redchi"]
+    assert_close(np.array(relative["covariance"]), scale * np.array(absolute["covariance"]), 1e-9, "covariance")
+
+
+def test_bands_of_a_callable_model_and_of_named_predictors_match_the_formula():
+    import torch
+
+    case = CASES["peak"]
+    formula = customgrad.fit(case.formula, case.x, case.y, params=case.start)
+
+    def peak(x, a, c, w, d):
+        return a * torch.exp(-((x - c) ** 2) / (2 * w**2)) + d
+
+    callable_fit = customgrad.fit(peak, case.x, case.y, params=case.start)
+    named = customgrad.fit("a*exp(-(t - c)**2/(2*w**2)) + d", {"t": case.x}, case.y, params=case.start)
+    new_x = np.linspace(-6, 6, 17)
+    expected = formula.eval_uncertainty(new_x, sigma=2, kind="prediction")
+    assert_close(callable_fit.eval_uncertainty(new_x, sigma=2, kind="prediction"), expected, 1e-7, "callable")
+    assert_close(named.eval_uncertainty({"t": new_x}, sigma=2, kind="prediction"), expected, 1e-7, "named")
+    assert_close(named.predict({"t": new_x}), formula.predict(new_x), 1e-9, "named predict")
+    with pytest.raises(DataError, match="lacks predictor"):
+        named.predict({"x": new_x})

@@ -112,11 +112,11 @@ def conf_interval(
                 if note:
                     notes.append(note)
                 advance(name)
+            if min(cost for cost, _ in profile.points.values()) < profile.best * (1 - 1e-9):
+                notes.append("the profile dips below the fit's chi-square: the fit is not at the minimum")
             source.intervals[name] = {sigma: (ends[-1][sigma], ends[1][sigma]) for sigma in levels}
             source.notes[name] = "; ".join(notes)
             source.traces[name] = {value: point[0] for value, point in profile.points.items()}
-            if min(cost for cost, _ in profile.points.values()) < profile.best * (1 - 1e-9):
-                source.notes[name] += "; the profile dips below the fit's chi-square: the fit is not at the minimum"
     return {name: dict(source.intervals[name]) for name in names}
 
 

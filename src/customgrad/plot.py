@@ -102,11 +102,12 @@ def plot_experiment(run: ExperimentRun, path: str | Path) -> Path:
 CURVE_POINTS = 1000
 
 
-def plot_fit(result: FitResult, path: str | Path) -> Path:
+def plot_fit(result: FitResult, path: str | Path, bands: str | None = None) -> Path:
     """Save a PNG: data and fitted model against the first predictor, and the residuals y - fit below.
 
     With one predictor the model is drawn on a dense grid over the data's range (as lmfit does), so
-    its shape between data points shows; with several, its values at the data points.
+    its shape between data points shows; with several, its values at the data points. With ``bands``
+    ("confidence" or "prediction"), the 2-sigma band around the curve is shaded.
     """
     import numpy as np
 
@@ -114,16 +115,19 @@ def plot_fit(result: FitResult, path: str | Path) -> Path:
     data = result.data
     name, x = next(iter(data["x"].items()))
     y, fitted = data["y"], data["fitted"]
+    order = np.argsort(x, kind="stable")
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     if data.get("sigma") is not None:
         top.errorbar(x, y, yerr=data["sigma"], fmt=".", markersize=3, color="0.45", label="data", zorder=1)
     else:
         top.plot(x, y, ".", markersize=3, color="0.45", label="data", zorder=3)
-    curve = _dense_curve(data.get("curve"), x, fitted)
+    curve = _dense_curve(result, name, x, fitted)
     if curve is not None:
         top.plot(*curve, "-", color="C3", label="fit")
     else:
         top.plot(x, fitted, "o", markersize=3, markerfacecolor="none", color="C3", label="fit at the data")
+    if bands is not None and result.source is not None:
+        _shade_band(top, result, bands, name, x, order)
     # A pole in the data (tan) would squash the plot: clip the view to the bulk of the data and the fit.
     finite_y = y[np.isfinite(y)]
     bulk = float(np.quantile(np.abs(finite_y), 0.9)) if len(finite_y) else 1.0
@@ -145,20 +149,79 @@ def plot_fit(result: FitResult, path: str | Path) -> Path:
     return path
 
 
-def _dense_curve(curve, x, fitted):
-    """(grid, model on it) over [min x, max x], or None: several predictors, or a model that is not
-    pointwise in x (its values at the data differ from the fit's), where a grid would mislead.
+def _dense_curve(result: FitResult, name: str, x, fitted):
+    """(grid, model on it) over [min x, max x] by `FitResult.predict`, or None: several predictors, or
+    a model that is not pointwise in x (its values at the data differ from the fit's), where a grid
+    would mislead.
     """
     import numpy as np
 
-    if curve is None or len(x) < 2:
+    if result.source is None or len(result.data["x"]) != 1 or len(x) < 2:
         return None
     grid = np.linspace(float(np.min(x)), float(np.max(x)), CURVE_POINTS)
+
+    def at(points):
+        return result.predict({name: points} if result.source.x_is_dict else points)
+
     try:
-        at_data, values = curve(x), curve(grid)
+        at_data, values = at(x), at(grid)
     except Exception:  # noqa: BLE001 - a callable model that only takes the data's shape: draw at the data
         return None
     agree = np.isclose(at_data, fitted, rtol=1e-9, atol=0.0) | (np.isnan(at_data) & np.isnan(fitted))
     if not agree.all():
         return None
     return grid, np.where(np.isfinite(values), values, np.nan)
+
+
+def _shade_band(axes, result: FitResult, kind: str, name: str, x, order) -> None:
+    """Fill the 2-sigma band: on a fine grid for one predictor, at the data points for several."""
+    import numpy as np
+
+    if len(result.data["x"]) == 1 and len(x) > 1:
+        grid = np.linspace(float(x.min()), float(x.max()), 400)
+        at = {name: grid} if result.source.x_is_dict else grid
+        curve, half = result.predict(at), result.eval_uncertainty(at, sigma=2, kind=kind)
+    else:
+        grid, curve = x[order], result.data["fitted"][order]
+        half = result.eval_uncertainty(sigma=2, kind=kind)[order]
+    if np.isfinite(half).any():
+        axes.fill_between(grid, curve - half, curve + half, color="C3", alpha=0.2, linewidth=0, label=f"2σ {kind} band")
+
+
+def plot_profile(result: FitResult, name: str, path: str | Path) -> Path:
+    """Save a figure of a parameter's profile: the sigma level it reaches against its value, the intervals
+    found, and the quadratic profile that value +- t stderr assumes."""
+    import numpy as np
+
+    from .fit.distributions import profile_probability
+    from .fit.profile import profile_curve
+
+    path = check_image_path(path, "plot path")
+    values, costs = profile_curve(result, name)
+    best_cost, best = min(costs), result.params[name]
+    dof, absolute = result.nfree, result.absolute_sigma
+    levels = [profile_probability(cost, best_cost, dof, absolute=absolute) for cost in costs]
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.plot(values, levels, ".-", color="C0", label="profile")
+    stderr = result.stderr[name]
+    if np.isfinite(stderr) and stderr > 0:  # what value +- t stderr assumes: a parabola in chi2
+        excess = ((np.asarray(values) - best) / stderr) ** 2
+        quadratic = best_cost + excess if absolute else best_cost * (1 + excess / dof)
+        assumed = [profile_probability(cost, best_cost, dof, absolute=absolute) for cost in quadratic]
+        axes.plot(values, assumed, ":", color="0.5", label="quadratic (from stderr)")
+    for index, (sigma, (low, high)) in enumerate(sorted(result.source.intervals[name].items())):
+        axes.axhline(sigma, color="0.8", linewidth=0.8)
+        for end in (low, high):
+            if np.isfinite(end):
+                axes.axvline(end, color=f"C{index + 1}", linestyle="--", linewidth=0.9)
+    axes.axvline(best, color="C3", linewidth=0.9, label=f"best {best:.6g}")
+    axes.set_ylim(0, 1.6 * max(result.source.intervals[name]))
+    axes.set_xlabel(name)
+    axes.set_ylabel("sigma level of the profile")
+    axes.set_title(f"profile of {name} in {result.model}", fontsize=9)
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

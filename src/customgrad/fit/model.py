@@ -225,16 +225,6 @@ class Model:
         named.update(self.fixed)
         return torch.broadcast_to(self.function(self.data, named), self.y.shape)
 
-    def curve(self, values: torch.Tensor, x: np.ndarray) -> np.ndarray:
-        """f(x; values) at other points ``x`` of the (single) predictor, as float64 numpy."""
-        (name,) = self.data
-        grid = torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=self.y.dtype, device=self.y.device)
-        named = dict(zip(self.names, values.unbind(0), strict=True))
-        named.update(self.fixed)
-        with torch.no_grad():
-            prediction = torch.broadcast_to(self.function({name: grid}, named), grid.shape)
-        return prediction.detach().to(torch.float64).cpu().numpy()
-
     def _arguments(self, values: torch.Tensor) -> list:
         parts = values.unbind(0)
         return [value if index is None else parts[index] for value, index in self._slots]

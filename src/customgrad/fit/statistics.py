@@ -71,11 +71,15 @@ def uncertainty(
     *,
     values: np.ndarray | None = None,
     data_norm: float | None = None,
+    absolute: bool = False,
+    unit: float = 1.0,
 ) -> Uncertainty:
     """cov = s^2 D^-1 V diag(1/S^2) V^T D^-1 (SVD of R D^-1, J = QR), s^2 = cost / dof; NaN where not identifiable.
 
-    With ``values`` (the fitted parameters) and ``data_norm`` (||y||, weighted as J is), a parameter
-    whose column is below `INSENSITIVE` of the data is not identifiable either (see `INSENSITIVE`).
+    With ``absolute`` (sigma taken as absolute, SciPy's ``absolute_sigma=True``) s^2 = 1 in the
+    data's units: ``unit``^2 when J and cost come in units where the residuals were multiplied by
+    ``unit``. With ``values`` (the fitted parameters) and ``data_norm`` (||y||, weighted as J is), a
+    parameter whose column is below `INSENSITIVE` of the data is not identifiable either.
     """
     p = len(names)
     upper = reduce_to_r(jacobian)
@@ -92,7 +96,7 @@ def uncertainty(
     keep = s > RANK_TOLERANCE * s[0] if s[0] > 0 else np.zeros(p, dtype=bool)
     rank = int(keep.sum())
     condition = float(s[0] / s[-1]) if s[-1] > 0 else math.inf
-    variance = cost / dof if dof > 0 else math.nan
+    variance = unit * unit if absolute else cost / dof if dof > 0 else math.nan
     # (D^-1 J^T J D^-1)^+ in the scaled coordinates, entries of order 1; the units come last, and
     # stderr takes its square root before them, so parameters near 1e300 keep finite stderr
     core = (vt.T * np.where(keep, 1 / np.where(keep, s, 1.0) ** 2, 0.0)) @ vt

@@ -124,3 +124,10 @@ def test_every_constant_of_the_formula_language_has_a_description_for_fit_messag
     from customgrad.functions import CONSTANTS
 
     assert set(CONSTANT_NAMES) == set(CONSTANTS)
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_a_gradient_method_that_sees_an_underflowed_zero_cost_does_not_claim_success(method):
+    x = np.linspace(0, 1, 11)
+    result = fit("a*x + c", x, 2e-170 * x + 1e-170, params={"a": 1e-171, "c": 0.0}, method=method, max_steps=5)
+    assert result.status == "underflow" and not result.success and "underflow" in result.message

@@ -273,6 +273,8 @@ def _fit(
                 outcome = retry
         if rescaled:
             outcome = _in_range(run, problem, units, outcome)
+        elif outcome.cost == 0 and outcome.status != "nonfinite" and bool(problem.residuals(outcome.theta).any()):
+            outcome.status = "underflow"  # the solver saw a zero cost that is not zero: r^2 underflowed
     exact = None
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}

@@ -40,6 +40,11 @@ TERMINATION: dict[str, tuple[bool, str]] = {
         False,
         "stopped: the model gave NaN or inf; the best parameters found before that are kept",
     ),
+    "underflow": (
+        False,
+        "stopped: the squared residuals underflow float64 (residuals below ~1e-154), so the solver saw a "
+        "zero cost; use method 'lm' with the linear loss (it rescales), or rescale the data",
+    ),
 }
 
 

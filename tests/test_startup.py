@@ -68,6 +68,14 @@ def test_commands_that_need_no_torch_do_not_import_it(argv, allowed):
     assert loaded <= allowed, f"customgrad {' '.join(argv)} imported {sorted(loaded - allowed)}"
 
 
+def test_a_cli_fit_seen_before_imports_no_sympy():
+    data = str(Path(SOURCE) / "customgrad" / "data" / "nist" / "Misra1a.dat")
+    _modules_loaded_by("fit", "--data", data, "--quiet")  # fills the cache (or finds it filled)
+    loaded, result = _modules_loaded_by("fit", "--data", data, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert loaded == {"torch"}, f"a cached fit imported {sorted(loaded - {'torch'})}"
+
+
 def test_help_is_fast():
     begin = time.perf_counter()
     result = subprocess.run(

@@ -6,6 +6,7 @@ expressions (never from user text) and compiled with ``compile``/``exec`` into a
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -260,6 +261,20 @@ def function_source(
     return "\n".join(lines) + "\n"
 
 
+@functools.lru_cache(maxsize=64)
+def _rows_shared(rows: tuple[sympy.Expr, ...]) -> tuple[list, list]:
+    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
+    return sympy.cse(list(rows), symbols=temporaries, optimizations="basic")
+
+
+def rows_shared(rows: Sequence[sympy.Expr]) -> tuple[list, list]:
+    """``rows`` with common subexpressions pulled out as ``_t0, _t1, ...``: (replacements, reduced rows).
+
+    Remembered for the last few row sets: a model prints the same rows in numpy and in torch.
+    """
+    return _rows_shared(tuple(rows))
+
+
 def rows_source(
     name: str, argument_names: Sequence[str], rows: Sequence[sympy.Expr], printer: TorchCodePrinter | None = None
 ) -> str:
@@ -269,8 +284,7 @@ def rows_source(
     constant or free of the data (d/db1 of b1 + ...) costs one fill. ``printer`` picks the language
     (torch by default; `codegen.numpy.NumpyCodePrinter` for numpy).
     """
-    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
-    replacements, reduced = sympy.cse(list(rows), symbols=temporaries, optimizations="basic")
+    replacements, reduced = rows_shared(rows)
     printer = printer or TorchCodePrinter()
     lines = [f"def {name}(_out, {', '.join(argument_names)}):"]
     lines += [f"    {temporary} = {printer.doprint(value)}" for temporary, value in replacements]

@@ -128,6 +128,7 @@ class FormulaModel:
         """``value(out, *arguments)`` writing f into ``out[0]``; None where `linearization` gives None."""
         return self.linearization((), language)
 
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - one model per formula, kept by formula_model anyway
     def _rows(self, free: tuple[str, ...]) -> list[sympy.Expr]:
         from ..derive import derive_partial, inline_registered
         from ..formula import symbol

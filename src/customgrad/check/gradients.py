@@ -11,6 +11,7 @@ import torch
 from .finite_differences import HintContext, compare_gradient, diagnose, numerical_vjp
 from .inputs import float64_copies, sample_points
 from .outcome import failed, passed, skipped
+from .parts import PHASE
 from .report import CheckResult
 from .subject import (
     Subject,
@@ -389,6 +390,7 @@ def check_second_order(subject: Subject) -> CheckResult:
         variables = [evaluation.leaves[p] for p in subject.differentiable_positions] + evaluation.upstream
         analytic = [None] * len(variables)
         if any(connected):
+            previous = PHASE.set("double backward")
             analytic = list(
                 torch.autograd.grad(
                     [g for g, c in zip(grads, connected, strict=True) if c],
@@ -397,6 +399,7 @@ def check_second_order(subject: Subject) -> CheckResult:
                     allow_unused=True,
                 )
             )
+            PHASE.restore(previous)
     except RuntimeError as error:
         if "once_differentiable" in str(error):
             return skipped("backward is marked @once_differentiable: second derivatives raise an error by design")

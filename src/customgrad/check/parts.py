@@ -174,6 +174,9 @@ def locate(frames: list[Frame], function_class: type | None, fn: Any, phase: str
     location = user_frame_location(frames)
     if part == "backward" and phase == "double backward":
         part = phase
-    if part is None:
-        part = phase if (phase and (location is not None or not frames)) else "check"
+    generated = any(frame.filename.startswith("<customgrad") for frame in frames)
+    if part is None and (location is not None or generated):
+        part = phase or "the Function"
+    elif part is None:
+        part = phase if (phase and not frames) else "check"
     return part, location

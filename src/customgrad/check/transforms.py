@@ -105,7 +105,8 @@ def _vmap_and_jacrev(
         looped = [call(*subject.with_values({p: v[b] for p, v in batched.items()})) for b in range(BATCH)]
     for index, got in enumerate(mapped):
         want = torch.stack([row[index] for row in looped])
-        if got.shape != want.shape or not torch.allclose(got.double(), want.double(), rtol=1e-10, atol=1e-10):
+        same = got.shape == want.shape and torch.allclose(got.double(), want.double(), 1e-10, 1e-10, equal_nan=True)
+        if not same:
             problems.append(
                 f"vmap over a batch of {BATCH} differs from a loop in output {index} (vmap rule "
                 "wrong: check out_dims and where the batch dimension goes)"
@@ -138,7 +139,7 @@ def _vmap_and_jacrev(
             ]
             grad = subject.evaluate(inputs, upstream).gradients[position]
             rows.append(torch.zeros_like(tensors[k]) if grad is None else grad.detach())
-        want = torch.stack(rows).reshape(*out_shape, *tensors[k].shape)
+        want = torch.stack(rows).reshape((*out_shape, *tensors[k].shape))
         mismatch = compare_gradient(jacobian, want)
         if mismatch is not None:
             problems.append(

@@ -417,7 +417,7 @@ def check_second_order(subject: Subject) -> CheckResult:
         # Only the disconnected gradients' weights: does the backward depend on anything numerically?
         masked = [w if not c else torch.zeros_like(w) for w, c in zip(weights, connected, strict=True)]
         numeric = numerical_vjp(backward_of, base, masked)
-        if any(bool(n.abs().max() > 1e-8) for n in numeric if n.numel()):
+        if any(bool(n.nan_to_num().abs().max() > 1e-8) for n in numeric if n.numel()):
             names = [subject.input_name(p) for p, c in zip(positions, connected, strict=True) if not c]
             return failed(
                 f"the gradient of {', '.join(map(repr, names))} returned by backward does not "

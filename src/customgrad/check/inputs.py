@@ -57,7 +57,7 @@ def _finite_forward(subject: Subject, inputs: list[Any]) -> bool:
     """Whether every floating output of the forward is finite (True when it raises: the checks report that)."""
     try:
         with torch.no_grad():
-            outputs = subject.call(inputs)
+            outputs = subject.call([v.clone() if isinstance(v, torch.Tensor) else v for v in inputs])
     except Exception:  # noqa: BLE001 - the user's forward; its errors are the checks' to report
         return True
     return all(bool(torch.isfinite(o).all()) for o in outputs if isinstance(o, torch.Tensor) and o.is_floating_point())

@@ -93,6 +93,7 @@ class Mismatch:
     first: list[tuple[tuple[int, ...], float, float]] = field(default_factory=list)
 
     direction: bool = False
+    sampled: bool = False
 
     def describe(self) -> str:
         if self.direction:
@@ -102,7 +103,7 @@ class Mismatch:
             )
         where = list(self.worst_index)
         return (
-            f"{self.count} of {self.total} elements differ; worst at index {where}: "
+            f"{self.count} of {self.total} {'sampled ' * self.sampled}elements differ; worst at index {where}: "
             f"expected {self.expected:.6g}, got {self.got:.6g}"
         )
 
@@ -142,12 +143,13 @@ def compare_gradient(
     first = [(tuple(i), float(got_t[tuple(i)]), float(expected[tuple(i)])) for i in bad.nonzero().tolist()[:5]]
     return Mismatch(
         int(bad.sum()),
-        expected.numel(),
+        expected.numel() if known is None else int(known.sum()),
         index,
         float(got_t.flatten()[worst]),
         float(expected.flatten()[worst]),
         float(score.flatten()[worst]),
         first,
+        sampled=known is not None,
     )
 
 

@@ -76,6 +76,8 @@ def main(argv: list[str]) -> int:
     read_fd, write_fd = int(argv[0]), int(argv[1])
     dump_path, marker_path = argv[2], argv[3]
     _record_stacks(dump_path)
+    # Ctrl-C reaches the whole process group: the battery (the parent) handles it and ends this worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.path[:] = receive(read_fd)
     try:
         subject, forward_subject = _setup(receive(read_fd), marker_path)

@@ -15,10 +15,12 @@ import torch
 from ..errors import FitError, UsageError
 from .data import prepare_data
 from .loss import get_loss, robust_cost, robust_linearization
-from .model import Model, build_function, check_finite_start, parameter_specs
+from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
+from .source import FitSource
 from .statistics import CONDITION_WARNING, uncertainty
+from .ties import split_ties
 
 # Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
 # recomputed in extended precision (formula models only).
@@ -53,6 +55,7 @@ def fit(
     gtol: float = 1e-15,
     on_step: Callable[[int, float], None] | None = None,
     decimal_data: Mapping[str, list[str]] | None = None,
+    absolute_sigma: bool = False,
 ) -> FitResult:
     """Fit y ~ model(x; params) by minimising cost = sum rho(((model - y) / sigma)^2).
 
@@ -66,11 +69,17 @@ def fit(
     y : array or tensor
         Observations, one per data point.
     params : dict
-        Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``.
+        Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``, or
+        name -> ``{"expr": "2*a"}``: a parameter tied to others (substituted into the model; reported
+        with its standard error propagated from theirs).
     method : {"lm", "lbfgs", "adam", "sgd"}
         Levenberg-Marquardt with exact Jacobians (default), or a gradient-based optimiser.
     sigma : array, optional
         Standard deviation of each observation; residuals are divided by it.
+    absolute_sigma : bool
+        As in SciPy's ``curve_fit``: False (default) scales the covariance by the reduced chi-square
+        chisqr / nfree, so only the relative sizes of ``sigma`` matter; True takes ``sigma`` as the
+        absolute standard deviations, cov = (J^T J)^-1 of the weighted Jacobian.
     bounds : dict of str -> (lower, upper), optional
         Bounds per parameter (None for an open side).
     loss : {"linear", "soft_l1", "huber", "cauchy"}
@@ -114,6 +123,7 @@ def fit(
             on_step=on_step,
             decimal_data=decimal_data,
             start_time=start_time,
+            absolute_sigma=absolute_sigma,
         )
 
 
@@ -171,6 +181,7 @@ def _fit(
     on_step,
     decimal_data,
     start_time,
+    absolute_sigma=False,
 ) -> FitResult:
     solver = get_solver(method)
     rho = get_loss(loss)
@@ -184,10 +195,13 @@ def _fit(
     ftol, xtol, gtol = (_number(value, name) for value, name in ((ftol, "ftol"), (xtol, "xtol"), (gtol, "gtol")))
     if on_step is not None and not callable(on_step):
         raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
+    if not isinstance(absolute_sigma, (bool, np.bool_)):
+        raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
+    params, ties = split_ties(params, bounds)
     specs = parameter_specs(params, bounds)
     data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
     names = tuple(spec.name for spec in specs)
-    function, text, data_names = build_function(model, tuple(data.x), names, data.x_is_dict)
+    function, text, data_names = ties.build_function(model, tuple(data.x), names, data.x_is_dict)
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
     problem = Model(function, columns, data.y, data.sigma, specs, text)
     theta = problem.initial_theta()
@@ -240,7 +254,8 @@ def _fit(
     exact = None
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}
-    return _result(problem, outcome, method, loss, data.omitted_rows, time.perf_counter() - start_time, exact)
+    source = FitSource(problem, loss, bool(absolute_sigma), data.x_is_dict, ties)
+    return _result(problem, outcome, method, loss, data.omitted_rows, time.perf_counter() - start_time, exact, source)
 
 
 _DTYPES = (torch.float64, torch.float32)
@@ -287,23 +302,37 @@ def _saturated(problem: Model, theta: torch.Tensor) -> bool:
 
 
 def _result(
-    problem: Model, outcome, method: str, loss: str, omitted: list[int], seconds: float, exact: dict | None
+    problem: Model,
+    outcome,
+    method: str,
+    loss: str,
+    omitted: list[int],
+    seconds: float,
+    exact: dict | None,
+    source: FitSource | None = None,
 ) -> FitResult:
     values = problem.external(outcome.theta)
     r, jacobian = problem.jacobian(values, external=True)
     cost = _precise_cost(problem, values, float(r @ r), exact or {})
     n, p = problem.size, len(problem.names)
     dof = n - p
-    spread = uncertainty(jacobian, cost, dof, problem.names)
+    absolute = source is not None and source.absolute_sigma
+    spread = uncertainty(jacobian, cost, dof, problem.names, absolute=absolute)
     value_list = values.tolist()
     fitted = dict(zip(problem.names, value_list, strict=True))
     all_params = {spec.name: fitted.get(spec.name, spec.value) for spec in problem.specs}
+    stderr = dict(zip(problem.names, spread.stderr.tolist(), strict=True))
+    ties = source.ties if source is not None else None
+    if ties:
+        tied_values, tied_errors = ties.values_and_errors(all_params, problem.names, spread.covariance)
+        all_params.update(tied_values)
+        stderr.update(tied_errors)
     warnings = _diagnose(problem, outcome.status, spread, value_list, dof, omitted)
     with torch.no_grad():
         prediction = problem.predict(values)
     return FitResult(
         params=all_params,
-        stderr=dict(zip(problem.names, spread.stderr.tolist(), strict=True)),
+        stderr=stderr,
         covariance=spread.covariance,
         correlation=spread.correlation,
         cost=cost,
@@ -329,6 +358,9 @@ def _result(
             "fitted": prediction.detach().cpu().numpy(),
             "sigma": None if problem.inverse_sigma is None else (1 / problem.inverse_sigma).cpu().numpy(),
         },
+        tied=dict(ties.given) if ties else {},
+        absolute_sigma=absolute,
+        source=source,
     )
 
 

@@ -155,18 +155,36 @@ def test_process_mode_is_refused_for_a_function_a_worker_cannot_import():
         customgrad.check(lambda x: customgrad.library.P2.apply(x), torch.randn(3), isolation="process")
 
 
+#: Planted mistakes run in a worker here (each worker costs its start-up; the whole corpus, 43 Functions,
+#: was compared once: same verdicts in both modes, see notes/issue-10-13-check-isolation.md).
+IN_WORKER = ("RaisesInBackward", "MissingTerm", "ModifiesInput", "FlattensGradOutput", "NondeterministicBackward")
+
+
 @pytest.mark.slow
-def test_corpus_verdicts_are_the_same_in_a_worker_process():
-    for function, (inputs, name, status) in PLANTED.items():
-        if name == "compile":
-            continue
-        report = customgrad.check(function, *inputs, compile=False, isolation="process")
-        assert report[name].status == status, str(report)
-    for _, fn, inputs, options, expected_warnings in CORRECT:
-        report = customgrad.check(fn, *inputs, compile=False, isolation="auto", **options)
-        alarms = [
-            r
-            for r in report.results
-            if r.status == "failed" or (r.status == "warning" and r.name not in expected_warnings)
-        ]
-        assert report.ok and not alarms, str(report)
+@pytest.mark.parametrize("name", IN_WORKER)
+def test_planted_mistakes_are_caught_the_same_in_a_worker_process(name):
+    function = next(f for f in PLANTED if f.__name__ == name)
+    inputs, check_name, status = PLANTED[function]
+    report = customgrad.check(function, *inputs, compile=False, isolation="process")
+    assert "worker process" in report.isolation
+    assert report[check_name].status == status, str(report)
+    in_process = customgrad.check(function, *inputs, compile=False, isolation="thread")
+    assert [r.status for r in report.results] == [r.status for r in in_process.results]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["BlogSurrogate (formula declared)", "ExpInPlace"])
+def test_correct_functions_pass_in_a_worker_process(name):
+    _, fn, inputs, options, expected_warnings = next(entry for entry in CORRECT if entry[0] == name)
+    report = customgrad.check(fn, *inputs, compile=False, isolation="process", **options)
+    alarms = [
+        r for r in report.results if r.status == "failed" or (r.status == "warning" and r.name not in expected_warnings)
+    ]
+    assert report.ok and not alarms, str(report)
+
+
+def test_a_custom_gradient_that_cannot_be_pickled_runs_in_process():
+    _, fn, inputs, options, _ = next(entry for entry in CORRECT if entry[0] == "BlogSurrogate (callable declared)")
+    report = customgrad.check(fn, *inputs, compile=False, checks=["first_order"], **options)
+    assert report.isolation.startswith("in this process") and "cannot be sent to a worker" in report.isolation
+    assert report["first_order"].status == "passed"

@@ -188,3 +188,15 @@ def test_a_custom_gradient_that_cannot_be_pickled_runs_in_process():
     report = customgrad.check(fn, *inputs, compile=False, checks=["first_order"], **options)
     assert report.isolation.startswith("in this process") and "cannot be sent to a worker" in report.isolation
     assert report["first_order"].status == "passed"
+
+
+def test_a_double_backward_that_hangs_fails_second_order_only():
+    from fixtures.misbehaving import HangsInDoubleBackward
+
+    report = customgrad.check(
+        HangsInDoubleBackward, torch.randn(3, dtype=torch.float64), compile=False, timeout=1, isolation="thread"
+    )
+    second = report["second_order"]
+    assert second.status == "failed" and second.message.startswith("double backward did not return within 1 s")
+    assert "misbehaving.py" in second.message
+    assert report["first_order"].status == "passed" and report["determinism"].status == "passed", str(report)

@@ -78,3 +78,37 @@ def test_fit_through_a_redefined_function_uses_the_new_definition():
     customgrad.function("3*x", name="ScaleForTest")
     second = customgrad.fit("a*ScaleForTest(x)", x, 6.0 * x, params={"a": 1.0})
     assert first.params["a"] == pytest.approx(3.0) and second.params["a"] == pytest.approx(2.0)
+
+
+def test_two_processes_fitting_a_new_formula_at_once_both_succeed(tmp_path):
+    environment = {**os.environ, "PYTHONPATH": SOURCE, "CUSTOMGRAD_CACHE_DIR": str(tmp_path)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FIT, "a*exp(-k*x) + c"],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], [err for _, err in outputs]
+    first, second = (json.loads(out.strip().splitlines()[-1])["params"] for out, _ in outputs)
+    assert first == second
+
+
+def test_an_unwritable_cache_folder_still_fits_with_one_warning(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    data = Path(SOURCE) / "customgrad" / "data" / "nist" / "Misra1a.dat"
+    result = subprocess.run(
+        [sys.executable, "-m", "customgrad", "fit", "--data", str(data), "--quiet"],
+        env={**os.environ, "PYTHONPATH": SOURCE, "CUSTOMGRAD_CACHE_DIR": str(blocker / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("b1=")
+    assert result.stderr.count("cannot write its cache folder") == 1

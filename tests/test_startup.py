@@ -128,3 +128,17 @@ def test_cli_experiment_names_and_handwritten_summaries_match_their_sources():
 
     for name, summary in HANDWRITTEN.items():
         assert getattr(handwritten, name).__doc__.strip().splitlines()[0] == summary
+
+
+def test_a_users_function_registered_under_a_builtin_name_keeps_it_in_formulas():
+    code = (
+        "import torch, customgrad\n"
+        "customgrad.function('x**3', name='P2')\n"  # before the built-in P2 was ever used
+        "from customgrad import P2\n"  # the built-in class, generated now
+        "print(P2.formula, customgrad.function('P2(x)').apply(torch.tensor(2.0)).item())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SOURCE}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["x**2", "+", "2*x", "8.0"]

@@ -11,6 +11,7 @@ way the blog and the tutorial write them (bugs fixed), stay beside them as ``*Ha
 from __future__ import annotations
 
 import importlib
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ HANDWRITTEN: dict[str, str] = {
 }
 
 _entries: dict[str, RegisteredFunction] = {}
+_lock = threading.RLock()  # first use from two threads (the check battery's) generates once
 
 
 def summaries() -> dict[str, str]:
@@ -57,7 +59,8 @@ def builtin(name: str) -> type[torch.autograd.Function]:
     """The built-in Function ``name``, generated and registered on first use."""
     if name in HANDWRITTEN:
         return getattr(importlib.import_module(".handwritten", __package__), name)
-    return registered_builtin(name).autograd_function()
+    with _lock:
+        return _entry(name).autograd_function()
 
 
 def registered_builtin(name: str) -> RegisteredFunction:
@@ -65,10 +68,17 @@ def registered_builtin(name: str) -> RegisteredFunction:
 
     Put back in the registry if a registry was restored (tests) after it was first made.
     """
-    from .registry import REGISTRY, register
+    from .registry import REGISTRY
 
+    with _lock:
+        return REGISTRY.setdefault(name, _entry(name))
+
+
+def _entry(name: str) -> RegisteredFunction:
+    """The built-in's own entry, made once; a user's function registered under its name keeps the name."""
     if name not in _entries:
         from .formula_spec import formula_spec
+        from .registry import REGISTRY, register
 
         formula, grads = GENERATED[name]
         spec = formula_spec(formula, grads=grads, class_name=name)
@@ -78,6 +88,7 @@ def registered_builtin(name: str) -> RegisteredFunction:
 
             return build_function(spec)
 
+        users = REGISTRY.get(name)
         _entries[name] = register(
             name,
             None,
@@ -87,7 +98,9 @@ def registered_builtin(name: str) -> RegisteredFunction:
             summary=f"{name}({', '.join(spec.input_names)}) = {spec.formula}",
             generate=generate,
         )
-    return REGISTRY.setdefault(name, _entries[name])
+        if users is not None:
+            REGISTRY[name] = users
+    return _entries[name]
 
 
 def builtin_entry(name: str) -> RegisteredFunction | None:

@@ -33,9 +33,22 @@ def runtime_namespace(source: str | None = None) -> dict:
 
         for name in called if called is not None else list(REGISTRY):
             entry = lookup(name)
-            if entry is not None:
+            if entry is None:
+                continue
+            if called is None and entry.function is None:
+                # Every name, for code not shown here: a built-in not generated yet stays so until called
+                # (generating it now could recurse into the code generation that asked).
+                namespace[f"_registered_{name}"] = _apply_on_first_call(entry)
+            else:
                 namespace[f"_registered_{name}"] = entry.autograd_function().apply
     return namespace
+
+
+def _apply_on_first_call(entry) -> Callable:
+    def apply(*arguments):
+        return entry.autograd_function().apply(*arguments)
+
+    return apply
 
 
 def _full(value, *arguments) -> torch.Tensor:

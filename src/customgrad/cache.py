@@ -171,7 +171,8 @@ def _digest(namespace: str, key: str | Sequence[str]) -> str:
 def _library_versions() -> list[str]:
     if not _versions:
         versions = [_installed("torch"), _installed("sympy")]
-        _versions.extend([__version__, _source_fingerprint(), *versions, "{}.{}".format(*sys.version_info[:2])])
+        # One assignment: threads computing it at once store the same list.
+        _versions[:] = [__version__, _source_fingerprint(), *versions, "{}.{}".format(*sys.version_info[:2])]
     return _versions
 
 

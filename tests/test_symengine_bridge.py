@@ -21,7 +21,15 @@ SUPPORTED = [
     "x**y + y**2.5 + x**(-3) + sqrt(x*y)",
     "pi*E*x/7 + 0.044715*x**3",
 ]
-WITH_SYMPY = ["P2(x*y)", "sigmoid(x)*y", "softplus(x*y)", "log1p(x) + expm1(y)", "abs(x)*y", "max(x, y)", "where(x > 0, x, y)"]
+WITH_SYMPY = [
+    "P2(x*y)",
+    "sigmoid(x)*y",
+    "softplus(x*y)",
+    "log1p(x) + expm1(y)",
+    "abs(x)*y",
+    "max(x, y)",
+    "where(x > 0, x, y)",
+]
 
 
 @pytest.mark.parametrize("formula", SUPPORTED)

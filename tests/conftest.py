@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -9,6 +11,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_folder(tmp_path_factory):
+    """Tests (and the CLI subprocesses they start) use a fresh disk cache, never the user's."""
+    saved = os.environ.get("CUSTOMGRAD_CACHE_DIR")
+    os.environ["CUSTOMGRAD_CACHE_DIR"] = str(tmp_path_factory.mktemp("customgrad-cache"))
+    yield
+    if saved is None:
+        del os.environ["CUSTOMGRAD_CACHE_DIR"]
+    else:
+        os.environ["CUSTOMGRAD_CACHE_DIR"] = saved
 
 
 @pytest.fixture(autouse=True)

@@ -143,10 +143,14 @@ def build_function(
     compiled_keep = backward_function.cache[all_inputs][1] if eager_backward else list(all_inputs)
     compiled_function = backward_function.cache[all_inputs][0] if eager_backward else None
 
+    # While tracing, Dynamo sees only plain functions: the generated torch code.
+    plain_kernel = getattr(kernel, "plain", kernel)
+
     def forward(*arguments):
         if len(arguments) != input_count:
             raise UsageError(f"{arity_message}, got {len(arguments)} (None counts as a missing input)")
-        outputs = _launch(kernel, arguments, argument_names, spec.name, backend)
+        run = plain_kernel if torch.compiler.is_compiling() else kernel
+        outputs = _launch(run, arguments, argument_names, spec.name, backend)
         return outputs[0] if len(outputs) == 1 else outputs
 
     jvp_kernel: list = []
@@ -209,7 +213,11 @@ class _AutogradHooks:
 
     def setup_context(self, for_jvp: bool):
         all_inputs = tuple(range(len(self.spec.inputs)))
-        spec, compiled_keep = self.spec, self.compiled_keep
+        compiled_keep = self.compiled_keep
+        spec = self.spec
+
+        def spec_needs():  # Dynamo traces this closure: it must capture plain functions, not the spec
+            return spec.needs
 
         def setup_context(ctx, inputs, output):
             ctx.needed = tuple(i for i in all_inputs if ctx.needs_input_grad[i] and isinstance(inputs[i], torch.Tensor))
@@ -218,7 +226,7 @@ class _AutogradHooks:
             elif torch.compiler.is_compiling():
                 keep = compiled_keep  # no SymPy while tracing: the backward for all inputs, built eagerly
             else:
-                keep = sorted(set().union(*(spec.needs[i] for i in ctx.needed)))
+                keep = sorted(set().union(*(spec_needs()[i] for i in ctx.needed)))
             ctx.numbers = {j: inputs[j] for j in keep if not isinstance(inputs[j], torch.Tensor)}
             ctx.tensor_positions = [j for j in keep if isinstance(inputs[j], torch.Tensor)]
             ctx.save_for_backward(*(inputs[j] for j in ctx.tensor_positions))
@@ -233,11 +241,11 @@ class _AutogradHooks:
     def backward(self, for_jvp: bool):
         input_count = len(self.spec.inputs)
         all_inputs = tuple(range(input_count))
-        backward_function, compiled_keep, compiled_function = (
-            self.backward_function,
-            self.compiled_keep,
-            self.compiled_function,
-        )
+        compiled_keep, compiled_function = self.compiled_keep, self.compiled_function
+        backwards = self.backward_function
+
+        def backward_function(needed):  # a plain function for Dynamo, as in setup_context
+            return backwards(needed)
 
         def backward(ctx, *grad_outputs):
             result: list = [None] * input_count

@@ -104,6 +104,7 @@ class AutoKernel:
         self.spec = spec
         self.eager = get_backend("eager").kernel(spec)
         self.source = self.eager.source
+        self.plain = self.eager
         self.fused: dict[str, Callable | None] = {}
 
     def _fused(self, backend: str) -> Callable | None:

@@ -32,4 +32,5 @@ class CompileBackend:
             return compiled(*tensors)
 
         kernel.source = plain.source
+        kernel.plain = plain
         return kernel

@@ -1,0 +1,202 @@
+"""SymPy -> C99 source: the fused CPU kernels' loop bodies, one function call per row of the C column of
+the printer table (`codegen.rules`), in float or double.
+
+Float kernels call the ``f`` variants (``expf``). No fast-math anywhere: inf and NaN behave as IEEE says,
+and `kernel_source` declares the vector variants glibc's libmvec provides (``#pragma omp declare simd``),
+so gcc vectorises the math calls without ``-ffinite-math-only``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import sympy
+from sympy.printing.c import C99CodePrinter
+
+from .rules import BINARY_RULES, FUNCTION_RULES, column
+
+C_FUNCTIONS = column(FUNCTION_RULES, "c")
+C_BINARY_FUNCTIONS = column(BINARY_RULES, "c")
+#: Helpers the C column names, defined in every kernel over ``real`` (float or double), and the libm
+#: functions each calls.
+HELPERS = {
+    "cg_sigmoid": ("static inline real cg_sigmoid(real x) { return (real)1 / ((real)1 + EXP(-x)); }", ("exp",)),
+    # torch's softplus: x above the threshold 20, else log1p(exp(x))
+    "cg_softplus": (
+        "static inline real cg_softplus(real x) { return x > (real)20 ? x : LOG1P(EXP(x)); }",
+        ("exp", "log1p"),
+    ),
+    # torch.sign: 0 at 0 and at NaN
+    "cg_sign": ("static inline real cg_sign(real x) { return (real)((x > 0) - (x < 0)); }", ()),
+    # torch.maximum / minimum: NaN in either argument gives NaN
+    "cg_max": ("static inline real cg_max(real a, real b) { return (a > b || a != a) ? a : b; }", ()),
+    "cg_min": ("static inline real cg_min(real a, real b) { return (a < b || a != a) ? a : b; }", ()),
+}
+_BUILTIN = {"fabs", "floor", "ceil", "rint"}  # compiled to instructions, not calls
+_MULTIPLY_UP_TO = 4  # x**n for |n| <= 4 as products: exact like torch.square, cheaper than pow
+
+
+class CCodePrinter(C99CodePrinter):
+    """Prints a SymPy expression as a C expression over ``real`` variables named ``v_<symbol>``."""
+
+    printmethod = "_customgrad_ccode"
+
+    def __init__(self, single: bool):
+        super().__init__({"math_macros": {}})
+        self.single = single
+        self.used: set[str] = set()
+
+    def _call(self, name: str) -> str:
+        if name.startswith("cg_"):
+            self.used.add(name)
+            self.used.update(HELPERS[name][1])
+            return name
+        self.used.add(name)
+        return name + "f" if self.single else name
+
+    def _print_constant_value(self, expr) -> str:
+        value = float(sympy.N(expr, 17))
+        if math.isnan(value):
+            return "((real)NAN)"
+        if math.isinf(value):
+            return "((real)INFINITY)" if value > 0 else "(-(real)INFINITY)"
+        text = repr(value)
+        text = text if ("." in text or "e" in text) else text + ".0"
+        return f"{text}f" if self.single else text
+
+    _print_Integer = _print_constant_value
+    _print_Rational = _print_constant_value
+    _print_Float = _print_constant_value
+    _print_NumberSymbol = _print_constant_value
+    _print_Pi = _print_constant_value
+    _print_Exp1 = _print_constant_value
+    _print_Half = _print_constant_value
+    _print_Infinity = _print_constant_value
+    _print_NegativeInfinity = _print_constant_value
+    _print_NaN = _print_constant_value
+
+    def _print_Symbol(self, expr):
+        return f"v_{expr.name}"
+
+    def _print_Pow(self, expr, rational=False):
+        base, exponent = expr.args
+        if not expr.free_symbols:
+            return self._print_constant_value(expr)
+        printed = self.parenthesize(base, 1000)
+        if exponent.is_Integer and 0 < abs(int(exponent)) <= _MULTIPLY_UP_TO:
+            product = "*".join([printed] * abs(int(exponent)))
+            return f"({product})" if exponent > 0 else f"((real)1/({product}))"
+        if exponent == sympy.S.Half:
+            return f"{self._call('sqrt')}({self._print(base)})"
+        if exponent == -sympy.S.Half:
+            return f"((real)1/{self._call('sqrt')}({self._print(base)}))"
+        return f"{self._call('pow')}({self._print(base)}, {self._print(exponent)})"
+
+    def _print_Function(self, expr):
+        if not expr.free_symbols:
+            return self._print_constant_value(expr)
+        kind = type(expr)
+        if kind in C_FUNCTIONS:
+            return f"{self._call(C_FUNCTIONS[kind])}({self._print(expr.args[0])})"
+        if kind in C_BINARY_FUNCTIONS:
+            call = self._call(C_BINARY_FUNCTIONS[kind])
+            printed = [self._print(arg) for arg in expr.args]
+            result = printed[0]
+            for item in printed[1:]:
+                result = f"{call}({result}, {item})"
+            return result
+        raise NotImplementedError(f"no C translation for {kind.__name__}")
+
+    _print_Max = _print_Function
+    _print_Min = _print_Function
+    _print_atan2 = _print_Function
+    _print_sign = _print_Function
+    _print_Abs = _print_Function
+    _print_floor = _print_Function
+    _print_ceiling = _print_Function
+    _print_erf = _print_Function
+    _print_erfc = _print_Function
+    _print_exp = _print_Function
+    _print_log = _print_Function
+
+    def _print_Heaviside(self, expr):
+        # H(0) = 1/2, as the torch printer
+        return f"((real)0.5 + (real)0.5 * {self._call('cg_sign')}({self._print(expr.args[0])}))"
+
+    def _print_DiracDelta(self, expr):
+        return "((real)0)"
+
+    def _print_Piecewise(self, expr):
+        pieces = list(expr.args)
+        result = "((real)NAN)" if pieces[-1].cond != sympy.true else self._print(pieces.pop().expr)
+        for piece in reversed(pieces):
+            result = f"(({self._print(piece.cond)}) ? ({self._print(piece.expr)}) : ({result}))"
+        return result
+
+    def _print_Relational(self, expr):
+        return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
+
+    def _print_BooleanTrue(self, expr):
+        return "1"
+
+    def _print_BooleanFalse(self, expr):
+        return "0"
+
+
+def _prototypes(names: set[str], single: bool, vector: set[str]) -> list[str]:
+    """``#pragma omp declare simd`` prototypes of the libm functions with a libmvec vector variant."""
+    kind = "float" if single else "double"
+    lines = []
+    for name in sorted(names - _BUILTIN - set(HELPERS)):
+        if name not in vector:
+            continue
+        arity = 2 if name in ("atan2", "pow") else 1
+        arguments = ", ".join([kind] * arity)
+        lines += ["#pragma omp declare simd notinbranch", f"{kind} {name}{'f' if single else ''}({arguments});"]
+    return lines
+
+
+def kernel_source(
+    argument_names: Sequence[str],
+    outputs: Sequence[sympy.Expr],
+    *,
+    single: bool,
+    scalars: Sequence[bool],
+    vector: set[str],
+) -> str:
+    """C source of ``void kernel(int64_t n, int threads, const real* in..., real* out...)``.
+
+    One parallel SIMD loop over ``n`` elements: input ``k`` is read at ``[i]``, or once before the loop
+    where ``scalars[k]`` (a broadcast number); common subexpressions are shared. ``vector`` names the
+    libm functions libmvec vectorises here.
+    """
+    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
+    replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
+    printer = CCodePrinter(single)
+    body = [f"    const real v_{t.name} = {printer.doprint(value)};" for t, value in replacements]
+    body += [f"    out{k}[i] = {printer.doprint(value)};" for k, value in enumerate(reduced)]
+    loads_before = [f"  const real v_{name} = in{k}[0];" for k, name in enumerate(argument_names) if scalars[k]]
+    loads = [f"    const real v_{name} = in{k}[i];" for k, name in enumerate(argument_names) if not scalars[k]]
+    parameters = [f"const real* restrict in{k}" for k in range(len(argument_names))]
+    parameters += [f"real* restrict out{k}" for k in range(len(outputs))]
+    suffix = "f" if single else ""
+    lines = [
+        "#include <math.h>",
+        "#include <stdint.h>",
+        f"typedef {'float' if single else 'double'} real;",
+        f"#define EXP exp{suffix}",
+        f"#define LOG1P log1p{suffix}",
+        *_prototypes(printer.used, single, vector),
+        *(HELPERS[name][0] for name in sorted(printer.used & set(HELPERS))),
+        f"void kernel(int64_t n, int threads, {', '.join(parameters)}) {{",
+        *loads_before,
+        "  #pragma omp parallel for simd schedule(static) num_threads(threads) if(threads > 1)",
+        "  for (int64_t i = 0; i < n; i++) {",
+        *loads,
+        *body,
+        "  }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"

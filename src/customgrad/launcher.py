@@ -105,3 +105,13 @@ def reduce_gradient(gradient: torch.Tensor, shape: torch.Size, dtype: torch.dtyp
     if gradient.shape != shape:
         gradient = gradient.sum_to_size(shape)
     return gradient if gradient.dtype == dtype else gradient.to(dtype)
+
+
+def flat_operand(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A kernel operand for a loop over ``shape``'s elements: one number, or a full-shape contiguous
+    tensor (a copy when the input is broadcast or strided)."""
+    if tensor.numel() == 1:
+        return tensor.reshape(1).contiguous()
+    if tensor.shape == shape and tensor.is_contiguous():
+        return tensor
+    return tensor.expand(shape).contiguous()

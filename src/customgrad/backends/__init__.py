@@ -20,6 +20,7 @@ auto       per call: cpu for CPU tensors from `AUTO_CPU_MIN_SIZE` elements, trit
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from collections.abc import Callable
 
@@ -70,6 +71,8 @@ def check_device(backend: str, tensors, function_name: str) -> None:
     devices = DEVICES.get(backend)
     if devices is None:
         return
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        devices = (*devices, "cpu")  # Triton's interpreter runs kernels on CPU tensors (tests)
     for tensor in tensors:
         if tensor.device.type not in devices:
             raise UsageError(
@@ -125,12 +128,16 @@ class AutoKernel:
     def __call__(self, *tensors):
         if not torch.compiler.is_compiling():
             device = tensors[0].device.type
+            backend = None
             if device == "cpu" and max(t.numel() for t in tensors) >= AUTO_CPU_MIN_SIZE:
-                kernel = self._fused("cpu")
-                if kernel is not None:
-                    return kernel(*tensors)
+                backend = "cpu"
             elif device == "cuda":
-                kernel = self._fused("triton")
-                if kernel is not None:
+                backend = "triton"
+            kernel = self._fused(backend) if backend else None
+            if kernel is not None:
+                try:
                     return kernel(*tensors)
+                except BackendError as error:  # e.g. the compiler fails on this machine
+                    warn_once(str(error))
+                    self.fused[backend] = None
         return self.eager(*tensors)

@@ -28,6 +28,7 @@ from .. import cache
 from ..codegen.c import C_BINARY_FUNCTIONS, C_FUNCTIONS, kernel_source
 from ..derive import FunctionSpec
 from ..errors import BackendError
+from ..launcher import flat_operand
 from .eager import torch_kernel
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
@@ -174,7 +175,7 @@ class CpuKernel:
         outputs = [torch.empty(shape, dtype=computed) for _ in self.outputs]
         count = outputs[0].numel()
         if count:
-            arguments = [_contiguous(t.to(computed), shape) for t in tensors]
+            arguments = [flat_operand(t.to(computed), shape) for t in tensors]
             scalars = tuple(a.numel() == 1 and count != 1 for a in arguments)
             threads = torch.get_num_threads() if count >= 32768 else 1
             function = self.function(computed == torch.float32, scalars)
@@ -190,15 +191,6 @@ def _result_type(tensors) -> torch.dtype:
         if any(t.dim() for t in tensors)
         else functools.reduce(torch.promote_types, (t.dtype for t in tensors))
     )
-
-
-def _contiguous(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """The tensor as a C loop reads it: one number, or full-shape contiguous (a copy if broadcast or strided)."""
-    if tensor.numel() == 1:
-        return tensor.reshape(1).contiguous()
-    if tensor.shape == shape and tensor.is_contiguous():
-        return tensor
-    return tensor.expand(shape).contiguous()
 
 
 class CpuBackend:

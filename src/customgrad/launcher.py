@@ -112,6 +112,8 @@ def flat_operand(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     tensor (a copy when the input is broadcast or strided)."""
     if tensor.numel() == 1:
         return tensor.reshape(1).contiguous()
+    if tensor.numel() and all(stride == 0 for stride in tensor.stride()):
+        return tensor.as_strided((1,), (1,)).contiguous()  # one number expanded (sum()'s upstream gradient)
     if tensor.shape == shape and tensor.is_contiguous():
         return tensor
     return tensor.expand(shape).contiguous()

@@ -33,6 +33,8 @@ from .eager import torch_kernel
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 LIBRARIES = ("-lmvec", "-lm")
+#: Below this many elements one thread is faster than waking the others (measured: about 20 us to wake).
+PARALLEL_MIN_SIZE = 65536
 _COMPUTED = {torch.float64: torch.float64, torch.float32: torch.float32, torch.float16: torch.float32}
 _COMPUTED[torch.bfloat16] = torch.float32
 
@@ -100,6 +102,9 @@ _loaded_folder: list[str] = []
 
 def _load(data: bytes, input_count: int, output_count: int) -> Callable:
     """dlopen a library from its bytes (written to a private file) and type its ``kernel``."""
+    # OpenMP threads that spin while waiting hold a core another process (or torch) needs: on a busy
+    # machine a parallel loop then waits a whole time slice. Read by libgomp when the first kernel loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not _loaded_folder:
         _loaded_folder.append(tempfile.mkdtemp(prefix="customgrad-kernels-"))
     handle, path = tempfile.mkstemp(dir=_loaded_folder[0], suffix=".so")
@@ -177,7 +182,7 @@ class CpuKernel:
         if count:
             arguments = [flat_operand(t.to(computed), shape) for t in tensors]
             scalars = tuple(a.numel() == 1 and count != 1 for a in arguments)
-            threads = torch.get_num_threads() if count >= 32768 else 1
+            threads = torch.get_num_threads() if count >= PARALLEL_MIN_SIZE else 1
             function = self.function(computed == torch.float32, scalars)
             function(count, threads, *(a.data_ptr() for a in arguments), *(o.data_ptr() for o in outputs))
         if computed != dtype:

@@ -109,18 +109,6 @@ class CCodePrinter(C99CodePrinter):
             return result
         raise NotImplementedError(f"no C translation for {kind.__name__}")
 
-    _print_Max = _print_Function
-    _print_Min = _print_Function
-    _print_atan2 = _print_Function
-    _print_sign = _print_Function
-    _print_Abs = _print_Function
-    _print_floor = _print_Function
-    _print_ceiling = _print_Function
-    _print_erf = _print_Function
-    _print_erfc = _print_Function
-    _print_exp = _print_Function
-    _print_log = _print_Function
-
     def _print_Heaviside(self, expr):
         # H(0) = 1/2, as the torch printer
         return f"((real)0.5 + (real)0.5 * {self._call('cg_sign')}({self._print(expr.args[0])}))"
@@ -143,6 +131,11 @@ class CCodePrinter(C99CodePrinter):
 
     def _print_BooleanFalse(self, expr):
         return "0"
+
+
+# SymPy's C printer has a method per math function (_print_tanh, ...): route every one through the table.
+for _kind in (*C_FUNCTIONS, *C_BINARY_FUNCTIONS):
+    setattr(CCodePrinter, f"_print_{_kind.__name__}", CCodePrinter._print_Function)
 
 
 def _prototypes(names: set[str], single: bool, vector: set[str]) -> list[str]:
@@ -192,10 +185,19 @@ def kernel_source(
         *(HELPERS[name][0] for name in sorted(printer.used & set(HELPERS))),
         f"void kernel(int64_t n, int threads, {', '.join(parameters)}) {{",
         *loads_before,
-        "  #pragma omp parallel for simd schedule(static) num_threads(threads) if(threads > 1)",
+        # Two copies of the loop: gcc does not vectorise a parallel loop whose if() clause is false.
+        "  if (threads > 1) {",
+        "  #pragma omp parallel for simd schedule(static) num_threads(threads)",
         "  for (int64_t i = 0; i < n; i++) {",
         *loads,
         *body,
+        "  }",
+        "  } else {",
+        "  #pragma omp simd",
+        "  for (int64_t i = 0; i < n; i++) {",
+        *loads,
+        *body,
+        "  }",
         "  }",
         "}",
     ]

@@ -197,7 +197,16 @@ def build_function(
         },
     )
     cls.forward_ad.forward_ad = cls.forward_ad
+    cls._backward_for = staticmethod(backward_function)
+    cls.as_custom_op = classmethod(_as_custom_op)
     return cls
+
+
+def _as_custom_op(cls, qualified_name: str):
+    """This Function as a ``torch.library`` custom operator (see `customgrad.custom_op.as_custom_op`)."""
+    from .custom_op import as_custom_op
+
+    return as_custom_op(cls, qualified_name)
 
 
 class _AutogradHooks:

@@ -13,7 +13,8 @@ compile    that code under ``torch.compile(dynamic=True)``
 cpu        fused C loops over both cores, SIMD math from glibc's libmvec (CPU tensors)
 triton     Triton kernels (CUDA tensors; on CPU only through ``TRITON_INTERPRET=1``)
 auto       per call: cpu for CPU tensors from `AUTO_CPU_MIN_SIZE` elements, triton for CUDA
-           tensors, else eager; one warning when a backend it wanted cannot run
+           tensors, else eager; one warning when a backend it wanted cannot run here (formulas
+           a fused backend cannot print, such as calls of hand-written Functions, run eager quietly)
 =========  ===========================================================================
 """
 
@@ -118,9 +119,9 @@ class AutoKernel:
             if reason is None:
                 try:
                     kernel = instance.kernel(self.spec)
-                except BackendError as error:
-                    reason = str(error)
-            if reason is not None:
+                except BackendError:
+                    pass  # a function this backend cannot print (a hand-written Function): eager, quietly
+            else:
                 warn_once(f"backend {backend!r} is not available ({reason})")
             self.fused[backend] = kernel
         return self.fused[backend]

@@ -116,8 +116,8 @@ start = time.perf_counter()
 import torch, customgrad
 imported = time.perf_counter()
 f = customgrad.function(sys.argv[1], backend=sys.argv[2])
-x = torch.randn(100000, requires_grad=True)
-f.apply(x).sum().backward()
+inputs = [torch.rand(100000).add(0.5).requires_grad_() for _ in f.input_names]
+f.apply(*inputs).sum().backward()
 print(imported - start, time.perf_counter() - imported)
 """
 

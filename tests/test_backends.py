@@ -235,3 +235,23 @@ def test_triton_low_precision_is_as_accurate_as_same_dtype_eager(formula, dtype,
     tolerance = 4 * (eager - exact).abs().max().item() + 8 * torch.finfo(dtype).eps * exact.abs().max().item()
     assert got.dtype == dtype
     assert_matches_reference(got, exact, rtol=0, atol=tolerance, what=f"triton {formula} {dtype}")
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    "shapes",
+    [[(300, 257), (257,), (300, 1)], [(3, 40, 700), (700,), (3, 40, 1)], [(3, 40, 700), (40, 1), (3, 1, 1)]],
+    ids=str,
+)
+def test_cpu_reads_row_and_column_broadcasts_in_place(shapes):
+    # Large enough for the threaded loop; m varies along the trailing, s along the leading dimensions.
+    generator = torch.Generator().manual_seed(9)
+    values = [torch.rand(shape, generator=generator, dtype=torch.float64) + 0.5 for shape in shapes]
+    formula = "exp(-(x - m)**2/(2*s**2))/s"
+    leaves = [v.clone().requires_grad_() for v in values]
+    copies = [v.clone().requires_grad_() for v in values]
+    fused, eager = built(formula, "cpu"), built(formula, "eager")
+    got, want = fused.apply(*leaves), eager.apply(*copies)
+    assert_matches_reference(got, want, rtol=1e-13, what="forward")
+    for g, e in zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(want.sum(), copies), strict=True):
+        assert_matches_reference(g, e, rtol=1e-11, what="gradient")

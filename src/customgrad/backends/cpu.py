@@ -114,7 +114,9 @@ def _load(data: bytes, input_count: int, output_count: int) -> Callable:
         function = ctypes.CDLL(path).kernel
     finally:
         os.unlink(path)  # the mapping stays valid
-    function.argtypes = [ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p] * (input_count + output_count)
+    function.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p] * (
+        input_count + output_count
+    )
     function.restype = None
     return function
 
@@ -141,20 +143,20 @@ class CpuKernel:
         self.source = self.fallback.source
         self.plain = self.fallback
         self.compiled: dict[tuple, Callable] = {}
-        self.c_source(True, (False,) * len(self.names))  # unprintable functions fail now, by name
+        self.c_source(True, "v" * len(self.names))  # unprintable functions fail now, by name
 
-    def c_source(self, single: bool, scalars: tuple[bool, ...]) -> str:
+    def c_source(self, single: bool, layouts: str) -> str:
         try:
-            return kernel_source(self.names, self.outputs, single=single, scalars=scalars, vector=vector_functions())
+            return kernel_source(self.names, self.outputs, single=single, layouts=layouts, vector=vector_functions())
         except NotImplementedError as error:
             raise BackendError(
                 f"{self.spec.name}: backend 'cpu' cannot print it ({error}); use backend='eager' or 'compile'"
             ) from None
 
-    def function(self, single: bool, scalars: tuple[bool, ...]) -> Callable:
-        key = (single, scalars)
+    def function(self, single: bool, layouts: str) -> Callable:
+        key = (single, layouts)
         if key not in self.compiled:
-            source = self.c_source(single, scalars)
+            source = self.c_source(single, layouts)
             cache_key = [source, " ".join(FLAGS), compiler_identity()]
             data = cache.load("cpu-kernels", cache_key)
             try:
@@ -180,11 +182,10 @@ class CpuKernel:
         outputs = [torch.empty(shape, dtype=computed) for _ in self.outputs]
         count = outputs[0].numel()
         if count:
-            arguments = [flat_operand(t.to(computed), shape) for t in tensors]
-            scalars = tuple(a.numel() == 1 and count != 1 for a in arguments)
+            layouts, arguments, inner = operands([t.to(computed) for t in tensors], shape)
             threads = torch.get_num_threads() if count >= PARALLEL_MIN_SIZE else 1
-            function = self.function(computed == torch.float32, scalars)
-            function(count, threads, *(a.data_ptr() for a in arguments), *(o.data_ptr() for o in outputs))
+            function = self.function(computed == torch.float32, layouts)
+            function(count, inner, threads, *(a.data_ptr() for a in arguments), *(o.data_ptr() for o in outputs))
         if computed != dtype:
             outputs = [o.to(dtype) for o in outputs]
         return tuple(outputs)
@@ -196,6 +197,48 @@ def _result_type(tensors) -> torch.dtype:
         if any(t.dim() for t in tensors)
         else functools.reduce(torch.promote_types, (t.dtype for t in tensors))
     )
+
+
+def operands(tensors: list[torch.Tensor], shape: torch.Size) -> tuple[str, list[torch.Tensor], int]:
+    """How the kernel reads each input (`codegen.c.READS`), the tensors it reads, and the inner size.
+
+    Broadcast inputs that vary only along the trailing or only along the leading dimensions of one
+    split are read in place (a per-column or per-row vector); anything else is copied to full shape.
+    """
+    count = shape.numel()
+    flat = [_flat_layout(t, shape, count) for t in tensors]
+    if all(flat):
+        return "".join(flat), [flat_operand(t, shape) for t in tensors], count
+    for split in range(1, len(shape)):
+        read = [_split_layout(t, shape, split) for t in tensors]
+        if all(read):
+            return "".join(r[0] for r in read), [r[1] for r in read], shape[split:].numel()
+    copies = [flat_operand(t, shape) for t in tensors]
+    return "".join("s" if c.numel() == 1 and count != 1 else "v" for c in copies), copies, count
+
+
+def _flat_layout(tensor: torch.Tensor, shape: torch.Size, count: int) -> str:
+    if tensor.numel() == 1 and count != 1 or (tensor.numel() and all(s == 0 for s in tensor.stride())):
+        return "s"
+    return "v" if tensor.shape == shape and tensor.is_contiguous() else ""
+
+
+def _split_layout(tensor: torch.Tensor, shape: torch.Size, split: int) -> tuple[str, torch.Tensor] | None:
+    if tensor.numel() == 1 or all(s == 0 for s in tensor.stride()):
+        return "s", flat_operand(tensor, shape)
+    expanded = tensor.expand(shape)
+    strides = expanded.stride()
+    if tensor.shape == shape and tensor.is_contiguous():
+        return "v", tensor
+    if all(s == 0 for s in strides[:split]):
+        inner = expanded[(0,) * split]
+        if inner.is_contiguous():
+            return "r", inner
+    if all(s == 0 for s in strides[split:]):
+        outer = expanded[(slice(None),) * split + (0,) * (len(shape) - split)]
+        if outer.is_contiguous():
+            return "c", outer
+    return None
 
 
 class CpuBackend:

@@ -151,30 +151,64 @@ def _prototypes(names: set[str], single: bool, vector: set[str]) -> list[str]:
     return lines
 
 
+#: How a kernel reads input k at element i = o * inner + j: a number, the full shape, or a tensor that
+#: varies only along the inner (trailing) or only along the outer (leading) dimensions.
+READS = {"s": "in{k}[0]", "v": "in{k}[i]", "r": "in{k}[j]", "c": "in{k}[o]"}
+
+
 def kernel_source(
     argument_names: Sequence[str],
     outputs: Sequence[sympy.Expr],
     *,
     single: bool,
-    scalars: Sequence[bool],
+    layouts: str,
     vector: set[str],
 ) -> str:
-    """C source of ``void kernel(int64_t n, int threads, const real* in..., real* out...)``.
+    """C source of ``void kernel(int64_t n, int64_t inner, int threads, const real* in..., real* out...)``.
 
-    One parallel SIMD loop over ``n`` elements: input ``k`` is read at ``[i]``, or once before the loop
-    where ``scalars[k]`` (a broadcast number); common subexpressions are shared. ``vector`` names the
-    libm functions libmvec vectorises here.
+    One parallel SIMD loop over ``n`` elements, split into ``n / inner`` rows of ``inner`` when an input
+    varies along only one side of that split; ``layouts[k]`` says how input ``k`` is read (`READS`).
+    Common subexpressions are shared. ``vector`` names the libm functions libmvec vectorises here.
     """
     temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
     replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
     printer = CCodePrinter(single)
     body = [f"    const real v_{t.name} = {printer.doprint(value)};" for t, value in replacements]
     body += [f"    out{k}[i] = {printer.doprint(value)};" for k, value in enumerate(reduced)]
-    loads_before = [f"  const real v_{name} = in{k}[0];" for k, name in enumerate(argument_names) if scalars[k]]
-    loads = [f"    const real v_{name} = in{k}[i];" for k, name in enumerate(argument_names) if not scalars[k]]
+    loads_before = [f"  const real v_{name} = in{k}[0];" for k, name in enumerate(argument_names) if layouts[k] == "s"]
+    loads = [
+        f"    const real v_{name} = {READS[layouts[k]].format(k=k)};"
+        for k, name in enumerate(argument_names)
+        if layouts[k] != "s"
+    ]
     parameters = [f"const real* restrict in{k}" for k in range(len(argument_names))]
     parameters += [f"real* restrict out{k}" for k in range(len(outputs))]
     suffix = "f" if single else ""
+    split = "r" in layouts or "c" in layouts
+    # Two copies of the loop: gcc does not vectorise a parallel loop whose if() clause is false.
+    loops = []
+    for parallel in (True, False):
+        if split:
+            loops += [
+                "  #pragma omp parallel for schedule(static) num_threads(threads)" if parallel else "",
+                "  for (int64_t o = 0; o < n / inner; o++) {",
+                "  #pragma omp simd",
+                "  for (int64_t j = 0; j < inner; j++) {",
+                "    const int64_t i = o * inner + j;",
+                *loads,
+                *body,
+                "  }}",
+            ]
+        else:
+            loops += [
+                "  #pragma omp parallel for simd schedule(static) num_threads(threads)" if parallel else "",
+                "  #pragma omp simd" if not parallel else "",
+                "  for (int64_t i = 0; i < n; i++) {",
+                *loads,
+                *body,
+                "  }",
+            ]
+        loops.append("  } else {" if parallel else "  }")
     lines = [
         "#include <math.h>",
         "#include <stdint.h>",
@@ -183,22 +217,10 @@ def kernel_source(
         f"#define LOG1P log1p{suffix}",
         *_prototypes(printer.used, single, vector),
         *(HELPERS[name][0] for name in sorted(printer.used & set(HELPERS))),
-        f"void kernel(int64_t n, int threads, {', '.join(parameters)}) {{",
+        f"void kernel(int64_t n, int64_t inner, int threads, {', '.join(parameters)}) {{",
         *loads_before,
-        # Two copies of the loop: gcc does not vectorise a parallel loop whose if() clause is false.
         "  if (threads > 1) {",
-        "  #pragma omp parallel for simd schedule(static) num_threads(threads)",
-        "  for (int64_t i = 0; i < n; i++) {",
-        *loads,
-        *body,
-        "  }",
-        "  } else {",
-        "  #pragma omp simd",
-        "  for (int64_t i = 0; i < n; i++) {",
-        *loads,
-        *body,
-        "  }",
-        "  }",
+        *loops,
         "}",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(line for line in lines if line) + "\n"

@@ -7,7 +7,6 @@ errors), converted in one place, `main`; ``--debug`` shows the traceback instead
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -61,8 +60,8 @@ def _add_fit(subparsers) -> None:
     parser.add_argument(
         "--experiment",
         choices=sorted(EXPERIMENTS),
-        default="blog",
-        help="built-in experiment: blog (tan, P2) or tutorial (sin, Legendre P3)",
+        default=None,
+        help="built-in experiment: blog (tan, P2, the default) or tutorial (sin, Legendre P3)",
     )
     parser.add_argument(
         "--steps",
@@ -76,7 +75,9 @@ def _add_fit(subparsers) -> None:
         default=None,
         help="learning rate (default: the experiment's, 1e-6 for blog, 5e-6 for tutorial)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for the random initial parameters")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="built-in experiment: seed for the random initial values (default 0)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the result line")
     parser.add_argument("--json", metavar="PATH", help="write parameters, loss history and settings")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG: data, fitted curve and loss curve")
@@ -111,29 +112,49 @@ def _add_fit(subparsers) -> None:
         default=None,
         help="solver (default lm; without --model/--data and --method: the blog's SGD run)",
     )
-    fitting.add_argument("--loss", choices=["linear", "soft_l1", "huber", "cauchy"], default="linear")
+    fitting.add_argument(
+        "--loss",
+        choices=["linear", "soft_l1", "huber", "cauchy"],
+        default=None,
+        help="rho of the squared residuals (default linear: least squares)",
+    )
     fitting.add_argument(
         "--nan-policy",
         choices=["raise", "omit"],
-        default="raise",
-        help="rows with NaN/inf: stop with an error (raise) or drop them (omit)",
+        default=None,
+        help="rows with NaN/inf: stop with an error (raise, the default) or drop them (omit)",
     )
     fitting.add_argument(
         "--start",
         type=int,
         choices=[1, 2],
-        default=1,
+        default=None,
         help="NIST files: which certified starting point to use (default 1)",
+    )
+    fitting.add_argument(
+        "--absolute-sigma",
+        action="store_true",
+        help="take --sigma as absolute standard deviations (SciPy's absolute_sigma); default: relative",
+    )
+    fitting.add_argument("--ci", action="store_true", help="print profile-likelihood intervals at 1 and 2 sigma")
+    fitting.add_argument(
+        "--bands",
+        choices=["confidence", "prediction"],
+        default=None,
+        help="2-sigma band shaded by --plot and written to --json (default for --plot: confidence)",
     )
     parser.set_defaults(run=_run_fit)
 
 
 def _run_fit(args) -> int:
-    if args.model is not None or args.data is not None or args.method or args.param or args.bound:
+    from .fit.cli_inputs import fit_run
+
+    if fit_run(args) != "experiment":
         return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
     from .plot import check_image_path, check_writable, plot_experiment
     from .progress import progress_bar
+    from .strict_json import write as write_json
 
     experiment = get_experiment(args.experiment)
     json_path = check_writable(args.json, "--json") if args.json else None
@@ -148,18 +169,24 @@ def _run_fit(args) -> int:
 
         run = run_experiment(experiment, steps=steps, learning_rate=args.lr, seed=args.seed, on_step=on_step)
     print(experiment.result_line({k: _tensor(v) for k, v in run.params.items()}))
-    if not args.quiet:
-        print(f"({len(run.losses)} steps in {run.seconds:.2f} s; final loss {run.losses[-1]:.7g})")
+    if not args.quiet and run.diverged_at is None:
+        print(
+            f"(ran its fixed {len(run.losses)} steps of gradient descent in {run.seconds:.2f} s, with no "
+            f"convergence test; final loss {run.losses[-1]:.7g})"
+        )
         if experiment.name == "blog":
             print(explain_blog_fit(run.x, run.y))
     if json_path is not None:
-        json_path.write_text(json.dumps(run.to_dict(), indent=2) + "\n")
+        write_json(json_path, run.to_dict())
         if not args.quiet:
             print(f"wrote {json_path}")
     if plot_path is not None:
         plot_experiment(run, plot_path)
         if not args.quiet:
             print(f"wrote {plot_path}")
+    if run.divergence is not None:
+        print(f"error: {run.divergence}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -170,16 +197,22 @@ def _run_model_fit(args) -> int:
     json_path = check_writable(args.json, "--json") if args.json else None
     plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     result = fit_inputs(args)
+    if args.ci and result.success:
+        result.conf_interval((1, 2), progress=not args.quiet)
     if args.quiet:
         print(" ".join(f"{name}={value!r}" for name, value in result.params.items()))
     else:
-        print(result.report())
+        print(result.report(ci=args.ci and result.success))
+    if args.quiet and args.ci and result.success:
+        from .fit.profile import interval_table
+
+        print("\n".join(interval_table(result)))
     if json_path is not None:
-        result.to_json(json_path)
+        result.to_json(json_path, bands=args.bands)
         if not args.quiet:
             print(f"wrote {json_path}")
     if plot_path is not None:
-        result.plot(plot_path)
+        result.plot(plot_path, bands=args.bands or "confidence")
         if not args.quiet:
             print(f"wrote {plot_path}")
     if not result.success:

@@ -15,10 +15,12 @@ import torch
 from ..errors import FitError, UsageError
 from .data import prepare_data
 from .loss import get_loss, robust_cost, robust_linearization
-from .model import Model, build_function, check_finite_start, parameter_specs
+from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
+from .source import FitSource
 from .statistics import CONDITION_WARNING, uncertainty
+from .ties import split_ties
 
 # Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
 # recomputed in extended precision (formula models only).
@@ -30,6 +32,11 @@ _SATURATED = 1e-10
 # are dominated by per-op dispatch, and thread hand-offs cost more than they save (a 200 x 9 QR takes
 # 10 us on one thread and milliseconds on two busy ones).
 _SINGLE_THREAD_ENTRIES = 1_000_000
+# Residuals beyond 2^±_SAFE_EXPONENT are rescaled by a power of two (exact) before LM and the
+# statistics square them: cost = sum r^2 overflows float64 from |r| ~ 1e154 and underflows below 1e-162.
+_SAFE_EXPONENT = 256
+# Restarts of LM in new units when the residuals left the range of the first ones (see `_in_range`).
+_RESTARTS = 3
 
 
 def fit(
@@ -53,6 +60,7 @@ def fit(
     gtol: float = 1e-15,
     on_step: Callable[[int, float], None] | None = None,
     decimal_data: Mapping[str, list[str]] | None = None,
+    absolute_sigma: bool = False,
 ) -> FitResult:
     """Fit y ~ model(x; params) by minimising cost = sum rho(((model - y) / sigma)^2).
 
@@ -66,11 +74,17 @@ def fit(
     y : array or tensor
         Observations, one per data point.
     params : dict
-        Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``.
+        Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``, or
+        name -> ``{"expr": "2*a"}``: a parameter tied to others (substituted into the model; reported
+        with its standard error propagated from theirs).
     method : {"lm", "lbfgs", "adam", "sgd"}
         Levenberg-Marquardt with exact Jacobians (default), or a gradient-based optimiser.
     sigma : array, optional
         Standard deviation of each observation; residuals are divided by it.
+    absolute_sigma : bool
+        As in SciPy's ``curve_fit``: False (default) scales the covariance by the reduced chi-square
+        chisqr / nfree, so only the relative sizes of ``sigma`` matter; True takes ``sigma`` as the
+        absolute standard deviations, cov = (J^T J)^-1 of the weighted Jacobian.
     bounds : dict of str -> (lower, upper), optional
         Bounds per parameter (None for an open side).
     loss : {"linear", "soft_l1", "huber", "cauchy"}
@@ -114,6 +128,7 @@ def fit(
             on_step=on_step,
             decimal_data=decimal_data,
             start_time=start_time,
+            absolute_sigma=absolute_sigma,
         )
 
 
@@ -171,6 +186,7 @@ def _fit(
     on_step,
     decimal_data,
     start_time,
+    absolute_sigma=False,
 ) -> FitResult:
     solver = get_solver(method)
     rho = get_loss(loss)
@@ -184,26 +200,39 @@ def _fit(
     ftol, xtol, gtol = (_number(value, name) for value, name in ((ftol, "ftol"), (xtol, "xtol"), (gtol, "gtol")))
     if on_step is not None and not callable(on_step):
         raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
+    if not isinstance(absolute_sigma, (bool, np.bool_)):
+        raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
+    params, ties = split_ties(params, bounds)
     specs = parameter_specs(params, bounds)
     data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
     names = tuple(spec.name for spec in specs)
-    function, text, data_names = build_function(model, tuple(data.x), names, data.x_is_dict)
+    function, text, data_names = ties.build_function(model, tuple(data.x), names, data.x_is_dict)
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
     problem = Model(function, columns, data.y, data.sigma, specs, text)
     theta = problem.initial_theta()
     try:
-        check_finite_start(problem.residuals(theta))
+        start = problem.residuals(theta)
+        check_finite_start(start)
     except RuntimeError as error:
         if isinstance(error, FitError):
             raise
         raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
+    # LM on least squares is invariant to a common scale of the residuals: run it in units where
+    # the cost neither overflows nor underflows (a robust loss is not, and other solvers' steps are not)
+    rescaled = method == "lm" and rho is None
+    units = {"scale": power_of_two_scale(start) if rescaled else 1.0, "steps": 0}
+
+    def residuals(t):
+        r = problem.residuals(t)
+        return r if units["scale"] == 1.0 else r * units["scale"]
 
     def cost_of(r):
         return robust_cost(rho, r)
 
     def linearize(t, r):
         if rho is None:
-            return problem.augmented(t)
+            block = problem.augmented(t)
+            return block if units["scale"] == 1.0 else block * units["scale"]
         r_new, jacobian = robust_linearization(rho, *problem.jacobian(t))
         return torch.cat([jacobian, r_new.unsqueeze(-1)], dim=-1)
 
@@ -225,22 +254,32 @@ def _fit(
     with progress_bar(max_steps, f"fitting ({method})", enabled=progress) as advance:
 
         def step_callback(step: int, cost: float) -> None:
+            cost = cost / units["scale"] / units["scale"]
             advance(f"cost {cost:.6g}")
             if on_step is not None:
-                on_step(step, cost)
+                on_step(units["steps"] + step, cost)
 
         callback = step_callback if progress or on_step is not None else None
-        outcome = solver(problem.residuals, linearize, cost_of, theta, on_step=callback, **options)
+
+        def run(start: torch.Tensor):
+            return solver(residuals, linearize, cost_of, start, on_step=callback, **options)
+
+        outcome = run(theta)
         if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta):
-            retry = solver(problem.residuals, linearize, cost_of, theta, factor=1.0, **options)
+            retry = solver(residuals, linearize, cost_of, theta, factor=1.0, **options)
             if retry.cost < outcome.cost:
                 retry.evaluations += outcome.evaluations
                 retry.jacobians += outcome.jacobians
                 outcome = retry
+        if rescaled:
+            outcome = _in_range(run, problem, units, outcome)
+        elif outcome.cost == 0 and outcome.status != "nonfinite" and bool(problem.residuals(outcome.theta).any()):
+            outcome.status = "underflow"  # the solver saw a zero cost that is not zero: r^2 underflowed
     exact = None
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}
-    return _result(problem, outcome, method, loss, data.omitted_rows, time.perf_counter() - start_time, exact)
+    source = FitSource(problem, loss, bool(absolute_sigma), data.x_is_dict, ties)
+    return _result(problem, outcome, method, loss, data.omitted_rows, time.perf_counter() - start_time, exact, source)
 
 
 _DTYPES = (torch.float64, torch.float32)
@@ -279,35 +318,108 @@ def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
     return dtype, device
 
 
+def _in_range(run: Callable, problem: Model, units: dict, outcome):
+    """The outcome with its costs back in the data's units; first, while LM ended where its scaled
+    cost is out of squaring range (a start 1e170 times off the data: the residuals shrank by more
+    than float64's squares span), restart it from there in new units. The Jacobian count adds up.
+    """
+    history = [cost / units["scale"] / units["scale"] for cost in outcome.history]
+    for _ in range(_RESTARTS):
+        if 2.0**-_SAFE_EXPONENT < outcome.cost < 2.0 ** (2 * _SAFE_EXPONENT) or outcome.status == "nonfinite":
+            break
+        scale = power_of_two_scale(problem.residuals(outcome.theta))
+        if scale == units["scale"]:
+            break
+        units["scale"], units["steps"] = scale, units["steps"] + outcome.steps
+        again = run(outcome.theta)
+        again.evaluations += outcome.evaluations
+        again.jacobians += outcome.jacobians
+        again.steps += outcome.steps
+        history += [cost / scale / scale for cost in again.history[1:]]
+        outcome = again
+    outcome.cost = outcome.cost / units["scale"] / units["scale"]
+    outcome.history = history
+    return outcome
+
+
+def power_of_two_scale(*tensors: torch.Tensor) -> float:
+    """2^k bringing max |t| into [2^-_SAFE_EXPONENT, 2^_SAFE_EXPONENT] (1.0 when it is there or 0)."""
+    largest = max(float(t.abs().max()) if t.numel() else 0.0 for t in tensors)
+    if largest == 0 or not math.isfinite(largest):
+        return 1.0
+    exponent = math.frexp(largest)[1]
+    if exponent > _SAFE_EXPONENT:
+        return math.ldexp(1.0, _SAFE_EXPONENT - exponent)
+    if exponent < -_SAFE_EXPONENT:
+        return math.ldexp(1.0, -_SAFE_EXPONENT - exponent)
+    return 1.0
+
+
 def _saturated(problem: Model, theta: torch.Tensor) -> bool:
     _, jacobian = problem.jacobian(theta)
+    scale = power_of_two_scale(problem.y)  # norms of data near 1e200 would overflow
     values = problem.external(theta).abs().clamp_min(1.0)
-    sensitivity = torch.linalg.vector_norm(jacobian, dim=0) * values
-    return bool((sensitivity < _SATURATED * torch.linalg.vector_norm(problem.y)).any())
+    sensitivity = torch.linalg.vector_norm(jacobian * scale, dim=0) * values
+    return bool((sensitivity < _SATURATED * torch.linalg.vector_norm(problem.y * scale)).any())
 
 
 def _result(
-    problem: Model, outcome, method: str, loss: str, omitted: list[int], seconds: float, exact: dict | None
+    problem: Model,
+    outcome,
+    method: str,
+    loss: str,
+    omitted: list[int],
+    seconds: float,
+    exact: dict | None,
+    source: FitSource | None = None,
 ) -> FitResult:
     values = problem.external(outcome.theta)
     r, jacobian = problem.jacobian(values, external=True)
-    cost = _precise_cost(problem, values, float(r @ r), exact or {})
+    weighted_y = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
+    # statistics in units where the squares stay in range (the covariance does not depend on them)
+    scale = power_of_two_scale(r, weighted_y)
+    scaled_cost = float((r * scale) @ (r * scale))
+    cost = _precise_cost(problem, values, scaled_cost / scale / scale, exact or {})
+    if math.isfinite(cost) and cost > 0:
+        scaled_cost = cost * scale * scale
     n, p = problem.size, len(problem.names)
     dof = n - p
-    spread = uncertainty(jacobian, cost, dof, problem.names)
+    absolute = source is not None and source.absolute_sigma
     value_list = values.tolist()
+    data_norm = float(torch.linalg.vector_norm(weighted_y * scale))
+    spread = uncertainty(
+        jacobian * scale,
+        scaled_cost,
+        dof,
+        problem.names,
+        values=value_list,
+        data_norm=data_norm,
+        absolute=absolute,
+        unit=scale,
+    )
     fitted = dict(zip(problem.names, value_list, strict=True))
     all_params = {spec.name: fitted.get(spec.name, spec.value) for spec in problem.specs}
+    stderr = dict(zip(problem.names, spread.stderr.tolist(), strict=True))
+    ties = source.ties if source is not None else None
+    if ties:
+        tied_values, tied_errors = ties.values_and_errors(all_params, problem.names, spread.covariance)
+        all_params.update(tied_values)
+        stderr.update(tied_errors)
     warnings = _diagnose(problem, outcome.status, spread, value_list, dof, omitted)
+    if math.isinf(cost) and math.isfinite(scaled_cost):
+        warnings.append(
+            "the cost (sum of squared residuals) exceeds float64's range (~1.8e308) and is reported as inf; "
+            "the fit, residual std and standard errors were computed in rescaled units and are finite"
+        )
     with torch.no_grad():
         prediction = problem.predict(values)
     return FitResult(
         params=all_params,
-        stderr=dict(zip(problem.names, spread.stderr.tolist(), strict=True)),
+        stderr=stderr,
         covariance=spread.covariance,
         correlation=spread.correlation,
         cost=cost,
-        residual_std=math.sqrt(cost / dof) if dof > 0 else math.nan,
+        residual_std=math.sqrt(scaled_cost / dof) / scale if dof > 0 else math.nan,
         dof=dof,
         evaluations=outcome.evaluations,
         jacobians=outcome.jacobians,
@@ -329,6 +441,9 @@ def _result(
             "fitted": prediction.detach().cpu().numpy(),
             "sigma": None if problem.inverse_sigma is None else (1 / problem.inverse_sigma).cpu().numpy(),
         },
+        tied=dict(ties.given) if ties else {},
+        absolute_sigma=absolute,
+        source=source,
     )
 
 
@@ -356,6 +471,10 @@ def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict
             predictions = precise(columns)
         except Exception:  # noqa: BLE001 - extended precision is a refinement: keep the float64 cost
             return cost
+        # sin and cos rewritten with exp come back complex, with an imaginary part at the roundoff level
+        if any(abs(mpmath.im(f)) > mpmath.mpf(10) ** -30 * (1 + abs(f)) for f in predictions):
+            return cost
+        predictions = [mpmath.re(f) for f in predictions]
         y = column("y", problem.y.cpu().numpy())
         weights = [1.0] * size if problem.inverse_sigma is None else problem.inverse_sigma.cpu().tolist()
         total = mpmath.fsum(
@@ -372,13 +491,26 @@ def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int
     warnings = []
     if status == "max_steps":
         warnings.append("the step limit was reached: the parameters may not be converged (raise max_steps)")
+    if status == "step_limit":
+        warnings.append(
+            "the solver ran its fixed number of steps without a convergence test: the parameters may not "
+            "be converged (compare with method='lm', or check that the cost history has levelled off)"
+        )
     if status == "nonfinite":
         warnings.append("the model produced NaN or inf during the fit; the best parameters before that are kept")
     for group in spread.not_identifiable:
+        rank = f"the Jacobian has rank {spread.rank} of {len(problem.names)}"
+        if len(group) == 1:
+            warnings.append(
+                f"parameter {group[0]} is not identifiable: the model does not depend on it at the fitted "
+                f"values ({rank}), so the data do not determine it; its standard error is undefined "
+                "(fix it or re-parametrise the model)"
+            )
+            continue
         warnings.append(
-            f"parameters {', '.join(group)} are not identifiable: the Jacobian has rank {spread.rank} "
-            f"of {len(problem.names)}, so the data fix only a combination of them; their standard "
-            "errors are undefined (fix one of them or re-parametrise the model)"
+            f"parameters {', '.join(group)} are not identifiable: {rank}, so the data fix only a "
+            "combination of them; their standard errors are undefined (fix one of them or re-parametrise "
+            "the model)"
         )
     if not spread.not_identifiable and spread.condition > CONDITION_WARNING:
         warnings.append(

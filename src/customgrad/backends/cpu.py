@@ -7,7 +7,8 @@ the tensors' data pointers. One shared library per (spec, precision, which input
 numbers), built on first use in about 0.2 s and cached in memory and on disk (`customgrad.cache`).
 
 float16 and bfloat16 inputs are computed in float32 (converted copies in, the result converted back).
-Inputs that are neither full-shape contiguous nor single numbers are expanded into contiguous copies.
+Inputs that vary along only the trailing or only the leading dimensions of one split are read in
+place (an outer x inner loop); other broadcast or strided inputs are copied to full shape.
 """
 
 from __future__ import annotations

@@ -39,17 +39,17 @@ CASES = {
 }
 
 
-def make_inputs(label: str, size: int) -> list[torch.Tensor]:
+def make_inputs(label: str, size: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     """Leaves for one case: x of ``size`` elements (and m per column, s per row for the broadcast case)."""
     generator = torch.Generator().manual_seed(0)
     if label != "3-input broadcast":
-        return [torch.randn(size, generator=generator).requires_grad_()]
+        return [torch.randn(size, generator=generator).to(device, dtype).requires_grad_()]
     columns = 1000 if size >= 1000 else size
     rows = size // columns
     x = torch.randn(rows, columns, generator=generator)
     m = torch.randn(columns, generator=generator)
     s = torch.rand(rows, 1, generator=generator) + 0.5
-    return [t.requires_grad_() for t in (x, m, s)]
+    return [t.to(device, dtype).requires_grad_() for t in (x, m, s)]
 
 
 def peak_rss() -> int:
@@ -77,19 +77,29 @@ def reset_peak_rss() -> int:
 def measure(fn, inputs: list[torch.Tensor], budget: float) -> tuple[float, float, int]:
     """Median and best seconds of forward + backward of ``fn(*inputs).sum()``, and peak extra RSS of one run."""
 
+    cuda = inputs[0].is_cuda
+
     def once():
         for t in inputs:
             t.grad = None
         fn(*inputs).sum().backward()
+        if cuda:
+            torch.cuda.synchronize()
 
     warm_until = time.perf_counter() + min(budget, 1.0)
     for count in range(1000):  # torch.compile settles after several calls (its backward compiles lazily)
         once()
         if count >= 4 and time.perf_counter() > warm_until:
             break
-    start = reset_peak_rss()
-    once()
-    extra = max(peak_rss() - start, 0)
+    if cuda:
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        once()
+        extra = max(torch.cuda.max_memory_allocated() - start, 0)
+    else:
+        start = reset_peak_rss()
+        once()
+        extra = max(peak_rss() - start, 0)
     times: list[float] = []
     deadline = time.perf_counter() + budget
     while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 50):
@@ -141,17 +151,23 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES))
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per variant and size")
     parser.add_argument("--first-call", action="store_true", help="also time first calls in fresh processes")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None, help="torch and kernel threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"CPU, float32, torch {torch.__version__}, {torch.get_num_threads()} threads; forward+backward medians\n")
+    dtype = getattr(torch, args.dtype)
+    print(
+        f"{args.device}, {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        "forward+backward; peak extra memory is RSS on CPU, max_memory_allocated on CUDA\n"
+    )
     print("| formula | size | variant | median ms | best ms | vs eager | vs compile | peak extra MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for label in args.cases:
         functions = variants(label, args.backends)
         for size in map(int, args.sizes):
-            inputs = make_inputs(label, size)
+            inputs = make_inputs(label, size, args.device, dtype)
             timings = {name: measure(fn, inputs, args.budget) for name, fn in functions.items()}
             eager, compiled = timings["eager composite"][0], timings["torch.compile"][0]
             for name, (seconds, best, extra) in timings.items():

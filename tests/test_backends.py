@@ -255,3 +255,29 @@ def test_cpu_reads_row_and_column_broadcasts_in_place(shapes):
     assert_matches_reference(got, want, rtol=1e-13, what="forward")
     for g, e in zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(want.sum(), copies), strict=True):
         assert_matches_reference(g, e, rtol=1e-11, what="gradient")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case_id", ["gelu_tanh", "mish", "rational_3_inputs", "blog_model", "gaussian_4"])
+def test_triton_on_cuda_matches_eager_autograd_on_cpu(case_id):
+    pytest.importorskip("triton")
+    case = CASES_BY_ID[case_id]
+    generated = built(case.formula, "triton")
+    values = {name: value.float() for name, value in case.sample(4).items()}
+    cuda = derivatives(
+        lambda v: generated.apply(*(v[n] for n in generated.input_names)),
+        {n: v.cuda() for n, v in values.items()},
+        1,
+        5,
+    )
+    exact = derivatives(functools.partial(call_reference, case), {n: v.double() for n, v in values.items()}, 1, 5)
+    for level in range(2):
+        for got, want in zip(cuda[level], exact[level], strict=True):
+            scale = want.abs().max().item() + 1
+            assert_matches_reference(got.cpu(), want, rtol=1e-5, atol=1e-5 * scale, what=f"{case_id} order {level}")
+
+
+@pytest.mark.gpu
+def test_explicit_cpu_backend_on_cuda_tensors_is_a_usage_error():
+    with pytest.raises(UsageError, match=r"backend 'cpu' runs on cpu tensors, but an input is on cuda"):
+        function("x + 1", backend="cpu").apply(torch.ones(3, device="cuda"))

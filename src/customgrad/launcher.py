@@ -117,3 +117,11 @@ def flat_operand(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     if tensor.shape == shape and tensor.is_contiguous():
         return tensor
     return tensor.expand(shape).contiguous()
+
+
+def broadcast_shape(tensors: Sequence[torch.Tensor]) -> torch.Size:
+    """The broadcast shape of ``tensors``; fast when all share one shape or the others are numbers."""
+    widest = max(tensors, key=lambda t: t.dim()).shape
+    if all(t.shape == widest or (t.dim() == 0 and t.numel() == 1) for t in tensors):
+        return widest
+    return torch.broadcast_shapes(*(t.shape for t in tensors))

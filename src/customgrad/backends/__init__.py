@@ -39,9 +39,10 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 #: Device types each backend's kernels run on (eager and compile: any).
 DEVICES: dict[str, tuple[str, ...] | None] = {"eager": None, "compile": None, "cpu": ("cpu",), "triton": ("cuda",)}
-#: Below this many output elements "auto" stays eager on CPU: measured crossover of the fused kernel's
-#: launch cost (ctypes call, layout checks: about 15 us) against eager's per-op cost.
-AUTO_CPU_MIN_SIZE = 4096
+#: Below this many elements "auto" stays eager on CPU: the measured crossover (bench_function.py, one
+#: thread) of the fused kernel's per-call cost (ctypes, layout checks) against eager's per-op cost:
+#: at 1e4 elements eager won for P2 and Legendre P3, the fused kernel for GELU and Mish.
+AUTO_CPU_MIN_SIZE = 16384
 
 _instances: dict[str, object] = {}
 _warned: set[str] = set()

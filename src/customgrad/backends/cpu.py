@@ -29,7 +29,7 @@ from .. import cache
 from ..codegen.c import C_BINARY_FUNCTIONS, C_FUNCTIONS, kernel_source
 from ..derive import FunctionSpec
 from ..errors import BackendError
-from ..launcher import flat_operand
+from ..launcher import broadcast_shape, flat_operand
 from .eager import torch_kernel
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
@@ -179,7 +179,7 @@ class CpuKernel:
         computed = _COMPUTED.get(dtype)
         if computed is None:
             return self.fallback(*tensors)
-        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        shape = broadcast_shape(tensors)
         outputs = [torch.empty(shape, dtype=computed) for _ in self.outputs]
         count = outputs[0].numel()
         if count:

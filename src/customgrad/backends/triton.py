@@ -24,7 +24,7 @@ from ..codegen.rules import BINARY_RULES, FUNCTION_RULES, column
 from ..codegen.torch import TorchCodePrinter
 from ..derive import FunctionSpec
 from ..errors import BackendError
-from ..launcher import flat_operand
+from ..launcher import broadcast_shape, flat_operand
 from .eager import torch_kernel
 
 BLOCK = 1024
@@ -180,7 +180,7 @@ class TritonKernel:
         dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
         if not dtype.is_floating_point:
             return self.fallback(*tensors)
-        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        shape = broadcast_shape(tensors)
         outputs = [torch.empty(shape, dtype=dtype, device=tensors[0].device) for _ in self.spec.outputs]
         count = outputs[0].numel()
         if count:

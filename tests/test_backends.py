@@ -281,3 +281,17 @@ def test_triton_on_cuda_matches_eager_autograd_on_cpu(case_id):
 def test_explicit_cpu_backend_on_cuda_tensors_is_a_usage_error():
     with pytest.raises(UsageError, match=r"backend 'cpu' runs on cpu tensors, but an input is on cuda"):
         function("x + 1", backend="cpu").apply(torch.ones(3, device="cuda"))
+
+
+@needs_compiler
+def test_vmap_and_grad_transforms_run_on_the_cpu_backend():
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 6, generator=generator, dtype=torch.float64)
+    y = torch.randn(6, generator=generator, dtype=torch.float64)
+    fused = built("x*tanh(softplus(x)) + y", "cpu")
+    mapped = torch.func.vmap(fused.apply, in_dims=(0, None))(x, y)
+    assert_matches_reference(mapped, CASES_BY_ID["mish"].reference(x=x) + y, rtol=1e-13, what="vmap")
+    gradient = torch.func.grad(lambda a: fused.apply(a, y).sum())(x)
+    leaf = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad((CASES_BY_ID["mish"].reference(x=leaf) + y).sum(), leaf)
+    assert_matches_reference(gradient, expected, rtol=1e-12, what="torch.func.grad")

@@ -61,3 +61,15 @@ def test_custom_op_compiles_with_fullgraph(operator):
 def test_bad_custom_op_name_is_a_usage_error():
     with pytest.raises(UsageError, match="needs a name like 'mylib::p2'"):
         function("x**2").as_custom_op("no_namespace")
+
+
+def test_custom_op_exports():
+    operator = function("x**2 + 2*x", backend="cpu").as_custom_op(f"customgrad_test::p2_{next(_names)}")
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return operator(x) * 2
+
+    x = torch.linspace(-2, 2, 5, dtype=torch.float64)
+    exported = torch.export.export(Model(), (x,))
+    assert_matches_reference(exported.module()(x), 2 * (x**2 + 2 * x), rtol=1e-15, what="exported")

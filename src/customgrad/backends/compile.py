@@ -27,7 +27,8 @@ class CompileBackend:
         compiled = torch.compile(plain, dynamic=True, fullgraph=True)
 
         def kernel(*tensors):
-            if torch.compiler.is_compiling():
+            # Inside an outer compile Dynamo traces the plain code; under vmap it runs op by op.
+            if torch.compiler.is_compiling() or any(map(torch._C._functorch.is_functorch_wrapped_tensor, tensors)):
                 return plain(*tensors)
             outputs = compiled(*tensors)
             # Inductor may return an input itself (g + zeros -> g); autograd.Function forbids it.

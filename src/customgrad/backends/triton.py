@@ -67,8 +67,21 @@ class TritonCodePrinter(TorchCodePrinter):
     power = "libdevice.pow({}, {})"
     calls_registered = False
 
+    def qualified(self, name: str) -> str:
+        """Table entries as they are: kernel variables are ``v_<name>``, so ``tl`` cannot be shadowed."""
+        return name
+
     def _print_Symbol(self, expr):
         return f"v_{expr.name}"
+
+    def _print_Infinity(self, expr):
+        return "float('inf')"
+
+    def _print_NegativeInfinity(self, expr):
+        return "float('-inf')"
+
+    def _print_NaN(self, expr):
+        return "float('nan')"
 
     def _print_Pow(self, expr, rational=False):
         base, exponent = expr.args

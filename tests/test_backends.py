@@ -295,3 +295,19 @@ def test_vmap_and_grad_transforms_run_on_the_cpu_backend():
     leaf = x.clone().requires_grad_()
     (expected,) = torch.autograd.grad((CASES_BY_ID["mish"].reference(x=leaf) + y).sum(), leaf)
     assert_matches_reference(gradient, expected, rtol=1e-12, what="torch.func.grad")
+
+
+@pytest.mark.slow
+def test_compile_backend_does_not_recompile_for_new_sizes():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    generated = function("x*tanh(softplus(x)) + 1", backend="compile")
+    for size in (10, 20, 37, 1000):
+        x = torch.linspace(-3, 3, size, dtype=torch.float64, requires_grad=True)
+        (gradient,) = torch.autograd.grad(generated.apply(x).sum(), x)
+        leaf = x.detach().clone().requires_grad_()
+        (expected,) = torch.autograd.grad(CASES_BY_ID["mish"].reference(x=leaf).sum(), leaf)
+        assert_matches_reference(gradient, expected, rtol=1e-12, what=f"size {size}")
+    assert counters["stats"]["unique_graphs"] == 2  # the forward kernel and the backward kernel, once each

@@ -240,11 +240,17 @@ def test_triton_low_precision_is_as_accurate_as_same_dtype_eager(formula, dtype,
 @needs_compiler
 @pytest.mark.parametrize(
     "shapes",
-    [[(300, 257), (257,), (300, 1)], [(3, 40, 700), (700,), (3, 40, 1)], [(3, 40, 700), (40, 1), (3, 1, 1)]],
+    [
+        [(300, 257), (257,), (300, 1)],
+        [(3, 40, 700), (700,), (3, 40, 1)],
+        [(3, 40, 700), (40, 1), (3, 1, 1)],
+        [(70000,), (1,), ()],
+    ],
     ids=str,
 )
-def test_cpu_reads_row_and_column_broadcasts_in_place(shapes):
-    # Large enough for the threaded loop; m varies along the trailing, s along the leading dimensions.
+def test_cpu_reads_row_and_column_broadcasts_in_place_and_sums_their_gradients(shapes):
+    # Large enough for the threaded loop; m varies along the trailing, s along the leading dimensions,
+    # and their gradients are summed inside the backward kernel.
     generator = torch.Generator().manual_seed(9)
     values = [torch.rand(shape, generator=generator, dtype=torch.float64) + 0.5 for shape in shapes]
     formula = "exp(-(x - m)**2/(2*s**2))/s"

@@ -180,6 +180,7 @@ def build_function(
         "declared_grads": {name: str(expr) for name, expr in spec.declared.items()},
         "eager": staticmethod(_eager_twin(spec)) if eager_backward and len(spec.outputs) == 1 else None,
         "forward_source": kernel.source,
+        "reduced": staticmethod(_reducer(kernel)),
         "__doc__": f"{spec.name}({', '.join(argument_names)}) = {', '.join(map(str, spec.outputs))}",
         "__module__": "customgrad.generated",
         "__new__": staticmethod(_call_apply),
@@ -207,6 +208,18 @@ def _as_custom_op(cls, qualified_name: str):
     from .custom_op import as_custom_op
 
     return as_custom_op(cls, qualified_name)
+
+
+def _reducer(kernel):
+    """``reduced(arguments, shapes)``: the kernel's outputs summed to ``shapes``, or None (no such kernel)."""
+    reduce = getattr(kernel, "reduced", None)
+
+    def reduced(arguments, shapes):
+        if reduce is None or any(not isinstance(a, torch.Tensor) for a in arguments):
+            return None
+        return reduce(arguments, shapes)
+
+    return reduced
 
 
 class _AutogradHooks:
@@ -271,7 +284,11 @@ class _AutogradHooks:
                 # No create_graph: nothing will differentiate these gradients, so run the backward
                 # Function's kernel without recording a graph (saves apply's overhead).
                 (function, used), computed = backward_function(ctx.needed), ctx.needed
-                gradients = function.forward(*(values[j] for j in used), *grad_outputs)
+                arguments = [*(values[j] for j in used), *grad_outputs]
+                # A fused kernel sums broadcast gradients inside its loop; others give full shapes.
+                gradients = function.reduced(arguments, [ctx.like[i][0] for i in computed])
+                if gradients is None:
+                    gradients = function.forward(*arguments)
             else:
                 (function, used), computed = backward_function(ctx.needed), ctx.needed
                 if for_jvp:  # forward-over-reverse (hessian via jacfwd) needs jvp at every level

@@ -146,18 +146,25 @@ class CpuKernel:
         self.compiled: dict[tuple, Callable] = {}
         self.c_source(True, "v" * len(self.names))  # unprintable functions fail now, by name
 
-    def c_source(self, single: bool, layouts: str) -> str:
+    def c_source(self, single: bool, layouts: str, reductions: str = "") -> str:
         try:
-            return kernel_source(self.names, self.outputs, single=single, layouts=layouts, vector=vector_functions())
+            return kernel_source(
+                self.names,
+                self.outputs,
+                single=single,
+                layouts=layouts,
+                vector=vector_functions(),
+                reductions=reductions,
+            )
         except NotImplementedError as error:
             raise BackendError(
                 f"{self.spec.name}: backend 'cpu' cannot print it ({error}); use backend='eager' or 'compile'"
             ) from None
 
-    def function(self, single: bool, layouts: str) -> Callable:
-        key = (single, layouts)
+    def function(self, single: bool, layouts: str, reductions: str = "") -> Callable:
+        key = (single, layouts, reductions)
         if key not in self.compiled:
-            source = self.c_source(single, layouts)
+            source = self.c_source(single, layouts, reductions)
             cache_key = [source, " ".join(FLAGS), compiler_identity()]
             data = cache.load("cpu-kernels", cache_key)
             try:
@@ -172,24 +179,36 @@ class CpuKernel:
         return self.compiled[key]
 
     def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.reduced(tensors, None)
+        return self.fallback(*tensors) if outputs is None else outputs
+
+    def reduced(self, tensors, targets) -> tuple[torch.Tensor, ...] | None:
+        """The outputs, each summed to ``targets[k]`` (broadcasting's adjoint) inside the loop where the
+        shapes allow (else at full shape); full shape when ``targets`` is None; None where C cannot run."""
         if torch.compiler.is_compiling() or not all(_plain(t) for t in tensors):
-            return self.fallback(*tensors)
+            return None
         first = tensors[0].dtype
         dtype = first if all(t.dtype == first for t in tensors) else _result_type(tensors)
         computed = _COMPUTED.get(dtype)
         if computed is None:
-            return self.fallback(*tensors)
+            return None
         shape = broadcast_shape(tensors)
-        outputs = [torch.empty(shape, dtype=computed) for _ in self.outputs]
-        count = outputs[0].numel()
-        if count:
-            layouts, arguments, inner = operands([t.to(computed) for t in tensors], shape)
-            threads = torch.get_num_threads() if count >= PARALLEL_MIN_SIZE else 1
-            function = self.function(computed == torch.float32, layouts)
-            function(count, inner, threads, *(a.data_ptr() for a in arguments), *(o.data_ptr() for o in outputs))
-        if computed != dtype:
-            outputs = [o.to(dtype) for o in outputs]
-        return tuple(outputs)
+        count = shape.numel()
+        if not count:
+            return tuple(torch.empty(shape, dtype=dtype) for _ in self.outputs)
+        layouts, arguments, inner, modes = operands([t.to(computed) for t in tensors], shape, targets)
+        modes = modes or "v" * len(self.outputs)
+        sizes = {"v": count, "s": 1, "r": inner, "c": count // max(inner, 1)}
+        outputs = [
+            torch.empty(shape, dtype=computed) if mode == "v" else torch.zeros(sizes[mode], dtype=computed)
+            for mode in modes
+        ]
+        threads = torch.get_num_threads() if count >= PARALLEL_MIN_SIZE else 1
+        function = self.function(computed == torch.float32, layouts, "" if set(modes) == {"v"} else modes)
+        function(count, inner, threads, *(a.data_ptr() for a in arguments), *(o.data_ptr() for o in outputs))
+        if targets is not None:
+            outputs = [o if m == "v" else o.reshape(t) for o, m, t in zip(outputs, modes, targets, strict=True)]
+        return tuple(o if o.dtype == dtype else o.to(dtype) for o in outputs)
 
 
 def _result_type(tensors) -> torch.dtype:
@@ -200,22 +219,33 @@ def _result_type(tensors) -> torch.dtype:
     )
 
 
-def operands(tensors: list[torch.Tensor], shape: torch.Size) -> tuple[str, list[torch.Tensor], int]:
-    """How the kernel reads each input (`codegen.c.READS`), the tensors it reads, and the inner size.
+def operands(tensors: list[torch.Tensor], shape: torch.Size, targets=None) -> tuple[str, list[torch.Tensor], int, str]:
+    """How the kernel reads each input (`codegen.c.READS`), the tensors it reads, the inner size, and
+    what it does with each output (`codegen.c.STORES`: summed to its target shape where possible).
 
     Broadcast inputs that vary only along the trailing or only along the leading dimensions of one
     split are read in place (a per-column or per-row vector); anything else is copied to full shape.
     """
     count = shape.numel()
-    flat = [_flat_layout(t, shape, count) for t in tensors]
+    probes = [torch.empty(target, device="meta") for target in targets] if targets is not None else []
+    output_count = len(probes)
+    flat = [_flat_layout(t, shape, count) for t in [*tensors, *probes]]
     if all(flat):
-        return "".join(flat), [flat_operand(t, shape) for t in tensors], count
+        modes = "".join(flat[len(tensors) :])
+        return "".join(flat[: len(tensors)]), [flat_operand(t, shape) for t in tensors], count, modes
     for split in range(1, len(shape)):
-        read = [_split_layout(t, shape, split) for t in tensors]
+        read = [_split_layout(t, shape, split) for t in [*tensors, *probes]]
         if all(read):
-            return "".join(r[0] for r in read), [r[1] for r in read], shape[split:].numel()
+            modes = "".join(r[0] for r in read[len(tensors) :])
+            return (
+                "".join(r[0] for r in read[: len(tensors)]),
+                [r[1] for r in read[: len(tensors)]],
+                shape[split:].numel(),
+                modes,
+            )
     copies = [flat_operand(t, shape) for t in tensors]
-    return "".join("s" if c.numel() == 1 and count != 1 else "v" for c in copies), copies, count
+    layouts = "".join("s" if c.numel() == 1 and count != 1 else "v" for c in copies)
+    return layouts, copies, count, "v" * output_count
 
 
 def _flat_layout(tensor: torch.Tensor, shape: torch.Size, count: int) -> str:

@@ -156,6 +156,11 @@ def _prototypes(names: set[str], single: bool, vector: set[str]) -> list[str]:
 READS = {"s": "in{k}[0]", "v": "in{k}[i]", "r": "in{k}[j]", "c": "in{k}[o]"}
 
 
+#: What a kernel does with output k's value r at element i: store it, or add it into a sum over all
+#: elements ("s"), over the outer index ("r": out[j]) or over the inner index ("c": out[o]).
+STORES = {"v": "out{k}[i] = r{k};", "s": "acc_s{k} += r{k};", "r": "acc_r{k}[j] += r{k};", "c": "acc_c{k} += r{k};"}
+
+
 def kernel_source(
     argument_names: Sequence[str],
     outputs: Sequence[sympy.Expr],
@@ -163,18 +168,23 @@ def kernel_source(
     single: bool,
     layouts: str,
     vector: set[str],
+    reductions: str = "",
 ) -> str:
     """C source of ``void kernel(int64_t n, int64_t inner, int threads, const real* in..., real* out...)``.
 
     One parallel SIMD loop over ``n`` elements, split into ``n / inner`` rows of ``inner`` when an input
-    varies along only one side of that split; ``layouts[k]`` says how input ``k`` is read (`READS`).
-    Common subexpressions are shared. ``vector`` names the libm functions libmvec vectorises here.
+    varies along only one side of that split; ``layouts[k]`` says how input ``k`` is read (`READS`),
+    ``reductions[k]`` what happens to output ``k`` (`STORES`; default: stored at full shape; the sums
+    accumulate in double and are added into zero-filled outputs). Common subexpressions are shared.
+    ``vector`` names the libm functions libmvec vectorises here.
     """
+    reductions = reductions or "v" * len(outputs)
     temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
     replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
     printer = CCodePrinter(single)
     body = [f"    const real v_{t.name} = {printer.doprint(value)};" for t, value in replacements]
-    body += [f"    out{k}[i] = {printer.doprint(value)};" for k, value in enumerate(reduced)]
+    body += [f"    const real r{k} = {printer.doprint(value)};" for k, value in enumerate(reduced)]
+    body += ["    " + STORES[mode].format(k=k) for k, mode in enumerate(reductions)]
     loads_before = [f"  const real v_{name} = in{k}[0];" for k, name in enumerate(argument_names) if layouts[k] == "s"]
     loads = [
         f"    const real v_{name} = {READS[layouts[k]].format(k=k)};"
@@ -184,34 +194,12 @@ def kernel_source(
     parameters = [f"const real* restrict in{k}" for k in range(len(argument_names))]
     parameters += [f"real* restrict out{k}" for k in range(len(outputs))]
     suffix = "f" if single else ""
-    split = "r" in layouts or "c" in layouts
-    # Two copies of the loop: gcc does not vectorise a parallel loop whose if() clause is false.
-    loops = []
-    for parallel in (True, False):
-        if split:
-            loops += [
-                "  #pragma omp parallel for schedule(static) num_threads(threads)" if parallel else "",
-                "  for (int64_t o = 0; o < n / inner; o++) {",
-                "  #pragma omp simd",
-                "  for (int64_t j = 0; j < inner; j++) {",
-                "    const int64_t i = o * inner + j;",
-                *loads,
-                *body,
-                "  }}",
-            ]
-        else:
-            loops += [
-                "  #pragma omp parallel for simd schedule(static) num_threads(threads)" if parallel else "",
-                "  #pragma omp simd" if not parallel else "",
-                "  for (int64_t i = 0; i < n; i++) {",
-                *loads,
-                *body,
-                "  }",
-            ]
-        loops.append("  } else {" if parallel else "  }")
+    split = any(mode in "rc" for mode in layouts + reductions)
+    loops = _split_loops(loads, body, reductions) if split else _flat_loops(loads, body, reductions)
     lines = [
         "#include <math.h>",
         "#include <stdint.h>",
+        "#include <stdlib.h>",
         f"typedef {'float' if single else 'double'} real;",
         f"#define EXP exp{suffix}",
         f"#define LOG1P log1p{suffix}",
@@ -219,8 +207,61 @@ def kernel_source(
         *(HELPERS[name][0] for name in sorted(printer.used & set(HELPERS))),
         f"void kernel(int64_t n, int64_t inner, int threads, {', '.join(parameters)}) {{",
         *loads_before,
-        "  if (threads > 1) {",
         *loops,
         "}",
     ]
     return "\n".join(line for line in lines if line) + "\n"
+
+
+def _flat_loops(loads: list[str], body: list[str], reductions: str) -> list[str]:
+    """One loop over i, twice: gcc does not vectorise a parallel loop whose if() clause is false."""
+    sums = [f"acc_s{k}" for k, mode in enumerate(reductions) if mode == "s"]
+    clause = f" reduction(+:{', '.join(sums)})" if sums else ""
+    return [
+        *(f"  double {name} = 0;" for name in sums),
+        "  if (threads > 1) {",
+        f"  #pragma omp parallel for simd schedule(static) num_threads(threads){clause}",
+        "  for (int64_t i = 0; i < n; i++) {",
+        *loads,
+        *body,
+        "  }",
+        "  } else {",
+        f"  #pragma omp simd{clause}",
+        "  for (int64_t i = 0; i < n; i++) {",
+        *loads,
+        *body,
+        "  }",
+        "  }",
+        *(f"  out{name[5:]}[0] = (real){name};" for name in sums),
+    ]
+
+
+def _split_loops(loads: list[str], body: list[str], reductions: str) -> list[str]:
+    """Rows of ``inner`` in parallel, each a SIMD loop; per-thread sums are added into the outputs at the end."""
+    by_mode = {mode: [k for k, m in enumerate(reductions) if m == mode] for mode in "src"}
+    inner_sums = [f"acc_s{k}" for k in by_mode["s"]] + [f"acc_c{k}" for k in by_mode["c"]]
+    clause = f" reduction(+:{', '.join(inner_sums)})" if inner_sums else ""
+    return [
+        "  #pragma omp parallel num_threads(threads) if(threads > 1)",
+        "  {",
+        *(f"  double* restrict acc_r{k} = (double*)calloc(inner, sizeof(double));" for k in by_mode["r"]),
+        *(f"  double acc_s{k} = 0;" for k in by_mode["s"]),
+        "  #pragma omp for schedule(static)",
+        "  for (int64_t o = 0; o < n / inner; o++) {",
+        *(f"  double acc_c{k} = 0;" for k in by_mode["c"]),
+        f"  #pragma omp simd{clause}",
+        "  for (int64_t j = 0; j < inner; j++) {",
+        "    const int64_t i = o * inner + j;",
+        *loads,
+        *body,
+        "  }",
+        *(f"  out{k}[o] = (real)acc_c{k};" for k in by_mode["c"]),
+        "  }",
+        "  #pragma omp critical",
+        "  {",
+        *(f"  for (int64_t j = 0; j < inner; j++) out{k}[j] += (real)acc_r{k}[j];" for k in by_mode["r"]),
+        *(f"  out{k}[0] += (real)acc_s{k};" for k in by_mode["s"]),
+        "  }",
+        *(f"  free(acc_r{k});" for k in by_mode["r"]),
+        "  }",
+    ]

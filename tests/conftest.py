@@ -3,6 +3,10 @@ import os
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run in Triton's interpreter; it must be chosen before Triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

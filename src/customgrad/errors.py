@@ -37,3 +37,7 @@ class CheckError(RuntimeError, CustomgradError):
 
 class CacheWarning(UserWarning):
     """The disk cache cannot be used (for example its folder is read-only); work continues in memory."""
+
+
+class BackendError(RuntimeError, CustomgradError):
+    """A kernel backend cannot run here (no compiler, no Triton, wrong device) or cannot print a function."""

@@ -15,6 +15,7 @@ import sympy
 from .derive import FunctionSpec, derive_spec
 from .errors import FormulaError, UsageError
 from .formula import parse_formula, symbol
+from .registry import RegisteredFunction, register
 
 _counter = itertools.count()
 
@@ -88,3 +89,18 @@ def formula_spec(
         declared[input_name] = parsed_gradient.expr
     symbols = tuple(symbol(n) for n in input_names)
     return derive_spec(class_name or f"Formula{next(_counter)}", symbols, (parsed.expr,), declared, formula=parsed.text)
+
+
+def register_spec(name: str, spec: FunctionSpec, function=None, *, generate=None) -> RegisteredFunction:
+    """Register the formula function of ``spec`` as ``name``: its autograd ``function``, or None and
+    ``generate`` to make it on first call. Registered with the un-inlined expression, so formulas
+    calling it differentiate through its own (derived or declared) partials."""
+    return register(
+        name,
+        function,
+        partials=spec.partials[0],
+        input_symbols=spec.inputs,
+        expr=spec.raw_outputs[0],
+        summary=f"{name}({', '.join(spec.input_names)}) = {spec.formula}",
+        generate=generate,
+    )

@@ -24,9 +24,9 @@ from .backends.eager import python_name as _python_name
 from .codegen.torch import torch_callable
 from .derive import FunctionSpec, backward_spec, jvp_spec
 from .errors import BackendError, UsageError
-from .formula_spec import formula_spec
+from .formula_spec import formula_spec, register_spec
 from .launcher import _as_tensor_arguments, broadcast_error, checked_arguments, promoted_dtype, reduce_gradient
-from .registry import check_function_name, register
+from .registry import check_function_name
 
 _counter = itertools.count()
 
@@ -359,13 +359,5 @@ def function(
         )
     cls = build_function(spec, backend=backend)
     if name is not None:
-        # Registered with the un-inlined expression so callers differentiate through our partials.
-        register(
-            name,
-            cls,
-            partials=spec.partials[0],
-            input_symbols=spec.inputs,
-            expr=spec.raw_outputs[0],
-            summary=f"{name}({', '.join(spec.input_names)}) = {spec.formula}",
-        )
+        register_spec(name, spec, cls)
     return cls

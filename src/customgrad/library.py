@@ -77,8 +77,8 @@ def registered_builtin(name: str) -> RegisteredFunction:
 def _entry(name: str) -> RegisteredFunction:
     """The built-in's own entry, made once; a user's function registered under its name keeps the name."""
     if name not in _entries:
-        from .formula_spec import formula_spec
-        from .registry import REGISTRY, register
+        from .formula_spec import formula_spec, register_spec
+        from .registry import REGISTRY
 
         formula, grads = GENERATED[name]
         spec = formula_spec(formula, grads=grads, class_name=name)
@@ -89,15 +89,7 @@ def _entry(name: str) -> RegisteredFunction:
             return build_function(spec)
 
         users = REGISTRY.get(name)
-        _entries[name] = register(
-            name,
-            None,
-            partials=spec.partials[0],
-            input_symbols=spec.inputs,
-            expr=spec.raw_outputs[0],
-            summary=f"{name}({', '.join(spec.input_names)}) = {spec.formula}",
-            generate=generate,
-        )
+        _entries[name] = register_spec(name, spec, generate=generate)
         if users is not None:
             REGISTRY[name] = users
     return _entries[name]

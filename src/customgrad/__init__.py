@@ -11,7 +11,7 @@ from .errors import (
     UsageError,
 )
 from .experiments import EXPERIMENTS, run_experiment
-from .fit import FitResult, fit
+from .fit import BatchFitResult, FitResult, fit, fit_batch
 from .formula import Formula, parse_formula
 from .function import function
 from .library import P2, IdentityWithSquareGrad, LegendreP3
@@ -24,6 +24,7 @@ __all__ = [
     "function",
     "parse_formula",
     "P2",
+    "BatchFitResult",
     "CheckError",
     "CheckReport",
     "CheckResult",
@@ -38,6 +39,7 @@ __all__ = [
     "UsageError",
     "check",
     "fit",
+    "fit_batch",
     "run_experiment",
 ]
 

@@ -25,6 +25,8 @@ from .lm import (
     DRIFT_WINDOW,
     EPS,
     NONFINITE_RETRIES,
+    POLISH_SLACK,
+    POLISHED,
     PROBE,
     RANK_TOLERANCE,
     TINY,
@@ -150,6 +152,7 @@ def batch_levenberg_marquardt(
             state.put(index, part)
         if on_round is not None:
             on_round(state.status)
+    _polish(problem, state, reduce, accepted_log)
     return BatchOutcome(
         theta=state.theta,
         status=[STATUSES[code] for code in state.status.tolist()],
@@ -326,6 +329,33 @@ def _accept(state, accepted, trial, cost_trial, r_trial, index, residuals) -> No
     residuals[index[moved]] = r_trial[moved]
     new_norm = torch.linalg.vector_norm(state.scale * state.theta, dim=-1)
     state.theta_norm = torch.where(accepted, new_norm, state.theta_norm)
+
+
+def _polish(problem, state: BatchState, reduce, accepted_log: list) -> None:
+    """One Gauss-Newton step for the converged problems, kept where the cost does not rise (see `lm.POLISHED`)."""
+    codes = torch.tensor([CODE[name] for name in POLISHED], device=state.status.device)
+    index = torch.isin(state.status, codes).nonzero().flatten()
+    if len(index) == 0:
+        return
+    theta, cost, scale = state.theta[index], state.cost[index], state.scale[index]
+    reduced = reduce(problem.augmented(theta, index))
+    p = theta.shape[-1]
+    finite = torch.isfinite(reduced).flatten(1).all(-1)
+    reduced = torch.where(finite[:, None, None], reduced, 0.0)
+    values, vt, products = jacobi_svd(reduced[:, :p, :p] / scale.unsqueeze(-2), reduced[:, :p, p])
+    keep = (values[:, :1] > 0) & (values > values[:, :1] * RANK_TOLERANCE)
+    coordinates = torch.where(keep, -products / torch.where(keep, values * values, 1.0), 0.0)
+    trial = theta + (vt * coordinates.unsqueeze(-1)).sum(-2) / scale
+    r_trial = problem.residuals(trial, index)
+    cost_trial = (r_trial * r_trial).sum(-1)
+    better = finite & (cost_trial <= cost * (1 + POLISH_SLACK))
+    state.jacobians[index] += 1
+    state.evaluations[index] += finite.long()
+    state.steps[index] += better.long()
+    state.theta[index] = torch.where(better.unsqueeze(-1), trial, theta)
+    state.cost[index] = torch.where(better, cost_trial, cost)
+    if bool(better.any()):
+        accepted_log.append((index[better], cost_trial[better]))
 
 
 def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, blocks, residuals) -> torch.Tensor:

@@ -6,4 +6,14 @@ from .batch_result import BatchFitResult
 from .nist import NistProblem, load_nist, nist_names, read_nist
 from .result import TERMINATION, FitResult
 
-__all__ = ["TERMINATION", "BatchFitResult", "FitResult", "NistProblem", "fit", "fit_batch", "load_nist", "nist_names", "read_nist"]
+__all__ = [
+    "TERMINATION",
+    "BatchFitResult",
+    "FitResult",
+    "NistProblem",
+    "fit",
+    "fit_batch",
+    "load_nist",
+    "nist_names",
+    "read_nist",
+]

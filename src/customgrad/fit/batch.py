@@ -87,9 +87,10 @@ def fit_batch(
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
     problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
     options = dict(max_steps=max_steps, **tolerances)
-    with _threads_for(data.y.shape[-1] * (len(specs) + 1), device), progress_bar(
-        batch, "fitting curves (lm)", enabled=progress
-    ) as advance:
+    with (
+        _threads_for(data.y.shape[-1] * (len(specs) + 1), device),
+        progress_bar(batch, "fitting curves (lm)", enabled=progress) as advance,
+    ):
         outcome = _solve_in_chunks(problem, chunk_size, options, advance)
         values = problem.external(outcome.theta)
         upper, cost = _final_factors(problem, values)
@@ -188,7 +189,9 @@ def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> Bat
     candidates = torch.tensor([status != "nonfinite" for status in outcome.status], device=theta.device)
     plateau = (candidates & _saturated(problem, outcome.theta)).nonzero().flatten()
     if len(plateau):
-        retry = batch_levenberg_marquardt(_Subset(problem.problem, problem.index[plateau]), theta[plateau], factor=1.0, **options)
+        retry = batch_levenberg_marquardt(
+            _Subset(problem.problem, problem.index[plateau]), theta[plateau], factor=1.0, **options
+        )
         better = (retry.cost < outcome.cost[plateau]).nonzero().flatten()
         for position in better.tolist():
             i = int(plateau[position])

@@ -282,7 +282,9 @@ def _trial_step(problem, state, index, blocks, residuals, geodesic_acceleration,
     if geodesic_acceleration:
         bent = (lam > 0).nonzero().flatten()
         if len(bent):
-            velocity[bent] += _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, blocks, residuals)
+            velocity[bent] += _half_acceleration(
+                problem, state, index, bent, velocity, lam, step_norm, blocks, residuals
+            )
             state.evaluations[bent] += 1
     trial = state.theta + velocity
     r_trial = problem.residuals(trial, index)

@@ -19,7 +19,7 @@ from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
 from .lm import Outcome
 from .model import Model, build_function
-from .reduction import reduce_batched
+from .reduction import reduce_batched, reduce_gram
 from .solvers import DEFAULT_STEPS
 
 # As in `api`: a parameter whose relative sensitivity falls below this share of ||y|| has stopped
@@ -94,8 +94,8 @@ def fit_batch(
         outcome = _solve_in_chunks(problem, chunk_size, options, advance)
         values = problem.external(outcome.theta)
         upper, cost = _final_factors(problem, values)
-    dof = data.mask.sum(-1) - len(problem.names)
-    stderr = batch_stderr(upper, cost, dof)
+        dof = data.mask.sum(-1) - len(problem.names)
+        stderr = batch_stderr(upper, cost, dof)
     arrays = {name: values[:, j].cpu().numpy() for j, name in enumerate(problem.names)}
     all_params = {spec.name: arrays.get(spec.name, initial[spec.name]) for spec in specs}
     seconds = time.perf_counter() - start_time
@@ -185,7 +185,7 @@ def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> Bat
             advance(f"{stopped}/{len(status)} converged or stopped")
         done[0] = stopped
 
-    outcome = batch_levenberg_marquardt(problem, theta, reduce=reduce_batched, on_round=on_round, **options)
+    outcome = batch_levenberg_marquardt(problem, theta, reduce=reduce_gram, on_round=on_round, **options)
     candidates = torch.tensor([status != "nonfinite" for status in outcome.status], device=theta.device)
     plateau = (candidates & _saturated(problem, outcome.theta)).nonzero().flatten()
     if len(plateau):

@@ -130,7 +130,7 @@ def batch_levenberg_marquardt(
     cost = (r * r).sum(-1)
     state = _initial_state(theta, cost)
     # the big per-problem arrays stay outside the state: gathered only where needed
-    blocks = r.new_zeros(batch, r.shape[-1], p + 1)
+    blocks = r.new_zeros(p + 1, batch, r.shape[-1])  # [J | r] as rows: the model's own layout
     residuals = r.clone()
     accepted_log: list[tuple[torch.Tensor, torch.Tensor]] = []
     tolerances = (ftol, xtol, gtol, max_steps, factor)
@@ -211,7 +211,7 @@ def _linearize_fresh(problem, part, index, blocks, residuals, reduce, tolerances
         return
     state = part if len(fresh) == len(index) else part.take(fresh)
     block = problem.augmented(state.theta, index[fresh])
-    blocks[index[fresh]] = block
+    blocks[:, index[fresh]] = block.permute(2, 0, 1)
     reduced = reduce(block)
     state.jacobians = state.jacobians + 1
     state.fresh = torch.zeros_like(state.fresh)
@@ -232,7 +232,10 @@ def _linearize_fresh(problem, part, index, blocks, residuals, reduce, tolerances
     gradient = (upper * qtr.unsqueeze(-1)).sum(-2).abs()
     cosine = (gradient / column_norms.clamp_min(TINY)).amax(-1)
     _set_status(state, cosine <= gtol * torch.sqrt(state.cost), "gtol")
-    values, vt, products = jacobi_svd(upper / state.scale.unsqueeze(-2), qtr)
+    # warm start from the previous V (none yet on the first Jacobian: all zeros)
+    previous = state.vt.transpose(-1, -2)
+    start = torch.where(first[:, None, None], torch.eye(p, dtype=previous.dtype, device=previous.device), previous)
+    values, vt, products = jacobi_svd(upper / state.scale.unsqueeze(-2), qtr, start)
     largest = values[:, :1]
     keep = (largest > 0) & (values > largest * RANK_TOLERANCE)
     squares = values * values
@@ -363,14 +366,14 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list) -> None:
 def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, blocks, residuals) -> torch.Tensor:
     """Half the geodesic acceleration of the problems at ``bent`` (see `lm._half_acceleration`)."""
     rows = index[bent]
-    jacobian = blocks[rows][..., :-1]
+    jacobian = blocks[:-1, rows]  # (p, b, n)
     v = velocity[bent]
     r = residuals[rows]
     r_probe = problem.residuals(state.theta[bent] + PROBE * v, rows)
-    jv = (jacobian * v.unsqueeze(-2)).sum(-1)
+    jv = (jacobian * v.T.unsqueeze(-1)).sum(0)
     curvature = (r_probe - r - PROBE * jv) * (2 / PROBE**2)
     scale = state.scale[bent]
-    projected = (jacobian * curvature.unsqueeze(-1)).sum(-2) / scale
+    projected = (jacobian * curvature).sum(-1).T / scale
     vt = state.vt[bent]
     coordinates = -(vt @ projected.unsqueeze(-1)).squeeze(-1) / (state.values[bent] ** 2 + lam[bent].unsqueeze(-1))
     small = 2 * torch.linalg.vector_norm(coordinates, dim=-1) <= ACCELERATION_RATIO * step_norm[bent]

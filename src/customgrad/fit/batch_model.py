@@ -52,6 +52,7 @@ class BatchModel(BatchProblem):
     def __init__(self, function, data, y, weights, mask, specs, initial, text):
         self.function, self.data, self.y, self.weights, self.mask = function, data, y, weights, mask
         self.specs, self.initial, self.text = specs, initial, text
+        self.masked = not bool(mask.all())
         self.free = [spec for spec in specs if not spec.fixed]
         self.names = tuple(spec.name for spec in self.free)
         self.bounded = [(i, spec) for i, spec in enumerate(self.free) if spec.bounded]
@@ -115,7 +116,7 @@ class BatchModel(BatchProblem):
         f[..., -1, :, :] -= self.y[index]
         if self.weights is not None:
             f *= self._pick(self.weights, index)
-        return torch.where(self.mask[index], f, 0.0)
+        return torch.where(self.mask[index], f, 0.0) if self.masked else f
 
     def residuals(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """r (b, N) of the curves at ``index`` with internal coordinates ``theta`` (b, p)."""

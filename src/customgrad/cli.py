@@ -115,9 +115,17 @@ def _add_fit(subparsers) -> None:
     fitting.add_argument(
         "--nan-policy",
         choices=["raise", "omit"],
-        default="raise",
-        help="rows with NaN/inf: stop with an error (raise) or drop them (omit)",
+        default=None,
+        help="rows (--batch: entries) with NaN/inf: stop with an error or drop them (default raise; --batch omit)",
     )
+    batch = parser.add_argument_group("many curves at once (--batch)")
+    batch.add_argument(
+        "--batch",
+        action="store_true",
+        help="--data holds one curve per row (first row: the x values, unless --x-values); empty cells end a curve",
+    )
+    batch.add_argument("--x-values", metavar="FILE", help="--batch: the x values, from this file instead")
+    batch.add_argument("--csv", metavar="PATH", help="--batch: write one line of results per curve")
     fitting.add_argument(
         "--start",
         type=int,
@@ -129,6 +137,11 @@ def _add_fit(subparsers) -> None:
 
 
 def _run_fit(args) -> int:
+    if args.batch:
+        return _run_batch_fit(args)
+    for option in ("x_values", "csv"):
+        if getattr(args, option):
+            raise UsageError(f"--{option.replace('_', '-')} applies to --batch fits only: add --batch")
     if args.model is not None or args.data is not None or args.method or args.param or args.bound:
         return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
@@ -160,6 +173,34 @@ def _run_fit(args) -> int:
         plot_experiment(run, plot_path)
         if not args.quiet:
             print(f"wrote {plot_path}")
+    return 0
+
+
+def _run_batch_fit(args) -> int:
+    from .fit.cli_inputs import batch_inputs
+    from .plot import check_image_path, check_writable
+    from .plot_batch import plot_batch
+
+    paths = {
+        option: check_writable(getattr(args, option), f"--{option}")
+        for option in ("json", "csv")
+        if getattr(args, option)
+    }
+    plot_path = check_image_path(args.plot, "--plot") if args.plot else None
+    result = batch_inputs(args)
+    print(result.summary())
+    writers = {"json": result.to_json, "csv": result.to_csv}
+    for option, path in paths.items():
+        writers[option](path)
+        if not args.quiet:
+            print(f"wrote {path}")
+    if plot_path is not None:
+        plot_batch(result, plot_path)
+        if not args.quiet:
+            print(f"wrote {plot_path}")
+    if not result.success.any():
+        print("error: no curve's fit converged", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,8 +7,10 @@ parameter values may be scalars or one per curve.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -149,3 +151,50 @@ def curve_data(arrays: dict[str, np.ndarray], i: int) -> tuple[dict, list[int]]:
         keep &= np.isfinite(values)
     omitted = np.flatnonzero(~keep).tolist()
     return {name: rows[name][keep] for name in rows}, omitted
+
+
+def read_curves(path: str | Path, x_values: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Curves from a file, one per row: x (N,) and y (B, N), empty cells NaN (shorter curves).
+
+    x is the first row (a header of numbers) or, with ``x_values``, a file of N numbers (any layout).
+    """
+    rows = _number_rows(Path(path))
+    if x_values is not None:
+        x = np.array([value for row in _number_rows(Path(x_values)) for value in row])
+    else:
+        if len(rows) < 2:
+            raise DataError(f"{str(path)!r}: the first row holds the x values and every further row a curve")
+        x, rows = np.array(rows[0]), rows[1:]
+    if not np.isfinite(x).all():
+        raise DataError(f"the x values ({x_values or 'the first row of ' + str(path)!r}) must all be finite numbers")
+    width = len(x)
+    for number, row in enumerate(rows, start=1):
+        if len(row) > width:
+            raise DataError(f"{str(path)!r}: curve {number} has {len(row)} values but there are {width} x values")
+    y = np.full((len(rows), width), np.nan)
+    for i, row in enumerate(rows):
+        y[i, : len(row)] = row
+    return x, y
+
+
+def _number_rows(path: Path) -> list[list[float]]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read {str(path)!r}: {getattr(error, 'strerror', None) or 'not a text file'}") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        cells = [cell.strip() for cell in line.replace(";", ",").replace("\t", ",").split(",")]
+        if len(cells) == 1:
+            cells = line.split()
+        try:
+            rows.append([float(cell) if cell else math.nan for cell in cells])
+        except ValueError:
+            raise DataError(
+                f"{str(path)!r} line {number}: every cell must be a number (or empty), got {line!r}"
+            ) from None
+    if not rows:
+        raise DataError(f"{str(path)!r} holds no numbers")
+    return rows

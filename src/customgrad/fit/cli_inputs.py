@@ -10,6 +10,9 @@ from pathlib import Path
 
 from ..errors import DataError, UsageError
 from .api import fit, fit_experiment
+from .batch import fit_batch
+from .batch_data import read_curves
+from .batch_result import BatchFitResult
 from .data import read_table
 from .nist import read_nist
 from .result import FitResult
@@ -55,7 +58,7 @@ def fit_inputs(args) -> FitResult:
         max_steps=args.steps,
         learning_rate=args.lr,
         progress=not args.quiet,
-        nan_policy=args.nan_policy,
+        nan_policy=args.nan_policy or "raise",
     )
     if args.data is None:
         if args.model is not None:
@@ -98,6 +101,27 @@ def fit_inputs(args) -> FitResult:
         x = {_column_name(table, column): table.column(column) for column in x_columns}
     sigma = table.column(args.sigma) if args.sigma else None
     return fit(args.model, x, table.column(y_column), params=params, bounds=bounds or None, sigma=sigma, **options)
+
+
+def batch_inputs(args) -> BatchFitResult:
+    """Run the batch of fits ``customgrad fit --batch`` describes: one curve per row of ``--data``."""
+    if args.data is None or args.model is None:
+        raise UsageError('--batch needs --data FILE (one curve per row) and --model, e.g. --model "a*exp(-b*x)"')
+    if args.method not in (None, "lm") or args.loss != "linear":
+        raise UsageError("--batch fits by Levenberg-Marquardt with the linear loss: drop --method/--loss")
+    if not args.param:
+        raise UsageError("give each parameter an initial value with --param NAME=VALUE (e.g. --param a=0 --param b=1)")
+    x, y = read_curves(args.data, args.x_values)
+    return fit_batch(
+        args.model,
+        x,
+        y,
+        params=parse_assignments(args.param, "--param", _number),
+        bounds=parse_assignments(args.bound, "--bound", _bounds) or None,
+        max_steps=args.steps,
+        progress=not args.quiet,
+        nan_policy=args.nan_policy or "omit",
+    )
 
 
 def _column_name(table, spec: str) -> str:

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import torch
 
-from ..errors import FitError, UsageError
+from ..errors import CustomgradError, FitError, UsageError
 from .data import prepare_data
+from .distributed import Shards
 from .loss import get_loss, robust_cost, robust_linearization
 from .model import Model, build_function, check_finite_start, parameter_specs
 from .result import FitResult
@@ -53,6 +54,7 @@ def fit(
     gtol: float = 1e-15,
     on_step: Callable[[int, float], None] | None = None,
     decimal_data: Mapping[str, list[str]] | None = None,
+    distributed: bool = False,
 ) -> FitResult:
     """Fit y ~ model(x; params) by minimising cost = sum rho(((model - y) / sigma)^2).
 
@@ -85,6 +87,10 @@ def fit(
         The data as decimal text (data names and "y"), as files hold it. When float64 rounding would
         swamp the final cost (residuals near 1e-16 of the data), a formula model's cost is
         recomputed from this text in 40-digit arithmetic. The file readers pass it.
+    distributed : bool
+        Inside an initialised torch.distributed process group: ``x``, ``y`` and ``sigma`` are this
+        rank's shard of the rows (possibly none), and every rank gets the fit of all rows (LM: the
+        same steps as one process; gradient solvers: all-reduced gradients). See `distributed`.
     """
     start_time = time.perf_counter()
     dtype, device = _dtype_and_device(dtype, device)
@@ -114,6 +120,7 @@ def fit(
             on_step=on_step,
             decimal_data=decimal_data,
             start_time=start_time,
+            distributed=distributed,
         )
 
 
@@ -171,6 +178,7 @@ def _fit(
     on_step,
     decimal_data,
     start_time,
+    distributed=False,
 ) -> FitResult:
     solver = get_solver(method)
     rho = get_loss(loss)
@@ -184,22 +192,31 @@ def _fit(
     ftol, xtol, gtol = (_number(value, name) for value, name in ((ftol, "ftol"), (xtol, "xtol"), (gtol, "gtol")))
     if on_step is not None and not callable(on_step):
         raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
-    specs = parameter_specs(params, bounds)
-    data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
-    names = tuple(spec.name for spec in specs)
-    function, text, data_names = build_function(model, tuple(data.x), names, data.x_is_dict)
-    columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
-    problem = Model(function, columns, data.y, data.sigma, specs, text)
-    theta = problem.initial_theta()
+    shards = Shards(device) if distributed else None
+    failure = None
     try:
-        check_finite_start(problem.residuals(theta))
-    except RuntimeError as error:
-        if isinstance(error, FitError):
+        specs = parameter_specs(params, bounds)
+        data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device, allow_empty=distributed)
+        problem, theta = _problem(model, data, specs)
+    except CustomgradError as error:
+        if shards is None:
             raise
-        raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
+        failure = error
+    if shards is not None:
+        # every rank learns of any rank's bad input, and of ranks fitting different things: none hangs
+        about = (model if isinstance(model, str) else getattr(model, "__name__", "callable"), params, bounds)
+        columns = sorted(map(str, x)) if isinstance(x, Mapping) else ["x"]
+        options = (method, loss, str(dtype), max_steps, ftol, xtol, gtol, learning_rate, sigma is None)
+        shards.raise_together(
+            failure,
+            f"model {about[0]!r}, params {about[1]!r}, bounds {about[2]!r}, columns {columns}, options {options}",
+        )
+        if data.omitted_rows:
+            data.omitted_rows = []  # row numbers are per shard: not reported
 
     def cost_of(r):
-        return robust_cost(rho, r)
+        cost = robust_cost(rho, r)
+        return cost if shards is None else shards.sum(cost)
 
     def linearize(t, r):
         if rho is None:
@@ -220,6 +237,12 @@ def _fit(
     if method == "lm":
         # geodesic acceleration probes residuals(): only where they are the linearised ones
         options.update(ftol=ftol, xtol=xtol, gtol=gtol, geodesic_acceleration=rho is None)
+        if shards is not None:
+            options.update(reduce=lambda block: shards.factor(block).cpu().numpy(), sum_rows=shards.sum)
+    elif shards is not None:
+        options.update(shards=shards)
+    if shards is not None:
+        progress = progress and shards.rank == 0  # only rank 0 prints
     from ..progress import progress_bar
 
     with progress_bar(max_steps, f"fitting ({method})", enabled=progress) as advance:
@@ -231,7 +254,7 @@ def _fit(
 
         callback = step_callback if progress or on_step is not None else None
         outcome = solver(problem.residuals, linearize, cost_of, theta, on_step=callback, **options)
-        if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta):
+        if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards):
             retry = solver(problem.residuals, linearize, cost_of, theta, factor=1.0, **options)
             if retry.cost < outcome.cost:
                 retry.evaluations += outcome.evaluations
@@ -240,7 +263,24 @@ def _fit(
     exact = None
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}
-    return _result(problem, outcome, method, loss, data.omitted_rows, time.perf_counter() - start_time, exact)
+    seconds = time.perf_counter() - start_time
+    return _result(problem, outcome, method, loss, data.omitted_rows, seconds, exact, shards)
+
+
+def _problem(model, data, specs) -> tuple[Model, torch.Tensor]:
+    """The fit's model over checked data, and the internal coordinates of the initial values."""
+    names = tuple(spec.name for spec in specs)
+    function, text, data_names = build_function(model, tuple(data.x), names, data.x_is_dict)
+    columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
+    problem = Model(function, columns, data.y, data.sigma, specs, text)
+    theta = problem.initial_theta()
+    try:
+        check_finite_start(problem.residuals(theta))
+    except RuntimeError as error:
+        if isinstance(error, FitError):
+            raise
+        raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
+    return problem, theta
 
 
 _DTYPES = (torch.float64, torch.float32)
@@ -279,20 +319,34 @@ def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
     return dtype, device
 
 
-def _saturated(problem: Model, theta: torch.Tensor) -> bool:
+def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> bool:
     _, jacobian = problem.jacobian(theta)
     values = problem.external(theta).abs().clamp_min(1.0)
-    sensitivity = torch.linalg.vector_norm(jacobian, dim=0) * values
-    return bool((sensitivity < _SATURATED * torch.linalg.vector_norm(problem.y)).any())
+    squares = torch.cat([(jacobian * jacobian).sum(0), (problem.y * problem.y).sum().reshape(1)]).cpu().numpy()
+    if shards is not None:
+        squares = shards.sum(squares)
+    sensitivity = torch.as_tensor(np.sqrt(squares[:-1])).to(values) * values
+    return bool((sensitivity < _SATURATED * math.sqrt(squares[-1])).any())
 
 
 def _result(
-    problem: Model, outcome, method: str, loss: str, omitted: list[int], seconds: float, exact: dict | None
+    problem: Model,
+    outcome,
+    method: str,
+    loss: str,
+    omitted: list[int],
+    seconds: float,
+    exact: dict | None,
+    shards: Shards | None = None,
 ) -> FitResult:
     values = problem.external(outcome.theta)
     r, jacobian = problem.jacobian(values, external=True)
-    cost = _precise_cost(problem, values, float(r @ r), exact or {})
     n, p = problem.size, len(problem.names)
+    if shards is None:
+        cost = _precise_cost(problem, values, float(r @ r), exact or {})
+    else:  # statistics from the combined R: the singular values and V of J (rows never gathered)
+        cost, n = shards.sum(float(r @ r)), int(shards.sum(n))
+        jacobian = shards.factor(torch.cat([jacobian, r.unsqueeze(-1)], dim=-1))[:p, :p]
     dof = n - p
     spread = uncertainty(jacobian, cost, dof, problem.names)
     value_list = values.tolist()

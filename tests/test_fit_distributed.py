@@ -1,0 +1,126 @@
+"""fit(distributed=True) on 2 gloo processes over loopback, against one process holding all rows."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from reference import assert_matches_reference
+
+from customgrad import fit
+
+pytestmark = pytest.mark.slow
+
+GAUSSIAN = "a*exp(-(x-m)**2/(2*s**2))+c"
+START = {"a": 1.0, "m": 0.0, "s": 1.0, "c": 0.0}
+
+
+def data():
+    rng = np.random.default_rng(21)
+    x = np.linspace(-3, 3, 101)
+    return x, 2.0 * np.exp(-((x - 0.3) ** 2) / (2 * 0.7**2)) + 0.5 + 0.05 * rng.standard_normal(101)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _attempt(run) -> dict:
+    try:
+        return {"ok": run()}
+    except Exception as error:  # noqa: BLE001 - the test compares what each rank raised
+        return {"error": type(error).__name__, "message": str(error)}
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    x, y = data()
+    shard = slice(0, 40) if rank == 0 else slice(40, None)
+    results = {}
+
+    def lm():
+        result = fit(GAUSSIAN, x[shard], y[shard], params=START, distributed=True)
+        return {"params": result.params, "stderr": result.stderr, "cost": result.cost, "dof": result.dof}
+
+    def adam():
+        result = fit(GAUSSIAN, x[shard], y[shard], params=START, method="adam", max_steps=300, distributed=True)
+        return {"params": result.params}
+
+    def empty_rank():
+        rows = slice(None) if rank == 0 else slice(0, 0)
+        return fit(GAUSSIAN, x[rows], y[rows], params=START, distributed=True).params
+
+    def disagree():
+        return fit(GAUSSIAN, x[shard], y[shard], params={**START, "a": 1.0 + rank}, distributed=True).params
+
+    def bad_rows():
+        rows = y[shard].copy()
+        if rank == 1:
+            rows[3] = np.nan
+        return fit(GAUSSIAN, x[shard], rows, params=START, distributed=True).params
+
+    for name, run in (("lm", lm), ("adam", adam), ("empty", empty_rank), ("disagree", disagree), ("bad", bad_rows)):
+        results[name] = _attempt(run)
+    with open(f"{out}/rank{rank}.json", "w") as handle:
+        json.dump(results, handle)
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("distributed")
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+
+def test_lm_on_two_ranks_matches_one_process(ranks):
+    x, y = data()
+    single = fit(GAUSSIAN, x, y, params=START)
+    for rank in ranks:
+        found = rank["lm"]["ok"]
+        for name in START:
+            assert_matches_reference(found["params"][name], single.params[name], rtol=1e-10, what=name)
+            assert_matches_reference(found["stderr"][name], single.stderr[name], rtol=1e-8, what=name)
+        assert found["dof"] == single.dof
+        assert_matches_reference(found["cost"], single.cost, rtol=1e-12, what="cost")
+
+
+def test_adam_on_two_ranks_matches_one_process(ranks):
+    x, y = data()
+    single = fit(GAUSSIAN, x, y, params=START, method="adam", max_steps=300)
+    for rank in ranks:
+        for name in START:
+            assert_matches_reference(rank["adam"]["ok"]["params"][name], single.params[name], rtol=1e-6, what=name)
+
+
+def test_a_rank_with_no_rows_is_fine(ranks):
+    x, y = data()
+    single = fit(GAUSSIAN, x, y, params=START)
+    for rank in ranks:
+        for name in START:
+            assert_matches_reference(rank["empty"]["ok"][name], single.params[name], rtol=1e-10, what=name)
+
+
+def test_ranks_that_disagree_or_reject_their_rows_all_raise(ranks):
+    for rank in ranks:
+        assert rank["disagree"]["error"] == "UsageError"
+        assert "disagree on the model, parameters" in rank["disagree"]["message"]
+    assert ranks[1]["bad"]["error"] == "DataError"
+    assert "rank 1 of this distributed fit rejected its input" in ranks[0]["bad"]["message"]
+
+
+def test_distributed_needs_a_process_group():
+    from customgrad import UsageError
+
+    x, y = data()
+    assert not dist.is_initialized()
+    with pytest.raises(UsageError, match="init_process_group"):
+        fit(GAUSSIAN, x, y, params=START, distributed=True)
+    assert torch.distributed.is_available()

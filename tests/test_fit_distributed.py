@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from reference import assert_matches_reference
 
 from customgrad import fit
+from reference import assert_matches_reference
 
 pytestmark = pytest.mark.slow
 

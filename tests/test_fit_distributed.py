@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from customgrad import fit
+from customgrad import fit, fit_batch
 from reference import assert_matches_reference
 
 pytestmark = pytest.mark.slow
@@ -24,6 +24,12 @@ def data():
     rng = np.random.default_rng(21)
     x = np.linspace(-3, 3, 101)
     return x, 2.0 * np.exp(-((x - 0.3) ** 2) / (2 * 0.7**2)) + 0.5 + 0.05 * rng.standard_normal(101)
+
+
+def curves():
+    x, y = data()
+    rng = np.random.default_rng(4)
+    return y[None, :] * rng.uniform(0.5, 2, (7, 1)) + 0.05 * rng.standard_normal((7, 101))
 
 
 def _free_port() -> int:
@@ -66,7 +72,23 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             rows[3] = np.nan
         return fit(GAUSSIAN, x[shard], rows, params=START, distributed=True).params
 
-    for name, run in (("lm", lm), ("adam", adam), ("empty", empty_rank), ("disagree", disagree), ("bad", bad_rows)):
+    def batch():
+        result = fit_batch(GAUSSIAN, x, curves(), params=START, distributed=True)
+        return {
+            "params": {k: v.tolist() for k, v in result.params.items()},
+            "status": result.status,
+            "history": result[6].history,
+        }
+
+    runs = (
+        ("lm", lm),
+        ("adam", adam),
+        ("empty", empty_rank),
+        ("disagree", disagree),
+        ("bad", bad_rows),
+        ("batch", batch),
+    )
+    for name, run in runs:
         results[name] = _attempt(run)
     with open(f"{out}/rank{rank}.json", "w") as handle:
         json.dump(results, handle)
@@ -124,3 +146,14 @@ def test_distributed_needs_a_process_group():
     with pytest.raises(UsageError, match="init_process_group"):
         fit(GAUSSIAN, x, y, params=START, distributed=True)
     assert torch.distributed.is_available()
+
+
+def test_fit_batch_shards_curves_and_every_rank_gets_all(ranks):
+    x, _ = data()
+    whole = fit_batch(GAUSSIAN, x, curves(), params=START)
+    for rank in ranks:
+        found = rank["batch"]["ok"]
+        assert found["status"] == whole.status
+        assert found["history"] == pytest.approx(whole[6].history, rel=1e-10)
+        for name in START:
+            assert_matches_reference(np.array(found["params"][name]), whole.params[name], rtol=1e-10, what=name)

@@ -17,6 +17,7 @@ from .batch_lm import BatchOutcome, batch_levenberg_marquardt
 from .batch_model import BatchModel
 from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
+from .distributed import Shards, local_shard
 from .lm import Outcome
 from .model import Model, build_function
 from .reduction import reduce_batched, reduce_gram
@@ -47,6 +48,7 @@ def fit_batch(
     xtol: float = 1e-15,
     gtol: float = 1e-15,
     chunk_size: int | None = None,
+    distributed: bool = False,
 ) -> BatchFitResult:
     """Fit y_b ~ model(x_b; params_b) for every curve b, minimising each cost_b = sum ((f - y_b) / sigma_b)^2.
 
@@ -71,8 +73,12 @@ def fit_batch(
         Leave out NaN/inf entries per curve, or raise naming the curves that hold them.
     chunk_size : int, optional
         Fit this many curves at a time (bounds memory); default `DEFAULT_CHUNK`.
+    distributed : bool
+        Inside an initialised torch.distributed process group, with the same arguments on every rank:
+        each rank fits its share of the curves, and every rank gets all results.
     """
     start_time = time.perf_counter()
+    shards = Shards(None) if distributed else None
     if method != "lm":
         raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
     dtype, device = _dtype_and_device(dtype, device)
@@ -86,12 +92,20 @@ def fit_batch(
     function, text, data_names = build_function(model, tuple(data.x), free_names, data.x_is_dict)
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
     problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
+    if shards is not None:
+        settings = (tuple(data.y.shape), max_steps, chunk_size, tuple(tolerances.values()), nan_policy)
+        shards.raise_together(None, f"model {text!r}, params {sorted(params)}, curves and options {settings}")
     options = dict(max_steps=max_steps, **tolerances)
     with (
         _threads_for(data.y.shape[-1] * (len(specs) + 1), device),
-        progress_bar(batch, "fitting curves (lm)", enabled=progress) as advance,
+        progress_bar(
+            batch, "fitting curves (lm)", enabled=progress and (shards is None or shards.rank == 0)
+        ) as advance,
     ):
-        outcome = _solve_in_chunks(problem, chunk_size, options, advance)
+        curves = range(batch) if shards is None else range(batch)[local_shard(batch, shards.rank, shards.world)]
+        outcome = _solve_in_chunks(problem, chunk_size, options, advance, curves)
+        if shards is not None:
+            outcome = _gathered(shards, outcome)
         values = problem.external(outcome.theta)
         upper, cost = _final_factors(problem, values)
         dof = data.mask.sum(-1) - len(problem.names)
@@ -124,18 +138,20 @@ def _positive_integer(value, name: str) -> int:
     return int(value)
 
 
-def _solve_in_chunks(problem: BatchModel, chunk_size: int, options: dict, advance) -> BatchOutcome:
-    """Solve chunk by chunk (each chunk a separate batch); the outcomes joined in curve order."""
+def _solve_in_chunks(problem: BatchModel, chunk_size: int, options: dict, advance, curves: range) -> BatchOutcome:
+    """Solve ``curves`` chunk by chunk (each chunk a separate batch); the outcomes joined in curve order."""
     theta = problem.initial_theta()
     parts = []
-    for begin in range(0, problem.batch, chunk_size):
-        index = torch.arange(begin, min(begin + chunk_size, problem.batch), device=theta.device)
+    for begin in range(curves.start, curves.stop, chunk_size):
+        index = torch.arange(begin, min(begin + chunk_size, curves.stop), device=theta.device)
         parts.append(_solve(_Subset(problem, index), theta[index], options, advance))
     if len(parts) == 1:
         return parts[0]
     offsets = [0]
     for part in parts[:-1]:
         offsets.append(offsets[-1] + len(part.status))
+    if not parts:
+        return BatchOutcome(theta[:0], [], *(theta.new_zeros(0, dtype=torch.long) for _ in range(4)), [])
     return BatchOutcome(
         theta=torch.cat([part.theta for part in parts]),
         status=[status for part in parts for status in part.status],
@@ -145,6 +161,33 @@ def _solve_in_chunks(problem: BatchModel, chunk_size: int, options: dict, advanc
         steps=torch.cat([part.steps for part in parts]),
         initial_cost=torch.cat([part.initial_cost for part in parts]),
         accepted=[(index + offset, cost) for part, offset in zip(parts, offsets) for index, cost in part.accepted],
+    )
+
+
+def _gathered(shards: Shards, outcome: BatchOutcome) -> BatchOutcome:
+    """Every rank's outcome for its curves, joined in curve order (ranks hold consecutive curves)."""
+    local = {
+        "theta": outcome.theta.cpu(),
+        "status": outcome.status,
+        "counts": torch.stack([outcome.evaluations, outcome.jacobians, outcome.steps]).cpu(),
+        "cost": outcome.cost.cpu(),
+        "histories": [outcome.history(i) for i in range(len(outcome.status))],
+    }
+    parts = [None] * shards.world
+    shards.dist.all_gather_object(parts, local)
+    device = outcome.theta.device
+    counts = torch.cat([part["counts"] for part in parts], dim=1).to(device)
+    histories = [history for part in parts for history in part["histories"]]
+    return BatchOutcome(
+        theta=torch.cat([part["theta"] for part in parts]).to(device),
+        status=[status for part in parts for status in part["status"]],
+        cost=torch.cat([part["cost"] for part in parts]).to(device),
+        evaluations=counts[0],
+        jacobians=counts[1],
+        steps=counts[2],
+        initial_cost=torch.tensor([history[0] for history in histories]),
+        accepted=[],
+        histories=histories,
     )
 
 

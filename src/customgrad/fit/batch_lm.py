@@ -85,9 +85,12 @@ class BatchOutcome:
     steps: torch.Tensor
     initial_cost: torch.Tensor
     accepted: list[tuple[torch.Tensor, torch.Tensor]]
+    histories: list[list[float]] | None = None  # given outright (gathered from other processes)
 
     def history(self, i: int) -> list[float]:
         """Problem ``i``'s costs: the initial one, then after each accepted step."""
+        if self.histories is not None:
+            return self.histories[i]
         costs = [float(self.initial_cost[i])]
         for index, cost in self.accepted:
             hit = (index == i).nonzero()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -157,3 +160,22 @@ def test_fit_batch_shards_curves_and_every_rank_gets_all(ranks):
         assert found["history"] == pytest.approx(whole[6].history, rel=1e-10)
         for name in START:
             assert_matches_reference(np.array(found["params"][name]), whole.params[name], rtol=1e-10, what=name)
+
+
+def test_torchrun_cli_fits_rows_on_two_ranks_and_rank_0_writes(tmp_path):
+    x, y = data()
+    table = tmp_path / "data.csv"
+    table.write_text("x,y\n" + "\n".join(f"{a!r},{b!r}" for a, b in zip(x.tolist(), y.tolist(), strict=True)) + "\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
+    command += ["--master-port", str(_free_port()), "-m", "customgrad", "fit", "--data", str(table), "--distributed"]
+    command += ["--model", GAUSSIAN, "--json", str(tmp_path / "fit.json"), "--quiet"]
+    command += [f"--param={name}={value}" for name, value in START.items()]
+    out = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("a=") == 1  # rank 0 alone prints
+    found = json.loads((tmp_path / "fit.json").read_text())["params"]
+    single = fit(GAUSSIAN, {"x": x}, y, params=START)
+    for name in START:
+        assert_matches_reference(found[name], single.params[name], rtol=1e-10, what=name)

@@ -126,6 +126,12 @@ def _add_fit(subparsers) -> None:
     )
     batch.add_argument("--x-values", metavar="FILE", help="--batch: the x values, from this file instead")
     batch.add_argument("--csv", metavar="PATH", help="--batch: write one line of results per curve")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over a torchrun process group (gloo on CPU, NCCL on GPU): each rank fits its share "
+        "of the rows (--batch: of the curves); rank 0 prints and writes",
+    )
     fitting.add_argument(
         "--start",
         type=int,
@@ -137,6 +143,8 @@ def _add_fit(subparsers) -> None:
 
 
 def _run_fit(args) -> int:
+    if args.distributed:
+        return _run_distributed(args)
     if args.batch:
         return _run_batch_fit(args)
     for option in ("x_values", "csv"):
@@ -174,6 +182,37 @@ def _run_fit(args) -> int:
         if not args.quiet:
             print(f"wrote {plot_path}")
     return 0
+
+
+def _run_distributed(args) -> int:
+    """Join (or start) the torchrun process group, fit, and let only rank 0 print and write files."""
+    import contextlib
+    import io
+
+    import torch
+    import torch.distributed as dist
+
+    if args.data is None:
+        raise UsageError("--distributed needs --data FILE: every rank reads it and fits its share of the rows")
+    started = not dist.is_initialized()
+    if started:
+        if "RANK" not in os.environ:
+            raise UsageError("--distributed runs under torchrun: torchrun --nproc-per-node N -m customgrad fit ...")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    try:
+        if dist.get_rank() == 0:
+            return _run_batch_fit(args) if args.batch else _run_model_fit(args)
+        for option in ("json", "csv", "plot"):
+            setattr(args, option, None)
+        args.quiet = True
+        with contextlib.redirect_stdout(io.StringIO()):
+            return _run_batch_fit(args) if args.batch else _run_model_fit(args)
+    finally:
+        if started:
+            dist.destroy_process_group()
 
 
 def _run_batch_fit(args) -> int:

@@ -60,6 +60,9 @@ def fit_inputs(args) -> FitResult:
         progress=not args.quiet,
         nan_policy=args.nan_policy or "raise",
     )
+    shard = _rows_of_this_rank if getattr(args, "distributed", False) else None
+    if shard is not None:
+        options["distributed"] = True
     if args.data is None:
         if args.model is not None:
             raise UsageError("--model needs --data FILE (or leave both out to fit the built-in experiment)")
@@ -79,13 +82,14 @@ def fit_inputs(args) -> FitResult:
         raise DataError(f"--data {args.data!r}: no such file")
     if _is_nist(path):
         problem = read_nist(path)
+        x, y, _ = shard(problem.x, problem.y, None) if shard else (problem.x, problem.y, None)
         return fit(
             problem.formula if args.model is None else args.model,
-            problem.x,
-            problem.y,
+            x,
+            y,
             params=params or problem.starts[args.start - 1],
             bounds=bounds or None,
-            decimal_data=None if args.model is not None else problem.decimal,
+            decimal_data=None if args.model is not None or shard else problem.decimal,
             **options,
         )
     if args.model is None:
@@ -100,7 +104,21 @@ def fit_inputs(args) -> FitResult:
     else:  # named columns: the model must use the predictors' names
         x = {_column_name(table, column): table.column(column) for column in x_columns}
     sigma = table.column(args.sigma) if args.sigma else None
-    return fit(args.model, x, table.column(y_column), params=params, bounds=bounds or None, sigma=sigma, **options)
+    y = table.column(y_column)
+    if shard is not None:
+        x, y, sigma = shard(x, y, sigma)
+    return fit(args.model, x, y, params=params, bounds=bounds or None, sigma=sigma, **options)
+
+
+def _rows_of_this_rank(x, y, sigma):
+    """This process's share of the rows of x (array or dict), y and sigma: consecutive, near-equal sizes."""
+    import torch.distributed as dist
+
+    from .distributed import local_shard
+
+    rows = local_shard(len(y), dist.get_rank(), dist.get_world_size())
+    x = {name: values[rows] for name, values in x.items()} if isinstance(x, dict) else x[rows]
+    return x, y[rows], None if sigma is None else sigma[rows]
 
 
 def batch_inputs(args) -> BatchFitResult:
@@ -121,6 +139,7 @@ def batch_inputs(args) -> BatchFitResult:
         max_steps=args.steps,
         progress=not args.quiet,
         nan_policy=args.nan_policy or "omit",
+        distributed=getattr(args, "distributed", False),
     )
 
 

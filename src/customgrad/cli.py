@@ -139,6 +139,18 @@ def _add_fit(subparsers) -> None:
         default=1,
         help="NIST files: which certified starting point to use (default 1)",
     )
+    fitting.add_argument(
+        "--absolute-sigma",
+        action="store_true",
+        help="take --sigma as absolute standard deviations (SciPy's absolute_sigma); default: relative",
+    )
+    fitting.add_argument("--ci", action="store_true", help="print profile-likelihood intervals at 1 and 2 sigma")
+    fitting.add_argument(
+        "--bands",
+        choices=["confidence", "prediction"],
+        default=None,
+        help="2-sigma band shaded by --plot and written to --json (default for --plot: confidence)",
+    )
     parser.set_defaults(run=_run_fit)
 
 
@@ -150,7 +162,7 @@ def _run_fit(args) -> int:
     for option in ("x_values", "csv"):
         if getattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} applies to --batch fits only: add --batch")
-    if args.model is not None or args.data is not None or args.method or args.param or args.bound:
+    if args.model is not None or args.data is not None or args.method or args.param or args.bound or args.ci:
         return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
     from .plot import check_image_path, check_writable, plot_experiment
@@ -250,16 +262,22 @@ def _run_model_fit(args) -> int:
     json_path = check_writable(args.json, "--json") if args.json else None
     plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     result = fit_inputs(args)
+    if args.ci and result.success:
+        result.conf_interval((1, 2), progress=not args.quiet)
     if args.quiet:
         print(" ".join(f"{name}={value!r}" for name, value in result.params.items()))
     else:
-        print(result.report())
+        print(result.report(ci=args.ci and result.success))
+    if args.quiet and args.ci and result.success:
+        from .fit.profile import interval_table
+
+        print("\n".join(interval_table(result)))
     if json_path is not None:
-        result.to_json(json_path)
+        result.to_json(json_path, bands=args.bands)
         if not args.quiet:
             print(f"wrote {json_path}")
     if plot_path is not None:
-        result.plot(plot_path)
+        result.plot(plot_path, bands=args.bands or "confidence")
         if not args.quiet:
             print(f"wrote {plot_path}")
     if not result.success:

@@ -85,8 +85,11 @@ def plot_experiment(run: ExperimentRun, path: str | Path) -> Path:
     return path
 
 
-def plot_fit(result: FitResult, path: str | Path) -> Path:
-    """Save a PNG: data and fitted curve against the first predictor, and the residuals y - fit below."""
+def plot_fit(result: FitResult, path: str | Path, bands: str | None = None) -> Path:
+    """Save a PNG: data and fitted curve against the first predictor, and the residuals y - fit below.
+
+    With ``bands`` ("confidence" or "prediction"), the 2-sigma band around the curve is shaded.
+    """
     import numpy as np
 
     plt = _pyplot()
@@ -100,6 +103,8 @@ def plot_fit(result: FitResult, path: str | Path) -> Path:
     else:
         top.plot(x, y, ".", markersize=3, color="0.45", label="data")
     top.plot(x[order], fitted[order], "-", color="C3", label="fit")
+    if bands is not None and result.source is not None:
+        _shade_band(top, result, bands, name, x, order)
     # A pole in the data (tan) would squash the plot: clip the view to the bulk of the data and the fit.
     bulk = float(np.quantile(np.abs(y), 0.9)) if len(y) else 1.0
     span = max(float(np.abs(fitted).max(initial=0.0)), bulk) * 1.3 + 1e-9
@@ -114,6 +119,60 @@ def plot_fit(result: FitResult, path: str | Path) -> Path:
     bottom.set_ylabel("residual")
     figure.tight_layout()
     path = check_image_path(path, "plot path")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _shade_band(axes, result: FitResult, kind: str, name: str, x, order) -> None:
+    """Fill the 2-sigma band: on a fine grid for one predictor, at the data points for several."""
+    import numpy as np
+
+    if len(result.data["x"]) == 1 and len(x) > 1:
+        grid = np.linspace(float(x.min()), float(x.max()), 400)
+        at = {name: grid} if result.source.x_is_dict else grid
+        curve, half = result.predict(at), result.eval_uncertainty(at, sigma=2, kind=kind)
+    else:
+        grid, curve = x[order], result.data["fitted"][order]
+        half = result.eval_uncertainty(sigma=2, kind=kind)[order]
+    if np.isfinite(half).any():
+        axes.fill_between(grid, curve - half, curve + half, color="C3", alpha=0.2, linewidth=0, label=f"2σ {kind} band")
+
+
+def plot_profile(result: FitResult, name: str, path: str | Path) -> Path:
+    """Save a figure of a parameter's profile: the sigma level it reaches against its value, the intervals
+    found, and the quadratic profile that value +- t stderr assumes."""
+    import numpy as np
+
+    from .fit.distributions import profile_probability
+    from .fit.profile import profile_curve
+
+    path = check_image_path(path, "plot path")
+    values, costs = profile_curve(result, name)
+    best_cost, best = min(costs), result.params[name]
+    dof, absolute = result.nfree, result.absolute_sigma
+    levels = [profile_probability(cost, best_cost, dof, absolute=absolute) for cost in costs]
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.plot(values, levels, ".-", color="C0", label="profile")
+    stderr = result.stderr[name]
+    if np.isfinite(stderr) and stderr > 0:  # what value +- t stderr assumes: a parabola in chi2
+        excess = ((np.asarray(values) - best) / stderr) ** 2
+        quadratic = best_cost + excess if absolute else best_cost * (1 + excess / dof)
+        assumed = [profile_probability(cost, best_cost, dof, absolute=absolute) for cost in quadratic]
+        axes.plot(values, assumed, ":", color="0.5", label="quadratic (from stderr)")
+    for index, (sigma, (low, high)) in enumerate(sorted(result.source.intervals[name].items())):
+        axes.axhline(sigma, color="0.8", linewidth=0.8)
+        for end in (low, high):
+            if np.isfinite(end):
+                axes.axvline(end, color=f"C{index + 1}", linestyle="--", linewidth=0.9)
+    axes.axvline(best, color="C3", linewidth=0.9, label=f"best {best:.6g}")
+    axes.set_ylim(0, 1.6 * max(result.source.intervals[name]))
+    axes.set_xlabel(name)
+    axes.set_ylabel("sigma level of the profile")
+    axes.set_title(f"profile of {name} in {result.model}", fontsize=9)
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path

@@ -16,10 +16,12 @@ from ..errors import CustomgradError, FitError, UsageError
 from .data import prepare_data
 from .distributed import Shards
 from .loss import get_loss, robust_cost, robust_linearization
-from .model import Model, build_function, check_finite_start, parameter_specs
+from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
+from .source import FitSource
 from .statistics import CONDITION_WARNING, uncertainty
+from .ties import split_ties
 
 # Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
 # recomputed in extended precision (formula models only).
@@ -55,6 +57,7 @@ def fit(
     on_step: Callable[[int, float], None] | None = None,
     decimal_data: Mapping[str, list[str]] | None = None,
     distributed: bool = False,
+    absolute_sigma: bool = False,
 ) -> FitResult:
     """Fit y ~ model(x; params) by minimising cost = sum rho(((model - y) / sigma)^2).
 
@@ -68,11 +71,17 @@ def fit(
     y : array or tensor
         Observations, one per data point.
     params : dict
-        Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``.
+        Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``, or
+        name -> ``{"expr": "2*a"}``: a parameter tied to others (substituted into the model; reported
+        with its standard error propagated from theirs).
     method : {"lm", "lbfgs", "adam", "sgd"}
         Levenberg-Marquardt with exact Jacobians (default), or a gradient-based optimiser.
     sigma : array, optional
         Standard deviation of each observation; residuals are divided by it.
+    absolute_sigma : bool
+        As in SciPy's ``curve_fit``: False (default) scales the covariance by the reduced chi-square
+        chisqr / nfree, so only the relative sizes of ``sigma`` matter; True takes ``sigma`` as the
+        absolute standard deviations, cov = (J^T J)^-1 of the weighted Jacobian.
     bounds : dict of str -> (lower, upper), optional
         Bounds per parameter (None for an open side).
     loss : {"linear", "soft_l1", "huber", "cauchy"}
@@ -121,6 +130,7 @@ def fit(
             decimal_data=decimal_data,
             start_time=start_time,
             distributed=distributed,
+            absolute_sigma=absolute_sigma,
         )
 
 
@@ -179,6 +189,7 @@ def _fit(
     decimal_data,
     start_time,
     distributed=False,
+    absolute_sigma=False,
 ) -> FitResult:
     solver = get_solver(method)
     rho = get_loss(loss)
@@ -192,12 +203,15 @@ def _fit(
     ftol, xtol, gtol = (_number(value, name) for value, name in ((ftol, "ftol"), (xtol, "xtol"), (gtol, "gtol")))
     if on_step is not None and not callable(on_step):
         raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
+    if not isinstance(absolute_sigma, (bool, np.bool_)):
+        raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
     shards = Shards(device) if distributed else None
     failure = None
     try:
+        params, ties = split_ties(params, bounds)
         specs = parameter_specs(params, bounds)
         data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device, allow_empty=distributed)
-        problem, theta = _problem(model, data, specs)
+        problem, theta = _problem(model, data, specs, ties)
     except CustomgradError as error:
         if shards is None:
             raise
@@ -264,13 +278,14 @@ def _fit(
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}
     seconds = time.perf_counter() - start_time
-    return _result(problem, outcome, method, loss, data.omitted_rows, seconds, exact, shards)
+    source = FitSource(problem, loss, bool(absolute_sigma), data.x_is_dict, ties)
+    return _result(problem, outcome, method, loss, data.omitted_rows, seconds, exact, source, shards)
 
 
-def _problem(model, data, specs) -> tuple[Model, torch.Tensor]:
-    """The fit's model over checked data, and the internal coordinates of the initial values."""
+def _problem(model, data, specs, ties) -> tuple[Model, torch.Tensor]:
+    """The fit's model over checked data (tied parameters substituted), and the initial internal coordinates."""
     names = tuple(spec.name for spec in specs)
-    function, text, data_names = build_function(model, tuple(data.x), names, data.x_is_dict)
+    function, text, data_names = ties.build_function(model, tuple(data.x), names, data.x_is_dict)
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
     problem = Model(function, columns, data.y, data.sigma, specs, text)
     theta = problem.initial_theta()
@@ -337,6 +352,7 @@ def _result(
     omitted: list[int],
     seconds: float,
     exact: dict | None,
+    source: FitSource | None = None,
     shards: Shards | None = None,
 ) -> FitResult:
     values = problem.external(outcome.theta)
@@ -348,16 +364,23 @@ def _result(
         cost, n = shards.sum(float(r @ r)), int(shards.sum(n))
         jacobian = shards.factor(torch.cat([jacobian, r.unsqueeze(-1)], dim=-1))[:p, :p]
     dof = n - p
-    spread = uncertainty(jacobian, cost, dof, problem.names)
+    absolute = source is not None and source.absolute_sigma
+    spread = uncertainty(jacobian, cost, dof, problem.names, absolute=absolute)
     value_list = values.tolist()
     fitted = dict(zip(problem.names, value_list, strict=True))
     all_params = {spec.name: fitted.get(spec.name, spec.value) for spec in problem.specs}
+    stderr = dict(zip(problem.names, spread.stderr.tolist(), strict=True))
+    ties = source.ties if source is not None else None
+    if ties:
+        tied_values, tied_errors = ties.values_and_errors(all_params, problem.names, spread.covariance)
+        all_params.update(tied_values)
+        stderr.update(tied_errors)
     warnings = _diagnose(problem, outcome.status, spread, value_list, dof, omitted)
     with torch.no_grad():
         prediction = problem.predict(values)
     return FitResult(
         params=all_params,
-        stderr=dict(zip(problem.names, spread.stderr.tolist(), strict=True)),
+        stderr=stderr,
         covariance=spread.covariance,
         correlation=spread.correlation,
         cost=cost,
@@ -383,6 +406,9 @@ def _result(
             "fitted": prediction.detach().cpu().numpy(),
             "sigma": None if problem.inverse_sigma is None else (1 / problem.inverse_sigma).cpu().numpy(),
         },
+        tied=dict(ties.given) if ties else {},
+        absolute_sigma=absolute,
+        source=source,
     )
 
 

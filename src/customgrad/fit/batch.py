@@ -22,6 +22,7 @@ from .lm import Outcome
 from .model import Model, build_function
 from .reduction import reduce_batched, reduce_gram
 from .solvers import DEFAULT_STEPS
+from .source import FitSource
 
 # As in `api`: a parameter whose relative sensitivity falls below this share of ||y|| has stopped
 # mattering, and the curve gets one restart with a smaller first trust region.
@@ -115,7 +116,9 @@ def fit_batch(
     seconds = time.perf_counter() - start_time
 
     def single(i: int):
-        return _curve_result(problem, data.arrays, outcome, i, specs, initial, function, data_names, seconds / batch)
+        result = _curve_result(problem, data.arrays, outcome, i, specs, initial, function, data_names, data.x_is_dict)
+        result.seconds = seconds / batch
+        return result
 
     return BatchFitResult(
         params=all_params,
@@ -258,7 +261,7 @@ def _final_factors(problem: BatchModel, values: torch.Tensor) -> tuple[torch.Ten
     return reduce_batched(block)[:, :p, :p], cost
 
 
-def _curve_result(problem, arrays, outcome: BatchOutcome, i: int, specs, initial, function, data_names, seconds):
+def _curve_result(problem, arrays, outcome: BatchOutcome, i: int, specs, initial, function, data_names, x_is_dict):
     """Curve ``i``'s `FitResult`, made as `fit` makes one (statistics, diagnostics, data) from the batch's solution."""
     rows, omitted = curve_data(arrays, i)
     columns = {name: torch.as_tensor(rows[name]) for name in arrays if name not in ("y", "sigma")}
@@ -277,4 +280,5 @@ def _curve_result(problem, arrays, outcome: BatchOutcome, i: int, specs, initial
     )
     if not math.isfinite(result.cost):
         result.cost = math.nan
-    return _result(single, result, "lm", "linear", omitted, seconds, None)
+    source = FitSource(single, x_is_dict=x_is_dict)
+    return _result(single, result, "lm", "linear", omitted, 0.0, None, source)

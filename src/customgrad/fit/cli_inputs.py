@@ -104,6 +104,8 @@ def fit_inputs(args) -> FitResult:
     else:  # named columns: the model must use the predictors' names
         x = {_column_name(table, column): table.column(column) for column in x_columns}
     sigma = table.column(args.sigma) if args.sigma else None
+    if args.absolute_sigma:
+        options["absolute_sigma"] = True
     y = table.column(y_column)
     if shard is not None:
         x, y, sigma = shard(x, y, sigma)

@@ -158,7 +158,10 @@ def prepare_data(
             raise DataError("every row has NaN or inf: nothing left to fit")
     if "sigma" in named and not (named["sigma"] > 0).all():
         rows = np.flatnonzero(~(named["sigma"] > 0))[:10].tolist()
-        raise DataError(f"sigma must be positive (it divides the residuals); rows {rows} are not")
+        raise DataError(
+            f"sigma must be positive (it divides the residuals); rows {rows} (0-based) are not: "
+            "give each observation its standard deviation, or drop those rows"
+        )
 
     def tensor(values):
         return torch.as_tensor(values, dtype=dtype, device=device)

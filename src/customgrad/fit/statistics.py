@@ -31,8 +31,13 @@ class Uncertainty:
     not_identifiable: list[list[str]] = field(default_factory=list)
 
 
-def uncertainty(jacobian: torch.Tensor, cost: float, dof: int, names: tuple[str, ...]) -> Uncertainty:
-    """cov = s^2 D^-1 V diag(1/S^2) V^T D^-1 (SVD of J D^-1), s^2 = cost / dof; NaN where not identifiable."""
+def uncertainty(
+    jacobian: torch.Tensor, cost: float, dof: int, names: tuple[str, ...], *, absolute: bool = False
+) -> Uncertainty:
+    """cov = s^2 D^-1 V diag(1/S^2) V^T D^-1 (SVD of J D^-1), s^2 = cost / dof; NaN where not identifiable.
+
+    With ``absolute`` (sigma taken as absolute, SciPy's ``absolute_sigma=True``) s^2 = 1.
+    """
     jacobian = jacobian.detach().to(torch.float64).cpu().numpy()
     p = jacobian.shape[1]
     column_norms = np.linalg.norm(jacobian, axis=0)
@@ -54,7 +59,7 @@ def uncertainty(jacobian: torch.Tensor, cost: float, dof: int, names: tuple[str,
             involved |= members
             not_identifiable.append([names[j] for j in np.flatnonzero(members)])
         vt = vt_full
-    variance = cost / dof if dof > 0 else math.nan
+    variance = 1.0 if absolute else cost / dof if dof > 0 else math.nan
     inverse = np.where(keep, 1 / np.where(keep, s, 1.0) ** 2, 0.0)
     covariance = (vt[:p].T * inverse) @ vt[:p] / np.outer(scale, scale) * variance
     stderr = np.sqrt(np.abs(np.diag(covariance)))

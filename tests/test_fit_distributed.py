@@ -83,7 +83,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             "history": result[6].history,
         }
 
+    def chunked():
+        return fit(GAUSSIAN, x[shard], y[shard], params=START, distributed=True, chunk_size=16).params
+
     runs = (
+        ("chunked", chunked),
         ("lm", lm),
         ("adam", adam),
         ("empty", empty_rank),
@@ -179,3 +183,11 @@ def test_torchrun_cli_fits_rows_on_two_ranks_and_rank_0_writes(tmp_path):
     single = fit(GAUSSIAN, {"x": x}, y, params=START)
     for name in START:
         assert_matches_reference(found[name], single.params[name], rtol=1e-10, what=name)
+
+
+def test_chunks_on_two_ranks_match_one_process(ranks):
+    x, y = data()
+    single = fit(GAUSSIAN, x, y, params=START)
+    for rank in ranks:
+        for name in START:
+            assert_matches_reference(rank["chunked"]["ok"][name], single.params[name], rtol=1e-9, what=name)

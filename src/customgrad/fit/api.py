@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import CustomgradError, FitError, UsageError
+from .chunked import ChunkedModel
 from .data import prepare_data
 from .distributed import Shards
 from .loss import get_loss, robust_cost, robust_linearization
@@ -58,6 +59,7 @@ def fit(
     decimal_data: Mapping[str, list[str]] | None = None,
     distributed: bool = False,
     absolute_sigma: bool = False,
+    chunk_size: int | None = None,
 ) -> FitResult:
     """Fit y ~ model(x; params) by minimising cost = sum rho(((model - y) / sigma)^2).
 
@@ -96,6 +98,10 @@ def fit(
         The data as decimal text (data names and "y"), as files hold it. When float64 rounding would
         swamp the final cost (residuals near 1e-16 of the data), a formula model's cost is
         recomputed from this text in 40-digit arithmetic. The file readers pass it.
+    chunk_size : int, optional
+        Build the Levenberg-Marquardt step from chunks of this many rows (R accumulated by TSQR), so
+        the Jacobian is never held whole: memory O(chunk_size p + n) for long data. Linear loss only;
+        no geodesic acceleration.
     distributed : bool
         Inside an initialised torch.distributed process group: ``x``, ``y`` and ``sigma`` are this
         rank's shard of the rows (possibly none), and every rank gets the fit of all rows (LM: the
@@ -131,6 +137,7 @@ def fit(
             start_time=start_time,
             distributed=distributed,
             absolute_sigma=absolute_sigma,
+            chunk_size=chunk_size,
         )
 
 
@@ -190,6 +197,7 @@ def _fit(
     start_time,
     distributed=False,
     absolute_sigma=False,
+    chunk_size=None,
 ) -> FitResult:
     solver = get_solver(method)
     rho = get_loss(loss)
@@ -211,7 +219,7 @@ def _fit(
         params, ties = split_ties(params, bounds)
         specs = parameter_specs(params, bounds)
         data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device, allow_empty=distributed)
-        problem, theta = _problem(model, data, specs, ties)
+        problem, theta = _problem(model, data, specs, ties, _chunk_size(chunk_size, loss))
     except CustomgradError as error:
         if shards is None:
             raise
@@ -250,7 +258,8 @@ def _fit(
     options = dict(max_steps=max_steps, objective=objective, learning_rate=learning_rate)
     if method == "lm":
         # geodesic acceleration probes residuals(): only where they are the linearised ones
-        options.update(ftol=ftol, xtol=xtol, gtol=gtol, geodesic_acceleration=rho is None)
+        geodesic = rho is None and not isinstance(problem, ChunkedModel)  # needs J row by row
+        options.update(ftol=ftol, xtol=xtol, gtol=gtol, geodesic_acceleration=geodesic)
         if shards is not None:
             options.update(reduce=lambda block: shards.factor(block).cpu().numpy(), sum_rows=shards.sum)
     elif shards is not None:
@@ -282,12 +291,25 @@ def _fit(
     return _result(problem, outcome, method, loss, data.omitted_rows, seconds, exact, source, shards)
 
 
-def _problem(model, data, specs, ties) -> tuple[Model, torch.Tensor]:
+def _chunk_size(chunk_size, loss: str) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise UsageError(f"chunk_size must be a positive integer (rows per chunk), got {chunk_size!r}")
+    if loss != "linear":
+        raise UsageError(f"chunk_size needs loss='linear' (a robust loss reweights rows one by one), got {loss!r}")
+    return int(chunk_size)
+
+
+def _problem(model, data, specs, ties, chunk_size: int | None = None) -> tuple[Model, torch.Tensor]:
     """The fit's model over checked data (tied parameters substituted), and the initial internal coordinates."""
     names = tuple(spec.name for spec in specs)
     function, text, data_names = ties.build_function(model, tuple(data.x), names, data.x_is_dict)
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
-    problem = Model(function, columns, data.y, data.sigma, specs, text)
+    if chunk_size is None:
+        problem = Model(function, columns, data.y, data.sigma, specs, text)
+    else:
+        problem = ChunkedModel(function, columns, data.y, data.sigma, specs, text, chunk_size)
     theta = problem.initial_theta()
     try:
         check_finite_start(problem.residuals(theta))
@@ -362,7 +384,7 @@ def _result(
         cost = _precise_cost(problem, values, float(r @ r), exact or {})
     else:  # statistics from the combined R: the singular values and V of J (rows never gathered)
         cost, n = shards.sum(float(r @ r)), int(shards.sum(n))
-        jacobian = shards.factor(torch.cat([jacobian, r.unsqueeze(-1)], dim=-1))[:p, :p]
+        jacobian = shards.factor(jacobian)  # R of J over every rank's rows (J, or R when chunked)
     dof = n - p
     absolute = source is not None and source.absolute_sigma
     spread = uncertainty(jacobian, cost, dof, problem.names, absolute=absolute)

@@ -165,3 +165,12 @@ def test_chunks_give_the_same_results(curves):
     for name in NAMES:
         assert_matches_reference(chunked.params[name], whole.params[name], rtol=1e-12, what=name)
     assert customgrad.fit_batch is fit_batch
+
+
+@pytest.mark.gpu
+def test_cuda_batch_matches_cpu(curves):
+    x, y = curves
+    cpu = fit_batch(GAUSSIAN, x, y[:6], params=START)
+    gpu = fit_batch(GAUSSIAN, x, y[:6], params=START, device="cuda")
+    for name in NAMES:
+        assert_matches_reference(gpu.params[name], cpu.params[name], rtol=1e-8, what=name)

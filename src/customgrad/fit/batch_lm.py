@@ -133,7 +133,8 @@ def batch_levenberg_marquardt(
     cost = (r * r).sum(-1)
     state = _initial_state(theta, cost)
     # the big per-problem arrays stay outside the state: gathered only where needed
-    blocks = r.new_zeros(p + 1, batch, r.shape[-1])  # [J | r] as rows: the model's own layout
+    # [J | r] as rows (the model's own layout), in a holder: replaced whole when every problem is fresh
+    blocks = {"rows": r.new_zeros(p + 1, batch, r.shape[-1])}
     residuals = r.clone()
     accepted_log: list[tuple[torch.Tensor, torch.Tensor]] = []
     tolerances = (ftol, xtol, gtol, max_steps, factor)
@@ -214,7 +215,10 @@ def _linearize_fresh(problem, part, index, blocks, residuals, reduce, tolerances
         return
     state = part if len(fresh) == len(index) else part.take(fresh)
     block = problem.augmented(state.theta, index[fresh])
-    blocks[:, index[fresh]] = block.permute(2, 0, 1)
+    if len(fresh) == blocks["rows"].shape[1]:
+        blocks["rows"] = block.permute(2, 0, 1)  # all of them (indices sorted): keep the block, no copy
+    else:
+        blocks["rows"][:, index[fresh]] = block.permute(2, 0, 1)
     reduced = reduce(block)
     state.jacobians = state.jacobians + 1
     state.fresh = torch.zeros_like(state.fresh)
@@ -369,7 +373,7 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list) -> None:
 def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, blocks, residuals) -> torch.Tensor:
     """Half the geodesic acceleration of the problems at ``bent`` (see `lm._half_acceleration`)."""
     rows = index[bent]
-    jacobian = blocks[:-1, rows]  # (p, b, n)
+    jacobian = blocks["rows"][:-1, rows]  # (p, b, n)
     v = velocity[bent]
     r = residuals[rows]
     r_probe = problem.residuals(state.theta[bent] + PROBE * v, rows)

@@ -9,3 +9,5 @@ python3 -m pytest tests/test_function.py tests/test_check.py tests/test_fit_solv
   -o addopts="--strict-markers" 2>&1 | tail -15
 python3 benchmarks/bench_function.py --device cuda --size 10000000 --dtype float32 --repeats 30
 python3 benchmarks/bench_function.py --device cuda --size 10000000 --dtype bfloat16 --repeats 30
+python3 -m pytest tests/test_fit_batch.py -m gpu -q -p no:cacheprovider -o addopts="--strict-markers" 2>&1 | tail -5
+python3 benchmarks/bench_batch.py --device cuda --curves 1000000 --scipy-curves 2000

@@ -7,7 +7,6 @@ errors), converted in one place, `main`; ``--debug`` shows the traceback instead
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -61,8 +60,8 @@ def _add_fit(subparsers) -> None:
     parser.add_argument(
         "--experiment",
         choices=sorted(EXPERIMENTS),
-        default="blog",
-        help="built-in experiment: blog (tan, P2) or tutorial (sin, Legendre P3)",
+        default=None,
+        help="built-in experiment: blog (tan, P2, the default) or tutorial (sin, Legendre P3)",
     )
     parser.add_argument(
         "--steps",
@@ -76,7 +75,9 @@ def _add_fit(subparsers) -> None:
         default=None,
         help="learning rate (default: the experiment's, 1e-6 for blog, 5e-6 for tutorial)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for the random initial parameters")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="built-in experiment: seed for the random initial values (default 0)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the result line")
     parser.add_argument("--json", metavar="PATH", help="write parameters, loss history and settings")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG: data, fitted curve and loss curve")
@@ -111,12 +112,17 @@ def _add_fit(subparsers) -> None:
         default=None,
         help="solver (default lm; without --model/--data and --method: the blog's SGD run)",
     )
-    fitting.add_argument("--loss", choices=["linear", "soft_l1", "huber", "cauchy"], default="linear")
+    fitting.add_argument(
+        "--loss",
+        choices=["linear", "soft_l1", "huber", "cauchy"],
+        default=None,
+        help="rho of the squared residuals (default linear: least squares)",
+    )
     fitting.add_argument(
         "--nan-policy",
         choices=["raise", "omit"],
         default=None,
-        help="rows (--batch: entries) with NaN/inf: stop with an error or drop them (default raise; --batch omit)",
+        help="rows (--batch: entries) with NaN/inf: stop with an error or drop them (default: raise; --batch: omit)",
     )
     batch = parser.add_argument_group("many curves at once (--batch)")
     batch.add_argument(
@@ -136,7 +142,7 @@ def _add_fit(subparsers) -> None:
         "--start",
         type=int,
         choices=[1, 2],
-        default=1,
+        default=None,
         help="NIST files: which certified starting point to use (default 1)",
     )
     fitting.add_argument(
@@ -162,11 +168,14 @@ def _run_fit(args) -> int:
     for option in ("x_values", "csv"):
         if getattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} applies to --batch fits only: add --batch")
-    if args.model is not None or args.data is not None or args.method or args.param or args.bound or args.ci:
+    from .fit.cli_inputs import fit_run
+
+    if fit_run(args) != "experiment":
         return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
     from .plot import check_image_path, check_writable, plot_experiment
     from .progress import progress_bar
+    from .strict_json import write as write_json
 
     experiment = get_experiment(args.experiment)
     json_path = check_writable(args.json, "--json") if args.json else None
@@ -181,18 +190,24 @@ def _run_fit(args) -> int:
 
         run = run_experiment(experiment, steps=steps, learning_rate=args.lr, seed=args.seed, on_step=on_step)
     print(experiment.result_line({k: _tensor(v) for k, v in run.params.items()}))
-    if not args.quiet:
-        print(f"({len(run.losses)} steps in {run.seconds:.2f} s; final loss {run.losses[-1]:.7g})")
+    if not args.quiet and run.diverged_at is None:
+        print(
+            f"(ran its fixed {len(run.losses)} steps of gradient descent in {run.seconds:.2f} s, with no "
+            f"convergence test; final loss {run.losses[-1]:.7g})"
+        )
         if experiment.name == "blog":
             print(explain_blog_fit(run.x, run.y))
     if json_path is not None:
-        json_path.write_text(json.dumps(run.to_dict(), indent=2) + "\n")
+        write_json(json_path, run.to_dict())
         if not args.quiet:
             print(f"wrote {json_path}")
     if plot_path is not None:
         plot_experiment(run, plot_path)
         if not args.quiet:
             print(f"wrote {plot_path}")
+    if run.divergence is not None:
+        print(f"error: {run.divergence}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -214,17 +229,25 @@ def _run_distributed(args) -> int:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend)
+    run = _run_batch_fit if args.batch else _run_checked_model_fit
     try:
         if dist.get_rank() == 0:
-            return _run_batch_fit(args) if args.batch else _run_model_fit(args)
+            return run(args)
         for option in ("json", "csv", "plot"):
             setattr(args, option, None)
         args.quiet = True
         with contextlib.redirect_stdout(io.StringIO()):
-            return _run_batch_fit(args) if args.batch else _run_model_fit(args)
+            return run(args)
     finally:
         if started:
             dist.destroy_process_group()
+
+
+def _run_checked_model_fit(args) -> int:
+    from .fit.cli_inputs import fit_run
+
+    fit_run(args)
+    return _run_model_fit(args)
 
 
 def _run_batch_fit(args) -> int:

@@ -50,6 +50,12 @@ class Shards:
         summed = tensor.cpu().numpy()
         return float(summed) if summed.ndim == 0 else summed
 
+    def minimum(self, value: float) -> float:
+        """The smallest ``value`` over ranks."""
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.MIN)
+        return float(tensor[0])
+
     def factor(self, augmented: torch.Tensor) -> torch.Tensor:
         """R of the rows of every rank's [J | r]: local R's all-gathered and QR-ed again (TSQR)."""
         local = reduce_local(augmented.to(torch.float64)).to(self.device)

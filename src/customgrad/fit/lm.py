@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .statistics import column_norms as safe_column_norms
+
 EPS = float(np.finfo(np.float64).eps)
 TINY = float(np.finfo(np.float64).tiny)
 # Singular values below this share of the largest are left out of Gauss-Newton steps: those directions
@@ -45,6 +47,13 @@ POLISH_SLACK = 1e-14
 # Geodesic acceleration: the probe step h for the second directional derivative (in units of the step)
 # and the largest accepted ratio 2 ||a|| / ||v|| (Transtrum & Sethna's alpha).
 PROBE, ACCELERATION_RATIO = 0.1, 0.75
+# ftol's relative reductions are those of the step the trust region allowed: when the Gauss-Newton
+# step would still remove more than this share of the cost, a tiny reduction means the region is too
+# small (a start 1e160 times off the solution), not that the fit converged.
+UNEXPLOITED_SHARE = 1e-4
+# The first trust radius is at least this share of ||r||: a step of D-norm rho changes the cost by
+# about rho ||r||, and below ~EPS ||r|| no reduction shows in float64 at all (a start 1e160 off).
+VISIBLE_STEP = 1e-8
 
 
 @dataclass
@@ -89,6 +98,8 @@ class DampedStep:
         # Gauss-Newton with the pseudo-inverse: non-identifiable directions left out
         self.gauss_newton = [-u / value if kept else 0.0 for value, u, kept in zip(values, projected, keep)]
         self.gauss_newton_norm = math.sqrt(sum(c * c for c in self.gauss_newton))
+        # ||S c_GN||^2: the cost reduction the linear model promises for the Gauss-Newton step
+        self.gauss_newton_decrease = sum(u * u for u, kept in zip(projected, keep) if kept)
         self.start = 0.0 if all(keep) else EPS * largest**2
 
     def solve(self, radius: float) -> tuple[float, list[float], float, float]:
@@ -168,14 +179,15 @@ def levenberg_marquardt(
         augmented = linearize(theta, r)
         reduced = reduce(augmented)
         jacobians += 1
-        if not np.isfinite(reduced).all():
+        # a cost that overflowed (or NaN) makes every convergence test below pass vacuously
+        if not np.isfinite(reduced).all() or not math.isfinite(cost):
             status = "nonfinite"
             break
         upper, qtr = reduced[:-1, :-1], reduced[:-1, -1]
-        column_norms = np.sqrt(np.einsum("ij,ij->j", upper, upper))
+        column_norms = safe_column_norms(upper)
         if scale is None:
             scale = np.where(column_norms > 0, column_norms, 1.0)
-            radius = factor * _norm(scale * theta_np) or factor
+            radius = max(factor * _norm(scale * theta_np) or factor, VISIBLE_STEP * math.sqrt(cost))
         else:
             scale = np.maximum(scale, column_norms)
         if cost == 0:
@@ -228,11 +240,12 @@ def levenberg_marquardt(
                 history.append(cost)
                 if on_step is not None:
                     on_step(steps, cost)
-            if abs(actual) <= ftol and predicted <= ftol and 0.5 * ratio <= 1:
+            exhausted = 0.5 * ratio <= 1 and damped.gauss_newton_decrease <= UNEXPLOITED_SHARE * cost
+            if abs(actual) <= ftol and predicted <= ftol and exhausted:
                 status = "ftol"
             elif radius <= xtol * theta_norm:
                 status = "xtol"
-            elif (abs(actual) <= EPS and predicted <= EPS and 0.5 * ratio <= 1) or radius <= EPS * theta_norm:
+            elif (abs(actual) <= EPS and predicted <= EPS and exhausted) or radius <= EPS * theta_norm:
                 status = "roundoff"
             elif cost == 0:
                 status = "exact"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..strict_json import dumps, json_ready
 from . import goodness
 
 if TYPE_CHECKING:
@@ -27,7 +27,11 @@ TERMINATION: dict[str, tuple[bool, str]] = {
         "converged: the cost changes by less than 1e-8 (relative) over 10 steps while the "
         "parameters drift along directions the data do not determine",
     ),
-    "completed": (True, "ran the requested number of steps"),
+    "step_limit": (
+        False,
+        "stopped: ran the requested number of steps; this method has no convergence test, so "
+        "convergence is not established (method 'lm' or 'lbfgs' test for it)",
+    ),
     "max_steps": (
         False,
         "stopped: the step limit was reached before convergence; raise max_steps or start closer to the solution",
@@ -35,6 +39,11 @@ TERMINATION: dict[str, tuple[bool, str]] = {
     "nonfinite": (
         False,
         "stopped: the model gave NaN or inf; the best parameters found before that are kept",
+    ),
+    "underflow": (
+        False,
+        "stopped: the squared residuals underflow float64 (residuals below ~1e-154), so the solver saw a "
+        "zero cost; use method 'lm' with the linear loss (it rescales), or rescale the data",
     ),
 }
 
@@ -213,21 +222,10 @@ class FitResult:
         return "\n".join(lines)
 
     def to_dict(self, bands: str | None = None) -> dict:
-        """Everything but the data, as plain JSON-ready values (NaN -> null); profile intervals once
-        computed; with ``bands`` ("confidence" or "prediction"), that band's 2-sigma half-width at the data."""
-
-        def clean(value):
-            if isinstance(value, float):
-                return value if math.isfinite(value) else None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [clean(v) for v in value]
-            if isinstance(value, np.ndarray):
-                return clean(value.tolist())
-            return value
-
-        return clean(
+        """Everything but the data, as plain JSON-ready values (NaN and inf -> null); profile intervals
+        once computed; with ``bands`` ("confidence" or "prediction"), that band's 2-sigma half-width at
+        the data."""
+        return json_ready(
             {
                 "model": self.model,
                 "method": self.method,
@@ -271,7 +269,7 @@ class FitResult:
 
     def to_json(self, path: str | Path | None = None, *, bands: str | None = None) -> str:
         """The result as JSON text (see `to_dict`); also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(bands), indent=2) + "\n"
+        text = dumps(self.to_dict(bands))
         if path is not None:
             Path(path).write_text(text)
         return text

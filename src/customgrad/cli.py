@@ -390,13 +390,21 @@ def _add_check(subparsers) -> None:
         "check",
         help="run the check battery on a custom autograd Function",
         description="Check a custom autograd Function: runs, gradients (first and second order), "
-        "layouts, precision, hygiene, torch.func, torch.compile, lint, determinism. Exit code 0 when "
+        "layouts, precision, hygiene, torch.func, torch.compile, lint, determinism. The Function runs in a "
+        "worker process: one that hangs, exits or crashes is reported, not fatal. Exit code 0 when "
         "nothing failed, 1 when a check failed, 2 for usage errors.",
     )
     parser.add_argument("target", help="path/to/file.py:Name or package.module:Name")
     parser.add_argument("--shapes", help='shapes of the tensor arguments, e.g. "3x4,4" (default: 5 each)')
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-compile", action="store_true", help="skip the (slow) torch.compile check")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time limit of each check (default 60, compile 300); a forward or backward that runs past it "
+        "is stopped and reported",
+    )
     parser.set_defaults(run=_run_check)
 
 
@@ -405,7 +413,7 @@ def _run_check(args) -> int:
     from .check.target import example_inputs, load_target
 
     target = load_target(args.target)
-    report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile)
+    report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile, timeout=args.timeout)
     print(report.to_json() if args.json else report)
     return 0 if report.ok else 1
 

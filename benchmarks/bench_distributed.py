@@ -1,9 +1,11 @@
-"""Data-parallel LM: one fit over N points by 1 process, then by 2 gloo processes (loopback) each holding half.
+"""Data-parallel LM: one fit over N points by 1 process, by 1 process in row chunks, and by 2 gloo processes.
 
-Prints, per process count, the wall time of the fit (slowest rank), the peak resident memory of each
-process above its level after imports, and the largest parameter difference from the 1-process fit.
+Prints, per setting, the wall time of the fit (slowest rank), the peak resident memory of each process
+above its level after imports, and the largest parameter difference from the 1-process fit. The
+2-process run holds half the rows per process; the chunked run builds R over chunks of rows
+(``fit(chunk_size=...)``), so the Jacobian is never held whole.
 
-    PYTHONPATH=src python benchmarks/bench_distributed.py [--points 2000000]
+    PYTHONPATH=src python benchmarks/bench_distributed.py [--points 2000000] [--chunk-size 100000]
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def _worker(rank: int, world: int, port: int, points: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, points: int, out: str, chunk_size: int | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     baseline = _peak_mib()
     x, y = make_data(points)
@@ -48,7 +50,7 @@ def _worker(rank: int, world: int, port: int, points: int, out: str) -> None:
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     begin = time.perf_counter()
-    result = fit(MODEL, x, y, params=START, distributed=world > 1)
+    result = fit(MODEL, x, y, params=START, distributed=world > 1, chunk_size=chunk_size)
     seconds = time.perf_counter() - begin
     record = {
         "seconds": seconds,
@@ -56,7 +58,7 @@ def _worker(rank: int, world: int, port: int, points: int, out: str) -> None:
         "params": result.params,
         "steps": result.jacobians,
     }
-    with open(f"{out}/{world}-{rank}.json", "w") as handle:
+    with open(f"{out}/{world}-{chunk_size}-{rank}.json", "w") as handle:
         json.dump(record, handle)
     if world > 1:
         dist.destroy_process_group()
@@ -71,22 +73,27 @@ def _free_port() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=2_000_000)
+    parser.add_argument("--chunk-size", type=int, default=100_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
         records = {}
-        for world in (1, 2):
-            mp.spawn(_worker, args=(world, _free_port(), args.points, out), nprocs=world, join=True)
-            records[world] = [json.load(open(f"{out}/{world}-{rank}.json")) for rank in range(world)]
-    reference = records[1][0]["params"]
+        for label, world, chunk in (
+            ("1 process", 1, None),
+            ("1, chunked", 1, args.chunk_size),
+            ("2 processes", 2, None),
+        ):
+            mp.spawn(_worker, args=(world, _free_port(), args.points, out, chunk), nprocs=world, join=True)
+            records[label] = [json.load(open(f"{out}/{world}-{chunk}-{rank}.json")) for rank in range(world)]
+    reference = records["1 process"][0]["params"]
     print(f"{args.points} points, model {MODEL}, LM (gloo on loopback, 1 thread per process)")
-    print(f"{'processes':>9s} {'seconds':>8s} {'jacobians':>9s} {'peak MiB per process':>22s} {'max rel. diff':>13s}")
-    for world, ranks in records.items():
+    print(f"{'run':>12s} {'seconds':>8s} {'jacobians':>9s} {'peak MiB per process':>22s} {'max rel. diff':>13s}")
+    for label, ranks in records.items():
         seconds = max(rank["seconds"] for rank in ranks)
         peaks = " ".join(f"{rank['peak_mib']:.0f}" for rank in ranks)
         diff = max(
             abs(rank["params"][name] - reference[name]) / abs(reference[name]) for rank in ranks for name in reference
         )
-        print(f"{world:>9d} {seconds:>8.3f} {ranks[0]['steps']:>9d} {peaks:>22s} {diff:>13.1e}")
+        print(f"{label:>12s} {seconds:>8.3f} {ranks[0]['steps']:>9d} {peaks:>22s} {diff:>13.1e}")
     return 0
 
 

@@ -61,23 +61,37 @@ def main() -> int:
     if args.device != "cpu":
         torch.cuda.synchronize()
     ours = time.perf_counter() - begin
+    begin = time.perf_counter()
+    loose = fit_batch(MODEL, x, y, params=START, device=args.device, ftol=1e-8, xtol=1e-8, gtol=1e-8)
+    if args.device != "cpu":
+        torch.cuda.synchronize()
+    ours_loose = time.perf_counter() - begin
     count = min(args.scipy_curves, args.curves)
     begin = time.perf_counter()
     reference = scipy_loop(x, y[:count])
     theirs = (time.perf_counter() - begin) * args.curves / count
     found = np.stack([batch.params[name][:count] for name in START], axis=1)
     relative = np.abs(found - reference) / np.maximum(np.abs(reference), 1e-12)
+    found_loose = np.stack([loose.params[name][:count] for name in START], axis=1)
+    relative_loose = np.abs(found_loose - reference) / np.maximum(np.abs(reference), 1e-12)
     scipy_cost = ((gaussian(x[None, :], *(reference[:, j : j + 1] for j in range(4))) - y[:count]) ** 2).sum(1)
     print(f"{args.curves} curves x {x.size} points, 4 parameters, on {args.device} ({torch.get_num_threads()} threads)")
     print(f"{'':28s} {'seconds':>9s} {'ms/curve':>9s}")
-    print(f"{'customgrad.fit_batch':28s} {ours:9.3f} {1e3 * ours / args.curves:9.4f}")
+    print(f"{'customgrad.fit_batch':28s} {ours:9.3f} {1e3 * ours / args.curves:9.4f}   (tolerances 1e-15)")
+    print(
+        f"{'  at SciPy tolerances':28s} {ours_loose:9.3f} {1e3 * ours_loose / args.curves:9.4f}   (1e-8, as curve_fit)"
+    )
     print(f"{'SciPy curve_fit loop':28s} {theirs:9.3f} {1e3 * theirs / args.curves:9.4f}   (timed on {count})")
-    print(f"speed-up: {theirs / ours:.1f}x")
+    print(f"speed-up: {theirs / ours:.1f}x (at SciPy's tolerances {theirs / ours_loose:.1f}x)")
     print(batch.summary().splitlines()[1])
     print(
         f"agreement with SciPy on {count} curves: median rel. diff {np.median(relative.max(1)):.1e}, "
         f"{(relative.max(1) < 1e-6).mean():.1%} within 1e-6; our cost <= SciPy's (1 + 1e-9) on "
         f"{(batch.cost[:count] <= scipy_cost * (1 + 1e-9)).mean():.1%}"
+    )
+    print(
+        f"at SciPy's tolerances: median rel. diff {np.median(relative_loose.max(1)):.1e}, "
+        f"{(relative_loose.max(1) < 1e-6).mean():.1%} within 1e-6; converged {loose.success.mean():.1%}"
     )
     return 0
 

@@ -191,3 +191,25 @@ def test_chunks_on_two_ranks_match_one_process(ranks):
     for rank in ranks:
         for name in START:
             assert_matches_reference(rank["chunked"]["ok"][name], single.params[name], rtol=1e-9, what=name)
+
+
+def _dying_worker(rank: int, world: int, port: int, out: str) -> None:
+    from datetime import timedelta
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=20)
+    )
+    if rank == 1:
+        os._exit(0)  # dies before the fit's first collective
+    x, y = data()
+    outcome = _attempt(lambda: fit(GAUSSIAN, x[:50], y[:50], params=START, distributed=True).params)
+    with open(f"{out}/survivor.json", "w") as handle:
+        json.dump(outcome, handle)
+    os._exit(0)  # the group cannot be torn down cleanly without the dead rank
+
+
+def test_a_rank_that_dies_makes_the_others_fail_with_a_message(tmp_path):
+    mp.spawn(_dying_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    outcome = json.loads((tmp_path / "survivor.json").read_text())
+    assert outcome["error"] == "FitError"
+    assert "lost contact with the others" in outcome["message"]

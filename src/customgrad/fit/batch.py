@@ -176,8 +176,7 @@ def _gathered(shards: Shards, outcome: BatchOutcome) -> BatchOutcome:
         "cost": outcome.cost.cpu(),
         "histories": [outcome.history(i) for i in range(len(outcome.status))],
     }
-    parts = [None] * shards.world
-    shards.dist.all_gather_object(parts, local)
+    parts = shards.gather_objects(local)
     device = outcome.theta.device
     counts = torch.cat([part["counts"] for part in parts], dim=1).to(device)
     histories = [history for part in parts for history in part["histories"]]

@@ -16,7 +16,7 @@ import hashlib
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import FitError, UsageError
 from .reduction import reduce_local, reduce_stacked
 
 
@@ -43,24 +43,41 @@ class Shards:
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         self.data_device = device
 
+    def _collective(self, operation, *arguments, **options):
+        """Run a collective; a lost or timed-out rank becomes one `FitError` that says so."""
+        try:
+            return operation(*arguments, **options)
+        except RuntimeError as error:  # gloo/NCCL errors (DistBackendError is a RuntimeError)
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise FitError(
+                f"rank {self.rank} of this distributed fit lost contact with the others (a rank died or did "
+                f"not reach the same step within the process group timeout): {first_line}"
+            ) from None
+
+    def gather_objects(self, value) -> list:
+        """Every rank's ``value`` (any picklable object), in rank order."""
+        parts = [None] * self.world
+        self._collective(self.dist.all_gather_object, parts, value)
+        return parts
+
     def sum(self, value):
         """The sum over ranks of a float or an array (float64)."""
         tensor = torch.as_tensor(np.asarray(value, dtype=np.float64), device=self.device).clone()
-        self.dist.all_reduce(tensor)
+        self._collective(self.dist.all_reduce, tensor)
         summed = tensor.cpu().numpy()
         return float(summed) if summed.ndim == 0 else summed
 
     def minimum(self, value: float) -> float:
         """The smallest ``value`` over ranks."""
         tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.MIN)
+        self._collective(self.dist.all_reduce, tensor, op=self.dist.ReduceOp.MIN)
         return float(tensor[0])
 
     def factor(self, augmented: torch.Tensor) -> torch.Tensor:
         """R of the rows of every rank's [J | r]: local R's all-gathered and QR-ed again (TSQR)."""
         local = reduce_local(augmented.to(torch.float64)).to(self.device)
         gathered = [torch.empty_like(local) for _ in range(self.world)]
-        self.dist.all_gather(gathered, local.contiguous())
+        self._collective(self.dist.all_gather, gathered, local.contiguous())
         return reduce_stacked(gathered)
 
     def raise_together(self, failure: Exception | None, description: str) -> None:
@@ -73,7 +90,7 @@ class Shards:
         failed = self.rank + 1 if failure is not None else 0
         # min and max of the checksum (as min of it and of its negation), and the last failing rank
         values = torch.tensor([digest, -digest, -failed], dtype=torch.int64, device=self.device)
-        self.dist.all_reduce(values, op=self.dist.ReduceOp.MIN)
+        self._collective(self.dist.all_reduce, values, op=self.dist.ReduceOp.MIN)
         if failure is not None:
             raise failure
         if int(values[2]) != 0:
@@ -92,7 +109,7 @@ class Shards:
         """Sum ``leaf.grad`` over ranks (the cost is a sum over all rows)."""
         if leaf.grad is not None:
             grad = leaf.grad.to(self.device)
-            self.dist.all_reduce(grad)
+            self._collective(self.dist.all_reduce, grad)
             leaf.grad.copy_(grad.to(leaf.grad.device))
 
 

@@ -110,7 +110,9 @@ def fit(
     distributed : bool
         Inside an initialised torch.distributed process group: ``x``, ``y`` and ``sigma`` are this
         rank's shard of the rows (possibly none), and every rank gets the fit of all rows (LM: the
-        same steps as one process; gradient solvers: all-reduced gradients). See `distributed`.
+        same steps as one process; gradient solvers: all-reduced gradients). See `distributed`. The
+        result's ``data`` (and what re-evaluates the model: bands, profile intervals) holds this
+        rank's rows only.
     """
     start_time = time.perf_counter()
     dtype, device = _dtype_and_device(dtype, device)

@@ -57,7 +57,7 @@ def fit_batch(
     ----------
     model : str or callable
         As for `fit`: a formula (its generated Jacobian is used), or a callable ``f(x, **params)``
-        of torch ops, called with parameters of shape (curves, 1), pointwise in the data.
+        of torch ops, differentiated by torch.func per curve (vmapped).
     x : array of shape (N,) or (B, N), or dict of str -> such arrays
         The predictor(s): shared by all curves, or one row per curve.
     y : array of shape (B, N)

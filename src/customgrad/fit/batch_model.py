@@ -4,8 +4,10 @@ Every curve has its own parameters theta_b (a row of ``theta``, shape (B, p)) an
 bounds and, when x has shape (N,), the predictor. Entries masked out (NaN/inf in x, y or sigma, or the
 NaN padding of shorter curves) give residual 0 and a zero Jacobian row, so they change neither the
 cost nor R. A formula's Jacobian comes from its generated rows (one call writes f and every df/db_j for
-all curves); a callable's from one backward pass through per-entry copies of the parameters (a model
-pointwise in the data, as for a single fit).
+all curves); a callable's from torch.func (forward mode, vmapped over curves, each curve called with
+scalar parameters as in a single fit: exact for any model), or, for a model whose Functions have no
+forward-mode rules, from one backward pass through per-entry copies of the parameters (exact for a
+model pointwise in the data).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class BatchModel(BatchProblem):
         self.function, self.data, self.y, self.weights, self.mask = function, data, y, weights, mask
         self.specs, self.initial, self.text = specs, initial, text
         self.masked = not bool(mask.all())
+        self.functional = True  # callables: torch.func until a model shows it does not support it
         self.free = [spec for spec in specs if not spec.fixed]
         self.names = tuple(spec.name for spec in self.free)
         self.bounded = [(i, spec) for i, spec in enumerate(self.free) if spec.bounded]
@@ -152,12 +155,40 @@ class BatchModel(BatchProblem):
             out = self.y.new_empty(p + 1, len(index), self.y.shape[-1])
             self.rows(out, *self._arguments(values, index))
         else:
-            out = self._autograd_rows(values, index)
+            out = self._function_rows(values, index)
         block = self._finish(out, index)
         if self.bounded and not external:
             for i, spec in self.bounded:
                 block[i] *= _external_slope(spec, theta[:, i : i + 1])
         return block.permute(1, 2, 0)
+
+    def _function_rows(self, values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """[J | f] rows (p + 1, b, N) of a callable: torch.func (each curve called as in a single fit),
+        or, where the model does not support it, one backward pass through per-entry copies."""
+        if self.functional:
+            try:
+                return self._vmapped_rows(values, index)
+            except Exception:  # noqa: BLE001 - e.g. an autograd Function without forward-mode rules
+                self.functional = False
+        return self._autograd_rows(values, index)
+
+    def _vmapped_rows(self, values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        from torch.func import jacfwd, vmap
+
+        data, _ = self._named(values, index)
+        fixed = {name: value[index][:, 0] for name, value in self.fixed.items()}
+        size = self.y.shape[-1]
+
+        def one_curve(theta, columns, constants):
+            named = {name: theta[j] for j, name in enumerate(self.names)}
+            named.update(constants)
+            f = torch.broadcast_to(self.function(columns, named), (size,))
+            return f, f
+
+        data_dims = {name: None if column.shape[0] == 1 and len(index) != 1 else 0 for name, column in data.items()}
+        shared = {name: column[0] if data_dims[name] is None else column for name, column in data.items()}
+        jacobian, f = vmap(jacfwd(one_curve, has_aux=True), in_dims=(0, data_dims, 0))(values, shared, fixed)
+        return torch.cat([jacobian.permute(2, 0, 1), f.unsqueeze(0)]).contiguous()
 
     def _autograd_rows(self, values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         # per-entry copies of each parameter: d f_bn / d copy_bnj is J[b, n, j] for a pointwise model

@@ -174,3 +174,18 @@ def test_cuda_batch_matches_cpu(curves):
     gpu = fit_batch(GAUSSIAN, x, y[:6], params=START, device="cuda")
     for name in NAMES:
         assert_matches_reference(gpu.params[name], cpu.params[name], rtol=1e-8, what=name)
+
+
+def test_callable_that_mixes_rows_gets_its_exact_jacobian():
+    rng = np.random.default_rng(9)
+    x = np.linspace(0, 2, 40)
+
+    def accumulated(x, a, b):
+        return a * torch.cumsum(torch.exp(-b * x), dim=-1) / x.shape[-1]
+
+    y = np.stack([k * np.cumsum(np.exp(-1.3 * x)) / 40 for k in (1.0, 2.0, 3.0)]) + 0.01 * rng.standard_normal((3, 40))
+    batch = fit_batch(accumulated, x, y, params={"a": 1.0, "b": 1.0})
+    for i in range(3):
+        single = fit(accumulated, x, y[i], params={"a": 1.0, "b": 1.0})
+        for name in ("a", "b"):
+            assert_matches_reference(batch.params[name][i], single.params[name], rtol=1e-8, what=name)

@@ -30,6 +30,8 @@ from .lm import (
     PROBE,
     RANK_TOLERANCE,
     TINY,
+    UNEXPLOITED_SHARE,
+    VISIBLE_STEP,
 )
 from .reduction import reduce_batched
 
@@ -53,6 +55,7 @@ class BatchState:
     products: torch.Tensor  # (B, p) s U^T Q^T r
     gauss_newton: torch.Tensor  # (B, p) V-coordinates of the Gauss-Newton step
     gauss_newton_norm: torch.Tensor  # (B,)
+    gauss_newton_decrease: torch.Tensor  # (B,) ||S c_GN||^2, the reduction the Gauss-Newton step promises
     start: torch.Tensor  # (B,) Hebden's starting lambda
     low_rank: torch.Tensor  # (B,) bool: a direction the data do not determine
     recent: torch.Tensor  # (B, DRIFT_WINDOW + 1) the costs of the last accepted steps
@@ -189,6 +192,7 @@ def _initial_state(theta: torch.Tensor, cost: torch.Tensor) -> BatchState:
         products=zeros(p),
         gauss_newton=zeros(p),
         gauss_newton_norm=zeros(),
+        gauss_newton_decrease=zeros(),
         start=zeros(),
         low_rank=zeros(dtype=torch.bool),
         recent=recent,
@@ -232,8 +236,11 @@ def _linearize_fresh(problem, part, index, blocks, residuals, reduce, tolerances
     state.scale = torch.where(first[:, None], initial_scale, torch.maximum(state.scale, column_norms))
     initial_radius = factor * torch.linalg.vector_norm(state.scale * state.theta, dim=-1)
     initial_radius = torch.where(initial_radius == 0, factor, initial_radius)
+    # at least a step whose effect shows in float64 (see `lm.VISIBLE_STEP`)
+    initial_radius = torch.maximum(initial_radius, VISIBLE_STEP * torch.sqrt(state.cost))
     state.radius = torch.where(first, initial_radius, state.radius)
-    _set_status(state, ~finite, "nonfinite")
+    # a cost that overflowed (or NaN) makes every convergence test pass vacuously
+    _set_status(state, ~finite | ~torch.isfinite(state.cost), "nonfinite")
     _set_status(state, state.cost == 0, "exact")
     # gtol: max_j |J_j^T r| / (||J_j|| ||r||) <= gtol
     gradient = (upper * qtr.unsqueeze(-1)).sum(-2).abs()
@@ -249,6 +256,8 @@ def _linearize_fresh(problem, part, index, blocks, residuals, reduce, tolerances
     state.values, state.vt, state.products = values, vt, products
     state.gauss_newton = torch.where(keep, -products / torch.where(keep, squares, 1.0), 0.0)
     state.gauss_newton_norm = torch.linalg.vector_norm(state.gauss_newton, dim=-1)
+    projected = torch.where(keep, products / torch.where(keep, values, 1.0), 0.0)
+    state.gauss_newton_decrease = (projected * projected).sum(-1)
     state.start = torch.where(keep.all(-1), 0.0, EPS * largest[:, 0] ** 2)
     state.low_rank = values[:, -1] <= RANK_TOLERANCE * values[:, 0]
     state.theta_norm = torch.linalg.vector_norm(state.scale * state.theta, dim=-1)
@@ -316,10 +325,12 @@ def _trial_step(problem, state, index, blocks, residuals, geodesic_acceleration,
     accepted = ratio >= 1e-4
     _accept(state, accepted, trial, cost_trial, r_trial, index, residuals)
     theta_norm = state.theta_norm
-    rule = (abs(actual) <= ftol) & (predicted <= ftol) & (0.5 * ratio <= 1)
+    # a tiny reduction counts only when the Gauss-Newton step has little left to give (`lm.UNEXPLOITED_SHARE`)
+    exhausted = (0.5 * ratio <= 1) & (state.gauss_newton_decrease <= UNEXPLOITED_SHARE * state.cost)
+    rule = (abs(actual) <= ftol) & (predicted <= ftol) & exhausted
     _set_status(state, rule, "ftol")
     _set_status(state, state.radius <= xtol * theta_norm, "xtol")
-    roundoff = ((actual.abs() <= EPS) & (predicted <= EPS) & (0.5 * ratio <= 1)) | (state.radius <= EPS * theta_norm)
+    roundoff = ((actual.abs() <= EPS) & (predicted <= EPS) & exhausted) | (state.radius <= EPS * theta_norm)
     _set_status(state, roundoff, "roundoff")
     _set_status(state, state.cost == 0, "exact")
     drift = state.recent[:, 0] - state.cost <= DRIFT_TOLERANCE * state.cost

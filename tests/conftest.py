@@ -1,5 +1,11 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run in Triton's interpreter; it must be chosen before Triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -9,6 +15,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_folder(tmp_path_factory):
+    """Tests (and the CLI subprocesses they start) use a fresh disk cache, never the user's."""
+    saved = os.environ.get("CUSTOMGRAD_CACHE_DIR")
+    os.environ["CUSTOMGRAD_CACHE_DIR"] = str(tmp_path_factory.mktemp("customgrad-cache"))
+    yield
+    if saved is None:
+        del os.environ["CUSTOMGRAD_CACHE_DIR"]
+    else:
+        os.environ["CUSTOMGRAD_CACHE_DIR"] = saved
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """customgrad: define, check, fit and accelerate custom PyTorch autograd Functions."""
 
+from ._version import __version__
 from .check import CheckReport, CheckResult, check
 from .errors import (
     CheckError,
@@ -18,6 +19,7 @@ from .library import P2, IdentityWithSquareGrad, LegendreP3
 from .registry import REGISTRY
 
 __all__ = [
+    "__version__",
     "EXPERIMENTS",
     "REGISTRY",
     "Formula",
@@ -42,5 +44,3 @@ __all__ = [
     "fit_batch",
     "run_experiment",
 ]
-
-__version__ = "0.1.0"

@@ -418,6 +418,28 @@ def _run_check(args) -> int:
     return 0 if report.ok else 1
 
 
+def _add_cache(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cache",
+        help="show or clear the disk cache of generated code",
+        description="Show (info) or remove (clear) the disk cache of generated code. Its folder: "
+        "$CUSTOMGRAD_CACHE_DIR, else $XDG_CACHE_HOME/customgrad, else ~/.cache/customgrad.",
+    )
+    parser.add_argument("action", choices=["info", "clear"], help="info: folder and entries; clear: remove them")
+    parser.set_defaults(run=_run_cache)
+
+
+def _run_cache(args) -> int:
+    from . import cache
+
+    if args.action == "clear":
+        removed = cache.clear()
+        print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {cache.directory()}")
+    else:
+        print(cache.info())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``customgrad`` argument parser with all its subcommands."""
     parser = _ArgumentParser(prog="customgrad", description="Define, check and fit custom autograd Functions.")
@@ -427,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_derive(subparsers)
     _add_check(subparsers)
     _add_list(subparsers)
+    _add_cache(subparsers)
     return parser
 
 

@@ -26,7 +26,7 @@ def _reduce(gradient, like):
 
 def _helpers() -> str:
     """The runtime helpers generated code calls, copied from their one definition (not re-typed)."""
-    from ..function import _as_tensor_arguments
+    from ..launcher import _as_tensor_arguments
     from .torch import _full
 
     return "\n\n".join(inspect.getsource(helper) for helper in (_as_tensor_arguments, _full)) + "\n" + _REDUCE

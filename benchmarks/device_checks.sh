@@ -9,3 +9,5 @@ python3 -m pytest tests/test_function.py tests/test_backends.py tests/test_check
   -o addopts="--strict-markers" 2>&1 | tail -15
 python3 benchmarks/bench_function.py --device cuda --sizes 1e6 1e7 1e8 --backends eager compile triton auto
 python3 benchmarks/bench_function.py --device cuda --sizes 1e7 --dtype bfloat16 --backends eager triton
+python3 -m pytest tests/test_fit_batch.py -m gpu -q -p no:cacheprovider -o addopts="--strict-markers" 2>&1 | tail -5
+python3 benchmarks/bench_batch.py --device cuda --curves 1000000 --scipy-curves 2000

@@ -37,14 +37,16 @@ _EXPORTS: dict[str, str] = {
     "CheckReport": "check",
     "CheckResult": "check",
     "check": "check",
+    "BatchFitResult": "fit",
     "FitResult": "fit",
     "fit": "fit",
+    "fit_batch": "fit",
 }
 
 if TYPE_CHECKING:
     from .check import CheckReport, CheckResult, check
     from .experiments import EXPERIMENTS, run_experiment
-    from .fit import FitResult, fit
+    from .fit import BatchFitResult, FitResult, fit, fit_batch
     from .formula import Formula, parse_formula
     from .function import function
     from .library import P2, IdentityWithSquareGrad, LegendreP3
@@ -58,6 +60,7 @@ __all__ = [
     "function",
     "parse_formula",
     "P2",
+    "BatchFitResult",
     "CheckError",
     "CheckReport",
     "CheckResult",
@@ -72,6 +75,7 @@ __all__ = [
     "UsageError",
     "check",
     "fit",
+    "fit_batch",
     "run_experiment",
 ]
 

@@ -124,7 +124,21 @@ def _add_fit(subparsers) -> None:
         "--nan-policy",
         choices=["raise", "omit"],
         default=None,
-        help="rows with NaN/inf: stop with an error (raise, the default) or drop them (omit)",
+        help="rows (--batch: entries) with NaN/inf: stop with an error or drop them (default: raise; --batch: omit)",
+    )
+    batch = parser.add_argument_group("many curves at once (--batch)")
+    batch.add_argument(
+        "--batch",
+        action="store_true",
+        help="--data holds one curve per row (first row: the x values, unless --x-values); empty cells end a curve",
+    )
+    batch.add_argument("--x-values", metavar="FILE", help="--batch: the x values, from this file instead")
+    batch.add_argument("--csv", metavar="PATH", help="--batch: write one line of results per curve")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over a torchrun process group (gloo on CPU, NCCL on GPU): each rank fits its share "
+        "of the rows (--batch: of the curves); rank 0 prints and writes",
     )
     fitting.add_argument(
         "--start",
@@ -149,6 +163,13 @@ def _add_fit(subparsers) -> None:
 
 
 def _run_fit(args) -> int:
+    if args.distributed:
+        return _run_distributed(args)
+    if args.batch:
+        return _run_batch_fit(args)
+    for option in ("x_values", "csv"):
+        if getattr(args, option):
+            raise UsageError(f"--{option.replace('_', '-')} applies to --batch fits only: add --batch")
     from .fit.cli_inputs import fit_run
 
     if fit_run(args) != "experiment":
@@ -188,6 +209,73 @@ def _run_fit(args) -> int:
             print(f"wrote {plot_path}")
     if run.divergence is not None:
         print(f"error: {run.divergence}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_distributed(args) -> int:
+    """Join (or start) the torchrun process group, fit, and let only rank 0 print and write files."""
+    import contextlib
+    import io
+
+    import torch
+    import torch.distributed as dist
+
+    if args.data is None:
+        raise UsageError("--distributed needs --data FILE: every rank reads it and fits its share of the rows")
+    started = not dist.is_initialized()
+    if started:
+        if "RANK" not in os.environ:
+            raise UsageError("--distributed runs under torchrun: torchrun --nproc-per-node N -m customgrad fit ...")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    run = _run_batch_fit if args.batch else _run_checked_model_fit
+    try:
+        if dist.get_rank() == 0:
+            return run(args)
+        for option in ("json", "csv", "plot"):
+            setattr(args, option, None)
+        args.quiet = True
+        with contextlib.redirect_stdout(io.StringIO()):
+            return run(args)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _run_checked_model_fit(args) -> int:
+    from .fit.cli_inputs import fit_run
+
+    fit_run(args)
+    return _run_model_fit(args)
+
+
+def _run_batch_fit(args) -> int:
+    from .fit.cli_inputs import batch_inputs
+    from .plot import check_image_path, check_writable
+    from .plot_batch import plot_batch
+
+    paths = {
+        option: check_writable(getattr(args, option), f"--{option}")
+        for option in ("json", "csv")
+        if getattr(args, option)
+    }
+    plot_path = check_image_path(args.plot, "--plot") if args.plot else None
+    result = batch_inputs(args)
+    print(result.summary())
+    writers = {"json": result.to_json, "csv": result.to_csv}
+    for option, path in paths.items():
+        writers[option](path)
+        if not args.quiet:
+            print(f"wrote {path}")
+    if plot_path is not None:
+        plot_batch(result, plot_path)
+        if not args.quiet:
+            print(f"wrote {plot_path}")
+    if not result.success.any():
+        print("error: no curve's fit converged", file=sys.stderr)
         return 1
     return 0
 

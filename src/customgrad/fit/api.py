@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import torch
 
-from ..errors import FitError, UsageError
+from ..errors import CustomgradError, FitError, UsageError
+from .chunked import ChunkedModel
 from .data import prepare_data
+from .distributed import Shards
 from .loss import get_loss, robust_cost, robust_linearization
 from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
@@ -60,7 +62,9 @@ def fit(
     gtol: float = 1e-15,
     on_step: Callable[[int, float], None] | None = None,
     decimal_data: Mapping[str, list[str]] | None = None,
+    distributed: bool = False,
     absolute_sigma: bool = False,
+    chunk_size: int | None = None,
 ) -> FitResult:
     """Fit y ~ model(x; params) by minimising cost = sum rho(((model - y) / sigma)^2).
 
@@ -99,6 +103,16 @@ def fit(
         The data as decimal text (data names and "y"), as files hold it. When float64 rounding would
         swamp the final cost (residuals near 1e-16 of the data), a formula model's cost is
         recomputed from this text in 40-digit arithmetic. The file readers pass it.
+    chunk_size : int, optional
+        Build the Levenberg-Marquardt step from chunks of this many rows (R accumulated by TSQR), so
+        the Jacobian is never held whole: memory O(chunk_size p + n) for long data. Linear loss only;
+        no geodesic acceleration.
+    distributed : bool
+        Inside an initialised torch.distributed process group: ``x``, ``y`` and ``sigma`` are this
+        rank's shard of the rows (possibly none), and every rank gets the fit of all rows (LM: the
+        same steps as one process; gradient solvers: all-reduced gradients). See `distributed`. The
+        result's ``data`` (and what re-evaluates the model: bands, profile intervals) holds this
+        rank's rows only.
     """
     start_time = time.perf_counter()
     dtype, device = _dtype_and_device(dtype, device)
@@ -128,7 +142,9 @@ def fit(
             on_step=on_step,
             decimal_data=decimal_data,
             start_time=start_time,
+            distributed=distributed,
             absolute_sigma=absolute_sigma,
+            chunk_size=chunk_size,
         )
 
 
@@ -186,7 +202,9 @@ def _fit(
     on_step,
     decimal_data,
     start_time,
+    distributed=False,
     absolute_sigma=False,
+    chunk_size=None,
 ) -> FitResult:
     solver = get_solver(method)
     rho = get_loss(loss)
@@ -202,32 +220,41 @@ def _fit(
         raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
     if not isinstance(absolute_sigma, (bool, np.bool_)):
         raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
-    params, ties = split_ties(params, bounds)
-    specs = parameter_specs(params, bounds)
-    data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
-    names = tuple(spec.name for spec in specs)
-    function, text, data_names = ties.build_function(model, tuple(data.x), names, data.x_is_dict)
-    columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
-    problem = Model(function, columns, data.y, data.sigma, specs, text)
-    theta = problem.initial_theta()
+    shards = Shards(device) if distributed else None
+    failure = None
     try:
-        start = problem.residuals(theta)
-        check_finite_start(start)
-    except RuntimeError as error:
-        if isinstance(error, FitError):
+        params, ties = split_ties(params, bounds)
+        specs = parameter_specs(params, bounds)
+        data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device, allow_empty=distributed)
+        problem, theta, start = _problem(model, data, specs, ties, _chunk_size(chunk_size, loss))
+    except CustomgradError as error:
+        if shards is None:
             raise
-        raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
+        failure = error
+    if shards is not None:
+        # every rank learns of any rank's bad input, and of ranks fitting different things: none hangs
+        about = (model if isinstance(model, str) else getattr(model, "__name__", "callable"), params, bounds)
+        columns = sorted(map(str, x)) if isinstance(x, Mapping) else ["x"]
+        options = (method, loss, str(dtype), max_steps, ftol, xtol, gtol, learning_rate, sigma is None)
+        shards.raise_together(
+            failure,
+            f"model {about[0]!r}, params {about[1]!r}, bounds {about[2]!r}, columns {columns}, options {options}",
+        )
+        if data.omitted_rows:
+            data.omitted_rows = []  # row numbers are per shard: not reported
+    agree = (lambda scale: scale) if shards is None else shards.minimum  # one unit for every rank
     # LM on least squares is invariant to a common scale of the residuals: run it in units where
     # the cost neither overflows nor underflows (a robust loss is not, and other solvers' steps are not)
     rescaled = method == "lm" and rho is None
-    units = {"scale": power_of_two_scale(start) if rescaled else 1.0, "steps": 0}
+    units = {"scale": agree(power_of_two_scale(start)) if rescaled else 1.0, "steps": 0}
 
     def residuals(t):
         r = problem.residuals(t)
         return r if units["scale"] == 1.0 else r * units["scale"]
 
     def cost_of(r):
-        return robust_cost(rho, r)
+        cost = robust_cost(rho, r)
+        return cost if shards is None else shards.sum(cost)
 
     def linearize(t, r):
         if rho is None:
@@ -248,7 +275,14 @@ def _fit(
     options = dict(max_steps=max_steps, objective=objective, learning_rate=learning_rate)
     if method == "lm":
         # geodesic acceleration probes residuals(): only where they are the linearised ones
-        options.update(ftol=ftol, xtol=xtol, gtol=gtol, geodesic_acceleration=rho is None)
+        geodesic = rho is None and not isinstance(problem, ChunkedModel)  # needs J row by row
+        options.update(ftol=ftol, xtol=xtol, gtol=gtol, geodesic_acceleration=geodesic)
+        if shards is not None:
+            options.update(reduce=lambda block: shards.factor(block).cpu().numpy(), sum_rows=shards.sum)
+    elif shards is not None:
+        options.update(shards=shards)
+    if shards is not None:
+        progress = progress and shards.rank == 0  # only rank 0 prints
     from ..progress import progress_bar
 
     with progress_bar(max_steps, f"fitting ({method})", enabled=progress) as advance:
@@ -265,21 +299,59 @@ def _fit(
             return solver(residuals, linearize, cost_of, start, on_step=callback, **options)
 
         outcome = run(theta)
-        if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta):
+        if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards):
             retry = solver(residuals, linearize, cost_of, theta, factor=1.0, **options)
             if retry.cost < outcome.cost:
                 retry.evaluations += outcome.evaluations
                 retry.jacobians += outcome.jacobians
                 outcome = retry
         if rescaled:
-            outcome = _in_range(run, problem, units, outcome)
-        elif outcome.cost == 0 and outcome.status != "nonfinite" and bool(problem.residuals(outcome.theta).any()):
+            outcome = _in_range(run, problem, units, outcome, agree)
+        elif outcome.cost == 0 and outcome.status != "nonfinite" and _any_nonzero(problem, outcome.theta, shards):
             outcome.status = "underflow"  # the solver saw a zero cost that is not zero: r^2 underflowed
     exact = None
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}
     source = FitSource(problem, loss, bool(absolute_sigma), data.x_is_dict, ties)
-    return _result(problem, outcome, method, loss, data.omitted_rows, time.perf_counter() - start_time, exact, source)
+    seconds = time.perf_counter() - start_time
+    return _result(problem, outcome, method, loss, data.omitted_rows, seconds, exact, source, shards)
+
+
+def _chunk_size(chunk_size, loss: str) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise UsageError(f"chunk_size must be a positive integer (rows per chunk), got {chunk_size!r}")
+    if loss != "linear":
+        raise UsageError(f"chunk_size needs loss='linear' (a robust loss reweights rows one by one), got {loss!r}")
+    return int(chunk_size)
+
+
+def _problem(model, data, specs, ties, chunk_size: int | None = None) -> tuple[Model, torch.Tensor, torch.Tensor]:
+    """The fit's model over checked data (tied parameters substituted), the initial internal
+    coordinates, and the residuals there."""
+    names = tuple(spec.name for spec in specs)
+    function, text, data_names = ties.build_function(model, tuple(data.x), names, data.x_is_dict)
+    columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
+    if chunk_size is None:
+        problem = Model(function, columns, data.y, data.sigma, specs, text)
+    else:
+        problem = ChunkedModel(function, columns, data.y, data.sigma, specs, text, chunk_size)
+    theta = problem.initial_theta()
+    try:
+        start = problem.residuals(theta)
+        check_finite_start(start)
+    except RuntimeError as error:
+        if isinstance(error, FitError):
+            raise
+        raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
+    return problem, theta, start
+
+
+def _any_nonzero(problem: Model, theta: torch.Tensor, shards: Shards | None) -> bool:
+    """Any residual nonzero, on any rank."""
+    found = float(bool(problem.residuals(theta).any()))
+    return (found if shards is None else shards.sum(found)) > 0
 
 
 _DTYPES = (torch.float64, torch.float32)
@@ -318,7 +390,7 @@ def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
     return dtype, device
 
 
-def _in_range(run: Callable, problem: Model, units: dict, outcome):
+def _in_range(run: Callable, problem: Model, units: dict, outcome, agree: Callable = lambda scale: scale):
     """The outcome with its costs back in the data's units; first, while LM ended where its scaled
     cost is out of squaring range (a start 1e170 times off the data: the residuals shrank by more
     than float64's squares span), restart it from there in new units. The Jacobian count adds up.
@@ -327,7 +399,7 @@ def _in_range(run: Callable, problem: Model, units: dict, outcome):
     for _ in range(_RESTARTS):
         if 2.0**-_SAFE_EXPONENT < outcome.cost < 2.0 ** (2 * _SAFE_EXPONENT) or outcome.status == "nonfinite":
             break
-        scale = power_of_two_scale(problem.residuals(outcome.theta))
+        scale = agree(power_of_two_scale(problem.residuals(outcome.theta)))
         if scale == units["scale"]:
             break
         units["scale"], units["steps"] = scale, units["steps"] + outcome.steps
@@ -355,12 +427,18 @@ def power_of_two_scale(*tensors: torch.Tensor) -> float:
     return 1.0
 
 
-def _saturated(problem: Model, theta: torch.Tensor) -> bool:
-    _, jacobian = problem.jacobian(theta)
+def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> bool:
+    _, jacobian = problem.jacobian(theta)  # (R of J when chunked: the same column norms)
     scale = power_of_two_scale(problem.y)  # norms of data near 1e200 would overflow
     values = problem.external(theta).abs().clamp_min(1.0)
-    sensitivity = torch.linalg.vector_norm(jacobian * scale, dim=0) * values
-    return bool((sensitivity < _SATURATED * torch.linalg.vector_norm(problem.y * scale)).any())
+    if shards is None:
+        sensitivity = torch.linalg.vector_norm(jacobian * scale, dim=0) * values
+        return bool((sensitivity < _SATURATED * torch.linalg.vector_norm(problem.y * scale)).any())
+    scale = shards.minimum(scale)
+    scaled, y = jacobian * scale, problem.y * scale
+    squares = shards.sum(torch.cat([(scaled * scaled).sum(0), (y * y).sum().reshape(1)]).cpu().numpy())
+    sensitivity = torch.as_tensor(np.sqrt(squares[:-1])).to(values) * values
+    return bool((sensitivity < _SATURATED * math.sqrt(squares[-1])).any())
 
 
 def _result(
@@ -372,21 +450,29 @@ def _result(
     seconds: float,
     exact: dict | None,
     source: FitSource | None = None,
+    shards: Shards | None = None,
 ) -> FitResult:
     values = problem.external(outcome.theta)
     r, jacobian = problem.jacobian(values, external=True)
     weighted_y = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
     # statistics in units where the squares stay in range (the covariance does not depend on them)
     scale = power_of_two_scale(r, weighted_y)
-    scaled_cost = float((r * scale) @ (r * scale))
-    cost = _precise_cost(problem, values, scaled_cost / scale / scale, exact or {})
-    if math.isfinite(cost) and cost > 0:
-        scaled_cost = cost * scale * scale
     n, p = problem.size, len(problem.names)
+    if shards is None:
+        scaled_cost = float((r * scale) @ (r * scale))
+        cost = _precise_cost(problem, values, scaled_cost / scale / scale, exact or {})
+        if math.isfinite(cost) and cost > 0:
+            scaled_cost = cost * scale * scale
+        data_norm = float(torch.linalg.vector_norm(weighted_y * scale))
+    else:  # statistics from the combined R: the singular values and V of J (rows never gathered)
+        scale = shards.minimum(scale)
+        sums = shards.sum([float((r * scale) @ (r * scale)), n, float(((weighted_y * scale) ** 2).sum())])
+        scaled_cost, n, data_norm = float(sums[0]), int(sums[1]), math.sqrt(sums[2])
+        cost = scaled_cost / scale / scale
+        jacobian = shards.factor(jacobian * scale) / scale  # R of J over every rank's rows (J, or R when chunked)
     dof = n - p
     absolute = source is not None and source.absolute_sigma
     value_list = values.tolist()
-    data_norm = float(torch.linalg.vector_norm(weighted_y * scale))
     spread = uncertainty(
         jacobian * scale,
         scaled_cost,

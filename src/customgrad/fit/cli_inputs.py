@@ -11,6 +11,9 @@ from pathlib import Path
 
 from ..errors import DataError, UsageError
 from .api import fit, fit_experiment
+from .batch import fit_batch
+from .batch_data import read_curves
+from .batch_result import BatchFitResult
 from .data import read_table
 from .formula_model import formula_model
 from .nist import read_nist
@@ -157,20 +160,24 @@ def fit_inputs(args) -> FitResult:
         max_steps=args.steps,
         learning_rate=args.lr,
         progress=not args.quiet,
-        nan_policy=args.nan_policy,
+        nan_policy=args.nan_policy or "raise",
     )
+    shard = _rows_of_this_rank if getattr(args, "distributed", False) else None
+    if shard is not None:
+        options["distributed"] = True
     if args.data is None:
         return fit_experiment(args.experiment, seed=args.seed, bounds=bounds or None, **options)
     path = Path(args.data)
     if _is_nist(path):
         problem = read_nist(path)
+        x, y, _ = shard(problem.x, problem.y, None) if shard else (problem.x, problem.y, None)
         return fit(
             problem.formula if args.model is None else args.model,
-            problem.x,
-            problem.y,
+            x,
+            y,
             params=params or problem.starts[args.start - 1],
             bounds=bounds or None,
-            decimal_data=None if args.model is not None else problem.decimal,
+            decimal_data=None if args.model is not None or shard else problem.decimal,
             **options,
         )
     if args.model is None:
@@ -187,7 +194,43 @@ def fit_inputs(args) -> FitResult:
     sigma = table.column(args.sigma) if args.sigma else None
     if args.absolute_sigma:
         options["absolute_sigma"] = True
-    return fit(args.model, x, table.column(y_column), params=params, bounds=bounds or None, sigma=sigma, **options)
+    y = table.column(y_column)
+    if shard is not None:
+        x, y, sigma = shard(x, y, sigma)
+    return fit(args.model, x, y, params=params, bounds=bounds or None, sigma=sigma, **options)
+
+
+def _rows_of_this_rank(x, y, sigma):
+    """This process's share of the rows of x (array or dict), y and sigma: consecutive, near-equal sizes."""
+    import torch.distributed as dist
+
+    from .distributed import local_shard
+
+    rows = local_shard(len(y), dist.get_rank(), dist.get_world_size())
+    x = {name: values[rows] for name, values in x.items()} if isinstance(x, dict) else x[rows]
+    return x, y[rows], None if sigma is None else sigma[rows]
+
+
+def batch_inputs(args) -> BatchFitResult:
+    """Run the batch of fits ``customgrad fit --batch`` describes: one curve per row of ``--data``."""
+    if args.data is None or args.model is None:
+        raise UsageError('--batch needs --data FILE (one curve per row) and --model, e.g. --model "a*exp(-b*x)"')
+    if args.method not in (None, "lm") or args.loss not in (None, "linear"):
+        raise UsageError("--batch fits by Levenberg-Marquardt with the linear loss: drop --method/--loss")
+    if not args.param:
+        raise UsageError("give each parameter an initial value with --param NAME=VALUE (e.g. --param a=0 --param b=1)")
+    x, y = read_curves(args.data, args.x_values)
+    return fit_batch(
+        args.model,
+        x,
+        y,
+        params=parse_assignments(args.param, "--param", _number),
+        bounds=parse_assignments(args.bound, "--bound", _bounds) or None,
+        max_steps=args.steps,
+        progress=not args.quiet,
+        nan_policy=args.nan_policy or "omit",
+        distributed=getattr(args, "distributed", False),
+    )
 
 
 def _column_name(table, spec: str) -> str:

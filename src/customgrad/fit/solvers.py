@@ -28,6 +28,7 @@ def _gradient_descent(optimizer_name: str):
         learning_rate: float | None = None,
         on_step: Callable | None = None,
         objective: Callable,
+        shards=None,
         **_,
     ) -> Outcome:
         rate = LEARNING_RATES[optimizer_name] if learning_rate is None else learning_rate
@@ -57,6 +58,9 @@ def _gradient_descent(optimizer_name: str):
                 value = objective(leaf)
                 value.backward()
             evaluations += 1
+            if shards is not None:  # the cost is a sum over every rank's rows: so is its gradient
+                shards.all_reduce_gradient(leaf)
+                value = value.detach().new_tensor(shards.sum(float(value)))
             return value
 
         # adam and sgd have no convergence test: reaching the step limit is all they can report

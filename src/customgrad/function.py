@@ -303,7 +303,14 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
         outputs = jvp_code()(*arguments, *filled)
         return outputs[0] if output_count == 1 else outputs
 
+    def apply(cls, *arguments, **keywords):
+        # torch binds the arguments to forward's signature and would raise a bare TypeError.
+        if len(arguments) > input_count:
+            raise UsageError(f"{arity_message}, got {len(arguments)}")
+        return torch.autograd.Function.apply.__func__(cls, *arguments, **keywords)
+
     namespace = {
+        "apply": classmethod(apply),
         "generate_vmap_rule": True,
         "forward": staticmethod(_with_signature(forward, argument_names)),
         "setup_context": staticmethod(make_setup_context(False)),

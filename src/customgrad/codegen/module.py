@@ -47,16 +47,17 @@ def emit_module(spec: FunctionSpec) -> str:
         raise DeriveError(f"{spec.name} calls a hand-written Function, which a standalone module cannot hold")
     names = list(spec.input_names)
     name = spec.name
-    grad = sympy.Symbol("grad_output", real=True)
+    grad = sympy.Symbol("_grad_output", real=True)  # '_' names never clash with inputs
     backward_outputs = [grad * partial for partial in spec.partials[0]]
     forward_source = function_source(f"_{name}_forward", names, spec.outputs)
     backward_source = function_source(
-        f"_{name}_backward", [*names, "grad_output"], backward_outputs, full_shape=("grad_output",)
+        f"_{name}_backward", [*names, "_grad_output"], backward_outputs, full_shape=("_grad_output",)
     )
     declared = "".join(f"\n    Declared (custom) gradient for {n}: {e}." for n, e in spec.declared.items())
     unpack = ", ".join(names) + ","
     returns = ", ".join(
-        f"_reduce(grads[{i}], {n}) if ctx.needs_input_grad[{i}] and isinstance(ctx.inputs[{i}], torch.Tensor) else None"
+        f"_reduce(_grads[{i}], {n}) if _ctx.needs_input_grad[{i}] and isinstance(_ctx.inputs[{i}], _torch.Tensor) "
+        "else None"
         for i, n in enumerate(names)
     )
     return f'''"""{name}({", ".join(names)}) = {spec.formula or spec.outputs[0]}
@@ -72,6 +73,7 @@ from collections.abc import Sequence
 
 import torch
 
+_torch = torch  # generated code calls _torch: an input may be called torch
 
 {_helpers()}
 
@@ -95,10 +97,10 @@ class {name}(torch.autograd.Function):
         ctx.inputs = [None if isinstance(a, torch.Tensor) else a for a in inputs]
 
     @staticmethod
-    def backward(ctx, grad_output):
-        saved = iter(ctx.saved_tensors)
-        ctx.inputs = [next(saved) if a is None else a for a in ctx.inputs]
-        {unpack} = _as_tensor_arguments(ctx.inputs)
-        grads = _{name}_backward({", ".join(names)}, grad_output)
+    def backward(_ctx, _grad_output):
+        _saved = iter(_ctx.saved_tensors)
+        _ctx.inputs = [next(_saved) if a is None else a for a in _ctx.inputs]
+        {unpack} = _as_tensor_arguments(_ctx.inputs)
+        _grads = _{name}_backward({", ".join(names)}, _grad_output)
         return ({returns},)
 '''

@@ -72,7 +72,7 @@ class NumpyCodePrinter(TorchCodePrinter):
 
     def _print_binary(self, kind: type, args: Sequence[sympy.Expr]) -> str:
         # numpy's binary functions take Python numbers: a plain left fold.
-        call = self.binary_functions[kind]
+        call = self.qualified(self.binary_functions[kind])
         printed = [self._print(arg) for arg in args]
         result = printed[0]
         for item in printed[1:]:
@@ -92,6 +92,6 @@ def _softplus(x):
 
 def compile_numpy(source: str, name: str, filename: str) -> Callable:
     """Compile generated numpy source and return the function it defines."""
-    namespace = {"numpy": numpy, "_sigmoid": _sigmoid, "_softplus": _softplus}
+    namespace = {"_numpy": numpy, "_sigmoid": _sigmoid, "_softplus": _softplus}
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated code, not user text
     return namespace[name]

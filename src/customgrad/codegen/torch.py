@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import sympy
@@ -90,13 +91,24 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
     power = "torch.pow({}, {})"
     calls_registered = True  # registered Functions are callable (torch only)
 
-    def __init__(self, settings=None):
+    def __init__(self, settings=None, *, private_module: bool = True):
         super().__init__({"fully_qualified_modules": True, **(settings or {})})
+        # Generated code calls the module under a private alias (``_torch.exp``): user names never
+        # start with '_', so an input called ``torch`` cannot shadow it. Displayed code keeps ``torch``.
+        self.private_module = private_module
+
+    def qualified(self, name: str) -> str:
+        """A table entry or template such as ``torch.exp`` as generated code calls it (``_torch.exp``)."""
+        if not self.private_module:
+            return name
+        return re.sub(rf"\b{self.module}\.", f"_{self.module}.", name)
 
     # Numbers: plain float literals, which keep the tensor's dtype under torch's promotion rules.
     def _print_constant_value(self, expr) -> str:
         value = float(sympy.N(expr, 17))
-        return repr(value) if math.isfinite(value) else f"float('{value}')"  # exp(800) overflows to inf
+        if math.isfinite(value):
+            return repr(value)
+        return self._print(sympy.oo if value > 0 else -sympy.oo)  # exp(800) overflows to inf
 
     def _print_Integer(self, expr):
         return f"{int(expr)}.0" if abs(int(expr)) < 2**53 else repr(float(expr))
@@ -112,14 +124,15 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
     def _print_Half(self, expr):
         return "0.5"
 
+    # Not float('inf'): an input may be called float.
     def _print_Infinity(self, expr):
-        return "float('inf')"
+        return self.qualified(f"{self.module}.inf")
 
     def _print_NegativeInfinity(self, expr):
-        return "float('-inf')"
+        return f"(-{self.qualified(f'{self.module}.inf')})"
 
     def _print_NaN(self, expr):
-        return "float('nan')"
+        return self.qualified(f"{self.module}.nan")
 
     def _print_Symbol(self, expr):
         return str(expr)
@@ -129,15 +142,15 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
         if not expr.free_symbols:
             return self._print_constant_value(expr)
         if exponent in self.powers:
-            return self.powers[exponent].format(self._print(base))
-        return self.power.format(self._print(base), self._print(exponent))
+            return self.qualified(self.powers[exponent]).format(self._print(base))
+        return self.qualified(self.power).format(self._print(base), self._print(exponent))
 
     def _print_Function(self, expr):
         if not expr.free_symbols:
             return self._print_constant_value(expr)
         kind = type(expr)
         if kind in self.functions:
-            return f"{self.functions[kind]}({', '.join(self._print(arg) for arg in expr.args)})"
+            return f"{self.qualified(self.functions[kind])}({', '.join(self._print(arg) for arg in expr.args)})"
         if kind in self.binary_functions:
             return self._print_binary(kind, expr.args)
         name = getattr(kind, "_customgrad_name", None)
@@ -158,7 +171,7 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
     _print_log = _print_Function
 
     def _print_binary(self, kind: type, args: Sequence[sympy.Expr]) -> str:
-        call = TORCH_BINARY_FUNCTIONS[kind]
+        call = self.qualified(TORCH_BINARY_FUNCTIONS[kind])
         if kind in TORCH_CLAMPS:
             # Fold max(a, b, c, ...) left to right over the tensors, then clamp by the constant (SymPy
             # folds several constants into one).
@@ -167,18 +180,18 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
             for item in tensors[1:]:
                 result = f"{call}({result}, {item})"
             for constant in (arg for arg in args if not arg.free_symbols):
-                result = f"{TORCH_CLAMPS[kind]}({result}, {self._print(constant)})"
+                result = f"{self.qualified(TORCH_CLAMPS[kind])}({result}, {self._print(constant)})"
             return result
         first, second = (self._print(arg) for arg in args)
         if not args[0].free_symbols:
-            first = f"torch.full_like({second}, {first})"
+            first = f"{self.qualified('torch.full_like')}({second}, {first})"
         if not args[1].free_symbols:
-            second = f"torch.full_like({first}, {second})"
+            second = f"{self.qualified('torch.full_like')}({first}, {second})"
         return f"{call}({first}, {second})"
 
     def _print_Heaviside(self, expr):
         # H(z) with H(0) = 1/2, the value SymPy and torch.maximum's tie-splitting use.
-        return f"(0.5 + 0.5 * {self.module}.sign({self._print(expr.args[0])}))"
+        return f"(0.5 + 0.5 * {self.qualified(self.module + '.sign')}({self._print(expr.args[0])}))"
 
     def _print_DiracDelta(self, expr):
         return "0.0"
@@ -190,7 +203,7 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
         # Constants stay Python numbers, which take the other branch's dtype as in torch.where(c, x, 0.0).
         result = self._print(pieces[-1].expr)
         for piece in reversed(pieces[:-1]):
-            result = f"{self.module}.where({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
+            result = f"{self.qualified(self.module + '.where')}({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
         return result
 
     def _print_Relational(self, expr):
@@ -215,13 +228,13 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
 
 
 def print_torch(expr: sympy.Expr) -> str:
-    """The torch source of one expression."""
-    return TorchCodePrinter().doprint(expr)
+    """The torch source of one expression, for display (calls ``torch.*``)."""
+    return TorchCodePrinter(private_module=False).doprint(expr)
 
 
 def runtime_namespace() -> dict:
-    """Names generated code may use: torch and the registered functions."""
-    namespace = {"torch": torch}
+    """Names generated code may use: torch (as ``_torch``) and the registered functions."""
+    namespace = {"_torch": torch}
     for name, entry in REGISTRY.items():
         namespace[f"_registered_{name}"] = entry.function.apply
     return namespace

@@ -43,6 +43,7 @@ def assert_same_as_eager(generated, eager, inputs, what: str) -> None:
 
 # 7. Generated code never shares names with the user's.
 
+
 @pytest.mark.parametrize("names", [("torch", "float"), ("numpy", "Tensor"), ("inf", "nan")])
 def test_inputs_may_be_called_like_modules_and_builtins(names):
     first, second = names
@@ -64,3 +65,106 @@ def test_fit_parameters_may_be_called_torch_and_numpy():
     result = customgrad.fit("torch*exp(-numpy*x)", x=x, y=y, params={"torch": 1, "numpy": 1})
     reference, _ = curve_fit(lambda x, a, k: a * np.exp(-k * x), x, y, p0=[1, 1])
     np.testing.assert_allclose([result.params["torch"], result.params["numpy"]], reference, rtol=1e-6)
+
+
+# 1. Powers: torch's pow backward at x = 0 and x < 0, constant or input exponent.
+
+POWER_POINTS_X = [0.0, 0.0, 0.0, 0.0, 2.0, -2.0, -2.0, 0.5, 3.0]
+POWER_POINTS_N = [0.0, 1.0, 1.5, -1.0, 0.0, 2.0, 1.5, -0.5, 2.5]
+
+
+@pytest.mark.parametrize(
+    ("formula", "eager"),
+    [
+        ("x**n", lambda x, n: torch.pow(x, n)),
+        ("a*x**n + x", lambda a, x, n: a * torch.pow(x, n) + x),
+        ("x**(n - 1)", lambda x, n: torch.pow(x, n - 1)),
+        ("2**n * x", lambda x, n: torch.pow(2.0, n) * x),
+        ("abs(x)**n", lambda x, n: torch.pow(torch.abs(x), n)),
+    ],
+)
+def test_powers_with_an_input_exponent_match_torch_first_order(formula, eager):
+    generated = customgrad.function(formula)
+    values = {"x": POWER_POINTS_X, "n": POWER_POINTS_N, "a": [1.5] * len(POWER_POINTS_X)}
+    inputs = leaves(*(values[name] for name in generated.input_names))
+    named = dict(zip(generated.input_names, inputs, strict=True))
+    for got, want, what in zip(
+        torch.autograd.grad(generated.apply(*inputs).sum(), inputs),
+        torch.autograd.grad(eager(**named).sum(), inputs),
+        generated.input_names,
+        strict=True,
+    ):
+        assert_matches_reference(got, want, rtol=1e-13, atol=1e-300, what=f"d/d{what} of {formula}")
+
+
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 1.5, 2.0, 3.0, -1.0])
+def test_second_derivatives_of_powers_match_torch_where_torch_is_finite(exponent):
+    # torch's own second derivative at x = 0 is NaN in places (autograd through its masked first
+    # derivative meets 0 * log(0)); customgrad differentiates the masked rule, so it agrees elsewhere.
+    generated = customgrad.function("x**n")
+    x, n = leaves([0.0, 1e-200, 0.5, -2.0, 2.0], [exponent] * 5)
+    got = first_and_second(generated.apply, [x, n])
+    want = first_and_second(torch.pow, [x, n])
+    for index, (a, e) in enumerate(zip(got, want, strict=True)):
+        finite = torch.isfinite(e.detach())
+        assert_matches_reference(a.detach()[finite], e.detach()[finite], rtol=1e-12, atol=1e-300, what=f"[{index}]")
+
+
+def test_power_law_from_zero_fits_like_a_python_callable():
+    x = np.linspace(0, 4, 41)
+    y = 2 * x**1.5
+    result = customgrad.fit("a*x**b", x=x, y=y, params={"a": 1, "b": 1})
+    assert result.success, result.message
+    np.testing.assert_allclose([result.params["a"], result.params["b"]], [2.0, 1.5], rtol=1e-6)
+
+
+def test_fit_jacobian_of_a_power_is_finite_at_zero():
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    y = np.array([0.1, 1.9, 2.9, 4.2])
+    reference, _ = curve_fit(lambda x, a, b: a * np.power(x, b), x, y, p0=[1, 1])
+    result = customgrad.fit("a*x**b", x=x, y=y, params={"a": 1, "b": 1})
+    np.testing.assert_allclose([result.params["a"], result.params["b"]], reference, rtol=1e-5)
+
+
+# 2. Ties in min/max: a valid subgradient (non-negative, summing to 1), split evenly.
+
+
+@pytest.mark.parametrize("kind", ["max", "min"])
+@pytest.mark.parametrize("count", [2, 3, 4, 5])
+def test_ties_share_the_gradient_evenly(kind, count):
+    names = ["x", "y", "z", "w", "v"][:count]
+    generated = customgrad.function(f"{kind}({', '.join(names)})")
+    tied = leaves(*[[1.0, 1.0, 2.0]] * count)
+    gradients = torch.stack(torch.autograd.grad(generated.apply(*tied).sum(), tied))
+    assert_matches_reference(gradients[:, :2], torch.full((count, 2), 1.0 / count, dtype=F64), rtol=1e-15)
+    # No tie in the last column: as torch's nested maximum/minimum.
+    reducer = torch.maximum if kind == "max" else torch.minimum
+    distinct = leaves(*[[1.0 + i, 3.0 - i, 0.5 * i] for i in range(count)])
+    assert_same_as_eager(generated.apply, lambda *a: _fold(reducer, a), distinct, f"{kind} without ties")
+
+
+def _fold(reducer, tensors):
+    result = tensors[0]
+    for other in tensors[1:]:
+        result = reducer(result, other)
+    return result
+
+
+def test_a_tie_with_a_constant_counts_the_constant():
+    generated = customgrad.function("max(x, y, 0)")
+    x, y = leaves([0.0, 0.0, 1.0], [0.0, -1.0, 1.0])
+    gx, gy = torch.autograd.grad(generated.apply(x, y).sum(), [x, y])
+    assert gx.tolist() == pytest.approx([1 / 3, 1 / 2, 1 / 2]) and gy.tolist() == pytest.approx([1 / 3, 0, 1 / 2])
+
+
+# 3. atan2 at the origin: 0, as torch.
+
+
+def test_atan2_at_the_origin_has_zero_gradients_like_torch():
+    generated = customgrad.function("atan2(y, x)")
+    y, x = leaves([0.0, 0.0, 1.0, -1.0, 0.0], [0.0, -1.0, 0.0, -1.0, 2.0])
+    got = torch.autograd.grad(generated.apply(y, x).sum(), [y, x])
+    want = torch.autograd.grad(torch.atan2(y, x).sum(), [y, x])
+    for a, e, what in zip(got, want, "yx", strict=True):
+        assert_matches_reference(a, e, rtol=1e-15, what=f"d/d{what}")
+    assert torch.isfinite(torch.stack(first_and_second(generated.apply, [y, x]))).all()

@@ -190,7 +190,7 @@ def test_caret_points_at_the_bad_token_inside_the_formula():
     [
         ("sin(x, y)", "sin() takes 1 argument, got 2"),
         ("atan2(x)", "atan2() takes 2 arguments, got 1"),
-        ("max(x)", "max() takes 2 or more arguments, got 1"),
+        ("max(x)", "max() takes 2 to 16 arguments, got 1"),
         ("where(x > 0, x)", "where() takes 3 arguments, got 2"),
         ("P2(x, y)", "P2() takes 1 argument, got 2"),
         ("exp()", "exp() takes 1 argument, got 0"),
@@ -337,7 +337,7 @@ NUMBERS = st.one_of(
     st.sampled_from(["pi", "E", "0.5", "1e-300", "1e300"]),
 )
 UNARY = sorted(name for name, entry in FUNCTIONS.items() if entry.min_args == 1 and name != "where")
-VARIADIC = sorted(name for name, entry in FUNCTIONS.items() if entry.max_args is None)
+VARIADIC = sorted(name for name, entry in FUNCTIONS.items() if entry.max_args is None or entry.max_args > 3)
 
 
 def _expressions():

@@ -73,7 +73,9 @@ from collections.abc import Sequence
 
 import torch
 
-_torch = torch  # generated code calls _torch: an input may be called torch
+# Generated code calls these aliases: an input may be called torch or functools.
+_torch = torch
+_functools = functools
 
 {_helpers()}
 

@@ -9,12 +9,14 @@ results here, as in torch).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
+from ..formula import recursion_limit
 from ..functions import Round, sigmoid, softplus
 from .torch import TorchCodePrinter
 
@@ -73,11 +75,7 @@ class NumpyCodePrinter(TorchCodePrinter):
     def _print_binary(self, kind: type, args: Sequence[sympy.Expr]) -> str:
         # numpy's binary functions take Python numbers: a plain left fold.
         call = self.qualified(self.binary_functions[kind])
-        printed = [self._print(arg) for arg in args]
-        result = printed[0]
-        for item in printed[1:]:
-            result = f"{call}({result}, {item})"
-        return result
+        return self._fold(call, [self._print(arg) for arg in args])
 
 
 def _sigmoid(x):
@@ -92,6 +90,8 @@ def _softplus(x):
 
 def compile_numpy(source: str, name: str, filename: str) -> Callable:
     """Compile generated numpy source and return the function it defines."""
-    namespace = {"_numpy": numpy, "_sigmoid": _sigmoid, "_softplus": _softplus}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated code, not user text
+    namespace = {"_numpy": numpy, "_functools": functools, "_sigmoid": _sigmoid, "_softplus": _softplus}
+    with recursion_limit():  # a 5000-term sum compiles recursively
+        code = compile(source, filename, "exec")
+    exec(code, namespace)  # noqa: S102 - generated code, not user text
     return namespace[name]

@@ -17,6 +17,7 @@ import torch
 from sympy.codegen.cfunctions import expm1, log1p
 from sympy.printing.pycode import AbstractPythonCodePrinter
 
+from ..formula import recursion_limit
 from ..functions import Round, sigmoid, softplus
 from ..registry import REGISTRY
 
@@ -61,6 +62,9 @@ TORCH_CLAMPS: dict[type, str] = {
     sympy.Max: "torch.clamp_min",
     sympy.Min: "torch.clamp_max",
 }
+
+#: Longest max(a, b, ...) printed as nested calls; longer ones fold with functools.reduce.
+MAX_NESTED_FOLD = 8
 
 _RELATIONS = {
     sympy.StrictLessThan: "<",
@@ -176,9 +180,7 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
             # Fold max(a, b, c, ...) left to right over the tensors, then clamp by the constant (SymPy
             # folds several constants into one).
             tensors = [self._print(arg) for arg in args if arg.free_symbols]
-            result = tensors[0]
-            for item in tensors[1:]:
-                result = f"{call}({result}, {item})"
+            result = self._fold(call, tensors)
             for constant in (arg for arg in args if not arg.free_symbols):
                 result = f"{self.qualified(TORCH_CLAMPS[kind])}({result}, {self._print(constant)})"
             return result
@@ -188,6 +190,16 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
         if not args[1].free_symbols:
             second = f"{self.qualified('torch.full_like')}({first}, {second})"
         return f"{call}({first}, {second})"
+
+    def _fold(self, call: str, printed: Sequence[str]) -> str:
+        """call(call(a, b), c)...: nested while short, a reduce over a flat tuple when long (Python's
+        parser refuses more than 200 nested parentheses)."""
+        if len(printed) > MAX_NESTED_FOLD:
+            return f"_functools.reduce({call}, ({', '.join(printed)}))"
+        result = printed[0]
+        for item in printed[1:]:
+            result = f"{call}({result}, {item})"
+        return result
 
     def _print_Heaviside(self, expr):
         # H(z) with H(0) = 1/2, the value SymPy and torch.maximum's tie-splitting use.
@@ -202,8 +214,9 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
             pieces.append(sympy.functions.elementary.piecewise.ExprCondPair(sympy.nan, sympy.true))
         # Constants stay Python numbers, which take the other branch's dtype as in torch.where(c, x, 0.0).
         result = self._print(pieces[-1].expr)
+        where = self.qualified(f"{self.module}.where")
         for piece in reversed(pieces[:-1]):
-            result = f"{self.qualified(self.module + '.where')}({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
+            result = f"{where}({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
         return result
 
     def _print_Relational(self, expr):
@@ -234,7 +247,7 @@ def print_torch(expr: sympy.Expr) -> str:
 
 def runtime_namespace() -> dict:
     """Names generated code may use: torch (as ``_torch``) and the registered functions."""
-    namespace = {"_torch": torch}
+    namespace = {"_torch": torch, "_functools": functools}
     for name, entry in REGISTRY.items():
         namespace[f"_registered_{name}"] = entry.function.apply
     return namespace
@@ -313,7 +326,9 @@ def compile_source(source: str, name: str, filename: str) -> Callable:
     """Compile generated source and return the function it defines."""
     namespace = runtime_namespace()
     namespace["_full"] = _full
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated code, not user text
+    with recursion_limit():  # a 5000-term sum compiles recursively
+        code = compile(source, filename, "exec")
+    exec(code, namespace)  # noqa: S102 - generated code, not user text
     return namespace[name]
 
 

@@ -168,3 +168,33 @@ def test_atan2_at_the_origin_has_zero_gradients_like_torch():
     for a, e, what in zip(got, want, "yx", strict=True):
         assert_matches_reference(a, e, rtol=1e-15, what=f"d/d{what}")
     assert torch.isfinite(torch.stack(first_and_second(generated.apply, [y, x]))).all()
+
+
+# 4. Half precision: computed in float32 inside the generated code, rounded once.
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    ("formula", "eager", "points"),
+    [
+        ("(x/100)**2", lambda x: (x / 100) ** 2, [300.0, 250.0, -1000.0, 7.0]),
+        ("(x/1000)**3", lambda x: (x / 1000) ** 3, [100.0, 2000.0, -3000.0, 1.5]),
+        ("0.044715*x**3 + x", lambda x: 0.044715 * x**3 + x, [30.0, -20.0, 0.5, 9.0]),
+    ],
+)
+def test_half_precision_is_as_accurate_as_same_dtype_eager(dtype, formula, eager, points):
+    generated = customgrad.function(formula)
+    reference_input = torch.tensor(points, dtype=dtype).to(F64).requires_grad_()  # the same rounded inputs
+    reference = eager(reference_input)
+    (reference_gradient,) = torch.autograd.grad(reference.sum(), reference_input)
+    for fn in (generated.apply, eager):
+        x = torch.tensor(points, dtype=dtype, requires_grad=True)
+        out = fn(x)
+        (gradient,) = torch.autograd.grad(out.sum(), x)
+        assert out.dtype == dtype and gradient.dtype == dtype
+        if fn is eager:
+            continue
+        eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny  # below tiny: subnormal spacing
+        # One rounding of the float32 result: within half an ulp, plus float32's own error.
+        assert_matches_reference(out, reference, rtol=eps, atol=tiny, what=f"{formula} in {dtype}")
+        assert_matches_reference(gradient, reference_gradient, rtol=eps, atol=tiny, what=f"d/dx {formula}")

@@ -27,9 +27,10 @@ def _reduce(gradient, like):
 def _helpers() -> str:
     """The runtime helpers generated code calls, copied from their one definition (not re-typed)."""
     from ..function import _as_tensor_arguments
-    from .torch import _full
+    from .torch import _full, _narrow, _widen
 
-    return "\n\n".join(inspect.getsource(helper) for helper in (_as_tensor_arguments, _full)) + "\n" + _REDUCE
+    helpers = (_as_tensor_arguments, _full, _widen, _narrow)
+    return "\n\n".join(inspect.getsource(helper) for helper in helpers) + "\n" + _REDUCE
 
 
 def check_class_name(name: str, what: str) -> None:

@@ -268,7 +268,10 @@ def function_source(
     an output using one of the ``full_shape`` arguments (known to have that shape: the upstream
     gradients of a backward) has it already. Temporaries are named ``_t0, _t1, ...``.
     """
-    lines = [f"def {name}({', '.join(argument_names)}):"]
+    arguments = ", ".join(argument_names)
+    # float16/bfloat16 are computed in float32 and rounded once at the end, as torch's kernels do
+    # inside one op: rewritten forms such as x**2/10000 for (x/100)**2 would overflow in half.
+    lines = [f"def {name}({arguments}):", f"    {arguments}, _low = _widen({arguments})"]
     if shared:
         temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
         # No "basic" optimizations: they pull out rational content, turning x/200000 + 1 into
@@ -288,7 +291,7 @@ def function_source(
         if isinstance(outputs[index], sympy.Symbol) or not (has_full_shape or all_arguments <= original_symbols):
             text = f"_full({text}, {', '.join(argument_names)})"
         results.append(text)
-    lines.append(f"    return ({', '.join(results)},)")
+    lines.append(f"    return _narrow(({', '.join(results)},), _low)")
     return "\n".join(lines) + "\n"
 
 
@@ -322,10 +325,31 @@ def _full(value, *arguments) -> torch.Tensor:
     return torch.full(shape, value, dtype=dtype, device=tensors[0].device)
 
 
+def _widen(*arguments) -> tuple:
+    """``(*arguments, low)``: when the inputs promote to float16/bfloat16 (``low``), their half
+    tensors as float32; otherwise the arguments unchanged and ``low`` None."""
+    dtypes = [a.dtype for a in arguments if isinstance(a, torch.Tensor)]
+    low = functools.reduce(torch.promote_types, dtypes) if dtypes else None
+    if low not in (torch.float16, torch.bfloat16):
+        return (*arguments, None)
+    widened = [
+        a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) else a
+        for a in arguments
+    ]
+    return (*widened, low)
+
+
+def _narrow(outputs: tuple, low) -> tuple:
+    """Floating ``outputs`` rounded to ``low`` (from `_widen`); unchanged when ``low`` is None."""
+    if low is None:
+        return outputs
+    return tuple(o.to(low) if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o in outputs)
+
+
 def compile_source(source: str, name: str, filename: str) -> Callable:
     """Compile generated source and return the function it defines."""
     namespace = runtime_namespace()
-    namespace["_full"] = _full
+    namespace.update(_full=_full, _widen=_widen, _narrow=_narrow)
     with recursion_limit():  # a 5000-term sum compiles recursively
         code = compile(source, filename, "exec")
     exec(code, namespace)  # noqa: S102 - generated code, not user text

@@ -33,6 +33,36 @@ def _helpers() -> str:
     return "\n\n".join(inspect.getsource(helper) for helper in helpers) + "\n" + _REDUCE
 
 
+class _Masked(sympy.Function):
+    """An input inside a where() branch: its value, with no gradient where the branch is not selected.
+
+    Autograd through plain code multiplies the unselected branch's local derivative (NaN for
+    sqrt(x) at x < 0) by zero, which is NaN; ``where(selected, x, x.detach())`` stops that at the
+    input, so second and higher derivatives agree with customgrad.function's symbolic ones.
+    """
+
+    def _customgrad_torchcode(self, printer):
+        value, selected = (printer._print(argument) for argument in self.args)
+        return f"{printer.qualified('torch.where')}({selected}, {value}, {value}.detach())"
+
+
+def mask_branches(expr: sympy.Expr, selected: tuple = ()) -> sympy.Expr:
+    """``expr`` with every input inside a Piecewise branch wrapped in `_Masked` under the
+    condition that selects the branch (conditions themselves are left as they are)."""
+    if isinstance(expr, sympy.Piecewise):
+        pieces, earlier = [], []
+        for piece in expr.args:
+            chosen = sympy.And(piece.cond, *[sympy.Not(c) for c in earlier])
+            pieces.append((mask_branches(piece.expr, (*selected, chosen)), piece.cond))
+            earlier.append(piece.cond)
+        return sympy.Piecewise(*pieces)
+    if isinstance(expr, sympy.Symbol):
+        return _Masked(expr, sympy.And(*selected)) if selected else expr
+    if not expr.args or not (selected or expr.has(sympy.Piecewise)):
+        return expr
+    return expr.func(*[mask_branches(argument, selected) for argument in expr.args])
+
+
 def check_class_name(name: str, what: str) -> None:
     """Raise `UsageError` unless ``name`` can name a Python class (an identifier, not a keyword)."""
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
@@ -49,7 +79,7 @@ def emit_module(spec: FunctionSpec) -> str:
     names = list(spec.input_names)
     name = spec.name
     grad = sympy.Symbol("_grad_output", real=True)  # '_' names never clash with inputs
-    backward_outputs = [grad * partial for partial in spec.partials[0]]
+    backward_outputs = [mask_branches(grad * partial) for partial in spec.partials[0]]
     forward_source = function_source(f"_{name}_forward", names, spec.outputs)
     backward_source = function_source(
         f"_{name}_backward", [*names, "_grad_output"], backward_outputs, full_shape=("_grad_output",)

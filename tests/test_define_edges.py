@@ -10,8 +10,8 @@ import torch
 from scipy.optimize import curve_fit
 
 import customgrad
-from customgrad.codegen.module import emit_module
 from corpus import CASES as CORPUS
+from customgrad.codegen.module import emit_module
 from reference import assert_matches_reference
 from test_codegen_module import load
 from test_function import derivatives
@@ -248,3 +248,112 @@ def test_emitted_module_agrees_with_the_library_at_every_order_at_edge_points(ca
             what = f"{case.id} order {level} [{index}]"
             assert_matches_reference(a.detach()[finite], e.detach()[finite], rtol=1e-9, atol=1e-12, what=what)
             assert not torch.isfinite(a.detach()[~finite]).any(), f"{what}: finite where the library is not"
+
+
+# 6. Simplifications SymPy makes on parsing are documented, and forward and derivatives agree on them.
+
+
+@pytest.mark.parametrize(
+    ("formula", "point", "value", "slope"),
+    [("x/x", 0.0, 1.0, 0.0), ("exp(log(x))", -1.0, -1.0, 1.0), ("x - x + y", 0.0, 2.0, 0.0)],
+)
+def test_simplified_formulas_are_consistent_in_forward_and_derivatives(formula, point, value, slope):
+    generated = customgrad.function(formula, inputs=["x", "y"])
+    x, y = leaves([point], [2.0])
+    out = generated.apply(x, y)
+    (gradient,) = torch.autograd.grad(out.sum(), x)
+    assert out.item() == value and gradient.item() == slope
+    emitted = load(emit_module(generated.spec), generated.spec.name)
+    assert emitted.apply(x.detach(), y.detach()).item() == value
+
+
+# 8. Formula shapes: long flat chains are accepted, deep nesting is one clear error.
+
+
+def test_a_flat_900_term_sum_parses_and_differentiates():
+    names = [f"x{i}" for i in range(900)]
+    generated = customgrad.function(" + ".join(f"{i % 7 + 1}*{n}" for i, n in enumerate(names)))
+    inputs = [torch.tensor([0.5], dtype=F64, requires_grad=True) for _ in names]
+    gradients = torch.autograd.grad(generated.apply(*inputs).sum(), inputs)
+    assert [g.item() for g in gradients] == [float(i % 7 + 1) for i in range(900)]
+
+
+@pytest.mark.parametrize("operator", ["+", "-", "*", "/"])
+def test_a_chain_as_long_as_the_length_limit_allows_parses(operator):
+    from customgrad.formula import MAX_FORMULA_LENGTH
+
+    count = MAX_FORMULA_LENGTH // 4
+    text = operator.join(["(x+1)"] * 2 + ["y"] * (count - 2))
+    parsed = customgrad.parse_formula(text[:MAX_FORMULA_LENGTH])
+    assert set(parsed.names) == {"x", "y"}
+
+
+def test_a_long_product_of_inputs_matches_eager():
+    generated = customgrad.function("*".join(f"(1 + x{i % 5}/{i + 1})" for i in range(60)))
+    inputs = leaves(*[[0.1 * (i + 1), -0.2] for i in range(5)])
+
+    def eager(*xs):
+        result = torch.ones_like(xs[0])
+        for i in range(60):
+            result = result * (1 + xs[i % 5] / (i + 1))
+        return result
+
+    got = torch.autograd.grad(generated.apply(*inputs).sum(), inputs)
+    want = torch.autograd.grad(eager(*inputs).sum(), inputs)
+    for a, e in zip(got, want, strict=True):
+        assert_matches_reference(a, e, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sin(" * 45 + "x" + ")" * 45,
+        "sin(" * 150 + "x" + ")" * 150,
+        "(" * 250 + "x" + ")" * 250,
+        "x**" * 60 + "x",
+        "-" * 5000 + "x",
+        "where(x > 0, " * 60 + "x" + ", y)" * 60,
+    ],
+    ids=["45 calls", "150 calls", "250 parentheses", "60 powers", "5000 minus", "60 wheres"],
+)
+def test_deep_nesting_is_one_clear_formula_error(text):
+    from customgrad.formula import MAX_NESTING_DEPTH
+
+    with pytest.raises(customgrad.FormulaError, match=f"nested too deeply: the limit is {MAX_NESTING_DEPTH}") as error:
+        customgrad.function(text)
+    assert len(str(error.value)) < 400  # the formula is echoed shortened
+
+
+def test_nesting_up_to_the_limit_defines_and_differentiates_twice():
+    from customgrad.formula import MAX_NESTING_DEPTH
+
+    depth = MAX_NESTING_DEPTH - 1
+    generated = customgrad.function("sin(" * depth + "x" + ")" * depth)
+
+    def eager(x):
+        for _ in range(depth):
+            x = torch.sin(x)
+        return x
+
+    assert_same_as_eager(generated.apply, eager, leaves([0.3, -1.2]), "nested sin")
+
+
+def test_errors_in_long_formulas_quote_a_window_around_the_mistake():
+    text = " + ".join(f"x{i}" for i in range(400)) + " + sinn(y)"
+    with pytest.raises(customgrad.FormulaError) as error:
+        customgrad.parse_formula(text)
+    message = str(error.value)
+    assert "sinn" in message and len(message) < 600 and "…" in message
+
+
+def test_the_derive_command_reports_deep_nesting_without_a_traceback():
+    import subprocess
+    import sys
+
+    text = "sin(" * 150 + "x" + ")" * 150
+    completed = subprocess.run(
+        [sys.executable, "-m", "customgrad", "derive", text], capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.startswith("error: formula") and "nested too deeply" in completed.stderr
+    assert "Traceback" not in completed.stderr and len(completed.stderr) < 400

@@ -3,7 +3,24 @@
 The language: numbers, names, ``pi``, ``E``, ``+ - * / **``, unary minus, parentheses, calls of the
 functions in `customgrad.functions.FUNCTIONS` and of registered functions, comparisons combined with
 ``and``/``or``/``not`` inside ``where(cond, a, b)`` and ``Piecewise((a, cond), ..., (b, True))``.
-Names keep the order of their first appearance, which is the default input order.
+Names keep the order of their first appearance, which is the default input order. A name may be
+any identifier not starting with ``_`` (``torch``, ``float`` and ``numpy`` included).
+
+Limits: at most `MAX_FORMULA_LENGTH` characters; calls, parentheses and operators nested at most
+`MAX_NESTING_DEPTH` levels deep (a flat chain ``a + b - c + ...`` or ``a * b / c`` is one level,
+however long); ``min``/``max`` take at most 16 arguments. Anything beyond is one `FormulaError`.
+
+Simplification: the formula is the SymPy expression it builds, which SymPy simplifies as it is
+built: ``x/x`` is 1 and ``exp(log(x))`` is x everywhere (at 0 and at -1 too, where evaluating the
+text as written would give NaN), ``sqrt(x**2)`` is ``abs(x)``. Forward and every derivative are
+those of the simplified expression, so they always agree with each other.
+
+Derivatives follow torch's backward at the edges (`customgrad.derive.EDGE_RULES`): d/dx x**y is
+y*x**(y-1), 0 where y = 0; d/dy x**y is x**y*log(x), 0 where x = 0 and y >= 0; atan2 has 0
+gradients at the origin; where a partial is 0 by such a rule or by an unselected ``where`` branch,
+it is 0 whatever the rest of the chain rule holds there. At a tie, ``max``/``min`` share the
+gradient equally among the arguments that reach the extreme (constants count): max(x, y, z) at
+x = y = z gives 1/3 each (torch's nested maximum gives 1/4, 1/4, 1/2; both are valid subgradients).
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("dev", print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI", "").lower() in {"1", "true", "yes"} else "dev")
 
+# Without a GPU, Triton kernels run in Triton's interpreter; it must be chosen before Triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -18,6 +22,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_folder(tmp_path_factory):
+    """Tests (and the CLI subprocesses they start) use a fresh disk cache, never the user's."""
+    saved = os.environ.get("CUSTOMGRAD_CACHE_DIR")
+    os.environ["CUSTOMGRAD_CACHE_DIR"] = str(tmp_path_factory.mktemp("customgrad-cache"))
+    yield
+    if saved is None:
+        del os.environ["CUSTOMGRAD_CACHE_DIR"]
+    else:
+        os.environ["CUSTOMGRAD_CACHE_DIR"] = saved
 
 
 @pytest.fixture(autouse=True)

@@ -25,6 +25,7 @@ def test_fit_without_arguments_runs_the_blog_experiment_fixed():
     numbers = result_line.replace("Result: y = ", "").replace("* P2(", "").replace("x +", "").replace(")", "")
     assert len([float(v) for v in numbers.replace("+ ", "").split()]) == 4
     assert "81%" in result.stdout and "re-parametrised quadratic" in result.stdout
+    assert "ran its fixed 2000 steps of gradient descent" in result.stdout and "no convergence test" in result.stdout
     assert result.stderr == ""  # no progress bar when piped
 
 

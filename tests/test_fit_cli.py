@@ -198,8 +198,8 @@ def test_model_nan_during_fit_exits_nonzero_and_keeps_best(tmp_path):
             2,
             "error: --plot: cannot write a figure to",
         ),
-        (["--steps", "3", "--param", "a=1"], 2, "error: --param sets initial values of a --model/--data fit"),
-        (["--steps", "3", "--bound", "a=0:1"], 2, "error: --bound on the built-in experiment needs"),
+        (["--steps", "3", "--param", "a=1"], 2, "error: --param does not apply to the built-in experiment's"),
+        (["--steps", "3", "--bound", "a=0:1"], 2, "error: --bound does not apply to the built-in experiment's"),
     ],
 )
 def test_options_a_new_user_gets_wrong_give_one_line(csv_file, args, code, message):
@@ -217,3 +217,87 @@ def test_a_fit_that_fails_leaves_no_empty_json_or_plot_file(csv_file):
     )
     assert out.returncode == 2 and out.stderr.startswith("error: ")
     assert not json_path.exists() and not plot_path.exists()
+
+
+def strict_json(path):
+    """Parse like a strict JSON parser: NaN / Infinity tokens are an error."""
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+def test_a_diverging_run_says_where_plots_what_is_finite_writes_strict_json_and_exits_1(tmp_path):
+    from test_experiments import eager_blog_losses
+
+    losses = eager_blog_losses(seed=0, steps=10, learning_rate=1.0)
+    first_bad = next(t for t, loss in enumerate(losses) if not np.isfinite(loss))
+    json_path, plot_path = tmp_path / "run.json", tmp_path / "run.png"
+    out = run("--lr", "1", "--steps", "50", "--json", str(json_path), "--plot", str(plot_path))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"error: the run diverged at step {first_bad}:" in out.stderr
+    data = strict_json(json_path)
+    assert data["diverged_at"] == first_bad and len(data["loss_history"]) == first_bad + 1
+    assert data["loss_history"][:first_bad] == pytest.approx(losses[:first_bad], rel=1e-5)
+    assert data["loss_history"][-1] is None
+    assert plot_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_one_point_fit_says_not_identifiable_once(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("x,y\n1,3\n")
+    json_path = tmp_path / "one.json"
+    out = run(
+        "--model", "c + a*exp(-k*x)", "--data", str(path), "--param", "a=1", "--param", "c=1", "--param", "k=1",
+        "--json", str(json_path),
+    )  # fmt: skip
+    assert out.stdout.count("not identifiable") == 1, out.stdout
+    warnings = strict_json(json_path)["warnings"]
+    assert sum("not identifiable" in text for text in warnings) == 1, warnings
+
+
+def test_data_near_1e300_fit_like_lstsq_in_scaled_units(tmp_path):
+    x = np.linspace(0, 1, 11)
+    y_scaled = 0.5 * (1 + x) + 0.01 * np.cos(5 * x)
+    path = tmp_path / "big.csv"
+    path.write_text("x,y\n" + "".join(f"{a!r},{1e300 * b!r}\n" for a, b in zip(x.tolist(), y_scaled.tolist())))
+    json_path = tmp_path / "big.json"
+    out = run("--model", "a*x + c", "--data", str(path), "--param", "a=1", "--param", "c=0", "--json", str(json_path))
+    assert out.returncode == 0, out.stderr
+    data = strict_json(json_path)
+    expected, *_ = np.linalg.lstsq(np.column_stack([x, np.ones_like(x)]), y_scaled, rcond=None)
+    found = np.array([data["params"]["a"], data["params"]["c"]]) / 1e300
+    assert np.allclose(found, expected, rtol=1e-10, atol=0), (found, expected)
+    assert data["success"] and data["cost"] is None and "exceeds float64's range" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--start", "2"], "--start"),
+        (["--seed", "3"], "--seed"),
+        (["--lr", "0.1"], "--lr"),
+        (["--experiment", "tutorial"], "--experiment"),
+        (["--x", "1", "--data", str(NIST / "Misra1a.dat")], "--x"),
+    ],
+)
+def test_an_option_that_does_not_apply_is_refused_naming_it_and_why(csv_file, args, message):
+    table_fit = ["--data", str(csv_file), "--model", "a*time", "--x", "time", "--y", "signal", "--param", "a=1"]
+    arguments = args if "--data" in args else [*args, *table_fit]
+    out = run(*arguments)
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    assert out.stderr.startswith(f"error: {message} does not apply to ") and ": " in out.stderr
+    assert len(out.stderr.splitlines()) == 1
+
+
+def test_a_malformed_formula_is_reported_before_missing_parameters(csv_file):
+    out = run("--model", "__import__('os').system('echo hacked')", "--data", str(csv_file))
+    assert out.returncode == 1 and out.stderr.startswith("error: model: only plain function names can be called")
+    assert "--param" not in out.stderr and "hacked" not in out.stdout
+
+
+def test_a_parameter_named_e_is_told_that_e_is_eulers_number(csv_file):
+    out = run("--model", "E*time", "--data", str(csv_file), "--x", "time", "--y", "signal", "--param", "E=1")
+    assert out.returncode == 2
+    assert "'E' is Euler's number" in out.stderr and "another name, such as 'E0'" in out.stderr

@@ -7,7 +7,6 @@ errors), converted in one place, `main`; ``--debug`` shows the traceback instead
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -61,8 +60,8 @@ def _add_fit(subparsers) -> None:
     parser.add_argument(
         "--experiment",
         choices=sorted(EXPERIMENTS),
-        default="blog",
-        help="built-in experiment: blog (tan, P2) or tutorial (sin, Legendre P3)",
+        default=None,
+        help="built-in experiment: blog (tan, P2, the default) or tutorial (sin, Legendre P3)",
     )
     parser.add_argument(
         "--steps",
@@ -76,7 +75,9 @@ def _add_fit(subparsers) -> None:
         default=None,
         help="learning rate (default: the experiment's, 1e-6 for blog, 5e-6 for tutorial)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for the random initial parameters")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="built-in experiment: seed for the random initial values (default 0)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the result line")
     parser.add_argument("--json", metavar="PATH", help="write parameters, loss history and settings")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG: data, fitted curve and loss curve")
@@ -111,29 +112,70 @@ def _add_fit(subparsers) -> None:
         default=None,
         help="solver (default lm; without --model/--data and --method: the blog's SGD run)",
     )
-    fitting.add_argument("--loss", choices=["linear", "soft_l1", "huber", "cauchy"], default="linear")
+    fitting.add_argument(
+        "--loss",
+        choices=["linear", "soft_l1", "huber", "cauchy"],
+        default=None,
+        help="rho of the squared residuals (default linear: least squares)",
+    )
     fitting.add_argument(
         "--nan-policy",
         choices=["raise", "omit"],
-        default="raise",
-        help="rows with NaN/inf: stop with an error (raise) or drop them (omit)",
+        default=None,
+        help="rows (--batch: entries) with NaN/inf: stop with an error or drop them (default: raise; --batch: omit)",
+    )
+    batch = parser.add_argument_group("many curves at once (--batch)")
+    batch.add_argument(
+        "--batch",
+        action="store_true",
+        help="--data holds one curve per row (first row: the x values, unless --x-values); empty cells end a curve",
+    )
+    batch.add_argument("--x-values", metavar="FILE", help="--batch: the x values, from this file instead")
+    batch.add_argument("--csv", metavar="PATH", help="--batch: write one line of results per curve")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over a torchrun process group (gloo on CPU, NCCL on GPU): each rank fits its share "
+        "of the rows (--batch: of the curves); rank 0 prints and writes",
     )
     fitting.add_argument(
         "--start",
         type=int,
         choices=[1, 2],
-        default=1,
+        default=None,
         help="NIST files: which certified starting point to use (default 1)",
+    )
+    fitting.add_argument(
+        "--absolute-sigma",
+        action="store_true",
+        help="take --sigma as absolute standard deviations (SciPy's absolute_sigma); default: relative",
+    )
+    fitting.add_argument("--ci", action="store_true", help="print profile-likelihood intervals at 1 and 2 sigma")
+    fitting.add_argument(
+        "--bands",
+        choices=["confidence", "prediction"],
+        default=None,
+        help="2-sigma band shaded by --plot and written to --json (default for --plot: confidence)",
     )
     parser.set_defaults(run=_run_fit)
 
 
 def _run_fit(args) -> int:
-    if args.model is not None or args.data is not None or args.method or args.param or args.bound:
+    if args.distributed:
+        return _run_distributed(args)
+    if args.batch:
+        return _run_batch_fit(args)
+    for option in ("x_values", "csv"):
+        if getattr(args, option):
+            raise UsageError(f"--{option.replace('_', '-')} applies to --batch fits only: add --batch")
+    from .fit.cli_inputs import fit_run
+
+    if fit_run(args) != "experiment":
         return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
     from .plot import check_image_path, check_writable, plot_experiment
     from .progress import progress_bar
+    from .strict_json import write as write_json
 
     experiment = get_experiment(args.experiment)
     json_path = check_writable(args.json, "--json") if args.json else None
@@ -148,18 +190,91 @@ def _run_fit(args) -> int:
 
         run = run_experiment(experiment, steps=steps, learning_rate=args.lr, seed=args.seed, on_step=on_step)
     print(experiment.result_line({k: _tensor(v) for k, v in run.params.items()}))
-    if not args.quiet:
-        print(f"({len(run.losses)} steps in {run.seconds:.2f} s; final loss {run.losses[-1]:.7g})")
+    if not args.quiet and run.diverged_at is None:
+        print(
+            f"(ran its fixed {len(run.losses)} steps of gradient descent in {run.seconds:.2f} s, with no "
+            f"convergence test; final loss {run.losses[-1]:.7g})"
+        )
         if experiment.name == "blog":
             print(explain_blog_fit(run.x, run.y))
     if json_path is not None:
-        json_path.write_text(json.dumps(run.to_dict(), indent=2) + "\n")
+        write_json(json_path, run.to_dict())
         if not args.quiet:
             print(f"wrote {json_path}")
     if plot_path is not None:
         plot_experiment(run, plot_path)
         if not args.quiet:
             print(f"wrote {plot_path}")
+    if run.divergence is not None:
+        print(f"error: {run.divergence}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_distributed(args) -> int:
+    """Join (or start) the torchrun process group, fit, and let only rank 0 print and write files."""
+    import contextlib
+    import io
+
+    import torch
+    import torch.distributed as dist
+
+    if args.data is None:
+        raise UsageError("--distributed needs --data FILE: every rank reads it and fits its share of the rows")
+    started = not dist.is_initialized()
+    if started:
+        if "RANK" not in os.environ:
+            raise UsageError("--distributed runs under torchrun: torchrun --nproc-per-node N -m customgrad fit ...")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    run = _run_batch_fit if args.batch else _run_checked_model_fit
+    try:
+        if dist.get_rank() == 0:
+            return run(args)
+        for option in ("json", "csv", "plot"):
+            setattr(args, option, None)
+        args.quiet = True
+        with contextlib.redirect_stdout(io.StringIO()):
+            return run(args)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _run_checked_model_fit(args) -> int:
+    from .fit.cli_inputs import fit_run
+
+    fit_run(args)
+    return _run_model_fit(args)
+
+
+def _run_batch_fit(args) -> int:
+    from .fit.cli_inputs import batch_inputs
+    from .plot import check_image_path, check_writable
+    from .plot_batch import plot_batch
+
+    paths = {
+        option: check_writable(getattr(args, option), f"--{option}")
+        for option in ("json", "csv")
+        if getattr(args, option)
+    }
+    plot_path = check_image_path(args.plot, "--plot") if args.plot else None
+    result = batch_inputs(args)
+    print(result.summary())
+    writers = {"json": result.to_json, "csv": result.to_csv}
+    for option, path in paths.items():
+        writers[option](path)
+        if not args.quiet:
+            print(f"wrote {path}")
+    if plot_path is not None:
+        plot_batch(result, plot_path)
+        if not args.quiet:
+            print(f"wrote {plot_path}")
+    if not result.success.any():
+        print("error: no curve's fit converged", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -170,16 +285,22 @@ def _run_model_fit(args) -> int:
     json_path = check_writable(args.json, "--json") if args.json else None
     plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     result = fit_inputs(args)
+    if args.ci and result.success:
+        result.conf_interval((1, 2), progress=not args.quiet)
     if args.quiet:
         print(" ".join(f"{name}={value!r}" for name, value in result.params.items()))
     else:
-        print(result.report())
+        print(result.report(ci=args.ci and result.success))
+    if args.quiet and args.ci and result.success:
+        from .fit.profile import interval_table
+
+        print("\n".join(interval_table(result)))
     if json_path is not None:
-        result.to_json(json_path)
+        result.to_json(json_path, bands=args.bands)
         if not args.quiet:
             print(f"wrote {json_path}")
     if plot_path is not None:
-        result.plot(plot_path)
+        result.plot(plot_path, bands=args.bands or "confidence")
         if not args.quiet:
             print(f"wrote {plot_path}")
     if not result.success:
@@ -269,13 +390,21 @@ def _add_check(subparsers) -> None:
         "check",
         help="run the check battery on a custom autograd Function",
         description="Check a custom autograd Function: runs, gradients (first and second order), "
-        "layouts, precision, hygiene, torch.func, torch.compile, lint, determinism. Exit code 0 when "
+        "layouts, precision, hygiene, torch.func, torch.compile, lint, determinism. The Function runs in a "
+        "worker process: one that hangs, exits or crashes is reported, not fatal. Exit code 0 when "
         "nothing failed, 1 when a check failed, 2 for usage errors.",
     )
     parser.add_argument("target", help="path/to/file.py:Name or package.module:Name")
     parser.add_argument("--shapes", help='shapes of the tensor arguments, e.g. "3x4,4" (default: 5 each)')
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-compile", action="store_true", help="skip the (slow) torch.compile check")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time limit of each check (default 60, compile 300); a forward or backward that runs past it "
+        "is stopped and reported",
+    )
     parser.set_defaults(run=_run_check)
 
 
@@ -284,9 +413,31 @@ def _run_check(args) -> int:
     from .check.target import example_inputs, load_target
 
     target = load_target(args.target)
-    report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile)
+    report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile, timeout=args.timeout)
     print(report.to_json() if args.json else report)
     return 0 if report.ok else 1
+
+
+def _add_cache(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cache",
+        help="show or clear the disk cache of generated code",
+        description="Show (info) or remove (clear) the disk cache of generated code. Its folder: "
+        "$CUSTOMGRAD_CACHE_DIR, else $XDG_CACHE_HOME/customgrad, else ~/.cache/customgrad.",
+    )
+    parser.add_argument("action", choices=["info", "clear"], help="info: folder and entries; clear: remove them")
+    parser.set_defaults(run=_run_cache)
+
+
+def _run_cache(args) -> int:
+    from . import cache
+
+    if args.action == "clear":
+        removed = cache.clear()
+        print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {cache.directory()}")
+    else:
+        print(cache.info())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_derive(subparsers)
     _add_check(subparsers)
     _add_list(subparsers)
+    _add_cache(subparsers)
     return parser
 
 

@@ -324,3 +324,26 @@ def derive_spec(
         formula=formula,
         full_shape=tuple(full_shape),
     )
+
+
+def backward_spec(spec: FunctionSpec, needed: tuple[int, ...], level: int) -> tuple[FunctionSpec, list[int]]:
+    """The spec of the backward for the ``needed`` inputs: sum_k g_k * d out_k / d x_i for each needed i.
+
+    One spec per needs-input-grad mask, so one kernel computes every requested gradient in one pass.
+    Its inputs are the inputs those partials use (positions returned) followed by one upstream
+    gradient per output, named ``_g<level>_<k>`` (fresh per level: a nested backward takes earlier
+    gradients as inputs).
+    """
+    grads = tuple(sympy.Symbol(f"_g{level}_{k}", real=True) for k in range(len(spec.outputs)))
+    outputs = tuple(sympy.Add(*[g * row[i] for g, row in zip(grads, spec.partials, strict=True)]) for i in needed)
+    used = sorted(set().union(*(spec.needs[i] for i in needed)))
+    inputs = tuple(spec.inputs[j] for j in used) + grads
+    backward = derive_spec(f"{spec.name}_backward", inputs, outputs, full_shape=tuple(g.name for g in grads))
+    return backward, used
+
+
+def jvp_spec(spec: FunctionSpec) -> FunctionSpec:
+    """The spec of forward mode: sum_i d out_k / d x_i * t_i over the inputs then one tangent per input."""
+    tangents = tuple(sympy.Symbol(f"_tangent{i}", real=True) for i in range(len(spec.inputs)))  # not _t*: CSE
+    outputs = tuple(sympy.Add(*[t * row[i] for i, t in enumerate(tangents)]) for row in spec.partials)
+    return derive_spec(f"{spec.name}_jvp", spec.inputs + tangents, outputs)

@@ -33,3 +33,11 @@ class FitError(RuntimeError, CustomgradError):
 
 class CheckError(RuntimeError, CustomgradError):
     """The check battery cannot run on what it was given (not a failed check: those go in the report)."""
+
+
+class CacheWarning(UserWarning):
+    """The disk cache cannot be used (for example its folder is read-only); work continues in memory."""
+
+
+class BackendError(RuntimeError, CustomgradError):
+    """A kernel backend cannot run here (no compiler, no Triton, wrong device) or cannot print a function."""

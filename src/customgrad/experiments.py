@@ -16,6 +16,7 @@ import torch
 
 from .errors import UsageError
 from .library import P2, LegendreP3
+from .strict_json import json_ready
 
 Params = dict[str, torch.Tensor]
 
@@ -113,19 +114,35 @@ class ExperimentRun:
     x: torch.Tensor = field(repr=False)
     y: torch.Tensor = field(repr=False)
     fitted: torch.Tensor = field(repr=False)
+    # The step (numbered as the log is) whose loss was NaN or inf, where the run stopped; None if none.
+    diverged_at: int | None = None
+
+    @property
+    def divergence(self) -> str | None:
+        """Why the run stopped early, in words (None when it ran all its steps)."""
+        if self.diverged_at is None:
+            return None
+        rate = self.settings["learning_rate"]
+        return (
+            f"the run diverged at step {self.diverged_at}: the loss became {self.losses[-1]} "
+            f"(learning rate {rate:g}; the experiment's own is {self.experiment.learning_rate:g}: try a smaller --lr)"
+        )
 
     def to_dict(self) -> dict:
-        """Parameters, loss history and settings, ready for JSON."""
-        return {
-            "experiment": self.experiment.name,
-            "model": self.experiment.description,
-            "settings": self.settings,
-            "params": self.params,
-            "final_loss": self.losses[-1] if self.losses else None,
-            "logged_losses": [{"step": t, "loss": loss} for t, loss in self.logged],
-            "loss_history": self.losses,
-            "seconds": self.seconds,
-        }
+        """Parameters, loss history and settings, ready for strict JSON (NaN and inf as None)."""
+        return json_ready(
+            {
+                "experiment": self.experiment.name,
+                "model": self.experiment.description,
+                "settings": self.settings,
+                "params": self.params,
+                "final_loss": self.losses[-1] if self.losses else None,
+                "diverged_at": self.diverged_at,
+                "logged_losses": [{"step": t, "loss": loss} for t, loss in self.logged],
+                "loss_history": self.losses,
+                "seconds": self.seconds,
+            }
+        )
 
 
 def run_experiment(
@@ -150,6 +167,9 @@ def run_experiment(
         Seed of ``torch.manual_seed`` before the random initial values are drawn.
     on_step : callable, optional
         Called as ``on_step(t, loss)`` after every step (progress bars, logging).
+
+    A step whose loss is NaN or inf ends the run there (`ExperimentRun.diverged_at`): no step after
+    it could be finite again.
     """
     steps = experiment.steps if steps is None else steps
     learning_rate = experiment.learning_rate if learning_rate is None else learning_rate
@@ -164,6 +184,7 @@ def run_experiment(
     losses: list[float] = []
     logged: list[tuple[int, float]] = []
     start = time.perf_counter()
+    diverged_at = None
     for t in range(steps):
         y_pred = experiment.model(params, x)
         loss = (y_pred - y).pow(2).sum()
@@ -171,6 +192,9 @@ def run_experiment(
         losses.append(loss_value)
         if t % experiment.log_every == experiment.log_every - 1:
             logged.append((t, loss_value))
+        if not math.isfinite(loss_value):
+            diverged_at = t
+            break
         loss.backward()
         with torch.no_grad():
             for value in params.values():
@@ -198,6 +222,7 @@ def run_experiment(
         x=x,
         y=y,
         fitted=fitted,
+        diverged_at=diverged_at,
     )
 
 

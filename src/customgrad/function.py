@@ -14,22 +14,22 @@ compiles with ``fullgraph=True``) and ``cls.forward_ad`` (defines ``jvp``; use i
 
 from __future__ import annotations
 
-import functools
 import itertools
 import keyword
 import math
 import numbers
-import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import sympy
 import torch
-from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
-from .codegen.torch import compile_source, function_source, torch_callable
-from .derive import FunctionSpec, derive_spec
-from .errors import FormulaError, UsageError
+from .backends import build_kernel, check_backend_name, check_device
+from .backends.eager import python_name as _python_name
+from .codegen.torch import torch_callable
+from .derive import FunctionSpec, backward_spec, derive_spec, jvp_spec
+from .errors import BackendError, FormulaError, UsageError
 from .formula import parse_formula, shorten, symbol
+from .launcher import _as_tensor_arguments, broadcast_error, checked_arguments, promoted_dtype, reduce_gradient
 from .registry import check_function_name, register
 
 _counter = itertools.count()
@@ -43,89 +43,6 @@ def _call_apply(cls, *args, **kwargs):
     exactly ``FunctionMeta``; so compiled code must call ``P2.apply(x)``.
     """
     return cls.apply(*args, **kwargs)
-
-
-def _checked_arguments(arguments: Sequence, names: Sequence[str], function_name: str) -> list:
-    """The call's arguments if each is a real tensor or a real Python number (numpy scalars become
-    Python numbers); anything else is a `UsageError` naming the input."""
-    checked = list(arguments)
-    for position, (name, value) in enumerate(zip(names, arguments, strict=False)):
-        if isinstance(value, torch.Tensor):
-            if value.is_complex():
-                raise UsageError(
-                    f"{function_name}: input {name!r} is a {value.dtype} tensor, but formulas are "
-                    "real-valued: pass the real and imaginary parts (x.real, x.imag) as real tensors"
-                )
-            continue
-        if isinstance(value, (bool, int, float)) and type(value) in (bool, int, float):
-            number = value
-        elif isinstance(value, numbers.Real):  # numpy scalars
-            number = int(value) if isinstance(value, numbers.Integral) else float(value)
-        else:
-            hint = (
-                " (convert it with torch.as_tensor(...))"
-                if isinstance(value, (list, tuple)) or hasattr(value, "__array__")
-                else ""
-            )
-            raise UsageError(
-                f"{function_name}: input {name!r} must be a tensor or a real Python number, "
-                f"got {type(value).__name__}{hint}"
-            )
-        if isinstance(number, int) and not isinstance(number, bool):
-            try:
-                float(number)
-            except OverflowError:
-                raise UsageError(
-                    f"{function_name}: input {name!r} is an integer with {len(str(abs(number)))} "
-                    "digits, too large for a floating-point tensor"
-                ) from None
-        checked[position] = number
-    return checked
-
-
-def _broadcast_error(arguments: Sequence, names: Sequence[str], function_name: str) -> UsageError | None:
-    """A `UsageError` naming the inputs and their shapes when the tensor inputs do not broadcast."""
-    shapes = [(name, tuple(a.shape)) for name, a in zip(names, arguments, strict=False) if isinstance(a, torch.Tensor)]
-    try:
-        torch.broadcast_shapes(*(shape for _, shape in shapes))
-    except RuntimeError:
-        listed = ", ".join(f"{name} {shape}" for name, shape in shapes)
-        return UsageError(
-            f"{function_name}: the shapes of the inputs do not broadcast together ({listed}): "
-            "each dimension must match or be 1 (torch broadcasting rules)"
-        )
-    return None
-
-
-def _as_tensor_arguments(arguments: Sequence) -> list:
-    """Numbers become tensors in the dtype and on the device of the first tensor (torch's rule for
-    Python scalars); when there is no tensor at all, the default dtype on the CPU."""
-    if all(isinstance(a, torch.Tensor) for a in arguments):
-        return list(arguments)
-    reference = next((a for a in arguments if isinstance(a, torch.Tensor)), None)
-    if reference is None:
-        dtype, device = torch.get_default_dtype(), None
-    else:
-        dtype = reference.dtype if reference.is_floating_point() else torch.get_default_dtype()
-        device = reference.device
-    return [a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=dtype, device=device) for a in arguments]
-
-
-def _promoted_dtype(arguments: Sequence) -> torch.dtype:
-    """The dtype torch's type promotion gives an elementwise op of ``arguments`` (tensors and numbers)."""
-    first = arguments[0]
-    if isinstance(first, torch.Tensor) and all(
-        isinstance(a, torch.Tensor) and a.dtype == first.dtype for a in arguments
-    ):
-        return first.dtype
-    if torch.compiler.is_compiling():
-        # elementwise_dtypes is not traceable by Dynamo before torch 2.13: let torch promote empty
-        # stand-ins (same dtype and dimensionality) instead, which follows the same rules.
-        tensors = [a for a in arguments if isinstance(a, torch.Tensor)]
-        numbers = [a for a in arguments if not isinstance(a, torch.Tensor)]
-        probes = [torch.empty((0,) if t.dim() else (), dtype=t.dtype, device=t.device) for t in tensors]
-        return functools.reduce(torch.add, [*probes, *numbers]).dtype
-    return elementwise_dtypes(*arguments, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT)[1]
 
 
 def _with_signature(function, names: Sequence[str]):
@@ -156,73 +73,181 @@ def _eager_twin(spec: FunctionSpec):
     return _with_signature(eager, spec.input_names)
 
 
-def _python_name(name: str) -> str:
-    cleaned = re.sub(r"\W", "_", name)
-    return cleaned if cleaned.isidentifier() else f"_{cleaned}"
+def _launch(kernel, arguments: Sequence, argument_names: Sequence[str], function_name: str, backend: str) -> tuple:
+    """Run a kernel on checked arguments: numbers become tensors, broadcast errors name the inputs,
+    outputs get the dtype torch's promotion gives the inputs."""
+    arguments = checked_arguments(arguments, argument_names, function_name)
+    tensors = _as_tensor_arguments(arguments)
+    check_device(backend, tensors, function_name)
+    if torch.compiler.is_compiling():
+        outputs = kernel(*tensors)
+    else:
+        try:
+            outputs = kernel(*tensors)
+        except RuntimeError as failure:
+            error = broadcast_error(tensors, argument_names, function_name)
+            if error is None or isinstance(failure, BackendError):
+                raise
+            raise error from None
+    # Constant-valued pieces (where(x > 0, 1, -1)) come out in the default dtype: give every
+    # output the dtype torch's promotion gives the inputs, as a torch expression of them would.
+    dtype = promoted_dtype(arguments)
+    if dtype.is_floating_point:
+        outputs = tuple(o.to(dtype) if o.dtype != dtype and o.is_floating_point() else o for o in outputs)
+    return outputs
 
 
-def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[torch.autograd.Function]:
-    """Generate the autograd Function (and its ``forward_ad`` variant) for ``spec``.
+class _Backwards:
+    """The backward Functions of one spec, one per needs-input-grad mask, generated on first use.
+
+    The backward for ``needed`` computes sum_k g_k * d out_k / d x_i for every needed i in one
+    kernel of the same backend; its own backward (second order and up) runs ``higher_backend``.
+    """
+
+    def __init__(self, spec: FunctionSpec, backend: str, higher_backend: str):
+        self.spec, self.backend, self.higher_backend = spec, backend, higher_backend
+        self.cache: dict[tuple[int, ...], tuple[type, list[int]]] = {}
+
+    def __call__(self, needed: tuple[int, ...]) -> tuple[type, list[int]]:
+        if needed not in self.cache:
+            backward, used = backward_spec(self.spec, needed, next(_counter))
+            function = build_function(
+                backward, eager_backward=False, backend=self.backend, higher_backend=self.higher_backend
+            )
+            self.cache[needed] = (function, used)
+        return self.cache[needed]
+
+
+def build_function(
+    spec: FunctionSpec, *, eager_backward: bool = True, backend: str = "eager", higher_backend: str | None = None
+) -> type[torch.autograd.Function]:
+    """Generate the autograd Function (and its ``forward_ad`` variant) for ``spec`` on ``backend``.
 
     With ``eager_backward`` the backward Function for all inputs is generated now, so that
     ``torch.compile`` can trace the backward without running SymPy; otherwise every backward
-    Function (one per set of inputs that need a gradient) is generated on first use.
+    Function (one per set of inputs that need a gradient) is generated on first use. The first
+    backward runs on ``backend``; the backwards of backwards on ``higher_backend`` (default: eager
+    for the fused backends, whose compile cost would buy little at second order).
     """
+    if higher_backend is None:
+        higher_backend = backend if backend in ("eager", "compile") else "eager"
     input_count = len(spec.inputs)
-    output_count = len(spec.outputs)
-    argument_names = [s.name for s in spec.inputs]
-    python_name = _python_name(spec.name)
-    source = function_source(f"{python_name}_forward", argument_names, spec.outputs, full_shape=spec.full_shape)
-    forward_code = compile_source(source, f"{python_name}_forward", f"<customgrad {spec.name} forward>")
-    backward_cache: dict[tuple[int, ...], tuple[type, list[int]]] = {}
+    argument_names = list(spec.input_names)
+    kernel = build_kernel(backend, spec)
+    backward_function = _Backwards(spec, higher_backend if not eager_backward else backend, higher_backend)
     all_inputs = tuple(range(input_count))
-
-    def backward_function(needed: tuple[int, ...]) -> tuple[type, list[int]]:
-        """The generated Function computing sum_k g_k * d out_k / d x_i for the needed i."""
-        if needed not in backward_cache:
-            level = next(_counter)  # fresh names: nested backward Functions take earlier grads as inputs
-            grads = tuple(sympy.Symbol(f"_g{level}_{k}", real=True) for k in range(output_count))
-            outputs = tuple(
-                sympy.Add(*[g * row[i] for g, row in zip(grads, spec.partials, strict=True)]) for i in needed
-            )
-            used = sorted(set().union(*(spec.needs[i] for i in needed)))
-            inputs = tuple(spec.inputs[j] for j in used) + grads
-            backward_spec = derive_spec(
-                f"{spec.name}_backward", inputs, outputs, full_shape=tuple(g.name for g in grads)
-            )
-            backward_cache[needed] = (build_function(backward_spec, eager_backward=False), used)
-        return backward_cache[needed]
-
     if eager_backward:
         backward_function(all_inputs)
-    # Closures Dynamo traces (forward, setup_context, backward) capture only plain values.
     arity_message = f"{spec.name} takes {input_count} input{'s' * (input_count != 1)} ({', '.join(argument_names)})"
-    compiled_keep = backward_cache[all_inputs][1] if eager_backward else list(all_inputs)
-    compiled_function = backward_cache[all_inputs][0] if eager_backward else None
+    # Closures Dynamo traces (forward, setup_context, backward) capture only plain values.
+    compiled_keep = backward_function.cache[all_inputs][1] if eager_backward else list(all_inputs)
+    compiled_function = backward_function.cache[all_inputs][0] if eager_backward else None
+
+    # While tracing, Dynamo sees only plain functions: the generated torch code.
+    plain_kernel = getattr(kernel, "plain", kernel)
 
     def forward(*arguments):
         if len(arguments) != input_count:
             raise UsageError(f"{arity_message}, got {len(arguments)} (None counts as a missing input)")
-        arguments = _checked_arguments(arguments, argument_names, spec.name)
-        tensors = _as_tensor_arguments(arguments)
-        if torch.compiler.is_compiling():
-            outputs = forward_code(*tensors)
-        else:
-            try:
-                outputs = forward_code(*tensors)
-            except RuntimeError:
-                error = _broadcast_error(tensors, argument_names, spec.name)
-                if error is None:
-                    raise
-                raise error from None
-        # Constant-valued pieces (where(x > 0, 1, -1)) come out in the default dtype: give every
-        # output the dtype torch's promotion gives the inputs, as a torch expression of them would.
-        dtype = _promoted_dtype(arguments)
-        if dtype.is_floating_point:
-            outputs = tuple(o.to(dtype) if o.dtype != dtype and o.is_floating_point() else o for o in outputs)
-        return outputs[0] if output_count == 1 else outputs
+        run = plain_kernel if torch.compiler.is_compiling() else kernel
+        outputs = _launch(run, arguments, argument_names, spec.name, backend)
+        return outputs[0] if len(outputs) == 1 else outputs
 
-    def make_setup_context(for_jvp: bool):
+    jvp_kernel: list = []
+
+    def jvp(ctx, *tangents):
+        """sum_i partial_i * tangent_i, generated on first use (forward mode is the rarer path)."""
+        if not jvp_kernel:
+            jvp_kernel.append(build_kernel("eager", jvp_spec(spec)))
+        arguments = _as_tensor_arguments(ctx.forward_inputs)
+        reference = next(a for a in arguments if isinstance(a, torch.Tensor))
+        filled = [
+            t if t is not None else torch.zeros((), dtype=reference.dtype, device=reference.device) for t in tangents
+        ]
+        outputs = jvp_kernel[0](*arguments, *filled)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def apply(cls, *arguments, **keywords):
+        # torch binds the arguments to forward's signature and would raise a bare TypeError.
+        if len(arguments) > input_count:
+            raise UsageError(f"{arity_message}, got {len(arguments)}")
+        return torch.autograd.Function.apply.__func__(cls, *arguments, **keywords)
+
+    hooks = _AutogradHooks(spec, backward_function, compiled_keep, compiled_function)
+    namespace = {
+        "apply": classmethod(apply),
+        "generate_vmap_rule": True,
+        "forward": staticmethod(_with_signature(forward, argument_names)),
+        "setup_context": staticmethod(hooks.setup_context(False)),
+        "backward": staticmethod(hooks.backward(False)),
+        "spec": spec,
+        "backend": backend,
+        "formula": spec.formula,
+        "input_names": tuple(argument_names),
+        "declared_grads": {name: str(expr) for name, expr in spec.declared.items()},
+        "eager": staticmethod(_eager_twin(spec)) if eager_backward and len(spec.outputs) == 1 else None,
+        "forward_source": kernel.source,
+        "reduced": staticmethod(_reducer(kernel)),
+        "__doc__": f"{spec.name}({', '.join(argument_names)}) = {', '.join(map(str, spec.outputs))}",
+        "__module__": "customgrad.generated",
+        "__new__": staticmethod(_call_apply),
+    }
+    python_name = _python_name(spec.name)
+    cls = type(torch.autograd.Function)(python_name, (torch.autograd.Function,), namespace)
+    cls.forward_ad = type(torch.autograd.Function)(
+        f"{python_name}_forward_ad",
+        (torch.autograd.Function,),
+        {
+            **namespace,
+            "setup_context": staticmethod(hooks.setup_context(True)),
+            "backward": staticmethod(hooks.backward(True)),
+            "jvp": staticmethod(jvp),
+        },
+    )
+    cls.forward_ad.forward_ad = cls.forward_ad
+    cls._backward_for = staticmethod(backward_function)
+    cls.as_custom_op = classmethod(_as_custom_op)
+    return cls
+
+
+def _as_custom_op(cls, qualified_name: str):
+    """This Function as a ``torch.library`` custom operator (see `customgrad.custom_op.as_custom_op`)."""
+    from .custom_op import as_custom_op
+
+    return as_custom_op(cls, qualified_name)
+
+
+def _reducer(kernel):
+    """``reduced(arguments, shapes)``: the kernel's outputs summed to ``shapes``, or None (no such kernel)."""
+    reduce = getattr(kernel, "reduced", None)
+
+    def reduced(arguments, shapes):
+        if reduce is None or any(not isinstance(a, torch.Tensor) for a in arguments):
+            return None
+        return reduce(arguments, shapes)
+
+    return reduced
+
+
+class _AutogradHooks:
+    """``setup_context`` and ``backward`` of a generated Function: save only the inputs the needed
+    partials use; backward runs the backward Function of the needs-input-grad mask and reduces each
+    gradient to its input's shape and dtype."""
+
+    def __init__(self, spec: FunctionSpec, backward_function: _Backwards, compiled_keep, compiled_function):
+        self.spec = spec
+        self.backward_function = backward_function
+        self.compiled_keep = compiled_keep
+        self.compiled_function = compiled_function
+
+    def setup_context(self, for_jvp: bool):
+        all_inputs = tuple(range(len(self.spec.inputs)))
+        compiled_keep = self.compiled_keep
+        spec = self.spec
+
+        def spec_needs():  # Dynamo traces this closure: it must capture plain functions, not the spec
+            return spec.needs
+
         def setup_context(ctx, inputs, output):
             ctx.needed = tuple(i for i in all_inputs if ctx.needs_input_grad[i] and isinstance(inputs[i], torch.Tensor))
             if not ctx.needed:
@@ -242,7 +267,15 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
 
         return setup_context
 
-    def make_backward(for_jvp: bool):
+    def backward(self, for_jvp: bool):
+        input_count = len(self.spec.inputs)
+        all_inputs = tuple(range(input_count))
+        compiled_keep, compiled_function = self.compiled_keep, self.compiled_function
+        backwards = self.backward_function
+
+        def backward_function(needed):  # a plain function for Dynamo, as in setup_context
+            return backwards(needed)
+
         def backward(ctx, *grad_outputs):
             result: list = [None] * input_count
             if not ctx.needed:
@@ -256,9 +289,13 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
                 gradients = compiled_function.forward(*(values[j] for j in compiled_keep), *grad_outputs)
             elif not torch.is_grad_enabled() and not for_jvp:
                 # No create_graph: nothing will differentiate these gradients, so run the backward
-                # Function's plain torch code without recording a graph (saves apply's overhead).
+                # Function's kernel without recording a graph (saves apply's overhead).
                 (function, used), computed = backward_function(ctx.needed), ctx.needed
-                gradients = function.forward(*(values[j] for j in used), *grad_outputs)
+                arguments = [*(values[j] for j in used), *grad_outputs]
+                # A fused kernel sums broadcast gradients inside its loop; others give full shapes.
+                gradients = function.reduced(arguments, [ctx.like[i][0] for i in computed])
+                if gradients is None:
+                    gradients = function.forward(*arguments)
             else:
                 (function, used), computed = backward_function(ctx.needed), ctx.needed
                 if for_jvp:  # forward-over-reverse (hessian via jacfwd) needs jvp at every level
@@ -267,77 +304,11 @@ def build_function(spec: FunctionSpec, *, eager_backward: bool = True) -> type[t
             if not isinstance(gradients, tuple):
                 gradients = (gradients,)
             for i, gradient in zip(computed, gradients, strict=True):
-                if i not in ctx.like:
-                    continue
-                shape, dtype = ctx.like[i]
-                if gradient.shape != shape:
-                    gradient = gradient.sum_to_size(shape)
-                result[i] = gradient if gradient.dtype == dtype else gradient.to(dtype)
+                if i in ctx.like:
+                    result[i] = reduce_gradient(gradient, *ctx.like[i])
             return tuple(result)
 
         return backward
-
-    def spec_needs():
-        return spec.needs
-
-    jvp_cache: list = []
-
-    def jvp_code():
-        """sum_i partial_i * tangent_i, generated on first use (forward mode is the rarer path)."""
-        if not jvp_cache:
-            tangents = [f"_tangent{i}" for i in range(input_count)]  # not _t*: CSE temporaries
-            outputs = tuple(
-                sympy.Add(*[sympy.Symbol(t, real=True) * row[i] for i, t in enumerate(tangents)])
-                for row in spec.partials
-            )
-            source = function_source(f"{python_name}_jvp", argument_names + tangents, outputs)
-            jvp_cache.append(compile_source(source, f"{python_name}_jvp", f"<customgrad {spec.name} jvp>"))
-        return jvp_cache[0]
-
-    def jvp(ctx, *tangents):
-        arguments = _as_tensor_arguments(ctx.forward_inputs)
-        reference = next(a for a in arguments if isinstance(a, torch.Tensor))
-        filled = [
-            t if t is not None else torch.zeros((), dtype=reference.dtype, device=reference.device) for t in tangents
-        ]
-        outputs = jvp_code()(*arguments, *filled)
-        return outputs[0] if output_count == 1 else outputs
-
-    def apply(cls, *arguments, **keywords):
-        # torch binds the arguments to forward's signature and would raise a bare TypeError.
-        if len(arguments) > input_count:
-            raise UsageError(f"{arity_message}, got {len(arguments)}")
-        return torch.autograd.Function.apply.__func__(cls, *arguments, **keywords)
-
-    namespace = {
-        "apply": classmethod(apply),
-        "generate_vmap_rule": True,
-        "forward": staticmethod(_with_signature(forward, argument_names)),
-        "setup_context": staticmethod(make_setup_context(False)),
-        "backward": staticmethod(make_backward(False)),
-        "spec": spec,
-        "formula": spec.formula,
-        "input_names": tuple(argument_names),
-        "declared_grads": {name: str(expr) for name, expr in spec.declared.items()},
-        "eager": staticmethod(_eager_twin(spec)) if eager_backward and output_count == 1 else None,
-        "forward_source": source,
-        "__doc__": f"{spec.name}({', '.join(argument_names)}) = {', '.join(map(str, spec.outputs))}",
-        "__module__": "customgrad.generated",
-        "__new__": staticmethod(_call_apply),
-    }
-    cls = type(torch.autograd.Function)(python_name, (torch.autograd.Function,), namespace)
-    cls.forward_ad = type(torch.autograd.Function)(
-        f"{python_name}_forward_ad",
-        (torch.autograd.Function,),
-        {
-            **namespace,
-            "setup_context": staticmethod(make_setup_context(True)),
-            "backward": staticmethod(make_backward(True)),
-            "jvp": staticmethod(jvp),
-        },
-    )
-    cls.forward_ad.forward_ad = cls.forward_ad
-    return cls
 
 
 def _gradient_text(input_name: str, value) -> str:
@@ -358,6 +329,7 @@ def function(
     inputs: Sequence[str] | None = None,
     name: str | None = None,
     grads: Mapping[str, str] | None = None,
+    backend: str = "auto",
 ) -> type[torch.autograd.Function]:
     """Autograd Function f(inputs) = formula, with its backward derived symbolically.
 
@@ -375,6 +347,11 @@ def function(
         inputs, replacing the derived partial. ``function("x", grads={"x": "2*x"})`` is the
         blog's identity with a 2x gradient; ``function("round(x)", grads={"x": "1"})`` is a
         straight-through estimator.
+    backend : {"auto", "eager", "compile", "cpu", "triton"}
+        Where the kernels run (see `customgrad.backends`): ``"eager"`` generated torch code,
+        ``"compile"`` that code under ``torch.compile``, ``"cpu"`` fused C kernels (CPU tensors),
+        ``"triton"`` Triton kernels (CUDA tensors). ``"auto"`` picks per call the fastest that runs
+        on the inputs' device and size, else eager (one warning says why).
 
     Returns
     -------
@@ -393,13 +370,14 @@ def function(
         raise UsageError(f"name must be a string such as 'P2', got {type(name).__name__} {name!r}")
     if name is not None:
         check_function_name(name)
+    check_backend_name(backend)
     spec = formula_spec(formula, inputs=inputs, grads=grads, class_name=name)
     if name is not None and name in spec.input_names:
         raise UsageError(
             f"name {name!r} is also an input of {shorten(formula)!r}: registering it would make {name!r} a "
             "function in every later formula; choose another name"
         )
-    cls = build_function(spec)
+    cls = build_function(spec, backend=backend)
     if name is not None:
         # Registered with the un-inlined expression so callers differentiate through our partials.
         register(

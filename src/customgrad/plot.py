@@ -59,25 +59,38 @@ def _pyplot():
 
 
 def plot_experiment(run: ExperimentRun, path: str | Path) -> Path:
-    """Save a PNG with two panels: data and fitted curve, and the loss per step (log scale)."""
+    """Save a PNG with two panels: data and fitted curve, and the loss per step (log scale).
+
+    A run that diverged shows what is finite: the data, the fitted curve where it is finite, and the
+    losses up to the step where they stopped being finite.
+    """
+    import numpy as np
+
     plt = _pyplot()
     x = run.x.double().numpy()
     y = run.y.double().numpy()
     fitted = run.fitted.double().numpy()
+    finite = np.isfinite(fitted)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     left.plot(x, y, ".", markersize=2, color="0.5", label=f"data: {run.experiment.target_name}(x)")
-    left.plot(x, fitted, "-", color="C3", label="fitted model")
+    if finite.any():
+        left.plot(x[finite], fitted[finite], "-", color="C3", label="fitted model")
     # tan's poles would squash the plot: clip the view to the bulk of the data and the fit.
-    span = max(abs(fitted).max(), float(sorted(abs(y))[int(0.9 * (len(y) - 1))])) * 1.3 + 1e-9
-    left.set_ylim(-span, span)
+    span = max(np.abs(fitted[finite]).max(initial=0.0), float(np.quantile(np.abs(y), 0.9))) * 1.3 + 1e-9
+    left.set_ylim(-min(span, 1e300), min(span, 1e300))
     left.set_xlabel("x")
     left.set_ylabel("y")
-    left.set_title(run.experiment.description, fontsize=9)
+    title = run.experiment.description
+    if run.diverged_at is not None:
+        title += f"\ndiverged at step {run.diverged_at}" + ("" if finite.all() else ": the model is not finite")
+    left.set_title(title, fontsize=9)
     left.legend(loc="best", fontsize=8)
-    right.semilogy(range(len(run.losses)), run.losses, color="C0")
+    losses = np.array(run.losses, dtype=np.float64)
+    kept = np.isfinite(losses) & (losses > 0)
+    right.semilogy(np.flatnonzero(kept), losses[kept], color="C0")
     right.set_xlabel("step")
     right.set_ylabel("loss = sum of squared errors")
-    right.set_title("loss", fontsize=9)
+    right.set_title("loss" if run.diverged_at is None else f"loss (not finite from step {run.diverged_at})", fontsize=9)
     figure.tight_layout()
     path = check_image_path(path, "plot path")
     figure.savefig(path, dpi=110)
@@ -85,8 +98,17 @@ def plot_experiment(run: ExperimentRun, path: str | Path) -> Path:
     return path
 
 
-def plot_fit(result: FitResult, path: str | Path) -> Path:
-    """Save a PNG: data and fitted curve against the first predictor, and the residuals y - fit below."""
+#: Points of the grid the fitted model is drawn on (one predictor), over the data's range.
+CURVE_POINTS = 1000
+
+
+def plot_fit(result: FitResult, path: str | Path, bands: str | None = None) -> Path:
+    """Save a PNG: data and fitted model against the first predictor, and the residuals y - fit below.
+
+    With one predictor the model is drawn on a dense grid over the data's range (as lmfit does), so
+    its shape between data points shows; with several, its values at the data points. With ``bands``
+    ("confidence" or "prediction"), the 2-sigma band around the curve is shaded.
+    """
     import numpy as np
 
     plt = _pyplot()
@@ -98,12 +120,20 @@ def plot_fit(result: FitResult, path: str | Path) -> Path:
     if data.get("sigma") is not None:
         top.errorbar(x, y, yerr=data["sigma"], fmt=".", markersize=3, color="0.45", label="data", zorder=1)
     else:
-        top.plot(x, y, ".", markersize=3, color="0.45", label="data")
-    top.plot(x[order], fitted[order], "-", color="C3", label="fit")
+        top.plot(x, y, ".", markersize=3, color="0.45", label="data", zorder=3)
+    curve = _dense_curve(result, name, x, fitted)
+    if curve is not None:
+        top.plot(*curve, "-", color="C3", label="fit")
+    else:
+        top.plot(x, fitted, "o", markersize=3, markerfacecolor="none", color="C3", label="fit at the data")
+    if bands is not None and result.source is not None:
+        _shade_band(top, result, bands, name, x, order)
     # A pole in the data (tan) would squash the plot: clip the view to the bulk of the data and the fit.
-    bulk = float(np.quantile(np.abs(y), 0.9)) if len(y) else 1.0
-    span = max(float(np.abs(fitted).max(initial=0.0)), bulk) * 1.3 + 1e-9
-    if float(np.abs(y).max(initial=0.0)) > 3 * span:
+    finite_y = y[np.isfinite(y)]
+    bulk = float(np.quantile(np.abs(finite_y), 0.9)) if len(finite_y) else 1.0
+    span = max(float(np.abs(fitted[np.isfinite(fitted)]).max(initial=0.0)), bulk) * 1.3 + 1e-9
+    drawn = finite_y if curve is None else np.concatenate([finite_y, curve[1][np.isfinite(curve[1])]])
+    if float(np.abs(drawn).max(initial=0.0)) > 3 * span:
         top.set_ylim(-span, span)
     top.set_ylabel("y")
     top.set_title(f"{result.model}  ({result.method}, cost {result.cost:.6g})", fontsize=9)
@@ -114,6 +144,84 @@ def plot_fit(result: FitResult, path: str | Path) -> Path:
     bottom.set_ylabel("residual")
     figure.tight_layout()
     path = check_image_path(path, "plot path")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _dense_curve(result: FitResult, name: str, x, fitted):
+    """(grid, model on it) over [min x, max x] by `FitResult.predict`, or None: several predictors, or
+    a model that is not pointwise in x (its values at the data differ from the fit's), where a grid
+    would mislead.
+    """
+    import numpy as np
+
+    if result.source is None or len(result.data["x"]) != 1 or len(x) < 2:
+        return None
+    grid = np.linspace(float(np.min(x)), float(np.max(x)), CURVE_POINTS)
+
+    def at(points):
+        return result.predict({name: points} if result.source.x_is_dict else points)
+
+    try:
+        at_data, values = at(x), at(grid)
+    except Exception:  # noqa: BLE001 - a callable model that only takes the data's shape: draw at the data
+        return None
+    agree = np.isclose(at_data, fitted, rtol=1e-9, atol=0.0) | (np.isnan(at_data) & np.isnan(fitted))
+    if not agree.all():
+        return None
+    return grid, np.where(np.isfinite(values), values, np.nan)
+
+
+def _shade_band(axes, result: FitResult, kind: str, name: str, x, order) -> None:
+    """Fill the 2-sigma band: on a fine grid for one predictor, at the data points for several."""
+    import numpy as np
+
+    if len(result.data["x"]) == 1 and len(x) > 1:
+        grid = np.linspace(float(x.min()), float(x.max()), 400)
+        at = {name: grid} if result.source.x_is_dict else grid
+        curve, half = result.predict(at), result.eval_uncertainty(at, sigma=2, kind=kind)
+    else:
+        grid, curve = x[order], result.data["fitted"][order]
+        half = result.eval_uncertainty(sigma=2, kind=kind)[order]
+    if np.isfinite(half).any():
+        axes.fill_between(grid, curve - half, curve + half, color="C3", alpha=0.2, linewidth=0, label=f"2σ {kind} band")
+
+
+def plot_profile(result: FitResult, name: str, path: str | Path) -> Path:
+    """Save a figure of a parameter's profile: the sigma level it reaches against its value, the intervals
+    found, and the quadratic profile that value +- t stderr assumes."""
+    import numpy as np
+
+    from .fit.distributions import profile_probability
+    from .fit.profile import profile_curve
+
+    path = check_image_path(path, "plot path")
+    values, costs = profile_curve(result, name)
+    best_cost, best = min(costs), result.params[name]
+    dof, absolute = result.nfree, result.absolute_sigma
+    levels = [profile_probability(cost, best_cost, dof, absolute=absolute) for cost in costs]
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.plot(values, levels, ".-", color="C0", label="profile")
+    stderr = result.stderr[name]
+    if np.isfinite(stderr) and stderr > 0:  # what value +- t stderr assumes: a parabola in chi2
+        excess = ((np.asarray(values) - best) / stderr) ** 2
+        quadratic = best_cost + excess if absolute else best_cost * (1 + excess / dof)
+        assumed = [profile_probability(cost, best_cost, dof, absolute=absolute) for cost in quadratic]
+        axes.plot(values, assumed, ":", color="0.5", label="quadratic (from stderr)")
+    for index, (sigma, (low, high)) in enumerate(sorted(result.source.intervals[name].items())):
+        axes.axhline(sigma, color="0.8", linewidth=0.8)
+        for end in (low, high):
+            if np.isfinite(end):
+                axes.axvline(end, color=f"C{index + 1}", linestyle="--", linewidth=0.9)
+    axes.axvline(best, color="C3", linewidth=0.9, label=f"best {best:.6g}")
+    axes.set_ylim(0, 1.6 * max(result.source.intervals[name]))
+    axes.set_xlabel(name)
+    axes.set_ylabel("sigma level of the profile")
+    axes.set_title(f"profile of {name} in {result.model}", fontsize=9)
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path

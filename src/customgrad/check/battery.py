@@ -8,17 +8,16 @@ backward fails, those with a forward-only part run that part on a `Subject` mark
 from __future__ import annotations
 
 import copy
-import threading
-import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
 from . import gradients, hygiene, layouts, lint, precision, transforms
+from .crash import crash_reason
 from .report import CheckReport, CheckResult
-from .subject import Subject, describe_error
+from .runners import open_runner, run_check
+from .subject import Subject
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,8 @@ class Check:
     time_limit: float = 60.0
     needs_backward: bool = True
     forward_only: bool = False
+    #: Whether it calls the Function at all (lint only reads its source).
+    calls_function: bool = True
 
 
 #: The checks, in the order they run and are reported.
@@ -67,7 +68,13 @@ CHECKS: tuple[Check, ...] = (
         time_limit=300.0,
         forward_only=True,
     ),
-    Check("lint", "static analysis of forward/backward source", lint.check_lint, needs_backward=False),
+    Check(
+        "lint",
+        "static analysis of forward/backward source",
+        lint.check_lint,
+        needs_backward=False,
+        calls_function=False,
+    ),
     Check("determinism", "two runs give identical results", hygiene.check_determinism, forward_only=True),
 )
 
@@ -75,11 +82,19 @@ CHECK_NAMES = tuple(check.name for check in CHECKS)
 
 #: How a check run on the forward alone says so, first in its message.
 FORWARD_ONLY = "forward only: backward does not run (see 'runs')"
+#: The default time limit of each check, in seconds (``Check.time_limit`` overrides it).
+DEFAULT_TIME_LIMIT = 60.0
 
 
 def check(
-    fn: Any, *example_inputs: Any, custom_gradient: Any = None, checks: Any = None, compile: bool | str = True
-) -> CheckReport:  # noqa: A002 - the documented keyword
+    fn: Any,
+    *example_inputs: Any,
+    custom_gradient: Any = None,
+    checks: Any = None,
+    compile: bool | str = True,  # noqa: A002 - the documented keyword
+    timeout: float | None = None,
+    isolation: str = "auto",
+) -> CheckReport:
     """Run the battery of checks on a custom autograd Function and report every finding.
 
     Parameters
@@ -102,39 +117,86 @@ def check(
     compile : bool or str
         Run the torch.compile check: True uses the ``"aot_eager"`` backend (traces forward and
         backward with fullgraph=True, fast); a string names the backend (``"inductor"``); False skips.
+    timeout : float, optional
+        Time limit of each check in seconds (default 60, and 300 for ``compile``). A part of the Function
+        that runs past it is stopped and reported; the checks that need that part are then skipped.
+    isolation : {"auto", "process", "thread"}
+        Where the Function runs. "process": in a worker process that re-imports it by reference (its
+        module and name), so that a hang, ``sys.exit``/``os._exit`` or a crash (segmentation fault) ends
+        only the worker and becomes a FAILED result. "thread": in this process, each check in a thread
+        with a time limit (a crash then ends this process). "auto" (default): a worker process when the
+        Function can be imported by reference, else (defined in ``__main__``, a notebook or inside a
+        function; a lambda) in this process. The report says which ran.
 
     Returns
     -------
     CheckReport
-        ``.ok``, ``.results`` (one `CheckResult` per check), ``str(report)`` and ``.to_json()``.
+        ``.ok``, ``.results`` (one `CheckResult` per check), ``.isolation``, ``str(report)`` and
+        ``.to_json()``.
     """
     selected = _select(checks)
     _check_compile_option(compile)
+    default_limit = _check_timeout(timeout)
     subject = Subject(fn, tuple(example_inputs), custom_gradient)
     subject.compile_backend = ("aot_eager" if compile is True else compile) if compile else None
+    runner = open_runner(subject, isolation, default_limit)
+    try:
+        results = _run_checks(subject, runner, selected, timeout)
+    finally:
+        runner.close()
+    return CheckReport(subject.name, subject.describe_inputs(), results, isolation=runner.description)
+
+
+def _run_checks(subject: Subject, runner: Any, selected: set[str], timeout: float | None) -> list[CheckResult]:
+    """Every selected check (and 'runs'), skipping at once those that need a part known to raise, hang or
+    crash; the forward-only part of a check runs when only the backward is broken."""
     forward_subject = copy.copy(subject)
     forward_subject.forward_only = True
     results: list[CheckResult] = []
-    broken: str | None = None  # the stage that raised in 'runs': "forward" or "backward"
+    broken: str | None = None  # "forward" or "backward": the part that raises, hangs or crashes
+    reason = ""  # why the checks that need it do not run
+    hazard = False  # whether it hangs or crashes (then even the checks that catch its errors skip)
     for item in CHECKS:
         if item.name not in selected and item.name != "runs":
             continue
         forward_only = broken == "backward" and item.forward_only
-        if item.needs_backward and broken is not None and not forward_only:
-            result = CheckResult(item.name, "skipped", f"not run: {broken} does not run (see 'runs')")
+        blocked = item.needs_backward or (hazard and item.calls_function)
+        if broken == "forward" and hazard and item.calls_function:
+            result = CheckResult(item.name, "skipped", f"not run: {reason}")
+        elif broken is not None and blocked and not forward_only:
+            result = CheckResult(item.name, "skipped", f"not run: {reason}")
         elif item.name == "compile" and subject.compile_backend is None:
             result = CheckResult(item.name, "skipped", "torch.compile check disabled (compile=False / --no-compile)")
-        elif forward_only:
-            result = run_with_time_limit(item, forward_subject)
-            result.message = f"{FORWARD_ONLY}; {result.message}"
-            result.details["forward_only"] = True
         else:
-            result = run_with_time_limit(item, subject)
-        if item.name == "runs" and result.status == "failed":
+            limit = timeout if timeout is not None else item.time_limit
+            result = _run(runner, item, forward_subject if forward_only else subject, limit)
+            if forward_only:
+                result.message = f"forward only: {reason}; {result.message}"
+                result.details["forward_only"] = True
+        crash = crash_reason(result)
+        if crash is not None and crash[0] != "double backward" and broken != "forward":
+            broken = "forward" if crash[0] in ("forward", "setup_context") else "backward"
+            reason, hazard = crash[1], True
+        elif item.name == "runs" and result.status == "failed" and broken is None:
             broken = result.details.get("stage", "forward")
+            reason = f"{broken} does not run (see 'runs')"
         if item.name in selected:
             results.append(result)
-    return CheckReport(subject.name, subject.describe_inputs(), results)
+    return results
+
+
+def _run(runner: Any, item: Check, subject: Subject, limit: float) -> CheckResult:
+    if not item.calls_function:
+        return run_check(item, subject)  # static: nothing of the user's runs
+    return runner.run(item, subject, limit)
+
+
+def _check_timeout(timeout: Any) -> float:
+    if timeout is None:
+        return DEFAULT_TIME_LIMIT
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise UsageError(f"timeout must be a positive number of seconds (per check), got {timeout!r}")
+    return float(timeout)
 
 
 def _check_compile_option(compile: Any) -> None:  # noqa: A002 - the documented keyword
@@ -159,44 +221,3 @@ def _select(checks: Any) -> set[str]:
     if unknown:
         raise UsageError(f"unknown check(s) {', '.join(map(repr, unknown))}: choose from {', '.join(CHECK_NAMES)}")
     return set(names)
-
-
-def run_with_time_limit(item: Check, subject: Subject) -> CheckResult:
-    """Run one check in a worker thread; a crash or a hang becomes a failed result, never an exception."""
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["result"] = item.run(subject)
-        except BaseException as error:  # noqa: BLE001 - reported, never propagated
-            box["error"] = error
-
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        worker = threading.Thread(target=work, name=f"customgrad-check-{item.name}", daemon=True)
-        worker.start()
-        worker.join(item.time_limit)
-    seconds = time.perf_counter() - start
-    if worker.is_alive():
-        result = CheckResult(
-            item.name,
-            "failed",
-            f"timed out after {item.time_limit:g} s: does forward or backward hang (an endless loop, a blocking call)?",
-        )
-    elif "error" in box:
-        error = box["error"]
-        result = CheckResult(
-            item.name,
-            "failed",
-            f"the check could not complete: {describe_error(error)}",
-            {"error": type(error).__name__},
-        )
-    else:
-        result = box["result"]
-        result.name = item.name
-    result.seconds = round(seconds, 3)
-    messages = sorted({str(w.message).split("\n")[0] for w in caught})
-    if messages:
-        result.details.setdefault("python_warnings", messages[:5])
-    return result

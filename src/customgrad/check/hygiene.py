@@ -132,7 +132,10 @@ def _freed_after_backward(subject: Subject, inputs: list[Any], problems: list[st
         with torch.enable_grad():
             outputs = subject.call(arguments)
         differentiable = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
-        references = [weakref.ref(o) for o in differentiable]
+        # An output that is an input, or a view of one (forward returned it unchanged), lives as long as
+        # the input does: torch's aliasing, not a leak.
+        pointers = {a.data_ptr() for a in arguments if isinstance(a, torch.Tensor)}
+        references = [weakref.ref(o) for o in differentiable if o.numel() == 0 or o.data_ptr() not in pointers]
         torch.autograd.backward(differentiable, [torch.ones_like(o) for o in differentiable])
         del outputs, differentiable
         alive = sum(r() is not None for r in references)
@@ -147,6 +150,15 @@ def _freed_after_backward(subject: Subject, inputs: list[Any], problems: list[st
         )
 
 
+def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise the same values, NaN equal to NaN (``torch.equal`` says NaN != NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not (a.is_floating_point() or a.is_complex()):
+        return torch.equal(a, b)
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+
+
 def check_determinism(subject: Subject) -> CheckResult:
     """Two runs with the same inputs and grad_output give bitwise identical outputs and gradients (outputs
     alone when ``subject.forward_only``: the gradients are then None)."""
@@ -155,11 +167,11 @@ def check_determinism(subject: Subject) -> CheckResult:
     second = subject.evaluate(inputs, list(first.upstream))
     differences = []
     for index, (a, b) in enumerate(zip(first.outputs, second.outputs, strict=True)):
-        if isinstance(a, torch.Tensor) and not torch.equal(a.detach(), b.detach()):
+        if isinstance(a, torch.Tensor) and not identical(a.detach(), b.detach()):
             differences.append(f"output {index}")
     for position in subject.differentiable_positions:
         a, b = first.gradients[position], second.gradients[position]
-        if (a is None) != (b is None) or (a is not None and not torch.equal(a, b)):
+        if (a is None) != (b is None) or (a is not None and not identical(a, b)):
             differences.append(f"gradient of {subject.input_name(position)!r}")
     if differences:
         return warning(

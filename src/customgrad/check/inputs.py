@@ -26,14 +26,41 @@ POINTS = (
 )
 
 
+#: Where a random point makes the forward non-finite (log or sqrt of negative values), gradients cannot be
+#: judged there: the point moves to the first of these where the forward is finite.
+FINITE_MOVES = (
+    ("|x| + 0.5", lambda x: x.abs() + 0.5),
+    ("-(|x| + 0.5)", lambda x: -(x.abs() + 0.5)),
+)
+
+
 def sample_points(subject: Subject, seed: int = 0) -> list[tuple[str, list[Any]]]:
-    """The example point and other random points (both signs, near zero) in float64."""
+    """The example point and other random points (both signs, near zero) in float64; a random point where
+    the forward is not finite moves to where it is (`FINITE_MOVES`), and its label says so."""
     generator = make_generator(seed)
     base = float64_copies(subject)
-    return [
-        (label, subject.with_values({p: draw(base[p], generator) for p in subject.differentiable_positions}))
-        for label, draw in POINTS
-    ]
+    points = []
+    for label, draw in POINTS:
+        values = {p: draw(base[p], generator) for p in subject.differentiable_positions}
+        inputs = subject.with_values(values)
+        if label != "example values" and not _finite_forward(subject, inputs):
+            for how, move in FINITE_MOVES:
+                moved = subject.with_values({p: move(v) for p, v in values.items()})
+                if _finite_forward(subject, moved):
+                    label, inputs = f"{label}, moved to {how} where the forward is finite", moved
+                    break
+        points.append((label, inputs))
+    return points
+
+
+def _finite_forward(subject: Subject, inputs: list[Any]) -> bool:
+    """Whether every floating output of the forward is finite (True when it raises: the checks report that)."""
+    try:
+        with torch.no_grad():
+            outputs = subject.call([v.clone() if isinstance(v, torch.Tensor) else v for v in inputs])
+    except Exception:  # noqa: BLE001 - the user's forward; its errors are the checks' to report
+        return True
+    return all(bool(torch.isfinite(o).all()) for o in outputs if isinstance(o, torch.Tensor) and o.is_floating_point())
 
 
 def non_contiguous(tensor: torch.Tensor) -> torch.Tensor:

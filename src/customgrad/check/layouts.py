@@ -13,6 +13,16 @@ from .outcome import failed, passed, warning
 from .report import CheckResult
 from .subject import Subject, describe_error, make_generator
 
+NO_VIEW = "use .reshape()/.contiguous() instead of .view(), and do not assume strides"
+#: Shapes an elementwise Function is also tried at: (label, shape, with a transposed grad_output). The
+#: transposed one catches a backward that flattens grad_output with .view(), which a 1-D example cannot.
+SHAPE_VARIANTS = (
+    ("size 1", (1,), False),
+    ("size 0", (0,), False),
+    ("batched (2, 3, 4)", (2, 3, 4), False),
+    ("batched (2, 3, 4) with a transposed grad_output", (2, 3, 4), True),
+)
+
 
 def check_layouts(subject: Subject) -> CheckResult:
     """Same results for non-contiguous inputs and grad_outputs; right gradients at other shapes."""
@@ -34,20 +44,25 @@ def check_layouts(subject: Subject) -> CheckResult:
         try:
             result = subject.evaluate(values, upstream)
         except Exception as error:  # noqa: BLE001
-            problems.append(
-                f"{label}: raised {describe_error(error)}; use .reshape()/.contiguous() instead of "
-                ".view(), and do not assume strides"
-            )
+            problems.append(f"{label}: raised {describe_error(error)}; {NO_VIEW}")
             continue
         problems.extend(_differences(subject, label, reference, result))
     if _is_elementwise(subject, reference):
-        for label, values in _shape_variants(subject, inputs):
+        for label, values, transposed in _shape_variants(subject, inputs):
+            if transposed and subject.forward_only:
+                continue
             tried.append(label)
             try:
                 result = subject.evaluate(values, generator=make_generator(61))
             except Exception as error:  # noqa: BLE001
                 notes.append(f"{label}: raised {describe_error(error)}")
                 continue
+            if transposed:
+                try:
+                    result = subject.evaluate(values, [non_contiguous(g) for g in result.upstream])
+                except Exception as error:  # noqa: BLE001
+                    problems.append(f"{label}: raised {describe_error(error)}; {NO_VIEW}")
+                    continue
             if subject.forward_only:
                 problems.extend(_forward_differences(subject, label, values, result))
                 continue
@@ -125,7 +140,7 @@ def _is_elementwise(subject: Subject, reference) -> bool:
     base = subject.forward_outputs(inputs, reference.output_positions)
     for position in subject.differentiable_positions:
         n = inputs[position].numel()
-        for element in sorted({0, n // 2, n - 1}):
+        for element in sorted({0, n // 2, n - 1}) if n else ():
             moved = inputs[position].clone()
             moved.view(-1)[element] += 1e-3 * (1 + abs(float(moved.view(-1)[element])))
             outputs = subject.forward_outputs(subject.with_values({position: moved}), reference.output_positions)
@@ -141,10 +156,11 @@ def _shape_variants(subject: Subject, inputs: list[Any]) -> list[tuple[str, list
     positions = subject.differentiable_positions
     device = inputs[positions[0]].device if positions else None
     variants = []
-    for label, shape in (("size 1", (1,)), ("size 0", (0,)), ("batched (2, 3, 4)", (2, 3, 4))):
-        variants.append((label, subject.with_values({p: random_like(shape, generator, device) for p in positions})))
+    for label, shape, transposed in SHAPE_VARIANTS:
+        values = subject.with_values({p: random_like(shape, generator, device) for p in positions})
+        variants.append((label, values, transposed))
     if len(positions) > 1:
         values = {p: random_like((3, 4), generator, device) for p in positions}
         values[positions[-1]] = random_like((4,), generator, device)
-        variants.append(("broadcast (3, 4) with (4,)", subject.with_values(values)))
+        variants.append(("broadcast (3, 4) with (4,)", subject.with_values(values), False))
     return variants

@@ -41,11 +41,15 @@ class CheckResult:
 
 @dataclass
 class CheckReport:
-    """All check results for one Function; ``ok`` when no check failed (warnings allowed)."""
+    """All check results for one Function; ``ok`` when no check failed (warnings allowed).
+
+    ``isolation`` says where the Function ran: in a worker process, or in this process.
+    """
 
     subject: str
     inputs: str
     results: list[CheckResult]
+    isolation: str = ""
 
     @property
     def ok(self) -> bool:
@@ -72,7 +76,8 @@ class CheckReport:
 
     def __str__(self) -> str:
         width = max(len(r.name) for r in self.results) if self.results else 10
-        lines = [f"customgrad check {self.subject}({self.inputs})", ""]
+        lines = [f"customgrad check {self.subject}({self.inputs})"]
+        lines += [f"  run {self.isolation}", ""] if self.isolation else [""]
         for result in self.results:
             label = STATUS_LABELS[result.status]
             prefix = f"  {result.name:<{width}}  {label:<8} "
@@ -91,6 +96,7 @@ class CheckReport:
         return {
             "subject": self.subject,
             "inputs": self.inputs,
+            "isolation": self.isolation,
             "ok": self.ok,
             "counts": self.counts(),
             "results": [asdict(r) for r in self.results],

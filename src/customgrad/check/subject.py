@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckError, UsageError
+from .parts import PHASE
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _CHECK_DIR = os.path.dirname(__file__)
@@ -270,7 +271,10 @@ class Subject:
     def call(self, inputs: Sequence[Any]) -> tuple[Any, ...]:
         """Run the forward on ``inputs`` (clones of tensors when the Function works in place)."""
         arguments = [v.clone() if self.clone_inputs and isinstance(v, torch.Tensor) else v for v in inputs]
-        return flatten_outputs(self.apply(*arguments))
+        previous = PHASE.set("forward")
+        outputs = flatten_outputs(self.apply(*arguments))
+        PHASE.restore(previous)
+        return outputs
 
     def evaluate(
         self,
@@ -298,6 +302,7 @@ class Subject:
             if self.forward_only:
                 grads = (None,) * len(leaves)
             else:
+                previous = PHASE.set("backward")
                 grads = torch.autograd.grad(
                     [outputs[i] for i in positions],
                     list(leaves.values()),
@@ -305,6 +310,7 @@ class Subject:
                     allow_unused=True,
                     create_graph=create_graph,
                 )
+                PHASE.restore(previous)
         return Evaluation(
             list(arguments), leaves, outputs, positions, list(upstream), dict(zip(leaves, grads, strict=True))
         )

@@ -26,7 +26,7 @@ def _reduce(gradient, like):
 
 def _helpers() -> str:
     """The runtime helpers generated code calls, copied from their one definition (not re-typed)."""
-    from ..function import _as_tensor_arguments
+    from ..launcher import _as_tensor_arguments
     from .torch import _full, _narrow, _widen
 
     helpers = (_as_tensor_arguments, _full, _widen, _narrow)

@@ -14,45 +14,16 @@ from collections.abc import Callable, Sequence
 
 import numpy
 import sympy
-from sympy.codegen.cfunctions import expm1, log1p
 
 from ..formula import recursion_limit
-from ..functions import Round, sigmoid, softplus
+from .rules import BINARY_RULES, FUNCTION_RULES, column
 from .torch import TorchCodePrinter
 
-#: SymPy function -> numpy call (a function with no row here is not available in numpy code).
-NUMPY_FUNCTIONS: dict[type, str] = {
-    sympy.exp: "numpy.exp",
-    sympy.log: "numpy.log",
-    log1p: "numpy.log1p",
-    expm1: "numpy.expm1",
-    sympy.sin: "numpy.sin",
-    sympy.cos: "numpy.cos",
-    sympy.tan: "numpy.tan",
-    sympy.asin: "numpy.arcsin",
-    sympy.acos: "numpy.arccos",
-    sympy.atan: "numpy.arctan",
-    sympy.sinh: "numpy.sinh",
-    sympy.cosh: "numpy.cosh",
-    sympy.tanh: "numpy.tanh",
-    sympy.asinh: "numpy.arcsinh",
-    sympy.acosh: "numpy.arccosh",
-    sympy.atanh: "numpy.arctanh",
-    sigmoid: "_sigmoid",
-    softplus: "_softplus",
-    sympy.Abs: "numpy.abs",
-    sympy.sign: "numpy.sign",
-    sympy.floor: "numpy.floor",
-    sympy.ceiling: "numpy.ceil",
-    Round: "numpy.round",
-}
-
+#: SymPy function -> numpy call: the numpy column of the printer table (`codegen.rules`); a function
+#: with no entry there (erf, erfc) is not available in numpy code.
+NUMPY_FUNCTIONS: dict[type, str] = column(FUNCTION_RULES, "numpy")
 #: Functions of two arrays, folded left to right over more arguments.
-NUMPY_BINARY_FUNCTIONS: dict[type, str] = {
-    sympy.atan2: "numpy.arctan2",
-    sympy.Max: "numpy.maximum",
-    sympy.Min: "numpy.minimum",
-}
+NUMPY_BINARY_FUNCTIONS: dict[type, str] = column(BINARY_RULES, "numpy")
 
 
 class NumpyCodePrinter(TorchCodePrinter):

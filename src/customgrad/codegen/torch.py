@@ -14,49 +14,17 @@ from collections.abc import Callable, Sequence
 
 import sympy
 import torch
-from sympy.codegen.cfunctions import expm1, log1p
 from sympy.printing.pycode import AbstractPythonCodePrinter
 
 from ..formula import recursion_limit
-from ..functions import Round, sigmoid, softplus
 from ..registry import REGISTRY
+from .rules import BINARY_RULES, FUNCTION_RULES, column
 
-#: SymPy function -> torch call. A new formula function is one new row here.
-TORCH_FUNCTIONS: dict[type, str] = {
-    sympy.exp: "torch.exp",
-    sympy.log: "torch.log",
-    log1p: "torch.log1p",
-    expm1: "torch.expm1",
-    sympy.sin: "torch.sin",
-    sympy.cos: "torch.cos",
-    sympy.tan: "torch.tan",
-    sympy.asin: "torch.asin",
-    sympy.acos: "torch.acos",
-    sympy.atan: "torch.atan",
-    sympy.sinh: "torch.sinh",
-    sympy.cosh: "torch.cosh",
-    sympy.tanh: "torch.tanh",
-    sympy.asinh: "torch.asinh",
-    sympy.acosh: "torch.acosh",
-    sympy.atanh: "torch.atanh",
-    sympy.erf: "torch.erf",
-    sympy.erfc: "torch.erfc",
-    sigmoid: "torch.sigmoid",
-    softplus: "torch.nn.functional.softplus",
-    sympy.Abs: "torch.abs",
-    sympy.sign: "torch.sign",
-    sympy.floor: "torch.floor",
-    sympy.ceiling: "torch.ceil",
-    Round: "torch.round",
-}
-
+#: SymPy function -> torch call: the torch column of the printer table (`codegen.rules`).
+TORCH_FUNCTIONS: dict[type, str] = column(FUNCTION_RULES, "torch")
 #: Functions of two tensors. A constant argument is a Python number (clamp) or a tensor like the
 #: other argument (atan2), so that, as in torch, constants never promote the inputs' dtype.
-TORCH_BINARY_FUNCTIONS: dict[type, str] = {
-    sympy.atan2: "torch.atan2",
-    sympy.Max: "torch.maximum",
-    sympy.Min: "torch.minimum",
-}
+TORCH_BINARY_FUNCTIONS: dict[type, str] = column(BINARY_RULES, "torch")
 #: max(x, c) and min(x, c) for a constant c.
 TORCH_CLAMPS: dict[type, str] = {
     sympy.Max: "torch.clamp_min",

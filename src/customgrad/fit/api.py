@@ -12,13 +12,17 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import torch
 
-from ..errors import FitError, UsageError
+from ..errors import CustomgradError, FitError, UsageError
+from .chunked import ChunkedModel
 from .data import prepare_data
+from .distributed import Shards
 from .loss import get_loss, robust_cost, robust_linearization
-from .model import Model, build_function, check_finite_start, parameter_specs
+from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
+from .source import FitSource
 from .statistics import CONDITION_WARNING, uncertainty
+from .ties import split_ties
 
 # Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
 # recomputed in extended precision (formula models only).
@@ -30,6 +34,11 @@ _SATURATED = 1e-10
 # are dominated by per-op dispatch, and thread hand-offs cost more than they save (a 200 x 9 QR takes
 # 10 us on one thread and milliseconds on two busy ones).
 _SINGLE_THREAD_ENTRIES = 1_000_000
+# Residuals beyond 2^±_SAFE_EXPONENT are rescaled by a power of two (exact) before LM and the
+# statistics square them: cost = sum r^2 overflows float64 from |r| ~ 1e154 and underflows below 1e-162.
+_SAFE_EXPONENT = 256
+# Restarts of LM in new units when the residuals left the range of the first ones (see `_in_range`).
+_RESTARTS = 3
 
 
 def fit(
@@ -53,6 +62,9 @@ def fit(
     gtol: float = 1e-15,
     on_step: Callable[[int, float], None] | None = None,
     decimal_data: Mapping[str, list[str]] | None = None,
+    distributed: bool = False,
+    absolute_sigma: bool = False,
+    chunk_size: int | None = None,
 ) -> FitResult:
     """Fit y ~ model(x; params) by minimising cost = sum rho(((model - y) / sigma)^2).
 
@@ -66,11 +78,17 @@ def fit(
     y : array or tensor
         Observations, one per data point.
     params : dict
-        Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``.
+        Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``, or
+        name -> ``{"expr": "2*a"}``: a parameter tied to others (substituted into the model; reported
+        with its standard error propagated from theirs).
     method : {"lm", "lbfgs", "adam", "sgd"}
         Levenberg-Marquardt with exact Jacobians (default), or a gradient-based optimiser.
     sigma : array, optional
         Standard deviation of each observation; residuals are divided by it.
+    absolute_sigma : bool
+        As in SciPy's ``curve_fit``: False (default) scales the covariance by the reduced chi-square
+        chisqr / nfree, so only the relative sizes of ``sigma`` matter; True takes ``sigma`` as the
+        absolute standard deviations, cov = (J^T J)^-1 of the weighted Jacobian.
     bounds : dict of str -> (lower, upper), optional
         Bounds per parameter (None for an open side).
     loss : {"linear", "soft_l1", "huber", "cauchy"}
@@ -85,6 +103,16 @@ def fit(
         The data as decimal text (data names and "y"), as files hold it. When float64 rounding would
         swamp the final cost (residuals near 1e-16 of the data), a formula model's cost is
         recomputed from this text in 40-digit arithmetic. The file readers pass it.
+    chunk_size : int, optional
+        Build the Levenberg-Marquardt step from chunks of this many rows (R accumulated by TSQR), so
+        the Jacobian is never held whole: memory O(chunk_size p + n) for long data. Linear loss only;
+        no geodesic acceleration.
+    distributed : bool
+        Inside an initialised torch.distributed process group: ``x``, ``y`` and ``sigma`` are this
+        rank's shard of the rows (possibly none), and every rank gets the fit of all rows (LM: the
+        same steps as one process; gradient solvers: all-reduced gradients). See `distributed`. The
+        result's ``data`` (and what re-evaluates the model: bands, profile intervals) holds this
+        rank's rows only.
     """
     start_time = time.perf_counter()
     dtype, device = _dtype_and_device(dtype, device)
@@ -114,6 +142,9 @@ def fit(
             on_step=on_step,
             decimal_data=decimal_data,
             start_time=start_time,
+            distributed=distributed,
+            absolute_sigma=absolute_sigma,
+            chunk_size=chunk_size,
         )
 
 
@@ -171,6 +202,9 @@ def _fit(
     on_step,
     decimal_data,
     start_time,
+    distributed=False,
+    absolute_sigma=False,
+    chunk_size=None,
 ) -> FitResult:
     solver = get_solver(method)
     rho = get_loss(loss)
@@ -184,26 +218,48 @@ def _fit(
     ftol, xtol, gtol = (_number(value, name) for value, name in ((ftol, "ftol"), (xtol, "xtol"), (gtol, "gtol")))
     if on_step is not None and not callable(on_step):
         raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
-    specs = parameter_specs(params, bounds)
-    data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
-    names = tuple(spec.name for spec in specs)
-    function, text, data_names = build_function(model, tuple(data.x), names, data.x_is_dict)
-    columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
-    problem = Model(function, columns, data.y, data.sigma, specs, text)
-    theta = problem.initial_theta()
+    if not isinstance(absolute_sigma, (bool, np.bool_)):
+        raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
+    shards = Shards(device) if distributed else None
+    failure = None
     try:
-        check_finite_start(problem.residuals(theta))
-    except RuntimeError as error:
-        if isinstance(error, FitError):
+        params, ties = split_ties(params, bounds)
+        specs = parameter_specs(params, bounds)
+        data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device, allow_empty=distributed)
+        problem, theta, start = _problem(model, data, specs, ties, _chunk_size(chunk_size, loss))
+    except CustomgradError as error:
+        if shards is None:
             raise
-        raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
+        failure = error
+    if shards is not None:
+        # every rank learns of any rank's bad input, and of ranks fitting different things: none hangs
+        about = (model if isinstance(model, str) else getattr(model, "__name__", "callable"), params, bounds)
+        columns = sorted(map(str, x)) if isinstance(x, Mapping) else ["x"]
+        options = (method, loss, str(dtype), max_steps, ftol, xtol, gtol, learning_rate, sigma is None)
+        shards.raise_together(
+            failure,
+            f"model {about[0]!r}, params {about[1]!r}, bounds {about[2]!r}, columns {columns}, options {options}",
+        )
+        if data.omitted_rows:
+            data.omitted_rows = []  # row numbers are per shard: not reported
+    agree = (lambda scale: scale) if shards is None else shards.minimum  # one unit for every rank
+    # LM on least squares is invariant to a common scale of the residuals: run it in units where
+    # the cost neither overflows nor underflows (a robust loss is not, and other solvers' steps are not)
+    rescaled = method == "lm" and rho is None
+    units = {"scale": agree(power_of_two_scale(start)) if rescaled else 1.0, "steps": 0}
+
+    def residuals(t):
+        r = problem.residuals(t)
+        return r if units["scale"] == 1.0 else r * units["scale"]
 
     def cost_of(r):
-        return robust_cost(rho, r)
+        cost = robust_cost(rho, r)
+        return cost if shards is None else shards.sum(cost)
 
     def linearize(t, r):
         if rho is None:
-            return problem.augmented(t)
+            block = problem.augmented(t)
+            return block if units["scale"] == 1.0 else block * units["scale"]
         r_new, jacobian = robust_linearization(rho, *problem.jacobian(t))
         return torch.cat([jacobian, r_new.unsqueeze(-1)], dim=-1)
 
@@ -219,28 +275,83 @@ def _fit(
     options = dict(max_steps=max_steps, objective=objective, learning_rate=learning_rate)
     if method == "lm":
         # geodesic acceleration probes residuals(): only where they are the linearised ones
-        options.update(ftol=ftol, xtol=xtol, gtol=gtol, geodesic_acceleration=rho is None)
+        geodesic = rho is None and not isinstance(problem, ChunkedModel)  # needs J row by row
+        options.update(ftol=ftol, xtol=xtol, gtol=gtol, geodesic_acceleration=geodesic)
+        if shards is not None:
+            options.update(reduce=lambda block: shards.factor(block).cpu().numpy(), sum_rows=shards.sum)
+    elif shards is not None:
+        options.update(shards=shards)
+    if shards is not None:
+        progress = progress and shards.rank == 0  # only rank 0 prints
     from ..progress import progress_bar
 
     with progress_bar(max_steps, f"fitting ({method})", enabled=progress) as advance:
 
         def step_callback(step: int, cost: float) -> None:
+            cost = cost / units["scale"] / units["scale"]
             advance(f"cost {cost:.6g}")
             if on_step is not None:
-                on_step(step, cost)
+                on_step(units["steps"] + step, cost)
 
         callback = step_callback if progress or on_step is not None else None
-        outcome = solver(problem.residuals, linearize, cost_of, theta, on_step=callback, **options)
-        if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta):
-            retry = solver(problem.residuals, linearize, cost_of, theta, factor=1.0, **options)
+
+        def run(start: torch.Tensor):
+            return solver(residuals, linearize, cost_of, start, on_step=callback, **options)
+
+        outcome = run(theta)
+        if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards):
+            retry = solver(residuals, linearize, cost_of, theta, factor=1.0, **options)
             if retry.cost < outcome.cost:
                 retry.evaluations += outcome.evaluations
                 retry.jacobians += outcome.jacobians
                 outcome = retry
+        if rescaled:
+            outcome = _in_range(run, problem, units, outcome, agree)
+        elif outcome.cost == 0 and outcome.status != "nonfinite" and _any_nonzero(problem, outcome.theta, shards):
+            outcome.status = "underflow"  # the solver saw a zero cost that is not zero: r^2 underflowed
     exact = None
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}
-    return _result(problem, outcome, method, loss, data.omitted_rows, time.perf_counter() - start_time, exact)
+    source = FitSource(problem, loss, bool(absolute_sigma), data.x_is_dict, ties)
+    seconds = time.perf_counter() - start_time
+    return _result(problem, outcome, method, loss, data.omitted_rows, seconds, exact, source, shards)
+
+
+def _chunk_size(chunk_size, loss: str) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise UsageError(f"chunk_size must be a positive integer (rows per chunk), got {chunk_size!r}")
+    if loss != "linear":
+        raise UsageError(f"chunk_size needs loss='linear' (a robust loss reweights rows one by one), got {loss!r}")
+    return int(chunk_size)
+
+
+def _problem(model, data, specs, ties, chunk_size: int | None = None) -> tuple[Model, torch.Tensor, torch.Tensor]:
+    """The fit's model over checked data (tied parameters substituted), the initial internal
+    coordinates, and the residuals there."""
+    names = tuple(spec.name for spec in specs)
+    function, text, data_names = ties.build_function(model, tuple(data.x), names, data.x_is_dict)
+    columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
+    if chunk_size is None:
+        problem = Model(function, columns, data.y, data.sigma, specs, text)
+    else:
+        problem = ChunkedModel(function, columns, data.y, data.sigma, specs, text, chunk_size)
+    theta = problem.initial_theta()
+    try:
+        start = problem.residuals(theta)
+        check_finite_start(start)
+    except RuntimeError as error:
+        if isinstance(error, FitError):
+            raise
+        raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
+    return problem, theta, start
+
+
+def _any_nonzero(problem: Model, theta: torch.Tensor, shards: Shards | None) -> bool:
+    """Any residual nonzero, on any rank."""
+    found = float(bool(problem.residuals(theta).any()))
+    return (found if shards is None else shards.sum(found)) > 0
 
 
 _DTYPES = (torch.float64, torch.float32)
@@ -279,35 +390,122 @@ def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
     return dtype, device
 
 
-def _saturated(problem: Model, theta: torch.Tensor) -> bool:
-    _, jacobian = problem.jacobian(theta)
+def _in_range(run: Callable, problem: Model, units: dict, outcome, agree: Callable = lambda scale: scale):
+    """The outcome with its costs back in the data's units; first, while LM ended where its scaled
+    cost is out of squaring range (a start 1e170 times off the data: the residuals shrank by more
+    than float64's squares span), restart it from there in new units. The Jacobian count adds up.
+    """
+    history = [cost / units["scale"] / units["scale"] for cost in outcome.history]
+    for _ in range(_RESTARTS):
+        if 2.0**-_SAFE_EXPONENT < outcome.cost < 2.0 ** (2 * _SAFE_EXPONENT) or outcome.status == "nonfinite":
+            break
+        scale = agree(power_of_two_scale(problem.residuals(outcome.theta)))
+        if scale == units["scale"]:
+            break
+        units["scale"], units["steps"] = scale, units["steps"] + outcome.steps
+        again = run(outcome.theta)
+        again.evaluations += outcome.evaluations
+        again.jacobians += outcome.jacobians
+        again.steps += outcome.steps
+        history += [cost / scale / scale for cost in again.history[1:]]
+        outcome = again
+    outcome.cost = outcome.cost / units["scale"] / units["scale"]
+    outcome.history = history
+    return outcome
+
+
+def power_of_two_scale(*tensors: torch.Tensor) -> float:
+    """2^k bringing max |t| into [2^-_SAFE_EXPONENT, 2^_SAFE_EXPONENT] (1.0 when it is there or 0)."""
+    largest = max(float(t.abs().max()) if t.numel() else 0.0 for t in tensors)
+    if largest == 0 or not math.isfinite(largest):
+        return 1.0
+    exponent = math.frexp(largest)[1]
+    if exponent > _SAFE_EXPONENT:
+        return math.ldexp(1.0, _SAFE_EXPONENT - exponent)
+    if exponent < -_SAFE_EXPONENT:
+        return math.ldexp(1.0, -_SAFE_EXPONENT - exponent)
+    return 1.0
+
+
+def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> bool:
+    _, jacobian = problem.jacobian(theta)  # (R of J when chunked: the same column norms)
+    scale = power_of_two_scale(problem.y)  # norms of data near 1e200 would overflow
     values = problem.external(theta).abs().clamp_min(1.0)
-    sensitivity = torch.linalg.vector_norm(jacobian, dim=0) * values
-    return bool((sensitivity < _SATURATED * torch.linalg.vector_norm(problem.y)).any())
+    if shards is None:
+        sensitivity = torch.linalg.vector_norm(jacobian * scale, dim=0) * values
+        return bool((sensitivity < _SATURATED * torch.linalg.vector_norm(problem.y * scale)).any())
+    scale = shards.minimum(scale)
+    scaled, y = jacobian * scale, problem.y * scale
+    squares = shards.sum(torch.cat([(scaled * scaled).sum(0), (y * y).sum().reshape(1)]).cpu().numpy())
+    sensitivity = torch.as_tensor(np.sqrt(squares[:-1])).to(values) * values
+    return bool((sensitivity < _SATURATED * math.sqrt(squares[-1])).any())
 
 
 def _result(
-    problem: Model, outcome, method: str, loss: str, omitted: list[int], seconds: float, exact: dict | None
+    problem: Model,
+    outcome,
+    method: str,
+    loss: str,
+    omitted: list[int],
+    seconds: float,
+    exact: dict | None,
+    source: FitSource | None = None,
+    shards: Shards | None = None,
 ) -> FitResult:
     values = problem.external(outcome.theta)
     r, jacobian = problem.jacobian(values, external=True)
-    cost = _precise_cost(problem, values, float(r @ r), exact or {})
+    weighted_y = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
+    # statistics in units where the squares stay in range (the covariance does not depend on them)
+    scale = power_of_two_scale(r, weighted_y)
     n, p = problem.size, len(problem.names)
+    if shards is None:
+        scaled_cost = float((r * scale) @ (r * scale))
+        cost = _precise_cost(problem, values, scaled_cost / scale / scale, exact or {})
+        if math.isfinite(cost) and cost > 0:
+            scaled_cost = cost * scale * scale
+        data_norm = float(torch.linalg.vector_norm(weighted_y * scale))
+    else:  # statistics from the combined R: the singular values and V of J (rows never gathered)
+        scale = shards.minimum(scale)
+        sums = shards.sum([float((r * scale) @ (r * scale)), n, float(((weighted_y * scale) ** 2).sum())])
+        scaled_cost, n, data_norm = float(sums[0]), int(sums[1]), math.sqrt(sums[2])
+        cost = scaled_cost / scale / scale
+        jacobian = shards.factor(jacobian * scale) / scale  # R of J over every rank's rows (J, or R when chunked)
     dof = n - p
-    spread = uncertainty(jacobian, cost, dof, problem.names)
+    absolute = source is not None and source.absolute_sigma
     value_list = values.tolist()
+    spread = uncertainty(
+        jacobian * scale,
+        scaled_cost,
+        dof,
+        problem.names,
+        values=value_list,
+        data_norm=data_norm,
+        absolute=absolute,
+        unit=scale,
+    )
     fitted = dict(zip(problem.names, value_list, strict=True))
     all_params = {spec.name: fitted.get(spec.name, spec.value) for spec in problem.specs}
+    stderr = dict(zip(problem.names, spread.stderr.tolist(), strict=True))
+    ties = source.ties if source is not None else None
+    if ties:
+        tied_values, tied_errors = ties.values_and_errors(all_params, problem.names, spread.covariance)
+        all_params.update(tied_values)
+        stderr.update(tied_errors)
     warnings = _diagnose(problem, outcome.status, spread, value_list, dof, omitted)
+    if math.isinf(cost) and math.isfinite(scaled_cost):
+        warnings.append(
+            "the cost (sum of squared residuals) exceeds float64's range (~1.8e308) and is reported as inf; "
+            "the fit, residual std and standard errors were computed in rescaled units and are finite"
+        )
     with torch.no_grad():
         prediction = problem.predict(values)
     return FitResult(
         params=all_params,
-        stderr=dict(zip(problem.names, spread.stderr.tolist(), strict=True)),
+        stderr=stderr,
         covariance=spread.covariance,
         correlation=spread.correlation,
         cost=cost,
-        residual_std=math.sqrt(cost / dof) if dof > 0 else math.nan,
+        residual_std=math.sqrt(scaled_cost / dof) / scale if dof > 0 else math.nan,
         dof=dof,
         evaluations=outcome.evaluations,
         jacobians=outcome.jacobians,
@@ -329,6 +527,9 @@ def _result(
             "fitted": prediction.detach().cpu().numpy(),
             "sigma": None if problem.inverse_sigma is None else (1 / problem.inverse_sigma).cpu().numpy(),
         },
+        tied=dict(ties.given) if ties else {},
+        absolute_sigma=absolute,
+        source=source,
     )
 
 
@@ -356,6 +557,10 @@ def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict
             predictions = precise(columns)
         except Exception:  # noqa: BLE001 - extended precision is a refinement: keep the float64 cost
             return cost
+        # sin and cos rewritten with exp come back complex, with an imaginary part at the roundoff level
+        if any(abs(mpmath.im(f)) > mpmath.mpf(10) ** -30 * (1 + abs(f)) for f in predictions):
+            return cost
+        predictions = [mpmath.re(f) for f in predictions]
         y = column("y", problem.y.cpu().numpy())
         weights = [1.0] * size if problem.inverse_sigma is None else problem.inverse_sigma.cpu().tolist()
         total = mpmath.fsum(
@@ -372,13 +577,26 @@ def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int
     warnings = []
     if status == "max_steps":
         warnings.append("the step limit was reached: the parameters may not be converged (raise max_steps)")
+    if status == "step_limit":
+        warnings.append(
+            "the solver ran its fixed number of steps without a convergence test: the parameters may not "
+            "be converged (compare with method='lm', or check that the cost history has levelled off)"
+        )
     if status == "nonfinite":
         warnings.append("the model produced NaN or inf during the fit; the best parameters before that are kept")
     for group in spread.not_identifiable:
+        rank = f"the Jacobian has rank {spread.rank} of {len(problem.names)}"
+        if len(group) == 1:
+            warnings.append(
+                f"parameter {group[0]} is not identifiable: the model does not depend on it at the fitted "
+                f"values ({rank}), so the data do not determine it; its standard error is undefined "
+                "(fix it or re-parametrise the model)"
+            )
+            continue
         warnings.append(
-            f"parameters {', '.join(group)} are not identifiable: the Jacobian has rank {spread.rank} "
-            f"of {len(problem.names)}, so the data fix only a combination of them; their standard "
-            "errors are undefined (fix one of them or re-parametrise the model)"
+            f"parameters {', '.join(group)} are not identifiable: {rank}, so the data fix only a "
+            "combination of them; their standard errors are undefined (fix one of them or re-parametrise "
+            "the model)"
         )
     if not spread.not_identifiable and spread.condition > CONDITION_WARNING:
         warnings.append(

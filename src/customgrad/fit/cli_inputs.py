@@ -6,11 +6,16 @@ Kept out of the CLI module so that it holds no logic: it parses, calls this, pri
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DataError, UsageError
 from .api import fit, fit_experiment
+from .batch import fit_batch
+from .batch_data import read_curves
+from .batch_result import BatchFitResult
 from .data import read_table
+from .formula_model import formula_model
 from .nist import read_nist
 from .result import FitResult
 
@@ -45,8 +50,108 @@ def _bounds(text: str, where: str) -> tuple[float | None, float | None]:
     return (_number(low, where) if low else None, _number(high, where) if high else None)
 
 
+# The kinds of run ``customgrad fit`` makes, as the messages name them.
+RUNS = {
+    "experiment": "the built-in experiment's gradient-descent run",
+    "experiment_fit": "a fit of the built-in experiment's data",
+    "table": "a fit of a --data table",
+    "nist": "a fit of a NIST StRD file",
+}
+_GRADIENT_METHODS = ("sgd", "adam", "lbfgs")
+
+# Options that apply to some runs only: flag -> (attribute, applies(run, args), why not, elsewhere).
+# One rule for all of them: an option given where it does not apply is refused, naming it and why.
+OPTION_RULES: dict[str, tuple[str, Callable[[str, object], bool], str]] = {
+    "--experiment": (
+        "experiment",
+        lambda run, args: run in ("experiment", "experiment_fit"),
+        "it picks built-in data, and --data gives yours",
+    ),
+    "--seed": (
+        "seed",
+        lambda run, args: run in ("experiment", "experiment_fit"),
+        "it draws the built-in experiment's random initial values; a --data fit starts from --param "
+        "(or a NIST file's certified start)",
+    ),
+    "--param": (
+        "param",
+        lambda run, args: run in ("table", "nist"),
+        "it sets initial values of a --model/--data fit; the built-in experiment starts from random "
+        "values (choose them with --seed)",
+    ),
+    "--bound": (
+        "bound",
+        lambda run, args: run != "experiment",
+        "the blog's gradient-descent run has no bounds: add --method lm to fit its data with them",
+    ),
+    "--lr": (
+        "lr",
+        lambda run, args: run == "experiment" or args.method in _GRADIENT_METHODS,
+        "it is the step size of gradient methods (--method sgd, adam, lbfgs); Levenberg-Marquardt "
+        "(--method lm, the default) chooses its own steps",
+    ),
+    "--loss": (
+        "loss",
+        lambda run, args: run != "experiment",
+        "the built-in gradient-descent run minimises the sum of squares: add --method lm for a robust loss",
+    ),
+    "--nan-policy": (
+        "nan_policy",
+        lambda run, args: run in ("table", "nist"),
+        "it says what to do with NaN rows of a --data file; the built-in data have none",
+    ),
+    "--start": (
+        "start",
+        lambda run, args: run == "nist",
+        "it picks one of a NIST StRD file's certified starting points; give initial values with --param",
+    ),
+    "--x": ("x", lambda run, args: run == "table", "NIST files and the built-in data have fixed columns"),
+    "--y": ("y", lambda run, args: run == "table", "NIST files and the built-in data have fixed columns"),
+    "--sigma": ("sigma", lambda run, args: run == "table", "NIST files and the built-in data have no sigma column"),
+    "--absolute-sigma": (
+        "absolute_sigma",
+        lambda run, args: run == "table",
+        "it says how to read the --sigma column of a --data table; NIST files and the built-in data have none",
+    ),
+    "--bands": (
+        "bands",
+        lambda run, args: run != "experiment" and bool(args.plot or args.json),
+        "it chooses the band that --plot shades and --json write, for a fit (--model/--data, or --method)",
+    ),
+}
+# What an option left out means (the parser's defaults are None, so that "given" can be told apart).
+DEFAULTS = {"experiment": "blog", "seed": 0, "loss": "linear", "nan_policy": "raise", "start": 1}
+
+
+def fit_run(args) -> str:
+    """Which run the options describe (a key of `RUNS`), checking first the formula, then the data
+    file, then that every option given applies to that run; fills in the defaults of the others.
+    """
+    if args.model is not None:
+        formula_model(args.model)  # a malformed formula is the first thing to report
+    if args.data is None:
+        if args.model is not None:
+            raise UsageError("--model needs --data FILE (or leave both out to fit the built-in experiment)")
+        run = "experiment_fit" if args.method or args.ci else "experiment"
+    else:
+        path = Path(args.data)
+        if not path.is_file():
+            raise DataError(f"--data {args.data!r}: no such file")
+        run = "nist" if _is_nist(path) else "table"
+    if run == "nist" and args.param and args.start is not None:
+        raise UsageError("--start picks a NIST file's certified starting point, but --param gives the start: use one")
+    for flag, (attribute, applies, reason) in OPTION_RULES.items():
+        if getattr(args, attribute) not in (None, [], False) and not applies(run, args):
+            where = RUNS[run] if flag != "--lr" else f"{RUNS[run]} with --method {args.method or 'lm'}"
+            raise UsageError(f"{flag} does not apply to {where}: {reason}")
+    for attribute, value in DEFAULTS.items():
+        if getattr(args, attribute) is None:
+            setattr(args, attribute, value)
+    return run
+
+
 def fit_inputs(args) -> FitResult:
-    """Run the fit the ``customgrad fit`` options describe and return its result."""
+    """Run the fit the ``customgrad fit`` options describe and return its result (after `fit_run`)."""
     params = parse_assignments(args.param, "--param", _number)
     bounds = parse_assignments(args.bound, "--bound", _bounds)
     options = dict(
@@ -55,34 +160,24 @@ def fit_inputs(args) -> FitResult:
         max_steps=args.steps,
         learning_rate=args.lr,
         progress=not args.quiet,
-        nan_policy=args.nan_policy,
+        nan_policy=args.nan_policy or "raise",
     )
+    shard = _rows_of_this_rank if getattr(args, "distributed", False) else None
+    if shard is not None:
+        options["distributed"] = True
     if args.data is None:
-        if args.model is not None:
-            raise UsageError("--model needs --data FILE (or leave both out to fit the built-in experiment)")
-        if params:
-            raise UsageError(
-                "--param sets initial values of a --model/--data fit; the built-in experiment starts from "
-                "random values (choose them with --seed)"
-            )
-        if bounds and not args.method:
-            raise UsageError(
-                "--bound on the built-in experiment needs a solver with bounds: add --method lm "
-                "(the blog's gradient-descent run has none)"
-            )
         return fit_experiment(args.experiment, seed=args.seed, bounds=bounds or None, **options)
     path = Path(args.data)
-    if not path.is_file():
-        raise DataError(f"--data {args.data!r}: no such file")
     if _is_nist(path):
         problem = read_nist(path)
+        x, y, _ = shard(problem.x, problem.y, None) if shard else (problem.x, problem.y, None)
         return fit(
             problem.formula if args.model is None else args.model,
-            problem.x,
-            problem.y,
+            x,
+            y,
             params=params or problem.starts[args.start - 1],
             bounds=bounds or None,
-            decimal_data=None if args.model is not None else problem.decimal,
+            decimal_data=None if args.model is not None or shard else problem.decimal,
             **options,
         )
     if args.model is None:
@@ -97,7 +192,45 @@ def fit_inputs(args) -> FitResult:
     else:  # named columns: the model must use the predictors' names
         x = {_column_name(table, column): table.column(column) for column in x_columns}
     sigma = table.column(args.sigma) if args.sigma else None
-    return fit(args.model, x, table.column(y_column), params=params, bounds=bounds or None, sigma=sigma, **options)
+    if args.absolute_sigma:
+        options["absolute_sigma"] = True
+    y = table.column(y_column)
+    if shard is not None:
+        x, y, sigma = shard(x, y, sigma)
+    return fit(args.model, x, y, params=params, bounds=bounds or None, sigma=sigma, **options)
+
+
+def _rows_of_this_rank(x, y, sigma):
+    """This process's share of the rows of x (array or dict), y and sigma: consecutive, near-equal sizes."""
+    import torch.distributed as dist
+
+    from .distributed import local_shard
+
+    rows = local_shard(len(y), dist.get_rank(), dist.get_world_size())
+    x = {name: values[rows] for name, values in x.items()} if isinstance(x, dict) else x[rows]
+    return x, y[rows], None if sigma is None else sigma[rows]
+
+
+def batch_inputs(args) -> BatchFitResult:
+    """Run the batch of fits ``customgrad fit --batch`` describes: one curve per row of ``--data``."""
+    if args.data is None or args.model is None:
+        raise UsageError('--batch needs --data FILE (one curve per row) and --model, e.g. --model "a*exp(-b*x)"')
+    if args.method not in (None, "lm") or args.loss not in (None, "linear"):
+        raise UsageError("--batch fits by Levenberg-Marquardt with the linear loss: drop --method/--loss")
+    if not args.param:
+        raise UsageError("give each parameter an initial value with --param NAME=VALUE (e.g. --param a=0 --param b=1)")
+    x, y = read_curves(args.data, args.x_values)
+    return fit_batch(
+        args.model,
+        x,
+        y,
+        params=parse_assignments(args.param, "--param", _number),
+        bounds=parse_assignments(args.bound, "--bound", _bounds) or None,
+        max_steps=args.steps,
+        progress=not args.quiet,
+        nan_policy=args.nan_policy or "omit",
+        distributed=getattr(args, "distributed", False),
+    )
 
 
 def _column_name(table, spec: str) -> str:

@@ -116,8 +116,13 @@ def _as_array(values, what: str) -> np.ndarray:
     return array
 
 
-def prepare_data(x, y, sigma=None, *, nan_policy: str = "raise", dtype=torch.float64, device=None) -> FitData:
-    """Check and convert fit data; rows with NaN/inf raise `DataError` naming them, or are dropped."""
+def prepare_data(
+    x, y, sigma=None, *, nan_policy: str = "raise", dtype=torch.float64, device=None, allow_empty: bool = False
+) -> FitData:
+    """Check and convert fit data; rows with NaN/inf raise `DataError` naming them, or are dropped.
+
+    ``allow_empty``: no rows is fine (a rank's shard of a distributed fit).
+    """
     if nan_policy not in NAN_POLICIES:
         raise UsageError(f"nan_policy must be one of {{{', '.join(NAN_POLICIES)}}}, got {nan_policy!r}")
     x_is_dict = isinstance(x, Mapping)
@@ -132,7 +137,7 @@ def prepare_data(x, y, sigma=None, *, nan_policy: str = "raise", dtype=torch.flo
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{name} has {n}" for name, n in lengths.items())
         raise DataError(f"data lengths differ ({listed}): every array needs one value per data point")
-    if len(y_array) == 0:
+    if len(y_array) == 0 and not allow_empty:
         raise DataError("no data: x and y are empty")
     bad = np.zeros(len(y_array), dtype=bool)
     for values in named.values():
@@ -149,11 +154,14 @@ def prepare_data(x, y, sigma=None, *, nan_policy: str = "raise", dtype=torch.flo
             )
         omitted = rows
         named = {name: values[~bad] for name, values in named.items()}
-        if len(named["y"]) == 0:
+        if len(named["y"]) == 0 and not allow_empty:
             raise DataError("every row has NaN or inf: nothing left to fit")
     if "sigma" in named and not (named["sigma"] > 0).all():
         rows = np.flatnonzero(~(named["sigma"] > 0))[:10].tolist()
-        raise DataError(f"sigma must be positive (it divides the residuals); rows {rows} are not")
+        raise DataError(
+            f"sigma must be positive (it divides the residuals); rows {rows} (0-based) are not: "
+            "give each observation its standard deviation, or drop those rows"
+        )
 
     def tensor(values):
         return torch.as_tensor(values, dtype=dtype, device=device)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .statistics import column_norms as safe_column_norms
+
 EPS = float(np.finfo(np.float64).eps)
 TINY = float(np.finfo(np.float64).tiny)
 # Singular values below this share of the largest are left out of Gauss-Newton steps: those directions
@@ -35,9 +37,23 @@ DRIFT_TOLERANCE, DRIFT_WINDOW = 1e-8, 10
 # Consecutive trial steps with NaN/inf cost tolerated, each shrinking the trust region tenfold:
 # enough to come back from a first step that overflowed.
 NONFINITE_RETRIES = 30
+# Statuses after which one Gauss-Newton step polishes the solution: these stops leave the parameters
+# within about sqrt(ftol) of the minimum (in standard errors), so that a change of one ulp in the data
+# or in the arithmetic moves the result by ~1e-8 relative; the polish contracts that spread by the
+# Gauss-Newton rate, and is kept only when the cost does not increase.
+POLISHED = ("ftol", "xtol", "roundoff")
+# At the minimum the cost is flat to roundoff: the polished point is kept unless the cost rises by more.
+POLISH_SLACK = 1e-14
 # Geodesic acceleration: the probe step h for the second directional derivative (in units of the step)
 # and the largest accepted ratio 2 ||a|| / ||v|| (Transtrum & Sethna's alpha).
 PROBE, ACCELERATION_RATIO = 0.1, 0.75
+# ftol's relative reductions are those of the step the trust region allowed: when the Gauss-Newton
+# step would still remove more than this share of the cost, a tiny reduction means the region is too
+# small (a start 1e160 times off the solution), not that the fit converged.
+UNEXPLOITED_SHARE = 1e-4
+# The first trust radius is at least this share of ||r||: a step of D-norm rho changes the cost by
+# about rho ||r||, and below ~EPS ||r|| no reduction shows in float64 at all (a start 1e160 off).
+VISIBLE_STEP = 1e-8
 
 
 @dataclass
@@ -82,6 +98,8 @@ class DampedStep:
         # Gauss-Newton with the pseudo-inverse: non-identifiable directions left out
         self.gauss_newton = [-u / value if kept else 0.0 for value, u, kept in zip(values, projected, keep)]
         self.gauss_newton_norm = math.sqrt(sum(c * c for c in self.gauss_newton))
+        # ||S c_GN||^2: the cost reduction the linear model promises for the Gauss-Newton step
+        self.gauss_newton_decrease = sum(u * u for u, kept in zip(projected, keep) if kept)
         self.start = 0.0 if all(keep) else EPS * largest**2
 
     def solve(self, radius: float) -> tuple[float, list[float], float, float]:
@@ -120,6 +138,8 @@ def levenberg_marquardt(
     factor: float = 100.0,
     on_step: Callable | None = None,
     geodesic_acceleration: bool = True,
+    reduce: Callable[[torch.Tensor], np.ndarray] = reduce_jacobian,
+    sum_rows: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Outcome:
     """Minimise cost_of(residuals(theta)) from ``theta`` (MINPACK's lmder logic, SVD-based lmpar).
 
@@ -141,6 +161,9 @@ def levenberg_marquardt(
     geodesic_acceleration : bool
         Bend damped steps along the curvature of r (needs ``linearize``'s residual column to be
         ``residuals(theta)``: the linear loss).
+    reduce, sum_rows : callable
+        [J | r] -> R as a numpy array, and the sum over data shards of a vector of per-shard sums
+        (for rows held by several processes: `distributed.Shards`; by default one process).
     """
     # The loop runs once per Jacobian on p-sized numpy arrays: Python floats and few numpy calls,
     # since on small problems each call costs more than the arithmetic.
@@ -154,16 +177,17 @@ def levenberg_marquardt(
     status = "max_steps"
     while jacobians < max_steps:
         augmented = linearize(theta, r)
-        reduced = reduce_jacobian(augmented)
+        reduced = reduce(augmented)
         jacobians += 1
-        if not np.isfinite(reduced).all():
+        # a cost that overflowed (or NaN) makes every convergence test below pass vacuously
+        if not np.isfinite(reduced).all() or not math.isfinite(cost):
             status = "nonfinite"
             break
         upper, qtr = reduced[:-1, :-1], reduced[:-1, -1]
-        column_norms = np.sqrt(np.einsum("ij,ij->j", upper, upper))
+        column_norms = safe_column_norms(upper)
         if scale is None:
             scale = np.where(column_norms > 0, column_norms, 1.0)
-            radius = factor * _norm(scale * theta_np) or factor
+            radius = max(factor * _norm(scale * theta_np) or factor, VISIBLE_STEP * math.sqrt(cost))
         else:
             scale = np.maximum(scale, column_norms)
         if cost == 0:
@@ -187,7 +211,8 @@ def levenberg_marquardt(
             if geodesic_acceleration and lam > 0:
                 r_probe = residuals(torch.from_numpy(theta_np + PROBE * velocity).to(theta))
                 evaluations += 1
-                velocity = velocity + _half_acceleration(augmented, r, r_probe, velocity, scale, s, vt, lam, step_norm)
+                bend = _half_acceleration(augmented, r, r_probe, velocity, scale, s, vt, lam, step_norm, sum_rows)
+                velocity = velocity + bend
             trial_np = theta_np + velocity
             trial = torch.from_numpy(trial_np).to(theta)
             r_trial = residuals(trial)
@@ -215,11 +240,12 @@ def levenberg_marquardt(
                 history.append(cost)
                 if on_step is not None:
                     on_step(steps, cost)
-            if abs(actual) <= ftol and predicted <= ftol and 0.5 * ratio <= 1:
+            exhausted = 0.5 * ratio <= 1 and damped.gauss_newton_decrease <= UNEXPLOITED_SHARE * cost
+            if abs(actual) <= ftol and predicted <= ftol and exhausted:
                 status = "ftol"
             elif radius <= xtol * theta_norm:
                 status = "xtol"
-            elif (abs(actual) <= EPS and predicted <= EPS and 0.5 * ratio <= 1) or radius <= EPS * theta_norm:
+            elif (abs(actual) <= EPS and predicted <= EPS and exhausted) or radius <= EPS * theta_norm:
                 status = "roundoff"
             elif cost == 0:
                 status = "exact"
@@ -243,6 +269,14 @@ def levenberg_marquardt(
             break
     else:
         status = "max_steps"
+    if status in POLISHED:
+        polished = _polish(residuals, linearize, cost_of, theta, r, cost, scale, reduce)
+        jacobians += 1
+        evaluations += polished is not None
+        if polished is not None and polished[2] <= cost * (1 + POLISH_SLACK):
+            theta, r, cost = polished
+            steps += 1
+            history.append(cost)
     return Outcome(
         theta=theta,
         status=status,
@@ -252,6 +286,19 @@ def levenberg_marquardt(
         steps=steps,
         history=history,
     )
+
+
+def _polish(residuals, linearize, cost_of, theta, r, cost, scale, reduce):
+    """theta + the Gauss-Newton step -D^-1 V S^+ U^T Q^T r at ``theta``, its residuals and cost (None: J not finite)."""
+    reduced = reduce(linearize(theta, r))
+    if not np.isfinite(reduced).all():
+        return None
+    upper, qtr = reduced[:-1, :-1], reduced[:-1, -1]
+    u, s, vt = np.linalg.svd(upper / scale)
+    step = (vt.T / scale[:, None]) @ np.array(DampedStep(s, u.T @ qtr).gauss_newton)
+    trial = theta + torch.from_numpy(step).to(theta)
+    r_trial = residuals(trial)
+    return trial, r_trial, cost_of(r_trial)
 
 
 def _half_acceleration(
@@ -264,6 +311,7 @@ def _half_acceleration(
     vt: np.ndarray,
     lam: float,
     velocity_norm: float,
+    sum_rows: Callable | None = None,
 ) -> np.ndarray | float:
     """Half the geodesic acceleration a = -(J^T J + lambda D^2)^-1 J^T r''(v, v) (Transtrum & Sethna 2012).
 
@@ -275,7 +323,10 @@ def _half_acceleration(
     # J^T as rows: contiguous for the generated (p + 1, n) block, so both products run without copies
     rows = augmented.T[:-1]
     curvature = (r_probe - r - PROBE * (torch.from_numpy(velocity).to(rows) @ rows)) * (2 / PROBE**2)
-    projected = (rows @ curvature).cpu().numpy() / scale
+    projected = (rows @ curvature).cpu().numpy()
+    if sum_rows is not None:
+        projected = sum_rows(projected)
+    projected = projected / scale
     coordinates = -(vt @ projected) / (s * s + lam)
     if not 2 * _norm(coordinates) <= ACCELERATION_RATIO * velocity_norm:  # NaN too
         return 0.0

@@ -25,6 +25,10 @@ import torch
 from ..errors import FitError, UsageError
 from .formula_model import formula_model
 
+# The formula language's constants (`functions.CONSTANTS`), as a message describes them: a parameter
+# or data column of that name would never be seen by the formula.
+CONSTANT_NAMES = {"E": "Euler's number e = 2.71828...", "pi": "the number pi = 3.14159..."}
+
 
 @dataclass(frozen=True)
 class ParameterSpec:
@@ -352,6 +356,13 @@ def build_function(
         raise UsageError(f"model must be a formula string or a callable f(x, **params), got {type(model).__name__}")
     compiled = formula_model(model)
     names = compiled.names
+    kinds = [("parameter", name) for name in param_names] + [("data column", name) for name in data_names]
+    for kind, name in kinds:
+        if name in CONSTANT_NAMES and (kind == "parameter" or x_is_dict):
+            raise UsageError(
+                f"{kind} {name!r} cannot be used in model {model!r}: in a formula {name!r} is "
+                f"{CONSTANT_NAMES[name]}, a constant; give the {kind} another name, such as {name + '0'!r}"
+            )
     if not x_is_dict:
         candidates = [name for name in names if name not in param_names]
         # A single predictor takes the model's first name that is not a parameter.

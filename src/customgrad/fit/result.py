@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ..strict_json import dumps, json_ready
+from . import goodness
+
+if TYPE_CHECKING:
+    from .source import FitSource
 
 # Termination reasons: status -> (success, message). One row per way a solver can stop.
 TERMINATION: dict[str, tuple[bool, str]] = {
@@ -21,7 +27,11 @@ TERMINATION: dict[str, tuple[bool, str]] = {
         "converged: the cost changes by less than 1e-8 (relative) over 10 steps while the "
         "parameters drift along directions the data do not determine",
     ),
-    "completed": (True, "ran the requested number of steps"),
+    "step_limit": (
+        False,
+        "stopped: ran the requested number of steps; this method has no convergence test, so "
+        "convergence is not established (method 'lm' or 'lbfgs' test for it)",
+    ),
     "max_steps": (
         False,
         "stopped: the step limit was reached before convergence; raise max_steps or start closer to the solution",
@@ -29,6 +39,11 @@ TERMINATION: dict[str, tuple[bool, str]] = {
     "nonfinite": (
         False,
         "stopped: the model gave NaN or inf; the best parameters found before that are kept",
+    ),
+    "underflow": (
+        False,
+        "stopped: the squared residuals underflow float64 (residuals below ~1e-154), so the solver saw a "
+        "zero cost; use method 'lm' with the linear loss (it rescales), or rescale the data",
     ),
 }
 
@@ -59,6 +74,9 @@ class FitResult:
     fixed: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     data: dict = field(default_factory=dict, repr=False)
+    tied: dict[str, str] = field(default_factory=dict)
+    absolute_sigma: bool = False
+    source: FitSource | None = field(default=None, repr=False, compare=False)
 
     @property
     def success(self) -> bool:
@@ -73,10 +91,94 @@ class FitResult:
     @property
     def names(self) -> tuple[str, ...]:
         """Free parameter names, in the order of the covariance matrix."""
-        return tuple(self.stderr)
+        return tuple(name for name in self.stderr if name not in self.tied)
 
-    def report(self) -> str:
-        """A readable summary: value +- stderr (relative error), strong correlations, warnings."""
+    # Goodness of fit, lmfit's definitions (see `goodness`).
+    @property
+    def chisqr(self) -> float:
+        """chisqr = sum ((f - y) / sigma)^2 at the fitted values (the cost)."""
+        return self.cost
+
+    @property
+    def ndata(self) -> int:
+        """n, the number of data points fitted (after nan_policy)."""
+        return self.dof + len(self.names)
+
+    @property
+    def nfree(self) -> int:
+        """nfree = n - p, data points less free parameters (tied and fixed ones do not count)."""
+        return self.dof
+
+    @property
+    def redchi(self) -> float:
+        """redchi = chisqr / max(1, nfree)."""
+        return goodness.reduced_chi_square(self.cost, self.dof)
+
+    @property
+    def aic(self) -> float:
+        """Akaike's criterion n log(chisqr / n) + 2 p (chisqr floored at 1e-250 n, as lmfit)."""
+        return goodness.information_criteria(self.cost, self.ndata, len(self.names))[0]
+
+    @property
+    def bic(self) -> float:
+        """Schwarz's criterion n log(chisqr / n) + p log(n) (chisqr floored at 1e-250 n, as lmfit)."""
+        return goodness.information_criteria(self.cost, self.ndata, len(self.names))[1]
+
+    @property
+    def rsquared(self) -> float:
+        """R^2 = 1 - sum (y - f)^2 / sum (y - mean y)^2, unweighted (lmfit); NaN without data."""
+        if "y" not in self.data:
+            return math.nan
+        return goodness.r_squared(self.data["y"], self.data["fitted"])
+
+    def predict(self, x) -> np.ndarray:
+        """The fitted model f(x; params) at new predictor values ``x`` (an array, or a dict as in the fit)."""
+        from .bands import predict
+
+        return predict(self, x)
+
+    def eval_uncertainty(self, x=None, *, sigma: float = 1, kind: str = "confidence") -> np.ndarray:
+        """Half-width of the band at ``sigma`` standard deviations: t sqrt(J C J^T) (+ redchi for prediction).
+
+        Parameters
+        ----------
+        x : array or dict, optional
+            Predictor values (default: the data's).
+        sigma : float
+            Standard deviations; P = erf(sigma / sqrt(2)), and below 1 sigma is P itself (lmfit).
+        kind : {"confidence", "prediction"}
+            The band of the curve (lmfit's ``dely``), or of new observations (``dely_predicted``:
+            the curve's variance plus redchi, or plus 1 with absolute sigma).
+
+        Notes
+        -----
+        The delta method with the exact Jacobian at ``x``, scaled by the Student-t quantile at
+        (1 + P) / 2 for nfree degrees of freedom (normal quantile with absolute sigma). NaN where the
+        covariance is undefined (parameters not identifiable).
+        """
+        from .bands import eval_uncertainty
+
+        return eval_uncertainty(self, x, sigma=sigma, kind=kind)
+
+    def conf_interval(self, sigmas=(1, 2), params=None, *, progress: bool = False) -> dict:
+        """{name: {sigma: (lower, upper)}}: profile-likelihood intervals by lmfit's F-test (see `profile`).
+
+        An end the profile never reaches inside the bounds is -inf / +inf; a parameter the data do not
+        determine gets NaN. Raises `FitError` for a fit that did not converge.
+        """
+        from .profile import conf_interval
+
+        return conf_interval(self, sigmas, params, progress=progress)
+
+    def plot_profile(self, name: str, path: str | Path) -> Path:
+        """Save a figure of parameter ``name``'s profile: sigma level against value, with the intervals."""
+        from ..plot import plot_profile
+
+        return plot_profile(self, name, path)
+
+    def report(self, ci: bool = False) -> str:
+        """A readable summary: value +- stderr (relative error), goodness of fit, strong correlations,
+        warnings; with ``ci``, the profile intervals at 1 and 2 sigma (computed if not yet)."""
         lines = [
             f"model: {self.model}",
             f"method: {self.method}   status: {self.status} ({self.message})",
@@ -84,6 +186,9 @@ class FitResult:
             f"dof = {self.dof}",
             f"steps = {self.steps}   evaluations = {self.evaluations}   "
             f"jacobians = {self.jacobians}   time = {1e3 * self.seconds:.1f} ms",
+            f"chisqr = {self.chisqr:.10g}   redchi = {self.redchi:.6g}   aic = {self.aic:.6g}   "
+            f"bic = {self.bic:.6g}   R^2 = {self.rsquared:.8g}   nfree = {self.nfree}"
+            + ("   (sigma absolute)" if self.absolute_sigma else ""),
             "",
         ]
         width = max(len(name) for name in [*self.params, "parameter"])
@@ -92,11 +197,12 @@ class FitResult:
             if name in self.fixed:
                 lines.append(f"{name:<{width}}  {value:>20.12g}  {'(fixed)':>14}")
                 continue
+            tied = f"  = {self.tied[name]}" if name in self.tied else ""
             error = self.stderr[name]
             relative = abs(error / value) if value != 0 and math.isfinite(error) else math.nan
             error_text = "not identif." if math.isnan(error) else f"{error:.6g}"
             relative_text = "" if math.isnan(relative) else f"{100 * relative:.3g}%"
-            lines.append(f"{name:<{width}}  {value:>20.12g}  {'± ' + error_text:>14}  {relative_text:>10}")
+            lines.append(f"{name:<{width}}  {value:>20.12g}  {'± ' + error_text:>14}  {relative_text:>10}{tied}")
         strong = [
             (a, b, self.correlation[i, j])
             for i, a in enumerate(self.names)
@@ -106,26 +212,20 @@ class FitResult:
         if strong:
             lines.append("")
             lines.append("correlations above 0.9: " + ", ".join(f"{a}-{b} {c:+.4f}" for a, b, c in strong))
+        if ci:
+            from .profile import interval_table
+
+            lines.extend(["", *interval_table(self)])
         if self.warnings:
             lines.append("")
             lines.extend(f"warning: {text}" for text in self.warnings)
         return "\n".join(lines)
 
-    def to_dict(self) -> dict:
-        """Everything but the data, as plain JSON-ready values (NaN -> null)."""
-
-        def clean(value):
-            if isinstance(value, float):
-                return value if math.isfinite(value) else None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [clean(v) for v in value]
-            if isinstance(value, np.ndarray):
-                return clean(value.tolist())
-            return value
-
-        return clean(
+    def to_dict(self, bands: str | None = None) -> dict:
+        """Everything but the data, as plain JSON-ready values (NaN and inf -> null); profile intervals
+        once computed; with ``bands`` ("confidence" or "prediction"), that band's 2-sigma half-width at
+        the data."""
+        return json_ready(
             {
                 "model": self.model,
                 "method": self.method,
@@ -150,18 +250,33 @@ class FitResult:
                 "warnings": self.warnings,
                 "seconds": self.seconds,
                 "history": self.history,
+                **self._uncertainty_dict(bands),
             }
         )
 
-    def to_json(self, path: str | Path | None = None) -> str:
-        """The result as JSON text; also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
+    def _uncertainty_dict(self, bands: str | None) -> dict:
+        extra = {name: getattr(self, name) for name in ("chisqr", "redchi", "aic", "bic", "rsquared", "nfree", "ndata")}
+        extra.update(tied=self.tied, absolute_sigma=self.absolute_sigma)
+        if self.source is not None and self.source.intervals:
+            extra["conf_interval"] = {
+                name: {str(sigma): list(pair) for sigma, pair in levels.items()}
+                for name, levels in self.source.intervals.items()
+            }
+            extra["conf_interval_notes"] = {name: note for name, note in self.source.notes.items() if note}
+        if bands is not None:
+            extra["band"] = {"kind": bands, "sigma": 2, "halfwidth": self.eval_uncertainty(sigma=2, kind=bands)}
+        return extra
+
+    def to_json(self, path: str | Path | None = None, *, bands: str | None = None) -> str:
+        """The result as JSON text (see `to_dict`); also written to ``path`` when given."""
+        text = dumps(self.to_dict(bands))
         if path is not None:
             Path(path).write_text(text)
         return text
 
-    def plot(self, path: str | Path) -> Path:
-        """Save a PNG: data and fitted curve, and a residuals panel below."""
+    def plot(self, path: str | Path, bands: str | None = "confidence") -> Path:
+        """Save a PNG: data, fitted curve with its 2-sigma ``bands`` shaded ("confidence", "prediction"
+        or None), and a residuals panel below."""
         from ..plot import plot_fit
 
-        return plot_fit(self, path)
+        return plot_fit(self, path, bands=bands)

@@ -28,6 +28,7 @@ def _gradient_descent(optimizer_name: str):
         learning_rate: float | None = None,
         on_step: Callable | None = None,
         objective: Callable,
+        shards=None,
         **_,
     ) -> Outcome:
         rate = LEARNING_RATES[optimizer_name] if learning_rate is None else learning_rate
@@ -57,9 +58,13 @@ def _gradient_descent(optimizer_name: str):
                 value = objective(leaf)
                 value.backward()
             evaluations += 1
+            if shards is not None:  # the cost is a sum over every rank's rows: so is its gradient
+                shards.all_reduce_gradient(leaf)
+                value = value.detach().new_tensor(shards.sum(float(value)))
             return value
 
-        status = "completed"
+        # adam and sgd have no convergence test: reaching the step limit is all they can report
+        status = "step_limit"
         for step in range(max_steps):
             before = leaf.detach().clone()
             # the value returned is the cost at the parameters before the step
@@ -78,7 +83,7 @@ def _gradient_descent(optimizer_name: str):
         final = cost_of(residuals(leaf.detach()))
         if math.isfinite(final) and final <= best_cost:
             best_theta, best_cost = leaf.detach().clone(), final
-        if status == "completed" and optimizer_name == "lbfgs":
+        if status == "step_limit" and optimizer_name == "lbfgs":
             status = "max_steps"
         return Outcome(
             theta=best_theta,

@@ -1,6 +1,7 @@
-"""Standard errors cov = s^2 (J^T J)^-1, s^2 = cost / dof, from an SVD of the column-scaled Jacobian,
-with the diagnostics a careful analyst adds: rank deficiency (which parameters are not identifiable),
-ill-conditioning, and parameters at their bounds.
+"""Standard errors cov = s^2 (J^T J)^-1, s^2 = cost / dof, from an SVD of the column-scaled R factor
+of J = QR (the same small R Levenberg-Marquardt steps with), with the diagnostics a careful analyst
+adds: rank deficiency (which parameters are not identifiable), parameters the model no longer depends
+on, ill-conditioning, and parameters at their bounds.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ import torch
 # and condition number above which standard errors are flagged as fragile.
 RANK_TOLERANCE = 1e-10
 CONDITION_WARNING = 1e12
-# A parameter counts as part of a null direction when its component there exceeds this.
+# A parameter counts as part of a null direction when its component there exceeds this
+# (on the projector onto the null space: its diagonal entry exceeds the square).
 NULL_COMPONENT = 0.1
+# A parameter whose whole effect (a change by max(|b_j|, 1)) moves the predictions by less than this
+# share of the data, ||J_j|| max(|b_j|, 1) < INSENSITIVE ||y||, is not determined by the data: its
+# Jacobian column is rounding noise (c + a exp(-k x) on constant y, where a ~ 1e-17 leaves k free).
+INSENSITIVE = 1e-12
 
 
 @dataclass
@@ -31,37 +37,107 @@ class Uncertainty:
     not_identifiable: list[list[str]] = field(default_factory=list)
 
 
-def uncertainty(jacobian: torch.Tensor, cost: float, dof: int, names: tuple[str, ...]) -> Uncertainty:
-    """cov = s^2 D^-1 V diag(1/S^2) V^T D^-1 (SVD of J D^-1), s^2 = cost / dof; NaN where not identifiable."""
-    jacobian = jacobian.detach().to(torch.float64).cpu().numpy()
-    p = jacobian.shape[1]
-    column_norms = np.linalg.norm(jacobian, axis=0)
-    scale = np.where(column_norms > 0, column_norms, 1.0)
-    if not np.isfinite(jacobian).all():
+def column_norms(matrix: np.ndarray) -> np.ndarray:
+    """||A_j||; where the squares leave float64's range, as m_j ||A_j / m_j|| with m_j = max_i |A_ij|
+    (entries near 1e-200 or 1e200 neither underflow nor overflow; others keep the plain sum of squares).
+    """
+    plain = np.sqrt(np.einsum("ij,ij->j", matrix, matrix))
+    if ((plain > 1e-140) & (plain < 1e140)).all():
+        return plain
+    largest = np.abs(matrix).max(axis=0, initial=0.0)
+    safe = np.where(largest > 0, largest, 1.0)
+    scaled = largest * np.sqrt(np.einsum("ij,ij->j", matrix / safe, matrix / safe))
+    return np.where((plain > 1e-140) & (plain < 1e140), plain, scaled)
+
+
+def reduce_to_r(jacobian: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The p x p upper-triangular R of J = QR (zero rows appended when n < p), float64 on the CPU.
+
+    R carries everything the covariance needs, J^T J = R^T R, in p^2 numbers: R's of data shards or
+    batches stack and reduce again.
+    """
+    matrix = torch.as_tensor(jacobian).detach().to(torch.float64)
+    rows, columns = matrix.shape
+    if rows < columns:
+        matrix = torch.cat([matrix, matrix.new_zeros(columns - rows, columns)])
+    return torch.linalg.qr(matrix, mode="r").R.cpu().numpy()
+
+
+def uncertainty(
+    jacobian: torch.Tensor,
+    cost: float,
+    dof: int,
+    names: tuple[str, ...],
+    *,
+    values: np.ndarray | None = None,
+    data_norm: float | None = None,
+    absolute: bool = False,
+    unit: float = 1.0,
+) -> Uncertainty:
+    """cov = s^2 D^-1 V diag(1/S^2) V^T D^-1 (SVD of R D^-1, J = QR), s^2 = cost / dof; NaN where not identifiable.
+
+    With ``absolute`` (sigma taken as absolute, SciPy's ``absolute_sigma=True``) s^2 = 1 in the
+    data's units: ``unit``^2 when J and cost come in units where the residuals were multiplied by
+    ``unit``. With ``values`` (the fitted parameters) and ``data_norm`` (||y||, weighted as J is), a
+    parameter whose column is below `INSENSITIVE` of the data is not identifiable either.
+    """
+    p = len(names)
+    upper = reduce_to_r(jacobian)
+    if not np.isfinite(upper).all():
         nan = np.full((p, p), math.nan)
         return Uncertainty(nan, np.full(p, math.nan), nan, math.inf, 0, [list(names)])
-    _, s, vt = np.linalg.svd(jacobian / scale, full_matrices=False)
-    s = np.concatenate([s, np.zeros(p - len(s))])
+    norms = column_norms(upper)
+    if values is not None and data_norm is not None and data_norm > 0:
+        reach = norms * np.maximum(np.abs(np.asarray(values, dtype=np.float64)), 1.0)
+        upper = np.where(reach < INSENSITIVE * data_norm, 0.0, upper)  # such a column is rounding noise
+        norms = np.where(reach < INSENSITIVE * data_norm, 0.0, norms)
+    scale = np.where(norms > 0, norms, 1.0)
+    _, s, vt = np.linalg.svd(upper / scale)
     keep = s > RANK_TOLERANCE * s[0] if s[0] > 0 else np.zeros(p, dtype=bool)
     rank = int(keep.sum())
     condition = float(s[0] / s[-1]) if s[-1] > 0 else math.inf
-    not_identifiable: list[list[str]] = []
-    if rank < p:
-        vt_full = np.linalg.svd(jacobian / scale)[2] if vt.shape[0] < p else vt
-        involved = np.zeros(p, dtype=bool)
-        for row in vt_full[rank:]:
-            members = np.abs(row) > NULL_COMPONENT
-            involved |= members
-            not_identifiable.append([names[j] for j in np.flatnonzero(members)])
-        vt = vt_full
-    variance = cost / dof if dof > 0 else math.nan
-    inverse = np.where(keep, 1 / np.where(keep, s, 1.0) ** 2, 0.0)
-    covariance = (vt[:p].T * inverse) @ vt[:p] / np.outer(scale, scale) * variance
-    stderr = np.sqrt(np.abs(np.diag(covariance)))
-    if rank < p:
-        stderr[involved] = math.nan
-        covariance[involved, :] = math.nan
-        covariance[:, involved] = math.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        correlation = covariance / np.outer(stderr, stderr)
+    variance = unit * unit if absolute else cost / dof if dof > 0 else math.nan
+    # (D^-1 J^T J D^-1)^+ in the scaled coordinates, entries of order 1; the units come last, and
+    # stderr takes its square root before them, so parameters near 1e300 keep finite stderr
+    core = (vt.T * np.where(keep, 1 / np.where(keep, s, 1.0) ** 2, 0.0)) @ vt
+    spread = np.sqrt(np.abs(np.diag(core)))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        stderr = math.sqrt(variance) * spread / scale
+        covariance = core * variance / np.outer(scale, scale)
+        correlation = core / np.outer(spread, spread)
+    groups = _null_groups(vt[rank:])
+    for group in groups:
+        stderr[group] = math.nan
+        for matrix in (covariance, correlation):
+            matrix[group, :] = math.nan
+            matrix[:, group] = math.nan
+    not_identifiable = [[names[j] for j in group] for group in groups]
     return Uncertainty(covariance, stderr, correlation, condition, rank, not_identifiable)
+
+
+def _null_groups(null_rows: np.ndarray) -> list[list[int]]:
+    """Parameters in the null space, grouped by the null directions they share (any basis gives the same).
+
+    From the projector N = V0 V0^T onto the null space: j takes part when N_jj > `NULL_COMPONENT`^2;
+    i and j belong together when |N_ij| exceeds it too (connected components).
+    """
+    if len(null_rows) == 0:
+        return []
+    projector = null_rows.T @ null_rows
+    threshold = NULL_COMPONENT**2
+    involved = [j for j in range(len(projector)) if projector[j, j] > threshold]
+    groups: list[list[int]] = []
+    unseen = set(involved)
+    for start in involved:
+        if start not in unseen:
+            continue
+        unseen.discard(start)
+        group, frontier = [start], [start]
+        while frontier:
+            i = frontier.pop()
+            linked = [j for j in sorted(unseen) if abs(projector[i, j]) > threshold]
+            unseen.difference_update(linked)
+            group.extend(linked)
+            frontier.extend(linked)
+        groups.append(sorted(group))
+    return groups

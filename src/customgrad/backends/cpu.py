@@ -1,0 +1,286 @@
+"""The cpu backend: fused C kernels for CPU tensors, one parallel SIMD loop per kernel.
+
+Measured route (see docs/architecture.md): plain C compiled by the system C compiler with
+``-O3 -march=native -fno-math-errno -fopenmp`` (no fast-math, so inf and NaN stay IEEE), vector
+math from glibc's libmvec through ``#pragma omp declare simd`` prototypes, called through ctypes with
+the tensors' data pointers. One shared library per (spec, precision, which inputs are broadcast
+numbers), built on first use in about 0.2 s and cached in memory and on disk (`customgrad.cache`).
+
+float16 and bfloat16 inputs are computed in float32 (converted copies in, the result converted back).
+Inputs that vary along only the trailing or only the leading dimensions of one split are read in
+place (an outer x inner loop); other broadcast or strided inputs are copied to full shape.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+
+import torch
+
+from .. import cache
+from ..codegen.c import C_BINARY_FUNCTIONS, C_FUNCTIONS, kernel_source
+from ..derive import FunctionSpec
+from ..errors import BackendError
+from ..launcher import broadcast_shape, flat_operand
+from .eager import torch_kernel
+
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
+LIBRARIES = ("-lmvec", "-lm")
+#: Below this many elements one thread is faster than waking the others (measured: about 20 us to wake).
+PARALLEL_MIN_SIZE = 65536
+_COMPUTED = {torch.float64: torch.float64, torch.float32: torch.float32, torch.float16: torch.float32}
+_COMPUTED[torch.bfloat16] = torch.float32
+
+
+@functools.cache
+def compiler() -> str | None:
+    """The C compiler: ``$CC``, else gcc, else cc; None when there is none."""
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+
+
+@functools.cache
+def compiler_identity() -> str:
+    """The compiler's version line and this CPU's model: part of every kernel's cache key (-march=native)."""
+    try:
+        version = subprocess.run([compiler(), "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        pass
+    first_line = version.splitlines()[0] if version else str(compiler())
+    return f"{first_line} {platform.machine()} {hashlib.sha256(model.encode()).hexdigest()}"
+
+
+@functools.cache
+def vector_functions() -> frozenset[str]:
+    """libm functions glibc's libmvec has vector variants of here (every ISA, float and double)."""
+    try:
+        library = ctypes.CDLL("libmvec.so.1")
+    except OSError:
+        return frozenset()
+    names = {*C_FUNCTIONS.values(), *C_BINARY_FUNCTIONS.values(), "pow", "sqrt"}
+    found = set()
+    for name in names:
+        v = "vv" if name in ("atan2", "pow") else "v"
+        variants = [f"_ZGVbN4{v}_{name}f", f"_ZGVeN16{v}_{name}f", f"_ZGVbN2{v}_{name}", f"_ZGVeN8{v}_{name}"]
+        if all(hasattr(library, variant) for variant in variants):
+            found.add(name)
+    return frozenset(found)
+
+
+def _build(source: str, name: str) -> bytes:
+    """Compile ``source`` into a shared library's bytes."""
+    with tempfile.TemporaryDirectory(prefix="customgrad-cpu-") as folder:
+        c_file, library = os.path.join(folder, "kernel.c"), os.path.join(folder, "kernel.so")
+        with open(c_file, "w") as file:
+            file.write(source)
+        libraries = LIBRARIES if vector_functions() else ("-lm",)
+        command = [compiler(), *FLAGS, c_file, "-o", library, *libraries]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as error:
+            raise BackendError(f"{name}: backend 'cpu' could not run the C compiler {compiler()!r}: {error}") from None
+        if done.returncode != 0:
+            raise BackendError(f"{name}: backend 'cpu': the C compiler failed:\n{done.stderr[-2000:]}")
+        with open(library, "rb") as file:
+            return file.read()
+
+
+_loaded_folder: list[str] = []
+
+
+def _load(data: bytes, input_count: int, output_count: int) -> Callable:
+    """dlopen a library from its bytes (written to a private file) and type its ``kernel``."""
+    # OpenMP threads that spin while waiting hold a core another process (or torch) needs: on a busy
+    # machine a parallel loop then waits a whole time slice. Read by libgomp when the first kernel loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not _loaded_folder:
+        _loaded_folder.append(tempfile.mkdtemp(prefix="customgrad-kernels-"))
+    handle, path = tempfile.mkstemp(dir=_loaded_folder[0], suffix=".so")
+    with os.fdopen(handle, "wb") as file:
+        file.write(data)
+    try:
+        function = ctypes.CDLL(path).kernel
+    finally:
+        os.unlink(path)  # the mapping stays valid
+    function.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p] * (
+        input_count + output_count
+    )
+    function.restype = None
+    return function
+
+
+def _plain(tensor: torch.Tensor) -> bool:
+    """A dense CPU tensor whose data pointer a C loop can read (not a functorch wrapper or fake)."""
+    return (
+        tensor.device.type == "cpu"
+        and tensor.layout == torch.strided
+        and (type(tensor) is torch.Tensor or type(tensor) is torch.nn.Parameter)
+        and not torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+    )
+
+
+class CpuKernel:
+    """``kernel(*tensors)``: the fused C loop of a spec's outputs; the eager kernel where C cannot run
+    (while tracing, under functorch transforms, integer results)."""
+
+    def __init__(self, spec: FunctionSpec):
+        self.spec = spec
+        self.names = list(spec.input_names)
+        self.outputs = spec.outputs
+        self.fallback = torch_kernel(spec)
+        self.source = self.fallback.source
+        self.plain = self.fallback
+        self.compiled: dict[tuple, Callable] = {}
+        self.c_source(True, "v" * len(self.names))  # unprintable functions fail now, by name
+
+    def c_source(self, single: bool, layouts: str, reductions: str = "") -> str:
+        try:
+            return kernel_source(
+                self.names,
+                self.outputs,
+                single=single,
+                layouts=layouts,
+                vector=vector_functions(),
+                reductions=reductions,
+            )
+        except NotImplementedError as error:
+            raise BackendError(
+                f"{self.spec.name}: backend 'cpu' cannot print it ({error}); use backend='eager' or 'compile'"
+            ) from None
+
+    def function(self, single: bool, layouts: str, reductions: str = "") -> Callable:
+        key = (single, layouts, reductions)
+        if key not in self.compiled:
+            source = self.c_source(single, layouts, reductions)
+            cache_key = [source, " ".join(FLAGS), compiler_identity()]
+            data = cache.load("cpu-kernels", cache_key)
+            try:
+                loaded = _load(data, len(self.names), len(self.outputs)) if data is not None else None
+            except OSError:
+                loaded = None  # a corrupt entry: rebuild it
+            if loaded is None:
+                data = _build(source, self.spec.name)
+                cache.store("cpu-kernels", cache_key, data)
+                loaded = _load(data, len(self.names), len(self.outputs))
+            self.compiled[key] = loaded
+        return self.compiled[key]
+
+    def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.reduced(tensors, None)
+        return self.fallback(*tensors) if outputs is None else outputs
+
+    def reduced(self, tensors, targets) -> tuple[torch.Tensor, ...] | None:
+        """The outputs, each summed to ``targets[k]`` (broadcasting's adjoint) inside the loop where the
+        shapes allow (else at full shape); full shape when ``targets`` is None; None where C cannot run."""
+        if torch.compiler.is_compiling() or not all(_plain(t) for t in tensors):
+            return None
+        first = tensors[0].dtype
+        dtype = first if all(t.dtype == first for t in tensors) else _result_type(tensors)
+        computed = _COMPUTED.get(dtype)
+        if computed is None:
+            return None
+        shape = broadcast_shape(tensors)
+        count = shape.numel()
+        if not count:
+            return tuple(torch.empty(shape, dtype=dtype) for _ in self.outputs)
+        layouts, arguments, inner, modes = operands([t.to(computed) for t in tensors], shape, targets)
+        modes = modes or "v" * len(self.outputs)
+        sizes = {"v": count, "s": 1, "r": inner, "c": count // max(inner, 1)}
+        outputs = [
+            torch.empty(shape, dtype=computed) if mode == "v" else torch.zeros(sizes[mode], dtype=computed)
+            for mode in modes
+        ]
+        threads = torch.get_num_threads() if count >= PARALLEL_MIN_SIZE else 1
+        function = self.function(computed == torch.float32, layouts, "" if set(modes) == {"v"} else modes)
+        function(count, inner, threads, *(a.data_ptr() for a in arguments), *(o.data_ptr() for o in outputs))
+        if targets is not None:
+            outputs = [o if m == "v" else o.reshape(t) for o, m, t in zip(outputs, modes, targets, strict=True)]
+        return tuple(o if o.dtype == dtype else o.to(dtype) for o in outputs)
+
+
+def _result_type(tensors) -> torch.dtype:
+    return (
+        functools.reduce(torch.promote_types, (t.dtype for t in tensors if t.dim()))
+        if any(t.dim() for t in tensors)
+        else functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    )
+
+
+def operands(tensors: list[torch.Tensor], shape: torch.Size, targets=None) -> tuple[str, list[torch.Tensor], int, str]:
+    """How the kernel reads each input (`codegen.c.READS`), the tensors it reads, the inner size, and
+    what it does with each output (`codegen.c.STORES`: summed to its target shape where possible).
+
+    Broadcast inputs that vary only along the trailing or only along the leading dimensions of one
+    split are read in place (a per-column or per-row vector); anything else is copied to full shape.
+    """
+    count = shape.numel()
+    probes = [torch.empty(target, device="meta") for target in targets] if targets is not None else []
+    output_count = len(probes)
+    flat = [_flat_layout(t, shape, count) for t in [*tensors, *probes]]
+    if all(flat):
+        modes = "".join(flat[len(tensors) :])
+        return "".join(flat[: len(tensors)]), [flat_operand(t, shape) for t in tensors], count, modes
+    for split in range(1, len(shape)):
+        read = [_split_layout(t, shape, split) for t in [*tensors, *probes]]
+        if all(read):
+            modes = "".join(r[0] for r in read[len(tensors) :])
+            return (
+                "".join(r[0] for r in read[: len(tensors)]),
+                [r[1] for r in read[: len(tensors)]],
+                shape[split:].numel(),
+                modes,
+            )
+    copies = [flat_operand(t, shape) for t in tensors]
+    layouts = "".join("s" if c.numel() == 1 and count != 1 else "v" for c in copies)
+    return layouts, copies, count, "v" * output_count
+
+
+def _flat_layout(tensor: torch.Tensor, shape: torch.Size, count: int) -> str:
+    if tensor.numel() == 1 and count != 1 or (tensor.numel() and all(s == 0 for s in tensor.stride())):
+        return "s"
+    return "v" if tensor.shape == shape and tensor.is_contiguous() else ""
+
+
+def _split_layout(tensor: torch.Tensor, shape: torch.Size, split: int) -> tuple[str, torch.Tensor] | None:
+    if tensor.numel() == 1 or all(s == 0 for s in tensor.stride()):
+        return "s", flat_operand(tensor, shape)
+    expanded = tensor.expand(shape)
+    strides = expanded.stride()
+    if tensor.shape == shape and tensor.is_contiguous():
+        return "v", tensor
+    if all(s == 0 for s in strides[:split]):
+        inner = expanded[(0,) * split]
+        if inner.is_contiguous():
+            return "r", inner
+    if all(s == 0 for s in strides[split:]):
+        outer = expanded[(slice(None),) * split + (0,) * (len(shape) - split)]
+        if outer.is_contiguous():
+            return "c", outer
+    return None
+
+
+class CpuBackend:
+    """Fused C kernels over both cores with vector math (CPU tensors)."""
+
+    name = "cpu"
+
+    def unavailable(self) -> str | None:
+        if compiler() is None:
+            return "no C compiler found (set CC, or install gcc)"
+        return None
+
+    def kernel(self, spec: FunctionSpec) -> Callable:
+        return CpuKernel(spec)

@@ -1,0 +1,37 @@
+"""The eager backend: a spec's outputs as generated torch code (CSE-shared), on any device."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from ..codegen.torch import compile_source, function_source
+from ..derive import FunctionSpec
+
+
+def python_name(name: str) -> str:
+    """``name`` made a Python identifier (generated backward names carry no odd characters, user names may)."""
+    cleaned = re.sub(r"\W", "_", name)
+    return cleaned if cleaned.isidentifier() else f"_{cleaned}"
+
+
+def torch_kernel(spec: FunctionSpec) -> Callable:
+    """``kernel(*tensors) -> tuple`` of the spec's outputs, each with the inputs' broadcast shape."""
+    name = f"{python_name(spec.name)}_forward"
+    source = function_source(name, list(spec.input_names), spec.outputs, full_shape=spec.full_shape)
+    kernel = compile_source(source, name, f"<customgrad {spec.name} forward>")
+    kernel.source = source
+    return kernel
+
+
+class EagerBackend:
+    """Generated torch code, run op by op (any device, any dtype)."""
+
+    name = "eager"
+
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run here, or None."""
+        return None
+
+    def kernel(self, spec: FunctionSpec) -> Callable:
+        return torch_kernel(spec)

@@ -1,0 +1,35 @@
+"""Stand-ins for the libdevice functions generated Triton kernels call, for Triton's CPU interpreter
+(``TRITON_INTERPRET=1``), which cannot run libdevice: each is built from ``tl`` primitives, accurate
+to a few float32 ulps. On a GPU the kernels call libdevice itself.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def tanh(x):
+    # tanh(|x|) = (1 - e^(-2|x|)) / (1 + e^(-2|x|)), and its odd Taylor series near 0 (no cancellation)
+    a = tl.abs(x)
+    t = tl.exp(-2.0 * a)
+    large = (1.0 - t) / (1.0 + t)
+    large = tl.where(x < 0, -large, large)
+    s = x * x
+    small = x * (1.0 + s * (-1.0 / 3.0 + s * (2.0 / 15.0 + s * (-17.0 / 315.0))))
+    return tl.where(a < 0.125, small, large)
+
+
+@triton.jit
+def log1p(x):
+    # log(1 + x) = log(u) * x / (u - 1) with u = 1 + x rounded (Goldberg)
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.log(u) * x / (u - 1.0))
+
+
+@triton.jit
+def expm1(x):
+    # e^x - 1 = (u - 1) * x / log(u) with u = e^x rounded (Kahan)
+    u = tl.exp(x)
+    return tl.where(u == 1.0, x, tl.where(u - 1.0 == -1.0, -1.0, (u - 1.0) * x / tl.log(u)))

@@ -1,0 +1,267 @@
+"""SymPy -> C99 source: the fused CPU kernels' loop bodies, one function call per row of the C column of
+the printer table (`codegen.rules`), in float or double.
+
+Float kernels call the ``f`` variants (``expf``). No fast-math anywhere: inf and NaN behave as IEEE says,
+and `kernel_source` declares the vector variants glibc's libmvec provides (``#pragma omp declare simd``),
+so gcc vectorises the math calls without ``-ffinite-math-only``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import sympy
+from sympy.printing.c import C99CodePrinter
+
+from .rules import BINARY_RULES, FUNCTION_RULES, column
+
+C_FUNCTIONS = column(FUNCTION_RULES, "c")
+C_BINARY_FUNCTIONS = column(BINARY_RULES, "c")
+#: Helpers the C column names, defined in every kernel over ``real`` (float or double), and the libm
+#: functions each calls.
+HELPERS = {
+    "cg_sigmoid": ("static inline real cg_sigmoid(real x) { return (real)1 / ((real)1 + EXP(-x)); }", ("exp",)),
+    # torch's softplus: x above the threshold 20, else log1p(exp(x))
+    "cg_softplus": (
+        "static inline real cg_softplus(real x) { return x > (real)20 ? x : LOG1P(EXP(x)); }",
+        ("exp", "log1p"),
+    ),
+    # torch.sign: 0 at 0 and at NaN
+    "cg_sign": ("static inline real cg_sign(real x) { return (real)((x > 0) - (x < 0)); }", ()),
+    # torch.maximum / minimum: NaN in either argument gives NaN
+    "cg_max": ("static inline real cg_max(real a, real b) { return (a > b || a != a) ? a : b; }", ()),
+    "cg_min": ("static inline real cg_min(real a, real b) { return (a < b || a != a) ? a : b; }", ()),
+}
+_BUILTIN = {"fabs", "floor", "ceil", "rint"}  # compiled to instructions, not calls
+_MULTIPLY_UP_TO = 4  # x**n for |n| <= 4 as products: exact like torch.square, cheaper than pow
+
+
+class CCodePrinter(C99CodePrinter):
+    """Prints a SymPy expression as a C expression over ``real`` variables named ``v_<symbol>``."""
+
+    printmethod = "_customgrad_ccode"
+
+    def __init__(self, single: bool):
+        super().__init__({"math_macros": {}})
+        self.single = single
+        self.used: set[str] = set()
+
+    def _call(self, name: str) -> str:
+        if name.startswith("cg_"):
+            self.used.add(name)
+            self.used.update(HELPERS[name][1])
+            return name
+        self.used.add(name)
+        return name + "f" if self.single else name
+
+    def _print_constant_value(self, expr) -> str:
+        value = float(sympy.N(expr, 17))
+        if math.isnan(value):
+            return "((real)NAN)"
+        if math.isinf(value):
+            return "((real)INFINITY)" if value > 0 else "(-(real)INFINITY)"
+        text = repr(value)
+        text = text if ("." in text or "e" in text) else text + ".0"
+        return f"{text}f" if self.single else text
+
+    _print_Integer = _print_constant_value
+    _print_Rational = _print_constant_value
+    _print_Float = _print_constant_value
+    _print_NumberSymbol = _print_constant_value
+    _print_Pi = _print_constant_value
+    _print_Exp1 = _print_constant_value
+    _print_Half = _print_constant_value
+    _print_Infinity = _print_constant_value
+    _print_NegativeInfinity = _print_constant_value
+    _print_NaN = _print_constant_value
+
+    def _print_Symbol(self, expr):
+        return f"v_{expr.name}"
+
+    def _print_Pow(self, expr, rational=False):
+        base, exponent = expr.args
+        if not expr.free_symbols:
+            return self._print_constant_value(expr)
+        printed = self.parenthesize(base, 1000)
+        if exponent.is_Integer and 0 < abs(int(exponent)) <= _MULTIPLY_UP_TO:
+            product = "*".join([printed] * abs(int(exponent)))
+            return f"({product})" if exponent > 0 else f"((real)1/({product}))"
+        if exponent == sympy.S.Half:
+            return f"{self._call('sqrt')}({self._print(base)})"
+        if exponent == -sympy.S.Half:
+            return f"((real)1/{self._call('sqrt')}({self._print(base)}))"
+        return f"{self._call('pow')}({self._print(base)}, {self._print(exponent)})"
+
+    def _print_Function(self, expr):
+        if not expr.free_symbols:
+            return self._print_constant_value(expr)
+        kind = type(expr)
+        if kind in C_FUNCTIONS:
+            return f"{self._call(C_FUNCTIONS[kind])}({self._print(expr.args[0])})"
+        if kind in C_BINARY_FUNCTIONS:
+            call = self._call(C_BINARY_FUNCTIONS[kind])
+            printed = [self._print(arg) for arg in expr.args]
+            result = printed[0]
+            for item in printed[1:]:
+                result = f"{call}({result}, {item})"
+            return result
+        raise NotImplementedError(f"no C translation for {kind.__name__}")
+
+    def _print_Heaviside(self, expr):
+        # H(0) = 1/2, as the torch printer
+        return f"((real)0.5 + (real)0.5 * {self._call('cg_sign')}({self._print(expr.args[0])}))"
+
+    def _print_DiracDelta(self, expr):
+        return "((real)0)"
+
+    def _print_Piecewise(self, expr):
+        pieces = list(expr.args)
+        result = "((real)NAN)" if pieces[-1].cond != sympy.true else self._print(pieces.pop().expr)
+        for piece in reversed(pieces):
+            result = f"(({self._print(piece.cond)}) ? ({self._print(piece.expr)}) : ({result}))"
+        return result
+
+    def _print_Relational(self, expr):
+        return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
+
+    def _print_BooleanTrue(self, expr):
+        return "1"
+
+    def _print_BooleanFalse(self, expr):
+        return "0"
+
+
+# SymPy's C printer has a method per math function (_print_tanh, ...): route every one through the table.
+for _kind in (*C_FUNCTIONS, *C_BINARY_FUNCTIONS):
+    setattr(CCodePrinter, f"_print_{_kind.__name__}", CCodePrinter._print_Function)
+
+
+def _prototypes(names: set[str], single: bool, vector: set[str]) -> list[str]:
+    """``#pragma omp declare simd`` prototypes of the libm functions with a libmvec vector variant."""
+    kind = "float" if single else "double"
+    lines = []
+    for name in sorted(names - _BUILTIN - set(HELPERS)):
+        if name not in vector:
+            continue
+        arity = 2 if name in ("atan2", "pow") else 1
+        arguments = ", ".join([kind] * arity)
+        lines += ["#pragma omp declare simd notinbranch", f"{kind} {name}{'f' if single else ''}({arguments});"]
+    return lines
+
+
+#: How a kernel reads input k at element i = o * inner + j: a number, the full shape, or a tensor that
+#: varies only along the inner (trailing) or only along the outer (leading) dimensions.
+READS = {"s": "in{k}[0]", "v": "in{k}[i]", "r": "in{k}[j]", "c": "in{k}[o]"}
+
+
+#: What a kernel does with output k's value r at element i: store it, or add it into a sum over all
+#: elements ("s"), over the outer index ("r": out[j]) or over the inner index ("c": out[o]).
+STORES = {"v": "out{k}[i] = r{k};", "s": "acc_s{k} += r{k};", "r": "acc_r{k}[j] += r{k};", "c": "acc_c{k} += r{k};"}
+
+
+def kernel_source(
+    argument_names: Sequence[str],
+    outputs: Sequence[sympy.Expr],
+    *,
+    single: bool,
+    layouts: str,
+    vector: set[str],
+    reductions: str = "",
+) -> str:
+    """C source of ``void kernel(int64_t n, int64_t inner, int threads, const real* in..., real* out...)``.
+
+    One parallel SIMD loop over ``n`` elements, split into ``n / inner`` rows of ``inner`` when an input
+    varies along only one side of that split; ``layouts[k]`` says how input ``k`` is read (`READS`),
+    ``reductions[k]`` what happens to output ``k`` (`STORES`; default: stored at full shape; the sums
+    accumulate in double and are added into zero-filled outputs). Common subexpressions are shared.
+    ``vector`` names the libm functions libmvec vectorises here.
+    """
+    reductions = reductions or "v" * len(outputs)
+    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
+    replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
+    printer = CCodePrinter(single)
+    body = [f"    const real v_{t.name} = {printer.doprint(value)};" for t, value in replacements]
+    body += [f"    const real r{k} = {printer.doprint(value)};" for k, value in enumerate(reduced)]
+    body += ["    " + STORES[mode].format(k=k) for k, mode in enumerate(reductions)]
+    loads_before = [f"  const real v_{name} = in{k}[0];" for k, name in enumerate(argument_names) if layouts[k] == "s"]
+    loads = [
+        f"    const real v_{name} = {READS[layouts[k]].format(k=k)};"
+        for k, name in enumerate(argument_names)
+        if layouts[k] != "s"
+    ]
+    parameters = [f"const real* restrict in{k}" for k in range(len(argument_names))]
+    parameters += [f"real* restrict out{k}" for k in range(len(outputs))]
+    suffix = "f" if single else ""
+    split = any(mode in "rc" for mode in layouts + reductions)
+    loops = _split_loops(loads, body, reductions) if split else _flat_loops(loads, body, reductions)
+    lines = [
+        "#include <math.h>",
+        "#include <stdint.h>",
+        "#include <stdlib.h>",
+        f"typedef {'float' if single else 'double'} real;",
+        f"#define EXP exp{suffix}",
+        f"#define LOG1P log1p{suffix}",
+        *_prototypes(printer.used, single, vector),
+        *(HELPERS[name][0] for name in sorted(printer.used & set(HELPERS))),
+        f"void kernel(int64_t n, int64_t inner, int threads, {', '.join(parameters)}) {{",
+        *loads_before,
+        *loops,
+        "}",
+    ]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def _flat_loops(loads: list[str], body: list[str], reductions: str) -> list[str]:
+    """One loop over i, twice: gcc does not vectorise a parallel loop whose if() clause is false."""
+    sums = [f"acc_s{k}" for k, mode in enumerate(reductions) if mode == "s"]
+    clause = f" reduction(+:{', '.join(sums)})" if sums else ""
+    return [
+        *(f"  double {name} = 0;" for name in sums),
+        "  if (threads > 1) {",
+        f"  #pragma omp parallel for simd schedule(static) num_threads(threads){clause}",
+        "  for (int64_t i = 0; i < n; i++) {",
+        *loads,
+        *body,
+        "  }",
+        "  } else {",
+        f"  #pragma omp simd{clause}",
+        "  for (int64_t i = 0; i < n; i++) {",
+        *loads,
+        *body,
+        "  }",
+        "  }",
+        *(f"  out{name[5:]}[0] = (real){name};" for name in sums),
+    ]
+
+
+def _split_loops(loads: list[str], body: list[str], reductions: str) -> list[str]:
+    """Rows of ``inner`` in parallel, each a SIMD loop; per-thread sums are added into the outputs at the end."""
+    by_mode = {mode: [k for k, m in enumerate(reductions) if m == mode] for mode in "src"}
+    inner_sums = [f"acc_s{k}" for k in by_mode["s"]] + [f"acc_c{k}" for k in by_mode["c"]]
+    clause = f" reduction(+:{', '.join(inner_sums)})" if inner_sums else ""
+    return [
+        "  #pragma omp parallel num_threads(threads) if(threads > 1)",
+        "  {",
+        *(f"  double* restrict acc_r{k} = (double*)calloc(inner, sizeof(double));" for k in by_mode["r"]),
+        *(f"  double acc_s{k} = 0;" for k in by_mode["s"]),
+        "  #pragma omp for schedule(static)",
+        "  for (int64_t o = 0; o < n / inner; o++) {",
+        *(f"  double acc_c{k} = 0;" for k in by_mode["c"]),
+        f"  #pragma omp simd{clause}",
+        "  for (int64_t j = 0; j < inner; j++) {",
+        "    const int64_t i = o * inner + j;",
+        *loads,
+        *body,
+        "  }",
+        *(f"  out{k}[o] = (real)acc_c{k};" for k in by_mode["c"]),
+        "  }",
+        "  #pragma omp critical",
+        "  {",
+        *(f"  for (int64_t j = 0; j < inner; j++) out{k}[j] += (real)acc_r{k}[j];" for k in by_mode["r"]),
+        *(f"  out{k}[0] += (real)acc_s{k};" for k in by_mode["s"]),
+        "  }",
+        *(f"  free(acc_r{k});" for k in by_mode["r"]),
+        "  }",
+    ]

@@ -1,0 +1,283 @@
+"""`fit_batch(model, x, y, params=...)`: many independent least-squares fits of one model, as one batch."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+from ..progress import progress_bar
+from .api import _dtype_and_device, _number, _result, _threads_for
+from .batch_data import batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
+from .batch_lm import BatchOutcome, batch_levenberg_marquardt
+from .batch_model import BatchModel
+from .batch_result import BatchFitResult
+from .batch_statistics import batch_stderr
+from .distributed import Shards, local_shard
+from .lm import Outcome
+from .model import Model, build_function
+from .reduction import reduce_batched, reduce_gram
+from .solvers import DEFAULT_STEPS
+from .source import FitSource
+
+# As in `api`: a parameter whose relative sensitivity falls below this share of ||y|| has stopped
+# mattering, and the curve gets one restart with a smaller first trust region.
+_SATURATED = 1e-10
+# Curves per chunk: bounds the memory of the [J | r] blocks (chunk x N x (p + 1) numbers).
+DEFAULT_CHUNK = 100_000
+
+
+def fit_batch(
+    model: str | Callable,
+    x,
+    y,
+    *,
+    params: Mapping,
+    method: str = "lm",
+    sigma=None,
+    bounds: Mapping | None = None,
+    max_steps: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    device=None,
+    progress: bool = False,
+    nan_policy: str = "omit",
+    ftol: float = 1e-15,
+    xtol: float = 1e-15,
+    gtol: float = 1e-15,
+    chunk_size: int | None = None,
+    distributed: bool = False,
+) -> BatchFitResult:
+    """Fit y_b ~ model(x_b; params_b) for every curve b, minimising each cost_b = sum ((f - y_b) / sigma_b)^2.
+
+    Parameters
+    ----------
+    model : str or callable
+        As for `fit`: a formula (its generated Jacobian is used), or a callable ``f(x, **params)``
+        of torch ops, differentiated by torch.func per curve (vmapped).
+    x : array of shape (N,) or (B, N), or dict of str -> such arrays
+        The predictor(s): shared by all curves, or one row per curve.
+    y : array of shape (B, N)
+        One curve per row. NaN entries are left out (``nan_policy="omit"``): pad shorter curves with NaN.
+    params : dict
+        Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed"}.
+    method : {"lm"}
+        Levenberg-Marquardt, batched (the same steps as `fit` takes for each curve alone).
+    sigma : array of shape (N,) or (B, N), optional
+        Standard deviations; residuals are divided by them.
+    bounds : dict of str -> (lower, upper), optional
+        Bounds per parameter, shared by all curves.
+    nan_policy : {"omit", "raise"}
+        Leave out NaN/inf entries per curve, or raise naming the curves that hold them.
+    chunk_size : int, optional
+        Fit this many curves at a time (bounds memory); default `DEFAULT_CHUNK`.
+    distributed : bool
+        Inside an initialised torch.distributed process group, with the same arguments on every rank:
+        each rank fits its share of the curves, and every rank gets all results.
+    """
+    start_time = time.perf_counter()
+    shards = Shards(None) if distributed else None
+    if method != "lm":
+        raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
+    dtype, device = _dtype_and_device(dtype, device)
+    max_steps = _positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
+    chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
+    tolerances = {name: _number(value, name) for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol))}
+    data = prepare_batch_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
+    batch = data.y.shape[0]
+    specs, initial = batch_parameter_specs(params, bounds, batch)
+    free_names = tuple(spec.name for spec in specs)
+    function, text, data_names = build_function(model, tuple(data.x), free_names, data.x_is_dict)
+    columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
+    problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
+    if shards is not None:
+        settings = (tuple(data.y.shape), max_steps, chunk_size, tuple(tolerances.values()), nan_policy)
+        shards.raise_together(None, f"model {text!r}, params {sorted(params)}, curves and options {settings}")
+    options = dict(max_steps=max_steps, **tolerances)
+    with (
+        _threads_for(data.y.shape[-1] * (len(specs) + 1), device),
+        progress_bar(
+            batch, "fitting curves (lm)", enabled=progress and (shards is None or shards.rank == 0)
+        ) as advance,
+    ):
+        curves = range(batch) if shards is None else range(batch)[local_shard(batch, shards.rank, shards.world)]
+        outcome = _solve_in_chunks(problem, chunk_size, options, advance, curves)
+        if shards is not None:
+            outcome = _gathered(shards, outcome)
+        values = problem.external(outcome.theta)
+        upper, cost = _final_factors(problem, values)
+        dof = data.mask.sum(-1) - len(problem.names)
+        stderr = batch_stderr(upper, cost, dof)
+    arrays = {name: values[:, j].cpu().numpy() for j, name in enumerate(problem.names)}
+    all_params = {spec.name: arrays.get(spec.name, initial[spec.name]) for spec in specs}
+    seconds = time.perf_counter() - start_time
+
+    def single(i: int):
+        result = _curve_result(problem, data.arrays, outcome, i, specs, initial, function, data_names, data.x_is_dict)
+        result.seconds = seconds / batch
+        return result
+
+    return BatchFitResult(
+        params=all_params,
+        stderr={name: stderr[:, j].cpu().numpy() for j, name in enumerate(problem.names)},
+        cost=cost.cpu().numpy(),
+        dof=dof.cpu().numpy(),
+        status=outcome.status,
+        evaluations=outcome.evaluations.cpu().numpy(),
+        jacobians=outcome.jacobians.cpu().numpy(),
+        steps=outcome.steps.cpu().numpy(),
+        model=text,
+        seconds=seconds,
+        single=single,
+    )
+
+
+def _positive_integer(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _solve_in_chunks(problem: BatchModel, chunk_size: int, options: dict, advance, curves: range) -> BatchOutcome:
+    """Solve ``curves`` chunk by chunk (each chunk a separate batch); the outcomes joined in curve order."""
+    theta = problem.initial_theta()
+    parts = []
+    for begin in range(curves.start, curves.stop, chunk_size):
+        index = torch.arange(begin, min(begin + chunk_size, curves.stop), device=theta.device)
+        parts.append(_solve(_Subset(problem, index), theta[index], options, advance))
+    if len(parts) == 1:
+        return parts[0]
+    offsets = [0]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + len(part.status))
+    if not parts:
+        return BatchOutcome(theta[:0], [], *(theta.new_zeros(0, dtype=torch.long) for _ in range(4)), [])
+    return BatchOutcome(
+        theta=torch.cat([part.theta for part in parts]),
+        status=[status for part in parts for status in part.status],
+        cost=torch.cat([part.cost for part in parts]),
+        evaluations=torch.cat([part.evaluations for part in parts]),
+        jacobians=torch.cat([part.jacobians for part in parts]),
+        steps=torch.cat([part.steps for part in parts]),
+        initial_cost=torch.cat([part.initial_cost for part in parts]),
+        accepted=[(index + offset, cost) for part, offset in zip(parts, offsets) for index, cost in part.accepted],
+    )
+
+
+def _gathered(shards: Shards, outcome: BatchOutcome) -> BatchOutcome:
+    """Every rank's outcome for its curves, joined in curve order (ranks hold consecutive curves)."""
+    local = {
+        "theta": outcome.theta.cpu(),
+        "status": outcome.status,
+        "counts": torch.stack([outcome.evaluations, outcome.jacobians, outcome.steps]).cpu(),
+        "cost": outcome.cost.cpu(),
+        "histories": [outcome.history(i) for i in range(len(outcome.status))],
+    }
+    parts = shards.gather_objects(local)
+    device = outcome.theta.device
+    counts = torch.cat([part["counts"] for part in parts], dim=1).to(device)
+    histories = [history for part in parts for history in part["histories"]]
+    return BatchOutcome(
+        theta=torch.cat([part["theta"] for part in parts]).to(device),
+        status=[status for part in parts for status in part["status"]],
+        cost=torch.cat([part["cost"] for part in parts]).to(device),
+        evaluations=counts[0],
+        jacobians=counts[1],
+        steps=counts[2],
+        initial_cost=torch.tensor([history[0] for history in histories]),
+        accepted=[],
+        histories=histories,
+    )
+
+
+class _Subset:
+    """The curves ``index`` of a batch model, renumbered 0..len(index) - 1."""
+
+    def __init__(self, problem: BatchModel, index: torch.Tensor):
+        self.problem, self.index = problem, index
+        self.names = problem.names
+
+    def residuals(self, theta, index):
+        return self.problem.residuals(theta, self.index[index])
+
+    def augmented(self, theta, index, *, external=False):
+        return self.problem.augmented(theta, self.index[index], external=external)
+
+    def external(self, theta):
+        return self.problem.external(theta)
+
+
+def _saturated(problem, theta: torch.Tensor) -> torch.Tensor:
+    """(b,) bool: a parameter's relative sensitivity ||J_j|| max(|b_j|, 1) is below 1e-10 ||y|| (see `api`)."""
+    everyone = torch.arange(theta.shape[0], device=theta.device)
+    values = problem.external(theta)
+    block = problem.augmented(values, everyone, external=True)
+    sensitivity = torch.linalg.vector_norm(block[..., :-1], dim=-2) * values.abs().clamp_min(1.0)
+    y = torch.where(problem.problem.mask[problem.index], problem.problem.y[problem.index], 0.0)
+    return (sensitivity < _SATURATED * torch.linalg.vector_norm(y, dim=-1, keepdim=True)).any(-1)
+
+
+def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> BatchOutcome:
+    """One chunk: the batched LM, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
+    done = [0]
+
+    def on_round(status: torch.Tensor) -> None:
+        stopped = int((status != 0).sum())
+        for _ in range(stopped - done[0]):
+            advance(f"{stopped}/{len(status)} converged or stopped")
+        done[0] = stopped
+
+    outcome = batch_levenberg_marquardt(problem, theta, reduce=reduce_gram, on_round=on_round, **options)
+    candidates = torch.tensor([status != "nonfinite" for status in outcome.status], device=theta.device)
+    plateau = (candidates & _saturated(problem, outcome.theta)).nonzero().flatten()
+    if len(plateau):
+        retry = batch_levenberg_marquardt(
+            _Subset(problem.problem, problem.index[plateau]), theta[plateau], factor=1.0, **options
+        )
+        better = (retry.cost < outcome.cost[plateau]).nonzero().flatten()
+        for position in better.tolist():
+            i = int(plateau[position])
+            outcome.theta[i] = retry.theta[position]
+            outcome.cost[i] = retry.cost[position]
+            outcome.status[i] = retry.status[position]
+            outcome.evaluations[i] += retry.evaluations[position]
+            outcome.jacobians[i] += retry.jacobians[position]
+            outcome.steps[i] = retry.steps[position]
+            outcome.accepted = [(index, cost) for index, cost in outcome.accepted if not bool((index == i).any())]
+            outcome.accepted.append((torch.tensor([i]), retry.cost[position : position + 1]))
+    return outcome
+
+
+def _final_factors(problem: BatchModel, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """R of the Jacobian with respect to the parameter values at the solutions, and the final costs."""
+    everyone = torch.arange(problem.batch, device=values.device)
+    block = problem.augmented(values, everyone, external=True)
+    p = len(problem.names)
+    cost = (block[..., p] ** 2).sum(-1)
+    return reduce_batched(block)[:, :p, :p], cost
+
+
+def _curve_result(problem, arrays, outcome: BatchOutcome, i: int, specs, initial, function, data_names, x_is_dict):
+    """Curve ``i``'s `FitResult`, made as `fit` makes one (statistics, diagnostics, data) from the batch's solution."""
+    rows, omitted = curve_data(arrays, i)
+    columns = {name: torch.as_tensor(rows[name]) for name in arrays if name not in ("y", "sigma")}
+    if "x" in columns and len(data_names) == 1 and data_names[0] != "x":
+        columns = {data_names[0]: columns.pop("x")}
+    sigma = torch.as_tensor(rows["sigma"]) if "sigma" in rows else None
+    single = Model(function, columns, torch.as_tensor(rows["y"]), sigma, curve_specs(specs, initial, i), problem.text)
+    result = Outcome(
+        theta=outcome.theta[i].cpu().to(torch.float64),
+        status=outcome.status[i],
+        cost=float(outcome.cost[i]),
+        evaluations=int(outcome.evaluations[i]),
+        jacobians=int(outcome.jacobians[i]),
+        steps=int(outcome.steps[i]),
+        history=outcome.history(i),
+    )
+    if not math.isfinite(result.cost):
+        result.cost = math.nan
+    source = FitSource(single, x_is_dict=x_is_dict)
+    return _result(single, result, "lm", "linear", omitted, 0.0, None, source)

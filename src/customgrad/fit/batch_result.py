@@ -1,0 +1,119 @@
+"""The result of a batch of fits: arrays over curves, a summary by status, CSV/JSON, and each curve's FitResult."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .result import TERMINATION, FitResult
+
+
+@dataclass
+class BatchFitResult:
+    """Fitted values and standard errors per curve (arrays of shape (B,)), with costs and statuses.
+
+    ``result[i]`` is the `FitResult` of curve i (covariance, report, plot), built on demand.
+    """
+
+    params: dict[str, np.ndarray]
+    stderr: dict[str, np.ndarray]
+    cost: np.ndarray
+    dof: np.ndarray
+    status: list[str]
+    evaluations: np.ndarray
+    jacobians: np.ndarray
+    steps: np.ndarray
+    model: str
+    method: str = "lm"
+    seconds: float = 0.0
+    single: Callable[[int], FitResult] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def __getitem__(self, i: int) -> FitResult:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"curve {i} out of range: the batch has {len(self)} curves")
+        if self.single is None:
+            raise RuntimeError("this BatchFitResult holds no per-curve data (it was read back from a file)")
+        return self.single(i % len(self))
+
+    @property
+    def success(self) -> np.ndarray:
+        """(B,) bool: True where the curve's fit converged (see `TERMINATION`)."""
+        return np.array([TERMINATION[status][0] for status in self.status], dtype=bool)
+
+    @property
+    def message(self) -> list[str]:
+        """Why each curve's fit stopped."""
+        return [TERMINATION[status][1] for status in self.status]
+
+    def summary(self) -> str:
+        """Counts by status, and the spread of each parameter over the converged curves."""
+        counts = Counter(self.status)
+        converged = self.success
+        lines = [
+            f"model: {self.model}   curves: {len(self)}   converged: {int(converged.sum())}   "
+            f"time = {self.seconds:.3g} s",
+            "status: " + ", ".join(f"{name} {count}" for name, count in counts.most_common()),
+        ]
+        for name, values in self.params.items():
+            good = values[converged & np.isfinite(values)]
+            if len(good):
+                lines.append(
+                    f"  {name}: median {np.median(good):.6g}, 5%-95% [{np.quantile(good, 0.05):.6g}, "
+                    f"{np.quantile(good, 0.95):.6g}]"
+                )
+        return "\n".join(lines)
+
+    def rows(self) -> list[dict]:
+        """One dict per curve: index, success, status, cost, dof, each parameter and its stderr."""
+        table = []
+        for i, status in enumerate(self.status):
+            row = {"curve": i, "success": TERMINATION[status][0], "status": status, "cost": float(self.cost[i])}
+            row["dof"] = int(self.dof[i])
+            for name, values in self.params.items():
+                row[name] = float(values[i])
+                if name in self.stderr:
+                    row[f"{name}_stderr"] = float(self.stderr[name][i])
+            table.append(row)
+        return table
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """One line per curve (`rows`) as CSV; written to ``path`` when given."""
+        table = self.rows()
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table)
+        text = buffer.getvalue()
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The per-curve rows and the counts by status as JSON (NaN -> null); written to ``path`` when given."""
+
+        def clean(value):
+            return value if not isinstance(value, float) or math.isfinite(value) else None
+
+        document = {
+            "model": self.model,
+            "method": self.method,
+            "curves": len(self),
+            "status_counts": dict(Counter(self.status)),
+            "seconds": self.seconds,
+            "results": [{key: clean(value) for key, value in row.items()} for row in self.rows()],
+        }
+        text = json.dumps(document, indent=2) + "\n"
+        if path is not None:
+            Path(path).write_text(text)
+        return text

@@ -1,0 +1,41 @@
+"""Goodness of fit with lmfit's definitions: chi-square, reduced chi-square, AIC, BIC and R^2.
+
+For n data points, p free parameters and weighted residuals r = (f - y) / sigma:
+chisqr = sum r^2, nfree = n - p, redchi = chisqr / max(1, nfree),
+aic = n log(chisqr / n) + 2 p, bic = n log(chisqr / n) + p log(n) (chisqr floored at 1e-250 n there),
+rsquared = 1 - sum (y - f)^2 / sum (y - mean y)^2 (unweighted, as lmfit's ModelResult).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# lmfit floors chi-square here before taking its log, so an exact fit has a finite AIC/BIC.
+_CHISQR_FLOOR = 1e-250
+_TINY = float(np.finfo(np.float64).tiny)
+
+
+def reduced_chi_square(chisqr: float, nfree: int) -> float:
+    """redchi = chisqr / max(1, nfree)."""
+    return chisqr / max(1, nfree)
+
+
+def information_criteria(chisqr: float, ndata: int, nvarys: int) -> tuple[float, float]:
+    """(aic, bic) = n log(chisqr / n) + 2 p, n log(chisqr / n) + p log(n): -2 log L of Gaussian errors
+    plus the penalties of Akaike and Schwarz."""
+    if ndata < 1 or not math.isfinite(chisqr):
+        return math.nan, math.nan
+    neg2_log_likelihood = ndata * math.log(max(chisqr, _CHISQR_FLOOR * ndata) / ndata)
+    return neg2_log_likelihood + 2 * nvarys, neg2_log_likelihood + math.log(ndata) * nvarys
+
+
+def r_squared(y: np.ndarray, fitted: np.ndarray) -> float:
+    """R^2 = 1 - sum (y - f)^2 / max(tiny, sum (y - mean y)^2), unweighted (lmfit's ModelResult)."""
+    y, fitted = np.asarray(y, dtype=np.float64), np.asarray(fitted, dtype=np.float64)
+    if y.size < 2:
+        return math.nan
+    residual = float(((y - fitted) ** 2).sum())
+    total = float(((y - y.mean()) ** 2).sum())
+    return 1.0 - residual / max(_TINY, total)

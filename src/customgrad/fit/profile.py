@@ -1,0 +1,261 @@
+"""Profile-likelihood confidence intervals: chi2_p(v) = min over the other parameters of chi2 with
+parameter p held at v, and the interval's ends where chi2_p reaches chi2_best (1 + F_(1,nfree)(P) / nfree)
+(lmfit's ``conf_interval`` with its F-test; P = erf(sigma / sqrt(2))). With absolute sigma the level is
+chi2_best + chi2_1(P) instead.
+
+Each chi2_p(v) is one Levenberg-Marquardt fit with p fixed, warm-started from the nearest profile point
+already found. The search walks out from the best value in steps of the standard error (doubled every
+few steps), then solves chi2_p(v) = level between the last two points by the Illinois method on
+sqrt(chi2_p - chi2_best), which is nearly linear in v. Where the profile never reaches the level
+inside the parameter's bounds or the search range, that end is reported as -inf / +inf (no bound), and a
+parameter the data do not determine gets NaN (undetermined) — nothing is invented.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import FitError, UsageError
+from .distributions import profile_target
+from .solvers import get_solver
+
+if TYPE_CHECKING:
+    from .result import FitResult
+    from .source import FitSource
+
+# Outward steps before giving up on an end; the step doubles every STEP_DOUBLING of them.
+SEARCH_STEPS, STEP_DOUBLING = 40, 4
+# The root of chi2_p(v) = level, to this share of the search step (or of sqrt(level - chi2_best)).
+ROOT_TOLERANCE = 1e-8
+REFIT_STEPS = 1000
+
+
+class Profile:
+    """chi2_p(v) for one parameter p of a fit, each value by a warm-started LM re-fit, remembered."""
+
+    def __init__(self, source: FitSource, name: str, values: dict[str, float]):
+        self.source = source
+        self.name = name
+        self.others = [n for n in source.problem.names if n != name]
+        self.points: dict[float, tuple[float, dict[str, float]]] = {}
+        self.best_value = values[name]
+        self.best = self._fit(values[name], values)[0]
+        self.points[self.best_value] = (self.best, dict(values))
+
+    def __call__(self, value: float) -> float:
+        """chi2_p(value)."""
+        value = float(value)
+        if value not in self.points:
+            nearest = min(self.points, key=lambda known: abs(known - value))
+            self.points[value] = self._fit(value, self.points[nearest][1])
+        return self.points[value][0]
+
+    def _fit(self, value: float, start: dict[str, float]) -> tuple[float, dict[str, float]]:
+        from .api import _threads_for  # one thread for small problems, and numpy's overflow warnings off
+
+        problem = self.source.problem
+        with _threads_for(problem.size * len(problem.names), problem.y.device):
+            return self._refit(value, start)
+
+    def _refit(self, value: float, start: dict[str, float]) -> tuple[float, dict[str, float]]:
+        model = self.source.with_fixed(self.name, value, start)
+        theta = model.initial_theta()
+        if not self.others:
+            r = model.residuals(theta)
+            return float(r @ r), {}
+        outcome = get_solver("lm")(
+            model.residuals,
+            lambda t, r: model.augmented(t),
+            lambda r: float(r @ r),
+            theta,
+            max_steps=REFIT_STEPS,
+            ftol=1e-15,
+            xtol=1e-15,
+            gtol=1e-15,
+            geodesic_acceleration=True,
+        )
+        found = model.external(outcome.theta).tolist()
+        cost = outcome.cost if math.isfinite(outcome.cost) else math.inf
+        return cost, dict(zip(model.names, found, strict=True))
+
+
+def conf_interval(
+    result: FitResult, sigmas: Iterable[float] = (1, 2), params: Iterable[str] | None = None, *, progress=False
+) -> dict[str, dict[float, tuple[float, float]]]:
+    """{name: {sigma: (lower, upper)}}: profile-likelihood intervals (see the module docstring)."""
+    source, names, sigmas = _check(result, sigmas, params)
+    from ..progress import progress_bar
+
+    values = {name: result.params[name] for name in source.problem.names}
+    unidentified = {name for group in result.not_identifiable for name in group}
+    with progress_bar(2 * len(names), "profile intervals", enabled=progress) as advance:
+        for name in names:
+            if name in unidentified or not math.isfinite(result.stderr[name]):
+                source.intervals[name] = {sigma: (math.nan, math.nan) for sigma in sigmas}
+                source.notes[name] = "undetermined: the data do not identify it (see the fit's warnings)"
+                advance(name)
+                advance(name)
+                continue
+            profile = Profile(source, name, values)
+            levels = {
+                sigma: profile_target(sigma, profile.best, result.nfree, absolute=source.absolute_sigma)
+                for sigma in sigmas
+            }
+            ends = {}
+            notes = []
+            for direction in (-1, 1):
+                ends[direction], note = _ends(profile, result, direction, levels)
+                if note:
+                    notes.append(note)
+                advance(name)
+            if min(cost for cost, _ in profile.points.values()) < profile.best * (1 - 1e-9):
+                notes.append("the profile dips below the fit's chi-square: the fit is not at the minimum")
+            source.intervals[name] = {sigma: (ends[-1][sigma], ends[1][sigma]) for sigma in levels}
+            source.notes[name] = "; ".join(notes)
+            source.traces[name] = {value: point[0] for value, point in profile.points.items()}
+    return {name: dict(source.intervals[name]) for name in names}
+
+
+def _check(result: FitResult, sigmas, params) -> tuple[FitSource, list[str], list[float]]:
+    source = result.source
+    if source is None:
+        raise UsageError("conf_interval needs a FitResult returned by fit (this one holds no model)")
+    if source.loss != "linear":
+        raise UsageError(f"conf_interval needs a least-squares fit (loss='linear'); this fit used loss={source.loss!r}")
+    if not result.success:
+        raise FitError(
+            f"conf_interval needs a converged fit; this one stopped with status {result.status!r} "
+            f"({result.message}): refit (more max_steps, better initial values) first"
+        )
+    if result.nfree <= 0:
+        raise FitError(f"conf_interval needs more data points than free parameters (nfree = {result.nfree})")
+    free = source.problem.names
+    names = list(free) if params is None else [params] if isinstance(params, str) else list(params)
+    for name in names:
+        if name in free:
+            continue
+        why = "it is tied by an expr" if name in result.tied else "it is fixed" if name in result.fixed else "unknown"
+        raise UsageError(f"conf_interval: parameter {name!r} cannot be profiled ({why}); free: {', '.join(free)}")
+    sigmas = [sigmas] if isinstance(sigmas, (int, float)) else list(sigmas)
+    if not sigmas:
+        raise UsageError("conf_interval: sigmas is empty; give levels such as (1, 2)")
+    for sigma in sigmas:
+        profile_target(sigma, 1.0, result.nfree)  # a bad level is an error naming it
+    return source, names, sorted(set(sigmas))
+
+
+def _ends(profile: Profile, result: FitResult, direction: int, levels: dict[float, float]):
+    """Each level's end on one side: walk out, then solve; ±inf (with a note) where it is not reached."""
+    spec = next(s for s in profile.source.problem.specs if s.name == profile.name)
+    start, stderr = profile.best_value, result.stderr[profile.name]
+    step = stderr if 0 < stderr < abs(start) else max(abs(start) * 0.2, 1e-3)
+    limit = spec.upper if direction > 0 else spec.lower
+    walk = [(start, profile.best)]
+    top = max(levels.values())
+    note = ""
+    for count in range(1, SEARCH_STEPS + 1):
+        value = walk[-1][0] + direction * step * 2 ** ((count - 1) // STEP_DOUBLING)
+        if (value - limit) * direction >= 0:
+            value = limit
+        walk.append((value, profile(value)))
+        if walk[-1][1] >= top:
+            break
+        if value == limit:
+            note = f"the profile stays below the largest level up to the bound {limit:g}"
+            break
+    else:
+        note = f"the profile stays below the largest level out to {walk[-1][0]:g}"
+    ends = {}
+    for sigma, level in levels.items():
+        above = next((i for i, (_, cost) in enumerate(walk) if cost >= level), None)
+        if above is None:
+            ends[sigma] = direction * math.inf
+            continue
+        ends[sigma] = _solve(profile, walk[above - 1], walk[above], level, step)
+    return ends, note
+
+
+def _solve(profile: Profile, low: tuple[float, float], high: tuple[float, float], level: float, step: float) -> float:
+    """v between the two points with chi2_p(v) = level: Illinois on g = sqrt(chi2_p - best) - sqrt(level - best)."""
+    target = math.sqrt(level - profile.best)
+
+    def g(cost: float) -> float:
+        return math.sqrt(max(cost - profile.best, 0.0)) - target if math.isfinite(cost) else math.inf
+
+    (a, fa), (b, fb) = (low[0], g(low[1])), (high[0], g(high[1]))
+    side = 0
+    for _ in range(100):
+        if abs(b - a) <= ROOT_TOLERANCE * step:
+            break
+        c = b - fb * (b - a) / (fb - fa) if math.isfinite(fb) and fb != fa else (a + b) / 2
+        if not min(a, b) < c < max(a, b):
+            c = (a + b) / 2
+        fc = g(profile(c))
+        if abs(fc) <= ROOT_TOLERANCE * target:
+            return c
+        if (fc > 0) == (fb > 0):
+            b, fb = c, fc
+            if side == -1:
+                fa /= 2
+            side = -1
+        else:
+            a, fa = c, fc
+            if side == 1:
+                fb /= 2
+            side = 1
+    return a - fa * (b - a) / (fb - fa) if math.isfinite(fb) and fb != fa else (a + b) / 2
+
+
+def profile_curve(result: FitResult, name: str, count: int = 21) -> tuple[list[float], list[float]]:
+    """(values, chi2_p) on a grid over the widest interval found for ``name``, and the search's points."""
+    source = result.source
+    if source is None or name not in source.intervals:
+        conf_interval(result, (1, 2, 3), [name])
+        source = result.source
+    spec = next(s for s in source.problem.specs if s.name == name)
+    profile = Profile(source, name, {n: result.params[n] for n in source.problem.names})
+    finite = [v for pair in source.intervals[name].values() for v in pair if math.isfinite(v)]
+    stderr = result.stderr[name] if math.isfinite(result.stderr[name]) else abs(profile.best_value) * 0.2 or 1.0
+    low = min(finite, default=profile.best_value - 3 * stderr)
+    high = max(finite, default=profile.best_value + 3 * stderr)
+    margin = 0.1 * (high - low)
+    grid = torch.linspace(low - margin, high + margin, count, dtype=torch.float64).tolist()
+    grid = [min(max(v, spec.lower), spec.upper) for v in grid]
+    for value in sorted(grid, key=lambda v: abs(v - profile.best_value)):  # outwards: warm starts stay close
+        profile(value)
+    pairs = sorted({**{v: c for v, (c, _) in profile.points.items()}, **source.traces.get(name, {})}.items())
+    return [v for v, _ in pairs], [c for _, c in pairs]
+
+
+def interval_table(result: FitResult, sigmas: Iterable[float] = (1, 2)) -> list[str]:
+    """Lines of a table: each free parameter's profile interval per sigma, as offsets from the value."""
+    source = result.source
+    missing = [] if source is None else [n for n in source.problem.names if n not in source.intervals]
+    if source is None or missing:
+        conf_interval(result, sigmas, missing or None)
+        source = result.source
+    names = [n for n in source.problem.names if n in source.intervals]
+    levels = sorted({sigma for n in names for sigma in source.intervals[n]})
+    width = max(len(n) for n in [*names, "parameter"])
+    header = "".join(f"  {f'{s:g} sigma (lower, upper)':>34}" for s in levels)
+    lines = [f"profile intervals (F-test{', sigma absolute' if result.absolute_sigma else ''}):"]
+    lines.append(f"{'parameter':<{width}}  {'value':>16}{header}")
+    for name in names:
+        value = result.params[name]
+        cells = "".join(f"  {_pair(source.intervals[name].get(s), value):>34}" for s in levels)
+        lines.append(f"{name:<{width}}  {value:>16.10g}{cells}")
+    lines.extend(f"note: {name}: {source.notes[name]}" for name in names if source.notes.get(name))
+    return lines
+
+
+def _pair(pair, value: float) -> str:
+    if pair is None:
+        return ""
+    if any(math.isnan(v) for v in pair):
+        return "undetermined"
+    low, high = (f"{v - value:+.5g}" if math.isfinite(v) else "none" for v in pair)
+    return f"({low}, {high})"

@@ -1,0 +1,50 @@
+"""Figure of a batch of fits: a grid of a few curves with their fits, and histograms of the parameters."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .plot import _pyplot, check_image_path
+
+if TYPE_CHECKING:
+    from .fit.batch_result import BatchFitResult
+
+# Curves drawn in the grid (evenly spaced through the batch).
+SHOWN = 6
+
+
+def plot_batch(result: BatchFitResult, path: str | Path) -> Path:
+    """Save a figure: up to `SHOWN` curves with their fitted curves, then one histogram per parameter."""
+    import numpy as np
+
+    plt = _pyplot()
+    shown = sorted({round(i) for i in np.linspace(0, len(result) - 1, min(SHOWN, len(result)))})
+    names = list(result.stderr)
+    columns = 3
+    rows = math.ceil(len(shown) / columns) + math.ceil(len(names) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.6 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for axis, i in zip(flat, shown, strict=False):
+        curve = result[i]
+        x = next(iter(curve.data["x"].values()))
+        order = np.argsort(x, kind="stable")
+        axis.plot(x, curve.data["y"], ".", markersize=2, color="0.45")
+        axis.plot(x[order], curve.data["fitted"][order], "-", color="C3")
+        axis.set_title(f"curve {i}: {curve.status}, cost {curve.cost:.3g}", fontsize=8)
+    first = math.ceil(len(shown) / columns) * columns
+    converged = result.success
+    for axis, name in zip(flat[first:], names, strict=False):
+        values = result.params[name][converged]
+        values = values[np.isfinite(values)]
+        axis.hist(values, bins=min(50, max(5, len(values) // 10)), color="C0")
+        axis.set_title(f"{name} ({len(values)} converged curves)", fontsize=8)
+    for axis in flat[len(shown) : first] + flat[first + len(names) :]:
+        axis.set_visible(False)
+    figure.suptitle(f"{result.model}: {len(result)} curves", fontsize=9)
+    figure.tight_layout()
+    path = check_image_path(path, "plot path")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,137 @@
+"""The battery's false alarms and own crashes found by adversarial testing (issue 13, items 15-18): NaN
+outputs, scalar and empty inputs, large inputs, a forward that returns its input."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import customgrad
+from customgrad.check import battery, layouts
+from fixtures.planted_mistakes import MissingTerm
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SOURCE = Path(__file__).parent.parent / "src"
+check = functools.partial(customgrad.check, compile=False, isolation="thread")
+
+
+def _x(*shape: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("formula", ["log(x)", "sqrt(x)"])
+def test_nan_outputs_at_random_points_are_no_false_alarm(formula):
+    report = check(customgrad.function(formula), _x(5))
+    assert report.ok and not [r for r in report.results if r.status == "warning"], str(report)
+    assert "moved to |x| + 0.5 where the forward is finite" in report["first_order"].message
+
+
+def test_nan_equals_nan_in_determinism_and_vmap():
+    # log of negative inputs is NaN at the example point itself: the same NaN twice is deterministic.
+    report = customgrad.check(customgrad.function("log(x)"), -_x(5).abs(), checks=["determinism", "torch_func"])
+    assert report["determinism"].status == "passed" and report["torch_func"].status == "passed", str(report)
+
+
+def run_cli(*arguments: str) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, PYTHONPATH=f"{SOURCE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return subprocess.run(
+        [sys.executable, "-m", "customgrad", "check", *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=Path(__file__).parent.parent,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("shapes", ["(),()", "0,0"])
+def test_scalar_and_empty_inputs_do_not_crash_the_checker(shapes):
+    result = run_cli(f"{FIXTURES / 'correct_functions.py'}:MulBroadcast", "--shapes", shapes, "--no-compile")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "checker itself failed" not in result.stdout and "FAILED" not in result.stdout
+
+
+def test_the_checkers_own_exception_is_not_blamed_on_the_function(monkeypatch):
+    broken = functools.partial(layouts._is_elementwise, None)  # raises inside customgrad's own code
+    patched = tuple(battery.Check(c.name, c.summary, broken) if c.name == "layouts" else c for c in battery.CHECKS)
+    monkeypatch.setattr(battery, "CHECKS", patched)
+    report = check(MissingTerm, _x(5), checks=["layouts"])
+    result = report["layouts"]
+    assert result.status == "skipped" and "the checker itself failed, not the Function" in result.message
+
+
+def test_check_time_barely_depends_on_input_size():
+    product = customgrad.function("x*y")
+    start = time.perf_counter()
+    report = check(product, _x(140, 140), _x(140, 140), timeout=30)
+    assert report.ok, str(report)
+    assert time.perf_counter() - start < 30
+
+
+def test_large_inputs_still_catch_planted_mistakes():
+    report = check(MissingTerm, _x(30, 30), checks=["first_order", "second_order"])
+    assert report["first_order"].status == "failed" and "off by -2" in report["first_order"].message
+
+
+class WrongAtOneElement(torch.autograd.Function):
+    """x^2 whose gradient is wrong at one element only: found by the random directional probes."""
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        grad = grad_output * 2 * x
+        if grad.numel() > 777:
+            grad = grad.clone()
+            grad.view(-1)[777] += 1.0
+        return grad
+
+
+def test_directional_probes_catch_an_error_at_one_element_of_a_large_input():
+    report = check(WrongAtOneElement, _x(30, 30), checks=["first_order"])
+    assert report["first_order"].status == "failed" and "random direction" in report["first_order"].message
+
+
+class ReturnsInput(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output
+
+
+class ReturnsInputOldStyle(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output
+
+
+@pytest.mark.parametrize("function", [ReturnsInput, ReturnsInputOldStyle], ids=lambda f: f.__name__)
+def test_forward_returning_its_input_is_not_a_leak(function):
+    report = check(function, _x(5), checks=["hygiene"])
+    assert report["hygiene"].status == "passed", str(report)

@@ -1,0 +1,191 @@
+"""fit_batch: each curve against a single customgrad.fit of that curve, and against SciPy's curve_fit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import curve_fit
+
+import customgrad
+from customgrad import BatchFitResult, DataError, FitResult, UsageError, fit, fit_batch
+from reference import assert_matches_reference
+
+GAUSSIAN = "a*exp(-(x-m)**2/(2*s**2))+c"
+START = {"a": 1.0, "m": 0.0, "s": 1.0, "c": 0.0}
+NAMES = tuple(START)
+
+
+def gaussian_numpy(x, a, m, s, c):
+    return a * np.exp(-((x - m) ** 2) / (2 * s**2)) + c
+
+
+@pytest.fixture(scope="module")
+def curves():
+    """24 noisy Gaussians plus offset, 64 points each (the issue's benchmark shape)."""
+    rng = np.random.default_rng(11)
+    x = np.linspace(-3, 3, 64)
+    truth = np.stack(
+        [rng.uniform(1, 3, 24), rng.uniform(-1, 1, 24), rng.uniform(0.4, 1.2, 24), rng.uniform(-0.5, 0.5, 24)], 1
+    )
+    y = gaussian_numpy(x[None, :], *truth.T[:, :, None]) + 0.05 * rng.standard_normal((24, 64))
+    return x, y
+
+
+def single_fits(x, y, **options):
+    """The references: one customgrad.fit per curve (x shared or per row)."""
+    return [fit(GAUSSIAN, x if x.ndim == 1 else x[i], y[i], params=START, **options) for i in range(len(y))]
+
+
+def assert_batch_matches(batch: BatchFitResult, singles: list[FitResult], rtol: float = 1e-8) -> None:
+    for name in NAMES:
+        expected = np.array([single.params[name] for single in singles])
+        assert_matches_reference(batch.params[name], expected, rtol=rtol, what=f"params[{name!r}]")
+        expected = np.array([single.stderr[name] for single in singles])
+        assert_matches_reference(batch.stderr[name], expected, rtol=1e-6, what=f"stderr[{name!r}]")
+    assert_matches_reference(batch.cost, np.array([s.cost for s in singles]), rtol=1e-12, what="cost")
+    assert batch.success.tolist() == [single.success for single in singles]
+
+
+def test_every_curve_matches_its_single_fit(curves):
+    x, y = curves
+    batch = fit_batch(GAUSSIAN, x, y, params=START)
+    assert_batch_matches(batch, single_fits(x, y))
+    assert batch.success.all()
+
+
+def test_curves_stopped_by_the_step_limit_match_too(curves):
+    x, y = curves
+    batch = fit_batch(GAUSSIAN, x, y, params=START, max_steps=3)
+    singles = single_fits(x, y, max_steps=3)
+    assert set(batch.status) == {"max_steps"}
+    assert_batch_matches(batch, singles)
+
+
+def test_no_curve_costs_more_than_scipy_curve_fit(curves):
+    x, y = curves
+    batch = fit_batch(GAUSSIAN, x, y, params=START)
+    for i in range(len(y)):
+        found, _ = curve_fit(gaussian_numpy, x, y[i], p0=list(START.values()), ftol=1e-15, xtol=1e-15, gtol=1e-15)
+        scipy_cost = float(np.sum((gaussian_numpy(x, *found) - y[i]) ** 2))
+        assert batch.cost[i] <= scipy_cost * (1 + 1e-9), (i, batch.cost[i], scipy_cost)
+
+
+def test_nan_padding_gives_ragged_curves(curves):
+    x, y = curves
+    y = y[:6].copy()
+    lengths = [64, 50, 40, 33, 64, 20]
+    for i, length in enumerate(lengths):
+        y[i, length:] = np.nan
+    y[4, 7] = np.inf
+    batch = fit_batch(GAUSSIAN, x, y, params=START)
+    singles = [fit(GAUSSIAN, x[np.isfinite(y[i])], y[i][np.isfinite(y[i])], params=START) for i in range(len(y))]
+    assert_batch_matches(batch, singles)
+    assert batch.dof.tolist() == [int(np.isfinite(row).sum()) - 4 for row in y]
+    with pytest.raises(DataError, match="curves 1, 2, 3, 4, 5"):
+        fit_batch(GAUSSIAN, x, y, params=START, nan_policy="raise")
+
+
+def test_per_curve_x_sigma_initial_values_and_bounds(curves):
+    x, y = curves
+    y = y[:8]
+    rng = np.random.default_rng(3)
+    xs = np.sort(rng.uniform(-3, 3, (8, 64)), axis=1)
+    ys = gaussian_numpy(xs, 2.0, 0.2, 0.7, 0.1) + 0.05 * rng.standard_normal((8, 64))
+    sigma = rng.uniform(0.5, 2.0, (8, 64))
+    starts = {"a": np.linspace(1, 2, 8), "m": 0.0, "s": {"value": 1.0, "min": 0.05, "max": 5.0}, "c": 0.0}
+    batch = fit_batch(GAUSSIAN, xs, ys, params=starts, sigma=sigma)
+    for i in range(8):
+        params = {"a": float(starts["a"][i]), "m": 0.0, "s": {"value": 1.0, "min": 0.05, "max": 5.0}, "c": 0.0}
+        single = fit(GAUSSIAN, xs[i], ys[i], params=params, sigma=sigma[i])
+        for name in NAMES:
+            assert_matches_reference(batch.params[name][i], single.params[name], rtol=1e-8, what=name)
+
+
+def test_callable_model_and_fixed_parameter(curves):
+    x, y = curves
+    y = y[:5]
+
+    def gaussian(x, a, m, s, c):
+        return a * torch.exp(-((x - m) ** 2) / (2 * s**2)) + c
+
+    params = {**START, "c": {"value": 0.0, "fixed": True}}
+    batch = fit_batch(gaussian, x, y, params=params)
+    for i in range(5):
+        single = fit(gaussian, x, y[i], params=params)
+        for name in ("a", "m", "s"):
+            assert_matches_reference(batch.params[name][i], single.params[name], rtol=1e-8, what=name)
+        assert batch.params["c"][i] == 0.0
+
+
+def test_result_per_curve_summary_csv_and_json(curves, tmp_path):
+    x, y = curves
+    batch = fit_batch(GAUSSIAN, x, y[:4], params=START)
+    single = fit(GAUSSIAN, x, y[2], params=START)
+    curve = batch[2]
+    assert isinstance(curve, FitResult)
+    for name in NAMES:
+        assert_matches_reference(curve.params[name], single.params[name], rtol=1e-8, what=name)
+        assert_matches_reference(curve.stderr[name], single.stderr[name], rtol=1e-6, what=name)
+    assert curve.history[0] == pytest.approx(single.history[0], rel=1e-12)
+    assert "curves: 4" in batch.summary()
+    rows = batch.to_csv(tmp_path / "fits.csv").splitlines()
+    assert rows[0].startswith("curve,success,status,cost,dof,a,a_stderr")
+    assert len(rows) == 5
+    document = json.loads(batch.to_json(tmp_path / "fits.json"))
+    assert document["curves"] == 4 and len(document["results"]) == 4
+    with pytest.raises(IndexError):
+        batch[4]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"y": np.zeros(64)}, DataError, "shape \\(curves, points\\)"),
+        ({"x": np.zeros(10)}, DataError, "points per curve"),
+        ({"params": {**START, "a": np.ones(5)}}, UsageError, "one per curve"),
+        ({"method": "adam"}, UsageError, "method='lm' only"),
+        ({"nan_policy": "drop"}, UsageError, "nan_policy"),
+        ({"chunk_size": 0}, UsageError, "chunk_size"),
+    ],
+)
+def test_bad_input_is_a_clear_error(curves, kwargs, error, match):
+    x, y = curves
+    arguments = {"x": x, "y": y[:3], "params": START, **kwargs}
+    with pytest.raises(error, match=match):
+        fit_batch(GAUSSIAN, arguments.pop("x"), arguments.pop("y"), **arguments)
+
+
+def test_chunks_give_the_same_results(curves):
+    x, y = curves
+    whole = fit_batch(GAUSSIAN, x, y[:10], params=START)
+    chunked = fit_batch(GAUSSIAN, x, y[:10], params=START, chunk_size=3)
+    for name in NAMES:
+        assert_matches_reference(chunked.params[name], whole.params[name], rtol=1e-12, what=name)
+    assert customgrad.fit_batch is fit_batch
+
+
+@pytest.mark.gpu
+def test_cuda_batch_matches_cpu(curves):
+    x, y = curves
+    cpu = fit_batch(GAUSSIAN, x, y[:6], params=START)
+    gpu = fit_batch(GAUSSIAN, x, y[:6], params=START, device="cuda")
+    for name in NAMES:
+        assert_matches_reference(gpu.params[name], cpu.params[name], rtol=1e-8, what=name)
+
+
+def test_callable_that_mixes_rows_gets_its_exact_jacobian():
+    rng = np.random.default_rng(9)
+    x = np.linspace(0, 2, 40)
+
+    def accumulated(x, a, b):
+        return a * torch.cumsum(torch.exp(-b * x), dim=-1) / x.shape[-1]
+
+    y = np.stack([k * np.cumsum(np.exp(-1.3 * x)) / 40 for k in (1.0, 2.0, 3.0)]) + 0.01 * rng.standard_normal((3, 40))
+    batch = fit_batch(accumulated, x, y, params={"a": 1.0, "b": 1.0})
+    for i in range(3):
+        single = fit(accumulated, x, y[i], params={"a": 1.0, "b": 1.0})
+        for name in ("a", "b"):
+            assert_matches_reference(batch.params[name][i], single.params[name], rtol=1e-8, what=name)

@@ -1,0 +1,133 @@
+"""`fit` at the edges: data near the ends of float64's range, parameters the data do not determine,
+step limits, constant names, and the plotted curve, against NumPy / SciPy references.
+"""
+
+import math
+
+import matplotlib.figure
+import numpy as np
+import pytest
+from scipy.optimize import curve_fit
+
+from customgrad.errors import UsageError
+from customgrad.fit import fit
+from reference import assert_matches_reference
+
+
+def straight_line_reference(x, y_scaled):
+    """Least squares of y = a x + c by numpy lstsq in scaled units, with cov = s^2 (A^T A)^-1."""
+    design = np.column_stack([x, np.ones_like(x)])
+    solution, *_ = np.linalg.lstsq(design, y_scaled, rcond=None)
+    residuals = design @ solution - y_scaled
+    variance = residuals @ residuals / (len(x) - 2)
+    stderr = np.sqrt(np.diag(variance * np.linalg.inv(design.T @ design)))
+    return solution, stderr
+
+
+@pytest.mark.parametrize("unit", [1e160, 1e300, 1e-170])
+def test_lm_fits_data_whose_squares_leave_float64_like_lstsq_in_scaled_units(unit):
+    x = np.linspace(0, 1, 21)
+    noise = 0.01 * np.cos(7 * x)
+    y_scaled = 2 * x + 1 + noise
+    result = fit("a*x + c", x, unit * y_scaled, params={"a": 1.0, "c": 0.0})
+    expected, expected_stderr = straight_line_reference(x, y_scaled)
+    assert result.success and math.isfinite(result.residual_std), (result.status, result.residual_std)
+    assert_matches_reference(np.array([result.params["a"], result.params["c"]]) / unit, expected, rtol=1e-10)
+    assert_matches_reference(
+        np.array([result.stderr["a"], result.stderr["c"]]) / unit, expected_stderr, rtol=1e-6, what="stderr"
+    )
+
+
+def test_lm_on_the_issue_line_at_1e160_is_fitted_not_declared_converged_at_the_start():
+    x = np.linspace(0, 1, 11)
+    result = fit("a*x + c", x, 2e160 * x + 1e160, params={"a": 1, "c": 0})
+    expected, _ = straight_line_reference(x, 2 * x + 1)
+    assert result.success and result.steps > 0 and math.isfinite(result.cost)
+    assert_matches_reference(np.array([result.params["a"], result.params["c"]]) / 1e160, expected, rtol=1e-12)
+
+
+def test_a_cost_that_overflows_is_never_reported_as_success():
+    # a robust loss is not scale invariant, so no rescaling: the cost overflows and LM must say so
+    x = np.linspace(0, 1, 11)
+    result = fit("a*x + c", x, 1e300 * (1 + x), params={"a": 1, "c": 0}, loss="soft_l1")
+    assert not result.success and result.status == "nonfinite"
+
+
+def test_constant_data_leave_the_rate_of_a_vanished_exponential_undetermined():
+    x = np.linspace(0, 5, 20)
+    y = np.full_like(x, 3.0)
+    result = fit("c + a*exp(-k*x)", x, y, params={"c": 1.0, "a": 1.0, "k": 0.1})
+    assert result.not_identifiable == [["k"]] and math.isnan(result.stderr["k"])
+    assert sum("parameter k is not identifiable" in text for text in result.warnings) == 1
+    # c and a: their covariance with k's (null) column left out, s^2 (A^T A)^-1 with A = [1, exp(-k x)]
+    design = np.column_stack([np.ones_like(x), np.exp(-result.params["k"] * x)])
+    variance = result.cost / result.dof
+    expected = np.sqrt(np.diag(variance * np.linalg.inv(design.T @ design)))
+    assert_matches_reference(np.array([result.stderr["c"], result.stderr["a"]]), expected, rtol=1e-6)
+    assert abs(result.params["c"] - 3.0) < 1e-12
+
+
+def test_unidentifiable_groups_are_named_once_each_whatever_the_null_basis():
+    x = np.linspace(0.1, 2, 15)
+    y = 2 * np.exp(x) + 3 * x
+    result = fit("a*exp(x) + b*exp(x) + c*x + d*x", x, y, params={"a": 1.0, "b": 0.5, "c": 1.0, "d": 1.5})
+    assert sorted(result.not_identifiable) == [["a", "b"], ["c", "d"]]
+    assert sum("not identifiable" in text for text in result.warnings) == 2
+    one_point = fit("a + b*x + c*x**2", [1.0], [3.0], params={"a": 1.0, "b": 1.0, "c": 0.0})
+    assert one_point.not_identifiable == [["a", "b", "c"]]
+    assert sum("not identifiable" in text for text in one_point.warnings) == 1
+
+
+@pytest.mark.parametrize("method", ["adam", "sgd"])
+def test_gradient_methods_at_their_step_limit_do_not_claim_success(method):
+    x = np.linspace(0, 5, 30)
+    result = fit("a*exp(-k*x)", x, 3 * np.exp(-0.7 * x), params={"a": 1.0, "k": 0.1}, method=method, max_steps=20)
+    assert result.status == "step_limit" and not result.success
+    assert "no convergence test" in result.message and result.steps == 20
+    assert any("fixed number of steps" in text for text in result.warnings)
+
+
+def test_lbfgs_at_its_step_limit_says_so():
+    x = np.linspace(0, 5, 30)
+    y = 3 * np.exp(-0.7 * x) + 0.5
+    result = fit("a*exp(-k*x) + c", x, y, params={"a": 1.0, "k": 0.1, "c": 0.0}, method="lbfgs", max_steps=1)
+    assert result.status == "max_steps" and not result.success
+
+
+@pytest.mark.parametrize(("name", "meaning"), [("E", "Euler's number"), ("pi", "the number pi")])
+def test_a_parameter_named_like_a_constant_is_told_what_the_name_means(name, meaning):
+    with pytest.raises(UsageError, match=f"'{name}' is {meaning}.*another name, such as '{name}0'"):
+        fit(f"{name}*x", [0.0, 1.0, 2.0], [0.0, 2.0, 4.0], params={name: 1.0})
+    with pytest.raises(UsageError, match=f"data column '{name}' cannot be used"):
+        fit(f"a*{name}", {name: np.arange(3.0)}, np.arange(3.0), params={"a": 1.0})
+
+
+def test_the_plot_draws_the_model_on_a_dense_grid_over_the_data(tmp_path, monkeypatch):
+    x = np.linspace(0, 6, 8)
+    y = np.sin(2 * x) + 0.3 * x + 0.01 * np.cos(5 * x)
+    result = fit("a*sin(w*x) + b*x", x, y, params={"a": 1.0, "w": 2.05, "b": 0.3})
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, *args, **kwargs: figures.append(figure))
+    result.plot(tmp_path / "fit.png")
+    (top, _bottom) = figures[0].axes
+    (curve,) = [line for line in top.get_lines() if line.get_label() == "fit"]
+    grid, drawn = curve.get_data()
+    assert len(grid) >= 500 and grid[0] == x.min() and grid[-1] == x.max()
+    p = result.params
+    assert_matches_reference(drawn, p["a"] * np.sin(p["w"] * grid) + p["b"] * grid, rtol=1e-12, atol=1e-15)
+    expected, _ = curve_fit(lambda t, a, w, b: a * np.sin(w * t) + b * t, x, y, p0=[1, 2.05, 0.3])
+    assert_matches_reference(np.array([p["a"], p["w"], p["b"]]), expected, rtol=1e-6)
+
+
+def test_every_constant_of_the_formula_language_has_a_description_for_fit_messages():
+    from customgrad.fit.model import CONSTANT_NAMES
+    from customgrad.functions import CONSTANTS
+
+    assert set(CONSTANT_NAMES) == set(CONSTANTS)
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_a_gradient_method_that_sees_an_underflowed_zero_cost_does_not_claim_success(method):
+    x = np.linspace(0, 1, 11)
+    result = fit("a*x + c", x, 2e-170 * x + 1e-170, params={"a": 1e-171, "c": 0.0}, method=method, max_steps=5)
+    assert result.status == "underflow" and not result.success and "underflow" in result.message

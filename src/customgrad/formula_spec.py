@@ -14,7 +14,7 @@ import sympy
 
 from .derive import FunctionSpec, derive_spec
 from .errors import FormulaError, UsageError
-from .formula import parse_formula, symbol
+from .formula import parse_formula, shorten, symbol
 from .registry import RegisteredFunction, register
 
 _counter = itertools.count()
@@ -59,7 +59,7 @@ def formula_spec(
         missing = [n for n in parsed.names if n not in input_names]
         if missing:
             raise FormulaError(
-                f"formula {formula!r} uses {', '.join(map(repr, missing))}, which "
+                f"formula {shorten(formula)!r} uses {', '.join(map(repr, missing))}, which "
                 f"{'is' if len(missing) == 1 else 'are'} not among inputs {input_names}: "
                 "add them to inputs"
             )
@@ -67,7 +67,7 @@ def formula_spec(
             if not n.isidentifier() or n.startswith("_") or keyword.iskeyword(n):
                 raise UsageError(f"input name {n!r} is not a valid name: use letters, digits and '_'")
     if not input_names:
-        raise FormulaError(f'formula {formula!r} has no inputs: a function needs at least one, as in "2*x"')
+        raise FormulaError(f'formula {shorten(formula)!r} has no inputs: a function needs at least one, as in "2*x"')
     if grads is not None and not isinstance(grads, Mapping):
         raise UsageError(
             f"grads must be a dict {{input name: formula}} such as {{'x': '2*x'}}, got {type(grads).__name__} {grads!r}"
@@ -76,7 +76,8 @@ def formula_spec(
     for input_name, text in (grads or {}).items():
         if input_name not in input_names:
             raise UsageError(
-                f"grads names {input_name!r}, which is not an input of {formula!r} (inputs: {', '.join(input_names)})"
+                f"grads names {input_name!r}, which is not an input of {shorten(formula)!r} "
+                f"(inputs: {', '.join(input_names)})"
             )
         parsed_gradient = parse_formula(_gradient_text(input_name, text), what=f"gradient for {input_name!r}")
         unknown = [n for n in parsed_gradient.names if n not in input_names]

@@ -24,6 +24,7 @@ from .backends.eager import python_name as _python_name
 from .codegen.torch import torch_callable
 from .derive import FunctionSpec, backward_spec, jvp_spec
 from .errors import BackendError, UsageError
+from .formula import shorten
 from .formula_spec import formula_spec, register_spec
 from .launcher import _as_tensor_arguments, broadcast_error, checked_arguments, promoted_dtype, reduce_gradient
 from .registry import check_function_name
@@ -165,8 +166,15 @@ def build_function(
         outputs = jvp_kernel[0](*arguments, *filled)
         return outputs[0] if len(outputs) == 1 else outputs
 
+    def apply(cls, *arguments, **keywords):
+        # torch binds the arguments to forward's signature and would raise a bare TypeError.
+        if len(arguments) > input_count:
+            raise UsageError(f"{arity_message}, got {len(arguments)}")
+        return torch.autograd.Function.apply.__func__(cls, *arguments, **keywords)
+
     hooks = _AutogradHooks(spec, backward_function, compiled_keep, compiled_function)
     namespace = {
+        "apply": classmethod(apply),
         "generate_vmap_rule": True,
         "forward": staticmethod(_with_signature(forward, argument_names)),
         "setup_context": staticmethod(hooks.setup_context(False)),
@@ -354,7 +362,7 @@ def function(
     spec = formula_spec(formula, inputs=inputs, grads=grads, class_name=name)
     if name is not None and name in spec.input_names:
         raise UsageError(
-            f"name {name!r} is also an input of {formula!r}: registering it would make {name!r} a "
+            f"name {name!r} is also an input of {shorten(formula)!r}: registering it would make {name!r} a "
             "function in every later formula; choose another name"
         )
     cls = build_function(spec, backend=backend)

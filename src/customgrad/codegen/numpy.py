@@ -43,9 +43,5 @@ class NumpyCodePrinter(TorchCodePrinter):
 
     def _print_binary(self, kind: type, args: Sequence[sympy.Expr]) -> str:
         # numpy's binary functions take Python numbers: a plain left fold.
-        call = self.binary_functions[kind]
-        printed = [self._print(arg) for arg in args]
-        result = printed[0]
-        for item in printed[1:]:
-            result = f"{call}({result}, {item})"
-        return result
+        call = self.qualified(self.binary_functions[kind])
+        return self._fold(call, [self._print(arg) for arg in args])

@@ -230,7 +230,7 @@ def _linearize_fresh(problem, part, index, blocks, residuals, reduce, tolerances
     finite = torch.isfinite(reduced).flatten(1).all(-1)
     reduced = torch.where(finite[:, None, None], reduced, 0.0)
     upper, qtr = reduced[:, :p, :p], reduced[:, :p, p]
-    column_norms = torch.linalg.vector_norm(upper, dim=-2)
+    column_norms = torch.sqrt((upper * upper).sum(-2))  # (vector_norm over dim -2 of a view is ~8x slower)
     first = state.jacobians == 1
     initial_scale = torch.where(column_norms > 0, column_norms, 1.0)
     state.scale = torch.where(first[:, None], initial_scale, torch.maximum(state.scale, column_norms))

@@ -38,20 +38,24 @@ def jacobi_svd(
     if p % 2:  # an odd count gets an empty slot (a zero column never rotates)
         slots = torch.cat([slots, slots.new_zeros(1, 2 * p, slots.shape[-1])])
     slots = slots.contiguous()
-    order, permutation = _circle(len(slots), matrix.device)
+    order, permutation = _circle(len(slots))
+    half = len(slots) // 2
+    runs = _runs(permutation, half)
     # off-diagonal level counted as converged: a few roundoffs (a tighter test can cycle on roundoff)
     eps = p * torch.finfo(matrix.dtype).eps
-    half = len(slots) // 2
     for _ in range(MAX_SWEEPS):
         rotated = False
         for _ in range(len(slots) - 1):
-            a, b = slots[:half], slots[half:]
-            rotation = _rotation(a[:, :p], b[:, :p], eps)
+            halves = slots[:half], slots[half:]
+            rotation = _rotation(halves[0][:, :p], halves[1][:, :p], eps)
             if rotation is not None:
                 rotated = True
                 c, s = rotation
-                slots = torch.cat([c * a - s * b, s * a + c * b])
-            slots, order = slots[permutation], order[permutation]
+                a, b = halves
+                halves = c * a - s * b, s * a + c * b
+            # the next round's slots, in one copy of whole runs of slots
+            slots = torch.cat([halves[part][begin:end] for part, begin, end in runs])
+            order = [order[k] for k in permutation]
         if not rotated:
             break
     return _sorted(slots, order, p, rhs)
@@ -71,9 +75,10 @@ def _rotation(a: torch.Tensor, b: torch.Tensor, eps: float) -> tuple[torch.Tenso
     return c, c * t
 
 
-def _sorted(slots: torch.Tensor, order: torch.Tensor, p: int, rhs: torch.Tensor):
+def _sorted(slots: torch.Tensor, order: list[int], p: int, rhs: torch.Tensor):
     """Values, V^T and projections from the slots, in decreasing order of the singular values."""
-    slots = slots[order.argsort()[:p]]  # back to the columns' own order, padding dropped
+    where = {column: slot for slot, column in enumerate(order)}
+    slots = slots[torch.tensor([where[column] for column in range(p)], device=slots.device)]  # padding dropped
     columns = slots[:, :p]  # (column, entry, B)
     values = torch.sqrt((columns * columns).sum(1)).T.contiguous()
     projected = (columns * rhs.T.unsqueeze(0)).sum(1).T.contiguous()
@@ -85,7 +90,7 @@ def _sorted(slots: torch.Tensor, order: torch.Tensor, p: int, rhs: torch.Tensor)
     return values, v.transpose(-1, -2), projected
 
 
-def _circle(slots: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _circle(slots: int) -> tuple[list[int], list[int]]:
     """The slots' initial column ids, and the slot permutation of the circle method.
 
     Slot k meets slot k + slots/2. As players on a circle: the pairs are (P[i], P[-1 - i]); the next
@@ -97,4 +102,16 @@ def _circle(slots: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     # after the turn, player position q holds who was at q - 1 (q >= 2), position 1 who was last
     came_from = [0, slots - 1, *range(1, slots - 1)]
     permutation = [to_slot[came_from[to_player[k]]] for k in range(slots)]
-    return torch.arange(slots, device=device), torch.tensor(permutation, device=device)
+    return list(range(slots)), permutation
+
+
+def _runs(permutation: list[int], half: int) -> list[tuple[int, int, int]]:
+    """The gather ``slots[permutation]`` as runs (half, begin, end) of consecutive slots within one half."""
+    runs: list[list[int]] = []
+    for source in permutation:
+        part, position = divmod(source, half)
+        if runs and runs[-1][0] == part and runs[-1][2] == position:
+            runs[-1][2] += 1
+        else:
+            runs.append([part, position, position + 1])
+    return [tuple(run) for run in runs]

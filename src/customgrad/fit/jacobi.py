@@ -47,12 +47,12 @@ def jacobi_svd(
         rotated = False
         for _ in range(len(slots) - 1):
             halves = slots[:half], slots[half:]
-            rotation = _rotation(halves[0][:, :p], halves[1][:, :p], eps)
+            rotation = _rotation(slots[:, :p], half, eps)
             if rotation is not None:
                 rotated = True
                 c, s = rotation
                 a, b = halves
-                halves = c * a - s * b, s * a + c * b
+                halves = torch.addcmul(c * a, s, b, value=-1), torch.addcmul(c * b, s, a)
             # the next round's slots, in one copy of whole runs of slots
             slots = torch.cat([halves[part][begin:end] for part, begin, end in runs])
             order = [order[k] for k in permutation]
@@ -61,9 +61,12 @@ def jacobi_svd(
     return _sorted(slots, order, p, rhs)
 
 
-def _rotation(a: torch.Tensor, b: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """cos and sin (pairs, 1, B) of the rotations that make columns a and b (pairs, p, B) orthogonal, or None."""
-    alpha, beta, gamma = (a * a).sum(1, keepdim=True), (b * b).sum(1, keepdim=True), (a * b).sum(1, keepdim=True)
+def _rotation(columns: torch.Tensor, half: int, eps: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """cos and sin (half, 1, B) of the rotations that make the columns (slots, p, B) of slot k and k + half
+    orthogonal, or None when every pair already is."""
+    squares = (columns * columns).sum(1, keepdim=True)
+    alpha, beta = squares[:half], squares[half:]
+    gamma = (columns[:half] * columns[half:]).sum(1, keepdim=True)
     rotate = gamma.abs() > eps * torch.sqrt(alpha * beta)
     if not bool(rotate.any()):
         return None

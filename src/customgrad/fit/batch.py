@@ -201,10 +201,10 @@ class _Subset:
         self.names = problem.names
 
     def residuals(self, theta, index):
-        return self.problem.residuals(theta, self.index[index])
+        return self.problem.residuals(theta, self.index.index_select(0, index))
 
     def augmented(self, theta, index, *, external=False):
-        return self.problem.augmented(theta, self.index[index], external=external)
+        return self.problem.augmented(theta, self.index.index_select(0, index), external=external)
 
     def external(self, theta):
         return self.problem.external(theta)

@@ -107,7 +107,7 @@ class BatchModel(BatchProblem):
         return torch.stack(columns, dim=-1)
 
     def _pick(self, tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return tensor if tensor.shape[0] == 1 and self.batch != 1 else tensor[index]
+        return tensor if tensor.shape[0] == 1 and self.batch != 1 else tensor.index_select(0, index)
 
     def _arguments(self, values: torch.Tensor, index: torch.Tensor) -> list:
         position = {name: j for j, name in enumerate(self.names)}
@@ -116,7 +116,7 @@ class BatchModel(BatchProblem):
             if name in self.data:
                 arguments.append(self._pick(self.data[name], index))
             elif name in self.fixed:
-                arguments.append(self.fixed[name][index])
+                arguments.append(self.fixed[name].index_select(0, index))
             else:
                 j = position[name]
                 arguments.append(values[:, j : j + 1])
@@ -130,10 +130,10 @@ class BatchModel(BatchProblem):
 
     def _finish(self, f: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """(f - y) w, zero where masked; ``f`` (..., b, N) with the predictions in its last row."""
-        f[..., -1, :, :] -= self.y[index]
+        f[..., -1, :, :] -= self.y.index_select(0, index)
         if self.weights is not None:
             f *= self._pick(self.weights, index)
-        return torch.where(self.mask[index], f, 0.0) if self.masked else f
+        return torch.where(self.mask.index_select(0, index), f, 0.0) if self.masked else f
 
     def residuals(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """r (b, N) of the curves at ``index`` with internal coordinates ``theta`` (b, p)."""

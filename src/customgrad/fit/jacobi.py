@@ -43,21 +43,23 @@ def jacobi_svd(
     runs = _runs(permutation, half)
     # off-diagonal level counted as converged: a few roundoffs (a tighter test can cycle on roundoff)
     eps = p * torch.finfo(matrix.dtype).eps
-    for _ in range(MAX_SWEEPS):
-        rotated = False
-        for _ in range(len(slots) - 1):
-            halves = slots[:half], slots[half:]
-            rotation = _rotation(slots[:, :p], half, eps)
-            if rotation is not None:
-                rotated = True
-                c, s = rotation
-                a, b = halves
-                halves = torch.addcmul(c * a, s, b, value=-1), torch.addcmul(c * b, s, a)
-            # the next round's slots, in one copy of whole runs of slots
-            slots = torch.cat([halves[part][begin:end] for part, begin, end in runs])
-            order = [order[k] for k in permutation]
-        if not rotated:
-            break
+    # converged when a sweep's worth of consecutive rounds (any p - 1 of them meet every pair) rotates nothing
+    sweep, quiet = len(slots) - 1, 0
+    for _ in range(MAX_SWEEPS * sweep):
+        halves = slots[:half], slots[half:]
+        rotation = _rotation(slots[:, :p], half, eps)
+        if rotation is None:
+            quiet += 1
+            if quiet >= sweep:
+                break
+        else:
+            quiet = 0
+            c, s = rotation
+            a, b = halves
+            halves = torch.addcmul(c * a, s, b, value=-1), torch.addcmul(c * b, s, a)
+        # the next round's slots, in one copy of whole runs of slots
+        slots = torch.cat([halves[part][begin:end] for part, begin, end in runs])
+        order = [order[k] for k in permutation]
     return _sorted(slots, order, p, rhs)
 
 

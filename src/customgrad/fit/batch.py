@@ -227,8 +227,9 @@ def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> Bat
 
     def on_round(status: torch.Tensor) -> None:
         stopped = int((status != 0).sum())
+        message = f"{stopped}/{len(status)} converged or stopped"
         for _ in range(stopped - done[0]):
-            advance(f"{stopped}/{len(status)} converged or stopped")
+            advance(message)
         done[0] = stopped
 
     outcome = batch_levenberg_marquardt(problem, theta, reduce=reduce_gram, on_round=on_round, **options)

@@ -353,7 +353,9 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list) -> None:
     p = theta.shape[-1]
     finite = torch.isfinite(reduced).flatten(1).all(-1)
     reduced = torch.where(finite[:, None, None], reduced, 0.0)
-    values, vt, products = jacobi_svd(reduced[:, :p, :p] / scale.unsqueeze(-2), reduced[:, :p, p])
+    # warm start from the last linearization's V (these statuses are set by trial steps, after an SVD)
+    start = state.vt.index_select(0, index).transpose(-1, -2)
+    values, vt, products = jacobi_svd(reduced[:, :p, :p] / scale.unsqueeze(-2), reduced[:, :p, p], start)
     keep = (values[:, :1] > 0) & (values > values[:, :1] * RANK_TOLERANCE)
     coordinates = torch.where(keep, -products / torch.where(keep, values * values, 1.0), 0.0)
     trial = theta + (vt * coordinates.unsqueeze(-1)).sum(-2) / scale

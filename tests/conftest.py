@@ -2,6 +2,13 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests search at random locally, but CI runs the same examples every time (a failure there
+# reproduces); ``CI=true`` selects the derandomized profile.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in {"1", "true", "yes"} else "dev")
 
 # Without a GPU, Triton kernels run in Triton's interpreter; it must be chosen before Triton is imported.
 if not torch.cuda.is_available():

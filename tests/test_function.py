@@ -240,9 +240,13 @@ def test_only_inputs_are_saved_for_backward():
     assert torch.autograd.grad(output.sum(), inputs)[3].shape == (6,)
 
 
-def test_call_with_wrong_number_of_inputs_is_a_usage_error():
-    with pytest.raises(UsageError, match=r"takes 2 inputs \(x, y\), got 1"):
-        built("x*y").apply(torch.ones(2))
+@pytest.mark.parametrize("count", [1, 3, 4])
+@pytest.mark.parametrize("call", ["apply", "class"])
+def test_call_with_wrong_number_of_inputs_is_a_usage_error(count, call):
+    generated = built("x*y")
+    target = generated.apply if call == "apply" else generated
+    with pytest.raises(UsageError, match=rf"takes 2 inputs \(x, y\), got {count}"):
+        target(*[torch.ones(2)] * count)
 
 
 # Custom (declared) gradients and composition.

@@ -11,6 +11,7 @@ import functools
 from dataclasses import dataclass, field
 
 import sympy
+from sympy.core.logic import fuzzy_and
 
 from .errors import DeriveError
 
@@ -71,8 +72,9 @@ class FunctionSpec:
     @functools.cached_property
     def needs(self) -> tuple[tuple[int, ...], ...]:
         """``needs[i]``: positions of the inputs that input i's partials depend on (what to save)."""
+        free = [[partial.free_symbols for partial in row] for row in self.partials]
         return tuple(
-            tuple(j for j, s in enumerate(self.inputs) if any(s in row[i].free_symbols for row in self.partials))
+            tuple(j for j, s in enumerate(self.inputs) if any(s in row[i] for row in free))
             for i in range(len(self.inputs))
         )
 
@@ -87,13 +89,186 @@ def zero_almost_everywhere(expr: sympy.Expr) -> sympy.Expr:
 
 
 def derive_partial(expr: sympy.Expr, variable: sympy.Symbol) -> sympy.Expr:
-    """d expr / d variable, with a-e-zero terms removed and small results simplified."""
-    partial = zero_almost_everywhere(sympy.diff(expr, variable))
+    """d expr / d variable, with torch's conventions at the edges (`EDGE_RULES`), a-e-zero terms
+    removed and small results simplified."""
+    partial = zero_almost_everywhere(_differentiate(with_edge_rules(expr), variable))
+    partial = mask_products(partial)
     if partial.has(sympy.Derivative):
         raise DeriveError(f"cannot differentiate {expr} with respect to {variable}: SymPy left {partial}")
     if sympy.count_ops(partial) <= SIMPLIFY_MAX_OPS:
         partial = simplify_bounded(partial)
-    return partial
+    return without_edge_rules(partial)
+
+
+def mask_products(expr: sympy.Expr) -> sympy.Expr:
+    """c * Piecewise((0, cond), (e, True)) -> Piecewise((0, cond), (c * e, True)).
+
+    Where a piece is exactly 0, torch's backward (where's, pow's, atan2's) gives 0 whatever the
+    other factors of the chain rule hold there, NaN or inf included; so does the product folded
+    into the pieces.
+    """
+
+    def is_mask(factor) -> bool:
+        return isinstance(factor, sympy.Piecewise) and any(piece.expr == 0 for piece in factor.args)
+
+    def fold(product):
+        mask = next(factor for factor in product.args if is_mask(factor))
+        rest = sympy.Mul(*[factor for factor in product.args if factor is not mask])
+        return sympy.Piecewise(
+            *[(piece.expr if piece.expr == 0 else mask_products(rest * piece.expr), piece.cond) for piece in mask.args]
+        )
+
+    return expr.replace(lambda e: isinstance(e, sympy.Mul) and any(is_mask(f) for f in e.args), fold)
+
+
+def _differentiate(expr: sympy.Expr, variable: sympy.Symbol) -> sympy.Expr:
+    """``sympy.diff``, visiting only the terms of a sum and the factors of a product that hold ``variable``.
+
+    SymPy builds a Derivative for every term, so the partials of a 900-term sum over 900 inputs
+    would cost 810,000 of them.
+    """
+    if isinstance(expr, sympy.Add) and len(expr.args) > 8:
+        terms = _terms_by_symbol(expr).get(variable, ())
+        return sympy.Add(*[_differentiate(term, variable) for term in terms])
+    if isinstance(expr, sympy.Mul) and len(expr.args) > 8:
+        # (f g h)' = f' g h + f g' h + f g h', over the factors that hold the variable
+        factors = expr.args
+        return sympy.Add(
+            *[
+                sympy.Mul(*factors[:k], _differentiate(factor, variable), *factors[k + 1 :])
+                for k, factor in enumerate(factors)
+                if variable in factor.free_symbols
+            ]
+        )
+    return sympy.diff(expr, variable)
+
+
+@functools.lru_cache(maxsize=16)
+def _terms_by_symbol(expr: sympy.Add) -> dict[sympy.Symbol, tuple[sympy.Expr, ...]]:
+    index: dict[sympy.Symbol, list[sympy.Expr]] = {}
+    for term in expr.args:
+        for free in term.free_symbols:
+            index.setdefault(free, []).append(term)
+    return {free: tuple(terms) for free, terms in index.items()}
+
+
+# Edge rules: where SymPy's derivative is NaN or inconsistent but torch defines a value, the
+# operation is differentiated as a stand-in function whose partials follow torch's backward, then
+# turned back into the ordinary SymPy operation. One row per operation.
+
+
+class _Power(sympy.Function):
+    """x**y with an input in the exponent, differentiated as torch.pow(x, y)."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        base, exponent = self.args
+        if argindex == 1:
+            # d/dx x**y = y x**(y-1), and 0 where y == 0 (torch: pow_backward_self)
+            return sympy.Piecewise((0, sympy.Eq(exponent, 0)), (exponent * _Power(base, exponent - 1), True))
+        # d/dy x**y = x**y log(x), and 0 where x == 0 and y >= 0 (torch: pow_backward_exponent)
+        at_zero = sympy.And(sympy.Eq(base, 0), exponent >= 0)
+        return sympy.Piecewise((0, at_zero), (self * sympy.log(base), True))
+
+
+class _Atan2(sympy.Function):
+    """atan2(y, x), differentiated as torch.atan2: both partials are 0 at the origin."""
+
+    nargs = 2
+
+    def _eval_is_extended_real(self):
+        return fuzzy_and(argument.is_extended_real for argument in self.args)
+
+    def fdiff(self, argindex=1):
+        y, x = self.args
+        origin = sympy.And(sympy.Eq(x, 0), sympy.Eq(y, 0))
+        # d/dy atan2(y, x) = x / (x^2 + y^2);  d/dx atan2(y, x) = -y / (x^2 + y^2)
+        partial = (x if argindex == 1 else -y) / (x**2 + y**2)
+        return sympy.Piecewise((0, origin), (partial, True))
+
+
+class _Maximum(sympy.Function):
+    """max(a, b, ...): at a tie the arguments that reach the maximum share the gradient equally."""
+
+    def _eval_is_extended_real(self):
+        return fuzzy_and(argument.is_extended_real for argument in self.args)
+
+    def fdiff(self, argindex=1):
+        # d/da_k max(a) = [a_k = max] / #{j: a_j = max}, with [a_j = max] = 1 + sign(a_j - max)
+        return _share(self.args, argindex - 1, self, 1)
+
+
+class _Minimum(sympy.Function):
+    """min(a, b, ...): at a tie the arguments that reach the minimum share the gradient equally."""
+
+    def _eval_is_extended_real(self):
+        return fuzzy_and(argument.is_extended_real for argument in self.args)
+
+    def fdiff(self, argindex=1):
+        # d/da_k min(a) = [a_k = min] / #{j: a_j = min}, with [a_j = min] = 1 - sign(a_j - min)
+        return _share(self.args, argindex - 1, self, -1)
+
+
+class _Sign(sympy.Function):
+    """sign(x), whose derivative is 0 (torch's; SymPy's 2 DiracDelta(x) is 0 almost everywhere),
+    found without differentiating x."""
+
+    def _eval_derivative(self, variable):
+        return sympy.S.Zero
+
+    def _eval_is_extended_real(self):
+        return self.args[0].is_extended_real
+
+
+def _share(arguments, k: int, extreme: sympy.Expr, direction: int) -> sympy.Expr:
+    """[a_k = extreme] / sum_j [a_j = extreme], the indicators written with sign() so that they take
+    the inputs' dtype in generated code (constants among the arguments count in the tie too)."""
+    if len(arguments) == 2:  # the same split, shorter: H(a - b) with H(0) = 1/2
+        return sympy.Heaviside(direction * (arguments[k] - arguments[1 - k]), sympy.S.Half)
+    indicators = [1 + direction * _Sign(a - extreme) for a in arguments]
+    return indicators[k] / sympy.Add(*indicators)
+
+
+#: SymPy operation -> (applies to this node?, its stand-in with torch's partials).
+EDGE_RULES: dict[type, tuple] = {
+    sympy.Pow: (lambda e: bool(e.exp.free_symbols), lambda e: _Power(*e.args)),
+    sympy.atan2: (lambda e: True, lambda e: _Atan2(*e.args)),
+    sympy.Max: (lambda e: True, lambda e: _Maximum(*e.args)),
+    sympy.Min: (lambda e: True, lambda e: _Minimum(*e.args)),
+    sympy.sign: (lambda e: True, lambda e: _Sign(*e.args)),
+}
+#: Stand-in -> the SymPy operation it stands for.
+_STANDS_FOR = {
+    _Power: sympy.Pow,
+    _Atan2: sympy.atan2,
+    _Maximum: sympy.Max,
+    _Minimum: sympy.Min,
+    _Sign: sympy.sign,
+}
+
+
+@functools.lru_cache(maxsize=256)
+def with_edge_rules(expr: sympy.Expr) -> sympy.Expr:
+    """``expr`` with the operations of `EDGE_RULES` replaced by their stand-ins (cached per expression)."""
+
+    def applies(e) -> bool:
+        rule = EDGE_RULES.get(type(e))
+        return rule is not None and rule[0](e)
+
+    return expr.replace(applies, lambda e: EDGE_RULES[type(e)][1](e))
+
+
+def without_edge_rules(expr: sympy.Expr) -> sympy.Expr:
+    """The stand-ins of `with_edge_rules` turned back into ordinary SymPy operations."""
+
+    def restore(e):
+        operation = _STANDS_FOR[type(e)]
+        if operation in (sympy.Max, sympy.Min):  # arguments already reduced: skip SymPy's O(n^2) comparisons
+            return operation(*e.args, evaluate=False)
+        return operation(*e.args)
+
+    return expr.replace(lambda e: type(e) in _STANDS_FOR, restore)
 
 
 def simplify_bounded(expr: sympy.Expr) -> sympy.Expr:

@@ -3,14 +3,33 @@
 The language: numbers, names, ``pi``, ``E``, ``+ - * / **``, unary minus, parentheses, calls of the
 functions in `customgrad.functions.FUNCTIONS` and of registered functions, comparisons combined with
 ``and``/``or``/``not`` inside ``where(cond, a, b)`` and ``Piecewise((a, cond), ..., (b, True))``.
-Names keep the order of their first appearance, which is the default input order.
+Names keep the order of their first appearance, which is the default input order. A name may be
+any identifier not starting with ``_`` (``torch``, ``float`` and ``numpy`` included).
+
+Limits: at most `MAX_FORMULA_LENGTH` characters; calls, parentheses and operators nested at most
+`MAX_NESTING_DEPTH` levels deep (a flat chain ``a + b - c + ...`` or ``a * b / c`` is one level,
+however long); ``min``/``max`` take at most 16 arguments. Anything beyond is one `FormulaError`.
+
+Simplification: the formula is the SymPy expression it builds, which SymPy simplifies as it is
+built: ``x/x`` is 1 and ``exp(log(x))`` is x everywhere (at 0 and at -1 too, where evaluating the
+text as written would give NaN), ``sqrt(x**2)`` is ``abs(x)``. Forward and every derivative are
+those of the simplified expression, so they always agree with each other.
+
+Derivatives follow torch's backward at the edges (`customgrad.derive.EDGE_RULES`): d/dx x**y is
+y*x**(y-1), 0 where y = 0; d/dy x**y is x**y*log(x), 0 where x = 0 and y >= 0; atan2 has 0
+gradients at the origin; where a partial is 0 by such a rule or by an unselected ``where`` branch,
+it is 0 whatever the rest of the chain rule holds there. At a tie, ``max``/``min`` share the
+gradient equally among the arguments that reach the extreme (constants count): max(x, y, z) at
+x = y = z gives 1/3 each (torch's nested maximum gives 1/4, 1/4, 1/2; both are valid subgradients).
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import math
+import sys
 from dataclasses import dataclass
 
 import sympy
@@ -20,8 +39,11 @@ from .functions import CONSTANTS, FUNCTIONS
 from .registry import REGISTRY
 
 MAX_FORMULA_LENGTH = 10_000
+MAX_NESTING_DEPTH = 40
 MAX_INTEGER_DIGITS = 100
 MAX_EXPONENT = 1_000
+#: Echoed formula text is cut to this many characters in messages.
+MAX_ECHO_LENGTH = 80
 
 _BINARY = {
     ast.Add: lambda a, b: a + b,
@@ -99,20 +121,29 @@ def parse_formula(text: str, *, what: str = "formula") -> Formula:
     if len(text) > MAX_FORMULA_LENGTH:
         raise FormulaError(f"{what} is {len(text)} characters long; the limit is {MAX_FORMULA_LENGTH}")
     if "\n" in text.strip() or "\r" in text:
-        raise FormulaError(f"{what} {text!r} spans several lines: write it on one line")
+        raise FormulaError(f"{what} {shorten(text)!r} spans several lines: write it on one line")
     source = text.strip()
+    too_deep = (
+        f"{what} {shorten(source)!r} is nested too deeply: the limit is {MAX_NESTING_DEPTH} levels of "
+        "calls, parentheses and operators; name inner parts with customgrad.function(..., name=...)"
+    )
     try:
-        tree = ast.parse(source, mode="eval")
+        with recursion_limit():
+            tree = ast.parse(source, mode="eval")
     except SyntaxError as error:
+        if "too many nested parentheses" in str(error.msg):
+            raise FormulaError(too_deep) from None
         column = (error.offset or 1) - 1
         raise FormulaError(_quote(f"{what} is not a valid expression ({error.msg})", source, column, 1)) from None
     except (ValueError, RecursionError, MemoryError):
-        raise FormulaError(f"{what} {source!r} cannot be parsed: it is nested too deeply or too long") from None
+        raise FormulaError(too_deep) from None
+    if _nesting_depth(tree.body) > MAX_NESTING_DEPTH:
+        raise FormulaError(too_deep)
     builder = _Builder(source, what)
     try:
         expr = builder.build(tree.body)
-    except RecursionError:
-        raise FormulaError(f"{what} {source!r} is nested too deeply") from None
+    except RecursionError:  # not expected within MAX_NESTING_DEPTH: kept as a last resort
+        raise FormulaError(too_deep) from None
     if isinstance(expr, (sympy.logic.boolalg.Boolean, tuple)) and not isinstance(expr, sympy.Expr):
         raise FormulaError(
             _quote(f"{what} is a condition, not a value: use it inside where(cond, a, b)", source, 0, len(source))
@@ -120,10 +151,65 @@ def parse_formula(text: str, *, what: str = "formula") -> Formula:
     return Formula(text=source, expr=expr, names=tuple(builder.names))
 
 
+def shorten(text: str, limit: int = MAX_ECHO_LENGTH) -> str:
+    """``text`` cut to its first ``limit`` characters followed by '…' when longer (for messages)."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _quote(message: str, source: str, column: int, width: int) -> str:
     column = max(0, min(column, len(source)))
     width = max(1, min(width, len(source) - column) if column < len(source) else 1)
+    if len(source) > MAX_ECHO_LENGTH:  # a window around the offending part
+        start = max(0, min(column - MAX_ECHO_LENGTH // 4, len(source) - MAX_ECHO_LENGTH))
+        prefix = "…" if start else ""
+        suffix = "…" if start + MAX_ECHO_LENGTH < len(source) else ""
+        source = prefix + source[start : start + MAX_ECHO_LENGTH] + suffix
+        column = column - start + len(prefix)
+        width = max(1, min(width, len(source) - len(suffix) - column))
     return f"{message}\n    {source}\n    {' ' * column}{'^' * width}"
+
+
+@contextlib.contextmanager
+def recursion_limit(limit: int = 2 * MAX_FORMULA_LENGTH + 1_000):
+    """Raise Python's recursion limit to at least ``limit`` inside the block.
+
+    CPython builds and compiles a flat sum recursively (one level per term): a 3000-term sum fails
+    under the default limit of 1000, whatever the stack holds.
+    """
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)
+
+
+#: Operators whose left-nested chains (a + b - c + ...) are one flat level, folded iteratively.
+_CHAINS = {ast.Add: "sum", ast.Sub: "sum", ast.Mult: "product", ast.Div: "product"}
+
+
+def _nesting_depth(root: ast.AST) -> int:
+    """How deeply ``root`` nests calls, operators and parentheses, a flat chain a + b + c counting once.
+
+    Iterative, so any tree ``ast.parse`` returns can be measured.
+    """
+    deepest = 0
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        chain = _CHAINS.get(type(node.op)) if isinstance(node, ast.BinOp) else None
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.expr_context)):
+                continue
+            same_chain = (
+                chain is not None
+                and child is node.left
+                and isinstance(child, ast.BinOp)
+                and _CHAINS.get(type(child.op)) == chain
+            )
+            stack.append((child, depth if same_chain else depth + 1))
+    return deepest
 
 
 class _Builder:
@@ -214,6 +300,8 @@ class _Builder:
             raise self.fail(
                 node, f"operator {symbol_text!r} is not supported: use + - * / ** and functions such as floor(x)"
             )
+        if type(node.op) in _CHAINS:
+            return self._chain(node)
         left, right = self.value(node.left), self.value(node.right)
         if isinstance(node.op, ast.Pow):
             self._check_power(node, left, right)
@@ -221,6 +309,32 @@ class _Builder:
             return operation(left, right)
         except (OverflowError, MemoryError, ValueError) as error:
             raise self.fail(node, f"cannot be evaluated exactly ({error})") from None
+
+    def _chain(self, node: ast.BinOp):
+        """a + b - c + ... (or a * b / c * ...) folded iteratively: one SymPy Add (Mul) of the terms."""
+        kind = _CHAINS[type(node.op)]
+        links = []
+        while isinstance(node, ast.BinOp) and _CHAINS.get(type(node.op)) == kind:
+            links.append(node)
+            node = node.left
+        terms = [self.value(node)]
+        for link in reversed(links):
+            term = self.value(link.right)
+            try:
+                if isinstance(link.op, ast.Sub):
+                    term = -term
+                elif isinstance(link.op, ast.Div):
+                    term = 1 / term
+            except (OverflowError, MemoryError, ValueError) as error:
+                raise self.fail(link, f"cannot be evaluated exactly ({error})") from None
+            self._check_finite_real(link, term)
+            terms.append(term)
+        try:
+            result = sympy.Add(*terms) if kind == "sum" else sympy.Mul(*terms)
+        except (OverflowError, MemoryError, ValueError) as error:
+            raise self.fail(links[0], f"cannot be evaluated exactly ({error})") from None
+        self._check_finite_real(links[0], result)
+        return result
 
     def _check_power(self, node, base, exponent):
         if exponent.is_Number and abs(exponent) > MAX_EXPONENT:

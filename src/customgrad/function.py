@@ -28,7 +28,7 @@ from .backends.eager import python_name as _python_name
 from .codegen.torch import torch_callable
 from .derive import FunctionSpec, backward_spec, derive_spec, jvp_spec
 from .errors import BackendError, FormulaError, UsageError
-from .formula import parse_formula, symbol
+from .formula import parse_formula, shorten, symbol
 from .launcher import _as_tensor_arguments, broadcast_error, checked_arguments, promoted_dtype, reduce_gradient
 from .registry import check_function_name, register
 
@@ -167,8 +167,15 @@ def build_function(
         outputs = jvp_kernel[0](*arguments, *filled)
         return outputs[0] if len(outputs) == 1 else outputs
 
+    def apply(cls, *arguments, **keywords):
+        # torch binds the arguments to forward's signature and would raise a bare TypeError.
+        if len(arguments) > input_count:
+            raise UsageError(f"{arity_message}, got {len(arguments)}")
+        return torch.autograd.Function.apply.__func__(cls, *arguments, **keywords)
+
     hooks = _AutogradHooks(spec, backward_function, compiled_keep, compiled_function)
     namespace = {
+        "apply": classmethod(apply),
         "generate_vmap_rule": True,
         "forward": staticmethod(_with_signature(forward, argument_names)),
         "setup_context": staticmethod(hooks.setup_context(False)),
@@ -367,7 +374,7 @@ def function(
     spec = formula_spec(formula, inputs=inputs, grads=grads, class_name=name)
     if name is not None and name in spec.input_names:
         raise UsageError(
-            f"name {name!r} is also an input of {formula!r}: registering it would make {name!r} a "
+            f"name {name!r} is also an input of {shorten(formula)!r}: registering it would make {name!r} a "
             "function in every later formula; choose another name"
         )
     cls = build_function(spec, backend=backend)
@@ -411,7 +418,7 @@ def formula_spec(
         missing = [n for n in parsed.names if n not in input_names]
         if missing:
             raise FormulaError(
-                f"formula {formula!r} uses {', '.join(map(repr, missing))}, which "
+                f"formula {shorten(formula)!r} uses {', '.join(map(repr, missing))}, which "
                 f"{'is' if len(missing) == 1 else 'are'} not among inputs {input_names}: "
                 "add them to inputs"
             )
@@ -419,7 +426,7 @@ def formula_spec(
             if not n.isidentifier() or n.startswith("_") or keyword.iskeyword(n):
                 raise UsageError(f"input name {n!r} is not a valid name: use letters, digits and '_'")
     if not input_names:
-        raise FormulaError(f'formula {formula!r} has no inputs: a function needs at least one, as in "2*x"')
+        raise FormulaError(f'formula {shorten(formula)!r} has no inputs: a function needs at least one, as in "2*x"')
     if grads is not None and not isinstance(grads, Mapping):
         raise UsageError(
             f"grads must be a dict {{input name: formula}} such as {{'x': '2*x'}}, got {type(grads).__name__} {grads!r}"
@@ -428,7 +435,8 @@ def formula_spec(
     for input_name, text in (grads or {}).items():
         if input_name not in input_names:
             raise UsageError(
-                f"grads names {input_name!r}, which is not an input of {formula!r} (inputs: {', '.join(input_names)})"
+                f"grads names {input_name!r}, which is not an input of {shorten(formula)!r} "
+                f"(inputs: {', '.join(input_names)})"
             )
         parsed_gradient = parse_formula(_gradient_text(input_name, text), what=f"gradient for {input_name!r}")
         unknown = [n for n in parsed_gradient.names if n not in input_names]

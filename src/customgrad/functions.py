@@ -70,6 +70,10 @@ class FormulaFunction:
     max_args: int | None = 1  # None: any number
 
 
+#: Most arguments min(...) and max(...) take.
+MAX_MIN_MAX_ARGUMENTS = 16
+
+
 def _where(cond, a, b):
     return sympy.Piecewise((a, cond), (b, True))
 
@@ -100,8 +104,9 @@ FUNCTIONS: dict[str, FormulaFunction] = {
     "softplus": FormulaFunction(softplus),
     "abs": FormulaFunction(sympy.Abs),
     "sign": FormulaFunction(sympy.sign),
-    "min": FormulaFunction(sympy.Min, 2, None),
-    "max": FormulaFunction(sympy.Max, 2, None),
+    # Bounded: SymPy compares every pair of arguments, and each partial holds all of them.
+    "min": FormulaFunction(sympy.Min, 2, MAX_MIN_MAX_ARGUMENTS),
+    "max": FormulaFunction(sympy.Max, 2, MAX_MIN_MAX_ARGUMENTS),
     "floor": FormulaFunction(sympy.floor),
     "ceil": FormulaFunction(sympy.ceiling),
     "round": FormulaFunction(Round),

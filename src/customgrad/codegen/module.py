@@ -27,9 +27,40 @@ def _reduce(gradient, like):
 def _helpers() -> str:
     """The runtime helpers generated code calls, copied from their one definition (not re-typed)."""
     from ..launcher import _as_tensor_arguments
-    from .torch import _full
+    from .torch import _full, _narrow, _widen
 
-    return "\n\n".join(inspect.getsource(helper) for helper in (_as_tensor_arguments, _full)) + "\n" + _REDUCE
+    helpers = (_as_tensor_arguments, _full, _widen, _narrow)
+    return "\n\n".join(inspect.getsource(helper) for helper in helpers) + "\n" + _REDUCE
+
+
+class _Masked(sympy.Function):
+    """An input inside a where() branch: its value, with no gradient where the branch is not selected.
+
+    Autograd through plain code multiplies the unselected branch's local derivative (NaN for
+    sqrt(x) at x < 0) by zero, which is NaN; ``where(selected, x, x.detach())`` stops that at the
+    input, so second and higher derivatives agree with customgrad.function's symbolic ones.
+    """
+
+    def _customgrad_torchcode(self, printer):
+        value, selected = (printer._print(argument) for argument in self.args)
+        return f"{printer.qualified('torch.where')}({selected}, {value}, {value}.detach())"
+
+
+def mask_branches(expr: sympy.Expr, selected: tuple = ()) -> sympy.Expr:
+    """``expr`` with every input inside a Piecewise branch wrapped in `_Masked` under the
+    condition that selects the branch (conditions themselves are left as they are)."""
+    if isinstance(expr, sympy.Piecewise):
+        pieces, earlier = [], []
+        for piece in expr.args:
+            chosen = sympy.And(piece.cond, *[sympy.Not(c) for c in earlier])
+            pieces.append((mask_branches(piece.expr, (*selected, chosen)), piece.cond))
+            earlier.append(piece.cond)
+        return sympy.Piecewise(*pieces)
+    if isinstance(expr, sympy.Symbol):
+        return _Masked(expr, sympy.And(*selected)) if selected else expr
+    if not expr.args or not (selected or expr.has(sympy.Piecewise)):
+        return expr
+    return expr.func(*[mask_branches(argument, selected) for argument in expr.args])
 
 
 def check_class_name(name: str, what: str) -> None:
@@ -47,16 +78,17 @@ def emit_module(spec: FunctionSpec) -> str:
         raise DeriveError(f"{spec.name} calls a hand-written Function, which a standalone module cannot hold")
     names = list(spec.input_names)
     name = spec.name
-    grad = sympy.Symbol("grad_output", real=True)
-    backward_outputs = [grad * partial for partial in spec.partials[0]]
+    grad = sympy.Symbol("_grad_output", real=True)  # '_' names never clash with inputs
+    backward_outputs = [mask_branches(grad * partial) for partial in spec.partials[0]]
     forward_source = function_source(f"_{name}_forward", names, spec.outputs)
     backward_source = function_source(
-        f"_{name}_backward", [*names, "grad_output"], backward_outputs, full_shape=("grad_output",)
+        f"_{name}_backward", [*names, "_grad_output"], backward_outputs, full_shape=("_grad_output",)
     )
     declared = "".join(f"\n    Declared (custom) gradient for {n}: {e}." for n, e in spec.declared.items())
     unpack = ", ".join(names) + ","
     returns = ", ".join(
-        f"_reduce(grads[{i}], {n}) if ctx.needs_input_grad[{i}] and isinstance(ctx.inputs[{i}], torch.Tensor) else None"
+        f"_reduce(_grads[{i}], {n}) if _ctx.needs_input_grad[{i}] and isinstance(_ctx.inputs[{i}], _torch.Tensor) "
+        "else None"
         for i, n in enumerate(names)
     )
     return f'''"""{name}({", ".join(names)}) = {spec.formula or spec.outputs[0]}
@@ -72,6 +104,9 @@ from collections.abc import Sequence
 
 import torch
 
+# Generated code calls these aliases: an input may be called torch or functools.
+_torch = torch
+_functools = functools
 
 {_helpers()}
 
@@ -95,10 +130,10 @@ class {name}(torch.autograd.Function):
         ctx.inputs = [None if isinstance(a, torch.Tensor) else a for a in inputs]
 
     @staticmethod
-    def backward(ctx, grad_output):
-        saved = iter(ctx.saved_tensors)
-        ctx.inputs = [next(saved) if a is None else a for a in ctx.inputs]
-        {unpack} = _as_tensor_arguments(ctx.inputs)
-        grads = _{name}_backward({", ".join(names)}, grad_output)
+    def backward(_ctx, _grad_output):
+        _saved = iter(_ctx.saved_tensors)
+        _ctx.inputs = [next(_saved) if a is None else a for a in _ctx.inputs]
+        {unpack} = _as_tensor_arguments(_ctx.inputs)
+        _grads = _{name}_backward({", ".join(names)}, _grad_output)
         return ({returns},)
 '''

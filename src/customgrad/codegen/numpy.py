@@ -9,11 +9,13 @@ results here, as in torch).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy
 import sympy
 
+from ..formula import recursion_limit
 from .rules import BINARY_RULES, FUNCTION_RULES, column
 from .torch import TorchCodePrinter
 
@@ -43,12 +45,8 @@ class NumpyCodePrinter(TorchCodePrinter):
 
     def _print_binary(self, kind: type, args: Sequence[sympy.Expr]) -> str:
         # numpy's binary functions take Python numbers: a plain left fold.
-        call = self.binary_functions[kind]
-        printed = [self._print(arg) for arg in args]
-        result = printed[0]
-        for item in printed[1:]:
-            result = f"{call}({result}, {item})"
-        return result
+        call = self.qualified(self.binary_functions[kind])
+        return self._fold(call, [self._print(arg) for arg in args])
 
 
 def _sigmoid(x):
@@ -63,6 +61,8 @@ def _softplus(x):
 
 def compile_numpy(source: str, name: str, filename: str) -> Callable:
     """Compile generated numpy source and return the function it defines."""
-    namespace = {"numpy": numpy, "_sigmoid": _sigmoid, "_softplus": _softplus}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated code, not user text
+    namespace = {"_numpy": numpy, "_functools": functools, "_sigmoid": _sigmoid, "_softplus": _softplus}
+    with recursion_limit():  # a 5000-term sum compiles recursively
+        code = compile(source, filename, "exec")
+    exec(code, namespace)  # noqa: S102 - generated code, not user text
     return namespace[name]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import sympy
 import torch
 from sympy.printing.pycode import AbstractPythonCodePrinter
 
+from ..formula import recursion_limit
 from ..registry import REGISTRY
 from .rules import BINARY_RULES, FUNCTION_RULES, column
 
@@ -28,6 +30,9 @@ TORCH_CLAMPS: dict[type, str] = {
     sympy.Max: "torch.clamp_min",
     sympy.Min: "torch.clamp_max",
 }
+
+#: Longest max(a, b, ...) printed as nested calls; longer ones fold with functools.reduce.
+MAX_NESTED_FOLD = 8
 
 _RELATIONS = {
     sympy.StrictLessThan: "<",
@@ -58,13 +63,24 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
     power = "torch.pow({}, {})"
     calls_registered = True  # registered Functions are callable (torch only)
 
-    def __init__(self, settings=None):
+    def __init__(self, settings=None, *, private_module: bool = True):
         super().__init__({"fully_qualified_modules": True, **(settings or {})})
+        # Generated code calls the module under a private alias (``_torch.exp``): user names never
+        # start with '_', so an input called ``torch`` cannot shadow it. Displayed code keeps ``torch``.
+        self.private_module = private_module
+
+    def qualified(self, name: str) -> str:
+        """A table entry or template such as ``torch.exp`` as generated code calls it (``_torch.exp``)."""
+        if not self.private_module:
+            return name
+        return re.sub(rf"\b{self.module}\.", f"_{self.module}.", name)
 
     # Numbers: plain float literals, which keep the tensor's dtype under torch's promotion rules.
     def _print_constant_value(self, expr) -> str:
         value = float(sympy.N(expr, 17))
-        return repr(value) if math.isfinite(value) else f"float('{value}')"  # exp(800) overflows to inf
+        if math.isfinite(value):
+            return repr(value)
+        return self._print(sympy.oo if value > 0 else -sympy.oo)  # exp(800) overflows to inf
 
     def _print_Integer(self, expr):
         return f"{int(expr)}.0" if abs(int(expr)) < 2**53 else repr(float(expr))
@@ -80,14 +96,15 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
     def _print_Half(self, expr):
         return "0.5"
 
+    # Not float('inf'): an input may be called float.
     def _print_Infinity(self, expr):
-        return "float('inf')"
+        return self.qualified(f"{self.module}.inf")
 
     def _print_NegativeInfinity(self, expr):
-        return "float('-inf')"
+        return f"(-{self.qualified(f'{self.module}.inf')})"
 
     def _print_NaN(self, expr):
-        return "float('nan')"
+        return self.qualified(f"{self.module}.nan")
 
     def _print_Symbol(self, expr):
         return str(expr)
@@ -97,15 +114,15 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
         if not expr.free_symbols:
             return self._print_constant_value(expr)
         if exponent in self.powers:
-            return self.powers[exponent].format(self._print(base))
-        return self.power.format(self._print(base), self._print(exponent))
+            return self.qualified(self.powers[exponent]).format(self._print(base))
+        return self.qualified(self.power).format(self._print(base), self._print(exponent))
 
     def _print_Function(self, expr):
         if not expr.free_symbols:
             return self._print_constant_value(expr)
         kind = type(expr)
         if kind in self.functions:
-            return f"{self.functions[kind]}({', '.join(self._print(arg) for arg in expr.args)})"
+            return f"{self.qualified(self.functions[kind])}({', '.join(self._print(arg) for arg in expr.args)})"
         if kind in self.binary_functions:
             return self._print_binary(kind, expr.args)
         name = getattr(kind, "_customgrad_name", None)
@@ -126,27 +143,35 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
     _print_log = _print_Function
 
     def _print_binary(self, kind: type, args: Sequence[sympy.Expr]) -> str:
-        call = TORCH_BINARY_FUNCTIONS[kind]
+        call = self.qualified(TORCH_BINARY_FUNCTIONS[kind])
         if kind in TORCH_CLAMPS:
             # Fold max(a, b, c, ...) left to right over the tensors, then clamp by the constant (SymPy
             # folds several constants into one).
             tensors = [self._print(arg) for arg in args if arg.free_symbols]
-            result = tensors[0]
-            for item in tensors[1:]:
-                result = f"{call}({result}, {item})"
+            result = self._fold(call, tensors)
             for constant in (arg for arg in args if not arg.free_symbols):
-                result = f"{TORCH_CLAMPS[kind]}({result}, {self._print(constant)})"
+                result = f"{self.qualified(TORCH_CLAMPS[kind])}({result}, {self._print(constant)})"
             return result
         first, second = (self._print(arg) for arg in args)
         if not args[0].free_symbols:
-            first = f"torch.full_like({second}, {first})"
+            first = f"{self.qualified('torch.full_like')}({second}, {first})"
         if not args[1].free_symbols:
-            second = f"torch.full_like({first}, {second})"
+            second = f"{self.qualified('torch.full_like')}({first}, {second})"
         return f"{call}({first}, {second})"
+
+    def _fold(self, call: str, printed: Sequence[str]) -> str:
+        """call(call(a, b), c)...: nested while short, a reduce over a flat tuple when long (Python's
+        parser refuses more than 200 nested parentheses)."""
+        if len(printed) > MAX_NESTED_FOLD:
+            return f"_functools.reduce({call}, ({', '.join(printed)}))"
+        result = printed[0]
+        for item in printed[1:]:
+            result = f"{call}({result}, {item})"
+        return result
 
     def _print_Heaviside(self, expr):
         # H(z) with H(0) = 1/2, the value SymPy and torch.maximum's tie-splitting use.
-        return f"(0.5 + 0.5 * {self.module}.sign({self._print(expr.args[0])}))"
+        return f"(0.5 + 0.5 * {self.qualified(self.module + '.sign')}({self._print(expr.args[0])}))"
 
     def _print_DiracDelta(self, expr):
         return "0.0"
@@ -157,8 +182,9 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
             pieces.append(sympy.functions.elementary.piecewise.ExprCondPair(sympy.nan, sympy.true))
         # Constants stay Python numbers, which take the other branch's dtype as in torch.where(c, x, 0.0).
         result = self._print(pieces[-1].expr)
+        where = self.qualified(f"{self.module}.where")
         for piece in reversed(pieces[:-1]):
-            result = f"{self.module}.where({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
+            result = f"{where}({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
         return result
 
     def _print_Relational(self, expr):
@@ -183,13 +209,13 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
 
 
 def print_torch(expr: sympy.Expr) -> str:
-    """The torch source of one expression."""
-    return TorchCodePrinter().doprint(expr)
+    """The torch source of one expression, for display (calls ``torch.*``)."""
+    return TorchCodePrinter(private_module=False).doprint(expr)
 
 
 def runtime_namespace() -> dict:
-    """Names generated code may use: torch and the registered functions."""
-    namespace = {"torch": torch}
+    """Names generated code may use: torch (as ``_torch``) and the registered functions."""
+    namespace = {"_torch": torch, "_functools": functools}
     for name, entry in REGISTRY.items():
         namespace[f"_registered_{name}"] = entry.function.apply
     return namespace
@@ -210,7 +236,10 @@ def function_source(
     an output using one of the ``full_shape`` arguments (known to have that shape: the upstream
     gradients of a backward) has it already. Temporaries are named ``_t0, _t1, ...``.
     """
-    lines = [f"def {name}({', '.join(argument_names)}):"]
+    arguments = ", ".join(argument_names)
+    # float16/bfloat16 are computed in float32 and rounded once at the end, as torch's kernels do
+    # inside one op: rewritten forms such as x**2/10000 for (x/100)**2 would overflow in half.
+    lines = [f"def {name}({arguments}):", f"    {arguments}, _low = _widen({arguments})"]
     if shared:
         temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
         # No "basic" optimizations: they pull out rational content, turning x/200000 + 1 into
@@ -230,7 +259,7 @@ def function_source(
         if isinstance(outputs[index], sympy.Symbol) or not (has_full_shape or all_arguments <= original_symbols):
             text = f"_full({text}, {', '.join(argument_names)})"
         results.append(text)
-    lines.append(f"    return ({', '.join(results)},)")
+    lines.append(f"    return _narrow(({', '.join(results)},), _low)")
     return "\n".join(lines) + "\n"
 
 
@@ -264,11 +293,34 @@ def _full(value, *arguments) -> torch.Tensor:
     return torch.full(shape, value, dtype=dtype, device=tensors[0].device)
 
 
+def _widen(*arguments) -> tuple:
+    """``(*arguments, low)``: when the inputs promote to float16/bfloat16 (``low``), their half
+    tensors as float32; otherwise the arguments unchanged and ``low`` None."""
+    dtypes = [a.dtype for a in arguments if isinstance(a, torch.Tensor)]
+    low = functools.reduce(torch.promote_types, dtypes) if dtypes else None
+    if low not in (torch.float16, torch.bfloat16):
+        return (*arguments, None)
+    widened = [
+        a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) else a
+        for a in arguments
+    ]
+    return (*widened, low)
+
+
+def _narrow(outputs: tuple, low) -> tuple:
+    """Floating ``outputs`` rounded to ``low`` (from `_widen`); unchanged when ``low`` is None."""
+    if low is None:
+        return outputs
+    return tuple(o.to(low) if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o in outputs)
+
+
 def compile_source(source: str, name: str, filename: str) -> Callable:
     """Compile generated source and return the function it defines."""
     namespace = runtime_namespace()
-    namespace["_full"] = _full
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated code, not user text
+    namespace.update(_full=_full, _widen=_widen, _narrow=_narrow)
+    with recursion_limit():  # a 5000-term sum compiles recursively
+        code = compile(source, filename, "exec")
+    exec(code, namespace)  # noqa: S102 - generated code, not user text
     return namespace[name]
 
 

@@ -20,12 +20,27 @@ import torch
 from .batch_lm import BatchProblem
 from .model import ParameterSpec, _to_external, _to_internal
 
+# Entries (curves x points) per call of the generated numpy code: its temporaries then stay in a
+# core's L2 cache (10^4 x 64 Gaussian rows: 4.3 ms in one call, 3.0 ms in chunks of 512 curves).
+CHUNK_ENTRIES = 1 << 15
+
 
 def _on_arrays(generated):
-    """A generated numpy ``rows(out, *arguments)`` called with tensors (CPU float64, shared memory)."""
+    """A generated numpy ``rows(out, *arguments)`` called with tensors (CPU float64, shared memory).
+
+    ``out`` is (rows, b, N); each argument (b, 1), (b, N) or shared (1, N). Called on chunks of curves.
+    """
 
     def call(out: torch.Tensor, *arguments: torch.Tensor) -> None:
-        generated(out.numpy(), *(argument.numpy() for argument in arguments))
+        rows, arrays = out.numpy(), [argument.numpy() for argument in arguments]
+        batch = rows.shape[1]
+        step = max(1, CHUNK_ENTRIES // max(1, rows.shape[-1]))
+        if batch <= step:
+            generated(rows, *arrays)
+            return
+        for begin in range(0, batch, step):
+            end = begin + step
+            generated(rows[:, begin:end], *(a[begin:end] if a.shape[0] == batch else a for a in arrays))
 
     return call
 

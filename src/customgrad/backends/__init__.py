@@ -37,6 +37,10 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "cpu": ("cpu", "CpuBackend"),
     "triton": ("triton", "TritonBackend"),
 }
+#: Backends that only emit a fit's rows kernels (`rows_source`), not autograd Functions.
+ROWS_BACKENDS: dict[str, tuple[str, str]] = {"numpy": ("numpy", "NumpyBackend")}
+#: Rows language -> the backend that emits it (`fit.formula_model` caches the source per language).
+ROWS_LANGUAGES: dict[str, str] = {"torch": "eager", "numpy": "numpy"}
 #: Device types each backend's kernels run on (eager and compile: any).
 DEVICES: dict[str, tuple[str, ...] | None] = {"eager": None, "compile": None, "cpu": ("cpu",), "triton": ("cuda",)}
 #: Below this many elements "auto" stays eager on CPU: the measured crossover (bench_function.py, one
@@ -49,9 +53,9 @@ _warned: set[str] = set()
 
 
 def get_backend(name: str):
-    """The backend object called ``name``, one of `BACKENDS` (``"auto"`` is handled by `kernel_for`)."""
+    """The backend object called ``name``, one of `BACKENDS` or `ROWS_BACKENDS` ("auto": `build_kernel`)."""
     if name not in _instances:
-        module, cls = BACKENDS[name]
+        module, cls = BACKENDS[name] if name in BACKENDS else ROWS_BACKENDS[name]
         _instances[name] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
     return _instances[name]
 

@@ -26,9 +26,9 @@ from ..codegen.runtime import compile_numpy, compile_source
 from ..errors import CustomgradError
 
 if TYPE_CHECKING:
-    import sympy
     import torch
 
+    from ..derive import FunctionSpec
     from ..formula import Formula
 
 _NAMESPACE = "formula-model"
@@ -52,11 +52,12 @@ class FormulaModel:
         self._key = key
         record = _load(key, "evaluate")
         if record is None:
-            parsed = self.parsed  # raises FormulaError for a bad formula: nothing is cached then
+            spec = self.spec  # raises FormulaError for a bad formula: nothing is cached then
             from ..codegen.torch import function_source
 
-            source = function_source("_expression", parsed.names, [parsed.expr])
-            record = {"names": list(parsed.names), "source": source}
+            # Registered functions called, not inlined: under autograd their own gradients apply.
+            source = function_source("_expression", spec.input_names, spec.raw_outputs)
+            record = {"names": list(spec.input_names), "source": source}
             _store(key, "evaluate", record)
         self.names = tuple(record["names"])
         compiled = compile_source(record["source"], "_expression", f"<customgrad expression {text}>")
@@ -70,6 +71,15 @@ class FormulaModel:
         from ..formula import parse_formula
 
         return parse_formula(self.text, what="model")
+
+    @functools.cached_property
+    def spec(self) -> FunctionSpec:
+        """The model's `FunctionSpec`: f over its names (data columns and parameters), in their order."""
+        from ..derive import derive_spec
+        from ..formula import symbol
+
+        parsed = self.parsed
+        return derive_spec("Model", tuple(symbol(n) for n in parsed.names), (parsed.expr,), formula=parsed.text)
 
     def __call__(self, data: dict, values: dict) -> torch.Tensor:
         return self.evaluate(*(data[n] if n in data else values[n] for n in self.names))
@@ -105,6 +115,8 @@ class FormulaModel:
     def linearization(self, free: tuple[str, ...], language: str = "torch") -> Callable | None:
         """``rows(out, *arguments)`` writing df/db_j into ``out[j]`` (j over ``free``) and f into ``out[-1]``.
 
+        The kernel of `derive.linearization_spec` of the model's `spec`, emitted by the backend of
+        ``language`` (`backends.ROWS_LANGUAGES`: torch by the eager backend, numpy by the numpy one).
         ``arguments`` are the formula's values in the order of `names`; ``out`` has shape
         (len(free) + 1, n): a tensor for ``language="torch"``, an array for ``"numpy"``. None when a
         partial is not known symbolically (a hand-written registered Function) or the language
@@ -116,7 +128,7 @@ class FormulaModel:
             record = _load(self._key, part)
             if record is None:
                 try:
-                    record = {"source": self._source(self._rows(free), language)}
+                    record = {"source": self._rows_source(free, language)}
                 except (CustomgradError, NotImplementedError, TypeError, ValueError):
                     record = {"source": None}
                 _store(self._key, part, record)
@@ -128,25 +140,11 @@ class FormulaModel:
         """``value(out, *arguments)`` writing f into ``out[0]``; None where `linearization` gives None."""
         return self.linearization((), language)
 
-    @functools.lru_cache(maxsize=8)  # noqa: B019 - one model per formula, kept by formula_model anyway
-    def _rows(self, free: tuple[str, ...]) -> list[sympy.Expr]:
-        from ..derive import derive_partial, inline_registered
-        from ..formula import symbol
+    def _rows_source(self, free: tuple[str, ...], language: str) -> str:
+        from ..backends import ROWS_LANGUAGES, get_backend
+        from ..derive import linearization_spec
 
-        expr = self.parsed.expr
-        # Differentiate before inlining registered functions, so their declared partials apply.
-        rows = [inline_registered(derive_partial(expr, symbol(name))) for name in free]
-        rows.append(inline_registered(expr))
-        return rows
-
-    def _source(self, rows: list[sympy.Expr], language: str) -> str:
-        from ..codegen.torch import rows_source
-
-        if language == "numpy":
-            from ..codegen.numpy import NumpyCodePrinter
-
-            return rows_source("_rows", self.names, rows, NumpyCodePrinter())
-        return rows_source("_rows", self.names, rows)
+        return get_backend(ROWS_LANGUAGES[language]).rows_source(linearization_spec(self.spec, free), "_rows")
 
 
 class _Compiled:

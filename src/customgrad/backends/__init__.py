@@ -24,11 +24,14 @@ import importlib
 import os
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..derive import FunctionSpec
 from ..errors import BackendError, UsageError
+
+if TYPE_CHECKING:
+    from ..derive import FunctionSpec
 
 #: backend name -> (module, class): imported on first use (the triton module imports Triton).
 BACKENDS: dict[str, tuple[str, str]] = {

@@ -64,6 +64,7 @@ class FormulaModel:
         self.evaluate = lambda *arguments: compiled(*arguments)[0]
         self.evaluate.source = record["source"]
         self._linearizations: dict[tuple, Callable | None] = {}
+        self._row_specs: dict[tuple[str, ...], FunctionSpec] = {}
 
     @functools.cached_property
     def parsed(self) -> Formula:
@@ -117,12 +118,15 @@ class FormulaModel:
 
         The kernel of `derive.linearization_spec` of the model's `spec`, emitted by the backend of
         ``language`` (`backends.ROWS_LANGUAGES`: torch by the eager backend, numpy by the numpy one).
-        ``arguments`` are the formula's values in the order of `names`; ``out`` has shape
-        (len(free) + 1, n): a tensor for ``language="torch"``, an array for ``"numpy"``. None when a
+        ``language="c"``: the cpu backend's fused C loop (`backends.cpu.CpuRows`; the torch rows where C
+        cannot run). ``arguments`` are the formula's values in the order of `names`; ``out`` has shape
+        (len(free) + 1, n): a tensor for ``"torch"`` and ``"c"``, an array for ``"numpy"``. None when a
         partial is not known symbolically (a hand-written registered Function) or the language
         cannot express the formula (numpy has no erf).
         """
         key = (free, language)
+        if language == "c" and key not in self._linearizations:
+            self._linearizations[key] = self._c_rows(free)
         if key not in self._linearizations:
             part = f"rows {language} {' '.join(free)}"
             record = _load(self._key, part)
@@ -140,11 +144,43 @@ class FormulaModel:
         """``value(out, *arguments)`` writing f into ``out[0]``; None where `linearization` gives None."""
         return self.linearization((), language)
 
+    def rows_spec(self, free: tuple[str, ...]) -> FunctionSpec:
+        """`derive.linearization_spec` of the model's `spec`: [df/db_j for b_j in ``free``] + [f]."""
+        if free not in self._row_specs:
+            from ..derive import linearization_spec
+
+            self._row_specs[free] = linearization_spec(self.spec, free)
+        return self._row_specs[free]
+
     def _rows_source(self, free: tuple[str, ...], language: str) -> str:
         from ..backends import ROWS_LANGUAGES, get_backend
-        from ..derive import linearization_spec
 
-        return get_backend(ROWS_LANGUAGES[language]).rows_source(linearization_spec(self.spec, free), "_rows")
+        return get_backend(ROWS_LANGUAGES[language]).rows_source(self.rows_spec(free), "_rows")
+
+    def _c_rows(self, free: tuple[str, ...]) -> Callable | None:
+        """The cpu backend's rows kernel, with the torch rows as its fallback (None: no symbolic rows)."""
+        fallback = self.linearization(free, "torch")
+        from ..backends.cpu import CpuRows, compiler
+
+        if fallback is None or compiler() is None:
+            return fallback
+        c_source = functools.partial(self._c_source, free)
+        return CpuRows(f"rows of {self.text}", len(self.names), c_source, fallback)
+
+    def _c_source(self, free: tuple[str, ...], single: bool, layouts: str) -> str | None:
+        """The C source of the rows for one precision and input layouts, through the disk cache."""
+        part = f"rows c {' '.join(free)} {'float' if single else 'double'} {layouts}"
+        record = _load(self._key, part)
+        if record is None:
+            from ..backends import get_backend
+            from ..errors import BackendError
+
+            try:
+                record = {"source": get_backend("cpu").rows_source(self.rows_spec(free), single, layouts)}
+            except BackendError:
+                record = {"source": None}
+            _store(self._key, part, record)
+        return record["source"]
 
 
 class _Compiled:

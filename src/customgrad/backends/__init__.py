@@ -12,6 +12,7 @@ eager      generated torch code (any device, any dtype)
 compile    that code under ``torch.compile(dynamic=True)``
 cpu        fused C loops over both cores, SIMD math from glibc's libmvec (CPU tensors)
 triton     Triton kernels (CUDA tensors; on CPU only through ``TRITON_INTERPRET=1``)
+numpy      rows kernels only, for the fit engine on float64 CPU arrays (`ROWS_BACKENDS`)
 auto       per call: cpu for CPU tensors from `AUTO_CPU_MIN_SIZE` elements, triton for CUDA
            tensors, else eager; one warning when a backend it wanted cannot run here (formulas
            a fused backend cannot print, such as calls of hand-written Functions, run eager quietly)

@@ -1,11 +1,13 @@
 """A formula model compiled once: predictions, and residuals with their exact Jacobian in one call.
 
-For a formula f(x; b) the Jacobian columns are the symbolic partials df/db_j, generated together with
-f into one function whose common subexpressions are shared (``exp(-b2*x)`` is computed once for
-f and for both partials): torch code for any device and dtype, numpy code for float64 on the CPU, where
-small problems are dominated by per-call dispatch. An iteration then costs a handful of vectorised ops
-and no autograd graph. Registered functions enter the partials through their own partials (derived or declared), as
-they do under autograd; a hand-written Function without symbolic partials leaves the model to autograd.
+For a formula f(x; b) the Jacobian columns are the symbolic partials df/db_j: the outputs, with f,
+of `derive.linearization_spec` of the model's `FunctionSpec`, emitted as one kernel whose common
+subexpressions are shared (``exp(-b2*x)`` is computed once for f and for both partials) by a
+backend: torch code (eager) for any device and dtype, numpy code for float64 on the CPU, where
+small problems are dominated by per-call dispatch, a fused C loop (cpu) for the batched fitter.
+An iteration then costs a handful of vectorised ops and no autograd graph. Registered functions
+enter the partials through their own partials (derived or declared), as they do under autograd; a
+hand-written Function without symbolic partials leaves the model to autograd.
 
 Compiled formulas are cached by text, names and the registry entries they were built against, in
 memory, and their generated code on disk (`customgrad.cache`, namespace ``formula-model``): a model

@@ -7,7 +7,6 @@ expressions (never from user text) and compiled with ``compile``/``exec`` into a
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from sympy.printing.pycode import AbstractPythonCodePrinter
 
 from ..formula import recursion_limit
 from ..registry import REGISTRY
+from .cse import shared_subexpressions
 from .rules import BINARY_RULES, FUNCTION_RULES, column
 
 #: SymPy function -> torch call: the torch column of the printer table (`codegen.rules`).
@@ -241,10 +241,9 @@ def function_source(
     # inside one op: rewritten forms such as x**2/10000 for (x/100)**2 would overflow in half.
     lines = [f"def {name}({arguments}):", f"    {arguments}, _low = _widen({arguments})"]
     if shared:
-        temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
         # No "basic" optimizations: they pull out rational content, turning x/200000 + 1 into
         # (x + 200000)/200000, which overflows float16.
-        replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
+        replacements, reduced = shared_subexpressions(outputs)
     else:
         replacements, reduced = [], list(outputs)
     printer = TorchCodePrinter()
@@ -272,8 +271,7 @@ def rows_source(
     constant or free of the data (d/db1 of b1 + ...) costs one fill. ``printer`` picks the language
     (torch by default; `codegen.numpy.NumpyCodePrinter` for numpy).
     """
-    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
-    replacements, reduced = sympy.cse(list(rows), symbols=temporaries, optimizations="basic")
+    replacements, reduced = shared_subexpressions(rows, optimizations="basic")
     printer = printer or TorchCodePrinter()
     lines = [f"def {name}(_out, {', '.join(argument_names)}):"]
     lines += [f"    {temporary} = {printer.doprint(value)}" for temporary, value in replacements]

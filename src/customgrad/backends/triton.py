@@ -9,6 +9,7 @@ without a GPU. Triton is imported here only, on first use.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -166,6 +167,16 @@ def _load_module(source: str) -> Callable:
     return module.kernel
 
 
+def _quiet_interpreter() -> contextlib.AbstractContextManager:
+    """IEEE inf/NaN without warnings: the CPU interpreter computes with numpy, which warns at log(0) or
+    0/0 where a GPU kernel silently gives -inf or NaN (and warnings may be errors in the caller)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return contextlib.nullcontext()
+    import numpy
+
+    return numpy.errstate(all="ignore")
+
+
 class TritonKernel:
     """``kernel(*tensors)``: the spec's outputs by one Triton launch; eager code while tracing."""
 
@@ -201,7 +212,8 @@ class TritonKernel:
             if scalars not in self.compiled:
                 self.compiled[scalars] = _load_module(self.triton_source(scalars))
             grid = ((count + BLOCK - 1) // BLOCK,)
-            self.compiled[scalars][grid](count, *arguments, *outputs, BLOCK=BLOCK)
+            with _quiet_interpreter():
+                self.compiled[scalars][grid](count, *arguments, *outputs, BLOCK=BLOCK)
         return tuple(outputs)
 
 

@@ -37,12 +37,12 @@ def expm1(x):
 
 @triton.jit
 def pow(x, y):
-    # C99 pow (as libdevice): |x|^y = e^(y log|x|) in float64, sign and NaN for x < 0, 1 when y = 0 or x = 1
+    # C99 pow (as libdevice): |x|^y = e^(y log|x|) in float64, sign for x < 0, NaN for finite x < 0 and y not an integer, 1 when y = 0 or x = 1
     dtype = (x + y).dtype
     wide_x = (x + tl.zeros((1,), tl.float64)).to(tl.float64)
     wide_y = (y + tl.zeros((1,), tl.float64)).to(tl.float64)
     r = tl.exp(wide_y * tl.log(tl.abs(wide_x))).to(dtype)
     integer = y == tl.floor(y)
     odd = integer & (tl.floor(y * 0.5) * 2.0 != y)
-    r = tl.where(x < 0, tl.where(integer, tl.where(odd, -r, r), float("nan")), r)
+    r = tl.where(x < 0, tl.where(integer, tl.where(odd, -r, r), tl.where(x == -float("inf"), r, float("nan"))), r)
     return tl.where((y == 0) | (x == 1), 1.0, r)

@@ -1,0 +1,195 @@
+"""The edge points of issue 13 on every kernel backend: powers at 0 and below, min/max ties, atan2 at the
+origin, where/sqrt at their boundaries, inf and NaN, half-precision overflow, size-0 and broadcast inputs.
+
+Each input is a tensor of `SIZE` random values (large enough that "auto" runs the fused C kernel, with a
+SIMD remainder) with the edge values placed inside, spread over the loop and at its end. References:
+eager torch autograd in float64 for the value and first derivatives everywhere and for second
+derivatives where torch's own are finite; where torch's second derivative is NaN (autograd through
+torch's masked pow backward meets 0 * log(0)) the library documents its own rule (the derivative of the
+masked rule, tests/test_define_edges.py), so there every backend must give the eager backend's numbers.
+Ties in min/max are split evenly (documented), so their reference is the even split written in torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+
+import pytest
+import torch
+
+import customgrad
+from customgrad.backends import AUTO_CPU_MIN_SIZE
+from reference import assert_matches_reference
+from test_function import derivatives
+
+F64 = torch.float64
+SIZE = AUTO_CPU_MIN_SIZE + 37  # "auto" picks the fused kernel; 37 more exercise the SIMD remainder
+INF, NAN = float("inf"), float("nan")
+HAS_COMPILER = shutil.which("gcc") is not None or shutil.which("cc") is not None
+#: Formulas Triton's CPU interpreter cannot run to float64 accuracy: it has no libdevice, and
+#: backends/triton_interpreter.py has float64 stand-ins only for pow (tanh, log1p, expm1 are
+#: float32-accurate; atan2 has none). On a GPU (tests marked gpu) they run through libdevice.
+NOT_INTERPRETABLE = ("atan2", "tanh", "softplus", "log1p", "expm1")
+
+
+def fold(reducer, tensors):
+    return functools.reduce(reducer, tensors)
+
+
+def even_split(reducer):
+    """max/min with the gradient split evenly over tied arguments, in plain torch (the documented rule)."""
+
+    def reference(**named):
+        tensors = list(named.values())
+        value = fold(reducer, tensors)
+        ties = [(t == value).to(t.dtype) for t in tensors]
+        count = sum(ties)
+        return value.detach() + sum((tie / count) * (t - t.detach()) for tie, t in zip(ties, tensors, strict=True))
+
+    return reference
+
+
+def safe_sqrt_where(x):
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, 1.0)), 0.0)
+
+
+POWER_X = [0.0, 0.0, 0.0, 0.0, 2.0, -2.0, -2.0, 0.5, 3.0, 0.0, -0.0, -3.0]
+POWER_N = [0.0, 1.0, 1.5, -1.0, 0.0, 2.0, 1.5, -0.5, 2.5, 2.0, 3.0, -1.0]
+SPECIAL = [0.0, -0.0, -2.0, 1e-300, 1e300, INF, -INF, NAN, 1.0, -1.0]
+TIES = {"x": [1.0, 1.0, 2.0, 0.0, -1.0], "y": [1.0, 1.0, 2.0, 0.0, -1.0], "z": [1.0, 0.0, 1.0, 0.0, -1.0]}
+
+#: id -> (formula, torch reference taking the inputs by name, edge values per input, background range).
+CASES = {
+    "pow_input_exponent": ("x**n", lambda x, n: torch.pow(x, n), {"x": POWER_X, "n": POWER_N}, (0.5, 2.0)),
+    "scaled_pow": ("a*x**n + x", lambda a, x, n: a * torch.pow(x, n) + x, {"x": POWER_X, "n": POWER_N}, (0.5, 2.0)),
+    "pow_shifted": ("x**(n - 1)", lambda x, n: torch.pow(x, n - 1), {"x": POWER_X, "n": POWER_N}, (0.5, 2.0)),
+    "exp_base": ("2**n * x", lambda x, n: torch.pow(2.0, n) * x, {"x": POWER_X, "n": POWER_N}, (0.5, 2.0)),
+    "abs_pow": ("abs(x)**n", lambda x, n: torch.pow(torch.abs(x), n), {"x": POWER_X, "n": POWER_N}, (0.5, 2.0)),
+    "cube_plus_square": ("x**3 + x**2", lambda x: x**3 + x**2, {"x": SPECIAL}, (-2.0, 2.0)),
+    "pow_2_5": ("x**2.5", lambda x: torch.pow(x, 2.5), {"x": SPECIAL}, (0.5, 2.0)),
+    "pow_minus_1_5": ("x**(-1.5)", lambda x: torch.pow(x, -1.5), {"x": SPECIAL}, (0.5, 2.0)),
+    "pow_minus_3": ("x**(-3)", lambda x: torch.pow(x, -3), {"x": SPECIAL}, (0.5, 2.0)),
+    "pow_0_1": ("x**0.1", lambda x: torch.pow(x, 0.1), {"x": SPECIAL}, (0.5, 2.0)),
+    "sqrt": ("sqrt(x)", lambda x: torch.sqrt(x), {"x": SPECIAL}, (0.5, 2.0)),
+    "max3_ties": ("max(x, y, z)", even_split(torch.maximum), TIES, (-2.0, 2.0)),
+    "min4_ties": (
+        "min(x, y, z, w)",
+        even_split(torch.minimum),
+        {**TIES, "w": [1.0, 3.0, 1.0, 0.0, -1.0]},
+        (-2.0, 2.0),
+    ),
+    "max_with_zero": (
+        "max(x, y, 0)",
+        lambda x, y: even_split(torch.maximum)(x=x, y=y, zero=torch.zeros_like(x)),
+        {"x": [0.0, 0.0, 1.0, -1.0], "y": [0.0, -1.0, 1.0, -1.0]},
+        (-2.0, 2.0),
+    ),
+    "atan2": (
+        "atan2(y, x)",
+        lambda y, x: torch.atan2(y, x),
+        {"y": [0.0, 0.0, -0.0, 1.0, 0.0, INF, 1.0], "x": [0.0, -1.0, 0.0, 0.0, -0.0, INF, NAN]},
+        (-2.0, 2.0),
+    ),
+    "where_sqrt": ("where(x > 0, sqrt(x), 0)", safe_sqrt_where, {"x": SPECIAL}, (-2.0, 2.0)),
+    "exp_sin": (
+        "exp(x)*sin(y)",
+        lambda x, y: torch.exp(x) * torch.sin(y),
+        {"x": [800.0, -800.0, INF, -INF, NAN, 1.0], "y": [1.0, 1.0, 0.5, 1.0, 1.0, INF]},
+        (-2.0, 2.0),
+    ),
+    "log": ("log(x)", lambda x: torch.log(x), {"x": SPECIAL}, (0.5, 2.0)),
+    "mish": (
+        "x*tanh(softplus(x))",
+        lambda x: x * torch.tanh(torch.nn.functional.softplus(x)),
+        {"x": [20.0, 20.000001, 19.99999, -INF, INF, NAN, 0.0, -50.0]},
+        (-5.0, 5.0),
+    ),
+    "sign_abs": ("sign(x)*x + abs(x)", lambda x: torch.sign(x) * x + torch.abs(x), {"x": SPECIAL}, (-2.0, 2.0)),
+}
+
+
+def edge_inputs(points: dict[str, list[float]], background: tuple[float, float], size: int = SIZE, seed: int = 0):
+    """Random tensors of ``size`` with the edge values at spread positions and at the end of the loop."""
+    generator = torch.Generator().manual_seed(seed)
+    values = {}
+    for name, chosen in points.items():
+        tensor = torch.empty(size, dtype=F64).uniform_(*background, generator=generator)
+        edge = torch.tensor(chosen, dtype=F64)
+        tensor[torch.arange(len(chosen)) * 997 + 5] = edge
+        tensor[size - len(chosen) :] = edge
+        values[name] = tensor
+    return values
+
+
+def call_by_name(function):
+    return lambda named: function.apply(*(named[name] for name in function.input_names))
+
+
+def assert_like_torch(got, torch_ref, library_ref, what: str, order: int) -> None:
+    """As torch where torch is finite; where it is not, as the eager backend (the library's documented
+    rule: torch's NaN second derivatives of pow at 0; SymPy's factored x*(3*x + 2) is inf at -inf where
+    torch's 3*x**2 + 2*x is NaN), and not finite at orders 0 and 1."""
+    got, torch_ref, library_ref = got.detach(), torch_ref.detach(), library_ref.detach()
+    finite = torch.isfinite(torch_ref)
+    scale = max(torch_ref[finite].abs().max().item(), 1.0) if finite.any() else 1.0
+    if order < 2:
+        assert not torch.isfinite(got[~finite]).any(), f"{what}: finite where torch is not"
+    assert_matches_reference(got[finite], torch_ref[finite], rtol=1e-10, atol=1e-13 * scale, what=what)
+    assert_matches_reference(got[~finite], library_ref[~finite], rtol=1e-10, atol=0.0, what=f"{what} (torch NaN)")
+
+
+@pytest.fixture(params=["cpu", "auto", "triton"])
+def backend(request, monkeypatch):
+    """A backend name; "auto" is checked to run the fused C kernel; triton runs in its CPU interpreter."""
+    if request.param == "triton":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    elif not HAS_COMPILER:
+        pytest.skip("no C compiler")
+    if request.param == "auto":
+        from customgrad.backends import cpu
+
+        calls = []
+        original = cpu.CpuKernel.__call__
+        monkeypatch.setattr(cpu.CpuKernel, "__call__", lambda self, *t: calls.append(1) or original(self, *t))
+        yield "auto"
+        assert calls, "auto did not run the fused C kernel"
+        return
+    yield request.param
+
+
+def skip_uninterpretable(backend: str, formula: str) -> None:
+    if backend == "triton" and any(name in formula for name in NOT_INTERPRETABLE):
+        pytest.skip("Triton's interpreter has no float64-accurate stand-in for this function (GPU test)")
+
+
+@functools.cache
+def built(formula: str, backend: str):
+    return customgrad.function(formula, backend=backend)
+
+
+def compare_case(case_id: str, backend: str, order: int = 2) -> None:
+    formula, reference, points, background = CASES[case_id]
+    values = edge_inputs(points, background)
+    eager = built(formula, "eager")
+    values = {name: values.get(name, torch.full((SIZE,), 1.5, dtype=F64)) for name in eager.input_names}
+    torch_ref = derivatives(lambda named: reference(**named), values, order, 1)
+    library_ref = derivatives(call_by_name(eager), values, order, 1)
+    got = derivatives(call_by_name(built(formula, backend)), values, order, 1)
+    for level in range(order + 1):
+        for index, (a, t, e) in enumerate(zip(got[level], torch_ref[level], library_ref[level], strict=True)):
+            assert_like_torch(a, t, e, f"{backend} {formula} order {level} [{index}]", level)
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_every_backend_matches_torch_at_the_edges_to_second_order(case_id, backend):
+    skip_uninterpretable(backend, CASES[case_id][0])
+    compare_case(case_id, backend)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id", ["pow_input_exponent", "max3_ties", "atan2", "where_sqrt"])
+def test_compile_backend_matches_torch_at_the_edges(case_id):
+    compare_case(case_id, "compile")

@@ -37,7 +37,8 @@ def expm1(x):
 
 @triton.jit
 def pow(x, y):
-    # C99 pow (as libdevice): |x|^y = e^(y log|x|) in float64, sign for x < 0, NaN for finite x < 0 and y not an integer, 1 when y = 0 or x = 1
+    # C99 pow (as libdevice): |x|^y = e^(y log|x|) computed in float64; for x < 0 the sign of an odd
+    # integer y, NaN for finite x and y not an integer; 1 when y = 0 or x = 1
     dtype = (x + y).dtype
     wide_x = (x + tl.zeros((1,), tl.float64)).to(tl.float64)
     wide_y = (y + tl.zeros((1,), tl.float64)).to(tl.float64)

@@ -37,13 +37,15 @@ def expm1(x):
 
 @triton.jit
 def pow(x, y):
-    # C99 pow (as libdevice): |x|^y = e^(y log|x|) computed in float64; for x < 0 the sign of an odd
-    # integer y, NaN for finite x and y not an integer; 1 when y = 0 or x = 1
+    # C99 pow (as libdevice): |x|^y = e^(y log|x|) computed in float64; for x < 0 or x = -0 the sign of
+    # an odd integer y, NaN for finite nonzero x and y not an integer; 1 when y = 0 or x = 1
     dtype = (x + y).dtype
     wide_x = (x + tl.zeros((1,), tl.float64)).to(tl.float64)
     wide_y = (y + tl.zeros((1,), tl.float64)).to(tl.float64)
     r = tl.exp(wide_y * tl.log(tl.abs(wide_x))).to(dtype)
     integer = y == tl.floor(y)
     odd = integer & (tl.floor(y * 0.5) * 2.0 != y)
-    r = tl.where(x < 0, tl.where(integer, tl.where(odd, -r, r), tl.where(x == -float("inf"), r, float("nan"))), r)
+    negative = (x < 0) | ((x == 0) & (1.0 / x < 0))  # -0 too: pow(-0, -3) = -inf
+    exceptional = (x == 0) | (x == -float("inf"))  # no NaN for them at non-integer y
+    r = tl.where(negative, tl.where(integer, tl.where(odd, -r, r), tl.where(exceptional, r, float("nan"))), r)
     return tl.where((y == 0) | (x == 1), 1.0, r)

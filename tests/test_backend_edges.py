@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -379,3 +380,62 @@ def test_triton_on_cuda_matches_torch_at_the_edges(case_id):
     for level in range(3):
         for index, (a, t, e) in enumerate(zip(got[level], torch_ref[level], library_ref[level], strict=True)):
             assert_like_torch(a.cpu(), t.cpu(), e.cpu(), f"cuda triton {formula} order {level} [{index}]", level)
+
+
+# One-argument functions at special values: signed zeros, halves, overflow thresholds, subnormal
+# scales, infinities, NaN; value and derivative, float64 and float32.
+
+SPECIAL_POINTS = [0.0, -0.0, 0.5, -0.5, 1.5, 2.5, -2.5, 1.0, -1.0, 20.0, -20.0, 1e-300, 1e300, -1e300]
+SPECIAL_POINTS += [INF, -INF, NAN, 88.5, 89.0, 709.0, 710.0, -745.0, 1e-40, -1e-40]
+FUNCTIONS = [
+    "sign(x)", "floor(x) + ceil(x)", "round(x)", "erf(x)", "erfc(x)", "sigmoid(x)", "softplus(x)", "atanh(x)",
+    "acosh(x)", "asinh(x)", "asin(x)", "acos(x)", "tan(x)", "cosh(x)", "sinh(x)", "tanh(x)", "log1p(x)",
+    "expm1(x)", "exp(x)", "log(x)", "abs(x)", "max(x, 0)", "min(x, 1)", "cos(x)", "atan(x)", "x**4",
+    "x**(-2)", "x**(-4)", "sqrt(x)", "1/sqrt(x)", "1/x",
+]  # fmt: skip
+#: Those Triton's interpreter runs with tl primitives (the rest call libdevice, GPU only).
+INTERPRETED_FUNCTIONS = {
+    "sign(x)", "floor(x) + ceil(x)", "erf(x)", "sigmoid(x)", "exp(x)", "log(x)", "abs(x)", "max(x, 0)",
+    "min(x, 1)", "cos(x)", "x**4", "x**(-2)", "x**(-4)", "sqrt(x)", "1/sqrt(x)", "1/x",
+}  # fmt: skip
+#: Where torch's float64/float32 kernels overflow before the true value does (cosh(710) = 1.1e308,
+#: cosh(89) = 2.2e38 in float32): the fused kernels give the finite value, checked against numpy.
+EARLY_OVERFLOW = {"cosh(x)": (np.cosh, np.sinh), "sinh(x)": (np.sinh, np.cosh)}
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=str)
+@pytest.mark.parametrize("formula", FUNCTIONS)
+def test_functions_at_special_values_match_eager_torch(formula, dtype, backend):
+    skip_uninterpretable(backend, formula)
+    if backend == "triton" and (dtype == torch.float32 or formula not in INTERPRETED_FUNCTIONS):
+        pytest.skip("Triton's interpreter: no float64 stand-in for this libdevice function; float32 is tested above")
+    x = torch.linspace(-3, 3, SIZE, dtype=F64)
+    x[: len(SPECIAL_POINTS)] = torch.tensor(SPECIAL_POINTS, dtype=F64)
+    x = x.to(dtype)
+    eager = built(formula, "eager")
+    got = derivatives(lambda named: built(formula, backend).apply(named["x"]), {"x": x}, 1, 1)
+    want = derivatives(lambda named: eager.apply(named["x"]), {"x": x}, 1, 1)
+    exact = derivatives(lambda named: eager.apply(named["x"]), {"x": x.double()}, 1, 1)
+    eps = torch.finfo(dtype).eps
+    for level in range(2):
+        a, e, w = got[level][0].detach(), want[level][0].detach(), exact[level][0].detach()
+        assert a.dtype == dtype
+        a, e = a.double(), e.double()
+        if formula in EARLY_OVERFLOW:
+            weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=dtype).double()
+            with np.errstate(over="ignore"):
+                value = torch.from_numpy(EARLY_OVERFLOW[formula][level](x.double().numpy())) * (weights if level else 1)
+            value = value.to(dtype).double()  # what the dtype can hold
+            early = torch.isinf(e) & torch.isfinite(value)
+            e = torch.where(early, value, e)
+        what = f"{backend} {formula} {dtype} order {level}"
+        if dtype == F64:
+            assert_matches_reference(a, e, rtol=1e-12, atol=1e-300, what=what)
+            continue
+        # float32: inf/NaN as same-dtype eager; values within 4x its error vs float64 + 8 ulps (libmvec).
+        in_range = torch.isfinite(e) & torch.isfinite(w)
+        assert_matches_reference(a[~in_range], e[~in_range], rtol=0, what=f"{what} inf/NaN")
+        tolerance = 4 * (e - w).abs() + 8 * eps * w.abs() + torch.finfo(dtype).tiny
+        bad = in_range & ((a - w).abs() > tolerance)
+        where = f"at x={x[bad][:5].tolist()} got {a[bad][:5].tolist()}, float64 {w[bad][:5].tolist()}"
+        assert not bad.any(), f"{what}: {where}"

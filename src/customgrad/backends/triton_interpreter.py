@@ -25,14 +25,18 @@ def tanh(x):
 def log1p(x):
     # log(1 + x) = log(u) * x / (u - 1) with u = 1 + x rounded (Goldberg)
     u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.log(u) * x / (u - 1.0))
+    return tl.where((u == 1.0) | (u == float("inf")), x, tl.log(u) * x / (u - 1.0))
 
 
 @triton.jit
 def expm1(x):
     # e^x - 1 = (u - 1) * x / log(u) with u = e^x rounded (Kahan)
     u = tl.exp(x)
-    return tl.where(u == 1.0, x, tl.where(u - 1.0 == -1.0, -1.0, (u - 1.0) * x / tl.log(u)))
+    return tl.where(
+        (u == 1.0) | (u == float("inf")),
+        tl.where(u == 1.0, x, u),
+        tl.where(u - 1.0 == -1.0, -1.0, (u - 1.0) * x / tl.log(u)),
+    )
 
 
 @triton.jit

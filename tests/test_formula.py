@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sympy.polys.monomials import MonomialOps
 
+import customgrad.library
 from customgrad import FormulaError, function, parse_formula
 from customgrad.formula import MAX_FORMULA_LENGTH, symbol
 from customgrad.functions import FUNCTIONS
@@ -25,6 +26,8 @@ from customgrad.library import P2Handwritten
 from customgrad.registry import REGISTRY, register
 
 x, y, z = symbol("x"), symbol("y"), symbol("z")
+# Built-ins are generated (code compiled with exec) on first use: do it here, not inside the parser checks.
+BUILTINS = customgrad.library.BUILTINS
 
 
 @contextlib.contextmanager

@@ -1,7 +1,18 @@
-"""customgrad: define, check, fit and accelerate custom PyTorch autograd Functions."""
+"""customgrad: define, check, fit and accelerate custom PyTorch autograd Functions.
+
+The public names are imported on first use (module ``__getattr__``), so ``import customgrad`` and
+the command line's ``--help`` load neither torch nor SymPy; ``from customgrad import P2`` still gives
+the ready autograd Function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .check import CheckReport, CheckResult, check
 from .errors import (
     CheckError,
     CustomgradError,
@@ -11,12 +22,35 @@ from .errors import (
     FormulaError,
     UsageError,
 )
-from .experiments import EXPERIMENTS, run_experiment
-from .fit import BatchFitResult, FitResult, fit, fit_batch
-from .formula import Formula, parse_formula
-from .function import function
-from .library import P2, IdentityWithSquareGrad, LegendreP3
-from .registry import REGISTRY
+
+#: Public name -> the submodule that defines it (imported when the name is first used).
+_EXPORTS: dict[str, str] = {
+    "EXPERIMENTS": "experiments",
+    "run_experiment": "experiments",
+    "REGISTRY": "registry",
+    "Formula": "formula",
+    "parse_formula": "formula",
+    "function": "function",
+    "P2": "library",
+    "LegendreP3": "library",
+    "IdentityWithSquareGrad": "library",
+    "CheckReport": "check",
+    "CheckResult": "check",
+    "check": "check",
+    "BatchFitResult": "fit",
+    "FitResult": "fit",
+    "fit": "fit",
+    "fit_batch": "fit",
+}
+
+if TYPE_CHECKING:
+    from .check import CheckReport, CheckResult, check
+    from .experiments import EXPERIMENTS, run_experiment
+    from .fit import BatchFitResult, FitResult, fit, fit_batch
+    from .formula import Formula, parse_formula
+    from .function import function
+    from .library import P2, IdentityWithSquareGrad, LegendreP3
+    from .registry import REGISTRY
 
 __all__ = [
     "__version__",
@@ -44,3 +78,29 @@ __all__ = [
     "fit_batch",
     "run_experiment",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'customgrad' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """The package module: importing the submodule ``customgrad.function`` (or ``.check``, ``.fit``)
+    binds it on the package under the name of the public function it defines; keep the function."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

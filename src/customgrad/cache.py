@@ -11,8 +11,9 @@ API (all a caller needs)::
     info() -> CacheInfo                      # entries and bytes per namespace
     clear() -> int                           # removes every entry, returns how many
 
-``key`` is a string or a sequence of strings; customgrad's version, torch's version, the Python
-version and `FORMAT_VERSION` are added to it, so an entry written by another version is never read.
+``key`` is a string or a sequence of strings; customgrad's version and a fingerprint of its source
+files, fingerprints of the installed torch and SymPy, Python's version and `FORMAT_VERSION` are
+added to it, so an entry written by another version is never read.
 Entries are written to a temporary file in the same folder and renamed into place (`os.replace`),
 so readers see a whole entry or none and two processes writing the same entry both succeed. Each
 entry carries its key digest, length and SHA-256, so truncated or hand-edited entries are ignored
@@ -169,21 +170,43 @@ def _digest(namespace: str, key: str | Sequence[str]) -> str:
 
 def _library_versions() -> list[str]:
     if not _versions:
-        _versions.extend([__version__, _torch_version(), "{}.{}".format(*sys.version_info[:2])])
+        versions = [_installed("torch"), _installed("sympy")]
+        # One assignment: threads computing it at once store the same list.
+        _versions[:] = [__version__, _source_fingerprint(), *versions, "{}.{}".format(*sys.version_info[:2])]
     return _versions
 
 
-def _torch_version() -> str:
-    # Reading the installed version avoids importing torch (seconds) just to name a cache entry.
-    torch = sys.modules.get("torch")
-    if torch is not None and hasattr(torch, "__version__"):
-        return str(torch.__version__)
-    from importlib import metadata
+def _source_fingerprint() -> str:
+    # customgrad's own files (names, sizes, modification times): code generation changed by an edit or
+    # an upgrade within one version number (a development checkout) never reads entries of the old code.
+    stamps = []
+    for folder, _, files in os.walk(os.path.dirname(os.path.abspath(__file__))):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                try:
+                    stat = os.stat(os.path.join(folder, name))
+                except OSError:
+                    continue
+                stamps.append(f"{os.path.basename(folder)}/{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(stamps)).encode()).hexdigest()[:16]
 
+
+def _installed(package: str) -> str:
+    # The installed package's __init__ file (size and modification time: a new version or reinstall
+    # changes them), the same whether or not it is imported yet, and without importing it (torch
+    # takes seconds) or reading package metadata (tens of milliseconds).
+    module = sys.modules.get(package)
+    origin = getattr(module, "__file__", None) if module is not None else None
+    if origin is None:
+        from importlib.util import find_spec
+
+        spec = find_spec(package)
+        origin = spec.origin if spec is not None else None
     try:
-        return metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        return "none"
+        stat = os.stat(origin) if origin else None
+    except OSError:
+        stat = None
+    return f"{package}:{stat.st_size}:{stat.st_mtime_ns}" if stat is not None else f"{package}:none"
 
 
 def _pack(data: bytes, digest: str) -> bytes:

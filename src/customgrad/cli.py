@@ -48,9 +48,11 @@ def _positive_float(option: str):
     return parse
 
 
-def _add_fit(subparsers) -> None:
-    from .experiments import EXPERIMENTS
+#: The names of `experiments.EXPERIMENTS`, here so that ``--help`` imports no torch (a test holds them equal).
+EXPERIMENT_NAMES = ("blog", "tutorial")
 
+
+def _add_fit(subparsers) -> None:
     parser = subparsers.add_parser(
         "fit",
         help="fit a model; with no arguments, the blog's experiment (fixed)",
@@ -59,7 +61,7 @@ def _add_fit(subparsers) -> None:
     )
     parser.add_argument(
         "--experiment",
-        choices=sorted(EXPERIMENTS),
+        choices=EXPERIMENT_NAMES,
         default=None,
         help="built-in experiment: blog (tan, P2, the default) or tutorial (sin, Legendre P3)",
     )
@@ -321,14 +323,16 @@ def _add_list(subparsers) -> None:
 
 
 def _run_list(args) -> int:
-    from .library import BUILTINS
-    from .registry import REGISTRY
+    from .library import summaries
 
+    builtins = summaries()
     print("built-in:")
-    for name, function in BUILTINS.items():
-        summary = (function.__doc__ or "").strip().splitlines()[0]
+    for name, summary in builtins.items():
         print(f"  {name:34s} {summary}")
-    registered = [entry for name, entry in REGISTRY.items() if name not in BUILTINS]
+    # Nothing can be registered before the registry is imported (and importing it costs SymPy).
+    registry = sys.modules.get("customgrad.registry")
+    entries = registry.REGISTRY.items() if registry is not None else ()
+    registered = [entry for name, entry in entries if name not in builtins]
     print("registered:" if registered else "registered: none yet (customgrad.function(..., name=...) adds one)")
     for entry in registered:
         print(f"  {entry.name:34s} {entry.summary}")
@@ -361,7 +365,8 @@ def _run_derive(args) -> int:
 
     from .codegen.module import check_class_name, emit_module
     from .codegen.torch import print_torch
-    from .function import formula_spec
+    from .derive import simplify_for_display
+    from .formula_spec import formula_spec
 
     grads = {}
     for item in args.grad:
@@ -378,6 +383,7 @@ def _run_derive(args) -> int:
     names = ", ".join(spec.input_names)
     print(f"{args.name}({names}) = {spec.formula}\n")
     for symbol, partial in zip(spec.inputs, spec.partials[0], strict=True):
+        partial = simplify_for_display(partial)
         kind = "declared" if symbol.name in spec.declared else "derived"
         print(f"d/d{symbol.name} ({kind}):")
         print("    " + sympy.pretty(partial, use_unicode=False).replace("\n", "\n    "))

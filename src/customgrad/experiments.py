@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import library
 from .errors import UsageError
-from .library import P2, LegendreP3
 from .strict_json import json_ready
 
 Params = dict[str, torch.Tensor]
@@ -73,7 +73,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         target_name="tan",
         target=torch.tan,
         model_text="<a> + <b> * P2(<c> x + <d>)",
-        model=lambda p, x: p["a"] + p["b"] * P2.apply(p["c"] * x + p["d"]),
+        model=lambda p, x: p["a"] + p["b"] * library.P2.apply(p["c"] * x + p["d"]),
         formula="a + b*P2(c*x + d)",
         initial_params=_blog_initial_params,
         learning_rate=1e-6,
@@ -84,7 +84,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         target_name="sin",
         target=torch.sin,
         model_text="<a> + <b> * P3(<c> + <d> x)",
-        model=lambda p, x: p["a"] + p["b"] * LegendreP3.apply(p["c"] + p["d"] * x),
+        model=lambda p, x: p["a"] + p["b"] * library.LegendreP3.apply(p["c"] + p["d"] * x),
         formula="a + b*LegendreP3(c + d*x)",
         initial_params=_tutorial_initial_params,
         learning_rate=5e-6,

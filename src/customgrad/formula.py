@@ -36,7 +36,7 @@ import sympy
 
 from .errors import FormulaError
 from .functions import CONSTANTS, FUNCTIONS
-from .registry import REGISTRY
+from .registry import is_registered, lookup, registered_names
 
 MAX_FORMULA_LENGTH = 10_000
 MAX_NESTING_DEPTH = 40
@@ -96,7 +96,7 @@ def symbol(name: str) -> sympy.Symbol:
 
 def known_function_names() -> list[str]:
     """Names callable from formulas: the built-in table, Piecewise, and the registered functions."""
-    return [*FUNCTIONS, "Piecewise", *REGISTRY]
+    return [*FUNCTIONS, "Piecewise", *registered_names()]
 
 
 def parse_formula(text: str, *, what: str = "formula") -> Formula:
@@ -272,7 +272,7 @@ class _Builder:
             return sympy.true
         if name.startswith("_"):
             raise self.fail(node, f"name {name!r} is not allowed: names may not start with '_'")
-        if name in REGISTRY and name not in FUNCTIONS:
+        if name not in FUNCTIONS and is_registered(name):
             raise self.fail(
                 node,
                 f"{name!r} is a function registered with customgrad.function(..., name={name!r}): "
@@ -391,7 +391,7 @@ class _Builder:
             entry = FUNCTIONS[name]
             self._arity(node, name, entry.min_args, entry.max_args)
             return self._apply(node, entry.build, [self.value(arg) for arg in node.args])
-        registered = REGISTRY.get(name)
+        registered = lookup(name)
         if registered is not None:
             self._arity(node, name, registered.arity, registered.arity)
             return self._apply(node, registered.symbol, [self.value(arg) for arg in node.args])

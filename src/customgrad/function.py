@@ -15,22 +15,19 @@ compiles with ``fullgraph=True``) and ``cls.forward_ad`` (defines ``jvp``; use i
 from __future__ import annotations
 
 import itertools
-import keyword
-import math
-import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import sympy
 import torch
 
 from .backends import build_kernel, check_backend_name, check_device
 from .backends.eager import python_name as _python_name
 from .codegen.torch import torch_callable
-from .derive import FunctionSpec, backward_spec, derive_spec, jvp_spec
-from .errors import BackendError, FormulaError, UsageError
-from .formula import parse_formula, shorten, symbol
+from .derive import FunctionSpec, backward_spec, jvp_spec
+from .errors import BackendError, UsageError
+from .formula import shorten
+from .formula_spec import formula_spec, register_spec
 from .launcher import _as_tensor_arguments, broadcast_error, checked_arguments, promoted_dtype, reduce_gradient
-from .registry import check_function_name, register
+from .registry import check_function_name
 
 _counter = itertools.count()
 
@@ -64,11 +61,13 @@ def _with_signature(function, names: Sequence[str]):
 
 def _eager_twin(spec: FunctionSpec):
     """The formula as plain torch ops, differentiated by ordinary autograd (true derivatives, every
-    intermediate saved): a same-dtype reference for checks and benchmarks."""
-    code = torch_callable(spec.outputs[0], spec.input_names)
+    intermediate saved): a same-dtype reference for checks and benchmarks. Generated on first call."""
+    code: list = []
 
     def eager(*arguments):
-        return code(*_as_tensor_arguments(arguments))
+        if not code:
+            code.append(torch_callable(spec.outputs[0], spec.input_names))
+        return code[0](*_as_tensor_arguments(arguments))
 
     return _with_signature(eager, spec.input_names)
 
@@ -188,7 +187,8 @@ def build_function(
         "eager": staticmethod(_eager_twin(spec)) if eager_backward and len(spec.outputs) == 1 else None,
         "forward_source": kernel.source,
         "reduced": staticmethod(_reducer(kernel)),
-        "__doc__": f"{spec.name}({', '.join(argument_names)}) = {', '.join(map(str, spec.outputs))}",
+        # The formula as written; printing a backward's outputs would cost more than generating its code.
+        "__doc__": f"{spec.name}({', '.join(argument_names)}) = {spec.formula or 'generated backward'}",
         "__module__": "customgrad.generated",
         "__new__": staticmethod(_call_apply),
     }
@@ -311,18 +311,6 @@ class _AutogradHooks:
         return backward
 
 
-def _gradient_text(input_name: str, value) -> str:
-    """A declared gradient as formula text: strings as they are, finite real numbers (``1``, ``0.5``) too."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
-        return repr(float(value)) if not isinstance(value, numbers.Integral) else str(int(value))
-    raise UsageError(
-        f"grads[{input_name!r}] must be a formula such as '2*{input_name}' or a finite number, "
-        f"got {type(value).__name__} {value!r}"
-    )
-
-
 def function(
     formula: str,
     *,
@@ -379,73 +367,5 @@ def function(
         )
     cls = build_function(spec, backend=backend)
     if name is not None:
-        # Registered with the un-inlined expression so callers differentiate through our partials.
-        register(
-            name,
-            cls,
-            partials=spec.partials[0],
-            input_symbols=spec.inputs,
-            expr=spec.raw_outputs[0],
-            summary=f"{name}({', '.join(spec.input_names)}) = {spec.formula}",
-        )
+        register_spec(name, spec, cls)
     return cls
-
-
-def formula_spec(
-    formula: str,
-    *,
-    inputs: Sequence[str] | None = None,
-    grads: Mapping[str, str] | None = None,
-    class_name: str | None = None,
-) -> FunctionSpec:
-    """The `FunctionSpec` of f(inputs) = formula with declared ``grads``, validated; nothing generated yet.
-
-    Parameters as for `function`; ``class_name`` names the spec (default ``Formula<n>``). Partials
-    are derived when first used.
-    """
-    parsed = parse_formula(formula)
-    if inputs is None:
-        input_names = list(parsed.names)
-    else:
-        if isinstance(inputs, str) or not isinstance(inputs, Iterable):
-            raise UsageError(f"inputs must be a list of names such as ['x', 'y'], got {inputs!r}")
-        input_names = list(inputs)
-        if not all(isinstance(n, str) for n in input_names):
-            raise UsageError(f"inputs must be a list of names such as ['x', 'y'], got {input_names!r}")
-        duplicates = sorted({n for n in input_names if input_names.count(n) > 1})
-        if duplicates:
-            raise UsageError(f"inputs {input_names} name {', '.join(duplicates)} more than once")
-        missing = [n for n in parsed.names if n not in input_names]
-        if missing:
-            raise FormulaError(
-                f"formula {shorten(formula)!r} uses {', '.join(map(repr, missing))}, which "
-                f"{'is' if len(missing) == 1 else 'are'} not among inputs {input_names}: "
-                "add them to inputs"
-            )
-        for n in input_names:
-            if not n.isidentifier() or n.startswith("_") or keyword.iskeyword(n):
-                raise UsageError(f"input name {n!r} is not a valid name: use letters, digits and '_'")
-    if not input_names:
-        raise FormulaError(f'formula {shorten(formula)!r} has no inputs: a function needs at least one, as in "2*x"')
-    if grads is not None and not isinstance(grads, Mapping):
-        raise UsageError(
-            f"grads must be a dict {{input name: formula}} such as {{'x': '2*x'}}, got {type(grads).__name__} {grads!r}"
-        )
-    declared: dict[str, sympy.Expr] = {}
-    for input_name, text in (grads or {}).items():
-        if input_name not in input_names:
-            raise UsageError(
-                f"grads names {input_name!r}, which is not an input of {shorten(formula)!r} "
-                f"(inputs: {', '.join(input_names)})"
-            )
-        parsed_gradient = parse_formula(_gradient_text(input_name, text), what=f"gradient for {input_name!r}")
-        unknown = [n for n in parsed_gradient.names if n not in input_names]
-        if unknown:
-            raise FormulaError(
-                f"gradient for {input_name!r} ({text!r}) uses {', '.join(map(repr, unknown))}, "
-                f"which {'is' if len(unknown) == 1 else 'are'} not an input "
-                f"(inputs: {', '.join(input_names)})"
-            )
-        declared[input_name] = parsed_gradient.expr
-    symbols = tuple(symbol(n) for n in input_names)
-    return derive_spec(class_name or f"Formula{next(_counter)}", symbols, (parsed.expr,), declared, formula=parsed.text)

@@ -1,89 +1,108 @@
 """Built-in custom autograd Functions: the blog's P2, the PyTorch tutorial's Legendre P3, and the
 blog's deliberately custom (surrogate) gradient example.
 
-The built-ins are generated from formulas (`P2`, `LegendreP3`, `IdentityWithSquareGrad`) and
-registered, so formulas can call them. The hand-written originals, the way the blog and the
-tutorial write them (bugs fixed), stay beside them as ``*Handwritten``: references for tests and
-examples of what `customgrad.check` accepts.
+The built-ins are generated from formulas (`P2`, `LegendreP3`, `IdentityWithSquareGrad`) on first
+use (``from customgrad.library import P2``, or a formula calling ``P2(...)``) and registered, so
+formulas can call them; importing this module generates nothing. The hand-written originals, the
+way the blog and the tutorial write them (bugs fixed), stay beside them as ``*Handwritten``
+(`customgrad.handwritten`): references for tests and examples of what `customgrad.check` accepts.
 """
 
 from __future__ import annotations
 
-import torch
+import importlib
+import threading
+from typing import TYPE_CHECKING
 
-from .function import function
+if TYPE_CHECKING:
+    import torch
 
+    from .registry import RegisteredFunction
 
-class P2Handwritten(torch.autograd.Function):
-    """Quadratic P2(x) = x^2 + 2x, with the hand-written backward grad * (2x + 2).
+    P2: type[torch.autograd.Function]
+    LegendreP3: type[torch.autograd.Function]
+    IdentityWithSquareGrad: type[torch.autograd.Function]
+    P2Handwritten: type[torch.autograd.Function]
+    LegendreP3Handwritten: type[torch.autograd.Function]
+    IdentityWithSquareGradHandwritten: type[torch.autograd.Function]
+    BUILTINS: dict[str, type[torch.autograd.Function]]
 
-    The blog's Function, with its ``inptu`` typo fixed.
-    """
-
-    @staticmethod
-    def forward(ctx, input):  # noqa: A002 - the blog's own name
-        ctx.save_for_backward(input)
-        return input**2 + 2 * input
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (input,) = ctx.saved_tensors
-        # d/dx (x^2 + 2x) = 2x + 2
-        return grad_output * (2 * input + 2)
-
-
-class LegendreP3Handwritten(torch.autograd.Function):
-    """Legendre polynomial P3(x) = (5x^3 - 3x) / 2, with backward grad * 1.5 (5x^2 - 1).
-
-    From PyTorch's "polynomial_custom_function" tutorial.
-    """
-
-    @staticmethod
-    def forward(ctx, input):  # noqa: A002
-        ctx.save_for_backward(input)
-        return 0.5 * (5 * input**3 - 3 * input)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (input,) = ctx.saved_tensors
-        # d/dx (5x^3 - 3x) / 2 = 1.5 (5x^2 - 1)
-        return grad_output * 1.5 * (5 * input**2 - 1)
-
-
-class IdentityWithSquareGradHandwritten(torch.autograd.Function):
-    """Identity forward f(x) = x with an intentional custom (surrogate) backward grad * 2x.
-
-    The blog's second example. The backward is deliberately *not* the true derivative (which is 1):
-    it is the derivative of x^2, a surrogate gradient. Use it where a gradient other than the
-    true one is wanted (straight-through style estimators); checks must be told so, by declaring
-    ``custom_gradient={"x": "2*x"}``.
-    """
-
-    @staticmethod
-    def forward(ctx, input):  # noqa: A002
-        ctx.save_for_backward(input)
-        return input.clone()
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (input,) = ctx.saved_tensors
-        # surrogate, not d/dx x = 1: the gradient of x^2
-        return grad_output * 2 * input
-
-
-# d/dx (x^2 + 2x) = 2x + 2, derived
-P2 = function("x**2 + 2*x", name="P2")
-# d/dx (5x^3 - 3x) / 2 = 1.5 (5x^2 - 1), derived
-LegendreP3 = function("(5*x**3 - 3*x) / 2", name="LegendreP3")
-# identity with the surrogate gradient 2x (the derivative of x^2), declared
-IdentityWithSquareGrad = function("x", grads={"x": "2*x"}, name="IdentityWithSquareGrad")
-
-#: Built-in Functions by name, as `customgrad list` shows them.
-BUILTINS: dict[str, type[torch.autograd.Function]] = {
-    "P2": P2,
-    "LegendreP3": LegendreP3,
-    "IdentityWithSquareGrad": IdentityWithSquareGrad,
-    "P2Handwritten": P2Handwritten,
-    "LegendreP3Handwritten": LegendreP3Handwritten,
-    "IdentityWithSquareGradHandwritten": IdentityWithSquareGradHandwritten,
+#: Built-ins generated from formulas: name -> (formula, declared gradients).
+GENERATED: dict[str, tuple[str, dict[str, str]]] = {
+    # d/dx (x^2 + 2x) = 2x + 2, derived
+    "P2": ("x**2 + 2*x", {}),
+    # d/dx (5x^3 - 3x) / 2 = 1.5 (5x^2 - 1), derived
+    "LegendreP3": ("(5*x**3 - 3*x) / 2", {}),
+    # identity with the surrogate gradient 2x (the derivative of x^2), declared
+    "IdentityWithSquareGrad": ("x", {"x": "2*x"}),
 }
+
+#: The hand-written originals (`customgrad.handwritten`): name -> the first line of their docstring.
+HANDWRITTEN: dict[str, str] = {
+    "P2Handwritten": "Quadratic P2(x) = x^2 + 2x, with the hand-written backward grad * (2x + 2).",
+    "LegendreP3Handwritten": "Legendre polynomial P3(x) = (5x^3 - 3x) / 2, with backward grad * 1.5 (5x^2 - 1).",
+    "IdentityWithSquareGradHandwritten": "Identity forward f(x) = x with an intentional custom (surrogate) "
+    "backward grad * 2x.",
+}
+
+_entries: dict[str, RegisteredFunction] = {}
+_lock = threading.RLock()  # first use from two threads (the check battery's) generates once
+
+
+def summaries() -> dict[str, str]:
+    """Built-in name -> one line, as `customgrad list` prints it (nothing generated, no torch)."""
+    lines = {name: f"{name}(x) = {formula}" for name, (formula, _) in GENERATED.items()}
+    return {**lines, **HANDWRITTEN}
+
+
+def builtin(name: str) -> type[torch.autograd.Function]:
+    """The built-in Function ``name``, generated and registered on first use."""
+    if name in HANDWRITTEN:
+        return getattr(importlib.import_module(".handwritten", __package__), name)
+    with _lock:
+        return _entry(name).autograd_function()
+
+
+def registered_builtin(name: str) -> RegisteredFunction:
+    """The registry entry of built-in ``name``: its symbolic part now (SymPy only), its Function on first call.
+
+    Put back in the registry if a registry was restored (tests) after it was first made.
+    """
+    from .registry import REGISTRY
+
+    with _lock:
+        return REGISTRY.setdefault(name, _entry(name))
+
+
+def _entry(name: str) -> RegisteredFunction:
+    """The built-in's own entry, made once; a user's function registered under its name keeps the name."""
+    if name not in _entries:
+        from .formula_spec import formula_spec, register_spec
+        from .registry import REGISTRY
+
+        formula, grads = GENERATED[name]
+        spec = formula_spec(formula, grads=grads, class_name=name)
+
+        def generate() -> type[torch.autograd.Function]:
+            from .function import build_function
+
+            return build_function(spec)
+
+        users = REGISTRY.get(name)
+        _entries[name] = register_spec(name, spec, generate=generate)
+        if users is not None:
+            REGISTRY[name] = users
+    return _entries[name]
+
+
+def builtin_entry(name: str) -> RegisteredFunction | None:
+    """The registry entry made for built-in ``name``, or None when it has not been made yet."""
+    return _entries.get(name)
+
+
+def __getattr__(name: str):
+    if name in GENERATED or name in HANDWRITTEN:
+        return builtin(name)
+    if name == "BUILTINS":
+        return {n: builtin(n) for n in (*GENERATED, *HANDWRITTEN)}
+    raise AttributeError(f"module 'customgrad.library' has no attribute {name!r}")

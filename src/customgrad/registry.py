@@ -6,14 +6,19 @@ Naming a function (``customgrad.function(..., name="P2")``) registers it; formul
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import keyword
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import sympy
-import torch
 
 from .errors import DeriveError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -24,8 +29,9 @@ class RegisteredFunction:
     ----------
     name : str
         The name formulas use.
-    function : type[torch.autograd.Function]
-        What runs: generated code calls ``function.apply``.
+    function : type[torch.autograd.Function] or None
+        What runs: generated code calls ``function.apply`` (see `autograd_function`); None until
+        ``generate`` has made it (built-ins are generated on first use).
     arity : int
         Number of inputs.
     symbol : type[sympy.Function]
@@ -40,13 +46,20 @@ class RegisteredFunction:
     """
 
     name: str
-    function: type[torch.autograd.Function]
+    function: type[torch.autograd.Function] | None
     arity: int
     symbol: type[sympy.Function] = field(repr=False)
     partials: tuple[sympy.Expr, ...] | None = field(default=None, repr=False)
     input_symbols: tuple[sympy.Symbol, ...] | None = field(default=None, repr=False)
     expr: sympy.Expr | None = field(default=None, repr=False)
     summary: str = ""
+    generate: Callable[[], type[torch.autograd.Function]] | None = field(default=None, repr=False)
+
+    def autograd_function(self) -> type[torch.autograd.Function]:
+        """What runs: `function`, generated now if it was registered for generation on first use."""
+        if self.function is None:
+            self.function = self.generate()
+        return self.function
 
 
 REGISTRY: dict[str, RegisteredFunction] = {}
@@ -83,6 +96,8 @@ def forward_arity(function: type[torch.autograd.Function]) -> int:
     if any(p.kind is p.VAR_POSITIONAL for p in parameters):
         raise UsageError(f"{function.__name__}.forward takes *args; register a Function with named inputs")
     count = len(parameters)
+    import torch
+
     uses_ctx = getattr(function, "setup_context", None) is torch.autograd.Function.setup_context
     return count - 1 if uses_ctx else count
 
@@ -104,14 +119,18 @@ def check_function_name(name: str) -> None:
 
 def register(
     name: str,
-    function: type[torch.autograd.Function],
+    function: type[torch.autograd.Function] | None,
     *,
     partials: tuple[sympy.Expr, ...] | None = None,
     input_symbols: tuple[sympy.Symbol, ...] | None = None,
     expr: sympy.Expr | None = None,
     summary: str = "",
+    generate: Callable[[], type[torch.autograd.Function]] | None = None,
 ) -> RegisteredFunction:
-    """Register ``function`` under ``name`` so formulas can call it (replaces an earlier entry)."""
+    """Register ``function`` under ``name`` so formulas can call it (replaces an earlier entry).
+
+    ``function`` may be None when ``input_symbols`` are given and ``generate`` makes it on first use.
+    """
     check_function_name(name)
     arity = len(input_symbols) if input_symbols is not None else forward_arity(function)
     entry = RegisteredFunction(
@@ -123,6 +142,7 @@ def register(
         input_symbols=input_symbols,
         expr=expr,
         summary=summary or (function.__doc__ or "").strip().split("\n")[0],
+        generate=generate,
     )
     entry.symbol._customgrad_entry = entry
     REGISTRY[name] = entry
@@ -130,5 +150,24 @@ def register(
 
 
 def lookup(name: str) -> RegisteredFunction | None:
-    """The registered function called ``name``, or None."""
-    return REGISTRY.get(name)
+    """The registered function called ``name``, or None; a built-in (P2, ...) is generated on first use."""
+    entry = REGISTRY.get(name)
+    if entry is None and name in builtin_names():
+        # The one upward reference: customgrad.library generates its built-ins when a formula first calls one.
+        entry = importlib.import_module("customgrad.library").registered_builtin(name)
+    return entry
+
+
+def is_registered(name: str) -> bool:
+    """Whether formulas may call ``name`` as a registered function (built-ins count before they are generated)."""
+    return name in REGISTRY or name in builtin_names()
+
+
+def registered_names() -> list[str]:
+    """Names of the registered functions, built-ins included whether generated yet or not."""
+    return list(dict.fromkeys([*builtin_names(), *REGISTRY]))
+
+
+def builtin_names() -> tuple[str, ...]:
+    """Names of customgrad's generated built-ins (`customgrad.library.GENERATED`)."""
+    return tuple(importlib.import_module("customgrad.library").GENERATED)

@@ -9,14 +9,12 @@ results here, as in torch).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import numpy
 import sympy
 
-from ..formula import recursion_limit
 from .rules import BINARY_RULES, FUNCTION_RULES, column
+from .runtime import compile_numpy  # noqa: F401 - the runtime, re-exported
 from .torch import TorchCodePrinter
 
 #: SymPy function -> numpy call: the numpy column of the printer table (`codegen.rules`); a function
@@ -47,22 +45,3 @@ class NumpyCodePrinter(TorchCodePrinter):
         # numpy's binary functions take Python numbers: a plain left fold.
         call = self.qualified(self.binary_functions[kind])
         return self._fold(call, [self._print(arg) for arg in args])
-
-
-def _sigmoid(x):
-    # 1 / (1 + exp(-x)), without overflow warnings mattering (exp(-x) = inf gives 0)
-    return 1.0 / (1.0 + numpy.exp(-x))
-
-
-def _softplus(x):
-    # log(1 + exp(x)), stable for large x
-    return numpy.logaddexp(0.0, x)
-
-
-def compile_numpy(source: str, name: str, filename: str) -> Callable:
-    """Compile generated numpy source and return the function it defines."""
-    namespace = {"_numpy": numpy, "_functools": functools, "_sigmoid": _sigmoid, "_softplus": _softplus}
-    with recursion_limit():  # a 5000-term sum compiles recursively
-        code = compile(source, filename, "exec")
-    exec(code, namespace)  # noqa: S102 - generated code, not user text
-    return namespace[name]

@@ -10,15 +10,17 @@ import functools
 import math
 import re
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import sympy
-import torch
 from sympy.printing.pycode import AbstractPythonCodePrinter
 
-from ..formula import recursion_limit
-from ..registry import REGISTRY
 from .cse import shared_subexpressions
 from .rules import BINARY_RULES, FUNCTION_RULES, column
+from .runtime import _full, _narrow, _widen, compile_source, runtime_namespace  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    import torch
 
 #: SymPy function -> torch call: the torch column of the printer table (`codegen.rules`).
 TORCH_FUNCTIONS: dict[type, str] = column(FUNCTION_RULES, "torch")
@@ -213,14 +215,6 @@ def print_torch(expr: sympy.Expr) -> str:
     return TorchCodePrinter(private_module=False).doprint(expr)
 
 
-def runtime_namespace() -> dict:
-    """Names generated code may use: torch (as ``_torch``) and the registered functions."""
-    namespace = {"_torch": torch, "_functools": functools}
-    for name, entry in REGISTRY.items():
-        namespace[f"_registered_{name}"] = entry.function.apply
-    return namespace
-
-
 def function_source(
     name: str,
     argument_names: Sequence[str],
@@ -262,6 +256,19 @@ def function_source(
     return "\n".join(lines) + "\n"
 
 
+@functools.lru_cache(maxsize=64)
+def _rows_shared(rows: tuple[sympy.Expr, ...]) -> tuple[list, list]:
+    return shared_subexpressions(rows, optimizations="basic")
+
+
+def rows_shared(rows: Sequence[sympy.Expr]) -> tuple[list, list]:
+    """``rows`` with common subexpressions pulled out as ``_t0, _t1, ...``: (replacements, reduced rows).
+
+    Remembered for the last few row sets: a model prints the same rows in numpy and in torch.
+    """
+    return _rows_shared(tuple(rows))
+
+
 def rows_source(
     name: str, argument_names: Sequence[str], rows: Sequence[sympy.Expr], printer: TorchCodePrinter | None = None
 ) -> str:
@@ -271,55 +278,12 @@ def rows_source(
     constant or free of the data (d/db1 of b1 + ...) costs one fill. ``printer`` picks the language
     (torch by default; `codegen.numpy.NumpyCodePrinter` for numpy).
     """
-    replacements, reduced = shared_subexpressions(rows, optimizations="basic")
+    replacements, reduced = rows_shared(rows)
     printer = printer or TorchCodePrinter()
     lines = [f"def {name}(_out, {', '.join(argument_names)}):"]
     lines += [f"    {temporary} = {printer.doprint(value)}" for temporary, value in replacements]
     lines += [f"    _out[{index}] = {printer.doprint(row)}" for index, row in enumerate(reduced)]
     return "\n".join(lines) + "\n"
-
-
-def _full(value, *arguments) -> torch.Tensor:
-    """``value`` as a new tensor with the broadcast shape of ``arguments`` (functional: vmap-safe)."""
-    tensors = [a for a in arguments if isinstance(a, torch.Tensor)]
-    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
-    if isinstance(value, torch.Tensor):
-        return value + torch.zeros(shape, dtype=value.dtype, device=value.device)
-    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
-    if not dtype.is_floating_point and not dtype.is_complex:
-        dtype = torch.get_default_dtype()
-    return torch.full(shape, value, dtype=dtype, device=tensors[0].device)
-
-
-def _widen(*arguments) -> tuple:
-    """``(*arguments, low)``: when the inputs promote to float16/bfloat16 (``low``), their half
-    tensors as float32; otherwise the arguments unchanged and ``low`` None."""
-    dtypes = [a.dtype for a in arguments if isinstance(a, torch.Tensor)]
-    low = functools.reduce(torch.promote_types, dtypes) if dtypes else None
-    if low not in (torch.float16, torch.bfloat16):
-        return (*arguments, None)
-    widened = [
-        a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) else a
-        for a in arguments
-    ]
-    return (*widened, low)
-
-
-def _narrow(outputs: tuple, low) -> tuple:
-    """Floating ``outputs`` rounded to ``low`` (from `_widen`); unchanged when ``low`` is None."""
-    if low is None:
-        return outputs
-    return tuple(o.to(low) if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o in outputs)
-
-
-def compile_source(source: str, name: str, filename: str) -> Callable:
-    """Compile generated source and return the function it defines."""
-    namespace = runtime_namespace()
-    namespace.update(_full=_full, _widen=_widen, _narrow=_narrow)
-    with recursion_limit():  # a 5000-term sum compiles recursively
-        code = compile(source, filename, "exec")
-    exec(code, namespace)  # noqa: S102 - generated code, not user text
-    return namespace[name]
 
 
 def torch_callable(expr: sympy.Expr, names: Sequence[str]) -> Callable[..., torch.Tensor]:

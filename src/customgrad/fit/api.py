@@ -534,9 +534,12 @@ def _result(
 
 
 def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict) -> float:
-    precise = getattr(problem.function, "precise", None)
     roundoff = float(torch.finfo(torch.float64).eps * torch.linalg.vector_norm(problem.y))
-    if precise is None or not math.isfinite(cost) or roundoff < _ROUNDOFF_SHARE * math.sqrt(cost):
+    if not math.isfinite(cost) or roundoff < _ROUNDOFF_SHARE * math.sqrt(cost):
+        return cost
+    # Only now: building the extended-precision model costs SymPy (and its import).
+    precise = getattr(problem.function, "precise", None)
+    if precise is None:
         return cost
     import mpmath
 

@@ -20,7 +20,7 @@ from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
 from .lm import Outcome
 from .model import Model, build_function
-from .reduction import reduce_batched, reduce_gram
+from .reduction import reduce_gram
 from .solvers import DEFAULT_STEPS
 from .source import FitSource
 
@@ -201,10 +201,10 @@ class _Subset:
         self.names = problem.names
 
     def residuals(self, theta, index):
-        return self.problem.residuals(theta, self.index[index])
+        return self.problem.residuals(theta, self.index.index_select(0, index))
 
     def augmented(self, theta, index, *, external=False):
-        return self.problem.augmented(theta, self.index[index], external=external)
+        return self.problem.augmented(theta, self.index.index_select(0, index), external=external)
 
     def external(self, theta):
         return self.problem.external(theta)
@@ -215,7 +215,8 @@ def _saturated(problem, theta: torch.Tensor) -> torch.Tensor:
     everyone = torch.arange(theta.shape[0], device=theta.device)
     values = problem.external(theta)
     block = problem.augmented(values, everyone, external=True)
-    sensitivity = torch.linalg.vector_norm(block[..., :-1], dim=-2) * values.abs().clamp_min(1.0)
+    columns = block[..., :-1]
+    sensitivity = torch.sqrt((columns * columns).sum(-2)) * values.abs().clamp_min(1.0)
     y = torch.where(problem.problem.mask[problem.index], problem.problem.y[problem.index], 0.0)
     return (sensitivity < _SATURATED * torch.linalg.vector_norm(y, dim=-1, keepdim=True)).any(-1)
 
@@ -226,8 +227,9 @@ def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> Bat
 
     def on_round(status: torch.Tensor) -> None:
         stopped = int((status != 0).sum())
+        message = f"{stopped}/{len(status)} converged or stopped"
         for _ in range(stopped - done[0]):
-            advance(f"{stopped}/{len(status)} converged or stopped")
+            advance(message)
         done[0] = stopped
 
     outcome = batch_levenberg_marquardt(problem, theta, reduce=reduce_gram, on_round=on_round, **options)
@@ -257,7 +259,7 @@ def _final_factors(problem: BatchModel, values: torch.Tensor) -> tuple[torch.Ten
     block = problem.augmented(values, everyone, external=True)
     p = len(problem.names)
     cost = (block[..., p] ** 2).sum(-1)
-    return reduce_batched(block)[:, :p, :p], cost
+    return reduce_gram(block)[:, :p, :p], cost
 
 
 def _curve_result(problem, arrays, outcome: BatchOutcome, i: int, specs, initial, function, data_names, x_is_dict):

@@ -20,12 +20,27 @@ import torch
 from .batch_lm import BatchProblem
 from .model import ParameterSpec, _to_external, _to_internal
 
+# Entries (curves x points) per call of the generated numpy code: its temporaries then stay in a
+# core's L2 cache (10^4 x 64 Gaussian rows: 4.3 ms in one call, 3.0 ms in chunks of 512 curves).
+CHUNK_ENTRIES = 1 << 15
+
 
 def _on_arrays(generated):
-    """A generated numpy ``rows(out, *arguments)`` called with tensors (CPU float64, shared memory)."""
+    """A generated numpy ``rows(out, *arguments)`` called with tensors (CPU float64, shared memory).
+
+    ``out`` is (rows, b, N); each argument (b, 1), (b, N) or shared (1, N). Called on chunks of curves.
+    """
 
     def call(out: torch.Tensor, *arguments: torch.Tensor) -> None:
-        generated(out.numpy(), *(argument.numpy() for argument in arguments))
+        rows, arrays = out.numpy(), [argument.numpy() for argument in arguments]
+        batch = rows.shape[1]
+        step = max(1, CHUNK_ENTRIES // max(1, rows.shape[-1]))
+        if batch <= step:
+            generated(rows, *arrays)
+            return
+        for begin in range(0, batch, step):
+            end = begin + step
+            generated(rows[:, begin:end], *(a[begin:end] if a.shape[0] == batch else a for a in arrays))
 
     return call
 
@@ -107,7 +122,7 @@ class BatchModel(BatchProblem):
         return torch.stack(columns, dim=-1)
 
     def _pick(self, tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return tensor if tensor.shape[0] == 1 and self.batch != 1 else tensor[index]
+        return tensor if tensor.shape[0] == 1 and self.batch != 1 else tensor.index_select(0, index)
 
     def _arguments(self, values: torch.Tensor, index: torch.Tensor) -> list:
         position = {name: j for j, name in enumerate(self.names)}
@@ -116,7 +131,7 @@ class BatchModel(BatchProblem):
             if name in self.data:
                 arguments.append(self._pick(self.data[name], index))
             elif name in self.fixed:
-                arguments.append(self.fixed[name][index])
+                arguments.append(self.fixed[name].index_select(0, index))
             else:
                 j = position[name]
                 arguments.append(values[:, j : j + 1])
@@ -130,10 +145,10 @@ class BatchModel(BatchProblem):
 
     def _finish(self, f: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """(f - y) w, zero where masked; ``f`` (..., b, N) with the predictions in its last row."""
-        f[..., -1, :, :] -= self.y[index]
+        f[..., -1, :, :] -= self.y.index_select(0, index)
         if self.weights is not None:
             f *= self._pick(self.weights, index)
-        return torch.where(self.mask[index], f, 0.0) if self.masked else f
+        return torch.where(self.mask.index_select(0, index), f, 0.0) if self.masked else f
 
     def residuals(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """r (b, N) of the curves at ``index`` with internal coordinates ``theta`` (b, p)."""

@@ -17,7 +17,7 @@ def batch_stderr(upper: torch.Tensor, cost: torch.Tensor, dof: torch.Tensor) -> 
     """Standard errors (B, p) from the R factors ``upper`` (B, p, p) of the Jacobians at the solutions."""
     finite = torch.isfinite(upper).flatten(1).all(-1)
     upper = torch.where(finite[:, None, None], upper, 0.0)
-    column_norms = torch.linalg.vector_norm(upper, dim=-2)
+    column_norms = torch.sqrt((upper * upper).sum(-2))
     scale = torch.where(column_norms > 0, column_norms, 1.0)
     values, vt, _ = jacobi_svd(upper / scale.unsqueeze(-2), torch.zeros_like(scale))
     keep = (values[:, :1] > 0) & (values > RANK_TOLERANCE * values[:, :1])

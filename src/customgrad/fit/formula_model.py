@@ -7,41 +7,69 @@ small problems are dominated by per-call dispatch. An iteration then costs a han
 and no autograd graph. Registered functions enter the partials through their own partials (derived or declared), as
 they do under autograd; a hand-written Function without symbolic partials leaves the model to autograd.
 
-Compiled formulas are cached by text, names and the registry entries they were built against.
+Compiled formulas are cached by text, names and the registry entries they were built against, in
+memory, and their generated code on disk (`customgrad.cache`, namespace ``formula-model``): a model
+fitted before is read back and compiled without SymPy (`model_cache_key` says what the key holds).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
+import json
+import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import sympy
-import torch
-
-from ..codegen.numpy import NumpyCodePrinter, compile_numpy
-from ..codegen.torch import compile_source, rows_source, torch_callable
-from ..derive import derive_partial, inline_registered
+from .. import cache
+from ..codegen.runtime import compile_numpy, compile_source
 from ..errors import CustomgradError
-from ..formula import Formula, parse_formula, symbol
-from ..registry import REGISTRY
+
+if TYPE_CHECKING:
+    import sympy
+    import torch
+
+    from ..formula import Formula
+
+_NAMESPACE = "formula-model"
 
 _CACHE_SIZE = 128
 
 
 class FormulaModel:
-    """``model(data, values)`` -> f(x; b) for a parsed formula, plus `linearization` for its Jacobian.
+    """``model(data, values)`` -> f(x; b) for a model formula, plus `linearization` for its Jacobian.
 
     Parameters
     ----------
-    parsed : Formula
-        The parsed model.
+    text : str
+        The model formula.
+    key : str, optional
+        Its disk-cache key (`model_cache_key`); None: generate everything, cache nothing.
     """
 
-    def __init__(self, parsed: Formula):
-        self.parsed = parsed
-        self.names = tuple(parsed.names)
-        self.evaluate = torch_callable(parsed.expr, self.names)
+    def __init__(self, text: str, key: str | None = None):
+        self.text = text
+        self._key = key
+        record = _load(key, "evaluate")
+        if record is None:
+            parsed = self.parsed  # raises FormulaError for a bad formula: nothing is cached then
+            from ..codegen.torch import function_source
+
+            source = function_source("_expression", parsed.names, [parsed.expr])
+            record = {"names": list(parsed.names), "source": source}
+            _store(key, "evaluate", record)
+        self.names = tuple(record["names"])
+        compiled = compile_source(record["source"], "_expression", f"<customgrad expression {text}>")
+        self.evaluate = lambda *arguments: compiled(*arguments)[0]
+        self.evaluate.source = record["source"]
         self._linearizations: dict[tuple, Callable | None] = {}
+
+    @functools.cached_property
+    def parsed(self) -> Formula:
+        """The parsed model (parsed on first use: a model read back from the disk cache needs no parsing)."""
+        from ..formula import parse_formula
+
+        return parse_formula(self.text, what="model")
 
     def __call__(self, data: dict, values: dict) -> torch.Tensor:
         return self.evaluate(*(data[n] if n in data else values[n] for n in self.names))
@@ -54,6 +82,10 @@ class FormulaModel:
         when the formula calls something mpmath lacks.
         """
         import mpmath
+        import sympy
+
+        from ..derive import inline_registered
+        from ..formula import symbol
 
         try:
             # customgrad's own functions (sigmoid, softplus) in terms of exp; round as mpmath's nint.
@@ -80,33 +112,56 @@ class FormulaModel:
         """
         key = (free, language)
         if key not in self._linearizations:
-            try:
-                self._linearizations[key] = self._compile(self._rows(free), language)
-            except (CustomgradError, NotImplementedError, TypeError, ValueError):
-                self._linearizations[key] = None
+            part = f"rows {language} {' '.join(free)}"
+            record = _load(self._key, part)
+            if record is None:
+                try:
+                    record = {"source": self._source(self._rows(free), language)}
+                except (CustomgradError, NotImplementedError, TypeError, ValueError):
+                    record = {"source": None}
+                _store(self._key, part, record)
+            source = record["source"]
+            self._linearizations[key] = None if source is None else _Compiled(source, language, self.text)
         return self._linearizations[key]
 
     def values(self, language: str = "torch") -> Callable | None:
         """``value(out, *arguments)`` writing f into ``out[0]``; None where `linearization` gives None."""
         return self.linearization((), language)
 
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - one model per formula, kept by formula_model anyway
     def _rows(self, free: tuple[str, ...]) -> list[sympy.Expr]:
+        from ..derive import derive_partial, inline_registered
+        from ..formula import symbol
+
         expr = self.parsed.expr
         # Differentiate before inlining registered functions, so their declared partials apply.
         rows = [inline_registered(derive_partial(expr, symbol(name))) for name in free]
         rows.append(inline_registered(expr))
         return rows
 
-    def _compile(self, rows: list[sympy.Expr], language: str) -> Callable:
-        filename = f"<customgrad {language} rows of {self.parsed.text}>"
+    def _source(self, rows: list[sympy.Expr], language: str) -> str:
+        from ..codegen.torch import rows_source
+
         if language == "numpy":
-            source = rows_source("_rows", self.names, rows, NumpyCodePrinter())
-            compiled = compile_numpy(source, "_rows", filename)
-        else:
-            source = rows_source("_rows", self.names, rows)
-            compiled = compile_source(source, "_rows", filename)
-        compiled.source = source
-        return compiled
+            from ..codegen.numpy import NumpyCodePrinter
+
+            return rows_source("_rows", self.names, rows, NumpyCodePrinter())
+        return rows_source("_rows", self.names, rows)
+
+
+class _Compiled:
+    """Generated rows code, compiled on first call (a fit on the numpy path never calls the torch rows)."""
+
+    def __init__(self, source: str, language: str, text: str):
+        self.source, self.language, self.text = source, language, text
+        self._function: Callable | None = None
+
+    def __call__(self, *arguments):
+        if self._function is None:
+            filename = f"<customgrad {self.language} rows of {self.text}>"
+            compile_rows = compile_numpy if self.language == "numpy" else compile_source
+            self._function = compile_rows(self.source, "_rows", filename)
+        return self._function(*arguments)
 
 
 _MODELS: dict[str, tuple[tuple, FormulaModel]] = {}
@@ -118,7 +173,8 @@ def formula_model(text: str) -> FormulaModel:
     Redefining a registered function invalidates the entry (the cache holds the registry entries it
     was built against, so their identities cannot be reused).
     """
-    entries = tuple(REGISTRY.items())
+    registry = sys.modules.get("customgrad.registry")  # not imported yet (no SymPy): nothing registered
+    entries = tuple(registry.REGISTRY.items()) if registry is not None else ()
     cached = _MODELS.get(text)
     if (
         cached is not None
@@ -126,8 +182,68 @@ def formula_model(text: str) -> FormulaModel:
         and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(cached[0], entries, strict=True))
     ):
         return cached[1]
-    model = FormulaModel(parse_formula(text, what="model"))
+    model = FormulaModel(text, model_cache_key(text))
     if len(_MODELS) >= _CACHE_SIZE:
         _MODELS.pop(next(iter(_MODELS)))
     _MODELS[text] = (entries, model)
     return model
+
+
+def model_cache_key(text: str) -> str | None:
+    """The disk-cache key of model ``text``: its syntax tree (spacing and redundant parentheses do not
+    count) and the definitions of the registered functions it calls (formulas and partials, not just
+    names); None when it calls a hand-written Function, whose code no key can describe.
+
+    Needs no SymPy: built-ins not generated yet are described by their formulas.
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None  # parse_formula reports it
+    called = sorted({n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)})
+    parts = [ast.dump(tree)]
+    for name in called:
+        definition = _definition(name, set())
+        if definition is None:
+            return None
+        parts.append(definition)
+    return json.dumps(parts)
+
+
+def _definition(name: str, seen: set[str]) -> str | None:
+    """What registered function ``name`` computes, as text ("" when it is not registered)."""
+    from .. import library
+
+    registry = sys.modules.get("customgrad.registry")  # not imported yet: only built-ins can be called
+    entry = registry.REGISTRY.get(name) if registry is not None else None
+    if entry is None or library.builtin_entry(name) is entry:
+        return f"{name} = built-in {library.GENERATED[name]!r}" if name in library.GENERATED else ""
+    if entry.expr is None or entry.partials is None:
+        return None
+    import sympy  # loaded already: the entry was made with it
+
+    seen.add(name)
+    text = f"{name}{entry.input_symbols} = {entry.expr}; partials {entry.partials}"
+    inner = sorted({getattr(type(e), "_customgrad_name", "") for e in entry.expr.atoms(sympy.Function)})
+    for other in inner:
+        if other and other not in seen:
+            definition = _definition(other, seen)
+            if definition is None:
+                return None
+            text += "; " + definition
+    return text
+
+
+def _load(key: str | None, part: str) -> dict | None:
+    if key is None:
+        return None
+    data = cache.load(_NAMESPACE, (key, part))
+    try:
+        return json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+
+
+def _store(key: str | None, part: str, record: dict) -> None:
+    if key is not None:
+        cache.store(_NAMESPACE, (key, part), json.dumps(record).encode())

@@ -53,12 +53,15 @@ GRAM_PIVOT = 1e-4
 def reduce_gram(blocks: torch.Tensor) -> torch.Tensor:
     """R of each of a batch of blocks (B, rows, p + 1) by Cholesky of D^-1 A^T A D^-1 (QR where ill-conditioned)."""
     gram = blocks.transpose(-1, -2) @ blocks
-    norms = torch.sqrt(torch.diagonal(gram, dim1=-2, dim2=-1))
+    # (elementwise work on the small (B, p + 1, p + 1) tensors in place and contiguous: ~1 ms of 8 per 10^4)
+    norms = torch.sqrt(torch.diagonal(gram, dim1=-2, dim2=-1).clone())
     scale = torch.where(norms > 0, norms, 1.0)
-    factor, info = torch.linalg.cholesky_ex(gram / (scale.unsqueeze(-1) * scale.unsqueeze(-2)))
-    upper = factor.transpose(-1, -2) * scale.unsqueeze(-2)
+    inverse = 1 / scale
+    scaled = gram.mul_(inverse.unsqueeze(-1)).mul_(inverse.unsqueeze(-2))
+    factor, info = torch.linalg.cholesky_ex(scaled, upper=True)
     pivots = torch.diagonal(factor, dim1=-2, dim2=-1)
     poor = (info != 0) | ~(pivots >= GRAM_PIVOT).all(-1)
+    upper = factor.mul_(scale.unsqueeze(-2))
     redo = poor.nonzero().flatten()
     if len(redo):
         upper[redo] = reduce_batched(blocks[redo])

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..formula import parse_formula
 from .formula_model import formula_model
 from .model import build_function
 
@@ -45,6 +44,8 @@ class Ties:
 
     def substitute(self, model: str) -> str:
         """The model text with every tied name replaced by its resolved expression, in parentheses."""
+        from ..formula import parse_formula  # here: fits without ties (cached models) import no SymPy
+
         parse_formula(model, what="model")  # the usual errors for a bad model, before rewriting it
         trees = {name: ast.parse(text, mode="eval").body for name, text in self.resolved.items()}
         return ast.unparse(_Substitute(trees).visit(ast.parse(model.strip(), mode="eval")))
@@ -128,6 +129,8 @@ def split_ties(params, bounds: Mapping | None = None) -> tuple[object, Ties]:
 def _names(name: str, text, params: Mapping) -> tuple[str, ...]:
     if not isinstance(text, str):
         raise UsageError(f"parameter {name!r}: 'expr' must be formula text such as \"2*a\", got {text!r}")
+    from ..formula import parse_formula
+
     names = parse_formula(text, what=f"expr of parameter {name!r}").names
     if name in names:
         raise UsageError(

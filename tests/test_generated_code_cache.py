@@ -1,0 +1,114 @@
+"""The disk cache of generated code: formula models read back without SymPy, keyed by what they compute."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import customgrad
+from customgrad.fit.formula_model import model_cache_key
+from customgrad.library import P2Handwritten
+from customgrad.registry import register
+
+SOURCE = str(Path(__file__).resolve().parents[1] / "src")
+
+_FIT = """
+import json, sys
+import numpy as np
+import customgrad
+x = np.linspace(0.0, 2.0, 30)
+y = 3.0 * np.exp(-0.7 * x) + 0.5 + 0.01 * np.sin(7 * x)  # not exact: no extended-precision cost
+result = customgrad.fit(sys.argv[1], x, y, params={"a": 1.0, "k": 1.0, "c": 0.0})
+print(json.dumps({"params": result.params, "sympy": "sympy" in sys.modules}))
+"""
+
+
+def _fit_in_fresh_process(folder: Path, formula: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", _FIT, formula],
+        env={**os.environ, "PYTHONPATH": SOURCE, "CUSTOMGRAD_CACHE_DIR": str(folder)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_cached_formula_model_fits_the_same_without_sympy(tmp_path):
+    first = _fit_in_fresh_process(tmp_path, "a*exp(-k*x) + c")
+    assert first["sympy"] is True  # generated: parsed and differentiated
+    again = _fit_in_fresh_process(tmp_path, "a * exp( -k*x )+c")  # spacing does not change the key
+    assert again["sympy"] is False
+    assert again["params"] == first["params"]
+    assert first["params"] == pytest.approx({"a": 3.0, "k": 0.7, "c": 0.5}, rel=0.05)
+
+
+def test_damaged_entries_are_rebuilt(tmp_path):
+    first = _fit_in_fresh_process(tmp_path, "a*exp(-k*x) + c")
+    for path in tmp_path.glob("formula-model/*.entry"):
+        path.write_bytes(path.read_bytes()[:-5])
+    assert _fit_in_fresh_process(tmp_path, "a*exp(-k*x) + c") == first
+
+
+def test_key_holds_the_definitions_of_called_functions_not_just_their_names():
+    assert model_cache_key("a*x + b") == model_cache_key("(a*x) + b")
+    assert model_cache_key("a*x + b") != model_cache_key("a*x + c")
+    builtin = model_cache_key("a + b*P2(c*x)")
+    customgrad.function("x**3", name="P2")  # redefined: the key follows the definition
+    redefined = model_cache_key("a + b*P2(c*x)")
+    assert redefined not in (None, builtin)
+    customgrad.function("x**3 + 1", name="P2")
+    assert model_cache_key("a + b*P2(c*x)") not in (None, builtin, redefined)
+
+
+def test_hand_written_functions_are_not_cached():
+    register("HandP2ForTest", P2Handwritten)
+    assert model_cache_key("a*HandP2ForTest(x)") is None
+
+
+def test_fit_through_a_redefined_function_uses_the_new_definition():
+    x = np.linspace(0.1, 2.0, 20)
+    customgrad.function("2*x", name="ScaleForTest")
+    first = customgrad.fit("a*ScaleForTest(x)", x, 6.0 * x, params={"a": 1.0})
+    customgrad.function("3*x", name="ScaleForTest")
+    second = customgrad.fit("a*ScaleForTest(x)", x, 6.0 * x, params={"a": 1.0})
+    assert first.params["a"] == pytest.approx(3.0) and second.params["a"] == pytest.approx(2.0)
+
+
+def test_two_processes_fitting_a_new_formula_at_once_both_succeed(tmp_path):
+    environment = {**os.environ, "PYTHONPATH": SOURCE, "CUSTOMGRAD_CACHE_DIR": str(tmp_path)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FIT, "a*exp(-k*x) + c"],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], [err for _, err in outputs]
+    first, second = (json.loads(out.strip().splitlines()[-1])["params"] for out, _ in outputs)
+    assert first == second
+
+
+def test_an_unwritable_cache_folder_still_fits_with_one_warning(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    data = Path(SOURCE) / "customgrad" / "data" / "nist" / "Misra1a.dat"
+    result = subprocess.run(
+        [sys.executable, "-m", "customgrad", "fit", "--data", str(data), "--quiet"],
+        env={**os.environ, "PYTHONPATH": SOURCE, "CUSTOMGRAD_CACHE_DIR": str(blocker / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("b1=")
+    assert result.stderr.count("cannot write its cache folder") == 1

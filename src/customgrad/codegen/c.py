@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sympy
 from sympy.printing.c import C99CodePrinter
 
+from .cse import shared_subexpressions
 from .rules import BINARY_RULES, FUNCTION_RULES, column
-from .shared import shared_subexpressions
 
 C_FUNCTIONS = column(FUNCTION_RULES, "c")
 C_BINARY_FUNCTIONS = column(BINARY_RULES, "c")
@@ -179,7 +179,7 @@ def kernel_source(
     ``vector`` names the libm functions libmvec vectorises here.
     """
     reductions = reductions or "v" * len(outputs)
-    replacements, reduced = shared_subexpressions(tuple(outputs))
+    replacements, reduced = shared_subexpressions(outputs)
     printer = CCodePrinter(single)
     body = [f"    const real v_{t.name} = {printer.doprint(value)};" for t, value in replacements]
     body += [f"    const real r{k} = {printer.doprint(value)};" for k, value in enumerate(reduced)]

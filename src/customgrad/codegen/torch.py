@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import sympy
 from sympy.printing.pycode import AbstractPythonCodePrinter
 
+from .cse import shared_subexpressions
 from .rules import BINARY_RULES, FUNCTION_RULES, column
 from .runtime import _full, _narrow, _widen, compile_source, runtime_namespace  # noqa: F401 - re-exported
-from .shared import shared_subexpressions
 
 if TYPE_CHECKING:
     import torch
@@ -243,7 +243,7 @@ def function_source(
         # float16/bfloat16 are computed in float32 and rounded once at the end, as torch's kernels do
         # inside one op: rewritten forms such as x**2/10000 for (x/100)**2 would overflow in half.
         lines.append(f"    {arguments}, _low = _widen({arguments})")
-    replacements, reduced = shared_subexpressions(tuple(outputs)) if shared else ([], list(outputs))
+    replacements, reduced = shared_subexpressions(outputs) if shared else ([], list(outputs))
     for temporary, value in replacements:
         lines.append(f"    {temporary} = {printer.doprint(value)}")
     if into:

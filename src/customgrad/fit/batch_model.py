@@ -45,13 +45,16 @@ def _on_arrays(generated):
     return call
 
 
-def _cpu_rows(function, names: tuple[str, ...], dtype: torch.dtype, rows, value_rows) -> tuple:
-    """The model's (rows, value rows) for CPU tensors: the cpu backend's fused C loops where a C compiler
-    is found (B x N entries in one parallel SIMD pass: 10^4 x 64 Gaussian rows 0.7 ms against 3.0 ms
-    for numpy in chunks), else for float64 the generated numpy code; else the torch ``rows`` as given."""
+def _cpu_rows(function, names: tuple[str, ...], y: torch.Tensor, rows, value_rows) -> tuple:
+    """The model's (rows, value rows) for CPU data ``y``: from `AUTO_CPU_MIN_SIZE` entries (B x N) the cpu
+    backend's fused C loops where a C compiler is found (one SIMD pass: 10^4 x 64 Gaussian rows 0.7 ms
+    against 3.0 ms for numpy in chunks; its first build, about 0.4 s, is cached on disk), else for
+    float64 the generated numpy code; else the torch ``rows`` as given."""
+    from ..backends import AUTO_CPU_MIN_SIZE
     from ..backends.cpu import compiler
 
-    if dtype in (torch.float64, torch.float32) and compiler() is not None:
+    dtype = y.dtype
+    if dtype in (torch.float64, torch.float32) and y.numel() >= AUTO_CPU_MIN_SIZE and compiler() is not None:
         c_rows, c_values = function.linearization(names, "c"), function.linearization((), "c")
         if c_rows is not None and c_values is not None:
             return c_rows, c_values
@@ -109,7 +112,7 @@ class BatchModel(BatchProblem):
         self.rows = linearization(self.names) if linearization is not None else None
         self.value_rows = function.values() if self.rows is not None else None
         if self.rows is not None and y.device.type == "cpu":
-            self.rows, self.value_rows = _cpu_rows(function, self.names, y.dtype, self.rows, self.value_rows)
+            self.rows, self.value_rows = _cpu_rows(function, self.names, y, self.rows, self.value_rows)
 
     @property
     def batch(self) -> int:

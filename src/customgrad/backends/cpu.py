@@ -6,7 +6,8 @@ math from glibc's libmvec through ``#pragma omp declare simd`` prototypes, calle
 the tensors' data pointers. One shared library per (spec, precision, which inputs are broadcast
 numbers), built on first use in about 0.2 s and cached in memory and on disk (`customgrad.cache`).
 
-float16 and bfloat16 inputs are computed in float32 (converted copies in, the result converted back).
+float16 and bfloat16 tensors are read and written as they are stored and computed in float32 inside the
+loop (`codegen.c.STORAGE`); only when the inputs mix dtypes are they converted to float32 copies first.
 Inputs that vary along only the trailing or only the leading dimensions of one split are read in
 place (an outer x inner loop); other broadcast or strided inputs are copied to full shape.
 """
@@ -42,6 +43,8 @@ LIBRARIES = ("-lmvec", "-lm")
 PARALLEL_MIN_SIZE = 65536
 _COMPUTED = {torch.float64: torch.float64, torch.float32: torch.float32, torch.float16: torch.float32}
 _COMPUTED[torch.bfloat16] = torch.float32
+#: Half dtypes the kernels read and write in place (`codegen.c.STORAGE`).
+HALF_STORAGE = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 @functools.cache
@@ -138,7 +141,7 @@ def _plain(tensor: torch.Tensor) -> bool:
     )
 
 
-def c_kernel_source(spec: FunctionSpec, single: bool, layouts: str, reductions: str = "") -> str:
+def c_kernel_source(spec: FunctionSpec, single: bool, layouts: str, reductions: str = "", storage: str = "") -> str:
     """The C source of ``spec``'s kernel (`codegen.c.kernel_source`); a `BackendError` naming what C cannot print."""
     from ..codegen.c import kernel_source
 
@@ -150,6 +153,7 @@ def c_kernel_source(spec: FunctionSpec, single: bool, layouts: str, reductions: 
             layouts=layouts,
             vector=vector_functions(),
             reductions=reductions,
+            storage=storage,
         )
     except NotImplementedError as error:
         raise BackendError(
@@ -188,13 +192,13 @@ class CpuKernel:
         self.compiled: dict[tuple, Callable] = {}
         self.c_source(True, "v" * len(self.names))  # unprintable functions fail now, by name
 
-    def c_source(self, single: bool, layouts: str, reductions: str = "") -> str:
-        return c_kernel_source(self.spec, single, layouts, reductions)
+    def c_source(self, single: bool, layouts: str, reductions: str = "", storage: str = "") -> str:
+        return c_kernel_source(self.spec, single, layouts, reductions, storage)
 
-    def function(self, single: bool, layouts: str, reductions: str = "") -> Callable:
-        key = (single, layouts, reductions)
+    def function(self, single: bool, layouts: str, reductions: str = "", storage: str = "") -> Callable:
+        key = (single, layouts, reductions, storage)
         if key not in self.compiled:
-            source = self.c_source(single, layouts, reductions)
+            source = self.c_source(single, layouts, reductions, storage)
             self.compiled[key] = load_library(source, self.spec.name, len(self.names), len(self.outputs))
         return self.compiled[key]
 
@@ -208,7 +212,8 @@ class CpuKernel:
         if torch.compiler.is_compiling() or not all(_plain(t) for t in tensors):
             return None
         first = tensors[0].dtype
-        dtype = first if all(t.dtype == first for t in tensors) else _result_type(tensors)
+        uniform = all(t.dtype == first for t in tensors)
+        dtype = first if uniform else _result_type(tensors)
         computed = _COMPUTED.get(dtype)
         if computed is None:
             return None
@@ -216,15 +221,19 @@ class CpuKernel:
         count = shape.numel()
         if not count:
             return tuple(torch.empty(shape, dtype=dtype) for _ in self.outputs)
-        layouts, arguments, inner, modes = operands([t.to(computed) for t in tensors], shape, targets)
+        storage = HALF_STORAGE.get(dtype, "") if uniform else ""
+        read = tensors if storage else [t.to(computed) for t in tensors]
+        layouts, arguments, inner, modes = operands(list(read), shape, targets)
         modes = modes or "v" * len(self.outputs)
         sizes = {"v": count, "s": 1, "r": inner, "c": count // max(inner, 1)}
+        stored = dtype if storage else computed
         outputs = [
-            torch.empty(shape, dtype=computed) if mode == "v" else torch.zeros(sizes[mode], dtype=computed)
+            torch.empty(shape, dtype=stored) if mode == "v" else torch.zeros(sizes[mode], dtype=computed)
             for mode in modes
         ]
         threads = torch.get_num_threads() if count >= PARALLEL_MIN_SIZE else 1
-        function = self.function(computed == torch.float32, layouts, "" if set(modes) == {"v"} else modes)
+        reductions = "" if set(modes) == {"v"} else modes
+        function = self.function(computed == torch.float32, layouts, reductions, storage)
         function(count, inner, threads, *(a.data_ptr() for a in arguments), *(o.data_ptr() for o in outputs))
         if targets is not None:
             outputs = [o if m == "v" else o.reshape(t) for o, m, t in zip(outputs, modes, targets, strict=True)]

@@ -34,6 +34,46 @@ HELPERS = {
     "cg_max": ("static inline real cg_max(real a, real b) { return (a > b || a != a) ? a : b; }", ()),
     "cg_min": ("static inline real cg_min(real a, real b) { return (a < b || a != a) ? a : b; }", ()),
 }
+#: Half storage read and written by the kernel itself, computed in float: C storage type and the two
+#: conversions (bit-exact as torch's: float16 and bfloat16 round to nearest even, overflow to inf, NaN
+#: stays NaN). Integer and float operations only, so gcc vectorises them (it does not vectorise
+#: ``_Float16`` conversions in gcc 12), and no F16C or ``_Float16`` support is needed.
+STORAGE = {
+    "float16": (
+        "uint16_t",
+        """static inline float cg_bits_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t cg_float_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float cg_load(uint16_t h) {
+  uint32_t o = (uint32_t)(h & 0x7fffu) << 13, e = o & 0x0f800000u;
+  o += (uint32_t)(127 - 15) << 23;
+  o = e == 0x0f800000u ? o + ((uint32_t)(128 - 16) << 23) : o;
+  const float subnormal = cg_bits_float(o + (1u << 23)) - cg_bits_float(113u << 23);
+  o = e == 0 ? cg_float_bits(subnormal) : o;
+  return cg_bits_float(o | ((uint32_t)(h & 0x8000u) << 16));
+}
+static inline uint16_t cg_store(float f) {
+  uint32_t x = cg_float_bits(f);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  x &= 0x7fffffffu;
+  const uint32_t big = x > 0x7f800000u ? 0x7e00u : 0x7c00u;
+  const uint32_t subnormal = cg_float_bits(cg_bits_float(x) + cg_bits_float(126u << 23)) - (126u << 23);
+  const uint32_t normal = (x + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((x >> 13) & 1u)) >> 13;
+  return (uint16_t)((x >= (143u << 23) ? big : x < (113u << 23) ? subnormal : normal) | sign);
+}""",
+    ),
+    "bfloat16": (
+        "uint16_t",
+        """static inline float cg_load(uint16_t b) {
+  const uint32_t u = (uint32_t)b << 16;
+  float f; memcpy(&f, &u, 4); return f;
+}
+static inline uint16_t cg_store(float f) {
+  uint32_t u; memcpy(&u, &f, 4);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
+}""",
+    ),
+}
 _BUILTIN = {"fabs", "floor", "ceil", "rint"}  # compiled to instructions, not calls
 _MULTIPLY_UP_TO = 4  # x**n for |n| <= 4 as products: exact like torch.square, cheaper than pow
 
@@ -169,6 +209,7 @@ def kernel_source(
     layouts: str,
     vector: set[str],
     reductions: str = "",
+    storage: str = "",
 ) -> str:
     """C source of ``void kernel(int64_t n, int64_t inner, int threads, const real* in..., real* out...)``.
 
@@ -176,22 +217,31 @@ def kernel_source(
     varies along only one side of that split; ``layouts[k]`` says how input ``k`` is read (`READS`),
     ``reductions[k]`` what happens to output ``k`` (`STORES`; default: stored at full shape; the sums
     accumulate in double and are added into zero-filled outputs). Common subexpressions are shared.
-    ``vector`` names the libm functions libmvec vectorises here.
+    ``vector`` names the libm functions libmvec vectorises here. ``storage`` ("float16" or "bfloat16",
+    with ``single``) makes the inputs and the full-shape outputs half storage (`STORAGE`), converted to
+    and from float inside the loop; sums stay float.
     """
     reductions = reductions or "v" * len(outputs)
     replacements, reduced = shared_subexpressions(outputs)
     printer = CCodePrinter(single)
     body = [f"    const real v_{t.name} = {printer.doprint(value)};" for t, value in replacements]
     body += [f"    const real r{k} = {printer.doprint(value)};" for k, value in enumerate(reduced)]
-    body += ["    " + STORES[mode].format(k=k) for k, mode in enumerate(reductions)]
-    loads_before = [f"  const real v_{name} = in{k}[0];" for k, name in enumerate(argument_names) if layouts[k] == "s"]
+    stores = {**STORES, "v": "out{k}[i] = cg_store(r{k});"} if storage else STORES
+    body += ["    " + stores[mode].format(k=k) for k, mode in enumerate(reductions)]
+    load = "cg_load({})" if storage else "{}"
+    loads_before = [
+        f"  const real v_{name} = {load.format(f'in{k}[0]')};"
+        for k, name in enumerate(argument_names)
+        if layouts[k] == "s"
+    ]
     loads = [
-        f"    const real v_{name} = {READS[layouts[k]].format(k=k)};"
+        f"    const real v_{name} = {load.format(READS[layouts[k]].format(k=k))};"
         for k, name in enumerate(argument_names)
         if layouts[k] != "s"
     ]
-    parameters = [f"const real* restrict in{k}" for k in range(len(argument_names))]
-    parameters += [f"real* restrict out{k}" for k in range(len(outputs))]
+    stored = STORAGE[storage][0] if storage else "real"
+    parameters = [f"const {stored}* restrict in{k}" for k in range(len(argument_names))]
+    parameters += [f"{stored if mode == 'v' else 'real'}* restrict out{k}" for k, mode in enumerate(reductions)]
     suffix = "f" if single else ""
     split = any(mode in "rc" for mode in layouts + reductions)
     loops = _split_loops(loads, body, reductions) if split else _flat_loops(loads, body, reductions)
@@ -199,7 +249,9 @@ def kernel_source(
         "#include <math.h>",
         "#include <stdint.h>",
         "#include <stdlib.h>",
+        "#include <string.h>" if storage else "",
         f"typedef {'float' if single else 'double'} real;",
+        STORAGE[storage][1] if storage else "",
         f"#define EXP exp{suffix}",
         f"#define LOG1P log1p{suffix}",
         *_prototypes(printer.used, single, vector),

@@ -234,17 +234,21 @@ def kernel_source(
         for k, name in enumerate(argument_names)
         if layouts[k] == "s"
     ]
-    loads = [
-        f"    const real v_{name} = {load.format(READS[layouts[k]].format(k=k))};"
-        for k, name in enumerate(argument_names)
-        if layouts[k] != "s"
-    ]
+    # Per-row values ("c") are read once per row, before the inner SIMD loop (gcc does not vectorise a
+    # loop that converts a loop-invariant half value inside it).
+    loads, row_loads = [], []
+    for k, name in enumerate(argument_names):
+        if layouts[k] != "s":
+            line = f"const real v_{name} = {load.format(READS[layouts[k]].format(k=k))};"
+            (row_loads if layouts[k] == "c" else loads).append(line)
     stored = STORAGE[storage][0] if storage else "real"
     parameters = [f"const {stored}* restrict in{k}" for k in range(len(argument_names))]
     parameters += [f"{stored if mode == 'v' else 'real'}* restrict out{k}" for k, mode in enumerate(reductions)]
     suffix = "f" if single else ""
     split = any(mode in "rc" for mode in layouts + reductions)
-    loops = _split_loops(loads, body, reductions) if split else _flat_loops(loads, body, reductions)
+    loads = ["    " + line for line in loads]
+    row_loads = ["  " + line for line in row_loads]
+    loops = _split_loops(loads, row_loads, body, reductions) if split else _flat_loops(loads, body, reductions)
     lines = [
         "#include <math.h>",
         "#include <stdint.h>",
@@ -287,7 +291,7 @@ def _flat_loops(loads: list[str], body: list[str], reductions: str) -> list[str]
     ]
 
 
-def _split_loops(loads: list[str], body: list[str], reductions: str) -> list[str]:
+def _split_loops(loads: list[str], row_loads: list[str], body: list[str], reductions: str) -> list[str]:
     """Rows of ``inner`` in parallel, each a SIMD loop; per-thread sums are added into the outputs at the end."""
     by_mode = {mode: [k for k, m in enumerate(reductions) if m == mode] for mode in "src"}
     inner_sums = [f"acc_s{k}" for k in by_mode["s"]] + [f"acc_c{k}" for k in by_mode["c"]]
@@ -300,6 +304,7 @@ def _split_loops(loads: list[str], body: list[str], reductions: str) -> list[str
         "  #pragma omp for schedule(static)",
         "  for (int64_t o = 0; o < n / inner; o++) {",
         *(f"  double acc_c{k} = 0;" for k in by_mode["c"]),
+        *row_loads,
         f"  #pragma omp simd{clause}",
         "  for (int64_t j = 0; j < inner; j++) {",
         "    const int64_t i = o * inner + j;",

@@ -6,7 +6,8 @@ warm-up), and ``customgrad.function`` per backend. Medians of forward + backward
 ratios against eager in the same process, peak extra resident memory (RSS high-water mark above the
 start, Linux), and the first call of a new formula in a fresh process (cold and warm disk cache).
 
-Run: ``python benchmarks/bench_function.py [--sizes 1e4 1e5 1e6 1e7] [--backends eager compile cpu auto]``.
+Run: ``python benchmarks/bench_function.py [--sizes 1e4 1e5 1e6 1e7] [--backends eager compile cpu auto]``;
+``--chart ratios.png`` also writes a PNG chart of the speed-ups vs eager (matplotlib, Agg).
 Timings on a shared machine are noisy: compare ratios within one run.
 """
 
@@ -144,6 +145,33 @@ def first_call(formula: str, backend: str, cache_dir: str) -> tuple[float, float
     return imported, first
 
 
+def write_chart(ratios: dict[str, dict[str, dict[int, float]]], path: str, title: str) -> None:
+    """A PNG of eager median / variant median per formula (one panel each) against size, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(ratios)
+    columns = min(len(labels), 3)
+    rows = -(-len(labels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    for axis, label in zip(axes.flat, labels, strict=False):
+        for name, by_size in ratios[label].items():
+            sizes = sorted(by_size)
+            axis.plot(sizes, [by_size[size] for size in sizes], marker="o", label=name)
+        axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        axis.set(xscale="log", yscale="log", title=label, xlabel="elements", ylabel="speed-up vs eager (median)")
+        axis.grid(True, which="both", linewidth=0.3)
+    for axis in list(axes.flat)[len(labels) :]:
+        axis.set_visible(False)
+    axes.flat[0].legend(fontsize="small")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e4, 1e5, 1e6, 1e7])
@@ -154,6 +182,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None, help="torch and kernel threads (default: torch's)")
+    parser.add_argument("--chart", metavar="PATH", default=None, help="also write a PNG chart of the ratios vs eager")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,6 +193,7 @@ def main() -> None:
     )
     print("| formula | size | variant | median ms | best ms | vs eager | vs compile | peak extra MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    ratios: dict[str, dict[str, dict[int, float]]] = {}
     for label in args.cases:
         functions = variants(label, args.backends)
         for size in map(int, args.sizes):
@@ -171,11 +201,17 @@ def main() -> None:
             timings = {name: measure(fn, inputs, args.budget) for name, fn in functions.items()}
             eager, compiled = timings["eager composite"][0], timings["torch.compile"][0]
             for name, (seconds, best, extra) in timings.items():
+                if name != "eager composite":
+                    ratios.setdefault(label, {}).setdefault(name, {})[size] = eager / seconds
                 print(
                     f"| {label} | {size:.0e} | {name} | {seconds * 1e3:.3f} | {best * 1e3:.3f} "
                     f"| {eager / seconds:.2f}x "
                     f"| {compiled / seconds:.2f}x | {extra / 1e6:.1f} |"
                 )
+    if args.chart:
+        title = f"forward+backward speed-up vs eager, {args.device} {args.dtype}, {torch.get_num_threads()} threads"
+        write_chart(ratios, args.chart, title)
+        print(f"\nchart: {args.chart}")
     if args.first_call:
         print("\n| formula | backend | import s | first call cold cache s | first call warm cache s |")
         print("| --- | --- | --- | --- | --- |")

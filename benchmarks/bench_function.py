@@ -153,21 +153,24 @@ def write_chart(ratios: dict[str, dict[str, dict[int, float]]], path: str, title
     import matplotlib.pyplot as plt
 
     labels = list(ratios)
+    names = list(dict.fromkeys(name for label in labels for name in ratios[label]))
+    colors = {name: f"C{index}" for index, name in enumerate(names)}  # one colour per variant in every panel
     columns = min(len(labels), 3)
     rows = -(-len(labels) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows + 0.6), squeeze=False)
+    lines = {}
     for axis, label in zip(axes.flat, labels, strict=False):
         for name, by_size in ratios[label].items():
             sizes = sorted(by_size)
-            axis.plot(sizes, [by_size[size] for size in sizes], marker="o", label=name)
+            (lines[name],) = axis.plot(sizes, [by_size[s] for s in sizes], marker="o", color=colors[name], label=name)
         axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
         axis.set(xscale="log", yscale="log", title=label, xlabel="elements", ylabel="speed-up vs eager (median)")
         axis.grid(True, which="both", linewidth=0.3)
     for axis in list(axes.flat)[len(labels) :]:
         axis.set_visible(False)
-    axes.flat[0].legend(fontsize="small")
     figure.suptitle(title)
-    figure.tight_layout()
+    figure.legend([lines[name] for name in names], names, loc="lower center", ncol=len(names), fontsize="small")
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
@@ -209,7 +212,7 @@ def main() -> None:
                     f"| {compiled / seconds:.2f}x | {extra / 1e6:.1f} |"
                 )
     if args.chart:
-        title = f"forward+backward speed-up vs eager, {args.device} {args.dtype}, {torch.get_num_threads()} threads"
+        title = f"forward+backward speed-up vs eager, {args.device} {args.dtype}, {torch.get_num_threads()} thread(s)"
         write_chart(ratios, args.chart, title)
         print(f"\nchart: {args.chart}")
     if args.first_call:

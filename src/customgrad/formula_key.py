@@ -15,7 +15,8 @@ def formula_key(text: str) -> str | None:
     """key(text) = syntax tree + definitions of the called functions: the disk-cache key of ``text``.
 
     The tree (spacing and redundant parentheses do not count) and the definitions of the registered
-    functions it calls (formulas and partials, not just names); None when it calls a hand-written Function, whose code no key can describe.
+    functions it calls (formulas and partials, not just names); None when it calls a hand-written
+    Function, whose code no key can describe.
 
     Needs no SymPy: built-ins not generated yet are described by their formulas.
     """

@@ -50,9 +50,21 @@ class FunctionSpec:
     formula: str = ""
     full_shape: tuple[str, ...] = ()
 
+    #: (source, function name) of the forward's generated torch code when already known (`function_cache`).
+    torch_source = None
+
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(symbol.name for symbol in self.inputs)
+
+    @property
+    def output_count(self) -> int:
+        return len(self.raw_outputs)
+
+    @property
+    def declared_text(self) -> dict[str, str]:
+        """Declared gradients as text, input name -> formula."""
+        return {name: str(expr) for name, expr in self.declared.items()}
 
     @functools.cached_property
     def outputs(self) -> tuple[sympy.Expr, ...]:

@@ -15,17 +15,18 @@ compiles with ``fullgraph=True``) and ``cls.forward_ad`` (defines ``jvp``; use i
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from .backends import build_kernel, check_backend_name, check_device
 from .backends.eager import python_name as _python_name
 from .codegen.torch import torch_callable
+from . import function_cache
 from .derive import FunctionSpec, backward_spec, jvp_spec
 from .errors import BackendError, UsageError
 from .formula import shorten
-from .formula_spec import formula_spec, register_spec
+from .formula_spec import formula_spec, next_class_name, register_spec
 from .launcher import _as_tensor_arguments, broadcast_error, checked_arguments, promoted_dtype, reduce_gradient
 from .registry import check_function_name
 
@@ -106,14 +107,20 @@ class _Backwards:
     def __init__(self, spec: FunctionSpec, backend: str, higher_backend: str):
         self.spec, self.backend, self.higher_backend = spec, backend, higher_backend
         self.cache: dict[tuple[int, ...], tuple[type, list[int]]] = {}
+        self.remember: Callable[[], None] | None = None  # writes the disk cache entry (set by `function`)
+
+    def derive(self, needed: tuple[int, ...]) -> tuple[FunctionSpec, list[int]]:
+        return backward_spec(self.spec, needed, next(_counter))
 
     def __call__(self, needed: tuple[int, ...]) -> tuple[type, list[int]]:
         if needed not in self.cache:
-            backward, used = backward_spec(self.spec, needed, next(_counter))
+            backward, used = function_cache.backward_of(self.spec, needed, self.derive)
             function = build_function(
                 backward, eager_backward=False, backend=self.backend, higher_backend=self.higher_backend
             )
             self.cache[needed] = (function, used)
+            if self.remember is not None and not function_cache.holds(self.spec, needed):
+                self.remember()
         return self.cache[needed]
 
 
@@ -130,7 +137,7 @@ def build_function(
     """
     if higher_backend is None:
         higher_backend = backend if backend in ("eager", "compile") else "eager"
-    input_count = len(spec.inputs)
+    input_count = len(spec.input_names)
     argument_names = list(spec.input_names)
     kernel = build_kernel(backend, spec)
     backward_function = _Backwards(spec, higher_backend if not eager_backward else backend, higher_backend)
@@ -183,8 +190,8 @@ def build_function(
         "backend": backend,
         "formula": spec.formula,
         "input_names": tuple(argument_names),
-        "declared_grads": {name: str(expr) for name, expr in spec.declared.items()},
-        "eager": staticmethod(_eager_twin(spec)) if eager_backward and len(spec.outputs) == 1 else None,
+        "declared_grads": spec.declared_text,
+        "eager": staticmethod(_eager_twin(spec)) if eager_backward and spec.output_count == 1 else None,
         "forward_source": kernel.source,
         "reduced": staticmethod(_reducer(kernel)),
         # The formula as written; printing a backward's outputs would cost more than generating its code.
@@ -241,7 +248,7 @@ class _AutogradHooks:
         self.compiled_function = compiled_function
 
     def setup_context(self, for_jvp: bool):
-        all_inputs = tuple(range(len(self.spec.inputs)))
+        all_inputs = tuple(range(len(self.spec.input_names)))
         compiled_keep = self.compiled_keep
         spec = self.spec
 
@@ -268,7 +275,7 @@ class _AutogradHooks:
         return setup_context
 
     def backward(self, for_jvp: bool):
-        input_count = len(self.spec.inputs)
+        input_count = len(self.spec.input_names)
         all_inputs = tuple(range(input_count))
         compiled_keep, compiled_function = self.compiled_keep, self.compiled_function
         backwards = self.backward_function
@@ -359,13 +366,23 @@ def function(
     if name is not None:
         check_function_name(name)
     check_backend_name(backend)
-    spec = formula_spec(formula, inputs=inputs, grads=grads, class_name=name)
+    key = function_cache.definition_key(formula, inputs, grads, name, backend)
+    class_name = name if name is not None else next_class_name()
+
+    def build() -> FunctionSpec:
+        return formula_spec(formula, inputs=inputs, grads=grads, class_name=class_name)
+
+    spec = function_cache.load(key, class_name, build) or build()
     if name is not None and name in spec.input_names:
         raise UsageError(
             f"name {name!r} is also an input of {shorten(formula)!r}: registering it would make {name!r} a "
             "function in every later formula; choose another name"
         )
     cls = build_function(spec, backend=backend)
+    if key is not None:
+        cls._backward_for.remember = lambda: function_cache.store(key, spec, cls)
+        if not isinstance(spec, function_cache.CachedSpec):
+            cls._backward_for.remember()
     if name is not None:
         register_spec(name, spec, cls)
     return cls

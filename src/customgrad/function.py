@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from . import function_cache
 from .backends import build_kernel, check_backend_name, check_device
 from .backends.eager import python_name as _python_name
 from .codegen.torch import torch_callable
-from . import function_cache
 from .derive import FunctionSpec, backward_spec, jvp_spec
 from .errors import BackendError, UsageError
 from .formula import shorten

@@ -252,8 +252,10 @@ class _AutogradHooks:
         compiled_keep = self.compiled_keep
         spec = self.spec
 
+        known_needs = getattr(spec, "known_needs", None)  # a cached spec: None until derived
+
         def spec_needs():  # Dynamo traces this closure: it must capture plain functions, not the spec
-            return spec.needs
+            return known_needs() if known_needs is not None else spec.needs
 
         def setup_context(ctx, inputs, output):
             ctx.needed = tuple(i for i in all_inputs if ctx.needs_input_grad[i] and isinstance(inputs[i], torch.Tensor))
@@ -262,7 +264,8 @@ class _AutogradHooks:
             elif torch.compiler.is_compiling():
                 keep = compiled_keep  # no SymPy while tracing: the backward for all inputs, built eagerly
             else:
-                keep = sorted(set().union(*(spec_needs()[i] for i in ctx.needed)))
+                needs = spec_needs()  # None: a cached backward's partials are not derived yet, keep all
+                keep = list(all_inputs) if needs is None else sorted(set().union(*(needs[i] for i in ctx.needed)))
             ctx.numbers = {j: inputs[j] for j in keep if not isinstance(inputs[j], torch.Tensor)}
             ctx.tensor_positions = [j for j in keep if isinstance(inputs[j], torch.Tensor)]
             ctx.save_for_backward(*(inputs[j] for j in ctx.tensor_positions))

@@ -73,6 +73,12 @@ class CachedSpec:
         """The SymPy `FunctionSpec` (parsed and derived now)."""
         return self._build()
 
+    def known_needs(self) -> tuple[tuple[int, ...], ...] | None:
+        """``needs`` if read back or derived already, else None (deriving it would run SymPy)."""
+        if "needs" in vars(self):
+            return self.needs
+        return self.built.needs if "built" in vars(self) else None
+
     def __getattr__(self, attribute: str):
         if attribute.startswith("_"):
             raise AttributeError(attribute)

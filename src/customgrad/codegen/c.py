@@ -8,13 +8,13 @@ so gcc vectorises the math calls without ``-ffinite-math-only``.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
 import sympy
 from sympy.printing.c import C99CodePrinter
 
+from .cse import shared_subexpressions
 from .rules import BINARY_RULES, FUNCTION_RULES, column
 
 C_FUNCTIONS = column(FUNCTION_RULES, "c")
@@ -179,8 +179,7 @@ def kernel_source(
     ``vector`` names the libm functions libmvec vectorises here.
     """
     reductions = reductions or "v" * len(outputs)
-    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
-    replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
+    replacements, reduced = shared_subexpressions(outputs)
     printer = CCodePrinter(single)
     body = [f"    const real v_{t.name} = {printer.doprint(value)};" for t, value in replacements]
     body += [f"    const real r{k} = {printer.doprint(value)};" for k, value in enumerate(reduced)]

@@ -7,7 +7,6 @@ expressions (never from user text) and compiled with ``compile``/``exec`` into a
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 import sympy
 from sympy.printing.pycode import AbstractPythonCodePrinter
 
+from .cse import shared_subexpressions
 from .rules import BINARY_RULES, FUNCTION_RULES, column
 from .runtime import _full, _narrow, _widen, compile_source, runtime_namespace  # noqa: F401 - re-exported
 
@@ -235,10 +235,9 @@ def function_source(
     # inside one op: rewritten forms such as x**2/10000 for (x/100)**2 would overflow in half.
     lines = [f"def {name}({arguments}):", f"    {arguments}, _low = _widen({arguments})"]
     if shared:
-        temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
         # No "basic" optimizations: they pull out rational content, turning x/200000 + 1 into
         # (x + 200000)/200000, which overflows float16.
-        replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
+        replacements, reduced = shared_subexpressions(outputs)
     else:
         replacements, reduced = [], list(outputs)
     printer = TorchCodePrinter()
@@ -259,8 +258,7 @@ def function_source(
 
 @functools.lru_cache(maxsize=64)
 def _rows_shared(rows: tuple[sympy.Expr, ...]) -> tuple[list, list]:
-    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
-    return sympy.cse(list(rows), symbols=temporaries, optimizations="basic")
+    return shared_subexpressions(rows, optimizations="basic")
 
 
 def rows_shared(rows: Sequence[sympy.Expr]) -> tuple[list, list]:

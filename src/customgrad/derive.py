@@ -378,6 +378,11 @@ def backward_spec(spec: FunctionSpec, needed: tuple[int, ...], level: int) -> tu
     return backward, used
 
 
+def backward_level(backward: FunctionSpec) -> int:
+    """The level of a `backward_spec` result: the ``<level>`` of its gradient names ``_g<level>_<k>``."""
+    return int(backward.full_shape[0][2:].split("_")[0])
+
+
 def jvp_spec(spec: FunctionSpec) -> FunctionSpec:
     """The spec of forward mode: sum_i d out_k / d x_i * t_i over the inputs then one tangent per input."""
     tangents = tuple(sympy.Symbol(f"_tangent{i}", real=True) for i in range(len(spec.inputs)))  # not _t*: CSE

@@ -14,7 +14,6 @@ compiles with ``fullgraph=True``) and ``cls.forward_ad`` (defines ``jvp``; use i
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -30,7 +29,9 @@ from .formula_spec import formula_spec, next_class_name, register_spec
 from .launcher import _as_tensor_arguments, broadcast_error, checked_arguments, promoted_dtype, reduce_gradient
 from .registry import check_function_name
 
-_counter = itertools.count()
+#: The next level for a backward's upstream-gradient names (``_g<level>_<k>``): levels only grow along a
+#: chain of backwards, also when a cached backward brings its recorded level (see `_Backwards.derive`).
+_next_level = [0]
 
 
 def _call_apply(cls, *args, **kwargs):
@@ -97,6 +98,11 @@ def _launch(kernel, arguments: Sequence, argument_names: Sequence[str], function
     return outputs
 
 
+def _reserve_level(level: int) -> None:
+    """Every later backward gets a level above ``level``."""
+    _next_level[0] = max(_next_level[0], level + 1)
+
+
 class _Backwards:
     """The backward Functions of one spec, one per needs-input-grad mask, generated on first use.
 
@@ -109,12 +115,17 @@ class _Backwards:
         self.cache: dict[tuple[int, ...], tuple[type, list[int]]] = {}
         self.remember: Callable[[], None] | None = None  # writes the disk cache entry (set by `function`)
 
-    def derive(self, needed: tuple[int, ...]) -> tuple[FunctionSpec, list[int]]:
-        return backward_spec(self.spec, needed, next(_counter))
+    def derive(self, needed: tuple[int, ...], level: int | None = None) -> tuple[FunctionSpec, list[int]]:
+        """The backward spec of ``needed`` at ``level`` (a cached backward's recorded one), else a fresh level;
+        later levels are always higher, so a backward of this backward never reuses its gradient names."""
+        if level is None:
+            level = _next_level[0]
+        _reserve_level(level)
+        return backward_spec(self.spec, needed, level)
 
     def __call__(self, needed: tuple[int, ...]) -> tuple[type, list[int]]:
         if needed not in self.cache:
-            backward, used = function_cache.backward_of(self.spec, needed, self.derive)
+            backward, used = function_cache.backward_of(self.spec, needed, self.derive, _reserve_level)
             function = build_function(
                 backward, eager_backward=False, backend=self.backend, higher_backend=self.higher_backend
             )

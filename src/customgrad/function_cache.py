@@ -92,7 +92,8 @@ def load(key: str | None, name: str, build: Callable) -> CachedSpec | None:
     data = cache.load(NAMESPACE, key)
     try:
         record = json.loads(data) if data is not None else None
-        if record is None or not _valid(record) or not all(_valid(r) for r in record["backwards"].values()):
+        backwards = record["backwards"].values() if isinstance(record, dict) else ()
+        if not _valid(record) or not all(_valid(r) and isinstance(r.get("level"), int) for r in backwards):
             return None
         return CachedSpec(name, record, build)
     except (ValueError, TypeError, KeyError, AttributeError):
@@ -103,13 +104,16 @@ def _valid(record) -> bool:
     return isinstance(record, dict) and all(isinstance(record.get(f), t) for f, t in _FIELDS.items())
 
 
-def backward_of(spec, needed: tuple[int, ...], derive: Callable) -> tuple:
+def backward_of(spec, needed: tuple[int, ...], derive: Callable, reserve: Callable) -> tuple:
     """(backward spec, used inputs) of ``needed``: from the cache record of ``spec`` when it holds
-    them, else ``derive(needed)`` (`derive.backward_spec`)."""
+    them (``reserve(level)`` is told the gradient-name level the record's code uses; the SymPy spec
+    is built with it on first use by ``derive(needed, level)``), else ``derive(needed)``."""
     record = getattr(spec, "backward_records", {}).get(_mask(needed))
     if record is None:
         return derive(needed)
-    return CachedSpec(f"{spec.name}_backward", record, lambda: derive(needed)[0]), list(record["used"])
+    level = record["level"]
+    reserve(level)
+    return CachedSpec(f"{spec.name}_backward", record, lambda: derive(needed, level)[0]), list(record["used"])
 
 
 def holds(spec, needed: tuple[int, ...]) -> bool:
@@ -119,10 +123,13 @@ def holds(spec, needed: tuple[int, ...]) -> bool:
 
 def store(key: str, spec, cls) -> None:
     """Write the entry of definition ``key``: ``spec``'s Function ``cls`` with its backwards built so far."""
+    from .derive import backward_level
+
     record = _record(spec, cls)
     backwards = {}
     for needed, (function, used) in cls._backward_for.cache.items():
-        backwards[_mask(needed)] = {**_record(function.spec, function), "used": list(used)}
+        level = backward_level(function.spec)
+        backwards[_mask(needed)] = {**_record(function.spec, function), "used": list(used), "level": level}
     record.update(needs=[list(n) for n in spec.needs], backwards=backwards)
     cache.store(NAMESPACE, key, json.dumps(record).encode())
 

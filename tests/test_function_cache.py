@@ -133,3 +133,20 @@ def test_declared_gradients_are_not_taken_from_another_definition():
         product = customgrad.function("x*y", grads=grads)
         (gradient,) = torch.autograd.grad(product.apply(x, y).sum(), [x])
         torch.testing.assert_close(gradient, expected.detach(), rtol=0, atol=0)
+
+
+def test_fused_kernels_of_a_cached_definition_match_eager_autograd():
+    from customgrad.backends import AUTO_CPU_MIN_SIZE, get_backend
+
+    if get_backend("cpu").unavailable() is not None:
+        pytest.skip(get_backend("cpu").unavailable())
+    customgrad.function("a*exp(-k*t) + sin(a*t)")  # writes the entry
+    cached = customgrad.function("a*exp(-k*t) + sin(a*t)")  # read back: no SymPy until a fused kernel needs it
+    generator = torch.Generator().manual_seed(0)
+    a, k, t = (torch.rand(AUTO_CPU_MIN_SIZE, dtype=torch.float64, generator=generator) for _ in range(3))
+    for leaf in (a, k, t):
+        leaf.requires_grad_(True)
+    got = torch.autograd.grad(cached.apply(a, k, t).sum(), [a, k, t])
+    expected = torch.autograd.grad((a * torch.exp(-k * t) + torch.sin(a * t)).sum(), [a, k, t])
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)

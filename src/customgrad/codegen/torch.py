@@ -222,18 +222,22 @@ def function_source(
     *,
     shared: bool = True,
     full_shape: Sequence[str] = (),
+    widen: bool = True,
 ) -> str:
     """Source of ``def name(args): ...; return (out0, out1, ...)`` with common subexpressions shared.
 
     Outputs that do not depend on every argument are still returned as tensors with the full
     broadcast shape (constant outputs included), so callers can rely on one shape for all outputs;
     an output using one of the ``full_shape`` arguments (known to have that shape: the upstream
-    gradients of a backward) has it already. Temporaries are named ``_t0, _t1, ...``.
+    gradients of a backward) has it already. Temporaries are named ``_t0, _t1, ...``. With ``widen``
+    float16/bfloat16 are computed in float32 and rounded once; without, every op runs in the inputs'
+    dtype, as the formula written in plain torch ops would (the same-dtype reference of checks).
     """
     arguments = ", ".join(argument_names)
     # float16/bfloat16 are computed in float32 and rounded once at the end, as torch's kernels do
     # inside one op: rewritten forms such as x**2/10000 for (x/100)**2 would overflow in half.
-    lines = [f"def {name}({arguments}):", f"    {arguments}, _low = _widen({arguments})"]
+    lines = [f"def {name}({arguments}):"]
+    lines.append(f"    {arguments}, _low = _widen({arguments})" if widen else "    _low = None")
     if shared:
         temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
         # No "basic" optimizations: they pull out rational content, turning x/200000 + 1 into
@@ -288,13 +292,14 @@ def rows_source(
     return "\n".join(lines) + "\n"
 
 
-def torch_callable(expr: sympy.Expr, names: Sequence[str]) -> Callable[..., torch.Tensor]:
+def torch_callable(expr: sympy.Expr, names: Sequence[str], *, widen: bool = True) -> Callable[..., torch.Tensor]:
     """A torch function of positional tensors (in the order ``names``) computing ``expr``.
 
     Differentiable by ordinary autograd; registered functions are called through their
-    autograd Functions, so their own (derived or declared) gradients apply.
+    autograd Functions, so their own (derived or declared) gradients apply. Without ``widen``
+    float16/bfloat16 inputs are computed op by op in their own dtype (see `function_source`).
     """
-    source = function_source("_expression", list(names), [expr], shared=True)
+    source = function_source("_expression", list(names), [expr], shared=True, widen=widen)
     compiled = compile_source(source, "_expression", f"<customgrad expression {expr}>")
 
     def evaluate(*arguments):

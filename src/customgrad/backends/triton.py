@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import itertools
 import os
 from collections.abc import Callable, Sequence
 
@@ -21,6 +20,7 @@ import torch
 
 from .. import cache
 from ..codegen.rules import BINARY_RULES, FUNCTION_RULES, column
+from ..codegen.shared import shared_subexpressions
 from ..codegen.torch import TorchCodePrinter
 from ..derive import FunctionSpec
 from ..errors import BackendError
@@ -111,8 +111,7 @@ class TritonCodePrinter(TorchCodePrinter):
 
 def kernel_source(argument_names: Sequence[str], outputs: Sequence[sympy.Expr], scalars: Sequence[bool]) -> str:
     """Source of a module defining ``@triton.jit def kernel(n, in..., out..., BLOCK)``."""
-    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
-    replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
+    replacements, reduced = shared_subexpressions(outputs)
     printer = TritonCodePrinter()
     inputs = [f"in{k}" for k in range(len(argument_names))]
     results = [f"out{k}" for k in range(len(outputs))]

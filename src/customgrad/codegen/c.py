@@ -8,7 +8,6 @@ so gcc vectorises the math calls without ``-ffinite-math-only``.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -16,6 +15,7 @@ import sympy
 from sympy.printing.c import C99CodePrinter
 
 from .rules import BINARY_RULES, FUNCTION_RULES, column
+from .shared import shared_subexpressions
 
 C_FUNCTIONS = column(FUNCTION_RULES, "c")
 C_BINARY_FUNCTIONS = column(BINARY_RULES, "c")
@@ -179,8 +179,7 @@ def kernel_source(
     ``vector`` names the libm functions libmvec vectorises here.
     """
     reductions = reductions or "v" * len(outputs)
-    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
-    replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
+    replacements, reduced = shared_subexpressions(outputs)
     printer = CCodePrinter(single)
     body = [f"    const real v_{t.name} = {printer.doprint(value)};" for t, value in replacements]
     body += [f"    const real r{k} = {printer.doprint(value)};" for k, value in enumerate(reduced)]

@@ -7,7 +7,6 @@ expressions (never from user text) and compiled with ``compile``/``exec`` into a
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from sympy.printing.pycode import AbstractPythonCodePrinter
 
 from .rules import BINARY_RULES, FUNCTION_RULES, column
 from .runtime import _full, _narrow, _widen, compile_source, runtime_namespace  # noqa: F401 - re-exported
+from .shared import shared_subexpressions
 
 if TYPE_CHECKING:
     import torch
@@ -239,10 +239,9 @@ def function_source(
     lines = [f"def {name}({arguments}):"]
     lines.append(f"    {arguments}, _low = _widen({arguments})" if widen else "    _low = None")
     if shared:
-        temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
         # No "basic" optimizations: they pull out rational content, turning x/200000 + 1 into
         # (x + 200000)/200000, which overflows float16.
-        replacements, reduced = sympy.cse(list(outputs), symbols=temporaries)
+        replacements, reduced = shared_subexpressions(outputs)
     else:
         replacements, reduced = [], list(outputs)
     printer = TorchCodePrinter()
@@ -263,8 +262,7 @@ def function_source(
 
 @functools.lru_cache(maxsize=64)
 def _rows_shared(rows: tuple[sympy.Expr, ...]) -> tuple[list, list]:
-    temporaries = (sympy.Symbol(f"_t{i}", real=True) for i in itertools.count())
-    return sympy.cse(list(rows), symbols=temporaries, optimizations="basic")
+    return shared_subexpressions(rows, optimizations="basic")
 
 
 def rows_shared(rows: Sequence[sympy.Expr]) -> tuple[list, list]:

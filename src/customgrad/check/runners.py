@@ -14,7 +14,15 @@ from typing import Any
 from ..errors import UsageError
 from .crash import crash_result, signal_name
 from .isolation import WorkerProcess, WorkerUnavailable, reference_of
-from .parts import PHASE, frames_of_dump, frames_of_live_frame, frames_of_traceback, is_user_frame, locate
+from .parts import (
+    CHECKER_SECONDS,
+    PHASE,
+    frames_of_dump,
+    frames_of_live_frame,
+    frames_of_traceback,
+    is_user_frame,
+    locate,
+)
 from .report import CheckResult
 from .subject import Subject, describe_error
 
@@ -77,14 +85,20 @@ class ThreadRunner:
         worker = threading.Thread(target=lambda: box.setdefault("result", run_check(item, subject)), daemon=True)
         worker.name = f"customgrad-check-{item.name}"
         start = time.perf_counter()
+        begun = time.monotonic()
         worker.start()
-        worker.join(limit)
+        while worker.is_alive():
+            # The limit counts from when the running part of the Function started (`PhaseMarker.deadline`).
+            remaining = PHASE.deadline(begun, limit) - time.monotonic()
+            if remaining <= 0:
+                break
+            worker.join(min(remaining, 1.0))
         if "result" in box:
             return box["result"]
         frame = sys._current_frames().get(worker.ident)
         frames = frames_of_live_frame(frame) if frame is not None else []
         part, location = locate(frames, subject.function_class, subject.fn, PHASE.phase)
-        result = crash_result(item.name, "timeout", part, location, limit=limit)
+        result = crash_result(item.name, "timeout", part, location, limit=_limit_of(part, limit))
         result.details["thread_stopped"] = _stop(worker)
         if not result.details["thread_stopped"]:
             result.message += "; its thread is blocked in native code and keeps running in the background"
@@ -93,6 +107,12 @@ class ThreadRunner:
 
     def close(self) -> None:
         pass
+
+
+def _limit_of(part: str, limit: float) -> float:
+    """The time limit that applied: ``limit`` for a part of the Function, at least `CHECKER_SECONDS` for the
+    checker's own code."""
+    return max(limit, CHECKER_SECONDS) if part == "check" else limit
 
 
 def _stop(thread: threading.Thread) -> bool:
@@ -139,7 +159,7 @@ class ProcessRunner:
         part, location = locate(frames, subject.function_class, subject.fn, phase)
         if kind != "timeout" and part == "check":
             part = phase or "forward"
-        result = crash_result(item.name, kind, part, location, limit=limit, code=code)
+        result = crash_result(item.name, kind, part, location, limit=_limit_of(part, limit), code=code)
         result.seconds = round(time.perf_counter() - start, 3)
         return result
 

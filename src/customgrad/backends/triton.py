@@ -9,6 +9,7 @@ without a GPU. Triton is imported here only, on first use.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -19,8 +20,8 @@ import sympy
 import torch
 
 from .. import cache
+from ..codegen.cse import shared_subexpressions
 from ..codegen.rules import BINARY_RULES, FUNCTION_RULES, column
-from ..codegen.shared import shared_subexpressions
 from ..codegen.torch import TorchCodePrinter
 from ..derive import FunctionSpec
 from ..errors import BackendError
@@ -88,11 +89,19 @@ class TritonCodePrinter(TorchCodePrinter):
         if expr.free_symbols and exponent.is_Integer and 2 <= int(exponent) <= 4:
             printed = self.parenthesize(base, 1000)
             return "(" + " * ".join([printed] * int(exponent)) + ")"
+        if expr.free_symbols and exponent not in self.powers:
+            return self.power.format(self._argument(base), self._argument(exponent))
         return super()._print_Pow(expr, rational)
+
+    def _argument(self, arg: sympy.Expr) -> str:
+        """A call's argument; a number as a block of the kernel's dtype (``_zero``): Triton passes a bare
+        float literal to libdevice as float32, which would round 0.1 in a float64 kernel."""
+        printed = self._print(arg)
+        return printed if arg.free_symbols else f"({printed} + _zero)"
 
     def _print_binary(self, kind: type, args: Sequence[sympy.Expr]) -> str:
         call = self.binary_functions[kind]
-        printed = [self._print(arg) for arg in args]
+        printed = [self._argument(arg) for arg in args]
         result = printed[0]
         for item in printed[1:]:
             result = f"{call}({result}, {item})"
@@ -124,14 +133,17 @@ def kernel_source(argument_names: Sequence[str], outputs: Sequence[sympy.Expr], 
         f"def kernel(n, {', '.join(inputs + results)}, BLOCK: tl.constexpr):",
         "    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
         "    mask = offsets < n",
+        # the kernel's dtype: float64 for float64 inputs, else float32 (half types compute in float32)
+        "    _zero = tl.zeros((BLOCK,), tl.float64 if in0.dtype.element_ty == tl.float64 else tl.float32)",
     ]
     for k, name in enumerate(argument_names):
-        load = f"tl.load(in{k})" if scalars[k] else f"tl.load(in{k} + offsets, mask=mask, other=0.0)"
+        # a number is read once and broadcast to the block (0-d values break | and & in the interpreter)
+        load = f"tl.load(in{k}) + _zero" if scalars[k] else f"tl.load(in{k} + offsets, mask=mask, other=0.0)"
         # half types compute in float32
         lines.append(f"    v_{name} = {load}.to(tl.float64 if in{k}.dtype.element_ty == tl.float64 else tl.float32)")
     lines += [f"    v_{t.name} = {printer.doprint(value)}" for t, value in replacements]
     for k, value in enumerate(reduced):
-        lines.append(f"    r{k} = {printer.doprint(value)} + tl.zeros((BLOCK,), tl.float32)")
+        lines.append(f"    r{k} = {printer.doprint(value)} + _zero")
         lines.append(f"    tl.store(out{k} + offsets, r{k}.to(out{k}.dtype.element_ty), mask=mask)")
     return "\n".join(lines) + "\n"
 
@@ -164,6 +176,16 @@ def _load_module(source: str) -> Callable:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.kernel
+
+
+def _quiet_interpreter() -> contextlib.AbstractContextManager:
+    """IEEE inf/NaN without warnings: the CPU interpreter computes with numpy, which warns at log(0) or
+    0/0 where a GPU kernel silently gives -inf or NaN (and warnings may be errors in the caller)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return contextlib.nullcontext()
+    import numpy
+
+    return numpy.errstate(all="ignore")
 
 
 class TritonKernel:
@@ -201,7 +223,8 @@ class TritonKernel:
             if scalars not in self.compiled:
                 self.compiled[scalars] = _load_module(self.triton_source(scalars))
             grid = ((count + BLOCK - 1) // BLOCK,)
-            self.compiled[scalars][grid](count, *arguments, *outputs, BLOCK=BLOCK)
+            with _quiet_interpreter():
+                self.compiled[scalars][grid](count, *arguments, *outputs, BLOCK=BLOCK)
         return tuple(outputs)
 
 

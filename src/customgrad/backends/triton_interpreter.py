@@ -25,11 +25,31 @@ def tanh(x):
 def log1p(x):
     # log(1 + x) = log(u) * x / (u - 1) with u = 1 + x rounded (Goldberg)
     u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.log(u) * x / (u - 1.0))
+    return tl.where((u == 1.0) | (u == float("inf")), x, tl.log(u) * x / (u - 1.0))
 
 
 @triton.jit
 def expm1(x):
     # e^x - 1 = (u - 1) * x / log(u) with u = e^x rounded (Kahan)
     u = tl.exp(x)
-    return tl.where(u == 1.0, x, tl.where(u - 1.0 == -1.0, -1.0, (u - 1.0) * x / tl.log(u)))
+    return tl.where(
+        (u == 1.0) | (u == float("inf")),
+        tl.where(u == 1.0, x, u),
+        tl.where(u - 1.0 == -1.0, -1.0, (u - 1.0) * x / tl.log(u)),
+    )
+
+
+@triton.jit
+def pow(x, y):
+    # C99 pow (as libdevice): |x|^y = e^(y log|x|) computed in float64; for x < 0 or x = -0 the sign of
+    # an odd integer y, NaN for finite nonzero x and y not an integer; 1 when y = 0 or x = 1
+    dtype = (x + y).dtype
+    wide_x = (x + tl.zeros((1,), tl.float64)).to(tl.float64)
+    wide_y = (y + tl.zeros((1,), tl.float64)).to(tl.float64)
+    r = tl.exp(wide_y * tl.log(tl.abs(wide_x))).to(dtype)
+    integer = y == tl.floor(y)
+    odd = integer & (tl.floor(y * 0.5) * 2.0 != y)
+    negative = (x < 0) | ((x == 0) & (1.0 / x < 0))  # -0 too: pow(-0, -3) = -inf
+    exceptional = (x == 0) | (x == -float("inf"))  # no NaN for them at non-integer y
+    r = tl.where(negative, tl.where(integer, tl.where(odd, -r, r), tl.where(exceptional, r, float("nan"))), r)
+    return tl.where((y == 0) | (x == 1), 1.0, r)

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sympy
 from sympy.printing.c import C99CodePrinter
 
+from .cse import shared_subexpressions
 from .rules import BINARY_RULES, FUNCTION_RULES, column
-from .shared import shared_subexpressions
 
 C_FUNCTIONS = column(FUNCTION_RULES, "c")
 C_BINARY_FUNCTIONS = column(BINARY_RULES, "c")

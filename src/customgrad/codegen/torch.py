@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import sympy
 from sympy.printing.pycode import AbstractPythonCodePrinter
 
+from .cse import shared_subexpressions
 from .rules import BINARY_RULES, FUNCTION_RULES, column
 from .runtime import _full, _narrow, _widen, compile_source, runtime_namespace  # noqa: F401 - re-exported
-from .shared import shared_subexpressions
 
 if TYPE_CHECKING:
     import torch

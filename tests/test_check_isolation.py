@@ -17,7 +17,7 @@ import torch
 import customgrad
 from customgrad import UsageError
 from fixtures.correct_functions import CORRECT
-from fixtures.misbehaving import HangsInBackward
+from fixtures.misbehaving import HangsInBackward, NeedsTorchWarmedUp
 from fixtures.planted_mistakes import PLANTED
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -106,6 +106,14 @@ def test_the_time_limit_counts_from_when_each_part_starts():
     assert "forward did not return" not in result.stdout, result.stdout
     for check in FORWARD_ONLY_CHECKS:
         assert table[check].startswith("ok forward only: backward"), result.stdout
+
+
+def test_the_worker_loads_torchs_lazy_autograd_modules_before_the_function_runs():
+    # torch.autograd.grad imports SymPy on first use (seconds under load): in a fresh worker that counted
+    # against the first backward's time limit, and the hang report named torch's import, not the user's line.
+    x = torch.randn(3, dtype=torch.float64)
+    report = customgrad.check(NeedsTorchWarmedUp, x, checks=["runs"], compile=False, isolation="process")
+    assert "worker process" in report.isolation and report.ok, str(report)
 
 
 def test_timeout_must_be_positive():

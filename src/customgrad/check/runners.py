@@ -11,6 +11,8 @@ import time
 import warnings
 from typing import Any
 
+import torch
+
 from ..errors import UsageError
 from .crash import crash_result, signal_name
 from .isolation import WorkerProcess, WorkerUnavailable, reference_of
@@ -48,6 +50,35 @@ def run_check(item: Any, subject: Subject) -> CheckResult:
     return result
 
 
+class _Square(torch.autograd.Function):
+    """f(x) = x^2: a Function of customgrad's own for `warm_up`."""
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad_output
+
+
+def warm_up() -> None:
+    """Run a Function's forward, backward and double backward once, outside every time limit.
+
+    torch imports modules on first use (``torch.autograd.grad`` with ``grad_outputs`` imports SymPy
+    through ``torch.fx``: seconds on a loaded machine); in the user's first backward that time counted
+    against its limit and the stack showed torch's import, so a working backward was reported as slow.
+    """
+    x = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    (gradient,) = torch.autograd.grad(_Square.apply(x), x, torch.ones_like(x), create_graph=True)
+    torch.autograd.grad(gradient, x, torch.ones_like(x), allow_unused=True)
+
+
 def error_result(name: str, subject: Subject, error: BaseException) -> CheckResult:
     """An exception that escaped a check: the Function's (it exits, or raised in its code) or the checker's."""
     frames = frames_of_traceback(error)
@@ -79,6 +110,7 @@ class ThreadRunner:
     def __init__(self, subject: Subject, why: str):
         self.subject = subject
         self.description = f"in this process with a thread time limit ({why})"
+        warm_up()
 
     def run(self, item: Any, subject: Subject, limit: float) -> CheckResult:
         box: dict[str, CheckResult] = {}

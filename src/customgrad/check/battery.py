@@ -119,8 +119,8 @@ def check(
         backward with fullgraph=True, fast); a string names the backend (``"inductor"``); False skips.
     timeout : float, optional
         Time limit in seconds of each part of the Function (a forward, a backward), counted from when it
-        starts (default 60, and 300 for ``compile``); the checker's own work between the parts gets at
-        least 30 s. A part that runs past it is stopped and reported; the checks that need it are skipped.
+        starts (default 60, and 300 for ``compile``), and so has the checker's own work between the parts.
+        A part that runs past it is stopped and reported; the checks that need it are skipped.
     isolation : {"auto", "process", "thread"}
         Where the Function runs. "process": in a worker process that re-imports it by reference (its
         module and name), so that a hang, ``sys.exit``/``os._exit`` or a crash (segmentation fault) ends

@@ -17,7 +17,6 @@ from ..errors import UsageError
 from .crash import crash_result, signal_name
 from .isolation import WorkerProcess, WorkerUnavailable, reference_of
 from .parts import (
-    CHECKER_SECONDS,
     PHASE,
     frames_of_dump,
     frames_of_live_frame,
@@ -130,7 +129,7 @@ class ThreadRunner:
         frame = sys._current_frames().get(worker.ident)
         frames = frames_of_live_frame(frame) if frame is not None else []
         part, location = locate(frames, subject.function_class, subject.fn, PHASE.phase)
-        result = crash_result(item.name, "timeout", part, location, limit=_limit_of(part, limit))
+        result = crash_result(item.name, "timeout", part, location, limit=limit)
         result.details["thread_stopped"] = _stop(worker)
         if not result.details["thread_stopped"]:
             result.message += "; its thread is blocked in native code and keeps running in the background"
@@ -139,12 +138,6 @@ class ThreadRunner:
 
     def close(self) -> None:
         pass
-
-
-def _limit_of(part: str, limit: float) -> float:
-    """The time limit that applied: ``limit`` for a part of the Function, at least `CHECKER_SECONDS` for the
-    checker's own code."""
-    return max(limit, CHECKER_SECONDS) if part == "check" else limit
 
 
 def _stop(thread: threading.Thread) -> bool:
@@ -191,7 +184,7 @@ class ProcessRunner:
         part, location = locate(frames, subject.function_class, subject.fn, phase)
         if kind != "timeout" and part == "check":
             part = phase or "forward"
-        result = crash_result(item.name, kind, part, location, limit=_limit_of(part, limit), code=code)
+        result = crash_result(item.name, kind, part, location, limit=limit, code=code)
         result.seconds = round(time.perf_counter() - start, 3)
         return result
 

@@ -55,7 +55,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     x, y = make_curves(args.curves)
-    fit_batch(MODEL, x, y[:50], params=START, device=args.device)  # warm-up: compile the model, first dispatch
+    fit_batch(MODEL, x, y[:512], params=START, device=args.device)  # warm-up: model, C rows, first dispatch
     begin = time.perf_counter()
     batch = fit_batch(MODEL, x, y, params=START, device=args.device)
     if args.device != "cpu":

@@ -1,4 +1,4 @@
-"""The fit engine's generated residuals and Jacobians (torch and numpy code) against eager autograd."""
+"""The fit engine's generated residuals and Jacobians (torch and numpy code, C kernels) against eager autograd."""
 
 import math
 
@@ -60,7 +60,7 @@ def eager_jacobian(text: str, x: torch.Tensor, values: dict) -> tuple[torch.Tens
     return f(theta), torch.autograd.functional.jacobian(f, theta)
 
 
-@pytest.mark.parametrize("language", ["torch", "numpy"])
+@pytest.mark.parametrize("language", ["torch", "numpy", "c"])
 @pytest.mark.parametrize("text", FORMULAS)
 def test_generated_rows_match_eager_autograd(text, language):
     # x avoids the kinks of abs/max/min/floor/where, where autograd and the symbolic partial may differ
@@ -83,6 +83,39 @@ def test_generated_rows_match_eager_autograd(text, language):
     assert_matches_reference(out[-1], value, rtol=1e-13, atol=1e-14, what=f"{text} value ({language})")
     # rows follow `names` (b1, b2, b3), the reference's parameter order
     assert_matches_reference(out[:-1].T, jacobian, rtol=1e-11, atol=1e-13, what=f"{text} jacobian ({language})")
+
+
+def test_c_rows_of_a_batch_layout_match_eager_autograd():
+    # The batched fitter's layout: parameters (b, 1), a shared x (1, N), rows (p + 1, b, N), float64 and float32.
+    text = "b1 / (1 + exp(b2 - b3*x))"
+    compiled = formula_model(text)
+    names = ("b1", "b2", "b3")
+    rows = compiled.linearization(names, "c")
+    generator = torch.Generator().manual_seed(0)
+    columns = {n: 0.5 + torch.rand(5, 1, generator=generator, dtype=torch.float64) for n in names}
+    x = torch.linspace(-2, 2, 7, dtype=torch.float64).unsqueeze(0)
+    for dtype, rtol in ((torch.float64, 1e-13), (torch.float32, 1e-5)):
+        out = torch.empty(len(names) + 1, 5, 7, dtype=dtype)
+        rows(out, *(x.to(dtype) if n == "x" else columns[n].to(dtype) for n in compiled.names))
+        for b in range(5):
+            value, jacobian = eager_jacobian(text, x[0], {n: columns[n][b, 0].item() for n in names})
+            what = f"curve {b} ({dtype})"
+            assert_matches_reference(out[-1, b].double(), value, rtol=rtol, atol=rtol, what=what)
+            assert_matches_reference(out[:-1, b].T.double(), jacobian, rtol=rtol * 10, atol=rtol, what=what)
+
+
+def test_c_rows_fall_back_to_torch_for_what_c_cannot_take():
+    # half precision (no C kernel), and an int64 data column promoted in torch
+    compiled = formula_model("b1*exp(-b2*x)")
+    rows = compiled.linearization(("b1", "b2"), "c")
+    x = torch.arange(4)
+    for dtype in (torch.float16, torch.float64):
+        out = torch.empty(3, 4, dtype=dtype)
+        b1, b2 = torch.tensor(2.0, dtype=dtype), torch.tensor(0.5, dtype=dtype)
+        rows(out, *({"x": x, "b1": b1, "b2": b2}[n] for n in compiled.names))
+        expected = 2.0 * torch.exp(-0.5 * x.double())
+        assert_matches_reference(out[-1].double(), expected, rtol=1e-3, atol=1e-3, what=f"value ({dtype})")
+        assert_matches_reference(out[0].double(), expected / 2, rtol=1e-3, atol=1e-3, what=f"d/db1 ({dtype})")
 
 
 def test_numpy_has_no_erf_so_torch_rows_are_used():

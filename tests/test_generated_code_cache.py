@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,39 @@ def test_a_cached_formula_model_fits_the_same_without_sympy(tmp_path):
     assert again["sympy"] is False
     assert again["params"] == first["params"]
     assert first["params"] == pytest.approx({"a": 3.0, "k": 0.7, "c": 0.5}, rel=0.05)
+
+
+_FIT_BATCH = """
+import json, sys
+import numpy as np
+import customgrad
+x = np.linspace(0.0, 2.0, 30)
+k = np.linspace(0.5, 0.9, 560)[:, None]  # 560 x 30 entries: the cpu backend's C rows
+y = 3.0 * np.exp(-k * x) + 0.5 + 0.01 * np.sin(7 * x)
+result = customgrad.fit_batch("a*exp(-k*x) + c", x, y, params={"a": 1.0, "k": 1.0, "c": 0.0})
+print(json.dumps({"k": [float(v) for v in result.params["k"]], "sympy": "sympy" in sys.modules}))
+"""
+
+
+def test_a_cached_batch_model_loads_its_c_rows_without_sympy(tmp_path):
+    # the batched fitter's fused C rows: their C source is cached with the model, the library by the backend
+    runs = []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-c", _FIT_BATCH],
+            env={**os.environ, "PYTHONPATH": SOURCE, "CUSTOMGRAD_CACHE_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert runs[0]["sympy"] is True
+    assert runs[1]["sympy"] is False
+    if shutil.which("gcc") or shutil.which("cc"):
+        assert list((tmp_path / "cpu-kernels").glob("*.entry"))  # the rows' C libraries were built and cached
+    assert runs[1]["k"] == runs[0]["k"]
+    assert runs[0]["k"] == pytest.approx(np.linspace(0.5, 0.9, 560), rel=0.05)
 
 
 def test_damaged_entries_are_rebuilt(tmp_path):

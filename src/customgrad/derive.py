@@ -371,3 +371,19 @@ def jvp_spec(spec: FunctionSpec) -> FunctionSpec:
     tangents = tuple(sympy.Symbol(f"_tangent{i}", real=True) for i in range(len(spec.inputs)))  # not _t*: CSE
     outputs = tuple(sympy.Add(*[t * row[i] for i, t in enumerate(tangents)]) for row in spec.partials)
     return derive_spec(f"{spec.name}_jvp", spec.inputs + tangents, outputs)
+
+
+def linearization_spec(spec: FunctionSpec, free: tuple[str, ...]) -> FunctionSpec:
+    """The spec of [d f / d b_j for b_j in ``free``] + [f] for a one-output ``spec``: a fit's Jacobian
+    rows and its model values, from one kernel whose common subexpressions are shared.
+
+    Only the ``free`` inputs are differentiated (not the data columns); declared gradients apply, and
+    registered functions enter through their own partials, as in `FunctionSpec.partials`.
+    """
+    (output,) = spec.raw_outputs
+    position = {name: i for i, name in enumerate(spec.input_names)}
+    rows = tuple(
+        spec.declared[name] if name in spec.declared else derive_partial(output, spec.inputs[position[name]])
+        for name in free
+    )
+    return derive_spec(f"{spec.name}_rows", spec.inputs, (*rows, output))

@@ -22,15 +22,19 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from .. import cache
-from ..codegen.c import C_BINARY_FUNCTIONS, C_FUNCTIONS, kernel_source
-from ..derive import FunctionSpec
 from ..errors import BackendError
 from ..launcher import broadcast_shape, flat_operand
-from .eager import torch_kernel
+
+if TYPE_CHECKING:
+    from ..derive import FunctionSpec
+
+# codegen.c and the eager backend (SymPy) are imported where C source is printed: a fit's rows kernel
+# read back from the disk cache loads its library without them.
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 LIBRARIES = ("-lmvec", "-lm")
@@ -66,6 +70,8 @@ def compiler_identity() -> str:
 @functools.cache
 def vector_functions() -> frozenset[str]:
     """libm functions glibc's libmvec has vector variants of here (every ISA, float and double)."""
+    from ..codegen.c import C_BINARY_FUNCTIONS, C_FUNCTIONS
+
     try:
         library = ctypes.CDLL("libmvec.so.1")
     except OSError:
@@ -132,11 +138,47 @@ def _plain(tensor: torch.Tensor) -> bool:
     )
 
 
+def c_kernel_source(spec: FunctionSpec, single: bool, layouts: str, reductions: str = "") -> str:
+    """The C source of ``spec``'s kernel (`codegen.c.kernel_source`); a `BackendError` naming what C cannot print."""
+    from ..codegen.c import kernel_source
+
+    try:
+        return kernel_source(
+            list(spec.input_names),
+            spec.outputs,
+            single=single,
+            layouts=layouts,
+            vector=vector_functions(),
+            reductions=reductions,
+        )
+    except NotImplementedError as error:
+        raise BackendError(
+            f"{spec.name}: backend 'cpu' cannot print it ({error}); use backend='eager' or 'compile'"
+        ) from None
+
+
+def load_library(source: str, name: str, input_count: int, output_count: int) -> Callable:
+    """The ``kernel`` of C ``source``: from memory, else the disk cache (`customgrad.cache`), else built now."""
+    cache_key = [source, " ".join(FLAGS), compiler_identity()]
+    data = cache.load("cpu-kernels", cache_key)
+    try:
+        loaded = _load(data, input_count, output_count) if data is not None else None
+    except OSError:
+        loaded = None  # a corrupt entry: rebuild it
+    if loaded is None:
+        data = _build(source, name)
+        cache.store("cpu-kernels", cache_key, data)
+        loaded = _load(data, input_count, output_count)
+    return loaded
+
+
 class CpuKernel:
     """``kernel(*tensors)``: the fused C loop of a spec's outputs; the eager kernel where C cannot run
     (while tracing, under functorch transforms, integer results)."""
 
     def __init__(self, spec: FunctionSpec):
+        from .eager import torch_kernel
+
         self.spec = spec
         self.names = list(spec.input_names)
         self.outputs = spec.outputs
@@ -147,35 +189,13 @@ class CpuKernel:
         self.c_source(True, "v" * len(self.names))  # unprintable functions fail now, by name
 
     def c_source(self, single: bool, layouts: str, reductions: str = "") -> str:
-        try:
-            return kernel_source(
-                self.names,
-                self.outputs,
-                single=single,
-                layouts=layouts,
-                vector=vector_functions(),
-                reductions=reductions,
-            )
-        except NotImplementedError as error:
-            raise BackendError(
-                f"{self.spec.name}: backend 'cpu' cannot print it ({error}); use backend='eager' or 'compile'"
-            ) from None
+        return c_kernel_source(self.spec, single, layouts, reductions)
 
     def function(self, single: bool, layouts: str, reductions: str = "") -> Callable:
         key = (single, layouts, reductions)
         if key not in self.compiled:
             source = self.c_source(single, layouts, reductions)
-            cache_key = [source, " ".join(FLAGS), compiler_identity()]
-            data = cache.load("cpu-kernels", cache_key)
-            try:
-                loaded = _load(data, len(self.names), len(self.outputs)) if data is not None else None
-            except OSError:
-                loaded = None  # a corrupt entry: rebuild it
-            if loaded is None:
-                data = _build(source, self.spec.name)
-                cache.store("cpu-kernels", cache_key, data)
-                loaded = _load(data, len(self.names), len(self.outputs))
-            self.compiled[key] = loaded
+            self.compiled[key] = load_library(source, self.spec.name, len(self.names), len(self.outputs))
         return self.compiled[key]
 
     def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -284,3 +304,52 @@ class CpuBackend:
 
     def kernel(self, spec: FunctionSpec) -> Callable:
         return CpuKernel(spec)
+
+    def rows_source(self, spec: FunctionSpec, single: bool, layouts: str) -> str:
+        """C source of the rows kernel for one precision and input layouts (`operands`); see `CpuRows`."""
+        return c_kernel_source(spec, single, layouts)
+
+
+class CpuRows:
+    """``rows(out, *tensors)``: output k of a rows spec into ``out[k]`` by one fused C loop, for CPU
+    float64/float32 tensors of ``out``'s dtype and a contiguous ``out``; ``fallback`` (the torch rows)
+    for anything else, or where C cannot print the formula or the compiler fails.
+
+    ``c_source(single, layouts)`` gives the C source (`CpuBackend.rows_source`, or a disk cache of it:
+    the fit's formula model keeps them, so a model fitted before loads its library without SymPy).
+    """
+
+    def __init__(self, name: str, input_count: int, c_source: Callable[[bool, str], str | None], fallback: Callable):
+        self.name, self.input_count, self.c_source, self.fallback = name, input_count, c_source, fallback
+        self.compiled: dict[tuple, Callable | None] = {}
+
+    def _function(self, single: bool, layouts: str, output_count: int) -> Callable | None:
+        key = (single, layouts, output_count)
+        if key not in self.compiled:
+            try:
+                source = self.c_source(single, layouts)
+                loaded = None if source is None else load_library(source, self.name, self.input_count, output_count)
+            except BackendError:
+                loaded = None  # unprintable, or no working compiler: the torch rows
+            self.compiled[key] = loaded
+        return self.compiled[key]
+
+    def __call__(self, out: torch.Tensor, *tensors: torch.Tensor) -> None:
+        dtype = out.dtype
+        if (
+            dtype not in (torch.float64, torch.float32)
+            or not (_plain(out) and out.is_contiguous())
+            or not all(isinstance(t, torch.Tensor) and _plain(t) and t.dtype == dtype for t in tensors)
+        ):
+            return self.fallback(out, *tensors)
+        shape = out.shape[1:]
+        count = shape.numel()
+        if not count:
+            return None
+        layouts, arguments, inner, _ = operands([t.contiguous() for t in tensors], shape)
+        function = self._function(dtype == torch.float32, layouts, out.shape[0])
+        if function is None:
+            return self.fallback(out, *tensors)
+        threads = torch.get_num_threads() if count >= PARALLEL_MIN_SIZE else 1
+        function(count, inner, threads, *(a.data_ptr() for a in arguments), *(o.data_ptr() for o in out))
+        return None

@@ -18,10 +18,15 @@ def python_name(name: str) -> str:
 def torch_kernel(spec: FunctionSpec) -> Callable:
     """``kernel(*tensors) -> tuple`` of the spec's outputs, each with the inputs' broadcast shape."""
     name = f"{python_name(spec.name)}_forward"
-    source = function_source(name, list(spec.input_names), spec.outputs, full_shape=spec.full_shape)
+    source = kernel_source(spec, name)
     kernel = compile_source(source, name, f"<customgrad {spec.name} forward>")
     kernel.source = source
     return kernel
+
+
+def kernel_source(spec: FunctionSpec, name: str) -> str:
+    """The torch source of ``def name(*inputs) -> tuple`` of the spec's outputs (what `torch_kernel` runs)."""
+    return function_source(name, list(spec.input_names), spec.outputs, full_shape=spec.full_shape)
 
 
 class EagerBackend:
@@ -35,3 +40,7 @@ class EagerBackend:
 
     def kernel(self, spec: FunctionSpec) -> Callable:
         return torch_kernel(spec)
+
+    def rows_source(self, spec: FunctionSpec, name: str) -> str:
+        """Source of ``def name(_out, *inputs)`` writing output k into ``_out[k]`` (the fit's rows), in torch."""
+        return function_source(name, list(spec.input_names), spec.outputs, into=True)

@@ -6,7 +6,6 @@ expressions (never from user text) and compiled with ``compile``/``exec`` into a
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -222,6 +221,8 @@ def function_source(
     *,
     shared: bool = True,
     full_shape: Sequence[str] = (),
+    into: bool = False,
+    printer: TorchCodePrinter | None = None,
     widen: bool = True,
 ) -> str:
     """Source of ``def name(args): ...; return (out0, out1, ...)`` with common subexpressions shared.
@@ -229,24 +230,30 @@ def function_source(
     Outputs that do not depend on every argument are still returned as tensors with the full
     broadcast shape (constant outputs included), so callers can rely on one shape for all outputs;
     an output using one of the ``full_shape`` arguments (known to have that shape: the upstream
-    gradients of a backward) has it already. Temporaries are named ``_t0, _t1, ...``. With ``widen``
-    float16/bfloat16 are computed in float32 and rounded once; without, every op runs in the inputs'
-    dtype, as the formula written in plain torch ops would (the same-dtype reference of checks).
+    gradients of a backward) has it already. Temporaries are named ``_t0, _t1, ...``.
+
+    With ``into``: ``def name(_out, args): ...; _out[k] = out_k`` instead, each output broadcast into
+    ``_out[k]`` (an array or tensor the caller allocates: a constant output costs one fill).
+    ``printer`` picks the language (torch by default; `codegen.numpy.NumpyCodePrinter` for numpy,
+    whose code takes float64 arrays as they are). With ``widen`` (torch) float16/bfloat16 are computed
+    in float32 and rounded once; without, every op runs in the inputs' dtype, as the formula written in
+    plain torch ops would (`Function.eager`, the same-dtype reference of checks).
     """
+    printer = printer or TorchCodePrinter()
     arguments = ", ".join(argument_names)
-    # float16/bfloat16 are computed in float32 and rounded once at the end, as torch's kernels do
-    # inside one op: rewritten forms such as x**2/10000 for (x/100)**2 would overflow in half.
-    lines = [f"def {name}({arguments}):"]
-    lines.append(f"    {arguments}, _low = _widen({arguments})" if widen else "    _low = None")
-    if shared:
-        # No "basic" optimizations: they pull out rational content, turning x/200000 + 1 into
-        # (x + 200000)/200000, which overflows float16.
-        replacements, reduced = shared_subexpressions(outputs)
-    else:
-        replacements, reduced = [], list(outputs)
-    printer = TorchCodePrinter()
+    lines = [f"def {name}({'_out, ' if into else ''}{arguments}):"]
+    if printer.module == "torch" and widen:
+        # float16/bfloat16 are computed in float32 and rounded once at the end, as torch's kernels do
+        # inside one op: rewritten forms such as x**2/10000 for (x/100)**2 would overflow in half.
+        lines.append(f"    {arguments}, _low = _widen({arguments})")
+    elif not into:
+        lines.append("    _low = None")
+    replacements, reduced = shared_subexpressions(outputs) if shared else ([], list(outputs))
     for temporary, value in replacements:
         lines.append(f"    {temporary} = {printer.doprint(value)}")
+    if into:
+        lines += [f"    _out[{index}] = {printer.doprint(output)}" for index, output in enumerate(reduced)]
+        return "\n".join(lines) + "\n"
     all_arguments = {sympy.Symbol(a, real=True) for a in argument_names}
     results = []
     for index, output in enumerate(reduced):
@@ -257,36 +264,6 @@ def function_source(
             text = f"_full({text}, {', '.join(argument_names)})"
         results.append(text)
     lines.append(f"    return _narrow(({', '.join(results)},), _low)")
-    return "\n".join(lines) + "\n"
-
-
-@functools.lru_cache(maxsize=64)
-def _rows_shared(rows: tuple[sympy.Expr, ...]) -> tuple[list, list]:
-    return shared_subexpressions(rows, optimizations="basic")
-
-
-def rows_shared(rows: Sequence[sympy.Expr]) -> tuple[list, list]:
-    """``rows`` with common subexpressions pulled out as ``_t0, _t1, ...``: (replacements, reduced rows).
-
-    Remembered for the last few row sets: a model prints the same rows in numpy and in torch.
-    """
-    return _rows_shared(tuple(rows))
-
-
-def rows_source(
-    name: str, argument_names: Sequence[str], rows: Sequence[sympy.Expr], printer: TorchCodePrinter | None = None
-) -> str:
-    """Source of ``def name(_out, args): ...; _out[i] = row_i`` with common subexpressions shared.
-
-    Each row broadcasts into ``_out[i]`` (an array or tensor the caller allocates), so a row that is a
-    constant or free of the data (d/db1 of b1 + ...) costs one fill. ``printer`` picks the language
-    (torch by default; `codegen.numpy.NumpyCodePrinter` for numpy).
-    """
-    replacements, reduced = rows_shared(rows)
-    printer = printer or TorchCodePrinter()
-    lines = [f"def {name}(_out, {', '.join(argument_names)}):"]
-    lines += [f"    {temporary} = {printer.doprint(value)}" for temporary, value in replacements]
-    lines += [f"    _out[{index}] = {printer.doprint(row)}" for index, row in enumerate(reduced)]
     return "\n".join(lines) + "\n"
 
 

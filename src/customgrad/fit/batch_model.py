@@ -45,6 +45,26 @@ def _on_arrays(generated):
     return call
 
 
+def _cpu_rows(function, names: tuple[str, ...], y: torch.Tensor, rows, value_rows) -> tuple:
+    """The model's (rows, value rows) for CPU data ``y``: from `AUTO_CPU_MIN_SIZE` entries (B x N) the cpu
+    backend's fused C loops where a C compiler is found (one SIMD pass: 10^4 x 64 Gaussian rows 0.7 ms
+    against 3.0 ms for numpy in chunks; its first build, about 0.4 s, is cached on disk), else for
+    float64 the generated numpy code; else the torch ``rows`` as given."""
+    from ..backends import AUTO_CPU_MIN_SIZE
+    from ..backends.cpu import compiler
+
+    dtype = y.dtype
+    if dtype in (torch.float64, torch.float32) and y.numel() >= AUTO_CPU_MIN_SIZE and compiler() is not None:
+        c_rows, c_values = function.linearization(names, "c"), function.linearization((), "c")
+        if c_rows is not None and c_values is not None:
+            return c_rows, c_values
+    if dtype == torch.float64:
+        numpy_rows, numpy_values = function.linearization(names, "numpy"), function.values("numpy")
+        if numpy_rows is not None and numpy_values is not None:
+            return _on_arrays(numpy_rows), _on_arrays(numpy_values)
+    return rows, value_rows
+
+
 def _external_slope(spec: ParameterSpec, t: torch.Tensor) -> torch.Tensor:
     """d external / d internal of `model._to_external`, elementwise."""
     lo, hi = spec.lower, spec.upper
@@ -91,11 +111,8 @@ class BatchModel(BatchProblem):
         linearization = getattr(function, "linearization", None)
         self.rows = linearization(self.names) if linearization is not None else None
         self.value_rows = function.values() if self.rows is not None else None
-        # float64 on the CPU: the generated numpy code (the single fit's own; numpy's exp is faster)
-        if self.rows is not None and y.device.type == "cpu" and y.dtype == torch.float64:
-            numpy_rows, numpy_values = linearization(self.names, "numpy"), function.values("numpy")
-            if numpy_rows is not None and numpy_values is not None:
-                self.rows, self.value_rows = _on_arrays(numpy_rows), _on_arrays(numpy_values)
+        if self.rows is not None and y.device.type == "cpu":
+            self.rows, self.value_rows = _cpu_rows(function, self.names, y, self.rows, self.value_rows)
 
     @property
     def batch(self) -> int:

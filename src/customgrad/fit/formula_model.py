@@ -1,11 +1,13 @@
 """A formula model compiled once: predictions, and residuals with their exact Jacobian in one call.
 
-For a formula f(x; b) the Jacobian columns are the symbolic partials df/db_j, generated together with
-f into one function whose common subexpressions are shared (``exp(-b2*x)`` is computed once for
-f and for both partials): torch code for any device and dtype, numpy code for float64 on the CPU, where
-small problems are dominated by per-call dispatch. An iteration then costs a handful of vectorised ops
-and no autograd graph. Registered functions enter the partials through their own partials (derived or declared), as
-they do under autograd; a hand-written Function without symbolic partials leaves the model to autograd.
+For a formula f(x; b) the Jacobian columns are the symbolic partials df/db_j: the outputs, with f,
+of `derive.linearization_spec` of the model's `FunctionSpec`, emitted as one kernel whose common
+subexpressions are shared (``exp(-b2*x)`` is computed once for f and for both partials) by a
+backend: torch code (eager) for any device and dtype, numpy code for float64 on the CPU, where
+small problems are dominated by per-call dispatch, a fused C loop (cpu) for the batched fitter.
+An iteration then costs a handful of vectorised ops and no autograd graph. Registered functions
+enter the partials through their own partials (derived or declared), as they do under autograd; a
+hand-written Function without symbolic partials leaves the model to autograd.
 
 Compiled formulas are cached by text, names and the registry entries they were built against, in
 memory, and their generated code on disk (`customgrad.cache`, namespace ``formula-model``): a model
@@ -26,9 +28,9 @@ from ..codegen.runtime import compile_numpy, compile_source
 from ..errors import CustomgradError
 
 if TYPE_CHECKING:
-    import sympy
     import torch
 
+    from ..derive import FunctionSpec
     from ..formula import Formula
 
 _NAMESPACE = "formula-model"
@@ -52,17 +54,19 @@ class FormulaModel:
         self._key = key
         record = _load(key, "evaluate")
         if record is None:
-            parsed = self.parsed  # raises FormulaError for a bad formula: nothing is cached then
+            spec = self.spec  # raises FormulaError for a bad formula: nothing is cached then
             from ..codegen.torch import function_source
 
-            source = function_source("_expression", parsed.names, [parsed.expr])
-            record = {"names": list(parsed.names), "source": source}
+            # Registered functions called, not inlined: under autograd their own gradients apply.
+            source = function_source("_expression", spec.input_names, spec.raw_outputs)
+            record = {"names": list(spec.input_names), "source": source}
             _store(key, "evaluate", record)
         self.names = tuple(record["names"])
         compiled = compile_source(record["source"], "_expression", f"<customgrad expression {text}>")
         self.evaluate = lambda *arguments: compiled(*arguments)[0]
         self.evaluate.source = record["source"]
         self._linearizations: dict[tuple, Callable | None] = {}
+        self._row_specs: dict[tuple[str, ...], FunctionSpec] = {}
 
     @functools.cached_property
     def parsed(self) -> Formula:
@@ -70,6 +74,15 @@ class FormulaModel:
         from ..formula import parse_formula
 
         return parse_formula(self.text, what="model")
+
+    @functools.cached_property
+    def spec(self) -> FunctionSpec:
+        """The model's `FunctionSpec`: f over its names (data columns and parameters), in their order."""
+        from ..derive import derive_spec
+        from ..formula import symbol
+
+        parsed = self.parsed
+        return derive_spec("Model", tuple(symbol(n) for n in parsed.names), (parsed.expr,), formula=parsed.text)
 
     def __call__(self, data: dict, values: dict) -> torch.Tensor:
         return self.evaluate(*(data[n] if n in data else values[n] for n in self.names))
@@ -105,18 +118,23 @@ class FormulaModel:
     def linearization(self, free: tuple[str, ...], language: str = "torch") -> Callable | None:
         """``rows(out, *arguments)`` writing df/db_j into ``out[j]`` (j over ``free``) and f into ``out[-1]``.
 
-        ``arguments`` are the formula's values in the order of `names`; ``out`` has shape
-        (len(free) + 1, n): a tensor for ``language="torch"``, an array for ``"numpy"``. None when a
+        The kernel of `derive.linearization_spec` of the model's `spec`, emitted by the backend of
+        ``language`` (`backends.ROWS_LANGUAGES`: torch by the eager backend, numpy by the numpy one).
+        ``language="c"``: the cpu backend's fused C loop (`backends.cpu.CpuRows`; the torch rows where C
+        cannot run). ``arguments`` are the formula's values in the order of `names`; ``out`` has shape
+        (len(free) + 1, n): a tensor for ``"torch"`` and ``"c"``, an array for ``"numpy"``. None when a
         partial is not known symbolically (a hand-written registered Function) or the language
         cannot express the formula (numpy has no erf).
         """
         key = (free, language)
+        if language == "c" and key not in self._linearizations:
+            self._linearizations[key] = self._c_rows(free)
         if key not in self._linearizations:
             part = f"rows {language} {' '.join(free)}"
             record = _load(self._key, part)
             if record is None:
                 try:
-                    record = {"source": self._source(self._rows(free), language)}
+                    record = {"source": self._rows_source(free, language)}
                 except (CustomgradError, NotImplementedError, TypeError, ValueError):
                     record = {"source": None}
                 _store(self._key, part, record)
@@ -128,25 +146,43 @@ class FormulaModel:
         """``value(out, *arguments)`` writing f into ``out[0]``; None where `linearization` gives None."""
         return self.linearization((), language)
 
-    @functools.lru_cache(maxsize=8)  # noqa: B019 - one model per formula, kept by formula_model anyway
-    def _rows(self, free: tuple[str, ...]) -> list[sympy.Expr]:
-        from ..derive import derive_partial, inline_registered
-        from ..formula import symbol
+    def rows_spec(self, free: tuple[str, ...]) -> FunctionSpec:
+        """`derive.linearization_spec` of the model's `spec`: [df/db_j for b_j in ``free``] + [f]."""
+        if free not in self._row_specs:
+            from ..derive import linearization_spec
 
-        expr = self.parsed.expr
-        # Differentiate before inlining registered functions, so their declared partials apply.
-        rows = [inline_registered(derive_partial(expr, symbol(name))) for name in free]
-        rows.append(inline_registered(expr))
-        return rows
+            self._row_specs[free] = linearization_spec(self.spec, free)
+        return self._row_specs[free]
 
-    def _source(self, rows: list[sympy.Expr], language: str) -> str:
-        from ..codegen.torch import rows_source
+    def _rows_source(self, free: tuple[str, ...], language: str) -> str:
+        from ..backends import ROWS_LANGUAGES, get_backend
 
-        if language == "numpy":
-            from ..codegen.numpy import NumpyCodePrinter
+        return get_backend(ROWS_LANGUAGES[language]).rows_source(self.rows_spec(free), "_rows")
 
-            return rows_source("_rows", self.names, rows, NumpyCodePrinter())
-        return rows_source("_rows", self.names, rows)
+    def _c_rows(self, free: tuple[str, ...]) -> Callable | None:
+        """The cpu backend's rows kernel, with the torch rows as its fallback (None: no symbolic rows)."""
+        fallback = self.linearization(free, "torch")
+        from ..backends.cpu import CpuRows, compiler
+
+        if fallback is None or compiler() is None:
+            return fallback
+        c_source = functools.partial(self._c_source, free)
+        return CpuRows(f"rows of {self.text}", len(self.names), c_source, fallback)
+
+    def _c_source(self, free: tuple[str, ...], single: bool, layouts: str) -> str | None:
+        """The C source of the rows for one precision and input layouts, through the disk cache."""
+        part = f"rows c {' '.join(free)} {'float' if single else 'double'} {layouts}"
+        record = _load(self._key, part)
+        if record is None:
+            from ..backends import get_backend
+            from ..errors import BackendError
+
+            try:
+                record = {"source": get_backend("cpu").rows_source(self.rows_spec(free), single, layouts)}
+            except BackendError:
+                record = {"source": None}
+            _store(self._key, part, record)
+        return record["source"]
 
 
 class _Compiled:

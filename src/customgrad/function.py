@@ -63,12 +63,13 @@ def _with_signature(function, names: Sequence[str]):
 
 def _eager_twin(spec: FunctionSpec):
     """The formula as plain torch ops, differentiated by ordinary autograd (true derivatives, every
-    intermediate saved): a same-dtype reference for checks and benchmarks. Generated on first call."""
+    intermediate saved): a same-dtype reference for checks and benchmarks. Generated on first call.
+    Not widened: float16/bfloat16 run op by op in their own dtype, as a user's eager code would."""
     code: list = []
 
     def eager(*arguments):
         if not code:
-            code.append(torch_callable(spec.outputs[0], spec.input_names))
+            code.append(torch_callable(spec.outputs[0], spec.input_names, widen=False))
         return code[0](*_as_tensor_arguments(arguments))
 
     return _with_signature(eager, spec.input_names)

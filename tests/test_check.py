@@ -239,6 +239,24 @@ def test_precision_tolerance_comes_from_the_same_dtype_eager_formula():
     assert next(r for r in report.results if r.name == "precision").status == "passed", str(report)
 
 
+class CancellingWithOverflowingTwin(CancellingHandwritten):
+    """The cancelling Function, with a same-dtype twin that overflows to inf in float16."""
+
+    @staticmethod
+    def eager(x):
+        return (x * 60000) * (x * 60000) + 1000 * (torch.exp(x) - torch.exp(x - 0.001))
+
+
+def test_an_overflowing_eager_twin_gives_no_infinite_tolerance():
+    x = torch.randn(5, dtype=torch.float64)
+    twin = CancellingWithOverflowingTwin.eager(x.to(torch.float16))
+    assert not bool(torch.isfinite(twin).all())
+    report = check(CancellingWithOverflowingTwin, x, checks=["precision"], compile=False)
+    precision = next(r for r in report.results if r.name == "precision")
+    # The fixed 64-eps tolerance still applies, so float16's cancellation is reported.
+    assert precision.status == "failed" and "float16" in precision.message, precision.message
+
+
 def test_precision_of_a_generated_function_with_an_unused_input():
     generated = customgrad.function("x*y", inputs=["x", "u", "y"])
     values = [torch.randn(4, dtype=torch.float64) for _ in range(3)]

@@ -13,20 +13,7 @@ def test_the_set_spans_one_to_nine_inputs():
     assert min(counts) == 1 and max(counts) == 9 and len(PHYSICS) >= 50
 
 
-# Second order of a constant factor shared by CSE: the generated code calls torch.square on a Python float
-# (on main too; a printer defect for the harden-define work, issue 13).
-KNOWN_DEFECTS = {"radioactive": "torch.square(<Python float>) in generated second-order code"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_DEFECTS[name], raises=TypeError, strict=False))
-        if name in KNOWN_DEFECTS
-        else name
-        for name in sorted(PHYSICS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(PHYSICS))
 def test_first_and_second_derivatives_match_eager_autograd(name):
     generated = customgrad.function(PHYSICS[name])
     generator = torch.Generator().manual_seed(len(name))

@@ -408,8 +408,8 @@ def _add_check(subparsers) -> None:
         "--timeout",
         type=float,
         metavar="SECONDS",
-        help="time limit of each check (default 60, compile 300); a forward or backward that runs past it "
-        "is stopped and reported",
+        help="time limit of each forward or backward call, from when it starts (default 60, compile 300); "
+        "one that runs past it is stopped and reported",
     )
     parser.set_defaults(run=_run_check)
 

@@ -50,9 +50,21 @@ class FunctionSpec:
     formula: str = ""
     full_shape: tuple[str, ...] = ()
 
+    #: (source, function name) of the forward's generated torch code when already known (`function_cache`).
+    torch_source = None
+
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(symbol.name for symbol in self.inputs)
+
+    @property
+    def output_count(self) -> int:
+        return len(self.raw_outputs)
+
+    @property
+    def declared_text(self) -> dict[str, str]:
+        """Declared gradients as text, input name -> formula."""
+        return {name: str(expr) for name, expr in self.declared.items()}
 
     @functools.cached_property
     def outputs(self) -> tuple[sympy.Expr, ...]:
@@ -364,6 +376,11 @@ def backward_spec(spec: FunctionSpec, needed: tuple[int, ...], level: int) -> tu
     inputs = tuple(spec.inputs[j] for j in used) + grads
     backward = derive_spec(f"{spec.name}_backward", inputs, outputs, full_shape=tuple(g.name for g in grads))
     return backward, used
+
+
+def backward_level(backward: FunctionSpec) -> int:
+    """The level of a `backward_spec` result: the ``<level>`` of its gradient names ``_g<level>_<k>``."""
+    return int(backward.full_shape[0][2:].split("_")[0])
 
 
 def jvp_spec(spec: FunctionSpec) -> FunctionSpec:

@@ -32,6 +32,11 @@ def _gradient_text(input_name: str, value) -> str:
     )
 
 
+def next_class_name() -> str:
+    """A fresh default class name, ``Formula<n>``."""
+    return f"Formula{next(_counter)}"
+
+
 def formula_spec(
     formula: str,
     *,
@@ -89,7 +94,7 @@ def formula_spec(
             )
         declared[input_name] = parsed_gradient.expr
     symbols = tuple(symbol(n) for n in input_names)
-    return derive_spec(class_name or f"Formula{next(_counter)}", symbols, (parsed.expr,), declared, formula=parsed.text)
+    return derive_spec(class_name or next_class_name(), symbols, (parsed.expr,), declared, formula=parsed.text)
 
 
 def register_spec(name: str, spec: FunctionSpec, function=None, *, generate=None) -> RegisteredFunction:

@@ -14,22 +14,24 @@ compiles with ``fullgraph=True``) and ``cls.forward_ad`` (defines ``jvp``; use i
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from . import function_cache
 from .backends import build_kernel, check_backend_name, check_device
 from .backends.eager import python_name as _python_name
 from .codegen.torch import torch_callable
 from .derive import FunctionSpec, backward_spec, jvp_spec
 from .errors import BackendError, UsageError
 from .formula import shorten
-from .formula_spec import formula_spec, register_spec
+from .formula_spec import formula_spec, next_class_name, register_spec
 from .launcher import _as_tensor_arguments, broadcast_error, checked_arguments, promoted_dtype, reduce_gradient
 from .registry import check_function_name
 
-_counter = itertools.count()
+#: The next level for a backward's upstream-gradient names (``_g<level>_<k>``): levels only grow along a
+#: chain of backwards, also when a cached backward brings its recorded level (see `_Backwards.derive`).
+_next_level = [0]
 
 
 def _call_apply(cls, *args, **kwargs):
@@ -61,12 +63,13 @@ def _with_signature(function, names: Sequence[str]):
 
 def _eager_twin(spec: FunctionSpec):
     """The formula as plain torch ops, differentiated by ordinary autograd (true derivatives, every
-    intermediate saved): a same-dtype reference for checks and benchmarks. Generated on first call."""
+    intermediate saved): a same-dtype reference for checks and benchmarks. Generated on first call.
+    Not widened: float16/bfloat16 run op by op in their own dtype, as a user's eager code would."""
     code: list = []
 
     def eager(*arguments):
         if not code:
-            code.append(torch_callable(spec.outputs[0], spec.input_names))
+            code.append(torch_callable(spec.outputs[0], spec.input_names, widen=False))
         return code[0](*_as_tensor_arguments(arguments))
 
     return _with_signature(eager, spec.input_names)
@@ -96,6 +99,11 @@ def _launch(kernel, arguments: Sequence, argument_names: Sequence[str], function
     return outputs
 
 
+def _reserve_level(level: int) -> None:
+    """Every later backward gets a level above ``level``."""
+    _next_level[0] = max(_next_level[0], level + 1)
+
+
 class _Backwards:
     """The backward Functions of one spec, one per needs-input-grad mask, generated on first use.
 
@@ -106,14 +114,25 @@ class _Backwards:
     def __init__(self, spec: FunctionSpec, backend: str, higher_backend: str):
         self.spec, self.backend, self.higher_backend = spec, backend, higher_backend
         self.cache: dict[tuple[int, ...], tuple[type, list[int]]] = {}
+        self.remember: Callable[[], None] | None = None  # writes the disk cache entry (set by `function`)
+
+    def derive(self, needed: tuple[int, ...], level: int | None = None) -> tuple[FunctionSpec, list[int]]:
+        """The backward spec of ``needed`` at ``level`` (a cached backward's recorded one), else a fresh level;
+        later levels are always higher, so a backward of this backward never reuses its gradient names."""
+        if level is None:
+            level = _next_level[0]
+        _reserve_level(level)
+        return backward_spec(self.spec, needed, level)
 
     def __call__(self, needed: tuple[int, ...]) -> tuple[type, list[int]]:
         if needed not in self.cache:
-            backward, used = backward_spec(self.spec, needed, next(_counter))
+            backward, used = function_cache.backward_of(self.spec, needed, self.derive, _reserve_level)
             function = build_function(
                 backward, eager_backward=False, backend=self.backend, higher_backend=self.higher_backend
             )
             self.cache[needed] = (function, used)
+            if self.remember is not None and not function_cache.holds(self.spec, needed):
+                self.remember()
         return self.cache[needed]
 
 
@@ -130,7 +149,7 @@ def build_function(
     """
     if higher_backend is None:
         higher_backend = backend if backend in ("eager", "compile") else "eager"
-    input_count = len(spec.inputs)
+    input_count = len(spec.input_names)
     argument_names = list(spec.input_names)
     kernel = build_kernel(backend, spec)
     backward_function = _Backwards(spec, higher_backend if not eager_backward else backend, higher_backend)
@@ -183,8 +202,8 @@ def build_function(
         "backend": backend,
         "formula": spec.formula,
         "input_names": tuple(argument_names),
-        "declared_grads": {name: str(expr) for name, expr in spec.declared.items()},
-        "eager": staticmethod(_eager_twin(spec)) if eager_backward and len(spec.outputs) == 1 else None,
+        "declared_grads": spec.declared_text,
+        "eager": staticmethod(_eager_twin(spec)) if eager_backward and spec.output_count == 1 else None,
         "forward_source": kernel.source,
         "reduced": staticmethod(_reducer(kernel)),
         # The formula as written; printing a backward's outputs would cost more than generating its code.
@@ -241,12 +260,14 @@ class _AutogradHooks:
         self.compiled_function = compiled_function
 
     def setup_context(self, for_jvp: bool):
-        all_inputs = tuple(range(len(self.spec.inputs)))
+        all_inputs = tuple(range(len(self.spec.input_names)))
         compiled_keep = self.compiled_keep
         spec = self.spec
 
+        known_needs = getattr(spec, "known_needs", None)  # a cached spec: None until derived
+
         def spec_needs():  # Dynamo traces this closure: it must capture plain functions, not the spec
-            return spec.needs
+            return known_needs() if known_needs is not None else spec.needs
 
         def setup_context(ctx, inputs, output):
             ctx.needed = tuple(i for i in all_inputs if ctx.needs_input_grad[i] and isinstance(inputs[i], torch.Tensor))
@@ -255,7 +276,8 @@ class _AutogradHooks:
             elif torch.compiler.is_compiling():
                 keep = compiled_keep  # no SymPy while tracing: the backward for all inputs, built eagerly
             else:
-                keep = sorted(set().union(*(spec_needs()[i] for i in ctx.needed)))
+                needs = spec_needs()  # None: a cached backward's partials are not derived yet, keep all
+                keep = list(all_inputs) if needs is None else sorted(set().union(*(needs[i] for i in ctx.needed)))
             ctx.numbers = {j: inputs[j] for j in keep if not isinstance(inputs[j], torch.Tensor)}
             ctx.tensor_positions = [j for j in keep if isinstance(inputs[j], torch.Tensor)]
             ctx.save_for_backward(*(inputs[j] for j in ctx.tensor_positions))
@@ -268,7 +290,7 @@ class _AutogradHooks:
         return setup_context
 
     def backward(self, for_jvp: bool):
-        input_count = len(self.spec.inputs)
+        input_count = len(self.spec.input_names)
         all_inputs = tuple(range(input_count))
         compiled_keep, compiled_function = self.compiled_keep, self.compiled_function
         backwards = self.backward_function
@@ -359,13 +381,23 @@ def function(
     if name is not None:
         check_function_name(name)
     check_backend_name(backend)
-    spec = formula_spec(formula, inputs=inputs, grads=grads, class_name=name)
+    key = function_cache.definition_key(formula, inputs, grads, name, backend)
+    class_name = name if name is not None else next_class_name()
+
+    def build() -> FunctionSpec:
+        return formula_spec(formula, inputs=inputs, grads=grads, class_name=class_name)
+
+    spec = function_cache.load(key, class_name, build) or build()
     if name is not None and name in spec.input_names:
         raise UsageError(
             f"name {name!r} is also an input of {shorten(formula)!r}: registering it would make {name!r} a "
             "function in every later formula; choose another name"
         )
     cls = build_function(spec, backend=backend)
+    if key is not None:
+        cls._backward_for.remember = lambda: function_cache.store(key, spec, cls)
+        if not isinstance(spec, function_cache.CachedSpec):
+            cls._backward_for.remember()
     if name is not None:
         register_spec(name, spec, cls)
     return cls

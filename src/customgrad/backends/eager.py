@@ -17,8 +17,11 @@ def python_name(name: str) -> str:
 
 def torch_kernel(spec: FunctionSpec) -> Callable:
     """``kernel(*tensors) -> tuple`` of the spec's outputs, each with the inputs' broadcast shape."""
-    name = f"{python_name(spec.name)}_forward"
-    source = kernel_source(spec, name)
+    if spec.torch_source is not None:  # read back from the disk cache (`function_cache`)
+        source, name = spec.torch_source
+    else:
+        name = f"{python_name(spec.name)}_forward"
+        source = kernel_source(spec, name)
     kernel = compile_source(source, name, f"<customgrad {spec.name} forward>")
     kernel.source = source
     return kernel

@@ -82,7 +82,7 @@ CHECK_NAMES = tuple(check.name for check in CHECKS)
 
 #: How a check run on the forward alone says so, first in its message.
 FORWARD_ONLY = "forward only: backward does not run (see 'runs')"
-#: The default time limit of each check, in seconds (``Check.time_limit`` overrides it).
+#: Default time limit in seconds of each call of the Function in a check (``Check.time_limit`` overrides it).
 DEFAULT_TIME_LIMIT = 60.0
 
 
@@ -118,8 +118,9 @@ def check(
         Run the torch.compile check: True uses the ``"aot_eager"`` backend (traces forward and
         backward with fullgraph=True, fast); a string names the backend (``"inductor"``); False skips.
     timeout : float, optional
-        Time limit of each check in seconds (default 60, and 300 for ``compile``). A part of the Function
-        that runs past it is stopped and reported; the checks that need that part are then skipped.
+        Time limit in seconds of each part of the Function (a forward, a backward), counted from when it
+        starts (default 60, and 300 for ``compile``), and so has the checker's own work between the parts.
+        A part that runs past it is stopped and reported; the checks that need it are skipped.
     isolation : {"auto", "process", "thread"}
         Where the Function runs. "process": in a worker process that re-imports it by reference (its
         module and name), so that a hang, ``sys.exit``/``os._exit`` or a crash (segmentation fault) ends
@@ -195,7 +196,7 @@ def _check_timeout(timeout: Any) -> float:
     if timeout is None:
         return DEFAULT_TIME_LIMIT
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise UsageError(f"timeout must be a positive number of seconds (per check), got {timeout!r}")
+        raise UsageError(f"timeout must be a positive number of seconds (per call of the Function), got {timeout!r}")
     return float(timeout)
 
 

@@ -6,6 +6,7 @@ See `worker` for the process's own side.
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import select
@@ -17,15 +18,17 @@ import tempfile
 import time
 from typing import Any
 
-from .parts import PHASES
+from .parts import MARKER_SIZE, PHASES, PhaseMarker
 from .pipes import receive, send, send_pickled
 
 #: Module-name prefix of the files that `target.load_target` runs: re-imported from their file.
 FILE_MODULE_PREFIX = "_customgrad_target_"
 #: Seconds a worker may take to start (import torch and the Function) beyond the checks' own time limit.
 STARTUP_SECONDS = 120.0
-#: Seconds to wait for a hung worker's stack dump before killing it.
-DUMP_SECONDS = 1.5
+#: Seconds to wait for a hung worker's stack dump before killing it (a loaded machine may take a while
+#: to schedule it), and for how long the dump's size must stay the same to count as complete.
+DUMP_SECONDS = 5.0
+DUMP_QUIET_SECONDS = 0.3
 
 
 def reference_of(fn: Any) -> tuple[tuple[str, str, str] | None, str]:
@@ -85,7 +88,10 @@ class WorkerProcess:
         self.dump_path = os.path.join(self.directory, "stacks.txt")
         self.marker_path = os.path.join(self.directory, "phase")
         with open(self.marker_path, "wb") as marker:
-            marker.write(b"\0")
+            marker.write(bytes(MARKER_SIZE))
+        with open(self.marker_path, "r+b") as marker:
+            self.marker = PhaseMarker()
+            self.marker.attach(mmap.mmap(marker.fileno(), MARKER_SIZE))
         child_read, self.write_fd = os.pipe()
         self.read_fd, child_write = os.pipe()
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -116,13 +122,16 @@ class WorkerProcess:
 
     def run(self, name: str, forward_only: bool, clone_inputs: bool, limit: float) -> tuple:
         """``("result", CheckResult, clone_inputs)``, ``("timeout", dump, phase)`` or ``("died", exit status,
-        dump, phase)``; after the last two the process is gone."""
+        dump, phase)``; after the last two the process is gone. ``limit`` counts from when the running part
+        of the Function started (see `PhaseMarker.deadline`), not from the request: on a loaded machine the
+        checker's own work before it must not use up the Function's time."""
+        start = time.monotonic()
         try:
             send(self.write_fd, ("run", name, forward_only, clone_inputs))
         except OSError:
             return self._died()
         try:
-            reply = self._wait(limit)
+            reply = self._wait_for_result(start, limit)
         except EOFError:
             return self._died()
         if reply is None:
@@ -133,6 +142,18 @@ class WorkerProcess:
         """The next message, None when none came within ``limit`` seconds; `EOFError` if the worker ended."""
         ready, _, _ = select.select([self.read_fd], [], [], limit)
         return receive(self.read_fd) if ready else None
+
+    def _wait_for_result(self, start: float, limit: float) -> Any:
+        """The worker's reply, or None once the part of the Function (or the checker's code) it is in ran
+        past its deadline; `EOFError` if the worker ended."""
+        while True:
+            remaining = self.marker.deadline(start, limit) - time.monotonic()
+            if remaining <= 0:
+                return None
+            # Wake up at least every second: the deadline moves when the worker enters or leaves a part.
+            reply = self._wait(min(remaining, 1.0))
+            if reply is not None:
+                return reply
 
     def _died(self) -> tuple:
         try:
@@ -147,13 +168,14 @@ class WorkerProcess:
     def _kill_hung(self) -> tuple:
         if hasattr(signal, "SIGUSR1"):
             self.process.send_signal(signal.SIGUSR1)
-            deadline, size = time.monotonic() + DUMP_SECONDS, -1
+            deadline, size, quiet_since = time.monotonic() + DUMP_SECONDS, -1, time.monotonic()
             while time.monotonic() < deadline:
-                time.sleep(0.1)
+                time.sleep(0.05)
                 current = os.path.getsize(self.dump_path)
-                if current and current == size:
+                if current != size:
+                    size, quiet_since = current, time.monotonic()
+                elif current and time.monotonic() - quiet_since >= DUMP_QUIET_SECONDS:
                     break
-                size = current
         self.process.kill()
         self.process.wait()
         dump, phase = self._read_dump(), self._read_phase()
@@ -179,6 +201,7 @@ class WorkerProcess:
         """Ask the worker to quit, kill it if it does not, and remove its files; idempotent."""
         if self.process is None:
             return
+        self.marker.buffer.close()
         if self.process.poll() is None:
             try:
                 send(self.write_fd, ("quit",))

@@ -14,7 +14,9 @@ import inspect
 import linecache
 import os
 import re
+import struct
 import sysconfig
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -51,12 +53,17 @@ class Frame:
     name: str
 
 
+#: Bytes of the shared marker: the phase's code, padding, then the ``time.monotonic()`` of its last change.
+MARKER_SIZE = 16
+
+
 class PhaseMarker:
-    """What the battery asked the Function to do last: one byte, shared with the parent process when the
-    battery runs in a worker (`attach`), so that it can still be read after the worker died."""
+    """What the battery asked the Function to do last, and since when: 16 bytes, shared with the parent
+    process when the battery runs in a worker (`attach`), so that it can still be read after the worker
+    died, and so that a time limit counts from when the part started (`deadline`)."""
 
     def __init__(self) -> None:
-        self.buffer: Any = bytearray(1)
+        self.buffer: Any = bytearray(MARKER_SIZE)
 
     def attach(self, buffer: Any) -> None:
         self.buffer = buffer
@@ -65,15 +72,25 @@ class PhaseMarker:
         """Enter ``phase``; returns the previous code for `restore` (not restored when an error unwinds,
         so that after an exception the marker still says where it was raised)."""
         previous = self.buffer[0]
-        self.buffer[0] = PHASES.index(phase)
+        self._enter(PHASES.index(phase))
         return previous
 
     def restore(self, code: int) -> None:
+        self._enter(code)
+
+    def _enter(self, code: int) -> None:
+        struct.pack_into("d", self.buffer, 8, time.monotonic())
         self.buffer[0] = code
 
     @property
     def phase(self) -> str:
         return PHASES[self.buffer[0]] if self.buffer[0] < len(PHASES) else ""
+
+    def deadline(self, start: float, limit: float) -> float:
+        """When the work begun at ``start`` (``time.monotonic()``) is out of time: ``limit`` seconds after
+        the current part of the Function started, or after the checker's own code last resumed (the end
+        of the last part), so that many calls of the Function in one check do not add up."""
+        return max(start, struct.unpack_from("d", self.buffer, 8)[0]) + limit
 
 
 PHASE = PhaseMarker()

@@ -11,10 +11,19 @@ import time
 import warnings
 from typing import Any
 
+import torch
+
 from ..errors import UsageError
 from .crash import crash_result, signal_name
 from .isolation import WorkerProcess, WorkerUnavailable, reference_of
-from .parts import PHASE, frames_of_dump, frames_of_live_frame, frames_of_traceback, is_user_frame, locate
+from .parts import (
+    PHASE,
+    frames_of_dump,
+    frames_of_live_frame,
+    frames_of_traceback,
+    is_user_frame,
+    locate,
+)
 from .report import CheckResult
 from .subject import Subject, describe_error
 
@@ -38,6 +47,35 @@ def run_check(item: Any, subject: Subject) -> CheckResult:
     if messages:
         result.details.setdefault("python_warnings", messages[:5])
     return result
+
+
+class _Square(torch.autograd.Function):
+    """f(x) = x^2: a Function of customgrad's own for `warm_up`."""
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad_output
+
+
+def warm_up() -> None:
+    """Run a Function's forward, backward and double backward once, outside every time limit.
+
+    torch imports modules on first use (``torch.autograd.grad`` with ``grad_outputs`` imports SymPy
+    through ``torch.fx``: seconds on a loaded machine); in the user's first backward that time counted
+    against its limit and the stack showed torch's import, so a working backward was reported as slow.
+    """
+    x = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    (gradient,) = torch.autograd.grad(_Square.apply(x), x, torch.ones_like(x), create_graph=True)
+    torch.autograd.grad(gradient, x, torch.ones_like(x), allow_unused=True)
 
 
 def error_result(name: str, subject: Subject, error: BaseException) -> CheckResult:
@@ -71,14 +109,21 @@ class ThreadRunner:
     def __init__(self, subject: Subject, why: str):
         self.subject = subject
         self.description = f"in this process with a thread time limit ({why})"
+        warm_up()
 
     def run(self, item: Any, subject: Subject, limit: float) -> CheckResult:
         box: dict[str, CheckResult] = {}
         worker = threading.Thread(target=lambda: box.setdefault("result", run_check(item, subject)), daemon=True)
         worker.name = f"customgrad-check-{item.name}"
         start = time.perf_counter()
+        begun = time.monotonic()
         worker.start()
-        worker.join(limit)
+        while worker.is_alive():
+            # The limit counts from when the running part of the Function started (`PhaseMarker.deadline`).
+            remaining = PHASE.deadline(begun, limit) - time.monotonic()
+            if remaining <= 0:
+                break
+            worker.join(min(remaining, 1.0))
         if "result" in box:
             return box["result"]
         frame = sys._current_frames().get(worker.ident)

@@ -60,11 +60,14 @@ def _load(reference: tuple[str, str, str]) -> Any:
 def _setup(message: dict[str, Any], marker_path: str) -> tuple[Any, Any]:
     import copy
 
-    from .parts import PHASE
+    from .parts import MARKER_SIZE, PHASE
     from .subject import Subject
 
     with open(marker_path, "r+b") as marker:
-        PHASE.attach(mmap.mmap(marker.fileno(), 1))
+        PHASE.attach(mmap.mmap(marker.fileno(), MARKER_SIZE))
+    from .runners import warm_up
+
+    warm_up()  # torch's lazy imports, before "ready": not in the time limit of the Function's parts
     subject = Subject(_load(message["reference"]), tuple(message["inputs"]), message["custom_gradient"])
     subject.compile_backend = message["compile_backend"]
     forward_subject = copy.copy(subject)

@@ -223,6 +223,7 @@ def function_source(
     full_shape: Sequence[str] = (),
     into: bool = False,
     printer: TorchCodePrinter | None = None,
+    widen: bool = True,
 ) -> str:
     """Source of ``def name(args): ...; return (out0, out1, ...)`` with common subexpressions shared.
 
@@ -234,15 +235,19 @@ def function_source(
     With ``into``: ``def name(_out, args): ...; _out[k] = out_k`` instead, each output broadcast into
     ``_out[k]`` (an array or tensor the caller allocates: a constant output costs one fill).
     ``printer`` picks the language (torch by default; `codegen.numpy.NumpyCodePrinter` for numpy,
-    whose code takes float64 arrays as they are).
+    whose code takes float64 arrays as they are). With ``widen`` (torch) float16/bfloat16 are computed
+    in float32 and rounded once; without, every op runs in the inputs' dtype, as the formula written in
+    plain torch ops would (`Function.eager`, the same-dtype reference of checks).
     """
     printer = printer or TorchCodePrinter()
     arguments = ", ".join(argument_names)
     lines = [f"def {name}({'_out, ' if into else ''}{arguments}):"]
-    if printer.module == "torch":
+    if printer.module == "torch" and widen:
         # float16/bfloat16 are computed in float32 and rounded once at the end, as torch's kernels do
         # inside one op: rewritten forms such as x**2/10000 for (x/100)**2 would overflow in half.
         lines.append(f"    {arguments}, _low = _widen({arguments})")
+    elif not into:
+        lines.append("    _low = None")
     replacements, reduced = shared_subexpressions(outputs) if shared else ([], list(outputs))
     for temporary, value in replacements:
         lines.append(f"    {temporary} = {printer.doprint(value)}")
@@ -262,13 +267,14 @@ def function_source(
     return "\n".join(lines) + "\n"
 
 
-def torch_callable(expr: sympy.Expr, names: Sequence[str]) -> Callable[..., torch.Tensor]:
+def torch_callable(expr: sympy.Expr, names: Sequence[str], *, widen: bool = True) -> Callable[..., torch.Tensor]:
     """A torch function of positional tensors (in the order ``names``) computing ``expr``.
 
     Differentiable by ordinary autograd; registered functions are called through their
-    autograd Functions, so their own (derived or declared) gradients apply.
+    autograd Functions, so their own (derived or declared) gradients apply. Without ``widen``
+    float16/bfloat16 inputs are computed op by op in their own dtype (see `function_source`).
     """
-    source = function_source("_expression", list(names), [expr], shared=True)
+    source = function_source("_expression", list(names), [expr], shared=True, widen=widen)
     compiled = compile_source(source, "_expression", f"<customgrad expression {expr}>")
 
     def evaluate(*arguments):

@@ -248,19 +248,32 @@ def test_triton_low_precision_is_as_accurate_as_same_dtype_eager(formula, dtype,
     ],
     ids=str,
 )
-def test_cpu_reads_row_and_column_broadcasts_in_place_and_sums_their_gradients(shapes):
+@pytest.mark.parametrize("backend", ["cpu", "auto"])
+def test_cpu_reads_row_and_column_broadcasts_in_place_and_sums_their_gradients(shapes, backend, monkeypatch):
     # Large enough for the threaded loop; m varies along the trailing, s along the leading dimensions,
-    # and their gradients are summed inside the backward kernel.
+    # and their gradients are summed inside the backward kernel ("auto" too: it picks the cpu kernel).
+    from customgrad.backends.cpu import CpuKernel
+
+    summed_to = []
+    original = CpuKernel.reduced
+
+    def spy(self, tensors, targets):
+        summed_to.append(targets)
+        return original(self, tensors, targets)
+
+    monkeypatch.setattr(CpuKernel, "reduced", spy)
     generator = torch.Generator().manual_seed(9)
     values = [torch.rand(shape, generator=generator, dtype=torch.float64) + 0.5 for shape in shapes]
     formula = "exp(-(x - m)**2/(2*s**2))/s"
     leaves = [v.clone().requires_grad_() for v in values]
     copies = [v.clone().requires_grad_() for v in values]
-    fused, eager = built(formula, "cpu"), built(formula, "eager")
+    fused, eager = function(formula, backend=backend), built(formula, "eager")  # fused: built after the spy
     got, want = fused.apply(*leaves), eager.apply(*copies)
     assert_matches_reference(got, want, rtol=1e-13, what="forward")
     for g, e in zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(want.sum(), copies), strict=True):
         assert_matches_reference(g, e, rtol=1e-11, what="gradient")
+    wanted = [tuple(shape) for shape in shapes]
+    assert any(t is not None and [tuple(s) for s in t] == wanted for t in summed_to), "not summed in the loop"
 
 
 @pytest.mark.gpu

@@ -135,19 +135,36 @@ class AutoKernel:
             self.fused[backend] = kernel
         return self.fused[backend]
 
+    def _chosen(self, tensors) -> tuple[str | None, Callable | None]:
+        """The fused backend for these tensors' device and size, and its kernel (None: run eager)."""
+        if torch.compiler.is_compiling():
+            return None, None
+        device = tensors[0].device.type
+        backend = None
+        if device == "cpu" and max(t.numel() for t in tensors) >= AUTO_CPU_MIN_SIZE:
+            backend = "cpu"
+        elif device == "cuda":
+            backend = "triton"
+        return backend, (self._fused(backend) if backend else None)
+
+    def _run(self, backend: str, run: Callable):
+        try:
+            return run()
+        except BackendError as error:  # e.g. the compiler fails on this machine
+            warn_once(str(error))
+            self.fused[backend] = None
+            return None
+
     def __call__(self, *tensors):
-        if not torch.compiler.is_compiling():
-            device = tensors[0].device.type
-            backend = None
-            if device == "cpu" and max(t.numel() for t in tensors) >= AUTO_CPU_MIN_SIZE:
-                backend = "cpu"
-            elif device == "cuda":
-                backend = "triton"
-            kernel = self._fused(backend) if backend else None
-            if kernel is not None:
-                try:
-                    return kernel(*tensors)
-                except BackendError as error:  # e.g. the compiler fails on this machine
-                    warn_once(str(error))
-                    self.fused[backend] = None
+        backend, kernel = self._chosen(tensors)
+        if kernel is not None:
+            outputs = self._run(backend, lambda: kernel(*tensors))
+            if outputs is not None:
+                return outputs
         return self.eager(*tensors)
+
+    def reduced(self, tensors, targets):
+        """As the chosen fused kernel's ``reduced`` (broadcast gradients summed inside its loop), else None."""
+        backend, kernel = self._chosen(tensors)
+        reduce = getattr(kernel, "reduced", None)
+        return None if reduce is None else self._run(backend, lambda: reduce(tensors, targets))

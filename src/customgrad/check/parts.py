@@ -170,12 +170,13 @@ def user_frame_location(frames: Iterable[Frame]) -> str | None:
     for frame in frames:
         if is_user_frame(frame):
             source = linecache.getline(frame.filename, frame.lineno).strip()
-            where = f"{_short_path(frame.filename)}:{frame.lineno}"
+            where = f"{short_path(frame.filename)}:{frame.lineno}"
             return f"{where}: {source}" if source else where
     return None
 
 
-def _short_path(path: str) -> str:
+def short_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it, else as given."""
     try:
         relative = os.path.relpath(path)
     except ValueError:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckError, UsageError
-from .parts import PHASE
+from .parts import PHASE, short_path
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _CHECK_DIR = os.path.dirname(__file__)
@@ -95,17 +95,9 @@ def user_location(error: BaseException) -> str | None:
         path = os.path.abspath(frame.filename)
         if path.startswith(_TORCH_DIR) or path.startswith(_CHECK_DIR) or frame.filename.startswith("<"):
             continue
-        where = f"{_short_path(frame.filename)}:{frame.lineno}"
+        where = f"{short_path(frame.filename)}:{frame.lineno}"
         return f"{where}: {frame.line.strip()}" if frame.line else where
     return None
-
-
-def _short_path(path: str) -> str:
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:
-        return path
-    return relative if not relative.startswith("..") else path
 
 
 def describe_error(error: BaseException) -> str:

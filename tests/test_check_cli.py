@@ -14,7 +14,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SOURCE = Path(__file__).parent.parent / "src"
 
 
-def run_cli(*arguments: str) -> subprocess.CompletedProcess:
+def run_cli(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``customgrad check ARGUMENTS`` through the real entry point, in a fresh process."""
     environment = dict(os.environ, PYTHONPATH=f"{SOURCE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     return subprocess.run(
         [sys.executable, "-m", "customgrad", "check", *arguments],
@@ -22,7 +23,7 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
         text=True,
         env=environment,
         cwd=Path(__file__).parent.parent,
-        timeout=600,
+        timeout=timeout,
     )
 
 

@@ -4,9 +4,7 @@ outputs, scalar and empty inputs, large inputs, a forward that returns its input
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +14,9 @@ import torch
 import customgrad
 from customgrad.check import battery, layouts
 from fixtures.planted_mistakes import MissingTerm
+from test_check_cli import run_cli as run_check_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SOURCE = Path(__file__).parent.parent / "src"
 check = functools.partial(customgrad.check, compile=False, isolation="thread")
 
 
@@ -40,15 +38,7 @@ def test_nan_equals_nan_in_determinism_and_vmap():
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    environment = dict(os.environ, PYTHONPATH=f"{SOURCE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    return subprocess.run(
-        [sys.executable, "-m", "customgrad", "check", *arguments],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=Path(__file__).parent.parent,
-        timeout=300,
-    )
+    return run_check_cli(*arguments, timeout=300)
 
 
 @pytest.mark.parametrize("shapes", ["(),()", "0,0"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,23 +18,15 @@ from customgrad import UsageError
 from fixtures.correct_functions import CORRECT
 from fixtures.misbehaving import HangsInBackward, NeedsTorchWarmedUp
 from fixtures.planted_mistakes import PLANTED
+from test_check_cli import run_cli as run_check_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SOURCE = Path(__file__).parent.parent / "src"
 FORWARD_ONLY_CHECKS = ("layouts", "hygiene", "torch_func", "determinism")
 NEEDS_BACKWARD = ("arity", "first_order", "linearity", "second_order", "precision")
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    environment = dict(os.environ, PYTHONPATH=f"{SOURCE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    return subprocess.run(
-        [sys.executable, "-m", "customgrad", "check", *arguments],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=Path(__file__).parent.parent,
-        timeout=300,
-    )
+    return run_check_cli(*arguments, timeout=300)
 
 
 def line_of(name: str, statement: str) -> int:

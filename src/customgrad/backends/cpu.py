@@ -22,7 +22,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -89,14 +89,16 @@ def vector_functions() -> frozenset[str]:
     return frozenset(found)
 
 
-def _build(source: str, name: str) -> bytes:
-    """Compile ``source`` into a shared library's bytes."""
+def _build(sources: Sequence[str], name: str) -> bytes:
+    """Compile C ``sources`` (one translation unit each) into one shared library's bytes."""
     with tempfile.TemporaryDirectory(prefix="customgrad-cpu-") as folder:
-        c_file, library = os.path.join(folder, "kernel.c"), os.path.join(folder, "kernel.so")
-        with open(c_file, "w") as file:
-            file.write(source)
+        c_files, library = [], os.path.join(folder, "kernel.so")
+        for k, source in enumerate(sources):
+            c_files.append(os.path.join(folder, f"unit{k}.c"))
+            with open(c_files[-1], "w") as file:
+                file.write(source)
         libraries = LIBRARIES if vector_functions() else ("-lm",)
-        command = [compiler(), *FLAGS, c_file, "-o", library, *libraries]
+        command = [compiler(), *FLAGS, *c_files, "-o", library, *libraries]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as error:
@@ -110,8 +112,8 @@ def _build(source: str, name: str) -> bytes:
 _loaded_folder: list[str] = []
 
 
-def _load(data: bytes, input_count: int, output_count: int) -> Callable:
-    """dlopen a library from its bytes (written to a private file) and type its ``kernel``."""
+def _open(data: bytes) -> ctypes.CDLL:
+    """dlopen a library from its bytes (written to a private file, unlinked once mapped)."""
     # OpenMP threads that spin while waiting hold a core another process (or torch) needs: on a busy
     # machine a parallel loop then waits a whole time slice. Read by libgomp when the first kernel loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -121,14 +123,30 @@ def _load(data: bytes, input_count: int, output_count: int) -> Callable:
     with os.fdopen(handle, "wb") as file:
         file.write(data)
     try:
-        function = ctypes.CDLL(path).kernel
+        return ctypes.CDLL(path)
     finally:
         os.unlink(path)  # the mapping stays valid
-    function.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p] * (
-        input_count + output_count
-    )
-    function.restype = None
-    return function
+
+
+def shared_library(sources: Sequence[str], name: str) -> ctypes.CDLL:
+    """The library built from C ``sources``: from the disk cache (`customgrad.cache`), else built now.
+
+    Raises `BackendError` (naming ``name``) when the compiler is missing or fails.
+    """
+    if compiler() is None:
+        raise BackendError(f"{name}: no C compiler found (set CC, or install gcc)")
+    cache_key = [*sources, " ".join(FLAGS), compiler_identity()]
+    data = cache.load("cpu-kernels", cache_key)
+    try:
+        return _open(data) if data is not None else _open(_stored(sources, name, cache_key))
+    except OSError:  # a corrupt entry: rebuild it
+        return _open(_stored(sources, name, cache_key))
+
+
+def _stored(sources: Sequence[str], name: str, cache_key: list[str]) -> bytes:
+    data = _build(sources, name)
+    cache.store("cpu-kernels", cache_key, data)
+    return data
 
 
 def _plain(tensor: torch.Tensor) -> bool:
@@ -162,18 +180,13 @@ def c_kernel_source(spec: FunctionSpec, single: bool, layouts: str, reductions: 
 
 
 def load_library(source: str, name: str, input_count: int, output_count: int) -> Callable:
-    """The ``kernel`` of C ``source``: from memory, else the disk cache (`customgrad.cache`), else built now."""
-    cache_key = [source, " ".join(FLAGS), compiler_identity()]
-    data = cache.load("cpu-kernels", cache_key)
-    try:
-        loaded = _load(data, input_count, output_count) if data is not None else None
-    except OSError:
-        loaded = None  # a corrupt entry: rebuild it
-    if loaded is None:
-        data = _build(source, name)
-        cache.store("cpu-kernels", cache_key, data)
-        loaded = _load(data, input_count, output_count)
-    return loaded
+    """The typed ``kernel`` of C ``source`` (`shared_library`)."""
+    function = shared_library([source], name).kernel
+    function.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p] * (
+        input_count + output_count
+    )
+    function.restype = None
+    return function
 
 
 class CpuKernel:

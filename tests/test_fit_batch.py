@@ -34,6 +34,17 @@ def curves():
     return x, y
 
 
+def _engines():
+    from customgrad.backends.cpu import compiler
+
+    native = pytest.param("native", marks=pytest.mark.skipif(compiler() is None, reason="needs a C compiler"))
+    return [native, "torch"]
+
+
+#: Both batch engines: the compiled per-curve LM and the tensor LM, each against the references.
+ENGINES = _engines()
+
+
 def single_fits(x, y, **options):
     """The references: one customgrad.fit per curve (x shared or per row)."""
     return [fit(GAUSSIAN, x if x.ndim == 1 else x[i], y[i], params=START, **options) for i in range(len(y))]
@@ -49,38 +60,42 @@ def assert_batch_matches(batch: BatchFitResult, singles: list[FitResult], rtol: 
     assert batch.success.tolist() == [single.success for single in singles]
 
 
-def test_every_curve_matches_its_single_fit(curves):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_curve_matches_its_single_fit(engine, curves):
     x, y = curves
-    batch = fit_batch(GAUSSIAN, x, y, params=START)
+    batch = fit_batch(GAUSSIAN, x, y, params=START, engine=engine)
     assert_batch_matches(batch, single_fits(x, y))
     assert batch.success.all()
 
 
-def test_curves_stopped_by_the_step_limit_match_too(curves):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_curves_stopped_by_the_step_limit_match_too(engine, curves):
     x, y = curves
-    batch = fit_batch(GAUSSIAN, x, y, params=START, max_steps=3)
+    batch = fit_batch(GAUSSIAN, x, y, params=START, engine=engine, max_steps=3)
     singles = single_fits(x, y, max_steps=3)
     assert set(batch.status) == {"max_steps"}
     assert_batch_matches(batch, singles)
 
 
-def test_no_curve_costs_more_than_scipy_curve_fit(curves):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_curve_costs_more_than_scipy_curve_fit(engine, curves):
     x, y = curves
-    batch = fit_batch(GAUSSIAN, x, y, params=START)
+    batch = fit_batch(GAUSSIAN, x, y, params=START, engine=engine)
     for i in range(len(y)):
         found, _ = curve_fit(gaussian_numpy, x, y[i], p0=list(START.values()), ftol=1e-15, xtol=1e-15, gtol=1e-15)
         scipy_cost = float(np.sum((gaussian_numpy(x, *found) - y[i]) ** 2))
         assert batch.cost[i] <= scipy_cost * (1 + 1e-9), (i, batch.cost[i], scipy_cost)
 
 
-def test_nan_padding_gives_ragged_curves(curves):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nan_padding_gives_ragged_curves(engine, curves):
     x, y = curves
     y = y[:6].copy()
     lengths = [64, 50, 40, 33, 64, 20]
     for i, length in enumerate(lengths):
         y[i, length:] = np.nan
     y[4, 7] = np.inf
-    batch = fit_batch(GAUSSIAN, x, y, params=START)
+    batch = fit_batch(GAUSSIAN, x, y, params=START, engine=engine)
     singles = [fit(GAUSSIAN, x[np.isfinite(y[i])], y[i][np.isfinite(y[i])], params=START) for i in range(len(y))]
     assert_batch_matches(batch, singles)
     assert batch.dof.tolist() == [int(np.isfinite(row).sum()) - 4 for row in y]
@@ -88,7 +103,8 @@ def test_nan_padding_gives_ragged_curves(curves):
         fit_batch(GAUSSIAN, x, y, params=START, nan_policy="raise")
 
 
-def test_per_curve_x_sigma_initial_values_and_bounds(curves):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_per_curve_x_sigma_initial_values_and_bounds(engine, curves):
     x, y = curves
     y = y[:8]
     rng = np.random.default_rng(3)
@@ -96,7 +112,7 @@ def test_per_curve_x_sigma_initial_values_and_bounds(curves):
     ys = gaussian_numpy(xs, 2.0, 0.2, 0.7, 0.1) + 0.05 * rng.standard_normal((8, 64))
     sigma = rng.uniform(0.5, 2.0, (8, 64))
     starts = {"a": np.linspace(1, 2, 8), "m": 0.0, "s": {"value": 1.0, "min": 0.05, "max": 5.0}, "c": 0.0}
-    batch = fit_batch(GAUSSIAN, xs, ys, params=starts, sigma=sigma)
+    batch = fit_batch(GAUSSIAN, xs, ys, params=starts, sigma=sigma, engine=engine)
     for i in range(8):
         params = {"a": float(starts["a"][i]), "m": 0.0, "s": {"value": 1.0, "min": 0.05, "max": 5.0}, "c": 0.0}
         single = fit(GAUSSIAN, xs[i], ys[i], params=params, sigma=sigma[i])
@@ -120,9 +136,10 @@ def test_callable_model_and_fixed_parameter(curves):
         assert batch.params["c"][i] == 0.0
 
 
-def test_result_per_curve_summary_csv_and_json(curves, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_result_per_curve_summary_csv_and_json(engine, curves, tmp_path):
     x, y = curves
-    batch = fit_batch(GAUSSIAN, x, y[:4], params=START)
+    batch = fit_batch(GAUSSIAN, x, y[:4], params=START, engine=engine)
     single = fit(GAUSSIAN, x, y[2], params=START)
     curve = batch[2]
     assert isinstance(curve, FitResult)
@@ -156,6 +173,35 @@ def test_bad_input_is_a_clear_error(curves, kwargs, error, match):
     arguments = {"x": x, "y": y[:3], "params": START, **kwargs}
     with pytest.raises(error, match=match):
         fit_batch(GAUSSIAN, arguments.pop("x"), arguments.pop("y"), **arguments)
+
+
+def test_formula_with_a_fixed_parameter_matches_on_both_engines(curves):
+    # c fixed per curve at its single-fit value: the other parameters are then that fit's (the same minimum)
+    x, y = curves
+    singles = single_fits(x, y[:5])
+    params = {**START, "c": {"value": np.array([single.params["c"] for single in singles]), "fixed": True}}
+    for engine in ("torch", "native"):
+        batch = fit_batch(GAUSSIAN, x, y[:5], params=params, engine=engine)
+        for name in ("a", "m", "s"):
+            expected, got = np.array([single.params[name] for single in singles]), batch.params[name]
+            if name == "s":  # s enters as s**2: its sign is arbitrary
+                expected, got = np.abs(expected), np.abs(got)
+            assert_matches_reference(got, expected, rtol=1e-8, what=f"{engine} {name}")
+        assert batch.params["c"].tolist() == params["c"]["value"].tolist()
+
+
+def test_engine_choice_is_checked(curves):
+    x, y = curves
+
+    def gaussian(x, a, m, s, c):
+        return a * torch.exp(-((x - m) ** 2) / (2 * s**2)) + c
+
+    with pytest.raises(UsageError, match="engine='native' cannot fit this batch: the model is a callable"):
+        fit_batch(gaussian, x, y[:2], params=START, engine="native")
+    with pytest.raises(UsageError, match="not CPU float64"):
+        fit_batch(GAUSSIAN, x, y[:2], params=START, engine="native", dtype=torch.float32)
+    with pytest.raises(UsageError, match="engine must be one of 'auto', 'native', 'torch', got 'numba'"):
+        fit_batch(GAUSSIAN, x, y[:2], params=START, engine="numba")
 
 
 def test_chunks_give_the_same_results(curves):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import BackendError, UsageError
 from ..progress import progress_bar
 from .api import _dtype_and_device, _number, _result, _threads_for
 from .batch_data import batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
@@ -20,6 +20,7 @@ from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
 from .lm import Outcome
 from .model import Model, build_function
+from .native import NativeSolver, unavailable
 from .reduction import reduce_gram
 from .solvers import DEFAULT_STEPS
 from .source import FitSource
@@ -29,6 +30,7 @@ from .source import FitSource
 _SATURATED = 1e-10
 # Curves per chunk: bounds the memory of the [J | r] blocks (chunk x N x (p + 1) numbers).
 DEFAULT_CHUNK = 100_000
+ENGINES = ("auto", "native", "torch")
 
 
 def fit_batch(
@@ -50,6 +52,7 @@ def fit_batch(
     gtol: float = 1e-15,
     chunk_size: int | None = None,
     distributed: bool = False,
+    engine: str = "auto",
 ) -> BatchFitResult:
     """Fit y_b ~ model(x_b; params_b) for every curve b, minimising each cost_b = sum ((f - y_b) / sigma_b)^2.
 
@@ -77,11 +80,19 @@ def fit_batch(
     distributed : bool
         Inside an initialised torch.distributed process group, with the same arguments on every rank:
         each rank fits its share of the curves, and every rank gets all results.
+    engine : {"auto", "native", "torch"}
+        "native": each curve's LM in compiled C, the curves in parallel (`native`: formula models,
+        CPU float64, a C compiler); "torch": the LM as tensors over the batch (any model, device and
+        dtype; `batch_lm`); "auto": native where it can run, else torch. Both take the steps `fit`
+        takes for each curve alone.
     """
     start_time = time.perf_counter()
     shards = Shards(None) if distributed else None
     if method != "lm":
         raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
+    if engine not in ENGINES:
+        raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    threads = torch.get_num_threads()
     dtype, device = _dtype_and_device(dtype, device)
     max_steps = _positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
     chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
@@ -93,6 +104,7 @@ def fit_batch(
     function, text, data_names = build_function(model, tuple(data.x), free_names, data.x_is_dict)
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
     problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
+    solver = _native_solver(problem, engine, threads)
     if shards is not None:
         settings = (tuple(data.y.shape), max_steps, chunk_size, tuple(tolerances.values()), nan_policy)
         shards.raise_together(None, f"model {text!r}, params {sorted(params)}, curves and options {settings}")
@@ -104,13 +116,19 @@ def fit_batch(
         ) as advance,
     ):
         curves = range(batch) if shards is None else range(batch)[local_shard(batch, shards.rank, shards.world)]
-        outcome = _solve_in_chunks(problem, chunk_size, options, advance, curves)
+        if solver is not None:
+            outcome = _solve_native(solver, problem, options, advance, curves)
+        else:
+            outcome = _solve_in_chunks(problem, chunk_size, options, advance, curves)
         if shards is not None:
             outcome = _gathered(shards, outcome)
         values = problem.external(outcome.theta)
-        upper, cost = _final_factors(problem, values)
         dof = data.mask.sum(-1) - len(problem.names)
-        stderr = batch_stderr(upper, cost, dof)
+        if solver is not None:
+            stderr, cost = solver.errors(values, dof)
+        else:
+            upper, cost = _final_factors(problem, values)
+            stderr = batch_stderr(upper, cost, dof)
     arrays = {name: values[:, j].cpu().numpy() for j, name in enumerate(problem.names)}
     all_params = {spec.name: arrays.get(spec.name, initial[spec.name]) for spec in specs}
     seconds = time.perf_counter() - start_time
@@ -133,6 +151,33 @@ def fit_batch(
         seconds=seconds,
         single=single,
     )
+
+
+def _native_solver(problem: BatchModel, engine: str, threads: int) -> NativeSolver | None:
+    """The native engine for ``problem`` unless ``engine`` says torch or it cannot run ("native": an error)."""
+    if engine == "torch":
+        return None
+    reason = unavailable(problem)
+    if reason is None:
+        try:
+            return NativeSolver(problem, threads)
+        except BackendError as error:
+            reason = str(error)
+    if engine == "native":
+        raise UsageError(f"engine='native' cannot fit this batch: {reason}; use engine='torch' (or 'auto')")
+    return None
+
+
+def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, advance, curves: range) -> BatchOutcome:
+    """``curves`` by the native engine, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
+    index = torch.arange(curves.start, curves.stop)
+    theta = problem.initial_theta()[index]
+    outcome = solver.solve(index, theta, advance=advance, **options)
+    plateau = _plateau(_Subset(problem, index), outcome)
+    if len(plateau):
+        retry = solver.solve(index[plateau], theta[plateau], factor=1.0, **options)
+        _merge_retry(outcome, retry, plateau)
+    return outcome
 
 
 def _positive_integer(value, name: str) -> int:
@@ -233,24 +278,37 @@ def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> Bat
         done[0] = stopped
 
     outcome = batch_levenberg_marquardt(problem, theta, reduce=reduce_gram, on_round=on_round, **options)
-    candidates = torch.tensor([status != "nonfinite" for status in outcome.status], device=theta.device)
-    plateau = (candidates & _saturated(problem, outcome.theta)).nonzero().flatten()
+    plateau = _plateau(problem, outcome)
     if len(plateau):
         retry = batch_levenberg_marquardt(
             _Subset(problem.problem, problem.index[plateau]), theta[plateau], factor=1.0, **options
         )
-        better = (retry.cost < outcome.cost[plateau]).nonzero().flatten()
-        for position in better.tolist():
-            i = int(plateau[position])
-            outcome.theta[i] = retry.theta[position]
-            outcome.cost[i] = retry.cost[position]
-            outcome.status[i] = retry.status[position]
-            outcome.evaluations[i] += retry.evaluations[position]
-            outcome.jacobians[i] += retry.jacobians[position]
-            outcome.steps[i] = retry.steps[position]
-            outcome.accepted = [(index, cost) for index, cost in outcome.accepted if not bool((index == i).any())]
-            outcome.accepted.append((torch.tensor([i]), retry.cost[position : position + 1]))
+        _merge_retry(outcome, retry, plateau)
     return outcome
+
+
+def _plateau(problem: _Subset, outcome: BatchOutcome) -> torch.Tensor:
+    """Positions of the curves that stopped on a plateau (see `_saturated`), not counting failed ones."""
+    candidates = torch.tensor([status != "nonfinite" for status in outcome.status], device=outcome.theta.device)
+    return (candidates & _saturated(problem, outcome.theta)).nonzero().flatten()
+
+
+def _merge_retry(outcome: BatchOutcome, retry: BatchOutcome, plateau: torch.Tensor) -> None:
+    """Keep the restarted fit of the curves at ``plateau`` where it reached a lower cost."""
+    better = (retry.cost < outcome.cost[plateau]).nonzero().flatten()
+    for position in better.tolist():
+        i = int(plateau[position])
+        outcome.theta[i] = retry.theta[position]
+        outcome.cost[i] = retry.cost[position]
+        outcome.status[i] = retry.status[position]
+        outcome.evaluations[i] += retry.evaluations[position]
+        outcome.jacobians[i] += retry.jacobians[position]
+        outcome.steps[i] = retry.steps[position]
+        if outcome.histories is not None:
+            outcome.histories[i] = retry.history(position)
+            continue
+        outcome.accepted = [(index, cost) for index, cost in outcome.accepted if not bool((index == i).any())]
+        outcome.accepted.append((torch.tensor([i]), retry.cost[position : position + 1]))
 
 
 def _final_factors(problem: BatchModel, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

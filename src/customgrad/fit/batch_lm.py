@@ -14,7 +14,7 @@ Jacobi rotations (`jacobi`), and the geodesic correction needs J^T r'', a sum ov
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -89,7 +89,7 @@ class BatchOutcome:
     steps: torch.Tensor
     initial_cost: torch.Tensor
     accepted: list[tuple[torch.Tensor, torch.Tensor]]
-    histories: list[list[float]] | None = None  # given outright (gathered from other processes)
+    histories: Sequence[list[float]] | None = None  # given outright (native engine, gathered from other processes)
 
     def history(self, i: int) -> list[float]:
         """Problem ``i``'s costs: the initial one, then after each accepted step."""

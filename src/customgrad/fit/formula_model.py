@@ -166,10 +166,10 @@ class FormulaModel:
 
         if fallback is None or compiler() is None:
             return fallback
-        c_source = functools.partial(self._c_source, free)
+        c_source = functools.partial(self.c_source, free)
         return CpuRows(f"rows of {self.text}", len(self.names), c_source, fallback)
 
-    def _c_source(self, free: tuple[str, ...], single: bool, layouts: str) -> str | None:
+    def c_source(self, free: tuple[str, ...], single: bool, layouts: str) -> str | None:
         """The C source of the rows for one precision and input layouts, through the disk cache."""
         part = f"rows c {' '.join(free)} {'float' if single else 'double'} {layouts}"
         record = _load(self._key, part)

@@ -1,0 +1,324 @@
+"""The native batch engine: Levenberg-Marquardt per curve in C (`native_lm.c`), curves in parallel.
+
+For formula models on the CPU in float64 with a C compiler. One shared library per model and input
+layout holds three translation units: the model's generated rows [df/db_j, f] and values f (the cpu
+backend's kernels, `FormulaModel.c_source`), a few lines of glue that call them for one curve, and the
+fixed solver source `native_lm.c`, the C twin of `lm.levenberg_marquardt` (same trust region, Hebden
+damping from the SVD of R D^-1, geodesic acceleration, stopping rules, polish step). A curve's whole
+fit runs in a core's cache with no Python in the loop, which is what makes a batch of small fits fast:
+the tensor engine (`batch_lm`) pays ~350 small torch operations per round instead. The library is
+built once (about 1 s) and cached on disk like every kernel.
+
+Its constants come from `lm` and `statistics` through `Options`, so the two engines share them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import BackendError
+from . import lm, statistics
+from .batch_lm import STATUSES, BatchOutcome
+
+# Costs kept per curve for `FitResult.history`: the first HISTORY_LIMIT - 1 and the last.
+HISTORY_LIMIT = 64
+# Curves per call: the progress bar advances between calls.
+CALL_CURVES = 2048
+# What each input of the generated functions is, for `native_lm.c`'s Problem.kind.
+SHARED_COLUMN, CURVE_COLUMN, FREE, FIXED = range(4)
+# Bound kinds for Problem.bound (see `model._to_external`).
+UNBOUNDED, BOTH, LOWER, UPPER = range(4)
+
+
+class _Problem(ctypes.Structure):
+    _fields_ = [
+        ("points", ctypes.c_int64),
+        ("p", ctypes.c_int64),
+        ("inputs", ctypes.c_int64),
+        ("kind", ctypes.c_void_p),
+        ("slot", ctypes.c_void_p),
+        ("columns", ctypes.c_void_p),
+        ("fixed", ctypes.c_void_p),
+        ("y", ctypes.c_void_p),
+        ("weights", ctypes.c_void_p),
+        ("weights_per_curve", ctypes.c_int64),
+        ("mask", ctypes.c_void_p),
+        ("bound", ctypes.c_void_p),
+        ("lower", ctypes.c_void_p),
+        ("upper", ctypes.c_void_p),
+    ]
+
+
+_REAL_OPTIONS = (
+    "ftol",
+    "xtol",
+    "gtol",
+    "factor",
+    "rank_tolerance",
+    "drift_tolerance",
+    "polish_slack",
+    "probe",
+    "acceleration_ratio",
+    "unexploited_share",
+    "visible_step",
+    "statistics_rank_tolerance",
+    "null_component",
+)
+_INTEGER_OPTIONS = ("max_steps", "geodesic", "history", "drift_window", "nonfinite_retries", "polished")
+
+
+class _Options(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_double) for name in _REAL_OPTIONS] + [
+        (name, ctypes.c_int64) for name in _INTEGER_OPTIONS
+    ]
+
+
+def _options(ftol: float, xtol: float, gtol: float, max_steps: int, factor: float) -> _Options:
+    return _Options(
+        ftol=ftol,
+        xtol=xtol,
+        gtol=gtol,
+        factor=factor,
+        rank_tolerance=lm.RANK_TOLERANCE,
+        drift_tolerance=lm.DRIFT_TOLERANCE,
+        polish_slack=lm.POLISH_SLACK,
+        probe=lm.PROBE,
+        acceleration_ratio=lm.ACCELERATION_RATIO,
+        unexploited_share=lm.UNEXPLOITED_SHARE,
+        visible_step=lm.VISIBLE_STEP,
+        statistics_rank_tolerance=statistics.RANK_TOLERANCE,
+        null_component=statistics.NULL_COMPONENT,
+        max_steps=max_steps,
+        geodesic=1,
+        history=min(max_steps + 2, HISTORY_LIMIT),
+        drift_window=lm.DRIFT_WINDOW,
+        nonfinite_retries=lm.NONFINITE_RETRIES,
+        polished=sum(1 << STATUSES.index(name) for name in lm.POLISHED),
+    )
+
+
+@functools.cache
+def _solver_source() -> str:
+    return (Path(__file__).parent / "native_lm.c").read_text()
+
+
+def _glue(symbol: str, entry: str, inputs: int, outputs: int) -> str:
+    """C calling generated kernel ``symbol`` over one curve of n points from arrays of pointers."""
+    parameters = ", ".join(["const double*"] * inputs + ["double*"] * outputs)
+    arguments = ", ".join([f"in[{k}]" for k in range(inputs)] + [f"out[{k}]" for k in range(outputs)])
+    return (
+        f"void {symbol}(int64_t n, int64_t inner, int threads, {parameters});\n"
+        f"void {entry}(const double *const *in, double *const *out, int64_t n) "
+        f"{{ {symbol}(n, n, 1, {arguments}); }}\n"
+    )
+
+
+def _library(function, free: tuple[str, ...], layouts: str):
+    """The solver library for a formula model (None where C cannot print it or the compiler fails)."""
+    rows, values = function.c_source(free, False, layouts), function.c_source((), False, layouts)
+    if rows is None or values is None:
+        return None
+    inputs = len(layouts)
+    glue = "#include <stdint.h>\n" + _glue("rows_kernel", "cg_model_rows", inputs, len(free) + 1)
+    glue += _glue("values_kernel", "cg_model_values", inputs, 1)
+    sources = ["#define kernel rows_kernel\n" + rows, "#define kernel values_kernel\n" + values, glue]
+    from ..backends.cpu import shared_library
+
+    try:
+        library = shared_library([*sources, _solver_source()], f"native fit of {function.text}")
+    except BackendError:
+        return None
+    for name, outputs in (("lm_batch", 5), ("lm_errors", 4)):
+        entry = getattr(library, name)
+        entry.restype = ctypes.c_int
+        entry.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p] * outputs
+    return library
+
+
+def unavailable(problem) -> str | None:
+    """Why the native engine cannot fit ``problem`` (a `batch_model.BatchModel`); None when it can."""
+    from ..backends.cpu import compiler
+
+    if not hasattr(problem.function, "c_source"):
+        return "the model is a callable (the native engine needs a formula)"
+    if problem.y.device.type != "cpu" or problem.y.dtype != torch.float64:
+        return "the data are not CPU float64"
+    if compiler() is None:
+        return "no C compiler found (set CC, or install gcc)"
+    return None
+
+
+class HistoryTable(Sequence):
+    """Per-curve cost histories from the solver's (count, H) table; item assignment replaces one."""
+
+    def __init__(self, table: np.ndarray, recorded: np.ndarray):
+        self.table, self.recorded, self.replaced = table, recorded, {}
+
+    def __len__(self) -> int:
+        return len(self.recorded)
+
+    def __getitem__(self, i: int) -> list[float]:
+        if i in self.replaced:
+            return self.replaced[i]
+        return self.table[i, : min(int(self.recorded[i]), self.table.shape[1])].tolist()
+
+    def __setitem__(self, i: int, history: list[float]) -> None:
+        self.replaced[i] = history
+
+
+class NativeSolver:
+    """``solve`` and ``errors`` for the curves of one `BatchModel`, by `native_lm.c`.
+
+    Raises `BackendError` when the library cannot be built (see `unavailable` first).
+    """
+
+    def __init__(self, problem, threads: int):
+        self.problem, self.threads = problem, max(1, threads)
+        function = problem.function
+        names = set(problem.names)
+        kinds, slots, layouts = [], [], []
+        columns = [column.contiguous() for column in problem.data.values()]
+        column_slot = {name: k for k, name in enumerate(problem.data)}
+        fixed = [value[:, 0].contiguous() for value in problem.fixed.values()]
+        fixed_slot = {name: k for k, name in enumerate(problem.fixed)}
+        for name in function.names:
+            if name in column_slot:
+                k = column_slot[name]
+                kinds.append(SHARED_COLUMN if columns[k].shape[0] == 1 and problem.batch != 1 else CURVE_COLUMN)
+                slots.append(k)
+            elif name in names:
+                kinds.append(FREE)
+                slots.append(problem.names.index(name))
+            else:
+                kinds.append(FIXED)
+                slots.append(fixed_slot[name])
+            layouts.append("v" if kinds[-1] in (SHARED_COLUMN, CURVE_COLUMN) else "s")
+        self.library = _library(function, problem.names, "".join(layouts))
+        if self.library is None:
+            raise BackendError(f"the native engine cannot compile model {problem.text!r}")
+        bounds = [_bound(spec) for spec in problem.free]
+        weights = None if problem.weights is None else problem.weights.contiguous()
+        mask = None if not problem.masked else problem.mask.contiguous().view(torch.uint8)
+        # every array the C side reads, kept alive as long as the solver
+        self._keep = {
+            "kind": np.asarray(kinds, dtype=np.int64),
+            "slot": np.asarray(slots, dtype=np.int64),
+            "columns": _pointers(columns),
+            "fixed": _pointers(fixed),
+            "bound": np.asarray([b[0] for b in bounds], dtype=np.int64),
+            "lower": np.asarray([b[1] for b in bounds], dtype=np.float64),
+            "upper": np.asarray([b[2] for b in bounds], dtype=np.float64),
+            "tensors": (columns, fixed, weights, mask, problem.y.contiguous()),
+        }
+        keep = self._keep
+        self.struct = _Problem(
+            points=problem.y.shape[-1],
+            p=len(problem.names),
+            inputs=len(kinds),
+            kind=keep["kind"].ctypes.data,
+            slot=keep["slot"].ctypes.data,
+            columns=keep["columns"].ctypes.data if len(columns) else None,
+            fixed=keep["fixed"].ctypes.data if len(fixed) else None,
+            y=keep["tensors"][4].data_ptr(),
+            weights=None if weights is None else weights.data_ptr(),
+            weights_per_curve=int(weights is not None and weights.shape[0] != 1),
+            mask=None if mask is None else mask.data_ptr(),
+            bound=keep["bound"].ctypes.data,
+            lower=keep["lower"].ctypes.data,
+            upper=keep["upper"].ctypes.data,
+        )
+
+    def solve(
+        self,
+        index: torch.Tensor,
+        theta: torch.Tensor,
+        *,
+        ftol: float,
+        xtol: float,
+        gtol: float,
+        max_steps: int,
+        factor: float = 100.0,
+        advance: Callable[[str], None] | None = None,
+    ) -> BatchOutcome:
+        """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p)."""
+        options = _options(ftol, xtol, gtol, max_steps, factor)
+        count, p = theta.shape
+        curves = np.ascontiguousarray(index.cpu().numpy(), dtype=np.int64)
+        solution = np.ascontiguousarray(theta.cpu().numpy(), dtype=np.float64).copy()
+        cost = np.empty(count)
+        counts = np.empty((count, 4), dtype=np.int64)
+        history = np.empty((count, options.history))
+        recorded = np.empty(count, dtype=np.int64)
+        for begin in range(0, count, CALL_CURVES):
+            end = min(begin + CALL_CURVES, count)
+            done = self.library.lm_batch(
+                ctypes.byref(self.struct),
+                ctypes.byref(options),
+                curves[begin:].ctypes.data,
+                end - begin,
+                self.threads,
+                solution[begin:].ctypes.data,
+                cost[begin:].ctypes.data,
+                counts[begin:].ctypes.data,
+                history[begin:].ctypes.data,
+                recorded[begin:].ctypes.data,
+            )
+            if done != 0:
+                raise MemoryError("the native fit engine ran out of memory")
+            if advance is not None:
+                for _ in range(end - begin):
+                    advance(f"{end}/{count} curves fitted")
+        return BatchOutcome(
+            theta=torch.from_numpy(solution),
+            status=[STATUSES[code] for code in counts[:, 0].tolist()],
+            cost=torch.from_numpy(cost),
+            evaluations=torch.from_numpy(counts[:, 1].copy()),
+            jacobians=torch.from_numpy(counts[:, 2].copy()),
+            steps=torch.from_numpy(counts[:, 3].copy()),
+            initial_cost=torch.from_numpy(history[:, 0].copy()),
+            accepted=[],
+            histories=HistoryTable(history, recorded),
+        )
+
+    def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p)."""
+        count, p = values.shape
+        curves = np.arange(count, dtype=np.int64)
+        at = np.ascontiguousarray(values.cpu().numpy(), dtype=np.float64)
+        freedom = np.ascontiguousarray(dof.cpu().numpy(), dtype=np.float64)
+        stderr, cost = np.empty((count, p)), np.empty(count)
+        options = _options(0.0, 0.0, 0.0, 1, 100.0)
+        done = self.library.lm_errors(
+            ctypes.byref(self.struct),
+            ctypes.byref(options),
+            curves.ctypes.data,
+            count,
+            self.threads,
+            at.ctypes.data,
+            freedom.ctypes.data,
+            stderr.ctypes.data,
+            cost.ctypes.data,
+        )
+        if done != 0:
+            raise MemoryError("the native fit engine ran out of memory")
+        return torch.from_numpy(stderr), torch.from_numpy(cost)
+
+
+def _bound(spec) -> tuple[int, float, float]:
+    lo, hi = spec.lower, spec.upper
+    if not spec.bounded:
+        return UNBOUNDED, 0.0, 0.0
+    if math.isfinite(lo) and math.isfinite(hi):
+        return BOTH, lo, hi
+    return (LOWER, lo, 0.0) if math.isfinite(lo) else (UPPER, 0.0, hi)
+
+
+def _pointers(tensors: list[torch.Tensor]) -> np.ndarray:
+    return np.asarray([tensor.data_ptr() for tensor in tensors], dtype=np.uint64)

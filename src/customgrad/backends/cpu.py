@@ -110,6 +110,8 @@ def _build(sources: Sequence[str], name: str) -> bytes:
 
 
 _loaded_folder: list[str] = []
+# Libraries loaded in this process, by cache key: a library is mapped once however often it is asked for.
+_LIBRARIES: dict[tuple[str, ...], ctypes.CDLL] = {}
 
 
 def _open(data: bytes) -> ctypes.CDLL:
@@ -136,11 +138,16 @@ def shared_library(sources: Sequence[str], name: str) -> ctypes.CDLL:
     if compiler() is None:
         raise BackendError(f"{name}: no C compiler found (set CC, or install gcc)")
     cache_key = [*sources, " ".join(FLAGS), compiler_identity()]
+    loaded = _LIBRARIES.get(tuple(cache_key))
+    if loaded is not None:
+        return loaded
     data = cache.load("cpu-kernels", cache_key)
     try:
-        return _open(data) if data is not None else _open(_stored(sources, name, cache_key))
+        loaded = _open(data) if data is not None else _open(_stored(sources, name, cache_key))
     except OSError:  # a corrupt entry: rebuild it
-        return _open(_stored(sources, name, cache_key))
+        loaded = _open(_stored(sources, name, cache_key))
+    _LIBRARIES[tuple(cache_key)] = loaded
+    return loaded
 
 
 def _stored(sources: Sequence[str], name: str, cache_key: list[str]) -> bytes:

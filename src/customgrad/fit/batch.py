@@ -172,8 +172,8 @@ def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, adva
     """``curves`` by the native engine, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
     index = torch.arange(curves.start, curves.stop)
     theta = problem.initial_theta()[index]
-    outcome = solver.solve(index, theta, advance=advance, **options)
-    plateau = _plateau(_Subset(problem, index), outcome)
+    outcome = solver.solve(index, theta, advance=advance, saturation=_SATURATED, **options)
+    plateau = outcome.saturated.nonzero().flatten()
     if len(plateau):
         retry = solver.solve(index[plateau], theta[plateau], factor=1.0, **options)
         _merge_retry(outcome, retry, plateau)

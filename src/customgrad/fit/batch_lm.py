@@ -90,6 +90,7 @@ class BatchOutcome:
     initial_cost: torch.Tensor
     accepted: list[tuple[torch.Tensor, torch.Tensor]]
     histories: Sequence[list[float]] | None = None  # given outright (native engine, gathered from other processes)
+    saturated: torch.Tensor | None = None  # (native engine) bool per problem: stopped on a plateau
 
     def history(self, i: int) -> list[float]:
         """Problem ``i``'s costs: the initial one, then after each accepted step."""

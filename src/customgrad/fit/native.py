@@ -70,6 +70,7 @@ _REAL_OPTIONS = (
     "visible_step",
     "statistics_rank_tolerance",
     "null_component",
+    "saturation",
 )
 _INTEGER_OPTIONS = ("max_steps", "geodesic", "history", "drift_window", "nonfinite_retries", "polished")
 
@@ -80,7 +81,7 @@ class _Options(ctypes.Structure):
     ]
 
 
-def _options(ftol: float, xtol: float, gtol: float, max_steps: int, factor: float) -> _Options:
+def _options(ftol: float, xtol: float, gtol: float, max_steps: int, factor: float, saturation: float) -> _Options:
     return _Options(
         ftol=ftol,
         xtol=xtol,
@@ -95,6 +96,7 @@ def _options(ftol: float, xtol: float, gtol: float, max_steps: int, factor: floa
         visible_step=lm.VISIBLE_STEP,
         statistics_rank_tolerance=statistics.RANK_TOLERANCE,
         null_component=statistics.NULL_COMPONENT,
+        saturation=saturation,
         max_steps=max_steps,
         geodesic=1,
         history=min(max_steps + 2, HISTORY_LIMIT),
@@ -245,15 +247,20 @@ class NativeSolver:
         gtol: float,
         max_steps: int,
         factor: float = 100.0,
+        saturation: float = 0.0,
         advance: Callable[[str], None] | None = None,
     ) -> BatchOutcome:
-        """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p)."""
-        options = _options(ftol, xtol, gtol, max_steps, factor)
+        """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p).
+
+        The outcome's ``saturated`` flags the curves (not failed) where a parameter's relative
+        sensitivity ||J_j|| max(|b_j|, 1) fell below ``saturation`` ||y|| at the solution.
+        """
+        options = _options(ftol, xtol, gtol, max_steps, factor, saturation)
         count, p = theta.shape
         curves = np.ascontiguousarray(index.cpu().numpy(), dtype=np.int64)
         solution = np.ascontiguousarray(theta.cpu().numpy(), dtype=np.float64).copy()
         cost = np.empty(count)
-        counts = np.empty((count, 4), dtype=np.int64)
+        counts = np.empty((count, 5), dtype=np.int64)
         history = np.empty((count, options.history))
         recorded = np.empty(count, dtype=np.int64)
         for begin in range(0, count, CALL_CURVES):
@@ -285,6 +292,7 @@ class NativeSolver:
             initial_cost=torch.from_numpy(history[:, 0].copy()),
             accepted=[],
             histories=HistoryTable(history, recorded),
+            saturated=torch.from_numpy(counts[:, 4] != 0),
         )
 
     def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,7 +302,7 @@ class NativeSolver:
         at = np.ascontiguousarray(values.cpu().numpy(), dtype=np.float64)
         freedom = np.ascontiguousarray(dof.cpu().numpy(), dtype=np.float64)
         stderr, cost = np.empty((count, p)), np.empty(count)
-        options = _options(0.0, 0.0, 0.0, 1, 100.0)
+        options = _options(0.0, 0.0, 0.0, 1, 100.0, 0.0)
         done = self.library.lm_errors(
             ctypes.byref(self.struct),
             ctypes.byref(options),

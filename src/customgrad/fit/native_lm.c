@@ -35,7 +35,7 @@ typedef struct {
 typedef struct {
   double ftol, xtol, gtol, factor;
   double rank_tolerance, drift_tolerance, polish_slack, probe, acceleration_ratio, unexploited_share,
-      visible_step, statistics_rank_tolerance, null_component;
+      visible_step, statistics_rank_tolerance, null_component, saturation;
   int64_t max_steps, geodesic, history, drift_window, nonfinite_retries;
   int64_t polished; /* bit mask of the statuses after which the polish step runs */
 } Options;
@@ -52,6 +52,7 @@ typedef struct {
 
 static double squared(const double *x, int64_t n) {
   double sum = 0;
+#pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; i++) sum += x[i] * x[i];
   return sum;
 }
@@ -60,6 +61,7 @@ static double squared(const double *x, int64_t n) {
    (as `statistics.column_norms`). */
 static double safe_norm(const double *x, int64_t n, int64_t stride) {
   double sum = 0, largest = 0;
+#pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; i++) sum += x[i * stride] * x[i * stride];
   double plain = sqrt(sum);
   if (plain > 1e-140 && plain < 1e140) return plain;
@@ -103,17 +105,20 @@ static void set_inputs(const Problem *P, Work *W, int64_t b, const double *value
   }
 }
 
-/* (f - y) w, 0 where masked; J rows (if any, ``rows`` of them before f) times w, 0 where masked. */
+/* (f - y) w, 0 where masked; the ``rows`` J rows before f (if any) times w, 0 where masked. */
 static void finish(const Problem *P, int64_t b, double *f, double *jacobian, int64_t rows) {
   int64_t n = P->points;
   const double *y = P->y + b * n;
   const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
   const double *w = P->weights ? P->weights + (P->weights_per_curve ? b * n : 0) : NULL;
-  for (int64_t i = 0; i < n; i++) {
-    int keep = mask ? mask[i] : 1;
-    double weight = w ? w[i] : 1;
-    f[i] = keep ? (f[i] - y[i]) * weight : 0;
-    for (int64_t k = 0; k < rows; k++) jacobian[k * n + i] = keep ? jacobian[k * n + i] * weight : 0;
+  for (int64_t k = 0; k <= rows; k++) {
+    double *row = k < rows ? jacobian + k * n : f;
+    if (k == rows)
+      for (int64_t i = 0; i < n; i++) row[i] -= y[i];
+    if (w)
+      for (int64_t i = 0; i < n; i++) row[i] *= w[i];
+    if (mask)
+      for (int64_t i = 0; i < n; i++) row[i] = mask[i] ? row[i] : 0;
   }
 }
 
@@ -164,6 +169,7 @@ static int reduce(const double *block, int64_t n, int64_t c, double *work, doubl
       x[k] -= alpha;
       for (int64_t j = k + 1; j < c; j++) {
         double *column = work + j * m, dot = 0;
+#pragma omp simd reduction(+ : dot)
         for (int64_t i = k; i < m; i++) dot += x[i] * column[i];
         double factor = dot / tau;
         for (int64_t i = k; i < m; i++) column[i] -= factor * x[i];
@@ -179,11 +185,26 @@ static int reduce(const double *block, int64_t n, int64_t c, double *work, doubl
 
 /* SVD of the p x p row-major ``a`` (destroyed) by one-sided Jacobi rotations: singular values ``s``
    in decreasing order, ``vt`` = V^T (row j: the j-th right singular vector), and products_j =
-   (A v_j) . qtr = s_j u_j^T qtr (no division, so zero singular values are harmless). */
-static void svd(Work *W, int64_t p, const double *qtr) {
+   (A v_j) . qtr = s_j u_j^T qtr (no division, so zero singular values are harmless). ``warm``:
+   rotations start from the V in ``vt`` (the previous linearisation's), not from the identity. */
+static void svd(Work *W, int64_t p, const double *qtr, int warm) {
   double *a = W->a, *v = W->v;
-  for (int64_t i = 0; i < p * p; i++) v[i] = 0;
-  for (int64_t i = 0; i < p; i++) v[i * p + i] = 1;
+  if (warm) { /* start from the previous V (W->vt): A V0 is nearly orthogonal already, fewer sweeps */
+    for (int64_t i = 0; i < p; i++)
+      for (int64_t j = 0; j < p; j++) v[i * p + j] = W->vt[j * p + i];
+    for (int64_t i = 0; i < p; i++) {
+      double row[p];
+      for (int64_t j = 0; j < p; j++) {
+        double sum = 0;
+        for (int64_t k = 0; k < p; k++) sum += a[i * p + k] * v[k * p + j];
+        row[j] = sum;
+      }
+      memcpy(a + i * p, row, p * sizeof(double));
+    }
+  } else {
+    for (int64_t i = 0; i < p * p; i++) v[i] = 0;
+    for (int64_t i = 0; i < p; i++) v[i * p + i] = 1;
+  }
   for (int sweep = 0; sweep < 60; sweep++) {
     int rotated = 0;
     for (int64_t i = 0; i < p; i++)
@@ -197,7 +218,8 @@ static void svd(Work *W, int64_t p, const double *qtr) {
         if (gamma == 0 || fabs(gamma) <= DBL_EPSILON * sqrt(alpha) * sqrt(beta)) continue;
         rotated = 1;
         double zeta = (beta - alpha) / (2 * gamma);
-        double t = copysign(1.0, zeta) / (fabs(zeta) + hypot(1.0, zeta));
+        /* the smaller root of t^2 + 2 zeta t - 1; 1 / (2 zeta) where zeta^2 would overflow */
+        double t = fabs(zeta) < 1e150 ? copysign(1.0, zeta) / (fabs(zeta) + sqrt(1 + zeta * zeta)) : 0.5 / zeta;
         double c = 1 / sqrt(1 + t * t), s = c * t;
         for (int64_t k = 0; k < p; k++) {
           double ai = a[k * p + i], aj = a[k * p + j];
@@ -307,12 +329,12 @@ static double scaled_norm(const double *scale, const double *theta, int64_t p) {
 }
 
 /* The SVD of R D^-1 from W->reduced (c = p + 1 square): upper / scale into a, Q^T r into qtr. */
-static void decompose(Work *W, int64_t p) {
+static void decompose(Work *W, int64_t p, int warm) {
   for (int64_t i = 0; i < p; i++) {
     for (int64_t j = 0; j < p; j++) W->a[i * p + j] = W->reduced[i * (p + 1) + j] / W->scale[j];
     W->qtr[i] = W->reduced[i * (p + 1) + p];
   }
-  svd(W, p, W->qtr);
+  svd(W, p, W->qtr, warm);
 }
 
 /* Half the geodesic acceleration into W->projected (see `lm._half_acceleration`); 0 when too large. */
@@ -329,6 +351,7 @@ static void half_acceleration(const Problem *P, Work *W, int64_t b, double lam, 
   }
   for (int64_t j = 0; j < p; j++) {
     double sum = 0;
+#pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < n; i++) sum += W->block[j * n + i] * curvature[i];
     W->trial[j] = sum / W->scale[j]; /* J^T r'' / D */
   }
@@ -378,7 +401,7 @@ static void polish(const Problem *P, Work *W, int64_t b, Outcome *o, double *his
   augmented(P, W, b, W->theta, 0);
   o->jacobians++;
   if (!reduce(W->block, n, p + 1, W->qr, W->reduced)) return;
-  decompose(W, p);
+  decompose(W, p, 1);
   damped_step(W, p, O);
   step_from(W, p, W->gauss_newton, W->velocity);
   for (int64_t j = 0; j < p; j++) W->trial[j] = W->theta[j] + W->velocity[j];
@@ -432,7 +455,8 @@ static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history
       o.status = GTOL;
       break;
     }
-    decompose(W, p);
+    decompose(W, p, o.jacobians > 1); /* warm from this curve's previous V only: results never depend
+                                          on which curve a thread fitted before */
     Damped d = damped_step(W, p, O);
     int low_rank = W->s[p - 1] <= O->rank_tolerance * W->s[0];
     double theta_norm = scaled_norm(W->scale, W->theta, p);
@@ -506,7 +530,7 @@ static void standard_errors(Work *W, int64_t p, double cost, double dof, const O
   for (int64_t i = 0; i < p; i++)
     for (int64_t j = 0; j < p; j++) W->a[i * p + j] = finite ? W->reduced[i * (p + 1) + j] / W->scale[j] : 0;
   for (int64_t i = 0; i < p; i++) W->qtr[i] = 0;
-  svd(W, p, W->qtr);
+  svd(W, p, W->qtr, 0);
   double variance = dof > 0 ? cost / dof : NAN;
   for (int64_t i = 0; i < p; i++) {
     double diagonal = 0;
@@ -584,6 +608,22 @@ typedef struct {
   int64_t *counts, *recorded;
 } Fits;
 
+/* Whether a parameter of curve b stopped mattering at W->theta: ||J_j|| max(|b_j|, 1) below
+   O->saturation ||y|| (J with respect to the values; see `batch._saturated`). */
+static int saturated(const Problem *P, Work *W, int64_t b, const Options *O) {
+  int64_t n = P->points, p = P->p;
+  to_external(P, W->theta, W->probe_point);
+  augmented(P, W, b, W->probe_point, 1);
+  const double *y = P->y + b * n;
+  const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
+  double sum = 0;
+  for (int64_t i = 0; i < n; i++) sum += !mask || mask[i] ? y[i] * y[i] : 0;
+  double threshold = O->saturation * sqrt(sum);
+  for (int64_t j = 0; j < p; j++)
+    if (sqrt(squared(W->block + j * n, n)) * fmax(fabs(W->probe_point[j]), 1.0) < threshold) return 1;
+  return 0;
+}
+
 static void fit_task(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context) {
   Fits *F = context;
   int64_t p = P->p;
@@ -591,13 +631,15 @@ static void fit_task(const Problem *P, const Options *O, Work *W, int64_t k, int
   Outcome o = solve_curve(P, W, b, F->history + k * O->history, O);
   memcpy(F->theta + k * p, W->theta, p * sizeof(double));
   F->cost[k] = o.cost;
-  int64_t counts[4] = {o.status, o.evaluations, o.jacobians, o.steps};
-  memcpy(F->counts + k * 4, counts, sizeof(counts));
+  int64_t counts[5] = {o.status, o.evaluations, o.jacobians, o.steps, 0};
+  if (o.status != NONFINITE) counts[4] = saturated(P, W, b, O);
+  memcpy(F->counts + k * 5, counts, sizeof(counts));
   F->recorded[k] = o.recorded;
 }
 
 /* Fit the curves ``index[0..count)``; row k of theta (count x p) holds curve index[k]'s start and
-   receives its solution. Per row: cost, counts (status, evaluations, jacobians, steps), ``history``
+   receives its solution. Per row: cost, counts (status, evaluations, jacobians, steps, and 1 when a
+   curve that did not fail stopped on a plateau: see `saturated`), ``history``
    (H costs: the first H - 1 recorded and the last) with ``recorded`` the number there were.
    Returns 0, or -1 when memory ran out. */
 int lm_batch(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads, double *theta,

@@ -7,6 +7,7 @@ Every numerical test compares what customgrad computes with a reference computed
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -58,3 +59,14 @@ def _as_float64(value) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", torch.float64)
     return torch.as_tensor(value, dtype=torch.float64)
+
+
+def _engines() -> list:
+    from customgrad.backends.cpu import compiler
+
+    native = pytest.param("native", marks=pytest.mark.skipif(compiler() is None, reason="needs a C compiler"))
+    return [native, "torch"]
+
+
+#: Both LM engines of fit and fit_batch: compiled C per curve, and Python/torch (each checked against references).
+ENGINES = _engines()

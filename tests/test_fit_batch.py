@@ -11,7 +11,8 @@ from scipy.optimize import curve_fit
 
 import customgrad
 from customgrad import BatchFitResult, DataError, FitResult, UsageError, fit, fit_batch
-from reference import assert_matches_reference
+from reference import ENGINES, assert_matches_reference
+from test_fit_edges import straight_line_reference
 
 GAUSSIAN = "a*exp(-(x-m)**2/(2*s**2))+c"
 START = {"a": 1.0, "m": 0.0, "s": 1.0, "c": 0.0}
@@ -32,17 +33,6 @@ def curves():
     )
     y = gaussian_numpy(x[None, :], *truth.T[:, :, None]) + 0.05 * rng.standard_normal((24, 64))
     return x, y
-
-
-def _engines():
-    from customgrad.backends.cpu import compiler
-
-    native = pytest.param("native", marks=pytest.mark.skipif(compiler() is None, reason="needs a C compiler"))
-    return [native, "torch"]
-
-
-#: Both batch engines: the compiled per-curve LM and the tensor LM, each against the references.
-ENGINES = _engines()
 
 
 def single_fits(x, y, **options):
@@ -207,6 +197,26 @@ def test_curves_stuck_on_a_plateau_are_restarted_as_single_fits_are(engine):
     assert batch.params["b"][2] == pytest.approx(0.8, abs=0.01)
     assert batch.status[2] == "ftol" and batch.jacobians[2] > 40  # two runs: the plateau, then the minimum
     assert batch.success.tolist() == [single.success for single in singles]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_curves_near_the_ends_of_float64_are_fitted_in_their_own_units(engine):
+    # each curve's residuals get their own power of two: squares of 1e300 or 1e-170 would leave float64
+    x = np.linspace(0, 1, 21)
+    line = 2 * x + 1 + 0.01 * np.cos(7 * x)
+    units = [1e160, 1e300, 1e-170, 1.0]
+    batch = fit_batch(
+        "a*x + c", x, np.stack([unit * line for unit in units]), params={"a": 1.0, "c": 0.0}, engine=engine
+    )
+    expected, expected_stderr = straight_line_reference(x, line)
+    for i, unit in enumerate(units):
+        found = np.array([batch.params["a"][i], batch.params["c"][i]]) / unit
+        assert_matches_reference(found, expected, rtol=1e-10, what=f"params at {unit:g}")
+        errors = np.array([batch.stderr["a"][i], batch.stderr["c"][i]]) / unit
+        assert_matches_reference(errors, expected_stderr, rtol=1e-6, what=f"stderr at {unit:g}")
+        single = fit("a*x + c", x, unit * line, params={"a": 1.0, "c": 0.0})
+        assert_matches_reference(batch.cost[i], single.cost, rtol=1e-12, what=f"cost at {unit:g}")  # inf at 1e300
+    assert batch.success.all()
 
 
 def test_engine_choice_is_checked(curves):

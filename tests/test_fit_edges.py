@@ -11,7 +11,7 @@ from scipy.optimize import curve_fit
 
 from customgrad.errors import UsageError
 from customgrad.fit import fit
-from reference import assert_matches_reference
+from reference import ENGINES, assert_matches_reference
 
 
 def straight_line_reference(x, y_scaled):
@@ -24,12 +24,13 @@ def straight_line_reference(x, y_scaled):
     return solution, stderr
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("unit", [1e160, 1e300, 1e-170])
-def test_lm_fits_data_whose_squares_leave_float64_like_lstsq_in_scaled_units(unit):
+def test_lm_fits_data_whose_squares_leave_float64_like_lstsq_in_scaled_units(unit, engine):
     x = np.linspace(0, 1, 21)
     noise = 0.01 * np.cos(7 * x)
     y_scaled = 2 * x + 1 + noise
-    result = fit("a*x + c", x, unit * y_scaled, params={"a": 1.0, "c": 0.0})
+    result = fit("a*x + c", x, unit * y_scaled, params={"a": 1.0, "c": 0.0}, engine=engine)
     expected, expected_stderr = straight_line_reference(x, y_scaled)
     assert result.success and math.isfinite(result.residual_std), (result.status, result.residual_std)
     assert_matches_reference(np.array([result.params["a"], result.params["c"]]) / unit, expected, rtol=1e-10)
@@ -131,3 +132,19 @@ def test_a_gradient_method_that_sees_an_underflowed_zero_cost_does_not_claim_suc
     x = np.linspace(0, 1, 11)
     result = fit("a*x + c", x, 2e-170 * x + 1e-170, params={"a": 1e-171, "c": 0.0}, method=method, max_steps=5)
     assert result.status == "underflow" and not result.success and "underflow" in result.message
+
+
+def test_engine_choice_is_checked_and_explained():
+    x = np.linspace(0, 1, 11)
+    y = 2 * x + 1
+    with pytest.raises(UsageError, match="engine must be one of 'auto', 'native', 'torch', got 'c'"):
+        fit("a*x + c", x, y, params={"a": 1.0, "c": 0.0}, engine="c")
+    with pytest.raises(UsageError, match="engine='native' cannot run this fit: a robust loss"):
+        fit("a*x + c", x, y, params={"a": 1.0, "c": 0.0}, loss="huber", engine="native")
+    with pytest.raises(UsageError, match="engine='native' cannot run this fit: the model is a callable"):
+        fit(lambda x, a, c: a * x + c, x, y, params={"a": 1.0, "c": 0.0}, engine="native")
+    with pytest.raises(UsageError, match="on_step or progress"):
+        fit("a*x + c", x, y, params={"a": 1.0, "c": 0.0}, engine="native", on_step=lambda step, cost: None)
+    # "auto" falls back to the torch engine for all of these, with the same answer
+    auto = fit("a*x + c", x, y, params={"a": 1.0, "c": 0.0}, loss="huber")
+    assert auto.params["a"] == pytest.approx(2.0, rel=1e-10)

@@ -6,7 +6,7 @@ import pytest
 from customgrad.fit import fit, load_nist, nist_names
 from customgrad.fit.nist import nist_model_to_formula
 from nist_reference import digits
-from reference import assert_matches_reference
+from reference import ENGINES, assert_matches_reference
 
 PROBLEMS = nist_names()
 
@@ -32,11 +32,13 @@ def test_reader_reads_header_values_and_data():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("start", [0, 1], ids=["start1", "start2"])
 @pytest.mark.parametrize("name", PROBLEMS)
-def test_certified_values_to_6_digits_and_stderr_to_4(name, start):
+def test_certified_values_to_6_digits_and_stderr_to_4(name, start, engine):
     problem = load_nist(name)
-    result = fit(problem.formula, problem.x, problem.y, params=problem.starts[start], decimal_data=problem.decimal)
+    options = dict(params=problem.starts[start], decimal_data=problem.decimal, engine=engine)
+    result = fit(problem.formula, problem.x, problem.y, **options)
     assert result.success, result.message
     names = list(problem.certified_params)
     found = np.array([result.params[n] for n in names])

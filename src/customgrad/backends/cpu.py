@@ -89,7 +89,7 @@ def vector_functions() -> frozenset[str]:
     return frozenset(found)
 
 
-def _build(sources: Sequence[str], name: str) -> bytes:
+def _build(sources: Sequence[str], name: str, flags: Sequence[str] = ()) -> bytes:
     """Compile C ``sources`` (one translation unit each) into one shared library's bytes."""
     with tempfile.TemporaryDirectory(prefix="customgrad-cpu-") as folder:
         c_files, library = [], os.path.join(folder, "kernel.so")
@@ -98,7 +98,7 @@ def _build(sources: Sequence[str], name: str) -> bytes:
             with open(c_files[-1], "w") as file:
                 file.write(source)
         libraries = LIBRARIES if vector_functions() else ("-lm",)
-        command = [compiler(), *FLAGS, *c_files, "-o", library, *libraries]
+        command = [compiler(), *FLAGS, *flags, *c_files, "-o", library, *libraries]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as error:
@@ -130,28 +130,29 @@ def _open(data: bytes) -> ctypes.CDLL:
         os.unlink(path)  # the mapping stays valid
 
 
-def shared_library(sources: Sequence[str], name: str) -> ctypes.CDLL:
-    """The library built from C ``sources``: from the disk cache (`customgrad.cache`), else built now.
+def shared_library(sources: Sequence[str], name: str, flags: Sequence[str] = ()) -> ctypes.CDLL:
+    """The library built from C ``sources`` with `FLAGS` and ``flags``: from the disk cache
+    (`customgrad.cache`), else built now.
 
     Raises `BackendError` (naming ``name``) when the compiler is missing or fails.
     """
     if compiler() is None:
         raise BackendError(f"{name}: no C compiler found (set CC, or install gcc)")
-    cache_key = [*sources, " ".join(FLAGS), compiler_identity()]
+    cache_key = [*sources, " ".join((*FLAGS, *flags)), compiler_identity()]
     loaded = _LIBRARIES.get(tuple(cache_key))
     if loaded is not None:
         return loaded
     data = cache.load("cpu-kernels", cache_key)
     try:
-        loaded = _open(data) if data is not None else _open(_stored(sources, name, cache_key))
+        loaded = _open(data) if data is not None else _open(_stored(sources, name, flags, cache_key))
     except OSError:  # a corrupt entry: rebuild it
-        loaded = _open(_stored(sources, name, cache_key))
+        loaded = _open(_stored(sources, name, flags, cache_key))
     _LIBRARIES[tuple(cache_key)] = loaded
     return loaded
 
 
-def _stored(sources: Sequence[str], name: str, cache_key: list[str]) -> bytes:
-    data = _build(sources, name)
+def _stored(sources: Sequence[str], name: str, flags: Sequence[str], cache_key: list[str]) -> bytes:
+    data = _build(sources, name, flags)
     cache.store("cpu-kernels", cache_key, data)
     return data
 

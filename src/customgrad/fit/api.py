@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import torch
 
-from ..errors import CustomgradError, FitError, UsageError
+from ..errors import BackendError, CustomgradError, FitError, UsageError
 from .chunked import ChunkedModel
 from .data import prepare_data
 from .distributed import Shards
@@ -27,6 +27,8 @@ from .ties import split_ties
 # Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
 # recomputed in extended precision (formula models only).
 _ROUNDOFF_SHARE = 1e-6
+# Gauss-Newton steps with 40-digit residuals at most, in that regime (`_refined`).
+_REFINEMENTS = 2
 # A parameter whose relative sensitivity ||J_j|| * max(|b_j|, 1) falls below this share of ||y|| has
 # stopped mattering (an exp that underflowed): the solution is a plateau, worth one restart.
 _SATURATED = 1e-10
@@ -65,6 +67,7 @@ def fit(
     distributed: bool = False,
     absolute_sigma: bool = False,
     chunk_size: int | None = None,
+    engine: str = "auto",
 ) -> FitResult:
     """Fit y ~ model(x; params) by minimising cost = sum rho(((model - y) / sigma)^2).
 
@@ -113,6 +116,11 @@ def fit(
         same steps as one process; gradient solvers: all-reduced gradients). See `distributed`. The
         result's ``data`` (and what re-evaluates the model: bands, profile intervals) holds this
         rank's rows only.
+    engine : {"auto", "native", "torch"}
+        Where Levenberg-Marquardt runs: "native" in compiled C (`native`: a formula model, linear
+        loss, CPU float64, no ``on_step``/``progress``/``chunk_size``/``distributed``, a C compiler),
+        "torch" in Python over torch tensors (`lm`; everything else), "auto" native where it can.
+        The two take the same steps up to roundoff.
     """
     start_time = time.perf_counter()
     dtype, device = _dtype_and_device(dtype, device)
@@ -145,6 +153,7 @@ def fit(
             distributed=distributed,
             absolute_sigma=absolute_sigma,
             chunk_size=chunk_size,
+            engine=engine,
         )
 
 
@@ -205,8 +214,11 @@ def _fit(
     distributed=False,
     absolute_sigma=False,
     chunk_size=None,
+    engine="auto",
 ) -> FitResult:
     solver = get_solver(method)
+    if engine not in ENGINES:
+        raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
     rho = get_loss(loss)
     if max_steps is None:
         max_steps = DEFAULT_STEPS[method]
@@ -294,13 +306,17 @@ def _fit(
                 on_step(units["steps"] + step, cost)
 
         callback = step_callback if progress or on_step is not None else None
+        native = _native_engine(engine, problem, method, rho, shards, callback)
 
-        def run(start: torch.Tensor):
-            return solver(residuals, linearize, cost_of, start, on_step=callback, **options)
+        def run(start: torch.Tensor, factor: float = 100.0):
+            if native is not None:
+                tolerances = dict(ftol=ftol, xtol=xtol, gtol=gtol, max_steps=max_steps)
+                return native.solve_one(start, units["scale"], factor, **tolerances)
+            return solver(residuals, linearize, cost_of, start, on_step=callback, factor=factor, **options)
 
         outcome = run(theta)
         if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards):
-            retry = solver(residuals, linearize, cost_of, theta, factor=1.0, **options)
+            retry = run(theta, factor=1.0)
             if retry.cost < outcome.cost:
                 retry.evaluations += outcome.evaluations
                 retry.jacobians += outcome.jacobians
@@ -315,6 +331,33 @@ def _fit(
     source = FitSource(problem, loss, bool(absolute_sigma), data.x_is_dict, ties)
     seconds = time.perf_counter() - start_time
     return _result(problem, outcome, method, loss, data.omitted_rows, seconds, exact, source, shards)
+
+
+def _native_engine(engine: str, problem, method: str, rho, shards, callback):
+    """The compiled LM (`native.NativeSolver`) for this fit, or None for the torch one (``engine``
+    "native": an error saying why it cannot run)."""
+    if engine == "torch":
+        return None
+    from .native import NativeSolver, OneCurve, unavailable
+
+    reasons = (
+        (method != "lm", f"method {method!r} (it runs Levenberg-Marquardt only)"),
+        (rho is not None, "a robust loss"),
+        (shards is not None, "distributed=True"),
+        (isinstance(problem, ChunkedModel), "chunk_size"),
+        (callback is not None, "on_step or progress (it reports no steps while it runs)"),
+    )
+    reason = next((why for found, why in reasons if found), None)
+    if reason is None:
+        reason = unavailable(OneCurve(problem))
+    if reason is None:
+        try:
+            return NativeSolver(OneCurve(problem), 1)
+        except BackendError as error:
+            reason = str(error)
+    if engine == "native":
+        raise UsageError(f"engine='native' cannot run this fit: {reason}; use engine='torch' (or 'auto')")
+    return None
 
 
 def _chunk_size(chunk_size, loss: str) -> int | None:
@@ -355,6 +398,8 @@ def _any_nonzero(problem: Model, theta: torch.Tensor, shards: Shards | None) -> 
 
 
 _DTYPES = (torch.float64, torch.float32)
+# Where LM runs (`fit`'s and `fit_batch`'s ``engine``).
+ENGINES = ("auto", "native", "torch")
 
 
 def _number(value, name: str, *, positive: bool = False) -> float:
@@ -427,6 +472,16 @@ def power_of_two_scale(*tensors: torch.Tensor) -> float:
     return 1.0
 
 
+def power_of_two_scales(rows: torch.Tensor) -> torch.Tensor:
+    """`power_of_two_scale` of each row of ``rows`` (B, N) at once: shape (B,)."""
+    largest = rows.abs().amax(-1) if rows.shape[-1] else rows.new_zeros(rows.shape[0])
+    exponent = torch.frexp(largest).exponent
+    usable = (largest > 0) & torch.isfinite(largest)
+    shift = torch.where(exponent > _SAFE_EXPONENT, _SAFE_EXPONENT - exponent, 0)
+    shift = torch.where(exponent < -_SAFE_EXPONENT, -_SAFE_EXPONENT - exponent, shift)
+    return torch.where(usable, torch.ldexp(torch.ones_like(largest), shift), 1.0)
+
+
 def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> bool:
     _, jacobian = problem.jacobian(theta)  # (R of J when chunked: the same column norms)
     scale = power_of_two_scale(problem.y)  # norms of data near 1e200 would overflow
@@ -454,6 +509,8 @@ def _result(
 ) -> FitResult:
     values = problem.external(outcome.theta)
     r, jacobian = problem.jacobian(values, external=True)
+    if shards is None and problem.rows is not None and not isinstance(problem, ChunkedModel):
+        values, r, jacobian = _refined(problem, values, r, jacobian, exact or {})
     weighted_y = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
     # statistics in units where the squares stay in range (the covariance does not depend on them)
     scale = power_of_two_scale(r, weighted_y)
@@ -533,14 +590,63 @@ def _result(
     )
 
 
-def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict) -> float:
+def _roundoff_limited(problem: Model, cost: float) -> bool:
+    """Whether float64 roundoff in the predictions is not small next to the residuals (`_ROUNDOFF_SHARE`)."""
     roundoff = float(torch.finfo(torch.float64).eps * torch.linalg.vector_norm(problem.y))
-    if not math.isfinite(cost) or roundoff < _ROUNDOFF_SHARE * math.sqrt(cost):
+    return math.isfinite(cost) and roundoff >= _ROUNDOFF_SHARE * math.sqrt(cost)
+
+
+def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict) -> float:
+    """The cost recomputed in 40-digit arithmetic where float64 roundoff would swamp it (else ``cost``)."""
+    if not _roundoff_limited(problem, cost):
         return cost
+    residuals = _precise_residuals(problem, values, exact)
+    if residuals is None:
+        return cost
+    import mpmath
+
+    with mpmath.workdps(40):
+        return float(mpmath.fsum(r * r for r in residuals))
+
+
+def _refined(problem: Model, values: torch.Tensor, r: torch.Tensor, jacobian: torch.Tensor, exact: dict) -> tuple:
+    """Where roundoff limits the fit: up to `_REFINEMENTS` Gauss-Newton steps from residuals computed in
+    40-digit arithmetic (J in float64), each kept only if the 40-digit cost falls (iterative refinement).
+    Returns the values with their float64 residuals and Jacobian (``r``, ``jacobian`` at ``values``).
+
+    On exact data (NIST Lanczos1, cost 1e-25) float64 residuals are noise at the 1e-16 level of the
+    predictions, which leaves the parameters off by that noise times the condition number; the solver's
+    arithmetic then decides the last digits of the cost. Refined, they no longer depend on it.
+    """
+    if not _roundoff_limited(problem, float(r @ r)):
+        return values, r, jacobian
+    import mpmath
+
+    residuals = _precise_residuals(problem, values, exact)
+    with mpmath.workdps(40):
+        for _ in range(_REFINEMENTS):
+            if residuals is None:
+                break
+            cost = mpmath.fsum(v * v for v in residuals)
+            step = np.linalg.lstsq(jacobian.numpy(), -np.array([float(v) for v in residuals]), rcond=None)[0]
+            trial = values + torch.from_numpy(step)
+            if not all(spec.lower <= float(v) <= spec.upper for spec, v in zip(problem.free, trial, strict=True)):
+                break
+            trial_residuals = _precise_residuals(problem, trial, exact)
+            if trial_residuals is None or mpmath.fsum(v * v for v in trial_residuals) >= cost:
+                break
+            values, residuals = trial, trial_residuals
+            r, jacobian = problem.jacobian(values, external=True)
+    return values, r, jacobian
+
+
+def _precise_residuals(problem: Model, values: torch.Tensor, exact: dict) -> list | None:
+    """The weighted residuals (f - y) / sigma at ``values`` in 40-digit arithmetic (mpmath), from the data's
+    decimal text where ``exact`` has it; None where the model has no extended-precision form."""
     # Only now: building the extended-precision model costs SymPy (and its import).
     precise = getattr(problem.function, "precise", None)
     if precise is None:
-        return cost
+        return None
     import mpmath
 
     named = dict(zip(problem.names, values.tolist(), strict=True))
@@ -558,18 +664,14 @@ def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict
         ]
         try:
             predictions = precise(columns)
-        except Exception:  # noqa: BLE001 - extended precision is a refinement: keep the float64 cost
-            return cost
+        except Exception:  # noqa: BLE001 - extended precision is a refinement: keep the float64 numbers
+            return None
         # sin and cos rewritten with exp come back complex, with an imaginary part at the roundoff level
         if any(abs(mpmath.im(f)) > mpmath.mpf(10) ** -30 * (1 + abs(f)) for f in predictions):
-            return cost
-        predictions = [mpmath.re(f) for f in predictions]
+            return None
         y = column("y", problem.y.cpu().numpy())
         weights = [1.0] * size if problem.inverse_sigma is None else problem.inverse_sigma.cpu().tolist()
-        total = mpmath.fsum(
-            ((f - mpmath.mpf(t)) * mpmath.mpf(w)) ** 2 for f, t, w in zip(predictions, y, weights, strict=True)
-        )
-    return float(total)
+        return [(mpmath.re(f) - mpmath.mpf(t)) * mpmath.mpf(w) for f, t, w in zip(predictions, y, weights, strict=True)]
 
 
 def _formula_names(problem: Model) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import BackendError, UsageError
 from ..progress import progress_bar
-from .api import _dtype_and_device, _number, _result, _threads_for
+from .api import ENGINES, _dtype_and_device, _number, _result, _threads_for, power_of_two_scales
 from .batch_data import batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
 from .batch_lm import BatchOutcome, batch_levenberg_marquardt
 from .batch_model import BatchModel
@@ -30,7 +30,6 @@ from .source import FitSource
 _SATURATED = 1e-10
 # Curves per chunk: bounds the memory of the [J | r] blocks (chunk x N x (p + 1) numbers).
 DEFAULT_CHUNK = 100_000
-ENGINES = ("auto", "native", "torch")
 
 
 def fit_batch(
@@ -104,6 +103,7 @@ def fit_batch(
     function, text, data_names = build_function(model, tuple(data.x), free_names, data.x_is_dict)
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
     problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
+    problem.scales = _curve_scales(data)
     solver = _native_solver(problem, engine, threads)
     if shards is not None:
         settings = (tuple(data.y.shape), max_steps, chunk_size, tuple(tolerances.values()), nan_policy)
@@ -120,6 +120,8 @@ def fit_batch(
             outcome = _solve_native(solver, problem, options, advance, curves)
         else:
             outcome = _solve_in_chunks(problem, chunk_size, options, advance, curves)
+        if problem.scales is not None:
+            outcome.in_data_units(problem.scales[curves.start : curves.stop])
         if shards is not None:
             outcome = _gathered(shards, outcome)
         values = problem.external(outcome.theta)
@@ -129,6 +131,8 @@ def fit_batch(
         else:
             upper, cost = _final_factors(problem, values)
             stderr = batch_stderr(upper, cost, dof)
+        if problem.scales is not None:
+            cost = cost / problem.scales.to(cost) / problem.scales.to(cost)
     arrays = {name: values[:, j].cpu().numpy() for j, name in enumerate(problem.names)}
     all_params = {spec.name: arrays.get(spec.name, initial[spec.name]) for spec in specs}
     seconds = time.perf_counter() - start_time
@@ -178,6 +182,14 @@ def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, adva
         retry = solver.solve(index[plateau], theta[plateau], factor=1.0, **options)
         _merge_retry(outcome, retry, plateau)
     return outcome
+
+
+def _curve_scales(data) -> torch.Tensor | None:
+    """Per curve, the power of two bringing its largest weighted |y| into squaring range; None when all are."""
+    weighted = data.y if data.weights is None else data.y * data.weights
+    weighted = torch.where(data.mask, weighted, 0.0)
+    scales = power_of_two_scales(weighted)
+    return None if bool((scales == 1.0).all()) else scales
 
 
 def _positive_integer(value, name: str) -> int:
@@ -263,6 +275,8 @@ def _saturated(problem, theta: torch.Tensor) -> torch.Tensor:
     columns = block[..., :-1]
     sensitivity = torch.sqrt((columns * columns).sum(-2)) * values.abs().clamp_min(1.0)
     y = torch.where(problem.problem.mask[problem.index], problem.problem.y[problem.index], 0.0)
+    if problem.problem.scales is not None:  # J carries the curves' scales: so must y
+        y = y * problem.problem.scales[problem.index].unsqueeze(-1)
     return (sensitivity < _SATURATED * torch.linalg.vector_norm(y, dim=-1, keepdim=True)).any(-1)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from .batch_statistics import safe_column_norms
 from .jacobi import jacobi_svd
 from .lm import (
     ACCELERATION_RATIO,
@@ -91,6 +92,16 @@ class BatchOutcome:
     accepted: list[tuple[torch.Tensor, torch.Tensor]]
     histories: Sequence[list[float]] | None = None  # given outright (native engine, gathered from other processes)
     saturated: torch.Tensor | None = None  # (native engine) bool per problem: stopped on a plateau
+
+    def in_data_units(self, scales: torch.Tensor) -> None:
+        """Costs back in the data's units, for problems whose residuals were multiplied by ``scales`` (one per row)."""
+        scales = scales.to(self.cost)
+        self.cost = self.cost / scales / scales  # (scales^2 may leave float64's range)
+        self.initial_cost = self.initial_cost / scales / scales
+        self.accepted = [(index, cost / scales[index] / scales[index]) for index, cost in self.accepted]
+        if self.histories is not None:
+            unit = scales.tolist()
+            self.histories = [[c / unit[i] / unit[i] for c in self.histories[i]] for i in range(len(self.histories))]
 
     def history(self, i: int) -> list[float]:
         """Problem ``i``'s costs: the initial one, then after each accepted step."""
@@ -223,7 +234,7 @@ def _linearize_fresh(problem, part, index, reduce, tolerances) -> None:
     finite = torch.isfinite(reduced).flatten(1).all(-1)
     reduced = torch.where(finite[:, None, None], reduced, 0.0)
     upper, qtr = reduced[:, :p, :p], reduced[:, :p, p]
-    column_norms = torch.sqrt((upper * upper).sum(-2))  # (vector_norm over dim -2 of a view is ~8x slower)
+    column_norms = safe_column_norms(upper)
     first = state.jacobians == 1
     initial_scale = torch.where(column_norms > 0, column_norms, 1.0)
     state.scale = torch.where(first[:, None], initial_scale, torch.maximum(state.scale, column_norms))

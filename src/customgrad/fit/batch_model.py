@@ -1,5 +1,7 @@
-"""The model of a batch of fits: residuals r_b = w_b (f(x_b; theta_b) - y_b) of B curves, with Jacobians.
+"""The model of a batch of fits: residuals r_b = s_b w_b (f(x_b; theta_b) - y_b) of B curves, with Jacobians.
 
+s_b is 1, or a power of two for a curve whose cost would overflow or underflow float64 (exact: LM
+and the standard errors do not depend on it; costs are divided by s_b^2 at the end).
 Every curve has its own parameters theta_b (a row of ``theta``, shape (B, p)) and shares the formula,
 bounds and, when x has shape (N,), the predictor. Entries masked out (NaN/inf in x, y or sigma, or the
 NaN padding of shorter curves) give residual 0 and a zero Jacobian row, so they change neither the
@@ -99,6 +101,8 @@ class BatchModel(BatchProblem):
         self.function, self.data, self.y, self.weights, self.mask = function, data, y, weights, mask
         self.specs, self.initial, self.text = specs, initial, text
         self.masked = not bool(mask.all())
+        # (B,) powers of two multiplying each curve's residuals, where its cost would overflow or underflow
+        self.scales: torch.Tensor | None = None
         self.functional = True  # callables: torch.func until a model shows it does not support it
         self.free = [spec for spec in specs if not spec.fixed]
         self.names = tuple(spec.name for spec in self.free)
@@ -161,10 +165,12 @@ class BatchModel(BatchProblem):
         return data, named
 
     def _finish(self, f: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """(f - y) w, zero where masked; ``f`` (..., b, N) with the predictions in its last row."""
+        """(f - y) w s, zero where masked; ``f`` (..., b, N) with the predictions in its last row."""
         f[..., -1, :, :] -= self.y.index_select(0, index)
         if self.weights is not None:
             f *= self._pick(self.weights, index)
+        if self.scales is not None:
+            f *= self.scales.index_select(0, index).unsqueeze(-1)
         return torch.where(self.mask.index_select(0, index), f, 0.0) if self.masked else f
 
     def residuals(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -13,18 +13,27 @@ from .jacobi import jacobi_svd
 from .statistics import NULL_COMPONENT, RANK_TOLERANCE
 
 
+def safe_column_norms(upper: torch.Tensor) -> torch.Tensor:
+    """||A_j|| of each matrix's columns (B, p) as m_j ||A_j / m_j||, m_j = max_i |A_ij|: entries near
+    1e-200 or 1e200 neither underflow nor overflow when squared (as `statistics.column_norms`)."""
+    largest = upper.abs().amax(-2)
+    safe = torch.where(largest > 0, largest, 1.0)
+    return largest * torch.sqrt(((upper / safe.unsqueeze(-2)) ** 2).sum(-2))
+
+
 def batch_stderr(upper: torch.Tensor, cost: torch.Tensor, dof: torch.Tensor) -> torch.Tensor:
     """Standard errors (B, p) from the R factors ``upper`` (B, p, p) of the Jacobians at the solutions."""
     finite = torch.isfinite(upper).flatten(1).all(-1)
     upper = torch.where(finite[:, None, None], upper, 0.0)
-    column_norms = torch.sqrt((upper * upper).sum(-2))
+    column_norms = safe_column_norms(upper)
     scale = torch.where(column_norms > 0, column_norms, 1.0)
     values, vt, _ = jacobi_svd(upper / scale.unsqueeze(-2), torch.zeros_like(scale))
     keep = (values[:, :1] > 0) & (values > RANK_TOLERANCE * values[:, :1])
     inverse = torch.where(keep, 1 / torch.where(keep, values, 1.0) ** 2, 0.0)
     variance = torch.where(dof > 0, cost / dof.clamp_min(1), torch.nan)
-    diagonal = (vt * vt * inverse.unsqueeze(-1)).sum(-2) / scale**2 * variance.unsqueeze(-1)
-    stderr = torch.sqrt(diagonal.abs())
+    core = (vt * vt * inverse.unsqueeze(-1)).sum(-2)
+    # square roots before the units: parameters near 1e300 keep finite errors
+    stderr = torch.sqrt(core.abs()) * torch.sqrt(variance).unsqueeze(-1) / scale
     involved = ((vt.abs() > NULL_COMPONENT) & ~keep.unsqueeze(-1)).any(-2)
     stderr = torch.where(involved | ~finite.unsqueeze(-1), torch.nan, stderr)
     return stderr

@@ -26,9 +26,13 @@ import torch
 from ..errors import BackendError
 from . import lm, statistics
 from .batch_lm import STATUSES, BatchOutcome
+from .lm import Outcome
 
 # Costs kept per curve for `FitResult.history`: the first HISTORY_LIMIT - 1 and the last.
 HISTORY_LIMIT = 64
+# Each operation rounded on its own, as numpy and torch do (no fused multiply-adds): on roundoff-limited
+# fits (NIST Lanczos1, cost 1e-25) contraction moved the final cost by 2.5e-6 relative.
+FLAGS = ("-ffp-contract=off",)
 # Curves per call: the progress bar advances between calls.
 CALL_CURVES = 2048
 # What each input of the generated functions is, for `native_lm.c`'s Problem.kind.
@@ -50,6 +54,7 @@ class _Problem(ctypes.Structure):
         ("weights", ctypes.c_void_p),
         ("weights_per_curve", ctypes.c_int64),
         ("mask", ctypes.c_void_p),
+        ("scales", ctypes.c_void_p),
         ("bound", ctypes.c_void_p),
         ("lower", ctypes.c_void_p),
         ("upper", ctypes.c_void_p),
@@ -122,6 +127,7 @@ def _glue(symbol: str, entry: str, inputs: int, outputs: int) -> str:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def _library(function, free: tuple[str, ...], layouts: str):
     """The solver library for a formula model (None where C cannot print it or the compiler fails)."""
     rows, values = function.c_source(free, False, layouts), function.c_source((), False, layouts)
@@ -134,7 +140,7 @@ def _library(function, free: tuple[str, ...], layouts: str):
     from ..backends.cpu import shared_library
 
     try:
-        library = shared_library([*sources, _solver_source()], f"native fit of {function.text}")
+        library = shared_library([*sources, _solver_source()], f"native fit of {function.text}", FLAGS)
     except BackendError:
         return None
     for name, outputs in (("lm_batch", 5), ("lm_errors", 4)):
@@ -206,6 +212,8 @@ class NativeSolver:
         if self.library is None:
             raise BackendError(f"the native engine cannot compile model {problem.text!r}")
         bounds = [_bound(spec) for spec in problem.free]
+        scales = getattr(problem, "scales", None)
+        self.scales = None if scales is None else np.ascontiguousarray(scales.cpu().numpy(), dtype=np.float64)
         weights = None if problem.weights is None else problem.weights.contiguous()
         mask = None if not problem.masked else problem.mask.contiguous().view(torch.uint8)
         # every array the C side reads, kept alive as long as the solver
@@ -248,14 +256,18 @@ class NativeSolver:
         max_steps: int,
         factor: float = 100.0,
         saturation: float = 0.0,
+        scales: np.ndarray | None = None,
         advance: Callable[[str], None] | None = None,
     ) -> BatchOutcome:
         """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p).
 
-        The outcome's ``saturated`` flags the curves (not failed) where a parameter's relative
-        sensitivity ||J_j|| max(|b_j|, 1) fell below ``saturation`` ||y|| at the solution.
+        ``scales`` (one per curve of the problem, powers of two) multiply the residuals, for data whose
+        cost would overflow or underflow (default: the problem's ``scales``). The outcome's ``saturated``
+        flags the curves (not failed) where a parameter's relative sensitivity ||J_j|| max(|b_j|, 1)
+        fell below ``saturation`` ||y|| at the solution.
         """
         options = _options(ftol, xtol, gtol, max_steps, factor, saturation)
+        self._use_scales(scales)
         count, p = theta.shape
         curves = np.ascontiguousarray(index.cpu().numpy(), dtype=np.int64)
         solution = np.ascontiguousarray(theta.cpu().numpy(), dtype=np.float64).copy()
@@ -295,8 +307,29 @@ class NativeSolver:
             saturated=torch.from_numpy(counts[:, 4] != 0),
         )
 
+    def _use_scales(self, scales: np.ndarray | None) -> None:
+        scales = self.scales if scales is None else np.ascontiguousarray(scales, dtype=np.float64)
+        self._keep["scales"] = scales
+        self.struct.scales = None if scales is None else scales.ctypes.data
+
+    def solve_one(self, theta: torch.Tensor, scale: float, factor: float, **tolerances) -> Outcome:
+        """A single fit (a batch of one curve) from ``theta`` (p,), residuals times ``scale``: `lm.Outcome`."""
+        curve = torch.zeros(1, dtype=torch.int64)
+        outcome = self.solve(curve, theta.reshape(1, -1), factor=factor, scales=np.array([scale]), **tolerances)
+        return Outcome(
+            theta=outcome.theta[0],
+            status=outcome.status[0],
+            cost=float(outcome.cost[0]),
+            evaluations=int(outcome.evaluations[0]),
+            jacobians=int(outcome.jacobians[0]),
+            steps=int(outcome.steps[0]),
+            history=outcome.history(0),
+        )
+
     def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p)."""
+        """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p), costs in
+        the units of the problem's ``scales``."""
+        self._use_scales(None)
         count, p = values.shape
         curves = np.arange(count, dtype=np.int64)
         at = np.ascontiguousarray(values.cpu().numpy(), dtype=np.float64)
@@ -317,6 +350,18 @@ class NativeSolver:
         if done != 0:
             raise MemoryError("the native fit engine ran out of memory")
         return torch.from_numpy(stderr), torch.from_numpy(cost)
+
+
+class OneCurve:
+    """A single fit's `model.Model` seen as a batch of one curve (what `NativeSolver` reads)."""
+
+    def __init__(self, model):
+        self.function, self.names, self.free, self.text = model.function, model.names, model.free, model.text
+        self.data = {name: column.reshape(1, -1) for name, column in model.data.items()}
+        self.fixed = {name: value.reshape(1, 1) for name, value in model.fixed.items()}
+        self.y = model.y.reshape(1, -1)
+        self.weights = None if model.inverse_sigma is None else model.inverse_sigma.reshape(1, -1)
+        self.mask, self.masked, self.batch, self.scales = None, False, 1, None
 
 
 def _bound(spec) -> tuple[int, float, float]:

@@ -28,6 +28,7 @@ typedef struct {
   const double *weights;      /* 1 / sigma: NULL, N or B x N */
   int64_t weights_per_curve;
   const uint8_t *mask;        /* NULL (all count) or B x N */
+  const double *scales;       /* NULL or (B,): residuals times 2^k per curve, where the cost would overflow */
   const int64_t *bound;       /* per free parameter: 0 none, 1 both, 2 lower, 3 upper */
   const double *lower, *upper;
 } Problem;
@@ -105,18 +106,22 @@ static void set_inputs(const Problem *P, Work *W, int64_t b, const double *value
   }
 }
 
-/* (f - y) w, 0 where masked; the ``rows`` J rows before f (if any) times w, 0 where masked. */
+/* (f - y) w s, 0 where masked; the ``rows`` J rows before f (if any) times w s, 0 where masked
+   (s: the curve's power-of-two scale). */
 static void finish(const Problem *P, int64_t b, double *f, double *jacobian, int64_t rows) {
   int64_t n = P->points;
   const double *y = P->y + b * n;
   const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
   const double *w = P->weights ? P->weights + (P->weights_per_curve ? b * n : 0) : NULL;
+  double scale = P->scales ? P->scales[b] : 1;
   for (int64_t k = 0; k <= rows; k++) {
     double *row = k < rows ? jacobian + k * n : f;
     if (k == rows)
       for (int64_t i = 0; i < n; i++) row[i] -= y[i];
     if (w)
       for (int64_t i = 0; i < n; i++) row[i] *= w[i];
+    if (scale != 1)
+      for (int64_t i = 0; i < n; i++) row[i] *= scale;
     if (mask)
       for (int64_t i = 0; i < n; i++) row[i] = mask[i] ? row[i] : 0;
   }
@@ -164,17 +169,20 @@ static int reduce(const double *block, int64_t n, int64_t c, double *work, doubl
     double *x = work + k * m;
     double norm = safe_norm(x + k, m - k, 1);
     if (norm != 0) {
-      double alpha = x[k] > 0 ? -norm : norm;
-      double tau = norm * (norm + fabs(x[k])); /* v.v / 2 with v = x - alpha e_k */
-      x[k] -= alpha;
+      /* H = I - tau v v^T with v = (1, x_rest / (alpha - beta)) maps x to beta e_k (LAPACK's dlarfg):
+         v stays of order 1, so columns near 1e-200 neither underflow nor lose digits when squared */
+      double alpha = x[k], beta = alpha > 0 ? -norm : norm;
+      double tau = (beta - alpha) / beta, inverse = 1 / (alpha - beta);
+      for (int64_t i = k + 1; i < m; i++) x[i] *= inverse;
       for (int64_t j = k + 1; j < c; j++) {
-        double *column = work + j * m, dot = 0;
+        double *column = work + j * m, dot = column[k];
 #pragma omp simd reduction(+ : dot)
-        for (int64_t i = k; i < m; i++) dot += x[i] * column[i];
-        double factor = dot / tau;
-        for (int64_t i = k; i < m; i++) column[i] -= factor * x[i];
+        for (int64_t i = k + 1; i < m; i++) dot += x[i] * column[i];
+        double factor = tau * dot;
+        column[k] -= factor;
+        for (int64_t i = k + 1; i < m; i++) column[i] -= factor * x[i];
       }
-      x[k] = alpha;
+      x[k] = beta;
     }
     for (int64_t j = k; j < c; j++) R[k * c + j] = work[j * m + k];
   }
@@ -523,9 +531,8 @@ static void standard_errors(Work *W, int64_t p, double cost, double dof, const O
   int finite = 1;
   for (int64_t i = 0; i < (p + 1) * (p + 1); i++) finite &= isfinite(W->reduced[i]) != 0;
   for (int64_t j = 0; j < p; j++) {
-    double sum = 0;
-    for (int64_t i = 0; i < p; i++) sum += W->reduced[i * (p + 1) + j] * W->reduced[i * (p + 1) + j];
-    W->scale[j] = finite && sum > 0 ? sqrt(sum) : 1;
+    double norm = finite ? safe_norm(W->reduced + j, p, p + 1) : 0;
+    W->scale[j] = norm > 0 ? norm : 1;
   }
   for (int64_t i = 0; i < p; i++)
     for (int64_t j = 0; j < p; j++) W->a[i * p + j] = finite ? W->reduced[i * (p + 1) + j] / W->scale[j] : 0;
@@ -543,8 +550,8 @@ static void standard_errors(Work *W, int64_t p, double cost, double dof, const O
       else if (fabs(component) > O->null_component)
         involved = 1;
     }
-    diagonal = diagonal / (W->scale[i] * W->scale[i]) * variance;
-    out[i] = involved || !finite ? NAN : sqrt(fabs(diagonal));
+    /* square roots before the units, so that parameters near 1e300 keep finite errors */
+    out[i] = involved || !finite ? NAN : sqrt(fabs(diagonal)) * sqrt(variance) / W->scale[i];
   }
 }
 
@@ -616,11 +623,11 @@ static int saturated(const Problem *P, Work *W, int64_t b, const Options *O) {
   augmented(P, W, b, W->probe_point, 1);
   const double *y = P->y + b * n;
   const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
-  double sum = 0;
-  for (int64_t i = 0; i < n; i++) sum += !mask || mask[i] ? y[i] * y[i] : 0;
-  double threshold = O->saturation * sqrt(sum);
+  double scale = P->scales ? P->scales[b] : 1; /* J is scaled: so is y */
+  for (int64_t i = 0; i < n; i++) W->r_probe[i] = !mask || mask[i] ? y[i] * scale : 0;
+  double threshold = O->saturation * safe_norm(W->r_probe, n, 1);
   for (int64_t j = 0; j < p; j++)
-    if (sqrt(squared(W->block + j * n, n)) * fmax(fabs(W->probe_point[j]), 1.0) < threshold) return 1;
+    if (safe_norm(W->block + j * n, n, 1) * fmax(fabs(W->probe_point[j]), 1.0) < threshold) return 1;
   return 0;
 }
 

@@ -16,6 +16,7 @@ from ..errors import BackendError, CustomgradError, FitError, UsageError
 from .chunked import ChunkedModel
 from .data import prepare_data
 from .distributed import Shards
+from .lm import SATURATION
 from .loss import get_loss, robust_cost, robust_linearization
 from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
@@ -29,9 +30,6 @@ from .ties import split_ties
 _ROUNDOFF_SHARE = 1e-6
 # Gauss-Newton steps with 40-digit residuals at most, in that regime (`_refined`).
 _REFINEMENTS = 2
-# A parameter whose relative sensitivity ||J_j|| * max(|b_j|, 1) falls below this share of ||y|| has
-# stopped mattering (an exp that underflowed): the solution is a plateau, worth one restart.
-_SATURATED = 1e-10
 # Up to this many Jacobian entries (rows x parameters) a fit runs on one CPU thread: small problems
 # are dominated by per-op dispatch, and thread hand-offs cost more than they save (a 200 x 9 QR takes
 # 10 us on one thread and milliseconds on two busy ones).
@@ -315,7 +313,10 @@ def _fit(
             return solver(residuals, linearize, cost_of, start, on_step=callback, factor=factor, **options)
 
         outcome = run(theta)
-        if method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards):
+        stalled = outcome.saturated  # (tested by the native engine; else here)
+        if stalled is None:
+            stalled = method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards)
+        if stalled:
             retry = run(theta, factor=1.0)
             if retry.cost < outcome.cost:
                 retry.evaluations += outcome.evaluations
@@ -348,11 +349,12 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
         (callback is not None, "on_step or progress (it reports no steps while it runs)"),
     )
     reason = next((why for found, why in reasons if found), None)
+    curve = OneCurve(problem) if reason is None else None
     if reason is None:
-        reason = unavailable(OneCurve(problem))
+        reason = unavailable(curve)
     if reason is None:
         try:
-            return NativeSolver(OneCurve(problem), 1)
+            return NativeSolver(curve, 1)
         except BackendError as error:
             reason = str(error)
     if engine == "native":
@@ -488,12 +490,12 @@ def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None
     values = problem.external(theta).abs().clamp_min(1.0)
     if shards is None:
         sensitivity = torch.linalg.vector_norm(jacobian * scale, dim=0) * values
-        return bool((sensitivity < _SATURATED * torch.linalg.vector_norm(problem.y * scale)).any())
+        return bool((sensitivity < SATURATION * torch.linalg.vector_norm(problem.y * scale)).any())
     scale = shards.minimum(scale)
     scaled, y = jacobian * scale, problem.y * scale
     squares = shards.sum(torch.cat([(scaled * scaled).sum(0), (y * y).sum().reshape(1)]).cpu().numpy())
     sensitivity = torch.as_tensor(np.sqrt(squares[:-1])).to(values) * values
-    return bool((sensitivity < _SATURATED * math.sqrt(squares[-1])).any())
+    return bool((sensitivity < SATURATION * math.sqrt(squares[-1])).any())
 
 
 def _result(

@@ -18,16 +18,13 @@ from .batch_model import BatchModel
 from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
-from .lm import Outcome
+from .lm import SATURATION, Outcome
 from .model import Model, build_function
 from .native import NativeSolver, unavailable
 from .reduction import reduce_gram
 from .solvers import DEFAULT_STEPS
 from .source import FitSource
 
-# As in `api`: a parameter whose relative sensitivity falls below this share of ||y|| has stopped
-# mattering, and the curve gets one restart with a smaller first trust region.
-_SATURATED = 1e-10
 # Curves per chunk: bounds the memory of the [J | r] blocks (chunk x N x (p + 1) numbers).
 DEFAULT_CHUNK = 100_000
 
@@ -176,7 +173,7 @@ def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, adva
     """``curves`` by the native engine, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
     index = torch.arange(curves.start, curves.stop)
     theta = problem.initial_theta()[index]
-    outcome = solver.solve(index, theta, advance=advance, saturation=_SATURATED, **options)
+    outcome = solver.solve(index, theta, advance=advance, saturation=SATURATION, **options)
     plateau = outcome.saturated.nonzero().flatten()
     if len(plateau):
         retry = solver.solve(index[plateau], theta[plateau], factor=1.0, **options)
@@ -271,13 +268,13 @@ def _saturated(problem, theta: torch.Tensor) -> torch.Tensor:
     """(b,) bool: a parameter's relative sensitivity ||J_j|| max(|b_j|, 1) is below 1e-10 ||y|| (see `api`)."""
     everyone = torch.arange(theta.shape[0], device=theta.device)
     values = problem.external(theta)
-    block = problem.augmented(values, everyone, external=True)
+    block = problem.augmented(theta, everyone)  # J in internal coordinates, as `api._saturated`
     columns = block[..., :-1]
     sensitivity = torch.sqrt((columns * columns).sum(-2)) * values.abs().clamp_min(1.0)
     y = torch.where(problem.problem.mask[problem.index], problem.problem.y[problem.index], 0.0)
     if problem.problem.scales is not None:  # J carries the curves' scales: so must y
         y = y * problem.problem.scales[problem.index].unsqueeze(-1)
-    return (sensitivity < _SATURATED * torch.linalg.vector_norm(y, dim=-1, keepdim=True)).any(-1)
+    return (sensitivity < SATURATION * torch.linalg.vector_norm(y, dim=-1, keepdim=True)).any(-1)
 
 
 def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> BatchOutcome:

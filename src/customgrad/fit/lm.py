@@ -54,6 +54,9 @@ UNEXPLOITED_SHARE = 1e-4
 # The first trust radius is at least this share of ||r||: a step of D-norm rho changes the cost by
 # about rho ||r||, and below ~EPS ||r|| no reduction shows in float64 at all (a start 1e160 off).
 VISIBLE_STEP = 1e-8
+# A parameter whose relative sensitivity ||J_j|| max(|b_j|, 1) falls below this share of ||y|| has stopped
+# mattering (an exp that underflowed): the fit stopped on a plateau, worth one restart (`fit`, `fit_batch`).
+SATURATION = 1e-10
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Outcome:
     jacobians: int
     steps: int
     history: list[float] = field(default_factory=list)
+    saturated: bool | None = None  # stopped on a plateau, where the engine tested it (None: not tested)
 
 
 def reduce_jacobian(augmented: torch.Tensor) -> np.ndarray:

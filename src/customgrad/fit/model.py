@@ -221,6 +221,10 @@ class Model:
 
     def predict(self, values: torch.Tensor) -> torch.Tensor:
         """Model predictions f(x; values) for external parameter values (p,) or (p, n)."""
+        if self._numpy_value is not None and values.dim() == 1 and not values.requires_grad:
+            out = np.empty((1, self.size))
+            self._numpy_value(out, *self._numpy_arguments(values))
+            return torch.from_numpy(out[0])
         named = dict(zip(self.names, values.unbind(0), strict=True))
         named.update(self.fixed)
         return torch.broadcast_to(self.function(self.data, named), self.y.shape)

@@ -268,9 +268,26 @@ class NativeSolver:
         """
         options = _options(ftol, xtol, gtol, max_steps, factor, saturation)
         self._use_scales(scales)
-        count, p = theta.shape
         curves = np.ascontiguousarray(index.cpu().numpy(), dtype=np.int64)
         solution = np.ascontiguousarray(theta.cpu().numpy(), dtype=np.float64).copy()
+        cost, counts, history, recorded = self._run(curves, solution, options, advance)
+        return BatchOutcome(
+            theta=torch.from_numpy(solution),
+            status=[STATUSES[code] for code in counts[:, 0].tolist()],
+            cost=torch.from_numpy(cost),
+            evaluations=torch.from_numpy(counts[:, 1].copy()),
+            jacobians=torch.from_numpy(counts[:, 2].copy()),
+            steps=torch.from_numpy(counts[:, 3].copy()),
+            initial_cost=torch.from_numpy(history[:, 0].copy()),
+            accepted=[],
+            histories=HistoryTable(history, recorded),
+            saturated=torch.from_numpy(counts[:, 4] != 0),
+        )
+
+    def _run(self, curves: np.ndarray, solution: np.ndarray, options: _Options, advance) -> tuple:
+        """`lm_batch` over ``curves`` (solutions into ``solution``), in calls of `CALL_CURVES`:
+        the arrays cost, counts, history and recorded."""
+        count = len(curves)
         cost = np.empty(count)
         counts = np.empty((count, 5), dtype=np.int64)
         history = np.empty((count, options.history))
@@ -294,18 +311,7 @@ class NativeSolver:
             if advance is not None:
                 for _ in range(end - begin):
                     advance(f"{end}/{count} curves fitted")
-        return BatchOutcome(
-            theta=torch.from_numpy(solution),
-            status=[STATUSES[code] for code in counts[:, 0].tolist()],
-            cost=torch.from_numpy(cost),
-            evaluations=torch.from_numpy(counts[:, 1].copy()),
-            jacobians=torch.from_numpy(counts[:, 2].copy()),
-            steps=torch.from_numpy(counts[:, 3].copy()),
-            initial_cost=torch.from_numpy(history[:, 0].copy()),
-            accepted=[],
-            histories=HistoryTable(history, recorded),
-            saturated=torch.from_numpy(counts[:, 4] != 0),
-        )
+        return cost, counts, history, recorded
 
     def _use_scales(self, scales: np.ndarray | None) -> None:
         scales = self.scales if scales is None else np.ascontiguousarray(scales, dtype=np.float64)
@@ -313,17 +319,22 @@ class NativeSolver:
         self.struct.scales = None if scales is None else scales.ctypes.data
 
     def solve_one(self, theta: torch.Tensor, scale: float, factor: float, **tolerances) -> Outcome:
-        """A single fit (a batch of one curve) from ``theta`` (p,), residuals times ``scale``: `lm.Outcome`."""
-        curve = torch.zeros(1, dtype=torch.int64)
-        outcome = self.solve(curve, theta.reshape(1, -1), factor=factor, scales=np.array([scale]), **tolerances)
+        """A single fit (a batch of one curve) from ``theta`` (p,), residuals times ``scale``: `lm.Outcome`,
+        with ``saturated`` (see `solve`, at `lm.SATURATION` as `api` tests it)."""
+        options = _options(factor=factor, saturation=lm.SATURATION, **tolerances)
+        self._use_scales(np.array([scale]))
+        solution = np.array(theta.tolist())
+        cost, counts, history, recorded = self._run(np.zeros(1, dtype=np.int64), solution, options, None)
+        status, evaluations, jacobians, steps, saturated = counts[0].tolist()
         return Outcome(
-            theta=outcome.theta[0],
-            status=outcome.status[0],
-            cost=float(outcome.cost[0]),
-            evaluations=int(outcome.evaluations[0]),
-            jacobians=int(outcome.jacobians[0]),
-            steps=int(outcome.steps[0]),
-            history=outcome.history(0),
+            theta=torch.from_numpy(solution),
+            status=STATUSES[status],
+            cost=float(cost[0]),
+            evaluations=evaluations,
+            jacobians=jacobians,
+            steps=steps,
+            history=HistoryTable(history, recorded)[0],
+            saturated=bool(saturated) and STATUSES[status] != "nonfinite",
         )
 
     def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

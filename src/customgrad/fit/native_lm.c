@@ -616,11 +616,11 @@ typedef struct {
 } Fits;
 
 /* Whether a parameter of curve b stopped mattering at W->theta: ||J_j|| max(|b_j|, 1) below
-   O->saturation ||y|| (J with respect to the values; see `batch._saturated`). */
+   O->saturation ||y|| (J with respect to the internal coordinates, b the values: as `api._saturated`). */
 static int saturated(const Problem *P, Work *W, int64_t b, const Options *O) {
   int64_t n = P->points, p = P->p;
   to_external(P, W->theta, W->probe_point);
-  augmented(P, W, b, W->probe_point, 1);
+  augmented(P, W, b, W->theta, 0);
   const double *y = P->y + b * n;
   const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
   double scale = P->scales ? P->scales[b] : 1; /* J is scaled: so is y */

@@ -219,6 +219,21 @@ def test_curves_near_the_ends_of_float64_are_fitted_in_their_own_units(engine):
     assert batch.success.all()
 
 
+def test_engines_agree_with_each_other_and_single_fits_near_a_domain_edge():
+    # sqrt(x - b): steps that cross x = b give NaN, which both engines must shrink away from alike
+    x = np.linspace(0, 4, 30)
+    rng = np.random.default_rng(2)
+    y = np.stack([2 * np.sqrt(x + 0.5 * k) for k in range(1, 5)]) + 0.01 * rng.standard_normal((4, 30))
+    params = {"a": 1.0, "b": -0.1}
+    batches = {engine: fit_batch("a*sqrt(x - b)", x, y, params=params, engine=engine) for engine in ("native", "torch")}
+    for i, row in enumerate(y):
+        single = fit("a*sqrt(x - b)", x, row, params=params, engine="torch")
+        for engine, batch in batches.items():
+            for name in ("a", "b"):
+                assert_matches_reference(batch.params[name][i], single.params[name], rtol=1e-8, what=f"{engine} {name}")
+            assert batch.status[i] == single.status, (engine, i)
+
+
 def test_engine_choice_is_checked(curves):
     x, y = curves
 

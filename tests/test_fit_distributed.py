@@ -86,6 +86,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     def chunked():
         return fit(GAUSSIAN, x[shard], y[shard], params=START, distributed=True, chunk_size=16).params
 
+    def profile():
+        result = fit(GAUSSIAN, x[shard], y[shard], params=START, distributed=True)
+        return {name: ends[1] for name, ends in result.conf_interval(sigmas=(1,), params=["m", "s"]).items()}
+
     runs = (
         ("chunked", chunked),
         ("lm", lm),
@@ -94,6 +98,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         ("disagree", disagree),
         ("bad", bad_rows),
         ("batch", batch),
+        ("profile", profile),
     )
     for name, run in runs:
         results[name] = _attempt(run)
@@ -119,6 +124,15 @@ def test_lm_on_two_ranks_matches_one_process(ranks):
             assert_matches_reference(found["stderr"][name], single.stderr[name], rtol=1e-8, what=name)
         assert found["dof"] == single.dof
         assert_matches_reference(found["cost"], single.cost, rtol=1e-12, what="cost")
+
+
+def test_profile_intervals_on_two_ranks_use_every_rows_and_match_one_process(ranks):
+    x, y = data()
+    single = fit(GAUSSIAN, x, y, params=START).conf_interval(sigmas=(1,), params=["m", "s"])
+    for rank in ranks:
+        found = rank["profile"]["ok"]
+        for name in ("m", "s"):
+            assert_matches_reference(np.array(found[name]), np.array(single[name][1]), rtol=1e-8, what=name)
 
 
 def test_adam_on_two_ranks_matches_one_process(ranks):

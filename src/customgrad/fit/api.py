@@ -112,8 +112,8 @@ def fit(
         Inside an initialised torch.distributed process group: ``x``, ``y`` and ``sigma`` are this
         rank's shard of the rows (possibly none), and every rank gets the fit of all rows (LM: the
         same steps as one process; gradient solvers: all-reduced gradients). See `distributed`. The
-        result's ``data`` (and what re-evaluates the model: bands, profile intervals) holds this
-        rank's rows only.
+        result's ``data`` holds this rank's rows only; `FitResult.conf_interval`, called on every
+        rank, re-fits over every rank's rows (collectively, as the fit did).
     engine : {"auto", "native", "torch"}
         Where Levenberg-Marquardt runs: "native" in compiled C (`native`: a formula model, linear
         loss, CPU float64, no ``on_step``/``progress``/``chunk_size``/``distributed``, a C compiler),
@@ -329,7 +329,7 @@ def _fit(
     exact = None
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}
-    source = FitSource(problem, loss, bool(absolute_sigma), data.x_is_dict, ties)
+    source = FitSource(problem, loss, bool(absolute_sigma), data.x_is_dict, ties, shards=shards)
     seconds = time.perf_counter() - start_time
     return _result(problem, outcome, method, loss, data.omitted_rows, seconds, exact, source, shards)
 

@@ -64,19 +64,25 @@ class Profile:
     def _refit(self, value: float, start: dict[str, float]) -> tuple[float, dict[str, float]]:
         model = self.source.with_fixed(self.name, value, start)
         theta = model.initial_theta()
+        shards = self.source.shards  # a distributed fit: every rank's rows, every rank the same steps
+        total = (lambda value: value) if shards is None else shards.sum
         if not self.others:
             r = model.residuals(theta)
-            return float(r @ r), {}
+            return total(float(r @ r)), {}
+        collectives = {}
+        if shards is not None:
+            collectives = dict(reduce=lambda block: shards.factor(block).cpu().numpy(), sum_rows=shards.sum)
         outcome = get_solver("lm")(
             model.residuals,
             lambda t, r: model.augmented(t),
-            lambda r: float(r @ r),
+            lambda r: total(float(r @ r)),
             theta,
             max_steps=REFIT_STEPS,
             ftol=1e-15,
             xtol=1e-15,
             gtol=1e-15,
             geodesic_acceleration=True,
+            **collectives,
         )
         found = model.external(outcome.theta).tolist()
         cost = outcome.cost if math.isfinite(outcome.cost) else math.inf

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .distributed import Shards
 from .model import Model
 from .ties import Ties
 
@@ -27,6 +28,7 @@ class FitSource:
     absolute_sigma: bool = False
     x_is_dict: bool = False
     ties: Ties = field(default_factory=Ties)
+    shards: Shards | None = None  # a distributed fit's process group: profile re-fits use every rank's rows
     intervals: dict[str, dict[float, tuple[float, float]]] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     traces: dict[str, dict[float, float]] = field(default_factory=dict)

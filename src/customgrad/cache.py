@@ -182,7 +182,7 @@ def _source_fingerprint() -> str:
     stamps = []
     for folder, _, files in os.walk(os.path.dirname(os.path.abspath(__file__))):
         for name in sorted(files):
-            if name.endswith(".py"):
+            if name.endswith((".py", ".c")):
                 try:
                     stat = os.stat(os.path.join(folder, name))
                 except OSError:

@@ -110,11 +110,11 @@ def _build(sources: Sequence[str], name: str, flags: Sequence[str] = ()) -> byte
 
 
 _loaded_folder: list[str] = []
-# Libraries loaded in this process, by cache key: a library is mapped once however often it is asked for.
+# Libraries loaded in this process, by sources and flags: a library is mapped once however often it is asked for.
 _LIBRARIES: dict[tuple[str, ...], ctypes.CDLL] = {}
 
 
-def _open(data: bytes) -> ctypes.CDLL:
+def open_library(data: bytes) -> ctypes.CDLL:
     """dlopen a library from its bytes (written to a private file, unlinked once mapped)."""
     # OpenMP threads that spin while waiting hold a core another process (or torch) needs: on a busy
     # machine a parallel loop then waits a whole time slice. Read by libgomp when the first kernel loads.
@@ -131,29 +131,34 @@ def _open(data: bytes) -> ctypes.CDLL:
 
 
 def shared_library(sources: Sequence[str], name: str, flags: Sequence[str] = ()) -> ctypes.CDLL:
-    """The library built from C ``sources`` with `FLAGS` and ``flags``: from the disk cache
-    (`customgrad.cache`), else built now.
+    """The library built from C ``sources`` with `FLAGS` and ``flags`` (`library_bytes`), loaded once
+    per process.
+
+    Raises `BackendError` (naming ``name``) when the compiler is missing or fails.
+    """
+    key = (*sources, *flags)
+    loaded = _LIBRARIES.get(key)
+    if loaded is None:
+        try:
+            loaded = open_library(library_bytes(sources, name, flags))
+        except OSError:  # a corrupt entry: rebuild it
+            loaded = open_library(library_bytes(sources, name, flags, rebuild=True))
+        _LIBRARIES[key] = loaded
+    return loaded
+
+
+def library_bytes(sources: Sequence[str], name: str, flags: Sequence[str] = (), *, rebuild: bool = False) -> bytes:
+    """The shared library of C ``sources``: from the disk cache (`customgrad.cache`), else built now and stored.
 
     Raises `BackendError` (naming ``name``) when the compiler is missing or fails.
     """
     if compiler() is None:
         raise BackendError(f"{name}: no C compiler found (set CC, or install gcc)")
     cache_key = [*sources, " ".join((*FLAGS, *flags)), compiler_identity()]
-    loaded = _LIBRARIES.get(tuple(cache_key))
-    if loaded is not None:
-        return loaded
-    data = cache.load("cpu-kernels", cache_key)
-    try:
-        loaded = _open(data) if data is not None else _open(_stored(sources, name, flags, cache_key))
-    except OSError:  # a corrupt entry: rebuild it
-        loaded = _open(_stored(sources, name, flags, cache_key))
-    _LIBRARIES[tuple(cache_key)] = loaded
-    return loaded
-
-
-def _stored(sources: Sequence[str], name: str, flags: Sequence[str], cache_key: list[str]) -> bytes:
-    data = _build(sources, name, flags)
-    cache.store("cpu-kernels", cache_key, data)
+    data = None if rebuild else cache.load("cpu-kernels", cache_key)
+    if data is None:
+        data = _build(sources, name, flags)
+        cache.store("cpu-kernels", cache_key, data)
     return data
 
 

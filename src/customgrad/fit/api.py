@@ -339,7 +339,7 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
     "native": an error saying why it cannot run)."""
     if engine == "torch":
         return None
-    from .native import NativeSolver, OneCurve, unavailable
+    from .native import NativeSolver, OneCurve, count_fit, unavailable
 
     reasons = (
         (method != "lm", f"method {method!r} (it runs Levenberg-Marquardt only)"),
@@ -353,10 +353,12 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
     if reason is None:
         reason = unavailable(curve)
     if reason is None:
-        try:
-            return NativeSolver(curve, 1)
+        try:  # "auto" does not wait for the compiler: see `native.BUILD_AFTER_FITS`
+            return NativeSolver(curve, 1, build=engine == "native")
         except BackendError as error:
             reason = str(error)
+            if engine == "auto":
+                count_fit(curve)
     if engine == "native":
         raise UsageError(f"engine='native' cannot run this fit: {reason}; use engine='torch' (or 'auto')")
     return None

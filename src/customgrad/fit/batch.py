@@ -20,7 +20,7 @@ from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
 from .lm import SATURATION, Outcome
 from .model import Model, build_function
-from .native import NativeSolver, unavailable
+from .native import BUILD_FOR_CURVES, NativeSolver, unavailable
 from .reduction import reduce_gram
 from .solvers import DEFAULT_STEPS
 from .source import FitSource
@@ -160,8 +160,8 @@ def _native_solver(problem: BatchModel, engine: str, threads: int) -> NativeSolv
         return None
     reason = unavailable(problem)
     if reason is None:
-        try:
-            return NativeSolver(problem, threads)
+        try:  # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
+            return NativeSolver(problem, threads, build=engine == "native" or problem.batch >= BUILD_FOR_CURVES)
         except BackendError as error:
             reason = str(error)
     if engine == "native":

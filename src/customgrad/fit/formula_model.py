@@ -68,6 +68,11 @@ class FormulaModel:
         self._linearizations: dict[tuple, Callable | None] = {}
         self._row_specs: dict[tuple[str, ...], FunctionSpec] = {}
 
+    @property
+    def cache_key(self) -> str | None:
+        """The disk-cache key of this model's generated code (None: nothing is cached)."""
+        return self._key
+
     @functools.cached_property
     def parsed(self) -> Formula:
         """The parsed model (parsed on first use: a model read back from the disk cache needs no parsing)."""

@@ -14,15 +14,18 @@ Its constants come from `lm` and `statistics` through `Options`, so the two engi
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import math
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import cache
 from ..errors import BackendError
 from . import lm, statistics
 from .batch_lm import STATUSES, BatchOutcome
@@ -33,6 +36,17 @@ HISTORY_LIMIT = 64
 # Each operation rounded on its own, as numpy and torch do (no fused multiply-adds): on roundoff-limited
 # fits (NIST Lanczos1, cost 1e-25) contraction moved the final cost by 2.5e-6 relative.
 FLAGS = ("-ffp-contract=off",)
+# A model's library costs about 1 s of gcc, once (the disk cache keeps it). engine="auto" builds it at
+# once for a batch of at least BUILD_FOR_CURVES curves (the torch engine would take about as long), and
+# for single fits in the background once a process has fitted the same model BUILD_AFTER_FITS times
+# (a loop of fits); a one-off fit never waits for the compiler.
+BUILD_FOR_CURVES = 256
+BUILD_AFTER_FITS = 16
+BUILD_THREAD = "customgrad native build"
+_NAMESPACE = "native-fit"
+_LIBRARIES: dict[tuple, ctypes.CDLL] = {}
+_FITS: collections.Counter = collections.Counter()
+_LOCK = threading.Lock()
 # Curves per call: the progress bar advances between calls.
 CALL_CURVES = 2048
 # What each input of the generated functions is, for `native_lm.c`'s Problem.kind.
@@ -127,9 +141,39 @@ def _glue(symbol: str, entry: str, inputs: int, outputs: int) -> str:
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _library(function, free: tuple[str, ...], layouts: str):
-    """The solver library for a formula model (None where C cannot print it or the compiler fails)."""
+def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ctypes.CDLL | None:
+    """The solver library of a formula model for its free parameters and input layouts: loaded before,
+    else from the disk cache, else (with ``build``) compiled now and cached; None where it is not
+    built yet (without ``build``) or C cannot print the model. Raises `BackendError` when the
+    compiler fails."""
+    key = (function, free, layouts)
+    with _LOCK:
+        found = _LIBRARIES.get(key)
+    if found is not None:
+        return found
+    from ..backends.cpu import compiler_identity, open_library
+
+    disk = None if function.cache_key is None else [function.cache_key, " ".join(free), layouts, *FLAGS]
+    data = cache.load(_NAMESPACE, [*disk, compiler_identity()]) if disk else None
+    if data is None:
+        if not build:
+            return None
+        data = _compiled(function, free, layouts)
+        if data is None:
+            return None
+        if disk:
+            cache.store(_NAMESPACE, [*disk, compiler_identity()], data)
+    loaded = open_library(data)
+    for name, outputs in (("lm_batch", 5), ("lm_errors", 4)):
+        entry = getattr(loaded, name)
+        entry.restype = ctypes.c_int
+        entry.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p] * outputs
+    with _LOCK:
+        return _LIBRARIES.setdefault(key, loaded)
+
+
+def _compiled(function, free: tuple[str, ...], layouts: str) -> bytes | None:
+    """The library's bytes: the model's rows and values, the glue and the solver (None: C cannot print it)."""
     rows, values = function.c_source(free, False, layouts), function.c_source((), False, layouts)
     if rows is None or values is None:
         return None
@@ -137,17 +181,32 @@ def _library(function, free: tuple[str, ...], layouts: str):
     glue = "#include <stdint.h>\n" + _glue("rows_kernel", "cg_model_rows", inputs, len(free) + 1)
     glue += _glue("values_kernel", "cg_model_values", inputs, 1)
     sources = ["#define kernel rows_kernel\n" + rows, "#define kernel values_kernel\n" + values, glue]
-    from ..backends.cpu import shared_library
+    from ..backends.cpu import library_bytes
 
+    return library_bytes([*sources, _solver_source()], f"native fit of {function.text}", FLAGS)
+
+
+def _layouts(problem) -> str:
+    """How the generated kernels read each input for one curve: "v" a data column, "s" a parameter."""
+    return "".join("v" if name in problem.data else "s" for name in problem.function.names)
+
+
+def count_fit(problem) -> None:
+    """Count a single fit of ``problem``'s model on the torch engine; the `BUILD_AFTER_FITS`-th starts
+    building its library in a background thread (the fits go on meanwhile; later ones find it)."""
+    key = (problem.function, problem.names, _layouts(problem))
+    with _LOCK:
+        _FITS[key] += 1
+        start = _FITS[key] == BUILD_AFTER_FITS and key not in _LIBRARIES
+    if start:
+        threading.Thread(target=_build_quietly, args=key, name=BUILD_THREAD, daemon=True).start()
+
+
+def _build_quietly(function, free: tuple[str, ...], layouts: str) -> None:
     try:
-        library = shared_library([*sources, _solver_source()], f"native fit of {function.text}", FLAGS)
-    except BackendError:
-        return None
-    for name, outputs in (("lm_batch", 5), ("lm_errors", 4)):
-        entry = getattr(library, name)
-        entry.restype = ctypes.c_int
-        entry.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p] * outputs
-    return library
+        library(function, free, layouts, build=True)
+    except (BackendError, OSError):
+        pass  # no library: those fits stay on the torch engine, which is as right
 
 
 def unavailable(problem) -> str | None:
@@ -184,14 +243,15 @@ class HistoryTable(Sequence):
 class NativeSolver:
     """``solve`` and ``errors`` for the curves of one `BatchModel`, by `native_lm.c`.
 
-    Raises `BackendError` when the library cannot be built (see `unavailable` first).
+    Raises `BackendError` when the library cannot be built, or without ``build`` is not built yet
+    (see `unavailable` first).
     """
 
-    def __init__(self, problem, threads: int):
+    def __init__(self, problem, threads: int, *, build: bool = True):
         self.problem, self.threads = problem, max(1, threads)
         function = problem.function
         names = set(problem.names)
-        kinds, slots, layouts = [], [], []
+        kinds, slots = [], []
         columns = [column.contiguous() for column in problem.data.values()]
         column_slot = {name: k for k, name in enumerate(problem.data)}
         fixed = [value[:, 0].contiguous() for value in problem.fixed.values()]
@@ -207,10 +267,13 @@ class NativeSolver:
             else:
                 kinds.append(FIXED)
                 slots.append(fixed_slot[name])
-            layouts.append("v" if kinds[-1] in (SHARED_COLUMN, CURVE_COLUMN) else "s")
-        self.library = _library(function, problem.names, "".join(layouts))
+        self.library = library(function, problem.names, _layouts(problem), build=build)
         if self.library is None:
-            raise BackendError(f"the native engine cannot compile model {problem.text!r}")
+            raise BackendError(
+                "its library is not built yet (engine='native' builds it)"
+                if not build
+                else f"the native engine cannot compile model {problem.text!r}"
+            )
         bounds = [_bound(spec) for spec in problem.free]
         scales = getattr(problem, "scales", None)
         self.scales = None if scales is None else np.ascontiguousarray(scales.cpu().numpy(), dtype=np.float64)

@@ -295,6 +295,8 @@ HOSTILE = [
     "x\x00",
     "\\x",
     "x # comment",
+    "-(1 + erfc(1e300))",  # SymPy overflowed evaluating the sign (found by the fuzzer below)
+    "-(x - erfc(1e300))",
 ]
 
 

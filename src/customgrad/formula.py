@@ -231,9 +231,14 @@ class _Builder:
         method = getattr(self, f"_{type(node).__name__}", None)
         if method is None:
             raise self.fail(node, _describe_unsupported(node))
-        result = method(node, condition)
-        if isinstance(result, sympy.Expr):
-            self._check_finite_real(node, result)
+        try:
+            result = method(node, condition)
+            if isinstance(result, sympy.Expr):
+                self._check_finite_real(node, result)
+        except OverflowError as error:  # SymPy's exact arithmetic on a huge constant: erfc(1e300) + x
+            raise self.fail(
+                node, f"this part overflowed SymPy's exact arithmetic ({error}); use a smaller constant"
+            ) from None
         return result
 
     def _check_finite_real(self, node: ast.AST, result: sympy.Expr) -> None:

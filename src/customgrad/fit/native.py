@@ -18,6 +18,7 @@ import collections
 import ctypes
 import functools
 import math
+import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,8 +32,9 @@ from . import lm, statistics
 from .batch_lm import STATUSES, BatchOutcome
 from .lm import Outcome
 
-# Costs kept per curve for `FitResult.history`: the first HISTORY_LIMIT - 1 and the last.
-HISTORY_LIMIT = 64
+# Costs kept per curve for `FitResult.history`: the first HISTORY_LIMIT - 1 and the last (a typical fit
+# has 10-20; 10^6 curves then keep 256 MB of history).
+HISTORY_LIMIT = 32
 # Each operation rounded on its own, as numpy and torch do (no fused multiply-adds): on roundoff-limited
 # fits (NIST Lanczos1, cost 1e-25) contraction moved the final cost by 2.5e-6 relative.
 FLAGS = ("-ffp-contract=off",)
@@ -47,6 +49,15 @@ _NAMESPACE = "native-fit"
 _LIBRARIES: dict[tuple, ctypes.CDLL] = {}
 _FITS: collections.Counter = collections.Counter()
 _LOCK = threading.Lock()
+
+
+def _after_fork() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # a child forked while a build thread held the lock must not wait for it
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 # Curves per call: the progress bar advances between calls.
 CALL_CURVES = 2048
 # What each input of the generated functions is, for `native_lm.c`'s Problem.kind.

@@ -28,6 +28,7 @@ from .ties import split_ties
 # Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
 # recomputed in extended precision (formula models only).
 _ROUNDOFF_SHARE = 1e-6
+_EPS = float(np.finfo(np.float64).eps)
 # Gauss-Newton steps with 40-digit residuals at most, in that regime (`_refined`).
 _REFINEMENTS = 2
 # Up to this many Jacobian entries (rows x parameters) a fit runs on one CPU thread: small problems
@@ -596,8 +597,7 @@ def _result(
 
 def _roundoff_limited(problem: Model, cost: float) -> bool:
     """Whether float64 roundoff in the predictions is not small next to the residuals (`_ROUNDOFF_SHARE`)."""
-    roundoff = float(torch.finfo(torch.float64).eps * torch.linalg.vector_norm(problem.y))
-    return math.isfinite(cost) and roundoff >= _ROUNDOFF_SHARE * math.sqrt(cost)
+    return math.isfinite(cost) and _EPS * problem.y_norm >= _ROUNDOFF_SHARE * math.sqrt(cost)
 
 
 def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict) -> float:

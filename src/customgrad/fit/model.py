@@ -14,6 +14,7 @@ backward pass; a model that mixes rows gets its Jacobian row by row instead.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -204,6 +205,11 @@ class Model:
     def size(self) -> int:
         """Number of data points n."""
         return self.y.shape[-1]
+
+    @functools.cached_property
+    def y_norm(self) -> float:
+        """||y|| (unweighted)."""
+        return float(torch.linalg.vector_norm(self.y))
 
     def initial_theta(self) -> torch.Tensor:
         """Internal coordinates of the initial values, shape (p,)."""

@@ -104,6 +104,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         results[name] = _attempt(run)
     with open(f"{out}/rank{rank}.json", "w") as handle:
         json.dump(results, handle)
+    dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 
 

@@ -10,7 +10,7 @@ import pytest
 from scipy.optimize import curve_fit
 
 from customgrad.errors import UsageError
-from customgrad.fit import fit
+from customgrad.fit import fit, fit_batch
 from reference import ENGINES, assert_matches_reference
 
 
@@ -148,3 +148,20 @@ def test_engine_choice_is_checked_and_explained():
     # "auto" falls back to the torch engine for all of these, with the same answer
     auto = fit("a*x + c", x, y, params={"a": 1.0, "c": 0.0}, loss="huber")
     assert auto.params["a"] == pytest.approx(2.0, rel=1e-10)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_jacobian_that_shrinks_by_1e150_during_the_fit_restarts_the_scaling(engine):
+    # exp(a x) from a = 400 to 1.3: the columns shrink by ~1e170 against the running maxima D; R D^-1
+    # squared underflowed (the torch engine divided by zero, the native one stopped at a = 26.8 on ftol)
+    x = np.linspace(0.9, 1, 10)
+    result = fit("exp(a*x)", x, np.exp(1.3 * x), params={"a": 400.0}, engine=engine, max_steps=3000)
+    assert result.success and result.params["a"] == pytest.approx(1.3, rel=1e-10)
+    assert len(result.history) == result.steps + 1 > 40  # every cost, on the native engine too
+    truth = np.array([-60.0, -50.0, -30.0])
+    y = np.exp(truth[:, None] * x) * (1 + 1e-3 * np.cos(7 * x))
+    batch = fit_batch("exp(a*x)", x, y, params={"a": 340.0}, max_steps=3000, engine=engine)
+    for i, row in enumerate(y):  # the least-squares answer by SciPy from the truth
+        found, _ = curve_fit(lambda x, a: np.exp(a * x), x, row, p0=[truth[i]], ftol=1e-15, xtol=1e-15, gtol=1e-15)
+        assert_matches_reference(batch.params["a"][i], found[0], rtol=1e-9, what=f"curve {i}")
+    assert batch.success.all()

@@ -234,12 +234,16 @@ def _run_distributed(args) -> int:
     run = _run_batch_fit if args.batch else _run_checked_model_fit
     try:
         if dist.get_rank() == 0:
-            return run(args)
-        for option in ("json", "csv", "plot"):
-            setattr(args, option, None)
-        args.quiet = True
-        with contextlib.redirect_stdout(io.StringIO()):
-            return run(args)
+            code = run(args)
+        else:
+            for option in ("json", "csv", "plot"):
+                setattr(args, option, None)
+            args.quiet = True
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = run(args)
+        if started:  # rank 0 writes files after the fit: no rank tears its connections down before it is done
+            dist.barrier()
+        return code
     finally:
         if started:
             dist.destroy_process_group()

@@ -31,6 +31,7 @@ from .lm import (
     POLISHED,
     PROBE,
     RANK_TOLERANCE,
+    SHRUNK,
     TINY,
     UNEXPLOITED_SHARE,
     VISIBLE_STEP,
@@ -236,6 +237,8 @@ def _linearize_fresh(problem, part, index, reduce, tolerances) -> None:
     upper, qtr = reduced[:, :p, :p], reduced[:, :p, p]
     column_norms = safe_column_norms(upper)
     first = state.jacobians == 1
+    # D restarts where every column shrank below SHRUNK of its maximum (see `lm.SHRUNK`)
+    first = first | (column_norms < SHRUNK * state.scale).all(-1)
     initial_scale = torch.where(column_norms > 0, column_norms, 1.0)
     state.scale = torch.where(first[:, None], initial_scale, torch.maximum(state.scale, column_norms))
     initial_radius = factor * torch.linalg.vector_norm(state.scale * state.theta, dim=-1)
@@ -276,18 +279,23 @@ def _damped_steps(state: BatchState) -> tuple[torch.Tensor, torch.Tensor, torch.
     lam = state.start.clone()
     done = fits.clone()
     for _ in range(60):
-        coefficients = products / (squares + lam.unsqueeze(-1))
+        coefficients = _ratio(products, squares + lam.unsqueeze(-1))
         norm = torch.linalg.vector_norm(coefficients, dim=-1)
         done = done | ((norm - radius).abs() <= 0.1 * radius) | (norm == 0)
         if bool(done.all()):
             break
-        derivative = -(coefficients * coefficients / (squares + lam.unsqueeze(-1))).sum(-1) / norm
+        derivative = -_ratio(coefficients * coefficients, squares + lam.unsqueeze(-1)).sum(-1) / norm
         lam = torch.where(done, lam, (lam + (norm - norm * norm / radius) / derivative).clamp_min(0.0))
-    coordinates = torch.where(fits.unsqueeze(-1), state.gauss_newton, -products / (squares + lam.unsqueeze(-1)))
+    coordinates = torch.where(fits.unsqueeze(-1), state.gauss_newton, -_ratio(products, squares + lam.unsqueeze(-1)))
     lam = torch.where(fits, 0.0, lam)
     norm = torch.where(fits, state.gauss_newton_norm, torch.linalg.vector_norm(coordinates, dim=-1))
     decrease = (squares * coordinates * coordinates).sum(-1)
     return lam, coordinates, norm, decrease
+
+
+def _ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a / b, and 0 where b = 0 (a zero singular value at lambda = 0, where a = s u = 0 too)."""
+    return torch.where(b != 0, a / torch.where(b != 0, b, 1.0), 0.0)
 
 
 def _to_parameters(state: BatchState, coordinates: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,11 @@ UNEXPLOITED_SHARE = 1e-4
 # The first trust radius is at least this share of ||r||: a step of D-norm rho changes the cost by
 # about rho ||r||, and below ~EPS ||r|| no reduction shows in float64 at all (a start 1e160 off).
 VISIBLE_STEP = 1e-8
+# D holds running maxima of the Jacobian's column norms. When every column has shrunk below SHRUNK times
+# its maximum (an exponential that left its range: exp(a x) from a = 400 to 1.3), R D^-1 is so small that
+# its squared singular values underflow and the step vanishes: D restarts from the current columns,
+# and the trust radius with it, as at the first Jacobian.
+SHRUNK = 2.0**-400
 # A parameter whose relative sensitivity ||J_j|| max(|b_j|, 1) falls below this share of ||y|| has stopped
 # mattering (an exp that underflowed): the fit stopped on a plateau, worth one restart (`fit`, `fit_batch`).
 SATURATION = 1e-10
@@ -117,13 +122,13 @@ class DampedStep:
         else:
             lam = self.start
             for _ in range(60):
-                coefficients = [a / (q + lam) for a, q in zip(self.products, self.squares)]
+                coefficients = [_ratio(a, q + lam) for a, q in zip(self.products, self.squares)]
                 norm = math.sqrt(sum(c * c for c in coefficients))
                 if abs(norm - radius) <= 0.1 * radius or norm == 0:
                     break
-                derivative = -sum(c * c / (q + lam) for c, q in zip(coefficients, self.squares)) / norm
+                derivative = -sum(_ratio(c * c, q + lam) for c, q in zip(coefficients, self.squares)) / norm
                 lam = max(lam + (norm - norm * norm / radius) / derivative, 0.0)
-            coordinates = [-a / (q + lam) for a, q in zip(self.products, self.squares)]
+            coordinates = [-_ratio(a, q + lam) for a, q in zip(self.products, self.squares)]
             norm = math.sqrt(sum(c * c for c in coordinates))
         decrease = sum(q * c * c for q, c in zip(self.squares, coordinates))
         return lam, coordinates, norm, decrease
@@ -189,7 +194,7 @@ def levenberg_marquardt(
             break
         upper, qtr = reduced[:-1, :-1], reduced[:-1, -1]
         column_norms = safe_column_norms(upper)
-        if scale is None:
+        if scale is None or bool((column_norms < SHRUNK * scale).all()):
             scale = np.where(column_norms > 0, column_norms, 1.0)
             radius = max(factor * _norm(scale * theta_np) or factor, VISIBLE_STEP * math.sqrt(cost))
         else:
@@ -335,6 +340,11 @@ def _half_acceleration(
     if not 2 * _norm(coordinates) <= ACCELERATION_RATIO * velocity_norm:  # NaN too
         return 0.0
     return 0.5 * ((vt.T / scale[:, None]) @ coordinates)
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b, and 0 for a zero singular value at lambda = 0 (a = s u = 0 too), as the C engine's IEEE 0/0 is not."""
+    return a / b if b != 0 else 0.0
 
 
 def _norm(vector: np.ndarray) -> float:

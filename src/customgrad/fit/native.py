@@ -101,6 +101,7 @@ _REAL_OPTIONS = (
     "statistics_rank_tolerance",
     "null_component",
     "saturation",
+    "shrunk",
 )
 _INTEGER_OPTIONS = ("max_steps", "geodesic", "history", "drift_window", "nonfinite_retries", "polished")
 
@@ -127,6 +128,7 @@ def _options(ftol: float, xtol: float, gtol: float, max_steps: int, factor: floa
         statistics_rank_tolerance=statistics.RANK_TOLERANCE,
         null_component=statistics.NULL_COMPONENT,
         saturation=saturation,
+        shrunk=lm.SHRUNK,
         max_steps=max_steps,
         geodesic=1,
         history=min(max_steps + 2, HISTORY_LIMIT),
@@ -396,6 +398,7 @@ class NativeSolver:
         """A single fit (a batch of one curve) from ``theta`` (p,), residuals times ``scale``: `lm.Outcome`,
         with ``saturated`` (see `solve`, at `lm.SATURATION` as `api` tests it)."""
         options = _options(factor=factor, saturation=lm.SATURATION, **tolerances)
+        options.history = options.max_steps + 2  # one curve: its whole history, as the torch engine keeps
         self._use_scales(np.array([scale]))
         solution = np.array(theta.tolist())
         cost, counts, history, recorded = self._run(np.zeros(1, dtype=np.int64), solution, options, None)

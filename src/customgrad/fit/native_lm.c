@@ -36,7 +36,7 @@ typedef struct {
 typedef struct {
   double ftol, xtol, gtol, factor;
   double rank_tolerance, drift_tolerance, polish_slack, probe, acceleration_ratio, unexploited_share,
-      visible_step, statistics_rank_tolerance, null_component, saturation;
+      visible_step, statistics_rank_tolerance, null_component, saturation, shrunk;
   int64_t max_steps, geodesic, history, drift_window, nonfinite_retries;
   int64_t polished; /* bit mask of the statuses after which the polish step runs */
 } Options;
@@ -298,9 +298,9 @@ static double solve(Work *W, int64_t p, const Damped *d, double radius, double *
     for (int iteration = 0; iteration < 60; iteration++) {
       double sum = 0, slope = 0;
       for (int64_t j = 0; j < p; j++) {
-        double c = W->products[j] / (W->squares[j] + lam);
+        double q = W->squares[j] + lam, c = q != 0 ? W->products[j] / q : 0; /* s = 0 at lambda = 0 */
         sum += c * c;
-        slope += c * c / (W->squares[j] + lam);
+        slope += q != 0 ? c * c / q : 0;
       }
       norm = sqrt(sum);
       if (fabs(norm - radius) <= 0.1 * radius || norm == 0) break;
@@ -309,7 +309,8 @@ static double solve(Work *W, int64_t p, const Damped *d, double radius, double *
     }
     double sum = 0;
     for (int64_t j = 0; j < p; j++) {
-      W->coordinates[j] = -W->products[j] / (W->squares[j] + lam);
+      double q = W->squares[j] + lam;
+      W->coordinates[j] = q != 0 ? -W->products[j] / q : 0;
       sum += W->coordinates[j] * W->coordinates[j];
     }
     norm = sqrt(sum);
@@ -440,10 +441,15 @@ static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history
       break;
     }
     double gradient = 0;
-    for (int64_t j = 0; j < p; j++) W->norms[j] = safe_norm(W->reduced + j, p, p + 1);
+    /* D restarts at the first Jacobian, and where every column shrank below `shrunk` of its maximum */
+    int restart = 1;
+    for (int64_t j = 0; j < p; j++) {
+      W->norms[j] = safe_norm(W->reduced + j, p, p + 1);
+      restart &= o.jacobians == 1 || W->norms[j] < O->shrunk * W->scale[j];
+    }
     for (int64_t j = 0; j < p; j++) {
       double norm = W->norms[j];
-      if (o.jacobians == 1)
+      if (restart)
         W->scale[j] = norm > 0 ? norm : 1;
       else
         W->scale[j] = fmax(W->scale[j], norm);
@@ -451,7 +457,7 @@ static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history
       for (int64_t i = 0; i < p; i++) dot += W->reduced[i * (p + 1) + j] * W->reduced[i * (p + 1) + p];
       gradient = fmax(gradient, fabs(dot) / fmax(norm, DBL_MIN));
     }
-    if (o.jacobians == 1) {
+    if (restart) {
       double start = O->factor * scaled_norm(W->scale, W->theta, p);
       radius = fmax(start != 0 ? start : O->factor, O->visible_step * sqrt(cost));
     }
@@ -463,8 +469,8 @@ static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history
       o.status = GTOL;
       break;
     }
-    decompose(W, p, o.jacobians > 1); /* warm from this curve's previous V only: results never depend
-                                          on which curve a thread fitted before */
+    decompose(W, p, !restart); /* warm from this curve's previous V only: results never depend on
+                                   which curve a thread fitted before */
     Damped d = damped_step(W, p, O);
     int low_rank = W->s[p - 1] <= O->rank_tolerance * W->s[0];
     double theta_norm = scaled_norm(W->scale, W->theta, p);
@@ -599,12 +605,12 @@ static int for_each_curve(const Problem *P, const Options *O, const int64_t *ind
 #pragma omp parallel num_threads(threads) if (threads > 1 && count > 1) reduction(| : failed)
   {
     Work W;
-    if (!allocate(&W, P->points, P->p, P->inputs, O)) {
-      failed = 1;
-    } else {
+    int ready = allocate(&W, P->points, P->p, P->inputs, O);
+    failed |= !ready;
+    /* every thread must reach the worksharing loop (its barrier), even one without memory */
 #pragma omp for schedule(dynamic, 16)
-      for (int64_t k = 0; k < count; k++) task(P, O, &W, k, index[k], context);
-    }
+    for (int64_t k = 0; k < count; k++)
+      if (ready) task(P, O, &W, k, index[k], context);
     release(&W);
   }
   return failed ? -1 : 0;

@@ -55,13 +55,6 @@ class Profile:
         return self.points[value][0]
 
     def _fit(self, value: float, start: dict[str, float]) -> tuple[float, dict[str, float]]:
-        from .api import _threads_for  # one thread for small problems, and numpy's overflow warnings off
-
-        problem = self.source.problem
-        with _threads_for(problem.size * len(problem.names), problem.y.device):
-            return self._refit(value, start)
-
-    def _refit(self, value: float, start: dict[str, float]) -> tuple[float, dict[str, float]]:
         model = self.source.with_fixed(self.name, value, start)
         theta = model.initial_theta()
         shards = self.source.shards  # a distributed fit: every rank's rows, every rank the same steps
@@ -98,7 +91,7 @@ def conf_interval(
 
     values = {name: result.params[name] for name in source.problem.names}
     unidentified = {name for group in result.not_identifiable for name in group}
-    with progress_bar(2 * len(names), "profile intervals", enabled=progress) as advance:
+    with _thread_setting(source), progress_bar(2 * len(names), "profile intervals", enabled=progress) as advance:
         for name in names:
             if name in unidentified or not math.isfinite(result.stderr[name]):
                 source.intervals[name] = {sigma: (math.nan, math.nan) for sigma in sigmas}
@@ -216,6 +209,15 @@ def _solve(profile: Profile, low: tuple[float, float], high: tuple[float, float]
     return a - fa * (b - a) / (fb - fa) if math.isfinite(fb) and fb != fa else (a + b) / 2
 
 
+def _thread_setting(source: FitSource):
+    """One torch thread setting (and numpy's overflow warnings off) for all of a profile's re-fits
+    (`api._threads_for`), not one per re-fit."""
+    from .api import _threads_for
+
+    problem = source.problem
+    return _threads_for(problem.size * len(problem.names), problem.y.device)
+
+
 def profile_curve(result: FitResult, name: str, count: int = 21) -> tuple[list[float], list[float]]:
     """(values, chi2_p) on a grid over the widest interval found for ``name``, and the search's points."""
     source = result.source
@@ -223,16 +225,17 @@ def profile_curve(result: FitResult, name: str, count: int = 21) -> tuple[list[f
         conf_interval(result, (1, 2, 3), [name])
         source = result.source
     spec = next(s for s in source.problem.specs if s.name == name)
-    profile = Profile(source, name, {n: result.params[n] for n in source.problem.names})
-    finite = [v for pair in source.intervals[name].values() for v in pair if math.isfinite(v)]
-    stderr = result.stderr[name] if math.isfinite(result.stderr[name]) else abs(profile.best_value) * 0.2 or 1.0
-    low = min(finite, default=profile.best_value - 3 * stderr)
-    high = max(finite, default=profile.best_value + 3 * stderr)
-    margin = 0.1 * (high - low)
-    grid = torch.linspace(low - margin, high + margin, count, dtype=torch.float64).tolist()
-    grid = [min(max(v, spec.lower), spec.upper) for v in grid]
-    for value in sorted(grid, key=lambda v: abs(v - profile.best_value)):  # outwards: warm starts stay close
-        profile(value)
+    with _thread_setting(source):
+        profile = Profile(source, name, {n: result.params[n] for n in source.problem.names})
+        finite = [v for pair in source.intervals[name].values() for v in pair if math.isfinite(v)]
+        stderr = result.stderr[name] if math.isfinite(result.stderr[name]) else abs(profile.best_value) * 0.2 or 1.0
+        low = min(finite, default=profile.best_value - 3 * stderr)
+        high = max(finite, default=profile.best_value + 3 * stderr)
+        margin = 0.1 * (high - low)
+        grid = torch.linspace(low - margin, high + margin, count, dtype=torch.float64).tolist()
+        grid = [min(max(v, spec.lower), spec.upper) for v in grid]
+        for value in sorted(grid, key=lambda v: abs(v - profile.best_value)):  # outwards: warm starts stay close
+            profile(value)
     pairs = sorted({**{v: c for v, (c, _) in profile.points.items()}, **source.traces.get(name, {})}.items())
     return [v for v, _ in pairs], [c for _, c in pairs]
 

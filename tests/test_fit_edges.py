@@ -165,3 +165,29 @@ def test_a_jacobian_that_shrinks_by_1e150_during_the_fit_restarts_the_scaling(en
         found, _ = curve_fit(lambda x, a: np.exp(a * x), x, row, p0=[truth[i]], ftol=1e-15, xtol=1e-15, gtol=1e-15)
         assert_matches_reference(batch.params["a"][i], found[0], rtol=1e-9, what=f"curve {i}")
     assert batch.success.all()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_infinite_derivative_at_a_bound_on_exact_data_is_a_result_not_a_crash(engine):
+    # d sqrt(b)/db is inf at b = 0, where the fit ends; the 40-digit refinement must not reach LAPACK with it
+    x = np.linspace(0, 1, 20)
+    result = fit("sqrt(b)*x + a", x, np.ones(20), params={"a": 0.5, "b": 1.0}, bounds={"b": (0, 10)}, engine=engine)
+    assert result.params["a"] == pytest.approx(1.0, abs=1e-12) and result.params["b"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_huge_step_limit_means_no_limit_on_the_native_engine():
+    x = np.linspace(0, 1, 20)
+    result = fit("a*x + c", x, 2 * x + 1, params={"a": 1.0, "c": 0.0}, engine=ENGINES[0].values[0], max_steps=10**10)
+    assert result.success and result.params["a"] == pytest.approx(2.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_batch_data_and_sigma_near_1e200_do_the_same_work_as_at_1(engine):
+    # the plateau test compared ||J|| with ||y|| where ||y|| overflowed: every curve was fitted twice
+    x = np.linspace(0, 1, 30)
+    y = np.stack([(k + 1) * np.exp(-2 * x) + 0.01 * np.cos(5 * x) for k in range(3)])
+    at_one = fit_batch("a*exp(-b*x)", x, y, params={"a": 1.0, "b": 1.0}, engine=engine)
+    unit = 2.0**664  # about 1e200, a power of two: the scaled problem is exactly the same one
+    scaled = fit_batch("a*exp(-b*x)", x, unit * y, params={"a": unit, "b": 1.0}, sigma=np.full(30, unit), engine=engine)
+    assert scaled.jacobians.tolist() == at_one.jacobians.tolist()
+    assert_matches_reference(scaled.params["b"], at_one.params["b"], rtol=1e-9, what="b")

@@ -111,7 +111,7 @@ def _build(sources: Sequence[str], name: str, flags: Sequence[str] = ()) -> byte
 
 _loaded_folder: list[str] = []
 # Libraries loaded in this process, by sources and flags: a library is mapped once however often it is asked for.
-_LIBRARIES: dict[tuple[str, ...], ctypes.CDLL] = {}
+_LIBRARIES: dict[tuple[tuple[str, ...], tuple[str, ...]], ctypes.CDLL] = {}
 
 
 def open_library(data: bytes) -> ctypes.CDLL:
@@ -136,7 +136,7 @@ def shared_library(sources: Sequence[str], name: str, flags: Sequence[str] = ())
 
     Raises `BackendError` (naming ``name``) when the compiler is missing or fails.
     """
-    key = (*sources, *flags)
+    key = (tuple(sources), tuple(flags))
     loaded = _LIBRARIES.get(key)
     if loaded is None:
         try:

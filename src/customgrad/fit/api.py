@@ -22,7 +22,7 @@ from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
 from .source import FitSource
-from .statistics import CONDITION_WARNING, uncertainty
+from .statistics import CONDITION_WARNING, column_norms, uncertainty
 from .ties import split_ties
 
 # Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
@@ -356,9 +356,9 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
     if reason is None:
         try:  # "auto" does not wait for the compiler: see `native.BUILD_AFTER_FITS`
             return NativeSolver(curve, 1, build=engine == "native")
-        except BackendError as error:
+        except (BackendError, OSError) as error:  # OSError: the library would not load
             reason = str(error)
-            if engine == "auto":
+            if engine == "auto" and isinstance(error, BackendError):
                 count_fit(curve)
     if engine == "native":
         raise UsageError(f"engine='native' cannot run this fit: {reason}; use engine='torch' (or 'auto')")
@@ -488,14 +488,17 @@ def power_of_two_scales(rows: torch.Tensor) -> torch.Tensor:
 
 
 def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> bool:
+    """A parameter's relative sensitivity ||J_j|| max(|b_j|, 1) below `SATURATION` ||y / sigma|| (J is
+    weighted by 1 / sigma too: the test does not depend on the units of y or sigma)."""
     _, jacobian = problem.jacobian(theta)  # (R of J when chunked: the same column norms)
-    scale = power_of_two_scale(problem.y)  # norms of data near 1e200 would overflow
+    weighted = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
+    scale = power_of_two_scale(weighted)  # norms of data near 1e200 would overflow
     values = problem.external(theta).abs().clamp_min(1.0)
     if shards is None:
         sensitivity = torch.linalg.vector_norm(jacobian * scale, dim=0) * values
-        return bool((sensitivity < SATURATION * torch.linalg.vector_norm(problem.y * scale)).any())
+        return bool((sensitivity < SATURATION * torch.linalg.vector_norm(weighted * scale)).any())
     scale = shards.minimum(scale)
-    scaled, y = jacobian * scale, problem.y * scale
+    scaled, y = jacobian * scale, weighted * scale
     squares = shards.sum(torch.cat([(scaled * scaled).sum(0), (y * y).sum().reshape(1)]).cpu().numpy())
     sensitivity = torch.as_tensor(np.sqrt(squares[:-1])).to(values) * values
     return bool((sensitivity < SATURATION * math.sqrt(squares[-1])).any())
@@ -511,10 +514,12 @@ def _result(
     exact: dict | None,
     source: FitSource | None = None,
     shards: Shards | None = None,
+    refine: bool = True,
 ) -> FitResult:
     values = problem.external(outcome.theta)
     r, jacobian = problem.jacobian(values, external=True)
-    if shards is None and problem.rows is not None and not isinstance(problem, ChunkedModel):
+    limited = shards is None and _roundoff_limited(problem, r)
+    if limited and refine and method == "lm" and loss == "linear" and not isinstance(problem, ChunkedModel):
         values, r, jacobian = _refined(problem, values, r, jacobian, exact or {})
     weighted_y = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
     # statistics in units where the squares stay in range (the covariance does not depend on them)
@@ -522,7 +527,8 @@ def _result(
     n, p = problem.size, len(problem.names)
     if shards is None:
         scaled_cost = float((r * scale) @ (r * scale))
-        cost = _precise_cost(problem, values, scaled_cost / scale / scale, exact or {})
+        cost = scaled_cost / scale / scale
+        cost = _precise_cost(problem, values, cost, exact or {}) if limited else cost
         if math.isfinite(cost) and cost > 0:
             scaled_cost = cost * scale * scale
         data_norm = float(torch.linalg.vector_norm(weighted_y * scale))
@@ -595,15 +601,18 @@ def _result(
     )
 
 
-def _roundoff_limited(problem: Model, cost: float) -> bool:
-    """Whether float64 roundoff in the predictions is not small next to the residuals (`_ROUNDOFF_SHARE`)."""
-    return math.isfinite(cost) and _EPS * problem.y_norm >= _ROUNDOFF_SHARE * math.sqrt(cost)
+def _roundoff_limited(problem: Model, r: torch.Tensor) -> bool:
+    """Whether float64 roundoff in the predictions, eps ||y / sigma||, is not small next to the residuals
+    ||r|| (`_ROUNDOFF_SHARE`): both weighted alike, both norms safe from overflow and underflow; a formula
+    model on the CPU only (the extended-precision model and the refinement run there)."""
+    if problem.rows is None or problem.y.device.type != "cpu" or not bool(torch.isfinite(r).all()):
+        return False
+    size = float(column_norms(r.detach().numpy().reshape(-1, 1))[0])
+    return _EPS * problem.weighted_y_norm >= _ROUNDOFF_SHARE * size
 
 
 def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict) -> float:
-    """The cost recomputed in 40-digit arithmetic where float64 roundoff would swamp it (else ``cost``)."""
-    if not _roundoff_limited(problem, cost):
-        return cost
+    """The cost recomputed in 40-digit arithmetic (for a fit where float64 roundoff would swamp it)."""
     residuals = _precise_residuals(problem, values, exact)
     if residuals is None:
         return cost
@@ -622,17 +631,18 @@ def _refined(problem: Model, values: torch.Tensor, r: torch.Tensor, jacobian: to
     predictions, which leaves the parameters off by that noise times the condition number; the solver's
     arithmetic then decides the last digits of the cost. Refined, they no longer depend on it.
     """
-    if not _roundoff_limited(problem, float(r @ r)):
-        return values, r, jacobian
     import mpmath
 
     residuals = _precise_residuals(problem, values, exact)
     with mpmath.workdps(40):
         for _ in range(_REFINEMENTS):
-            if residuals is None:
+            if residuals is None or not bool(torch.isfinite(jacobian).all()):
                 break
             cost = mpmath.fsum(v * v for v in residuals)
-            step = np.linalg.lstsq(jacobian.numpy(), -np.array([float(v) for v in residuals]), rcond=None)[0]
+            try:
+                step = np.linalg.lstsq(jacobian.numpy(), -np.array([float(v) for v in residuals]), rcond=None)[0]
+            except np.linalg.LinAlgError:
+                break
             trial = values + torch.from_numpy(step)
             if not all(spec.lower <= float(v) <= spec.upper for spec, v in zip(problem.free, trial, strict=True)):
                 break

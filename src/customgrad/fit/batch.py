@@ -16,7 +16,7 @@ from .batch_data import batch_parameter_specs, curve_data, curve_specs, prepare_
 from .batch_lm import BatchOutcome, batch_levenberg_marquardt
 from .batch_model import BatchModel
 from .batch_result import BatchFitResult
-from .batch_statistics import batch_stderr
+from .batch_statistics import batch_stderr, safe_column_norms
 from .distributed import Shards, local_shard
 from .lm import SATURATION, Outcome
 from .model import Model, build_function
@@ -162,7 +162,7 @@ def _native_solver(problem: BatchModel, engine: str, threads: int) -> NativeSolv
     if reason is None:
         try:  # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
             return NativeSolver(problem, threads, build=engine == "native" or problem.batch >= BUILD_FOR_CURVES)
-        except BackendError as error:
+        except (BackendError, OSError) as error:  # OSError: the library would not load
             reason = str(error)
     if engine == "native":
         raise UsageError(f"engine='native' cannot fit this batch: {reason}; use engine='torch' (or 'auto')")
@@ -265,16 +265,17 @@ class _Subset:
 
 
 def _saturated(problem, theta: torch.Tensor) -> torch.Tensor:
-    """(b,) bool: a parameter's relative sensitivity ||J_j|| max(|b_j|, 1) is below 1e-10 ||y|| (see `api`)."""
+    """(b,) bool: a parameter's relative sensitivity ||J_j|| max(|b_j|, 1) is below 1e-10 ||y / sigma|| (see `api`)."""
     everyone = torch.arange(theta.shape[0], device=theta.device)
     values = problem.external(theta)
     block = problem.augmented(theta, everyone)  # J in internal coordinates, as `api._saturated`
-    columns = block[..., :-1]
-    sensitivity = torch.sqrt((columns * columns).sum(-2)) * values.abs().clamp_min(1.0)
-    y = torch.where(problem.problem.mask[problem.index], problem.problem.y[problem.index], 0.0)
+    sensitivity = safe_column_norms(block[..., :-1]) * values.abs().clamp_min(1.0)
+    whole = problem.problem
+    weighted = whole.y if whole.weights is None else whole.y * whole.weights  # J carries 1 / sigma: so must y
+    y = torch.where(whole.mask[problem.index], weighted[problem.index], 0.0)
     if problem.problem.scales is not None:  # J carries the curves' scales: so must y
         y = y * problem.problem.scales[problem.index].unsqueeze(-1)
-    return (sensitivity < SATURATION * torch.linalg.vector_norm(y, dim=-1, keepdim=True)).any(-1)
+    return (sensitivity < SATURATION * safe_column_norms(y.unsqueeze(-1))).any(-1)
 
 
 def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> BatchOutcome:
@@ -351,4 +352,5 @@ def _curve_result(problem, arrays, outcome: BatchOutcome, i: int, specs, initial
     if not math.isfinite(result.cost):
         result.cost = math.nan
     source = FitSource(single, x_is_dict=x_is_dict)
-    return _result(single, result, "lm", "linear", omitted, 0.0, None, source)
+    # not refined in 40 digits: curve i's FitResult keeps the batch's parameters for it
+    return _result(single, result, "lm", "linear", omitted, 0.0, None, source, refine=False)

@@ -207,9 +207,12 @@ class Model:
         return self.y.shape[-1]
 
     @functools.cached_property
-    def y_norm(self) -> float:
-        """||y|| (unweighted)."""
-        return float(torch.linalg.vector_norm(self.y))
+    def weighted_y_norm(self) -> float:
+        """||y / sigma||, without overflow or underflow (`statistics.column_norms`)."""
+        from .statistics import column_norms
+
+        weighted = self.y if self.inverse_sigma is None else self.y * self.inverse_sigma
+        return float(column_norms(weighted.detach().cpu().numpy().reshape(-1, 1))[0])
 
     def initial_theta(self) -> torch.Tensor:
         """Internal coordinates of the initial values, shape (p,)."""

@@ -35,6 +35,9 @@ from .lm import Outcome
 # Costs kept per curve for `FitResult.history`: the first HISTORY_LIMIT - 1 and the last (a typical fit
 # has 10-20; 10^6 curves then keep 256 MB of history).
 HISTORY_LIMIT = 32
+SINGLE_HISTORY_LIMIT = 100_000
+# Step limits beyond this are "no limit" (and fit C's int64).
+MAX_STEPS = 1 << 40
 # Each operation rounded on its own, as numpy and torch do (no fused multiply-adds): on roundoff-limited
 # fits (NIST Lanczos1, cost 1e-25) contraction moved the final cost by 2.5e-6 relative.
 FLAGS = ("-ffp-contract=off",)
@@ -129,7 +132,7 @@ def _options(ftol: float, xtol: float, gtol: float, max_steps: int, factor: floa
         null_component=statistics.NULL_COMPONENT,
         saturation=saturation,
         shrunk=lm.SHRUNK,
-        max_steps=max_steps,
+        max_steps=min(max_steps, MAX_STEPS),
         geodesic=1,
         history=min(max_steps + 2, HISTORY_LIMIT),
         drift_window=lm.DRIFT_WINDOW,
@@ -398,7 +401,8 @@ class NativeSolver:
         """A single fit (a batch of one curve) from ``theta`` (p,), residuals times ``scale``: `lm.Outcome`,
         with ``saturated`` (see `solve`, at `lm.SATURATION` as `api` tests it)."""
         options = _options(factor=factor, saturation=lm.SATURATION, **tolerances)
-        options.history = options.max_steps + 2  # one curve: its whole history, as the torch engine keeps
+        # one curve: its whole history as the torch engine keeps it, up to SINGLE_HISTORY_LIMIT costs
+        options.history = min(options.max_steps + 2, SINGLE_HISTORY_LIMIT)
         self._use_scales(np.array([scale]))
         solution = np.array(theta.tolist())
         cost, counts, history, recorded = self._run(np.zeros(1, dtype=np.int64), solution, options, None)

@@ -622,15 +622,17 @@ typedef struct {
 } Fits;
 
 /* Whether a parameter of curve b stopped mattering at W->theta: ||J_j|| max(|b_j|, 1) below
-   O->saturation ||y|| (J with respect to the internal coordinates, b the values: as `api._saturated`). */
+   O->saturation ||y / sigma|| (J with respect to the internal coordinates, b the values: as
+   `api._saturated`). */
 static int saturated(const Problem *P, Work *W, int64_t b, const Options *O) {
   int64_t n = P->points, p = P->p;
   to_external(P, W->theta, W->probe_point);
   augmented(P, W, b, W->theta, 0);
   const double *y = P->y + b * n;
   const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
-  double scale = P->scales ? P->scales[b] : 1; /* J is scaled: so is y */
-  for (int64_t i = 0; i < n; i++) W->r_probe[i] = !mask || mask[i] ? y[i] * scale : 0;
+  const double *w = P->weights ? P->weights + (P->weights_per_curve ? b * n : 0) : NULL;
+  double scale = P->scales ? P->scales[b] : 1; /* J is weighted and scaled: so is y */
+  for (int64_t i = 0; i < n; i++) W->r_probe[i] = !mask || mask[i] ? y[i] * (w ? w[i] : 1) * scale : 0;
   double threshold = O->saturation * safe_norm(W->r_probe, n, 1);
   for (int64_t j = 0; j < p; j++)
     if (safe_norm(W->block + j * n, n, 1) * fmax(fabs(W->probe_point[j]), 1.0) < threshold) return 1;

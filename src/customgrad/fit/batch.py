@@ -79,8 +79,9 @@ def fit_batch(
     engine : {"auto", "native", "torch"}
         "native": each curve's LM in compiled C, the curves in parallel (`native`: formula models,
         CPU float64, a C compiler); "torch": the LM as tensors over the batch (any model, device and
-        dtype; `batch_lm`); "auto": native where it can run, else torch. Both take the steps `fit`
-        takes for each curve alone.
+        dtype; `batch_lm`); "auto": native where it can run and its library is built (or the batch
+        has `native.BUILD_FOR_CURVES` curves or more, which builds it: about 1 s once), else torch.
+        Both take the steps `fit` takes for each curve alone.
     """
     start_time = time.perf_counter()
     shards = Shards(None) if distributed else None

@@ -1,4 +1,5 @@
-"""The native batch engine: Levenberg-Marquardt per curve in C (`native_lm.c`), curves in parallel.
+"""The native engine: Levenberg-Marquardt per curve in C (`native_lm.c`), curves in parallel; `fit_batch`'s
+curves, and a single `fit` as a batch of one.
 
 For formula models on the CPU in float64 with a C compiler. One shared library per model and input
 layout holds three translation units: the model's generated rows [df/db_j, f] and values f (the cpu
@@ -52,6 +53,12 @@ _NAMESPACE = "native-fit"
 _LIBRARIES: dict[tuple, ctypes.CDLL] = {}
 _FITS: collections.Counter = collections.Counter()
 _LOCK = threading.Lock()
+# Curves per call: the progress bar advances between calls.
+CALL_CURVES = 2048
+# What each input of the generated functions is, for `native_lm.c`'s Problem.kind.
+SHARED_COLUMN, CURVE_COLUMN, FREE, FIXED = range(4)
+# Bound kinds for Problem.bound (see `model._to_external`).
+UNBOUNDED, BOTH, LOWER, UPPER = range(4)
 
 
 def _after_fork() -> None:
@@ -61,12 +68,6 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
-# Curves per call: the progress bar advances between calls.
-CALL_CURVES = 2048
-# What each input of the generated functions is, for `native_lm.c`'s Problem.kind.
-SHARED_COLUMN, CURVE_COLUMN, FREE, FIXED = range(4)
-# Bound kinds for Problem.bound (see `model._to_external`).
-UNBOUNDED, BOTH, LOWER, UPPER = range(4)
 
 
 class _Problem(ctypes.Structure):

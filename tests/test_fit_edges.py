@@ -191,3 +191,13 @@ def test_batch_data_and_sigma_near_1e200_do_the_same_work_as_at_1(engine):
     scaled = fit_batch("a*exp(-b*x)", x, unit * y, params={"a": unit, "b": 1.0}, sigma=np.full(30, unit), engine=engine)
     assert scaled.jacobians.tolist() == at_one.jacobians.tolist()
     assert_matches_reference(scaled.params["b"], at_one.params["b"], rtol=1e-9, what="b")
+
+
+@pytest.mark.parametrize("unit", [1.0, 1e200, 1e-200, 1e-310])
+def test_safe_norm_matches_math_hypot_at_the_ends_of_float64(unit):
+    import torch
+
+    from customgrad.fit.statistics import safe_norm
+
+    values = [3.0 * unit, -4.0 * unit, 12.0 * unit]
+    assert safe_norm(torch.tensor(values, dtype=torch.float64)) == pytest.approx(math.hypot(*values), rel=1e-15)

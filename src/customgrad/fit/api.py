@@ -22,7 +22,7 @@ from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
 from .source import FitSource
-from .statistics import CONDITION_WARNING, column_norms, uncertainty
+from .statistics import CONDITION_WARNING, safe_norm, uncertainty
 from .ties import split_ties
 
 # Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
@@ -607,10 +607,10 @@ def _roundoff_limited(problem: Model, r: torch.Tensor) -> bool:
     """Whether float64 roundoff in the predictions, eps ||y / sigma||, is not small next to the residuals
     ||r|| (`_ROUNDOFF_SHARE`): both weighted alike, both norms safe from overflow and underflow; a formula
     model on the CPU only (the extended-precision model and the refinement run there)."""
-    if problem.rows is None or problem.y.device.type != "cpu" or not bool(torch.isfinite(r).all()):
+    if problem.rows is None or problem.y.device.type != "cpu":
         return False
-    size = float(column_norms(r.detach().numpy().reshape(-1, 1))[0])
-    return _EPS * problem.weighted_y_norm >= _ROUNDOFF_SHARE * size
+    size = safe_norm(r)
+    return math.isfinite(size) and _EPS * problem.weighted_y_norm >= _ROUNDOFF_SHARE * size
 
 
 def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict) -> float:

@@ -208,11 +208,10 @@ class Model:
 
     @functools.cached_property
     def weighted_y_norm(self) -> float:
-        """||y / sigma||, without overflow or underflow (`statistics.column_norms`)."""
-        from .statistics import column_norms
+        """||y / sigma||, without overflow or underflow (`statistics.safe_norm`)."""
+        from .statistics import safe_norm
 
-        weighted = self.y if self.inverse_sigma is None else self.y * self.inverse_sigma
-        return float(column_norms(weighted.detach().cpu().numpy().reshape(-1, 1))[0])
+        return safe_norm(self.y if self.inverse_sigma is None else self.y * self.inverse_sigma)
 
     def initial_theta(self) -> torch.Tensor:
         """Internal coordinates of the initial values, shape (p,)."""

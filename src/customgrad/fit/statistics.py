@@ -50,6 +50,16 @@ def column_norms(matrix: np.ndarray) -> np.ndarray:
     return np.where((plain > 1e-140) & (plain < 1e140), plain, scaled)
 
 
+def safe_norm(vector: torch.Tensor) -> float:
+    """||v|| of a tensor; where the squares leave float64's range, as m ||v / m|| with m = max |v_i|
+    (as `column_norms`); inf or NaN where v holds them."""
+    plain = float(torch.linalg.vector_norm(vector))
+    if 1e-140 < plain < 1e140 or not math.isfinite(plain) and not bool(torch.isfinite(vector).all()):
+        return plain
+    largest = float(vector.abs().max()) if vector.numel() else 0.0
+    return largest * float(torch.linalg.vector_norm(vector / largest)) if largest > 0 else 0.0
+
+
 def reduce_to_r(jacobian: torch.Tensor | np.ndarray) -> np.ndarray:
     """The p x p upper-triangular R of J = QR (zero rows appended when n < p), float64 on the CPU.
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import torch
 
-from ..errors import BackendError, CustomgradError, FitError, UsageError
+from ..errors import CustomgradError, FitError, UsageError
 from .chunked import ChunkedModel
 from .data import prepare_data
 from .distributed import Shards
@@ -339,10 +339,11 @@ def _fit(
 
 def _native_engine(engine: str, problem, method: str, rho, shards, callback):
     """The compiled LM (`native.NativeSolver`) for this fit, or None for the torch one (``engine``
-    "native": an error saying why it cannot run)."""
+    "native": an error saying why it cannot run). "auto" does not wait for the compiler: see
+    `native.BUILD_AFTER_FITS`."""
     if engine == "torch":
         return None
-    from .native import NativeSolver, OneCurve, count_fit, unavailable
+    from .native import OneCurve, engine_for
 
     reasons = (
         (method != "lm", f"method {method!r} (it runs Levenberg-Marquardt only)"),
@@ -352,19 +353,8 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
         (callback is not None, "on_step or progress (it reports no steps while it runs)"),
     )
     reason = next((why for found, why in reasons if found), None)
-    curve = OneCurve(problem) if reason is None else None
-    if reason is None:
-        reason = unavailable(curve)
-    if reason is None:
-        try:  # "auto" does not wait for the compiler: see `native.BUILD_AFTER_FITS`
-            return NativeSolver(curve, 1, build=engine == "native")
-        except (BackendError, OSError) as error:  # OSError: the library would not load
-            reason = str(error)
-            if engine == "auto" and isinstance(error, BackendError):
-                count_fit(curve)
-    if engine == "native":
-        raise UsageError(f"engine='native' cannot run this fit: {reason}; use engine='torch' (or 'auto')")
-    return None
+    curve = OneCurve(problem)
+    return engine_for(curve, engine, 1, build=False, what="run this fit", reason=reason, count=engine == "auto")
 
 
 def _chunk_size(chunk_size, loss: str) -> int | None:

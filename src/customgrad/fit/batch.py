@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from ..errors import BackendError, UsageError
+from ..errors import UsageError
 from ..progress import progress_bar
 from .api import ENGINES, _dtype_and_device, _number, _result, _threads_for, power_of_two_scales
 from .batch_data import batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
@@ -20,7 +20,7 @@ from .batch_statistics import batch_stderr, safe_column_norms
 from .distributed import Shards, local_shard
 from .lm import SATURATION, Outcome
 from .model import Model, build_function
-from .native import BUILD_FOR_CURVES, NativeSolver, unavailable
+from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .reduction import reduce_gram
 from .solvers import DEFAULT_STEPS
 from .source import FitSource
@@ -102,7 +102,8 @@ def fit_batch(
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
     problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
     problem.scales = _curve_scales(data)
-    solver = _native_solver(problem, engine, threads)
+    # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
+    solver = engine_for(problem, engine, threads, build=problem.batch >= BUILD_FOR_CURVES, what="fit this batch")
     if shards is not None:
         settings = (tuple(data.y.shape), max_steps, chunk_size, tuple(tolerances.values()), nan_policy)
         shards.raise_together(None, f"model {text!r}, params {sorted(params)}, curves and options {settings}")
@@ -153,21 +154,6 @@ def fit_batch(
         seconds=seconds,
         single=single,
     )
-
-
-def _native_solver(problem: BatchModel, engine: str, threads: int) -> NativeSolver | None:
-    """The native engine for ``problem`` unless ``engine`` says torch or it cannot run ("native": an error)."""
-    if engine == "torch":
-        return None
-    reason = unavailable(problem)
-    if reason is None:
-        try:  # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
-            return NativeSolver(problem, threads, build=engine == "native" or problem.batch >= BUILD_FOR_CURVES)
-        except (BackendError, OSError) as error:  # OSError: the library would not load
-            reason = str(error)
-    if engine == "native":
-        raise UsageError(f"engine='native' cannot fit this batch: {reason}; use engine='torch' (or 'auto')")
-    return None
 
 
 def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, advance, curves: range) -> BatchOutcome:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .. import cache
-from ..errors import BackendError
+from ..errors import BackendError, UsageError
 from . import lm, statistics
 from .batch_lm import STATUSES, BatchOutcome
 from .lm import Outcome
@@ -203,6 +203,32 @@ def _compiled(function, free: tuple[str, ...], layouts: str) -> bytes | None:
     return library_bytes([*sources, _solver_source()], f"native fit of {function.text}", FLAGS)
 
 
+class NotBuilt(BackendError):
+    """The model's library is not built yet, and this call may not build it."""
+
+
+def engine_for(problem, engine: str, threads: int, *, build: bool, what: str, reason: str | None = None, count=False):
+    """The native engine (`NativeSolver`) for ``problem``, or None for the torch one.
+
+    ``engine`` "torch": None; "auto": None where ``reason`` (the caller's) or `unavailable` says it
+    cannot run, or its library is missing and ``build`` is False (``count``: counted by `count_fit`);
+    "native": built if need be, and where it cannot run a `UsageError` saying it cannot ``what`` and why.
+    """
+    if engine == "torch":
+        return None
+    reason = reason or unavailable(problem)
+    if reason is None:
+        try:
+            return NativeSolver(problem, threads, build=build or engine == "native")
+        except (BackendError, OSError) as error:  # OSError: the library would not load
+            reason = str(error)
+            if count and isinstance(error, NotBuilt):
+                count_fit(problem)
+    if engine == "native":
+        raise UsageError(f"engine='native' cannot {what}: {reason}; use engine='torch' (or 'auto')")
+    return None
+
+
 def _layouts(problem) -> str:
     """How the generated kernels read each input for one curve: "v" a data column, "s" a parameter."""
     return "".join("v" if name in problem.data else "s" for name in problem.function.names)
@@ -285,12 +311,10 @@ class NativeSolver:
                 kinds.append(FIXED)
                 slots.append(fixed_slot[name])
         self.library = library(function, problem.names, _layouts(problem), build=build)
+        if self.library is None and not build:
+            raise NotBuilt("its library is not built yet (engine='native' builds it)")
         if self.library is None:
-            raise BackendError(
-                "its library is not built yet (engine='native' builds it)"
-                if not build
-                else f"the native engine cannot compile model {problem.text!r}"
-            )
+            raise BackendError(f"the native engine cannot compile model {problem.text!r}")
         bounds = [_bound(spec) for spec in problem.free]
         scales = getattr(problem, "scales", None)
         self.scales = None if scales is None else np.ascontiguousarray(scales.cpu().numpy(), dtype=np.float64)

@@ -151,6 +151,7 @@ def test_result_per_curve_summary_csv_and_json(engine, curves, tmp_path):
     ("kwargs", "error", "match"),
     [
         ({"y": np.zeros(64)}, DataError, "shape \\(curves, points\\)"),
+        ({"y": torch.ones(3, 64, dtype=torch.complex128)}, DataError, "y is a complex tensor"),
         ({"x": np.zeros(10)}, DataError, "points per curve"),
         ({"params": {**START, "a": np.ones(5)}}, UsageError, "one per curve"),
         ({"method": "adam"}, UsageError, "method='lm' only"),

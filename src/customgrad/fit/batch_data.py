@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UsageError
+from .data import real_array
 from .model import ParameterSpec, parameter_specs
 
 NAN_POLICIES = ("omit", "raise")
@@ -34,16 +35,7 @@ class BatchData:
 
 
 def _as_array(values, what: str, batch: int | None) -> np.ndarray:
-    if values is None:
-        raise DataError(f"{what} is None: give an array of numbers")
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().to(torch.float64).numpy()
-    if np.iscomplexobj(values):
-        raise DataError(f"{what} holds complex numbers: a fit needs real data (pass .real or abs(...))")
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{what} must be an array of numbers, got {type(values).__name__}") from None
+    array = real_array(values, what)
     if batch is None:
         if array.ndim != 2:
             raise DataError(f"{what} must have shape (curves, points), got shape {array.shape}")

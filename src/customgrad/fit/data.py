@@ -97,8 +97,19 @@ class FitData:
 
 
 def _as_array(values, what: str) -> np.ndarray:
+    array = real_array(values, what, ", one per data point")
+    if array.ndim != 1:
+        array = array.squeeze()
+        if array.ndim != 1:
+            raise DataError(f"{what} must be one-dimensional (one value per data point), got shape {array.shape}")
+    return array
+
+
+def real_array(values, what: str, per: str = "") -> np.ndarray:
+    """``values`` (array, list or tensor) as a float64 array of any shape; a `DataError` naming ``what``
+    for None, complex or non-numeric input (``per`` completes "give an array of numbers")."""
     if values is None:
-        raise DataError(f"{what} is None: give an array of numbers, one per data point")
+        raise DataError(f"{what} is None: give an array of numbers{per}")
     if isinstance(values, torch.Tensor):
         if values.is_complex():
             raise DataError(f"{what} is a complex tensor: a fit needs real data (pass .real or .abs())")
@@ -106,14 +117,9 @@ def _as_array(values, what: str) -> np.ndarray:
     elif np.iscomplexobj(values):
         raise DataError(f"{what} holds complex numbers: a fit needs real data (pass .real or abs(...))")
     try:
-        array = np.asarray(values, dtype=np.float64)
+        return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         raise DataError(f"{what} must be an array of numbers, got {type(values).__name__}") from None
-    if array.ndim != 1:
-        array = array.squeeze()
-        if array.ndim != 1:
-            raise DataError(f"{what} must be one-dimensional (one value per data point), got shape {array.shape}")
-    return array
 
 
 def prepare_data(

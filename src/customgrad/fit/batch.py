@@ -16,7 +16,7 @@ from .batch_data import batch_parameter_specs, curve_data, curve_specs, prepare_
 from .batch_lm import BatchOutcome, batch_levenberg_marquardt
 from .batch_model import BatchModel
 from .batch_result import BatchFitResult
-from .batch_statistics import batch_stderr, safe_column_norms
+from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
 from .lm import SATURATION, Outcome
 from .model import Model, build_function
@@ -24,6 +24,7 @@ from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .reduction import reduce_gram
 from .solvers import DEFAULT_STEPS
 from .source import FitSource
+from .statistics import safe_column_norms
 
 # Curves per chunk: bounds the memory of the [J | r] blocks (chunk x N x (p + 1) numbers).
 DEFAULT_CHUNK = 100_000

@@ -19,7 +19,6 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .batch_statistics import safe_column_norms
 from .jacobi import jacobi_svd
 from .lm import (
     ACCELERATION_RATIO,
@@ -37,6 +36,7 @@ from .lm import (
     VISIBLE_STEP,
 )
 from .reduction import reduce_batched
+from .statistics import safe_column_norms
 
 # Status codes per problem; 0 while running. Names are the rows of `result.TERMINATION`.
 STATUSES = ("", "ftol", "xtol", "gtol", "roundoff", "exact", "drift", "max_steps", "nonfinite")

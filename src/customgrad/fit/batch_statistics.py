@@ -10,15 +10,7 @@ from __future__ import annotations
 import torch
 
 from .jacobi import jacobi_svd
-from .statistics import NULL_COMPONENT, RANK_TOLERANCE
-
-
-def safe_column_norms(upper: torch.Tensor) -> torch.Tensor:
-    """||A_j|| of each matrix's columns (B, p) as m_j ||A_j / m_j||, m_j = max_i |A_ij|: entries near
-    1e-200 or 1e200 neither underflow nor overflow when squared (as `statistics.column_norms`)."""
-    largest = upper.abs().amax(-2)
-    safe = torch.where(largest > 0, largest, 1.0)
-    return largest * torch.sqrt(((upper / safe.unsqueeze(-2)) ** 2).sum(-2))
+from .statistics import NULL_COMPONENT, RANK_TOLERANCE, safe_column_norms
 
 
 def batch_stderr(upper: torch.Tensor, cost: torch.Tensor, dof: torch.Tensor) -> torch.Tensor:

@@ -56,8 +56,15 @@ def safe_norm(vector: torch.Tensor) -> float:
     plain = float(torch.linalg.vector_norm(vector))
     if 1e-140 < plain < 1e140 or not math.isfinite(plain) and not bool(torch.isfinite(vector).all()):
         return plain
-    largest = float(vector.abs().max()) if vector.numel() else 0.0
-    return largest * float(torch.linalg.vector_norm(vector / largest)) if largest > 0 else 0.0
+    return float(safe_column_norms(vector.reshape(-1, 1))[0]) if vector.numel() else 0.0
+
+
+def safe_column_norms(upper: torch.Tensor) -> torch.Tensor:
+    """||A_j|| of each matrix's columns, (..., p) from (..., n, p), as m_j ||A_j / m_j||, m_j = max_i |A_ij|:
+    entries near 1e-200 or 1e200 neither underflow nor overflow when squared (torch's `column_norms`)."""
+    largest = upper.abs().amax(-2)
+    safe = torch.where(largest > 0, largest, 1.0)
+    return largest * torch.sqrt(((upper / safe.unsqueeze(-2)) ** 2).sum(-2))
 
 
 def reduce_to_r(jacobian: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from scipy.optimize import curve_fit
 import customgrad
 from customgrad.errors import DataError, FitError, UsageError
 from customgrad.fit import load_nist
+from reference import ENGINES
 
 lmfit = pytest.importorskip("lmfit")
 
@@ -130,6 +131,24 @@ def assert_close(found, expected, rtol, what):
         f"{what}: worst relative error {error.max():.3g} at index {worst}: "
         f"{found.flat[worst]!r} vs {expected.flat[worst]!r}"
     )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", list(CASES))
+def test_covariance_stderr_and_correlation_match_lmfit_on_both_engines(name, engine):
+    case = CASES[name]
+    ours = customgrad.fit(case.formula, case.x, case.y, params=case.start, sigma=case.sigma, engine=engine)
+    theirs = lmfit_result(case)
+    names = list(case.start)
+    assert_close([ours.stderr[n] for n in names], [theirs.params[n].stderr for n in names], 1e-6, "stderr")
+    assert_close(ours.covariance, theirs.covar, 1e-6, "covariance")
+    expected = theirs.covar / np.outer(np.sqrt(np.diag(theirs.covar)), np.sqrt(np.diag(theirs.covar)))
+    assert_close(ours.correlation, expected, 1e-6, "correlation")
+    assert_close(ours.data["fitted"], case.function(case.x, *[ours.params[n] for n in names]), 1e-12, "fitted")
+    jacobian = complex_step_jacobian(case.function, case.x, [ours.params[n] for n in names])
+    if case.sigma is not None:
+        jacobian = jacobian / case.sigma[:, None]
+    assert_close(ours.condition, np.linalg.cond(jacobian / np.linalg.norm(jacobian, axis=0)), 1e-6, "condition")
 
 
 def test_goodness_of_fit_matches_lmfit(pair):
@@ -256,10 +275,13 @@ def test_conf_interval_bad_input_is_a_clear_error():
         result.eval_uncertainty(sigma=0)
 
 
-def test_non_identifiable_parameters_are_undetermined():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_non_identifiable_parameters_are_undetermined(engine):
     x = np.linspace(0, 1, 20)
     y = 2 * x + 1
-    result = customgrad.fit("a*b*x + c", x, y + 0.01 * np.sin(40 * x), params={"a": 1.0, "b": 1.0, "c": 0.0})
+    result = customgrad.fit(
+        "a*b*x + c", x, y + 0.01 * np.sin(40 * x), params={"a": 1.0, "b": 1.0, "c": 0.0}, engine=engine
+    )
     intervals = result.conf_interval(sigmas=(1,))
     assert all(math.isnan(v) for v in intervals["a"][1]) and all(math.isnan(v) for v in intervals["b"][1])
     assert all(math.isfinite(v) for v in intervals["c"][1])
@@ -319,11 +341,14 @@ def test_bad_expr_is_a_clear_error_naming_it(params, message):
         customgrad.fit("a*x + b", x, 2 * x + 1, params=params)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("absolute", [False, True])
-def test_absolute_sigma_matches_curve_fit(absolute):
+def test_absolute_sigma_matches_curve_fit(absolute, engine):
     case = CASES["peak-weighted"]
     start = list(case.start.values())
-    result = customgrad.fit(case.formula, case.x, case.y, params=case.start, sigma=case.sigma, absolute_sigma=absolute)
+    result = customgrad.fit(
+        case.formula, case.x, case.y, params=case.start, sigma=case.sigma, absolute_sigma=absolute, engine=engine
+    )
     with np.errstate(all="ignore"):
         values, covariance = curve_fit(
             case.function,

@@ -8,6 +8,7 @@ import numbers
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
 from .source import FitSource
-from .statistics import CONDITION_WARNING, safe_norm, uncertainty
+from .statistics import CONDITION_WARNING, Uncertainty, safe_norm, uncertainty
 from .ties import split_ties
 
 # Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
@@ -334,7 +335,19 @@ def _fit(
         exact = {name: list(texts) for name, texts in decimal_data.items()}
     source = FitSource(problem, loss, bool(absolute_sigma), data.x_is_dict, ties, shards=shards)
     seconds = time.perf_counter() - start_time
-    return _result(problem, outcome, method, loss, data.omitted_rows, seconds, exact, source, shards)
+    return _result(
+        problem,
+        outcome,
+        method,
+        loss,
+        data.omitted_rows,
+        seconds,
+        exact,
+        source,
+        shards,
+        native=native,
+        unit=units["scale"],
+    )
 
 
 def _native_engine(engine: str, problem, method: str, rho, shards, callback):
@@ -496,6 +509,19 @@ def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None
     return bool((sensitivity < SATURATION * math.sqrt(squares[-1])).any())
 
 
+class _Final(NamedTuple):
+    """A fit's state at its solution, what `FitResult` reports: ``cost`` in the data's units (inf where
+    it overflows), ``scaled_cost`` in units where the residuals were multiplied by ``scale``."""
+
+    values: torch.Tensor
+    cost: float
+    scaled_cost: float
+    scale: float
+    dof: int
+    spread: Uncertainty
+    fitted: torch.Tensor
+
+
 def _result(
     problem: Model,
     outcome,
@@ -507,44 +533,18 @@ def _result(
     source: FitSource | None = None,
     shards: Shards | None = None,
     refine: bool = True,
+    native=None,
+    unit: float = 1.0,
 ) -> FitResult:
     values = problem.external(outcome.theta)
-    r, jacobian = problem.jacobian(values, external=True)
-    limited = shards is None and _roundoff_limited(problem, r)
-    if limited and refine and method == "lm" and loss == "linear" and not isinstance(problem, ChunkedModel):
-        values, r, jacobian = _refined(problem, values, r, jacobian, exact or {})
-    weighted_y = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
-    # statistics in units where the squares stay in range (the covariance does not depend on them)
-    scale = power_of_two_scale(r, weighted_y)
-    n, p = problem.size, len(problem.names)
-    if shards is None:
-        scaled_cost = float((r * scale) @ (r * scale))
-        cost = scaled_cost / scale / scale
-        cost = _precise_cost(problem, values, cost, exact or {}) if limited else cost
-        if math.isfinite(cost) and cost > 0:
-            scaled_cost = cost * scale * scale
-        data_norm = float(torch.linalg.vector_norm(weighted_y * scale))
-    else:  # statistics from the combined R: the singular values and V of J (rows never gathered)
-        scale = shards.minimum(scale)
-        sums = shards.sum([float((r * scale) @ (r * scale)), n, float(((weighted_y * scale) ** 2).sum())])
-        scaled_cost, n, data_norm = float(sums[0]), int(sums[1]), math.sqrt(sums[2])
-        cost = scaled_cost / scale / scale
-        jacobian = shards.factor(jacobian * scale) / scale  # R of J over every rank's rows (J, or R when chunked)
-    dof = n - p
     absolute = source is not None and source.absolute_sigma
+    final = None if native is None else _native_final(native, problem, values, unit, absolute)
+    if final is None:
+        final = _final(problem, values, method, loss, exact, shards, refine, absolute)
+    values, cost, scaled_cost, scale, dof, spread, fitted = final
     value_list = values.tolist()
-    spread = uncertainty(
-        jacobian * scale,
-        scaled_cost,
-        dof,
-        problem.names,
-        values=value_list,
-        data_norm=data_norm,
-        absolute=absolute,
-        unit=scale,
-    )
-    fitted = dict(zip(problem.names, value_list, strict=True))
-    all_params = {spec.name: fitted.get(spec.name, spec.value) for spec in problem.specs}
+    found = dict(zip(problem.names, value_list, strict=True))
+    all_params = {spec.name: found.get(spec.name, spec.value) for spec in problem.specs}
     stderr = dict(zip(problem.names, spread.stderr.tolist(), strict=True))
     ties = source.ties if source is not None else None
     if ties:
@@ -557,8 +557,6 @@ def _result(
             "the cost (sum of squared residuals) exceeds float64's range (~1.8e308) and is reported as inf; "
             "the fit, residual std and standard errors were computed in rescaled units and are finite"
         )
-    with torch.no_grad():
-        prediction = problem.predict(values)
     return FitResult(
         params=all_params,
         stderr=stderr,
@@ -584,13 +582,67 @@ def _result(
         data={
             "x": {k: v.cpu().numpy() for k, v in problem.data.items()},
             "y": problem.y.cpu().numpy(),
-            "fitted": prediction.detach().cpu().numpy(),
+            "fitted": fitted.detach().cpu().numpy(),
             "sigma": None if problem.inverse_sigma is None else (1 / problem.inverse_sigma).cpu().numpy(),
         },
         tied=dict(ties.given) if ties else {},
         absolute_sigma=absolute,
         source=source,
     )
+
+
+def _native_final(native, problem: Model, values: torch.Tensor, unit: float, absolute: bool) -> _Final | None:
+    """The state at the solution from the native engine's one C call (`native.NativeSolver.report`), in
+    the units ``unit`` where LM ended (the cost in range); None where float64 roundoff limits the fit
+    (`_final` refines it in extended precision)."""
+    dof = problem.size - len(problem.names)
+    report = native.report(values, unit, dof, absolute)
+    size = math.sqrt(report.cost)
+    if math.isfinite(size) and _EPS * report.data_norm >= _ROUNDOFF_SHARE * size:
+        return None
+    fitted = torch.from_numpy(report.fitted)
+    return _Final(values, report.cost / unit / unit, report.cost, unit, dof, report.uncertainty, fitted)
+
+
+def _final(problem: Model, values, method: str, loss: str, exact, shards, refine: bool, absolute: bool) -> _Final:
+    """The state at the solution from the model's residuals and Jacobian (any engine, distributed: from
+    the combined R); where float64 roundoff limits a formula fit, refined and its cost recomputed in
+    40-digit arithmetic."""
+    r, jacobian = problem.jacobian(values, external=True)
+    limited = shards is None and _roundoff_limited(problem, r)
+    if limited and refine and method == "lm" and loss == "linear" and not isinstance(problem, ChunkedModel):
+        values, r, jacobian = _refined(problem, values, r, jacobian, exact or {})
+    weighted_y = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
+    # statistics in units where the squares stay in range (the covariance does not depend on them)
+    scale = power_of_two_scale(r, weighted_y)
+    n, p = problem.size, len(problem.names)
+    if shards is None:
+        scaled_cost = float((r * scale) @ (r * scale))
+        cost = scaled_cost / scale / scale
+        cost = _precise_cost(problem, values, cost, exact or {}) if limited else cost
+        if math.isfinite(cost) and cost > 0:
+            scaled_cost = cost * scale * scale
+        data_norm = float(torch.linalg.vector_norm(weighted_y * scale))
+    else:  # statistics from the combined R: the singular values and V of J (rows never gathered)
+        scale = shards.minimum(scale)
+        sums = shards.sum([float((r * scale) @ (r * scale)), n, float(((weighted_y * scale) ** 2).sum())])
+        scaled_cost, n, data_norm = float(sums[0]), int(sums[1]), math.sqrt(sums[2])
+        cost = scaled_cost / scale / scale
+        jacobian = shards.factor(jacobian * scale) / scale  # R of J over every rank's rows (J, or R when chunked)
+    dof = n - p
+    spread = uncertainty(
+        jacobian * scale,
+        scaled_cost,
+        dof,
+        problem.names,
+        values=values.tolist(),
+        data_norm=data_norm,
+        absolute=absolute,
+        unit=scale,
+    )
+    with torch.no_grad():
+        fitted = problem.predict(values)
+    return _Final(values, cost, scaled_cost, scale, dof, spread, fitted)
 
 
 def _roundoff_limited(problem: Model, r: torch.Tensor) -> bool:

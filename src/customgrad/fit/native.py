@@ -22,6 +22,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,17 @@ class _Options(ctypes.Structure):
     ]
 
 
+class _Report(ctypes.Structure):
+    _fields_ = [
+        ("values", ctypes.c_void_p),
+        ("dof", ctypes.c_void_p),
+        ("absolute", ctypes.c_int64),
+        ("insensitive", ctypes.c_double),
+        *[(name, ctypes.c_void_p) for name in ("cost", "norm", "fitted", "covariance", "correlation")],
+        *[(name, ctypes.c_void_p) for name in ("stderr", "s", "vt", "finite")],
+    ]
+
+
 def _options(ftol: float, xtol: float, gtol: float, max_steps: int, factor: float, saturation: float) -> _Options:
     return _Options(
         ftol=ftol,
@@ -181,7 +193,7 @@ def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ct
         if disk:
             cache.store(_NAMESPACE, [*disk, compiler_identity()], data)
     loaded = open_library(data)
-    for name, outputs in (("lm_batch", 5), ("lm_errors", 4)):
+    for name, outputs in (("lm_batch", 5), ("lm_errors", 4), ("lm_report", 1)):
         entry = getattr(loaded, name)
         entry.restype = ctypes.c_int
         entry.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p] * outputs
@@ -443,6 +455,43 @@ class NativeSolver:
             saturated=bool(saturated) and STATUSES[status] != "nonfinite",
         )
 
+    def report(self, values: torch.Tensor, scale: float, dof: int, absolute: bool) -> Report:
+        """The statistics of the single curve at parameter ``values`` (p,), residuals times ``scale``:
+        the cost ||r||^2, ||y / sigma||, the predictions f, and `statistics.uncertainty` (the
+        covariance from the R of the weighted Jacobian; ``dof`` degrees of freedom, ``absolute``
+        sigma), all in one C call."""
+        self._use_scales(np.array([scale]))
+        p, n = len(self.problem.names), self.problem.y.shape[-1]
+        at, freedom = np.array(values.tolist()), np.array([float(dof)])
+        scalars, fitted, finite = np.empty(2), np.empty(n), np.empty(1, dtype=np.int64)
+        matrices, s = np.empty((3, p, p)), np.empty((2, p))
+        covariance, correlation, vt = matrices
+        stderr, singular = s
+        report = _Report(
+            at.ctypes.data,
+            freedom.ctypes.data,
+            int(absolute),
+            statistics.INSENSITIVE,
+            *(array.ctypes.data for array in (scalars[:1], scalars[1:], fitted, covariance, correlation)),
+            *(array.ctypes.data for array in (stderr, singular, vt, finite)),
+        )
+        options = _options(0.0, 0.0, 0.0, 1, 100.0, 0.0)
+        one = np.zeros(1, dtype=np.int64)
+        if (
+            self.library.lm_report(
+                ctypes.byref(self.struct), ctypes.byref(options), one.ctypes.data, 1, 1, ctypes.byref(report)
+            )
+            != 0
+        ):
+            raise MemoryError("the native fit engine ran out of memory")
+        names = self.problem.names
+        spread = (
+            statistics.with_null_groups(covariance, stderr, correlation, singular, vt, names)
+            if finite[0]
+            else statistics.undetermined(names)
+        )
+        return Report(float(scalars[0]), float(scalars[1]), fitted, spread)
+
     def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p), costs in
         the units of the problem's ``scales``."""
@@ -467,6 +516,17 @@ class NativeSolver:
         if done != 0:
             raise MemoryError("the native fit engine ran out of memory")
         return torch.from_numpy(stderr), torch.from_numpy(cost)
+
+
+@dataclass
+class Report:
+    """A single fit's statistics at its solution, from `NativeSolver.report` (costs and norms in the
+    units of the residual scale given there)."""
+
+    cost: float
+    data_norm: float
+    fitted: np.ndarray
+    uncertainty: statistics.Uncertainty
 
 
 class OneCurve:

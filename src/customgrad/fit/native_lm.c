@@ -531,19 +531,31 @@ static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history
   return o;
 }
 
-/* Standard errors of curve b from the R of J (with respect to the values) at its solution (as
-   `batch_statistics.batch_stderr`): s^2 D^-1 V diag(1 / S^2) V^T D^-1, NaN for undetermined ones. */
-static void standard_errors(Work *W, int64_t p, double cost, double dof, const Options *O, double *out) {
+/* The SVD of R D^-1 (R: the p x p head of W->reduced, row stride p + 1; D: its column norms, 1 for zero
+   columns) into W->s, W->vt, with D in W->scale. With ``values``, a column whose reach ||J_j||
+   max(|b_j|, 1) is below ``floor`` counts as zero (rounding noise: `statistics.INSENSITIVE`). Returns
+   0 (and zero columns) when R holds a NaN or inf. */
+static int scaled_svd(Work *W, int64_t p, const double *values, double floor) {
   int finite = 1;
   for (int64_t i = 0; i < (p + 1) * (p + 1); i++) finite &= isfinite(W->reduced[i]) != 0;
   for (int64_t j = 0; j < p; j++) {
     double norm = finite ? safe_norm(W->reduced + j, p, p + 1) : 0;
+    if (values && norm * fmax(fabs(values[j]), 1.0) < floor) norm = 0;
+    W->norms[j] = norm;
     W->scale[j] = norm > 0 ? norm : 1;
   }
   for (int64_t i = 0; i < p; i++)
-    for (int64_t j = 0; j < p; j++) W->a[i * p + j] = finite ? W->reduced[i * (p + 1) + j] / W->scale[j] : 0;
+    for (int64_t j = 0; j < p; j++)
+      W->a[i * p + j] = finite && W->norms[j] > 0 ? W->reduced[i * (p + 1) + j] / W->scale[j] : 0;
   for (int64_t i = 0; i < p; i++) W->qtr[i] = 0;
   svd(W, p, W->qtr, 0);
+  return finite;
+}
+
+/* Standard errors of curve b from the R of J (with respect to the values) at its solution (as
+   `batch_statistics.batch_stderr`): s^2 D^-1 V diag(1 / S^2) V^T D^-1, NaN for undetermined ones. */
+static void standard_errors(Work *W, int64_t p, double cost, double dof, const Options *O, double *out) {
+  int finite = scaled_svd(W, p, NULL, 0);
   double variance = dof > 0 ? cost / dof : NAN;
   for (int64_t i = 0; i < p; i++) {
     double diagonal = 0;
@@ -559,6 +571,17 @@ static void standard_errors(Work *W, int64_t p, double cost, double dof, const O
     /* square roots before the units, so that parameters near 1e300 keep finite errors */
     out[i] = involved || !finite ? NAN : sqrt(fabs(diagonal)) * sqrt(variance) / W->scale[i];
   }
+}
+
+/* ||y w s|| of curve b (weights w, the curve's scale s), safe from overflow; uses W->r_probe. */
+static double data_norm(const Problem *P, Work *W, int64_t b) {
+  int64_t n = P->points;
+  const double *y = P->y + b * n;
+  const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
+  const double *w = P->weights ? P->weights + (P->weights_per_curve ? b * n : 0) : NULL;
+  double scale = P->scales ? P->scales[b] : 1;
+  for (int64_t i = 0; i < n; i++) W->r_probe[i] = !mask || mask[i] ? y[i] * (w ? w[i] : 1) * scale : 0;
+  return safe_norm(W->r_probe, n, 1);
 }
 
 static int allocate(Work *W, int64_t n, int64_t p, int64_t inputs, const Options *O) {
@@ -628,12 +651,7 @@ static int saturated(const Problem *P, Work *W, int64_t b, const Options *O) {
   int64_t n = P->points, p = P->p;
   to_external(P, W->theta, W->probe_point);
   augmented(P, W, b, W->theta, 0);
-  const double *y = P->y + b * n;
-  const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
-  const double *w = P->weights ? P->weights + (P->weights_per_curve ? b * n : 0) : NULL;
-  double scale = P->scales ? P->scales[b] : 1; /* J is weighted and scaled: so is y */
-  for (int64_t i = 0; i < n; i++) W->r_probe[i] = !mask || mask[i] ? y[i] * (w ? w[i] : 1) * scale : 0;
-  double threshold = O->saturation * safe_norm(W->r_probe, n, 1);
+  double threshold = O->saturation * data_norm(P, W, b); /* J is weighted and scaled: so is y */
   for (int64_t j = 0; j < p; j++)
     if (safe_norm(W->block + j * n, n, 1) * fmax(fabs(W->probe_point[j]), 1.0) < threshold) return 1;
   return 0;
@@ -683,4 +701,63 @@ int lm_errors(const Problem *P, const Options *O, const int64_t *index, int64_t 
               const double *values, const double *dof, double *stderr, double *cost) {
   Errors errors = {values, dof, stderr, cost};
   return for_each_curve(P, O, index, count, threads, errors_task, &errors);
+}
+
+typedef struct {
+  const double *values;  /* count x p: the parameter values */
+  const double *dof;     /* count: degrees of freedom */
+  int64_t absolute;      /* sigma absolute: variance = scale^2 (1 in the data's units), else cost / dof */
+  double insensitive;    /* `statistics.INSENSITIVE` */
+  double *cost, *norm;   /* count each: ||r||^2 and ||y w|| (in the curve's scaled units) */
+  double *fitted;        /* count x N: f at the values, unweighted */
+  double *covariance, *correlation, *stderr, *s, *vt; /* count x p x p, x p x p, x p, x p, x p x p */
+  int64_t *finite;       /* count: 0 where J held a NaN or inf (the statistics are then NaN) */
+} Report;
+
+/* `statistics.uncertainty` of curve b at its values: covariance s^2 D^-1 V diag(1/S^2) V^T D^-1 over
+   the directions kept (singular values above `statistics.RANK_TOLERANCE` of the largest), standard
+   errors, correlation; and the SVD (S, V^T) from which Python groups the parameters of null directions. */
+static void report_task(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context) {
+  Report *R = context;
+  int64_t p = P->p, n = P->points;
+  const double *values = R->values + k * p;
+  augmented(P, W, b, values, 1);
+  double cost = squared(W->block + p * n, n), norm = data_norm(P, W, b);
+  R->cost[k] = cost;
+  R->norm[k] = norm;
+  set_inputs(P, W, b, W->values);
+  W->out[0] = R->fitted + k * n;
+  cg_model_values((const double *const *)W->in, W->out, n);
+  reduce(W->block, n, p + 1, W->qr, W->reduced);
+  int finite = R->finite[k] = scaled_svd(W, p, values, R->insensitive * norm);
+  double unit = P->scales ? P->scales[b] : 1;
+  double variance = R->absolute ? unit * unit : R->dof[k] > 0 ? cost / R->dof[k] : NAN;
+  double *covariance = R->covariance + k * p * p, *correlation = R->correlation + k * p * p;
+  double *spread = W->products; /* sqrt |core_ii| */
+  for (int64_t i = 0; i < p; i++)
+    for (int64_t j = 0; j < p; j++) {
+      double core = 0;
+      for (int64_t m = 0; m < p; m++)
+        if (W->s[0] > 0 && W->s[m] > O->statistics_rank_tolerance * W->s[0])
+          core += W->vt[m * p + i] * W->vt[m * p + j] / (W->s[m] * W->s[m]);
+      covariance[i * p + j] = core; /* units below, once every core_ii is known */
+    }
+  for (int64_t i = 0; i < p; i++) spread[i] = sqrt(fabs(covariance[i * p + i]));
+  for (int64_t i = 0; i < p; i++) {
+    R->stderr[k * p + i] = finite ? sqrt(variance) * spread[i] / W->scale[i] : NAN;
+    for (int64_t j = 0; j < p; j++) {
+      double core = covariance[i * p + j];
+      correlation[i * p + j] = finite ? core / (spread[i] * spread[j]) : NAN;
+      covariance[i * p + j] = finite ? core * variance / (W->scale[i] * W->scale[j]) : NAN;
+    }
+  }
+  memcpy(R->s + k * p, W->s, p * sizeof(double));
+  memcpy(R->vt + k * p * p, W->vt, p * p * sizeof(double));
+}
+
+/* The statistics of the curves ``index`` at their ``values`` (see `Report`). Returns 0, or -1 when
+   memory ran out. */
+int lm_report(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads,
+              Report *report) {
+  return for_each_curve(P, O, index, count, threads, report_task, report);
 }

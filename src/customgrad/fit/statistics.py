@@ -101,8 +101,7 @@ def uncertainty(
     p = len(names)
     upper = reduce_to_r(jacobian)
     if not np.isfinite(upper).all():
-        nan = np.full((p, p), math.nan)
-        return Uncertainty(nan, np.full(p, math.nan), nan, math.inf, 0, [list(names)])
+        return undetermined(names)
     norms = column_norms(upper)
     if values is not None and data_norm is not None and data_norm > 0:
         reach = norms * np.maximum(np.abs(np.asarray(values, dtype=np.float64)), 1.0)
@@ -111,8 +110,6 @@ def uncertainty(
     scale = np.where(norms > 0, norms, 1.0)
     _, s, vt = np.linalg.svd(upper / scale)
     keep = s > RANK_TOLERANCE * s[0] if s[0] > 0 else np.zeros(p, dtype=bool)
-    rank = int(keep.sum())
-    condition = float(s[0] / s[-1]) if s[-1] > 0 else math.inf
     variance = unit * unit if absolute else cost / dof if dof > 0 else math.nan
     # (D^-1 J^T J D^-1)^+ in the scaled coordinates, entries of order 1; the units come last, and
     # stderr takes its square root before them, so parameters near 1e300 keep finite stderr
@@ -122,6 +119,26 @@ def uncertainty(
         stderr = math.sqrt(variance) * spread / scale
         covariance = core * variance / np.outer(scale, scale)
         correlation = core / np.outer(spread, spread)
+    return with_null_groups(covariance, stderr, correlation, s, vt, names)
+
+
+def undetermined(names: tuple[str, ...]) -> Uncertainty:
+    """The `Uncertainty` of a Jacobian holding NaN or inf: nothing determined."""
+    p = len(names)
+    nan = np.full((p, p), math.nan)
+    return Uncertainty(nan, np.full(p, math.nan), nan.copy(), math.inf, 0, [list(names)])
+
+
+def with_null_groups(
+    covariance: np.ndarray, stderr: np.ndarray, correlation: np.ndarray, s: np.ndarray, vt: np.ndarray, names
+) -> Uncertainty:
+    """The `Uncertainty` from the covariance, standard errors and correlation computed over the kept
+    directions of the SVD ``s``, ``vt`` of R D^-1: its rank and condition number, with the parameters
+    of its null directions grouped and set to NaN (``uncertainty``'s last step; the native engine's too)."""
+    singular = s.tolist()
+    largest = singular[0] if singular else 0.0
+    rank = sum(value > RANK_TOLERANCE * largest for value in singular) if largest > 0 else 0
+    condition = largest / singular[-1] if singular and singular[-1] > 0 else math.inf
     groups = _null_groups(vt[rank:])
     for group in groups:
         stderr[group] = math.nan
@@ -129,7 +146,7 @@ def uncertainty(
             matrix[group, :] = math.nan
             matrix[:, group] = math.nan
     not_identifiable = [[names[j] for j in group] for group in groups]
-    return Uncertainty(covariance, stderr, correlation, condition, rank, not_identifiable)
+    return Uncertainty(covariance, stderr, correlation, float(condition), rank, not_identifiable)
 
 
 def _null_groups(null_rows: np.ndarray) -> list[list[int]]:

@@ -28,6 +28,7 @@ def main() -> int:
     start = list(START.values())
     sides = {
         "customgrad.fit (native engine)": lambda row: customgrad.fit(MODEL, x, row, params=START, engine="native"),
+        "customgrad.fit (default 'auto')": lambda row: customgrad.fit(MODEL, x, row, params=START),
         "customgrad.fit (engine='torch')": lambda row: customgrad.fit(MODEL, x, row, params=START, engine="torch"),
         "SciPy curve_fit, tolerances 1e-15": lambda row: curve_fit(
             gaussian, x, row, p0=start, ftol=1e-15, xtol=1e-15, gtol=1e-15

@@ -128,7 +128,12 @@ class _Report(ctypes.Structure):
     ]
 
 
-def _options(ftol: float, xtol: float, gtol: float, max_steps: int, factor: float, saturation: float) -> _Options:
+@functools.lru_cache(maxsize=64)
+def _options(
+    ftol: float, xtol: float, gtol: float, max_steps: int, factor: float, saturation: float, history: int = 0
+) -> _Options:
+    """The solver's options (``history``: costs kept per curve, default up to `HISTORY_LIMIT`); cached,
+    so treat it as read-only."""
     return _Options(
         ftol=ftol,
         xtol=xtol,
@@ -147,7 +152,7 @@ def _options(ftol: float, xtol: float, gtol: float, max_steps: int, factor: floa
         shrunk=lm.SHRUNK,
         max_steps=min(max_steps, MAX_STEPS),
         geodesic=1,
-        history=min(max_steps + 2, HISTORY_LIMIT),
+        history=history or min(max_steps + 2, HISTORY_LIMIT),
         drift_window=lm.DRIFT_WINDOW,
         nonfinite_retries=lm.NONFINITE_RETRIES,
         polished=sum(1 << STATUSES.index(name) for name in lm.POLISHED),
@@ -304,61 +309,39 @@ class NativeSolver:
 
     def __init__(self, problem, threads: int, *, build: bool = True):
         self.problem, self.threads = problem, max(1, threads)
-        function = problem.function
-        names = set(problem.names)
-        kinds, slots = [], []
         columns = [column.contiguous() for column in problem.data.values()]
-        column_slot = {name: k for k, name in enumerate(problem.data)}
         fixed = [value[:, 0].contiguous() for value in problem.fixed.values()]
-        fixed_slot = {name: k for k, name in enumerate(problem.fixed)}
-        for name in function.names:
-            if name in column_slot:
-                k = column_slot[name]
-                kinds.append(SHARED_COLUMN if columns[k].shape[0] == 1 and problem.batch != 1 else CURVE_COLUMN)
-                slots.append(k)
-            elif name in names:
-                kinds.append(FREE)
-                slots.append(problem.names.index(name))
-            else:
-                kinds.append(FIXED)
-                slots.append(fixed_slot[name])
-        self.library = library(function, problem.names, _layouts(problem), build=build)
+        shared = tuple(column.shape[0] == 1 and problem.batch != 1 for column in columns)
+        bounds = tuple(_bound(spec) for spec in problem.free)
+        layout = _layout(problem.function, problem.names, tuple(problem.data), tuple(problem.fixed), shared, bounds)
+        self.library = library(problem.function, problem.names, _layouts(problem), build=build)
         if self.library is None and not build:
             raise NotBuilt("its library is not built yet (engine='native' builds it)")
         if self.library is None:
             raise BackendError(f"the native engine cannot compile model {problem.text!r}")
-        bounds = [_bound(spec) for spec in problem.free]
         scales = getattr(problem, "scales", None)
         self.scales = None if scales is None else np.ascontiguousarray(scales.cpu().numpy(), dtype=np.float64)
         weights = None if problem.weights is None else problem.weights.contiguous()
         mask = None if not problem.masked else problem.mask.contiguous().view(torch.uint8)
+        pointers = _pointers(columns), _pointers(fixed)
+        y = problem.y.contiguous()
         # every array the C side reads, kept alive as long as the solver
-        self._keep = {
-            "kind": np.asarray(kinds, dtype=np.int64),
-            "slot": np.asarray(slots, dtype=np.int64),
-            "columns": _pointers(columns),
-            "fixed": _pointers(fixed),
-            "bound": np.asarray([b[0] for b in bounds], dtype=np.int64),
-            "lower": np.asarray([b[1] for b in bounds], dtype=np.float64),
-            "upper": np.asarray([b[2] for b in bounds], dtype=np.float64),
-            "tensors": (columns, fixed, weights, mask, problem.y.contiguous()),
-        }
-        keep = self._keep
+        self._keep = {"layout": layout, "pointers": pointers, "tensors": (columns, fixed, weights, mask, y)}
         self.struct = _Problem(
             points=problem.y.shape[-1],
             p=len(problem.names),
-            inputs=len(kinds),
-            kind=keep["kind"].ctypes.data,
-            slot=keep["slot"].ctypes.data,
-            columns=keep["columns"].ctypes.data if len(columns) else None,
-            fixed=keep["fixed"].ctypes.data if len(fixed) else None,
-            y=keep["tensors"][4].data_ptr(),
+            inputs=len(layout.kind),
+            kind=layout.kind.ctypes.data,
+            slot=layout.slot.ctypes.data,
+            columns=pointers[0].ctypes.data if len(columns) else None,
+            fixed=pointers[1].ctypes.data if len(fixed) else None,
+            y=y.data_ptr(),
             weights=None if weights is None else weights.data_ptr(),
             weights_per_curve=int(weights is not None and weights.shape[0] != 1),
             mask=None if mask is None else mask.data_ptr(),
-            bound=keep["bound"].ctypes.data,
-            lower=keep["lower"].ctypes.data,
-            upper=keep["upper"].ctypes.data,
+            bound=layout.bound.ctypes.data,
+            lower=layout.lower.ctypes.data,
+            upper=layout.upper.ctypes.data,
         )
 
     def solve(
@@ -437,9 +420,9 @@ class NativeSolver:
     def solve_one(self, theta: torch.Tensor, scale: float, factor: float, **tolerances) -> Outcome:
         """A single fit (a batch of one curve) from ``theta`` (p,), residuals times ``scale``: `lm.Outcome`,
         with ``saturated`` (see `solve`, at `lm.SATURATION` as `api` tests it)."""
-        options = _options(factor=factor, saturation=lm.SATURATION, **tolerances)
         # one curve: its whole history as the torch engine keeps it, up to SINGLE_HISTORY_LIMIT costs
-        options.history = min(options.max_steps + 2, SINGLE_HISTORY_LIMIT)
+        history = min(tolerances["max_steps"] + 2, SINGLE_HISTORY_LIMIT)
+        options = _options(factor=factor, saturation=lm.SATURATION, history=history, **tolerances)
         self._use_scales(np.array([scale]))
         solution = np.array(theta.tolist())
         cost, counts, history, recorded = self._run(np.zeros(1, dtype=np.int64), solution, options, None)
@@ -539,6 +522,41 @@ class OneCurve:
         self.y = model.y.reshape(1, -1)
         self.weights = None if model.inverse_sigma is None else model.inverse_sigma.reshape(1, -1)
         self.mask, self.masked, self.batch, self.scales = None, False, 1, None
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What `native_lm.c`'s Problem reads besides the data: per input of the generated functions its
+    kind (`SHARED_COLUMN`...) and slot, per free parameter its bound kind and bounds."""
+
+    kind: np.ndarray
+    slot: np.ndarray
+    bound: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(function, free: tuple, columns: tuple, fixed: tuple, shared: tuple, bounds: tuple) -> _Layout:
+    """The `_Layout` of a model over data ``columns`` (``shared``: one row for every curve) and ``fixed``
+    parameters, for its ``free`` ones with ``bounds`` (`_bound`); cached, as a loop of fits repeats it."""
+    kinds, slots = [], []
+    for name in function.names:
+        if name in columns:
+            k = columns.index(name)
+            kinds.append(SHARED_COLUMN if shared[k] else CURVE_COLUMN)
+            slots.append(k)
+        elif name in free:
+            kinds.append(FREE)
+            slots.append(free.index(name))
+        else:
+            kinds.append(FIXED)
+            slots.append(fixed.index(name))
+    arrays = [np.asarray(kinds, dtype=np.int64), np.asarray(slots, dtype=np.int64)]
+    arrays += [np.asarray([b[k] for b in bounds], dtype=np.int64 if k == 0 else np.float64) for k in range(3)]
+    for array in arrays:
+        array.flags.writeable = False
+    return _Layout(*arrays)
 
 
 def _bound(spec) -> tuple[int, float, float]:

@@ -70,6 +70,17 @@ def test_constant_data_leave_the_rate_of_a_vanished_exponential_undetermined(eng
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_a_jacobian_undefined_at_the_solution_leaves_every_error_undefined_and_says_why(engine):
+    x = np.linspace(0, 2, 20)  # d sqrt(a x) / da = x / (2 sqrt(a x)) is 0/0 at x = 0
+    result = fit("sqrt(a*x) + c", x, np.sqrt(1.5 * x) + 0.3, params={"a": 1.0, "c": 0.0}, engine=engine)
+    assert result.status == "nonfinite" and not result.success
+    assert all(math.isnan(value) for value in result.stderr.values()) and np.isnan(result.covariance).all()
+    assert math.isinf(result.condition) and result.not_identifiable == [["a", "c"]]
+    assert sum("Jacobian holds NaN or inf at the fitted values" in text for text in result.warnings) == 1
+    assert not any("not identifiable" in text for text in result.warnings)  # the data are not to blame
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_unidentifiable_groups_are_named_once_each_whatever_the_null_basis(engine):
     x = np.linspace(0.1, 2, 15)
     y = 2 * np.exp(x) + 3 * x

@@ -747,7 +747,12 @@ def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int
         )
     if status == "nonfinite":
         warnings.append("the model produced NaN or inf during the fit; the best parameters before that are kept")
-    for group in spread.not_identifiable:
+    if not spread.finite:
+        warnings.append(
+            "the Jacobian holds NaN or inf at the fitted values (a derivative undefined there, such as "
+            "sqrt's at 0): no standard error is defined; start elsewhere or keep the data off that point"
+        )
+    for group in spread.not_identifiable if spread.finite else ():
         rank = f"the Jacobian has rank {spread.rank} of {len(problem.names)}"
         if len(group) == 1:
             warnings.append(

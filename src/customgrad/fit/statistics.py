@@ -35,6 +35,7 @@ class Uncertainty:
     condition: float
     rank: int
     not_identifiable: list[list[str]] = field(default_factory=list)
+    finite: bool = True  # False: the Jacobian held NaN or inf, and nothing is determined
 
 
 def column_norms(matrix: np.ndarray) -> np.ndarray:
@@ -126,7 +127,7 @@ def undetermined(names: tuple[str, ...]) -> Uncertainty:
     """The `Uncertainty` of a Jacobian holding NaN or inf: nothing determined."""
     p = len(names)
     nan = np.full((p, p), math.nan)
-    return Uncertainty(nan, np.full(p, math.nan), nan.copy(), math.inf, 0, [list(names)])
+    return Uncertainty(nan, np.full(p, math.nan), nan.copy(), math.inf, 0, [list(names)], finite=False)
 
 
 def with_null_groups(

@@ -537,7 +537,8 @@ static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history
    0 (and zero columns) when R holds a NaN or inf. */
 static int scaled_svd(Work *W, int64_t p, const double *values, double floor) {
   int finite = 1;
-  for (int64_t i = 0; i < (p + 1) * (p + 1); i++) finite &= isfinite(W->reduced[i]) != 0;
+  for (int64_t i = 0; i < p; i++) /* R of J only, as Python checks it (not the residual column) */
+    for (int64_t j = 0; j < p; j++) finite &= isfinite(W->reduced[i * (p + 1) + j]) != 0;
   for (int64_t j = 0; j < p; j++) {
     double norm = finite ? safe_norm(W->reduced + j, p, p + 1) : 0;
     if (values && norm * fmax(fabs(values[j]), 1.0) < floor) norm = 0;

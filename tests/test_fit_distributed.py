@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -49,7 +50,10 @@ def _attempt(run) -> dict:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a rank left waiting (a regression) fails in a minute instead of the default half hour
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
     x, y = data()
     shard = slice(0, 40) if rank == 0 else slice(40, None)
     results = {}
@@ -86,6 +90,19 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     def chunked():
         return fit(GAUSSIAN, x[shard], y[shard], params=START, distributed=True, chunk_size=16).params
 
+    def batch_of_one():  # rank 1 has no curve of its own, on the torch engine
+        result = fit_batch(GAUSSIAN, x, curves()[:1], params=START, distributed=True, engine="torch")
+        return {k: v.tolist() for k, v in result.params.items()}
+
+    def batch_disagree():  # every rank must hold the same curves: a difference in the data is caught
+        return fit_batch(GAUSSIAN, x, curves() * (1 + rank), params=START, distributed=True).status
+
+    def batch_bad():  # one rank's bad input: every rank raises at once instead of waiting for it
+        return fit_batch(GAUSSIAN, x, curves() if rank == 0 else curves()[:, :5], params=START, distributed=True).status
+
+    def bad_option():
+        return fit(GAUSSIAN, x[shard], y[shard], params=START, method="lm" if rank == 0 else "nope", distributed=True)
+
     def profile():
         result = fit(GAUSSIAN, x[shard], y[shard], params=START, distributed=True)
         return {name: ends[1] for name, ends in result.conf_interval(sigmas=(1,), params=["m", "s"]).items()}
@@ -99,6 +116,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         ("bad", bad_rows),
         ("batch", batch),
         ("profile", profile),
+        ("batch_of_one", batch_of_one),
+        ("batch_disagree", batch_disagree),
+        ("batch_bad", batch_bad),
+        ("bad_option", bad_option),
     )
     for name, run in runs:
         results[name] = _attempt(run)
@@ -160,6 +181,20 @@ def test_ranks_that_disagree_or_reject_their_rows_all_raise(ranks):
     assert "rank 1 of this distributed fit rejected its input" in ranks[0]["bad"]["message"]
 
 
+def test_batch_ranks_that_disagree_reject_input_or_hold_no_curve(ranks):
+    x, _ = data()
+    single = fit(GAUSSIAN, x, curves()[0], params=START)
+    for rank in ranks:
+        for name in START:
+            assert_matches_reference(rank["batch_of_one"]["ok"][name][0], single.params[name], rtol=1e-8, what=name)
+        assert rank["batch_disagree"]["error"] == "UsageError"
+        assert "checksum of data and initial values" in rank["batch_disagree"]["message"]
+    assert ranks[1]["batch_bad"]["error"] == "DataError" and "has 5" in ranks[1]["batch_bad"]["message"]
+    assert "rank 1 of this distributed fit rejected its input" in ranks[0]["batch_bad"]["message"]
+    assert ranks[1]["bad_option"]["error"] == "UsageError" and "unknown method" in ranks[1]["bad_option"]["message"]
+    assert "rank 1 of this distributed fit rejected its input" in ranks[0]["bad_option"]["message"]
+
+
 def test_distributed_needs_a_process_group():
     from customgrad import UsageError
 
@@ -209,8 +244,6 @@ def test_chunks_on_two_ranks_match_one_process(ranks):
 
 
 def _dying_worker(rank: int, world: int, port: int, out: str) -> None:
-    from datetime import timedelta
-
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=20)
     )

@@ -125,7 +125,6 @@ def fit(
         The two take the same steps up to roundoff.
     """
     start_time = time.perf_counter()
-    dtype, device = _dtype_and_device(dtype, device)
     try:
         entries = len(y) * len(params)  # Jacobian size; bad input is reported by the checks inside
     except TypeError:
@@ -172,7 +171,11 @@ def _threads_for(entries: int, device) -> Iterator[None]:
     floating-point warnings: formula models evaluated in numpy make NaN and inf silently, as torch
     does, and the solver handles them.
     """
-    small = entries <= _SINGLE_THREAD_ENTRIES and (device is None or torch.device(device).type == "cpu")
+    try:
+        on_cpu = device is None or torch.device(device).type == "cpu"
+    except (RuntimeError, TypeError):
+        on_cpu = False  # not a device: `_dtype_and_device` says so
+    small = entries <= _SINGLE_THREAD_ENTRIES and on_cpu
     with np.errstate(all="ignore"):
         if not small:
             yield
@@ -218,25 +221,13 @@ def _fit(
     chunk_size=None,
     engine="auto",
 ) -> FitResult:
-    solver = get_solver(method)
-    if engine not in ENGINES:
-        raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
-    rho = get_loss(loss)
-    if max_steps is None:
-        max_steps = DEFAULT_STEPS[method]
-    if not isinstance(max_steps, numbers.Integral) or isinstance(max_steps, bool) or max_steps < 1:
-        raise UsageError(f"max_steps must be a positive integer, got {max_steps!r}")
-    max_steps = int(max_steps)
-    if learning_rate is not None:
-        learning_rate = _number(learning_rate, "learning_rate", positive=True)
-    ftol, xtol, gtol = (_number(value, name) for value, name in ((ftol, "ftol"), (xtol, "xtol"), (gtol, "gtol")))
-    if on_step is not None and not callable(on_step):
-        raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
-    if not isinstance(absolute_sigma, (bool, np.bool_)):
-        raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
-    shards = Shards(device) if distributed else None
+    shards = Shards() if distributed else None
     failure = None
     try:
+        dtype, device = _dtype_and_device(dtype, device)
+        solver, rho, max_steps, learning_rate, ftol, xtol, gtol = _checked_options(
+            method, engine, loss, max_steps, learning_rate, ftol, xtol, gtol, on_step, absolute_sigma
+        )
         params, ties = split_ties(params, bounds)
         specs = parameter_specs(params, bounds)
         data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device, allow_empty=distributed)
@@ -249,7 +240,8 @@ def _fit(
         # every rank learns of any rank's bad input, and of ranks fitting different things: none hangs
         about = (model if isinstance(model, str) else getattr(model, "__name__", "callable"), params, bounds)
         columns = sorted(map(str, x)) if isinstance(x, Mapping) else ["x"]
-        options = (method, loss, str(dtype), max_steps, ftol, xtol, gtol, learning_rate, sigma is None)
+        options = (method, loss, str(dtype), max_steps, ftol, xtol, gtol, learning_rate, sigma is None, nan_policy)
+        options += (chunk_size, bool(absolute_sigma), engine)
         shards.raise_together(
             failure,
             f"model {about[0]!r}, params {about[1]!r}, bounds {about[2]!r}, columns {columns}, options {options}",
@@ -348,6 +340,27 @@ def _fit(
         native=native,
         unit=units["scale"],
     )
+
+
+def _checked_options(method, engine, loss, max_steps, learning_rate, ftol, xtol, gtol, on_step, absolute_sigma):
+    """`fit`'s options checked (a `UsageError` naming the bad one): the solver, the loss's rho (None:
+    linear), max_steps (the method's default for None), learning_rate, ftol, xtol and gtol."""
+    solver = get_solver(method)
+    if engine not in ENGINES:
+        raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    rho = get_loss(loss)
+    if max_steps is None:
+        max_steps = DEFAULT_STEPS[method]
+    if not isinstance(max_steps, numbers.Integral) or isinstance(max_steps, bool) or max_steps < 1:
+        raise UsageError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if learning_rate is not None:
+        learning_rate = _number(learning_rate, "learning_rate", positive=True)
+    ftol, xtol, gtol = (_number(value, name) for value, name in ((ftol, "ftol"), (xtol, "xtol"), (gtol, "gtol")))
+    if on_step is not None and not callable(on_step):
+        raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
+    if not isinstance(absolute_sigma, (bool, np.bool_)):
+        raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
+    return solver, rho, int(max_steps), learning_rate, ftol, xtol, gtol
 
 
 def _native_engine(engine: str, problem, method: str, rho, shards, callback):

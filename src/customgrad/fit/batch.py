@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -9,7 +10,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import CustomgradError, UsageError
 from ..progress import progress_bar
 from .api import ENGINES, _dtype_and_device, _number, _result, _threads_for, power_of_two_scales
 from .batch_data import batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
@@ -86,28 +87,38 @@ def fit_batch(
     """
     start_time = time.perf_counter()
     shards = Shards(None) if distributed else None
-    if method != "lm":
-        raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
-    if engine not in ENGINES:
-        raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
-    threads = torch.get_num_threads()
-    dtype, device = _dtype_and_device(dtype, device)
-    max_steps = _positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
-    chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
-    tolerances = {name: _number(value, name) for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol))}
-    data = prepare_batch_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
-    batch = data.y.shape[0]
-    specs, initial = batch_parameter_specs(params, bounds, batch)
-    free_names = tuple(spec.name for spec in specs)
-    function, text, data_names = build_function(model, tuple(data.x), free_names, data.x_is_dict)
-    columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
-    problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
-    problem.scales = _curve_scales(data)
-    # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
-    solver = engine_for(problem, engine, threads, build=problem.batch >= BUILD_FOR_CURVES, what="fit this batch")
+    failure = None
+    try:
+        if method != "lm":
+            raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
+        if engine not in ENGINES:
+            raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+        threads = torch.get_num_threads()
+        dtype, device = _dtype_and_device(dtype, device)
+        max_steps = _positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
+        chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
+        tolerances = {name: _number(value, name) for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol))}
+        data = prepare_batch_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
+        batch = data.y.shape[0]
+        specs, initial = batch_parameter_specs(params, bounds, batch)
+        free_names = tuple(spec.name for spec in specs)
+        function, text, data_names = build_function(model, tuple(data.x), free_names, data.x_is_dict)
+        columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
+        problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
+        problem.scales = _curve_scales(data)
+        # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
+        build = problem.batch >= BUILD_FOR_CURVES
+        solver = engine_for(problem, engine, threads, build=build, what="fit this batch")
+    except CustomgradError as error:
+        if shards is None:
+            raise
+        failure = error
     if shards is not None:
-        settings = (tuple(data.y.shape), max_steps, chunk_size, tuple(tolerances.values()), nan_policy)
-        shards.raise_together(None, f"model {text!r}, params {sorted(params)}, curves and options {settings}")
+        # every rank holds every curve: any difference in what they fit is a mistake, found here
+        about = "" if failure is not None else _description(data, specs, initial, text)
+        settings = (max_steps, chunk_size, ftol, xtol, gtol, nan_policy, str(dtype), engine)
+        same = "and the same curves (each rank fits its share of them)"
+        shards.raise_together(failure, f"{about}, options {settings}", same)
     options = dict(max_steps=max_steps, **tolerances)
     with (
         _threads_for(data.y.shape[-1] * (len(specs) + 1), device),
@@ -157,6 +168,22 @@ def fit_batch(
     )
 
 
+def _description(data, specs, initial: dict, text: str) -> str:
+    """What a distributed batch fits, for `Shards.raise_together`: the model, parameters and bounds in
+    words, the curves' shape and a checksum of the data, sigma and initial values."""
+    digest = hashlib.sha256()
+    arrays = [data.y, data.mask, *(data.x[name] for name in sorted(data.x))]
+    arrays += [data.weights] if data.weights is not None else []
+    for array in arrays + [torch.as_tensor(np.asarray(initial[spec.name], dtype=np.float64)) for spec in specs]:
+        digest.update(np.ascontiguousarray(array.detach().cpu().numpy()).tobytes())
+    bounds = [(spec.name, spec.lower, spec.upper, spec.fixed) for spec in specs]
+    return (
+        f"model {text!r}, parameters and bounds {bounds}, curves {tuple(data.y.shape)}, sigma "
+        f"{'given' if data.weights is not None else 'none'}, checksum of data and initial values "
+        f"{digest.hexdigest()[:16]}"
+    )
+
+
 def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, advance, curves: range) -> BatchOutcome:
     """``curves`` by the native engine, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
     index = torch.arange(curves.start, curves.stop)
@@ -195,8 +222,9 @@ def _solve_in_chunks(problem: BatchModel, chunk_size: int, options: dict, advanc
     offsets = [0]
     for part in parts[:-1]:
         offsets.append(offsets[-1] + len(part.status))
-    if not parts:
-        return BatchOutcome(theta[:0], [], *(theta.new_zeros(0, dtype=torch.long) for _ in range(4)), [])
+    if not parts:  # a rank of a distributed batch with no curves of its own
+        counts = (theta.new_zeros(0, dtype=torch.long) for _ in range(3))
+        return BatchOutcome(theta[:0], [], theta.new_zeros(0), *counts, theta.new_zeros(0), [])
     return BatchOutcome(
         theta=torch.cat([part.theta for part in parts]),
         status=[status for part in parts for status in part.status],

@@ -80,7 +80,9 @@ class Shards:
         self._collective(self.dist.all_gather, gathered, local.contiguous())
         return reduce_stacked(gathered)
 
-    def raise_together(self, failure: Exception | None, description: str) -> None:
+    def raise_together(
+        self, failure: Exception | None, description: str, same: str = "only the rows may differ"
+    ) -> None:
         """Raise on every rank when any rank's input failed, or when the ranks' ``description`` texts differ.
 
         One all-reduce of a checksum of ``description`` and a failure flag: a rank with bad input
@@ -101,8 +103,7 @@ class Shards:
         if int(values[0]) != digest or int(-values[1]) != digest:
             raise UsageError(
                 f"the {self.world} ranks of this distributed fit disagree on the model, parameters, data columns "
-                f"or options (rank {self.rank} fits {description}); give every rank the same ones, only the "
-                "rows may differ"
+                f"or options (rank {self.rank} fits {description}); give every rank the same ones, {same}"
             )
 
     def all_reduce_gradient(self, leaf: torch.Tensor) -> None:

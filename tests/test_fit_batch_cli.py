@@ -87,3 +87,26 @@ def test_batch_options_need_batch(curves, tmp_path):
     _, _, path = curves
     out = run("--data", str(path), "--model", MODEL, *PARAMS, "--csv", str(tmp_path / "r.csv"))
     assert out.returncode != 0 and "--batch" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "extra", [["--sigma", "s"], ["--ci"], ["--lr", "0.1"], ["--x", "t"], ["--seed", "3"], ["--bands", "prediction"]]
+)
+def test_single_fit_options_are_refused_by_batch_not_ignored(curves, extra, capsys):
+    from customgrad.cli import main
+
+    _, _, path = curves
+    assert main(["fit", "--batch", "--data", str(path), "--model", MODEL, *PARAMS, *extra]) == 2
+    assert f"error: {extra[0]} does not apply to --batch" in capsys.readouterr().err
+
+
+def test_x_values_that_repeat_the_files_x_header_are_an_error_not_a_curve(curves, tmp_path, capsys):
+    from customgrad.cli import main
+
+    t, _, path = curves  # its first row is the x header
+    (tmp_path / "t.txt").write_text("\n".join(map(str, t)) + "\n")
+    code = main(
+        ["fit", "--batch", "--data", str(path), "--x-values", str(tmp_path / "t.txt"), "--model", MODEL, *PARAMS]
+    )
+    assert code == 1
+    assert "its first row repeats the --x-values" in capsys.readouterr().err

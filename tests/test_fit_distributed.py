@@ -235,6 +235,21 @@ def test_torchrun_cli_fits_rows_on_two_ranks_and_rank_0_writes(tmp_path):
         assert_matches_reference(found[name], single.params[name], rtol=1e-10, what=name)
 
 
+def test_torchrun_cli_errors_are_printed_once_and_options_checked_on_every_rank(tmp_path):
+    x, y = data()
+    table = tmp_path / "data.csv"
+    table.write_text("x,y\n" + "\n".join(f"{a!r},{b!r}" for a, b in zip(x.tolist(), y.tolist(), strict=True)) + "\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
+    command += ["--master-port", str(_free_port()), "-m", "customgrad", "fit", "--data", str(table), "--distributed"]
+    command += ["--model", GAUSSIAN, "--quiet", "--bands", "prediction"]  # --bands without --plot/--json
+    command += [f"--param={name}={value}" for name, value in START.items()]
+    out = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert out.returncode != 0
+    assert out.stderr.count("error: --bands does not apply") == 1, out.stderr  # rank 0 says it; none hangs
+
+
 def test_chunks_on_two_ranks_match_one_process(ranks):
     x, y = data()
     single = fit(GAUSSIAN, x, y, params=START)

@@ -214,7 +214,20 @@ def _run_fit(args) -> int:
 
 
 def _run_distributed(args) -> int:
-    """Join (or start) the torchrun process group, fit, and let only rank 0 print and write files."""
+    """Join (or start) the torchrun process group, fit, and let only rank 0 print and write files.
+
+    Every rank meets the same errors (same options, same file), so only rank 0 prints them; a rank
+    whose own rows failed (`Shards.raise_together` marks its error ``rank_local``) prints its own.
+    """
+    try:
+        return _fit_on_this_rank(args)
+    except CustomgradError as error:
+        if os.environ.get("RANK", "0") != "0" and not getattr(error, "rank_local", False):
+            error.quiet = True  # rank 0 says it
+        raise
+
+
+def _fit_on_this_rank(args) -> int:
     import contextlib
     import io
 
@@ -231,8 +244,12 @@ def _run_distributed(args) -> int:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend)
-    run = _run_batch_fit if args.batch else _run_checked_model_fit
     try:
+        if not args.batch:
+            from .fit.cli_inputs import fit_run
+
+            fit_run(args)  # every rank checks the options as given, before ranks > 0 drop their files
+        run = _run_batch_fit if args.batch else _run_model_fit
         if dist.get_rank() == 0:
             code = run(args)
         else:
@@ -482,7 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CustomgradError, OSError) as error:
         if debug:
             raise
-        print(f"error: {_message(error)}", file=sys.stderr)
+        if not getattr(error, "quiet", False):  # (another rank of a distributed fit prints it)
+            print(f"error: {_message(error)}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
 
 

@@ -153,6 +153,11 @@ def read_curves(path: str | Path, x_values: str | Path | None = None) -> tuple[n
     rows = _number_rows(Path(path))
     if x_values is not None:
         x = np.array([value for row in _number_rows(Path(x_values)) for value in row])
+        if len(rows[0]) == len(x) and np.array_equal(np.array(rows[0]), x):
+            raise DataError(
+                f"{str(path)!r}: its first row repeats the --x-values {str(x_values)!r}, so it is the x header, "
+                "not a curve: drop --x-values (the header gives x) or delete that row"
+            )
     else:
         if len(rows) < 2:
             raise DataError(f"{str(path)!r}: the first row holds the x values and every further row a curve")

@@ -211,8 +211,26 @@ def _rows_of_this_rank(x, y, sigma):
     return x, y[rows], None if sigma is None else sigma[rows]
 
 
+# Options of a single fit that ``--batch`` does not take: flag -> (attribute, why not). Refused, not ignored.
+NOT_IN_BATCH = {
+    "--x": ("x", "the x values are the first row of --data, or --x-values FILE"),
+    "--y": ("y", "every row of --data after the x values is a curve"),
+    "--sigma": ("sigma", "a curves file has no sigma column (fit_batch(..., sigma=...) takes one from Python)"),
+    "--absolute-sigma": ("absolute_sigma", "there is no --sigma in a batch"),
+    "--ci": ("ci", "profile intervals are per fit: result[i].conf_interval() from Python"),
+    "--bands": ("bands", "the batch plot shows each curve's fit, not bands"),
+    "--lr": ("lr", "a batch is fitted by Levenberg-Marquardt, which chooses its own steps"),
+    "--seed": ("seed", "it draws the built-in experiment's initial values; --param gives a batch's"),
+    "--start": ("start", "it picks a NIST file's starting point; --param gives a batch's"),
+    "--experiment": ("experiment", "it picks built-in data, and --data gives the curves"),
+}
+
+
 def batch_inputs(args) -> BatchFitResult:
     """Run the batch of fits ``customgrad fit --batch`` describes: one curve per row of ``--data``."""
+    for flag, (attribute, reason) in NOT_IN_BATCH.items():
+        if getattr(args, attribute, None) not in (None, [], False):
+            raise UsageError(f"{flag} does not apply to --batch: {reason}")
     if args.data is None or args.model is None:
         raise UsageError('--batch needs --data FILE (one curve per row) and --model, e.g. --model "a*exp(-b*x)"')
     if args.method not in (None, "lm") or args.loss not in (None, "linear"):

@@ -90,10 +90,12 @@ class Shards:
         """
         digest = int.from_bytes(hashlib.sha256(description.encode()).digest()[:7], "little")
         failed = self.rank + 1 if failure is not None else 0
-        # min and max of the checksum (as min of it and of its negation), and the last failing rank
-        values = torch.tensor([digest, -digest, -failed], dtype=torch.int64, device=self.device)
+        # min and max of the checksum (as min of it and of its negation), the last failing rank, and
+        # whether every rank failed (the min of a flag)
+        values = torch.tensor([digest, -digest, -failed, int(failed > 0)], dtype=torch.int64, device=self.device)
         self._collective(self.dist.all_reduce, values, op=self.dist.ReduceOp.MIN)
         if failure is not None:
+            failure.rank_local = int(values[3]) == 0  # this rank's own input: say it here too
             raise failure
         if int(values[2]) != 0:
             raise UsageError(

@@ -157,6 +157,8 @@ def test_result_per_curve_summary_csv_and_json(engine, curves, tmp_path):
         ({"method": "adam"}, UsageError, "method='lm' only"),
         ({"nan_policy": "drop"}, UsageError, "nan_policy"),
         ({"chunk_size": 0}, UsageError, "chunk_size"),
+        ({"y": [[1.0] * 64, [1.0] * 60]}, DataError, "y has rows of different lengths: .*pad shorter curves with NaN"),
+        ({"y": [[1.0] * 63 + ["x"]]}, DataError, "y must be an array of numbers"),
     ],
 )
 def test_bad_input_is_a_clear_error(curves, kwargs, error, match):

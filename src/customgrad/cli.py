@@ -130,7 +130,8 @@ def _add_fit(subparsers) -> None:
     batch.add_argument(
         "--batch",
         action="store_true",
-        help="--data holds one curve per row (first row: the x values, unless --x-values); empty cells end a curve",
+        help="--data holds one curve per row (first row: the x values, unless --x-values); "
+        "empty cells are missing points",
     )
     batch.add_argument("--x-values", metavar="FILE", help="--batch: the x values, from this file instead")
     batch.add_argument("--csv", metavar="PATH", help="--batch: write one line of results per curve")

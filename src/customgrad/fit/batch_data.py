@@ -78,7 +78,8 @@ def prepare_batch_data(x, y, sigma=None, *, nan_policy: str = "omit", dtype=torc
         raise DataError(
             f"NaN or inf in curves {', '.join(map(str, curves[:10].tolist()))}"
             f"{' ...' if len(curves) > 10 else ''} (0-based): clean the data or pass nan_policy='omit' "
-            "to leave those entries out (also how curves of different lengths are given: pad with NaN)"
+            "(--nan-policy omit) to leave those entries out (also how curves of different lengths are given: "
+            "pad with NaN)"
         )
     empty = np.flatnonzero(~mask.any(axis=1))
     if len(empty):

@@ -114,12 +114,26 @@ def real_array(values, what: str, per: str = "") -> np.ndarray:
         if values.is_complex():
             raise DataError(f"{what} is a complex tensor: a fit needs real data (pass .real or .abs())")
         values = values.detach().cpu().to(torch.float64).numpy()
-    elif np.iscomplexobj(values):
-        raise DataError(f"{what} holds complex numbers: a fit needs real data (pass .real or abs(...))")
     try:
-        return np.asarray(values, dtype=np.float64)
+        complex_values = np.iscomplexobj(values)
+        array = None if complex_values else np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
+        if _ragged(values):
+            raise DataError(
+                f"{what} has rows of different lengths: give a rectangular array (pad shorter curves with NaN)"
+            ) from None
         raise DataError(f"{what} must be an array of numbers, got {type(values).__name__}") from None
+    if complex_values:
+        raise DataError(f"{what} holds complex numbers: a fit needs real data (pass .real or abs(...))")
+    return array
+
+
+def _ragged(values) -> bool:
+    """Whether ``values`` is a sequence of sequences of different lengths (a list of curves of their own lengths)."""
+    try:
+        return isinstance(values, (list, tuple)) and len({len(row) for row in values}) > 1
+    except TypeError:  # some rows are numbers
+        return False
 
 
 def prepare_data(

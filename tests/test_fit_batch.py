@@ -282,3 +282,36 @@ def test_callable_that_mixes_rows_gets_its_exact_jacobian():
         single = fit(accumulated, x, y[i], params={"a": 1.0, "b": 1.0})
         for name in ("a", "b"):
             assert_matches_reference(batch.params[name][i], single.params[name], rtol=1e-8, what=name)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_curve_without_data_is_reported_not_fitted_and_the_others_are(curves, engine):
+    x, y = curves
+    y = y[:5].copy()
+    y[1] = np.nan  # a dead pixel
+    y[3, :61] = np.nan  # 3 points for 4 parameters: underdetermined
+    batch = fit_batch(GAUSSIAN, x, y, params=START, engine=engine)
+    assert batch.status[1] == "no_data" and not batch.success[1] and "no finite data points" in batch.message[1]
+    assert all(np.isnan(batch.params[name][1]) and np.isnan(batch.stderr[name][1]) for name in NAMES)
+    assert np.isnan(batch.cost[1])
+    with pytest.raises(DataError, match="curve 1 has no finite data points"):
+        batch[1]
+    kept = [0, 2, 4]
+    assert_batch_matches(_subset(batch, kept), single_fits(x, y[kept]))
+    summary = batch.summary()
+    assert "no_data 1" in summary and "underdetermined (fewer points than free parameters" in summary
+    assert json.loads(batch.to_json())["results"][1]["a"] is None
+
+
+def _subset(batch: BatchFitResult, curves: list[int]) -> BatchFitResult:
+    return BatchFitResult(
+        params={name: values[curves] for name, values in batch.params.items()},
+        stderr={name: values[curves] for name, values in batch.stderr.items()},
+        cost=batch.cost[curves],
+        dof=batch.dof[curves],
+        status=[batch.status[i] for i in curves],
+        evaluations=batch.evaluations[curves],
+        jacobians=batch.jacobians[curves],
+        steps=batch.steps[curves],
+        model=batch.model,
+    )

@@ -20,7 +20,8 @@ def plot_batch(result: BatchFitResult, path: str | Path) -> Path:
     import numpy as np
 
     plt = _pyplot()
-    shown = sorted({round(i) for i in np.linspace(0, len(result) - 1, min(SHOWN, len(result)))})
+    fitted = [i for i, status in enumerate(result.status) if status != "no_data"]  # curves with data
+    shown = sorted({fitted[round(k)] for k in np.linspace(0, len(fitted) - 1, min(SHOWN, len(fitted)))})
     names = list(result.stderr)
     columns = 3
     rows = math.ceil(len(shown) / columns) + math.ceil(len(names) / columns)

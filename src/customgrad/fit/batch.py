@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from ..errors import CustomgradError, UsageError
+from ..errors import CustomgradError, DataError, UsageError
 from ..progress import progress_bar
 from .api import ENGINES, _dtype_and_device, _number, _result, _threads_for, power_of_two_scales
 from .batch_data import batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
@@ -146,17 +146,27 @@ def fit_batch(
             cost = cost / problem.scales.to(cost) / problem.scales.to(cost)
     arrays = {name: values[:, j].cpu().numpy() for j, name in enumerate(problem.names)}
     all_params = {spec.name: arrays.get(spec.name, initial[spec.name]) for spec in specs}
+    stderr = {name: stderr[:, j].cpu().numpy() for j, name in enumerate(problem.names)}
+    cost = cost.cpu().numpy()
+    empty = np.flatnonzero(~data.mask.any(-1).cpu().numpy())
+    for i in empty.tolist():  # nothing to fit (an all-NaN row: a dead pixel): said, not fitted, not fatal
+        outcome.status[i] = "no_data"
+    for table in (arrays, stderr, {"cost": cost}):
+        for values in table.values():
+            values[empty] = math.nan
     seconds = time.perf_counter() - start_time
 
     def single(i: int):
+        if outcome.status[i] == "no_data":
+            raise DataError(f"curve {i} has no finite data points: it was not fitted (its results are NaN)")
         result = _curve_result(problem, data.arrays, outcome, i, specs, initial, function, data_names, data.x_is_dict)
         result.seconds = seconds / batch
         return result
 
     return BatchFitResult(
         params=all_params,
-        stderr={name: stderr[:, j].cpu().numpy() for j, name in enumerate(problem.names)},
-        cost=cost.cpu().numpy(),
+        stderr=stderr,
+        cost=cost,
         dof=dof.cpu().numpy(),
         status=outcome.status,
         evaluations=outcome.evaluations.cpu().numpy(),

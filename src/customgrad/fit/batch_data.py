@@ -81,9 +81,6 @@ def prepare_batch_data(x, y, sigma=None, *, nan_policy: str = "omit", dtype=torc
             "(--nan-policy omit) to leave those entries out (also how curves of different lengths are given: "
             "pad with NaN)"
         )
-    empty = np.flatnonzero(~mask.any(axis=1))
-    if len(empty):
-        raise DataError(f"curves {empty[:10].tolist()} have no finite data points: remove them")
 
     def tensor(values):
         return torch.as_tensor(values, dtype=dtype, device=device)

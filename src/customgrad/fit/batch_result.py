@@ -57,7 +57,8 @@ class BatchFitResult:
         return [TERMINATION[status][1] for status in self.status]
 
     def summary(self) -> str:
-        """Counts by status, and the spread of each parameter over the converged curves."""
+        """Counts by status, and the spread of each parameter over the converged curves (those with fewer
+        points than free parameters named and left out)."""
         counts = Counter(self.status)
         converged = self.success
         lines = [
@@ -65,8 +66,16 @@ class BatchFitResult:
             f"time = {self.seconds:.3g} s",
             "status: " + ", ".join(f"{name} {count}" for name, count in counts.most_common()),
         ]
+        fitted = np.array([status != "no_data" for status in self.status], dtype=bool)
+        underdetermined = fitted & (np.asarray(self.dof) < 0)
+        if underdetermined.any():
+            curves = np.flatnonzero(underdetermined)
+            lines.append(
+                f"underdetermined (fewer points than free parameters, left out below): {len(curves)} curves, "
+                f"{', '.join(map(str, curves[:10].tolist()))}{' ...' if len(curves) > 10 else ''}"
+            )
         for name, values in self.params.items():
-            good = values[converged & np.isfinite(values)]
+            good = values[converged & ~underdetermined & np.isfinite(values)]
             if len(good):
                 lines.append(
                     f"  {name}: median {np.median(good):.6g}, 5%-95% [{np.quantile(good, 0.05):.6g}, "

@@ -45,6 +45,7 @@ TERMINATION: dict[str, tuple[bool, str]] = {
         "stopped: the squared residuals underflow float64 (residuals below ~1e-154), so the solver saw a "
         "zero cost; use method 'lm' with the linear loss (it rescales), or rescale the data",
     ),
+    "no_data": (False, "not fitted: the curve has no finite data points (fit_batch: NaN results, the others fitted)"),
 }
 
 

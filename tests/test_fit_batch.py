@@ -315,3 +315,24 @@ def _subset(batch: BatchFitResult, curves: list[int]) -> BatchFitResult:
         steps=batch.steps[curves],
         model=batch.model,
     )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_progress_bar_counts_curves_done_and_how_many_converged(curves, engine, monkeypatch):
+    import contextlib
+
+    from customgrad.fit import batch as batch_module
+
+    messages = []
+
+    @contextlib.contextmanager
+    def recorder(total, description, enabled=True):
+        yield messages.append
+
+    monkeypatch.setattr(batch_module, "progress_bar", recorder)
+    x, y = curves
+    result = fit_batch(GAUSSIAN, x, y[:6], params=START, engine=engine, max_steps=3, progress=True)
+    assert len(messages) == 6  # one advance per curve done
+    converged = int(result.success.sum())
+    assert messages[-1] == f"{converged}/6 converged, {6 - converged} stopped otherwise"
+    assert converged < 6  # three Jacobians are not enough for all of them

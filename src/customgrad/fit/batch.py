@@ -14,7 +14,7 @@ from ..errors import CustomgradError, DataError, UsageError
 from ..progress import progress_bar
 from .api import ENGINES, _dtype_and_device, _number, _result, _threads_for, power_of_two_scales
 from .batch_data import batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
-from .batch_lm import BatchOutcome, batch_levenberg_marquardt
+from .batch_lm import CONVERGED, BatchOutcome, batch_levenberg_marquardt, progress_message
 from .batch_model import BatchModel
 from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
@@ -310,7 +310,8 @@ def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> Bat
 
     def on_round(status: torch.Tensor) -> None:
         stopped = int((status != 0).sum())
-        message = f"{stopped}/{len(status)} converged or stopped"
+        converged = int(torch.isin(status, torch.tensor(CONVERGED, device=status.device)).sum())
+        message = progress_message(converged, stopped, len(status))
         for _ in range(stopped - done[0]):
             advance(message)
         done[0] = stopped

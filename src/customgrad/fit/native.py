@@ -31,7 +31,7 @@ import torch
 from .. import cache
 from ..errors import BackendError, UsageError
 from . import lm, statistics
-from .batch_lm import STATUSES, BatchOutcome
+from .batch_lm import CONVERGED, STATUSES, BatchOutcome, progress_message
 from .lm import Outcome
 
 # Costs kept per curve for `FitResult.history`: the first HISTORY_LIMIT - 1 and the last (a typical fit
@@ -408,8 +408,9 @@ class NativeSolver:
             if done != 0:
                 raise MemoryError("the native fit engine ran out of memory")
             if advance is not None:
+                message = progress_message(int(np.isin(counts[:end, 0], CONVERGED).sum()), end, count)
                 for _ in range(end - begin):
-                    advance(f"{end}/{count} curves fitted")
+                    advance(message)
         return cost, counts, history, recorded
 
     def _use_scales(self, scales: np.ndarray | None) -> None:

@@ -145,6 +145,8 @@ def test_result_per_curve_summary_csv_and_json(engine, curves, tmp_path):
     assert document["curves"] == 4 and len(document["results"]) == 4
     with pytest.raises(IndexError):
         batch[4]
+    with pytest.raises(TypeError, match=r"by curve number, batch\[17\], not by 'a': .*batch.params\['a'\]"):
+        batch["a"]
 
 
 @pytest.mark.parametrize(

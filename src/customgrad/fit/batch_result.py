@@ -40,6 +40,9 @@ class BatchFitResult:
         return len(self.status)
 
     def __getitem__(self, i: int) -> FitResult:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            hint = f": the values of parameter {i!r} are batch.params[{i!r}]" if i in self.params else ""
+            raise TypeError(f"index a batch by curve number, batch[17], not by {i!r}{hint}")
         if not -len(self) <= i < len(self):
             raise IndexError(f"curve {i} out of range: the batch has {len(self)} curves")
         if self.single is None:

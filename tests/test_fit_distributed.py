@@ -222,13 +222,14 @@ def test_torchrun_cli_fits_rows_on_two_ranks_and_rank_0_writes(tmp_path):
     table.write_text("x,y\n" + "\n".join(f"{a!r},{b!r}" for a, b in zip(x.tolist(), y.tolist(), strict=True)) + "\n")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
     command += ["--master-port", str(_free_port()), "-m", "customgrad", "fit", "--data", str(table), "--distributed"]
-    command += ["--model", GAUSSIAN, "--json", str(tmp_path / "fit.json"), "--quiet"]
+    command += ["--model", GAUSSIAN, "--json", str(tmp_path / "fit.json"), "--quiet", "--plot", str(tmp_path / "f.png")]
     command += [f"--param={name}={value}" for name, value in START.items()]
     out = subprocess.run(
         command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("a=") == 1  # rank 0 alone prints
+    assert out.stdout.count("the plot shows rank 0's 51 rows of the fit's 101") == 1
     found = json.loads((tmp_path / "fit.json").read_text())["params"]
     single = fit(GAUSSIAN, {"x": x}, y, params=START)
     for name in START:

@@ -327,6 +327,9 @@ def _run_model_fit(args) -> int:
         result.plot(plot_path, bands=args.bands or "confidence")
         if not args.quiet:
             print(f"wrote {plot_path}")
+        shown, total = len(result.data["y"]), result.ndata
+        if shown < total:  # a distributed fit: each rank holds its own rows, and rank 0 plots
+            print(f"note: the plot shows rank 0's {shown} rows of the fit's {total} (the fit used them all)")
     if not result.success:
         print(f"error: the fit did not converge: {result.message}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ import torch
 from ..errors import CustomgradError, DataError, UsageError
 from ..progress import progress_bar
 from .api import ENGINES, _dtype_and_device, _number, _result, _threads_for, power_of_two_scales
-from .batch_data import batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
+from .batch_data import BatchData, batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
 from .batch_lm import CONVERGED, BatchOutcome, batch_levenberg_marquardt, progress_message
 from .batch_model import BatchModel
 from .batch_result import BatchFitResult
@@ -87,95 +88,138 @@ def fit_batch(
     """
     start_time = time.perf_counter()
     shards = Shards(None) if distributed else None
-    failure = None
+    failure = batch = None
     try:
-        if method != "lm":
-            raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
-        if engine not in ENGINES:
-            raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
-        threads = torch.get_num_threads()
-        dtype, device = _dtype_and_device(dtype, device)
-        max_steps = _positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
-        chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
-        tolerances = {name: _number(value, name) for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol))}
-        data = prepare_batch_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
-        batch = data.y.shape[0]
-        specs, initial = batch_parameter_specs(params, bounds, batch)
-        free_names = tuple(spec.name for spec in specs)
-        function, text, data_names = build_function(model, tuple(data.x), free_names, data.x_is_dict)
-        columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
-        problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
-        problem.scales = _curve_scales(data)
-        # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
-        build = problem.batch >= BUILD_FOR_CURVES
-        solver = engine_for(problem, engine, threads, build=build, what="fit this batch")
+        batch = _Batch.checked(
+            model, x, y, params, method=method, sigma=sigma, bounds=bounds, max_steps=max_steps, dtype=dtype,
+            device=device, nan_policy=nan_policy, tolerances=(ftol, xtol, gtol), chunk_size=chunk_size,
+            engine=engine,
+        )  # fmt: skip
     except CustomgradError as error:
         if shards is None:
             raise
         failure = error
     if shards is not None:
         # every rank holds every curve: any difference in what they fit is a mistake, found here
-        about = "" if failure is not None else _description(data, specs, initial, text)
+        about = "" if batch is None else _description(batch.data, batch.specs, batch.initial, batch.text)
         settings = (max_steps, chunk_size, ftol, xtol, gtol, nan_policy, str(dtype), engine)
         same = "and the same curves (each rank fits its share of them)"
         shards.raise_together(failure, f"{about}, options {settings}", same)
-    options = dict(max_steps=max_steps, **tolerances)
-    with (
-        _threads_for(data.y.shape[-1] * (len(specs) + 1), device),
-        progress_bar(
-            batch, "fitting curves (lm)", enabled=progress and (shards is None or shards.rank == 0)
-        ) as advance,
-    ):
-        curves = range(batch) if shards is None else range(batch)[local_shard(batch, shards.rank, shards.world)]
-        if solver is not None:
-            outcome = _solve_native(solver, problem, options, advance, curves)
-        else:
-            outcome = _solve_in_chunks(problem, chunk_size, options, advance, curves)
-        if problem.scales is not None:
-            outcome.in_data_units(problem.scales[curves.start : curves.stop])
-        if shards is not None:
-            outcome = _gathered(shards, outcome)
-        values = problem.external(outcome.theta)
-        dof = data.mask.sum(-1) - len(problem.names)
-        if solver is not None:
-            stderr, cost = solver.errors(values, dof)
-        else:
-            upper, cost = _final_factors(problem, values)
-            stderr = batch_stderr(upper, cost, dof)
-        if problem.scales is not None:
-            cost = cost / problem.scales.to(cost) / problem.scales.to(cost)
-    arrays = {name: values[:, j].cpu().numpy() for j, name in enumerate(problem.names)}
-    all_params = {spec.name: arrays.get(spec.name, initial[spec.name]) for spec in specs}
-    stderr = {name: stderr[:, j].cpu().numpy() for j, name in enumerate(problem.names)}
-    cost = cost.cpu().numpy()
-    empty = np.flatnonzero(~data.mask.any(-1).cpu().numpy())
-    for i in empty.tolist():  # nothing to fit (an all-NaN row: a dead pixel): said, not fitted, not fatal
-        outcome.status[i] = "no_data"
-    for table in (arrays, stderr, {"cost": cost}):
-        for values in table.values():
-            values[empty] = math.nan
-    seconds = time.perf_counter() - start_time
+    with progress_bar(
+        batch.problem.batch, "fitting curves (lm)", enabled=progress and (shards is None or shards.rank == 0)
+    ) as advance:
+        outcome, values, stderr, cost = batch.solve(shards, advance)
+    return batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
 
-    def single(i: int):
-        if outcome.status[i] == "no_data":
-            raise DataError(f"curve {i} has no finite data points: it was not fitted (its results are NaN)")
-        result = _curve_result(problem, data.arrays, outcome, i, specs, initial, function, data_names, data.x_is_dict)
-        result.seconds = seconds / batch
-        return result
 
-    return BatchFitResult(
-        params=all_params,
-        stderr=stderr,
-        cost=cost,
-        dof=dof.cpu().numpy(),
-        status=outcome.status,
-        evaluations=outcome.evaluations.cpu().numpy(),
-        jacobians=outcome.jacobians.cpu().numpy(),
-        steps=outcome.steps.cpu().numpy(),
-        model=text,
-        seconds=seconds,
-        single=single,
-    )
+@dataclass
+class _Batch:
+    """A checked batch of fits: its data, parameters, model and engine (``solver``: None for torch)."""
+
+    data: BatchData
+    specs: list
+    initial: dict
+    function: Callable
+    text: str
+    data_names: tuple
+    problem: BatchModel
+    solver: NativeSolver | None
+    options: dict
+    chunk_size: int
+    device: torch.device | None
+
+    @classmethod
+    def checked(cls, model, x, y, params, *, method, sigma, bounds, max_steps, dtype, device, nan_policy,
+                tolerances, chunk_size, engine) -> _Batch:  # fmt: skip
+        """Every argument checked (a `CustomgradError` naming the bad one), the model built, the engine picked."""
+        if method != "lm":
+            raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
+        if engine not in ENGINES:
+            raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+        dtype, device = _dtype_and_device(dtype, device)
+        max_steps = _positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
+        chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
+        options = {name: _number(value, name) for name, value in zip(("ftol", "xtol", "gtol"), tolerances)}
+        data = prepare_batch_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
+        specs, initial = batch_parameter_specs(params, bounds, data.y.shape[0])
+        free_names = tuple(spec.name for spec in specs)
+        function, text, data_names = build_function(model, tuple(data.x), free_names, data.x_is_dict)
+        columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
+        problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
+        problem.scales = _curve_scales(data)
+        # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
+        threads, build = torch.get_num_threads(), problem.batch >= BUILD_FOR_CURVES
+        solver = engine_for(problem, engine, threads, build=build, what="fit this batch")
+        options["max_steps"] = max_steps
+        return cls(data, specs, initial, function, text, data_names, problem, solver, options, chunk_size, device)
+
+    def solve(self, shards: Shards | None, advance) -> tuple:
+        """Fit this rank's curves (all of them when not distributed), gather every rank's; the outcome,
+        parameter values (B, p), standard errors (B, p) and costs (B,) in the data's units."""
+        problem, solver, batch = self.problem, self.solver, self.problem.batch
+        with _threads_for(self.data.y.shape[-1] * (len(self.specs) + 1), self.device):
+            curves = range(batch) if shards is None else range(batch)[local_shard(batch, shards.rank, shards.world)]
+            if solver is not None:
+                outcome = _solve_native(solver, problem, self.options, advance, curves)
+            else:
+                outcome = _solve_in_chunks(problem, self.chunk_size, self.options, advance, curves)
+            if problem.scales is not None:
+                outcome.in_data_units(problem.scales[curves.start : curves.stop])
+            if shards is not None:
+                outcome = _gathered(shards, outcome)
+            values = problem.external(outcome.theta)
+            if solver is not None:
+                stderr, cost = solver.errors(values, self.dof)
+            else:
+                upper, cost = _final_factors(problem, values)
+                stderr = batch_stderr(upper, cost, self.dof)
+            if problem.scales is not None:
+                cost = cost / problem.scales.to(cost) / problem.scales.to(cost)
+        return outcome, values, stderr, cost
+
+    @property
+    def dof(self) -> torch.Tensor:
+        """Degrees of freedom per curve: its finite points less the free parameters."""
+        return self.data.mask.sum(-1) - len(self.problem.names)
+
+    def result(self, outcome: BatchOutcome, values, stderr, cost, seconds: float) -> BatchFitResult:
+        """The `BatchFitResult`; curves with no finite point (a dead pixel) get status no_data and NaN."""
+        names = self.problem.names
+        arrays = {name: values[:, j].cpu().numpy() for j, name in enumerate(names)}
+        all_params = {spec.name: arrays.get(spec.name, self.initial[spec.name]) for spec in self.specs}
+        stderr = {name: stderr[:, j].cpu().numpy() for j, name in enumerate(names)}
+        cost = cost.cpu().numpy()
+        empty = np.flatnonzero(~self.data.mask.any(-1).cpu().numpy())
+        for i in empty.tolist():  # nothing to fit: said, not fitted, not fatal
+            outcome.status[i] = "no_data"
+        for table in (arrays, stderr, {"cost": cost}):
+            for column in table.values():
+                column[empty] = math.nan
+
+        def single(i: int):
+            if outcome.status[i] == "no_data":
+                raise DataError(f"curve {i} has no finite data points: it was not fitted (its results are NaN)")
+            data = self.data
+            result = _curve_result(
+                self.problem, data.arrays, outcome, i, self.specs, self.initial, self.function, self.data_names,
+                data.x_is_dict,
+            )  # fmt: skip
+            result.seconds = seconds / self.problem.batch
+            return result
+
+        return BatchFitResult(
+            params=all_params,
+            stderr=stderr,
+            cost=cost,
+            dof=self.dof.cpu().numpy(),
+            status=outcome.status,
+            evaluations=outcome.evaluations.cpu().numpy(),
+            jacobians=outcome.jacobians.cpu().numpy(),
+            steps=outcome.steps.cpu().numpy(),
+            model=self.text,
+            seconds=seconds,
+            single=single,
+        )
 
 
 def _description(data, specs, initial: dict, text: str) -> str:

@@ -248,80 +248,13 @@ def _fit(
         )
         if data.omitted_rows:
             data.omitted_rows = []  # row numbers are per shard: not reported
-    agree = (lambda scale: scale) if shards is None else shards.minimum  # one unit for every rank
-    # LM on least squares is invariant to a common scale of the residuals: run it in units where
-    # the cost neither overflows nor underflows (a robust loss is not, and other solvers' steps are not)
-    rescaled = method == "lm" and rho is None
-    units = {"scale": agree(power_of_two_scale(start)) if rescaled else 1.0, "steps": 0}
-
-    def residuals(t):
-        r = problem.residuals(t)
-        return r if units["scale"] == 1.0 else r * units["scale"]
-
-    def cost_of(r):
-        cost = robust_cost(rho, r)
-        return cost if shards is None else shards.sum(cost)
-
-    def linearize(t, r):
-        if rho is None:
-            block = problem.augmented(t)
-            return block if units["scale"] == 1.0 else block * units["scale"]
-        r_new, jacobian = robust_linearization(rho, *problem.jacobian(t))
-        return torch.cat([jacobian, r_new.unsqueeze(-1)], dim=-1)
-
-    def objective(leaf):
-        r = problem.predict(problem.external(leaf)) - problem.y
-        if problem.inverse_sigma is not None:
-            r = r * problem.inverse_sigma
-        z = r * r
-        return z.sum() if rho is None else rho(z)[0].sum()
-
-    if method == "lm":
-        problem.check_pointwise(theta)
-    options = dict(max_steps=max_steps, objective=objective, learning_rate=learning_rate)
-    if method == "lm":
-        # geodesic acceleration probes residuals(): only where they are the linearised ones
-        geodesic = rho is None and not isinstance(problem, ChunkedModel)  # needs J row by row
-        options.update(ftol=ftol, xtol=xtol, gtol=gtol, geodesic_acceleration=geodesic)
-        if shards is not None:
-            options.update(reduce=lambda block: shards.factor(block).cpu().numpy(), sum_rows=shards.sum)
-    elif shards is not None:
-        options.update(shards=shards)
     if shards is not None:
         progress = progress and shards.rank == 0  # only rank 0 prints
-    from ..progress import progress_bar
-
-    with progress_bar(max_steps, f"fitting ({method})", enabled=progress) as advance:
-
-        def step_callback(step: int, cost: float) -> None:
-            cost = cost / units["scale"] / units["scale"]
-            advance(f"cost {cost:.6g}")
-            if on_step is not None:
-                on_step(units["steps"] + step, cost)
-
-        callback = step_callback if progress or on_step is not None else None
-        native = _native_engine(engine, problem, method, rho, shards, callback)
-
-        def run(start: torch.Tensor, factor: float = 100.0):
-            if native is not None:
-                tolerances = dict(ftol=ftol, xtol=xtol, gtol=gtol, max_steps=max_steps)
-                return native.solve_one(start, units["scale"], factor, **tolerances)
-            return solver(residuals, linearize, cost_of, start, on_step=callback, factor=factor, **options)
-
-        outcome = run(theta)
-        stalled = outcome.saturated  # (tested by the native engine; else here)
-        if stalled is None:
-            stalled = method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards)
-        if stalled:
-            retry = run(theta, factor=1.0)
-            if retry.cost < outcome.cost:
-                retry.evaluations += outcome.evaluations
-                retry.jacobians += outcome.jacobians
-                outcome = retry
-        if rescaled:
-            outcome = _in_range(run, problem, units, outcome, agree)
-        elif outcome.cost == 0 and outcome.status != "nonfinite" and _any_nonzero(problem, outcome.theta, shards):
-            outcome.status = "underflow"  # the solver saw a zero cost that is not zero: r^2 underflowed
+    tolerances = dict(ftol=ftol, xtol=xtol, gtol=gtol)
+    calls = _Calls(problem, rho, shards, method == "lm" and rho is None, start)
+    native, outcome = _solve(
+        calls, theta, method, solver, engine, max_steps, learning_rate, tolerances, progress, on_step
+    )  # fmt: skip
     exact = None
     if decimal_data is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in decimal_data.items()}
@@ -338,8 +271,99 @@ def _fit(
         source,
         shards,
         native=native,
-        unit=units["scale"],
+        unit=calls.scale,
     )
+
+
+class _Calls:
+    """What a solver calls on a fit's problem: residuals in the units ``scale`` (with ``rescaled``, LM on
+    least squares, which is invariant to a common scale of the residuals, runs where the cost neither
+    overflows nor underflows: see `_in_range`), their cost summed over ranks, [J | r] (robust:
+    reweighted), and the objective of the gradient methods; ``steps`` taken in earlier units."""
+
+    def __init__(self, problem: Model, rho, shards: Shards | None, rescaled: bool, start: torch.Tensor):
+        self.problem, self.rho, self.shards, self.rescaled, self.steps = problem, rho, shards, rescaled, 0
+        self.scale = self.agree(power_of_two_scale(start)) if rescaled else 1.0
+
+    def agree(self, scale: float) -> float:
+        """One unit for every rank: the smallest."""
+        return scale if self.shards is None else self.shards.minimum(scale)
+
+    def residuals(self, theta: torch.Tensor) -> torch.Tensor:
+        r = self.problem.residuals(theta)
+        return r if self.scale == 1.0 else r * self.scale
+
+    def cost_of(self, r: torch.Tensor) -> float:
+        cost = robust_cost(self.rho, r)
+        return cost if self.shards is None else self.shards.sum(cost)
+
+    def linearize(self, theta: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        if self.rho is None:
+            block = self.problem.augmented(theta)
+            return block if self.scale == 1.0 else block * self.scale
+        r_new, jacobian = robust_linearization(self.rho, *self.problem.jacobian(theta))
+        return torch.cat([jacobian, r_new.unsqueeze(-1)], dim=-1)
+
+    def objective(self, leaf: torch.Tensor) -> torch.Tensor:
+        problem = self.problem
+        r = problem.predict(problem.external(leaf)) - problem.y
+        if problem.inverse_sigma is not None:
+            r = r * problem.inverse_sigma
+        z = r * r
+        return z.sum() if self.rho is None else self.rho(z)[0].sum()
+
+
+def _solve(calls: _Calls, theta, method, solver, engine, max_steps, learning_rate, tolerances, progress, on_step):
+    """Run the solver from ``theta`` (the native engine where `_native_engine` picks it), again from
+    there with factor 1 where LM stopped on a plateau, and in new units where the cost left squaring
+    range (`_in_range`): the native engine (or None) and the outcome, its costs in the data's units."""
+    problem, shards = calls.problem, calls.shards
+    if method == "lm":
+        problem.check_pointwise(theta)
+    options = dict(max_steps=max_steps, objective=calls.objective, learning_rate=learning_rate)
+    if method == "lm":
+        # geodesic acceleration probes residuals(): only where they are the linearised ones
+        geodesic = calls.rho is None and not isinstance(problem, ChunkedModel)  # needs J row by row
+        options.update(geodesic_acceleration=geodesic, **tolerances)
+        if shards is not None:
+            options.update(reduce=lambda block: shards.factor(block).cpu().numpy(), sum_rows=shards.sum)
+    elif shards is not None:
+        options.update(shards=shards)
+    from ..progress import progress_bar
+
+    with progress_bar(max_steps, f"fitting ({method})", enabled=progress) as advance:
+
+        def step_callback(step: int, cost: float) -> None:
+            cost = cost / calls.scale / calls.scale
+            advance(f"cost {cost:.6g}")
+            if on_step is not None:
+                on_step(calls.steps + step, cost)
+
+        callback = step_callback if progress or on_step is not None else None
+        native = _native_engine(engine, problem, method, calls.rho, shards, callback)
+
+        def run(start: torch.Tensor, factor: float = 100.0):
+            if native is not None:
+                return native.solve_one(start, calls.scale, factor, max_steps=max_steps, **tolerances)
+            return solver(
+                calls.residuals, calls.linearize, calls.cost_of, start, on_step=callback, factor=factor, **options
+            )
+
+        outcome = run(theta)
+        stalled = outcome.saturated  # (tested by the native engine; else here)
+        if stalled is None:
+            stalled = method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards)
+        if stalled:
+            retry = run(theta, factor=1.0)
+            if retry.cost < outcome.cost:
+                retry.evaluations += outcome.evaluations
+                retry.jacobians += outcome.jacobians
+                outcome = retry
+        if calls.rescaled:
+            outcome = _in_range(run, calls, outcome)
+        elif outcome.cost == 0 and outcome.status != "nonfinite" and _any_nonzero(problem, outcome.theta, shards):
+            outcome.status = "underflow"  # the solver saw a zero cost that is not zero: r^2 underflowed
+    return native, outcome
 
 
 def _checked_options(method, engine, loss, max_steps, learning_rate, ftol, xtol, gtol, on_step, absolute_sigma):
@@ -458,26 +482,26 @@ def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
     return dtype, device
 
 
-def _in_range(run: Callable, problem: Model, units: dict, outcome, agree: Callable = lambda scale: scale):
+def _in_range(run: Callable, calls: _Calls, outcome):
     """The outcome with its costs back in the data's units; first, while LM ended where its scaled
     cost is out of squaring range (a start 1e170 times off the data: the residuals shrank by more
     than float64's squares span), restart it from there in new units. The Jacobian count adds up.
     """
-    history = [cost / units["scale"] / units["scale"] for cost in outcome.history]
+    history = [cost / calls.scale / calls.scale for cost in outcome.history]
     for _ in range(_RESTARTS):
         if 2.0**-_SAFE_EXPONENT < outcome.cost < 2.0 ** (2 * _SAFE_EXPONENT) or outcome.status == "nonfinite":
             break
-        scale = agree(power_of_two_scale(problem.residuals(outcome.theta)))
-        if scale == units["scale"]:
+        scale = calls.agree(power_of_two_scale(calls.problem.residuals(outcome.theta)))
+        if scale == calls.scale:
             break
-        units["scale"], units["steps"] = scale, units["steps"] + outcome.steps
+        calls.scale, calls.steps = scale, calls.steps + outcome.steps
         again = run(outcome.theta)
         again.evaluations += outcome.evaluations
         again.jacobians += outcome.jacobians
         again.steps += outcome.steps
         history += [cost / scale / scale for cost in again.history[1:]]
         outcome = again
-    outcome.cost = outcome.cost / units["scale"] / units["scale"]
+    outcome.cost = outcome.cost / calls.scale / calls.scale
     outcome.history = history
     return outcome
 

@@ -216,17 +216,23 @@ def test_fit_batch_shards_curves_and_every_rank_gets_all(ranks):
             assert_matches_reference(np.array(found["params"][name]), whole.params[name], rtol=1e-10, what=name)
 
 
-def test_torchrun_cli_fits_rows_on_two_ranks_and_rank_0_writes(tmp_path):
+def _torchrun_fit(tmp_path, *options: str) -> subprocess.CompletedProcess:
+    """``customgrad fit --distributed`` of `data` on 2 torchrun processes, with ``options`` added."""
     x, y = data()
     table = tmp_path / "data.csv"
     table.write_text("x,y\n" + "\n".join(f"{a!r},{b!r}" for a, b in zip(x.tolist(), y.tolist(), strict=True)) + "\n")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
     command += ["--master-port", str(_free_port()), "-m", "customgrad", "fit", "--data", str(table), "--distributed"]
-    command += ["--model", GAUSSIAN, "--json", str(tmp_path / "fit.json"), "--quiet", "--plot", str(tmp_path / "f.png")]
+    command += ["--model", GAUSSIAN, "--quiet", *options]
     command += [f"--param={name}={value}" for name, value in START.items()]
-    out = subprocess.run(
+    return subprocess.run(
         command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
+
+
+def test_torchrun_cli_fits_rows_on_two_ranks_and_rank_0_writes(tmp_path):
+    x, y = data()
+    out = _torchrun_fit(tmp_path, "--json", str(tmp_path / "fit.json"), "--plot", str(tmp_path / "f.png"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("a=") == 1  # rank 0 alone prints
     assert out.stdout.count("the plot shows rank 0's 51 rows of the fit's 101") == 1
@@ -237,16 +243,7 @@ def test_torchrun_cli_fits_rows_on_two_ranks_and_rank_0_writes(tmp_path):
 
 
 def test_torchrun_cli_errors_are_printed_once_and_options_checked_on_every_rank(tmp_path):
-    x, y = data()
-    table = tmp_path / "data.csv"
-    table.write_text("x,y\n" + "\n".join(f"{a!r},{b!r}" for a, b in zip(x.tolist(), y.tolist(), strict=True)) + "\n")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
-    command += ["--master-port", str(_free_port()), "-m", "customgrad", "fit", "--data", str(table), "--distributed"]
-    command += ["--model", GAUSSIAN, "--quiet", "--bands", "prediction"]  # --bands without --plot/--json
-    command += [f"--param={name}={value}" for name, value in START.items()]
-    out = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    out = _torchrun_fit(tmp_path, "--bands", "prediction")  # --bands without --plot/--json
     assert out.returncode != 0
     assert out.stderr.count("error: --bands does not apply") == 1, out.stderr  # rank 0 says it; none hangs
 

@@ -366,12 +366,17 @@ def _solve(calls: _Calls, theta, method, solver, engine, max_steps, learning_rat
     return native, outcome
 
 
+def check_engine(engine: str) -> None:
+    """A `UsageError` unless ``engine`` is one of `ENGINES` (`fit`'s and `fit_batch`'s)."""
+    if engine not in ENGINES:
+        raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+
+
 def _checked_options(method, engine, loss, max_steps, learning_rate, ftol, xtol, gtol, on_step, absolute_sigma):
     """`fit`'s options checked (a `UsageError` naming the bad one): the solver, the loss's rho (None:
     linear), max_steps (the method's default for None), learning_rate, ftol, xtol and gtol."""
     solver = get_solver(method)
-    if engine not in ENGINES:
-        raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    check_engine(engine)
     rho = get_loss(loss)
     if max_steps is None:
         max_steps = DEFAULT_STEPS[method]

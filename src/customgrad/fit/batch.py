@@ -13,7 +13,7 @@ import torch
 
 from ..errors import CustomgradError, DataError, UsageError
 from ..progress import progress_bar
-from .api import ENGINES, _dtype_and_device, _number, _result, _threads_for, power_of_two_scales
+from .api import _dtype_and_device, _number, _result, _threads_for, check_engine, power_of_two_scales
 from .batch_data import BatchData, batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
 from .batch_lm import CONVERGED, BatchOutcome, batch_levenberg_marquardt, progress_message
 from .batch_model import BatchModel
@@ -134,8 +134,7 @@ class _Batch:
         """Every argument checked (a `CustomgradError` naming the bad one), the model built, the engine picked."""
         if method != "lm":
             raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
-        if engine not in ENGINES:
-            raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+        check_engine(engine)
         dtype, device = _dtype_and_device(dtype, device)
         max_steps = _positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
         chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")

@@ -726,8 +726,7 @@ static void report_task(const Problem *P, const Options *O, Work *W, int64_t k, 
   double cost = squared(W->block + p * n, n), norm = data_norm(P, W, b);
   R->cost[k] = cost;
   R->norm[k] = norm;
-  set_inputs(P, W, b, W->values);
-  W->out[0] = R->fitted + k * n;
+  W->out[0] = R->fitted + k * n; /* inputs as `augmented` set them: curve b at the values */
   cg_model_values((const double *const *)W->in, W->out, n);
   reduce(W->block, n, p + 1, W->qr, W->reduced);
   int finite = R->finite[k] = scaled_svd(W, p, values, R->insensitive * norm);

@@ -99,7 +99,6 @@ def uncertainty(
     ``unit``. With ``values`` (the fitted parameters) and ``data_norm`` (||y||, weighted as J is), a
     parameter whose column is below `INSENSITIVE` of the data is not identifiable either.
     """
-    p = len(names)
     upper = reduce_to_r(jacobian)
     if not np.isfinite(upper).all():
         return undetermined(names)
@@ -110,7 +109,7 @@ def uncertainty(
         norms = np.where(reach < INSENSITIVE * data_norm, 0.0, norms)
     scale = np.where(norms > 0, norms, 1.0)
     _, s, vt = np.linalg.svd(upper / scale)
-    keep = s > RANK_TOLERANCE * s[0] if s[0] > 0 else np.zeros(p, dtype=bool)
+    keep = kept_directions(s)
     variance = unit * unit if absolute else cost / dof if dof > 0 else math.nan
     # (D^-1 J^T J D^-1)^+ in the scaled coordinates, entries of order 1; the units come last, and
     # stderr takes its square root before them, so parameters near 1e300 keep finite stderr
@@ -121,6 +120,11 @@ def uncertainty(
         covariance = core * variance / np.outer(scale, scale)
         correlation = core / np.outer(spread, spread)
     return with_null_groups(covariance, stderr, correlation, s, vt, names)
+
+
+def kept_directions(s: np.ndarray) -> np.ndarray:
+    """Which singular values (decreasing) count: above `RANK_TOLERANCE` of the largest, none when it is 0."""
+    return s > RANK_TOLERANCE * s[0] if len(s) and s[0] > 0 else np.zeros(len(s), dtype=bool)
 
 
 def undetermined(names: tuple[str, ...]) -> Uncertainty:
@@ -136,10 +140,8 @@ def with_null_groups(
     """The `Uncertainty` from the covariance, standard errors and correlation computed over the kept
     directions of the SVD ``s``, ``vt`` of R D^-1: its rank and condition number, with the parameters
     of its null directions grouped and set to NaN (``uncertainty``'s last step; the native engine's too)."""
-    singular = s.tolist()
-    largest = singular[0] if singular else 0.0
-    rank = sum(value > RANK_TOLERANCE * largest for value in singular) if largest > 0 else 0
-    condition = largest / singular[-1] if singular and singular[-1] > 0 else math.inf
+    rank = int(kept_directions(s).sum())
+    condition = float(s[0] / s[-1]) if len(s) and s[-1] > 0 else math.inf
     groups = _null_groups(vt[rank:])
     for group in groups:
         stderr[group] = math.nan

@@ -101,7 +101,7 @@ def fit_batch(
         failure = error
     if shards is not None:
         # every rank holds every curve: any difference in what they fit is a mistake, found here
-        about = "" if batch is None else _description(batch.data, batch.specs, batch.initial, batch.text)
+        about = "" if batch is None else batch.description()
         settings = (max_steps, chunk_size, ftol, xtol, gtol, nan_policy, str(dtype), engine)
         same = "and the same curves (each rank fits its share of them)"
         shards.raise_together(failure, f"{about}, options {settings}", same)
@@ -176,6 +176,23 @@ class _Batch:
                 cost = cost / problem.scales.to(cost) / problem.scales.to(cost)
         return outcome, values, stderr, cost
 
+    def description(self) -> str:
+        """What a distributed batch fits, for `Shards.raise_together`: the model, parameters and bounds
+        in words, the curves' shape and a checksum of the data, sigma and initial values."""
+        data, digest = self.data, hashlib.sha256()
+        tensors = [data.y, data.mask, *(data.x[name] for name in sorted(data.x))]
+        tensors += [data.weights] if data.weights is not None else []
+        arrays = [tensor.cpu().numpy() for tensor in tensors]
+        arrays += [np.asarray(self.initial[spec.name], dtype=np.float64) for spec in self.specs]
+        for array in arrays:
+            digest.update(np.ascontiguousarray(array).tobytes())
+        bounds = [(spec.name, spec.lower, spec.upper, spec.fixed) for spec in self.specs]
+        return (
+            f"model {self.text!r}, parameters and bounds {bounds}, curves {tuple(data.y.shape)}, sigma "
+            f"{'given' if data.weights is not None else 'none'}, checksum of data and initial values "
+            f"{digest.hexdigest()[:16]}"
+        )
+
     @property
     def dof(self) -> torch.Tensor:
         """Degrees of freedom per curve: its finite points less the free parameters."""
@@ -219,22 +236,6 @@ class _Batch:
             seconds=seconds,
             single=single,
         )
-
-
-def _description(data, specs, initial: dict, text: str) -> str:
-    """What a distributed batch fits, for `Shards.raise_together`: the model, parameters and bounds in
-    words, the curves' shape and a checksum of the data, sigma and initial values."""
-    digest = hashlib.sha256()
-    arrays = [data.y, data.mask, *(data.x[name] for name in sorted(data.x))]
-    arrays += [data.weights] if data.weights is not None else []
-    for array in arrays + [torch.as_tensor(np.asarray(initial[spec.name], dtype=np.float64)) for spec in specs]:
-        digest.update(np.ascontiguousarray(array.detach().cpu().numpy()).tobytes())
-    bounds = [(spec.name, spec.lower, spec.upper, spec.fixed) for spec in specs]
-    return (
-        f"model {text!r}, parameters and bounds {bounds}, curves {tuple(data.y.shape)}, sigma "
-        f"{'given' if data.weights is not None else 'none'}, checksum of data and initial values "
-        f"{digest.hexdigest()[:16]}"
-    )
 
 
 def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, advance, curves: range) -> BatchOutcome:

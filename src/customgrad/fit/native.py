@@ -117,6 +117,11 @@ class _Options(ctypes.Structure):
     ]
 
 
+def _statistics_options() -> _Options:
+    """The options of the statistics entries (`lm_errors`, `lm_report`): no tolerances, no steps."""
+    return _options(0.0, 0.0, 0.0, 1, 100.0, 0.0)
+
+
 class _Report(ctypes.Structure):
     _fields_ = [
         ("values", ctypes.c_void_p),
@@ -393,20 +398,8 @@ class NativeSolver:
         recorded = np.empty(count, dtype=np.int64)
         for begin in range(0, count, CALL_CURVES):
             end = min(begin + CALL_CURVES, count)
-            done = self.library.lm_batch(
-                ctypes.byref(self.struct),
-                ctypes.byref(options),
-                curves[begin:].ctypes.data,
-                end - begin,
-                self.threads,
-                solution[begin:].ctypes.data,
-                cost[begin:].ctypes.data,
-                counts[begin:].ctypes.data,
-                history[begin:].ctypes.data,
-                recorded[begin:].ctypes.data,
-            )
-            if done != 0:
-                raise MemoryError("the native fit engine ran out of memory")
+            outputs = (solution, cost, counts, history, recorded)
+            self._call("lm_batch", options, curves[begin:end], *(array[begin:].ctypes.data for array in outputs))
             if advance is not None:
                 message = progress_message(int(np.isin(counts[:end, 0], CONVERGED).sum()), end, count)
                 for _ in range(end - begin):
@@ -459,15 +452,7 @@ class NativeSolver:
             *(array.ctypes.data for array in (scalars[:1], scalars[1:], fitted, covariance, correlation)),
             *(array.ctypes.data for array in (stderr, singular, vt, finite)),
         )
-        options = _options(0.0, 0.0, 0.0, 1, 100.0, 0.0)
-        one = np.zeros(1, dtype=np.int64)
-        if (
-            self.library.lm_report(
-                ctypes.byref(self.struct), ctypes.byref(options), one.ctypes.data, 1, 1, ctypes.byref(report)
-            )
-            != 0
-        ):
-            raise MemoryError("the native fit engine ran out of memory")
+        self._call("lm_report", _statistics_options(), np.zeros(1, dtype=np.int64), ctypes.byref(report))
         names = self.problem.names
         spread = (
             statistics.with_null_groups(covariance, stderr, correlation, singular, vt, names)
@@ -485,21 +470,18 @@ class NativeSolver:
         at = np.ascontiguousarray(values.cpu().numpy(), dtype=np.float64)
         freedom = np.ascontiguousarray(dof.cpu().numpy(), dtype=np.float64)
         stderr, cost = np.empty((count, p)), np.empty(count)
-        options = _options(0.0, 0.0, 0.0, 1, 100.0, 0.0)
-        done = self.library.lm_errors(
-            ctypes.byref(self.struct),
-            ctypes.byref(options),
-            curves.ctypes.data,
-            count,
-            self.threads,
-            at.ctypes.data,
-            freedom.ctypes.data,
-            stderr.ctypes.data,
-            cost.ctypes.data,
-        )
+        outputs = (at, freedom, stderr, cost)
+        self._call("lm_errors", _statistics_options(), curves, *(array.ctypes.data for array in outputs))
+        return torch.from_numpy(stderr), torch.from_numpy(cost)
+
+    def _call(self, entry: str, options: _Options, curves: np.ndarray, *arguments) -> None:
+        """The library's ``entry`` over ``curves`` (int64) with this problem, ``options`` and the entry's
+        own ``arguments`` (C runs one curve on one thread)."""
+        problem, settings = ctypes.byref(self.struct), ctypes.byref(options)
+        run = getattr(self.library, entry)
+        done = run(problem, settings, curves.ctypes.data, len(curves), self.threads, *arguments)
         if done != 0:
             raise MemoryError("the native fit engine ran out of memory")
-        return torch.from_numpy(stderr), torch.from_numpy(cost)
 
 
 @dataclass

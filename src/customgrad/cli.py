@@ -267,13 +267,6 @@ def _fit_on_this_rank(args) -> int:
             dist.destroy_process_group()
 
 
-def _run_checked_model_fit(args) -> int:
-    from .fit.cli_inputs import fit_run
-
-    fit_run(args)
-    return _run_model_fit(args)
-
-
 def _run_batch_fit(args) -> int:
     from .fit.cli_inputs import batch_inputs
     from .plot import check_image_path, check_writable

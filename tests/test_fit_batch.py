@@ -199,8 +199,10 @@ def test_curves_stuck_on_a_plateau_are_restarted_as_single_fits_are(engine):
     # stop depends on roundoff (a flat cost), so only their verdicts are compared
     for name in ("a", "b"):
         assert_matches_reference(batch.params[name][2], singles[2].params[name], rtol=1e-8, what=name)
+    # without the restart the third curve stays on the plateau (b near 40); which stopping test ends the
+    # run at the minimum is decided by roundoff, so only the verdict is asserted
     assert batch.params["b"][2] == pytest.approx(0.8, abs=0.01)
-    assert batch.status[2] == "ftol" and batch.jacobians[2] > 40  # two runs: the plateau, then the minimum
+    assert batch.success[2]
     assert batch.success.tolist() == [single.success for single in singles]
 
 
@@ -236,7 +238,8 @@ def test_engines_agree_with_each_other_and_single_fits_near_a_domain_edge():
         for engine, batch in batches.items():
             for name in ("a", "b"):
                 assert_matches_reference(batch.params[name][i], single.params[name], rtol=1e-8, what=f"{engine} {name}")
-            assert batch.status[i] == single.status, (engine, i)
+            # the verdict, not the status word: which stopping test fires first is decided by roundoff
+            assert batch.success[i] == single.success, (engine, i)
 
 
 def test_engine_choice_is_checked(curves):

@@ -298,15 +298,18 @@ def test_tied_parameters_match_the_hand_substituted_model(engine):
     tied = customgrad.fit("a*exp(-k*x) + b", x, y, params=params, engine=engine)
     plain = customgrad.fit("a*exp(-k*x) + 2*a", x, y, params={"a": 1.0, "k": 1.0}, engine="torch")
     assert tied.names == ("a", "k") and tied.nfree == plain.nfree
+    # two float paths to one minimum: both stop within their tolerances (1e-15 on the cost), which leaves the
+    # parameters free by about sqrt(1e-15) of a standard error (~1e-10 relative here, seen 2e-12 between CPUs);
+    # 1e-9 still tells a tie applied wrongly (a different minimum) from the hand-substituted model
     for name in ("a", "k"):
-        assert tied.params[name] == pytest.approx(plain.params[name], rel=1e-12)
-        assert tied.stderr[name] == pytest.approx(plain.stderr[name], rel=1e-9)
-    assert tied.params["b"] == pytest.approx(2 * plain.params["a"], rel=1e-12)
-    assert tied.stderr["b"] == pytest.approx(2 * plain.stderr["a"], rel=1e-9)
+        assert tied.params[name] == pytest.approx(plain.params[name], rel=1e-9)
+        assert tied.stderr[name] == pytest.approx(plain.stderr[name], rel=1e-7)
+    assert tied.params["b"] == pytest.approx(2 * plain.params["a"], rel=1e-9)
+    assert tied.stderr["b"] == pytest.approx(2 * plain.stderr["a"], rel=1e-7)
     # c = a + k: se^2 = var a + var k + 2 cov(a, k)
     cov = plain.covariance
-    assert tied.params["c"] == pytest.approx(plain.params["a"] + plain.params["k"], rel=1e-12)
-    assert tied.stderr["c"] == pytest.approx(math.sqrt(cov[0, 0] + cov[1, 1] + 2 * cov[0, 1]), rel=1e-9)
+    assert tied.params["c"] == pytest.approx(plain.params["a"] + plain.params["k"], rel=1e-9)
+    assert tied.stderr["c"] == pytest.approx(math.sqrt(cov[0, 0] + cov[1, 1] + 2 * cov[0, 1]), rel=1e-7)
     assert "= 2*a" in tied.report() and tied.to_dict()["tied"] == {"b": "2*a", "c": "b/2 + k"}
 
 

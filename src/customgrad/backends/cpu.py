@@ -37,7 +37,10 @@ if TYPE_CHECKING:
 # codegen.c and the eager backend (SymPy) are imported where C source is printed: a fit's rows kernel
 # read back from the disk cache loads its library without them.
 
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
+#: ``-march`` target: this CPU unless ``CUSTOMGRAD_MARCH`` names another (e.g. ``x86-64`` for a portable
+#: build, or to see results of a machine without this one's vector units); part of every cache key.
+MARCH = os.environ.get("CUSTOMGRAD_MARCH", "native")
+FLAGS = ("-O3", f"-march={MARCH}", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 LIBRARIES = ("-lmvec", "-lm")
 #: Below this many elements one thread is faster than waking the others (measured: about 20 us to wake).
 PARALLEL_MIN_SIZE = 65536

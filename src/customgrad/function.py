@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from . import function_cache
+from . import function_cache, pickling
 from .backends import build_kernel, check_backend_name, check_device
 from .backends.eager import python_name as _python_name
 from .codegen.torch import torch_callable
@@ -224,6 +224,7 @@ def build_function(
         },
     )
     cls.forward_ad.forward_ad = cls.forward_ad
+    cls.forward_ad._customgrad_twin_of = cls  # pickles as F.forward_ad (see `pickling`)
     cls._backward_for = staticmethod(backward_function)
     cls.as_custom_op = classmethod(_as_custom_op)
     return cls
@@ -400,4 +401,5 @@ def function(
             cls._backward_for.remember()
     if name is not None:
         register_spec(name, spec, cls)
+    pickling.remember(cls, formula, inputs, grads, name, backend)
     return cls

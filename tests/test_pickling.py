@@ -103,6 +103,7 @@ def test_a_fresh_process_rebuilds_the_functions_from_the_pickle(tmp_path):
     """torch.load in a process that never defined them: the helper ``Lor`` is registered again and
     the warm disk cache gives the code (the cache folder is the tests' own, shared with the child)."""
     model = make_model()
+    model.scaled = customgrad.function("a*x", inputs=iter(["x", "a"]))  # inputs given as an iterator
     torch.save(model, tmp_path / "model.pt")
     x = inputs()
     reference = eager_peaks(model, x)
@@ -117,7 +118,9 @@ value = model(want["x"])
 grads = torch.autograd.grad(value.sum(), list(model.parameters()))
 from customgrad.registry import REGISTRY
 errors = [float((a - b).abs().max() / b.abs().max()) for a, b in zip([value, *grads], [want["value"], *want["grads"]])]
-print(json.dumps({{"errors": errors, "registered": sorted(REGISTRY), "cached": type(model.swish.spec).__name__}}))
+scaled = model.scaled.input_names, model.scaled.apply(torch.tensor(2.0), 3.0).item()
+print(json.dumps({{"errors": errors, "registered": sorted(REGISTRY), "cached": type(model.swish.spec).__name__,
+                  "scaled": scaled}}))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -125,6 +128,7 @@ print(json.dumps({{"errors": errors, "registered": sorted(REGISTRY), "cached": t
     assert max(report["errors"]) < 1e-12, report
     assert {"Lor", "Peak"} <= set(report["registered"])
     assert report["cached"] == "CachedSpec"
+    assert report["scaled"] == [["x", "a"], 6.0]
 
 
 def test_functions_not_made_by_function_are_refused_with_a_reason():

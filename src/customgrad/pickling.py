@@ -51,7 +51,7 @@ def remember(cls, formula, inputs, grads, name, backend) -> None:
     """Mark ``cls`` (made by ``function(formula, inputs=..., ...)``) to pickle by that definition."""
     definition = Definition(
         formula,
-        tuple(inputs) if inputs is not None else None,
+        tuple(cls.input_names) if inputs is not None else None,  # ``inputs`` may have been an iterator
         tuple(grads.items()) if grads is not None else None,
         name,
         backend,

@@ -361,10 +361,12 @@ def test_jacrev_and_hessian_match_eager(case_id):
     )
 
 
+@pytest.mark.parametrize("twin", [True, False], ids=["F.forward_ad", "F"])
 @pytest.mark.parametrize("case_id", TRANSFORM_CASES)
-def test_forward_ad_variant_gives_jvp_jacfwd_and_forward_over_reverse_hessian(case_id):
+def test_forward_ad_variant_gives_jvp_jacfwd_and_forward_over_reverse_hessian(case_id, twin):
+    """On ``F.forward_ad``, and on ``F`` itself, whose apply hands forward mode to that twin."""
     case = CASES_BY_ID[case_id]
-    forward_ad = built(case.formula).forward_ad
+    forward_ad = built(case.formula).forward_ad if twin else built(case.formula)
     x = case.sample(4)["x"]
     tangent = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(5))
     value, derivative = torch.func.jvp(forward_ad.apply, (x,), (tangent,))
@@ -385,6 +387,16 @@ def test_forward_ad_with_several_inputs_and_a_number():
     tangent = torch.ones(5, dtype=torch.float64)
     _, derivative = torch.func.jvp(lambda v: generated.apply(0.5, b, 2.0, v, -0.25), (x,), (tangent,))
     assert_matches_reference(derivative, b * (2 * (2 * x - 0.25) + 2) * 2, rtol=1e-14, what="jvp")
+
+
+def test_dual_tensors_of_forward_ad_go_through_the_function_itself():
+    generated = built("a + b*P2(c*x + d)")
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    b = torch.tensor(1.5, dtype=torch.float64)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
+        tangent = torch.autograd.forward_ad.unpack_dual(generated(0.5, b, 2.0, dual, -0.25)).tangent
+    assert_matches_reference(tangent, b * (2 * (2 * x - 0.25) + 2) * 2, rtol=1e-14, what="dual tangent")
 
 
 # dtypes.

@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "Formula": "formula",
     "parse_formula": "formula",
     "function": "function",
+    "Layer": "layer",
     "P2": "library",
     "LegendreP3": "library",
     "IdentityWithSquareGrad": "library",
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from .fit import BatchFitResult, FitResult, fit, fit_batch
     from .formula import Formula, parse_formula
     from .function import function
+    from .layer import Layer
     from .library import P2, IdentityWithSquareGrad, LegendreP3
     from .registry import REGISTRY
 
@@ -70,6 +72,7 @@ __all__ = [
     "FitError",
     "FitResult",
     "FormulaError",
+    "Layer",
     "IdentityWithSquareGrad",
     "LegendreP3",
     "UsageError",

@@ -8,8 +8,9 @@ only the inputs its partials need, never intermediates.
 Forward-mode AD and ``torch.compile`` pull in opposite directions: in torch 2.13 Dynamo refuses a
 Function that defines ``jvp``, and without ``jvp``, ``torch.func.jvp``/``jacfwd`` fail. So every
 generated Function comes in two variants sharing one spec: the class itself (no ``jvp``,
-compiles with ``fullgraph=True``) and ``cls.forward_ad`` (defines ``jvp``; use it with
-``torch.func.jvp``, ``jacfwd``, ``hessian`` by forward-over-reverse).
+compiles with ``fullgraph=True``) and ``cls.forward_ad`` (defines ``jvp``: ``torch.func.jvp``,
+``jacfwd``, ``hessian`` by forward-over-reverse). ``F.apply`` hands the call to ``F.forward_ad``
+while forward mode is on, so those transforms work on ``F`` too (Dynamo never runs that ``apply``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
-from . import function_cache
+from . import function_cache, pickling
 from .backends import build_kernel, check_backend_name, check_device
 from .backends.eager import python_name as _python_name
 from .codegen.torch import torch_callable
@@ -97,6 +99,17 @@ def _launch(kernel, arguments: Sequence, argument_names: Sequence[str], function
     if dtype.is_floating_point:
         outputs = tuple(o.to(dtype) if o.dtype != dtype and o.is_floating_point() else o for o in outputs)
     return outputs
+
+
+def _forward_mode_active() -> bool:
+    """Whether forward-mode AD is on: a ``torch.func.jvp`` (also inside ``jacfwd``, ``hessian``) or a
+    ``torch.autograd.forward_ad.dual_level``. Cheap when neither is: two reads."""
+    if _forward_ad._current_level >= 0:
+        return True
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    jvp = torch._C._functorch.TransformType.Jvp
+    return any(level.key() == jvp for level in torch._C._functorch.get_interpreter_stack())
 
 
 def _reserve_level(level: int) -> None:
@@ -189,6 +202,8 @@ def build_function(
         # torch binds the arguments to forward's signature and would raise a bare TypeError.
         if len(arguments) > input_count:
             raise UsageError(f"{arity_message}, got {len(arguments)}")
+        if _forward_mode_active() and cls.__dict__.get("forward_ad", cls) is not cls:
+            cls = cls.forward_ad  # jvp, jacfwd, hessian: the twin with a jvp (Dynamo never runs this apply)
         return torch.autograd.Function.apply.__func__(cls, *arguments, **keywords)
 
     hooks = _AutogradHooks(spec, backward_function, compiled_keep, compiled_function)
@@ -224,6 +239,7 @@ def build_function(
         },
     )
     cls.forward_ad.forward_ad = cls.forward_ad
+    cls.forward_ad._customgrad_twin_of = cls  # pickles as F.forward_ad (see `pickling`)
     cls._backward_for = staticmethod(backward_function)
     cls.as_custom_op = classmethod(_as_custom_op)
     return cls
@@ -368,8 +384,9 @@ def function(
     type[torch.autograd.Function]
         Call it as ``F.apply(...)`` or ``F(...)``. Inputs are tensors or Python numbers and
         broadcast; numbers get no gradient. ``F.forward_ad`` is the variant with a ``jvp`` for
-        forward-mode AD (``torch.func.jvp``, ``jacfwd``); ``F`` itself compiles with
-        ``torch.compile(fullgraph=True)`` when called as ``F.apply(...)``.
+        forward-mode AD (``torch.func.jvp``, ``jacfwd``), which ``F.apply`` calls while forward mode
+        is on; ``F`` itself compiles with ``torch.compile(fullgraph=True)`` when called as
+        ``F.apply(...)``. A Function pickles by this definition (see `customgrad.pickling`).
 
     Notes
     -----
@@ -400,4 +417,5 @@ def function(
             cls._backward_for.remember()
     if name is not None:
         register_spec(name, spec, cls)
+    pickling.remember(cls, formula, inputs, grads, name, backend)
     return cls

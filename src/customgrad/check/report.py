@@ -92,6 +92,18 @@ class CheckReport:
         lines += ["", self.summary()]
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        """The table of `__str__` as HTML (Jupyter shows a report this way): one row per check."""
+        from ..html_table import document, notes, table
+
+        rows = [(r.name, STATUS_LABELS[r.status], r.message, f"{r.seconds:.3g} s") for r in self.results]
+        return document(
+            table(
+                rows, ("check", "status", "message", "time"), caption=f"customgrad check {self.subject}({self.inputs})"
+            ),
+            notes([f"run {self.isolation}" if self.isolation else "", self.summary()]),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "subject": self.subject,

@@ -69,22 +69,58 @@ class BatchFitResult:
             f"time = {self.seconds:.3g} s",
             "status: " + ", ".join(f"{name} {count}" for name, count in counts.most_common()),
         ]
+        underdetermined, spread = self._spread()
+        if underdetermined:
+            lines.append(underdetermined)
+        for name, median, low, high in spread:
+            lines.append(f"  {name}: median {median}, 5%-95% [{low}, {high}]")
+        return "\n".join(lines)
+
+    def _spread(self) -> tuple[str, list[tuple[str, str, str, str]]]:
+        """(a line naming the underdetermined curves or "", (name, median, 5%, 95%) of each parameter over
+        the converged curves that are not underdetermined)."""
         fitted = np.array([status != "no_data" for status in self.status], dtype=bool)
         underdetermined = fitted & (np.asarray(self.dof) < 0)
+        line = ""
         if underdetermined.any():
             curves = np.flatnonzero(underdetermined)
-            lines.append(
+            line = (
                 f"underdetermined (fewer points than free parameters, left out below): {len(curves)} curves, "
                 f"{', '.join(map(str, curves[:10].tolist()))}{' ...' if len(curves) > 10 else ''}"
             )
+        spread = []
         for name, values in self.params.items():
-            good = values[converged & ~underdetermined & np.isfinite(values)]
+            good = values[self.success & ~underdetermined & np.isfinite(values)]
             if len(good):
-                lines.append(
-                    f"  {name}: median {np.median(good):.6g}, 5%-95% [{np.quantile(good, 0.05):.6g}, "
-                    f"{np.quantile(good, 0.95):.6g}]"
-                )
-        return "\n".join(lines)
+                quantiles = (np.median(good), np.quantile(good, 0.05), np.quantile(good, 0.95))
+                spread.append((name, *(f"{q:.6g}" for q in quantiles)))
+        return line, spread
+
+    def _repr_html_(self, max_rows: int = 20) -> str:
+        """The summary as HTML tables (Jupyter shows a result this way): counts by status, each parameter's
+        spread over the converged curves, and the first ``max_rows`` curves."""
+        from .. import html_table
+
+        underdetermined, spread = self._spread()
+        overview = [
+            ("model", self.model),
+            ("method", self.method),
+            ("curves / converged", f"{len(self)} / {int(self.success.sum())}"),
+            ("time", f"{self.seconds:.3g} s"),
+            *((status, count) for status, count in Counter(self.status).most_common()),
+        ]
+        rows = self.rows()
+        header = list(rows[0]) if rows else []
+        shown = [[f"{v:.6g}" if isinstance(v, float) else v for v in row.values()] for row in rows[:max_rows]]
+        hidden = len(rows) - max_rows
+        more = f"... {hidden} more curves (to_csv() or to_json() has them all)" if hidden > 0 else ""
+        return html_table.document(
+            html_table.table(overview, caption="Batch fit"),
+            html_table.notes([underdetermined]),
+            html_table.table(spread, ("parameter", "median", "5%", "95%"), caption="Converged curves"),
+            html_table.table(shown, header, caption="Curves"),
+            html_table.notes([more]),
+        )
 
     def rows(self) -> list[dict]:
         """One dict per curve: index, success, status, cost, dof, each parameter and its stderr."""

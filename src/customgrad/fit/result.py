@@ -194,25 +194,15 @@ class FitResult:
         ]
         width = max(len(name) for name in [*self.params, "parameter"])
         lines.append(f"{'parameter':<{width}}  {'value':>20}  {'stderr':>14}  {'rel. error':>10}")
-        for name, value in self.params.items():
-            if name in self.fixed:
-                lines.append(f"{name:<{width}}  {value:>20.12g}  {'(fixed)':>14}")
+        for name, value, error_text, relative_text, note in self._parameter_cells():
+            if note == "fixed":
+                lines.append(f"{name:<{width}}  {value:>20}  {'(fixed)':>14}")
                 continue
-            tied = f"  = {self.tied[name]}" if name in self.tied else ""
-            error = self.stderr[name]
-            relative = abs(error / value) if value != 0 and math.isfinite(error) else math.nan
-            error_text = "not identif." if math.isnan(error) else f"{error:.6g}"
-            relative_text = "" if math.isnan(relative) else f"{100 * relative:.3g}%"
-            lines.append(f"{name:<{width}}  {value:>20.12g}  {'± ' + error_text:>14}  {relative_text:>10}{tied}")
-        strong = [
-            (a, b, self.correlation[i, j])
-            for i, a in enumerate(self.names)
-            for j, b in enumerate(self.names)
-            if i < j and abs(self.correlation[i, j]) > 0.9
-        ]
+            tied = f"  {note}" if note else ""
+            lines.append(f"{name:<{width}}  {value:>20}  {'± ' + error_text:>14}  {relative_text:>10}{tied}")
+        strong = self._strong_correlations()
         if strong:
-            lines.append("")
-            lines.append("correlations above 0.9: " + ", ".join(f"{a}-{b} {c:+.4f}" for a, b, c in strong))
+            lines.extend(["", strong])
         if ci:
             from .profile import interval_table
 
@@ -221,6 +211,57 @@ class FitResult:
             lines.append("")
             lines.extend(f"warning: {text}" for text in self.warnings)
         return "\n".join(lines)
+
+    def _parameter_cells(self) -> list[tuple[str, str, str, str, str]]:
+        """(name, value, stderr, relative error, note) per parameter as the reports show them; the note
+        is "fixed", "= expression" for a tied parameter, else empty."""
+        cells = []
+        for name, value in self.params.items():
+            if name in self.fixed:
+                cells.append((name, f"{value:.12g}", "", "", "fixed"))
+                continue
+            error = self.stderr[name]
+            relative = abs(error / value) if value != 0 and math.isfinite(error) else math.nan
+            error_text = "not identif." if math.isnan(error) else f"{error:.6g}"
+            relative_text = "" if math.isnan(relative) else f"{100 * relative:.3g}%"
+            note = f"= {self.tied[name]}" if name in self.tied else ""
+            cells.append((name, f"{value:.12g}", error_text, relative_text, note))
+        return cells
+
+    def _strong_correlations(self) -> str:
+        """ "correlations above 0.9: a-b +0.9500, ..." or empty."""
+        strong = [
+            (a, b, self.correlation[i, j])
+            for i, a in enumerate(self.names)
+            for j, b in enumerate(self.names)
+            if i < j and abs(self.correlation[i, j]) > 0.9
+        ]
+        return "correlations above 0.9: " + ", ".join(f"{a}-{b} {c:+.4f}" for a, b, c in strong) if strong else ""
+
+    def _repr_html_(self) -> str:
+        """The report as HTML tables (Jupyter shows a result this way): fit statistics, parameters, notes."""
+        from .. import html_table
+
+        statistics = [
+            ("model", self.model),
+            ("method", self.method),
+            ("status", f"{self.status} ({self.message})"),
+            ("cost (sum of squared residuals)", f"{self.cost:.10g}"),
+            ("residual std", f"{self.residual_std:.6g}"),
+            ("data points / free (nfree)", f"{self.ndata} / {self.nfree}"),
+            ("steps / evaluations / jacobians", f"{self.steps} / {self.evaluations} / {self.jacobians}"),
+            ("chisqr / redchi", f"{self.chisqr:.10g} / {self.redchi:.6g}"),
+            ("aic / bic", f"{self.aic:.6g} / {self.bic:.6g}"),
+            ("R^2", f"{self.rsquared:.8g}"),
+            ("time", f"{1e3 * self.seconds:.1f} ms"),
+        ]
+        return html_table.document(
+            html_table.table(statistics, caption="Fit statistics"),
+            html_table.table(
+                self._parameter_cells(), ("parameter", "value", "stderr", "rel. error", "note"), caption="Parameters"
+            ),
+            html_table.notes([self._strong_correlations(), *(f"warning: {text}" for text in self.warnings)]),
+        )
 
     def to_dict(self, bands: str | None = None) -> dict:
         """Everything but the data, as plain JSON-ready values (NaN and inf -> null); profile intervals

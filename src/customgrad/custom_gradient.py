@@ -1,0 +1,269 @@
+"""`custom_gradient`: a Python forward and a hand-written backward made into a complete autograd Function.
+
+The decorated object calls a generated ``torch.autograd.Function`` in the modern form (``forward`` without
+ctx, ``setup_context``, ``generate_vmap_rule``), so ``torch.func`` transforms and
+``torch.compile(fullgraph=True)`` work. It saves only the inputs, outputs and declared residuals the
+backward names, so a backward written in torch operations is differentiable again (double backward right
+by construction); the rules between the pair and autograd live in `gradient_rules.PairRules`.
+
+Forward mode needs a ``jvp`` staticmethod, which Dynamo refuses to trace (torch 2.13): with a jvp rule,
+eager calls go through a twin class that has one, compiled calls through the class without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .errors import UsageError
+from .gradient_rules import PairRules, pair_rules
+from .gradient_signature import ForwardSignature, forward_signature, rule_signature
+
+
+def _forward_with_signature(run: Callable, names: Sequence[str]) -> Callable:
+    """``forward(name0, name1, ...)`` calling ``run((name0, name1, ...))``.
+
+    Dynamo counts forward's parameters to decide whether to pass ctx; a ``*args`` forward would receive it.
+    """
+    parameters = ", ".join(names)
+    source = f"def forward({parameters}):\n    return __customgrad_run(({parameters}{',' if names else ''}))\n"
+    namespace = {"__customgrad_run": run}
+    exec(compile(source, "<customgrad custom_gradient forward>", "exec"), namespace)  # noqa: S102 - identifiers
+    return namespace["forward"]
+
+
+def build_pair_function(rules: PairRules, *, vmap: Callable | None, declared, for_jvp: bool) -> type:
+    """The autograd.Function of ``rules`` (with a ``jvp`` staticmethod when ``for_jvp``)."""
+
+    def setup_context(ctx, inputs, output):
+        rules.setup_context(ctx, inputs, output)
+        if for_jvp:
+            ctx.save_for_forward(*[a for a in inputs if isinstance(a, torch.Tensor)])
+            ctx.forward_inputs, ctx.forward_output = inputs, output
+
+    def backward(ctx, *grads):
+        return rules.backward(ctx, grads)
+
+    names = rules.signature.inputs
+    namespace = {
+        "forward": staticmethod(_forward_with_signature(rules.forward, names)),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+        "generate_vmap_rule": vmap is None,
+        "input_names": names,
+        "declared_grads": declared,
+        "custom_gradient_rules": rules,
+        "__doc__": f"{rules.name}({', '.join(names)}) with a hand-written backward (customgrad.custom_gradient)",
+        "__module__": "customgrad.generated",
+    }
+    if vmap is not None:
+        namespace["vmap"] = staticmethod(vmap)
+    if for_jvp:
+
+        def jvp(ctx, *tangents):
+            return rules.jvp(ctx, tangents)
+
+        namespace["jvp"] = staticmethod(jvp)
+    class_name = rules.name.rsplit(".", 1)[-1] + ("_forward_ad" if for_jvp else "")
+    return type(torch.autograd.Function)(class_name, (torch.autograd.Function,), namespace)
+
+
+class CustomGradient:
+    """A function with a hand-written backward (and optionally jvp and vmap rules); see `custom_gradient`.
+
+    Call it like the forward. ``autograd_function`` is the generated ``torch.autograd.Function`` (without
+    jvp: the one ``torch.compile`` traces), ``forward_ad`` its twin with the jvp rule (None without one).
+    """
+
+    def __init__(self, forward: Callable, *, nondiff_argnums=(), residuals=(), symbolic_zeros: bool = False):
+        functools.update_wrapper(self, forward)
+        if not isinstance(symbolic_zeros, bool):
+            raise UsageError(f"symbolic_zeros must be True or False, got {symbolic_zeros!r}")
+        self.signature: ForwardSignature = forward_signature(forward, nondiff_argnums, residuals)
+        self._python_signature = inspect.signature(forward)
+        self.forward_function = forward
+        self.symbolic_zeros = symbolic_zeros
+        self.surrogate = False
+        self.backward_function: Callable | None = None
+        self.jvp_function: Callable | None = None
+        self.vmap_function: Callable | None = None
+        self.autograd_function: type | None = None
+        self.forward_ad: type | None = None
+        self._call_function: type | None = None
+        self._arity = len(self.signature.inputs)
+        self._residual_count = len(self.signature.residuals)
+
+    # -- rules -----------------------------------------------------------------------------------------
+    def backward(self, function: Callable | None = None, *, surrogate: bool = False):
+        """Decorator: ``function`` is the backward (``@f.backward`` or ``@f.backward(surrogate=True)``).
+
+        Parameters
+        ----------
+        function : callable
+            Receives by parameter name the inputs it needs, ``output``, declared residuals and
+            ``needs_input_grad``; its other parameters receive the upstream gradients, one per output.
+            Returns one gradient per input (or per differentiable input), None where there is none.
+        surrogate : bool
+            The backward is deliberately not the derivative (a straight-through estimator, the blog's
+            identity with a 2x gradient): `customgrad.check` then compares against it instead of finite
+            differences.
+        """
+        if not isinstance(surrogate, bool):
+            raise UsageError(f"surrogate must be True or False, got {surrogate!r}")
+
+        def register(backward: Callable) -> CustomGradient:
+            self._backward_signature = rule_signature(backward, self.signature, "backward")
+            self.backward_function, self.surrogate = backward, surrogate
+            self._build()
+            return self
+
+        return register if function is None else register(function)
+
+    def jvp(self, function: Callable) -> CustomGradient:
+        """Decorator: the forward-mode rule, for ``torch.func.jvp``, ``jacfwd`` and ``hessian``.
+
+        It receives by name the inputs, ``output`` and residuals it needs; its other parameters receive the
+        tangents of the differentiable inputs (zeros where an input has none); it returns one tangent per output.
+        """
+        self._jvp_signature = rule_signature(function, self.signature, "jvp")
+        self.jvp_function = function
+        self._build()
+        return self
+
+    def vmap(self, function: Callable) -> CustomGradient:
+        """Decorator: a vmap rule ``rule(info, in_dims, *inputs) -> (outputs, out_dims)`` replacing the one
+        torch generates (for a forward that torch.vmap cannot batch, such as numpy code)."""
+        if not callable(function):
+            raise UsageError(f"vmap rule of {self.signature.name} must be a function, got {type(function).__name__}")
+        self.vmap_function = function
+        self._build()
+        return self
+
+    def _build(self) -> None:
+        if self.backward_function is None:
+            return
+        rules = pair_rules(
+            self.forward_function,
+            self.backward_function,
+            self.signature,
+            self._backward_signature,
+            jvp=self.jvp_function,
+            jvp_signature=getattr(self, "_jvp_signature", None),
+            symbolic_zeros=self.symbolic_zeros,
+        )
+        declared = rules.declared_vjp if self.surrogate else None
+        self.autograd_function = build_pair_function(rules, vmap=self.vmap_function, declared=declared, for_jvp=False)
+        self.forward_ad = None
+        if self.jvp_function is not None:
+            self.forward_ad = build_pair_function(rules, vmap=self.vmap_function, declared=declared, for_jvp=True)
+        self._call_function = self.forward_ad or self.autograd_function
+
+    # -- calling -----------------------------------------------------------------------------------------
+    def __call__(self, *arguments, **keywords):
+        if keywords or len(arguments) != self._arity:
+            arguments = self._bind(arguments, keywords)
+        if torch.compiler.is_compiling():
+            function = self.autograd_function
+        else:
+            function = self._call_function
+            if function is None:
+                raise UsageError(
+                    f"{self.signature.name} has no backward yet: define one with @{self.__name__}.backward "
+                    f"(def _({', '.join(self.signature.inputs)}, grad): ...)"
+                )
+        result = function.apply(*arguments)
+        if self._residual_count:
+            outputs = result[: len(result) - self._residual_count]
+            return outputs[0] if len(outputs) == 1 else outputs
+        return result
+
+    def _bind(self, arguments: tuple, keywords: dict) -> tuple:
+        try:
+            bound = self._python_signature.bind(*arguments, **keywords)
+        except TypeError as error:
+            raise UsageError(
+                f"{self.signature.name}({', '.join(self.signature.inputs)}) called with {len(arguments)} "
+                f"argument(s){' and ' + ', '.join(keywords) if keywords else ''}: {error}"
+            ) from None
+        bound.apply_defaults()
+        return bound.args
+
+    # -- tools -------------------------------------------------------------------------------------------
+    def check(self, *example_inputs, **options):
+        """Run `customgrad.check` on this function at ``example_inputs`` (same options)."""
+        from .check import check
+
+        return check(self, *example_inputs, **options)
+
+    def as_custom_op(self, qualified_name: str, *, fake: Callable | None = None):
+        """This function as the ``torch.library`` custom operator ``qualified_name`` (see
+        `customgrad.custom_op.custom_gradient_op`)."""
+        from .custom_op import custom_gradient_op
+
+        self._require_backward("as_custom_op")
+        return custom_gradient_op(self, qualified_name, fake=fake)
+
+    def _require_backward(self, what: str) -> None:
+        if self.backward_function is None:
+            raise UsageError(f"{what}: {self.signature.name} has no backward yet: define one with @...backward")
+
+    def __repr__(self) -> str:
+        rules = ", ".join(
+            name
+            for name, present in (("backward", self.backward_function), ("jvp", self.jvp_function))
+            if present is not None
+        )
+        return f"<custom_gradient {self.signature.name}({', '.join(self.signature.inputs)}) with {rules or 'no rules'}>"
+
+
+def custom_gradient(
+    function: Callable | None = None,
+    *,
+    nondiff_argnums: Sequence[int | str] = (),
+    residuals: Sequence[str] = (),
+    symbolic_zeros: bool = False,
+):
+    """Decorator: the function f(inputs) it decorates becomes differentiable by a backward you write.
+
+    Parameters
+    ----------
+    function : callable
+        The forward, in any Python (torch, numpy, a loop, another library); it returns a tensor or a tuple
+        of tensors, followed by the declared residuals.
+    nondiff_argnums : sequence of int or str
+        Inputs (positions or names) that are not differentiated (JAX's ``nondiff_argnums``): the backward
+        returns None for them or leaves them out. Non-tensor arguments never get a gradient.
+    residuals : sequence of str
+        Names of extra values the forward returns after its outputs, for the backward (by those names).
+        They are constants to autograd (a random mask, indices): values computed from the inputs belong
+        in the backward, where they stay differentiable.
+    symbolic_zeros : bool
+        Pass None instead of zeros for the upstream gradient of an unused output and the tangent of an
+        input without one (JAX's ``symbolic_zeros``).
+
+    Returns
+    -------
+    CustomGradient
+        Callable like the forward; ``@f.backward`` gives it its backward, ``@f.jvp`` a forward-mode rule,
+        ``@f.vmap`` a vmap rule; ``f.check(*examples)`` runs the check battery, ``f.as_custom_op(name)``
+        registers it with ``torch.library``.
+
+    Examples
+    --------
+    >>> @custom_gradient
+    ... def p2(x):
+    ...     return x**2 + 2 * x
+    >>> @p2.backward
+    ... def _(x, grad):
+    ...     return grad * (2 * x + 2)  # d/dx (x^2 + 2x) = 2x + 2
+    """
+
+    def decorate(forward: Callable) -> CustomGradient:
+        return CustomGradient(
+            forward, nondiff_argnums=nondiff_argnums, residuals=residuals, symbolic_zeros=symbolic_zeros
+        )
+
+    return decorate if function is None else decorate(function)

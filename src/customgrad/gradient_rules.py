@@ -1,0 +1,387 @@
+"""The runtime rules of a hand-written forward/backward pair: run, save, call back, check what comes back.
+
+`PairRules` holds the user's forward, backward and optional jvp (`customgrad.custom_gradient`) and does
+the work of the generated Function's ``forward``, ``setup_context``, ``backward`` and ``jvp``: save only the
+inputs, outputs and residuals the backward names; give the backward its values by name; reduce each
+gradient to its input's broadcast shape and dtype; raise a `GradientError` naming the function, the
+argument and the fix when a rule is broken; mark a backward that leaves autograd once-differentiable.
+Under ``torch.compile`` the checks that read version counters or values are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch._C import _functions as _autograd_functions
+
+from .errors import GradientError
+from .gradient_signature import ForwardSignature, RuleSignature, check_slot_count
+
+Tensor = torch.Tensor
+
+
+def _versions(values: Sequence) -> list[int]:
+    return [v._version if isinstance(v, Tensor) else -1 for v in values]
+
+
+def _shape(value) -> list[int]:
+    return list(value.shape)
+
+
+class PairRules(NamedTuple):
+    """Forward, backward and jvp of one decorated function, with the checks between them and autograd.
+
+    A named tuple of plain values, so that Dynamo can trace the methods the generated Function calls;
+    build it with `pair_rules`. ``arguments_plan`` says per backward parameter where its value is:
+    ``("saved", k)`` the k-th kept value, ``("slot", k)`` the k-th upstream gradient, ``("output", 0)``,
+    ``("needs", 0)``.
+    """
+
+    forward_function: Callable
+    backward_function: Callable
+    jvp_function: Callable | None
+    signature: ForwardSignature
+    backward_signature: RuleSignature
+    jvp_signature: RuleSignature | None
+    symbolic_zeros: bool
+    name: str
+    input_count: int
+    residual_count: int
+    differentiable: tuple
+    saved_inputs: tuple
+    saved_residuals: tuple
+    saves_output: bool
+    arguments_plan: tuple
+    output_start: int
+    slot_count: int
+    has_rest: bool
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def forward(self, arguments: tuple) -> object:
+        """The user's forward on ``arguments``; in eager mode, checks that it returns tensors and leaves its
+        inputs as they were."""
+        if torch.compiler.is_compiling():
+            return self.forward_function(*arguments)
+        before = _versions(arguments)
+        result = self.forward_function(*arguments)
+        self._check_unmodified(arguments, before, "forward", self.signature.inputs)
+        if isinstance(result, list):
+            result = tuple(result)
+        outputs = result if isinstance(result, tuple) else (result,)
+        count = len(outputs) - self.residual_count
+        if count < 1:
+            residuals = ", ".join(self.signature.residuals)
+            raise GradientError(
+                f"forward {self.name} returned {len(outputs)} value(s), but it declares the residuals ({residuals}): "
+                f"return the output(s) followed by the residuals, e.g. return y, {residuals}"
+            )
+        for position, value in enumerate(outputs[:count]):
+            if not isinstance(value, Tensor):
+                which = f"output {position}" if count > 1 else "its output"
+                raise GradientError(
+                    f"forward {self.name} returned {type(value).__name__} {_short(value)} as {which}: a "
+                    "custom_gradient forward returns tensors (one, or a tuple); wrap numbers and arrays with "
+                    "torch.as_tensor(...), and return other values as declared residuals (residuals=('name',))"
+                )
+        return result
+
+    def _check_unmodified(self, values: Sequence, before: list[int], role: str, names: Sequence[str]) -> None:
+        after = _versions(values)
+        if after != before:
+            position = next(k for k, (a, b) in enumerate(zip(after, before, strict=True)) if a != b)
+            function = self.name if role == "forward" else self.backward_signature.name
+            raise GradientError(
+                f"{role} {function} of {self.name} modified its argument {names[position]!r} in place: autograd "
+                f"keeps that tensor, so gradients would be computed from changed values; compute into a new tensor "
+                f"(out-of-place ops, or {names[position]}.clone() first)"
+            )
+
+    # -- setup_context -------------------------------------------------------------------------------
+    def setup_context(self, ctx, inputs: tuple, output) -> None:
+        """Save the named inputs, residuals and outputs (non-tensors as plain values) and the input shapes."""
+        outputs = output if isinstance(output, tuple) else (output,)
+        count = len(outputs) - self.residual_count
+        if self.residual_count:
+            residuals = [r for r in outputs[count:] if isinstance(r, Tensor)]
+            if residuals:
+                ctx.mark_non_differentiable(*residuals)
+        kept = [inputs[i] for i in self.saved_inputs]
+        kept += [outputs[count + r] for r in self.saved_residuals]
+        if self.saves_output:
+            kept += outputs[:count]
+        ctx.save_for_backward(*[v if isinstance(v, Tensor) else None for v in kept])
+        ctx.others = {k: v for k, v in enumerate(kept) if v is not None and not isinstance(v, Tensor)}
+        ctx.like = [(v.shape, v.dtype) if isinstance(v, Tensor) else None for v in inputs]
+        if self.symbolic_zeros:
+            ctx.set_materialize_grads(False)
+
+    # -- backward ------------------------------------------------------------------------------------
+    def backward(self, ctx, grads: tuple) -> tuple:
+        """The user's backward on its named values; its gradients checked, reduced, one per input."""
+        saved = ctx.saved_tensors
+        if ctx.others:
+            saved = [ctx.others.get(k, v) for k, v in enumerate(saved)]
+        count = len(grads) - self.residual_count
+        arguments = self._backward_arguments(saved, grads[:count], ctx.needs_input_grad)
+        if torch.compiler.is_compiling():
+            result = self.backward_function(*arguments)
+            return self._gradients(result, ctx.like, ctx.needs_input_grad, check=False)
+        check_slot_count(self.backward_signature, count, self.signature, "backward", "upstream gradients")
+        before = _versions(arguments)
+        result = self.backward_function(*arguments)
+        self._check_unmodified(arguments, before, "backward", self._argument_names(count))
+        gradients = self._gradients(result, ctx.like, ctx.needs_input_grad, check=True)
+        # Under torch.func transforms requires_grad says nothing about the transform's own levels.
+        functorch = torch._C._functorch.peek_interpreter_stack() is not None
+        if torch.is_grad_enabled() and not functorch and self._leaves_autograd(arguments, gradients):
+            return _once_differentiable(gradients, self.name)
+        return gradients
+
+    def _backward_arguments(self, saved: Sequence, grads: Sequence, needs: tuple) -> list:
+        arguments = []
+        for kind, index in self.arguments_plan:
+            if kind == "saved":
+                arguments.append(saved[index])
+            elif kind == "slot":
+                arguments.append(grads[index])
+            elif kind == "output":
+                outputs = saved[self.output_start :]
+                arguments.append(outputs[0] if len(outputs) == 1 else tuple(outputs))
+            else:
+                arguments.append(needs)
+        if self.has_rest:
+            arguments.extend(grads[self.slot_count :])
+        return arguments
+
+    def _argument_names(self, count: int) -> list[str]:
+        names = list(self.backward_signature.parameters)
+        rest = self.backward_signature.rest
+        if rest is not None:
+            names.remove(rest)
+            names += [f"{rest}[{k}]" for k in range(count - len(self.backward_signature.slot_names))]
+        return names
+
+    def _gradients(self, result, like: list, needs: tuple, check: bool) -> tuple:
+        """One gradient per input: ``result`` expanded over nondiff inputs, checked, summed to each input's shape."""
+        result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+        differentiable = self.differentiable
+        if len(result) != self.input_count:
+            if len(result) != len(differentiable):
+                raise self._count_error(len(result))
+            full = [None] * self.input_count
+            for position, gradient in zip(differentiable, result, strict=True):
+                full[position] = gradient
+            result = full
+        gradients = []
+        for position, gradient in enumerate(result):
+            if gradient is None or like[position] is None:
+                gradients.append(None)  # a number or other non-tensor input takes no gradient
+                continue
+            if check:
+                self._check_gradient(position, gradient, like[position])
+            if not needs[position]:
+                gradients.append(None)
+                continue
+            shape, dtype = like[position]
+            if gradient.shape != shape:
+                gradient = gradient.sum_to_size(shape)
+            gradients.append(gradient if gradient.dtype == dtype else gradient.to(dtype))
+        return tuple(gradients)
+
+    def _count_error(self, returned: int) -> GradientError:
+        inputs = self.signature.inputs
+        differentiable = [inputs[i] for i in self.signature.differentiable]
+        choices = f"one per input ({', '.join(inputs)})"
+        if len(differentiable) != len(inputs):
+            choices += f" or one per differentiable input ({', '.join(differentiable)})"
+        return GradientError(
+            f"backward {self.backward_signature.name} of {self.name} returned {returned} gradient(s): return "
+            f"{choices}, None where there is none"
+        )
+
+    def _check_gradient(self, position: int, gradient, like: tuple) -> None:
+        name = self.signature.inputs[position]
+        where = f"backward {self.backward_signature.name} of {self.name}"
+        if position in self.signature.nondiff:
+            raise GradientError(
+                f"{where} returned a gradient for {name!r}, which is declared in nondiff_argnums: return None for it "
+                f"(or one gradient per differentiable input), or remove {name!r} from nondiff_argnums"
+            )
+        if not isinstance(gradient, Tensor):
+            raise GradientError(
+                f"{where} returned {type(gradient).__name__} {_short(gradient)} as the gradient of {name!r}: return a "
+                "tensor (torch.as_tensor(...) for numbers and arrays) or None"
+            )
+        shape = like[0]
+        if gradient.shape != shape and not _reducible(gradient.shape, shape):
+            raise GradientError(
+                f"{where} returned a gradient of shape {_shape(gradient)} for {name!r}, whose shape is {list(shape)}: "
+                f"it cannot be summed to that shape; return a gradient of {name!r}'s shape or of the broadcast "
+                "shape of the output"
+            )
+
+    def _leaves_autograd(self, arguments: Sequence, gradients: tuple) -> bool:
+        """Whether a double-backward call's gradients were computed outside autograd (numpy, detach, no_grad).
+
+        A backward is linear in its upstream gradients: a nonzero gradient that does not require grad while
+        they do left autograd. Its dependence on the saved values is probed: run again on fresh leaves, the
+        gradients that do not require grad must not change when the saved values are scaled by 1 + sqrt(eps)
+        (a comparison such as ``x > 0`` does not; numpy of ``x`` does).
+        """
+        present = [g for g in gradients if isinstance(g, Tensor) and g.is_floating_point()]
+        slots = self._slot_positions(len(arguments))
+        if any(arguments[k].requires_grad for k in slots if isinstance(arguments[k], Tensor)) and any(
+            not g.requires_grad and bool(g.any()) for g in present
+        ):
+            return True
+        saved = [
+            k
+            for k, a in enumerate(arguments)
+            if k not in slots and isinstance(a, Tensor) and a.is_floating_point() and a.requires_grad
+        ]
+        if not saved:
+            return False
+        detached = [a.detach() if isinstance(a, Tensor) else a for a in arguments]
+        probe = self._probe(detached, saved, 1.0)
+        constant = [k for k, g in enumerate(probe) if isinstance(g, Tensor) and not g.requires_grad and bool(g.any())]
+        if not constant:
+            return False
+        moved = self._probe(detached, saved, None)
+        return any(not torch.equal(probe[k], moved[k]) for k in constant)
+
+    def _slot_positions(self, count: int) -> set[int]:
+        slots = {k for k, (kind, _) in enumerate(self.arguments_plan) if kind == "slot"}
+        return slots | set(range(len(self.arguments_plan), count))
+
+    def _probe(self, arguments: list, saved: list[int], scale: float | None) -> tuple:
+        """The backward with the saved values at ``saved`` as fresh leaves, scaled by ``scale`` (None: by
+        1 + sqrt(eps) of their dtype)."""
+        values = list(arguments)
+        for k in saved:
+            factor = 1.0 + torch.finfo(values[k].dtype).eps ** 0.5 if scale is None else scale
+            values[k] = (values[k] * factor).requires_grad_()
+        result = self.backward_function(*values)
+        return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+
+    # -- forward mode ----------------------------------------------------------------------------------
+    def jvp(self, ctx, tangents: tuple):
+        """The user's jvp rule on the inputs, output and the tangents of the differentiable inputs."""
+        rule = self.jvp_signature
+        inputs, output = ctx.forward_inputs, ctx.forward_output
+        outputs = output if isinstance(output, tuple) else (output,)
+        count = len(outputs) - self.residual_count
+        slots = []
+        for position in self.signature.differentiable:
+            tangent, value = tangents[position], inputs[position]
+            if tangent is None and isinstance(value, Tensor) and not self.symbolic_zeros:
+                tangent = torch.zeros_like(value)
+            slots.append(tangent)
+        check_slot_count(rule, len(slots), self.signature, "jvp", "tangents")
+        arguments = []
+        for kind, index in rule.sources:
+            if kind == "slot":
+                arguments.append(slots[index])
+            elif kind == "input":
+                arguments.append(inputs[index])
+            elif kind == "residual":
+                arguments.append(outputs[count + index])
+            else:
+                arguments.append(outputs[0] if count == 1 else outputs[:count])
+        if rule.rest is not None:
+            arguments.extend(slots[len(rule.slot_names) :])
+        result = self.jvp_function(*arguments)
+        result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+        if len(result) != count:
+            raise GradientError(
+                f"jvp {rule.name} of {self.name} returned {len(result)} tangent(s) for {count} output(s): return one "
+                "tangent per output, in order"
+            )
+        result = result + (None,) * self.residual_count
+        return result[0] if len(result) == 1 else result
+
+    # -- the declared (surrogate) gradient, for the check battery --------------------------------------
+    def declared_vjp(self, inputs: Sequence, grad_outputs: Sequence) -> list:
+        """The backward called directly (no autograd) on ``inputs``: the gradient this pair declares."""
+        raw = self.forward_function(*inputs)
+        outputs = tuple(raw) if isinstance(raw, (tuple, list)) else (raw,)
+        count = len(outputs) - self.residual_count
+        grads = list(grad_outputs) + [torch.zeros_like(o) for o in outputs[len(grad_outputs) : count]]
+        kept = [inputs[i] for i in self.saved_inputs] + [outputs[count + r] for r in self.saved_residuals]
+        kept += list(outputs[:count]) if self.saves_output else []
+        needs = tuple(
+            isinstance(v, Tensor) and v.is_floating_point() and i not in self.signature.nondiff
+            for i, v in enumerate(inputs)
+        )
+        like = [(v.shape, v.dtype) if isinstance(v, Tensor) else None for v in inputs]
+        result = self.backward_function(*self._backward_arguments(kept, grads, needs))
+        return list(self._gradients(result, like, needs, check=True))
+
+
+def pair_rules(
+    forward: Callable,
+    backward: Callable,
+    forward_signature: ForwardSignature,
+    backward_signature: RuleSignature,
+    *,
+    jvp: Callable | None = None,
+    jvp_signature: RuleSignature | None = None,
+    symbolic_zeros: bool = False,
+) -> PairRules:
+    """The rules of a forward/backward pair: what setup_context keeps (the inputs the backward names, then
+    the residuals it names, then the outputs if it names ``output``) and where each backward argument is."""
+    saved_inputs = tuple(sorted(set(backward_signature.uses("input"))))
+    saved_residuals = tuple(sorted(set(backward_signature.uses("residual"))))
+    where = {("input", i): k for k, i in enumerate(saved_inputs)}
+    where.update({("residual", r): len(saved_inputs) + k for k, r in enumerate(saved_residuals)})
+    plan = tuple(
+        ("saved", where[kind, index]) if kind in ("input", "residual") else (kind, index)
+        for kind, index in backward_signature.sources
+    )
+    return PairRules(
+        forward,
+        backward,
+        jvp,
+        forward_signature,
+        backward_signature,
+        jvp_signature,
+        symbolic_zeros,
+        forward_signature.name,
+        len(forward_signature.inputs),
+        len(forward_signature.residuals),
+        forward_signature.differentiable,
+        saved_inputs,
+        saved_residuals,
+        bool(backward_signature.uses("output")),
+        plan,
+        len(saved_inputs) + len(saved_residuals),
+        len(backward_signature.slot_names),
+        backward_signature.rest is not None,
+    )
+
+
+def _reducible(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether a gradient of ``shape`` sums to ``target`` (``target`` broadcasts to ``shape``)."""
+    if len(target) > len(shape):
+        return False
+    return all(t in (1, s) for t, s in zip(reversed(target), reversed(shape), strict=False))
+
+
+def _once_differentiable(gradients: tuple, name: str) -> tuple:
+    """``gradients`` behind a node that raises on differentiation (as ``@once_differentiable`` does)."""
+    message = (
+        f"{name}'s backward is not differentiable (it leaves autograd: numpy, .detach(), .item() or torch.no_grad), so "
+        "customgrad marked it once_differentiable: a second derivative would silently be zero. Write the backward with "
+        "torch operations on its arguments to get second derivatives"
+    )
+    present = [g for g in gradients if g is not None]
+    error = _autograd_functions.DelayedError(message.encode(), len(present))
+    wrapped = error(*[g.detach().requires_grad_() for g in present])
+    wrapped = iter(wrapped if isinstance(wrapped, tuple) else (wrapped,))
+    return tuple(None if g is None else next(wrapped) for g in gradients)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

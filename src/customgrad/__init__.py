@@ -20,6 +20,7 @@ from .errors import (
     DeriveError,
     FitError,
     FormulaError,
+    GradientError,
     UsageError,
 )
 
@@ -31,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "Formula": "formula",
     "parse_formula": "formula",
     "function": "function",
+    "custom_gradient": "custom_gradient",
+    "CustomGradient": "custom_gradient",
     "P2": "library",
     "LegendreP3": "library",
     "IdentityWithSquareGrad": "library",
@@ -45,6 +48,7 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:
     from .check import CheckReport, CheckResult, check
+    from .custom_gradient import CustomGradient, custom_gradient
     from .experiments import EXPERIMENTS, run_experiment
     from .fit import BatchFitResult, FitResult, fit, fit_batch
     from .formula import Formula, parse_formula
@@ -58,6 +62,8 @@ __all__ = [
     "REGISTRY",
     "Formula",
     "function",
+    "custom_gradient",
+    "CustomGradient",
     "parse_formula",
     "P2",
     "BatchFitResult",
@@ -70,6 +76,7 @@ __all__ = [
     "FitError",
     "FitResult",
     "FormulaError",
+    "GradientError",
     "IdentityWithSquareGrad",
     "LegendreP3",
     "UsageError",

@@ -6,8 +6,10 @@ ctx, ``setup_context``, ``generate_vmap_rule``), so ``torch.func`` transforms an
 backward names, so a backward written in torch operations is differentiable again (double backward right
 by construction); the rules between the pair and autograd live in `gradient_rules.PairRules`.
 
-Forward mode needs a ``jvp`` staticmethod, which Dynamo refuses to trace (torch 2.13): with a jvp rule,
-eager calls go through a twin class that has one, compiled calls through the class without it.
+Three generated classes share the rules: the first eager calls go through one that checks every rule (in-place
+changes by version counters included) until a forward and backward pass; later eager calls through a fast one
+(the user's forward itself; gradient checks only when one fails); calls under ``torch.compile`` through one
+without ``jvp`` (Dynamo refuses to trace a Function with ``jvp`` in torch 2.13).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import inspect
 from collections.abc import Callable, Sequence
 
 import torch
+from torch._functorch.autograd_function import custom_function_call
+from torch._functorch.utils import unwrap_dead_wrappers
 
 from .errors import UsageError
 from .gradient_rules import PairRules, pair_rules
@@ -35,21 +39,37 @@ def _forward_with_signature(run: Callable, names: Sequence[str]) -> Callable:
     return namespace["forward"]
 
 
-def build_pair_function(rules: PairRules, *, vmap: Callable | None, declared, for_jvp: bool) -> type:
-    """The autograd.Function of ``rules`` (with a ``jvp`` staticmethod when ``for_jvp``)."""
+def build_pair_function(rules: PairRules, *, vmap: Callable | None, declared, kind: str, jvp: bool) -> type:
+    """The autograd.Function of ``rules`` of ``kind``: "checked" (the first eager calls: every rule checked),
+    "fast" (eager calls after one passed) or "traced" (what torch.compile traces); a ``jvp`` with ``jvp``."""
+    names = rules.signature.inputs
+    save = rules.save if kind == "fast" else rules.setup_context
+    if jvp:
 
-    def setup_context(ctx, inputs, output):
-        rules.setup_context(ctx, inputs, output)
-        if for_jvp:
+        def setup_context(ctx, inputs, output):
+            save(ctx, inputs, output)
             ctx.save_for_forward(*[a for a in inputs if isinstance(a, torch.Tensor)])
             ctx.forward_inputs, ctx.forward_output = inputs, output
 
-    def backward(ctx, *grads):
-        return rules.backward(ctx, grads)
+    elif kind != "traced":
+        setup_context = save
+    else:
 
-    names = rules.signature.inputs
+        def setup_context(ctx, inputs, output):  # a plain function: Dynamo traces it
+            rules.setup_context(ctx, inputs, output)
+
+    if kind == "checked":
+        forward, backward = _forward_with_signature(rules.forward, names), rules.backward
+    elif kind == "fast":
+        forward, backward = rules.forward_function, rules.backward_fast
+    else:
+        forward = rules.forward_function
+
+        def backward(ctx, *grads):
+            return rules.backward_traced(ctx, *grads)
+
     namespace = {
-        "forward": staticmethod(_forward_with_signature(rules.forward, names)),
+        "forward": staticmethod(forward),
         "setup_context": staticmethod(setup_context),
         "backward": staticmethod(backward),
         "generate_vmap_rule": vmap is None,
@@ -61,21 +81,40 @@ def build_pair_function(rules: PairRules, *, vmap: Callable | None, declared, fo
     }
     if vmap is not None:
         namespace["vmap"] = staticmethod(vmap)
-    if for_jvp:
+    if jvp:
 
-        def jvp(ctx, *tangents):
+        def jvp_rule(ctx, *tangents):
             return rules.jvp(ctx, tangents)
 
-        namespace["jvp"] = staticmethod(jvp)
-    class_name = rules.name.rsplit(".", 1)[-1] + ("_forward_ad" if for_jvp else "")
-    return type(torch.autograd.Function)(class_name, (torch.autograd.Function,), namespace)
+        namespace["jvp"] = staticmethod(jvp_rule)
+    class_name = rules.name.rsplit(".", 1)[-1] + ("" if kind == "fast" else f"_{kind}")
+    cls = type(torch.autograd.Function)(class_name, (torch.autograd.Function,), namespace)
+    if kind != "traced":
+        cls.apply = _bound_apply(cls)
+    return cls
+
+
+def _bound_apply(cls: type) -> Callable:
+    """``cls.apply`` without the ``inspect.signature`` binding of arguments torch does on every call (about
+    as long as the rest of a small call): `CustomGradient.__call__` has bound them. Otherwise as torch's."""
+    engine_apply = torch._C._FunctionBase.__dict__["apply"].__get__(cls, cls)
+    are_transforms_active = torch._C._are_functorch_transforms_active
+
+    def apply(*arguments):
+        if not are_transforms_active():
+            return engine_apply(*unwrap_dead_wrappers(arguments))
+        return custom_function_call(cls, *arguments)
+
+    return apply
 
 
 class CustomGradient:
     """A function with a hand-written backward (and optionally jvp and vmap rules); see `custom_gradient`.
 
-    Call it like the forward. ``autograd_function`` is the generated ``torch.autograd.Function`` (without
-    jvp: the one ``torch.compile`` traces), ``forward_ad`` its twin with the jvp rule (None without one).
+    Call it like the forward. ``autograd_function`` is the generated ``torch.autograd.Function`` that eager
+    calls use (with a ``jvp`` staticmethod when there is a jvp rule), once a first call has passed every check
+    in its checking twin; ``traced_function`` the twin that calls under ``torch.compile`` use (no ``jvp``,
+    which Dynamo refuses in torch 2.13).
     """
 
     def __init__(self, forward: Callable, *, nondiff_argnums=(), residuals=(), symbolic_zeros: bool = False):
@@ -91,8 +130,8 @@ class CustomGradient:
         self.jvp_function: Callable | None = None
         self.vmap_function: Callable | None = None
         self.autograd_function: type | None = None
-        self.forward_ad: type | None = None
-        self._call_function: type | None = None
+        self.traced_function: type | None = None
+        self._eager_function: type | None = None
         self._arity = len(self.signature.inputs)
         self._residual_count = len(self.signature.residuals)
 
@@ -154,21 +193,27 @@ class CustomGradient:
             jvp_signature=getattr(self, "_jvp_signature", None),
             symbolic_zeros=self.symbolic_zeros,
         )
-        declared = rules.declared_vjp if self.surrogate else None
-        self.autograd_function = build_pair_function(rules, vmap=self.vmap_function, declared=declared, for_jvp=False)
-        self.forward_ad = None
-        if self.jvp_function is not None:
-            self.forward_ad = build_pair_function(rules, vmap=self.vmap_function, declared=declared, for_jvp=True)
-        self._call_function = self.forward_ad or self.autograd_function
+        build = functools.partial(
+            build_pair_function, rules, vmap=self.vmap_function, declared=rules.declared_vjp if self.surrogate else None
+        )
+        with_jvp = self.jvp_function is not None
+        self.autograd_function = build(kind="fast", jvp=with_jvp)
+        self.traced_function = build(kind="traced", jvp=False)
+        self._eager_function = build(kind="checked", jvp=with_jvp)
+        rules.verified.append(self._verified)
+
+    def _verified(self) -> None:
+        """A call passed every check: later eager calls take the fast class."""
+        self._eager_function = self.autograd_function
 
     # -- calling -----------------------------------------------------------------------------------------
     def __call__(self, *arguments, **keywords):
         if keywords or len(arguments) != self._arity:
             arguments = self._bind(arguments, keywords)
         if torch.compiler.is_compiling():
-            function = self.autograd_function
+            function = self.traced_function
         else:
-            function = self._call_function
+            function = self._eager_function
             if function is None:
                 raise UsageError(
                     f"{self.signature.name} has no backward yet: define one with @{self.__name__}.backward "

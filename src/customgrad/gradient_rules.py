@@ -22,10 +22,6 @@ from .gradient_signature import ForwardSignature, RuleSignature, check_slot_coun
 Tensor = torch.Tensor
 
 
-def _versions(values: Sequence) -> list[int]:
-    return [v._version if isinstance(v, Tensor) else -1 for v in values]
-
-
 def _shape(value) -> list[int]:
     return list(value.shape)
 
@@ -34,9 +30,8 @@ class PairRules(NamedTuple):
     """Forward, backward and jvp of one decorated function, with the checks between them and autograd.
 
     A named tuple of plain values, so that Dynamo can trace the methods the generated Function calls;
-    build it with `pair_rules`. ``arguments_plan`` says per backward parameter where its value is:
-    ``("saved", k)`` the k-th kept value, ``("slot", k)`` the k-th upstream gradient, ``("output", 0)``,
-    ``("needs", 0)``.
+    build it with `pair_rules`. ``arguments(saved, grads, needs, count)`` gives the backward's arguments
+    from the kept values, the upstream gradients, ``needs_input_grad`` and the number of outputs.
     """
 
     forward_function: Callable
@@ -53,107 +48,139 @@ class PairRules(NamedTuple):
     saved_inputs: tuple
     saved_residuals: tuple
     saves_output: bool
-    arguments_plan: tuple
+    arguments: Callable
     output_start: int
     slot_count: int
     has_rest: bool
+    verified: list
+    keep: Callable
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, arguments: tuple) -> object:
-        """The user's forward on ``arguments``; in eager mode, checks that it returns tensors and leaves its
-        inputs as they were."""
-        if torch.compiler.is_compiling():
-            return self.forward_function(*arguments)
-        before = _versions(arguments)
+        """The user's forward on ``arguments``, checked: it returns tensors and leaves its inputs as they were."""
+        before = [a._version for a in arguments if isinstance(a, Tensor)]
         result = self.forward_function(*arguments)
-        self._check_unmodified(arguments, before, "forward", self.signature.inputs)
-        if isinstance(result, list):
-            result = tuple(result)
+        if [a._version for a in arguments if isinstance(a, Tensor)] != before:
+            self._raise_modified(arguments, before, "forward")
         outputs = result if isinstance(result, tuple) else (result,)
         count = len(outputs) - self.residual_count
+        if count < 1 or any(not isinstance(value, Tensor) for value in outputs[:count]):
+            self._raise_bad_outputs(outputs, count)
+        return result
+
+    def _raise_bad_outputs(self, outputs: tuple, count: int) -> None:
         if count < 1:
             residuals = ", ".join(self.signature.residuals)
             raise GradientError(
                 f"forward {self.name} returned {len(outputs)} value(s), but it declares the residuals ({residuals}): "
                 f"return the output(s) followed by the residuals, e.g. return y, {residuals}"
             )
-        for position, value in enumerate(outputs[:count]):
-            if not isinstance(value, Tensor):
-                which = f"output {position}" if count > 1 else "its output"
-                raise GradientError(
-                    f"forward {self.name} returned {type(value).__name__} {_short(value)} as {which}: a "
-                    "custom_gradient forward returns tensors (one, or a tuple); wrap numbers and arrays with "
-                    "torch.as_tensor(...), and return other values as declared residuals (residuals=('name',))"
-                )
-        return result
+        position, value = next((k, v) for k, v in enumerate(outputs[:count]) if not isinstance(v, Tensor))
+        which = f"output {position}" if count > 1 else "its output"
+        fix = (
+            "return a tuple of tensors"
+            if isinstance(value, list)
+            else "wrap numbers and arrays with torch.as_tensor(...)"
+        )
+        raise GradientError(
+            f"forward {self.name} returned {type(value).__name__} {_short(value)} as {which}: a custom_gradient "
+            f"forward returns tensors (one, or a tuple); {fix}, and return other values as declared residuals "
+            "(residuals=('name',))"
+        )
 
-    def _check_unmodified(self, values: Sequence, before: list[int], role: str, names: Sequence[str]) -> None:
-        after = _versions(values)
-        if after != before:
-            position = next(k for k, (a, b) in enumerate(zip(after, before, strict=True)) if a != b)
-            function = self.name if role == "forward" else self.backward_signature.name
-            raise GradientError(
-                f"{role} {function} of {self.name} modified its argument {names[position]!r} in place: autograd "
-                f"keeps that tensor, so gradients would be computed from changed values; compute into a new tensor "
-                f"(out-of-place ops, or {names[position]}.clone() first)"
-            )
+    def _raise_modified(self, values: Sequence, before: list[int], role: str, names: Sequence[str] = ()) -> None:
+        tensors = [(k, v) for k, v in enumerate(values) if isinstance(v, Tensor)]
+        position = next(k for (k, v), b in zip(tensors, before, strict=True) if v._version != b)
+        names = names or self.signature.inputs
+        function = self.name if role == "forward" else self.backward_signature.name
+        raise GradientError(
+            f"{role} {function} of {self.name} modified its argument {names[position]!r} in place: autograd "
+            f"keeps that tensor, so gradients would be computed from changed values; compute into a new tensor "
+            f"(out-of-place ops, or {names[position]}.clone() first)"
+        )
 
     # -- setup_context -------------------------------------------------------------------------------
     def setup_context(self, ctx, inputs: tuple, output) -> None:
-        """Save the named inputs, residuals and outputs (non-tensors as plain values) and the input shapes."""
-        outputs = output if isinstance(output, tuple) else (output,)
-        count = len(outputs) - self.residual_count
-        if self.residual_count:
+        """`save`, and the inputs' shapes and dtypes, to reduce gradients and name a wrong one."""
+        self.save(ctx, inputs, output)
+        ctx.like = [(v.shape, v.dtype) if isinstance(v, Tensor) else None for v in inputs]
+
+    def save(self, ctx, inputs: tuple, output) -> None:
+        """Save the named inputs, residuals and outputs (non-tensors as plain values); residuals are marked
+        non-differentiable. (Eager calls leave the gradients' reduction to the autograd engine.)"""
+        if self.residual_count or self.saves_output:
+            outputs = output if isinstance(output, tuple) else (output,)
+            count = len(outputs) - self.residual_count
             residuals = [r for r in outputs[count:] if isinstance(r, Tensor)]
             if residuals:
                 ctx.mark_non_differentiable(*residuals)
-        kept = [inputs[i] for i in self.saved_inputs]
-        kept += [outputs[count + r] for r in self.saved_residuals]
-        if self.saves_output:
-            kept += outputs[:count]
-        ctx.save_for_backward(*[v if isinstance(v, Tensor) else None for v in kept])
-        ctx.others = {k: v for k, v in enumerate(kept) if v is not None and not isinstance(v, Tensor)}
-        ctx.like = [(v.shape, v.dtype) if isinstance(v, Tensor) else None for v in inputs]
+            kept = self.keep(inputs, outputs, count)
+        else:
+            kept = self.keep(inputs, (), 0)
+        for value in kept:
+            if not isinstance(value, Tensor) and value is not None:
+                ctx.save_for_backward(*[v if isinstance(v, Tensor) else None for v in kept])
+                ctx.others = {k: v for k, v in enumerate(kept) if v is not None and not isinstance(v, Tensor)}
+                break
+        else:
+            ctx.save_for_backward(*kept)
+            ctx.others = None
         if self.symbolic_zeros:
             ctx.set_materialize_grads(False)
 
     # -- backward ------------------------------------------------------------------------------------
-    def backward(self, ctx, grads: tuple) -> tuple:
-        """The user's backward on its named values; its gradients checked, reduced, one per input."""
+    def _saved(self, ctx) -> Sequence:
         saved = ctx.saved_tensors
-        if ctx.others:
-            saved = [ctx.others.get(k, v) for k, v in enumerate(saved)]
-        count = len(grads) - self.residual_count
-        arguments = self._backward_arguments(saved, grads[:count], ctx.needs_input_grad)
-        if torch.compiler.is_compiling():
-            result = self.backward_function(*arguments)
-            return self._gradients(result, ctx.like, ctx.needs_input_grad, check=False)
-        check_slot_count(self.backward_signature, count, self.signature, "backward", "upstream gradients")
-        before = _versions(arguments)
+        others = ctx.others
+        return [others.get(k, v) for k, v in enumerate(saved)] if others else saved
+
+    def backward_fast(self, ctx, *grads) -> tuple:
+        """The backward of eager calls once one has passed every check: no version counters compared, and the
+        autograd engine sums each gradient to its input's shape and casts it to its dtype (as it does for any
+        Function); the count and nondiff rules still hold."""
+        needs = ctx.needs_input_grad
+        arguments = self.arguments(self._saved(ctx), grads, needs, len(grads) - self.residual_count)
         result = self.backward_function(*arguments)
-        self._check_unmodified(arguments, before, "backward", self._argument_names(count))
-        gradients = self._gradients(result, ctx.like, ctx.needs_input_grad, check=True)
-        # Under torch.func transforms requires_grad says nothing about the transform's own levels.
-        functorch = torch._C._functorch.peek_interpreter_stack() is not None
-        if torch.is_grad_enabled() and not functorch and self._leaves_autograd(arguments, gradients):
+        if not isinstance(result, tuple):
+            result = tuple(result) if isinstance(result, list) else (result,)
+        if len(result) != self.input_count:
+            result = self._expanded(result)
+        if self.signature.nondiff:
+            self._check_nondiff(result)
+        gradients = tuple([g if need else None for g, need in zip(result, needs, strict=True)])
+        if torch.is_grad_enabled() and self._leaves_autograd(arguments, gradients):
             return _once_differentiable(gradients, self.name)
         return gradients
 
-    def _backward_arguments(self, saved: Sequence, grads: Sequence, needs: tuple) -> list:
-        arguments = []
-        for kind, index in self.arguments_plan:
-            if kind == "saved":
-                arguments.append(saved[index])
-            elif kind == "slot":
-                arguments.append(grads[index])
-            elif kind == "output":
-                outputs = saved[self.output_start :]
-                arguments.append(outputs[0] if len(outputs) == 1 else tuple(outputs))
-            else:
-                arguments.append(needs)
-        if self.has_rest:
-            arguments.extend(grads[self.slot_count :])
-        return arguments
+    def backward_traced(self, ctx, *grads) -> tuple:
+        """The backward as ``torch.compile`` traces it: gradients reduced here, nothing read from values."""
+        needs = ctx.needs_input_grad
+        arguments = self.arguments(self._saved(ctx), grads, needs, len(grads) - self.residual_count)
+        return self._gradients(self.backward_function(*arguments), ctx.like, needs, False)
+
+    def _check_nondiff(self, result) -> None:
+        for position in self.signature.nondiff:
+            if result[position] is not None:
+                self._check_gradient(position, result[position], None)
+
+    def backward(self, ctx, *grads) -> tuple:
+        """The user's backward on its named values, every rule checked; its gradients reduced, one per input.
+        The first call that passes switches the function to `backward_fast` (``verified`` callbacks)."""
+        count = len(grads) - self.residual_count
+        if count != self.slot_count and not (self.has_rest and count > self.slot_count):
+            check_slot_count(self.backward_signature, count, self.signature, "backward", "upstream gradients")
+        needs = ctx.needs_input_grad
+        arguments = self.arguments(self._saved(ctx), grads, needs, count)
+        before = [a._version for a in arguments if isinstance(a, Tensor)]
+        result = self.backward_function(*arguments)
+        if [a._version for a in arguments if isinstance(a, Tensor)] != before:
+            self._raise_modified(arguments, before, "backward", self._argument_names(count))
+        gradients = self._gradients(result, ctx.like, needs, True)
+        if torch.is_grad_enabled() and self._leaves_autograd(arguments, gradients):
+            gradients = _once_differentiable(gradients, self.name)
+        for verified in self.verified:
+            verified()
+        return gradients
 
     def _argument_names(self, count: int) -> list[str]:
         names = list(self.backward_signature.parameters)
@@ -164,31 +191,43 @@ class PairRules(NamedTuple):
         return names
 
     def _gradients(self, result, like: list, needs: tuple, check: bool) -> tuple:
-        """One gradient per input: ``result`` expanded over nondiff inputs, checked, summed to each input's shape."""
-        result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
-        differentiable = self.differentiable
+        """One gradient per input: ``result`` expanded over nondiff inputs, checked (every rule with ``check``,
+        else only when reducing fails or for a nondiff input), summed to each input's shape, in its dtype."""
+        if not isinstance(result, tuple):
+            result = tuple(result) if isinstance(result, list) else (result,)
         if len(result) != self.input_count:
-            if len(result) != len(differentiable):
-                raise self._count_error(len(result))
-            full = [None] * self.input_count
-            for position, gradient in zip(differentiable, result, strict=True):
-                full[position] = gradient
-            result = full
+            result = self._expanded(result)
         gradients = []
         for position, gradient in enumerate(result):
             if gradient is None or like[position] is None:
                 gradients.append(None)  # a number or other non-tensor input takes no gradient
                 continue
-            if check:
+            if check or position in self.signature.nondiff:
                 self._check_gradient(position, gradient, like[position])
             if not needs[position]:
                 gradients.append(None)
                 continue
             shape, dtype = like[position]
-            if gradient.shape != shape:
-                gradient = gradient.sum_to_size(shape)
-            gradients.append(gradient if gradient.dtype == dtype else gradient.to(dtype))
+            try:
+                if gradient.shape != shape:
+                    gradient = gradient.sum_to_size(shape)
+                if gradient.dtype != dtype:
+                    gradient = gradient.to(dtype)
+            except (AttributeError, RuntimeError):
+                self._check_gradient(position, gradient, like[position])
+                raise
+            gradients.append(gradient)
         return tuple(gradients)
+
+    def _expanded(self, result: tuple) -> list:
+        """A backward's gradients for the differentiable inputs only, as one per input (None for nondiff)."""
+        differentiable = self.differentiable
+        if len(result) != len(differentiable):
+            raise self._count_error(len(result))
+        full = [None] * self.input_count
+        for position, gradient in zip(differentiable, result, strict=True):
+            full[position] = gradient
+        return full
 
     def _count_error(self, returned: int) -> GradientError:
         inputs = self.signature.inputs
@@ -214,7 +253,7 @@ class PairRules(NamedTuple):
                 f"{where} returned {type(gradient).__name__} {_short(gradient)} as the gradient of {name!r}: return a "
                 "tensor (torch.as_tensor(...) for numbers and arrays) or None"
             )
-        shape = like[0]
+        shape = like[0] if like is not None else gradient.shape
         if gradient.shape != shape and not _reducible(gradient.shape, shape):
             raise GradientError(
                 f"{where} returned a gradient of shape {_shape(gradient)} for {name!r}, whose shape is {list(shape)}: "
@@ -225,11 +264,15 @@ class PairRules(NamedTuple):
     def _leaves_autograd(self, arguments: Sequence, gradients: tuple) -> bool:
         """Whether a double-backward call's gradients were computed outside autograd (numpy, detach, no_grad).
 
+        Not under torch.func transforms: there requires_grad says nothing about the transforms' own levels.
+
         A backward is linear in its upstream gradients: a nonzero gradient that does not require grad while
         they do left autograd. Its dependence on the saved values is probed: run again on fresh leaves, the
         gradients that do not require grad must not change when the saved values are scaled by 1 + sqrt(eps)
         (a comparison such as ``x > 0`` does not; numpy of ``x`` does).
         """
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            return False
         present = [g for g in gradients if isinstance(g, Tensor) and g.is_floating_point()]
         slots = self._slot_positions(len(arguments))
         if any(arguments[k].requires_grad for k in slots if isinstance(arguments[k], Tensor)) and any(
@@ -252,8 +295,8 @@ class PairRules(NamedTuple):
         return any(not torch.equal(probe[k], moved[k]) for k in constant)
 
     def _slot_positions(self, count: int) -> set[int]:
-        slots = {k for k, (kind, _) in enumerate(self.arguments_plan) if kind == "slot"}
-        return slots | set(range(len(self.arguments_plan), count))
+        slots = {k for k, (kind, _) in enumerate(self.backward_signature.sources) if kind == "slot"}
+        return slots | set(range(len(self.backward_signature.sources), count))
 
     def _probe(self, arguments: list, saved: list[int], scale: float | None) -> tuple:
         """The backward with the saved values at ``saved`` as fresh leaves, scaled by ``scale`` (None: by
@@ -315,7 +358,7 @@ class PairRules(NamedTuple):
             for i, v in enumerate(inputs)
         )
         like = [(v.shape, v.dtype) if isinstance(v, Tensor) else None for v in inputs]
-        result = self.backward_function(*self._backward_arguments(kept, grads, needs))
+        result = self.backward_function(*self.arguments(kept, grads, needs, len(grads)))
         return list(self._gradients(result, like, needs, check=True))
 
 
@@ -339,6 +382,7 @@ def pair_rules(
         ("saved", where[kind, index]) if kind in ("input", "residual") else (kind, index)
         for kind, index in backward_signature.sources
     )
+    output_start = len(saved_inputs) + len(saved_residuals)
     return PairRules(
         forward,
         backward,
@@ -354,11 +398,49 @@ def pair_rules(
         saved_inputs,
         saved_residuals,
         bool(backward_signature.uses("output")),
-        plan,
-        len(saved_inputs) + len(saved_residuals),
+        _argument_builder(plan, output_start, len(backward_signature.slot_names), backward_signature.rest),
+        output_start,
         len(backward_signature.slot_names),
         backward_signature.rest is not None,
+        [],
+        _keeper(saved_inputs, saved_residuals, bool(backward_signature.uses("output"))),
     )
+
+
+def _argument_builder(plan: tuple, output_start: int, slot_count: int, rest: str | None) -> Callable:
+    """``arguments(saved, grads, needs, count)``: the backward's positional arguments, as generated code
+    (the backward's hottest path; Dynamo traces it as a plain function)."""
+    parts = []
+    for kind, index in plan:
+        if kind == "saved":
+            parts.append(f"saved[{index}]")
+        elif kind == "slot":
+            parts.append(f"grads[{index}]")
+        elif kind == "output":
+            parts.append(f"_one_or_tuple(saved[{output_start}:])")
+        else:
+            parts.append("needs")
+    if rest is not None:
+        parts.append(f"*grads[{slot_count}:count]")
+    source = f"def arguments(saved, grads, needs, count):\n    return ({', '.join(parts)}{',' if parts else ''})\n"
+    namespace = {"_one_or_tuple": _one_or_tuple}
+    exec(compile(source, "<customgrad backward arguments>", "exec"), namespace)  # noqa: S102 - no user text
+    return namespace["arguments"]
+
+
+def _keeper(inputs: tuple, residuals: tuple, outputs: bool) -> Callable:
+    """``keep(inputs, outputs, count)``: what setup_context saves, as generated code: the named inputs, the
+    named residuals (after the ``count`` outputs), then all outputs if the backward names ``output``."""
+    parts = [f"inputs[{i}]" for i in inputs] + [f"outputs[count + {r}]" for r in residuals]
+    body = f"({', '.join(parts)}{',' if parts else ''})" + (" + tuple(outputs[:count])" if outputs else "")
+    source = f"def keep(inputs, outputs, count):\n    return {body}\n"
+    namespace: dict = {}
+    exec(compile(source, "<customgrad setup_context>", "exec"), namespace)  # noqa: S102 - no user text
+    return namespace["keep"]
+
+
+def _one_or_tuple(values: Sequence):
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _reducible(shape: torch.Size, target: torch.Size) -> bool:

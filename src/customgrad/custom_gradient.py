@@ -144,7 +144,7 @@ class CustomGradient:
         function : callable
             Receives by parameter name the inputs it needs, ``output``, declared residuals and
             ``needs_input_grad``; its other parameters receive the upstream gradients, one per output.
-            Returns one gradient per input (or per differentiable input), None where there is none.
+            Returns one gradient per input (or one per input not in ``nondiff_argnums``), None where there is none.
         surrogate : bool
             The backward is deliberately not the derivative (a straight-through estimator, the blog's
             identity with a 2x gradient): `customgrad.check` then compares against it instead of finite
@@ -165,7 +165,8 @@ class CustomGradient:
         """Decorator: the forward-mode rule, for ``torch.func.jvp``, ``jacfwd`` and ``hessian``.
 
         It receives by name the inputs, ``output`` and residuals it needs; its other parameters receive the
-        tangents of the differentiable inputs (zeros where an input has none); it returns one tangent per output.
+        tangents of the inputs not in ``nondiff_argnums`` (zeros where an input has none); it returns one
+        tangent per output.
         """
         self._jvp_signature = rule_signature(function, self.signature, "jvp")
         self.jvp_function = function
@@ -193,14 +194,23 @@ class CustomGradient:
             jvp_signature=getattr(self, "_jvp_signature", None),
             symbolic_zeros=self.symbolic_zeros,
         )
-        build = functools.partial(
-            build_pair_function, rules, vmap=self.vmap_function, declared=rules.declared_vjp if self.surrogate else None
-        )
+        build = functools.partial(build_pair_function, rules, vmap=self.vmap_function, declared=self._declared(rules))
         with_jvp = self.jvp_function is not None
         self.autograd_function = build(kind="fast", jvp=with_jvp)
         self.traced_function = build(kind="traced", jvp=False)
         self._eager_function = build(kind="checked", jvp=with_jvp)
         rules.verified.append(self._verified)
+
+    def _declared(self, rules: PairRules) -> Callable | None:
+        """With ``surrogate=True``: the backward as the declared gradient `customgrad.check` compares against."""
+        if not self.surrogate:
+            return None
+
+        def declared(inputs, grad_outputs):
+            return rules.declared_vjp(inputs, grad_outputs)
+
+        declared.__name__ = f"the backward {self._backward_signature.name} (surrogate=True)"
+        return declared
 
     def _verified(self) -> None:
         """A call passed every check: later eager calls take the fast class."""

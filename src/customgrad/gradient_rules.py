@@ -234,7 +234,7 @@ class PairRules(NamedTuple):
         differentiable = [inputs[i] for i in self.signature.differentiable]
         choices = f"one per input ({', '.join(inputs)})"
         if len(differentiable) != len(inputs):
-            choices += f" or one per differentiable input ({', '.join(differentiable)})"
+            choices += f" or one per input not in nondiff_argnums ({', '.join(differentiable)})"
         return GradientError(
             f"backward {self.backward_signature.name} of {self.name} returned {returned} gradient(s): return "
             f"{choices}, None where there is none"

@@ -164,6 +164,18 @@ def test_gradients_are_reduced_to_each_inputs_shape_and_dtype(call):
     assert_matches_reference(gs, rs, rtol=1e-6, what="s gradient")
 
 
+def test_broadcast_gradients_under_torch_func_grad_and_vmap_match_eager():
+    x, y = _x(3, 4, seed=24).detach(), _x(4, seed=25).detach()
+    for _ in range(2):  # the first call checks every rule, the second takes the fast class
+        got = torch.func.grad(lambda a, b: mul_broadcast(a, b).sin().sum(), argnums=(0, 1))(x, y)
+        want = torch.func.grad(lambda a, b: (a * b).sin().sum(), argnums=(0, 1))(x, y)
+        for g, w in zip(got, want, strict=True):
+            assert_matches_reference(g, w, rtol=1e-15, what="torch.func.grad")
+    batch = _x(2, 3, 4, seed=26).detach()
+    got = torch.func.vmap(torch.func.grad(lambda a, b: mul_broadcast(a, b).sum(), argnums=1), in_dims=(0, None))
+    assert_matches_reference(got(batch, y), batch.sum(1), rtol=1e-15, what="vmap of grad")
+
+
 def test_needs_input_grad_is_passed_and_unneeded_gradients_are_none():
     seen = []
 

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch._functorch.autograd_function import custom_function_call
-from torch._functorch.utils import unwrap_dead_wrappers
 
 from .errors import UsageError
 from .gradient_rules import PairRules, pair_rules
@@ -99,10 +98,12 @@ def _bound_apply(cls: type) -> Callable:
     as long as the rest of a small call): `CustomGradient.__call__` has bound them. Otherwise as torch's."""
     engine_apply = torch._C._FunctionBase.__dict__["apply"].__get__(cls, cls)
     are_transforms_active = torch._C._are_functorch_transforms_active
+    unwrap_if_dead, tensor = torch._C._functorch.unwrap_if_dead, torch.Tensor
 
     def apply(*arguments):
         if not are_transforms_active():
-            return engine_apply(*unwrap_dead_wrappers(arguments))
+            # torch's unwrap_dead_wrappers, inline: a tensor that escaped a torch.func transform is unwrapped
+            return engine_apply(*[unwrap_if_dead(a) if isinstance(a, tensor) else a for a in arguments])
         return custom_function_call(cls, *arguments)
 
     return apply

@@ -138,8 +138,10 @@ class PairRules(NamedTuple):
         """The backward of eager calls once one has passed every check: no version counters compared, and the
         autograd engine sums each gradient to its input's shape and casts it to its dtype (as it does for any
         Function); the count and nondiff rules still hold."""
-        needs = ctx.needs_input_grad
-        arguments = self.arguments(self._saved(ctx), grads, needs, len(grads) - self.residual_count)
+        needs, saved = ctx.needs_input_grad, ctx.saved_tensors
+        if ctx.others:
+            saved = [ctx.others.get(k, v) for k, v in enumerate(saved)]
+        arguments = self.arguments(saved, grads, needs, len(grads) - self.residual_count)
         result = self.backward_function(*arguments)
         if not isinstance(result, tuple):
             result = tuple(result) if isinstance(result, list) else (result,)

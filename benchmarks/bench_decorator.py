@@ -114,7 +114,8 @@ def main() -> None:
             best[name] = min(best[name], per_call(function, x, options.calls, CLOCKS[options.clock]))
     reference = best["hand-written autograd.Function (setup_context)"]
     print(
-        f"P2 forward + backward, float32[{options.size}], 1 thread, best of {options.rounds} rounds x {options.calls}"
+        f"P2 forward + backward, float32[{options.size}], 1 thread, {options.clock} clock, "
+        f"best of {options.rounds} rounds x {options.calls}, torch {torch.__version__}"
     )
     print("| variant | us per call | over hand-written (setup_context) |")
     print("| --- | --- | --- |")

@@ -132,7 +132,7 @@ class CustomGradient:
         self.vmap_function: Callable | None = None
         self.autograd_function: type | None = None
         self.traced_function: type | None = None
-        self._eager_function: type | None = None
+        self._eager_apply: Callable = self._no_backward
         self._arity = len(self.signature.inputs)
         self._residual_count = len(self.signature.residuals)
 
@@ -199,7 +199,7 @@ class CustomGradient:
         with_jvp = self.jvp_function is not None
         self.autograd_function = build(kind="fast", jvp=with_jvp)
         self.traced_function = build(kind="traced", jvp=False)
-        self._eager_function = build(kind="checked", jvp=with_jvp)
+        self._eager_apply = build(kind="checked", jvp=with_jvp).apply
         rules.verified.append(self._verified)
 
     def _declared(self, rules: PairRules) -> Callable | None:
@@ -215,26 +215,26 @@ class CustomGradient:
 
     def _verified(self) -> None:
         """A call passed every check: later eager calls take the fast class."""
-        self._eager_function = self.autograd_function
+        self._eager_apply = self.autograd_function.apply
 
     # -- calling -----------------------------------------------------------------------------------------
     def __call__(self, *arguments, **keywords):
         if keywords or len(arguments) != self._arity:
             arguments = self._bind(arguments, keywords)
         if torch.compiler.is_compiling():
-            function = self.traced_function
+            result = self.traced_function.apply(*arguments)
         else:
-            function = self._eager_function
-            if function is None:
-                raise UsageError(
-                    f"{self.signature.name} has no backward yet: define one with @{self.__name__}.backward "
-                    f"(def _({', '.join(self.signature.inputs)}, grad): ...)"
-                )
-        result = function.apply(*arguments)
+            result = self._eager_apply(*arguments)
         if self._residual_count:
             outputs = result[: len(result) - self._residual_count]
             return outputs[0] if len(outputs) == 1 else outputs
         return result
+
+    def _no_backward(self, *arguments):
+        raise UsageError(
+            f"{self.signature.name} has no backward yet: define one with @{self.__name__}.backward "
+            f"(def _({', '.join(self.signature.inputs)}, grad): ...)"
+        )
 
     def _bind(self, arguments: tuple, keywords: dict) -> tuple:
         try:

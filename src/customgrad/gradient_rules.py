@@ -53,7 +53,7 @@ class PairRules(NamedTuple):
     slot_count: int
     has_rest: bool
     verified: list
-    keep: Callable
+    save: Callable
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, arguments: tuple) -> object:
@@ -101,32 +101,10 @@ class PairRules(NamedTuple):
 
     # -- setup_context -------------------------------------------------------------------------------
     def setup_context(self, ctx, inputs: tuple, output) -> None:
-        """`save`, and the inputs' shapes and dtypes, to reduce gradients and name a wrong one."""
+        """`save` (the named inputs, residuals and outputs), and the inputs' shapes and dtypes, to reduce
+        gradients and name a wrong one. (Eager calls after the first leave reduction to the autograd engine.)"""
         self.save(ctx, inputs, output)
         ctx.like = [(v.shape, v.dtype) if isinstance(v, Tensor) else None for v in inputs]
-
-    def save(self, ctx, inputs: tuple, output) -> None:
-        """Save the named inputs, residuals and outputs (non-tensors as plain values); residuals are marked
-        non-differentiable. (Eager calls leave the gradients' reduction to the autograd engine.)"""
-        if self.residual_count or self.saves_output:
-            outputs = output if isinstance(output, tuple) else (output,)
-            count = len(outputs) - self.residual_count
-            residuals = [r for r in outputs[count:] if isinstance(r, Tensor)]
-            if residuals:
-                ctx.mark_non_differentiable(*residuals)
-            kept = self.keep(inputs, outputs, count)
-        else:
-            kept = self.keep(inputs, (), 0)
-        for value in kept:
-            if not isinstance(value, Tensor) and value is not None:
-                ctx.save_for_backward(*[v if isinstance(v, Tensor) else None for v in kept])
-                ctx.others = {k: v for k, v in enumerate(kept) if v is not None and not isinstance(v, Tensor)}
-                break
-        else:
-            ctx.save_for_backward(*kept)
-            ctx.others = None
-        if self.symbolic_zeros:
-            ctx.set_materialize_grads(False)
 
     # -- backward ------------------------------------------------------------------------------------
     def _saved(self, ctx) -> Sequence:
@@ -149,7 +127,10 @@ class PairRules(NamedTuple):
             result = self._expanded(result)
         if self.signature.nondiff:
             self._check_nondiff(result)
-        gradients = tuple([g if need else None for g, need in zip(result, needs, strict=True)])
+        # The engine ignores a gradient for a tensor that needs none, but refuses one for a non-tensor input.
+        gradients = (
+            result if all(needs) else tuple([g if need else None for g, need in zip(result, needs, strict=True)])
+        )
         if torch.is_grad_enabled() and self._leaves_autograd(arguments, gradients):
             return _once_differentiable(gradients, self.name)
         return gradients
@@ -405,7 +386,13 @@ def pair_rules(
         len(backward_signature.slot_names),
         backward_signature.rest is not None,
         [],
-        _keeper(saved_inputs, saved_residuals, bool(backward_signature.uses("output"))),
+        _saver(
+            saved_inputs,
+            saved_residuals,
+            bool(backward_signature.uses("output")),
+            len(forward_signature.residuals),
+            symbolic_zeros,
+        ),
     )
 
 
@@ -430,15 +417,34 @@ def _argument_builder(plan: tuple, output_start: int, slot_count: int, rest: str
     return namespace["arguments"]
 
 
-def _keeper(inputs: tuple, residuals: tuple, outputs: bool) -> Callable:
-    """``keep(inputs, outputs, count)``: what setup_context saves, as generated code: the named inputs, the
-    named residuals (after the ``count`` outputs), then all outputs if the backward names ``output``."""
+def _saver(inputs: tuple, residuals: tuple, outputs: bool, residual_count: int, symbolic_zeros: bool) -> Callable:
+    """``save(ctx, inputs, output)``, generated code: save the named inputs, the named residuals (after the
+    outputs), then all outputs if the backward names ``output`` (non-tensors as plain values, `_save_values`);
+    residuals are marked non-differentiable."""
+    lines = ["def save(ctx, inputs, output):"]
+    if residual_count or outputs:
+        lines += ["    outputs = output if isinstance(output, tuple) else (output,)"]
+        lines += [f"    count = len(outputs) - {residual_count}"]
+    if residual_count:
+        lines += ["    residuals = [r for r in outputs[count:] if isinstance(r, Tensor)]"]
+        lines += ["    if residuals:", "        ctx.mark_non_differentiable(*residuals)"]
     parts = [f"inputs[{i}]" for i in inputs] + [f"outputs[count + {r}]" for r in residuals]
-    body = f"({', '.join(parts)}{',' if parts else ''})" + (" + tuple(outputs[:count])" if outputs else "")
-    source = f"def keep(inputs, outputs, count):\n    return {body}\n"
-    namespace: dict = {}
-    exec(compile(source, "<customgrad setup_context>", "exec"), namespace)  # noqa: S102 - no user text
-    return namespace["keep"]
+    kept = f"({', '.join(parts)}{',' if parts else ''})" + (" + tuple(outputs[:count])" if outputs else "")
+    lines += [f"    kept = {kept}", "    for value in kept:"]
+    lines += ["        if value is not None and not isinstance(value, Tensor):"]
+    lines += ["            _save_values(ctx, kept)", "            break"]
+    lines += ["    else:", "        ctx.save_for_backward(*kept)", "        ctx.others = None"]
+    if symbolic_zeros:
+        lines += ["    ctx.set_materialize_grads(False)"]
+    namespace = {"Tensor": Tensor, "_save_values": _save_values}
+    exec(compile("\n".join(lines) + "\n", "<customgrad setup_context>", "exec"), namespace)  # noqa: S102
+    return namespace["save"]
+
+
+def _save_values(ctx, kept: tuple) -> None:
+    """Save the tensors among ``kept``; keep the other values (numbers, strings) on ctx as they are."""
+    ctx.save_for_backward(*[v if isinstance(v, Tensor) else None for v in kept])
+    ctx.others = {k: v for k, v in enumerate(kept) if v is not None and not isinstance(v, Tensor)}
 
 
 def _one_or_tuple(values: Sequence):

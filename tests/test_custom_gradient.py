@@ -284,6 +284,28 @@ def test_jvp_rule_gives_jvp_jacfwd_and_hessian():
     assert_matches_reference(hessian, torch.diag(6 * x), rtol=1e-15, what="hessian")
 
 
+def test_jvp_rule_with_symbolic_zeros_gets_none_for_an_input_without_tangent():
+    received = []
+
+    @custom_gradient(symbolic_zeros=True)
+    def product(x, y):
+        return x * y
+
+    @product.backward
+    def _(x, y, grad):
+        return grad * y, grad * x
+
+    @product.jvp
+    def _(x, y, x_dot, y_dot):
+        received.append((x_dot is None, y_dot is None))
+        return (0 if x_dot is None else x_dot * y) + (0 if y_dot is None else x * y_dot)
+
+    x, y, v = _x(3, seed=27).detach(), _x(3, seed=28).detach(), _x(3, seed=29).detach()
+    _, tangent = torch.func.jvp(lambda t: product(t, y), (x,), (v,))
+    assert received == [(False, True)]
+    assert_matches_reference(tangent, v * y, rtol=1e-15, what="jvp")
+
+
 def test_custom_vmap_rule_batches_a_numpy_forward():
     from fixtures.decorated_functions import numpy_tanh
 

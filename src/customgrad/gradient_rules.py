@@ -54,6 +54,7 @@ class PairRules(NamedTuple):
     has_rest: bool
     verified: list
     save: Callable
+    verdict: list
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, arguments: tuple) -> object:
@@ -250,30 +251,39 @@ class PairRules(NamedTuple):
         Not under torch.func transforms: there requires_grad says nothing about the transforms' own levels.
 
         A backward is linear in its upstream gradients: a nonzero gradient that does not require grad while
-        they do left autograd. Its dependence on the saved values is probed: run again on fresh leaves, the
-        gradients that do not require grad must not change when the saved values are scaled by 1 + sqrt(eps)
-        (a comparison such as ``x > 0`` does not; numpy of ``x`` does).
+        they do left autograd (checked on every call). Its dependence on the saved values is probed once
+        (`_probe_verdict`), the verdict kept for later calls.
         """
         if torch._C._functorch.peek_interpreter_stack() is not None:
             return False
-        present = [g for g in gradients if isinstance(g, Tensor) and g.is_floating_point()]
         slots = self._slot_positions(len(arguments))
         if any(arguments[k].requires_grad for k in slots if isinstance(arguments[k], Tensor)) and any(
-            not g.requires_grad and bool(g.any()) for g in present
+            not g.requires_grad and g.is_floating_point() and bool(g.any()) for g in gradients if isinstance(g, Tensor)
         ):
             return True
+        if self.verdict:
+            return self.verdict[0]
         saved = [
             k
             for k, a in enumerate(arguments)
             if k not in slots and isinstance(a, Tensor) and a.is_floating_point() and a.requires_grad
         ]
-        if not saved:
-            return False
+        verdict = self._probe_verdict(arguments, saved) if saved else None
+        if verdict is not None:
+            self.verdict.append(verdict)
+        return bool(verdict)
+
+    def _probe_verdict(self, arguments: Sequence, saved: list[int]) -> bool | None:
+        """Run the backward again with the saved values at ``saved`` as fresh leaves: gradients that do not
+        require grad must not change when those values are scaled by 1 + sqrt(eps) (a comparison such as
+        ``x > 0`` does not; numpy of ``x`` does). None: undecided (the saved values are zero)."""
         detached = [a.detach() if isinstance(a, Tensor) else a for a in arguments]
         probe = self._probe(detached, saved, 1.0)
         constant = [k for k, g in enumerate(probe) if isinstance(g, Tensor) and not g.requires_grad and bool(g.any())]
         if not constant:
             return False
+        if not any(bool(detached[k].any()) for k in saved):
+            return None
         moved = self._probe(detached, saved, None)
         return any(not torch.equal(probe[k], moved[k]) for k in constant)
 
@@ -393,6 +403,7 @@ def pair_rules(
             len(forward_signature.residuals),
             symbolic_zeros,
         ),
+        [],  # whether the backward leaves autograd, once probed
     )
 
 

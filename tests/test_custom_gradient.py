@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -340,6 +344,23 @@ def test_check_flags_a_wrong_backward_and_compares_a_surrogate_against_it():
     assert report.results[0].status == "failed", str(report)
     report = check(identity_with_square_grad, _x(5, seed=21).detach(), checks=["first_order"], compile=False)
     assert report.ok and "declared custom gradient" in report.results[0].message, str(report)
+
+
+@pytest.mark.slow
+def test_command_line_checks_a_decorated_function_by_reference():
+    root = Path(__file__).parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "customgrad", "check", "tests/fixtures/decorated_functions.py:mul_broadcast"]
+        + ["--shapes", "3x4,4", "--no-compile"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(root / "src")),
+        cwd=root,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mul_broadcast(x: float64[3, 4], y: float64[4])" in result.stdout
+    assert "run in a worker process" in result.stdout and "FAILED" not in result.stdout
 
 
 def test_as_custom_op_passes_opcheck_and_matches_eager():

@@ -288,6 +288,28 @@ def test_jvp_rule_gives_jvp_jacfwd_and_hessian():
     assert_matches_reference(hessian, torch.diag(6 * x), rtol=1e-15, what="hessian")
 
 
+def test_defjvps_one_rule_per_input_gives_jvp_and_jacfwd():
+    @custom_gradient(nondiff_argnums=("n",))
+    def scaled_power(a, x, n):
+        return a * x**n
+
+    @scaled_power.backward
+    def _(a, x, n, grad):
+        return grad * x**n, grad * a * n * x ** (n - 1)
+
+    scaled_power.defjvps(
+        lambda a_dot, output, a, x, n: a_dot * x**n,  # d/da (a x^n) = x^n
+        lambda x_dot, output, a, x, n: x_dot * a * n * x ** (n - 1),  # d/dx (a x^n) = a n x^(n-1)
+    )
+    a, x = _x(3, seed=30).detach(), _x(3, seed=31).detach()
+    va, vx = _x(3, seed=32).detach(), _x(3, seed=33).detach()
+    _, tangent = torch.func.jvp(lambda s, t: scaled_power(s, t, 3), (a, x), (va, vx))
+    _, want = torch.func.jvp(lambda s, t: s * t**3, (a, x), (va, vx))
+    assert_matches_reference(tangent, want, rtol=1e-14, what="jvp")
+    got = torch.func.jacfwd(lambda t: scaled_power(a, t, 3))(x)
+    assert_matches_reference(got, torch.func.jacfwd(lambda t: a * t**3)(x), rtol=1e-14, what="jacfwd")
+
+
 def test_jvp_rule_with_symbolic_zeros_gets_none_for_an_input_without_tangent():
     received = []
 
@@ -469,5 +491,9 @@ def test_definition_mistakes_are_usage_errors():
         custom_gradient(lambda x, *, k: x)
     with pytest.raises(UsageError, match="nondiff_argnums of .*: 'z' is not one of its inputs"):
         custom_gradient(lambda x: x, nondiff_argnums=("z",))
+    with pytest.raises(UsageError, match="has an input named 'output'.*rename the input"):
+        custom_gradient(lambda x, output: x)
+    with pytest.raises(UsageError, match="defjvps of .* got 2 rule"):
+        _pair(lambda x: x * 2, lambda grad: grad * 2).defjvps(None, None)
     with pytest.raises(UsageError, match="has no backward yet"):
         custom_gradient(lambda x: x)(_x(2))

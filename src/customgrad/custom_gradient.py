@@ -109,6 +109,34 @@ def _bound_apply(cls: type) -> Callable:
     return apply
 
 
+def _summed_jvp(rules: Sequence[Callable | None], inputs: Sequence[str]) -> Callable:
+    """A jvp rule ``(inputs..., output, *tangents)`` summing ``rule_i(tangent_i, output, *inputs)``."""
+
+    def summed(arguments, output, tangents):
+        total = None
+        for rule, tangent in zip(rules, tangents, strict=True):
+            if rule is None or tangent is None:
+                continue
+            part = rule(tangent, output, *arguments)
+            if total is None:
+                total = part
+            elif isinstance(part, tuple):
+                total = tuple(a + b for a, b in zip(total, part, strict=True))
+            else:
+                total = total + part
+        return total if total is not None else _zero_tangent(output)
+
+    names = ", ".join(inputs)
+    source = f"def jvp({names}, output, *tangents):\n    return _summed(({names},), output, tangents)\n"
+    namespace = {"_summed": summed}
+    exec(compile(source, "<customgrad defjvps>", "exec"), namespace)  # noqa: S102 - names are identifiers
+    return namespace["jvp"]
+
+
+def _zero_tangent(output):
+    return tuple(torch.zeros_like(o) for o in output) if isinstance(output, tuple) else torch.zeros_like(output)
+
+
 class CustomGradient:
     """A function with a hand-written backward (and optionally jvp and vmap rules); see `custom_gradient`.
 
@@ -173,6 +201,22 @@ class CustomGradient:
         self.jvp_function = function
         self._build()
         return self
+
+    def defjvps(self, *rules: Callable | None) -> CustomGradient:
+        """Forward mode from one rule per input (JAX's ``defjvps``): ``rule(tangent, output, *inputs)`` gives
+        that input's contribution to the output's tangent (a tuple for several outputs); None for an input
+        without one. The contributions are summed; inputs in ``nondiff_argnums`` take no rule."""
+        inputs = self.signature.inputs
+        differentiable = [inputs[i] for i in self.signature.differentiable]
+        if len(rules) != len(differentiable):
+            raise UsageError(
+                f"defjvps of {self.signature.name} got {len(rules)} rule(s): give one per input not in "
+                f"nondiff_argnums ({', '.join(differentiable)}), None where an input has none"
+            )
+        for rule in rules:
+            if rule is not None and not callable(rule):
+                raise UsageError(f"defjvps of {self.signature.name}: {rule!r} is neither a function nor None")
+        return self.jvp(_summed_jvp(rules, inputs))
 
     def vmap(self, function: Callable) -> CustomGradient:
         """Decorator: a vmap rule ``rule(info, in_dims, *inputs) -> (outputs, out_dims)`` replacing the one

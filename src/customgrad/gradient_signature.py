@@ -66,6 +66,12 @@ def forward_signature(function: Callable, nondiff_argnums: Sequence, residuals: 
             "list the inputs as parameters (def f(x, y): ...)"
         )
     inputs = tuple(p.name for p in parameters)
+    reserved = [name for name in inputs if name in (OUTPUT, NEEDS)]
+    if reserved:
+        raise UsageError(
+            f"forward {name} has an input named {reserved[0]!r}, which is what its backward receives the "
+            f"{'output' if reserved[0] == OUTPUT else 'needs_input_grad flags'} by: rename the input"
+        )
     nondiff = tuple(sorted({_position(item, inputs, name) for item in _as_tuple(nondiff_argnums, "nondiff_argnums")}))
     residuals = _as_tuple(residuals, "residuals")
     for residual in residuals:

@@ -127,6 +127,12 @@ def test_numpy_backward_is_once_differentiable_with_a_clear_error():
         (g,) = _grads(numpy_sin(x), x, create_graph=True)
         with pytest.raises(RuntimeError, match="once_differentiable"):
             g.sum().backward()
+    upstream = _x(5, seed=8)  # differentiating with respect to chosen inputs passes the error node too
+    (g,) = torch.autograd.grad(numpy_sin(x), x, upstream, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        torch.autograd.grad(g.sum(), [x, upstream], allow_unused=True)
+    report = check(numpy_sin, x.detach(), checks=["second_order"], compile=False)
+    assert report.results[0].status == "skipped" and "once_differentiable" in report.results[0].message
 
 
 def test_comparison_in_the_backward_is_not_taken_for_leaving_autograd():

@@ -133,7 +133,7 @@ class PairRules(NamedTuple):
             result if all(needs) else tuple([g if need else None for g, need in zip(result, needs, strict=True)])
         )
         if torch.is_grad_enabled() and self._leaves_autograd(arguments, gradients):
-            return _once_differentiable(gradients, self.name)
+            return _once_differentiable(gradients, self.name, arguments)
         return gradients
 
     def backward_traced(self, ctx, *grads) -> tuple:
@@ -161,7 +161,7 @@ class PairRules(NamedTuple):
             self._raise_modified(arguments, before, "backward", self._argument_names(count))
         gradients = self._gradients(result, ctx.like, needs, True)
         if torch.is_grad_enabled() and self._leaves_autograd(arguments, gradients):
-            gradients = _once_differentiable(gradients, self.name)
+            gradients = _once_differentiable(gradients, self.name, arguments)
         for verified in self.verified:
             verified()
         return gradients
@@ -469,16 +469,19 @@ def _reducible(shape: torch.Size, target: torch.Size) -> bool:
     return all(t in (1, s) for t, s in zip(reversed(target), reversed(shape), strict=False))
 
 
-def _once_differentiable(gradients: tuple, name: str) -> tuple:
-    """``gradients`` behind a node that raises on differentiation (as ``@once_differentiable`` does)."""
+def _once_differentiable(gradients: tuple, name: str, arguments: Sequence) -> tuple:
+    """``gradients`` behind a node that raises on differentiation (as ``@once_differentiable`` does), whose
+    inputs include the backward's arguments that require grad: a second derivative with respect to any of
+    them passes through it (torch's fresh leaves would leave it off that path, giving None)."""
     message = (
         f"{name}'s backward is not differentiable (it leaves autograd: numpy, .detach(), .item() or torch.no_grad), so "
         "customgrad marked it once_differentiable: a second derivative would silently be zero. Write the backward with "
         "torch operations on its arguments to get second derivatives"
     )
-    present = [g for g in gradients if g is not None]
-    error = _autograd_functions.DelayedError(message.encode(), len(present))
-    wrapped = error(*[g.detach().requires_grad_() for g in present])
+    present = [g.detach().requires_grad_() for g in gradients if g is not None]
+    connected = [a for a in arguments if isinstance(a, Tensor) and a.requires_grad]
+    error = _autograd_functions.DelayedError(message.encode(), len(present) + len(connected))
+    wrapped = error(*present, *connected)
     wrapped = iter(wrapped if isinstance(wrapped, tuple) else (wrapped,))
     return tuple(None if g is None else next(wrapped) for g in gradients)
 

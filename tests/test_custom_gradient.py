@@ -294,6 +294,27 @@ def test_jvp_rule_gives_jvp_jacfwd_and_hessian():
     assert_matches_reference(hessian, torch.diag(6 * x), rtol=1e-15, what="hessian")
 
 
+def test_jvp_rule_reading_the_output_gives_hessian_and_passes_the_battery():
+    @custom_gradient
+    def exp(x):
+        return torch.exp(x)
+
+    @exp.backward
+    def _(output, grad):
+        return grad * output
+
+    @exp.jvp
+    def _(output, x_dot):
+        return output * x_dot  # d/dx e^x = e^x
+
+    x = _x(4, seed=34).detach()
+    assert_matches_reference(torch.func.jacfwd(exp)(x), torch.diag(torch.exp(x)), rtol=1e-15, what="jacfwd")
+    hessian = torch.func.hessian(lambda t: exp(t).sum())(x)
+    assert_matches_reference(hessian, torch.diag(torch.exp(x)), rtol=1e-15, what="hessian")
+    report = check(exp, x, compile=False)
+    assert report.ok and not [r for r in report.results if r.status in ("failed", "warning")], str(report)
+
+
 def test_defjvps_one_rule_per_input_gives_jvp_and_jacfwd():
     @custom_gradient(nondiff_argnums=("n",))
     def scaled_power(a, x, n):

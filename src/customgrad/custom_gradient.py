@@ -47,8 +47,7 @@ def build_pair_function(rules: PairRules, *, vmap: Callable | None, declared, ki
 
         def setup_context(ctx, inputs, output):
             save(ctx, inputs, output)
-            ctx.save_for_forward(*[a for a in inputs if isinstance(a, torch.Tensor)])
-            ctx.forward_inputs, ctx.forward_output = inputs, output
+            rules.save_for_jvp(ctx, inputs, output)
 
     elif kind != "traced":
         setup_context = save

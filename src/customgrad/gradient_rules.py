@@ -302,11 +302,19 @@ class PairRules(NamedTuple):
         return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
     # -- forward mode ----------------------------------------------------------------------------------
+    def save_for_jvp(self, ctx, inputs: tuple, output) -> None:
+        """Keep the inputs and outputs for the jvp rule: tensors by ``save_for_forward`` (an output kept as a
+        ctx attribute would hold its own graph node in a reference cycle), other values as they are."""
+        values = (*inputs, *(output if isinstance(output, tuple) else (output,)))
+        ctx.save_for_forward(*[v for v in values if isinstance(v, Tensor)])
+        ctx.forward_values = [(False, v) if not isinstance(v, Tensor) else (True, None) for v in values]
+
     def jvp(self, ctx, tangents: tuple):
-        """The user's jvp rule on the inputs, output and the tangents of the differentiable inputs."""
+        """The user's jvp rule on the inputs, output and the tangents of the inputs not in nondiff_argnums."""
         rule = self.jvp_signature
-        inputs, output = ctx.forward_inputs, ctx.forward_output
-        outputs = output if isinstance(output, tuple) else (output,)
+        tensors = iter(ctx.saved_tensors)
+        values = [next(tensors) if is_tensor else value for is_tensor, value in ctx.forward_values]
+        inputs, outputs = values[: self.input_count], tuple(values[self.input_count :])
         count = len(outputs) - self.residual_count
         slots = []
         for position in self.signature.differentiable:

@@ -428,6 +428,8 @@ def test_as_custom_op_passes_opcheck_and_matches_eager():
     assert_matches_reference(op(x, y, 2), x2 * y2**2, rtol=1e-15, what="forward")
     for got, want in zip(_grads(op(x, y, 2), (x, y)), _grads(x2 * y2**2, (x2, y2)), strict=True):
         assert_matches_reference(got, want, rtol=1e-14, what="gradient")
+    two = sin_cos.as_custom_op(f"customgrad_test::sin_cos_{next(_names)}", outputs=2)
+    torch.library.opcheck(two, (x,))
 
 
 # -- bad input: a clear error at the first call -------------------------------------------------------------

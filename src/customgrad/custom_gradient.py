@@ -297,13 +297,13 @@ class CustomGradient:
 
         return check(self, *example_inputs, **options)
 
-    def as_custom_op(self, qualified_name: str, *, fake: Callable | None = None):
+    def as_custom_op(self, qualified_name: str, *, fake: Callable | None = None, outputs: int | None = None):
         """This function as the ``torch.library`` custom operator ``qualified_name`` (see
-        `customgrad.custom_op.custom_gradient_op`)."""
+        `customgrad.custom_op.custom_gradient_op`: ``fake`` implementation, number of ``outputs``)."""
         from .custom_op import custom_gradient_op
 
         self._require_backward("as_custom_op")
-        return custom_gradient_op(self, qualified_name, fake=fake)
+        return custom_gradient_op(self, qualified_name, fake=fake, outputs=outputs)
 
     def _require_backward(self, what: str) -> None:
         if self.backward_function is None:

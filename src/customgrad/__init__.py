@@ -20,6 +20,7 @@ from .errors import (
     DeriveError,
     FitError,
     FormulaError,
+    GradientError,
     UsageError,
 )
 
@@ -32,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "parse_formula": "formula",
     "function": "function",
     "Layer": "layer",
+    "custom_gradient": "custom_gradient",
+    "CustomGradient": "custom_gradient",
     "P2": "library",
     "LegendreP3": "library",
     "IdentityWithSquareGrad": "library",
@@ -46,6 +49,7 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:
     from .check import CheckReport, CheckResult, check
+    from .custom_gradient import CustomGradient, custom_gradient
     from .experiments import EXPERIMENTS, run_experiment
     from .fit import BatchFitResult, FitResult, fit, fit_batch
     from .formula import Formula, parse_formula
@@ -60,6 +64,8 @@ __all__ = [
     "REGISTRY",
     "Formula",
     "function",
+    "custom_gradient",
+    "CustomGradient",
     "parse_formula",
     "P2",
     "BatchFitResult",
@@ -73,6 +79,7 @@ __all__ = [
     "FitResult",
     "FormulaError",
     "Layer",
+    "GradientError",
     "IdentityWithSquareGrad",
     "LegendreP3",
     "UsageError",

@@ -1,4 +1,5 @@
-"""A generated Function as a ``torch.library`` custom operator: ``F.as_custom_op("namespace::name")``.
+"""A generated Function as a ``torch.library`` custom operator: ``F.as_custom_op("namespace::name")``; and a
+`customgrad.custom_gradient` function as one (`custom_gradient_op`: its forward, fake and hand-written backward).
 
 Two operators: ``namespace::name`` (the forward kernel of the Function's backend) and
 ``namespace::name_backward`` (every input's gradient in one pass, full broadcast shape), each with a
@@ -8,6 +9,9 @@ reduces the gradients to the inputs' shapes. Inputs are tensors (numbers: pass `
 """
 
 from __future__ import annotations
+
+import inspect
+import typing
 
 import torch
 
@@ -44,12 +48,7 @@ def as_custom_op(cls, qualified_name: str):
     torch._library.custom_ops.CustomOpDef
         Callable as ``op(*tensors)``, differentiable, traceable with ``fullgraph=True``.
     """
-    if (
-        not isinstance(qualified_name, str)
-        or qualified_name.count("::") != 1
-        or not all(part.isidentifier() for part in qualified_name.split("::"))
-    ):
-        raise UsageError(f"as_custom_op needs a name like 'mylib::p2', got {qualified_name!r}")
+    _check_qualified_name(qualified_name)
     if len(cls.spec.outputs) != 1:
         raise UsageError(f"{cls.__name__}: as_custom_op handles single-output Functions")
     names = list(cls.input_names)
@@ -94,3 +93,84 @@ def as_custom_op(cls, qualified_name: str):
 
     op.register_autograd(backward, setup_context=setup_context)
     return op
+
+
+def custom_gradient_op(function, qualified_name: str, *, fake=None, outputs: int | None = None):
+    """Register a `customgrad.custom_gradient` function as the custom operator ``qualified_name``.
+
+    Parameters
+    ----------
+    function : CustomGradient
+        A decorated function with its backward. Inputs without an annotation are tensors; annotate the others
+        on the forward (``n: int``, ``scale: float``).
+    qualified_name : str
+        ``"namespace::name"``.
+    fake : callable, optional
+        The fake (meta) implementation: outputs of the right shapes and dtypes from the inputs' (default: the
+        forward itself, which works when it is written in torch operations).
+    outputs : int, optional
+        How many tensors the forward returns (default: read from a ``-> tuple[Tensor, ...]`` annotation, else 1);
+        declared residuals come after them in the operator's results.
+
+    Returns
+    -------
+    torch._library.custom_ops.CustomOpDef
+        ``op(*inputs)``, differentiable through the hand-written backward, traceable with ``fullgraph=True``.
+    """
+    _check_qualified_name(qualified_name)
+    rules = function.traced_function.custom_gradient_rules
+    names = list(rules.signature.inputs)
+    parameters = inspect.signature(rules.forward_function, eval_str=True)
+    types = [_schema_type(p.annotation) for p in parameters.parameters.values()]
+    count = (outputs if outputs is not None else _output_count(parameters.return_annotation)) + rules.residual_count
+    returns = "torch.Tensor" if count == 1 else f"tuple[{', '.join(['torch.Tensor'] * count)}]"
+
+    def forward(*inputs):
+        result = rules.forward_function(*inputs)
+        if isinstance(result, (tuple, list)):
+            return tuple(_fresh(r, inputs) for r in result)
+        return _fresh(result, inputs)
+
+    op = torch.library.custom_op(qualified_name, mutates_args=())(_annotated(forward, names, types, returns))
+    op.register_fake(_annotated(fake or rules.forward_function, names, types, returns))
+
+    def backward(ctx, *grads):
+        return rules.backward_traced(ctx, *grads)
+
+    op.register_autograd(backward, setup_context=rules.setup_context)
+    return op
+
+
+def _check_qualified_name(qualified_name) -> None:
+    if (
+        not isinstance(qualified_name, str)
+        or qualified_name.count("::") != 1
+        or not all(part.isidentifier() for part in qualified_name.split("::"))
+    ):
+        raise UsageError(f"as_custom_op needs a name like 'mylib::p2', got {qualified_name!r}")
+
+
+def _schema_type(annotation) -> str:
+    """The torch.library type of an input annotated ``annotation`` (none: a tensor)."""
+    if annotation is inspect.Parameter.empty or annotation is torch.Tensor:
+        return "torch.Tensor"
+    if annotation in (int, float, bool, str):
+        return annotation.__name__
+    raise UsageError(
+        f"as_custom_op: an input annotated {annotation!r} has no torch.library type: annotate inputs as "
+        "torch.Tensor, int, float, bool or str (or leave tensors unannotated)"
+    )
+
+
+def _output_count(annotation) -> int:
+    arguments = typing.get_args(annotation) if typing.get_origin(annotation) is tuple else ()
+    return len(arguments) if arguments and Ellipsis not in arguments else 1
+
+
+def _annotated(function, names: list[str], types: list[str], returns: str):
+    """``function(*args)`` behind the signature ``(name0: type0, ...) -> returns`` torch.library reads."""
+    parameters = ", ".join(f"{name}: {kind}" for name, kind in zip(names, types, strict=True))
+    source = f"def operator({parameters}) -> {returns}:\n    return _implementation({', '.join(names)})\n"
+    namespace = {"torch": torch, "_implementation": function, "tuple": tuple}
+    exec(compile(source, "<customgrad custom op>", "exec"), namespace)  # noqa: S102 - names are identifiers
+    return namespace["operator"]

@@ -41,3 +41,8 @@ class CacheWarning(UserWarning):
 
 class BackendError(RuntimeError, CustomgradError):
     """A kernel backend cannot run here (no compiler, no Triton, wrong device) or cannot print a function."""
+
+
+class GradientError(ValueError, CustomgradError):
+    """A hand-written forward/backward pair (`customgrad.custom_gradient`) breaks one of its rules: a wrong
+    number or shape of gradients, a gradient for a non-differentiable argument, a mutated input."""

@@ -40,9 +40,13 @@ def has_setup_context(function_class: type) -> bool:
 
 
 def _find_function_class(fn: Callable) -> type | None:
-    """The autograd.Function behind ``fn``: the class itself, ``Class.apply``, or one a lambda calls."""
+    """The autograd.Function behind ``fn``: the class itself, ``Class.apply``, a `customgrad.custom_gradient`
+    function's ``autograd_function``, or one a lambda calls."""
     if is_function_class(fn):
         return fn
+    generated = getattr(fn, "autograd_function", None)
+    if is_function_class(generated):
+        return generated
     owner = getattr(fn, "__self__", None)
     if is_function_class(owner):
         return owner

@@ -20,6 +20,7 @@ from .batch_model import BatchModel
 from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
+from .global_fit import fit_global, global_curve, split_shared
 from .lm import SATURATION, Outcome
 from .model import Model, build_function
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
@@ -89,11 +90,15 @@ def fit_batch(
     start_time = time.perf_counter()
     shards = Shards(None) if distributed else None
     failure = batch = None
+    shared: tuple[str, ...] = ()
     try:
+        params, shared = split_shared(params)
+        if shared:  # one joint problem: the tensor solver of `global_lm`, on any engine
+            check_engine(engine)
         batch = _Batch.checked(
             model, x, y, params, method=method, sigma=sigma, bounds=bounds, max_steps=max_steps, dtype=dtype,
             device=device, nan_policy=nan_policy, tolerances=(ftol, xtol, gtol), chunk_size=chunk_size,
-            engine=engine,
+            engine="torch" if shared else engine,
         )  # fmt: skip
     except CustomgradError as error:
         if shards is None:
@@ -102,9 +107,11 @@ def fit_batch(
     if shards is not None:
         # every rank holds every curve: any difference in what they fit is a mistake, found here
         about = "" if batch is None else batch.description()
-        settings = (max_steps, chunk_size, ftol, xtol, gtol, nan_policy, str(dtype), engine)
+        settings = (max_steps, chunk_size, ftol, xtol, gtol, nan_policy, str(dtype), engine, shared)
         same = "and the same curves (each rank fits its share of them)"
         shards.raise_together(failure, f"{about}, options {settings}", same)
+    if shared:
+        return _global_result(batch, shared, shards, start_time)
     with progress_bar(
         batch.problem.batch, "fitting curves (lm)", enabled=progress and (shards is None or shards.rank == 0)
     ) as advance:
@@ -236,6 +243,15 @@ class _Batch:
             seconds=seconds,
             single=single,
         )
+
+
+def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None, start_time: float):
+    """The `BatchFitResult` of a global fit (`global_fit`): ``result.shared`` and each curve's joint errors."""
+    outcome, values, stderr, cost, joint = fit_global(batch, shared, shards)
+    result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
+    result.shared, single = joint, result.single
+    result.single = lambda i: global_curve(single(i), i, joint, batch.problem.names)
+    return result
 
 
 def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, advance, curves: range) -> BatchOutcome:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .global_result import SharedParameters
 from .result import TERMINATION, FitResult
 
 
@@ -35,6 +36,7 @@ class BatchFitResult:
     method: str = "lm"
     seconds: float = 0.0
     single: Callable[[int], FitResult] | None = field(default=None, repr=False)
+    shared: SharedParameters | None = None  # a global fit's shared parameters (`fit_batch`'s {"shared": True})
 
     def __len__(self) -> int:
         return len(self.status)

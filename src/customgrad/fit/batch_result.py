@@ -21,7 +21,9 @@ from .result import TERMINATION, FitResult
 class BatchFitResult:
     """Fitted values and standard errors per curve (arrays of shape (B,)), with costs and statuses.
 
-    ``result[i]`` is the `FitResult` of curve i (covariance, report, plot), built on demand.
+    ``result[i]`` is the `FitResult` of curve i (covariance, report, plot), built on demand. A global fit
+    (shared parameters) also has ``shared``: the shared values once, with the joint fit's covariance;
+    ``params``/``stderr`` then repeat them on every curve.
     """
 
     params: dict[str, np.ndarray]
@@ -79,7 +81,12 @@ class BatchFitResult:
                 f"underdetermined (fewer points than free parameters, left out below): {len(curves)} curves, "
                 f"{', '.join(map(str, curves[:10].tolist()))}{' ...' if len(curves) > 10 else ''}"
             )
+        shared = self.shared.params if self.shared is not None else {}
+        if self.shared is not None:
+            lines.append(self.shared.summary())
         for name, values in self.params.items():
+            if name in shared:
+                continue
             good = values[converged & ~underdetermined & np.isfinite(values)]
             if len(good):
                 lines.append(
@@ -127,6 +134,8 @@ class BatchFitResult:
             "seconds": self.seconds,
             "results": [{key: clean(value) for key, value in row.items()} for row in self.rows()],
         }
+        if self.shared is not None:
+            document["shared"] = self.shared.as_dict()
         text = json.dumps(document, indent=2) + "\n"
         if path is not None:
             Path(path).write_text(text)

@@ -35,7 +35,7 @@ def split_shared(params) -> tuple[object, tuple[str, ...]]:
         flag = spec.pop("shared")
         if not isinstance(flag, (bool, np.bool_)):
             raise UsageError(f"parameter {name!r}: 'shared' must be True or False, got {flag!r}")
-        if flag:
+        if flag and not spec.get("fixed", False):  # a fixed value is the same for every curve anyway
             _check_shared(name, spec, params)
             shared.append(name)
         clean[name] = spec

@@ -162,3 +162,27 @@ def test_report_json_and_csv_show_the_shared_values(decay_curves, tmp_path):
     assert document["shared"]["params"]["k"] == pytest.approx(result.shared.params["k"])
     header = result.to_csv().splitlines()[0].split(",")
     assert "k" in header and "k_stderr" in header and "a_stderr" in header
+
+
+def test_the_cli_fits_shared_parameters_and_writes_them(decay_curves, tmp_path):
+    import subprocess
+    import sys
+
+    x, y = decay_curves
+    data = tmp_path / "curves.csv"
+    data.write_text("\n".join(",".join(map(repr, row.tolist())) for row in [x, *y[:6]]) + "\n")
+    paths = {name: tmp_path / f"out.{name}" for name in ("json", "csv")}
+    command = [sys.executable, "-m", "customgrad", "fit", "--batch", "--data", str(data), "--model", DECAY]
+    command += ["--param", "k=1", "--param", "a=1", "--param", "c=0", "--shared", "k", "--bound", "k=0:"]
+    command += ["--json", str(paths["json"]), "--csv", str(paths["csv"]), "--plot", str(tmp_path / "fits.png")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "shared k = " in done.stdout
+    expected = fit_batch(DECAY, x, y[:6], params={"k": {"value": 1.0, "shared": True, "min": 0}, "a": 1.0, "c": 0.0})
+    shared = json.loads(paths["json"].read_text())["shared"]
+    assert_matches_reference(shared["params"]["k"], expected.shared.params["k"], rtol=1e-12)
+    assert_matches_reference(shared["stderr"]["k"], expected.shared.stderr["k"], rtol=1e-10)
+    assert "k_stderr" in paths["csv"].read_text().splitlines()[0]
+    assert (tmp_path / "fits.png").stat().st_size > 0
+    wrong = subprocess.run([*command[:-6], "--shared", "tau"], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "--shared tau: no --param tau=VALUE" in wrong.stderr

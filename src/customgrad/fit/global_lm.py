@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .lm import EPS
-from .reduction import reduce_batched, reduce_local
+from .reduction import reduce_gram, reduce_local
 
 # Nielsen's damping: the first lambda (relative to the column-scaled J^T J), and its floor (below it
 # the step is Gauss-Newton's to float64 precision).
@@ -95,7 +95,9 @@ class GlobalProblem:
         for begin in range(0, len(self.curves), self.chunk_size):
             end = begin + self.chunk_size
             block = self.model.augmented(theta[begin:end], self.curves[begin:end], external=external)
-            parts.append(reduce_batched(block.index_select(-1, order)))
+            # columns reordered in the model's layout (p + 1, b, N): whole rows copied
+            block = block.permute(2, 0, 1).index_select(0, order).permute(1, 2, 0)
+            parts.append(reduce_gram(block))
         if not parts:
             size = len(order)
             return theta.new_zeros(0, size, size)
@@ -148,22 +150,51 @@ def _linearize(problem: GlobalProblem, local, shared, previous: _Linearization |
     return _Linearization(upper, local_scale, shared_scale, gradient[:, :L], shared_sums[S:])
 
 
+def _eliminate_damping(upper: torch.Tensor, sizes: tuple[int, int], root_scale: torch.Tensor) -> tuple:
+    """R_b's local rows after appending the rows diag(sqrt(lambda) D_b) to its local columns, by Givens
+    rotations vectorised over the curves (MINPACK's qrsolv): the new local rows (b, L, P + 1), and
+    what is left of each damping row in the shared and r columns (b, L, S + 1), a remainder row."""
+    L, S = sizes
+    rows = upper[:, :L, :].clone()
+    leftovers = []
+    for j in range(L):
+        extra = upper.new_zeros(upper.shape[0], L + S + 1)
+        extra[:, j] = root_scale[:, j]
+        for k in range(j, L):
+            diagonal, entry = rows[:, k, k], extra[:, k]
+            radius = torch.hypot(diagonal, entry)
+            safe = torch.where(radius > 0, radius, 1.0)
+            cos = torch.where(radius > 0, diagonal / safe, 1.0).unsqueeze(-1)
+            sin = torch.where(radius > 0, entry / safe, 0.0).unsqueeze(-1)
+            row, other = rows[:, k, k:], extra[:, k:]
+            rows[:, k, k:], extra[:, k:] = cos * row + sin * other, cos * other - sin * row
+        leftovers.append(extra[:, L:])
+    return rows, torch.stack(leftovers, 1) if leftovers else upper.new_zeros(upper.shape[0], 0, S + 1)
+
+
+def _back_substitution(rows: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """x (b, L) with rows[:, :, :L] x = right, the upper-triangular systems of all curves at once."""
+    L = right.shape[-1]
+    x = torch.zeros_like(right)
+    for j in reversed(range(L)):
+        known = (rows[:, j, j + 1 : L] * x[:, j + 1 :]).sum(-1)
+        x[:, j] = (right[:, j] - known) / rows[:, j, j]
+    return x
+
+
 def _damped_step(problem: GlobalProblem, linear: _Linearization, damping: float) -> tuple:
     """(d_local (b, L), d_shared (S,), predicted reduction, ||D d||^2) of min ||J d + r||^2 + lambda ||D d||^2."""
     L, S = problem.sizes
     p = L + S
     upper = linear.upper
     root = math.sqrt(damping)
-    rows = upper.new_zeros(upper.shape[0], L, p + 1)
-    rows[:, :, :L] = torch.diag_embed(root * linear.local_scale)
-    reduced = reduce_batched(torch.cat([upper, rows], dim=-2))  # (b, p + 1, p + 1): local rows, then remainders
-    remainder = reduced[:, L:p, L:].reshape(-1, S + 1)
-    shared_rows = torch.cat([torch.diag(root * linear.shared_scale), upper.new_zeros(S, 1)], dim=-1)
+    rows, leftovers = _eliminate_damping(upper, (L, S), root * linear.local_scale)
+    remainder = torch.cat([upper[:, L:p, L:], leftovers], dim=1).reshape(-1, S + 1)
     stacked = problem.totals.factor(remainder)
+    shared_rows = torch.cat([torch.diag(root * linear.shared_scale), upper.new_zeros(S, 1)], dim=-1)
     schur = reduce_local(torch.cat([stacked, shared_rows]))
     d_shared = -torch.linalg.solve_triangular(schur[:S, :S], schur[:S, S:], upper=True)[:, 0]
-    right = reduced[:, :L, p] + reduced[:, :L, L:p] @ d_shared
-    d_local = -torch.linalg.solve_triangular(reduced[:, :L, :L], right.unsqueeze(-1), upper=True)[..., 0]
+    d_local = -_back_substitution(rows, rows[:, :, p] + rows[:, :, L:p] @ d_shared)
     step = torch.cat([d_local, d_shared.expand(d_local.shape[0], -1)], dim=-1)
     change = (upper[:, :p, :p] @ step.unsqueeze(-1))[..., 0]
     parts = torch.stack(

@@ -109,8 +109,9 @@ def test_a_batch_of_one_curve_is_an_ordinary_fit(decay_curves):
         assert_matches_reference(result.stderr[name][0], single.stderr[name], rtol=1e-8, what=f"stderr {name}")
     assert_matches_reference(result.shared.params["k"], single.params["k"], rtol=1e-9)
     assert_matches_reference(result.shared.stderr["k"], single.stderr["k"], rtol=1e-8)
-    curve = result[0]  # the curve's FitResult carries the joint covariance
-    assert_matches_reference(curve.covariance, single.covariance, rtol=1e-7, what="covariance")
+    curve = result[0]  # the curve's FitResult carries the joint covariance (its order: local, then shared)
+    order = [single.names.index(name) for name in curve.names]
+    assert_matches_reference(curve.covariance, single.covariance[np.ix_(order, order)], rtol=1e-7, what="cov")
 
 
 def test_curves_without_data_are_left_out(decay_curves):

@@ -39,7 +39,10 @@ def split_shared(params) -> tuple[object, tuple[str, ...]]:
             _check_shared(name, spec, params)
             shared.append(name)
         clean[name] = spec
-    return clean, tuple(shared)
+    # local parameters first: each curve's [J | r] then comes in the order block elimination needs
+    ordered = {name: clean[name] for name in clean if name not in shared}
+    ordered.update({name: clean[name] for name in shared})
+    return ordered, tuple(shared)
 
 
 def _check_shared(name: str, spec: dict, params: Mapping) -> None:
@@ -89,7 +92,9 @@ def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
     options = {name: batch.options[name] for name in ("ftol", "xtol", "gtol", "max_steps")}
     outcome = global_levenberg_marquardt(joint, theta[curves][:, local_columns], theta[0, shared_columns], **options)
     values = problem.external(joint.full(outcome.local, outcome.shared))
-    upper = joint.factors(values[:, local_columns], values[0, shared_columns], external=True)
+    upper = outcome.upper  # J at the solution, where the last Jacobian was taken there and theta is the values
+    if upper is None or problem.bounded:
+        upper = joint.factors(values[:, local_columns], values[0, shared_columns], external=True)
     points = float(totals.sum(problem.mask[curves].sum().to(values.dtype)))
     dof = int(points) - len(shared_columns) - len(with_data) * len(local_columns)
     variance = outcome.cost / dof if dof > 0 else float("nan")
@@ -222,6 +227,11 @@ def global_curve(result, i: int, shared: SharedParameters, names: tuple[str, ...
     for name in local:
         result.stderr[name] = float(np.sqrt(abs(shared.local_covariance[i][local.index(name), local.index(name)])))
     result.stderr.update(shared.stderr)
+    # the curve's own rank, dof and conditioning say nothing about the joint problem: the joint fit's instead
+    alone = ("identifiable", "degrees of freedom", "ill-conditioned")
+    result.warnings = [text for text in result.warnings if not any(word in text for word in alone)]
+    result.warnings += shared.warnings
+    result.not_identifiable = [[name] for name in names if not np.isfinite(result.stderr.get(name, 0.0))]
     result.warnings.append(
         f"curve {i} of a global fit: {', '.join(shared_names)} shared by all curves; the standard errors and "
         "covariance are the joint fit's"

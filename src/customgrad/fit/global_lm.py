@@ -76,8 +76,15 @@ class GlobalProblem:
         """(L, S): local and shared free parameters."""
         return len(self.local), len(self.shared)
 
+    @property
+    def in_order(self) -> bool:
+        """True when the model's columns already come local first, then shared (`global_fit` orders them so)."""
+        return self.local + self.shared == list(range(len(self.local) + len(self.shared)))
+
     def full(self, local: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """theta (b, L + S) in the model's column order, the shared values repeated per curve."""
+        if self.in_order:
+            return torch.cat([local, shared.expand(local.shape[0], -1)], dim=-1)
         theta = local.new_empty(local.shape[0], len(self.local) + len(self.shared))
         theta[:, self.local] = local
         theta[:, self.shared] = shared.expand(local.shape[0], -1)
@@ -96,7 +103,8 @@ class GlobalProblem:
             end = begin + self.chunk_size
             block = self.model.augmented(theta[begin:end], self.curves[begin:end], external=external)
             # columns reordered in the model's layout (p + 1, b, N): whole rows copied
-            block = block.permute(2, 0, 1).index_select(0, order).permute(1, 2, 0)
+            if not self.in_order:
+                block = block.permute(2, 0, 1).index_select(0, order).permute(1, 2, 0)
             parts.append(reduce_gram(block))
         if not parts:
             size = len(order)
@@ -117,6 +125,7 @@ class GlobalOutcome:
     jacobians: int
     steps: int
     history: list[float]
+    upper: torch.Tensor | None = None  # R_b at (local, shared) where the last Jacobian was taken there
 
 
 @dataclass
@@ -261,6 +270,7 @@ def global_levenberg_marquardt(
             return run.outcome("max_steps")
         linear = _linearize(problem, run.local, run.shared, linear)
         run.jacobians += 1
+        run.upper = None if linear is None else linear.upper
         if linear is None:
             return run.outcome("nonfinite")
         if _gradient_small(problem, linear, run.cost, gtol):
@@ -313,13 +323,16 @@ class _Run:
     steps: int = 0
     history: list[float] = field(default_factory=list)
 
+    upper: torch.Tensor | None = None
+
     def accept(self, local, shared, cost, curve_cost) -> None:
         self.local, self.shared, self.cost, self.curve_cost = local, shared, cost, curve_cost
+        self.upper = None  # taken at the previous iterate
         self.steps += 1
         self.history.append(cost)
 
     def outcome(self, status: str) -> GlobalOutcome:
         return GlobalOutcome(
             self.local, self.shared, status, self.cost, self.curve_cost, self.evaluations, self.jacobians,
-            self.steps, self.history,
+            self.steps, self.history, self.upper,
         )  # fmt: skip

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .jacobi import jacobi_svd
 from .statistics import INSENSITIVE, NULL_COMPONENT, RANK_TOLERANCE, safe_column_norms, with_null_groups
 
 
@@ -39,18 +40,18 @@ class GlobalUncertainty:
     warnings: list[str] = field(default_factory=list)
 
 
-def _local_inverse(upper_local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """R_AA^+ (b, L, L), the null left vectors U0 (b, L, L; zero columns where kept) and the parameters
-    of a null direction (b, L) bool, from an SVD of the column-scaled R_AA."""
+def _local_inverse(upper_local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """R_AA^+ (b, L, L) = D^-1 V diag(1/s^2) V^T D^-1 R_AA^T over the kept directions of the SVD of the
+    column-scaled R_AA D^-1 (batched Jacobi), and the parameters of a null direction (b, L) bool."""
     norms = safe_column_norms(upper_local)
     scale = torch.where(norms > 0, norms, 1.0)
-    u, s, vh = torch.linalg.svd(upper_local / scale.unsqueeze(-2))
+    scaled = upper_local / scale.unsqueeze(-2)
+    s, vt, _ = jacobi_svd(scaled, torch.zeros_like(scale))
     keep = (s[:, :1] > 0) & (s > RANK_TOLERANCE * s[:, :1])
-    inverse_values = torch.where(keep, 1 / torch.where(keep, s, 1.0), 0.0)
-    pseudo = (vh.transpose(-1, -2) * inverse_values.unsqueeze(-2)) @ u.transpose(-1, -2) / scale.unsqueeze(-1)
-    null_left = u * (~keep).unsqueeze(-2)
-    involved = ((vh.abs() > NULL_COMPONENT) & ~keep.unsqueeze(-1)).any(-2)
-    return pseudo, null_left, involved
+    inverse_squares = torch.where(keep, 1 / torch.where(keep, s, 1.0) ** 2, 0.0)
+    pseudo = (vt.transpose(-1, -2) * inverse_squares.unsqueeze(-2)) @ vt @ scaled.transpose(-1, -2)
+    involved = ((vt.abs() > NULL_COMPONENT) & ~keep.unsqueeze(-1)).any(-2)
+    return pseudo / scale.unsqueeze(-1), involved
 
 
 def global_uncertainty(upper, totals, sizes, variance: float, shared_names, data_norm: float, shared_values):
@@ -61,8 +62,11 @@ def global_uncertainty(upper, totals, sizes, variance: float, shared_names, data
     """
     L, S = sizes
     upper_local, cross, upper_shared = upper[:, :L, :L], upper[:, :L, L : L + S], upper[:, L : L + S, L : L + S]
-    pseudo, null_left, involved = _local_inverse(upper_local)
-    remainder = torch.cat([upper_shared, null_left.transpose(-1, -2) @ cross], dim=-2).reshape(-1, S)
+    pseudo, involved = _local_inverse(upper_local)
+    weights = pseudo @ cross  # W_b
+    # R_AC's part outside R_AA's range (zero where R_AA has full rank) joins the remainder: same Gram as U0^T R_AC
+    outside = cross - upper_local @ weights
+    remainder = torch.cat([upper_shared, outside], dim=-2).reshape(-1, S)
     sigma_factor = totals.factor(remainder).cpu().numpy()[:S, :S]
     column_square = (upper[:, : L + S, L : L + S] ** 2).sum((0, 1)) if len(upper) else upper.new_zeros(S)
     column = np.sqrt(totals.sum(column_square).cpu().numpy())
@@ -72,11 +76,13 @@ def global_uncertainty(upper, totals, sizes, variance: float, shared_names, data
     inverse, spread = _shared_inverse(sigma_factor, shared_names, dead)
     warnings += _not_identifiable(spread.not_identifiable, {n for n, d in zip(shared_names, dead) if d})
     core = torch.as_tensor(inverse, dtype=upper.dtype, device=upper.device)
-    weights = pseudo @ cross  # W_b
     cross_covariance = -variance * weights @ core
     local_covariance = variance * (pseudo @ pseudo.transpose(-1, -2) + weights @ core @ weights.transpose(-1, -2))
     local_stderr = torch.sqrt(torch.diagonal(local_covariance, dim1=-2, dim2=-1).abs())
     local_stderr = torch.where(involved, torch.nan, local_stderr)
+    # a direction its curve does not determine: NaN in every entry it takes part in, as `with_null_groups`
+    local_covariance = local_covariance.masked_fill(involved.unsqueeze(-1) | involved.unsqueeze(-2), torch.nan)
+    cross_covariance = cross_covariance.masked_fill(involved.unsqueeze(-1), torch.nan)
     shared_covariance = variance * spread.covariance
     shared_stderr = math.sqrt(variance) * spread.stderr
     return GlobalUncertainty(

@@ -138,6 +138,15 @@ class _Linearization:
     local_gradient: torch.Tensor  # (b, L)
     shared_gradient: torch.Tensor  # (S,)
 
+    @property
+    def local_rows(self) -> torch.Tensor:
+        """R_b's first L rows with the batch innermost, (L, P + 1, b) (`_eliminate_damping`'s layout)."""
+        if self._local_rows is None:
+            self._local_rows = self.upper[:, : self.local_scale.shape[-1]].permute(1, 2, 0).contiguous()
+        return self._local_rows
+
+    _local_rows: torch.Tensor | None = None
+
 
 def _linearize(problem: GlobalProblem, local, shared, previous: _Linearization | None) -> _Linearization | None:
     """R_b at (local, shared), with D updated to the running maxima of the column norms; None where J is not finite."""
@@ -159,35 +168,39 @@ def _linearize(problem: GlobalProblem, local, shared, previous: _Linearization |
     return _Linearization(upper, local_scale, shared_scale, gradient[:, :L], shared_sums[S:])
 
 
-def _eliminate_damping(upper: torch.Tensor, sizes: tuple[int, int], root_scale: torch.Tensor) -> tuple:
+def _eliminate_damping(local_rows: torch.Tensor, sizes: tuple[int, int], root_scale: torch.Tensor) -> tuple:
     """R_b's local rows after appending the rows diag(sqrt(lambda) D_b) to its local columns, by Givens
-    rotations vectorised over the curves (MINPACK's qrsolv): the new local rows (b, L, P + 1), and
-    what is left of each damping row in the shared and r columns (b, L, S + 1), a remainder row."""
+    rotations vectorised over the curves (MINPACK's qrsolv).
+
+    ``local_rows`` (L, P + 1, b) are R_b's first L rows, the batch innermost (every operation on long
+    contiguous runs); returns the new rows in that layout and what is left of each damping row in the
+    shared and r columns (L, S + 1, b): remainder rows, as R_b's own last S rows are.
+    """
     L, S = sizes
-    rows = upper[:, :L, :].clone()
+    rows = local_rows.clone()
     leftovers = []
     for j in range(L):
-        extra = upper.new_zeros(upper.shape[0], L + S + 1)
-        extra[:, j] = root_scale[:, j]
+        extra = rows.new_zeros(L + S + 1, rows.shape[-1])
+        extra[j] = root_scale[j]
         for k in range(j, L):
-            diagonal, entry = rows[:, k, k], extra[:, k]
+            diagonal, entry = rows[k, k], extra[k]
             radius = torch.hypot(diagonal, entry)
             safe = torch.where(radius > 0, radius, 1.0)
-            cos = torch.where(radius > 0, diagonal / safe, 1.0).unsqueeze(-1)
-            sin = torch.where(radius > 0, entry / safe, 0.0).unsqueeze(-1)
-            row, other = rows[:, k, k:], extra[:, k:]
-            rows[:, k, k:], extra[:, k:] = cos * row + sin * other, cos * other - sin * row
-        leftovers.append(extra[:, L:])
-    return rows, torch.stack(leftovers, 1) if leftovers else upper.new_zeros(upper.shape[0], 0, S + 1)
+            cos = torch.where(radius > 0, diagonal / safe, 1.0)
+            sin = torch.where(radius > 0, entry / safe, 0.0)
+            row, other = rows[k, k:], extra[k:]
+            rows[k, k:], extra[k:] = cos * row + sin * other, cos * other - sin * row
+        leftovers.append(extra[L:])
+    return rows, torch.stack(leftovers) if leftovers else rows.new_zeros(0, S + 1, rows.shape[-1])
 
 
 def _back_substitution(rows: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """x (b, L) with rows[:, :, :L] x = right, the upper-triangular systems of all curves at once."""
-    L = right.shape[-1]
+    """x (L, b) with the upper-triangular rows[:, :L] x = right (L, b) of every curve at once (batch innermost)."""
+    L = right.shape[0]
     x = torch.zeros_like(right)
     for j in reversed(range(L)):
-        known = (rows[:, j, j + 1 : L] * x[:, j + 1 :]).sum(-1)
-        x[:, j] = (right[:, j] - known) / rows[:, j, j]
+        known = (rows[j, j + 1 : L] * x[j + 1 :]).sum(0)
+        x[j] = (right[j] - known) / rows[j, j]
     return x
 
 
@@ -197,13 +210,13 @@ def _damped_step(problem: GlobalProblem, linear: _Linearization, damping: float)
     p = L + S
     upper = linear.upper
     root = math.sqrt(damping)
-    rows, leftovers = _eliminate_damping(upper, (L, S), root * linear.local_scale)
-    remainder = torch.cat([upper[:, L:p, L:], leftovers], dim=1).reshape(-1, S + 1)
+    rows, leftovers = _eliminate_damping(linear.local_rows, (L, S), root * linear.local_scale.T)
+    remainder = torch.cat([upper[:, L:p, L:], leftovers.permute(2, 0, 1)], dim=1).reshape(-1, S + 1)
     stacked = problem.totals.factor(remainder)
     shared_rows = torch.cat([torch.diag(root * linear.shared_scale), upper.new_zeros(S, 1)], dim=-1)
     schur = reduce_local(torch.cat([stacked, shared_rows]))
     d_shared = -torch.linalg.solve_triangular(schur[:S, :S], schur[:S, S:], upper=True)[:, 0]
-    d_local = -_back_substitution(rows, rows[:, :, p] + rows[:, :, L:p] @ d_shared)
+    d_local = -_back_substitution(rows, rows[:, p] + (rows[:, L:p] * d_shared[:, None]).sum(1)).T
     step = torch.cat([d_local, d_shared.expand(d_local.shape[0], -1)], dim=-1)
     change = (upper[:, :p, :p] @ step.unsqueeze(-1))[..., 0]
     parts = torch.stack(

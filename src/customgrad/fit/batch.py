@@ -98,7 +98,7 @@ def fit_batch(
         batch = _Batch.checked(
             model, x, y, params, method=method, sigma=sigma, bounds=bounds, max_steps=max_steps, dtype=dtype,
             device=device, nan_policy=nan_policy, tolerances=(ftol, xtol, gtol), chunk_size=chunk_size,
-            engine="torch" if shared else engine,
+            engine="torch" if shared else engine, joint=bool(shared),
         )  # fmt: skip
     except CustomgradError as error:
         if shards is None:
@@ -137,7 +137,7 @@ class _Batch:
 
     @classmethod
     def checked(cls, model, x, y, params, *, method, sigma, bounds, max_steps, dtype, device, nan_policy,
-                tolerances, chunk_size, engine) -> _Batch:  # fmt: skip
+                tolerances, chunk_size, engine, joint=False) -> _Batch:  # fmt: skip
         """Every argument checked (a `CustomgradError` naming the bad one), the model built, the engine picked."""
         if method != "lm":
             raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
@@ -152,7 +152,7 @@ class _Batch:
         function, text, data_names = build_function(model, tuple(data.x), free_names, data.x_is_dict)
         columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
         problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
-        problem.scales = _curve_scales(data)
+        problem.scales = None if joint else _curve_scales(data)  # a joint cost has one unit for all curves
         # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
         threads, build = torch.get_num_threads(), problem.batch >= BUILD_FOR_CURVES
         solver = engine_for(problem, engine, threads, build=build, what="fit this batch")
@@ -249,7 +249,7 @@ def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None
     """The `BatchFitResult` of a global fit (`global_fit`): ``result.shared`` and each curve's joint errors."""
     with _threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):  # as `_Batch.solve`
         outcome, values, stderr, cost, joint = fit_global(batch, shared, shards)
-    result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
+        result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
     result.shared, single = joint, result.single
     result.single = lambda i: global_curve(single(i), i, joint, batch.problem.names)
     return result

@@ -75,7 +75,6 @@ def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
     """Fit ``batch`` (a checked `batch._Batch`) with the parameters ``shared`` joint; the outcome, values
     (B, p), stderr (B, p), costs (B,) for `_Batch.result`, and the `SharedParameters`."""
     problem = batch.problem
-    problem.scales = None  # one joint cost: every curve in the same units
     free = [name for name in problem.names if name in shared]
     fixed_shared = [name for name in shared if name not in problem.names]
     local_columns = [j for j, name in enumerate(problem.names) if name not in shared]

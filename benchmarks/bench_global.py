@@ -61,12 +61,40 @@ def scipy_fit(x, y, m_start):
     return solution.x[0], solution
 
 
+MEMORY_PROBE = """
+import resource, sys
+sys.path.insert(0, {here!r})
+from bench_global import customgrad_fit, make_curves
+x, y, m = make_curves({count})
+customgrad_fit(x, y[:8], m[:8])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+customgrad_fit(x, y, m)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def peak_memory(count: int) -> float:
+    """Peak resident memory a global fit of ``count`` curves adds to a fresh process (after its data), in MB."""
+    import os
+    import subprocess
+    import sys
+
+    code = MEMORY_PROBE.format(here=os.path.dirname(os.path.abspath(__file__)), count=count)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1]) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--curves", type=int, default=10_000)
     parser.add_argument("--scipy-curves", type=int, default=1_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory", action="store_true", help="also the peak memory per curve at 10^3..10^4.5")
     args = parser.parse_args()
+    if args.memory:
+        for count in (1000, 3000, 10000, 30000):
+            peak = peak_memory(count)
+            print(f"peak memory of the fit at {count:>6} curves: {peak:7.1f} MB = {1024 * peak / count:.2f} kB/curve")
     x, y, m_start = make_curves(args.curves)
     few = slice(0, args.scipy_curves)
     customgrad_fit(x, y[:8], m_start[:8])  # builds the formula's C rows once (cached on disk)

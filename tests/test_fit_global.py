@@ -187,3 +187,24 @@ def test_the_cli_fits_shared_parameters_and_writes_them(decay_curves, tmp_path):
     assert (tmp_path / "fits.png").stat().st_size > 0
     wrong = subprocess.run([*command[:-6], "--shared", "tau"], capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2 and "--shared tau: no --param tau=VALUE" in wrong.stderr
+
+
+def test_every_parameter_shared_is_one_fit_of_all_curves_stacked(decay_curves):
+    x, y = decay_curves
+    params = {
+        "k": {"value": 1.0, "shared": True},
+        "a": {"value": 1.0, "shared": True},
+        "c": {"value": 0.0, "shared": True},
+    }
+    result = fit_batch(DECAY, x, y[:4], params=params)
+    single = fit(DECAY, np.tile(x, 4), y[:4].ravel(), params={"k": 1.0, "a": 1.0, "c": 0.0})
+    for name in ("k", "a", "c"):
+        assert_matches_reference(result.shared.params[name], single.params[name], rtol=1e-8, what=name)
+        assert_matches_reference(result.shared.stderr[name], single.stderr[name], rtol=1e-8, what=f"stderr {name}")
+
+
+def test_a_model_undefined_at_the_start_stops_with_nonfinite_and_nan_errors(decay_curves):
+    x, y = decay_curves
+    result = fit_batch("a*log(x-k)+c", x, y[:4], params={"k": {"value": 3.0, "shared": True}, "a": 1.0, "c": 0.0})
+    assert result.shared.status == "nonfinite" and not result.success.any()
+    assert np.isnan(result.shared.stderr["k"]) and any("NaN or inf" in text for text in result.shared.warnings)

@@ -146,15 +146,17 @@ def _assembled(batch, with_data, theta, outcome, parts, spread, free, fixed_shar
     values = torch.full_like(theta, float("nan"))
     values[index] = parts["values"].to(device)
     stderr = torch.full_like(theta, float("nan"))
-    stderr[index[:, None], torch.tensor(local_columns, device=device)] = parts["local_stderr"].to(device, dtype)
-    stderr[index[:, None], torch.tensor(shared_columns, device=device)] = torch.as_tensor(
+    stderr[index[:, None], torch.tensor(local_columns, dtype=torch.long, device=device)] = parts["local_stderr"].to(
+        device, dtype
+    )
+    stderr[index[:, None], torch.tensor(shared_columns, dtype=torch.long, device=device)] = torch.as_tensor(
         spread.shared_stderr, dtype=dtype, device=device
     )
     cost = torch.full((count,), float("nan"), dtype=dtype, device=device)
     cost[index] = parts["curve_cost"].to(device)
     internal = theta.clone()
-    internal[index[:, None], torch.tensor(local_columns, device=device)] = parts["local"].to(device)
-    internal[index[:, None], torch.tensor(shared_columns, device=device)] = outcome.shared
+    internal[index[:, None], torch.tensor(local_columns, dtype=torch.long, device=device)] = parts["local"].to(device)
+    internal[index[:, None], torch.tensor(shared_columns, dtype=torch.long, device=device)] = outcome.shared
     counts = torch.full((count,), 0, dtype=torch.long)
     batch_outcome = BatchOutcome(
         theta=internal,

@@ -43,6 +43,8 @@ class GlobalUncertainty:
 def _local_inverse(upper_local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """R_AA^+ (b, L, L) = D^-1 V diag(1/s^2) V^T D^-1 R_AA^T over the kept directions of the SVD of the
     column-scaled R_AA D^-1 (batched Jacobi), and the parameters of a null direction (b, L) bool."""
+    if upper_local.shape[-1] == 0:  # every parameter shared
+        return upper_local.clone(), upper_local.new_zeros(upper_local.shape[:2], dtype=torch.bool)
     norms = safe_column_norms(upper_local)
     scale = torch.where(norms > 0, norms, 1.0)
     scaled = upper_local / scale.unsqueeze(-2)
@@ -61,6 +63,8 @@ def global_uncertainty(upper, totals, sizes, variance: float, shared_names, data
     against which a shared column below `INSENSITIVE` counts as no effect at all.
     """
     L, S = sizes
+    if float(totals.sum((~torch.isfinite(upper)).sum().to(upper.dtype))) > 0:
+        return _undetermined(upper, sizes)
     upper_local, cross, upper_shared = upper[:, :L, :L], upper[:, :L, L : L + S], upper[:, L : L + S, L : L + S]
     pseudo, involved = _local_inverse(upper_local)
     weights = pseudo @ cross  # W_b
@@ -88,6 +92,19 @@ def global_uncertainty(upper, totals, sizes, variance: float, shared_names, data
     return GlobalUncertainty(
         shared_covariance, shared_stderr, local_covariance, cross_covariance, local_stderr, involved,
         spread.condition, warnings,
+    )  # fmt: skip
+
+
+def _undetermined(upper: torch.Tensor, sizes: tuple[int, int]) -> GlobalUncertainty:
+    """Every covariance NaN: the Jacobian at the fitted values holds NaN or inf."""
+    L, S = sizes
+    b = upper.shape[0]
+    nan = upper.new_full((b, L, L), math.nan)
+    return GlobalUncertainty(
+        np.full((S, S), math.nan), np.full(S, math.nan), nan, upper.new_full((b, L, S), math.nan),
+        upper.new_full((b, L), math.nan), torch.ones(b, L, dtype=torch.bool, device=upper.device), math.inf,
+        ["the Jacobian holds NaN or inf at the fitted values (a derivative undefined there, or the model "
+         "failed): no standard error is defined; start elsewhere or keep the data off that point"],
     )  # fmt: skip
 
 

@@ -50,6 +50,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         "stderr": {name: values.tolist() for name, values in result.stderr.items()},
         "cross": result.shared.cross_covariance.tolist(),
         "status": result.status,
+        # one curve with data: rank 1 holds none of it
+        "lone": fit_batch(DECAY, x, y[3:5], params=PARAMS, distributed=True).shared.params,
     }
     with open(f"{out}/rank{rank}.json", "w") as handle:
         json.dump(found, handle)
@@ -70,3 +72,5 @@ def test_a_global_fit_on_two_ranks_matches_one_process(tmp_path):
             assert_matches_reference(np.array(found["params"][name]), whole.params[name], rtol=1e-10, what=name)
             assert_matches_reference(np.array(found["stderr"][name]), whole.stderr[name], rtol=1e-10, what=name)
         assert_matches_reference(np.array(found["cross"]), whole.shared.cross_covariance, rtol=1e-9, what="cross")
+        lone = fit_batch(DECAY, x, y[3:5], params=PARAMS).shared.params["k"]
+        assert_matches_reference(found["lone"]["k"], lone, rtol=1e-10, what="k of a rank without curves")

@@ -75,12 +75,9 @@ def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
     """Fit ``batch`` (a checked `batch._Batch`) with the parameters ``shared`` joint; the outcome, values
     (B, p), stderr (B, p), costs (B,) for `_Batch.result`, and the `SharedParameters`."""
     problem = batch.problem
-    free = [name for name in problem.names if name in shared]
-    fixed_shared = [name for name in shared if name not in problem.names]
+    free = [name for name in problem.names if name in shared]  # (`split_shared` leaves fixed ones out)
     local_columns = [j for j, name in enumerate(problem.names) if name not in shared]
     shared_columns = [j for j, name in enumerate(problem.names) if name in shared]
-    if not shared_columns:
-        raise UsageError(f"every shared parameter ({', '.join(shared)}) is fixed: free one, or drop 'shared'")
     with_data = problem.mask.any(-1).nonzero().flatten()
     if len(with_data) == 0:
         raise DataError("no curve has a finite data point: there is nothing to fit")
@@ -91,9 +88,12 @@ def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
     options = {name: batch.options[name] for name in ("ftol", "xtol", "gtol", "max_steps")}
     outcome = global_levenberg_marquardt(joint, theta[curves][:, local_columns], theta[0, shared_columns], **options)
     values = problem.external(joint.full(outcome.local, outcome.shared))
+    # (from a stand-in curve: a rank may hold none)
+    shared_values = problem.external(joint.full(outcome.local.new_zeros(1, len(local_columns)), outcome.shared))
+    shared_values = shared_values[0, shared_columns]
     upper = outcome.upper  # J at the solution, where the last Jacobian was taken there and theta is the values
     if upper is None or problem.bounded:
-        upper = joint.factors(values[:, local_columns], values[0, shared_columns], external=True)
+        upper = joint.factors(values[:, local_columns], shared_values, external=True)
     points = float(totals.sum(problem.mask[curves].sum().to(values.dtype)))
     dof = int(points) - len(shared_columns) - len(with_data) * len(local_columns)
     variance = outcome.cost / dof if dof > 0 else float("nan")
@@ -104,12 +104,10 @@ def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
         variance,
         free,
         _data_norm(problem, curves, totals),
-        values[0, shared_columns].cpu().numpy(),
+        shared_values.cpu().numpy(),
     )
     parts = _gathered(shards, outcome, values, spread)
-    return _assembled(
-        batch, with_data, theta, outcome, parts, spread, free, fixed_shared, dof, local_columns, shared_columns
-    )
+    return _assembled(batch, with_data, theta, outcome, parts, spread, free, dof, local_columns, shared_columns)
 
 
 def _data_norm(problem, curves: torch.Tensor, totals: Totals) -> float:
@@ -138,7 +136,7 @@ def _gathered(shards, outcome, values: torch.Tensor, spread) -> dict:
     return {key: torch.cat([part[key] for part in parts]) for key in local}
 
 
-def _assembled(batch, with_data, theta, outcome, parts, spread, free, fixed_shared, dof, local_columns, shared_columns):
+def _assembled(batch, with_data, theta, outcome, parts, spread, free, dof, local_columns, shared_columns):
     """Per-curve arrays over the whole batch (NaN for curves without data), the outcome and the shared part."""
     problem, count = batch.problem, batch.problem.batch
     device, dtype = theta.device, theta.dtype
@@ -176,7 +174,6 @@ def _assembled(batch, with_data, theta, outcome, parts, spread, free, fixed_shar
         full[with_data.cpu().numpy()] = parts[key].numpy()
         blocks[key] = full
     named = {name: float(values[index[0], j]) for j, name in enumerate(problem.names) if name in free}
-    named.update({name: float(batch.initial[name][0]) for name in fixed_shared})
     shared = SharedParameters(
         params=named,
         stderr={name: float(error) for name, error in zip(free, spread.shared_stderr, strict=True)},

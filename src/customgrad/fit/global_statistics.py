@@ -43,7 +43,7 @@ class GlobalUncertainty:
 def _local_inverse(upper_local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """R_AA^+ (b, L, L) = D^-1 V diag(1/s^2) V^T D^-1 R_AA^T over the kept directions of the SVD of the
     column-scaled R_AA D^-1 (batched Jacobi), and the parameters of a null direction (b, L) bool."""
-    if upper_local.shape[-1] == 0:  # every parameter shared
+    if upper_local.shape[-1] == 0 or upper_local.shape[0] == 0:  # every parameter shared, or no curve here
         return upper_local.clone(), upper_local.new_zeros(upper_local.shape[:2], dtype=torch.bool)
     norms = safe_column_norms(upper_local)
     scale = torch.where(norms > 0, norms, 1.0)

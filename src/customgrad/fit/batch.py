@@ -66,7 +66,10 @@ def fit_batch(
     y : array of shape (B, N)
         One curve per row. NaN entries are left out (``nan_policy="omit"``): pad shorter curves with NaN.
     params : dict
-        Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed"}.
+        Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed",
+        "shared"}. ``"shared": True`` makes one value of that parameter for the whole batch, fitted
+        jointly with the others per curve (a global fit, `global_lm`): ``result.shared`` holds it and
+        the joint covariance; every engine runs that one tensor solver.
     method : {"lm"}
         Levenberg-Marquardt, batched (the same steps as `fit` takes for each curve alone).
     sigma : array of shape (N,) or (B, N), optional

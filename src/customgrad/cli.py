@@ -135,6 +135,14 @@ def _add_fit(subparsers) -> None:
     )
     batch.add_argument("--x-values", metavar="FILE", help="--batch: the x values, from this file instead")
     batch.add_argument("--csv", metavar="PATH", help="--batch: write one line of results per curve")
+    batch.add_argument(
+        "--shared",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="--batch: one value of this parameter for all curves, fitted jointly with the others per curve "
+        "(a global fit); repeat for each",
+    )
     parser.add_argument(
         "--distributed",
         action="store_true",
@@ -168,7 +176,7 @@ def _run_fit(args) -> int:
         return _run_distributed(args)
     if args.batch:
         return _run_batch_fit(args)
-    for option in ("x_values", "csv"):
+    for option in ("x_values", "csv", "shared"):
         if getattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} applies to --batch fits only: add --batch")
     from .fit.cli_inputs import fit_run

@@ -22,7 +22,8 @@ def plot_batch(result: BatchFitResult, path: str | Path) -> Path:
     plt = _pyplot()
     fitted = [i for i, status in enumerate(result.status) if status != "no_data"]  # curves with data
     shown = sorted({fitted[round(k)] for k in np.linspace(0, len(fitted) - 1, min(SHOWN, len(fitted)))})
-    names = list(result.stderr)
+    shared = result.shared.params if result.shared is not None else {}
+    names = [name for name in result.stderr if name not in shared]  # a shared value is in the title
     columns = 3
     rows = math.ceil(len(shown) / columns) + math.ceil(len(names) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.6 * rows), squeeze=False)
@@ -43,7 +44,11 @@ def plot_batch(result: BatchFitResult, path: str | Path) -> Path:
         axis.set_title(f"{name} ({len(values)} converged curves)", fontsize=8)
     for axis in flat[len(shown) : first] + flat[first + len(names) :]:
         axis.set_visible(False)
-    figure.suptitle(f"{result.model}: {len(result)} curves", fontsize=9)
+    joint = [f"{name} = {value:.6g}" + (f" ± {result.shared.stderr[name]:.2g}" if name in result.shared.stderr else "")
+             for name, value in shared.items()]  # fmt: skip
+    figure.suptitle(
+        f"{result.model}: {len(result)} curves" + (f"; shared {', '.join(joint)}" if joint else ""), fontsize=9
+    )
     figure.tight_layout()
     path = check_image_path(path, "plot path")
     figure.savefig(path, dpi=100)

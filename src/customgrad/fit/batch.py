@@ -20,6 +20,7 @@ from .batch_model import BatchModel
 from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
+from .global_fit import fit_global, global_curve, split_shared
 from .lm import SATURATION, Outcome
 from .model import Model, build_function
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
@@ -65,7 +66,10 @@ def fit_batch(
     y : array of shape (B, N)
         One curve per row. NaN entries are left out (``nan_policy="omit"``): pad shorter curves with NaN.
     params : dict
-        Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed"}.
+        Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed",
+        "shared"}. ``"shared": True`` makes one value of that parameter for the whole batch, fitted
+        jointly with the others per curve (a global fit, `global_lm`): ``result.shared`` holds it and
+        the joint covariance; every engine runs that one tensor solver.
     method : {"lm"}
         Levenberg-Marquardt, batched (the same steps as `fit` takes for each curve alone).
     sigma : array of shape (N,) or (B, N), optional
@@ -89,11 +93,15 @@ def fit_batch(
     start_time = time.perf_counter()
     shards = Shards(None) if distributed else None
     failure = batch = None
+    shared: tuple[str, ...] = ()
     try:
+        params, shared = split_shared(params)
+        if shared:  # one joint problem: the tensor solver of `global_lm`, on any engine
+            check_engine(engine)
         batch = _Batch.checked(
             model, x, y, params, method=method, sigma=sigma, bounds=bounds, max_steps=max_steps, dtype=dtype,
             device=device, nan_policy=nan_policy, tolerances=(ftol, xtol, gtol), chunk_size=chunk_size,
-            engine=engine,
+            engine="torch" if shared else engine, joint=bool(shared),
         )  # fmt: skip
     except CustomgradError as error:
         if shards is None:
@@ -102,9 +110,11 @@ def fit_batch(
     if shards is not None:
         # every rank holds every curve: any difference in what they fit is a mistake, found here
         about = "" if batch is None else batch.description()
-        settings = (max_steps, chunk_size, ftol, xtol, gtol, nan_policy, str(dtype), engine)
+        settings = (max_steps, chunk_size, ftol, xtol, gtol, nan_policy, str(dtype), engine, shared)
         same = "and the same curves (each rank fits its share of them)"
         shards.raise_together(failure, f"{about}, options {settings}", same)
+    if shared:
+        return _global_result(batch, shared, shards, start_time)
     with progress_bar(
         batch.problem.batch, "fitting curves (lm)", enabled=progress and (shards is None or shards.rank == 0)
     ) as advance:
@@ -130,7 +140,7 @@ class _Batch:
 
     @classmethod
     def checked(cls, model, x, y, params, *, method, sigma, bounds, max_steps, dtype, device, nan_policy,
-                tolerances, chunk_size, engine) -> _Batch:  # fmt: skip
+                tolerances, chunk_size, engine, joint=False) -> _Batch:  # fmt: skip
         """Every argument checked (a `CustomgradError` naming the bad one), the model built, the engine picked."""
         if method != "lm":
             raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
@@ -145,7 +155,7 @@ class _Batch:
         function, text, data_names = build_function(model, tuple(data.x), free_names, data.x_is_dict)
         columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
         problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
-        problem.scales = _curve_scales(data)
+        problem.scales = None if joint else _curve_scales(data)  # a joint cost has one unit for all curves
         # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
         threads, build = torch.get_num_threads(), problem.batch >= BUILD_FOR_CURVES
         solver = engine_for(problem, engine, threads, build=build, what="fit this batch")
@@ -236,6 +246,16 @@ class _Batch:
             seconds=seconds,
             single=single,
         )
+
+
+def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None, start_time: float):
+    """The `BatchFitResult` of a global fit (`global_fit`): ``result.shared`` and each curve's joint errors."""
+    with _threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):  # as `_Batch.solve`
+        outcome, values, stderr, cost, joint = fit_global(batch, shared, shards)
+        result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
+    result.shared, single = joint, result.single
+    result.single = lambda i: global_curve(single(i), i, joint, batch.problem.names)
+    return result
 
 
 def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, advance, curves: range) -> BatchOutcome:

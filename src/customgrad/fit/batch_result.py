@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .global_result import SharedParameters
 from .result import TERMINATION, FitResult
 
 
@@ -20,7 +21,9 @@ from .result import TERMINATION, FitResult
 class BatchFitResult:
     """Fitted values and standard errors per curve (arrays of shape (B,)), with costs and statuses.
 
-    ``result[i]`` is the `FitResult` of curve i (covariance, report, plot), built on demand.
+    ``result[i]`` is the `FitResult` of curve i (covariance, report, plot), built on demand. A global fit
+    (shared parameters) also has ``shared``: the shared values once, with the joint fit's covariance;
+    ``params``/``stderr`` then repeat them on every curve.
     """
 
     params: dict[str, np.ndarray]
@@ -35,6 +38,7 @@ class BatchFitResult:
     method: str = "lm"
     seconds: float = 0.0
     single: Callable[[int], FitResult] | None = field(default=None, repr=False)
+    shared: SharedParameters | None = None  # a global fit's shared parameters (`fit_batch`'s {"shared": True})
 
     def __len__(self) -> int:
         return len(self.status)
@@ -72,6 +76,8 @@ class BatchFitResult:
         underdetermined, spread = self._spread()
         if underdetermined:
             lines.append(underdetermined)
+        if self.shared is not None:
+            lines.append(self.shared.summary())
         for name, median, low, high in spread:
             lines.append(f"  {name}: median {median}, 5%-95% [{low}, {high}]")
         return "\n".join(lines)
@@ -89,7 +95,10 @@ class BatchFitResult:
                 f"{', '.join(map(str, curves[:10].tolist()))}{' ...' if len(curves) > 10 else ''}"
             )
         spread = []
+        shared = self.shared.params if self.shared is not None else {}
         for name, values in self.params.items():
+            if name in shared:
+                continue
             good = values[self.success & ~underdetermined & np.isfinite(values)]
             if len(good):
                 quantiles = (np.median(good), np.quantile(good, 0.05), np.quantile(good, 0.95))
@@ -161,6 +170,8 @@ class BatchFitResult:
             "seconds": self.seconds,
             "results": [{key: clean(value) for key, value in row.items()} for row in self.rows()],
         }
+        if self.shared is not None:
+            document["shared"] = self.shared.as_dict()
         text = json.dumps(document, indent=2) + "\n"
         if path is not None:
             Path(path).write_text(text)

@@ -242,13 +242,23 @@ def batch_inputs(args) -> BatchFitResult:
         args.model,
         x,
         y,
-        params=parse_assignments(args.param, "--param", _number),
+        params=_with_shared(parse_assignments(args.param, "--param", _number), getattr(args, "shared", [])),
         bounds=parse_assignments(args.bound, "--bound", _bounds) or None,
         max_steps=args.steps,
         progress=not args.quiet,
         nan_policy=args.nan_policy or "omit",
         distributed=getattr(args, "distributed", False),
     )
+
+
+def _with_shared(params: dict, shared: list[str]) -> dict:
+    """``params`` with the ``--shared`` names marked {"shared": True} (each must have a --param)."""
+    for name in shared:
+        if name not in params:
+            known = ", ".join(params) or "none"
+            raise UsageError(f"--shared {name}: no --param {name}=VALUE gives its initial value (parameters: {known})")
+        params[name] = {"value": params[name], "shared": True}
+    return params
 
 
 def _column_name(table, spec: str) -> str:

@@ -1,0 +1,237 @@
+"""Global fits in `fit_batch`: parameters marked ``{"shared": True}`` are one value for the whole batch,
+the others one per curve, fitted jointly by `global_lm` (any model, device and dtype; a batch the
+native engine would fit goes through this tensor solver too).
+
+Curves without data (status no_data) are left out of the joint problem. With ``distributed=True``
+each rank holds a consecutive share of the curves; ranks exchange only the shared block's totals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from ..errors import DataError, UsageError
+from .batch_lm import BatchOutcome
+from .distributed import local_shard
+from .global_lm import GlobalProblem, Totals, global_levenberg_marquardt
+from .global_result import SharedParameters
+from .global_statistics import global_uncertainty
+
+
+def split_shared(params) -> tuple[object, tuple[str, ...]]:
+    """``params`` without the "shared" keys, and the names marked shared (checked: one value each, untied)."""
+    if not isinstance(params, Mapping):
+        return params, ()
+    clean, shared = {}, []
+    for name, given in params.items():
+        if not isinstance(given, Mapping) or "shared" not in given:
+            clean[name] = given
+            continue
+        spec = dict(given)
+        flag = spec.pop("shared")
+        if not isinstance(flag, (bool, np.bool_)):
+            raise UsageError(f"parameter {name!r}: 'shared' must be True or False, got {flag!r}")
+        if flag and not spec.get("fixed", False):  # a fixed value is the same for every curve anyway
+            _check_shared(name, spec, params)
+            shared.append(name)
+        clean[name] = spec
+    # local parameters first: each curve's [J | r] then comes in the order block elimination needs
+    ordered = {name: clean[name] for name in clean if name not in shared}
+    ordered.update({name: clean[name] for name in shared})
+    return ordered, tuple(shared)
+
+
+def _check_shared(name: str, spec: dict, params: Mapping) -> None:
+    value = spec.get("value")
+    if value is not None and np.ndim(np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)) > 0:
+        raise UsageError(
+            f"shared parameter {name!r} is one value for the whole batch, but its initial value holds "
+            f"{np.size(value)} numbers: give one number, or drop 'shared' to fit one value per curve"
+        )
+    if "expr" in spec:
+        words = set(re.findall(r"[A-Za-z_]\w*", str(spec["expr"])))
+        local = sorted(n for n in words & set(params) if not _is_shared(params[n]))
+        if local:
+            raise UsageError(
+                f"shared parameter {name!r} is tied to {spec['expr']!r}, which names local (per-curve) parameter "
+                f"{local[0]!r}: a shared value cannot follow a per-curve one; make {local[0]!r} shared too, "
+                f"or drop 'shared' from {name!r}"
+            )
+        raise UsageError(
+            f"parameter {name!r}: fit_batch does not take tied parameters ('expr'); write the expression "
+            "into the model instead"
+        )
+
+
+def _is_shared(given) -> bool:
+    return isinstance(given, Mapping) and given.get("shared") is True
+
+
+def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
+    """Fit ``batch`` (a checked `batch._Batch`) with the parameters ``shared`` joint; the outcome, values
+    (B, p), stderr (B, p), costs (B,) for `_Batch.result`, and the `SharedParameters`."""
+    problem = batch.problem
+    free = [name for name in problem.names if name in shared]  # (`split_shared` leaves fixed ones out)
+    local_columns = [j for j, name in enumerate(problem.names) if name not in shared]
+    shared_columns = [j for j, name in enumerate(problem.names) if name in shared]
+    with_data = problem.mask.any(-1).nonzero().flatten()
+    if len(with_data) == 0:
+        raise DataError("no curve has a finite data point: there is nothing to fit")
+    curves = with_data if shards is None else with_data[local_shard(len(with_data), shards.rank, shards.world)]
+    totals = Totals(shards)
+    joint = GlobalProblem(problem, curves, local_columns, shared_columns, batch.chunk_size, totals)
+    theta = problem.initial_theta()
+    options = {name: batch.options[name] for name in ("ftol", "xtol", "gtol", "max_steps")}
+    outcome = global_levenberg_marquardt(joint, theta[curves][:, local_columns], theta[0, shared_columns], **options)
+    values = problem.external(joint.full(outcome.local, outcome.shared))
+    # (from a stand-in curve: a rank may hold none)
+    shared_values = problem.external(joint.full(outcome.local.new_zeros(1, len(local_columns)), outcome.shared))
+    shared_values = shared_values[0, shared_columns]
+    upper = outcome.upper  # J at the solution, where the last Jacobian was taken there and theta is the values
+    if upper is None or problem.bounded:
+        upper = joint.factors(values[:, local_columns], shared_values, external=True)
+    points = float(totals.sum(problem.mask[curves].sum().to(values.dtype)))
+    dof = int(points) - len(shared_columns) - len(with_data) * len(local_columns)
+    variance = outcome.cost / dof if dof > 0 else float("nan")
+    spread = global_uncertainty(
+        upper,
+        totals,
+        joint.sizes,
+        variance,
+        free,
+        _data_norm(problem, curves, totals),
+        shared_values.cpu().numpy(),
+    )
+    parts = _gathered(shards, outcome, values, spread)
+    return _assembled(batch, with_data, theta, outcome, parts, spread, free, dof, local_columns, shared_columns)
+
+
+def _data_norm(problem, curves: torch.Tensor, totals: Totals) -> float:
+    """||y / sigma|| over the curves of every rank (the scale against which a column has no effect)."""
+    y = problem.y.index_select(0, curves)
+    if problem.weights is not None:
+        y = y * problem._pick(problem.weights, curves)
+    y = torch.where(problem.mask.index_select(0, curves), y, 0.0)
+    return float(totals.sum((y * y).sum())) ** 0.5
+
+
+def _gathered(shards, outcome, values: torch.Tensor, spread) -> dict:
+    """Every rank's per-curve arrays (values, internal local coordinates, costs, covariance blocks), joined."""
+    local = {
+        "values": values.cpu(),
+        "local": outcome.local.cpu(),
+        "curve_cost": outcome.curve_cost.cpu(),
+        "local_covariance": spread.local_covariance.cpu(),
+        "cross_covariance": spread.cross_covariance.cpu(),
+        "local_stderr": spread.local_stderr.cpu(),
+        "undetermined": spread.local_undetermined.cpu(),
+    }
+    if shards is None:
+        return local
+    parts = shards.gather_objects(local)
+    return {key: torch.cat([part[key] for part in parts]) for key in local}
+
+
+def _assembled(batch, with_data, theta, outcome, parts, spread, free, dof, local_columns, shared_columns):
+    """Per-curve arrays over the whole batch (NaN for curves without data), the outcome and the shared part."""
+    problem, count = batch.problem, batch.problem.batch
+    device, dtype = theta.device, theta.dtype
+    index = with_data.to(device)
+    values = torch.full_like(theta, float("nan"))
+    values[index] = parts["values"].to(device)
+    stderr = torch.full_like(theta, float("nan"))
+    stderr[index[:, None], torch.tensor(local_columns, dtype=torch.long, device=device)] = parts["local_stderr"].to(
+        device, dtype
+    )
+    stderr[index[:, None], torch.tensor(shared_columns, dtype=torch.long, device=device)] = torch.as_tensor(
+        spread.shared_stderr, dtype=dtype, device=device
+    )
+    cost = torch.full((count,), float("nan"), dtype=dtype, device=device)
+    cost[index] = parts["curve_cost"].to(device)
+    internal = theta.clone()
+    internal[index[:, None], torch.tensor(local_columns, dtype=torch.long, device=device)] = parts["local"].to(device)
+    internal[index[:, None], torch.tensor(shared_columns, dtype=torch.long, device=device)] = outcome.shared
+    counts = torch.full((count,), 0, dtype=torch.long)
+    batch_outcome = BatchOutcome(
+        theta=internal,
+        status=[outcome.status] * count,
+        cost=cost,
+        evaluations=counts + outcome.evaluations,
+        jacobians=counts + outcome.jacobians,
+        steps=counts + outcome.steps,
+        initial_cost=cost.clone(),
+        accepted=[],
+        histories=[[c] for c in cost.tolist()],
+    )
+    local_names = tuple(problem.names[j] for j in local_columns)
+    blocks = {}
+    for key, shape in (("local_covariance", len(local_columns)), ("cross_covariance", len(shared_columns))):
+        full = np.full((count, len(local_columns), shape), np.nan)
+        full[with_data.cpu().numpy()] = parts[key].numpy()
+        blocks[key] = full
+    named = {name: float(values[index[0], j]) for j, name in enumerate(problem.names) if name in free}
+    shared = SharedParameters(
+        params=named,
+        stderr={name: float(error) for name, error in zip(free, spread.shared_stderr, strict=True)},
+        covariance=spread.shared_covariance,
+        local_names=local_names,
+        cost=outcome.cost,
+        dof=dof,
+        status=outcome.status,
+        evaluations=outcome.evaluations,
+        jacobians=outcome.jacobians,
+        condition=spread.condition,
+        warnings=spread.warnings + _local_warnings(parts["undetermined"], with_data, local_names),
+        **blocks,
+    )
+    return batch_outcome, values, stderr, cost, shared
+
+
+def _local_warnings(undetermined: torch.Tensor, with_data: torch.Tensor, names) -> list[str]:
+    """A warning per local parameter some curves do not determine, naming the first few curves."""
+    warnings = []
+    for j, name in enumerate(names):
+        curves = with_data[undetermined[:, j].to(with_data.device)].tolist()
+        if curves:
+            listed = ", ".join(map(str, curves[:10])) + (" ..." if len(curves) > 10 else "")
+            warnings.append(
+                f"local parameter {name} is not identifiable on {len(curves)} curve(s) ({listed}): those curves "
+                "do not determine it, and its standard error there is NaN"
+            )
+    return warnings
+
+
+def global_curve(result, i: int, shared: SharedParameters, names: tuple[str, ...]):
+    """Curve ``i``'s `FitResult` with the global fit's covariance of (theta_i, phi) in place of its own."""
+    local, shared_names = shared.local_names, shared.names
+    order = [*local, *shared_names]
+    size = len(order)
+    block = np.empty((size, size))
+    L = len(local)
+    block[:L, :L] = shared.local_covariance[i]
+    block[:L, L:] = shared.cross_covariance[i]
+    block[L:, :L] = shared.cross_covariance[i].T
+    block[L:, L:] = shared.covariance
+    position = [order.index(name) for name in names]
+    covariance = block[np.ix_(position, position)]
+    spread = np.sqrt(np.abs(np.diag(covariance)))
+    result.covariance = covariance
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result.correlation = covariance / np.outer(spread, spread)
+    for name in local:
+        result.stderr[name] = float(np.sqrt(abs(shared.local_covariance[i][local.index(name), local.index(name)])))
+    result.stderr.update(shared.stderr)
+    # the curve's own rank, dof and conditioning say nothing about the joint problem: the joint fit's instead
+    alone = ("identifiable", "degrees of freedom", "ill-conditioned")
+    result.warnings = [text for text in result.warnings if not any(word in text for word in alone)]
+    result.warnings += shared.warnings
+    result.not_identifiable = [[name] for name in names if not np.isfinite(result.stderr.get(name, 0.0))]
+    result.warnings.append(
+        f"curve {i} of a global fit: {', '.join(shared_names)} shared by all curves; the standard errors and "
+        "covariance are the joint fit's"
+    )
+    return result

@@ -1,0 +1,351 @@
+"""Levenberg-Marquardt for a global fit: shared parameters phi (one set for all curves) and local ones
+theta_b (one set per curve), minimising sum_b ||r_b(theta_b, phi)||^2 on the arrowhead Jacobian by block
+elimination (Schur complement), never forming the dense (B N) x (S + B L) Jacobian.
+
+Curve b's rows [A_b | C_b | r_b] (local columns, shared columns, residuals) are reduced by their own
+QR to R_b, (S + L + 1) square. A damped step min ||J d + r||^2 + lambda ||D d||^2 appends the rows
+sqrt(lambda) D_b to R_b's local columns and reduces again (a small batched QR): the leading L rows
+then hold curve b's local equations R'_AA d_b + R'_AC d_phi = -q'_A, the next S rows its remainder
+[R'_CC | q'_C], the part of its rows no local step can reach. The remainders of all curves, with the
+rows sqrt(lambda) D_S, stacked and reduced once more (TSQR: the same R as the normal equations of the
+Schur complement sum_b C_b^T (I - P_b) C_b, without squaring its condition number) give d_phi; each
+curve's d_b follows by back-substitution. Per iteration O(B N (S + L)^2) work, O(B (S + L)^2) memory.
+
+One lambda for the whole problem, accepted or rejected on the total cost, updated as Nielsen (1999):
+it is one least-squares problem, whose answer is the dense problem's. D are the column norms of J
+(running maxima, as MINPACK), so lambda is relative. Every total over curves goes through a `Totals`
+(sums and maxima over ranks for ``distributed=True``; plain in one process), so every rank takes the
+same steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .lm import EPS
+from .reduction import reduce_gram, reduce_local
+
+# Nielsen's damping: the first lambda (relative to the column-scaled J^T J), and its floor (below it
+# the step is Gauss-Newton's to float64 precision).
+INITIAL_DAMPING = 1e-3
+SMALLEST_DAMPING = 1e-30
+# A step is accepted when the cost fell by at least this share of the reduction the linear model promised.
+ACCEPT_RATIO = 1e-4
+
+
+class Totals:
+    """Sums, maxima and stacked R factors over the curves of every rank (one process: the values themselves)."""
+
+    def __init__(self, shards=None):
+        self.shards = shards
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of a float64 tensor of any shape."""
+        if self.shards is None:
+            return tensor
+        return torch.as_tensor(self.shards.sum(tensor.detach().cpu().numpy()), dtype=tensor.dtype).to(tensor.device)
+
+    def maximum(self, value: float) -> float:
+        """The largest ``value`` over ranks."""
+        return value if self.shards is None else -self.shards.minimum(-value)
+
+    def factor(self, rows: torch.Tensor) -> torch.Tensor:
+        """R of the rows of every rank (each rank's R all-gathered and reduced again: TSQR)."""
+        if self.shards is None:
+            return reduce_local(rows)
+        return self.shards.factor(rows).to(rows)
+
+
+@dataclass
+class GlobalProblem:
+    """The curves ``curves`` of a `BatchModel` whose parameter columns ``local`` are per curve and ``shared``
+    one for all; [J | r] of each curve comes back with its columns in the order local, shared, r."""
+
+    model: object
+    curves: torch.Tensor
+    local: list[int]
+    shared: list[int]
+    chunk_size: int
+    totals: Totals = field(default_factory=Totals)
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        """(L, S): local and shared free parameters."""
+        return len(self.local), len(self.shared)
+
+    @property
+    def in_order(self) -> bool:
+        """True when the model's columns already come local first, then shared (`global_fit` orders them so)."""
+        return self.local + self.shared == list(range(len(self.local) + len(self.shared)))
+
+    def full(self, local: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """theta (b, L + S) in the model's column order, the shared values repeated per curve."""
+        if self.in_order:
+            return torch.cat([local, shared.expand(local.shape[0], -1)], dim=-1)
+        theta = local.new_empty(local.shape[0], len(self.local) + len(self.shared))
+        theta[:, self.local] = local
+        theta[:, self.shared] = shared.expand(local.shape[0], -1)
+        return theta
+
+    def residuals(self, local: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """r (b, N) of this rank's curves."""
+        return self.model.residuals(self.full(local, shared), self.curves)
+
+    def factors(self, local: torch.Tensor, shared: torch.Tensor, *, external: bool = False) -> torch.Tensor:
+        """R_b of each curve's [A_b | C_b | r_b], (b, L + S + 1) square, chunk by chunk of curves."""
+        order = torch.tensor([*self.local, *self.shared, len(self.local) + len(self.shared)], device=local.device)
+        theta = self.full(local, shared)
+        parts = []
+        for begin in range(0, len(self.curves), self.chunk_size):
+            end = begin + self.chunk_size
+            block = self.model.augmented(theta[begin:end], self.curves[begin:end], external=external)
+            # columns reordered in the model's layout (p + 1, b, N): whole rows copied
+            if not self.in_order:
+                block = block.permute(2, 0, 1).index_select(0, order).permute(1, 2, 0)
+            parts.append(reduce_gram(block))
+        if not parts:
+            size = len(order)
+            return theta.new_zeros(0, size, size)
+        return torch.cat(parts)
+
+
+@dataclass
+class GlobalOutcome:
+    """Where a global fit stopped: internal coordinates, the cost per curve and in total, and counts."""
+
+    local: torch.Tensor  # (b, L)
+    shared: torch.Tensor  # (S,)
+    status: str
+    cost: float
+    curve_cost: torch.Tensor  # (b,)
+    evaluations: int
+    jacobians: int
+    steps: int
+    history: list[float]
+    upper: torch.Tensor | None = None  # R_b at (local, shared) where the last Jacobian was taken there
+
+
+@dataclass
+class _Linearization:
+    """One Jacobian's reduction: R_b per curve, the scales D, the gradient J^T r and ||D theta||."""
+
+    upper: torch.Tensor  # (b, P + 1, P + 1), columns local, shared, r
+    local_scale: torch.Tensor  # (b, L)
+    shared_scale: torch.Tensor  # (S,)
+    local_gradient: torch.Tensor  # (b, L)
+    shared_gradient: torch.Tensor  # (S,)
+
+    @property
+    def local_rows(self) -> torch.Tensor:
+        """R_b's first L rows with the batch innermost, (L, P + 1, b) (`_eliminate_damping`'s layout)."""
+        if self._local_rows is None:
+            self._local_rows = self.upper[:, : self.local_scale.shape[-1]].permute(1, 2, 0).contiguous()
+        return self._local_rows
+
+    _local_rows: torch.Tensor | None = None
+
+
+def _linearize(problem: GlobalProblem, local, shared, previous: _Linearization | None) -> _Linearization | None:
+    """R_b at (local, shared), with D updated to the running maxima of the column norms; None where J is not finite."""
+    upper = problem.factors(local, shared)
+    if float(problem.totals.sum(torch.isfinite(upper).logical_not().sum().to(upper.dtype))) > 0:
+        return None
+    L, S = problem.sizes
+    p = L + S
+    jacobian, q = upper[:, :p, :p], upper[:, :p, p]
+    squares = (jacobian * jacobian).sum(-2)
+    gradient = (jacobian * q.unsqueeze(-1)).sum(-2)
+    shared_sums = problem.totals.sum(torch.cat([squares[:, L:].sum(0), gradient[:, L:].sum(0)]))
+    local_norms, shared_norms = torch.sqrt(squares[:, :L]), torch.sqrt(shared_sums[:S])
+    if previous is not None:
+        local_norms = torch.maximum(local_norms, previous.local_scale)
+        shared_norms = torch.maximum(shared_norms, previous.shared_scale)
+    local_scale = torch.where(local_norms > 0, local_norms, 1.0)
+    shared_scale = torch.where(shared_norms > 0, shared_norms, 1.0)
+    return _Linearization(upper, local_scale, shared_scale, gradient[:, :L], shared_sums[S:])
+
+
+def _eliminate_damping(local_rows: torch.Tensor, sizes: tuple[int, int], root_scale: torch.Tensor) -> tuple:
+    """R_b's local rows after appending the rows diag(sqrt(lambda) D_b) to its local columns, by Givens
+    rotations vectorised over the curves (MINPACK's qrsolv).
+
+    ``local_rows`` (L, P + 1, b) are R_b's first L rows, the batch innermost (every operation on long
+    contiguous runs); returns the new rows in that layout and what is left of each damping row in the
+    shared and r columns (L, S + 1, b): remainder rows, as R_b's own last S rows are.
+    """
+    L, S = sizes
+    rows = local_rows.clone()
+    leftovers = []
+    for j in range(L):
+        extra = rows.new_zeros(L + S + 1, rows.shape[-1])
+        extra[j] = root_scale[j]
+        for k in range(j, L):
+            diagonal, entry = rows[k, k], extra[k]
+            radius = torch.hypot(diagonal, entry)
+            safe = torch.where(radius > 0, radius, 1.0)
+            cos = torch.where(radius > 0, diagonal / safe, 1.0)
+            sin = torch.where(radius > 0, entry / safe, 0.0)
+            row, other = rows[k, k:], extra[k:]
+            rows[k, k:], extra[k:] = cos * row + sin * other, cos * other - sin * row
+        leftovers.append(extra[L:])
+    return rows, torch.stack(leftovers) if leftovers else rows.new_zeros(0, S + 1, rows.shape[-1])
+
+
+def _back_substitution(rows: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """x (L, b) with the upper-triangular rows[:, :L] x = right (L, b) of every curve at once (batch innermost)."""
+    L = right.shape[0]
+    x = torch.zeros_like(right)
+    for j in reversed(range(L)):
+        known = (rows[j, j + 1 : L] * x[j + 1 :]).sum(0)
+        x[j] = (right[j] - known) / rows[j, j]
+    return x
+
+
+def _damped_step(problem: GlobalProblem, linear: _Linearization, damping: float) -> tuple:
+    """(d_local (b, L), d_shared (S,), predicted reduction, ||D d||^2) of min ||J d + r||^2 + lambda ||D d||^2."""
+    L, S = problem.sizes
+    p = L + S
+    upper = linear.upper
+    root = math.sqrt(damping)
+    rows, leftovers = _eliminate_damping(linear.local_rows, (L, S), root * linear.local_scale.T)
+    remainder = torch.cat([upper[:, L:p, L:], leftovers.permute(2, 0, 1)], dim=1).reshape(-1, S + 1)
+    stacked = problem.totals.factor(remainder)
+    shared_rows = torch.cat([torch.diag(root * linear.shared_scale), upper.new_zeros(S, 1)], dim=-1)
+    schur = reduce_local(torch.cat([stacked, shared_rows]))
+    d_shared = -torch.linalg.solve_triangular(schur[:S, :S], schur[:S, S:], upper=True)[:, 0]
+    d_local = -_back_substitution(rows, rows[:, p] + (rows[:, L:p] * d_shared[:, None]).sum(1)).T
+    step = torch.cat([d_local, d_shared.expand(d_local.shape[0], -1)], dim=-1)
+    change = (upper[:, :p, :p] @ step.unsqueeze(-1))[..., 0]
+    parts = torch.stack(
+        [
+            -((change * change).sum() + 2 * (change * upper[:, :p, p]).sum()),
+            ((linear.local_scale * d_local) ** 2).sum(),
+        ]
+    )
+    predicted, local_norm = problem.totals.sum(parts).tolist()
+    return d_local, d_shared, predicted, local_norm + float(((linear.shared_scale * d_shared) ** 2).sum())
+
+
+def _cost(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor]:
+    """The total cost (inf where any residual is not finite) and the cost per curve of this rank."""
+    r = problem.residuals(local, shared)
+    curve_cost = (r * r).sum(-1)
+    finite = bool(torch.isfinite(curve_cost).all())
+    total = problem.totals.sum(torch.stack([curve_cost.sum() if finite else curve_cost.new_tensor(0.0),
+                                            curve_cost.new_tensor(0.0 if finite else 1.0)]))  # fmt: skip
+    cost, failures = total.tolist()
+    return (cost if failures == 0 else math.inf), curve_cost
+
+
+def _gradient_small(problem: GlobalProblem, linear: _Linearization, cost: float, gtol: float) -> bool:
+    """max_j |J_j^T r| / (||J_j|| ||r||) <= gtol over every column (the norms being D)."""
+    local = (linear.local_gradient.abs() / linear.local_scale).amax() if linear.local_gradient.numel() else 0.0
+    largest = problem.totals.maximum(float(local))
+    largest = max(largest, float((linear.shared_gradient.abs() / linear.shared_scale).amax()))
+    return largest <= gtol * math.sqrt(cost)
+
+
+def _theta_norm(problem: GlobalProblem, linear: _Linearization, local, shared) -> float:
+    """||D theta|| over every parameter of every rank."""
+    local_part = float(problem.totals.sum(((linear.local_scale * local) ** 2).sum()))
+    return math.sqrt(local_part + float(((linear.shared_scale * shared) ** 2).sum()))
+
+
+def global_levenberg_marquardt(
+    problem: GlobalProblem,
+    local: torch.Tensor,
+    shared: torch.Tensor,
+    *,
+    ftol: float = 1e-15,
+    xtol: float = 1e-15,
+    gtol: float = 1e-15,
+    max_steps: int = 1000,
+) -> GlobalOutcome:
+    """Minimise sum_b ||r_b(theta_b, phi)||^2 over local (b, L) and shared (S,) internal coordinates.
+
+    Stops as `lm.levenberg_marquardt` does (statuses of `result.TERMINATION`): ftol (actual and
+    predicted relative reductions), xtol (||D d|| relative to ||D theta||), gtol (the largest cosine
+    between r and a column of J), exact (zero cost), roundoff (a rejected step that promised less
+    than float64 can resolve), max_steps (Jacobians), nonfinite.
+    """
+    cost, curve_cost = _cost(problem, local, shared)
+    run = _Run(local.clone(), shared.clone(), cost, curve_cost, history=[cost])
+    if not math.isfinite(cost):
+        return run.outcome("nonfinite")
+    linear, damping, growth = None, INITIAL_DAMPING, 2.0
+    while True:
+        if run.cost == 0:
+            return run.outcome("exact")
+        if run.jacobians >= max_steps:
+            return run.outcome("max_steps")
+        linear = _linearize(problem, run.local, run.shared, linear)
+        run.jacobians += 1
+        run.upper = None if linear is None else linear.upper
+        if linear is None:
+            return run.outcome("nonfinite")
+        if _gradient_small(problem, linear, run.cost, gtol):
+            return run.outcome("gtol")
+        theta_norm = _theta_norm(problem, linear, run.local, run.shared)
+        while True:
+            d_local, d_shared, predicted, step_square = _damped_step(problem, linear, damping)
+            trial_local, trial_shared = run.local + d_local, run.shared + d_shared
+            trial_cost, trial_curves = _cost(problem, trial_local, trial_shared)
+            run.evaluations += 1
+            actual = run.cost - trial_cost
+            step_norm = math.sqrt(step_square)
+            accepted = predicted > 0 and math.isfinite(trial_cost) and actual > ACCEPT_RATIO * predicted
+            previous_cost = run.cost
+            if accepted:
+                ratio = actual / predicted
+                damping = max(damping * max(1 / 3, 1 - (2 * ratio - 1) ** 3), SMALLEST_DAMPING)
+                growth = 2.0
+                run.accept(trial_local, trial_shared, trial_cost, trial_curves)
+            else:
+                damping, growth = damping * growth, growth * 2
+            status = _converged(actual, predicted, previous_cost, step_norm, theta_norm, accepted, ftol, xtol)
+            if status is not None:
+                return run.outcome(status)
+            if accepted:
+                break
+
+
+def _converged(actual, predicted, cost, step_norm, theta_norm, accepted, ftol, xtol) -> str | None:
+    """The status a step ends the fit with, if any (see `global_levenberg_marquardt`)."""
+    if accepted and abs(actual) <= ftol * cost and predicted <= ftol * cost:
+        return "ftol"
+    if step_norm <= xtol * theta_norm:
+        return "xtol"
+    if not accepted and (predicted <= EPS * cost or step_norm <= EPS * theta_norm or not math.isfinite(predicted)):
+        return "roundoff"
+    return None
+
+
+@dataclass
+class _Run:
+    """The iterate and the counters of a global fit."""
+
+    local: torch.Tensor
+    shared: torch.Tensor
+    cost: float
+    curve_cost: torch.Tensor
+    evaluations: int = 1
+    jacobians: int = 0
+    steps: int = 0
+    history: list[float] = field(default_factory=list)
+
+    upper: torch.Tensor | None = None
+
+    def accept(self, local, shared, cost, curve_cost) -> None:
+        self.local, self.shared, self.cost, self.curve_cost = local, shared, cost, curve_cost
+        self.upper = None  # taken at the previous iterate
+        self.steps += 1
+        self.history.append(cost)
+
+    def outcome(self, status: str) -> GlobalOutcome:
+        return GlobalOutcome(
+            self.local, self.shared, status, self.cost, self.curve_cost, self.evaluations, self.jacobians,
+            self.steps, self.history, self.upper,
+        )  # fmt: skip

@@ -111,3 +111,13 @@ def test_check_report_shows_one_row_per_check_with_text_escaped():
     assert rows[0][:3] == ["first_order", "FAILED", "d/dx differs at x[0] < 0 & x[1] > 1: got <tensor 0.5>"]
     assert rows[1][:2] == ["vmap", "ok"]
     assert report.summary() in parsed.paragraphs
+
+
+def test_a_global_fit_shows_its_shared_parameters_in_html():
+    x = np.linspace(0, 4, 20)
+    y = np.stack([a * np.exp(-0.7 * x) + c for a, c in [(1, 0.1), (2, 0.2), (3, 0.0)]])
+    params = {"k": {"value": 1.0, "shared": True}, "a": 1.0, "c": 0.0}
+    html = fit_batch("a*exp(-k*x) + c", x, y, params=params)._repr_html_()
+    assert "Shared by every curve" in html and '<td style="text-align:left">k</td>' in html
+    independent = fit_batch("a*exp(-k*x) + c", x, y, params={"k": 1.0, "a": 1.0, "c": 0.0})
+    assert "Shared by every curve" not in independent._repr_html_()

@@ -126,10 +126,25 @@ class BatchFitResult:
         return html_table.document(
             html_table.table(overview, caption="Batch fit"),
             html_table.notes([underdetermined]),
+            *(
+                [
+                    html_table.table(
+                        self._shared_rows(), ("parameter", "value", "stderr"), caption="Shared by every curve"
+                    )
+                ]
+                if self.shared is not None
+                else []
+            ),
             html_table.table(spread, ("parameter", "median", "5%", "95%"), caption="Converged curves"),
             html_table.table(shown, header, caption="Curves"),
             html_table.notes([more]),
         )
+
+    def _shared_rows(self) -> list[tuple[str, str, str]]:
+        """(name, value, stderr) of each shared parameter of a global fit; none for independent curves."""
+        if self.shared is None:
+            return []
+        return [(name, f"{value:.6g}", f"{self.shared.stderr[name]:.3g}") for name, value in self.shared.params.items()]
 
     def rows(self) -> list[dict]:
         """One dict per curve: index, success, status, cost, dof, each parameter and its stderr."""

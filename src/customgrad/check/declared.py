@@ -19,14 +19,26 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from ..errors import UsageError
 
-if TYPE_CHECKING:
-    from .subject import Subject, VectorJacobianProduct
+#: vjp(inputs, grad_outputs) -> one gradient per input (None where there is none).
+VectorJacobianProduct = Callable[[Sequence[Any], Sequence[torch.Tensor]], Sequence[Any]]
+
+
+class Subject(Protocol):
+    """What a declared gradient is resolved against: the checked Function (`subject.Subject` is one)."""
+
+    name: str
+    custom_gradient: Any
+    function_class: Any
+    parameter_names: tuple[str, ...]
+
+    @property
+    def differentiable_positions(self) -> Sequence[int]: ...
 
 
 def resolve_declared_gradient(subject: Subject) -> tuple[VectorJacobianProduct | None, dict[str, str]]:

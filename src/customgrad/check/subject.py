@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckError, UsageError
+from .declared import VectorJacobianProduct, resolve_declared_gradient
 from .parts import PHASE, short_path
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -24,7 +25,6 @@ _CHECK_DIR = os.path.dirname(__file__)
 
 #: A vector-Jacobian product: (inputs, upstream gradients per differentiable output) -> one gradient
 #: (or None) per input.
-VectorJacobianProduct = Callable[[Sequence[Any], Sequence[torch.Tensor]], Sequence[Any]]
 
 
 def is_function_class(value: Any) -> bool:
@@ -182,8 +182,6 @@ class Subject:
                 f"check({self.name}, ...) needs at least one floating-point tensor among the example "
                 f"inputs to differentiate; got {self.describe_inputs()}"
             )
-        from .declared import resolve_declared_gradient
-
         self.declared_vjp, self.declared_text = resolve_declared_gradient(self)
 
     def _check_example_count(self) -> None:

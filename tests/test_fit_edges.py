@@ -215,3 +215,43 @@ def test_safe_norm_matches_math_hypot_at_the_ends_of_float64(unit):
 
     values = [3.0 * unit, -4.0 * unit, 12.0 * unit]
     assert safe_norm(torch.tensor(values, dtype=torch.float64)) == pytest.approx(math.hypot(*values), rel=1e-15)
+
+
+SCALES = [1e-25, 1e-20, 1e-15, 1e-10, 1e-5, 1.0, 1e5, 1e10, 1e15, 1e20, 1e25]
+
+
+def _decay_at_scale(scale):
+    """scale * (3 exp(-0.7 x) + 0.5 + noise), a start (a = 1 below scale 1, where d/dk shrinks by the
+    scale in the first step; in the data's units above, as SciPy needs too), and SciPy's fit of the
+    unit-scale data, in the data's units."""
+    x = np.linspace(0, 4, 20)
+    unit = 3 * np.exp(-0.7 * x) + 0.5 + 0.01 * np.random.default_rng(3).standard_normal(20)
+    solution, _ = curve_fit(
+        lambda x, a, k, c: a * np.exp(-k * x) + c, x, unit, p0=[1.0, 0.5, 0.0], ftol=1e-14, xtol=1e-14
+    )
+    reference = {"a": solution[0] * scale, "k": solution[1], "c": solution[2] * scale}
+    return x, scale * unit, {"a": max(scale, 1.0), "k": 0.5, "c": 0.0}, reference
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_data_at_any_scale_are_fitted_like_scipy_fits_them_at_scale_1(engine):
+    # a column of J that shrinks by the data's scale (d/dk as a goes 1 -> 3e-10) must not look like a
+    # direction the data do not determine: the fit used to stop at its start, k = 0.5, "converged"
+    for scale in SCALES:
+        x, y, start, reference = _decay_at_scale(scale)
+        result = fit("a*exp(-k*x) + c", x, y, params=start, engine=engine)
+        assert result.success, (scale, result.status)
+        for name, value in reference.items():
+            assert_matches_reference(result.params[name], value, rtol=1e-6, what=f"{name} at scale {scale:g}")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_batch_of_curves_at_every_scale_is_fitted_like_scipy_fits_them_at_scale_1(engine):
+    cases = [_decay_at_scale(scale) for scale in SCALES]
+    x = cases[0][0]
+    params = {name: np.array([start[name] for _, _, start, _ in cases]) for name in ("a", "k", "c")}
+    batch = fit_batch("a*exp(-k*x) + c", x, np.stack([y for _, y, _, _ in cases]), params=params, engine=engine)
+    assert batch.success.all(), batch.status
+    for name in ("a", "k", "c"):
+        expected = np.array([reference[name] for *_, reference in cases])
+        assert_matches_reference(batch.params[name], expected, rtol=1e-6, what=name)

@@ -6,7 +6,8 @@ the small R (numpy), then as many trial steps as the trust region needs, each co
 evaluation and no new factorisation (lambda is solved from the singular values). The step uses only
 R and Q^T r, pieces a batch or a sharded data set can assemble (stacked QRs), and never forms J^T J,
 which squares the condition number.
-D holds running maxima of the Jacobian's column norms, so the method is invariant to parameter scale.
+D holds running maxima of the Jacobian's column norms (a column that shrinks by orders of magnitude
+restarts alone), so the method is invariant to parameter scale.
 Damped steps get a geodesic acceleration (Transtrum & Sethna 2012): one more residual evaluation gives
 the curvature r''(v, v) along the step v, and the correction -(J^T J + lambda D^2)^-1 J^T r'' / 2
 reuses the SVD (J^T r'' is again a sum over data rows). On curved valleys (Bennett5, MGH09/10/17) it
@@ -59,6 +60,11 @@ VISIBLE_STEP = 1e-8
 # its squared singular values underflow and the step vanishes: D restarts from the current columns,
 # and the trust radius with it, as at the first Jacobian.
 SHRUNK = 2.0**-400
+# A single column that shrank below COLUMN_SHRUNK times its maximum restarts alone from its current norm
+# (a = 1 -> 3e-10 shrinks d/dk of a exp(-k x) + c by 1e-10): kept at its maximum, its column of R D^-1
+# would look RANK_TOLERANCE-small, and k, though determined by the data, would be left out of the steps.
+# At sqrt(RANK_TOLERANCE), scaling alone can never push a column below the rank test.
+COLUMN_SHRUNK = 1e-5
 # A parameter whose relative sensitivity ||J_j|| max(|b_j|, 1) falls below this share of ||y|| has stopped
 # mattering (an exp that underflowed): the fit stopped on a plateau, worth one restart (`fit`, `fit_batch`).
 SATURATION = 1e-10
@@ -199,6 +205,11 @@ def levenberg_marquardt(
             radius = max(factor * _norm(scale * theta_np) or factor, VISIBLE_STEP * math.sqrt(cost))
         else:
             scale = np.maximum(scale, column_norms)
+            scale = np.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale)
+        # ||D theta|| (xtol's yardstick) over the parameters that move the model here: a column that is
+        # exactly zero (a = 1 - 1 after a first step to data at 1e-20 leaves d/dk = 0) keeps its D for
+        # the next Jacobian, but its stale D |b_j| would make every later step look relatively small
+        live_scale = np.where(column_norms > 0, scale, 0.0)
         if cost == 0:
             status = "exact"
             break
@@ -211,7 +222,7 @@ def levenberg_marquardt(
         damped = DampedStep(s, u.T @ qtr)
         # theta + D^-1 V c: the step from its V-coordinates c, in one product
         to_step = vt.T / scale[:, None]
-        theta_norm = _norm(scale * theta_np)
+        theta_norm = _norm(live_scale * theta_np)
         while True:
             lam, coordinates, step_norm, decrease = damped.solve(radius)
             if steps == 0 and jacobians == 1:
@@ -244,7 +255,7 @@ def levenberg_marquardt(
             accepted = ratio >= 1e-4
             if accepted:
                 theta, theta_np, r, cost = trial, trial_np, r_trial, cost_trial
-                theta_norm = _norm(scale * theta_np)
+                theta_norm = _norm(live_scale * theta_np)
                 steps += 1
                 history.append(cost)
                 if on_step is not None:

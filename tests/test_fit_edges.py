@@ -255,3 +255,24 @@ def test_a_batch_of_curves_at_every_scale_is_fitted_like_scipy_fits_them_at_scal
     for name in ("a", "k", "c"):
         expected = np.array([reference[name] for *_, reference in cases])
         assert_matches_reference(batch.params[name], expected, rtol=1e-6, what=name)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_fit_stuck_where_the_model_no_longer_depends_on_its_parameters_is_not_converged(engine):
+    # from b = 40, exp(-b x) on x >= 1 underflows: the cost is flat (every convergence test passes) but
+    # far above the minimum SciPy finds from b = 1; the restart stays there too, so: status "plateau"
+    x = np.linspace(1, 5, 40)
+    noise = 0.01 * np.random.default_rng(1).standard_normal((2, 40))
+    y = np.stack([2.0 * np.exp(-0.5 * x), 3.0 * np.exp(-0.3 * x)]) + noise
+    start = {"a": 1.0, "b": 40.0}
+    batch = fit_batch("a*exp(-b*x)", x, y, params=start, engine=engine)
+    for i, row in enumerate(y):
+        single = fit("a*exp(-b*x)", x, row, params=start, engine=engine)
+        (a, b), _ = curve_fit(lambda x, a, b: a * np.exp(-b * x), x, row, p0=[1.0, 1.0])
+        minimum = float(np.sum((a * np.exp(-b * x) - row) ** 2))
+        for result in (single, batch[i]):
+            # where it stopped, changing a or b by their own size moves the model by < 1e-6 of the data
+            a_end, b_end = result.params["a"], result.params["b"]
+            reach = np.abs([np.exp(-b_end * x).max() * a_end, (a_end * x * np.exp(-b_end * x)).max() * b_end])
+            assert reach.max() < 1e-6 * np.abs(row).max() and result.cost > 100 * minimum
+            assert not result.success and result.status == "plateau" and "plateau" in result.message

@@ -17,7 +17,7 @@ from ..errors import CustomgradError, FitError, UsageError
 from .chunked import ChunkedModel
 from .data import prepare_data
 from .distributed import Shards
-from .lm import SATURATION
+from .lm import PLATEAU, SATURATION, plateau_status
 from .loss import get_loss, robust_cost, robust_linearization
 from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
@@ -349,21 +349,33 @@ def _solve(calls: _Calls, theta, method, solver, engine, max_steps, learning_rat
                 calls.residuals, calls.linearize, calls.cost_of, start, on_step=callback, factor=factor, **options
             )
 
-        outcome = run(theta)
-        stalled = outcome.saturated  # (tested by the native engine; else here)
-        if stalled is None:
-            stalled = method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards)
-        if stalled:
-            retry = run(theta, factor=1.0)
-            if retry.cost < outcome.cost:
-                retry.evaluations += outcome.evaluations
-                retry.jacobians += outcome.jacobians
-                outcome = retry
+        outcome = run(theta) if method != "lm" else _restarted_on_plateau(run, calls, theta, run(theta))
         if calls.rescaled:
             outcome = _in_range(run, calls, outcome)
         elif outcome.cost == 0 and outcome.status != "nonfinite" and _any_nonzero(problem, outcome.theta, shards):
             outcome.status = "underflow"  # the solver saw a zero cost that is not zero: r^2 underflowed
     return native, outcome
+
+
+def _restarted_on_plateau(run, calls: _Calls, theta: torch.Tensor, outcome):
+    """LM's ``outcome``, or where a parameter stopped mattering (`_saturated`) a restart from ``theta``
+    with factor 1 if that reached a lower cost; status "plateau" where none matters (`lm.plateau_status`)."""
+
+    problem, shards = calls.problem, calls.shards
+    stalled = outcome.saturated  # (tested by the native engine; else here)
+    if stalled is None:
+        stalled = outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards) > 0
+    if not stalled:
+        return outcome
+    retry = run(theta, factor=1.0)
+    if retry.cost < outcome.cost:
+        retry.evaluations += outcome.evaluations
+        retry.jacobians += outcome.jacobians
+        outcome = retry
+    if outcome.status != "nonfinite":
+        dead = _saturated(problem, outcome.theta, shards, PLATEAU) == len(theta)
+        outcome.status = plateau_status(outcome.status, dead)
+    return outcome
 
 
 def check_engine(engine: str) -> None:
@@ -534,21 +546,21 @@ def power_of_two_scales(rows: torch.Tensor) -> torch.Tensor:
     return torch.where(usable, torch.ldexp(torch.ones_like(largest), shift), 1.0)
 
 
-def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> bool:
-    """A parameter's relative sensitivity ||J_j|| max(|b_j|, 1) below `SATURATION` ||y / sigma|| (J is
-    weighted by 1 / sigma too: the test does not depend on the units of y or sigma)."""
+def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None, share: float = SATURATION) -> int:
+    """How many parameters' relative sensitivity ||J_j|| max(|b_j|, 1) is below ``share`` ||y / sigma||
+    (J is weighted by 1 / sigma too: the test does not depend on the units of y or sigma)."""
     _, jacobian = problem.jacobian(theta)  # (R of J when chunked: the same column norms)
     weighted = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
     scale = power_of_two_scale(weighted)  # norms of data near 1e200 would overflow
     values = problem.external(theta).abs().clamp_min(1.0)
+    # J_j max(|b_j|, 1) in the data's scaled units (J scaled alone, 1e-224 at y ~ 1e300, squares to 0)
     if shards is None:
-        sensitivity = torch.linalg.vector_norm(jacobian * scale, dim=0) * values
-        return bool((sensitivity < SATURATION * torch.linalg.vector_norm(weighted * scale)).any())
+        sensitivity = torch.linalg.vector_norm(jacobian * (scale * values), dim=0)
+        return int((sensitivity < share * torch.linalg.vector_norm(weighted * scale)).sum())
     scale = shards.minimum(scale)
-    scaled, y = jacobian * scale, weighted * scale
+    scaled, y = jacobian * (scale * values), weighted * scale
     squares = shards.sum(torch.cat([(scaled * scaled).sum(0), (y * y).sum().reshape(1)]).cpu().numpy())
-    sensitivity = torch.as_tensor(np.sqrt(squares[:-1])).to(values) * values
-    return bool((sensitivity < SATURATION * math.sqrt(squares[-1])).any())
+    return int((np.sqrt(squares[:-1]) < share * math.sqrt(squares[-1])).sum())
 
 
 class _Final(NamedTuple):

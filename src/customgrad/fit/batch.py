@@ -20,7 +20,7 @@ from .batch_model import BatchModel
 from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
-from .lm import SATURATION, Outcome
+from .lm import PLATEAU, SATURATION, Outcome, plateau_status
 from .model import Model, build_function
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .reduction import reduce_gram
@@ -247,6 +247,7 @@ def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, adva
     if len(plateau):
         retry = solver.solve(index[plateau], theta[plateau], factor=1.0, **options)
         _merge_retry(outcome, retry, plateau)
+        _mark_plateaus(_Subset(problem, index[plateau]), outcome, plateau)
     return outcome
 
 
@@ -334,8 +335,8 @@ class _Subset:
         return self.problem.external(theta)
 
 
-def _saturated(problem, theta: torch.Tensor) -> torch.Tensor:
-    """(b,) bool: a parameter's relative sensitivity ||J_j|| max(|b_j|, 1) is below 1e-10 ||y / sigma|| (see `api`)."""
+def _saturated(problem, theta: torch.Tensor, share: float = SATURATION) -> torch.Tensor:
+    """(b,) how many parameters' relative sensitivity ||J_j|| max(|b_j|, 1) is below ``share`` ||y / sigma||."""
     everyone = torch.arange(theta.shape[0], device=theta.device)
     values = problem.external(theta)
     block = problem.augmented(theta, everyone)  # J in internal coordinates, as `api._saturated`
@@ -345,7 +346,7 @@ def _saturated(problem, theta: torch.Tensor) -> torch.Tensor:
     y = torch.where(whole.mask[problem.index], weighted[problem.index], 0.0)
     if problem.problem.scales is not None:  # J carries the curves' scales: so must y
         y = y * problem.problem.scales[problem.index].unsqueeze(-1)
-    return (sensitivity < SATURATION * safe_column_norms(y.unsqueeze(-1))).any(-1)
+    return (sensitivity < share * safe_column_norms(y.unsqueeze(-1))).sum(-1)
 
 
 def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> BatchOutcome:
@@ -363,17 +364,26 @@ def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> Bat
     outcome = batch_levenberg_marquardt(problem, theta, reduce=reduce_gram, on_round=on_round, **options)
     plateau = _plateau(problem, outcome)
     if len(plateau):
-        retry = batch_levenberg_marquardt(
-            _Subset(problem.problem, problem.index[plateau]), theta[plateau], factor=1.0, **options
-        )
+        subset = _Subset(problem.problem, problem.index[plateau])
+        retry = batch_levenberg_marquardt(subset, theta[plateau], factor=1.0, **options)
         _merge_retry(outcome, retry, plateau)
+        _mark_plateaus(subset, outcome, plateau)
     return outcome
 
 
 def _plateau(problem: _Subset, outcome: BatchOutcome) -> torch.Tensor:
     """Positions of the curves that stopped on a plateau (see `_saturated`), not counting failed ones."""
     candidates = torch.tensor([status != "nonfinite" for status in outcome.status], device=outcome.theta.device)
-    return (candidates & _saturated(problem, outcome.theta)).nonzero().flatten()
+    return (candidates & (_saturated(problem, outcome.theta) > 0)).nonzero().flatten()
+
+
+def _mark_plateaus(subset: _Subset, outcome: BatchOutcome, plateau: torch.Tensor) -> None:
+    """Status "plateau" for the curves at ``plateau`` (``subset``, after their restart) whose model no longer
+    depends on any parameter (`lm.PLATEAU`, `lm.plateau_status`)."""
+    dead = _saturated(subset, outcome.theta[plateau], PLATEAU) == outcome.theta.shape[-1]
+    for i, flag in zip(plateau.tolist(), dead.tolist()):
+        if outcome.status[i] != "nonfinite":
+            outcome.status[i] = plateau_status(outcome.status[i], flag)
 
 
 def _merge_retry(outcome: BatchOutcome, retry: BatchOutcome, plateau: torch.Tensor) -> None:

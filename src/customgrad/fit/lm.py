@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .result import TERMINATION
 from .statistics import column_norms as safe_column_norms
 
 EPS = float(np.finfo(np.float64).eps)
@@ -68,6 +69,10 @@ COLUMN_SHRUNK = 1e-5
 # A parameter whose relative sensitivity ||J_j|| max(|b_j|, 1) falls below this share of ||y|| has stopped
 # mattering (an exp that underflowed): the fit stopped on a plateau, worth one restart (`fit`, `fit_batch`).
 SATURATION = 1e-10
+# A fit that stopped there (after its restart) with every parameter's sensitivity below this share of
+# ||y|| has a model that no longer depends on its parameters (a exp(-b x) at b = 25 on x >= 1: the model
+# is 1e-10 of the data, with a cost of ||y||^2): status "plateau", not converged.
+PLATEAU = 1e-6
 
 
 @dataclass
@@ -82,6 +87,16 @@ class Outcome:
     steps: int
     history: list[float] = field(default_factory=list)
     saturated: bool | None = None  # stopped on a plateau, where the engine tested it (None: not tested)
+
+
+def plateau_status(status: str, dead: bool) -> str:
+    """ "plateau" in place of a converged ``status`` where the model is ``dead`` (see `PLATEAU`), else ``status``.
+
+    With every Jacobian column negligible the cost is flat, so every convergence test passes, but the
+    model no longer depends on its parameters: not a minimum (a exp(-b x) from b = 40). A zero cost
+    ("exact") is a minimum all the same. `fit` and `fit_batch` apply it after their plateau restart.
+    """
+    return "plateau" if dead and status != "exact" and TERMINATION[status][0] else status
 
 
 def reduce_jacobian(augmented: torch.Tensor) -> np.ndarray:

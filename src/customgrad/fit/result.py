@@ -45,6 +45,12 @@ TERMINATION: dict[str, tuple[bool, str]] = {
         "stopped: the squared residuals underflow float64 (residuals below ~1e-154), so the solver saw a "
         "zero cost; use method 'lm' with the linear loss (it rescales), or rescale the data",
     ),
+    "plateau": (
+        False,
+        "stopped on a plateau: no parameter changes the model any more at these values (every Jacobian "
+        "column vanished, e.g. an exponential that underflowed), so the cost is flat here but not at a "
+        "minimum, and a restart with a smaller trust region stayed there; start closer to the solution",
+    ),
     "no_data": (False, "not fitted: the curve has no finite data points (fit_batch: NaN results, the others fitted)"),
 }
 

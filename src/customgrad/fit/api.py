@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CustomgradError, FitError, UsageError
+from . import goodness
 from .chunked import ChunkedModel
 from .data import prepare_data
 from .distributed import Shards
@@ -642,7 +643,16 @@ def _result(
         tied=dict(ties.given) if ties else {},
         absolute_sigma=absolute,
         source=source,
+        pooled_rsquared=None if shards is None else _pooled_rsquared(shards, problem.y, fitted),
     )
+
+
+def _pooled_rsquared(shards: Shards, y: torch.Tensor, fitted: torch.Tensor) -> float:
+    """R^2 over every rank's rows (`goodness.r_squared`): the mean of y first, then both sums of squares."""
+    count, total = shards.sum([y.numel(), float(y.sum())])
+    mean = total / count if count else 0.0
+    residual, spread = shards.sum([float(((y - fitted) ** 2).sum()), float(((y - mean) ** 2).sum())])
+    return goodness.r_squared_from_sums(float(residual), float(spread), int(count))
 
 
 def _native_final(native, problem: Model, values: torch.Tensor, unit: float, absolute: bool) -> _Final | None:

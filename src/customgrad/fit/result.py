@@ -84,6 +84,8 @@ class FitResult:
     tied: dict[str, str] = field(default_factory=dict)
     absolute_sigma: bool = False
     source: FitSource | None = field(default=None, repr=False, compare=False)
+    # a distributed fit's R^2 over every rank's rows (``data`` holds this rank's only)
+    pooled_rsquared: float | None = field(default=None, repr=False)
 
     @property
     def success(self) -> bool:
@@ -134,6 +136,8 @@ class FitResult:
     @property
     def rsquared(self) -> float:
         """R^2 = 1 - sum (y - f)^2 / sum (y - mean y)^2, unweighted (lmfit); NaN without data."""
+        if self.pooled_rsquared is not None:
+            return self.pooled_rsquared
         if "y" not in self.data:
             return math.nan
         return goodness.r_squared(self.data["y"], self.data["fitted"])

@@ -3,6 +3,7 @@ step limits, constant names, and the plotted curve, against NumPy / SciPy refere
 """
 
 import math
+import re
 
 import matplotlib.figure
 import numpy as np
@@ -276,3 +277,29 @@ def test_a_fit_stuck_where_the_model_no_longer_depends_on_its_parameters_is_not_
             reach = np.abs([np.exp(-b_end * x).max() * a_end, (a_end * x * np.exp(-b_end * x)).max() * b_end])
             assert reach.max() < 1e-6 * np.abs(row).max() and result.cost > 100 * minimum
             assert not result.success and result.status == "plateau" and "plateau" in result.message
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "x_is_dict", "message"),
+    [
+        ("a*t + b", {"a": 1.0, "b": 0.0, "t": 0.5}, False, "uses no predictor: every name in it ('a', 't', 'b')"),
+        ("a + b", {"a": 1.0, "b": 0.0}, False, "write it with x: 'a + b + 0*x'"),
+        ("a*t + b", {"a": 1.0, "b": 0.0, "t": 0.5}, True, "uses none of the data columns given in x ('u')"),
+    ],
+)
+def test_a_model_that_uses_none_of_the_data_is_an_error_naming_it(model, params, x_is_dict, message):
+    # x used to be dropped without a word and the fit reported success
+    x = np.linspace(0, 1, 10)
+    y = 2 * x + 1
+    data = {"u": x} if x_is_dict else x
+    with pytest.raises(UsageError, match=re.escape(message)):
+        fit(model, data, y, params=params)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        fit_batch(model, data, np.stack([y, y]), params=params)
+
+
+def test_a_model_constant_in_x_on_purpose_is_written_with_x_and_fits_the_mean():
+    x = np.linspace(0, 1, 10)
+    y = 2 * x + 1
+    result = fit("c + 0*x", x, y, params={"c": 0.0})
+    assert result.success and result.params["c"] == pytest.approx(np.mean(y), rel=1e-12)

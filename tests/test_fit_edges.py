@@ -303,3 +303,20 @@ def test_a_model_constant_in_x_on_purpose_is_written_with_x_and_fits_the_mean():
     y = 2 * x + 1
     result = fit("c + 0*x", x, y, params={"c": 0.0})
     assert result.success and result.params["c"] == pytest.approx(np.mean(y), rel=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_fit_stuck_with_dead_parameters_beside_a_live_one_is_not_converged(engine):
+    # from b = 60, a and b of a exp(-b x) + c no longer matter on x >= 1 and, scaled to unit columns,
+    # spoil every trial step: the fit stopped at its start with c = 0, though c alone lowers the cost
+    x = np.linspace(1, 5, 40)
+    y = 2.0 * np.exp(-0.5 * x) + 0.01 * np.random.default_rng(1).standard_normal(40)
+    start = {"a": 1.0, "b": 60.0, "c": 0.0}
+    single = fit("a*exp(-b*x) + c", x, y, params=start, engine=engine)
+    batch = fit_batch("a*exp(-b*x) + c", x, np.stack([y, y]), params=start, engine=engine)
+    for result in (single, batch[0], batch[1]):
+        a, b, c = (result.params[name] for name in ("a", "b", "c"))
+        model = a * np.exp(-b * x)
+        best_c = np.mean(y - model)  # least squares in c alone, a and b as they are
+        assert np.sum((model + c - y) ** 2) > 1.01 * np.sum((model + best_c - y) ** 2)
+        assert not result.success and result.status == "plateau"

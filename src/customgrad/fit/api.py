@@ -18,7 +18,7 @@ from . import goodness
 from .chunked import ChunkedModel
 from .data import prepare_data
 from .distributed import Shards
-from .lm import PLATEAU, SATURATION, plateau_status
+from .lm import SATURATION, plateau_status, stuck_on_plateau
 from .loss import get_loss, robust_cost, robust_linearization
 from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
@@ -374,8 +374,8 @@ def _restarted_on_plateau(run, calls: _Calls, theta: torch.Tensor, outcome):
         retry.jacobians += outcome.jacobians
         outcome = retry
     if outcome.status != "nonfinite":
-        dead = _saturated(problem, outcome.theta, shards, PLATEAU) == len(theta)
-        outcome.status = plateau_status(outcome.status, dead)
+        stuck = bool(stuck_on_plateau(*_sensitivities(problem, outcome.theta, shards)))
+        outcome.status = plateau_status(outcome.status, stuck)
     return outcome
 
 
@@ -547,21 +547,30 @@ def power_of_two_scales(rows: torch.Tensor) -> torch.Tensor:
     return torch.where(usable, torch.ldexp(torch.ones_like(largest), shift), 1.0)
 
 
-def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None, share: float = SATURATION) -> int:
-    """How many parameters' relative sensitivity ||J_j|| max(|b_j|, 1) is below ``share`` ||y / sigma||
+def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> int:
+    """How many parameters' relative sensitivity ||J_j|| max(|b_j|, 1) is below `SATURATION` ||y / sigma||
     (J is weighted by 1 / sigma too: the test does not depend on the units of y or sigma)."""
-    _, jacobian = problem.jacobian(theta)  # (R of J when chunked: the same column norms)
+    reach, _, _, data_norm = _sensitivities(problem, theta, shards)
+    return int((reach < SATURATION * data_norm).sum())
+
+
+def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> tuple[torch.Tensor, ...]:
+    """`lm.stuck_on_plateau`'s inputs over every rank's rows: ||J_j|| max(|b_j|, 1), (J max(|b|, 1))^T r,
+    ||r|| and ||y / sigma||, in units where y's squares stay in range (from [J | r] or its R: the
+    column products do not change)."""
+    block = problem.augmented(theta)  # J in internal coordinates, weighted by 1 / sigma as r
     weighted = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
     scale = power_of_two_scale(weighted)  # norms of data near 1e200 would overflow
+    if shards is not None:
+        scale = shards.minimum(scale)
     values = problem.external(theta).abs().clamp_min(1.0)
-    # J_j max(|b_j|, 1) in the data's scaled units (J scaled alone, 1e-224 at y ~ 1e300, squares to 0)
-    if shards is None:
-        sensitivity = torch.linalg.vector_norm(jacobian * (scale * values), dim=0)
-        return int((sensitivity < share * torch.linalg.vector_norm(weighted * scale)).sum())
-    scale = shards.minimum(scale)
-    scaled, y = jacobian * (scale * values), weighted * scale
-    squares = shards.sum(torch.cat([(scaled * scaled).sum(0), (y * y).sum().reshape(1)]).cpu().numpy())
-    return int((np.sqrt(squares[:-1]) < share * math.sqrt(squares[-1])).sum())
+    # J_j max(|b_j|, 1) in scaled units (J scaled alone, 1e-224 at y ~ 1e300, squares to 0)
+    reach, r, y = block[:, :-1] * (scale * values), block[:, -1] * scale, weighted * scale
+    sums = torch.cat([(reach * reach).sum(0), r @ reach, (r @ r).reshape(1), (y @ y).reshape(1)])
+    if shards is not None:
+        sums = torch.as_tensor(shards.sum(sums.cpu().numpy()))
+    p = len(values)
+    return sums[:p].sqrt(), sums[p : 2 * p], sums[2 * p].sqrt(), sums[2 * p + 1].sqrt()
 
 
 class _Final(NamedTuple):

@@ -20,7 +20,7 @@ from .batch_model import BatchModel
 from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
-from .lm import PLATEAU, SATURATION, Outcome, plateau_status
+from .lm import SATURATION, Outcome, plateau_status, stuck_on_plateau
 from .model import Model, build_function
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .reduction import reduce_gram
@@ -335,18 +335,26 @@ class _Subset:
         return self.problem.external(theta)
 
 
-def _saturated(problem, theta: torch.Tensor, share: float = SATURATION) -> torch.Tensor:
-    """(b,) how many parameters' relative sensitivity ||J_j|| max(|b_j|, 1) is below ``share`` ||y / sigma||."""
+def _saturated(problem, theta: torch.Tensor) -> torch.Tensor:
+    """(b,) how many parameters' relative sensitivity ||J_j|| max(|b_j|, 1) is below 1e-10 ||y / sigma|| (see `api`)."""
+    reach, _, _, data_norm = _sensitivities(problem, theta)
+    return (reach < SATURATION * data_norm.unsqueeze(-1)).sum(-1)
+
+
+def _sensitivities(problem, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per curve `lm.stuck_on_plateau`'s inputs: ||J_j|| max(|b_j|, 1), (J max(|b|, 1))^T r, ||r||, ||y / sigma||."""
     everyone = torch.arange(theta.shape[0], device=theta.device)
-    values = problem.external(theta)
-    block = problem.augmented(theta, everyone)  # J in internal coordinates, as `api._saturated`
-    sensitivity = safe_column_norms(block[..., :-1]) * values.abs().clamp_min(1.0)
+    values = problem.external(theta).abs().clamp_min(1.0)
+    block = problem.augmented(theta, everyone)  # J in internal coordinates, as `api._sensitivities`
+    r = block[..., -1:]
+    reach = safe_column_norms(block[..., :-1]) * values
+    gradient = (block[..., :-1] * r).sum(-2) * values
     whole = problem.problem
     weighted = whole.y if whole.weights is None else whole.y * whole.weights  # J carries 1 / sigma: so must y
     y = torch.where(whole.mask[problem.index], weighted[problem.index], 0.0)
     if problem.problem.scales is not None:  # J carries the curves' scales: so must y
         y = y * problem.problem.scales[problem.index].unsqueeze(-1)
-    return (sensitivity < share * safe_column_norms(y.unsqueeze(-1))).sum(-1)
+    return reach, gradient, safe_column_norms(r)[..., 0], safe_column_norms(y.unsqueeze(-1))[..., 0]
 
 
 def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> BatchOutcome:
@@ -378,10 +386,10 @@ def _plateau(problem: _Subset, outcome: BatchOutcome) -> torch.Tensor:
 
 
 def _mark_plateaus(subset: _Subset, outcome: BatchOutcome, plateau: torch.Tensor) -> None:
-    """Status "plateau" for the curves at ``plateau`` (``subset``, after their restart) whose model no longer
-    depends on any parameter (`lm.PLATEAU`, `lm.plateau_status`)."""
-    dead = _saturated(subset, outcome.theta[plateau], PLATEAU) == outcome.theta.shape[-1]
-    for i, flag in zip(plateau.tolist(), dead.tolist()):
+    """Status "plateau" for the curves at ``plateau`` (``subset``, after their restart) that stopped on a
+    plateau and not at a minimum (`lm.stuck_on_plateau`, `lm.plateau_status`)."""
+    stuck = stuck_on_plateau(*_sensitivities(subset, outcome.theta[plateau]))
+    for i, flag in zip(plateau.tolist(), stuck.tolist()):
         if outcome.status[i] != "nonfinite":
             outcome.status[i] = plateau_status(outcome.status[i], flag)
 

@@ -73,6 +73,10 @@ SATURATION = 1e-10
 # ||y|| has a model that no longer depends on its parameters (a exp(-b x) at b = 25 on x >= 1: the model
 # is 1e-10 of the data, with a cost of ||y||^2): status "plateau", not converged.
 PLATEAU = 1e-6
+# ... or with some parameter below SATURATION while a live one's column still has a cosine above this
+# with the residuals: from b = 60, a exp(-b x) + c stopped at its start with c = 0 (the dead columns,
+# scaled by D to unit norm, made every trial step useless), though c alone could lower the cost.
+STATIONARY = 1e-6
 
 
 @dataclass
@@ -89,14 +93,30 @@ class Outcome:
     saturated: bool | None = None  # stopped on a plateau, where the engine tested it (None: not tested)
 
 
-def plateau_status(status: str, dead: bool) -> str:
-    """ "plateau" in place of a converged ``status`` where the model is ``dead`` (see `PLATEAU`), else ``status``.
+def plateau_status(status: str, stuck: bool) -> str:
+    """Status "plateau" in place of a converged ``status`` where the fit is ``stuck`` (`stuck_on_plateau`).
 
     With every Jacobian column negligible the cost is flat, so every convergence test passes, but the
     model no longer depends on its parameters: not a minimum (a exp(-b x) from b = 40). A zero cost
     ("exact") is a minimum all the same. `fit` and `fit_batch` apply it after their plateau restart.
     """
-    return "plateau" if dead and status != "exact" and TERMINATION[status][0] else status
+    return "plateau" if stuck and status != "exact" and TERMINATION[status][0] else status
+
+
+def stuck_on_plateau(
+    reach: torch.Tensor, gradient: torch.Tensor, residual_norm: torch.Tensor, data_norm: torch.Tensor
+) -> torch.Tensor:
+    """(...) bool: every sensitivity reach_j = ||J_j|| max(|b_j|, 1) is below `PLATEAU` ||y||, or one is
+    below `SATURATION` ||y|| while a live column's cosine |gradient_j| / (reach_j ||r||) is above
+    `STATIONARY` (``gradient`` = (J max(|b|, 1))^T r): the fit stopped on a plateau, not at a minimum.
+
+    Shapes (..., p), (..., p), (...,), (...,), all in the same units (y, r and J scaled alike).
+    """
+    threshold = data_norm.unsqueeze(-1)
+    saturated = reach < SATURATION * threshold
+    cosine = gradient.abs() / (reach * residual_norm.unsqueeze(-1))
+    unfinished = (~saturated & (cosine > STATIONARY)).any(-1)  # NaN (a zero column or r) counts as finished
+    return (reach < PLATEAU * threshold).all(-1) | (saturated.any(-1) & unfinished)
 
 
 def reduce_jacobian(augmented: torch.Tensor) -> np.ndarray:

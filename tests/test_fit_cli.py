@@ -115,6 +115,11 @@ def test_nist_file_fits_with_its_own_model_and_start():
         (["--model", "a*x", "--data", "{csv}", "--x", "nope", "--param", "a=1"], "no column 'nope'"),
         (["--model", "a*x", "--data", "{csv}"], "--param NAME=VALUE"),
         (["--model", "a*x", "--data", "{csv}", "--param", "a"], "write NAME=VALUE"),
+        (
+            ["--model", "a*t + b", "--data", "{csv}", "--x", "time", "--y", "signal"]
+            + ["--param", "a=1", "--param", "b=0", "--param", "t=0.5"],
+            "model 'a*t + b' uses none of the data columns given in x ('time')",
+        ),
     ],
 )
 def test_bad_input_gives_one_clear_error(csv_file, args, message):

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.slow
 
 GAUSSIAN = "a*exp(-(x-m)**2/(2*s**2))+c"
 START = {"a": 1.0, "m": 0.0, "s": 1.0, "c": 0.0}
+STATISTICS = ("chisqr", "redchi", "aic", "bic", "rsquared", "nfree", "ndata")
+PROBE = np.array([-2.0, 0.0, 0.5, 2.5])
 
 
 def data():
@@ -60,7 +62,18 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     def lm():
         result = fit(GAUSSIAN, x[shard], y[shard], params=START, distributed=True)
-        return {"params": result.params, "stderr": result.stderr, "cost": result.cost, "dof": result.dof}
+        statistics = {name: getattr(result, name) for name in STATISTICS}
+        band = result.eval_uncertainty(PROBE, sigma=2, kind="prediction").tolist()  # holds redchi
+        text = {name: json.loads(result.to_json())[name] for name in STATISTICS}
+        return {
+            "params": result.params,
+            "stderr": result.stderr,
+            "cost": result.cost,
+            "dof": result.dof,
+            "statistics": statistics,
+            "band": band,
+            "json": text,
+        }
 
     def adam():
         result = fit(GAUSSIAN, x[shard], y[shard], params=START, method="adam", max_steps=300, distributed=True)
@@ -146,6 +159,23 @@ def test_lm_on_two_ranks_matches_one_process(ranks):
             assert_matches_reference(found["stderr"][name], single.stderr[name], rtol=1e-8, what=name)
         assert found["dof"] == single.dof
         assert_matches_reference(found["cost"], single.cost, rtol=1e-12, what="cost")
+
+
+def test_every_statistic_of_a_distributed_fit_is_over_all_rows(ranks):
+    # R^2 read this rank's rows only; chisqr, redchi, aic, bic, the bands and the JSON must agree too
+    x, y = data()
+    single = fit(GAUSSIAN, x, y, params=START)
+    residual = y - single.data["fitted"]
+    rsquared = 1 - residual @ residual / ((y - y.mean()) @ (y - y.mean()))  # numpy, all 101 rows
+    assert_matches_reference(single.rsquared, rsquared, rtol=1e-12, what="one process's R^2")
+    band = single.eval_uncertainty(PROBE, sigma=2, kind="prediction")
+    for rank in ranks:
+        found = rank["lm"]["ok"]
+        for name in STATISTICS:
+            for where in ("statistics", "json"):
+                expected = getattr(single, name)
+                assert_matches_reference(found[where][name], expected, rtol=1e-9, what=f"{where} {name}")
+        assert_matches_reference(np.array(found["band"]), band, rtol=1e-8, what="prediction band")
 
 
 def test_profile_intervals_on_two_ranks_use_every_rows_and_match_one_process(ranks):

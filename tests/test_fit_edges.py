@@ -3,6 +3,7 @@ step limits, constant names, and the plotted curve, against NumPy / SciPy refere
 """
 
 import math
+import re
 
 import matplotlib.figure
 import numpy as np
@@ -215,3 +216,107 @@ def test_safe_norm_matches_math_hypot_at_the_ends_of_float64(unit):
 
     values = [3.0 * unit, -4.0 * unit, 12.0 * unit]
     assert safe_norm(torch.tensor(values, dtype=torch.float64)) == pytest.approx(math.hypot(*values), rel=1e-15)
+
+
+SCALES = [1e-25, 1e-20, 1e-15, 1e-10, 1e-5, 1.0, 1e5, 1e10, 1e15, 1e20, 1e25]
+
+
+def _decay_at_scale(scale):
+    """scale * (3 exp(-0.7 x) + 0.5 + noise), a start (a = 1 below scale 1, where d/dk shrinks by the
+    scale in the first step; in the data's units above, as SciPy needs too), and SciPy's fit of the
+    unit-scale data, in the data's units."""
+    x = np.linspace(0, 4, 20)
+    unit = 3 * np.exp(-0.7 * x) + 0.5 + 0.01 * np.random.default_rng(3).standard_normal(20)
+    solution, _ = curve_fit(
+        lambda x, a, k, c: a * np.exp(-k * x) + c, x, unit, p0=[1.0, 0.5, 0.0], ftol=1e-14, xtol=1e-14
+    )
+    reference = {"a": solution[0] * scale, "k": solution[1], "c": solution[2] * scale}
+    return x, scale * unit, {"a": max(scale, 1.0), "k": 0.5, "c": 0.0}, reference
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_data_at_any_scale_are_fitted_like_scipy_fits_them_at_scale_1(engine):
+    # a column of J that shrinks by the data's scale (d/dk as a goes 1 -> 3e-10) must not look like a
+    # direction the data do not determine: the fit used to stop at its start, k = 0.5, "converged"
+    for scale in SCALES:
+        x, y, start, reference = _decay_at_scale(scale)
+        result = fit("a*exp(-k*x) + c", x, y, params=start, engine=engine)
+        assert result.success, (scale, result.status)
+        for name, value in reference.items():
+            assert_matches_reference(result.params[name], value, rtol=1e-6, what=f"{name} at scale {scale:g}")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_batch_of_curves_at_every_scale_is_fitted_like_scipy_fits_them_at_scale_1(engine):
+    cases = [_decay_at_scale(scale) for scale in SCALES]
+    x = cases[0][0]
+    params = {name: np.array([start[name] for _, _, start, _ in cases]) for name in ("a", "k", "c")}
+    batch = fit_batch("a*exp(-k*x) + c", x, np.stack([y for _, y, _, _ in cases]), params=params, engine=engine)
+    assert batch.success.all(), batch.status
+    for name in ("a", "k", "c"):
+        expected = np.array([reference[name] for *_, reference in cases])
+        assert_matches_reference(batch.params[name], expected, rtol=1e-6, what=name)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_fit_stuck_where_the_model_no_longer_depends_on_its_parameters_is_not_converged(engine):
+    # from b = 40, exp(-b x) on x >= 1 underflows: the cost is flat (every convergence test passes) but
+    # far above the minimum SciPy finds from b = 1; the restart stays there too, so: status "plateau"
+    x = np.linspace(1, 5, 40)
+    noise = 0.01 * np.random.default_rng(1).standard_normal((2, 40))
+    y = np.stack([2.0 * np.exp(-0.5 * x), 3.0 * np.exp(-0.3 * x)]) + noise
+    start = {"a": 1.0, "b": 40.0}
+    batch = fit_batch("a*exp(-b*x)", x, y, params=start, engine=engine)
+    for i, row in enumerate(y):
+        single = fit("a*exp(-b*x)", x, row, params=start, engine=engine)
+        (a, b), _ = curve_fit(lambda x, a, b: a * np.exp(-b * x), x, row, p0=[1.0, 1.0])
+        minimum = float(np.sum((a * np.exp(-b * x) - row) ** 2))
+        for result in (single, batch[i]):
+            # where it stopped, changing a or b by their own size moves the model by < 1e-6 of the data
+            a_end, b_end = result.params["a"], result.params["b"]
+            reach = np.abs([np.exp(-b_end * x).max() * a_end, (a_end * x * np.exp(-b_end * x)).max() * b_end])
+            assert reach.max() < 1e-6 * np.abs(row).max() and result.cost > 100 * minimum
+            assert not result.success and result.status == "plateau" and "plateau" in result.message
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "x_is_dict", "message"),
+    [
+        ("a*t + b", {"a": 1.0, "b": 0.0, "t": 0.5}, False, "uses no predictor: every name in it ('a', 't', 'b')"),
+        ("a + b", {"a": 1.0, "b": 0.0}, False, "write it with x: 'a + b + 0*x'"),
+        ("a*t + b", {"a": 1.0, "b": 0.0, "t": 0.5}, True, "uses none of the data columns given in x ('u')"),
+    ],
+)
+def test_a_model_that_uses_none_of_the_data_is_an_error_naming_it(model, params, x_is_dict, message):
+    # x used to be dropped without a word and the fit reported success
+    x = np.linspace(0, 1, 10)
+    y = 2 * x + 1
+    data = {"u": x} if x_is_dict else x
+    with pytest.raises(UsageError, match=re.escape(message)):
+        fit(model, data, y, params=params)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        fit_batch(model, data, np.stack([y, y]), params=params)
+
+
+def test_a_model_constant_in_x_on_purpose_is_written_with_x_and_fits_the_mean():
+    x = np.linspace(0, 1, 10)
+    y = 2 * x + 1
+    result = fit("c + 0*x", x, y, params={"c": 0.0})
+    assert result.success and result.params["c"] == pytest.approx(np.mean(y), rel=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_fit_stuck_with_dead_parameters_beside_a_live_one_is_not_converged(engine):
+    # from b = 60, a and b of a exp(-b x) + c no longer matter on x >= 1 and, scaled to unit columns,
+    # spoil every trial step: the fit stopped at its start with c = 0, though c alone lowers the cost
+    x = np.linspace(1, 5, 40)
+    y = 2.0 * np.exp(-0.5 * x) + 0.01 * np.random.default_rng(1).standard_normal(40)
+    start = {"a": 1.0, "b": 60.0, "c": 0.0}
+    single = fit("a*exp(-b*x) + c", x, y, params=start, engine=engine)
+    batch = fit_batch("a*exp(-b*x) + c", x, np.stack([y, y]), params=start, engine=engine)
+    for result in (single, batch[0], batch[1]):
+        a, b, c = (result.params[name] for name in ("a", "b", "c"))
+        model = a * np.exp(-b * x)
+        best_c = np.mean(y - model)  # least squares in c alone, a and b as they are
+        assert np.sum((model + c - y) ** 2) > 1.01 * np.sum((model + best_c - y) ** 2)
+        assert not result.success and result.status == "plateau"

@@ -435,3 +435,54 @@ def test_bands_of_a_callable_model_and_of_named_predictors_match_the_formula():
     assert_close(named.predict({"t": new_x}), formula.predict(new_x), 1e-9, "named predict")
     with pytest.raises(DataError, match="lacks predictor"):
         named.predict({"x": new_x})
+
+
+def _bounded_profile_interval(t, y, bounds, result, name, sigma):
+    """SciPy's profile interval of ``name`` in a exp(-k t) + c: at each value least_squares with bounds
+    re-fits the others (chi2 = 2 * its cost); brentq finds chi2 = cost (1 + F_(1,nfree)(P) / nfree)."""
+    from scipy.optimize import brentq, least_squares
+
+    names = ["a", "k", "c"]
+    i, others = names.index(name), [j for j in range(3) if names[j] != name]
+    lower = np.array([bounds.get(names[j], (-np.inf, np.inf))[0] for j in others])
+    upper = np.array([bounds.get(names[j], (-np.inf, np.inf))[1] for j in others])
+    start = np.clip([result.params[names[j]] for j in others], lower + 1e-9, upper - 1e-9)
+    level = result.cost * (1 + stats.f.ppf(math.erf(sigma / math.sqrt(2)), 1, result.nfree) / result.nfree)
+
+    def excess(value):
+        def residuals(q):
+            p = np.empty(3)
+            p[i], p[others] = value, q
+            return p[0] * np.exp(-p[1] * t) + p[2] - y
+
+        fitted = least_squares(residuals, start, bounds=(lower, upper), xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        return 2 * fitted.cost - level
+
+    value, stderr = result.params[name], result.stderr[name]
+    return [brentq(excess, value - 10 * stderr, value), brentq(excess, value, value + 10 * stderr)]
+
+
+@pytest.mark.parametrize(("bounds", "start"), [({"k": (0, 0.6)}, 0.0), ({"c": (0.6, 2.0)}, 1.0)])
+def test_profile_intervals_refit_the_others_when_one_ends_at_its_bound(bounds, start):
+    # k (or c) ends at its bound, where its internal coordinate's derivative vanishes: the re-fits used
+    # to stay at their start (chi2 not re-minimised) and the intervals came out too narrow
+    t = np.linspace(0, 5, 30)
+    y = 3 * np.exp(-0.7 * t) + 0.5 + 0.02 * np.random.default_rng(0).standard_normal(30)
+    params = {"a": 1.0, "k": 0.5, "c": start}
+    result = customgrad.fit("a*exp(-k*t) + c", {"t": t}, y, params=params, bounds=bounds)
+    bound_name = next(iter(bounds))
+    assert result.params[bound_name] == pytest.approx(bounds[bound_name][0 if bound_name == "c" else 1])
+    model = lmfit.Model(lambda t, a, k, c: a * np.exp(-k * t) + c)
+    start_params = model.make_params(**params)
+    start_params[bound_name].set(min=bounds[bound_name][0], max=bounds[bound_name][1])
+    reference = model.fit(y, start_params, t=t)
+    free = [name for name in ("a", "k", "c") if name != bound_name]
+    intervals = result.conf_interval(sigmas=(1, 2), params=free)
+    for name in free:
+        lmfit_ends = lmfit.conf_interval(reference, reference, p_names=[name], sigmas=[1, 2])[name]
+        for sigma, (low, high) in intervals[name].items():
+            expected = _bounded_profile_interval(t, y, bounds, result, name, sigma)
+            np.testing.assert_allclose([low, high], expected, rtol=1e-7, err_msg=f"{name} at {sigma} sigma")
+            # lmfit's conf_interval sticks at the bound on some ends as customgrad did: never wider
+            lmfit_low, lmfit_high = lmfit_ends[2 - sigma][1], lmfit_ends[2 + sigma][1]
+            assert low <= lmfit_low + 1e-7 * abs(lmfit_low) and high >= lmfit_high - 1e-7 * abs(lmfit_high)

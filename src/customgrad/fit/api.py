@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from ..errors import CustomgradError, FitError, UsageError
+from . import goodness
 from .chunked import ChunkedModel
 from .data import prepare_data
 from .distributed import Shards
-from .lm import SATURATION
+from .lm import SATURATION, plateau_status, stuck_on_plateau
 from .loss import get_loss, robust_cost, robust_linearization
 from .model import Model, check_finite_start, parameter_specs
 from .result import FitResult
@@ -349,21 +350,33 @@ def _solve(calls: _Calls, theta, method, solver, engine, max_steps, learning_rat
                 calls.residuals, calls.linearize, calls.cost_of, start, on_step=callback, factor=factor, **options
             )
 
-        outcome = run(theta)
-        stalled = outcome.saturated  # (tested by the native engine; else here)
-        if stalled is None:
-            stalled = method == "lm" and outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards)
-        if stalled:
-            retry = run(theta, factor=1.0)
-            if retry.cost < outcome.cost:
-                retry.evaluations += outcome.evaluations
-                retry.jacobians += outcome.jacobians
-                outcome = retry
+        outcome = run(theta) if method != "lm" else _restarted_on_plateau(run, calls, theta, run(theta))
         if calls.rescaled:
             outcome = _in_range(run, calls, outcome)
         elif outcome.cost == 0 and outcome.status != "nonfinite" and _any_nonzero(problem, outcome.theta, shards):
             outcome.status = "underflow"  # the solver saw a zero cost that is not zero: r^2 underflowed
     return native, outcome
+
+
+def _restarted_on_plateau(run, calls: _Calls, theta: torch.Tensor, outcome):
+    """LM's ``outcome``, or where a parameter stopped mattering (`_saturated`) a restart from ``theta``
+    with factor 1 if that reached a lower cost; status "plateau" where none matters (`lm.plateau_status`)."""
+
+    problem, shards = calls.problem, calls.shards
+    stalled = outcome.saturated  # (tested by the native engine; else here)
+    if stalled is None:
+        stalled = outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards) > 0
+    if not stalled:
+        return outcome
+    retry = run(theta, factor=1.0)
+    if retry.cost < outcome.cost:
+        retry.evaluations += outcome.evaluations
+        retry.jacobians += outcome.jacobians
+        outcome = retry
+    if outcome.status != "nonfinite":
+        stuck = bool(stuck_on_plateau(*_sensitivities(problem, outcome.theta, shards)))
+        outcome.status = plateau_status(outcome.status, stuck)
+    return outcome
 
 
 def check_engine(engine: str) -> None:
@@ -534,21 +547,30 @@ def power_of_two_scales(rows: torch.Tensor) -> torch.Tensor:
     return torch.where(usable, torch.ldexp(torch.ones_like(largest), shift), 1.0)
 
 
-def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> bool:
-    """A parameter's relative sensitivity ||J_j|| max(|b_j|, 1) below `SATURATION` ||y / sigma|| (J is
-    weighted by 1 / sigma too: the test does not depend on the units of y or sigma)."""
-    _, jacobian = problem.jacobian(theta)  # (R of J when chunked: the same column norms)
+def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> int:
+    """How many parameters' relative sensitivity ||J_j|| max(|b_j|, 1) is below `SATURATION` ||y / sigma||
+    (J is weighted by 1 / sigma too: the test does not depend on the units of y or sigma)."""
+    reach, _, _, data_norm = _sensitivities(problem, theta, shards)
+    return int((reach < SATURATION * data_norm).sum())
+
+
+def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> tuple[torch.Tensor, ...]:
+    """`lm.stuck_on_plateau`'s inputs over every rank's rows: ||J_j|| max(|b_j|, 1), (J max(|b|, 1))^T r,
+    ||r|| and ||y / sigma||, in units where y's squares stay in range (from [J | r] or its R: the
+    column products do not change)."""
+    block = problem.augmented(theta)  # J in internal coordinates, weighted by 1 / sigma as r
     weighted = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
     scale = power_of_two_scale(weighted)  # norms of data near 1e200 would overflow
+    if shards is not None:
+        scale = shards.minimum(scale)
     values = problem.external(theta).abs().clamp_min(1.0)
-    if shards is None:
-        sensitivity = torch.linalg.vector_norm(jacobian * scale, dim=0) * values
-        return bool((sensitivity < SATURATION * torch.linalg.vector_norm(weighted * scale)).any())
-    scale = shards.minimum(scale)
-    scaled, y = jacobian * scale, weighted * scale
-    squares = shards.sum(torch.cat([(scaled * scaled).sum(0), (y * y).sum().reshape(1)]).cpu().numpy())
-    sensitivity = torch.as_tensor(np.sqrt(squares[:-1])).to(values) * values
-    return bool((sensitivity < SATURATION * math.sqrt(squares[-1])).any())
+    # J_j max(|b_j|, 1) in scaled units (J scaled alone, 1e-224 at y ~ 1e300, squares to 0)
+    reach, r, y = block[:, :-1] * (scale * values), block[:, -1] * scale, weighted * scale
+    sums = torch.cat([(reach * reach).sum(0), r @ reach, (r @ r).reshape(1), (y @ y).reshape(1)])
+    if shards is not None:
+        sums = torch.as_tensor(shards.sum(sums.cpu().numpy()))
+    p = len(values)
+    return sums[:p].sqrt(), sums[p : 2 * p], sums[2 * p].sqrt(), sums[2 * p + 1].sqrt()
 
 
 class _Final(NamedTuple):
@@ -630,7 +652,16 @@ def _result(
         tied=dict(ties.given) if ties else {},
         absolute_sigma=absolute,
         source=source,
+        pooled_rsquared=None if shards is None else _pooled_rsquared(shards, problem.y, fitted),
     )
+
+
+def _pooled_rsquared(shards: Shards, y: torch.Tensor, fitted: torch.Tensor) -> float:
+    """R^2 over every rank's rows (`goodness.r_squared`): the mean of y first, then both sums of squares."""
+    count, total = shards.sum([y.numel(), float(y.sum())])
+    mean = total / count if count else 0.0
+    residual, spread = shards.sum([float(((y - fitted) ** 2).sum()), float(((y - mean) ** 2).sum())])
+    return goodness.r_squared_from_sums(float(residual), float(spread), int(count))
 
 
 def _native_final(native, problem: Model, values: torch.Tensor, unit: float, absolute: bool) -> _Final | None:

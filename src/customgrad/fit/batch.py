@@ -21,7 +21,7 @@ from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
 from .global_fit import fit_global, global_curve, split_shared
-from .lm import SATURATION, Outcome
+from .lm import SATURATION, Outcome, plateau_status, stuck_on_plateau
 from .model import Model, build_function
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .reduction import reduce_gram
@@ -267,6 +267,7 @@ def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, adva
     if len(plateau):
         retry = solver.solve(index[plateau], theta[plateau], factor=1.0, **options)
         _merge_retry(outcome, retry, plateau)
+        _mark_plateaus(_Subset(problem, index[plateau]), outcome, plateau)
     return outcome
 
 
@@ -355,17 +356,25 @@ class _Subset:
 
 
 def _saturated(problem, theta: torch.Tensor) -> torch.Tensor:
-    """(b,) bool: a parameter's relative sensitivity ||J_j|| max(|b_j|, 1) is below 1e-10 ||y / sigma|| (see `api`)."""
+    """(b,) how many parameters' relative sensitivity ||J_j|| max(|b_j|, 1) is below 1e-10 ||y / sigma|| (see `api`)."""
+    reach, _, _, data_norm = _sensitivities(problem, theta)
+    return (reach < SATURATION * data_norm.unsqueeze(-1)).sum(-1)
+
+
+def _sensitivities(problem, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per curve `lm.stuck_on_plateau`'s inputs: ||J_j|| max(|b_j|, 1), (J max(|b|, 1))^T r, ||r||, ||y / sigma||."""
     everyone = torch.arange(theta.shape[0], device=theta.device)
-    values = problem.external(theta)
-    block = problem.augmented(theta, everyone)  # J in internal coordinates, as `api._saturated`
-    sensitivity = safe_column_norms(block[..., :-1]) * values.abs().clamp_min(1.0)
+    values = problem.external(theta).abs().clamp_min(1.0)
+    block = problem.augmented(theta, everyone)  # J in internal coordinates, as `api._sensitivities`
+    r = block[..., -1:]
+    reach = safe_column_norms(block[..., :-1]) * values
+    gradient = (block[..., :-1] * r).sum(-2) * values
     whole = problem.problem
     weighted = whole.y if whole.weights is None else whole.y * whole.weights  # J carries 1 / sigma: so must y
     y = torch.where(whole.mask[problem.index], weighted[problem.index], 0.0)
     if problem.problem.scales is not None:  # J carries the curves' scales: so must y
         y = y * problem.problem.scales[problem.index].unsqueeze(-1)
-    return (sensitivity < SATURATION * safe_column_norms(y.unsqueeze(-1))).any(-1)
+    return reach, gradient, safe_column_norms(r)[..., 0], safe_column_norms(y.unsqueeze(-1))[..., 0]
 
 
 def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> BatchOutcome:
@@ -383,17 +392,26 @@ def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> Bat
     outcome = batch_levenberg_marquardt(problem, theta, reduce=reduce_gram, on_round=on_round, **options)
     plateau = _plateau(problem, outcome)
     if len(plateau):
-        retry = batch_levenberg_marquardt(
-            _Subset(problem.problem, problem.index[plateau]), theta[plateau], factor=1.0, **options
-        )
+        subset = _Subset(problem.problem, problem.index[plateau])
+        retry = batch_levenberg_marquardt(subset, theta[plateau], factor=1.0, **options)
         _merge_retry(outcome, retry, plateau)
+        _mark_plateaus(subset, outcome, plateau)
     return outcome
 
 
 def _plateau(problem: _Subset, outcome: BatchOutcome) -> torch.Tensor:
     """Positions of the curves that stopped on a plateau (see `_saturated`), not counting failed ones."""
     candidates = torch.tensor([status != "nonfinite" for status in outcome.status], device=outcome.theta.device)
-    return (candidates & _saturated(problem, outcome.theta)).nonzero().flatten()
+    return (candidates & (_saturated(problem, outcome.theta) > 0)).nonzero().flatten()
+
+
+def _mark_plateaus(subset: _Subset, outcome: BatchOutcome, plateau: torch.Tensor) -> None:
+    """Status "plateau" for the curves at ``plateau`` (``subset``, after their restart) that stopped on a
+    plateau and not at a minimum (`lm.stuck_on_plateau`, `lm.plateau_status`)."""
+    stuck = stuck_on_plateau(*_sensitivities(subset, outcome.theta[plateau]))
+    for i, flag in zip(plateau.tolist(), stuck.tolist()):
+        if outcome.status[i] != "nonfinite":
+            outcome.status[i] = plateau_status(outcome.status[i], flag)
 
 
 def _merge_retry(outcome: BatchOutcome, retry: BatchOutcome, plateau: torch.Tensor) -> None:

@@ -22,6 +22,7 @@ import torch
 from .jacobi import jacobi_svd
 from .lm import (
     ACCELERATION_RATIO,
+    COLUMN_SHRUNK,
     DRIFT_TOLERANCE,
     DRIFT_WINDOW,
     EPS,
@@ -60,6 +61,7 @@ class BatchState:
     theta: torch.Tensor  # (B, p) internal coordinates
     cost: torch.Tensor  # (B,)
     scale: torch.Tensor  # (B, p) D: running maxima of the column norms
+    live_scale: torch.Tensor  # (B, p) D where the column is nonzero, else 0: ||D theta|| over these (`lm`)
     radius: torch.Tensor  # (B,) trust radius
     theta_norm: torch.Tensor  # (B,) ||D theta||
     # the current linearisation's SVD of R D^-1, and the steps built from it
@@ -205,6 +207,7 @@ def _initial_state(theta: torch.Tensor, cost: torch.Tensor) -> BatchState:
         theta=theta.clone(),
         cost=cost.clone(),
         scale=zeros(p),
+        live_scale=zeros(p),
         radius=zeros(),
         theta_norm=zeros(),
         values=zeros(p),
@@ -250,7 +253,10 @@ def _linearize_fresh(problem, part, index, reduce, tolerances) -> None:
     # D restarts where every column shrank below SHRUNK of its maximum (see `lm.SHRUNK`)
     first = first | (column_norms < SHRUNK * state.scale).all(-1)
     initial_scale = torch.where(column_norms > 0, column_norms, 1.0)
-    state.scale = torch.where(first[:, None], initial_scale, torch.maximum(state.scale, column_norms))
+    scale = torch.maximum(state.scale, column_norms)
+    # a single column that shrank by orders of magnitude restarts alone (`lm.COLUMN_SHRUNK`)
+    scale = torch.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale)
+    state.scale = torch.where(first[:, None], initial_scale, scale)
     initial_radius = factor * torch.linalg.vector_norm(state.scale * state.theta, dim=-1)
     initial_radius = torch.where(initial_radius == 0, factor, initial_radius)
     # at least a step whose effect shows in float64 (see `lm.VISIBLE_STEP`)
@@ -277,7 +283,8 @@ def _linearize_fresh(problem, part, index, reduce, tolerances) -> None:
     state.gauss_newton_decrease = (projected * projected).sum(-1)
     state.start = torch.where(keep.all(-1), 0.0, EPS * largest[:, 0] ** 2)
     state.low_rank = values[:, -1] <= RANK_TOLERANCE * values[:, 0]
-    state.theta_norm = torch.linalg.vector_norm(state.scale * state.theta, dim=-1)
+    state.live_scale = torch.where(column_norms > 0, state.scale, 0.0)
+    state.theta_norm = torch.linalg.vector_norm(state.live_scale * state.theta, dim=-1)
     if state is not part:
         part.put(fresh, state)
 
@@ -368,7 +375,7 @@ def _accept(state, accepted, trial, cost_trial) -> None:
     state.steps = state.steps + accepted.long()
     shifted = torch.cat([state.recent[:, 1:], state.cost.unsqueeze(-1)], dim=-1)
     state.recent = torch.where(accepted.unsqueeze(-1), shifted, state.recent)
-    new_norm = torch.linalg.vector_norm(state.scale * state.theta, dim=-1)
+    new_norm = torch.linalg.vector_norm(state.live_scale * state.theta, dim=-1)
     state.theta_norm = torch.where(accepted, new_norm, state.theta_norm)
 
 

@@ -34,8 +34,13 @@ def information_criteria(chisqr: float, ndata: int, nvarys: int) -> tuple[float,
 def r_squared(y: np.ndarray, fitted: np.ndarray) -> float:
     """R^2 = 1 - sum (y - f)^2 / max(tiny, sum (y - mean y)^2), unweighted (lmfit's ModelResult)."""
     y, fitted = np.asarray(y, dtype=np.float64), np.asarray(fitted, dtype=np.float64)
-    if y.size < 2:
-        return math.nan
     residual = float(((y - fitted) ** 2).sum())
-    total = float(((y - y.mean()) ** 2).sum())
+    return r_squared_from_sums(residual, float(((y - y.mean()) ** 2).sum()), y.size)
+
+
+def r_squared_from_sums(residual: float, total: float, count: int) -> float:
+    """R^2 = 1 - residual / max(tiny, total) from sum (y - f)^2 and sum (y - mean y)^2 over ``count``
+    points (a distributed fit sums them over every rank's rows); NaN below 2 points."""
+    if count < 2:
+        return math.nan
     return 1.0 - residual / max(_TINY, total)

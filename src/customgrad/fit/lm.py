@@ -6,7 +6,8 @@ the small R (numpy), then as many trial steps as the trust region needs, each co
 evaluation and no new factorisation (lambda is solved from the singular values). The step uses only
 R and Q^T r, pieces a batch or a sharded data set can assemble (stacked QRs), and never forms J^T J,
 which squares the condition number.
-D holds running maxima of the Jacobian's column norms, so the method is invariant to parameter scale.
+D holds running maxima of the Jacobian's column norms (a column that shrinks by orders of magnitude
+restarts alone), so the method is invariant to parameter scale.
 Damped steps get a geodesic acceleration (Transtrum & Sethna 2012): one more residual evaluation gives
 the curvature r''(v, v) along the step v, and the correction -(J^T J + lambda D^2)^-1 J^T r'' / 2
 reuses the SVD (J^T r'' is again a sum over data rows). On curved valleys (Bennett5, MGH09/10/17) it
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .result import TERMINATION
 from .statistics import column_norms as safe_column_norms
 
 EPS = float(np.finfo(np.float64).eps)
@@ -59,9 +61,22 @@ VISIBLE_STEP = 1e-8
 # its squared singular values underflow and the step vanishes: D restarts from the current columns,
 # and the trust radius with it, as at the first Jacobian.
 SHRUNK = 2.0**-400
+# A single column that shrank below COLUMN_SHRUNK times its maximum restarts alone from its current norm
+# (a = 1 -> 3e-10 shrinks d/dk of a exp(-k x) + c by 1e-10): kept at its maximum, its column of R D^-1
+# would look RANK_TOLERANCE-small, and k, though determined by the data, would be left out of the steps.
+# At sqrt(RANK_TOLERANCE), scaling alone can never push a column below the rank test.
+COLUMN_SHRUNK = 1e-5
 # A parameter whose relative sensitivity ||J_j|| max(|b_j|, 1) falls below this share of ||y|| has stopped
 # mattering (an exp that underflowed): the fit stopped on a plateau, worth one restart (`fit`, `fit_batch`).
 SATURATION = 1e-10
+# A fit that stopped there (after its restart) with every parameter's sensitivity below this share of
+# ||y|| has a model that no longer depends on its parameters (a exp(-b x) at b = 25 on x >= 1: the model
+# is 1e-10 of the data, with a cost of ||y||^2): status "plateau", not converged.
+PLATEAU = 1e-6
+# ... or with some parameter below SATURATION while a live one's column still has a cosine above this
+# with the residuals: from b = 60, a exp(-b x) + c stopped at its start with c = 0 (the dead columns,
+# scaled by D to unit norm, made every trial step useless), though c alone could lower the cost.
+STATIONARY = 1e-6
 
 
 @dataclass
@@ -76,6 +91,32 @@ class Outcome:
     steps: int
     history: list[float] = field(default_factory=list)
     saturated: bool | None = None  # stopped on a plateau, where the engine tested it (None: not tested)
+
+
+def plateau_status(status: str, stuck: bool) -> str:
+    """Status "plateau" in place of a converged ``status`` where the fit is ``stuck`` (`stuck_on_plateau`).
+
+    With every Jacobian column negligible the cost is flat, so every convergence test passes, but the
+    model no longer depends on its parameters: not a minimum (a exp(-b x) from b = 40). A zero cost
+    ("exact") is a minimum all the same. `fit` and `fit_batch` apply it after their plateau restart.
+    """
+    return "plateau" if stuck and status != "exact" and TERMINATION[status][0] else status
+
+
+def stuck_on_plateau(
+    reach: torch.Tensor, gradient: torch.Tensor, residual_norm: torch.Tensor, data_norm: torch.Tensor
+) -> torch.Tensor:
+    """(...) bool: every sensitivity reach_j = ||J_j|| max(|b_j|, 1) is below `PLATEAU` ||y||, or one is
+    below `SATURATION` ||y|| while a live column's cosine |gradient_j| / (reach_j ||r||) is above
+    `STATIONARY` (``gradient`` = (J max(|b|, 1))^T r): the fit stopped on a plateau, not at a minimum.
+
+    Shapes (..., p), (..., p), (...,), (...,), all in the same units (y, r and J scaled alike).
+    """
+    threshold = data_norm.unsqueeze(-1)
+    saturated = reach < SATURATION * threshold
+    cosine = gradient.abs() / (reach * residual_norm.unsqueeze(-1))
+    unfinished = (~saturated & (cosine > STATIONARY)).any(-1)  # NaN (a zero column or r) counts as finished
+    return (reach < PLATEAU * threshold).all(-1) | (saturated.any(-1) & unfinished)
 
 
 def reduce_jacobian(augmented: torch.Tensor) -> np.ndarray:
@@ -199,6 +240,11 @@ def levenberg_marquardt(
             radius = max(factor * _norm(scale * theta_np) or factor, VISIBLE_STEP * math.sqrt(cost))
         else:
             scale = np.maximum(scale, column_norms)
+            scale = np.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale)
+        # ||D theta|| (xtol's yardstick) over the parameters that move the model here: a column that is
+        # exactly zero (a = 1 - 1 after a first step to data at 1e-20 leaves d/dk = 0) keeps its D for
+        # the next Jacobian, but its stale D |b_j| would make every later step look relatively small
+        live_scale = np.where(column_norms > 0, scale, 0.0)
         if cost == 0:
             status = "exact"
             break
@@ -211,7 +257,7 @@ def levenberg_marquardt(
         damped = DampedStep(s, u.T @ qtr)
         # theta + D^-1 V c: the step from its V-coordinates c, in one product
         to_step = vt.T / scale[:, None]
-        theta_norm = _norm(scale * theta_np)
+        theta_norm = _norm(live_scale * theta_np)
         while True:
             lam, coordinates, step_norm, decrease = damped.solve(radius)
             if steps == 0 and jacobians == 1:
@@ -244,7 +290,7 @@ def levenberg_marquardt(
             accepted = ratio >= 1e-4
             if accepted:
                 theta, theta_np, r, cost = trial, trial_np, r_trial, cost_trial
-                theta_norm = _norm(scale * theta_np)
+                theta_norm = _norm(live_scale * theta_np)
                 steps += 1
                 history.append(cost)
                 if on_step is not None:

@@ -398,7 +398,31 @@ def build_function(
             f"parameter(s) {', '.join(map(repr, unused))} do not appear in model {model!r}: "
             "remove them or fix the model"
         )
+    _check_uses_data(model, names, data_names, x_is_dict)
     return compiled, model, data_names
+
+
+def _check_uses_data(model: str, names: tuple[str, ...], data_names: tuple[str, ...], x_is_dict: bool) -> None:
+    """A `UsageError` when formula ``model`` uses none of the data: x would be silently ignored.
+
+    A model constant in x is allowed when written with x (``"c + 0*x"``): then the choice is explicit.
+    """
+    if any(name in names for name in data_names):
+        return
+    everything = ", ".join(map(repr, names))
+    if x_is_dict:
+        raise UsageError(
+            f"model {model!r} uses none of the data columns given in x ({', '.join(map(repr, data_names))}), "
+            f"only parameters ({everything}), so the data would be ignored: write the predictor(s) into the "
+            "model under the names given in x (for a model constant in the data on purpose, write it with "
+            f"one of them, e.g. {model + ' + 0*' + data_names[0]!r})"
+        )
+    raise UsageError(
+        f"model {model!r} uses no predictor: every name in it ({everything}) is a parameter, so x would be "
+        "ignored. The predictor is the model's one name that is not in params: write it into the model "
+        f"(e.g. 'x'), or, if one of {everything} is the predictor, remove it from params (for a model "
+        f"constant in x on purpose, write it with x: {model + ' + 0*x'!r})"
+    )
 
 
 def _check_signature(model: Callable, text: str, param_names: tuple[str, ...]) -> None:

@@ -107,6 +107,7 @@ _REAL_OPTIONS = (
     "null_component",
     "saturation",
     "shrunk",
+    "column_shrunk",
 )
 _INTEGER_OPTIONS = ("max_steps", "geodesic", "history", "drift_window", "nonfinite_retries", "polished")
 
@@ -155,6 +156,7 @@ def _options(
         null_component=statistics.NULL_COMPONENT,
         saturation=saturation,
         shrunk=lm.SHRUNK,
+        column_shrunk=lm.COLUMN_SHRUNK,
         max_steps=min(max_steps, MAX_STEPS),
         geodesic=1,
         history=history or min(max_steps + 2, HISTORY_LIMIT),

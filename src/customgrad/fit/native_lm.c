@@ -36,7 +36,8 @@ typedef struct {
 typedef struct {
   double ftol, xtol, gtol, factor;
   double rank_tolerance, drift_tolerance, polish_slack, probe, acceleration_ratio, unexploited_share,
-      visible_step, statistics_rank_tolerance, null_component, saturation, shrunk;
+      visible_step, statistics_rank_tolerance, null_component, saturation, shrunk,
+      column_shrunk;
   int64_t max_steps, geodesic, history, drift_window, nonfinite_retries;
   int64_t polished; /* bit mask of the statuses after which the polish step runs */
 } Options;
@@ -47,6 +48,7 @@ typedef struct {
   double *memory; /* everything below lives in this one allocation */
   double *values, *theta, *trial, *velocity, *probe_point, *scale, *norms, *qtr, *a, *v, *s, *vt, *products,
       *gauss_newton, *squares, *coordinates, *projected;
+  double *live_scale; /* D where the column is nonzero, else 0: ||D theta|| over these (`lm`) */
   double *block, *qr, *r, *r_trial, *r_probe, *reduced, *recent;
   int64_t *order;
 } Work;
@@ -441,7 +443,8 @@ static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history
       break;
     }
     double gradient = 0;
-    /* D restarts at the first Jacobian, and where every column shrank below `shrunk` of its maximum */
+    /* D restarts at the first Jacobian, and where every column shrank below `shrunk` of its maximum;
+       a single column that shrank below `column_shrunk` of its maximum restarts alone (`lm.COLUMN_SHRUNK`) */
     int restart = 1;
     for (int64_t j = 0; j < p; j++) {
       W->norms[j] = safe_norm(W->reduced + j, p, p + 1);
@@ -451,8 +454,11 @@ static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history
       double norm = W->norms[j];
       if (restart)
         W->scale[j] = norm > 0 ? norm : 1;
+      else if (norm > 0 && norm < O->column_shrunk * W->scale[j])
+        W->scale[j] = norm;
       else
         W->scale[j] = fmax(W->scale[j], norm);
+      W->live_scale[j] = norm > 0 ? W->scale[j] : 0;
       double dot = 0;
       for (int64_t i = 0; i < p; i++) dot += W->reduced[i * (p + 1) + j] * W->reduced[i * (p + 1) + p];
       gradient = fmax(gradient, fabs(dot) / fmax(norm, DBL_MIN));
@@ -473,7 +479,7 @@ static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history
                                    which curve a thread fitted before */
     Damped d = damped_step(W, p, O);
     int low_rank = W->s[p - 1] <= O->rank_tolerance * W->s[0];
-    double theta_norm = scaled_norm(W->scale, W->theta, p);
+    double theta_norm = scaled_norm(W->live_scale, W->theta, p);
     int64_t status = RUNNING;
     for (;;) {
       double step_norm, decrease;
@@ -507,7 +513,7 @@ static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history
         W->r = W->r_trial;
         W->r_trial = swap;
         cost = cost_trial;
-        theta_norm = scaled_norm(W->scale, W->theta, p);
+        theta_norm = scaled_norm(W->live_scale, W->theta, p);
         o.steps++;
         record(&o, history, O, cost);
         memmove(W->recent, W->recent + 1, O->drift_window * sizeof(double));
@@ -589,7 +595,7 @@ static int allocate(Work *W, int64_t n, int64_t p, int64_t inputs, const Options
   int64_t c = p + 1, m = n > c ? n : c;
   double **vectors[] = {&W->values, &W->theta, &W->trial,        &W->velocity, &W->probe_point,
                         &W->scale,  &W->norms, &W->qtr,          &W->s,        &W->products,
-                        &W->gauss_newton, &W->squares, &W->coordinates, &W->projected};
+                        &W->gauss_newton, &W->squares, &W->coordinates, &W->projected, &W->live_scale};
   int64_t count = sizeof(vectors) / sizeof(vectors[0]);
   int64_t doubles = count * c + 3 * p * p + c * n + c * m + 3 * n + c * c + O->drift_window + 1;
   memset(W, 0, sizeof(*W));

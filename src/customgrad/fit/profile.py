@@ -32,6 +32,8 @@ SEARCH_STEPS, STEP_DOUBLING = 40, 4
 # The root of chi2_p(v) = level, to this share of the search step (or of sqrt(level - chi2_best)).
 ROOT_TOLERANCE = 1e-8
 REFIT_STEPS = 1000
+# A parameter a re-fit left within AT_BOUND of its range from a bound is let go again from INSIDE of it.
+AT_BOUND, INSIDE = 1e-9, 1e-3
 
 
 class Profile:
@@ -40,7 +42,7 @@ class Profile:
     def __init__(self, source: FitSource, name: str, values: dict[str, float]):
         self.source = source
         self.name = name
-        self.others = [n for n in source.problem.names if n != name]
+        self.specs = {spec.name: spec for spec in source.problem.specs}
         self.points: dict[float, tuple[float, dict[str, float]]] = {}
         self.best_value = values[name]
         self.best = self._fit(values[name], values)[0]
@@ -55,13 +57,50 @@ class Profile:
         return self.points[value][0]
 
     def _fit(self, value: float, start: dict[str, float]) -> tuple[float, dict[str, float]]:
-        model = self.source.with_fixed(self.name, value, start)
+        """min chi2 over the other parameters with p at ``value``, within their bounds.
+
+        A parameter at a bound sits where its internal coordinate's derivative vanishes, so LM cannot
+        move it, nor (its D-scaled column as large as any) the others: the fit stays at its start.
+        So where the re-fit ends with parameters at a bound, they are also held there while the rest
+        is re-fitted, and then let go again from a point just inside; the lowest chi2 of the three counts.
+        """
+        held = {self.name: value}
+        best = self._refit(held, start)
+        pinned = {name: found for name, found in best[1].items() if self._at_bound(name, found)}
+        if pinned:
+            bounded = self._refit({**held, **pinned}, best[1])
+            inside = {**bounded[1], **{name: self._inside(name, found) for name, found in pinned.items()}}
+            released = self._refit(held, inside)
+            best = min(best, bounded, released, key=lambda point: point[0])
+        return best
+
+    def _span(self, name: str, value: float) -> float:
+        """The bounded range of ``name``, or max(|value|, 1) where it is open on one side."""
+        spec = self.specs[name]
+        span = spec.upper - spec.lower
+        return span if math.isfinite(span) else max(abs(value), 1.0)
+
+    def _at_bound(self, name: str, value: float) -> bool:
+        spec = self.specs[name]
+        reach = AT_BOUND * self._span(name, value)
+        return abs(value - spec.lower) <= reach or abs(spec.upper - value) <= reach
+
+    def _inside(self, name: str, value: float) -> float:
+        """``value`` (at a bound) moved inside by `INSIDE` of `_span`."""
+        spec = self.specs[name]
+        step = INSIDE * self._span(name, value)
+        return spec.lower + step if abs(value - spec.lower) <= abs(spec.upper - value) else spec.upper - step
+
+    def _refit(self, held: dict[str, float], start: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """The LM re-fit of the parameters not in ``held`` from ``start``: chi2 and all the others' values."""
+        model = self.source.with_fixed(held, start)
         theta = model.initial_theta()
+        fixed = {name: value for name, value in held.items() if name != self.name}
         shards = self.source.shards  # a distributed fit: every rank's rows, every rank the same steps
         total = (lambda value: value) if shards is None else shards.sum
-        if not self.others:
+        if not model.names:
             r = model.residuals(theta)
-            return total(float(r @ r)), {}
+            return total(float(r @ r)), fixed
         collectives = {}
         if shards is not None:
             collectives = dict(reduce=lambda block: shards.factor(block).cpu().numpy(), sum_rows=shards.sum)
@@ -79,7 +118,7 @@ class Profile:
         )
         found = model.external(outcome.theta).tolist()
         cost = outcome.cost if math.isfinite(outcome.cost) else math.inf
-        return cost, dict(zip(model.names, found, strict=True))
+        return cost, {**fixed, **dict(zip(model.names, found, strict=True))}
 
 
 def conf_interval(

@@ -45,6 +45,12 @@ TERMINATION: dict[str, tuple[bool, str]] = {
         "stopped: the squared residuals underflow float64 (residuals below ~1e-154), so the solver saw a "
         "zero cost; use method 'lm' with the linear loss (it rescales), or rescale the data",
     ),
+    "plateau": (
+        False,
+        "stopped on a plateau: no parameter changes the model any more at these values (every Jacobian "
+        "column vanished, e.g. an exponential that underflowed), so the cost is flat here but not at a "
+        "minimum, and a restart with a smaller trust region stayed there; start closer to the solution",
+    ),
     "no_data": (False, "not fitted: the curve has no finite data points (fit_batch: NaN results, the others fitted)"),
 }
 
@@ -78,6 +84,8 @@ class FitResult:
     tied: dict[str, str] = field(default_factory=dict)
     absolute_sigma: bool = False
     source: FitSource | None = field(default=None, repr=False, compare=False)
+    # a distributed fit's R^2 over every rank's rows (``data`` holds this rank's only)
+    pooled_rsquared: float | None = field(default=None, repr=False)
 
     @property
     def success(self) -> bool:
@@ -128,6 +136,8 @@ class FitResult:
     @property
     def rsquared(self) -> float:
         """R^2 = 1 - sum (y - f)^2 / sum (y - mean y)^2, unweighted (lmfit); NaN without data."""
+        if self.pooled_rsquared is not None:
+            return self.pooled_rsquared
         if "y" not in self.data:
             return math.nan
         return goodness.r_squared(self.data["y"], self.data["fitted"])

@@ -63,13 +63,14 @@ class FitSource:
         model.pointwise = problem.pointwise
         return model
 
-    def with_fixed(self, name: str, value: float, start: Mapping[str, float]) -> Model:
-        """The fitted model with ``name`` held at ``value`` and the other free parameters starting at ``start``."""
+    def with_fixed(self, held: Mapping[str, float], start: Mapping[str, float]) -> Model:
+        """The fitted model with the parameters of ``held`` at their values there and the other free
+        parameters starting at ``start``."""
         problem = self.problem
         specs = []
         for spec in problem.specs:
-            if spec.name == name:
-                spec = replace(spec, value=float(value), fixed=True)
+            if spec.name in held:
+                spec = replace(spec, value=float(held[spec.name]), fixed=True)
             elif not spec.fixed:
                 spec = replace(spec, value=min(max(float(start[spec.name]), spec.lower), spec.upper))
             specs.append(spec)

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import CustomgradError, DataError, UsageError
 from ..progress import progress_bar
+from . import cuda_engine
 from .api import _dtype_and_device, _number, _result, _threads_for, check_engine, power_of_two_scales
 from .batch_data import BatchData, batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
 from .batch_lm import CONVERGED, BatchOutcome, batch_levenberg_marquardt, progress_message
@@ -84,7 +85,10 @@ def fit_batch(
         CPU float64, a C compiler); "torch": the LM as tensors over the batch (any model, device and
         dtype; `batch_lm`); "auto": native where it can run and its library is built (or the batch
         has `native.BUILD_FOR_CURVES` curves or more, which builds it: about 1 s once), else torch.
-        Both take the steps `fit` takes for each curve alone.
+        Both take the steps `fit` takes for each curve alone. On CUDA data (float32 or float64),
+        "native" runs the same C solver compiled for the GPU by NVRTC (`cuda_engine`: one thread per
+        curve, float64 inside, results on the data's device); "auto" picks it where it compiles,
+        else the torch engine with one warning.
     """
     start_time = time.perf_counter()
     shards = Shards(None) if distributed else None
@@ -123,7 +127,7 @@ class _Batch:
     text: str
     data_names: tuple
     problem: BatchModel
-    solver: NativeSolver | None
+    solver: NativeSolver | cuda_engine.CudaSolver | None
     options: dict
     chunk_size: int
     device: torch.device | None
@@ -148,7 +152,10 @@ class _Batch:
         problem.scales = _curve_scales(data)
         # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
         threads, build = torch.get_num_threads(), problem.batch >= BUILD_FOR_CURVES
-        solver = engine_for(problem, engine, threads, build=build, what="fit this batch")
+        if problem.y.is_cuda:  # the same solver compiled for the GPU (`cuda_engine`)
+            solver = cuda_engine.engine_for(problem, engine, build=build, what="fit this batch")
+        else:
+            solver = engine_for(problem, engine, threads, build=build, what="fit this batch")
         options["max_steps"] = max_steps
         return cls(data, specs, initial, function, text, data_names, problem, solver, options, chunk_size, device)
 

@@ -1,0 +1,223 @@
+"""The GPU native engine (`fit.cuda_engine`): `native_lm.c` compiled for CUDA from the CPU engine's source.
+
+Without a GPU: the CUDA source of a few formulas compiles with nvcc (and with NVRTC where its library
+is installed), the generated kernels become device code, the chunking over free GPU memory covers every
+curve once (with a fake kernel), and "auto" falls back to the torch engine with one warning. With a GPU
+(``gpu`` marker): every curve equals the CPU native engine's fit of it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import types
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from customgrad import UsageError, fit_batch
+from customgrad.codegen.c import device_source
+from customgrad.fit import cuda_engine
+from customgrad.fit.cuda_engine import CudaSolver, chunk_curves, cuda_source
+from customgrad.fit.formula_model import formula_model
+from customgrad.fit.native import _Problem
+from reference import assert_matches_reference
+
+GAUSSIAN = "a*exp(-(x-m)**2/(2*s**2))+c"
+START = {"a": 1.0, "m": 0.0, "s": 1.0, "c": 0.0}
+# Gpufit's benchmark model: a 2D Gaussian on a 5 x 5 grid, 5 parameters
+GAUSSIAN_2D = "a*exp(-((u-x0)**2 + (v-y0)**2)/(2*s**2)) + b"
+# helpers (sigmoid, softplus), a piecewise function and a power: every kind of generated line
+HELPERS = "a*sigmoid(k*x) + softplus(b*x) + where(x > c, abs(x)**1.5, erf(x)) + max(x, c)"
+
+
+def _source(text: str, data: tuple[str, ...]) -> str:
+    model = formula_model(text)
+    free = tuple(name for name in model.names if name not in data)
+    layouts = "".join("v" if name in data else "s" for name in model.names)
+    return cuda_source(model, free, layouts)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit)")
+def test_the_gpu_solver_compiles_with_nvcc_for_several_formulas(tmp_path):
+    sources = {"gaussian": _source(GAUSSIAN, ("x",)), "gpufit": _source(GAUSSIAN_2D, ("u", "v"))}
+    sources["helpers"] = _source(HELPERS, ("x",))
+    runs = {}
+    for name, source in sources.items():  # all at once: each takes seconds
+        path = tmp_path / f"{name}.cu"
+        path.write_text(source)
+        command = ["nvcc", "--ptx", "-arch=sm_90", "-fmad=false", "-x", "cu", "-o", str(tmp_path / f"{name}.ptx")]
+        runs[name] = subprocess.Popen([*command, str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for name, run in runs.items():
+        output = run.communicate(timeout=600)[0].decode()
+        assert run.returncode == 0, f"{name}:\n{output}"
+        ptx = (tmp_path / f"{name}.ptx").read_text()
+        for entry in cuda_engine.ENTRIES:
+            assert f".entry {entry}(" in ptx, (name, entry)
+
+
+@pytest.mark.skipif(not cuda_engine.nvrtc_available(), reason="needs an NVRTC library")
+def test_the_gpu_solver_compiles_with_nvrtc_without_cuda_headers():
+    binary = cuda_engine.nvrtc_compile(_source(GAUSSIAN, ("x",)), "90")
+    assert binary[:4] == b"\x7fELF"
+
+
+def test_generated_kernels_become_device_functions():
+    model = formula_model(HELPERS)
+    free = tuple(name for name in model.names if name != "x")
+    layouts = "".join("v" if name == "x" else "s" for name in model.names)
+    host = model.c_source(free, False, layouts)
+    device = device_source(host)
+    assert "#pragma omp" in host and "#include" in host and "restrict" in host  # what is removed is there
+    assert "#pragma" not in device and "#include" not in device and " restrict " not in device
+    assert "double exp(double);" not in device  # the libmvec prototypes would redeclare CUDA's exp
+    assert "static __device__ void kernel(" in device
+    assert "static __device__ inline real cg_softplus" in device
+    # the loop body is the host's, line for line
+    body = [line for line in host.splitlines() if line.strip().startswith(("const real", "out"))]
+    assert body and all(line in device.splitlines() for line in body)
+
+
+@pytest.mark.parametrize(
+    ("count", "curve_bytes", "free", "expected"),
+    [
+        (1000, 8000, 10**9, 1000),  # all fit
+        (10**7, 8000, 8 * 10**9, 499968),  # half of 8 GB / 8 kB = 500000, rounded down to blocks of 64
+        (10**7, 8000, 10**6, 62),  # less than a block fits
+        (10, 8000, 100, 1),  # not even one: one at a time
+    ],
+)
+def test_chunks_fit_half_the_free_memory_in_whole_blocks(count, curve_bytes, free, expected):
+    assert chunk_curves(count, curve_bytes, free) == expected
+
+
+def _fake_solver(monkeypatch, free_bytes: int, words: int):
+    """A `CudaSolver` on the CPU whose kernels are Python fakes: each writes its curves' numbers into
+    the per-curve outputs, so that the chunking can be checked without a GPU."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_bytes, 2 * free_bytes))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    launches = []
+
+    def work_words(grid, block, args):
+        args[2].fill_(words)
+
+    def fit(grid, block, args):
+        _, _, index, count, workspace, size, theta, cost, counts, history, recorded = args
+        assert grid[0] * block[0] >= count and size == words and workspace.numel() >= count * words
+        launches.append(index[:count].tolist())
+        theta[:count] += 1
+        cost[:count] = index[:count].double()
+        counts[:count] = torch.tensor([1, 3, 2, 1, 0])
+        history[:count, 0] = 10.0
+        recorded[:count] = 1
+
+    def errors(grid, block, args):
+        launches.append(args[2][: args[3]].tolist())
+        args[-1][: args[3]] = args[2][: args[3]].double()
+
+    solver = object.__new__(CudaSolver)
+    solver.device, solver.dtype, solver.scales = torch.device("cpu"), torch.float32, None
+    solver.struct = _Problem()
+    solver.kernels = {"cg_work_words": work_words, "cg_lm_batch": fit, "cg_lm_errors": errors}
+    return solver, launches
+
+
+def test_a_batch_larger_than_the_free_memory_runs_in_chunks_covering_every_curve_once(monkeypatch):
+    # 1000 words (8 kB) per curve, 1 MB free: 62 curves per launch (half the memory), 17 launches
+    solver, launches = _fake_solver(monkeypatch, 10**6, 1000)
+    index = torch.arange(5, 1005)
+    outcome = solver.solve(index, torch.zeros(1000, 3), ftol=1e-8, xtol=1e-8, gtol=1e-8, max_steps=10)
+    assert [len(launch) for launch in launches] == [62] * 16 + [8]
+    assert sum(launches, []) == index.tolist()
+    assert outcome.cost.tolist() == [float(i) for i in index]
+    assert outcome.theta.dtype == torch.float32 and bool((outcome.theta == 1).all())
+    assert outcome.status == ["ftol"] * 1000 and outcome.evaluations.tolist() == [3] * 1000
+    assert outcome.history(7) == [10.0] and not bool(outcome.saturated.any())
+    launches.clear()
+    stderr, cost = solver.errors(torch.zeros(100, 3), torch.full((100,), 5))
+    assert len(launches) == 2 and cost.tolist() == list(range(100)) and cost.dtype == torch.float32
+
+
+def _cuda_problem(dtype=torch.float64):
+    """What `cuda_engine` reads of a batch on a (pretended) CUDA device."""
+    y = types.SimpleNamespace(device=torch.device("cuda"), dtype=dtype)
+    return types.SimpleNamespace(function=formula_model(GAUSSIAN), y=y)
+
+
+def test_without_nvrtc_auto_falls_back_to_torch_with_one_warning_and_native_says_why(monkeypatch):
+    monkeypatch.setattr(cuda_engine, "nvrtc_available", lambda: False)
+    monkeypatch.setattr(cuda_engine, "_warned", set())
+    with pytest.warns(UserWarning, match="torch engine: the GPU native engine is unavailable .no NVRTC library"):
+        assert cuda_engine.engine_for(_cuda_problem(), "auto", build=True, what="fit this batch") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per reason
+        assert cuda_engine.engine_for(_cuda_problem(), "auto", build=True, what="fit this batch") is None
+        assert cuda_engine.engine_for(_cuda_problem(), "torch", build=True, what="fit this batch") is None
+    with pytest.raises(UsageError, match="engine='native' cannot fit this batch: no NVRTC library found"):
+        cuda_engine.engine_for(_cuda_problem(), "native", build=True, what="fit this batch")
+    assert "not CUDA float32 or float64" in cuda_engine.unavailable(_cuda_problem(torch.float16))
+
+
+def _curves(count: int, points: int = 64, seed: int = 5):
+    """Noisy Gaussians plus offset, with a few NaN points and one curve that is all NaN but one point."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(-3, 3, points)
+    truth = np.stack([rng.uniform(1, 3, count), rng.uniform(-1, 1, count), rng.uniform(0.4, 1.2, count)], 1)
+    y = truth[:, :1] * np.exp(-((x - truth[:, 1:2]) ** 2) / (2 * truth[:, 2:3] ** 2)) + 0.3
+    y = y + 0.05 * rng.standard_normal((count, points))
+    y[rng.uniform(size=y.shape) < 0.05] = np.nan
+    return x, y
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_curve_equals_its_cpu_native_fit(dtype):
+    x, y = _curves(300)
+    sigma = np.random.default_rng(6).uniform(0.5, 2.0, y.shape)
+    params = {"a": 1.0, "m": 0.0, "s": {"value": 1.0, "min": 0.05, "max": 5.0}, "c": 0.0}
+    cpu = fit_batch(GAUSSIAN, x, y, params=params, sigma=sigma, engine="native")
+    gpu = fit_batch(GAUSSIAN, x, y, params=params, sigma=sigma, engine="native", device="cuda", dtype=dtype)
+    rtol = 1e-8 if dtype == torch.float64 else 1e-4
+    for name in START:
+        assert_matches_reference(gpu.params[name], cpu.params[name], rtol=rtol, what=name)
+        assert_matches_reference(gpu.stderr[name], cpu.stderr[name], rtol=100 * rtol, what=f"stderr {name}")
+    assert_matches_reference(gpu.cost, cpu.cost, rtol=rtol, what="cost")
+    assert gpu.success.tolist() == cpu.success.tolist()
+
+
+@pytest.mark.gpu
+def test_fixed_parameters_and_cuda_data_stay_on_the_gpu():
+    x, y = _curves(64)
+    params = {**START, "c": {"value": np.full(64, 0.3), "fixed": True}}
+    data = torch.tensor(y, device="cuda")
+    cpu = fit_batch(GAUSSIAN, x, y, params=params, engine="native")
+    gpu = fit_batch(GAUSSIAN, torch.tensor(x, device="cuda"), data, params=params, engine="native")
+    for name in ("a", "m", "s"):
+        assert_matches_reference(gpu.params[name], cpu.params[name], rtol=1e-8, what=name)
+    assert gpu.params["c"].tolist() == [0.3] * 64
+
+
+@pytest.mark.gpu
+def test_a_batch_in_chunks_equals_one_launch(monkeypatch):
+    x, y = _curves(200)
+    whole = fit_batch(GAUSSIAN, x, y, params=START, engine="native", device="cuda")
+    free, total = torch.cuda.mem_get_info()
+    # a pretended 1 MB free: 8 kB a curve, about 60 curves per launch
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10**6, total))
+    chunked = fit_batch(GAUSSIAN, x, y, params=START, engine="native", device="cuda")
+    for name in START:
+        assert chunked.params[name].tolist() == whole.params[name].tolist()
+
+
+@pytest.mark.gpu
+def test_a_curve_whose_model_gives_nan_gets_its_own_status_and_the_others_go_on():
+    x = np.linspace(0, 4, 30)
+    y = np.stack([2 * np.sqrt(x + 0.5 * k) for k in range(1, 5)])
+    params = {"a": 1.0, "b": -0.1}
+    cpu = fit_batch("a*sqrt(x - b)", x, y, params=params, engine="native")
+    gpu = fit_batch("a*sqrt(x - b)", x, y, params=params, engine="native", device="cuda")
+    for name in params:
+        assert_matches_reference(gpu.params[name], cpu.params[name], rtol=1e-8, what=name)
+    assert gpu.success.tolist() == cpu.success.tolist()

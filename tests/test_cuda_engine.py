@@ -221,3 +221,54 @@ def test_a_curve_whose_model_gives_nan_gets_its_own_status_and_the_others_go_on(
     for name in params:
         assert_matches_reference(gpu.params[name], cpu.params[name], rtol=1e-8, what=name)
     assert gpu.success.tolist() == cpu.success.tolist()
+
+
+def _emulated_gpu(monkeypatch, free_bytes: int):
+    """`CudaSolver` on CPU data with kernels that run the CPU native library on the same Problem bytes
+    and arrays (a launch: ``lm_batch`` / ``lm_errors`` over its curves), and fit_batch routed to it: every
+    line of the GPU engine's Python (arrays, Problem, chunks, outcome) runs without a GPU."""
+    from customgrad.fit import batch, native
+
+    launches = []
+
+    def emulated(function, free, layouts, device, build):
+        library = native.library(function, free, layouts, build=True)
+
+        def entry(name):
+            def launch(grid, block, args):
+                problem, options, index, count, workspace, words, *outputs = args
+                assert grid[0] * block[0] >= count and workspace.numel() >= count * words
+                launches.append(count)
+                pointers = (tensor.data_ptr() for tensor in outputs)
+                getattr(library, name)(problem.data_ptr(), options.data_ptr(), index.data_ptr(), count, 1, *pointers)
+
+            return launch
+
+        def work_words(grid, block, args):
+            args[2].fill_(1000)
+
+        return {"cg_lm_batch": entry("lm_batch"), "cg_lm_errors": entry("lm_errors"), "cg_work_words": work_words}
+
+    monkeypatch.setattr(cuda_engine, "kernels", emulated)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_bytes, 2 * free_bytes))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(batch, "engine_for", lambda problem, *args, **kwargs: CudaSolver(problem))
+    return launches
+
+
+def test_the_gpu_engines_python_side_with_the_cpu_solver_equals_the_native_engine(monkeypatch):
+    # NaN points, per-curve sigma, a bounded parameter and a fixed one, curves near a NaN domain edge
+    x, y = _curves(40, points=30)
+    sigma = np.random.default_rng(7).uniform(0.5, 2.0, y.shape)
+    params = {"a": 1.0, "m": 0.0, "s": {"value": 1.0, "min": 0.05, "max": 5.0}, "c": {"value": 0.3, "fixed": True}}
+    expected = fit_batch(GAUSSIAN, x, y, params=params, sigma=sigma, engine="native")
+    launches = _emulated_gpu(monkeypatch, 10**5)  # 8 kB a curve: 6 curves per launch
+    found = fit_batch(GAUSSIAN, x, y, params=params, sigma=sigma, engine="native")
+    assert launches[:7] == [6] * 6 + [4] and sum(launches) >= 80  # the fits, then the standard errors
+    for name in params:
+        assert found.params[name].tolist() == expected.params[name].tolist()
+    for name in found.stderr:
+        assert np.array_equal(found.stderr[name], expected.stderr[name], equal_nan=True)
+    assert found.status == expected.status and found.cost.tolist() == expected.cost.tolist()
+    assert found.evaluations.tolist() == expected.evaluations.tolist()
+    assert found[3].history == expected[3].history

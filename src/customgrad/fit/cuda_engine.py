@@ -286,9 +286,8 @@ class CudaSolver:
         if self.kernels is None:
             raise BackendError(f"the native engine cannot compile model {problem.text!r}")
         columns, fixed, weights, mask, y, layout = problem_arrays(problem, torch.float64)
-        on_device = {
-            name: torch.from_numpy(getattr(layout, name)).to(self.device) for name in layout.__dataclass_fields__
-        }
+        names = layout.__dataclass_fields__
+        on_device = {name: torch.tensor(getattr(layout, name), device=self.device) for name in names}
         pointers = [torch.from_numpy(_pointers(tensors).view(np.int64)).to(self.device) for tensors in (columns, fixed)]
         scales = getattr(problem, "scales", None)
         self.scales = None if scales is None else scales.to(self.device, torch.float64).contiguous()

@@ -5,7 +5,10 @@
    the CPU in float64. The model enters through two generated functions compiled into the same
    library (`native.py` writes them): the rows [df/db_j..., f] and the values f of one curve.
    Each curve's [J | r] is reduced by Householder QR, its small R by one-sided Jacobi rotations.
-   The constants (tolerances, windows) come from Python in `Options`, so there is one copy of each. */
+   The constants (tolerances, windows) come from Python in `Options`, so there is one copy of each.
+   The same file compiles for CUDA (`cuda_engine.py` defines CG_DEVICE): every function becomes
+   __device__, each thread's Work is carved from one workspace, and cg_lm_batch / cg_lm_errors at the
+   end run one curve per thread. */
 #ifdef CG_DEVICE /* compiled for CUDA by `cuda_engine.py`, whose prelude defines the types and constants */
 #define CG_FN static __device__
 #define CG_MODEL_FN static __device__

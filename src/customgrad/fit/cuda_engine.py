@@ -183,7 +183,8 @@ def kernels(function, free: tuple[str, ...], layouts: str, device: torch.device,
     cached; None where not built yet (without ``build``) or C cannot print the model."""
     major, minor = torch.cuda.get_device_capability(device)
     architecture = f"{major}{minor}"
-    key = (function, free, layouts, architecture)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (function, free, layouts, index)  # a module belongs to one device's context
     with _LOCK:
         found = _MODULES.get(key)
     if found is not None:

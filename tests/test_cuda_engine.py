@@ -8,6 +8,7 @@ curve once (with a fake kernel), and "auto" falls back to the torch engine with 
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import subprocess
 import types
@@ -223,10 +224,55 @@ def test_a_curve_whose_model_gives_nan_gets_its_own_status_and_the_others_go_on(
     assert gpu.success.tolist() == cpu.success.tolist()
 
 
-def _emulated_gpu(monkeypatch, free_bytes: int):
-    """`CudaSolver` on CPU data with kernels that run the CPU native library on the same Problem bytes
-    and arrays (a launch: ``lm_batch`` / ``lm_errors`` over its curves), and fit_batch routed to it: every
-    line of the GPU engine's Python (arrays, Problem, chunks, outcome) runs without a GPU."""
+# The GPU translation unit compiled for the host by a C++ compiler: CUDA's qualifiers empty, the thread
+# indices globals that `_host_kernels` sets before running each "thread" of a launch.
+HOST_PRELUDE = """#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#define __device__
+#define __global__
+#define __restrict__ __restrict
+extern "C" { struct cg_dim { long long x; } blockIdx, threadIdx, blockDim; }
+"""
+
+
+def _host_kernels(tmp_path):
+    """A `cuda_engine.kernels` stand-in: the model's CUDA source (`cuda_source`, unchanged) compiled by
+    g++, each launch run thread by thread as the GPU would (blockIdx, threadIdx, blockDim set per call)."""
+
+    def kernels(function, free, layouts, device, build):
+        source = tmp_path / "solver.cpp"
+        source.write_text(HOST_PRELUDE + cuda_source(function, free, layouts))
+        library_path = tmp_path / "solver.so"
+        command = ["g++", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-o", str(library_path), str(source)]
+        subprocess.run(command, check=True, capture_output=True)
+        library = ctypes.CDLL(str(library_path))
+        dims = {name: ctypes.c_longlong.in_dll(library, name) for name in ("blockIdx", "threadIdx", "blockDim")}
+
+        def entry(name):
+            function = getattr(library, name)
+
+            def launch(grid, block, args):
+                converted = [
+                    ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int(a) for a in args
+                ]
+                dims["blockDim"].value = block[0]
+                for b in range(grid[0]):
+                    for t in range(block[0]):
+                        dims["blockIdx"].value, dims["threadIdx"].value = b, t
+                        function(*converted)
+
+            return launch
+
+        return {name: entry(name) for name in cuda_engine.ENTRIES}
+
+    return kernels
+
+
+def _emulated_gpu(monkeypatch, free_bytes: int, kernels=None):
+    """`CudaSolver` on CPU data with ``kernels`` (default: the CPU native library's ``lm_batch`` /
+    ``lm_errors`` over a launch's curves, on the same Problem bytes and arrays), and fit_batch routed
+    to it: every line of the GPU engine's Python (arrays, Problem, chunks, outcome) runs without a GPU."""
     from customgrad.fit import batch, native
 
     launches = []
@@ -249,7 +295,7 @@ def _emulated_gpu(monkeypatch, free_bytes: int):
 
         return {"cg_lm_batch": entry("lm_batch"), "cg_lm_errors": entry("lm_errors"), "cg_work_words": work_words}
 
-    monkeypatch.setattr(cuda_engine, "kernels", emulated)
+    monkeypatch.setattr(cuda_engine, "kernels", kernels or emulated)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_bytes, 2 * free_bytes))
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(batch, "engine_for", lambda problem, *args, **kwargs: CudaSolver(problem))
@@ -272,3 +318,20 @@ def test_the_gpu_engines_python_side_with_the_cpu_solver_equals_the_native_engin
     assert found.status == expected.status and found.cost.tolist() == expected.cost.tolist()
     assert found.evaluations.tolist() == expected.evaluations.tolist()
     assert found[3].history == expected[3].history
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_the_gpu_translation_unit_run_thread_by_thread_on_the_host_fits_as_the_native_engine(monkeypatch, tmp_path):
+    # the device path itself (workspace carving, word copies, the generated rows as device functions,
+    # the thread guard past the last curve), not only its compilation
+    x, y = _curves(40, points=30)
+    sigma = np.random.default_rng(7).uniform(0.5, 2.0, y.shape)
+    params = {"a": 1.0, "m": 0.0, "s": {"value": 1.0, "min": 0.05, "max": 5.0}, "c": 0.0}
+    expected = fit_batch(GAUSSIAN, x, y, params=params, sigma=sigma, engine="native")
+    _emulated_gpu(monkeypatch, 10**5, _host_kernels(tmp_path))  # 6 curves per launch of one 64-thread block
+    found = fit_batch(GAUSSIAN, x, y, params=params, sigma=sigma, engine="native")
+    for name in params:  # scalar exp here, libmvec's vector exp in the native library: not bit for bit
+        assert_matches_reference(found.params[name], expected.params[name], rtol=1e-8, what=name)
+        assert_matches_reference(found.stderr[name], expected.stderr[name], rtol=1e-6, what=f"stderr {name}")
+    assert_matches_reference(found.cost, expected.cost, rtol=1e-8, what="cost")
+    assert found.success.tolist() == expected.success.tolist()

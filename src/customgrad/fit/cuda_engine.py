@@ -57,8 +57,8 @@ _MODULES: dict[tuple, dict] = {}
 _LOCK = threading.Lock()
 _warned: set[str] = set()
 
-#: Before the model and the solver: the types, constants and byte copies `native_lm.c` takes from the
-#: C library on the host (NVRTC has no C headers).
+#: Before the model and the solver: the types, constants and memmove `native_lm.c` takes from the C
+#: library on the host (NVRTC has no C headers).
 PRELUDE = r"""#define CG_DEVICE 1
 #ifdef __CUDACC_RTC__
 typedef long long int64_t;
@@ -78,25 +78,17 @@ typedef unsigned char uint8_t;
 #ifndef DBL_MIN
 #define DBL_MIN 2.2250738585072014e-308
 #endif
-/* the solver copies and clears whole doubles and int64s only: 8-byte words */
-static __device__ void *cg_copy(void *to, const void *from, unsigned long long bytes) {
-  long long *t = (long long *)to;
-  const long long *f = (const long long *)from;
-  unsigned long long words = bytes / 8;
+/* memcpy and memset are CUDA built-ins; memmove is not (the solver moves a few doubles, once a step) */
+static __device__ void *cg_move(void *to, const void *from, unsigned long long bytes) {
+  unsigned char *t = (unsigned char *)to;
+  const unsigned char *f = (const unsigned char *)from;
   if (t <= f)
-    for (unsigned long long i = 0; i < words; i++) t[i] = f[i];
+    for (unsigned long long i = 0; i < bytes; i++) t[i] = f[i];
   else
-    for (unsigned long long i = words; i-- > 0;) t[i] = f[i];
+    for (unsigned long long i = bytes; i-- > 0;) t[i] = f[i];
   return to;
 }
-static __device__ void *cg_clear(void *to, int value, unsigned long long bytes) {
-  long long *t = (long long *)to;
-  for (unsigned long long i = 0; i < bytes / 8; i++) t[i] = value;
-  return to;
-}
-#define memcpy cg_copy
-#define memmove cg_copy
-#define memset cg_clear
+#define memmove cg_move
 """
 
 #: After the solver: how many words one thread's Work takes (so that Python needs no copy of the formula).

@@ -335,3 +335,24 @@ def test_the_gpu_translation_unit_run_thread_by_thread_on_the_host_fits_as_the_n
         assert_matches_reference(found.stderr[name], expected.stderr[name], rtol=1e-6, what=f"stderr {name}")
     assert_matches_reference(found.cost, expected.cost, rtol=1e-8, what="cost")
     assert found.success.tolist() == expected.success.tolist()
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_gpufits_2d_gaussian_run_thread_by_thread_on_the_host_fits_as_the_native_engine(monkeypatch, tmp_path):
+    # two data columns, per-curve starts, a fixed parameter, a curve with a NaN point
+    rng = np.random.default_rng(8)
+    grid = np.arange(5.0)
+    x = {"u": np.tile(grid, 5), "v": np.repeat(grid, 5)}
+    truth = [rng.uniform(50, 150, 20), rng.uniform(1.6, 2.4, 20), rng.uniform(1.6, 2.4, 20), rng.uniform(0.8, 1.2, 20)]
+    a, x0, y0, s = (value[:, None] for value in truth)
+    y = a * np.exp(-((x["u"] - x0) ** 2 + (x["v"] - y0) ** 2) / (2 * s**2)) + 10 + rng.standard_normal((20, 25))
+    y[4, 7] = np.nan
+    params = {name: value * rng.uniform(0.9, 1.1, 20) for name, value in zip(("a", "x0", "y0", "s"), truth)}
+    params["b"] = {"value": 10.0, "fixed": True}
+    options = {"ftol": 1e-4, "xtol": 1e-4, "gtol": 1e-4, "max_steps": 10}  # Gpufit's benchmark settings
+    expected = fit_batch(GAUSSIAN_2D, x, y, params=params, engine="native", **options)
+    _emulated_gpu(monkeypatch, 10**9, _host_kernels(tmp_path))
+    found = fit_batch(GAUSSIAN_2D, x, y, params=params, engine="native", **options)
+    for name in ("a", "x0", "y0", "s"):
+        assert_matches_reference(found.params[name], expected.params[name], rtol=1e-8, what=name)
+    assert found.success.tolist() == expected.success.tolist()

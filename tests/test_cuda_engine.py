@@ -189,15 +189,26 @@ def test_every_curve_equals_its_cpu_native_fit(dtype):
 
 
 @pytest.mark.gpu
-def test_fixed_parameters_and_cuda_data_stay_on_the_gpu():
+def test_fixed_parameters_and_cuda_data_are_fitted_on_their_gpu(monkeypatch):
     x, y = _curves(64)
     params = {**START, "c": {"value": np.full(64, 0.3), "fixed": True}}
     data = torch.tensor(y, device="cuda")
     cpu = fit_batch(GAUSSIAN, x, y, params=params, engine="native")
+    solvers = []
+    monkeypatch.setattr(cuda_engine.CudaSolver, "errors", _recorded(cuda_engine.CudaSolver.errors, solvers))
     gpu = fit_batch(GAUSSIAN, torch.tensor(x, device="cuda"), data, params=params, engine="native")
+    assert solvers, "the CUDA data were not fitted by the GPU engine"
     for name in ("a", "m", "s"):
         assert_matches_reference(gpu.params[name], cpu.params[name], rtol=1e-8, what=name)
     assert gpu.params["c"].tolist() == [0.3] * 64
+
+
+def _recorded(method, calls: list):
+    def recorded(self, *args, **kwargs):
+        calls.append(self.device)
+        return method(self, *args, **kwargs)
+
+    return recorded
 
 
 @pytest.mark.gpu

@@ -65,6 +65,8 @@ def fit_batch(
         The predictor(s): shared by all curves, or one row per curve.
     y : array of shape (B, N)
         One curve per row. NaN entries are left out (``nan_policy="omit"``): pad shorter curves with NaN.
+        A CUDA tensor is fitted on its GPU unless ``device`` says otherwise (the results, numpy arrays,
+        are the same either way).
     params : dict
         Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed"}.
     method : {"lm"}
@@ -139,6 +141,8 @@ class _Batch:
         if method != "lm":
             raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
         check_engine(engine)
+        if device is None and isinstance(y, torch.Tensor) and y.device.type == "cuda":
+            device = y.device  # CUDA data are fitted where they are
         dtype, device = _dtype_and_device(dtype, device)
         max_steps = _positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
         chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from .. import cache
-from ..codegen.c import device_source
 from ..errors import BackendError, UsageError
 from .batch_lm import CONVERGED, STATUSES, BatchOutcome, progress_message
 from .native import (
@@ -111,6 +110,8 @@ def _device_glue(namespace: str, entry: str, inputs: int, outputs: int) -> str:
 def cuda_source(function, free: tuple[str, ...], layouts: str) -> str | None:
     """The CUDA translation unit of a formula model's solver: `PRELUDE`, the model's rows and values as
     device functions, the glue, `native_lm.c` and `WORDS_ENTRY`; None where C cannot print the model."""
+    from ..codegen.c import device_source  # SymPy's printer: only when building
+
     rows, values = function.c_source(free, False, layouts), function.c_source((), False, layouts)
     if rows is None or values is None:
         return None

@@ -10,8 +10,10 @@ python3 -m pytest tests/test_function.py tests/test_backends.py tests/test_check
 python3 benchmarks/bench_function.py --device cuda --sizes 1e6 1e7 1e8 --backends eager compile triton auto
 python3 benchmarks/bench_function.py --device cuda --sizes 1e7 --dtype bfloat16 --backends eager triton
 python3 benchmarks/bench_layer.py --device cuda --sizes 4096x256 65536x1024
-python3 -m pytest tests/test_fit_batch.py -m gpu -q -p no:cacheprovider -o addopts="--strict-markers" 2>&1 | tail -5
-python3 benchmarks/bench_batch.py --device cuda --curves 1000000 --scipy-curves 2000
+python3 -m pytest tests/test_fit_batch.py tests/test_cuda_engine.py -m gpu -q -p no:cacheprovider -o addopts="--strict-markers" 2>&1 | tail -8
+# the torch engine and the GPU native engine (native_lm.c by NVRTC) at 1e6 curves, then the GPU table
+# (64-point Gaussian float64/float32 at 1e5..1e7, Gpufit's 2D Gaussian), sizes cut once one passes 6 s
+timeout 300 python3 benchmarks/bench_batch.py --device cuda --curves 1000000 --scipy-curves 2000 --gpu-curves 1e5 1e6 1e7
 # NCCL: one rank per GPU (NCCL refuses two ranks on one device), the distributed CLI fit against a plain one
 python3 - <<'PY'
 import numpy as np

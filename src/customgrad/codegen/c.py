@@ -321,3 +321,25 @@ def _split_loops(loads: list[str], row_loads: list[str], body: list[str], reduct
         *(f"  free(acc_r{k});" for k in by_mode["r"]),
         "  }",
     ]
+
+
+def device_source(source: str) -> str:
+    """A `kernel_source` kernel (double or float, no half storage) as CUDA device code.
+
+    The same loop body: ``kernel`` and the helpers become ``static __device__`` functions, ``restrict``
+    ``__restrict__``; the includes, OpenMP pragmas and the libmvec prototypes (host declarations of the
+    math functions, which CUDA provides itself) are dropped. Wrap the result in a namespace to compile
+    two kernels into one CUDA translation unit.
+    """
+    lines, prototype = [], False
+    for line in source.splitlines():
+        stripped = line.strip()
+        if prototype:  # the declaration after "#pragma omp declare simd"
+            prototype = False
+            continue
+        prototype = stripped.startswith("#pragma omp declare simd")
+        if stripped.startswith(("#include", "#pragma omp")):
+            continue
+        line = line.replace("static inline ", "static __device__ inline ").replace(" restrict ", " __restrict__ ")
+        lines.append("static __device__ " + line if line.startswith("void kernel(") else line)
+    return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import CustomgradError, DataError, UsageError
 from ..progress import progress_bar
+from . import cuda_engine
 from .api import _dtype_and_device, _number, _result, _threads_for, check_engine, power_of_two_scales
 from .batch_data import BatchData, batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
 from .batch_lm import CONVERGED, BatchOutcome, batch_levenberg_marquardt, progress_message
@@ -65,6 +66,8 @@ def fit_batch(
         The predictor(s): shared by all curves, or one row per curve.
     y : array of shape (B, N)
         One curve per row. NaN entries are left out (``nan_policy="omit"``): pad shorter curves with NaN.
+        A CUDA tensor is fitted on its GPU unless ``device`` says otherwise (the results, numpy arrays,
+        are the same either way).
     params : dict
         Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed",
         "shared"}. ``"shared": True`` makes one value of that parameter for the whole batch, fitted
@@ -88,7 +91,10 @@ def fit_batch(
         CPU float64, a C compiler); "torch": the LM as tensors over the batch (any model, device and
         dtype; `batch_lm`); "auto": native where it can run and its library is built (or the batch
         has `native.BUILD_FOR_CURVES` curves or more, which builds it: about 1 s once), else torch.
-        Both take the steps `fit` takes for each curve alone.
+        Both take the steps `fit` takes for each curve alone. On CUDA data (float32 or float64),
+        "native" runs the same C solver compiled for the GPU by NVRTC (`cuda_engine`: one thread per
+        curve, float64 inside, results on the data's device); "auto" picks it where it compiles,
+        else the torch engine with one warning.
     """
     start_time = time.perf_counter()
     shards = Shards(None) if distributed else None
@@ -133,7 +139,7 @@ class _Batch:
     text: str
     data_names: tuple
     problem: BatchModel
-    solver: NativeSolver | None
+    solver: NativeSolver | cuda_engine.CudaSolver | None
     options: dict
     chunk_size: int
     device: torch.device | None
@@ -145,6 +151,8 @@ class _Batch:
         if method != "lm":
             raise UsageError(f"fit_batch supports method='lm' only, got {method!r}: use fit() per curve for {method!r}")
         check_engine(engine)
+        if device is None and isinstance(y, torch.Tensor) and y.device.type == "cuda":
+            device = y.device  # CUDA data are fitted where they are
         dtype, device = _dtype_and_device(dtype, device)
         max_steps = _positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
         chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
@@ -158,7 +166,10 @@ class _Batch:
         problem.scales = None if joint else _curve_scales(data)  # a joint cost has one unit for all curves
         # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
         threads, build = torch.get_num_threads(), problem.batch >= BUILD_FOR_CURVES
-        solver = engine_for(problem, engine, threads, build=build, what="fit this batch")
+        if problem.y.is_cuda:  # the same solver compiled for the GPU (`cuda_engine`)
+            solver = cuda_engine.engine_for(problem, engine, build=build, what="fit this batch")
+        else:
+            solver = engine_for(problem, engine, threads, build=build, what="fit this batch")
         options["max_steps"] = max_steps
         return cls(data, specs, initial, function, text, data_names, problem, solver, options, chunk_size, device)
 

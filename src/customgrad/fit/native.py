@@ -316,11 +316,7 @@ class NativeSolver:
 
     def __init__(self, problem, threads: int, *, build: bool = True):
         self.problem, self.threads = problem, max(1, threads)
-        columns = [column.contiguous() for column in problem.data.values()]
-        fixed = [value[:, 0].contiguous() for value in problem.fixed.values()]
-        shared = tuple(column.shape[0] == 1 and problem.batch != 1 for column in columns)
-        bounds = tuple(_bound(spec) for spec in problem.free)
-        layout = _layout(problem.function, problem.names, tuple(problem.data), tuple(problem.fixed), shared, bounds)
+        columns, fixed, weights, mask, y, layout = problem_arrays(problem)
         self.library = library(problem.function, problem.names, _layouts(problem), build=build)
         if self.library is None and not build:
             raise NotBuilt("its library is not built yet (engine='native' builds it)")
@@ -328,10 +324,7 @@ class NativeSolver:
             raise BackendError(f"the native engine cannot compile model {problem.text!r}")
         scales = getattr(problem, "scales", None)
         self.scales = None if scales is None else np.ascontiguousarray(scales.cpu().numpy(), dtype=np.float64)
-        weights = None if problem.weights is None else problem.weights.contiguous()
-        mask = None if not problem.masked else problem.mask.contiguous().view(torch.uint8)
         pointers = _pointers(columns), _pointers(fixed)
-        y = problem.y.contiguous()
         # every array the C side reads, kept alive as long as the solver
         self._keep = {"layout": layout, "pointers": pointers, "tensors": (columns, fixed, weights, mask, y)}
         self.struct = _Problem(
@@ -484,6 +477,21 @@ class NativeSolver:
         done = run(problem, settings, curves.ctypes.data, len(curves), self.threads, *arguments)
         if done != 0:
             raise MemoryError("the native fit engine ran out of memory")
+
+
+def problem_arrays(problem, dtype: torch.dtype | None = None) -> tuple:
+    """What `native_lm.c`'s Problem points to, on the data's device: the data columns, the fixed values
+    (B,) each, the weights (or None), the mask as uint8 (or None, all points count), y, and the
+    `_Layout`; the floating ones converted to ``dtype`` when given."""
+    floating = (lambda tensor: tensor.contiguous()) if dtype is None else (lambda tensor: tensor.to(dtype).contiguous())
+    columns = [floating(column) for column in problem.data.values()]
+    fixed = [floating(value[:, 0]) for value in problem.fixed.values()]
+    shared = tuple(column.shape[0] == 1 and problem.batch != 1 for column in columns)
+    bounds = tuple(_bound(spec) for spec in problem.free)
+    layout = _layout(problem.function, problem.names, tuple(problem.data), tuple(problem.fixed), shared, bounds)
+    weights = None if problem.weights is None else floating(problem.weights)
+    mask = None if not problem.masked else problem.mask.contiguous().view(torch.uint8)
+    return columns, fixed, weights, mask, floating(problem.y), layout
 
 
 @dataclass

@@ -5,15 +5,25 @@
    the CPU in float64. The model enters through two generated functions compiled into the same
    library (`native.py` writes them): the rows [df/db_j..., f] and the values f of one curve.
    Each curve's [J | r] is reduced by Householder QR, its small R by one-sided Jacobi rotations.
-   The constants (tolerances, windows) come from Python in `Options`, so there is one copy of each. */
+   The constants (tolerances, windows) come from Python in `Options`, so there is one copy of each.
+   The same file compiles for CUDA (`cuda_engine.py` defines CG_DEVICE): every function becomes
+   __device__, each thread's Work is carved from one workspace, and cg_lm_batch / cg_lm_errors at the
+   end run one curve per thread. */
+#ifdef CG_DEVICE /* compiled for CUDA by `cuda_engine.py`, whose prelude defines the types and constants */
+#define CG_FN static __device__
+#define CG_MODEL_FN static __device__
+#else
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#define CG_FN static
+#define CG_MODEL_FN
+#endif
 
-void cg_model_rows(const double *const *in, double *const *out, int64_t n);
-void cg_model_values(const double *const *in, double *const *out, int64_t n);
+CG_MODEL_FN void cg_model_rows(const double *const *in, double *const *out, int64_t n);
+CG_MODEL_FN void cg_model_values(const double *const *in, double *const *out, int64_t n);
 
 /* Status codes: the order of `batch_lm.STATUSES`. */
 enum { RUNNING, FTOL, XTOL, GTOL, ROUNDOFF, EXACT, DRIFT, MAX_STEPS, NONFINITE };
@@ -53,7 +63,7 @@ typedef struct {
   int64_t *order;
 } Work;
 
-static double squared(const double *x, int64_t n) {
+CG_FN double squared(const double *x, int64_t n) {
   double sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; i++) sum += x[i] * x[i];
@@ -62,7 +72,7 @@ static double squared(const double *x, int64_t n) {
 
 /* ||x|| of n entries ``stride`` apart, without overflow or underflow for entries near 1e+-200
    (as `statistics.column_norms`). */
-static double safe_norm(const double *x, int64_t n, int64_t stride) {
+CG_FN double safe_norm(const double *x, int64_t n, int64_t stride) {
   double sum = 0, largest = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; i++) sum += x[i * stride] * x[i * stride];
@@ -75,7 +85,7 @@ static double safe_norm(const double *x, int64_t n, int64_t stride) {
   return largest * sqrt(sum);
 }
 
-static void to_external(const Problem *P, const double *theta, double *values) {
+CG_FN void to_external(const Problem *P, const double *theta, double *values) {
   for (int64_t j = 0; j < P->p; j++) {
     double t = theta[j], lo = P->lower[j], hi = P->upper[j];
     switch (P->bound[j]) {
@@ -87,7 +97,7 @@ static void to_external(const Problem *P, const double *theta, double *values) {
   }
 }
 
-static double external_slope(const Problem *P, int64_t j, double t) {
+CG_FN double external_slope(const Problem *P, int64_t j, double t) {
   switch (P->bound[j]) {
     case 1: return (P->upper[j] - P->lower[j]) * cos(t) / 2;
     case 2: return t / sqrt(t * t + 1);
@@ -96,7 +106,7 @@ static double external_slope(const Problem *P, int64_t j, double t) {
   }
 }
 
-static void set_inputs(const Problem *P, Work *W, int64_t b, const double *values) {
+CG_FN void set_inputs(const Problem *P, Work *W, int64_t b, const double *values) {
   for (int64_t k = 0; k < P->inputs; k++) {
     int64_t slot = P->slot[k];
     switch (P->kind[k]) {
@@ -110,7 +120,7 @@ static void set_inputs(const Problem *P, Work *W, int64_t b, const double *value
 
 /* (f - y) w s, 0 where masked; the ``rows`` J rows before f (if any) times w s, 0 where masked
    (s: the curve's power-of-two scale). */
-static void finish(const Problem *P, int64_t b, double *f, double *jacobian, int64_t rows) {
+CG_FN void finish(const Problem *P, int64_t b, double *f, double *jacobian, int64_t rows) {
   int64_t n = P->points;
   const double *y = P->y + b * n;
   const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
@@ -130,7 +140,7 @@ static void finish(const Problem *P, int64_t b, double *f, double *jacobian, int
 }
 
 /* r at theta into ``r``; returns the cost ||r||^2. */
-static double residuals(const Problem *P, Work *W, int64_t b, const double *theta, double *r) {
+CG_FN double residuals(const Problem *P, Work *W, int64_t b, const double *theta, double *r) {
   to_external(P, theta, W->values);
   set_inputs(P, W, b, W->values);
   W->out[0] = r;
@@ -140,7 +150,7 @@ static double residuals(const Problem *P, Work *W, int64_t b, const double *thet
 }
 
 /* [J | r] at theta into W->block, column k at block + k N (J with respect to the values when ``plain``). */
-static void augmented(const Problem *P, Work *W, int64_t b, const double *theta, int plain) {
+CG_FN void augmented(const Problem *P, Work *W, int64_t b, const double *theta, int plain) {
   int64_t n = P->points, p = P->p;
   if (plain)
     memcpy(W->values, theta, p * sizeof(double));
@@ -160,7 +170,7 @@ static void augmented(const Problem *P, Work *W, int64_t b, const double *theta,
 
 /* R (c x c, row-major, upper) of the n x c column-major ``block`` by Householder QR (zero rows
    appended when n < c). Returns 0 when R holds a NaN or inf. */
-static int reduce(const double *block, int64_t n, int64_t c, double *work, double *R) {
+CG_FN int reduce(const double *block, int64_t n, int64_t c, double *work, double *R) {
   int64_t m = n > c ? n : c;
   for (int64_t k = 0; k < c; k++) {
     memcpy(work + k * m, block + k * n, n * sizeof(double));
@@ -197,13 +207,13 @@ static int reduce(const double *block, int64_t n, int64_t c, double *work, doubl
    in decreasing order, ``vt`` = V^T (row j: the j-th right singular vector), and products_j =
    (A v_j) . qtr = s_j u_j^T qtr (no division, so zero singular values are harmless). ``warm``:
    rotations start from the V in ``vt`` (the previous linearisation's), not from the identity. */
-static void svd(Work *W, int64_t p, const double *qtr, int warm) {
+CG_FN void svd(Work *W, int64_t p, const double *qtr, int warm) {
   double *a = W->a, *v = W->v;
   if (warm) { /* start from the previous V (W->vt): A V0 is nearly orthogonal already, fewer sweeps */
     for (int64_t i = 0; i < p; i++)
       for (int64_t j = 0; j < p; j++) v[i * p + j] = W->vt[j * p + i];
     for (int64_t i = 0; i < p; i++) {
-      double row[p];
+      double *row = W->norms; /* scratch: svd writes the norms below */
       for (int64_t j = 0; j < p; j++) {
         double sum = 0;
         for (int64_t k = 0; k < p; k++) sum += a[i * p + k] * v[k * p + j];
@@ -271,7 +281,7 @@ typedef struct {
   double gauss_newton_norm, gauss_newton_decrease, start;
 } Damped;
 
-static Damped damped_step(Work *W, int64_t p, const Options *O) {
+CG_FN Damped damped_step(Work *W, int64_t p, const Options *O) {
   Damped d = {0, 0, 0};
   double largest = p ? W->s[0] : 0;
   int all_kept = 1;
@@ -291,7 +301,7 @@ static Damped damped_step(Work *W, int64_t p, const Options *O) {
 }
 
 /* `lm.DampedStep.solve`: lambda, coordinates (into W->coordinates), their norm and ||S c||^2. */
-static double solve(Work *W, int64_t p, const Damped *d, double radius, double *norm_out, double *decrease) {
+CG_FN double solve(Work *W, int64_t p, const Damped *d, double radius, double *norm_out, double *decrease) {
   double lam = 0, norm = d->gauss_newton_norm;
   if (d->gauss_newton_norm <= 1.1 * radius) {
     memcpy(W->coordinates, W->gauss_newton, p * sizeof(double));
@@ -325,7 +335,7 @@ static double solve(Work *W, int64_t p, const Damped *d, double radius, double *
 }
 
 /* out = D^-1 V c: out_i = sum_j vt[j][i] c_j / scale_i. */
-static void step_from(Work *W, int64_t p, const double *c, double *out) {
+CG_FN void step_from(Work *W, int64_t p, const double *c, double *out) {
   for (int64_t i = 0; i < p; i++) {
     double sum = 0;
     for (int64_t j = 0; j < p; j++) sum += W->vt[j * p + i] * c[j];
@@ -333,14 +343,14 @@ static void step_from(Work *W, int64_t p, const double *c, double *out) {
   }
 }
 
-static double scaled_norm(const double *scale, const double *theta, int64_t p) {
+CG_FN double scaled_norm(const double *scale, const double *theta, int64_t p) {
   double sum = 0;
   for (int64_t j = 0; j < p; j++) sum += (scale[j] * theta[j]) * (scale[j] * theta[j]);
   return sqrt(sum);
 }
 
 /* The SVD of R D^-1 from W->reduced (c = p + 1 square): upper / scale into a, Q^T r into qtr. */
-static void decompose(Work *W, int64_t p, int warm) {
+CG_FN void decompose(Work *W, int64_t p, int warm) {
   for (int64_t i = 0; i < p; i++) {
     for (int64_t j = 0; j < p; j++) W->a[i * p + j] = W->reduced[i * (p + 1) + j] / W->scale[j];
     W->qtr[i] = W->reduced[i * (p + 1) + p];
@@ -349,7 +359,7 @@ static void decompose(Work *W, int64_t p, int warm) {
 }
 
 /* Half the geodesic acceleration into W->projected (see `lm._half_acceleration`); 0 when too large. */
-static void half_acceleration(const Problem *P, Work *W, int64_t b, double lam, double velocity_norm,
+CG_FN void half_acceleration(const Problem *P, Work *W, int64_t b, double lam, double velocity_norm,
                               const Options *O) {
   int64_t n = P->points, p = P->p;
   for (int64_t j = 0; j < p; j++) W->probe_point[j] = W->theta[j] + O->probe * W->velocity[j];
@@ -386,14 +396,14 @@ typedef struct {
   int64_t status, evaluations, jacobians, steps, recorded;
 } Outcome;
 
-static void record(Outcome *o, double *history, const Options *O, double cost) {
+CG_FN void record(Outcome *o, double *history, const Options *O, double cost) {
   int64_t slot = o->recorded < O->history ? o->recorded : O->history - 1;
   if (O->history > 0) history[slot] = cost;
   o->recorded++;
 }
 
 /* The status of a trial step (`lm.levenberg_marquardt`'s tests, in its order); RUNNING when none. */
-static int64_t trial_status(double actual, double predicted, int exhausted, double radius, double theta_norm,
+CG_FN int64_t trial_status(double actual, double predicted, int exhausted, double radius, double theta_norm,
                             double cost, int accepted, int low_rank, const double *recent, int64_t steps,
                             const Options *O) {
   if (fabs(actual) <= O->ftol && predicted <= O->ftol && exhausted) return FTOL;
@@ -407,7 +417,7 @@ static int64_t trial_status(double actual, double predicted, int exhausted, doub
 }
 
 /* One Gauss-Newton step from the solution, kept unless the cost rises (`lm._polish`). */
-static void polish(const Problem *P, Work *W, int64_t b, Outcome *o, double *history, const Options *O) {
+CG_FN void polish(const Problem *P, Work *W, int64_t b, Outcome *o, double *history, const Options *O) {
   int64_t n = P->points, p = P->p;
   augmented(P, W, b, W->theta, 0);
   o->jacobians++;
@@ -427,7 +437,7 @@ static void polish(const Problem *P, Work *W, int64_t b, Outcome *o, double *his
 }
 
 /* Fit curve b from W->theta (see `lm.levenberg_marquardt`, line for line). */
-static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history, const Options *O) {
+CG_FN Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history, const Options *O) {
   int64_t n = P->points, p = P->p;
   Outcome o = {0, MAX_STEPS, 1, 0, 0, 0};
   double cost = residuals(P, W, b, W->theta, W->r), radius = 0;
@@ -541,7 +551,7 @@ static Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history
    columns) into W->s, W->vt, with D in W->scale. With ``values``, a column whose reach ||J_j||
    max(|b_j|, 1) is below ``floor`` counts as zero (rounding noise: `statistics.INSENSITIVE`). Returns
    0 (and zero columns) when R holds a NaN or inf. */
-static int scaled_svd(Work *W, int64_t p, const double *values, double floor) {
+CG_FN int scaled_svd(Work *W, int64_t p, const double *values, double floor) {
   int finite = 1;
   for (int64_t i = 0; i < p; i++) /* R of J only, as Python checks it (not the residual column) */
     for (int64_t j = 0; j < p; j++) finite &= isfinite(W->reduced[i * (p + 1) + j]) != 0;
@@ -561,7 +571,7 @@ static int scaled_svd(Work *W, int64_t p, const double *values, double floor) {
 
 /* Standard errors of curve b from the R of J (with respect to the values) at its solution (as
    `batch_statistics.batch_stderr`): s^2 D^-1 V diag(1 / S^2) V^T D^-1, NaN for undetermined ones. */
-static void standard_errors(Work *W, int64_t p, double cost, double dof, const Options *O, double *out) {
+CG_FN void standard_errors(Work *W, int64_t p, double cost, double dof, const Options *O, double *out) {
   int finite = scaled_svd(W, p, NULL, 0);
   double variance = dof > 0 ? cost / dof : NAN;
   for (int64_t i = 0; i < p; i++) {
@@ -581,7 +591,7 @@ static void standard_errors(Work *W, int64_t p, double cost, double dof, const O
 }
 
 /* ||y w s|| of curve b (weights w, the curve's scale s), safe from overflow; uses W->r_probe. */
-static double data_norm(const Problem *P, Work *W, int64_t b) {
+CG_FN double data_norm(const Problem *P, Work *W, int64_t b) {
   int64_t n = P->points;
   const double *y = P->y + b * n;
   const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
@@ -591,20 +601,23 @@ static double data_norm(const Problem *P, Work *W, int64_t b) {
   return safe_norm(W->r_probe, n, 1);
 }
 
-static int allocate(Work *W, int64_t n, int64_t p, int64_t inputs, const Options *O) {
+/* The vectors of p + 1 doubles in Work (values ... live_scale). */
+enum { VECTORS = 15 };
+
+/* The words (8 bytes each) of one curve's Work: doubles, then the pointer and index arrays. */
+CG_FN int64_t work_words(int64_t n, int64_t p, int64_t inputs, const Options *O) {
   int64_t c = p + 1, m = n > c ? n : c;
-  double **vectors[] = {&W->values, &W->theta, &W->trial,        &W->velocity, &W->probe_point,
-                        &W->scale,  &W->norms, &W->qtr,          &W->s,        &W->products,
-                        &W->gauss_newton, &W->squares, &W->coordinates, &W->projected, &W->live_scale};
-  int64_t count = sizeof(vectors) / sizeof(vectors[0]);
-  int64_t doubles = count * c + 3 * p * p + c * n + c * m + 3 * n + c * c + O->drift_window + 1;
-  memset(W, 0, sizeof(*W));
-  double *memory = W->memory = calloc(doubles, sizeof(double));
-  W->in = calloc(inputs + 1, sizeof(double *));
-  W->out = calloc(c, sizeof(double *));
-  W->order = calloc(c, sizeof(int64_t));
-  if (!memory || !W->in || !W->out || !W->order) return 0;
-  for (int64_t k = 0; k < count; k++, memory += c) *vectors[k] = memory;
+  return VECTORS * c + 3 * p * p + c * n + c * m + 3 * n + c * c + O->drift_window + 1 + inputs + 1 + 2 * c;
+}
+
+/* W's arrays laid out over ``memory`` (`work_words` words). */
+CG_FN void carve(Work *W, double *memory, int64_t n, int64_t p, int64_t inputs, const Options *O) {
+  int64_t c = p + 1, m = n > c ? n : c;
+  double **vectors[VECTORS] = {&W->values, &W->theta, &W->trial,        &W->velocity, &W->probe_point,
+                               &W->scale,  &W->norms, &W->qtr,          &W->s,        &W->products,
+                               &W->gauss_newton, &W->squares, &W->coordinates, &W->projected, &W->live_scale};
+  W->memory = memory;
+  for (int64_t k = 0; k < VECTORS; k++, memory += c) *vectors[k] = memory;
   W->a = memory, memory += p * p;
   W->v = memory, memory += p * p;
   W->vt = memory, memory += p * p;
@@ -614,22 +627,28 @@ static int allocate(Work *W, int64_t n, int64_t p, int64_t inputs, const Options
   W->r_trial = memory, memory += n;
   W->r_probe = memory, memory += n;
   W->reduced = memory, memory += c * c;
-  W->recent = memory;
+  W->recent = memory, memory += O->drift_window + 1;
+  W->in = (const double **)memory, memory += inputs + 1; /* pointers and int64: 8 bytes, as a double */
+  W->out = (double **)memory, memory += c;
+  W->order = (int64_t *)memory;
+}
+
+#ifndef CG_DEVICE /* the host's threads: OpenMP, each thread's Work from calloc */
+CG_FN int allocate(Work *W, int64_t n, int64_t p, int64_t inputs, const Options *O) {
+  double *memory = (double *)calloc(work_words(n, p, inputs, O), sizeof(double));
+  W->memory = memory;
+  if (!memory) return 0;
+  carve(W, memory, n, p, inputs, O);
   return 1;
 }
 
-static void release(Work *W) {
-  free(W->memory);
-  free(W->in);
-  free(W->out);
-  free(W->order);
-}
+CG_FN void release(Work *W) { free(W->memory); }
 
 /* task(..., k, index[k], context) for every k < count, in parallel, each thread with its own Work.
    Returns 0, or -1 when memory ran out. */
 typedef void (*Task)(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context);
 
-static int for_each_curve(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads,
+CG_FN int for_each_curve(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads,
                           Task task, void *context) {
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1 && count > 1) reduction(| : failed)
@@ -646,6 +665,8 @@ static int for_each_curve(const Problem *P, const Options *O, const int64_t *ind
   return failed ? -1 : 0;
 }
 
+#endif
+
 typedef struct {
   double *theta, *cost, *history;
   int64_t *counts, *recorded;
@@ -654,7 +675,7 @@ typedef struct {
 /* Whether a parameter of curve b stopped mattering at W->theta: ||J_j|| max(|b_j|, 1) below
    O->saturation ||y / sigma|| (J with respect to the internal coordinates, b the values: as
    `api._saturated`). */
-static int saturated(const Problem *P, Work *W, int64_t b, const Options *O) {
+CG_FN int saturated(const Problem *P, Work *W, int64_t b, const Options *O) {
   int64_t n = P->points, p = P->p;
   to_external(P, W->theta, W->probe_point);
   augmented(P, W, b, W->theta, 0);
@@ -664,8 +685,8 @@ static int saturated(const Problem *P, Work *W, int64_t b, const Options *O) {
   return 0;
 }
 
-static void fit_task(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context) {
-  Fits *F = context;
+CG_FN void fit_task(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context) {
+  Fits *F = (Fits *)context;
   int64_t p = P->p;
   memcpy(W->theta, F->theta + k * p, p * sizeof(double));
   Outcome o = solve_curve(P, W, b, F->history + k * O->history, O);
@@ -677,6 +698,7 @@ static void fit_task(const Problem *P, const Options *O, Work *W, int64_t k, int
   F->recorded[k] = o.recorded;
 }
 
+#ifndef CG_DEVICE
 /* Fit the curves ``index[0..count)``; row k of theta (count x p) holds curve index[k]'s start and
    receives its solution. Per row: cost, counts (status, evaluations, jacobians, steps, and 1 when a
    curve that did not fail stopped on a plateau: see `saturated`), ``history``
@@ -687,14 +709,15 @@ int lm_batch(const Problem *P, const Options *O, const int64_t *index, int64_t c
   Fits fits = {theta, cost, history, counts, recorded};
   return for_each_curve(P, O, index, count, threads, fit_task, &fits);
 }
+#endif
 
 typedef struct {
   const double *values, *dof;
   double *stderr, *cost;
 } Errors;
 
-static void errors_task(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context) {
-  Errors *E = context;
+CG_FN void errors_task(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context) {
+  Errors *E = (Errors *)context;
   int64_t p = P->p, n = P->points;
   augmented(P, W, b, E->values + k * p, 1);
   reduce(W->block, n, p + 1, W->qr, W->reduced);
@@ -702,6 +725,7 @@ static void errors_task(const Problem *P, const Options *O, Work *W, int64_t k, 
   standard_errors(W, p, E->cost[k], E->dof[k], O, E->stderr + k * p);
 }
 
+#ifndef CG_DEVICE
 /* Standard errors (count x p) and costs of the curves ``index`` at parameter ``values`` (count x p),
    with ``dof`` degrees of freedom each. Returns 0, or -1 when memory ran out. */
 int lm_errors(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads,
@@ -709,6 +733,7 @@ int lm_errors(const Problem *P, const Options *O, const int64_t *index, int64_t 
   Errors errors = {values, dof, stderr, cost};
   return for_each_curve(P, O, index, count, threads, errors_task, &errors);
 }
+#endif
 
 typedef struct {
   const double *values;  /* count x p: the parameter values */
@@ -724,8 +749,8 @@ typedef struct {
 /* `statistics.uncertainty` of curve b at its values: covariance s^2 D^-1 V diag(1/S^2) V^T D^-1 over
    the directions kept (singular values above `statistics.RANK_TOLERANCE` of the largest), standard
    errors, correlation; and the SVD (S, V^T) from which Python groups the parameters of null directions. */
-static void report_task(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context) {
-  Report *R = context;
+CG_FN void report_task(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context) {
+  Report *R = (Report *)context;
   int64_t p = P->p, n = P->points;
   const double *values = R->values + k * p;
   augmented(P, W, b, values, 1);
@@ -761,9 +786,42 @@ static void report_task(const Problem *P, const Options *O, Work *W, int64_t k, 
   memcpy(R->vt + k * p * p, W->vt, p * p * sizeof(double));
 }
 
+#ifndef CG_DEVICE
 /* The statistics of the curves ``index`` at their ``values`` (see `Report`). Returns 0, or -1 when
    memory ran out. */
 int lm_report(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads,
               Report *report) {
   return for_each_curve(P, O, index, count, threads, report_task, report);
 }
+#endif
+
+#ifdef CG_DEVICE /* the GPU's threads: one curve each, its Work carved from one preallocated workspace */
+/* Thread k's Work from ``workspace`` (``words`` = `work_words` per thread); 0 past ``count``. */
+CG_FN int thread_work(const Problem *P, const Options *O, double *workspace, int64_t words, int count, Work *W,
+                      int64_t *k) {
+  *k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (*k >= count) return 0;
+  carve(W, workspace + *k * words, P->points, P->p, P->inputs, O);
+  return 1;
+}
+
+/* `lm_batch` on the GPU: curve ``index[k]`` on thread k. */
+extern "C" __global__ void cg_lm_batch(const Problem *P, const Options *O, const int64_t *index, int count,
+                                       double *workspace, int words, double *theta, double *cost,
+                                       int64_t *counts, double *history, int64_t *recorded) {
+  Work W;
+  int64_t k;
+  Fits fits = {theta, cost, history, counts, recorded};
+  if (thread_work(P, O, workspace, words, count, &W, &k)) fit_task(P, O, &W, k, index[k], &fits);
+}
+
+/* `lm_errors` on the GPU: curve ``index[k]`` on thread k. */
+extern "C" __global__ void cg_lm_errors(const Problem *P, const Options *O, const int64_t *index, int count,
+                                        double *workspace, int words, const double *values, const double *dof,
+                                        double *stderr, double *cost) {
+  Work W;
+  int64_t k;
+  Errors errors = {values, dof, stderr, cost};
+  if (thread_work(P, O, workspace, words, count, &W, &k)) errors_task(P, O, &W, k, index[k], &errors);
+}
+#endif

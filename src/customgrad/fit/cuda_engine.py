@@ -1,0 +1,403 @@
+"""The native engine on the GPU: `native_lm.c`'s per-curve Levenberg-Marquardt compiled for CUDA, one
+thread per curve, for `fit_batch` on CUDA data.
+
+The same source as the CPU engine (`native`), not a twin: `native_lm.c` compiled with ``CG_DEVICE``
+makes its functions ``__device__`` and adds two ``__global__`` entries, ``cg_lm_batch`` and
+``cg_lm_errors``, where thread k runs the same ``solve_curve`` (then ``saturated``) or the same
+standard errors on curve ``index[k]``. The model's rows and values are the CPU engine's generated C
+(`FormulaModel.c_source`) turned into device functions (`codegen.c.device_source`). Each thread's
+scratch (`work_words` doubles: its R, SVD, residual vectors...) is carved from one workspace tensor,
+sized to the GPU's free memory: a batch larger than that runs in chunks of curves.
+
+NVRTC compiles it (once per model and GPU architecture, then the disk cache holds the binary; torch
+loads it with the CUDA driver): a CUDA build of torch with its NVRTC library (the nvidia-cuda-nvrtc wheel
+torch depends on) is all a user needs, no CUDA toolkit. Without
+fused multiply-adds (``--fmad=false``), as the CPU build has none. The solver is double precision
+only: float32 data are widened to float64 on the GPU, fitted in float64, and the results converted
+back to float32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import cache
+from ..errors import BackendError, UsageError
+from .batch_lm import CONVERGED, STATUSES, BatchOutcome, progress_message
+from .native import (
+    HistoryTable,
+    _layouts,
+    _options,
+    _pointers,
+    _Problem,
+    _solver_source,
+    _statistics_options,
+    problem_arrays,
+)
+
+# Threads per block (one curve each): few, as each holds a long-lived solver state.
+BLOCK = 64
+# The share of the GPU's free memory a chunk's workspace may take (the rest: torch's own, fragmentation).
+MEMORY_SHARE = 0.5
+# No fused multiply-adds: each operation rounded on its own, as on the CPU (`native.FLAGS`).
+NVRTC_OPTIONS = ("--fmad=false", "-default-device")
+ENTRIES = ("cg_lm_batch", "cg_lm_errors", "cg_work_words")
+_NAMESPACE = "native-fit-cuda"
+_MODULES: dict[tuple, dict] = {}
+_LOCK = threading.Lock()
+_warned: set[str] = set()
+
+#: Before the model and the solver: the types, constants and memmove `native_lm.c` takes from the C
+#: library on the host (NVRTC has no C headers).
+PRELUDE = r"""#define CG_DEVICE 1
+#ifdef __CUDACC_RTC__
+typedef long long int64_t;
+typedef unsigned char uint8_t;
+#else
+#include <stdint.h>
+#endif
+#ifndef NAN
+#define NAN __longlong_as_double(0x7ff8000000000000LL)
+#endif
+#ifndef INFINITY
+#define INFINITY __longlong_as_double(0x7ff0000000000000LL)
+#endif
+#ifndef DBL_EPSILON
+#define DBL_EPSILON 2.220446049250313e-16
+#endif
+#ifndef DBL_MIN
+#define DBL_MIN 2.2250738585072014e-308
+#endif
+/* memcpy and memset are CUDA built-ins; memmove is not (the solver moves a few doubles, once a step) */
+static __device__ void *cg_move(void *to, const void *from, unsigned long long bytes) {
+  unsigned char *t = (unsigned char *)to;
+  const unsigned char *f = (const unsigned char *)from;
+  if (t <= f)
+    for (unsigned long long i = 0; i < bytes; i++) t[i] = f[i];
+  else
+    for (unsigned long long i = bytes; i-- > 0;) t[i] = f[i];
+  return to;
+}
+#define memmove cg_move
+"""
+
+#: After the solver: how many words one thread's Work takes (so that Python needs no copy of the formula).
+WORDS_ENTRY = r"""
+extern "C" __global__ void cg_work_words(const Problem *P, const Options *O, int64_t *words) {
+  *words = work_words(P->points, P->p, P->inputs, O);
+}
+"""
+
+
+def _device_glue(namespace: str, entry: str, inputs: int, outputs: int) -> str:
+    """A device function calling ``namespace::kernel`` over one curve of n points from arrays of pointers."""
+    arguments = ", ".join([f"in[{k}]" for k in range(inputs)] + [f"out[{k}]" for k in range(outputs)])
+    return (
+        f"static __device__ void {entry}(const double *const *in, double *const *out, int64_t n) "
+        f"{{ {namespace}::kernel(n, n, 1, {arguments}); }}\n"
+    )
+
+
+def cuda_source(function, free: tuple[str, ...], layouts: str) -> str | None:
+    """The CUDA translation unit of a formula model's solver: `PRELUDE`, the model's rows and values as
+    device functions, the glue, `native_lm.c` and `WORDS_ENTRY`; None where C cannot print the model."""
+    from ..codegen.c import device_source  # SymPy's printer: only when building
+
+    rows, values = function.c_source(free, False, layouts), function.c_source((), False, layouts)
+    if rows is None or values is None:
+        return None
+    inputs = len(layouts)
+    parts = [
+        PRELUDE,
+        "namespace cg_rows {\n" + device_source(rows) + "}\n",
+        "namespace cg_values {\n" + device_source(values) + "}\n",
+        _device_glue("cg_rows", "cg_model_rows", inputs, len(free) + 1),
+        _device_glue("cg_values", "cg_model_values", inputs, 1),
+        _solver_source(),
+        WORDS_ENTRY,
+    ]
+    return "\n".join(parts)
+
+
+def unavailable(problem) -> str | None:
+    """Why the GPU engine cannot fit ``problem`` (a `batch_model.BatchModel`); None when it may (NVRTC
+    is tried when the solver is built)."""
+    if not hasattr(problem.function, "c_source"):
+        return "the model is a callable (the native engine needs a formula)"
+    if problem.y.device.type != "cuda" or problem.y.dtype not in (torch.float32, torch.float64):
+        return "the data are not CUDA float32 or float64"
+    if not nvrtc_available():
+        return "no NVRTC library found (install torch with CUDA, or the nvidia-cuda-nvrtc wheel)"
+    return None
+
+
+def engine_for(problem, engine: str, *, build: bool, what: str):
+    """The GPU engine (`CudaSolver`) for ``problem`` on CUDA data, or None for the torch one.
+
+    ``engine`` "torch": None; "native": built if need be, else a `UsageError` saying it cannot ``what``
+    and why; "auto": built for a batch of `native.BUILD_FOR_CURVES` curves or more (or found in the
+    cache), else None, with one warning per reason when it cannot be built.
+    """
+    if engine == "torch":
+        return None
+    reason = unavailable(problem)
+    if reason is None:
+        try:
+            return CudaSolver(problem, build=build or engine == "native")
+        except NotBuilt:
+            return None
+        except (BackendError, OSError, RuntimeError) as error:  # RuntimeError: NVRTC or the driver
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if engine == "native":
+        raise UsageError(f"engine='native' cannot {what}: {reason}; use engine='torch' (or 'auto')")
+    if hasattr(problem.function, "c_source") and reason not in _warned:
+        _warned.add(reason)
+        message = f"fit_batch runs on the torch engine: the GPU native engine is unavailable ({reason})"
+        warnings.warn(message, stacklevel=3)
+    return None
+
+
+class NotBuilt(BackendError):
+    """The model's GPU solver is not built yet, and this call may not build it."""
+
+
+def kernels(function, free: tuple[str, ...], layouts: str, device: torch.device, *, build: bool) -> dict | None:
+    """The solver's kernels (`ENTRIES`) for a model, free parameters and layouts on ``device``'s
+    architecture: loaded before, else from the disk cache, else (with ``build``) compiled by NVRTC and
+    cached; None where not built yet (without ``build``) or C cannot print the model."""
+    major, minor = torch.cuda.get_device_capability(device)
+    architecture = f"{major}{minor}"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (function, free, layouts, index)  # a module belongs to one device's context
+    with _LOCK:
+        found = _MODULES.get(key)
+    if found is not None:
+        return found
+    from torch.cuda._utils import _cuda_load_module
+
+    disk = None if function.cache_key is None else [function.cache_key, " ".join(free), layouts]
+    disk = disk and [*disk, architecture, str(torch.version.cuda), *NVRTC_OPTIONS]
+    binary = cache.load(_NAMESPACE, disk) if disk else None
+    if binary is None:
+        if not build:
+            return None
+        binary = compiled(function, free, layouts, architecture)
+        if binary is None:
+            return None
+        if disk:
+            cache.store(_NAMESPACE, disk, binary)
+    with torch.cuda.device(device):
+        loaded = _cuda_load_module(binary, list(ENTRIES))
+    with _LOCK:
+        return _MODULES.setdefault(key, loaded)
+
+
+def compiled(function, free: tuple[str, ...], layouts: str, architecture: str) -> bytes | None:
+    """The solver's CUBIN for GPU ``architecture`` ("90"), by NVRTC (None: C cannot print the model)."""
+    source = cuda_source(function, free, layouts)
+    return None if source is None else nvrtc_compile(source, architecture)
+
+
+def nvrtc_compile(source: str, architecture: str) -> bytes:
+    """CUBIN of CUDA ``source`` for ``sm_<architecture>`` by NVRTC with `NVRTC_OPTIONS` (no GPU and no
+    CUDA headers needed). Raises `BackendError` with NVRTC's log when it fails, OSError without NVRTC."""
+    nvrtc = nvrtc_library()
+    program = ctypes.c_void_p()
+    options = [f"--gpu-architecture=sm_{architecture}".encode(), *(option.encode() for option in NVRTC_OPTIONS)]
+    _checked(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), b"native_lm.cu", 0, None, None))
+    try:
+        if nvrtc.nvrtcCompileProgram(program, len(options), (ctypes.c_char_p * len(options))(*options)) != 0:
+            size = ctypes.c_size_t()
+            nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            nvrtc.nvrtcGetProgramLog(program, log)
+            raise BackendError(f"NVRTC could not compile the GPU solver:\n{log.value.decode(errors='replace')}")
+        size = ctypes.c_size_t()
+        _checked(nvrtc, nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(size)))
+        binary = ctypes.create_string_buffer(size.value)
+        _checked(nvrtc, nvrtc.nvrtcGetCUBIN(program, binary))
+        return binary.raw
+    finally:
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+def _checked(nvrtc, result: int) -> None:
+    if result != 0:
+        nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
+        raise BackendError(f"NVRTC failed: {nvrtc.nvrtcGetErrorString(result).decode()}")
+
+
+@functools.cache
+def nvrtc_library() -> ctypes.CDLL:
+    """NVRTC: the one torch loads for its CUDA version, else one in an installed ``nvidia-cuda-nvrtc``
+    wheel (on ``sys.path``). Raises OSError where there is none."""
+    names = [f"libnvrtc.so.{torch.version.cuda.split('.')[0]}"] if torch.version.cuda else []
+    names += [str(path) for folder in map(Path, sys.path) for path in sorted(folder.glob("nvidia/*/lib/libnvrtc.so*"))]
+    for name in [*names, "libnvrtc.so"]:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise OSError("no NVRTC library found (install torch with CUDA, or the nvidia-cuda-nvrtc wheel)")
+
+
+def chunk_curves(count: int, curve_bytes: int, free_bytes: int, share: float = MEMORY_SHARE) -> int:
+    """Curves per launch: as many of ``count`` as fit ``curve_bytes`` each in ``share`` of ``free_bytes``
+    (at least 1; whole blocks of `BLOCK` where more than one block fits)."""
+    fitting = int(free_bytes * share) // max(curve_bytes, 1)
+    if fitting >= count:
+        return max(count, 1)
+    return max(fitting // BLOCK * BLOCK, min(fitting, BLOCK), 1)
+
+
+def _device_bytes(struct: ctypes.Structure, device: torch.device) -> torch.Tensor:
+    """A ctypes structure's bytes on ``device`` (the kernels read Problem and Options from there)."""
+    return torch.frombuffer(bytearray(bytes(struct)), dtype=torch.uint8).to(device)
+
+
+class CudaSolver:
+    """``solve`` and ``errors`` for the curves of one `BatchModel` on a CUDA device, by `native_lm.c`
+    compiled for it; results on that device (float32 data: widened for the fit, results float32).
+
+    Raises `NotBuilt` without ``build`` when the solver is not compiled yet, `BackendError` when C
+    cannot print the model, RuntimeError when NVRTC fails.
+    """
+
+    def __init__(self, problem, *, build: bool = True):
+        self.problem, self.device, self.dtype = problem, problem.y.device, problem.y.dtype
+        self.kernels = kernels(problem.function, problem.names, _layouts(problem), self.device, build=build)
+        if self.kernels is None and not build:
+            raise NotBuilt("its GPU solver is not built yet (engine='native' builds it)")
+        if self.kernels is None:
+            raise BackendError(f"the native engine cannot compile model {problem.text!r}")
+        columns, fixed, weights, mask, y, layout = problem_arrays(problem, torch.float64)
+        names = layout.__dataclass_fields__
+        on_device = {name: torch.tensor(getattr(layout, name), device=self.device) for name in names}
+        pointers = [torch.from_numpy(_pointers(tensors).view(np.int64)).to(self.device) for tensors in (columns, fixed)]
+        scales = getattr(problem, "scales", None)
+        self.scales = None if scales is None else scales.to(self.device, torch.float64).contiguous()
+        self._keep = (columns, fixed, weights, mask, y, on_device, pointers)  # what the GPU reads
+        self.struct = _Problem(
+            points=problem.y.shape[-1],
+            p=len(problem.names),
+            inputs=len(layout.kind),
+            kind=on_device["kind"].data_ptr(),
+            slot=on_device["slot"].data_ptr(),
+            columns=pointers[0].data_ptr() if len(columns) else None,
+            fixed=pointers[1].data_ptr() if len(fixed) else None,
+            y=y.data_ptr(),
+            weights=None if weights is None else weights.data_ptr(),
+            weights_per_curve=int(weights is not None and weights.shape[0] != 1),
+            mask=None if mask is None else mask.data_ptr(),
+            bound=on_device["bound"].data_ptr(),
+            lower=on_device["lower"].data_ptr(),
+            upper=on_device["upper"].data_ptr(),
+        )
+
+    def solve(
+        self,
+        index: torch.Tensor,
+        theta: torch.Tensor,
+        *,
+        ftol: float,
+        xtol: float,
+        gtol: float,
+        max_steps: int,
+        factor: float = 100.0,
+        saturation: float = 0.0,
+        advance: Callable[[str], None] | None = None,
+    ) -> BatchOutcome:
+        """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p), as
+        `native.NativeSolver.solve`; tensors on the data's device (``saturated`` on the CPU, for
+        indexing the CPU curve numbers)."""
+        options = _options(ftol, xtol, gtol, max_steps, factor, saturation)
+        count, p = theta.shape
+        solution = theta.to(self.device, torch.float64).contiguous().clone()
+        outputs = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in (
+            ((count,), torch.float64), ((count, 5), torch.int64), ((count, options.history), torch.float64),
+            ((count,), torch.int64))]  # fmt: skip
+        cost, counts, history, recorded = outputs
+
+        def progress(end: int) -> None:
+            if advance is not None:
+                message = progress_message(
+                    int(torch.isin(counts[:end, 0].cpu(), torch.tensor(CONVERGED)).sum()), end, count
+                )
+                advance(message)
+
+        self._launch("cg_lm_batch", options, index, [solution, *outputs], progress)
+        table, done = history.cpu().numpy(), recorded.cpu().numpy()
+        codes = counts[:, 0].tolist()
+        return BatchOutcome(
+            theta=solution.to(self.dtype),
+            status=[STATUSES[code] for code in codes],
+            cost=cost,
+            evaluations=counts[:, 1].clone(),
+            jacobians=counts[:, 2].clone(),
+            steps=counts[:, 3].clone(),
+            initial_cost=history[:, 0].clone(),
+            accepted=[],
+            histories=HistoryTable(table, done),
+            saturated=(counts[:, 4] != 0).cpu(),
+        )
+
+    def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p), as
+        `native.NativeSolver.errors`, on the data's device in its dtype."""
+        count, p = values.shape
+        at = values.to(self.device, torch.float64).contiguous()
+        freedom = dof.to(self.device, torch.float64).contiguous()
+        stderr = torch.empty((count, p), dtype=torch.float64, device=self.device)
+        cost = torch.empty(count, dtype=torch.float64, device=self.device)
+        index = torch.arange(count, device=self.device)
+        self._launch("cg_lm_errors", _statistics_options(), index, [at, freedom, stderr, cost], None, scaled=False)
+        return stderr.to(self.dtype), cost.to(self.dtype)
+
+    def _launch(self, entry: str, options, index: torch.Tensor, arrays: list, progress, *, scaled: bool = True):
+        """``entry`` over curves ``index``, in chunks that fit the free GPU memory; ``arrays``: the entry's
+        own per-curve arguments (row k for curve index[k]), sliced per chunk."""
+        self.struct.scales = self.scales.data_ptr() if scaled and self.scales is not None else None
+        problem, settings = _device_bytes(self.struct, self.device), _device_bytes(options, self.device)
+        index = index.to(self.device, torch.int64).contiguous()
+        words = self.work_words(problem, settings)
+        count = len(index)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        chunk = chunk_curves(count, words * 8, free)
+        workspace = torch.zeros(chunk * words, dtype=torch.float64, device=self.device)
+        run = self.kernels[entry]
+        for begin in range(0, count, chunk):
+            end = min(begin + chunk, count)
+            blocks = (end - begin + BLOCK - 1) // BLOCK
+            rows = [array[begin:] for array in arrays]
+            run(
+                grid=(blocks, 1, 1),
+                block=(BLOCK, 1, 1),
+                args=[problem, settings, index[begin:], end - begin, workspace, words, *rows],
+            )
+            if progress is not None:
+                progress(end)
+        torch.cuda.synchronize(self.device)
+
+    def work_words(self, problem: torch.Tensor, settings: torch.Tensor) -> int:
+        """One thread's scratch in doubles (`native_lm.c`'s ``work_words``, asked of the GPU)."""
+        words = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self.kernels["cg_work_words"](grid=(1, 1, 1), block=(1, 1, 1), args=[problem, settings, words])
+        return int(words.item())
+
+
+def nvrtc_available() -> bool:
+    """Whether an NVRTC library loads (`nvrtc_library`)."""
+    try:
+        nvrtc_library()
+    except OSError:
+        return False
+    return True

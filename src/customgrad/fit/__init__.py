@@ -4,7 +4,8 @@ from .api import fit
 from .batch import fit_batch
 from .batch_result import BatchFitResult
 from .nist import NistProblem, load_nist, nist_names, read_nist
-from .result import TERMINATION, FitResult
+from .result import FitResult
+from .status import TERMINATION
 
 __all__ = [
     "TERMINATION",

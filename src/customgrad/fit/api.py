@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -25,6 +23,7 @@ from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
 from .source import FitSource
 from .statistics import CONDITION_WARNING, Uncertainty, safe_norm, uncertainty
+from .threads import threads_for
 from .ties import split_ties
 
 # Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
@@ -33,10 +32,6 @@ _ROUNDOFF_SHARE = 1e-6
 _EPS = float(np.finfo(np.float64).eps)
 # Gauss-Newton steps with 40-digit residuals at most, in that regime (`_refined`).
 _REFINEMENTS = 2
-# Up to this many Jacobian entries (rows x parameters) a fit runs on one CPU thread: small problems
-# are dominated by per-op dispatch, and thread hand-offs cost more than they save (a 200 x 9 QR takes
-# 10 us on one thread and milliseconds on two busy ones).
-_SINGLE_THREAD_ENTRIES = 1_000_000
 # Residuals beyond 2^±_SAFE_EXPONENT are rescaled by a power of two (exact) before LM and the
 # statistics square them: cost = sum r^2 overflows float64 from |r| ~ 1e154 and underflows below 1e-162.
 _SAFE_EXPONENT = 256
@@ -130,7 +125,7 @@ def fit(
         entries = len(y) * len(params)  # Jacobian size; bad input is reported by the checks inside
     except TypeError:
         entries = 0
-    with _threads_for(entries, device):
+    with threads_for(entries, device):
         return _fit(
             model,
             x,
@@ -157,42 +152,6 @@ def fit(
             chunk_size=chunk_size,
             engine=engine,
         )
-
-
-_THREADS_LOCK = threading.Lock()
-_THREADS_STATE = {"users": 0, "saved": 0}
-
-
-@contextlib.contextmanager
-def _threads_for(entries: int, device) -> Iterator[None]:
-    """One torch thread for a small CPU problem (restored afterwards), the current setting otherwise.
-
-    ``torch.set_num_threads`` is process-wide: concurrent small fits share one change, counted under
-    a lock, and the last one out restores the setting the first one saw. Also silences numpy's
-    floating-point warnings: formula models evaluated in numpy make NaN and inf silently, as torch
-    does, and the solver handles them.
-    """
-    try:
-        on_cpu = device is None or torch.device(device).type == "cpu"
-    except (RuntimeError, TypeError):
-        on_cpu = False  # not a device: `_dtype_and_device` says so
-    small = entries <= _SINGLE_THREAD_ENTRIES and on_cpu
-    with np.errstate(all="ignore"):
-        if not small:
-            yield
-            return
-        with _THREADS_LOCK:
-            if _THREADS_STATE["users"] == 0:
-                _THREADS_STATE["saved"] = torch.get_num_threads()
-                torch.set_num_threads(1)
-            _THREADS_STATE["users"] += 1
-        try:
-            yield
-        finally:
-            with _THREADS_LOCK:
-                _THREADS_STATE["users"] -= 1
-                if _THREADS_STATE["users"] == 0:
-                    torch.set_num_threads(_THREADS_STATE["saved"])
 
 
 def _fit(

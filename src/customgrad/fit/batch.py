@@ -14,9 +14,9 @@ import torch
 from ..errors import CustomgradError, DataError, UsageError
 from ..progress import progress_bar
 from . import cuda_engine
-from .api import _dtype_and_device, _number, _result, _threads_for, check_engine, power_of_two_scales
+from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scales
 from .batch_data import BatchData, batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
-from .batch_lm import CONVERGED, BatchOutcome, batch_levenberg_marquardt, progress_message
+from .batch_lm import BatchOutcome, batch_levenberg_marquardt
 from .batch_model import BatchModel
 from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
@@ -29,6 +29,8 @@ from .reduction import reduce_gram
 from .solvers import DEFAULT_STEPS
 from .source import FitSource
 from .statistics import safe_column_norms
+from .status import CONVERGED, progress_message
+from .threads import threads_for
 
 # Curves per chunk: bounds the memory of the [J | r] blocks (chunk x N x (p + 1) numbers).
 DEFAULT_CHUNK = 100_000
@@ -177,7 +179,7 @@ class _Batch:
         """Fit this rank's curves (all of them when not distributed), gather every rank's; the outcome,
         parameter values (B, p), standard errors (B, p) and costs (B,) in the data's units."""
         problem, solver, batch = self.problem, self.solver, self.problem.batch
-        with _threads_for(self.data.y.shape[-1] * (len(self.specs) + 1), self.device):
+        with threads_for(self.data.y.shape[-1] * (len(self.specs) + 1), self.device):
             curves = range(batch) if shards is None else range(batch)[local_shard(batch, shards.rank, shards.world)]
             if solver is not None:
                 outcome = _solve_native(solver, problem, self.options, advance, curves)
@@ -261,7 +263,7 @@ class _Batch:
 
 def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None, start_time: float):
     """The `BatchFitResult` of a global fit (`global_fit`): ``result.shared`` and each curve's joint errors."""
-    with _threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):  # as `_Batch.solve`
+    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):  # as `_Batch.solve`
         outcome, values, stderr, cost, joint = fit_global(batch, shared, shards)
         result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
     result.shared, single = joint, result.single

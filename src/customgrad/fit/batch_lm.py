@@ -37,21 +37,8 @@ from .lm import (
     VISIBLE_STEP,
 )
 from .reduction import reduce_batched
-from .result import TERMINATION
 from .statistics import safe_column_norms
-
-# Status codes per problem; 0 while running. Names are the rows of `result.TERMINATION`.
-STATUSES = ("", "ftol", "xtol", "gtol", "roundoff", "exact", "drift", "max_steps", "nonfinite")
-CODE = {name: code for code, name in enumerate(STATUSES)}
-
-
-# The codes of the statuses that count as converged (`result.TERMINATION`).
-CONVERGED = tuple(code for code, name in enumerate(STATUSES) if name and TERMINATION[name][0])
-
-
-def progress_message(converged: int, stopped: int, total: int) -> str:
-    """The progress bar's text: of ``total`` curves, ``stopped`` are done, ``converged`` of them converged."""
-    return f"{converged}/{total} converged, {stopped - converged} stopped otherwise"
+from .status import CODE, STATUSES
 
 
 @dataclass

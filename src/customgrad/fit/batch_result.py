@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .global_result import SharedParameters
-from .result import TERMINATION, FitResult
+from .result import FitResult
+from .status import TERMINATION
 
 
 @dataclass

@@ -32,7 +32,7 @@ import torch
 
 from .. import cache
 from ..errors import BackendError, UsageError
-from .batch_lm import CONVERGED, STATUSES, BatchOutcome, progress_message
+from .batch_lm import BatchOutcome
 from .native import (
     HistoryTable,
     _layouts,
@@ -43,6 +43,7 @@ from .native import (
     _statistics_options,
     problem_arrays,
 )
+from .status import CONVERGED, STATUSES, progress_message
 
 # Threads per block (one curve each): few, as each holds a long-lived solver state.
 BLOCK = 64

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .result import TERMINATION
+from .status import TERMINATION
 
 
 @dataclass

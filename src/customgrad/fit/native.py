@@ -31,8 +31,9 @@ import torch
 from .. import cache
 from ..errors import BackendError, UsageError
 from . import lm, statistics
-from .batch_lm import CONVERGED, STATUSES, BatchOutcome, progress_message
+from .batch_lm import BatchOutcome
 from .lm import Outcome
+from .status import CONVERGED, STATUSES, progress_message
 
 # Costs kept per curve for `FitResult.history`: the first HISTORY_LIMIT - 1 and the last (a typical fit
 # has 10-20; 10^6 curves then keep 256 MB of history).

@@ -25,7 +25,7 @@
 CG_MODEL_FN void cg_model_rows(const double *const *in, double *const *out, int64_t n);
 CG_MODEL_FN void cg_model_values(const double *const *in, double *const *out, int64_t n);
 
-/* Status codes: the order of `batch_lm.STATUSES`. */
+/* Status codes: the order of `status.STATUSES`. */
 enum { RUNNING, FTOL, XTOL, GTOL, ROUNDOFF, EXACT, DRIFT, MAX_STEPS, NONFINITE };
 
 typedef struct {

@@ -22,6 +22,7 @@ import torch
 from ..errors import FitError, UsageError
 from .distributions import profile_target
 from .solvers import get_solver
+from .threads import threads_for
 
 if TYPE_CHECKING:
     from .result import FitResult
@@ -250,11 +251,10 @@ def _solve(profile: Profile, low: tuple[float, float], high: tuple[float, float]
 
 def _thread_setting(source: FitSource):
     """One torch thread setting (and numpy's overflow warnings off) for all of a profile's re-fits
-    (`api._threads_for`), not one per re-fit."""
-    from .api import _threads_for
+    (`threads.threads_for`), not one per re-fit."""
 
     problem = source.problem
-    return _threads_for(problem.size * len(problem.names), problem.y.device)
+    return threads_for(problem.size * len(problem.names), problem.y.device)
 
 
 def profile_curve(result: FitResult, name: str, count: int = 21) -> tuple[list[float], list[float]]:

@@ -301,3 +301,31 @@ def test_a_parameter_named_e_is_told_that_e_is_eulers_number(csv_file):
     out = run("--model", "E*time", "--data", str(csv_file), "--x", "time", "--y", "signal", "--param", "E=1")
     assert out.returncode == 2
     assert "'E' is Euler's number" in out.stderr and "another name, such as 'E0'" in out.stderr
+
+
+def test_a_model_calls_functions_defined_on_the_command_line_as_scipy_fits_it(tmp_path):
+    from scipy.optimize import curve_fit
+
+    x = np.linspace(-5, 5, 41)
+    y = 3 / (1 + ((x - 0.5) / 1.2) ** 2) + 0.05 * np.cos(7 * x)
+    data = tmp_path / "peak.csv"
+    data.write_text("x,y\n" + "\n".join(f"{a!r},{b!r}" for a, b in zip(x.tolist(), y.tolist(), strict=True)) + "\n")
+    definitions = tmp_path / "defs.txt"
+    definitions.write_text("Peak(x, x0, g) = Lor((x - x0)/g)\n")
+    out = run(
+        *("--model", "h*Peak(x, x0, g)", "--data", str(data), "--x", "x", "--y", "y", "--quiet"),
+        *("--define", "Lor(u) = 1/(1 + u**2)", "--defines", str(definitions)),
+        *("--param", "h=1", "--param", "x0=0", "--param", "g=1", "--json", str(tmp_path / "fit.json")),
+    )
+    # --defines is read first: Peak calls a Lor that --define has not made yet
+    assert out.returncode == 1 and "unknown function 'Lor'" in out.stderr
+    definitions.write_text("Lor(u) = 1/(1 + u**2)\nPeak(x, x0, g) = Lor((x - x0)/g)\n")
+    out = run(
+        *("--model", "h*Peak(x, x0, g)", "--data", str(data), "--x", "x", "--y", "y", "--quiet"),
+        *("--defines", str(definitions), "--param", "h=1", "--param", "x0=0", "--param", "g=1"),
+        *("--json", str(tmp_path / "fit.json")),
+    )
+    assert out.returncode == 0, out.stderr
+    expected, _ = curve_fit(lambda x, h, x0, g: h / (1 + ((x - x0) / g) ** 2), x, y, p0=[1, 0, 1], xtol=1e-14)
+    fitted = json.loads((tmp_path / "fit.json").read_text())["params"]
+    assert np.allclose([fitted[n] for n in ("h", "x0", "g")], expected, rtol=1e-7)

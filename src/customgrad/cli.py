@@ -48,6 +48,32 @@ def _positive_float(option: str):
     return parse
 
 
+def _add_definitions(parser) -> None:
+    group = parser.add_argument_group("your own functions, for this run")
+    group.add_argument(
+        "--define",
+        action="append",
+        default=[],
+        metavar='"NAME(INPUTS) = FORMULA"',
+        help='a function formulas may call, e.g. --define "Lor(u) = 1/(1 + u**2)" (repeatable; '
+        "a definition may call those before it)",
+    )
+    group.add_argument(
+        "--defines",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file of such definitions, one a line ('#' starts a comment); read before --define",
+    )
+
+
+def _define_functions(args) -> None:
+    if args.define or args.defines:
+        from .definitions import define_all
+
+        define_all(args.define, args.defines)
+
+
 #: The names of `experiments.EXPERIMENTS`, here so that ``--help`` imports no torch (a test holds them equal).
 EXPERIMENT_NAMES = ("blog", "tutorial")
 
@@ -160,10 +186,12 @@ def _add_fit(subparsers) -> None:
         default=None,
         help="2-sigma band shaded by --plot and written to --json (default for --plot: confidence)",
     )
+    _add_definitions(parser)
     parser.set_defaults(run=_run_fit)
 
 
 def _run_fit(args) -> int:
+    _define_functions(args)
     if args.distributed:
         return _run_distributed(args)
     if args.batch:
@@ -351,7 +379,12 @@ def _run_list(args) -> int:
     registry = sys.modules.get("customgrad.registry")
     entries = registry.REGISTRY.items() if registry is not None else ()
     registered = [entry for name, entry in entries if name not in builtins]
-    print("registered:" if registered else "registered: none yet (customgrad.function(..., name=...) adds one)")
+    print(
+        "registered:"
+        if registered
+        else "registered: none yet (customgrad.function(..., name=...) adds one in Python; for one command, "
+        'fit and derive take --define "Lor(u) = 1/(1 + u**2)" and --defines FILE)'
+    )
     for entry in registered:
         print(f"  {entry.name:34s} {entry.summary}")
     return 0
@@ -375,6 +408,7 @@ def _add_derive(subparsers) -> None:
         help="declare a custom gradient for an input, e.g. --grad x=2*x (repeatable)",
     )
     parser.add_argument("--emit", choices=["python"], help="print a standalone module instead")
+    _add_definitions(parser)
     parser.set_defaults(run=_run_derive)
 
 
@@ -386,6 +420,7 @@ def _run_derive(args) -> int:
     from .derive import simplify_for_display
     from .formula_spec import formula_spec
 
+    _define_functions(args)
     grads = {}
     for item in args.grad:
         input_name, separator, text = item.partition("=")

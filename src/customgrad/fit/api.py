@@ -19,7 +19,7 @@ from .data import prepare_data
 from .distributed import Shards
 from .lm import SATURATION
 from .loss import get_loss, robust_cost, robust_linearization
-from .model import Model, check_finite_start, parameter_specs
+from .model import Model, check_finite_start, parameter_specs, plain_params
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
 from .source import FitSource
@@ -83,7 +83,8 @@ def fit(
     params : dict
         Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``, or
         name -> ``{"expr": "2*a"}``: a parameter tied to others (substituted into the model; reported
-        with its standard error propagated from theirs).
+        with its standard error propagated from theirs). lmfit's spelling is accepted too:
+        ``{"vary": False}`` for ``{"fixed": True}``, and an ``lmfit.Parameters`` object.
     method : {"lm", "lbfgs", "adam", "sgd"}
         Levenberg-Marquardt with exact Jacobians (default), or a gradient-based optimiser.
     sigma : array, optional
@@ -228,7 +229,7 @@ def _fit(
         solver, rho, max_steps, learning_rate, ftol, xtol, gtol = _checked_options(
             method, engine, loss, max_steps, learning_rate, ftol, xtol, gtol, on_step, absolute_sigma
         )
-        params, ties = split_ties(params, bounds)
+        params, ties = split_ties(plain_params(params), bounds)
         specs = parameter_specs(params, bounds)
         data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device, allow_empty=distributed)
         problem, theta, start = _problem(model, data, specs, ties, _chunk_size(chunk_size, loss))

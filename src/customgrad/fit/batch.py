@@ -65,7 +65,8 @@ def fit_batch(
     y : array of shape (B, N)
         One curve per row. NaN entries are left out (``nan_policy="omit"``): pad shorter curves with NaN.
     params : dict
-        Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed"}.
+        Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed"}
+        (or lmfit's "vary", or an ``lmfit.Parameters``).
     method : {"lm"}
         Levenberg-Marquardt, batched (the same steps as `fit` takes for each curve alone).
     sigma : array of shape (N,) or (B, N), optional

@@ -163,3 +163,17 @@ def test_a_definitions_file_error_names_its_line(tmp_path):
     assert result.returncode == 1 and f"--defines {definitions}:3 'Bad(u) = u +'" in result.stderr
     missing = run_cli("derive", "Lor(x)", "--defines", str(tmp_path / "none.txt"))
     assert missing.returncode == 1 and "cannot read it (No such file or directory)" in missing.stderr
+
+
+def test_fit_and_check_take_json_alike_a_path_or_dash_for_stdout(tmp_path):
+    fitted = run_cli("fit", "--experiment", "tutorial", "--steps", "50", "--json", "-")
+    assert fitted.returncode == 0, fitted.stderr
+    document = json.loads(fitted.stdout)  # stdout is the JSON alone; the result line went to stderr
+    assert len(document["loss_history"]) == 50 and "Result: y = " in fitted.stderr
+    target = "customgrad.library:LegendreP3"
+    checked = run_cli("check", target, "--shapes", "3", "--no-compile", "--json", str(tmp_path / "check.json"))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines()[-1] == f"wrote {tmp_path / 'check.json'}"
+    assert json.loads((tmp_path / "check.json").read_text())["ok"] is True
+    old_spelling = run_cli("check", target, "--json")
+    assert old_spelling.returncode == 2 and "--json: expected one argument" in old_spelling.stderr

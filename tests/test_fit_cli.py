@@ -329,3 +329,18 @@ def test_a_model_calls_functions_defined_on_the_command_line_as_scipy_fits_it(tm
     expected, _ = curve_fit(lambda x, h, x0, g: h / (1 + ((x - x0) / g) ** 2), x, y, p0=[1, 0, 1], xtol=1e-14)
     fitted = json.loads((tmp_path / "fit.json").read_text())["params"]
     assert np.allclose([fitted[n] for n in ("h", "x0", "g")], expected, rtol=1e-7)
+
+
+def test_the_step_limit_message_names_the_option_of_the_caller():
+    from customgrad import fit
+    from customgrad.fit.nist import read_nist
+    from customgrad.fit.solvers import DEFAULT_STEPS
+
+    nist = read_nist(NIST / "Misra1a.dat")
+    result = fit(nist.formula, nist.x, nist.y, params=nist.starts[0], max_steps=2)
+    assert result.status == "max_steps" and "raise max_steps" in result.message
+    out = run("--data", str(NIST / "Misra1a.dat"), "--steps", "2")
+    assert out.returncode == 1 and "raise --steps" in out.stderr and "raise max_steps" not in out.stderr + out.stdout
+    help_text = " ".join(run("--help").stdout.split())
+    assert "gradient-descent steps (default 2000); with --model/--data or --method, the solver's" in help_text
+    assert ", ".join(f"{method} {steps}" for method, steps in DEFAULT_STEPS.items()) in help_text

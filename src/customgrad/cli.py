@@ -7,10 +7,12 @@ errors), converted in one place, `main`; ``--debug`` shows the traceback instead
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import CustomgradError, FormulaError, UsageError
 
@@ -74,6 +76,38 @@ def _define_functions(args) -> None:
         define_all(args.define, args.defines)
 
 
+def _json_destination(args) -> Path | str | None:
+    """Where ``--json`` goes, checked before the run: None, ``"-"`` (stdout) or a writable path."""
+    if args.json in (None, "-"):
+        return args.json
+    from .plot import check_writable
+
+    return check_writable(args.json, "--json")
+
+
+@contextlib.contextmanager
+def _stdout_for_json(args):
+    """With ``--json -`` stdout carries the JSON document alone: whatever else is printed goes to stderr."""
+    args.json_stream = sys.stdout
+    if args.json != "-":
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _write_json(args, destination: Path | str | None, text: str) -> None:
+    if destination is None:
+        return
+    if destination == "-":
+        args.json_stream.write(text if text.endswith("\n") else text + "\n")
+        args.json_stream.flush()
+        return
+    Path(destination).write_text(text)
+    if not getattr(args, "quiet", False):
+        print(f"wrote {destination}")
+
+
 #: The names of `experiments.EXPERIMENTS`, here so that ``--help`` imports no torch (a test holds them equal).
 EXPERIMENT_NAMES = ("blog", "tutorial")
 
@@ -95,7 +129,8 @@ def _add_fit(subparsers) -> None:
         "--steps",
         type=_positive_int("--steps"),
         default=None,
-        help="number of gradient-descent steps (default 2000)",
+        help="step limit: the built-in run's gradient-descent steps (default 2000); with --model/--data or "
+        "--method, the solver's (LM: Jacobian evaluations; default lm 1000, lbfgs 500, adam 5000, sgd 2000)",
     )
     parser.add_argument(
         "--lr",
@@ -107,7 +142,11 @@ def _add_fit(subparsers) -> None:
         "--seed", type=int, default=None, help="built-in experiment: seed for the random initial values (default 0)"
     )
     parser.add_argument("--quiet", action="store_true", help="print only the result line")
-    parser.add_argument("--json", metavar="PATH", help="write parameters, loss history and settings")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the result as JSON (parameters, errors, history, settings); '-': to stdout, the report to stderr",
+    )
     parser.add_argument("--plot", metavar="PATH", help="write a PNG: data, fitted curve and loss curve")
     fitting = parser.add_argument_group("fitting your own model (or the experiment's data with --method)")
     fitting.add_argument("--model", help='formula, e.g. "a + b*P2(c*x + d)" (default for a NIST file: its model)')
@@ -191,6 +230,11 @@ def _add_fit(subparsers) -> None:
 
 
 def _run_fit(args) -> int:
+    with _stdout_for_json(args):
+        return _run_fit_command(args)
+
+
+def _run_fit_command(args) -> int:
     _define_functions(args)
     if args.distributed:
         return _run_distributed(args)
@@ -204,12 +248,12 @@ def _run_fit(args) -> int:
     if fit_run(args) != "experiment":
         return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
-    from .plot import check_image_path, check_writable, plot_experiment
+    from .plot import check_image_path, plot_experiment
     from .progress import progress_bar
-    from .strict_json import write as write_json
+    from .strict_json import dumps
 
     experiment = get_experiment(args.experiment)
-    json_path = check_writable(args.json, "--json") if args.json else None
+    json_path = _json_destination(args)
     plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     steps = args.steps or experiment.steps
     with progress_bar(steps, f"fitting ({experiment.name})", enabled=not args.quiet) as advance:
@@ -228,10 +272,7 @@ def _run_fit(args) -> int:
         )
         if experiment.name == "blog":
             print(explain_blog_fit(run.x, run.y))
-    if json_path is not None:
-        write_json(json_path, run.to_dict())
-        if not args.quiet:
-            print(f"wrote {json_path}")
+    _write_json(args, json_path, dumps(run.to_dict()))
     if plot_path is not None:
         plot_experiment(run, plot_path)
         if not args.quiet:
@@ -300,19 +341,16 @@ def _run_batch_fit(args) -> int:
     from .plot import check_image_path, check_writable
     from .plot_batch import plot_batch
 
-    paths = {
-        option: check_writable(getattr(args, option), f"--{option}")
-        for option in ("json", "csv")
-        if getattr(args, option)
-    }
+    json_path = _json_destination(args)
+    csv_path = check_writable(args.csv, "--csv") if args.csv else None
     plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     result = batch_inputs(args)
     print(result.summary())
-    writers = {"json": result.to_json, "csv": result.to_csv}
-    for option, path in paths.items():
-        writers[option](path)
+    _write_json(args, json_path, result.to_json())
+    if csv_path is not None:
+        result.to_csv(csv_path)
         if not args.quiet:
-            print(f"wrote {path}")
+            print(f"wrote {csv_path}")
     if plot_path is not None:
         plot_batch(result, plot_path)
         if not args.quiet:
@@ -325,11 +363,12 @@ def _run_batch_fit(args) -> int:
 
 def _run_model_fit(args) -> int:
     from .fit.cli_inputs import fit_inputs
-    from .plot import check_image_path, check_writable
+    from .plot import check_image_path
 
-    json_path = check_writable(args.json, "--json") if args.json else None
+    json_path = _json_destination(args)
     plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     result = fit_inputs(args)
+    result.steps_option = "--steps"
     if args.ci and result.success:
         result.conf_interval((1, 2), progress=not args.quiet)
     if args.quiet:
@@ -340,10 +379,7 @@ def _run_model_fit(args) -> int:
         from .fit.profile import interval_table
 
         print("\n".join(interval_table(result)))
-    if json_path is not None:
-        result.to_json(json_path, bands=args.bands)
-        if not args.quiet:
-            print(f"wrote {json_path}")
+    _write_json(args, json_path, result.to_json(bands=args.bands))
     if plot_path is not None:
         result.plot(plot_path, bands=args.bands or "confidence")
         if not args.quiet:
@@ -455,7 +491,11 @@ def _add_check(subparsers) -> None:
     )
     parser.add_argument("target", help="path/to/file.py:Name or package.module:Name")
     parser.add_argument("--shapes", help='shapes of the tensor arguments, e.g. "3x4,4" (default: 5 each)')
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the report as JSON to PATH; '-': to stdout, the text report to stderr (as fit --json)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the (slow) torch.compile check")
     parser.add_argument(
         "--timeout",
@@ -471,9 +511,12 @@ def _run_check(args) -> int:
     from .check import check
     from .check.target import example_inputs, load_target
 
-    target = load_target(args.target)
-    report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile, timeout=args.timeout)
-    print(report.to_json() if args.json else report)
+    json_path = _json_destination(args)
+    with _stdout_for_json(args):
+        target = load_target(args.target)
+        report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile, timeout=args.timeout)
+        print(report)
+        _write_json(args, json_path, report.to_json())
     return 0 if report.ok else 1
 
 

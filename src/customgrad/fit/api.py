@@ -782,7 +782,7 @@ def _formula_names(problem: Model) -> tuple[str, ...]:
 def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int, omitted: list[int]) -> list[str]:
     warnings = []
     if status == "max_steps":
-        warnings.append("the step limit was reached: the parameters may not be converged (raise max_steps)")
+        warnings.append("the step limit was reached: the parameters may not be converged")
     if status == "step_limit":
         warnings.append(
             "the solver ran its fixed number of steps without a convergence test: the parameters may not "

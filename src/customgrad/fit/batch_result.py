@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .result import TERMINATION, FitResult
+from .result import TERMINATION, FitResult, termination_message
 
 
 @dataclass
@@ -57,7 +57,7 @@ class BatchFitResult:
     @property
     def message(self) -> list[str]:
         """Why each curve's fit stopped."""
-        return [TERMINATION[status][1] for status in self.status]
+        return [termination_message(status) for status in self.status]
 
     def summary(self) -> str:
         """Counts by status, and the spread of each parameter over the converged curves (those with fewer

@@ -15,7 +15,8 @@ from . import goodness
 if TYPE_CHECKING:
     from .source import FitSource
 
-# Termination reasons: status -> (success, message). One row per way a solver can stop.
+# Termination reasons: status -> (success, message). One row per way a solver can stop. ``{steps}`` is
+# the step-limit option as the caller spells it (`termination_message`).
 TERMINATION: dict[str, tuple[bool, str]] = {
     "ftol": (True, "converged: the relative reduction of the cost fell below ftol"),
     "xtol": (True, "converged: the relative step size fell below xtol"),
@@ -34,7 +35,7 @@ TERMINATION: dict[str, tuple[bool, str]] = {
     ),
     "max_steps": (
         False,
-        "stopped: the step limit was reached before convergence; raise max_steps or start closer to the solution",
+        "stopped: the step limit was reached before convergence; raise {steps} or start closer to the solution",
     ),
     "nonfinite": (
         False,
@@ -47,6 +48,11 @@ TERMINATION: dict[str, tuple[bool, str]] = {
     ),
     "no_data": (False, "not fitted: the curve has no finite data points (fit_batch: NaN results, the others fitted)"),
 }
+
+
+def termination_message(status: str, steps_option: str = "max_steps") -> str:
+    """Why a solver stopped (`TERMINATION`), naming the step-limit option as ``steps_option`` (CLI: --steps)."""
+    return TERMINATION[status][1].format(steps=steps_option)
 
 
 @dataclass
@@ -78,6 +84,8 @@ class FitResult:
     tied: dict[str, str] = field(default_factory=dict)
     absolute_sigma: bool = False
     source: FitSource | None = field(default=None, repr=False, compare=False)
+    #: How `message` names the step limit: ``max_steps`` (Python), ``--steps`` (the CLI sets it).
+    steps_option: str = field(default="max_steps", repr=False, compare=False)
 
     @property
     def success(self) -> bool:
@@ -87,7 +95,7 @@ class FitResult:
     @property
     def message(self) -> str:
         """Why the solver stopped, from the table of termination reasons."""
-        return TERMINATION[self.status][1]
+        return termination_message(self.status, self.steps_option)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -235,17 +235,12 @@ def _run_fit(args) -> int:
 
 
 def _run_fit_command(args) -> int:
-    _define_functions(args)
     if args.distributed:
         return _run_distributed(args)
+    _define_functions(args)
     if args.batch:
         return _run_batch_fit(args)
-    for option in ("x_values", "csv"):
-        if getattr(args, option):
-            raise UsageError(f"--{option.replace('_', '-')} applies to --batch fits only: add --batch")
-    from .fit.cli_inputs import fit_run
-
-    if fit_run(args) != "experiment":
+    if _fit_run(args) != "experiment":
         return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
     from .plot import check_image_path, plot_experiment
@@ -290,6 +285,10 @@ def _run_distributed(args) -> int:
     whose own rows failed (`Shards.raise_together` marks its error ``rank_local``) prints its own.
     """
     try:
+        if args.data is None:
+            raise UsageError("--distributed needs --data FILE: every rank reads it and fits its share of the rows")
+        _define_functions(args)
+        _check_batch(args) if args.batch else _fit_run(args)  # every rank checks the options as given
         return _fit_on_this_rank(args)
     except CustomgradError as error:
         if os.environ.get("RANK", "0") != "0" and not getattr(error, "rank_local", False):
@@ -304,8 +303,6 @@ def _fit_on_this_rank(args) -> int:
     import torch
     import torch.distributed as dist
 
-    if args.data is None:
-        raise UsageError("--distributed needs --data FILE: every rank reads it and fits its share of the rows")
     started = not dist.is_initialized()
     if started:
         if "RANK" not in os.environ:
@@ -315,10 +312,6 @@ def _fit_on_this_rank(args) -> int:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend)
     try:
-        if not args.batch:
-            from .fit.cli_inputs import fit_run
-
-            fit_run(args)  # every rank checks the options as given, before ranks > 0 drop their files
         run = _run_batch_fit if args.batch else _run_model_fit
         if dist.get_rank() == 0:
             code = run(args)
@@ -336,11 +329,23 @@ def _fit_on_this_rank(args) -> int:
             dist.destroy_process_group()
 
 
+def _fit_run(args) -> str:
+    from .fit.cli_inputs import fit_run
+
+    return fit_run(args)
+
+
+def _check_batch(args) -> None:
+    from .fit.cli_inputs import batch_run
+
+    batch_run(args)
+
+
 def _run_batch_fit(args) -> int:
     from .fit.cli_inputs import batch_inputs
     from .plot import check_image_path, check_writable
-    from .plot_batch import plot_batch
 
+    _check_batch(args)
     json_path = _json_destination(args)
     csv_path = check_writable(args.csv, "--csv") if args.csv else None
     plot_path = check_image_path(args.plot, "--plot") if args.plot else None
@@ -352,6 +357,8 @@ def _run_batch_fit(args) -> int:
         if not args.quiet:
             print(f"wrote {csv_path}")
     if plot_path is not None:
+        from .plot_batch import plot_batch
+
         plot_batch(result, plot_path)
         if not args.quiet:
             print(f"wrote {plot_path}")

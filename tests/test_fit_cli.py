@@ -344,3 +344,15 @@ def test_the_step_limit_message_names_the_option_of_the_caller():
     help_text = " ".join(run("--help").stdout.split())
     assert "gradient-descent steps (default 2000); with --model/--data or --method, the solver's" in help_text
     assert ", ".join(f"{method} {steps}" for method, steps in DEFAULT_STEPS.items()) in help_text
+
+
+@pytest.mark.parametrize(("method", "steps"), [("adam", "3"), ("lbfgs", "1")])
+def test_a_gradient_method_that_ran_its_steps_exits_0_with_its_status_shown(csv_file, method, steps):
+    out = run(
+        *("--model", "a*exp(-k*time) + c", "--data", str(csv_file), "--x", "time", "--y", "signal"),
+        *("--param", "a=1", "--param", "k=0.1", "--param", "c=0", "--method", method, "--steps", steps),
+    )
+    assert out.returncode == 0, out.stderr
+    status = "step_limit" if method == "adam" else "max_steps"
+    assert f"method: {method}   status: {status} (stopped: " in out.stdout and "error" not in out.stderr
+    assert "exit status: 0 when the fit converged" in " ".join(run("--help").stdout.split())

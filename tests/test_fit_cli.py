@@ -356,3 +356,20 @@ def test_a_gradient_method_that_ran_its_steps_exits_0_with_its_status_shown(csv_
     status = "step_limit" if method == "adam" else "max_steps"
     assert f"method: {method}   status: {status} (stopped: " in out.stdout and "error" not in out.stderr
     assert "exit status: 0 when the fit converged" in " ".join(run("--help").stdout.split())
+
+
+@pytest.mark.parametrize(("rank", "warned"), [("0", True), ("1", False)])
+def test_torchrun_without_distributed_is_told_once_to_add_it(csv_file, rank, warned):
+    import os
+
+    # the environment torchrun gives each process; the fit runs as it would on that rank
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank}
+    args = ["--model", "a*exp(-k*time) + c", "--data", str(csv_file), "--x", "time", "--y", "signal", "--quiet"]
+    args += ["--param", "a=1", "--param", "k=0.5", "--param", "c=0"]
+    out = subprocess.run(
+        [sys.executable, "-m", "customgrad", "fit", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("a=")
+    message = "warning: running under torchrun (WORLD_SIZE=2) without --distributed"
+    assert (message in out.stderr) is warned and ("add --distributed" in out.stderr) is warned

@@ -249,6 +249,7 @@ def _run_fit(args) -> int:
 def _run_fit_command(args) -> int:
     if args.distributed:
         return _run_distributed(args)
+    _warn_if_under_torchrun()
     _define_functions(args)
     if args.batch:
         return _run_batch_fit(args)
@@ -288,6 +289,22 @@ def _run_fit_command(args) -> int:
         print(f"error: {run.divergence}", file=sys.stderr)
         return 1
     return 0
+
+
+def _warn_if_under_torchrun() -> None:
+    """Under torchrun (WORLD_SIZE > 1) without --distributed every rank would fit everything: rank 0 says so."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return
+    if world > 1 and os.environ.get("RANK", "0") == "0":
+        print(
+            f"warning: running under torchrun (WORLD_SIZE={world}) without --distributed: each of the {world} "
+            "processes fits all the data on its own and prints the same result; add --distributed to share "
+            "the rows (with --batch: the curves) among them",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _run_distributed(args) -> int:

@@ -373,3 +373,44 @@ def test_torchrun_without_distributed_is_told_once_to_add_it(csv_file, rank, war
     assert out.stdout.startswith("a=")
     message = "warning: running under torchrun (WORLD_SIZE=2) without --distributed"
     assert (message in out.stderr) is warned and ("add --distributed" in out.stderr) is warned
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--x", "t", "--y", "t"], "--x 't' and --y 't' name the same column 't'"),
+        (["--x", "t", "--x", "0", "--y", "z"], "--x 't' and --x '0' name the same column 't'"),
+        (["--x", "t", "--y", "z", "--sigma", "1"], "--y 'z' and --sigma '1' name the same column 'z'"),
+        (["--x", "t", "--y", "z", "--frob"], "unrecognized arguments: --frob (see 'customgrad fit --help')"),
+    ],
+)
+def test_columns_used_twice_and_unknown_options_are_refused(tmp_path, args, message):
+    data = tmp_path / "tz.csv"
+    data.write_text("t,z,w\n0,1,2\n1,2,3\n2,3.5,1\n3,5,1\n")
+    out = run("--model", "a*t", "--data", str(data), "--param", "a=1", *args)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith(f"error: {message}") and len(out.stderr.splitlines()) == 1, out.stderr
+
+
+def test_a_model_with_unknown_names_says_which_in_grammar_that_fits_their_number(tmp_path):
+    data = tmp_path / "tz.csv"
+    data.write_text("t,z,w\n0,1,2\n1,2,3\n2,3.5,1\n3,5,1\n")
+    out = run("--model", "a*t + p + q", "--data", str(data), "--x", "t", "--y", "z", "--param", "a=1")
+    assert out.returncode == 2  # a usage error
+    assert "uses 'p', 'q', which are neither data names (t) nor parameters (a): add them to params" in out.stderr
+
+
+def test_the_plot_of_a_two_predictor_fit_names_the_response_column(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from customgrad.cli import main
+
+    rows = [(t, w, 2 * t - 0.5 * w + 0.01 * np.cos(3 * t + w)) for t in range(4) for w in range(3)]
+    data = tmp_path / "tz.csv"
+    data.write_text("t,w,z\n" + "\n".join(",".join(map(str, row)) for row in rows) + "\n")
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, *args, **kwargs: figures.append(figure))
+    options = ["--model", "a*t + b*w", "--data", str(data), "--x", "t", "--x", "w", "--y", "z", "--param", "a=1"]
+    assert main(["fit", *options, "--param", "b=0", "--plot", str(tmp_path / "fit.png"), "--quiet"]) == 0
+    top, bottom = figures[0].axes
+    assert top.get_ylabel() == "z" and bottom.get_ylabel() == "residual (z - fit)" and bottom.get_xlabel() == "t"

@@ -432,3 +432,25 @@ def test_bands_of_a_callable_model_and_of_named_predictors_match_the_formula():
     assert_close(named.predict({"t": new_x}), formula.predict(new_x), 1e-9, "named predict")
     with pytest.raises(DataError, match="lacks predictor"):
         named.predict({"x": new_x})
+
+
+def test_the_profile_plot_draws_the_quadratic_as_a_curve_and_labels_the_sigma_lines(tmp_path, monkeypatch):
+    import matplotlib.figure
+    from scipy import stats
+
+    case = CASES["Misra1a"]
+    result = customgrad.fit(case.formula, case.x, case.y, params=case.start)
+    result.conf_interval((1, 2))
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, *args, **kwargs: figures.append(figure))
+    result.plot_profile("b1", tmp_path / "b1.png")
+    (axes,) = figures[0].axes
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    grid, drawn = lines["quadratic (from stderr)"].get_data()
+    profile_values = lines["profile"].get_data()[0]
+    assert len(grid) >= 500 and grid[0] == min(profile_values) and grid[-1] == max(profile_values)
+    # value +- t stderr: the level of a point is the normal quantile of Student's t at |value - best| / stderr
+    t = np.abs(grid - result.params["b1"]) / result.stderr["b1"]
+    assert np.allclose(drawn, stats.norm.ppf(stats.t.cdf(t, result.nfree)), rtol=1e-9, atol=1e-9)
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert {"sigma levels", "1σ interval", "2σ interval"} <= set(legend)

@@ -398,7 +398,7 @@ def _run_batch_fit(args) -> int:
 
 
 def _run_model_fit(args) -> int:
-    from .fit.cli_inputs import fit_inputs
+    from .fit.cli_inputs import fit_inputs, response_name
     from .plot import check_image_path
 
     json_path = _json_destination(args)
@@ -417,7 +417,7 @@ def _run_model_fit(args) -> int:
         print("\n".join(interval_table(result)))
     _write_json(args, json_path, result.to_json(bands=args.bands))
     if plot_path is not None:
-        result.plot(plot_path, bands=args.bands or "confidence")
+        result.plot(plot_path, bands=args.bands or "confidence", ylabel=response_name(args))
         if not args.quiet:
             print(f"wrote {plot_path}")
         shown, total = len(result.data["y"]), result.ndata
@@ -596,7 +596,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
+        args, unknown = build_parser().parse_known_args(argv)
+        if unknown:  # argparse would name the top-level help: point to the command's own
+            where = f"customgrad {args.command}" if args.command else "customgrad"
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see '{where} --help')")
         if args.command is None:
             raise UsageError("no command given: try 'customgrad fit' (see 'customgrad --help')")
         return args.run(args)

@@ -166,9 +166,27 @@ def _checked_table(args):
     if not args.param:
         raise UsageError("give each parameter an initial value with --param NAME=VALUE (e.g. --param a=0 --param b=1)")
     table = read_table(Path(args.data))
-    for column in [*(args.x or ["0"]), args.y or "1", *([args.sigma] if args.sigma else [])]:
-        table.column(column)  # a missing column raises DataError naming the columns there are
+    roles = [*(("--x", spec) for spec in args.x or ["0"]), ("--y", args.y or "1")]
+    roles += [("--sigma", args.sigma)] if args.sigma else []
+    seen: dict[str, str] = {}
+    for option, spec in roles:
+        name = _column_name(table, spec)  # a missing column raises DataError naming the columns there are
+        given = f"{option} {spec!r}"
+        if name in seen:
+            raise UsageError(
+                f"{seen[name]} and {given} name the same column {name!r}: the predictors, the response (--y) "
+                f"and --sigma need a column each (columns: {', '.join(table.names)})"
+            )
+        seen[name] = given
     return table
+
+
+def response_name(args) -> str:
+    """The name the response goes by: the --y column's header in a table with one, else ``y``."""
+    table = getattr(args, "table", None)
+    if table is None or not table.has_header:
+        return "y"
+    return _column_name(table, args.y or "1")
 
 
 def fit_inputs(args) -> FitResult:

@@ -427,10 +427,13 @@ def build_function(
         )
     unknown = [name for name in names if name not in param_names and name not in data_names]
     if unknown:
+        one = len(unknown) == 1
         raise UsageError(
-            f"model {model!r} uses {', '.join(map(repr, unknown))}, which is neither a data name "
-            f"({', '.join(data_names)}) nor a parameter ({', '.join(param_names)}): add it to params "
-            "or to the data (several predictors: pass x as a dict of named arrays; CLI: --x COLUMN for each)"
+            f"model {model!r} uses {', '.join(map(repr, unknown))}, which "
+            f"{'is neither a data name' if one else 'are neither data names'} ({', '.join(data_names)}) "
+            f"nor {'a parameter' if one else 'parameters'} ({', '.join(param_names)}): add "
+            f"{'it' if one else 'them'} to params or to the data (several predictors: pass x as a dict of "
+            "named arrays; CLI: --x COLUMN for each)"
         )
     unused = [name for name in param_names if name not in names]
     if unused:

@@ -283,9 +283,9 @@ class FitResult:
             Path(path).write_text(text)
         return text
 
-    def plot(self, path: str | Path, bands: str | None = "confidence") -> Path:
+    def plot(self, path: str | Path, bands: str | None = "confidence", ylabel: str = "y") -> Path:
         """Save a PNG: data, fitted curve with its 2-sigma ``bands`` shaded ("confidence", "prediction"
-        or None), and a residuals panel below."""
+        or None), and a residuals panel below; ``ylabel`` names the response (the CLI: its column)."""
         from ..plot import plot_fit
 
-        return plot_fit(self, path, bands=bands)
+        return plot_fit(self, path, bands=bands, ylabel=ylabel)

@@ -110,7 +110,7 @@ def test_nist_file_fits_with_its_own_model_and_start():
         (["--model", "a*x", "--data", "missing.csv", "--param", "a=1"], "no such file"),
         (
             ["--model", "a*x + q", "--data", "{csv}", "--x", "time", "--y", "signal", "--param", "a=1"],
-            "neither a data name",
+            "which are neither data names (time) nor parameters (a)",
         ),
         (["--model", "a*x", "--data", "{csv}", "--x", "nope", "--param", "a=1"], "no column 'nope'"),
         (["--model", "a*x", "--data", "{csv}"], "--param NAME=VALUE"),

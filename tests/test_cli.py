@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
+from command_line import run_customgrad, run_in_new_process
+
 
 def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "customgrad", *arguments], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
+    return run_customgrad(*arguments, cwd=cwd)
 
 
 def test_fit_without_arguments_runs_the_blog_experiment_fixed():
-    result = run_cli("fit")
+    result = run_in_new_process("fit")  # python -m customgrad, as a user runs it
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     logged = [line.split() for line in lines[:20]]
@@ -72,7 +72,7 @@ def test_bad_input_gives_one_error_line_and_a_nonzero_exit(arguments, fragment):
 
 
 def test_debug_shows_the_traceback():
-    result = run_cli("--debug", "fit", "--plot", "/nonexistent-dir/fit.png")
+    result = run_in_new_process("--debug", "fit", "--plot", "/nonexistent-dir/fit.png")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 

@@ -2,12 +2,11 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from command_line import run_customgrad
 from customgrad import fit
 
 MODEL = "a*exp(-b*t)+c"
@@ -15,9 +14,7 @@ PARAMS = ["--param", "a=1", "--param", "b=0.5", "--param", "c=0"]
 
 
 def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "customgrad", "fit", *args], capture_output=True, text=True, timeout=300
-    )
+    return run_customgrad("fit", *args)
 
 
 @pytest.fixture

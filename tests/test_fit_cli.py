@@ -1,24 +1,18 @@
 """``customgrad fit`` with models and data, invoked through the real entry point."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from command_line import run_customgrad, run_in_new_process
+
 NIST = Path(__file__).resolve().parents[1] / "src" / "customgrad" / "data" / "nist"
 
 
 def run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "customgrad", "fit", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+    return run_customgrad("fit", *args, cwd=cwd)
 
 
 @pytest.fixture
@@ -366,9 +360,7 @@ def test_torchrun_without_distributed_is_told_once_to_add_it(csv_file, rank, war
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank}
     args = ["--model", "a*exp(-k*time) + c", "--data", str(csv_file), "--x", "time", "--y", "signal", "--quiet"]
     args += ["--param", "a=1", "--param", "k=0.5", "--param", "c=0"]
-    out = subprocess.run(
-        [sys.executable, "-m", "customgrad", "fit", *args], capture_output=True, text=True, env=env, timeout=300
-    )
+    out = run_in_new_process("fit", *args, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("a=")
     message = "warning: running under torchrun (WORLD_SIZE=2) without --distributed"

@@ -374,12 +374,9 @@ def test_sigma_not_positive_is_an_error_naming_the_rows():
 
 
 def _cli(*args):
-    import subprocess
-    import sys
+    from command_line import run_customgrad
 
-    return subprocess.run(
-        [sys.executable, "-m", "customgrad", "fit", *args], capture_output=True, text=True, timeout=300
-    )
+    return run_customgrad("fit", *args)
 
 
 def test_cli_ci_bands_and_json(tmp_path):

@@ -317,7 +317,10 @@ def _run_distributed(args) -> int:
         if args.data is None:
             raise UsageError("--distributed needs --data FILE: every rank reads it and fits its share of the rows")
         _define_functions(args)
-        _check_batch(args) if args.batch else _fit_run(args)  # every rank checks the options as given
+        if args.batch:  # every rank checks the options as given, before ranks > 0 drop their files
+            _check_batch(args)
+        else:
+            _fit_run(args)
         return _fit_on_this_rank(args)
     except CustomgradError as error:
         if os.environ.get("RANK", "0") != "0" and not getattr(error, "rank_local", False):

@@ -51,7 +51,7 @@ def test_fixed_blog_p2_passes():
 
 
 def test_module_target_shapes_and_json():
-    result = run_cli("customgrad.library:LegendreP3", "--shapes", "3x4", "--json", "--no-compile")
+    result = run_cli("customgrad.library:LegendreP3", "--shapes", "3x4", "--json", "-", "--no-compile")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["ok"] and data["inputs"] == "x: float64[3, 4]"
@@ -81,7 +81,7 @@ def test_usage_errors_exit_2(arguments, message):
 
 @pytest.mark.slow
 def test_compile_runs_by_default():
-    result = run_cli(f"{FIXTURES / 'blog_p2_fixed.py'}:P2", "--json")
+    result = run_cli(f"{FIXTURES / 'blog_p2_fixed.py'}:P2", "--json", "-")
     assert result.returncode == 0, result.stderr
     compile_result = next(r for r in json.loads(result.stdout)["results"] if r["name"] == "compile")
     assert compile_result["status"] == "passed"

@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
+from command_line import run_customgrad, run_in_new_process
+
 
 def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "customgrad", *arguments], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
+    return run_customgrad(*arguments, cwd=cwd)
 
 
 def test_fit_without_arguments_runs_the_blog_experiment_fixed():
-    result = run_cli("fit")
+    result = run_in_new_process("fit")  # python -m customgrad, as a user runs it
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     logged = [line.split() for line in lines[:20]]
@@ -72,7 +72,7 @@ def test_bad_input_gives_one_error_line_and_a_nonzero_exit(arguments, fragment):
 
 
 def test_debug_shows_the_traceback():
-    result = run_cli("--debug", "fit", "--plot", "/nonexistent-dir/fit.png")
+    result = run_in_new_process("--debug", "fit", "--plot", "/nonexistent-dir/fit.png")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
@@ -119,3 +119,61 @@ def test_derive_rejects_class_names_python_cannot_use(name):
     result = run_cli("derive", "x", "--name", name, "--emit", "python")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == f"error: --name must be a Python identifier such as P2 (not a keyword), got {name!r}\n"
+
+
+def test_derive_calls_functions_defined_on_the_command_line(tmp_path):
+    definitions = tmp_path / "defs.txt"
+    definitions.write_text("# a Lorentzian\nLor(u) = 1/(1 + u**2)\n\nPeak(x, x0, g) = Lor((x - x0)/g)\n")
+    result = run_cli("derive", "h*Peak(x, x0, g) + c*Sq(x)", "--defines", str(definitions), "--define", "Sq(v)=v**2")
+    assert result.returncode == 0, result.stderr
+    # d/dx of h/(1 + ((x - x0)/g)^2) + c x^2 = -2 h (x - x0) / (g^2 (1 + ((x - x0)/g)^2)^2) + 2 c x
+    code = result.stdout.split("d/dx (derived):")[1].split("torch: ")[1].splitlines()[0]
+    import torch
+
+    h, x, x0, g, c = (torch.tensor(v, dtype=torch.float64) for v in (1.5, 0.3, -0.2, 0.7, 0.4))
+    expected = -2 * h * (x - x0) / (g**2 * (1 + ((x - x0) / g) ** 2) ** 2) + 2 * c * x
+    value = eval(code, {"torch": torch, "h": h, "x": x, "x0": x0, "g": g, "c": c})  # the printed torch code
+    assert torch.allclose(value, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("definition", "code", "message"),
+    [
+        ("Lor = 1/(1 + u**2)", 2, "--define 'Lor = 1/(1 + u**2)': write NAME(INPUTS) = FORMULA"),
+        ("Lor(u) 1/(1 + u**2)", 2, "write NAME(INPUTS) = FORMULA"),
+        ("Lor(u) == 1/(1 + u**2)", 2, "write NAME(INPUTS) = FORMULA"),
+        ("Lor() = 1", 2, "Lor() needs its inputs in the parentheses"),
+        ("sin(u) = u", 2, "function name 'sin' is taken by a built-in"),
+        ("u(u) = u", 2, "'u' is both the function's name and one of its inputs"),
+        ("Lor(u) = 1/(1 + w**2)", 1, "the formula uses 'w', which is not an input of Lor(u)"),
+        ("Lor(u) = __import__('os')", 1, "unknown function '__import__'"),
+    ],
+)
+def test_a_malformed_definition_is_one_error_naming_it(definition, code, message):
+    result = run_cli("derive", "Lor(x)", "--define", definition)
+    assert result.returncode == code and result.stdout == ""
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_definitions_file_error_names_its_line(tmp_path):
+    definitions = tmp_path / "defs.txt"
+    definitions.write_text("Lor(u) = 1/(1 + u**2)\n# comment\nBad(u) = u +\n")
+    result = run_cli("derive", "Lor(x)", "--defines", str(definitions))
+    assert result.returncode == 1 and f"--defines {definitions}:3 'Bad(u) = u +'" in result.stderr
+    missing = run_cli("derive", "Lor(x)", "--defines", str(tmp_path / "none.txt"))
+    assert missing.returncode == 1 and "cannot read it (No such file or directory)" in missing.stderr
+
+
+def test_fit_and_check_take_json_alike_a_path_or_dash_for_stdout(tmp_path):
+    fitted = run_cli("fit", "--experiment", "tutorial", "--steps", "50", "--json", "-")
+    assert fitted.returncode == 0, fitted.stderr
+    document = json.loads(fitted.stdout)  # stdout is the JSON alone; the result line went to stderr
+    assert len(document["loss_history"]) == 50 and "Result: y = " in fitted.stderr
+    target = "customgrad.library:LegendreP3"
+    checked = run_cli("check", target, "--shapes", "3", "--no-compile", "--json", str(tmp_path / "check.json"))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines()[-1] == f"wrote {tmp_path / 'check.json'}"
+    assert json.loads((tmp_path / "check.json").read_text())["ok"] is True
+    old_spelling = run_cli("check", target, "--json")
+    assert old_spelling.returncode == 2 and "--json: expected one argument" in old_spelling.stderr

@@ -2,12 +2,11 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from command_line import run_customgrad
 from customgrad import fit
 
 MODEL = "a*exp(-b*t)+c"
@@ -15,9 +14,7 @@ PARAMS = ["--param", "a=1", "--param", "b=0.5", "--param", "c=0"]
 
 
 def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "customgrad", "fit", *args], capture_output=True, text=True, timeout=300
-    )
+    return run_customgrad("fit", *args)
 
 
 @pytest.fixture
@@ -110,3 +107,19 @@ def test_x_values_that_repeat_the_files_x_header_are_an_error_not_a_curve(curves
     )
     assert code == 1
     assert "its first row repeats the --x-values" in capsys.readouterr().err
+
+
+def test_batch_calls_a_function_defined_on_the_command_line(curves, tmp_path):
+    from scipy.optimize import curve_fit
+
+    t, y, path = curves
+    out = run(
+        *("--batch", "--data", str(path), "--model", "a*Decay(b*t)+c", "--define", "Decay(u) = exp(-u)"),
+        *PARAMS,
+        *("--csv", str(tmp_path / "fits.csv"), "--quiet"),
+    )
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader((tmp_path / "fits.csv").read_text().splitlines()))
+    for i in (0, 4):  # against SciPy on the same curve
+        expected, _ = curve_fit(lambda t, a, b, c: a * np.exp(-b * t) + c, t, y[i], p0=[1, 0.5, 0], xtol=1e-14)
+        assert np.allclose([float(rows[i][n]) for n in "abc"], expected, rtol=1e-6)

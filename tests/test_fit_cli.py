@@ -1,24 +1,18 @@
 """``customgrad fit`` with models and data, invoked through the real entry point."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from command_line import run_customgrad, run_in_new_process
+
 NIST = Path(__file__).resolve().parents[1] / "src" / "customgrad" / "data" / "nist"
 
 
 def run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "customgrad", "fit", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+    return run_customgrad("fit", *args, cwd=cwd)
 
 
 @pytest.fixture
@@ -110,7 +104,7 @@ def test_nist_file_fits_with_its_own_model_and_start():
         (["--model", "a*x", "--data", "missing.csv", "--param", "a=1"], "no such file"),
         (
             ["--model", "a*x + q", "--data", "{csv}", "--x", "time", "--y", "signal", "--param", "a=1"],
-            "neither a data name",
+            "which are neither data names (time) nor parameters (a)",
         ),
         (["--model", "a*x", "--data", "{csv}", "--x", "nope", "--param", "a=1"], "no column 'nope'"),
         (["--model", "a*x", "--data", "{csv}"], "--param NAME=VALUE"),
@@ -306,3 +300,114 @@ def test_a_parameter_named_e_is_told_that_e_is_eulers_number(csv_file):
     out = run("--model", "E*time", "--data", str(csv_file), "--x", "time", "--y", "signal", "--param", "E=1")
     assert out.returncode == 2
     assert "'E' is Euler's number" in out.stderr and "another name, such as 'E0'" in out.stderr
+
+
+def test_a_model_calls_functions_defined_on_the_command_line_as_scipy_fits_it(tmp_path):
+    from scipy.optimize import curve_fit
+
+    x = np.linspace(-5, 5, 41)
+    y = 3 / (1 + ((x - 0.5) / 1.2) ** 2) + 0.05 * np.cos(7 * x)
+    data = tmp_path / "peak.csv"
+    data.write_text("x,y\n" + "\n".join(f"{a!r},{b!r}" for a, b in zip(x.tolist(), y.tolist(), strict=True)) + "\n")
+    definitions = tmp_path / "defs.txt"
+    definitions.write_text("Peak(x, x0, g) = Lor((x - x0)/g)\n")
+    out = run(
+        *("--model", "h*Peak(x, x0, g)", "--data", str(data), "--x", "x", "--y", "y", "--quiet"),
+        *("--define", "Lor(u) = 1/(1 + u**2)", "--defines", str(definitions)),
+        *("--param", "h=1", "--param", "x0=0", "--param", "g=1", "--json", str(tmp_path / "fit.json")),
+    )
+    # --defines is read first: Peak calls a Lor that --define has not made yet
+    assert out.returncode == 1 and "unknown function 'Lor'" in out.stderr
+    definitions.write_text("Lor(u) = 1/(1 + u**2)\nPeak(x, x0, g) = Lor((x - x0)/g)\n")
+    out = run(
+        *("--model", "h*Peak(x, x0, g)", "--data", str(data), "--x", "x", "--y", "y", "--quiet"),
+        *("--defines", str(definitions), "--param", "h=1", "--param", "x0=0", "--param", "g=1"),
+        *("--json", str(tmp_path / "fit.json")),
+    )
+    assert out.returncode == 0, out.stderr
+    expected, _ = curve_fit(lambda x, h, x0, g: h / (1 + ((x - x0) / g) ** 2), x, y, p0=[1, 0, 1], xtol=1e-14)
+    fitted = json.loads((tmp_path / "fit.json").read_text())["params"]
+    assert np.allclose([fitted[n] for n in ("h", "x0", "g")], expected, rtol=1e-7)
+
+
+def test_the_step_limit_message_names_the_option_of_the_caller():
+    from customgrad import fit
+    from customgrad.fit.nist import read_nist
+    from customgrad.fit.solvers import DEFAULT_STEPS
+
+    nist = read_nist(NIST / "Misra1a.dat")
+    result = fit(nist.formula, nist.x, nist.y, params=nist.starts[0], max_steps=2)
+    assert result.status == "max_steps" and "raise max_steps" in result.message
+    out = run("--data", str(NIST / "Misra1a.dat"), "--steps", "2")
+    assert out.returncode == 1 and "raise --steps" in out.stderr and "raise max_steps" not in out.stderr + out.stdout
+    help_text = " ".join(run("--help").stdout.split())
+    assert "gradient-descent steps (default 2000); with --model/--data or --method, the solver's" in help_text
+    assert ", ".join(f"{method} {steps}" for method, steps in DEFAULT_STEPS.items()) in help_text
+
+
+@pytest.mark.parametrize(("method", "steps"), [("adam", "3"), ("lbfgs", "1")])
+def test_a_gradient_method_that_ran_its_steps_exits_0_with_its_status_shown(csv_file, method, steps):
+    out = run(
+        *("--model", "a*exp(-k*time) + c", "--data", str(csv_file), "--x", "time", "--y", "signal"),
+        *("--param", "a=1", "--param", "k=0.1", "--param", "c=0", "--method", method, "--steps", steps),
+    )
+    assert out.returncode == 0, out.stderr
+    status = "step_limit" if method == "adam" else "max_steps"
+    assert f"method: {method}   status: {status} (stopped: " in out.stdout and "error" not in out.stderr
+    assert "exit status: 0 when the fit converged" in " ".join(run("--help").stdout.split())
+
+
+@pytest.mark.parametrize(("rank", "warned"), [("0", True), ("1", False)])
+def test_torchrun_without_distributed_is_told_once_to_add_it(csv_file, rank, warned):
+    import os
+
+    # the environment torchrun gives each process; the fit runs as it would on that rank
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank}
+    args = ["--model", "a*exp(-k*time) + c", "--data", str(csv_file), "--x", "time", "--y", "signal", "--quiet"]
+    args += ["--param", "a=1", "--param", "k=0.5", "--param", "c=0"]
+    out = run_in_new_process("fit", *args, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("a=")
+    message = "warning: running under torchrun (WORLD_SIZE=2) without --distributed"
+    assert (message in out.stderr) is warned and ("add --distributed" in out.stderr) is warned
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--x", "t", "--y", "t"], "--x 't' and --y 't' name the same column 't'"),
+        (["--x", "t", "--x", "0", "--y", "z"], "--x 't' and --x '0' name the same column 't'"),
+        (["--x", "t", "--y", "z", "--sigma", "1"], "--y 'z' and --sigma '1' name the same column 'z'"),
+        (["--x", "t", "--y", "z", "--frob"], "unrecognized arguments: --frob (see 'customgrad fit --help')"),
+    ],
+)
+def test_columns_used_twice_and_unknown_options_are_refused(tmp_path, args, message):
+    data = tmp_path / "tz.csv"
+    data.write_text("t,z,w\n0,1,2\n1,2,3\n2,3.5,1\n3,5,1\n")
+    out = run("--model", "a*t", "--data", str(data), "--param", "a=1", *args)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith(f"error: {message}") and len(out.stderr.splitlines()) == 1, out.stderr
+
+
+def test_a_model_with_unknown_names_says_which_in_grammar_that_fits_their_number(tmp_path):
+    data = tmp_path / "tz.csv"
+    data.write_text("t,z,w\n0,1,2\n1,2,3\n2,3.5,1\n3,5,1\n")
+    out = run("--model", "a*t + p + q", "--data", str(data), "--x", "t", "--y", "z", "--param", "a=1")
+    assert out.returncode == 2  # a usage error
+    assert "uses 'p', 'q', which are neither data names (t) nor parameters (a): add them to params" in out.stderr
+
+
+def test_the_plot_of_a_two_predictor_fit_names_the_response_column(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from customgrad.cli import main
+
+    rows = [(t, w, 2 * t - 0.5 * w + 0.01 * np.cos(3 * t + w)) for t in range(4) for w in range(3)]
+    data = tmp_path / "tz.csv"
+    data.write_text("t,w,z\n" + "\n".join(",".join(map(str, row)) for row in rows) + "\n")
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, *args, **kwargs: figures.append(figure))
+    options = ["--model", "a*t + b*w", "--data", str(data), "--x", "t", "--x", "w", "--y", "z", "--param", "a=1"]
+    assert main(["fit", *options, "--param", "b=0", "--plot", str(tmp_path / "fit.png"), "--quiet"]) == 0
+    top, bottom = figures[0].axes
+    assert top.get_ylabel() == "z" and bottom.get_ylabel() == "residual (z - fit)" and bottom.get_xlabel() == "t"

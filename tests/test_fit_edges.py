@@ -320,3 +320,44 @@ def test_a_fit_stuck_with_dead_parameters_beside_a_live_one_is_not_converged(eng
         best_c = np.mean(y - model)  # least squares in c alone, a and b as they are
         assert np.sum((model + c - y) ** 2) > 1.01 * np.sum((model + best_c - y) ** 2)
         assert not result.success and result.status == "plateau"
+
+
+def test_lmfit_parameters_and_vary_are_read_as_lmfit_reads_them():
+    lmfit = pytest.importorskip("lmfit")
+    t = np.linspace(0, 5, 30)
+    y = 3 * np.exp(-0.7 * t) + 0.45 + 0.3 * t + 0.01 * np.cos(9 * t)
+    start = lmfit.Parameters()
+    start.add("a", value=1.0, min=0.0)
+    start.add("k", value=0.1)
+    start.add("c", value=0.45, vary=False)
+    start.add("d", expr="a/10")  # tied: lmfit gives it vary=False, min=-inf, max=inf
+    theirs = lmfit.minimize(
+        lambda p: p["a"] * np.exp(-p["k"] * t) + p["c"] + p["d"] * t - y, start, xtol=1e-14, ftol=1e-14
+    )
+    ours = fit("a*exp(-k*t) + c + d*t", t, y, params=start)
+    assert ours.success and ours.fixed == {"c": 0.45}
+    for name in ("a", "k", "d"):
+        # lmfit differentiates by finite differences: agreement to about 1e-7
+        assert ours.params[name] == pytest.approx(theirs.params[name].value, rel=1e-6)
+        assert ours.stderr[name] == pytest.approx(theirs.params[name].stderr, rel=1e-3)
+    # the same as a dict in lmfit's spelling, on fit_batch (one curve) against SciPy with c held at 0.45
+    spelled = {"a": {"value": 1.0, "min": 0.0}, "k": {"value": 0.1, "vary": True}, "c": {"value": 0.45, "vary": False}}
+    y = y - 0.3 * t
+    batch = fit_batch("a*exp(-k*t) + c", t, y[None], params=spelled)
+    expected, _ = curve_fit(lambda t, a, k: a * np.exp(-k * t) + 0.45, t, y, p0=[1.0, 0.1], xtol=1e-14)
+    assert batch.success[0] and batch.params["c"][0] == 0.45
+    assert np.allclose([batch.params["a"][0], batch.params["k"][0]], expected, rtol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"value": 1.0, "vary": "no"}, "'vary' must be True or False"),
+        ({"value": 1.0, "vary": False, "fixed": False}, "'vary' (False) and 'fixed' (False) disagree"),
+        ({"expr": "2*a", "vary": True}, "tied by 'expr' and has vary=True"),
+        ({"value": 1.0, "stepsize": 2}, "allowed: value, min, max, fixed or vary; or expr"),
+    ],
+)
+def test_a_malformed_lmfit_style_parameter_is_named(spec, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        fit("a*x + b", np.arange(5.0), np.arange(5.0), params={"a": 1.0, "b": spec})

@@ -377,12 +377,9 @@ def test_sigma_not_positive_is_an_error_naming_the_rows():
 
 
 def _cli(*args):
-    import subprocess
-    import sys
+    from command_line import run_customgrad
 
-    return subprocess.run(
-        [sys.executable, "-m", "customgrad", "fit", *args], capture_output=True, text=True, timeout=300
-    )
+    return run_customgrad("fit", *args)
 
 
 def test_cli_ci_bands_and_json(tmp_path):
@@ -486,3 +483,25 @@ def test_profile_intervals_refit_the_others_when_one_ends_at_its_bound(bounds, s
             # lmfit's conf_interval sticks at the bound on some ends as customgrad did: never wider
             lmfit_low, lmfit_high = lmfit_ends[2 - sigma][1], lmfit_ends[2 + sigma][1]
             assert low <= lmfit_low + 1e-7 * abs(lmfit_low) and high >= lmfit_high - 1e-7 * abs(lmfit_high)
+
+
+def test_the_profile_plot_draws_the_quadratic_as_a_curve_and_labels_the_sigma_lines(tmp_path, monkeypatch):
+    import matplotlib.figure
+    from scipy import stats
+
+    case = CASES["Misra1a"]
+    result = customgrad.fit(case.formula, case.x, case.y, params=case.start)
+    result.conf_interval((1, 2))
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, *args, **kwargs: figures.append(figure))
+    result.plot_profile("b1", tmp_path / "b1.png")
+    (axes,) = figures[0].axes
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    grid, drawn = lines["quadratic (from stderr)"].get_data()
+    profile_values = lines["profile"].get_data()[0]
+    assert len(grid) >= 500 and grid[0] == min(profile_values) and grid[-1] == max(profile_values)
+    # value +- t stderr: the level of a point is the normal quantile of Student's t at |value - best| / stderr
+    t = np.abs(grid - result.params["b1"]) / result.stderr["b1"]
+    assert np.allclose(drawn, stats.norm.ppf(stats.t.cdf(t, result.nfree)), rtol=1e-9, atol=1e-9)
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert {"sigma levels", "1σ interval", "2σ interval"} <= set(legend)

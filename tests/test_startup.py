@@ -142,3 +142,24 @@ def test_a_users_function_registered_under_a_builtin_name_keeps_it_in_formulas()
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["x**2", "+", "2*x", "8.0"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fit", "--param", "a:2"], "--param does not apply"),
+        (["fit", "--model", "a*x", "--data", "{table}", "--param", "a:2"], "--param 'a:2': write NAME=VALUE"),
+        (["fit", "--model", "a*x", "--data", "{table}", "--x", "q", "--param", "a=2"], "no column 'q'"),
+        (["fit", "--model", "a*x", "--data", "{table}", "--param", "a=2", "--json", "/nonexistent/r.json"], "--json"),
+        (["fit", "--model", "a*x", "--data", "{table}", "--bound", "a=3", "--param", "a=2"], "--bound 'a=3'"),
+        (["fit", "--batch", "--model", "a*x", "--data", "{table}", "--param", "a=2", "--lr", "1"], "--lr does not"),
+        (["fit", "--batch", "--model", "a*x", "--data", "/nonexistent.csv", "--param", "a=2"], "no such file"),
+    ],
+    ids=["param-without-data", "param-syntax", "column", "json-path", "bound-syntax", "batch-option", "batch-file"],
+)
+def test_a_fit_usage_error_is_reported_before_torch_is_imported(tmp_path, argv, message):
+    table = tmp_path / "table.csv"
+    table.write_text("x,y\n0,1\n1,2\n2,3.5\n")
+    loaded, result = _modules_loaded_by(*(item.format(table=table) for item in argv))
+    assert result.returncode in (1, 2) and message in result.stderr, result.stderr
+    assert "torch" not in loaded, f"customgrad {' '.join(argv)} imported torch before reporting its error"

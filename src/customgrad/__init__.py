@@ -109,7 +109,9 @@ class _Package(types.ModuleType):
 
     def __setattr__(self, name: str, value) -> None:
         if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
-            value = getattr(value, name)
+            if name not in vars(value):
+                return  # not loaded yet (customgrad.fit's names are lazy): `__getattr__` finds it on first use
+            value = vars(value)[name]
         super().__setattr__(name, value)
 
 

@@ -7,10 +7,12 @@ errors), converted in one place, `main`; ``--debug`` shows the traceback instead
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import CustomgradError, FormulaError, UsageError
 
@@ -48,6 +50,75 @@ def _positive_float(option: str):
     return parse
 
 
+def _add_definitions(parser) -> None:
+    group = parser.add_argument_group("your own functions, for this run")
+    group.add_argument(
+        "--define",
+        action="append",
+        default=[],
+        metavar='"NAME(INPUTS) = FORMULA"',
+        help='a function formulas may call, e.g. --define "Lor(u) = 1/(1 + u**2)" (repeatable; '
+        "a definition may call those before it)",
+    )
+    group.add_argument(
+        "--defines",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file of such definitions, one a line ('#' starts a comment); read before --define",
+    )
+
+
+def _define_functions(args) -> None:
+    if args.define or args.defines:
+        from .definitions import define_all
+
+        define_all(args.define, args.defines)
+
+
+def _json_destination(args) -> Path | str | None:
+    """Where ``--json`` goes, checked before the run: None, ``"-"`` (stdout) or a writable path."""
+    if args.json in (None, "-"):
+        return args.json
+    from .plot import check_writable
+
+    return check_writable(args.json, "--json")
+
+
+@contextlib.contextmanager
+def _stdout_for_json(args):
+    """With ``--json -`` stdout carries the JSON document alone: whatever else is printed goes to stderr."""
+    args.json_stream = sys.stdout
+    if args.json != "-":
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _write_json(args, destination: Path | str | None, text: str) -> None:
+    if destination is None:
+        return
+    if destination == "-":
+        args.json_stream.write(text if text.endswith("\n") else text + "\n")
+        args.json_stream.flush()
+        return
+    Path(destination).write_text(text)
+    if not getattr(args, "quiet", False):
+        print(f"wrote {destination}")
+
+
+#: What ``customgrad fit``'s exit status means: the rule, stated once (``fit --help`` prints it).
+EXIT_STATUS = (
+    "exit status: 0 when the fit converged, or when a gradient method (the built-in run, --method lbfgs, "
+    "adam, sgd) ran its steps: its status line says so, and no convergence is claimed; 1 when the fit "
+    "failed: the loss became NaN or inf (or underflowed), Levenberg-Marquardt reached --steps without "
+    "converging, or no curve of a --batch converged; 2 for a usage error."
+)
+#: Statuses of a gradient method that ran its steps: shown, not an error (`EXIT_STATUS`).
+_RAN_ITS_STEPS = ("step_limit", "max_steps")
+
+
 #: The names of `experiments.EXPERIMENTS`, here so that ``--help`` imports no torch (a test holds them equal).
 EXPERIMENT_NAMES = ("blog", "tutorial")
 
@@ -58,6 +129,7 @@ def _add_fit(subparsers) -> None:
         help="fit a model; with no arguments, the blog's experiment (fixed)",
         description="Fit a model. With no arguments: the blog's fit of a + b*P2(c*x + d) to tan(x), "
         "by the blog's own gradient descent, bugs fixed.",
+        epilog=EXIT_STATUS,
     )
     parser.add_argument(
         "--experiment",
@@ -69,7 +141,8 @@ def _add_fit(subparsers) -> None:
         "--steps",
         type=_positive_int("--steps"),
         default=None,
-        help="number of gradient-descent steps (default 2000)",
+        help="step limit: the built-in run's gradient-descent steps (default 2000); with --model/--data or "
+        "--method, the solver's (LM: Jacobian evaluations; default lm 1000, lbfgs 500, adam 5000, sgd 2000)",
     )
     parser.add_argument(
         "--lr",
@@ -81,7 +154,11 @@ def _add_fit(subparsers) -> None:
         "--seed", type=int, default=None, help="built-in experiment: seed for the random initial values (default 0)"
     )
     parser.add_argument("--quiet", action="store_true", help="print only the result line")
-    parser.add_argument("--json", metavar="PATH", help="write parameters, loss history and settings")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the result as JSON (parameters, errors, history, settings); '-': to stdout, the report to stderr",
+    )
     parser.add_argument("--plot", metavar="PATH", help="write a PNG: data, fitted curve and loss curve")
     fitting = parser.add_argument_group("fitting your own model (or the experiment's data with --method)")
     fitting.add_argument("--model", help='formula, e.g. "a + b*P2(c*x + d)" (default for a NIST file: its model)')
@@ -168,28 +245,31 @@ def _add_fit(subparsers) -> None:
         default=None,
         help="2-sigma band shaded by --plot and written to --json (default for --plot: confidence)",
     )
+    _add_definitions(parser)
     parser.set_defaults(run=_run_fit)
 
 
 def _run_fit(args) -> int:
+    with _stdout_for_json(args):
+        return _run_fit_command(args)
+
+
+def _run_fit_command(args) -> int:
     if args.distributed:
         return _run_distributed(args)
+    _warn_if_under_torchrun()
+    _define_functions(args)
     if args.batch:
         return _run_batch_fit(args)
-    for option in ("x_values", "csv", "shared"):
-        if getattr(args, option):
-            raise UsageError(f"--{option.replace('_', '-')} applies to --batch fits only: add --batch")
-    from .fit.cli_inputs import fit_run
-
-    if fit_run(args) != "experiment":
+    if _fit_run(args) != "experiment":
         return _run_model_fit(args)
     from .experiments import explain_blog_fit, get_experiment, run_experiment
-    from .plot import check_image_path, check_writable, plot_experiment
+    from .plot import check_image_path, plot_experiment
     from .progress import progress_bar
-    from .strict_json import write as write_json
+    from .strict_json import dumps
 
     experiment = get_experiment(args.experiment)
-    json_path = check_writable(args.json, "--json") if args.json else None
+    json_path = _json_destination(args)
     plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     steps = args.steps or experiment.steps
     with progress_bar(steps, f"fitting ({experiment.name})", enabled=not args.quiet) as advance:
@@ -208,10 +288,7 @@ def _run_fit(args) -> int:
         )
         if experiment.name == "blog":
             print(explain_blog_fit(run.x, run.y))
-    if json_path is not None:
-        write_json(json_path, run.to_dict())
-        if not args.quiet:
-            print(f"wrote {json_path}")
+    _write_json(args, json_path, dumps(run.to_dict()))
     if plot_path is not None:
         plot_experiment(run, plot_path)
         if not args.quiet:
@@ -222,6 +299,22 @@ def _run_fit(args) -> int:
     return 0
 
 
+def _warn_if_under_torchrun() -> None:
+    """Under torchrun (WORLD_SIZE > 1) without --distributed every rank would fit everything: rank 0 says so."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return
+    if world > 1 and os.environ.get("RANK", "0") == "0":
+        print(
+            f"warning: running under torchrun (WORLD_SIZE={world}) without --distributed: each of the {world} "
+            "processes fits all the data on its own and prints the same result; add --distributed to share "
+            "the rows (with --batch: the curves) among them",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _run_distributed(args) -> int:
     """Join (or start) the torchrun process group, fit, and let only rank 0 print and write files.
 
@@ -229,6 +322,13 @@ def _run_distributed(args) -> int:
     whose own rows failed (`Shards.raise_together` marks its error ``rank_local``) prints its own.
     """
     try:
+        if args.data is None:
+            raise UsageError("--distributed needs --data FILE: every rank reads it and fits its share of the rows")
+        _define_functions(args)
+        if args.batch:  # every rank checks the options as given, before ranks > 0 drop their files
+            _check_batch(args)
+        else:
+            _fit_run(args)
         return _fit_on_this_rank(args)
     except CustomgradError as error:
         if os.environ.get("RANK", "0") != "0" and not getattr(error, "rank_local", False):
@@ -243,8 +343,6 @@ def _fit_on_this_rank(args) -> int:
     import torch
     import torch.distributed as dist
 
-    if args.data is None:
-        raise UsageError("--distributed needs --data FILE: every rank reads it and fits its share of the rows")
     started = not dist.is_initialized()
     if started:
         if "RANK" not in os.environ:
@@ -254,10 +352,6 @@ def _fit_on_this_rank(args) -> int:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend)
     try:
-        if not args.batch:
-            from .fit.cli_inputs import fit_run
-
-            fit_run(args)  # every rank checks the options as given, before ranks > 0 drop their files
         run = _run_batch_fit if args.batch else _run_model_fit
         if dist.get_rank() == 0:
             code = run(args)
@@ -275,25 +369,36 @@ def _fit_on_this_rank(args) -> int:
             dist.destroy_process_group()
 
 
+def _fit_run(args) -> str:
+    from .fit.cli_inputs import fit_run
+
+    return fit_run(args)
+
+
+def _check_batch(args) -> None:
+    from .fit.cli_inputs import batch_run
+
+    batch_run(args)
+
+
 def _run_batch_fit(args) -> int:
     from .fit.cli_inputs import batch_inputs
     from .plot import check_image_path, check_writable
-    from .plot_batch import plot_batch
 
-    paths = {
-        option: check_writable(getattr(args, option), f"--{option}")
-        for option in ("json", "csv")
-        if getattr(args, option)
-    }
+    _check_batch(args)
+    json_path = _json_destination(args)
+    csv_path = check_writable(args.csv, "--csv") if args.csv else None
     plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     result = batch_inputs(args)
     print(result.summary())
-    writers = {"json": result.to_json, "csv": result.to_csv}
-    for option, path in paths.items():
-        writers[option](path)
+    _write_json(args, json_path, result.to_json())
+    if csv_path is not None:
+        result.to_csv(csv_path)
         if not args.quiet:
-            print(f"wrote {path}")
+            print(f"wrote {csv_path}")
     if plot_path is not None:
+        from .plot_batch import plot_batch
+
         plot_batch(result, plot_path)
         if not args.quiet:
             print(f"wrote {plot_path}")
@@ -304,12 +409,13 @@ def _run_batch_fit(args) -> int:
 
 
 def _run_model_fit(args) -> int:
-    from .fit.cli_inputs import fit_inputs
-    from .plot import check_image_path, check_writable
+    from .fit.cli_inputs import fit_inputs, response_name
+    from .plot import check_image_path
 
-    json_path = check_writable(args.json, "--json") if args.json else None
+    json_path = _json_destination(args)
     plot_path = check_image_path(args.plot, "--plot") if args.plot else None
     result = fit_inputs(args)
+    result.steps_option = "--steps"
     if args.ci and result.success:
         result.conf_interval((1, 2), progress=not args.quiet)
     if args.quiet:
@@ -320,18 +426,15 @@ def _run_model_fit(args) -> int:
         from .fit.profile import interval_table
 
         print("\n".join(interval_table(result)))
-    if json_path is not None:
-        result.to_json(json_path, bands=args.bands)
-        if not args.quiet:
-            print(f"wrote {json_path}")
+    _write_json(args, json_path, result.to_json(bands=args.bands))
     if plot_path is not None:
-        result.plot(plot_path, bands=args.bands or "confidence")
+        result.plot(plot_path, bands=args.bands or "confidence", ylabel=response_name(args))
         if not args.quiet:
             print(f"wrote {plot_path}")
         shown, total = len(result.data["y"]), result.ndata
         if shown < total:  # a distributed fit: each rank holds its own rows, and rank 0 plots
             print(f"note: the plot shows rank 0's {shown} rows of the fit's {total} (the fit used them all)")
-    if not result.success:
+    if not result.success and not (result.method != "lm" and result.status in _RAN_ITS_STEPS):
         print(f"error: the fit did not converge: {result.message}", file=sys.stderr)
         return 1
     return 0
@@ -359,7 +462,12 @@ def _run_list(args) -> int:
     registry = sys.modules.get("customgrad.registry")
     entries = registry.REGISTRY.items() if registry is not None else ()
     registered = [entry for name, entry in entries if name not in builtins]
-    print("registered:" if registered else "registered: none yet (customgrad.function(..., name=...) adds one)")
+    print(
+        "registered:"
+        if registered
+        else "registered: none yet (customgrad.function(..., name=...) adds one in Python; for one command, "
+        'fit and derive take --define "Lor(u) = 1/(1 + u**2)" and --defines FILE)'
+    )
     for entry in registered:
         print(f"  {entry.name:34s} {entry.summary}")
     return 0
@@ -383,6 +491,7 @@ def _add_derive(subparsers) -> None:
         help="declare a custom gradient for an input, e.g. --grad x=2*x (repeatable)",
     )
     parser.add_argument("--emit", choices=["python"], help="print a standalone module instead")
+    _add_definitions(parser)
     parser.set_defaults(run=_run_derive)
 
 
@@ -394,6 +503,7 @@ def _run_derive(args) -> int:
     from .derive import simplify_for_display
     from .formula_spec import formula_spec
 
+    _define_functions(args)
     grads = {}
     for item in args.grad:
         input_name, separator, text = item.partition("=")
@@ -428,7 +538,11 @@ def _add_check(subparsers) -> None:
     )
     parser.add_argument("target", help="path/to/file.py:Name or package.module:Name")
     parser.add_argument("--shapes", help='shapes of the tensor arguments, e.g. "3x4,4" (default: 5 each)')
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the report as JSON to PATH; '-': to stdout, the text report to stderr (as fit --json)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the (slow) torch.compile check")
     parser.add_argument(
         "--timeout",
@@ -444,9 +558,12 @@ def _run_check(args) -> int:
     from .check import check
     from .check.target import example_inputs, load_target
 
-    target = load_target(args.target)
-    report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile, timeout=args.timeout)
-    print(report.to_json() if args.json else report)
+    json_path = _json_destination(args)
+    with _stdout_for_json(args):
+        target = load_target(args.target)
+        report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile, timeout=args.timeout)
+        print(report)
+        _write_json(args, json_path, report.to_json())
     return 0 if report.ok else 1
 
 
@@ -490,7 +607,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
+        args, unknown = build_parser().parse_known_args(argv)
+        if unknown:  # argparse would name the top-level help: point to the command's own
+            where = f"customgrad {args.command}" if args.command else "customgrad"
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see '{where} --help')")
         if args.command is None:
             raise UsageError("no command given: try 'customgrad fit' (see 'customgrad --help')")
         return args.run(args)

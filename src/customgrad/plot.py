@@ -102,12 +102,13 @@ def plot_experiment(run: ExperimentRun, path: str | Path) -> Path:
 CURVE_POINTS = 1000
 
 
-def plot_fit(result: FitResult, path: str | Path, bands: str | None = None) -> Path:
+def plot_fit(result: FitResult, path: str | Path, bands: str | None = None, ylabel: str = "y") -> Path:
     """Save a PNG: data and fitted model against the first predictor, and the residuals y - fit below.
 
     With one predictor the model is drawn on a dense grid over the data's range (as lmfit does), so
     its shape between data points shows; with several, its values at the data points. With ``bands``
-    ("confidence" or "prediction"), the 2-sigma band around the curve is shaded.
+    ("confidence" or "prediction"), the 2-sigma band around the curve is shaded. ``ylabel`` names the
+    response on the vertical axes.
     """
     import numpy as np
 
@@ -135,13 +136,13 @@ def plot_fit(result: FitResult, path: str | Path, bands: str | None = None) -> P
     drawn = finite_y if curve is None else np.concatenate([finite_y, curve[1][np.isfinite(curve[1])]])
     if float(np.abs(drawn).max(initial=0.0)) > 3 * span:
         top.set_ylim(-span, span)
-    top.set_ylabel("y")
+    top.set_ylabel(ylabel)
     top.set_title(f"{result.model}  ({result.method}, cost {result.cost:.6g})", fontsize=9)
     top.legend(loc="best", fontsize=8)
     bottom.axhline(0.0, color="0.6", linewidth=0.8)
     bottom.plot(x, y - fitted, ".", markersize=3, color="C0")
     bottom.set_xlabel(name)
-    bottom.set_ylabel("residual")
+    bottom.set_ylabel(f"residual ({ylabel} - fit)")
     figure.tight_layout()
     path = check_image_path(path, "plot path")
     figure.savefig(path, dpi=110)
@@ -206,15 +207,17 @@ def plot_profile(result: FitResult, name: str, path: str | Path) -> Path:
     axes.plot(values, levels, ".-", color="C0", label="profile")
     stderr = result.stderr[name]
     if np.isfinite(stderr) and stderr > 0:  # what value +- t stderr assumes: a parabola in chi2
-        excess = ((np.asarray(values) - best) / stderr) ** 2
+        grid = np.linspace(min(values), max(values), CURVE_POINTS)  # a curve, not segments between the profile's points
+        excess = ((grid - best) / stderr) ** 2
         quadratic = best_cost + excess if absolute else best_cost * (1 + excess / dof)
         assumed = [profile_probability(cost, best_cost, dof, absolute=absolute) for cost in quadratic]
-        axes.plot(values, assumed, ":", color="0.5", label="quadratic (from stderr)")
+        axes.plot(grid, assumed, ":", color="0.5", label="quadratic (from stderr)")
     for index, (sigma, (low, high)) in enumerate(sorted(result.source.intervals[name].items())):
-        axes.axhline(sigma, color="0.8", linewidth=0.8)
-        for end in (low, high):
-            if np.isfinite(end):
-                axes.axvline(end, color=f"C{index + 1}", linestyle="--", linewidth=0.9)
+        axes.axhline(sigma, color="0.8", linewidth=0.8, label="sigma levels" if index == 0 else None)
+        ends = [end for end in (low, high) if np.isfinite(end)]
+        for number, end in enumerate(ends):
+            label = f"{sigma:g}σ interval" if number == 0 else None
+            axes.axvline(end, color=f"C{index + 1}", linestyle="--", linewidth=0.9, label=label)
     axes.axvline(best, color="C3", linewidth=0.9, label=f"best {best:.6g}")
     axes.set_ylim(0, 1.6 * max(result.source.intervals[name]))
     axes.set_xlabel(name)

@@ -1,11 +1,34 @@
-"""Fitting: `fit` (Levenberg-Marquardt and gradient-based solvers), `FitResult`, and the NIST StRD reader."""
+"""Fitting: `fit` (Levenberg-Marquardt and gradient-based solvers), `FitResult`, and the NIST StRD reader.
 
-from .api import fit
-from .batch import fit_batch
-from .batch_result import BatchFitResult
-from .nist import NistProblem, load_nist, nist_names, read_nist
-from .result import FitResult
-from .status import TERMINATION
+The names are imported on first use (module ``__getattr__``), so that the command line can import
+what checks its options (``fit.cli_inputs``, ``fit.formula_model``) without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+#: Public name -> the submodule that defines it.
+_EXPORTS: dict[str, str] = {
+    "TERMINATION": "status",
+    "BatchFitResult": "batch_result",
+    "FitResult": "result",
+    "NistProblem": "nist",
+    "fit": "api",
+    "fit_batch": "batch",
+    "load_nist": "nist",
+    "nist_names": "nist",
+    "read_nist": "nist",
+}
+
+if TYPE_CHECKING:
+    from .api import fit
+    from .batch import fit_batch
+    from .batch_result import BatchFitResult
+    from .nist import NistProblem, load_nist, nist_names, read_nist
+    from .result import FitResult
+    from .status import TERMINATION
 
 __all__ = [
     "TERMINATION",
@@ -18,3 +41,16 @@ __all__ = [
     "nist_names",
     "read_nist",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'customgrad.fit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

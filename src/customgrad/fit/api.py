@@ -18,7 +18,7 @@ from .data import prepare_data
 from .distributed import Shards
 from .lm import SATURATION, plateau_status, stuck_on_plateau
 from .loss import get_loss, robust_cost, robust_linearization
-from .model import Model, check_finite_start, parameter_specs
+from .model import Model, check_finite_start, parameter_specs, plain_params
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
 from .source import FitSource
@@ -79,7 +79,8 @@ def fit(
     params : dict
         Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``, or
         name -> ``{"expr": "2*a"}``: a parameter tied to others (substituted into the model; reported
-        with its standard error propagated from theirs).
+        with its standard error propagated from theirs). lmfit's spelling is accepted too:
+        ``{"vary": False}`` for ``{"fixed": True}``, and an ``lmfit.Parameters`` object.
     method : {"lm", "lbfgs", "adam", "sgd"}
         Levenberg-Marquardt with exact Jacobians (default), or a gradient-based optimiser.
     sigma : array, optional
@@ -188,7 +189,7 @@ def _fit(
         solver, rho, max_steps, learning_rate, ftol, xtol, gtol = _checked_options(
             method, engine, loss, max_steps, learning_rate, ftol, xtol, gtol, on_step, absolute_sigma
         )
-        params, ties = split_ties(params, bounds)
+        params, ties = split_ties(plain_params(params), bounds)
         specs = parameter_specs(params, bounds)
         data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device, allow_empty=distributed)
         problem, theta, start = _problem(model, data, specs, ties, _chunk_size(chunk_size, loss))
@@ -771,7 +772,7 @@ def _formula_names(problem: Model) -> tuple[str, ...]:
 def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int, omitted: list[int]) -> list[str]:
     warnings = []
     if status == "max_steps":
-        warnings.append("the step limit was reached: the parameters may not be converged (raise max_steps)")
+        warnings.append("the step limit was reached: the parameters may not be converged")
     if status == "step_limit":
         warnings.append(
             "the solver ran its fixed number of steps without a convergence test: the parameters may not "

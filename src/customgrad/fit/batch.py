@@ -72,7 +72,7 @@ def fit_batch(
         are the same either way).
     params : dict
         Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed",
-        "shared"}. ``"shared": True`` makes one value of that parameter for the whole batch, fitted
+        "shared"} (or lmfit's "vary", or an ``lmfit.Parameters``). ``"shared": True`` makes one value of that parameter for the whole batch, fitted
         jointly with the others per curve (a global fit, `global_lm`): ``result.shared`` holds it and
         the joint covariance; every engine runs that one tensor solver.
     method : {"lm"}

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import DataError, UsageError
 from .data import real_array
-from .model import ParameterSpec, parameter_specs
+from .model import ParameterSpec, parameter_specs, plain_params
 
 NAN_POLICIES = ("omit", "raise")
 
@@ -97,6 +97,7 @@ def prepare_batch_data(x, y, sigma=None, *, nan_policy: str = "omit", dtype=torc
 
 def batch_parameter_specs(params: Mapping, bounds: Mapping | None, batch: int) -> tuple[list, dict]:
     """Specs (shared bounds, fixed flags) and the initial values per curve, name -> array (B,)."""
+    params = plain_params(params)
     if not isinstance(params, Mapping) or not params:
         raise UsageError("params must be a non-empty dict of name -> initial value(s), e.g. {'a': 0.0}")
     initial, placeholders = {}, {}

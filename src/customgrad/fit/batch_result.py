@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .global_result import SharedParameters
-from .result import FitResult
+from .result import FitResult, termination_message
 from .status import TERMINATION
 
 
@@ -62,7 +62,7 @@ class BatchFitResult:
     @property
     def message(self) -> list[str]:
         """Why each curve's fit stopped."""
-        return [TERMINATION[status][1] for status in self.status]
+        return [termination_message(status) for status in self.status]
 
     def summary(self) -> str:
         """Counts by status, and the spread of each parameter over the converged curves (those with fewer

@@ -1,6 +1,7 @@
 """From ``customgrad fit`` options to a `fit` call: data file, columns, parameters, bounds.
 
-Kept out of the CLI module so that it holds no logic: it parses, calls this, prints.
+Kept out of the CLI module so that it holds no logic: it parses, calls this, prints. The checks
+(`fit_run`, `batch_run`) import no torch: a usage error is reported in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -8,16 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import DataError, UsageError
-from .api import fit, fit_experiment
-from .batch import fit_batch
-from .batch_data import read_curves
-from .batch_result import BatchFitResult
-from .data import read_table
-from .formula_model import formula_model
-from .nist import read_nist
-from .result import FitResult
+from .formula_model import check_formula
+
+if TYPE_CHECKING:
+    from .batch_result import BatchFitResult
+    from .result import FitResult
 
 
 def parse_assignments(items: list[str], option: str, parse_value) -> dict:
@@ -125,10 +124,14 @@ DEFAULTS = {"experiment": "blog", "seed": 0, "loss": "linear", "nan_policy": "ra
 
 def fit_run(args) -> str:
     """Which run the options describe (a key of `RUNS`), checking first the formula, then the data
-    file, then that every option given applies to that run; fills in the defaults of the others.
+    file, then that every option given applies to that run, then the values given; fills in the
+    defaults of the others, and reads a --data table into ``args.table``. Imports no torch.
     """
+    for option in ("x_values", "csv", "shared"):
+        if getattr(args, option):
+            raise UsageError(f"--{option.replace('_', '-')} applies to --batch fits only: add --batch")
     if args.model is not None:
-        formula_model(args.model)  # a malformed formula is the first thing to report
+        check_formula(args.model)  # a malformed formula is the first thing to report
     if args.data is None:
         if args.model is not None:
             raise UsageError("--model needs --data FILE (or leave both out to fit the built-in experiment)")
@@ -147,11 +150,50 @@ def fit_run(args) -> str:
     for attribute, value in DEFAULTS.items():
         if getattr(args, attribute) is None:
             setattr(args, attribute, value)
+    parse_assignments(args.param, "--param", _number)
+    parse_assignments(args.bound, "--bound", _bounds)
+    if run == "table":
+        args.table = _checked_table(args)
     return run
+
+
+def _checked_table(args):
+    """The --data table, once the model, the initial values and the columns asked for are there."""
+    from .data import read_table
+
+    if args.model is None:
+        raise UsageError(f'--data {args.data!r} is a table: give the model with --model, e.g. --model "a + b*x"')
+    if not args.param:
+        raise UsageError("give each parameter an initial value with --param NAME=VALUE (e.g. --param a=0 --param b=1)")
+    table = read_table(Path(args.data))
+    roles = [*(("--x", spec) for spec in args.x or ["0"]), ("--y", args.y or "1")]
+    roles += [("--sigma", args.sigma)] if args.sigma else []
+    seen: dict[str, str] = {}
+    for option, spec in roles:
+        name = _column_name(table, spec)  # a missing column raises DataError naming the columns there are
+        given = f"{option} {spec!r}"
+        if name in seen:
+            raise UsageError(
+                f"{seen[name]} and {given} name the same column {name!r}: the predictors, the response (--y) "
+                f"and --sigma need a column each (columns: {', '.join(table.names)})"
+            )
+        seen[name] = given
+    return table
+
+
+def response_name(args) -> str:
+    """The name the response goes by: the --y column's header in a table with one, else ``y``."""
+    table = getattr(args, "table", None)
+    if table is None or not table.has_header:
+        return "y"
+    return _column_name(table, args.y or "1")
 
 
 def fit_inputs(args) -> FitResult:
     """Run the fit the ``customgrad fit`` options describe and return its result (after `fit_run`)."""
+    from .api import fit, fit_experiment
+    from .nist import read_nist
+
     params = parse_assignments(args.param, "--param", _number)
     bounds = parse_assignments(args.bound, "--bound", _bounds)
     options = dict(
@@ -180,11 +222,7 @@ def fit_inputs(args) -> FitResult:
             decimal_data=None if args.model is not None or shard else problem.decimal,
             **options,
         )
-    if args.model is None:
-        raise UsageError(f'--data {args.data!r} is a table: give the model with --model, e.g. --model "a + b*x"')
-    if not params:
-        raise UsageError("give each parameter an initial value with --param NAME=VALUE (e.g. --param a=0 --param b=1)")
-    table = read_table(path)
+    table = args.table
     x_columns = args.x or ["0"]
     y_column = args.y or "1"
     if len(x_columns) == 1 and not table.has_header:
@@ -226,8 +264,9 @@ NOT_IN_BATCH = {
 }
 
 
-def batch_inputs(args) -> BatchFitResult:
-    """Run the batch of fits ``customgrad fit --batch`` describes: one curve per row of ``--data``."""
+def batch_run(args) -> None:
+    """Check the options of ``customgrad fit --batch`` (no torch): each applies, the formula, the
+    --data file is there, the initial values and bounds are well written."""
     for flag, (attribute, reason) in NOT_IN_BATCH.items():
         if getattr(args, attribute, None) not in (None, [], False):
             raise UsageError(f"{flag} does not apply to --batch: {reason}")
@@ -237,6 +276,19 @@ def batch_inputs(args) -> BatchFitResult:
         raise UsageError("--batch fits by Levenberg-Marquardt with the linear loss: drop --method/--loss")
     if not args.param:
         raise UsageError("give each parameter an initial value with --param NAME=VALUE (e.g. --param a=0 --param b=1)")
+    check_formula(args.model)
+    for option, path in (("--data", args.data), ("--x-values", args.x_values)):
+        if path is not None and not Path(path).is_file():
+            raise DataError(f"{option} {path!r}: no such file")
+    parse_assignments(args.param, "--param", _number)
+    parse_assignments(args.bound, "--bound", _bounds)
+
+
+def batch_inputs(args) -> BatchFitResult:
+    """Run the batch of fits ``customgrad fit --batch`` describes: a curve per row of ``--data`` (after `batch_run`)."""
+    from .batch import fit_batch
+    from .batch_data import read_curves
+
     x, y = read_curves(args.data, args.x_values)
     return fit_batch(
         args.model,

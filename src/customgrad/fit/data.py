@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import DataError, UsageError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading a table needs none (the CLI's checks)
+    import torch
 
 NAN_POLICIES = ("raise", "omit")
 
@@ -110,7 +114,8 @@ def real_array(values, what: str, per: str = "") -> np.ndarray:
     for None, complex or non-numeric input (``per`` completes "give an array of numbers")."""
     if values is None:
         raise DataError(f"{what} is None: give an array of numbers{per}")
-    if isinstance(values, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(values, torch.Tensor):
         if values.is_complex():
             raise DataError(f"{what} is a complex tensor: a fit needs real data (pass .real or .abs())")
         values = values.detach().cpu().to(torch.float64).numpy()
@@ -137,12 +142,15 @@ def _ragged(values) -> bool:
 
 
 def prepare_data(
-    x, y, sigma=None, *, nan_policy: str = "raise", dtype=torch.float64, device=None, allow_empty: bool = False
+    x, y, sigma=None, *, nan_policy: str = "raise", dtype=None, device=None, allow_empty: bool = False
 ) -> FitData:
     """Check and convert fit data; rows with NaN/inf raise `DataError` naming them, or are dropped.
 
-    ``allow_empty``: no rows is fine (a rank's shard of a distributed fit).
+    ``dtype``: of the tensors (default torch.float64). ``allow_empty``: no rows is fine (a rank's
+    shard of a distributed fit).
     """
+    import torch
+
     if nan_policy not in NAN_POLICIES:
         raise UsageError(f"nan_policy must be one of {{{', '.join(NAN_POLICIES)}}}, got {nan_policy!r}")
     x_is_dict = isinstance(x, Mapping)
@@ -184,7 +192,7 @@ def prepare_data(
         )
 
     def tensor(values):
-        return torch.as_tensor(values, dtype=dtype, device=device)
+        return torch.as_tensor(values, dtype=dtype or torch.float64, device=device)
 
     return FitData(
         x={name: tensor(named[name]) for name in columns},

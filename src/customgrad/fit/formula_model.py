@@ -208,6 +208,15 @@ class _Compiled:
 _MODELS: dict[str, tuple[tuple, FormulaModel]] = {}
 
 
+def check_formula(text: str) -> None:
+    """Raise `FormulaError` unless ``text`` is a well-formed model formula; no torch, and no SymPy
+    for a model whose code the disk cache holds (it was checked when it was stored)."""
+    if _load(model_cache_key(text), "evaluate") is None:
+        from ..formula import parse_formula
+
+        parse_formula(text, what="model")
+
+
 def formula_model(text: str) -> FormulaModel:
     """The compiled `FormulaModel` of model formula ``text``, parsed and built once per registry state.
 

@@ -47,6 +47,44 @@ class ParameterSpec:
         return math.isfinite(self.lower) or math.isfinite(self.upper)
 
 
+def plain_params(params):
+    """``params`` as customgrad spells them: lmfit's ``vary`` becomes ``fixed = not vary``, and an
+    ``lmfit.Parameters`` (name -> Parameter) becomes name -> {"value", "min", "max", "vary"} or {"expr"}.
+
+    Anything else is returned as given (`parameter_specs` and `ties.split_ties` report it).
+    """
+    if not isinstance(params, Mapping):
+        return params
+    plain = {}
+    for name, given in params.items():
+        if not isinstance(given, Mapping) and all(hasattr(given, key) for key in ("value", "vary", "expr", "min")):
+            # an lmfit.Parameter
+            given = (
+                {"expr": given.expr} if given.expr else {k: getattr(given, k) for k in ("value", "min", "max", "vary")}
+            )
+        plain[name] = _vary_as_fixed(name, given) if isinstance(given, Mapping) and "vary" in given else given
+    return plain
+
+
+def _vary_as_fixed(name: str, given: Mapping) -> dict:
+    """lmfit's ``{"vary": v}`` as ``{"fixed": not v}`` (a tied parameter's ``vary=False`` is dropped)."""
+    given = dict(given)
+    vary = given.pop("vary")
+    if not isinstance(vary, (bool, np.bool_)):
+        raise UsageError(f"parameter {name!r}: 'vary' must be True or False, got {vary!r}")
+    if "expr" in given:
+        if vary:
+            raise UsageError(
+                f"parameter {name!r} is tied by 'expr' and has vary=True: a tied parameter takes its value from "
+                "the expression; drop 'vary' (or the expr)"
+            )
+    elif "fixed" in given and bool(given["fixed"]) == bool(vary):
+        raise UsageError(f"parameter {name!r}: 'vary' ({vary}) and 'fixed' ({given['fixed']}) disagree; give one")
+    else:
+        given["fixed"] = not vary
+    return given
+
+
 def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSpec]:
     """Read ``params`` (name -> value, or name -> {"value", "min", "max", "fixed"}) and ``bounds``."""
     if not isinstance(params, Mapping) or not params:
@@ -64,7 +102,9 @@ def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSp
         spec = dict(given) if isinstance(given, Mapping) else {"value": given}
         extra = set(spec) - {"value", "min", "max", "fixed"}
         if extra:
-            raise UsageError(f"parameter {name!r}: unknown keys {sorted(extra)} (allowed: value, min, max, fixed)")
+            raise UsageError(
+                f"parameter {name!r}: unknown keys {sorted(extra)} (allowed: value, min, max, fixed or vary; or expr)"
+            )
         if spec.get("value") is None:
             raise UsageError(f"parameter {name!r} has no initial value: give one, e.g. params={{{name!r}: 1.0}}")
         value = _finite(spec["value"], f"initial value of parameter {name!r}")
@@ -387,10 +427,13 @@ def build_function(
         )
     unknown = [name for name in names if name not in param_names and name not in data_names]
     if unknown:
+        one = len(unknown) == 1
         raise UsageError(
-            f"model {model!r} uses {', '.join(map(repr, unknown))}, which is neither a data name "
-            f"({', '.join(data_names)}) nor a parameter ({', '.join(param_names)}): add it to params "
-            "or to the data (several predictors: pass x as a dict of named arrays; CLI: --x COLUMN for each)"
+            f"model {model!r} uses {', '.join(map(repr, unknown))}, which "
+            f"{'is neither a data name' if one else 'are neither data names'} ({', '.join(data_names)}) "
+            f"nor {'a parameter' if one else 'parameters'} ({', '.join(param_names)}): add "
+            f"{'it' if one else 'them'} to params or to the data (several predictors: pass x as a dict of "
+            "named arrays; CLI: --x COLUMN for each)"
         )
     unused = [name for name in param_names if name not in names]
     if unused:

@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from .source import FitSource
 
 
+def termination_message(status: str, steps_option: str = "max_steps") -> str:
+    """Why a solver stopped (`TERMINATION`), naming the step-limit option as ``steps_option`` (CLI: --steps)."""
+    return TERMINATION[status][1].format(steps=steps_option)
+
+
 @dataclass
 class FitResult:
     """Fitted values, standard errors, covariance, cost = sum of squared residuals, and diagnostics."""
@@ -48,6 +53,8 @@ class FitResult:
     source: FitSource | None = field(default=None, repr=False, compare=False)
     # a distributed fit's R^2 over every rank's rows (``data`` holds this rank's only)
     pooled_rsquared: float | None = field(default=None, repr=False)
+    #: How `message` names the step limit: ``max_steps`` (Python), ``--steps`` (the CLI sets it).
+    steps_option: str = field(default="max_steps", repr=False, compare=False)
 
     @property
     def success(self) -> bool:
@@ -57,7 +64,7 @@ class FitResult:
     @property
     def message(self) -> str:
         """Why the solver stopped, from the table of termination reasons."""
-        return TERMINATION[self.status][1]
+        return termination_message(self.status, self.steps_option)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -288,9 +295,9 @@ class FitResult:
             Path(path).write_text(text)
         return text
 
-    def plot(self, path: str | Path, bands: str | None = "confidence") -> Path:
+    def plot(self, path: str | Path, bands: str | None = "confidence", ylabel: str = "y") -> Path:
         """Save a PNG: data, fitted curve with its 2-sigma ``bands`` shaded ("confidence", "prediction"
-        or None), and a residuals panel below."""
+        or None), and a residuals panel below; ``ylabel`` names the response (the CLI: its column)."""
         from ..plot import plot_fit
 
-        return plot_fit(self, path, bands=bands)
+        return plot_fit(self, path, bands=bands, ylabel=ylabel)

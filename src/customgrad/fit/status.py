@@ -6,7 +6,8 @@ The bottom of the fit package: it imports nothing of customgrad.
 
 from __future__ import annotations
 
-# Termination reasons: status -> (success, message). One row per way a solver can stop.
+# Termination reasons: status -> (success, message). One row per way a solver can stop. ``{steps}`` is
+# the step-limit option as the caller spells it (`result.termination_message`).
 TERMINATION: dict[str, tuple[bool, str]] = {
     "ftol": (True, "converged: the relative reduction of the cost fell below ftol"),
     "xtol": (True, "converged: the relative step size fell below xtol"),
@@ -25,7 +26,7 @@ TERMINATION: dict[str, tuple[bool, str]] = {
     ),
     "max_steps": (
         False,
-        "stopped: the step limit was reached before convergence; raise max_steps or start closer to the solution",
+        "stopped: the step limit was reached before convergence; raise {steps} or start closer to the solution",
     ),
     "nonfinite": (
         False,

@@ -72,9 +72,10 @@ def fit_batch(
         are the same either way).
     params : dict
         Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed",
-        "shared"} (or lmfit's "vary", or an ``lmfit.Parameters``). ``"shared": True`` makes one value of that parameter for the whole batch, fitted
-        jointly with the others per curve (a global fit, `global_lm`): ``result.shared`` holds it and
-        the joint covariance; every engine runs that one tensor solver.
+        "shared"} (or lmfit's "vary", or an ``lmfit.Parameters``). ``"shared": True`` makes one value of
+        that parameter for the whole batch, fitted jointly with the others per curve (a global fit,
+        `global_lm`): ``result.shared`` holds it and the joint covariance; every engine runs that one
+        tensor solver.
     method : {"lm"}
         Levenberg-Marquardt, batched (the same steps as `fit` takes for each curve alone).
     sigma : array of shape (N,) or (B, N), optional

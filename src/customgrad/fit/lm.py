@@ -81,7 +81,7 @@ STATIONARY = 1e-6
 
 @dataclass
 class Outcome:
-    """What a solver hands back: internal coordinates, status key (see `result.TERMINATION`), counts."""
+    """What a solver hands back: internal coordinates, status key (see `status.TERMINATION`), counts."""
 
     theta: torch.Tensor
     status: str
@@ -235,12 +235,7 @@ def levenberg_marquardt(
             break
         upper, qtr = reduced[:-1, :-1], reduced[:-1, -1]
         column_norms = safe_column_norms(upper)
-        if scale is None or bool((column_norms < SHRUNK * scale).all()):
-            scale = np.where(column_norms > 0, column_norms, 1.0)
-            radius = max(factor * _norm(scale * theta_np) or factor, VISIBLE_STEP * math.sqrt(cost))
-        else:
-            scale = np.maximum(scale, column_norms)
-            scale = np.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale)
+        scale, radius = _column_scale(scale, radius, column_norms, theta_np, cost, factor)
         # ||D theta|| (xtol's yardstick) over the parameters that move the model here: a column that is
         # exactly zero (a = 1 - 1 after a first step to data at 1e-20 leaves d/dk = 0) keeps its D for
         # the next Jacobian, but its stale D |b_j| would make every later step look relatively small
@@ -274,19 +269,9 @@ def levenberg_marquardt(
             evaluations += 1
             cost_trial = cost_of(r_trial)
             finite = math.isfinite(cost_trial)
-            actual = 1 - cost_trial / cost if finite and 0.1 * math.sqrt(cost_trial) < math.sqrt(cost) else -1.0
-            linear_part = decrease / cost
-            damping_part = lam * step_norm**2 / cost
-            predicted = linear_part + 2 * damping_part
-            directional = -(linear_part + damping_part)
-            ratio = actual / predicted if predicted != 0 else 0.0
-            if ratio <= 0.25:
-                shrink = 0.5 if actual >= 0 else 0.5 * directional / (directional + 0.5 * actual)
-                if not finite or 0.1 * math.sqrt(cost_trial) >= math.sqrt(cost) or shrink < 0.1:
-                    shrink = 0.1
-                radius = shrink * min(radius, step_norm / 0.1)
-            elif lam == 0 or ratio >= 0.75:
-                radius = step_norm / 0.5
+            trial_step = _TrialStep.of(cost, cost_trial, decrease, lam, step_norm)
+            actual, predicted, ratio = trial_step.actual, trial_step.predicted, trial_step.ratio
+            radius = trial_step.radius(radius, lam)
             accepted = ratio >= 1e-4
             if accepted:
                 theta, theta_np, r, cost = trial, trial_np, r_trial, cost_trial
@@ -296,23 +281,8 @@ def levenberg_marquardt(
                 if on_step is not None:
                     on_step(steps, cost)
             exhausted = 0.5 * ratio <= 1 and damped.gauss_newton_decrease <= UNEXPLOITED_SHARE * cost
-            if abs(actual) <= ftol and predicted <= ftol and exhausted:
-                status = "ftol"
-            elif radius <= xtol * theta_norm:
-                status = "xtol"
-            elif (abs(actual) <= EPS and predicted <= EPS and exhausted) or radius <= EPS * theta_norm:
-                status = "roundoff"
-            elif cost == 0:
-                status = "exact"
-            elif (
-                accepted
-                and s[-1] <= RANK_TOLERANCE * s[0]
-                and len(history) > DRIFT_WINDOW
-                and history[-DRIFT_WINDOW - 1] - cost <= DRIFT_TOLERANCE * cost
-            ):
-                status = "drift"
-            else:
-                status = ""
+            drifting = accepted and s[-1] <= RANK_TOLERANCE * s[0] and _drifting(history, cost)
+            status = _trial_status(actual, predicted, exhausted, radius, theta_norm, cost, drifting, ftol, xtol)
             nonfinite_run = 0 if finite else nonfinite_run + 1
             # The model gave NaN/inf: a few shrinking retries (a step may just have been too long), but
             # converging onto a NaN wall, or hitting it again and again, means: stop, keep the best.
@@ -324,15 +294,7 @@ def levenberg_marquardt(
             break
     else:
         status = "max_steps"
-    if status in POLISHED:
-        polished = _polish(residuals, linearize, cost_of, theta, r, cost, scale, reduce)
-        jacobians += 1
-        evaluations += polished is not None
-        if polished is not None and polished[2] <= cost * (1 + POLISH_SLACK):
-            theta, r, cost = polished
-            steps += 1
-            history.append(cost)
-    return Outcome(
+    outcome = Outcome(
         theta=theta,
         status=status,
         cost=cost,
@@ -341,6 +303,83 @@ def levenberg_marquardt(
         steps=steps,
         history=history,
     )
+    if status in POLISHED:
+        _polished(outcome, residuals, linearize, cost_of, r, scale, reduce)
+    return outcome
+
+
+def _column_scale(scale, radius, column_norms: np.ndarray, theta: np.ndarray, cost: float, factor: float):
+    """(D, radius) after a new Jacobian: D = the largest column norms seen (MINPACK), restarted from
+    these norms (with a new first radius) when every column shrank below `SHRUNK` of D, and a single
+    column that shrank below `COLUMN_SHRUNK` of its D set to its norm now (data at 1e-20: d/dk shrinks
+    with a, and a stale D would hide it below the rank tolerance)."""
+    if scale is None or bool((column_norms < SHRUNK * scale).all()):
+        scale = np.where(column_norms > 0, column_norms, 1.0)
+        return scale, max(factor * _norm(scale * theta) or factor, VISIBLE_STEP * math.sqrt(cost))
+    scale = np.maximum(scale, column_norms)
+    return np.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale), radius
+
+
+@dataclass
+class _TrialStep:
+    """One trial step's actual and predicted relative reductions of the cost, and their ratio (MINPACK)."""
+
+    actual: float
+    predicted: float
+    directional: float
+    ratio: float
+    step_norm: float
+    overshot: bool  # NaN/inf, or residuals grown tenfold: the trial tells nothing of the model's shape
+
+    @classmethod
+    def of(cls, cost: float, cost_trial: float, decrease: float, lam: float, step_norm: float) -> _TrialStep:
+        overshot = not (math.isfinite(cost_trial) and 0.1 * math.sqrt(cost_trial) < math.sqrt(cost))
+        actual = -1.0 if overshot else 1 - cost_trial / cost
+        linear_part = decrease / cost
+        damping_part = lam * step_norm**2 / cost
+        predicted = linear_part + 2 * damping_part
+        ratio = actual / predicted if predicted != 0 else 0.0
+        return cls(actual, predicted, -(linear_part + damping_part), ratio, step_norm, overshot)
+
+    def radius(self, radius: float, lam: float) -> float:
+        """The trust radius after this trial: shrunk when the model predicted badly, grown when well."""
+        if self.ratio <= 0.25:
+            shrink = 0.5 if self.actual >= 0 else 0.5 * self.directional / (self.directional + 0.5 * self.actual)
+            if self.overshot or shrink < 0.1:
+                shrink = 0.1
+            return shrink * min(radius, self.step_norm / 0.1)
+        if lam == 0 or self.ratio >= 0.75:
+            return self.step_norm / 0.5
+        return radius
+
+
+def _drifting(history: list[float], cost: float) -> bool:
+    """The cost fell by less than `DRIFT_TOLERANCE` (relative) over the last `DRIFT_WINDOW` steps."""
+    return len(history) > DRIFT_WINDOW and history[-DRIFT_WINDOW - 1] - cost <= DRIFT_TOLERANCE * cost
+
+
+def _trial_status(actual, predicted, exhausted, radius, theta_norm, cost, drifting, ftol, xtol) -> str:
+    """The stopping test a trial step meets (a row of `TERMINATION`), or "" to go on."""
+    if abs(actual) <= ftol and predicted <= ftol and exhausted:
+        return "ftol"
+    if radius <= xtol * theta_norm:
+        return "xtol"
+    if (abs(actual) <= EPS and predicted <= EPS and exhausted) or radius <= EPS * theta_norm:
+        return "roundoff"
+    if cost == 0:
+        return "exact"
+    return "drift" if drifting else ""
+
+
+def _polished(outcome: Outcome, residuals, linearize, cost_of, r, scale, reduce) -> None:
+    """Take one last Gauss-Newton step (`_polish`) into ``outcome`` when it does not raise the cost."""
+    polished = _polish(residuals, linearize, cost_of, outcome.theta, r, outcome.cost, scale, reduce)
+    outcome.jacobians += 1
+    outcome.evaluations += polished is not None
+    if polished is not None and polished[2] <= outcome.cost * (1 + POLISH_SLACK):
+        outcome.theta, r, outcome.cost = polished
+        outcome.steps += 1
+        outcome.history.append(outcome.cost)
 
 
 def _polish(residuals, linearize, cost_of, theta, r, cost, scale, reduce):

@@ -304,6 +304,24 @@ def test_a_long_product_of_inputs_matches_eager():
         assert_matches_reference(a, e, rtol=1e-12, atol=1e-14)
 
 
+def test_a_flat_sum_of_2000_products_defines_and_differentiates():
+    # 7,999 characters: the disk-cache key once dumped the syntax tree recursively (RecursionError).
+    generated = customgrad.function("+".join(["x*y"] * 2000))
+    x, y = leaves([0.5, -1.25], [2.0, 0.75])
+    generated.apply(x, y).sum().backward()
+    assert_matches_reference(x.grad, 2000 * y.detach(), rtol=1e-15)
+    assert_matches_reference(y.grad, 2000 * x.detach(), rtol=1e-15)
+
+
+def test_a_1000_term_fit_model_fits_like_numpy_polyfit():
+    x = np.linspace(0.0, 1.0, 20)
+    y = 1.5 + 2.0 * x + 0.01 * np.sin(7 * x)
+    result = customgrad.fit("+".join(["a*x"] * 1000) + "+b", x, y, params={"a": 1.0, "b": 0.0})
+    slope, intercept = np.polyfit(x, y, 1)
+    assert result.success
+    np.testing.assert_allclose([1000 * result.params["a"], result.params["b"]], [slope, intercept], rtol=1e-9)
+
+
 @pytest.mark.parametrize(
     "text",
     [

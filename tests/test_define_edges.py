@@ -320,6 +320,10 @@ def test_a_1000_term_fit_model_fits_like_numpy_polyfit():
     slope, intercept = np.polyfit(x, y, 1)
     assert result.success
     np.testing.assert_allclose([1000 * result.params["a"], result.params["b"]], [slope, intercept], rtol=1e-9)
+    tied = customgrad.fit(
+        "+".join(["a*x"] * 1000) + "+b+c", x, y, params={"a": 1.0, "b": 0.0, "c": {"expr": "2*b"}}
+    )  # ties are substituted into the model's text
+    np.testing.assert_allclose([1000 * tied.params["a"], 3 * tied.params["b"]], [slope, intercept], rtol=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ Function could silently differ from eager torch. References: eager torch autogra
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -170,6 +172,32 @@ def test_atan2_at_the_origin_has_zero_gradients_like_torch():
     for a, e, what in zip(got, want, "yx", strict=True):
         assert_matches_reference(a, e, rtol=1e-15, what=f"d/d{what}")
     assert torch.isfinite(torch.stack(first_and_second(generated.apply, [y, x]))).all()
+
+
+#: (y, x) where x^2 + y^2 underflows or overflows although both partials of atan2 are normal numbers.
+ATAN2_EXTREMES = [(0.0, 1e-170), (1e-170, 0.0), (-3e-200, 5e-190), (1e-300, -2e-300), (1e200, 1e201), (-1e300, 3e299)]
+
+
+def _atan2_partials_to_60_digits(y: float, x: float) -> tuple[float, float]:
+    """(d/dy, d/dx) atan2(y, x) = (x, -y) / (x^2 + y^2), in 60-digit arithmetic."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(60):
+        norm = mpmath.mpf(x) ** 2 + mpmath.mpf(y) ** 2
+        return float(mpmath.mpf(x) / norm), float(-mpmath.mpf(y) / norm)
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu", "auto"])
+def test_atan2_gradients_stay_finite_where_the_squares_underflow_or_overflow(backend):
+    if backend == "cpu" and shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    generated = customgrad.function("atan2(y, x)", backend=backend)
+    copies = 2048 if backend == "auto" else 1  # auto runs the cpu kernel from 16384 elements
+    points = ATAN2_EXTREMES * copies
+    y, x = leaves([p[0] for p in points], [p[1] for p in points])
+    got = torch.autograd.grad(generated.apply(y, x).sum(), [y, x])
+    want = [torch.tensor([_atan2_partials_to_60_digits(*p)[k] for p in points], dtype=F64) for k in range(2)]
+    for a, e, what in zip(got, want, "yx", strict=True):
+        assert_matches_reference(a, e, rtol=2e-15, what=f"{backend} d/d{what}")
 
 
 # 4. Half precision: computed in float32 inside the generated code, rounded once.

@@ -4,6 +4,7 @@ Function could silently differ from eager torch. References: eager torch autogra
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import numpy as np
@@ -198,6 +199,60 @@ def test_atan2_gradients_stay_finite_where_the_squares_underflow_or_overflow(bac
     want = [torch.tensor([_atan2_partials_to_60_digits(*p)[k] for p in points], dtype=F64) for k in range(2)]
     for a, e, what in zip(got, want, "yx", strict=True):
         assert_matches_reference(a, e, rtol=2e-15, what=f"{backend} d/d{what}")
+
+
+# Constants in where(): the computation's dtype (float64 here), never float32 nor an overflow error.
+#: formula -> (value, d/dx) at x = (-1, 2), written by hand in float64.
+CONSTANT_BRANCHES = {
+    "where(x > 0, x, 0.1*x)": ([-0.1, 2.0], [0.1, 1.0]),
+    "where(x > 0, pi, E)": ([math.e, math.pi], [0.0, 0.0]),
+    "where(x > 0, 1e-300, 1e300)": ([1e300, 1e-300], [0.0, 0.0]),
+    "where(x > 0, x, 1e300*x)": ([-1e300, 2.0], [1e300, 1.0]),
+    "where(x > 0, 1e300, x)": ([-1.0, 1e300], [1.0, 0.0]),
+    "where(x > 1, 0.1, where(x < 0, 0.7, 0.3))": ([0.7, 0.1], [0.0, 0.0]),
+    "max(x, 1e300) + atan2(1e300, x)": ([1e300 + math.pi / 2, 1e300 + math.pi / 2], [-1e-300, -1e-300]),
+}
+
+
+def _value_and_slope(generated, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().clone().requires_grad_()
+    value = generated.apply(x)
+    return value.detach(), torch.autograd.grad(value.sum(), x)[0]
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu", "auto"])
+@pytest.mark.parametrize("formula", list(CONSTANT_BRANCHES))
+def test_constants_in_where_take_the_inputs_float64(formula, backend):
+    if backend == "cpu" and shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    value, slope = _value_and_slope(customgrad.function(formula, backend=backend), torch.tensor([-1.0, 2.0], dtype=F64))
+    want_value, want_slope = (torch.tensor(v, dtype=F64) for v in CONSTANT_BRANCHES[formula])
+    assert_matches_reference(value, want_value, rtol=1e-15, what=f"{backend} {formula}")
+    assert_matches_reference(slope, want_slope, rtol=1e-15, what=f"{backend} d/dx {formula}")
+
+
+@pytest.mark.parametrize("formula", list(CONSTANT_BRANCHES)[:4])
+def test_constants_in_where_round_to_float32_like_a_float32_tensor(formula):
+    # In float32 1e300 is inf and 1e-300 is 0, as torch.tensor(1e300, dtype=float32) rounds them.
+    value, slope = _value_and_slope(customgrad.function(formula), torch.tensor([-1.0, 2.0]))
+    want_value, want_slope = (torch.tensor(v, dtype=F64).float() for v in CONSTANT_BRANCHES[formula])
+    assert value.dtype == slope.dtype == torch.float32
+    assert_matches_reference(value, want_value, rtol=0, what=formula)
+    assert_matches_reference(slope, want_slope, rtol=0, what=f"d/dx {formula}")
+
+
+@pytest.mark.slow
+def test_constants_in_where_take_float64_under_compile_and_in_the_emitted_module():
+    formula = "where(x > 0, x, 0.1*x) + where(x > 0, pi, E) * where(x > 1, 1e-300, 1e300)"
+    x = torch.tensor([-1.0, 2.0], dtype=F64)
+    want_value = torch.tensor([-0.1 + math.e * 1e300, 2.0 + math.pi * 1e-300], dtype=F64)
+    want_slope = torch.tensor([0.1, 1.0], dtype=F64)
+    compiled = customgrad.function(formula, backend="compile")
+    emitted = load(emit_module(compiled.spec), compiled.spec.name)
+    for what, generated in (("compile", compiled), ("emitted", emitted)):
+        value, slope = _value_and_slope(generated, x)
+        assert_matches_reference(value, want_value, rtol=1e-15, what=what)
+        assert_matches_reference(slope, want_slope, rtol=1e-15, what=f"{what} d/dx")
 
 
 # 4. Half precision: computed in float32 inside the generated code, rounded once.

@@ -259,6 +259,61 @@ def test_constants_in_where_take_float64_under_compile_and_in_the_emitted_module
         assert_matches_reference(slope, want_slope, rtol=1e-15, what=f"{what} d/dx")
 
 
+# NaN guards: a comparison is false at NaN (!= true), as torch compares; SymPy would decide x != x.
+NAN_GUARDS = {
+    "where(x != x, 0, x)": lambda x: torch.where(x != x, 0.0, x),
+    "where(x == x, x, 0)": lambda x: torch.where(x == x, x, 0.0),
+    "where(x*0 == 0, x, -1)": lambda x: torch.where(x * 0 == 0, x, -1.0),
+    "where(x - x == 0, 3*x, -1)": lambda x: torch.where(x - x == 0, 3 * x, -1.0),
+    "where(x >= x, x, 5)": lambda x: torch.where(x >= x, x, 5.0),
+    "where(not (x < 1), x, 5)": lambda x: torch.where(~(x < 1), x, 5.0),
+    "where(x/x == 1, 2*x, 3)": lambda x: torch.where(x / x == 1, 2 * x, 3.0),
+    "Piecewise((0, x != x), (x, x < 2), (-x, True))": lambda x: torch.where(x != x, 0.0, torch.where(x < 2, x, -x)),
+}
+GUARD_POINTS = [math.nan, 1.0, math.inf, -math.inf, 0.0, -2.5, 3.0]
+
+
+def _assert_like_torch(generated, reference, what: str, copies: int = 1) -> None:
+    x = torch.tensor(GUARD_POINTS * copies, dtype=F64)
+    value, slope = _value_and_slope(generated, x)
+    want_value, want_slope = _value_and_slope(_Plain(reference), x)
+    assert_matches_reference(value, want_value, rtol=0, what=what)
+    assert_matches_reference(slope, want_slope, rtol=0, what=f"d/dx {what}")
+
+
+class _Plain:
+    """A torch function with ``apply``, for `_value_and_slope`."""
+
+    def __init__(self, function):
+        self.apply = function
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu", "auto", "triton"])
+@pytest.mark.parametrize("formula", list(NAN_GUARDS))
+def test_nan_guards_compare_as_torch_does(formula, backend):
+    if backend == "cpu" and shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    if backend == "triton":
+        pytest.importorskip("triton")
+    copies = 2400 if backend == "auto" else 1  # auto runs the cpu kernel from 16384 elements
+    _assert_like_torch(customgrad.function(formula, backend=backend), NAN_GUARDS[formula], backend, copies)
+    if backend == "auto":
+        _assert_like_torch(customgrad.function(formula, backend=backend), NAN_GUARDS[formula], "auto (small)")
+
+
+@pytest.mark.slow
+def test_nan_guards_compare_as_torch_does_under_compile_and_in_the_emitted_module():
+    formulas = ["where(x != x, 0, x)", "where(x*0 == 0, x, -1)", "where(not (x < 1), x, 5)"]
+    compiled = customgrad.function(" + ".join(formulas), backend="compile")
+    emitted = load(emit_module(compiled.spec), compiled.spec.name)
+
+    def reference(x):
+        return sum(NAN_GUARDS[formula](x) for formula in formulas)
+
+    for what, generated in (("compile", compiled), ("emitted", emitted)):
+        _assert_like_torch(generated, reference, what)
+
+
 # 4. Half precision: computed in float32 inside the generated code, rounded once.
 
 

@@ -14,6 +14,7 @@ import sympy
 from sympy.core.logic import fuzzy_and
 
 from . import symengine_bridge
+from .comparison import Comparison
 from .errors import DeriveError
 
 SIMPLIFY_MAX_OPS = 40  # simplify small partials only: simplify() is slow on large expressions
@@ -326,7 +327,10 @@ def simplify_for_display(expr: sympy.Expr) -> sympy.Expr:
     expr = expr.replace(lambda e: isinstance(e, _Ratio), lambda e: e.args[0] / e.args[1])
     if sympy.count_ops(expr) > SIMPLIFY_MAX_OPS:
         return expr
-    return simplify_bounded(expr)
+    # Conditions held as symbols: simplifying would evaluate their operands as written (x*0 == 0 -> True).
+    held = {c: sympy.Dummy(f"condition{k}") for k, c in enumerate(expr.atoms(Comparison))}
+    simplified = simplify_bounded(expr.xreplace(held))
+    return simplified.xreplace({symbol: c for c, symbol in held.items()})
 
 
 def simplify_bounded(expr: sympy.Expr) -> sympy.Expr:

@@ -301,6 +301,16 @@ def test_nan_guards_compare_as_torch_does(formula, backend):
         _assert_like_torch(customgrad.function(formula, backend=backend), NAN_GUARDS[formula], "auto (small)")
 
 
+def test_a_nan_guard_keeps_working_inside_a_formula_that_calls_it():
+    customgrad.function("where(x*0 == 0, 2*x, -1)", name="FiniteOrMinusOne")
+    generated = customgrad.function("3*FiniteOrMinusOne(y) + y")  # its partial is substituted x -> y
+
+    def reference(y):
+        return 3 * torch.where(y * 0 == 0, 2 * y, -1.0) + y
+
+    _assert_like_torch(generated, reference, "called guard")
+
+
 @pytest.mark.slow
 def test_nan_guards_compare_as_torch_does_under_compile_and_in_the_emitted_module():
     formulas = ["where(x != x, 0, x)", "where(x*0 == 0, x, -1)", "where(not (x < 1), x, 5)"]

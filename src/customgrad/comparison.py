@@ -67,3 +67,17 @@ Greater = _comparison("Greater", ">", operators.gt, sympy.StrictGreaterThan)
 GreaterEqual = _comparison("GreaterEqual", ">=", operators.ge, sympy.GreaterThan)
 Equal = _comparison("Equal", "==", operators.eq, sympy.Eq)
 NotEqual = _comparison("NotEqual", "!=", operators.ne, sympy.Ne)
+
+
+def substitute(expr: sympy.Basic, mapping: dict) -> sympy.Basic:
+    """``expr.xreplace(mapping)``, the operands of its comparisons substituted as written.
+
+    A plain xreplace rebuilds ``x*0 == 0`` at x -> y as ``0 == 0``, which is decided (True): the
+    NaN guard of a registered function would be lost where a formula calls it.
+    """
+    held = {c: sympy.Dummy(f"condition{k}") for k, c in enumerate(expr.atoms(Comparison))}
+    if not held:
+        return expr.xreplace(mapping)
+    with sympy.evaluate(False):
+        substituted = {symbol: c.xreplace(mapping) for c, symbol in held.items()}
+    return expr.xreplace(held).xreplace(mapping).xreplace(substituted)

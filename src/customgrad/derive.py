@@ -14,7 +14,7 @@ import sympy
 from sympy.core.logic import fuzzy_and
 
 from . import symengine_bridge
-from .comparison import Comparison
+from .comparison import Comparison, substitute
 from .errors import DeriveError
 
 SIMPLIFY_MAX_OPS = 40  # simplify small partials only: simplify() is slow on large expressions
@@ -366,7 +366,7 @@ def inline_registered(expr: sympy.Expr) -> sympy.Expr:
 
     def inline(e):
         entry = type(e)._customgrad_entry
-        return inline_registered(entry.expr.xreplace(dict(zip(entry.input_symbols, e.args, strict=True))))
+        return inline_registered(substitute(entry.expr, dict(zip(entry.input_symbols, e.args, strict=True))))
 
     return expr.replace(is_inlinable, inline)
 

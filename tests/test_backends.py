@@ -188,6 +188,28 @@ def test_auto_without_a_compiler_falls_back_to_eager_with_one_warning(monkeypatc
     assert_matches_reference(first, x**2 + 2 * x, rtol=1e-15)
 
 
+def test_auto_warns_once_when_the_compiler_fails_in_forward_and_backward(monkeypatch, tmp_path):
+    from customgrad import backends
+    from customgrad.backends import cpu
+
+    failing = tmp_path / "cc"
+    failing.write_text("#!/bin/sh\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("CUSTOMGRAD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu, "compiler", lambda: str(failing))
+    monkeypatch.setattr(backends, "_warned", set())
+    x = torch.linspace(-1, 1, backends.AUTO_CPU_MIN_SIZE, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for formula in ("x*sin(x) + 0.25", "x*cos(x) - 0.75"):  # two Functions, forward and backward each
+            function(formula, backend="auto").apply(x).sum().backward()
+    fallbacks = [w for w in caught if "falls back to 'eager'" in str(w.message)]
+    assert len(fallbacks) == 1, [str(w.message) for w in fallbacks]
+    assert "C compiler failed" in str(fallbacks[0].message)
+    expected = torch.sin(x) + x * torch.cos(x) + torch.cos(x) - x * torch.sin(x)
+    assert_matches_reference(x.grad, expected.detach(), rtol=1e-12, atol=1e-14)
+
+
 @needs_compiler
 def test_cpu_kernels_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("CUSTOMGRAD_CACHE_DIR", str(tmp_path))

@@ -4,6 +4,9 @@ Function could silently differ from eager torch. References: eager torch autogra
 
 from __future__ import annotations
 
+import math
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -172,6 +175,155 @@ def test_atan2_at_the_origin_has_zero_gradients_like_torch():
     assert torch.isfinite(torch.stack(first_and_second(generated.apply, [y, x]))).all()
 
 
+#: (y, x) where x^2 + y^2 underflows or overflows although both partials of atan2 are normal numbers.
+ATAN2_EXTREMES = [(0.0, 1e-170), (1e-170, 0.0), (-3e-200, 5e-190), (1e-300, -2e-300), (1e200, 1e201), (-1e300, 3e299)]
+
+
+def _atan2_partials_to_60_digits(y: float, x: float) -> tuple[float, float]:
+    """(d/dy, d/dx) atan2(y, x) = (x, -y) / (x^2 + y^2), in 60-digit arithmetic."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(60):
+        norm = mpmath.mpf(x) ** 2 + mpmath.mpf(y) ** 2
+        return float(mpmath.mpf(x) / norm), float(-mpmath.mpf(y) / norm)
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu", "auto"])
+def test_atan2_gradients_stay_finite_where_the_squares_underflow_or_overflow(backend):
+    if backend == "cpu" and shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    generated = customgrad.function("atan2(y, x)", backend=backend)
+    copies = 2048 if backend == "auto" else 1  # auto runs the cpu kernel from 16384 elements
+    points = ATAN2_EXTREMES * copies
+    y, x = leaves([p[0] for p in points], [p[1] for p in points])
+    got = torch.autograd.grad(generated.apply(y, x).sum(), [y, x])
+    want = [torch.tensor([_atan2_partials_to_60_digits(*p)[k] for p in points], dtype=F64) for k in range(2)]
+    for a, e, what in zip(got, want, "yx", strict=True):
+        assert_matches_reference(a, e, rtol=2e-15, what=f"{backend} d/d{what}")
+
+
+# Constants in where(): the computation's dtype (float64 here), never float32 nor an overflow error.
+#: formula -> (value, d/dx) at x = (-1, 2), written by hand in float64.
+CONSTANT_BRANCHES = {
+    "where(x > 0, x, 0.1*x)": ([-0.1, 2.0], [0.1, 1.0]),
+    "where(x > 0, pi, E)": ([math.e, math.pi], [0.0, 0.0]),
+    "where(x > 0, 1e-300, 1e300)": ([1e300, 1e-300], [0.0, 0.0]),
+    "where(x > 0, x, 1e300*x)": ([-1e300, 2.0], [1e300, 1.0]),
+    "where(x > 0, 1e300, x)": ([-1.0, 1e300], [1.0, 0.0]),
+    "where(x > 1, 0.1, where(x < 0, 0.7, 0.3))": ([0.7, 0.1], [0.0, 0.0]),
+    "max(x, 1e300) + atan2(1e300, x)": ([1e300 + math.pi / 2, 1e300 + math.pi / 2], [-1e-300, -1e-300]),
+}
+
+
+def _value_and_slope(generated, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().clone().requires_grad_()
+    value = generated.apply(x)
+    return value.detach(), torch.autograd.grad(value.sum(), x)[0]
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu", "auto", "triton"])
+@pytest.mark.parametrize("formula", list(CONSTANT_BRANCHES))
+def test_constants_in_where_take_the_inputs_float64(formula, backend):
+    if backend == "cpu" and shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if "atan2" in formula:
+            pytest.skip("Triton's interpreter (CPU tensors) has no float64 atan2")
+    value, slope = _value_and_slope(customgrad.function(formula, backend=backend), torch.tensor([-1.0, 2.0], dtype=F64))
+    want_value, want_slope = (torch.tensor(v, dtype=F64) for v in CONSTANT_BRANCHES[formula])
+    assert_matches_reference(value, want_value, rtol=1e-15, what=f"{backend} {formula}")
+    assert_matches_reference(slope, want_slope, rtol=1e-15, what=f"{backend} d/dx {formula}")
+
+
+@pytest.mark.parametrize("formula", list(CONSTANT_BRANCHES)[:4])
+def test_constants_in_where_round_to_float32_like_a_float32_tensor(formula):
+    # In float32 1e300 is inf and 1e-300 is 0, as torch.tensor(1e300, dtype=float32) rounds them.
+    value, slope = _value_and_slope(customgrad.function(formula), torch.tensor([-1.0, 2.0]))
+    want_value, want_slope = (torch.tensor(v, dtype=F64).float() for v in CONSTANT_BRANCHES[formula])
+    assert value.dtype == slope.dtype == torch.float32
+    assert_matches_reference(value, want_value, rtol=0, what=formula)
+    assert_matches_reference(slope, want_slope, rtol=0, what=f"d/dx {formula}")
+
+
+@pytest.mark.slow
+def test_constants_in_where_take_float64_under_compile_and_in_the_emitted_module():
+    formula = "where(x > 0, x, 0.1*x) + where(x > 0, pi, E) * where(x > 1, 1e-300, 1e300)"
+    x = torch.tensor([-1.0, 2.0], dtype=F64)
+    want_value = torch.tensor([-0.1 + math.e * 1e300, 2.0 + math.pi * 1e-300], dtype=F64)
+    want_slope = torch.tensor([0.1, 1.0], dtype=F64)
+    compiled = customgrad.function(formula, backend="compile")
+    emitted = load(emit_module(compiled.spec), compiled.spec.name)
+    for what, generated in (("compile", compiled), ("emitted", emitted)):
+        value, slope = _value_and_slope(generated, x)
+        assert_matches_reference(value, want_value, rtol=1e-15, what=what)
+        assert_matches_reference(slope, want_slope, rtol=1e-15, what=f"{what} d/dx")
+
+
+# NaN guards: a comparison is false at NaN (!= true), as torch compares; SymPy would decide x != x.
+NAN_GUARDS = {
+    "where(x != x, 0, x)": lambda x: torch.where(x != x, 0.0, x),
+    "where(x == x, x, 0)": lambda x: torch.where(x == x, x, 0.0),
+    "where(x*0 == 0, x, -1)": lambda x: torch.where(x * 0 == 0, x, -1.0),
+    "where(x - x == 0, 3*x, -1)": lambda x: torch.where(x - x == 0, 3 * x, -1.0),
+    "where(x >= x, x, 5)": lambda x: torch.where(x >= x, x, 5.0),
+    "where(not (x < 1), x, 5)": lambda x: torch.where(~(x < 1), x, 5.0),
+    "where(x/x == 1, 2*x, 3)": lambda x: torch.where(x / x == 1, 2 * x, 3.0),
+    "Piecewise((0, x != x), (x, x < 2), (-x, True))": lambda x: torch.where(x != x, 0.0, torch.where(x < 2, x, -x)),
+}
+GUARD_POINTS = [math.nan, 1.0, math.inf, -math.inf, 0.0, -2.5, 3.0]
+
+
+def _assert_like_torch(generated, reference, what: str, copies: int = 1) -> None:
+    x = torch.tensor(GUARD_POINTS * copies, dtype=F64)
+    value, slope = _value_and_slope(generated, x)
+    want_value, want_slope = _value_and_slope(_Plain(reference), x)
+    assert_matches_reference(value, want_value, rtol=0, what=what)
+    assert_matches_reference(slope, want_slope, rtol=0, what=f"d/dx {what}")
+
+
+class _Plain:
+    """A torch function with ``apply``, for `_value_and_slope`."""
+
+    def __init__(self, function):
+        self.apply = function
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu", "auto", "triton"])
+@pytest.mark.parametrize("formula", list(NAN_GUARDS))
+def test_nan_guards_compare_as_torch_does(formula, backend):
+    if backend == "cpu" and shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    if backend == "triton":
+        pytest.importorskip("triton")
+    copies = 2400 if backend == "auto" else 1  # auto runs the cpu kernel from 16384 elements
+    _assert_like_torch(customgrad.function(formula, backend=backend), NAN_GUARDS[formula], backend, copies)
+    if backend == "auto":
+        _assert_like_torch(customgrad.function(formula, backend=backend), NAN_GUARDS[formula], "auto (small)")
+
+
+def test_a_nan_guard_keeps_working_inside_a_formula_that_calls_it():
+    customgrad.function("where(x*0 == 0, 2*x, -1)", name="FiniteOrMinusOne")
+    generated = customgrad.function("3*FiniteOrMinusOne(y) + y")  # its partial is substituted x -> y
+
+    def reference(y):
+        return 3 * torch.where(y * 0 == 0, 2 * y, -1.0) + y
+
+    _assert_like_torch(generated, reference, "called guard")
+
+
+@pytest.mark.slow
+def test_nan_guards_compare_as_torch_does_under_compile_and_in_the_emitted_module():
+    formulas = ["where(x != x, 0, x)", "where(x*0 == 0, x, -1)", "where(not (x < 1), x, 5)"]
+    compiled = customgrad.function(" + ".join(formulas), backend="compile")
+    emitted = load(emit_module(compiled.spec), compiled.spec.name)
+
+    def reference(x):
+        return sum(NAN_GUARDS[formula](x) for formula in formulas)
+
+    for what, generated in (("compile", compiled), ("emitted", emitted)):
+        _assert_like_torch(generated, reference, what)
+
+
 # 4. Half precision: computed in float32 inside the generated code, rounded once.
 
 
@@ -302,6 +454,28 @@ def test_a_long_product_of_inputs_matches_eager():
     want = torch.autograd.grad(eager(*inputs).sum(), inputs)
     for a, e in zip(got, want, strict=True):
         assert_matches_reference(a, e, rtol=1e-12, atol=1e-14)
+
+
+def test_a_flat_sum_of_2000_products_defines_and_differentiates():
+    # 7,999 characters: the disk-cache key once dumped the syntax tree recursively (RecursionError).
+    generated = customgrad.function("+".join(["x*y"] * 2000))
+    x, y = leaves([0.5, -1.25], [2.0, 0.75])
+    generated.apply(x, y).sum().backward()
+    assert_matches_reference(x.grad, 2000 * y.detach(), rtol=1e-15)
+    assert_matches_reference(y.grad, 2000 * x.detach(), rtol=1e-15)
+
+
+def test_a_1000_term_fit_model_fits_like_numpy_polyfit():
+    x = np.linspace(0.0, 1.0, 20)
+    y = 1.5 + 2.0 * x + 0.01 * np.sin(7 * x)
+    result = customgrad.fit("+".join(["a*x"] * 1000) + "+b", x, y, params={"a": 1.0, "b": 0.0})
+    slope, intercept = np.polyfit(x, y, 1)
+    assert result.success
+    np.testing.assert_allclose([1000 * result.params["a"], result.params["b"]], [slope, intercept], rtol=1e-9)
+    tied = customgrad.fit(
+        "+".join(["a*x"] * 1000) + "+b+c", x, y, params={"a": 1.0, "b": 0.0, "c": {"expr": "2*b"}}
+    )  # ties are substituted into the model's text
+    np.testing.assert_allclose([1000 * tied.params["a"], 3 * tied.params["b"]], [slope, intercept], rtol=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from sympy.polys.monomials import MonomialOps
 
 import customgrad.library
 from customgrad import FormulaError, function, parse_formula
+from customgrad.comparison import Equal, Greater, GreaterEqual, Less
 from customgrad.formula import MAX_FORMULA_LENGTH, symbol
 from customgrad.functions import FUNCTIONS
 from customgrad.library import P2Handwritten
@@ -128,14 +129,15 @@ def test_every_function_in_the_table_parses(name):
         ("-x + 3/4", -x + sympy.Rational(3, 4)),
         ("0.1*x", sympy.Rational(1, 10) * x),  # exact decimal, not the binary float 0.1
         ("2*pi*E*x", 2 * sympy.pi * sympy.E * x),
-        ("where(x > 0, x, 0)", sympy.Piecewise((x, x > 0), (0, True))),
+        # Comparisons are IEEE comparisons (customgrad.comparison), which SymPy never decides.
+        ("where(x > 0, x, 0)", sympy.Piecewise((x, Greater(x, 0)), (0, True))),
         (
             "Piecewise((x, x < -1), (y, x < 1 and y >= 0), (z, True))",
-            sympy.Piecewise((x, x < -1), (y, sympy.And(x < 1, y >= 0)), (z, True)),
+            sympy.Piecewise((x, Less(x, -1)), (y, sympy.And(Less(x, 1), GreaterEqual(y, 0))), (z, True)),
         ),
         (
             "where(not x > 0 or y == 1, x, y)",
-            sympy.Piecewise((x, sympy.Or(sympy.Not(x > 0), sympy.Eq(y, 1))), (y, True)),
+            sympy.Piecewise((x, sympy.Or(sympy.Not(Greater(x, 0)), Equal(y, 1))), (y, True)),
         ),
         ("max(x, y, z)", sympy.Max(x, y, z)),
         ("x**-2", x**-2),

@@ -150,3 +150,73 @@ def test_fused_kernels_of_a_cached_definition_match_eager_autograd():
     expected = torch.autograd.grad((a * torch.exp(-k * t) + torch.sin(a * t)).sum(), [a, k, t])
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+
+
+# Defines formulas in order, each with a backward for the inputs listed: [(formula, needed), ...].
+_STEPS = """
+import json, sys
+import torch
+import customgrad
+results = []
+for formula, needed in json.loads(sys.argv[1]):
+    F = customgrad.function(formula)
+    point = [0.5, 2.0]
+    inputs = [torch.tensor(point, dtype=torch.float64, requires_grad=i in needed) for i in range(len(F.input_names))]
+    y = F.apply(*inputs)
+    gradients = torch.autograd.grad(y.sum(), [inputs[i] for i in needed]) if needed else ()
+    results.append([y.tolist(), [g.tolist() for g in gradients]])
+print(json.dumps(results))
+"""
+
+
+def _steps(folder: Path, steps: list) -> list:
+    completed = subprocess.run(
+        [sys.executable, "-c", _STEPS, json.dumps(steps)],
+        env={**os.environ, "PYTHONPATH": SOURCE, "CUSTOMGRAD_CACHE_DIR": str(folder)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_an_entry_stored_under_another_class_name_stays_usable(tmp_path):
+    # a*x**2 at a = x = (0.5, 2): value a x^2, d/da = x^2, d/dx = 2 a x. The second process names the
+    # class Formula1 (sin(x) took Formula0) and adds the backward for x alone to the stored entry.
+    value, d_a, d_x = [0.125, 8.0], [0.25, 4.0], [0.5, 8.0]
+    assert _steps(tmp_path, [["a*x**2", [0, 1]]]) == [[value, [d_a, d_x]]]
+    second = _steps(tmp_path, [["sin(x)", []], ["a*x**2", [1]]])
+    assert second[1] == [value, [d_x]]
+    assert _steps(tmp_path, [["a*x**2", [1]], ["a*x**2", [0, 1]], ["a*x**2", [0]]]) == [
+        [value, [d_x]],
+        [value, [d_a, d_x]],
+        [value, [d_a]],
+    ]
+
+
+@pytest.mark.parametrize("broken_parts", [("forward", "backward"), ("backward",)])
+def test_an_entry_whose_code_cannot_be_compiled_is_rebuilt(tmp_path, monkeypatch, broken_parts):
+    from customgrad import cache
+
+    monkeypatch.setenv("CUSTOMGRAD_CACHE_DIR", str(tmp_path))
+    formula = "a*x**2 + 3*x"
+    key = definition_key(formula, None, None, None, "auto")
+
+    def run():
+        a, x = (torch.tensor([0.5, 2.0], dtype=torch.float64, requires_grad=True) for _ in range(2))
+        y = customgrad.function(formula).apply(a, x)
+        return [y.tolist(), *(g.tolist() for g in torch.autograd.grad(y.sum(), [a, x]))]
+
+    expected = [[3 * 0.5 + 0.125, 2 * 4 + 6.0], [0.25, 4.0], [3.5, 11.0]]  # a x^2 + 3x, x^2, 2 a x + 3
+    assert run() == expected
+    record = json.loads(cache.load("function", key))
+    broken = "return (\n"  # a syntax error in every stored source
+    if "forward" in broken_parts:
+        record["source"] = record["source"].replace("return", broken, 1)
+    for backward in record["backwards"].values():
+        backward["source"] = backward["source"].replace("return", broken, 1)
+    cache.store("function", key, json.dumps(record).encode())
+    assert run() == expected
+    assert broken not in cache.load("function", key).decode()  # stored again, whole
+    assert run() == expected

@@ -14,6 +14,7 @@ import sympy
 from sympy.core.logic import fuzzy_and
 
 from . import symengine_bridge
+from .comparison import Comparison, substitute
 from .errors import DeriveError
 
 SIMPLIFY_MAX_OPS = 40  # simplify small partials only: simplify() is slow on large expressions
@@ -206,9 +207,36 @@ class _Atan2(sympy.Function):
     def fdiff(self, argindex=1):
         y, x = self.args
         origin = sympy.And(sympy.Eq(x, 0), sympy.Eq(y, 0))
-        # d/dy atan2(y, x) = x / (x^2 + y^2);  d/dx atan2(y, x) = -y / (x^2 + y^2)
-        partial = (x if argindex == 1 else -y) / (x**2 + y**2)
+        # d/dy atan2(y, x) = x / (x^2 + y^2);  d/dx atan2(y, x) = -y / (x^2 + y^2), written without
+        # squares (x^2 underflows to 0 at x = 1e-170, overflows at 1e170): with r = y/x where |x| >= |y|,
+        # x / (x^2 + y^2) = 1 / (x + y r) and y / (x^2 + y^2) = r / (x + y r); with q = x/y elsewhere,
+        # x / (x^2 + y^2) = q / (y + x q) and y / (x^2 + y^2) = 1 / (y + x q).
+        r, q = _Ratio(y, x), _Ratio(x, y)
+        wide = (1 if argindex == 1 else -r) / (x + y * r)
+        tall = (q if argindex == 1 else -1) / (y + x * q)
+        partial = sympy.Piecewise((wide, sympy.Abs(x) >= sympy.Abs(y)), (tall, True))
         return sympy.Piecewise((0, origin), (partial, True))
+
+
+class _Ratio(sympy.Function):
+    """a / b kept as one operation: SymPy would fold y * (y/x) into y**2/x, which overflows where
+    y * (y/x) does not. Printed as a division by every printer."""
+
+    nargs = 2
+
+    def _eval_is_extended_real(self):
+        return fuzzy_and(argument.is_extended_real for argument in self.args)
+
+    def fdiff(self, argindex=1):
+        a, b = self.args
+        # d/da (a/b) = 1/b;  d/db (a/b) = -a/b^2
+        return 1 / b if argindex == 1 else -a / b**2
+
+    def _division(self, printer) -> str:
+        a, b = (printer._print(argument) for argument in self.args)
+        return f"({a} / {b})"
+
+    _customgrad_torchcode = _customgrad_numpycode = _customgrad_tritoncode = _customgrad_ccode = _division
 
 
 class _Maximum(sympy.Function):
@@ -296,9 +324,13 @@ def without_edge_rules(expr: sympy.Expr) -> sympy.Expr:
 
 def simplify_for_display(expr: sympy.Expr) -> sympy.Expr:
     """``expr`` simplified by `simplify_bounded` when small (for people to read; code uses it as derived)."""
+    expr = expr.replace(lambda e: isinstance(e, _Ratio), lambda e: e.args[0] / e.args[1])
     if sympy.count_ops(expr) > SIMPLIFY_MAX_OPS:
         return expr
-    return simplify_bounded(expr)
+    # Conditions held as symbols: simplifying would evaluate their operands as written (x*0 == 0 -> True).
+    held = {c: sympy.Dummy(f"condition{k}") for k, c in enumerate(expr.atoms(Comparison))}
+    simplified = simplify_bounded(expr.xreplace(held))
+    return simplified.xreplace({symbol: c for c, symbol in held.items()})
 
 
 def simplify_bounded(expr: sympy.Expr) -> sympy.Expr:
@@ -334,7 +366,7 @@ def inline_registered(expr: sympy.Expr) -> sympy.Expr:
 
     def inline(e):
         entry = type(e)._customgrad_entry
-        return inline_registered(entry.expr.xreplace(dict(zip(entry.input_symbols, e.args, strict=True))))
+        return inline_registered(substitute(entry.expr, dict(zip(entry.input_symbols, e.args, strict=True))))
 
     return expr.replace(is_inlinable, inline)
 

@@ -13,7 +13,9 @@ however long); ``min``/``max`` take at most 16 arguments. Anything beyond is one
 Simplification: the formula is the SymPy expression it builds, which SymPy simplifies as it is
 built: ``x/x`` is 1 and ``exp(log(x))`` is x everywhere (at 0 and at -1 too, where evaluating the
 text as written would give NaN), ``sqrt(x**2)`` is ``abs(x)``. Forward and every derivative are
-those of the simplified expression, so they always agree with each other.
+those of the simplified expression, so they always agree with each other. Not so a condition's
+comparisons: they are kept as written and compared as torch compares floats (`customgrad.comparison`),
+so NaN guards work: ``where(x != x, 0, x)`` is 0 at NaN and ``where(x*0 == 0, x, -1)`` is -1 at inf.
 
 Derivatives follow torch's backward at the edges (`customgrad.derive.EDGE_RULES`): d/dx x**y is
 y*x**(y-1), 0 where y = 0; d/dy x**y is x**y*log(x), 0 where x = 0 and y >= 0; atan2 has 0
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 
 import sympy
 
+from . import comparison
 from .errors import FormulaError
 from .functions import CONSTANTS, FUNCTIONS
 from .registry import is_registered, lookup, registered_names
@@ -52,13 +55,14 @@ _BINARY = {
     ast.Div: lambda a, b: a / b,
     ast.Pow: lambda a, b: a**b,
 }
+#: Comparisons as IEEE floats compare (false at NaN), which SymPy never decides (`comparison`).
 _COMPARE = {
-    ast.Lt: sympy.StrictLessThan,
-    ast.LtE: sympy.LessThan,
-    ast.Gt: sympy.StrictGreaterThan,
-    ast.GtE: sympy.GreaterThan,
-    ast.Eq: sympy.Eq,
-    ast.NotEq: sympy.Ne,
+    ast.Lt: comparison.Less,
+    ast.LtE: comparison.LessEqual,
+    ast.Gt: comparison.Greater,
+    ast.GtE: comparison.GreaterEqual,
+    ast.Eq: comparison.Equal,
+    ast.NotEq: comparison.NotEqual,
 }
 _NOT_FINITE_REAL = (sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I)
 _OPERATOR_NAMES = {
@@ -364,12 +368,15 @@ class _Builder:
                 "comparisons are only allowed as the condition of where(cond, a, b) or Piecewise((a, cond), (b, True))",
             )
         parts = []
-        left = self.value(node.left)
+        # Operands as written: SymPy's simplifications (x*0 -> 0, x - x -> 0) hold for finite x only.
+        with sympy.evaluate(False):
+            left = self.value(node.left)
         for operator, comparator in zip(node.ops, node.comparators, strict=True):
             relation = _COMPARE.get(type(operator))
             if relation is None:
                 raise self.fail(node, "only < <= > >= == != comparisons are allowed")
-            right = self.value(comparator)
+            with sympy.evaluate(False):
+                right = self.value(comparator)
             parts.append(relation(left, right))
             left = right
         return sympy.And(*parts)

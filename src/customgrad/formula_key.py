@@ -25,13 +25,46 @@ def formula_key(text: str) -> str | None:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None  # parse_formula reports it
     called = sorted({n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)})
-    parts = [ast.dump(tree)]
+    parts = [dump_tree(tree)]
     for name in called:
         definition = _definition(name, set())
         if definition is None:
             return None
         parts.append(definition)
     return json.dumps(parts)
+
+
+class _Text(str):
+    """Output of `dump_tree` itself (brackets, field names), not a value of the tree."""
+
+
+def dump_tree(root: ast.AST) -> str:
+    """``Node(field=value, ...)`` of every node, as ``ast.dump`` writes it, built without recursion.
+
+    ``ast.dump`` recurses once per level, and a flat sum of 2,000 terms is a left-nested chain
+    2,000 ``BinOp`` deep: RecursionError. Here an explicit stack holds what is left to write.
+    """
+    parts: list[str] = []
+    stack: list = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Text):
+            parts.append(item)
+        elif isinstance(item, ast.AST):
+            work: list = [_Text(f"{type(item).__name__}(")]
+            for name in item._fields:
+                work += [_Text(f"{name}="), getattr(item, name, None), _Text(", ")]
+            work.append(_Text(")"))
+            stack.extend(reversed(work))
+        elif isinstance(item, list):
+            work = [_Text("[")]
+            for element in item:
+                work += [element, _Text(", ")]
+            work.append(_Text("]"))
+            stack.extend(reversed(work))
+        else:
+            parts.append(repr(item))
+    return "".join(parts)
 
 
 def _definition(name: str, seen: set[str]) -> str | None:

@@ -140,13 +140,21 @@ class _Backwards:
     def __call__(self, needed: tuple[int, ...]) -> tuple[type, list[int]]:
         if needed not in self.cache:
             backward, used = function_cache.backward_of(self.spec, needed, self.derive, _reserve_level)
-            function = build_function(
-                backward, eager_backward=False, backend=self.backend, higher_backend=self.higher_backend
-            )
+            try:
+                function = self._build(backward)
+                stored = function_cache.holds(self.spec, needed)
+            except Exception:
+                if not isinstance(backward, function_cache.CachedSpec):
+                    raise
+                backward, used = self.derive(needed)  # a cached record that cannot be assembled: rebuilt
+                function, stored = self._build(backward), False
             self.cache[needed] = (function, used)
-            if self.remember is not None and not function_cache.holds(self.spec, needed):
+            if self.remember is not None and not stored:
                 self.remember()
         return self.cache[needed]
+
+    def _build(self, backward) -> type:
+        return build_function(backward, eager_backward=False, backend=self.backend, higher_backend=self.higher_backend)
 
 
 def build_function(
@@ -410,7 +418,13 @@ def function(
             f"name {name!r} is also an input of {shorten(formula)!r}: registering it would make {name!r} a "
             "function in every later formula; choose another name"
         )
-    cls = build_function(spec, backend=backend)
+    try:
+        cls = build_function(spec, backend=backend)
+    except Exception:
+        if not isinstance(spec, function_cache.CachedSpec):
+            raise
+        spec = build()  # a cache entry that cannot be assembled: rebuilt, and stored again below
+        cls = build_function(spec, backend=backend)
     if key is not None:
         cls._backward_for.remember = lambda: function_cache.store(key, spec, cls)
         if not isinstance(spec, function_cache.CachedSpec):

@@ -5,7 +5,9 @@ registered functions it calls), the declared gradients' keys, the inputs as give
 backend; `customgrad.cache` adds the versions. Entry (JSON, namespace ``function``): what assembling
 the Function needs at definition and first call, i.e. the input names, which inputs each partial
 uses (``needs``), the declared gradients' text, the forward's generated torch source and the
-backward's for all inputs (its source and the inputs it takes). Read back as `CachedSpec`: those
+backward's for all inputs (its source and the inputs it takes). Each source is stored alone: the
+function it runs is the one it defines (`defined_function`), not one named after the class, whose
+number (``Formula3``) depends on what the process defined before. Read back as `CachedSpec`: those
 fields at hand, the SymPy `FunctionSpec` built on first use of anything else (fused kernels, second
 order, forward mode, registration under a name, the eager twin).
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Callable, Mapping
 
 from . import cache
@@ -26,7 +29,14 @@ NAMESPACE = "function"
 #: Backends whose kernels (forward and first backward) are the generated torch code.
 CACHED_BACKENDS = ("auto", "eager", "compile")
 #: Fields of an entry and of its backward records, with their JSON types.
-_FIELDS = {"inputs": list, "formula": str, "declared": dict, "outputs": int, "source": str, "function": str}
+_FIELDS = {"inputs": list, "formula": str, "declared": dict, "outputs": int, "source": str}
+_DEFINITION = re.compile(r"def (\w+)\(")
+
+
+def defined_function(source: str) -> str | None:
+    """The name of the function generated ``source`` defines (its first line), or None."""
+    match = _DEFINITION.match(source)
+    return match.group(1) if match else None
 
 
 def definition_key(formula, inputs, grads, name, backend) -> str | None:
@@ -62,7 +72,7 @@ class CachedSpec:
         self.declared_text = dict(record["declared"])
         self.output_count = record["outputs"]
         self.full_shape = tuple(record.get("full_shape", ()))
-        self.torch_source = (record["source"], record["function"])
+        self.torch_source = (record["source"], defined_function(record["source"]))
         self.backward_records = record.get("backwards", {})
         if "needs" in record:
             self.needs = tuple(tuple(n) for n in record["needs"])
@@ -101,7 +111,9 @@ def load(key: str | None, name: str, build: Callable) -> CachedSpec | None:
 
 
 def _valid(record) -> bool:
-    return isinstance(record, dict) and all(isinstance(record.get(f), t) for f, t in _FIELDS.items())
+    if not (isinstance(record, dict) and all(isinstance(record.get(f), t) for f, t in _FIELDS.items())):
+        return False
+    return defined_function(record["source"]) is not None
 
 
 def backward_of(spec, needed: tuple[int, ...], derive: Callable, reserve: Callable) -> tuple:
@@ -135,8 +147,6 @@ def store(key: str, spec, cls) -> None:
 
 
 def _record(spec, cls) -> dict:
-    from .backends.eager import python_name
-
     return {
         "inputs": list(spec.input_names),
         "formula": spec.formula,
@@ -144,7 +154,6 @@ def _record(spec, cls) -> dict:
         "outputs": spec.output_count,
         "full_shape": list(spec.full_shape),
         "source": cls.forward_source,
-        "function": f"{python_name(spec.name)}_forward",
     }
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import sympy
 
+from .comparison import substitute
 from .errors import DeriveError, UsageError
 
 if TYPE_CHECKING:
@@ -76,14 +77,14 @@ def _make_symbol(name: str, arity: int) -> type[sympy.Function]:
                 f"is not known symbolically; define it with customgrad.function(...) instead"
             )
         substitution = dict(zip(entry.input_symbols, self.args, strict=True))
-        return entry.partials[argindex - 1].xreplace(substitution)
+        return substitute(entry.partials[argindex - 1], substitution)
 
     def _eval_evalf(self, prec):
         # Numeric value at constant arguments (so that max(x, P2(0)) can compare and codegen can fold it).
         entry = type(self)._customgrad_entry
         if entry.expr is None:
             return None
-        return entry.expr.xreplace(dict(zip(entry.input_symbols, self.args, strict=True)))._eval_evalf(prec)
+        return substitute(entry.expr, dict(zip(entry.input_symbols, self.args, strict=True)))._eval_evalf(prec)
 
     return type(
         name, (sympy.Function,), {"nargs": arity, "fdiff": fdiff, "_eval_evalf": _eval_evalf, "_customgrad_name": name}

@@ -14,7 +14,7 @@ cpu        fused C loops over both cores, SIMD math from glibc's libmvec (CPU te
 triton     Triton kernels (CUDA tensors; on CPU only through ``TRITON_INTERPRET=1``)
 numpy      rows kernels only, for the fit engine on float64 CPU arrays (`ROWS_BACKENDS`)
 auto       per call: cpu for CPU tensors from `AUTO_CPU_MIN_SIZE` elements, triton for CUDA
-           tensors, else eager; one warning when a backend it wanted cannot run here (formulas
+           tensors, else eager; one warning per process when a backend it wanted cannot run here (formulas
            a fused backend cannot print, such as calls of hand-written Functions, run eager quietly)
 =========  ===========================================================================
 """
@@ -92,10 +92,11 @@ def check_device(backend: str, tensors, function_name: str) -> None:
             )
 
 
-def warn_once(reason: str) -> None:
-    """One warning per reason that "auto" fell back to eager."""
-    if reason not in _warned:
-        _warned.add(reason)
+def warn_once(backend: str, reason: str) -> None:
+    """One warning per process and fused backend that "auto" fell back to eager from: the forward and
+    backward of one Function, and every later Function, fall back quietly for the same backend."""
+    if backend not in _warned:
+        _warned.add(backend)
         warnings.warn(f"customgrad backend 'auto' falls back to 'eager': {reason}", RuntimeWarning, stacklevel=4)
 
 
@@ -131,7 +132,7 @@ class AutoKernel:
                 except BackendError:
                     pass  # a function this backend cannot print (a hand-written Function): eager, quietly
             else:
-                warn_once(f"backend {backend!r} is not available ({reason})")
+                warn_once(backend, f"backend {backend!r} is not available ({reason})")
             self.fused[backend] = kernel
         return self.fused[backend]
 
@@ -151,7 +152,7 @@ class AutoKernel:
         try:
             return run()
         except BackendError as error:  # e.g. the compiler fails on this machine
-            warn_once(str(error))
+            warn_once(backend, str(error))
             self.fused[backend] = None
             return None
 

@@ -111,10 +111,11 @@ class TritonCodePrinter(TorchCodePrinter):
         return f"(0.5 + 0.5 * _sign({self._print(expr.args[0])}))"
 
     def _print_Piecewise(self, expr):
+        # Constant branches are blocks of the kernel's dtype (`_argument`): tl.where(c, 0.1, 0.2) is float32.
         pieces = list(expr.args)
-        result = "float('nan')" if pieces[-1].cond != sympy.true else self._print(pieces.pop().expr)
+        result = "(float('nan') + _zero)" if pieces[-1].cond != sympy.true else self._argument(pieces.pop().expr)
         for piece in reversed(pieces):
-            result = f"tl.where({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
+            result = f"tl.where({self._print(piece.cond)}, {self._argument(piece.expr)}, {result})"
         return result
 
 

@@ -63,6 +63,12 @@ def _full(value, *arguments) -> torch.Tensor:
     dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
     if not dtype.is_floating_point and not dtype.is_complex:
         dtype = torch.get_default_dtype()
+    if dtype.is_floating_point and abs(value) > torch.finfo(dtype).max and abs(value) != torch.inf:
+        # Rounded as the dtype rounds it (1e300 is inf in float32); torch.full refuses it instead.
+        info = torch.finfo(dtype)
+        half_step = info.eps * (info.max / (2 - info.eps)) / 2  # half the spacing of floats next to max
+        magnitude = torch.inf if abs(value) >= info.max + half_step else info.max
+        value = magnitude if value > 0 else -magnitude
     return torch.full(shape, value, dtype=dtype, device=tensors[0].device)
 
 

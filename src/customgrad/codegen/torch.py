@@ -34,6 +34,9 @@ TORCH_CLAMPS: dict[type, str] = {
 
 #: Longest max(a, b, ...) printed as nested calls; longer ones fold with functools.reduce.
 MAX_NESTED_FOLD = 8
+#: The largest number every floating dtype holds (float16's largest): torch.where, clamp and full_like
+#: refuse a larger Python number for a narrower tensor ("cannot be converted ... without overflow").
+LARGEST_SAFE_NUMBER = 65504.0
 
 _RELATIONS = {
     sympy.StrictLessThan: "<",
@@ -63,6 +66,9 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
     }
     power = "torch.pow({}, {})"
     calls_registered = True  # registered Functions are callable (torch only)
+    #: The inputs of the function being printed (`function_source` sets them): a constant printed as
+    #: ``_full(c, *inputs)`` takes their promoted dtype. Empty for code shown to people.
+    dtype_from: tuple[str, ...] = ()
 
     def __init__(self, settings=None, *, private_module: bool = True):
         super().__init__({"fully_qualified_modules": True, **(settings or {})})
@@ -151,14 +157,40 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
             tensors = [self._print(arg) for arg in args if arg.free_symbols]
             result = self._fold(call, tensors)
             for constant in (arg for arg in args if not arg.free_symbols):
-                result = f"{self.qualified(TORCH_CLAMPS[kind])}({result}, {self._print(constant)})"
+                bound = self._tensor_constant(constant, alone=False)
+                result = f"{self.qualified(TORCH_CLAMPS[kind])}({result}, {bound})"
             return result
         first, second = (self._print(arg) for arg in args)
         if not args[0].free_symbols:
-            first = f"{self.qualified('torch.full_like')}({second}, {first})"
+            first = self._like(args[0], second)
         if not args[1].free_symbols:
-            second = f"{self.qualified('torch.full_like')}({first}, {second})"
+            second = self._like(args[1], first)
         return f"{call}({first}, {second})"
+
+    def _like(self, constant: sympy.Expr, other: str) -> str:
+        """``constant`` as a tensor like ``other`` (`torch.full_like`); of the computation's dtype
+        (`_full`) when too large for full_like."""
+        if self._needs_full(constant, alone=False):
+            return self._full(constant)
+        return f"{self.qualified('torch.full_like')}({other}, {self._print(constant)})"
+
+    def _tensor_constant(self, constant: sympy.Expr, *, alone: bool) -> str:
+        """A constant argument of a torch call, in the computation's dtype: a Python number (torch
+        converts it to the other arguments' dtype), or `_full` where a number would not do."""
+        return self._full(constant) if self._needs_full(constant, alone=alone) else self._print(constant)
+
+    def _needs_full(self, constant: sympy.Expr, *, alone: bool) -> bool:
+        """Whether ``constant`` must be a tensor to get the computation's dtype: ``alone`` (no tensor
+        argument to take it from: torch.where(c, 0.1, 0.2) is float32) or beyond `LARGEST_SAFE_NUMBER`
+        (torch refuses 1e300 for a float32 where; `_full` rounds it to inf). Never in displayed code."""
+        if not self.dtype_from:
+            return False
+        value = float(sympy.N(constant, 17)) if constant.is_number else math.nan
+        return alone or (math.isfinite(value) and abs(value) > LARGEST_SAFE_NUMBER)
+
+    def _full(self, constant: sympy.Expr) -> str:
+        """``_full(c, *inputs)``: ``constant`` as a tensor of the inputs' shape and promoted dtype."""
+        return f"_full({self._print(constant)}, {', '.join(self.dtype_from)})"
 
     def _fold(self, call: str, printed: Sequence[str]) -> str:
         """call(call(a, b), c)...: nested while short, a reduce over a flat tuple when long (Python's
@@ -181,12 +213,17 @@ class TorchCodePrinter(AbstractPythonCodePrinter):
         pieces = list(expr.args)
         if pieces[-1].cond != sympy.true:
             pieces.append(sympy.functions.elementary.piecewise.ExprCondPair(sympy.nan, sympy.true))
-        # Constants stay Python numbers, which take the other branch's dtype as in torch.where(c, x, 0.0).
-        result = self._print(pieces[-1].expr)
+        # Constants stay Python numbers, which take the other branch's dtype as in torch.where(c, x, 0.0);
+        # the last of two constant branches is a tensor of the computation's dtype (`_needs_full`).
+        alone = len(pieces) > 1 and not pieces[-1].expr.free_symbols and not pieces[-2].expr.free_symbols
+        result = self._branch(pieces[-1].expr, alone=alone)
         where = self.qualified(f"{self.module}.where")
         for piece in reversed(pieces[:-1]):
-            result = f"{where}({self._print(piece.cond)}, {self._print(piece.expr)}, {result})"
+            result = f"{where}({self._print(piece.cond)}, {self._branch(piece.expr, alone=False)}, {result})"
         return result
+
+    def _branch(self, value: sympy.Expr, *, alone: bool) -> str:
+        return self._print(value) if value.free_symbols else self._tensor_constant(value, alone=alone)
 
     def _print_Relational(self, expr):
         operator = _RELATIONS[type(expr)]
@@ -240,6 +277,8 @@ def function_source(
     plain torch ops would (`Function.eager`, the same-dtype reference of checks).
     """
     printer = printer or TorchCodePrinter()
+    if printer.module == "torch":
+        printer.dtype_from = tuple(argument_names)
     arguments = ", ".join(argument_names)
     lines = [f"def {name}({'_out, ' if into else ''}{arguments}):"]
     if printer.module == "torch" and widen:

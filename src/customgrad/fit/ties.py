@@ -44,11 +44,12 @@ class Ties:
 
     def substitute(self, model: str) -> str:
         """The model text with every tied name replaced by its resolved expression, in parentheses."""
-        from ..formula import parse_formula  # here: fits without ties (cached models) import no SymPy
+        from ..formula import parse_formula, recursion_limit  # here: fits without ties import no SymPy
 
         parse_formula(model, what="model")  # the usual errors for a bad model, before rewriting it
         trees = {name: ast.parse(text, mode="eval").body for name, text in self.resolved.items()}
-        return ast.unparse(_Substitute(trees).visit(ast.parse(model.strip(), mode="eval")))
+        with recursion_limit():  # both walk the tree recursively: a flat 1,000-term sum is 1,000 deep
+            return ast.unparse(_Substitute(trees).visit(ast.parse(model.strip(), mode="eval")))
 
     def _computing(self, function: Callable) -> Callable:
         expressions = {name: formula_model(text) for name, text in self.resolved.items()}

@@ -411,3 +411,11 @@ def test_the_plot_of_a_two_predictor_fit_names_the_response_column(tmp_path, mon
     assert main(["fit", *options, "--param", "b=0", "--plot", str(tmp_path / "fit.png"), "--quiet"]) == 0
     top, bottom = figures[0].axes
     assert top.get_ylabel() == "z" and bottom.get_ylabel() == "residual (z - fit)" and bottom.get_xlabel() == "t"
+
+
+def test_an_unknown_function_in_a_model_points_to_define(tmp_path):
+    data = tmp_path / "peak.csv"
+    data.write_text("x,y\n0,1\n1,0.5\n2,0.2\n3,0.1\n")
+    out = run("--model", "h*Lor((x-x0)/g)", "--data", str(data), "--param", "h=1", "--param", "x0=0", "--param", "g=1")
+    assert out.returncode == 1, out  # a formula error (`cli.EXIT_STATUS`)
+    assert "unknown function 'Lor'" in out.stderr and "--define 'Lor(u) = ...'" in out.stderr, out.stderr

@@ -113,7 +113,8 @@ EXIT_STATUS = (
     "exit status: 0 when the fit converged, or when a gradient method (the built-in run, --method lbfgs, "
     "adam, sgd) ran its steps: its status line says so, and no convergence is claimed; 1 when the fit "
     "failed: the loss became NaN or inf (or underflowed), Levenberg-Marquardt reached --steps without "
-    "converging, or no curve of a --batch converged; 2 for a usage error."
+    "converging, or no curve of a --batch converged, or the model or data could not be used (a formula "
+    "or data error, named in the message); 2 for a usage error (options, their values)."
 )
 #: Statuses of a gradient method that ran its steps: shown, not an error (`EXIT_STATUS`).
 _RAN_ITS_STEPS = ("step_limit", "max_steps")

@@ -410,7 +410,13 @@ class _Builder:
         known = known_function_names()
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        raise self.fail(node.func, f"unknown function {name!r}: {hint}(known: {', '.join(known)})")
+        define = (
+            f"; define it with customgrad.function('...', name={name!r}) in Python, or "
+            f"--define '{name}(u) = ...' on the command line"
+            if not close and name.isidentifier() and not name.startswith("_")
+            else ""
+        )
+        raise self.fail(node.func, f"unknown function {name!r}: {hint}(known: {', '.join(known)}){define}")
 
     def _apply(self, node: ast.Call, build, arguments: list):
         try:

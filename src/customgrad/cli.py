@@ -434,10 +434,11 @@ def _add_check(subparsers) -> None:
 
 def _run_check(args) -> int:
     from .check import check
-    from .check.target import example_inputs, load_target
+    from .check.target import example_inputs, load_target, user_output_to_stderr
 
-    target = load_target(args.target)
-    report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile, timeout=args.timeout)
+    with user_output_to_stderr():  # what the user's module prints must not mix with the report (--json)
+        target = load_target(args.target)
+        report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile, timeout=args.timeout)
     print(report.to_json() if args.json else report)
     return 0 if report.ok else 1
 

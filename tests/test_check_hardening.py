@@ -14,6 +14,7 @@ import torch
 import customgrad
 from customgrad.check import battery, layouts
 from fixtures.planted_mistakes import MissingTerm
+from fixtures.restricted_domains import RESTRICTED, Asin
 from test_check_cli import run_cli as run_check_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -125,3 +126,39 @@ class ReturnsInputOldStyle(torch.autograd.Function):
 def test_forward_returning_its_input_is_not_a_leak(function):
     report = check(function, _x(5), checks=["hygiene"])
     assert report["hygiene"].status == "passed", str(report)
+
+
+# -- issue 18, item 13: restricted domains -------------------------------------------------------
+@pytest.mark.parametrize(("function", "example"), RESTRICTED, ids=[f.__name__ for f, _ in RESTRICTED])
+def test_hand_written_functions_on_restricted_domains_raise_no_false_alarm(function, example):
+    report = check(function, example)
+    alarms = [r for r in report.results if r.status in ("failed", "warning")]
+    assert report.ok and not alarms, str(report)
+
+
+@pytest.mark.parametrize(
+    ("formula", "examples"),
+    [
+        ("asin(x)", [torch.tensor([-0.5, 0.1, 0.3, 0.6, -0.2], dtype=torch.float64)]),
+        ("log(x)", [torch.rand(5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5]),
+        ("acosh(x)", [torch.tensor([1.5, 2.0, 3.0, 1.2], dtype=torch.float64)]),
+        # A domain that joins two inputs: the drawn points keep x > y.
+        ("log(x - y)", [torch.tensor([2.0, 3.0, 1.5]).double(), torch.tensor([1.0, -1.0, 1.2]).double()]),
+    ],
+)
+def test_generated_functions_on_restricted_domains_raise_no_false_alarm(formula, examples):
+    report = check(customgrad.function(formula), *examples)
+    alarms = [r for r in report.results if r.status == "failed" or (r.status == "warning" and r.name != "lint")]
+    assert report.ok and not alarms, str(report)
+    assert "between the example values" in report["first_order"].message or formula == "log(x)"
+
+
+def test_restricted_domains_still_catch_a_wrong_backward():
+    class WrongAsin(Asin):
+        @staticmethod
+        def backward(ctx, grad_output):
+            (x,) = ctx.saved_tensors
+            return grad_output / torch.sqrt(1 - x * x) + 1e-3 * x
+
+    report = check(WrongAsin, RESTRICTED[4][1], checks=["first_order", "layouts"])
+    assert report["first_order"].status == "failed" and report["layouts"].status == "failed", str(report)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .finite_differences import compare_gradient
-from .inputs import float64_copies, non_contiguous, random_like
+from .inputs import finite_point, float64_copies, non_contiguous, random_like
 from .outcome import failed, passed, warning
 from .report import CheckResult
 from .subject import Subject, describe_error, make_generator
@@ -151,16 +151,19 @@ def _is_elementwise(subject: Subject, reference) -> bool:
     return True
 
 
-def _shape_variants(subject: Subject, inputs: list[Any]) -> list[tuple[str, list[Any]]]:
+def _shape_variants(subject: Subject, inputs: list[Any]) -> list[tuple[str, list[Any], bool]]:
+    """The `SHAPE_VARIANTS` (and a broadcast pair) with random values, or values drawn from the examples
+    where the forward is not finite at random ones (`finite_point`)."""
     generator = make_generator(62)
     positions = subject.differentiable_positions
     device = inputs[positions[0]].device if positions else None
-    variants = []
-    for label, shape, transposed in SHAPE_VARIANTS:
-        values = subject.with_values({p: random_like(shape, generator, device) for p in positions})
-        variants.append((label, values, transposed))
+    shapes = [(label, {p: shape for p in positions}, transposed) for label, shape, transposed in SHAPE_VARIANTS]
     if len(positions) > 1:
-        values = {p: random_like((3, 4), generator, device) for p in positions}
-        values[positions[-1]] = random_like((4,), generator, device)
-        variants.append(("broadcast (3, 4) with (4,)", subject.with_values(values), False))
+        broadcast = {p: (3, 4) for p in positions}
+        broadcast[positions[-1]] = (4,)
+        shapes.append(("broadcast (3, 4) with (4,)", broadcast, False))
+    variants = []
+    for index, (label, sizes, transposed) in enumerate(shapes):
+        values = {p: random_like(shape, generator, device) for p, shape in sizes.items()}
+        variants.append((*finite_point(subject, label, values, seed=63 + index), transposed))
     return variants

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .inputs import float64_copies, sample_points
+from .inputs import finite_point, float64_copies, sample_points
 from .outcome import failed, passed
 from .report import CheckResult
 from .subject import Subject, describe_error, make_generator
@@ -73,10 +73,12 @@ def _float32_math(subject: Subject) -> list[str]:
     """A float64 result insensitive to changes below float32's resolution was computed in float32."""
     base = float64_copies(subject)
     generator = make_generator(72)
-    values = {
+    drawn = {
         p: (torch.randn(base[p].shape, generator=generator, dtype=torch.float64) + 0.5).to(base[p].device)
         for p in subject.differentiable_positions
     }
+    _, point = finite_point(subject, "float32 math", drawn, seed=74)
+    values = {p: point[p] for p in subject.differentiable_positions}
     problems = []
     evaluations = []
     for relative in (0.0, 1e-11, 1e-3):

@@ -162,3 +162,62 @@ def test_restricted_domains_still_catch_a_wrong_backward():
 
     report = check(WrongAsin, RESTRICTED[4][1], checks=["first_order", "layouts"])
     assert report["first_order"].status == "failed" and report["layouts"].status == "failed", str(report)
+
+
+# -- issue 18, item 14: values a low-precision dtype cannot hold --------------------------------
+class Scale1e5(torch.autograd.Function):
+    """1e5 x: outputs and gradients beyond float16's largest value (65504) for |x| >= 1."""
+
+    @staticmethod
+    def forward(x):
+        return x * 1e5
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output * 1e5
+
+
+@pytest.mark.parametrize("function", [customgrad.function("x*1e5"), Scale1e5], ids=["generated", "handwritten"])
+def test_values_float16_cannot_hold_are_skipped_with_a_note(function):
+    report = check(function, torch.tensor([1.0, 2.0], dtype=torch.float64), checks=["precision"])
+    precision = report["precision"]
+    assert precision.status == "passed", str(report)
+    assert "float16: output 0 not compared" in precision.message and "65504" in precision.message
+    assert "float16: gradient of 'x' not compared" in precision.message
+    assert "bfloat16:" not in precision.message  # bfloat16 holds 2e5: compared as usual
+
+
+def test_inputs_float16_cannot_hold_skip_the_dtype_with_a_note():
+    # Random points are outside log's domain here, so the point is drawn between the examples: above 65504.
+    examples = torch.tensor([1.5e5, 2e5, 1.7e5], dtype=torch.float64)
+    report = check(customgrad.function("log(x - 1e5)"), examples, checks=["precision"])
+    precision = report["precision"]
+    assert precision.status == "passed", str(report)
+    assert "float16 not compared: 'x' exceed" in precision.message
+
+
+class HalfInside(torch.autograd.Function):
+    """1e5 x, but computed from float16-rounded x for every dtype but float64: wrong in float32."""
+
+    @staticmethod
+    def forward(x):
+        return x * 1e5 if x.dtype == torch.float64 else x.half().to(x.dtype) * 1e5
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output * 1e5
+
+
+def test_a_real_low_precision_error_in_range_is_still_reported():
+    report = check(HalfInside, torch.tensor([1.1, 2.3], dtype=torch.float64), checks=["precision"])
+    precision = report["precision"]
+    assert precision.status == "failed" and "float32: output 0 is off by" in precision.message, str(report)
+    assert "float16: output 0 not compared" in precision.message

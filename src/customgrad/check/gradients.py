@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .finite_differences import HintContext, compare_gradient, diagnose, numerical_vjp
+from .finite_differences import HintContext, compare_gradient, diagnose, numerical_vjp, own_scale
 from .inputs import float64_copies, sample_points
 from .outcome import failed, passed, skipped
 from .parts import PHASE
@@ -313,7 +313,7 @@ def check_linearity(subject: Subject) -> CheckResult:
                 "be linear in grad_output"
             )
             continue
-        mismatch = compare_gradient(g12, a * g1 + b * g2)
+        mismatch = compare_gradient(g12, a * g1 + b * g2, scale=own_scale(a * g1, b * g2))
         if mismatch is not None:
             problems.append(
                 f"gradient of {name!r} is not linear in grad_output: backward({a:g}*g1 {b:+g}*g2) "

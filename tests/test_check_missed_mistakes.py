@@ -58,3 +58,70 @@ def test_correct_gradients_at_any_scale_raise_no_alarm(scale, offset):
     report = check(_scaled_square(scale, offset, 1.0), _x(5))
     # torch.func needs setup_context (a warning): this old-style Function reads its constants through ctx.
     assert report.ok and not [r for r in _alarms(report) if r.name != "torch_func"], str(report)
+
+
+# -- (b) ctx.needs_input_grad partly False -------------------------------------------------------
+class MulSkippingWork(torch.autograd.Function):
+    """x * y whose backward skips the gradients not needed, the usual optimisation, correctly."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, y):
+        return x * y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, y = ctx.saved_tensors
+        grad_x = grad_output * y if ctx.needs_input_grad[0] else None
+        grad_y = grad_output * x if ctx.needs_input_grad[1] else None
+        return grad_x, grad_y
+
+
+class MulWrongWhenAlone(MulSkippingWork):
+    """Right when both need a gradient; a copy-paste slip in the branch for x alone (y as a constant)."""
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, y = ctx.saved_tensors
+        if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
+            return grad_output * y, grad_output * x
+        if ctx.needs_input_grad[0]:
+            return grad_output * x, None
+        return None, grad_output * x
+
+
+class MulRaisingWhenAlone(MulSkippingWork):
+    """Reads the other gradient, which is None when only one input needs a gradient."""
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, y = ctx.saved_tensors
+        grad_x = grad_output * y if ctx.needs_input_grad[0] else None
+        grad_y = grad_output * x if ctx.needs_input_grad[1] else None
+        return grad_x, grad_y + 0 * grad_x
+
+
+def test_a_backward_wrong_only_when_some_inputs_need_no_gradient_is_caught():
+    report = check(MulWrongWhenAlone, _x(4), _x(4, seed=12), checks=["first_order"])
+    message = report["first_order"].message
+    assert report["first_order"].status == "failed", str(report)
+    assert "gradient of 'x' when only 'x' needs a gradient (ctx.needs_input_grad = (True, False))" in message
+    assert "when only 'y'" not in message  # that branch is right
+
+
+def test_a_backward_raising_when_some_inputs_need_no_gradient_is_caught():
+    report = check(MulRaisingWhenAlone, _x(4), _x(4, seed=12), checks=["first_order"])
+    message = report["first_order"].message
+    assert report["first_order"].status == "failed" and "backward raised TypeError" in message, str(report)
+    assert "when only 'y' needs a gradient" in message
+
+
+def test_a_backward_skipping_unneeded_gradients_correctly_raises_no_alarm():
+    report = check(MulSkippingWork, _x(4), _x(4, seed=12))
+    assert report.ok and not _alarms(report), str(report)
+    assert "also with only some inputs needing a gradient" in report["first_order"].message

@@ -125,3 +125,119 @@ def test_a_backward_skipping_unneeded_gradients_correctly_raises_no_alarm():
     report = check(MulSkippingWork, _x(4), _x(4, seed=12))
     assert report.ok and not _alarms(report), str(report)
     assert "also with only some inputs needing a gradient" in report["first_order"].message
+
+
+# -- (c) zero-stride grad_output and 0-d inputs ----------------------------------------------------
+class _Square(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+
+class ScalesGradOutputInPlace(_Square):
+    """Writes into grad_output: fine for a fresh grad_output, an error for y.sum().backward()'s expanded one."""
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return grad_output.mul_(2 * x)
+
+
+class AssumesOnesWhenExpanded(_Square):
+    """A shortcut for 'loss = y.sum()': an expanded grad_output is taken to be all ones."""
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        if grad_output.dim() and all(stride == 0 for stride in grad_output.stride()):
+            return 2 * x
+        return grad_output * 2 * x
+
+
+class WrongFor0d(_Square):
+    """A scalar fast path that forgets the factor 2."""
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        if x.dim() == 0:
+            return grad_output * x
+        return grad_output * 2 * x
+
+
+class BackwardRaisesFor0d(_Square):
+    """The forward takes a 0-d input; the backward loops over its length, which a 0-d tensor has not."""
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return torch.stack([2 * x[i] * grad_output[i] for i in range(len(x))])
+
+
+@pytest.mark.parametrize("function", [ScalesGradOutputInPlace, AssumesOnesWhenExpanded], ids=lambda f: f.__name__)
+def test_a_backward_wrong_for_a_zero_stride_grad_output_is_caught(function):
+    x = _x(5)
+    y = function.apply(x.clone().requires_grad_(True))
+    (grad,) = torch.autograd.grad(y.sum() * 0.75, y)  # the independent demonstration: what .sum() passes
+    assert grad.stride() == (0,)
+    report = check(function, x, checks=["layouts"])
+    message = report["layouts"].message
+    assert report["layouts"].status == "failed", str(report)
+    assert "zero-stride grad_output (as y.sum().backward() passes)" in message
+
+
+def test_a_backward_wrong_only_for_0d_inputs_is_caught():
+    report = check(WrongFor0d, _x(5), checks=["layouts"])
+    assert report["layouts"].status == "failed" and "0-d: gradient of 'x' is wrong" in report["layouts"].message
+
+
+def test_a_backward_raising_for_0d_inputs_that_the_forward_accepts_is_caught():
+    report = check(BackwardRaisesFor0d, _x(5), checks=["layouts"])
+    message = report["layouts"].message
+    assert report["layouts"].status == "failed", str(report)
+    assert "0-d: the forward accepts this shape but the backward raised TypeError" in message
+
+
+class MulBroadcastingScalar(torch.autograd.Function):
+    """x * y where y may be 0-d (a scalar parameter): y's gradient summed to its shape, correctly."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, y):
+        return x * y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, y = ctx.saved_tensors
+        return (grad_output * y).sum_to_size(x.shape), (grad_output * x).sum_to_size(y.shape)
+
+
+class CorrectSquare(_Square):
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return grad_output * 2 * x
+
+
+@pytest.mark.parametrize(
+    ("function", "inputs"),
+    [(CorrectSquare, (_x(5),)), (MulBroadcastingScalar, (_x(4), _x(4, seed=12)))],
+    ids=["CorrectSquare", "MulBroadcastingScalar"],
+)
+def test_correct_functions_pass_with_zero_stride_grad_outputs_and_0d_inputs(function, inputs):
+    report = check(function, *inputs)
+    assert report.ok and not _alarms(report), str(report)
+    tried = set(report["layouts"].details["tried"])
+    assert {"0-d", "zero-stride grad_output (as y.sum().backward() passes)"} <= tried
+    assert len(inputs) == 1 or "broadcast (4,) with 0-d" in tried

@@ -228,3 +228,11 @@ def test_float64_results_that_cannot_show_a_1e_11_change_are_not_called_float32(
     # A change of 1e-11 (relative) in x moves these by less than one float64 ulp: nothing to see.
     report = check(customgrad.function(formula), _x(5), checks=["precision"])
     assert report["precision"].status == "passed", str(report)
+
+
+@pytest.mark.parametrize("name", ["Asin", "OutsideUnitInterval"])
+def test_restricted_domains_through_the_cli_whose_random_examples_leave_the_domain(name):
+    # The command line draws standard normal examples: partly outside these domains.
+    result = run_cli(f"{FIXTURES / 'restricted_domains.py'}:{name}", "--no-compile")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAILED" not in result.stdout and "warning" not in result.stdout, result.stdout

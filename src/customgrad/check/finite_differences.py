@@ -160,10 +160,11 @@ def compare_gradient(
     ``scale`` is the gradients' own: the largest magnitude of ``got`` and ``expected`` (at least the
     ``scale`` given, for a difference of larger terms), so that cancellation near zero is not reported
     and a gradient of size 1e-7 is held to 1e-6 of 1e-7, not of 1. ``noise`` is the finite differences'
-    own error estimate (``expected._noise``, 0 for an exact reference). A missing gradient (None) counts as
-    zeros.
+    own error estimate (``expected._noise``, 0 for an exact reference); where a finite difference is not
+    finite, there is no reference and the element is not judged. A missing gradient (None) counts as zeros.
     """
     known, probes = getattr(expected, "_known", None), getattr(expected, "_probes", ())
+    numerical = hasattr(expected, "_noise")
     noise = getattr(expected, "_noise", 0.0)
     expected = expected.detach().to(torch.float64)
     got_t = torch.zeros_like(expected) if got is None else got.detach().to(torch.float64)
@@ -177,7 +178,9 @@ def compare_gradient(
     error = (got_t - expected).abs()
     bound = atol * scale + rtol * expected.abs() + noise
     both_nan = torch.isnan(got_t) & torch.isnan(expected)
-    bad = ~((error <= bound) | both_nan)
+    # A finite difference that is not finite (the forward is not, near that element) is no reference.
+    no_reference = ~torch.isfinite(expected) if numerical else torch.zeros_like(both_nan)
+    bad = ~((error <= bound) | both_nan | no_reference)
     if known is not None:
         bad &= known
     if not bool(bad.any()):

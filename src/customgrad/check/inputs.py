@@ -50,6 +50,17 @@ def sample_points(subject: Subject, seed: int = 0) -> list[tuple[str, list[Any]]
     return points
 
 
+def checked_point(subject: Subject, seed: int) -> list[Any]:
+    """The point the single-point checks use: `sample_points`' random one, or, where the forward is not finite
+    even there (example values partly outside the domain, as the command line's random ones may be), the
+    first of the near-zero and example points where it is."""
+    points = sample_points(subject, seed)
+    for _, inputs in (points[1], points[2], points[0]):
+        if _finite_forward(subject, inputs):
+            return inputs
+    return points[1][1]
+
+
 def finite_point(subject: Subject, label: str, values: dict[int, torch.Tensor], seed: int = 0) -> tuple[str, list[Any]]:
     """``(label, inputs)``: the drawn ``values`` where the forward is finite there; else the first of
     `FINITE_MOVES`, values between the example values, or example values resampled where it is (the label

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .inputs import finite_point, float64_copies, sample_points
+from .inputs import checked_point, finite_point, float64_copies
 from .outcome import failed, passed
 from .report import CheckResult
 from .subject import Subject, describe_error, make_generator
@@ -26,7 +26,7 @@ def check_precision(subject: Subject) -> CheckResult:
     skipped for it, with a note)."""
     problems, notes = [], []
     problems += _float32_math(subject)
-    (_, point) = sample_points(subject, seed=70)[1]
+    point = checked_point(subject, seed=70)
     reference = subject.evaluate(point, generator=make_generator(71))
     eager = _eager_subject(subject)
     for dtype, units in LOW_PRECISION:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .finite_differences import compare_gradient
-from .inputs import finite_point, random_like, sample_points
+from .inputs import checked_point, finite_point, random_like
 from .outcome import failed, passed, skipped, warning
 from .report import CheckResult
 from .subject import Subject, describe_error, flatten_outputs, has_setup_context, make_generator
@@ -38,7 +38,7 @@ def check_torch_func(subject: Subject) -> CheckResult:
             f"{cls.__name__} defines forward(ctx, ...) without setup_context, so torch.func "
             f"transforms (vmap, grad, jacrev) refuse it: {HOW_TO_SETUP_CONTEXT}"
         )
-    (_, inputs) = sample_points(subject, seed=80)[1]
+    inputs = checked_point(subject, seed=80)
     reference = subject.evaluate(inputs, generator=make_generator(81))
     problems, warnings_, passed_parts = [], [], []
     if not subject.forward_only:
@@ -189,7 +189,7 @@ def check_compile(subject: Subject) -> CheckResult:
     if backend is None:
         return skipped("torch.compile check disabled")
 
-    (_, inputs) = sample_points(subject, seed=90)[1]
+    inputs = checked_point(subject, seed=90)
     reference = subject.evaluate(inputs, generator=make_generator(91))
 
     def run(*arguments: Any) -> tuple[Any, ...]:

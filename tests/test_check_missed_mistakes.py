@@ -241,3 +241,17 @@ def test_correct_functions_pass_with_zero_stride_grad_outputs_and_0d_inputs(func
     tried = set(report["layouts"].details["tried"])
     assert {"0-d", "zero-stride grad_output (as y.sum().backward() passes)"} <= tried
     assert len(inputs) == 1 or "broadcast (4,) with 0-d" in tried
+
+
+@pytest.mark.parametrize(("formula", "low"), [("(x - 1e6)**2", 1e6), ("x + 1e6", 0.0), ("log(x)", 1e6)])
+def test_finite_differences_at_large_magnitudes_raise_no_alarm(formula, low):
+    # x + h is not x + h exactly at |x| ~ 1e6 (off by up to 1e-4 of h): the step really taken is used.
+    x = low + torch.rand(5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    report = check(customgrad.function(formula), x, checks=["first_order", "second_order", "layouts"])
+    assert report.ok and not _alarms(report), str(report)
+
+
+def test_a_small_relative_error_at_a_large_magnitude_is_still_caught():
+    x = 1e6 + torch.rand(5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    report = check(_scaled_square(1.0, 0.0, 1.001), x, checks=["first_order"])
+    assert report["first_order"].status == "failed", str(report)

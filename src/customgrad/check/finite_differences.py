@@ -55,12 +55,21 @@ def numerical_vjp(
         size = sum((w * o).abs().sum() for w, o in zip(weights, outputs, strict=True))
         return float(value), float(size)
 
+    def span(index: int, change: torch.Tensor, direction: torch.Tensor) -> float:
+        """The step the inputs really took along ``direction`` from -change to +change, after rounding (x + h
+        is not x + h exactly where |x| is large: at x = 1e6 the step is off by up to 1e-4 of h)."""
+        dtype = tensors[index].dtype
+        taken = (base[index] + change).to(dtype).double() - (base[index] - change).to(dtype).double()
+        return float((taken * direction).sum() / (direction * direction).sum())
+
     def central(index: int, direction: torch.Tensor) -> tuple[float, float]:
         """The central difference with step h, and an estimate of its error from the one with 2h."""
         (plus, size_plus), (minus, size_minus) = objective(index, step * direction), objective(index, -step * direction)
         (plus2, _), (minus2, _) = objective(index, 2 * step * direction), objective(index, -2 * step * direction)
-        value = (plus - minus) / (2 * step)
-        wide = (plus2 - minus2) / (4 * step)
+        narrow, broad = span(index, step * direction, direction), span(index, 2 * step * direction, direction)
+        if narrow == 0 or broad == 0:  # |x| so large that x + h == x: no finite difference to take
+            return math.nan, 0.0
+        value, wide = (plus - minus) / narrow, (plus2 - minus2) / broad
         roundoff = torch.finfo(torch.float64).eps * max(size_plus, size_minus) / step
         return value, abs(value - wide) + roundoff
 
@@ -77,8 +86,8 @@ def numerical_vjp(
             unit.view(-1)[element] = 1
             value, error = central(index, unit)
             gradient.view(-1)[element] = value
-            noise = max(noise, error)
-        gradient._noise = NOISE_FACTOR * noise if math.isfinite(noise) else 0.0
+            noise = max(noise, error) if math.isfinite(error) else noise  # elements without a reference aside
+        gradient._noise = NOISE_FACTOR * noise
         if sampled:
             known = torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
             known.view(-1)[list(elements)] = True

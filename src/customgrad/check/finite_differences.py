@@ -44,38 +44,10 @@ def numerical_vjp(
     than `FULL_ELEMENTS` elements only a sample of elements is computed (NaN elsewhere, ``._known`` says
     which) and ``._probes`` holds ``(u, v^T J u, its error estimate)`` triples for `compare_gradient`.
     """
-    base = [t.detach().to(torch.float64).clone() for t in tensors]
-    weights = [g.detach().to(torch.float64) for g in upstream]
-
-    def objective(index: int, change: torch.Tensor) -> tuple[float, float]:
-        values = [b + change if i == index else b for i, b in enumerate(base)]
-        cast = [v.to(t.dtype) for v, t in zip(values, tensors, strict=True)]
-        outputs = [o.detach().to(torch.float64) for o in function(*cast)]
-        value = sum((w * o).sum() for w, o in zip(weights, outputs, strict=True))
-        size = sum((w * o).abs().sum() for w, o in zip(weights, outputs, strict=True))
-        return float(value), float(size)
-
-    def span(index: int, change: torch.Tensor, direction: torch.Tensor) -> float:
-        """The step the inputs really took along ``direction`` from -change to +change, after rounding (x + h
-        is not x + h exactly where |x| is large: at x = 1e6 the step is off by up to 1e-4 of h)."""
-        dtype = tensors[index].dtype
-        taken = (base[index] + change).to(dtype).double() - (base[index] - change).to(dtype).double()
-        return float((taken * direction).sum() / (direction * direction).sum())
-
-    def central(index: int, direction: torch.Tensor) -> tuple[float, float]:
-        """The central difference with step h, and an estimate of its error from the one with 2h."""
-        (plus, size_plus), (minus, size_minus) = objective(index, step * direction), objective(index, -step * direction)
-        (plus2, _), (minus2, _) = objective(index, 2 * step * direction), objective(index, -2 * step * direction)
-        narrow, broad = span(index, step * direction, direction), span(index, 2 * step * direction, direction)
-        if narrow == 0 or broad == 0:  # |x| so large that x + h == x: no finite difference to take
-            return math.nan, 0.0
-        value, wide = (plus - minus) / narrow, (plus2 - minus2) / broad
-        roundoff = torch.finfo(torch.float64).eps * max(size_plus, size_minus) / step
-        return value, abs(value - wide) + roundoff
-
+    differences = _CentralDifferences(function, tensors, upstream, step)
     generator = torch.Generator().manual_seed(12345)
     gradients = []
-    for index, tensor in enumerate(base):
+    for index, tensor in enumerate(differences.base):
         n = tensor.numel()
         sampled = n > FULL_ELEMENTS
         elements = _sample_elements(n, generator) if sampled else range(n)
@@ -84,7 +56,7 @@ def numerical_vjp(
         for element in elements:
             unit = torch.zeros_like(tensor)
             unit.view(-1)[element] = 1
-            value, error = central(index, unit)
+            value, error = differences.central(index, unit)
             gradient.view(-1)[element] = value
             noise = max(noise, error) if math.isfinite(error) else noise  # elements without a reference aside
         gradient._noise = NOISE_FACTOR * noise
@@ -93,14 +65,52 @@ def numerical_vjp(
             known.view(-1)[list(elements)] = True
             directions = [torch.randn(tensor.shape, generator=generator, dtype=torch.float64) for _ in range(PROBES)]
             gradient._known = known
-            gradient._probes = [_probe(central, index, u.to(tensor.device)) for u in directions]
+            gradient._probes = [differences.probe(index, u.to(tensor.device)) for u in directions]
         gradients.append(gradient)
     return gradients
 
 
-def _probe(central: Callable, index: int, direction: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    value, error = central(index, direction)
-    return direction, value, NOISE_FACTOR * error if math.isfinite(error) else 0.0
+class _CentralDifferences:
+    """Central differences of ``sum_k <upstream_k, function(*tensors)_k>`` along one input's directions."""
+
+    def __init__(self, function: Callable, tensors: Sequence[torch.Tensor], upstream: Sequence[torch.Tensor], step):
+        self.function, self.tensors, self.step = function, tensors, step
+        self.base = [t.detach().to(torch.float64).clone() for t in tensors]
+        self.weights = [g.detach().to(torch.float64) for g in upstream]
+
+    def objective(self, index: int, change: torch.Tensor) -> tuple[float, float]:
+        """The objective with input ``index`` moved by ``change``, and the sum of its terms' magnitudes."""
+        values = [b + change if i == index else b for i, b in enumerate(self.base)]
+        cast = [v.to(t.dtype) for v, t in zip(values, self.tensors, strict=True)]
+        outputs = [o.detach().to(torch.float64) for o in self.function(*cast)]
+        value = sum((w * o).sum() for w, o in zip(self.weights, outputs, strict=True))
+        size = sum((w * o).abs().sum() for w, o in zip(self.weights, outputs, strict=True))
+        return float(value), float(size)
+
+    def span(self, index: int, change: torch.Tensor, direction: torch.Tensor) -> float:
+        """The step the inputs really took along ``direction`` from -change to +change, after rounding (x + h
+        is not x + h exactly where |x| is large: at x = 1e6 the step is off by up to 1e-4 of h)."""
+        dtype = self.tensors[index].dtype
+        taken = (self.base[index] + change).to(dtype).double() - (self.base[index] - change).to(dtype).double()
+        return float((taken * direction).sum() / (direction * direction).sum())
+
+    def central(self, index: int, direction: torch.Tensor) -> tuple[float, float]:
+        """The central difference with step h, and an estimate of its error from the one with 2h."""
+        h = self.step
+        change = h * direction
+        (plus, size_plus), (minus, size_minus) = self.objective(index, change), self.objective(index, -change)
+        (plus2, _), (minus2, _) = self.objective(index, 2 * change), self.objective(index, -2 * change)
+        narrow, broad = self.span(index, change, direction), self.span(index, 2 * change, direction)
+        if narrow == 0 or broad == 0:  # |x| so large that x + h == x: no finite difference to take
+            return math.nan, 0.0
+        value, wide = (plus - minus) / narrow, (plus2 - minus2) / broad
+        roundoff = torch.finfo(torch.float64).eps * max(size_plus, size_minus) / h
+        return value, abs(value - wide) + roundoff
+
+    def probe(self, index: int, direction: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        """``(u, v^T J u, its error estimate)`` along a random direction u."""
+        value, error = self.central(index, direction)
+        return direction, value, NOISE_FACTOR * error if math.isfinite(error) else 0.0
 
 
 def _sample_elements(n: int, generator: torch.Generator) -> list[int]:

@@ -236,3 +236,27 @@ def test_restricted_domains_through_the_cli_whose_random_examples_leave_the_doma
     result = run_cli(f"{FIXTURES / 'restricted_domains.py'}:{name}", "--no-compile")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAILED" not in result.stdout and "warning" not in result.stdout, result.stdout
+
+
+class OverflowsInside(torch.autograd.Function):
+    """(x * 1e5) / 1e3 in the input's dtype: the result fits in float16, the intermediate does not."""
+
+    @staticmethod
+    def forward(x):
+        return (x * 1e5) / 1e3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output * 100.0
+
+
+def test_an_overflow_inside_the_function_is_reported_as_one():
+    report = check(OverflowsInside, torch.tensor([1.0, 2.0], dtype=torch.float64), checks=["precision"])
+    precision = report["precision"]
+    assert precision.status == "failed", str(report)
+    assert "float16: output 0 is off by inf" in precision.message
+    assert "overflows to inf inside the Function although its value fits in float16" in precision.message

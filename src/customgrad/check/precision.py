@@ -70,8 +70,10 @@ def _compare_dtype(subject, dtype, units, point, reference, eager, problems: lis
         allowed, basis = _allowed(dtype, units, want, eager_pairs.get(label, (None, None)))
         error = float((got.detach().double() - want).abs().max()) if want.numel() else 0.0
         if error > allowed:
+            overflow = bool((torch.isinf(got) & torch.isfinite(want)).any())
             problems.append(
                 f"{name}: {label} is off by {error:.3g} (allowed {allowed:.3g}, {basis}) compared with float64"
+                + (f" (it overflows to inf inside the Function although its value fits in {name})" * overflow)
             )
 
 

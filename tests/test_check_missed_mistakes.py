@@ -255,3 +255,22 @@ def test_a_small_relative_error_at_a_large_magnitude_is_still_caught():
     x = 1e6 + torch.rand(5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     report = check(_scaled_square(1.0, 0.0, 1.001), x, checks=["first_order"])
     assert report["first_order"].status == "failed", str(report)
+
+
+class OneElementFor0d(_Square):
+    """Flattens its input, so that a 0-d input gives an output of shape [1] (torch's ops keep 0-d)."""
+
+    @staticmethod
+    def forward(x):
+        return x.reshape(-1) * x.reshape(-1)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return (grad_output * 2 * x.reshape(-1)).reshape(x.shape)
+
+
+def test_a_0d_input_giving_a_1d_output_is_caught():
+    report = check(OneElementFor0d, _x(5), checks=["layouts"])
+    message = report["layouts"].message
+    assert report["layouts"].status == "failed" and "0-d: output 0 has shape [1], expected []" in message, str(report)

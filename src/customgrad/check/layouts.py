@@ -106,6 +106,13 @@ def _shape_variant(
     if subject.forward_only:
         problems.extend(_forward_differences(subject, label, values, result))
         return
+    shape = torch.broadcast_shapes(*(values[p].shape for p in subject.differentiable_positions))
+    for index in result.output_positions:
+        if result.outputs[index].shape != shape:
+            problems.append(
+                f"{label}: output {index} has shape {list(result.outputs[index].shape)}, expected {list(shape)} "
+                "(an elementwise Function's output has its inputs' broadcast shape)"
+            )
     expected = subject.expected_gradients(values, result)
     for position, want in expected.items():
         got = result.gradients[position]

@@ -117,3 +117,30 @@ def test_targets_without_a_signature_and_huge_shapes_are_usage_errors(arguments,
     result = run_cli(*arguments)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_json_stays_valid_when_the_module_prints(tmp_path):
+    # Prints at import (parent and worker both import the module), in forward, and straight to file descriptor 1.
+    path = tmp_path / "noisy.py"
+    path.write_text(
+        "import os\n"
+        "import torch\n"
+        "print('importing noisy')\n"
+        "os.write(1, b'raw write at import\\n')\n\n\n"
+        "class Noisy(torch.autograd.Function):\n"
+        "    @staticmethod\n"
+        "    def forward(ctx, x):\n"
+        "        print('in forward')\n"
+        "        ctx.save_for_backward(x)\n"
+        "        return x * x\n\n"
+        "    @staticmethod\n"
+        "    def backward(ctx, grad_output):\n"
+        "        (x,) = ctx.saved_tensors\n"
+        "        return 2 * x * grad_output\n"
+    )
+    result = run_cli(f"{path}:Noisy", "--json", "-", "--no-compile")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"], result.stdout
+    assert "importing noisy" in result.stderr and "raw write at import" in result.stderr
+    assert "in forward" in result.stderr

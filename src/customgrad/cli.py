@@ -557,12 +557,13 @@ def _add_check(subparsers) -> None:
 
 def _run_check(args) -> int:
     from .check import check
-    from .check.target import example_inputs, load_target
+    from .check.target import example_inputs, load_target, user_output_to_stderr
 
     json_path = _json_destination(args)
-    with _stdout_for_json(args):
+    with user_output_to_stderr():  # what the user's module prints never mixes with the report or the JSON
         target = load_target(args.target)
         report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile, timeout=args.timeout)
+    with _stdout_for_json(args):
         print(report)
         _write_json(args, json_path, report.to_json())
     return 0 if report.ok else 1

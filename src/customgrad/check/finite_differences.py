@@ -7,6 +7,7 @@ of the mismatch into a hint (rules as a table: `HINTS`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,11 @@ SAMPLED_ELEMENTS = 16
 PROBES = 2
 
 
+#: The finite-difference error estimate is the largest |D(h) - D(2h)| over the elements plus the roundoff
+#: eps * sum |w * output| / h, times this (the difference of two steps measures truncation and roundoff).
+NOISE_FACTOR = 4.0
+
+
 def numerical_vjp(
     function: Callable[..., Sequence[torch.Tensor]],
     tensors: Sequence[torch.Tensor],
@@ -33,41 +39,78 @@ def numerical_vjp(
     """d/dx_i of ``sum_k <upstream_k, function(*tensors)_k>`` for every input, by central differences.
 
     The inputs are perturbed in float64 copies; the function is called with the perturbed copies in the
-    dtype of the originals. For an input of more than `FULL_ELEMENTS` elements only a sample of elements is
-    computed (NaN elsewhere, ``._known`` says which) and ``._probes`` holds ``(u, v^T J u)`` pairs for
-    `compare_gradient`.
+    dtype of the originals. Each result carries ``._noise``, an estimate of its own error (`NOISE_FACTOR`),
+    so that `compare_gradient` can hold a gradient to its own scale however small. For an input of more
+    than `FULL_ELEMENTS` elements only a sample of elements is computed (NaN elsewhere, ``._known`` says
+    which) and ``._probes`` holds ``(u, v^T J u, its error estimate)`` triples for `compare_gradient`.
     """
-    base = [t.detach().to(torch.float64).clone() for t in tensors]
-    weights = [g.detach().to(torch.float64) for g in upstream]
-
-    def objective(index: int, change: torch.Tensor) -> float:
-        values = [b + change if i == index else b for i, b in enumerate(base)]
-        cast = [v.to(t.dtype) for v, t in zip(values, tensors, strict=True)]
-        outputs = function(*cast)
-        return float(sum((w * o.detach().to(torch.float64)).sum() for w, o in zip(weights, outputs, strict=True)))
-
-    def central(index: int, direction: torch.Tensor) -> float:
-        return (objective(index, step * direction) - objective(index, -step * direction)) / (2 * step)
-
+    differences = _CentralDifferences(function, tensors, upstream, step)
     generator = torch.Generator().manual_seed(12345)
     gradients = []
-    for index, tensor in enumerate(base):
+    for index, tensor in enumerate(differences.base):
         n = tensor.numel()
         sampled = n > FULL_ELEMENTS
         elements = _sample_elements(n, generator) if sampled else range(n)
         gradient = torch.full_like(tensor, float("nan")) if sampled else torch.zeros_like(tensor)
+        noise = 0.0
         for element in elements:
             unit = torch.zeros_like(tensor)
             unit.view(-1)[element] = 1
-            gradient.view(-1)[element] = central(index, unit)
+            value, error = differences.central(index, unit)
+            gradient.view(-1)[element] = value
+            noise = max(noise, error) if math.isfinite(error) else noise  # elements without a reference aside
+        gradient._noise = NOISE_FACTOR * noise
         if sampled:
             known = torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
             known.view(-1)[list(elements)] = True
             directions = [torch.randn(tensor.shape, generator=generator, dtype=torch.float64) for _ in range(PROBES)]
             gradient._known = known
-            gradient._probes = [(u.to(tensor.device), central(index, u.to(tensor.device))) for u in directions]
+            gradient._probes = [differences.probe(index, u.to(tensor.device)) for u in directions]
         gradients.append(gradient)
     return gradients
+
+
+class _CentralDifferences:
+    """Central differences of ``sum_k <upstream_k, function(*tensors)_k>`` along one input's directions."""
+
+    def __init__(self, function: Callable, tensors: Sequence[torch.Tensor], upstream: Sequence[torch.Tensor], step):
+        self.function, self.tensors, self.step = function, tensors, step
+        self.base = [t.detach().to(torch.float64).clone() for t in tensors]
+        self.weights = [g.detach().to(torch.float64) for g in upstream]
+
+    def objective(self, index: int, change: torch.Tensor) -> tuple[float, float]:
+        """The objective with input ``index`` moved by ``change``, and the sum of its terms' magnitudes."""
+        values = [b + change if i == index else b for i, b in enumerate(self.base)]
+        cast = [v.to(t.dtype) for v, t in zip(values, self.tensors, strict=True)]
+        outputs = [o.detach().to(torch.float64) for o in self.function(*cast)]
+        value = sum((w * o).sum() for w, o in zip(self.weights, outputs, strict=True))
+        size = sum((w * o).abs().sum() for w, o in zip(self.weights, outputs, strict=True))
+        return float(value), float(size)
+
+    def span(self, index: int, change: torch.Tensor, direction: torch.Tensor) -> float:
+        """The step the inputs really took along ``direction`` from -change to +change, after rounding (x + h
+        is not x + h exactly where |x| is large: at x = 1e6 the step is off by up to 1e-4 of h)."""
+        dtype = self.tensors[index].dtype
+        taken = (self.base[index] + change).to(dtype).double() - (self.base[index] - change).to(dtype).double()
+        return float((taken * direction).sum() / (direction * direction).sum())
+
+    def central(self, index: int, direction: torch.Tensor) -> tuple[float, float]:
+        """The central difference with step h, and an estimate of its error from the one with 2h."""
+        h = self.step
+        change = h * direction
+        (plus, size_plus), (minus, size_minus) = self.objective(index, change), self.objective(index, -change)
+        (plus2, _), (minus2, _) = self.objective(index, 2 * change), self.objective(index, -2 * change)
+        narrow, broad = self.span(index, change, direction), self.span(index, 2 * change, direction)
+        if narrow == 0 or broad == 0:  # |x| so large that x + h == x: no finite difference to take
+            return math.nan, 0.0
+        value, wide = (plus - minus) / narrow, (plus2 - minus2) / broad
+        roundoff = torch.finfo(torch.float64).eps * max(size_plus, size_minus) / h
+        return value, abs(value - wide) + roundoff
+
+    def probe(self, index: int, direction: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        """``(u, v^T J u, its error estimate)`` along a random direction u."""
+        value, error = self.central(index, direction)
+        return direction, value, NOISE_FACTOR * error if math.isfinite(error) else 0.0
 
 
 def _sample_elements(n: int, generator: torch.Generator) -> list[int]:
@@ -109,18 +152,39 @@ class Mismatch:
 
 
 def tolerance_scale(expected: torch.Tensor) -> float:
-    return max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    """The largest finite ``|expected|`` (1 when all are 0): the scale of the hints' closeness tests."""
+    return own_scale(expected) or 1.0
+
+
+def own_scale(*tensors: torch.Tensor) -> float:
+    """The largest finite magnitude among the tensors' elements (0 when there is none)."""
+    largest = 0.0
+    for tensor in tensors:
+        finite = tensor[torch.isfinite(tensor)]
+        if finite.numel():
+            largest = max(largest, float(finite.abs().max()))
+    return largest
 
 
 def compare_gradient(
-    got: torch.Tensor | None, expected: torch.Tensor, *, rtol: float = 1e-6, atol: float = 1e-6
+    got: torch.Tensor | None,
+    expected: torch.Tensor,
+    *,
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+    scale: float = 0.0,
 ) -> Mismatch | None:
-    """Elementwise ``|got - expected| <= atol * scale + rtol * |expected|``; None if all agree.
+    """Elementwise ``|got - expected| <= atol * scale + rtol * |expected| + noise``; None if all agree.
 
-    ``scale`` is ``max(1, max |expected|)`` so that cancellation near zero is not reported. A missing
-    gradient (None) counts as zeros.
+    ``scale`` is the gradients' own: the largest magnitude of ``got`` and ``expected`` (at least the
+    ``scale`` given, for a difference of larger terms), so that cancellation near zero is not reported
+    and a gradient of size 1e-7 is held to 1e-6 of 1e-7, not of 1. ``noise`` is the finite differences'
+    own error estimate (``expected._noise``, 0 for an exact reference); where a finite difference is not
+    finite, there is no reference and the element is not judged. A missing gradient (None) counts as zeros.
     """
     known, probes = getattr(expected, "_known", None), getattr(expected, "_probes", ())
+    numerical = hasattr(expected, "_noise")
+    noise = getattr(expected, "_noise", 0.0)
     expected = expected.detach().to(torch.float64)
     got_t = torch.zeros_like(expected) if got is None else got.detach().to(torch.float64)
     if got_t.shape != expected.shape:
@@ -128,11 +192,14 @@ def compare_gradient(
             got_t = got_t.sum_to_size(expected.shape)
         except RuntimeError:
             return Mismatch(expected.numel(), expected.numel(), (), float("nan"), float("nan"), float("inf"))
-    scale = tolerance_scale(expected if known is None else expected[known])
+    compared = (got_t, expected) if known is None else (got_t[known], expected[known])
+    scale = max(scale, own_scale(*compared))
     error = (got_t - expected).abs()
-    bound = atol * scale + rtol * expected.abs()
+    bound = atol * scale + rtol * expected.abs() + noise
     both_nan = torch.isnan(got_t) & torch.isnan(expected)
-    bad = ~((error <= bound) | both_nan)
+    # A finite difference that is not finite (the forward is not, near that element) is no reference.
+    no_reference = ~torch.isfinite(expected) if numerical else torch.zeros_like(both_nan)
+    bad = ~((error <= bound) | both_nan | no_reference)
     if known is not None:
         bad &= known
     if not bool(bad.any()):
@@ -155,9 +222,9 @@ def compare_gradient(
 
 def _probe_mismatch(got: torch.Tensor, probes, scale: float, rtol: float, atol: float) -> Mismatch | None:
     """The first random direction u along which got . u differs from the finite difference v^T J u."""
-    for direction, want in probes:
+    for direction, want, noise in probes:
         value = float((got * direction).sum())
-        allowed = atol * scale * float(direction.abs().sum()) + rtol * abs(want)
+        allowed = atol * scale * float(direction.abs().sum()) + rtol * abs(want) + noise
         if not abs(value - want) <= allowed:
             return Mismatch(got.numel(), got.numel(), (), value, want, abs(value - want), direction=True)
     return None

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from .finite_differences import HintContext, compare_gradient, diagnose, numerical_vjp
-from .inputs import float64_copies, sample_points
+from .finite_differences import HintContext, compare_gradient, diagnose, numerical_vjp, own_scale
+from .inputs import checked_point, float64_copies, sample_points
 from .outcome import failed, passed, skipped
 from .parts import PHASE
 from .report import CheckResult
@@ -183,16 +183,21 @@ def _dtype(tensor: torch.Tensor) -> str:
 
 # -- 3. first order -----------------------------------------------------------------------------
 def check_first_order(subject: Subject) -> CheckResult:
-    """Gradients match finite differences (or the declared gradient) at several random points."""
+    """Gradients match finite differences (or the declared gradient) at several random points, with every
+    input needing a gradient and with only some of them (``ctx.needs_input_grad`` partly False)."""
     what = "the declared custom gradient" if subject.declared_vjp is not None else "finite differences"
     problems: dict[str, str] = {}
+    partial: dict[str, str] = {}  # with only some inputs needing a gradient
     contexts: dict[str, list[HintContext]] = {}
     points_checked, skipped_points = [], []
     for index, (label, inputs) in enumerate(sample_points(subject, seed=10)):
         evaluation = subject.evaluate(inputs, generator=make_generator(100 + index))
-        if not _finite(evaluation.outputs):
+        finite = _finite_share(evaluation.outputs)
+        if finite == "none":
             skipped_points.append(label)
             continue
+        if finite == "some":  # elements whose finite difference is not finite are not judged
+            label = f"{label}, where the forward is finite"
         points_checked.append(label)
         expected = subject.expected_gradients(inputs, evaluation)
         for position, want in expected.items():
@@ -210,6 +215,8 @@ def check_first_order(subject: Subject) -> CheckResult:
             if got is None:
                 text += " (backward returned None for it)"
             problems[name] = text
+        for key, text in _partly_needed(subject, label, inputs, evaluation, expected, what).items():
+            partial.setdefault(key, text)
     if not points_checked:
         return skipped(f"the forward gives non-finite values at every point tried ({', '.join(skipped_points)})")
     details = {
@@ -218,24 +225,61 @@ def check_first_order(subject: Subject) -> CheckResult:
         "compared_with": what,
         "declared": subject.declared_text,
     }
-    if problems:
-        texts = []
-        for name, text in problems.items():
-            hint = diagnose(_pool(contexts[name]))
-            texts.append(f"{text}. Hint: {hint}" if hint else text)
-        message = "; ".join(texts)
-        if subject.declared_vjp is None:
-            message += (
-                ". If the backward is meant to differ from the derivative (straight-through, "
-                "scaling, surrogate), declare it: custom_gradient={'name': 'formula'}"
-            )
-        return failed(message, **details)
+    if problems or partial:
+        return failed(_first_order_message(subject, problems, contexts, partial), **details)
     declared = f" ({', '.join(f'{k}: {v}' for k, v in subject.declared_text.items())})" if subject.declared_text else ""
+    some = " (also with only some inputs needing a gradient)" if len(subject.differentiable_positions) > 1 else ""
     return passed(
         f"gradients match {what}{declared} at {len(points_checked)} points "
-        f"({'; '.join(points_checked)}) with a random grad_output",
+        f"({'; '.join(points_checked)}) with a random grad_output{some}",
         **details,
     )
+
+
+def _first_order_message(
+    subject: Subject, problems: dict[str, str], contexts: dict[str, list[HintContext]], partial: dict[str, str]
+) -> str:
+    texts = []
+    for name, text in problems.items():
+        hint = diagnose(_pool(contexts[name]))
+        texts.append(f"{text}. Hint: {hint}" if hint else text)
+    message = "; ".join(texts + [text for key, text in partial.items() if key not in problems])
+    if problems and subject.declared_vjp is None:
+        message += (
+            ". If the backward is meant to differ from the derivative (straight-through, "
+            "scaling, surrogate), declare it: custom_gradient={'name': 'formula'}"
+        )
+    return message
+
+
+def _partly_needed(
+    subject: Subject, label: str, inputs: list[Any], evaluation, expected: dict[int, torch.Tensor], what: str
+) -> dict[str, str]:
+    """With several floating inputs: backward again with each alone needing a gradient (and, from three
+    inputs, all but each), as when the others are constants; its gradients must not change."""
+    positions = subject.differentiable_positions
+    if len(positions) < 2:
+        return {}
+    subsets = [[p] for p in positions]
+    if len(positions) > 2:
+        subsets += [[q for q in positions if q != p] for p in positions]
+    problems = {}
+    for subset in subsets:
+        names = ", ".join(repr(subject.input_name(p)) for p in subset)
+        flags = tuple(p in subset for p in range(len(subject.example_inputs)))
+        when = f"when only {names} need{'s' * (len(subset) == 1)} a gradient (ctx.needs_input_grad = {flags})"
+        try:
+            result = subject.evaluate(inputs, evaluation.upstream, needing=subset)
+        except Exception as error:  # noqa: BLE001 - the user's backward
+            problems[f"raised: {names}"] = f"backward raised {describe_error(error)} {when}"
+            continue
+        for position in subset:
+            mismatch = compare_gradient(result.gradients[position], expected[position])
+            if mismatch is not None:
+                name = subject.input_name(position)
+                text = f"gradient of {name!r} {when} differs from {what} at the {label!r} point: {mismatch.describe()}"
+                problems.setdefault(name, text)
+    return problems
 
 
 def _pool(contexts: list[HintContext]) -> HintContext:
@@ -259,8 +303,13 @@ def _pool(contexts: list[HintContext]) -> HintContext:
     )
 
 
-def _finite(outputs: tuple[Any, ...]) -> bool:
-    return all(bool(torch.isfinite(o).all()) for o in outputs if is_float_tensor(o))
+def _finite_share(outputs: tuple[Any, ...]) -> str:
+    """Where the floating outputs are finite: "all", "some" or "none" (of their elements)."""
+    flags = torch.cat(
+        [torch.isfinite(o.detach()).flatten() for o in outputs if is_float_tensor(o)]
+        or [torch.ones(1, dtype=torch.bool)]
+    )
+    return "all" if bool(flags.all()) else "some" if bool(flags.any()) else "none"
 
 
 def _hint_context(
@@ -292,7 +341,7 @@ def _hint_context(
 # -- 4. linearity in grad_output, zero and undefined upstream gradients ------------------------
 def check_linearity(subject: Subject) -> CheckResult:
     """backward(a g1 + b g2) = a backward(g1) + b backward(g2); zero upstream gives zero gradients."""
-    (_, inputs) = sample_points(subject, seed=20)[1]
+    inputs = checked_point(subject, seed=20)
     generator = make_generator(21)
     first = subject.evaluate(inputs, generator=generator)
     second = subject.evaluate(inputs, generator=generator)
@@ -313,7 +362,7 @@ def check_linearity(subject: Subject) -> CheckResult:
                 "be linear in grad_output"
             )
             continue
-        mismatch = compare_gradient(g12, a * g1 + b * g2)
+        mismatch = compare_gradient(g12, a * g1 + b * g2, scale=own_scale(a * g1, b * g2))
         if mismatch is not None:
             problems.append(
                 f"gradient of {name!r} is not linear in grad_output: backward({a:g}*g1 {b:+g}*g2) "
@@ -385,7 +434,7 @@ def check_second_order(subject: Subject) -> CheckResult:
     """Double backward agrees with finite differences of the backward (gradgradcheck)."""
     if is_once_differentiable(subject.function_class):
         return skipped("backward is marked @once_differentiable: second derivatives raise an error by design")
-    (_, inputs) = sample_points(subject, seed=30)[1]
+    inputs = checked_point(subject, seed=30)
     generator = make_generator(31)
     try:
         evaluation = subject.evaluate(inputs, generator=generator, create_graph=True, upstream_requires_grad=True)

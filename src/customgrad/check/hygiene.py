@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .finite_differences import compare_gradient
-from .inputs import sample_points
+from .inputs import checked_point
 from .outcome import failed, passed, warning
 from .report import CheckResult
 from .subject import Subject, make_generator
@@ -21,7 +21,7 @@ from .subject import Subject, make_generator
 def check_hygiene(subject: Subject) -> CheckResult:
     """Inputs unmodified, state saved with save_for_backward, and no leak of the graph after backward
     (the first alone when ``subject.forward_only``)."""
-    (_, inputs) = sample_points(subject, seed=40)[1]
+    inputs = checked_point(subject, seed=40)
     problems, warnings_, notes = [], [], []
     _inputs_unmodified(subject, inputs, problems, notes)
     if not subject.forward_only:
@@ -162,7 +162,7 @@ def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
 def check_determinism(subject: Subject) -> CheckResult:
     """Two runs with the same inputs and grad_output give bitwise identical outputs and gradients (outputs
     alone when ``subject.forward_only``: the gradients are then None)."""
-    (_, inputs) = sample_points(subject, seed=50)[1]
+    inputs = checked_point(subject, seed=50)
     first = subject.evaluate(inputs, generator=make_generator(51))
     second = subject.evaluate(inputs, list(first.upstream))
     differences = []

@@ -27,7 +27,8 @@ POINTS = (
 
 
 #: Where a random point makes the forward non-finite (log or sqrt of negative values), gradients cannot be
-#: judged there: the point moves to the first of these where the forward is finite.
+#: judged there: the point moves to the first of these where the forward is finite, else to values drawn
+#: from the example inputs (`from_examples`), which lie in the Function's domain (asin, erfinv).
 FINITE_MOVES = (
     ("|x| + 0.5", lambda x: x.abs() + 0.5),
     ("-(|x| + 0.5)", lambda x: -(x.abs() + 0.5)),
@@ -36,21 +37,74 @@ FINITE_MOVES = (
 
 def sample_points(subject: Subject, seed: int = 0) -> list[tuple[str, list[Any]]]:
     """The example point and other random points (both signs, near zero) in float64; a random point where
-    the forward is not finite moves to where it is (`FINITE_MOVES`), and its label says so."""
+    the forward is not finite moves to where it is (`finite_point`), and its label says so."""
     generator = make_generator(seed)
     base = float64_copies(subject)
     points = []
     for label, draw in POINTS:
         values = {p: draw(base[p], generator) for p in subject.differentiable_positions}
-        inputs = subject.with_values(values)
-        if label != "example values" and not _finite_forward(subject, inputs):
-            for how, move in FINITE_MOVES:
-                moved = subject.with_values({p: move(v) for p, v in values.items()})
-                if _finite_forward(subject, moved):
-                    label, inputs = f"{label}, moved to {how} where the forward is finite", moved
-                    break
-        points.append((label, inputs))
+        if label == "example values":
+            points.append((label, subject.with_values(values)))
+        else:
+            points.append(finite_point(subject, label, values, seed))
     return points
+
+
+def checked_point(subject: Subject, seed: int) -> list[Any]:
+    """The point the single-point checks use: `sample_points`' random one, or, where the forward is not finite
+    even there (example values partly outside the domain, as the command line's random ones may be), the
+    first of the near-zero and example points where it is."""
+    points = sample_points(subject, seed)
+    for _, inputs in (points[1], points[2], points[0]):
+        if _finite_forward(subject, inputs):
+            return inputs
+    return points[1][1]
+
+
+def finite_point(subject: Subject, label: str, values: dict[int, torch.Tensor], seed: int = 0) -> tuple[str, list[Any]]:
+    """``(label, inputs)``: the drawn ``values`` where the forward is finite there; else the first of
+    `FINITE_MOVES`, values between the example values, or example values resampled where it is (the label
+    says which). Values of any shape, for the shapes an elementwise Function is also tried at."""
+    inputs = subject.with_values(values)
+    if _finite_forward(subject, inputs):
+        return label, inputs
+    candidates = [(how, {p: move(v) for p, v in values.items()}) for how, move in FINITE_MOVES]
+    for how, between in (("between the example values", True), ("the example values resampled", False)):
+        drawn = from_examples(subject, {p: v.shape for p, v in values.items()}, seed, between)
+        if drawn is not None:
+            candidates.append((how, drawn))
+    for how, moved in candidates:
+        moved_inputs = subject.with_values(moved)
+        if _finite_forward(subject, moved_inputs):
+            return f"{label}, moved to {how} where the forward is finite", moved_inputs
+    return label, inputs
+
+
+def from_examples(
+    subject: Subject, shapes: dict[int, torch.Size], seed: int, between: bool = True
+) -> dict[int, torch.Tensor] | None:
+    """Values of the given shapes drawn from each input's example values (float64): ``t a + (1 - t) b`` for
+    two random example elements a, b (``between``), else one example element. Inputs of one shape draw the
+    same elements and t, so that a domain joining them (log(x - y)) holds too. None for an empty example."""
+    values = {}
+    for position, shape in shapes.items():
+        example = subject.example_inputs[position].detach().to(torch.float64).flatten()
+        if example.numel() == 0:
+            return None
+        generator = make_generator(seed)
+        first, second, t = (torch.rand(tuple(shape), generator=generator, dtype=torch.float64) for _ in range(3))
+        value = _element_at(example, first)
+        if between:
+            weight = t.to(example.device)
+            value = weight * value + (1 - weight) * _element_at(example, second)
+        values[position] = value
+    return values
+
+
+def _element_at(flat: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+    """The elements of ``flat`` at the indices ``floor(fraction * len(flat))`` (``fraction`` in [0, 1))."""
+    index = (fraction * flat.numel()).long().clamp_max(flat.numel() - 1)
+    return flat[index.to(flat.device)]
 
 
 def _finite_forward(subject: Subject, inputs: list[Any]) -> bool:

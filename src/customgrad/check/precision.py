@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .inputs import float64_copies, sample_points
+from .inputs import checked_point, finite_point, float64_copies
 from .outcome import failed, passed
 from .report import CheckResult
 from .subject import Subject, describe_error, make_generator
@@ -22,61 +22,97 @@ EAGER_FACTOR = 16.0
 
 
 def check_precision(subject: Subject) -> CheckResult:
-    """float64 accuracy, and low-precision dtypes against a float64 reference."""
+    """float64 accuracy, and low-precision dtypes against a float64 reference (values a dtype cannot hold
+    skipped for it, with a note)."""
     problems, notes = [], []
     problems += _float32_math(subject)
-    (_, point) = sample_points(subject, seed=70)[1]
+    point = checked_point(subject, seed=70)
     reference = subject.evaluate(point, generator=make_generator(71))
     eager = _eager_subject(subject)
     for dtype, units in LOW_PRECISION:
-        name = str(dtype).replace("torch.", "")
-        values = subject.with_values({p: point[p].to(dtype) for p in subject.differentiable_positions})
-        rounded = subject.with_values({p: values[p].to(torch.float64) for p in subject.differentiable_positions})
-        low_upstream = [g.to(dtype) for g in reference.upstream]
-        try:
-            low = subject.evaluate(values, low_upstream)
-        except Exception as error:  # noqa: BLE001 - a dtype the Function does not support is a note
-            notes.append(f"{name} not supported ({describe_error(error)})")
-            continue
-        high = subject.evaluate(rounded, list(reference.upstream))
-        eager_pairs = {}
-        if eager is not None:
-            # The same formula in plain torch ops, same dtype: how far rounding alone moves it.
-            eager_pairs = _pairs(
-                eager, eager.evaluate(values, low_upstream), eager.evaluate(rounded, list(reference.upstream))
-            )
-        for label, (got, want) in _pairs(subject, low, high).items():
-            if got is None:
-                continue
-            want = want.detach().double()
-            scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
-            error = float((got.detach().double() - want).abs().max()) if want.numel() else 0.0
-            allowed, basis = units * torch.finfo(dtype).eps * scale, f"{units:g} x eps x max |value|"
-            eager_low, eager_high = eager_pairs.get(label, (None, None))
-            if eager_low is not None and eager_high is not None and want.numel():
-                eager_error = float((eager_low.detach().double() - eager_high.detach().double()).abs().max())
-                # An eager twin that overflows (inf) or fails (nan) in this dtype gives no tolerance.
-                if math.isfinite(eager_error) and EAGER_FACTOR * eager_error > allowed:
-                    allowed = EAGER_FACTOR * eager_error
-                    basis = f"{EAGER_FACTOR:g} x the error of the same formula in eager torch ops"
-            if error > allowed:
-                problems.append(
-                    f"{name}: {label} is off by {error:.3g} (allowed {allowed:.3g}, {basis}) compared with float64"
-                )
-    if problems:
-        return failed("; ".join(problems), notes=notes)
+        _compare_dtype(subject, dtype, units, point, reference, eager, problems, notes)
     note = f" ({'; '.join(notes)})" if notes else ""
+    if problems:
+        return failed("; ".join(problems) + note, notes=notes)
     return passed(f"float64 is float64-accurate; float32, float16, bfloat16 agree with float64{note}", notes=notes)
+
+
+def _compare_dtype(subject, dtype, units, point, reference, eager, problems: list[str], notes: list[str]) -> None:
+    """Outputs and gradients in ``dtype`` against float64 at the same (rounded) inputs."""
+    name = str(dtype).replace("torch.", "")
+    largest = torch.finfo(dtype).max
+    beyond = [subject.input_name(p) for p in subject.differentiable_positions if _beyond(point[p], largest)]
+    if beyond:
+        notes.append(f"{name} not compared: {_range_note(', '.join(map(repr, beyond)), name, largest)}")
+        return
+    values = subject.with_values({p: point[p].to(dtype) for p in subject.differentiable_positions})
+    rounded = subject.with_values({p: values[p].to(torch.float64) for p in subject.differentiable_positions})
+    low_upstream = [g.to(dtype) for g in reference.upstream]
+    try:
+        low = subject.evaluate(values, low_upstream)
+    except Exception as error:  # noqa: BLE001 - a dtype the Function does not support is a note
+        notes.append(f"{name} not supported ({describe_error(error)})")
+        return
+    high = subject.evaluate(rounded, list(reference.upstream))
+    eager_pairs = {}
+    if eager is not None:
+        # The same formula in plain torch ops, same dtype: how far rounding alone moves it.
+        eager_pairs = _pairs(
+            eager, eager.evaluate(values, low_upstream), eager.evaluate(rounded, list(reference.upstream))
+        )
+    for label, (got, want) in _pairs(subject, low, high).items():
+        if got is None:
+            continue
+        want = want.detach().double()
+        if _beyond(want, largest):
+            notes.append(f"{name}: {label} not compared: {_range_note('its float64 values', name, largest)}")
+            continue
+        allowed, basis = _allowed(dtype, units, want, eager_pairs.get(label, (None, None)))
+        error = float((got.detach().double() - want).abs().max()) if want.numel() else 0.0
+        if error > allowed:
+            overflow = bool((torch.isinf(got) & torch.isfinite(want)).any())
+            problems.append(
+                f"{name}: {label} is off by {error:.3g} (allowed {allowed:.3g}, {basis}) compared with float64"
+                + (f" (it overflows to inf inside the Function although its value fits in {name})" * overflow)
+            )
+
+
+def _beyond(values: torch.Tensor, largest: float) -> bool:
+    """Whether some finite value is larger in magnitude than ``largest`` (it overflows in that dtype)."""
+    finite = values.detach().double()
+    finite = finite[torch.isfinite(finite)]
+    return bool(finite.numel()) and float(finite.abs().max()) > largest
+
+
+def _range_note(what: str, name: str, largest: float) -> str:
+    return f"{what} exceed {name}'s largest value {largest:.6g} (they overflow to inf there)"
+
+
+def _allowed(dtype: torch.dtype, units: float, want: torch.Tensor, eager: tuple[Any, Any]) -> tuple[float, str]:
+    """The allowed error and its basis: `units` eps of the largest magnitude, or `EAGER_FACTOR` times the
+    error of the same formula in eager torch ops when that is larger."""
+    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+    allowed, basis = units * torch.finfo(dtype).eps * scale, f"{units:g} x eps x max |value|"
+    eager_low, eager_high = eager
+    if eager_low is not None and eager_high is not None and want.numel():
+        eager_error = float((eager_low.detach().double() - eager_high.detach().double()).abs().max())
+        # An eager twin that overflows (inf) or fails (nan) in this dtype gives no tolerance.
+        if math.isfinite(eager_error) and EAGER_FACTOR * eager_error > allowed:
+            allowed = EAGER_FACTOR * eager_error
+            basis = f"{EAGER_FACTOR:g} x the error of the same formula in eager torch ops"
+    return allowed, basis
 
 
 def _float32_math(subject: Subject) -> list[str]:
     """A float64 result insensitive to changes below float32's resolution was computed in float32."""
     base = float64_copies(subject)
     generator = make_generator(72)
-    values = {
+    drawn = {
         p: (torch.randn(base[p].shape, generator=generator, dtype=torch.float64) + 0.5).to(base[p].device)
         for p in subject.differentiable_positions
     }
+    _, point = finite_point(subject, "float32 math", drawn, seed=74)
+    values = {p: point[p] for p in subject.differentiable_positions}
     problems = []
     evaluations = []
     for relative in (0.0, 1e-11, 1e-3):
@@ -87,13 +123,21 @@ def _float32_math(subject: Subject) -> list[str]:
         a, b, c = pick(same), pick(tiny), pick(large)
         if a is None or b is None or c is None or a.numel() == 0:
             continue
-        if a.dtype == torch.float64 and torch.equal(a, b) and bool((a != c).all()):
+        if a.dtype == torch.float64 and _stuck_in_float32(a, b, c):
             problems.append(
                 f"float64: {label} does not change when the inputs change by 1e-11 (relative) but "
                 "does for 1e-3: it is computed in float32 (a .float(), float32 constant or "
                 "numpy float32 array); keep the input's dtype throughout"
             )
     return problems
+
+
+def _stuck_in_float32(same: torch.Tensor, tiny: torch.Tensor, large: torch.Tensor) -> bool:
+    """Unchanged by the 1e-11 change at every element where float64 would show it (the 1e-3 change, scaled
+    down, is over 64 ulps there), and there is such an element: 1 + 1e-7 x^2 legitimately shows nothing."""
+    change = (large - same).abs() * 1e-8  # the 1e-11 change's effect, to first order
+    visible = torch.isfinite(change) & (change > 64 * torch.finfo(torch.float64).eps * same.abs())
+    return bool(visible.any()) and torch.equal(same[visible], tiny[visible])
 
 
 def _quantities(subject: Subject, evaluation) -> list[tuple[str, Any]]:

@@ -243,16 +243,20 @@ class Subject:
         return ", ".join(parts)
 
     # -- running -------------------------------------------------------------------------------
-    def leaves(self, inputs: Sequence[Any], clone: bool = False) -> tuple[dict[int, torch.Tensor], list[Any]]:
-        """Fresh leaves requiring grad for the floating inputs (copies with ``clone``), and the
-        argument list holding them."""
+    def leaves(
+        self, inputs: Sequence[Any], clone: bool = False, positions: Sequence[int] | None = None
+    ) -> tuple[dict[int, torch.Tensor], list[Any]]:
+        """Fresh leaves requiring grad for the floating inputs (those at ``positions`` only, when given; the
+        others are passed detached), copies with ``clone``, and the argument list holding them."""
+        chosen = self.differentiable_positions if positions is None else list(positions)
         leaves = {}
+        arguments = list(inputs)
         for position in self.differentiable_positions:
             value = inputs[position].detach()
-            leaves[position] = (value.clone() if clone else value).requires_grad_(True)
-        arguments = list(inputs)
-        for position, leaf in leaves.items():
-            arguments[position] = leaf
+            value = value.clone() if clone else value
+            if position in chosen:
+                leaves[position] = value.requires_grad_(True)
+            arguments[position] = value
         return leaves, arguments
 
     def with_values(self, values: dict[int, torch.Tensor]) -> list[Any]:
@@ -278,10 +282,12 @@ class Subject:
         generator: torch.Generator | None = None,
         create_graph: bool = False,
         upstream_requires_grad: bool = False,
+        needing: Sequence[int] | None = None,
     ) -> Evaluation:
         """Forward, then gradients of ``sum_k <upstream_k, output_k>`` w.r.t. the floating inputs (all None
-        when ``forward_only``)."""
-        leaves, arguments = self.leaves(inputs)
+        when ``forward_only``); with ``needing``, only the inputs at those positions require a gradient
+        (``ctx.needs_input_grad`` is False for the others, and ``gradients`` has those positions only)."""
+        leaves, arguments = self.leaves(inputs, positions=needing)
         with torch.enable_grad():
             outputs = self.call(arguments)
             positions = [i for i, out in enumerate(outputs) if isinstance(out, torch.Tensor) and out.requires_grad]

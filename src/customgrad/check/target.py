@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import inspect
 import math
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -86,6 +87,23 @@ def _raised_while_importing(location: str, spec: str, error: BaseException) -> U
         f"target {spec!r}: importing {location!r} raised {type(error).__name__}: {message}{where}; "
         "fix the module (check imports it, running its top-level code)"
     )
+
+
+@contextlib.contextmanager
+def user_output_to_stderr() -> Iterator[None]:
+    """Send what is written to standard output (Python's ``print`` and file descriptor 1, as C code writes) to
+    standard error until the block ends, so that standard output carries only the report."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def parse_shapes(text: str) -> list[tuple[int, ...]]:

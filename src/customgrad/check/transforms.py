@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .finite_differences import compare_gradient
-from .inputs import sample_points
+from .inputs import checked_point, finite_point, random_like
 from .outcome import failed, passed, skipped, warning
 from .report import CheckResult
 from .subject import Subject, describe_error, flatten_outputs, has_setup_context, make_generator
@@ -38,7 +38,7 @@ def check_torch_func(subject: Subject) -> CheckResult:
             f"{cls.__name__} defines forward(ctx, ...) without setup_context, so torch.func "
             f"transforms (vmap, grad, jacrev) refuse it: {HOW_TO_SETUP_CONTEXT}"
         )
-    (_, inputs) = sample_points(subject, seed=80)[1]
+    inputs = checked_point(subject, seed=80)
     reference = subject.evaluate(inputs, generator=make_generator(81))
     problems, warnings_, passed_parts = [], [], []
     if not subject.forward_only:
@@ -85,11 +85,7 @@ def _vmap_and_jacrev(
     passed_parts: list[str],
 ) -> None:
     positions = subject.differentiable_positions
-    generator = make_generator(82)
-    batched = {
-        p: torch.randn((BATCH, *inputs[p].shape), generator=generator, dtype=torch.float64).to(inputs[p].device)
-        for p in positions
-    }
+    batched = _finite_batch(subject, inputs)
     in_dims = tuple(0 if i in batched else None for i in range(len(inputs)))
 
     def call(*arguments: Any) -> tuple[Any, ...]:
@@ -150,6 +146,17 @@ def _vmap_and_jacrev(
     passed_parts.append("jacrev")
 
 
+def _finite_batch(subject: Subject, inputs: list[Any]) -> dict[int, torch.Tensor]:
+    """`BATCH` random points stacked for vmap, each where the forward is finite (`finite_point`)."""
+    generator = make_generator(82)
+    positions = subject.differentiable_positions
+    rows = []
+    for row in range(BATCH):
+        values = {p: random_like(inputs[p].shape, generator, inputs[p].device) for p in positions}
+        rows.append(finite_point(subject, "vmap", values, seed=83 + row)[1])
+    return {p: torch.stack([drawn[p] for drawn in rows]) for p in positions}
+
+
 def _jacobian_rows(n: int) -> list[int] | None:
     """All rows (None) of a Jacobian with up to `FULL_JACOBIAN_ROWS` rows, else a few spread over it."""
     if n <= FULL_JACOBIAN_ROWS:
@@ -182,7 +189,7 @@ def check_compile(subject: Subject) -> CheckResult:
     if backend is None:
         return skipped("torch.compile check disabled")
 
-    (_, inputs) = sample_points(subject, seed=90)[1]
+    inputs = checked_point(subject, seed=90)
     reference = subject.evaluate(inputs, generator=make_generator(91))
 
     def run(*arguments: Any) -> tuple[Any, ...]:

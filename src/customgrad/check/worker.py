@@ -78,6 +78,7 @@ def _setup(message: dict[str, Any], marker_path: str) -> tuple[Any, Any]:
 def main(argv: list[str]) -> int:
     read_fd, write_fd = int(argv[0]), int(argv[1])
     dump_path, marker_path = argv[2], argv[3]
+    os.dup2(2, 1)  # the Function's prints go to standard error: standard output is the battery's report
     _record_stacks(dump_path)
     # Ctrl-C reaches the whole process group: the battery (the parent) handles it and ends this worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -179,13 +179,16 @@ class _Linearization:
 def _linearize(problem: GlobalProblem, local, shared, previous: _Linearization | None) -> _Linearization | None:
     """R_b at (local, shared), with D updated to the running maxima of the column norms; None where J is not finite."""
     upper = problem.factors(local, shared)
-    if float(problem.totals.sum(torch.isfinite(upper).logical_not().sum().to(upper.dtype))) > 0:
+    # (a finite sum says every entry is finite; only where it is not are the entries counted)
+    total = upper.sum()
+    failures = 0 if torch.isfinite(total) else torch.isfinite(upper).logical_not().sum().to(upper.dtype)
+    if float(problem.totals.sum(torch.as_tensor(failures, dtype=upper.dtype, device=upper.device))) > 0:
         return None
     L, S = problem.sizes
     p = L + S
     jacobian, q = upper[:, :p, :p], upper[:, :p, p]
-    squares = (jacobian * jacobian).sum(-2)
-    gradient = (jacobian * q.unsqueeze(-1)).sum(-2)
+    squares = torch.einsum("bij,bij->bj", jacobian, jacobian)
+    gradient = torch.einsum("bij,bi->bj", jacobian, q)
     shared_sums = problem.totals.sum(torch.cat([squares[:, L:].sum(0), gradient[:, L:].sum(0)]))
     local_norms, shared_norms = torch.sqrt(squares[:, :L]), torch.sqrt(shared_sums[:S])
     if previous is not None:
@@ -280,7 +283,7 @@ def _local_steps(linear: _Linearization, rows: torch.Tensor, d_shared: torch.Ten
 def _cost(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor]:
     """The total cost (inf where any residual is not finite) and the cost per curve of this rank."""
     r = problem.residuals(local, shared)
-    curve_cost = (r * r).sum(-1)
+    curve_cost = torch.linalg.vecdot(r, r)  # (no (b, N) temporary)
     finite = bool(torch.isfinite(curve_cost).all())
     total = problem.totals.sum(torch.stack([curve_cost.sum() if finite else curve_cost.new_tensor(0.0),
                                             curve_cost.new_tensor(0.0 if finite else 1.0)]))  # fmt: skip

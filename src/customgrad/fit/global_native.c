@@ -16,14 +16,8 @@
 /* Dot products over the points in this many interleaved sums (a vector register of doubles). */
 #define LANES 8
 
-/* sqrt(a^2 + b^2) without overflow or underflow (hypot's value to an ulp, at a fraction of its cost). */
-static inline double radius_of(double a, double b) {
-    if (isnan(a) || isnan(b)) return NAN;
-    double big = fmax(fabs(a), fabs(b)), small = fmin(fabs(a), fabs(b));
-    if (big == 0 || isinf(big)) return big;
-    double ratio = small / big;
-    return big * sqrt(1.0 + ratio * ratio);
-}
+/* Curves handled together, innermost, where each curve's work is a chain of dependent sqrt and divisions. */
+#define BLOCK 8
 
 void global_reduce(int64_t count, int64_t points, int64_t q, const double *rows, double pivot, double *upper,
                    int64_t *poor, int threads) {
@@ -74,26 +68,41 @@ void global_reduce(int64_t count, int64_t points, int64_t q, const double *rows,
 
 void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const double *root_scale,
                  double *local_rows, double *leftovers, int threads) {
-    const int64_t q = L + S + 1;
+    /* BLOCK curves at a time, the curve innermost: each rotation's chain of sqrt and divisions runs for
+     * BLOCK curves in one vector register instead of one curve after the other. */
+    const int64_t q = L + S + 1, blocks = (count + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) {
-        double *rows = local_rows + b * L * q, extra[q];
-        for (int64_t i = 0; i < L * q; i++) rows[i] = upper[b * q * q + i];
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t first = block * BLOCK, n = count - first < BLOCK ? count - first : BLOCK;
+        double rows[L * q][BLOCK], extra[q][BLOCK], cosine[BLOCK], sine[BLOCK];
+        for (int64_t i = 0; i < L * q; i++)
+            for (int64_t l = 0; l < BLOCK; l++) rows[i][l] = l < n ? upper[(first + l) * q * q + i] : 1.0;
         for (int64_t j = 0; j < L; j++) {
-            for (int64_t i = 0; i < q; i++) extra[i] = 0.0;
-            extra[j] = root_scale[b * L + j];
+            for (int64_t i = 0; i < q; i++)
+                for (int64_t l = 0; l < BLOCK; l++) extra[i][l] = 0.0;
+            for (int64_t l = 0; l < n; l++) extra[j][l] = root_scale[(first + l) * L + j];
             for (int64_t k = j; k < L; k++) {
-                double diagonal = rows[k * q + k], entry = extra[k];
-                double radius = radius_of(diagonal, entry);
-                double cosine = radius > 0 ? diagonal / radius : 1.0, sine = radius > 0 ? entry / radius : 0.0;
-                for (int64_t i = k; i < q; i++) {
-                    double row = rows[k * q + i], other = extra[i];
-                    rows[k * q + i] = cosine * row + sine * other;
-                    extra[i] = cosine * other - sine * row;
+                for (int64_t l = 0; l < BLOCK; l++) {
+                    /* sqrt(d^2 + e^2) without overflow or underflow (hypot's value to an ulp; inputs finite) */
+                    double d = rows[k * q + k][l], e = extra[k][l];
+                    double big = fmax(fabs(d), fabs(e)), small = fmin(fabs(d), fabs(e));
+                    double ratio = small / (big > 0 ? big : 1.0);
+                    double radius = big * sqrt(1.0 + ratio * ratio), safe = radius > 0 ? radius : 1.0;
+                    cosine[l] = radius > 0 ? d / safe : 1.0;
+                    sine[l] = radius > 0 ? e / safe : 0.0;
                 }
+                for (int64_t i = k; i < q; i++)
+                    for (int64_t l = 0; l < BLOCK; l++) {
+                        double row = rows[k * q + i][l], other = extra[i][l];
+                        rows[k * q + i][l] = cosine[l] * row + sine[l] * other;
+                        extra[i][l] = cosine[l] * other - sine[l] * row;
+                    }
             }
-            for (int64_t i = 0; i <= S; i++) leftovers[(b * L + j) * (S + 1) + i] = extra[L + i];
+            for (int64_t i = 0; i <= S; i++)
+                for (int64_t l = 0; l < n; l++) leftovers[((first + l) * L + j) * (S + 1) + i] = extra[L + i][l];
         }
+        for (int64_t i = 0; i < L * q; i++)
+            for (int64_t l = 0; l < n; l++) local_rows[(first + l) * L * q + i] = rows[i][l];
     }
 }
 

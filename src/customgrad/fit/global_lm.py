@@ -82,6 +82,12 @@ class GlobalProblem:
         return len(self.local), len(self.shared)
 
     @property
+    def cheap_jacobian(self) -> bool:
+        """True where [J | r] costs about what r does (a formula's generated rows): a trial point's cost is
+        then read from its R_b, which the next iteration needs if the step is accepted."""
+        return getattr(self.model, "rows", None) is not None
+
+    @property
     def in_order(self) -> bool:
         """True when the model's columns already come local first, then shared (`global_fit` orders them so)."""
         return self.local + self.shared == list(range(len(self.local) + len(self.shared)))
@@ -176,9 +182,10 @@ class _Linearization:
     _local_rows: torch.Tensor | None = None
 
 
-def _linearize(problem: GlobalProblem, local, shared, previous: _Linearization | None) -> _Linearization | None:
-    """R_b at (local, shared), with D updated to the running maxima of the column norms; None where J is not finite."""
-    upper = problem.factors(local, shared)
+def _linearize(problem: GlobalProblem, local, shared, previous: _Linearization | None, upper=None) -> tuple:
+    """R_b at (local, shared) (``upper`` where already taken there), with D updated to the running maxima of
+    the column norms; None where J is not finite."""
+    upper = problem.factors(local, shared) if upper is None else upper
     # (a finite sum says every entry is finite; only where it is not are the entries counted)
     total = upper.sum()
     failures = 0 if torch.isfinite(total) else torch.isfinite(upper).logical_not().sum().to(upper.dtype)
@@ -186,9 +193,11 @@ def _linearize(problem: GlobalProblem, local, shared, previous: _Linearization |
         return None
     L, S = problem.sizes
     p = L + S
-    jacobian, q = upper[:, :p, :p], upper[:, :p, p]
-    squares = torch.einsum("bij,bij->bj", jacobian, jacobian)
-    gradient = torch.einsum("bij,bi->bj", jacobian, q)
+    if global_native.usable(upper):
+        squares, gradient = global_native.columns(upper)
+    else:
+        jacobian, q = upper[:, :p, :p], upper[:, :p, p]
+        squares, gradient = torch.einsum("bij,bij->bj", jacobian, jacobian), torch.einsum("bij,bi->bj", jacobian, q)
     shared_sums = problem.totals.sum(torch.cat([squares[:, L:].sum(0), gradient[:, L:].sum(0)]))
     local_norms, shared_norms = torch.sqrt(squares[:, :L]), torch.sqrt(shared_sums[:S])
     if previous is not None:
@@ -283,7 +292,16 @@ def _local_steps(linear: _Linearization, rows: torch.Tensor, d_shared: torch.Ten
 def _cost(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor]:
     """The total cost (inf where any residual is not finite) and the cost per curve of this rank."""
     r = problem.residuals(local, shared)
-    curve_cost = torch.linalg.vecdot(r, r)  # (no (b, N) temporary)
+    return _total(problem, torch.linalg.vecdot(r, r))  # (no (b, N) temporary)
+
+
+def _cost_from(problem: GlobalProblem, upper: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """`_cost` from the R_b of [J_b | r_b]: ||r_b||^2 is the squared norm of R_b's last column."""
+    return _total(problem, torch.linalg.vecdot(upper[..., -1], upper[..., -1]))
+
+
+def _total(problem: GlobalProblem, curve_cost: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The total of the costs per curve ``curve_cost`` over every rank (inf where any is not finite)."""
     finite = bool(torch.isfinite(curve_cost).all())
     total = problem.totals.sum(torch.stack([curve_cost.sum() if finite else curve_cost.new_tensor(0.0),
                                             curve_cost.new_tensor(0.0 if finite else 1.0)]))  # fmt: skip
@@ -326,13 +344,13 @@ def global_levenberg_marquardt(
     run = _Run(local.clone(), shared.clone(), cost, curve_cost, history=[cost])
     if not math.isfinite(cost):
         return run.outcome("nonfinite")
-    linear, damping, growth = None, INITIAL_DAMPING, 2.0
+    linear, damping, growth, pending = None, INITIAL_DAMPING, 2.0, None
     while True:
         if run.cost == 0:
             return run.outcome("exact")
         if run.jacobians >= max_steps:
             return run.outcome("max_steps")
-        linear = _linearize(problem, run.local, run.shared, linear)
+        linear = _linearize(problem, run.local, run.shared, linear, pending)
         run.jacobians += 1
         run.upper = None if linear is None else linear.upper
         if linear is None:
@@ -343,7 +361,10 @@ def global_levenberg_marquardt(
         while True:
             d_local, d_shared, predicted, step_square = _damped_step(problem, linear, damping)
             trial_local, trial_shared = run.local + d_local, run.shared + d_shared
-            trial_cost, trial_curves = _cost(problem, trial_local, trial_shared)
+            pending = problem.factors(trial_local, trial_shared) if problem.cheap_jacobian else None
+            trial_cost, trial_curves = (
+                _cost(problem, trial_local, trial_shared) if pending is None else _cost_from(problem, pending)
+            )
             run.evaluations += 1
             actual = run.cost - trial_cost
             step_norm = math.sqrt(step_square)
@@ -353,7 +374,7 @@ def global_levenberg_marquardt(
                 ratio = actual / predicted
                 damping = max(damping * max(1 / 3, 1 - (2 * ratio - 1) ** 3), SMALLEST_DAMPING)
                 growth = 2.0
-                run.accept(trial_local, trial_shared, trial_cost, trial_curves)
+                run.accept(trial_local, trial_shared, trial_cost, trial_curves, pending)
             else:
                 damping, growth = damping * growth, growth * 2
             status = _converged(actual, predicted, previous_cost, step_norm, theta_norm, accepted, ftol, xtol)
@@ -389,9 +410,9 @@ class _Run:
 
     upper: torch.Tensor | None = None
 
-    def accept(self, local, shared, cost, curve_cost) -> None:
+    def accept(self, local, shared, cost, curve_cost, upper=None) -> None:
         self.local, self.shared, self.cost, self.curve_cost = local, shared, cost, curve_cost
-        self.upper = None  # taken at the previous iterate
+        self.upper = upper  # R_b at the new iterate where the trial evaluation took it (else None)
         self.steps += 1
         self.history.append(cost)
 

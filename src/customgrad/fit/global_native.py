@@ -25,6 +25,7 @@ _SIGNATURES = {
     "global_reduce": [_INT, _INT, _INT, _POINTER, ctypes.c_double, _POINTER, _POINTER, _THREADS],
     "global_damp": [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _THREADS],
     "global_local_step": [_INT, _INT, _INT, *[_POINTER] * 6, _THREADS],
+    "global_columns": [_INT, _INT, _POINTER, _POINTER, _POINTER, _THREADS],
 }
 
 
@@ -90,3 +91,14 @@ def local_steps(upper, rows, local_scale, d_shared, sizes) -> tuple[torch.Tensor
         count, L, S, *(t.data_ptr() for t in tensors), d_local.data_ptr(), parts.data_ptr(), _threads(upper.numel())
     )
     return d_local, parts
+
+
+def columns(upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """||J_j||^2 and (J^T r)_j of each curve (b, p) from its R_b (b, p + 1, p + 1)."""
+    upper = upper.contiguous()
+    count, q = upper.shape[:2]
+    squares, gradient = upper.new_empty(count, q - 1), upper.new_empty(count, q - 1)
+    _library().global_columns(
+        count, q, upper.data_ptr(), squares.data_ptr(), gradient.data_ptr(), _threads(upper.numel())
+    )
+    return squares, gradient

@@ -142,6 +142,24 @@ def test_curves_without_data_are_left_out(decay_curves):
     assert result.shared.dof == plain.shared.dof
 
 
+def test_a_local_parameter_its_curve_cannot_fix_is_named_and_the_others_keep_their_errors(decay_curves, linear_algebra):
+    # curve 3 keeps one point: its a and c are one equation (a e^{-k x0} + c = y0), neither determined, and
+    # the curve says nothing about k; the other curves' local errors are those of the fit without it
+    x, y = decay_curves
+    params = {"k": {"value": 1.0, "shared": True}, "a": 1.0, "c": 0.0}
+    sparse = y[:12].copy()
+    sparse[3, 1:] = np.nan
+    result = fit_batch(DECAY, x, sparse, params=params)
+    without = fit_batch(DECAY, x, np.delete(y[:12], 3, axis=0), params=params)
+    assert any("local parameter a is not identifiable on 1 curve(s) (3)" in text for text in result.shared.warnings)
+    assert np.isnan(result.stderr["a"][3]) and np.isnan(result.stderr["c"][3])
+    assert_matches_reference(result.shared.params["k"], without.shared.params["k"], rtol=1e-9, what="k")
+    # (the same variance: curve 3 adds one point and two parameters; dof differs by one)
+    scale = np.sqrt(without.shared.dof / result.shared.dof * result.shared.cost / without.shared.cost)
+    kept = np.delete(np.arange(12), 3)
+    assert_matches_reference(result.stderr["a"][kept], scale * without.stderr["a"], rtol=1e-7, what="stderr a")
+
+
 def test_a_shared_parameter_with_no_effect_is_named_and_gets_no_error(decay_curves, linear_algebra):
     x, y = decay_curves
     params = {"k": {"value": 1.0, "shared": True}, "d": {"value": 0.0, "shared": True}, "a": 1.0, "c": 0.0}

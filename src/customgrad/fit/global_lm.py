@@ -16,6 +16,12 @@ it is one least-squares problem, whose answer is the dense problem's. D are the 
 (running maxima, as MINPACK), so lambda is relative. Every total over curves goes through a `Totals`
 (sums and maxima over ranks for ``distributed=True``; plain in one process), so every rank takes the
 same steps.
+
+On the CPU in float64 the per-curve work (CholeskyQR of the rows, the damping rotations, the local
+back-substitution) runs in C (`global_native`), one pass per curve; elsewhere the same steps run as
+torch operations over all curves. For a formula model (its [J | r] costs about what r does) a trial
+point's cost is read from its R_b (||r_b||^2 is the squared norm of R_b's last column), so an accepted
+step's Jacobian is the one its trial already took.
 """
 
 from __future__ import annotations
@@ -182,7 +188,7 @@ class _Linearization:
     _local_rows: torch.Tensor | None = None
 
 
-def _linearize(problem: GlobalProblem, local, shared, previous: _Linearization | None, upper=None) -> tuple:
+def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _Linearization | None:
     """R_b at (local, shared) (``upper`` where already taken there), with D updated to the running maxima of
     the column norms; None where J is not finite."""
     upper = problem.factors(local, shared) if upper is None else upper

@@ -346,11 +346,12 @@ def global_levenberg_marquardt(
     between r and a column of J), exact (zero cost), roundoff (a rejected step that promised less
     than float64 can resolve), max_steps (Jacobians), nonfinite.
     """
-    cost, curve_cost = _cost(problem, local, shared)
+    pending = problem.factors(local, shared) if problem.cheap_jacobian else None
+    cost, curve_cost = _cost(problem, local, shared) if pending is None else _cost_from(problem, pending)
     run = _Run(local.clone(), shared.clone(), cost, curve_cost, history=[cost])
     if not math.isfinite(cost):
         return run.outcome("nonfinite")
-    linear, damping, growth, pending = None, INITIAL_DAMPING, 2.0, None
+    linear, damping, growth = None, INITIAL_DAMPING, 2.0
     while True:
         if run.cost == 0:
             return run.outcome("exact")

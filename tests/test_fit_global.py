@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -13,6 +14,14 @@ from reference import assert_matches_reference
 
 DECAY = "a*exp(-k*x)+c"
 GAUSSIAN = "a*exp(-(x-m)**2/(2*s**2))+c"
+
+
+@pytest.fixture(params=["C", "torch"])
+def linear_algebra(request, monkeypatch):
+    """Each way of the per-curve linear algebra: C kernels (CPU float64, where a compiler is found) and torch."""
+    if request.param == "torch":
+        monkeypatch.setattr(importlib.import_module("customgrad.fit.global_native"), "usable", lambda tensor: False)
+    return request.param
 
 
 def assert_global_matches(result, reference, shared_names, local_names, rtol=1e-8, value_slack=0.0):
@@ -82,7 +91,7 @@ def test_bounds_on_the_shared_parameter_leave_an_interior_solution_unchanged(dec
     assert_global_matches(fit_batch(DECAY, x, y, params=params), decay_reference, ["k"], ["a", "c"])
 
 
-def test_50_gaussians_with_a_shared_width_match_the_dense_fit():
+def test_50_gaussians_with_a_shared_width_match_the_dense_fit(linear_algebra):
     rng = np.random.default_rng(2)
     x = np.linspace(-3, 3, 32)
     local = np.stack([rng.uniform(1, 3, 50), rng.uniform(-1, 1, 50), rng.uniform(-0.5, 0.5, 50)], 1)
@@ -93,7 +102,7 @@ def test_50_gaussians_with_a_shared_width_match_the_dense_fit():
     assert_global_matches(fit_batch(GAUSSIAN, x, y, params=params), reference, ["s"], ["a", "m", "c"])
 
 
-def test_a_poorly_determined_shared_rate_matches_the_dense_fit():
+def test_a_poorly_determined_shared_rate_matches_the_dense_fit(linear_algebra):
     # a short window and large noise: k's standard error is 70% of k, and k, a, c are strongly correlated
     rng = np.random.default_rng(3)
     x = np.linspace(0, 0.8, 10)
@@ -133,7 +142,25 @@ def test_curves_without_data_are_left_out(decay_curves):
     assert result.shared.dof == plain.shared.dof
 
 
-def test_a_shared_parameter_with_no_effect_is_named_and_gets_no_error(decay_curves):
+def test_a_local_parameter_its_curve_cannot_fix_is_named_and_the_others_keep_their_errors(decay_curves, linear_algebra):
+    # curve 3 keeps one point: its a and c are one equation (a e^{-k x0} + c = y0), neither determined, and
+    # the curve says nothing about k; the other curves' local errors are those of the fit without it
+    x, y = decay_curves
+    params = {"k": {"value": 1.0, "shared": True}, "a": 1.0, "c": 0.0}
+    sparse = y[:12].copy()
+    sparse[3, 1:] = np.nan
+    result = fit_batch(DECAY, x, sparse, params=params)
+    without = fit_batch(DECAY, x, np.delete(y[:12], 3, axis=0), params=params)
+    assert any("local parameter a is not identifiable on 1 curve(s) (3)" in text for text in result.shared.warnings)
+    assert np.isnan(result.stderr["a"][3]) and np.isnan(result.stderr["c"][3])
+    assert_matches_reference(result.shared.params["k"], without.shared.params["k"], rtol=1e-9, what="k")
+    # (the same variance: curve 3 adds one point and two parameters; dof differs by one)
+    scale = np.sqrt(without.shared.dof / result.shared.dof * result.shared.cost / without.shared.cost)
+    kept = np.delete(np.arange(12), 3)
+    assert_matches_reference(result.stderr["a"][kept], scale * without.stderr["a"], rtol=1e-7, what="stderr a")
+
+
+def test_a_shared_parameter_with_no_effect_is_named_and_gets_no_error(decay_curves, linear_algebra):
     x, y = decay_curves
     params = {"k": {"value": 1.0, "shared": True}, "d": {"value": 0.0, "shared": True}, "a": 1.0, "c": 0.0}
     result = fit_batch("a*exp(-k*x)+c+0*d", x, y[:10], params=params)

@@ -67,6 +67,16 @@ def _cpu_rows(function, names: tuple[str, ...], y: torch.Tensor, rows, value_row
     return rows, value_rows
 
 
+def _take(tensor: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
+    """``tensor``'s rows at ``index``: curve numbers (a copy), or a slice of consecutive curves (a view)."""
+    return tensor[index] if isinstance(index, slice) else tensor.index_select(0, index)
+
+
+def _count(index: torch.Tensor | slice) -> int:
+    """How many curves ``index`` (curve numbers, or a slice with start and stop) names."""
+    return index.stop - index.start if isinstance(index, slice) else len(index)
+
+
 def _external_slope(spec: ParameterSpec, t: torch.Tensor) -> torch.Tensor:
     """d external / d internal of `model._to_external`, elementwise."""
     lo, hi = spec.lower, spec.upper
@@ -143,7 +153,7 @@ class BatchModel(BatchProblem):
         return torch.stack(columns, dim=-1)
 
     def _pick(self, tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return tensor if tensor.shape[0] == 1 and self.batch != 1 else tensor.index_select(0, index)
+        return tensor if tensor.shape[0] == 1 and self.batch != 1 else _take(tensor, index)
 
     def _arguments(self, values: torch.Tensor, index: torch.Tensor) -> list:
         position = {name: j for j, name in enumerate(self.names)}
@@ -152,7 +162,7 @@ class BatchModel(BatchProblem):
             if name in self.data:
                 arguments.append(self._pick(self.data[name], index))
             elif name in self.fixed:
-                arguments.append(self.fixed[name].index_select(0, index))
+                arguments.append(_take(self.fixed[name], index))
             else:
                 j = position[name]
                 arguments.append(values[:, j : j + 1])
@@ -161,22 +171,22 @@ class BatchModel(BatchProblem):
     def _named(self, values: torch.Tensor, index: torch.Tensor) -> tuple[dict, dict]:
         data = {name: self._pick(column, index) for name, column in self.data.items()}
         named = {name: values[:, j : j + 1] for j, name in enumerate(self.names)}
-        named.update({name: value[index] for name, value in self.fixed.items()})
+        named.update({name: _take(value, index) for name, value in self.fixed.items()})
         return data, named
 
     def _finish(self, f: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """(f - y) w s, zero where masked; ``f`` (..., b, N) with the predictions in its last row."""
-        f[..., -1, :, :] -= self.y.index_select(0, index)
+        f[..., -1, :, :] -= _take(self.y, index)
         if self.weights is not None:
             f *= self._pick(self.weights, index)
         if self.scales is not None:
-            f *= self.scales.index_select(0, index).unsqueeze(-1)
-        return torch.where(self.mask.index_select(0, index), f, 0.0) if self.masked else f
+            f *= _take(self.scales, index).unsqueeze(-1)
+        return torch.where(_take(self.mask, index), f, 0.0) if self.masked else f
 
     def residuals(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """r (b, N) of the curves at ``index`` with internal coordinates ``theta`` (b, p)."""
         values = self.external(theta)
-        shape = (1, len(index), self.y.shape[-1])
+        shape = (1, _count(index), self.y.shape[-1])
         if self.value_rows is not None:
             out = self.y.new_empty(shape)
             self.value_rows(out, *self._arguments(values, index))
@@ -190,7 +200,7 @@ class BatchModel(BatchProblem):
         values = theta if external else self.external(theta)
         p = len(self.names)
         if self.rows is not None:
-            out = self.y.new_empty(p + 1, len(index), self.y.shape[-1])
+            out = self.y.new_empty(p + 1, _count(index), self.y.shape[-1])
             self.rows(out, *self._arguments(values, index))
         else:
             out = self._function_rows(values, index)
@@ -214,7 +224,7 @@ class BatchModel(BatchProblem):
         from torch.func import jacfwd, vmap
 
         data, _ = self._named(values, index)
-        fixed = {name: value[index][:, 0] for name, value in self.fixed.items()}
+        fixed = {name: _take(value, index)[:, 0] for name, value in self.fixed.items()}
         size = self.y.shape[-1]
 
         def one_curve(theta, columns, constants):
@@ -223,7 +233,7 @@ class BatchModel(BatchProblem):
             f = torch.broadcast_to(self.function(columns, named), (size,))
             return f, f
 
-        data_dims = {name: None if column.shape[0] == 1 and len(index) != 1 else 0 for name, column in data.items()}
+        data_dims = {name: None if column.shape[0] == 1 and _count(index) != 1 else 0 for name, column in data.items()}
         shared = {name: column[0] if data_dims[name] is None else column for name, column in data.items()}
         jacobian, f = vmap(jacfwd(one_curve, has_aux=True), in_dims=(0, data_dims, 0))(values, shared, fixed)
         return torch.cat([jacobian.permute(2, 0, 1), f.unsqueeze(0)]).contiguous()
@@ -235,7 +245,7 @@ class BatchModel(BatchProblem):
         data, named = self._named(copies, index)
         named.update({name: copies[:, j] for j, name in enumerate(self.names)})
         with torch.enable_grad():
-            f = torch.broadcast_to(self.function(data, named), (len(index), size))
+            f = torch.broadcast_to(self.function(data, named), (_count(index), size))
             grad = None
             if f.requires_grad:
                 (grad,) = torch.autograd.grad(f, copies, torch.ones_like(f), allow_unused=True)

@@ -112,11 +112,14 @@ def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
 
 def _data_norm(problem, curves: torch.Tensor, totals: Totals) -> float:
     """||y / sigma|| over the curves of every rank (the scale against which a column has no effect)."""
-    y = problem.y.index_select(0, curves)
+    every = len(curves) == problem.batch  # (then in order: they are sorted and distinct)
+    y = problem.y if every else problem.y.index_select(0, curves)
     if problem.weights is not None:
-        y = y * problem._pick(problem.weights, curves)
-    y = torch.where(problem.mask.index_select(0, curves), y, 0.0)
-    return float(totals.sum((y * y).sum())) ** 0.5
+        y = y * (problem.weights if every else problem._pick(problem.weights, curves))
+    if problem.masked:
+        y = torch.where(problem.mask.index_select(0, curves), y, 0.0)
+    y = y.flatten()
+    return float(totals.sum(torch.linalg.vecdot(y, y))) ** 0.5
 
 
 def _gathered(shards, outcome, values: torch.Tensor, spread) -> dict:

@@ -16,6 +16,12 @@ it is one least-squares problem, whose answer is the dense problem's. D are the 
 (running maxima, as MINPACK), so lambda is relative. Every total over curves goes through a `Totals`
 (sums and maxima over ranks for ``distributed=True``; plain in one process), so every rank takes the
 same steps.
+
+On the CPU in float64 the per-curve work (CholeskyQR of the rows, the damping rotations, the local
+back-substitution) runs in C (`global_native`), one pass per curve; elsewhere the same steps run as
+torch operations over all curves. For a formula model (its [J | r] costs about what r does) a trial
+point's cost is read from its R_b (||r_b||^2 is the squared norm of R_b's last column), so an accepted
+step's Jacobian is the one its trial already took.
 """
 
 from __future__ import annotations
@@ -25,13 +31,17 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import global_native
 from .lm import EPS
-from .reduction import reduce_gram, reduce_local
+from .reduction import GRAM_PIVOT, reduce_batched, reduce_gram, reduce_local
 
 # Nielsen's damping: the first lambda (relative to the column-scaled J^T J), and its floor (below it
 # the step is Gauss-Newton's to float64 precision).
 INITIAL_DAMPING = 1e-3
 SMALLEST_DAMPING = 1e-30
+# Entries of [J | r] evaluated and reduced at a time (4 MB in float64: the rows are still in the cache when
+# they are reduced; 10^4 Gaussians of 64 points: 10% faster than all at once).
+CACHE_ENTRIES = 1 << 19
 # A step is accepted when the cost fell by at least this share of the reduction the linear model promised.
 ACCEPT_RATIO = 1e-4
 
@@ -70,11 +80,18 @@ class GlobalProblem:
     shared: list[int]
     chunk_size: int
     totals: Totals = field(default_factory=Totals)
+    _first: int | None = field(default=None, repr=False)  # the first curve where they are consecutive, else -1
 
     @property
     def sizes(self) -> tuple[int, int]:
         """(L, S): local and shared free parameters."""
         return len(self.local), len(self.shared)
+
+    @property
+    def cheap_jacobian(self) -> bool:
+        """True where [J | r] costs about what r does (a formula's generated rows): a trial point's cost is
+        then read from its R_b, which the next iteration needs if the step is accepted."""
+        return getattr(self.model, "rows", None) is not None
 
     @property
     def in_order(self) -> bool:
@@ -90,26 +107,49 @@ class GlobalProblem:
         theta[:, self.shared] = shared.expand(local.shape[0], -1)
         return theta
 
+    def span(self, begin: int, end: int) -> torch.Tensor | slice:
+        """This rank's curves begin to end (exclusive) for the model: a slice where they are consecutive
+        (the common case: the model then reads y, sigma and the mask in place instead of copying them)."""
+        end = min(end, len(self.curves))
+        if self._first is None:
+            count = len(self.curves)
+            consecutive = count > 0 and int(self.curves[-1]) - int(self.curves[0]) == count - 1
+            self._first = int(self.curves[0]) if consecutive else -1  # (curves are sorted and distinct)
+        return self.curves[begin:end] if self._first < 0 else slice(self._first + begin, self._first + end)
+
     def residuals(self, local: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """r (b, N) of this rank's curves."""
-        return self.model.residuals(self.full(local, shared), self.curves)
+        return self.model.residuals(self.full(local, shared), self.span(0, len(self.curves)))
 
     def factors(self, local: torch.Tensor, shared: torch.Tensor, *, external: bool = False) -> torch.Tensor:
         """R_b of each curve's [A_b | C_b | r_b], (b, L + S + 1) square, chunk by chunk of curves."""
         order = torch.tensor([*self.local, *self.shared, len(self.local) + len(self.shared)], device=local.device)
         theta = self.full(local, shared)
         parts = []
-        for begin in range(0, len(self.curves), self.chunk_size):
-            end = begin + self.chunk_size
-            block = self.model.augmented(theta[begin:end], self.curves[begin:end], external=external)
-            # columns reordered in the model's layout (p + 1, b, N): whole rows copied
-            if not self.in_order:
-                block = block.permute(2, 0, 1).index_select(0, order).permute(1, 2, 0)
-            parts.append(reduce_gram(block))
+        # chunks of rows that stay in a core's cache from the model's kernel to their reduction
+        size = max(1, min(self.chunk_size, CACHE_ENTRIES // (len(order) * self.model.y.shape[-1])))
+        for begin in range(0, len(self.curves), size):
+            end = begin + size
+            block = self.model.augmented(theta[begin:end], self.span(begin, end), external=external)
+            # the model's layout (p + 1, b, N) (a view): columns reordered there by copying whole rows
+            rows = block.permute(2, 0, 1)
+            parts.append(_reduce(rows if self.in_order else rows.index_select(0, order)))
         if not parts:
             size = len(order)
             return theta.new_zeros(0, size, size)
         return torch.cat(parts)
+
+
+def _reduce(rows: torch.Tensor) -> torch.Tensor:
+    """R_b (b, q, q) of each curve's rows (q, b, N) by CholeskyQR (Householder where ill-conditioned)."""
+    if global_native.usable(rows):
+        upper, poor = global_native.reduce_rows(rows, GRAM_PIVOT)
+        redo = poor.nonzero().flatten()
+        if len(redo):
+            upper[redo] = reduce_batched(rows.index_select(1, redo).permute(1, 2, 0))
+        return upper
+    # the Gram matrices formed in this layout: one contraction over N, ~5x faster than a batched A^T A
+    return reduce_gram(rows.permute(1, 2, 0), torch.einsum("ibn,jbn->bij", rows, rows))
 
 
 @dataclass
@@ -148,16 +188,22 @@ class _Linearization:
     _local_rows: torch.Tensor | None = None
 
 
-def _linearize(problem: GlobalProblem, local, shared, previous: _Linearization | None) -> _Linearization | None:
-    """R_b at (local, shared), with D updated to the running maxima of the column norms; None where J is not finite."""
-    upper = problem.factors(local, shared)
-    if float(problem.totals.sum(torch.isfinite(upper).logical_not().sum().to(upper.dtype))) > 0:
+def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _Linearization | None:
+    """R_b at (local, shared) (``upper`` where already taken there), with D updated to the running maxima of
+    the column norms; None where J is not finite."""
+    upper = problem.factors(local, shared) if upper is None else upper
+    # (a finite sum says every entry is finite; only where it is not are the entries counted)
+    total = upper.sum()
+    failures = 0 if torch.isfinite(total) else torch.isfinite(upper).logical_not().sum().to(upper.dtype)
+    if float(problem.totals.sum(torch.as_tensor(failures, dtype=upper.dtype, device=upper.device))) > 0:
         return None
     L, S = problem.sizes
     p = L + S
-    jacobian, q = upper[:, :p, :p], upper[:, :p, p]
-    squares = (jacobian * jacobian).sum(-2)
-    gradient = (jacobian * q.unsqueeze(-1)).sum(-2)
+    if global_native.usable(upper):
+        squares, gradient = global_native.columns(upper)
+    else:
+        jacobian, q = upper[:, :p, :p], upper[:, :p, p]
+        squares, gradient = torch.einsum("bij,bij->bj", jacobian, jacobian), torch.einsum("bij,bi->bj", jacobian, q)
     shared_sums = problem.totals.sum(torch.cat([squares[:, L:].sum(0), gradient[:, L:].sum(0)]))
     local_norms, shared_norms = torch.sqrt(squares[:, :L]), torch.sqrt(shared_sums[:S])
     if previous is not None:
@@ -210,12 +256,33 @@ def _damped_step(problem: GlobalProblem, linear: _Linearization, damping: float)
     p = L + S
     upper = linear.upper
     root = math.sqrt(damping)
-    rows, leftovers = _eliminate_damping(linear.local_rows, (L, S), root * linear.local_scale.T)
-    remainder = torch.cat([upper[:, L:p, L:], leftovers.permute(2, 0, 1)], dim=1).reshape(-1, S + 1)
+    native = global_native.usable(upper)
+    if native:
+        rows, leftovers = global_native.eliminate_damping(upper, root * linear.local_scale, (L, S))
+    else:
+        rows, leftovers = _eliminate_damping(linear.local_rows, (L, S), root * linear.local_scale.T)
+        leftovers = leftovers.permute(2, 0, 1)
+    remainder = torch.cat([upper[:, L:p, L:], leftovers], dim=1).reshape(-1, S + 1)
     stacked = problem.totals.factor(remainder)
     shared_rows = torch.cat([torch.diag(root * linear.shared_scale), upper.new_zeros(S, 1)], dim=-1)
     schur = reduce_local(torch.cat([stacked, shared_rows]))
     d_shared = -torch.linalg.solve_triangular(schur[:S, :S], schur[:S, S:], upper=True)[:, 0]
+    if native:
+        d_local, per_curve = global_native.local_steps(upper, rows, linear.local_scale, d_shared, (L, S))
+        sums = per_curve.sum(0)
+        parts = torch.stack([-(sums[0] + 2 * sums[1]), sums[2]])
+    else:
+        d_local, parts = _local_steps(linear, rows, d_shared, (L, S))
+    predicted, local_norm = problem.totals.sum(parts).tolist()
+    return d_local, d_shared, predicted, local_norm + float(((linear.shared_scale * d_shared) ** 2).sum())
+
+
+def _local_steps(linear: _Linearization, rows: torch.Tensor, d_shared: torch.Tensor, sizes: tuple) -> tuple:
+    """d_b (b, L) by back-substitution in the damped local rows (L, P + 1, b), and this rank's
+    (predicted reduction, ||D_local d_local||^2)."""
+    L, S = sizes
+    p = L + S
+    upper = linear.upper
     d_local = -_back_substitution(rows, rows[:, p] + (rows[:, L:p] * d_shared[:, None]).sum(1)).T
     step = torch.cat([d_local, d_shared.expand(d_local.shape[0], -1)], dim=-1)
     change = (upper[:, :p, :p] @ step.unsqueeze(-1))[..., 0]
@@ -225,14 +292,22 @@ def _damped_step(problem: GlobalProblem, linear: _Linearization, damping: float)
             ((linear.local_scale * d_local) ** 2).sum(),
         ]
     )
-    predicted, local_norm = problem.totals.sum(parts).tolist()
-    return d_local, d_shared, predicted, local_norm + float(((linear.shared_scale * d_shared) ** 2).sum())
+    return d_local, parts
 
 
 def _cost(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor]:
     """The total cost (inf where any residual is not finite) and the cost per curve of this rank."""
     r = problem.residuals(local, shared)
-    curve_cost = (r * r).sum(-1)
+    return _total(problem, torch.linalg.vecdot(r, r))  # (no (b, N) temporary)
+
+
+def _cost_from(problem: GlobalProblem, upper: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """`_cost` from the R_b of [J_b | r_b]: ||r_b||^2 is the squared norm of R_b's last column."""
+    return _total(problem, torch.linalg.vecdot(upper[..., -1], upper[..., -1]))
+
+
+def _total(problem: GlobalProblem, curve_cost: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The total of the costs per curve ``curve_cost`` over every rank (inf where any is not finite)."""
     finite = bool(torch.isfinite(curve_cost).all())
     total = problem.totals.sum(torch.stack([curve_cost.sum() if finite else curve_cost.new_tensor(0.0),
                                             curve_cost.new_tensor(0.0 if finite else 1.0)]))  # fmt: skip
@@ -271,7 +346,8 @@ def global_levenberg_marquardt(
     between r and a column of J), exact (zero cost), roundoff (a rejected step that promised less
     than float64 can resolve), max_steps (Jacobians), nonfinite.
     """
-    cost, curve_cost = _cost(problem, local, shared)
+    pending = problem.factors(local, shared) if problem.cheap_jacobian else None
+    cost, curve_cost = _cost(problem, local, shared) if pending is None else _cost_from(problem, pending)
     run = _Run(local.clone(), shared.clone(), cost, curve_cost, history=[cost])
     if not math.isfinite(cost):
         return run.outcome("nonfinite")
@@ -281,7 +357,7 @@ def global_levenberg_marquardt(
             return run.outcome("exact")
         if run.jacobians >= max_steps:
             return run.outcome("max_steps")
-        linear = _linearize(problem, run.local, run.shared, linear)
+        linear = _linearize(problem, run.local, run.shared, linear, pending)
         run.jacobians += 1
         run.upper = None if linear is None else linear.upper
         if linear is None:
@@ -292,7 +368,10 @@ def global_levenberg_marquardt(
         while True:
             d_local, d_shared, predicted, step_square = _damped_step(problem, linear, damping)
             trial_local, trial_shared = run.local + d_local, run.shared + d_shared
-            trial_cost, trial_curves = _cost(problem, trial_local, trial_shared)
+            pending = problem.factors(trial_local, trial_shared) if problem.cheap_jacobian else None
+            trial_cost, trial_curves = (
+                _cost(problem, trial_local, trial_shared) if pending is None else _cost_from(problem, pending)
+            )
             run.evaluations += 1
             actual = run.cost - trial_cost
             step_norm = math.sqrt(step_square)
@@ -302,7 +381,7 @@ def global_levenberg_marquardt(
                 ratio = actual / predicted
                 damping = max(damping * max(1 / 3, 1 - (2 * ratio - 1) ** 3), SMALLEST_DAMPING)
                 growth = 2.0
-                run.accept(trial_local, trial_shared, trial_cost, trial_curves)
+                run.accept(trial_local, trial_shared, trial_cost, trial_curves, pending)
             else:
                 damping, growth = damping * growth, growth * 2
             status = _converged(actual, predicted, previous_cost, step_norm, theta_norm, accepted, ftol, xtol)
@@ -338,9 +417,9 @@ class _Run:
 
     upper: torch.Tensor | None = None
 
-    def accept(self, local, shared, cost, curve_cost) -> None:
+    def accept(self, local, shared, cost, curve_cost, upper=None) -> None:
         self.local, self.shared, self.cost, self.curve_cost = local, shared, cost, curve_cost
-        self.upper = None  # taken at the previous iterate
+        self.upper = upper  # R_b at the new iterate where the trial evaluation took it (else None)
         self.steps += 1
         self.history.append(cost)
 

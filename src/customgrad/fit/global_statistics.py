@@ -25,6 +25,10 @@ import torch
 from .jacobi import jacobi_svd
 from .statistics import INSENSITIVE, NULL_COMPONENT, RANK_TOLERANCE, safe_column_norms, with_null_groups
 
+# A curve's column-scaled R_AA whose condition bound ||R||_F ||R^-1||_F stays below REGULAR_MARGIN /
+# RANK_TOLERANCE has full rank beyond doubt: its inverse is taken directly, without an SVD.
+REGULAR_MARGIN = 1e-2
+
 
 @dataclass
 class GlobalUncertainty:
@@ -48,12 +52,25 @@ def _local_inverse(upper_local: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     norms = safe_column_norms(upper_local)
     scale = torch.where(norms > 0, norms, 1.0)
     scaled = upper_local / scale.unsqueeze(-2)
-    s, vt, _ = jacobi_svd(scaled, torch.zeros_like(scale))
+    # s_min / s_max >= 1 / (||R||_F ||R^-1||_F): where that bound clears RANK_TOLERANCE (by a margin) every
+    # direction is kept and the pseudo-inverse is the inverse; the SVD decides for the other curves only
+    eye = torch.eye(scaled.shape[-1], dtype=scaled.dtype, device=scaled.device)
+    pseudo = torch.linalg.solve_triangular(scaled, eye.expand_as(scaled), upper=True)
+    bound = torch.linalg.matrix_norm(scaled) * torch.linalg.matrix_norm(pseudo)
+    involved = torch.zeros(scaled.shape[:2], dtype=torch.bool, device=scaled.device)
+    doubtful = (~(bound < REGULAR_MARGIN / RANK_TOLERANCE)).nonzero().flatten()
+    if len(doubtful):
+        pseudo[doubtful], involved[doubtful] = _svd_pseudo_inverse(scaled[doubtful])
+    return pseudo / scale.unsqueeze(-1), involved
+
+
+def _svd_pseudo_inverse(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """R^+ (b, L, L) over the directions the SVD keeps, and the parameters of a null direction (b, L) bool."""
+    s, vt, _ = jacobi_svd(scaled, scaled.new_zeros(scaled.shape[:2]))
     keep = (s[:, :1] > 0) & (s > RANK_TOLERANCE * s[:, :1])
     inverse_squares = torch.where(keep, 1 / torch.where(keep, s, 1.0) ** 2, 0.0)
     pseudo = (vt.transpose(-1, -2) * inverse_squares.unsqueeze(-2)) @ vt @ scaled.transpose(-1, -2)
-    involved = ((vt.abs() > NULL_COMPONENT) & ~keep.unsqueeze(-1)).any(-2)
-    return pseudo / scale.unsqueeze(-1), involved
+    return pseudo, ((vt.abs() > NULL_COMPONENT) & ~keep.unsqueeze(-1)).any(-2)
 
 
 def global_uncertainty(upper, totals, sizes, variance: float, shared_names, data_norm: float, shared_values):

@@ -50,9 +50,12 @@ def reduce_batched(blocks: torch.Tensor) -> torch.Tensor:
 GRAM_PIVOT = 1e-4
 
 
-def reduce_gram(blocks: torch.Tensor) -> torch.Tensor:
-    """R of each of a batch of blocks (B, rows, p + 1) by Cholesky of D^-1 A^T A D^-1 (QR where ill-conditioned)."""
-    gram = blocks.transpose(-1, -2) @ blocks
+def reduce_gram(blocks: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    """R of each of a batch of blocks (B, rows, p + 1) by Cholesky of D^-1 A^T A D^-1 (QR where ill-conditioned).
+
+    ``gram``, where given, is A^T A (B, p + 1, p + 1) already formed by the caller (overwritten).
+    """
+    gram = blocks.transpose(-1, -2) @ blocks if gram is None else gram
     # (elementwise work on the small (B, p + 1, p + 1) tensors in place and contiguous: ~1 ms of 8 per 10^4)
     norms = torch.sqrt(torch.diagonal(gram, dim1=-2, dim2=-1).clone())
     scale = torch.where(norms > 0, norms, 1.0)

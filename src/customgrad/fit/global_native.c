@@ -1,0 +1,157 @@
+/* Per-curve linear algebra of a global fit (`global_lm`) in one pass per curve, curves in parallel.
+ *
+ * global_reduce: R_b of each curve's rows [A_b | C_b | r_b] by CholeskyQR, as `reduction.reduce_gram`
+ *   (the Gram matrix of the column-scaled rows, its Cholesky factor, scaled back); poor[b] = 1 where the
+ *   factorisation failed or a scaled pivot is below `pivot` (the caller redoes those by Householder QR).
+ * global_damp: `global_lm._eliminate_damping` (Givens rotations appending diag(sqrt(lambda) D_b) to R_b's
+ *   local columns, MINPACK's qrsolv), writing the new local rows and the leftover shared rows.
+ * global_local_step: `global_lm._damped_step`'s per-curve part: d_b by back-substitution once d_phi is
+ *   known, and per curve ||R_b d||^2 + 2 (R_b d).q_b and ||D_b d_b||^2 for the predicted reduction.
+ * global_columns: the column norms squared and J^T r of each curve from R_b (`global_lm._linearize`).
+ *
+ * Each operation rounded on its own (built with -ffp-contract=off): the torch path's roundoff.
+ */
+#include <math.h>
+#include <stdint.h>
+
+/* Dot products over the points in this many interleaved sums (a vector register of doubles). */
+#define LANES 8
+
+/* Curves handled together, innermost, where each curve's work is a chain of dependent sqrt and divisions. */
+#define BLOCK 8
+
+void global_reduce(int64_t count, int64_t points, int64_t q, const double *rows, double pivot, double *upper,
+                   int64_t *poor, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < count; b++) {
+        double gram[q * q], scale[q];
+        double *r = upper + b * q * q;
+        for (int64_t i = 0; i < q; i++) {
+            const double *row_i = rows + (i * count + b) * points;
+            for (int64_t j = i; j < q; j++) {
+                const double *row_j = rows + (j * count + b) * points;
+                double part[LANES] = {0.0}, sum = 0.0; /* LANES running sums: one vector register */
+                int64_t k = 0;
+                for (; k + LANES <= points; k += LANES)
+                    for (int64_t l = 0; l < LANES; l++) part[l] += row_i[k + l] * row_j[k + l];
+                for (int64_t l = 0; l < LANES; l++) sum += part[l];
+                for (; k < points; k++) sum += row_i[k] * row_j[k];
+                gram[i * q + j] = sum;
+            }
+        }
+        for (int64_t i = 0; i < q; i++) {
+            double norm = sqrt(gram[i * q + i]);
+            scale[i] = norm > 0 ? norm : 1.0;
+        }
+        int64_t failed = 0;
+        for (int64_t i = 0; i < q * q; i++) r[i] = 0.0;
+        for (int64_t i = 0; i < q && !failed; i++) {
+            for (int64_t j = i; j < q; j++) {
+                double value = gram[i * q + j] / scale[i] / scale[j];
+                for (int64_t k = 0; k < i; k++) value -= r[k * q + i] * r[k * q + j];
+                if (j == i) {
+                    if (!(value > 0)) {
+                        failed = 1;
+                        break;
+                    }
+                    r[i * q + i] = sqrt(value);
+                    if (!(r[i * q + i] >= pivot)) failed = 1;
+                } else {
+                    r[i * q + j] = value / r[i * q + i];
+                }
+            }
+        }
+        for (int64_t i = 0; i < q; i++)
+            for (int64_t j = i; j < q; j++) r[i * q + j] *= scale[j];
+        poor[b] = failed;
+    }
+}
+
+void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const double *root_scale,
+                 double *local_rows, double *leftovers, int threads) {
+    /* BLOCK curves at a time, the curve innermost: each rotation's chain of sqrt and divisions runs for
+     * BLOCK curves in one vector register instead of one curve after the other. */
+    const int64_t q = L + S + 1, blocks = (count + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t first = block * BLOCK, n = count - first < BLOCK ? count - first : BLOCK;
+        double rows[L * q][BLOCK], extra[q][BLOCK], cosine[BLOCK], sine[BLOCK];
+        for (int64_t i = 0; i < L * q; i++)
+            for (int64_t l = 0; l < BLOCK; l++) rows[i][l] = l < n ? upper[(first + l) * q * q + i] : 1.0;
+        for (int64_t j = 0; j < L; j++) {
+            for (int64_t i = 0; i < q; i++)
+                for (int64_t l = 0; l < BLOCK; l++) extra[i][l] = 0.0;
+            for (int64_t l = 0; l < n; l++) extra[j][l] = root_scale[(first + l) * L + j];
+            for (int64_t k = j; k < L; k++) {
+                for (int64_t l = 0; l < BLOCK; l++) {
+                    /* sqrt(d^2 + e^2) without overflow or underflow (hypot's value to an ulp; inputs finite) */
+                    double d = rows[k * q + k][l], e = extra[k][l];
+                    double big = fmax(fabs(d), fabs(e)), small = fmin(fabs(d), fabs(e));
+                    double ratio = small / (big > 0 ? big : 1.0);
+                    double radius = big * sqrt(1.0 + ratio * ratio), safe = radius > 0 ? radius : 1.0;
+                    cosine[l] = radius > 0 ? d / safe : 1.0;
+                    sine[l] = radius > 0 ? e / safe : 0.0;
+                }
+                for (int64_t i = k; i < q; i++)
+                    for (int64_t l = 0; l < BLOCK; l++) {
+                        double row = rows[k * q + i][l], other = extra[i][l];
+                        rows[k * q + i][l] = cosine[l] * row + sine[l] * other;
+                        extra[i][l] = cosine[l] * other - sine[l] * row;
+                    }
+            }
+            for (int64_t i = 0; i <= S; i++)
+                for (int64_t l = 0; l < n; l++) leftovers[((first + l) * L + j) * (S + 1) + i] = extra[L + i][l];
+        }
+        for (int64_t i = 0; i < L * q; i++)
+            for (int64_t l = 0; l < n; l++) local_rows[(first + l) * L * q + i] = rows[i][l];
+    }
+}
+
+void global_local_step(int64_t count, int64_t L, int64_t S, const double *upper, const double *local_rows,
+                       const double *local_scale, const double *d_shared, double *d_local, double *parts,
+                       int threads) {
+    const int64_t q = L + S + 1, p = L + S;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < count; b++) {
+        const double *rows = local_rows + b * L * q, *r = upper + b * q * q;
+        double *x = d_local + b * L, step[p];
+        for (int64_t j = L - 1; j >= 0; j--) { /* R'_AA (-d_b) = q'_A + R'_AC d_phi */
+            double right = rows[j * q + p];
+            for (int64_t s = 0; s < S; s++) right += rows[j * q + L + s] * d_shared[s];
+            double known = 0.0;
+            for (int64_t k = j + 1; k < L; k++) known += rows[j * q + k] * step[k];
+            step[j] = (right - known) / rows[j * q + j];
+        }
+        for (int64_t j = 0; j < L; j++) x[j] = step[j] = -step[j];
+        for (int64_t s = 0; s < S; s++) step[L + s] = d_shared[s];
+        double change_square = 0.0, cross = 0.0, local_norm = 0.0;
+        for (int64_t i = 0; i < p; i++) {
+            double change = 0.0;
+            for (int64_t j = i; j < p; j++) change += r[i * q + j] * step[j];
+            change_square += change * change;
+            cross += change * r[i * q + p];
+        }
+        for (int64_t j = 0; j < L; j++) local_norm += (local_scale[b * L + j] * x[j]) * (local_scale[b * L + j] * x[j]);
+        parts[b * 3] = change_square;
+        parts[b * 3 + 1] = cross;
+        parts[b * 3 + 2] = local_norm;
+    }
+}
+
+void global_columns(int64_t count, int64_t q, const double *upper, double *squares, double *gradient, int threads) {
+    /* squares[b, j] = ||J_j||^2 = sum_i R_b[i, j]^2 and gradient[b, j] = (J^T r)_j = sum_i R_b[i, j] R_b[i, p] */
+    const int64_t p = q - 1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < count; b++) {
+        const double *r = upper + b * q * q;
+        for (int64_t j = 0; j < p; j++) {
+            double square = 0.0, product = 0.0;
+            for (int64_t i = 0; i <= j; i++) {
+                square += r[i * q + j] * r[i * q + j];
+                product += r[i * q + j] * r[i * q + p];
+            }
+            squares[b * p + j] = square;
+            gradient[b * p + j] = product;
+        }
+    }
+}

@@ -1,0 +1,104 @@
+"""The per-curve linear algebra of a global fit in C (`global_native.c`): R_b of each curve's rows, the
+damping rows eliminated from R_b, and the local steps, each one pass per curve over both cores instead
+of ~10 small torch operations over all curves (each its own pass through memory).
+
+For CPU float64 tensors where a C compiler is found; `global_lm` keeps its torch path for everything
+else (GPU, float32, no compiler), and the two give the same answers to roundoff. The library is built
+once (about 1 s of gcc) and cached on disk like every kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+
+from ..backends.cpu import PARALLEL_MIN_SIZE, shared_library
+from ..errors import BackendError
+
+# Each operation rounded on its own, as torch does (no fused multiply-adds).
+FLAGS = ("-ffp-contract=off",)
+_INT, _POINTER, _THREADS = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+_SIGNATURES = {
+    "global_reduce": [_INT, _INT, _INT, _POINTER, ctypes.c_double, _POINTER, _POINTER, _THREADS],
+    "global_damp": [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _THREADS],
+    "global_local_step": [_INT, _INT, _INT, *[_POINTER] * 6, _THREADS],
+    "global_columns": [_INT, _INT, _POINTER, _POINTER, _POINTER, _THREADS],
+}
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """The built `global_native.c`, or None where no C compiler works."""
+    try:
+        library = shared_library([(Path(__file__).parent / "global_native.c").read_text()], "global fit", FLAGS)
+    except BackendError:
+        return None
+    for name, arguments in _SIGNATURES.items():
+        function = getattr(library, name)
+        function.argtypes, function.restype = arguments, None
+    return library
+
+
+def usable(tensor: torch.Tensor) -> bool:
+    """True where the C kernels take ``tensor``'s curves: CPU float64, with a working compiler."""
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float64 and _library() is not None
+
+
+def _threads(entries: int) -> int:
+    return torch.get_num_threads() if entries >= PARALLEL_MIN_SIZE else 1
+
+
+def reduce_rows(rows: torch.Tensor, pivot: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """R_b (b, q, q) of each curve's rows ``rows`` (q, b, N) by CholeskyQR, and (b,) True where it is
+    to be redone by Householder QR (Cholesky failed, or a column-scaled pivot below ``pivot``)."""
+    rows = rows.contiguous()
+    q, count, points = rows.shape
+    upper = rows.new_empty(count, q, q)
+    poor = torch.empty(count, dtype=torch.int64)
+    _library().global_reduce(
+        count, points, q, rows.data_ptr(), pivot, upper.data_ptr(), poor.data_ptr(), _threads(rows.numel())
+    )
+    return upper, poor.bool()
+
+
+def eliminate_damping(upper: torch.Tensor, root_scale: torch.Tensor, sizes: tuple[int, int]) -> tuple:
+    """R_b's first L rows (b, L, q) after appending diag(``root_scale`` (b, L)) to its local columns, and
+    what is left of those rows in the shared and r columns (b, L, S + 1)."""
+    L, S = sizes
+    count = upper.shape[0]
+    rows = upper.new_empty(count, L, L + S + 1)
+    leftovers = upper.new_empty(count, L, S + 1)
+    upper, root_scale = upper.contiguous(), root_scale.contiguous()
+    _library().global_damp(
+        count, L, S, upper.data_ptr(), root_scale.data_ptr(), rows.data_ptr(), leftovers.data_ptr(),
+        _threads(upper.numel()),
+    )  # fmt: skip
+    return rows, leftovers
+
+
+def local_steps(upper, rows, local_scale, d_shared, sizes) -> tuple[torch.Tensor, torch.Tensor]:
+    """d_b (b, L) from the damped local rows ``rows`` (b, L, q) once d_phi ``d_shared`` (S,) is known, and
+    per curve (b, 3): ||R_b d||^2, (R_b d).q_b and ||D_b d_b||^2."""
+    L, S = sizes
+    count = upper.shape[0]
+    d_local = upper.new_empty(count, L)
+    parts = upper.new_empty(count, 3)
+    tensors = [upper.contiguous(), rows.contiguous(), local_scale.contiguous(), d_shared.contiguous()]
+    _library().global_local_step(
+        count, L, S, *(t.data_ptr() for t in tensors), d_local.data_ptr(), parts.data_ptr(), _threads(upper.numel())
+    )
+    return d_local, parts
+
+
+def columns(upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """||J_j||^2 and (J^T r)_j of each curve (b, p) from its R_b (b, p + 1, p + 1)."""
+    upper = upper.contiguous()
+    count, q = upper.shape[:2]
+    squares, gradient = upper.new_empty(count, q - 1), upper.new_empty(count, q - 1)
+    _library().global_columns(
+        count, q, upper.data_ptr(), squares.data_ptr(), gradient.data_ptr(), _threads(upper.numel())
+    )
+    return squares, gradient

@@ -9,7 +9,7 @@ from .errors import UsageError
 
 if TYPE_CHECKING:
     from .experiments import ExperimentRun
-    from .fit.result import FitResult
+    from .fit.fitted import Fitted
 
 
 def check_writable(path: str | Path, option: str) -> Path:
@@ -102,7 +102,7 @@ def plot_experiment(run: ExperimentRun, path: str | Path) -> Path:
 CURVE_POINTS = 1000
 
 
-def plot_fit(result: FitResult, path: str | Path, bands: str | None = None, ylabel: str = "y") -> Path:
+def plot_fit(result: Fitted, path: str | Path, bands: str | None = None, ylabel: str = "y") -> Path:
     """Save a PNG: data and fitted model against the first predictor, and the residuals y - fit below.
 
     With one predictor the model is drawn on a dense grid over the data's range (as lmfit does), so
@@ -150,7 +150,7 @@ def plot_fit(result: FitResult, path: str | Path, bands: str | None = None, ylab
     return path
 
 
-def _dense_curve(result: FitResult, name: str, x, fitted):
+def _dense_curve(result: Fitted, name: str, x, fitted):
     """(grid, model on it) over [min x, max x] by `FitResult.predict`, or None: several predictors, or
     a model that is not pointwise in x (its values at the data differ from the fit's), where a grid
     would mislead.
@@ -174,7 +174,7 @@ def _dense_curve(result: FitResult, name: str, x, fitted):
     return grid, np.where(np.isfinite(values), values, np.nan)
 
 
-def _shade_band(axes, result: FitResult, kind: str, name: str, x, order) -> None:
+def _shade_band(axes, result: Fitted, kind: str, name: str, x, order) -> None:
     """Fill the 2-sigma band: on a fine grid for one predictor, at the data points for several."""
     import numpy as np
 
@@ -189,7 +189,7 @@ def _shade_band(axes, result: FitResult, kind: str, name: str, x, order) -> None
         axes.fill_between(grid, curve - half, curve + half, color="C3", alpha=0.2, linewidth=0, label=f"2σ {kind} band")
 
 
-def plot_profile(result: FitResult, name: str, path: str | Path) -> Path:
+def plot_profile(result: Fitted, name: str, path: str | Path) -> Path:
     """Save a figure of a parameter's profile: the sigma level it reaches against its value, the intervals
     found, and the quadratic profile that value +- t stderr assumes."""
     import numpy as np

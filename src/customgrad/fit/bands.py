@@ -19,24 +19,24 @@ from ..errors import UsageError
 from .distributions import band_quantile
 
 if TYPE_CHECKING:
-    from .result import FitResult
+    from .fitted import Fitted
 
 BAND_KINDS = ("confidence", "prediction")
 
 
-def _source(result: FitResult):
+def _source(result: Fitted):
     if result.source is None:
         raise UsageError("this FitResult holds no model to evaluate (it was built by hand, not returned by fit)")
     return result.source
 
 
-def _free_values(result: FitResult) -> torch.Tensor:
+def _free_values(result: Fitted) -> torch.Tensor:
     problem = _source(result).problem
     values = [result.params[name] for name in problem.names]
     return torch.tensor(values, dtype=problem.y.dtype, device=problem.y.device)
 
 
-def predict(result: FitResult, x) -> np.ndarray:
+def predict(result: Fitted, x) -> np.ndarray:
     """f(x; fitted parameters) at new predictor values."""
     source = _source(result)
     model = source.model_at(source.columns(x))
@@ -44,7 +44,7 @@ def predict(result: FitResult, x) -> np.ndarray:
         return model.predict(_free_values(result)).detach().cpu().numpy().copy()
 
 
-def eval_uncertainty(result: FitResult, x=None, *, sigma: float = 1, kind: str = "confidence") -> np.ndarray:
+def eval_uncertainty(result: Fitted, x=None, *, sigma: float = 1, kind: str = "confidence") -> np.ndarray:
     """Half-width of the ``kind`` band at ``sigma`` standard deviations, at x (default: the data)."""
     if kind not in BAND_KINDS:
         raise UsageError(f"kind must be one of {{{', '.join(BAND_KINDS)}}}, got {kind!r}")

@@ -25,7 +25,7 @@ from .solvers import get_solver
 from .threads import threads_for
 
 if TYPE_CHECKING:
-    from .result import FitResult
+    from .fitted import Fitted
     from .source import FitSource
 
 # Outward steps before giving up on an end; the step doubles every STEP_DOUBLING of them.
@@ -123,7 +123,7 @@ class Profile:
 
 
 def conf_interval(
-    result: FitResult, sigmas: Iterable[float] = (1, 2), params: Iterable[str] | None = None, *, progress=False
+    result: Fitted, sigmas: Iterable[float] = (1, 2), params: Iterable[str] | None = None, *, progress=False
 ) -> dict[str, dict[float, tuple[float, float]]]:
     """{name: {sigma: (lower, upper)}}: profile-likelihood intervals (see the module docstring)."""
     source, names, sigmas = _check(result, sigmas, params)
@@ -159,7 +159,7 @@ def conf_interval(
     return {name: dict(source.intervals[name]) for name in names}
 
 
-def _check(result: FitResult, sigmas, params) -> tuple[FitSource, list[str], list[float]]:
+def _check(result: Fitted, sigmas, params) -> tuple[FitSource, list[str], list[float]]:
     source = result.source
     if source is None:
         raise UsageError("conf_interval needs a FitResult returned by fit (this one holds no model)")
@@ -187,7 +187,7 @@ def _check(result: FitResult, sigmas, params) -> tuple[FitSource, list[str], lis
     return source, names, sorted(set(sigmas))
 
 
-def _ends(profile: Profile, result: FitResult, direction: int, levels: dict[float, float]):
+def _ends(profile: Profile, result: Fitted, direction: int, levels: dict[float, float]):
     """Each level's end on one side: walk out, then solve; ±inf (with a note) where it is not reached."""
     spec = next(s for s in profile.source.problem.specs if s.name == profile.name)
     start, stderr = profile.best_value, result.stderr[profile.name]
@@ -257,7 +257,7 @@ def _thread_setting(source: FitSource):
     return threads_for(problem.size * len(problem.names), problem.y.device)
 
 
-def profile_curve(result: FitResult, name: str, count: int = 21) -> tuple[list[float], list[float]]:
+def profile_curve(result: Fitted, name: str, count: int = 21) -> tuple[list[float], list[float]]:
     """(values, chi2_p) on a grid over the widest interval found for ``name``, and the search's points."""
     source = result.source
     if source is None or name not in source.intervals:
@@ -279,7 +279,7 @@ def profile_curve(result: FitResult, name: str, count: int = 21) -> tuple[list[f
     return [v for v, _ in pairs], [c for _, c in pairs]
 
 
-def interval_table(result: FitResult, sigmas: Iterable[float] = (1, 2)) -> list[str]:
+def interval_table(result: Fitted, sigmas: Iterable[float] = (1, 2)) -> list[str]:
     """Lines of a table: each free parameter's profile interval per sigma, as offsets from the value."""
     source = result.source
     missing = [] if source is None else [n for n in source.problem.names if n not in source.intervals]

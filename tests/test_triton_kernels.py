@@ -70,3 +70,134 @@ def test_interpreted_atan2_matches_torch_at_signed_zeros_and_infinities():
     got = customgrad.function("atan2(y, x)", backend="triton").apply(y.to(device()), x.to(device())).cpu()
     want = torch.atan2(y, x)
     assert_matches_reference(got, want, rtol=4 * torch.finfo(torch.float64).eps, what="atan2")
+    assert torch.equal(torch.signbit(got[want == 0]), torch.signbit(want[want == 0])), "sign of zero"
+
+
+GAUSSIAN = "exp(-(x - m)**2/(2*s**2))/s"
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Launches of 64 elements per program (a fake one-candidate tuner), so that every in-kernel sum
+    runs over several programs' partial sums even at test sizes (kept small: the interpreter runs
+    each program op by op)."""
+    from customgrad.backends import triton as backend
+    from customgrad.backends.triton_tuning import LaunchTuner
+
+    tuner = LaunchTuner(candidates=[(64, 1)], timer=lambda run: run() and 0.0, everywhere=True)
+    monkeypatch.setattr(backend, "TUNER", tuner)
+
+
+def forward_and_gradients(formula: str, backend: str, values: list[torch.Tensor], upstream_seed: int = 5):
+    """Output and input gradients of ``formula`` at ``values`` with a random upstream gradient."""
+    generated = customgrad.function(formula, backend=backend)
+    leaves = [v.detach().clone().requires_grad_() if v.is_floating_point() else v for v in values]
+    output = generated.apply(*leaves)
+    upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=torch.float64)
+    wanted = [leaf for leaf in leaves if leaf.requires_grad]
+    return output, torch.autograd.grad(output, wanted, upstream.to(output.dtype).to(output.device))
+
+
+def assert_like_float64_eager(formula: str, values: list[torch.Tensor], rtol: float) -> None:
+    """The triton backend's output and gradients (in the inputs' own layouts and dtypes) against eager
+    float64 autograd at the same values."""
+    got, got_gradients = forward_and_gradients(formula, "triton", [v.to(device()) for v in values])
+    want, want_gradients = forward_and_gradients(formula, "eager", [v.double() for v in values])
+    assert got.shape == want.shape
+    assert_matches_reference(got.cpu(), want, rtol=rtol, atol=rtol, what=f"{formula} forward")
+    for k, (g, w) in enumerate(zip(got_gradients, want_gradients, strict=True)):
+        assert g.shape == w.shape and g.dtype == values[k].dtype
+        scale = max(w.abs().max().item() if w.numel() else 0.0, 1.0)
+        assert_matches_reference(g.cpu(), w, rtol=rtol, atol=rtol * scale, what=f"d/d{k}")
+
+
+def leaves(*shapes, dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(shape, generator=generator, dtype=torch.float64).add(0.5).to(dtype) for shape in shapes]
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        [(6, 150), (150,), (6, 1)],  # per-column and per-row parameters
+        [(3, 2, 70), (70,), (3, 2, 1)],  # leading dimensions merged into rows
+        [(3, 4, 70), (4, 1), (3, 1, 1)],  # three dimensions after merging: copied, then one row
+        [(700,), (1,), ()],  # a 1-element and a 0-d tensor: numbers
+        [(), (), ()],
+    ],
+    ids=str,
+)
+def test_broadcast_inputs_and_their_gradients_match_eager(shapes, small_blocks):
+    assert_like_float64_eager(GAUSSIAN, leaves(*shapes), rtol=1e-12)
+
+
+def test_broadcast_inputs_are_read_where_they_live_and_their_gradients_summed_in_the_kernel(small_blocks, monkeypatch):
+    from customgrad.backends import triton as backend
+
+    launched = []
+    original = backend.TritonKernel.launch
+
+    def spy(self, plan, tensors, shape, dtype, targets):
+        launched.append((plan, [t.data_ptr() for t in tensors]))
+        return original(self, plan, tensors, shape, dtype, targets)
+
+    monkeypatch.setattr(backend.TritonKernel, "launch", spy)
+    monkeypatch.setattr(backend, "flat_operand", lambda *a: pytest.fail("an input was copied to full shape"))
+    values = leaves((6, 150), (150,), (6, 1), dtype=torch.float32)
+    values[0] = values[0].half()  # mixed dtypes: loaded in their own dtype
+    inputs = [v.to(device()).requires_grad_() for v in values]
+    customgrad.function(GAUSSIAN, backend="triton").apply(*inputs).sum().backward()
+    forward, backward = launched[0], launched[-1]
+    assert forward[0].reads == "vio" and forward[1] == [v.data_ptr() for v in inputs]
+    assert backward[0].stores == "vio", "the gradients of m and s were not summed inside the kernel"
+    assert_like_float64_eager(GAUSSIAN, values, rtol=2e-3)
+
+
+def test_in_kernel_sums_are_within_float32_summation_error_and_reproducible(small_blocks):
+    # float32 sums of 300 terms per row and 8 per column; the bound is n * eps * sum of |terms|
+    x, m, s = leaves((8, 300), (300,), (8, 1), dtype=torch.float32, seed=2)
+    _, got = forward_and_gradients(GAUSSIAN, "triton", [x, m, s])
+    _, again = forward_and_gradients(GAUSSIAN, "triton", [x, m, s])
+    assert all(torch.equal(a, b) for a, b in zip(got, again, strict=True)), "not bitwise reproducible"
+    full = [x.double(), m.double().expand(8, 300).clone(), s.double().expand(8, 300).clone()]
+    _, terms = forward_and_gradients(GAUSSIAN, "eager", full)  # the per-element terms of each sum
+    for k, (g, term, target) in enumerate(zip(got, terms, (x, m, s), strict=True)):
+        exact = term.sum_to_size(target.shape)
+        bound = 300 * torch.finfo(torch.float32).eps * term.abs().sum_to_size(target.shape) + 1e-30
+        error = (g.double().cpu() - exact).abs()
+        assert (error <= bound).all(), f"input {k}: error {error.max().item():.3g} above the summation bound"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_inputs_with_per_row_parameters_match_float64_within_their_precision(dtype, small_blocks):
+    values = leaves((5, 70), (70,), (5, 1), dtype=dtype, seed=4)
+    # float32 computation, then one rounding to the half type
+    assert_like_float64_eager(GAUSSIAN, values, rtol=40 * torch.finfo(dtype).eps)
+
+
+def odd_layouts():
+    x = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64) + 0.5
+    bias = torch.rand(1, 3, 1, 1, dtype=torch.float64) + 0.5
+    return {
+        "channels-last with per-channel": [x.to(memory_format=torch.channels_last), bias, torch.tensor(0.7).double()],
+        "transposed": [x[0, 0].t(), torch.rand(5, 1, dtype=torch.float64) + 0.5, torch.tensor(1.5).double()],
+        "sliced": [x[:, :, ::2, 1:], x[0, :, :1, :1] + 1.0, torch.tensor(0.9).double()],
+        "stride-0 expanded": [x[0, 0, 0].expand(7, 5), x[0, 0, :, :1].expand(4, 5)[:1].expand(7, 5), x[1, 1, 1, :1]],
+        "0-d": [torch.tensor(0.3).double(), torch.tensor(0.2).double(), torch.tensor(1.1).double()],
+        "empty rows": [torch.rand(0, 5).double(), torch.rand(5).double(), torch.rand(0, 1).double()],
+        "empty broadcast": [torch.rand(4, 0).double(), torch.rand(1, 1).double(), torch.tensor(1.0).double()],
+    }
+
+
+@pytest.mark.parametrize("case", list(odd_layouts()))
+def test_odd_layouts_give_eagers_results(case, small_blocks):
+    assert_like_float64_eager(GAUSSIAN, odd_layouts()[case], rtol=1e-12)
+
+
+def test_inputs_on_different_devices_are_an_error_naming_both():
+    other = torch.ones(3, device="meta")
+    with pytest.raises(customgrad.errors.UsageError, match=r"'x' on cpu, 'm' on meta"):
+        customgrad.function("x*m", backend="triton").apply(torch.ones(3), other)
+    # a 0-d CPU tensor goes with any device, as in torch
+    got = customgrad.function("x*m", backend="triton").apply(torch.ones(3, device=device()), torch.tensor(2.0))
+    assert got.tolist() == [2.0, 2.0, 2.0]

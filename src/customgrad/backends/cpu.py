@@ -29,7 +29,7 @@ import torch
 
 from .. import cache
 from ..errors import BackendError
-from ..launcher import broadcast_shape, flat_operand
+from ..launcher import broadcast_shape, flat_operand, result_dtype
 
 if TYPE_CHECKING:
     from ..derive import FunctionSpec
@@ -239,7 +239,7 @@ class CpuKernel:
             return None
         first = tensors[0].dtype
         uniform = all(t.dtype == first for t in tensors)
-        dtype = first if uniform else _result_type(tensors)
+        dtype = first if uniform else result_dtype(tensors)
         computed = _COMPUTED.get(dtype)
         if computed is None:
             return None
@@ -264,14 +264,6 @@ class CpuKernel:
         if targets is not None:
             outputs = [o if m == "v" else o.reshape(t) for o, m, t in zip(outputs, modes, targets, strict=True)]
         return tuple(o if o.dtype == dtype else o.to(dtype) for o in outputs)
-
-
-def _result_type(tensors) -> torch.dtype:
-    return (
-        functools.reduce(torch.promote_types, (t.dtype for t in tensors if t.dim()))
-        if any(t.dim() for t in tensors)
-        else functools.reduce(torch.promote_types, (t.dtype for t in tensors))
-    )
 
 
 def operands(tensors: list[torch.Tensor], shape: torch.Size, targets=None) -> tuple[str, list[torch.Tensor], int, str]:

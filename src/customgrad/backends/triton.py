@@ -25,10 +25,13 @@ from ..codegen.rules import BINARY_RULES, FUNCTION_RULES, column
 from ..codegen.torch import TorchCodePrinter
 from ..derive import FunctionSpec
 from ..errors import BackendError
-from ..launcher import broadcast_shape, flat_operand
+from ..launcher import broadcast_shape, flat_operand, result_dtype
 from .eager import torch_kernel
+from .tiling import Tiling, tiling
+from .triton_tuning import DEFAULT, LaunchTuner
 
-BLOCK = 1024
+#: Launch configurations by measurement on CUDA (`triton_tuning`); tests swap in a fake candidate set and timer.
+TUNER = LaunchTuner()
 #: Where ``libdevice`` comes from: the real one, or stand-ins under the CPU interpreter.
 LIBDEVICE_IMPORT = {
     False: "from triton.language.extra import libdevice",
@@ -118,33 +121,103 @@ class TritonCodePrinter(TorchCodePrinter):
         return result
 
 
-def kernel_source(argument_names: Sequence[str], outputs: Sequence[sympy.Expr], scalars: Sequence[bool]) -> str:
-    """Source of a module defining ``@triton.jit def kernel(n, in..., out..., BLOCK)``."""
+#: input read pattern (`tiling`), 2-D grid? -> the strides the kernel takes for it, and its load.
+_LOADS: dict[tuple[str, bool], tuple[tuple[str, ...], str]] = {
+    ("v", True): (("rows",), "tl.load(in{k} + rows[:, None] * in{k}_rows + cols[None, :], mask=mask, other=0)"),
+    ("g", True): (
+        ("rows", "cols"),
+        "tl.load(in{k} + rows[:, None] * in{k}_rows + cols[None, :] * in{k}_cols, mask=mask, other=0)",
+    ),
+    ("o", True): (("rows",), "tl.load(in{k} + rows * in{k}_rows, mask=row_mask, other=0)[:, None]"),
+    ("i", True): (("cols",), "tl.load(in{k} + cols * in{k}_cols, mask=col_mask, other=0)[None, :]"),
+    ("s", True): ((), "tl.load(in{k})"),
+    ("v", False): ((), "tl.load(in{k} + cols, mask=mask, other=0)"),
+    ("g", False): (("cols",), "tl.load(in{k} + cols * in{k}_cols, mask=mask, other=0)"),
+    ("s", False): ((), "tl.load(in{k})"),
+}
+#: output store mode (`tiling`), 2-D grid? -> its store: full, or this program's partial sums.
+_STORES: dict[tuple[str, bool], str] = {
+    ("v", True): "tl.store(out{k} + rows[:, None] * C + cols[None, :], r{k}.to(out{k}.dtype.element_ty), mask=mask)",
+    ("v", False): "tl.store(out{k} + cols, r{k}.to(out{k}.dtype.element_ty), mask=mask)",
+    ("s", True): "tl.store(out{k} + pid, tl.sum(tl.where(mask, r{k}, 0.0)))",
+    ("s", False): "tl.store(out{k} + pid, tl.sum(tl.where(mask, r{k}, 0.0)))",
+    ("o", True): "tl.store(out{k} + col_block * R + rows, tl.sum(tl.where(mask, r{k}, 0.0), axis=1), mask=row_mask)",
+    ("i", True): "tl.store(out{k} + row_block * C + cols, tl.sum(tl.where(mask, r{k}, 0.0), axis=0), mask=col_mask)",
+}
+_GRID = {
+    True: [
+        "    col_blocks = tl.cdiv(C, BLOCK_C)",
+        "    row_block = pid // col_blocks",
+        "    col_block = pid - row_block * col_blocks",
+        "    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)",
+        "    cols = col_block * BLOCK_C + tl.arange(0, BLOCK_C)",
+        "    row_mask = rows < R",
+        "    col_mask = cols < C",
+        "    mask = row_mask[:, None] & col_mask[None, :]",
+        "    _zero = tl.zeros((BLOCK_R, BLOCK_C), {computed})",
+    ],
+    False: [
+        "    cols = pid * BLOCK_C + tl.arange(0, BLOCK_C)",
+        "    mask = cols < C",
+        "    _zero = tl.zeros((BLOCK_C,), {computed})",
+    ],
+}
+
+
+def stride_names(read: str, two_d: bool) -> tuple[str, ...]:
+    """The strides (``rows``, ``cols``) the kernel takes for an input read as ``read``."""
+    return _LOADS[read, two_d][0]
+
+
+def kernel_source(
+    argument_names: Sequence[str],
+    outputs: Sequence[sympy.Expr],
+    reads: str,
+    stores: str,
+    computed: str,
+    two_d: bool = False,
+) -> str:
+    """Source of a module defining ``@triton.jit def kernel(R, C, in..., out..., BLOCK_R, BLOCK_C, WIDE)``.
+
+    The grid runs over tiles of a rows x columns view of the output (`tiling`; one row when no input
+    varies per row or column): ``reads[k]`` says how input k is read in its own dtype (converted to
+    ``computed`` in registers), ``stores[k]`` whether output k is stored full or summed per program;
+    ``two_d``: tiles of rows x columns (else one row of ``C`` elements).
+    """
     replacements, reduced = shared_subexpressions(outputs)
     printer = TritonCodePrinter()
-    inputs = [f"in{k}" for k in range(len(argument_names))]
-    results = [f"out{k}" for k in range(len(outputs))]
+    parameters = ["R", "C"]
+    for k, read in enumerate(reads):
+        parameters += [f"in{k}", *(f"in{k}_{name}" for name in stride_names(read, two_d))]
+    parameters += [f"out{k}" for k in range(len(outputs))]
+    dtype = f"tl.{computed}"
     lines = [
         "import triton",
         "import triton.language as tl",
         LIBDEVICE_IMPORT[os.environ.get("TRITON_INTERPRET") == "1"],
         _HELPERS,
         "@triton.jit",
-        f"def kernel(n, {', '.join(inputs + results)}, BLOCK: tl.constexpr):",
-        "    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
-        "    mask = offsets < n",
-        # the kernel's dtype: float64 for float64 inputs, else float32 (half types compute in float32)
-        "    _zero = tl.zeros((BLOCK,), tl.float64 if in0.dtype.element_ty == tl.float64 else tl.float32)",
+        f"def kernel({', '.join(parameters)}, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr):",
+        "    pid = tl.program_id(0)",
+        "    if WIDE:",
+        "        pid = pid.to(tl.int64)",
+        *(line.format(computed=dtype) for line in _GRID[two_d]),
     ]
-    for k, name in enumerate(argument_names):
-        # a number is read once and broadcast to the block (0-d values break | and & in the interpreter)
-        load = f"tl.load(in{k}) + _zero" if scalars[k] else f"tl.load(in{k} + offsets, mask=mask, other=0.0)"
-        # half types compute in float32
-        lines.append(f"    v_{name} = {load}.to(tl.float64 if in{k}.dtype.element_ty == tl.float64 else tl.float32)")
-    lines += [f"    v_{t.name} = {printer.doprint(value)}" for t, value in replacements]
-    for k, value in enumerate(reduced):
-        lines.append(f"    r{k} = {printer.doprint(value)} + _zero")
-        lines.append(f"    tl.store(out{k} + offsets, r{k}.to(out{k}.dtype.element_ty), mask=mask)")
+    full = set()  # names whose value is a whole tile (the rest are numbers, rows or columns)
+    for k, (name, read) in enumerate(zip(argument_names, reads, strict=True)):
+        load = _LOADS[read, two_d][1].format(k=k)
+        # a number is broadcast to the tile (0-d values break | and & in the interpreter)
+        lines.append(f"    v_{name} = {load}.to({dtype})" + (" + _zero" if read == "s" else ""))
+        if read in "vgs":
+            full.add(name)
+    for temporary, value in replacements:
+        lines.append(f"    v_{temporary.name} = {printer.doprint(value)}")
+        if {symbol.name for symbol in value.free_symbols} & full:
+            full.add(temporary.name)
+    for k, (value, store) in enumerate(zip(reduced, stores, strict=True)):
+        whole = {symbol.name for symbol in value.free_symbols} & full
+        lines.append(f"    r{k} = {printer.doprint(value)}" + ("" if whole else " + _zero"))
+        lines.append("    " + _STORES[store, two_d].format(k=k))
     return "\n".join(lines) + "\n"
 
 
@@ -189,7 +262,13 @@ def _quiet_interpreter() -> contextlib.AbstractContextManager:
 
 
 class TritonKernel:
-    """``kernel(*tensors)``: the spec's outputs by one Triton launch; eager code while tracing."""
+    """``kernel(*tensors)``: the spec's outputs by one Triton launch; eager code while tracing.
+
+    Inputs are read where they live (`tiling`: broadcast, strided, transposed, channels-last), in
+    their own dtype; ``reduced`` sums broadcast gradients inside the kernel (per-program partial sums,
+    then one small deterministic ``sum`` over them, no atomics). The block size and warps of each
+    launch come from `triton_tuning.LaunchTuner` (`TUNER`).
+    """
 
     def __init__(self, spec: FunctionSpec):
         self.spec = spec
@@ -197,35 +276,113 @@ class TritonKernel:
         self.fallback = torch_kernel(spec)
         self.source = self.fallback.source
         self.plain = self.fallback
-        self.compiled: dict[tuple[bool, ...], Callable] = {}
-        self.triton_source((False,) * len(self.names))  # unprintable functions fail now, by name
+        self.compiled: dict[tuple[str, str, str, bool], Callable] = {}
+        self.digest = hashlib.sha256(self.triton_source("v" * len(self.names), "", "float32").encode()).hexdigest()
 
-    def triton_source(self, scalars: tuple[bool, ...]) -> str:
+    def triton_source(self, reads: str, stores: str, computed: str, two_d: bool = False) -> str:
+        """The kernel's source (unprintable functions fail by name, at construction)."""
+        stores = stores or "v" * len(self.spec.outputs)
         try:
-            return kernel_source(self.names, self.spec.outputs, scalars)
+            return kernel_source(self.names, self.spec.outputs, reads, stores, computed, two_d)
         except NotImplementedError as error:
             raise BackendError(
                 f"{self.spec.name}: backend 'triton' cannot print it ({error}); use backend='eager' or 'compile'"
             ) from None
 
     def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(tensors[0]):
-            return self.fallback(*tensors)
-        dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+        outputs = self.reduced(tensors, None)
+        return self.fallback(*tensors) if outputs is None else outputs
+
+    def reduced(self, tensors, targets) -> tuple[torch.Tensor, ...] | None:
+        """The outputs, each summed to ``targets[k]`` inside the kernel where the layout allows (else
+        full shape); full shape when ``targets`` is None; None where the kernel cannot run (tracing,
+        functorch transforms, integer results)."""
+        if torch.compiler.is_compiling() or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+            return None
+        dtype = result_dtype(tensors)
         if not dtype.is_floating_point:
-            return self.fallback(*tensors)
+            return None
+        device = next((t.device for t in tensors if t.dim()), tensors[0].device)
+        tensors = [t if t.device == device else t.to(device) for t in tensors]  # 0-d CPU numbers
         shape = broadcast_shape(tensors)
-        outputs = [torch.empty(shape, dtype=dtype, device=tensors[0].device) for _ in self.spec.outputs]
-        count = outputs[0].numel()
-        if count:
-            arguments = [flat_operand(t.to(dtype), shape) for t in tensors]
-            scalars = tuple(a.numel() == 1 and count != 1 for a in arguments)
-            if scalars not in self.compiled:
-                self.compiled[scalars] = _load_module(self.triton_source(scalars))
-            grid = ((count + BLOCK - 1) // BLOCK,)
+        if not shape.numel():
+            return tuple(torch.empty(shape, dtype=dtype, device=device) for _ in self.spec.outputs)
+        plan = tiling(tensors, shape, targets)
+        if plan is None:  # a broadcast of three or more dimensions after merging: full-shape copies
+            tensors = [flat_operand(t, shape) for t in tensors]
+            plan, targets = tiling(tensors, shape), None
+        return self.launch(plan, tensors, shape, dtype, targets)
+
+    def launch(self, plan: Tiling, tensors, shape: torch.Size, dtype: torch.dtype, targets) -> tuple:
+        computed = "float64" if dtype == torch.float64 else "float32"
+        stores = plan.stores or "v" * len(self.spec.outputs)
+        two_d = plan.rows > 1
+        key = (plan.reads, stores, computed, two_d)
+        if key not in self.compiled:
+            self.compiled[key] = _load_module(self.triton_source(*key))
+        strides = []
+        for tensor, read, (row_stride, column_stride) in zip(tensors, plan.reads, plan.strides, strict=True):
+            named = {"rows": row_stride, "cols": column_stride}
+            strides += [tensor, *(named[name] for name in stride_names(read, two_d))]
+
+        def run(config: tuple[int, int]) -> list[torch.Tensor]:
+            block_r, block_c, row_blocks, column_blocks = _blocks(plan, config[0], two_d)
+            sizes = {"v": None, "s": row_blocks * column_blocks, "o": column_blocks * plan.rows}
+            sizes["i"] = row_blocks * plan.columns
+            outputs = [
+                torch.empty([shape[d] for d in plan.order], dtype=dtype, device=tensors[0].device)
+                if mode == "v"
+                else torch.empty(sizes[mode], dtype=getattr(torch, computed), device=tensors[0].device)
+                for mode in stores
+            ]
             with _quiet_interpreter():
-                self.compiled[scalars][grid](count, *arguments, *outputs, BLOCK=BLOCK)
-        return tuple(outputs)
+                self.compiled[key][(row_blocks * column_blocks,)](
+                    plan.rows, plan.columns, *strides, *outputs,
+                    BLOCK_R=block_r, BLOCK_C=block_c, WIDE=plan.wide, num_warps=config[1],
+                )  # fmt: skip
+            return outputs
+
+        size_class = str(plan.count.bit_length())
+        tuning_key = (self.digest, *map(str, key), str(dtype), size_class, _device_name(tensors[0].device))
+        config = TUNER.config(tuning_key, run) if tensors[0].is_cuda or TUNER.everywhere else DEFAULT
+        outputs = run(config)
+        return tuple(_finished(o, mode, plan, dtype, targets, k) for k, (o, mode) in enumerate(zip(outputs, stores)))
+
+
+def _blocks(plan: Tiling, block: int, two_d: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_R, BLOCK_C, row blocks, column blocks) for ``block`` elements per program."""
+    block_c = min(triton_next_power_of_2(plan.columns), block)
+    block_r = min(max(block // block_c, 1), triton_next_power_of_2(plan.rows)) if two_d else 1
+    return block_r, block_c, -(-plan.rows // block_r), -(-plan.columns // block_c)
+
+
+def triton_next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _finished(output: torch.Tensor, mode: str, plan: Tiling, dtype: torch.dtype, targets, k: int) -> torch.Tensor:
+    """An output in the call's dimension order, or a gradient's partial sums summed (the deterministic
+    second pass) to its target shape."""
+    if mode == "v":
+        if plan.order == tuple(range(len(plan.order))):
+            return output
+        return output.permute([plan.order.index(d) for d in range(len(plan.order))])
+    if mode == "o":
+        output = output.view(-1, plan.rows).sum(0)
+    elif mode == "i":
+        output = output.view(-1, plan.columns).sum(0)
+    else:
+        output = output.sum()
+    return output.reshape(targets[k]).to(dtype)
+
+
+@functools.cache
+def _device_name(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    import triton
+
+    return f"{torch.cuda.get_device_name(device)} triton {triton.__version__}"
 
 
 class TritonBackend:

@@ -201,3 +201,68 @@ def test_inputs_on_different_devices_are_an_error_naming_both():
     # a 0-d CPU tensor goes with any device, as in torch
     got = customgrad.function("x*m", backend="triton").apply(torch.ones(3, device=device()), torch.tensor(2.0))
     assert got.tolist() == [2.0, 2.0, 2.0]
+
+
+class FakeTimer:
+    """Times each run by the order it is asked in (``seconds``), after really running it."""
+
+    def __init__(self, seconds):
+        self.seconds, self.calls = list(seconds), 0
+
+    def __call__(self, run):
+        run()
+        self.calls += 1
+        return self.seconds[(self.calls - 1) % len(self.seconds)]
+
+
+def tuned_call(tuner, monkeypatch, size: int):
+    from customgrad.backends import triton as backend
+
+    monkeypatch.setattr(backend, "TUNER", tuner)
+    x = torch.linspace(-2, 2, size, dtype=torch.float64)
+    got = customgrad.function("x*sin(x) + 1", backend="triton").apply(x)
+    assert_matches_reference(got, x * torch.sin(x) + 1, rtol=1e-14, what="tuned launch")
+
+
+def test_the_tuner_measures_each_candidate_once_and_remembers_the_fastest_on_disk(monkeypatch):
+    from customgrad.backends.triton_tuning import LaunchTuner
+
+    candidates = [(16, 1), (32, 2), (64, 1)]
+    timer = FakeTimer([3e-3, 1e-3, 2e-3])
+    tuner = LaunchTuner(candidates, timer, everywhere=True)
+    tuned_call(tuner, monkeypatch, 200)
+    assert timer.calls == 3 and list(tuner.known.values()) == [(32, 2)]
+    tuned_call(tuner, monkeypatch, 250)  # the same size class: no new measurement
+    assert timer.calls == 3
+    tuned_call(tuner, monkeypatch, 2000)  # a new size class is measured
+    assert timer.calls == 6
+    fresh_timer = FakeTimer([1.0])
+    fresh = LaunchTuner(candidates, fresh_timer, everywhere=True)  # as another process: the disk cache
+    tuned_call(fresh, monkeypatch, 200)
+    assert fresh_timer.calls == 0 and list(fresh.known.values()) == [(32, 2)]
+
+
+def test_out_of_memory_while_tuning_falls_back_to_the_default_with_one_warning(monkeypatch):
+    from customgrad.backends.triton_tuning import DEFAULT, LaunchTuner
+
+    def exhausted(run):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    tuner = LaunchTuner([(16, 1), (32, 2)], exhausted, everywhere=True)
+    with pytest.warns(RuntimeWarning, match="out of memory.*default configuration") as caught:
+        tuned_call(tuner, monkeypatch, 300)
+        tuned_call(tuner, monkeypatch, 3000)
+    assert len(caught) == 1 and set(tuner.known.values()) == {DEFAULT}
+
+
+def test_indices_are_32_bit_below_2_to_the_31_and_64_bit_above():
+    from customgrad.backends.tiling import tiling
+
+    def plan(*shapes):
+        tensors = [torch.empty(shape, device="meta") for shape in shapes]
+        return tiling(tensors, torch.broadcast_shapes(*shapes))
+
+    assert not plan((2**15, 2**15), (2**15, 1)).wide
+    assert plan((2**16, 2**15 + 1), (2**16, 1)).wide
+    assert plan((3, 2**31), (3, 1)).wide
+    assert not plan((2**20,), ()).wide

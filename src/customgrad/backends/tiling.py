@@ -20,6 +20,7 @@ Other broadcasts (three or more dimensions after merging) return None: the calle
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,7 +49,22 @@ class Tiling:
 
 
 def tiling(tensors: Sequence[torch.Tensor], shape: torch.Size, targets: Sequence | None = None) -> Tiling | None:
-    """The rows x columns view of an elementwise call over ``shape`` (module docstring), or None."""
+    """The rows x columns view of an elementwise call over ``shape`` (module docstring), or None.
+
+    Remembered per (shape, each input's shape and strides, targets): a training loop asks for the
+    same few plans at every step, and a lookup costs a microsecond where the plan costs tens.
+    """
+    layouts = tuple((tuple(t.shape), t.stride()) for t in tensors)
+    return _planned(tuple(shape), layouts, None if targets is None else tuple(tuple(t) for t in targets))
+
+
+@functools.lru_cache(maxsize=1024)
+def _planned(shape: tuple[int, ...], layouts: tuple, targets: tuple | None) -> Tiling | None:
+    tensors = [torch.empty_strided(size, stride, device="meta") for size, stride in layouts]
+    return _plan(tensors, torch.Size(shape), targets)
+
+
+def _plan(tensors: Sequence[torch.Tensor], shape: torch.Size, targets: Sequence | None) -> Tiling | None:
     count = shape.numel()
     order = _memory_order(tensors, shape, count)
     kept = [d for d in order if shape[d] != 1]

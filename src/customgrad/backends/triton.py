@@ -277,6 +277,7 @@ class TritonKernel:
         self.source = self.fallback.source
         self.plain = self.fallback
         self.compiled: dict[tuple[str, str, str, bool], Callable] = {}
+        self.launches: dict[tuple, _Launch] = {}
         self.digest = hashlib.sha256(self.triton_source("v" * len(self.names), "", "float32").encode()).hexdigest()
 
     def triton_source(self, reads: str, stores: str, computed: str, two_d: bool = False) -> str:
@@ -314,66 +315,93 @@ class TritonKernel:
         return self.launch(plan, tensors, shape, dtype, targets)
 
     def launch(self, plan: Tiling, tensors, shape: torch.Size, dtype: torch.dtype, targets) -> tuple:
-        computed = "float64" if dtype == torch.float64 else "float32"
-        stores = plan.stores or "v" * len(self.spec.outputs)
-        two_d = plan.rows > 1
-        key = (plan.reads, stores, computed, two_d)
-        if key not in self.compiled:
-            self.compiled[key] = _load_module(self.triton_source(*key))
-        strides = []
-        for tensor, read, (row_stride, column_stride) in zip(tensors, plan.reads, plan.strides, strict=True):
+        """The kernel run on ``plan``: compiled, tuned and laid out on first use (`_Launch`), then reused."""
+        key = (plan, dtype, tensors[0].device, TUNER)
+        launch = self.launches.get(key)
+        if launch is None:
+            computed = "float64" if dtype == torch.float64 else "float32"
+            stores = plan.stores or "v" * len(self.spec.outputs)
+            source_key = (plan.reads, stores, computed, plan.rows > 1)
+            if source_key not in self.compiled:
+                self.compiled[source_key] = _load_module(self.triton_source(*source_key))
+            launch = _Launch(self.compiled[source_key], plan, shape, dtype, stores, tensors[0].device)
+            tuning_key = (self.digest, *map(str, source_key), str(dtype), str(plan.count.bit_length()))
+            tuning_key += (_device_name(tensors[0].device),)
+            if tensors[0].is_cuda or TUNER.everywhere:
+                launch.configure(TUNER.config(tuning_key, lambda config: launch.configure(config).run(tensors)))
+            if len(self.launches) >= 256:  # shapes that change every call: keep the memory bounded
+                self.launches.clear()
+            self.launches[key] = launch
+        return launch.finished(launch.run(tensors), targets)
+
+
+class _Launch:
+    """One kernel's launch on one tiling: the stride arguments, grid and output buffers, worked out once."""
+
+    def __init__(self, kernel: Callable, plan: Tiling, shape: torch.Size, dtype: torch.dtype, stores: str, device):
+        self.kernel, self.plan, self.dtype, self.stores, self.device = kernel, plan, dtype, stores, device
+        self.two_d = plan.rows > 1
+        self.computed = torch.float64 if dtype == torch.float64 else torch.float32
+        self.full_shape = [shape[d] for d in plan.order]
+        identity = plan.order == tuple(range(len(plan.order)))
+        self.inverse = None if identity else [plan.order.index(d) for d in range(len(plan.order))]
+        self.extra = []  # each input's stride arguments
+        for read, (row_stride, column_stride) in zip(plan.reads, plan.strides, strict=True):
             named = {"rows": row_stride, "cols": column_stride}
-            strides += [tensor, *(named[name] for name in stride_names(read, two_d))]
+            self.extra.append([named[name] for name in stride_names(read, self.two_d)])
+        self.quiet = os.environ.get("TRITON_INTERPRET") == "1"
+        self.configure(DEFAULT)
 
-        def run(config: tuple[int, int]) -> list[torch.Tensor]:
-            block_r, block_c, row_blocks, column_blocks = _blocks(plan, config[0], two_d)
-            sizes = {"v": None, "s": row_blocks * column_blocks, "o": column_blocks * plan.rows}
-            sizes["i"] = row_blocks * plan.columns
-            outputs = [
-                torch.empty([shape[d] for d in plan.order], dtype=dtype, device=tensors[0].device)
-                if mode == "v"
-                else torch.empty(sizes[mode], dtype=getattr(torch, computed), device=tensors[0].device)
-                for mode in stores
-            ]
-            with _quiet_interpreter():
-                self.compiled[key][(row_blocks * column_blocks,)](
-                    plan.rows, plan.columns, *strides, *outputs,
-                    BLOCK_R=block_r, BLOCK_C=block_c, WIDE=plan.wide, num_warps=config[1],
-                )  # fmt: skip
-            return outputs
+    def configure(self, config: tuple[int, int]) -> _Launch:
+        """Use ``config`` = (elements per program, warps) from now on."""
+        self.warps = config[1]
+        plan = self.plan
+        self.block_c = min(triton_next_power_of_2(plan.columns), config[0])
+        self.block_r = min(max(config[0] // self.block_c, 1), triton_next_power_of_2(plan.rows)) if self.two_d else 1
+        row_blocks, column_blocks = -(-plan.rows // self.block_r), -(-plan.columns // self.block_c)
+        self.grid = (row_blocks * column_blocks,)
+        self.sizes = {"s": row_blocks * column_blocks, "o": column_blocks * plan.rows, "i": row_blocks * plan.columns}
+        return self
 
-        size_class = str(plan.count.bit_length())
-        tuning_key = (self.digest, *map(str, key), str(dtype), size_class, _device_name(tensors[0].device))
-        config = TUNER.config(tuning_key, run) if tensors[0].is_cuda or TUNER.everywhere else DEFAULT
-        outputs = run(config)
-        return tuple(_finished(o, mode, plan, dtype, targets, k) for k, (o, mode) in enumerate(zip(outputs, stores)))
+    def run(self, tensors) -> list[torch.Tensor]:
+        """Launch on ``tensors``: the outputs (full ones in the tiling's dimension order) and partial sums."""
+        arguments = []
+        for tensor, extra in zip(tensors, self.extra, strict=True):
+            arguments.append(tensor)
+            arguments += extra
+        outputs = [
+            torch.empty(self.full_shape, dtype=self.dtype, device=self.device)
+            if mode == "v"
+            else torch.empty(self.sizes[mode], dtype=self.computed, device=self.device)
+            for mode in self.stores
+        ]
+        with _quiet_interpreter() if self.quiet else contextlib.nullcontext():
+            self.kernel[self.grid](
+                self.plan.rows, self.plan.columns, *arguments, *outputs,
+                BLOCK_R=self.block_r, BLOCK_C=self.block_c, WIDE=self.plan.wide, num_warps=self.warps,
+            )  # fmt: skip
+        return outputs
 
-
-def _blocks(plan: Tiling, block: int, two_d: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_R, BLOCK_C, row blocks, column blocks) for ``block`` elements per program."""
-    block_c = min(triton_next_power_of_2(plan.columns), block)
-    block_r = min(max(block // block_c, 1), triton_next_power_of_2(plan.rows)) if two_d else 1
-    return block_r, block_c, -(-plan.rows // block_r), -(-plan.columns // block_c)
+    def finished(self, outputs: list[torch.Tensor], targets) -> tuple[torch.Tensor, ...]:
+        """Full outputs in the call's dimension order; partial sums summed to their targets (the
+        deterministic second pass: torch's reductions use no atomics)."""
+        done = []
+        for k, (output, mode) in enumerate(zip(outputs, self.stores, strict=True)):
+            if mode == "v":
+                done.append(output if self.inverse is None else output.permute(self.inverse))
+                continue
+            if mode == "o":
+                output = output.view(-1, self.plan.rows).sum(0)
+            elif mode == "i":
+                output = output.view(-1, self.plan.columns).sum(0)
+            else:
+                output = output.sum()
+            done.append(output.reshape(targets[k]).to(self.dtype))
+        return tuple(done)
 
 
 def triton_next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
-
-
-def _finished(output: torch.Tensor, mode: str, plan: Tiling, dtype: torch.dtype, targets, k: int) -> torch.Tensor:
-    """An output in the call's dimension order, or a gradient's partial sums summed (the deterministic
-    second pass) to its target shape."""
-    if mode == "v":
-        if plan.order == tuple(range(len(plan.order))):
-            return output
-        return output.permute([plan.order.index(d) for d in range(len(plan.order))])
-    if mode == "o":
-        output = output.view(-1, plan.rows).sum(0)
-    elif mode == "i":
-        output = output.view(-1, plan.columns).sum(0)
-    else:
-        output = output.sum()
-    return output.reshape(targets[k]).to(dtype)
 
 
 @functools.cache

@@ -57,8 +57,9 @@ def test_interpreted_libdevice_functions_match_torch_in_float64(formula, dtype):
         exact = STAND_INS[formula](x.double()).to(dtype)  # the correctly rounded value, within an ulp
     got = customgrad.function(formula, backend="triton").apply(x.to(device())).cpu()
     assert got.dtype == dtype
-    # erfc is a continued fraction past 2 (25 float64 ulps); the others a few ulps
-    ulps = 32 if formula == "erfc(x)" else 4
+    # erfc is a continued fraction past 2 (25 float64 ulps); the others a few ulps (libdevice on a GPU:
+    # up to 4 float32 ulps, CUDA's documented bounds)
+    ulps = 32 if formula == "erfc(x)" else 8 if torch.cuda.is_available() else 4
     assert_matches_reference(got, exact, rtol=ulps * torch.finfo(dtype).eps, atol=1e-300, what=f"{formula} {dtype}")
 
 
@@ -220,7 +221,7 @@ def tuned_call(tuner, monkeypatch, size: int):
 
     monkeypatch.setattr(backend, "TUNER", tuner)
     x = torch.linspace(-2, 2, size, dtype=torch.float64)
-    got = customgrad.function("x*sin(x) + 1", backend="triton").apply(x)
+    got = customgrad.function("x*sin(x) + 1", backend="triton").apply(x.to(device())).cpu()
     assert_matches_reference(got, x * torch.sin(x) + 1, rtol=1e-14, what="tuned launch")
 
 

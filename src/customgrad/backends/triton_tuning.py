@@ -21,8 +21,9 @@ import torch
 
 from .. import cache
 
-#: (elements per program, warps): 8 or 16 elements per thread, 4 to 16 warps (128-bit accesses need 4+).
-CANDIDATES: tuple[tuple[int, int], ...] = ((1024, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16))
+#: (elements per program, warps): 8 to 16 elements per thread (128-bit accesses need 4 float32, 8 half),
+#: 4 to 16 warps; few, because each one is a compilation the first time a kernel is tuned.
+CANDIDATES: tuple[tuple[int, int], ...] = ((1024, 4), (2048, 8), (4096, 8), (8192, 16))
 DEFAULT = (1024, 4)
 _NAMESPACE = "triton-launch"
 

@@ -15,6 +15,7 @@ import sympy
 from sympy.printing.c import C99CodePrinter
 
 from .cse import shared_subexpressions
+from .hoist import hoisted
 from .rules import BINARY_RULES, FUNCTION_RULES, column
 
 C_FUNCTIONS = column(FUNCTION_RULES, "c")
@@ -222,7 +223,13 @@ def kernel_source(
     and from float inside the loop; sums stay float.
     """
     reductions = reductions or "v" * len(outputs)
+    split = any(mode in "rc" for mode in layouts + reductions)
     replacements, reduced = shared_subexpressions(outputs)
+    # what is constant along the inner loop is computed before it (`hoist`): numbers, and per-row values
+    invariant = "sc" if split else "s"
+    constant = {name for name, layout in zip(argument_names, layouts, strict=True) if layout in invariant}
+    symbols = {s for value in outputs for s in value.free_symbols if s.name in constant}
+    pieces, replacements, reduced = hoisted(replacements, reduced, symbols) if symbols else ([], replacements, reduced)
     printer = CCodePrinter(single)
     body = [f"    const real v_{t.name} = {printer.doprint(value)};" for t, value in replacements]
     body += [f"    const real r{k} = {printer.doprint(value)};" for k, value in enumerate(reduced)]
@@ -234,6 +241,14 @@ def kernel_source(
         for k, name in enumerate(argument_names)
         if layouts[k] == "s"
     ]
+    per_call = {s for s in symbols if s.name not in argument_names or layouts[argument_names.index(s.name)] == "s"}
+    per_row = []
+    for symbol, value in pieces:  # in order: each uses only inputs and earlier pieces
+        if value.free_symbols <= per_call:
+            per_call.add(symbol)
+            loads_before.append(f"  const real v_{symbol.name} = {printer.doprint(value)};")
+        else:
+            per_row.append(f"  const real v_{symbol.name} = {printer.doprint(value)};")
     # Per-row values ("c") are read once per row, before the inner SIMD loop (gcc does not vectorise a
     # loop that converts a loop-invariant half value inside it).
     loads, row_loads = [], []
@@ -241,11 +256,11 @@ def kernel_source(
         if layouts[k] != "s":
             line = f"const real v_{name} = {load.format(READS[layouts[k]].format(k=k))};"
             (row_loads if layouts[k] == "c" else loads).append(line)
+    row_loads += [line.strip() for line in per_row]
     stored = STORAGE[storage][0] if storage else "real"
     parameters = [f"const {stored}* restrict in{k}" for k in range(len(argument_names))]
     parameters += [f"{stored if mode == 'v' else 'real'}* restrict out{k}" for k, mode in enumerate(reductions)]
     suffix = "f" if single else ""
-    split = any(mode in "rc" for mode in layouts + reductions)
     loads = ["    " + line for line in loads]
     row_loads = ["  " + line for line in row_loads]
     loops = _split_loops(loads, row_loads, body, reductions) if split else _flat_loops(loads, body, reductions)

@@ -330,3 +330,13 @@ def test_compile_backend_does_not_recompile_for_new_sizes():
         (expected,) = torch.autograd.grad(CASES_BY_ID["mish"].reference(x=leaf).sum(), leaf)
         assert_matches_reference(gradient, expected, rtol=1e-12, what=f"size {size}")
     assert counters["stats"]["unique_graphs"] == 2  # the forward kernel and the backward kernel, once each
+
+
+def test_cpu_kernels_divide_by_per_row_parameters_once_per_row():
+    # exp(-(x - m)**2/(2*s**2))/s with s per row: 1/s and -1/(2 s^2) are computed before the inner loop,
+    # which then only multiplies (a division per element costs as much as the rest of the loop)
+    from customgrad.backends.cpu import CpuKernel
+
+    source = CpuKernel(function("exp(-(x - m)**2/(2*s**2))/s", backend="eager").spec).c_source(True, "vrc")
+    inner = source.split("for (int64_t j = 0; j < inner; j++) {")[1].split("}")[0]
+    assert "v_x" in inner and "/" not in inner, inner

@@ -21,6 +21,7 @@ import torch
 
 from .. import cache
 from ..codegen.cse import shared_subexpressions
+from ..codegen.hoist import hoisted
 from ..codegen.rules import BINARY_RULES, FUNCTION_RULES, column
 from ..codegen.torch import TorchCodePrinter
 from ..derive import FunctionSpec
@@ -89,18 +90,19 @@ class TritonCodePrinter(TorchCodePrinter):
 
     def _print_Pow(self, expr, rational=False):
         base, exponent = expr.args
-        if expr.free_symbols and exponent.is_Integer and 2 <= int(exponent) <= 4:
+        if expr.free_symbols and exponent.is_Integer and 2 <= abs(int(exponent)) <= 4:
             printed = self.parenthesize(base, 1000)
-            return "(" + " * ".join([printed] * int(exponent)) + ")"
+            product = "(" + " * ".join([printed] * abs(int(exponent))) + ")"
+            return product if exponent > 0 else f"(1.0 / {product})"
         if expr.free_symbols and exponent not in self.powers:
             return self.power.format(self._argument(base), self._argument(exponent))
         return super()._print_Pow(expr, rational)
 
     def _argument(self, arg: sympy.Expr) -> str:
-        """A call's argument; a number as a block of the kernel's dtype (``_zero``): Triton passes a bare
-        float literal to libdevice as float32, which would round 0.1 in a float64 kernel."""
+        """A call's argument; a number as a one-element block of the kernel's dtype (``_unit``): Triton
+        passes a bare float literal to libdevice as float32, which would round 0.1 in a float64 kernel."""
         printed = self._print(arg)
-        return printed if arg.free_symbols else f"({printed} + _zero)"
+        return printed if arg.free_symbols else f"({printed} + _unit)"
 
     def _print_binary(self, kind: type, args: Sequence[sympy.Expr]) -> str:
         call = self.binary_functions[kind]
@@ -123,7 +125,10 @@ class TritonCodePrinter(TorchCodePrinter):
 
 #: input read pattern (`tiling`), 2-D grid? -> the strides the kernel takes for it, and its load.
 _LOADS: dict[tuple[str, bool], tuple[tuple[str, ...], str]] = {
-    ("v", True): (("rows",), "tl.load(in{k} + rows[:, None] * in{k}_rows + cols[None, :], mask=mask, other=0)"),
+    ("v", True): (
+        ("rows",),
+        "tl.load(in{k} + tl.multiple_of(rows[:, None] * in{k}_rows, [VEC, VEC]) + cols[None, :], mask=mask, other=0)",
+    ),
     ("g", True): (
         ("rows", "cols"),
         "tl.load(in{k} + rows[:, None] * in{k}_rows + cols[None, :] * in{k}_cols, mask=mask, other=0)",
@@ -137,7 +142,10 @@ _LOADS: dict[tuple[str, bool], tuple[tuple[str, ...], str]] = {
 }
 #: output store mode (`tiling`), 2-D grid? -> its store: full, or this program's partial sums.
 _STORES: dict[tuple[str, bool], str] = {
-    ("v", True): "tl.store(out{k} + rows[:, None] * C + cols[None, :], r{k}.to(out{k}.dtype.element_ty), mask=mask)",
+    ("v", True): (
+        "tl.store(out{k} + tl.multiple_of(rows[:, None] * C, [VEC, VEC]) + cols[None, :], "
+        "r{k}.to(out{k}.dtype.element_ty), mask=mask)"
+    ),
     ("v", False): "tl.store(out{k} + cols, r{k}.to(out{k}.dtype.element_ty), mask=mask)",
     ("s", True): "tl.store(out{k} + pid, tl.sum(tl.where(mask, r{k}, 0.0)))",
     ("s", False): "tl.store(out{k} + pid, tl.sum(tl.where(mask, r{k}, 0.0)))",
@@ -155,11 +163,13 @@ _GRID = {
         "    col_mask = cols < C",
         "    mask = row_mask[:, None] & col_mask[None, :]",
         "    _zero = tl.zeros((BLOCK_R, BLOCK_C), {computed})",
+        "    _unit = tl.zeros((1, 1), {computed})",
     ],
     False: [
         "    cols = pid * BLOCK_C + tl.arange(0, BLOCK_C)",
         "    mask = cols < C",
         "    _zero = tl.zeros((BLOCK_C,), {computed})",
+        "    _unit = tl.zeros((1,), {computed})",
     ],
 }
 
@@ -177,12 +187,14 @@ def kernel_source(
     computed: str,
     two_d: bool = False,
 ) -> str:
-    """Source of a module defining ``@triton.jit def kernel(R, C, in..., out..., BLOCK_R, BLOCK_C, WIDE)``.
+    """Source of a module defining ``@triton.jit def kernel(R, C, in..., out..., BLOCK_R, BLOCK_C, WIDE, VEC)``.
 
     The grid runs over tiles of a rows x columns view of the output (`tiling`; one row when no input
     varies per row or column): ``reads[k]`` says how input k is read in its own dtype (converted to
     ``computed`` in registers), ``stores[k]`` whether output k is stored full or summed per program;
-    ``two_d``: tiles of rows x columns (else one row of ``C`` elements).
+    ``two_d``: tiles of rows x columns (else one row of ``C`` elements). ``VEC`` divides every row
+    offset of a full input or output: Triton vectorises a row's loads by it (it proves divisibility by
+    16 itself only, and a 1000-column row is not).
     """
     replacements, reduced = shared_subexpressions(outputs)
     printer = TritonCodePrinter()
@@ -197,7 +209,8 @@ def kernel_source(
         LIBDEVICE_IMPORT[os.environ.get("TRITON_INTERPRET") == "1"],
         _HELPERS,
         "@triton.jit",
-        f"def kernel({', '.join(parameters)}, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr):",
+        f"def kernel({', '.join(parameters)}, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr, "
+        "VEC: tl.constexpr):",
         "    pid = tl.program_id(0)",
         "    if WIDE:",
         "        pid = pid.to(tl.int64)",
@@ -206,10 +219,17 @@ def kernel_source(
     full = set()  # names whose value is a whole tile (the rest are numbers, rows or columns)
     for k, (name, read) in enumerate(zip(argument_names, reads, strict=True)):
         load = _LOADS[read, two_d][1].format(k=k)
-        # a number is broadcast to the tile (0-d values break | and & in the interpreter)
-        lines.append(f"    v_{name} = {load}.to({dtype})" + (" + _zero" if read == "s" else ""))
-        if read in "vgs":
+        # a number is a one-element block (0-d values break | and & in the interpreter)
+        lines.append(f"    v_{name} = {load}.to({dtype})" + (" + _unit" if read == "s" else ""))
+        if read in "vg":
             full.add(name)
+    # pieces of per-row values and numbers only are computed at their own (small) shape, and divisions
+    # by them become multiplications (`hoist`)
+    constant = {name for name, read in zip(argument_names, reads, strict=True) if read in ("os" if two_d else "s")}
+    symbols = {s for value in outputs for s in value.free_symbols if s.name in constant}
+    if symbols:
+        pieces, replacements, reduced = hoisted(replacements, reduced, symbols)
+        lines += [f"    v_{symbol.name} = {printer.doprint(value)}" for symbol, value in pieces]
     for temporary, value in replacements:
         lines.append(f"    v_{temporary.name} = {printer.doprint(value)}")
         if {symbol.name for symbol in value.free_symbols} & full:
@@ -350,6 +370,7 @@ class _Launch:
             named = {"rows": row_stride, "cols": column_stride}
             self.extra.append([named[name] for name in stride_names(read, self.two_d)])
         self.quiet = os.environ.get("TRITON_INTERPRET") == "1"
+        self.vector = _vector_width(plan) if self.two_d else 1
         self.configure(DEFAULT)
 
     def configure(self, config: tuple[int, int]) -> _Launch:
@@ -378,7 +399,8 @@ class _Launch:
         with _quiet_interpreter() if self.quiet else contextlib.nullcontext():
             self.kernel[self.grid](
                 self.plan.rows, self.plan.columns, *arguments, *outputs,
-                BLOCK_R=self.block_r, BLOCK_C=self.block_c, WIDE=self.plan.wide, num_warps=self.warps,
+                BLOCK_R=self.block_r, BLOCK_C=self.block_c, WIDE=self.plan.wide, VEC=self.vector,
+                num_warps=self.warps,
             )  # fmt: skip
         return outputs
 
@@ -398,6 +420,15 @@ class _Launch:
                 output = output.sum()
             done.append(output.reshape(targets[k]).to(self.dtype))
         return tuple(done)
+
+
+def _vector_width(plan: Tiling) -> int:
+    """The largest power of two up to 16 dividing every row stride of a full input and of the outputs."""
+    strides = [plan.columns, *(row for read, (row, _) in zip(plan.reads, plan.strides, strict=True) if read == "v")]
+    width = 16
+    while width > 1 and any(stride % width for stride in strides):
+        width //= 2
+    return width
 
 
 def triton_next_power_of_2(n: int) -> int:

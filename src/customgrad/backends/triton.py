@@ -127,7 +127,7 @@ class TritonCodePrinter(TorchCodePrinter):
 _LOADS: dict[tuple[str, bool], tuple[tuple[str, ...], str]] = {
     ("v", True): (
         ("rows",),
-        "tl.load(in{k} + tl.multiple_of(rows[:, None] * in{k}_rows, [VEC, VEC]) + cols[None, :], mask=mask, other=0)",
+        "tl.load(in{k} + rows[:, None] * (in{k}_rows // VEC * VEC) + cols[None, :], mask=mask, other=0)",
     ),
     ("g", True): (
         ("rows", "cols"),
@@ -143,7 +143,7 @@ _LOADS: dict[tuple[str, bool], tuple[tuple[str, ...], str]] = {
 #: output store mode (`tiling`), 2-D grid? -> its store: full, or this program's partial sums.
 _STORES: dict[tuple[str, bool], str] = {
     ("v", True): (
-        "tl.store(out{k} + tl.multiple_of(rows[:, None] * C, [VEC, VEC]) + cols[None, :], "
+        "tl.store(out{k} + rows[:, None] * C + cols[None, :], "
         "r{k}.to(out{k}.dtype.element_ty), mask=mask)"
     ),
     ("v", False): "tl.store(out{k} + cols, r{k}.to(out{k}.dtype.element_ty), mask=mask)",
@@ -192,9 +192,9 @@ def kernel_source(
     The grid runs over tiles of a rows x columns view of the output (`tiling`; one row when no input
     varies per row or column): ``reads[k]`` says how input k is read in its own dtype (converted to
     ``computed`` in registers), ``stores[k]`` whether output k is stored full or summed per program;
-    ``two_d``: tiles of rows x columns (else one row of ``C`` elements). ``VEC`` divides every row
-    offset of a full input or output: Triton vectorises a row's loads by it (it proves divisibility by
-    16 itself only, and a 1000-column row is not).
+    ``two_d``: tiles of rows x columns (else one row of ``C`` elements). ``VEC`` divides ``C`` and every
+    row stride of a full input: written ``n // VEC * VEC``, Triton sees them as multiples of VEC and
+    vectorises by it (it proves divisibility by 16 itself only, and a 1000-column row is not).
     """
     replacements, reduced = shared_subexpressions(outputs)
     printer = TritonCodePrinter()
@@ -214,6 +214,7 @@ def kernel_source(
         "    pid = tl.program_id(0)",
         "    if WIDE:",
         "        pid = pid.to(tl.int64)",
+        "    C = C // VEC * VEC  # the same C, seen by Triton as a multiple of VEC: masks and rows vectorise",
         *(line.format(computed=dtype) for line in _GRID[two_d]),
     ]
     full = set()  # names whose value is a whole tile (the rest are numbers, rows or columns)
@@ -370,7 +371,7 @@ class _Launch:
             named = {"rows": row_stride, "cols": column_stride}
             self.extra.append([named[name] for name in stride_names(read, self.two_d)])
         self.quiet = os.environ.get("TRITON_INTERPRET") == "1"
-        self.vector = _vector_width(plan) if self.two_d else 1
+        self.vector = _vector_width(plan)
         self.configure(DEFAULT)
 
     def configure(self, config: tuple[int, int]) -> _Launch:
@@ -423,8 +424,9 @@ class _Launch:
 
 
 def _vector_width(plan: Tiling) -> int:
-    """The largest power of two up to 16 dividing every row stride of a full input and of the outputs."""
+    """The largest power of two up to 16 dividing the columns and every row stride of a full input."""
     strides = [plan.columns, *(row for read, (row, _) in zip(plan.reads, plan.strides, strict=True) if read == "v")]
+    strides = strides if plan.rows > 1 else strides[:1]
     width = 16
     while width > 1 and any(stride % width for stride in strides):
         width //= 2

@@ -348,3 +348,23 @@ def test_kernels_compile_for_the_gpu_with_vector_accesses(name, gpu_accesses):
     accesses = "\n".join(gpu_accesses[name])
     assert re.search(r"ld\.global(\.\w+)*\.v4\.b32", accesses), f"no 128-bit loads:\n{accesses}"
     assert re.search(r"st\.global(\.\w+)*\.v[24]\.b32", accesses), f"no vector stores:\n{accesses}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "auto"])
+def test_a_cuda_tensor_with_a_cpu_tensor_is_an_error_naming_both(backend):
+    with pytest.raises(customgrad.errors.UsageError, match=r"'x' on cuda:0, 'm' on cpu"):
+        customgrad.function("x*m", backend=backend).apply(torch.ones(3, device="cuda"), torch.ones(3))
+
+
+@pytest.mark.gpu
+def test_more_than_2_to_the_31_elements_use_64_bit_indices_and_match_eager():
+    count = 2**31 + 5
+    try:
+        x = torch.empty(count, dtype=torch.float16, device="cuda").uniform_(-2, 2)
+        got = customgrad.function("x**2 + 2*x", backend="triton").apply(x)
+    except torch.OutOfMemoryError:
+        pytest.skip("not enough GPU memory for two 4.3 GB tensors")
+    for part in (slice(0, 4096), slice(2**31 - 2048, 2**31 + 5)):  # both ends of the 32-bit range
+        want = (x[part].double() ** 2 + 2 * x[part].double()).half()
+        assert_matches_reference(got[part].cpu(), want.cpu(), rtol=1e-3, atol=1e-3, what=f"elements {part}")

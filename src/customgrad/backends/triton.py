@@ -1,10 +1,14 @@
 """The triton backend: one Triton kernel per spec, printed from the SymPy expressions through the
 Triton column of the printer table (`codegen.rules`), for CUDA tensors.
 
-Each kernel is a 1-D grid of blocks over the broadcast output; an input is read per element, or once
-where it is a broadcast number. Half types and float32 compute in float32, float64 in float64. On CPU
-the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how they are tested
-without a GPU. Triton is imported here only, on first use.
+Each kernel's grid runs over tiles of a rows x columns view of the broadcast output (`tiling`): every
+input is read where it lives, through its strides (full, per row, per column, or one number), in its
+own dtype, converted in registers (half types and float32 compute in float32, float64 in float64);
+pieces of per-row values and numbers are computed at their own small shape (`codegen.hoist`). A
+gradient of a broadcast input is summed inside the kernel (per-program partial sums, then one small
+torch ``sum``). Block size and warps are tuned on first use (`triton_tuning`). On CPU the kernels run
+only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how they are tested without a GPU.
+Triton is imported here only, on first use.
 """
 
 from __future__ import annotations

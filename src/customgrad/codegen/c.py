@@ -233,7 +233,8 @@ def kernel_source(
     printer = CCodePrinter(single)
     body = [f"    const real v_{t.name} = {printer.doprint(value)};" for t, value in replacements]
     body += [f"    const real r{k} = {printer.doprint(value)};" for k, value in enumerate(reduced)]
-    stores = {**STORES, "v": "out{k}[i] = cg_store(r{k});"} if storage else STORES
+    stores = {**STORES, **SPLIT_STORES} if split else STORES
+    stores = {**stores, "v": "out{k}[i] = cg_store(r{k});"} if storage else stores
     body += ["    " + stores[mode].format(k=k) for k, mode in enumerate(reductions)]
     load = "cg_load({})" if storage else "{}"
     loads_before = [
@@ -306,33 +307,62 @@ def _flat_loops(loads: list[str], body: list[str], reductions: str) -> list[str]
     ]
 
 
+#: Sums of a split loop: in ``real`` over blocks (a row chunk of `COLUMN_BLOCK` columns; `ROW_BLOCK` rows per
+#: column), then added into double: float vectors at full SIMD width, the error of a blocked sum.
+SPLIT_STORES = {"s": "part_s{k} += r{k};", "r": "blk_r{k}[j] += r{k};", "c": "part_c{k} += r{k};"}
+COLUMN_BLOCK, ROW_BLOCK = 1024, 64
+
+
 def _split_loops(loads: list[str], row_loads: list[str], body: list[str], reductions: str) -> list[str]:
-    """Rows of ``inner`` in parallel, each a SIMD loop; per-thread sums are added into the outputs at the end."""
+    """Rows of ``inner`` in parallel, each a SIMD loop (over chunks of `COLUMN_BLOCK` where a sum runs
+    along it); per-thread sums are added into the outputs at the end."""
     by_mode = {mode: [k for k, m in enumerate(reductions) if m == mode] for mode in "src"}
-    inner_sums = [f"acc_s{k}" for k in by_mode["s"]] + [f"acc_c{k}" for k in by_mode["c"]]
-    clause = f" reduction(+:{', '.join(inner_sums)})" if inner_sums else ""
+    along = [f"s{k}" for k in by_mode["s"]] + [f"c{k}" for k in by_mode["c"]]  # sums along the inner loop
+    clause = f" reduction(+:{', '.join(f'part_{name}' for name in along)})" if along else ""
+    first, last = ("jb", "je") if along else ("0", "inner")
+    inner_loop = [
+        f"  #pragma omp simd{clause}",
+        f"  for (int64_t j = {first}; j < {last}; j++) {{",
+        "    const int64_t i = o * inner + j;",
+        *loads,
+        *body,
+        "  }",
+    ]
+    if along:
+        inner_loop = [
+            f"  for (int64_t jb = 0; jb < inner; jb += {COLUMN_BLOCK}) {{",
+            f"  const int64_t je = jb + {COLUMN_BLOCK} < inner ? jb + {COLUMN_BLOCK} : inner;",
+            *(f"  real part_{name} = 0;" for name in along),
+            *inner_loop,
+            *(f"  acc_{name} += part_{name};" for name in along),
+            "  }",
+        ]
+    flush = [
+        f"  for (int64_t j = 0; j < inner; j++) {{ acc_r{k}[j] += blk_r{k}[j]; blk_r{k}[j] = 0; }}"
+        for k in by_mode["r"]
+    ]
     return [
         "  #pragma omp parallel num_threads(threads) if(threads > 1)",
         "  {",
         *(f"  double* restrict acc_r{k} = (double*)calloc(inner, sizeof(double));" for k in by_mode["r"]),
+        *(f"  real* restrict blk_r{k} = (real*)calloc(inner, sizeof(real));" for k in by_mode["r"]),
+        "  int64_t pending = 0;" if by_mode["r"] else "",
         *(f"  double acc_s{k} = 0;" for k in by_mode["s"]),
         "  #pragma omp for schedule(static)",
         "  for (int64_t o = 0; o < n / inner; o++) {",
         *(f"  double acc_c{k} = 0;" for k in by_mode["c"]),
         *row_loads,
-        f"  #pragma omp simd{clause}",
-        "  for (int64_t j = 0; j < inner; j++) {",
-        "    const int64_t i = o * inner + j;",
-        *loads,
-        *body,
-        "  }",
+        *inner_loop,
         *(f"  out{k}[o] = (real)acc_c{k};" for k in by_mode["c"]),
+        *(([f"  if (++pending == {ROW_BLOCK}) {{", *flush, "  pending = 0;", "  }"]) if by_mode["r"] else []),
         "  }",
+        *flush,
         "  #pragma omp critical",
         "  {",
         *(f"  for (int64_t j = 0; j < inner; j++) out{k}[j] += (real)acc_r{k}[j];" for k in by_mode["r"]),
         *(f"  out{k}[0] += (real)acc_s{k};" for k in by_mode["s"]),
         "  }",
         *(f"  free(acc_r{k});" for k in by_mode["r"]),
+        *(f"  free(blk_r{k});" for k in by_mode["r"]),
         "  }",
     ]

@@ -46,7 +46,7 @@ CASES = {
     ),
     "per-row Gaussian": (
         "a*exp(-(x - m)**2/(2*s**2))",
-        lambda x, a, m, s: a * torch.exp(-((x - m) ** 2) / (2 * s**2)),
+        lambda a, x, m, s: a * torch.exp(-((x - m) ** 2) / (2 * s**2)),
     ),
 }
 #: Cases with broadcast parameters: x is (size / 1000, 1000).
@@ -56,8 +56,8 @@ FLOOR_PASSES = 5
 
 
 def make_inputs(label: str, size: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """Leaves for one case: x of ``size`` elements (m per column and s per row for the 3-input
-    broadcast; a, m, s per row for the per-row Gaussian)."""
+    """Leaves for one case in its formula's input order: x of ``size`` elements (m per column and s per
+    row for the 3-input broadcast; a, m, s per row for the per-row Gaussian)."""
     generator = torch.Generator().manual_seed(0)
     if label not in BROADCAST_CASES:
         return [torch.randn(size, generator=generator).to(device, dtype).requires_grad_()]
@@ -66,7 +66,7 @@ def make_inputs(label: str, size: int, device: str = "cpu", dtype: torch.dtype =
     x = torch.randn(rows, columns, generator=generator)
     if label == "per-row Gaussian":
         a, m = torch.rand(rows, 1, generator=generator) + 0.5, torch.randn(rows, 1, generator=generator)
-        leaves = (x, a, m, torch.rand(rows, 1, generator=generator) + 0.5)
+        leaves = (a, x, m, torch.rand(rows, 1, generator=generator) + 0.5)  # the formula's input order
     else:
         leaves = (x, torch.randn(columns, generator=generator), torch.rand(rows, 1, generator=generator) + 0.5)
     return [t.to(device, dtype).requires_grad_() for t in leaves]
@@ -159,6 +159,16 @@ def measure(fn, inputs: list[torch.Tensor], budget: float) -> tuple[float, float
         once()
         times.append(time.perf_counter() - begin)
     return statistics.median(times), min(times), extra
+
+
+def check_cases(labels: list[str]) -> None:
+    """Each case's customgrad formula and torch composite agree on its inputs (argument order included)."""
+    for label in labels:
+        formula, composite = CASES[label]
+        inputs = [t.detach().double() for t in make_inputs(label, 2000)]
+        got = customgrad.function(formula, backend="eager").apply(*inputs)
+        if not torch.allclose(got, composite(*inputs), rtol=1e-12, atol=0):
+            raise SystemExit(f"{label}: the formula and its torch composite disagree (input order?)")
 
 
 def variants(label: str, backends: list[str]) -> dict:
@@ -309,6 +319,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_cases(args.cases)
     names = args.dtypes or [args.dtype or "float32"]
     limits = {name: float(limit) for name, limit in args.max_size}
     cuda = args.device == "cuda"

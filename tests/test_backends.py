@@ -352,3 +352,36 @@ def test_compile_backend_does_not_recompile_for_new_sizes():
         (expected,) = torch.autograd.grad(CASES_BY_ID["mish"].reference(x=leaf).sum(), leaf)
         assert_matches_reference(gradient, expected, rtol=1e-12, what=f"size {size}")
     assert counters["stats"]["unique_graphs"] == 2  # the forward kernel and the backward kernel, once each
+
+
+def test_cpu_kernels_divide_by_per_row_parameters_once_per_row():
+    # exp(-(x - m)**2/(2*s**2))/s with s per row: 1/s and -1/(2 s^2) are computed before the inner loop,
+    # which then only multiplies (a division per element costs as much as the rest of the loop)
+    from customgrad.backends.cpu import CpuKernel
+
+    source = CpuKernel(function("exp(-(x - m)**2/(2*s**2))/s", backend="eager").spec).c_source(True, "vrc")
+    inner = source.split("for (int64_t j = 0; j < inner; j++) {")[1].split("}")[0]
+    assert "v_x" in inner and "/" not in inner, inner
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(200, 300), (70, 2100)], ids=str)
+def test_cpu_float32_in_loop_sums_are_within_float32_summation_error(shape):
+    # per-column sums over blocks of 64 rows, per-row sums over chunks of 1024 columns, both in float then
+    # added in double; bound: n * eps * (sum of |terms|), n the count summed
+    rows, columns = shape
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(rows, columns, generator=generator)
+    m = torch.randn(columns, generator=generator)
+    s = torch.rand(rows, 1, generator=generator) + 0.5
+    upstream = torch.randn(rows, columns, generator=generator)
+    formula = "exp(-(x - m)**2/(2*s**2))/s"
+    leaves = [t.clone().requires_grad_() for t in (x, m, s)]
+    got = torch.autograd.grad(function(formula, backend="cpu").apply(*leaves), leaves[1:], upstream)
+    full = [x.double(), m.double().expand(rows, columns).clone(), s.double().expand(rows, columns).clone()]
+    full = [t.requires_grad_() for t in full]
+    terms = torch.autograd.grad(built(formula, "eager").apply(*full), full[1:], upstream.double())
+    for g, term, target, count in zip(got, terms, (m, s), (rows, columns), strict=True):
+        exact = term.sum_to_size(target.shape)
+        bound = count * torch.finfo(torch.float32).eps * term.abs().sum_to_size(target.shape)
+        assert ((g.double() - exact).abs() <= bound).all(), f"sum over {count} off by more than float32 summation"

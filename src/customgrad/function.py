@@ -28,7 +28,14 @@ from .derive import FunctionSpec, backward_spec, jvp_spec
 from .errors import BackendError, UsageError
 from .formula import shorten
 from .formula_spec import formula_spec, next_class_name, register_spec
-from .launcher import _as_tensor_arguments, broadcast_error, checked_arguments, promoted_dtype, reduce_gradient
+from .launcher import (
+    _as_tensor_arguments,
+    broadcast_error,
+    checked_arguments,
+    device_error,
+    promoted_dtype,
+    reduce_gradient,
+)
 from .registry import check_function_name
 
 #: The next level for a backward's upstream-gradient names (``_g<level>_<k>``): levels only grow along a
@@ -82,6 +89,10 @@ def _launch(kernel, arguments: Sequence, argument_names: Sequence[str], function
     outputs get the dtype torch's promotion gives the inputs."""
     arguments = checked_arguments(arguments, argument_names, function_name)
     tensors = _as_tensor_arguments(arguments)
+    if not torch.compiler.is_compiling():
+        mixed = device_error(tensors, argument_names, function_name)
+        if mixed is not None:
+            raise mixed
     check_device(backend, tensors, function_name)
     if torch.compiler.is_compiling():
         outputs = kernel(*tensors)

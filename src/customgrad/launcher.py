@@ -69,6 +69,23 @@ def broadcast_error(arguments: Sequence, names: Sequence[str], function_name: st
     return None
 
 
+def device_error(tensors: Sequence, names: Sequence[str], function_name: str) -> UsageError | None:
+    """A `UsageError` naming two inputs on different devices (0-d CPU tensors go with any device, as in torch)."""
+    placed = [
+        (name, t.device)
+        for name, t in zip(names, tensors, strict=False)
+        if isinstance(t, torch.Tensor) and (t.dim() or t.device.type != "cpu")
+    ]
+    for name, place in placed[1:]:
+        if place != placed[0][1]:
+            first, where = placed[0]
+            return UsageError(
+                f"{function_name}: inputs are on different devices: {first!r} on {where}, {name!r} on {place}: "
+                f"move them to one device (e.g. {name}.to({first}.device))"
+            )
+    return None
+
+
 def _as_tensor_arguments(arguments: Sequence) -> list:
     """Numbers become tensors in the dtype and on the device of the first tensor (torch's rule for
     Python scalars); when there is no tensor at all, the default dtype on the CPU."""
@@ -100,6 +117,16 @@ def promoted_dtype(arguments: Sequence) -> torch.dtype:
     return elementwise_dtypes(*arguments, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT)[1]
 
 
+def result_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    """The dtype torch's promotion gives an elementwise op of ``tensors`` (0-d tensors count only when
+    all are 0-d)."""
+    first = tensors[0].dtype
+    if all(t.dtype == first for t in tensors):
+        return first
+    dimensioned = [t.dtype for t in tensors if t.dim()] or [t.dtype for t in tensors]
+    return functools.reduce(torch.promote_types, dimensioned)
+
+
 def reduce_gradient(gradient: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """A full-shape gradient summed back to an input's ``shape`` (broadcasting's adjoint) in its ``dtype``."""
     if gradient.shape != shape:
@@ -120,8 +147,18 @@ def flat_operand(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 def broadcast_shape(tensors: Sequence[torch.Tensor]) -> torch.Size:
-    """The broadcast shape of ``tensors``; fast when all share one shape or the others are numbers."""
+    """The broadcast shape of ``tensors`` (torch's rule, a `RuntimeError` where it fails); a plain loop,
+    since ``torch.broadcast_shapes`` costs tens of microseconds a call."""
     widest = max(tensors, key=lambda t: t.dim()).shape
     if all(t.shape == widest or (t.dim() == 0 and t.numel() == 1) for t in tensors):
         return widest
-    return torch.broadcast_shapes(*(t.shape for t in tensors))
+    result = list(widest)
+    for tensor in tensors:
+        offset = len(result) - tensor.dim()
+        for k, size in enumerate(tensor.shape):
+            current = result[offset + k]
+            if size != current and size != 1:
+                if current != 1:
+                    raise RuntimeError(f"shapes {[tuple(t.shape) for t in tensors]} do not broadcast")
+                result[offset + k] = size
+    return torch.Size(result)

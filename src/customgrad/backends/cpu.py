@@ -29,7 +29,7 @@ import torch
 
 from .. import cache
 from ..errors import BackendError
-from ..launcher import broadcast_shape, flat_operand
+from ..launcher import broadcast_shape, flat_operand, result_dtype
 
 if TYPE_CHECKING:
     from ..derive import FunctionSpec
@@ -219,6 +219,7 @@ class CpuKernel:
         self.source = self.fallback.source
         self.plain = self.fallback
         self.compiled: dict[tuple, Callable] = {}
+        self.layouts: dict[tuple, tuple[str, int, str]] = {}
         self.c_source(True, "v" * len(self.names))  # unprintable functions fail now, by name
 
     def c_source(self, single: bool, layouts: str, reductions: str = "", storage: str = "") -> str:
@@ -235,6 +236,20 @@ class CpuKernel:
         outputs = self.reduced(tensors, None)
         return self.fallback(*tensors) if outputs is None else outputs
 
+    def operands(self, tensors: list[torch.Tensor], shape: torch.Size, targets) -> tuple[str, list, int, str]:
+        """`operands`; remembered per (shapes, strides, targets) where every input is read in place (at
+        its own data pointer, so the tensors themselves serve), so a training step skips the layout work."""
+        key = (tuple(shape), tuple((t.shape, t.stride()) for t in tensors), None if targets is None else tuple(targets))
+        known = self.layouts.get(key)
+        if known is not None:
+            return known[0], tensors, known[1], known[2]
+        layouts, arguments, inner, modes = operands(tensors, shape, targets)
+        if all(a.data_ptr() == t.data_ptr() for a, t in zip(arguments, tensors, strict=True)):
+            if len(self.layouts) >= 256:  # shapes that change every call: keep the memory bounded
+                self.layouts.clear()
+            self.layouts[key] = (layouts, inner, modes)
+        return layouts, arguments, inner, modes
+
     def reduced(self, tensors, targets) -> tuple[torch.Tensor, ...] | None:
         """The outputs, each summed to ``targets[k]`` (broadcasting's adjoint) inside the loop where the
         shapes allow (else at full shape); full shape when ``targets`` is None; None where C cannot run."""
@@ -242,7 +257,7 @@ class CpuKernel:
             return None
         first = tensors[0].dtype
         uniform = all(t.dtype == first for t in tensors)
-        dtype = first if uniform else _result_type(tensors)
+        dtype = first if uniform else result_dtype(tensors)
         computed = _COMPUTED.get(dtype)
         if computed is None:
             return None
@@ -252,7 +267,7 @@ class CpuKernel:
             return tuple(torch.empty(shape, dtype=dtype) for _ in self.outputs)
         storage = HALF_STORAGE.get(dtype, "") if uniform else ""
         read = tensors if storage else [t.to(computed) for t in tensors]
-        layouts, arguments, inner, modes = operands(list(read), shape, targets)
+        layouts, arguments, inner, modes = self.operands(list(read), shape, targets)
         modes = modes or "v" * len(self.outputs)
         sizes = {"v": count, "s": 1, "r": inner, "c": count // max(inner, 1)}
         stored = dtype if storage else computed
@@ -267,14 +282,6 @@ class CpuKernel:
         if targets is not None:
             outputs = [o if m == "v" else o.reshape(t) for o, m, t in zip(outputs, modes, targets, strict=True)]
         return tuple(o if o.dtype == dtype else o.to(dtype) for o in outputs)
-
-
-def _result_type(tensors) -> torch.dtype:
-    return (
-        functools.reduce(torch.promote_types, (t.dtype for t in tensors if t.dim()))
-        if any(t.dim() for t in tensors)
-        else functools.reduce(torch.promote_types, (t.dtype for t in tensors))
-    )
 
 
 def operands(tensors: list[torch.Tensor], shape: torch.Size, targets=None) -> tuple[str, list[torch.Tensor], int, str]:

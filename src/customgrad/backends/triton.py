@@ -1,10 +1,14 @@
 """The triton backend: one Triton kernel per spec, printed from the SymPy expressions through the
 Triton column of the printer table (`codegen.rules`), for CUDA tensors.
 
-Each kernel is a 1-D grid of blocks over the broadcast output; an input is read per element, or once
-where it is a broadcast number. Half types and float32 compute in float32, float64 in float64. On CPU
-the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how they are tested
-without a GPU. Triton is imported here only, on first use.
+Each kernel's grid runs over tiles of a rows x columns view of the broadcast output (`tiling`): every
+input is read where it lives, through its strides (full, per row, per column, or one number), in its
+own dtype, converted in registers (half types and float32 compute in float32, float64 in float64);
+pieces of per-row values and numbers are computed at their own small shape (`codegen.hoist`). A
+gradient of a broadcast input is summed inside the kernel (per-program partial sums, then one small
+torch ``sum``). Block size and warps are tuned on first use (`triton_tuning`). On CPU the kernels run
+only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how they are tested without a GPU.
+Triton is imported here only, on first use.
 """
 
 from __future__ import annotations
@@ -21,14 +25,18 @@ import torch
 
 from .. import cache
 from ..codegen.cse import shared_subexpressions
+from ..codegen.hoist import hoisted
 from ..codegen.rules import BINARY_RULES, FUNCTION_RULES, column
 from ..codegen.torch import TorchCodePrinter
 from ..derive import FunctionSpec
 from ..errors import BackendError
-from ..launcher import broadcast_shape, flat_operand
+from ..launcher import broadcast_shape, flat_operand, result_dtype
 from .eager import torch_kernel
+from .tiling import Tiling, tiling
+from .triton_tuning import DEFAULT, LaunchTuner
 
-BLOCK = 1024
+#: Launch configurations by measurement on CUDA (`triton_tuning`); tests swap in a fake candidate set and timer.
+TUNER = LaunchTuner()
 #: Where ``libdevice`` comes from: the real one, or stand-ins under the CPU interpreter.
 LIBDEVICE_IMPORT = {
     False: "from triton.language.extra import libdevice",
@@ -86,18 +94,19 @@ class TritonCodePrinter(TorchCodePrinter):
 
     def _print_Pow(self, expr, rational=False):
         base, exponent = expr.args
-        if expr.free_symbols and exponent.is_Integer and 2 <= int(exponent) <= 4:
+        if expr.free_symbols and exponent.is_Integer and 2 <= abs(int(exponent)) <= 4:
             printed = self.parenthesize(base, 1000)
-            return "(" + " * ".join([printed] * int(exponent)) + ")"
+            product = "(" + " * ".join([printed] * abs(int(exponent))) + ")"
+            return product if exponent > 0 else f"(1.0 / {product})"
         if expr.free_symbols and exponent not in self.powers:
             return self.power.format(self._argument(base), self._argument(exponent))
         return super()._print_Pow(expr, rational)
 
     def _argument(self, arg: sympy.Expr) -> str:
-        """A call's argument; a number as a block of the kernel's dtype (``_zero``): Triton passes a bare
-        float literal to libdevice as float32, which would round 0.1 in a float64 kernel."""
+        """A call's argument; a number as a one-element block of the kernel's dtype (``_unit``): Triton
+        passes a bare float literal to libdevice as float32, which would round 0.1 in a float64 kernel."""
         printed = self._print(arg)
-        return printed if arg.free_symbols else f"({printed} + _zero)"
+        return printed if arg.free_symbols else f"({printed} + _unit)"
 
     def _print_binary(self, kind: type, args: Sequence[sympy.Expr]) -> str:
         call = self.binary_functions[kind]
@@ -119,33 +128,122 @@ class TritonCodePrinter(TorchCodePrinter):
         return result
 
 
-def kernel_source(argument_names: Sequence[str], outputs: Sequence[sympy.Expr], scalars: Sequence[bool]) -> str:
-    """Source of a module defining ``@triton.jit def kernel(n, in..., out..., BLOCK)``."""
+#: input read pattern (`tiling`), 2-D grid? -> the strides the kernel takes for it, and its load.
+_LOADS: dict[tuple[str, bool], tuple[tuple[str, ...], str]] = {
+    ("v", True): (
+        ("rows",),
+        "tl.load(in{k} + rows[:, None] * (in{k}_rows // VEC * VEC) + cols[None, :], mask=mask, other=0)",
+    ),
+    ("g", True): (
+        ("rows", "cols"),
+        "tl.load(in{k} + rows[:, None] * in{k}_rows + cols[None, :] * in{k}_cols, mask=mask, other=0)",
+    ),
+    ("o", True): (("rows",), "tl.load(in{k} + rows * in{k}_rows, mask=row_mask, other=0)[:, None]"),
+    ("i", True): (("cols",), "tl.load(in{k} + cols * in{k}_cols, mask=col_mask, other=0)[None, :]"),
+    ("s", True): ((), "tl.load(in{k})"),
+    ("v", False): ((), "tl.load(in{k} + cols, mask=mask, other=0)"),
+    ("g", False): (("cols",), "tl.load(in{k} + cols * in{k}_cols, mask=mask, other=0)"),
+    ("s", False): ((), "tl.load(in{k})"),
+}
+#: output store mode (`tiling`), 2-D grid? -> its store: full, or this program's partial sums.
+_STORES: dict[tuple[str, bool], str] = {
+    ("v", True): (
+        "tl.store(out{k} + rows[:, None] * C + cols[None, :], "
+        "r{k}.to(out{k}.dtype.element_ty), mask=mask)"
+    ),
+    ("v", False): "tl.store(out{k} + cols, r{k}.to(out{k}.dtype.element_ty), mask=mask)",
+    ("s", True): "tl.store(out{k} + pid, tl.sum(tl.where(mask, r{k}, 0.0)))",
+    ("s", False): "tl.store(out{k} + pid, tl.sum(tl.where(mask, r{k}, 0.0)))",
+    ("o", True): "tl.store(out{k} + col_block * R + rows, tl.sum(tl.where(mask, r{k}, 0.0), axis=1), mask=row_mask)",
+    ("i", True): "tl.store(out{k} + row_block * C + cols, tl.sum(tl.where(mask, r{k}, 0.0), axis=0), mask=col_mask)",
+}
+_GRID = {
+    True: [
+        "    col_blocks = tl.cdiv(C, BLOCK_C)",
+        "    row_block = pid // col_blocks",
+        "    col_block = pid - row_block * col_blocks",
+        "    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)",
+        "    cols = col_block * BLOCK_C + tl.arange(0, BLOCK_C)",
+        "    row_mask = rows < R",
+        "    col_mask = cols < C",
+        "    mask = row_mask[:, None] & col_mask[None, :]",
+        "    _zero = tl.zeros((BLOCK_R, BLOCK_C), {computed})",
+        "    _unit = tl.zeros((1, 1), {computed})",
+    ],
+    False: [
+        "    cols = pid * BLOCK_C + tl.arange(0, BLOCK_C)",
+        "    mask = cols < C",
+        "    _zero = tl.zeros((BLOCK_C,), {computed})",
+        "    _unit = tl.zeros((1,), {computed})",
+    ],
+}
+
+
+def stride_names(read: str, two_d: bool) -> tuple[str, ...]:
+    """The strides (``rows``, ``cols``) the kernel takes for an input read as ``read``."""
+    return _LOADS[read, two_d][0]
+
+
+def kernel_source(
+    argument_names: Sequence[str],
+    outputs: Sequence[sympy.Expr],
+    reads: str,
+    stores: str,
+    computed: str,
+    two_d: bool = False,
+) -> str:
+    """Source of a module defining ``@triton.jit def kernel(R, C, in..., out..., BLOCK_R, BLOCK_C, WIDE, VEC)``.
+
+    The grid runs over tiles of a rows x columns view of the output (`tiling`; one row when no input
+    varies per row or column): ``reads[k]`` says how input k is read in its own dtype (converted to
+    ``computed`` in registers), ``stores[k]`` whether output k is stored full or summed per program;
+    ``two_d``: tiles of rows x columns (else one row of ``C`` elements). ``VEC`` divides ``C`` and every
+    row stride of a full input: written ``n // VEC * VEC``, Triton sees them as multiples of VEC and
+    vectorises by it (it proves divisibility by 16 itself only, and a 1000-column row is not).
+    """
     replacements, reduced = shared_subexpressions(outputs)
     printer = TritonCodePrinter()
-    inputs = [f"in{k}" for k in range(len(argument_names))]
-    results = [f"out{k}" for k in range(len(outputs))]
+    parameters = ["R", "C"]
+    for k, read in enumerate(reads):
+        parameters += [f"in{k}", *(f"in{k}_{name}" for name in stride_names(read, two_d))]
+    parameters += [f"out{k}" for k in range(len(outputs))]
+    dtype = f"tl.{computed}"
     lines = [
         "import triton",
         "import triton.language as tl",
         LIBDEVICE_IMPORT[os.environ.get("TRITON_INTERPRET") == "1"],
         _HELPERS,
         "@triton.jit",
-        f"def kernel(n, {', '.join(inputs + results)}, BLOCK: tl.constexpr):",
-        "    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
-        "    mask = offsets < n",
-        # the kernel's dtype: float64 for float64 inputs, else float32 (half types compute in float32)
-        "    _zero = tl.zeros((BLOCK,), tl.float64 if in0.dtype.element_ty == tl.float64 else tl.float32)",
+        f"def kernel({', '.join(parameters)}, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr, "
+        "VEC: tl.constexpr):",
+        "    pid = tl.program_id(0)",
+        "    if WIDE:",
+        "        pid = pid.to(tl.int64)",
+        "    C = C // VEC * VEC  # the same C, seen by Triton as a multiple of VEC: masks and rows vectorise",
+        *(line.format(computed=dtype) for line in _GRID[two_d]),
     ]
-    for k, name in enumerate(argument_names):
-        # a number is read once and broadcast to the block (0-d values break | and & in the interpreter)
-        load = f"tl.load(in{k}) + _zero" if scalars[k] else f"tl.load(in{k} + offsets, mask=mask, other=0.0)"
-        # half types compute in float32
-        lines.append(f"    v_{name} = {load}.to(tl.float64 if in{k}.dtype.element_ty == tl.float64 else tl.float32)")
-    lines += [f"    v_{t.name} = {printer.doprint(value)}" for t, value in replacements]
-    for k, value in enumerate(reduced):
-        lines.append(f"    r{k} = {printer.doprint(value)} + _zero")
-        lines.append(f"    tl.store(out{k} + offsets, r{k}.to(out{k}.dtype.element_ty), mask=mask)")
+    full = set()  # names whose value is a whole tile (the rest are numbers, rows or columns)
+    for k, (name, read) in enumerate(zip(argument_names, reads, strict=True)):
+        load = _LOADS[read, two_d][1].format(k=k)
+        # a number is a one-element block (0-d values break | and & in the interpreter)
+        lines.append(f"    v_{name} = {load}.to({dtype})" + (" + _unit" if read == "s" else ""))
+        if read in "vg":
+            full.add(name)
+    # pieces of per-row values and numbers only are computed at their own (small) shape, and divisions
+    # by them become multiplications (`hoist`)
+    constant = {name for name, read in zip(argument_names, reads, strict=True) if read in ("os" if two_d else "s")}
+    symbols = {s for value in outputs for s in value.free_symbols if s.name in constant}
+    if symbols:
+        pieces, replacements, reduced = hoisted(replacements, reduced, symbols)
+        lines += [f"    v_{symbol.name} = {printer.doprint(value)}" for symbol, value in pieces]
+    for temporary, value in replacements:
+        lines.append(f"    v_{temporary.name} = {printer.doprint(value)}")
+        if {symbol.name for symbol in value.free_symbols} & full:
+            full.add(temporary.name)
+    for k, (value, store) in enumerate(zip(reduced, stores, strict=True)):
+        whole = {symbol.name for symbol in value.free_symbols} & full
+        lines.append(f"    r{k} = {printer.doprint(value)}" + ("" if whole else " + _zero"))
+        lines.append("    " + _STORES[store, two_d].format(k=k))
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +288,13 @@ def _quiet_interpreter() -> contextlib.AbstractContextManager:
 
 
 class TritonKernel:
-    """``kernel(*tensors)``: the spec's outputs by one Triton launch; eager code while tracing."""
+    """``kernel(*tensors)``: the spec's outputs by one Triton launch; eager code while tracing.
+
+    Inputs are read where they live (`tiling`: broadcast, strided, transposed, channels-last), in
+    their own dtype; ``reduced`` sums broadcast gradients inside the kernel (per-program partial sums,
+    then one small deterministic ``sum`` over them, no atomics). The block size and warps of each
+    launch come from `triton_tuning.LaunchTuner` (`TUNER`).
+    """
 
     def __init__(self, spec: FunctionSpec):
         self.spec = spec
@@ -198,35 +302,153 @@ class TritonKernel:
         self.fallback = torch_kernel(spec)
         self.source = self.fallback.source
         self.plain = self.fallback
-        self.compiled: dict[tuple[bool, ...], Callable] = {}
-        self.triton_source((False,) * len(self.names))  # unprintable functions fail now, by name
+        self.compiled: dict[tuple[str, str, str, bool], Callable] = {}
+        self.launches: dict[tuple, _Launch] = {}
+        self.digest = hashlib.sha256(self.triton_source("v" * len(self.names), "", "float32").encode()).hexdigest()
 
-    def triton_source(self, scalars: tuple[bool, ...]) -> str:
+    def triton_source(self, reads: str, stores: str, computed: str, two_d: bool = False) -> str:
+        """The kernel's source (unprintable functions fail by name, at construction)."""
+        stores = stores or "v" * len(self.spec.outputs)
         try:
-            return kernel_source(self.names, self.spec.outputs, scalars)
+            return kernel_source(self.names, self.spec.outputs, reads, stores, computed, two_d)
         except NotImplementedError as error:
             raise BackendError(
                 f"{self.spec.name}: backend 'triton' cannot print it ({error}); use backend='eager' or 'compile'"
             ) from None
 
     def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(tensors[0]):
-            return self.fallback(*tensors)
-        dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+        outputs = self.reduced(tensors, None)
+        return self.fallback(*tensors) if outputs is None else outputs
+
+    def reduced(self, tensors, targets) -> tuple[torch.Tensor, ...] | None:
+        """The outputs, each summed to ``targets[k]`` inside the kernel where the layout allows (else
+        full shape); full shape when ``targets`` is None; None where the kernel cannot run (tracing,
+        functorch transforms, integer results)."""
+        if torch.compiler.is_compiling() or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+            return None
+        dtype = result_dtype(tensors)
         if not dtype.is_floating_point:
-            return self.fallback(*tensors)
+            return None
+        device = next((t.device for t in tensors if t.dim()), tensors[0].device)
+        tensors = [t if t.device == device else t.to(device) for t in tensors]  # 0-d CPU numbers
         shape = broadcast_shape(tensors)
-        outputs = [torch.empty(shape, dtype=dtype, device=tensors[0].device) for _ in self.spec.outputs]
-        count = outputs[0].numel()
-        if count:
-            arguments = [flat_operand(t.to(dtype), shape) for t in tensors]
-            scalars = tuple(a.numel() == 1 and count != 1 for a in arguments)
-            if scalars not in self.compiled:
-                self.compiled[scalars] = _load_module(self.triton_source(scalars))
-            grid = ((count + BLOCK - 1) // BLOCK,)
-            with _quiet_interpreter():
-                self.compiled[scalars][grid](count, *arguments, *outputs, BLOCK=BLOCK)
-        return tuple(outputs)
+        if not shape.numel():
+            return tuple(torch.empty(shape, dtype=dtype, device=device) for _ in self.spec.outputs)
+        plan = tiling(tensors, shape, targets)
+        if plan is None:  # a broadcast of three or more dimensions after merging: full-shape copies
+            tensors = [flat_operand(t, shape) for t in tensors]
+            plan, targets = tiling(tensors, shape), None
+        return self.launch(plan, tensors, shape, dtype, targets)
+
+    def launch(self, plan: Tiling, tensors, shape: torch.Size, dtype: torch.dtype, targets) -> tuple:
+        """The kernel run on ``plan``: compiled, tuned and laid out on first use (`_Launch`), then reused."""
+        key = (plan, dtype, tensors[0].device, TUNER)
+        launch = self.launches.get(key)
+        if launch is None:
+            computed = "float64" if dtype == torch.float64 else "float32"
+            stores = plan.stores or "v" * len(self.spec.outputs)
+            source_key = (plan.reads, stores, computed, plan.rows > 1)
+            if source_key not in self.compiled:
+                self.compiled[source_key] = _load_module(self.triton_source(*source_key))
+            launch = _Launch(self.compiled[source_key], plan, shape, dtype, stores, tensors[0].device)
+            tuning_key = (self.digest, *map(str, source_key), str(dtype), str(plan.count.bit_length()))
+            tuning_key += (_device_name(tensors[0].device),)
+            if tensors[0].is_cuda or TUNER.everywhere:
+                launch.configure(TUNER.config(tuning_key, lambda config: launch.configure(config).run(tensors)))
+            if len(self.launches) >= 256:  # shapes that change every call: keep the memory bounded
+                self.launches.clear()
+            self.launches[key] = launch
+        return launch.finished(launch.run(tensors), targets)
+
+
+class _Launch:
+    """One kernel's launch on one tiling: the stride arguments, grid and output buffers, worked out once."""
+
+    def __init__(self, kernel: Callable, plan: Tiling, shape: torch.Size, dtype: torch.dtype, stores: str, device):
+        self.kernel, self.plan, self.dtype, self.stores, self.device = kernel, plan, dtype, stores, device
+        self.two_d = plan.rows > 1
+        self.computed = torch.float64 if dtype == torch.float64 else torch.float32
+        self.full_shape = [shape[d] for d in plan.order]
+        identity = plan.order == tuple(range(len(plan.order)))
+        self.inverse = None if identity else [plan.order.index(d) for d in range(len(plan.order))]
+        self.extra = []  # each input's stride arguments
+        for read, (row_stride, column_stride) in zip(plan.reads, plan.strides, strict=True):
+            named = {"rows": row_stride, "cols": column_stride}
+            self.extra.append([named[name] for name in stride_names(read, self.two_d)])
+        self.quiet = os.environ.get("TRITON_INTERPRET") == "1"
+        self.vector = _vector_width(plan)
+        self.configure(DEFAULT)
+
+    def configure(self, config: tuple[int, int]) -> _Launch:
+        """Use ``config`` = (elements per program, warps) from now on."""
+        self.warps = config[1]
+        plan = self.plan
+        self.block_c = min(triton_next_power_of_2(plan.columns), config[0])
+        self.block_r = min(max(config[0] // self.block_c, 1), triton_next_power_of_2(plan.rows)) if self.two_d else 1
+        row_blocks, column_blocks = -(-plan.rows // self.block_r), -(-plan.columns // self.block_c)
+        self.grid = (row_blocks * column_blocks,)
+        self.sizes = {"s": row_blocks * column_blocks, "o": column_blocks * plan.rows, "i": row_blocks * plan.columns}
+        return self
+
+    def run(self, tensors) -> list[torch.Tensor]:
+        """Launch on ``tensors``: the outputs (full ones in the tiling's dimension order) and partial sums."""
+        arguments = []
+        for tensor, extra in zip(tensors, self.extra, strict=True):
+            arguments.append(tensor)
+            arguments += extra
+        outputs = [
+            torch.empty(self.full_shape, dtype=self.dtype, device=self.device)
+            if mode == "v"
+            else torch.empty(self.sizes[mode], dtype=self.computed, device=self.device)
+            for mode in self.stores
+        ]
+        with _quiet_interpreter() if self.quiet else contextlib.nullcontext():
+            self.kernel[self.grid](
+                self.plan.rows, self.plan.columns, *arguments, *outputs,
+                BLOCK_R=self.block_r, BLOCK_C=self.block_c, WIDE=self.plan.wide, VEC=self.vector,
+                num_warps=self.warps,
+            )  # fmt: skip
+        return outputs
+
+    def finished(self, outputs: list[torch.Tensor], targets) -> tuple[torch.Tensor, ...]:
+        """Full outputs in the call's dimension order; partial sums summed to their targets (the
+        deterministic second pass: torch's reductions use no atomics)."""
+        done = []
+        for k, (output, mode) in enumerate(zip(outputs, self.stores, strict=True)):
+            if mode == "v":
+                done.append(output if self.inverse is None else output.permute(self.inverse))
+                continue
+            if mode == "o":
+                output = output.view(-1, self.plan.rows).sum(0)
+            elif mode == "i":
+                output = output.view(-1, self.plan.columns).sum(0)
+            else:
+                output = output.sum()
+            done.append(output.reshape(targets[k]).to(self.dtype))
+        return tuple(done)
+
+
+def _vector_width(plan: Tiling) -> int:
+    """The largest power of two up to 16 dividing the columns and every row stride of a full input."""
+    strides = [plan.columns, *(row for read, (row, _) in zip(plan.reads, plan.strides, strict=True) if read == "v")]
+    strides = strides if plan.rows > 1 else strides[:1]
+    width = 16
+    while width > 1 and any(stride % width for stride in strides):
+        width //= 2
+    return width
+
+
+def triton_next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+@functools.cache
+def _device_name(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    import triton
+
+    return f"{torch.cuda.get_device_name(device)} triton {triton.__version__}"
 
 
 class TritonBackend:

@@ -15,6 +15,7 @@ import sympy
 from sympy.printing.c import C99CodePrinter
 
 from .cse import shared_subexpressions
+from .hoist import hoisted
 from .rules import BINARY_RULES, FUNCTION_RULES, column
 
 C_FUNCTIONS = column(FUNCTION_RULES, "c")
@@ -222,11 +223,18 @@ def kernel_source(
     and from float inside the loop; sums stay float.
     """
     reductions = reductions or "v" * len(outputs)
+    split = any(mode in "rc" for mode in layouts + reductions)
     replacements, reduced = shared_subexpressions(outputs)
+    # what is constant along the inner loop is computed before it (`hoist`): numbers, and per-row values
+    invariant = "sc" if split else "s"
+    constant = {name for name, layout in zip(argument_names, layouts, strict=True) if layout in invariant}
+    symbols = {s for value in outputs for s in value.free_symbols if s.name in constant}
+    pieces, replacements, reduced = hoisted(replacements, reduced, symbols) if symbols else ([], replacements, reduced)
     printer = CCodePrinter(single)
     body = [f"    const real v_{t.name} = {printer.doprint(value)};" for t, value in replacements]
     body += [f"    const real r{k} = {printer.doprint(value)};" for k, value in enumerate(reduced)]
-    stores = {**STORES, "v": "out{k}[i] = cg_store(r{k});"} if storage else STORES
+    stores = {**STORES, **SPLIT_STORES} if split else STORES
+    stores = {**stores, "v": "out{k}[i] = cg_store(r{k});"} if storage else stores
     body += ["    " + stores[mode].format(k=k) for k, mode in enumerate(reductions)]
     load = "cg_load({})" if storage else "{}"
     loads_before = [
@@ -234,6 +242,14 @@ def kernel_source(
         for k, name in enumerate(argument_names)
         if layouts[k] == "s"
     ]
+    per_call = {s for s in symbols if s.name not in argument_names or layouts[argument_names.index(s.name)] == "s"}
+    per_row = []
+    for symbol, value in pieces:  # in order: each uses only inputs and earlier pieces
+        if value.free_symbols <= per_call:
+            per_call.add(symbol)
+            loads_before.append(f"  const real v_{symbol.name} = {printer.doprint(value)};")
+        else:
+            per_row.append(f"  const real v_{symbol.name} = {printer.doprint(value)};")
     # Per-row values ("c") are read once per row, before the inner SIMD loop (gcc does not vectorise a
     # loop that converts a loop-invariant half value inside it).
     loads, row_loads = [], []
@@ -241,11 +257,11 @@ def kernel_source(
         if layouts[k] != "s":
             line = f"const real v_{name} = {load.format(READS[layouts[k]].format(k=k))};"
             (row_loads if layouts[k] == "c" else loads).append(line)
+    row_loads += [line.strip() for line in per_row]
     stored = STORAGE[storage][0] if storage else "real"
     parameters = [f"const {stored}* restrict in{k}" for k in range(len(argument_names))]
     parameters += [f"{stored if mode == 'v' else 'real'}* restrict out{k}" for k, mode in enumerate(reductions)]
     suffix = "f" if single else ""
-    split = any(mode in "rc" for mode in layouts + reductions)
     loads = ["    " + line for line in loads]
     row_loads = ["  " + line for line in row_loads]
     loops = _split_loops(loads, row_loads, body, reductions) if split else _flat_loops(loads, body, reductions)
@@ -291,34 +307,63 @@ def _flat_loops(loads: list[str], body: list[str], reductions: str) -> list[str]
     ]
 
 
+#: Sums of a split loop: in ``real`` over blocks (a row chunk of `COLUMN_BLOCK` columns; `ROW_BLOCK` rows per
+#: column), then added into double: float vectors at full SIMD width, the error of a blocked sum.
+SPLIT_STORES = {"s": "part_s{k} += r{k};", "r": "blk_r{k}[j] += r{k};", "c": "part_c{k} += r{k};"}
+COLUMN_BLOCK, ROW_BLOCK = 1024, 64
+
+
 def _split_loops(loads: list[str], row_loads: list[str], body: list[str], reductions: str) -> list[str]:
-    """Rows of ``inner`` in parallel, each a SIMD loop; per-thread sums are added into the outputs at the end."""
+    """Rows of ``inner`` in parallel, each a SIMD loop (over chunks of `COLUMN_BLOCK` where a sum runs
+    along it); per-thread sums are added into the outputs at the end."""
     by_mode = {mode: [k for k, m in enumerate(reductions) if m == mode] for mode in "src"}
-    inner_sums = [f"acc_s{k}" for k in by_mode["s"]] + [f"acc_c{k}" for k in by_mode["c"]]
-    clause = f" reduction(+:{', '.join(inner_sums)})" if inner_sums else ""
+    along = [f"s{k}" for k in by_mode["s"]] + [f"c{k}" for k in by_mode["c"]]  # sums along the inner loop
+    clause = f" reduction(+:{', '.join(f'part_{name}' for name in along)})" if along else ""
+    first, last = ("jb", "je") if along else ("0", "inner")
+    inner_loop = [
+        f"  #pragma omp simd{clause}",
+        f"  for (int64_t j = {first}; j < {last}; j++) {{",
+        "    const int64_t i = o * inner + j;",
+        *loads,
+        *body,
+        "  }",
+    ]
+    if along:
+        inner_loop = [
+            f"  for (int64_t jb = 0; jb < inner; jb += {COLUMN_BLOCK}) {{",
+            f"  const int64_t je = jb + {COLUMN_BLOCK} < inner ? jb + {COLUMN_BLOCK} : inner;",
+            *(f"  real part_{name} = 0;" for name in along),
+            *inner_loop,
+            *(f"  acc_{name} += part_{name};" for name in along),
+            "  }",
+        ]
+    flush = [
+        f"  for (int64_t j = 0; j < inner; j++) {{ acc_r{k}[j] += blk_r{k}[j]; blk_r{k}[j] = 0; }}"
+        for k in by_mode["r"]
+    ]
     return [
         "  #pragma omp parallel num_threads(threads) if(threads > 1)",
         "  {",
         *(f"  double* restrict acc_r{k} = (double*)calloc(inner, sizeof(double));" for k in by_mode["r"]),
+        *(f"  real* restrict blk_r{k} = (real*)calloc(inner, sizeof(real));" for k in by_mode["r"]),
+        "  int64_t pending = 0;" if by_mode["r"] else "",
         *(f"  double acc_s{k} = 0;" for k in by_mode["s"]),
         "  #pragma omp for schedule(static)",
         "  for (int64_t o = 0; o < n / inner; o++) {",
         *(f"  double acc_c{k} = 0;" for k in by_mode["c"]),
         *row_loads,
-        f"  #pragma omp simd{clause}",
-        "  for (int64_t j = 0; j < inner; j++) {",
-        "    const int64_t i = o * inner + j;",
-        *loads,
-        *body,
-        "  }",
+        *inner_loop,
         *(f"  out{k}[o] = (real)acc_c{k};" for k in by_mode["c"]),
+        *(([f"  if (++pending == {ROW_BLOCK}) {{", *flush, "  pending = 0;", "  }"]) if by_mode["r"] else []),
         "  }",
+        *flush,
         "  #pragma omp critical",
         "  {",
         *(f"  for (int64_t j = 0; j < inner; j++) out{k}[j] += (real)acc_r{k}[j];" for k in by_mode["r"]),
         *(f"  out{k}[0] += (real)acc_s{k};" for k in by_mode["s"]),
         "  }",
         *(f"  free(acc_r{k});" for k in by_mode["r"]),
+        *(f"  free(blk_r{k});" for k in by_mode["r"]),
         "  }",
     ]
 

@@ -227,8 +227,6 @@ def test_constants_in_where_take_the_inputs_float64(formula, backend):
         pytest.skip("no C compiler")
     if backend == "triton":
         pytest.importorskip("triton")
-        if "atan2" in formula:
-            pytest.skip("Triton's interpreter (CPU tensors) has no float64 atan2")
     value, slope = _value_and_slope(customgrad.function(formula, backend=backend), torch.tensor([-1.0, 2.0], dtype=F64))
     want_value, want_slope = (torch.tensor(v, dtype=F64) for v in CONSTANT_BRANCHES[formula])
     assert_matches_reference(value, want_value, rtol=1e-15, what=f"{backend} {formula}")

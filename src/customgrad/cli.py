@@ -453,7 +453,7 @@ def _add_list(subparsers) -> None:
 
 
 def _run_list(args) -> int:
-    from .library import summaries
+    from .builtin_table import summaries
 
     builtins = summaries()
     print("built-in:")

@@ -69,12 +69,12 @@ def dump_tree(root: ast.AST) -> str:
 
 def _definition(name: str, seen: set[str]) -> str | None:
     """What registered function ``name`` computes, as text ("" when it is not registered)."""
-    from . import library
+    from .builtin_table import GENERATED
 
     registry = sys.modules.get("customgrad.registry")  # not imported yet: only built-ins can be called
     entry = registry.REGISTRY.get(name) if registry is not None else None
-    if entry is None or library.builtin_entry(name) is entry:
-        return f"{name} = built-in {library.GENERATED[name]!r}" if name in library.GENERATED else ""
+    if entry is None or registry.builtin_entry(name) is entry:
+        return f"{name} = built-in {GENERATED[name]!r}" if name in GENERATED else ""
     if entry.expr is None or entry.partials is None:
         return None
     import sympy  # loaded already: the entry was made with it

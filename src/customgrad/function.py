@@ -15,12 +15,17 @@ while forward mode is on, so those transforms work on ``F`` too (Dynamo never ru
 
 from __future__ import annotations
 
+import ast
+import copyreg
+import pickle
+import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
 
-from . import function_cache, pickling
+from . import function_cache
 from .backends import build_kernel, check_backend_name, check_device
 from .backends.eager import python_name as _python_name
 from .codegen.torch import torch_callable
@@ -36,7 +41,7 @@ from .launcher import (
     promoted_dtype,
     reduce_gradient,
 )
-from .registry import check_function_name
+from .registry import REGISTRY, builtin_entry, check_function_name, lookup, register
 
 #: The next level for a backward's upstream-gradient names (``_g<level>_<k>``): levels only grow along a
 #: chain of backwards, also when a cached backward brings its recorded level (see `_Backwards.derive`).
@@ -258,7 +263,7 @@ def build_function(
         },
     )
     cls.forward_ad.forward_ad = cls.forward_ad
-    cls.forward_ad._customgrad_twin_of = cls  # pickles as F.forward_ad (see `pickling`)
+    cls.forward_ad._customgrad_twin_of = cls  # pickles as F.forward_ad (see "Pickling" below)
     cls._backward_for = staticmethod(backward_function)
     cls.as_custom_op = classmethod(_as_custom_op)
     return cls
@@ -405,7 +410,7 @@ def function(
         broadcast; numbers get no gradient. ``F.forward_ad`` is the variant with a ``jvp`` for
         forward-mode AD (``torch.func.jvp``, ``jacfwd``), which ``F.apply`` calls while forward mode
         is on; ``F`` itself compiles with ``torch.compile(fullgraph=True)`` when called as
-        ``F.apply(...)``. A Function pickles by this definition (see `customgrad.pickling`).
+        ``F.apply(...)``. A Function pickles by this definition (see "Pickling" at the end of this module).
 
     Notes
     -----
@@ -442,5 +447,123 @@ def function(
             cls._backward_for.remember()
     if name is not None:
         register_spec(name, spec, cls)
-    pickling.remember(cls, formula, inputs, grads, name, backend)
+    _remember(cls, formula, inputs, grads, name, backend)
     return cls
+
+
+# Pickling ------------------------------------------------------------------------------------------
+#
+# Generated Functions pickle by their definition: ``pickle``, ``torch.save``, spawn workers and DDP.
+#
+# A generated class lives in no importable module (``customgrad.generated``), so pickle's default, a
+# reference by module and name, fails. Pickle asks ``copyreg.dispatch_table`` for the metaclass before
+# treating a class as a global, so one entry for torch's ``FunctionMeta`` pickles a Function made by
+# `customgrad.function` as ``_rebuild(definition, dependencies)``: the formula, inputs, name, declared
+# gradients and backend as given, and the registered Functions the formulas call (pickled the same
+# way, so a formula calling ``Lor(...)`` finds ``Lor`` registered on load). Loading calls `function`
+# again, which reads the disk cache when it is warm; in a process that already holds the class, the
+# same class comes back. ``F.forward_ad`` pickles as that attribute of ``F``, the built-ins (``P2``)
+# by name; every other ``torch.autograd.Function`` as before, by reference. (A metaclass of our own
+# would do too, but Dynamo traces ``apply`` only on classes whose metaclass is exactly ``FunctionMeta``.)
+
+#: What pickle did with autograd Functions before (None: the default, a reference by name).
+_FUNCTION_META = type(torch.autograd.Function)
+_previous = copyreg.dispatch_table.get(_FUNCTION_META)
+#: (definition, dependencies) -> the class made from them in this process.
+_built: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+@dataclass(frozen=True)
+class Definition:
+    """The arguments of a `customgrad.function` call: all a fresh process needs to make the Function."""
+
+    formula: str
+    inputs: tuple[str, ...] | None
+    grads: tuple[tuple[str, object], ...] | None
+    name: str | None
+    backend: str
+
+    def make(self) -> type[torch.autograd.Function]:
+        grads = dict(self.grads) if self.grads is not None else None
+        inputs = list(self.inputs) if self.inputs is not None else None
+        return function(self.formula, inputs=inputs, grads=grads, name=self.name, backend=self.backend)
+
+
+def _remember(cls, formula, inputs, grads, name, backend) -> None:
+    """Mark ``cls`` (made by ``function(formula, inputs=..., ...)``) to pickle by that definition."""
+    definition = Definition(
+        formula,
+        tuple(cls.input_names) if inputs is not None else None,  # ``inputs`` may have been an iterator
+        tuple(grads.items()) if grads is not None else None,
+        name,
+        backend,
+    )
+    dependencies = _dependencies([formula, *(t for t in (grads or {}).values() if isinstance(t, str))])
+    cls._customgrad_definition = (definition, dependencies)
+    _built[(definition, dependencies)] = cls
+
+
+def _dependencies(texts) -> tuple:
+    """(name, Function) of every user-registered function that ``texts`` call (built-ins need none)."""
+    called: set[str] = set()
+    for text in texts:
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        called |= {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    found = []
+    for name in sorted(called):
+        entry = REGISTRY.get(name)
+        if entry is not None and entry.function is not None and builtin_entry(name) is not entry:
+            found.append((name, entry.function))
+    return tuple(found)
+
+
+def _rebuild(definition: Definition, dependencies: tuple) -> type[torch.autograd.Function]:
+    """The Function of ``definition``, with the functions it calls registered as when it was made."""
+    for name, dependency in dependencies:
+        _register(name, dependency)
+    cls = _built.get((definition, dependencies))
+    if cls is None:
+        return definition.make()
+    if definition.name is not None:
+        _register(definition.name, cls)
+    return cls
+
+
+def _register(name: str, cls) -> None:
+    """Register ``cls`` under ``name`` unless it is registered there already."""
+    entry = REGISTRY.get(name)
+    if entry is not None and entry.function is cls:
+        return
+    if "_customgrad_definition" in vars(cls):
+        register_spec(name, cls.spec, cls)
+    else:
+        register(name, cls)
+
+
+def _builtin(name: str) -> type[torch.autograd.Function]:
+    """Built-in ``name`` (``P2``), generated on first use (`registry.lookup` asks `library`)."""
+    return lookup(name).autograd_function()
+
+
+def _reduce(cls):
+    """How pickle stores the autograd Function class ``cls`` (see the module docstring)."""
+    attributes = vars(cls)
+    if "_customgrad_definition" in attributes:
+        return _rebuild, attributes["_customgrad_definition"]
+    if "_customgrad_twin_of" in attributes:
+        return getattr, (attributes["_customgrad_twin_of"], "forward_ad")
+    if cls.__module__ == "customgrad.generated":
+        entry = builtin_entry(cls.__name__)
+        if entry is not None and entry.function is cls:
+            return _builtin, (cls.__name__,)
+        raise pickle.PicklingError(
+            f"cannot pickle {cls.__name__}: only Functions made by customgrad.function (and their forward_ad) "
+            "pickle; pickle the Function it belongs to instead"
+        )
+    return _previous(cls) if _previous is not None else cls.__qualname__
+
+
+copyreg.pickle(_FUNCTION_META, _reduce)

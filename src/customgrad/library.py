@@ -14,10 +14,11 @@ import importlib
 import threading
 from typing import TYPE_CHECKING
 
+from .builtin_table import GENERATED, HANDWRITTEN, summaries  # noqa: F401 (re-exported: library.summaries)
+from .registry import BUILTIN_ENTRIES, RegisteredFunction, builtin_entry  # noqa: F401 (re-exported)
+
 if TYPE_CHECKING:
     import torch
-
-    from .registry import RegisteredFunction
 
     P2: type[torch.autograd.Function]
     LegendreP3: type[torch.autograd.Function]
@@ -27,32 +28,7 @@ if TYPE_CHECKING:
     IdentityWithSquareGradHandwritten: type[torch.autograd.Function]
     BUILTINS: dict[str, type[torch.autograd.Function]]
 
-#: Built-ins generated from formulas: name -> (formula, declared gradients).
-GENERATED: dict[str, tuple[str, dict[str, str]]] = {
-    # d/dx (x^2 + 2x) = 2x + 2, derived
-    "P2": ("x**2 + 2*x", {}),
-    # d/dx (5x^3 - 3x) / 2 = 1.5 (5x^2 - 1), derived
-    "LegendreP3": ("(5*x**3 - 3*x) / 2", {}),
-    # identity with the surrogate gradient 2x (the derivative of x^2), declared
-    "IdentityWithSquareGrad": ("x", {"x": "2*x"}),
-}
-
-#: The hand-written originals (`customgrad.handwritten`): name -> the first line of their docstring.
-HANDWRITTEN: dict[str, str] = {
-    "P2Handwritten": "Quadratic P2(x) = x^2 + 2x, with the hand-written backward grad * (2x + 2).",
-    "LegendreP3Handwritten": "Legendre polynomial P3(x) = (5x^3 - 3x) / 2, with backward grad * 1.5 (5x^2 - 1).",
-    "IdentityWithSquareGradHandwritten": "Identity forward f(x) = x with an intentional custom (surrogate) "
-    "backward grad * 2x.",
-}
-
-_entries: dict[str, RegisteredFunction] = {}
 _lock = threading.RLock()  # first use from two threads (the check battery's) generates once
-
-
-def summaries() -> dict[str, str]:
-    """Built-in name -> one line, as `customgrad list` prints it (nothing generated, no torch)."""
-    lines = {name: f"{name}(x) = {formula}" for name, (formula, _) in GENERATED.items()}
-    return {**lines, **HANDWRITTEN}
 
 
 def builtin(name: str) -> type[torch.autograd.Function]:
@@ -76,7 +52,7 @@ def registered_builtin(name: str) -> RegisteredFunction:
 
 def _entry(name: str) -> RegisteredFunction:
     """The built-in's own entry, made once; a user's function registered under its name keeps the name."""
-    if name not in _entries:
+    if name not in BUILTIN_ENTRIES:
         from .formula_spec import formula_spec, register_spec
         from .registry import REGISTRY
 
@@ -89,15 +65,10 @@ def _entry(name: str) -> RegisteredFunction:
             return build_function(spec)
 
         users = REGISTRY.get(name)
-        _entries[name] = register_spec(name, spec, generate=generate)
+        BUILTIN_ENTRIES[name] = register_spec(name, spec, generate=generate)
         if users is not None:
             REGISTRY[name] = users
-    return _entries[name]
-
-
-def builtin_entry(name: str) -> RegisteredFunction | None:
-    """The registry entry made for built-in ``name``, or None when it has not been made yet."""
-    return _entries.get(name)
+    return BUILTIN_ENTRIES[name]
 
 
 def __getattr__(name: str):

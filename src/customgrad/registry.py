@@ -170,5 +170,17 @@ def registered_names() -> list[str]:
 
 
 def builtin_names() -> tuple[str, ...]:
-    """Names of customgrad's generated built-ins (`customgrad.library.GENERATED`)."""
-    return tuple(importlib.import_module("customgrad.library").GENERATED)
+    """Names of customgrad's generated built-ins (`builtin_table.GENERATED`)."""
+    from .builtin_table import GENERATED
+
+    return tuple(GENERATED)
+
+
+#: The registry entries made for the built-ins (`library` makes each on first use), by name: a user's
+#: function registered under a built-in's name replaces it in `REGISTRY`, not here.
+BUILTIN_ENTRIES: dict[str, RegisteredFunction] = {}
+
+
+def builtin_entry(name: str) -> RegisteredFunction | None:
+    """The registry entry made for built-in ``name``, or None when it has not been made yet."""
+    return BUILTIN_ENTRIES.get(name)

@@ -147,10 +147,7 @@ _LOADS: dict[tuple[str, bool], tuple[tuple[str, ...], str]] = {
 }
 #: output store mode (`tiling`), 2-D grid? -> its store: full, or this program's partial sums.
 _STORES: dict[tuple[str, bool], str] = {
-    ("v", True): (
-        "tl.store(out{k} + rows[:, None] * C + cols[None, :], "
-        "r{k}.to(out{k}.dtype.element_ty), mask=mask)"
-    ),
+    ("v", True): ("tl.store(out{k} + rows[:, None] * C + cols[None, :], r{k}.to(out{k}.dtype.element_ty), mask=mask)"),
     ("v", False): "tl.store(out{k} + cols, r{k}.to(out{k}.dtype.element_ty), mask=mask)",
     ("s", True): "tl.store(out{k} + pid, tl.sum(tl.where(mask, r{k}, 0.0)))",
     ("s", False): "tl.store(out{k} + pid, tl.sum(tl.where(mask, r{k}, 0.0)))",

@@ -49,8 +49,11 @@ def hoisted(
         if isinstance(expr, (sympy.Mul, sympy.Add)):
             constant = [a for a in expr.args if still(a)]
             varying = [visit(a) for a in expr.args if not still(a)]
-            if varying and any(a.free_symbols for a in constant) and len(constant) > 1 or (
-                varying and len(constant) == 1 and liftable(constant[0])
+            if (
+                varying
+                and any(a.free_symbols for a in constant)
+                and len(constant) > 1
+                or (varying and len(constant) == 1 and liftable(constant[0]))
             ):
                 constant = [name(expr.func(*constant))]
             return expr.func(*constant, *varying)

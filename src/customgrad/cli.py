@@ -161,6 +161,13 @@ def _add_fit(subparsers) -> None:
         help="write the result as JSON (parameters, errors, history, settings); '-': to stdout, the report to stderr",
     )
     parser.add_argument("--plot", metavar="PATH", help="write a PNG: data, fitted curve and loss curve")
+    _add_fit_model_options(parser)
+    _add_fit_batch_options(parser)
+    parser.set_defaults(run=_run_fit)
+
+
+def _add_fit_model_options(parser) -> None:
+    """The options of a fit of your own model: formula, data, columns, parameters, method, intervals."""
     fitting = parser.add_argument_group("fitting your own model (or the experiment's data with --method)")
     fitting.add_argument("--model", help='formula, e.g. "a + b*P2(c*x + d)" (default for a NIST file: its model)')
     fitting.add_argument("--data", metavar="FILE", help="CSV (header optional), whitespace table, or NIST StRD .dat")
@@ -204,23 +211,6 @@ def _add_fit(subparsers) -> None:
         default=None,
         help="rows (--batch: entries) with NaN/inf: stop with an error or drop them (default: raise; --batch: omit)",
     )
-    batch = parser.add_argument_group("many curves at once (--batch)")
-    batch.add_argument(
-        "--batch",
-        action="store_true",
-        help="--data holds one curve per row (first row: the x values, unless --x-values); "
-        "empty cells are missing points",
-    )
-    batch.add_argument("--x-values", metavar="FILE", help="--batch: the x values, from this file instead")
-    batch.add_argument("--csv", metavar="PATH", help="--batch: write one line of results per curve")
-    batch.add_argument(
-        "--shared",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="--batch: one value of this parameter for all curves, fitted jointly with the others per curve "
-        "(a global fit); repeat for each",
-    )
     parser.add_argument(
         "--distributed",
         action="store_true",
@@ -247,7 +237,27 @@ def _add_fit(subparsers) -> None:
         help="2-sigma band shaded by --plot and written to --json (default for --plot: confidence)",
     )
     _add_definitions(parser)
-    parser.set_defaults(run=_run_fit)
+
+
+def _add_fit_batch_options(parser) -> None:
+    """The options of --batch: many curves at once, and what is written per curve."""
+    batch = parser.add_argument_group("many curves at once (--batch)")
+    batch.add_argument(
+        "--batch",
+        action="store_true",
+        help="--data holds one curve per row (first row: the x values, unless --x-values); "
+        "empty cells are missing points",
+    )
+    batch.add_argument("--x-values", metavar="FILE", help="--batch: the x values, from this file instead")
+    batch.add_argument("--csv", metavar="PATH", help="--batch: write one line of results per curve")
+    batch.add_argument(
+        "--shared",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="--batch: one value of this parameter for all curves, fitted jointly with the others per curve "
+        "(a global fit); repeat for each",
+    )
 
 
 def _run_fit(args) -> int:

@@ -56,8 +56,13 @@ def hoisted(
                 or (varying and len(constant) == 1 and liftable(constant[0]))
             ):
                 constant = [name(expr.func(*constant))]
-            return expr.func(*constant, *varying)
-        return expr.func(*(name(a) if liftable(a) else visit(a) for a in expr.args))
+            args = (*constant, *varying)
+            if sorted(args, key=sympy.default_sort_key) == sorted(expr.args, key=sympy.default_sort_key):
+                return expr
+            # unevaluated: x*0 inside a NaN guard (x*0 == 0) must stay x*0, not fold to 0
+            return expr.func(*args, evaluate=False)
+        args = tuple(name(a) if liftable(a) else visit(a) for a in expr.args)
+        return expr if args == expr.args else expr.func(*args)
 
     kept = []
     for temporary, value in replacements:

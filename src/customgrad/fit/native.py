@@ -267,7 +267,9 @@ def count_fit(problem) -> None:
         _FITS[key] += 1
         start = _FITS[key] == BUILD_AFTER_FITS and key not in _LIBRARIES
     if start:
-        threading.Thread(target=_build_quietly, args=key, name=BUILD_THREAD, daemon=True).start()
+        # not a daemon: a process that ends mid-build waits for it (a second or two of gcc) instead of
+        # tearing the thread down inside gcc or dlopen (seen: 'terminate called' in a spawned rank's exit)
+        threading.Thread(target=_build_quietly, args=key, name=BUILD_THREAD, daemon=False).start()
 
 
 def _build_quietly(function, free: tuple[str, ...], layouts: str) -> None:

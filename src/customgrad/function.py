@@ -208,31 +208,9 @@ def build_function(
         outputs = _launch(run, arguments, argument_names, spec.name, backend)
         return outputs[0] if len(outputs) == 1 else outputs
 
-    jvp_kernel: list = []
-
-    def jvp(ctx, *tangents):
-        """sum_i partial_i * tangent_i, generated on first use (forward mode is the rarer path)."""
-        if not jvp_kernel:
-            jvp_kernel.append(build_kernel("eager", jvp_spec(spec)))
-        arguments = _as_tensor_arguments(ctx.forward_inputs)
-        reference = next(a for a in arguments if isinstance(a, torch.Tensor))
-        filled = [
-            t if t is not None else torch.zeros((), dtype=reference.dtype, device=reference.device) for t in tangents
-        ]
-        outputs = jvp_kernel[0](*arguments, *filled)
-        return outputs[0] if len(outputs) == 1 else outputs
-
-    def apply(cls, *arguments, **keywords):
-        # torch binds the arguments to forward's signature and would raise a bare TypeError.
-        if len(arguments) > input_count:
-            raise UsageError(f"{arity_message}, got {len(arguments)}")
-        if _forward_mode_active() and cls.__dict__.get("forward_ad", cls) is not cls:
-            cls = cls.forward_ad  # jvp, jacfwd, hessian: the twin with a jvp (Dynamo never runs this apply)
-        return torch.autograd.Function.apply.__func__(cls, *arguments, **keywords)
-
     hooks = _AutogradHooks(spec, backward_function, compiled_keep, compiled_function)
     namespace = {
-        "apply": classmethod(apply),
+        "apply": classmethod(_apply_rule(input_count, arity_message)),
         "generate_vmap_rule": True,
         "forward": staticmethod(_with_signature(forward, argument_names)),
         "setup_context": staticmethod(hooks.setup_context(False)),
@@ -259,7 +237,7 @@ def build_function(
             **namespace,
             "setup_context": staticmethod(hooks.setup_context(True)),
             "backward": staticmethod(hooks.backward(True)),
-            "jvp": staticmethod(jvp),
+            "jvp": staticmethod(_jvp_rule(spec)),
         },
     )
     cls.forward_ad.forward_ad = cls.forward_ad
@@ -267,6 +245,39 @@ def build_function(
     cls._backward_for = staticmethod(backward_function)
     cls.as_custom_op = classmethod(_as_custom_op)
     return cls
+
+
+def _jvp_rule(spec: FunctionSpec) -> Callable:
+    """jvp(ctx, *tangents) = sum_i partial_i * tangent_i, its kernel generated on first use (forward mode
+    is the rarer path)."""
+    jvp_kernel: list = []
+
+    def jvp(ctx, *tangents):
+        if not jvp_kernel:
+            jvp_kernel.append(build_kernel("eager", jvp_spec(spec)))
+        arguments = _as_tensor_arguments(ctx.forward_inputs)
+        reference = next(a for a in arguments if isinstance(a, torch.Tensor))
+        filled = [
+            t if t is not None else torch.zeros((), dtype=reference.dtype, device=reference.device) for t in tangents
+        ]
+        outputs = jvp_kernel[0](*arguments, *filled)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    return jvp
+
+
+def _apply_rule(input_count: int, arity_message: str) -> Callable:
+    """``F.apply``: too many arguments named (torch would raise a bare TypeError binding them to forward's
+    signature), and the call handed to ``F.forward_ad`` while forward mode is on."""
+
+    def apply(cls, *arguments, **keywords):
+        if len(arguments) > input_count:
+            raise UsageError(f"{arity_message}, got {len(arguments)}")
+        if _forward_mode_active() and cls.__dict__.get("forward_ad", cls) is not cls:
+            cls = cls.forward_ad  # jvp, jacfwd, hessian: the twin with a jvp (Dynamo never runs this apply)
+        return torch.autograd.Function.apply.__func__(cls, *arguments, **keywords)
+
+    return apply
 
 
 def _as_custom_op(cls, qualified_name: str):

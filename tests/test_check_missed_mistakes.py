@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import customgrad
+from fixtures.correct_functions import MulBroadcast, Square  # the correct twins: x^2; x * y, y may be 0-d
 
 check = functools.partial(customgrad.check, compile=False, isolation="thread")
 
@@ -204,36 +205,10 @@ def test_a_backward_raising_for_0d_inputs_that_the_forward_accepts_is_caught():
     assert "0-d: the forward accepts this shape but the backward raised TypeError" in message
 
 
-class MulBroadcastingScalar(torch.autograd.Function):
-    """x * y where y may be 0-d (a scalar parameter): y's gradient summed to its shape, correctly."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, y):
-        return x * y
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        x, y = ctx.saved_tensors
-        return (grad_output * y).sum_to_size(x.shape), (grad_output * x).sum_to_size(y.shape)
-
-
-class CorrectSquare(_Square):
-    @staticmethod
-    def backward(ctx, grad_output):
-        (x,) = ctx.saved_tensors
-        return grad_output * 2 * x
-
-
 @pytest.mark.parametrize(
     ("function", "inputs"),
-    [(CorrectSquare, (_x(5),)), (MulBroadcastingScalar, (_x(4), _x(4, seed=12)))],
-    ids=["CorrectSquare", "MulBroadcastingScalar"],
+    [(Square, (_x(5),)), (MulBroadcast, (_x(4), _x(4, seed=12)))],
+    ids=["Square", "MulBroadcast"],
 )
 def test_correct_functions_pass_with_zero_stride_grad_outputs_and_0d_inputs(function, inputs):
     report = check(function, *inputs)

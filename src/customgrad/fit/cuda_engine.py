@@ -38,10 +38,10 @@ from .native import (
     _layouts,
     _options,
     _pointers,
-    _Problem,
     _solver_source,
     _statistics_options,
     problem_arrays,
+    problem_struct,
 )
 from .status import CONVERGED, STATUSES, progress_message
 
@@ -280,28 +280,16 @@ class CudaSolver:
             raise NotBuilt("its GPU solver is not built yet (engine='native' builds it)")
         if self.kernels is None:
             raise BackendError(f"the native engine cannot compile model {problem.text!r}")
-        columns, fixed, weights, mask, y, layout = problem_arrays(problem, torch.float64)
+        arrays = problem_arrays(problem, torch.float64)
+        columns, fixed, weights, mask, y, layout = arrays
         names = layout.__dataclass_fields__
         on_device = {name: torch.tensor(getattr(layout, name), device=self.device) for name in names}
         pointers = [torch.from_numpy(_pointers(tensors).view(np.int64)).to(self.device) for tensors in (columns, fixed)]
         scales = getattr(problem, "scales", None)
         self.scales = None if scales is None else scales.to(self.device, torch.float64).contiguous()
         self._keep = (columns, fixed, weights, mask, y, on_device, pointers)  # what the GPU reads
-        self.struct = _Problem(
-            points=problem.y.shape[-1],
-            p=len(problem.names),
-            inputs=len(layout.kind),
-            kind=on_device["kind"].data_ptr(),
-            slot=on_device["slot"].data_ptr(),
-            columns=pointers[0].data_ptr() if len(columns) else None,
-            fixed=pointers[1].data_ptr() if len(fixed) else None,
-            y=y.data_ptr(),
-            weights=None if weights is None else weights.data_ptr(),
-            weights_per_curve=int(weights is not None and weights.shape[0] != 1),
-            mask=None if mask is None else mask.data_ptr(),
-            bound=on_device["bound"].data_ptr(),
-            lower=on_device["lower"].data_ptr(),
-            upper=on_device["upper"].data_ptr(),
+        self.struct = problem_struct(
+            problem, arrays, lambda name: on_device[name].data_ptr(), lambda k: pointers[k].data_ptr()
         )
 
     def solve(

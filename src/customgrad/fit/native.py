@@ -319,7 +319,8 @@ class NativeSolver:
 
     def __init__(self, problem, threads: int, *, build: bool = True):
         self.problem, self.threads = problem, max(1, threads)
-        columns, fixed, weights, mask, y, layout = problem_arrays(problem)
+        arrays = problem_arrays(problem)
+        columns, fixed, weights, mask, y, layout = arrays
         self.library = library(problem.function, problem.names, _layouts(problem), build=build)
         if self.library is None and not build:
             raise NotBuilt("its library is not built yet (engine='native' builds it)")
@@ -330,21 +331,8 @@ class NativeSolver:
         pointers = _pointers(columns), _pointers(fixed)
         # every array the C side reads, kept alive as long as the solver
         self._keep = {"layout": layout, "pointers": pointers, "tensors": (columns, fixed, weights, mask, y)}
-        self.struct = _Problem(
-            points=problem.y.shape[-1],
-            p=len(problem.names),
-            inputs=len(layout.kind),
-            kind=layout.kind.ctypes.data,
-            slot=layout.slot.ctypes.data,
-            columns=pointers[0].ctypes.data if len(columns) else None,
-            fixed=pointers[1].ctypes.data if len(fixed) else None,
-            y=y.data_ptr(),
-            weights=None if weights is None else weights.data_ptr(),
-            weights_per_curve=int(weights is not None and weights.shape[0] != 1),
-            mask=None if mask is None else mask.data_ptr(),
-            bound=layout.bound.ctypes.data,
-            lower=layout.lower.ctypes.data,
-            upper=layout.upper.ctypes.data,
+        self.struct = problem_struct(
+            problem, arrays, lambda name: getattr(layout, name).ctypes.data, lambda k: pointers[k].ctypes.data
         )
 
     def solve(
@@ -495,6 +483,31 @@ def problem_arrays(problem, dtype: torch.dtype | None = None) -> tuple:
     weights = None if problem.weights is None else floating(problem.weights)
     mask = None if not problem.masked else problem.mask.contiguous().view(torch.uint8)
     return columns, fixed, weights, mask, floating(problem.y), layout
+
+
+def problem_struct(
+    problem, arrays: tuple, layout_address: Callable[[str], int], pointer_address: Callable[[int], int]
+) -> _Problem:
+    """`native_lm.c`'s Problem over ``arrays`` (`problem_arrays`), wherever the solver reads them (host
+    or GPU): ``layout_address(name)`` is the address of the layout's array ``name``, ``pointer_address(k)``
+    that of the table of column (0) or fixed-value (1) pointers."""
+    columns, fixed, weights, mask, y, layout = arrays
+    return _Problem(
+        points=problem.y.shape[-1],
+        p=len(problem.names),
+        inputs=len(layout.kind),
+        kind=layout_address("kind"),
+        slot=layout_address("slot"),
+        columns=pointer_address(0) if len(columns) else None,
+        fixed=pointer_address(1) if len(fixed) else None,
+        y=y.data_ptr(),
+        weights=None if weights is None else weights.data_ptr(),
+        weights_per_curve=int(weights is not None and weights.shape[0] != 1),
+        mask=None if mask is None else mask.data_ptr(),
+        bound=layout_address("bound"),
+        lower=layout_address("lower"),
+        upper=layout_address("upper"),
+    )
 
 
 @dataclass

@@ -7,7 +7,6 @@ the ready autograd Function.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING
@@ -23,6 +22,7 @@ from .errors import (
     GradientError,
     UsageError,
 )
+from .lazy import lazy_exports
 
 #: Public name -> the submodule that defines it (imported when the name is first used).
 _EXPORTS: dict[str, str] = {
@@ -90,17 +90,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'customgrad' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 
 class _Package(types.ModuleType):

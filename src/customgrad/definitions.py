@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from .errors import CustomgradError, DataError, FormulaError, UsageError
 from .formula import parse_formula, shorten
-from .formula_spec import formula_spec, register_spec
+from .formula_spec import formula_spec
+from .library import register_generated
 from .registry import check_function_name
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def define(text: str, *, where: str = "--define") -> RegisteredFunction:
         spec = formula_spec(body.strip(), inputs=inputs, class_name=name)
     except CustomgradError as error:
         raise type(error)(f"{quoted}: {error}") from None
-    return register_spec(name, spec, generate=lambda: _generate(spec))
+    return register_generated(name, spec)
 
 
 def define_all(definitions: list[str], files: list[str]) -> list[RegisteredFunction]:
@@ -81,9 +82,3 @@ def define_all(definitions: list[str], files: list[str]) -> list[RegisteredFunct
                 entries.append(define(line.strip(), where=f"--defines {file}:{number}"))
     entries.extend(define(text) for text in definitions)
     return entries
-
-
-def _generate(spec):
-    from .function import build_function
-
-    return build_function(spec)

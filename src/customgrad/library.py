@@ -53,22 +53,30 @@ def registered_builtin(name: str) -> RegisteredFunction:
 def _entry(name: str) -> RegisteredFunction:
     """The built-in's own entry, made once; a user's function registered under its name keeps the name."""
     if name not in BUILTIN_ENTRIES:
-        from .formula_spec import formula_spec, register_spec
+        from .formula_spec import formula_spec
         from .registry import REGISTRY
 
         formula, grads = GENERATED[name]
         spec = formula_spec(formula, grads=grads, class_name=name)
-
-        def generate() -> type[torch.autograd.Function]:
-            from .function import build_function
-
-            return build_function(spec)
-
         users = REGISTRY.get(name)
-        BUILTIN_ENTRIES[name] = register_spec(name, spec, generate=generate)
+        BUILTIN_ENTRIES[name] = register_generated(name, spec)
         if users is not None:
             REGISTRY[name] = users
     return BUILTIN_ENTRIES[name]
+
+
+def register_generated(name: str, spec) -> RegisteredFunction:
+    """Register ``spec`` (a `derive.FunctionSpec`) under ``name``: formulas may call it at once (SymPy
+    only), and its autograd Function is generated when code first calls it (the built-ins, and the
+    command line's ``--define``)."""
+    from .formula_spec import register_spec
+
+    def generate() -> type[torch.autograd.Function]:
+        from .function import build_function
+
+        return build_function(spec)
+
+    return register_spec(name, spec, generate=generate)
 
 
 def __getattr__(name: str):

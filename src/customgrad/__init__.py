@@ -11,6 +11,7 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
+from . import builtin_table as _builtin_table
 from ._version import __version__
 from .errors import (
     CheckError,
@@ -91,6 +92,17 @@ __all__ = [
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
+
+
+def _registered_builtin(name: str):
+    """`library.registered_builtin`, imported when a built-in is first asked for (SymPy then, not now)."""
+    from .library import registered_builtin
+
+    return registered_builtin(name)
+
+
+# The registry (below `library`) asks for a built-in's entry through the maker installed here.
+_builtin_table.install_entry_maker(_registered_builtin)
 
 
 class _Package(types.ModuleType):

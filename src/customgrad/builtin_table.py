@@ -1,9 +1,18 @@
 """The built-in Functions as data: the formulas `library` generates (`GENERATED`) and the hand-written
 originals beside them (`HANDWRITTEN`). Imports nothing: the registry, the formula key and the command
 line read the names without generating anything.
+
+Making a built-in's registry entry (parse, derive, register) is `library`'s work, above the registry
+that asks for it (`registry.lookup`): the package installs it here (`install_entry_maker`) when
+``customgrad`` is imported, so the registry asks through `make_entry` and imports nothing above it.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: Built-ins generated from formulas: name -> (formula, declared gradients).
 GENERATED: dict[str, tuple[str, dict[str, str]]] = {
@@ -28,3 +37,27 @@ def summaries() -> dict[str, str]:
     """Built-in name -> one line, as `customgrad list` prints it (nothing generated, no torch)."""
     lines = {name: f"{name}(x) = {formula}" for name, (formula, _) in GENERATED.items()}
     return {**lines, **HANDWRITTEN}
+
+
+# The entries are `registry.RegisteredFunction`s, typed Any here: this table imports nothing of customgrad.
+
+
+def _no_entry_maker(name: str) -> Any:
+    raise RuntimeError(
+        f"cannot make built-in {name!r}: no maker is installed; import customgrad (its __init__ installs "
+        "library.registered_builtin with builtin_table.install_entry_maker)"
+    )
+
+
+_entry_maker: Callable[[str], Any] = _no_entry_maker
+
+
+def install_entry_maker(maker: Callable[[str], Any]) -> None:
+    """Make built-ins' registry entries with ``maker`` (name -> entry; `library.registered_builtin`)."""
+    global _entry_maker
+    _entry_maker = maker
+
+
+def make_entry(name: str) -> Any:
+    """The registry entry of generated built-in ``name``, made (and registered) by the installed maker."""
+    return _entry_maker(name)

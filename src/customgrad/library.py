@@ -10,7 +10,6 @@ way the blog and the tutorial write them (bugs fixed), stay beside them as ``*Ha
 
 from __future__ import annotations
 
-import importlib
 import threading
 from typing import TYPE_CHECKING
 
@@ -34,7 +33,9 @@ _lock = threading.RLock()  # first use from two threads (the check battery's) ge
 def builtin(name: str) -> type[torch.autograd.Function]:
     """The built-in Function ``name``, generated and registered on first use."""
     if name in HANDWRITTEN:
-        return getattr(importlib.import_module(".handwritten", __package__), name)
+        from . import handwritten  # torch: imported when a hand-written original is first asked for
+
+        return getattr(handwritten, name)
     with _lock:
         return _entry(name).autograd_function()
 

@@ -6,7 +6,6 @@ Naming a function (``customgrad.function(..., name="P2")``) registers it; formul
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import keyword
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import sympy
 
+from . import builtin_table
 from .comparison import substitute
 from .errors import DeriveError, UsageError
 
@@ -154,8 +154,8 @@ def lookup(name: str) -> RegisteredFunction | None:
     """The registered function called ``name``, or None; a built-in (P2, ...) is generated on first use."""
     entry = REGISTRY.get(name)
     if entry is None and name in builtin_names():
-        # The one upward reference: customgrad.library generates its built-ins when a formula first calls one.
-        entry = importlib.import_module("customgrad.library").registered_builtin(name)
+        # Made by `library` (above the registry), which the package installed as the built-ins' maker.
+        entry = builtin_table.make_entry(name)
     return entry
 
 
@@ -171,9 +171,7 @@ def registered_names() -> list[str]:
 
 def builtin_names() -> tuple[str, ...]:
     """Names of customgrad's generated built-ins (`builtin_table.GENERATED`)."""
-    from .builtin_table import GENERATED
-
-    return tuple(GENERATED)
+    return tuple(builtin_table.GENERATED)
 
 
 #: The registry entries made for the built-ins (`library` makes each on first use), by name: a user's

@@ -152,7 +152,7 @@ class FitResult:
 
     def plot_profile(self, name: str, path: str | Path) -> Path:
         """Save a figure of parameter ``name``'s profile: sigma level against value, with the intervals."""
-        from ..plot import plot_profile
+        from .figures import plot_profile
 
         return plot_profile(self, name, path)
 
@@ -298,6 +298,6 @@ class FitResult:
     def plot(self, path: str | Path, bands: str | None = "confidence", ylabel: str = "y") -> Path:
         """Save a PNG: data, fitted curve with its 2-sigma ``bands`` shaded ("confidence", "prediction"
         or None), and a residuals panel below; ``ylabel`` names the response (the CLI: its column)."""
-        from ..plot import plot_fit
+        from .figures import plot_fit
 
         return plot_fit(self, path, bands=bands, ylabel=ylabel)

@@ -2,9 +2,9 @@
 
 For a formula f(x; b) the Jacobian columns are the symbolic partials df/db_j: the outputs, with f,
 of `derive.linearization_spec` of the model's `FunctionSpec`, emitted as one kernel whose common
-subexpressions are shared (``exp(-b2*x)`` is computed once for f and for both partials) by a
-backend: torch code (eager) for any device and dtype, numpy code for float64 on the CPU, where
-small problems are dominated by per-call dispatch, a fused C loop (cpu) for the batched fitter.
+subexpressions are shared (``exp(-b2*x)`` is computed once for f and for both partials), printed
+as torch code for any device and dtype, numpy code for float64 on the CPU, where small problems
+are dominated by per-call dispatch, or a fused C loop (the cpu backend's) for the batched fitter.
 An iteration then costs a handful of vectorised ops and no autograd graph. Registered functions
 enter the partials through their own partials (derived or declared), as they do under autograd; a
 hand-written Function without symbolic partials leaves the model to autograd.
@@ -111,13 +111,13 @@ class FormulaModel:
     def linearization(self, free: tuple[str, ...], language: str = "torch") -> Callable | None:
         """``rows(out, *arguments)`` writing df/db_j into ``out[j]`` (j over ``free``) and f into ``out[-1]``.
 
-        The kernel of `derive.linearization_spec` of the model's `spec`, emitted by the backend of
-        ``language`` (`backends.ROWS_LANGUAGES`: torch by the eager backend, numpy by the numpy one).
-        ``language="c"``: the cpu backend's fused C loop (`backends.cpu.CpuRows`; the torch rows where C
-        cannot run). ``arguments`` are the formula's values in the order of `names`; ``out`` has shape
-        (len(free) + 1, n): a tensor for ``"torch"`` and ``"c"``, an array for ``"numpy"``. None when a
-        partial is not known symbolically (a hand-written registered Function) or the language
-        cannot express the formula (numpy has no erf).
+        The kernel of `derive.linearization_spec` of the model's `spec`, printed by the code printer of
+        ``language`` (``"torch"``: `codegen.torch`, ``"numpy"``: `codegen.numpy`); ``language="c"``: the
+        cpu backend's fused C loop (`backends.cpu.CpuRows`; the torch rows where C cannot run).
+        ``arguments`` are the formula's values in the order of `names`; ``out`` has shape (len(free) + 1, n):
+        a tensor for ``"torch"`` and ``"c"``, an array for ``"numpy"``. None when a partial is not known
+        symbolically (a hand-written registered Function) or the language cannot express the formula
+        (numpy has no erf).
         """
         key = (free, language)
         if language == "c" and key not in self._linearizations:
@@ -148,9 +148,13 @@ class FormulaModel:
         return self._row_specs[free]
 
     def _rows_source(self, free: tuple[str, ...], language: str) -> str:
-        from ..backends import ROWS_LANGUAGES, get_backend
+        """Source of ``def _rows(_out, *arguments)`` writing the rows into ``_out``, printed in ``language``."""
+        from ..codegen.numpy import NumpyCodePrinter
+        from ..codegen.torch import TorchCodePrinter, function_source
 
-        return get_backend(ROWS_LANGUAGES[language]).rows_source(self.rows_spec(free), "_rows")
+        spec = self.rows_spec(free)
+        printer = {"torch": TorchCodePrinter, "numpy": NumpyCodePrinter}[language]()
+        return function_source("_rows", list(spec.input_names), spec.outputs, into=True, printer=printer)
 
     def _c_rows(self, free: tuple[str, ...]) -> Callable | None:
         """The cpu backend's rows kernel, with the torch rows as its fallback (None: no symbolic rows)."""
@@ -167,11 +171,11 @@ class FormulaModel:
         part = f"rows c {' '.join(free)} {'float' if single else 'double'} {layouts}"
         record = load_product(self._key, part)
         if record is None:
-            from ..backends import get_backend
+            from ..backends.cpu import c_kernel_source
             from ..errors import BackendError
 
             try:
-                record = {"source": get_backend("cpu").rows_source(self.rows_spec(free), single, layouts)}
+                record = {"source": c_kernel_source(self.rows_spec(free), single, layouts)}
             except BackendError:
                 record = {"source": None}
             store_product(self._key, part, record)

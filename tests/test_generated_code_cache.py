@@ -9,8 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from scipy.optimize import least_squares
 
 import customgrad
+from customgrad import derive
+from customgrad.errors import FormulaError
 from customgrad.fit.formula_model import model_cache_key
 from customgrad.library import P2Handwritten
 from customgrad.registry import register
@@ -84,9 +88,38 @@ def test_a_cached_batch_model_loads_its_c_rows_without_sympy(tmp_path):
 
 def test_damaged_entries_are_rebuilt(tmp_path):
     first = _fit_in_fresh_process(tmp_path, "a*exp(-k*x) + c")
-    for path in tmp_path.glob("formula-model/*.entry"):
+    entries = list(tmp_path.glob("function/*.entry"))  # the model's code lives with customgrad.function's
+    assert entries
+    for path in entries:
         path.write_bytes(path.read_bytes()[:-5])
     assert _fit_in_fresh_process(tmp_path, "a*exp(-k*x) + c") == first
+
+
+def test_a_formula_defined_then_fitted_is_derived_once_and_cached_in_one_namespace(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUSTOMGRAD_CACHE_DIR", str(tmp_path))
+    formula = "a*exp(-k*x) + c*x + 0.25"  # not fitted elsewhere: nothing in memory for it yet
+    defined = customgrad.function(formula)
+    leaves = [torch.full((3,), 0.5, dtype=torch.float64, requires_grad=True) for _ in defined.input_names]
+    defined.apply(*leaves).sum().backward()  # the Function's backward derives every partial
+    calls = []
+    original = derive.derive_partial
+    monkeypatch.setattr(derive, "derive_partial", lambda *arguments: calls.append(arguments) or original(*arguments))
+    x = np.linspace(0.0, 2.0, 30)
+    y = 3.0 * np.exp(-0.7 * x) + 0.5 * x + 0.25 + 0.01 * np.sin(7 * x)
+    result = customgrad.fit(formula, x, y, params={"a": 1.0, "k": 1.0, "c": 0.0})
+    assert calls == []  # the fit's Jacobian rows come from the partials function() derived
+    assert {path.name for path in tmp_path.iterdir()} <= {"function", "native-fit", "cpu-kernels"}
+
+    def residuals(b):
+        return b[0] * np.exp(-b[1] * x) + b[2] * x + 0.25 - y
+
+    reference = least_squares(residuals, [1.0, 1.0, 0.0], xtol=1e-15, ftol=1e-15, gtol=1e-15).x
+    assert [result.params[n] for n in ("a", "k", "c")] == pytest.approx(reference, rel=1e-6)
+
+
+def test_a_model_without_names_is_refused_as_function_refuses_it():
+    with pytest.raises(FormulaError, match="model '2' has no inputs"):
+        customgrad.fit("2", np.linspace(0.0, 1.0, 5), np.ones(5), params={"a": 1.0})
 
 
 def test_key_holds_the_definitions_of_called_functions_not_just_their_names():

@@ -163,3 +163,19 @@ def test_a_fit_usage_error_is_reported_before_torch_is_imported(tmp_path, argv, 
     loaded, result = _modules_loaded_by(*(item.format(table=table) for item in argv))
     assert result.returncode in (1, 2) and message in result.stderr, result.stderr
     assert "torch" not in loaded, f"customgrad {' '.join(argv)} imported torch before reporting its error"
+
+
+def test_printing_triton_source_imports_no_triton():
+    # the printer is text only (codegen/triton.py); Triton is imported by backends/triton.py at launch
+    code = (
+        "import sys, sympy\n"
+        "from customgrad.codegen.triton import kernel_source\n"
+        "x = sympy.Symbol('x', real=True)\n"
+        "source = kernel_source(['x'], [sympy.exp(-x**2)], 'v', 'v', 'float32')\n"
+        "print('def kernel(' in source, 'triton' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SOURCE}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]

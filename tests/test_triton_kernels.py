@@ -278,7 +278,8 @@ def compiled_ptx(formula: str, reads: str, stores: str, pointer: str, block: tup
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from customgrad.backends.triton import TritonKernel, _load_module, stride_names
+    from customgrad.backends.triton import TritonKernel, _load_module
+    from customgrad.codegen.triton import stride_names
     from customgrad.derive import backward_spec
 
     spec = customgrad.function(formula, backend="eager").spec

@@ -427,12 +427,17 @@ def linearization_spec(spec: FunctionSpec, free: tuple[str, ...]) -> FunctionSpe
     rows and its model values, from one kernel whose common subexpressions are shared.
 
     Only the ``free`` inputs are differentiated (not the data columns); declared gradients apply, and
-    registered functions enter through their own partials, as in `FunctionSpec.partials`.
+    registered functions enter through their own partials, as in `FunctionSpec.partials`, which are
+    reused where they were derived already (by the backward of the spec's Function).
     """
     (output,) = spec.raw_outputs
     position = {name: i for i, name in enumerate(spec.input_names)}
-    rows = tuple(
-        spec.declared[name] if name in spec.declared else derive_partial(output, spec.inputs[position[name]])
-        for name in free
-    )
+    derived = vars(spec).get("partials")
+    if derived is not None:
+        rows = tuple(derived[0][position[name]] for name in free)
+    else:
+        rows = tuple(
+            spec.declared[name] if name in spec.declared else derive_partial(output, spec.inputs[position[name]])
+            for name in free
+        )
     return derive_spec(f"{spec.name}_rows", spec.inputs, (*rows, output))

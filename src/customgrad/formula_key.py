@@ -1,7 +1,7 @@
 """The disk-cache key of a formula's text, without SymPy: what the formula computes, not how it is spelt.
 
-Used by every cache of generated code (formula models in `fit.formula_model`, formula Functions in
-`function_cache`).
+Used by every cache of generated code (through `function_cache.definition_key`: formula Functions,
+and the fit's formula models, which are the definition of ``function(text)``).
 """
 
 from __future__ import annotations

@@ -43,13 +43,14 @@ def formula_spec(
     inputs: Sequence[str] | None = None,
     grads: Mapping[str, str] | None = None,
     class_name: str | None = None,
+    what: str = "formula",
 ) -> FunctionSpec:
     """The `FunctionSpec` of f(inputs) = formula with declared ``grads``, validated; nothing generated yet.
 
-    Parameters as for `function`; ``class_name`` names the spec (default ``Formula<n>``). Partials
-    are derived when first used.
+    Parameters as for `function`; ``class_name`` names the spec (default ``Formula<n>``); ``what``
+    names the formula in error messages (a fit's ``"model"``). Partials are derived when first used.
     """
-    parsed = parse_formula(formula)
+    parsed = parse_formula(formula, what=what)
     if inputs is None:
         input_names = list(parsed.names)
     else:
@@ -72,7 +73,7 @@ def formula_spec(
             if not n.isidentifier() or n.startswith("_") or keyword.iskeyword(n):
                 raise UsageError(f"input name {n!r} is not a valid name: use letters, digits and '_'")
     if not input_names:
-        raise FormulaError(f'formula {shorten(formula)!r} has no inputs: a function needs at least one, as in "2*x"')
+        raise FormulaError(f'{what} {shorten(formula)!r} has no inputs: a function needs at least one, as in "2*x"')
     if grads is not None and not isinstance(grads, Mapping):
         raise UsageError(
             f"grads must be a dict {{input name: formula}} such as {{'x': '2*x'}}, got {type(grads).__name__} {grads!r}"

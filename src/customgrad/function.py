@@ -436,8 +436,10 @@ def function(
     key = function_cache.definition_key(formula, inputs, grads, name, backend)
     class_name = name if name is not None else next_class_name()
 
-    def build() -> FunctionSpec:
-        return formula_spec(formula, inputs=inputs, grads=grads, class_name=class_name)
+    def build() -> FunctionSpec:  # remembered: a fit of the same formula in this process derives from it
+        return function_cache.remember_spec(
+            key, formula_spec(formula, inputs=inputs, grads=grads, class_name=class_name)
+        )
 
     spec = function_cache.load(key, class_name, build) or build()
     if name is not None and name in spec.input_names:

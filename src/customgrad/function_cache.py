@@ -13,6 +13,11 @@ order, forward mode, registration under a name, the eager twin).
 
 Only backends whose kernels are the generated torch code are cached (`CACHED_BACKENDS`); calls of a
 hand-written Function, or malformed arguments, are never cached (the uncached path reports them).
+
+A fit of a formula uses the definition of ``function(formula)`` (`model_key`): the same key, the same
+namespace, and in one process the same spec (`shared_spec`). Its own products of that spec (the
+model's values and Jacobian rows, `fit.formula_model`) are stored beside the Function's entry, one
+record per product (`load_product`, `store_product`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import weakref
 from collections.abc import Callable, Mapping
 
 from . import cache
@@ -31,6 +37,8 @@ CACHED_BACKENDS = ("auto", "eager", "compile")
 #: Fields of an entry and of its backward records, with their JSON types.
 _FIELDS = {"inputs": list, "formula": str, "declared": dict, "outputs": int, "source": str}
 _DEFINITION = re.compile(r"def (\w+)\(")
+#: The specs built in this process, by definition key (`shared_spec`); held as long as their users hold them.
+_specs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def defined_function(source: str) -> str | None:
@@ -59,6 +67,47 @@ def definition_key(formula, inputs, grads, name, backend) -> str | None:
     if any(part is None or (isinstance(part, list) and part[1] is None) for part in parts):
         return None
     return json.dumps([parts, list(inputs) if inputs is not None else None, name, backend])
+
+
+def model_key(formula: str) -> str | None:
+    """The key of ``function(formula)`` (inputs in order of appearance, no declared gradients, no name):
+    a fit's model is that definition."""
+    return definition_key(formula, None, None, None, "auto")
+
+
+def shared_spec(key: str | None, build: Callable):
+    """The spec of definition ``key`` built in this process, else ``build()`` (remembered under ``key``):
+    a formula defined by `function` and fitted by `fit` is parsed, and its partials derived, once."""
+    spec = _specs.get(key) if key is not None else None
+    if spec is None:
+        spec = remember_spec(key, build())
+    return spec
+
+
+def remember_spec(key: str | None, spec):
+    """``spec``, remembered as the one built in this process for definition ``key`` (`shared_spec`)."""
+    if key is not None:
+        _specs[key] = spec
+    return spec
+
+
+def load_product(key: str | None, part: str) -> dict | None:
+    """Record ``part`` (a fit's ``"evaluate"``, ``"rows torch a b"``, ...) of definition ``key``, or None
+    (absent or damaged: the caller rebuilds it)."""
+    if key is None:
+        return None
+    data = cache.load(NAMESPACE, (key, part))
+    try:
+        record = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def store_product(key: str | None, part: str, record: dict) -> None:
+    """Store record ``part`` of definition ``key`` beside its Function's entry (nothing when ``key`` is None)."""
+    if key is not None:
+        cache.store(NAMESPACE, (key, part), json.dumps(record).encode())
 
 
 class CachedSpec:

@@ -12,7 +12,6 @@ eager      generated torch code (any device, any dtype)
 compile    that code under ``torch.compile(dynamic=True)``
 cpu        fused C loops over both cores, SIMD math from glibc's libmvec (CPU tensors)
 triton     Triton kernels (CUDA tensors; on CPU only through ``TRITON_INTERPRET=1``)
-numpy      rows kernels only, for the fit engine on float64 CPU arrays (`ROWS_BACKENDS`)
 auto       per call: cpu for CPU tensors from `AUTO_CPU_MIN_SIZE` elements, triton for CUDA
            tensors, else eager; one warning per process when a backend it wanted cannot run here (formulas
            a fused backend cannot print, such as calls of hand-written Functions, run eager quietly)
@@ -41,10 +40,6 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "cpu": ("cpu", "CpuBackend"),
     "triton": ("triton", "TritonBackend"),
 }
-#: Backends that only emit a fit's rows kernels (`rows_source`), not autograd Functions.
-ROWS_BACKENDS: dict[str, tuple[str, str]] = {"numpy": ("numpy", "NumpyBackend")}
-#: Rows language -> the backend that emits it (`fit.formula_model` caches the source per language).
-ROWS_LANGUAGES: dict[str, str] = {"torch": "eager", "numpy": "numpy"}
 #: Device types each backend's kernels run on (eager and compile: any).
 DEVICES: dict[str, tuple[str, ...] | None] = {"eager": None, "compile": None, "cpu": ("cpu",), "triton": ("cuda",)}
 #: Below this many elements "auto" stays eager on CPU: the measured crossover (bench_function.py, one
@@ -57,9 +52,9 @@ _warned: set[str] = set()
 
 
 def get_backend(name: str):
-    """The backend object called ``name``, one of `BACKENDS` or `ROWS_BACKENDS` ("auto": `build_kernel`)."""
+    """The backend object called ``name``, one of `BACKENDS` ("auto": `build_kernel`)."""
     if name not in _instances:
-        module, cls = BACKENDS[name] if name in BACKENDS else ROWS_BACKENDS[name]
+        module, cls = BACKENDS[name]
         _instances[name] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
     return _instances[name]
 

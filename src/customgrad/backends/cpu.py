@@ -350,18 +350,14 @@ class CpuBackend:
     def kernel(self, spec: FunctionSpec) -> Callable:
         return CpuKernel(spec)
 
-    def rows_source(self, spec: FunctionSpec, single: bool, layouts: str) -> str:
-        """C source of the rows kernel for one precision and input layouts (`operands`); see `CpuRows`."""
-        return c_kernel_source(spec, single, layouts)
-
 
 class CpuRows:
     """``rows(out, *tensors)``: output k of a rows spec into ``out[k]`` by one fused C loop, for CPU
     float64/float32 tensors of ``out``'s dtype and a contiguous ``out``; ``fallback`` (the torch rows)
     for anything else, or where C cannot print the formula or the compiler fails.
 
-    ``c_source(single, layouts)`` gives the C source (`CpuBackend.rows_source`, or a disk cache of it:
-    the fit's formula model keeps them, so a model fitted before loads its library without SymPy).
+    ``c_source(single, layouts)`` gives the C source (`c_kernel_source` of the rows spec, or a disk cache
+    of it: the fit's formula model keeps them, so a model fitted before loads its library without SymPy).
     """
 
     def __init__(self, name: str, input_count: int, c_source: Callable[[bool, str], str | None], fallback: Callable):

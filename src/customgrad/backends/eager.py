@@ -43,7 +43,3 @@ class EagerBackend:
 
     def kernel(self, spec: FunctionSpec) -> Callable:
         return torch_kernel(spec)
-
-    def rows_source(self, spec: FunctionSpec, name: str) -> str:
-        """Source of ``def name(_out, *inputs)`` writing output k into ``_out[k]`` (the fit's rows), in torch."""
-        return function_source(name, list(spec.input_names), spec.outputs, into=True)

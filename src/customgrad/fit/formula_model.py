@@ -2,38 +2,37 @@
 
 For a formula f(x; b) the Jacobian columns are the symbolic partials df/db_j: the outputs, with f,
 of `derive.linearization_spec` of the model's `FunctionSpec`, emitted as one kernel whose common
-subexpressions are shared (``exp(-b2*x)`` is computed once for f and for both partials) by a
-backend: torch code (eager) for any device and dtype, numpy code for float64 on the CPU, where
-small problems are dominated by per-call dispatch, a fused C loop (cpu) for the batched fitter.
+subexpressions are shared (``exp(-b2*x)`` is computed once for f and for both partials), printed
+as torch code for any device and dtype, numpy code for float64 on the CPU, where small problems
+are dominated by per-call dispatch, or a fused C loop (the cpu backend's) for the batched fitter.
 An iteration then costs a handful of vectorised ops and no autograd graph. Registered functions
 enter the partials through their own partials (derived or declared), as they do under autograd; a
 hand-written Function without symbolic partials leaves the model to autograd.
 
-Compiled formulas are cached by text, names and the registry entries they were built against, in
-memory, and their generated code on disk (`customgrad.cache`, namespace ``formula-model``): a model
-fitted before is read back and compiled without SymPy (`model_cache_key` says what the key holds).
+The model is the definition of ``customgrad.function(text)``: its spec comes from
+`formula_spec.formula_spec` (the same validation; in one process the very spec a `function` of the
+same text built, `function_cache.shared_spec`), and its generated code is stored on disk beside that
+Function's entry, under the same key and namespace (`function_cache.model_key`, `load_product`): a
+model fitted before is read back and compiled without SymPy. In memory, compiled models are kept by
+text and the registry entries they were built against.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .. import cache
 from ..codegen.runtime import compile_numpy, compile_source
 from ..errors import CustomgradError
-from ..formula_key import formula_key as model_cache_key
+from ..function_cache import load_product, shared_spec, store_product
+from ..function_cache import model_key as model_cache_key
 
 if TYPE_CHECKING:
     import torch
 
     from ..derive import FunctionSpec
-    from ..formula import Formula
-
-_NAMESPACE = "formula-model"
 
 _CACHE_SIZE = 128
 
@@ -52,7 +51,7 @@ class FormulaModel:
     def __init__(self, text: str, key: str | None = None):
         self.text = text
         self._key = key
-        record = _load(key, "evaluate")
+        record = load_product(key, "evaluate")
         if record is None:
             spec = self.spec  # raises FormulaError for a bad formula: nothing is cached then
             from ..codegen.torch import function_source
@@ -60,7 +59,7 @@ class FormulaModel:
             # Registered functions called, not inlined: under autograd their own gradients apply.
             source = function_source("_expression", spec.input_names, spec.raw_outputs)
             record = {"names": list(spec.input_names), "source": source}
-            _store(key, "evaluate", record)
+            store_product(key, "evaluate", record)
         self.names = tuple(record["names"])
         compiled = compile_source(record["source"], "_expression", f"<customgrad expression {text}>")
         self.evaluate = lambda *arguments: compiled(*arguments)[0]
@@ -74,20 +73,13 @@ class FormulaModel:
         return self._key
 
     @functools.cached_property
-    def parsed(self) -> Formula:
-        """The parsed model (parsed on first use: a model read back from the disk cache needs no parsing)."""
-        from ..formula import parse_formula
-
-        return parse_formula(self.text, what="model")
-
-    @functools.cached_property
     def spec(self) -> FunctionSpec:
-        """The model's `FunctionSpec`: f over its names (data columns and parameters), in their order."""
-        from ..derive import derive_spec
-        from ..formula import symbol
+        """The model's `FunctionSpec`: f over its names (data columns and parameters) in order of appearance,
+        the spec of ``customgrad.function(text)`` (built on first use: a model read back from the disk
+        cache needs none)."""
+        from ..formula_spec import formula_spec
 
-        parsed = self.parsed
-        return derive_spec("Model", tuple(symbol(n) for n in parsed.names), (parsed.expr,), formula=parsed.text)
+        return shared_spec(self._key, lambda: formula_spec(self.text, class_name="Model", what="model"))
 
     def __call__(self, data: dict, values: dict) -> torch.Tensor:
         return self.evaluate(*(data[n] if n in data else values[n] for n in self.names))
@@ -102,15 +94,11 @@ class FormulaModel:
         import mpmath
         import sympy
 
-        from ..derive import inline_registered
-        from ..formula import symbol
-
+        spec = self.spec
         try:
             # customgrad's own functions (sigmoid, softplus) in terms of exp; round as mpmath's nint.
-            expression = inline_registered(self.parsed.expr).rewrite(sympy.exp)
-            scalar = sympy.lambdify(
-                [symbol(n) for n in self.names], expression, modules=[{"Round": mpmath.nint}, "mpmath"]
-            )
+            expression = spec.outputs[0].rewrite(sympy.exp)
+            scalar = sympy.lambdify(spec.inputs, expression, modules=[{"Round": mpmath.nint}, "mpmath"])
         except Exception:  # noqa: BLE001 - anything unsupported just means: no precise evaluation
             return None
 
@@ -123,26 +111,26 @@ class FormulaModel:
     def linearization(self, free: tuple[str, ...], language: str = "torch") -> Callable | None:
         """``rows(out, *arguments)`` writing df/db_j into ``out[j]`` (j over ``free``) and f into ``out[-1]``.
 
-        The kernel of `derive.linearization_spec` of the model's `spec`, emitted by the backend of
-        ``language`` (`backends.ROWS_LANGUAGES`: torch by the eager backend, numpy by the numpy one).
-        ``language="c"``: the cpu backend's fused C loop (`backends.cpu.CpuRows`; the torch rows where C
-        cannot run). ``arguments`` are the formula's values in the order of `names`; ``out`` has shape
-        (len(free) + 1, n): a tensor for ``"torch"`` and ``"c"``, an array for ``"numpy"``. None when a
-        partial is not known symbolically (a hand-written registered Function) or the language
-        cannot express the formula (numpy has no erf).
+        The kernel of `derive.linearization_spec` of the model's `spec`, printed by the code printer of
+        ``language`` (``"torch"``: `codegen.torch`, ``"numpy"``: `codegen.numpy`); ``language="c"``: the
+        cpu backend's fused C loop (`backends.cpu.CpuRows`; the torch rows where C cannot run).
+        ``arguments`` are the formula's values in the order of `names`; ``out`` has shape (len(free) + 1, n):
+        a tensor for ``"torch"`` and ``"c"``, an array for ``"numpy"``. None when a partial is not known
+        symbolically (a hand-written registered Function) or the language cannot express the formula
+        (numpy has no erf).
         """
         key = (free, language)
         if language == "c" and key not in self._linearizations:
             self._linearizations[key] = self._c_rows(free)
         if key not in self._linearizations:
             part = f"rows {language} {' '.join(free)}"
-            record = _load(self._key, part)
+            record = load_product(self._key, part)
             if record is None:
                 try:
                     record = {"source": self._rows_source(free, language)}
                 except (CustomgradError, NotImplementedError, TypeError, ValueError):
                     record = {"source": None}
-                _store(self._key, part, record)
+                store_product(self._key, part, record)
             source = record["source"]
             self._linearizations[key] = None if source is None else _Compiled(source, language, self.text)
         return self._linearizations[key]
@@ -160,9 +148,13 @@ class FormulaModel:
         return self._row_specs[free]
 
     def _rows_source(self, free: tuple[str, ...], language: str) -> str:
-        from ..backends import ROWS_LANGUAGES, get_backend
+        """Source of ``def _rows(_out, *arguments)`` writing the rows into ``_out``, printed in ``language``."""
+        from ..codegen.numpy import NumpyCodePrinter
+        from ..codegen.torch import TorchCodePrinter, function_source
 
-        return get_backend(ROWS_LANGUAGES[language]).rows_source(self.rows_spec(free), "_rows")
+        spec = self.rows_spec(free)
+        printer = {"torch": TorchCodePrinter, "numpy": NumpyCodePrinter}[language]()
+        return function_source("_rows", list(spec.input_names), spec.outputs, into=True, printer=printer)
 
     def _c_rows(self, free: tuple[str, ...]) -> Callable | None:
         """The cpu backend's rows kernel, with the torch rows as its fallback (None: no symbolic rows)."""
@@ -177,16 +169,16 @@ class FormulaModel:
     def c_source(self, free: tuple[str, ...], single: bool, layouts: str) -> str | None:
         """The C source of the rows for one precision and input layouts, through the disk cache."""
         part = f"rows c {' '.join(free)} {'float' if single else 'double'} {layouts}"
-        record = _load(self._key, part)
+        record = load_product(self._key, part)
         if record is None:
-            from ..backends import get_backend
+            from ..backends.cpu import c_kernel_source
             from ..errors import BackendError
 
             try:
-                record = {"source": get_backend("cpu").rows_source(self.rows_spec(free), single, layouts)}
+                record = {"source": c_kernel_source(self.rows_spec(free), single, layouts)}
             except BackendError:
                 record = {"source": None}
-            _store(self._key, part, record)
+            store_product(self._key, part, record)
         return record["source"]
 
 
@@ -211,10 +203,10 @@ _MODELS: dict[str, tuple[tuple, FormulaModel]] = {}
 def check_formula(text: str) -> None:
     """Raise `FormulaError` unless ``text`` is a well-formed model formula; no torch, and no SymPy
     for a model whose code the disk cache holds (it was checked when it was stored)."""
-    if _load(model_cache_key(text), "evaluate") is None:
-        from ..formula import parse_formula
+    if load_product(model_cache_key(text), "evaluate") is None:
+        from ..formula_spec import formula_spec
 
-        parse_formula(text, what="model")
+        formula_spec(text, class_name="Model", what="model")
 
 
 def formula_model(text: str) -> FormulaModel:
@@ -237,18 +229,3 @@ def formula_model(text: str) -> FormulaModel:
         _MODELS.pop(next(iter(_MODELS)))
     _MODELS[text] = (entries, model)
     return model
-
-
-def _load(key: str | None, part: str) -> dict | None:
-    if key is None:
-        return None
-    data = cache.load(_NAMESPACE, (key, part))
-    try:
-        return json.loads(data) if data is not None else None
-    except ValueError:
-        return None
-
-
-def _store(key: str | None, part: str, record: dict) -> None:
-    if key is not None:
-        cache.store(_NAMESPACE, (key, part), json.dumps(record).encode())

@@ -16,7 +16,7 @@ from ..progress import progress_bar
 from . import cuda_engine
 from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scales
 from .batch_data import BatchData, batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
-from .batch_lm import BatchOutcome, batch_levenberg_marquardt
+from .batch_lm import BatchOutcome, BatchProblem, batch_levenberg_marquardt
 from .batch_model import BatchModel
 from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
@@ -352,7 +352,7 @@ def _gathered(shards: Shards, outcome: BatchOutcome) -> BatchOutcome:
     )
 
 
-class _Subset:
+class _Subset(BatchProblem):
     """The curves ``index`` of a batch model, renumbered 0..len(index) - 1."""
 
     def __init__(self, problem: BatchModel, index: torch.Tensor):
@@ -395,7 +395,8 @@ def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> Bat
     """One chunk: the batched LM, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
     done = [0]
 
-    def on_round(status: torch.Tensor) -> None:
+    def on_round(state) -> None:
+        status = state.status
         stopped = int((status != 0).sum())
         converged = int(torch.isin(status, torch.tensor(CONVERGED, device=status.device)).sum())
         message = progress_message(converged, stopped, len(status))

@@ -116,13 +116,23 @@ class BatchOutcome:
 
 
 class BatchProblem:
-    """The interface the solver needs: residuals and [J | r] of the problems at ``index``."""
+    """The interface the solver needs: residuals and [J | r] of the problems at ``index``, the cost of
+    residuals and the sum over all rows of per-row sums (defaults: least squares, all rows here)."""
 
     def residuals(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (b, n)
         raise NotImplementedError
 
     def augmented(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (b, n, p + 1)
+        """[J | r] of the local least-squares model (for a robust loss: reweighted, see `loss`)."""
         raise NotImplementedError
+
+    def cost(self, r: torch.Tensor) -> torch.Tensor:
+        """(b,) cost = sum_i r_i^2 of residuals (b, n): what the trust region accepts steps on."""
+        return (r * r).sum(-1)
+
+    def sum_rows(self, sums: torch.Tensor) -> torch.Tensor:
+        """(b, k) per-problem sums over this process's rows -> sums over all rows (the geodesic J^T r'')."""
+        return sums
 
 
 def batch_levenberg_marquardt(
@@ -136,17 +146,17 @@ def batch_levenberg_marquardt(
     factor: float = 100.0,
     geodesic_acceleration: bool = True,
     reduce: Callable[[torch.Tensor], torch.Tensor] = reduce_batched,
-    on_round: Callable[[torch.Tensor], None] | None = None,
+    on_round: Callable[[BatchState], None] | None = None,
 ) -> BatchOutcome:
-    """Minimise ||r_b(theta_b)||^2 for every problem b of ``theta`` (B, p) at once.
+    """Minimise problem.cost(r_b(theta_b)) (||r_b||^2 by default) for every problem b of ``theta`` (B, p) at once.
 
     Options as in `lm.levenberg_marquardt`; ``reduce`` maps blocks (b, n, p + 1) to R (b, p + 1, p + 1);
-    ``on_round(status)`` is called after each round with the status codes so far.
+    ``on_round(state)`` is called after each round with the state so far (``state.status``: codes).
     """
     batch, p = theta.shape
     everyone = torch.arange(batch, device=theta.device)
     r = problem.residuals(theta, everyone)
-    cost = (r * r).sum(-1)
+    cost = problem.cost(r)
     state = _initial_state(theta, cost)
     accepted_log: list[tuple[torch.Tensor, torch.Tensor]] = []
     tolerances = (ftol, xtol, gtol, max_steps, factor)
@@ -167,7 +177,7 @@ def batch_levenberg_marquardt(
         if part is not state:
             state.put(index, part)
         if on_round is not None:
-            on_round(state.status)
+            on_round(state)
     _polish(problem, state, reduce, accepted_log)
     return BatchOutcome(
         theta=state.theta,
@@ -322,7 +332,7 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances) -> tor
     trial = state.theta + velocity
     r_trial = problem.residuals(trial, index)
     state.evaluations = state.evaluations + 1
-    cost_trial = (r_trial * r_trial).sum(-1)
+    cost_trial = problem.cost(r_trial)
     cost = state.cost
     finite = torch.isfinite(cost_trial)
     near = 0.1 * torch.sqrt(cost_trial) < torch.sqrt(cost)
@@ -384,7 +394,7 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list) -> None:
     coordinates = torch.where(keep, -products / torch.where(keep, values * values, 1.0), 0.0)
     trial = theta + (vt * coordinates.unsqueeze(-1)).sum(-2) / scale
     r_trial = problem.residuals(trial, index)
-    cost_trial = (r_trial * r_trial).sum(-1)
+    cost_trial = problem.cost(r_trial)
     better = finite & (cost_trial <= cost * (1 + POLISH_SLACK))
     state.jacobians[index] += 1
     state.evaluations[index] += finite.long()
@@ -409,7 +419,7 @@ def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm) ->
     jv = (jacobian * v.T.unsqueeze(-1)).sum(0)
     curvature = (r_probe - r - PROBE * jv) * (2 / PROBE**2)
     scale = state.scale[bent]
-    projected = (jacobian * curvature).sum(-1).T / scale
+    projected = problem.sum_rows((jacobian * curvature).sum(-1).T) / scale
     vt = state.vt[bent]
     coordinates = -(vt @ projected.unsqueeze(-1)).squeeze(-1) / (state.values[bent] ** 2 + lam[bent].unsqueeze(-1))
     small = 2 * torch.linalg.vector_norm(coordinates, dim=-1) <= ACCELERATION_RATIO * step_norm[bent]

@@ -258,7 +258,7 @@ class _Calls:
         cost = robust_cost(self.rho, r)
         return cost if self.shards is None else self.shards.sum(cost)
 
-    def linearize(self, theta: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def linearize(self, theta: torch.Tensor) -> torch.Tensor:
         if self.rho is None:
             block = self.problem.augmented(theta)
             return block if self.scale == 1.0 else block * self.scale
@@ -287,7 +287,7 @@ def _solve(calls: _Calls, theta, method, solver, engine, max_steps, learning_rat
         geodesic = calls.rho is None and not isinstance(problem, ChunkedModel)  # needs J row by row
         options.update(geodesic_acceleration=geodesic, **tolerances)
         if shards is not None:
-            options.update(reduce=lambda block: shards.factor(block).cpu().numpy(), sum_rows=shards.sum)
+            options.update(reduce=shards.factor, sum_rows=shards.sum)
     elif shards is not None:
         options.update(shards=shards)
     from ..progress import progress_bar

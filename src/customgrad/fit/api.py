@@ -116,9 +116,10 @@ def fit(
     engine : {"auto", "native", "torch"}
         Where Levenberg-Marquardt runs: "native" in compiled C (`native`: a formula model, linear
         loss, CPU float64, no ``on_step``/``progress``/``chunk_size``/``distributed``, a C compiler),
-        "torch" in Python over torch tensors (`lm`; everything else), "auto" native where it can
-        and the model's library is built (after `native.BUILD_AFTER_FITS` fits of one model in a
-        process it is built in the background; a one-off fit never waits for the compiler).
+        "torch" in Python over torch tensors (`batch_lm` over a batch of one; everything else), "auto"
+        native where it can and the model's library is built (after `native.BUILD_AFTER_FITS` fits of
+        one model in a process it is built in the background; a one-off fit never waits for the
+        compiler).
         The two take the same steps up to roundoff.
     """
     start_time = time.perf_counter()

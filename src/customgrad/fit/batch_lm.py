@@ -1,9 +1,14 @@
 """Levenberg-Marquardt over a batch of independent problems, as tensors with a leading batch dimension.
 
-The same method as `lm.levenberg_marquardt` (MINPACK's trust region, lambda from the SVD of R D^-1 by
-Hebden's iteration, geodesic acceleration), with every scalar of that loop a tensor of shape (B,):
-damping, trust radius, counters and status are per problem, and a problem stops changing once its
-status is set while the others go on. Each round is one trial step for every running problem; those
+MINPACK's scaled trust region (lmder): delta = -(J^T J + lambda D^2)^-1 J^T r with ||D delta|| <= Delta,
+lambda from the SVD of R D^-1 by Hebden's iteration, D the running maxima of the column norms (so the
+method is invariant to parameter scale), damped steps bent by a geodesic acceleration (Transtrum &
+Sethna 2012: on curved valleys such as Bennett5 and MGH09/10/17 it cuts the Jacobians several-fold),
+and one Gauss-Newton polish step after ftol/xtol/roundoff stops (`lm.POLISHED`). Every scalar of the
+loop is a tensor of shape (B,): damping, trust radius, counters and status are per problem, and a
+problem stops changing once its status is set while the others go on. `fit` runs it over a batch of
+one (`one_problem`), `fit_batch` over its curves; `native_lm.c` is its per-curve C twin, and `lm`
+holds the constants all share. Each round is one trial step for every running problem; those
 whose step was accepted get a new Jacobian in the next round. Only the running problems are
 evaluated (their indices are passed to the model), so a batch costs what its slowest members do.
 
@@ -150,8 +155,12 @@ def batch_levenberg_marquardt(
 ) -> BatchOutcome:
     """Minimise problem.cost(r_b(theta_b)) (||r_b||^2 by default) for every problem b of ``theta`` (B, p) at once.
 
-    Options as in `lm.levenberg_marquardt`; ``reduce`` maps blocks (b, n, p + 1) to R (b, p + 1, p + 1);
-    ``on_round(state)`` is called after each round with the state so far (``state.status``: codes).
+    ``ftol``, ``xtol``, ``gtol``: stop when the actual and predicted relative reductions of the cost are
+    both below ``ftol``, the trust radius is below ``xtol * ||D theta||``, or the cosine between r and every
+    column of J is below ``gtol``; ``max_steps``: Jacobian evaluations; ``geodesic_acceleration`` needs
+    ``problem.augmented``'s residual column to be ``problem.residuals`` (least squares); ``reduce`` maps
+    blocks (b, n, p + 1) to R (b, p + 1, p + 1); ``on_round(state)`` is called after each round with the
+    state so far (``state.status``: codes).
     """
     batch, p = theta.shape
     everyone = torch.arange(batch, device=theta.device)
@@ -287,7 +296,11 @@ def _linearize_fresh(problem, part, index, reduce, tolerances) -> None:
 
 
 def _damped_steps(state: BatchState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """lambda, the step's V-coordinates c, ||c|| and ||S c||^2 per problem (see `lm.DampedStep.solve`)."""
+    """lambda, the step's V-coordinates c, ||c|| and ||S c||^2 per problem, ||c|| within 10% of the radius.
+
+    lambda = 0 where the Gauss-Newton step (pseudo-inverse: directions below `RANK_TOLERANCE` left out)
+    already fits; elsewhere Newton's method on 1/||delta|| (Hebden), which converges from below.
+    """
     radius, squares, products = state.radius, state.values**2, state.products
     fits = state.gauss_newton_norm <= 1.1 * radius
     lam = state.start.clone()
@@ -406,7 +419,11 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list) -> None:
 
 
 def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm) -> torch.Tensor:
-    """Half the geodesic acceleration of the problems at ``bent`` (see `lm._half_acceleration`).
+    """Half the geodesic acceleration a = -(J^T J + lambda D^2)^-1 J^T r''(v, v) of the problems at ``bent``.
+
+    r''(v, v) ~ (2 / h) ((r(theta + h v) - r) / h - J v) from one probe at h = `PROBE`, solved in the SVD
+    coordinates of the step; J^T r'' is a sum over rows (`BatchProblem.sum_rows`). 0 where the
+    acceleration is not small next to the velocity (2 ||a|| > `ACCELERATION_RATIO` ||v||, scaled).
 
     J and r at the current point are evaluated again for these problems (usually a minority, 0-30%
     per round), which is cheaper than keeping every problem's J between rounds.

@@ -40,6 +40,7 @@ from .lm import (
     TINY,
     UNEXPLOITED_SHARE,
     VISIBLE_STEP,
+    Outcome,
 )
 from .reduction import reduce_batched
 from .statistics import safe_column_norms
@@ -97,6 +98,26 @@ class BatchOutcome:
     accepted: list[tuple[torch.Tensor, torch.Tensor]]
     histories: Sequence[list[float]] | None = None  # given outright (native engine, gathered from other processes)
     saturated: torch.Tensor | None = None  # (native engine) bool per problem: stopped on a plateau
+
+    @classmethod
+    def of_one(cls, outcome: Outcome) -> BatchOutcome:
+        """A single problem's `lm.Outcome` as a batch of one."""
+        cost = torch.tensor([outcome.cost], dtype=torch.float64)
+        counts = (torch.tensor([count]) for count in (outcome.evaluations, outcome.jacobians, outcome.steps))
+        initial = cost.new_tensor([outcome.history[0] if outcome.history else outcome.cost])
+        return cls(outcome.theta.unsqueeze(0), [outcome.status], cost, *counts, initial, [], [list(outcome.history)])
+
+    def one(self, i: int) -> Outcome:
+        """Problem ``i``'s `lm.Outcome`."""
+        return Outcome(
+            theta=self.theta[i],
+            status=self.status[i],
+            cost=float(self.cost[i]),
+            evaluations=int(self.evaluations[i]),
+            jacobians=int(self.jacobians[i]),
+            steps=int(self.steps[i]),
+            history=self.history(i),
+        )
 
     def in_data_units(self, scales: torch.Tensor) -> None:
         """Costs back in the data's units, for problems whose residuals were multiplied by ``scales`` (one per row)."""

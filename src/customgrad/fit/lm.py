@@ -1,4 +1,4 @@
-"""Levenberg-Marquardt's constants and its plateau verdict, shared by the two implementations.
+"""Levenberg-Marquardt's constants, shared by its two implementations, and what a solver hands back (`Outcome`).
 
 The tensor solver `batch_lm.batch_levenberg_marquardt` (`fit`'s torch engine over a batch of one,
 `one_problem`; `fit_batch`'s torch engine) and the per-curve C solver `native_lm.c` (CPU and CUDA
@@ -6,6 +6,7 @@ builds, its constants passed by `native.Options`) take the same steps: MINPACK's
 delta = -(J^T J + lambda D^2)^-1 J^T r, ||D delta|| <= Delta, lambda from the SVD of R D^-1 where
 [J | r] = QR (never J^T J), D the running maxima of the column norms, damped steps bent by a geodesic
 acceleration (Transtrum & Sethna 2012), one Gauss-Newton polish after ftol/xtol/roundoff stops.
+The plateau safeguard around them is `plateau`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
-from .status import TERMINATION
 
 EPS = float(np.finfo(np.float64).eps)
 TINY = float(np.finfo(np.float64).tiny)
@@ -57,17 +56,6 @@ SHRUNK = 2.0**-400
 # would look RANK_TOLERANCE-small, and k, though determined by the data, would be left out of the steps.
 # At sqrt(RANK_TOLERANCE), scaling alone can never push a column below the rank test.
 COLUMN_SHRUNK = 1e-5
-# A parameter whose relative sensitivity ||J_j|| max(|b_j|, 1) falls below this share of ||y|| has stopped
-# mattering (an exp that underflowed): the fit stopped on a plateau, worth one restart (`fit`, `fit_batch`).
-SATURATION = 1e-10
-# A fit that stopped there (after its restart) with every parameter's sensitivity below this share of
-# ||y|| has a model that no longer depends on its parameters (a exp(-b x) at b = 25 on x >= 1: the model
-# is 1e-10 of the data, with a cost of ||y||^2): status "plateau", not converged.
-PLATEAU = 1e-6
-# ... or with some parameter below SATURATION while a live one's column still has a cosine above this
-# with the residuals: from b = 60, a exp(-b x) + c stopped at its start with c = 0 (the dead columns,
-# scaled by D to unit norm, made every trial step useless), though c alone could lower the cost.
-STATIONARY = 1e-6
 
 
 @dataclass
@@ -82,29 +70,3 @@ class Outcome:
     steps: int
     history: list[float] = field(default_factory=list)
     saturated: bool | None = None  # stopped on a plateau, where the engine tested it (None: not tested)
-
-
-def plateau_status(status: str, stuck: bool) -> str:
-    """Status "plateau" in place of a converged ``status`` where the fit is ``stuck`` (`stuck_on_plateau`).
-
-    With every Jacobian column negligible the cost is flat, so every convergence test passes, but the
-    model no longer depends on its parameters: not a minimum (a exp(-b x) from b = 40). A zero cost
-    ("exact") is a minimum all the same. `fit` and `fit_batch` apply it after their plateau restart.
-    """
-    return "plateau" if stuck and status != "exact" and TERMINATION[status][0] else status
-
-
-def stuck_on_plateau(
-    reach: torch.Tensor, gradient: torch.Tensor, residual_norm: torch.Tensor, data_norm: torch.Tensor
-) -> torch.Tensor:
-    """(...) bool: every sensitivity reach_j = ||J_j|| max(|b_j|, 1) is below `PLATEAU` ||y||, or one is
-    below `SATURATION` ||y|| while a live column's cosine |gradient_j| / (reach_j ||r||) is above
-    `STATIONARY` (``gradient`` = (J max(|b|, 1))^T r): the fit stopped on a plateau, not at a minimum.
-
-    Shapes (..., p), (..., p), (...,), (...,), all in the same units (y, r and J scaled alike).
-    """
-    threshold = data_norm.unsqueeze(-1)
-    saturated = reach < SATURATION * threshold
-    cosine = gradient.abs() / (reach * residual_norm.unsqueeze(-1))
-    unfinished = (~saturated & (cosine > STATIONARY)).any(-1)  # NaN (a zero column or r) counts as finished
-    return (reach < PLATEAU * threshold).all(-1) | (saturated.any(-1) & unfinished)

@@ -30,7 +30,7 @@ import torch
 
 from .. import cache
 from ..errors import BackendError, UsageError
-from . import lm, statistics
+from . import lm, plateau, statistics
 from .batch_lm import BatchOutcome
 from .lm import Outcome
 from .status import CONVERGED, STATUSES, progress_message
@@ -399,10 +399,10 @@ class NativeSolver:
 
     def solve_one(self, theta: torch.Tensor, scale: float, factor: float, **tolerances) -> Outcome:
         """A single fit (a batch of one curve) from ``theta`` (p,), residuals times ``scale``: `lm.Outcome`,
-        with ``saturated`` (see `solve`, at `lm.SATURATION` as `api` tests it)."""
+        with ``saturated`` (see `solve`, at `plateau.SATURATION` as `api` tests it)."""
         # one curve: its whole history as the torch engine keeps it, up to SINGLE_HISTORY_LIMIT costs
         history = min(tolerances["max_steps"] + 2, SINGLE_HISTORY_LIMIT)
-        options = _options(factor=factor, saturation=lm.SATURATION, history=history, **tolerances)
+        options = _options(factor=factor, saturation=plateau.SATURATION, history=history, **tolerances)
         self._use_scales(np.array([scale]))
         solution = np.array(theta.tolist())
         cost, counts, history, recorded = self._run(np.zeros(1, dtype=np.int64), solution, options, None)

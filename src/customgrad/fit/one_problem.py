@@ -71,16 +71,9 @@ def levenberg_marquardt(
         options["reduce"] = lambda blocks: reduce(blocks[0]).to(blocks).unsqueeze(0)
     if on_step is not None:
         options["on_round"] = _reporter(on_step)
-    outcome = batch_levenberg_marquardt(problem, theta.detach().to(torch.float64).unsqueeze(0), **options)
-    return Outcome(
-        theta=outcome.theta[0].to(theta),
-        status=outcome.status[0],
-        cost=float(outcome.cost[0]),
-        evaluations=int(outcome.evaluations[0]),
-        jacobians=int(outcome.jacobians[0]),
-        steps=int(outcome.steps[0]),
-        history=outcome.history(0),
-    )
+    outcome = batch_levenberg_marquardt(problem, theta.detach().to(torch.float64).unsqueeze(0), **options).one(0)
+    outcome.theta = outcome.theta.to(theta)
+    return outcome
 
 
 def _reporter(on_step: Callable[[int, float], None]) -> Callable[[BatchState], None]:

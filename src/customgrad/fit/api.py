@@ -13,12 +13,13 @@ import torch
 
 from ..errors import CustomgradError, FitError, UsageError
 from . import goodness
+from .batch_lm import BatchOutcome
 from .chunked import ChunkedModel
 from .data import prepare_data
 from .distributed import Shards
-from .lm import SATURATION, plateau_status, stuck_on_plateau
 from .loss import get_loss, robust_cost, robust_linearization
 from .model import Model, check_finite_start, parameter_specs, plain_params
+from .plateau import keep_restarts, saturated, sensitivities, stuck_on_plateau
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
 from .source import FitSource
@@ -116,9 +117,10 @@ def fit(
     engine : {"auto", "native", "torch"}
         Where Levenberg-Marquardt runs: "native" in compiled C (`native`: a formula model, linear
         loss, CPU float64, no ``on_step``/``progress``/``chunk_size``/``distributed``, a C compiler),
-        "torch" in Python over torch tensors (`lm`; everything else), "auto" native where it can
-        and the model's library is built (after `native.BUILD_AFTER_FITS` fits of one model in a
-        process it is built in the background; a one-off fit never waits for the compiler).
+        "torch" in Python over torch tensors (`batch_lm` over a batch of one; everything else), "auto"
+        native where it can and the model's library is built (after `native.BUILD_AFTER_FITS` fits of
+        one model in a process it is built in the background; a one-off fit never waits for the
+        compiler).
         The two take the same steps up to roundoff.
     """
     start_time = time.perf_counter()
@@ -258,7 +260,7 @@ class _Calls:
         cost = robust_cost(self.rho, r)
         return cost if self.shards is None else self.shards.sum(cost)
 
-    def linearize(self, theta: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def linearize(self, theta: torch.Tensor) -> torch.Tensor:
         if self.rho is None:
             block = self.problem.augmented(theta)
             return block if self.scale == 1.0 else block * self.scale
@@ -287,7 +289,7 @@ def _solve(calls: _Calls, theta, method, solver, engine, max_steps, learning_rat
         geodesic = calls.rho is None and not isinstance(problem, ChunkedModel)  # needs J row by row
         options.update(geodesic_acceleration=geodesic, **tolerances)
         if shards is not None:
-            options.update(reduce=lambda block: shards.factor(block).cpu().numpy(), sum_rows=shards.sum)
+            options.update(reduce=shards.factor, sum_rows=shards.sum)
     elif shards is not None:
         options.update(shards=shards)
     from ..progress import progress_bar
@@ -319,24 +321,19 @@ def _solve(calls: _Calls, theta, method, solver, engine, max_steps, learning_rat
 
 
 def _restarted_on_plateau(run, calls: _Calls, theta: torch.Tensor, outcome):
-    """LM's ``outcome``, or where a parameter stopped mattering (`_saturated`) a restart from ``theta``
-    with factor 1 if that reached a lower cost; status "plateau" where none matters (`lm.plateau_status`)."""
-
+    """LM's ``outcome``, or where a parameter stopped mattering a restart from ``theta`` with factor 1
+    if that reached a lower cost, and status "plateau" where still stuck (`plateau`, as `fit_batch`)."""
     problem, shards = calls.problem, calls.shards
     stalled = outcome.saturated  # (tested by the native engine; else here)
-    if stalled is None:
-        stalled = outcome.status != "nonfinite" and _saturated(problem, outcome.theta, shards) > 0
+    if stalled is None and outcome.status != "nonfinite":
+        reach, _, _, data_norm = _sensitivities(problem, outcome.theta, shards)
+        stalled = bool(saturated(reach, data_norm))
     if not stalled:
         return outcome
-    retry = run(theta, factor=1.0)
-    if retry.cost < outcome.cost:
-        retry.evaluations += outcome.evaluations
-        retry.jacobians += outcome.jacobians
-        outcome = retry
-    if outcome.status != "nonfinite":
-        stuck = bool(stuck_on_plateau(*_sensitivities(problem, outcome.theta, shards)))
-        outcome.status = plateau_status(outcome.status, stuck)
-    return outcome
+    joined, here = BatchOutcome.of_one(outcome), torch.zeros(1, dtype=torch.long)
+    retry = BatchOutcome.of_one(run(theta, factor=1.0))
+    keep_restarts(joined, here, retry, lambda found: stuck_on_plateau(*_sensitivities(problem, found[0], shards)))
+    return joined.one(0)
 
 
 def check_engine(engine: str) -> None:
@@ -507,30 +504,20 @@ def power_of_two_scales(rows: torch.Tensor) -> torch.Tensor:
     return torch.where(usable, torch.ldexp(torch.ones_like(largest), shift), 1.0)
 
 
-def _saturated(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> int:
-    """How many parameters' relative sensitivity ||J_j|| max(|b_j|, 1) is below `SATURATION` ||y / sigma||
-    (J is weighted by 1 / sigma too: the test does not depend on the units of y or sigma)."""
-    reach, _, _, data_norm = _sensitivities(problem, theta, shards)
-    return int((reach < SATURATION * data_norm).sum())
-
-
 def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> tuple[torch.Tensor, ...]:
-    """`lm.stuck_on_plateau`'s inputs over every rank's rows: ||J_j|| max(|b_j|, 1), (J max(|b|, 1))^T r,
-    ||r|| and ||y / sigma||, in units where y's squares stay in range (from [J | r] or its R: the
-    column products do not change)."""
-    block = problem.augmented(theta)  # J in internal coordinates, weighted by 1 / sigma as r
+    """`plateau.sensitivities` of the fit at ``theta`` over every rank's rows, each of shape (1, ...) (J is
+    weighted by 1 / sigma as r and y: the tests do not depend on the units of y or sigma)."""
+    block = problem.augmented(theta)  # J in internal coordinates (chunked: R)
     weighted = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
     scale = power_of_two_scale(weighted)  # norms of data near 1e200 would overflow
     if shards is not None:
         scale = shards.minimum(scale)
-    values = problem.external(theta).abs().clamp_min(1.0)
-    # J_j max(|b_j|, 1) in scaled units (J scaled alone, 1e-224 at y ~ 1e300, squares to 0)
-    reach, r, y = block[:, :-1] * (scale * values), block[:, -1] * scale, weighted * scale
-    sums = torch.cat([(reach * reach).sum(0), r @ reach, (r @ r).reshape(1), (y @ y).reshape(1)])
-    if shards is not None:
-        sums = torch.as_tensor(shards.sum(sums.cpu().numpy()))
-    p = len(values)
-    return sums[:p].sqrt(), sums[p : 2 * p], sums[2 * p].sqrt(), sums[2 * p + 1].sqrt()
+
+    def sum_rows(sums: torch.Tensor) -> torch.Tensor:
+        return sums if shards is None else torch.as_tensor(shards.sum(sums.cpu().numpy())).to(sums)
+
+    values = problem.external(theta).unsqueeze(0)
+    return sensitivities(block.unsqueeze(0), values, weighted.unsqueeze(0), torch.tensor([scale]), sum_rows)
 
 
 class _Final(NamedTuple):

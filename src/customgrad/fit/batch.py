@@ -16,19 +16,18 @@ from ..progress import progress_bar
 from . import cuda_engine
 from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scales
 from .batch_data import BatchData, batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
-from .batch_lm import BatchOutcome, batch_levenberg_marquardt
+from .batch_lm import BatchOutcome, BatchProblem, batch_levenberg_marquardt
 from .batch_model import BatchModel
 from .batch_result import BatchFitResult
 from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
 from .global_fit import fit_global, global_curve, split_shared
-from .lm import SATURATION, Outcome, plateau_status, stuck_on_plateau
 from .model import Model, build_function
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
+from .plateau import SATURATION, keep_restarts, saturated, sensitivities, stuck_on_plateau
 from .reduction import reduce_gram
 from .solvers import DEFAULT_STEPS
 from .source import FitSource
-from .statistics import safe_column_norms
 from .status import CONVERGED, progress_message
 from .threads import threads_for
 
@@ -280,8 +279,7 @@ def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, adva
     plateau = outcome.saturated.nonzero().flatten()
     if len(plateau):
         retry = solver.solve(index[plateau], theta[plateau], factor=1.0, **options)
-        _merge_retry(outcome, retry, plateau)
-        _mark_plateaus(_Subset(problem, index[plateau]), outcome, plateau)
+        keep_restarts(outcome, plateau, retry, _stuck(_Subset(problem, index[plateau])))
     return outcome
 
 
@@ -352,7 +350,7 @@ def _gathered(shards: Shards, outcome: BatchOutcome) -> BatchOutcome:
     )
 
 
-class _Subset:
+class _Subset(BatchProblem):
     """The curves ``index`` of a batch model, renumbered 0..len(index) - 1."""
 
     def __init__(self, problem: BatchModel, index: torch.Tensor):
@@ -369,33 +367,30 @@ class _Subset:
         return self.problem.external(theta)
 
 
-def _saturated(problem, theta: torch.Tensor) -> torch.Tensor:
-    """(b,) how many parameters' relative sensitivity ||J_j|| max(|b_j|, 1) is below 1e-10 ||y / sigma|| (see `api`)."""
-    reach, _, _, data_norm = _sensitivities(problem, theta)
-    return (reach < SATURATION * data_norm.unsqueeze(-1)).sum(-1)
-
-
-def _sensitivities(problem, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per curve `lm.stuck_on_plateau`'s inputs: ||J_j|| max(|b_j|, 1), (J max(|b|, 1))^T r, ||r||, ||y / sigma||."""
+def _sensitivities(problem: _Subset, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`plateau.sensitivities` of each curve of ``problem`` at ``theta`` (J carries 1 / sigma and the
+    curves' scales: so must y)."""
     everyone = torch.arange(theta.shape[0], device=theta.device)
-    values = problem.external(theta).abs().clamp_min(1.0)
     block = problem.augmented(theta, everyone)  # J in internal coordinates, as `api._sensitivities`
-    r = block[..., -1:]
-    reach = safe_column_norms(block[..., :-1]) * values
-    gradient = (block[..., :-1] * r).sum(-2) * values
     whole = problem.problem
-    weighted = whole.y if whole.weights is None else whole.y * whole.weights  # J carries 1 / sigma: so must y
+    weighted = whole.y if whole.weights is None else whole.y * whole.weights
     y = torch.where(whole.mask[problem.index], weighted[problem.index], 0.0)
-    if problem.problem.scales is not None:  # J carries the curves' scales: so must y
-        y = y * problem.problem.scales[problem.index].unsqueeze(-1)
-    return reach, gradient, safe_column_norms(r)[..., 0], safe_column_norms(y.unsqueeze(-1))[..., 0]
+    if whole.scales is not None:
+        y = y * whole.scales[problem.index].unsqueeze(-1)
+    return sensitivities(block, problem.external(theta), y, power_of_two_scales(y))
+
+
+def _stuck(problem: _Subset) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`plateau.stuck_on_plateau` of each curve of ``problem`` at theta (the argument of the function returned)."""
+    return lambda theta: stuck_on_plateau(*_sensitivities(problem, theta))
 
 
 def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> BatchOutcome:
     """One chunk: the batched LM, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
     done = [0]
 
-    def on_round(status: torch.Tensor) -> None:
+    def on_round(state) -> None:
+        status = state.status
         stopped = int((status != 0).sum())
         converged = int(torch.isin(status, torch.tensor(CONVERGED, device=status.device)).sum())
         message = progress_message(converged, stopped, len(status))
@@ -408,42 +403,15 @@ def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> Bat
     if len(plateau):
         subset = _Subset(problem.problem, problem.index[plateau])
         retry = batch_levenberg_marquardt(subset, theta[plateau], factor=1.0, **options)
-        _merge_retry(outcome, retry, plateau)
-        _mark_plateaus(subset, outcome, plateau)
+        keep_restarts(outcome, plateau, retry, _stuck(subset))
     return outcome
 
 
 def _plateau(problem: _Subset, outcome: BatchOutcome) -> torch.Tensor:
-    """Positions of the curves that stopped on a plateau (see `_saturated`), not counting failed ones."""
+    """Positions of the curves that stopped on a plateau (`plateau.saturated`), not counting failed ones."""
     candidates = torch.tensor([status != "nonfinite" for status in outcome.status], device=outcome.theta.device)
-    return (candidates & (_saturated(problem, outcome.theta) > 0)).nonzero().flatten()
-
-
-def _mark_plateaus(subset: _Subset, outcome: BatchOutcome, plateau: torch.Tensor) -> None:
-    """Status "plateau" for the curves at ``plateau`` (``subset``, after their restart) that stopped on a
-    plateau and not at a minimum (`lm.stuck_on_plateau`, `lm.plateau_status`)."""
-    stuck = stuck_on_plateau(*_sensitivities(subset, outcome.theta[plateau]))
-    for i, flag in zip(plateau.tolist(), stuck.tolist()):
-        if outcome.status[i] != "nonfinite":
-            outcome.status[i] = plateau_status(outcome.status[i], flag)
-
-
-def _merge_retry(outcome: BatchOutcome, retry: BatchOutcome, plateau: torch.Tensor) -> None:
-    """Keep the restarted fit of the curves at ``plateau`` where it reached a lower cost."""
-    better = (retry.cost < outcome.cost[plateau]).nonzero().flatten()
-    for position in better.tolist():
-        i = int(plateau[position])
-        outcome.theta[i] = retry.theta[position]
-        outcome.cost[i] = retry.cost[position]
-        outcome.status[i] = retry.status[position]
-        outcome.evaluations[i] += retry.evaluations[position]
-        outcome.jacobians[i] += retry.jacobians[position]
-        outcome.steps[i] = retry.steps[position]
-        if outcome.histories is not None:
-            outcome.histories[i] = retry.history(position)
-            continue
-        outcome.accepted = [(index, cost) for index, cost in outcome.accepted if not bool((index == i).any())]
-        outcome.accepted.append((torch.tensor([i]), retry.cost[position : position + 1]))
+    reach, _, _, data_norm = _sensitivities(problem, outcome.theta)
+    return (candidates & (saturated(reach, data_norm) > 0)).nonzero().flatten()
 
 
 def _final_factors(problem: BatchModel, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -463,15 +431,8 @@ def _curve_result(problem, arrays, outcome: BatchOutcome, i: int, specs, initial
         columns = {data_names[0]: columns.pop("x")}
     sigma = torch.as_tensor(rows["sigma"]) if "sigma" in rows else None
     single = Model(function, columns, torch.as_tensor(rows["y"]), sigma, curve_specs(specs, initial, i), problem.text)
-    result = Outcome(
-        theta=outcome.theta[i].cpu().to(torch.float64),
-        status=outcome.status[i],
-        cost=float(outcome.cost[i]),
-        evaluations=int(outcome.evaluations[i]),
-        jacobians=int(outcome.jacobians[i]),
-        steps=int(outcome.steps[i]),
-        history=outcome.history(i),
-    )
+    result = outcome.one(i)
+    result.theta = result.theta.cpu().to(torch.float64)
     if not math.isfinite(result.cost):
         result.cost = math.nan
     source = FitSource(single, x_is_dict=x_is_dict)

@@ -1,9 +1,14 @@
 """Levenberg-Marquardt over a batch of independent problems, as tensors with a leading batch dimension.
 
-The same method as `lm.levenberg_marquardt` (MINPACK's trust region, lambda from the SVD of R D^-1 by
-Hebden's iteration, geodesic acceleration), with every scalar of that loop a tensor of shape (B,):
-damping, trust radius, counters and status are per problem, and a problem stops changing once its
-status is set while the others go on. Each round is one trial step for every running problem; those
+MINPACK's scaled trust region (lmder): delta = -(J^T J + lambda D^2)^-1 J^T r with ||D delta|| <= Delta,
+lambda from the SVD of R D^-1 by Hebden's iteration, D the running maxima of the column norms (so the
+method is invariant to parameter scale), damped steps bent by a geodesic acceleration (Transtrum &
+Sethna 2012: on curved valleys such as Bennett5 and MGH09/10/17 it cuts the Jacobians several-fold),
+and one Gauss-Newton polish step after ftol/xtol/roundoff stops (`lm.POLISHED`). Every scalar of the
+loop is a tensor of shape (B,): damping, trust radius, counters and status are per problem, and a
+problem stops changing once its status is set while the others go on. `fit` runs it over a batch of
+one (`one_problem`), `fit_batch` over its curves; `native_lm.c` is its per-curve C twin, and `lm`
+holds the constants all share. Each round is one trial step for every running problem; those
 whose step was accepted get a new Jacobian in the next round. Only the running problems are
 evaluated (their indices are passed to the model), so a batch costs what its slowest members do.
 
@@ -35,6 +40,7 @@ from .lm import (
     TINY,
     UNEXPLOITED_SHARE,
     VISIBLE_STEP,
+    Outcome,
 )
 from .reduction import reduce_batched
 from .statistics import safe_column_norms
@@ -93,6 +99,26 @@ class BatchOutcome:
     histories: Sequence[list[float]] | None = None  # given outright (native engine, gathered from other processes)
     saturated: torch.Tensor | None = None  # (native engine) bool per problem: stopped on a plateau
 
+    @classmethod
+    def of_one(cls, outcome: Outcome) -> BatchOutcome:
+        """A single problem's `lm.Outcome` as a batch of one."""
+        cost = torch.tensor([outcome.cost], dtype=torch.float64)
+        counts = (torch.tensor([count]) for count in (outcome.evaluations, outcome.jacobians, outcome.steps))
+        initial = cost.new_tensor([outcome.history[0] if outcome.history else outcome.cost])
+        return cls(outcome.theta.unsqueeze(0), [outcome.status], cost, *counts, initial, [], [list(outcome.history)])
+
+    def one(self, i: int) -> Outcome:
+        """Problem ``i``'s `lm.Outcome`."""
+        return Outcome(
+            theta=self.theta[i],
+            status=self.status[i],
+            cost=float(self.cost[i]),
+            evaluations=int(self.evaluations[i]),
+            jacobians=int(self.jacobians[i]),
+            steps=int(self.steps[i]),
+            history=self.history(i),
+        )
+
     def in_data_units(self, scales: torch.Tensor) -> None:
         """Costs back in the data's units, for problems whose residuals were multiplied by ``scales`` (one per row)."""
         scales = scales.to(self.cost)
@@ -116,13 +142,23 @@ class BatchOutcome:
 
 
 class BatchProblem:
-    """The interface the solver needs: residuals and [J | r] of the problems at ``index``."""
+    """The interface the solver needs: residuals and [J | r] of the problems at ``index``, the cost of
+    residuals and the sum over all rows of per-row sums (defaults: least squares, all rows here)."""
 
     def residuals(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (b, n)
         raise NotImplementedError
 
     def augmented(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (b, n, p + 1)
+        """[J | r] of the local least-squares model (for a robust loss: reweighted, see `loss`)."""
         raise NotImplementedError
+
+    def cost(self, r: torch.Tensor) -> torch.Tensor:
+        """(b,) cost = sum_i r_i^2 of residuals (b, n): what the trust region accepts steps on."""
+        return (r * r).sum(-1)
+
+    def sum_rows(self, sums: torch.Tensor) -> torch.Tensor:
+        """(b, k) per-problem sums over this process's rows -> sums over all rows (the geodesic J^T r'')."""
+        return sums
 
 
 def batch_levenberg_marquardt(
@@ -136,17 +172,21 @@ def batch_levenberg_marquardt(
     factor: float = 100.0,
     geodesic_acceleration: bool = True,
     reduce: Callable[[torch.Tensor], torch.Tensor] = reduce_batched,
-    on_round: Callable[[torch.Tensor], None] | None = None,
+    on_round: Callable[[BatchState], None] | None = None,
 ) -> BatchOutcome:
-    """Minimise ||r_b(theta_b)||^2 for every problem b of ``theta`` (B, p) at once.
+    """Minimise problem.cost(r_b(theta_b)) (||r_b||^2 by default) for every problem b of ``theta`` (B, p) at once.
 
-    Options as in `lm.levenberg_marquardt`; ``reduce`` maps blocks (b, n, p + 1) to R (b, p + 1, p + 1);
-    ``on_round(status)`` is called after each round with the status codes so far.
+    ``ftol``, ``xtol``, ``gtol``: stop when the actual and predicted relative reductions of the cost are
+    both below ``ftol``, the trust radius is below ``xtol * ||D theta||``, or the cosine between r and every
+    column of J is below ``gtol``; ``max_steps``: Jacobian evaluations; ``geodesic_acceleration`` needs
+    ``problem.augmented``'s residual column to be ``problem.residuals`` (least squares); ``reduce`` maps
+    blocks (b, n, p + 1) to R (b, p + 1, p + 1); ``on_round(state)`` is called after each round with the
+    state so far (``state.status``: codes).
     """
     batch, p = theta.shape
     everyone = torch.arange(batch, device=theta.device)
     r = problem.residuals(theta, everyone)
-    cost = (r * r).sum(-1)
+    cost = problem.cost(r)
     state = _initial_state(theta, cost)
     accepted_log: list[tuple[torch.Tensor, torch.Tensor]] = []
     tolerances = (ftol, xtol, gtol, max_steps, factor)
@@ -167,7 +207,7 @@ def batch_levenberg_marquardt(
         if part is not state:
             state.put(index, part)
         if on_round is not None:
-            on_round(state.status)
+            on_round(state)
     _polish(problem, state, reduce, accepted_log)
     return BatchOutcome(
         theta=state.theta,
@@ -277,7 +317,11 @@ def _linearize_fresh(problem, part, index, reduce, tolerances) -> None:
 
 
 def _damped_steps(state: BatchState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """lambda, the step's V-coordinates c, ||c|| and ||S c||^2 per problem (see `lm.DampedStep.solve`)."""
+    """lambda, the step's V-coordinates c, ||c|| and ||S c||^2 per problem, ||c|| within 10% of the radius.
+
+    lambda = 0 where the Gauss-Newton step (pseudo-inverse: directions below `RANK_TOLERANCE` left out)
+    already fits; elsewhere Newton's method on 1/||delta|| (Hebden), which converges from below.
+    """
     radius, squares, products = state.radius, state.values**2, state.products
     fits = state.gauss_newton_norm <= 1.1 * radius
     lam = state.start.clone()
@@ -322,7 +366,7 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances) -> tor
     trial = state.theta + velocity
     r_trial = problem.residuals(trial, index)
     state.evaluations = state.evaluations + 1
-    cost_trial = (r_trial * r_trial).sum(-1)
+    cost_trial = problem.cost(r_trial)
     cost = state.cost
     finite = torch.isfinite(cost_trial)
     near = 0.1 * torch.sqrt(cost_trial) < torch.sqrt(cost)
@@ -384,7 +428,7 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list) -> None:
     coordinates = torch.where(keep, -products / torch.where(keep, values * values, 1.0), 0.0)
     trial = theta + (vt * coordinates.unsqueeze(-1)).sum(-2) / scale
     r_trial = problem.residuals(trial, index)
-    cost_trial = (r_trial * r_trial).sum(-1)
+    cost_trial = problem.cost(r_trial)
     better = finite & (cost_trial <= cost * (1 + POLISH_SLACK))
     state.jacobians[index] += 1
     state.evaluations[index] += finite.long()
@@ -396,7 +440,11 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list) -> None:
 
 
 def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm) -> torch.Tensor:
-    """Half the geodesic acceleration of the problems at ``bent`` (see `lm._half_acceleration`).
+    """Half the geodesic acceleration a = -(J^T J + lambda D^2)^-1 J^T r''(v, v) of the problems at ``bent``.
+
+    r''(v, v) ~ (2 / h) ((r(theta + h v) - r) / h - J v) from one probe at h = `PROBE`, solved in the SVD
+    coordinates of the step; J^T r'' is a sum over rows (`BatchProblem.sum_rows`). 0 where the
+    acceleration is not small next to the velocity (2 ||a|| > `ACCELERATION_RATIO` ||v||, scaled).
 
     J and r at the current point are evaluated again for these problems (usually a minority, 0-30%
     per round), which is cheaper than keeping every problem's J between rounds.
@@ -409,7 +457,7 @@ def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm) ->
     jv = (jacobian * v.T.unsqueeze(-1)).sum(0)
     curvature = (r_probe - r - PROBE * jv) * (2 / PROBE**2)
     scale = state.scale[bent]
-    projected = (jacobian * curvature).sum(-1).T / scale
+    projected = problem.sum_rows((jacobian * curvature).sum(-1).T) / scale
     vt = state.vt[bent]
     coordinates = -(vt @ projected.unsqueeze(-1)).squeeze(-1) / (state.values[bent] ** 2 + lam[bent].unsqueeze(-1))
     small = 2 * torch.linalg.vector_norm(coordinates, dim=-1) <= ACCELERATION_RATIO * step_norm[bent]

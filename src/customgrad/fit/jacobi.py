@@ -18,6 +18,10 @@ import torch
 
 # Sweeps over all column pairs; converged batches stop early (quadratic convergence: 6-10 sweeps).
 MAX_SWEEPS = 30
+# Batches of at most this many matrices on the CPU go to LAPACK (`torch.linalg.svd`), a few microseconds per
+# matrix, where a round of rotations costs tens of microseconds of dispatch whatever the batch (`fit`'s
+# single problem: B = 1; the last few curves of a batch).
+LAPACK_BATCH = 8
 
 
 def jacobi_svd(
@@ -30,6 +34,9 @@ def jacobi_svd(
     orthogonal V (B, p, p) near the answer (the previous iteration's), which saves most sweeps.
     """
     p = matrix.shape[-1]
+    if matrix.device.type == "cpu" and matrix.shape[:-2].numel() <= LAPACK_BATCH:
+        u, values, vt = torch.linalg.svd(matrix)
+        return values, vt, values * (u.transpose(-1, -2) @ rhs.unsqueeze(-1)).squeeze(-1)
     if start is None:
         start = torch.eye(p, dtype=matrix.dtype, device=matrix.device).expand(*matrix.shape[:-2], p, p)
     else:

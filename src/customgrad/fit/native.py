@@ -4,7 +4,7 @@ curves, and a single `fit` as a batch of one.
 For formula models on the CPU in float64 with a C compiler. One shared library per model and input
 layout holds three translation units: the model's generated rows [df/db_j, f] and values f (the cpu
 backend's kernels, `FormulaModel.c_source`), a few lines of glue that call them for one curve, and the
-fixed solver source `native_lm.c`, the C twin of `lm.levenberg_marquardt` (same trust region, Hebden
+fixed solver source `native_lm.c`, the C twin of `batch_lm.batch_levenberg_marquardt` (same trust region, Hebden
 damping from the SVD of R D^-1, geodesic acceleration, stopping rules, polish step). A curve's whole
 fit runs in a core's cache with no Python in the loop, which is what makes a batch of small fits fast:
 the tensor engine (`batch_lm`) pays ~350 small torch operations per round instead. The library is
@@ -30,7 +30,7 @@ import torch
 
 from .. import cache
 from ..errors import BackendError, UsageError
-from . import lm, statistics
+from . import lm, plateau, statistics
 from .batch_lm import BatchOutcome
 from .lm import Outcome
 from .status import CONVERGED, STATUSES, progress_message
@@ -399,10 +399,10 @@ class NativeSolver:
 
     def solve_one(self, theta: torch.Tensor, scale: float, factor: float, **tolerances) -> Outcome:
         """A single fit (a batch of one curve) from ``theta`` (p,), residuals times ``scale``: `lm.Outcome`,
-        with ``saturated`` (see `solve`, at `lm.SATURATION` as `api` tests it)."""
+        with ``saturated`` (see `solve`, at `plateau.SATURATION` as `api` tests it)."""
         # one curve: its whole history as the torch engine keeps it, up to SINGLE_HISTORY_LIMIT costs
         history = min(tolerances["max_steps"] + 2, SINGLE_HISTORY_LIMIT)
-        options = _options(factor=factor, saturation=lm.SATURATION, history=history, **tolerances)
+        options = _options(factor=factor, saturation=plateau.SATURATION, history=history, **tolerances)
         self._use_scales(np.array([scale]))
         solution = np.array(theta.tolist())
         cost, counts, history, recorded = self._run(np.zeros(1, dtype=np.int64), solution, options, None)

@@ -104,10 +104,10 @@ class Profile:
             return total(float(r @ r)), fixed
         collectives = {}
         if shards is not None:
-            collectives = dict(reduce=lambda block: shards.factor(block).cpu().numpy(), sum_rows=shards.sum)
+            collectives = dict(reduce=shards.factor, sum_rows=shards.sum)
         outcome = get_solver("lm")(
             model.residuals,
-            lambda t, r: model.augmented(t),
+            model.augmented,
             lambda r: total(float(r @ r)),
             theta,
             max_steps=REFIT_STEPS,

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import torch
 
 from ..errors import UsageError
-from .lm import Outcome, levenberg_marquardt
+from .lm import Outcome
+from .one_problem import levenberg_marquardt
 
 # Default step limits and learning rates; SGD's is the blog's.
 DEFAULT_STEPS = {"lm": 1000, "lbfgs": 500, "adam": 5000, "sgd": 2000}

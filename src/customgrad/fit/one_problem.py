@@ -1,0 +1,89 @@
+"""Levenberg-Marquardt for one problem given by callables (`fit`'s torch engine): `batch_lm` over a batch of one.
+
+The problem is what a single fit's solver calls (`api._Calls`, `profile`): residuals, [J | r] (robust:
+reweighted), the cost of residuals (robust, summed over ranks), the reduction of [J | r] to R (one
+process: Householder; distributed: TSQR over ranks) and sums over every rank's rows. The solver state
+is float64 whatever the model's dtype, as the steps were before the two solvers became one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .batch_lm import BatchProblem, BatchState, batch_levenberg_marquardt
+from .lm import Outcome
+
+
+class OneProblem(BatchProblem):
+    """`batch_lm.BatchProblem` of one problem (index ignored): theta (1, p), residuals (1, n), float64.
+
+    Parameters
+    ----------
+    residuals, linearize, cost_of : callable
+        theta (p,) -> r (n,); theta -> [J | r] (n, p + 1) (or an R of it: chunked rows); r -> float.
+    sum_rows : callable, optional
+        A numpy vector of sums over this process's rows -> the sums over every rank's rows.
+    dtype : torch.dtype
+        The model's dtype (theta is given to the callables in it).
+    """
+
+    def __init__(self, residuals: Callable, linearize: Callable, cost_of: Callable, sum_rows, dtype):
+        self._residuals, self._linearize, self._cost_of, self._sum_rows = residuals, linearize, cost_of, sum_rows
+        self.dtype = dtype
+
+    def residuals(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self._residuals(theta[0].to(self.dtype)).to(torch.float64).unsqueeze(0)
+
+    def augmented(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self._linearize(theta[0].to(self.dtype)).to(torch.float64).unsqueeze(0)
+
+    def cost(self, r: torch.Tensor) -> torch.Tensor:
+        return r.new_tensor([self._cost_of(r[0])])
+
+    def sum_rows(self, sums: torch.Tensor) -> torch.Tensor:
+        if self._sum_rows is None:
+            return sums
+        return torch.as_tensor(np.asarray(self._sum_rows(sums[0].cpu().numpy()))).to(sums).unsqueeze(0)
+
+
+def levenberg_marquardt(
+    residuals: Callable,
+    linearize: Callable,
+    cost_of: Callable,
+    theta: torch.Tensor,
+    *,
+    on_step: Callable[[int, float], None] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    sum_rows: Callable | None = None,
+    **options,
+) -> Outcome:
+    """Minimise cost_of(residuals(theta)) from ``theta`` (p,) by `batch_lm.batch_levenberg_marquardt`.
+
+    ``reduce`` maps one block [J | r] (n, p + 1) to its R (default: Householder QR, `reduction`);
+    ``on_step(step, cost)`` is called after each accepted step; other options (ftol, xtol, gtol,
+    max_steps, factor, geodesic_acceleration) as `batch_levenberg_marquardt` takes them.
+    """
+    problem = OneProblem(residuals, linearize, cost_of, sum_rows, theta.dtype)
+    if reduce is not None:
+        options["reduce"] = lambda blocks: reduce(blocks[0]).to(blocks).unsqueeze(0)
+    if on_step is not None:
+        options["on_round"] = _reporter(on_step)
+    outcome = batch_levenberg_marquardt(problem, theta.detach().to(torch.float64).unsqueeze(0), **options).one(0)
+    outcome.theta = outcome.theta.to(theta)
+    return outcome
+
+
+def _reporter(on_step: Callable[[int, float], None]) -> Callable[[BatchState], None]:
+    """``on_round`` for `batch_levenberg_marquardt`: ``on_step(steps, cost)`` after a round that accepted a step."""
+    reported = [0]
+
+    def on_round(state: BatchState) -> None:
+        steps = int(state.steps[0])
+        if steps > reported[0]:
+            reported[0] = steps
+            on_step(steps, float(state.cost[0]))
+
+    return on_round

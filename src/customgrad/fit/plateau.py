@@ -1,0 +1,114 @@
+"""LM's plateau safeguard, one for `fit` and `fit_batch`: sensitivities, one restart, status "plateau".
+
+A fit can stop with a parameter that no longer matters (an exponential that underflowed: its Jacobian
+column is ~0, so every convergence test passes). Where a parameter's relative sensitivity
+||J_j|| max(|b_j|, 1) is below `SATURATION` ||y / sigma||, the fit is restarted once from its start with
+factor 1 (a first trust radius of ||D theta||) and the restart kept where it reached a lower cost
+(`keep_restarts`); where it still stops on the plateau (`stuck_on_plateau`), its status is "plateau"
+(success False), not the convergence test that fired. Every engine reports through it (the native one
+tests saturation in C, at the same threshold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .batch_lm import BatchOutcome
+from .status import TERMINATION
+
+# A parameter whose relative sensitivity ||J_j|| max(|b_j|, 1) falls below this share of ||y|| has stopped
+# mattering (an exp that underflowed): the fit stopped on a plateau, worth one restart (`fit`, `fit_batch`).
+SATURATION = 1e-10
+# A fit that stopped there (after its restart) with every parameter's sensitivity below this share of
+# ||y|| has a model that no longer depends on its parameters (a exp(-b x) at b = 25 on x >= 1: the model
+# is 1e-10 of the data, with a cost of ||y||^2): status "plateau", not converged.
+PLATEAU = 1e-6
+# ... or with some parameter below SATURATION while a live one's column still has a cosine above this
+# with the residuals: from b = 60, a exp(-b x) + c stopped at its start with c = 0 (the dead columns,
+# scaled by D to unit norm, made every trial step useless), though c alone could lower the cost.
+STATIONARY = 1e-6
+
+
+def plateau_status(status: str, stuck: bool) -> str:
+    """Status "plateau" in place of a converged ``status`` where the fit is ``stuck`` (`stuck_on_plateau`).
+
+    With every Jacobian column negligible the cost is flat, so every convergence test passes, but the
+    model no longer depends on its parameters: not a minimum (a exp(-b x) from b = 40). A zero cost
+    ("exact") is a minimum all the same. `fit` and `fit_batch` apply it after their plateau restart.
+    """
+    return "plateau" if stuck and status != "exact" and TERMINATION[status][0] else status
+
+
+def stuck_on_plateau(
+    reach: torch.Tensor, gradient: torch.Tensor, residual_norm: torch.Tensor, data_norm: torch.Tensor
+) -> torch.Tensor:
+    """(...) bool: every sensitivity reach_j = ||J_j|| max(|b_j|, 1) is below `PLATEAU` ||y||, or one is
+    below `SATURATION` ||y|| while a live column's cosine |gradient_j| / (reach_j ||r||) is above
+    `STATIONARY` (``gradient`` = (J max(|b|, 1))^T r): the fit stopped on a plateau, not at a minimum.
+
+    Shapes (..., p), (..., p), (...,), (...,), all in the same units (y, r and J scaled alike).
+    """
+    threshold = data_norm.unsqueeze(-1)
+    saturated = reach < SATURATION * threshold
+    cosine = gradient.abs() / (reach * residual_norm.unsqueeze(-1))
+    unfinished = (~saturated & (cosine > STATIONARY)).any(-1)  # NaN (a zero column or r) counts as finished
+    return (reach < PLATEAU * threshold).all(-1) | (saturated.any(-1) & unfinished)
+
+
+def sensitivities(
+    block: torch.Tensor,
+    values: torch.Tensor,
+    y: torch.Tensor,
+    scale: torch.Tensor,
+    sum_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """`stuck_on_plateau`'s inputs per problem: ||J_j|| max(|b_j|, 1), (J max(|b|, 1))^T r, ||r||, ||y||.
+
+    ``block`` (b, n, p + 1) is [J | r] in internal coordinates, weighted by 1 / sigma (or its R: the
+    column products are the same), ``values`` (b, p) the parameter values, ``y`` (b, m) the weighted data,
+    ``scale`` (b,) powers of two keeping the squares in range (J, r and y multiplied alike: J scaled
+    alone, 1e-224 at y ~ 1e300, squares to 0); ``sum_rows`` adds the per-problem sums (b, 2p + 2) over
+    every rank's rows (distributed).
+    """
+    scale = scale.to(block).unsqueeze(-1)
+    reach = block[..., :-1] * (scale * values.to(block).abs().clamp_min(1.0)).unsqueeze(-2)
+    r, y = block[..., -1] * scale, y.to(block) * scale
+    squares = [(reach * reach).sum(-2), (reach * r.unsqueeze(-1)).sum(-2)]
+    sums = torch.cat([*squares, (r * r).sum(-1, keepdim=True), (y * y).sum(-1, keepdim=True)], dim=-1)
+    if sum_rows is not None:
+        sums = sum_rows(sums)
+    p = values.shape[-1]
+    return sums[..., :p].sqrt(), sums[..., p : 2 * p], sums[..., 2 * p].sqrt(), sums[..., 2 * p + 1].sqrt()
+
+
+def saturated(reach: torch.Tensor, data_norm: torch.Tensor) -> torch.Tensor:
+    """(b,) how many parameters' sensitivity ``reach`` (b, p) is below `SATURATION` ``data_norm`` (b,)."""
+    return (reach < SATURATION * data_norm.unsqueeze(-1)).sum(-1)
+
+
+def keep_restarts(
+    outcome: BatchOutcome, plateau: torch.Tensor, retry: BatchOutcome, stuck: Callable[[torch.Tensor], torch.Tensor]
+) -> None:
+    """Into ``outcome``: the restarts ``retry`` of its problems at ``plateau`` where they reached a lower cost
+    (their counts added), then status "plateau" where ``stuck(theta)`` (bool per row of theta (k, p)) holds.
+    """
+    better = (retry.cost.to(outcome.cost) < outcome.cost[plateau]).nonzero().flatten()
+    for position in better.tolist():
+        i = int(plateau[position])
+        outcome.theta[i] = retry.theta[position]
+        outcome.cost[i] = retry.cost[position]
+        outcome.status[i] = retry.status[position]
+        outcome.evaluations[i] += retry.evaluations[position]
+        outcome.jacobians[i] += retry.jacobians[position]
+        outcome.steps[i] = retry.steps[position]
+        if outcome.histories is not None:
+            outcome.histories[i] = retry.history(position)
+            continue
+        outcome.accepted = [(index, cost) for index, cost in outcome.accepted if not bool((index == i).any())]
+        outcome.accepted.append((torch.tensor([i]), retry.cost[position : position + 1]))
+    flags = stuck(outcome.theta[plateau])
+    for i, flag in zip(plateau.tolist(), flags.tolist()):
+        if outcome.status[i] != "nonfinite":
+            outcome.status[i] = plateau_status(outcome.status[i], flag)

@@ -19,7 +19,6 @@ from .batch_data import BatchData, batch_parameter_specs, curve_data, curve_spec
 from .batch_lm import BatchOutcome, batch_levenberg_marquardt
 from .batch_model import BatchModel
 from .batch_result import BatchFitResult
-from .batch_statistics import batch_stderr
 from .distributed import Shards, local_shard
 from .global_fit import fit_global, global_curve, split_shared
 from .lm import SATURATION, Outcome, plateau_status, stuck_on_plateau
@@ -28,7 +27,7 @@ from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .reduction import reduce_gram
 from .solvers import DEFAULT_STEPS
 from .source import FitSource
-from .statistics import safe_column_norms
+from .statistics import batch_stderr, safe_column_norms
 from .status import CONVERGED, progress_message
 from .threads import threads_for
 

@@ -356,3 +356,11 @@ def test_batch_stderr_of_a_product_of_parameters_is_nan_and_the_rest_match_least
         covariance = residual[0] / (20 - 3) * np.linalg.inv(design.T @ design)  # dof counts all 3 parameters
         assert np.isnan(batch.stderr["a"][i]) and np.isnan(batch.stderr["b"][i])
         assert_matches_reference(batch.stderr["c"][i], np.sqrt(covariance[1, 1]), rtol=1e-6, what="stderr c")
+
+
+def test_batch_nan_with_policy_raise_names_the_array_and_the_curves():
+    x = np.linspace(0, 1, 5)
+    y = np.stack([x, x, x])
+    y[1, 2] = np.nan
+    with pytest.raises(DataError, match=r"NaN or inf in y at curves 1 \(0-based\).*nan_policy='omit'"):
+        fit_batch("a*x", x, y, params={"a": 1.0}, nan_policy="raise")

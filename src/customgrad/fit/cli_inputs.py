@@ -287,7 +287,7 @@ def batch_run(args) -> None:
 def batch_inputs(args) -> BatchFitResult:
     """Run the batch of fits ``customgrad fit --batch`` describes: a curve per row of ``--data`` (after `batch_run`)."""
     from .batch import fit_batch
-    from .batch_data import read_curves
+    from .data import read_curves
 
     x, y = read_curves(args.data, args.x_values)
     return fit_batch(

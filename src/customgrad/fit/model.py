@@ -132,6 +132,45 @@ def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSp
     return specs
 
 
+def batch_parameter_specs(params: Mapping, bounds: Mapping | None, batch: int) -> tuple[list, dict]:
+    """Specs (shared bounds, fixed flags) and the initial values per curve, name -> array (B,)."""
+    params = plain_params(params)
+    if not isinstance(params, Mapping) or not params:
+        raise UsageError("params must be a non-empty dict of name -> initial value(s), e.g. {'a': 0.0}")
+    initial, placeholders = {}, {}
+    for name, given in params.items():
+        spec = dict(given) if isinstance(given, Mapping) else {"value": given}
+        value = spec.get("value")
+        array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+        if value is not None and array.ndim == 1:
+            if len(array) != batch or array.dtype.kind not in "iuf":
+                raise UsageError(
+                    f"initial values of parameter {name!r} must be a number or {batch} numbers (one per curve), "
+                    f"got shape {array.shape}"
+                )
+            spec["value"] = float(array[0])
+            initial[name] = array.astype(np.float64)
+        placeholders[name] = spec
+    specs = parameter_specs(placeholders, bounds)
+    for spec in specs:
+        values = initial.setdefault(spec.name, np.full(batch, spec.value))
+        outside = ~np.isfinite(values) | (values < spec.lower) | (values > spec.upper)
+        if outside.any():
+            curve = int(np.flatnonzero(outside)[0])
+            raise UsageError(
+                f"parameter {spec.name!r}: initial value {values[curve]} of curve {curve} is not finite or lies "
+                f"outside its bounds [{spec.lower}, {spec.upper}]"
+            )
+    return specs, initial
+
+
+def curve_specs(specs: list[ParameterSpec], initial: dict, i: int) -> list[ParameterSpec]:
+    """The parameter specs of curve ``i`` alone."""
+    return [
+        ParameterSpec(spec.name, float(initial[spec.name][i]), spec.lower, spec.upper, spec.fixed) for spec in specs
+    ]
+
+
 def _bound(value, what: str) -> float:
     try:
         number = float(value)

@@ -17,7 +17,6 @@ from . import cuda_engine
 from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scales
 from .batch_lm import BatchOutcome, batch_levenberg_marquardt
 from .batch_model import BatchModel
-from .batch_result import BatchFitResult
 from .data import BatchData, curve_data, prepare_batch_data
 from .distributed import Shards, local_shard
 from .global_fit import fit_global, global_curve, split_shared
@@ -25,6 +24,7 @@ from .lm import SATURATION, Outcome, plateau_status, stuck_on_plateau
 from .model import Model, batch_parameter_specs, build_function, curve_specs
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .reduction import reduce_gram
+from .result import BatchFitResult
 from .solvers import DEFAULT_STEPS
 from .source import FitSource
 from .statistics import batch_stderr, safe_column_norms

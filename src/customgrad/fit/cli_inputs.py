@@ -15,8 +15,7 @@ from ..errors import DataError, UsageError
 from .formula_model import check_formula
 
 if TYPE_CHECKING:
-    from .batch_result import BatchFitResult
-    from .result import FitResult
+    from .result import BatchFitResult, FitResult
 
 
 def parse_assignments(items: list[str], option: str, parse_value) -> dict:

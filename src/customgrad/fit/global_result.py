@@ -68,8 +68,8 @@ class SharedParameters:
         """The shared values, errors, covariance and joint statistics, JSON-ready (NaN -> None)."""
         return json_ready(
             {
-                "params": self.params,
-                "stderr": self.stderr,
+                "params": {name: float(value) for name, value in self.params.items()},
+                "stderr": {name: float(value) for name, value in self.stderr.items()},
                 "covariance": np.asarray(self.covariance, dtype=np.float64),
                 "status": self.status,
                 "cost": float(self.cost),

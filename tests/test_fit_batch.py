@@ -341,3 +341,26 @@ def test_the_progress_bar_counts_curves_done_and_how_many_converged(curves, engi
     converged = int(result.success.sum())
     assert messages[-1] == f"{converged}/6 converged, {6 - converged} stopped otherwise"
     assert converged < 6  # three Jacobians are not enough for all of them
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_batch_stderr_of_a_product_of_parameters_is_nan_and_the_rest_match_least_squares(engine):
+    # a and b enter only as a*b: one null direction (NaN for both); c's error is the straight line's
+    rng = np.random.default_rng(5)
+    x = np.linspace(0, 1, 20)
+    y = 2 * x + 1 + 0.05 * rng.standard_normal((3, 20))
+    batch = fit_batch("a*b*x + c", x, y, params={"a": 1.0, "b": 1.0, "c": 0.0}, engine=engine)
+    design = np.stack([x, np.ones_like(x)], 1)
+    for i in range(3):
+        coefficients, residual, *_ = np.linalg.lstsq(design, y[i], rcond=None)
+        covariance = residual[0] / (20 - 3) * np.linalg.inv(design.T @ design)  # dof counts all 3 parameters
+        assert np.isnan(batch.stderr["a"][i]) and np.isnan(batch.stderr["b"][i])
+        assert_matches_reference(batch.stderr["c"][i], np.sqrt(covariance[1, 1]), rtol=1e-6, what="stderr c")
+
+
+def test_batch_nan_with_policy_raise_names_the_array_and_the_curves():
+    x = np.linspace(0, 1, 5)
+    y = np.stack([x, x, x])
+    y[1, 2] = np.nan
+    with pytest.raises(DataError, match=r"NaN or inf in y at curves 1 \(0-based\).*nan_policy='omit'"):
+        fit_batch("a*x", x, y, params={"a": 1.0}, nan_policy="raise")

@@ -263,3 +263,10 @@ def test_float32_matches_float64_to_float32_precision(decay_curves):
     # k's float32 roundoff (1e-7 relative) over a minimum this flat: well within a percent of its stderr
     assert abs(single.shared.params["k"] - double.shared.params["k"]) < 1e-2 * double.shared.stderr["k"]
     assert_matches_reference(single.shared.stderr["k"], double.shared.stderr["k"], rtol=1e-3, what="stderr")
+
+
+def test_a_global_fit_stopped_at_the_step_limit_says_which_option_to_raise(decay_curves):
+    x, y = decay_curves
+    result = fit_batch(DECAY, x, y[:3], params={"k": {"value": 3.0, "shared": True}, "a": 1.0, "c": 0.0}, max_steps=1)
+    assert result.shared.status == "max_steps"
+    assert "raise max_steps" in result.summary() and "{steps}" not in result.summary()

@@ -22,7 +22,7 @@ from scipy.optimize import curve_fit
 import customgrad
 from customgrad.errors import DataError, FitError, UsageError
 from customgrad.fit import load_nist
-from reference import ENGINES
+from reference import ENGINES, assert_matches_reference
 
 lmfit = pytest.importorskip("lmfit")
 
@@ -374,6 +374,34 @@ def test_sigma_not_positive_is_an_error_naming_the_rows():
     x = np.linspace(0, 1, 6)
     with pytest.raises(DataError, match=r"sigma must be positive.*rows \[1, 4\]"):
         customgrad.fit("a*x + b", x, 2 * x, params={"a": 1.0, "b": 0.0}, sigma=[1, 0, 1, 1, -2, 1])
+
+
+def test_sigma_not_positive_names_the_rows_of_the_given_data_when_nan_rows_are_omitted():
+    x, y = np.linspace(0, 1, 6), np.array([0.0, np.nan, 1, 1, 2, 2])
+    with pytest.raises(DataError, match=r"sigma must be positive.*rows \[4\] \(0-based\)"):
+        customgrad.fit("a*x + b", x, y, params={"a": 1.0, "b": 0.0}, sigma=[1, 1, 1, 1, 0, 1], nan_policy="omit")
+
+
+def test_batch_sigma_not_positive_is_an_error_naming_curve_and_point():
+    x = np.linspace(0, 1, 6)
+    sigma = np.ones((2, 6))
+    sigma[1, 3] = -1.0
+    with pytest.raises(DataError, match=r"sigma must be positive.*points \(curve, point\) \[\(1, 3\)\]"):
+        customgrad.fit_batch("a*x + b", x, np.stack([x, 2 * x]), params={"a": 1.0, "b": 0.0}, sigma=sigma)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_batch_sigma_at_a_padded_point_is_left_out_with_it_as_in_a_single_fit(engine):
+    # a point a curve does not have (y NaN, nan_policy "omit") may carry any sigma, as a single fit's omitted row
+    x = np.linspace(0, 1, 8)
+    y = np.stack([1 + 2 * x + 0.1 * np.sin(9 * x), 3 - x + 0.1 * np.cos(7 * x)])
+    y[1, 6:] = np.nan
+    sigma = np.full((2, 8), 0.5)
+    sigma[1, 6:] = 0.0
+    batch = customgrad.fit_batch("a*x + b", x, y, params={"a": 1.0, "b": 0.0}, sigma=sigma, engine=engine)
+    design = np.stack([x[:6], np.ones(6)], 1)
+    coefficients = np.linalg.lstsq(design, y[1, :6], rcond=None)[0]
+    assert_matches_reference(np.array([batch.params["a"][1], batch.params["b"][1]]), coefficients, rtol=1e-8)
 
 
 def _cli(*args):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from .plot import _pyplot, check_image_path
 
 if TYPE_CHECKING:
-    from .fit.batch_result import BatchFitResult
+    from .fit.result import BatchFitResult
 
 # Curves drawn in the grid (evenly spaced through the batch).
 SHOWN = 6

@@ -13,7 +13,7 @@ from ..lazy import lazy_exports
 #: Public name -> the submodule that defines it.
 _EXPORTS: dict[str, str] = {
     "TERMINATION": "status",
-    "BatchFitResult": "batch_result",
+    "BatchFitResult": "result",
     "FitResult": "result",
     "NistProblem": "nist",
     "fit": "api",
@@ -26,9 +26,8 @@ _EXPORTS: dict[str, str] = {
 if TYPE_CHECKING:
     from .api import fit
     from .batch import fit_batch
-    from .batch_result import BatchFitResult
     from .nist import NistProblem, load_nist, nist_names, read_nist
-    from .result import FitResult
+    from .result import BatchFitResult, FitResult
     from .status import TERMINATION
 
 __all__ = [

@@ -15,19 +15,19 @@ from ..errors import CustomgradError, DataError, UsageError
 from ..progress import progress_bar
 from . import cuda_engine
 from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scales
-from .batch_data import BatchData, batch_parameter_specs, curve_data, curve_specs, prepare_batch_data
 from .batch_lm import BatchOutcome, BatchProblem, batch_levenberg_marquardt
 from .batch_model import BatchModel
-from .batch_result import BatchFitResult
-from .batch_statistics import batch_stderr
+from .data import BatchData, curve_data, prepare_batch_data
 from .distributed import Shards, local_shard
 from .global_fit import fit_global, global_curve, split_shared
-from .model import Model, build_function
+from .model import Model, batch_parameter_specs, build_function, curve_specs
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .plateau import SATURATION, keep_restarts, saturated, sensitivities, stuck_on_plateau
 from .reduction import reduce_gram
+from .result import BatchFitResult
 from .solvers import DEFAULT_STEPS
 from .source import FitSource
+from .statistics import batch_stderr
 from .status import CONVERGED, progress_message
 from .threads import threads_for
 

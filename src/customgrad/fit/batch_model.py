@@ -14,13 +14,11 @@ model pointwise in the data).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from .batch_lm import BatchProblem
-from .model import ParameterSpec, _to_external, _to_internal
+from .model import external_slope, external_values, to_internal
 
 # Entries (curves x points) per call of the generated numpy code: its temporaries then stay in a
 # core's L2 cache (10^4 x 64 Gaussian rows: 4.3 ms in one call, 3.0 ms in chunks of 512 curves).
@@ -77,15 +75,6 @@ def _count(index: torch.Tensor | slice) -> int:
     return index.stop - index.start if isinstance(index, slice) else len(index)
 
 
-def _external_slope(spec: ParameterSpec, t: torch.Tensor) -> torch.Tensor:
-    """d external / d internal of `model._to_external`, elementwise."""
-    lo, hi = spec.lower, spec.upper
-    if math.isfinite(lo) and math.isfinite(hi):
-        return (hi - lo) * torch.cos(t) / 2
-    slope = t / torch.sqrt(t * t + 1)
-    return slope if math.isfinite(lo) else -slope
-
-
 class BatchModel(BatchProblem):
     """Residuals and [J | r] of B curves at their own parameters.
 
@@ -139,18 +128,13 @@ class BatchModel(BatchProblem):
         for spec in self.free:
             values = np.asarray(self.initial[spec.name], dtype=np.float64)
             if spec.bounded:
-                values = np.array([_to_internal(spec, float(v)) for v in values])
+                values = to_internal(spec, values)
             columns.append(values)
         return torch.as_tensor(np.stack(columns, axis=-1), dtype=self.y.dtype, device=self.y.device)
 
     def external(self, theta: torch.Tensor) -> torch.Tensor:
         """Parameter values (b, p) from internal coordinates."""
-        if not self.bounded:
-            return theta
-        columns = list(theta.unbind(-1))
-        for i, spec in self.bounded:
-            columns[i] = _to_external(spec, columns[i])
-        return torch.stack(columns, dim=-1)
+        return external_values(theta, self.bounded, -1)
 
     def _pick(self, tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return tensor if tensor.shape[0] == 1 and self.batch != 1 else _take(tensor, index)
@@ -207,7 +191,7 @@ class BatchModel(BatchProblem):
         block = self._finish(out, index)
         if self.bounded and not external:
             for i, spec in self.bounded:
-                block[i] *= _external_slope(spec, theta[:, i : i + 1])
+                block[i] *= external_slope(spec, theta[:, i : i + 1])
         return block.permute(1, 2, 0)
 
     def _function_rows(self, values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

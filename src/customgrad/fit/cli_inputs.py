@@ -15,8 +15,7 @@ from ..errors import DataError, UsageError
 from .formula_model import check_formula
 
 if TYPE_CHECKING:
-    from .batch_result import BatchFitResult
-    from .result import FitResult
+    from .result import BatchFitResult, FitResult
 
 
 def parse_assignments(items: list[str], option: str, parse_value) -> dict:
@@ -287,7 +286,7 @@ def batch_run(args) -> None:
 def batch_inputs(args) -> BatchFitResult:
     """Run the batch of fits ``customgrad fit --batch`` describes: a curve per row of ``--data`` (after `batch_run`)."""
     from .batch import fit_batch
-    from .batch_data import read_curves
+    from .data import read_curves
 
     x, y = read_curves(args.data, args.x_values)
     return fit_batch(

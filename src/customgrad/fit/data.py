@@ -1,9 +1,17 @@
-"""Data for a fit: reading CSV / whitespace tables, picking columns, and checking values (NaN policy)."""
+"""Data for a fit: reading CSV / whitespace tables and curve files, picking columns, and checking values.
+
+A single fit's data is one curve, a batch's B curves (y (B, N); x (N,) or (B, N) or a dict of them;
+sigma likewise): one check of shapes, NaN policy and sigma serves both. NaN/inf entries in x, y or
+sigma are reported (``nan_policy="raise"``, a single fit's default) or left out (``"omit"``, a batch's
+default: also how curves of different lengths are given, padded with NaN): a single fit drops those
+rows, a batch masks them per curve.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,12 +56,7 @@ class Table:
 def read_table(path: str | Path) -> Table:
     """Read a CSV file (comma or semicolon, header optional) or a whitespace-separated table."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or "not a text file"
-        raise DataError(f"cannot read data file {str(path)!r}: {reason}") from None
-    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = [line for _, line in _data_lines(path)]
     if not lines:
         raise DataError(f"data file {str(path)!r} is empty: it needs a header line and rows of numbers")
     delimiter = next((d for d in (",", ";", "\t") if d in lines[0]), None)
@@ -81,32 +84,23 @@ def read_table(path: str | Path) -> Table:
     return Table(names=names, values=values, path=str(path), has_header=bool(header))
 
 
+def _data_lines(path: Path) -> list[tuple[int, str]]:
+    """The lines of a text file with their 1-based numbers, blank lines and ``#`` comments left out."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not a text file"
+        raise DataError(f"cannot read data file {str(path)!r}: {reason}") from None
+    lines = enumerate(text.splitlines(), start=1)
+    return [(number, line) for number, line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
         return False
     return True
-
-
-@dataclass
-class FitData:
-    """Checked, aligned fit data as tensors: predictors by name, y, sigma; rows dropped by nan_policy."""
-
-    x: dict[str, torch.Tensor]
-    y: torch.Tensor
-    sigma: torch.Tensor | None
-    x_is_dict: bool
-    omitted_rows: list[int]
-
-
-def _as_array(values, what: str) -> np.ndarray:
-    array = real_array(values, what, ", one per data point")
-    if array.ndim != 1:
-        array = array.squeeze()
-        if array.ndim != 1:
-            raise DataError(f"{what} must be one-dimensional (one value per data point), got shape {array.shape}")
-    return array
 
 
 def real_array(values, what: str, per: str = "") -> np.ndarray:
@@ -141,63 +135,230 @@ def _ragged(values) -> bool:
         return False
 
 
+@dataclass
+class FitData:
+    """Checked, aligned fit data as tensors: predictors by name, y, sigma; rows dropped by nan_policy."""
+
+    x: dict[str, torch.Tensor]
+    y: torch.Tensor
+    sigma: torch.Tensor | None
+    x_is_dict: bool
+    omitted_rows: list[int]
+
+
+@dataclass
+class BatchData:
+    """Checked batch data as tensors, with the mask of the entries that count."""
+
+    x: dict[str, torch.Tensor]  # each (1, N) or (B, N)
+    y: torch.Tensor  # (B, N)
+    weights: torch.Tensor | None  # 1 / sigma, (1, N) or (B, N)
+    mask: torch.Tensor  # (B, N) bool
+    x_is_dict: bool
+    arrays: dict[str, np.ndarray]  # the float64 inputs, for one curve's single fit
+
+
+@dataclass
+class _Curves:
+    """Checked float64 curves: predictors and sigma (1, N) or (B, N), y (B, N), and where all are finite."""
+
+    columns: dict[str, np.ndarray]
+    y: np.ndarray
+    sigma: np.ndarray | None
+    mask: np.ndarray  # (B, N) bool
+    x_is_dict: bool
+
+
 def prepare_data(
     x, y, sigma=None, *, nan_policy: str = "raise", dtype=None, device=None, allow_empty: bool = False
 ) -> FitData:
-    """Check and convert fit data; rows with NaN/inf raise `DataError` naming them, or are dropped.
+    """Check and convert one curve's data; rows with NaN/inf raise `DataError` naming them, or are dropped.
 
     ``dtype``: of the tensors (default torch.float64). ``allow_empty``: no rows is fine (a rank's
     shard of a distributed fit).
     """
     import torch
 
-    if nan_policy not in NAN_POLICIES:
-        raise UsageError(f"nan_policy must be one of {{{', '.join(NAN_POLICIES)}}}, got {nan_policy!r}")
-    x_is_dict = isinstance(x, Mapping)
-    columns = {str(k): _as_array(v, f"x[{k!r}]") for k, v in x.items()} if x_is_dict else {"x": _as_array(x, "x")}
-    if not columns:
-        raise DataError("x is an empty dict: give at least one predictor, e.g. x={'t': [...]} ")
-    y_array = _as_array(y, "y")
-    named = {**columns, "y": y_array}
-    if sigma is not None:
-        named["sigma"] = _as_array(sigma, "sigma")
-    lengths = {name: len(values) for name, values in named.items()}
-    if len(set(lengths.values())) > 1:
-        listed = ", ".join(f"{name} has {n}" for name, n in lengths.items())
-        raise DataError(f"data lengths differ ({listed}): every array needs one value per data point")
-    if len(y_array) == 0 and not allow_empty:
-        raise DataError("no data: x and y are empty")
-    bad = np.zeros(len(y_array), dtype=bool)
-    for values in named.values():
-        bad |= ~np.isfinite(values)
-    omitted: list[int] = []
-    if bad.any():
-        rows = np.flatnonzero(bad).tolist()
-        shown = ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
-        columns_hit = [name for name, values in named.items() if not np.isfinite(values).all()]
-        if nan_policy == "raise":
-            raise DataError(
-                f"NaN or inf in {', '.join(columns_hit)} at rows {shown} (0-based): clean the data or "
-                "pass nan_policy='omit' (--nan-policy omit) to drop those rows"
-            )
-        omitted = rows
-        named = {name: values[~bad] for name, values in named.items()}
-        if len(named["y"]) == 0 and not allow_empty:
-            raise DataError("every row has NaN or inf: nothing left to fit")
-    if "sigma" in named and not (named["sigma"] > 0).all():
-        rows = np.flatnonzero(~(named["sigma"] > 0))[:10].tolist()
-        raise DataError(
-            f"sigma must be positive (it divides the residuals); rows {rows} (0-based) are not: "
-            "give each observation its standard deviation, or drop those rows"
-        )
+    curves = _checked(x, y, sigma, nan_policy, batch=False, allow_empty=allow_empty)
+    keep = curves.mask[0]
+
+    def tensor(values):
+        return torch.as_tensor(values[0][keep], dtype=dtype or torch.float64, device=device)
+
+    return FitData(
+        x={name: tensor(values) for name, values in curves.columns.items()},
+        y=tensor(curves.y),
+        sigma=None if curves.sigma is None else tensor(curves.sigma),
+        x_is_dict=curves.x_is_dict,
+        omitted_rows=np.flatnonzero(~keep).tolist(),
+    )
+
+
+def prepare_batch_data(x, y, sigma=None, *, nan_policy: str = "omit", dtype=None, device=None) -> BatchData:
+    """Check and convert batch data; NaN/inf entries are masked (or raise `DataError` naming curves)."""
+    import torch
+
+    curves = _checked(x, y, sigma, nan_policy, batch=True)
 
     def tensor(values):
         return torch.as_tensor(values, dtype=dtype or torch.float64, device=device)
 
-    return FitData(
-        x={name: tensor(named[name]) for name in columns},
-        y=tensor(named["y"]),
-        sigma=tensor(named["sigma"]) if "sigma" in named else None,
-        x_is_dict=x_is_dict,
-        omitted_rows=omitted,
+    named = {**curves.columns, **({} if curves.sigma is None else {"sigma": curves.sigma})}
+    return BatchData(
+        x={name: tensor(values) for name, values in curves.columns.items()},
+        y=tensor(curves.y),
+        # sigma <= 0 only where a point does not count (checked): its weight NaN, as a NaN sigma's
+        weights=None if curves.sigma is None else tensor(1 / np.where(curves.sigma > 0, curves.sigma, np.nan)),
+        mask=torch.as_tensor(curves.mask, device=device),
+        x_is_dict=curves.x_is_dict,
+        arrays={**named, "y": curves.y},
     )
+
+
+def _checked(x, y, sigma, nan_policy: str, *, batch: bool, allow_empty: bool = False) -> _Curves:
+    """x, y and sigma as float64 rows (one curve, or a batch's), their shapes, NaN/inf and sigma checked."""
+    if nan_policy not in NAN_POLICIES:
+        raise UsageError(f"nan_policy must be one of {{{', '.join(NAN_POLICIES)}}}, got {nan_policy!r}")
+    if batch:
+        y_array = _batch_array(y, "y", None)
+        if y_array.size == 0:
+            raise DataError(f"no data: y has shape {y_array.shape}; give one row of points per curve")
+
+        def convert(values, what):
+            return _batch_array(values, what, len(y_array))
+    else:
+        y_array, convert = _curve_array(y, "y"), _curve_array
+    x_is_dict = isinstance(x, Mapping)
+    columns = {str(k): convert(v, f"x[{k!r}]") for k, v in x.items()} if x_is_dict else {"x": convert(x, "x")}
+    if not columns:
+        raise DataError("x is an empty dict: give at least one predictor, e.g. x={'t': [...]}")
+    named = {**columns, "y": y_array, **({} if sigma is None else {"sigma": convert(sigma, "sigma")})}
+    lengths = {name: values.shape[-1] for name, values in named.items()}
+    if len(set(lengths.values())) > 1:
+        unit = " points per curve" if batch else ""
+        listed = ", ".join(f"{name} has {n}{unit}" for name, n in lengths.items())
+        raise DataError(f"data lengths differ ({listed}): every array needs one value per data point")
+    if y_array.size == 0 and not allow_empty:
+        raise DataError("no data: x and y are empty")
+    mask = np.ones(y_array.shape, dtype=bool)
+    for values in named.values():
+        mask &= np.isfinite(values)
+    if nan_policy == "raise" and not mask.all():
+        raise _not_finite(named, mask, batch)
+    if not batch and y_array.size and not mask.any() and not allow_empty:
+        raise DataError("every row has NaN or inf: nothing left to fit")
+    if "sigma" in named:
+        _check_sigma(named["sigma"], mask, batch)
+    return _Curves(columns, y_array, named.get("sigma"), mask, x_is_dict)
+
+
+def _curve_array(values, what: str) -> np.ndarray:
+    """One curve's array (1, N): any shape with one axis longer than 1."""
+    array = real_array(values, what, ", one per data point")
+    if array.ndim != 1:
+        array = array.squeeze()
+        if array.ndim != 1:
+            raise DataError(f"{what} must be one-dimensional (one value per data point), got shape {array.shape}")
+    return array[None, :]
+
+
+def _batch_array(values, what: str, batch: int | None) -> np.ndarray:
+    """A batch's array: (B, N) for y (``batch`` None), else (N,) for all curves or (B, N), as (1, N) or (B, N)."""
+    array = real_array(values, what)
+    if batch is None:
+        if array.ndim != 2:
+            raise DataError(f"{what} must have shape (curves, points), got shape {array.shape}")
+        return array
+    if array.ndim == 1:
+        return array[None, :]
+    if array.ndim != 2 or array.shape[0] not in (1, batch):
+        raise DataError(f"{what} must have shape (points,) or ({batch}, points) (one row per curve), got {array.shape}")
+    return array
+
+
+def _not_finite(named: dict[str, np.ndarray], mask: np.ndarray, batch: bool) -> DataError:
+    """The `DataError` of nan_policy="raise": the arrays holding NaN or inf, and the rows (curves) where."""
+    hit = [name for name, values in named.items() if not np.isfinite(values).all()]
+    places = np.flatnonzero(~mask.all(-1) if batch else ~mask[0]).tolist()
+    shown = ", ".join(map(str, places[:10])) + (f" and {len(places) - 10} more" if len(places) > 10 else "")
+    fix = (
+        "leave those entries out (also how curves of different lengths are given: pad with NaN)"
+        if batch
+        else "drop those rows"
+    )
+    return DataError(
+        f"NaN or inf in {', '.join(hit)} at {'curves' if batch else 'rows'} {shown} (0-based): clean the data "
+        f"or pass nan_policy='omit' (--nan-policy omit) to {fix}"
+    )
+
+
+def _check_sigma(sigma: np.ndarray, mask: np.ndarray, batch: bool) -> None:
+    """sigma > 0 wherever a point counts (``mask``), else a `DataError` naming the rows (curve and point)."""
+    bad = mask & ~(sigma > 0)
+    if bad.any():
+        where = (
+            f"points (curve, point) {[tuple(pair) for pair in np.argwhere(bad)[:10].tolist()]}"
+            if batch
+            else f"rows {np.flatnonzero(bad[0])[:10].tolist()}"
+        )
+        raise DataError(
+            f"sigma must be positive (it divides the residuals); {where} (0-based) are not: "
+            "give each observation its standard deviation, or drop those rows"
+        )
+
+
+def curve_data(arrays: dict[str, np.ndarray], i: int) -> tuple[dict, list[int]]:
+    """Curve ``i``'s finite entries: the columns by name, and the indices left out."""
+    rows = {name: values[0 if len(values) == 1 else i] for name, values in arrays.items()}
+    keep = np.ones(len(rows["y"]), dtype=bool)
+    for values in rows.values():
+        keep &= np.isfinite(values)
+    omitted = np.flatnonzero(~keep).tolist()
+    return {name: rows[name][keep] for name in rows}, omitted
+
+
+def read_curves(path: str | Path, x_values: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Curves from a file, one per row: x (N,) and y (B, N), empty cells NaN (shorter curves).
+
+    x is the first row (a header of numbers) or, with ``x_values``, a file of N numbers (any layout).
+    """
+    rows = _number_rows(Path(path))
+    if x_values is not None:
+        x = np.array([value for row in _number_rows(Path(x_values)) for value in row])
+        if len(rows[0]) == len(x) and np.array_equal(np.array(rows[0]), x):
+            raise DataError(
+                f"{str(path)!r}: its first row repeats the --x-values {str(x_values)!r}, so it is the x header, "
+                "not a curve: drop --x-values (the header gives x) or delete that row"
+            )
+    else:
+        if len(rows) < 2:
+            raise DataError(f"{str(path)!r}: the first row holds the x values and every further row a curve")
+        x, rows = np.array(rows[0]), rows[1:]
+    if not np.isfinite(x).all():
+        raise DataError(f"the x values ({x_values or 'the first row of ' + str(path)!r}) must all be finite numbers")
+    width = len(x)
+    for number, row in enumerate(rows, start=1):
+        if len(row) > width:
+            raise DataError(f"{str(path)!r}: curve {number} has {len(row)} values but there are {width} x values")
+    y = np.full((len(rows), width), np.nan)
+    for i, row in enumerate(rows):
+        y[i, : len(row)] = row
+    return x, y
+
+
+def _number_rows(path: Path) -> list[list[float]]:
+    """The rows of numbers of a file (comma, semicolon, tab or space separated; empty cells NaN)."""
+    rows = []
+    for number, line in _data_lines(path):
+        cells = [cell.strip() for cell in line.replace(";", ",").replace("\t", ",").split(",")]
+        if len(cells) == 1:
+            cells = line.split()
+        try:
+            rows.append([float(cell) if cell else math.nan for cell in cells])
+        except ValueError:
+            raise DataError(
+                f"{str(path)!r} line {number}: every cell must be a number (or empty), got {line!r}"
+            ) from None
+    if not rows:
+        raise DataError(f"{str(path)!r} holds no numbers")
+    return rows

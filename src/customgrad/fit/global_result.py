@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .status import TERMINATION
+from ..strict_json import json_ready
+from .status import TERMINATION, termination_message
 
 
 @dataclass
@@ -54,7 +55,7 @@ class SharedParameters:
     def summary(self) -> str:
         """One line per shared parameter (value +- stderr), the joint fit's status, cost and warnings."""
         lines = [
-            f"global fit: {self.status} ({TERMINATION[self.status][1]}), total cost {self.cost:.6g}, "
+            f"global fit: {self.status} ({termination_message(self.status)}), total cost {self.cost:.6g}, "
             f"dof {self.dof}, {self.jacobians} Jacobians"
         ]
         for name, value in self.params.items():
@@ -65,16 +66,14 @@ class SharedParameters:
 
     def as_dict(self) -> dict:
         """The shared values, errors, covariance and joint statistics, JSON-ready (NaN -> None)."""
-
-        def clean(value):
-            return value if not isinstance(value, float) or math.isfinite(value) else None
-
-        return {
-            "params": {name: clean(float(value)) for name, value in self.params.items()},
-            "stderr": {name: clean(float(value)) for name, value in self.stderr.items()},
-            "covariance": [[clean(float(v)) for v in row] for row in np.asarray(self.covariance)],
-            "status": self.status,
-            "cost": clean(float(self.cost)),
-            "dof": int(self.dof),
-            "warnings": list(self.warnings),
-        }
+        return json_ready(
+            {
+                "params": {name: float(value) for name, value in self.params.items()},
+                "stderr": {name: float(value) for name, value in self.stderr.items()},
+                "covariance": np.asarray(self.covariance, dtype=np.float64),
+                "status": self.status,
+                "cost": float(self.cost),
+                "dof": int(self.dof),
+                "warnings": list(self.warnings),
+            }
+        )

@@ -11,7 +11,7 @@ never squared). With W_b = R_AA^+ R_AC (the pseudo-inverse where a local paramet
 
 the block-inverse formula, exactly as the dense inverse. s^2 = total cost / (points - S - B L).
 Directions the data do not determine (relative singular value below `RANK_TOLERANCE`, of the scaled
-R_AA per curve or of the scaled Sigma's factor) give NaN, and a warning names them.
+R_AA per curve or of the scaled Sigma's factor, `statistics.scaled_spread`) give NaN, and a warning names them.
 """
 
 from __future__ import annotations
@@ -22,8 +22,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .jacobi import jacobi_svd
-from .statistics import INSENSITIVE, NULL_COMPONENT, RANK_TOLERANCE, safe_column_norms, with_null_groups
+from .statistics import (
+    INSENSITIVE,
+    RANK_TOLERANCE,
+    gram_pseudo_inverse,
+    null_involved,
+    safe_column_norms,
+    scaled_spread,
+    spread_uncertainty,
+)
 
 # A curve's column-scaled R_AA whose condition bound ||R||_F ||R^-1||_F stays below REGULAR_MARGIN /
 # RANK_TOLERANCE has full rank beyond doubt: its inverse is taken directly, without an SVD.
@@ -65,12 +72,11 @@ def _local_inverse(upper_local: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _svd_pseudo_inverse(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """R^+ (b, L, L) over the directions the SVD keeps, and the parameters of a null direction (b, L) bool."""
-    s, vt, _ = jacobi_svd(scaled, scaled.new_zeros(scaled.shape[:2]))
-    keep = (s[:, :1] > 0) & (s > RANK_TOLERANCE * s[:, :1])
-    inverse_squares = torch.where(keep, 1 / torch.where(keep, s, 1.0) ** 2, 0.0)
-    pseudo = (vt.transpose(-1, -2) * inverse_squares.unsqueeze(-2)) @ vt @ scaled.transpose(-1, -2)
-    return pseudo, ((vt.abs() > NULL_COMPONENT) & ~keep.unsqueeze(-1)).any(-2)
+    """R^+ = (R^T R)^+ R^T (b, L, L) over the directions the SVD keeps (`statistics.gram_pseudo_inverse`),
+    and the parameters of a null direction (b, L) bool."""
+    s, vt, core = gram_pseudo_inverse(scaled.detach().to(torch.float64).cpu().numpy())
+    pseudo = torch.from_numpy(core).to(scaled) @ scaled.transpose(-1, -2)
+    return pseudo, torch.from_numpy(null_involved(s, vt)).to(scaled.device)
 
 
 def global_uncertainty(upper, totals, sizes, variance: float, shared_names, data_norm: float, shared_values):
@@ -128,16 +134,9 @@ def _undetermined(upper: torch.Tensor, sizes: tuple[int, int]) -> GlobalUncertai
 def _shared_inverse(factor: np.ndarray, names, dead: np.ndarray):
     """Sigma^+ (kept directions only, for the local blocks) and the `Uncertainty` of the shared block
     (its covariance Sigma^-1 with NaN for the directions Sigma leaves undetermined, stderr unscaled)."""
-    norms = np.sqrt((factor * factor).sum(0))
-    scale = np.where(norms > 0, norms, 1.0)
-    _, s, vt = np.linalg.svd(factor / scale)
-    keep = s > RANK_TOLERANCE * s[0] if len(s) and s[0] > 0 else np.zeros(len(s), dtype=bool)
-    core = (vt.T * np.where(keep, 1 / np.where(keep, s, 1.0) ** 2, 0.0)) @ vt
+    scale, s, vt, core = (part[0] for part in scaled_spread(factor[None]))
     inverse = core / np.outer(scale, scale)
-    spread = np.sqrt(np.abs(np.diag(core)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        correlation = core / np.outer(spread, spread)
-    uncertainty = with_null_groups(inverse.copy(), spread / scale, correlation, s, vt, tuple(names))
+    uncertainty = spread_uncertainty(scale, s, vt, core, 1.0, tuple(names))
     for j in np.flatnonzero(dead):
         if not any(names[j] in group for group in uncertainty.not_identifiable):
             uncertainty.not_identifiable.append([names[j]])

@@ -132,6 +132,45 @@ def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSp
     return specs
 
 
+def batch_parameter_specs(params: Mapping, bounds: Mapping | None, batch: int) -> tuple[list, dict]:
+    """Specs (shared bounds, fixed flags) and the initial values per curve, name -> array (B,)."""
+    params = plain_params(params)
+    if not isinstance(params, Mapping) or not params:
+        raise UsageError("params must be a non-empty dict of name -> initial value(s), e.g. {'a': 0.0}")
+    initial, placeholders = {}, {}
+    for name, given in params.items():
+        spec = dict(given) if isinstance(given, Mapping) else {"value": given}
+        value = spec.get("value")
+        array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+        if value is not None and array.ndim == 1:
+            if len(array) != batch or array.dtype.kind not in "iuf":
+                raise UsageError(
+                    f"initial values of parameter {name!r} must be a number or {batch} numbers (one per curve), "
+                    f"got shape {array.shape}"
+                )
+            spec["value"] = float(array[0])
+            initial[name] = array.astype(np.float64)
+        placeholders[name] = spec
+    specs = parameter_specs(placeholders, bounds)
+    for spec in specs:
+        values = initial.setdefault(spec.name, np.full(batch, spec.value))
+        outside = ~np.isfinite(values) | (values < spec.lower) | (values > spec.upper)
+        if outside.any():
+            curve = int(np.flatnonzero(outside)[0])
+            raise UsageError(
+                f"parameter {spec.name!r}: initial value {values[curve]} of curve {curve} is not finite or lies "
+                f"outside its bounds [{spec.lower}, {spec.upper}]"
+            )
+    return specs, initial
+
+
+def curve_specs(specs: list[ParameterSpec], initial: dict, i: int) -> list[ParameterSpec]:
+    """The parameter specs of curve ``i`` alone."""
+    return [
+        ParameterSpec(spec.name, float(initial[spec.name][i]), spec.lower, spec.upper, spec.fixed) for spec in specs
+    ]
+
+
 def _bound(value, what: str) -> float:
     try:
         number = float(value)
@@ -154,8 +193,10 @@ def _finite(value, what: str) -> float:
     return number
 
 
-# Internal (unbounded) <-> external (bounded) coordinates, one row per kind of bound (MINUIT, lmfit).
-def _to_external(spec: ParameterSpec, t: torch.Tensor) -> torch.Tensor:
+# Internal (unbounded) <-> external (bounded) coordinates, one row per kind of bound (MINUIT, lmfit), for
+# one fit's parameters and a batch's alike (native_lm.c's `to_external` is the compiled twin).
+def to_external(spec: ParameterSpec, t: torch.Tensor) -> torch.Tensor:
+    """The value of bounded parameter ``spec`` at internal coordinates ``t``, elementwise."""
     lo, hi = spec.lower, spec.upper
     if math.isfinite(lo) and math.isfinite(hi):
         return lo + (hi - lo) * (torch.sin(t) + 1) / 2
@@ -164,22 +205,36 @@ def _to_external(spec: ParameterSpec, t: torch.Tensor) -> torch.Tensor:
     return hi + 1 - torch.sqrt(t * t + 1)
 
 
-def _external_slope(spec: ParameterSpec, t: float) -> float:
-    # d external / d internal of `_to_external`, for the chain rule on Jacobian columns.
+def external_slope(spec: ParameterSpec, t: torch.Tensor | float) -> torch.Tensor | float:
+    """d external / d internal of `to_external`, elementwise (the chain rule on Jacobian columns); of a
+    tensor, or of a float (numpy: a fraction of a torch call, for one fit's few parameters)."""
     lo, hi = spec.lower, spec.upper
+    xp = torch if isinstance(t, torch.Tensor) else np
     if math.isfinite(lo) and math.isfinite(hi):
-        return (hi - lo) * math.cos(t) / 2
-    slope = t / math.sqrt(t * t + 1)
+        return (hi - lo) * xp.cos(t) / 2
+    slope = t / xp.sqrt(t * t + 1)
     return slope if math.isfinite(lo) else -slope
 
 
-def _to_internal(spec: ParameterSpec, value: float) -> float:
+def to_internal(spec: ParameterSpec, values: np.ndarray) -> np.ndarray:
+    """The internal coordinates of bounded parameter ``spec``'s ``values``, elementwise (`to_external`'s inverse)."""
     lo, hi = spec.lower, spec.upper
     if math.isfinite(lo) and math.isfinite(hi):
-        return math.asin(min(1.0, max(-1.0, 2 * (value - lo) / (hi - lo) - 1)))
+        return np.arcsin(np.clip(2 * (values - lo) / (hi - lo) - 1, -1.0, 1.0))
     if math.isfinite(lo):
-        return math.sqrt((value - lo + 1) ** 2 - 1)
-    return math.sqrt((hi - value + 1) ** 2 - 1)
+        return np.sqrt((values - lo + 1) ** 2 - 1)
+    return np.sqrt((hi - values + 1) ** 2 - 1)
+
+
+def external_values(theta: torch.Tensor, bounded: list[tuple[int, ParameterSpec]], dim: int) -> torch.Tensor:
+    """Parameter values from internal coordinates ``theta``, the parameters along ``dim``; ``bounded``:
+    (position, spec) of each bounded one (the others are their own values)."""
+    if not bounded:
+        return theta
+    parts = list(theta.unbind(dim))
+    for i, spec in bounded:
+        parts[i] = to_external(spec, parts[i])
+    return torch.stack(parts, dim)
 
 
 class Model:
@@ -255,17 +310,12 @@ class Model:
 
     def initial_theta(self) -> torch.Tensor:
         """Internal coordinates of the initial values, shape (p,)."""
-        values = [_to_internal(s, s.value) if s.bounded else s.value for s in self.free]
+        values = [float(to_internal(s, np.float64(s.value))) if s.bounded else s.value for s in self.free]
         return torch.tensor(values, dtype=self.y.dtype, device=self.y.device)
 
     def external(self, theta: torch.Tensor) -> torch.Tensor:
         """Parameter values from internal coordinates (rows of ``theta``: one per free parameter)."""
-        if not self.bounded:
-            return theta
-        rows = list(theta.unbind(0))
-        for i, spec in self.bounded:
-            rows[i] = _to_external(spec, rows[i])
-        return torch.stack(rows)
+        return external_values(theta, self.bounded, 0)
 
     def predict(self, values: torch.Tensor) -> torch.Tensor:
         """Model predictions f(x; values) for external parameter values (p,) or (p, n)."""
@@ -355,7 +405,7 @@ class Model:
         if self.bounded and not external:
             internal = theta.tolist()
             for i, spec in self.bounded:
-                block[i] *= _external_slope(spec, internal[i])
+                block[i] *= float(external_slope(spec, internal[i]))
         return block
 
     def check_pointwise(self, theta: torch.Tensor) -> None:

@@ -59,7 +59,7 @@ _LOCK = threading.Lock()
 CALL_CURVES = 2048
 # What each input of the generated functions is, for `native_lm.c`'s Problem.kind.
 SHARED_COLUMN, CURVE_COLUMN, FREE, FIXED = range(4)
-# Bound kinds for Problem.bound (see `model._to_external`).
+# Bound kinds for Problem.bound (see `model.to_external`).
 UNBOUNDED, BOTH, LOWER, UPPER = range(4)
 
 

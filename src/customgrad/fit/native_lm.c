@@ -569,24 +569,30 @@ CG_FN int scaled_svd(Work *W, int64_t p, const double *values, double floor) {
   return finite;
 }
 
+/* Entry (i, j) of core = V diag(1 / S^2) V^T over the directions kept (singular values above
+   `statistics.RANK_TOLERANCE` of the largest) of the SVD in W (`statistics.gram_pseudo_inverse`). */
+CG_FN double core_entry(const Work *W, int64_t p, int64_t i, int64_t j, const Options *O) {
+  double core = 0;
+  for (int64_t m = 0; m < p; m++)
+    if (W->s[0] > 0 && W->s[m] > O->statistics_rank_tolerance * W->s[0])
+      core += W->vt[m * p + i] * W->vt[m * p + j] / (W->s[m] * W->s[m]);
+  return core;
+}
+
 /* Standard errors of curve b from the R of J (with respect to the values) at its solution (as
-   `batch_statistics.batch_stderr`): s^2 D^-1 V diag(1 / S^2) V^T D^-1, NaN for undetermined ones. */
+   `statistics.batch_stderr`): s^2 D^-1 V diag(1 / S^2) V^T D^-1, NaN for the parameters of a null
+   direction (their entry of the projector onto the null space above `statistics.NULL_COMPONENT`^2). */
 CG_FN void standard_errors(Work *W, int64_t p, double cost, double dof, const Options *O, double *out) {
   int finite = scaled_svd(W, p, NULL, 0);
   double variance = dof > 0 ? cost / dof : NAN;
   for (int64_t i = 0; i < p; i++) {
-    double diagonal = 0;
-    int involved = 0;
-    for (int64_t j = 0; j < p; j++) {
-      int kept = W->s[0] > 0 && W->s[j] > O->statistics_rank_tolerance * W->s[0];
-      double component = W->vt[j * p + i];
-      if (kept)
-        diagonal += component * component / (W->s[j] * W->s[j]);
-      else if (fabs(component) > O->null_component)
-        involved = 1;
-    }
+    double null_share = 0;
+    for (int64_t m = 0; m < p; m++)
+      if (!(W->s[0] > 0 && W->s[m] > O->statistics_rank_tolerance * W->s[0]))
+        null_share += W->vt[m * p + i] * W->vt[m * p + i];
+    int involved = null_share > O->null_component * O->null_component;
     /* square roots before the units, so that parameters near 1e300 keep finite errors */
-    out[i] = involved || !finite ? NAN : sqrt(fabs(diagonal)) * sqrt(variance) / W->scale[i];
+    out[i] = involved || !finite ? NAN : sqrt(fabs(core_entry(W, p, i, i, O))) * sqrt(variance) / W->scale[i];
   }
 }
 
@@ -765,14 +771,8 @@ CG_FN void report_task(const Problem *P, const Options *O, Work *W, int64_t k, i
   double variance = R->absolute ? unit * unit : R->dof[k] > 0 ? cost / R->dof[k] : NAN;
   double *covariance = R->covariance + k * p * p, *correlation = R->correlation + k * p * p;
   double *spread = W->products; /* sqrt |core_ii| */
-  for (int64_t i = 0; i < p; i++)
-    for (int64_t j = 0; j < p; j++) {
-      double core = 0;
-      for (int64_t m = 0; m < p; m++)
-        if (W->s[0] > 0 && W->s[m] > O->statistics_rank_tolerance * W->s[0])
-          core += W->vt[m * p + i] * W->vt[m * p + j] / (W->s[m] * W->s[m]);
-      covariance[i * p + j] = core; /* units below, once every core_ii is known */
-    }
+  for (int64_t i = 0; i < p; i++) /* units below, once every core_ii is known */
+    for (int64_t j = 0; j < p; j++) covariance[i * p + j] = core_entry(W, p, i, j, O);
   for (int64_t i = 0; i < p; i++) spread[i] = sqrt(fabs(covariance[i * p + i]));
   for (int64_t i = 0; i < p; i++) {
     R->stderr[k * p + i] = finite ? sqrt(variance) * spread[i] / W->scale[i] : NAN;

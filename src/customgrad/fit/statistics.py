@@ -2,6 +2,10 @@
 of J = QR (the same small R Levenberg-Marquardt steps with), with the diagnostics a careful analyst
 adds: rank deficiency (which parameters are not identifiable), parameters the model no longer depends
 on, ill-conditioning, and parameters at their bounds.
+
+One routine, `scaled_spread`, does the linear algebra for a stack of R's (B, p, p): a single fit's
+`uncertainty` is the stack of one, a batch's `batch_stderr` (and the shared block of a global fit) the
+same numbers for all curves at once.
 """
 
 from __future__ import annotations
@@ -39,15 +43,16 @@ class Uncertainty:
 
 
 def column_norms(matrix: np.ndarray) -> np.ndarray:
-    """||A_j||; where the squares leave float64's range, as m_j ||A_j / m_j|| with m_j = max_i |A_ij|
-    (entries near 1e-200 or 1e200 neither underflow nor overflow; others keep the plain sum of squares).
+    """||A_j|| of each matrix's columns, (..., p) from (..., n, p); where the squares leave float64's range,
+    as m_j ||A_j / m_j|| with m_j = max_i |A_ij| (entries near 1e-200 or 1e200 neither underflow nor
+    overflow; others keep the plain sum of squares).
     """
-    plain = np.sqrt(np.einsum("ij,ij->j", matrix, matrix))
+    plain = np.sqrt(np.einsum("...ij,...ij->...j", matrix, matrix))
     if ((plain > 1e-140) & (plain < 1e140)).all():
         return plain
-    largest = np.abs(matrix).max(axis=0, initial=0.0)
-    safe = np.where(largest > 0, largest, 1.0)
-    scaled = largest * np.sqrt(np.einsum("ij,ij->j", matrix / safe, matrix / safe))
+    largest = np.abs(matrix).max(axis=-2, initial=0.0)
+    safe = np.expand_dims(np.where(largest > 0, largest, 1.0), -2)
+    scaled = largest * np.sqrt(np.einsum("...ij,...ij->...j", matrix / safe, matrix / safe))
     return np.where((plain > 1e-140) & (plain < 1e140), plain, scaled)
 
 
@@ -102,18 +107,52 @@ def uncertainty(
     upper = reduce_to_r(jacobian)
     if not np.isfinite(upper).all():
         return undetermined(names)
-    norms = column_norms(upper)
     if values is not None and data_norm is not None and data_norm > 0:
-        reach = norms * np.maximum(np.abs(np.asarray(values, dtype=np.float64)), 1.0)
+        reach = column_norms(upper) * np.maximum(np.abs(np.asarray(values, dtype=np.float64)), 1.0)
         upper = np.where(reach < INSENSITIVE * data_norm, 0.0, upper)  # such a column is rounding noise
-        norms = np.where(reach < INSENSITIVE * data_norm, 0.0, norms)
-    scale = np.where(norms > 0, norms, 1.0)
-    _, s, vt = np.linalg.svd(upper / scale)
-    keep = kept_directions(s)
     variance = unit * unit if absolute else cost / dof if dof > 0 else math.nan
-    # (D^-1 J^T J D^-1)^+ in the scaled coordinates, entries of order 1; the units come last, and
-    # stderr takes its square root before them, so parameters near 1e300 keep finite stderr
-    core = (vt.T * np.where(keep, 1 / np.where(keep, s, 1.0) ** 2, 0.0)) @ vt
+    return spread_uncertainty(*(part[0] for part in scaled_spread(upper[None])), variance, names)
+
+
+def batch_stderr(upper: torch.Tensor, cost: torch.Tensor, dof: torch.Tensor) -> torch.Tensor:
+    """Standard errors s_b sqrt(core_jj) / D_j (B, p), s_b^2 = cost_b / dof_b, from the R factors ``upper``
+    (B, p, p) of the Jacobians at the solutions: `uncertainty`'s numbers for every curve at once."""
+    matrices = upper.detach().to(torch.float64).cpu().numpy()
+    finite = np.isfinite(matrices).all((-2, -1))
+    scale, s, vt, core = scaled_spread(np.where(finite[:, None, None], matrices, 0.0))
+    cost, dof = (part.detach().to(torch.float64).cpu().numpy() for part in (cost, dof))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance = np.where(dof > 0, cost / np.maximum(dof, 1), math.nan)
+        # square roots before the units: parameters near 1e300 keep finite errors
+        stderr = np.sqrt(np.abs(np.diagonal(core, axis1=-2, axis2=-1))) * np.sqrt(variance)[:, None] / scale
+    stderr = np.where(null_involved(s, vt) | ~finite[:, None], math.nan, stderr)
+    return torch.from_numpy(stderr).to(upper)
+
+
+def scaled_spread(upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """D, S, V^T and core = V diag(1/S^2) V^T (kept directions) of R D^-1 = U diag(S) V^T per matrix of the
+    stack ``upper`` (B, p, p), D its column norms (1 for zero columns): core = (D^-1 J^T J D^-1)^+, entries of
+    order 1; units come last, stderr taking its square root first (parameters near 1e300 keep finite errors)."""
+    norms = column_norms(upper)
+    scale = np.where(norms > 0, norms, 1.0)
+    s, vt, core = gram_pseudo_inverse(upper / np.expand_dims(scale, -2))
+    return scale, s, vt, core
+
+
+def gram_pseudo_inverse(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """S, V^T and (A^T A)^+ = V diag(1/S^2) V^T over the kept directions of A = U diag(S) V^T, per
+    matrix of the stack ``matrix`` (B, p, p) (`kept_directions`)."""
+    _, s, vt = np.linalg.svd(matrix)
+    keep = kept_directions(s)
+    inverse_squares = np.where(keep, 1 / np.where(keep, s, 1.0) ** 2, 0.0)
+    return s, vt, (np.swapaxes(vt, -1, -2) * np.expand_dims(inverse_squares, -2)) @ vt
+
+
+def spread_uncertainty(
+    scale: np.ndarray, s: np.ndarray, vt: np.ndarray, core: np.ndarray, variance: float, names
+) -> Uncertainty:
+    """The `Uncertainty` cov = variance D^-1 core D^-1 of one matrix's `scaled_spread`, its standard
+    errors and correlation, with the parameters of null directions grouped and set to NaN."""
     spread = np.sqrt(np.abs(np.diag(core)))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         stderr = math.sqrt(variance) * spread / scale
@@ -123,8 +162,17 @@ def uncertainty(
 
 
 def kept_directions(s: np.ndarray) -> np.ndarray:
-    """Which singular values (decreasing) count: above `RANK_TOLERANCE` of the largest, none when it is 0."""
-    return s > RANK_TOLERANCE * s[0] if len(s) and s[0] > 0 else np.zeros(len(s), dtype=bool)
+    """Which singular values (decreasing, (..., p)) count: above `RANK_TOLERANCE` of the largest, none when it is 0."""
+    largest = s[..., :1]
+    return (largest > 0) & (s > RANK_TOLERANCE * largest)
+
+
+def null_involved(s: np.ndarray, vt: np.ndarray) -> np.ndarray:
+    """Which parameters (..., p) take part in a null direction of the SVD ``s`` (..., p), ``vt`` (..., p, p):
+    their diagonal entry of the projector V0 V0^T onto the null space exceeds `NULL_COMPONENT`^2 (as
+    `_null_groups`; any basis of the null space gives the same)."""
+    null = ~kept_directions(s)
+    return (vt * vt * np.expand_dims(null, -1)).sum(-2) > NULL_COMPONENT**2
 
 
 def undetermined(names: tuple[str, ...]) -> Uncertainty:

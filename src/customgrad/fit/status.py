@@ -7,7 +7,7 @@ The bottom of the fit package: it imports nothing of customgrad.
 from __future__ import annotations
 
 # Termination reasons: status -> (success, message). One row per way a solver can stop. ``{steps}`` is
-# the step-limit option as the caller spells it (`result.termination_message`).
+# the step-limit option as the caller spells it (`termination_message`).
 TERMINATION: dict[str, tuple[bool, str]] = {
     "ftol": (True, "converged: the relative reduction of the cost fell below ftol"),
     "xtol": (True, "converged: the relative step size fell below xtol"),
@@ -45,6 +45,12 @@ TERMINATION: dict[str, tuple[bool, str]] = {
     ),
     "no_data": (False, "not fitted: the curve has no finite data points (fit_batch: NaN results, the others fitted)"),
 }
+
+
+def termination_message(status: str, steps_option: str = "max_steps") -> str:
+    """Why a solver stopped (`TERMINATION`), naming the step-limit option as ``steps_option`` (CLI: --steps)."""
+    return TERMINATION[status][1].format(steps=steps_option)
+
 
 # Status codes per problem (0 while running): the names of `TERMINATION` the solvers exchange as integers.
 STATUSES = ("", "ftol", "xtol", "gtol", "roundoff", "exact", "drift", "max_steps", "nonfinite")

@@ -381,19 +381,19 @@ def _fit_on_this_rank(args) -> int:
 
 
 def _fit_run(args) -> str:
-    from .fit.cli_inputs import fit_run
+    from .fit_command import fit_run
 
     return fit_run(args)
 
 
 def _check_batch(args) -> None:
-    from .fit.cli_inputs import batch_run
+    from .fit_command import batch_run
 
     batch_run(args)
 
 
 def _run_batch_fit(args) -> int:
-    from .fit.cli_inputs import batch_inputs
+    from .fit_command import batch_inputs
     from .plot import check_image_path, check_writable
 
     _check_batch(args)
@@ -420,7 +420,7 @@ def _run_batch_fit(args) -> int:
 
 
 def _run_model_fit(args) -> int:
-    from .fit.cli_inputs import fit_inputs, response_name
+    from .fit_command import fit_inputs, response_name
     from .plot import check_image_path
 
     json_path = _json_destination(args)

@@ -1,7 +1,7 @@
 """Fitting: `fit` (Levenberg-Marquardt and gradient-based solvers), `FitResult`, and the NIST StRD reader.
 
 The names are imported on first use (module ``__getattr__``), so that the command line can import
-what checks its options (``fit.cli_inputs``, ``fit.formula_model``) without torch.
+what checks its options (``customgrad.fit_command``, ``fit.formula_model``) without torch.
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import DataError, UsageError
-from .formula_model import check_formula
+from .errors import DataError, UsageError
+from .fit.formula_model import check_formula
 
 if TYPE_CHECKING:
-    from .result import BatchFitResult, FitResult
+    from .fit.result import BatchFitResult, FitResult
 
 
 def parse_assignments(items: list[str], option: str, parse_value) -> dict:
@@ -158,7 +158,7 @@ def fit_run(args) -> str:
 
 def _checked_table(args):
     """The --data table, once the model, the initial values and the columns asked for are there."""
-    from .data import read_table
+    from .fit.data import read_table
 
     if args.model is None:
         raise UsageError(f'--data {args.data!r} is a table: give the model with --model, e.g. --model "a + b*x"')
@@ -190,8 +190,8 @@ def response_name(args) -> str:
 
 def fit_inputs(args) -> FitResult:
     """Run the fit the ``customgrad fit`` options describe and return its result (after `fit_run`)."""
-    from .api import fit, fit_experiment
-    from .nist import read_nist
+    from .fit.api import fit, fit_experiment
+    from .fit.nist import read_nist
 
     params = parse_assignments(args.param, "--param", _number)
     bounds = parse_assignments(args.bound, "--bound", _bounds)
@@ -241,7 +241,7 @@ def _rows_of_this_rank(x, y, sigma):
     """This process's share of the rows of x (array or dict), y and sigma: consecutive, near-equal sizes."""
     import torch.distributed as dist
 
-    from .distributed import local_shard
+    from .fit.distributed import local_shard
 
     rows = local_shard(len(y), dist.get_rank(), dist.get_world_size())
     x = {name: values[rows] for name, values in x.items()} if isinstance(x, dict) else x[rows]
@@ -285,8 +285,8 @@ def batch_run(args) -> None:
 
 def batch_inputs(args) -> BatchFitResult:
     """Run the batch of fits ``customgrad fit --batch`` describes: a curve per row of ``--data`` (after `batch_run`)."""
-    from .batch import fit_batch
-    from .data import read_curves
+    from .fit.batch import fit_batch
+    from .fit.data import read_curves
 
     x, y = read_curves(args.data, args.x_values)
     return fit_batch(

@@ -6,6 +6,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -78,18 +79,16 @@ def fit(
     y : array or tensor
         Observations, one per data point.
     params : dict
-        Name -> initial value, or name -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``, or
-        name -> ``{"expr": "2*a"}``: a parameter tied to others (substituted into the model; reported
-        with its standard error propagated from theirs). lmfit's spelling is accepted too:
-        ``{"vary": False}`` for ``{"fixed": True}``, and an ``lmfit.Parameters`` object.
+        Name -> initial value, or -> ``{"value": v, "min": lo, "max": hi, "fixed": bool}``, or -> ``{"expr":
+        "2*a"}`` (tied: substituted into the model, its error propagated); lmfit's ``{"vary": False}``
+        and ``lmfit.Parameters`` are accepted.
     method : {"lm", "lbfgs", "adam", "sgd"}
         Levenberg-Marquardt with exact Jacobians (default), or a gradient-based optimiser.
     sigma : array, optional
         Standard deviation of each observation; residuals are divided by it.
     absolute_sigma : bool
-        As in SciPy's ``curve_fit``: False (default) scales the covariance by the reduced chi-square
-        chisqr / nfree, so only the relative sizes of ``sigma`` matter; True takes ``sigma`` as the
-        absolute standard deviations, cov = (J^T J)^-1 of the weighted Jacobian.
+        As SciPy's ``curve_fit``: False scales the covariance by chisqr / nfree (only relative ``sigma``
+        matters); True takes ``sigma`` as absolute, cov = (J^T J)^-1 of the weighted Jacobian.
     bounds : dict of str -> (lower, upper), optional
         Bounds per parameter (None for an open side).
     loss : {"linear", "soft_l1", "huber", "cauchy"}
@@ -101,141 +100,131 @@ def fit(
     progress : bool
         Show a progress bar on a terminal.
     decimal_data : dict of str -> list of str, optional
-        The data as decimal text (data names and "y"), as files hold it. When float64 rounding would
-        swamp the final cost (residuals near 1e-16 of the data), a formula model's cost is
-        recomputed from this text in 40-digit arithmetic. The file readers pass it.
+        The data as decimal text (data names and "y"), as the file readers pass it: where float64
+        rounding swamps the final cost, a formula model's cost is recomputed from it in 40 digits.
     chunk_size : int, optional
-        Build the Levenberg-Marquardt step from chunks of this many rows (R accumulated by TSQR), so
-        the Jacobian is never held whole: memory O(chunk_size p + n) for long data. Linear loss only;
-        no geodesic acceleration.
+        LM steps from chunks of this many rows (R accumulated by TSQR; memory O(chunk_size p + n)).
+        Linear loss only; no geodesic acceleration.
     distributed : bool
-        Inside an initialised torch.distributed process group: ``x``, ``y`` and ``sigma`` are this
-        rank's shard of the rows (possibly none), and every rank gets the fit of all rows (LM: the
-        same steps as one process; gradient solvers: all-reduced gradients). See `distributed`. The
-        result's ``data`` holds this rank's rows only; `FitResult.conf_interval`, called on every
-        rank, re-fits over every rank's rows (collectively, as the fit did).
+        In a torch.distributed group: ``x``, ``y``, ``sigma`` are this rank's rows (maybe none); every
+        rank gets the fit of all rows (`distributed`), ``data`` holds its own rows, and
+        `FitResult.conf_interval`, called on every rank, re-fits collectively.
     engine : {"auto", "native", "torch"}
-        Where Levenberg-Marquardt runs: "native" in compiled C (`native`: a formula model, linear
-        loss, CPU float64, no ``on_step``/``progress``/``chunk_size``/``distributed``, a C compiler),
-        "torch" in Python over torch tensors (`batch_lm` over a batch of one; everything else), "auto"
-        native where it can and the model's library is built (after `native.BUILD_AFTER_FITS` fits of
-        one model in a process it is built in the background; a one-off fit never waits for the
-        compiler).
-        The two take the same steps up to roundoff.
+        Where LM runs: "native" in compiled C (a formula model, linear loss, CPU float64, no ``on_step``,
+        ``progress``, ``chunk_size`` or ``distributed``), "torch" over tensors (`batch_lm`, a batch of
+        one), "auto" native once the model's library is built (`native.BUILD_AFTER_FITS`; a one-off fit
+        never waits for the compiler). They take the same steps up to roundoff.
     """
     start_time = time.perf_counter()
+    given = dict(locals())  # every argument by name, as given: checked into `_Options` inside
+    with threads_for(_jacobian_size(y, params), device):
+        return _fit(given)
+
+
+def _jacobian_size(y, params) -> int:
+    """len(y) * len(params), 0 where they have no length (bad input is reported by the checks inside)."""
     try:
-        entries = len(y) * len(params)  # Jacobian size; bad input is reported by the checks inside
+        return len(y) * len(params)
     except TypeError:
-        entries = 0
-    with threads_for(entries, device):
-        return _fit(
-            model,
-            x,
-            y,
-            params=params,
-            method=method,
-            sigma=sigma,
-            bounds=bounds,
-            loss=loss,
-            max_steps=max_steps,
-            dtype=dtype,
-            device=device,
-            progress=progress,
-            nan_policy=nan_policy,
-            learning_rate=learning_rate,
-            ftol=ftol,
-            xtol=xtol,
-            gtol=gtol,
-            on_step=on_step,
-            decimal_data=decimal_data,
-            start_time=start_time,
-            distributed=distributed,
-            absolute_sigma=absolute_sigma,
-            chunk_size=chunk_size,
-            engine=engine,
+        return 0
+
+
+@dataclass
+class _Options:
+    """`fit`'s options, checked (`checked`: a `UsageError` naming the bad one): the solver and the loss's
+    rho (None: linear) they name, max_steps (the method's default for None), the tolerances."""
+
+    method: str
+    solver: Callable
+    loss: str
+    rho: Callable | None
+    max_steps: int
+    learning_rate: float | None
+    tolerances: dict
+    on_step: Callable | None
+    progress: bool
+    engine: str
+    absolute_sigma: bool
+    chunk_size: int | None
+    distributed: bool
+
+    @classmethod
+    def checked(cls, given: Mapping) -> _Options:
+        method, engine, loss = given["method"], given["engine"], given["loss"]
+        solver = get_solver(method)
+        check_engine(engine)
+        rho = get_loss(loss)
+        max_steps = DEFAULT_STEPS[method] if given["max_steps"] is None else given["max_steps"]
+        if not isinstance(max_steps, numbers.Integral) or isinstance(max_steps, bool) or max_steps < 1:
+            raise UsageError(f"max_steps must be a positive integer, got {max_steps!r}")
+        learning_rate = given["learning_rate"]
+        if learning_rate is not None:
+            learning_rate = _number(learning_rate, "learning_rate", positive=True)
+        tolerances = {name: _number(given[name], name) for name in ("ftol", "xtol", "gtol")}
+        on_step, absolute_sigma = given["on_step"], given["absolute_sigma"]
+        if on_step is not None and not callable(on_step):
+            raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
+        if not isinstance(absolute_sigma, (bool, np.bool_)):
+            raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
+        chunk_size = _chunk_size(given["chunk_size"], loss)
+        return cls(
+            method, solver, loss, rho, int(max_steps), learning_rate, tolerances, on_step, bool(given["progress"]),
+            engine, bool(absolute_sigma), chunk_size, bool(given["distributed"]),
+        )  # fmt: skip
+
+    def summary(self, given: Mapping) -> str:
+        """What every rank must agree on, in words (`Shards.raise_together`)."""
+        model = given["model"]
+        about = model if isinstance(model, str) else getattr(model, "__name__", "callable")
+        columns = sorted(map(str, given["x"])) if isinstance(given["x"], Mapping) else ["x"]
+        options = (self.method, self.loss, str(given["dtype"]), self.max_steps, *self.tolerances.values())
+        options += (self.learning_rate, given["sigma"] is None, given["nan_policy"])
+        options += (self.chunk_size, self.absolute_sigma, self.engine)
+        return (
+            f"model {about!r}, params {given['params']!r}, bounds {given['bounds']!r}, columns {columns}, "
+            f"options {options}"
         )
 
 
-def _fit(
-    model,
-    x,
-    y,
-    *,
-    params,
-    method,
-    sigma,
-    bounds,
-    loss,
-    max_steps,
-    dtype,
-    device,
-    progress,
-    nan_policy,
-    learning_rate,
-    ftol,
-    xtol,
-    gtol,
-    on_step,
-    decimal_data,
-    start_time,
-    distributed=False,
-    absolute_sigma=False,
-    chunk_size=None,
-    engine="auto",
-) -> FitResult:
-    shards = Shards() if distributed else None
-    failure = None
+def _fit(given: Mapping) -> FitResult:
+    """`fit` of the arguments ``given`` by name (its ``locals()`` on entry)."""
+    shards = Shards() if given["distributed"] else None
+    failure = options = None
     try:
-        dtype, device = _dtype_and_device(dtype, device)
-        solver, rho, max_steps, learning_rate, ftol, xtol, gtol = _checked_options(
-            method, engine, loss, max_steps, learning_rate, ftol, xtol, gtol, on_step, absolute_sigma
-        )
-        params, ties = split_ties(plain_params(params), bounds)
-        specs = parameter_specs(params, bounds)
-        data = prepare_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device, allow_empty=distributed)
-        problem, theta, start = _problem(model, data, specs, ties, _chunk_size(chunk_size, loss))
+        dtype, device = _dtype_and_device(given["dtype"], given["device"])
+        options = _Options.checked(given)
+        params, ties = split_ties(plain_params(given["params"]), given["bounds"])
+        specs = parameter_specs(params, given["bounds"])
+        data = prepare_data(
+            given["x"], given["y"], given["sigma"], nan_policy=given["nan_policy"], dtype=dtype, device=device,
+            allow_empty=shards is not None,
+        )  # fmt: skip
+        problem, theta, start = _problem(given["model"], data, specs, ties, options.chunk_size)
     except CustomgradError as error:
         if shards is None:
             raise
         failure = error
     if shards is not None:
         # every rank learns of any rank's bad input, and of ranks fitting different things: none hangs
-        about = (model if isinstance(model, str) else getattr(model, "__name__", "callable"), params, bounds)
-        columns = sorted(map(str, x)) if isinstance(x, Mapping) else ["x"]
-        options = (method, loss, str(dtype), max_steps, ftol, xtol, gtol, learning_rate, sigma is None, nan_policy)
-        options += (chunk_size, bool(absolute_sigma), engine)
-        shards.raise_together(
-            failure,
-            f"model {about[0]!r}, params {about[1]!r}, bounds {about[2]!r}, columns {columns}, options {options}",
-        )
+        about = options.summary(given) if options is not None else "options that could not be read"
+        shards.raise_together(failure, about)
         if data.omitted_rows:
             data.omitted_rows = []  # row numbers are per shard: not reported
-    if shards is not None:
-        progress = progress and shards.rank == 0  # only rank 0 prints
-    tolerances = dict(ftol=ftol, xtol=xtol, gtol=gtol)
-    calls = _Calls(problem, rho, shards, method == "lm" and rho is None, start)
+        options.progress = options.progress and shards.rank == 0  # only rank 0 prints
+    calls = _Calls(problem, options.rho, shards, options.method == "lm" and options.rho is None, start)
     native, outcome = _solve(
-        calls, theta, method, solver, engine, max_steps, learning_rate, tolerances, progress, on_step
+        calls, theta, options.method, options.solver, options.engine, options.max_steps, options.learning_rate,
+        options.tolerances, options.progress, options.on_step,
     )  # fmt: skip
     exact = None
-    if decimal_data is not None and not data.omitted_rows:
-        exact = {name: list(texts) for name, texts in decimal_data.items()}
-    source = FitSource(problem, loss, bool(absolute_sigma), data.x_is_dict, ties, shards=shards)
-    seconds = time.perf_counter() - start_time
+    if given["decimal_data"] is not None and not data.omitted_rows:
+        exact = {name: list(texts) for name, texts in given["decimal_data"].items()}
+    source = FitSource(problem, options.loss, options.absolute_sigma, data.x_is_dict, ties, shards=shards)
+    seconds = time.perf_counter() - given["start_time"]
     return _result(
-        problem,
-        outcome,
-        method,
-        loss,
-        data.omitted_rows,
-        seconds,
-        exact,
-        source,
-        shards,
-        native=native,
-        unit=calls.scale,
-    )
+        problem, outcome, options.method, options.loss, data.omitted_rows, seconds, exact, source, shards,
+        native=native, unit=calls.scale,
+    )  # fmt: skip
 
 
 class _Calls:
@@ -340,26 +329,6 @@ def check_engine(engine: str) -> None:
     """A `UsageError` unless ``engine`` is one of `ENGINES` (`fit`'s and `fit_batch`'s)."""
     if engine not in ENGINES:
         raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
-
-
-def _checked_options(method, engine, loss, max_steps, learning_rate, ftol, xtol, gtol, on_step, absolute_sigma):
-    """`fit`'s options checked (a `UsageError` naming the bad one): the solver, the loss's rho (None:
-    linear), max_steps (the method's default for None), learning_rate, ftol, xtol and gtol."""
-    solver = get_solver(method)
-    check_engine(engine)
-    rho = get_loss(loss)
-    if max_steps is None:
-        max_steps = DEFAULT_STEPS[method]
-    if not isinstance(max_steps, numbers.Integral) or isinstance(max_steps, bool) or max_steps < 1:
-        raise UsageError(f"max_steps must be a positive integer, got {max_steps!r}")
-    if learning_rate is not None:
-        learning_rate = _number(learning_rate, "learning_rate", positive=True)
-    ftol, xtol, gtol = (_number(value, name) for value, name in ((ftol, "ftol"), (xtol, "xtol"), (gtol, "gtol")))
-    if on_step is not None and not callable(on_step):
-        raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
-    if not isinstance(absolute_sigma, (bool, np.bool_)):
-        raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
-    return solver, rho, int(max_steps), learning_rate, ftol, xtol, gtol
 
 
 def _native_engine(engine: str, problem, method: str, rho, shards, callback):

@@ -61,20 +61,15 @@ def fit_batch(
     Parameters
     ----------
     model : str or callable
-        As for `fit`: a formula (its generated Jacobian is used), or a callable ``f(x, **params)``
-        of torch ops, differentiated by torch.func per curve (vmapped).
+        As for `fit`: a formula, or a callable ``f(x, **params)`` of torch ops (torch.func, vmapped).
     x : array of shape (N,) or (B, N), or dict of str -> such arrays
         The predictor(s): shared by all curves, or one row per curve.
     y : array of shape (B, N)
-        One curve per row. NaN entries are left out (``nan_policy="omit"``): pad shorter curves with NaN.
-        A CUDA tensor is fitted on its GPU unless ``device`` says otherwise (the results, numpy arrays,
-        are the same either way).
+        One curve per row (pad shorter ones with NaN: left out); a CUDA tensor is fitted on its GPU.
     params : dict
-        Name -> initial value (a number, or B numbers), or name -> {"value", "min", "max", "fixed",
-        "shared"} (or lmfit's "vary", or an ``lmfit.Parameters``). ``"shared": True`` makes one value of
-        that parameter for the whole batch, fitted jointly with the others per curve (a global fit,
-        `global_lm`): ``result.shared`` holds it and the joint covariance; every engine runs that one
-        tensor solver.
+        Name -> initial value (a number, or B numbers), or -> {"value", "min", "max", "fixed", "shared"}
+        (or lmfit's "vary", or ``lmfit.Parameters``). ``"shared": True``: one value for the whole batch,
+        fitted jointly with the per-curve ones (a global fit, `global_lm`; ``result.shared``).
     method : {"lm"}
         Levenberg-Marquardt, batched (the same steps as `fit` takes for each curve alone).
     sigma : array of shape (N,) or (B, N), optional
@@ -89,14 +84,10 @@ def fit_batch(
         Inside an initialised torch.distributed process group, with the same arguments on every rank:
         each rank fits its share of the curves, and every rank gets all results.
     engine : {"auto", "native", "torch"}
-        "native": each curve's LM in compiled C, the curves in parallel (`native`: formula models,
-        CPU float64, a C compiler); "torch": the LM as tensors over the batch (any model, device and
-        dtype; `batch_lm`); "auto": native where it can run and its library is built (or the batch
-        has `native.BUILD_FOR_CURVES` curves or more, which builds it: about 1 s once), else torch.
-        Both take the steps `fit` takes for each curve alone. On CUDA data (float32 or float64),
-        "native" runs the same C solver compiled for the GPU by NVRTC (`cuda_engine`: one thread per
-        curve, float64 inside, results on the data's device); "auto" picks it where it compiles,
-        else the torch engine with one warning.
+        "native": each curve's LM in compiled C, curves in parallel (formula models, float64, a C
+        compiler; on CUDA data compiled for the GPU by NVRTC, `cuda_engine`); "torch": LM as tensors over
+        the batch (any model, device, dtype; `batch_lm`); "auto": native where it runs and is built (or
+        from `native.BUILD_FOR_CURVES` curves, which builds it), else torch. Both take `fit`'s steps.
     """
     start_time = time.perf_counter()
     shards = Shards(None) if distributed else None
@@ -116,18 +107,22 @@ def fit_batch(
             raise
         failure = error
     if shards is not None:
-        # every rank holds every curve: any difference in what they fit is a mistake, found here
-        about = "" if batch is None else batch.description()
         settings = (max_steps, chunk_size, ftol, xtol, gtol, nan_policy, str(dtype), engine, shared)
-        same = "and the same curves (each rank fits its share of them)"
-        shards.raise_together(failure, f"{about}, options {settings}", same)
+        _raise_together(shards, failure, batch, settings)
     if shared:
         return _global_result(batch, shared, shards, start_time)
-    with progress_bar(
-        batch.problem.batch, "fitting curves (lm)", enabled=progress and (shards is None or shards.rank == 0)
-    ) as advance:
+    enabled = progress and (shards is None or shards.rank == 0)
+    with progress_bar(batch.problem.batch, "fitting curves (lm)", enabled=enabled) as advance:
         outcome, values, stderr, cost = batch.solve(shards, advance)
     return batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
+
+
+def _raise_together(shards: Shards, failure: CustomgradError | None, batch: _Batch | None, settings: tuple) -> None:
+    """Every rank raises where any rank failed, or where ranks fit different things: every rank holds every
+    curve, so any difference in what they fit is a mistake, found here (`Shards.raise_together`)."""
+    about = "" if batch is None else batch.description()
+    same = "and the same curves (each rank fits its share of them)"
+    shards.raise_together(failure, f"{about}, options {settings}", same)
 
 
 @dataclass

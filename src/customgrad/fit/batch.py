@@ -105,12 +105,10 @@ def fit_batch(
     shared: tuple[str, ...] = ()
     try:
         params, shared = split_shared(params)
-        if shared:  # one joint problem: the tensor solver of `global_lm`, on any engine
-            check_engine(engine)
         batch = _Batch.checked(
             model, x, y, params, method=method, sigma=sigma, bounds=bounds, max_steps=max_steps, dtype=dtype,
             device=device, nan_policy=nan_policy, tolerances=(ftol, xtol, gtol), chunk_size=chunk_size,
-            engine="torch" if shared else engine, joint=bool(shared),
+            engine=engine, joint=bool(shared),
         )  # fmt: skip
     except CustomgradError as error:
         if shards is None:
@@ -167,12 +165,7 @@ class _Batch:
         columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
         problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
         problem.scales = None if joint else _curve_scales(data)  # a joint cost has one unit for all curves
-        # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
-        threads, build = torch.get_num_threads(), problem.batch >= BUILD_FOR_CURVES
-        if problem.y.is_cuda:  # the same solver compiled for the GPU (`cuda_engine`)
-            solver = cuda_engine.engine_for(problem, engine, build=build, what="fit this batch")
-        else:
-            solver = engine_for(problem, engine, threads, build=build, what="fit this batch")
+        solver = _solver(problem, engine, joint)
         options["max_steps"] = max_steps
         return cls(data, specs, initial, function, text, data_names, problem, solver, options, chunk_size, device)
 
@@ -270,6 +263,23 @@ def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None
     result.shared, single = joint, result.single
     result.single = lambda i: global_curve(single(i), i, joint, batch.problem.names)
     return result
+
+
+def _solver(problem: BatchModel, engine: str, joint: bool):
+    """The native engine for ``problem`` (`native`, or `cuda_engine` for CUDA data), or None for torch.
+
+    "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`). A global fit (``joint``)
+    always runs `global_lm`; on the CPU it takes each curve's R_b from the native library where that
+    can run (`global_rows`), on any engine but "torch", and never fails for want of it.
+    """
+    threads, build = torch.get_num_threads(), problem.batch >= BUILD_FOR_CURVES
+    if joint:
+        if problem.y.is_cuda or engine == "torch":
+            return None
+        return engine_for(problem, "auto", threads, build=build or engine == "native", what="fit this batch")
+    if problem.y.is_cuda:  # the same solver compiled for the GPU (`cuda_engine`)
+        return cuda_engine.engine_for(problem, engine, build=build, what="fit this batch")
+    return engine_for(problem, engine, threads, build=build, what="fit this batch")
 
 
 def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, advance, curves: range) -> BatchOutcome:

@@ -83,7 +83,7 @@ def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
         raise DataError("no curve has a finite data point: there is nothing to fit")
     curves = with_data if shards is None else with_data[local_shard(len(with_data), shards.rank, shards.world)]
     totals = Totals(shards)
-    joint = GlobalProblem(problem, curves, local_columns, shared_columns, batch.chunk_size, totals)
+    joint = GlobalProblem(problem, curves, local_columns, shared_columns, batch.chunk_size, totals, batch.solver)
     theta = problem.initial_theta()
     options = {name: batch.options[name] for name in ("ftol", "xtol", "gtol", "max_steps")}
     outcome = global_levenberg_marquardt(joint, theta[curves][:, local_columns], theta[0, shared_columns], **options)

@@ -1,8 +1,7 @@
 /* Per-curve linear algebra of a global fit (`global_lm`) in one pass per curve, curves in parallel.
  *
- * global_reduce: R_b of each curve's rows [A_b | C_b | r_b] by CholeskyQR, as `reduction.reduce_gram`
- *   (the Gram matrix of the column-scaled rows, its Cholesky factor, scaled back); poor[b] = 1 where the
- *   factorisation failed or a scaled pivot is below `pivot` (the caller redoes those by Householder QR).
+ * global_reduce: R_b of each curve's rows [A_b | C_b | r_b] by CholeskyQR (`gram_cholesky`), as
+ *   `reduction.reduce_gram`; poor[b] = 1 where the caller is to redo it by Householder QR.
  * global_damp: `global_lm._eliminate_damping` (Givens rotations appending diag(sqrt(lambda) D_b) to R_b's
  *   local columns, MINPACK's qrsolv), writing the new local rows and the leftover shared rows.
  * global_local_step: `global_lm._damped_step`'s per-curve part: d_b by back-substitution once d_phi is
@@ -20,51 +19,56 @@
 /* Curves handled together, innermost, where each curve's work is a chain of dependent sqrt and divisions. */
 #define BLOCK 8
 
+/* R (q x q, row-major) of the q rows of ``points`` entries ``stride`` apart starting at ``rows`` by CholeskyQR
+ * (the Gram matrix of the column-scaled rows, its Cholesky factor, scaled back); returns 1 where the
+ * factorisation failed or a scaled pivot is below ``pivot`` (then the caller redoes it by Householder QR). */
+static int gram_cholesky(const double *rows, int64_t stride, int64_t points, int64_t q, double pivot, double *r) {
+    double gram[q * q], scale[q];
+    for (int64_t i = 0; i < q; i++) {
+        const double *row_i = rows + i * stride;
+        for (int64_t j = i; j < q; j++) {
+            const double *row_j = rows + j * stride;
+            double part[LANES] = {0.0}, sum = 0.0; /* LANES running sums: one vector register */
+            int64_t k = 0;
+            for (; k + LANES <= points; k += LANES)
+                for (int64_t l = 0; l < LANES; l++) part[l] += row_i[k + l] * row_j[k + l];
+            for (int64_t l = 0; l < LANES; l++) sum += part[l];
+            for (; k < points; k++) sum += row_i[k] * row_j[k];
+            gram[i * q + j] = sum;
+        }
+    }
+    for (int64_t i = 0; i < q; i++) {
+        double norm = sqrt(gram[i * q + i]);
+        scale[i] = norm > 0 ? norm : 1.0;
+    }
+    int failed = 0;
+    for (int64_t i = 0; i < q * q; i++) r[i] = 0.0;
+    for (int64_t i = 0; i < q && !failed; i++) {
+        for (int64_t j = i; j < q; j++) {
+            double value = gram[i * q + j] / scale[i] / scale[j];
+            for (int64_t k = 0; k < i; k++) value -= r[k * q + i] * r[k * q + j];
+            if (j == i) {
+                if (!(value > 0)) {
+                    failed = 1;
+                    break;
+                }
+                r[i * q + i] = sqrt(value);
+                if (!(r[i * q + i] >= pivot)) failed = 1;
+            } else {
+                r[i * q + j] = value / r[i * q + i];
+            }
+        }
+    }
+    for (int64_t i = 0; i < q; i++)
+        for (int64_t j = i; j < q; j++) r[i * q + j] *= scale[j];
+    return failed;
+}
+
 void global_reduce(int64_t count, int64_t points, int64_t q, const double *rows, double pivot, double *upper,
                    int64_t *poor, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) {
-        double gram[q * q], scale[q];
-        double *r = upper + b * q * q;
-        for (int64_t i = 0; i < q; i++) {
-            const double *row_i = rows + (i * count + b) * points;
-            for (int64_t j = i; j < q; j++) {
-                const double *row_j = rows + (j * count + b) * points;
-                double part[LANES] = {0.0}, sum = 0.0; /* LANES running sums: one vector register */
-                int64_t k = 0;
-                for (; k + LANES <= points; k += LANES)
-                    for (int64_t l = 0; l < LANES; l++) part[l] += row_i[k + l] * row_j[k + l];
-                for (int64_t l = 0; l < LANES; l++) sum += part[l];
-                for (; k < points; k++) sum += row_i[k] * row_j[k];
-                gram[i * q + j] = sum;
-            }
-        }
-        for (int64_t i = 0; i < q; i++) {
-            double norm = sqrt(gram[i * q + i]);
-            scale[i] = norm > 0 ? norm : 1.0;
-        }
-        int64_t failed = 0;
-        for (int64_t i = 0; i < q * q; i++) r[i] = 0.0;
-        for (int64_t i = 0; i < q && !failed; i++) {
-            for (int64_t j = i; j < q; j++) {
-                double value = gram[i * q + j] / scale[i] / scale[j];
-                for (int64_t k = 0; k < i; k++) value -= r[k * q + i] * r[k * q + j];
-                if (j == i) {
-                    if (!(value > 0)) {
-                        failed = 1;
-                        break;
-                    }
-                    r[i * q + i] = sqrt(value);
-                    if (!(r[i * q + i] >= pivot)) failed = 1;
-                } else {
-                    r[i * q + j] = value / r[i * q + i];
-                }
-            }
-        }
-        for (int64_t i = 0; i < q; i++)
-            for (int64_t j = i; j < q; j++) r[i * q + j] *= scale[j];
-        poor[b] = failed;
-    }
+    for (int64_t b = 0; b < count; b++)
+        poor[b] = gram_cholesky(rows + b * points, count * points, points, q, pivot, upper + b * q * q);
 }
 
 void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const double *root_scale,

@@ -47,7 +47,8 @@ def usable(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.dtype == torch.float64 and _library() is not None
 
 
-def _threads(entries: int) -> int:
+def threads(entries: int) -> int:
+    """The threads for C work over ``entries`` numbers: torch's setting, or one for a small problem."""
     return torch.get_num_threads() if entries >= PARALLEL_MIN_SIZE else 1
 
 
@@ -59,7 +60,7 @@ def reduce_rows(rows: torch.Tensor, pivot: float) -> tuple[torch.Tensor, torch.T
     upper = rows.new_empty(count, q, q)
     poor = torch.empty(count, dtype=torch.int64)
     _library().global_reduce(
-        count, points, q, rows.data_ptr(), pivot, upper.data_ptr(), poor.data_ptr(), _threads(rows.numel())
+        count, points, q, rows.data_ptr(), pivot, upper.data_ptr(), poor.data_ptr(), threads(rows.numel())
     )
     return upper, poor.bool()
 
@@ -74,7 +75,7 @@ def eliminate_damping(upper: torch.Tensor, root_scale: torch.Tensor, sizes: tupl
     upper, root_scale = upper.contiguous(), root_scale.contiguous()
     _library().global_damp(
         count, L, S, upper.data_ptr(), root_scale.data_ptr(), rows.data_ptr(), leftovers.data_ptr(),
-        _threads(upper.numel()),
+        threads(upper.numel()),
     )  # fmt: skip
     return rows, leftovers
 
@@ -88,7 +89,7 @@ def local_steps(upper, rows, local_scale, d_shared, sizes) -> tuple[torch.Tensor
     parts = upper.new_empty(count, 3)
     tensors = [upper.contiguous(), rows.contiguous(), local_scale.contiguous(), d_shared.contiguous()]
     _library().global_local_step(
-        count, L, S, *(t.data_ptr() for t in tensors), d_local.data_ptr(), parts.data_ptr(), _threads(upper.numel())
+        count, L, S, *(t.data_ptr() for t in tensors), d_local.data_ptr(), parts.data_ptr(), threads(upper.numel())
     )
     return d_local, parts
 
@@ -99,6 +100,6 @@ def columns(upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     count, q = upper.shape[:2]
     squares, gradient = upper.new_empty(count, q - 1), upper.new_empty(count, q - 1)
     _library().global_columns(
-        count, q, upper.data_ptr(), squares.data_ptr(), gradient.data_ptr(), _threads(upper.numel())
+        count, q, upper.data_ptr(), squares.data_ptr(), gradient.data_ptr(), threads(upper.numel())
     )
     return squares, gradient

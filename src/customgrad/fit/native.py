@@ -172,6 +172,14 @@ def _solver_source() -> str:
     return (Path(__file__).parent / "native_lm.c").read_text()
 
 
+@functools.cache
+def _host_solver_source() -> str:
+    """`native_lm.c` followed, in the same translation unit, by a global fit's per-curve factors
+    (`global_rows.c`, which calls its functions and `global_native.c`'s CholeskyQR): CPU only."""
+    here = Path(__file__).parent
+    return "\n".join([_solver_source(), *((here / name).read_text() for name in ("global_native.c", "global_rows.c"))])
+
+
 def _glue(symbol: str, entry: str, inputs: int, outputs: int) -> str:
     """C calling generated kernel ``symbol`` over one curve of n points from arrays of pointers."""
     parameters = ", ".join(["const double*"] * inputs + ["double*"] * outputs)
@@ -225,7 +233,7 @@ def _compiled(function, free: tuple[str, ...], layouts: str) -> bytes | None:
     sources = ["#define kernel rows_kernel\n" + rows, "#define kernel values_kernel\n" + values, glue]
     from ..backends.cpu import library_bytes
 
-    return library_bytes([*sources, _solver_source()], f"native fit of {function.text}", FLAGS)
+    return library_bytes([*sources, _host_solver_source()], f"native fit of {function.text}", FLAGS)
 
 
 class NotBuilt(BackendError):

@@ -20,6 +20,7 @@ from .distributed import local_shard
 from .global_lm import GlobalProblem, Totals, global_levenberg_marquardt
 from .global_result import SharedParameters
 from .global_statistics import global_uncertainty
+from .native import HistoryTable
 
 
 def split_shared(params) -> tuple[object, tuple[str, ...]]:
@@ -168,7 +169,8 @@ def _assembled(batch, with_data, theta, outcome, parts, spread, free, dof, local
         steps=counts + outcome.steps,
         initial_cost=cost.clone(),
         accepted=[],
-        histories=[[c] for c in cost.tolist()],
+        # (one table, not 10^4 small lists: each a tracked object, and so many start a full garbage collection)
+        histories=HistoryTable(cost.cpu().numpy()[:, None], np.ones(count, dtype=np.int64)),
     )
     local_names = tuple(problem.names[j] for j in local_columns)
     blocks = {}

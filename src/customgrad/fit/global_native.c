@@ -1,6 +1,6 @@
 /* Per-curve linear algebra of a global fit (`global_lm`) in one pass per curve, curves in parallel.
  *
- * global_reduce: R_b of each curve's rows [A_b | C_b | r_b] by CholeskyQR (`gram_cholesky`), as
+ * global_reduce: R_b of each curve's rows [A_b | C_b | r_b] by CholeskyQR (`gram_matrix`, `cholesky_block`), as
  *   `reduction.reduce_gram`; poor[b] = 1 where the caller is to redo it by Householder QR.
  * global_damp: `global_lm._eliminate_damping` (Givens rotations appending diag(sqrt(lambda) D_b) to R_b's
  *   local columns, MINPACK's qrsolv), writing the new local rows and the leftover shared rows.
@@ -19,56 +19,86 @@
 /* Curves handled together, innermost, where each curve's work is a chain of dependent sqrt and divisions. */
 #define BLOCK 8
 
-/* R (q x q, row-major) of the q rows of ``points`` entries ``stride`` apart starting at ``rows`` by CholeskyQR
- * (the Gram matrix of the column-scaled rows, its Cholesky factor, scaled back); returns 1 where the
- * factorisation failed or a scaled pivot is below ``pivot`` (then the caller redoes it by Householder QR). */
-static int gram_cholesky(const double *rows, int64_t stride, int64_t points, int64_t q, double pivot, double *r) {
-    double gram[q * q], scale[q];
-    for (int64_t i = 0; i < q; i++) {
-        const double *row_i = rows + i * stride;
+/* The upper triangle of the Gram matrix (q x q, row-major, entry (i, j) at gram[(i q + j) step]) of the q rows of
+ * ``points`` entries ``stride`` apart from ``rows``: each product summed in LANES interleaved sums (one vector
+ * register), then those in order. */
+static void gram_matrix(const double *rows, int64_t stride, int64_t points, int64_t q, double *gram, int64_t step) {
+    for (int64_t i = 0; i < q; i++)
         for (int64_t j = i; j < q; j++) {
-            const double *row_j = rows + j * stride;
-            double part[LANES] = {0.0}, sum = 0.0; /* LANES running sums: one vector register */
+            const double *row_i = rows + i * stride, *row_j = rows + j * stride;
+            double part[LANES] = {0.0}, sum = 0.0;
             int64_t k = 0;
             for (; k + LANES <= points; k += LANES)
                 for (int64_t l = 0; l < LANES; l++) part[l] += row_i[k + l] * row_j[k + l];
             for (int64_t l = 0; l < LANES; l++) sum += part[l];
             for (; k < points; k++) sum += row_i[k] * row_j[k];
-            gram[i * q + j] = sum;
+            gram[(i * q + j) * step] = sum;
         }
-    }
+}
+
+/* The scaled Cholesky factors of BLOCK curves' Gram matrices ``gram`` (q x q row-major upper triangles, the curve
+ * innermost; the first ``count`` curves used) scaled back: ``upper`` = R of CholeskyQR, the curve innermost;
+ * failed[l] = 1 where the factorisation failed or a scaled pivot is below ``pivot``. The BLOCK curves' chains of
+ * sqrt and division run side by side in vector registers. */
+static void cholesky_block(int64_t q, int64_t count, double gram[][BLOCK], double pivot, double upper[][BLOCK],
+                           int64_t *failed) {
+    double scale[q][BLOCK], inverse[q][BLOCK], reciprocal[BLOCK];
+    for (int64_t i = 0; i < q * q; i++)
+        for (int64_t l = 0; l < BLOCK; l++) {
+            if (l >= count) gram[i][l] = i % (q + 1) == 0; /* the identity in unused lanes */
+            upper[i][l] = 0.0;
+        }
+    for (int64_t l = 0; l < BLOCK; l++) failed[l] = 0;
+    for (int64_t i = 0; i < q; i++)
+        for (int64_t l = 0; l < BLOCK; l++) {
+            double norm = sqrt(gram[i * q + i][l]);
+            scale[i][l] = norm > 0 ? norm : 1.0;
+            inverse[i][l] = 1.0 / scale[i][l];
+        }
     for (int64_t i = 0; i < q; i++) {
-        double norm = sqrt(gram[i * q + i]);
-        scale[i] = norm > 0 ? norm : 1.0;
-    }
-    int failed = 0;
-    for (int64_t i = 0; i < q * q; i++) r[i] = 0.0;
-    for (int64_t i = 0; i < q && !failed; i++) {
-        for (int64_t j = i; j < q; j++) {
-            double value = gram[i * q + j] / scale[i] / scale[j];
-            for (int64_t k = 0; k < i; k++) value -= r[k * q + i] * r[k * q + j];
-            if (j == i) {
-                if (!(value > 0)) {
-                    failed = 1;
-                    break;
-                }
-                r[i * q + i] = sqrt(value);
-                if (!(r[i * q + i] >= pivot)) failed = 1;
-            } else {
-                r[i * q + j] = value / r[i * q + i];
-            }
+        for (int64_t l = 0; l < BLOCK; l++) {
+            double value = gram[i * q + i][l] * inverse[i][l] * inverse[i][l];
+            for (int64_t k = 0; k < i; k++) value -= upper[k * q + i][l] * upper[k * q + i][l];
+            int64_t bad = !(value > 0);
+            double diagonal = sqrt(bad ? 1.0 : value); /* (a failed curve goes on harmlessly, then is redone) */
+            failed[l] |= bad | !(diagonal >= pivot);
+            upper[i * q + i][l] = diagonal;
+            reciprocal[l] = 1.0 / diagonal;
         }
+        for (int64_t j = i + 1; j < q; j++)
+            for (int64_t l = 0; l < BLOCK; l++) {
+                double value = gram[i * q + j][l] * inverse[i][l] * inverse[j][l];
+                for (int64_t k = 0; k < i; k++) value -= upper[k * q + i][l] * upper[k * q + j][l];
+                upper[i * q + j][l] = value * reciprocal[l];
+            }
     }
     for (int64_t i = 0; i < q; i++)
-        for (int64_t j = i; j < q; j++) r[i * q + j] *= scale[j];
-    return failed;
+        for (int64_t j = i; j < q; j++)
+            for (int64_t l = 0; l < BLOCK; l++) upper[i * q + j][l] *= scale[j][l];
+}
+
+/* R_b (q x q, row-major) of the first ``count`` of the BLOCK curves ``gram`` and ``failed`` are of (`cholesky_block`)
+ * into ``upper`` (one after the other), and ``poor`` = failed. */
+static void store_block(int64_t q, int64_t count, double upper_block[][BLOCK], const int64_t *failed, double *upper,
+                        int64_t *poor) {
+    for (int64_t l = 0; l < count; l++) {
+        for (int64_t i = 0; i < q * q; i++) upper[l * q * q + i] = upper_block[i][l];
+        poor[l] = failed[l];
+    }
 }
 
 void global_reduce(int64_t count, int64_t points, int64_t q, const double *rows, double pivot, double *upper,
                    int64_t *poor, int threads) {
+    const int64_t blocks = (count + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++)
-        poor[b] = gram_cholesky(rows + b * points, count * points, points, q, pivot, upper + b * q * q);
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t first = block * BLOCK, n = count - first < BLOCK ? count - first : BLOCK;
+        double gram[q * q][BLOCK], factor[q * q][BLOCK];
+        int64_t failed[BLOCK];
+        for (int64_t l = 0; l < n; l++) gram_matrix(rows + (first + l) * points, count * points, points, q, &gram[0][l], BLOCK);
+        cholesky_block(q, n, gram, pivot, factor, failed);
+        store_block(q, n, factor, failed, upper + first * q * q, poor + first);
+    }
 }
 
 void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const double *root_scale,

@@ -7,6 +7,7 @@
  * global_local_step: `global_lm._damped_step`'s per-curve part: d_b by back-substitution once d_phi is
  *   known, and per curve ||R_b d||^2 + 2 (R_b d).q_b and ||D_b d_b||^2 for the predicted reduction.
  * global_columns: the column norms squared and J^T r of each curve from R_b (`global_lm._linearize`).
+ * global_local_inverse: `global_statistics._local_inverse` where R_AA is regular beyond doubt (its inverse).
  *
  * Each operation rounded on its own (built with -ffp-contract=off): the torch path's roundoff.
  */
@@ -187,5 +188,41 @@ void global_columns(int64_t count, int64_t q, const double *upper, double *squar
             squares[b * p + j] = square;
             gradient[b * p + j] = product;
         }
+    }
+}
+
+void global_local_inverse(int64_t count, int64_t L, int64_t q, const double *upper, double limit, double *pseudo,
+                          int64_t *doubtful, int threads) {
+    /* R_AA^-1 = D^-1 (R_AA D^-1)^-1 of each curve (its leading L x L block of R_b, columns scaled by their safe
+     * norms D), and doubtful[b] = 1 unless ||R_AA D^-1||_F ||(R_AA D^-1)^-1||_F < limit */
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < count; b++) {
+        const double *r = upper + b * q * q;
+        double scale[L], scaled[L * L], inverse[L * L], scaled_square = 0.0, inverse_square = 0.0;
+        for (int64_t j = 0; j < L; j++) {
+            double largest = 0.0, sum = 0.0;
+            for (int64_t i = 0; i <= j; i++) largest = fmax(largest, fabs(r[i * q + j]));
+            double safe = largest > 0 ? largest : 1.0;
+            for (int64_t i = 0; i <= j; i++) sum += (r[i * q + j] / safe) * (r[i * q + j] / safe);
+            double norm = largest * sqrt(sum);
+            scale[j] = norm > 0 ? norm : 1.0;
+        }
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t j = 0; j < L; j++) {
+                scaled[i * L + j] = j >= i ? r[i * q + j] / scale[j] : 0.0;
+                scaled_square += scaled[i * L + j] * scaled[i * L + j];
+            }
+        for (int64_t c = 0; c < L; c++) /* (R_AA D^-1) X = I, column by column */
+            for (int64_t i = L - 1; i >= 0; i--) {
+                double value = i == c ? 1.0 : 0.0;
+                for (int64_t k = i + 1; k < L; k++) value -= scaled[i * L + k] * inverse[k * L + c];
+                inverse[i * L + c] = value / scaled[i * L + i];
+            }
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t j = 0; j < L; j++) {
+                inverse_square += inverse[i * L + j] * inverse[i * L + j];
+                pseudo[b * L * L + i * L + j] = inverse[i * L + j] / scale[i];
+            }
+        doubtful[b] = !(sqrt(scaled_square) * sqrt(inverse_square) < limit);
     }
 }

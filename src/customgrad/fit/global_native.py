@@ -26,6 +26,7 @@ _SIGNATURES = {
     "global_damp": [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _THREADS],
     "global_local_step": [_INT, _INT, _INT, *[_POINTER] * 6, _THREADS],
     "global_columns": [_INT, _INT, _POINTER, _POINTER, _POINTER, _THREADS],
+    "global_local_inverse": [_INT, _INT, _INT, _POINTER, ctypes.c_double, _POINTER, _POINTER, _THREADS],
 }
 
 
@@ -103,3 +104,17 @@ def columns(upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count, q, upper.data_ptr(), squares.data_ptr(), gradient.data_ptr(), threads(upper.numel())
     )
     return squares, gradient
+
+
+def local_inverse(upper: torch.Tensor, local: int, limit: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """R_AA^-1 (b, L, L) of each curve's leading ``local`` x ``local`` block of R_b (b, q, q), from its
+    column-scaled copy R_AA D^-1 (D the safe column norms), and (b,) True where the bound
+    ||R_AA D^-1||_F ||(R_AA D^-1)^-1||_F on its condition number is not below ``limit``."""
+    upper = upper.contiguous()
+    count, q = upper.shape[:2]
+    pseudo = upper.new_empty(count, local, local)
+    doubtful = torch.empty(count, dtype=torch.int64)
+    _library().global_local_inverse(
+        count, local, q, upper.data_ptr(), limit, pseudo.data_ptr(), doubtful.data_ptr(), threads(upper.numel())
+    )
+    return pseudo, doubtful.bool()

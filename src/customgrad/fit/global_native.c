@@ -121,11 +121,13 @@ void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const
                 for (int64_t l = 0; l < BLOCK; l++) {
                     /* sqrt(d^2 + e^2) without overflow or underflow (hypot's value to an ulp; inputs finite) */
                     double d = rows[k * q + k][l], e = extra[k][l];
-                    double big = fmax(fabs(d), fabs(e)), small = fmin(fabs(d), fabs(e));
+                    double a = fabs(d), c = fabs(e), big = a > c ? a : c, small = a > c ? c : a;
                     double ratio = small / (big > 0 ? big : 1.0);
                     double radius = big * sqrt(1.0 + ratio * ratio), safe = radius > 0 ? radius : 1.0;
-                    cosine[l] = radius > 0 ? d / safe : 1.0;
-                    sine[l] = radius > 0 ? e / safe : 0.0;
+                    /* (divisions outside the selections: the loop then runs in vector registers) */
+                    double along = d / safe, across = e / safe;
+                    cosine[l] = radius > 0 ? along : 1.0;
+                    sine[l] = radius > 0 ? across : 0.0;
                 }
                 for (int64_t i = k; i < q; i++)
                     for (int64_t l = 0; l < BLOCK; l++) {

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import global_native
+from .global_lm import nonfinite_count
 from .jacobi import jacobi_svd
 from .statistics import INSENSITIVE, NULL_COMPONENT, RANK_TOLERANCE, safe_column_norms, with_null_groups
 
@@ -95,7 +96,7 @@ def global_uncertainty(upper, totals, sizes, variance: float, shared_names, data
     against which a shared column below `INSENSITIVE` counts as no effect at all.
     """
     L, S = sizes
-    if float(totals.sum((~torch.isfinite(upper)).sum().to(upper.dtype))) > 0:
+    if float(totals.sum(nonfinite_count(upper))) > 0:
         return _undetermined(upper, sizes)
     upper_local, cross, upper_shared = upper[:, :L, :L], upper[:, :L, L : L + S], upper[:, L : L + S, L : L + S]
     pseudo, involved = _local_inverse(upper, L)

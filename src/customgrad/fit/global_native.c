@@ -20,10 +20,53 @@
 /* Curves handled together, innermost, where each curve's work is a chain of dependent sqrt and divisions. */
 #define BLOCK 8
 
+/* LANES doubles, one vector register (GCC's and Clang's vector extension). */
+typedef double lanes __attribute__((vector_size(LANES * sizeof(double))));
+
+/* Gram matrices of up to this many rows are formed in one pass over the points, every product's running sums
+ * in registers; larger ones one pair of rows at a time. */
+#define GRAM_ROWS 8
+
+/* `gram_matrix` for a q known where it is inlined (up to GRAM_ROWS): all q (q + 1) / 2 products per pass. */
+static inline __attribute__((always_inline)) void gram_rows(const double *rows, int64_t stride, int64_t points,
+                                                            const int q, double *gram, int64_t step) {
+    lanes part[GRAM_ROWS * (GRAM_ROWS + 1) / 2], row[GRAM_ROWS];
+#pragma GCC unroll 36
+    for (int t = 0; t < q * (q + 1) / 2; t++) part[t] = (lanes){0.0};
+    int64_t k = 0;
+    for (; k + LANES <= points; k += LANES) {
+#pragma GCC unroll 8
+        for (int i = 0; i < q; i++) __builtin_memcpy(&row[i], rows + i * stride + k, sizeof(lanes));
+        int t = 0;
+#pragma GCC unroll 8
+        for (int i = 0; i < q; i++)
+#pragma GCC unroll 8
+            for (int j = i; j < q; j++) part[t++] += row[i] * row[j];
+    }
+    int t = 0;
+    for (int i = 0; i < q; i++)
+        for (int j = i; j < q; j++, t++) {
+            double sum = 0.0;
+            for (int l = 0; l < LANES; l++) sum += part[t][l];
+            for (int64_t m = k; m < points; m++) sum += rows[i * stride + m] * rows[j * stride + m];
+            gram[(i * q + j) * step] = sum;
+        }
+}
+
 /* The upper triangle of the Gram matrix (q x q, row-major, entry (i, j) at gram[(i q + j) step]) of the q rows of
  * ``points`` entries ``stride`` apart from ``rows``: each product summed in LANES interleaved sums (one vector
  * register), then those in order. */
 static void gram_matrix(const double *rows, int64_t stride, int64_t points, int64_t q, double *gram, int64_t step) {
+    switch (q) {
+        case 2: gram_rows(rows, stride, points, 2, gram, step); return;
+        case 3: gram_rows(rows, stride, points, 3, gram, step); return;
+        case 4: gram_rows(rows, stride, points, 4, gram, step); return;
+        case 5: gram_rows(rows, stride, points, 5, gram, step); return;
+        case 6: gram_rows(rows, stride, points, 6, gram, step); return;
+        case 7: gram_rows(rows, stride, points, 7, gram, step); return;
+        case 8: gram_rows(rows, stride, points, 8, gram, step); return;
+        default: break;
+    }
     for (int64_t i = 0; i < q; i++)
         for (int64_t j = i; j < q; j++) {
             const double *row_i = rows + i * stride, *row_j = rows + j * stride;

@@ -257,8 +257,11 @@ class _Batch:
 
 def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None, start_time: float):
     """The `BatchFitResult` of a global fit (`global_fit`): ``result.shared`` and each curve's joint errors."""
-    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):  # as `_Batch.solve`
-        outcome, values, stderr, cost, joint = fit_global(batch, shared, shards)
+    # torch's operations on one thread for small curves, as `_Batch.solve`; the C kernels over the curves
+    # (`global_native`, `global_rows`) on torch's setting from before, as the native engine
+    threads = torch.get_num_threads()
+    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):
+        outcome, values, stderr, cost, joint = fit_global(batch, shared, shards, threads)
         result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
     result.shared, single = joint, result.single
     result.single = lambda i: global_curve(single(i), i, joint, batch.problem.names)

@@ -72,9 +72,10 @@ def _is_shared(given) -> bool:
     return isinstance(given, Mapping) and given.get("shared") is True
 
 
-def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
+def fit_global(batch, shared: tuple[str, ...], shards, threads: int | None = None) -> tuple:
     """Fit ``batch`` (a checked `batch._Batch`) with the parameters ``shared`` joint; the outcome, values
-    (B, p), stderr (B, p), costs (B,) for `_Batch.result`, and the `SharedParameters`."""
+    (B, p), stderr (B, p), costs (B,) for `_Batch.result`, and the `SharedParameters`. ``threads``: of the
+    C kernels over the curves (torch's own operations, on small per-curve blocks, run as the caller set)."""
     problem = batch.problem
     free = [name for name in problem.names if name in shared]  # (`split_shared` leaves fixed ones out)
     local_columns = [j for j, name in enumerate(problem.names) if name not in shared]
@@ -84,7 +85,9 @@ def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
         raise DataError("no curve has a finite data point: there is nothing to fit")
     curves = with_data if shards is None else with_data[local_shard(len(with_data), shards.rank, shards.world)]
     totals = Totals(shards)
-    joint = GlobalProblem(problem, curves, local_columns, shared_columns, batch.chunk_size, totals, batch.solver)
+    joint = GlobalProblem(
+        problem, curves, local_columns, shared_columns, batch.chunk_size, totals, batch.solver, threads
+    )
     theta = problem.initial_theta()
     options = {name: batch.options[name] for name in ("ftol", "xtol", "gtol", "max_steps")}
     outcome = global_levenberg_marquardt(joint, theta[curves][:, local_columns], theta[0, shared_columns], **options)
@@ -106,6 +109,7 @@ def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
         free,
         _data_norm(problem, curves, totals),
         shared_values.cpu().numpy(),
+        threads,
     )
     parts = _gathered(shards, outcome, values, spread)
     return _assembled(batch, with_data, theta, outcome, parts, spread, free, dof, local_columns, shared_columns)

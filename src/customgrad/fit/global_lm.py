@@ -81,6 +81,7 @@ class GlobalProblem:
     chunk_size: int
     totals: Totals = field(default_factory=Totals)
     native: object | None = None  # the model's `native.NativeSolver`, whose library computes R_b (`global_rows`)
+    threads: int | None = None  # of the C kernels over the curves (None: torch's setting)
     _first: int | None = field(default=None, repr=False)  # the first curve where they are consecutive, else -1
 
     @property
@@ -126,7 +127,7 @@ class GlobalProblem:
         """R_b of each curve's [A_b | C_b | r_b], (b, L + S + 1) square, chunk by chunk of curves."""
         theta = self.full(local, shared)
         if self.native is not None and self.in_order and global_native.usable(theta):
-            return global_rows.factors(self.native, self.curves, theta, external=external)
+            return global_rows.factors(self.native, self.curves, theta, external=external, workers=self.threads)
         order = torch.tensor([*self.local, *self.shared, len(self.local) + len(self.shared)], device=local.device)
         parts = []
         # chunks of rows that stay in a core's cache from the model's kernel to their reduction
@@ -136,17 +137,17 @@ class GlobalProblem:
             block = self.model.augmented(theta[begin:end], self.span(begin, end), external=external)
             # the model's layout (p + 1, b, N) (a view): columns reordered there by copying whole rows
             rows = block.permute(2, 0, 1)
-            parts.append(_reduce(rows if self.in_order else rows.index_select(0, order)))
+            parts.append(_reduce(rows if self.in_order else rows.index_select(0, order), self.threads))
         if not parts:
             size = len(order)
             return theta.new_zeros(0, size, size)
         return torch.cat(parts)
 
 
-def _reduce(rows: torch.Tensor) -> torch.Tensor:
+def _reduce(rows: torch.Tensor, workers: int | None) -> torch.Tensor:
     """R_b (b, q, q) of each curve's rows (q, b, N) by CholeskyQR (Householder where ill-conditioned)."""
     if global_native.usable(rows):
-        upper, poor = global_native.reduce_rows(rows, GRAM_PIVOT)
+        upper, poor = global_native.reduce_rows(rows, GRAM_PIVOT, workers)
         redo = poor.nonzero().flatten()
         if len(redo):
             upper[redo] = reduce_batched(rows.index_select(1, redo).permute(1, 2, 0))
@@ -200,7 +201,7 @@ def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _
     L, S = problem.sizes
     p = L + S
     if global_native.usable(upper):
-        squares, gradient = global_native.columns(upper)
+        squares, gradient = global_native.columns(upper, problem.threads)
     else:
         jacobian, q = upper[:, :p, :p], upper[:, :p, p]
         squares, gradient = torch.einsum("bij,bij->bj", jacobian, jacobian), torch.einsum("bij,bi->bj", jacobian, q)
@@ -268,7 +269,7 @@ def _damped_step(problem: GlobalProblem, linear: _Linearization, damping: float)
     root = math.sqrt(damping)
     native = global_native.usable(upper)
     if native:
-        rows, leftovers = global_native.eliminate_damping(upper, root * linear.local_scale, (L, S))
+        rows, leftovers = global_native.eliminate_damping(upper, root * linear.local_scale, (L, S), problem.threads)
     else:
         rows, leftovers = _eliminate_damping(linear.local_rows, (L, S), root * linear.local_scale.T)
         leftovers = leftovers.permute(2, 0, 1)
@@ -278,7 +279,9 @@ def _damped_step(problem: GlobalProblem, linear: _Linearization, damping: float)
     schur = reduce_local(torch.cat([stacked, shared_rows]))
     d_shared = -torch.linalg.solve_triangular(schur[:S, :S], schur[:S, S:], upper=True)[:, 0]
     if native:
-        d_local, per_curve = global_native.local_steps(upper, rows, linear.local_scale, d_shared, (L, S))
+        d_local, per_curve = global_native.local_steps(
+            upper, rows, linear.local_scale, d_shared, (L, S), problem.threads
+        )
         sums = per_curve.sum(0)
         parts = torch.stack([-(sums[0] + 2 * sums[1]), sums[2]])
     else:

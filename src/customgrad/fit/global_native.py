@@ -4,7 +4,8 @@ of ~10 small torch operations over all curves (each its own pass through memory)
 
 For CPU float64 tensors where a C compiler is found; `global_lm` keeps its torch path for everything
 else (GPU, float32, no compiler), and the two give the same answers to roundoff. The library is built
-once (about 1 s of gcc) and cached on disk like every kernel.
+once (about 1 s of gcc) and cached on disk like every kernel. Each takes ``workers``, the threads over
+the curves (default torch's setting; one for a small problem).
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ def usable(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.dtype == torch.float64 and _library() is not None
 
 
-def threads(entries: int) -> int:
-    """The threads for C work over ``entries`` numbers: torch's setting, or one for a small problem."""
-    return torch.get_num_threads() if entries >= PARALLEL_MIN_SIZE else 1
+def threads(entries: int, workers: int | None = None) -> int:
+    """The threads for C work over ``entries`` numbers: ``workers`` (default torch's setting), or one for a
+    small problem."""
+    return (torch.get_num_threads() if workers is None else workers) if entries >= PARALLEL_MIN_SIZE else 1
 
 
-def reduce_rows(rows: torch.Tensor, pivot: float) -> tuple[torch.Tensor, torch.Tensor]:
+def reduce_rows(rows: torch.Tensor, pivot: float, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """R_b (b, q, q) of each curve's rows ``rows`` (q, b, N) by CholeskyQR, and (b,) True where it is
     to be redone by Householder QR (Cholesky failed, or a column-scaled pivot below ``pivot``)."""
     rows = rows.contiguous()
@@ -61,12 +63,12 @@ def reduce_rows(rows: torch.Tensor, pivot: float) -> tuple[torch.Tensor, torch.T
     upper = rows.new_empty(count, q, q)
     poor = torch.empty(count, dtype=torch.int64)
     _library().global_reduce(
-        count, points, q, rows.data_ptr(), pivot, upper.data_ptr(), poor.data_ptr(), threads(rows.numel())
+        count, points, q, rows.data_ptr(), pivot, upper.data_ptr(), poor.data_ptr(), threads(rows.numel(), workers)
     )
     return upper, poor.bool()
 
 
-def eliminate_damping(upper: torch.Tensor, root_scale: torch.Tensor, sizes: tuple[int, int]) -> tuple:
+def eliminate_damping(upper: torch.Tensor, root_scale: torch.Tensor, sizes: tuple[int, int], workers=None) -> tuple:
     """R_b's first L rows (b, L, q) after appending diag(``root_scale`` (b, L)) to its local columns, and
     what is left of those rows in the shared and r columns (b, L, S + 1)."""
     L, S = sizes
@@ -76,12 +78,12 @@ def eliminate_damping(upper: torch.Tensor, root_scale: torch.Tensor, sizes: tupl
     upper, root_scale = upper.contiguous(), root_scale.contiguous()
     _library().global_damp(
         count, L, S, upper.data_ptr(), root_scale.data_ptr(), rows.data_ptr(), leftovers.data_ptr(),
-        threads(upper.numel()),
+        threads(upper.numel(), workers),
     )  # fmt: skip
     return rows, leftovers
 
 
-def local_steps(upper, rows, local_scale, d_shared, sizes) -> tuple[torch.Tensor, torch.Tensor]:
+def local_steps(upper, rows, local_scale, d_shared, sizes, workers=None) -> tuple[torch.Tensor, torch.Tensor]:
     """d_b (b, L) from the damped local rows ``rows`` (b, L, q) once d_phi ``d_shared`` (S,) is known, and
     per curve (b, 3): ||R_b d||^2, (R_b d).q_b and ||D_b d_b||^2."""
     L, S = sizes
@@ -90,23 +92,29 @@ def local_steps(upper, rows, local_scale, d_shared, sizes) -> tuple[torch.Tensor
     parts = upper.new_empty(count, 3)
     tensors = [upper.contiguous(), rows.contiguous(), local_scale.contiguous(), d_shared.contiguous()]
     _library().global_local_step(
-        count, L, S, *(t.data_ptr() for t in tensors), d_local.data_ptr(), parts.data_ptr(), threads(upper.numel())
+        count,
+        L,
+        S,
+        *(t.data_ptr() for t in tensors),
+        d_local.data_ptr(),
+        parts.data_ptr(),
+        threads(upper.numel(), workers),
     )
     return d_local, parts
 
 
-def columns(upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def columns(upper: torch.Tensor, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """||J_j||^2 and (J^T r)_j of each curve (b, p) from its R_b (b, p + 1, p + 1)."""
     upper = upper.contiguous()
     count, q = upper.shape[:2]
     squares, gradient = upper.new_empty(count, q - 1), upper.new_empty(count, q - 1)
     _library().global_columns(
-        count, q, upper.data_ptr(), squares.data_ptr(), gradient.data_ptr(), threads(upper.numel())
+        count, q, upper.data_ptr(), squares.data_ptr(), gradient.data_ptr(), threads(upper.numel(), workers)
     )
     return squares, gradient
 
 
-def local_inverse(upper: torch.Tensor, local: int, limit: float) -> tuple[torch.Tensor, torch.Tensor]:
+def local_inverse(upper: torch.Tensor, local: int, limit: float, workers=None) -> tuple[torch.Tensor, torch.Tensor]:
     """R_AA^-1 (b, L, L) of each curve's leading ``local`` x ``local`` block of R_b (b, q, q), from its
     column-scaled copy R_AA D^-1 (D the safe column norms), and (b,) True where the bound
     ||R_AA D^-1||_F ||(R_AA D^-1)^-1||_F on its condition number is not below ``limit``."""
@@ -115,6 +123,13 @@ def local_inverse(upper: torch.Tensor, local: int, limit: float) -> tuple[torch.
     pseudo = upper.new_empty(count, local, local)
     doubtful = torch.empty(count, dtype=torch.int64)
     _library().global_local_inverse(
-        count, local, q, upper.data_ptr(), limit, pseudo.data_ptr(), doubtful.data_ptr(), threads(upper.numel())
+        count,
+        local,
+        q,
+        upper.data_ptr(),
+        limit,
+        pseudo.data_ptr(),
+        doubtful.data_ptr(),
+        threads(upper.numel(), workers),
     )
     return pseudo, doubtful.bool()

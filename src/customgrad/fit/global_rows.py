@@ -21,10 +21,10 @@ from .reduction import GRAM_PIVOT
 _ARGUMENTS = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_double]
 
 
-def factors(solver: NativeSolver, curves: torch.Tensor, theta: torch.Tensor, *, external: bool) -> torch.Tensor:
+def factors(solver: NativeSolver, curves: torch.Tensor, theta: torch.Tensor, *, external: bool, workers=None):
     """R_b (b, p + 1, p + 1) of the curves ``curves`` (curve numbers, int64) at their parameters ``theta``
     (b, p) in the model's column order (internal coordinates; with ``external`` the values themselves,
-    J then taken with respect to them)."""
+    J then taken with respect to them), on ``workers`` threads (`global_native.threads`)."""
     entry = solver.library.global_factors
     if entry.argtypes is None:
         entry.argtypes, entry.restype = [*_ARGUMENTS, ctypes.c_void_p], ctypes.c_int
@@ -34,7 +34,7 @@ def factors(solver: NativeSolver, curves: torch.Tensor, theta: torch.Tensor, *, 
     upper = theta.new_empty(count, p + 1, p + 1)
     if count == 0:
         return upper
-    threads = global_native.threads(count * solver.problem.y.shape[-1] * (p + 1))
+    threads = global_native.threads(count * solver.problem.y.shape[-1] * (p + 1), workers)
     done = entry(
         ctypes.byref(solver.struct), ctypes.byref(_statistics_options()), index.data_ptr(), count, threads,
         theta.data_ptr(), int(external), GRAM_PIVOT, upper.data_ptr(),

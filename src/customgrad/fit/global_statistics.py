@@ -46,7 +46,7 @@ class GlobalUncertainty:
     warnings: list[str] = field(default_factory=list)
 
 
-def _local_inverse(upper: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _local_inverse(upper: torch.Tensor, L: int, workers: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """R_AA^+ (b, L, L) = D^-1 V diag(1/s^2) V^T D^-1 R_AA^T over the kept directions of the SVD of the
     column-scaled R_AA D^-1 (batched Jacobi), and the parameters of a null direction (b, L) bool; R_AA
     the leading L x L block of each R_b ``upper``."""
@@ -57,7 +57,7 @@ def _local_inverse(upper: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Ten
     # direction is kept and the pseudo-inverse is the inverse; the SVD decides for the other curves only
     limit = REGULAR_MARGIN / RANK_TOLERANCE
     if global_native.usable(upper):
-        pseudo, doubtful = global_native.local_inverse(upper, L, limit)
+        pseudo, doubtful = global_native.local_inverse(upper, L, limit, workers)
     else:
         scaled, scale = _column_scaled(upper_local)
         eye = torch.eye(L, dtype=scaled.dtype, device=scaled.device)
@@ -89,17 +89,18 @@ def _svd_pseudo_inverse(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return pseudo, ((vt.abs() > NULL_COMPONENT) & ~keep.unsqueeze(-1)).any(-2)
 
 
-def global_uncertainty(upper, totals, sizes, variance: float, shared_names, data_norm: float, shared_values):
+def global_uncertainty(upper, totals, sizes, variance, shared_names, data_norm, shared_values, workers=None):
     """The `GlobalUncertainty` from the R_b (b, P + 1, P + 1) of J with respect to the parameter values.
 
     ``variance`` is s^2; ``totals`` a `global_lm.Totals`; ``data_norm`` ||y / sigma|| over all curves,
-    against which a shared column below `INSENSITIVE` counts as no effect at all.
+    against which a shared column below `INSENSITIVE` counts as no effect at all; ``workers`` the
+    threads of the C kernels over the curves (`global_native.threads`).
     """
     L, S = sizes
     if float(totals.sum(nonfinite_count(upper))) > 0:
         return _undetermined(upper, sizes)
     upper_local, cross, upper_shared = upper[:, :L, :L], upper[:, :L, L : L + S], upper[:, L : L + S, L : L + S]
-    pseudo, involved = _local_inverse(upper, L)
+    pseudo, involved = _local_inverse(upper, L, workers)
     weights = pseudo @ cross  # W_b
     # R_AC's part outside R_AA's range (zero where R_AA has full rank) joins the remainder: same Gram as U0^T R_AC
     outside = cross - upper_local @ weights

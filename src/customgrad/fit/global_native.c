@@ -8,6 +8,7 @@
  *   known, and per curve ||R_b d||^2 + 2 (R_b d).q_b and ||D_b d_b||^2 for the predicted reduction.
  * global_columns: the column norms squared and J^T r of each curve from R_b (`global_lm._linearize`).
  * global_local_inverse: `global_statistics._local_inverse` where R_AA is regular beyond doubt (its inverse).
+ * global_local_weights, global_local_covariance: `global_statistics.global_uncertainty`'s per-curve blocks.
  *
  * Each operation rounded on its own (built with -ffp-contract=off): the torch path's roundoff.
  */
@@ -269,5 +270,55 @@ void global_local_inverse(int64_t count, int64_t L, int64_t q, const double *upp
                 pseudo[b * L * L + i * L + j] = inverse[i * L + j] / scale[i];
             }
         doubtful[b] = !(sqrt(scaled_square) * sqrt(inverse_square) < limit);
+    }
+}
+
+void global_local_weights(int64_t count, int64_t L, int64_t S, const double *upper, const double *pseudo,
+                          double *weights, double *outside, int threads) {
+    /* W_b = R_AA^+ R_AC (L x S) and R_AC - R_AA W_b (R_AC's part outside R_AA's range) of each curve */
+    const int64_t q = L + S + 1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < count; b++) {
+        const double *r = upper + b * q * q, *inverse = pseudo + b * L * L;
+        double *w = weights + b * L * S, *out = outside + b * L * S;
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t s = 0; s < S; s++) {
+                double sum = 0.0;
+                for (int64_t k = 0; k < L; k++) sum += inverse[i * L + k] * r[k * q + L + s];
+                w[i * S + s] = sum;
+            }
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t s = 0; s < S; s++) {
+                double sum = 0.0;
+                for (int64_t k = 0; k < L; k++) sum += r[i * q + k] * w[k * S + s];
+                out[i * S + s] = r[i * q + L + s] - sum;
+            }
+    }
+}
+
+void global_local_covariance(int64_t count, int64_t L, int64_t S, const double *pseudo, const double *weights,
+                             const double *core, double variance, double *local, double *cross, double *stderr_,
+                             int threads) {
+    /* cov(theta_b, phi) = -s^2 W_b C and cov(theta_b) = s^2 (R_AA^+ R_AA^+T + W_b C W_b^T) of each curve (C the
+     * shared block's inverse core), and the local standard errors sqrt |cov(theta_b)_jj| */
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < count; b++) {
+        const double *inverse = pseudo + b * L * L, *w = weights + b * L * S;
+        double *c = cross + b * L * S, *v = local + b * L * L, product[L * S];
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t s = 0; s < S; s++) {
+                double sum = 0.0;
+                for (int64_t k = 0; k < S; k++) sum += w[i * S + k] * core[k * S + s];
+                product[i * S + s] = sum;
+                c[i * S + s] = -variance * sum;
+            }
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t j = 0; j < L; j++) {
+                double direct = 0.0, shared = 0.0;
+                for (int64_t k = 0; k < L; k++) direct += inverse[i * L + k] * inverse[j * L + k];
+                for (int64_t s = 0; s < S; s++) shared += product[i * S + s] * w[j * S + s];
+                v[i * L + j] = variance * (direct + shared);
+            }
+        for (int64_t j = 0; j < L; j++) stderr_[b * L + j] = sqrt(fabs(v[j * L + j]));
     }
 }

@@ -28,6 +28,8 @@ _SIGNATURES = {
     "global_local_step": [_INT, _INT, _INT, *[_POINTER] * 6, _THREADS],
     "global_columns": [_INT, _INT, _POINTER, _POINTER, _POINTER, _THREADS],
     "global_local_inverse": [_INT, _INT, _INT, _POINTER, ctypes.c_double, _POINTER, _POINTER, _THREADS],
+    "global_local_weights": [_INT, _INT, _INT, *[_POINTER] * 4, _THREADS],
+    "global_local_covariance": [_INT, _INT, _INT, *[_POINTER] * 3, ctypes.c_double, *[_POINTER] * 3, _THREADS],
 }
 
 
@@ -133,3 +135,31 @@ def local_inverse(upper: torch.Tensor, local: int, limit: float, workers=None) -
         threads(upper.numel(), workers),
     )
     return pseudo, doubtful.bool()
+
+
+def local_weights(upper: torch.Tensor, pseudo: torch.Tensor, sizes: tuple[int, int], workers=None) -> tuple:
+    """W_b = R_AA^+ R_AC (b, L, S) of each curve, from R_b (b, q, q) and R_AA^+ ``pseudo`` (b, L, L), and
+    R_AC - R_AA W_b (b, L, S)."""
+    L, S = sizes
+    upper, pseudo = upper.contiguous(), pseudo.contiguous()
+    count = upper.shape[0]
+    weights, outside = upper.new_empty(count, L, S), upper.new_empty(count, L, S)
+    workers = threads(upper.numel(), workers)
+    _library().global_local_weights(
+        count, L, S, upper.data_ptr(), pseudo.data_ptr(), weights.data_ptr(), outside.data_ptr(), workers
+    )
+    return weights, outside
+
+
+def local_covariance(pseudo, weights, core: torch.Tensor, variance: float, workers=None) -> tuple:
+    """Per curve: cov(theta_b) = s^2 (R_AA^+ R_AA^+T + W_b C W_b^T) (b, L, L), cov(theta_b, phi) = -s^2 W_b C
+    (b, L, S) and sqrt |cov(theta_b)_jj| (b, L), from ``pseudo`` R_AA^+, ``weights`` W_b, ``core`` C (S, S)."""
+    count, L, S = weights.shape
+    pseudo, weights, core = pseudo.contiguous(), weights.contiguous(), core.contiguous()
+    local, cross, stderr = pseudo.new_empty(count, L, L), pseudo.new_empty(count, L, S), pseudo.new_empty(count, L)
+    outputs = (local.data_ptr(), cross.data_ptr(), stderr.data_ptr())
+    workers = threads(pseudo.numel() * 4, workers)
+    _library().global_local_covariance(
+        count, L, S, pseudo.data_ptr(), weights.data_ptr(), core.data_ptr(), variance, *outputs, workers
+    )
+    return local, cross, stderr

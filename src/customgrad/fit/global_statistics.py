@@ -101,9 +101,13 @@ def global_uncertainty(upper, totals, sizes, variance, shared_names, data_norm, 
         return _undetermined(upper, sizes)
     upper_local, cross, upper_shared = upper[:, :L, :L], upper[:, :L, L : L + S], upper[:, L : L + S, L : L + S]
     pseudo, involved = _local_inverse(upper, L, workers)
-    weights = pseudo @ cross  # W_b
-    # R_AC's part outside R_AA's range (zero where R_AA has full rank) joins the remainder: same Gram as U0^T R_AC
-    outside = cross - upper_local @ weights
+    native = global_native.usable(upper)
+    if native:
+        weights, outside = global_native.local_weights(upper, pseudo, sizes, workers)
+    else:
+        weights = pseudo @ cross  # W_b
+        # R_AC's part outside R_AA's range (zero where R_AA has full rank) joins the remainder: same Gram as U0^T R_AC
+        outside = cross - upper_local @ weights
     remainder = torch.cat([upper_shared, outside], dim=-2).reshape(-1, S)
     sigma_factor = totals.factor(remainder).cpu().numpy()[:S, :S]
     column_square = (upper[:, : L + S, L : L + S] ** 2).sum((0, 1)) if len(upper) else upper.new_zeros(S)
@@ -114,13 +118,19 @@ def global_uncertainty(upper, totals, sizes, variance, shared_names, data_norm, 
     inverse, spread = _shared_inverse(sigma_factor, shared_names, dead)
     warnings += _not_identifiable(spread.not_identifiable, {n for n, d in zip(shared_names, dead) if d})
     core = torch.as_tensor(inverse, dtype=upper.dtype, device=upper.device)
-    cross_covariance = -variance * weights @ core
-    local_covariance = variance * (pseudo @ pseudo.transpose(-1, -2) + weights @ core @ weights.transpose(-1, -2))
-    local_stderr = torch.sqrt(torch.diagonal(local_covariance, dim1=-2, dim2=-1).abs())
-    local_stderr = torch.where(involved, torch.nan, local_stderr)
-    # a direction its curve does not determine: NaN in every entry it takes part in, as `with_null_groups`
-    local_covariance = local_covariance.masked_fill(involved.unsqueeze(-1) | involved.unsqueeze(-2), torch.nan)
-    cross_covariance = cross_covariance.masked_fill(involved.unsqueeze(-1), torch.nan)
+    if native:
+        local_covariance, cross_covariance, local_stderr = global_native.local_covariance(
+            pseudo, weights, core, variance, workers
+        )
+    else:
+        cross_covariance = -variance * weights @ core
+        local_covariance = variance * (pseudo @ pseudo.transpose(-1, -2) + weights @ core @ weights.transpose(-1, -2))
+        local_stderr = torch.sqrt(torch.diagonal(local_covariance, dim1=-2, dim2=-1).abs())
+    if bool(involved.any()):
+        # a direction its curve does not determine: NaN in every entry it takes part in, as `with_null_groups`
+        local_stderr = torch.where(involved, torch.nan, local_stderr)
+        local_covariance = local_covariance.masked_fill(involved.unsqueeze(-1) | involved.unsqueeze(-2), torch.nan)
+        cross_covariance = cross_covariance.masked_fill(involved.unsqueeze(-1), torch.nan)
     shared_covariance = variance * spread.covariance
     shared_stderr = math.sqrt(variance) * spread.stderr
     return GlobalUncertainty(

@@ -11,6 +11,7 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
+from . import openmp  # noqa: F401 - before torch loads: its OpenMP runtime then waits passively
 from ._version import __version__
 from .errors import (
     CheckError,

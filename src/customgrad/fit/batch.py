@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import CustomgradError, DataError, UsageError
+from ..openmp import waits_passively
 from ..progress import progress_bar
 from . import cuda_engine
 from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scales
@@ -258,8 +259,9 @@ class _Batch:
 def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None, start_time: float):
     """The `BatchFitResult` of a global fit (`global_fit`): ``result.shared`` and each curve's joint errors."""
     # torch's operations on one thread for small curves, as `_Batch.solve`; the C kernels over the curves
-    # (`global_native`, `global_rows`) on torch's setting from before, as the native engine
-    threads = torch.get_num_threads()
+    # (`global_native`, `global_rows`) on torch's setting from before, as the native engine, where OpenMP
+    # waits passively (each of their ~30 short loops would wait a time slice on a busy machine otherwise)
+    threads = torch.get_num_threads() if waits_passively() else 1
     with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):
         outcome, values, stderr, cost, joint = fit_global(batch, shared, shards, threads)
         result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)

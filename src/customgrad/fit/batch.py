@@ -223,7 +223,8 @@ class _Batch:
         all_params = {spec.name: arrays.get(spec.name, self.initial[spec.name]) for spec in self.specs}
         stderr = {name: stderr[:, j].cpu().numpy() for j, name in enumerate(names)}
         cost = cost.cpu().numpy()
-        empty = np.flatnonzero(~self.data.mask.any(-1).cpu().numpy())
+        masked = self.problem.masked  # (else every curve has data: no (B, N) reduction)
+        empty = np.flatnonzero(~self.data.mask.any(-1).cpu().numpy()) if masked else np.zeros(0, dtype=np.int64)
         for i in empty.tolist():  # nothing to fit: said, not fitted, not fatal
             outcome.status[i] = "no_data"
         for table in (arrays, stderr, {"cost": cost}):

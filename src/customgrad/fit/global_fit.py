@@ -100,7 +100,8 @@ def fit_global(batch, shared: tuple[str, ...], shards, threads: int | None = Non
     upper = outcome.upper  # J at the solution, where the last Jacobian was taken there and theta is the values
     if upper is None or problem.bounded:
         upper = joint.factors(values[:, local_columns], shared_values, external=True)
-    points = float(totals.sum(problem.mask[curves].sum().to(values.dtype)))
+    here = problem.mask[curves].sum() if problem.masked else torch.tensor(len(curves) * problem.y.shape[-1])
+    points = float(totals.sum(here.to(values.dtype)))
     dof = int(points) - len(shared_columns) - len(with_data) * len(local_columns)
     variance = outcome.cost / dof if dof > 0 else float("nan")
     spread = global_uncertainty(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -276,3 +278,30 @@ def test_float32_matches_float64_to_float32_precision(decay_curves):
     # k's float32 roundoff (1e-7 relative) over a minimum this flat: well within a percent of its stderr
     assert abs(single.shared.params["k"] - double.shared.params["k"]) < 1e-2 * double.shared.stderr["k"]
     assert_matches_reference(single.shared.stderr["k"], double.shared.stderr["k"], rtol=1e-3, what="stderr")
+
+
+THREADS_PROBE = """
+import customgrad, json, numpy as np, torch
+from customgrad import fit_batch
+rng = np.random.default_rng(5)
+x = np.linspace(-3, 3, 64)
+a, m = rng.uniform(1, 3, 2000), rng.uniform(-1, 1, 2000)
+y = a[:, None] * np.exp(-((x - m[:, None]) ** 2) / (2 * 0.8**2)) + 0.05 * rng.standard_normal((2000, 64))
+params = {"s": {"value": 1.0, "shared": True}, "a": 1.5, "m": m, "c": 0.0}
+found = {}
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    result = fit_batch("a*exp(-(x-m)**2/(2*s**2))+c", x, y, params=params, engine="native")
+    found[threads] = [result.shared.params["s"], result.shared.stderr["s"], result.params["m"].tolist()]
+print(json.dumps([customgrad.openmp.waits_passively(), found[1], found[2]]))
+"""
+
+
+def test_two_threads_give_the_one_thread_fit():
+    # customgrad imported first: OpenMP waits passively and the per-curve C loops run on both threads
+    done = subprocess.run([sys.executable, "-c", THREADS_PROBE], capture_output=True, text=True, check=True)
+    passive, one, two = json.loads(done.stdout.splitlines()[-1])
+    assert passive
+    assert_matches_reference(two[0], one[0], rtol=1e-14, what="s")
+    assert_matches_reference(two[1], one[1], rtol=1e-14, what="stderr s")
+    assert_matches_reference(np.array(two[2]), np.array(one[2]), rtol=1e-14, what="m")

@@ -12,6 +12,7 @@ import types
 from typing import TYPE_CHECKING
 
 from . import builtin_table as _builtin_table
+from . import openmp  # noqa: F401 - before torch loads: its OpenMP runtime then waits passively
 from ._version import __version__
 from .errors import (
     CheckError,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import CustomgradError, DataError, UsageError
+from ..openmp import waits_passively
 from ..progress import progress_bar
 from . import cuda_engine
 from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scales
@@ -95,12 +96,10 @@ def fit_batch(
     shared: tuple[str, ...] = ()
     try:
         params, shared = split_shared(params)
-        if shared:  # one joint problem: the tensor solver of `global_lm`, on any engine
-            check_engine(engine)
         batch = _Batch.checked(
             model, x, y, params, method=method, sigma=sigma, bounds=bounds, max_steps=max_steps, dtype=dtype,
             device=device, nan_policy=nan_policy, tolerances=(ftol, xtol, gtol), chunk_size=chunk_size,
-            engine="torch" if shared else engine, joint=bool(shared),
+            engine=engine, joint=bool(shared),
         )  # fmt: skip
     except CustomgradError as error:
         if shards is None:
@@ -161,12 +160,7 @@ class _Batch:
         columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
         problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
         problem.scales = None if joint else _curve_scales(data)  # a joint cost has one unit for all curves
-        # "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`)
-        threads, build = torch.get_num_threads(), problem.batch >= BUILD_FOR_CURVES
-        if problem.y.is_cuda:  # the same solver compiled for the GPU (`cuda_engine`)
-            solver = cuda_engine.engine_for(problem, engine, build=build, what="fit this batch")
-        else:
-            solver = engine_for(problem, engine, threads, build=build, what="fit this batch")
+        solver = _solver(problem, engine, joint)
         options["max_steps"] = max_steps
         return cls(data, specs, initial, function, text, data_names, problem, solver, options, chunk_size, device)
 
@@ -223,7 +217,8 @@ class _Batch:
         all_params = {spec.name: arrays.get(spec.name, self.initial[spec.name]) for spec in self.specs}
         stderr = {name: stderr[:, j].cpu().numpy() for j, name in enumerate(names)}
         cost = cost.cpu().numpy()
-        empty = np.flatnonzero(~self.data.mask.any(-1).cpu().numpy())
+        masked = self.problem.masked  # (else every curve has data: no (B, N) reduction)
+        empty = np.flatnonzero(~self.data.mask.any(-1).cpu().numpy()) if masked else np.zeros(0, dtype=np.int64)
         for i in empty.tolist():  # nothing to fit: said, not fitted, not fatal
             outcome.status[i] = "no_data"
         for table in (arrays, stderr, {"cost": cost}):
@@ -258,12 +253,33 @@ class _Batch:
 
 def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None, start_time: float):
     """The `BatchFitResult` of a global fit (`global_fit`): ``result.shared`` and each curve's joint errors."""
-    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):  # as `_Batch.solve`
-        outcome, values, stderr, cost, joint = fit_global(batch, shared, shards)
+    # torch's operations on one thread for small curves, as `_Batch.solve`; the C kernels over the curves
+    # (`global_native`, `global_rows`) on torch's setting from before, as the native engine, where OpenMP
+    # waits passively (each of their ~30 short loops would wait a time slice on a busy machine otherwise)
+    threads = torch.get_num_threads() if waits_passively() else 1
+    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):
+        outcome, values, stderr, cost, joint = fit_global(batch, shared, shards, threads)
         result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
     result.shared, single = joint, result.single
     result.single = lambda i: global_curve(single(i), i, joint, batch.problem.names)
     return result
+
+
+def _solver(problem: BatchModel, engine: str, joint: bool):
+    """The native engine for ``problem`` (`native`, or `cuda_engine` for CUDA data), or None for torch.
+
+    "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`). A global fit (``joint``)
+    always runs `global_lm`; on the CPU it takes each curve's R_b from the native library where that
+    can run (`global_rows`), on any engine but "torch", and never fails for want of it.
+    """
+    threads, build = torch.get_num_threads(), problem.batch >= BUILD_FOR_CURVES
+    if joint:
+        if problem.y.is_cuda or engine == "torch":
+            return None
+        return engine_for(problem, "auto", threads, build=build or engine == "native", what="fit this batch")
+    if problem.y.is_cuda:  # the same solver compiled for the GPU (`cuda_engine`)
+        return cuda_engine.engine_for(problem, engine, build=build, what="fit this batch")
+    return engine_for(problem, engine, threads, build=build, what="fit this batch")
 
 
 def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, advance, curves: range) -> BatchOutcome:

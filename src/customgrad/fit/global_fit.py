@@ -20,6 +20,7 @@ from .distributed import local_shard
 from .global_lm import GlobalProblem, Totals, global_levenberg_marquardt
 from .global_result import SharedParameters
 from .global_statistics import global_uncertainty
+from .native import HistoryTable
 
 
 def split_shared(params) -> tuple[object, tuple[str, ...]]:
@@ -71,19 +72,24 @@ def _is_shared(given) -> bool:
     return isinstance(given, Mapping) and given.get("shared") is True
 
 
-def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
+def fit_global(batch, shared: tuple[str, ...], shards, threads: int | None = None) -> tuple:
     """Fit ``batch`` (a checked `batch._Batch`) with the parameters ``shared`` joint; the outcome, values
-    (B, p), stderr (B, p), costs (B,) for `_Batch.result`, and the `SharedParameters`."""
+    (B, p), stderr (B, p), costs (B,) for `_Batch.result`, and the `SharedParameters`. ``threads``: of the
+    C kernels over the curves (torch's own operations, on small per-curve blocks, run as the caller set)."""
     problem = batch.problem
     free = [name for name in problem.names if name in shared]  # (`split_shared` leaves fixed ones out)
     local_columns = [j for j, name in enumerate(problem.names) if name not in shared]
     shared_columns = [j for j, name in enumerate(problem.names) if name in shared]
-    with_data = problem.mask.any(-1).nonzero().flatten()
+    # (every curve where no entry is masked: a (B, N) reduction saved, 0.6 ms at 10^4 x 64)
+    every = torch.arange(problem.batch, device=problem.mask.device)
+    with_data = problem.mask.any(-1).nonzero().flatten() if problem.masked else every
     if len(with_data) == 0:
         raise DataError("no curve has a finite data point: there is nothing to fit")
     curves = with_data if shards is None else with_data[local_shard(len(with_data), shards.rank, shards.world)]
     totals = Totals(shards)
-    joint = GlobalProblem(problem, curves, local_columns, shared_columns, batch.chunk_size, totals)
+    joint = GlobalProblem(
+        problem, curves, local_columns, shared_columns, batch.chunk_size, totals, batch.solver, threads
+    )
     theta = problem.initial_theta()
     options = {name: batch.options[name] for name in ("ftol", "xtol", "gtol", "max_steps")}
     outcome = global_levenberg_marquardt(joint, theta[curves][:, local_columns], theta[0, shared_columns], **options)
@@ -94,7 +100,8 @@ def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
     upper = outcome.upper  # J at the solution, where the last Jacobian was taken there and theta is the values
     if upper is None or problem.bounded:
         upper = joint.factors(values[:, local_columns], shared_values, external=True)
-    points = float(totals.sum(problem.mask[curves].sum().to(values.dtype)))
+    here = problem.mask[curves].sum() if problem.masked else torch.tensor(len(curves) * problem.y.shape[-1])
+    points = float(totals.sum(here.to(values.dtype)))
     dof = int(points) - len(shared_columns) - len(with_data) * len(local_columns)
     variance = outcome.cost / dof if dof > 0 else float("nan")
     spread = global_uncertainty(
@@ -105,6 +112,7 @@ def fit_global(batch, shared: tuple[str, ...], shards) -> tuple:
         free,
         _data_norm(problem, curves, totals),
         shared_values.cpu().numpy(),
+        threads,
     )
     parts = _gathered(shards, outcome, values, spread)
     return _assembled(batch, with_data, theta, outcome, parts, spread, free, dof, local_columns, shared_columns)
@@ -168,7 +176,8 @@ def _assembled(batch, with_data, theta, outcome, parts, spread, free, dof, local
         steps=counts + outcome.steps,
         initial_cost=cost.clone(),
         accepted=[],
-        histories=[[c] for c in cost.tolist()],
+        # (one table, not 10^4 small lists: each a tracked object, and so many start a full garbage collection)
+        histories=HistoryTable(cost.cpu().numpy()[:, None], np.ones(count, dtype=np.int64)),
     )
     local_names = tuple(problem.names[j] for j in local_columns)
     blocks = {}

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import global_native
+from . import global_native, global_rows
 from .lm import EPS
 from .reduction import GRAM_PIVOT, reduce_batched, reduce_gram, reduce_local
 
@@ -80,6 +80,8 @@ class GlobalProblem:
     shared: list[int]
     chunk_size: int
     totals: Totals = field(default_factory=Totals)
+    native: object | None = None  # the model's `native.NativeSolver`, whose library computes R_b (`global_rows`)
+    threads: int | None = None  # of the C kernels over the curves (None: torch's setting)
     _first: int | None = field(default=None, repr=False)  # the first curve where they are consecutive, else -1
 
     @property
@@ -123,8 +125,10 @@ class GlobalProblem:
 
     def factors(self, local: torch.Tensor, shared: torch.Tensor, *, external: bool = False) -> torch.Tensor:
         """R_b of each curve's [A_b | C_b | r_b], (b, L + S + 1) square, chunk by chunk of curves."""
-        order = torch.tensor([*self.local, *self.shared, len(self.local) + len(self.shared)], device=local.device)
         theta = self.full(local, shared)
+        if self.native is not None and self.in_order and global_native.usable(theta):
+            return global_rows.factors(self.native, self.curves, theta, external=external, workers=self.threads)
+        order = torch.tensor([*self.local, *self.shared, len(self.local) + len(self.shared)], device=local.device)
         parts = []
         # chunks of rows that stay in a core's cache from the model's kernel to their reduction
         size = max(1, min(self.chunk_size, CACHE_ENTRIES // (len(order) * self.model.y.shape[-1])))
@@ -133,17 +137,17 @@ class GlobalProblem:
             block = self.model.augmented(theta[begin:end], self.span(begin, end), external=external)
             # the model's layout (p + 1, b, N) (a view): columns reordered there by copying whole rows
             rows = block.permute(2, 0, 1)
-            parts.append(_reduce(rows if self.in_order else rows.index_select(0, order)))
+            parts.append(_reduce(rows if self.in_order else rows.index_select(0, order), self.threads))
         if not parts:
             size = len(order)
             return theta.new_zeros(0, size, size)
         return torch.cat(parts)
 
 
-def _reduce(rows: torch.Tensor) -> torch.Tensor:
+def _reduce(rows: torch.Tensor, workers: int | None) -> torch.Tensor:
     """R_b (b, q, q) of each curve's rows (q, b, N) by CholeskyQR (Householder where ill-conditioned)."""
     if global_native.usable(rows):
-        upper, poor = global_native.reduce_rows(rows, GRAM_PIVOT)
+        upper, poor = global_native.reduce_rows(rows, GRAM_PIVOT, workers)
         redo = poor.nonzero().flatten()
         if len(redo):
             upper[redo] = reduce_batched(rows.index_select(1, redo).permute(1, 2, 0))
@@ -192,26 +196,33 @@ def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _
     """R_b at (local, shared) (``upper`` where already taken there), with D updated to the running maxima of
     the column norms; None where J is not finite."""
     upper = problem.factors(local, shared) if upper is None else upper
-    # (a finite sum says every entry is finite; only where it is not are the entries counted)
-    total = upper.sum()
-    failures = 0 if torch.isfinite(total) else torch.isfinite(upper).logical_not().sum().to(upper.dtype)
-    if float(problem.totals.sum(torch.as_tensor(failures, dtype=upper.dtype, device=upper.device))) > 0:
+    if float(problem.totals.sum(nonfinite_count(upper))) > 0:
         return None
     L, S = problem.sizes
     p = L + S
     if global_native.usable(upper):
-        squares, gradient = global_native.columns(upper)
+        squares, gradient = global_native.columns(upper, problem.threads)
     else:
         jacobian, q = upper[:, :p, :p], upper[:, :p, p]
         squares, gradient = torch.einsum("bij,bij->bj", jacobian, jacobian), torch.einsum("bij,bi->bj", jacobian, q)
     shared_sums = problem.totals.sum(torch.cat([squares[:, L:].sum(0), gradient[:, L:].sum(0)]))
-    local_norms, shared_norms = torch.sqrt(squares[:, :L]), torch.sqrt(shared_sums[:S])
+    # (the local columns copied out: elementwise torch operations on a (b, L) view of a (b, P) tensor run L
+    # entries per inner loop, ~5x slower at 10^4 curves)
+    local_norms, shared_norms = torch.sqrt(squares[:, :L].contiguous()), torch.sqrt(shared_sums[:S])
     if previous is not None:
         local_norms = torch.maximum(local_norms, previous.local_scale)
         shared_norms = torch.maximum(shared_norms, previous.shared_scale)
     local_scale = torch.where(local_norms > 0, local_norms, 1.0)
     shared_scale = torch.where(shared_norms > 0, shared_norms, 1.0)
-    return _Linearization(upper, local_scale, shared_scale, gradient[:, :L], shared_sums[S:])
+    return _Linearization(upper, local_scale, shared_scale, gradient[:, :L].contiguous(), shared_sums[S:])
+
+
+def nonfinite_count(tensor: torch.Tensor) -> torch.Tensor:
+    """How many entries of ``tensor`` are NaN or inf, as a float64 0-d tensor (a finite sum says none: only
+    where it is not are the entries counted)."""
+    if bool(torch.isfinite(tensor.sum())):
+        return tensor.new_zeros((), dtype=torch.float64)
+    return torch.isfinite(tensor).logical_not().sum().to(torch.float64)
 
 
 def _eliminate_damping(local_rows: torch.Tensor, sizes: tuple[int, int], root_scale: torch.Tensor) -> tuple:
@@ -258,7 +269,7 @@ def _damped_step(problem: GlobalProblem, linear: _Linearization, damping: float)
     root = math.sqrt(damping)
     native = global_native.usable(upper)
     if native:
-        rows, leftovers = global_native.eliminate_damping(upper, root * linear.local_scale, (L, S))
+        rows, leftovers = global_native.eliminate_damping(upper, root * linear.local_scale, (L, S), problem.threads)
     else:
         rows, leftovers = _eliminate_damping(linear.local_rows, (L, S), root * linear.local_scale.T)
         leftovers = leftovers.permute(2, 0, 1)
@@ -268,7 +279,9 @@ def _damped_step(problem: GlobalProblem, linear: _Linearization, damping: float)
     schur = reduce_local(torch.cat([stacked, shared_rows]))
     d_shared = -torch.linalg.solve_triangular(schur[:S, :S], schur[:S, S:], upper=True)[:, 0]
     if native:
-        d_local, per_curve = global_native.local_steps(upper, rows, linear.local_scale, d_shared, (L, S))
+        d_local, per_curve = global_native.local_steps(
+            upper, rows, linear.local_scale, d_shared, (L, S), problem.threads
+        )
         sums = per_curve.sum(0)
         parts = torch.stack([-(sums[0] + 2 * sums[1]), sums[2]])
     else:

@@ -1,13 +1,14 @@
 /* Per-curve linear algebra of a global fit (`global_lm`) in one pass per curve, curves in parallel.
  *
- * global_reduce: R_b of each curve's rows [A_b | C_b | r_b] by CholeskyQR, as `reduction.reduce_gram`
- *   (the Gram matrix of the column-scaled rows, its Cholesky factor, scaled back); poor[b] = 1 where the
- *   factorisation failed or a scaled pivot is below `pivot` (the caller redoes those by Householder QR).
+ * global_reduce: R_b of each curve's rows [A_b | C_b | r_b] by CholeskyQR (`gram_matrix`, `cholesky_block`), as
+ *   `reduction.reduce_gram`; poor[b] = 1 where the caller is to redo it by Householder QR.
  * global_damp: `global_lm._eliminate_damping` (Givens rotations appending diag(sqrt(lambda) D_b) to R_b's
  *   local columns, MINPACK's qrsolv), writing the new local rows and the leftover shared rows.
  * global_local_step: `global_lm._damped_step`'s per-curve part: d_b by back-substitution once d_phi is
  *   known, and per curve ||R_b d||^2 + 2 (R_b d).q_b and ||D_b d_b||^2 for the predicted reduction.
  * global_columns: the column norms squared and J^T r of each curve from R_b (`global_lm._linearize`).
+ * global_local_inverse: `global_statistics._local_inverse` where R_AA is regular beyond doubt (its inverse).
+ * global_local_weights, global_local_covariance: `global_statistics.global_uncertainty`'s per-curve blocks.
  *
  * Each operation rounded on its own (built with -ffp-contract=off): the torch path's roundoff.
  */
@@ -20,50 +21,128 @@
 /* Curves handled together, innermost, where each curve's work is a chain of dependent sqrt and divisions. */
 #define BLOCK 8
 
+/* LANES doubles, one vector register (GCC's and Clang's vector extension). */
+typedef double lanes __attribute__((vector_size(LANES * sizeof(double))));
+
+/* Gram matrices of up to this many rows are formed in one pass over the points, every product's running sums
+ * in registers; larger ones one pair of rows at a time. */
+#define GRAM_ROWS 8
+
+/* `gram_matrix` for a q known where it is inlined (up to GRAM_ROWS): all q (q + 1) / 2 products per pass. */
+static inline __attribute__((always_inline)) void gram_rows(const double *rows, int64_t stride, int64_t points,
+                                                            const int q, double *gram, int64_t step) {
+    lanes part[GRAM_ROWS * (GRAM_ROWS + 1) / 2], row[GRAM_ROWS];
+#pragma GCC unroll 36
+    for (int t = 0; t < q * (q + 1) / 2; t++) part[t] = (lanes){0.0};
+    int64_t k = 0;
+    for (; k + LANES <= points; k += LANES) {
+#pragma GCC unroll 8
+        for (int i = 0; i < q; i++) __builtin_memcpy(&row[i], rows + i * stride + k, sizeof(lanes));
+        int t = 0;
+#pragma GCC unroll 8
+        for (int i = 0; i < q; i++)
+#pragma GCC unroll 8
+            for (int j = i; j < q; j++) part[t++] += row[i] * row[j];
+    }
+    int t = 0;
+    for (int i = 0; i < q; i++)
+        for (int j = i; j < q; j++, t++) {
+            double sum = 0.0;
+            for (int l = 0; l < LANES; l++) sum += part[t][l];
+            for (int64_t m = k; m < points; m++) sum += rows[i * stride + m] * rows[j * stride + m];
+            gram[(i * q + j) * step] = sum;
+        }
+}
+
+/* The upper triangle of the Gram matrix (q x q, row-major, entry (i, j) at gram[(i q + j) step]) of the q rows of
+ * ``points`` entries ``stride`` apart from ``rows``: each product summed in LANES interleaved sums (one vector
+ * register), then those in order. */
+static void gram_matrix(const double *rows, int64_t stride, int64_t points, int64_t q, double *gram, int64_t step) {
+    switch (q) {
+        case 2: gram_rows(rows, stride, points, 2, gram, step); return;
+        case 3: gram_rows(rows, stride, points, 3, gram, step); return;
+        case 4: gram_rows(rows, stride, points, 4, gram, step); return;
+        case 5: gram_rows(rows, stride, points, 5, gram, step); return;
+        case 6: gram_rows(rows, stride, points, 6, gram, step); return;
+        case 7: gram_rows(rows, stride, points, 7, gram, step); return;
+        case 8: gram_rows(rows, stride, points, 8, gram, step); return;
+        default: break;
+    }
+    for (int64_t i = 0; i < q; i++)
+        for (int64_t j = i; j < q; j++) {
+            const double *row_i = rows + i * stride, *row_j = rows + j * stride;
+            double part[LANES] = {0.0}, sum = 0.0;
+            int64_t k = 0;
+            for (; k + LANES <= points; k += LANES)
+                for (int64_t l = 0; l < LANES; l++) part[l] += row_i[k + l] * row_j[k + l];
+            for (int64_t l = 0; l < LANES; l++) sum += part[l];
+            for (; k < points; k++) sum += row_i[k] * row_j[k];
+            gram[(i * q + j) * step] = sum;
+        }
+}
+
+/* The scaled Cholesky factors of BLOCK curves' Gram matrices ``gram`` (q x q row-major upper triangles, the curve
+ * innermost; the first ``count`` curves used) scaled back: ``upper`` = R of CholeskyQR, the curve innermost;
+ * failed[l] = 1 where the factorisation failed or a scaled pivot is below ``pivot``. The BLOCK curves' chains of
+ * sqrt and division run side by side in vector registers. */
+static void cholesky_block(int64_t q, int64_t count, double gram[][BLOCK], double pivot, double upper[][BLOCK],
+                           int64_t *failed) {
+    double scale[q][BLOCK], inverse[q][BLOCK], reciprocal[BLOCK];
+    for (int64_t i = 0; i < q * q; i++)
+        for (int64_t l = 0; l < BLOCK; l++) {
+            if (l >= count) gram[i][l] = i % (q + 1) == 0; /* the identity in unused lanes */
+            upper[i][l] = 0.0;
+        }
+    for (int64_t l = 0; l < BLOCK; l++) failed[l] = 0;
+    for (int64_t i = 0; i < q; i++)
+        for (int64_t l = 0; l < BLOCK; l++) {
+            double norm = sqrt(gram[i * q + i][l]);
+            scale[i][l] = norm > 0 ? norm : 1.0;
+            inverse[i][l] = 1.0 / scale[i][l];
+        }
+    for (int64_t i = 0; i < q; i++) {
+        for (int64_t l = 0; l < BLOCK; l++) {
+            double value = gram[i * q + i][l] * inverse[i][l] * inverse[i][l];
+            for (int64_t k = 0; k < i; k++) value -= upper[k * q + i][l] * upper[k * q + i][l];
+            int64_t bad = !(value > 0);
+            double diagonal = sqrt(bad ? 1.0 : value); /* (a failed curve goes on harmlessly, then is redone) */
+            failed[l] |= bad | !(diagonal >= pivot);
+            upper[i * q + i][l] = diagonal;
+            reciprocal[l] = 1.0 / diagonal;
+        }
+        for (int64_t j = i + 1; j < q; j++)
+            for (int64_t l = 0; l < BLOCK; l++) {
+                double value = gram[i * q + j][l] * inverse[i][l] * inverse[j][l];
+                for (int64_t k = 0; k < i; k++) value -= upper[k * q + i][l] * upper[k * q + j][l];
+                upper[i * q + j][l] = value * reciprocal[l];
+            }
+    }
+    for (int64_t i = 0; i < q; i++)
+        for (int64_t j = i; j < q; j++)
+            for (int64_t l = 0; l < BLOCK; l++) upper[i * q + j][l] *= scale[j][l];
+}
+
+/* R_b (q x q, row-major) of the first ``count`` of the BLOCK curves ``gram`` and ``failed`` are of (`cholesky_block`)
+ * into ``upper`` (one after the other), and ``poor`` = failed. */
+static void store_block(int64_t q, int64_t count, double upper_block[][BLOCK], const int64_t *failed, double *upper,
+                        int64_t *poor) {
+    for (int64_t l = 0; l < count; l++) {
+        for (int64_t i = 0; i < q * q; i++) upper[l * q * q + i] = upper_block[i][l];
+        poor[l] = failed[l];
+    }
+}
+
 void global_reduce(int64_t count, int64_t points, int64_t q, const double *rows, double pivot, double *upper,
                    int64_t *poor, int threads) {
+    const int64_t blocks = (count + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) {
-        double gram[q * q], scale[q];
-        double *r = upper + b * q * q;
-        for (int64_t i = 0; i < q; i++) {
-            const double *row_i = rows + (i * count + b) * points;
-            for (int64_t j = i; j < q; j++) {
-                const double *row_j = rows + (j * count + b) * points;
-                double part[LANES] = {0.0}, sum = 0.0; /* LANES running sums: one vector register */
-                int64_t k = 0;
-                for (; k + LANES <= points; k += LANES)
-                    for (int64_t l = 0; l < LANES; l++) part[l] += row_i[k + l] * row_j[k + l];
-                for (int64_t l = 0; l < LANES; l++) sum += part[l];
-                for (; k < points; k++) sum += row_i[k] * row_j[k];
-                gram[i * q + j] = sum;
-            }
-        }
-        for (int64_t i = 0; i < q; i++) {
-            double norm = sqrt(gram[i * q + i]);
-            scale[i] = norm > 0 ? norm : 1.0;
-        }
-        int64_t failed = 0;
-        for (int64_t i = 0; i < q * q; i++) r[i] = 0.0;
-        for (int64_t i = 0; i < q && !failed; i++) {
-            for (int64_t j = i; j < q; j++) {
-                double value = gram[i * q + j] / scale[i] / scale[j];
-                for (int64_t k = 0; k < i; k++) value -= r[k * q + i] * r[k * q + j];
-                if (j == i) {
-                    if (!(value > 0)) {
-                        failed = 1;
-                        break;
-                    }
-                    r[i * q + i] = sqrt(value);
-                    if (!(r[i * q + i] >= pivot)) failed = 1;
-                } else {
-                    r[i * q + j] = value / r[i * q + i];
-                }
-            }
-        }
-        for (int64_t i = 0; i < q; i++)
-            for (int64_t j = i; j < q; j++) r[i * q + j] *= scale[j];
-        poor[b] = failed;
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t first = block * BLOCK, n = count - first < BLOCK ? count - first : BLOCK;
+        double gram[q * q][BLOCK], factor[q * q][BLOCK];
+        int64_t failed[BLOCK];
+        for (int64_t l = 0; l < n; l++) gram_matrix(rows + (first + l) * points, count * points, points, q, &gram[0][l], BLOCK);
+        cholesky_block(q, n, gram, pivot, factor, failed);
+        store_block(q, n, factor, failed, upper + first * q * q, poor + first);
     }
 }
 
@@ -86,11 +165,13 @@ void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const
                 for (int64_t l = 0; l < BLOCK; l++) {
                     /* sqrt(d^2 + e^2) without overflow or underflow (hypot's value to an ulp; inputs finite) */
                     double d = rows[k * q + k][l], e = extra[k][l];
-                    double big = fmax(fabs(d), fabs(e)), small = fmin(fabs(d), fabs(e));
+                    double a = fabs(d), c = fabs(e), big = a > c ? a : c, small = a > c ? c : a;
                     double ratio = small / (big > 0 ? big : 1.0);
                     double radius = big * sqrt(1.0 + ratio * ratio), safe = radius > 0 ? radius : 1.0;
-                    cosine[l] = radius > 0 ? d / safe : 1.0;
-                    sine[l] = radius > 0 ? e / safe : 0.0;
+                    /* (divisions outside the selections: the loop then runs in vector registers) */
+                    double along = d / safe, across = e / safe;
+                    cosine[l] = radius > 0 ? along : 1.0;
+                    sine[l] = radius > 0 ? across : 0.0;
                 }
                 for (int64_t i = k; i < q; i++)
                     for (int64_t l = 0; l < BLOCK; l++) {
@@ -153,5 +234,91 @@ void global_columns(int64_t count, int64_t q, const double *upper, double *squar
             squares[b * p + j] = square;
             gradient[b * p + j] = product;
         }
+    }
+}
+
+void global_local_inverse(int64_t count, int64_t L, int64_t q, const double *upper, double limit, double *pseudo,
+                          int64_t *doubtful, int threads) {
+    /* R_AA^-1 = D^-1 (R_AA D^-1)^-1 of each curve (its leading L x L block of R_b, columns scaled by their safe
+     * norms D), and doubtful[b] = 1 unless ||R_AA D^-1||_F ||(R_AA D^-1)^-1||_F < limit */
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < count; b++) {
+        const double *r = upper + b * q * q;
+        double scale[L], scaled[L * L], inverse[L * L], scaled_square = 0.0, inverse_square = 0.0;
+        for (int64_t j = 0; j < L; j++) {
+            double largest = 0.0, sum = 0.0;
+            for (int64_t i = 0; i <= j; i++) largest = fmax(largest, fabs(r[i * q + j]));
+            double safe = largest > 0 ? largest : 1.0;
+            for (int64_t i = 0; i <= j; i++) sum += (r[i * q + j] / safe) * (r[i * q + j] / safe);
+            double norm = largest * sqrt(sum);
+            scale[j] = norm > 0 ? norm : 1.0;
+        }
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t j = 0; j < L; j++) {
+                scaled[i * L + j] = j >= i ? r[i * q + j] / scale[j] : 0.0;
+                scaled_square += scaled[i * L + j] * scaled[i * L + j];
+            }
+        for (int64_t c = 0; c < L; c++) /* (R_AA D^-1) X = I, column by column */
+            for (int64_t i = L - 1; i >= 0; i--) {
+                double value = i == c ? 1.0 : 0.0;
+                for (int64_t k = i + 1; k < L; k++) value -= scaled[i * L + k] * inverse[k * L + c];
+                inverse[i * L + c] = value / scaled[i * L + i];
+            }
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t j = 0; j < L; j++) {
+                inverse_square += inverse[i * L + j] * inverse[i * L + j];
+                pseudo[b * L * L + i * L + j] = inverse[i * L + j] / scale[i];
+            }
+        doubtful[b] = !(sqrt(scaled_square) * sqrt(inverse_square) < limit);
+    }
+}
+
+void global_local_weights(int64_t count, int64_t L, int64_t S, const double *upper, const double *pseudo,
+                          double *weights, double *outside, int threads) {
+    /* W_b = R_AA^+ R_AC (L x S) and R_AC - R_AA W_b (R_AC's part outside R_AA's range) of each curve */
+    const int64_t q = L + S + 1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < count; b++) {
+        const double *r = upper + b * q * q, *inverse = pseudo + b * L * L;
+        double *w = weights + b * L * S, *out = outside + b * L * S;
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t s = 0; s < S; s++) {
+                double sum = 0.0;
+                for (int64_t k = 0; k < L; k++) sum += inverse[i * L + k] * r[k * q + L + s];
+                w[i * S + s] = sum;
+            }
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t s = 0; s < S; s++) {
+                double sum = 0.0;
+                for (int64_t k = 0; k < L; k++) sum += r[i * q + k] * w[k * S + s];
+                out[i * S + s] = r[i * q + L + s] - sum;
+            }
+    }
+}
+
+void global_local_covariance(int64_t count, int64_t L, int64_t S, const double *pseudo, const double *weights,
+                             const double *core, double variance, double *local, double *cross, double *stderr_,
+                             int threads) {
+    /* cov(theta_b, phi) = -s^2 W_b C and cov(theta_b) = s^2 (R_AA^+ R_AA^+T + W_b C W_b^T) of each curve (C the
+     * shared block's inverse core), and the local standard errors sqrt |cov(theta_b)_jj| */
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < count; b++) {
+        const double *inverse = pseudo + b * L * L, *w = weights + b * L * S;
+        double *c = cross + b * L * S, *v = local + b * L * L, product[L * S];
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t s = 0; s < S; s++) {
+                double sum = 0.0;
+                for (int64_t k = 0; k < S; k++) sum += w[i * S + k] * core[k * S + s];
+                product[i * S + s] = sum;
+                c[i * S + s] = -variance * sum;
+            }
+        for (int64_t i = 0; i < L; i++)
+            for (int64_t j = 0; j < L; j++) {
+                double direct = 0.0, shared = 0.0;
+                for (int64_t k = 0; k < L; k++) direct += inverse[i * L + k] * inverse[j * L + k];
+                for (int64_t s = 0; s < S; s++) shared += product[i * S + s] * w[j * S + s];
+                v[i * L + j] = variance * (direct + shared);
+            }
+        for (int64_t j = 0; j < L; j++) stderr_[b * L + j] = sqrt(fabs(v[j * L + j]));
     }
 }

@@ -4,7 +4,8 @@ of ~10 small torch operations over all curves (each its own pass through memory)
 
 For CPU float64 tensors where a C compiler is found; `global_lm` keeps its torch path for everything
 else (GPU, float32, no compiler), and the two give the same answers to roundoff. The library is built
-once (about 1 s of gcc) and cached on disk like every kernel.
+once (about 1 s of gcc) and cached on disk like every kernel. Each takes ``workers``, the threads over
+the curves (default torch's setting; one for a small problem).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ _SIGNATURES = {
     "global_damp": [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _THREADS],
     "global_local_step": [_INT, _INT, _INT, *[_POINTER] * 6, _THREADS],
     "global_columns": [_INT, _INT, _POINTER, _POINTER, _POINTER, _THREADS],
+    "global_local_inverse": [_INT, _INT, _INT, _POINTER, ctypes.c_double, _POINTER, _POINTER, _THREADS],
+    "global_local_weights": [_INT, _INT, _INT, *[_POINTER] * 4, _THREADS],
+    "global_local_covariance": [_INT, _INT, _INT, *[_POINTER] * 3, ctypes.c_double, *[_POINTER] * 3, _THREADS],
 }
 
 
@@ -47,11 +51,13 @@ def usable(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.dtype == torch.float64 and _library() is not None
 
 
-def _threads(entries: int) -> int:
-    return torch.get_num_threads() if entries >= PARALLEL_MIN_SIZE else 1
+def threads(entries: int, workers: int | None = None) -> int:
+    """The threads for C work over ``entries`` numbers: ``workers`` (default torch's setting), or one for a
+    small problem."""
+    return (torch.get_num_threads() if workers is None else workers) if entries >= PARALLEL_MIN_SIZE else 1
 
 
-def reduce_rows(rows: torch.Tensor, pivot: float) -> tuple[torch.Tensor, torch.Tensor]:
+def reduce_rows(rows: torch.Tensor, pivot: float, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """R_b (b, q, q) of each curve's rows ``rows`` (q, b, N) by CholeskyQR, and (b,) True where it is
     to be redone by Householder QR (Cholesky failed, or a column-scaled pivot below ``pivot``)."""
     rows = rows.contiguous()
@@ -59,12 +65,12 @@ def reduce_rows(rows: torch.Tensor, pivot: float) -> tuple[torch.Tensor, torch.T
     upper = rows.new_empty(count, q, q)
     poor = torch.empty(count, dtype=torch.int64)
     _library().global_reduce(
-        count, points, q, rows.data_ptr(), pivot, upper.data_ptr(), poor.data_ptr(), _threads(rows.numel())
+        count, points, q, rows.data_ptr(), pivot, upper.data_ptr(), poor.data_ptr(), threads(rows.numel(), workers)
     )
     return upper, poor.bool()
 
 
-def eliminate_damping(upper: torch.Tensor, root_scale: torch.Tensor, sizes: tuple[int, int]) -> tuple:
+def eliminate_damping(upper: torch.Tensor, root_scale: torch.Tensor, sizes: tuple[int, int], workers=None) -> tuple:
     """R_b's first L rows (b, L, q) after appending diag(``root_scale`` (b, L)) to its local columns, and
     what is left of those rows in the shared and r columns (b, L, S + 1)."""
     L, S = sizes
@@ -74,12 +80,12 @@ def eliminate_damping(upper: torch.Tensor, root_scale: torch.Tensor, sizes: tupl
     upper, root_scale = upper.contiguous(), root_scale.contiguous()
     _library().global_damp(
         count, L, S, upper.data_ptr(), root_scale.data_ptr(), rows.data_ptr(), leftovers.data_ptr(),
-        _threads(upper.numel()),
+        threads(upper.numel(), workers),
     )  # fmt: skip
     return rows, leftovers
 
 
-def local_steps(upper, rows, local_scale, d_shared, sizes) -> tuple[torch.Tensor, torch.Tensor]:
+def local_steps(upper, rows, local_scale, d_shared, sizes, workers=None) -> tuple[torch.Tensor, torch.Tensor]:
     """d_b (b, L) from the damped local rows ``rows`` (b, L, q) once d_phi ``d_shared`` (S,) is known, and
     per curve (b, 3): ||R_b d||^2, (R_b d).q_b and ||D_b d_b||^2."""
     L, S = sizes
@@ -88,17 +94,72 @@ def local_steps(upper, rows, local_scale, d_shared, sizes) -> tuple[torch.Tensor
     parts = upper.new_empty(count, 3)
     tensors = [upper.contiguous(), rows.contiguous(), local_scale.contiguous(), d_shared.contiguous()]
     _library().global_local_step(
-        count, L, S, *(t.data_ptr() for t in tensors), d_local.data_ptr(), parts.data_ptr(), _threads(upper.numel())
+        count,
+        L,
+        S,
+        *(t.data_ptr() for t in tensors),
+        d_local.data_ptr(),
+        parts.data_ptr(),
+        threads(upper.numel(), workers),
     )
     return d_local, parts
 
 
-def columns(upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def columns(upper: torch.Tensor, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """||J_j||^2 and (J^T r)_j of each curve (b, p) from its R_b (b, p + 1, p + 1)."""
     upper = upper.contiguous()
     count, q = upper.shape[:2]
     squares, gradient = upper.new_empty(count, q - 1), upper.new_empty(count, q - 1)
     _library().global_columns(
-        count, q, upper.data_ptr(), squares.data_ptr(), gradient.data_ptr(), _threads(upper.numel())
+        count, q, upper.data_ptr(), squares.data_ptr(), gradient.data_ptr(), threads(upper.numel(), workers)
     )
     return squares, gradient
+
+
+def local_inverse(upper: torch.Tensor, local: int, limit: float, workers=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """R_AA^-1 (b, L, L) of each curve's leading ``local`` x ``local`` block of R_b (b, q, q), from its
+    column-scaled copy R_AA D^-1 (D the safe column norms), and (b,) True where the bound
+    ||R_AA D^-1||_F ||(R_AA D^-1)^-1||_F on its condition number is not below ``limit``."""
+    upper = upper.contiguous()
+    count, q = upper.shape[:2]
+    pseudo = upper.new_empty(count, local, local)
+    doubtful = torch.empty(count, dtype=torch.int64)
+    _library().global_local_inverse(
+        count,
+        local,
+        q,
+        upper.data_ptr(),
+        limit,
+        pseudo.data_ptr(),
+        doubtful.data_ptr(),
+        threads(upper.numel(), workers),
+    )
+    return pseudo, doubtful.bool()
+
+
+def local_weights(upper: torch.Tensor, pseudo: torch.Tensor, sizes: tuple[int, int], workers=None) -> tuple:
+    """W_b = R_AA^+ R_AC (b, L, S) of each curve, from R_b (b, q, q) and R_AA^+ ``pseudo`` (b, L, L), and
+    R_AC - R_AA W_b (b, L, S)."""
+    L, S = sizes
+    upper, pseudo = upper.contiguous(), pseudo.contiguous()
+    count = upper.shape[0]
+    weights, outside = upper.new_empty(count, L, S), upper.new_empty(count, L, S)
+    workers = threads(upper.numel(), workers)
+    _library().global_local_weights(
+        count, L, S, upper.data_ptr(), pseudo.data_ptr(), weights.data_ptr(), outside.data_ptr(), workers
+    )
+    return weights, outside
+
+
+def local_covariance(pseudo, weights, core: torch.Tensor, variance: float, workers=None) -> tuple:
+    """Per curve: cov(theta_b) = s^2 (R_AA^+ R_AA^+T + W_b C W_b^T) (b, L, L), cov(theta_b, phi) = -s^2 W_b C
+    (b, L, S) and sqrt |cov(theta_b)_jj| (b, L), from ``pseudo`` R_AA^+, ``weights`` W_b, ``core`` C (S, S)."""
+    count, L, S = weights.shape
+    pseudo, weights, core = pseudo.contiguous(), weights.contiguous(), core.contiguous()
+    local, cross, stderr = pseudo.new_empty(count, L, L), pseudo.new_empty(count, L, S), pseudo.new_empty(count, L)
+    outputs = (local.data_ptr(), cross.data_ptr(), stderr.data_ptr())
+    workers = threads(pseudo.numel() * 4, workers)
+    _library().global_local_covariance(
+        count, L, S, pseudo.data_ptr(), weights.data_ptr(), core.data_ptr(), variance, *outputs, workers
+    )
+    return local, cross, stderr

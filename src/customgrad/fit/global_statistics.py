@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import global_native
+from .global_lm import nonfinite_count
 from .statistics import (
     INSENSITIVE,
     RANK_TOLERANCE,
@@ -51,24 +53,38 @@ class GlobalUncertainty:
     warnings: list[str] = field(default_factory=list)
 
 
-def _local_inverse(upper_local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _local_inverse(upper: torch.Tensor, L: int, workers: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """R_AA^+ (b, L, L) = D^-1 V diag(1/s^2) V^T D^-1 R_AA^T over the kept directions of the SVD of the
-    column-scaled R_AA D^-1 (batched Jacobi), and the parameters of a null direction (b, L) bool."""
-    if upper_local.shape[-1] == 0 or upper_local.shape[0] == 0:  # every parameter shared, or no curve here
+    column-scaled R_AA D^-1 (batched Jacobi), and the parameters of a null direction (b, L) bool; R_AA
+    the leading L x L block of each R_b ``upper``."""
+    upper_local = upper[:, :L, :L]
+    if L == 0 or upper.shape[0] == 0:  # every parameter shared, or no curve here
         return upper_local.clone(), upper_local.new_zeros(upper_local.shape[:2], dtype=torch.bool)
-    norms = safe_column_norms(upper_local)
-    scale = torch.where(norms > 0, norms, 1.0)
-    scaled = upper_local / scale.unsqueeze(-2)
     # s_min / s_max >= 1 / (||R||_F ||R^-1||_F): where that bound clears RANK_TOLERANCE (by a margin) every
     # direction is kept and the pseudo-inverse is the inverse; the SVD decides for the other curves only
-    eye = torch.eye(scaled.shape[-1], dtype=scaled.dtype, device=scaled.device)
-    pseudo = torch.linalg.solve_triangular(scaled, eye.expand_as(scaled), upper=True)
-    bound = torch.linalg.matrix_norm(scaled) * torch.linalg.matrix_norm(pseudo)
-    involved = torch.zeros(scaled.shape[:2], dtype=torch.bool, device=scaled.device)
-    doubtful = (~(bound < REGULAR_MARGIN / RANK_TOLERANCE)).nonzero().flatten()
+    limit = REGULAR_MARGIN / RANK_TOLERANCE
+    if global_native.usable(upper):
+        pseudo, doubtful = global_native.local_inverse(upper, L, limit, workers)
+    else:
+        scaled, scale = _column_scaled(upper_local)
+        eye = torch.eye(L, dtype=scaled.dtype, device=scaled.device)
+        inverse = torch.linalg.solve_triangular(scaled, eye.expand_as(scaled), upper=True)
+        doubtful = ~(torch.linalg.matrix_norm(scaled) * torch.linalg.matrix_norm(inverse) < limit)
+        pseudo = inverse / scale.unsqueeze(-1)
+    involved = torch.zeros(upper_local.shape[:2], dtype=torch.bool, device=upper.device)
+    doubtful = doubtful.nonzero().flatten()
     if len(doubtful):
-        pseudo[doubtful], involved[doubtful] = _svd_pseudo_inverse(scaled[doubtful])
-    return pseudo / scale.unsqueeze(-1), involved
+        scaled, scale = _column_scaled(upper_local[doubtful])
+        inverse, involved[doubtful] = _svd_pseudo_inverse(scaled)
+        pseudo[doubtful] = inverse / scale.unsqueeze(-1)
+    return pseudo, involved
+
+
+def _column_scaled(upper_local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """R_AA D^-1 and D (b, L): each column of R_AA (b, L, L) divided by its safe norm (1 where zero)."""
+    norms = safe_column_norms(upper_local)
+    scale = torch.where(norms > 0, norms, 1.0)
+    return upper_local / scale.unsqueeze(-2), scale
 
 
 def _svd_pseudo_inverse(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,20 +95,25 @@ def _svd_pseudo_inverse(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return pseudo, torch.from_numpy(null_involved(s, vt)).to(scaled.device)
 
 
-def global_uncertainty(upper, totals, sizes, variance: float, shared_names, data_norm: float, shared_values):
+def global_uncertainty(upper, totals, sizes, variance, shared_names, data_norm, shared_values, workers=None):
     """The `GlobalUncertainty` from the R_b (b, P + 1, P + 1) of J with respect to the parameter values.
 
     ``variance`` is s^2; ``totals`` a `global_lm.Totals`; ``data_norm`` ||y / sigma|| over all curves,
-    against which a shared column below `INSENSITIVE` counts as no effect at all.
+    against which a shared column below `INSENSITIVE` counts as no effect at all; ``workers`` the
+    threads of the C kernels over the curves (`global_native.threads`).
     """
     L, S = sizes
-    if float(totals.sum((~torch.isfinite(upper)).sum().to(upper.dtype))) > 0:
+    if float(totals.sum(nonfinite_count(upper))) > 0:
         return _undetermined(upper, sizes)
     upper_local, cross, upper_shared = upper[:, :L, :L], upper[:, :L, L : L + S], upper[:, L : L + S, L : L + S]
-    pseudo, involved = _local_inverse(upper_local)
-    weights = pseudo @ cross  # W_b
-    # R_AC's part outside R_AA's range (zero where R_AA has full rank) joins the remainder: same Gram as U0^T R_AC
-    outside = cross - upper_local @ weights
+    pseudo, involved = _local_inverse(upper, L, workers)
+    native = global_native.usable(upper)
+    if native:
+        weights, outside = global_native.local_weights(upper, pseudo, sizes, workers)
+    else:
+        weights = pseudo @ cross  # W_b
+        # R_AC's part outside R_AA's range (zero where R_AA has full rank) joins the remainder: same Gram as U0^T R_AC
+        outside = cross - upper_local @ weights
     remainder = torch.cat([upper_shared, outside], dim=-2).reshape(-1, S)
     sigma_factor = totals.factor(remainder).cpu().numpy()[:S, :S]
     column_square = (upper[:, : L + S, L : L + S] ** 2).sum((0, 1)) if len(upper) else upper.new_zeros(S)
@@ -103,13 +124,19 @@ def global_uncertainty(upper, totals, sizes, variance: float, shared_names, data
     inverse, spread = _shared_inverse(sigma_factor, shared_names, dead)
     warnings += _not_identifiable(spread.not_identifiable, {n for n, d in zip(shared_names, dead) if d})
     core = torch.as_tensor(inverse, dtype=upper.dtype, device=upper.device)
-    cross_covariance = -variance * weights @ core
-    local_covariance = variance * (pseudo @ pseudo.transpose(-1, -2) + weights @ core @ weights.transpose(-1, -2))
-    local_stderr = torch.sqrt(torch.diagonal(local_covariance, dim1=-2, dim2=-1).abs())
-    local_stderr = torch.where(involved, torch.nan, local_stderr)
-    # a direction its curve does not determine: NaN in every entry it takes part in, as `with_null_groups`
-    local_covariance = local_covariance.masked_fill(involved.unsqueeze(-1) | involved.unsqueeze(-2), torch.nan)
-    cross_covariance = cross_covariance.masked_fill(involved.unsqueeze(-1), torch.nan)
+    if native:
+        local_covariance, cross_covariance, local_stderr = global_native.local_covariance(
+            pseudo, weights, core, variance, workers
+        )
+    else:
+        cross_covariance = -variance * weights @ core
+        local_covariance = variance * (pseudo @ pseudo.transpose(-1, -2) + weights @ core @ weights.transpose(-1, -2))
+        local_stderr = torch.sqrt(torch.diagonal(local_covariance, dim1=-2, dim2=-1).abs())
+    if bool(involved.any()):
+        # a direction its curve does not determine: NaN in every entry it takes part in, as `with_null_groups`
+        local_stderr = torch.where(involved, torch.nan, local_stderr)
+        local_covariance = local_covariance.masked_fill(involved.unsqueeze(-1) | involved.unsqueeze(-2), torch.nan)
+        cross_covariance = cross_covariance.masked_fill(involved.unsqueeze(-1), torch.nan)
     shared_covariance = variance * spread.covariance
     shared_stderr = math.sqrt(variance) * spread.stderr
     return GlobalUncertainty(

@@ -5,7 +5,8 @@ For formula models on the CPU in float64 with a C compiler. One shared library p
 layout holds three translation units: the model's generated rows [df/db_j, f] and values f (the cpu
 backend's kernels, `FormulaModel.c_source`), a few lines of glue that call them for one curve, and the
 fixed solver source `native_lm.c`, the C twin of `batch_lm.batch_levenberg_marquardt` (same trust region, Hebden
-damping from the SVD of R D^-1, geodesic acceleration, stopping rules, polish step). A curve's whole
+damping from the SVD of R D^-1, geodesic acceleration, stopping rules, polish step), followed in its
+translation unit by a global fit's per-curve factors (`global_native.c`, `global_rows.c`). A curve's whole
 fit runs in a core's cache with no Python in the loop, which is what makes a batch of small fits fast:
 the tensor engine (`batch_lm`) pays ~350 small torch operations per round instead. The library is
 built once (about 1 s) and cached on disk like every kernel.
@@ -172,6 +173,14 @@ def _solver_source() -> str:
     return (Path(__file__).parent / "native_lm.c").read_text()
 
 
+@functools.cache
+def _host_solver_source() -> str:
+    """`native_lm.c` followed, in the same translation unit, by a global fit's per-curve factors
+    (`global_rows.c`, which calls its functions and `global_native.c`'s CholeskyQR): CPU only."""
+    here = Path(__file__).parent
+    return "\n".join([_solver_source(), *((here / name).read_text() for name in ("global_native.c", "global_rows.c"))])
+
+
 def _glue(symbol: str, entry: str, inputs: int, outputs: int) -> str:
     """C calling generated kernel ``symbol`` over one curve of n points from arrays of pointers."""
     parameters = ", ".join(["const double*"] * inputs + ["double*"] * outputs)
@@ -225,7 +234,7 @@ def _compiled(function, free: tuple[str, ...], layouts: str) -> bytes | None:
     sources = ["#define kernel rows_kernel\n" + rows, "#define kernel values_kernel\n" + values, glue]
     from ..backends.cpu import library_bytes
 
-    return library_bytes([*sources, _solver_source()], f"native fit of {function.text}", FLAGS)
+    return library_bytes([*sources, _host_solver_source()], f"native fit of {function.text}", FLAGS)
 
 
 class NotBuilt(BackendError):

@@ -19,7 +19,10 @@ from .jacobi import LAPACK_BATCH, jacobi_svd
 
 def _numpy_svd(matrix: np.ndarray, rhs: np.ndarray, start=None):
     """`jacobi.jacobi_svd`'s contract by LAPACK (``start`` unused): s, V^T and diag(s) U^T rhs."""
-    u, values, vt = np.linalg.svd(matrix)
+    if len(matrix) == 1:  # a third less time than the stacked call
+        u, values, vt = (part[None] for part in np.linalg.svd(matrix[0]))
+    else:
+        u, values, vt = np.linalg.svd(matrix)
     return values, vt, values * (u.swapaxes(-1, -2) @ rhs[..., None])[..., 0]
 
 
@@ -35,10 +38,12 @@ NUMPY = SimpleNamespace(
     clamp_min=np.maximum,
     sqrt=np.sqrt,
     isfinite=np.isfinite,
-    isin=np.isin,
+    isin=lambda x, values: (x[..., None] == np.asarray(values)).any(-1),  # (np.isin sorts: ~20 us)
+    sum=np.add.reduce,  # (the methods .sum, .all go through Python wrappers)
+    all=np.logical_and.reduce,
     zeros_like=np.zeros_like,
-    amax=lambda x, axis: x.max(axis),
-    norm=lambda x: np.sqrt((x * x).sum(-1)),
+    amax=np.maximum.reduce,
+    norm=lambda x: np.sqrt(np.add.reduce(x * x, -1)),
     flatnonzero=lambda x: x.nonzero()[0],
     take=lambda x, index: x[index],
     put=_numpy_put,
@@ -67,6 +72,8 @@ TORCH = SimpleNamespace(
     isfinite=torch.isfinite,
     isin=lambda x, values: torch.isin(x, torch.as_tensor(values, device=x.device)),
     zeros_like=torch.zeros_like,
+    sum=torch.sum,
+    all=torch.all,
     amax=lambda x, axis: x.amax(axis),
     norm=lambda x: torch.linalg.vector_norm(x, dim=-1),
     flatnonzero=lambda x: x.nonzero().flatten(),

@@ -306,13 +306,13 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     state.jacobians = state.jacobians + 1
     state.fresh = xp.zeros_like(state.fresh)
     p = state.theta.shape[-1]
-    finite = xp.isfinite(reduced).reshape(len(fresh), -1).all(-1)
+    finite = xp.all(xp.isfinite(reduced).reshape(len(fresh), -1), -1)
     reduced = xp.where(finite[:, None, None], reduced, 0.0)
     upper, qtr = reduced[:, :p, :p], reduced[:, :p, p]
     column_norms = safe_column_norms(upper, xp)
     first = _rescale(state, column_norms, factor, xp)
     # gtol: max_j |J_j^T r| / (||J_j|| ||r||) <= gtol
-    gradient = abs((upper * qtr[..., None]).sum(-2))
+    gradient = abs(xp.sum(upper * qtr[..., None], -2))
     cosine = xp.amax(gradient / xp.clamp_min(column_norms, TINY), -1)
     # a cost that overflowed (or NaN) makes every convergence test pass vacuously
     stops = (~finite | ~xp.isfinite(state.cost), "nonfinite"), (state.cost == 0, "exact")
@@ -328,7 +328,7 @@ def _rescale(state: BatchState, column_norms, factor: float, xp):
     """D and, on a (re)start, the trust radius from a new Jacobian's column norms; returns where D restarted."""
     first = state.jacobians == 1
     # D restarts where every column shrank below SHRUNK of its maximum (see `lm.SHRUNK`)
-    first = first | (column_norms < SHRUNK * state.scale).all(-1)
+    first = first | xp.all(column_norms < SHRUNK * state.scale, -1)
     initial_scale = xp.where(column_norms > 0, column_norms, 1.0)
     scale = xp.maximum(state.scale, column_norms)
     # a single column that shrank by orders of magnitude restarts alone (`lm.COLUMN_SHRUNK`)
@@ -356,8 +356,8 @@ def _decompose(state: BatchState, upper, qtr, first, xp) -> None:
     state.gauss_newton = xp.where(keep, -products / squares, 0.0)
     state.gauss_newton_norm = xp.norm(state.gauss_newton)
     projected = xp.where(keep, products / values, 0.0)
-    state.gauss_newton_decrease = (projected * projected).sum(-1)
-    state.start = xp.where(keep.all(-1), 0.0, EPS * largest[:, 0] ** 2)
+    state.gauss_newton_decrease = xp.sum(projected * projected, -1)
+    state.start = xp.where(xp.all(keep, -1), 0.0, EPS * largest[:, 0] ** 2)
     state.low_rank = values[:, -1] <= RANK_TOLERANCE * values[:, 0]
 
 
@@ -373,7 +373,7 @@ def _damped_steps(state: BatchState, xp):
     coordinates = xp.where(fits[:, None], state.gauss_newton, -_ratio(products, squares + lam[:, None], xp))
     lam = xp.where(fits, 0.0, lam)
     norm = xp.where(fits, state.gauss_newton_norm, xp.norm(coordinates))
-    decrease = (squares * coordinates * coordinates).sum(-1)
+    decrease = xp.sum(squares * coordinates * coordinates, -1)
     return lam, coordinates, norm, decrease
 
 
@@ -386,7 +386,7 @@ def _hebden(state: BatchState, done, squares, xp):
         done = done | (abs(norm - radius) <= 0.1 * radius) | (norm == 0)
         if bool(done.all()):
             break
-        derivative = -_ratio(coefficients * coefficients, squares + lam[:, None], xp).sum(-1) / norm
+        derivative = -xp.sum(_ratio(coefficients * coefficients, squares + lam[:, None], xp), -1) / norm
         lam = xp.where(done, lam, xp.clamp_min(lam + (norm - norm * norm / radius) / derivative, 0.0))
     return lam
 
@@ -396,9 +396,9 @@ def _ratio(a, b, xp):
     return xp.where(b != 0, a / b, 0.0)  # (the NaN of 0 / 0 is not selected)
 
 
-def _to_parameters(state: BatchState, coordinates):
+def _to_parameters(state: BatchState, coordinates, xp):
     """D^-1 V c: a step in parameter space from its V-coordinates."""
-    return (state.vt * coordinates[..., None]).sum(-2) / state.scale
+    return xp.sum(state.vt * coordinates[..., None], -2) / state.scale
 
 
 def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
@@ -407,7 +407,7 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
     lam, coordinates, step_norm, decrease = _damped_steps(state, xp)
     first = (state.steps == 0) & (state.jacobians == 1)
     state.radius = xp.where(first, xp.minimum(state.radius, step_norm), state.radius)
-    velocity = _to_parameters(state, coordinates)
+    velocity = _to_parameters(state, coordinates, xp)
     if geodesic_acceleration:
         bent = xp.flatnonzero(lam > 0)
         if len(bent):
@@ -477,14 +477,14 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list, xp) -> None:
     theta, cost, scale = state.theta[index], state.cost[index], state.scale[index]
     reduced = reduce(problem.augmented(theta, index))
     p = theta.shape[-1]
-    finite = xp.isfinite(reduced).reshape(len(index), -1).all(-1)
+    finite = xp.all(xp.isfinite(reduced).reshape(len(index), -1), -1)
     reduced = xp.where(finite[:, None, None], reduced, 0.0)
     # warm start from the last linearization's V (these statuses are set by trial steps, after an SVD)
     start = xp.take(state.vt, index).swapaxes(-1, -2)
     values, vt, products = xp.svd(reduced[:, :p, :p] / scale[:, None, :], reduced[:, :p, p], start)
     keep = (values[:, :1] > 0) & (values > values[:, :1] * RANK_TOLERANCE)
     coordinates = xp.where(keep, -products / (values * values), 0.0)
-    trial = theta + (vt * coordinates[..., None]).sum(-2) / scale
+    trial = theta + xp.sum(vt * coordinates[..., None], -2) / scale
     cost_trial = problem.cost(problem.residuals(trial, index))
     better = finite & (cost_trial <= cost * (1 + POLISH_SLACK))
     state.jacobians[index] += 1

@@ -33,12 +33,19 @@ class OneProblem(BatchProblem):
     def __init__(self, residuals: Callable, linearize: Callable, cost_of: Callable, sum_rows, dtype):
         self._residuals, self._linearize, self._cost_of, self._sum_rows = residuals, linearize, cost_of, sum_rows
         self.dtype = dtype
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # theta and [J | r] of the last linearisation
 
     def residuals(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return self._residuals(theta[0].to(self.dtype)).to(torch.float64).unsqueeze(0)
 
     def augmented(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self._linearize(theta[0].to(self.dtype)).to(torch.float64).unsqueeze(0)
+        """[J | r] at theta; the last one is kept, so the geodesic correction after a rejected step (at the
+        round's point) costs no second Jacobian (one problem's J is small: a batch's is not kept)."""
+        if self._last is not None and torch.equal(theta, self._last[0]):
+            return self._last[1]
+        block = self._linearize(theta[0].to(self.dtype)).to(torch.float64).unsqueeze(0)
+        self._last = theta.clone(), block
+        return block
 
     def cost(self, r: torch.Tensor) -> torch.Tensor:
         return r.new_tensor([self._cost_of(r[0])])

@@ -138,9 +138,9 @@ class BatchOutcome:
             return self.histories[i]
         costs = [float(self.initial_cost[i])]
         for index, cost in self.accepted:
-            hit = (index == i).nonzero()
+            hit = np.flatnonzero(index.cpu().numpy() == i)  # (numpy: a fifth of torch's time per call)
             if len(hit):
-                costs.append(float(cost[hit[0, 0]]))
+                costs.append(float(cost[int(hit[0])]))
         return costs
 
 
@@ -162,6 +162,9 @@ class BatchProblem:
     def sum_rows(self, sums: torch.Tensor) -> torch.Tensor:
         """(b, k) per-problem sums over this process's rows -> sums over all rows (the geodesic J^T r'')."""
         return sums
+
+    # "torch": takes and answers torch tensors; "any": numpy arrays too, answered as numpy (`arrays`)
+    arrays = "torch"
 
 
 class _Converted(BatchProblem):
@@ -206,7 +209,7 @@ def batch_levenberg_marquardt(
     state so far (``state.status``: codes; its arrays numpy for small batches on the CPU, see `arrays`).
     """
     xp = namespace(theta)
-    problem = problem if xp is TORCH else _Converted(problem, xp)
+    problem = problem if xp is TORCH or problem.arrays == "any" else _Converted(problem, xp)
     reduced = reduce if xp is TORCH else lambda blocks: xp.asarray(reduce(xp.tensor(blocks)))
     tolerances = (ftol, xtol, gtol, max_steps, factor)
     with np.errstate(all="ignore"):  # numpy's arrays: inf and NaN are handled as torch's are, silently
@@ -380,13 +383,15 @@ def _damped_steps(state: BatchState, xp):
 def _hebden(state: BatchState, done, squares, xp):
     """lambda with ||c(lambda)|| within 10% of the radius where not ``done``, from Hebden's start."""
     radius, products, lam = state.radius, state.products, state.start
+    tolerance = 0.1 * radius
     for _ in range(60):
-        coefficients = _ratio(products, squares + lam[:, None], xp)
+        denominator = squares + lam[:, None]
+        coefficients = _ratio(products, denominator, xp)
         norm = xp.norm(coefficients)
-        done = done | (abs(norm - radius) <= 0.1 * radius) | (norm == 0)
+        done = done | (abs(norm - radius) <= tolerance) | (norm == 0)
         if bool(done.all()):
             break
-        derivative = -xp.sum(_ratio(coefficients * coefficients, squares + lam[:, None], xp), -1) / norm
+        derivative = -xp.sum(_ratio(coefficients * coefficients, denominator, xp), -1) / norm
         lam = xp.where(done, lam, xp.clamp_min(lam + (norm - norm * norm / radius) / derivative, 0.0))
     return lam
 

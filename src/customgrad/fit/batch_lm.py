@@ -5,8 +5,10 @@ lambda from the SVD of R D^-1 by Hebden's iteration, D the running maxima of the
 method is invariant to parameter scale), damped steps bent by a geodesic acceleration (Transtrum &
 Sethna 2012: on curved valleys such as Bennett5 and MGH09/10/17 it cuts the Jacobians several-fold),
 and one Gauss-Newton polish step after ftol/xtol/roundoff stops (`lm.POLISHED`). Every scalar of the
-loop is a tensor of shape (B,): damping, trust radius, counters and status are per problem, and a
-problem stops changing once its status is set while the others go on. `fit` runs it over a batch of
+loop is an array of shape (B,): damping, trust radius, counters and status are per problem, and a
+problem stops changing once its status is set while the others go on. The arrays are torch tensors,
+or numpy arrays for batches of at most 8 on the CPU, where each operation's dispatch is its whole cost
+(`arrays`: the code below is written once against either). `fit` runs it over a batch of
 one (`one_problem`), `fit_batch` over its curves; `native_lm.c` is its per-curve C twin, and `lm`
 holds the constants all share. Each round is one trial step for every running problem; those
 whose step was accepted get a new Jacobian in the next round. Only the running problems are

@@ -77,6 +77,26 @@ def test_no_curve_costs_more_than_scipy_curve_fit(engine, curves):
         assert batch.cost[i] <= scipy_cost * (1 + 1e-9), (i, batch.cost[i], scipy_cost)
 
 
+@pytest.mark.parametrize("count", [1, 3, 24])
+def test_torch_engine_on_numpy_and_torch_arrays_reaches_scipy_curve_fit(count, curves):
+    """Up to 8 curves on the CPU (a single fit among them) the torch engine's rounds run on numpy arrays,
+    more on torch tensors: both reach SciPy's minimum."""
+    x, y = curves[0], curves[1][:count]
+    batch = fit_batch(GAUSSIAN, x, y, params=START, engine="torch")
+    fits = [({name: batch.params[name][i] for name in NAMES}, batch.cost[i]) for i in range(count)]
+    if count == 1:
+        single = fit(GAUSSIAN, x, y[0], params=START, engine="torch")
+        fits.append((single.params, single.cost))
+    for i, (params, cost) in enumerate(fits):
+        row = y[min(i, count - 1)]
+        found, covariance = curve_fit(gaussian_numpy, x, row, p0=list(START.values()), ftol=1e-15, xtol=1e-15)
+        scipy_cost = float(np.sum((gaussian_numpy(x, *found) - row) ** 2))
+        assert cost <= scipy_cost * (1 + 1e-9), (i, cost, scipy_cost)
+        ours = np.array([params[name] for name in NAMES])
+        in_errors = (ours - found) / np.sqrt(np.diag(covariance))
+        assert_matches_reference(in_errors, np.zeros(4), rtol=0, atol=1e-5, what=f"curve {i} (standard errors)")
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_nan_padding_gives_ragged_curves(engine, curves):
     x, y = curves

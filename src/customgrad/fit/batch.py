@@ -16,6 +16,7 @@ from ..openmp import waits_passively
 from ..progress import progress_bar
 from . import cuda_engine
 from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scales
+from .arrays import namespace_of
 from .batch_lm import BatchOutcome, BatchProblem, batch_levenberg_marquardt
 from .batch_model import BatchModel
 from .data import BatchData, curve_data, prepare_batch_data
@@ -401,9 +402,9 @@ def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> Bat
     done = [0]
 
     def on_round(state) -> None:
-        status = state.status
+        status = state.status  # torch or numpy (`arrays`)
         stopped = int((status != 0).sum())
-        converged = int(torch.isin(status, torch.tensor(CONVERGED, device=status.device)).sum())
+        converged = int(namespace_of(status).isin(status, CONVERGED).sum())
         message = progress_message(converged, stopped, len(status))
         for _ in range(stopped - done[0]):
             advance(message)

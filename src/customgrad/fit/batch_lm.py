@@ -5,8 +5,10 @@ lambda from the SVD of R D^-1 by Hebden's iteration, D the running maxima of the
 method is invariant to parameter scale), damped steps bent by a geodesic acceleration (Transtrum &
 Sethna 2012: on curved valleys such as Bennett5 and MGH09/10/17 it cuts the Jacobians several-fold),
 and one Gauss-Newton polish step after ftol/xtol/roundoff stops (`lm.POLISHED`). Every scalar of the
-loop is a tensor of shape (B,): damping, trust radius, counters and status are per problem, and a
-problem stops changing once its status is set while the others go on. `fit` runs it over a batch of
+loop is an array of shape (B,): damping, trust radius, counters and status are per problem, and a
+problem stops changing once its status is set while the others go on. The arrays are torch tensors,
+or numpy arrays for batches of at most 8 on the CPU, where each operation's dispatch is its whole cost
+(`arrays`: the code below is written once against either). `fit` runs it over a batch of
 one (`one_problem`), `fit_batch` over its curves; `native_lm.c` is its per-curve C twin, and `lm`
 holds the constants all share. Each round is one trial step for every running problem; those
 whose step was accepted get a new Jacobian in the next round. Only the running problems are
@@ -21,10 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 
-from .jacobi import jacobi_svd
+from .arrays import TORCH, namespace
 from .lm import (
     ACCELERATION_RATIO,
     COLUMN_SHRUNK,
@@ -49,7 +53,8 @@ from .status import CODE, STATUSES
 
 @dataclass
 class BatchState:
-    """Per-problem state of the iteration, every field a tensor over the leading batch dimension."""
+    """Per-problem state of the iteration, every field an array (`arrays`: torch or numpy) over the leading
+    batch dimension."""
 
     theta: torch.Tensor  # (B, p) internal coordinates
     cost: torch.Tensor  # (B,)
@@ -74,14 +79,14 @@ class BatchState:
     fresh: torch.Tensor  # (B,) bool: needs a new Jacobian
     status: torch.Tensor  # (B,) int code in STATUSES
 
-    def take(self, index: torch.Tensor) -> BatchState:
-        """The problems at ``index``, as a smaller state (index_select: about twice as fast as ``[index]``)."""
-        return BatchState(**{f.name: getattr(self, f.name).index_select(0, index) for f in fields(self)})
+    def take(self, index, xp: SimpleNamespace) -> BatchState:
+        """The problems at ``index``, as a smaller state."""
+        return BatchState(**{f.name: xp.take(getattr(self, f.name), index) for f in fields(self)})
 
-    def put(self, index: torch.Tensor, part: BatchState) -> None:
+    def put(self, index, part: BatchState, xp: SimpleNamespace) -> None:
         """Write ``part`` back at ``index``."""
         for f in fields(self):
-            getattr(self, f.name).index_copy_(0, index, getattr(part, f.name))
+            xp.put(getattr(self, f.name), index, getattr(part, f.name))
 
 
 @dataclass
@@ -135,9 +140,9 @@ class BatchOutcome:
             return self.histories[i]
         costs = [float(self.initial_cost[i])]
         for index, cost in self.accepted:
-            hit = (index == i).nonzero()
+            hit = np.flatnonzero(index.cpu().numpy() == i)  # (numpy: a fifth of torch's time per call)
             if len(hit):
-                costs.append(float(cost[hit[0, 0]]))
+                costs.append(float(cost[int(hit[0])]))
         return costs
 
 
@@ -160,6 +165,28 @@ class BatchProblem:
         """(b, k) per-problem sums over this process's rows -> sums over all rows (the geodesic J^T r'')."""
         return sums
 
+    # "torch": takes and answers torch tensors; "any": numpy arrays too, answered as numpy (`arrays`)
+    arrays = "torch"
+
+
+class _Converted(BatchProblem):
+    """``problem`` (torch tensors in and out) called with and answering the arrays of ``xp``."""
+
+    def __init__(self, problem: BatchProblem, xp: SimpleNamespace):
+        self.problem, self.xp = problem, xp
+
+    def residuals(self, theta, index):
+        return self.xp.asarray(self.problem.residuals(self.xp.tensor(theta), self.xp.tensor(index)))
+
+    def augmented(self, theta, index):
+        return self.xp.asarray(self.problem.augmented(self.xp.tensor(theta), self.xp.tensor(index)))
+
+    def cost(self, r):
+        return self.xp.asarray(self.problem.cost(self.xp.tensor(r)))
+
+    def sum_rows(self, sums):
+        return self.xp.asarray(self.problem.sum_rows(self.xp.tensor(sums)))
+
 
 def batch_levenberg_marquardt(
     problem: BatchProblem,
@@ -181,58 +208,67 @@ def batch_levenberg_marquardt(
     column of J is below ``gtol``; ``max_steps``: Jacobian evaluations; ``geodesic_acceleration`` needs
     ``problem.augmented``'s residual column to be ``problem.residuals`` (least squares); ``reduce`` maps
     blocks (b, n, p + 1) to R (b, p + 1, p + 1); ``on_round(state)`` is called after each round with the
-    state so far (``state.status``: codes).
+    state so far (``state.status``: codes; its arrays numpy for small batches on the CPU, see `arrays`).
     """
-    batch, p = theta.shape
-    everyone = torch.arange(batch, device=theta.device)
-    r = problem.residuals(theta, everyone)
-    cost = problem.cost(r)
-    state = _initial_state(theta, cost)
-    accepted_log: list[tuple[torch.Tensor, torch.Tensor]] = []
+    xp = namespace(theta)
+    problem = problem if xp is TORCH or problem.arrays == "any" else _Converted(problem, xp)
+    reduced = reduce if xp is TORCH else lambda blocks: xp.asarray(reduce(xp.tensor(blocks)))
     tolerances = (ftol, xtol, gtol, max_steps, factor)
-    while True:
-        index = (state.status == 0).nonzero().flatten()
-        if len(index) == 0:
-            break
-        part = state if len(index) == batch else state.take(index)
-        _linearize_fresh(problem, part, index, reduce, tolerances)
-        running = (part.status == 0).nonzero().flatten()
-        if len(running):
-            trial = part if len(running) == len(index) else part.take(running)
-            accepted = _trial_step(problem, trial, index[running], geodesic_acceleration, tolerances)
-            if len(accepted):
-                accepted_log.append((index[running][accepted], trial.cost[accepted].clone()))
-            if trial is not part:
-                part.put(running, trial)
-        if part is not state:
-            state.put(index, part)
-        if on_round is not None:
-            on_round(state)
-    _polish(problem, state, reduce, accepted_log)
+    with np.errstate(all="ignore"):  # numpy's arrays: inf and NaN are handled as torch's are, silently
+        state, initial_cost, accepted_log = _iterate(
+            problem, xp.asarray(theta), reduced, tolerances, geodesic_acceleration, on_round, xp
+        )
+        _polish(problem, state, reduced, accepted_log, xp)
     return BatchOutcome(
-        theta=state.theta,
+        theta=xp.tensor(state.theta),
         status=[STATUSES[code] for code in state.status.tolist()],
-        cost=state.cost,
-        evaluations=state.evaluations,
-        jacobians=state.jacobians,
-        steps=state.steps,
-        initial_cost=cost,
-        accepted=accepted_log,
+        cost=xp.tensor(state.cost),
+        evaluations=xp.tensor(state.evaluations),
+        jacobians=xp.tensor(state.jacobians),
+        steps=xp.tensor(state.steps),
+        initial_cost=xp.tensor(initial_cost),
+        accepted=[(xp.tensor(index), xp.tensor(cost)) for index, cost in accepted_log],
     )
 
 
-def _initial_state(theta: torch.Tensor, cost: torch.Tensor) -> BatchState:
+def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round, xp):
+    """The rounds until every problem has a status: the final state, the initial costs, the accepted costs."""
+    batch = theta.shape[0]
+    cost = problem.cost(problem.residuals(theta, xp.arange(batch, theta)))
+    state = _initial_state(theta, cost, xp)
+    accepted_log: list = []
+    while True:
+        index = xp.flatnonzero(state.status == 0)
+        if len(index) == 0:
+            break
+        part = state if len(index) == batch else state.take(index, xp)
+        _linearize_fresh(problem, part, index, reduce, tolerances, xp)
+        running = xp.flatnonzero(part.status == 0)
+        if len(running):
+            trial = part if len(running) == len(index) else part.take(running, xp)
+            accepted = _trial_step(problem, trial, index[running], geodesic_acceleration, tolerances, xp)
+            if len(accepted):
+                accepted_log.append((index[running][accepted], trial.cost[accepted]))
+            if trial is not part:
+                part.put(running, trial, xp)
+        if part is not state:
+            state.put(index, part, xp)
+        if on_round is not None:
+            on_round(state)
+    return state, cost, accepted_log
+
+
+def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
     batch, p = theta.shape
 
-    def zeros(*shape, dtype=theta.dtype):
-        return torch.zeros(batch, *shape, dtype=dtype, device=theta.device)
+    def zeros(*shape, dtype=None):
+        return xp.zeros((batch, *shape), theta, dtype)
 
     recent = zeros(DRIFT_WINDOW + 1)
     recent[:, -1] = cost
-    integer = torch.long
     return BatchState(
-        theta=theta.clone(),
-        cost=cost.clone(),
+        theta=xp.copy(theta),
+        cost=xp.copy(cost),
         scale=zeros(p),
         live_scale=zeros(p),
         radius=zeros(),
@@ -244,79 +280,93 @@ def _initial_state(theta: torch.Tensor, cost: torch.Tensor) -> BatchState:
         gauss_newton_norm=zeros(),
         gauss_newton_decrease=zeros(),
         start=zeros(),
-        low_rank=zeros(dtype=torch.bool),
+        low_rank=zeros(dtype=xp.boolean),
         recent=recent,
-        evaluations=torch.ones(batch, dtype=integer, device=theta.device),
-        jacobians=zeros(dtype=integer),
-        steps=zeros(dtype=integer),
-        nonfinite_run=zeros(dtype=integer),
-        fresh=torch.ones(batch, dtype=torch.bool, device=theta.device),
-        status=zeros(dtype=integer),
+        evaluations=xp.ones((batch,), theta, xp.integer),
+        jacobians=zeros(dtype=xp.integer),
+        steps=zeros(dtype=xp.integer),
+        nonfinite_run=zeros(dtype=xp.integer),
+        fresh=xp.ones((batch,), theta, xp.boolean),
+        status=zeros(dtype=xp.integer),
     )
 
 
-def _set_status(state: BatchState, condition: torch.Tensor, name: str) -> None:
-    """Status ``name`` where ``condition`` holds and no status is set yet."""
-    state.status = torch.where(condition & (state.status == 0), CODE[name], state.status)
+def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
+    """The status of the first of ``rules`` (condition, name) that holds, where no status is set yet."""
+    codes = 0
+    for condition, name in reversed(rules):
+        codes = xp.where(condition, CODE[name], codes)
+    state.status = xp.where(state.status == 0, codes, state.status)
 
 
-def _linearize_fresh(problem, part, index, reduce, tolerances) -> None:
+def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     """New Jacobians, trust-region scales and SVDs for the problems of ``part`` that need them."""
     _, _, gtol, max_steps, factor = tolerances
-    _set_status(part, part.fresh & (part.jacobians >= max_steps), "max_steps")
-    fresh = (part.fresh & (part.status == 0)).nonzero().flatten()
+    _set_status(part, xp, (part.fresh & (part.jacobians >= max_steps), "max_steps"))
+    fresh = xp.flatnonzero(part.fresh & (part.status == 0))
     if len(fresh) == 0:
         return
-    state = part if len(fresh) == len(index) else part.take(fresh)
+    state = part if len(fresh) == len(index) else part.take(fresh, xp)
     reduced = reduce(problem.augmented(state.theta, index[fresh]))
     state.jacobians = state.jacobians + 1
-    state.fresh = torch.zeros_like(state.fresh)
+    state.fresh = xp.zeros_like(state.fresh)
     p = state.theta.shape[-1]
-    finite = torch.isfinite(reduced).flatten(1).all(-1)
-    reduced = torch.where(finite[:, None, None], reduced, 0.0)
+    finite = xp.all(xp.isfinite(reduced).reshape(len(fresh), -1), -1)
+    reduced = xp.where(finite[:, None, None], reduced, 0.0)
     upper, qtr = reduced[:, :p, :p], reduced[:, :p, p]
-    column_norms = safe_column_norms(upper)
+    column_norms = safe_column_norms(upper, xp)
+    first = _rescale(state, column_norms, factor, xp)
+    # gtol: max_j |J_j^T r| / (||J_j|| ||r||) <= gtol
+    gradient = abs(xp.sum(upper * qtr[..., None], -2))
+    cosine = xp.amax(gradient / xp.clamp_min(column_norms, TINY), -1)
+    # a cost that overflowed (or NaN) makes every convergence test pass vacuously
+    stops = (~finite | ~xp.isfinite(state.cost), "nonfinite"), (state.cost == 0, "exact")
+    _set_status(state, xp, *stops, (cosine <= gtol * xp.sqrt(state.cost), "gtol"))
+    _decompose(state, upper, qtr, first, xp)
+    state.live_scale = xp.where(column_norms > 0, state.scale, 0.0)
+    state.theta_norm = xp.norm(state.live_scale * state.theta)
+    if state is not part:
+        part.put(fresh, state, xp)
+
+
+def _rescale(state: BatchState, column_norms, factor: float, xp):
+    """D and, on a (re)start, the trust radius from a new Jacobian's column norms; returns where D restarted."""
     first = state.jacobians == 1
     # D restarts where every column shrank below SHRUNK of its maximum (see `lm.SHRUNK`)
-    first = first | (column_norms < SHRUNK * state.scale).all(-1)
-    initial_scale = torch.where(column_norms > 0, column_norms, 1.0)
-    scale = torch.maximum(state.scale, column_norms)
+    first = first | xp.all(column_norms < SHRUNK * state.scale, -1)
+    initial_scale = xp.where(column_norms > 0, column_norms, 1.0)
+    scale = xp.maximum(state.scale, column_norms)
     # a single column that shrank by orders of magnitude restarts alone (`lm.COLUMN_SHRUNK`)
-    scale = torch.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale)
-    state.scale = torch.where(first[:, None], initial_scale, scale)
-    initial_radius = factor * torch.linalg.vector_norm(state.scale * state.theta, dim=-1)
-    initial_radius = torch.where(initial_radius == 0, factor, initial_radius)
+    scale = xp.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale)
+    state.scale = xp.where(first[:, None], initial_scale, scale)
+    initial_radius = factor * xp.norm(state.scale * state.theta)
+    initial_radius = xp.where(initial_radius == 0, factor, initial_radius)
     # at least a step whose effect shows in float64 (see `lm.VISIBLE_STEP`)
-    initial_radius = torch.maximum(initial_radius, VISIBLE_STEP * torch.sqrt(state.cost))
-    state.radius = torch.where(first, initial_radius, state.radius)
-    # a cost that overflowed (or NaN) makes every convergence test pass vacuously
-    _set_status(state, ~finite | ~torch.isfinite(state.cost), "nonfinite")
-    _set_status(state, state.cost == 0, "exact")
-    # gtol: max_j |J_j^T r| / (||J_j|| ||r||) <= gtol
-    gradient = (upper * qtr.unsqueeze(-1)).sum(-2).abs()
-    cosine = (gradient / column_norms.clamp_min(TINY)).amax(-1)
-    _set_status(state, cosine <= gtol * torch.sqrt(state.cost), "gtol")
-    # warm start from the previous V (none yet on the first Jacobian: all zeros)
-    previous = state.vt.transpose(-1, -2)
-    start = torch.where(first[:, None, None], torch.eye(p, dtype=previous.dtype, device=previous.device), previous)
-    values, vt, products = jacobi_svd(upper / state.scale.unsqueeze(-2), qtr, start)
+    initial_radius = xp.maximum(initial_radius, VISIBLE_STEP * xp.sqrt(state.cost))
+    state.radius = xp.where(first, initial_radius, state.radius)
+    return first
+
+
+def _decompose(state: BatchState, upper, qtr, first, xp) -> None:
+    """The SVD of R D^-1 and the Gauss-Newton step from it, into ``state``."""
+    p = upper.shape[-1]
+    start = None
+    if xp.warm_start:  # from the previous V (none yet on the first Jacobian: all zeros)
+        start = xp.where(first[:, None, None], xp.eye(p, upper), state.vt.swapaxes(-1, -2))
+    values, vt, products = xp.svd(upper / state.scale[:, None, :], qtr, start)
     largest = values[:, :1]
     keep = (largest > 0) & (values > largest * RANK_TOLERANCE)
     squares = values * values
     state.values, state.vt, state.products = values, vt, products
-    state.gauss_newton = torch.where(keep, -products / torch.where(keep, squares, 1.0), 0.0)
-    state.gauss_newton_norm = torch.linalg.vector_norm(state.gauss_newton, dim=-1)
-    projected = torch.where(keep, products / torch.where(keep, values, 1.0), 0.0)
-    state.gauss_newton_decrease = (projected * projected).sum(-1)
-    state.start = torch.where(keep.all(-1), 0.0, EPS * largest[:, 0] ** 2)
+    state.gauss_newton = xp.where(keep, -products / squares, 0.0)
+    state.gauss_newton_norm = xp.norm(state.gauss_newton)
+    projected = xp.where(keep, products / values, 0.0)
+    state.gauss_newton_decrease = xp.sum(projected * projected, -1)
+    state.start = xp.where(xp.all(keep, -1), 0.0, EPS * largest[:, 0] ** 2)
     state.low_rank = values[:, -1] <= RANK_TOLERANCE * values[:, 0]
-    state.live_scale = torch.where(column_norms > 0, state.scale, 0.0)
-    state.theta_norm = torch.linalg.vector_norm(state.live_scale * state.theta, dim=-1)
-    if state is not part:
-        part.put(fresh, state)
 
 
-def _damped_steps(state: BatchState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _damped_steps(state: BatchState, xp):
     """lambda, the step's V-coordinates c, ||c|| and ||S c||^2 per problem, ||c|| within 10% of the radius.
 
     lambda = 0 where the Gauss-Newton step (pseudo-inverse: directions below `RANK_TOLERANCE` left out)
@@ -324,122 +374,136 @@ def _damped_steps(state: BatchState) -> tuple[torch.Tensor, torch.Tensor, torch.
     """
     radius, squares, products = state.radius, state.values**2, state.products
     fits = state.gauss_newton_norm <= 1.1 * radius
-    lam = state.start.clone()
-    done = fits.clone()
-    for _ in range(60):
-        coefficients = _ratio(products, squares + lam.unsqueeze(-1))
-        norm = torch.linalg.vector_norm(coefficients, dim=-1)
-        done = done | ((norm - radius).abs() <= 0.1 * radius) | (norm == 0)
-        if bool(done.all()):
-            break
-        derivative = -_ratio(coefficients * coefficients, squares + lam.unsqueeze(-1)).sum(-1) / norm
-        lam = torch.where(done, lam, (lam + (norm - norm * norm / radius) / derivative).clamp_min(0.0))
-    coordinates = torch.where(fits.unsqueeze(-1), state.gauss_newton, -_ratio(products, squares + lam.unsqueeze(-1)))
-    lam = torch.where(fits, 0.0, lam)
-    norm = torch.where(fits, state.gauss_newton_norm, torch.linalg.vector_norm(coordinates, dim=-1))
-    decrease = (squares * coordinates * coordinates).sum(-1)
+    lam = state.start if bool(fits.all()) else _hebden(state, fits, squares, xp)
+    coordinates = xp.where(fits[:, None], state.gauss_newton, -_ratio(products, squares + lam[:, None], xp))
+    lam = xp.where(fits, 0.0, lam)
+    norm = xp.where(fits, state.gauss_newton_norm, xp.norm(coordinates))
+    decrease = xp.sum(squares * coordinates * coordinates, -1)
     return lam, coordinates, norm, decrease
 
 
-def _ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _hebden(state: BatchState, done, squares, xp):
+    """lambda with ||c(lambda)|| within 10% of the radius where not ``done``, from Hebden's start."""
+    radius, products, lam = state.radius, state.products, state.start
+    tolerance = 0.1 * radius
+    for _ in range(60):
+        denominator = squares + lam[:, None]
+        coefficients = _ratio(products, denominator, xp)
+        norm = xp.norm(coefficients)
+        done = done | (abs(norm - radius) <= tolerance) | (norm == 0)
+        if bool(done.all()):
+            break
+        derivative = -xp.sum(_ratio(coefficients * coefficients, denominator, xp), -1) / norm
+        lam = xp.where(done, lam, xp.clamp_min(lam + (norm - norm * norm / radius) / derivative, 0.0))
+    return lam
+
+
+def _ratio(a, b, xp):
     """a / b, and 0 where b = 0 (a zero singular value at lambda = 0, where a = s u = 0 too)."""
-    return torch.where(b != 0, a / torch.where(b != 0, b, 1.0), 0.0)
+    return xp.where(b != 0, a / b, 0.0)  # (the NaN of 0 / 0 is not selected)
 
 
-def _to_parameters(state: BatchState, coordinates: torch.Tensor) -> torch.Tensor:
+def _to_parameters(state: BatchState, coordinates, xp):
     """D^-1 V c: a step in parameter space from its V-coordinates."""
-    return (state.vt * coordinates.unsqueeze(-1)).sum(-2) / state.scale
+    return xp.sum(state.vt * coordinates[..., None], -2) / state.scale
 
 
-def _trial_step(problem, state, index, geodesic_acceleration, tolerances) -> torch.Tensor:
+def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
     """One trial step for every problem of ``state``; returns the positions of the accepted ones."""
     ftol, xtol, _, _, _ = tolerances
-    lam, coordinates, step_norm, decrease = _damped_steps(state)
+    lam, coordinates, step_norm, decrease = _damped_steps(state, xp)
     first = (state.steps == 0) & (state.jacobians == 1)
-    state.radius = torch.where(first, torch.minimum(state.radius, step_norm), state.radius)
-    velocity = _to_parameters(state, coordinates)
+    state.radius = xp.where(first, xp.minimum(state.radius, step_norm), state.radius)
+    velocity = _to_parameters(state, coordinates, xp)
     if geodesic_acceleration:
-        bent = (lam > 0).nonzero().flatten()
+        bent = xp.flatnonzero(lam > 0)
         if len(bent):
-            velocity[bent] += _half_acceleration(problem, state, index, bent, velocity, lam, step_norm)
+            velocity[bent] += _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp)
             state.evaluations[bent] += 1
     trial = state.theta + velocity
-    r_trial = problem.residuals(trial, index)
+    cost_trial = problem.cost(problem.residuals(trial, index))
     state.evaluations = state.evaluations + 1
-    cost_trial = problem.cost(r_trial)
     cost = state.cost
-    finite = torch.isfinite(cost_trial)
-    near = 0.1 * torch.sqrt(cost_trial) < torch.sqrt(cost)
-    actual = torch.where(finite & near, 1 - cost_trial / cost, -1.0)
+    finite = xp.isfinite(cost_trial)
+    near = 0.1 * xp.sqrt(cost_trial) < xp.sqrt(cost)
+    actual = xp.where(finite & near, 1 - cost_trial / cost, -1.0)
     linear_part = decrease / cost
     damping_part = lam * step_norm**2 / cost
     predicted = linear_part + 2 * damping_part
     directional = -(linear_part + damping_part)
-    ratio = torch.where(predicted != 0, actual / torch.where(predicted != 0, predicted, 1.0), 0.0)
-    shrink = torch.where(actual >= 0, 0.5, 0.5 * directional / (directional + 0.5 * actual))
-    shrink = torch.where(~finite | ~near | (shrink < 0.1), 0.1, shrink)
-    grown = torch.where((lam == 0) | (ratio >= 0.75), step_norm / 0.5, state.radius)
-    state.radius = torch.where(ratio <= 0.25, shrink * torch.minimum(state.radius, step_norm / 0.1), grown)
+    ratio = _ratio(actual, predicted, xp)
+    shrink = xp.where(actual >= 0, 0.5, 0.5 * directional / (directional + 0.5 * actual))
+    shrink = xp.where(~finite | ~near | (shrink < 0.1), 0.1, shrink)
+    grown = xp.where((lam == 0) | (ratio >= 0.75), step_norm / 0.5, state.radius)
+    state.radius = xp.where(ratio <= 0.25, shrink * xp.minimum(state.radius, step_norm / 0.1), grown)
     accepted = ratio >= 1e-4
-    _accept(state, accepted, trial, cost_trial)
-    theta_norm = state.theta_norm
+    _accept(state, accepted, trial, cost_trial, xp)
+    _stop(state, accepted, finite, actual, predicted, ratio, tolerances, xp)
+    return xp.flatnonzero(accepted)
+
+
+def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, tolerances, xp) -> None:
+    """The stopping tests after a trial step (MINPACK's, and `lm`'s drift and nonfinite rules)."""
+    ftol, xtol, _, _, _ = tolerances
+    theta_norm, cost = state.theta_norm, state.cost
     # a tiny reduction counts only when the Gauss-Newton step has little left to give (`lm.UNEXPLOITED_SHARE`)
-    exhausted = (0.5 * ratio <= 1) & (state.gauss_newton_decrease <= UNEXPLOITED_SHARE * state.cost)
-    rule = (abs(actual) <= ftol) & (predicted <= ftol) & exhausted
-    _set_status(state, rule, "ftol")
-    _set_status(state, state.radius <= xtol * theta_norm, "xtol")
-    roundoff = ((actual.abs() <= EPS) & (predicted <= EPS) & exhausted) | (state.radius <= EPS * theta_norm)
-    _set_status(state, roundoff, "roundoff")
-    _set_status(state, state.cost == 0, "exact")
-    drift = state.recent[:, 0] - state.cost <= DRIFT_TOLERANCE * state.cost
-    _set_status(state, accepted & state.low_rank & (state.steps + 1 > DRIFT_WINDOW) & drift, "drift")
-    state.nonfinite_run = torch.where(finite, 0, state.nonfinite_run + 1)
+    exhausted = (0.5 * ratio <= 1) & (state.gauss_newton_decrease <= UNEXPLOITED_SHARE * cost)
+    small = abs(actual)
+    roundoff = ((small <= EPS) & (predicted <= EPS) & exhausted) | (state.radius <= EPS * theta_norm)
+    drift = state.recent[:, 0] - cost <= DRIFT_TOLERANCE * cost
+    _set_status(
+        state,
+        xp,
+        ((small <= ftol) & (predicted <= ftol) & exhausted, "ftol"),
+        (state.radius <= xtol * theta_norm, "xtol"),
+        (roundoff, "roundoff"),
+        (cost == 0, "exact"),
+        (accepted & state.low_rank & (state.steps + 1 > DRIFT_WINDOW) & drift, "drift"),
+    )
+    state.nonfinite_run = xp.where(finite, 0, state.nonfinite_run + 1)
     stop = (state.status != 0) | (state.nonfinite_run >= NONFINITE_RETRIES)
-    state.status = torch.where((state.nonfinite_run > 0) & stop, CODE["nonfinite"], state.status)
+    state.status = xp.where((state.nonfinite_run > 0) & stop, CODE["nonfinite"], state.status)
     state.fresh = accepted & (state.status == 0)
-    return accepted.nonzero().flatten()
 
 
-def _accept(state, accepted, trial, cost_trial) -> None:
-    state.theta = torch.where(accepted.unsqueeze(-1), trial, state.theta)
-    state.cost = torch.where(accepted, cost_trial, state.cost)
-    state.steps = state.steps + accepted.long()
-    shifted = torch.cat([state.recent[:, 1:], state.cost.unsqueeze(-1)], dim=-1)
-    state.recent = torch.where(accepted.unsqueeze(-1), shifted, state.recent)
-    new_norm = torch.linalg.vector_norm(state.live_scale * state.theta, dim=-1)
-    state.theta_norm = torch.where(accepted, new_norm, state.theta_norm)
+def _accept(state, accepted, trial, cost_trial, xp) -> None:
+    state.theta = xp.where(accepted[:, None], trial, state.theta)
+    state.cost = xp.where(accepted, cost_trial, state.cost)
+    state.steps = state.steps + accepted
+    shifted = xp.concat([state.recent[:, 1:], state.cost[:, None]], -1)
+    state.recent = xp.where(accepted[:, None], shifted, state.recent)
+    new_norm = xp.norm(state.live_scale * state.theta)
+    state.theta_norm = xp.where(accepted, new_norm, state.theta_norm)
 
 
-def _polish(problem, state: BatchState, reduce, accepted_log: list) -> None:
+def _polish(problem, state: BatchState, reduce, accepted_log: list, xp) -> None:
     """One Gauss-Newton step for the converged problems, kept where the cost does not rise (see `lm.POLISHED`)."""
-    codes = torch.tensor([CODE[name] for name in POLISHED], device=state.status.device)
-    index = torch.isin(state.status, codes).nonzero().flatten()
+    index = xp.flatnonzero(xp.isin(state.status, [CODE[name] for name in POLISHED]))
     if len(index) == 0:
         return
     theta, cost, scale = state.theta[index], state.cost[index], state.scale[index]
     reduced = reduce(problem.augmented(theta, index))
     p = theta.shape[-1]
-    finite = torch.isfinite(reduced).flatten(1).all(-1)
-    reduced = torch.where(finite[:, None, None], reduced, 0.0)
+    finite = xp.all(xp.isfinite(reduced).reshape(len(index), -1), -1)
+    reduced = xp.where(finite[:, None, None], reduced, 0.0)
     # warm start from the last linearization's V (these statuses are set by trial steps, after an SVD)
-    start = state.vt.index_select(0, index).transpose(-1, -2)
-    values, vt, products = jacobi_svd(reduced[:, :p, :p] / scale.unsqueeze(-2), reduced[:, :p, p], start)
+    start = xp.take(state.vt, index).swapaxes(-1, -2)
+    values, vt, products = xp.svd(reduced[:, :p, :p] / scale[:, None, :], reduced[:, :p, p], start)
     keep = (values[:, :1] > 0) & (values > values[:, :1] * RANK_TOLERANCE)
-    coordinates = torch.where(keep, -products / torch.where(keep, values * values, 1.0), 0.0)
-    trial = theta + (vt * coordinates.unsqueeze(-1)).sum(-2) / scale
-    r_trial = problem.residuals(trial, index)
-    cost_trial = problem.cost(r_trial)
+    coordinates = xp.where(keep, -products / (values * values), 0.0)
+    trial = theta + xp.sum(vt * coordinates[..., None], -2) / scale
+    cost_trial = problem.cost(problem.residuals(trial, index))
     better = finite & (cost_trial <= cost * (1 + POLISH_SLACK))
     state.jacobians[index] += 1
-    state.evaluations[index] += finite.long()
-    state.steps[index] += better.long()
-    state.theta[index] = torch.where(better.unsqueeze(-1), trial, theta)
-    state.cost[index] = torch.where(better, cost_trial, cost)
+    state.evaluations[index] += finite
+    state.steps[index] += better
+    state.theta[index] = xp.where(better[:, None], trial, theta)
+    state.cost[index] = xp.where(better, cost_trial, cost)
     if bool(better.any()):
         accepted_log.append((index[better], cost_trial[better]))
 
 
-def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm) -> torch.Tensor:
+def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp):
     """Half the geodesic acceleration a = -(J^T J + lambda D^2)^-1 J^T r''(v, v) of the problems at ``bent``.
 
     r''(v, v) ~ (2 / h) ((r(theta + h v) - r) / h - J v) from one probe at h = `PROBE`, solved in the SVD
@@ -450,16 +514,16 @@ def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm) ->
     per round), which is cheaper than keeping every problem's J between rounds.
     """
     rows = index[bent]
-    block = problem.augmented(state.theta[bent], rows).permute(2, 0, 1)  # the model's layout (p + 1, b, n)
+    block = xp.permute(problem.augmented(state.theta[bent], rows), (2, 0, 1))  # the model's layout (p + 1, b, n)
     jacobian, r = block[:-1], block[-1]
     v = velocity[bent]
     r_probe = problem.residuals(state.theta[bent] + PROBE * v, rows)
-    jv = (jacobian * v.T.unsqueeze(-1)).sum(0)
+    jv = (jacobian * v.T[..., None]).sum(0)
     curvature = (r_probe - r - PROBE * jv) * (2 / PROBE**2)
     scale = state.scale[bent]
     projected = problem.sum_rows((jacobian * curvature).sum(-1).T) / scale
     vt = state.vt[bent]
-    coordinates = -(vt @ projected.unsqueeze(-1)).squeeze(-1) / (state.values[bent] ** 2 + lam[bent].unsqueeze(-1))
-    small = 2 * torch.linalg.vector_norm(coordinates, dim=-1) <= ACCELERATION_RATIO * step_norm[bent]
-    acceleration = 0.5 * (vt * coordinates.unsqueeze(-1)).sum(-2) / scale
-    return torch.where(small.unsqueeze(-1), acceleration, 0.0)
+    coordinates = -(vt @ projected[..., None])[..., 0] / (state.values[bent] ** 2 + lam[bent][:, None])
+    small = 2 * xp.norm(coordinates) <= ACCELERATION_RATIO * step_norm[bent]
+    acceleration = 0.5 * (vt * coordinates[..., None]).sum(-2) / scale
+    return xp.where(small[:, None], acceleration, 0.0)

@@ -18,7 +18,8 @@ from .lm import Outcome
 
 
 class OneProblem(BatchProblem):
-    """`batch_lm.BatchProblem` of one problem (index ignored): theta (1, p), residuals (1, n), float64.
+    """`batch_lm.BatchProblem` of one problem (index ignored): theta (1, p), residuals (1, n), float64, as
+    torch tensors or numpy arrays (answered in the kind given: `arrays`, no conversion by the solver).
 
     Parameters
     ----------
@@ -30,23 +31,39 @@ class OneProblem(BatchProblem):
         The model's dtype (theta is given to the callables in it).
     """
 
+    arrays = "any"
+
     def __init__(self, residuals: Callable, linearize: Callable, cost_of: Callable, sum_rows, dtype):
         self._residuals, self._linearize, self._cost_of, self._sum_rows = residuals, linearize, cost_of, sum_rows
         self.dtype = dtype
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # theta and [J | r] of the last linearisation
 
-    def residuals(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self._residuals(theta[0].to(self.dtype)).to(torch.float64).unsqueeze(0)
+    def residuals(self, theta, index):
+        return _like(self._residuals(torch.as_tensor(theta[0]).to(self.dtype)), theta)
 
-    def augmented(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self._linearize(theta[0].to(self.dtype)).to(torch.float64).unsqueeze(0)
+    def augmented(self, theta, index):
+        """[J | r] at theta; the last one is kept, so the geodesic correction at the round's point costs no
+        second Jacobian (one problem's J is small: a batch's is not kept)."""
+        point = torch.as_tensor(theta)
+        if self._last is None or not torch.equal(point, self._last[0]):
+            self._last = point.clone(), _like(self._linearize(point[0].to(self.dtype)), theta)
+        return self._last[1]
 
-    def cost(self, r: torch.Tensor) -> torch.Tensor:
-        return r.new_tensor([self._cost_of(r[0])])
+    def cost(self, r):
+        cost = self._cost_of(torch.as_tensor(r[0]))
+        return np.array([cost]) if isinstance(r, np.ndarray) else r.new_tensor([cost])
 
-    def sum_rows(self, sums: torch.Tensor) -> torch.Tensor:
+    def sum_rows(self, sums):
         if self._sum_rows is None:
             return sums
-        return torch.as_tensor(np.asarray(self._sum_rows(sums[0].cpu().numpy()))).to(sums).unsqueeze(0)
+        rows = sums[0].cpu().numpy() if isinstance(sums, torch.Tensor) else sums[0]
+        return _like(torch.as_tensor(np.asarray(self._sum_rows(rows))), sums)
+
+
+def _like(value: torch.Tensor, like):
+    """``value`` (a model's answer for one problem) as a batch of one in float64, the kind of array ``like`` is."""
+    value = value.to(torch.float64).unsqueeze(0)
+    return value.detach().numpy() if isinstance(like, np.ndarray) else value.to(like.device)
 
 
 def levenberg_marquardt(

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+
+from .arrays import TORCH
 
 # Relative singular value below which a direction counts as not identifiable (numerically null),
 # and condition number above which standard errors are flagged as fragile.
@@ -65,12 +68,15 @@ def safe_norm(vector: torch.Tensor) -> float:
     return float(safe_column_norms(vector.reshape(-1, 1))[0]) if vector.numel() else 0.0
 
 
-def safe_column_norms(upper: torch.Tensor) -> torch.Tensor:
+def safe_column_norms(upper: torch.Tensor, xp: SimpleNamespace = TORCH) -> torch.Tensor:
     """||A_j|| of each matrix's columns, (..., p) from (..., n, p), as m_j ||A_j / m_j||, m_j = max_i |A_ij|:
-    entries near 1e-200 or 1e200 neither underflow nor overflow when squared (torch's `column_norms`)."""
-    largest = upper.abs().amax(-2)
-    safe = torch.where(largest > 0, largest, 1.0)
-    return largest * torch.sqrt(((upper / safe.unsqueeze(-2)) ** 2).sum(-2))
+    entries near 1e-200 or 1e200 neither underflow nor overflow when squared (torch's `column_norms`).
+
+    ``xp``: the operations of ``upper``'s kind of array (`arrays`: torch tensors, or numpy arrays).
+    """
+    largest = xp.amax(abs(upper), -2)
+    safe = xp.where(largest > 0, largest, 1.0)
+    return largest * xp.sqrt(((upper / safe[..., None, :]) ** 2).sum(-2))
 
 
 def reduce_to_r(jacobian: torch.Tensor | np.ndarray) -> np.ndarray:

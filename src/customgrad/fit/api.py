@@ -14,10 +14,10 @@ import torch
 
 from ..errors import CustomgradError, FitError, UsageError
 from . import goodness
-from .batch_lm import BatchOutcome
 from .chunked import ChunkedModel
 from .data import prepare_data
 from .distributed import Shards
+from .lm import BatchOutcome
 from .loss import get_loss, robust_cost, robust_linearization
 from .model import Model, check_finite_start, parameter_specs, plain_params
 from .plateau import keep_restarts, saturated, sensitivities, stuck_on_plateau
@@ -111,7 +111,7 @@ def fit(
         `FitResult.conf_interval`, called on every rank, re-fits collectively.
     engine : {"auto", "native", "torch"}
         Where LM runs: "native" in compiled C (a formula model, linear loss, CPU float64, no ``on_step``,
-        ``progress``, ``chunk_size`` or ``distributed``), "torch" over tensors (`batch_lm`, a batch of
+        ``progress``, ``chunk_size`` or ``distributed``), "torch" over tensors (`lm`, a batch of
         one), "auto" native once the model's library is built (`native.BUILD_AFTER_FITS`; a one-off fit
         never waits for the compiler). They take the same steps up to roundoff.
     """

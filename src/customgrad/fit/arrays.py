@@ -1,4 +1,4 @@
-"""The array operations `batch_lm` runs its per-round arithmetic with: on torch tensors, or on numpy arrays.
+"""The array operations `lm` runs its per-round arithmetic with: on torch tensors, or on numpy arrays.
 
 The solver's state is a few (B, p) arrays, so at small B each operation costs its dispatch, not its
 arithmetic: about 1-3 us for a torch call on the CPU against 0.2-0.7 us for numpy. `namespace` picks

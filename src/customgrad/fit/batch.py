@@ -17,11 +17,11 @@ from ..progress import progress_bar
 from . import cuda_engine
 from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scales
 from .arrays import namespace_of
-from .batch_lm import BatchOutcome, BatchProblem, batch_levenberg_marquardt
 from .batch_model import BatchModel
 from .data import BatchData, curve_data, prepare_batch_data
 from .distributed import Shards, local_shard
 from .global_fit import fit_global, global_curve, split_shared
+from .lm import BatchOutcome, BatchProblem, batch_levenberg_marquardt
 from .model import Model, batch_parameter_specs, build_function, curve_specs
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .plateau import SATURATION, keep_restarts, saturated, sensitivities, stuck_on_plateau
@@ -88,7 +88,7 @@ def fit_batch(
     engine : {"auto", "native", "torch"}
         "native": each curve's LM in compiled C, curves in parallel (formula models, float64, a C
         compiler; on CUDA data compiled for the GPU by NVRTC, `cuda_engine`); "torch": LM as tensors over
-        the batch (any model, device, dtype; `batch_lm`); "auto": native where it runs and is built (or
+        the batch (any model, device, dtype; `lm`); "auto": native where it runs and is built (or
         from `native.BUILD_FOR_CURVES` curves, which builds it), else torch. Both take `fit`'s steps.
     """
     start_time = time.perf_counter()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .batch_lm import BatchProblem
+from .lm import BatchProblem
 from .model import external_slope, external_values, to_internal
 
 # Entries (curves x points) per call of the generated numpy code: its temporaries then stay in a

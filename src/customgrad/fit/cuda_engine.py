@@ -32,7 +32,7 @@ import torch
 
 from .. import cache
 from ..errors import BackendError, UsageError
-from .batch_lm import BatchOutcome
+from .lm import BatchOutcome
 from .native import (
     HistoryTable,
     _layouts,

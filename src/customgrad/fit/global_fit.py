@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UsageError
-from .batch_lm import BatchOutcome
 from .distributed import local_shard
 from .global_lm import GlobalProblem, Totals, global_levenberg_marquardt
 from .global_result import SharedParameters
 from .global_statistics import global_uncertainty
+from .lm import BatchOutcome
 from .native import HistoryTable
 
 

@@ -354,7 +354,7 @@ def global_levenberg_marquardt(
 ) -> GlobalOutcome:
     """Minimise sum_b ||r_b(theta_b, phi)||^2 over local (b, L) and shared (S,) internal coordinates.
 
-    Stops as `batch_lm.batch_levenberg_marquardt` does (statuses of `result.TERMINATION`): ftol (actual and
+    Stops as `lm.batch_levenberg_marquardt` does (statuses of `result.TERMINATION`): ftol (actual and
     predicted relative reductions), xtol (||D d|| relative to ||D theta||), gtol (the largest cosine
     between r and a column of J), exact (zero cost), roundoff (a rejected step that promised less
     than float64 can resolve), max_steps (Jacobians), nonfinite.

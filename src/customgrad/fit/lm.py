@@ -1,20 +1,38 @@
-"""Levenberg-Marquardt's constants, shared by its two implementations, and what a solver hands back (`Outcome`).
+"""Levenberg-Marquardt over a batch of problems (a single fit is a batch of one), its constants, and
+what a solver hands back (`Outcome`).
 
-The tensor solver `batch_lm.batch_levenberg_marquardt` (`fit`'s torch engine over a batch of one,
-`one_problem`; `fit_batch`'s torch engine) and the per-curve C solver `native_lm.c` (CPU and CUDA
-builds, its constants passed by `native.Options`) take the same steps: MINPACK's scaled trust region
-delta = -(J^T J + lambda D^2)^-1 J^T r, ||D delta|| <= Delta, lambda from the SVD of R D^-1 where
-[J | r] = QR (never J^T J), D the running maxima of the column norms, damped steps bent by a geodesic
-acceleration (Transtrum & Sethna 2012), one Gauss-Newton polish after ftol/xtol/roundoff stops.
-The plateau safeguard around them is `plateau`.
+MINPACK's scaled trust region (lmder): delta = -(J^T J + lambda D^2)^-1 J^T r with ||D delta|| <= Delta,
+lambda from the SVD of R D^-1 (where [J | r] = QR: J^T J is never formed) by Hebden's iteration, D the
+running maxima of the column norms (so the method is invariant to parameter scale), damped steps bent
+by a geodesic acceleration (Transtrum & Sethna 2012: on curved valleys such as Bennett5 and MGH09/10/17
+it cuts the Jacobians several-fold), and one Gauss-Newton polish step after ftol/xtol/roundoff stops
+(`POLISHED`). Every scalar of the loop is an array of shape (B,): damping, trust radius, counters and
+status are per problem, and a problem stops changing once its status is set while the others go on.
+The arrays are torch tensors, or numpy arrays for batches of at most 8 on the CPU, where each
+operation's dispatch is its whole cost (`arrays`: the code below is written once against either).
+
+`fit` runs it over a batch of one (`one_problem`), `fit_batch` over its curves; the per-curve C solver
+`native_lm.c` (CPU and CUDA builds, these constants passed by `native.Options`) takes the same steps.
+The plateau safeguard around both is `plateau`. Each round is one trial step for every running
+problem; those whose step was accepted get a new Jacobian in the next round. Only the running problems
+are evaluated (their indices are passed to the model), so a batch costs what its slowest members do.
+The Jacobian reaches the step only through R of [J | r] (`reduction`), the small SVDs are batched
+Jacobi rotations (`jacobi`), and the geodesic correction needs J^T r'', a sum over each problem's rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+
+from .arrays import TORCH, namespace
+from .reduction import reduce_batched
+from .statistics import safe_column_norms
+from .status import CODE, STATUSES
 
 EPS = float(np.finfo(np.float64).eps)
 TINY = float(np.finfo(np.float64).tiny)
@@ -70,3 +88,481 @@ class Outcome:
     steps: int
     history: list[float] = field(default_factory=list)
     saturated: bool | None = None  # stopped on a plateau, where the engine tested it (None: not tested)
+
+
+@dataclass
+class BatchState:
+    """Per-problem state of the iteration, every field an array (`arrays`: torch or numpy) over the leading
+    batch dimension."""
+
+    theta: torch.Tensor  # (B, p) internal coordinates
+    cost: torch.Tensor  # (B,)
+    scale: torch.Tensor  # (B, p) D: running maxima of the column norms
+    live_scale: torch.Tensor  # (B, p) D where the column is nonzero, else 0: ||D theta|| over these (`lm`)
+    radius: torch.Tensor  # (B,) trust radius
+    theta_norm: torch.Tensor  # (B,) ||D theta||
+    # the current linearisation's SVD of R D^-1, and the steps built from it
+    values: torch.Tensor  # (B, p) singular values s
+    vt: torch.Tensor  # (B, p, p)
+    products: torch.Tensor  # (B, p) s U^T Q^T r
+    gauss_newton: torch.Tensor  # (B, p) V-coordinates of the Gauss-Newton step
+    gauss_newton_norm: torch.Tensor  # (B,)
+    gauss_newton_decrease: torch.Tensor  # (B,) ||S c_GN||^2, the reduction the Gauss-Newton step promises
+    start: torch.Tensor  # (B,) Hebden's starting lambda
+    low_rank: torch.Tensor  # (B,) bool: a direction the data do not determine
+    recent: torch.Tensor  # (B, DRIFT_WINDOW + 1) the costs of the last accepted steps
+    evaluations: torch.Tensor  # (B,) int
+    jacobians: torch.Tensor
+    steps: torch.Tensor
+    nonfinite_run: torch.Tensor
+    fresh: torch.Tensor  # (B,) bool: needs a new Jacobian
+    status: torch.Tensor  # (B,) int code in STATUSES
+
+    def take(self, index, xp: SimpleNamespace) -> BatchState:
+        """The problems at ``index``, as a smaller state."""
+        return BatchState(**{f.name: xp.take(getattr(self, f.name), index) for f in fields(self)})
+
+    def put(self, index, part: BatchState, xp: SimpleNamespace) -> None:
+        """Write ``part`` back at ``index``."""
+        for f in fields(self):
+            xp.put(getattr(self, f.name), index, getattr(part, f.name))
+
+
+@dataclass
+class BatchOutcome:
+    """What the batched solver hands back: final state per problem, and the accepted costs per round."""
+
+    theta: torch.Tensor
+    status: list[str]
+    cost: torch.Tensor
+    evaluations: torch.Tensor
+    jacobians: torch.Tensor
+    steps: torch.Tensor
+    initial_cost: torch.Tensor
+    accepted: list[tuple[torch.Tensor, torch.Tensor]]
+    histories: Sequence[list[float]] | None = None  # given outright (native engine, gathered from other processes)
+    saturated: torch.Tensor | None = None  # (native engine) bool per problem: stopped on a plateau
+
+    @classmethod
+    def of_one(cls, outcome: Outcome) -> BatchOutcome:
+        """A single problem's `lm.Outcome` as a batch of one."""
+        cost = torch.tensor([outcome.cost], dtype=torch.float64)
+        counts = (torch.tensor([count]) for count in (outcome.evaluations, outcome.jacobians, outcome.steps))
+        initial = cost.new_tensor([outcome.history[0] if outcome.history else outcome.cost])
+        return cls(outcome.theta.unsqueeze(0), [outcome.status], cost, *counts, initial, [], [list(outcome.history)])
+
+    def one(self, i: int) -> Outcome:
+        """Problem ``i``'s `lm.Outcome`."""
+        return Outcome(
+            theta=self.theta[i],
+            status=self.status[i],
+            cost=float(self.cost[i]),
+            evaluations=int(self.evaluations[i]),
+            jacobians=int(self.jacobians[i]),
+            steps=int(self.steps[i]),
+            history=self.history(i),
+        )
+
+    def in_data_units(self, scales: torch.Tensor) -> None:
+        """Costs back in the data's units, for problems whose residuals were multiplied by ``scales`` (one per row)."""
+        scales = scales.to(self.cost)
+        self.cost = self.cost / scales / scales  # (scales^2 may leave float64's range)
+        self.initial_cost = self.initial_cost / scales / scales
+        self.accepted = [(index, cost / scales[index] / scales[index]) for index, cost in self.accepted]
+        if self.histories is not None:
+            unit = scales.tolist()
+            self.histories = [[c / unit[i] / unit[i] for c in self.histories[i]] for i in range(len(self.histories))]
+
+    def history(self, i: int) -> list[float]:
+        """Problem ``i``'s costs: the initial one, then after each accepted step."""
+        if self.histories is not None:
+            return self.histories[i]
+        costs = [float(self.initial_cost[i])]
+        for index, cost in self.accepted:
+            hit = np.flatnonzero(index.cpu().numpy() == i)  # (numpy: a fifth of torch's time per call)
+            if len(hit):
+                costs.append(float(cost[int(hit[0])]))
+        return costs
+
+
+class BatchProblem:
+    """The interface the solver needs: residuals and [J | r] of the problems at ``index``, the cost of
+    residuals and the sum over all rows of per-row sums (defaults: least squares, all rows here)."""
+
+    def residuals(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (b, n)
+        raise NotImplementedError
+
+    def augmented(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (b, n, p + 1)
+        """[J | r] of the local least-squares model (for a robust loss: reweighted, see `loss`)."""
+        raise NotImplementedError
+
+    def cost(self, r: torch.Tensor) -> torch.Tensor:
+        """(b,) cost = sum_i r_i^2 of residuals (b, n): what the trust region accepts steps on."""
+        return (r * r).sum(-1)
+
+    def sum_rows(self, sums: torch.Tensor) -> torch.Tensor:
+        """(b, k) per-problem sums over this process's rows -> sums over all rows (the geodesic J^T r'')."""
+        return sums
+
+    # "torch": takes and answers torch tensors; "any": numpy arrays too, answered as numpy (`arrays`)
+    arrays = "torch"
+
+
+class _Converted(BatchProblem):
+    """``problem`` (torch tensors in and out) called with and answering the arrays of ``xp``."""
+
+    def __init__(self, problem: BatchProblem, xp: SimpleNamespace):
+        self.problem, self.xp = problem, xp
+
+    def residuals(self, theta, index):
+        return self.xp.asarray(self.problem.residuals(self.xp.tensor(theta), self.xp.tensor(index)))
+
+    def augmented(self, theta, index):
+        return self.xp.asarray(self.problem.augmented(self.xp.tensor(theta), self.xp.tensor(index)))
+
+    def cost(self, r):
+        return self.xp.asarray(self.problem.cost(self.xp.tensor(r)))
+
+    def sum_rows(self, sums):
+        return self.xp.asarray(self.problem.sum_rows(self.xp.tensor(sums)))
+
+
+def batch_levenberg_marquardt(
+    problem: BatchProblem,
+    theta: torch.Tensor,
+    *,
+    ftol: float = 1e-15,
+    xtol: float = 1e-15,
+    gtol: float = 1e-15,
+    max_steps: int = 1000,
+    factor: float = 100.0,
+    geodesic_acceleration: bool = True,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = reduce_batched,
+    on_round: Callable[[BatchState], None] | None = None,
+) -> BatchOutcome:
+    """Minimise problem.cost(r_b(theta_b)) (||r_b||^2 by default) for every problem b of ``theta`` (B, p) at once.
+
+    ``ftol``, ``xtol``, ``gtol``: stop when the actual and predicted relative reductions of the cost are
+    both below ``ftol``, the trust radius is below ``xtol * ||D theta||``, or the cosine between r and every
+    column of J is below ``gtol``; ``max_steps``: Jacobian evaluations; ``geodesic_acceleration`` needs
+    ``problem.augmented``'s residual column to be ``problem.residuals`` (least squares); ``reduce`` maps
+    blocks (b, n, p + 1) to R (b, p + 1, p + 1); ``on_round(state)`` is called after each round with the
+    state so far (``state.status``: codes; its arrays numpy for small batches on the CPU, see `arrays`).
+    """
+    xp = namespace(theta)
+    problem = problem if xp is TORCH or problem.arrays == "any" else _Converted(problem, xp)
+    reduced = reduce if xp is TORCH else lambda blocks: xp.asarray(reduce(xp.tensor(blocks)))
+    tolerances = (ftol, xtol, gtol, max_steps, factor)
+    with np.errstate(all="ignore"):  # numpy's arrays: inf and NaN are handled as torch's are, silently
+        state, initial_cost, accepted_log = _iterate(
+            problem, xp.asarray(theta), reduced, tolerances, geodesic_acceleration, on_round, xp
+        )
+        _polish(problem, state, reduced, accepted_log, xp)
+    return BatchOutcome(
+        theta=xp.tensor(state.theta),
+        status=[STATUSES[code] for code in state.status.tolist()],
+        cost=xp.tensor(state.cost),
+        evaluations=xp.tensor(state.evaluations),
+        jacobians=xp.tensor(state.jacobians),
+        steps=xp.tensor(state.steps),
+        initial_cost=xp.tensor(initial_cost),
+        accepted=[(xp.tensor(index), xp.tensor(cost)) for index, cost in accepted_log],
+    )
+
+
+def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round, xp):
+    """The rounds until every problem has a status: the final state, the initial costs, the accepted costs."""
+    batch = theta.shape[0]
+    cost = problem.cost(problem.residuals(theta, xp.arange(batch, theta)))
+    state = _initial_state(theta, cost, xp)
+    accepted_log: list = []
+    while True:
+        index = xp.flatnonzero(state.status == 0)
+        if len(index) == 0:
+            break
+        part = state if len(index) == batch else state.take(index, xp)
+        _linearize_fresh(problem, part, index, reduce, tolerances, xp)
+        running = xp.flatnonzero(part.status == 0)
+        if len(running):
+            trial = part if len(running) == len(index) else part.take(running, xp)
+            accepted = _trial_step(problem, trial, index[running], geodesic_acceleration, tolerances, xp)
+            if len(accepted):
+                accepted_log.append((index[running][accepted], trial.cost[accepted]))
+            if trial is not part:
+                part.put(running, trial, xp)
+        if part is not state:
+            state.put(index, part, xp)
+        if on_round is not None:
+            on_round(state)
+    return state, cost, accepted_log
+
+
+def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
+    batch, p = theta.shape
+
+    def zeros(*shape, dtype=None):
+        return xp.zeros((batch, *shape), theta, dtype)
+
+    recent = zeros(DRIFT_WINDOW + 1)
+    recent[:, -1] = cost
+    return BatchState(
+        theta=xp.copy(theta),
+        cost=xp.copy(cost),
+        scale=zeros(p),
+        live_scale=zeros(p),
+        radius=zeros(),
+        theta_norm=zeros(),
+        values=zeros(p),
+        vt=zeros(p, p),
+        products=zeros(p),
+        gauss_newton=zeros(p),
+        gauss_newton_norm=zeros(),
+        gauss_newton_decrease=zeros(),
+        start=zeros(),
+        low_rank=zeros(dtype=xp.boolean),
+        recent=recent,
+        evaluations=xp.ones((batch,), theta, xp.integer),
+        jacobians=zeros(dtype=xp.integer),
+        steps=zeros(dtype=xp.integer),
+        nonfinite_run=zeros(dtype=xp.integer),
+        fresh=xp.ones((batch,), theta, xp.boolean),
+        status=zeros(dtype=xp.integer),
+    )
+
+
+def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
+    """The status of the first of ``rules`` (condition, name) that holds, where no status is set yet."""
+    codes = 0
+    for condition, name in reversed(rules):
+        codes = xp.where(condition, CODE[name], codes)
+    state.status = xp.where(state.status == 0, codes, state.status)
+
+
+def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
+    """New Jacobians, trust-region scales and SVDs for the problems of ``part`` that need them."""
+    _, _, gtol, max_steps, factor = tolerances
+    _set_status(part, xp, (part.fresh & (part.jacobians >= max_steps), "max_steps"))
+    fresh = xp.flatnonzero(part.fresh & (part.status == 0))
+    if len(fresh) == 0:
+        return
+    state = part if len(fresh) == len(index) else part.take(fresh, xp)
+    reduced = reduce(problem.augmented(state.theta, index[fresh]))
+    state.jacobians = state.jacobians + 1
+    state.fresh = xp.zeros_like(state.fresh)
+    p = state.theta.shape[-1]
+    finite = xp.all(xp.isfinite(reduced).reshape(len(fresh), -1), -1)
+    reduced = xp.where(finite[:, None, None], reduced, 0.0)
+    upper, qtr = reduced[:, :p, :p], reduced[:, :p, p]
+    column_norms = safe_column_norms(upper, xp)
+    first = _rescale(state, column_norms, factor, xp)
+    # gtol: max_j |J_j^T r| / (||J_j|| ||r||) <= gtol
+    gradient = abs(xp.sum(upper * qtr[..., None], -2))
+    cosine = xp.amax(gradient / xp.clamp_min(column_norms, TINY), -1)
+    # a cost that overflowed (or NaN) makes every convergence test pass vacuously
+    stops = (~finite | ~xp.isfinite(state.cost), "nonfinite"), (state.cost == 0, "exact")
+    _set_status(state, xp, *stops, (cosine <= gtol * xp.sqrt(state.cost), "gtol"))
+    _decompose(state, upper, qtr, first, xp)
+    state.live_scale = xp.where(column_norms > 0, state.scale, 0.0)
+    state.theta_norm = xp.norm(state.live_scale * state.theta)
+    if state is not part:
+        part.put(fresh, state, xp)
+
+
+def _rescale(state: BatchState, column_norms, factor: float, xp):
+    """D and, on a (re)start, the trust radius from a new Jacobian's column norms; returns where D restarted."""
+    first = state.jacobians == 1
+    # D restarts where every column shrank below SHRUNK of its maximum (see `lm.SHRUNK`)
+    first = first | xp.all(column_norms < SHRUNK * state.scale, -1)
+    initial_scale = xp.where(column_norms > 0, column_norms, 1.0)
+    scale = xp.maximum(state.scale, column_norms)
+    # a single column that shrank by orders of magnitude restarts alone (`lm.COLUMN_SHRUNK`)
+    scale = xp.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale)
+    state.scale = xp.where(first[:, None], initial_scale, scale)
+    initial_radius = factor * xp.norm(state.scale * state.theta)
+    initial_radius = xp.where(initial_radius == 0, factor, initial_radius)
+    # at least a step whose effect shows in float64 (see `lm.VISIBLE_STEP`)
+    initial_radius = xp.maximum(initial_radius, VISIBLE_STEP * xp.sqrt(state.cost))
+    state.radius = xp.where(first, initial_radius, state.radius)
+    return first
+
+
+def _decompose(state: BatchState, upper, qtr, first, xp) -> None:
+    """The SVD of R D^-1 and the Gauss-Newton step from it, into ``state``."""
+    p = upper.shape[-1]
+    start = None
+    if xp.warm_start:  # from the previous V (none yet on the first Jacobian: all zeros)
+        start = xp.where(first[:, None, None], xp.eye(p, upper), state.vt.swapaxes(-1, -2))
+    values, vt, products = xp.svd(upper / state.scale[:, None, :], qtr, start)
+    largest = values[:, :1]
+    keep = (largest > 0) & (values > largest * RANK_TOLERANCE)
+    squares = values * values
+    state.values, state.vt, state.products = values, vt, products
+    state.gauss_newton = xp.where(keep, -products / squares, 0.0)
+    state.gauss_newton_norm = xp.norm(state.gauss_newton)
+    projected = xp.where(keep, products / values, 0.0)
+    state.gauss_newton_decrease = xp.sum(projected * projected, -1)
+    state.start = xp.where(xp.all(keep, -1), 0.0, EPS * largest[:, 0] ** 2)
+    state.low_rank = values[:, -1] <= RANK_TOLERANCE * values[:, 0]
+
+
+def _damped_steps(state: BatchState, xp):
+    """lambda, the step's V-coordinates c, ||c|| and ||S c||^2 per problem, ||c|| within 10% of the radius.
+
+    lambda = 0 where the Gauss-Newton step (pseudo-inverse: directions below `RANK_TOLERANCE` left out)
+    already fits; elsewhere Newton's method on 1/||delta|| (Hebden), which converges from below.
+    """
+    radius, squares, products = state.radius, state.values**2, state.products
+    fits = state.gauss_newton_norm <= 1.1 * radius
+    lam = state.start if bool(fits.all()) else _hebden(state, fits, squares, xp)
+    coordinates = xp.where(fits[:, None], state.gauss_newton, -_ratio(products, squares + lam[:, None], xp))
+    lam = xp.where(fits, 0.0, lam)
+    norm = xp.where(fits, state.gauss_newton_norm, xp.norm(coordinates))
+    decrease = xp.sum(squares * coordinates * coordinates, -1)
+    return lam, coordinates, norm, decrease
+
+
+def _hebden(state: BatchState, done, squares, xp):
+    """lambda with ||c(lambda)|| within 10% of the radius where not ``done``, from Hebden's start."""
+    radius, products, lam = state.radius, state.products, state.start
+    tolerance = 0.1 * radius
+    for _ in range(60):
+        denominator = squares + lam[:, None]
+        coefficients = _ratio(products, denominator, xp)
+        norm = xp.norm(coefficients)
+        done = done | (abs(norm - radius) <= tolerance) | (norm == 0)
+        if bool(done.all()):
+            break
+        derivative = -xp.sum(_ratio(coefficients * coefficients, denominator, xp), -1) / norm
+        lam = xp.where(done, lam, xp.clamp_min(lam + (norm - norm * norm / radius) / derivative, 0.0))
+    return lam
+
+
+def _ratio(a, b, xp):
+    """a / b, and 0 where b = 0 (a zero singular value at lambda = 0, where a = s u = 0 too)."""
+    return xp.where(b != 0, a / b, 0.0)  # (the NaN of 0 / 0 is not selected)
+
+
+def _to_parameters(state: BatchState, coordinates, xp):
+    """D^-1 V c: a step in parameter space from its V-coordinates."""
+    return xp.sum(state.vt * coordinates[..., None], -2) / state.scale
+
+
+def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
+    """One trial step for every problem of ``state``; returns the positions of the accepted ones."""
+    ftol, xtol, _, _, _ = tolerances
+    lam, coordinates, step_norm, decrease = _damped_steps(state, xp)
+    first = (state.steps == 0) & (state.jacobians == 1)
+    state.radius = xp.where(first, xp.minimum(state.radius, step_norm), state.radius)
+    velocity = _to_parameters(state, coordinates, xp)
+    if geodesic_acceleration:
+        bent = xp.flatnonzero(lam > 0)
+        if len(bent):
+            velocity[bent] += _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp)
+            state.evaluations[bent] += 1
+    trial = state.theta + velocity
+    cost_trial = problem.cost(problem.residuals(trial, index))
+    state.evaluations = state.evaluations + 1
+    cost = state.cost
+    finite = xp.isfinite(cost_trial)
+    near = 0.1 * xp.sqrt(cost_trial) < xp.sqrt(cost)
+    actual = xp.where(finite & near, 1 - cost_trial / cost, -1.0)
+    linear_part = decrease / cost
+    damping_part = lam * step_norm**2 / cost
+    predicted = linear_part + 2 * damping_part
+    directional = -(linear_part + damping_part)
+    ratio = _ratio(actual, predicted, xp)
+    shrink = xp.where(actual >= 0, 0.5, 0.5 * directional / (directional + 0.5 * actual))
+    shrink = xp.where(~finite | ~near | (shrink < 0.1), 0.1, shrink)
+    grown = xp.where((lam == 0) | (ratio >= 0.75), step_norm / 0.5, state.radius)
+    state.radius = xp.where(ratio <= 0.25, shrink * xp.minimum(state.radius, step_norm / 0.1), grown)
+    accepted = ratio >= 1e-4
+    _accept(state, accepted, trial, cost_trial, xp)
+    _stop(state, accepted, finite, actual, predicted, ratio, tolerances, xp)
+    return xp.flatnonzero(accepted)
+
+
+def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, tolerances, xp) -> None:
+    """The stopping tests after a trial step (MINPACK's, and `lm`'s drift and nonfinite rules)."""
+    ftol, xtol, _, _, _ = tolerances
+    theta_norm, cost = state.theta_norm, state.cost
+    # a tiny reduction counts only when the Gauss-Newton step has little left to give (`lm.UNEXPLOITED_SHARE`)
+    exhausted = (0.5 * ratio <= 1) & (state.gauss_newton_decrease <= UNEXPLOITED_SHARE * cost)
+    small = abs(actual)
+    roundoff = ((small <= EPS) & (predicted <= EPS) & exhausted) | (state.radius <= EPS * theta_norm)
+    drift = state.recent[:, 0] - cost <= DRIFT_TOLERANCE * cost
+    _set_status(
+        state,
+        xp,
+        ((small <= ftol) & (predicted <= ftol) & exhausted, "ftol"),
+        (state.radius <= xtol * theta_norm, "xtol"),
+        (roundoff, "roundoff"),
+        (cost == 0, "exact"),
+        (accepted & state.low_rank & (state.steps + 1 > DRIFT_WINDOW) & drift, "drift"),
+    )
+    state.nonfinite_run = xp.where(finite, 0, state.nonfinite_run + 1)
+    stop = (state.status != 0) | (state.nonfinite_run >= NONFINITE_RETRIES)
+    state.status = xp.where((state.nonfinite_run > 0) & stop, CODE["nonfinite"], state.status)
+    state.fresh = accepted & (state.status == 0)
+
+
+def _accept(state, accepted, trial, cost_trial, xp) -> None:
+    state.theta = xp.where(accepted[:, None], trial, state.theta)
+    state.cost = xp.where(accepted, cost_trial, state.cost)
+    state.steps = state.steps + accepted
+    shifted = xp.concat([state.recent[:, 1:], state.cost[:, None]], -1)
+    state.recent = xp.where(accepted[:, None], shifted, state.recent)
+    new_norm = xp.norm(state.live_scale * state.theta)
+    state.theta_norm = xp.where(accepted, new_norm, state.theta_norm)
+
+
+def _polish(problem, state: BatchState, reduce, accepted_log: list, xp) -> None:
+    """One Gauss-Newton step for the converged problems, kept where the cost does not rise (see `lm.POLISHED`)."""
+    index = xp.flatnonzero(xp.isin(state.status, [CODE[name] for name in POLISHED]))
+    if len(index) == 0:
+        return
+    theta, cost, scale = state.theta[index], state.cost[index], state.scale[index]
+    reduced = reduce(problem.augmented(theta, index))
+    p = theta.shape[-1]
+    finite = xp.all(xp.isfinite(reduced).reshape(len(index), -1), -1)
+    reduced = xp.where(finite[:, None, None], reduced, 0.0)
+    # warm start from the last linearization's V (these statuses are set by trial steps, after an SVD)
+    start = xp.take(state.vt, index).swapaxes(-1, -2)
+    values, vt, products = xp.svd(reduced[:, :p, :p] / scale[:, None, :], reduced[:, :p, p], start)
+    keep = (values[:, :1] > 0) & (values > values[:, :1] * RANK_TOLERANCE)
+    coordinates = xp.where(keep, -products / (values * values), 0.0)
+    trial = theta + xp.sum(vt * coordinates[..., None], -2) / scale
+    cost_trial = problem.cost(problem.residuals(trial, index))
+    better = finite & (cost_trial <= cost * (1 + POLISH_SLACK))
+    state.jacobians[index] += 1
+    state.evaluations[index] += finite
+    state.steps[index] += better
+    state.theta[index] = xp.where(better[:, None], trial, theta)
+    state.cost[index] = xp.where(better, cost_trial, cost)
+    if bool(better.any()):
+        accepted_log.append((index[better], cost_trial[better]))
+
+
+def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp):
+    """Half the geodesic acceleration a = -(J^T J + lambda D^2)^-1 J^T r''(v, v) of the problems at ``bent``.
+
+    r''(v, v) ~ (2 / h) ((r(theta + h v) - r) / h - J v) from one probe at h = `PROBE`, solved in the SVD
+    coordinates of the step; J^T r'' is a sum over rows (`BatchProblem.sum_rows`). 0 where the
+    acceleration is not small next to the velocity (2 ||a|| > `ACCELERATION_RATIO` ||v||, scaled).
+
+    J and r at the current point are evaluated again for these problems (usually a minority, 0-30%
+    per round), which is cheaper than keeping every problem's J between rounds.
+    """
+    rows = index[bent]
+    block = xp.permute(problem.augmented(state.theta[bent], rows), (2, 0, 1))  # the model's layout (p + 1, b, n)
+    jacobian, r = block[:-1], block[-1]
+    v = velocity[bent]
+    r_probe = problem.residuals(state.theta[bent] + PROBE * v, rows)
+    jv = (jacobian * v.T[..., None]).sum(0)
+    curvature = (r_probe - r - PROBE * jv) * (2 / PROBE**2)
+    scale = state.scale[bent]
+    projected = problem.sum_rows((jacobian * curvature).sum(-1).T) / scale
+    vt = state.vt[bent]
+    coordinates = -(vt @ projected[..., None])[..., 0] / (state.values[bent] ** 2 + lam[bent][:, None])
+    small = 2 * xp.norm(coordinates) <= ACCELERATION_RATIO * step_norm[bent]
+    acceleration = 0.5 * (vt * coordinates[..., None]).sum(-2) / scale
+    return xp.where(small[:, None], acceleration, 0.0)

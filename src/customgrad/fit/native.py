@@ -4,11 +4,11 @@ curves, and a single `fit` as a batch of one.
 For formula models on the CPU in float64 with a C compiler. One shared library per model and input
 layout holds three translation units: the model's generated rows [df/db_j, f] and values f (the cpu
 backend's kernels, `FormulaModel.c_source`), a few lines of glue that call them for one curve, and the
-fixed solver source `native_lm.c`, the C twin of `batch_lm.batch_levenberg_marquardt` (same trust region, Hebden
+fixed solver source `native_lm.c`, the C twin of `lm.batch_levenberg_marquardt` (same trust region, Hebden
 damping from the SVD of R D^-1, geodesic acceleration, stopping rules, polish step), followed in its
 translation unit by a global fit's per-curve factors (`global_native.c`, `global_rows.c`). A curve's whole
 fit runs in a core's cache with no Python in the loop, which is what makes a batch of small fits fast:
-the tensor engine (`batch_lm`) pays ~350 small torch operations per round instead. The library is
+the tensor engine (`lm`) pays ~350 small torch operations per round instead. The library is
 built once (about 1 s) and cached on disk like every kernel.
 
 Its constants come from `lm` and `statistics` through `Options`, so the two engines share them.
@@ -32,8 +32,7 @@ import torch
 from .. import cache
 from ..errors import BackendError, UsageError
 from . import lm, plateau, statistics
-from .batch_lm import BatchOutcome
-from .lm import Outcome
+from .lm import BatchOutcome, Outcome
 from .status import CONVERGED, STATUSES, progress_message
 
 # Costs kept per curve for `FitResult.history`: the first HISTORY_LIMIT - 1 and the last (a typical fit

@@ -1,6 +1,6 @@
 /* Levenberg-Marquardt for a batch of curves in C: each curve solved alone, the curves in parallel.
 
-   The C twin of `batch_lm.batch_levenberg_marquardt` (the same trust region, lambda from the SVD of R D^-1 by
+   The C twin of `lm.batch_levenberg_marquardt` (the same trust region, lambda from the SVD of R D^-1 by
    Hebden's iteration, geodesic acceleration, stopping rules and polish step), for formula models on
    the CPU in float64. The model enters through two generated functions compiled into the same
    library (`native.py` writes them): the rows [df/db_j..., f] and the values f of one curve.
@@ -276,7 +276,7 @@ CG_FN void svd(Work *W, int64_t p, const double *qtr, int warm) {
   }
 }
 
-/* What `batch_lm._linearize_fresh` keeps of the SVD: Gauss-Newton coordinates, their norm and promised decrease. */
+/* What `lm._linearize_fresh` keeps of the SVD: Gauss-Newton coordinates, their norm and promised decrease. */
 typedef struct {
   double gauss_newton_norm, gauss_newton_decrease, start;
 } Damped;
@@ -300,7 +300,7 @@ CG_FN Damped damped_step(Work *W, int64_t p, const Options *O) {
   return d;
 }
 
-/* `batch_lm._damped_steps`: lambda, coordinates (into W->coordinates), their norm and ||S c||^2. */
+/* `lm._damped_steps`: lambda, coordinates (into W->coordinates), their norm and ||S c||^2. */
 CG_FN double solve(Work *W, int64_t p, const Damped *d, double radius, double *norm_out, double *decrease) {
   double lam = 0, norm = d->gauss_newton_norm;
   if (d->gauss_newton_norm <= 1.1 * radius) {
@@ -358,7 +358,7 @@ CG_FN void decompose(Work *W, int64_t p, int warm) {
   svd(W, p, W->qtr, warm);
 }
 
-/* Half the geodesic acceleration into W->projected (see `batch_lm._half_acceleration`); 0 when too large. */
+/* Half the geodesic acceleration into W->projected (see `lm._half_acceleration`); 0 when too large. */
 CG_FN void half_acceleration(const Problem *P, Work *W, int64_t b, double lam, double velocity_norm,
                               const Options *O) {
   int64_t n = P->points, p = P->p;
@@ -402,7 +402,7 @@ CG_FN void record(Outcome *o, double *history, const Options *O, double cost) {
   o->recorded++;
 }
 
-/* The status of a trial step (`batch_lm._trial_step`'s tests, in its order); RUNNING when none. */
+/* The status of a trial step (`lm._trial_step`'s tests, in its order); RUNNING when none. */
 CG_FN int64_t trial_status(double actual, double predicted, int exhausted, double radius, double theta_norm,
                             double cost, int accepted, int low_rank, const double *recent, int64_t steps,
                             const Options *O) {
@@ -436,7 +436,7 @@ CG_FN void polish(const Problem *P, Work *W, int64_t b, Outcome *o, double *hist
   }
 }
 
-/* Fit curve b from W->theta (see `batch_lm.batch_levenberg_marquardt`, per curve). */
+/* Fit curve b from W->theta (see `lm.batch_levenberg_marquardt`, per curve). */
 CG_FN Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history, const Options *O) {
   int64_t n = P->points, p = P->p;
   Outcome o = {0, MAX_STEPS, 1, 0, 0, 0};

@@ -1,4 +1,4 @@
-"""Levenberg-Marquardt for one problem given by callables (`fit`'s torch engine): `batch_lm` over a batch of one.
+"""Levenberg-Marquardt for one problem given by callables (`fit`'s torch engine): `lm` over a batch of one.
 
 The problem is what a single fit's solver calls (`api._Calls`, `profile`): residuals, [J | r] (robust:
 reweighted), the cost of residuals (robust, summed over ranks), the reduction of [J | r] to R (one
@@ -13,12 +13,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .batch_lm import BatchProblem, BatchState, batch_levenberg_marquardt
-from .lm import Outcome
+from .lm import BatchProblem, BatchState, Outcome, batch_levenberg_marquardt
 
 
 class OneProblem(BatchProblem):
-    """`batch_lm.BatchProblem` of one problem (index ignored): theta (1, p), residuals (1, n), float64, as
+    """`lm.BatchProblem` of one problem (index ignored): theta (1, p), residuals (1, n), float64, as
     torch tensors or numpy arrays (answered in the kind given: `arrays`, no conversion by the solver).
 
     Parameters
@@ -77,7 +76,7 @@ def levenberg_marquardt(
     sum_rows: Callable | None = None,
     **options,
 ) -> Outcome:
-    """Minimise cost_of(residuals(theta)) from ``theta`` (p,) by `batch_lm.batch_levenberg_marquardt`.
+    """Minimise cost_of(residuals(theta)) from ``theta`` (p,) by `lm.batch_levenberg_marquardt`.
 
     ``reduce`` maps one block [J | r] (n, p + 1) to its R (default: Householder QR, `reduction`);
     ``on_step(step, cost)`` is called after each accepted step; other options (ftol, xtol, gtol,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from .batch_lm import BatchOutcome
+from .lm import BatchOutcome
 from .status import TERMINATION
 
 # A parameter whose relative sensitivity ||J_j|| max(|b_j|, 1) falls below this share of ||y|| has stopped

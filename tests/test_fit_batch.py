@@ -386,3 +386,21 @@ def test_histories_hold_every_accepted_step_when_a_curve_is_restarted_off_a_plat
         assert curve.history[-1] == pytest.approx(cost(*(curve.params[n] for n in "abc")), rel=1e-12)
         # each accepted step lowers the cost (the final polish may raise it by roundoff: `lm.POLISH_SLACK`)
         assert all(later <= earlier * (1 + 1e-13) for earlier, later in zip(curve.history, curve.history[1:]))
+
+
+@pytest.mark.parametrize("tied", [{"expr": "a/4"}, "lmfit"])
+def test_a_tied_parameter_is_refused_by_name_not_as_an_unknown_key(tied):
+    # the message said "unknown keys ['expr'] (allowed: value, min, max, fixed or vary; or expr)"
+    x = np.linspace(0, 3, 20)
+    y = np.stack([2 * np.exp(-0.7 * x) + 0.5, 3 * np.exp(-0.7 * x) + 0.75])
+    params = {"a": 1.0, "k": 1.0, "c": tied}
+    if tied == "lmfit":
+        lmfit = pytest.importorskip("lmfit")
+        params = lmfit.Parameters()
+        params.add("a", 1.0)
+        params.add("k", 1.0)
+        params.add("c", expr="a/4")
+    refused = r"parameter 'c' is tied by 'expr' \('a/4'\): fit_batch does not take"
+    with pytest.raises(UsageError, match=refused) as error:
+        fit_batch("a*exp(-k*x) + c", x, y, params=params)
+    assert "unknown keys" not in str(error.value)

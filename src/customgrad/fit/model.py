@@ -140,6 +140,11 @@ def batch_parameter_specs(params: Mapping, bounds: Mapping | None, batch: int) -
     initial, placeholders = {}, {}
     for name, given in params.items():
         spec = dict(given) if isinstance(given, Mapping) else {"value": given}
+        if "expr" in spec:
+            raise UsageError(
+                f"parameter {name!r} is tied by 'expr' ({spec['expr']!r}): fit_batch does not take tied "
+                "parameters; write the expression into the model instead (or fit each curve with fit())"
+            )
         value = spec.get("value")
         array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
         if value is not None and array.ndim == 1:

@@ -384,3 +384,43 @@ def test_batch_nan_with_policy_raise_names_the_array_and_the_curves():
     y[1, 2] = np.nan
     with pytest.raises(DataError, match=r"NaN or inf in y at curves 1 \(0-based\).*nan_policy='omit'"):
         fit_batch("a*x", x, y, params={"a": 1.0}, nan_policy="raise")
+
+
+def test_histories_hold_every_accepted_step_when_a_curve_is_restarted_off_a_plateau():
+    # the first curve's fit (a = 0.01) stops on a plateau and its restart with factor 1 is kept: its history
+    # was [initial, final] and the other curves lost the costs of the rounds they shared with its first fit
+    x = np.linspace(0, 10, 50)
+    y = 2 * np.exp(-0.5 * x) + 0.3 + 0.01 * np.sin(9 * x)
+    starts = [0.01, 1.0, 100.0]
+    result = fit_batch(
+        "a/(1+exp(b*(x-c)))", x, np.tile(y, (3, 1)), params={"a": starts, "b": 5.0, "c": 3.0}, engine="torch"
+    )
+
+    def cost(a, b, c):
+        return float(np.sum((a / (1 + np.exp(b * (x - c))) - y) ** 2))
+
+    for i, start in enumerate(starts):
+        curve = result[i]
+        assert len(curve.history) == curve.steps + 1, (i, len(curve.history), curve.steps)
+        assert curve.history[0] == pytest.approx(cost(start, 5.0, 3.0), rel=1e-12)
+        assert curve.history[-1] == pytest.approx(cost(*(curve.params[n] for n in "abc")), rel=1e-12)
+        # each accepted step lowers the cost (the final polish may raise it by roundoff: `lm.POLISH_SLACK`)
+        assert all(later <= earlier * (1 + 1e-13) for earlier, later in zip(curve.history, curve.history[1:]))
+
+
+@pytest.mark.parametrize("tied", [{"expr": "a/4"}, "lmfit"])
+def test_a_tied_parameter_is_refused_by_name_not_as_an_unknown_key(tied):
+    # the message said "unknown keys ['expr'] (allowed: value, min, max, fixed or vary; or expr)"
+    x = np.linspace(0, 3, 20)
+    y = np.stack([2 * np.exp(-0.7 * x) + 0.5, 3 * np.exp(-0.7 * x) + 0.75])
+    params = {"a": 1.0, "k": 1.0, "c": tied}
+    if tied == "lmfit":
+        lmfit = pytest.importorskip("lmfit")
+        params = lmfit.Parameters()
+        params.add("a", 1.0)
+        params.add("k", 1.0)
+        params.add("c", expr="a/4")
+    refused = r"parameter 'c' is tied by 'expr' \('a/4'\): fit_batch does not take"
+    with pytest.raises(UsageError, match=refused) as error:
+        fit_batch("a*exp(-k*x) + c", x, y, params=params)
+    assert "unknown keys" not in str(error.value)

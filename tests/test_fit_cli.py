@@ -419,3 +419,29 @@ def test_an_unknown_function_in_a_model_points_to_define(tmp_path):
     out = run("--model", "h*Lor((x-x0)/g)", "--data", str(data), "--param", "h=1", "--param", "x0=0", "--param", "g=1")
     assert out.returncode == 1, out  # a formula error (`cli.EXIT_STATUS`)
     assert "unknown function 'Lor'" in out.stderr and "--define 'Lor(u) = ...'" in out.stderr, out.stderr
+
+
+def test_a_bad_cell_is_reported_at_its_line_of_the_file(tmp_path):
+    # the line number counted data lines only: comments and blank lines above made it point elsewhere
+    path = tmp_path / "commented.csv"
+    path.write_text("# decay run 3\n\nt,y\n0,1.0\n# a gap\n1,abc\n2,0.2\n")
+    out = run("--model", "a*exp(-k*t)", "--data", str(path), "--x", "t", "--y", "y", "--param", "a=1", "--param", "k=1")
+    assert out.returncode != 0
+    assert "line 6, column 1: 'abc' is not a number" in out.stderr, out.stderr
+
+
+def test_a_csv_saved_with_a_byte_order_mark_names_its_first_column(tmp_path):
+    # Excel's "CSV UTF-8" starts with U+FEFF, which became part of the first column's name ('\ufefft')
+    from scipy.optimize import curve_fit
+
+    t = np.linspace(0, 5, 30)
+    y = 3 * np.exp(-0.7 * t) + 0.01 * np.cos(9 * t)
+    path = tmp_path / "excel.csv"
+    rows = "\n".join(f"{a!r},{b!r}" for a, b in zip(t.tolist(), y.tolist(), strict=True))
+    path.write_bytes(b"\xef\xbb\xbf" + f"t,y\n{rows}\n".encode())
+    out = run("--model", "a*exp(-k*t)", "--data", str(path), "--x", "t", "--y", "y", "--param", "a=1", "--param", "k=1",
+              "--json", str(tmp_path / "fit.json"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    expected, _ = curve_fit(lambda t, a, k: a * np.exp(-k * t), t, y, p0=[1, 1], xtol=1e-14, ftol=1e-14)
+    found = json.loads((tmp_path / "fit.json").read_text())["params"]
+    assert [found["a"], found["k"]] == pytest.approx(expected, rel=1e-7)

@@ -6,7 +6,7 @@ import torch
 from scipy.optimize import curve_fit, least_squares
 
 from customgrad import P2, DataError, FitError, UsageError, fit
-from reference import assert_matches_reference
+from reference import ENGINES, assert_matches_reference
 
 
 def pick(values: dict, names: str) -> np.ndarray:
@@ -267,3 +267,39 @@ def test_exact_fits_with_customgrad_functions_recover_the_generating_values(mode
     assert result.success, result.message
     assert_matches_reference(pick(result.params, "ab"), pick(truth, "ab"), rtol=1e-9, atol=1e-12, what="params")
     assert result.cost < 1e-20
+
+
+def test_soft_l1_keeps_its_cost_for_small_residuals(decay):
+    # data in units of 1e-8 (nanometres in metres): z = r^2 ~ 1e-20, where 2 (sqrt(1 + z) - 1) rounds
+    # to 0 in float64; soft_l1 = z - z^2/4 + ... is least squares there, to a relative 1e-20
+    t, y = decay
+    result = fit("a*exp(-k*t) + c", t, 1e-8 * y, params={"a": 1e-8, "k": 0.1, "c": 0.0}, loss="soft_l1")
+    # the least-squares fit in units of 1e-8 (the same minimiser; its cost 1e16 times the fit's)
+    reference = least_squares(lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y, [1, 0.1, 0], xtol=1e-15, ftol=1e-15)
+    assert result.success, result.message
+    found = pick(result.params, "akc") / [1e-8, 1, 1e-8]
+    assert_matches_reference(found, reference.x, rtol=1e-7, what="params")
+    assert_matches_reference(np.float64(result.loss_value), 2 * reference.cost * 1e-16, rtol=1e-7, what="loss_value")
+
+
+ON_A_BOUND = [((0.0, None), 0.0), ((None, 1.0), 1.0), ((0.0, 1.0), 0.0), ((0.0, 1.0), 1.0)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("bound", "start"), ON_A_BOUND)
+def test_a_start_on_a_bound_is_fitted(decay, engine, bound, start):
+    # d value / d internal is 0 on a bound (sin, sqrt transforms): a start there never moved, and the fit
+    # reported success with c left at its start ("c": 0 with bounds (0, None), a common way to write it)
+    t, y = decay
+    result = fit("a*exp(-k*t) + c", t, y, params={"a": 1.0, "k": 0.1, "c": start}, bounds={"c": bound}, engine=engine)
+    lower, upper = (-np.inf if bound[0] is None else bound[0]), (np.inf if bound[1] is None else bound[1])
+    reference = least_squares(
+        lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y,
+        [1, 0.1, 0.5],
+        bounds=([-np.inf, -np.inf, lower], [np.inf, np.inf, upper]),
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
+    )
+    assert result.success, result.message
+    assert_matches_reference(pick(result.params, "akc"), reference.x, rtol=1e-6, what="params")

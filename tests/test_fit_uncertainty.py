@@ -231,6 +231,25 @@ def test_profile_interval_of_a_linear_model_is_t_times_stderr():
     )
 
 
+@pytest.mark.parametrize("unit", [1e160, 1e-160])
+def test_profile_interval_of_data_beyond_the_range_of_squares(unit):
+    # chi2 = sum r^2 overflows float64 for data near 1e160 and underflows near 1e-160; the fit works in
+    # rescaled units, and so must its profile: b +- t se, with se from numpy's lstsq in units of 1
+    rng = np.random.default_rng(7)
+    x = np.linspace(0, 3, 25)
+    y = 1.5 + 0.8 * x + 0.1 * rng.standard_normal(x.size)
+    design = np.stack([np.ones_like(x), x], axis=1)
+    coefficients, rss, _, _ = np.linalg.lstsq(design, y, rcond=None)
+    stderr = np.sqrt(np.diag(rss[0] / (x.size - 2) * np.linalg.inv(design.T @ design)))
+    result = customgrad.fit("a + b*x", x, unit * y, params={"a": 0.0, "b": unit})
+    intervals = result.conf_interval(sigmas=(1, 2))
+    for sigma in (1, 2):
+        half = stats.t.ppf((1 + math.erf(sigma / math.sqrt(2))) / 2, x.size - 2) * stderr[1]
+        low, high = intervals["b"][sigma]
+        assert low / unit == pytest.approx(coefficients[1] - half, abs=1e-6 * half)
+        assert high / unit == pytest.approx(coefficients[1] + half, abs=1e-6 * half)
+
+
 def test_profile_report_table_plot_and_json(tmp_path):
     case = CASES["Misra1a"]
     result = customgrad.fit(case.formula, case.x, case.y, params=case.start)

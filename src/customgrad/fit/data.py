@@ -56,7 +56,8 @@ class Table:
 def read_table(path: str | Path) -> Table:
     """Read a CSV file (comma or semicolon, header optional) or a whitespace-separated table."""
     path = Path(path)
-    lines = [line for _, line in _data_lines(path)]
+    numbered = _data_lines(path)
+    lines = [line for _, line in numbered]
     if not lines:
         raise DataError(f"data file {str(path)!r} is empty: it needs a header line and rows of numbers")
     delimiter = next((d for d in (",", ";", "\t") if d in lines[0]), None)
@@ -66,20 +67,22 @@ def read_table(path: str | Path) -> Table:
         else [line.split() for line in lines]
     )
     rows = [[cell.strip() for cell in row] for row in rows]
+    # each row's line of the file (a quoted cell spanning lines: its count among the data lines)
+    numbers = [number for number, _ in numbered] if len(rows) == len(numbered) else list(range(1, len(rows) + 1))
     header = None
     if not all(_is_number(cell) for cell in rows[0]):
-        header, rows = rows[0], rows[1:]
+        header, rows, numbers = rows[0], rows[1:], numbers[1:]
     if not rows:
         raise DataError(f"data file {str(path)!r} has a header but no rows of data")
     width = len(header) if header else len(rows[0])
     values = np.empty((len(rows), width))
-    for number, row in enumerate(rows, start=2 if header else 1):
+    for i, (number, row) in enumerate(zip(numbers, rows, strict=True)):
         if len(row) != width:
             raise DataError(f"{str(path)!r} line {number}: {len(row)} fields, expected {width}")
         for j, cell in enumerate(row):
             if not _is_number(cell):
                 raise DataError(f"{str(path)!r} line {number}, column {j}: {cell!r} is not a number")
-            values[number - (2 if header else 1), j] = float(cell)
+            values[i, j] = float(cell)
     names = header or [f"c{j}" for j in range(width)]
     return Table(names=names, values=values, path=str(path), has_header=bool(header))
 
@@ -91,7 +94,7 @@ def _data_lines(path: Path) -> list[tuple[int, str]]:
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or "not a text file"
         raise DataError(f"cannot read data file {str(path)!r}: {reason}") from None
-    lines = enumerate(text.splitlines(), start=1)
+    lines = enumerate(text.removeprefix("\ufeff").splitlines(), start=1)  # a UTF-8 byte order mark (Excel)
     return [(number, line) for number, line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 

@@ -20,9 +20,10 @@ def _linear(z):
 
 
 def _soft_l1(z):
-    # rho(z) = 2 (sqrt(1 + z) - 1)
+    # rho(z) = 2 (sqrt(1 + z) - 1); below z = 1 as 2 z / (sqrt(1 + z) + 1), free of the cancellation
+    # that made it 0 for z < 1e-16 (residuals of 1e-8 data); above, as written (z = inf stays inf)
     s = torch.sqrt(1 + z)
-    return 2 * (s - 1), 1 / s, -0.5 / (s * s * s)
+    return torch.where(z < 1, 2 * z / (s + 1), 2 * (s - 1)), 1 / s, -0.5 / (s * s * s)
 
 
 def _huber(z):

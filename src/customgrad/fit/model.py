@@ -140,6 +140,11 @@ def batch_parameter_specs(params: Mapping, bounds: Mapping | None, batch: int) -
     initial, placeholders = {}, {}
     for name, given in params.items():
         spec = dict(given) if isinstance(given, Mapping) else {"value": given}
+        if "expr" in spec:
+            raise UsageError(
+                f"parameter {name!r} is tied by 'expr' ({spec['expr']!r}): fit_batch does not take tied "
+                "parameters; write the expression into the model instead (or fit each curve with fit())"
+            )
         value = spec.get("value")
         array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
         if value is not None and array.ndim == 1:
@@ -195,6 +200,11 @@ def _finite(value, what: str) -> float:
 
 # Internal (unbounded) <-> external (bounded) coordinates, one row per kind of bound (MINUIT, lmfit), for
 # one fit's parameters and a batch's alike (native_lm.c's `to_external` is the compiled twin).
+# Internal coordinates start at least this far from a bound's (`to_internal`): the value moves by at most
+# 5e-13 (one-sided) or 2.5e-13 of the range, and the slope d external / d internal is ~FOLD, not 0.
+FOLD = 1e-6
+
+
 def to_external(spec: ParameterSpec, t: torch.Tensor) -> torch.Tensor:
     """The value of bounded parameter ``spec`` at internal coordinates ``t``, elementwise."""
     lo, hi = spec.lower, spec.upper
@@ -217,13 +227,16 @@ def external_slope(spec: ParameterSpec, t: torch.Tensor | float) -> torch.Tensor
 
 
 def to_internal(spec: ParameterSpec, values: np.ndarray) -> np.ndarray:
-    """The internal coordinates of bounded parameter ``spec``'s ``values``, elementwise (`to_external`'s inverse)."""
+    """The internal coordinates of bounded parameter ``spec``'s ``values``, elementwise (`to_external`'s inverse),
+    at least `FOLD` from a bound's (where d external / d internal = 0: LM could never move a start there)."""
     lo, hi = spec.lower, spec.upper
     if math.isfinite(lo) and math.isfinite(hi):
-        return np.arcsin(np.clip(2 * (values - lo) / (hi - lo) - 1, -1.0, 1.0))
+        return np.clip(
+            np.arcsin(np.clip(2 * (values - lo) / (hi - lo) - 1, -1.0, 1.0)), FOLD - np.pi / 2, np.pi / 2 - FOLD
+        )
     if math.isfinite(lo):
-        return np.sqrt((values - lo + 1) ** 2 - 1)
-    return np.sqrt((hi - values + 1) ** 2 - 1)
+        return np.maximum(np.sqrt((values - lo + 1) ** 2 - 1), FOLD)
+    return np.maximum(np.sqrt((hi - values + 1) ** 2 - 1), FOLD)
 
 
 def external_values(theta: torch.Tensor, bounded: list[tuple[int, ParameterSpec]], dim: int) -> torch.Tensor:

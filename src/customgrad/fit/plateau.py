@@ -106,9 +106,24 @@ def keep_restarts(
         if outcome.histories is not None:
             outcome.histories[i] = retry.history(position)
             continue
-        outcome.accepted = [(index, cost) for index, cost in outcome.accepted if not bool((index == i).any())]
-        outcome.accepted.append((torch.tensor([i]), retry.cost[position : position + 1]))
+        _replace_accepted(outcome, i, retry.history(position)[1:])
     flags = stuck(outcome.theta[plateau])
     for i, flag in zip(plateau.tolist(), flags.tolist()):
         if outcome.status[i] != "nonfinite":
             outcome.status[i] = plateau_status(outcome.status[i], flag)
+
+
+def _replace_accepted(outcome: BatchOutcome, i: int, costs: list[float]) -> None:
+    """Problem ``i``'s accepted costs in ``outcome`` replaced by ``costs`` (its restart's); the other
+    problems' entries of the rounds it shared with them are kept."""
+    kept = []
+    for index, cost in outcome.accepted:
+        others = index != i
+        if bool(others.all()):
+            kept.append((index, cost))
+        elif bool(others.any()):
+            kept.append((index[others], cost[others]))
+    device = outcome.accepted[0][0].device if outcome.accepted else outcome.cost.device
+    single = torch.tensor([i], device=device)
+    kept += [(single, outcome.cost.new_tensor([cost])) for cost in costs]
+    outcome.accepted = kept

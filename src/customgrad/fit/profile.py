@@ -35,14 +35,18 @@ ROOT_TOLERANCE = 1e-8
 REFIT_STEPS = 1000
 # A parameter a re-fit left within AT_BOUND of its range from a bound is let go again from INSIDE of it.
 AT_BOUND, INSIDE = 1e-9, 1e-3
+# Data beyond 2^+-SAFE_EXPONENT are profiled in units where they are near 1 (`_unit`; `api._SAFE_EXPONENT`).
+SAFE_EXPONENT = 256
 
 
 class Profile:
-    """chi2_p(v) for one parameter p of a fit, each value by a warm-started LM re-fit, remembered."""
+    """chi2_p(v) for one parameter p of a fit, each value by a warm-started LM re-fit, remembered; in
+    units where the residuals are multiplied by ``unit`` (`_unit`: chi2 in float64's range)."""
 
     def __init__(self, source: FitSource, name: str, values: dict[str, float]):
         self.source = source
         self.name = name
+        self.unit = _unit(source)
         self.specs = {spec.name: spec for spec in source.problem.specs}
         self.points: dict[float, tuple[float, dict[str, float]]] = {}
         self.best_value = values[name]
@@ -99,15 +103,16 @@ class Profile:
         fixed = {name: value for name, value in held.items() if name != self.name}
         shards = self.source.shards  # a distributed fit: every rank's rows, every rank the same steps
         total = (lambda value: value) if shards is None else shards.sum
+        unit = self.unit
         if not model.names:
-            r = model.residuals(theta)
+            r = model.residuals(theta) * unit
             return total(float(r @ r)), fixed
         collectives = {}
         if shards is not None:
             collectives = dict(reduce=shards.factor, sum_rows=shards.sum)
         outcome = get_solver("lm")(
-            model.residuals,
-            model.augmented,
+            lambda theta: model.residuals(theta) * unit,
+            lambda theta: model.augmented(theta) * unit,
             lambda r: total(float(r @ r)),
             theta,
             max_steps=REFIT_STEPS,
@@ -120,6 +125,27 @@ class Profile:
         found = model.external(outcome.theta).tolist()
         cost = outcome.cost if math.isfinite(outcome.cost) else math.inf
         return cost, {**fixed, **dict(zip(model.names, found, strict=True))}
+
+    def level(self, sigma: float, nfree: int, absolute: bool) -> float:
+        """chi2_p at the edge of the ``sigma`` interval (`profile_target`), in this profile's units."""
+        if absolute:  # chi2_best + chi2_1(P) in the data's units
+            return self.best + self.unit * self.unit * profile_target(sigma, 0.0, nfree, absolute=True)
+        return profile_target(sigma, self.best, nfree)
+
+    def in_data_units(self, cost: float) -> float:
+        """A chi2 of this profile in the data's units (inf or 0 where it leaves float64's range)."""
+        return cost / self.unit / self.unit
+
+
+def _unit(source: FitSource) -> float:
+    """2^-k where 2^k is about max |y / sigma| over every rank's rows, beyond 2^+-`SAFE_EXPONENT`, else 1:
+    the residuals' squares, which overflow float64 from ~1e154 and underflow below ~1e-154, then neither."""
+    problem, shards = source.problem, source.shards
+    weighted = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
+    largest = float(weighted.abs().max()) if weighted.numel() else 0.0
+    largest = largest if shards is None else -shards.minimum(-largest)
+    exponent = math.frexp(largest)[1] if math.isfinite(largest) and largest > 0 else 0
+    return math.ldexp(1.0, -exponent) if abs(exponent) > SAFE_EXPONENT else 1.0
 
 
 def conf_interval(
@@ -140,10 +166,7 @@ def conf_interval(
                 advance(name)
                 continue
             profile = Profile(source, name, values)
-            levels = {
-                sigma: profile_target(sigma, profile.best, result.nfree, absolute=source.absolute_sigma)
-                for sigma in sigmas
-            }
+            levels = {sigma: profile.level(sigma, result.nfree, source.absolute_sigma) for sigma in sigmas}
             ends = {}
             notes = []
             for direction in (-1, 1):
@@ -155,7 +178,7 @@ def conf_interval(
                 notes.append("the profile dips below the fit's chi-square: the fit is not at the minimum")
             source.intervals[name] = {sigma: (ends[-1][sigma], ends[1][sigma]) for sigma in levels}
             source.notes[name] = "; ".join(notes)
-            source.traces[name] = {value: point[0] for value, point in profile.points.items()}
+            source.traces[name] = {value: profile.in_data_units(point[0]) for value, point in profile.points.items()}
     return {name: dict(source.intervals[name]) for name in names}
 
 
@@ -275,7 +298,8 @@ def profile_curve(result: Fitted, name: str, count: int = 21) -> tuple[list[floa
         grid = [min(max(v, spec.lower), spec.upper) for v in grid]
         for value in sorted(grid, key=lambda v: abs(v - profile.best_value)):  # outwards: warm starts stay close
             profile(value)
-    pairs = sorted({**{v: c for v, (c, _) in profile.points.items()}, **source.traces.get(name, {})}.items())
+    points = {v: profile.in_data_units(c) for v, (c, _) in profile.points.items()}
+    pairs = sorted({**points, **source.traces.get(name, {})}.items())
     return [v for v, _ in pairs], [c for _, c in pairs]
 
 

@@ -282,6 +282,24 @@ def test_soft_l1_keeps_its_cost_for_small_residuals(decay):
     assert_matches_reference(np.float64(result.loss_value), 2 * reference.cost * 1e-16, rtol=1e-7, what="loss_value")
 
 
+@pytest.mark.parametrize("loss", ["soft_l1", "huber", "cauchy"])
+def test_a_robust_fit_of_data_near_1e_150_ends_and_says_so(loss):
+    # robust losses are not rescaled (they are not scale invariant): the step's squares underflow near
+    # 1e-150, lambda overflowed and the predicted reduction was NaN, so no stopping test could hold and
+    # the solver looped forever. Now such a fit ends; whichever way roundoff decides, a converged status
+    # comes with the least-squares minimiser (the same there: rho(z) = z + O(z^2)), else "underflow"
+    x = np.linspace(0, 3, 40)
+    y = 2 * np.exp(-0.7 * x) + 0.01 * np.random.default_rng(1).standard_normal(40)
+    result = fit("a*exp(-b*x)", x, 1e-150 * y, params={"a": 1e-150, "b": 1.0}, loss=loss, max_steps=200)
+    assert result.success or result.status == "underflow", result.status
+    reference = least_squares(lambda p: p[0] * np.exp(-p[1] * x) - y, [1, 1], xtol=1e-15, ftol=1e-15)
+    if result.success:
+        found = pick(result.params, "ab") / [1e-150, 1]
+        assert_matches_reference(found, reference.x, rtol=1e-6, what="params")
+    else:
+        assert "underflow" in result.message
+
+
 ON_A_BOUND = [((0.0, None), 0.0), ((None, 1.0), 1.0), ((0.0, 1.0), 0.0), ((0.0, 1.0), 1.0)]
 
 

@@ -498,6 +498,9 @@ def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, toleran
         (roundoff, "roundoff"),
         (cost == 0, "exact"),
         (accepted & state.low_rank & (state.steps + 1 > DRIFT_WINDOW) & drift, "drift"),
+        # the step's squares left float64 (residuals near 1e-150 under a robust loss, which is not
+        # rescaled): lambda overflowed and the prediction is NaN, so no test above could ever hold
+        (~xp.isfinite(predicted), "underflow"),
     )
     state.nonfinite_run = xp.where(finite, 0, state.nonfinite_run + 1)
     stop = (state.status != 0) | (state.nonfinite_run >= NONFINITE_RETRIES)

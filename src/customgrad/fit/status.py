@@ -53,7 +53,7 @@ def termination_message(status: str, steps_option: str = "max_steps") -> str:
 
 
 # Status codes per problem (0 while running): the names of `TERMINATION` the solvers exchange as integers.
-STATUSES = ("", "ftol", "xtol", "gtol", "roundoff", "exact", "drift", "max_steps", "nonfinite")
+STATUSES = ("", "ftol", "xtol", "gtol", "roundoff", "exact", "drift", "max_steps", "nonfinite", "underflow")
 CODE = {name: code for code, name in enumerate(STATUSES)}
 
 

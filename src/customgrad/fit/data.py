@@ -184,16 +184,17 @@ def prepare_data(
 
     curves = _checked(x, y, sigma, nan_policy, batch=False, allow_empty=allow_empty)
     keep = curves.mask[0]
+    every = bool(keep.all())  # (the usual case: no row left out, no copy made)
 
     def tensor(values):
-        return torch.as_tensor(values[0][keep], dtype=dtype or torch.float64, device=device)
+        return torch.as_tensor(values[0] if every else values[0][keep], dtype=dtype or torch.float64, device=device)
 
     return FitData(
         x={name: tensor(values) for name, values in curves.columns.items()},
         y=tensor(curves.y),
         sigma=None if curves.sigma is None else tensor(curves.sigma),
         x_is_dict=curves.x_is_dict,
-        omitted_rows=np.flatnonzero(~keep).tolist(),
+        omitted_rows=[] if every else np.flatnonzero(~keep).tolist(),
     )
 
 

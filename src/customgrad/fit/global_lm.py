@@ -268,12 +268,11 @@ def _damped_step(problem: GlobalProblem, linear: _Linearization, damping: float)
     upper = linear.upper
     root = math.sqrt(damping)
     native = global_native.usable(upper)
-    if native:
-        rows, leftovers = global_native.eliminate_damping(upper, root * linear.local_scale, (L, S), problem.threads)
+    if native:  # (the remainder rows already reduced to a few small R's)
+        rows, remainder = global_native.eliminate_damping(upper, root * linear.local_scale, (L, S), problem.threads)
     else:
         rows, leftovers = _eliminate_damping(linear.local_rows, (L, S), root * linear.local_scale.T)
-        leftovers = leftovers.permute(2, 0, 1)
-    remainder = torch.cat([upper[:, L:p, L:], leftovers], dim=1).reshape(-1, S + 1)
+        remainder = torch.cat([upper[:, L:p, L:], leftovers.permute(2, 0, 1)], dim=1).reshape(-1, S + 1)
     stacked = problem.totals.factor(remainder)
     shared_rows = torch.cat([torch.diag(root * linear.shared_scale), upper.new_zeros(S, 1)], dim=-1)
     schur = reduce_local(torch.cat([stacked, shared_rows]))

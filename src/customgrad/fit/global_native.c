@@ -3,7 +3,8 @@
  * global_reduce: R_b of each curve's rows [A_b | C_b | r_b] by CholeskyQR (`gram_matrix`, `cholesky_block`), as
  *   `reduction.reduce_gram`; poor[b] = 1 where the caller is to redo it by Householder QR.
  * global_damp: `global_lm._eliminate_damping` (Givens rotations appending diag(sqrt(lambda) D_b) to R_b's
- *   local columns, MINPACK's qrsolv), writing the new local rows and the leftover shared rows.
+ *   local columns, MINPACK's qrsolv), writing the new local rows, and the remainder rows of many curves
+ *   (R_b's shared rows and the damping rows' leftovers) rotated into one small R per lane (TSQR).
  * global_local_step: `global_lm._damped_step`'s per-curve part: d_b by back-substitution once d_phi is
  *   known, and per curve ||R_b d||^2 + 2 (R_b d).q_b and ||D_b d_b||^2 for the predicted reduction.
  * global_columns: the column norms squared and J^T r of each curve from R_b (`global_lm._linearize`).
@@ -146,45 +147,71 @@ void global_reduce(int64_t count, int64_t points, int64_t q, const double *rows,
     }
 }
 
-void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const double *root_scale,
-                 double *local_rows, double *leftovers, int threads) {
-    /* BLOCK curves at a time, the curve innermost: each rotation's chain of sqrt and divisions runs for
-     * BLOCK curves in one vector register instead of one curve after the other. */
-    const int64_t q = L + S + 1, blocks = (count + BLOCK - 1) / BLOCK;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t block = 0; block < blocks; block++) {
-        const int64_t first = block * BLOCK, n = count - first < BLOCK ? count - first : BLOCK;
-        double rows[L * q][BLOCK], extra[q][BLOCK], cosine[BLOCK], sine[BLOCK];
-        for (int64_t i = 0; i < L * q; i++)
-            for (int64_t l = 0; l < BLOCK; l++) rows[i][l] = l < n ? upper[(first + l) * q * q + i] : 1.0;
-        for (int64_t j = 0; j < L; j++) {
-            for (int64_t i = 0; i < q; i++)
-                for (int64_t l = 0; l < BLOCK; l++) extra[i][l] = 0.0;
-            for (int64_t l = 0; l < n; l++) extra[j][l] = root_scale[(first + l) * L + j];
-            for (int64_t k = j; k < L; k++) {
-                for (int64_t l = 0; l < BLOCK; l++) {
-                    /* sqrt(d^2 + e^2) without overflow or underflow (hypot's value to an ulp; inputs finite) */
-                    double d = rows[k * q + k][l], e = extra[k][l];
-                    double a = fabs(d), c = fabs(e), big = a > c ? a : c, small = a > c ? c : a;
-                    double ratio = small / (big > 0 ? big : 1.0);
-                    double radius = big * sqrt(1.0 + ratio * ratio), safe = radius > 0 ? radius : 1.0;
-                    /* (divisions outside the selections: the loop then runs in vector registers) */
-                    double along = d / safe, across = e / safe;
-                    cosine[l] = radius > 0 ? along : 1.0;
-                    sine[l] = radius > 0 ? across : 0.0;
-                }
-                for (int64_t i = k; i < q; i++)
-                    for (int64_t l = 0; l < BLOCK; l++) {
-                        double row = rows[k * q + i][l], other = extra[i][l];
-                        rows[k * q + i][l] = cosine[l] * row + sine[l] * other;
-                        extra[i][l] = cosine[l] * other - sine[l] * row;
-                    }
-            }
-            for (int64_t i = 0; i <= S; i++)
-                for (int64_t l = 0; l < n; l++) leftovers[((first + l) * L + j) * (S + 1) + i] = extra[L + i][l];
+/* Rotations making row k of ``rows`` (row k's diagonal at column k, its entries k to q - 1) absorb ``extra``'s
+ * entries k to q - 1 (zeroing extra[k]), for BLOCK curves side by side: one Givens rotation each. */
+static inline void rotate_block(double (*row)[BLOCK], double (*extra)[BLOCK], int64_t k, int64_t q) {
+    double cosine[BLOCK], sine[BLOCK];
+    for (int64_t l = 0; l < BLOCK; l++) {
+        /* sqrt(d^2 + e^2) without overflow or underflow (hypot's value to an ulp; inputs finite) */
+        double d = row[k][l], e = extra[k][l];
+        double a = fabs(d), c = fabs(e), big = a > c ? a : c, small = a > c ? c : a;
+        double ratio = small / (big > 0 ? big : 1.0);
+        double radius = big * sqrt(1.0 + ratio * ratio), safe = radius > 0 ? radius : 1.0;
+        /* (divisions outside the selections: the loop then runs in vector registers) */
+        double along = d / safe, across = e / safe;
+        cosine[l] = radius > 0 ? along : 1.0;
+        sine[l] = radius > 0 ? across : 0.0;
+    }
+    for (int64_t i = k; i < q; i++)
+        for (int64_t l = 0; l < BLOCK; l++) {
+            double value = row[i][l], other = extra[i][l];
+            row[i][l] = cosine[l] * value + sine[l] * other;
+            extra[i][l] = cosine[l] * other - sine[l] * value;
         }
-        for (int64_t i = 0; i < L * q; i++)
-            for (int64_t l = 0; l < n; l++) local_rows[(first + l) * L * q + i] = rows[i][l];
+}
+
+/* Curves per accumulated remainder factor (`global_damp`), a fixed count: the answer does not depend on the threads. */
+#define CHUNK_BLOCKS 16
+
+int64_t global_damp_chunks(int64_t count) { return (count + CHUNK_BLOCKS * BLOCK - 1) / (CHUNK_BLOCKS * BLOCK); }
+
+void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const double *root_scale,
+                 double *local_rows, double *remainder, int threads) {
+    /* BLOCK curves at a time, the curve innermost: each rotation's chain of sqrt and divisions runs for
+     * BLOCK curves in one vector register instead of one curve after the other. Each curve's remainder
+     * rows (R_b's rows L to L + S - 1 and the damping rows' leftovers, in the shared and r columns) are
+     * rotated into the first S rows of a running R per lane, for CHUNK_BLOCKS * BLOCK curves (the last
+     * row, the residual's norm, is not needed for the shared step and not formed); remainder gets these
+     * rows (global_damp_chunks(count) x BLOCK x S x (S + 1)), whose R's first S rows are the remainders'. */
+    const int64_t q = L + S + 1, blocks = (count + BLOCK - 1) / BLOCK, chunks = global_damp_chunks(count);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t chunk = 0; chunk < chunks; chunk++) {
+        double rows[L * q][BLOCK], extra[q][BLOCK], factor[S * (S + 1)][BLOCK], tail[S + 1][BLOCK];
+        for (int64_t i = 0; i < S * (S + 1); i++)
+            for (int64_t l = 0; l < BLOCK; l++) factor[i][l] = 0.0;
+        const int64_t last = (chunk + 1) * CHUNK_BLOCKS < blocks ? (chunk + 1) * CHUNK_BLOCKS : blocks;
+        for (int64_t block = chunk * CHUNK_BLOCKS; block < last; block++) {
+            const int64_t first = block * BLOCK, n = count - first < BLOCK ? count - first : BLOCK;
+            for (int64_t i = 0; i < L * q; i++)
+                for (int64_t l = 0; l < BLOCK; l++) rows[i][l] = l < n ? upper[(first + l) * q * q + i] : 1.0;
+            for (int64_t j = 0; j < L; j++) {
+                for (int64_t i = 0; i < q; i++)
+                    for (int64_t l = 0; l < BLOCK; l++) extra[i][l] = 0.0;
+                for (int64_t l = 0; l < n; l++) extra[j][l] = root_scale[(first + l) * L + j];
+                for (int64_t k = j; k < L; k++) rotate_block(rows + k * q, extra, k, q);
+                for (int64_t k = 0; k < S; k++) rotate_block(factor + k * (S + 1), extra + L, k, S + 1);
+            }
+            for (int64_t s = 0; s < S; s++) { /* R_b's own remainder row L + s (zero in the padding lanes) */
+                for (int64_t i = 0; i <= S; i++)
+                    for (int64_t l = 0; l < BLOCK; l++) tail[i][l] = l < n ? upper[(first + l) * q * q + (L + s) * q + L + i] : 0.0;
+                for (int64_t k = 0; k < S; k++) rotate_block(factor + k * (S + 1), tail, k, S + 1);
+            }
+            for (int64_t i = 0; i < L * q; i++)
+                for (int64_t l = 0; l < n; l++) local_rows[(first + l) * L * q + i] = rows[i][l];
+        }
+        for (int64_t l = 0; l < BLOCK; l++)
+            for (int64_t i = 0; i < S * (S + 1); i++)
+                remainder[(chunk * BLOCK + l) * S * (S + 1) + i] = factor[i][l];
     }
 }
 

@@ -22,6 +22,8 @@ from ..errors import BackendError
 # Each operation rounded on its own, as torch does (no fused multiply-adds).
 FLAGS = ("-ffp-contract=off",)
 _INT, _POINTER, _THREADS = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+# `global_native.c`'s BLOCK: curves side by side in its rotations (one small remainder R each in `global_damp`).
+_BLOCK = 8
 _SIGNATURES = {
     "global_reduce": [_INT, _INT, _INT, _POINTER, ctypes.c_double, _POINTER, _POINTER, _THREADS],
     "global_damp": [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _THREADS],
@@ -43,6 +45,7 @@ def _library() -> ctypes.CDLL | None:
     for name, arguments in _SIGNATURES.items():
         function = getattr(library, name)
         function.argtypes, function.restype = arguments, None
+    library.global_damp_chunks.argtypes, library.global_damp_chunks.restype = [_INT], _INT
     return library
 
 
@@ -72,17 +75,20 @@ def reduce_rows(rows: torch.Tensor, pivot: float, workers: int | None = None) ->
 
 def eliminate_damping(upper: torch.Tensor, root_scale: torch.Tensor, sizes: tuple[int, int], workers=None) -> tuple:
     """R_b's first L rows (b, L, q) after appending diag(``root_scale`` (b, L)) to its local columns, and
-    what is left of those rows in the shared and r columns (b, L, S + 1)."""
+    rows (m, S + 1) whose R has the first S rows of the R of the remainder rows of every curve (R_b's
+    last S rows and what is left of the damping rows, in the shared and r columns): the first S rows of
+    small R's of many curves each, stacked (the last row, the residual's norm, not formed)."""
     L, S = sizes
     count = upper.shape[0]
+    library = _library()
     rows = upper.new_empty(count, L, L + S + 1)
-    leftovers = upper.new_empty(count, L, S + 1)
+    remainder = upper.new_empty(library.global_damp_chunks(count) * _BLOCK * S, S + 1)
     upper, root_scale = upper.contiguous(), root_scale.contiguous()
-    _library().global_damp(
-        count, L, S, upper.data_ptr(), root_scale.data_ptr(), rows.data_ptr(), leftovers.data_ptr(),
+    library.global_damp(
+        count, L, S, upper.data_ptr(), root_scale.data_ptr(), rows.data_ptr(), remainder.data_ptr(),
         threads(upper.numel(), workers),
     )  # fmt: skip
-    return rows, leftovers
+    return rows, remainder
 
 
 def local_steps(upper, rows, local_scale, d_shared, sizes, workers=None) -> tuple[torch.Tensor, torch.Tensor]:

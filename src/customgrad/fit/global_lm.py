@@ -315,15 +315,24 @@ def _cost(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor]:
 
 def _cost_from(problem: GlobalProblem, upper: torch.Tensor) -> tuple[float, torch.Tensor]:
     """`_cost` from the R_b of [J_b | r_b]: ||r_b||^2 is the squared norm of R_b's last column."""
+    if global_native.usable(upper):  # (one pass in C instead of four torch operations over the curves)
+        curve_cost, parts = global_native.costs(upper)
+        return _summed(problem, curve_cost, parts)
     return _total(problem, torch.linalg.vecdot(upper[..., -1], upper[..., -1]))
 
 
 def _total(problem: GlobalProblem, curve_cost: torch.Tensor) -> tuple[float, torch.Tensor]:
     """The total of the costs per curve ``curve_cost`` over every rank (inf where any is not finite)."""
     finite = bool(torch.isfinite(curve_cost).all())
-    total = problem.totals.sum(torch.stack([curve_cost.sum() if finite else curve_cost.new_tensor(0.0),
-                                            curve_cost.new_tensor(0.0 if finite else 1.0)]))  # fmt: skip
-    cost, failures = total.tolist()
+    parts = torch.stack([curve_cost.sum() if finite else curve_cost.new_tensor(0.0),
+                         curve_cost.new_tensor(0.0 if finite else 1.0)])  # fmt: skip
+    return _summed(problem, curve_cost, parts)
+
+
+def _summed(problem: GlobalProblem, curve_cost: torch.Tensor, parts: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """`_total` from this rank's ``parts`` (2,): the sum of its costs (0 where any is not finite) and how
+    many are not finite."""
+    cost, failures = problem.totals.sum(parts).tolist()
     return (cost if failures == 0 else math.inf), curve_cost
 
 

@@ -349,3 +349,21 @@ void global_local_covariance(int64_t count, int64_t L, int64_t S, const double *
         for (int64_t j = 0; j < L; j++) stderr_[b * L + j] = sqrt(fabs(v[j * L + j]));
     }
 }
+
+void global_costs(int64_t count, int64_t q, const double *upper, double *cost, double *total) {
+    /* cost[b] = ||r_b||^2, the squared norm of R_b's last column; total = (the sum of the costs, 0 where any is
+     * not finite; how many are not finite). One thread: a few entries per curve, summed in curve order. */
+    double sum = 0.0, failures = 0.0;
+    for (int64_t b = 0; b < count; b++) {
+        const double *r = upper + b * q * q + q - 1;
+        double square = 0.0;
+        for (int64_t i = 0; i < q; i++) square += r[i * q] * r[i * q];
+        cost[b] = square;
+        if (isfinite(square))
+            sum += square;
+        else
+            failures += 1.0;
+    }
+    total[0] = failures > 0 ? 0.0 : sum;
+    total[1] = failures;
+}

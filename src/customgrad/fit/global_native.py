@@ -32,6 +32,7 @@ _SIGNATURES = {
     "global_local_inverse": [_INT, _INT, _INT, _POINTER, ctypes.c_double, _POINTER, _POINTER, _THREADS],
     "global_local_weights": [_INT, _INT, _INT, *[_POINTER] * 4, _THREADS],
     "global_local_covariance": [_INT, _INT, _INT, *[_POINTER] * 3, ctypes.c_double, *[_POINTER] * 3, _THREADS],
+    "global_costs": [_INT, _INT, _POINTER, _POINTER, _POINTER],
 }
 
 
@@ -109,6 +110,16 @@ def local_steps(upper, rows, local_scale, d_shared, sizes, workers=None) -> tupl
         threads(upper.numel(), workers),
     )
     return d_local, parts
+
+
+def costs(upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """||r_b||^2 (b,) of each curve from its R_b (b, q, q) (its last column's squared norm), and (2,) their
+    sum (0 where any is not finite) and how many are not finite."""
+    upper = upper.contiguous()
+    count, q = upper.shape[:2]
+    cost, total = upper.new_empty(count), upper.new_empty(2)
+    _library().global_costs(count, q, upper.data_ptr(), cost.data_ptr(), total.data_ptr())
+    return cost, total
 
 
 def columns(upper: torch.Tensor, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -190,12 +190,18 @@ class _Linearization:
         return self._local_rows
 
     _local_rows: torch.Tensor | None = None
+    # where the C kernel took them with the scales: this rank's max |J_j^T r| / D_j over the local columns,
+    # and sum_b ||D_b theta_b||^2 over every rank
+    local_cosine: float | None = None
+    local_theta_square: float | None = None
 
 
 def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _Linearization | None:
     """R_b at (local, shared) (``upper`` where already taken there), with D updated to the running maxima of
     the column norms; None where J is not finite."""
     upper = problem.factors(local, shared) if upper is None else upper
+    if global_native.usable(upper):
+        return _linearize_native(problem, local, previous, upper)
     if float(problem.totals.sum(nonfinite_count(upper))) > 0:
         return None
     L, S = problem.sizes
@@ -215,6 +221,23 @@ def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _
     local_scale = torch.where(local_norms > 0, local_norms, 1.0)
     shared_scale = torch.where(shared_norms > 0, shared_norms, 1.0)
     return _Linearization(upper, local_scale, shared_scale, gradient[:, :L].contiguous(), shared_sums[S:])
+
+
+def _linearize_native(problem: GlobalProblem, local, previous, upper) -> _Linearization | None:
+    """`_linearize` by one C pass over the curves (`global_native.linearize`) and one total over ranks."""
+    L, S = problem.sizes
+    before = None if previous is None else previous.local_scale
+    local_scale, local_gradient, parts = global_native.linearize(upper, before, local, (L, S))
+    totals = problem.totals.sum(parts[: 2 * S + 2])
+    if float(totals[2 * S]) > 0:
+        return None
+    shared_norms = torch.sqrt(totals[:S])
+    if previous is not None:
+        shared_norms = torch.maximum(shared_norms, previous.shared_scale)
+    shared_scale = torch.where(shared_norms > 0, shared_norms, 1.0)
+    linear = _Linearization(upper, local_scale, shared_scale, local_gradient, totals[S : 2 * S])
+    linear.local_cosine, linear.local_theta_square = float(parts[2 * S + 2]), float(totals[2 * S + 1])
+    return linear
 
 
 def nonfinite_count(tensor: torch.Tensor) -> torch.Tensor:
@@ -338,7 +361,9 @@ def _summed(problem: GlobalProblem, curve_cost: torch.Tensor, parts: torch.Tenso
 
 def _gradient_small(problem: GlobalProblem, linear: _Linearization, cost: float, gtol: float) -> bool:
     """max_j |J_j^T r| / (||J_j|| ||r||) <= gtol over every column (the norms being D)."""
-    local = (linear.local_gradient.abs() / linear.local_scale).amax() if linear.local_gradient.numel() else 0.0
+    local = linear.local_cosine
+    if local is None:
+        local = (linear.local_gradient.abs() / linear.local_scale).amax() if linear.local_gradient.numel() else 0.0
     largest = problem.totals.maximum(float(local))
     largest = max(largest, float((linear.shared_gradient.abs() / linear.shared_scale).amax()))
     return largest <= gtol * math.sqrt(cost)
@@ -346,7 +371,9 @@ def _gradient_small(problem: GlobalProblem, linear: _Linearization, cost: float,
 
 def _theta_norm(problem: GlobalProblem, linear: _Linearization, local, shared) -> float:
     """||D theta|| over every parameter of every rank."""
-    local_part = float(problem.totals.sum(((linear.local_scale * local) ** 2).sum()))
+    local_part = linear.local_theta_square
+    if local_part is None:
+        local_part = float(problem.totals.sum(((linear.local_scale * local) ** 2).sum()))
     return math.sqrt(local_part + float(((linear.shared_scale * shared) ** 2).sum()))
 
 

@@ -367,3 +367,55 @@ void global_costs(int64_t count, int64_t q, const double *upper, double *cost, d
     total[0] = failures > 0 ? 0.0 : sum;
     total[1] = failures;
 }
+
+/* Running sums over curves in this many interleaved parts (curve b into part b % SUM_PARTS): independent chains
+ * of additions, and the same order on any number of threads. */
+#define SUM_PARTS 4
+
+void global_linearize(int64_t count, int64_t L, int64_t S, const double *upper, const double *previous,
+                      const double *local, double *scale, double *gradient, double *totals) {
+    /* From each R_b (columns local, shared, r): D_b = max(previous D_b, ||J_j||) (1 where zero; previous may be
+     * NULL), (J^T r)_j of the local columns, and totals = (sum_b ||J_s||^2 (S), sum_b (J^T r)_s (S), how many
+     * entries of R_b are not finite, sum_b ||D_b theta_b||^2, max_b,j |J_j^T r| / D_j over the local columns).
+     * One thread: a few entries per curve. */
+    const int64_t p = L + S, q = p + 1;
+    double sums[SUM_PARTS][2 * S + 2], largest[SUM_PARTS];
+    for (int64_t l = 0; l < SUM_PARTS; l++) {
+        largest[l] = 0.0;
+        for (int64_t s = 0; s < 2 * S + 2; s++) sums[l][s] = 0.0;
+    }
+    for (int64_t b = 0; b < count; b++) {
+        const double *r = upper + b * q * q;
+        double *sum = sums[b % SUM_PARTS], *most = largest + b % SUM_PARTS;
+        double check = 0.0; /* NaN where an entry is inf or NaN (summed in any order: vector registers) */
+#pragma omp simd reduction(+ : check)
+        for (int64_t i = 0; i < q * q; i++) check += r[i] * 0.0;
+        if (check != 0.0)
+            for (int64_t i = 0; i < q * q; i++) sum[2 * S] += isfinite(r[i]) ? 0.0 : 1.0;
+        for (int64_t j = 0; j < p; j++) {
+            double square = 0.0, product = 0.0;
+            for (int64_t i = 0; i <= j; i++) {
+                square += r[i * q + j] * r[i * q + j];
+                product += r[i * q + j] * r[i * q + p];
+            }
+            if (j >= L) {
+                sum[j - L] += square;
+                sum[S + j - L] += product;
+                continue;
+            }
+            double norm = sqrt(square), d;
+            if (previous && previous[b * L + j] > norm) norm = previous[b * L + j];
+            d = norm > 0 ? norm : 1.0;
+            scale[b * L + j] = d;
+            gradient[b * L + j] = product;
+            sum[2 * S + 1] += (d * local[b * L + j]) * (d * local[b * L + j]);
+            double cosine = fabs(product) / d;
+            if (cosine > *most || cosine != cosine) *most = cosine;
+        }
+    }
+    for (int64_t s = 0; s < 2 * S + 3; s++) totals[s] = 0.0;
+    for (int64_t l = 0; l < SUM_PARTS; l++) {
+        for (int64_t s = 0; s < 2 * S + 2; s++) totals[s] += sums[l][s];
+        if (largest[l] > totals[2 * S + 2] || largest[l] != largest[l]) totals[2 * S + 2] = largest[l];
+    }
+}

@@ -33,6 +33,7 @@ _SIGNATURES = {
     "global_local_weights": [_INT, _INT, _INT, *[_POINTER] * 4, _THREADS],
     "global_local_covariance": [_INT, _INT, _INT, *[_POINTER] * 3, ctypes.c_double, *[_POINTER] * 3, _THREADS],
     "global_costs": [_INT, _INT, _POINTER, _POINTER, _POINTER],
+    "global_linearize": [_INT, _INT, _INT, *[_POINTER] * 6],
 }
 
 
@@ -120,6 +121,23 @@ def costs(upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cost, total = upper.new_empty(count), upper.new_empty(2)
     _library().global_costs(count, q, upper.data_ptr(), cost.data_ptr(), total.data_ptr())
     return cost, total
+
+
+def linearize(upper: torch.Tensor, previous: torch.Tensor | None, local: torch.Tensor, sizes: tuple[int, int]):
+    """From R_b (b, q, q), columns local, shared, r: D_b (b, L), the running maximum of ``previous`` (or
+    none) and the local column norms (1 where zero); (J^T r) (b, L) of the local columns; and (2 S + 3):
+    the shared columns' squared norms and J^T r summed over the curves, how many entries of R_b are not
+    finite, sum_b ||D_b theta_b||^2 at ``local`` (b, L), and max |J_j^T r| / D_j over the local columns."""
+    L, S = sizes
+    upper, local = upper.contiguous(), local.to(upper).contiguous()
+    count = upper.shape[0]
+    scale, gradient, totals = upper.new_empty(count, L), upper.new_empty(count, L), upper.new_empty(2 * S + 3)
+    before = None if previous is None else previous.contiguous()
+    _library().global_linearize(
+        count, L, S, upper.data_ptr(), None if before is None else before.data_ptr(), local.data_ptr(),
+        scale.data_ptr(), gradient.data_ptr(), totals.data_ptr(),
+    )  # fmt: skip
+    return scale, gradient, totals
 
 
 def columns(upper: torch.Tensor, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -206,11 +206,8 @@ def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _
         return None
     L, S = problem.sizes
     p = L + S
-    if global_native.usable(upper):
-        squares, gradient = global_native.columns(upper, problem.threads)
-    else:
-        jacobian, q = upper[:, :p, :p], upper[:, :p, p]
-        squares, gradient = torch.einsum("bij,bij->bj", jacobian, jacobian), torch.einsum("bij,bi->bj", jacobian, q)
+    jacobian, q = upper[:, :p, :p], upper[:, :p, p]
+    squares, gradient = torch.einsum("bij,bij->bj", jacobian, jacobian), torch.einsum("bij,bi->bj", jacobian, q)
     shared_sums = problem.totals.sum(torch.cat([squares[:, L:].sum(0), gradient[:, L:].sum(0)]))
     # (the local columns copied out: elementwise torch operations on a (b, L) view of a (b, P) tensor run L
     # entries per inner loop, ~5x slower at 10^4 curves)

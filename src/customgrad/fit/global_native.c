@@ -7,7 +7,9 @@
  *   (R_b's shared rows and the damping rows' leftovers) rotated into one small R per lane (TSQR).
  * global_local_step: `global_lm._damped_step`'s per-curve part: d_b by back-substitution once d_phi is
  *   known, and per curve ||R_b d||^2 + 2 (R_b d).q_b and ||D_b d_b||^2 for the predicted reduction.
- * global_columns: the column norms squared and J^T r of each curve from R_b (`global_lm._linearize`).
+ * global_linearize: `global_lm._linearize`: the scales D from the column norms of R_b, J^T r, the shared
+ *   columns' sums, the non-finite check, ||D theta|| and the largest cosine, one pass.
+ * global_costs: ||r_b||^2 of each curve from R_b and their total (`global_lm._cost_from`).
  * global_local_inverse: `global_statistics._local_inverse` where R_AA is regular beyond doubt (its inverse).
  * global_local_weights, global_local_covariance: `global_statistics.global_uncertainty`'s per-curve blocks.
  *
@@ -243,24 +245,6 @@ void global_local_step(int64_t count, int64_t L, int64_t S, const double *upper,
         parts[b * 3] = change_square;
         parts[b * 3 + 1] = cross;
         parts[b * 3 + 2] = local_norm;
-    }
-}
-
-void global_columns(int64_t count, int64_t q, const double *upper, double *squares, double *gradient, int threads) {
-    /* squares[b, j] = ||J_j||^2 = sum_i R_b[i, j]^2 and gradient[b, j] = (J^T r)_j = sum_i R_b[i, j] R_b[i, p] */
-    const int64_t p = q - 1;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) {
-        const double *r = upper + b * q * q;
-        for (int64_t j = 0; j < p; j++) {
-            double square = 0.0, product = 0.0;
-            for (int64_t i = 0; i <= j; i++) {
-                square += r[i * q + j] * r[i * q + j];
-                product += r[i * q + j] * r[i * q + p];
-            }
-            squares[b * p + j] = square;
-            gradient[b * p + j] = product;
-        }
     }
 }
 

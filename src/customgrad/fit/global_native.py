@@ -28,7 +28,6 @@ _SIGNATURES = {
     "global_reduce": [_INT, _INT, _INT, _POINTER, ctypes.c_double, _POINTER, _POINTER, _THREADS],
     "global_damp": [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _THREADS],
     "global_local_step": [_INT, _INT, _INT, *[_POINTER] * 6, _THREADS],
-    "global_columns": [_INT, _INT, _POINTER, _POINTER, _POINTER, _THREADS],
     "global_local_inverse": [_INT, _INT, _INT, _POINTER, ctypes.c_double, _POINTER, _POINTER, _THREADS],
     "global_local_weights": [_INT, _INT, _INT, *[_POINTER] * 4, _THREADS],
     "global_local_covariance": [_INT, _INT, _INT, *[_POINTER] * 3, ctypes.c_double, *[_POINTER] * 3, _THREADS],
@@ -138,17 +137,6 @@ def linearize(upper: torch.Tensor, previous: torch.Tensor | None, local: torch.T
         scale.data_ptr(), gradient.data_ptr(), totals.data_ptr(),
     )  # fmt: skip
     return scale, gradient, totals
-
-
-def columns(upper: torch.Tensor, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """||J_j||^2 and (J^T r)_j of each curve (b, p) from its R_b (b, p + 1, p + 1)."""
-    upper = upper.contiguous()
-    count, q = upper.shape[:2]
-    squares, gradient = upper.new_empty(count, q - 1), upper.new_empty(count, q - 1)
-    _library().global_columns(
-        count, q, upper.data_ptr(), squares.data_ptr(), gradient.data_ptr(), threads(upper.numel(), workers)
-    )
-    return squares, gradient
 
 
 def local_inverse(upper: torch.Tensor, local: int, limit: float, workers=None) -> tuple[torch.Tensor, torch.Tensor]:

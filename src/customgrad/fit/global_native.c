@@ -13,7 +13,8 @@
  * global_local_inverse: `global_statistics._local_inverse` where R_AA is regular beyond doubt (its inverse).
  * global_local_weights, global_local_covariance: `global_statistics.global_uncertainty`'s per-curve blocks.
  *
- * Each operation rounded on its own (built with -ffp-contract=off): the torch path's roundoff.
+ * Each operation rounded on its own (built with -ffp-contract=off): the torch path's roundoff; only the Gram
+ * matrices use fused multiply-adds, as torch's BLAS does (GCC).
  */
 #include <math.h>
 #include <stdint.h>
@@ -31,8 +32,16 @@ typedef double lanes __attribute__((vector_size(LANES * sizeof(double))));
  * in registers; larger ones one pair of rows at a time. */
 #define GRAM_ROWS 8
 
+/* The Gram matrices' products and sums in fused multiply-adds where the CPU has them (half the instructions;
+ * their roundoff is that of torch's path too, whose BLAS fuses them). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define GRAM_CONTRACT __attribute__((optimize("fp-contract=fast")))
+#else
+#define GRAM_CONTRACT
+#endif
+
 /* `gram_matrix` for a q known where it is inlined (up to GRAM_ROWS): all q (q + 1) / 2 products per pass. */
-static inline __attribute__((always_inline)) void gram_rows(const double *rows, int64_t stride, int64_t points,
+static inline __attribute__((always_inline)) GRAM_CONTRACT void gram_rows(const double *rows, int64_t stride, int64_t points,
                                                             const int q, double *gram, int64_t step) {
     lanes part[GRAM_ROWS * (GRAM_ROWS + 1) / 2], row[GRAM_ROWS];
 #pragma GCC unroll 36
@@ -60,7 +69,7 @@ static inline __attribute__((always_inline)) void gram_rows(const double *rows, 
 /* The upper triangle of the Gram matrix (q x q, row-major, entry (i, j) at gram[(i q + j) step]) of the q rows of
  * ``points`` entries ``stride`` apart from ``rows``: each product summed in LANES interleaved sums (one vector
  * register), then those in order. */
-static void gram_matrix(const double *rows, int64_t stride, int64_t points, int64_t q, double *gram, int64_t step) {
+static GRAM_CONTRACT void gram_matrix(const double *rows, int64_t stride, int64_t points, int64_t q, double *gram, int64_t step) {
     switch (q) {
         case 2: gram_rows(rows, stride, points, 2, gram, step); return;
         case 3: gram_rows(rows, stride, points, 3, gram, step); return;

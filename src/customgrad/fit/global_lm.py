@@ -17,8 +17,9 @@ it is one least-squares problem, whose answer is the dense problem's. D are the 
 (sums and maxima over ranks for ``distributed=True``; plain in one process), so every rank takes the
 same steps.
 
-On the CPU in float64 the per-curve work (CholeskyQR of the rows, the damping rotations, the local
-back-substitution) runs in C (`global_native`), one pass per curve; elsewhere the same steps run as
+On the CPU in float64 the per-curve work (CholeskyQR of the rows, the damping rotations with the
+remainder rows rotated into a few small R's, the local back-substitution, the linearisation's scales
+and sums) runs in C (`global_native`), one pass per curve; elsewhere the same steps run as
 torch operations over all curves. For a formula model (its [J | r] costs about what r does) a trial
 point's cost is read from its R_b (||r_b||^2 is the squared norm of R_b's last column), so an accepted
 step's Jacobian is the one its trial already took.

@@ -68,3 +68,15 @@ def gaussians_gradient(x, shared, local):
     d = x[None, :] - m[:, None]
     e = np.exp(-(d**2) / (2 * s**2))
     return (a[:, None] * e * d**2 / s**3)[None], np.stack([e, a[:, None] * e * d / s**2, np.ones_like(e)])
+
+
+def two_decays(x, shared, local):
+    """a_b exp(-k x) + c_b exp(-q x), both rates k and q shared."""
+    (k, q), (a, c) = shared, local.T
+    return a[:, None] * np.exp(-k * x)[None, :] + c[:, None] * np.exp(-q * x)[None, :]
+
+
+def two_decays_gradient(x, shared, local):
+    (k, q), (a, c) = shared, local.T
+    slow, fast = np.exp(-k * x)[None, :] * np.ones((len(a), 1)), np.exp(-q * x)[None, :] * np.ones((len(a), 1))
+    return np.stack([-a[:, None] * x * slow, -c[:, None] * x * fast]), np.stack([slow, fast])

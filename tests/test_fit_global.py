@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from customgrad import UsageError, fit, fit_batch
-from global_reference import decays, decays_gradient, dense_global_fit, gaussians, gaussians_gradient
+from global_reference import (
+    decays,
+    decays_gradient,
+    dense_global_fit,
+    gaussians,
+    gaussians_gradient,
+    two_decays,
+    two_decays_gradient,
+)
 from reference import assert_matches_reference
 
 DECAY = "a*exp(-k*x)+c"
@@ -110,6 +118,20 @@ def test_50_gaussians_with_a_shared_width_match_the_dense_fit(linear_algebra):
     params = {"s": {"value": 1.0, "shared": True}, "a": 1.5, "m": start[:, 1], "c": 0.0}
     result = fit_batch(GAUSSIAN, x, y, params=params, engine=linear_algebra)
     assert_global_matches(result, reference, ["s"], ["a", "m", "c"])
+
+
+def test_150_curves_with_two_shared_rates_match_the_dense_fit(linear_algebra):
+    # two shared columns: the shared step's block is 2 x 2; 150 curves fill neither the C kernels' groups of
+    # curves nor their blocks of 8
+    rng = np.random.default_rng(4)
+    x = np.linspace(0, 6, 16)
+    local = np.stack([rng.uniform(1, 3, 150), rng.uniform(1, 3, 150)], 1)
+    y = two_decays(x, [0.5, 2.0], local) + 0.02 * rng.standard_normal((150, 16))
+    start = np.tile([1.0, 1.0], (150, 1))
+    reference = dense_global_fit(two_decays, two_decays_gradient, x, y, np.array([0.6, 1.8]), start)
+    params = {"k": {"value": 0.6, "shared": True}, "q": {"value": 1.8, "shared": True}, "a": 1.0, "c": 1.0}
+    result = fit_batch("a*exp(-k*x)+c*exp(-q*x)", x, y, params=params, engine=linear_algebra)
+    assert_global_matches(result, reference, ["k", "q"], ["a", "c"])
 
 
 def test_a_poorly_determined_shared_rate_matches_the_dense_fit(linear_algebra):

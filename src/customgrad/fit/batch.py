@@ -209,7 +209,10 @@ class _Batch:
     @property
     def dof(self) -> torch.Tensor:
         """Degrees of freedom per curve: its finite points less the free parameters."""
-        return self.data.mask.sum(-1) - len(self.problem.names)
+        mask = self.data.mask
+        if not self.problem.masked:  # every point counts: no pass over the (B, N) mask
+            return torch.full(mask.shape[:-1], mask.shape[-1] - len(self.problem.names), device=mask.device)
+        return mask.sum(-1) - len(self.problem.names)
 
     def result(self, outcome: BatchOutcome, values, stderr, cost, seconds: float) -> BatchFitResult:
         """The `BatchFitResult`; curves with no finite point (a dead pixel) get status no_data and NaN."""

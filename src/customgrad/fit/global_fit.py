@@ -152,20 +152,19 @@ def _assembled(batch, with_data, theta, outcome, parts, spread, free, dof, local
     problem, count = batch.problem, batch.problem.batch
     device, dtype = theta.device, theta.dtype
     index = with_data.to(device)
+    every = len(with_data) == count  # (then in order: sorted and distinct) rows and columns by slices, not gathers
+    rows = slice(None) if every else index
     values = torch.full_like(theta, float("nan"))
-    values[index] = parts["values"].to(device)
+    values[rows] = parts["values"].to(device)
     stderr = torch.full_like(theta, float("nan"))
-    stderr[index[:, None], torch.tensor(local_columns, dtype=torch.long, device=device)] = parts["local_stderr"].to(
-        device, dtype
-    )
-    stderr[index[:, None], torch.tensor(shared_columns, dtype=torch.long, device=device)] = torch.as_tensor(
-        spread.shared_stderr, dtype=dtype, device=device
-    )
+    local_entries, shared_entries = (_entries(rows, columns, device) for columns in (local_columns, shared_columns))
+    stderr[local_entries] = parts["local_stderr"].to(device, dtype)
+    stderr[shared_entries] = torch.as_tensor(spread.shared_stderr, dtype=dtype, device=device)
     cost = torch.full((count,), float("nan"), dtype=dtype, device=device)
-    cost[index] = parts["curve_cost"].to(device)
+    cost[rows] = parts["curve_cost"].to(device)
     internal = theta.clone()
-    internal[index[:, None], torch.tensor(local_columns, dtype=torch.long, device=device)] = parts["local"].to(device)
-    internal[index[:, None], torch.tensor(shared_columns, dtype=torch.long, device=device)] = outcome.shared
+    internal[local_entries] = parts["local"].to(device)
+    internal[shared_entries] = outcome.shared
     counts = torch.full((count,), 0, dtype=torch.long)
     batch_outcome = BatchOutcome(
         theta=internal,
@@ -182,6 +181,9 @@ def _assembled(batch, with_data, theta, outcome, parts, spread, free, dof, local
     local_names = tuple(problem.names[j] for j in local_columns)
     blocks = {}
     for key, shape in (("local_covariance", len(local_columns)), ("cross_covariance", len(shared_columns))):
+        if every:
+            blocks[key] = parts[key].numpy().astype(np.float64)
+            continue
         full = np.full((count, len(local_columns), shape), np.nan)
         full[with_data.cpu().numpy()] = parts[key].numpy()
         blocks[key] = full
@@ -201,6 +203,16 @@ def _assembled(batch, with_data, theta, outcome, parts, spread, free, dof, local
         **blocks,
     )
     return batch_outcome, values, stderr, cost, shared
+
+
+def _entries(rows, columns: list[int], device) -> tuple:
+    """The entries (``rows``: a slice or curve numbers; ``columns``) of a (B, P) tensor as an index: slices
+    where both are ranges (a view, no gather)."""
+    start = columns[0] if columns else 0
+    if isinstance(rows, slice) and columns == list(range(start, start + len(columns))):
+        return rows, slice(start, start + len(columns))
+    picked = torch.tensor(columns, dtype=torch.long, device=device)
+    return (rows, picked) if isinstance(rows, slice) else (rows[:, None], picked)
 
 
 def _local_warnings(undetermined: torch.Tensor, with_data: torch.Tensor, names) -> list[str]:

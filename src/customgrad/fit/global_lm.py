@@ -17,8 +17,9 @@ it is one least-squares problem, whose answer is the dense problem's. D are the 
 (sums and maxima over ranks for ``distributed=True``; plain in one process), so every rank takes the
 same steps.
 
-On the CPU in float64 the per-curve work (CholeskyQR of the rows, the damping rotations, the local
-back-substitution) runs in C (`global_native`), one pass per curve; elsewhere the same steps run as
+On the CPU in float64 the per-curve work (CholeskyQR of the rows, the damping rotations with the
+remainder rows rotated into a few small R's, the local back-substitution, the linearisation's scales
+and sums) runs in C (`global_native`), one pass per curve; elsewhere the same steps run as
 torch operations over all curves. For a formula model (its [J | r] costs about what r does) a trial
 point's cost is read from its R_b (||r_b||^2 is the squared norm of R_b's last column), so an accepted
 step's Jacobian is the one its trial already took.
@@ -190,21 +191,24 @@ class _Linearization:
         return self._local_rows
 
     _local_rows: torch.Tensor | None = None
+    # where the C kernel took them with the scales: this rank's max |J_j^T r| / D_j over the local columns,
+    # and sum_b ||D_b theta_b||^2 over every rank
+    local_cosine: float | None = None
+    local_theta_square: float | None = None
 
 
 def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _Linearization | None:
     """R_b at (local, shared) (``upper`` where already taken there), with D updated to the running maxima of
     the column norms; None where J is not finite."""
     upper = problem.factors(local, shared) if upper is None else upper
+    if global_native.usable(upper):
+        return _linearize_native(problem, local, previous, upper)
     if float(problem.totals.sum(nonfinite_count(upper))) > 0:
         return None
     L, S = problem.sizes
     p = L + S
-    if global_native.usable(upper):
-        squares, gradient = global_native.columns(upper, problem.threads)
-    else:
-        jacobian, q = upper[:, :p, :p], upper[:, :p, p]
-        squares, gradient = torch.einsum("bij,bij->bj", jacobian, jacobian), torch.einsum("bij,bi->bj", jacobian, q)
+    jacobian, q = upper[:, :p, :p], upper[:, :p, p]
+    squares, gradient = torch.einsum("bij,bij->bj", jacobian, jacobian), torch.einsum("bij,bi->bj", jacobian, q)
     shared_sums = problem.totals.sum(torch.cat([squares[:, L:].sum(0), gradient[:, L:].sum(0)]))
     # (the local columns copied out: elementwise torch operations on a (b, L) view of a (b, P) tensor run L
     # entries per inner loop, ~5x slower at 10^4 curves)
@@ -215,6 +219,23 @@ def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _
     local_scale = torch.where(local_norms > 0, local_norms, 1.0)
     shared_scale = torch.where(shared_norms > 0, shared_norms, 1.0)
     return _Linearization(upper, local_scale, shared_scale, gradient[:, :L].contiguous(), shared_sums[S:])
+
+
+def _linearize_native(problem: GlobalProblem, local, previous, upper) -> _Linearization | None:
+    """`_linearize` by one C pass over the curves (`global_native.linearize`) and one total over ranks."""
+    L, S = problem.sizes
+    before = None if previous is None else previous.local_scale
+    local_scale, local_gradient, parts = global_native.linearize(upper, before, local, (L, S))
+    totals = problem.totals.sum(parts[: 2 * S + 2])
+    if float(totals[2 * S]) > 0:
+        return None
+    shared_norms = torch.sqrt(totals[:S])
+    if previous is not None:
+        shared_norms = torch.maximum(shared_norms, previous.shared_scale)
+    shared_scale = torch.where(shared_norms > 0, shared_norms, 1.0)
+    linear = _Linearization(upper, local_scale, shared_scale, local_gradient, totals[S : 2 * S])
+    linear.local_cosine, linear.local_theta_square = float(parts[2 * S + 2]), float(totals[2 * S + 1])
+    return linear
 
 
 def nonfinite_count(tensor: torch.Tensor) -> torch.Tensor:
@@ -268,12 +289,11 @@ def _damped_step(problem: GlobalProblem, linear: _Linearization, damping: float)
     upper = linear.upper
     root = math.sqrt(damping)
     native = global_native.usable(upper)
-    if native:
-        rows, leftovers = global_native.eliminate_damping(upper, root * linear.local_scale, (L, S), problem.threads)
+    if native:  # (the remainder rows already reduced to a few small R's)
+        rows, remainder = global_native.eliminate_damping(upper, root * linear.local_scale, (L, S), problem.threads)
     else:
         rows, leftovers = _eliminate_damping(linear.local_rows, (L, S), root * linear.local_scale.T)
-        leftovers = leftovers.permute(2, 0, 1)
-    remainder = torch.cat([upper[:, L:p, L:], leftovers], dim=1).reshape(-1, S + 1)
+        remainder = torch.cat([upper[:, L:p, L:], leftovers.permute(2, 0, 1)], dim=1).reshape(-1, S + 1)
     stacked = problem.totals.factor(remainder)
     shared_rows = torch.cat([torch.diag(root * linear.shared_scale), upper.new_zeros(S, 1)], dim=-1)
     schur = reduce_local(torch.cat([stacked, shared_rows]))
@@ -316,21 +336,32 @@ def _cost(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor]:
 
 def _cost_from(problem: GlobalProblem, upper: torch.Tensor) -> tuple[float, torch.Tensor]:
     """`_cost` from the R_b of [J_b | r_b]: ||r_b||^2 is the squared norm of R_b's last column."""
+    if global_native.usable(upper):  # (one pass in C instead of four torch operations over the curves)
+        curve_cost, parts = global_native.costs(upper)
+        return _summed(problem, curve_cost, parts)
     return _total(problem, torch.linalg.vecdot(upper[..., -1], upper[..., -1]))
 
 
 def _total(problem: GlobalProblem, curve_cost: torch.Tensor) -> tuple[float, torch.Tensor]:
     """The total of the costs per curve ``curve_cost`` over every rank (inf where any is not finite)."""
     finite = bool(torch.isfinite(curve_cost).all())
-    total = problem.totals.sum(torch.stack([curve_cost.sum() if finite else curve_cost.new_tensor(0.0),
-                                            curve_cost.new_tensor(0.0 if finite else 1.0)]))  # fmt: skip
-    cost, failures = total.tolist()
+    parts = torch.stack([curve_cost.sum() if finite else curve_cost.new_tensor(0.0),
+                         curve_cost.new_tensor(0.0 if finite else 1.0)])  # fmt: skip
+    return _summed(problem, curve_cost, parts)
+
+
+def _summed(problem: GlobalProblem, curve_cost: torch.Tensor, parts: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """`_total` from this rank's ``parts`` (2,): the sum of its costs (0 where any is not finite) and how
+    many are not finite."""
+    cost, failures = problem.totals.sum(parts).tolist()
     return (cost if failures == 0 else math.inf), curve_cost
 
 
 def _gradient_small(problem: GlobalProblem, linear: _Linearization, cost: float, gtol: float) -> bool:
     """max_j |J_j^T r| / (||J_j|| ||r||) <= gtol over every column (the norms being D)."""
-    local = (linear.local_gradient.abs() / linear.local_scale).amax() if linear.local_gradient.numel() else 0.0
+    local = linear.local_cosine
+    if local is None:
+        local = (linear.local_gradient.abs() / linear.local_scale).amax() if linear.local_gradient.numel() else 0.0
     largest = problem.totals.maximum(float(local))
     largest = max(largest, float((linear.shared_gradient.abs() / linear.shared_scale).amax()))
     return largest <= gtol * math.sqrt(cost)
@@ -338,7 +369,9 @@ def _gradient_small(problem: GlobalProblem, linear: _Linearization, cost: float,
 
 def _theta_norm(problem: GlobalProblem, linear: _Linearization, local, shared) -> float:
     """||D theta|| over every parameter of every rank."""
-    local_part = float(problem.totals.sum(((linear.local_scale * local) ** 2).sum()))
+    local_part = linear.local_theta_square
+    if local_part is None:
+        local_part = float(problem.totals.sum(((linear.local_scale * local) ** 2).sum()))
     return math.sqrt(local_part + float(((linear.shared_scale * shared) ** 2).sum()))
 
 

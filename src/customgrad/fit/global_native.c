@@ -3,14 +3,18 @@
  * global_reduce: R_b of each curve's rows [A_b | C_b | r_b] by CholeskyQR (`gram_matrix`, `cholesky_block`), as
  *   `reduction.reduce_gram`; poor[b] = 1 where the caller is to redo it by Householder QR.
  * global_damp: `global_lm._eliminate_damping` (Givens rotations appending diag(sqrt(lambda) D_b) to R_b's
- *   local columns, MINPACK's qrsolv), writing the new local rows and the leftover shared rows.
+ *   local columns, MINPACK's qrsolv), writing the new local rows, and the remainder rows of many curves
+ *   (R_b's shared rows and the damping rows' leftovers) rotated into one small R per lane (TSQR).
  * global_local_step: `global_lm._damped_step`'s per-curve part: d_b by back-substitution once d_phi is
  *   known, and per curve ||R_b d||^2 + 2 (R_b d).q_b and ||D_b d_b||^2 for the predicted reduction.
- * global_columns: the column norms squared and J^T r of each curve from R_b (`global_lm._linearize`).
+ * global_linearize: `global_lm._linearize`: the scales D from the column norms of R_b, J^T r, the shared
+ *   columns' sums, the non-finite check, ||D theta|| and the largest cosine, one pass.
+ * global_costs: ||r_b||^2 of each curve from R_b and their total (`global_lm._cost_from`).
  * global_local_inverse: `global_statistics._local_inverse` where R_AA is regular beyond doubt (its inverse).
  * global_local_weights, global_local_covariance: `global_statistics.global_uncertainty`'s per-curve blocks.
  *
- * Each operation rounded on its own (built with -ffp-contract=off): the torch path's roundoff.
+ * Each operation rounded on its own (built with -ffp-contract=off): the torch path's roundoff; only the Gram
+ * matrices use fused multiply-adds, as torch's BLAS does (GCC).
  */
 #include <math.h>
 #include <stdint.h>
@@ -28,8 +32,16 @@ typedef double lanes __attribute__((vector_size(LANES * sizeof(double))));
  * in registers; larger ones one pair of rows at a time. */
 #define GRAM_ROWS 8
 
+/* The Gram matrices' products and sums in fused multiply-adds where the CPU has them (half the instructions;
+ * their roundoff is that of torch's path too, whose BLAS fuses them). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define GRAM_CONTRACT __attribute__((optimize("fp-contract=fast")))
+#else
+#define GRAM_CONTRACT
+#endif
+
 /* `gram_matrix` for a q known where it is inlined (up to GRAM_ROWS): all q (q + 1) / 2 products per pass. */
-static inline __attribute__((always_inline)) void gram_rows(const double *rows, int64_t stride, int64_t points,
+static inline __attribute__((always_inline)) GRAM_CONTRACT void gram_rows(const double *rows, int64_t stride, int64_t points,
                                                             const int q, double *gram, int64_t step) {
     lanes part[GRAM_ROWS * (GRAM_ROWS + 1) / 2], row[GRAM_ROWS];
 #pragma GCC unroll 36
@@ -57,7 +69,7 @@ static inline __attribute__((always_inline)) void gram_rows(const double *rows, 
 /* The upper triangle of the Gram matrix (q x q, row-major, entry (i, j) at gram[(i q + j) step]) of the q rows of
  * ``points`` entries ``stride`` apart from ``rows``: each product summed in LANES interleaved sums (one vector
  * register), then those in order. */
-static void gram_matrix(const double *rows, int64_t stride, int64_t points, int64_t q, double *gram, int64_t step) {
+static GRAM_CONTRACT void gram_matrix(const double *rows, int64_t stride, int64_t points, int64_t q, double *gram, int64_t step) {
     switch (q) {
         case 2: gram_rows(rows, stride, points, 2, gram, step); return;
         case 3: gram_rows(rows, stride, points, 3, gram, step); return;
@@ -146,45 +158,71 @@ void global_reduce(int64_t count, int64_t points, int64_t q, const double *rows,
     }
 }
 
-void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const double *root_scale,
-                 double *local_rows, double *leftovers, int threads) {
-    /* BLOCK curves at a time, the curve innermost: each rotation's chain of sqrt and divisions runs for
-     * BLOCK curves in one vector register instead of one curve after the other. */
-    const int64_t q = L + S + 1, blocks = (count + BLOCK - 1) / BLOCK;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t block = 0; block < blocks; block++) {
-        const int64_t first = block * BLOCK, n = count - first < BLOCK ? count - first : BLOCK;
-        double rows[L * q][BLOCK], extra[q][BLOCK], cosine[BLOCK], sine[BLOCK];
-        for (int64_t i = 0; i < L * q; i++)
-            for (int64_t l = 0; l < BLOCK; l++) rows[i][l] = l < n ? upper[(first + l) * q * q + i] : 1.0;
-        for (int64_t j = 0; j < L; j++) {
-            for (int64_t i = 0; i < q; i++)
-                for (int64_t l = 0; l < BLOCK; l++) extra[i][l] = 0.0;
-            for (int64_t l = 0; l < n; l++) extra[j][l] = root_scale[(first + l) * L + j];
-            for (int64_t k = j; k < L; k++) {
-                for (int64_t l = 0; l < BLOCK; l++) {
-                    /* sqrt(d^2 + e^2) without overflow or underflow (hypot's value to an ulp; inputs finite) */
-                    double d = rows[k * q + k][l], e = extra[k][l];
-                    double a = fabs(d), c = fabs(e), big = a > c ? a : c, small = a > c ? c : a;
-                    double ratio = small / (big > 0 ? big : 1.0);
-                    double radius = big * sqrt(1.0 + ratio * ratio), safe = radius > 0 ? radius : 1.0;
-                    /* (divisions outside the selections: the loop then runs in vector registers) */
-                    double along = d / safe, across = e / safe;
-                    cosine[l] = radius > 0 ? along : 1.0;
-                    sine[l] = radius > 0 ? across : 0.0;
-                }
-                for (int64_t i = k; i < q; i++)
-                    for (int64_t l = 0; l < BLOCK; l++) {
-                        double row = rows[k * q + i][l], other = extra[i][l];
-                        rows[k * q + i][l] = cosine[l] * row + sine[l] * other;
-                        extra[i][l] = cosine[l] * other - sine[l] * row;
-                    }
-            }
-            for (int64_t i = 0; i <= S; i++)
-                for (int64_t l = 0; l < n; l++) leftovers[((first + l) * L + j) * (S + 1) + i] = extra[L + i][l];
+/* Rotations making row k of ``rows`` (row k's diagonal at column k, its entries k to q - 1) absorb ``extra``'s
+ * entries k to q - 1 (zeroing extra[k]), for BLOCK curves side by side: one Givens rotation each. */
+static inline void rotate_block(double (*row)[BLOCK], double (*extra)[BLOCK], int64_t k, int64_t q) {
+    double cosine[BLOCK], sine[BLOCK];
+    for (int64_t l = 0; l < BLOCK; l++) {
+        /* sqrt(d^2 + e^2) without overflow or underflow (hypot's value to an ulp; inputs finite) */
+        double d = row[k][l], e = extra[k][l];
+        double a = fabs(d), c = fabs(e), big = a > c ? a : c, small = a > c ? c : a;
+        double ratio = small / (big > 0 ? big : 1.0);
+        double radius = big * sqrt(1.0 + ratio * ratio), safe = radius > 0 ? radius : 1.0;
+        /* (divisions outside the selections: the loop then runs in vector registers) */
+        double along = d / safe, across = e / safe;
+        cosine[l] = radius > 0 ? along : 1.0;
+        sine[l] = radius > 0 ? across : 0.0;
+    }
+    for (int64_t i = k; i < q; i++)
+        for (int64_t l = 0; l < BLOCK; l++) {
+            double value = row[i][l], other = extra[i][l];
+            row[i][l] = cosine[l] * value + sine[l] * other;
+            extra[i][l] = cosine[l] * other - sine[l] * value;
         }
-        for (int64_t i = 0; i < L * q; i++)
-            for (int64_t l = 0; l < n; l++) local_rows[(first + l) * L * q + i] = rows[i][l];
+}
+
+/* Curves per accumulated remainder factor (`global_damp`), a fixed count: the answer does not depend on the threads. */
+#define CHUNK_BLOCKS 16
+
+int64_t global_damp_chunks(int64_t count) { return (count + CHUNK_BLOCKS * BLOCK - 1) / (CHUNK_BLOCKS * BLOCK); }
+
+void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const double *root_scale,
+                 double *local_rows, double *remainder, int threads) {
+    /* BLOCK curves at a time, the curve innermost: each rotation's chain of sqrt and divisions runs for
+     * BLOCK curves in one vector register instead of one curve after the other. Each curve's remainder
+     * rows (R_b's rows L to L + S - 1 and the damping rows' leftovers, in the shared and r columns) are
+     * rotated into the first S rows of a running R per lane, for CHUNK_BLOCKS * BLOCK curves (the last
+     * row, the residual's norm, is not needed for the shared step and not formed); remainder gets these
+     * rows (global_damp_chunks(count) x BLOCK x S x (S + 1)), whose R's first S rows are the remainders'. */
+    const int64_t q = L + S + 1, blocks = (count + BLOCK - 1) / BLOCK, chunks = global_damp_chunks(count);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t chunk = 0; chunk < chunks; chunk++) {
+        double rows[L * q][BLOCK], extra[q][BLOCK], factor[S * (S + 1)][BLOCK], tail[S + 1][BLOCK];
+        for (int64_t i = 0; i < S * (S + 1); i++)
+            for (int64_t l = 0; l < BLOCK; l++) factor[i][l] = 0.0;
+        const int64_t last = (chunk + 1) * CHUNK_BLOCKS < blocks ? (chunk + 1) * CHUNK_BLOCKS : blocks;
+        for (int64_t block = chunk * CHUNK_BLOCKS; block < last; block++) {
+            const int64_t first = block * BLOCK, n = count - first < BLOCK ? count - first : BLOCK;
+            for (int64_t i = 0; i < L * q; i++)
+                for (int64_t l = 0; l < BLOCK; l++) rows[i][l] = l < n ? upper[(first + l) * q * q + i] : 1.0;
+            for (int64_t j = 0; j < L; j++) {
+                for (int64_t i = 0; i < q; i++)
+                    for (int64_t l = 0; l < BLOCK; l++) extra[i][l] = 0.0;
+                for (int64_t l = 0; l < n; l++) extra[j][l] = root_scale[(first + l) * L + j];
+                for (int64_t k = j; k < L; k++) rotate_block(rows + k * q, extra, k, q);
+                for (int64_t k = 0; k < S; k++) rotate_block(factor + k * (S + 1), extra + L, k, S + 1);
+            }
+            for (int64_t s = 0; s < S; s++) { /* R_b's own remainder row L + s (zero in the padding lanes) */
+                for (int64_t i = 0; i <= S; i++)
+                    for (int64_t l = 0; l < BLOCK; l++) tail[i][l] = l < n ? upper[(first + l) * q * q + (L + s) * q + L + i] : 0.0;
+                for (int64_t k = 0; k < S; k++) rotate_block(factor + k * (S + 1), tail, k, S + 1);
+            }
+            for (int64_t i = 0; i < L * q; i++)
+                for (int64_t l = 0; l < n; l++) local_rows[(first + l) * L * q + i] = rows[i][l];
+        }
+        for (int64_t l = 0; l < BLOCK; l++)
+            for (int64_t i = 0; i < S * (S + 1); i++)
+                remainder[(chunk * BLOCK + l) * S * (S + 1) + i] = factor[i][l];
     }
 }
 
@@ -216,24 +254,6 @@ void global_local_step(int64_t count, int64_t L, int64_t S, const double *upper,
         parts[b * 3] = change_square;
         parts[b * 3 + 1] = cross;
         parts[b * 3 + 2] = local_norm;
-    }
-}
-
-void global_columns(int64_t count, int64_t q, const double *upper, double *squares, double *gradient, int threads) {
-    /* squares[b, j] = ||J_j||^2 = sum_i R_b[i, j]^2 and gradient[b, j] = (J^T r)_j = sum_i R_b[i, j] R_b[i, p] */
-    const int64_t p = q - 1;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) {
-        const double *r = upper + b * q * q;
-        for (int64_t j = 0; j < p; j++) {
-            double square = 0.0, product = 0.0;
-            for (int64_t i = 0; i <= j; i++) {
-                square += r[i * q + j] * r[i * q + j];
-                product += r[i * q + j] * r[i * q + p];
-            }
-            squares[b * p + j] = square;
-            gradient[b * p + j] = product;
-        }
     }
 }
 
@@ -320,5 +340,75 @@ void global_local_covariance(int64_t count, int64_t L, int64_t S, const double *
                 v[i * L + j] = variance * (direct + shared);
             }
         for (int64_t j = 0; j < L; j++) stderr_[b * L + j] = sqrt(fabs(v[j * L + j]));
+    }
+}
+
+void global_costs(int64_t count, int64_t q, const double *upper, double *cost, double *total) {
+    /* cost[b] = ||r_b||^2, the squared norm of R_b's last column; total = (the sum of the costs, 0 where any is
+     * not finite; how many are not finite). One thread: a few entries per curve, summed in curve order. */
+    double sum = 0.0, failures = 0.0;
+    for (int64_t b = 0; b < count; b++) {
+        const double *r = upper + b * q * q + q - 1;
+        double square = 0.0;
+        for (int64_t i = 0; i < q; i++) square += r[i * q] * r[i * q];
+        cost[b] = square;
+        if (isfinite(square))
+            sum += square;
+        else
+            failures += 1.0;
+    }
+    total[0] = failures > 0 ? 0.0 : sum;
+    total[1] = failures;
+}
+
+/* Running sums over curves in this many interleaved parts (curve b into part b % SUM_PARTS): independent chains
+ * of additions, and the same order on any number of threads. */
+#define SUM_PARTS 4
+
+void global_linearize(int64_t count, int64_t L, int64_t S, const double *upper, const double *previous,
+                      const double *local, double *scale, double *gradient, double *totals) {
+    /* From each R_b (columns local, shared, r): D_b = max(previous D_b, ||J_j||) (1 where zero; previous may be
+     * NULL), (J^T r)_j of the local columns, and totals = (sum_b ||J_s||^2 (S), sum_b (J^T r)_s (S), how many
+     * entries of R_b are not finite, sum_b ||D_b theta_b||^2, max_b,j |J_j^T r| / D_j over the local columns).
+     * One thread: a few entries per curve. */
+    const int64_t p = L + S, q = p + 1;
+    double sums[SUM_PARTS][2 * S + 2], largest[SUM_PARTS];
+    for (int64_t l = 0; l < SUM_PARTS; l++) {
+        largest[l] = 0.0;
+        for (int64_t s = 0; s < 2 * S + 2; s++) sums[l][s] = 0.0;
+    }
+    for (int64_t b = 0; b < count; b++) {
+        const double *r = upper + b * q * q;
+        double *sum = sums[b % SUM_PARTS], *most = largest + b % SUM_PARTS;
+        double check = 0.0; /* NaN where an entry is inf or NaN (summed in any order: vector registers) */
+#pragma omp simd reduction(+ : check)
+        for (int64_t i = 0; i < q * q; i++) check += r[i] * 0.0;
+        if (check != 0.0)
+            for (int64_t i = 0; i < q * q; i++) sum[2 * S] += isfinite(r[i]) ? 0.0 : 1.0;
+        for (int64_t j = 0; j < p; j++) {
+            double square = 0.0, product = 0.0;
+            for (int64_t i = 0; i <= j; i++) {
+                square += r[i * q + j] * r[i * q + j];
+                product += r[i * q + j] * r[i * q + p];
+            }
+            if (j >= L) {
+                sum[j - L] += square;
+                sum[S + j - L] += product;
+                continue;
+            }
+            double norm = sqrt(square), d;
+            if (previous && previous[b * L + j] > norm) norm = previous[b * L + j];
+            d = norm > 0 ? norm : 1.0;
+            scale[b * L + j] = d;
+            gradient[b * L + j] = product;
+            sum[2 * S + 1] += (d * local[b * L + j]) * (d * local[b * L + j]);
+            double cosine = fabs(product) / d;
+            if (cosine > *most || cosine != cosine) *most = cosine;
+        }
+    }
+    for (int64_t s = 0; s < 2 * S + 3; s++) totals[s] = 0.0;
+    for (int64_t l = 0; l < SUM_PARTS; l++) {
+        for (int64_t s = 0; s < 2 * S + 2; s++) totals[s] += sums[l][s];
+        if (largest[l] > totals[2 * S + 2] || largest[l] != largest[l]) totals[2 * S + 2] = largest[l];
     }
 }

@@ -22,14 +22,17 @@ from ..errors import BackendError
 # Each operation rounded on its own, as torch does (no fused multiply-adds).
 FLAGS = ("-ffp-contract=off",)
 _INT, _POINTER, _THREADS = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+# `global_native.c`'s BLOCK: curves side by side in its rotations (one small remainder R each in `global_damp`).
+_BLOCK = 8
 _SIGNATURES = {
     "global_reduce": [_INT, _INT, _INT, _POINTER, ctypes.c_double, _POINTER, _POINTER, _THREADS],
     "global_damp": [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _THREADS],
     "global_local_step": [_INT, _INT, _INT, *[_POINTER] * 6, _THREADS],
-    "global_columns": [_INT, _INT, _POINTER, _POINTER, _POINTER, _THREADS],
     "global_local_inverse": [_INT, _INT, _INT, _POINTER, ctypes.c_double, _POINTER, _POINTER, _THREADS],
     "global_local_weights": [_INT, _INT, _INT, *[_POINTER] * 4, _THREADS],
     "global_local_covariance": [_INT, _INT, _INT, *[_POINTER] * 3, ctypes.c_double, *[_POINTER] * 3, _THREADS],
+    "global_costs": [_INT, _INT, _POINTER, _POINTER, _POINTER],
+    "global_linearize": [_INT, _INT, _INT, *[_POINTER] * 6],
 }
 
 
@@ -43,6 +46,7 @@ def _library() -> ctypes.CDLL | None:
     for name, arguments in _SIGNATURES.items():
         function = getattr(library, name)
         function.argtypes, function.restype = arguments, None
+    library.global_damp_chunks.argtypes, library.global_damp_chunks.restype = [_INT], _INT
     return library
 
 
@@ -72,17 +76,20 @@ def reduce_rows(rows: torch.Tensor, pivot: float, workers: int | None = None) ->
 
 def eliminate_damping(upper: torch.Tensor, root_scale: torch.Tensor, sizes: tuple[int, int], workers=None) -> tuple:
     """R_b's first L rows (b, L, q) after appending diag(``root_scale`` (b, L)) to its local columns, and
-    what is left of those rows in the shared and r columns (b, L, S + 1)."""
+    rows (m, S + 1) whose R has the first S rows of the R of the remainder rows of every curve (R_b's
+    last S rows and what is left of the damping rows, in the shared and r columns): the first S rows of
+    small R's of many curves each, stacked (the last row, the residual's norm, not formed)."""
     L, S = sizes
     count = upper.shape[0]
+    library = _library()
     rows = upper.new_empty(count, L, L + S + 1)
-    leftovers = upper.new_empty(count, L, S + 1)
+    remainder = upper.new_empty(library.global_damp_chunks(count) * _BLOCK * S, S + 1)
     upper, root_scale = upper.contiguous(), root_scale.contiguous()
-    _library().global_damp(
-        count, L, S, upper.data_ptr(), root_scale.data_ptr(), rows.data_ptr(), leftovers.data_ptr(),
+    library.global_damp(
+        count, L, S, upper.data_ptr(), root_scale.data_ptr(), rows.data_ptr(), remainder.data_ptr(),
         threads(upper.numel(), workers),
     )  # fmt: skip
-    return rows, leftovers
+    return rows, remainder
 
 
 def local_steps(upper, rows, local_scale, d_shared, sizes, workers=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,15 +112,31 @@ def local_steps(upper, rows, local_scale, d_shared, sizes, workers=None) -> tupl
     return d_local, parts
 
 
-def columns(upper: torch.Tensor, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """||J_j||^2 and (J^T r)_j of each curve (b, p) from its R_b (b, p + 1, p + 1)."""
+def costs(upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """||r_b||^2 (b,) of each curve from its R_b (b, q, q) (its last column's squared norm), and (2,) their
+    sum (0 where any is not finite) and how many are not finite."""
     upper = upper.contiguous()
     count, q = upper.shape[:2]
-    squares, gradient = upper.new_empty(count, q - 1), upper.new_empty(count, q - 1)
-    _library().global_columns(
-        count, q, upper.data_ptr(), squares.data_ptr(), gradient.data_ptr(), threads(upper.numel(), workers)
-    )
-    return squares, gradient
+    cost, total = upper.new_empty(count), upper.new_empty(2)
+    _library().global_costs(count, q, upper.data_ptr(), cost.data_ptr(), total.data_ptr())
+    return cost, total
+
+
+def linearize(upper: torch.Tensor, previous: torch.Tensor | None, local: torch.Tensor, sizes: tuple[int, int]):
+    """From R_b (b, q, q), columns local, shared, r: D_b (b, L), the running maximum of ``previous`` (or
+    none) and the local column norms (1 where zero); (J^T r) (b, L) of the local columns; and (2 S + 3):
+    the shared columns' squared norms and J^T r summed over the curves, how many entries of R_b are not
+    finite, sum_b ||D_b theta_b||^2 at ``local`` (b, L), and max |J_j^T r| / D_j over the local columns."""
+    L, S = sizes
+    upper, local = upper.contiguous(), local.to(upper).contiguous()
+    count = upper.shape[0]
+    scale, gradient, totals = upper.new_empty(count, L), upper.new_empty(count, L), upper.new_empty(2 * S + 3)
+    before = None if previous is None else previous.contiguous()
+    _library().global_linearize(
+        count, L, S, upper.data_ptr(), None if before is None else before.data_ptr(), local.data_ptr(),
+        scale.data_ptr(), gradient.data_ptr(), totals.data_ptr(),
+    )  # fmt: skip
+    return scale, gradient, totals
 
 
 def local_inverse(upper: torch.Tensor, local: int, limit: float, workers=None) -> tuple[torch.Tensor, torch.Tensor]:

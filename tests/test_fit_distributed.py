@@ -92,6 +92,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             rows[3] = np.nan
         return fit(GAUSSIAN, x[shard], rows, params=START, distributed=True).params
 
+    def omitted_rows():
+        rows = y[shard].copy()
+        if rank == 1:
+            rows[3] = np.nan
+        result = fit(GAUSSIAN, x[shard], rows, params=START, distributed=True, nan_policy="omit")
+        return {"params": result.params, "warnings": result.warnings}
+
     def batch():
         result = fit_batch(GAUSSIAN, x, curves(), params=START, distributed=True)
         return {
@@ -127,6 +134,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         ("empty", empty_rank),
         ("disagree", disagree),
         ("bad", bad_rows),
+        ("omitted", omitted_rows),
         ("batch", batch),
         ("profile", profile),
         ("batch_of_one", batch_of_one),
@@ -193,6 +201,18 @@ def test_adam_on_two_ranks_matches_one_process(ranks):
     for rank in ranks:
         for name in START:
             assert_matches_reference(rank["adam"]["ok"]["params"][name], single.params[name], rtol=1e-6, what=name)
+
+
+def test_rows_omitted_on_one_rank_are_reported_on_every_rank(ranks):
+    # nan_policy="omit" on a rank dropped its row without a word: row numbers are per shard, so none was said
+    x, y = data()
+    keep = np.arange(len(y)) != 43  # rank 1's row 3
+    single = fit(GAUSSIAN, x[keep], y[keep], params=START)
+    for rank in ranks:
+        found = rank["omitted"]["ok"]
+        for name in START:
+            assert_matches_reference(found["params"][name], single.params[name], rtol=1e-10, what=name)
+        assert any("1 rows with NaN or inf were omitted" in w and "rows (rank:row) 1:3" in w for w in found["warnings"])
 
 
 def test_a_rank_with_no_rows_is_fine(ranks):

@@ -208,8 +208,9 @@ def _fit(given: Mapping) -> FitResult:
         # every rank learns of any rank's bad input, and of ranks fitting different things: none hangs
         about = options.summary(given) if options is not None else "options that could not be read"
         shards.raise_together(failure, about)
-        if data.omitted_rows:
-            data.omitted_rows = []  # row numbers are per shard: not reported
+        # row numbers are per shard: reported as rank:row, from every rank (a collective on every rank)
+        parts = shards.gather_objects(data.omitted_rows)
+        data.omitted_rows = [f"{rank}:{row}" for rank, rows in enumerate(parts) for row in rows]
         options.progress = options.progress and shards.rank == 0  # only rank 0 prints
     calls = _Calls(problem, options.rho, shards, options.method == "lm" and options.rho is None, start)
     native, outcome = _solve(
@@ -725,7 +726,7 @@ def _formula_names(problem: Model) -> tuple[str, ...]:
     return problem.function.names  # type: ignore[attr-defined]
 
 
-def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int, omitted: list[int]) -> list[str]:
+def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int, omitted: list) -> list[str]:
     warnings = []
     if status == "max_steps":
         warnings.append("the step limit was reached: the parameters may not be converged")
@@ -774,8 +775,9 @@ def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int
             "freedom left, standard errors are undefined"
         )
     if omitted:
+        where = " (rank:row)" if isinstance(omitted[0], str) else ""  # a distributed fit's, over every rank
         warnings.append(
-            f"{len(omitted)} rows with NaN or inf were omitted (nan_policy='omit'): rows "
+            f"{len(omitted)} rows with NaN or inf were omitted (nan_policy='omit'): rows{where} "
             f"{', '.join(map(str, omitted[:10]))}{' ...' if len(omitted) > 10 else ''}"
         )
     return warnings

@@ -13,6 +13,10 @@
  * global_local_inverse: `global_statistics._local_inverse` where R_AA is regular beyond doubt (its inverse).
  * global_local_weights, global_local_covariance: `global_statistics.global_uncertainty`'s per-curve blocks.
  *
+ * global_local_step and global_linearize, whose per-curve work is short loops over L and S, are compiled once more
+ * for each usual small (L, S) with the sizes constant (the loops unrolled: 2.5x and 1.4x faster at L = 3, S = 1);
+ * the same operations in the same order, so the same numbers.
+ *
  * Each operation rounded on its own (built with -ffp-contract=off): the torch path's roundoff; only the Gram
  * matrices use fused multiply-adds, as torch's BLAS does (GCC).
  */
@@ -226,35 +230,50 @@ void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const
     }
 }
 
+/* Curve b's part of `global_local_step` (L and S constants where inlined from its dispatch: loops unrolled). */
+static inline __attribute__((always_inline)) void local_step_curve(int64_t b, const int64_t L, const int64_t S,
+                                                                   const double *upper, const double *local_rows,
+                                                                   const double *local_scale, const double *d_shared,
+                                                                   double *d_local, double *parts) {
+    const int64_t q = L + S + 1, p = L + S;
+    const double *rows = local_rows + b * L * q, *r = upper + b * q * q;
+    double *x = d_local + b * L, step[p];
+    for (int64_t j = L - 1; j >= 0; j--) { /* R'_AA (-d_b) = q'_A + R'_AC d_phi */
+        double right = rows[j * q + p];
+        for (int64_t s = 0; s < S; s++) right += rows[j * q + L + s] * d_shared[s];
+        double known = 0.0;
+        for (int64_t k = j + 1; k < L; k++) known += rows[j * q + k] * step[k];
+        step[j] = (right - known) / rows[j * q + j];
+    }
+    for (int64_t j = 0; j < L; j++) x[j] = step[j] = -step[j];
+    for (int64_t s = 0; s < S; s++) step[L + s] = d_shared[s];
+    double change_square = 0.0, cross = 0.0, local_norm = 0.0;
+    for (int64_t i = 0; i < p; i++) {
+        double change = 0.0;
+        for (int64_t j = i; j < p; j++) change += r[i * q + j] * step[j];
+        change_square += change * change;
+        cross += change * r[i * q + p];
+    }
+    for (int64_t j = 0; j < L; j++) local_norm += (local_scale[b * L + j] * x[j]) * (local_scale[b * L + j] * x[j]);
+    parts[b * 3] = change_square;
+    parts[b * 3 + 1] = cross;
+    parts[b * 3 + 2] = local_norm;
+}
+
+#define STEP_CASE(l, s) \
+    if (L == l && S == s) { \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)") \
+        for (int64_t b = 0; b < count; b++) local_step_curve(b, l, s, upper, local_rows, local_scale, d_shared, d_local, parts); \
+        return; \
+    }
+
 void global_local_step(int64_t count, int64_t L, int64_t S, const double *upper, const double *local_rows,
                        const double *local_scale, const double *d_shared, double *d_local, double *parts,
                        int threads) {
-    const int64_t q = L + S + 1, p = L + S;
+    /* the usual small (L, S) with constant sizes, any other generic */
+    STEP_CASE(1, 1) STEP_CASE(2, 1) STEP_CASE(3, 1) STEP_CASE(4, 1) STEP_CASE(2, 2) STEP_CASE(3, 2)
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) {
-        const double *rows = local_rows + b * L * q, *r = upper + b * q * q;
-        double *x = d_local + b * L, step[p];
-        for (int64_t j = L - 1; j >= 0; j--) { /* R'_AA (-d_b) = q'_A + R'_AC d_phi */
-            double right = rows[j * q + p];
-            for (int64_t s = 0; s < S; s++) right += rows[j * q + L + s] * d_shared[s];
-            double known = 0.0;
-            for (int64_t k = j + 1; k < L; k++) known += rows[j * q + k] * step[k];
-            step[j] = (right - known) / rows[j * q + j];
-        }
-        for (int64_t j = 0; j < L; j++) x[j] = step[j] = -step[j];
-        for (int64_t s = 0; s < S; s++) step[L + s] = d_shared[s];
-        double change_square = 0.0, cross = 0.0, local_norm = 0.0;
-        for (int64_t i = 0; i < p; i++) {
-            double change = 0.0;
-            for (int64_t j = i; j < p; j++) change += r[i * q + j] * step[j];
-            change_square += change * change;
-            cross += change * r[i * q + p];
-        }
-        for (int64_t j = 0; j < L; j++) local_norm += (local_scale[b * L + j] * x[j]) * (local_scale[b * L + j] * x[j]);
-        parts[b * 3] = change_square;
-        parts[b * 3 + 1] = cross;
-        parts[b * 3 + 2] = local_norm;
-    }
+    for (int64_t b = 0; b < count; b++) local_step_curve(b, L, S, upper, local_rows, local_scale, d_shared, d_local, parts);
 }
 
 void global_local_inverse(int64_t count, int64_t L, int64_t q, const double *upper, double limit, double *pseudo,
@@ -365,7 +384,7 @@ void global_costs(int64_t count, int64_t q, const double *upper, double *cost, d
  * of additions, and the same order on any number of threads. */
 #define SUM_PARTS 4
 
-void global_linearize(int64_t count, int64_t L, int64_t S, const double *upper, const double *previous,
+static inline __attribute__((always_inline)) void linearize_sized(int64_t count, const int64_t L, const int64_t S, const double *upper, const double *previous,
                       const double *local, double *scale, double *gradient, double *totals) {
     /* From each R_b (columns local, shared, r): D_b = max(previous D_b, ||J_j||) (1 where zero; previous may be
      * NULL), (J^T r)_j of the local columns, and totals = (sum_b ||J_s||^2 (S), sum_b (J^T r)_s (S), how many
@@ -411,4 +430,18 @@ void global_linearize(int64_t count, int64_t L, int64_t S, const double *upper, 
         for (int64_t s = 0; s < 2 * S + 2; s++) totals[s] += sums[l][s];
         if (largest[l] > totals[2 * S + 2] || largest[l] != largest[l]) totals[2 * S + 2] = largest[l];
     }
+}
+
+#define LINEARIZE_CASE(l, s) \
+    if (L == l && S == s) { \
+        linearize_sized(count, l, s, upper, previous, local, scale, gradient, totals); \
+        return; \
+    }
+
+void global_linearize(int64_t count, int64_t L, int64_t S, const double *upper, const double *previous,
+                      const double *local, double *scale, double *gradient, double *totals) {
+    /* `linearize_sized` with the usual small (L, S) constant (its loops unrolled), any other generic */
+    LINEARIZE_CASE(1, 1) LINEARIZE_CASE(2, 1) LINEARIZE_CASE(3, 1) LINEARIZE_CASE(4, 1) LINEARIZE_CASE(2, 2)
+    LINEARIZE_CASE(3, 2)
+    linearize_sized(count, L, S, upper, previous, local, scale, gradient, totals);
 }

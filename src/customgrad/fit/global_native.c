@@ -13,9 +13,9 @@
  * global_local_inverse: `global_statistics._local_inverse` where R_AA is regular beyond doubt (its inverse).
  * global_local_weights, global_local_covariance: `global_statistics.global_uncertainty`'s per-curve blocks.
  *
- * global_local_step and global_linearize, whose per-curve work is short loops over L and S, are compiled once more
- * for each usual small (L, S) with the sizes constant (the loops unrolled: 2.5x and 1.4x faster at L = 3, S = 1);
- * the same operations in the same order, so the same numbers.
+ * global_local_step, global_linearize and the three covariance kernels, whose per-curve work is short loops over L
+ * and S, are compiled once more for each usual small (L, S) with the sizes constant (the loops unrolled: 1.3x to
+ * 3.5x faster at L = 3, S = 1); the same operations in the same order, so the same numbers.
  *
  * Each operation rounded on its own (built with -ffp-contract=off): the torch path's roundoff; only the Gram
  * matrices use fused multiply-adds, as torch's BLAS does (GCC).
@@ -263,7 +263,8 @@ static inline __attribute__((always_inline)) void local_step_curve(int64_t b, co
 #define STEP_CASE(l, s) \
     if (L == l && S == s) { \
         _Pragma("omp parallel for schedule(static) num_threads(threads)") \
-        for (int64_t b = 0; b < count; b++) local_step_curve(b, l, s, upper, local_rows, local_scale, d_shared, d_local, parts); \
+        for (int64_t b = 0; b < count; b++) \
+            local_step_curve(b, l, s, upper, local_rows, local_scale, d_shared, d_local, parts); \
         return; \
     }
 
@@ -273,93 +274,134 @@ void global_local_step(int64_t count, int64_t L, int64_t S, const double *upper,
     /* the usual small (L, S) with constant sizes, any other generic */
     STEP_CASE(1, 1) STEP_CASE(2, 1) STEP_CASE(3, 1) STEP_CASE(4, 1) STEP_CASE(2, 2) STEP_CASE(3, 2)
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) local_step_curve(b, L, S, upper, local_rows, local_scale, d_shared, d_local, parts);
+    for (int64_t b = 0; b < count; b++)
+        local_step_curve(b, L, S, upper, local_rows, local_scale, d_shared, d_local, parts);
 }
+
+/* Curve b's part of `global_local_inverse` (sizes constant where inlined from its dispatch: loops unrolled). */
+static inline __attribute__((always_inline)) void local_inverse_curve(int64_t b, const int64_t L, const int64_t q,
+        const double *upper, double limit, double *pseudo, int64_t *doubtful) {
+    const double *r = upper + b * q * q;
+    double scale[L], scaled[L * L], inverse[L * L], scaled_square = 0.0, inverse_square = 0.0;
+    for (int64_t j = 0; j < L; j++) {
+        double largest = 0.0, sum = 0.0;
+        for (int64_t i = 0; i <= j; i++) largest = fmax(largest, fabs(r[i * q + j]));
+        double safe = largest > 0 ? largest : 1.0;
+        for (int64_t i = 0; i <= j; i++) sum += (r[i * q + j] / safe) * (r[i * q + j] / safe);
+        double norm = largest * sqrt(sum);
+        scale[j] = norm > 0 ? norm : 1.0;
+    }
+    for (int64_t i = 0; i < L; i++)
+        for (int64_t j = 0; j < L; j++) {
+            scaled[i * L + j] = j >= i ? r[i * q + j] / scale[j] : 0.0;
+            scaled_square += scaled[i * L + j] * scaled[i * L + j];
+        }
+    for (int64_t c = 0; c < L; c++) /* (R_AA D^-1) X = I, column by column */
+        for (int64_t i = L - 1; i >= 0; i--) {
+            double value = i == c ? 1.0 : 0.0;
+            for (int64_t k = i + 1; k < L; k++) value -= scaled[i * L + k] * inverse[k * L + c];
+            inverse[i * L + c] = value / scaled[i * L + i];
+        }
+    for (int64_t i = 0; i < L; i++)
+        for (int64_t j = 0; j < L; j++) {
+            inverse_square += inverse[i * L + j] * inverse[i * L + j];
+            pseudo[b * L * L + i * L + j] = inverse[i * L + j] / scale[i];
+        }
+    doubtful[b] = !(sqrt(scaled_square) * sqrt(inverse_square) < limit);
+}
+
+#define INVERSE_CASE(x, y) \
+    if (L == x && q == y) { \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)") \
+        for (int64_t b = 0; b < count; b++) local_inverse_curve(b, x, y, upper, limit, pseudo, doubtful); \
+        return; \
+    }
 
 void global_local_inverse(int64_t count, int64_t L, int64_t q, const double *upper, double limit, double *pseudo,
                           int64_t *doubtful, int threads) {
     /* R_AA^-1 = D^-1 (R_AA D^-1)^-1 of each curve (its leading L x L block of R_b, columns scaled by their safe
      * norms D), and doubtful[b] = 1 unless ||R_AA D^-1||_F ||(R_AA D^-1)^-1||_F < limit */
+    INVERSE_CASE(1, 3) INVERSE_CASE(2, 4) INVERSE_CASE(3, 5) INVERSE_CASE(4, 6) INVERSE_CASE(2, 5) INVERSE_CASE(3, 6)
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) {
-        const double *r = upper + b * q * q;
-        double scale[L], scaled[L * L], inverse[L * L], scaled_square = 0.0, inverse_square = 0.0;
-        for (int64_t j = 0; j < L; j++) {
-            double largest = 0.0, sum = 0.0;
-            for (int64_t i = 0; i <= j; i++) largest = fmax(largest, fabs(r[i * q + j]));
-            double safe = largest > 0 ? largest : 1.0;
-            for (int64_t i = 0; i <= j; i++) sum += (r[i * q + j] / safe) * (r[i * q + j] / safe);
-            double norm = largest * sqrt(sum);
-            scale[j] = norm > 0 ? norm : 1.0;
-        }
-        for (int64_t i = 0; i < L; i++)
-            for (int64_t j = 0; j < L; j++) {
-                scaled[i * L + j] = j >= i ? r[i * q + j] / scale[j] : 0.0;
-                scaled_square += scaled[i * L + j] * scaled[i * L + j];
-            }
-        for (int64_t c = 0; c < L; c++) /* (R_AA D^-1) X = I, column by column */
-            for (int64_t i = L - 1; i >= 0; i--) {
-                double value = i == c ? 1.0 : 0.0;
-                for (int64_t k = i + 1; k < L; k++) value -= scaled[i * L + k] * inverse[k * L + c];
-                inverse[i * L + c] = value / scaled[i * L + i];
-            }
-        for (int64_t i = 0; i < L; i++)
-            for (int64_t j = 0; j < L; j++) {
-                inverse_square += inverse[i * L + j] * inverse[i * L + j];
-                pseudo[b * L * L + i * L + j] = inverse[i * L + j] / scale[i];
-            }
-        doubtful[b] = !(sqrt(scaled_square) * sqrt(inverse_square) < limit);
-    }
+    for (int64_t b = 0; b < count; b++) local_inverse_curve(b, L, q, upper, limit, pseudo, doubtful);
 }
+
+/* Curve b's part of `global_local_weights` (sizes constant where inlined from its dispatch: loops unrolled). */
+static inline __attribute__((always_inline)) void local_weights_curve(int64_t b, const int64_t L, const int64_t S,
+        const double *upper, const double *pseudo, double *weights, double *outside) {
+    const int64_t q = L + S + 1;
+    const double *r = upper + b * q * q, *inverse = pseudo + b * L * L;
+    double *w = weights + b * L * S, *out = outside + b * L * S;
+    for (int64_t i = 0; i < L; i++)
+        for (int64_t s = 0; s < S; s++) {
+            double sum = 0.0;
+            for (int64_t k = 0; k < L; k++) sum += inverse[i * L + k] * r[k * q + L + s];
+            w[i * S + s] = sum;
+        }
+    for (int64_t i = 0; i < L; i++)
+        for (int64_t s = 0; s < S; s++) {
+            double sum = 0.0;
+            for (int64_t k = 0; k < L; k++) sum += r[i * q + k] * w[k * S + s];
+            out[i * S + s] = r[i * q + L + s] - sum;
+        }
+}
+
+#define WEIGHTS_CASE(x, y) \
+    if (L == x && S == y) { \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)") \
+        for (int64_t b = 0; b < count; b++) local_weights_curve(b, x, y, upper, pseudo, weights, outside); \
+        return; \
+    }
 
 void global_local_weights(int64_t count, int64_t L, int64_t S, const double *upper, const double *pseudo,
                           double *weights, double *outside, int threads) {
     /* W_b = R_AA^+ R_AC (L x S) and R_AC - R_AA W_b (R_AC's part outside R_AA's range) of each curve */
-    const int64_t q = L + S + 1;
+    WEIGHTS_CASE(1, 1) WEIGHTS_CASE(2, 1) WEIGHTS_CASE(3, 1) WEIGHTS_CASE(4, 1) WEIGHTS_CASE(2, 2) WEIGHTS_CASE(3, 2)
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) {
-        const double *r = upper + b * q * q, *inverse = pseudo + b * L * L;
-        double *w = weights + b * L * S, *out = outside + b * L * S;
-        for (int64_t i = 0; i < L; i++)
-            for (int64_t s = 0; s < S; s++) {
-                double sum = 0.0;
-                for (int64_t k = 0; k < L; k++) sum += inverse[i * L + k] * r[k * q + L + s];
-                w[i * S + s] = sum;
-            }
-        for (int64_t i = 0; i < L; i++)
-            for (int64_t s = 0; s < S; s++) {
-                double sum = 0.0;
-                for (int64_t k = 0; k < L; k++) sum += r[i * q + k] * w[k * S + s];
-                out[i * S + s] = r[i * q + L + s] - sum;
-            }
-    }
+    for (int64_t b = 0; b < count; b++) local_weights_curve(b, L, S, upper, pseudo, weights, outside);
 }
+
+/* Curve b's part of `global_local_covariance` (sizes constant where inlined from its dispatch: loops unrolled). */
+static inline __attribute__((always_inline)) void local_covariance_curve(int64_t b, const int64_t L, const int64_t S,
+        const double *pseudo, const double *weights, const double *core, double variance, double *local,
+        double *cross, double *stderr_) {
+    const double *inverse = pseudo + b * L * L, *w = weights + b * L * S;
+    double *c = cross + b * L * S, *v = local + b * L * L, product[L * S];
+    for (int64_t i = 0; i < L; i++)
+        for (int64_t s = 0; s < S; s++) {
+            double sum = 0.0;
+            for (int64_t k = 0; k < S; k++) sum += w[i * S + k] * core[k * S + s];
+            product[i * S + s] = sum;
+            c[i * S + s] = -variance * sum;
+        }
+    for (int64_t i = 0; i < L; i++)
+        for (int64_t j = 0; j < L; j++) {
+            double direct = 0.0, shared = 0.0;
+            for (int64_t k = 0; k < L; k++) direct += inverse[i * L + k] * inverse[j * L + k];
+            for (int64_t s = 0; s < S; s++) shared += product[i * S + s] * w[j * S + s];
+            v[i * L + j] = variance * (direct + shared);
+        }
+    for (int64_t j = 0; j < L; j++) stderr_[b * L + j] = sqrt(fabs(v[j * L + j]));
+}
+
+#define COVARIANCE_CASE(x, y) \
+    if (L == x && S == y) { \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)") \
+        for (int64_t b = 0; b < count; b++) \
+            local_covariance_curve(b, x, y, pseudo, weights, core, variance, local, cross, stderr_); \
+        return; \
+    }
 
 void global_local_covariance(int64_t count, int64_t L, int64_t S, const double *pseudo, const double *weights,
                              const double *core, double variance, double *local, double *cross, double *stderr_,
                              int threads) {
     /* cov(theta_b, phi) = -s^2 W_b C and cov(theta_b) = s^2 (R_AA^+ R_AA^+T + W_b C W_b^T) of each curve (C the
      * shared block's inverse core), and the local standard errors sqrt |cov(theta_b)_jj| */
+    COVARIANCE_CASE(1, 1) COVARIANCE_CASE(2, 1) COVARIANCE_CASE(3, 1)
+    COVARIANCE_CASE(4, 1) COVARIANCE_CASE(2, 2) COVARIANCE_CASE(3, 2)
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) {
-        const double *inverse = pseudo + b * L * L, *w = weights + b * L * S;
-        double *c = cross + b * L * S, *v = local + b * L * L, product[L * S];
-        for (int64_t i = 0; i < L; i++)
-            for (int64_t s = 0; s < S; s++) {
-                double sum = 0.0;
-                for (int64_t k = 0; k < S; k++) sum += w[i * S + k] * core[k * S + s];
-                product[i * S + s] = sum;
-                c[i * S + s] = -variance * sum;
-            }
-        for (int64_t i = 0; i < L; i++)
-            for (int64_t j = 0; j < L; j++) {
-                double direct = 0.0, shared = 0.0;
-                for (int64_t k = 0; k < L; k++) direct += inverse[i * L + k] * inverse[j * L + k];
-                for (int64_t s = 0; s < S; s++) shared += product[i * S + s] * w[j * S + s];
-                v[i * L + j] = variance * (direct + shared);
-            }
-        for (int64_t j = 0; j < L; j++) stderr_[b * L + j] = sqrt(fabs(v[j * L + j]));
-    }
+    for (int64_t b = 0; b < count; b++)
+        local_covariance_curve(b, L, S, pseudo, weights, core, variance, local, cross, stderr_);
 }
 
 void global_costs(int64_t count, int64_t q, const double *upper, double *cost, double *total) {
@@ -384,8 +426,10 @@ void global_costs(int64_t count, int64_t q, const double *upper, double *cost, d
  * of additions, and the same order on any number of threads. */
 #define SUM_PARTS 4
 
-static inline __attribute__((always_inline)) void linearize_sized(int64_t count, const int64_t L, const int64_t S, const double *upper, const double *previous,
-                      const double *local, double *scale, double *gradient, double *totals) {
+static inline __attribute__((always_inline)) void linearize_sized(int64_t count, const int64_t L, const int64_t S,
+                                                                  const double *upper, const double *previous,
+                                                                  const double *local, double *scale, double *gradient,
+                                                                  double *totals) {
     /* From each R_b (columns local, shared, r): D_b = max(previous D_b, ||J_j||) (1 where zero; previous may be
      * NULL), (J^T r)_j of the local columns, and totals = (sum_b ||J_s||^2 (S), sum_b (J^T r)_s (S), how many
      * entries of R_b are not finite, sum_b ||D_b theta_b||^2, max_b,j |J_j^T r| / D_j over the local columns).

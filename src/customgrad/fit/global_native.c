@@ -202,6 +202,7 @@ void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t chunk = 0; chunk < chunks; chunk++) {
         double rows[L * q][BLOCK], extra[q][BLOCK], factor[S * (S + 1)][BLOCK], tail[S + 1][BLOCK];
+        double leftover[L][S + 1][BLOCK]; /* each damping row's leftover, before it joins the running factor */
         for (int64_t i = 0; i < S * (S + 1); i++)
             for (int64_t l = 0; l < BLOCK; l++) factor[i][l] = 0.0;
         const int64_t last = (chunk + 1) * CHUNK_BLOCKS < blocks ? (chunk + 1) * CHUNK_BLOCKS : blocks;
@@ -214,8 +215,12 @@ void global_damp(int64_t count, int64_t L, int64_t S, const double *upper, const
                     for (int64_t l = 0; l < BLOCK; l++) extra[i][l] = 0.0;
                 for (int64_t l = 0; l < n; l++) extra[j][l] = root_scale[(first + l) * L + j];
                 for (int64_t k = j; k < L; k++) rotate_block(rows + k * q, extra, k, q);
-                for (int64_t k = 0; k < S; k++) rotate_block(factor + k * (S + 1), extra + L, k, S + 1);
+                for (int64_t i = 0; i <= S; i++)
+                    for (int64_t l = 0; l < BLOCK; l++) leftover[j][i][l] = extra[L + i][l];
             }
+            /* (then into the running factor, in the same order: its chain of rotations apart from the local rows') */
+            for (int64_t j = 0; j < L; j++)
+                for (int64_t k = 0; k < S; k++) rotate_block(factor + k * (S + 1), leftover[j], k, S + 1);
             for (int64_t s = 0; s < S; s++) { /* R_b's own remainder row L + s (zero in the padding lanes) */
                 for (int64_t i = 0; i <= S; i++)
                     for (int64_t l = 0; l < BLOCK; l++) tail[i][l] = l < n ? upper[(first + l) * q * q + (L + s) * q + L + i] : 0.0;

@@ -99,7 +99,7 @@ class BatchModel(BatchProblem):
     def __init__(self, function, data, y, weights, mask, specs, initial, text):
         self.function, self.data, self.y, self.weights, self.mask = function, data, y, weights, mask
         self.specs, self.initial, self.text = specs, initial, text
-        self.masked = not bool(mask.all())
+        self.masked = not _every(mask)
         # (B,) powers of two multiplying each curve's residuals, where its cost would overflow or underflow
         self.scales: torch.Tensor | None = None
         self.functional = True  # callables: torch.func until a model shows it does not support it
@@ -235,3 +235,9 @@ class BatchModel(BatchProblem):
                 (grad,) = torch.autograd.grad(f, copies, torch.ones_like(f), allow_unused=True)
         out = torch.cat([torch.zeros_like(copies.detach()) if grad is None else grad, f.detach().unsqueeze(1)], dim=1)
         return out.transpose(0, 1).contiguous()
+
+
+def _every(mask: torch.Tensor) -> bool:
+    """True where every entry of the bool ``mask`` is set (on the CPU through numpy: torch's bool reduction
+    takes ~0.2 ms over 10^4 x 64 entries, numpy's ~5 us)."""
+    return bool(mask.numpy().all()) if mask.device.type == "cpu" else bool(mask.all())

@@ -92,7 +92,9 @@ def fit_global(batch, shared: tuple[str, ...], shards, threads: int | None = Non
     )
     theta = problem.initial_theta()
     options = {name: batch.options[name] for name in ("ftol", "xtol", "gtol", "max_steps")}
-    outcome = global_levenberg_marquardt(joint, theta[curves][:, local_columns], theta[0, shared_columns], **options)
+    rows = slice(None) if len(curves) == problem.batch else curves  # (every curve: a view, no gather)
+    local_start = theta[_entries(rows, local_columns, theta.device)]
+    outcome = global_levenberg_marquardt(joint, local_start, theta[0, shared_columns], **options)
     values = problem.external(joint.full(outcome.local, outcome.shared))
     # (from a stand-in curve: a rank may hold none)
     shared_values = problem.external(joint.full(outcome.local.new_zeros(1, len(local_columns)), outcome.shared))

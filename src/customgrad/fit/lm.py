@@ -341,6 +341,9 @@ def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
 def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     """New Jacobians, trust-region scales and SVDs for the problems of ``part`` that need them."""
     _, _, gtol, max_steps, factor = tolerances
+    fresh = xp.flatnonzero(part.fresh)  # (every running problem's status is still 0)
+    if len(fresh) == 0:
+        return
     _set_status(part, xp, (part.fresh & (part.jacobians >= max_steps), "max_steps"))
     fresh = xp.flatnonzero(part.fresh & (part.status == 0))
     if len(fresh) == 0:
@@ -413,7 +416,11 @@ def _damped_steps(state: BatchState, xp):
     """
     radius, squares, products = state.radius, state.values**2, state.products
     fits = state.gauss_newton_norm <= 1.1 * radius
-    lam = state.start if bool(fits.all()) else _hebden(state, fits, squares, xp)
+    if bool(fits.all()):  # (the usual round near a solution: the Gauss-Newton step as it is)
+        coordinates = state.gauss_newton
+        decrease = xp.sum(squares * coordinates * coordinates, -1)
+        return xp.zeros_like(radius), coordinates, state.gauss_newton_norm, decrease
+    lam = _hebden(state, fits, squares, xp)
     coordinates = xp.where(fits[:, None], state.gauss_newton, -_ratio(products, squares + lam[:, None], xp))
     lam = xp.where(fits, 0.0, lam)
     norm = xp.where(fits, state.gauss_newton_norm, xp.norm(coordinates))
@@ -442,6 +449,11 @@ def _ratio(a, b, xp):
     return xp.where(b != 0, a / b, 0.0)  # (the NaN of 0 / 0 is not selected)
 
 
+def _every_or(index, size: int):
+    """``index``, or the slice of everything where it holds every position (a view, no gather or scatter)."""
+    return slice(None) if len(index) == size else index
+
+
 def _to_parameters(state: BatchState, coordinates, xp):
     """D^-1 V c: a step in parameter space from its V-coordinates."""
     return xp.sum(state.vt * coordinates[..., None], -2) / state.scale
@@ -455,8 +467,8 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
     state.radius = xp.where(first, xp.minimum(state.radius, step_norm), state.radius)
     velocity = _to_parameters(state, coordinates, xp)
     if geodesic_acceleration:
-        bent = xp.flatnonzero(lam > 0)
-        if len(bent):
+        bent = _every_or(xp.flatnonzero(lam > 0), len(lam))
+        if isinstance(bent, slice) or len(bent):
             velocity[bent] += _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp)
             state.evaluations[bent] += 1
     trial = state.theta + velocity

@@ -414,22 +414,23 @@ def _damped_steps(state: BatchState, xp):
     lambda = 0 where the Gauss-Newton step (pseudo-inverse: directions below `RANK_TOLERANCE` left out)
     already fits; elsewhere Newton's method on 1/||delta|| (Hebden), which converges from below.
     """
-    radius, squares, products = state.radius, state.values**2, state.products
+    radius, squares = state.radius, state.values**2
     fits = state.gauss_newton_norm <= 1.1 * radius
     if bool(fits.all()):  # (the usual round near a solution: the Gauss-Newton step as it is)
         coordinates = state.gauss_newton
         decrease = xp.sum(squares * coordinates * coordinates, -1)
         return xp.zeros_like(radius), coordinates, state.gauss_newton_norm, decrease
-    lam = _hebden(state, fits, squares, xp)
-    coordinates = xp.where(fits[:, None], state.gauss_newton, -_ratio(products, squares + lam[:, None], xp))
+    lam, coefficients, norm = _hebden(state, fits, squares, xp)
+    coordinates = xp.where(fits[:, None], state.gauss_newton, -coefficients)
     lam = xp.where(fits, 0.0, lam)
-    norm = xp.where(fits, state.gauss_newton_norm, xp.norm(coordinates))
+    norm = xp.where(fits, state.gauss_newton_norm, norm)
     decrease = xp.sum(squares * coordinates * coordinates, -1)
     return lam, coordinates, norm, decrease
 
 
 def _hebden(state: BatchState, done, squares, xp):
-    """lambda with ||c(lambda)|| within 10% of the radius where not ``done``, from Hebden's start."""
+    """lambda with ||c(lambda)|| within 10% of the radius where not ``done``, from Hebden's start, with
+    c(lambda) = -(the coefficients returned) and ||c(lambda)||."""
     radius, products, lam = state.radius, state.products, state.start
     tolerance = 0.1 * radius
     for _ in range(60):
@@ -438,10 +439,11 @@ def _hebden(state: BatchState, done, squares, xp):
         norm = xp.norm(coefficients)
         done = done | (abs(norm - radius) <= tolerance) | (norm == 0)
         if bool(done.all()):
-            break
+            return lam, coefficients, norm
         derivative = -xp.sum(_ratio(coefficients * coefficients, denominator, xp), -1) / norm
         lam = xp.where(done, lam, xp.clamp_min(lam + (norm - norm * norm / radius) / derivative, 0.0))
-    return lam
+    coefficients = _ratio(products, squares + lam[:, None], xp)
+    return lam, coefficients, xp.norm(coefficients)
 
 
 def _ratio(a, b, xp):
@@ -476,15 +478,15 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
     state.evaluations = state.evaluations + 1
     cost = state.cost
     finite = xp.isfinite(cost_trial)
-    near = 0.1 * xp.sqrt(cost_trial) < xp.sqrt(cost)
-    actual = xp.where(finite & near, 1 - cost_trial / cost, -1.0)
+    near = 0.1 * xp.sqrt(cost_trial) < xp.sqrt(cost)  # (false where cost_trial is inf or NaN)
+    actual = xp.where(near, 1 - cost_trial / cost, -1.0)
     linear_part = decrease / cost
     damping_part = lam * step_norm**2 / cost
     predicted = linear_part + 2 * damping_part
     directional = -(linear_part + damping_part)
     ratio = _ratio(actual, predicted, xp)
     shrink = xp.where(actual >= 0, 0.5, 0.5 * directional / (directional + 0.5 * actual))
-    shrink = xp.where(~finite | ~near | (shrink < 0.1), 0.1, shrink)
+    shrink = xp.where(~near | (shrink < 0.1), 0.1, shrink)
     grown = xp.where((lam == 0) | (ratio >= 0.75), step_norm / 0.5, state.radius)
     state.radius = xp.where(ratio <= 0.25, shrink * xp.minimum(state.radius, step_norm / 0.1), grown)
     accepted = ratio >= 1e-4
@@ -500,14 +502,15 @@ def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, toleran
     # a tiny reduction counts only when the Gauss-Newton step has little left to give (`lm.UNEXPLOITED_SHARE`)
     exhausted = (0.5 * ratio <= 1) & (state.gauss_newton_decrease <= UNEXPLOITED_SHARE * cost)
     small = abs(actual)
-    roundoff = ((small <= EPS) & (predicted <= EPS) & exhausted) | (state.radius <= EPS * theta_norm)
+    rules = [((small <= ftol) & (predicted <= ftol) & exhausted, "ftol"), (state.radius <= xtol * theta_norm, "xtol")]
+    if min(ftol, xtol) < EPS:  # (else every roundoff stop is an ftol or xtol stop already, tested before)
+        roundoff = ((small <= EPS) & (predicted <= EPS) & exhausted) | (state.radius <= EPS * theta_norm)
+        rules.append((roundoff, "roundoff"))
     drift = state.recent[:, 0] - cost <= DRIFT_TOLERANCE * cost
     _set_status(
         state,
         xp,
-        ((small <= ftol) & (predicted <= ftol) & exhausted, "ftol"),
-        (state.radius <= xtol * theta_norm, "xtol"),
-        (roundoff, "roundoff"),
+        *rules,
         (cost == 0, "exact"),
         (accepted & state.low_rank & (state.steps + 1 > DRIFT_WINDOW) & drift, "drift"),
         # the step's squares left float64 (residuals near 1e-150 under a robust loss, which is not

@@ -56,6 +56,7 @@ NUMPY = SimpleNamespace(
     boolean=np.bool_,
     svd=_numpy_svd,
     warm_start=False,  # LAPACK starts from scratch
+    host=True,  # bool(array) reads host memory: the solver may skip work that no problem needs
     copy=np.copy,
     arange=lambda n, like: np.arange(n),
     asarray=lambda tensor: tensor.detach().numpy(),
@@ -88,6 +89,7 @@ TORCH = SimpleNamespace(
     boolean=torch.bool,
     svd=jacobi_svd,
     warm_start=True,  # Jacobi rotations from the previous V: most sweeps saved
+    host=False,  # bool(tensor) waits for the device: the solver branches on values only where it must
     copy=torch.clone,
     arange=lambda n, like: torch.arange(n, device=like.device),
     asarray=lambda tensor: tensor,

@@ -330,8 +330,19 @@ def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
     )
 
 
+def _anywhere(condition, xp: SimpleNamespace) -> bool:
+    """Whether ``condition`` holds for some problem; True, unlooked, where looking waits for a device."""
+    return not xp.host or bool(condition.any())
+
+
 def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
     """The status of the first of ``rules`` (condition, name) that holds, where no status is set yet."""
+    if xp.host:  # (most rounds set none: one test for all the rules, not a where per rule)
+        hit = rules[0][0]
+        for condition, _ in rules[1:]:
+            hit = hit | condition
+        if not hit.any():
+            return
     codes = 0
     for condition, name in reversed(rules):
         codes = xp.where(condition, CODE[name], codes)
@@ -376,11 +387,13 @@ def _rescale(state: BatchState, column_norms, factor: float, xp):
     first = state.jacobians == 1
     # D restarts where every column shrank below SHRUNK of its maximum (see `lm.SHRUNK`)
     first = first | xp.all(column_norms < SHRUNK * state.scale, -1)
-    initial_scale = xp.where(column_norms > 0, column_norms, 1.0)
     scale = xp.maximum(state.scale, column_norms)
     # a single column that shrank by orders of magnitude restarts alone (`lm.COLUMN_SHRUNK`)
     scale = xp.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale)
-    state.scale = xp.where(first[:, None], initial_scale, scale)
+    if not _anywhere(first, xp):
+        state.scale = scale
+        return first
+    state.scale = xp.where(first[:, None], xp.where(column_norms > 0, column_norms, 1.0), scale)
     initial_radius = factor * xp.norm(state.scale * state.theta)
     initial_radius = xp.where(initial_radius == 0, factor, initial_radius)
     # at least a step whose effect shows in float64 (see `lm.VISIBLE_STEP`)
@@ -466,7 +479,8 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
     ftol, xtol, _, _, _ = tolerances
     lam, coordinates, step_norm, decrease = _damped_steps(state, xp)
     first = (state.steps == 0) & (state.jacobians == 1)
-    state.radius = xp.where(first, xp.minimum(state.radius, step_norm), state.radius)
+    if _anywhere(first, xp):
+        state.radius = xp.where(first, xp.minimum(state.radius, step_norm), state.radius)
     velocity = _to_parameters(state, coordinates, xp)
     if geodesic_acceleration:
         bent = _every_or(xp.flatnonzero(lam > 0), len(lam))

@@ -497,16 +497,24 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
     linear_part = decrease / cost
     damping_part = lam * step_norm**2 / cost
     predicted = linear_part + 2 * damping_part
-    directional = -(linear_part + damping_part)
     ratio = _ratio(actual, predicted, xp)
-    shrink = xp.where(actual >= 0, 0.5, 0.5 * directional / (directional + 0.5 * actual))
-    shrink = xp.where(~near | (shrink < 0.1), 0.1, shrink)
-    grown = xp.where((lam == 0) | (ratio >= 0.75), step_norm / 0.5, state.radius)
-    state.radius = xp.where(ratio <= 0.25, shrink * xp.minimum(state.radius, step_norm / 0.1), grown)
+    state.radius = _new_radius(state.radius, lam, step_norm, ratio, actual, near, -(linear_part + damping_part), xp)
     accepted = ratio >= 1e-4
     _accept(state, accepted, trial, cost_trial, xp)
     _stop(state, accepted, finite, actual, predicted, ratio, tolerances, xp)
     return xp.flatnonzero(accepted)
+
+
+def _new_radius(radius, lam, step_norm, ratio, actual, near, directional, xp):
+    """MINPACK's trust radius after a trial step: grown after a good one, shrunk after a poor one (by the
+    cost's curvature along the step, or tenfold where the cost came back nonfinite or 100 times larger)."""
+    grown = xp.where((lam == 0) | (ratio >= 0.75), step_norm / 0.5, radius)
+    poor = ratio <= 0.25
+    if not _anywhere(poor, xp):
+        return grown
+    shrink = xp.where(actual >= 0, 0.5, 0.5 * directional / (directional + 0.5 * actual))
+    shrink = xp.where(~near | (shrink < 0.1), 0.1, shrink)
+    return xp.where(poor, shrink * xp.minimum(radius, step_norm / 0.1), grown)
 
 
 def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, tolerances, xp) -> None:

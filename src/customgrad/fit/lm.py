@@ -285,9 +285,10 @@ def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round
         running = xp.flatnonzero(part.status == 0)
         if len(running):
             trial = part if len(running) == len(index) else part.take(running, xp)
-            accepted = _trial_step(problem, trial, index[running], geodesic_acceleration, tolerances, xp)
+            rows = index if trial is part else index[running]
+            accepted = _trial_step(problem, trial, rows, geodesic_acceleration, tolerances, xp)
             if len(accepted):
-                accepted_log.append((index[running][accepted], trial.cost[accepted]))
+                accepted_log.append((rows[accepted], trial.cost[accepted]))
             if trial is not part:
                 part.put(running, trial, xp)
         if part is not state:
@@ -355,12 +356,14 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     fresh = xp.flatnonzero(part.fresh)  # (every running problem's status is still 0)
     if len(fresh) == 0:
         return
-    _set_status(part, xp, (part.fresh & (part.jacobians >= max_steps), "max_steps"))
-    fresh = xp.flatnonzero(part.fresh & (part.status == 0))
-    if len(fresh) == 0:
-        return
+    spent = part.fresh & (part.jacobians >= max_steps)
+    if _anywhere(spent, xp):
+        _set_status(part, xp, (spent, "max_steps"))
+        fresh = xp.flatnonzero(part.fresh & (part.status == 0))
+        if len(fresh) == 0:
+            return
     state = part if len(fresh) == len(index) else part.take(fresh, xp)
-    reduced = reduce(problem.augmented(state.theta, index[fresh]))
+    reduced = reduce(problem.augmented(state.theta, index if state is part else index[fresh]))
     state.jacobians = state.jacobians + 1
     state.fresh = xp.zeros_like(state.fresh)
     p = state.theta.shape[-1]
@@ -534,14 +537,16 @@ def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, toleran
         xp,
         *rules,
         (cost == 0, "exact"),
-        (accepted & state.low_rank & (state.steps + 1 > DRIFT_WINDOW) & drift, "drift"),
+        (accepted & state.low_rank & (state.steps > DRIFT_WINDOW - 1) & drift, "drift"),  # (steps: this one counted)
         # the step's squares left float64 (residuals near 1e-150 under a robust loss, which is not
         # rescaled): lambda overflowed and the prediction is NaN, so no test above could ever hold
         (~xp.isfinite(predicted), "underflow"),
     )
     state.nonfinite_run = xp.where(finite, 0, state.nonfinite_run + 1)
-    stop = (state.status != 0) | (state.nonfinite_run >= NONFINITE_RETRIES)
-    state.status = xp.where((state.nonfinite_run > 0) & stop, CODE["nonfinite"], state.status)
+    retrying = state.nonfinite_run > 0
+    if _anywhere(retrying, xp):
+        stop = (state.status != 0) | (state.nonfinite_run >= NONFINITE_RETRIES)
+        state.status = xp.where(retrying & stop, CODE["nonfinite"], state.status)
     state.fresh = accepted & (state.status == 0)
 
 

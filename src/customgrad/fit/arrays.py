@@ -41,6 +41,7 @@ NUMPY = SimpleNamespace(
     isin=lambda x, values: (x[..., None] == np.asarray(values)).any(-1),  # (np.isin sorts: ~20 us)
     sum=np.add.reduce,  # (the methods .sum, .all go through Python wrappers)
     all=np.logical_and.reduce,
+    any=np.logical_or.reduce,
     zeros_like=lambda x: np.zeros(x.shape, x.dtype),  # (np.zeros_like: a Python wrapper, ~2 us)
     amax=np.maximum.reduce,
     norm=lambda x: np.sqrt(np.add.reduce(x * x, -1)),
@@ -74,6 +75,7 @@ TORCH = SimpleNamespace(
     isin=lambda x, values: torch.isin(x, torch.as_tensor(values, device=x.device)),
     zeros_like=torch.zeros_like,
     sum=torch.sum,
+    any=torch.any,
     all=torch.all,
     amax=lambda x, axis: x.amax(axis),
     norm=lambda x: torch.linalg.vector_norm(x, dim=-1),

@@ -333,7 +333,7 @@ def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
 
 def _anywhere(condition, xp: SimpleNamespace) -> bool:
     """Whether ``condition`` holds for some problem; True, unlooked, where looking waits for a device."""
-    return not xp.host or bool(condition.any())
+    return not xp.host or bool(xp.any(condition, -1))
 
 
 def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
@@ -342,7 +342,7 @@ def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
         hit = rules[0][0]
         for condition, _ in rules[1:]:
             hit = hit | condition
-        if not hit.any():
+        if not xp.any(hit, -1):
             return
     codes = 0
     for condition, name in reversed(rules):
@@ -432,7 +432,7 @@ def _damped_steps(state: BatchState, xp):
     """
     radius, squares = state.radius, state.values**2
     fits = state.gauss_newton_norm <= 1.1 * radius
-    if bool(fits.all()):  # (the usual round near a solution: the Gauss-Newton step as it is)
+    if bool(xp.all(fits, -1)):  # (the usual round near a solution: the Gauss-Newton step as it is)
         coordinates = state.gauss_newton
         decrease = xp.sum(squares * coordinates * coordinates, -1)
         return xp.zeros_like(radius), coordinates, state.gauss_newton_norm, decrease
@@ -454,7 +454,7 @@ def _hebden(state: BatchState, done, squares, xp):
         coefficients = _ratio(products, denominator, xp)
         norm = xp.norm(coefficients)
         done = done | (abs(norm - radius) <= tolerance) | (norm == 0)
-        if bool(done.all()):
+        if bool(xp.all(done, -1)):
             return lam, coefficients, norm
         derivative = -xp.sum(_ratio(coefficients * coefficients, denominator, xp), -1) / norm
         lam = xp.where(done, lam, xp.clamp_min(lam + (norm - norm * norm / radius) / derivative, 0.0))
@@ -602,12 +602,12 @@ def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp
     jacobian, r = block[:-1], block[-1]
     v = velocity[bent]
     r_probe = problem.residuals(state.theta[bent] + PROBE * v, rows)
-    jv = (jacobian * v.T[..., None]).sum(0)
+    jv = xp.sum(jacobian * v.T[..., None], 0)
     curvature = (r_probe - r - PROBE * jv) * (2 / PROBE**2)
     scale = state.scale[bent]
-    projected = problem.sum_rows((jacobian * curvature).sum(-1).T) / scale
+    projected = problem.sum_rows(xp.sum(jacobian * curvature, -1).T) / scale
     vt = state.vt[bent]
     coordinates = -(vt @ projected[..., None])[..., 0] / (state.values[bent] ** 2 + lam[bent][:, None])
     small = 2 * xp.norm(coordinates) <= ACCELERATION_RATIO * step_norm[bent]
-    acceleration = 0.5 * (vt * coordinates[..., None]).sum(-2) / scale
+    acceleration = 0.5 * xp.sum(vt * coordinates[..., None], -2) / scale
     return xp.where(small[:, None], acceleration, 0.0)

@@ -481,8 +481,9 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
     """One trial step for every problem of ``state``; returns the positions of the accepted ones."""
     ftol, xtol, _, _, _ = tolerances
     lam, coordinates, step_norm, decrease = _damped_steps(state, xp)
-    first = (state.steps == 0) & (state.jacobians == 1)
-    if _anywhere(first, xp):
+    unmoved = state.steps == 0
+    if _anywhere(unmoved, xp):  # the first step bounds the first trust radius
+        first = unmoved & (state.jacobians == 1)
         state.radius = xp.where(first, xp.minimum(state.radius, step_norm), state.radius)
     velocity = _to_parameters(state, coordinates, xp)
     if geodesic_acceleration:
@@ -525,23 +526,20 @@ def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, toleran
     ftol, xtol, _, _, _ = tolerances
     theta_norm, cost = state.theta_norm, state.cost
     # a tiny reduction counts only when the Gauss-Newton step has little left to give (`lm.UNEXPLOITED_SHARE`)
-    exhausted = (0.5 * ratio <= 1) & (state.gauss_newton_decrease <= UNEXPLOITED_SHARE * cost)
+    exhausted = (ratio <= 2.0) & (state.gauss_newton_decrease <= UNEXPLOITED_SHARE * cost)
     small = abs(actual)
     rules = [((small <= ftol) & (predicted <= ftol) & exhausted, "ftol"), (state.radius <= xtol * theta_norm, "xtol")]
     if min(ftol, xtol) < EPS:  # (else every roundoff stop is an ftol or xtol stop already, tested before)
         roundoff = ((small <= EPS) & (predicted <= EPS) & exhausted) | (state.radius <= EPS * theta_norm)
         rules.append((roundoff, "roundoff"))
-    drift = state.recent[:, 0] - cost <= DRIFT_TOLERANCE * cost
-    _set_status(
-        state,
-        xp,
-        *rules,
-        (cost == 0, "exact"),
-        (accepted & state.low_rank & (state.steps > DRIFT_WINDOW - 1) & drift, "drift"),  # (steps: this one counted)
-        # the step's squares left float64 (residuals near 1e-150 under a robust loss, which is not
-        # rescaled): lambda overflowed and the prediction is NaN, so no test above could ever hold
-        (~xp.isfinite(predicted), "underflow"),
-    )
+    rules.append((cost == 0, "exact"))
+    drift = accepted & state.low_rank
+    if _anywhere(drift, xp):  # (steps: this one counted)
+        drift = drift & (state.steps > DRIFT_WINDOW - 1) & (state.recent[:, 0] - cost <= DRIFT_TOLERANCE * cost)
+        rules.append((drift, "drift"))
+    # the step's squares left float64 (residuals near 1e-150 under a robust loss, which is not
+    # rescaled): lambda overflowed and the prediction is NaN, so no test above could ever hold
+    _set_status(state, xp, *rules, (~xp.isfinite(predicted), "underflow"))
     state.nonfinite_run = xp.where(finite, 0, state.nonfinite_run + 1)
     retrying = state.nonfinite_run > 0
     if _anywhere(retrying, xp):

@@ -549,6 +549,14 @@ def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, toleran
 
 
 def _accept(state, accepted, trial, cost_trial, xp) -> None:
+    """The accepted trial points into ``state`` (on the host, no selection where none or all were accepted)."""
+    if not _anywhere(accepted, xp):
+        return
+    if xp.host and bool(xp.all(accepted, -1)):
+        state.theta, state.cost, state.steps = trial, cost_trial, state.steps + 1
+        state.recent = xp.concat([state.recent[:, 1:], cost_trial[:, None]], -1)
+        state.theta_norm = xp.norm(state.live_scale * trial)
+        return
     state.theta = xp.where(accepted[:, None], trial, state.theta)
     state.cost = xp.where(accepted, cost_trial, state.cost)
     state.steps = state.steps + accepted

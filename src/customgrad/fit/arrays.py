@@ -5,6 +5,8 @@ arithmetic: about 1-3 us for a torch call on the CPU against 0.2-0.7 us for nump
 numpy for small batches on the CPU (`fit`'s single problem: B = 1) and torch elsewhere (batches, GPU);
 the solver is written once against either (`xp.where`, `xp.maximum`, ...). The model, its Jacobian and
 its QR stay torch: `xp.asarray` and `xp.tensor` convert at that boundary (no copy on the CPU).
+``host``: whether reading a value costs no wait for a device (numpy): there the solver branches to skip
+work that no problem of the round needs (a status test that fired nowhere, a restart nobody made).
 """
 
 from __future__ import annotations

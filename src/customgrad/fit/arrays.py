@@ -5,6 +5,8 @@ arithmetic: about 1-3 us for a torch call on the CPU against 0.2-0.7 us for nump
 numpy for small batches on the CPU (`fit`'s single problem: B = 1) and torch elsewhere (batches, GPU);
 the solver is written once against either (`xp.where`, `xp.maximum`, ...). The model, its Jacobian and
 its QR stay torch: `xp.asarray` and `xp.tensor` convert at that boundary (no copy on the CPU).
+``host``: whether reading a value costs no wait for a device (numpy): there the solver branches to skip
+work that no problem of the round needs (a status test that fired nowhere, a restart nobody made).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from .jacobi import LAPACK_BATCH, jacobi_svd
 def _numpy_svd(matrix: np.ndarray, rhs: np.ndarray, start=None):
     """`jacobi.jacobi_svd`'s contract by LAPACK (``start`` unused): s, V^T and diag(s) U^T rhs."""
     if len(matrix) == 1:  # a third less time than the stacked call
-        u, values, vt = (part[None] for part in np.linalg.svd(matrix[0]))
-    else:
-        u, values, vt = np.linalg.svd(matrix)
+        u, values, vt = np.linalg.svd(matrix[0])
+        return values[None], vt[None], values * (rhs @ u)  # (rhs (1, p): (U^T rhs)^T = rhs^T U)
+    u, values, vt = np.linalg.svd(matrix)
     return values, vt, values * (u.swapaxes(-1, -2) @ rhs[..., None])[..., 0]
 
 
@@ -41,7 +43,8 @@ NUMPY = SimpleNamespace(
     isin=lambda x, values: (x[..., None] == np.asarray(values)).any(-1),  # (np.isin sorts: ~20 us)
     sum=np.add.reduce,  # (the methods .sum, .all go through Python wrappers)
     all=np.logical_and.reduce,
-    zeros_like=np.zeros_like,
+    any=np.logical_or.reduce,
+    zeros_like=lambda x: np.zeros(x.shape, x.dtype),  # (np.zeros_like: a Python wrapper, ~2 us)
     amax=np.maximum.reduce,
     norm=lambda x: np.sqrt(np.add.reduce(x * x, -1)),
     flatnonzero=lambda x: x.nonzero()[0],
@@ -56,6 +59,7 @@ NUMPY = SimpleNamespace(
     boolean=np.bool_,
     svd=_numpy_svd,
     warm_start=False,  # LAPACK starts from scratch
+    host=True,  # bool(array) reads host memory: the solver may skip work that no problem needs
     copy=np.copy,
     arange=lambda n, like: np.arange(n),
     asarray=lambda tensor: tensor.detach().numpy(),
@@ -73,6 +77,7 @@ TORCH = SimpleNamespace(
     isin=lambda x, values: torch.isin(x, torch.as_tensor(values, device=x.device)),
     zeros_like=torch.zeros_like,
     sum=torch.sum,
+    any=torch.any,
     all=torch.all,
     amax=lambda x, axis: x.amax(axis),
     norm=lambda x: torch.linalg.vector_norm(x, dim=-1),
@@ -88,6 +93,7 @@ TORCH = SimpleNamespace(
     boolean=torch.bool,
     svd=jacobi_svd,
     warm_start=True,  # Jacobi rotations from the previous V: most sweeps saved
+    host=False,  # bool(tensor) waits for the device: the solver branches on values only where it must
     copy=torch.clone,
     arange=lambda n, like: torch.arange(n, device=like.device),
     asarray=lambda tensor: tensor,

@@ -285,9 +285,10 @@ def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round
         running = xp.flatnonzero(part.status == 0)
         if len(running):
             trial = part if len(running) == len(index) else part.take(running, xp)
-            accepted = _trial_step(problem, trial, index[running], geodesic_acceleration, tolerances, xp)
+            rows = index if trial is part else index[running]
+            accepted = _trial_step(problem, trial, rows, geodesic_acceleration, tolerances, xp)
             if len(accepted):
-                accepted_log.append((index[running][accepted], trial.cost[accepted]))
+                accepted_log.append((rows[accepted], trial.cost[accepted]))
             if trial is not part:
                 part.put(running, trial, xp)
         if part is not state:
@@ -330,8 +331,19 @@ def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
     )
 
 
+def _anywhere(condition, xp: SimpleNamespace) -> bool:
+    """Whether ``condition`` holds for some problem; True, unlooked, where looking waits for a device."""
+    return not xp.host or bool(xp.any(condition, -1))
+
+
 def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
     """The status of the first of ``rules`` (condition, name) that holds, where no status is set yet."""
+    if xp.host:  # (most rounds set none: one test for all the rules, not a where per rule)
+        hit = rules[0][0]
+        for condition, _ in rules[1:]:
+            hit = hit | condition
+        if not xp.any(hit, -1):
+            return
     codes = 0
     for condition, name in reversed(rules):
         codes = xp.where(condition, CODE[name], codes)
@@ -341,12 +353,17 @@ def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
 def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     """New Jacobians, trust-region scales and SVDs for the problems of ``part`` that need them."""
     _, _, gtol, max_steps, factor = tolerances
-    _set_status(part, xp, (part.fresh & (part.jacobians >= max_steps), "max_steps"))
-    fresh = xp.flatnonzero(part.fresh & (part.status == 0))
+    fresh = xp.flatnonzero(part.fresh)  # (every running problem's status is still 0)
     if len(fresh) == 0:
         return
+    spent = part.fresh & (part.jacobians >= max_steps)
+    if _anywhere(spent, xp):
+        _set_status(part, xp, (spent, "max_steps"))
+        fresh = xp.flatnonzero(part.fresh & (part.status == 0))
+        if len(fresh) == 0:
+            return
     state = part if len(fresh) == len(index) else part.take(fresh, xp)
-    reduced = reduce(problem.augmented(state.theta, index[fresh]))
+    reduced = reduce(problem.augmented(state.theta, index if state is part else index[fresh]))
     state.jacobians = state.jacobians + 1
     state.fresh = xp.zeros_like(state.fresh)
     p = state.theta.shape[-1]
@@ -373,11 +390,13 @@ def _rescale(state: BatchState, column_norms, factor: float, xp):
     first = state.jacobians == 1
     # D restarts where every column shrank below SHRUNK of its maximum (see `lm.SHRUNK`)
     first = first | xp.all(column_norms < SHRUNK * state.scale, -1)
-    initial_scale = xp.where(column_norms > 0, column_norms, 1.0)
     scale = xp.maximum(state.scale, column_norms)
     # a single column that shrank by orders of magnitude restarts alone (`lm.COLUMN_SHRUNK`)
     scale = xp.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale)
-    state.scale = xp.where(first[:, None], initial_scale, scale)
+    if not _anywhere(first, xp):
+        state.scale = scale
+        return first
+    state.scale = xp.where(first[:, None], xp.where(column_norms > 0, column_norms, 1.0), scale)
     initial_radius = factor * xp.norm(state.scale * state.theta)
     initial_radius = xp.where(initial_radius == 0, factor, initial_radius)
     # at least a step whose effect shows in float64 (see `lm.VISIBLE_STEP`)
@@ -411,18 +430,23 @@ def _damped_steps(state: BatchState, xp):
     lambda = 0 where the Gauss-Newton step (pseudo-inverse: directions below `RANK_TOLERANCE` left out)
     already fits; elsewhere Newton's method on 1/||delta|| (Hebden), which converges from below.
     """
-    radius, squares, products = state.radius, state.values**2, state.products
+    radius, squares = state.radius, state.values**2
     fits = state.gauss_newton_norm <= 1.1 * radius
-    lam = state.start if bool(fits.all()) else _hebden(state, fits, squares, xp)
-    coordinates = xp.where(fits[:, None], state.gauss_newton, -_ratio(products, squares + lam[:, None], xp))
+    if bool(xp.all(fits, -1)):  # (the usual round near a solution: the Gauss-Newton step as it is)
+        coordinates = state.gauss_newton
+        decrease = xp.sum(squares * coordinates * coordinates, -1)
+        return xp.zeros_like(radius), coordinates, state.gauss_newton_norm, decrease
+    lam, coefficients, norm = _hebden(state, fits, squares, xp)
+    coordinates = xp.where(fits[:, None], state.gauss_newton, -coefficients)
     lam = xp.where(fits, 0.0, lam)
-    norm = xp.where(fits, state.gauss_newton_norm, xp.norm(coordinates))
+    norm = xp.where(fits, state.gauss_newton_norm, norm)
     decrease = xp.sum(squares * coordinates * coordinates, -1)
     return lam, coordinates, norm, decrease
 
 
 def _hebden(state: BatchState, done, squares, xp):
-    """lambda with ||c(lambda)|| within 10% of the radius where not ``done``, from Hebden's start."""
+    """lambda with ||c(lambda)|| within 10% of the radius where not ``done``, from Hebden's start, with
+    c(lambda) = -(the coefficients returned) and ||c(lambda)||."""
     radius, products, lam = state.radius, state.products, state.start
     tolerance = 0.1 * radius
     for _ in range(60):
@@ -430,16 +454,22 @@ def _hebden(state: BatchState, done, squares, xp):
         coefficients = _ratio(products, denominator, xp)
         norm = xp.norm(coefficients)
         done = done | (abs(norm - radius) <= tolerance) | (norm == 0)
-        if bool(done.all()):
-            break
+        if bool(xp.all(done, -1)):
+            return lam, coefficients, norm
         derivative = -xp.sum(_ratio(coefficients * coefficients, denominator, xp), -1) / norm
         lam = xp.where(done, lam, xp.clamp_min(lam + (norm - norm * norm / radius) / derivative, 0.0))
-    return lam
+    coefficients = _ratio(products, squares + lam[:, None], xp)
+    return lam, coefficients, xp.norm(coefficients)
 
 
 def _ratio(a, b, xp):
     """a / b, and 0 where b = 0 (a zero singular value at lambda = 0, where a = s u = 0 too)."""
     return xp.where(b != 0, a / b, 0.0)  # (the NaN of 0 / 0 is not selected)
+
+
+def _every_or(index, size: int):
+    """``index``, or the slice of everything where it holds every position (a view, no gather or scatter)."""
+    return slice(None) if len(index) == size else index
 
 
 def _to_parameters(state: BatchState, coordinates, xp):
@@ -451,12 +481,14 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
     """One trial step for every problem of ``state``; returns the positions of the accepted ones."""
     ftol, xtol, _, _, _ = tolerances
     lam, coordinates, step_norm, decrease = _damped_steps(state, xp)
-    first = (state.steps == 0) & (state.jacobians == 1)
-    state.radius = xp.where(first, xp.minimum(state.radius, step_norm), state.radius)
+    unmoved = state.steps == 0
+    if _anywhere(unmoved, xp):  # the first step bounds the first trust radius
+        first = unmoved & (state.jacobians == 1)
+        state.radius = xp.where(first, xp.minimum(state.radius, step_norm), state.radius)
     velocity = _to_parameters(state, coordinates, xp)
     if geodesic_acceleration:
-        bent = xp.flatnonzero(lam > 0)
-        if len(bent):
+        bent = _every_or(xp.flatnonzero(lam > 0), len(lam))
+        if isinstance(bent, slice) or len(bent):
             velocity[bent] += _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp)
             state.evaluations[bent] += 1
     trial = state.theta + velocity
@@ -464,21 +496,29 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
     state.evaluations = state.evaluations + 1
     cost = state.cost
     finite = xp.isfinite(cost_trial)
-    near = 0.1 * xp.sqrt(cost_trial) < xp.sqrt(cost)
-    actual = xp.where(finite & near, 1 - cost_trial / cost, -1.0)
+    near = 0.1 * xp.sqrt(cost_trial) < xp.sqrt(cost)  # (false where cost_trial is inf or NaN)
+    actual = xp.where(near, 1 - cost_trial / cost, -1.0)
     linear_part = decrease / cost
     damping_part = lam * step_norm**2 / cost
     predicted = linear_part + 2 * damping_part
-    directional = -(linear_part + damping_part)
     ratio = _ratio(actual, predicted, xp)
-    shrink = xp.where(actual >= 0, 0.5, 0.5 * directional / (directional + 0.5 * actual))
-    shrink = xp.where(~finite | ~near | (shrink < 0.1), 0.1, shrink)
-    grown = xp.where((lam == 0) | (ratio >= 0.75), step_norm / 0.5, state.radius)
-    state.radius = xp.where(ratio <= 0.25, shrink * xp.minimum(state.radius, step_norm / 0.1), grown)
+    state.radius = _new_radius(state.radius, lam, step_norm, ratio, actual, near, -(linear_part + damping_part), xp)
     accepted = ratio >= 1e-4
     _accept(state, accepted, trial, cost_trial, xp)
     _stop(state, accepted, finite, actual, predicted, ratio, tolerances, xp)
     return xp.flatnonzero(accepted)
+
+
+def _new_radius(radius, lam, step_norm, ratio, actual, near, directional, xp):
+    """MINPACK's trust radius after a trial step: grown after a good one, shrunk after a poor one (by the
+    cost's curvature along the step, or tenfold where the cost came back nonfinite or 100 times larger)."""
+    grown = xp.where((lam == 0) | (ratio >= 0.75), step_norm / 0.5, radius)
+    poor = ratio <= 0.25
+    if not _anywhere(poor, xp):
+        return grown
+    shrink = xp.where(actual >= 0, 0.5, 0.5 * directional / (directional + 0.5 * actual))
+    shrink = xp.where(~near | (shrink < 0.1), 0.1, shrink)
+    return xp.where(poor, shrink * xp.minimum(radius, step_norm / 0.1), grown)
 
 
 def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, tolerances, xp) -> None:
@@ -486,29 +526,37 @@ def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, toleran
     ftol, xtol, _, _, _ = tolerances
     theta_norm, cost = state.theta_norm, state.cost
     # a tiny reduction counts only when the Gauss-Newton step has little left to give (`lm.UNEXPLOITED_SHARE`)
-    exhausted = (0.5 * ratio <= 1) & (state.gauss_newton_decrease <= UNEXPLOITED_SHARE * cost)
+    exhausted = (ratio <= 2.0) & (state.gauss_newton_decrease <= UNEXPLOITED_SHARE * cost)
     small = abs(actual)
-    roundoff = ((small <= EPS) & (predicted <= EPS) & exhausted) | (state.radius <= EPS * theta_norm)
-    drift = state.recent[:, 0] - cost <= DRIFT_TOLERANCE * cost
-    _set_status(
-        state,
-        xp,
-        ((small <= ftol) & (predicted <= ftol) & exhausted, "ftol"),
-        (state.radius <= xtol * theta_norm, "xtol"),
-        (roundoff, "roundoff"),
-        (cost == 0, "exact"),
-        (accepted & state.low_rank & (state.steps + 1 > DRIFT_WINDOW) & drift, "drift"),
-        # the step's squares left float64 (residuals near 1e-150 under a robust loss, which is not
-        # rescaled): lambda overflowed and the prediction is NaN, so no test above could ever hold
-        (~xp.isfinite(predicted), "underflow"),
-    )
+    rules = [((small <= ftol) & (predicted <= ftol) & exhausted, "ftol"), (state.radius <= xtol * theta_norm, "xtol")]
+    if min(ftol, xtol) < EPS:  # (else every roundoff stop is an ftol or xtol stop already, tested before)
+        roundoff = ((small <= EPS) & (predicted <= EPS) & exhausted) | (state.radius <= EPS * theta_norm)
+        rules.append((roundoff, "roundoff"))
+    rules.append((cost == 0, "exact"))
+    drift = accepted & state.low_rank
+    if _anywhere(drift, xp):  # (steps: this one counted)
+        drift = drift & (state.steps > DRIFT_WINDOW - 1) & (state.recent[:, 0] - cost <= DRIFT_TOLERANCE * cost)
+        rules.append((drift, "drift"))
+    # the step's squares left float64 (residuals near 1e-150 under a robust loss, which is not
+    # rescaled): lambda overflowed and the prediction is NaN, so no test above could ever hold
+    _set_status(state, xp, *rules, (~xp.isfinite(predicted), "underflow"))
     state.nonfinite_run = xp.where(finite, 0, state.nonfinite_run + 1)
-    stop = (state.status != 0) | (state.nonfinite_run >= NONFINITE_RETRIES)
-    state.status = xp.where((state.nonfinite_run > 0) & stop, CODE["nonfinite"], state.status)
+    retrying = state.nonfinite_run > 0
+    if _anywhere(retrying, xp):
+        stop = (state.status != 0) | (state.nonfinite_run >= NONFINITE_RETRIES)
+        state.status = xp.where(retrying & stop, CODE["nonfinite"], state.status)
     state.fresh = accepted & (state.status == 0)
 
 
 def _accept(state, accepted, trial, cost_trial, xp) -> None:
+    """The accepted trial points into ``state`` (on the host, no selection where none or all were accepted)."""
+    if not _anywhere(accepted, xp):
+        return
+    if xp.host and bool(xp.all(accepted, -1)):
+        state.theta, state.cost, state.steps = trial, cost_trial, state.steps + 1
+        state.recent = xp.concat([state.recent[:, 1:], cost_trial[:, None]], -1)
+        state.theta_norm = xp.norm(state.live_scale * trial)
+        return
     state.theta = xp.where(accepted[:, None], trial, state.theta)
     state.cost = xp.where(accepted, cost_trial, state.cost)
     state.steps = state.steps + accepted
@@ -560,12 +608,12 @@ def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp
     jacobian, r = block[:-1], block[-1]
     v = velocity[bent]
     r_probe = problem.residuals(state.theta[bent] + PROBE * v, rows)
-    jv = (jacobian * v.T[..., None]).sum(0)
+    jv = xp.sum(jacobian * v.T[..., None], 0)
     curvature = (r_probe - r - PROBE * jv) * (2 / PROBE**2)
     scale = state.scale[bent]
-    projected = problem.sum_rows((jacobian * curvature).sum(-1).T) / scale
+    projected = problem.sum_rows(xp.sum(jacobian * curvature, -1).T) / scale
     vt = state.vt[bent]
     coordinates = -(vt @ projected[..., None])[..., 0] / (state.values[bent] ** 2 + lam[bent][:, None])
     small = 2 * xp.norm(coordinates) <= ACCELERATION_RATIO * step_norm[bent]
-    acceleration = 0.5 * (vt * coordinates[..., None]).sum(-2) / scale
+    acceleration = 0.5 * xp.sum(vt * coordinates[..., None], -2) / scale
     return xp.where(small[:, None], acceleration, 0.0)

@@ -38,19 +38,26 @@ class OneProblem(BatchProblem):
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # theta and [J | r] of the last linearisation
 
     def residuals(self, theta, index):
-        return _like(self._residuals(torch.as_tensor(theta[0]).to(self.dtype)), theta)
+        return _like(self._residuals(self._model_point(theta)), theta)
 
     def augmented(self, theta, index):
         """[J | r] at theta; the last one is kept, so the geodesic correction at the round's point costs no
         second Jacobian (one problem's J is small: a batch's is not kept)."""
-        point = torch.as_tensor(theta)
-        if self._last is None or not torch.equal(point, self._last[0]):
-            self._last = point.clone(), _like(self._linearize(point[0].to(self.dtype)), theta)
-        return self._last[1]
+        last = self._last
+        if last is None or type(last[0]) is not type(theta) or not bool((last[0] == theta).all()):
+            point = theta.copy() if isinstance(theta, np.ndarray) else theta.clone()
+            self._last = last = point, _like(self._linearize(self._model_point(theta)), theta)
+        return last[1]
 
     def cost(self, r):
-        cost = self._cost_of(torch.as_tensor(r[0]))
-        return np.array([cost]) if isinstance(r, np.ndarray) else r.new_tensor([cost])
+        if isinstance(r, np.ndarray):
+            return np.array([self._cost_of(torch.from_numpy(r[0]))])
+        return r.new_tensor([self._cost_of(r[0])])
+
+    def _model_point(self, theta) -> torch.Tensor:
+        """The point (p,) of theta (1, p) as the model takes it: a tensor of the model's dtype."""
+        point = torch.from_numpy(theta[0]) if isinstance(theta, np.ndarray) else theta[0]
+        return point if point.dtype == self.dtype else point.to(self.dtype)
 
     def sum_rows(self, sums):
         if self._sum_rows is None:
@@ -61,8 +68,11 @@ class OneProblem(BatchProblem):
 
 def _like(value: torch.Tensor, like):
     """``value`` (a model's answer for one problem) as a batch of one in float64, the kind of array ``like`` is."""
-    value = value.to(torch.float64).unsqueeze(0)
-    return value.detach().numpy() if isinstance(like, np.ndarray) else value.to(like.device)
+    if value.dtype != torch.float64:
+        value = value.to(torch.float64)
+    if isinstance(like, np.ndarray):
+        return value.detach().numpy()[None]
+    return value.unsqueeze(0).to(like.device)
 
 
 def levenberg_marquardt(

@@ -76,7 +76,7 @@ def safe_column_norms(upper: torch.Tensor, xp: SimpleNamespace = TORCH) -> torch
     """
     largest = xp.amax(abs(upper), -2)
     safe = xp.where(largest > 0, largest, 1.0)
-    return largest * xp.sqrt(((upper / safe[..., None, :]) ** 2).sum(-2))
+    return largest * xp.sqrt(xp.sum((upper / safe[..., None, :]) ** 2, -2))
 
 
 def reduce_to_r(jacobian: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .arrays import TORCH
+from .arrays import NUMPY, TORCH
 
 # Relative singular value below which a direction counts as not identifiable (numerically null),
 # and condition number above which standard errors are flagged as fragile.
@@ -51,12 +51,10 @@ def column_norms(matrix: np.ndarray) -> np.ndarray:
     overflow; others keep the plain sum of squares).
     """
     plain = np.sqrt(np.einsum("...ij,...ij->...j", matrix, matrix))
-    if ((plain > 1e-140) & (plain < 1e140)).all():
+    in_range = (plain > 1e-140) & (plain < 1e140)
+    if in_range.all():
         return plain
-    largest = np.abs(matrix).max(axis=-2, initial=0.0)
-    safe = np.expand_dims(np.where(largest > 0, largest, 1.0), -2)
-    scaled = largest * np.sqrt(np.einsum("...ij,...ij->...j", matrix / safe, matrix / safe))
-    return np.where((plain > 1e-140) & (plain < 1e140), plain, scaled)
+    return np.where(in_range, plain, safe_column_norms(matrix, NUMPY) if matrix.shape[-2] else 0.0)
 
 
 def safe_norm(vector: torch.Tensor) -> float:

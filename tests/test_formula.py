@@ -379,3 +379,24 @@ def test_random_well_formed_formulas_parse_or_raise_formula_error(text):
         return
     appearing = list(dict.fromkeys(re.findall(r"\b[xyz]\b", text)))
     assert list(parsed.names) == appearing
+
+
+@pytest.mark.parametrize(
+    ("text", "eager"),
+    [
+        ("where(x < where(0 < 0, x, y), x, x)", lambda x, y: x),
+        ("where(x < where(1 < 2, x, y), 3 + 0*x, x)", lambda x, y: x.where(~(x < x), 3.0)),
+        ("where(x < where(0 < 0, x, y), x, 2 + 0*y)", lambda x, y: x.where(x < y, 2.0)),
+    ],
+)
+def test_a_where_of_numbers_inside_a_condition_is_decided(text, eager):
+    # found by the fuzzer in a fresh CI run: the inner condition 0 < 0 was built inside the outer
+    # comparison's unevaluated operand, left undecided, and SymPy's folding of the outer condition into
+    # a Piecewise failed on it (KeyError from deep inside SymPy)
+    import torch
+
+    x = torch.tensor([-1.0, 0.5, 2.0, float("nan")], dtype=torch.float64)
+    y = torch.tensor([0.0, 1.0, 1.0, 3.0], dtype=torch.float64)
+    F = function(text, inputs=["x", "y"])
+    assert torch.equal(torch.isnan(F.apply(x, y)), torch.isnan(eager(x, y)))
+    assert torch.allclose(F.apply(x, y), eager(x, y), equal_nan=True, rtol=0, atol=0)

@@ -377,7 +377,9 @@ class _Builder:
                 raise self.fail(node, "only < <= > >= == != comparisons are allowed")
             with sympy.evaluate(False):
                 right = self.value(comparator)
-            parts.append(relation(left, right))
+            # decided here where both sides are numbers, also inside an operand built unevaluated (a nested
+            # where(0 < 0, ...)): left undecided, SymPy's piecewise folding met a condition without symbols
+            parts.append(relation(left, right, evaluate=True))
             left = right
         return sympy.And(*parts)
 

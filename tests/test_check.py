@@ -225,7 +225,8 @@ class CancellingHandwritten(torch.autograd.Function):
 
 
 def test_precision_tolerance_comes_from_the_same_dtype_eager_formula():
-    x = torch.randn(5, dtype=torch.float64)
+    # fixed points (an unseeded draw made the float16 error below, at some draws, smaller than 64 eps)
+    x = torch.tensor([-1.3, -0.4, 0.2, 0.7, 1.1], dtype=torch.float64)
     # Without a same-dtype reference the fixed tolerance (64 eps) flags float16's cancellation ...
     handwritten = check(CancellingHandwritten, x, checks=["precision"], compile=False)
     precision = next(r for r in handwritten.results if r.name == "precision")

@@ -31,6 +31,13 @@ def _private_cache_folder(tmp_path_factory):
     """Tests (and the CLI subprocesses they start) use a fresh disk cache, never the user's."""
     saved = os.environ.get("CUSTOMGRAD_CACHE_DIR")
     os.environ["CUSTOMGRAD_CACHE_DIR"] = str(tmp_path_factory.mktemp("customgrad-cache"))
+    # The native engine's one solver library, built before any fit: otherwise the fits that run while its
+    # background build is under way take the tensor engine, and which engine a fit ran would vary by run.
+    from customgrad.backends.cpu import compiler
+    from customgrad.fit import python_rows
+
+    if compiler() is not None:
+        python_rows.library(build=True)
     yield
     if saved is None:
         del os.environ["CUSTOMGRAD_CACHE_DIR"]

@@ -3,6 +3,7 @@ gets the compiled engine built in the background, a large batch builds it at onc
 torch engine's."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -58,3 +59,64 @@ def test_a_small_batch_does_not_wait_for_the_compiler_and_a_large_one_builds(tmp
     assert built(model)
     for name in params:
         assert_matches_reference(large.params[name][:8], small.params[name], rtol=1e-8, what=name)
+
+
+def test_a_one_off_formula_fit_runs_the_c_solver_on_its_numpy_rows_without_the_compiler(monkeypatch):
+    from scipy.optimize import curve_fit
+
+    from customgrad.backends import cpu
+    from customgrad.fit import python_rows
+
+    def no_compiler(*arguments, **options):
+        raise AssertionError("a one-off fit ran the C compiler")
+
+    monkeypatch.setattr(cpu, "_build", no_compiler)
+    models = []
+    monkeypatch.setattr(python_rows.PythonRows, "set_in", _recording(python_rows.PythonRows.set_in, models))
+    model = "m1*x/(1 + m2*x) + m3"  # used by no other test
+    x = np.linspace(0.1, 6, 40)
+    y = 3 * x / (1 + 0.8 * x) - 0.2 + 0.02 * np.sin(7 * x)
+    params = {"m1": 1.0, "m2": 1.0, "m3": 0.0}
+    result = fit(model, x, y, params=params)
+    assert models and not built(model)
+    values, covariance = curve_fit(lambda x, m1, m2, m3: m1 * x / (1 + m2 * x) + m3, x, y, p0=[1, 1, 0], xtol=1e-15,
+                                   ftol=1e-15, gtol=1e-15)  # fmt: skip
+    for k, name in enumerate(params):
+        assert_matches_reference(result.params[name], values[k], rtol=1e-7, what=name)
+        assert_matches_reference(result.stderr[name], np.sqrt(covariance[k, k]), rtol=1e-5, what=name)
+
+
+def _recording(method, calls: list):
+    def recorded(self, loaded):
+        calls.append(self)
+        return method(self, loaded)
+
+    return recorded
+
+
+def test_non_finite_rows_on_the_way_are_retried_as_by_the_torch_engine():
+    from scipy.optimize import least_squares
+
+    x = np.linspace(1.0, 4.0, 25)
+    y = 2.0 * np.log(x - 0.5) + 0.01 * np.cos(5 * x)
+    params = {"g1": 1.0, "g2": 0.9}  # steps from here cross x - g2 <= 0: log of a negative number
+    result = fit("g1*log(x - g2)", x, y, params=params)
+    reference = least_squares(lambda b: b[0] * np.log(x - b[1]) - y, [2.0, 0.5], xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    assert result.status in {"ftol", "xtol", "gtol", "roundoff"}
+    for k, name in enumerate(params):
+        assert_matches_reference(result.params[name], reference.x[k], rtol=1e-7, what=name)
+
+
+def test_the_shared_solver_library_is_built_in_a_detached_process_when_missing(tmp_path, monkeypatch):
+    from customgrad import cache
+    from customgrad.fit import python_rows
+
+    monkeypatch.setattr(python_rows, "_STARTED", [])
+    monkeypatch.setenv("CUSTOMGRAD_CACHE_DIR", str(tmp_path))
+    x = np.linspace(0, 2, 12)
+    fit("h1 + h2*x", x, 1 + 2 * x, params={"h1": 0.0, "h2": 0.0})  # the tensor engine; starts the build
+    assert str(cache.directory()) in python_rows._STARTED
+    deadline = time.monotonic() + 300
+    while python_rows.library(build=False) is None:  # built by another process, which this one does not wait for
+        assert time.monotonic() < deadline, "the solver library was not built within 300 s"
+        time.sleep(0.2)

@@ -150,8 +150,11 @@ def shared_library(sources: Sequence[str], name: str, flags: Sequence[str] = ())
     return loaded
 
 
-def library_bytes(sources: Sequence[str], name: str, flags: Sequence[str] = (), *, rebuild: bool = False) -> bytes:
-    """The shared library of C ``sources``: from the disk cache (`customgrad.cache`), else built now and stored.
+def library_bytes(
+    sources: Sequence[str], name: str, flags: Sequence[str] = (), *, rebuild: bool = False, build: bool = True
+) -> bytes | None:
+    """The shared library of C ``sources``: from the disk cache (`customgrad.cache`), else built now and
+    stored (without ``build``: None).
 
     Raises `BackendError` (naming ``name``) when the compiler is missing or fails.
     """
@@ -159,7 +162,7 @@ def library_bytes(sources: Sequence[str], name: str, flags: Sequence[str] = (), 
         raise BackendError(f"{name}: no C compiler found (set CC, or install gcc)")
     cache_key = [*sources, " ".join((*FLAGS, *flags)), compiler_identity()]
     data = None if rebuild else cache.load("cpu-kernels", cache_key)
-    if data is None:
+    if data is None and build:
         data = _build(sources, name, flags)
         cache.store("cpu-kernels", cache_key, data)
     return data

@@ -38,7 +38,7 @@ from .native import (
     _layouts,
     _options,
     _pointers,
-    _solver_source,
+    solver_source,
     _statistics_options,
     problem_arrays,
     problem_struct,
@@ -123,7 +123,7 @@ def cuda_source(function, free: tuple[str, ...], layouts: str) -> str | None:
         "namespace cg_values {\n" + device_source(values) + "}\n",
         _device_glue("cg_rows", "cg_model_rows", inputs, len(free) + 1),
         _device_glue("cg_values", "cg_model_values", inputs, 1),
-        _solver_source(),
+        solver_source(),
         WORDS_ENTRY,
     ]
     return "\n".join(parts)

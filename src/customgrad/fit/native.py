@@ -168,7 +168,7 @@ def _options(
 
 
 @functools.cache
-def _solver_source() -> str:
+def solver_source() -> str:
     return (Path(__file__).parent / "native_lm.c").read_text()
 
 
@@ -177,7 +177,7 @@ def _host_solver_source() -> str:
     """`native_lm.c` followed, in the same translation unit, by a global fit's per-curve factors
     (`global_rows.c`, which calls its functions and `global_native.c`'s CholeskyQR): CPU only."""
     here = Path(__file__).parent
-    return "\n".join([_solver_source(), *((here / name).read_text() for name in ("global_native.c", "global_rows.c"))])
+    return "\n".join([solver_source(), *((here / name).read_text() for name in ("global_native.c", "global_rows.c"))])
 
 
 def _glue(symbol: str, entry: str, inputs: int, outputs: int) -> str:
@@ -213,13 +213,18 @@ def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ct
             return None
         if disk:
             cache.store(_NAMESPACE, [*disk, compiler_identity()], data)
-    loaded = open_library(data)
+    loaded = prepared(open_library(data))
+    with _LOCK:
+        return _LIBRARIES.setdefault(key, loaded)
+
+
+def prepared(loaded: ctypes.CDLL) -> ctypes.CDLL:
+    """``loaded`` with its solver entries' argument types set."""
     for name, outputs in (("lm_batch", 5), ("lm_errors", 4), ("lm_report", 1)):
         entry = getattr(loaded, name)
         entry.restype = ctypes.c_int
         entry.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p] * outputs
-    with _LOCK:
-        return _LIBRARIES.setdefault(key, loaded)
+    return loaded
 
 
 def _compiled(function, free: tuple[str, ...], layouts: str) -> bytes | None:
@@ -257,9 +262,24 @@ def engine_for(problem, engine: str, threads: int, *, build: bool, what: str, re
             reason = str(error)
             if count and isinstance(error, NotBuilt):
                 count_fit(problem)
+                solver = _with_python_rows(problem)
+                if solver is not None:
+                    return solver
     if engine == "native":
         raise UsageError(f"engine='native' cannot {what}: {reason}; use engine='torch' (or 'auto')")
     return None
+
+
+def _with_python_rows(problem) -> NativeSolver | None:
+    """The native engine on the one solver library, the model's rows computed by its generated numpy
+    (`python_rows`): for a single fit whose own library is not built; None where the model has no numpy
+    rows or that library is not in the disk cache yet (its build starts in the background)."""
+    if getattr(problem, "numpy_rows", None) is None:
+        return None
+    try:
+        return NativeSolver(problem, 1, build=False, python_rows=True)
+    except (BackendError, OSError):
+        return None
 
 
 def _layouts(problem) -> str:
@@ -325,11 +345,19 @@ class NativeSolver:
     (see `unavailable` first).
     """
 
-    def __init__(self, problem, threads: int, *, build: bool = True):
+    def __init__(self, problem, threads: int, *, build: bool = True, python_rows: bool = False):
         self.problem, self.threads = problem, max(1, threads)
         arrays = problem_arrays(problem)
         columns, fixed, weights, mask, y, layout = arrays
-        self.library = library(problem.function, problem.names, _layouts(problem), build=build)
+        self.rows = None
+        if python_rows:  # one library for every model, the rows computed by its numpy (`python_rows`)
+            from . import python_rows as rows
+
+            self.library = rows.library(build=build)
+            inputs = tuple(kind in (SHARED_COLUMN, CURVE_COLUMN) for kind in layout.kind.tolist())
+            self.rows = rows.PythonRows(problem.numpy_rows, problem.numpy_values, inputs, len(problem.names) + 1)
+        else:
+            self.library = library(problem.function, problem.names, _layouts(problem), build=build)
         if self.library is None and not build:
             raise NotBuilt("its library is not built yet (engine='native' builds it)")
         if self.library is None:
@@ -473,7 +501,14 @@ class NativeSolver:
         own ``arguments`` (C runs one curve on one thread)."""
         problem, settings = ctypes.byref(self.struct), ctypes.byref(options)
         run = getattr(self.library, entry)
-        done = run(problem, settings, curves.ctypes.data, len(curves), self.threads, *arguments)
+        if self.rows is None:
+            done = run(problem, settings, curves.ctypes.data, len(curves), self.threads, *arguments)
+        else:
+            from .python_rows import LOCK
+
+            with LOCK, np.errstate(all="ignore"):  # the solver handles non-finite points itself
+                self.rows.set_in(self.library)
+                done = run(problem, settings, curves.ctypes.data, len(curves), 1, *arguments)
         if done != 0:
             raise MemoryError("the native fit engine ran out of memory")
 
@@ -539,6 +574,7 @@ class OneCurve:
         self.y = model.y.reshape(1, -1)
         self.weights = None if model.inverse_sigma is None else model.inverse_sigma.reshape(1, -1)
         self.mask, self.masked, self.batch, self.scales = None, False, 1, None
+        self.numpy_rows, self.numpy_values = model._numpy_rows, model._numpy_value
 
 
 @dataclass(frozen=True)

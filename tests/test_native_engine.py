@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from customgrad.backends.cpu import compiler
-from customgrad.fit import fit, fit_batch, native
+from customgrad.fit import fit, fit_batch, lm, native
 from customgrad.fit.formula_model import formula_model
 from reference import assert_matches_reference
 
@@ -120,3 +120,27 @@ def test_the_shared_solver_library_is_built_in_a_detached_process_when_missing(t
     while python_rows.library(build=False) is None:  # built by another process, which this one does not wait for
         assert time.monotonic() < deadline, "the solver library was not built within 300 s"
         time.sleep(0.2)
+
+
+def test_ctrl_c_inside_the_rows_stops_the_fit_with_keyboard_interrupt(monkeypatch):
+    from customgrad.fit import python_rows
+
+    calls = []
+    original = python_rows.PythonRows._call
+
+    def interrupted_at_the_third(self, *arguments):
+        calls.append(1)
+        if len(calls) == 3:
+            arguments = (_raise_interrupt, *arguments[1:])
+        return original(self, *arguments)
+
+    monkeypatch.setattr(python_rows.PythonRows, "_call", interrupted_at_the_third)
+    x = np.linspace(0, 1, 20)
+    with pytest.raises(KeyboardInterrupt):
+        fit("i1*exp(i2*x)", x, 2 * np.exp(0.5 * x), params={"i1": 1.0, "i2": 0.0})
+    # after it, each call only writes NaN, and the solver gives up within its non-finite retries
+    assert len(calls) <= 3 + lm.NONFINITE_RETRIES + 2
+
+
+def _raise_interrupt(*arguments):
+    raise KeyboardInterrupt

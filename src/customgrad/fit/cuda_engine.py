@@ -38,10 +38,10 @@ from .native import (
     _layouts,
     _options,
     _pointers,
-    solver_source,
     _statistics_options,
     problem_arrays,
     problem_struct,
+    solver_source,
 )
 from .status import CONVERGED, STATUSES, progress_message
 

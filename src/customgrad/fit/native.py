@@ -509,6 +509,7 @@ class NativeSolver:
             with LOCK, np.errstate(all="ignore"):  # the solver handles non-finite points itself
                 self.rows.set_in(self.library)
                 done = run(problem, settings, curves.ctypes.data, len(curves), 1, *arguments)
+            self.rows.raise_interrupt()
         if done != 0:
             raise MemoryError("the native fit engine ran out of memory")
 

@@ -99,6 +99,7 @@ class PythonRows:
     def __init__(self, rows, values, columns: tuple[bool, ...], outputs: int):
         self._rows, self._values, self._columns, self._outputs = rows, values, columns, outputs
         self._views: dict[tuple[int, int], np.ndarray] = {}
+        self.interrupted: BaseException | None = None
         self.functions = (_MODEL_FUNCTION(self._call_rows), _MODEL_FUNCTION(self._call_values))
 
     def _view(self, address: int, size: int) -> np.ndarray:
@@ -111,12 +112,24 @@ class PythonRows:
 
     def _call(self, function, inputs, out, n: int, outputs: int) -> None:
         block = self._view(out[0], outputs * n).reshape(outputs, n)
+        if self.interrupted is not None:
+            block.fill(np.nan)  # the solver gives up after a few non-finite points; `raise_interrupt` then
+            return
         try:
             arguments = [self._view(inputs[k], n) if column else self._view(inputs[k], 1)[0]
                          for k, column in enumerate(self._columns)]  # fmt: skip
             function(block, *arguments)
         except Exception:  # noqa: BLE001 - C cannot take a Python exception: the point is non-finite
             block.fill(np.nan)
+        except BaseException as interrupt:  # Ctrl-C (KeyboardInterrupt) while C waits: raised once it returns
+            self.interrupted = interrupt
+            block.fill(np.nan)
+
+    def raise_interrupt(self) -> None:
+        """Raise the KeyboardInterrupt (or SystemExit) that came during the last call, if any."""
+        interrupt, self.interrupted = self.interrupted, None
+        if interrupt is not None:
+            raise interrupt
 
     def _call_rows(self, inputs, out, n: int) -> None:
         self._call(self._rows, inputs, out, n, self._outputs)

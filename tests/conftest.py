@@ -34,10 +34,10 @@ def _private_cache_folder(tmp_path_factory):
     # The native engine's one solver library, built before any fit: otherwise the fits that run while its
     # background build is under way take the tensor engine, and which engine a fit ran would vary by run.
     from customgrad.backends.cpu import compiler
-    from customgrad.fit import python_rows
+    from customgrad.fit import native_library
 
     if compiler() is not None:
-        python_rows.library(build=True)
+        native_library.library(build=True)
     yield
     if saved is None:
         del os.environ["CUSTOMGRAD_CACHE_DIR"]

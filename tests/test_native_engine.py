@@ -65,14 +65,14 @@ def test_a_one_off_formula_fit_runs_the_c_solver_on_its_numpy_rows_without_the_c
     from scipy.optimize import curve_fit
 
     from customgrad.backends import cpu
-    from customgrad.fit import python_rows
+    from customgrad.fit import native_library
 
     def no_compiler(*arguments, **options):
         raise AssertionError("a one-off fit ran the C compiler")
 
     monkeypatch.setattr(cpu, "_build", no_compiler)
     models = []
-    monkeypatch.setattr(python_rows.PythonRows, "set_in", _recording(python_rows.PythonRows.set_in, models))
+    monkeypatch.setattr(native_library.PythonRows, "set_in", _recording(native_library.PythonRows.set_in, models))
     model = "m1*x/(1 + m2*x) + m3"  # used by no other test
     x = np.linspace(0.1, 6, 40)
     y = 3 * x / (1 + 0.8 * x) - 0.2 + 0.02 * np.sin(7 * x)
@@ -109,24 +109,24 @@ def test_non_finite_rows_on_the_way_are_retried_as_by_the_torch_engine():
 
 def test_the_shared_solver_library_is_built_in_a_detached_process_when_missing(tmp_path, monkeypatch):
     from customgrad import cache
-    from customgrad.fit import python_rows
+    from customgrad.fit import native_library
 
-    monkeypatch.setattr(python_rows, "_STARTED", [])
+    monkeypatch.setattr(native_library, "_STARTED", [])
     monkeypatch.setenv("CUSTOMGRAD_CACHE_DIR", str(tmp_path))
     x = np.linspace(0, 2, 12)
     fit("h1 + h2*x", x, 1 + 2 * x, params={"h1": 0.0, "h2": 0.0})  # the tensor engine; starts the build
-    assert str(cache.directory()) in python_rows._STARTED
+    assert str(cache.directory()) in native_library._STARTED
     deadline = time.monotonic() + 300
-    while python_rows.library(build=False) is None:  # built by another process, which this one does not wait for
+    while native_library.library(build=False) is None:  # built by another process, which this one does not wait for
         assert time.monotonic() < deadline, "the solver library was not built within 300 s"
         time.sleep(0.2)
 
 
 def test_ctrl_c_inside_the_rows_stops_the_fit_with_keyboard_interrupt(monkeypatch):
-    from customgrad.fit import python_rows
+    from customgrad.fit import native_library
 
     calls = []
-    original = python_rows.PythonRows._call
+    original = native_library.PythonRows._call
 
     def interrupted_at_the_third(self, *arguments):
         calls.append(1)
@@ -134,7 +134,7 @@ def test_ctrl_c_inside_the_rows_stops_the_fit_with_keyboard_interrupt(monkeypatc
             arguments = (_raise_interrupt, *arguments[1:])
         return original(self, *arguments)
 
-    monkeypatch.setattr(python_rows.PythonRows, "_call", interrupted_at_the_third)
+    monkeypatch.setattr(native_library.PythonRows, "_call", interrupted_at_the_third)
     x = np.linspace(0, 1, 20)
     with pytest.raises(KeyboardInterrupt):
         fit("i1*exp(i2*x)", x, 2 * np.exp(0.5 * x), params={"i1": 1.0, "i2": 0.0})

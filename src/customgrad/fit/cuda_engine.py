@@ -41,15 +41,15 @@ from .native import (
     _statistics_options,
     problem_arrays,
     problem_struct,
-    solver_source,
 )
+from .native_library import solver_source
 from .status import CONVERGED, STATUSES, progress_message
 
 # Threads per block (one curve each): few, as each holds a long-lived solver state.
 BLOCK = 64
 # The share of the GPU's free memory a chunk's workspace may take (the rest: torch's own, fragmentation).
 MEMORY_SHARE = 0.5
-# No fused multiply-adds: each operation rounded on its own, as on the CPU (`native.FLAGS`).
+# No fused multiply-adds: each operation rounded on its own, as on the CPU (`native_library.FLAGS`).
 NVRTC_OPTIONS = ("--fmad=false", "-default-device")
 ENTRIES = ("cg_lm_batch", "cg_lm_errors", "cg_work_words")
 _NAMESPACE = "native-fit-cuda"

@@ -33,6 +33,7 @@ from .. import cache
 from ..errors import BackendError, UsageError
 from . import lm, plateau, statistics
 from .lm import BatchOutcome, Outcome
+from .native_library import FLAGS, prepared, solver_source
 from .status import CONVERGED, STATUSES, progress_message
 
 # Costs kept per curve for `FitResult.history`: the first HISTORY_LIMIT - 1 and the last (a typical fit
@@ -41,9 +42,6 @@ HISTORY_LIMIT = 32
 SINGLE_HISTORY_LIMIT = 100_000
 # Step limits beyond this are "no limit" (and fit C's int64).
 MAX_STEPS = 1 << 40
-# Each operation rounded on its own, as numpy and torch do (no fused multiply-adds): on roundoff-limited
-# fits (NIST Lanczos1, cost 1e-25) contraction moved the final cost by 2.5e-6 relative.
-FLAGS = ("-ffp-contract=off",)
 # A model's library costs about 1 s of gcc, once (the disk cache keeps it). engine="auto" builds it at
 # once for a batch of at least BUILD_FOR_CURVES curves (the torch engine would take about as long), and
 # for single fits in the background once a process has fitted the same model BUILD_AFTER_FITS times
@@ -168,11 +166,6 @@ def _options(
 
 
 @functools.cache
-def solver_source() -> str:
-    return (Path(__file__).parent / "native_lm.c").read_text()
-
-
-@functools.cache
 def _host_solver_source() -> str:
     """`native_lm.c` followed, in the same translation unit, by a global fit's per-curve factors
     (`global_rows.c`, which calls its functions and `global_native.c`'s CholeskyQR): CPU only."""
@@ -216,15 +209,6 @@ def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ct
     loaded = prepared(open_library(data))
     with _LOCK:
         return _LIBRARIES.setdefault(key, loaded)
-
-
-def prepared(loaded: ctypes.CDLL) -> ctypes.CDLL:
-    """``loaded`` with its solver entries' argument types set."""
-    for name, outputs in (("lm_batch", 5), ("lm_errors", 4), ("lm_report", 1)):
-        entry = getattr(loaded, name)
-        entry.restype = ctypes.c_int
-        entry.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p] * outputs
-    return loaded
 
 
 def _compiled(function, free: tuple[str, ...], layouts: str) -> bytes | None:
@@ -272,7 +256,7 @@ def engine_for(problem, engine: str, threads: int, *, build: bool, what: str, re
 
 def _with_python_rows(problem) -> NativeSolver | None:
     """The native engine on the one solver library, the model's rows computed by its generated numpy
-    (`python_rows`): for a single fit whose own library is not built; None where the model has no numpy
+    (`native_library`): for a single fit whose own library is not built; None where the model has no numpy
     rows or that library is not in the disk cache yet (its build starts in the background)."""
     if getattr(problem, "numpy_rows", None) is None:
         return None
@@ -350,8 +334,8 @@ class NativeSolver:
         arrays = problem_arrays(problem)
         columns, fixed, weights, mask, y, layout = arrays
         self.rows = None
-        if python_rows:  # one library for every model, the rows computed by its numpy (`python_rows`)
-            from . import python_rows as rows
+        if python_rows:  # one library for every model, the rows computed by its numpy (`native_library`)
+            from . import native_library as rows
 
             self.library = rows.library(build=build)
             inputs = tuple(kind in (SHARED_COLUMN, CURVE_COLUMN) for kind in layout.kind.tolist())
@@ -504,7 +488,7 @@ class NativeSolver:
         if self.rows is None:
             done = run(problem, settings, curves.ctypes.data, len(curves), self.threads, *arguments)
         else:
-            from .python_rows import LOCK
+            from .native_library import LOCK
 
             with LOCK, np.errstate(all="ignore"):  # the solver handles non-finite points itself
                 self.rows.set_in(self.library)

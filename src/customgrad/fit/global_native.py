@@ -18,9 +18,8 @@ import torch
 
 from ..backends.cpu import PARALLEL_MIN_SIZE, shared_library
 from ..errors import BackendError
+from .native_library import FLAGS
 
-# Each operation rounded on its own, as torch does (no fused multiply-adds).
-FLAGS = ("-ffp-contract=off",)
 _INT, _POINTER, _THREADS = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 # `global_native.c`'s BLOCK: curves side by side in its rotations (one small remainder R each in `global_damp`).
 _BLOCK = 8

@@ -51,6 +51,7 @@ BUILD_AFTER_FITS = 16
 BUILD_THREAD = "customgrad native build"
 _NAMESPACE = "native-fit"
 _LIBRARIES: dict[tuple, ctypes.CDLL] = {}
+_ABSENT: set[tuple] = set()  # libraries this process found missing, with the cache folder it looked in
 _FITS: collections.Counter = collections.Counter()
 _LOCK = threading.Lock()
 # Curves per call: the progress bar advances between calls.
@@ -192,7 +193,8 @@ def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ct
     key = (function, free, layouts)
     with _LOCK:
         found = _LIBRARIES.get(key)
-    if found is not None:
+    absent = (key, str(cache.directory()))
+    if found is not None or (not build and absent in _ABSENT):
         return found
     from ..backends.cpu import compiler_identity, open_library
 
@@ -200,6 +202,7 @@ def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ct
     data = cache.load(_NAMESPACE, [*disk, compiler_identity()]) if disk else None
     if data is None:
         if not build:
+            _ABSENT.add(absent)  # a loop of one-off fits looks on disk once (`count_fit` builds it later)
             return None
         data = _compiled(function, free, layouts)
         if data is None:

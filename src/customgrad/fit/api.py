@@ -236,7 +236,7 @@ class _Calls:
 
     def __init__(self, problem: Model, rho, shards: Shards | None, rescaled: bool, start: torch.Tensor):
         self.problem, self.rho, self.shards, self.rescaled, self.steps = problem, rho, shards, rescaled, 0
-        self.scale = self.agree(power_of_two_scale(start)) if rescaled else 1.0
+        self.scale = self.agree(float(power_of_two_scale(start))) if rescaled else 1.0
 
     def agree(self, scale: float) -> float:
         """One unit for every rank: the smallest."""
@@ -436,7 +436,7 @@ def _in_range(run: Callable, calls: _Calls, outcome):
     for _ in range(_RESTARTS):
         if 2.0**-_SAFE_EXPONENT < outcome.cost < 2.0 ** (2 * _SAFE_EXPONENT) or outcome.status == "nonfinite":
             break
-        scale = calls.agree(power_of_two_scale(calls.problem.residuals(outcome.theta)))
+        scale = calls.agree(float(power_of_two_scale(calls.problem.residuals(outcome.theta))))
         if scale == calls.scale:
             break
         calls.scale, calls.steps = scale, calls.steps + outcome.steps
@@ -451,22 +451,10 @@ def _in_range(run: Callable, calls: _Calls, outcome):
     return outcome
 
 
-def power_of_two_scale(*tensors: torch.Tensor) -> float:
-    """2^k bringing max |t| into [2^-_SAFE_EXPONENT, 2^_SAFE_EXPONENT] (1.0 when it is there or 0)."""
-    largest = max(float(t.abs().max()) if t.numel() else 0.0 for t in tensors)
-    if largest == 0 or not math.isfinite(largest):
-        return 1.0
-    exponent = math.frexp(largest)[1]
-    if exponent > _SAFE_EXPONENT:
-        return math.ldexp(1.0, _SAFE_EXPONENT - exponent)
-    if exponent < -_SAFE_EXPONENT:
-        return math.ldexp(1.0, -_SAFE_EXPONENT - exponent)
-    return 1.0
-
-
-def power_of_two_scales(rows: torch.Tensor) -> torch.Tensor:
-    """`power_of_two_scale` of each row of ``rows`` (B, N) at once: shape (B,)."""
-    largest = rows.abs().amax(-1) if rows.shape[-1] else rows.new_zeros(rows.shape[0])
+def power_of_two_scale(values: torch.Tensor) -> torch.Tensor:
+    """2^k bringing max |values| over the last axis into [2^-_SAFE_EXPONENT, 2^_SAFE_EXPONENT], shape
+    ``values.shape[:-1]`` (1 where it is there already, 0, empty or not finite)."""
+    largest = values.abs().amax(-1) if values.shape[-1] else values.new_zeros(values.shape[:-1])
     exponent = torch.frexp(largest).exponent
     usable = (largest > 0) & torch.isfinite(largest)
     shift = torch.where(exponent > _SAFE_EXPONENT, _SAFE_EXPONENT - exponent, 0)
@@ -479,7 +467,7 @@ def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = 
     weighted by 1 / sigma as r and y: the tests do not depend on the units of y or sigma)."""
     block = problem.augmented(theta)  # J in internal coordinates (chunked: R)
     weighted = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
-    scale = power_of_two_scale(weighted)  # norms of data near 1e200 would overflow
+    scale = float(power_of_two_scale(weighted))  # norms of data near 1e200 would overflow
     if shards is not None:
         scale = shards.minimum(scale)
 
@@ -604,7 +592,7 @@ def _final(problem: Model, values, method: str, loss: str, exact, shards, refine
         values, r, jacobian = _refined(problem, values, r, jacobian, exact or {})
     weighted_y = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
     # statistics in units where the squares stay in range (the covariance does not depend on them)
-    scale = power_of_two_scale(r, weighted_y)
+    scale = float(power_of_two_scale(torch.cat((r, weighted_y))))
     n, p = problem.size, len(problem.names)
     if shards is None:
         scaled_cost = float((r * scale) @ (r * scale))

@@ -15,7 +15,7 @@ from ..errors import CustomgradError, DataError, UsageError
 from ..openmp import waits_passively
 from ..progress import progress_bar
 from . import cuda_engine
-from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scales
+from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scale
 from .arrays import namespace_of
 from .batch_model import BatchModel
 from .data import BatchData, curve_data, prepare_batch_data
@@ -302,7 +302,7 @@ def _curve_scales(data) -> torch.Tensor | None:
     """Per curve, the power of two bringing its largest weighted |y| into squaring range; None when all are."""
     weighted = data.y if data.weights is None else data.y * data.weights
     weighted = torch.where(data.mask, weighted, 0.0)
-    scales = power_of_two_scales(weighted)
+    scales = power_of_two_scale(weighted)
     return None if bool((scales == 1.0).all()) else scales
 
 
@@ -392,7 +392,7 @@ def _sensitivities(problem: _Subset, theta: torch.Tensor) -> tuple[torch.Tensor,
     y = torch.where(whole.mask[problem.index], weighted[problem.index], 0.0)
     if whole.scales is not None:
         y = y * whole.scales[problem.index].unsqueeze(-1)
-    return sensitivities(block, problem.external(theta), y, power_of_two_scales(y))
+    return sensitivities(block, problem.external(theta), y, power_of_two_scale(y))
 
 
 def _stuck(problem: _Subset) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -92,7 +92,7 @@ def fit_batch(
         from `native.BUILD_FOR_CURVES` curves, which builds it), else torch. Both take `fit`'s steps.
     """
     start_time = time.perf_counter()
-    shards = Shards(None) if distributed else None
+    shards = Shards() if distributed else None
     failure = batch = None
     shared: tuple[str, ...] = ()
     try:

@@ -154,9 +154,9 @@ class _Options:
         solver = get_solver(method)
         check_engine(engine)
         rho = get_loss(loss)
-        max_steps = DEFAULT_STEPS[method] if given["max_steps"] is None else given["max_steps"]
-        if not isinstance(max_steps, numbers.Integral) or isinstance(max_steps, bool) or max_steps < 1:
-            raise UsageError(f"max_steps must be a positive integer, got {max_steps!r}")
+        max_steps = positive_integer(
+            DEFAULT_STEPS[method] if given["max_steps"] is None else given["max_steps"], "max_steps"
+        )
         learning_rate = given["learning_rate"]
         if learning_rate is not None:
             learning_rate = _number(learning_rate, "learning_rate", positive=True)
@@ -168,7 +168,7 @@ class _Options:
             raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
         chunk_size = _chunk_size(given["chunk_size"], loss)
         return cls(
-            method, solver, loss, rho, int(max_steps), learning_rate, tolerances, on_step, bool(given["progress"]),
+            method, solver, loss, rho, max_steps, learning_rate, tolerances, on_step, bool(given["progress"]),
             engine, bool(absolute_sigma), chunk_size, bool(given["distributed"]),
         )  # fmt: skip
 
@@ -355,11 +355,10 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
 def _chunk_size(chunk_size, loss: str) -> int | None:
     if chunk_size is None:
         return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise UsageError(f"chunk_size must be a positive integer (rows per chunk), got {chunk_size!r}")
+    chunk_size = positive_integer(chunk_size, "chunk_size", " (rows per chunk)")
     if loss != "linear":
         raise UsageError(f"chunk_size needs loss='linear' (a robust loss reweights rows one by one), got {loss!r}")
-    return int(chunk_size)
+    return chunk_size
 
 
 def _problem(model, data, specs, ties, chunk_size: int | None = None) -> tuple[Model, torch.Tensor, torch.Tensor]:
@@ -392,6 +391,13 @@ def _any_nonzero(problem: Model, theta: torch.Tensor, shards: Shards | None) -> 
 _DTYPES = (torch.float64, torch.float32)
 # Where LM runs (`fit`'s and `fit_batch`'s ``engine``).
 ENGINES = ("auto", "native", "torch")
+
+
+def positive_integer(value, name: str, what: str = "") -> int:
+    """An integer option >= 1 (``max_steps``, ``chunk_size``); ``what`` says what it counts, in the error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise UsageError(f"{name} must be a positive integer{what}, got {value!r}")
+    return int(value)
 
 
 def _number(value, name: str, *, positive: bool = False) -> float:

@@ -15,7 +15,7 @@ from ..errors import CustomgradError, DataError, UsageError
 from ..openmp import waits_passively
 from ..progress import progress_bar
 from . import cuda_engine
-from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scale
+from .api import _dtype_and_device, _number, _result, check_engine, positive_integer, power_of_two_scale
 from .arrays import namespace_of
 from .batch_model import BatchModel
 from .data import BatchData, curve_data, prepare_batch_data
@@ -151,8 +151,8 @@ class _Batch:
         if device is None and isinstance(y, torch.Tensor) and y.device.type == "cuda":
             device = y.device  # CUDA data are fitted where they are
         dtype, device = _dtype_and_device(dtype, device)
-        max_steps = _positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
-        chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
+        max_steps = positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
+        chunk_size = positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
         options = {name: _number(value, name) for name, value in zip(("ftol", "xtol", "gtol"), tolerances)}
         data = prepare_batch_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
         specs, initial = batch_parameter_specs(params, bounds, data.y.shape[0])
@@ -304,12 +304,6 @@ def _curve_scales(data) -> torch.Tensor | None:
     weighted = torch.where(data.mask, weighted, 0.0)
     scales = power_of_two_scale(weighted)
     return None if bool((scales == 1.0).all()) else scales
-
-
-def _positive_integer(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _solve_in_chunks(problem: BatchModel, chunk_size: int, options: dict, advance, curves: range) -> BatchOutcome:

@@ -321,14 +321,10 @@ def _solve_in_chunks(problem: BatchModel, chunk_size: int, options: dict, advanc
     if not parts:  # a rank of a distributed batch with no curves of its own
         counts = (theta.new_zeros(0, dtype=torch.long) for _ in range(3))
         return BatchOutcome(theta[:0], [], theta.new_zeros(0), *counts, theta.new_zeros(0), [])
+    per_curve = ("theta", "cost", "evaluations", "jacobians", "steps", "initial_cost")
     return BatchOutcome(
-        theta=torch.cat([part.theta for part in parts]),
+        **{name: torch.cat([getattr(part, name) for part in parts]) for name in per_curve},
         status=[status for part in parts for status in part.status],
-        cost=torch.cat([part.cost for part in parts]),
-        evaluations=torch.cat([part.evaluations for part in parts]),
-        jacobians=torch.cat([part.jacobians for part in parts]),
-        steps=torch.cat([part.steps for part in parts]),
-        initial_cost=torch.cat([part.initial_cost for part in parts]),
         accepted=[(index + offset, cost) for part, offset in zip(parts, offsets) for index, cost in part.accepted],
     )
 

@@ -720,17 +720,17 @@ def _formula_names(problem: Model) -> tuple[str, ...]:
     return problem.function.names  # type: ignore[attr-defined]
 
 
+# The warning a fit that stopped with these statuses carries.
+_STATUS_WARNINGS = {
+    "max_steps": "the step limit was reached: the parameters may not be converged",
+    "step_limit": "the solver ran its fixed number of steps without a convergence test: the parameters may not "
+    "be converged (compare with method='lm', or check that the cost history has levelled off)",
+    "nonfinite": "the model produced NaN or inf during the fit; the best parameters before that are kept",
+}
+
+
 def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int, omitted: list) -> list[str]:
-    warnings = []
-    if status == "max_steps":
-        warnings.append("the step limit was reached: the parameters may not be converged")
-    if status == "step_limit":
-        warnings.append(
-            "the solver ran its fixed number of steps without a convergence test: the parameters may not "
-            "be converged (compare with method='lm', or check that the cost history has levelled off)"
-        )
-    if status == "nonfinite":
-        warnings.append("the model produced NaN or inf during the fit; the best parameters before that are kept")
+    warnings = [_STATUS_WARNINGS[status]] if status in _STATUS_WARNINGS else []
     if not spread.finite:
         warnings.append(
             "the Jacobian holds NaN or inf at the fitted values (a derivative undefined there, such as "

@@ -58,6 +58,15 @@ def _pyplot():
     return plt
 
 
+def save_figure(figure, path: str | Path, dpi: int = 110) -> Path:
+    """Lay ``figure`` out, write it to ``path`` (checked by `check_image_path`) and close it; the path."""
+    figure.tight_layout()
+    path = check_image_path(path, "plot path")
+    figure.savefig(path, dpi=dpi)
+    _pyplot().close(figure)
+    return path
+
+
 def plot_experiment(run: ExperimentRun, path: str | Path) -> Path:
     """Save a PNG with two panels: data and fitted curve, and the loss per step (log scale).
 
@@ -91,8 +100,4 @@ def plot_experiment(run: ExperimentRun, path: str | Path) -> Path:
     right.set_xlabel("step")
     right.set_ylabel("loss = sum of squared errors")
     right.set_title("loss" if run.diverged_at is None else f"loss (not finite from step {run.diverged_at})", fontsize=9)
-    figure.tight_layout()
-    path = check_image_path(path, "plot path")
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

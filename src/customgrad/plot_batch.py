@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .plot import _pyplot, check_image_path
+from .plot import _pyplot, save_figure
 
 if TYPE_CHECKING:
     from .fit.result import BatchFitResult
@@ -49,8 +49,4 @@ def plot_batch(result: BatchFitResult, path: str | Path) -> Path:
     figure.suptitle(
         f"{result.model}: {len(result)} curves" + (f"; shared {', '.join(joint)}" if joint else ""), fontsize=9
     )
-    figure.tight_layout()
-    path = check_image_path(path, "plot path")
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=100)

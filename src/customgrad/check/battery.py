@@ -80,8 +80,6 @@ CHECKS: tuple[Check, ...] = (
 
 CHECK_NAMES = tuple(check.name for check in CHECKS)
 
-#: How a check run on the forward alone says so, first in its message.
-FORWARD_ONLY = "forward only: backward does not run (see 'runs')"
 #: Default time limit in seconds of each call of the Function in a check (``Check.time_limit`` overrides it).
 DEFAULT_TIME_LIMIT = 60.0
 

@@ -132,10 +132,3 @@ def non_contiguous(tensor: torch.Tensor) -> torch.Tensor:
 def random_like(shape: tuple[int, ...], generator: torch.Generator, device=None) -> torch.Tensor:
     """Standard normal float64 values, drawn on the CPU (reproducible) and moved to ``device``."""
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(device)
-
-
-def values_not_float32(tensor: torch.Tensor) -> torch.Tensor:
-    """Values with bits below float32's resolution, so that float32 rounding changes them."""
-    return tensor + tensor.abs().clamp_min(1e-3) * 1e-9 * (
-        1 + torch.arange(tensor.numel(), device=tensor.device).reshape(tensor.shape)
-    )

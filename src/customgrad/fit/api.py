@@ -154,9 +154,9 @@ class _Options:
         solver = get_solver(method)
         check_engine(engine)
         rho = get_loss(loss)
-        max_steps = DEFAULT_STEPS[method] if given["max_steps"] is None else given["max_steps"]
-        if not isinstance(max_steps, numbers.Integral) or isinstance(max_steps, bool) or max_steps < 1:
-            raise UsageError(f"max_steps must be a positive integer, got {max_steps!r}")
+        max_steps = positive_integer(
+            DEFAULT_STEPS[method] if given["max_steps"] is None else given["max_steps"], "max_steps"
+        )
         learning_rate = given["learning_rate"]
         if learning_rate is not None:
             learning_rate = _number(learning_rate, "learning_rate", positive=True)
@@ -168,7 +168,7 @@ class _Options:
             raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
         chunk_size = _chunk_size(given["chunk_size"], loss)
         return cls(
-            method, solver, loss, rho, int(max_steps), learning_rate, tolerances, on_step, bool(given["progress"]),
+            method, solver, loss, rho, max_steps, learning_rate, tolerances, on_step, bool(given["progress"]),
             engine, bool(absolute_sigma), chunk_size, bool(given["distributed"]),
         )  # fmt: skip
 
@@ -236,7 +236,7 @@ class _Calls:
 
     def __init__(self, problem: Model, rho, shards: Shards | None, rescaled: bool, start: torch.Tensor):
         self.problem, self.rho, self.shards, self.rescaled, self.steps = problem, rho, shards, rescaled, 0
-        self.scale = self.agree(power_of_two_scale(start)) if rescaled else 1.0
+        self.scale = self.agree(float(power_of_two_scale(start))) if rescaled else 1.0
 
     def agree(self, scale: float) -> float:
         """One unit for every rank: the smallest."""
@@ -355,11 +355,10 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
 def _chunk_size(chunk_size, loss: str) -> int | None:
     if chunk_size is None:
         return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise UsageError(f"chunk_size must be a positive integer (rows per chunk), got {chunk_size!r}")
+    chunk_size = positive_integer(chunk_size, "chunk_size", " (rows per chunk)")
     if loss != "linear":
         raise UsageError(f"chunk_size needs loss='linear' (a robust loss reweights rows one by one), got {loss!r}")
-    return int(chunk_size)
+    return chunk_size
 
 
 def _problem(model, data, specs, ties, chunk_size: int | None = None) -> tuple[Model, torch.Tensor, torch.Tensor]:
@@ -392,6 +391,13 @@ def _any_nonzero(problem: Model, theta: torch.Tensor, shards: Shards | None) -> 
 _DTYPES = (torch.float64, torch.float32)
 # Where LM runs (`fit`'s and `fit_batch`'s ``engine``).
 ENGINES = ("auto", "native", "torch")
+
+
+def positive_integer(value, name: str, what: str = "") -> int:
+    """An integer option >= 1 (``max_steps``, ``chunk_size``); ``what`` says what it counts, in the error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise UsageError(f"{name} must be a positive integer{what}, got {value!r}")
+    return int(value)
 
 
 def _number(value, name: str, *, positive: bool = False) -> float:
@@ -436,7 +442,7 @@ def _in_range(run: Callable, calls: _Calls, outcome):
     for _ in range(_RESTARTS):
         if 2.0**-_SAFE_EXPONENT < outcome.cost < 2.0 ** (2 * _SAFE_EXPONENT) or outcome.status == "nonfinite":
             break
-        scale = calls.agree(power_of_two_scale(calls.problem.residuals(outcome.theta)))
+        scale = calls.agree(float(power_of_two_scale(calls.problem.residuals(outcome.theta))))
         if scale == calls.scale:
             break
         calls.scale, calls.steps = scale, calls.steps + outcome.steps
@@ -451,22 +457,10 @@ def _in_range(run: Callable, calls: _Calls, outcome):
     return outcome
 
 
-def power_of_two_scale(*tensors: torch.Tensor) -> float:
-    """2^k bringing max |t| into [2^-_SAFE_EXPONENT, 2^_SAFE_EXPONENT] (1.0 when it is there or 0)."""
-    largest = max(float(t.abs().max()) if t.numel() else 0.0 for t in tensors)
-    if largest == 0 or not math.isfinite(largest):
-        return 1.0
-    exponent = math.frexp(largest)[1]
-    if exponent > _SAFE_EXPONENT:
-        return math.ldexp(1.0, _SAFE_EXPONENT - exponent)
-    if exponent < -_SAFE_EXPONENT:
-        return math.ldexp(1.0, -_SAFE_EXPONENT - exponent)
-    return 1.0
-
-
-def power_of_two_scales(rows: torch.Tensor) -> torch.Tensor:
-    """`power_of_two_scale` of each row of ``rows`` (B, N) at once: shape (B,)."""
-    largest = rows.abs().amax(-1) if rows.shape[-1] else rows.new_zeros(rows.shape[0])
+def power_of_two_scale(values: torch.Tensor) -> torch.Tensor:
+    """2^k bringing max |values| over the last axis into [2^-_SAFE_EXPONENT, 2^_SAFE_EXPONENT], shape
+    ``values.shape[:-1]`` (1 where it is there already, 0, empty or not finite)."""
+    largest = values.abs().amax(-1) if values.shape[-1] else values.new_zeros(values.shape[:-1])
     exponent = torch.frexp(largest).exponent
     usable = (largest > 0) & torch.isfinite(largest)
     shift = torch.where(exponent > _SAFE_EXPONENT, _SAFE_EXPONENT - exponent, 0)
@@ -479,7 +473,7 @@ def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = 
     weighted by 1 / sigma as r and y: the tests do not depend on the units of y or sigma)."""
     block = problem.augmented(theta)  # J in internal coordinates (chunked: R)
     weighted = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
-    scale = power_of_two_scale(weighted)  # norms of data near 1e200 would overflow
+    scale = float(power_of_two_scale(weighted))  # norms of data near 1e200 would overflow
     if shards is not None:
         scale = shards.minimum(scale)
 
@@ -604,7 +598,7 @@ def _final(problem: Model, values, method: str, loss: str, exact, shards, refine
         values, r, jacobian = _refined(problem, values, r, jacobian, exact or {})
     weighted_y = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
     # statistics in units where the squares stay in range (the covariance does not depend on them)
-    scale = power_of_two_scale(r, weighted_y)
+    scale = float(power_of_two_scale(torch.cat((r, weighted_y))))
     n, p = problem.size, len(problem.names)
     if shards is None:
         scaled_cost = float((r * scale) @ (r * scale))
@@ -726,17 +720,17 @@ def _formula_names(problem: Model) -> tuple[str, ...]:
     return problem.function.names  # type: ignore[attr-defined]
 
 
+# The warning a fit that stopped with these statuses carries.
+_STATUS_WARNINGS = {
+    "max_steps": "the step limit was reached: the parameters may not be converged",
+    "step_limit": "the solver ran its fixed number of steps without a convergence test: the parameters may not "
+    "be converged (compare with method='lm', or check that the cost history has levelled off)",
+    "nonfinite": "the model produced NaN or inf during the fit; the best parameters before that are kept",
+}
+
+
 def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int, omitted: list) -> list[str]:
-    warnings = []
-    if status == "max_steps":
-        warnings.append("the step limit was reached: the parameters may not be converged")
-    if status == "step_limit":
-        warnings.append(
-            "the solver ran its fixed number of steps without a convergence test: the parameters may not "
-            "be converged (compare with method='lm', or check that the cost history has levelled off)"
-        )
-    if status == "nonfinite":
-        warnings.append("the model produced NaN or inf during the fit; the best parameters before that are kept")
+    warnings = [_STATUS_WARNINGS[status]] if status in _STATUS_WARNINGS else []
     if not spread.finite:
         warnings.append(
             "the Jacobian holds NaN or inf at the fitted values (a derivative undefined there, such as "

@@ -15,7 +15,7 @@ from ..errors import CustomgradError, DataError, UsageError
 from ..openmp import waits_passively
 from ..progress import progress_bar
 from . import cuda_engine
-from .api import _dtype_and_device, _number, _result, check_engine, power_of_two_scales
+from .api import _dtype_and_device, _number, _result, check_engine, positive_integer, power_of_two_scale
 from .arrays import namespace_of
 from .batch_model import BatchModel
 from .data import BatchData, curve_data, prepare_batch_data
@@ -92,7 +92,7 @@ def fit_batch(
         from `native.BUILD_FOR_CURVES` curves, which builds it), else torch. Both take `fit`'s steps.
     """
     start_time = time.perf_counter()
-    shards = Shards(None) if distributed else None
+    shards = Shards() if distributed else None
     failure = batch = None
     shared: tuple[str, ...] = ()
     try:
@@ -151,8 +151,8 @@ class _Batch:
         if device is None and isinstance(y, torch.Tensor) and y.device.type == "cuda":
             device = y.device  # CUDA data are fitted where they are
         dtype, device = _dtype_and_device(dtype, device)
-        max_steps = _positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
-        chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
+        max_steps = positive_integer(DEFAULT_STEPS["lm"] if max_steps is None else max_steps, "max_steps")
+        chunk_size = positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
         options = {name: _number(value, name) for name, value in zip(("ftol", "xtol", "gtol"), tolerances)}
         data = prepare_batch_data(x, y, sigma, nan_policy=nan_policy, dtype=dtype, device=device)
         specs, initial = batch_parameter_specs(params, bounds, data.y.shape[0])
@@ -302,14 +302,8 @@ def _curve_scales(data) -> torch.Tensor | None:
     """Per curve, the power of two bringing its largest weighted |y| into squaring range; None when all are."""
     weighted = data.y if data.weights is None else data.y * data.weights
     weighted = torch.where(data.mask, weighted, 0.0)
-    scales = power_of_two_scales(weighted)
+    scales = power_of_two_scale(weighted)
     return None if bool((scales == 1.0).all()) else scales
-
-
-def _positive_integer(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _solve_in_chunks(problem: BatchModel, chunk_size: int, options: dict, advance, curves: range) -> BatchOutcome:
@@ -327,14 +321,10 @@ def _solve_in_chunks(problem: BatchModel, chunk_size: int, options: dict, advanc
     if not parts:  # a rank of a distributed batch with no curves of its own
         counts = (theta.new_zeros(0, dtype=torch.long) for _ in range(3))
         return BatchOutcome(theta[:0], [], theta.new_zeros(0), *counts, theta.new_zeros(0), [])
+    per_curve = ("theta", "cost", "evaluations", "jacobians", "steps", "initial_cost")
     return BatchOutcome(
-        theta=torch.cat([part.theta for part in parts]),
+        **{name: torch.cat([getattr(part, name) for part in parts]) for name in per_curve},
         status=[status for part in parts for status in part.status],
-        cost=torch.cat([part.cost for part in parts]),
-        evaluations=torch.cat([part.evaluations for part in parts]),
-        jacobians=torch.cat([part.jacobians for part in parts]),
-        steps=torch.cat([part.steps for part in parts]),
-        initial_cost=torch.cat([part.initial_cost for part in parts]),
         accepted=[(index + offset, cost) for part, offset in zip(parts, offsets) for index, cost in part.accepted],
     )
 
@@ -392,7 +382,7 @@ def _sensitivities(problem: _Subset, theta: torch.Tensor) -> tuple[torch.Tensor,
     y = torch.where(whole.mask[problem.index], weighted[problem.index], 0.0)
     if whole.scales is not None:
         y = y * whole.scales[problem.index].unsqueeze(-1)
-    return sensitivities(block, problem.external(theta), y, power_of_two_scales(y))
+    return sensitivities(block, problem.external(theta), y, power_of_two_scale(y))
 
 
 def _stuck(problem: _Subset) -> Callable[[torch.Tensor], torch.Tensor]:

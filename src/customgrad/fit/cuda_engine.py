@@ -189,23 +189,16 @@ def kernels(function, free: tuple[str, ...], layouts: str, device: torch.device,
     disk = disk and [*disk, architecture, str(torch.version.cuda), *NVRTC_OPTIONS]
     binary = cache.load(_NAMESPACE, disk) if disk else None
     if binary is None:
-        if not build:
+        source = cuda_source(function, free, layouts) if build else None
+        if source is None:  # not to be built here, or C cannot print the model
             return None
-        binary = compiled(function, free, layouts, architecture)
-        if binary is None:
-            return None
+        binary = nvrtc_compile(source, architecture)
         if disk:
             cache.store(_NAMESPACE, disk, binary)
     with torch.cuda.device(device):
         loaded = _cuda_load_module(binary, list(ENTRIES))
     with _LOCK:
         return _MODULES.setdefault(key, loaded)
-
-
-def compiled(function, free: tuple[str, ...], layouts: str, architecture: str) -> bytes | None:
-    """The solver's CUBIN for GPU ``architecture`` ("90"), by NVRTC (None: C cannot print the model)."""
-    source = cuda_source(function, free, layouts)
-    return None if source is None else nvrtc_compile(source, architecture)
 
 
 def nvrtc_compile(source: str, architecture: str) -> bytes:

@@ -10,6 +10,7 @@ rows, a batch masks them per curve.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import sys
@@ -244,9 +245,7 @@ def _checked(x, y, sigma, nan_policy: str, *, batch: bool, allow_empty: bool = F
         raise DataError(f"data lengths differ ({listed}): every array needs one value per data point")
     if y_array.size == 0 and not allow_empty:
         raise DataError("no data: x and y are empty")
-    mask = np.ones(y_array.shape, dtype=bool)
-    for values in named.values():
-        mask &= np.isfinite(values)
+    mask = functools.reduce(np.logical_and, (np.isfinite(values) for values in named.values()))  # y's shape
     if nan_policy == "raise" and not mask.all():
         raise _not_finite(named, mask, batch)
     if not batch and y_array.size and not mask.any() and not allow_empty:
@@ -314,9 +313,7 @@ def _check_sigma(sigma: np.ndarray, mask: np.ndarray, batch: bool) -> None:
 def curve_data(arrays: dict[str, np.ndarray], i: int) -> tuple[dict, list[int]]:
     """Curve ``i``'s finite entries: the columns by name, and the indices left out."""
     rows = {name: values[0 if len(values) == 1 else i] for name, values in arrays.items()}
-    keep = np.ones(len(rows["y"]), dtype=bool)
-    for values in rows.values():
-        keep &= np.isfinite(values)
+    keep = functools.reduce(np.logical_and, (np.isfinite(values) for values in rows.values()))
     omitted = np.flatnonzero(~keep).tolist()
     return {name: rows[name][keep] for name in rows}, omitted
 

@@ -29,7 +29,7 @@ def _distributed():
 class Shards:
     """The collective operations of a fit whose rows are spread over the ranks of the default group."""
 
-    def __init__(self, device: torch.device | None = None):
+    def __init__(self):
         dist = _distributed()
         if not (dist.is_available() and dist.is_initialized()):
             raise UsageError(
@@ -41,7 +41,6 @@ class Shards:
         # NCCL moves CUDA tensors only; gloo CPU ones
         nccl = dist.get_backend() == "nccl"
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-        self.data_device = device
 
     def _collective(self, operation, *arguments, **options):
         """Run a collective; a lost or timed-out rank becomes one `FitError` that says so."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..plot import _pyplot, check_image_path
+from ..plot import _pyplot, check_image_path, save_figure
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,11 +58,7 @@ def plot_fit(result: Fitted, path: str | Path, bands: str | None = None, ylabel:
     bottom.plot(x, y - fitted, ".", markersize=3, color="C0")
     bottom.set_xlabel(name)
     bottom.set_ylabel(f"residual ({ylabel} - fit)")
-    figure.tight_layout()
-    path = check_image_path(path, "plot path")
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _dense_curve(result: Fitted, name: str, x, fitted):
@@ -139,7 +135,4 @@ def plot_profile(result: Fitted, name: str, path: str | Path) -> Path:
     axes.set_ylabel("sigma level of the profile")
     axes.set_title(f"profile of {name} in {result.model}", fontsize=9)
     axes.legend(loc="best", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -19,6 +19,7 @@ from .distributed import local_shard
 from .global_lm import GlobalProblem, Totals, global_levenberg_marquardt
 from .global_result import SharedParameters
 from .global_statistics import global_uncertainty
+from .goodness import correlation
 from .lm import BatchOutcome
 from .native import HistoryTable
 
@@ -244,10 +245,7 @@ def global_curve(result, i: int, shared: SharedParameters, names: tuple[str, ...
     block[L:, L:] = shared.covariance
     position = [order.index(name) for name in names]
     covariance = block[np.ix_(position, position)]
-    spread = np.sqrt(np.abs(np.diag(covariance)))
-    result.covariance = covariance
-    with np.errstate(invalid="ignore", divide="ignore"):
-        result.correlation = covariance / np.outer(spread, spread)
+    result.covariance, result.correlation = covariance, correlation(covariance)
     for name in local:
         result.stderr[name] = float(np.sqrt(abs(shared.local_covariance[i][local.index(name), local.index(name)])))
     result.stderr.update(shared.stderr)

@@ -159,18 +159,30 @@ def _reduce(rows: torch.Tensor, workers: int | None) -> torch.Tensor:
 
 @dataclass
 class GlobalOutcome:
-    """Where a global fit stopped: internal coordinates, the cost per curve and in total, and counts."""
+    """Where a global fit stopped (while it runs: its iterate): internal coordinates, the cost per curve
+    and in total, and counts."""
 
     local: torch.Tensor  # (b, L)
     shared: torch.Tensor  # (S,)
-    status: str
     cost: float
     curve_cost: torch.Tensor  # (b,)
-    evaluations: int
-    jacobians: int
-    steps: int
-    history: list[float]
+    evaluations: int = 1
+    jacobians: int = 0
+    steps: int = 0
+    history: list[float] = field(default_factory=list)
     upper: torch.Tensor | None = None  # R_b at (local, shared) where the last Jacobian was taken there
+    status: str = "running"
+
+    def accept(self, local, shared, cost, curve_cost, upper=None) -> None:
+        """Move to the trial point (``upper``: its R_b where the trial evaluation took it, else None)."""
+        self.local, self.shared, self.cost, self.curve_cost, self.upper = local, shared, cost, curve_cost, upper
+        self.steps += 1
+        self.history.append(cost)
+
+    def stop(self, status: str) -> GlobalOutcome:
+        """This outcome, stopped with ``status``."""
+        self.status = status
+        return self
 
 
 @dataclass
@@ -212,13 +224,15 @@ def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _
     shared_sums = problem.totals.sum(torch.cat([squares[:, L:].sum(0), gradient[:, L:].sum(0)]))
     # (the local columns copied out: elementwise torch operations on a (b, L) view of a (b, P) tensor run L
     # entries per inner loop, ~5x slower at 10^4 curves)
-    local_norms, shared_norms = torch.sqrt(squares[:, :L].contiguous()), torch.sqrt(shared_sums[:S])
-    if previous is not None:
-        local_norms = torch.maximum(local_norms, previous.local_scale)
-        shared_norms = torch.maximum(shared_norms, previous.shared_scale)
-    local_scale = torch.where(local_norms > 0, local_norms, 1.0)
-    shared_scale = torch.where(shared_norms > 0, shared_norms, 1.0)
+    local_scale = _running_scale(torch.sqrt(squares[:, :L].contiguous()), previous and previous.local_scale)
+    shared_scale = _running_scale(torch.sqrt(shared_sums[:S]), previous and previous.shared_scale)
     return _Linearization(upper, local_scale, shared_scale, gradient[:, :L].contiguous(), shared_sums[S:])
+
+
+def _running_scale(norms: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """D = max(column norms, the previous D) (MINPACK's running maxima), 1 where that is 0."""
+    norms = norms if previous is None else torch.maximum(norms, previous)
+    return torch.where(norms > 0, norms, 1.0)
 
 
 def _linearize_native(problem: GlobalProblem, local, previous, upper) -> _Linearization | None:
@@ -229,10 +243,7 @@ def _linearize_native(problem: GlobalProblem, local, previous, upper) -> _Linear
     totals = problem.totals.sum(parts[: 2 * S + 2])
     if float(totals[2 * S]) > 0:
         return None
-    shared_norms = torch.sqrt(totals[:S])
-    if previous is not None:
-        shared_norms = torch.maximum(shared_norms, previous.shared_scale)
-    shared_scale = torch.where(shared_norms > 0, shared_norms, 1.0)
+    shared_scale = _running_scale(torch.sqrt(totals[:S]), previous and previous.shared_scale)
     linear = _Linearization(upper, local_scale, shared_scale, local_gradient, totals[S : 2 * S])
     linear.local_cosine, linear.local_theta_square = float(parts[2 * S + 2]), float(totals[2 * S + 1])
     return linear
@@ -328,6 +339,12 @@ def _local_steps(linear: _Linearization, rows: torch.Tensor, d_shared: torch.Ten
     return d_local, parts
 
 
+def _evaluate(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+    """`_cost` at (local, shared), and R_b there where [J | r] costs about what r does (read from it), else None."""
+    upper = problem.factors(local, shared) if problem.cheap_jacobian else None
+    return (*(_cost(problem, local, shared) if upper is None else _cost_from(problem, upper)), upper)
+
+
 def _cost(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor]:
     """The total cost (inf where any residual is not finite) and the cost per curve of this rank."""
     r = problem.residuals(local, shared)
@@ -392,32 +409,28 @@ def global_levenberg_marquardt(
     between r and a column of J), exact (zero cost), roundoff (a rejected step that promised less
     than float64 can resolve), max_steps (Jacobians), nonfinite.
     """
-    pending = problem.factors(local, shared) if problem.cheap_jacobian else None
-    cost, curve_cost = _cost(problem, local, shared) if pending is None else _cost_from(problem, pending)
-    run = _Run(local.clone(), shared.clone(), cost, curve_cost, history=[cost])
+    cost, curve_cost, pending = _evaluate(problem, local, shared)
+    run = GlobalOutcome(local.clone(), shared.clone(), cost, curve_cost, history=[cost])
     if not math.isfinite(cost):
-        return run.outcome("nonfinite")
+        return run.stop("nonfinite")
     linear, damping, growth = None, INITIAL_DAMPING, 2.0
     while True:
         if run.cost == 0:
-            return run.outcome("exact")
+            return run.stop("exact")
         if run.jacobians >= max_steps:
-            return run.outcome("max_steps")
+            return run.stop("max_steps")
         linear = _linearize(problem, run.local, run.shared, linear, pending)
         run.jacobians += 1
         run.upper = None if linear is None else linear.upper
         if linear is None:
-            return run.outcome("nonfinite")
+            return run.stop("nonfinite")
         if _gradient_small(problem, linear, run.cost, gtol):
-            return run.outcome("gtol")
+            return run.stop("gtol")
         theta_norm = _theta_norm(problem, linear, run.local, run.shared)
         while True:
             d_local, d_shared, predicted, step_square = _damped_step(problem, linear, damping)
             trial_local, trial_shared = run.local + d_local, run.shared + d_shared
-            pending = problem.factors(trial_local, trial_shared) if problem.cheap_jacobian else None
-            trial_cost, trial_curves = (
-                _cost(problem, trial_local, trial_shared) if pending is None else _cost_from(problem, pending)
-            )
+            trial_cost, trial_curves, pending = _evaluate(problem, trial_local, trial_shared)
             run.evaluations += 1
             actual = run.cost - trial_cost
             step_norm = math.sqrt(step_square)
@@ -432,7 +445,7 @@ def global_levenberg_marquardt(
                 damping, growth = damping * growth, growth * 2
             status = _converged(actual, predicted, previous_cost, step_norm, theta_norm, accepted, ftol, xtol)
             if status is not None:
-                return run.outcome(status)
+                return run.stop(status)
             if accepted:
                 break
 
@@ -446,31 +459,3 @@ def _converged(actual, predicted, cost, step_norm, theta_norm, accepted, ftol, x
     if not accepted and (predicted <= EPS * cost or step_norm <= EPS * theta_norm or not math.isfinite(predicted)):
         return "roundoff"
     return None
-
-
-@dataclass
-class _Run:
-    """The iterate and the counters of a global fit."""
-
-    local: torch.Tensor
-    shared: torch.Tensor
-    cost: float
-    curve_cost: torch.Tensor
-    evaluations: int = 1
-    jacobians: int = 0
-    steps: int = 0
-    history: list[float] = field(default_factory=list)
-
-    upper: torch.Tensor | None = None
-
-    def accept(self, local, shared, cost, curve_cost, upper=None) -> None:
-        self.local, self.shared, self.cost, self.curve_cost = local, shared, cost, curve_cost
-        self.upper = upper  # R_b at the new iterate where the trial evaluation took it (else None)
-        self.steps += 1
-        self.history.append(cost)
-
-    def outcome(self, status: str) -> GlobalOutcome:
-        return GlobalOutcome(
-            self.local, self.shared, status, self.cost, self.curve_cost, self.evaluations, self.jacobians,
-            self.steps, self.history, self.upper,
-        )  # fmt: skip

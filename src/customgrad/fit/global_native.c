@@ -29,6 +29,22 @@
 /* Curves handled together, innermost, where each curve's work is a chain of dependent sqrt and divisions. */
 #define BLOCK 8
 
+/* RUN(l, s) with the usual small sizes (L, S) as constants where they match (RUN's loops unrolled), else with L
+ * and S themselves: the one list of the sizes compiled with constants. */
+#define SIZE_DISPATCH(RUN) \
+    if (L == 1 && S == 1) { RUN(1, 1); return; } \
+    if (L == 2 && S == 1) { RUN(2, 1); return; } \
+    if (L == 3 && S == 1) { RUN(3, 1); return; } \
+    if (L == 4 && S == 1) { RUN(4, 1); return; } \
+    if (L == 2 && S == 2) { RUN(2, 2); return; } \
+    if (L == 3 && S == 2) { RUN(3, 2); return; } \
+    RUN(L, S);
+
+/* `call` for each curve b = 0 .. count - 1, on `threads` threads. */
+#define EACH_CURVE(call) \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)") \
+    for (int64_t b = 0; b < count; b++) call
+
 /* LANES doubles, one vector register (GCC's and Clang's vector extension). */
 typedef double lanes __attribute__((vector_size(LANES * sizeof(double))));
 
@@ -265,22 +281,12 @@ static inline __attribute__((always_inline)) void local_step_curve(int64_t b, co
     parts[b * 3 + 2] = local_norm;
 }
 
-#define STEP_CASE(l, s) \
-    if (L == l && S == s) { \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)") \
-        for (int64_t b = 0; b < count; b++) \
-            local_step_curve(b, l, s, upper, local_rows, local_scale, d_shared, d_local, parts); \
-        return; \
-    }
+#define STEP(l, s) EACH_CURVE(local_step_curve(b, l, s, upper, local_rows, local_scale, d_shared, d_local, parts))
 
 void global_local_step(int64_t count, int64_t L, int64_t S, const double *upper, const double *local_rows,
                        const double *local_scale, const double *d_shared, double *d_local, double *parts,
                        int threads) {
-    /* the usual small (L, S) with constant sizes, any other generic */
-    STEP_CASE(1, 1) STEP_CASE(2, 1) STEP_CASE(3, 1) STEP_CASE(4, 1) STEP_CASE(2, 2) STEP_CASE(3, 2)
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++)
-        local_step_curve(b, L, S, upper, local_rows, local_scale, d_shared, d_local, parts);
+    SIZE_DISPATCH(STEP)
 }
 
 /* Curve b's part of `global_local_inverse` (sizes constant where inlined from its dispatch: loops unrolled). */
@@ -315,20 +321,14 @@ static inline __attribute__((always_inline)) void local_inverse_curve(int64_t b,
     doubtful[b] = !(sqrt(scaled_square) * sqrt(inverse_square) < limit);
 }
 
-#define INVERSE_CASE(x, y) \
-    if (L == x && q == y) { \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)") \
-        for (int64_t b = 0; b < count; b++) local_inverse_curve(b, x, y, upper, limit, pseudo, doubtful); \
-        return; \
-    }
+#define INVERSE(l, s) EACH_CURVE(local_inverse_curve(b, l, (l) + (s) + 1, upper, limit, pseudo, doubtful))
 
 void global_local_inverse(int64_t count, int64_t L, int64_t q, const double *upper, double limit, double *pseudo,
                           int64_t *doubtful, int threads) {
     /* R_AA^-1 = D^-1 (R_AA D^-1)^-1 of each curve (its leading L x L block of R_b, columns scaled by their safe
      * norms D), and doubtful[b] = 1 unless ||R_AA D^-1||_F ||(R_AA D^-1)^-1||_F < limit */
-    INVERSE_CASE(1, 3) INVERSE_CASE(2, 4) INVERSE_CASE(3, 5) INVERSE_CASE(4, 6) INVERSE_CASE(2, 5) INVERSE_CASE(3, 6)
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) local_inverse_curve(b, L, q, upper, limit, pseudo, doubtful);
+    const int64_t S = q - L - 1;
+    SIZE_DISPATCH(INVERSE)
 }
 
 /* Curve b's part of `global_local_weights` (sizes constant where inlined from its dispatch: loops unrolled). */
@@ -351,19 +351,12 @@ static inline __attribute__((always_inline)) void local_weights_curve(int64_t b,
         }
 }
 
-#define WEIGHTS_CASE(x, y) \
-    if (L == x && S == y) { \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)") \
-        for (int64_t b = 0; b < count; b++) local_weights_curve(b, x, y, upper, pseudo, weights, outside); \
-        return; \
-    }
+#define WEIGHTS(l, s) EACH_CURVE(local_weights_curve(b, l, s, upper, pseudo, weights, outside))
 
 void global_local_weights(int64_t count, int64_t L, int64_t S, const double *upper, const double *pseudo,
                           double *weights, double *outside, int threads) {
     /* W_b = R_AA^+ R_AC (L x S) and R_AC - R_AA W_b (R_AC's part outside R_AA's range) of each curve */
-    WEIGHTS_CASE(1, 1) WEIGHTS_CASE(2, 1) WEIGHTS_CASE(3, 1) WEIGHTS_CASE(4, 1) WEIGHTS_CASE(2, 2) WEIGHTS_CASE(3, 2)
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++) local_weights_curve(b, L, S, upper, pseudo, weights, outside);
+    SIZE_DISPATCH(WEIGHTS)
 }
 
 /* Curve b's part of `global_local_covariance` (sizes constant where inlined from its dispatch: loops unrolled). */
@@ -389,24 +382,15 @@ static inline __attribute__((always_inline)) void local_covariance_curve(int64_t
     for (int64_t j = 0; j < L; j++) stderr_[b * L + j] = sqrt(fabs(v[j * L + j]));
 }
 
-#define COVARIANCE_CASE(x, y) \
-    if (L == x && S == y) { \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)") \
-        for (int64_t b = 0; b < count; b++) \
-            local_covariance_curve(b, x, y, pseudo, weights, core, variance, local, cross, stderr_); \
-        return; \
-    }
+#define COVARIANCE(l, s) \
+    EACH_CURVE(local_covariance_curve(b, l, s, pseudo, weights, core, variance, local, cross, stderr_))
 
 void global_local_covariance(int64_t count, int64_t L, int64_t S, const double *pseudo, const double *weights,
                              const double *core, double variance, double *local, double *cross, double *stderr_,
                              int threads) {
     /* cov(theta_b, phi) = -s^2 W_b C and cov(theta_b) = s^2 (R_AA^+ R_AA^+T + W_b C W_b^T) of each curve (C the
      * shared block's inverse core), and the local standard errors sqrt |cov(theta_b)_jj| */
-    COVARIANCE_CASE(1, 1) COVARIANCE_CASE(2, 1) COVARIANCE_CASE(3, 1)
-    COVARIANCE_CASE(4, 1) COVARIANCE_CASE(2, 2) COVARIANCE_CASE(3, 2)
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count; b++)
-        local_covariance_curve(b, L, S, pseudo, weights, core, variance, local, cross, stderr_);
+    SIZE_DISPATCH(COVARIANCE)
 }
 
 void global_costs(int64_t count, int64_t q, const double *upper, double *cost, double *total) {
@@ -481,16 +465,10 @@ static inline __attribute__((always_inline)) void linearize_sized(int64_t count,
     }
 }
 
-#define LINEARIZE_CASE(l, s) \
-    if (L == l && S == s) { \
-        linearize_sized(count, l, s, upper, previous, local, scale, gradient, totals); \
-        return; \
-    }
+#define LINEARIZE(l, s) linearize_sized(count, l, s, upper, previous, local, scale, gradient, totals)
 
 void global_linearize(int64_t count, int64_t L, int64_t S, const double *upper, const double *previous,
                       const double *local, double *scale, double *gradient, double *totals) {
     /* `linearize_sized` with the usual small (L, S) constant (its loops unrolled), any other generic */
-    LINEARIZE_CASE(1, 1) LINEARIZE_CASE(2, 1) LINEARIZE_CASE(3, 1) LINEARIZE_CASE(4, 1) LINEARIZE_CASE(2, 2)
-    LINEARIZE_CASE(3, 2)
-    linearize_sized(count, L, S, upper, previous, local, scale, gradient, totals);
+    SIZE_DISPATCH(LINEARIZE)
 }

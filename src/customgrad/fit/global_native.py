@@ -60,16 +60,18 @@ def threads(entries: int, workers: int | None = None) -> int:
     return (torch.get_num_threads() if workers is None else workers) if entries >= PARALLEL_MIN_SIZE else 1
 
 
+def _call(name: str, *arguments) -> None:
+    """C function ``name`` of the library on ``arguments``, tensors passed by their data (made contiguous)."""
+    held = [a.contiguous() if isinstance(a, torch.Tensor) else a for a in arguments]  # alive during the call
+    getattr(_library(), name)(*(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in held))
+
+
 def reduce_rows(rows: torch.Tensor, pivot: float, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """R_b (b, q, q) of each curve's rows ``rows`` (q, b, N) by CholeskyQR, and (b,) True where it is
     to be redone by Householder QR (Cholesky failed, or a column-scaled pivot below ``pivot``)."""
-    rows = rows.contiguous()
     q, count, points = rows.shape
-    upper = rows.new_empty(count, q, q)
-    poor = torch.empty(count, dtype=torch.int64)
-    _library().global_reduce(
-        count, points, q, rows.data_ptr(), pivot, upper.data_ptr(), poor.data_ptr(), threads(rows.numel(), workers)
-    )
+    upper, poor = rows.new_empty(count, q, q), torch.empty(count, dtype=torch.int64)
+    _call("global_reduce", count, points, q, rows, pivot, upper, poor, threads(rows.numel(), workers))
     return upper, poor.bool()
 
 
@@ -80,14 +82,9 @@ def eliminate_damping(upper: torch.Tensor, root_scale: torch.Tensor, sizes: tupl
     small R's of many curves each, stacked (the last row, the residual's norm, not formed)."""
     L, S = sizes
     count = upper.shape[0]
-    library = _library()
     rows = upper.new_empty(count, L, L + S + 1)
-    remainder = upper.new_empty(library.global_damp_chunks(count) * _BLOCK * S, S + 1)
-    upper, root_scale = upper.contiguous(), root_scale.contiguous()
-    library.global_damp(
-        count, L, S, upper.data_ptr(), root_scale.data_ptr(), rows.data_ptr(), remainder.data_ptr(),
-        threads(upper.numel(), workers),
-    )  # fmt: skip
+    remainder = upper.new_empty(_library().global_damp_chunks(count) * _BLOCK * S, S + 1)
+    _call("global_damp", count, L, S, upper, root_scale, rows, remainder, threads(upper.numel(), workers))
     return rows, remainder
 
 
@@ -96,28 +93,18 @@ def local_steps(upper, rows, local_scale, d_shared, sizes, workers=None) -> tupl
     per curve (b, 3): ||R_b d||^2, (R_b d).q_b and ||D_b d_b||^2."""
     L, S = sizes
     count = upper.shape[0]
-    d_local = upper.new_empty(count, L)
-    parts = upper.new_empty(count, 3)
-    tensors = [upper.contiguous(), rows.contiguous(), local_scale.contiguous(), d_shared.contiguous()]
-    _library().global_local_step(
-        count,
-        L,
-        S,
-        *(t.data_ptr() for t in tensors),
-        d_local.data_ptr(),
-        parts.data_ptr(),
-        threads(upper.numel(), workers),
-    )
+    d_local, parts = upper.new_empty(count, L), upper.new_empty(count, 3)
+    inputs = (upper, rows, local_scale, d_shared)
+    _call("global_local_step", count, L, S, *inputs, d_local, parts, threads(upper.numel(), workers))
     return d_local, parts
 
 
 def costs(upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """||r_b||^2 (b,) of each curve from its R_b (b, q, q) (its last column's squared norm), and (2,) their
     sum (0 where any is not finite) and how many are not finite."""
-    upper = upper.contiguous()
     count, q = upper.shape[:2]
     cost, total = upper.new_empty(count), upper.new_empty(2)
-    _library().global_costs(count, q, upper.data_ptr(), cost.data_ptr(), total.data_ptr())
+    _call("global_costs", count, q, upper, cost, total)
     return cost, total
 
 
@@ -127,14 +114,9 @@ def linearize(upper: torch.Tensor, previous: torch.Tensor | None, local: torch.T
     the shared columns' squared norms and J^T r summed over the curves, how many entries of R_b are not
     finite, sum_b ||D_b theta_b||^2 at ``local`` (b, L), and max |J_j^T r| / D_j over the local columns."""
     L, S = sizes
-    upper, local = upper.contiguous(), local.to(upper).contiguous()
     count = upper.shape[0]
     scale, gradient, totals = upper.new_empty(count, L), upper.new_empty(count, L), upper.new_empty(2 * S + 3)
-    before = None if previous is None else previous.contiguous()
-    _library().global_linearize(
-        count, L, S, upper.data_ptr(), None if before is None else before.data_ptr(), local.data_ptr(),
-        scale.data_ptr(), gradient.data_ptr(), totals.data_ptr(),
-    )  # fmt: skip
+    _call("global_linearize", count, L, S, upper, previous, local.to(upper), scale, gradient, totals)
     return scale, gradient, totals
 
 
@@ -142,20 +124,10 @@ def local_inverse(upper: torch.Tensor, local: int, limit: float, workers=None) -
     """R_AA^-1 (b, L, L) of each curve's leading ``local`` x ``local`` block of R_b (b, q, q), from its
     column-scaled copy R_AA D^-1 (D the safe column norms), and (b,) True where the bound
     ||R_AA D^-1||_F ||(R_AA D^-1)^-1||_F on its condition number is not below ``limit``."""
-    upper = upper.contiguous()
     count, q = upper.shape[:2]
-    pseudo = upper.new_empty(count, local, local)
-    doubtful = torch.empty(count, dtype=torch.int64)
-    _library().global_local_inverse(
-        count,
-        local,
-        q,
-        upper.data_ptr(),
-        limit,
-        pseudo.data_ptr(),
-        doubtful.data_ptr(),
-        threads(upper.numel(), workers),
-    )
+    pseudo, doubtful = upper.new_empty(count, local, local), torch.empty(count, dtype=torch.int64)
+    workers = threads(upper.numel(), workers)
+    _call("global_local_inverse", count, local, q, upper, limit, pseudo, doubtful, workers)
     return pseudo, doubtful.bool()
 
 
@@ -163,13 +135,9 @@ def local_weights(upper: torch.Tensor, pseudo: torch.Tensor, sizes: tuple[int, i
     """W_b = R_AA^+ R_AC (b, L, S) of each curve, from R_b (b, q, q) and R_AA^+ ``pseudo`` (b, L, L), and
     R_AC - R_AA W_b (b, L, S)."""
     L, S = sizes
-    upper, pseudo = upper.contiguous(), pseudo.contiguous()
     count = upper.shape[0]
     weights, outside = upper.new_empty(count, L, S), upper.new_empty(count, L, S)
-    workers = threads(upper.numel(), workers)
-    _library().global_local_weights(
-        count, L, S, upper.data_ptr(), pseudo.data_ptr(), weights.data_ptr(), outside.data_ptr(), workers
-    )
+    _call("global_local_weights", count, L, S, upper, pseudo, weights, outside, threads(upper.numel(), workers))
     return weights, outside
 
 
@@ -177,11 +145,7 @@ def local_covariance(pseudo, weights, core: torch.Tensor, variance: float, worke
     """Per curve: cov(theta_b) = s^2 (R_AA^+ R_AA^+T + W_b C W_b^T) (b, L, L), cov(theta_b, phi) = -s^2 W_b C
     (b, L, S) and sqrt |cov(theta_b)_jj| (b, L), from ``pseudo`` R_AA^+, ``weights`` W_b, ``core`` C (S, S)."""
     count, L, S = weights.shape
-    pseudo, weights, core = pseudo.contiguous(), weights.contiguous(), core.contiguous()
     local, cross, stderr = pseudo.new_empty(count, L, L), pseudo.new_empty(count, L, S), pseudo.new_empty(count, L)
-    outputs = (local.data_ptr(), cross.data_ptr(), stderr.data_ptr())
-    workers = threads(pseudo.numel() * 4, workers)
-    _library().global_local_covariance(
-        count, L, S, pseudo.data_ptr(), weights.data_ptr(), core.data_ptr(), variance, *outputs, workers
-    )
+    inputs, workers = (pseudo, weights, core, variance), threads(pseudo.numel() * 4, workers)
+    _call("global_local_covariance", count, L, S, *inputs, local, cross, stderr, workers)
     return local, cross, stderr

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..strict_json import json_ready
+from .goodness import correlation
 from .status import TERMINATION, termination_message
 
 
@@ -48,9 +49,7 @@ class SharedParameters:
     @property
     def correlation(self) -> np.ndarray:
         """cov_ij / (se_i se_j) of the shared parameters."""
-        spread = np.sqrt(np.abs(np.diag(self.covariance)))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self.covariance / np.outer(spread, spread)
+        return correlation(self.covariance)
 
     def summary(self) -> str:
         """One line per shared parameter (value +- stderr), the joint fit's status, cost and warnings."""

@@ -1,4 +1,5 @@
-"""Goodness of fit with lmfit's definitions: chi-square, reduced chi-square, AIC, BIC and R^2.
+"""Goodness of fit with lmfit's definitions: chi-square, reduced chi-square, AIC, BIC and R^2; and the
+correlation matrix of a covariance.
 
 For n data points, p free parameters and weighted residuals r = (f - y) / sigma:
 chisqr = sum r^2, nfree = n - p, redchi = chisqr / max(1, nfree),
@@ -44,3 +45,10 @@ def r_squared_from_sums(residual: float, total: float, count: int) -> float:
     if count < 2:
         return math.nan
     return 1.0 - residual / max(_TINY, total)
+
+
+def correlation(covariance: np.ndarray) -> np.ndarray:
+    """corr_ij = cov_ij / (se_i se_j), se = sqrt |diag cov| (NaN where a standard error is 0 or NaN)."""
+    spread = np.sqrt(np.abs(np.diag(covariance)))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return covariance / np.outer(spread, spread)

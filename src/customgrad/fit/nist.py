@@ -95,21 +95,14 @@ def read_nist(path: str | Path) -> NistProblem:
     except OSError as error:
         raise DataError(f"cannot read NIST file {str(path)!r}: {error.strerror}") from None
     where = f"NIST file {str(path)!r}"
-    ranges = {
-        m.group(1).lower(): (int(m.group(2)), int(m.group(3)))
-        for line in lines[:12]
-        for m in [_LINES.search(line)]
-        if m
-    }
+    ranges = {m.group(1).lower(): (int(m.group(2)), int(m.group(3))) for m in map(_LINES.search, lines[:12]) if m}
     if "data" not in ranges or "certified values" not in ranges:
         raise DataError(
             f"{where} has no 'File Format' header with '(lines A to B)' ranges: "
             "is it a NIST StRD nonlinear regression file?"
         )
     starts: tuple[dict[str, float], dict[str, float]] = ({}, {})
-    params: dict[str, float] = {}
-    stderr: dict[str, float] = {}
-    summary: dict[str, float] = {}
+    params, stderr, summary = {}, {}, {}
     first, last = ranges["certified values"]
     for line in lines[first - 1 : last]:
         if m := _PARAMETER.match(line):

@@ -107,9 +107,7 @@ class Profile:
         if not model.names:
             r = model.residuals(theta) * unit
             return total(float(r @ r)), fixed
-        collectives = {}
-        if shards is not None:
-            collectives = dict(reduce=shards.factor, sum_rows=shards.sum)
+        collectives = {} if shards is None else dict(reduce=shards.factor, sum_rows=shards.sum)
         outcome = get_solver("lm")(
             lambda theta: model.residuals(theta) * unit,
             lambda theta: model.augmented(theta) * unit,
@@ -212,7 +210,7 @@ def _check(result: Fitted, sigmas, params) -> tuple[FitSource, list[str], list[f
 
 def _ends(profile: Profile, result: Fitted, direction: int, levels: dict[float, float]):
     """Each level's end on one side: walk out, then solve; ±inf (with a note) where it is not reached."""
-    spec = next(s for s in profile.source.problem.specs if s.name == profile.name)
+    spec = profile.specs[profile.name]
     start, stderr = profile.best_value, result.stderr[profile.name]
     step = stderr if 0 < stderr < abs(start) else max(abs(start) * 0.2, 1e-3)
     limit = spec.upper if direction > 0 else spec.lower
@@ -275,7 +273,6 @@ def _solve(profile: Profile, low: tuple[float, float], high: tuple[float, float]
 def _thread_setting(source: FitSource):
     """One torch thread setting (and numpy's overflow warnings off) for all of a profile's re-fits
     (`threads.threads_for`), not one per re-fit."""
-
     problem = source.problem
     return threads_for(problem.size * len(problem.names), problem.y.device)
 
@@ -286,9 +283,9 @@ def profile_curve(result: Fitted, name: str, count: int = 21) -> tuple[list[floa
     if source is None or name not in source.intervals:
         conf_interval(result, (1, 2, 3), [name])
         source = result.source
-    spec = next(s for s in source.problem.specs if s.name == name)
     with _thread_setting(source):
         profile = Profile(source, name, {n: result.params[n] for n in source.problem.names})
+        spec = profile.specs[name]
         finite = [v for pair in source.intervals[name].values() for v in pair if math.isfinite(v)]
         stderr = result.stderr[name] if math.isfinite(result.stderr[name]) else abs(profile.best_value) * 0.2 or 1.0
         low = min(finite, default=profile.best_value - 3 * stderr)

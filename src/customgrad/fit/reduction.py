@@ -18,7 +18,7 @@ Each takes blocks of shape (..., rows, p + 1) and returns R of shape (..., p + 1
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -74,11 +74,3 @@ def reduce_gram(blocks: torch.Tensor, gram: torch.Tensor | None = None) -> torch
 def reduce_stacked(factors: Iterable[torch.Tensor]) -> torch.Tensor:
     """R of the rows of several shards from their R's alone: QR of the stacked R's (TSQR)."""
     return reduce_local(torch.cat(list(factors), dim=-2))
-
-
-REDUCTIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "local": reduce_local,
-    "batched": reduce_batched,
-    "gram": reduce_gram,
-    "stacked": reduce_stacked,
-}

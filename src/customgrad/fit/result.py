@@ -30,6 +30,15 @@ def _written(text: str, path: str | Path | None) -> str:
     return text
 
 
+#: What `FitResult.to_dict` holds, in this order (then the profile intervals and a band, where there are).
+_REPORTED = (
+    "model", "method", "loss", "success", "status", "message", "params", "stderr", "fixed", "covariance",
+    "correlation", "cost", "loss_value", "residual_std", "dof", "evaluations", "jacobians", "steps", "condition",
+    "not_identifiable", "warnings", "seconds", "history", "chisqr", "redchi", "aic", "bic", "rsquared", "nfree",
+    "ndata", "tied", "absolute_sigma",
+)  # fmt: skip
+
+
 @dataclass
 class FitResult:
     """Fitted values, standard errors, covariance, cost = sum of squared residuals, and diagnostics."""
@@ -254,47 +263,16 @@ class FitResult:
         """Everything but the data, as plain JSON-ready values (NaN and inf -> null); profile intervals
         once computed; with ``bands`` ("confidence" or "prediction"), that band's 2-sigma half-width at
         the data."""
-        return json_ready(
-            {
-                "model": self.model,
-                "method": self.method,
-                "loss": self.loss,
-                "success": self.success,
-                "status": self.status,
-                "message": self.message,
-                "params": self.params,
-                "stderr": self.stderr,
-                "fixed": self.fixed,
-                "covariance": self.covariance,
-                "correlation": self.correlation,
-                "cost": self.cost,
-                "loss_value": self.loss_value,
-                "residual_std": self.residual_std,
-                "dof": self.dof,
-                "evaluations": self.evaluations,
-                "jacobians": self.jacobians,
-                "steps": self.steps,
-                "condition": self.condition,
-                "not_identifiable": self.not_identifiable,
-                "warnings": self.warnings,
-                "seconds": self.seconds,
-                "history": self.history,
-                **self._uncertainty_dict(bands),
-            }
-        )
-
-    def _uncertainty_dict(self, bands: str | None) -> dict:
-        extra = {name: getattr(self, name) for name in ("chisqr", "redchi", "aic", "bic", "rsquared", "nfree", "ndata")}
-        extra.update(tied=self.tied, absolute_sigma=self.absolute_sigma)
+        document = {name: getattr(self, name) for name in _REPORTED}
         if self.source is not None and self.source.intervals:
-            extra["conf_interval"] = {
+            document["conf_interval"] = {
                 name: {str(sigma): list(pair) for sigma, pair in levels.items()}
                 for name, levels in self.source.intervals.items()
             }
-            extra["conf_interval_notes"] = {name: note for name, note in self.source.notes.items() if note}
+            document["conf_interval_notes"] = {name: note for name, note in self.source.notes.items() if note}
         if bands is not None:
-            extra["band"] = {"kind": bands, "sigma": 2, "halfwidth": self.eval_uncertainty(sigma=2, kind=bands)}
-        return extra
+            document["band"] = {"kind": bands, "sigma": 2, "halfwidth": self.eval_uncertainty(sigma=2, kind=bands)}
+        return json_ready(document)
 
     def to_json(self, path: str | Path | None = None, *, bands: str | None = None) -> str:
         """The result as JSON text (see `to_dict`); also written to ``path`` when given."""
@@ -414,28 +392,26 @@ class BatchFitResult:
         shown = [[f"{v:.6g}" if isinstance(v, float) else v for v in row.values()] for row in rows[:max_rows]]
         hidden = len(rows) - max_rows
         more = f"... {hidden} more curves (to_csv() or to_json() has them all)" if hidden > 0 else ""
+        shared = (
+            ""
+            if self.shared is None
+            else html_table.table(
+                [
+                    (name, f"{value:.6g}", f"{self.shared.stderr[name]:.3g}")
+                    for name, value in self.shared.params.items()
+                ],
+                ("parameter", "value", "stderr"),
+                caption="Shared by every curve",
+            )
+        )
         return html_table.document(
             html_table.table(overview, caption="Batch fit"),
             html_table.notes([underdetermined]),
-            *(
-                [
-                    html_table.table(
-                        self._shared_rows(), ("parameter", "value", "stderr"), caption="Shared by every curve"
-                    )
-                ]
-                if self.shared is not None
-                else []
-            ),
+            shared,
             html_table.table(spread, ("parameter", "median", "5%", "95%"), caption="Converged curves"),
             html_table.table(shown, header, caption="Curves"),
             html_table.notes([more]),
         )
-
-    def _shared_rows(self) -> list[tuple[str, str, str]]:
-        """(name, value, stderr) of each shared parameter of a global fit; none for independent curves."""
-        if self.shared is None:
-            return []
-        return [(name, f"{value:.6g}", f"{self.shared.stderr[name]:.3g}") for name, value in self.shared.params.items()]
 
     def rows(self) -> list[dict]:
         """One dict per curve: index, success, status, cost, dof, each parameter and its stderr."""

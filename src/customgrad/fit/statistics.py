@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .arrays import NUMPY, TORCH
+from .goodness import correlation
 
 # Relative singular value below which a direction counts as not identifiable (numerically null),
 # and condition number above which standard errors are flagged as fragile.
@@ -161,8 +162,7 @@ def spread_uncertainty(
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         stderr = math.sqrt(variance) * spread / scale
         covariance = core * variance / np.outer(scale, scale)
-        correlation = core / np.outer(spread, spread)
-    return with_null_groups(covariance, stderr, correlation, s, vt, names)
+    return with_null_groups(covariance, stderr, correlation(core), s, vt, names)
 
 
 def kept_directions(s: np.ndarray) -> np.ndarray:

@@ -5,12 +5,17 @@ arithmetic: about 1-3 us for a torch call on the CPU against 0.2-0.7 us for nump
 numpy for small batches on the CPU (`fit`'s single problem: B = 1) and torch elsewhere (batches, GPU);
 the solver is written once against either (`xp.where`, `xp.maximum`, ...). The model, its Jacobian and
 its QR stay torch: `xp.asarray` and `xp.tensor` convert at that boundary (no copy on the CPU).
+`SCALAR` is a batch of one without its batch axis (`fit`'s single problem, whose `lm.BatchProblem` takes
+any arrays): a per-problem scalar is a numpy scalar (np.float64, np.bool_, np.int64: ~30 ns an operation,
+not ~300 ns, with numpy's inf/NaN rules), a per-problem vector a (p,) array. The solver indexes the batch
+axis only as ``[..., None]`` and ``[..., k]``, which mean the same on a numpy scalar.
 ``host``: whether reading a value costs no wait for a device (numpy): there the solver branches to skip
 work that no problem of the round needs (a status test that fired nowhere, a restart nobody made).
 """
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,6 +31,12 @@ def _numpy_svd(matrix: np.ndarray, rhs: np.ndarray, start=None):
         return values[None], vt[None], values * (rhs @ u)  # (rhs (1, p): (U^T rhs)^T = rhs^T U)
     u, values, vt = np.linalg.svd(matrix)
     return values, vt, values * (u.swapaxes(-1, -2) @ rhs[..., None])[..., 0]
+
+
+def _scalar_svd(matrix: np.ndarray, rhs: np.ndarray, start=None):
+    """`_numpy_svd` of one matrix (p, p) and rhs (p,), no batch axis."""
+    u, values, vt = np.linalg.svd(matrix)
+    return values, vt, values * (rhs @ u)
 
 
 def _numpy_put(target: np.ndarray, index: np.ndarray, part: np.ndarray) -> None:
@@ -51,7 +62,8 @@ NUMPY = SimpleNamespace(
     take=lambda x, index: x[index],
     put=_numpy_put,
     concat=lambda parts, axis: np.concatenate(parts, axis=axis),
-    permute=lambda x, axes: x.transpose(axes),
+    columns_first=lambda x: x.transpose((x.ndim - 1, *range(x.ndim - 1))),
+    expand=lambda x, dims=1: x[..., None] if dims == 1 else x[..., None, None],  # (B,) against (B, ...)
     eye=lambda p, like: np.eye(p, dtype=like.dtype),
     zeros=lambda shape, like, dtype=None: np.zeros(shape, dtype=like.dtype if dtype is None else dtype),
     ones=lambda shape, like, dtype=None: np.ones(shape, dtype=like.dtype if dtype is None else dtype),
@@ -64,6 +76,82 @@ NUMPY = SimpleNamespace(
     arange=lambda n, like: np.arange(n),
     asarray=lambda tensor: tensor.detach().numpy(),
     tensor=torch.from_numpy,
+    of_batch=lambda tensor: tensor.detach().numpy(),  # (B, ...) tensor -> the solver's array
+    batch_of=torch.from_numpy,  # the solver's array -> (B, ...) tensor
+)
+
+# numpy's scalar type for a Python constant chosen by `SCALAR`'s where (0.0 -> np.float64(0.0))
+_NUMPY_SCALAR = {float: np.float64, int: np.int64, bool: np.bool_}
+
+
+def _scalar_where(condition, a, b):
+    """np.where(condition, a, b), by a Python branch where ``condition`` is one problem's numpy bool."""
+    if type(condition) is np.ndarray:
+        return np.where(condition, a, b)
+    chosen, other = (a, b) if condition else (b, a)
+    kind = _NUMPY_SCALAR.get(type(chosen))
+    if kind is None:
+        return chosen
+    return np.full(other.shape, chosen, other.dtype) if type(other) is np.ndarray else kind(chosen)
+
+
+def _scalar_reduction(ufunc):
+    """``ufunc``.reduce over an axis of an array; a numpy scalar (one problem's value) is its own reduction."""
+    return lambda x, axis: ufunc.reduce(x, axis) if type(x) is np.ndarray else x
+
+
+def _scalar_sum(x, axis):
+    """np.add.reduce(x, axis); of a vector by Python's sum, a third of the time (in the same order for
+    fewer than 8 entries; beyond, numpy sums pairwise: the same up to roundoff)."""
+    if x.ndim == 1:
+        return np.float64(sum(x.tolist()))
+    return np.add.reduce(x, axis)
+
+
+def _scalar_clamp_min(x, low):
+    """max(x, low), NaN kept, as np.maximum does."""
+    if type(x) is np.ndarray:
+        return np.maximum(x, low)
+    return x.dtype.type(low) if x < low else x
+
+
+def _scalar_filled(value):
+    """xp.zeros or xp.ones: ``value`` in ``shape`` less its leading batch axis (of one): a numpy scalar for (1,)."""
+
+    def filled(shape, like, dtype=None):
+        dtype = np.dtype(like.dtype if dtype is None else dtype)
+        return np.full(shape[1:], value, dtype) if len(shape) > 1 else dtype.type(value)
+
+    return filled
+
+
+_ONE, _NONE = np.arange(1), np.arange(0)
+
+SCALAR = SimpleNamespace(
+    **{
+        **vars(NUMPY),
+        "name": "scalar",
+        "where": _scalar_where,
+        "expand": lambda x, dims=1: x,  # (a scalar broadcasts as it is)
+        "clamp_min": _scalar_clamp_min,
+        "isfinite": lambda x: np.isfinite(x) if type(x) is np.ndarray else np.bool_(math.isfinite(x)),
+        "isin": lambda x, values: np.bool_(x in values),
+        "sum": _scalar_sum,
+        "all": _scalar_reduction(np.logical_and),
+        "any": _scalar_reduction(np.logical_or),
+        "amax": _scalar_reduction(np.maximum),
+        "zeros_like": lambda x: np.zeros(x.shape, x.dtype) if type(x) is np.ndarray else x.dtype.type(0),
+        "norm": lambda x: np.sqrt(x.dot(x)),  # (of a vector (p,): a fifth of the reduction's time)
+        "flatnonzero": lambda x: _ONE if x else _NONE,
+        "take": lambda x, index: x[None][index],  # (only to log accepted costs: the batch is all or none)
+        "zeros": _scalar_filled(0),
+        "ones": _scalar_filled(1),
+        "svd": _scalar_svd,
+        "copy": lambda x: np.copy(x) if type(x) is np.ndarray else x,
+        "arange": lambda n, like: _ONE,
+        "of_batch": lambda tensor: tensor.detach().numpy()[0],
+        "batch_of": lambda array: torch.from_numpy(np.asarray(array)[None]),
+    }
 )
 
 TORCH = SimpleNamespace(
@@ -85,7 +173,8 @@ TORCH = SimpleNamespace(
     take=lambda x, index: x.index_select(0, index),  # about twice as fast as x[index]
     put=lambda target, index, part: target.index_copy_(0, index, part),
     concat=lambda parts, axis: torch.cat(parts, dim=axis),
-    permute=lambda x, axes: x.permute(*axes),
+    columns_first=lambda x: x.movedim(-1, 0),
+    expand=lambda x, dims=1: x[..., None] if dims == 1 else x[..., None, None],
     eye=lambda p, like: torch.eye(p, dtype=like.dtype, device=like.device),
     zeros=lambda shape, like, dtype=None: torch.zeros(shape, dtype=dtype or like.dtype, device=like.device),
     ones=lambda shape, like, dtype=None: torch.ones(shape, dtype=dtype or like.dtype, device=like.device),
@@ -98,16 +187,23 @@ TORCH = SimpleNamespace(
     arange=lambda n, like: torch.arange(n, device=like.device),
     asarray=lambda tensor: tensor,
     tensor=lambda array: array,
+    of_batch=lambda tensor: tensor,
+    batch_of=lambda array: array,
 )
 
 
-def namespace(theta: torch.Tensor) -> SimpleNamespace:
+def namespace(theta: torch.Tensor, unbatched: bool = False) -> SimpleNamespace:
     """`NUMPY` for a batch of at most `jacobi.LAPACK_BATCH` problems on the CPU (whose SVDs go to LAPACK
-    either way), else `TORCH`."""
+    either way), `SCALAR` there for a batch of one where ``unbatched`` (its problem takes arrays without
+    the batch axis), else `TORCH`."""
     small = theta.device.type == "cpu" and theta.shape[0] <= LAPACK_BATCH and theta.dtype == torch.float64
-    return NUMPY if small else TORCH
+    if not small:
+        return TORCH
+    return SCALAR if unbatched and theta.shape[0] == 1 else NUMPY
 
 
 def namespace_of(array) -> SimpleNamespace:
-    """`NUMPY` for a numpy array, `TORCH` for a tensor."""
-    return NUMPY if isinstance(array, np.ndarray) else TORCH
+    """`NUMPY` for a numpy array, `TORCH` for a tensor, `SCALAR` for a numpy scalar (one problem's value)."""
+    if isinstance(array, np.ndarray):
+        return NUMPY
+    return SCALAR if isinstance(array, np.generic) else TORCH

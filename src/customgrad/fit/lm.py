@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .arrays import TORCH, namespace
+from .arrays import SCALAR, TORCH, namespace
 from .reduction import reduce_batched
 from .statistics import safe_column_norms
 from .status import CODE, STATUSES
@@ -249,32 +249,33 @@ def batch_levenberg_marquardt(
     blocks (b, n, p + 1) to R (b, p + 1, p + 1); ``on_round(state)`` is called after each round with the
     state so far (``state.status``: codes; its arrays numpy for small batches on the CPU, see `arrays`).
     """
-    xp = namespace(theta)
+    xp = namespace(theta, unbatched=problem.arrays == "any")
     problem = problem if xp is TORCH or problem.arrays == "any" else _Converted(problem, xp)
     reduced = reduce if xp is TORCH else lambda blocks: xp.asarray(reduce(xp.tensor(blocks)))
     tolerances = (ftol, xtol, gtol, max_steps, factor)
     with np.errstate(all="ignore"):  # numpy's arrays: inf and NaN are handled as torch's are, silently
         state, initial_cost, accepted_log = _iterate(
-            problem, xp.asarray(theta), reduced, tolerances, geodesic_acceleration, on_round, xp
+            problem, xp.of_batch(theta), reduced, tolerances, geodesic_acceleration, on_round, xp
         )
         _polish(problem, state, reduced, accepted_log, xp)
     return BatchOutcome(
-        theta=xp.tensor(state.theta),
-        status=[STATUSES[code] for code in state.status.tolist()],
-        cost=xp.tensor(state.cost),
-        evaluations=xp.tensor(state.evaluations),
-        jacobians=xp.tensor(state.jacobians),
-        steps=xp.tensor(state.steps),
-        initial_cost=xp.tensor(initial_cost),
+        theta=xp.batch_of(state.theta),
+        status=[STATUSES[code] for code in xp.batch_of(state.status).tolist()],
+        cost=xp.batch_of(state.cost),
+        evaluations=xp.batch_of(state.evaluations),
+        jacobians=xp.batch_of(state.jacobians),
+        steps=xp.batch_of(state.steps),
+        initial_cost=xp.batch_of(initial_cost),
         accepted=[(xp.tensor(index), xp.tensor(cost)) for index, cost in accepted_log],
     )
 
 
 def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round, xp):
     """The rounds until every problem has a status: the final state, the initial costs, the accepted costs."""
-    batch = theta.shape[0]
-    cost = problem.cost(problem.residuals(theta, xp.arange(batch, theta)))
+    index = xp.arange(1 if xp is SCALAR else theta.shape[0], theta)
+    cost = problem.cost(problem.residuals(theta, index))
     state = _initial_state(theta, cost, xp)
+    batch = len(index)
     accepted_log: list = []
     while True:
         index = xp.flatnonzero(state.status == 0)
@@ -288,7 +289,7 @@ def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round
             rows = index if trial is part else index[running]
             accepted = _trial_step(problem, trial, rows, geodesic_acceleration, tolerances, xp)
             if len(accepted):
-                accepted_log.append((rows[accepted], trial.cost[accepted]))
+                accepted_log.append((rows[accepted], xp.take(trial.cost, accepted)))
             if trial is not part:
                 part.put(running, trial, xp)
         if part is not state:
@@ -299,13 +300,13 @@ def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round
 
 
 def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
-    batch, p = theta.shape
+    batch, p = (1, *theta.shape) if xp is SCALAR else theta.shape
 
     def zeros(*shape, dtype=None):
         return xp.zeros((batch, *shape), theta, dtype)
 
     recent = zeros(DRIFT_WINDOW + 1)
-    recent[:, -1] = cost
+    recent[..., -1] = cost
     return BatchState(
         theta=xp.copy(theta),
         cost=xp.copy(cost),
@@ -367,9 +368,8 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     state.jacobians = state.jacobians + 1
     state.fresh = xp.zeros_like(state.fresh)
     p = state.theta.shape[-1]
-    finite = xp.all(xp.isfinite(reduced).reshape(len(fresh), -1), -1)
-    reduced = xp.where(finite[:, None, None], reduced, 0.0)
-    upper, qtr = reduced[:, :p, :p], reduced[:, :p, p]
+    finite, reduced = _finite_blocks(reduced, xp)
+    upper, qtr = reduced[..., :p, :p], reduced[..., :p, p]
     column_norms = safe_column_norms(upper, xp)
     first = _rescale(state, column_norms, factor, xp)
     # gtol: max_j |J_j^T r| / (||J_j|| ||r||) <= gtol
@@ -385,6 +385,14 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
         part.put(fresh, state, xp)
 
 
+def _finite_blocks(reduced, xp):
+    """Whether each problem's R is finite, and R with the nonfinite ones zeroed (they stop: "nonfinite")."""
+    finite = xp.all(xp.all(xp.isfinite(reduced), -1), -1)
+    if _anywhere(~finite, xp):
+        reduced = xp.where(xp.expand(finite, 2), reduced, 0.0)
+    return finite, reduced
+
+
 def _rescale(state: BatchState, column_norms, factor: float, xp):
     """D and, on a (re)start, the trust radius from a new Jacobian's column norms; returns where D restarted."""
     first = state.jacobians == 1
@@ -396,7 +404,7 @@ def _rescale(state: BatchState, column_norms, factor: float, xp):
     if not _anywhere(first, xp):
         state.scale = scale
         return first
-    state.scale = xp.where(first[:, None], xp.where(column_norms > 0, column_norms, 1.0), scale)
+    state.scale = xp.where(xp.expand(first), xp.where(column_norms > 0, column_norms, 1.0), scale)
     initial_radius = factor * xp.norm(state.scale * state.theta)
     initial_radius = xp.where(initial_radius == 0, factor, initial_radius)
     # at least a step whose effect shows in float64 (see `lm.VISIBLE_STEP`)
@@ -410,9 +418,9 @@ def _decompose(state: BatchState, upper, qtr, first, xp) -> None:
     p = upper.shape[-1]
     start = None
     if xp.warm_start:  # from the previous V (none yet on the first Jacobian: all zeros)
-        start = xp.where(first[:, None, None], xp.eye(p, upper), state.vt.swapaxes(-1, -2))
-    values, vt, products = xp.svd(upper / state.scale[:, None, :], qtr, start)
-    largest = values[:, :1]
+        start = xp.where(xp.expand(first, 2), xp.eye(p, upper), state.vt.swapaxes(-1, -2))
+    values, vt, products = xp.svd(upper / state.scale[..., None, :], qtr, start)
+    largest = values[..., :1]
     keep = (largest > 0) & (values > largest * RANK_TOLERANCE)
     squares = values * values
     state.values, state.vt, state.products = values, vt, products
@@ -420,8 +428,8 @@ def _decompose(state: BatchState, upper, qtr, first, xp) -> None:
     state.gauss_newton_norm = xp.norm(state.gauss_newton)
     projected = xp.where(keep, products / values, 0.0)
     state.gauss_newton_decrease = xp.sum(projected * projected, -1)
-    state.start = xp.where(xp.all(keep, -1), 0.0, EPS * largest[:, 0] ** 2)
-    state.low_rank = values[:, -1] <= RANK_TOLERANCE * values[:, 0]
+    state.start = xp.where(xp.all(keep, -1), 0.0, EPS * largest[..., 0] ** 2)
+    state.low_rank = values[..., -1] <= RANK_TOLERANCE * values[..., 0]
 
 
 def _damped_steps(state: BatchState, xp):
@@ -437,7 +445,7 @@ def _damped_steps(state: BatchState, xp):
         decrease = xp.sum(squares * coordinates * coordinates, -1)
         return xp.zeros_like(radius), coordinates, state.gauss_newton_norm, decrease
     lam, coefficients, norm = _hebden(state, fits, squares, xp)
-    coordinates = xp.where(fits[:, None], state.gauss_newton, -coefficients)
+    coordinates = xp.where(xp.expand(fits), state.gauss_newton, -coefficients)
     lam = xp.where(fits, 0.0, lam)
     norm = xp.where(fits, state.gauss_newton_norm, norm)
     decrease = xp.sum(squares * coordinates * coordinates, -1)
@@ -449,16 +457,18 @@ def _hebden(state: BatchState, done, squares, xp):
     c(lambda) = -(the coefficients returned) and ||c(lambda)||."""
     radius, products, lam = state.radius, state.products, state.start
     tolerance = 0.1 * radius
+    # with every s^2 > 0 no denominator s^2 + lambda (lambda >= 0) is 0: plain division (where looking is free)
+    ratio = _quotient if xp.host and bool(xp.all(xp.all(squares > 0, -1), -1)) else _ratio
     for _ in range(60):
-        denominator = squares + lam[:, None]
-        coefficients = _ratio(products, denominator, xp)
+        denominator = squares + xp.expand(lam)
+        coefficients = ratio(products, denominator, xp)
         norm = xp.norm(coefficients)
         done = done | (abs(norm - radius) <= tolerance) | (norm == 0)
         if bool(xp.all(done, -1)):
             return lam, coefficients, norm
-        derivative = -xp.sum(_ratio(coefficients * coefficients, denominator, xp), -1) / norm
+        derivative = -xp.sum(ratio(coefficients * coefficients, denominator, xp), -1) / norm
         lam = xp.where(done, lam, xp.clamp_min(lam + (norm - norm * norm / radius) / derivative, 0.0))
-    coefficients = _ratio(products, squares + lam[:, None], xp)
+    coefficients = ratio(products, squares + xp.expand(lam), xp)
     return lam, coefficients, xp.norm(coefficients)
 
 
@@ -467,9 +477,9 @@ def _ratio(a, b, xp):
     return xp.where(b != 0, a / b, 0.0)  # (the NaN of 0 / 0 is not selected)
 
 
-def _every_or(index, size: int):
-    """``index``, or the slice of everything where it holds every position (a view, no gather or scatter)."""
-    return slice(None) if len(index) == size else index
+def _quotient(a, b, xp):
+    """a / b, `_ratio` where no b is 0."""
+    return a / b
 
 
 def _to_parameters(state: BatchState, coordinates, xp):
@@ -487,10 +497,7 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
         state.radius = xp.where(first, xp.minimum(state.radius, step_norm), state.radius)
     velocity = _to_parameters(state, coordinates, xp)
     if geodesic_acceleration:
-        bent = _every_or(xp.flatnonzero(lam > 0), len(lam))
-        if isinstance(bent, slice) or len(bent):
-            velocity[bent] += _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp)
-            state.evaluations[bent] += 1
+        velocity = _accelerated(problem, state, index, velocity, lam, step_norm, xp)
     trial = state.theta + velocity
     cost_trial = problem.cost(problem.residuals(trial, index))
     state.evaluations = state.evaluations + 1
@@ -535,7 +542,7 @@ def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, toleran
     rules.append((cost == 0, "exact"))
     drift = accepted & state.low_rank
     if _anywhere(drift, xp):  # (steps: this one counted)
-        drift = drift & (state.steps > DRIFT_WINDOW - 1) & (state.recent[:, 0] - cost <= DRIFT_TOLERANCE * cost)
+        drift = drift & (state.steps > DRIFT_WINDOW - 1) & (state.recent[..., 0] - cost <= DRIFT_TOLERANCE * cost)
         rules.append((drift, "drift"))
     # the step's squares left float64 (residuals near 1e-150 under a robust loss, which is not
     # rescaled): lambda overflowed and the prediction is NaN, so no test above could ever hold
@@ -554,14 +561,14 @@ def _accept(state, accepted, trial, cost_trial, xp) -> None:
         return
     if xp.host and bool(xp.all(accepted, -1)):
         state.theta, state.cost, state.steps = trial, cost_trial, state.steps + 1
-        state.recent = xp.concat([state.recent[:, 1:], cost_trial[:, None]], -1)
+        state.recent = xp.concat([state.recent[..., 1:], cost_trial[..., None]], -1)
         state.theta_norm = xp.norm(state.live_scale * trial)
         return
-    state.theta = xp.where(accepted[:, None], trial, state.theta)
+    state.theta = xp.where(xp.expand(accepted), trial, state.theta)
     state.cost = xp.where(accepted, cost_trial, state.cost)
     state.steps = state.steps + accepted
-    shifted = xp.concat([state.recent[:, 1:], state.cost[:, None]], -1)
-    state.recent = xp.where(accepted[:, None], shifted, state.recent)
+    shifted = xp.concat([state.recent[..., 1:], state.cost[..., None]], -1)
+    state.recent = xp.where(xp.expand(accepted), shifted, state.recent)
     new_norm = xp.norm(state.live_scale * state.theta)
     state.theta_norm = xp.where(accepted, new_norm, state.theta_norm)
 
@@ -571,30 +578,52 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list, xp) -> None:
     index = xp.flatnonzero(xp.isin(state.status, [CODE[name] for name in POLISHED]))
     if len(index) == 0:
         return
-    theta, cost, scale = state.theta[index], state.cost[index], state.scale[index]
-    reduced = reduce(problem.augmented(theta, index))
-    p = theta.shape[-1]
-    finite = xp.all(xp.isfinite(reduced).reshape(len(index), -1), -1)
-    reduced = xp.where(finite[:, None, None], reduced, 0.0)
+    part = state if len(index) == _batch_size(state, xp) else state.take(index, xp)
+    reduced = reduce(problem.augmented(part.theta, index))
+    p = part.theta.shape[-1]
+    finite, reduced = _finite_blocks(reduced, xp)
     # warm start from the last linearization's V (these statuses are set by trial steps, after an SVD)
-    start = xp.take(state.vt, index).swapaxes(-1, -2)
-    values, vt, products = xp.svd(reduced[:, :p, :p] / scale[:, None, :], reduced[:, :p, p], start)
-    keep = (values[:, :1] > 0) & (values > values[:, :1] * RANK_TOLERANCE)
+    start = part.vt.swapaxes(-1, -2)
+    values, vt, products = xp.svd(reduced[..., :p, :p] / part.scale[..., None, :], reduced[..., :p, p], start)
+    keep = (values[..., :1] > 0) & (values > values[..., :1] * RANK_TOLERANCE)
     coordinates = xp.where(keep, -products / (values * values), 0.0)
-    trial = theta + xp.sum(vt * coordinates[..., None], -2) / scale
+    trial = part.theta + xp.sum(vt * coordinates[..., None], -2) / part.scale
     cost_trial = problem.cost(problem.residuals(trial, index))
-    better = finite & (cost_trial <= cost * (1 + POLISH_SLACK))
-    state.jacobians[index] += 1
-    state.evaluations[index] += finite
-    state.steps[index] += better
-    state.theta[index] = xp.where(better[:, None], trial, theta)
-    state.cost[index] = xp.where(better, cost_trial, cost)
-    if bool(better.any()):
-        accepted_log.append((index[better], cost_trial[better]))
+    better = finite & (cost_trial <= part.cost * (1 + POLISH_SLACK))
+    part.jacobians = part.jacobians + 1
+    part.evaluations = part.evaluations + finite
+    part.steps = part.steps + better
+    part.theta = xp.where(xp.expand(better), trial, part.theta)
+    part.cost = xp.where(better, cost_trial, part.cost)
+    if part is not state:
+        state.put(index, part, xp)
+    kept = xp.flatnonzero(better)
+    if len(kept):
+        accepted_log.append((index[kept], xp.take(cost_trial, kept)))
 
 
-def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp):
-    """Half the geodesic acceleration a = -(J^T J + lambda D^2)^-1 J^T r''(v, v) of the problems at ``bent``.
+def _batch_size(state: BatchState, xp) -> int:
+    """How many problems ``state`` holds (`arrays.SCALAR`: one, without a batch axis)."""
+    return 1 if xp is SCALAR else state.theta.shape[0]
+
+
+def _accelerated(problem, state: BatchState, index, velocity, lam, step_norm, xp):
+    """``velocity`` plus half the geodesic acceleration where the step is damped (lambda > 0)."""
+    bent = xp.flatnonzero(lam > 0)
+    if len(bent) == 0:
+        return velocity
+    fields = (state.theta, state.scale, state.vt, state.values, velocity, lam, step_norm)
+    if len(bent) == len(index):  # (every problem: no gather or scatter)
+        state.evaluations = state.evaluations + 1
+        return velocity + _half_acceleration(problem, index, *fields, xp)
+    velocity[bent] += _half_acceleration(problem, index[bent], *(xp.take(x, bent) for x in fields), xp)
+    state.evaluations[bent] += 1
+    return velocity
+
+
+def _half_acceleration(problem, rows, theta, scale, vt, values, velocity, lam, step_norm, xp):
+    """Half the geodesic acceleration a = -(J^T J + lambda D^2)^-1 J^T r''(v, v) of the problems at ``rows``,
+    their theta, D, V^T, s, step v, lambda and ||c|| given.
 
     r''(v, v) ~ (2 / h) ((r(theta + h v) - r) / h - J v) from one probe at h = `PROBE`, solved in the SVD
     coordinates of the step; J^T r'' is a sum over rows (`BatchProblem.sum_rows`). 0 where the
@@ -603,17 +632,13 @@ def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp
     J and r at the current point are evaluated again for these problems (usually a minority, 0-30%
     per round), which is cheaper than keeping every problem's J between rounds.
     """
-    rows = index[bent]
-    block = xp.permute(problem.augmented(state.theta[bent], rows), (2, 0, 1))  # the model's layout (p + 1, b, n)
+    block = xp.columns_first(problem.augmented(theta, rows))  # the model's layout (p + 1, b, n)
     jacobian, r = block[:-1], block[-1]
-    v = velocity[bent]
-    r_probe = problem.residuals(state.theta[bent] + PROBE * v, rows)
-    jv = xp.sum(jacobian * v.T[..., None], 0)
+    r_probe = problem.residuals(theta + PROBE * velocity, rows)
+    jv = xp.sum(jacobian * velocity.T[..., None], 0)
     curvature = (r_probe - r - PROBE * jv) * (2 / PROBE**2)
-    scale = state.scale[bent]
     projected = problem.sum_rows(xp.sum(jacobian * curvature, -1).T) / scale
-    vt = state.vt[bent]
-    coordinates = -(vt @ projected[..., None])[..., 0] / (state.values[bent] ** 2 + lam[bent][:, None])
-    small = 2 * xp.norm(coordinates) <= ACCELERATION_RATIO * step_norm[bent]
+    coordinates = -(vt @ projected[..., None])[..., 0] / (values**2 + xp.expand(lam))
+    small = 2 * xp.norm(coordinates) <= ACCELERATION_RATIO * step_norm
     acceleration = 0.5 * xp.sum(vt * coordinates[..., None], -2) / scale
-    return xp.where(small[:, None], acceleration, 0.0)
+    return xp.where(xp.expand(small), acceleration, 0.0)

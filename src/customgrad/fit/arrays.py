@@ -39,6 +39,21 @@ def _scalar_svd(matrix: np.ndarray, rhs: np.ndarray, start=None):
     return values, vt, values * (rhs @ u)
 
 
+def _batched_products(total) -> dict:
+    """Products of the solver's small matrices over a batch (B, ...), as elementwise products and sums
+    ``total(x, axis)`` (for TORCH, also on a GPU); `SCALAR` multiplies its unbatched matrices by BLAS."""
+    return {
+        # sum_i c_i M_ij: (B, k), (B, k, q) -> (B, q)
+        "vecmat": lambda c, matrix: total(matrix * c[..., None], -2),
+        # M c: (B, q, k), (B, k) -> (B, q)
+        "matvec": lambda matrix, c: (matrix @ c[..., None])[..., 0],
+        # J v from the columns of J in the model's layout: (p, B, n), (B, p) -> (B, n)
+        "combine_columns": lambda columns, v: total(columns * v.T[..., None], 0),
+        # J^T w: (p, B, n), (B, n) -> (B, p)
+        "project_on_columns": lambda columns, w: total(columns * w, -1).T,
+    }
+
+
 def _numpy_put(target: np.ndarray, index: np.ndarray, part: np.ndarray) -> None:
     target[index] = part
 
@@ -69,6 +84,7 @@ NUMPY = SimpleNamespace(
     ones=lambda shape, like, dtype=None: np.ones(shape, dtype=like.dtype if dtype is None else dtype),
     integer=np.int64,
     boolean=np.bool_,
+    **_batched_products(np.add.reduce),
     svd=_numpy_svd,
     warm_start=False,  # LAPACK starts from scratch
     host=True,  # bool(array) reads host memory: the solver may skip work that no problem needs
@@ -147,6 +163,10 @@ SCALAR = SimpleNamespace(
         "zeros": _scalar_filled(0),
         "ones": _scalar_filled(1),
         "svd": _scalar_svd,
+        "vecmat": lambda c, matrix: c @ matrix,
+        "matvec": lambda matrix, c: matrix @ c,
+        "combine_columns": lambda columns, v: v @ columns,
+        "project_on_columns": lambda columns, w: columns @ w,
         "copy": lambda x: np.copy(x) if type(x) is np.ndarray else x,
         "arange": lambda n, like: _ONE,
         "of_batch": lambda tensor: tensor.detach().numpy()[0],
@@ -180,6 +200,7 @@ TORCH = SimpleNamespace(
     ones=lambda shape, like, dtype=None: torch.ones(shape, dtype=dtype or like.dtype, device=like.device),
     integer=torch.long,
     boolean=torch.bool,
+    **_batched_products(torch.sum),
     svd=jacobi_svd,
     warm_start=True,  # Jacobi rotations from the previous V: most sweeps saved
     host=False,  # bool(tensor) waits for the device: the solver branches on values only where it must

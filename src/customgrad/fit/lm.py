@@ -373,7 +373,7 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     column_norms = safe_column_norms(upper, xp)
     first = _rescale(state, column_norms, factor, xp)
     # gtol: max_j |J_j^T r| / (||J_j|| ||r||) <= gtol
-    gradient = abs(xp.sum(upper * qtr[..., None], -2))
+    gradient = abs(xp.vecmat(qtr, upper))
     cosine = xp.amax(gradient / xp.clamp_min(column_norms, TINY), -1)
     # a cost that overflowed (or NaN) makes every convergence test pass vacuously
     stops = (~finite | ~xp.isfinite(state.cost), "nonfinite"), (state.cost == 0, "exact")
@@ -484,7 +484,7 @@ def _quotient(a, b, xp):
 
 def _to_parameters(state: BatchState, coordinates, xp):
     """D^-1 V c: a step in parameter space from its V-coordinates."""
-    return xp.sum(state.vt * coordinates[..., None], -2) / state.scale
+    return xp.vecmat(coordinates, state.vt) / state.scale
 
 
 def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
@@ -587,7 +587,7 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list, xp) -> None:
     values, vt, products = xp.svd(reduced[..., :p, :p] / part.scale[..., None, :], reduced[..., :p, p], start)
     keep = (values[..., :1] > 0) & (values > values[..., :1] * RANK_TOLERANCE)
     coordinates = xp.where(keep, -products / (values * values), 0.0)
-    trial = part.theta + xp.sum(vt * coordinates[..., None], -2) / part.scale
+    trial = part.theta + xp.vecmat(coordinates, vt) / part.scale
     cost_trial = problem.cost(problem.residuals(trial, index))
     better = finite & (cost_trial <= part.cost * (1 + POLISH_SLACK))
     part.jacobians = part.jacobians + 1
@@ -635,10 +635,9 @@ def _half_acceleration(problem, rows, theta, scale, vt, values, velocity, lam, s
     block = xp.columns_first(problem.augmented(theta, rows))  # the model's layout (p + 1, b, n)
     jacobian, r = block[:-1], block[-1]
     r_probe = problem.residuals(theta + PROBE * velocity, rows)
-    jv = xp.sum(jacobian * velocity.T[..., None], 0)
-    curvature = (r_probe - r - PROBE * jv) * (2 / PROBE**2)
-    projected = problem.sum_rows(xp.sum(jacobian * curvature, -1).T) / scale
-    coordinates = -(vt @ projected[..., None])[..., 0] / (values**2 + xp.expand(lam))
+    curvature = (r_probe - r - PROBE * xp.combine_columns(jacobian, velocity)) * (2 / PROBE**2)
+    projected = problem.sum_rows(xp.project_on_columns(jacobian, curvature)) / scale
+    coordinates = -xp.matvec(vt, projected) / (values**2 + xp.expand(lam))
     small = 2 * xp.norm(coordinates) <= ACCELERATION_RATIO * step_norm
-    acceleration = 0.5 * xp.sum(vt * coordinates[..., None], -2) / scale
+    acceleration = 0.5 * xp.vecmat(coordinates, vt) / scale
     return xp.where(xp.expand(small), acceleration, 0.0)

@@ -66,6 +66,7 @@ NUMPY = SimpleNamespace(
     clamp_min=np.maximum,
     sqrt=np.sqrt,
     isfinite=np.isfinite,
+    all_finite=lambda x: np.logical_and.reduce(np.isfinite(x).reshape(len(x), -1), -1),  # (B, ...) -> (B,)
     isin=lambda x, values: (x[..., None] == np.asarray(values)).any(-1),  # (np.isin sorts: ~20 us)
     sum=np.add.reduce,  # (the methods .sum, .all go through Python wrappers)
     all=np.logical_and.reduce,
@@ -108,7 +109,9 @@ def _scalar_where(condition, a, b):
     kind = _NUMPY_SCALAR.get(type(chosen))
     if kind is None:
         return chosen
-    return np.full(other.shape, chosen, other.dtype) if type(other) is np.ndarray else kind(chosen)
+    if type(other) is np.ndarray:
+        return np.zeros(other.shape, other.dtype) if chosen == 0 else np.full(other.shape, chosen, other.dtype)
+    return kind(chosen)
 
 
 def _scalar_reduction(ufunc):
@@ -124,6 +127,20 @@ def _scalar_sum(x, axis):
     return np.add.reduce(x, axis)
 
 
+def _scalar_extreme(ufunc, pick):
+    """``ufunc`` (np.maximum or np.minimum), by a Python comparison ``pick(a, b)`` where both are scalars
+    (NaN kept: neither comparison holds, and a + b is NaN)."""
+
+    def extreme(a, b):
+        if type(a) is np.ndarray or type(b) is np.ndarray:
+            return ufunc(a, b)
+        if pick(a, b):
+            return a
+        return b if pick(b, a) else a + b
+
+    return extreme
+
+
 def _scalar_clamp_min(x, low):
     """max(x, low), NaN kept, as np.maximum does."""
     if type(x) is np.ndarray:
@@ -134,9 +151,11 @@ def _scalar_clamp_min(x, low):
 def _scalar_filled(value):
     """xp.zeros or xp.ones: ``value`` in ``shape`` less its leading batch axis (of one): a numpy scalar for (1,)."""
 
+    make = np.ones if value else np.zeros
+
     def filled(shape, like, dtype=None):
         dtype = np.dtype(like.dtype if dtype is None else dtype)
-        return np.full(shape[1:], value, dtype) if len(shape) > 1 else dtype.type(value)
+        return make(shape[1:], dtype) if len(shape) > 1 else dtype.type(value)
 
     return filled
 
@@ -150,8 +169,12 @@ SCALAR = SimpleNamespace(
         "where": _scalar_where,
         "expand": lambda x, dims=1: x,  # (a scalar broadcasts as it is)
         "clamp_min": _scalar_clamp_min,
+        "maximum": _scalar_extreme(np.maximum, lambda a, b: a >= b),
+        "minimum": _scalar_extreme(np.minimum, lambda a, b: a <= b),
         "isfinite": lambda x: np.isfinite(x) if type(x) is np.ndarray else np.bool_(math.isfinite(x)),
         "isin": lambda x, values: np.bool_(x in values),
+        # (a finite sum has finite terms: one reduction, and the test of every entry only where it overflowed)
+        "all_finite": lambda x: np.True_ if math.isfinite(x.sum()) else np.logical_and.reduce(np.isfinite(x), None),
         "sum": _scalar_sum,
         "all": _scalar_reduction(np.logical_and),
         "any": _scalar_reduction(np.logical_or),
@@ -182,6 +205,7 @@ TORCH = SimpleNamespace(
     clamp_min=torch.clamp_min,
     sqrt=torch.sqrt,
     isfinite=torch.isfinite,
+    all_finite=lambda x: torch.isfinite(x).reshape(len(x), -1).all(-1),
     isin=lambda x, values: torch.isin(x, torch.as_tensor(values, device=x.device)),
     zeros_like=torch.zeros_like,
     sum=torch.sum,

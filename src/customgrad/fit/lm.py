@@ -178,6 +178,8 @@ class BatchOutcome:
         if self.histories is not None:
             return self.histories[i]
         costs = [float(self.initial_cost[i])]
+        if len(self.status) == 1 and self.accepted:  # (a batch of one: every accepted cost is its own)
+            return costs + torch.cat([cost for _, cost in self.accepted]).tolist()
         for index, cost in self.accepted:
             hit = np.flatnonzero(index.cpu().numpy() == i)  # (numpy: a fifth of torch's time per call)
             if len(hit):
@@ -387,8 +389,8 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
 
 def _finite_blocks(reduced, xp):
     """Whether each problem's R is finite, and R with the nonfinite ones zeroed (they stop: "nonfinite")."""
-    finite = xp.all(xp.all(xp.isfinite(reduced), -1), -1)
-    if _anywhere(~finite, xp):
+    finite = xp.all_finite(reduced)
+    if not xp.host or not bool(xp.all(finite, -1)):
         reduced = xp.where(xp.expand(finite, 2), reduced, 0.0)
     return finite, reduced
 
@@ -420,16 +422,21 @@ def _decompose(state: BatchState, upper, qtr, first, xp) -> None:
     if xp.warm_start:  # from the previous V (none yet on the first Jacobian: all zeros)
         start = xp.where(xp.expand(first, 2), xp.eye(p, upper), state.vt.swapaxes(-1, -2))
     values, vt, products = xp.svd(upper / state.scale[..., None, :], qtr, start)
-    largest = values[..., :1]
-    keep = (largest > 0) & (values > largest * RANK_TOLERANCE)
+    largest = values[..., 0]
     squares = values * values
     state.values, state.vt, state.products = values, vt, products
-    state.gauss_newton = xp.where(keep, -products / squares, 0.0)
+    state.low_rank = values[..., -1] <= RANK_TOLERANCE * largest
+    # every direction kept: the smallest singular value (they come sorted, largest first) passes the test
+    full_rank = (largest > 0) & (values[..., -1] > RANK_TOLERANCE * largest)
+    if xp.host and bool(xp.all(full_rank, -1)):  # (nothing to select)
+        state.gauss_newton, projected = -products / squares, products / values
+    else:
+        keep = (xp.expand(largest) > 0) & (values > xp.expand(largest) * RANK_TOLERANCE)
+        state.gauss_newton = xp.where(keep, -products / squares, 0.0)
+        projected = xp.where(keep, products / values, 0.0)
     state.gauss_newton_norm = xp.norm(state.gauss_newton)
-    projected = xp.where(keep, products / values, 0.0)
     state.gauss_newton_decrease = xp.sum(projected * projected, -1)
-    state.start = xp.where(xp.all(keep, -1), 0.0, EPS * largest[..., 0] ** 2)
-    state.low_rank = values[..., -1] <= RANK_TOLERANCE * values[..., 0]
+    state.start = xp.where(full_rank, 0.0, EPS * largest**2)
 
 
 def _damped_steps(state: BatchState, xp):
@@ -458,7 +465,7 @@ def _hebden(state: BatchState, done, squares, xp):
     radius, products, lam = state.radius, state.products, state.start
     tolerance = 0.1 * radius
     # with every s^2 > 0 no denominator s^2 + lambda (lambda >= 0) is 0: plain division (where looking is free)
-    ratio = _quotient if xp.host and bool(xp.all(xp.all(squares > 0, -1), -1)) else _ratio
+    ratio = _quotient if xp.host and bool(xp.all(squares[..., -1] > 0, -1)) else _ratio  # (sorted: the last is least)
     for _ in range(60):
         denominator = squares + xp.expand(lam)
         coefficients = ratio(products, denominator, xp)

@@ -31,7 +31,7 @@ import torch
 
 from .arrays import SCALAR, TORCH, namespace
 from .reduction import reduce_batched
-from .statistics import safe_column_norms
+from .statistics import column_norms, safe_column_norms
 from .status import CODE, STATUSES
 
 EPS = float(np.finfo(np.float64).eps)
@@ -102,7 +102,7 @@ class BatchState:
     radius: torch.Tensor  # (B,) trust radius
     theta_norm: torch.Tensor  # (B,) ||D theta||
     # the current linearisation's SVD of R D^-1, and the steps built from it
-    values: torch.Tensor  # (B, p) singular values s
+    squares: torch.Tensor  # (B, p) squared singular values s^2
     vt: torch.Tensor  # (B, p, p)
     products: torch.Tensor  # (B, p) s U^T Q^T r
     gauss_newton: torch.Tensor  # (B, p) V-coordinates of the Gauss-Newton step
@@ -260,6 +260,16 @@ def batch_levenberg_marquardt(
             problem, xp.of_batch(theta), reduced, tolerances, geodesic_acceleration, on_round, xp
         )
         _polish(problem, state, reduced, accepted_log, xp)
+    return _outcome(state, initial_cost, accepted_log, xp)
+
+
+def _outcome(state: BatchState, initial_cost, accepted_log: list, xp) -> BatchOutcome:
+    """The final state as a `BatchOutcome` of tensors; a single problem's (`arrays.SCALAR`) costs as its
+    history outright, not as a tensor per accepted step."""
+    if xp is SCALAR:
+        accepted, histories = [], [[float(initial_cost), *(float(cost[0]) for _, cost in accepted_log)]]
+    else:
+        accepted, histories = [(xp.tensor(index), xp.tensor(cost)) for index, cost in accepted_log], None
     return BatchOutcome(
         theta=xp.batch_of(state.theta),
         status=[STATUSES[code] for code in xp.batch_of(state.status).tolist()],
@@ -268,7 +278,8 @@ def batch_levenberg_marquardt(
         jacobians=xp.batch_of(state.jacobians),
         steps=xp.batch_of(state.steps),
         initial_cost=xp.batch_of(initial_cost),
-        accepted=[(xp.tensor(index), xp.tensor(cost)) for index, cost in accepted_log],
+        accepted=accepted,
+        histories=histories,
     )
 
 
@@ -316,7 +327,7 @@ def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
         live_scale=zeros(p),
         radius=zeros(),
         theta_norm=zeros(),
-        values=zeros(p),
+        squares=zeros(p),
         vt=zeros(p, p),
         products=zeros(p),
         gauss_newton=zeros(p),
@@ -336,7 +347,14 @@ def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
 
 def _anywhere(condition, xp: SimpleNamespace) -> bool:
     """Whether ``condition`` holds for some problem; True, unlooked, where looking waits for a device."""
+    if xp is SCALAR:  # (one problem's numpy bool)
+        return bool(condition)
     return not xp.host or bool(xp.any(condition, -1))
+
+
+def _everywhere(condition, xp: SimpleNamespace) -> bool:
+    """Whether ``condition`` holds for every problem (on a device, this waits for it)."""
+    return bool(condition) if xp is SCALAR else bool(xp.all(condition, -1))
 
 
 def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
@@ -345,7 +363,7 @@ def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
         hit = rules[0][0]
         for condition, _ in rules[1:]:
             hit = hit | condition
-        if not xp.any(hit, -1):
+        if not _anywhere(hit, xp):
             return
     codes = 0
     for condition, name in reversed(rules):
@@ -372,16 +390,16 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     p = state.theta.shape[-1]
     finite, reduced = _finite_blocks(reduced, xp)
     upper, qtr = reduced[..., :p, :p], reduced[..., :p, p]
-    column_norms = safe_column_norms(upper, xp)
-    first = _rescale(state, column_norms, factor, xp)
+    norms = column_norms(upper) if xp.host else safe_column_norms(upper, xp)  # (numpy: plain where in range)
+    first = _rescale(state, norms, factor, xp)
     # gtol: max_j |J_j^T r| / (||J_j|| ||r||) <= gtol
     gradient = abs(xp.vecmat(qtr, upper))
-    cosine = xp.amax(gradient / xp.clamp_min(column_norms, TINY), -1)
+    cosine = xp.amax(gradient / xp.clamp_min(norms, TINY), -1)
     # a cost that overflowed (or NaN) makes every convergence test pass vacuously
     stops = (~finite | ~xp.isfinite(state.cost), "nonfinite"), (state.cost == 0, "exact")
     _set_status(state, xp, *stops, (cosine <= gtol * xp.sqrt(state.cost), "gtol"))
     _decompose(state, upper, qtr, first, xp)
-    state.live_scale = xp.where(column_norms > 0, state.scale, 0.0)
+    state.live_scale = xp.where(norms > 0, state.scale, 0.0)
     state.theta_norm = xp.norm(state.live_scale * state.theta)
     if state is not part:
         part.put(fresh, state, xp)
@@ -390,7 +408,7 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
 def _finite_blocks(reduced, xp):
     """Whether each problem's R is finite, and R with the nonfinite ones zeroed (they stop: "nonfinite")."""
     finite = xp.all_finite(reduced)
-    if not xp.host or not bool(xp.all(finite, -1)):
+    if not xp.host or not _everywhere(finite, xp):
         reduced = xp.where(xp.expand(finite, 2), reduced, 0.0)
     return finite, reduced
 
@@ -424,11 +442,11 @@ def _decompose(state: BatchState, upper, qtr, first, xp) -> None:
     values, vt, products = xp.svd(upper / state.scale[..., None, :], qtr, start)
     largest = values[..., 0]
     squares = values * values
-    state.values, state.vt, state.products = values, vt, products
+    state.squares, state.vt, state.products = squares, vt, products
     state.low_rank = values[..., -1] <= RANK_TOLERANCE * largest
     # every direction kept: the smallest singular value (they come sorted, largest first) passes the test
     full_rank = (largest > 0) & (values[..., -1] > RANK_TOLERANCE * largest)
-    if xp.host and bool(xp.all(full_rank, -1)):  # (nothing to select)
+    if xp.host and _everywhere(full_rank, xp):  # (nothing to select)
         state.gauss_newton, projected = -products / squares, products / values
     else:
         keep = (xp.expand(largest) > 0) & (values > xp.expand(largest) * RANK_TOLERANCE)
@@ -445,9 +463,9 @@ def _damped_steps(state: BatchState, xp):
     lambda = 0 where the Gauss-Newton step (pseudo-inverse: directions below `RANK_TOLERANCE` left out)
     already fits; elsewhere Newton's method on 1/||delta|| (Hebden), which converges from below.
     """
-    radius, squares = state.radius, state.values**2
+    radius, squares = state.radius, state.squares
     fits = state.gauss_newton_norm <= 1.1 * radius
-    if bool(xp.all(fits, -1)):  # (the usual round near a solution: the Gauss-Newton step as it is)
+    if _everywhere(fits, xp):  # (the usual round near a solution: the Gauss-Newton step as it is)
         coordinates = state.gauss_newton
         decrease = xp.sum(squares * coordinates * coordinates, -1)
         return xp.zeros_like(radius), coordinates, state.gauss_newton_norm, decrease
@@ -465,13 +483,13 @@ def _hebden(state: BatchState, done, squares, xp):
     radius, products, lam = state.radius, state.products, state.start
     tolerance = 0.1 * radius
     # with every s^2 > 0 no denominator s^2 + lambda (lambda >= 0) is 0: plain division (where looking is free)
-    ratio = _quotient if xp.host and bool(xp.all(squares[..., -1] > 0, -1)) else _ratio  # (sorted: the last is least)
+    ratio = _quotient if xp.host and _everywhere(squares[..., -1] > 0, xp) else _ratio  # (sorted: the last is least)
     for _ in range(60):
         denominator = squares + xp.expand(lam)
         coefficients = ratio(products, denominator, xp)
         norm = xp.norm(coefficients)
         done = done | (abs(norm - radius) <= tolerance) | (norm == 0)
-        if bool(xp.all(done, -1)):
+        if _everywhere(done, xp):
             return lam, coefficients, norm
         derivative = -xp.sum(ratio(coefficients * coefficients, denominator, xp), -1) / norm
         lam = xp.where(done, lam, xp.clamp_min(lam + (norm - norm * norm / radius) / derivative, 0.0))
@@ -566,7 +584,7 @@ def _accept(state, accepted, trial, cost_trial, xp) -> None:
     """The accepted trial points into ``state`` (on the host, no selection where none or all were accepted)."""
     if not _anywhere(accepted, xp):
         return
-    if xp.host and bool(xp.all(accepted, -1)):
+    if xp.host and _everywhere(accepted, xp):
         state.theta, state.cost, state.steps = trial, cost_trial, state.steps + 1
         state.recent = xp.concat([state.recent[..., 1:], cost_trial[..., None]], -1)
         state.theta_norm = xp.norm(state.live_scale * trial)
@@ -619,7 +637,7 @@ def _accelerated(problem, state: BatchState, index, velocity, lam, step_norm, xp
     bent = xp.flatnonzero(lam > 0)
     if len(bent) == 0:
         return velocity
-    fields = (state.theta, state.scale, state.vt, state.values, velocity, lam, step_norm)
+    fields = (state.theta, state.scale, state.vt, state.squares, velocity, lam, step_norm)
     if len(bent) == len(index):  # (every problem: no gather or scatter)
         state.evaluations = state.evaluations + 1
         return velocity + _half_acceleration(problem, index, *fields, xp)
@@ -628,9 +646,9 @@ def _accelerated(problem, state: BatchState, index, velocity, lam, step_norm, xp
     return velocity
 
 
-def _half_acceleration(problem, rows, theta, scale, vt, values, velocity, lam, step_norm, xp):
+def _half_acceleration(problem, rows, theta, scale, vt, squares, velocity, lam, step_norm, xp):
     """Half the geodesic acceleration a = -(J^T J + lambda D^2)^-1 J^T r''(v, v) of the problems at ``rows``,
-    their theta, D, V^T, s, step v, lambda and ||c|| given.
+    their theta, D, V^T, s^2, step v, lambda and ||c|| given.
 
     r''(v, v) ~ (2 / h) ((r(theta + h v) - r) / h - J v) from one probe at h = `PROBE`, solved in the SVD
     coordinates of the step; J^T r'' is a sum over rows (`BatchProblem.sum_rows`). 0 where the
@@ -644,7 +662,9 @@ def _half_acceleration(problem, rows, theta, scale, vt, values, velocity, lam, s
     r_probe = problem.residuals(theta + PROBE * velocity, rows)
     curvature = (r_probe - r - PROBE * xp.combine_columns(jacobian, velocity)) * (2 / PROBE**2)
     projected = problem.sum_rows(xp.project_on_columns(jacobian, curvature)) / scale
-    coordinates = -xp.matvec(vt, projected) / (values**2 + xp.expand(lam))
+    coordinates = -xp.matvec(vt, projected) / (squares + xp.expand(lam))
     small = 2 * xp.norm(coordinates) <= ACCELERATION_RATIO * step_norm
+    if xp.host and not _anywhere(small, xp):  # (the path curves too much for every problem: no correction)
+        return 0.0
     acceleration = 0.5 * xp.vecmat(coordinates, vt) / scale
     return xp.where(xp.expand(small), acceleration, 0.0)

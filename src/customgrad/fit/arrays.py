@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .jacobi import LAPACK_BATCH, jacobi_svd
+from .reduction import reduce_batched, reduce_local
 
 
 def _numpy_svd(matrix: np.ndarray, rhs: np.ndarray, start=None):
@@ -33,8 +34,36 @@ def _numpy_svd(matrix: np.ndarray, rhs: np.ndarray, start=None):
     return values, vt, values * (u.swapaxes(-1, -2) @ rhs[..., None])[..., 0]
 
 
+try:  # the gufuncs behind np.linalg.svd and qr: their Python wrappers cost as much as a small problem's LAPACK
+    from numpy.linalg._umath_linalg import qr_r_raw as _qr_gufunc
+    from numpy.linalg._umath_linalg import svd_f as _svd_gufunc
+except ImportError:  # (a numpy without them: the public calls)
+    _qr_gufunc = _svd_gufunc = None
+
+
+def _scalar_householder(block: np.ndarray) -> np.ndarray:
+    """R (q, q) of one block [J | r] (n, q) by LAPACK's Householder QR on the host, as
+    `reduction.reduce_local` takes it by torch's (the same geqrf; no torch dispatch, no thread pool)."""
+    rows, columns = block.shape
+    if _qr_gufunc is None or rows < columns or block.dtype != np.float64:
+        return reduce_local(torch.from_numpy(block)).numpy()
+    factored = block.copy(order="K")  # (geqrf works in place: R above the diagonal, reflectors below)
+    _qr_gufunc(factored, signature="d->d")
+    upper = _UPPER.get(columns)
+    if upper is None:
+        upper = _UPPER[columns] = ~np.tri(columns, columns, -1, dtype=bool)
+    return np.where(upper, factored[:columns], 0.0)  # (np.triu: the same, four times the time)
+
+
+_UPPER: dict[int, np.ndarray] = {}  # the upper triangle's mask of each size
+
+
 def _scalar_svd(matrix: np.ndarray, rhs: np.ndarray, start=None):
     """`_numpy_svd` of one matrix (p, p) and rhs (p,), no batch axis."""
+    if _svd_gufunc is not None and matrix.dtype == np.float64:
+        u, values, vt = _svd_gufunc(matrix, signature="d->ddd")
+        if len(values) == 0 or values[0] == values[0]:  # (not NaN: LAPACK did not fail; else np.linalg.svd raises)
+            return values, vt, values * (rhs @ u)
     u, values, vt = np.linalg.svd(matrix)
     return values, vt, values * (rhs @ u)
 
@@ -87,6 +116,7 @@ NUMPY = SimpleNamespace(
     boolean=np.bool_,
     **_batched_products(np.add.reduce),
     svd=_numpy_svd,
+    householder=lambda blocks: reduce_batched(torch.from_numpy(blocks)).numpy(),  # R of each block [J | r]
     warm_start=False,  # LAPACK starts from scratch
     host=True,  # bool(array) reads host memory: the solver may skip work that no problem needs
     copy=np.copy,
@@ -154,8 +184,8 @@ def _scalar_filled(value):
     make = np.ones if value else np.zeros
 
     def filled(shape, like, dtype=None):
-        dtype = np.dtype(like.dtype if dtype is None else dtype)
-        return make(shape[1:], dtype) if len(shape) > 1 else dtype.type(value)
+        kind = like.dtype.type if dtype is None else dtype  # (a numpy scalar type: np.float64, np.bool_, ...)
+        return make(shape[1:], kind) if len(shape) > 1 else kind(value)
 
     return filled
 
@@ -174,7 +204,9 @@ SCALAR = SimpleNamespace(
         "isfinite": lambda x: np.isfinite(x) if type(x) is np.ndarray else np.bool_(math.isfinite(x)),
         "isin": lambda x, values: np.bool_(x in values),
         # (a finite sum has finite terms: one reduction, and the test of every entry only where it overflowed)
-        "all_finite": lambda x: np.True_ if math.isfinite(x.sum()) else np.logical_and.reduce(np.isfinite(x), None),
+        "all_finite": lambda x: (
+            np.True_ if math.isfinite(np.add.reduce(x, None)) else np.logical_and.reduce(np.isfinite(x), None)
+        ),
         "sum": _scalar_sum,
         "all": _scalar_reduction(np.logical_and),
         "any": _scalar_reduction(np.logical_or),
@@ -186,6 +218,7 @@ SCALAR = SimpleNamespace(
         "zeros": _scalar_filled(0),
         "ones": _scalar_filled(1),
         "svd": _scalar_svd,
+        "householder": _scalar_householder,
         "vecmat": lambda c, matrix: c @ matrix,
         "matvec": lambda matrix, c: matrix @ c,
         "combine_columns": lambda columns, v: v @ columns,
@@ -226,6 +259,7 @@ TORCH = SimpleNamespace(
     boolean=torch.bool,
     **_batched_products(torch.sum),
     svd=jacobi_svd,
+    householder=reduce_batched,
     warm_start=True,  # Jacobi rotations from the previous V: most sweeps saved
     host=False,  # bool(tensor) waits for the device: the solver branches on values only where it must
     copy=torch.clone,

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from .arrays import SCALAR, TORCH, namespace
-from .reduction import reduce_batched
 from .statistics import column_norms, safe_column_norms
 from .status import CODE, STATUSES
 
@@ -239,7 +238,7 @@ def batch_levenberg_marquardt(
     max_steps: int = 1000,
     factor: float = 100.0,
     geodesic_acceleration: bool = True,
-    reduce: Callable[[torch.Tensor], torch.Tensor] = reduce_batched,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_round: Callable[[BatchState], None] | None = None,
 ) -> BatchOutcome:
     """Minimise problem.cost(r_b(theta_b)) (||r_b||^2 by default) for every problem b of ``theta`` (B, p) at once.
@@ -248,12 +247,16 @@ def batch_levenberg_marquardt(
     both below ``ftol``, the trust radius is below ``xtol * ||D theta||``, or the cosine between r and every
     column of J is below ``gtol``; ``max_steps``: Jacobian evaluations; ``geodesic_acceleration`` needs
     ``problem.augmented``'s residual column to be ``problem.residuals`` (least squares); ``reduce`` maps
-    blocks (b, n, p + 1) to R (b, p + 1, p + 1); ``on_round(state)`` is called after each round with the
-    state so far (``state.status``: codes; its arrays numpy for small batches on the CPU, see `arrays`).
+    blocks (b, n, p + 1) to R (b, p + 1, p + 1) (default: Householder QR, `reduction.reduce_batched`, or
+    numpy's LAPACK for one problem on the host: `arrays.SCALAR`); ``on_round(state)`` is called after each
+    round with the state so far (``state.status``: codes; its arrays numpy for small batches on the CPU, see `arrays`).
     """
     xp = namespace(theta, unbatched=problem.arrays == "any")
     problem = problem if xp is TORCH or problem.arrays == "any" else _Converted(problem, xp)
-    reduced = reduce if xp is TORCH else lambda blocks: xp.asarray(reduce(xp.tensor(blocks)))
+    if reduce is None:
+        reduced = xp.householder
+    else:
+        reduced = reduce if xp is TORCH else lambda blocks: xp.asarray(reduce(xp.tensor(blocks)))
     tolerances = (ftol, xtol, gtol, max_steps, factor)
     with np.errstate(all="ignore"):  # numpy's arrays: inf and NaN are handled as torch's are, silently
         state, initial_cost, accepted_log = _iterate(
@@ -396,7 +399,7 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     gradient = abs(xp.vecmat(qtr, upper))
     cosine = xp.amax(gradient / xp.clamp_min(norms, TINY), -1)
     # a cost that overflowed (or NaN) makes every convergence test pass vacuously
-    stops = (~finite | ~xp.isfinite(state.cost), "nonfinite"), (state.cost == 0, "exact")
+    stops = (~(finite & xp.isfinite(state.cost)), "nonfinite"), (state.cost == 0, "exact")
     _set_status(state, xp, *stops, (cosine <= gtol * xp.sqrt(state.cost), "gtol"))
     _decompose(state, upper, qtr, first, xp)
     state.live_scale = xp.where(norms > 0, state.scale, 0.0)

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from .lm import BatchProblem, BatchState, Outcome, batch_levenberg_marquardt
-from .reduction import reduce_local
 
 
 class OneProblem(BatchProblem):
@@ -92,13 +91,13 @@ def levenberg_marquardt(
 ) -> Outcome:
     """Minimise cost_of(residuals(theta)) from ``theta`` (p,) by `lm.batch_levenberg_marquardt`.
 
-    ``reduce`` maps one block [J | r] (n, p + 1) to its R (default: Householder QR, `reduction.reduce_local`:
-    for one block, ~40% less time than the batched geqrf);
+    ``reduce`` maps one block [J | r] (n, p + 1) to its R (default: Householder QR, `lm`'s);
     ``on_step(step, cost)`` is called after each accepted step; other options (ftol, xtol, gtol,
     max_steps, factor, geodesic_acceleration) as `batch_levenberg_marquardt` takes them.
     """
     problem = OneProblem(residuals, linearize, cost_of, sum_rows, theta.dtype)
-    options["reduce"] = reduce_local if reduce is None else lambda blocks: _one_block(reduce, blocks)
+    if reduce is not None:
+        options["reduce"] = lambda blocks: _one_block(reduce, blocks)
     if on_step is not None:
         options["on_round"] = _reporter(on_step)
     outcome = batch_levenberg_marquardt(problem, theta.detach().to(torch.float64).unsqueeze(0), **options).one(0)

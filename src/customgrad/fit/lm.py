@@ -317,34 +317,33 @@ def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round
 
 def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
     batch, p = (1, *theta.shape) if xp is SCALAR else theta.shape
-
-    def zeros(*shape, dtype=None):
-        return xp.zeros((batch, *shape), theta, dtype)
-
-    recent = zeros(DRIFT_WINDOW + 1)
+    # one zero of each shape, copied per field (`arrays.SCALAR`: its numpy scalars shared, as immutable)
+    vector, scalar = xp.zeros((batch, p), theta), xp.zeros((batch,), theta)
+    count, flag = xp.zeros((batch,), theta, xp.integer), xp.zeros((batch,), theta, xp.boolean)
+    recent = xp.zeros((batch, DRIFT_WINDOW + 1), theta)
     recent[..., -1] = cost
     return BatchState(
         theta=xp.copy(theta),
         cost=xp.copy(cost),
-        scale=zeros(p),
-        live_scale=zeros(p),
-        radius=zeros(),
-        theta_norm=zeros(),
-        squares=zeros(p),
-        vt=zeros(p, p),
-        products=zeros(p),
-        gauss_newton=zeros(p),
-        gauss_newton_norm=zeros(),
-        gauss_newton_decrease=zeros(),
-        start=zeros(),
-        low_rank=zeros(dtype=xp.boolean),
+        scale=xp.copy(vector),
+        live_scale=xp.copy(vector),
+        radius=xp.copy(scalar),
+        theta_norm=xp.copy(scalar),
+        squares=xp.copy(vector),
+        vt=xp.zeros((batch, p, p), theta),
+        products=xp.copy(vector),
+        gauss_newton=vector,
+        gauss_newton_norm=xp.copy(scalar),
+        gauss_newton_decrease=xp.copy(scalar),
+        start=scalar,
+        low_rank=xp.copy(flag),
         recent=recent,
-        evaluations=xp.ones((batch,), theta, xp.integer),
-        jacobians=zeros(dtype=xp.integer),
-        steps=zeros(dtype=xp.integer),
-        nonfinite_run=zeros(dtype=xp.integer),
-        fresh=xp.ones((batch,), theta, xp.boolean),
-        status=zeros(dtype=xp.integer),
+        evaluations=count + 1,
+        jacobians=xp.copy(count),
+        steps=xp.copy(count),
+        nonfinite_run=count,
+        fresh=~flag,
+        status=xp.copy(count),
     )
 
 

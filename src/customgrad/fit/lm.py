@@ -418,11 +418,15 @@ def _finite_blocks(reduced, xp):
 def _rescale(state: BatchState, column_norms, factor: float, xp):
     """D and, on a (re)start, the trust radius from a new Jacobian's column norms; returns where D restarted."""
     first = state.jacobians == 1
+    scale = xp.maximum(state.scale, column_norms)
+    low = column_norms < COLUMN_SHRUNK * scale
+    if xp.host and not _anywhere(xp.any(low, -1), xp) and not _anywhere(first, xp):
+        state.scale = scale  # (no column zero or shrunk, so none below SHRUNK either: D the running maxima)
+        return first
     # D restarts where every column shrank below SHRUNK of its maximum (see `lm.SHRUNK`)
     first = first | xp.all(column_norms < SHRUNK * state.scale, -1)
-    scale = xp.maximum(state.scale, column_norms)
     # a single column that shrank by orders of magnitude restarts alone (`lm.COLUMN_SHRUNK`)
-    scale = xp.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale)
+    scale = xp.where((column_norms > 0) & low, column_norms, scale)
     if not _anywhere(first, xp):
         state.scale = scale
         return first

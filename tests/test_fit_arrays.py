@@ -36,6 +36,8 @@ def test_scalar_elementwise_operations_match_numpy_on_a_batch_of_one(a, b):
         _same(SCALAR.minimum(x, y), NUMPY.minimum(bx, by))
         _same(SCALAR.clamp_min(x, 0.0), NUMPY.clamp_min(bx, 0.0))
         _same(SCALAR.isfinite(x), NUMPY.isfinite(bx))
+        pair, batch_pair = np.array([a, b]), np.array([[a, b]])
+        _same(SCALAR.within(pair, 1e-140, 1e140), NUMPY.within(batch_pair, 1e-140, 1e140))
         _same(~SCALAR.isfinite(x), ~NUMPY.isfinite(bx))
         for condition in (x < y, x == y, SCALAR.isfinite(x)):
             batch_condition = np.array([bool(condition)])

@@ -96,6 +96,7 @@ NUMPY = SimpleNamespace(
     sqrt=np.sqrt,
     isfinite=np.isfinite,
     all_finite=lambda x: np.logical_and.reduce(np.isfinite(x).reshape(len(x), -1), -1),  # (B, ...) -> (B,)
+    within=lambda x, low, high: np.logical_and.reduce((x > low) & (x < high), -1),  # low < x < high, (B, k) -> (B,)
     isin=lambda x, values: (x[..., None] == np.asarray(values)).any(-1),  # (np.isin sorts: ~20 us)
     sum=np.add.reduce,  # (the methods .sum, .all go through Python wrappers)
     all=np.logical_and.reduce,
@@ -171,6 +172,13 @@ def _scalar_extreme(ufunc, pick):
     return extreme
 
 
+def _scalar_within(x: np.ndarray, low: float, high: float):
+    """low < x_i < high for every entry of one problem's vector, from its extremes (NaN fails, as in numpy)."""
+    values = x.tolist()
+    total = sum(values)  # (NaN where an entry is NaN: min and max may skip it)
+    return np.bool_(total == total and low < min(values) and max(values) < high)
+
+
 def _scalar_clamp_min(x, low):
     """max(x, low), NaN kept, as np.maximum does."""
     if type(x) is np.ndarray:
@@ -203,6 +211,7 @@ SCALAR = SimpleNamespace(
         "minimum": _scalar_extreme(np.minimum, lambda a, b: a <= b),
         "isfinite": lambda x: np.isfinite(x) if type(x) is np.ndarray else np.bool_(math.isfinite(x)),
         "isin": lambda x, values: np.bool_(x in values),
+        "within": _scalar_within,
         # (a finite sum has finite terms: one reduction, and the test of every entry only where it overflowed)
         "all_finite": lambda x: (
             np.True_ if math.isfinite(np.add.reduce(x, None)) else np.logical_and.reduce(np.isfinite(x), None)
@@ -239,6 +248,7 @@ TORCH = SimpleNamespace(
     sqrt=torch.sqrt,
     isfinite=torch.isfinite,
     all_finite=lambda x: torch.isfinite(x).reshape(len(x), -1).all(-1),
+    within=lambda x, low, high: ((x > low) & (x < high)).all(-1),
     isin=lambda x, values: torch.isin(x, torch.as_tensor(values, device=x.device)),
     zeros_like=torch.zeros_like,
     sum=torch.sum,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .arrays import SCALAR, TORCH, namespace
-from .statistics import column_norms, safe_column_norms
+from .statistics import safe_column_norms
 from .status import CODE, STATUSES
 
 EPS = float(np.finfo(np.float64).eps)
@@ -392,7 +392,7 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     p = state.theta.shape[-1]
     finite, reduced = _finite_blocks(reduced, xp)
     upper, qtr = reduced[..., :p, :p], reduced[..., :p, p]
-    norms = column_norms(upper) if xp.host else safe_column_norms(upper, xp)  # (numpy: plain where in range)
+    norms = _column_norms(upper, xp)
     first = _rescale(state, norms, factor, xp)
     # gtol: max_j |J_j^T r| / (||J_j|| ||r||) <= gtol
     gradient = abs(xp.vecmat(qtr, upper))
@@ -405,6 +405,16 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     state.theta_norm = xp.norm(state.live_scale * state.theta)
     if state is not part:
         part.put(fresh, state, xp)
+
+
+def _column_norms(upper, xp):
+    """||R_j|| per column: on the host plain where every square is in float64's range (`statistics.column_norms`),
+    else as m_j ||R_j / m_j|| (`statistics.safe_column_norms`)."""
+    if xp.host:
+        plain = xp.sqrt(xp.sum(upper * upper, -2))
+        if _everywhere(xp.within(plain, 1e-140, 1e140), xp):
+            return plain
+    return safe_column_norms(upper, xp)
 
 
 def _finite_blocks(reduced, xp):
@@ -446,12 +456,11 @@ def _decompose(state: BatchState, upper, qtr, first, xp) -> None:
     if xp.warm_start:  # from the previous V (none yet on the first Jacobian: all zeros)
         start = xp.where(xp.expand(first, 2), xp.eye(p, upper), state.vt.swapaxes(-1, -2))
     values, vt, products = xp.svd(upper / state.scale[..., None, :], qtr, start)
-    largest = values[..., 0]
-    squares = values * values
+    largest, smallest = values[..., 0], values[..., -1]  # (sorted, largest first)
+    squares, floor = values * values, RANK_TOLERANCE * largest
     state.squares, state.vt, state.products = squares, vt, products
-    state.low_rank = values[..., -1] <= RANK_TOLERANCE * largest
-    # every direction kept: the smallest singular value (they come sorted, largest first) passes the test
-    full_rank = (largest > 0) & (values[..., -1] > RANK_TOLERANCE * largest)
+    state.low_rank = smallest <= floor
+    full_rank = (largest > 0) & (smallest > floor)  # every direction kept: the smallest passes the test
     if xp.host and _everywhere(full_rank, xp):  # (nothing to select)
         state.gauss_newton, projected = -products / squares, products / values
     else:

@@ -29,8 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .arrays import TORCH, namespace
-from .reduction import reduce_batched
+from .arrays import SCALAR, TORCH, namespace
 from .statistics import safe_column_norms
 from .status import CODE, STATUSES
 
@@ -102,7 +101,7 @@ class BatchState:
     radius: torch.Tensor  # (B,) trust radius
     theta_norm: torch.Tensor  # (B,) ||D theta||
     # the current linearisation's SVD of R D^-1, and the steps built from it
-    values: torch.Tensor  # (B, p) singular values s
+    squares: torch.Tensor  # (B, p) squared singular values s^2
     vt: torch.Tensor  # (B, p, p)
     products: torch.Tensor  # (B, p) s U^T Q^T r
     gauss_newton: torch.Tensor  # (B, p) V-coordinates of the Gauss-Newton step
@@ -178,6 +177,8 @@ class BatchOutcome:
         if self.histories is not None:
             return self.histories[i]
         costs = [float(self.initial_cost[i])]
+        if len(self.status) == 1 and self.accepted:  # (a batch of one: every accepted cost is its own)
+            return costs + torch.cat([cost for _, cost in self.accepted]).tolist()
         for index, cost in self.accepted:
             hit = np.flatnonzero(index.cpu().numpy() == i)  # (numpy: a fifth of torch's time per call)
             if len(hit):
@@ -237,7 +238,7 @@ def batch_levenberg_marquardt(
     max_steps: int = 1000,
     factor: float = 100.0,
     geodesic_acceleration: bool = True,
-    reduce: Callable[[torch.Tensor], torch.Tensor] = reduce_batched,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_round: Callable[[BatchState], None] | None = None,
 ) -> BatchOutcome:
     """Minimise problem.cost(r_b(theta_b)) (||r_b||^2 by default) for every problem b of ``theta`` (B, p) at once.
@@ -246,35 +247,51 @@ def batch_levenberg_marquardt(
     both below ``ftol``, the trust radius is below ``xtol * ||D theta||``, or the cosine between r and every
     column of J is below ``gtol``; ``max_steps``: Jacobian evaluations; ``geodesic_acceleration`` needs
     ``problem.augmented``'s residual column to be ``problem.residuals`` (least squares); ``reduce`` maps
-    blocks (b, n, p + 1) to R (b, p + 1, p + 1); ``on_round(state)`` is called after each round with the
-    state so far (``state.status``: codes; its arrays numpy for small batches on the CPU, see `arrays`).
+    blocks (b, n, p + 1) to R (b, p + 1, p + 1) (default: Householder QR, `reduction.reduce_batched`, or
+    numpy's LAPACK for one problem on the host: `arrays.SCALAR`); ``on_round(state)`` is called after each
+    round with the state so far (``state.status``: codes; its arrays numpy for small batches on the CPU, see `arrays`).
     """
-    xp = namespace(theta)
+    xp = namespace(theta, unbatched=problem.arrays == "any")
     problem = problem if xp is TORCH or problem.arrays == "any" else _Converted(problem, xp)
-    reduced = reduce if xp is TORCH else lambda blocks: xp.asarray(reduce(xp.tensor(blocks)))
+    if reduce is None:
+        reduced = xp.householder
+    else:
+        reduced = reduce if xp is TORCH else lambda blocks: xp.asarray(reduce(xp.tensor(blocks)))
     tolerances = (ftol, xtol, gtol, max_steps, factor)
     with np.errstate(all="ignore"):  # numpy's arrays: inf and NaN are handled as torch's are, silently
         state, initial_cost, accepted_log = _iterate(
-            problem, xp.asarray(theta), reduced, tolerances, geodesic_acceleration, on_round, xp
+            problem, xp.of_batch(theta), reduced, tolerances, geodesic_acceleration, on_round, xp
         )
         _polish(problem, state, reduced, accepted_log, xp)
+    return _outcome(state, initial_cost, accepted_log, xp)
+
+
+def _outcome(state: BatchState, initial_cost, accepted_log: list, xp) -> BatchOutcome:
+    """The final state as a `BatchOutcome` of tensors; a single problem's (`arrays.SCALAR`) costs as its
+    history outright, not as a tensor per accepted step."""
+    if xp is SCALAR:
+        accepted, histories = [], [[float(initial_cost), *(float(cost[0]) for _, cost in accepted_log)]]
+    else:
+        accepted, histories = [(xp.tensor(index), xp.tensor(cost)) for index, cost in accepted_log], None
     return BatchOutcome(
-        theta=xp.tensor(state.theta),
-        status=[STATUSES[code] for code in state.status.tolist()],
-        cost=xp.tensor(state.cost),
-        evaluations=xp.tensor(state.evaluations),
-        jacobians=xp.tensor(state.jacobians),
-        steps=xp.tensor(state.steps),
-        initial_cost=xp.tensor(initial_cost),
-        accepted=[(xp.tensor(index), xp.tensor(cost)) for index, cost in accepted_log],
+        theta=xp.batch_of(state.theta),
+        status=[STATUSES[code] for code in xp.batch_of(state.status).tolist()],
+        cost=xp.batch_of(state.cost),
+        evaluations=xp.batch_of(state.evaluations),
+        jacobians=xp.batch_of(state.jacobians),
+        steps=xp.batch_of(state.steps),
+        initial_cost=xp.batch_of(initial_cost),
+        accepted=accepted,
+        histories=histories,
     )
 
 
 def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round, xp):
     """The rounds until every problem has a status: the final state, the initial costs, the accepted costs."""
-    batch = theta.shape[0]
-    cost = problem.cost(problem.residuals(theta, xp.arange(batch, theta)))
+    index = xp.arange(1 if xp is SCALAR else theta.shape[0], theta)
+    cost = problem.cost(problem.residuals(theta, index))
     state = _initial_state(theta, cost, xp)
+    batch = len(index)
     accepted_log: list = []
     while True:
         index = xp.flatnonzero(state.status == 0)
@@ -288,7 +305,7 @@ def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round
             rows = index if trial is part else index[running]
             accepted = _trial_step(problem, trial, rows, geodesic_acceleration, tolerances, xp)
             if len(accepted):
-                accepted_log.append((rows[accepted], trial.cost[accepted]))
+                accepted_log.append((rows[accepted], xp.take(trial.cost, accepted)))
             if trial is not part:
                 part.put(running, trial, xp)
         if part is not state:
@@ -299,41 +316,47 @@ def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round
 
 
 def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
-    batch, p = theta.shape
-
-    def zeros(*shape, dtype=None):
-        return xp.zeros((batch, *shape), theta, dtype)
-
-    recent = zeros(DRIFT_WINDOW + 1)
-    recent[:, -1] = cost
+    batch, p = (1, *theta.shape) if xp is SCALAR else theta.shape
+    # one zero of each shape, copied per field (`arrays.SCALAR`: its numpy scalars shared, as immutable)
+    vector, scalar = xp.zeros((batch, p), theta), xp.zeros((batch,), theta)
+    count, flag = xp.zeros((batch,), theta, xp.integer), xp.zeros((batch,), theta, xp.boolean)
+    recent = xp.zeros((batch, DRIFT_WINDOW + 1), theta)
+    recent[..., -1] = cost
     return BatchState(
         theta=xp.copy(theta),
         cost=xp.copy(cost),
-        scale=zeros(p),
-        live_scale=zeros(p),
-        radius=zeros(),
-        theta_norm=zeros(),
-        values=zeros(p),
-        vt=zeros(p, p),
-        products=zeros(p),
-        gauss_newton=zeros(p),
-        gauss_newton_norm=zeros(),
-        gauss_newton_decrease=zeros(),
-        start=zeros(),
-        low_rank=zeros(dtype=xp.boolean),
+        scale=xp.copy(vector),
+        live_scale=xp.copy(vector),
+        radius=xp.copy(scalar),
+        theta_norm=xp.copy(scalar),
+        squares=xp.copy(vector),
+        vt=xp.zeros((batch, p, p), theta),
+        products=xp.copy(vector),
+        gauss_newton=vector,
+        gauss_newton_norm=xp.copy(scalar),
+        gauss_newton_decrease=xp.copy(scalar),
+        start=scalar,
+        low_rank=xp.copy(flag),
         recent=recent,
-        evaluations=xp.ones((batch,), theta, xp.integer),
-        jacobians=zeros(dtype=xp.integer),
-        steps=zeros(dtype=xp.integer),
-        nonfinite_run=zeros(dtype=xp.integer),
-        fresh=xp.ones((batch,), theta, xp.boolean),
-        status=zeros(dtype=xp.integer),
+        evaluations=count + 1,
+        jacobians=xp.copy(count),
+        steps=xp.copy(count),
+        nonfinite_run=count,
+        fresh=~flag,
+        status=xp.copy(count),
     )
 
 
 def _anywhere(condition, xp: SimpleNamespace) -> bool:
     """Whether ``condition`` holds for some problem; True, unlooked, where looking waits for a device."""
+    if xp is SCALAR:  # (one problem's numpy bool)
+        return bool(condition)
     return not xp.host or bool(xp.any(condition, -1))
+
+
+def _everywhere(condition, xp: SimpleNamespace) -> bool:
+    """Whether ``condition`` holds for every problem (on a device, this waits for it)."""
+    return bool(condition) if xp is SCALAR else bool(xp.all(condition, -1))
 
 
 def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
@@ -342,7 +365,7 @@ def _set_status(state: BatchState, xp: SimpleNamespace, *rules) -> None:
         hit = rules[0][0]
         for condition, _ in rules[1:]:
             hit = hit | condition
-        if not xp.any(hit, -1):
+        if not _anywhere(hit, xp):
             return
     codes = 0
     for condition, name in reversed(rules):
@@ -367,36 +390,57 @@ def _linearize_fresh(problem, part, index, reduce, tolerances, xp) -> None:
     state.jacobians = state.jacobians + 1
     state.fresh = xp.zeros_like(state.fresh)
     p = state.theta.shape[-1]
-    finite = xp.all(xp.isfinite(reduced).reshape(len(fresh), -1), -1)
-    reduced = xp.where(finite[:, None, None], reduced, 0.0)
-    upper, qtr = reduced[:, :p, :p], reduced[:, :p, p]
-    column_norms = safe_column_norms(upper, xp)
-    first = _rescale(state, column_norms, factor, xp)
+    finite, reduced = _finite_blocks(reduced, xp)
+    upper, qtr = reduced[..., :p, :p], reduced[..., :p, p]
+    norms = _column_norms(upper, xp)
+    first = _rescale(state, norms, factor, xp)
     # gtol: max_j |J_j^T r| / (||J_j|| ||r||) <= gtol
-    gradient = abs(xp.sum(upper * qtr[..., None], -2))
-    cosine = xp.amax(gradient / xp.clamp_min(column_norms, TINY), -1)
+    gradient = abs(xp.vecmat(qtr, upper))
+    cosine = xp.amax(gradient / xp.clamp_min(norms, TINY), -1)
     # a cost that overflowed (or NaN) makes every convergence test pass vacuously
-    stops = (~finite | ~xp.isfinite(state.cost), "nonfinite"), (state.cost == 0, "exact")
+    stops = (~(finite & xp.isfinite(state.cost)), "nonfinite"), (state.cost == 0, "exact")
     _set_status(state, xp, *stops, (cosine <= gtol * xp.sqrt(state.cost), "gtol"))
     _decompose(state, upper, qtr, first, xp)
-    state.live_scale = xp.where(column_norms > 0, state.scale, 0.0)
+    state.live_scale = xp.where(norms > 0, state.scale, 0.0)
     state.theta_norm = xp.norm(state.live_scale * state.theta)
     if state is not part:
         part.put(fresh, state, xp)
 
 
+def _column_norms(upper, xp):
+    """||R_j|| per column: on the host plain where every square is in float64's range (`statistics.column_norms`),
+    else as m_j ||R_j / m_j|| (`statistics.safe_column_norms`)."""
+    if xp.host:
+        plain = xp.sqrt(xp.sum(upper * upper, -2))
+        if _everywhere(xp.within(plain, 1e-140, 1e140), xp):
+            return plain
+    return safe_column_norms(upper, xp)
+
+
+def _finite_blocks(reduced, xp):
+    """Whether each problem's R is finite, and R with the nonfinite ones zeroed (they stop: "nonfinite")."""
+    finite = xp.all_finite(reduced)
+    if not xp.host or not _everywhere(finite, xp):
+        reduced = xp.where(xp.expand(finite, 2), reduced, 0.0)
+    return finite, reduced
+
+
 def _rescale(state: BatchState, column_norms, factor: float, xp):
     """D and, on a (re)start, the trust radius from a new Jacobian's column norms; returns where D restarted."""
     first = state.jacobians == 1
+    scale = xp.maximum(state.scale, column_norms)
+    low = column_norms < COLUMN_SHRUNK * scale
+    if xp.host and not _anywhere(xp.any(low, -1), xp) and not _anywhere(first, xp):
+        state.scale = scale  # (no column zero or shrunk, so none below SHRUNK either: D the running maxima)
+        return first
     # D restarts where every column shrank below SHRUNK of its maximum (see `lm.SHRUNK`)
     first = first | xp.all(column_norms < SHRUNK * state.scale, -1)
-    scale = xp.maximum(state.scale, column_norms)
     # a single column that shrank by orders of magnitude restarts alone (`lm.COLUMN_SHRUNK`)
-    scale = xp.where((column_norms > 0) & (column_norms < COLUMN_SHRUNK * scale), column_norms, scale)
+    scale = xp.where((column_norms > 0) & low, column_norms, scale)
     if not _anywhere(first, xp):
         state.scale = scale
         return first
-    state.scale = xp.where(first[:, None], xp.where(column_norms > 0, column_norms, 1.0), scale)
+    state.scale = xp.where(xp.expand(first), xp.where(column_norms > 0, column_norms, 1.0), scale)
     initial_radius = factor * xp.norm(state.scale * state.theta)
     initial_radius = xp.where(initial_radius == 0, factor, initial_radius)
     # at least a step whose effect shows in float64 (see `lm.VISIBLE_STEP`)
@@ -410,18 +454,22 @@ def _decompose(state: BatchState, upper, qtr, first, xp) -> None:
     p = upper.shape[-1]
     start = None
     if xp.warm_start:  # from the previous V (none yet on the first Jacobian: all zeros)
-        start = xp.where(first[:, None, None], xp.eye(p, upper), state.vt.swapaxes(-1, -2))
-    values, vt, products = xp.svd(upper / state.scale[:, None, :], qtr, start)
-    largest = values[:, :1]
-    keep = (largest > 0) & (values > largest * RANK_TOLERANCE)
-    squares = values * values
-    state.values, state.vt, state.products = values, vt, products
-    state.gauss_newton = xp.where(keep, -products / squares, 0.0)
+        start = xp.where(xp.expand(first, 2), xp.eye(p, upper), state.vt.swapaxes(-1, -2))
+    values, vt, products = xp.svd(upper / state.scale[..., None, :], qtr, start)
+    largest, smallest = values[..., 0], values[..., -1]  # (sorted, largest first)
+    squares, floor = values * values, RANK_TOLERANCE * largest
+    state.squares, state.vt, state.products = squares, vt, products
+    state.low_rank = smallest <= floor
+    full_rank = (largest > 0) & (smallest > floor)  # every direction kept: the smallest passes the test
+    if xp.host and _everywhere(full_rank, xp):  # (nothing to select)
+        state.gauss_newton, projected = -products / squares, products / values
+    else:
+        keep = (xp.expand(largest) > 0) & (values > xp.expand(largest) * RANK_TOLERANCE)
+        state.gauss_newton = xp.where(keep, -products / squares, 0.0)
+        projected = xp.where(keep, products / values, 0.0)
     state.gauss_newton_norm = xp.norm(state.gauss_newton)
-    projected = xp.where(keep, products / values, 0.0)
     state.gauss_newton_decrease = xp.sum(projected * projected, -1)
-    state.start = xp.where(xp.all(keep, -1), 0.0, EPS * largest[:, 0] ** 2)
-    state.low_rank = values[:, -1] <= RANK_TOLERANCE * values[:, 0]
+    state.start = xp.where(full_rank, 0.0, EPS * largest**2)
 
 
 def _damped_steps(state: BatchState, xp):
@@ -430,14 +478,14 @@ def _damped_steps(state: BatchState, xp):
     lambda = 0 where the Gauss-Newton step (pseudo-inverse: directions below `RANK_TOLERANCE` left out)
     already fits; elsewhere Newton's method on 1/||delta|| (Hebden), which converges from below.
     """
-    radius, squares = state.radius, state.values**2
+    radius, squares = state.radius, state.squares
     fits = state.gauss_newton_norm <= 1.1 * radius
-    if bool(xp.all(fits, -1)):  # (the usual round near a solution: the Gauss-Newton step as it is)
+    if _everywhere(fits, xp):  # (the usual round near a solution: the Gauss-Newton step as it is)
         coordinates = state.gauss_newton
         decrease = xp.sum(squares * coordinates * coordinates, -1)
         return xp.zeros_like(radius), coordinates, state.gauss_newton_norm, decrease
     lam, coefficients, norm = _hebden(state, fits, squares, xp)
-    coordinates = xp.where(fits[:, None], state.gauss_newton, -coefficients)
+    coordinates = xp.where(xp.expand(fits), state.gauss_newton, -coefficients)
     lam = xp.where(fits, 0.0, lam)
     norm = xp.where(fits, state.gauss_newton_norm, norm)
     decrease = xp.sum(squares * coordinates * coordinates, -1)
@@ -449,16 +497,18 @@ def _hebden(state: BatchState, done, squares, xp):
     c(lambda) = -(the coefficients returned) and ||c(lambda)||."""
     radius, products, lam = state.radius, state.products, state.start
     tolerance = 0.1 * radius
+    # with every s^2 > 0 no denominator s^2 + lambda (lambda >= 0) is 0: plain division (where looking is free)
+    ratio = _quotient if xp.host and _everywhere(squares[..., -1] > 0, xp) else _ratio  # (sorted: the last is least)
     for _ in range(60):
-        denominator = squares + lam[:, None]
-        coefficients = _ratio(products, denominator, xp)
+        denominator = squares + xp.expand(lam)
+        coefficients = ratio(products, denominator, xp)
         norm = xp.norm(coefficients)
         done = done | (abs(norm - radius) <= tolerance) | (norm == 0)
-        if bool(xp.all(done, -1)):
+        if _everywhere(done, xp):
             return lam, coefficients, norm
-        derivative = -xp.sum(_ratio(coefficients * coefficients, denominator, xp), -1) / norm
+        derivative = -xp.sum(ratio(coefficients * coefficients, denominator, xp), -1) / norm
         lam = xp.where(done, lam, xp.clamp_min(lam + (norm - norm * norm / radius) / derivative, 0.0))
-    coefficients = _ratio(products, squares + lam[:, None], xp)
+    coefficients = ratio(products, squares + xp.expand(lam), xp)
     return lam, coefficients, xp.norm(coefficients)
 
 
@@ -467,14 +517,14 @@ def _ratio(a, b, xp):
     return xp.where(b != 0, a / b, 0.0)  # (the NaN of 0 / 0 is not selected)
 
 
-def _every_or(index, size: int):
-    """``index``, or the slice of everything where it holds every position (a view, no gather or scatter)."""
-    return slice(None) if len(index) == size else index
+def _quotient(a, b, xp):
+    """a / b, `_ratio` where no b is 0."""
+    return a / b
 
 
 def _to_parameters(state: BatchState, coordinates, xp):
     """D^-1 V c: a step in parameter space from its V-coordinates."""
-    return xp.sum(state.vt * coordinates[..., None], -2) / state.scale
+    return xp.vecmat(coordinates, state.vt) / state.scale
 
 
 def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
@@ -487,10 +537,7 @@ def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
         state.radius = xp.where(first, xp.minimum(state.radius, step_norm), state.radius)
     velocity = _to_parameters(state, coordinates, xp)
     if geodesic_acceleration:
-        bent = _every_or(xp.flatnonzero(lam > 0), len(lam))
-        if isinstance(bent, slice) or len(bent):
-            velocity[bent] += _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp)
-            state.evaluations[bent] += 1
+        velocity = _accelerated(problem, state, index, velocity, lam, step_norm, xp)
     trial = state.theta + velocity
     cost_trial = problem.cost(problem.residuals(trial, index))
     state.evaluations = state.evaluations + 1
@@ -535,7 +582,7 @@ def _stop(state: BatchState, accepted, finite, actual, predicted, ratio, toleran
     rules.append((cost == 0, "exact"))
     drift = accepted & state.low_rank
     if _anywhere(drift, xp):  # (steps: this one counted)
-        drift = drift & (state.steps > DRIFT_WINDOW - 1) & (state.recent[:, 0] - cost <= DRIFT_TOLERANCE * cost)
+        drift = drift & (state.steps > DRIFT_WINDOW - 1) & (state.recent[..., 0] - cost <= DRIFT_TOLERANCE * cost)
         rules.append((drift, "drift"))
     # the step's squares left float64 (residuals near 1e-150 under a robust loss, which is not
     # rescaled): lambda overflowed and the prediction is NaN, so no test above could ever hold
@@ -552,16 +599,16 @@ def _accept(state, accepted, trial, cost_trial, xp) -> None:
     """The accepted trial points into ``state`` (on the host, no selection where none or all were accepted)."""
     if not _anywhere(accepted, xp):
         return
-    if xp.host and bool(xp.all(accepted, -1)):
+    if xp.host and _everywhere(accepted, xp):
         state.theta, state.cost, state.steps = trial, cost_trial, state.steps + 1
-        state.recent = xp.concat([state.recent[:, 1:], cost_trial[:, None]], -1)
+        state.recent = xp.concat([state.recent[..., 1:], cost_trial[..., None]], -1)
         state.theta_norm = xp.norm(state.live_scale * trial)
         return
-    state.theta = xp.where(accepted[:, None], trial, state.theta)
+    state.theta = xp.where(xp.expand(accepted), trial, state.theta)
     state.cost = xp.where(accepted, cost_trial, state.cost)
     state.steps = state.steps + accepted
-    shifted = xp.concat([state.recent[:, 1:], state.cost[:, None]], -1)
-    state.recent = xp.where(accepted[:, None], shifted, state.recent)
+    shifted = xp.concat([state.recent[..., 1:], state.cost[..., None]], -1)
+    state.recent = xp.where(xp.expand(accepted), shifted, state.recent)
     new_norm = xp.norm(state.live_scale * state.theta)
     state.theta_norm = xp.where(accepted, new_norm, state.theta_norm)
 
@@ -571,30 +618,52 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list, xp) -> None:
     index = xp.flatnonzero(xp.isin(state.status, [CODE[name] for name in POLISHED]))
     if len(index) == 0:
         return
-    theta, cost, scale = state.theta[index], state.cost[index], state.scale[index]
-    reduced = reduce(problem.augmented(theta, index))
-    p = theta.shape[-1]
-    finite = xp.all(xp.isfinite(reduced).reshape(len(index), -1), -1)
-    reduced = xp.where(finite[:, None, None], reduced, 0.0)
+    part = state if len(index) == _batch_size(state, xp) else state.take(index, xp)
+    reduced = reduce(problem.augmented(part.theta, index))
+    p = part.theta.shape[-1]
+    finite, reduced = _finite_blocks(reduced, xp)
     # warm start from the last linearization's V (these statuses are set by trial steps, after an SVD)
-    start = xp.take(state.vt, index).swapaxes(-1, -2)
-    values, vt, products = xp.svd(reduced[:, :p, :p] / scale[:, None, :], reduced[:, :p, p], start)
-    keep = (values[:, :1] > 0) & (values > values[:, :1] * RANK_TOLERANCE)
+    start = part.vt.swapaxes(-1, -2)
+    values, vt, products = xp.svd(reduced[..., :p, :p] / part.scale[..., None, :], reduced[..., :p, p], start)
+    keep = (values[..., :1] > 0) & (values > values[..., :1] * RANK_TOLERANCE)
     coordinates = xp.where(keep, -products / (values * values), 0.0)
-    trial = theta + xp.sum(vt * coordinates[..., None], -2) / scale
+    trial = part.theta + xp.vecmat(coordinates, vt) / part.scale
     cost_trial = problem.cost(problem.residuals(trial, index))
-    better = finite & (cost_trial <= cost * (1 + POLISH_SLACK))
-    state.jacobians[index] += 1
-    state.evaluations[index] += finite
-    state.steps[index] += better
-    state.theta[index] = xp.where(better[:, None], trial, theta)
-    state.cost[index] = xp.where(better, cost_trial, cost)
-    if bool(better.any()):
-        accepted_log.append((index[better], cost_trial[better]))
+    better = finite & (cost_trial <= part.cost * (1 + POLISH_SLACK))
+    part.jacobians = part.jacobians + 1
+    part.evaluations = part.evaluations + finite
+    part.steps = part.steps + better
+    part.theta = xp.where(xp.expand(better), trial, part.theta)
+    part.cost = xp.where(better, cost_trial, part.cost)
+    if part is not state:
+        state.put(index, part, xp)
+    kept = xp.flatnonzero(better)
+    if len(kept):
+        accepted_log.append((index[kept], xp.take(cost_trial, kept)))
 
 
-def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp):
-    """Half the geodesic acceleration a = -(J^T J + lambda D^2)^-1 J^T r''(v, v) of the problems at ``bent``.
+def _batch_size(state: BatchState, xp) -> int:
+    """How many problems ``state`` holds (`arrays.SCALAR`: one, without a batch axis)."""
+    return 1 if xp is SCALAR else state.theta.shape[0]
+
+
+def _accelerated(problem, state: BatchState, index, velocity, lam, step_norm, xp):
+    """``velocity`` plus half the geodesic acceleration where the step is damped (lambda > 0)."""
+    bent = xp.flatnonzero(lam > 0)
+    if len(bent) == 0:
+        return velocity
+    fields = (state.theta, state.scale, state.vt, state.squares, velocity, lam, step_norm)
+    if len(bent) == len(index):  # (every problem: no gather or scatter)
+        state.evaluations = state.evaluations + 1
+        return velocity + _half_acceleration(problem, index, *fields, xp)
+    velocity[bent] += _half_acceleration(problem, index[bent], *(xp.take(x, bent) for x in fields), xp)
+    state.evaluations[bent] += 1
+    return velocity
+
+
+def _half_acceleration(problem, rows, theta, scale, vt, squares, velocity, lam, step_norm, xp):
+    """Half the geodesic acceleration a = -(J^T J + lambda D^2)^-1 J^T r''(v, v) of the problems at ``rows``,
+    their theta, D, V^T, s^2, step v, lambda and ||c|| given.
 
     r''(v, v) ~ (2 / h) ((r(theta + h v) - r) / h - J v) from one probe at h = `PROBE`, solved in the SVD
     coordinates of the step; J^T r'' is a sum over rows (`BatchProblem.sum_rows`). 0 where the
@@ -603,17 +672,14 @@ def _half_acceleration(problem, state, index, bent, velocity, lam, step_norm, xp
     J and r at the current point are evaluated again for these problems (usually a minority, 0-30%
     per round), which is cheaper than keeping every problem's J between rounds.
     """
-    rows = index[bent]
-    block = xp.permute(problem.augmented(state.theta[bent], rows), (2, 0, 1))  # the model's layout (p + 1, b, n)
+    block = xp.columns_first(problem.augmented(theta, rows))  # the model's layout (p + 1, b, n)
     jacobian, r = block[:-1], block[-1]
-    v = velocity[bent]
-    r_probe = problem.residuals(state.theta[bent] + PROBE * v, rows)
-    jv = xp.sum(jacobian * v.T[..., None], 0)
-    curvature = (r_probe - r - PROBE * jv) * (2 / PROBE**2)
-    scale = state.scale[bent]
-    projected = problem.sum_rows(xp.sum(jacobian * curvature, -1).T) / scale
-    vt = state.vt[bent]
-    coordinates = -(vt @ projected[..., None])[..., 0] / (state.values[bent] ** 2 + lam[bent][:, None])
-    small = 2 * xp.norm(coordinates) <= ACCELERATION_RATIO * step_norm[bent]
-    acceleration = 0.5 * xp.sum(vt * coordinates[..., None], -2) / scale
-    return xp.where(small[:, None], acceleration, 0.0)
+    r_probe = problem.residuals(theta + PROBE * velocity, rows)
+    curvature = (r_probe - r - PROBE * xp.combine_columns(jacobian, velocity)) * (2 / PROBE**2)
+    projected = problem.sum_rows(xp.project_on_columns(jacobian, curvature)) / scale
+    coordinates = -xp.matvec(vt, projected) / (squares + xp.expand(lam))
+    small = 2 * xp.norm(coordinates) <= ACCELERATION_RATIO * step_norm
+    if xp.host and not _anywhere(small, xp):  # (the path curves too much for every problem: no correction)
+        return 0.0
+    acceleration = 0.5 * xp.vecmat(coordinates, vt) / scale
+    return xp.where(xp.expand(small), acceleration, 0.0)

@@ -18,7 +18,8 @@ from .lm import BatchProblem, BatchState, Outcome, batch_levenberg_marquardt
 
 class OneProblem(BatchProblem):
     """`lm.BatchProblem` of one problem (index ignored): theta (1, p), residuals (1, n), float64, as
-    torch tensors or numpy arrays (answered in the kind given: `arrays`, no conversion by the solver).
+    torch tensors, or numpy arrays without the batch axis (theta (p,), residuals (n,), the cost a numpy
+    scalar: `arrays.SCALAR`), answered in the kind given (no conversion by the solver).
 
     Parameters
     ----------
@@ -44,34 +45,36 @@ class OneProblem(BatchProblem):
         """[J | r] at theta; the last one is kept, so the geodesic correction at the round's point costs no
         second Jacobian (one problem's J is small: a batch's is not kept)."""
         last = self._last
-        if last is None or type(last[0]) is not type(theta) or not bool((last[0] == theta).all()):
-            point = theta.copy() if isinstance(theta, np.ndarray) else theta.clone()
-            self._last = last = point, _like(self._linearize(self._model_point(theta)), theta)
+        if last is None or last[0] is not theta:  # (the solver's arrays are new at each step, never changed)
+            self._last = last = theta, _like(self._linearize(self._model_point(theta)), theta)
         return last[1]
 
     def cost(self, r):
         if isinstance(r, np.ndarray):
-            return np.array([self._cost_of(torch.from_numpy(r[0]))])
+            return np.float64(self._cost_of(torch.from_numpy(r)))
         return r.new_tensor([self._cost_of(r[0])])
 
     def _model_point(self, theta) -> torch.Tensor:
-        """The point (p,) of theta (1, p) as the model takes it: a tensor of the model's dtype."""
-        point = torch.from_numpy(theta[0]) if isinstance(theta, np.ndarray) else theta[0]
+        """The point (p,) of theta as the model takes it: a tensor of the model's dtype."""
+        point = torch.from_numpy(theta) if isinstance(theta, np.ndarray) else theta[0]
         return point if point.dtype == self.dtype else point.to(self.dtype)
 
     def sum_rows(self, sums):
         if self._sum_rows is None:
             return sums
-        rows = sums[0].cpu().numpy() if isinstance(sums, torch.Tensor) else sums[0]
-        return _like(torch.as_tensor(np.asarray(self._sum_rows(rows))), sums)
+        if isinstance(sums, np.ndarray):
+            return np.asarray(self._sum_rows(sums), dtype=np.float64)
+        total = torch.as_tensor(np.asarray(self._sum_rows(sums[0].cpu().numpy())))
+        return _like(total, sums)
 
 
 def _like(value: torch.Tensor, like):
-    """``value`` (a model's answer for one problem) as a batch of one in float64, the kind of array ``like`` is."""
+    """``value`` (a model's answer for one problem) in float64, the kind of array ``like`` is: a numpy
+    array as it is, a tensor as a batch of one."""
     if value.dtype != torch.float64:
         value = value.to(torch.float64)
     if isinstance(like, np.ndarray):
-        return value.detach().numpy()[None]
+        return value.detach().numpy()
     return value.unsqueeze(0).to(like.device)
 
 
@@ -88,13 +91,13 @@ def levenberg_marquardt(
 ) -> Outcome:
     """Minimise cost_of(residuals(theta)) from ``theta`` (p,) by `lm.batch_levenberg_marquardt`.
 
-    ``reduce`` maps one block [J | r] (n, p + 1) to its R (default: Householder QR, `reduction`);
+    ``reduce`` maps one block [J | r] (n, p + 1) to its R (default: Householder QR, `lm`'s);
     ``on_step(step, cost)`` is called after each accepted step; other options (ftol, xtol, gtol,
     max_steps, factor, geodesic_acceleration) as `batch_levenberg_marquardt` takes them.
     """
     problem = OneProblem(residuals, linearize, cost_of, sum_rows, theta.dtype)
     if reduce is not None:
-        options["reduce"] = lambda blocks: reduce(blocks[0]).to(blocks).unsqueeze(0)
+        options["reduce"] = lambda blocks: _one_block(reduce, blocks)
     if on_step is not None:
         options["on_round"] = _reporter(on_step)
     outcome = batch_levenberg_marquardt(problem, theta.detach().to(torch.float64).unsqueeze(0), **options).one(0)
@@ -102,14 +105,21 @@ def levenberg_marquardt(
     return outcome
 
 
+def _one_block(reduce: Callable[[torch.Tensor], torch.Tensor], blocks: torch.Tensor) -> torch.Tensor:
+    """``reduce`` (one block [J | r] -> R) for the solver's blocks: one block (n, p + 1), or a batch of one."""
+    if blocks.dim() == 2:
+        return reduce(blocks).to(blocks)
+    return reduce(blocks[0]).to(blocks).unsqueeze(0)
+
+
 def _reporter(on_step: Callable[[int, float], None]) -> Callable[[BatchState], None]:
     """``on_round`` for `batch_levenberg_marquardt`: ``on_step(steps, cost)`` after a round that accepted a step."""
     reported = [0]
 
     def on_round(state: BatchState) -> None:
-        steps = int(state.steps[0])
+        steps = int(state.steps.reshape(-1)[0])  # (a numpy scalar, or a tensor (1,): `arrays`)
         if steps > reported[0]:
             reported[0] = steps
-            on_step(steps, float(state.cost[0]))
+            on_step(steps, float(state.cost.reshape(-1)[0]))
 
     return on_round

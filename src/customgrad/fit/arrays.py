@@ -48,7 +48,10 @@ def _scalar_householder(block: np.ndarray) -> np.ndarray:
     if _qr_gufunc is None or rows < columns or block.dtype != np.float64:
         return reduce_local(torch.from_numpy(block)).numpy()
     factored = block.copy(order="K")  # (geqrf works in place: R above the diagonal, reflectors below)
-    _qr_gufunc(factored, signature="d->d")
+    try:
+        _qr_gufunc(factored, signature="d->d")
+    except TypeError:  # a numpy whose private gufunc takes other arguments: the public path
+        return reduce_local(torch.from_numpy(block)).numpy()
     upper = _UPPER.get(columns)
     if upper is None:
         upper = _UPPER[columns] = ~np.tri(columns, columns, -1, dtype=bool)
@@ -61,7 +64,10 @@ _UPPER: dict[int, np.ndarray] = {}  # the upper triangle's mask of each size
 def _scalar_svd(matrix: np.ndarray, rhs: np.ndarray, start=None):
     """`_numpy_svd` of one matrix (p, p) and rhs (p,), no batch axis."""
     if _svd_gufunc is not None and matrix.dtype == np.float64:
-        u, values, vt = _svd_gufunc(matrix, signature="d->ddd")
+        try:
+            u, values, vt = _svd_gufunc(matrix, signature="d->ddd")
+        except TypeError:  # a numpy whose private gufunc takes other arguments: the public path
+            values = np.array([np.nan])
         if len(values) == 0 or values[0] == values[0]:  # (not NaN: LAPACK did not fail; else np.linalg.svd raises)
             return values, vt, values * (rhs @ u)
     u, values, vt = np.linalg.svd(matrix)

@@ -679,12 +679,12 @@ typedef struct {
 } Fits;
 
 /* Whether a parameter of curve b stopped mattering at W->theta: ||J_j|| max(|b_j|, 1) below
-   O->saturation ||y / sigma|| (J with respect to the values b, as `plateau.sensitivities`: a parameter
-   held at its bound has a zero column in the internal coordinates, but it still matters). */
+   O->saturation ||y / sigma|| (J with respect to the internal coordinates, b the values: as
+   `api._saturated`). */
 CG_FN int saturated(const Problem *P, Work *W, int64_t b, const Options *O) {
   int64_t n = P->points, p = P->p;
   to_external(P, W->theta, W->probe_point);
-  augmented(P, W, b, W->probe_point, 1);
+  augmented(P, W, b, W->theta, 0);
   double threshold = O->saturation * data_norm(P, W, b); /* J is weighted and scaled: so is y */
   for (int64_t j = 0; j < p; j++)
     if (safe_norm(W->block + j * n, n, 1) * fmax(fabs(W->probe_point[j]), 1.0) < threshold) return 1;

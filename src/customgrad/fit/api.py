@@ -19,7 +19,7 @@ from .data import prepare_data
 from .distributed import Shards
 from .lm import BatchOutcome
 from .loss import get_loss, robust_cost, robust_linearization
-from .model import Model, check_finite_start, parameter_specs, plain_params
+from .model import Model, check_finite_start, held_at_bounds, parameter_specs, plain_params
 from .plateau import keep_restarts, saturated, sensitivities, stuck_on_plateau
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
@@ -322,7 +322,8 @@ def _restarted_on_plateau(run, calls: _Calls, theta: torch.Tensor, outcome):
         return outcome
     joined, here = BatchOutcome.of_one(outcome), torch.zeros(1, dtype=torch.long)
     retry = BatchOutcome.of_one(run(theta, factor=1.0))
-    keep_restarts(joined, here, retry, lambda found: stuck_on_plateau(*_sensitivities(problem, found[0], shards)))
+    stuck = lambda found: stuck_on_plateau(*_sensitivities(problem, found[0], shards, held=True))  # noqa: E731
+    keep_restarts(joined, here, retry, stuck)
     return joined.one(0)
 
 
@@ -468,9 +469,11 @@ def power_of_two_scale(values: torch.Tensor) -> torch.Tensor:
     return torch.where(usable, torch.ldexp(torch.ones_like(largest), shift), 1.0)
 
 
-def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = None) -> tuple[torch.Tensor, ...]:
+def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = None, *, held: bool = False):
     """`plateau.sensitivities` of the fit at ``theta`` over every rank's rows, each of shape (1, ...) (J is
-    weighted by 1 / sigma as r and y: the tests do not depend on the units of y or sigma)."""
+    weighted by 1 / sigma as r and y: the tests do not depend on the units of y or sigma); with ``held``
+    the parameters held at a bound count as live (the plateau verdict; not the restart's trigger, where a
+    restart also brings a parameter closer to its bound)."""
     block = problem.augmented(theta)  # J in internal coordinates (chunked: R)
     weighted = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
     scale = float(power_of_two_scale(weighted))  # norms of data near 1e200 would overflow
@@ -481,7 +484,8 @@ def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = 
         return sums if shards is None else torch.as_tensor(shards.sum(sums.cpu().numpy())).to(sums)
 
     values = problem.external(theta).unsqueeze(0)
-    return sensitivities(block.unsqueeze(0), values, weighted.unsqueeze(0), torch.tensor([scale]), sum_rows)
+    at_bounds = held_at_bounds(theta.unsqueeze(0), problem.bounded) if held else None
+    return sensitivities(block.unsqueeze(0), values, weighted.unsqueeze(0), torch.tensor([scale]), sum_rows, at_bounds)
 
 
 class _Final(NamedTuple):

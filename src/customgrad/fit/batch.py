@@ -22,7 +22,7 @@ from .data import BatchData, curve_data, prepare_batch_data
 from .distributed import Shards, local_shard
 from .global_fit import fit_global, global_curve, split_shared
 from .lm import BatchOutcome, BatchProblem, batch_levenberg_marquardt
-from .model import Model, batch_parameter_specs, build_function, curve_specs
+from .model import Model, batch_parameter_specs, build_function, curve_specs, held_at_bounds
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .plateau import SATURATION, keep_restarts, saturated, sensitivities, stuck_on_plateau
 from .reduction import reduce_gram
@@ -372,9 +372,9 @@ class _Subset(BatchProblem):
         return self.problem.external(theta)
 
 
-def _sensitivities(problem: _Subset, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _sensitivities(problem: _Subset, theta: torch.Tensor, *, held: bool = False) -> tuple[torch.Tensor, ...]:
     """`plateau.sensitivities` of each curve of ``problem`` at ``theta`` (J carries 1 / sigma and the
-    curves' scales: so must y)."""
+    curves' scales: so must y); ``held`` as `api._sensitivities`."""
     everyone = torch.arange(theta.shape[0], device=theta.device)
     block = problem.augmented(theta, everyone)  # J in internal coordinates, as `api._sensitivities`
     whole = problem.problem
@@ -382,12 +382,13 @@ def _sensitivities(problem: _Subset, theta: torch.Tensor) -> tuple[torch.Tensor,
     y = torch.where(whole.mask[problem.index], weighted[problem.index], 0.0)
     if whole.scales is not None:
         y = y * whole.scales[problem.index].unsqueeze(-1)
-    return sensitivities(block, problem.external(theta), y, power_of_two_scale(y))
+    at_bounds = held_at_bounds(theta, problem.problem.bounded) if held else None
+    return sensitivities(block, problem.external(theta), y, power_of_two_scale(y), held=at_bounds)
 
 
 def _stuck(problem: _Subset) -> Callable[[torch.Tensor], torch.Tensor]:
     """`plateau.stuck_on_plateau` of each curve of ``problem`` at theta (the argument of the function returned)."""
-    return lambda theta: stuck_on_plateau(*_sensitivities(problem, theta))
+    return lambda theta: stuck_on_plateau(*_sensitivities(problem, theta, held=True))
 
 
 def _solve(problem: _Subset, theta: torch.Tensor, options: dict, advance) -> BatchOutcome:

@@ -31,6 +31,10 @@ from .formula_model import formula_model
 CONSTANT_NAMES = {"E": "Euler's number e = 2.71828...", "pi": "the number pi = 3.14159..."}
 
 
+# A bounded parameter whose transform's slope is below this share of its largest is held at its bound.
+HELD = 1e-3
+
+
 @dataclass(frozen=True)
 class ParameterSpec:
     """A parameter's initial value, bounds ``lower <= value <= upper`` and whether it is held fixed."""
@@ -224,6 +228,18 @@ def external_slope(spec: ParameterSpec, t: torch.Tensor | float) -> torch.Tensor
         return (hi - lo) * xp.cos(t) / 2
     slope = t / xp.sqrt(t * t + 1)
     return slope if math.isfinite(lo) else -slope
+
+
+def held_at_bounds(theta: torch.Tensor, bounded: list[tuple[int, ParameterSpec]]) -> torch.Tensor:
+    """(..., p) bool: the bounded parameters held at a bound, where d value / d internal of ``theta``
+    (..., p) is below `HELD` of its largest (|cos t| for two bounds, |t| / sqrt(t^2 + 1) for one): a value
+    within about 1e-7 of the bound's range, whose internal Jacobian column is ~0 though it still matters."""
+    held = torch.zeros(theta.shape, dtype=torch.bool, device=theta.device)
+    for i, spec in bounded:
+        t = theta[..., i]
+        both = math.isfinite(spec.lower) and math.isfinite(spec.upper)
+        held[..., i] = (torch.cos(t) if both else t / torch.sqrt(t * t + 1)).abs() < HELD
+    return held
 
 
 def to_internal(spec: ParameterSpec, values: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ tests saturation in C, at the same threshold).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -63,6 +64,7 @@ def sensitivities(
     y: torch.Tensor,
     scale: torch.Tensor,
     sum_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    held: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """`stuck_on_plateau`'s inputs per problem: ||J_j|| max(|b_j|, 1), (J max(|b|, 1))^T r, ||r||, ||y||.
 
@@ -70,7 +72,8 @@ def sensitivities(
     column products are the same), ``values`` (b, p) the parameter values, ``y`` (b, m) the weighted data,
     ``scale`` (b,) powers of two keeping the squares in range (J, r and y multiplied alike: J scaled
     alone, 1e-224 at y ~ 1e300, squares to 0); ``sum_rows`` adds the per-problem sums (b, 2p + 2) over
-    every rank's rows (distributed).
+    every rank's rows (distributed). Parameters ``held`` (b, p) at a bound (`model.held_at_bounds`: their
+    internal column is ~0, but they still matter) count as live and stationary: infinite reach, zero gradient.
     """
     scale = scale.to(block).unsqueeze(-1)
     reach = block[..., :-1] * (scale * values.to(block).abs().clamp_min(1.0)).unsqueeze(-2)
@@ -80,7 +83,10 @@ def sensitivities(
     if sum_rows is not None:
         sums = sum_rows(sums)
     p = values.shape[-1]
-    return sums[..., :p].sqrt(), sums[..., p : 2 * p], sums[..., 2 * p].sqrt(), sums[..., 2 * p + 1].sqrt()
+    reach, gradient = sums[..., :p].sqrt(), sums[..., p : 2 * p]
+    if held is not None:
+        reach, gradient = reach.masked_fill(held, math.inf), gradient.masked_fill(held, 0.0)
+    return reach, gradient, sums[..., 2 * p].sqrt(), sums[..., 2 * p + 1].sqrt()
 
 
 def saturated(reach: torch.Tensor, data_norm: torch.Tensor) -> torch.Tensor:

@@ -193,9 +193,11 @@ def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ct
     key = (function, free, layouts)
     with _LOCK:
         found = _LIBRARIES.get(key)
-    absent = (key, str(cache.directory()))
-    if found is not None or (not build and absent in _ABSENT):
+    if found is not None:
         return found
+    absent = (key, str(cache.directory()))
+    if not build and absent in _ABSENT:
+        return None
     from ..backends.cpu import compiler_identity, open_library
 
     disk = None if function.cache_key is None else [function.cache_key, " ".join(free), layouts, *FLAGS]

@@ -21,6 +21,7 @@ exact for a model pointwise in the data (each f_i depends on row i only). A sing
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,12 +46,14 @@ CHUNK_ENTRIES = 1 << 15
 class _Inputs:
     """What the generated functions read besides the free parameters, as torch tensors or as numpy arrays
     (a CPU float64 batch of one): per argument in call order a data column (1 or B, N) or fixed value
-    (B, 1), or None and the free parameter's position; y (B, N); the weights (1 or B, N) or None."""
+    (B, 1), or None and the free parameter's position; y (B, N); the weights (1 or B, N) or None; and
+    whether one curve's parameters go in as scalars (numpy broadcasts (1, 1) arrays at twice the cost)."""
 
     slots: list[tuple[object, int | None]]
     y: object
     weights: object
     empty: Callable
+    scalars: bool = False
 
 
 class Model(BatchProblem):
@@ -116,7 +119,7 @@ class Model(BatchProblem):
             return None
         slots = [(value if index is not None else value.numpy(), index) for value, index in self._tensors.slots]
         weights = None if self.weights is None else self.weights.numpy()
-        return rows, values, _Inputs(slots, y.numpy(), weights, np.empty)
+        return rows, values, _Inputs(slots, y.numpy(), weights, np.empty, scalars=True)
 
     @property
     def batch(self) -> int:
@@ -154,38 +157,41 @@ class Model(BatchProblem):
     def residuals(self, theta: torch.Tensor, index: torch.Tensor | slice | None = None) -> torch.Tensor:
         """r (b, N) of the curves at ``index`` (None: all) at internal coordinates ``theta`` (b, p); of a
         single fit's ``theta`` (p,): r (N,)."""
-        curves = theta if theta.dim() > 1 else theta[None]
-        values = self.external(curves)
+        values = self.external(theta)
         if self._numpy is not None:
             _, generated, inputs = self._numpy
-            r = torch.from_numpy(self._finish(self._generated(generated, 1, values.numpy(), inputs), None, inputs)[0])
-        elif self.value_rows is not None:
-            block = self._generated(self.value_rows, 1, values, self._tensors, index)
-            r = self._finish(block, index, self._tensors)[0]
+            r = self._finish(self._generated(generated, 1, _curves(values.numpy()), inputs), None, inputs)[0]
+            return torch.from_numpy(r if theta.dim() > 1 else r[0])
+        if self.value_rows is not None:
+            r = self._finish(self._generated(self.value_rows, 1, _curves(values), self._tensors, index), index)[0]
         else:
             with torch.no_grad():
-                r = self._finish(self._call(values, index).unsqueeze(0).clone(), index, self._tensors)[0]
+                r = self._finish(self._call(_curves(values), index).unsqueeze(0).clone(), index)[0]
         return r if theta.dim() > 1 else r[0]
 
     def augmented(self, theta: torch.Tensor, index=None, *, external: bool = False) -> torch.Tensor:
         """[J | r] (b, N, p + 1) of the curves at ``index`` (None: all) at ``theta`` (b, p); of a single
         fit's ``theta`` (p,): (N, p + 1). With ``external`` J is taken with respect to the values themselves
         (for standard errors), not the internal coordinates. Each curve's block is column-major (LAPACK's QR)."""
-        curves = theta if theta.dim() > 1 else theta[None]
-        values = curves if external else self.external(curves)
+        values = theta if external else self.external(theta)
         rows = len(self.names) + 1
-        if self._numpy is not None:
+        if self._numpy is not None:  # in numpy up to the end
             generated, _, inputs = self._numpy
-            block = self._finish(self._generated(generated, rows, values.numpy(), inputs), None, inputs)
-            curves = curves.numpy()  # the chain rule below in numpy
+            internal = _curves(theta.numpy())
+            block = self._finish(self._generated(generated, rows, _curves(values.numpy()), inputs), None, inputs)
         elif self.rows is not None:
-            block = self._finish(self._generated(self.rows, rows, values, self._tensors, index), index, self._tensors)
+            internal = _curves(theta)
+            block = self._finish(self._generated(self.rows, rows, _curves(values), self._tensors, index), index)
         else:
-            block = self._finish(self._callable_rows(values, index), index, self._tensors)
+            internal = _curves(theta)
+            block = self._finish(self._callable_rows(_curves(values), index), index)
         if self.bounded and not external:
             for i, spec in self.bounded:
-                block[i] *= external_slope(spec, curves[:, i : i + 1])
-        block = (torch.from_numpy(block) if self._numpy is not None else block).permute(1, 2, 0)
+                block[i] *= external_slope(spec, internal[:, i : i + 1])
+        if self._numpy is not None:
+            block = block.transpose(1, 2, 0)
+            return torch.from_numpy(block if theta.dim() > 1 else block[0])
+        block = block.permute(1, 2, 0)
         return block if theta.dim() > 1 else block[0]
 
     def jacobian(self, theta: torch.Tensor, *, external: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +203,7 @@ class Model(BatchProblem):
         """A single fit's predictions f(x; values) (N,) at external parameter values (p,), differentiable."""
         if self._numpy is not None and not values.requires_grad:
             _, generated, inputs = self._numpy
-            return torch.from_numpy(self._generated(generated, 1, values[None].numpy(), inputs)[0, 0])
+            return torch.from_numpy(self._generated(generated, 1, values.numpy()[None], inputs)[0, 0])
         return self._call(values[None], None)[0]
 
     def _pick(self, tensor, index):
@@ -210,11 +216,17 @@ class Model(BatchProblem):
     def _generated(self, generated: Callable, rows: int, values, inputs: _Inputs, index=None):
         """The block (rows, b, N) a generated function writes at external ``values`` (b, p)."""
         out = inputs.empty((rows, len(values), self.size))
-        generated(out, *[self._pick(value, index) if j is None else values[:, j : j + 1] for value, j in inputs.slots])
+        if inputs.scalars and len(values) == 1:
+            free = list(values[0])
+        else:
+            free = [values[:, j : j + 1] for j in range(values.shape[-1])]
+        generated(out, *[self._pick(value, index) if j is None else free[j] for value, j in inputs.slots])
         return out
 
-    def _finish(self, block, index, inputs: _Inputs):
-        """(f - y) w s of the curves at ``index``, 0 where masked; ``block`` (k, b, N) holds f in its last row."""
+    def _finish(self, block, index, inputs: _Inputs | None = None):
+        """(f - y) w s of the curves at ``index``, 0 where masked; ``block`` (k, b, N) holds f in its last row
+        (torch, or numpy with ``inputs``)."""
+        inputs = self._tensors if inputs is None else inputs
         block[-1] -= self._pick(inputs.y, index)
         if inputs.weights is not None:
             block *= self._pick(inputs.weights, index)
@@ -228,15 +240,20 @@ class Model(BatchProblem):
         (N,) copies), a batch with data (1 or b, N) and parameters (b, 1) (copies: (b, N))."""
         shape = (len(values), self.size)
         if self.batch == 1:
-            data = {name: column[0] for name, column in self.data.items()}
-            named = {name: value[0, 0] for name, value in self.fixed.items()}
-            named.update({name: values[0, j] for j, name in enumerate(self.names)})
+            data, fixed = self._one_curve
+            named = dict(zip(self.names, values[0].unbind(0), strict=True))
+            named.update(fixed)
             return torch.broadcast_to(self.function(data, named), shape[1:]).expand(shape)
         data = {name: self._pick(column, index) for name, column in self.data.items()}
         named = {name: self._pick(value, index) for name, value in self.fixed.items()}
         per_curve = values if values.dim() == 3 else values.unsqueeze(-1)
         named.update({name: per_curve[:, j] for j, name in enumerate(self.names)})
         return torch.broadcast_to(self.function(data, named), shape)
+
+    @functools.cached_property
+    def _one_curve(self) -> tuple[dict, dict]:
+        """A batch of one's data columns (N,) and fixed values (scalars), as a single fit calls a callable."""
+        return {name: column[0] for name, column in self.data.items()}, {n: v[0, 0] for n, v in self.fixed.items()}
 
     def _callable_rows(self, values: torch.Tensor, index) -> torch.Tensor:
         """[J | f] rows (p + 1, b, N) of a callable at external ``values`` (b, p): by torch.func (a batch),
@@ -307,6 +324,11 @@ class Model(BatchProblem):
         scale = expected.abs() + (jacobian.abs().T @ v.abs()) + 1e-300
         if not bool((((got - expected).abs() / scale) <= 1e-8).all()):
             self.pointwise = False
+
+
+def _curves(theta):
+    """``theta`` (b, p) as it is, a single fit's (p,) as (1, p): a tensor or a numpy array."""
+    return theta if theta.ndim > 1 else theta[None]
 
 
 def _cpu_rows(function, names: tuple[str, ...], y: torch.Tensor, rows, value_rows) -> tuple:

@@ -101,25 +101,27 @@ class Model(BatchProblem):
         position = {name: j for j, name in enumerate(self.names)}
         slots = [(data.get(n, self.fixed.get(n)), position.get(n)) for n in getattr(function, "names", ())]
         self._tensors = _Inputs(slots, y, weights, y.new_empty)
-        self.rows = self.value_rows = self._numpy = None
+        self.rows = self.value_rows = self.numpy_rows = self.numpy_values = self._arrays = None
         if hasattr(function, "linearization"):
             self.rows, self.value_rows = function.linearization(self.names), function.values()
-            self._numpy = self._numpy_rows()
-            if self._numpy is None and y.device.type == "cpu":
+            self._numpy_rows()
+            if self._arrays is None and y.device.type == "cpu":
                 self.rows, self.value_rows = _cpu_rows(function, self.names, y, self.rows, self.value_rows)
 
-    def _numpy_rows(self) -> tuple | None:
-        """A CPU float64 batch of one's generated numpy rows and values with the `_Inputs` they read, or None."""
+    def _numpy_rows(self) -> None:
+        """A CPU float64 batch of one's generated numpy rows and values (``numpy_rows``, ``numpy_values``,
+        also what the native engine's shared library calls back) and the numpy `_Inputs` they read."""
         y, function = self.y, self.function
         plain = not self.masked and self.scales is None
         if y.device.type != "cpu" or y.dtype != torch.float64 or y.shape[0] != 1 or not plain:
-            return None
-        rows, values = function.linearization(self.names, "numpy"), function.values("numpy")
-        if rows is None or values is None:
-            return None
+            return
+        self.numpy_rows, self.numpy_values = function.linearization(self.names, "numpy"), function.values("numpy")
+        if self.numpy_rows is None or self.numpy_values is None:
+            self.numpy_rows = self.numpy_values = None
+            return
         slots = [(value if index is not None else value.numpy(), index) for value, index in self._tensors.slots]
         weights = None if self.weights is None else self.weights.numpy()
-        return rows, values, _Inputs(slots, y.numpy(), weights, np.empty, scalars=True)
+        self._arrays = _Inputs(slots, y.numpy(), weights, np.empty, scalars=True)
 
     @property
     def batch(self) -> int:
@@ -158,9 +160,9 @@ class Model(BatchProblem):
         """r (b, N) of the curves at ``index`` (None: all) at internal coordinates ``theta`` (b, p); of a
         single fit's ``theta`` (p,): r (N,)."""
         values = self.external(theta)
-        if self._numpy is not None:
-            _, generated, inputs = self._numpy
-            r = self._finish(self._generated(generated, 1, _curves(values.numpy()), inputs), None, inputs)[0]
+        if self._arrays is not None:
+            inputs = self._arrays
+            r = self._finish(self._generated(self.numpy_values, 1, _curves(values.numpy()), inputs), None, inputs)[0]
             return torch.from_numpy(r if theta.dim() > 1 else r[0])
         if self.value_rows is not None:
             r = self._finish(self._generated(self.value_rows, 1, _curves(values), self._tensors, index), index)[0]
@@ -175,10 +177,9 @@ class Model(BatchProblem):
         (for standard errors), not the internal coordinates. Each curve's block is column-major (LAPACK's QR)."""
         values = theta if external else self.external(theta)
         rows = len(self.names) + 1
-        if self._numpy is not None:  # in numpy up to the end
-            generated, _, inputs = self._numpy
-            internal = _curves(theta.numpy())
-            block = self._finish(self._generated(generated, rows, _curves(values.numpy()), inputs), None, inputs)
+        if self._arrays is not None:  # in numpy up to the end
+            inputs, internal = self._arrays, _curves(theta.numpy())
+            block = self._finish(self._generated(self.numpy_rows, rows, _curves(values.numpy()), inputs), None, inputs)
         elif self.rows is not None:
             internal = _curves(theta)
             block = self._finish(self._generated(self.rows, rows, _curves(values), self._tensors, index), index)
@@ -188,7 +189,7 @@ class Model(BatchProblem):
         if self.bounded and not external:
             for i, spec in self.bounded:
                 block[i] *= external_slope(spec, internal[:, i : i + 1])
-        if self._numpy is not None:
+        if self._arrays is not None:
             block = block.transpose(1, 2, 0)
             return torch.from_numpy(block if theta.dim() > 1 else block[0])
         block = block.permute(1, 2, 0)
@@ -201,9 +202,8 @@ class Model(BatchProblem):
 
     def predict(self, values: torch.Tensor) -> torch.Tensor:
         """A single fit's predictions f(x; values) (N,) at external parameter values (p,), differentiable."""
-        if self._numpy is not None and not values.requires_grad:
-            _, generated, inputs = self._numpy
-            return torch.from_numpy(self._generated(generated, 1, values.numpy()[None], inputs)[0, 0])
+        if self._arrays is not None and not values.requires_grad:
+            return torch.from_numpy(self._generated(self.numpy_values, 1, values.numpy()[None], self._arrays)[0, 0])
         return self._call(values[None], None)[0]
 
     def _pick(self, tensor, index):

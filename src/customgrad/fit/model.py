@@ -87,7 +87,10 @@ class Model(BatchProblem):
                  functional=False):  # fmt: skip
         self.function, self.data, self.y, self.weights, self.mask = function, data, y, weights, mask
         self.specs, self.text, self.scales, self.functional = specs, text, scales, functional
-        self.initial = initial if initial is not None else {s.name: np.full(y.shape[0], s.value) for s in specs}
+        if initial is None:
+            values = np.array([spec.value for spec in specs])[:, None].repeat(y.shape[0], 1)
+            initial = dict(zip((spec.name for spec in specs), values, strict=True))
+        self.initial = initial
         self.masked = mask is not None and not _every(mask)
         self.pointwise = True  # a callable's per-entry copies give J (`check_pointwise` decides in a single fit)
         self.free = [spec for spec in specs if not spec.fixed]
@@ -135,13 +138,11 @@ class Model(BatchProblem):
 
     def initial_theta(self) -> torch.Tensor:
         """Internal coordinates of the initial values, shape (B, p)."""
-        columns = []
-        for spec in self.free:
+        theta = np.empty((self.batch, len(self.free)))
+        for j, spec in enumerate(self.free):
             values = np.asarray(self.initial[spec.name], dtype=np.float64)
-            columns.append(to_internal(spec, values) if spec.bounded else values)
-        # (no columns: a profile re-fit may hold every parameter)
-        theta = np.stack(columns, axis=-1) if columns else np.zeros((self.batch, 0))
-        return torch.as_tensor(theta, dtype=self.y.dtype, device=self.y.device)
+            theta[:, j] = to_internal(spec, values) if spec.bounded else values
+        return torch.from_numpy(theta).to(self.y)
 
     def external(self, theta: torch.Tensor) -> torch.Tensor:
         """Parameter values (..., p) from internal coordinates (..., p)."""
@@ -168,7 +169,8 @@ class Model(BatchProblem):
             r = self._finish(self._generated(self.value_rows, 1, _curves(values), self._tensors, index), index)[0]
         else:
             with torch.no_grad():
-                r = self._finish(self._call(_curves(values), index).unsqueeze(0).clone(), index)[0]
+                f = self._call(values, index) if theta.dim() > 1 else self._curve_call(values)
+                r = self._weigh(f - self._pick(self.y, index), index)
         return r if theta.dim() > 1 else r[0]
 
     def augmented(self, theta: torch.Tensor, index=None, *, external: bool = False) -> torch.Tensor:
@@ -178,22 +180,20 @@ class Model(BatchProblem):
         values = theta if external else self.external(theta)
         rows = len(self.names) + 1
         if self._arrays is not None:  # in numpy up to the end
-            inputs, internal = self._arrays, _curves(theta.numpy())
+            inputs, theta = self._arrays, theta.numpy()
             block = self._finish(self._generated(self.numpy_rows, rows, _curves(values.numpy()), inputs), None, inputs)
         elif self.rows is not None:
-            internal = _curves(theta)
             block = self._finish(self._generated(self.rows, rows, _curves(values), self._tensors, index), index)
         else:
-            internal = _curves(theta)
-            block = self._finish(self._callable_rows(_curves(values), index), index)
+            block = self._finish(self._callable_rows(values, index), index)
         if self.bounded and not external:
             for i, spec in self.bounded:
-                block[i] *= external_slope(spec, internal[:, i : i + 1])
+                block[i] *= external_slope(spec, theta[..., i : i + 1])
         if self._arrays is not None:
             block = block.transpose(1, 2, 0)
-            return torch.from_numpy(block if theta.dim() > 1 else block[0])
+            return torch.from_numpy(block if theta.ndim > 1 else block[0])
         block = block.permute(1, 2, 0)
-        return block if theta.dim() > 1 else block[0]
+        return block if theta.ndim > 1 else block[0]
 
     def jacobian(self, theta: torch.Tensor, *, external: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """A single fit's residuals r (N,) and Jacobian J = dr/dtheta (N, p) at ``theta`` (p,) (`augmented`)."""
@@ -204,7 +204,7 @@ class Model(BatchProblem):
         """A single fit's predictions f(x; values) (N,) at external parameter values (p,), differentiable."""
         if self._arrays is not None and not values.requires_grad:
             return torch.from_numpy(self._generated(self.numpy_values, 1, values.numpy()[None], self._arrays)[0, 0])
-        return self._call(values[None], None)[0]
+        return self._curve_call(values)
 
     def _pick(self, tensor, index):
         """``tensor``'s rows of the curves at ``index``: all of them for None, and the one row of a shared
@@ -228,6 +228,11 @@ class Model(BatchProblem):
         (torch, or numpy with ``inputs``)."""
         inputs = self._tensors if inputs is None else inputs
         block[-1] -= self._pick(inputs.y, index)
+        return self._weigh(block, index, inputs)
+
+    def _weigh(self, block, index, inputs: _Inputs | None = None):
+        """``block`` (..., b, N) times w s of the curves at ``index``, 0 where masked (as `_finish`)."""
+        inputs = self._tensors if inputs is None else inputs
         if inputs.weights is not None:
             block *= self._pick(inputs.weights, index)
         if self.scales is not None:
@@ -240,40 +245,48 @@ class Model(BatchProblem):
         (N,) copies), a batch with data (1 or b, N) and parameters (b, 1) (copies: (b, N))."""
         shape = (len(values), self.size)
         if self.batch == 1:
-            data, fixed = self._one_curve
-            named = dict(zip(self.names, values[0].unbind(0), strict=True))
-            named.update(fixed)
-            return torch.broadcast_to(self.function(data, named), shape[1:]).expand(shape)
+            return self._curve_call(values[0]).expand(shape)
         data = {name: self._pick(column, index) for name, column in self.data.items()}
         named = {name: self._pick(value, index) for name, value in self.fixed.items()}
         per_curve = values if values.dim() == 3 else values.unsqueeze(-1)
         named.update({name: per_curve[:, j] for j, name in enumerate(self.names)})
         return torch.broadcast_to(self.function(data, named), shape)
 
+    def _curve_call(self, values: torch.Tensor) -> torch.Tensor:
+        """A batch of one's predictions f (N,) at values (p,) or per-entry copies (p, N), the callable called
+        as a single fit calls it: data (N,), each parameter a scalar (or its (N,) copies)."""
+        data, fixed = self._one_curve
+        named = dict(zip(self.names, values.unbind(0), strict=True))
+        named.update(fixed)
+        return torch.broadcast_to(self.function(data, named), (self.size,))
+
     @functools.cached_property
     def _one_curve(self) -> tuple[dict, dict]:
-        """A batch of one's data columns (N,) and fixed values (scalars), as a single fit calls a callable."""
+        """A batch of one's data columns (N,) and fixed values (scalars)."""
         return {name: column[0] for name, column in self.data.items()}, {n: v[0, 0] for n, v in self.fixed.items()}
 
     def _callable_rows(self, values: torch.Tensor, index) -> torch.Tensor:
-        """[J | f] rows (p + 1, b, N) of a callable at external ``values`` (b, p): by torch.func (a batch),
-        by autograd through per-entry copies (a single fit, or a model without forward-mode rules), or
-        row by row (a single fit's model that mixes rows, `check_pointwise`)."""
+        """[J | f] rows (p + 1, b, N) of a callable at external ``values`` (b, p) (a single fit's: (p,)): by
+        torch.func (a batch), by autograd through per-entry copies (a single fit, or a model without
+        forward-mode rules), or row by row (a single fit's model that mixes rows, `check_pointwise`)."""
         if self.functional:
             try:
-                return self._vmapped_rows(values, index)
+                return self._vmapped_rows(_curves(values), index)
             except Exception:  # noqa: BLE001 - e.g. an autograd Function without forward-mode rules
                 self.functional = False
+        one = self.batch == 1  # (called as a single fit calls it, on the curve's values (p,))
+        point = values if values.dim() == 1 else values[0] if one else values
         if not self.pointwise:
-            return self._rows_one_by_one(values)
-        copies = values.detach().unsqueeze(-1).expand(*values.shape, self.size).clone().requires_grad_()
+            return self._rows_one_by_one(point)
+        copies = point.detach().unsqueeze(-1)
+        copies = copies.expand(*copies.shape[:-1], self.size).clone().requires_grad_()
         with torch.enable_grad():
-            f = self._call(copies, index)
+            f = self._curve_call(copies) if one else self._call(copies, index)
             grad = None
             if f.requires_grad:
                 (grad,) = torch.autograd.grad(f, copies, torch.ones_like(f), allow_unused=True)
-        out = torch.cat([torch.zeros_like(copies.detach()) if grad is None else grad, f.detach().unsqueeze(1)], dim=1)
-        return out.transpose(0, 1).contiguous()
+        out = torch.cat([torch.zeros_like(copies.detach()) if grad is None else grad, f.detach().unsqueeze(-2)], -2)
+        return out.unsqueeze(1) if one else out.transpose(0, 1).contiguous()
 
     def _vmapped_rows(self, values: torch.Tensor, index) -> torch.Tensor:
         """[J | f] rows (p + 1, b, N) by torch.func: each curve called as a single fit calls it."""
@@ -295,14 +308,15 @@ class Model(BatchProblem):
         return torch.cat([jacobian.permute(2, 0, 1), f.unsqueeze(0)]).contiguous()
 
     def _rows_one_by_one(self, values: torch.Tensor) -> torch.Tensor:
-        """[J | f] rows (p + 1, 1, N) of a single fit's callable that mixes rows: one backward pass per row."""
+        """[J | f] rows (p + 1, 1, N) at values (p,) of a single fit's callable that mixes rows: one backward
+        pass per row."""
         leaf = values.detach().clone().requires_grad_()
         with torch.enable_grad():
-            f = self._call(leaf, None)[0]
+            f = self._curve_call(leaf)
             rows = [torch.autograd.grad(f[i], leaf, retain_graph=True, allow_unused=True)[0] for i in range(self.size)]
         zero = torch.zeros_like(leaf)
-        jacobian = torch.stack([zero if row is None else row for row in rows], -1)  # (1, p, N)
-        return torch.cat([jacobian, f.detach()[None, None]], 1).transpose(0, 1).contiguous()
+        jacobian = torch.stack([zero if row is None else row for row in rows], -1)  # (p, N)
+        return torch.cat([jacobian, f.detach()[None]]).unsqueeze(1)
 
     def check_pointwise(self, theta: torch.Tensor) -> None:
         """Compare J^T v of a single fit's per-entry-copies Jacobian at ``theta`` (p,) with a plain backward

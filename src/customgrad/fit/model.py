@@ -32,7 +32,7 @@ import torch
 from ..errors import FitError, UsageError
 from .formula_model import formula_model
 from .lm import BatchProblem
-from .parameters import external_slope, external_values, to_internal
+from .parameters import ParameterSpec, external_slope, external_values, to_internal
 
 # The formula language's constants (`functions.CONSTANTS`), as a message describes them: a parameter
 # or data column of that name would never be seen by the formula.
@@ -44,16 +44,17 @@ CHUNK_ENTRIES = 1 << 15
 
 @dataclass
 class _Inputs:
-    """What the generated functions read besides the free parameters, as torch tensors or as numpy arrays
-    (a CPU float64 batch of one): per argument in call order a data column (1 or B, N) or fixed value
-    (B, 1), or None and the free parameter's position; y (B, N); the weights (1 or B, N) or None; and
-    whether one curve's parameters go in as scalars (numpy broadcasts (1, 1) arrays at twice the cost)."""
+    """What the generated functions read besides the free parameters: per argument in call order a data
+    column (1 or B, N) or fixed value (B, 1), or None and the free parameter's position; y (B, N); the
+    weights (1 or B, N) or None. As torch tensors, or for a CPU float64 batch of one (``one_curve``) as
+    numpy arrays of its curve: data, y and weights (N,), fixed values and parameters scalars, blocks
+    (k, N) (numpy's operations on small (1, N) arrays and (1, 1) parameters cost up to twice as much)."""
 
     slots: list[tuple[object, int | None]]
     y: object
     weights: object
     empty: Callable
-    scalars: bool = False
+    one_curve: bool = False
 
 
 class Model(BatchProblem):
@@ -87,9 +88,6 @@ class Model(BatchProblem):
                  functional=False):  # fmt: skip
         self.function, self.data, self.y, self.weights, self.mask = function, data, y, weights, mask
         self.specs, self.text, self.scales, self.functional = specs, text, scales, functional
-        if initial is None:
-            values = np.array([spec.value for spec in specs])[:, None].repeat(y.shape[0], 1)
-            initial = dict(zip((spec.name for spec in specs), values, strict=True))
         self.initial = initial
         self.masked = mask is not None and not _every(mask)
         self.pointwise = True  # a callable's per-entry copies give J (`check_pointwise` decides in a single fit)
@@ -97,7 +95,7 @@ class Model(BatchProblem):
         self.names = tuple(spec.name for spec in self.free)
         self.bounded = [(i, spec) for i, spec in enumerate(self.free) if spec.bounded]
         self.fixed = {
-            spec.name: torch.as_tensor(self.initial[spec.name], dtype=y.dtype, device=y.device).unsqueeze(-1)
+            spec.name: torch.as_tensor(self._initial(spec), dtype=y.dtype, device=y.device).reshape(-1, 1)
             for spec in specs
             if spec.fixed
         }
@@ -122,9 +120,11 @@ class Model(BatchProblem):
         if self.numpy_rows is None or self.numpy_values is None:
             self.numpy_rows = self.numpy_values = None
             return
-        slots = [(value if index is not None else value.numpy(), index) for value, index in self._tensors.slots]
-        weights = None if self.weights is None else self.weights.numpy()
-        self._arrays = _Inputs(slots, y.numpy(), weights, np.empty, scalars=True)
+        arrays = {name: column.numpy()[0] for name, column in self.data.items()}
+        arrays.update({name: value.numpy()[0, 0] for name, value in self.fixed.items()})
+        slots = [(arrays.get(name), j) for name, (_, j) in zip(function.names, self._tensors.slots, strict=True)]
+        weights = None if self.weights is None else self.weights.numpy()[0]
+        self._arrays = _Inputs(slots, y.numpy()[0], weights, np.empty, one_curve=True)
 
     @property
     def batch(self) -> int:
@@ -140,9 +140,13 @@ class Model(BatchProblem):
         """Internal coordinates of the initial values, shape (B, p)."""
         theta = np.empty((self.batch, len(self.free)))
         for j, spec in enumerate(self.free):
-            values = np.asarray(self.initial[spec.name], dtype=np.float64)
+            values = np.asarray(self._initial(spec), dtype=np.float64)
             theta[:, j] = to_internal(spec, values) if spec.bounded else values
         return torch.from_numpy(theta).to(self.y)
+
+    def _initial(self, spec: ParameterSpec) -> np.ndarray | float:
+        """The initial (or fixed) values of parameter ``spec``: one per curve, or the spec's for all."""
+        return spec.value if self.initial is None else self.initial[spec.name]
 
     def external(self, theta: torch.Tensor) -> torch.Tensor:
         """Parameter values (..., p) from internal coordinates (..., p)."""
@@ -161,9 +165,9 @@ class Model(BatchProblem):
         """r (b, N) of the curves at ``index`` (None: all) at internal coordinates ``theta`` (b, p); of a
         single fit's ``theta`` (p,): r (N,)."""
         values = self.external(theta)
-        if self._arrays is not None:
+        if self._arrays is not None:  # one curve in numpy
             inputs = self._arrays
-            r = self._finish(self._generated(self.numpy_values, 1, _curves(values.numpy()), inputs), None, inputs)[0]
+            r = self._finish(self._generated(self.numpy_values, 1, values.numpy().reshape(-1), inputs), None, inputs)
             return torch.from_numpy(r if theta.dim() > 1 else r[0])
         if self.value_rows is not None:
             r = self._finish(self._generated(self.value_rows, 1, _curves(values), self._tensors, index), index)[0]
@@ -178,10 +182,11 @@ class Model(BatchProblem):
         fit's ``theta`` (p,): (N, p + 1). With ``external`` J is taken with respect to the values themselves
         (for standard errors), not the internal coordinates. Each curve's block is column-major (LAPACK's QR)."""
         values = theta if external else self.external(theta)
-        rows = len(self.names) + 1
-        if self._arrays is not None:  # in numpy up to the end
-            inputs, theta = self._arrays, theta.numpy()
-            block = self._finish(self._generated(self.numpy_rows, rows, _curves(values.numpy()), inputs), None, inputs)
+        rows, single = len(self.names) + 1, theta.dim() == 1
+        if self._arrays is not None:  # one curve in numpy up to the end: a block (p + 1, N)
+            inputs, theta = self._arrays, theta.numpy().reshape(-1)
+            block = self._generated(self.numpy_rows, rows, values.numpy().reshape(-1), inputs)
+            block = self._finish(block, None, inputs)
         elif self.rows is not None:
             block = self._finish(self._generated(self.rows, rows, _curves(values), self._tensors, index), index)
         else:
@@ -190,10 +195,9 @@ class Model(BatchProblem):
             for i, spec in self.bounded:
                 block[i] *= external_slope(spec, theta[..., i : i + 1])
         if self._arrays is not None:
-            block = block.transpose(1, 2, 0)
-            return torch.from_numpy(block if theta.ndim > 1 else block[0])
+            return torch.from_numpy(block.T if single else block.T[None])
         block = block.permute(1, 2, 0)
-        return block if theta.ndim > 1 else block[0]
+        return block[0] if single else block
 
     def jacobian(self, theta: torch.Tensor, *, external: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """A single fit's residuals r (N,) and Jacobian J = dr/dtheta (N, p) at ``theta`` (p,) (`augmented`)."""
@@ -203,7 +207,7 @@ class Model(BatchProblem):
     def predict(self, values: torch.Tensor) -> torch.Tensor:
         """A single fit's predictions f(x; values) (N,) at external parameter values (p,), differentiable."""
         if self._arrays is not None and not values.requires_grad:
-            return torch.from_numpy(self._generated(self.numpy_values, 1, values.numpy()[None], self._arrays)[0, 0])
+            return torch.from_numpy(self._generated(self.numpy_values, 1, values.numpy(), self._arrays)[0])
         return self._curve_call(values)
 
     def _pick(self, tensor, index):
@@ -214,11 +218,12 @@ class Model(BatchProblem):
         return tensor[index] if isinstance(index, slice) else tensor.index_select(0, index)
 
     def _generated(self, generated: Callable, rows: int, values, inputs: _Inputs, index=None):
-        """The block (rows, b, N) a generated function writes at external ``values`` (b, p)."""
-        out = inputs.empty((rows, len(values), self.size))
-        if inputs.scalars and len(values) == 1:
-            free = list(values[0])
+        """The block (rows, b, N) a generated function writes at external ``values`` (b, p); numpy's one
+        curve: (rows, N) at values (p,)."""
+        if inputs.one_curve:
+            out, free = inputs.empty((rows, self.size)), list(values)
         else:
+            out = inputs.empty((rows, len(values), self.size))
             free = [values[:, j : j + 1] for j in range(values.shape[-1])]
         generated(out, *[self._pick(value, index) if j is None else free[j] for value, j in inputs.slots])
         return out

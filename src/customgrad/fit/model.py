@@ -190,7 +190,7 @@ class Model(BatchProblem):
         elif self.rows is not None:
             block = self._finish(self._generated(self.rows, rows, _curves(values), self._tensors, index), index)
         else:
-            block = self._finish(self._callable_rows(values, index), index)
+            block = self._weigh(self._callable_rows(values, index), index)
         if self.bounded and not external:
             for i, spec in self.bounded:
                 block[i] *= external_slope(spec, theta[..., i : i + 1])
@@ -260,18 +260,19 @@ class Model(BatchProblem):
     def _curve_call(self, values: torch.Tensor) -> torch.Tensor:
         """A batch of one's predictions f (N,) at values (p,) or per-entry copies (p, N), the callable called
         as a single fit calls it: data (N,), each parameter a scalar (or its (N,) copies)."""
-        data, fixed = self._one_curve
+        data, fixed, _ = self._one_curve
         named = dict(zip(self.names, values.unbind(0), strict=True))
         named.update(fixed)
         return torch.broadcast_to(self.function(data, named), (self.size,))
 
     @functools.cached_property
-    def _one_curve(self) -> tuple[dict, dict]:
-        """A batch of one's data columns (N,) and fixed values (scalars)."""
-        return {name: column[0] for name, column in self.data.items()}, {n: v[0, 0] for n, v in self.fixed.items()}
+    def _one_curve(self) -> tuple[dict, dict, torch.Tensor]:
+        """A batch of one's data columns (N,), fixed values (scalars) and y (N,)."""
+        data = {name: column[0] for name, column in self.data.items()}
+        return data, {name: value[0, 0] for name, value in self.fixed.items()}, self.y[0]
 
     def _callable_rows(self, values: torch.Tensor, index) -> torch.Tensor:
-        """[J | f] rows (p + 1, b, N) of a callable at external ``values`` (b, p) (a single fit's: (p,)): by
+        """[J | f - y] rows (p + 1, b, N) of a callable at external ``values`` (b, p) (a single fit's: (p,)): by
         torch.func (a batch), by autograd through per-entry copies (a single fit, or a model without
         forward-mode rules), or row by row (a single fit's model that mixes rows, `check_pointwise`)."""
         if self.functional:
@@ -290,11 +291,12 @@ class Model(BatchProblem):
             grad = None
             if f.requires_grad:
                 (grad,) = torch.autograd.grad(f, copies, torch.ones_like(f), allow_unused=True)
-        out = torch.cat([torch.zeros_like(copies.detach()) if grad is None else grad, f.detach().unsqueeze(-2)], -2)
+        r = f.detach() - (self._one_curve[2] if one else self._pick(self.y, index))
+        out = torch.cat([torch.zeros_like(copies.detach()) if grad is None else grad, r.unsqueeze(-2)], -2)
         return out.unsqueeze(1) if one else out.transpose(0, 1).contiguous()
 
     def _vmapped_rows(self, values: torch.Tensor, index) -> torch.Tensor:
-        """[J | f] rows (p + 1, b, N) by torch.func: each curve called as a single fit calls it."""
+        """[J | f - y] rows (p + 1, b, N) by torch.func: each curve called as a single fit calls it."""
         from torch.func import jacfwd, vmap
 
         data = {name: self._pick(column, index) for name, column in self.data.items()}
@@ -310,18 +312,18 @@ class Model(BatchProblem):
         dims = {name: None if column.shape[0] == 1 and count != 1 else 0 for name, column in data.items()}
         shared = {name: column[0] if dims[name] is None else column for name, column in data.items()}
         jacobian, f = vmap(jacfwd(one_curve, has_aux=True), in_dims=(0, dims, 0))(values, shared, fixed)
-        return torch.cat([jacobian.permute(2, 0, 1), f.unsqueeze(0)]).contiguous()
+        return torch.cat([jacobian.permute(2, 0, 1), (f - self._pick(self.y, index)).unsqueeze(0)]).contiguous()
 
     def _rows_one_by_one(self, values: torch.Tensor) -> torch.Tensor:
-        """[J | f] rows (p + 1, 1, N) at values (p,) of a single fit's callable that mixes rows: one backward
-        pass per row."""
+        """[J | f - y] rows (p + 1, 1, N) at values (p,) of a single fit's callable that mixes rows: one
+        backward pass per row."""
         leaf = values.detach().clone().requires_grad_()
         with torch.enable_grad():
             f = self._curve_call(leaf)
             rows = [torch.autograd.grad(f[i], leaf, retain_graph=True, allow_unused=True)[0] for i in range(self.size)]
         zero = torch.zeros_like(leaf)
         jacobian = torch.stack([zero if row is None else row for row in rows], -1)  # (p, N)
-        return torch.cat([jacobian, f.detach()[None]]).unsqueeze(1)
+        return torch.cat([jacobian, (f.detach() - self._one_curve[2])[None]]).unsqueeze(1)
 
     def check_pointwise(self, theta: torch.Tensor) -> None:
         """Compare J^T v of a single fit's per-entry-copies Jacobian at ``theta`` (p,) with a plain backward

@@ -154,12 +154,12 @@ class Model(BatchProblem):
 
     def weighted_y(self, index: torch.Tensor | slice | None = None) -> torch.Tensor:
         """y w s (b, N) of the curves at ``index`` (None: all), 0 where masked."""
-        y = self._pick(self.y, index)
+        y = _pick(self.y, index)
         if self.weights is not None:
-            y = y * self._pick(self.weights, index)
+            y = y * _pick(self.weights, index)
         if self.scales is not None:
-            y = y * self._pick(self.scales, index).unsqueeze(-1)
-        return torch.where(self._pick(self.mask, index), y, 0.0) if self.masked else y
+            y = y * _pick(self.scales, index).unsqueeze(-1)
+        return torch.where(_pick(self.mask, index), y, 0.0) if self.masked else y
 
     def residuals(self, theta: torch.Tensor, index: torch.Tensor | slice | None = None) -> torch.Tensor:
         """r (b, N) of the curves at ``index`` (None: all) at internal coordinates ``theta`` (b, p); of a
@@ -174,7 +174,7 @@ class Model(BatchProblem):
         else:
             with torch.no_grad():
                 f = self._call(values, index) if theta.dim() > 1 else self._curve_call(values)
-                r = self._weigh(f - self._pick(self.y, index), index)
+                r = self._weigh(f - _pick(self.y, index), index)
         return r if theta.dim() > 1 else r[0]
 
     def augmented(self, theta: torch.Tensor, index=None, *, external: bool = False) -> torch.Tensor:
@@ -210,13 +210,6 @@ class Model(BatchProblem):
             return torch.from_numpy(self._generated(self.numpy_values, 1, values.numpy(), self._arrays)[0])
         return self._curve_call(values)
 
-    def _pick(self, tensor, index):
-        """``tensor``'s rows of the curves at ``index``: all of them for None, and the one row of a shared
-        tensor (1, ...) or of a batch of one."""
-        if index is None or tensor.shape[0] == 1:
-            return tensor
-        return tensor[index] if isinstance(index, slice) else tensor.index_select(0, index)
-
     def _generated(self, generated: Callable, rows: int, values, inputs: _Inputs, index=None):
         """The block (rows, b, N) a generated function writes at external ``values`` (b, p); numpy's one
         curve: (rows, N) at values (p,)."""
@@ -225,24 +218,24 @@ class Model(BatchProblem):
         else:
             out = inputs.empty((rows, len(values), self.size))
             free = [values[:, j : j + 1] for j in range(values.shape[-1])]
-        generated(out, *[self._pick(value, index) if j is None else free[j] for value, j in inputs.slots])
+        generated(out, *[_pick(value, index) if j is None else free[j] for value, j in inputs.slots])
         return out
 
     def _finish(self, block, index, inputs: _Inputs | None = None):
         """(f - y) w s of the curves at ``index``, 0 where masked; ``block`` (k, b, N) holds f in its last row
         (torch, or numpy with ``inputs``)."""
         inputs = self._tensors if inputs is None else inputs
-        block[-1] -= self._pick(inputs.y, index)
+        block[-1] -= _pick(inputs.y, index)
         return self._weigh(block, index, inputs)
 
     def _weigh(self, block, index, inputs: _Inputs | None = None):
         """``block`` (..., b, N) times w s of the curves at ``index``, 0 where masked (as `_finish`)."""
         inputs = self._tensors if inputs is None else inputs
         if inputs.weights is not None:
-            block *= self._pick(inputs.weights, index)
+            block *= _pick(inputs.weights, index)
         if self.scales is not None:
-            block *= self._pick(self.scales, index).unsqueeze(-1)
-        return torch.where(self._pick(self.mask, index), block, 0.0) if self.masked else block
+            block *= _pick(self.scales, index).unsqueeze(-1)
+        return torch.where(_pick(self.mask, index), block, 0.0) if self.masked else block
 
     def _call(self, values: torch.Tensor, index) -> torch.Tensor:
         """A callable's predictions f (b, N) at values (b, p) or per-entry copies (b, p, N) of the curves at
@@ -251,11 +244,15 @@ class Model(BatchProblem):
         shape = (len(values), self.size)
         if self.batch == 1:
             return self._curve_call(values[0]).expand(shape)
-        data = {name: self._pick(column, index) for name, column in self.data.items()}
-        named = {name: self._pick(value, index) for name, value in self.fixed.items()}
+        data, named = self._inputs(index)
         per_curve = values if values.dim() == 3 else values.unsqueeze(-1)
         named.update({name: per_curve[:, j] for j, name in enumerate(self.names)})
         return torch.broadcast_to(self.function(data, named), shape)
+
+    def _inputs(self, index) -> tuple[dict, dict]:
+        """The data columns (1 or b, N) and fixed values (b, 1) of the curves at ``index``, by name."""
+        data = {name: _pick(column, index) for name, column in self.data.items()}
+        return data, {name: _pick(value, index) for name, value in self.fixed.items()}
 
     def _curve_call(self, values: torch.Tensor) -> torch.Tensor:
         """A batch of one's predictions f (N,) at values (p,) or per-entry copies (p, N), the callable called
@@ -291,7 +288,7 @@ class Model(BatchProblem):
             grad = None
             if f.requires_grad:
                 (grad,) = torch.autograd.grad(f, copies, torch.ones_like(f), allow_unused=True)
-        r = f.detach() - (self._one_curve[2] if one else self._pick(self.y, index))
+        r = f.detach() - (self._one_curve[2] if one else _pick(self.y, index))
         out = torch.cat([torch.zeros_like(copies.detach()) if grad is None else grad, r.unsqueeze(-2)], -2)
         return out.unsqueeze(1) if one else out.transpose(0, 1).contiguous()
 
@@ -299,8 +296,8 @@ class Model(BatchProblem):
         """[J | f - y] rows (p + 1, b, N) by torch.func: each curve called as a single fit calls it."""
         from torch.func import jacfwd, vmap
 
-        data = {name: self._pick(column, index) for name, column in self.data.items()}
-        fixed = {name: self._pick(value, index)[:, 0] for name, value in self.fixed.items()}
+        data, fixed = self._inputs(index)
+        fixed = {name: value[:, 0] for name, value in fixed.items()}
         size, count = self.size, len(values)
 
         def one_curve(theta, columns, constants):
@@ -312,7 +309,7 @@ class Model(BatchProblem):
         dims = {name: None if column.shape[0] == 1 and count != 1 else 0 for name, column in data.items()}
         shared = {name: column[0] if dims[name] is None else column for name, column in data.items()}
         jacobian, f = vmap(jacfwd(one_curve, has_aux=True), in_dims=(0, dims, 0))(values, shared, fixed)
-        return torch.cat([jacobian.permute(2, 0, 1), (f - self._pick(self.y, index)).unsqueeze(0)]).contiguous()
+        return torch.cat([jacobian.permute(2, 0, 1), (f - _pick(self.y, index)).unsqueeze(0)]).contiguous()
 
     def _rows_one_by_one(self, values: torch.Tensor) -> torch.Tensor:
         """[J | f - y] rows (p + 1, 1, N) at values (p,) of a single fit's callable that mixes rows: one
@@ -345,6 +342,14 @@ class Model(BatchProblem):
         scale = expected.abs() + (jacobian.abs().T @ v.abs()) + 1e-300
         if not bool((((got - expected).abs() / scale) <= 1e-8).all()):
             self.pointwise = False
+
+
+def _pick(tensor, index):
+    """``tensor``'s rows of the curves at ``index`` (curve numbers, or a slice: a view): all of them for None,
+    and the one row of a shared tensor (1, ...) or of a batch of one."""
+    if index is None or tensor.shape[0] == 1:
+        return tensor
+    return tensor[index] if isinstance(index, slice) else tensor.index_select(0, index)
 
 
 def _curves(theta):

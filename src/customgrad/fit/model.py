@@ -106,7 +106,7 @@ class Model(BatchProblem):
         if hasattr(function, "linearization"):
             self.rows, self.value_rows = function.linearization(self.names), function.values()
             self._numpy_rows()
-            if self._arrays is None and y.device.type == "cpu":
+            if self._arrays is None and y.is_cpu:
                 self.rows, self.value_rows = _cpu_rows(function, self.names, y, self.rows, self.value_rows)
 
     def _numpy_rows(self) -> None:
@@ -114,7 +114,7 @@ class Model(BatchProblem):
         also what the native engine's shared library calls back) and the numpy `_Inputs` they read."""
         y, function = self.y, self.function
         plain = not self.masked and self.scales is None
-        if y.device.type != "cpu" or y.dtype != torch.float64 or y.shape[0] != 1 or not plain:
+        if not y.is_cpu or y.dtype != torch.float64 or y.shape[0] != 1 or not plain:
             return
         self.numpy_rows, self.numpy_values = function.linearization(self.names, "numpy"), function.values("numpy")
         if self.numpy_rows is None or self.numpy_values is None:
@@ -138,10 +138,12 @@ class Model(BatchProblem):
 
     def initial_theta(self) -> torch.Tensor:
         """Internal coordinates of the initial values, shape (B, p)."""
-        theta = np.empty((self.batch, len(self.free)))
-        for j, spec in enumerate(self.free):
-            values = np.asarray(self._initial(spec), dtype=np.float64)
-            theta[:, j] = to_internal(spec, values) if spec.bounded else values
+        columns = []
+        for spec in self.free:
+            values = self._initial(spec)
+            columns.append(to_internal(spec, np.asarray(values, dtype=np.float64)) if spec.bounded else values)
+        theta = np.empty((self.batch, len(columns)))
+        theta[...] = np.transpose(columns)  # (numbers, or one per curve)
         return torch.from_numpy(theta).to(self.y)
 
     def _initial(self, spec: ParameterSpec) -> np.ndarray | float:
@@ -211,14 +213,15 @@ class Model(BatchProblem):
         return self._curve_call(values)
 
     def _generated(self, generated: Callable, rows: int, values, inputs: _Inputs, index=None):
-        """The block (rows, b, N) a generated function writes at external ``values`` (b, p); numpy's one
-        curve: (rows, N) at values (p,)."""
+        """The block (rows, b, N) a generated function writes at external ``values`` (b, p) of the curves at
+        ``index``; numpy's one curve: (rows, N) at values (p,)."""
         if inputs.one_curve:
             out, free = inputs.empty((rows, self.size)), list(values)
+            generated(out, *[value if j is None else free[j] for value, j in inputs.slots])
         else:
             out = inputs.empty((rows, len(values), self.size))
             free = [values[:, j : j + 1] for j in range(values.shape[-1])]
-        generated(out, *[_pick(value, index) if j is None else free[j] for value, j in inputs.slots])
+            generated(out, *[_pick(value, index) if j is None else free[j] for value, j in inputs.slots])
         return out
 
     def _finish(self, block, index, inputs: _Inputs | None = None):

@@ -557,10 +557,10 @@ def _result(
         fixed={spec.name: spec.value for spec in problem.specs if spec.fixed},
         seconds=seconds,
         data={
-            "x": {k: v[0].cpu().numpy() for k, v in problem.data.items()},
-            "y": problem.y[0].cpu().numpy(),
+            "x": {k: v.cpu().numpy()[0] for k, v in problem.data.items()},
+            "y": problem.y.cpu().numpy()[0],
             "fitted": fitted.detach().cpu().numpy(),
-            "sigma": None if problem.weights is None else (1 / problem.weights[0]).cpu().numpy(),
+            "sigma": None if problem.weights is None else (1 / problem.weights).cpu().numpy()[0],
         },
         tied=dict(ties.given) if ties else {},
         absolute_sigma=absolute,

@@ -43,18 +43,15 @@ CHUNK_ENTRIES = 1 << 15
 
 
 @dataclass
-class _Inputs:
-    """What the generated functions read besides the free parameters: per argument in call order a data
-    column (1 or B, N) or fixed value (B, 1), or None and the free parameter's position; y (B, N); the
-    weights (1 or B, N) or None. As torch tensors, or for a CPU float64 batch of one (``one_curve``) as
-    numpy arrays of its curve: data, y and weights (N,), fixed values and parameters scalars, blocks
-    (k, N) (numpy's operations on small (1, N) arrays and (1, 1) parameters cost up to twice as much)."""
+class _Curve:
+    """A CPU float64 batch of one's curve as numpy arrays, for its generated numpy code (numpy's operations
+    on (1, N) arrays and (1, 1) parameters cost up to twice those on (N,) and scalars): per argument in call
+    order a data column (N,) or fixed value (a scalar), or None and the free parameter's position; y (N,);
+    the weights (N,) or None."""
 
     slots: list[tuple[object, int | None]]
-    y: object
-    weights: object
-    empty: Callable
-    one_curve: bool = False
+    y: np.ndarray
+    weights: np.ndarray | None
 
 
 class Model(BatchProblem):
@@ -100,18 +97,18 @@ class Model(BatchProblem):
             if spec.fixed
         }
         position = {name: j for j, name in enumerate(self.names)}
-        slots = [(data.get(n, self.fixed.get(n)), position.get(n)) for n in getattr(function, "names", ())]
-        self._tensors = _Inputs(slots, y, weights, y.new_empty)
-        self.rows = self.value_rows = self.numpy_rows = self.numpy_values = self._arrays = None
+        # the generated functions' arguments in call order: a data column or fixed value, or a free one's position
+        self._slots = [(data.get(n, self.fixed.get(n)), position.get(n)) for n in getattr(function, "names", ())]
+        self.rows = self.value_rows = self.numpy_rows = self.numpy_values = self._curve = None
         if hasattr(function, "linearization"):
             self.rows, self.value_rows = function.linearization(self.names), function.values()
             self._numpy_rows()
-            if self._arrays is None and y.is_cpu:
+            if self._curve is None and y.is_cpu:
                 self.rows, self.value_rows = _cpu_rows(function, self.names, y, self.rows, self.value_rows)
 
     def _numpy_rows(self) -> None:
         """A CPU float64 batch of one's generated numpy rows and values (``numpy_rows``, ``numpy_values``,
-        also what the native engine's shared library calls back) and the numpy `_Inputs` they read."""
+        also what the native engine's shared library calls back) and the `_Curve` they read."""
         y, function = self.y, self.function
         plain = not self.masked and self.scales is None
         if not y.is_cpu or y.dtype != torch.float64 or y.shape[0] != 1 or not plain:
@@ -122,9 +119,9 @@ class Model(BatchProblem):
             return
         arrays = {name: column.numpy()[0] for name, column in self.data.items()}
         arrays.update({name: value.numpy()[0, 0] for name, value in self.fixed.items()})
-        slots = [(arrays.get(name), j) for name, (_, j) in zip(function.names, self._tensors.slots, strict=True)]
+        slots = [(arrays.get(name), j) for name, (_, j) in zip(function.names, self._slots, strict=True)]
         weights = None if self.weights is None else self.weights.numpy()[0]
-        self._arrays = _Inputs(slots, y.numpy()[0], weights, np.empty, one_curve=True)
+        self._curve = _Curve(slots, y.numpy()[0], weights)
 
     @property
     def batch(self) -> int:
@@ -167,12 +164,11 @@ class Model(BatchProblem):
         """r (b, N) of the curves at ``index`` (None: all) at internal coordinates ``theta`` (b, p); of a
         single fit's ``theta`` (p,): r (N,)."""
         values = self.external(theta)
-        if self._arrays is not None:  # one curve in numpy
-            inputs = self._arrays
-            r = self._finish(self._generated(self.numpy_values, 1, values.numpy().reshape(-1), inputs), None, inputs)
+        if self._curve is not None:
+            r = self._curve_block(self.numpy_values, 1, values.numpy().reshape(-1))
             return torch.from_numpy(r if theta.dim() > 1 else r[0])
         if self.value_rows is not None:
-            r = self._finish(self._generated(self.value_rows, 1, _curves(values), self._tensors, index), index)[0]
+            r = self._finish(self._generated(self.value_rows, 1, _curves(values), index), index)[0]
         else:
             with torch.no_grad():
                 f = self._call(values, index) if theta.dim() > 1 else self._curve_call(values)
@@ -185,18 +181,17 @@ class Model(BatchProblem):
         (for standard errors), not the internal coordinates. Each curve's block is column-major (LAPACK's QR)."""
         values = theta if external else self.external(theta)
         rows, single = len(self.names) + 1, theta.dim() == 1
-        if self._arrays is not None:  # one curve in numpy up to the end: a block (p + 1, N)
-            inputs, theta = self._arrays, theta.numpy().reshape(-1)
-            block = self._generated(self.numpy_rows, rows, values.numpy().reshape(-1), inputs)
-            block = self._finish(block, None, inputs)
+        if self._curve is not None:  # in numpy up to the end: a block (p + 1, N)
+            block = self._curve_block(self.numpy_rows, rows, values.numpy().reshape(-1))
+            theta = theta.numpy().reshape(-1)
         elif self.rows is not None:
-            block = self._finish(self._generated(self.rows, rows, _curves(values), self._tensors, index), index)
+            block = self._finish(self._generated(self.rows, rows, _curves(values), index), index)
         else:
             block = self._weigh(self._callable_rows(values, index), index)
         if self.bounded and not external:
             for i, spec in self.bounded:
                 block[i] *= external_slope(spec, theta[..., i : i + 1])
-        if self._arrays is not None:
+        if self._curve is not None:
             return torch.from_numpy(block.T if single else block.T[None])
         block = block.permute(1, 2, 0)
         return block[0] if single else block
@@ -208,34 +203,39 @@ class Model(BatchProblem):
 
     def predict(self, values: torch.Tensor) -> torch.Tensor:
         """A single fit's predictions f(x; values) (N,) at external parameter values (p,), differentiable."""
-        if self._arrays is not None and not values.requires_grad:
-            return torch.from_numpy(self._generated(self.numpy_values, 1, values.numpy(), self._arrays)[0])
+        if self._curve is not None and not values.requires_grad:
+            return torch.from_numpy(self._curve_block(self.numpy_values, 1, values.numpy(), finish=False)[0])
         return self._curve_call(values)
 
-    def _generated(self, generated: Callable, rows: int, values, inputs: _Inputs, index=None):
+    def _generated(self, generated: Callable, rows: int, values: torch.Tensor, index) -> torch.Tensor:
         """The block (rows, b, N) a generated function writes at external ``values`` (b, p) of the curves at
-        ``index``; numpy's one curve: (rows, N) at values (p,)."""
-        if inputs.one_curve:
-            out, free = inputs.empty((rows, self.size)), list(values)
-            generated(out, *[value if j is None else free[j] for value, j in inputs.slots])
-        else:
-            out = inputs.empty((rows, len(values), self.size))
-            free = [values[:, j : j + 1] for j in range(values.shape[-1])]
-            generated(out, *[_pick(value, index) if j is None else free[j] for value, j in inputs.slots])
+        ``index``."""
+        out = self.y.new_empty((rows, len(values), self.size))
+        free = [values[:, j : j + 1] for j in range(values.shape[-1])]
+        generated(out, *[_pick(value, index) if j is None else free[j] for value, j in self._slots])
         return out
 
-    def _finish(self, block, index, inputs: _Inputs | None = None):
-        """(f - y) w s of the curves at ``index``, 0 where masked; ``block`` (k, b, N) holds f in its last row
-        (torch, or numpy with ``inputs``)."""
-        inputs = self._tensors if inputs is None else inputs
-        block[-1] -= _pick(inputs.y, index)
-        return self._weigh(block, index, inputs)
+    def _curve_block(self, generated: Callable, rows: int, values: np.ndarray, *, finish: bool = True) -> np.ndarray:
+        """A batch of one's block (rows, N) from its generated numpy code at external ``values`` (p,): f, or
+        (f - y) w in the last row with ``finish`` (as `_finish`)."""
+        curve, free = self._curve, list(values)
+        out = np.empty((rows, self.size))
+        generated(out, *[value if j is None else free[j] for value, j in curve.slots])
+        if finish:
+            out[-1] -= curve.y
+            if curve.weights is not None:
+                out *= curve.weights
+        return out
 
-    def _weigh(self, block, index, inputs: _Inputs | None = None):
+    def _finish(self, block: torch.Tensor, index) -> torch.Tensor:
+        """(f - y) w s of the curves at ``index``, 0 where masked; ``block`` (k, b, N) holds f in its last row."""
+        block[-1] -= _pick(self.y, index)
+        return self._weigh(block, index)
+
+    def _weigh(self, block: torch.Tensor, index) -> torch.Tensor:
         """``block`` (..., b, N) times w s of the curves at ``index``, 0 where masked (as `_finish`)."""
-        inputs = self._tensors if inputs is None else inputs
-        if inputs.weights is not None:
-            block *= _pick(inputs.weights, index)
+        if self.weights is not None:
+            block *= _pick(self.weights, index)
         if self.scales is not None:
             block *= _pick(self.scales, index).unsqueeze(-1)
         return torch.where(_pick(self.mask, index), block, 0.0) if self.masked else block

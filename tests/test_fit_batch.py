@@ -309,6 +309,38 @@ def test_callable_that_mixes_rows_gets_its_exact_jacobian():
             assert_matches_reference(batch.params[name][i], single.params[name], rtol=1e-8, what=name)
 
 
+def test_a_single_fit_and_a_batch_of_one_of_a_callable_that_mixes_rows_match_scipy():
+    # a single fit is a batch of one: its callable is called with x (N,) and scalar parameters, its
+    # Jacobian taken row by row (the per-entry copies are wrong for a model that mixes rows)
+    from scipy.optimize import least_squares
+
+    rng = np.random.default_rng(5)
+    x = np.linspace(0, 2, 30)
+    sigma = np.linspace(0.01, 0.03, 30)
+    y = 2.0 * np.cumsum(np.exp(-1.3 * x)) / 30 + sigma * rng.standard_normal(30)
+
+    def accumulated(x, a, b):
+        return a * torch.cumsum(torch.exp(-b * x), dim=0) / x.shape[0]
+
+    def weighted(p):
+        return (p[0] * np.cumsum(np.exp(-p[1] * x)) / 30 - y) / sigma
+
+    reference = least_squares(weighted, [1.0, 1.0], method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    step = 1e-6 * np.abs(reference.x)
+    jacobian = np.stack([(weighted(reference.x + e) - weighted(reference.x - e)) / (2 * h) for e, h in
+                         zip(np.diag(step), step)], axis=1)  # fmt: skip
+    cost = float(weighted(reference.x) @ weighted(reference.x))
+    stderr = np.sqrt(np.diag(np.linalg.inv(jacobian.T @ jacobian)) * cost / (30 - 2))
+    params = {"a": 1.0, "b": {"value": 1.0, "min": 0.0, "max": 10.0}}
+    single = fit(accumulated, x, y, params=params, sigma=sigma)
+    one = fit_batch(accumulated, x, y[None], params=params, sigma=sigma[None])
+    for j, name in enumerate("ab"):
+        assert_matches_reference(single.params[name], reference.x[j], rtol=1e-7, what=name)
+        assert_matches_reference(one.params[name][0], reference.x[j], rtol=1e-7, what=f"batch of one {name}")
+        assert_matches_reference(single.stderr[name], stderr[j], rtol=1e-5, what=f"stderr {name}")
+        assert_matches_reference(one.stderr[name][0], stderr[j], rtol=1e-5, what=f"batch of one stderr {name}")
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_curve_without_data_is_reported_not_fitted_and_the_others_are(curves, engine):
     x, y = curves

@@ -9,7 +9,8 @@ from scipy.optimize import least_squares
 
 from customgrad import fit
 from customgrad.fit.formula_model import formula_model
-from customgrad.fit.model import Model, build_function, parameter_specs
+from customgrad.fit.model import Model, build_function
+from customgrad.fit.parameters import parameter_specs
 from reference import assert_matches_reference
 
 # One formula per printer rule: every numpy function row, each power case, Piecewise, a registered
@@ -142,9 +143,9 @@ def test_model_jacobian_with_bounds_sigma_and_fixed_matches_autograd(dtype):
     )
     text = "a*exp(-k*t) + c + d*t + e"
     function, _, data_names = build_function(text, ("t",), tuple(s.name for s in specs), x_is_dict=False)
-    model = Model(function, {"t": x}, y, sigma, specs, text)
+    model = Model(function, {"t": x[None]}, y[None], 1 / sigma[None], specs, text)
     assert model.rows is not None
-    theta = model.initial_theta() + 0.1
+    theta = model.initial_theta()[0] + 0.1
     r, jacobian = model.jacobian(theta)
 
     def residuals(t):

@@ -19,7 +19,8 @@ from .data import prepare_data
 from .distributed import Shards
 from .lm import BatchOutcome
 from .loss import get_loss, robust_cost, robust_linearization
-from .model import Model, check_finite_start, held_at_bounds, parameter_specs, plain_params
+from .model import Model, check_finite_start
+from .parameters import held_at_bounds, parameter_specs, plain_params
 from .plateau import keep_restarts, saturated, sensitivities, stuck_on_plateau
 from .result import FitResult
 from .solvers import DEFAULT_STEPS, get_solver
@@ -259,9 +260,9 @@ class _Calls:
 
     def objective(self, leaf: torch.Tensor) -> torch.Tensor:
         problem = self.problem
-        r = problem.predict(problem.external(leaf)) - problem.y
-        if problem.inverse_sigma is not None:
-            r = r * problem.inverse_sigma
+        r = problem.predict(problem.external(leaf)) - problem.y[0]
+        if problem.weights is not None:
+            r = r * problem.weights[0]
         z = r * r
         return z.sum() if self.rho is None else self.rho(z)[0].sum()
 
@@ -339,7 +340,7 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
     `native.BUILD_AFTER_FITS`."""
     if engine == "torch":
         return None
-    from .native import OneCurve, engine_for
+    from .native import engine_for
 
     reasons = (
         (method != "lm", f"method {method!r} (it runs Levenberg-Marquardt only)"),
@@ -349,8 +350,7 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
         (callback is not None, "on_step or progress (it reports no steps while it runs)"),
     )
     reason = next((why for found, why in reasons if found), None)
-    curve = OneCurve(problem)
-    return engine_for(curve, engine, 1, build=False, what="run this fit", reason=reason, count=engine == "auto")
+    return engine_for(problem, engine, 1, build=False, what="run this fit", reason=reason, count=engine == "auto")
 
 
 def _chunk_size(chunk_size, loss: str) -> int | None:
@@ -368,11 +368,13 @@ def _problem(model, data, specs, ties, chunk_size: int | None = None) -> tuple[M
     names = tuple(spec.name for spec in specs)
     function, text, data_names = ties.build_function(model, tuple(data.x), names, data.x_is_dict)
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
+    columns = {name: column.reshape(1, -1) for name, column in columns.items()}
+    y, weights = data.y.reshape(1, -1), None if data.sigma is None else 1 / data.sigma.reshape(1, -1)
     if chunk_size is None:
-        problem = Model(function, columns, data.y, data.sigma, specs, text)
+        problem = Model(function, columns, y, weights, specs, text)
     else:
-        problem = ChunkedModel(function, columns, data.y, data.sigma, specs, text, chunk_size)
-    theta = problem.initial_theta()
+        problem = ChunkedModel(function, columns, y, weights, specs, text, chunk_size)
+    theta = problem.initial_theta()[0]
     try:
         start = problem.residuals(theta)
         check_finite_start(start)
@@ -480,7 +482,7 @@ def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = 
     the parameters held at a bound count as live (the plateau verdict; not the restart's trigger, where a
     restart also brings a parameter closer to its bound)."""
     block = problem.augmented(theta)  # J in internal coordinates (chunked: R)
-    weighted = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
+    weighted = problem.weighted_y()[0]
     scale = float(power_of_two_scale(weighted))  # norms of data near 1e200 would overflow
     if shards is not None:
         scale = shards.minimum(scale)
@@ -564,15 +566,15 @@ def _result(
         fixed={spec.name: spec.value for spec in problem.specs if spec.fixed},
         seconds=seconds,
         data={
-            "x": {k: v.cpu().numpy() for k, v in problem.data.items()},
-            "y": problem.y.cpu().numpy(),
+            "x": {k: v.cpu().numpy()[0] for k, v in problem.data.items()},
+            "y": problem.y.cpu().numpy()[0],
             "fitted": fitted.detach().cpu().numpy(),
-            "sigma": None if problem.inverse_sigma is None else (1 / problem.inverse_sigma).cpu().numpy(),
+            "sigma": None if problem.weights is None else (1 / problem.weights).cpu().numpy()[0],
         },
         tied=dict(ties.given) if ties else {},
         absolute_sigma=absolute,
         source=source,
-        pooled_rsquared=None if shards is None else _pooled_rsquared(shards, problem.y, fitted),
+        pooled_rsquared=None if shards is None else _pooled_rsquared(shards, problem.y[0], fitted),
     )
 
 
@@ -605,7 +607,7 @@ def _final(problem: Model, values, method: str, loss: str, exact, shards, refine
     limited = shards is None and _roundoff_limited(problem, r)
     if limited and refine and method == "lm" and loss == "linear" and not isinstance(problem, ChunkedModel):
         values, r, jacobian = _refined(problem, values, r, jacobian, exact or {})
-    weighted_y = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
+    weighted_y = problem.weighted_y()[0]
     # statistics in units where the squares stay in range (the covariance does not depend on them)
     scale = float(power_of_two_scale(torch.cat((r, weighted_y))))
     n, p = problem.size, len(problem.names)
@@ -645,7 +647,7 @@ def _roundoff_limited(problem: Model, r: torch.Tensor) -> bool:
     if problem.rows is None or problem.y.device.type != "cpu":
         return False
     size = safe_norm(r)
-    return math.isfinite(size) and _EPS * problem.weighted_y_norm >= _ROUNDOFF_SHARE * size
+    return math.isfinite(size) and _EPS * safe_norm(problem.weighted_y()) >= _ROUNDOFF_SHARE * size
 
 
 def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict) -> float:
@@ -710,7 +712,7 @@ def _precise_residuals(problem: Model, values: torch.Tensor, exact: dict) -> lis
 
     with mpmath.workdps(40):
         columns = [
-            column(name, problem.data[name].cpu().numpy()) if name in problem.data else [named[name]] * size
+            column(name, problem.data[name][0].cpu().numpy()) if name in problem.data else [named[name]] * size
             for name in _formula_names(problem)
         ]
         try:
@@ -720,8 +722,8 @@ def _precise_residuals(problem: Model, values: torch.Tensor, exact: dict) -> lis
         # sin and cos rewritten with exp come back complex, with an imaginary part at the roundoff level
         if any(abs(mpmath.im(f)) > mpmath.mpf(10) ** -30 * (1 + abs(f)) for f in predictions):
             return None
-        y = column("y", problem.y.cpu().numpy())
-        weights = [1.0] * size if problem.inverse_sigma is None else problem.inverse_sigma.cpu().tolist()
+        y = column("y", problem.y[0].cpu().numpy())
+        weights = [1.0] * size if problem.weights is None else problem.weights[0].cpu().tolist()
         return [(mpmath.re(f) - mpmath.mpf(t)) * mpmath.mpf(w) for f, t, w in zip(predictions, y, weights, strict=True)]
 
 

@@ -17,13 +17,13 @@ from ..progress import progress_bar
 from . import cuda_engine
 from .api import _dtype_and_device, _number, _result, check_engine, positive_integer, power_of_two_scale
 from .arrays import namespace_of
-from .batch_model import BatchModel
 from .data import BatchData, curve_data, prepare_batch_data
 from .distributed import Shards, local_shard
 from .global_fit import fit_global, global_curve, split_shared
 from .lm import BatchOutcome, BatchProblem, batch_levenberg_marquardt
-from .model import Model, batch_parameter_specs, build_function, curve_specs, held_at_bounds
+from .model import Model, build_function
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
+from .parameters import batch_parameter_specs, curve_specs, held_at_bounds
 from .plateau import SATURATION, keep_restarts, saturated, sensitivities, stuck_on_plateau
 from .reduction import reduce_gram
 from .result import BatchFitResult
@@ -135,7 +135,7 @@ class _Batch:
     function: Callable
     text: str
     data_names: tuple
-    problem: BatchModel
+    problem: Model
     solver: NativeSolver | cuda_engine.CudaSolver | None
     options: dict
     chunk_size: int
@@ -159,8 +159,11 @@ class _Batch:
         free_names = tuple(spec.name for spec in specs)
         function, text, data_names = build_function(model, tuple(data.x), free_names, data.x_is_dict)
         columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
-        problem = BatchModel(function, columns, data.y, data.weights, data.mask, specs, initial, text)
-        problem.scales = None if joint else _curve_scales(data)  # a joint cost has one unit for all curves
+        scales = None if joint else _curve_scales(data)  # a joint cost has one unit for all curves
+        problem = Model(
+            function, columns, data.y, data.weights, specs, text, initial=initial, mask=data.mask, scales=scales,
+            functional=True,
+        )  # fmt: skip
         solver = _solver(problem, engine, joint)
         options["max_steps"] = max_steps
         return cls(data, specs, initial, function, text, data_names, problem, solver, options, chunk_size, device)
@@ -269,7 +272,7 @@ def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None
     return result
 
 
-def _solver(problem: BatchModel, engine: str, joint: bool):
+def _solver(problem: Model, engine: str, joint: bool):
     """The native engine for ``problem`` (`native`, or `cuda_engine` for CUDA data), or None for torch.
 
     "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`). A global fit (``joint``)
@@ -286,7 +289,7 @@ def _solver(problem: BatchModel, engine: str, joint: bool):
     return engine_for(problem, engine, threads, build=build, what="fit this batch")
 
 
-def _solve_native(solver: NativeSolver, problem: BatchModel, options: dict, advance, curves: range) -> BatchOutcome:
+def _solve_native(solver: NativeSolver, problem: Model, options: dict, advance, curves: range) -> BatchOutcome:
     """``curves`` by the native engine, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
     index = torch.arange(curves.start, curves.stop)
     theta = problem.initial_theta()[index]
@@ -306,7 +309,7 @@ def _curve_scales(data) -> torch.Tensor | None:
     return None if bool((scales == 1.0).all()) else scales
 
 
-def _solve_in_chunks(problem: BatchModel, chunk_size: int, options: dict, advance, curves: range) -> BatchOutcome:
+def _solve_in_chunks(problem: Model, chunk_size: int, options: dict, advance, curves: range) -> BatchOutcome:
     """Solve ``curves`` chunk by chunk (each chunk a separate batch); the outcomes joined in curve order."""
     theta = problem.initial_theta()
     parts = []
@@ -358,7 +361,7 @@ def _gathered(shards: Shards, outcome: BatchOutcome) -> BatchOutcome:
 class _Subset(BatchProblem):
     """The curves ``index`` of a batch model, renumbered 0..len(index) - 1."""
 
-    def __init__(self, problem: BatchModel, index: torch.Tensor):
+    def __init__(self, problem: Model, index: torch.Tensor):
         self.problem, self.index = problem, index
         self.names = problem.names
 
@@ -377,11 +380,7 @@ def _sensitivities(problem: _Subset, theta: torch.Tensor, *, held: bool = False)
     curves' scales: so must y); ``held`` as `api._sensitivities`."""
     everyone = torch.arange(theta.shape[0], device=theta.device)
     block = problem.augmented(theta, everyone)  # J in internal coordinates, as `api._sensitivities`
-    whole = problem.problem
-    weighted = whole.y if whole.weights is None else whole.y * whole.weights
-    y = torch.where(whole.mask[problem.index], weighted[problem.index], 0.0)
-    if whole.scales is not None:
-        y = y * whole.scales[problem.index].unsqueeze(-1)
+    y = problem.problem.weighted_y(problem.index)
     at_bounds = held_at_bounds(theta, problem.problem.bounded) if held else None
     return sensitivities(block, problem.external(theta), y, power_of_two_scale(y), held=at_bounds)
 
@@ -420,7 +419,7 @@ def _plateau(problem: _Subset, outcome: BatchOutcome) -> torch.Tensor:
     return (candidates & (saturated(reach, data_norm) > 0)).nonzero().flatten()
 
 
-def _final_factors(problem: BatchModel, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _final_factors(problem: Model, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """R of the Jacobian with respect to the parameter values at the solutions, and the final costs."""
     everyone = torch.arange(problem.batch, device=values.device)
     block = problem.augmented(values, everyone, external=True)
@@ -435,8 +434,10 @@ def _curve_result(problem, arrays, outcome: BatchOutcome, i: int, specs, initial
     columns = {name: torch.as_tensor(rows[name]) for name in arrays if name not in ("y", "sigma")}
     if "x" in columns and len(data_names) == 1 and data_names[0] != "x":
         columns = {data_names[0]: columns.pop("x")}
-    sigma = torch.as_tensor(rows["sigma"]) if "sigma" in rows else None
-    single = Model(function, columns, torch.as_tensor(rows["y"]), sigma, curve_specs(specs, initial, i), problem.text)
+    columns = {name: column.reshape(1, -1) for name, column in columns.items()}
+    weights = 1 / torch.as_tensor(rows["sigma"]).reshape(1, -1) if "sigma" in rows else None
+    y = torch.as_tensor(rows["y"]).reshape(1, -1)
+    single = Model(function, columns, y, weights, curve_specs(specs, initial, i), problem.text)
     result = outcome.one(i)
     result.theta = result.theta.cpu().to(torch.float64)
     if not math.isfinite(result.cost):

@@ -16,7 +16,7 @@ from .reduction import reduce_local, reduce_stacked
 
 
 class ChunkedModel(Model):
-    """`model.Model` over all rows, whose `augmented` and `jacobian` give R instead of J.
+    """A single fit's `model.Model` over all rows, whose `augmented` and `jacobian` give R instead of J.
 
     Parameters
     ----------
@@ -24,25 +24,25 @@ class ChunkedModel(Model):
         Rows per chunk.
     """
 
-    def __init__(self, function, data, y, sigma, specs, text, chunk_size: int):
-        super().__init__(function, data, y, sigma, specs, text)
+    def __init__(self, function, data, y, weights, specs, text, chunk_size: int):
+        super().__init__(function, data, y, weights, specs, text)
         self.chunks = [
             Model(
                 function,
-                {name: column[start : start + chunk_size] for name, column in data.items()},
-                y[start : start + chunk_size],
-                None if sigma is None else sigma[start : start + chunk_size],
+                {name: column[:, start : start + chunk_size] for name, column in data.items()},
+                y[:, start : start + chunk_size],
+                None if weights is None else weights[:, start : start + chunk_size],
                 specs,
                 text,
             )
-            for start in range(0, max(len(y), 1), chunk_size)
+            for start in range(0, max(y.shape[-1], 1), chunk_size)
         ]
 
-    def augmented(self, theta: torch.Tensor) -> torch.Tensor:
-        """R of [J | r] over all rows, (p + 1) square, built chunk by chunk."""
+    def augmented(self, theta: torch.Tensor, index=None, *, external: bool = False) -> torch.Tensor:
+        """R of [J | r] over all rows, (p + 1) square, built chunk by chunk (``theta`` (p,))."""
         running = None
         for chunk in self.chunks:
-            factor = reduce_local(chunk.augmented(theta))
+            factor = reduce_local(chunk.augmented(theta, external=external))
             running = factor if running is None else reduce_stacked([running, factor])
         return running
 

@@ -130,7 +130,7 @@ def cuda_source(function, free: tuple[str, ...], layouts: str) -> str | None:
 
 
 def unavailable(problem) -> str | None:
-    """Why the GPU engine cannot fit ``problem`` (a `batch_model.BatchModel`); None when it may (NVRTC
+    """Why the GPU engine cannot fit ``problem`` (a `model.Model`); None when it may (NVRTC
     is tried when the solver is built)."""
     if not hasattr(problem.function, "c_source"):
         return "the model is a callable (the native engine needs a formula)"
@@ -259,7 +259,7 @@ def _device_bytes(struct: ctypes.Structure, device: torch.device) -> torch.Tenso
 
 
 class CudaSolver:
-    """``solve`` and ``errors`` for the curves of one `BatchModel` on a CUDA device, by `native_lm.c`
+    """``solve`` and ``errors`` for the curves of one `model.Model` on a CUDA device, by `native_lm.c`
     compiled for it; results on that device (float32 data: widened for the fit, results float32).
 
     Raises `NotBuilt` without ``build`` when the solver is not compiled yet, `BackendError` when C

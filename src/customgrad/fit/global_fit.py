@@ -124,12 +124,7 @@ def fit_global(batch, shared: tuple[str, ...], shards, threads: int | None = Non
 def _data_norm(problem, curves: torch.Tensor, totals: Totals) -> float:
     """||y / sigma|| over the curves of every rank (the scale against which a column has no effect)."""
     every = len(curves) == problem.batch  # (then in order: they are sorted and distinct)
-    y = problem.y if every else problem.y.index_select(0, curves)
-    if problem.weights is not None:
-        y = y * (problem.weights if every else problem._pick(problem.weights, curves))
-    if problem.masked:
-        y = torch.where(problem.mask.index_select(0, curves), y, 0.0)
-    y = y.flatten()
+    y = problem.weighted_y(None if every else curves).flatten()
     return float(totals.sum(torch.linalg.vecdot(y, y))) ** 0.5
 
 

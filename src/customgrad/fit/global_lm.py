@@ -72,7 +72,7 @@ class Totals:
 
 @dataclass
 class GlobalProblem:
-    """The curves ``curves`` of a `BatchModel` whose parameter columns ``local`` are per curve and ``shared``
+    """The curves ``curves`` of a `model.Model` whose parameter columns ``local`` are per curve and ``shared``
     one for all; [J | r] of each curve comes back with its columns in the order local, shared, r."""
 
     model: object

@@ -58,7 +58,7 @@ _LOCK = threading.Lock()
 CALL_CURVES = 2048
 # What each input of the generated functions is, for `native_lm.c`'s Problem.kind.
 SHARED_COLUMN, CURVE_COLUMN, FREE, FIXED = range(4)
-# Bound kinds for Problem.bound (see `model.to_external`).
+# Bound kinds for Problem.bound (see `parameters.to_external`).
 UNBOUNDED, BOTH, LOWER, UPPER = range(4)
 
 
@@ -297,7 +297,7 @@ def _build_quietly(function, free: tuple[str, ...], layouts: str) -> None:
 
 
 def unavailable(problem) -> str | None:
-    """Why the native engine cannot fit ``problem`` (a `batch_model.BatchModel`); None when it can."""
+    """Why the native engine cannot fit ``problem`` (a `model.Model`); None when it can."""
     from ..backends.cpu import compiler
 
     if not hasattr(problem.function, "c_source"):
@@ -328,7 +328,7 @@ class HistoryTable(Sequence):
 
 
 class NativeSolver:
-    """``solve`` and ``errors`` for the curves of one `BatchModel`, by `native_lm.c`.
+    """``solve`` and ``errors`` for the curves of one `model.Model` (a single fit: one curve), by `native_lm.c`.
 
     Raises `BackendError` when the library cannot be built, or without ``build`` is not built yet
     (see `unavailable` first).
@@ -552,19 +552,6 @@ class Report:
     data_norm: float
     fitted: np.ndarray
     uncertainty: statistics.Uncertainty
-
-
-class OneCurve:
-    """A single fit's `model.Model` seen as a batch of one curve (what `NativeSolver` reads)."""
-
-    def __init__(self, model):
-        self.function, self.names, self.free, self.text = model.function, model.names, model.free, model.text
-        self.data = {name: column.reshape(1, -1) for name, column in model.data.items()}
-        self.fixed = {name: value.reshape(1, 1) for name, value in model.fixed.items()}
-        self.y = model.y.reshape(1, -1)
-        self.weights = None if model.inverse_sigma is None else model.inverse_sigma.reshape(1, -1)
-        self.mask, self.masked, self.batch, self.scales = None, False, 1, None
-        self.numpy_rows, self.numpy_values = model._numpy_rows, model._numpy_value
 
 
 @dataclass(frozen=True)

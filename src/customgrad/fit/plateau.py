@@ -72,7 +72,7 @@ def sensitivities(
     column products are the same), ``values`` (b, p) the parameter values, ``y`` (b, m) the weighted data,
     ``scale`` (b,) powers of two keeping the squares in range (J, r and y multiplied alike: J scaled
     alone, 1e-224 at y ~ 1e300, squares to 0); ``sum_rows`` adds the per-problem sums (b, 2p + 2) over
-    every rank's rows (distributed). Parameters ``held`` (b, p) at a bound (`model.held_at_bounds`: their
+    every rank's rows (distributed). Parameters ``held`` (b, p) at a bound (`parameters.held_at_bounds`: their
     internal column is ~0, but they still matter) count as live and stationary: infinite reach, zero gradient.
     """
     scale = scale.to(block).unsqueeze(-1)

@@ -99,7 +99,7 @@ class Profile:
     def _refit(self, held: dict[str, float], start: dict[str, float]) -> tuple[float, dict[str, float]]:
         """The LM re-fit of the parameters not in ``held`` from ``start``: chi2 and all the others' values."""
         model = self.source.with_fixed(held, start)
-        theta = model.initial_theta()
+        theta = model.initial_theta()[0]
         fixed = {name: value for name, value in held.items() if name != self.name}
         shards = self.source.shards  # a distributed fit: every rank's rows, every rank the same steps
         total = (lambda value: value) if shards is None else shards.sum
@@ -139,7 +139,7 @@ def _unit(source: FitSource) -> float:
     """2^-k where 2^k is about max |y / sigma| over every rank's rows, beyond 2^+-`SAFE_EXPONENT`, else 1:
     the residuals' squares, which overflow float64 from ~1e154 and underflow below ~1e-154, then neither."""
     problem, shards = source.problem, source.shards
-    weighted = problem.y if problem.inverse_sigma is None else problem.y * problem.inverse_sigma
+    weighted = problem.weighted_y()
     largest = float(weighted.abs().max()) if weighted.numel() else 0.0
     largest = largest if shards is None else -shards.minimum(-largest)
     exponent = math.frexp(largest)[1] if math.isfinite(largest) and largest > 0 else 0

@@ -57,8 +57,9 @@ class FitSource:
     def model_at(self, columns: dict[str, torch.Tensor]) -> Model:
         """The model over other data: residuals f(x; b) - 0, so its Jacobian rows are df/db."""
         problem = self.problem
-        size = len(next(iter(columns.values())))
-        zeros = torch.zeros(size, dtype=problem.y.dtype, device=problem.y.device)
+        columns = {name: column.reshape(1, -1) for name, column in columns.items()}
+        size = next(iter(columns.values())).shape[-1]
+        zeros = torch.zeros(1, size, dtype=problem.y.dtype, device=problem.y.device)
         model = Model(problem.function, columns, zeros, None, problem.specs, problem.text)
         model.pointwise = problem.pointwise
         return model
@@ -74,8 +75,7 @@ class FitSource:
             elif not spec.fixed:
                 spec = replace(spec, value=min(max(float(start[spec.name]), spec.lower), spec.upper))
             specs.append(spec)
-        sigma = None if problem.inverse_sigma is None else 1 / problem.inverse_sigma
-        model = Model(problem.function, problem.data, problem.y, sigma, specs, problem.text)
+        model = Model(problem.function, problem.data, problem.y, problem.weights, specs, problem.text)
         model.pointwise = problem.pointwise
         return model
 

@@ -144,3 +144,25 @@ def test_ctrl_c_inside_the_rows_stops_the_fit_with_keyboard_interrupt(monkeypatc
 
 def _raise_interrupt(*arguments):
     raise KeyboardInterrupt
+
+
+def test_a_small_batch_runs_the_shared_c_solver_on_its_numpy_rows(monkeypatch):
+    from scipy.optimize import curve_fit
+
+    from customgrad.fit import native_library
+
+    models = []
+    monkeypatch.setattr(native_library.PythonRows, "set_in", _recording(native_library.PythonRows.set_in, models))
+    model = "n1*x/(1 + n2*x) + n3"  # used by no other test
+    x = np.linspace(0.1, 6, 30)
+    rng = np.random.default_rng(7)
+    y = 3 * x / (1 + 0.8 * x) - 0.2 + 0.02 * rng.standard_normal((5, 30))
+    params = {"n1": 1.0, "n2": 1.0, "n3": 0.0}
+    result = fit_batch(model, x, y, params=params, bounds={"n2": (0.0, 10.0)})
+    assert models and not built(model)
+    for i in range(5):
+        values, covariance = curve_fit(lambda x, a, b, c: a * x / (1 + b * x) + c, x, y[i], p0=[1, 1, 0],
+                                       xtol=1e-15, ftol=1e-15, gtol=1e-15)  # fmt: skip
+        for k, name in enumerate(params):
+            assert_matches_reference(result.params[name][i], values[k], rtol=1e-7, what=name)
+            assert_matches_reference(result.stderr[name][i], np.sqrt(covariance[k, k]), rtol=1e-5, what=name)

@@ -283,7 +283,8 @@ def _solver(problem: Model, engine: str, joint: bool):
     if joint:
         if problem.y.is_cuda or engine == "torch":
             return None
-        return engine_for(problem, "auto", threads, build=build or engine == "native", what="fit this batch")
+        build = build or engine == "native"  # (its R_b come from the model's own library, not the shared one)
+        return engine_for(problem, "auto", threads, build=build, what="fit this batch", shared=False)
     if problem.y.is_cuda:  # the same solver compiled for the GPU (`cuda_engine`)
         return cuda_engine.engine_for(problem, engine, build=build, what="fit this batch")
     return engine_for(problem, engine, threads, build=build, what="fit this batch")

@@ -107,15 +107,17 @@ class Model(BatchProblem):
                 self.rows, self.value_rows = _cpu_rows(function, self.names, y, self.rows, self.value_rows)
 
     def _numpy_rows(self) -> None:
-        """A CPU float64 batch of one's generated numpy rows and values (``numpy_rows``, ``numpy_values``,
-        also what the native engine's shared library calls back) and the `_Curve` they read."""
+        """A CPU float64 model's generated numpy rows and values of one curve (``numpy_rows``,
+        ``numpy_values``: what the native engine's shared library calls back), and for a batch of one
+        the `_Curve` they read here."""
         y, function = self.y, self.function
-        plain = not self.masked and self.scales is None
-        if not y.is_cpu or y.dtype != torch.float64 or y.shape[0] != 1 or not plain:
+        if not y.is_cpu or y.dtype != torch.float64:
             return
         self.numpy_rows, self.numpy_values = function.linearization(self.names, "numpy"), function.values("numpy")
         if self.numpy_rows is None or self.numpy_values is None:
             self.numpy_rows = self.numpy_values = None
+            return
+        if y.shape[0] != 1 or self.masked or self.scales is not None:
             return
         arrays = {name: column.numpy()[0] for name, column in self.data.items()}
         arrays.update({name: value.numpy()[0, 0] for name, value in self.fixed.items()})

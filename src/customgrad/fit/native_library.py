@@ -97,7 +97,8 @@ def start_build() -> None:
     if folder in _STARTED:
         return
     _STARTED.append(folder)
-    build = "from customgrad.fit.native_library import library; library(build=True)"
+    # at the lowest priority (gcc inherits it): the processes in front, this one included, keep their cores
+    build = "import os; os.nice(19); from customgrad.fit.native_library import library; library(build=True)"
     # sh starts the build in the background and exits at once: the build is nobody's child to wait for
     detached = 'exec "$0" -c "$1" </dev/null >/dev/null 2>&1 &'
     try:

@@ -516,6 +516,8 @@ def _returning_tensor(function: Callable, text: str) -> Callable:
 
 def check_finite_start(r: torch.Tensor) -> None:
     """Raise `FitError` when the model gives NaN/inf at the initial values (nothing to fit from)."""
+    if r.device.type == "cpu" and np.isfinite(r.detach().numpy()).all():  # (numpy: 2 us, torch's 4 ops: 10 us)
+        return
     bad = ~torch.isfinite(r)
     if bool(bad.any()):
         rows = bad.nonzero().flatten()[:10].tolist()

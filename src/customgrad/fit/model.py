@@ -137,12 +137,10 @@ class Model(BatchProblem):
 
     def initial_theta(self) -> torch.Tensor:
         """Internal coordinates of the initial values, shape (B, p)."""
-        columns = []
-        for spec in self.free:
-            values = self._initial(spec)
-            columns.append(to_internal(spec, np.asarray(values, dtype=np.float64)) if spec.bounded else values)
-        theta = np.empty((self.batch, len(columns)))
-        theta[...] = np.transpose(columns)  # (numbers, or one per curve)
+        theta = np.empty((self.batch, len(self.free)))
+        for j, spec in enumerate(self.free):
+            values = self._initial(spec)  # (a number, or one per curve)
+            theta[:, j] = to_internal(spec, np.asarray(values, dtype=np.float64)) if spec.bounded else values
         return torch.from_numpy(theta).to(self.y)
 
     def _initial(self, spec: ParameterSpec) -> np.ndarray | float:

@@ -237,7 +237,7 @@ class _Calls:
 
     def __init__(self, problem: Model, rho, shards: Shards | None, rescaled: bool, start: torch.Tensor):
         self.problem, self.rho, self.shards, self.rescaled, self.steps = problem, rho, shards, rescaled, 0
-        self.scale = self.agree(float(power_of_two_scale(start))) if rescaled else 1.0
+        self.scale = self.agree(_unit(start)) if rescaled else 1.0
 
     def agree(self, scale: float) -> float:
         """One unit for every rank: the smallest."""
@@ -445,7 +445,7 @@ def _in_range(run: Callable, calls: _Calls, outcome):
     for _ in range(_RESTARTS):
         if 2.0**-_SAFE_EXPONENT < outcome.cost < 2.0 ** (2 * _SAFE_EXPONENT) or outcome.status == "nonfinite":
             break
-        scale = calls.agree(float(power_of_two_scale(calls.problem.residuals(outcome.theta))))
+        scale = calls.agree(_unit(calls.problem.residuals(outcome.theta)))
         if scale == calls.scale:
             break
         calls.scale, calls.steps = scale, calls.steps + outcome.steps
@@ -464,16 +464,23 @@ def power_of_two_scale(values: torch.Tensor) -> torch.Tensor:
     """2^k bringing max |values| over the last axis into [2^-_SAFE_EXPONENT, 2^_SAFE_EXPONENT], shape
     ``values.shape[:-1]`` (1 where it is there already, 0, empty or not finite)."""
     if values.dim() == 1 and values.device.type == "cpu":  # a single fit's: math on one float, not 7 torch ops
-        largest = float(np.abs(values.detach().numpy()).max()) if len(values) else 0.0
-        exponent = math.frexp(largest)[1] if 0 < largest < math.inf else 0
-        shift = max(-_SAFE_EXPONENT - exponent, min(_SAFE_EXPONENT - exponent, 0))
-        return torch.tensor(math.ldexp(1.0, shift), dtype=values.dtype)
+        return torch.tensor(_unit(values), dtype=values.dtype)
     largest = values.abs().amax(-1) if values.shape[-1] else values.new_zeros(values.shape[:-1])
     exponent = torch.frexp(largest).exponent
     usable = (largest > 0) & torch.isfinite(largest)
     shift = torch.where(exponent > _SAFE_EXPONENT, _SAFE_EXPONENT - exponent, 0)
     shift = torch.where(exponent < -_SAFE_EXPONENT, -_SAFE_EXPONENT - exponent, shift)
     return torch.where(usable, torch.ldexp(torch.ones_like(largest), shift), 1.0)
+
+
+def _unit(values: torch.Tensor) -> float:
+    """`power_of_two_scale` of a single fit's ``values`` (N,) as a float (on the CPU: math on one float)."""
+    if values.device.type != "cpu":
+        return float(power_of_two_scale(values))
+    array = values.detach().numpy()
+    largest = float(np.maximum.reduce(np.abs(array))) if len(array) else 0.0
+    exponent = math.frexp(largest)[1] if 0 < largest < math.inf else 0
+    return math.ldexp(1.0, max(-_SAFE_EXPONENT - exponent, min(_SAFE_EXPONENT - exponent, 0)))
 
 
 def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = None, *, held: bool = False):
@@ -483,7 +490,7 @@ def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = 
     restart also brings a parameter closer to its bound)."""
     block = problem.augmented(theta)  # J in internal coordinates (chunked: R)
     weighted = problem.weighted_y()[0]
-    scale = float(power_of_two_scale(weighted))  # norms of data near 1e200 would overflow
+    scale = _unit(weighted)  # norms of data near 1e200 would overflow
     if shards is not None:
         scale = shards.minimum(scale)
 
@@ -609,7 +616,7 @@ def _final(problem: Model, values, method: str, loss: str, exact, shards, refine
         values, r, jacobian = _refined(problem, values, r, jacobian, exact or {})
     weighted_y = problem.weighted_y()[0]
     # statistics in units where the squares stay in range (the covariance does not depend on them)
-    scale = float(power_of_two_scale(torch.cat((r, weighted_y))))
+    scale = _unit(torch.cat((r, weighted_y)))
     n, p = problem.size, len(problem.names)
     if shards is None:
         scaled_cost = float((r * scale) @ (r * scale))

@@ -361,3 +361,19 @@ def test_lmfit_parameters_and_vary_are_read_as_lmfit_reads_them():
 def test_a_malformed_lmfit_style_parameter_is_named(spec, message):
     with pytest.raises(UsageError, match=re.escape(message)):
         fit("a*x + b", np.arange(5.0), np.arange(5.0), params={"a": 1.0, "b": spec})
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_start_non_finite_on_some_rows_names_those_rows(engine):
+    # log(a x) at a = 1 is NaN where x < 0 (rows 0 and 2) and -inf at x = 0 (row 4): the start check (numpy
+    # on the CPU) must see them all, as numpy does, and name them; a finite start fits
+    from customgrad.errors import FitError
+
+    x = np.array([-1.0, 2.0, -3.0, 4.0, 0.0, 5.0])
+    y = np.log(np.abs(x) + 1)
+    with np.errstate(all="ignore"):
+        expected = np.flatnonzero(~np.isfinite(np.log(x))).tolist()
+    with pytest.raises(FitError, match=re.escape(f"(data rows {expected})")):
+        fit("log(a*x)", x, y, params={"a": 1.0}, engine=engine)
+    result = fit("log(a*x + 4)", x, y, params={"a": 1.0}, engine=engine)
+    assert math.isfinite(result.params["a"]) and math.isfinite(result.cost)

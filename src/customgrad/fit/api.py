@@ -462,9 +462,8 @@ def _in_range(run: Callable, calls: _Calls, outcome):
 
 def power_of_two_scale(values: torch.Tensor) -> torch.Tensor:
     """2^k bringing max |values| over the last axis into [2^-_SAFE_EXPONENT, 2^_SAFE_EXPONENT], shape
-    ``values.shape[:-1]`` (1 where it is there already, 0, empty or not finite)."""
-    if values.dim() == 1 and values.device.type == "cpu":  # a single fit's: math on one float, not 7 torch ops
-        return torch.tensor(_unit(values), dtype=values.dtype)
+    ``values.shape[:-1]`` (1 where it is there already, 0, empty or not finite; a single fit's on the CPU:
+    `_unit`)."""
     largest = values.abs().amax(-1) if values.shape[-1] else values.new_zeros(values.shape[:-1])
     exponent = torch.frexp(largest).exponent
     usable = (largest > 0) & torch.isfinite(largest)

@@ -40,11 +40,16 @@ def _modules_loaded_by(*argv: str) -> tuple[set[str], subprocess.CompletedProces
     return set(lines[-1].split()[1:]), result
 
 
-def test_import_customgrad_loads_neither_torch_nor_sympy():
-    code = "import sys, customgrad; print(sorted(m for m in ('torch', 'sympy') if m in sys.modules))"
-    result = subprocess.run(
+def _python(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh Python on this checkout's source."""
+    return subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SOURCE}, capture_output=True, text=True
     )
+
+
+def test_import_customgrad_loads_neither_torch_nor_sympy():
+    code = "import sys, customgrad; print(sorted(m for m in ('torch', 'sympy') if m in sys.modules))"
+    result = _python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -113,9 +118,7 @@ def test_builtins_are_autograd_functions_and_formulas_call_them_in_a_fresh_proce
         "(g,) = torch.autograd.grad(F.apply(1.0, 2.0, 3.0, x).sum(), x)\n"
         "print(g.tolist(), IdentityWithSquareGrad.apply(x).tolist())\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SOURCE}, capture_output=True, text=True
-    )
+    result = _python(code)
     assert result.returncode == 0, result.stderr
     x = torch.tensor([0.5, 2.0], dtype=torch.float64)
     expected = 2 * 3 * (2 * 3 * x + 2)  # b * c * P2'(c x), P2'(z) = 2z + 2
@@ -137,9 +140,7 @@ def test_a_users_function_registered_under_a_builtin_name_keeps_it_in_formulas()
         "from customgrad import P2\n"  # the built-in class, generated now
         "print(P2.formula, customgrad.function('P2(x)').apply(torch.tensor(2.0)).item())\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SOURCE}, capture_output=True, text=True
-    )
+    result = _python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["x**2", "+", "2*x", "8.0"]
 
@@ -174,8 +175,6 @@ def test_printing_triton_source_imports_no_triton():
         "source = kernel_source(['x'], [sympy.exp(-x**2)], 'v', 'v', 'float32')\n"
         "print('def kernel(' in source, 'triton' in sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SOURCE}, capture_output=True, text=True
-    )
+    result = _python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "False"]

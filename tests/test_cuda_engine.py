@@ -284,7 +284,8 @@ def _emulated_gpu(monkeypatch, free_bytes: int, kernels=None):
     """`CudaSolver` on CPU data with ``kernels`` (default: the CPU native library's ``lm_batch`` /
     ``lm_errors`` over a launch's curves, on the same Problem bytes and arrays), and fit_batch routed
     to it: every line of the GPU engine's Python (arrays, Problem, chunks, outcome) runs without a GPU."""
-    from customgrad.fit import batch, native
+    from customgrad.fit import api as batch
+    from customgrad.fit import native
 
     launches = []
 

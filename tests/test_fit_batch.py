@@ -378,7 +378,7 @@ def _subset(batch: BatchFitResult, curves: list[int]) -> BatchFitResult:
 def test_the_progress_bar_counts_curves_done_and_how_many_converged(curves, engine, monkeypatch):
     import contextlib
 
-    from customgrad.fit import batch as batch_module
+    from customgrad.fit import api as batch_module
 
     messages = []
 

@@ -285,7 +285,7 @@ def batch_run(args) -> None:
 
 def batch_inputs(args) -> BatchFitResult:
     """Run the batch of fits ``customgrad fit --batch`` describes: a curve per row of ``--data`` (after `batch_run`)."""
-    from .fit.batch import fit_batch
+    from .fit.api import fit_batch
     from .fit.data import read_curves
 
     x, y = read_curves(args.data, args.x_values)

@@ -17,15 +17,14 @@ _EXPORTS: dict[str, str] = {
     "FitResult": "result",
     "NistProblem": "nist",
     "fit": "api",
-    "fit_batch": "batch",
+    "fit_batch": "api",
     "load_nist": "nist",
     "nist_names": "nist",
     "read_nist": "nist",
 }
 
 if TYPE_CHECKING:
-    from .api import fit
-    from .batch import fit_batch
+    from .api import fit, fit_batch
     from .nist import NistProblem, load_nist, nist_names, read_nist
     from .result import BatchFitResult, FitResult
     from .status import TERMINATION

@@ -1,43 +1,51 @@
-"""`fit(model, x, y, params=...)`: least-squares fit of a formula or callable model, with standard errors."""
+"""`fit` and `fit_batch`: least-squares fits of a formula or callable model to one curve or to many.
+
+One pipeline serves both, and a single fit is a batch of one curve: the options are checked by
+`options.Options`, the data by `data.prepare_data`, one `model.Model` holds the curves, the plateau
+safeguard is `plateau.restart_plateaus` and every curve's `FitResult` comes from
+`solution.curve_result`. A single fit adds its extras on top: robust losses and gradient methods,
+rows in chunks or spread over ranks (`distributed`), power-of-two units restarted where the cost
+leaves float64's range (`_in_range`), progress per step, and the 40-digit refinement. A batch adds
+per-curve units, chunks of curves, curves spread over ranks and the global fit (shared parameters).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import math
-import numbers
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ..errors import CustomgradError, FitError, UsageError
-from . import goodness
+from ..errors import CustomgradError, DataError, FitError
+from ..openmp import waits_passively
+from ..progress import progress_bar
+from . import cuda_engine
+from .arrays import namespace_of
 from .chunked import ChunkedModel
-from .data import prepare_data
-from .distributed import Shards
-from .lm import BatchOutcome
-from .loss import get_loss, robust_cost, robust_linearization
+from .data import FitData, curve_data, prepare_data
+from .distributed import Shards, local_shard
+from .global_fit import fit_global, global_curve, split_shared
+from .lm import BatchOutcome, BatchProblem, batch_levenberg_marquardt
+from .loss import robust_cost, robust_linearization
 from .model import Model, check_finite_start
-from .parameters import held_at_bounds, parameter_specs, plain_params
-from .plateau import keep_restarts, saturated, sensitivities, stuck_on_plateau
-from .result import FitResult
-from .solvers import DEFAULT_STEPS, get_solver
+from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
+from .options import Options
+from .parameters import batch_parameter_specs, curve_specs, parameter_specs, plain_params
+from .plateau import SATURATION, restart_plateaus
+from .reduction import reduce_gram
+from .result import BatchFitResult, FitResult
+from .solution import curve_result
 from .source import FitSource
-from .statistics import CONDITION_WARNING, Uncertainty, safe_norm, uncertainty
+from .statistics import batch_stderr
+from .status import CONVERGED, progress_message
 from .threads import threads_for
-from .ties import split_ties
+from .ties import Ties, split_ties
+from .units import SAFE_EXPONENT, curve_unit, power_of_two_scale
 
-# Above this ratio of float64 roundoff in the predictions to the residuals, the final cost is
-# recomputed in extended precision (formula models only).
-_ROUNDOFF_SHARE = 1e-6
-_EPS = float(np.finfo(np.float64).eps)
-# Gauss-Newton steps with 40-digit residuals at most, in that regime (`_refined`).
-_REFINEMENTS = 2
-# Residuals beyond 2^±_SAFE_EXPONENT are rescaled by a power of two (exact) before LM and the
-# statistics square them: cost = sum r^2 overflows float64 from |r| ~ 1e154 and underflows below 1e-162.
-_SAFE_EXPONENT = 256
 # Restarts of LM in new units when the residuals left the range of the first ones (see `_in_range`).
 _RESTARTS = 3
 
@@ -117,7 +125,7 @@ def fit(
         never waits for the compiler). They take the same steps up to roundoff.
     """
     start_time = time.perf_counter()
-    given = dict(locals())  # every argument by name, as given: checked into `_Options` inside
+    given = dict(locals())  # every argument by name, as given: checked into `Options` inside
     with threads_for(_jacobian_size(y, params), device):
         return _fit(given)
 
@@ -130,77 +138,17 @@ def _jacobian_size(y, params) -> int:
         return 0
 
 
-@dataclass
-class _Options:
-    """`fit`'s options, checked (`checked`: a `UsageError` naming the bad one): the solver and the loss's
-    rho (None: linear) they name, max_steps (the method's default for None), the tolerances."""
-
-    method: str
-    solver: Callable
-    loss: str
-    rho: Callable | None
-    max_steps: int
-    learning_rate: float | None
-    tolerances: dict
-    on_step: Callable | None
-    progress: bool
-    engine: str
-    absolute_sigma: bool
-    chunk_size: int | None
-    distributed: bool
-
-    @classmethod
-    def checked(cls, given: Mapping) -> _Options:
-        method, engine, loss = given["method"], given["engine"], given["loss"]
-        solver = get_solver(method)
-        check_engine(engine)
-        rho = get_loss(loss)
-        max_steps = positive_integer(
-            DEFAULT_STEPS[method] if given["max_steps"] is None else given["max_steps"], "max_steps"
-        )
-        learning_rate = given["learning_rate"]
-        if learning_rate is not None:
-            learning_rate = _number(learning_rate, "learning_rate", positive=True)
-        tolerances = {name: _number(given[name], name) for name in ("ftol", "xtol", "gtol")}
-        on_step, absolute_sigma = given["on_step"], given["absolute_sigma"]
-        if on_step is not None and not callable(on_step):
-            raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
-        if not isinstance(absolute_sigma, (bool, np.bool_)):
-            raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
-        chunk_size = _chunk_size(given["chunk_size"], loss)
-        return cls(
-            method, solver, loss, rho, max_steps, learning_rate, tolerances, on_step, bool(given["progress"]),
-            engine, bool(absolute_sigma), chunk_size, bool(given["distributed"]),
-        )  # fmt: skip
-
-    def summary(self, given: Mapping) -> str:
-        """What every rank must agree on, in words (`Shards.raise_together`)."""
-        model = given["model"]
-        about = model if isinstance(model, str) else getattr(model, "__name__", "callable")
-        columns = sorted(map(str, given["x"])) if isinstance(given["x"], Mapping) else ["x"]
-        options = (self.method, self.loss, str(given["dtype"]), self.max_steps, *self.tolerances.values())
-        options += (self.learning_rate, given["sigma"] is None, given["nan_policy"])
-        options += (self.chunk_size, self.absolute_sigma, self.engine)
-        return (
-            f"model {about!r}, params {given['params']!r}, bounds {given['bounds']!r}, columns {columns}, "
-            f"options {options}"
-        )
-
-
 def _fit(given: Mapping) -> FitResult:
     """`fit` of the arguments ``given`` by name (its ``locals()`` on entry)."""
     shards = Shards() if given["distributed"] else None
     failure = options = None
     try:
-        dtype, device = _dtype_and_device(given["dtype"], given["device"])
-        options = _Options.checked(given)
+        options = Options.checked(given)
         params, ties = split_ties(plain_params(given["params"]), given["bounds"])
         specs = parameter_specs(params, given["bounds"])
-        data = prepare_data(
-            given["x"], given["y"], given["sigma"], nan_policy=given["nan_policy"], dtype=dtype, device=device,
-            allow_empty=shards is not None,
-        )  # fmt: skip
-        problem, theta, start = _problem(given["model"], data, specs, ties, options.chunk_size)
+        data = _data(given, options, batch=False, allow_empty=shards is not None)
+        problem = _model(given["model"], data, specs, ties, chunk_size=options.chunk_size)
+        theta, start = _start(problem)
     except CustomgradError as error:
         if shards is None:
             raise
@@ -214,19 +162,53 @@ def _fit(given: Mapping) -> FitResult:
         data.omitted_rows = [f"{rank}:{row}" for rank, rows in enumerate(parts) for row in rows]
         options.progress = options.progress and shards.rank == 0  # only rank 0 prints
     calls = _Calls(problem, options.rho, shards, options.method == "lm" and options.rho is None, start)
-    native, outcome = _solve(
-        calls, theta, options.method, options.solver, options.engine, options.max_steps, options.learning_rate,
-        options.tolerances, options.progress, options.on_step,
-    )  # fmt: skip
+    native, outcome = _solve(calls, theta, options)
     exact = None
     if given["decimal_data"] is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in given["decimal_data"].items()}
     source = FitSource(problem, options.loss, options.absolute_sigma, data.x_is_dict, ties, shards=shards)
     seconds = time.perf_counter() - given["start_time"]
-    return _result(
+    return curve_result(
         problem, outcome, options.method, options.loss, data.omitted_rows, seconds, exact, source, shards,
         native=native, unit=calls.scale,
     )  # fmt: skip
+
+
+def _data(given: Mapping, options: Options, *, batch: bool, allow_empty: bool = False) -> FitData:
+    """The checked data of ``given`` (`data.prepare_data`): one curve's, or a batch's."""
+    return prepare_data(
+        given["x"], given["y"], given["sigma"], nan_policy=given["nan_policy"], dtype=options.dtype,
+        device=options.device, batch=batch, allow_empty=allow_empty,
+    )  # fmt: skip
+
+
+def _model(model, data: FitData, specs, ties: Ties, *, initial=None, scales=None, chunk_size=None) -> Model:
+    """The `model.Model` of ``model`` over checked ``data`` (tied parameters substituted): one curve's
+    (in chunks of rows with ``chunk_size``: `ChunkedModel`) or a batch's (``initial`` values per curve)."""
+    names = tuple(spec.name for spec in specs)
+    function, text, data_names = ties.build_function(model, tuple(data.x), names, data.x_is_dict)
+    columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
+    if chunk_size is not None:
+        return ChunkedModel(function, columns, data.y, data.weights, specs, text, chunk_size)
+    batch = data.mask is not None
+    return Model(
+        function, columns, data.y, data.weights, specs, text, initial=initial, mask=data.mask, scales=scales,
+        functional=batch,
+    )  # fmt: skip
+
+
+def _start(problem: Model) -> tuple[torch.Tensor, torch.Tensor]:
+    """A single fit's initial internal coordinates (p,), and the residuals there (a `FitError` where the
+    model fails or is not finite at the start)."""
+    theta = problem.initial_theta()[0]
+    try:
+        start = problem.residuals(theta)
+        check_finite_start(start)
+    except RuntimeError as error:
+        if isinstance(error, FitError):
+            raise
+        raise FitError(f"the model {problem.text!r} fails at the initial values: {error}") from None
+    return theta, start
 
 
 class _Calls:
@@ -237,7 +219,7 @@ class _Calls:
 
     def __init__(self, problem: Model, rho, shards: Shards | None, rescaled: bool, start: torch.Tensor):
         self.problem, self.rho, self.shards, self.rescaled, self.steps = problem, rho, shards, rescaled, 0
-        self.scale = self.agree(_unit(start)) if rescaled else 1.0
+        self.scale = self.agree(curve_unit(start)) if rescaled else 1.0
 
     def agree(self, scale: float) -> float:
         """One unit for every rank: the smallest."""
@@ -267,25 +249,24 @@ class _Calls:
         return z.sum() if self.rho is None else self.rho(z)[0].sum()
 
 
-def _solve(calls: _Calls, theta, method, solver, engine, max_steps, learning_rate, tolerances, progress, on_step):
+def _solve(calls: _Calls, theta: torch.Tensor, options: Options):
     """Run the solver from ``theta`` (the native engine where `_native_engine` picks it), again from
     there with factor 1 where LM stopped on a plateau, and in new units where the cost left squaring
     range (`_in_range`): the native engine (or None) and the outcome, its costs in the data's units."""
-    problem, shards = calls.problem, calls.shards
+    problem, shards, method, max_steps = calls.problem, calls.shards, options.method, options.max_steps
     if method == "lm":
         problem.check_pointwise(theta)
-    options = dict(max_steps=max_steps, objective=calls.objective, learning_rate=learning_rate)
+    settings = dict(max_steps=max_steps, objective=calls.objective, learning_rate=options.learning_rate)
     if method == "lm":
         # geodesic acceleration probes residuals(): only where they are the linearised ones
         geodesic = calls.rho is None and not isinstance(problem, ChunkedModel)  # needs J row by row
-        options.update(geodesic_acceleration=geodesic, **tolerances)
+        settings.update(geodesic_acceleration=geodesic, **options.tolerances)
         if shards is not None:
-            options.update(reduce=shards.factor, sum_rows=shards.sum)
+            settings.update(reduce=shards.factor, sum_rows=shards.sum)
     elif shards is not None:
-        options.update(shards=shards)
-    from ..progress import progress_bar
-
-    with progress_bar(max_steps, f"fitting ({method})", enabled=progress) as advance:
+        settings.update(shards=shards)
+    on_step = options.on_step
+    with progress_bar(max_steps, f"fitting ({method})", enabled=options.progress) as advance:
 
         def step_callback(step: int, cost: float) -> None:
             cost = cost / calls.scale / calls.scale
@@ -293,14 +274,14 @@ def _solve(calls: _Calls, theta, method, solver, engine, max_steps, learning_rat
             if on_step is not None:
                 on_step(calls.steps + step, cost)
 
-        callback = step_callback if progress or on_step is not None else None
-        native = _native_engine(engine, problem, method, calls.rho, shards, callback)
+        callback = step_callback if options.progress or on_step is not None else None
+        native = _native_engine(options.engine, problem, method, calls.rho, shards, callback)
 
         def run(start: torch.Tensor, factor: float = 100.0):
             if native is not None:
-                return native.solve_one(start, calls.scale, factor, max_steps=max_steps, **tolerances)
-            return solver(
-                calls.residuals, calls.linearize, calls.cost_of, start, on_step=callback, factor=factor, **options
+                return native.solve_one(start, calls.scale, factor, max_steps=max_steps, **options.tolerances)
+            return options.solver(
+                calls.residuals, calls.linearize, calls.cost_of, start, on_step=callback, factor=factor, **settings
             )
 
         outcome = run(theta) if method != "lm" else _restarted_on_plateau(run, calls, theta, run(theta))
@@ -313,25 +294,16 @@ def _solve(calls: _Calls, theta, method, solver, engine, max_steps, learning_rat
 
 def _restarted_on_plateau(run, calls: _Calls, theta: torch.Tensor, outcome):
     """LM's ``outcome``, or where a parameter stopped mattering a restart from ``theta`` with factor 1
-    if that reached a lower cost, and status "plateau" where still stuck (`plateau`, as `fit_batch`)."""
-    problem, shards = calls.problem, calls.shards
-    stalled = outcome.saturated  # (tested by the native engine; else here)
-    if stalled is None and outcome.status != "nonfinite":
-        reach, _, _, data_norm = _sensitivities(problem, outcome.theta, shards)
-        stalled = bool(saturated(reach, data_norm))
-    if not stalled:
-        return outcome
-    joined, here = BatchOutcome.of_one(outcome), torch.zeros(1, dtype=torch.long)
-    retry = BatchOutcome.of_one(run(theta, factor=1.0))
-    stuck = lambda found: stuck_on_plateau(*_sensitivities(problem, found[0], shards, held=True))  # noqa: E731
-    keep_restarts(joined, here, retry, stuck)
+    if that reached a lower cost, and status "plateau" where still stuck: `plateau.restart_plateaus` of
+    a batch of one."""
+    if outcome.saturated is False or (outcome.saturated is None and outcome.status == "nonfinite"):
+        return outcome  # (the native engine tested it)
+    joined = BatchOutcome.of_one(outcome)
+    if outcome.saturated:
+        joined.saturated = torch.ones(1, dtype=torch.bool)
+    retry = lambda plateau: BatchOutcome.of_one(run(theta, factor=1.0))  # noqa: E731
+    restart_plateaus(joined, calls.problem, None, retry, calls.shards)
     return joined.one(0)
-
-
-def check_engine(engine: str) -> None:
-    """A `UsageError` unless ``engine`` is one of `ENGINES` (`fit`'s and `fit_batch`'s)."""
-    if engine not in ENGINES:
-        raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
 
 
 def _native_engine(engine: str, problem, method: str, rho, shards, callback):
@@ -353,87 +325,10 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
     return engine_for(problem, engine, 1, build=False, what="run this fit", reason=reason, count=engine == "auto")
 
 
-def _chunk_size(chunk_size, loss: str) -> int | None:
-    if chunk_size is None:
-        return None
-    chunk_size = positive_integer(chunk_size, "chunk_size", " (rows per chunk)")
-    if loss != "linear":
-        raise UsageError(f"chunk_size needs loss='linear' (a robust loss reweights rows one by one), got {loss!r}")
-    return chunk_size
-
-
-def _problem(model, data, specs, ties, chunk_size: int | None = None) -> tuple[Model, torch.Tensor, torch.Tensor]:
-    """The fit's model over checked data (tied parameters substituted), the initial internal
-    coordinates, and the residuals there."""
-    names = tuple(spec.name for spec in specs)
-    function, text, data_names = ties.build_function(model, tuple(data.x), names, data.x_is_dict)
-    columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
-    columns = {name: column.reshape(1, -1) for name, column in columns.items()}
-    y, weights = data.y.reshape(1, -1), None if data.sigma is None else 1 / data.sigma.reshape(1, -1)
-    if chunk_size is None:
-        problem = Model(function, columns, y, weights, specs, text)
-    else:
-        problem = ChunkedModel(function, columns, y, weights, specs, text, chunk_size)
-    theta = problem.initial_theta()[0]
-    try:
-        start = problem.residuals(theta)
-        check_finite_start(start)
-    except RuntimeError as error:
-        if isinstance(error, FitError):
-            raise
-        raise FitError(f"the model {text!r} fails at the initial values: {error}") from None
-    return problem, theta, start
-
-
 def _any_nonzero(problem: Model, theta: torch.Tensor, shards: Shards | None) -> bool:
     """Any residual nonzero, on any rank."""
     found = float(bool(problem.residuals(theta).any()))
     return (found if shards is None else shards.sum(found)) > 0
-
-
-_DTYPES = (torch.float64, torch.float32)
-# Where LM runs (`fit`'s and `fit_batch`'s ``engine``).
-ENGINES = ("auto", "native", "torch")
-
-
-def positive_integer(value, name: str, what: str = "") -> int:
-    """An integer option >= 1 (``max_steps``, ``chunk_size``); ``what`` says what it counts, in the error."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise UsageError(f"{name} must be a positive integer{what}, got {value!r}")
-    return int(value)
-
-
-def _number(value, name: str, *, positive: bool = False) -> float:
-    """A finite real option (``ftol``, ``learning_rate``): positive, or at least 0."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < 0
-        or (positive and value == 0)
-    ):
-        rule = "a finite positive number" if positive else "a finite number >= 0"
-        raise UsageError(f"{name} must be {rule} such as 1e-6, got {value!r}")
-    return float(value)
-
-
-def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
-    """Check the fit's dtype (float64 or float32: the solvers' linear algebra) and device (one that exists)."""
-    if dtype not in _DTYPES:
-        raise UsageError(
-            f"dtype must be torch.float64 or torch.float32 (the solvers' QR and SVD need them), got {dtype!r}"
-        )
-    if device is None:
-        return dtype, None
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"device {device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:0'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {str(device)!r} is not available: this torch has no CUDA device; use 'cpu'")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"device {str(device)!r} does not exist: there are {torch.cuda.device_count()} CUDA devices")
-    return dtype, device
 
 
 def _in_range(run: Callable, calls: _Calls, outcome):
@@ -443,9 +338,9 @@ def _in_range(run: Callable, calls: _Calls, outcome):
     """
     history = [cost / calls.scale / calls.scale for cost in outcome.history]
     for _ in range(_RESTARTS):
-        if 2.0**-_SAFE_EXPONENT < outcome.cost < 2.0 ** (2 * _SAFE_EXPONENT) or outcome.status == "nonfinite":
+        if 2.0**-SAFE_EXPONENT < outcome.cost < 2.0 ** (2 * SAFE_EXPONENT) or outcome.status == "nonfinite":
             break
-        scale = calls.agree(_unit(calls.problem.residuals(outcome.theta)))
+        scale = calls.agree(curve_unit(calls.problem.residuals(outcome.theta)))
         if scale == calls.scale:
             break
         calls.scale, calls.steps = scale, calls.steps + outcome.steps
@@ -460,338 +355,371 @@ def _in_range(run: Callable, calls: _Calls, outcome):
     return outcome
 
 
-def power_of_two_scale(values: torch.Tensor) -> torch.Tensor:
-    """2^k bringing max |values| over the last axis into [2^-_SAFE_EXPONENT, 2^_SAFE_EXPONENT], shape
-    ``values.shape[:-1]`` (1 where it is there already, 0, empty or not finite; a single fit's on the CPU:
-    `_unit`)."""
-    largest = values.abs().amax(-1) if values.shape[-1] else values.new_zeros(values.shape[:-1])
-    exponent = torch.frexp(largest).exponent
-    usable = (largest > 0) & torch.isfinite(largest)
-    shift = torch.where(exponent > _SAFE_EXPONENT, _SAFE_EXPONENT - exponent, 0)
-    shift = torch.where(exponent < -_SAFE_EXPONENT, -_SAFE_EXPONENT - exponent, shift)
-    return torch.where(usable, torch.ldexp(torch.ones_like(largest), shift), 1.0)
+def fit_batch(
+    model: str | Callable,
+    x,
+    y,
+    *,
+    params: Mapping,
+    method: str = "lm",
+    sigma=None,
+    bounds: Mapping | None = None,
+    max_steps: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    device=None,
+    progress: bool = False,
+    nan_policy: str = "omit",
+    ftol: float = 1e-15,
+    xtol: float = 1e-15,
+    gtol: float = 1e-15,
+    chunk_size: int | None = None,
+    distributed: bool = False,
+    engine: str = "auto",
+) -> BatchFitResult:
+    """Fit y_b ~ model(x_b; params_b) for every curve b, minimising each cost_b = sum ((f - y_b) / sigma_b)^2.
 
-
-def _unit(values: torch.Tensor) -> float:
-    """`power_of_two_scale` of a single fit's ``values`` (N,) as a float (on the CPU: math on one float)."""
-    if values.device.type != "cpu":
-        return float(power_of_two_scale(values))
-    array = values.detach().numpy()
-    largest = float(np.maximum.reduce(np.abs(array))) if len(array) else 0.0
-    exponent = math.frexp(largest)[1] if 0 < largest < math.inf else 0
-    return math.ldexp(1.0, max(-_SAFE_EXPONENT - exponent, min(_SAFE_EXPONENT - exponent, 0)))
-
-
-def _sensitivities(problem: Model, theta: torch.Tensor, shards: Shards | None = None, *, held: bool = False):
-    """`plateau.sensitivities` of the fit at ``theta`` over every rank's rows, each of shape (1, ...) (J is
-    weighted by 1 / sigma as r and y: the tests do not depend on the units of y or sigma); with ``held``
-    the parameters held at a bound count as live (the plateau verdict; not the restart's trigger, where a
-    restart also brings a parameter closer to its bound)."""
-    block = problem.augmented(theta)  # J in internal coordinates (chunked: R)
-    weighted = problem.weighted_y()[0]
-    scale = _unit(weighted)  # norms of data near 1e200 would overflow
-    if shards is not None:
-        scale = shards.minimum(scale)
-
-    def sum_rows(sums: torch.Tensor) -> torch.Tensor:
-        return sums if shards is None else torch.as_tensor(shards.sum(sums.cpu().numpy())).to(sums)
-
-    values = problem.external(theta).unsqueeze(0)
-    at_bounds = held_at_bounds(theta.unsqueeze(0), problem.bounded) if held else None
-    return sensitivities(block.unsqueeze(0), values, weighted.unsqueeze(0), torch.tensor([scale]), sum_rows, at_bounds)
-
-
-class _Final(NamedTuple):
-    """A fit's state at its solution, what `FitResult` reports: ``cost`` in the data's units (inf where
-    it overflows), ``scaled_cost`` in units where the residuals were multiplied by ``scale``."""
-
-    values: torch.Tensor
-    cost: float
-    scaled_cost: float
-    scale: float
-    dof: int
-    spread: Uncertainty
-    fitted: torch.Tensor
-
-
-def _result(
-    problem: Model,
-    outcome,
-    method: str,
-    loss: str,
-    omitted: list[int],
-    seconds: float,
-    exact: dict | None,
-    source: FitSource | None = None,
-    shards: Shards | None = None,
-    refine: bool = True,
-    native=None,
-    unit: float = 1.0,
-) -> FitResult:
-    values = problem.external(outcome.theta)
-    absolute = source is not None and source.absolute_sigma
-    final = None if native is None else _native_final(native, problem, values, unit, absolute)
-    if final is None:
-        final = _final(problem, values, method, loss, exact, shards, refine, absolute)
-    values, cost, scaled_cost, scale, dof, spread, fitted = final
-    value_list = values.tolist()
-    found = dict(zip(problem.names, value_list, strict=True))
-    all_params = {spec.name: found.get(spec.name, spec.value) for spec in problem.specs}
-    stderr = dict(zip(problem.names, spread.stderr.tolist(), strict=True))
-    ties = source.ties if source is not None else None
-    if ties:
-        tied_values, tied_errors = ties.values_and_errors(all_params, problem.names, spread.covariance)
-        all_params.update(tied_values)
-        stderr.update(tied_errors)
-    warnings = _diagnose(problem, outcome.status, spread, value_list, dof, omitted)
-    if math.isinf(cost) and math.isfinite(scaled_cost):
-        warnings.append(
-            "the cost (sum of squared residuals) exceeds float64's range (~1.8e308) and is reported as inf; "
-            "the fit, residual std and standard errors were computed in rescaled units and are finite"
-        )
-    return FitResult(
-        params=all_params,
-        stderr=stderr,
-        covariance=spread.covariance,
-        correlation=spread.correlation,
-        cost=cost,
-        residual_std=math.sqrt(scaled_cost / dof) / scale if dof > 0 else math.nan,
-        dof=dof,
-        evaluations=outcome.evaluations,
-        jacobians=outcome.jacobians,
-        steps=outcome.steps,
-        status=outcome.status,
-        method=method,
-        model=problem.text,
-        loss=loss,
-        loss_value=outcome.cost,
-        history=outcome.history,
-        warnings=warnings,
-        not_identifiable=spread.not_identifiable,
-        condition=spread.condition,
-        fixed={spec.name: spec.value for spec in problem.specs if spec.fixed},
-        seconds=seconds,
-        data={
-            "x": {k: v.cpu().numpy()[0] for k, v in problem.data.items()},
-            "y": problem.y.cpu().numpy()[0],
-            "fitted": fitted.detach().cpu().numpy(),
-            "sigma": None if problem.weights is None else (1 / problem.weights).cpu().numpy()[0],
-        },
-        tied=dict(ties.given) if ties else {},
-        absolute_sigma=absolute,
-        source=source,
-        pooled_rsquared=None if shards is None else _pooled_rsquared(shards, problem.y[0], fitted),
-    )
-
-
-def _pooled_rsquared(shards: Shards, y: torch.Tensor, fitted: torch.Tensor) -> float:
-    """R^2 over every rank's rows (`goodness.r_squared`): the mean of y first, then both sums of squares."""
-    count, total = shards.sum([y.numel(), float(y.sum())])
-    mean = total / count if count else 0.0
-    residual, spread = shards.sum([float(((y - fitted) ** 2).sum()), float(((y - mean) ** 2).sum())])
-    return goodness.r_squared_from_sums(float(residual), float(spread), int(count))
-
-
-def _native_final(native, problem: Model, values: torch.Tensor, unit: float, absolute: bool) -> _Final | None:
-    """The state at the solution from the native engine's one C call (`native.NativeSolver.report`), in
-    the units ``unit`` where LM ended (the cost in range); None where float64 roundoff limits the fit
-    (`_final` refines it in extended precision)."""
-    dof = problem.size - len(problem.names)
-    report = native.report(values, unit, dof, absolute)
-    size = math.sqrt(report.cost)
-    if math.isfinite(size) and _EPS * report.data_norm >= _ROUNDOFF_SHARE * size:
-        return None
-    fitted = torch.from_numpy(report.fitted)
-    return _Final(values, report.cost / unit / unit, report.cost, unit, dof, report.uncertainty, fitted)
-
-
-def _final(problem: Model, values, method: str, loss: str, exact, shards, refine: bool, absolute: bool) -> _Final:
-    """The state at the solution from the model's residuals and Jacobian (any engine, distributed: from
-    the combined R); where float64 roundoff limits a formula fit, refined and its cost recomputed in
-    40-digit arithmetic."""
-    r, jacobian = problem.jacobian(values, external=True)
-    limited = shards is None and _roundoff_limited(problem, r)
-    if limited and refine and method == "lm" and loss == "linear" and not isinstance(problem, ChunkedModel):
-        values, r, jacobian = _refined(problem, values, r, jacobian, exact or {})
-    weighted_y = problem.weighted_y()[0]
-    # statistics in units where the squares stay in range (the covariance does not depend on them)
-    scale = _unit(torch.cat((r, weighted_y)))
-    n, p = problem.size, len(problem.names)
-    if shards is None:
-        scaled_cost = float((r * scale) @ (r * scale))
-        cost = scaled_cost / scale / scale
-        cost = _precise_cost(problem, values, cost, exact or {}) if limited else cost
-        if math.isfinite(cost) and cost > 0:
-            scaled_cost = cost * scale * scale
-        data_norm = float(torch.linalg.vector_norm(weighted_y * scale))
-    else:  # statistics from the combined R: the singular values and V of J (rows never gathered)
-        scale = shards.minimum(scale)
-        sums = shards.sum([float((r * scale) @ (r * scale)), n, float(((weighted_y * scale) ** 2).sum())])
-        scaled_cost, n, data_norm = float(sums[0]), int(sums[1]), math.sqrt(sums[2])
-        cost = scaled_cost / scale / scale
-        jacobian = shards.factor(jacobian * scale) / scale  # R of J over every rank's rows (J, or R when chunked)
-    dof = n - p
-    spread = uncertainty(
-        jacobian * scale,
-        scaled_cost,
-        dof,
-        problem.names,
-        values=values.tolist(),
-        data_norm=data_norm,
-        absolute=absolute,
-        unit=scale,
-    )
-    with torch.no_grad():
-        fitted = problem.predict(values)
-    return _Final(values, cost, scaled_cost, scale, dof, spread, fitted)
-
-
-def _roundoff_limited(problem: Model, r: torch.Tensor) -> bool:
-    """Whether float64 roundoff in the predictions, eps ||y / sigma||, is not small next to the residuals
-    ||r|| (`_ROUNDOFF_SHARE`): both weighted alike, both norms safe from overflow and underflow; a formula
-    model on the CPU only (the extended-precision model and the refinement run there)."""
-    if problem.rows is None or problem.y.device.type != "cpu":
-        return False
-    size = safe_norm(r)
-    return math.isfinite(size) and _EPS * safe_norm(problem.weighted_y()) >= _ROUNDOFF_SHARE * size
-
-
-def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict) -> float:
-    """The cost recomputed in 40-digit arithmetic (for a fit where float64 roundoff would swamp it)."""
-    residuals = _precise_residuals(problem, values, exact)
-    if residuals is None:
-        return cost
-    import mpmath
-
-    with mpmath.workdps(40):
-        return float(mpmath.fsum(r * r for r in residuals))
-
-
-def _refined(problem: Model, values: torch.Tensor, r: torch.Tensor, jacobian: torch.Tensor, exact: dict) -> tuple:
-    """Where roundoff limits the fit: up to `_REFINEMENTS` Gauss-Newton steps from residuals computed in
-    40-digit arithmetic (J in float64), each kept only if the 40-digit cost falls (iterative refinement).
-    Returns the values with their float64 residuals and Jacobian (``r``, ``jacobian`` at ``values``).
-
-    On exact data (NIST Lanczos1, cost 1e-25) float64 residuals are noise at the 1e-16 level of the
-    predictions, which leaves the parameters off by that noise times the condition number; the solver's
-    arithmetic then decides the last digits of the cost. Refined, they no longer depend on it.
+    Parameters
+    ----------
+    model : str or callable
+        As for `fit`: a formula, or a callable ``f(x, **params)`` of torch ops (torch.func, vmapped).
+    x : array of shape (N,) or (B, N), or dict of str -> such arrays
+        The predictor(s): shared by all curves, or one row per curve.
+    y : array of shape (B, N)
+        One curve per row (pad shorter ones with NaN: left out); a CUDA tensor is fitted on its GPU.
+    params : dict
+        Name -> initial value (a number, or B numbers), or -> {"value", "min", "max", "fixed", "shared"}
+        (or lmfit's "vary", or ``lmfit.Parameters``). ``"shared": True``: one value for the whole batch,
+        fitted jointly with the per-curve ones (a global fit, `global_lm`; ``result.shared``).
+    method : {"lm"}
+        Levenberg-Marquardt, batched (the same steps as `fit` takes for each curve alone).
+    sigma : array of shape (N,) or (B, N), optional
+        Standard deviations; residuals are divided by them.
+    bounds : dict of str -> (lower, upper), optional
+        Bounds per parameter, shared by all curves.
+    nan_policy : {"omit", "raise"}
+        Leave out NaN/inf entries per curve, or raise naming the curves that hold them.
+    chunk_size : int, optional
+        Fit this many curves at a time (bounds memory); default `DEFAULT_CHUNK`.
+    distributed : bool
+        Inside an initialised torch.distributed process group, with the same arguments on every rank:
+        each rank fits its share of the curves, and every rank gets all results.
+    engine : {"auto", "native", "torch"}
+        "native": each curve's LM in compiled C, curves in parallel (formula models, float64, a C
+        compiler; on CUDA data compiled for the GPU by NVRTC, `cuda_engine`); "torch": LM as tensors over
+        the batch (any model, device, dtype; `lm`); "auto": native where it runs and is built (or
+        from `native.BUILD_FOR_CURVES` curves, which builds it), else torch. Both take `fit`'s steps.
     """
-    import mpmath
+    start_time = time.perf_counter()
+    given = dict(locals())  # every argument by name, as given: checked into `Options` inside
+    shards = Shards() if distributed else None
+    failure = batch = None
+    shared: tuple[str, ...] = ()
+    try:
+        params, shared = split_shared(params)
+        batch = _Batch.checked(given, params, joint=bool(shared))
+    except CustomgradError as error:
+        if shards is None:
+            raise
+        failure = error
+    if shards is not None:
+        settings = (max_steps, chunk_size, ftol, xtol, gtol, nan_policy, str(dtype), engine, shared)
+        _raise_together(shards, failure, batch, settings)
+    if shared:
+        return _global_result(batch, shared, shards, start_time)
+    enabled = progress and (shards is None or shards.rank == 0)
+    with progress_bar(batch.problem.batch, "fitting curves (lm)", enabled=enabled) as advance:
+        outcome, values, stderr, cost = batch.solve(shards, advance)
+    return batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
 
-    residuals = _precise_residuals(problem, values, exact)
-    with mpmath.workdps(40):
-        for _ in range(_REFINEMENTS):
-            if residuals is None or not bool(torch.isfinite(jacobian).all()):
-                break
-            cost = mpmath.fsum(v * v for v in residuals)
-            try:
-                step = np.linalg.lstsq(jacobian.numpy(), -np.array([float(v) for v in residuals]), rcond=None)[0]
-            except np.linalg.LinAlgError:
-                break
-            trial = values + torch.from_numpy(step)
-            if not all(spec.lower <= float(v) <= spec.upper for spec, v in zip(problem.free, trial, strict=True)):
-                break
-            trial_residuals = _precise_residuals(problem, trial, exact)
-            if trial_residuals is None or mpmath.fsum(v * v for v in trial_residuals) >= cost:
-                break
-            values, residuals = trial, trial_residuals
-            r, jacobian = problem.jacobian(values, external=True)
-    return values, r, jacobian
+
+def _raise_together(shards: Shards, failure: CustomgradError | None, batch: _Batch | None, settings: tuple) -> None:
+    """Every rank raises where any rank failed, or where ranks fit different things: every rank holds every
+    curve, so any difference in what they fit is a mistake, found here (`Shards.raise_together`)."""
+    about = "" if batch is None else batch.description()
+    same = "and the same curves (each rank fits its share of them)"
+    shards.raise_together(failure, f"{about}, options {settings}", same)
 
 
-def _precise_residuals(problem: Model, values: torch.Tensor, exact: dict) -> list | None:
-    """The weighted residuals (f - y) / sigma at ``values`` in 40-digit arithmetic (mpmath), from the data's
-    decimal text where ``exact`` has it; None where the model has no extended-precision form."""
-    # Only now: building the extended-precision model costs SymPy (and its import).
-    precise = getattr(problem.function, "precise", None)
-    if precise is None:
-        return None
-    import mpmath
+@dataclass
+class _Batch:
+    """A checked batch of fits: its data, parameters, model and engine (``solver``: None for torch), the
+    solver's ``options`` (tolerances, max_steps) and the curves per chunk."""
 
-    named = dict(zip(problem.names, values.tolist(), strict=True))
-    named.update({name: float(v) for name, v in problem.fixed.items()})
-    size = problem.size
+    data: FitData
+    specs: list
+    initial: dict
+    problem: Model
+    solver: NativeSolver | cuda_engine.CudaSolver | None
+    options: dict
+    chunk_size: int
+    device: torch.device | None
 
-    def column(name: str, floats) -> list:
-        text = exact.get(name)
-        return list(text) if text is not None and len(text) == size else [float(v) for v in floats]
+    @classmethod
+    def checked(cls, given: Mapping, params, *, joint: bool = False) -> _Batch:
+        """Every argument checked (a `CustomgradError` naming the bad one), the model built, the engine picked."""
+        options = Options.checked(given, batch=True)
+        data = _data(given, options, batch=True)
+        specs, initial = batch_parameter_specs(params, given["bounds"], data.y.shape[0])
+        scales = None if joint else _curve_scales(data)  # a joint cost has one unit for all curves
+        problem = _model(given["model"], data, specs, Ties(), initial=initial, scales=scales)
+        solver = _solver(problem, options.engine, joint)
+        settings = dict(options.tolerances, max_steps=options.max_steps)
+        return cls(data, specs, initial, problem, solver, settings, options.chunk_size, options.device)
 
-    with mpmath.workdps(40):
-        columns = [
-            column(name, problem.data[name][0].cpu().numpy()) if name in problem.data else [named[name]] * size
-            for name in _formula_names(problem)
-        ]
-        try:
-            predictions = precise(columns)
-        except Exception:  # noqa: BLE001 - extended precision is a refinement: keep the float64 numbers
+    def solve(self, shards: Shards | None, advance) -> tuple:
+        """Fit this rank's curves (all of them when not distributed), gather every rank's; the outcome,
+        parameter values (B, p), standard errors (B, p) and costs (B,) in the data's units."""
+        problem, solver, batch = self.problem, self.solver, self.problem.batch
+        with threads_for(self.data.y.shape[-1] * (len(self.specs) + 1), self.device):
+            curves = range(batch) if shards is None else range(batch)[local_shard(batch, shards.rank, shards.world)]
+            if solver is not None:
+                outcome = _solve_native(solver, problem, self.options, advance, curves)
+            else:
+                outcome = _solve_in_chunks(problem, self.chunk_size, self.options, advance, curves)
+            if problem.scales is not None:
+                outcome.in_data_units(problem.scales[curves.start : curves.stop])
+            if shards is not None:
+                outcome = _gathered(shards, outcome)
+            values = problem.external(outcome.theta)
+            if solver is not None:
+                stderr, cost = solver.errors(values, self.dof)
+            else:
+                upper, cost = _final_factors(problem, values)
+                stderr = batch_stderr(upper, cost, self.dof)
+            if problem.scales is not None:
+                cost = cost / problem.scales.to(cost) / problem.scales.to(cost)
+        return outcome, values, stderr, cost
+
+    def description(self) -> str:
+        """What a distributed batch fits, for `Shards.raise_together`: the model, parameters and bounds
+        in words, the curves' shape and a checksum of the data, sigma and initial values."""
+        data, digest = self.data, hashlib.sha256()
+        tensors = [data.y, data.mask, *(data.x[name] for name in sorted(data.x))]
+        tensors += [data.weights] if data.weights is not None else []
+        arrays = [tensor.cpu().numpy() for tensor in tensors]
+        arrays += [np.asarray(self.initial[spec.name], dtype=np.float64) for spec in self.specs]
+        for array in arrays:
+            digest.update(np.ascontiguousarray(array).tobytes())
+        bounds = [(spec.name, spec.lower, spec.upper, spec.fixed) for spec in self.specs]
+        return (
+            f"model {self.problem.text!r}, parameters and bounds {bounds}, curves {tuple(data.y.shape)}, sigma "
+            f"{'given' if data.weights is not None else 'none'}, checksum of data and initial values "
+            f"{digest.hexdigest()[:16]}"
+        )
+
+    @property
+    def dof(self) -> torch.Tensor:
+        """Degrees of freedom per curve: its finite points less the free parameters."""
+        mask = self.data.mask
+        if not self.problem.masked:  # every point counts: no pass over the (B, N) mask
+            return torch.full(mask.shape[:-1], mask.shape[-1] - len(self.problem.names), device=mask.device)
+        return mask.sum(-1) - len(self.problem.names)
+
+    def result(self, outcome: BatchOutcome, values, stderr, cost, seconds: float) -> BatchFitResult:
+        """The `BatchFitResult`; curves with no finite point (a dead pixel) get status no_data and NaN."""
+        names = self.problem.names
+        arrays = {name: values[:, j].cpu().numpy() for j, name in enumerate(names)}
+        all_params = {spec.name: arrays.get(spec.name, self.initial[spec.name]) for spec in self.specs}
+        stderr = {name: stderr[:, j].cpu().numpy() for j, name in enumerate(names)}
+        cost = cost.cpu().numpy()
+        masked = self.problem.masked  # (else every curve has data: no (B, N) reduction)
+        empty = np.flatnonzero(~self.data.mask.any(-1).cpu().numpy()) if masked else np.zeros(0, dtype=np.int64)
+        for i in empty.tolist():  # nothing to fit: said, not fitted, not fatal
+            outcome.status[i] = "no_data"
+        for table in (arrays, stderr, {"cost": cost}):
+            for column in table.values():
+                column[empty] = math.nan
+
+        def single(i: int):
+            if outcome.status[i] == "no_data":
+                raise DataError(f"curve {i} has no finite data points: it was not fitted (its results are NaN)")
+            data = self.data
+            result = _curve_result(self.problem, data.arrays, outcome, i, self.specs, self.initial, data.x_is_dict)
+            result.seconds = seconds / self.problem.batch
+            return result
+
+        return BatchFitResult(
+            params=all_params,
+            stderr=stderr,
+            cost=cost,
+            dof=self.dof.cpu().numpy(),
+            status=outcome.status,
+            evaluations=outcome.evaluations.cpu().numpy(),
+            jacobians=outcome.jacobians.cpu().numpy(),
+            steps=outcome.steps.cpu().numpy(),
+            model=self.problem.text,
+            seconds=seconds,
+            single=single,
+        )
+
+
+def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None, start_time: float):
+    """The `BatchFitResult` of a global fit (`global_fit`): ``result.shared`` and each curve's joint errors."""
+    # torch's operations on one thread for small curves, as `_Batch.solve`; the C kernels over the curves
+    # (`global_native`, `global_rows`) on torch's setting from before, as the native engine, where OpenMP
+    # waits passively (each of their ~30 short loops would wait a time slice on a busy machine otherwise)
+    threads = torch.get_num_threads() if waits_passively() else 1
+    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):
+        outcome, values, stderr, cost, joint = fit_global(batch, shared, shards, threads)
+        result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
+    result.shared, single = joint, result.single
+    result.single = lambda i: global_curve(single(i), i, joint, batch.problem.names)
+    return result
+
+
+def _solver(problem: Model, engine: str, joint: bool):
+    """The native engine for ``problem`` (`native`, or `cuda_engine` for CUDA data), or None for torch.
+
+    "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`). A global fit (``joint``)
+    always runs `global_lm`; on the CPU it takes each curve's R_b from the native library where that
+    can run (`global_rows`), on any engine but "torch", and never fails for want of it.
+    """
+    threads, build = torch.get_num_threads(), problem.batch >= BUILD_FOR_CURVES
+    if joint:
+        if problem.y.is_cuda or engine == "torch":
             return None
-        # sin and cos rewritten with exp come back complex, with an imaginary part at the roundoff level
-        if any(abs(mpmath.im(f)) > mpmath.mpf(10) ** -30 * (1 + abs(f)) for f in predictions):
-            return None
-        y = column("y", problem.y[0].cpu().numpy())
-        weights = [1.0] * size if problem.weights is None else problem.weights[0].cpu().tolist()
-        return [(mpmath.re(f) - mpmath.mpf(t)) * mpmath.mpf(w) for f, t, w in zip(predictions, y, weights, strict=True)]
+        build = build or engine == "native"  # (its R_b come from the model's own library, not the shared one)
+        return engine_for(problem, "auto", threads, build=build, what="fit this batch", shared=False)
+    if problem.y.is_cuda:  # the same solver compiled for the GPU (`cuda_engine`)
+        return cuda_engine.engine_for(problem, engine, build=build, what="fit this batch")
+    return engine_for(problem, engine, threads, build=build, what="fit this batch")
 
 
-def _formula_names(problem: Model) -> tuple[str, ...]:
-    return problem.function.names  # type: ignore[attr-defined]
+def _solve_native(solver: NativeSolver, problem: Model, options: dict, advance, curves: range) -> BatchOutcome:
+    """``curves`` by the native engine, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
+    index = torch.arange(curves.start, curves.stop)
+    theta = problem.initial_theta()[index]
+    outcome = solver.solve(index, theta, advance=advance, saturation=SATURATION, **options)
+    retry = lambda plateau: solver.solve(index[plateau], theta[plateau], factor=1.0, **options)  # noqa: E731
+    restart_plateaus(outcome, problem, index, retry)
+    return outcome
 
 
-# The warning a fit that stopped with these statuses carries.
-_STATUS_WARNINGS = {
-    "max_steps": "the step limit was reached: the parameters may not be converged",
-    "step_limit": "the solver ran its fixed number of steps without a convergence test: the parameters may not "
-    "be converged (compare with method='lm', or check that the cost history has levelled off)",
-    "nonfinite": "the model produced NaN or inf during the fit; the best parameters before that are kept",
-}
+def _curve_scales(data) -> torch.Tensor | None:
+    """Per curve, the power of two bringing its largest weighted |y| into squaring range; None when all are."""
+    weighted = data.y if data.weights is None else data.y * data.weights
+    weighted = torch.where(data.mask, weighted, 0.0)
+    scales = power_of_two_scale(weighted)
+    return None if bool((scales == 1.0).all()) else scales
 
 
-def _diagnose(problem: Model, status: str, spread, values: list[float], dof: int, omitted: list) -> list[str]:
-    warnings = [_STATUS_WARNINGS[status]] if status in _STATUS_WARNINGS else []
-    if not spread.finite:
-        warnings.append(
-            "the Jacobian holds NaN or inf at the fitted values (a derivative undefined there, such as "
-            "sqrt's at 0): no standard error is defined; start elsewhere or keep the data off that point"
-        )
-    for group in spread.not_identifiable if spread.finite else ():
-        rank = f"the Jacobian has rank {spread.rank} of {len(problem.names)}"
-        if len(group) == 1:
-            warnings.append(
-                f"parameter {group[0]} is not identifiable: the model does not depend on it at the fitted "
-                f"values ({rank}), so the data do not determine it; its standard error is undefined "
-                "(fix it or re-parametrise the model)"
-            )
-            continue
-        warnings.append(
-            f"parameters {', '.join(group)} are not identifiable: {rank}, so the data fix only a "
-            "combination of them; their standard errors are undefined (fix one of them or re-parametrise "
-            "the model)"
-        )
-    if not spread.not_identifiable and spread.condition > CONDITION_WARNING:
-        warnings.append(
-            f"the scaled Jacobian is ill-conditioned (condition number {spread.condition:.3g}): "
-            "standard errors are fragile"
-        )
-    for spec, value in zip(problem.free, values, strict=True):
-        width = (spec.upper - spec.lower) if spec.bounded and math.isfinite(spec.upper - spec.lower) else 1.0
-        for side, bound in (("lower", spec.lower), ("upper", spec.upper)):
-            if math.isfinite(bound) and abs(value - bound) <= 1e-6 * max(abs(width), abs(bound), 1.0):
-                warnings.append(
-                    f"parameter {spec.name} = {value:.8g} is at its {side} bound {bound}: "
-                    "its standard error assumes the bound is not there"
-                )
-    if dof <= 0:
-        warnings.append(
-            f"{problem.size} data points for {len(problem.names)} free parameters: no degrees of "
-            "freedom left, standard errors are undefined"
-        )
-    if omitted:
-        where = " (rank:row)" if isinstance(omitted[0], str) else ""  # a distributed fit's, over every rank
-        warnings.append(
-            f"{len(omitted)} rows with NaN or inf were omitted (nan_policy='omit'): rows{where} "
-            f"{', '.join(map(str, omitted[:10]))}{' ...' if len(omitted) > 10 else ''}"
-        )
-    return warnings
+def _solve_in_chunks(problem: Model, chunk_size: int, options: dict, advance, curves: range) -> BatchOutcome:
+    """Solve ``curves`` chunk by chunk (each chunk a separate batch); the outcomes joined in curve order."""
+    theta = problem.initial_theta()
+    parts = []
+    for begin in range(curves.start, curves.stop, chunk_size):
+        index = torch.arange(begin, min(begin + chunk_size, curves.stop), device=theta.device)
+        parts.append(_solve_chunk(problem, index, theta[index], options, advance))
+    if len(parts) == 1:
+        return parts[0]
+    offsets = [0]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + len(part.status))
+    if not parts:  # a rank of a distributed batch with no curves of its own
+        counts = (theta.new_zeros(0, dtype=torch.long) for _ in range(3))
+        return BatchOutcome(theta[:0], [], theta.new_zeros(0), *counts, theta.new_zeros(0), [])
+    per_curve = ("theta", "cost", "evaluations", "jacobians", "steps", "initial_cost")
+    return BatchOutcome(
+        **{name: torch.cat([getattr(part, name) for part in parts]) for name in per_curve},
+        status=[status for part in parts for status in part.status],
+        accepted=[(index + offset, cost) for part, offset in zip(parts, offsets) for index, cost in part.accepted],
+    )
+
+
+def _gathered(shards: Shards, outcome: BatchOutcome) -> BatchOutcome:
+    """Every rank's outcome for its curves, joined in curve order (ranks hold consecutive curves)."""
+    local = {
+        "theta": outcome.theta.cpu(),
+        "status": outcome.status,
+        "counts": torch.stack([outcome.evaluations, outcome.jacobians, outcome.steps]).cpu(),
+        "cost": outcome.cost.cpu(),
+        "histories": [outcome.history(i) for i in range(len(outcome.status))],
+    }
+    parts = shards.gather_objects(local)
+    device = outcome.theta.device
+    counts = torch.cat([part["counts"] for part in parts], dim=1).to(device)
+    histories = [history for part in parts for history in part["histories"]]
+    return BatchOutcome(
+        theta=torch.cat([part["theta"] for part in parts]).to(device),
+        status=[status for part in parts for status in part["status"]],
+        cost=torch.cat([part["cost"] for part in parts]).to(device),
+        evaluations=counts[0],
+        jacobians=counts[1],
+        steps=counts[2],
+        initial_cost=torch.tensor([history[0] for history in histories]),
+        accepted=[],
+        histories=histories,
+    )
+
+
+class _Subset(BatchProblem):
+    """The curves ``index`` of a batch model, renumbered 0..len(index) - 1."""
+
+    def __init__(self, problem: Model, index: torch.Tensor):
+        self.problem, self.index = problem, index
+        self.names = problem.names
+
+    def residuals(self, theta, index):
+        return self.problem.residuals(theta, self.index.index_select(0, index))
+
+    def augmented(self, theta, index, *, external=False):
+        return self.problem.augmented(theta, self.index.index_select(0, index), external=external)
+
+    def external(self, theta):
+        return self.problem.external(theta)
+
+
+def _solve_chunk(problem: Model, index: torch.Tensor, theta: torch.Tensor, options: dict, advance) -> BatchOutcome:
+    """The curves ``index``: the batched LM, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
+    done = [0]
+
+    def on_round(state) -> None:
+        status = state.status  # torch or numpy (`arrays`)
+        stopped = int((status != 0).sum())
+        converged = int(namespace_of(status).isin(status, CONVERGED).sum())
+        message = progress_message(converged, stopped, len(status))
+        for _ in range(stopped - done[0]):
+            advance(message)
+        done[0] = stopped
+
+    outcome = batch_levenberg_marquardt(
+        _Subset(problem, index), theta, reduce=reduce_gram, on_round=on_round, **options
+    )
+
+    def retry(plateau: torch.Tensor) -> BatchOutcome:
+        return batch_levenberg_marquardt(_Subset(problem, index[plateau]), theta[plateau], factor=1.0, **options)
+
+    restart_plateaus(outcome, problem, index, retry)
+    return outcome
+
+
+def _final_factors(problem: Model, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """R of the Jacobian with respect to the parameter values at the solutions, and the final costs."""
+    everyone = torch.arange(problem.batch, device=values.device)
+    block = problem.augmented(values, everyone, external=True)
+    p = len(problem.names)
+    cost = (block[..., p] ** 2).sum(-1)
+    return reduce_gram(block)[:, :p, :p], cost
+
+
+def _curve_result(problem: Model, arrays, outcome: BatchOutcome, i: int, specs, initial, x_is_dict: bool):
+    """Curve ``i``'s `FitResult`, made as `fit` makes one (statistics, diagnostics, data) from the batch's solution."""
+    rows, omitted = curve_data(arrays, i)
+    columns = {name: torch.as_tensor(rows[name]) for name in arrays if name not in ("y", "sigma")}
+    data_names = tuple(problem.data)
+    if "x" in columns and len(data_names) == 1 and data_names[0] != "x":
+        columns = {data_names[0]: columns.pop("x")}
+    columns = {name: column.reshape(1, -1) for name, column in columns.items()}
+    weights = 1 / torch.as_tensor(rows["sigma"]).reshape(1, -1) if "sigma" in rows else None
+    y = torch.as_tensor(rows["y"]).reshape(1, -1)
+    single = Model(problem.function, columns, y, weights, curve_specs(specs, initial, i), problem.text)
+    result = outcome.one(i)
+    result.theta = result.theta.cpu().to(torch.float64)
+    if not math.isfinite(result.cost):
+        result.cost = math.nan
+    source = FitSource(single, x_is_dict=x_is_dict)
+    # not refined in 40 digits: curve i's FitResult keeps the batch's parameters for it
+    return curve_result(single, result, "lm", "linear", omitted, 0.0, None, source, refine=False)
 
 
 def fit_experiment(name: str, *, method: str = "lm", seed: int = 0, **options) -> FitResult:

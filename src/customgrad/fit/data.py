@@ -141,25 +141,16 @@ def _ragged(values) -> bool:
 
 @dataclass
 class FitData:
-    """Checked, aligned fit data as tensors: predictors by name, y, sigma; rows dropped by nan_policy."""
-
-    x: dict[str, torch.Tensor]
-    y: torch.Tensor
-    sigma: torch.Tensor | None
-    x_is_dict: bool
-    omitted_rows: list[int]
-
-
-@dataclass
-class BatchData:
-    """Checked batch data as tensors, with the mask of the entries that count."""
+    """Checked data as tensors: one curve's or a batch's, the mask of the entries that count (None: all;
+    a single fit drops its rows with NaN/inf instead, listed in ``omitted_rows``)."""
 
     x: dict[str, torch.Tensor]  # each (1, N) or (B, N)
     y: torch.Tensor  # (B, N)
     weights: torch.Tensor | None  # 1 / sigma, (1, N) or (B, N)
-    mask: torch.Tensor  # (B, N) bool
+    mask: torch.Tensor | None  # (B, N) bool
     x_is_dict: bool
     arrays: dict[str, np.ndarray]  # the float64 inputs, for one curve's single fit
+    omitted_rows: list[int]
 
 
 @dataclass
@@ -174,49 +165,30 @@ class _Curves:
 
 
 def prepare_data(
-    x, y, sigma=None, *, nan_policy: str = "raise", dtype=None, device=None, allow_empty: bool = False
+    x, y, sigma=None, *, nan_policy: str, dtype=None, device=None, batch: bool = False, allow_empty: bool = False
 ) -> FitData:
-    """Check and convert one curve's data; rows with NaN/inf raise `DataError` naming them, or are dropped.
-
-    ``dtype``: of the tensors (default torch.float64). ``allow_empty``: no rows is fine (a rank's
-    shard of a distributed fit).
-    """
+    """Check and convert one curve's data (``batch`` False) or a batch's (y (B, N)) to tensors of ``dtype``
+    (default float64); NaN/inf entries raise `DataError` naming their rows (curves), or are left out: a
+    curve's rows dropped, a batch's entries masked. ``allow_empty``: no rows is fine (a rank's shard)."""
     import torch
 
-    curves = _checked(x, y, sigma, nan_policy, batch=False, allow_empty=allow_empty)
+    curves = _checked(x, y, sigma, nan_policy, batch=batch, allow_empty=allow_empty)
     keep = curves.mask[0]
-    every = bool(keep.all())  # (the usual case: no row left out, no copy made)
+    every = batch or bool(keep.all())  # (a curve with no row left out: no copy made)
 
     def tensor(values):
-        return torch.as_tensor(values[0] if every else values[0][keep], dtype=dtype or torch.float64, device=device)
-
-    return FitData(
-        x={name: tensor(values) for name, values in curves.columns.items()},
-        y=tensor(curves.y),
-        sigma=None if curves.sigma is None else tensor(curves.sigma),
-        x_is_dict=curves.x_is_dict,
-        omitted_rows=[] if every else np.flatnonzero(~keep).tolist(),
-    )
-
-
-def prepare_batch_data(x, y, sigma=None, *, nan_policy: str = "omit", dtype=None, device=None) -> BatchData:
-    """Check and convert batch data; NaN/inf entries are masked (or raise `DataError` naming curves)."""
-    import torch
-
-    curves = _checked(x, y, sigma, nan_policy, batch=True)
-
-    def tensor(values):
-        return torch.as_tensor(values, dtype=dtype or torch.float64, device=device)
+        return torch.as_tensor(values if every else values[:, keep], dtype=dtype or torch.float64, device=device)
 
     named = {**curves.columns, **({} if curves.sigma is None else {"sigma": curves.sigma})}
-    return BatchData(
+    return FitData(
         x={name: tensor(values) for name, values in curves.columns.items()},
         y=tensor(curves.y),
         # sigma <= 0 only where a point does not count (checked): its weight NaN, as a NaN sigma's
         weights=None if curves.sigma is None else tensor(1 / np.where(curves.sigma > 0, curves.sigma, np.nan)),
-        mask=torch.as_tensor(curves.mask, device=device),
+        mask=torch.as_tensor(curves.mask, device=device) if batch else None,
         x_is_dict=curves.x_is_dict,
         arrays={**named, "y": curves.y},
+        omitted_rows=[] if every else np.flatnonzero(~keep).tolist(),
     )
 
 

@@ -17,7 +17,9 @@ from collections.abc import Callable
 import torch
 
 from .lm import BatchOutcome
+from .parameters import held_at_bounds
 from .status import TERMINATION
+from .units import power_of_two_scale
 
 # A parameter whose relative sensitivity ||J_j|| max(|b_j|, 1) falls below this share of ||y|| has stopped
 # mattering (an exp that underflowed): the fit stopped on a plateau, worth one restart (`fit`, `fit_batch`).
@@ -92,6 +94,48 @@ def sensitivities(
 def saturated(reach: torch.Tensor, data_norm: torch.Tensor) -> torch.Tensor:
     """(b,) how many parameters' sensitivity ``reach`` (b, p) is below `SATURATION` ``data_norm`` (b,)."""
     return (reach < SATURATION * data_norm.unsqueeze(-1)).sum(-1)
+
+
+def restart_plateaus(outcome: BatchOutcome, problem, index, rerun: Callable, shards=None) -> None:
+    """Into ``outcome`` (of the curves ``index`` of the `model.Model` ``problem``; None: its only curve):
+    ``rerun(positions)``, the restarts with factor 1 of the problems at those positions that stopped on a
+    plateau (`saturated`; the native engine tests it in C: ``outcome.saturated``), kept by `keep_restarts`.
+    The one plateau safeguard of every engine, for `fit` (a batch of one) and `fit_batch`."""
+
+    def sensitivities_of(positions, theta: torch.Tensor, held: bool) -> tuple[torch.Tensor, ...]:
+        curves = None if index is None else index[positions]
+        return model_sensitivities(problem, theta, curves, held=held, shards=shards)
+
+    plateau = outcome.saturated
+    if plateau is None:
+        live = torch.tensor([status != "nonfinite" for status in outcome.status], device=outcome.theta.device)
+        reach, _, _, data_norm = sensitivities_of(slice(None), outcome.theta, False)
+        plateau = live & (saturated(reach, data_norm) > 0)
+    plateau = plateau.nonzero().flatten()
+    if len(plateau):
+        stuck = lambda theta: stuck_on_plateau(*sensitivities_of(plateau, theta, True))  # noqa: E731
+        keep_restarts(outcome, plateau, rerun(plateau), stuck)
+
+
+def model_sensitivities(problem, theta: torch.Tensor, index=None, *, held: bool = False, shards=None) -> tuple:
+    """`sensitivities` of the curves ``index`` (None: all) of the `model.Model` ``problem`` at internal
+    ``theta`` (b, p), over every rank's rows with ``shards`` (a distributed single fit). J, r and y carry
+    1 / sigma and the curves' scales alike: the tests do not depend on the units of y or sigma. With
+    ``held`` the parameters held at a bound count as live (the plateau verdict; not the restart's
+    trigger, where a restart also brings a parameter closer to its bound)."""
+    single = index is None and problem.batch == 1  # as a single fit takes it (chunked: R, not J)
+    block = problem.augmented(theta[0]).unsqueeze(0) if single else problem.augmented(theta, index)
+    y = problem.weighted_y(index)
+    scale = power_of_two_scale(y)  # norms of data near 1e200 would overflow
+    sum_rows = None
+    if shards is not None:
+        scale = scale.new_tensor([shards.minimum(float(scale[0]))])
+
+        def sum_rows(sums: torch.Tensor) -> torch.Tensor:
+            return torch.as_tensor(shards.sum(sums.cpu().numpy())).to(sums)
+
+    at_bounds = held_at_bounds(theta, problem.bounded) if held else None
+    return sensitivities(block, problem.external(theta), y, scale, sum_rows, at_bounds)
 
 
 def keep_restarts(

@@ -35,7 +35,7 @@ from .model import Model, check_finite_start
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .options import Options
 from .parameters import batch_parameter_specs, curve_specs, parameter_specs, plain_params
-from .plateau import SATURATION, restart_plateaus
+from .plateau import SATURATION, model_sensitivities, restart_plateaus, saturated
 from .reduction import reduce_gram
 from .result import BatchFitResult, FitResult
 from .solution import curve_result
@@ -295,14 +295,18 @@ def _solve(calls: _Calls, theta: torch.Tensor, options: Options):
 def _restarted_on_plateau(run, calls: _Calls, theta: torch.Tensor, outcome):
     """LM's ``outcome``, or where a parameter stopped mattering a restart from ``theta`` with factor 1
     if that reached a lower cost, and status "plateau" where still stuck: `plateau.restart_plateaus` of
-    a batch of one."""
-    if outcome.saturated is False or (outcome.saturated is None and outcome.status == "nonfinite"):
-        return outcome  # (the native engine tested it)
+    a batch of one (converted only where the test, in C for the native engine, says it stalled)."""
+    problem, shards = calls.problem, calls.shards
+    stalled = outcome.saturated
+    if stalled is None and outcome.status != "nonfinite":
+        reach, _, _, data_norm = model_sensitivities(problem, outcome.theta.unsqueeze(0), shards=shards)
+        stalled = bool(saturated(reach, data_norm))
+    if not stalled:
+        return outcome
     joined = BatchOutcome.of_one(outcome)
-    if outcome.saturated:
-        joined.saturated = torch.ones(1, dtype=torch.bool)
+    joined.saturated = torch.ones(1, dtype=torch.bool)
     retry = lambda plateau: BatchOutcome.of_one(run(theta, factor=1.0))  # noqa: E731
-    restart_plateaus(joined, calls.problem, None, retry, calls.shards)
+    restart_plateaus(joined, problem, None, retry, shards)
     return joined.one(0)
 
 

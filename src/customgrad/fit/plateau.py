@@ -19,7 +19,7 @@ import torch
 from .lm import BatchOutcome
 from .parameters import held_at_bounds
 from .status import TERMINATION
-from .units import power_of_two_scale
+from .units import curve_unit, power_of_two_scale
 
 # A parameter whose relative sensitivity ||J_j|| max(|b_j|, 1) falls below this share of ||y|| has stopped
 # mattering (an exp that underflowed): the fit stopped on a plateau, worth one restart (`fit`, `fit_batch`).
@@ -125,8 +125,8 @@ def model_sensitivities(problem, theta: torch.Tensor, index=None, *, held: bool 
     trigger, where a restart also brings a parameter closer to its bound)."""
     single = index is None and problem.batch == 1  # as a single fit takes it (chunked: R, not J)
     block = problem.augmented(theta[0]).unsqueeze(0) if single else problem.augmented(theta, index)
-    y = problem.weighted_y(index)
-    scale = power_of_two_scale(y)  # norms of data near 1e200 would overflow
+    y = problem.weighted_y(index)  # norms of data near 1e200 would overflow: in units 2^k
+    scale = torch.tensor([curve_unit(y[0])], dtype=torch.float64) if single else power_of_two_scale(y)
     sum_rows = None
     if shards is not None:
         scale = scale.new_tensor([shards.minimum(float(scale[0]))])

@@ -279,6 +279,16 @@ def test_a_fit_stuck_where_the_model_no_longer_depends_on_its_parameters_is_not_
             assert not result.success and result.status == "plateau" and "plateau" in result.message
 
 
+def test_on_step_numbers_the_steps_of_the_plateau_restart_on_from_the_first_run():
+    # the restart from the start with factor 1 numbered its steps from 1 again: on_step saw 1, 1
+    x = np.linspace(1, 5, 40)
+    y = 2.0 * np.exp(-0.5 * x) + 0.01 * np.random.default_rng(1).standard_normal(40)
+    steps = []
+    result = fit("a*exp(-b*x)", x, y, params={"a": 1.0, "b": 40.0}, on_step=lambda step, cost: steps.append(step))
+    assert result.status == "plateau" and len(steps) >= 2  # a first run and its restart, each with a step
+    assert steps == list(range(1, len(steps) + 1))
+
+
 @pytest.mark.parametrize(
     ("model", "params", "x_is_dict", "message"),
     [

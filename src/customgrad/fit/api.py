@@ -218,7 +218,8 @@ class _Calls:
     reweighted), and the objective of the gradient methods; ``steps`` taken in earlier units."""
 
     def __init__(self, problem: Model, rho, shards: Shards | None, rescaled: bool, start: torch.Tensor):
-        self.problem, self.rho, self.shards, self.rescaled, self.steps = problem, rho, shards, rescaled, 0
+        self.problem, self.rho, self.shards, self.rescaled = problem, rho, shards, rescaled
+        self.steps = self.reported = 0  # steps of the runs before this one; the last step number reported
         self.scale = self.agree(curve_unit(start)) if rescaled else 1.0
 
     def agree(self, scale: float) -> float:
@@ -272,7 +273,8 @@ def _solve(calls: _Calls, theta: torch.Tensor, options: Options):
             cost = cost / calls.scale / calls.scale
             advance(f"cost {cost:.6g}")
             if on_step is not None:
-                on_step(calls.steps + step, cost)
+                calls.reported = calls.steps + step
+                on_step(calls.reported, cost)
 
         callback = step_callback if options.progress or on_step is not None else None
         native = _native_engine(options.engine, problem, method, calls.rho, shards, callback)
@@ -305,7 +307,11 @@ def _restarted_on_plateau(run, calls: _Calls, theta: torch.Tensor, outcome):
         return outcome
     joined = BatchOutcome.of_one(outcome)
     joined.saturated = torch.ones(1, dtype=torch.bool)
-    retry = lambda plateau: BatchOutcome.of_one(run(theta, factor=1.0))  # noqa: E731
+    calls.steps = calls.reported  # its steps numbered on from the first run's
+
+    def retry(plateau: torch.Tensor) -> BatchOutcome:
+        return BatchOutcome.of_one(run(theta, factor=1.0))
+
     restart_plateaus(joined, problem, None, retry, shards)
     return joined.one(0)
 
@@ -347,7 +353,7 @@ def _in_range(run: Callable, calls: _Calls, outcome):
         scale = calls.agree(curve_unit(calls.problem.residuals(outcome.theta)))
         if scale == calls.scale:
             break
-        calls.scale, calls.steps = scale, calls.steps + outcome.steps
+        calls.scale, calls.steps = scale, calls.reported
         again = run(outcome.theta)
         again.evaluations += outcome.evaluations
         again.jacobians += outcome.jacobians

@@ -105,7 +105,7 @@ def plot_profile(result: Fitted, name: str, path: str | Path) -> Path:
     found, and the quadratic profile that value +- t stderr assumes."""
     import numpy as np
 
-    from .distributions import profile_probability
+    from .goodness import profile_probability
     from .profile import profile_curve
 
     path = check_image_path(path, "plot path")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import FitError, UsageError
-from .distributions import profile_target
+from .goodness import profile_target
 from .solvers import get_solver
 from .threads import threads_for
 

@@ -10,7 +10,7 @@ from ..plot import _pyplot, check_image_path, save_figure
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .fitted import Fitted
+    from .profile import Fitted
 
 
 #: Points of the grid the fitted model is drawn on (one predictor), over the data's range.

@@ -26,11 +26,6 @@ _CHISQR_FLOOR = 1e-250
 _TINY = float(np.finfo(np.float64).tiny)
 
 
-def reduced_chi_square(chisqr: float, nfree: int) -> float:
-    """redchi = chisqr / max(1, nfree)."""
-    return chisqr / max(1, nfree)
-
-
 def information_criteria(chisqr: float, ndata: int, nvarys: int) -> tuple[float, float]:
     """(aic, bic) = n log(chisqr / n) + 2 p, n log(chisqr / n) + p log(n): -2 log L of Gaussian errors
     plus the penalties of Akaike and Schwarz."""
@@ -106,22 +101,18 @@ def student_t_quantile(q: float, dof: float) -> float:
         return float(t)
 
 
-def band_quantile(sigma: float, dof: int, *, student: bool = True) -> float:
+def band_quantile(sigma: float, dof: int, *, student: bool = True, what: str = "sigma") -> float:
     """The band's scale: t_dof((1 + P) / 2) with P = `sigma_probability` (lmfit), or sigma's normal
     quantile when the variance is known (``student=False``: absolute sigma)."""
-    probability = sigma_probability(sigma)
-    if not student:
-        return NormalDist().inv_cdf((1 + probability) / 2)
-    return student_t_quantile((1 + probability) / 2, dof)
+    quantile = (1 + sigma_probability(sigma, what)) / 2
+    return student_t_quantile(quantile, dof) if student else NormalDist().inv_cdf(quantile)
 
 
 def profile_target(sigma: float, best: float, dof: int, *, absolute: bool = False) -> float:
     """chi2 at the edge of the ``sigma`` interval: chi2_best (1 + F_(1,dof)(P) / dof), where lmfit's F-test
     reaches P; with ``absolute`` sigma, chi2_best + chi2_1(P) (the known-variance likelihood ratio)."""
-    probability = sigma_probability(sigma, "sigmas")
-    if absolute:
-        return best + NormalDist().inv_cdf((1 + probability) / 2) ** 2
-    return best * (1 + student_t_quantile((1 + probability) / 2, dof) ** 2 / dof)
+    scale = band_quantile(sigma, dof, student=not absolute, what="sigmas")
+    return best + scale**2 if absolute else best * (1 + scale**2 / dof)
 
 
 def profile_probability(chisqr: float, best: float, dof: int, *, absolute: bool = False) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -25,8 +25,41 @@ from .solvers import get_solver
 from .threads import threads_for
 
 if TYPE_CHECKING:
-    from .fitted import Fitted
+    import numpy as np
+
     from .source import FitSource
+
+
+class Fitted(Protocol):
+    """What the profile and the figures (`figures`) need of a finished fit: `result.FitResult`'s shape,
+    so that they need not import the result class whose methods hand themselves over to them."""
+
+    params: dict[str, float]
+    stderr: dict[str, float]
+    cost: float
+    status: str
+    method: str
+    model: str
+    not_identifiable: list[list[str]]
+    fixed: dict[str, float]
+    tied: dict[str, str]
+    data: dict
+    absolute_sigma: bool
+    source: FitSource | None
+
+    @property
+    def success(self) -> bool: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def nfree(self) -> int: ...
+
+    def predict(self, x) -> np.ndarray: ...
+
+    def eval_uncertainty(self, x=None, *, sigma: float = 1, kind: str = "confidence") -> np.ndarray: ...
+
 
 # Outward steps before giving up on an end; the step doubles every STEP_DOUBLING of them.
 SEARCH_STEPS, STEP_DOUBLING = 40, 4

@@ -111,7 +111,7 @@ class FitResult:
     @property
     def redchi(self) -> float:
         """redchi = chisqr / max(1, nfree)."""
-        return goodness.reduced_chi_square(self.cost, self.dof)
+        return self.cost / max(1, self.dof)
 
     @property
     def aic(self) -> float:

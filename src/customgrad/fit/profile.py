@@ -104,30 +104,25 @@ class Profile:
         """
         held = {self.name: value}
         best = self._refit(held, start)
-        pinned = {name: found for name, found in best[1].items() if self._at_bound(name, found)}
-        if pinned:
-            bounded = self._refit({**held, **pinned}, best[1])
-            inside = {**bounded[1], **{name: self._inside(name, found) for name, found in pinned.items()}}
-            released = self._refit(held, inside)
+        inside = self._inside(best[1])
+        if inside:
+            bounded = self._refit({**held, **{name: best[1][name] for name in inside}}, best[1])
+            released = self._refit(held, {**bounded[1], **inside})
             best = min(best, bounded, released, key=lambda point: point[0])
         return best
 
-    def _span(self, name: str, value: float) -> float:
-        """The bounded range of ``name``, or max(|value|, 1) where it is open on one side."""
-        spec = self.specs[name]
-        span = spec.upper - spec.lower
-        return span if math.isfinite(span) else max(abs(value), 1.0)
-
-    def _at_bound(self, name: str, value: float) -> bool:
-        spec = self.specs[name]
-        reach = AT_BOUND * self._span(name, value)
-        return abs(value - spec.lower) <= reach or abs(spec.upper - value) <= reach
-
-    def _inside(self, name: str, value: float) -> float:
-        """``value`` (at a bound) moved inside by `INSIDE` of `_span`."""
-        spec = self.specs[name]
-        step = INSIDE * self._span(name, value)
-        return spec.lower + step if abs(value - spec.lower) <= abs(spec.upper - value) else spec.upper - step
+    def _inside(self, found: dict[str, float]) -> dict[str, float]:
+        """{name: a point `INSIDE` of its range in from the bound} for each parameter ``found`` within
+        `AT_BOUND` of its range from a bound (the range: max(|value|, 1) where it is open on one side)."""
+        moved = {}
+        for name, value in found.items():
+            spec = self.specs[name]
+            span = spec.upper - spec.lower
+            span = span if math.isfinite(span) else max(abs(value), 1.0)
+            below, above = abs(value - spec.lower), abs(spec.upper - value)
+            if min(below, above) <= AT_BOUND * span:
+                moved[name] = spec.lower + INSIDE * span if below <= above else spec.upper - INSIDE * span
+        return moved
 
     def _refit(self, held: dict[str, float], start: dict[str, float]) -> tuple[float, dict[str, float]]:
         """The LM re-fit of the parameters not in ``held`` from ``start``: chi2 and all the others' values."""

@@ -76,15 +76,16 @@ class Profile:
     """chi2_p(v) for one parameter p of a fit, each value by a warm-started LM re-fit, remembered; in
     units where the residuals are multiplied by ``unit`` (`_unit`: chi2 in float64's range)."""
 
-    def __init__(self, source: FitSource, name: str, values: dict[str, float]):
-        self.source = source
+    def __init__(self, result: Fitted, name: str):
+        self.source = source = result.source
+        values = {free: result.params[free] for free in source.problem.names}
         self.name = name
         self.unit = _unit(source)
         self.specs = {spec.name: spec for spec in source.problem.specs}
         self.points: dict[float, tuple[float, dict[str, float]]] = {}
         self.best_value = values[name]
         self.best = self._fit(values[name], values)[0]
-        self.points[self.best_value] = (self.best, dict(values))
+        self.points[self.best_value] = (self.best, values)
 
     def __call__(self, value: float) -> float:
         """chi2_p(value)."""
@@ -181,7 +182,6 @@ def conf_interval(
     source, names, sigmas = _check(result, sigmas, params)
     from ..progress import progress_bar
 
-    values = {name: result.params[name] for name in source.problem.names}
     unidentified = {name for group in result.not_identifiable for name in group}
     with _thread_setting(source), progress_bar(2 * len(names), "profile intervals", enabled=progress) as advance:
         for name in names:
@@ -191,7 +191,7 @@ def conf_interval(
                 advance(name)
                 advance(name)
                 continue
-            profile = Profile(source, name, values)
+            profile = Profile(result, name)
             levels = {sigma: profile.level(sigma, result.nfree, source.absolute_sigma) for sigma in sigmas}
             ends = {}
             notes = []
@@ -307,12 +307,11 @@ def _thread_setting(source: FitSource):
 
 def profile_curve(result: Fitted, name: str, count: int = 21) -> tuple[list[float], list[float]]:
     """(values, chi2_p) on a grid over the widest interval found for ``name``, and the search's points."""
-    source = result.source
-    if source is None or name not in source.intervals:
+    if result.source is None or name not in result.source.intervals:
         conf_interval(result, (1, 2, 3), [name])
-        source = result.source
+    source = result.source
     with _thread_setting(source):
-        profile = Profile(source, name, {n: result.params[n] for n in source.problem.names})
+        profile = Profile(result, name)
         spec = profile.specs[name]
         finite = [v for pair in source.intervals[name].values() for v in pair if math.isfinite(v)]
         stderr = result.stderr[name] if math.isfinite(result.stderr[name]) else abs(profile.best_value) * 0.2 or 1.0
@@ -334,7 +333,6 @@ def interval_table(result: Fitted, sigmas: Iterable[float] = (1, 2)) -> list[str
     missing = [] if source is None else [n for n in source.problem.names if n not in source.intervals]
     if source is None or missing:
         conf_interval(result, sigmas, missing or None)
-        source = result.source
     names = [n for n in source.problem.names if n in source.intervals]
     levels = sorted({sigma for n in names for sigma in source.intervals[n]})
     width = max(len(n) for n in [*names, "parameter"])

@@ -193,17 +193,15 @@ def conf_interval(
                 continue
             profile = Profile(result, name)
             levels = {sigma: profile.level(sigma, result.nfree, source.absolute_sigma) for sigma in sigmas}
-            ends = {}
-            notes = []
+            ends, notes = {}, []
             for direction in (-1, 1):
                 ends[direction], note = _ends(profile, result, direction, levels)
-                if note:
-                    notes.append(note)
+                notes.append(note)
                 advance(name)
             if min(cost for cost, _ in profile.points.values()) < profile.best * (1 - 1e-9):
                 notes.append("the profile dips below the fit's chi-square: the fit is not at the minimum")
             source.intervals[name] = {sigma: (ends[-1][sigma], ends[1][sigma]) for sigma in levels}
-            source.notes[name] = "; ".join(notes)
+            source.notes[name] = "; ".join(note for note in notes if note)
             source.traces[name] = {value: profile.in_data_units(point[0]) for value, point in profile.points.items()}
     return {name: dict(source.intervals[name]) for name in names}
 
@@ -260,10 +258,9 @@ def _ends(profile: Profile, result: Fitted, direction: int, levels: dict[float, 
     ends = {}
     for sigma, level in levels.items():
         above = next((i for i, (_, cost) in enumerate(walk) if cost >= level), None)
-        if above is None:
-            ends[sigma] = direction * math.inf
-            continue
-        ends[sigma] = _solve(profile, walk[above - 1], walk[above], level, step)
+        ends[sigma] = direction * math.inf
+        if above is not None:
+            ends[sigma] = _solve(profile, walk[above - 1], walk[above], level, step)
     return ends, note
 
 

@@ -302,8 +302,8 @@ def _thread_setting(source: FitSource):
     return threads_for(problem.size * len(problem.names), problem.y.device)
 
 
-def profile_curve(result: Fitted, name: str, count: int = 21) -> tuple[list[float], list[float]]:
-    """(values, chi2_p) on a grid over the widest interval found for ``name``, and the search's points."""
+def profile_curve(result: Fitted, name: str) -> tuple[list[float], list[float]]:
+    """(values, chi2_p) at 21 values over the widest interval found for ``name``, and the search's points."""
     if result.source is None or name not in result.source.intervals:
         conf_interval(result, (1, 2, 3), [name])
     source = result.source
@@ -315,7 +315,7 @@ def profile_curve(result: Fitted, name: str, count: int = 21) -> tuple[list[floa
         low = min(finite, default=profile.best_value - 3 * stderr)
         high = max(finite, default=profile.best_value + 3 * stderr)
         margin = 0.1 * (high - low)
-        grid = torch.linspace(low - margin, high + margin, count, dtype=torch.float64).tolist()
+        grid = torch.linspace(low - margin, high + margin, 21, dtype=torch.float64).tolist()
         grid = [min(max(v, spec.lower), spec.upper) for v in grid]
         for value in sorted(grid, key=lambda v: abs(v - profile.best_value)):  # outwards: warm starts stay close
             profile(value)
@@ -324,12 +324,13 @@ def profile_curve(result: Fitted, name: str, count: int = 21) -> tuple[list[floa
     return [v for v, _ in pairs], [c for _, c in pairs]
 
 
-def interval_table(result: Fitted, sigmas: Iterable[float] = (1, 2)) -> list[str]:
-    """Lines of a table: each free parameter's profile interval per sigma, as offsets from the value."""
+def interval_table(result: Fitted) -> list[str]:
+    """Lines of a table: each free parameter's profile interval per sigma (1 and 2 where not computed yet),
+    as offsets from the value."""
     source = result.source
     missing = [] if source is None else [n for n in source.problem.names if n not in source.intervals]
     if source is None or missing:
-        conf_interval(result, sigmas, missing or None)
+        conf_interval(result, (1, 2), missing or None)
     names = [n for n in source.problem.names if n in source.intervals]
     levels = sorted({sigma for n in names for sigma in source.intervals[n]})
     width = max(len(n) for n in [*names, "parameter"])

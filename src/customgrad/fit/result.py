@@ -234,8 +234,7 @@ class FitResult:
 
             lines.extend(["", *interval_table(self)])
         if self.warnings:
-            lines.append("")
-            lines.extend(f"warning: {text}" for text in self.warnings)
+            lines.extend(["", *(f"warning: {text}" for text in self.warnings)])
         return "\n".join(lines)
 
     def _parameter_cells(self) -> list[tuple[str, str, str, str, str]]:

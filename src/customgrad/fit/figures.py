@@ -10,7 +10,7 @@ from ..plot import _pyplot, check_image_path, save_figure
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .fitted import Fitted
+    from .profile import Fitted
 
 
 #: Points of the grid the fitted model is drawn on (one predictor), over the data's range.
@@ -31,7 +31,6 @@ def plot_fit(result: Fitted, path: str | Path, bands: str | None = None, ylabel:
     data = result.data
     name, x = next(iter(data["x"].items()))
     y, fitted = data["y"], data["fitted"]
-    order = np.argsort(x, kind="stable")
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     if data.get("sigma") is not None:
         top.errorbar(x, y, yerr=data["sigma"], fmt=".", markersize=3, color="0.45", label="data", zorder=1)
@@ -43,7 +42,7 @@ def plot_fit(result: Fitted, path: str | Path, bands: str | None = None, ylabel:
     else:
         top.plot(x, fitted, "o", markersize=3, markerfacecolor="none", color="C3", label="fit at the data")
     if bands is not None and result.source is not None:
-        _shade_band(top, result, bands, name, x, order)
+        _shade_band(top, result, bands, name, x)
     # A pole in the data (tan) would squash the plot: clip the view to the bulk of the data and the fit.
     finite_y = y[np.isfinite(y)]
     bulk = float(np.quantile(np.abs(finite_y), 0.9)) if len(finite_y) else 1.0
@@ -85,7 +84,7 @@ def _dense_curve(result: Fitted, name: str, x, fitted):
     return grid, np.where(np.isfinite(values), values, np.nan)
 
 
-def _shade_band(axes, result: Fitted, kind: str, name: str, x, order) -> None:
+def _shade_band(axes, result: Fitted, kind: str, name: str, x) -> None:
     """Fill the 2-sigma band: on a fine grid for one predictor, at the data points for several."""
     import numpy as np
 
@@ -94,6 +93,7 @@ def _shade_band(axes, result: Fitted, kind: str, name: str, x, order) -> None:
         at = {name: grid} if result.source.x_is_dict else grid
         curve, half = result.predict(at), result.eval_uncertainty(at, sigma=2, kind=kind)
     else:
+        order = np.argsort(x, kind="stable")
         grid, curve = x[order], result.data["fitted"][order]
         half = result.eval_uncertainty(sigma=2, kind=kind)[order]
     if np.isfinite(half).any():
@@ -105,7 +105,7 @@ def plot_profile(result: Fitted, name: str, path: str | Path) -> Path:
     found, and the quadratic profile that value +- t stderr assumes."""
     import numpy as np
 
-    from .distributions import profile_probability
+    from .goodness import profile_probability
     from .profile import profile_curve
 
     path = check_image_path(path, "plot path")

@@ -18,14 +18,9 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 
-# NIST notation -> customgrad formula syntax, one row per rule.
-_NOTATION: tuple[tuple[str, str], ...] = (
-    (r"\[", "("),
-    (r"\]", ")"),
-    (r"\barctan\b", "atan"),
-)
 # Transforms of the response written on the left of "=" (Nelson: log[y] = ...): name -> numpy function.
 _RESPONSE_TRANSFORMS = {"y": lambda y: y, "log(y)": np.log}
+_FOLDER = resources.files("customgrad") / "data" / "nist"
 _LINES = re.compile(r"(Starting Values|Certified Values|Data)\s*\(lines\s+(\d+)\s+to\s+(\d+)\)", re.IGNORECASE)
 _PARAMETER = re.compile(r"^\s*(b\d+)\s*=\s*(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
 _SUMMARY = {
@@ -70,9 +65,7 @@ def nist_model_to_formula(text: str) -> tuple[str, str]:
 
     ``"y = b1*(1-exp[-b2*x])  +  e"`` -> ``("y", "b1*(1-exp(-b2*x))")``.
     """
-    joined = " ".join(text.split())
-    for pattern, replacement in _NOTATION:
-        joined = re.sub(pattern, replacement, joined)
+    joined = re.sub(r"\barctan\b", "atan", " ".join(text.split()).replace("[", "(").replace("]", ")"))
     if "=" not in joined:
         raise DataError(f"NIST model line {text!r} has no '=': expected 'y = <model> + e'")
     response, model = (part.strip() for part in joined.split("=", 1))
@@ -101,20 +94,8 @@ def read_nist(path: str | Path) -> NistProblem:
             f"{where} has no 'File Format' header with '(lines A to B)' ranges: "
             "is it a NIST StRD nonlinear regression file?"
         )
-    starts: tuple[dict[str, float], dict[str, float]] = ({}, {})
-    params, stderr, summary = {}, {}, {}
     first, last = ranges["certified values"]
-    for line in lines[first - 1 : last]:
-        if m := _PARAMETER.match(line):
-            name = m.group(1)
-            for start, text in zip(starts, m.group(2, 3), strict=True):
-                start[name] = _number(text, where)
-            params[name] = _number(m.group(4), where)
-            stderr[name] = _number(m.group(5), where)
-        elif ":" in line:
-            key, value = (part.strip() for part in line.split(":", 1))
-            if key in _SUMMARY and value:
-                summary[_SUMMARY[key]] = _number(value, where)
+    starts, params, stderr, summary = _certified(lines[first - 1 : last], where)
     first, last = ranges["data"]
     header = lines[first - 2].replace("Data:", "").split()
     texts = [line.split() for line in lines[first - 1 : last] if line.strip()]
@@ -151,6 +132,25 @@ def read_nist(path: str | Path) -> NistProblem:
     )
 
 
+def _certified(lines: list[str], where: str):
+    """(the two starting points, certified values, their standard errors, `_SUMMARY`'s numbers) from the
+    "Certified Values" lines."""
+    starts: tuple[dict[str, float], dict[str, float]] = ({}, {})
+    params, stderr, summary = {}, {}, {}
+    for line in lines:
+        if m := _PARAMETER.match(line):
+            name = m.group(1)
+            for start, text in zip(starts, m.group(2, 3), strict=True):
+                start[name] = _number(text, where)
+            params[name] = _number(m.group(4), where)
+            stderr[name] = _number(m.group(5), where)
+        elif ":" in line:
+            key, value = (part.strip() for part in line.split(":", 1))
+            if key in _SUMMARY and value:
+                summary[_SUMMARY[key]] = _number(value, where)
+    return starts, params, stderr, summary
+
+
 def _read_model(lines: list[str], where: str) -> tuple[str, str]:
     # The model starts at the first "<response> = " line after "Model:" (skipping "pi = 3.14..." lines,
     # a constant the formula language knows) and runs until "+ e".
@@ -172,8 +172,7 @@ def _read_model(lines: list[str], where: str) -> tuple[str, str]:
 
 def nist_names() -> tuple[str, ...]:
     """Names of the NIST problems shipped with customgrad, sorted: ``("Bennett5", "BoxBOD", ...)``."""
-    folder = resources.files("customgrad") / "data" / "nist"
-    return tuple(sorted(entry.name[:-4] for entry in folder.iterdir() if entry.name.endswith(".dat")))
+    return tuple(sorted(entry.name[:-4] for entry in _FOLDER.iterdir() if entry.name.endswith(".dat")))
 
 
 def load_nist(name: str) -> NistProblem:
@@ -181,5 +180,5 @@ def load_nist(name: str) -> NistProblem:
     known = {known.lower(): known for known in nist_names()}
     if name.lower() not in known:
         raise UsageError(f"unknown NIST problem {name!r}: choose one of {', '.join(known.values())}")
-    with resources.as_file(resources.files("customgrad") / "data" / "nist" / f"{known[name.lower()]}.dat") as path:
+    with resources.as_file(_FOLDER / f"{known[name.lower()]}.dat") as path:
         return read_nist(path)

@@ -15,18 +15,51 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from ..errors import FitError, UsageError
-from .distributions import profile_target
+from .goodness import profile_target
 from .solvers import get_solver
 from .threads import threads_for
 
 if TYPE_CHECKING:
-    from .fitted import Fitted
+    import numpy as np
+
     from .source import FitSource
+
+
+class Fitted(Protocol):
+    """What the profile and the figures (`figures`) need of a finished fit: `result.FitResult`'s shape,
+    so that they need not import the result class whose methods hand themselves over to them."""
+
+    params: dict[str, float]
+    stderr: dict[str, float]
+    cost: float
+    status: str
+    method: str
+    model: str
+    not_identifiable: list[list[str]]
+    fixed: dict[str, float]
+    tied: dict[str, str]
+    data: dict
+    absolute_sigma: bool
+    source: FitSource | None
+
+    @property
+    def success(self) -> bool: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def nfree(self) -> int: ...
+
+    def predict(self, x) -> np.ndarray: ...
+
+    def eval_uncertainty(self, x=None, *, sigma: float = 1, kind: str = "confidence") -> np.ndarray: ...
+
 
 # Outward steps before giving up on an end; the step doubles every STEP_DOUBLING of them.
 SEARCH_STEPS, STEP_DOUBLING = 40, 4
@@ -43,15 +76,16 @@ class Profile:
     """chi2_p(v) for one parameter p of a fit, each value by a warm-started LM re-fit, remembered; in
     units where the residuals are multiplied by ``unit`` (`_unit`: chi2 in float64's range)."""
 
-    def __init__(self, source: FitSource, name: str, values: dict[str, float]):
-        self.source = source
+    def __init__(self, result: Fitted, name: str):
+        self.source = source = result.source
+        values = {free: result.params[free] for free in source.problem.names}
         self.name = name
         self.unit = _unit(source)
         self.specs = {spec.name: spec for spec in source.problem.specs}
         self.points: dict[float, tuple[float, dict[str, float]]] = {}
         self.best_value = values[name]
         self.best = self._fit(values[name], values)[0]
-        self.points[self.best_value] = (self.best, dict(values))
+        self.points[self.best_value] = (self.best, values)
 
     def __call__(self, value: float) -> float:
         """chi2_p(value)."""
@@ -71,30 +105,25 @@ class Profile:
         """
         held = {self.name: value}
         best = self._refit(held, start)
-        pinned = {name: found for name, found in best[1].items() if self._at_bound(name, found)}
-        if pinned:
-            bounded = self._refit({**held, **pinned}, best[1])
-            inside = {**bounded[1], **{name: self._inside(name, found) for name, found in pinned.items()}}
-            released = self._refit(held, inside)
+        inside = self._inside(best[1])
+        if inside:
+            bounded = self._refit({**held, **{name: best[1][name] for name in inside}}, best[1])
+            released = self._refit(held, {**bounded[1], **inside})
             best = min(best, bounded, released, key=lambda point: point[0])
         return best
 
-    def _span(self, name: str, value: float) -> float:
-        """The bounded range of ``name``, or max(|value|, 1) where it is open on one side."""
-        spec = self.specs[name]
-        span = spec.upper - spec.lower
-        return span if math.isfinite(span) else max(abs(value), 1.0)
-
-    def _at_bound(self, name: str, value: float) -> bool:
-        spec = self.specs[name]
-        reach = AT_BOUND * self._span(name, value)
-        return abs(value - spec.lower) <= reach or abs(spec.upper - value) <= reach
-
-    def _inside(self, name: str, value: float) -> float:
-        """``value`` (at a bound) moved inside by `INSIDE` of `_span`."""
-        spec = self.specs[name]
-        step = INSIDE * self._span(name, value)
-        return spec.lower + step if abs(value - spec.lower) <= abs(spec.upper - value) else spec.upper - step
+    def _inside(self, found: dict[str, float]) -> dict[str, float]:
+        """{name: a point `INSIDE` of its range in from the bound} for each parameter ``found`` within
+        `AT_BOUND` of its range from a bound (the range: max(|value|, 1) where it is open on one side)."""
+        moved = {}
+        for name, value in found.items():
+            spec = self.specs[name]
+            span = spec.upper - spec.lower
+            span = span if math.isfinite(span) else max(abs(value), 1.0)
+            below, above = abs(value - spec.lower), abs(spec.upper - value)
+            if min(below, above) <= AT_BOUND * span:
+                moved[name] = spec.lower + INSIDE * span if below <= above else spec.upper - INSIDE * span
+        return moved
 
     def _refit(self, held: dict[str, float], start: dict[str, float]) -> tuple[float, dict[str, float]]:
         """The LM re-fit of the parameters not in ``held`` from ``start``: chi2 and all the others' values."""
@@ -153,7 +182,6 @@ def conf_interval(
     source, names, sigmas = _check(result, sigmas, params)
     from ..progress import progress_bar
 
-    values = {name: result.params[name] for name in source.problem.names}
     unidentified = {name for group in result.not_identifiable for name in group}
     with _thread_setting(source), progress_bar(2 * len(names), "profile intervals", enabled=progress) as advance:
         for name in names:
@@ -163,19 +191,17 @@ def conf_interval(
                 advance(name)
                 advance(name)
                 continue
-            profile = Profile(source, name, values)
+            profile = Profile(result, name)
             levels = {sigma: profile.level(sigma, result.nfree, source.absolute_sigma) for sigma in sigmas}
-            ends = {}
-            notes = []
+            ends, notes = {}, []
             for direction in (-1, 1):
                 ends[direction], note = _ends(profile, result, direction, levels)
-                if note:
-                    notes.append(note)
+                notes.append(note)
                 advance(name)
             if min(cost for cost, _ in profile.points.values()) < profile.best * (1 - 1e-9):
                 notes.append("the profile dips below the fit's chi-square: the fit is not at the minimum")
             source.intervals[name] = {sigma: (ends[-1][sigma], ends[1][sigma]) for sigma in levels}
-            source.notes[name] = "; ".join(notes)
+            source.notes[name] = "; ".join(note for note in notes if note)
             source.traces[name] = {value: profile.in_data_units(point[0]) for value, point in profile.points.items()}
     return {name: dict(source.intervals[name]) for name in names}
 
@@ -232,10 +258,9 @@ def _ends(profile: Profile, result: Fitted, direction: int, levels: dict[float, 
     ends = {}
     for sigma, level in levels.items():
         above = next((i for i, (_, cost) in enumerate(walk) if cost >= level), None)
-        if above is None:
-            ends[sigma] = direction * math.inf
-            continue
-        ends[sigma] = _solve(profile, walk[above - 1], walk[above], level, step)
+        ends[sigma] = direction * math.inf
+        if above is not None:
+            ends[sigma] = _solve(profile, walk[above - 1], walk[above], level, step)
     return ends, note
 
 
@@ -277,21 +302,20 @@ def _thread_setting(source: FitSource):
     return threads_for(problem.size * len(problem.names), problem.y.device)
 
 
-def profile_curve(result: Fitted, name: str, count: int = 21) -> tuple[list[float], list[float]]:
-    """(values, chi2_p) on a grid over the widest interval found for ``name``, and the search's points."""
-    source = result.source
-    if source is None or name not in source.intervals:
+def profile_curve(result: Fitted, name: str) -> tuple[list[float], list[float]]:
+    """(values, chi2_p) at 21 values over the widest interval found for ``name``, and the search's points."""
+    if result.source is None or name not in result.source.intervals:
         conf_interval(result, (1, 2, 3), [name])
-        source = result.source
+    source = result.source
     with _thread_setting(source):
-        profile = Profile(source, name, {n: result.params[n] for n in source.problem.names})
+        profile = Profile(result, name)
         spec = profile.specs[name]
         finite = [v for pair in source.intervals[name].values() for v in pair if math.isfinite(v)]
         stderr = result.stderr[name] if math.isfinite(result.stderr[name]) else abs(profile.best_value) * 0.2 or 1.0
         low = min(finite, default=profile.best_value - 3 * stderr)
         high = max(finite, default=profile.best_value + 3 * stderr)
         margin = 0.1 * (high - low)
-        grid = torch.linspace(low - margin, high + margin, count, dtype=torch.float64).tolist()
+        grid = torch.linspace(low - margin, high + margin, 21, dtype=torch.float64).tolist()
         grid = [min(max(v, spec.lower), spec.upper) for v in grid]
         for value in sorted(grid, key=lambda v: abs(v - profile.best_value)):  # outwards: warm starts stay close
             profile(value)
@@ -300,13 +324,13 @@ def profile_curve(result: Fitted, name: str, count: int = 21) -> tuple[list[floa
     return [v for v, _ in pairs], [c for _, c in pairs]
 
 
-def interval_table(result: Fitted, sigmas: Iterable[float] = (1, 2)) -> list[str]:
-    """Lines of a table: each free parameter's profile interval per sigma, as offsets from the value."""
+def interval_table(result: Fitted) -> list[str]:
+    """Lines of a table: each free parameter's profile interval per sigma (1 and 2 where not computed yet),
+    as offsets from the value."""
     source = result.source
     missing = [] if source is None else [n for n in source.problem.names if n not in source.intervals]
     if source is None or missing:
-        conf_interval(result, sigmas, missing or None)
-        source = result.source
+        conf_interval(result, (1, 2), missing or None)
     names = [n for n in source.problem.names if n in source.intervals]
     levels = sorted({sigma for n in names for sigma in source.intervals[n]})
     width = max(len(n) for n in [*names, "parameter"])

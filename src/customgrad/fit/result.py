@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import UsageError
 from ..strict_json import dumps, json_ready
 from . import goodness
 from .global_result import SharedParameters
@@ -21,6 +22,9 @@ from .status import TERMINATION, termination_message
 
 if TYPE_CHECKING:
     from .source import FitSource
+
+
+BAND_KINDS = ("confidence", "prediction")
 
 
 def _written(text: str, path: str | Path | None) -> str:
@@ -107,7 +111,7 @@ class FitResult:
     @property
     def redchi(self) -> float:
         """redchi = chisqr / max(1, nfree)."""
-        return goodness.reduced_chi_square(self.cost, self.dof)
+        return self.cost / max(1, self.dof)
 
     @property
     def aic(self) -> float:
@@ -128,11 +132,24 @@ class FitResult:
             return math.nan
         return goodness.r_squared(self.data["y"], self.data["fitted"])
 
+    def _free_values(self):
+        """The fitted free parameters as a tensor on the data's device, for evaluating the model."""
+        import torch
+
+        if self.source is None:
+            raise UsageError("this FitResult holds no model to evaluate (it was built by hand, not returned by fit)")
+        problem = self.source.problem
+        values = [self.params[name] for name in problem.names]
+        return torch.tensor(values, dtype=problem.y.dtype, device=problem.y.device)
+
     def predict(self, x) -> np.ndarray:
         """The fitted model f(x; params) at new predictor values ``x`` (an array, or a dict as in the fit)."""
-        from .bands import predict
+        import torch
 
-        return predict(self, x)
+        values = self._free_values()
+        model = self.source.model_at(self.source.columns(x))
+        with torch.no_grad(), np.errstate(all="ignore"):
+            return model.predict(values).detach().cpu().numpy().copy()
 
     def eval_uncertainty(self, x=None, *, sigma: float = 1, kind: str = "confidence") -> np.ndarray:
         """Half-width of the band at ``sigma`` standard deviations: t sqrt(J C J^T) (+ redchi for prediction).
@@ -149,13 +166,26 @@ class FitResult:
 
         Notes
         -----
-        The delta method with the exact Jacobian at ``x``, scaled by the Student-t quantile at
-        (1 + P) / 2 for nfree degrees of freedom (normal quantile with absolute sigma). NaN where the
-        covariance is undefined (parameters not identifiable).
+        The delta method: var f = diag(J C J^T) with the exact Jacobian J = df/db at ``x`` (generated
+        for formulas, autograd for callables) and the parameter covariance C, scaled by the Student-t
+        quantile at (1 + P) / 2 for nfree degrees of freedom (normal quantile with absolute sigma: the
+        variance is known). NaN where the covariance is undefined (parameters not identifiable).
         """
-        from .bands import eval_uncertainty
+        import torch
 
-        return eval_uncertainty(self, x, sigma=sigma, kind=kind)
+        if kind not in BAND_KINDS:
+            raise UsageError(f"kind must be one of {{{', '.join(BAND_KINDS)}}}, got {kind!r}")
+        values = self._free_values()
+        absolute = self.source.absolute_sigma
+        scale = goodness.band_quantile(sigma, self.nfree, student=not absolute)
+        columns = self.source.problem.data if x is None else self.source.columns(x)
+        with np.errstate(all="ignore"):
+            _, jacobian = self.source.model_at(columns).jacobian(values, external=True)
+        jacobian = jacobian.detach().cpu().to(torch.float64).numpy()
+        variance = np.einsum("ij,jk,ik->i", jacobian, np.asarray(self.covariance), jacobian)
+        if kind == "prediction":
+            variance = variance + (1.0 if absolute else self.redchi)
+        return scale * np.sqrt(variance)
 
     def conf_interval(self, sigmas=(1, 2), params=None, *, progress: bool = False) -> dict:
         """{name: {sigma: (lower, upper)}}: profile-likelihood intervals by lmfit's F-test (see `profile`).
@@ -204,8 +234,7 @@ class FitResult:
 
             lines.extend(["", *interval_table(self)])
         if self.warnings:
-            lines.append("")
-            lines.extend(f"warning: {text}" for text in self.warnings)
+            lines.extend(["", *(f"warning: {text}" for text in self.warnings)])
         return "\n".join(lines)
 
     def _parameter_cells(self) -> list[tuple[str, str, str, str, str]]:

@@ -29,7 +29,7 @@ GAUSSIAN = "a*exp(-(x-m)**2/(2*s**2))+c"
 @pytest.fixture(params=["native", "C", "torch"])
 def linear_algebra(request, monkeypatch):
     """Each way of the per-curve work (CPU float64, where a compiler is found), as the engine to fit with:
-    "native", each curve's R_b from the model's native library (`global_rows`); "C", the model's rows of
+    "native", each curve's R_b from the model's native library (`global_native.factors`); "C", the model's rows of
     all curves, then the C kernels of `global_native`; "torch", the same as torch operations."""
     if request.param == "torch":
         monkeypatch.setattr(importlib.import_module("customgrad.fit.global_native"), "usable", lambda tensor: False)

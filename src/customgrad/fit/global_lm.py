@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import global_native, global_rows
+from . import global_native
 from .lm import EPS
 from .reduction import GRAM_PIVOT, reduce_batched, reduce_gram, reduce_local
 
@@ -81,7 +81,7 @@ class GlobalProblem:
     shared: list[int]
     chunk_size: int
     totals: Totals = field(default_factory=Totals)
-    native: object | None = None  # the model's `native.NativeSolver`, whose library computes R_b (`global_rows`)
+    native: object | None = None  # the model's `native.NativeSolver`, whose library computes R_b
     threads: int | None = None  # of the C kernels over the curves (None: torch's setting)
     _first: int | None = field(default=None, repr=False)  # the first curve where they are consecutive, else -1
 
@@ -128,7 +128,7 @@ class GlobalProblem:
         """R_b of each curve's [A_b | C_b | r_b], (b, L + S + 1) square, chunk by chunk of curves."""
         theta = self.full(local, shared)
         if self.native is not None and self.in_order and global_native.usable(theta):
-            return global_rows.factors(self.native, self.curves, theta, external=external, workers=self.threads)
+            return global_native.factors(self.native, self.curves, theta, external=external, workers=self.threads)
         order = torch.tensor([*self.local, *self.shared, len(self.local) + len(self.shared)], device=local.device)
         parts = []
         # chunks of rows that stay in a core's cache from the model's kernel to their reduction

@@ -2,6 +2,13 @@
 damping rows eliminated from R_b, and the local steps, each one pass per curve over both cores instead
 of ~10 small torch operations over all curves (each its own pass through memory).
 
+`factors` takes R_b straight from a formula model, by `global_factors` in the model's native library:
+each curve's rows evaluated and reduced in one pass while they are in the L1 cache, the curves in
+parallel, so the (B, N, P + 1) rows are never written to memory (10^4 Gaussians of 64 points: about 3x
+faster than the rows of all curves and then their reduction). For what the native engine takes
+(`native.unavailable`); `global_lm` keeps the model's own rows for everything else, and the two give
+the same R_b to roundoff (up to the signs of its rows).
+
 For CPU float64 tensors where a C compiler is found; `global_lm` keeps its torch path for everything
 else (GPU, float32, no compiler), and the two give the same answers to roundoff. The library is built
 once (about 1 s of gcc) and cached on disk like every kernel. Each takes ``workers``, the threads over
@@ -18,7 +25,9 @@ import torch
 
 from ..backends.cpu import PARALLEL_MIN_SIZE, shared_library
 from ..errors import BackendError
+from .native import NativeSolver, _statistics_options
 from .native_library import FLAGS
+from .reduction import GRAM_PIVOT
 
 _INT, _POINTER, _THREADS = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 # `global_native.c`'s BLOCK: curves side by side in its rotations (one small remainder R each in `global_damp`).
@@ -149,3 +158,27 @@ def local_covariance(pseudo, weights, core: torch.Tensor, variance: float, worke
     inputs, workers = (pseudo, weights, core, variance), threads(pseudo.numel() * 4, workers)
     _call("global_local_covariance", count, L, S, *inputs, local, cross, stderr, workers)
     return local, cross, stderr
+
+
+def factors(solver: NativeSolver, curves: torch.Tensor, theta: torch.Tensor, *, external: bool, workers=None):
+    """R_b (b, p + 1, p + 1) of the curves ``curves`` (curve numbers, int64) at their parameters ``theta``
+    (b, p) in the model's column order (internal coordinates; with ``external`` the values themselves,
+    J then taken with respect to them), on ``workers`` threads (`threads`)."""
+    entry = solver.library.global_factors
+    if entry.argtypes is None:
+        arguments = [_POINTER, _POINTER, _POINTER, _INT, _THREADS, _POINTER, _INT, ctypes.c_double, _POINTER]
+        entry.argtypes, entry.restype = arguments, ctypes.c_int
+    count, p = theta.shape
+    index = curves.to(torch.int64).contiguous()
+    theta = theta.to(torch.float64).contiguous()
+    upper = theta.new_empty(count, p + 1, p + 1)
+    if count == 0:
+        return upper
+    workers = threads(count * solver.problem.y.shape[-1] * (p + 1), workers)
+    done = entry(
+        ctypes.byref(solver.struct), ctypes.byref(_statistics_options()), index.data_ptr(), count, workers,
+        theta.data_ptr(), int(external), GRAM_PIVOT, upper.data_ptr(),
+    )  # fmt: skip
+    if done != 0:
+        raise MemoryError("the global fit's native factors ran out of memory")
+    return upper

@@ -27,6 +27,7 @@ step's Jacobian is the one its trial already took.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -72,23 +73,18 @@ class Totals:
 
 @dataclass
 class GlobalProblem:
-    """The curves ``curves`` of a `model.Model` whose parameter columns ``local`` are per curve and ``shared``
-    one for all; [J | r] of each curve comes back with its columns in the order local, shared, r."""
+    """The curves ``curves`` of a `model.Model` whose first L parameter columns are per curve and last S
+    one for all (``sizes`` (L, S): `global_fit.split_shared` orders them so); [J | r] of each curve comes
+    back with its columns in the order local, shared, r."""
 
     model: object
     curves: torch.Tensor
-    local: list[int]
-    shared: list[int]
+    sizes: tuple[int, int]
     chunk_size: int
-    totals: Totals = field(default_factory=Totals)
-    native: object | None = None  # the model's `native.NativeSolver`, whose library computes R_b
-    threads: int | None = None  # of the C kernels over the curves (None: torch's setting)
+    totals: Totals
+    native: object | None  # the model's `native.NativeSolver`, whose library computes R_b, or None
+    threads: int  # of the C kernels over the curves
     _first: int | None = field(default=None, repr=False)  # the first curve where they are consecutive, else -1
-
-    @property
-    def sizes(self) -> tuple[int, int]:
-        """(L, S): local and shared free parameters."""
-        return len(self.local), len(self.shared)
 
     @property
     def cheap_jacobian(self) -> bool:
@@ -96,19 +92,9 @@ class GlobalProblem:
         then read from its R_b, which the next iteration needs if the step is accepted."""
         return getattr(self.model, "rows", None) is not None
 
-    @property
-    def in_order(self) -> bool:
-        """True when the model's columns already come local first, then shared (`global_fit` orders them so)."""
-        return self.local + self.shared == list(range(len(self.local) + len(self.shared)))
-
     def full(self, local: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        """theta (b, L + S) in the model's column order, the shared values repeated per curve."""
-        if self.in_order:
-            return torch.cat([local, shared.expand(local.shape[0], -1)], dim=-1)
-        theta = local.new_empty(local.shape[0], len(self.local) + len(self.shared))
-        theta[:, self.local] = local
-        theta[:, self.shared] = shared.expand(local.shape[0], -1)
-        return theta
+        """theta (b, L + S), the shared values repeated per curve."""
+        return torch.cat([local, shared.expand(local.shape[0], -1)], dim=-1)
 
     def span(self, begin: int, end: int) -> torch.Tensor | slice:
         """This rank's curves begin to end (exclusive) for the model: a slice where they are consecutive
@@ -127,25 +113,19 @@ class GlobalProblem:
     def factors(self, local: torch.Tensor, shared: torch.Tensor, *, external: bool = False) -> torch.Tensor:
         """R_b of each curve's [A_b | C_b | r_b], (b, L + S + 1) square, chunk by chunk of curves."""
         theta = self.full(local, shared)
-        if self.native is not None and self.in_order and global_native.usable(theta):
+        if self.native is not None and global_native.usable(theta):
             return global_native.factors(self.native, self.curves, theta, external=external, workers=self.threads)
-        order = torch.tensor([*self.local, *self.shared, len(self.local) + len(self.shared)], device=local.device)
+        q = theta.shape[-1] + 1
         parts = []
         # chunks of rows that stay in a core's cache from the model's kernel to their reduction
-        size = max(1, min(self.chunk_size, CACHE_ENTRIES // (len(order) * self.model.y.shape[-1])))
+        size = max(1, min(self.chunk_size, CACHE_ENTRIES // (q * self.model.y.shape[-1])))
         for begin in range(0, len(self.curves), size):
-            end = begin + size
-            block = self.model.augmented(theta[begin:end], self.span(begin, end), external=external)
-            # the model's layout (p + 1, b, N) (a view): columns reordered there by copying whole rows
-            rows = block.permute(2, 0, 1)
-            parts.append(_reduce(rows if self.in_order else rows.index_select(0, order), self.threads))
-        if not parts:
-            size = len(order)
-            return theta.new_zeros(0, size, size)
-        return torch.cat(parts)
+            block = self.model.augmented(theta[begin : begin + size], self.span(begin, begin + size), external=external)
+            parts.append(_reduce(block.permute(2, 0, 1), self.threads))  # (the model's layout (p + 1, b, N): a view)
+        return torch.cat(parts) if parts else theta.new_zeros(0, q, q)
 
 
-def _reduce(rows: torch.Tensor, workers: int | None) -> torch.Tensor:
+def _reduce(rows: torch.Tensor, workers: int) -> torch.Tensor:
     """R_b (b, q, q) of each curve's rows (q, b, N) by CholeskyQR (Householder where ill-conditioned)."""
     if global_native.usable(rows):
         upper, poor = global_native.reduce_rows(rows, GRAM_PIVOT, workers)
@@ -195,18 +175,15 @@ class _Linearization:
     local_gradient: torch.Tensor  # (b, L)
     shared_gradient: torch.Tensor  # (S,)
 
-    @property
-    def local_rows(self) -> torch.Tensor:
-        """R_b's first L rows with the batch innermost, (L, P + 1, b) (`_eliminate_damping`'s layout)."""
-        if self._local_rows is None:
-            self._local_rows = self.upper[:, : self.local_scale.shape[-1]].permute(1, 2, 0).contiguous()
-        return self._local_rows
-
-    _local_rows: torch.Tensor | None = None
     # where the C kernel took them with the scales: this rank's max |J_j^T r| / D_j over the local columns,
     # and sum_b ||D_b theta_b||^2 over every rank
     local_cosine: float | None = None
     local_theta_square: float | None = None
+
+    @functools.cached_property
+    def local_rows(self) -> torch.Tensor:
+        """R_b's first L rows with the batch innermost, (L, P + 1, b) (`_eliminate_damping`'s layout)."""
+        return self.upper[:, : self.local_scale.shape[-1]].permute(1, 2, 0).contiguous()
 
 
 def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _Linearization | None:
@@ -340,38 +317,20 @@ def _local_steps(linear: _Linearization, rows: torch.Tensor, d_shared: torch.Ten
 
 
 def _evaluate(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor, torch.Tensor | None]:
-    """`_cost` at (local, shared), and R_b there where [J | r] costs about what r does (read from it), else None."""
+    """The total cost over every rank (inf where any residual is not finite), this rank's cost per curve, and
+    R_b at (local, shared) where [J | r] costs about what r does, else None (the cost then read from it:
+    ||r_b||^2 is the squared norm of R_b's last column)."""
     upper = problem.factors(local, shared) if problem.cheap_jacobian else None
-    return (*(_cost(problem, local, shared) if upper is None else _cost_from(problem, upper)), upper)
-
-
-def _cost(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor]:
-    """The total cost (inf where any residual is not finite) and the cost per curve of this rank."""
-    r = problem.residuals(local, shared)
-    return _total(problem, torch.linalg.vecdot(r, r))  # (no (b, N) temporary)
-
-
-def _cost_from(problem: GlobalProblem, upper: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """`_cost` from the R_b of [J_b | r_b]: ||r_b||^2 is the squared norm of R_b's last column."""
-    if global_native.usable(upper):  # (one pass in C instead of four torch operations over the curves)
+    if upper is not None and global_native.usable(upper):  # (one pass in C instead of four torch operations)
         curve_cost, parts = global_native.costs(upper)
-        return _summed(problem, curve_cost, parts)
-    return _total(problem, torch.linalg.vecdot(upper[..., -1], upper[..., -1]))
-
-
-def _total(problem: GlobalProblem, curve_cost: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """The total of the costs per curve ``curve_cost`` over every rank (inf where any is not finite)."""
-    finite = bool(torch.isfinite(curve_cost).all())
-    parts = torch.stack([curve_cost.sum() if finite else curve_cost.new_tensor(0.0),
-                         curve_cost.new_tensor(0.0 if finite else 1.0)])  # fmt: skip
-    return _summed(problem, curve_cost, parts)
-
-
-def _summed(problem: GlobalProblem, curve_cost: torch.Tensor, parts: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """`_total` from this rank's ``parts`` (2,): the sum of its costs (0 where any is not finite) and how
-    many are not finite."""
+    else:
+        r = problem.residuals(local, shared) if upper is None else upper[..., -1]
+        curve_cost = torch.linalg.vecdot(r, r)  # (no (b, N) temporary)
+        finite = bool(torch.isfinite(curve_cost).all())
+        total = curve_cost.sum() if finite else curve_cost.new_tensor(0.0)
+        parts = torch.stack([total, curve_cost.new_tensor(0.0 if finite else 1.0)])
     cost, failures = problem.totals.sum(parts).tolist()
-    return (cost if failures == 0 else math.inf), curve_cost
+    return (cost if failures == 0 else math.inf), curve_cost, upper
 
 
 def _gradient_small(problem: GlobalProblem, linear: _Linearization, cost: float, gtol: float) -> bool:
@@ -397,10 +356,10 @@ def global_levenberg_marquardt(
     local: torch.Tensor,
     shared: torch.Tensor,
     *,
-    ftol: float = 1e-15,
-    xtol: float = 1e-15,
-    gtol: float = 1e-15,
-    max_steps: int = 1000,
+    ftol: float,
+    xtol: float,
+    gtol: float,
+    max_steps: int,
 ) -> GlobalOutcome:
     """Minimise sum_b ||r_b(theta_b, phi)||^2 over local (b, L) and shared (S,) internal coordinates.
 

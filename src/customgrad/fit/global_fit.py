@@ -52,29 +52,22 @@ def split_shared(params) -> tuple[object, tuple[str, ...]]:
 
 
 def _check_shared(name: str, spec: dict, params: Mapping) -> None:
+    """Refuse a shared parameter given one value per curve, or tied to a local one (any other tie is
+    refused with every tied parameter, by `parameters.batch_parameter_specs`)."""
     value = spec.get("value")
     if value is not None and np.ndim(np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)) > 0:
         raise UsageError(
             f"shared parameter {name!r} is one value for the whole batch, but its initial value holds "
             f"{np.size(value)} numbers: give one number, or drop 'shared' to fit one value per curve"
         )
-    if "expr" in spec:
-        words = set(re.findall(r"[A-Za-z_]\w*", str(spec["expr"])))
-        local = sorted(n for n in words & set(params) if not _is_shared(params[n]))
-        if local:
-            raise UsageError(
-                f"shared parameter {name!r} is tied to {spec['expr']!r}, which names local (per-curve) parameter "
-                f"{local[0]!r}: a shared value cannot follow a per-curve one; make {local[0]!r} shared too, "
-                f"or drop 'shared' from {name!r}"
-            )
+    words = set(re.findall(r"[A-Za-z_]\w*", str(spec.get("expr", ""))))
+    local = sorted(n for n in words & set(params) if not isinstance(params[n], Mapping) or not params[n].get("shared"))
+    if local:
         raise UsageError(
-            f"parameter {name!r}: fit_batch does not take tied parameters ('expr'); write the expression "
-            "into the model instead"
+            f"shared parameter {name!r} is tied to {spec['expr']!r}, which names local (per-curve) parameter "
+            f"{local[0]!r}: a shared value cannot follow a per-curve one; make {local[0]!r} shared too, "
+            f"or drop 'shared' from {name!r}"
         )
-
-
-def _is_shared(given) -> bool:
-    return isinstance(given, Mapping) and given.get("shared") is True
 
 
 def fit_global(batch, shared: tuple[str, ...], shards, threads: int) -> tuple:
@@ -205,21 +198,13 @@ def _local_warnings(undetermined: torch.Tensor, with_data: torch.Tensor, names) 
 
 
 def global_curve(result, i: int, shared: SharedParameters, names: tuple[str, ...]):
-    """Curve ``i``'s `FitResult` with the global fit's covariance of (theta_i, phi) in place of its own."""
-    local, shared_names = shared.local_names, shared.names
-    order = [*local, *shared_names]
-    size = len(order)
-    block = np.empty((size, size))
-    L = len(local)
-    block[:L, :L] = shared.local_covariance[i]
-    block[:L, L:] = shared.cross_covariance[i]
-    block[L:, :L] = shared.cross_covariance[i].T
-    block[L:, L:] = shared.covariance
-    position = [order.index(name) for name in names]
-    covariance = block[np.ix_(position, position)]
+    """Curve ``i``'s `FitResult` with the global fit's covariance of (theta_i, phi) in place of its own
+    (``names``: the model's columns, the local ones first as `split_shared` orders them)."""
+    cross = shared.cross_covariance[i]
+    covariance = np.block([[shared.local_covariance[i], cross], [cross.T, shared.covariance]])
     result.covariance, result.correlation = covariance, correlation(covariance)
-    for name in local:
-        result.stderr[name] = float(np.sqrt(abs(shared.local_covariance[i][local.index(name), local.index(name)])))
+    for j, name in enumerate(shared.local_names):
+        result.stderr[name] = float(np.sqrt(abs(covariance[j, j])))
     result.stderr.update(shared.stderr)
     # the curve's own rank, dof and conditioning say nothing about the joint problem: the joint fit's instead
     alone = ("identifiable", "degrees of freedom", "ill-conditioned")
@@ -227,7 +212,7 @@ def global_curve(result, i: int, shared: SharedParameters, names: tuple[str, ...
     result.warnings += shared.warnings
     result.not_identifiable = [[name] for name in names if not np.isfinite(result.stderr.get(name, 0.0))]
     result.warnings.append(
-        f"curve {i} of a global fit: {', '.join(shared_names)} shared by all curves; the standard errors and "
+        f"curve {i} of a global fit: {', '.join(shared.names)} shared by all curves; the standard errors and "
         "covariance are the joint fit's"
     )
     return result

@@ -35,7 +35,7 @@ import torch
 
 from . import global_native
 from .lm import EPS
-from .reduction import GRAM_PIVOT, reduce_batched, reduce_gram, reduce_local
+from .reduction import reduce_batched, reduce_gram, reduce_local
 
 # Nielsen's damping: the first lambda (relative to the column-scaled J^T J), and its floor (below it
 # the step is Gauss-Newton's to float64 precision).
@@ -128,7 +128,7 @@ class GlobalProblem:
 def _reduce(rows: torch.Tensor, workers: int) -> torch.Tensor:
     """R_b (b, q, q) of each curve's rows (q, b, N) by CholeskyQR (Householder where ill-conditioned)."""
     if global_native.usable(rows):
-        upper, poor = global_native.reduce_rows(rows, GRAM_PIVOT, workers)
+        upper, poor = global_native.reduce_rows(rows, workers)
         redo = poor.nonzero().flatten()
         if len(redo):
             upper[redo] = reduce_batched(rows.index_select(1, redo).permute(1, 2, 0))

@@ -17,12 +17,10 @@ it is one least-squares problem, whose answer is the dense problem's. D are the 
 (sums and maxima over ranks for ``distributed=True``; plain in one process), so every rank takes the
 same steps.
 
-On the CPU in float64 the per-curve work (CholeskyQR of the rows, the damping rotations with the
-remainder rows rotated into a few small R's, the local back-substitution, the linearisation's scales
-and sums) runs in C (`global_native`), one pass per curve; elsewhere the same steps run as
-torch operations over all curves. For a formula model (its [J | r] costs about what r does) a trial
-point's cost is read from its R_b (||r_b||^2 is the squared norm of R_b's last column), so an accepted
-step's Jacobian is the one its trial already took.
+On the CPU in float64 the per-curve work runs in C (`global_native`), one pass per curve; elsewhere the
+same steps run as torch operations over all curves. For a formula model (its [J | r] costs about what r
+does) a trial point's cost is read from its R_b, so an accepted step's Jacobian is the one its trial
+already took.
 """
 
 from __future__ import annotations
@@ -149,7 +147,6 @@ class GlobalOutcome:
     evaluations: int = 1
     jacobians: int = 0
     steps: int = 0
-    history: list[float] = field(default_factory=list)
     upper: torch.Tensor | None = None  # R_b at (local, shared) where the last Jacobian was taken there
     status: str = "running"
 
@@ -157,7 +154,6 @@ class GlobalOutcome:
         """Move to the trial point (``upper``: its R_b where the trial evaluation took it, else None)."""
         self.local, self.shared, self.cost, self.curve_cost, self.upper = local, shared, cost, curve_cost, upper
         self.steps += 1
-        self.history.append(cost)
 
     def stop(self, status: str) -> GlobalOutcome:
         """This outcome, stopped with ``status``."""
@@ -369,7 +365,7 @@ def global_levenberg_marquardt(
     than float64 can resolve), max_steps (Jacobians), nonfinite.
     """
     cost, curve_cost, pending = _evaluate(problem, local, shared)
-    run = GlobalOutcome(local.clone(), shared.clone(), cost, curve_cost, history=[cost])
+    run = GlobalOutcome(local.clone(), shared.clone(), cost, curve_cost)
     if not math.isfinite(cost):
         return run.stop("nonfinite")
     linear, damping, growth = None, INITIAL_DAMPING, 2.0

@@ -157,12 +157,14 @@ static void cholesky_block(int64_t q, int64_t count, double gram[][BLOCK], doubl
             for (int64_t l = 0; l < BLOCK; l++) upper[i * q + j][l] *= scale[j][l];
 }
 
-/* R_b (q x q, row-major) of the first ``count`` of the BLOCK curves ``gram`` and ``failed`` are of (`cholesky_block`)
- * into ``upper`` (one after the other), and ``poor`` = failed. */
-static void store_block(int64_t q, int64_t count, double upper_block[][BLOCK], const int64_t *failed, double *upper,
-                        int64_t *poor) {
+/* R_b (q x q, row-major) of the first ``count`` of the BLOCK curves from their Gram matrices ``gram``
+ * (`cholesky_block`), one after the other into ``upper``; poor[l] = 1 where it is to be redone by QR. */
+static void factor_block(int64_t q, int64_t count, double gram[][BLOCK], double pivot, double *upper, int64_t *poor) {
+    double factor[q * q][BLOCK];
+    int64_t failed[BLOCK];
+    cholesky_block(q, count, gram, pivot, factor, failed);
     for (int64_t l = 0; l < count; l++) {
-        for (int64_t i = 0; i < q * q; i++) upper[l * q * q + i] = upper_block[i][l];
+        for (int64_t i = 0; i < q * q; i++) upper[l * q * q + i] = factor[i][l];
         poor[l] = failed[l];
     }
 }
@@ -173,11 +175,9 @@ void global_reduce(int64_t count, int64_t points, int64_t q, const double *rows,
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t block = 0; block < blocks; block++) {
         const int64_t first = block * BLOCK, n = count - first < BLOCK ? count - first : BLOCK;
-        double gram[q * q][BLOCK], factor[q * q][BLOCK];
-        int64_t failed[BLOCK];
+        double gram[q * q][BLOCK];
         for (int64_t l = 0; l < n; l++) gram_matrix(rows + (first + l) * points, count * points, points, q, &gram[0][l], BLOCK);
-        cholesky_block(q, n, gram, pivot, factor, failed);
-        store_block(q, n, factor, failed, upper + first * q * q, poor + first);
+        factor_block(q, n, gram, pivot, upper + first * q * q, poor + first);
     }
 }
 
@@ -497,15 +497,13 @@ static void global_factor_task(const Problem *P, const Options *O, Work *W, int6
   GlobalFactors *G = (GlobalFactors *)context;
   const int64_t n = P->points, p = P->p, q = p + 1, first = k * BLOCK;
   const int64_t count = G->count - first < BLOCK ? G->count - first : BLOCK;
-  double gram[q * q][BLOCK], factor[q * q][BLOCK];
+  double gram[q * q][BLOCK], *upper = G->upper + first * q * q;
   int64_t failed[BLOCK];
   for (int64_t l = 0; l < count; l++) {
     augmented(P, W, G->index[first + l], G->theta + (first + l) * p, (int)G->plain);
     gram_matrix(W->block, n, n, q, &gram[0][l], BLOCK);
   }
-  cholesky_block(q, count, gram, G->pivot, factor, failed);
-  double *upper = G->upper + first * q * q;
-  store_block(q, count, factor, failed, upper, failed);
+  factor_block(q, count, gram, G->pivot, upper, failed);
   for (int64_t l = 0; l < count; l++)
     if (failed[l]) {
       augmented(P, W, G->index[first + l], G->theta + (first + l) * p, (int)G->plain);

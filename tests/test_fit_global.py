@@ -209,6 +209,13 @@ def test_a_shared_parameter_tied_to_a_local_one_is_refused(decay_curves):
         fit_batch(DECAY, x, y[:3], params=params)
 
 
+def test_a_shared_parameter_tied_to_another_shared_one_is_refused_as_every_tie(decay_curves):
+    x, y = decay_curves
+    params = {"k": {"value": 1.0, "shared": True, "expr": "2*m"}, "m": {"value": 1.0, "shared": True}, "a": 1.0}
+    with pytest.raises(UsageError, match=r"parameter 'k' is tied by 'expr' \('2\*m'\): fit_batch does not take"):
+        fit_batch("a*exp(-k*x)+0*m", x, y[:3], params=params)
+
+
 def test_a_shared_parameter_with_one_value_per_curve_is_refused(decay_curves):
     x, y = decay_curves
     with pytest.raises(UsageError, match="shared parameter 'k' is one value for the whole batch"):

@@ -262,9 +262,7 @@ class SharedParameters:
             f"global fit: {self.status} ({termination_message(self.status)}), total cost {self.cost:.6g}, "
             f"dof {self.dof}, {self.jacobians} Jacobians"
         ]
-        for name, value in self.params.items():
-            error = self.stderr.get(name)
-            lines.append(f"  shared {name} = {value:.10g}" + (" (fixed)" if error is None else f" +- {error:.4g}"))
+        lines += [f"  shared {name} = {value:.10g} +- {self.stderr[name]:.4g}" for name, value in self.params.items()]
         lines.extend(f"warning: {text}" for text in self.warnings)
         return "\n".join(lines)
 

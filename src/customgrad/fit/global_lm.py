@@ -49,7 +49,7 @@ ACCEPT_RATIO = 1e-4
 class Totals:
     """Sums, maxima and stacked R factors over the curves of every rank (one process: the values themselves)."""
 
-    def __init__(self, shards=None):
+    def __init__(self, shards):
         self.shards = shards
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:

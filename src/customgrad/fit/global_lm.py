@@ -170,11 +170,8 @@ class _Linearization:
     shared_scale: torch.Tensor  # (S,)
     local_gradient: torch.Tensor  # (b, L)
     shared_gradient: torch.Tensor  # (S,)
-
-    # where the C kernel took them with the scales: this rank's max |J_j^T r| / D_j over the local columns,
-    # and sum_b ||D_b theta_b||^2 over every rank
-    local_cosine: float | None = None
-    local_theta_square: float | None = None
+    local_cosine: float  # this rank's max |J_j^T r| / D_j over the local columns
+    local_theta_square: float  # sum_b ||D_b theta_b||^2 over every rank
 
     @functools.cached_property
     def local_rows(self) -> torch.Tensor:
@@ -184,42 +181,45 @@ class _Linearization:
 
 def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _Linearization | None:
     """R_b at (local, shared) (``upper`` where already taken there), with D updated to the running maxima of
-    the column norms; None where J is not finite."""
+    the column norms; None where J is not finite. One total over ranks."""
     upper = problem.factors(local, shared) if upper is None else upper
-    if global_native.usable(upper):
-        return _linearize_native(problem, local, previous, upper)
-    if float(problem.totals.sum(nonfinite_count(upper))) > 0:
-        return None
     L, S = problem.sizes
+    before = None if previous is None else previous.local_scale
+    if global_native.usable(upper):  # (one C pass over the curves)
+        local_scale, local_gradient, parts = global_native.linearize(upper, before, local, (L, S))
+        cosine = float(parts[2 * S + 2])
+    else:
+        local_scale, local_gradient, parts, cosine = _linearize_torch(upper, before, local, (L, S))
+    totals = problem.totals.sum(parts[: 2 * S + 2])
+    if float(totals[2 * S]) > 0:
+        return None
+    shared_scale = _running_scale(torch.sqrt(totals[:S]), previous and previous.shared_scale)
+    theta_square = float(totals[2 * S + 1])
+    return _Linearization(upper, local_scale, shared_scale, local_gradient, totals[S : 2 * S], cosine, theta_square)
+
+
+def _linearize_torch(upper: torch.Tensor, previous: torch.Tensor | None, local: torch.Tensor, sizes: tuple) -> tuple:
+    """`global_native.linearize` as torch operations: D_b (b, L), (J^T r) (b, L) of the local columns, this
+    rank's (2 S + 2) sums (shared columns' squared norms and J^T r, non-finite entries of R_b, ||D theta||^2),
+    and its largest local cosine."""
+    L, S = sizes
     p = L + S
     jacobian, q = upper[:, :p, :p], upper[:, :p, p]
     squares, gradient = torch.einsum("bij,bij->bj", jacobian, jacobian), torch.einsum("bij,bi->bj", jacobian, q)
-    shared_sums = problem.totals.sum(torch.cat([squares[:, L:].sum(0), gradient[:, L:].sum(0)]))
     # (the local columns copied out: elementwise torch operations on a (b, L) view of a (b, P) tensor run L
     # entries per inner loop, ~5x slower at 10^4 curves)
-    local_scale = _running_scale(torch.sqrt(squares[:, :L].contiguous()), previous and previous.local_scale)
-    shared_scale = _running_scale(torch.sqrt(shared_sums[:S]), previous and previous.shared_scale)
-    return _Linearization(upper, local_scale, shared_scale, gradient[:, :L].contiguous(), shared_sums[S:])
+    local_scale = _running_scale(torch.sqrt(squares[:, :L].contiguous()), previous)
+    local_gradient = gradient[:, :L].contiguous()
+    sums = [squares[:, L:].sum(0), gradient[:, L:].sum(0), nonfinite_count(upper).to(upper.dtype)[None]]
+    parts = torch.cat([*sums, ((local_scale * local) ** 2).sum()[None]])
+    cosine = (local_gradient.abs() / local_scale).amax() if local_gradient.numel() else 0.0
+    return local_scale, local_gradient, parts, float(cosine)
 
 
 def _running_scale(norms: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
     """D = max(column norms, the previous D) (MINPACK's running maxima), 1 where that is 0."""
     norms = norms if previous is None else torch.maximum(norms, previous)
     return torch.where(norms > 0, norms, 1.0)
-
-
-def _linearize_native(problem: GlobalProblem, local, previous, upper) -> _Linearization | None:
-    """`_linearize` by one C pass over the curves (`global_native.linearize`) and one total over ranks."""
-    L, S = problem.sizes
-    before = None if previous is None else previous.local_scale
-    local_scale, local_gradient, parts = global_native.linearize(upper, before, local, (L, S))
-    totals = problem.totals.sum(parts[: 2 * S + 2])
-    if float(totals[2 * S]) > 0:
-        return None
-    shared_scale = _running_scale(torch.sqrt(totals[:S]), previous and previous.shared_scale)
-    linear = _Linearization(upper, local_scale, shared_scale, local_gradient, totals[S : 2 * S])
-    linear.local_cosine, linear.local_theta_square = float(parts[2 * S + 2]), float(totals[2 * S + 1])
-    return linear
 
 
 def nonfinite_count(tensor: torch.Tensor) -> torch.Tensor:
@@ -331,20 +331,9 @@ def _evaluate(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tenso
 
 def _gradient_small(problem: GlobalProblem, linear: _Linearization, cost: float, gtol: float) -> bool:
     """max_j |J_j^T r| / (||J_j|| ||r||) <= gtol over every column (the norms being D)."""
-    local = linear.local_cosine
-    if local is None:
-        local = (linear.local_gradient.abs() / linear.local_scale).amax() if linear.local_gradient.numel() else 0.0
-    largest = problem.totals.maximum(float(local))
+    largest = problem.totals.maximum(linear.local_cosine)
     largest = max(largest, float((linear.shared_gradient.abs() / linear.shared_scale).amax()))
     return largest <= gtol * math.sqrt(cost)
-
-
-def _theta_norm(problem: GlobalProblem, linear: _Linearization, local, shared) -> float:
-    """||D theta|| over every parameter of every rank."""
-    local_part = linear.local_theta_square
-    if local_part is None:
-        local_part = float(problem.totals.sum(((linear.local_scale * local) ** 2).sum()))
-    return math.sqrt(local_part + float(((linear.shared_scale * shared) ** 2).sum()))
 
 
 def global_levenberg_marquardt(
@@ -381,7 +370,7 @@ def global_levenberg_marquardt(
             return run.stop("nonfinite")
         if _gradient_small(problem, linear, run.cost, gtol):
             return run.stop("gtol")
-        theta_norm = _theta_norm(problem, linear, run.local, run.shared)
+        theta_norm = math.sqrt(linear.local_theta_square + float(((linear.shared_scale * run.shared) ** 2).sum()))
         while True:
             d_local, d_shared, predicted, step_square = _damped_step(problem, linear, damping)
             trial_local, trial_shared = run.local + d_local, run.shared + d_shared

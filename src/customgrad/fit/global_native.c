@@ -7,9 +7,9 @@
  *   (R_b's shared rows and the damping rows' leftovers) rotated into one small R per lane (TSQR).
  * global_local_step: `global_lm._damped_step`'s per-curve part: d_b by back-substitution once d_phi is
  *   known, and per curve ||R_b d||^2 + 2 (R_b d).q_b and ||D_b d_b||^2 for the predicted reduction.
- * global_linearize: `global_lm._linearize`: the scales D from the column norms of R_b, J^T r, the shared
+ * global_linearize: `global_lm._linearize_torch`: the scales D from the column norms of R_b, J^T r, the shared
  *   columns' sums, the non-finite check, ||D theta|| and the largest cosine, one pass.
- * global_costs: ||r_b||^2 of each curve from R_b and their total (`global_lm._cost_from`).
+ * global_costs: ||r_b||^2 of each curve from R_b and their total (`global_lm._evaluate`).
  * global_local_inverse: `global_statistics._local_inverse` where R_AA is regular beyond doubt (its inverse).
  * global_local_weights, global_local_covariance: `global_statistics.global_uncertainty`'s per-curve blocks.
  * global_factors (only where compiled after `native_lm.c`, in a model's native library): R_b straight from the

@@ -29,7 +29,7 @@ GAUSSIAN = "a*exp(-(x-m)**2/(2*s**2))+c"
 @pytest.fixture(params=["native", "C", "torch"])
 def linear_algebra(request, monkeypatch):
     """Each way of the per-curve work (CPU float64, where a compiler is found), as the engine to fit with:
-    "native", each curve's R_b from the model's native library (`global_rows`); "C", the model's rows of
+    "native", each curve's R_b from the model's native library (`global_native.factors`); "C", the model's rows of
     all curves, then the C kernels of `global_native`; "torch", the same as torch operations."""
     if request.param == "torch":
         monkeypatch.setattr(importlib.import_module("customgrad.fit.global_native"), "usable", lambda tensor: False)
@@ -207,6 +207,13 @@ def test_a_shared_parameter_tied_to_a_local_one_is_refused(decay_curves):
     params = {"k": {"value": 1.0, "shared": True, "expr": "2*a"}, "a": 1.0, "c": 0.0}
     with pytest.raises(UsageError, match="local \\(per-curve\\) parameter 'a'"):
         fit_batch(DECAY, x, y[:3], params=params)
+
+
+def test_a_shared_parameter_tied_to_another_shared_one_is_refused_as_every_tie(decay_curves):
+    x, y = decay_curves
+    params = {"k": {"value": 1.0, "shared": True, "expr": "2*m"}, "m": {"value": 1.0, "shared": True}, "a": 1.0}
+    with pytest.raises(UsageError, match=r"parameter 'k' is tied by 'expr' \('2\*m'\): fit_batch does not take"):
+        fit_batch("a*exp(-k*x)+0*m", x, y[:3], params=params)
 
 
 def test_a_shared_parameter_with_one_value_per_curve_is_refused(decay_curves):

@@ -42,7 +42,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
     )
     x, y = curves()
-    # each rank's R_b from the model's native library (`global_rows`), its own curve numbers
+    # each rank's R_b from the model's native library (`global_native.factors`), its own curve numbers
     result = fit_batch(DECAY, x, y, params=PARAMS, distributed=True, engine="native")
     found = {
         "shared": result.shared.params,

@@ -566,7 +566,7 @@ class _Batch:
 def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None, start_time: float):
     """The `BatchFitResult` of a global fit (`global_fit`): ``result.shared`` and each curve's joint errors."""
     # torch's operations on one thread for small curves, as `_Batch.solve`; the C kernels over the curves
-    # (`global_native`, `global_rows`) on torch's setting from before, as the native engine, where OpenMP
+    # (`global_native`) on torch's setting from before, as the native engine, where OpenMP
     # waits passively (each of their ~30 short loops would wait a time slice on a busy machine otherwise)
     threads = torch.get_num_threads() if waits_passively() else 1
     with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):
@@ -582,7 +582,7 @@ def _solver(problem: Model, engine: str, joint: bool):
 
     "auto" compiles for a large enough batch only (`native.BUILD_FOR_CURVES`). A global fit (``joint``)
     always runs `global_lm`; on the CPU it takes each curve's R_b from the native library where that
-    can run (`global_rows`), on any engine but "torch", and never fails for want of it.
+    can run (`global_native.factors`), on any engine but "torch", and never fails for want of it.
     """
     threads, build = torch.get_num_threads(), problem.batch >= BUILD_FOR_CURVES
     if joint:

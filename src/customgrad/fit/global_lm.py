@@ -17,24 +17,23 @@ it is one least-squares problem, whose answer is the dense problem's. D are the 
 (sums and maxima over ranks for ``distributed=True``; plain in one process), so every rank takes the
 same steps.
 
-On the CPU in float64 the per-curve work (CholeskyQR of the rows, the damping rotations with the
-remainder rows rotated into a few small R's, the local back-substitution, the linearisation's scales
-and sums) runs in C (`global_native`), one pass per curve; elsewhere the same steps run as
-torch operations over all curves. For a formula model (its [J | r] costs about what r does) a trial
-point's cost is read from its R_b (||r_b||^2 is the squared norm of R_b's last column), so an accepted
-step's Jacobian is the one its trial already took.
+On the CPU in float64 the per-curve work runs in C (`global_native`), one pass per curve; elsewhere the
+same steps run as torch operations over all curves. For a formula model (its [J | r] costs about what r
+does) a trial point's cost is read from its R_b, so an accepted step's Jacobian is the one its trial
+already took.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 import torch
 
-from . import global_native, global_rows
+from . import global_native
 from .lm import EPS
-from .reduction import GRAM_PIVOT, reduce_batched, reduce_gram, reduce_local
+from .reduction import reduce_batched, reduce_gram, reduce_local
 
 # Nielsen's damping: the first lambda (relative to the column-scaled J^T J), and its floor (below it
 # the step is Gauss-Newton's to float64 precision).
@@ -50,7 +49,7 @@ ACCEPT_RATIO = 1e-4
 class Totals:
     """Sums, maxima and stacked R factors over the curves of every rank (one process: the values themselves)."""
 
-    def __init__(self, shards=None):
+    def __init__(self, shards):
         self.shards = shards
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -72,23 +71,18 @@ class Totals:
 
 @dataclass
 class GlobalProblem:
-    """The curves ``curves`` of a `model.Model` whose parameter columns ``local`` are per curve and ``shared``
-    one for all; [J | r] of each curve comes back with its columns in the order local, shared, r."""
+    """The curves ``curves`` of a `model.Model` whose first L parameter columns are per curve and last S
+    one for all (``sizes`` (L, S): `global_fit.split_shared` orders them so); [J | r] of each curve comes
+    back with its columns in the order local, shared, r."""
 
     model: object
     curves: torch.Tensor
-    local: list[int]
-    shared: list[int]
+    sizes: tuple[int, int]
     chunk_size: int
-    totals: Totals = field(default_factory=Totals)
-    native: object | None = None  # the model's `native.NativeSolver`, whose library computes R_b (`global_rows`)
-    threads: int | None = None  # of the C kernels over the curves (None: torch's setting)
+    totals: Totals
+    native: object | None  # the model's `native.NativeSolver`, whose library computes R_b, or None
+    threads: int  # of the C kernels over the curves
     _first: int | None = field(default=None, repr=False)  # the first curve where they are consecutive, else -1
-
-    @property
-    def sizes(self) -> tuple[int, int]:
-        """(L, S): local and shared free parameters."""
-        return len(self.local), len(self.shared)
 
     @property
     def cheap_jacobian(self) -> bool:
@@ -96,19 +90,9 @@ class GlobalProblem:
         then read from its R_b, which the next iteration needs if the step is accepted."""
         return getattr(self.model, "rows", None) is not None
 
-    @property
-    def in_order(self) -> bool:
-        """True when the model's columns already come local first, then shared (`global_fit` orders them so)."""
-        return self.local + self.shared == list(range(len(self.local) + len(self.shared)))
-
     def full(self, local: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        """theta (b, L + S) in the model's column order, the shared values repeated per curve."""
-        if self.in_order:
-            return torch.cat([local, shared.expand(local.shape[0], -1)], dim=-1)
-        theta = local.new_empty(local.shape[0], len(self.local) + len(self.shared))
-        theta[:, self.local] = local
-        theta[:, self.shared] = shared.expand(local.shape[0], -1)
-        return theta
+        """theta (b, L + S), the shared values repeated per curve."""
+        return torch.cat([local, shared.expand(local.shape[0], -1)], dim=-1)
 
     def span(self, begin: int, end: int) -> torch.Tensor | slice:
         """This rank's curves begin to end (exclusive) for the model: a slice where they are consecutive
@@ -127,28 +111,22 @@ class GlobalProblem:
     def factors(self, local: torch.Tensor, shared: torch.Tensor, *, external: bool = False) -> torch.Tensor:
         """R_b of each curve's [A_b | C_b | r_b], (b, L + S + 1) square, chunk by chunk of curves."""
         theta = self.full(local, shared)
-        if self.native is not None and self.in_order and global_native.usable(theta):
-            return global_rows.factors(self.native, self.curves, theta, external=external, workers=self.threads)
-        order = torch.tensor([*self.local, *self.shared, len(self.local) + len(self.shared)], device=local.device)
+        if self.native is not None and global_native.usable(theta):
+            return global_native.factors(self.native, self.curves, theta, external=external, workers=self.threads)
+        q = theta.shape[-1] + 1
         parts = []
         # chunks of rows that stay in a core's cache from the model's kernel to their reduction
-        size = max(1, min(self.chunk_size, CACHE_ENTRIES // (len(order) * self.model.y.shape[-1])))
+        size = max(1, min(self.chunk_size, CACHE_ENTRIES // (q * self.model.y.shape[-1])))
         for begin in range(0, len(self.curves), size):
-            end = begin + size
-            block = self.model.augmented(theta[begin:end], self.span(begin, end), external=external)
-            # the model's layout (p + 1, b, N) (a view): columns reordered there by copying whole rows
-            rows = block.permute(2, 0, 1)
-            parts.append(_reduce(rows if self.in_order else rows.index_select(0, order), self.threads))
-        if not parts:
-            size = len(order)
-            return theta.new_zeros(0, size, size)
-        return torch.cat(parts)
+            block = self.model.augmented(theta[begin : begin + size], self.span(begin, begin + size), external=external)
+            parts.append(_reduce(block.permute(2, 0, 1), self.threads))  # (the model's layout (p + 1, b, N): a view)
+        return torch.cat(parts) if parts else theta.new_zeros(0, q, q)
 
 
-def _reduce(rows: torch.Tensor, workers: int | None) -> torch.Tensor:
+def _reduce(rows: torch.Tensor, workers: int) -> torch.Tensor:
     """R_b (b, q, q) of each curve's rows (q, b, N) by CholeskyQR (Householder where ill-conditioned)."""
     if global_native.usable(rows):
-        upper, poor = global_native.reduce_rows(rows, GRAM_PIVOT, workers)
+        upper, poor = global_native.reduce_rows(rows, workers)
         redo = poor.nonzero().flatten()
         if len(redo):
             upper[redo] = reduce_batched(rows.index_select(1, redo).permute(1, 2, 0))
@@ -169,7 +147,6 @@ class GlobalOutcome:
     evaluations: int = 1
     jacobians: int = 0
     steps: int = 0
-    history: list[float] = field(default_factory=list)
     upper: torch.Tensor | None = None  # R_b at (local, shared) where the last Jacobian was taken there
     status: str = "running"
 
@@ -177,7 +154,6 @@ class GlobalOutcome:
         """Move to the trial point (``upper``: its R_b where the trial evaluation took it, else None)."""
         self.local, self.shared, self.cost, self.curve_cost, self.upper = local, shared, cost, curve_cost, upper
         self.steps += 1
-        self.history.append(cost)
 
     def stop(self, status: str) -> GlobalOutcome:
         """This outcome, stopped with ``status``."""
@@ -194,59 +170,56 @@ class _Linearization:
     shared_scale: torch.Tensor  # (S,)
     local_gradient: torch.Tensor  # (b, L)
     shared_gradient: torch.Tensor  # (S,)
+    local_cosine: float  # this rank's max |J_j^T r| / D_j over the local columns
+    local_theta_square: float  # sum_b ||D_b theta_b||^2 over every rank
 
-    @property
+    @functools.cached_property
     def local_rows(self) -> torch.Tensor:
         """R_b's first L rows with the batch innermost, (L, P + 1, b) (`_eliminate_damping`'s layout)."""
-        if self._local_rows is None:
-            self._local_rows = self.upper[:, : self.local_scale.shape[-1]].permute(1, 2, 0).contiguous()
-        return self._local_rows
-
-    _local_rows: torch.Tensor | None = None
-    # where the C kernel took them with the scales: this rank's max |J_j^T r| / D_j over the local columns,
-    # and sum_b ||D_b theta_b||^2 over every rank
-    local_cosine: float | None = None
-    local_theta_square: float | None = None
+        return self.upper[:, : self.local_scale.shape[-1]].permute(1, 2, 0).contiguous()
 
 
 def _linearize(problem: GlobalProblem, local, shared, previous, upper=None) -> _Linearization | None:
     """R_b at (local, shared) (``upper`` where already taken there), with D updated to the running maxima of
-    the column norms; None where J is not finite."""
+    the column norms; None where J is not finite. One total over ranks."""
     upper = problem.factors(local, shared) if upper is None else upper
-    if global_native.usable(upper):
-        return _linearize_native(problem, local, previous, upper)
-    if float(problem.totals.sum(nonfinite_count(upper))) > 0:
-        return None
     L, S = problem.sizes
+    before = None if previous is None else previous.local_scale
+    if global_native.usable(upper):  # (one C pass over the curves)
+        local_scale, local_gradient, parts = global_native.linearize(upper, before, local, (L, S))
+        cosine = float(parts[2 * S + 2])
+    else:
+        local_scale, local_gradient, parts, cosine = _linearize_torch(upper, before, local, (L, S))
+    totals = problem.totals.sum(parts[: 2 * S + 2])
+    if float(totals[2 * S]) > 0:
+        return None
+    shared_scale = _running_scale(torch.sqrt(totals[:S]), previous and previous.shared_scale)
+    theta_square = float(totals[2 * S + 1])
+    return _Linearization(upper, local_scale, shared_scale, local_gradient, totals[S : 2 * S], cosine, theta_square)
+
+
+def _linearize_torch(upper: torch.Tensor, previous: torch.Tensor | None, local: torch.Tensor, sizes: tuple) -> tuple:
+    """`global_native.linearize` as torch operations: D_b (b, L), (J^T r) (b, L) of the local columns, this
+    rank's (2 S + 2) sums (shared columns' squared norms and J^T r, non-finite entries of R_b, ||D theta||^2),
+    and its largest local cosine."""
+    L, S = sizes
     p = L + S
     jacobian, q = upper[:, :p, :p], upper[:, :p, p]
     squares, gradient = torch.einsum("bij,bij->bj", jacobian, jacobian), torch.einsum("bij,bi->bj", jacobian, q)
-    shared_sums = problem.totals.sum(torch.cat([squares[:, L:].sum(0), gradient[:, L:].sum(0)]))
     # (the local columns copied out: elementwise torch operations on a (b, L) view of a (b, P) tensor run L
     # entries per inner loop, ~5x slower at 10^4 curves)
-    local_scale = _running_scale(torch.sqrt(squares[:, :L].contiguous()), previous and previous.local_scale)
-    shared_scale = _running_scale(torch.sqrt(shared_sums[:S]), previous and previous.shared_scale)
-    return _Linearization(upper, local_scale, shared_scale, gradient[:, :L].contiguous(), shared_sums[S:])
+    local_scale = _running_scale(torch.sqrt(squares[:, :L].contiguous()), previous)
+    local_gradient = gradient[:, :L].contiguous()
+    sums = [squares[:, L:].sum(0), gradient[:, L:].sum(0), nonfinite_count(upper).to(upper.dtype)[None]]
+    parts = torch.cat([*sums, ((local_scale * local) ** 2).sum()[None]])
+    cosine = (local_gradient.abs() / local_scale).amax() if local_gradient.numel() else 0.0
+    return local_scale, local_gradient, parts, float(cosine)
 
 
 def _running_scale(norms: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
     """D = max(column norms, the previous D) (MINPACK's running maxima), 1 where that is 0."""
     norms = norms if previous is None else torch.maximum(norms, previous)
     return torch.where(norms > 0, norms, 1.0)
-
-
-def _linearize_native(problem: GlobalProblem, local, previous, upper) -> _Linearization | None:
-    """`_linearize` by one C pass over the curves (`global_native.linearize`) and one total over ranks."""
-    L, S = problem.sizes
-    before = None if previous is None else previous.local_scale
-    local_scale, local_gradient, parts = global_native.linearize(upper, before, local, (L, S))
-    totals = problem.totals.sum(parts[: 2 * S + 2])
-    if float(totals[2 * S]) > 0:
-        return None
-    shared_scale = _running_scale(torch.sqrt(totals[:S]), previous and previous.shared_scale)
-    linear = _Linearization(upper, local_scale, shared_scale, local_gradient, totals[S : 2 * S])
-    linear.local_cosine, linear.local_theta_square = float(parts[2 * S + 2]), float(totals[2 * S + 1])
-    return linear
 
 
 def nonfinite_count(tensor: torch.Tensor) -> torch.Tensor:
@@ -340,56 +313,27 @@ def _local_steps(linear: _Linearization, rows: torch.Tensor, d_shared: torch.Ten
 
 
 def _evaluate(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor, torch.Tensor | None]:
-    """`_cost` at (local, shared), and R_b there where [J | r] costs about what r does (read from it), else None."""
+    """The total cost over every rank (inf where any residual is not finite), this rank's cost per curve, and
+    R_b at (local, shared) where [J | r] costs about what r does, else None (the cost then read from it:
+    ||r_b||^2 is the squared norm of R_b's last column)."""
     upper = problem.factors(local, shared) if problem.cheap_jacobian else None
-    return (*(_cost(problem, local, shared) if upper is None else _cost_from(problem, upper)), upper)
-
-
-def _cost(problem: GlobalProblem, local, shared) -> tuple[float, torch.Tensor]:
-    """The total cost (inf where any residual is not finite) and the cost per curve of this rank."""
-    r = problem.residuals(local, shared)
-    return _total(problem, torch.linalg.vecdot(r, r))  # (no (b, N) temporary)
-
-
-def _cost_from(problem: GlobalProblem, upper: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """`_cost` from the R_b of [J_b | r_b]: ||r_b||^2 is the squared norm of R_b's last column."""
-    if global_native.usable(upper):  # (one pass in C instead of four torch operations over the curves)
+    if upper is not None and global_native.usable(upper):  # (one pass in C instead of four torch operations)
         curve_cost, parts = global_native.costs(upper)
-        return _summed(problem, curve_cost, parts)
-    return _total(problem, torch.linalg.vecdot(upper[..., -1], upper[..., -1]))
-
-
-def _total(problem: GlobalProblem, curve_cost: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """The total of the costs per curve ``curve_cost`` over every rank (inf where any is not finite)."""
-    finite = bool(torch.isfinite(curve_cost).all())
-    parts = torch.stack([curve_cost.sum() if finite else curve_cost.new_tensor(0.0),
-                         curve_cost.new_tensor(0.0 if finite else 1.0)])  # fmt: skip
-    return _summed(problem, curve_cost, parts)
-
-
-def _summed(problem: GlobalProblem, curve_cost: torch.Tensor, parts: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """`_total` from this rank's ``parts`` (2,): the sum of its costs (0 where any is not finite) and how
-    many are not finite."""
+    else:
+        r = problem.residuals(local, shared) if upper is None else upper[..., -1]
+        curve_cost = torch.linalg.vecdot(r, r)  # (no (b, N) temporary)
+        finite = bool(torch.isfinite(curve_cost).all())
+        total = curve_cost.sum() if finite else curve_cost.new_tensor(0.0)
+        parts = torch.stack([total, curve_cost.new_tensor(0.0 if finite else 1.0)])
     cost, failures = problem.totals.sum(parts).tolist()
-    return (cost if failures == 0 else math.inf), curve_cost
+    return (cost if failures == 0 else math.inf), curve_cost, upper
 
 
 def _gradient_small(problem: GlobalProblem, linear: _Linearization, cost: float, gtol: float) -> bool:
     """max_j |J_j^T r| / (||J_j|| ||r||) <= gtol over every column (the norms being D)."""
-    local = linear.local_cosine
-    if local is None:
-        local = (linear.local_gradient.abs() / linear.local_scale).amax() if linear.local_gradient.numel() else 0.0
-    largest = problem.totals.maximum(float(local))
+    largest = problem.totals.maximum(linear.local_cosine)
     largest = max(largest, float((linear.shared_gradient.abs() / linear.shared_scale).amax()))
     return largest <= gtol * math.sqrt(cost)
-
-
-def _theta_norm(problem: GlobalProblem, linear: _Linearization, local, shared) -> float:
-    """||D theta|| over every parameter of every rank."""
-    local_part = linear.local_theta_square
-    if local_part is None:
-        local_part = float(problem.totals.sum(((linear.local_scale * local) ** 2).sum()))
-    return math.sqrt(local_part + float(((linear.shared_scale * shared) ** 2).sum()))
 
 
 def global_levenberg_marquardt(
@@ -397,10 +341,10 @@ def global_levenberg_marquardt(
     local: torch.Tensor,
     shared: torch.Tensor,
     *,
-    ftol: float = 1e-15,
-    xtol: float = 1e-15,
-    gtol: float = 1e-15,
-    max_steps: int = 1000,
+    ftol: float,
+    xtol: float,
+    gtol: float,
+    max_steps: int,
 ) -> GlobalOutcome:
     """Minimise sum_b ||r_b(theta_b, phi)||^2 over local (b, L) and shared (S,) internal coordinates.
 
@@ -410,7 +354,7 @@ def global_levenberg_marquardt(
     than float64 can resolve), max_steps (Jacobians), nonfinite.
     """
     cost, curve_cost, pending = _evaluate(problem, local, shared)
-    run = GlobalOutcome(local.clone(), shared.clone(), cost, curve_cost, history=[cost])
+    run = GlobalOutcome(local.clone(), shared.clone(), cost, curve_cost)
     if not math.isfinite(cost):
         return run.stop("nonfinite")
     linear, damping, growth = None, INITIAL_DAMPING, 2.0
@@ -426,7 +370,7 @@ def global_levenberg_marquardt(
             return run.stop("nonfinite")
         if _gradient_small(problem, linear, run.cost, gtol):
             return run.stop("gtol")
-        theta_norm = _theta_norm(problem, linear, run.local, run.shared)
+        theta_norm = math.sqrt(linear.local_theta_square + float(((linear.shared_scale * run.shared) ** 2).sum()))
         while True:
             d_local, d_shared, predicted, step_square = _damped_step(problem, linear, damping)
             trial_local, trial_shared = run.local + d_local, run.shared + d_shared

@@ -7,11 +7,14 @@
  *   (R_b's shared rows and the damping rows' leftovers) rotated into one small R per lane (TSQR).
  * global_local_step: `global_lm._damped_step`'s per-curve part: d_b by back-substitution once d_phi is
  *   known, and per curve ||R_b d||^2 + 2 (R_b d).q_b and ||D_b d_b||^2 for the predicted reduction.
- * global_linearize: `global_lm._linearize`: the scales D from the column norms of R_b, J^T r, the shared
+ * global_linearize: `global_lm._linearize_torch`: the scales D from the column norms of R_b, J^T r, the shared
  *   columns' sums, the non-finite check, ||D theta|| and the largest cosine, one pass.
- * global_costs: ||r_b||^2 of each curve from R_b and their total (`global_lm._cost_from`).
+ * global_costs: ||r_b||^2 of each curve from R_b and their total (`global_lm._evaluate`).
  * global_local_inverse: `global_statistics._local_inverse` where R_AA is regular beyond doubt (its inverse).
  * global_local_weights, global_local_covariance: `global_statistics.global_uncertainty`'s per-curve blocks.
+ * global_factors (only where compiled after `native_lm.c`, in a model's native library): R_b straight from the
+ *   model, each curve's rows reduced while they are in the L1 cache, so the (B, N, P + 1) rows of all curves are
+ *   never written to memory.
  *
  * global_local_step, global_linearize and the three covariance kernels, whose per-curve work is short loops over L
  * and S, are compiled once more for each usual small (L, S) with the sizes constant (the loops unrolled: 1.3x to
@@ -154,12 +157,14 @@ static void cholesky_block(int64_t q, int64_t count, double gram[][BLOCK], doubl
             for (int64_t l = 0; l < BLOCK; l++) upper[i * q + j][l] *= scale[j][l];
 }
 
-/* R_b (q x q, row-major) of the first ``count`` of the BLOCK curves ``gram`` and ``failed`` are of (`cholesky_block`)
- * into ``upper`` (one after the other), and ``poor`` = failed. */
-static void store_block(int64_t q, int64_t count, double upper_block[][BLOCK], const int64_t *failed, double *upper,
-                        int64_t *poor) {
+/* R_b (q x q, row-major) of the first ``count`` of the BLOCK curves from their Gram matrices ``gram``
+ * (`cholesky_block`), one after the other into ``upper``; poor[l] = 1 where it is to be redone by QR. */
+static void factor_block(int64_t q, int64_t count, double gram[][BLOCK], double pivot, double *upper, int64_t *poor) {
+    double factor[q * q][BLOCK];
+    int64_t failed[BLOCK];
+    cholesky_block(q, count, gram, pivot, factor, failed);
     for (int64_t l = 0; l < count; l++) {
-        for (int64_t i = 0; i < q * q; i++) upper[l * q * q + i] = upper_block[i][l];
+        for (int64_t i = 0; i < q * q; i++) upper[l * q * q + i] = factor[i][l];
         poor[l] = failed[l];
     }
 }
@@ -170,11 +175,9 @@ void global_reduce(int64_t count, int64_t points, int64_t q, const double *rows,
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t block = 0; block < blocks; block++) {
         const int64_t first = block * BLOCK, n = count - first < BLOCK ? count - first : BLOCK;
-        double gram[q * q][BLOCK], factor[q * q][BLOCK];
-        int64_t failed[BLOCK];
+        double gram[q * q][BLOCK];
         for (int64_t l = 0; l < n; l++) gram_matrix(rows + (first + l) * points, count * points, points, q, &gram[0][l], BLOCK);
-        cholesky_block(q, n, gram, pivot, factor, failed);
-        store_block(q, n, factor, failed, upper + first * q * q, poor + first);
+        factor_block(q, n, gram, pivot, upper + first * q * q, poor + first);
     }
 }
 
@@ -472,3 +475,48 @@ void global_linearize(int64_t count, int64_t L, int64_t S, const double *upper, 
     /* `linearize_sized` with the usual small (L, S) constant (its loops unrolled), any other generic */
     SIZE_DISPATCH(LINEARIZE)
 }
+
+#ifdef CG_FN /* after `native_lm.c` in one translation unit (`native._host_solver_source`): a model's library */
+/* A curve's rows [J_b | r_b] are evaluated by the model's generated rows function into its thread's small Work
+ * (`native_lm.c`'s `augmented`: weights, mask and bounds as the native engine applies them), their Gram matrix
+ * formed at once, then its Cholesky factor for BLOCK curves side by side. A curve whose Gram matrix is poorly
+ * conditioned is evaluated again and reduced by Householder QR. */
+
+typedef struct {
+  const int64_t *index; /* count: the curves */
+  int64_t count;
+  const double *theta; /* count x p: the curves' parameters (internal coordinates, or values when plain) */
+  int64_t plain;       /* 1: J with respect to the values themselves */
+  double pivot;        /* `reduction.GRAM_PIVOT` */
+  double *upper;       /* count x (p + 1) x (p + 1): R_b */
+} GlobalFactors;
+
+/* R_b of the curves BLOCK k to k + BLOCK (of G->index); ``b`` unused (`for_each_curve` runs over blocks). */
+static void global_factor_task(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context) {
+  (void)O, (void)b;
+  GlobalFactors *G = (GlobalFactors *)context;
+  const int64_t n = P->points, p = P->p, q = p + 1, first = k * BLOCK;
+  const int64_t count = G->count - first < BLOCK ? G->count - first : BLOCK;
+  double gram[q * q][BLOCK], *upper = G->upper + first * q * q;
+  int64_t failed[BLOCK];
+  for (int64_t l = 0; l < count; l++) {
+    augmented(P, W, G->index[first + l], G->theta + (first + l) * p, (int)G->plain);
+    gram_matrix(W->block, n, n, q, &gram[0][l], BLOCK);
+  }
+  factor_block(q, count, gram, G->pivot, upper, failed);
+  for (int64_t l = 0; l < count; l++)
+    if (failed[l]) {
+      augmented(P, W, G->index[first + l], G->theta + (first + l) * p, (int)G->plain);
+      reduce(W->block, n, q, W->qr, upper + l * q * q);
+    }
+}
+
+/* R_b of [J_b | r_b] (columns in the model's order, then r) of the curves ``index[0..count)`` at rows of
+   ``theta``; returns 0, or -1 when memory ran out. */
+int global_factors(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads,
+                   const double *theta, int64_t plain, double pivot, double *upper) {
+  GlobalFactors factors = {index, count, theta, plain, pivot, upper};
+  /* one task per BLOCK curves: the first (count + BLOCK - 1) / BLOCK entries of ``index`` stand for them */
+  return for_each_curve(P, O, index, (count + BLOCK - 1) / BLOCK, threads, global_factor_task, &factors);
+}
+#endif

@@ -53,7 +53,7 @@ class GlobalUncertainty:
     warnings: list[str] = field(default_factory=list)
 
 
-def _local_inverse(upper: torch.Tensor, L: int, workers: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _local_inverse(upper: torch.Tensor, L: int, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """R_AA^+ (b, L, L) = D^-1 V diag(1/s^2) V^T D^-1 R_AA^T over the kept directions of the SVD of the
     column-scaled R_AA D^-1 (batched Jacobi), and the parameters of a null direction (b, L) bool; R_AA
     the leading L x L block of each R_b ``upper``."""
@@ -95,7 +95,7 @@ def _svd_pseudo_inverse(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return pseudo, torch.from_numpy(null_involved(s, vt)).to(scaled.device)
 
 
-def global_uncertainty(upper, totals, sizes, variance, shared_names, data_norm, shared_values, workers=None):
+def global_uncertainty(upper, totals, sizes, variance, shared_names, data_norm, shared_values, workers: int):
     """The `GlobalUncertainty` from the R_b (b, P + 1, P + 1) of J with respect to the parameter values.
 
     ``variance`` is s^2; ``totals`` a `global_lm.Totals`; ``data_norm`` ||y / sigma|| over all curves,
@@ -137,25 +137,22 @@ def global_uncertainty(upper, totals, sizes, variance, shared_names, data_norm, 
         local_stderr = torch.where(involved, torch.nan, local_stderr)
         local_covariance = local_covariance.masked_fill(involved.unsqueeze(-1) | involved.unsqueeze(-2), torch.nan)
         cross_covariance = cross_covariance.masked_fill(involved.unsqueeze(-1), torch.nan)
-    shared_covariance = variance * spread.covariance
-    shared_stderr = math.sqrt(variance) * spread.stderr
-    return GlobalUncertainty(
-        shared_covariance, shared_stderr, local_covariance, cross_covariance, local_stderr, involved,
-        spread.condition, warnings,
-    )  # fmt: skip
+    local = (local_covariance, cross_covariance, local_stderr, involved)
+    shared = (variance * spread.covariance, math.sqrt(variance) * spread.stderr)
+    return GlobalUncertainty(*shared, *local, spread.condition, warnings)
 
 
 def _undetermined(upper: torch.Tensor, sizes: tuple[int, int]) -> GlobalUncertainty:
     """Every covariance NaN: the Jacobian at the fitted values holds NaN or inf."""
     L, S = sizes
     b = upper.shape[0]
-    nan = upper.new_full((b, L, L), math.nan)
-    return GlobalUncertainty(
-        np.full((S, S), math.nan), np.full(S, math.nan), nan, upper.new_full((b, L, S), math.nan),
-        upper.new_full((b, L), math.nan), torch.ones(b, L, dtype=torch.bool, device=upper.device), math.inf,
-        ["the Jacobian holds NaN or inf at the fitted values (a derivative undefined there, or the model "
-         "failed): no standard error is defined; start elsewhere or keep the data off that point"],
-    )  # fmt: skip
+    local = (upper.new_full(shape, math.nan) for shape in ((b, L, L), (b, L, S), (b, L)))
+    every = torch.ones(b, L, dtype=torch.bool, device=upper.device)
+    warning = (
+        "the Jacobian holds NaN or inf at the fitted values (a derivative undefined there, or the model "
+        "failed): no standard error is defined; start elsewhere or keep the data off that point"
+    )
+    return GlobalUncertainty(np.full((S, S), math.nan), np.full(S, math.nan), *local, every, math.inf, [warning])
 
 
 def _shared_inverse(factor: np.ndarray, names, dead: np.ndarray):

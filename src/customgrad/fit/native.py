@@ -6,7 +6,7 @@ layout holds three translation units: the model's generated rows [df/db_j, f] an
 backend's kernels, `FormulaModel.c_source`), a few lines of glue that call them for one curve, and the
 fixed solver source `native_lm.c`, the C twin of `lm.batch_levenberg_marquardt` (same trust region, Hebden
 damping from the SVD of R D^-1, geodesic acceleration, stopping rules, polish step), followed in its
-translation unit by a global fit's per-curve factors (`global_native.c`, `global_rows.c`). A curve's whole
+translation unit by a global fit's per-curve factors (`global_native.c`'s `global_factors`). A curve's whole
 fit runs in a core's cache with no Python in the loop, which is what makes a batch of small fits fast:
 the tensor engine (`lm`) pays ~350 small torch operations per round instead. The library is
 built once (about 1 s) and cached on disk like every kernel.
@@ -172,10 +172,9 @@ def _options(
 
 @functools.cache
 def _host_solver_source() -> str:
-    """`native_lm.c` followed, in the same translation unit, by a global fit's per-curve factors
-    (`global_rows.c`, which calls its functions and `global_native.c`'s CholeskyQR): CPU only."""
-    here = Path(__file__).parent
-    return "\n".join([solver_source(), *((here / name).read_text() for name in ("global_native.c", "global_rows.c"))])
+    """`native_lm.c` followed, in the same translation unit, by `global_native.c`, whose per-curve factors
+    of a global fit (`global_factors`) call its functions: CPU only."""
+    return "\n".join([solver_source(), (Path(__file__).parent / "global_native.c").read_text()])
 
 
 def _glue(symbol: str, entry: str, inputs: int, outputs: int) -> str:

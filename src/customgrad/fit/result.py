@@ -17,10 +17,10 @@ import numpy as np
 from ..errors import UsageError
 from ..strict_json import dumps, json_ready
 from . import goodness
-from .global_result import SharedParameters
 from .status import TERMINATION, termination_message
 
 if TYPE_CHECKING:
+    from .global_fit import SharedParameters
     from .source import FitSource
 
 

@@ -11,7 +11,7 @@ status are per problem, and a problem stops changing once its status is set whil
 The arrays are torch tensors, or numpy arrays for batches of at most 8 on the CPU, where each
 operation's dispatch is its whole cost (`arrays`: the code below is written once against either).
 
-`fit` runs it over a batch of one (`one_problem`), `fit_batch` over its curves; the per-curve C solver
+`fit` runs it over a batch of one (`solvers.levenberg_marquardt`), `fit_batch` over its curves; the per-curve C solver
 `native_lm.c` (CPU and CUDA builds, these constants passed by `native.Options`) takes the same steps.
 The plateau safeguard around both is `plateau`. Each round is one trial step for every running
 problem; those whose step was accepted get a new Jacobian in the next round. Only the running problems

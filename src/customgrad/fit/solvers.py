@@ -10,6 +10,7 @@ whatever the model's dtype.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -136,92 +137,78 @@ def _reporter(on_step: Callable[[int, float], None]) -> Callable[[BatchState], N
     return on_round
 
 
-def _gradient_descent(optimizer_name: str):
-    def solve(
-        residuals: Callable,
-        linearize: Callable,
-        cost_of: Callable,
-        theta: torch.Tensor,
-        *,
-        max_steps: int,
-        learning_rate: float | None = None,
-        on_step: Callable | None = None,
-        objective: Callable,
-        shards=None,
-        **_,
-    ) -> Outcome:
-        rate = LEARNING_RATES[optimizer_name] if learning_rate is None else learning_rate
-        leaf = theta.detach().clone().requires_grad_()
-        if optimizer_name == "lbfgs":
-            optimizer = torch.optim.LBFGS(
-                [leaf],
-                lr=rate,
-                max_iter=20,
-                line_search_fn="strong_wolfe",
-                tolerance_grad=1e-15,
-                tolerance_change=1e-15,
-                history_size=20,
-            )
-        elif optimizer_name == "adam":
-            optimizer = torch.optim.Adam([leaf], lr=rate)
-        else:
-            optimizer = torch.optim.SGD([leaf], lr=rate)
-        evaluations = 0
-        best_theta, best_cost = theta.detach().clone(), math.inf
-        history: list[float] = []
+# torch's optimisers over the one parameter tensor ``leaf``
+_LBFGS = dict(max_iter=20, line_search_fn="strong_wolfe", tolerance_grad=1e-15, tolerance_change=1e-15, history_size=20)
+_OPTIMIZERS = {
+    "lbfgs": lambda leaf, rate: torch.optim.LBFGS([leaf], lr=rate, **_LBFGS),
+    "adam": lambda leaf, rate: torch.optim.Adam([leaf], lr=rate),
+    "sgd": lambda leaf, rate: torch.optim.SGD([leaf], lr=rate),
+}
 
-        def closure():
-            nonlocal evaluations
-            optimizer.zero_grad()
-            with torch.enable_grad():
-                value = objective(leaf)
-                value.backward()
-            evaluations += 1
-            if shards is not None:  # the cost is a sum over every rank's rows: so is its gradient
-                shards.all_reduce_gradient(leaf)
-                value = value.detach().new_tensor(shards.sum(float(value)))
-            return value
 
-        # adam and sgd have no convergence test: reaching the step limit is all they can report
-        status = "step_limit"
-        for step in range(max_steps):
-            before = leaf.detach().clone()
-            # the value returned is the cost at the parameters before the step
-            value = float(optimizer.step(closure).detach())
-            if not math.isfinite(value):
-                status = "nonfinite"
-                break
-            if value < best_cost:
-                best_theta, best_cost = before, value
-            history.append(value)
-            if on_step is not None:
-                on_step(step + 1, value)
-            if optimizer_name == "lbfgs" and len(history) > 1 and abs(history[-2] - value) <= 1e-15 * abs(value):
-                status = "ftol"
-                break
-        final = cost_of(residuals(leaf.detach()))
-        if math.isfinite(final) and final <= best_cost:
-            best_theta, best_cost = leaf.detach().clone(), final
-        if status == "step_limit" and optimizer_name == "lbfgs":
-            status = "max_steps"
-        return Outcome(
-            theta=best_theta,
-            status=status,
-            cost=best_cost,
-            evaluations=evaluations + 1,
-            jacobians=evaluations,
-            steps=len(history),
-            history=history,
-        )
+def _gradient_descent(
+    name: str,
+    residuals: Callable,
+    linearize: Callable,
+    cost_of: Callable,
+    theta: torch.Tensor,
+    *,
+    max_steps: int,
+    learning_rate: float | None = None,
+    on_step: Callable | None = None,
+    objective: Callable,
+    shards=None,
+    **_,
+) -> Outcome:
+    """Minimise ``objective`` (the cost as a differentiable tensor) from ``theta`` by torch's optimiser ``name``;
+    the best point seen is returned (adam and sgd do not descend monotonically)."""
+    leaf = theta.detach().clone().requires_grad_()
+    optimizer = _OPTIMIZERS[name](leaf, LEARNING_RATES[name] if learning_rate is None else learning_rate)
+    evaluations = 0
+    best_theta, best_cost = theta.detach().clone(), math.inf
+    history: list[float] = []
 
-    return solve
+    def closure():
+        nonlocal evaluations
+        optimizer.zero_grad()
+        with torch.enable_grad():
+            value = objective(leaf)
+            value.backward()
+        evaluations += 1
+        if shards is not None:  # the cost is a sum over every rank's rows: so is its gradient
+            shards.all_reduce_gradient(leaf)
+            value = value.detach().new_tensor(shards.sum(float(value)))
+        return value
+
+    # adam and sgd have no convergence test: reaching the step limit is all they can report
+    status = "step_limit"
+    for step in range(max_steps):
+        before = leaf.detach().clone()
+        # the value returned is the cost at the parameters before the step
+        value = float(optimizer.step(closure).detach())
+        if not math.isfinite(value):
+            status = "nonfinite"
+            break
+        if value < best_cost:
+            best_theta, best_cost = before, value
+        history.append(value)
+        if on_step is not None:
+            on_step(step + 1, value)
+        if name == "lbfgs" and len(history) > 1 and abs(history[-2] - value) <= 1e-15 * abs(value):
+            status = "ftol"
+            break
+    final = cost_of(residuals(leaf.detach()))
+    if math.isfinite(final) and final <= best_cost:
+        best_theta, best_cost = leaf.detach().clone(), final
+    if status == "step_limit" and name == "lbfgs":
+        status = "max_steps"
+    # (evaluations: one cost more than the gradients, whose count stands for the Jacobians)
+    return Outcome(best_theta, status, best_cost, evaluations + 1, evaluations, len(history), history)
 
 
 SOLVERS: dict[str, Callable[..., Outcome]] = {
     "lm": levenberg_marquardt,
-    "lbfgs": _gradient_descent("lbfgs"),
-    "adam": _gradient_descent("adam"),
-    "sgd": _gradient_descent("sgd"),
+    **{name: functools.partial(_gradient_descent, name) for name in _OPTIMIZERS},
 }
 
 

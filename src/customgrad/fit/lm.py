@@ -472,15 +472,13 @@ def _damped_steps(state: BatchState, xp):
     radius, squares = state.radius, state.squares
     fits = state.gauss_newton_norm <= 1.1 * radius
     if _everywhere(fits, xp):  # (the usual round near a solution: the Gauss-Newton step as it is)
-        coordinates = state.gauss_newton
-        decrease = xp.sum(squares * coordinates * coordinates, -1)
-        return xp.zeros_like(radius), coordinates, state.gauss_newton_norm, decrease
-    lam, coefficients, norm = _hebden(state, fits, squares, xp)
-    coordinates = xp.where(xp.expand(fits), state.gauss_newton, -coefficients)
-    lam = xp.where(fits, 0.0, lam)
-    norm = xp.where(fits, state.gauss_newton_norm, norm)
-    decrease = xp.sum(squares * coordinates * coordinates, -1)
-    return lam, coordinates, norm, decrease
+        lam, coordinates, norm = xp.zeros_like(radius), state.gauss_newton, state.gauss_newton_norm
+    else:
+        lam, coefficients, norm = _hebden(state, fits, squares, xp)
+        coordinates = xp.where(xp.expand(fits), state.gauss_newton, -coefficients)
+        lam = xp.where(fits, 0.0, lam)
+        norm = xp.where(fits, state.gauss_newton_norm, norm)
+    return lam, coordinates, norm, xp.sum(squares * coordinates * coordinates, -1)
 
 
 def _hebden(state: BatchState, done, squares, xp):

@@ -199,23 +199,15 @@ def _null_groups(null_rows: np.ndarray) -> list[list[int]]:
     From the projector N = V0 V0^T onto the null space: j takes part when N_jj > `NULL_COMPONENT`^2;
     i and j belong together when |N_ij| exceeds it too (connected components).
     """
-    if len(null_rows) == 0:
-        return []
     projector = null_rows.T @ null_rows
     threshold = NULL_COMPONENT**2
-    involved = [j for j in range(len(projector)) if projector[j, j] > threshold]
+    unseen = [j for j in range(len(projector)) if projector[j, j] > threshold]
     groups: list[list[int]] = []
-    unseen = set(involved)
-    for start in involved:
-        if start not in unseen:
-            continue
-        unseen.discard(start)
-        group, frontier = [start], [start]
-        while frontier:
-            i = frontier.pop()
-            linked = [j for j in sorted(unseen) if abs(projector[i, j]) > threshold]
-            unseen.difference_update(linked)
-            group.extend(linked)
-            frontier.extend(linked)
+    while unseen:
+        group = [unseen.pop(0)]
+        for i in group:  # (a breadth-first search: the group grows while it is walked)
+            linked = [j for j in unseen if abs(projector[i, j]) > threshold]
+            unseen = [j for j in unseen if j not in linked]
+            group += linked
         groups.append(sorted(group))
     return groups

@@ -3,9 +3,9 @@ batch of one) and the gradient-based optimisers L-BFGS, Adam and SGD, which mini
 directly.
 
 Each takes the problem as `api._Calls` and `profile` give it: residuals, [J | r] (robust: reweighted), the
-cost of residuals (robust, summed over ranks), and for LM the reduction of [J | r] to R (one process:
-Householder; distributed: TSQR over ranks) and sums over every rank's rows. LM's state is float64
-whatever the model's dtype.
+cost of residuals (robust, summed over ranks); for LM the reduction of [J | r] to R (one process:
+Householder; distributed: TSQR over ranks) and sums over every rank's rows, for the gradient methods the
+cost as a differentiable ``objective``. LM's state is float64 whatever the model's dtype.
 """
 
 from __future__ import annotations

@@ -304,6 +304,7 @@ def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round
 
 
 def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
+    """The state before the first round: ``theta``, its ``cost`` and one evaluation; every problem fresh."""
     batch, p = (1, *theta.shape) if xp is SCALAR else theta.shape
     # one zero of each shape, copied per field (`arrays.SCALAR`: its numpy scalars shared, as immutable)
     vector, scalar = xp.zeros((batch, p), theta), xp.zeros((batch,), theta)

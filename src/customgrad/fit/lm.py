@@ -11,12 +11,12 @@ status are per problem, and a problem stops changing once its status is set whil
 The arrays are torch tensors, or numpy arrays for batches of at most 8 on the CPU, where each
 operation's dispatch is its whole cost (`arrays`: the code below is written once against either).
 
-`fit` runs it over a batch of one (`solvers.levenberg_marquardt`), `fit_batch` over its curves; the per-curve C solver
-`native_lm.c` (CPU and CUDA builds, these constants passed by `native.Options`) takes the same steps.
-The plateau safeguard around both is `plateau`. Each round is one trial step for every running
-problem; those whose step was accepted get a new Jacobian in the next round. Only the running problems
-are evaluated (their indices are passed to the model), so a batch costs what its slowest members do.
-The Jacobian reaches the step only through R of [J | r] (`reduction`), the small SVDs are batched
+`fit` runs it over a batch of one (`solvers.levenberg_marquardt`), `fit_batch` over its curves; the
+per-curve C solver `native_lm.c` (CPU and CUDA builds, these constants passed by `native.Options`) takes
+the same steps. The plateau safeguard around both is `plateau`. Each round is one trial step for every
+running problem; those whose step was accepted get a new Jacobian in the next round. Only the running
+problems are evaluated (their indices are passed to the model), so a batch costs what its slowest members
+do. The Jacobian reaches the step only through R of [J | r] (`reduction`), the small SVDs are batched
 Jacobi rotations (`jacobi`), and the geodesic correction needs J^T r'', a sum over each problem's rows.
 """
 

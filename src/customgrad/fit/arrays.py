@@ -94,7 +94,6 @@ def _numpy_put(target: np.ndarray, index: np.ndarray, part: np.ndarray) -> None:
 
 
 NUMPY = SimpleNamespace(
-    name="numpy",
     where=np.where,
     maximum=np.maximum,
     minimum=np.minimum,
@@ -118,7 +117,6 @@ NUMPY = SimpleNamespace(
     expand=lambda x, dims=1: x[..., None] if dims == 1 else x[..., None, None],  # (B,) against (B, ...)
     eye=lambda p, like: np.eye(p, dtype=like.dtype),
     zeros=lambda shape, like, dtype=None: np.zeros(shape, dtype=like.dtype if dtype is None else dtype),
-    ones=lambda shape, like, dtype=None: np.ones(shape, dtype=like.dtype if dtype is None else dtype),
     integer=np.int64,
     boolean=np.bool_,
     **_batched_products(np.add.reduce),
@@ -192,16 +190,10 @@ def _scalar_clamp_min(x, low):
     return x.dtype.type(low) if x < low else x
 
 
-def _scalar_filled(value):
-    """xp.zeros or xp.ones: ``value`` in ``shape`` less its leading batch axis (of one): a numpy scalar for (1,)."""
-
-    make = np.ones if value else np.zeros
-
-    def filled(shape, like, dtype=None):
-        kind = like.dtype.type if dtype is None else dtype  # (a numpy scalar type: np.float64, np.bool_, ...)
-        return make(shape[1:], kind) if len(shape) > 1 else kind(value)
-
-    return filled
+def _scalar_zeros(shape, like, dtype=None):
+    """Zeros of ``shape`` less its leading batch axis (of one): a numpy scalar for (1,)."""
+    kind = like.dtype.type if dtype is None else dtype  # (a numpy scalar type: np.float64, np.bool_, ...)
+    return np.zeros(shape[1:], kind) if len(shape) > 1 else kind(0)
 
 
 _ONE, _NONE = np.arange(1), np.arange(0)
@@ -209,7 +201,6 @@ _ONE, _NONE = np.arange(1), np.arange(0)
 SCALAR = SimpleNamespace(
     **{
         **vars(NUMPY),
-        "name": "scalar",
         "where": _scalar_where,
         "expand": lambda x, dims=1: x,  # (a scalar broadcasts as it is)
         "clamp_min": _scalar_clamp_min,
@@ -230,8 +221,7 @@ SCALAR = SimpleNamespace(
         "norm": lambda x: np.sqrt(x.dot(x)),  # (of a vector (p,): a fifth of the reduction's time)
         "flatnonzero": lambda x: _ONE if x else _NONE,
         "take": lambda x, index: x[None][index],  # (only to log accepted costs: the batch is all or none)
-        "zeros": _scalar_filled(0),
-        "ones": _scalar_filled(1),
+        "zeros": _scalar_zeros,
         "svd": _scalar_svd,
         "householder": _scalar_householder,
         "vecmat": lambda c, matrix: c @ matrix,
@@ -246,7 +236,6 @@ SCALAR = SimpleNamespace(
 )
 
 TORCH = SimpleNamespace(
-    name="torch",
     where=torch.where,
     maximum=torch.maximum,
     minimum=torch.minimum,
@@ -270,7 +259,6 @@ TORCH = SimpleNamespace(
     expand=lambda x, dims=1: x[..., None] if dims == 1 else x[..., None, None],
     eye=lambda p, like: torch.eye(p, dtype=like.dtype, device=like.device),
     zeros=lambda shape, like, dtype=None: torch.zeros(shape, dtype=dtype or like.dtype, device=like.device),
-    ones=lambda shape, like, dtype=None: torch.ones(shape, dtype=dtype or like.dtype, device=like.device),
     integer=torch.long,
     boolean=torch.bool,
     **_batched_products(torch.sum),

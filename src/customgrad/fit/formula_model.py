@@ -45,12 +45,12 @@ class FormulaModel:
     text : str
         The model formula.
     key : str, optional
-        Its disk-cache key (`model_cache_key`); None: generate everything, cache nothing.
+        Its disk-cache key (`model_cache_key`), kept as ``cache_key``; None: generate everything, cache nothing.
     """
 
     def __init__(self, text: str, key: str | None = None):
         self.text = text
-        self._key = key
+        self.cache_key = key
         record = load_product(key, "evaluate")
         if record is None:
             spec = self.spec  # raises FormulaError for a bad formula: nothing is cached then
@@ -67,11 +67,6 @@ class FormulaModel:
         self._linearizations: dict[tuple, Callable | None] = {}
         self._row_specs: dict[tuple[str, ...], FunctionSpec] = {}
 
-    @property
-    def cache_key(self) -> str | None:
-        """The disk-cache key of this model's generated code (None: nothing is cached)."""
-        return self._key
-
     @functools.cached_property
     def spec(self) -> FunctionSpec:
         """The model's `FunctionSpec`: f over its names (data columns and parameters) in order of appearance,
@@ -79,7 +74,7 @@ class FormulaModel:
         cache needs none)."""
         from ..formula_spec import formula_spec
 
-        return shared_spec(self._key, lambda: formula_spec(self.text, class_name="Model", what="model"))
+        return shared_spec(self.cache_key, lambda: formula_spec(self.text, class_name="Model", what="model"))
 
     def __call__(self, data: dict, values: dict) -> torch.Tensor:
         return self.evaluate(*(data[n] if n in data else values[n] for n in self.names))
@@ -124,13 +119,13 @@ class FormulaModel:
             self._linearizations[key] = self._c_rows(free)
         if key not in self._linearizations:
             part = f"rows {language} {' '.join(free)}"
-            record = load_product(self._key, part)
+            record = load_product(self.cache_key, part)
             if record is None:
                 try:
                     record = {"source": self._rows_source(free, language)}
                 except (CustomgradError, NotImplementedError, TypeError, ValueError):
                     record = {"source": None}
-                store_product(self._key, part, record)
+                store_product(self.cache_key, part, record)
             source = record["source"]
             self._linearizations[key] = None if source is None else _Compiled(source, language, self.text)
         return self._linearizations[key]
@@ -169,7 +164,7 @@ class FormulaModel:
     def c_source(self, free: tuple[str, ...], single: bool, layouts: str) -> str | None:
         """The C source of the rows for one precision and input layouts, through the disk cache."""
         part = f"rows c {' '.join(free)} {'float' if single else 'double'} {layouts}"
-        record = load_product(self._key, part)
+        record = load_product(self.cache_key, part)
         if record is None:
             from ..backends.cpu import c_kernel_source
             from ..errors import BackendError
@@ -178,7 +173,7 @@ class FormulaModel:
                 record = {"source": c_kernel_source(self.rows_spec(free), single, layouts)}
             except BackendError:
                 record = {"source": None}
-            store_product(self._key, part, record)
+            store_product(self.cache_key, part, record)
         return record["source"]
 
 

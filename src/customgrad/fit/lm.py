@@ -11,12 +11,12 @@ status are per problem, and a problem stops changing once its status is set whil
 The arrays are torch tensors, or numpy arrays for batches of at most 8 on the CPU, where each
 operation's dispatch is its whole cost (`arrays`: the code below is written once against either).
 
-`fit` runs it over a batch of one (`one_problem`), `fit_batch` over its curves; the per-curve C solver
-`native_lm.c` (CPU and CUDA builds, these constants passed by `native.Options`) takes the same steps.
-The plateau safeguard around both is `plateau`. Each round is one trial step for every running
-problem; those whose step was accepted get a new Jacobian in the next round. Only the running problems
-are evaluated (their indices are passed to the model), so a batch costs what its slowest members do.
-The Jacobian reaches the step only through R of [J | r] (`reduction`), the small SVDs are batched
+`fit` runs it over a batch of one (`solvers.levenberg_marquardt`), `fit_batch` over its curves; the
+per-curve C solver `native_lm.c` (CPU and CUDA builds, these constants passed by `native.Options`) takes
+the same steps. The plateau safeguard around both is `plateau`. Each round is one trial step for every
+running problem; those whose step was accepted get a new Jacobian in the next round. Only the running
+problems are evaluated (their indices are passed to the model), so a batch costs what its slowest members
+do. The Jacobian reaches the step only through R of [J | r] (`reduction`), the small SVDs are batched
 Jacobi rotations (`jacobi`), and the geodesic correction needs J^T r'', a sum over each problem's rows.
 """
 
@@ -209,23 +209,9 @@ class BatchProblem:
     arrays = "torch"
 
 
-class _Converted(BatchProblem):
-    """``problem`` (torch tensors in and out) called with and answering the arrays of ``xp``."""
-
-    def __init__(self, problem: BatchProblem, xp: SimpleNamespace):
-        self.problem, self.xp = problem, xp
-
-    def residuals(self, theta, index):
-        return self.xp.asarray(self.problem.residuals(self.xp.tensor(theta), self.xp.tensor(index)))
-
-    def augmented(self, theta, index):
-        return self.xp.asarray(self.problem.augmented(self.xp.tensor(theta), self.xp.tensor(index)))
-
-    def cost(self, r):
-        return self.xp.asarray(self.problem.cost(self.xp.tensor(r)))
-
-    def sum_rows(self, sums):
-        return self.xp.asarray(self.problem.sum_rows(self.xp.tensor(sums)))
+def _converted(method: Callable, xp: SimpleNamespace) -> Callable:
+    """``method`` (torch tensors in and out) called with and answering the arrays of ``xp``."""
+    return lambda *arrays: xp.asarray(method(*map(xp.tensor, arrays)))
 
 
 def batch_levenberg_marquardt(
@@ -252,11 +238,13 @@ def batch_levenberg_marquardt(
     round with the state so far (``state.status``: codes; its arrays numpy for small batches on the CPU, see `arrays`).
     """
     xp = namespace(theta, unbatched=problem.arrays == "any")
-    problem = problem if xp is TORCH or problem.arrays == "any" else _Converted(problem, xp)
+    if xp is not TORCH and problem.arrays != "any":
+        methods = ("residuals", "augmented", "cost", "sum_rows")
+        problem = SimpleNamespace(**{name: _converted(getattr(problem, name), xp) for name in methods})
     if reduce is None:
         reduced = xp.householder
     else:
-        reduced = reduce if xp is TORCH else lambda blocks: xp.asarray(reduce(xp.tensor(blocks)))
+        reduced = reduce if xp is TORCH else _converted(reduce, xp)
     tolerances = (ftol, xtol, gtol, max_steps, factor)
     with np.errstate(all="ignore"):  # numpy's arrays: inf and NaN are handled as torch's are, silently
         state, initial_cost, accepted_log = _iterate(
@@ -316,6 +304,7 @@ def _iterate(problem, theta, reduce, tolerances, geodesic_acceleration, on_round
 
 
 def _initial_state(theta, cost, xp: SimpleNamespace) -> BatchState:
+    """The state before the first round: ``theta``, its ``cost`` and one evaluation; every problem fresh."""
     batch, p = (1, *theta.shape) if xp is SCALAR else theta.shape
     # one zero of each shape, copied per field (`arrays.SCALAR`: its numpy scalars shared, as immutable)
     vector, scalar = xp.zeros((batch, p), theta), xp.zeros((batch,), theta)
@@ -450,11 +439,14 @@ def _rescale(state: BatchState, column_norms, factor: float, xp):
 
 
 def _decompose(state: BatchState, upper, qtr, first, xp) -> None:
-    """The SVD of R D^-1 and the Gauss-Newton step from it, into ``state``."""
+    """The SVD of R D^-1 and the Gauss-Newton step from it, into ``state``; ``first``: where D restarted
+    (None: nowhere)."""
     p = upper.shape[-1]
     start = None
     if xp.warm_start:  # from the previous V (none yet on the first Jacobian: all zeros)
-        start = xp.where(xp.expand(first, 2), xp.eye(p, upper), state.vt.swapaxes(-1, -2))
+        start = state.vt.swapaxes(-1, -2)
+        if first is not None:
+            start = xp.where(xp.expand(first, 2), xp.eye(p, upper), start)
     values, vt, products = xp.svd(upper / state.scale[..., None, :], qtr, start)
     largest, smallest = values[..., 0], values[..., -1]  # (sorted, largest first)
     squares, floor = values * values, RANK_TOLERANCE * largest
@@ -481,15 +473,13 @@ def _damped_steps(state: BatchState, xp):
     radius, squares = state.radius, state.squares
     fits = state.gauss_newton_norm <= 1.1 * radius
     if _everywhere(fits, xp):  # (the usual round near a solution: the Gauss-Newton step as it is)
-        coordinates = state.gauss_newton
-        decrease = xp.sum(squares * coordinates * coordinates, -1)
-        return xp.zeros_like(radius), coordinates, state.gauss_newton_norm, decrease
-    lam, coefficients, norm = _hebden(state, fits, squares, xp)
-    coordinates = xp.where(xp.expand(fits), state.gauss_newton, -coefficients)
-    lam = xp.where(fits, 0.0, lam)
-    norm = xp.where(fits, state.gauss_newton_norm, norm)
-    decrease = xp.sum(squares * coordinates * coordinates, -1)
-    return lam, coordinates, norm, decrease
+        lam, coordinates, norm = xp.zeros_like(radius), state.gauss_newton, state.gauss_newton_norm
+    else:
+        lam, coefficients, norm = _hebden(state, fits, squares, xp)
+        coordinates = xp.where(xp.expand(fits), state.gauss_newton, -coefficients)
+        lam = xp.where(fits, 0.0, lam)
+        norm = xp.where(fits, state.gauss_newton_norm, norm)
+    return lam, coordinates, norm, xp.sum(squares * coordinates * coordinates, -1)
 
 
 def _hebden(state: BatchState, done, squares, xp):
@@ -529,7 +519,6 @@ def _to_parameters(state: BatchState, coordinates, xp):
 
 def _trial_step(problem, state, index, geodesic_acceleration, tolerances, xp):
     """One trial step for every problem of ``state``; returns the positions of the accepted ones."""
-    ftol, xtol, _, _, _ = tolerances
     lam, coordinates, step_norm, decrease = _damped_steps(state, xp)
     unmoved = state.steps == 0
     if _anywhere(unmoved, xp):  # the first step bounds the first trust radius
@@ -618,16 +607,13 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list, xp) -> None:
     index = xp.flatnonzero(xp.isin(state.status, [CODE[name] for name in POLISHED]))
     if len(index) == 0:
         return
-    part = state if len(index) == _batch_size(state, xp) else state.take(index, xp)
-    reduced = reduce(problem.augmented(part.theta, index))
+    part = state if len(index) == (1 if xp is SCALAR else state.theta.shape[0]) else state.take(index, xp)
     p = part.theta.shape[-1]
-    finite, reduced = _finite_blocks(reduced, xp)
-    # warm start from the last linearization's V (these statuses are set by trial steps, after an SVD)
-    start = part.vt.swapaxes(-1, -2)
-    values, vt, products = xp.svd(reduced[..., :p, :p] / part.scale[..., None, :], reduced[..., :p, p], start)
-    keep = (values[..., :1] > 0) & (values > values[..., :1] * RANK_TOLERANCE)
-    coordinates = xp.where(keep, -products / (values * values), 0.0)
-    trial = part.theta + xp.vecmat(coordinates, vt) / part.scale
+    finite, reduced = _finite_blocks(reduce(problem.augmented(part.theta, index)), xp)
+    # the Gauss-Newton step, its SVD warm-started from the last linearization's V (these statuses are
+    # set by trial steps, after an SVD)
+    _decompose(part, reduced[..., :p, :p], reduced[..., :p, p], None, xp)
+    trial = part.theta + _to_parameters(part, part.gauss_newton, xp)
     cost_trial = problem.cost(problem.residuals(trial, index))
     better = finite & (cost_trial <= part.cost * (1 + POLISH_SLACK))
     part.jacobians = part.jacobians + 1
@@ -640,11 +626,6 @@ def _polish(problem, state: BatchState, reduce, accepted_log: list, xp) -> None:
     kept = xp.flatnonzero(better)
     if len(kept):
         accepted_log.append((index[kept], xp.take(cost_trial, kept)))
-
-
-def _batch_size(state: BatchState, xp) -> int:
-    """How many problems ``state`` holds (`arrays.SCALAR`: one, without a batch axis)."""
-    return 1 if xp is SCALAR else state.theta.shape[0]
 
 
 def _accelerated(problem, state: BatchState, index, velocity, lam, step_norm, xp):

@@ -14,11 +14,6 @@ from ..errors import UsageError
 Rho = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def _linear(z):
-    # rho(z) = z
-    return z, torch.ones_like(z), torch.zeros_like(z)
-
-
 def _soft_l1(z):
     # rho(z) = 2 (sqrt(1 + z) - 1); below z = 1 as 2 z / (sqrt(1 + z) + 1), free of the cancellation
     # that made it 0 for z < 1e-16 (residuals of 1e-8 data); above, as written (z = inf stays inf)
@@ -43,14 +38,15 @@ def _cauchy(z):
     return torch.log1p(z), t, -t * t
 
 
-LOSSES: dict[str, Rho] = {"linear": _linear, "soft_l1": _soft_l1, "huber": _huber, "cauchy": _cauchy}
+# "linear" (rho(z) = z) is least squares itself: no rho
+LOSSES: dict[str, Rho | None] = {"linear": None, "soft_l1": _soft_l1, "huber": _huber, "cauchy": _cauchy}
 
 
 def get_loss(name: str) -> Rho | None:
     """The rho function for ``name`` in {"linear", "soft_l1", "huber", "cauchy"}; None for linear."""
     if name not in LOSSES:
         raise UsageError(f"unknown loss {name!r}: choose one of {{{', '.join(LOSSES)}}}")
-    return None if name == "linear" else LOSSES[name]
+    return LOSSES[name]
 
 
 def robust_cost(rho: Rho | None, r: torch.Tensor) -> float:

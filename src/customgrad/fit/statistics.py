@@ -19,6 +19,7 @@ import torch
 
 from .arrays import NUMPY, TORCH
 from .goodness import correlation
+from .reduction import reduce_local
 
 # Relative singular value below which a direction counts as not identifiable (numerically null),
 # and condition number above which standard errors are flagged as fragile.
@@ -78,19 +79,6 @@ def safe_column_norms(upper: torch.Tensor, xp: SimpleNamespace = TORCH) -> torch
     return largest * xp.sqrt(xp.sum((upper / safe[..., None, :]) ** 2, -2))
 
 
-def reduce_to_r(jacobian: torch.Tensor | np.ndarray) -> np.ndarray:
-    """The p x p upper-triangular R of J = QR (zero rows appended when n < p), float64 on the CPU.
-
-    R carries everything the covariance needs, J^T J = R^T R, in p^2 numbers: R's of data shards or
-    batches stack and reduce again.
-    """
-    matrix = torch.as_tensor(jacobian).detach().to(torch.float64)
-    rows, columns = matrix.shape
-    if rows < columns:
-        matrix = torch.cat([matrix, matrix.new_zeros(columns - rows, columns)])
-    return torch.linalg.qr(matrix, mode="r").R.cpu().numpy()
-
-
 def uncertainty(
     jacobian: torch.Tensor,
     cost: float,
@@ -109,7 +97,8 @@ def uncertainty(
     ``unit``. With ``values`` (the fitted parameters) and ``data_norm`` (||y||, weighted as J is), a
     parameter whose column is below `INSENSITIVE` of the data is not identifiable either.
     """
-    upper = reduce_to_r(jacobian)
+    # R carries everything the covariance needs, J^T J = R^T R, in p^2 numbers (`reduction`)
+    upper = reduce_local(torch.as_tensor(jacobian).detach().to(torch.float64)).cpu().numpy()
     if not np.isfinite(upper).all():
         return undetermined(names)
     if values is not None and data_norm is not None and data_norm > 0:
@@ -210,23 +199,15 @@ def _null_groups(null_rows: np.ndarray) -> list[list[int]]:
     From the projector N = V0 V0^T onto the null space: j takes part when N_jj > `NULL_COMPONENT`^2;
     i and j belong together when |N_ij| exceeds it too (connected components).
     """
-    if len(null_rows) == 0:
-        return []
     projector = null_rows.T @ null_rows
     threshold = NULL_COMPONENT**2
-    involved = [j for j in range(len(projector)) if projector[j, j] > threshold]
+    unseen = [j for j in range(len(projector)) if projector[j, j] > threshold]
     groups: list[list[int]] = []
-    unseen = set(involved)
-    for start in involved:
-        if start not in unseen:
-            continue
-        unseen.discard(start)
-        group, frontier = [start], [start]
-        while frontier:
-            i = frontier.pop()
-            linked = [j for j in sorted(unseen) if abs(projector[i, j]) > threshold]
-            unseen.difference_update(linked)
-            group.extend(linked)
-            frontier.extend(linked)
+    while unseen:
+        group = [unseen.pop(0)]
+        for i in group:  # (a breadth-first search: the group grows while it is walked)
+            linked = [j for j in unseen if abs(projector[i, j]) > threshold]
+            unseen = [j for j in unseen if j not in linked]
+            group += linked
         groups.append(sorted(group))
     return groups

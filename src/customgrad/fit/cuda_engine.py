@@ -33,17 +33,9 @@ import torch
 from .. import cache
 from ..errors import BackendError, UsageError
 from .lm import BatchOutcome
-from .native import (
-    HistoryTable,
-    _layouts,
-    _options,
-    _pointers,
-    _statistics_options,
-    problem_arrays,
-    problem_struct,
-)
+from .native import _layouts, _options, _statistics_options, batch_outcome, problem_struct
 from .native_library import solver_source
-from .status import CONVERGED, STATUSES, progress_message
+from .status import CONVERGED, progress_message
 
 # Threads per block (one curve each): few, as each holds a long-lived solver state.
 BLOCK = 64
@@ -273,17 +265,10 @@ class CudaSolver:
             raise NotBuilt("its GPU solver is not built yet (engine='native' builds it)")
         if self.kernels is None:
             raise BackendError(f"the native engine cannot compile model {problem.text!r}")
-        arrays = problem_arrays(problem, torch.float64)
-        columns, fixed, weights, mask, y, layout = arrays
-        names = layout.__dataclass_fields__
-        on_device = {name: torch.tensor(getattr(layout, name), device=self.device) for name in names}
-        pointers = [torch.from_numpy(_pointers(tensors).view(np.int64)).to(self.device) for tensors in (columns, fixed)]
         scales = getattr(problem, "scales", None)
         self.scales = None if scales is None else scales.to(self.device, torch.float64).contiguous()
-        self._keep = (columns, fixed, weights, mask, y, on_device, pointers)  # what the GPU reads
-        self.struct = problem_struct(
-            problem, arrays, lambda name: on_device[name].data_ptr(), lambda k: pointers[k].data_ptr()
-        )
+        on_device = lambda array: torch.tensor(array, device=self.device)  # noqa: E731
+        self.struct, self._keep = problem_struct(problem, on_device, torch.float64)  # (what the GPU reads)
 
     def solve(
         self,
@@ -302,35 +287,19 @@ class CudaSolver:
         `native.NativeSolver.solve`; tensors on the data's device (``saturated`` on the CPU, for
         indexing the CPU curve numbers)."""
         options = _options(ftol, xtol, gtol, max_steps, factor, saturation)
-        count, p = theta.shape
+        count = len(theta)
         solution = theta.to(self.device, torch.float64).contiguous().clone()
-        outputs = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in (
-            ((count,), torch.float64), ((count, 5), torch.int64), ((count, options.history), torch.float64),
-            ((count,), torch.int64))]  # fmt: skip
-        cost, counts, history, recorded = outputs
+        shapes = ((count,), torch.float64), ((count, 5), torch.int64), ((count, options.history), torch.float64)
+        outputs = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in shapes]
+        outputs.append(torch.empty(count, dtype=torch.int64, device=self.device))
 
         def progress(end: int) -> None:
             if advance is not None:
-                message = progress_message(
-                    int(torch.isin(counts[:end, 0].cpu(), torch.tensor(CONVERGED)).sum()), end, count
-                )
-                advance(message)
+                codes = outputs[1][:end, 0].cpu().numpy()
+                advance(progress_message(int(np.isin(codes, CONVERGED).sum()), end, count))
 
         self._launch("cg_lm_batch", options, index, [solution, *outputs], progress)
-        table, done = history.cpu().numpy(), recorded.cpu().numpy()
-        codes = counts[:, 0].tolist()
-        return BatchOutcome(
-            theta=solution.to(self.dtype),
-            status=[STATUSES[code] for code in codes],
-            cost=cost,
-            evaluations=counts[:, 1].clone(),
-            jacobians=counts[:, 2].clone(),
-            steps=counts[:, 3].clone(),
-            initial_cost=history[:, 0].clone(),
-            accepted=[],
-            histories=HistoryTable(table, done),
-            saturated=(counts[:, 4] != 0).cpu(),
-        )
+        return batch_outcome(solution.to(self.dtype), *outputs)
 
     def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p), as

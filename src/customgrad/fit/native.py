@@ -17,6 +17,7 @@ Its constants come from `lm` and `statistics` through `Options`, so the two engi
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import functools
 import math
@@ -245,7 +246,8 @@ def engine_for(
 
     ``engine`` "torch": None; "auto": None where ``reason`` (the caller's) or `unavailable` says it
     cannot run; where its library is missing and ``build`` is False (``count``: counted by `count_fit`),
-    the shared solver library with numpy rows (`native_library`; not with ``shared`` False), else None;
+    the shared solver library with numpy rows (`native_library`: not with ``shared`` False, nor for more
+    than `SHARED_MAX_CURVES` curves, nor where that library is not in the disk cache yet), else None;
     "native": built if need be, and where it cannot run a `UsageError` saying it cannot ``what`` and why.
     """
     if engine == "torch":
@@ -259,24 +261,13 @@ def engine_for(
             if isinstance(error, NotBuilt) and engine == "auto":
                 if count:
                     count_fit(problem)
-                solver = _with_python_rows(problem) if shared else None
-                if solver is not None:
-                    return solver
+                rows = shared and getattr(problem, "numpy_rows", None) is not None
+                if rows and problem.batch <= SHARED_MAX_CURVES:
+                    with contextlib.suppress(BackendError, OSError):
+                        return NativeSolver(problem, 1, build=False, python_rows=True)
     if engine == "native":
         raise UsageError(f"engine='native' cannot {what}: {reason}; use engine='torch' (or 'auto')")
     return None
-
-
-def _with_python_rows(problem) -> NativeSolver | None:
-    """The native engine on the one solver library, the model's rows computed by its generated numpy
-    (`native_library`): for a fit whose model's own library is not built; None where the model has no numpy
-    rows or that library is not in the disk cache yet (its build starts in the background)."""
-    if getattr(problem, "numpy_rows", None) is None or problem.batch > SHARED_MAX_CURVES:
-        return None
-    try:
-        return NativeSolver(problem, 1, build=False, python_rows=True)
-    except (BackendError, OSError):
-        return None
 
 
 def _layouts(problem) -> str:
@@ -335,6 +326,23 @@ class HistoryTable(Sequence):
         self.replaced[i] = history
 
 
+def batch_outcome(theta, cost, counts, history, recorded) -> BatchOutcome:
+    """The `lm.BatchOutcome` of `lm_batch`'s outputs (tensors on the solver's device): ``counts`` per curve
+    status, evaluations, jacobians, steps and saturated, ``history`` its costs (``recorded`` of them)."""
+    return BatchOutcome(
+        theta=theta,
+        status=[STATUSES[code] for code in counts[:, 0].tolist()],
+        cost=cost,
+        evaluations=counts[:, 1].clone(),
+        jacobians=counts[:, 2].clone(),
+        steps=counts[:, 3].clone(),
+        initial_cost=history[:, 0].clone(),
+        accepted=[],
+        histories=HistoryTable(history.cpu().numpy(), recorded.cpu().numpy()),
+        saturated=(counts[:, 4] != 0).cpu(),
+    )
+
+
 class NativeSolver:
     """``solve`` and ``errors`` for the curves of one `model.Model` (a single fit: one curve), by `native_lm.c`.
 
@@ -344,15 +352,13 @@ class NativeSolver:
 
     def __init__(self, problem, threads: int, *, build: bool = True, python_rows: bool = False):
         self.problem, self.threads = problem, max(1, threads)
-        arrays = problem_arrays(problem)
-        columns, fixed, weights, mask, y, layout = arrays
         self.rows = None
         if python_rows:  # one library for every model, the rows computed by its numpy (`native_library`)
             from . import native_library as rows
 
             self.library = rows.library(build=build)
-            inputs = tuple(kind in (SHARED_COLUMN, CURVE_COLUMN) for kind in layout.kind.tolist())
-            self.rows = rows.PythonRows(problem.numpy_rows, problem.numpy_values, inputs, len(problem.names) + 1)
+            columns = tuple(letter == "v" for letter in _layouts(problem))
+            self.rows = rows.PythonRows(problem.numpy_rows, problem.numpy_values, columns, len(problem.names) + 1)
         else:
             self.library = library(problem.function, problem.names, _layouts(problem), build=build)
         if self.library is None and not build:
@@ -361,12 +367,7 @@ class NativeSolver:
             raise BackendError(f"the native engine cannot compile model {problem.text!r}")
         scales = getattr(problem, "scales", None)
         self.scales = None if scales is None else np.ascontiguousarray(scales.cpu().numpy(), dtype=np.float64)
-        pointers = _pointers(columns), _pointers(fixed)
-        # every array the C side reads, kept alive as long as the solver
-        self._keep = {"layout": layout, "pointers": pointers, "tensors": (columns, fixed, weights, mask, y)}
-        self.struct = problem_struct(
-            problem, arrays, lambda name: getattr(layout, name).ctypes.data, lambda k: pointers[k].ctypes.data
-        )
+        self.struct, self._keep = problem_struct(problem, lambda array: array)  # (what C reads: kept alive)
 
     def solve(
         self,
@@ -379,55 +380,38 @@ class NativeSolver:
         max_steps: int,
         factor: float = 100.0,
         saturation: float = 0.0,
-        scales: np.ndarray | None = None,
         advance: Callable[[str], None] | None = None,
     ) -> BatchOutcome:
         """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p).
 
-        ``scales`` (one per curve of the problem, powers of two) multiply the residuals, for data whose
-        cost would overflow or underflow (default: the problem's ``scales``). The outcome's ``saturated``
-        flags the curves (not failed) where a parameter's relative sensitivity ||J_j|| max(|b_j|, 1)
-        fell below ``saturation`` ||y|| at the solution.
+        The outcome's ``saturated`` flags the curves (not failed) where a parameter's relative
+        sensitivity ||J_j|| max(|b_j|, 1) fell below ``saturation`` ||y|| at the solution.
         """
         options = _options(ftol, xtol, gtol, max_steps, factor, saturation)
-        self._use_scales(scales)
+        self._use_scales(self.scales)
         curves = np.ascontiguousarray(index.cpu().numpy(), dtype=np.int64)
         solution = np.ascontiguousarray(theta.cpu().numpy(), dtype=np.float64).copy()
-        cost, counts, history, recorded = self._run(curves, solution, options, advance)
-        return BatchOutcome(
-            theta=torch.from_numpy(solution),
-            status=[STATUSES[code] for code in counts[:, 0].tolist()],
-            cost=torch.from_numpy(cost),
-            evaluations=torch.from_numpy(counts[:, 1].copy()),
-            jacobians=torch.from_numpy(counts[:, 2].copy()),
-            steps=torch.from_numpy(counts[:, 3].copy()),
-            initial_cost=torch.from_numpy(history[:, 0].copy()),
-            accepted=[],
-            histories=HistoryTable(history, recorded),
-            saturated=torch.from_numpy(counts[:, 4] != 0),
-        )
+        return self._fit(curves, solution, options, advance)
 
-    def _run(self, curves: np.ndarray, solution: np.ndarray, options: _Options, advance) -> tuple:
-        """`lm_batch` over ``curves`` (solutions into ``solution``), in calls of `CALL_CURVES`:
-        the arrays cost, counts, history and recorded."""
+    def _fit(self, curves: np.ndarray, solution: np.ndarray, options: _Options, advance) -> BatchOutcome:
+        """`lm_batch` over ``curves`` from ``solution`` (which receives the solutions), in calls of
+        `CALL_CURVES`."""
         count = len(curves)
-        cost = np.empty(count)
-        counts = np.empty((count, 5), dtype=np.int64)
-        history = np.empty((count, options.history))
-        recorded = np.empty(count, dtype=np.int64)
+        integers = np.empty((count, 5), dtype=np.int64), np.empty(count, dtype=np.int64)
+        outputs = solution, np.empty(count), integers[0], np.empty((count, options.history)), integers[1]
         for begin in range(0, count, CALL_CURVES):
             end = min(begin + CALL_CURVES, count)
-            outputs = (solution, cost, counts, history, recorded)
             self._call("lm_batch", options, curves[begin:end], *(array[begin:].ctypes.data for array in outputs))
             if advance is not None:
-                message = progress_message(int(np.isin(counts[:end, 0], CONVERGED).sum()), end, count)
+                message = progress_message(int(np.isin(integers[0][:end, 0], CONVERGED).sum()), end, count)
                 for _ in range(end - begin):
                     advance(message)
-        return cost, counts, history, recorded
+        return batch_outcome(*map(torch.from_numpy, outputs))
 
     def _use_scales(self, scales: np.ndarray | None) -> None:
-        scales = self.scales if scales is None else np.ascontiguousarray(scales, dtype=np.float64)
-        self._keep["scales"] = scales
+        """Residuals times ``scales`` (one per curve of the problem, powers of two, where the cost would
+        overflow or underflow; None: 1)."""
+        self._scales = scales  # (kept alive while C reads it)
         self.struct.scales = None if scales is None else scales.ctypes.data
 
     def solve_one(self, theta: torch.Tensor, scale: float, factor: float, **tolerances) -> Outcome:
@@ -437,19 +421,10 @@ class NativeSolver:
         history = min(tolerances["max_steps"] + 2, SINGLE_HISTORY_LIMIT)
         options = _options(factor=factor, saturation=plateau.SATURATION, history=history, **tolerances)
         self._use_scales(np.array([scale]))
-        solution = np.array(theta.tolist())
-        cost, counts, history, recorded = self._run(np.zeros(1, dtype=np.int64), solution, options, None)
-        status, evaluations, jacobians, steps, saturated = counts[0].tolist()
-        return Outcome(
-            theta=torch.from_numpy(solution),
-            status=STATUSES[status],
-            cost=float(cost[0]),
-            evaluations=evaluations,
-            jacobians=jacobians,
-            steps=steps,
-            history=HistoryTable(history, recorded)[0],
-            saturated=bool(saturated) and STATUSES[status] != "nonfinite",
-        )
+        outcome = self._fit(np.zeros(1, dtype=np.int64), np.array([theta.tolist()]), options, None)
+        single = outcome.one(0)
+        single.saturated = bool(outcome.saturated[0]) and single.status != "nonfinite"
+        return single
 
     def report(self, values: torch.Tensor, scale: float, dof: int, absolute: bool) -> Report:
         """The statistics of the single curve at parameter ``values`` (p,), residuals times ``scale``:
@@ -483,7 +458,7 @@ class NativeSolver:
     def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p), costs in
         the units of the problem's ``scales``."""
-        self._use_scales(None)
+        self._use_scales(self.scales)
         count, p = values.shape
         curves = np.arange(count, dtype=np.int64)
         at = np.ascontiguousarray(values.cpu().numpy(), dtype=np.float64)
@@ -511,10 +486,11 @@ class NativeSolver:
             raise MemoryError("the native fit engine ran out of memory")
 
 
-def problem_arrays(problem, dtype: torch.dtype | None = None) -> tuple:
-    """What `native_lm.c`'s Problem points to, on the data's device: the data columns, the fixed values
-    (B,) each, the weights (or None), the mask as uint8 (or None, all points count), y, and the
-    `_Layout`; the floating ones converted to ``dtype`` when given."""
+def problem_struct(problem, place: Callable[[np.ndarray], object], dtype: torch.dtype | None = None) -> tuple:
+    """`native_lm.c`'s Problem of ``problem`` wherever the solver reads it (host or GPU), and what it
+    points to (to keep alive): the data on their device (floating ones converted to ``dtype`` when
+    given), the `_Layout` and the tables of column and fixed-value pointers put there by ``place``
+    (a numpy array to something with a ``data_ptr`` or ``ctypes.data``)."""
     floating = (lambda tensor: tensor.contiguous()) if dtype is None else (lambda tensor: tensor.to(dtype).contiguous())
     columns = [floating(column) for column in problem.data.values()]
     fixed = [floating(value[:, 0]) for value in problem.fixed.values()]
@@ -523,32 +499,27 @@ def problem_arrays(problem, dtype: torch.dtype | None = None) -> tuple:
     layout = _layout(problem.function, problem.names, tuple(problem.data), tuple(problem.fixed), shared, bounds)
     weights = None if problem.weights is None else floating(problem.weights)
     mask = None if not problem.masked else problem.mask.contiguous().view(torch.uint8)
-    return columns, fixed, weights, mask, floating(problem.y), layout
-
-
-def problem_struct(
-    problem, arrays: tuple, layout_address: Callable[[str], int], pointer_address: Callable[[int], int]
-) -> _Problem:
-    """`native_lm.c`'s Problem over ``arrays`` (`problem_arrays`), wherever the solver reads them (host
-    or GPU): ``layout_address(name)`` is the address of the layout's array ``name``, ``pointer_address(k)``
-    that of the table of column (0) or fixed-value (1) pointers."""
-    columns, fixed, weights, mask, y, layout = arrays
-    return _Problem(
+    y = floating(problem.y)
+    placed = {name: place(getattr(layout, name)) for name in ("kind", "slot", "bound", "lower", "upper")}
+    for name, tensors in (("columns", columns), ("fixed", fixed)):
+        pointers = np.asarray([tensor.data_ptr() for tensor in tensors], dtype=np.int64)
+        placed[name] = place(pointers) if len(tensors) else None
+    address = {name: None if array is None else _address(array) for name, array in placed.items()}
+    struct = _Problem(
         points=problem.y.shape[-1],
         p=len(problem.names),
         inputs=len(layout.kind),
-        kind=layout_address("kind"),
-        slot=layout_address("slot"),
-        columns=pointer_address(0) if len(columns) else None,
-        fixed=pointer_address(1) if len(fixed) else None,
         y=y.data_ptr(),
         weights=None if weights is None else weights.data_ptr(),
         weights_per_curve=int(weights is not None and weights.shape[0] != 1),
         mask=None if mask is None else mask.data_ptr(),
-        bound=layout_address("bound"),
-        lower=layout_address("lower"),
-        upper=layout_address("upper"),
+        **address,
     )
+    return struct, (columns, fixed, weights, mask, y, placed)
+
+
+def _address(array) -> int:
+    return array.ctypes.data if isinstance(array, np.ndarray) else array.data_ptr()
 
 
 @dataclass
@@ -604,7 +575,3 @@ def _bound(spec) -> tuple[int, float, float]:
     if math.isfinite(lo) and math.isfinite(hi):
         return BOTH, lo, hi
     return (LOWER, lo, 0.0) if math.isfinite(lo) else (UPPER, 0.0, hi)
-
-
-def _pointers(tensors: list[torch.Tensor]) -> np.ndarray:
-    return np.asarray([tensor.data_ptr() for tensor in tensors], dtype=np.uint64)

@@ -30,10 +30,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import cache
 from ..errors import BackendError, UsageError
 from .lm import BatchOutcome
-from .native import _layouts, _options, _statistics_options, batch_outcome, problem_struct
+from .native import (
+    NotBuilt,
+    _layouts,
+    _options,
+    _statistics_options,
+    batch_outcome,
+    cached,
+    glue,
+    model_key,
+    model_sources,
+    problem_struct,
+)
 from .native_library import solver_source
 from .status import CONVERGED, progress_message
 
@@ -91,30 +101,21 @@ extern "C" __global__ void cg_work_words(const Problem *P, const Options *O, int
 """
 
 
-def _device_glue(namespace: str, entry: str, inputs: int, outputs: int) -> str:
-    """A device function calling ``namespace::kernel`` over one curve of n points from arrays of pointers."""
-    arguments = ", ".join([f"in[{k}]" for k in range(inputs)] + [f"out[{k}]" for k in range(outputs)])
-    return (
-        f"static __device__ void {entry}(const double *const *in, double *const *out, int64_t n) "
-        f"{{ {namespace}::kernel(n, n, 1, {arguments}); }}\n"
-    )
-
-
 def cuda_source(function, free: tuple[str, ...], layouts: str) -> str | None:
     """The CUDA translation unit of a formula model's solver: `PRELUDE`, the model's rows and values as
     device functions, the glue, `native_lm.c` and `WORDS_ENTRY`; None where C cannot print the model."""
     from ..codegen.c import device_source  # SymPy's printer: only when building
 
-    rows, values = function.c_source(free, False, layouts), function.c_source((), False, layouts)
-    if rows is None or values is None:
+    model = model_sources(function, free, layouts)
+    if model is None:
         return None
-    inputs = len(layouts)
+    inputs, rows, values = len(layouts), *model
     parts = [
         PRELUDE,
         "namespace cg_rows {\n" + device_source(rows) + "}\n",
         "namespace cg_values {\n" + device_source(values) + "}\n",
-        _device_glue("cg_rows", "cg_model_rows", inputs, len(free) + 1),
-        _device_glue("cg_values", "cg_model_values", inputs, 1),
+        glue("cg_model_rows", "cg_rows::kernel", inputs, len(free) + 1, "static __device__ "),
+        glue("cg_model_values", "cg_values::kernel", inputs, 1, "static __device__ "),
         solver_source(),
         WORDS_ENTRY,
     ]
@@ -159,10 +160,6 @@ def engine_for(problem, engine: str, *, build: bool, what: str):
     return None
 
 
-class NotBuilt(BackendError):
-    """The model's GPU solver is not built yet, and this call may not build it."""
-
-
 def kernels(function, free: tuple[str, ...], layouts: str, device: torch.device, *, build: bool) -> dict | None:
     """The solver's kernels (`ENTRIES`) for a model, free parameters and layouts on ``device``'s
     architecture: loaded before, else from the disk cache, else (with ``build``) compiled by NVRTC and
@@ -177,16 +174,14 @@ def kernels(function, free: tuple[str, ...], layouts: str, device: torch.device,
         return found
     from torch.cuda._utils import _cuda_load_module
 
-    disk = None if function.cache_key is None else [function.cache_key, " ".join(free), layouts]
-    disk = disk and [*disk, architecture, str(torch.version.cuda), *NVRTC_OPTIONS]
-    binary = cache.load(_NAMESPACE, disk) if disk else None
-    if binary is None:
-        source = cuda_source(function, free, layouts) if build else None
-        if source is None:  # not to be built here, or C cannot print the model
-            return None
-        binary = nvrtc_compile(source, architecture)
-        if disk:
-            cache.store(_NAMESPACE, disk, binary)
+    def compiled() -> bytes | None:
+        source = cuda_source(function, free, layouts)
+        return None if source is None else nvrtc_compile(source, architecture)
+
+    disk = model_key(function, free, layouts, architecture, str(torch.version.cuda), *NVRTC_OPTIONS)
+    binary = cached(_NAMESPACE, disk, compiled if build else None)
+    if binary is None:  # not to be built here, or C cannot print the model
+        return None
     with torch.cuda.device(device):
         loaded = _cuda_load_module(binary, list(ENTRIES))
     with _LOCK:

@@ -179,15 +179,37 @@ def _host_solver_source() -> str:
     return "\n".join([solver_source(), *((here / name).read_text() for name in ("global_native.c", "global_rows.c"))])
 
 
-def _glue(symbol: str, entry: str, inputs: int, outputs: int) -> str:
-    """C calling generated kernel ``symbol`` over one curve of n points from arrays of pointers."""
-    parameters = ", ".join(["const double*"] * inputs + ["double*"] * outputs)
+def glue(entry: str, call: str, inputs: int, outputs: int, qualifier: str = "") -> str:
+    """C function ``entry`` calling generated kernel ``call`` over one curve of n points from arrays of pointers."""
     arguments = ", ".join([f"in[{k}]" for k in range(inputs)] + [f"out[{k}]" for k in range(outputs)])
     return (
-        f"void {symbol}(int64_t n, int64_t inner, int threads, {parameters});\n"
-        f"void {entry}(const double *const *in, double *const *out, int64_t n) "
-        f"{{ {symbol}(n, n, 1, {arguments}); }}\n"
+        f"{qualifier}void {entry}(const double *const *in, double *const *out, int64_t n) "
+        f"{{ {call}(n, n, 1, {arguments}); }}\n"
     )
+
+
+def model_sources(function, free: tuple[str, ...], layouts: str) -> tuple[str, str] | None:
+    """The model's generated C (`FormulaModel.c_source`) of its rows [df/db_j, f] and of its values f;
+    None where C cannot print it."""
+    rows, values = function.c_source(free, False, layouts), function.c_source((), False, layouts)
+    return None if rows is None or values is None else (rows, values)
+
+
+def cached(namespace: str, key: list[str] | None, build: Callable[[], bytes | None] | None) -> bytes | None:
+    """The disk cache's bytes under ``key`` (None: the model has no cache key), else ``build()`` stored
+    there; None where neither gives any (no ``build``, or it gives None)."""
+    data = cache.load(namespace, key) if key else None
+    if data is None and build is not None:
+        data = build()
+        if data is not None and key:
+            cache.store(namespace, key, data)
+    return data
+
+
+def model_key(function, free: tuple[str, ...], layouts: str, *build: str) -> list[str] | None:
+    """The disk cache key of a model's solver for its free parameters, input layouts and ``build``
+    settings; None where the model has no cache key."""
+    return None if function.cache_key is None else [function.cache_key, " ".join(free), layouts, *build]
 
 
 def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ctypes.CDLL | None:
@@ -205,17 +227,12 @@ def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ct
         return None
     from ..backends.cpu import compiler_identity, open_library
 
-    disk = None if function.cache_key is None else [function.cache_key, " ".join(free), layouts, *FLAGS]
-    data = cache.load(_NAMESPACE, [*disk, compiler_identity()]) if disk else None
+    disk = model_key(function, free, layouts, *FLAGS, compiler_identity())
+    data = cached(_NAMESPACE, disk, (lambda: _compiled(function, free, layouts)) if build else None)
     if data is None:
         if not build:
             _ABSENT.add(absent)  # a loop of one-off fits looks on disk once (`count_fit` builds it later)
-            return None
-        data = _compiled(function, free, layouts)
-        if data is None:
-            return None
-        if disk:
-            cache.store(_NAMESPACE, [*disk, compiler_identity()], data)
+        return None
     loaded = prepared(open_library(data))
     with _LOCK:
         return _LIBRARIES.setdefault(key, loaded)
@@ -223,20 +240,28 @@ def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ct
 
 def _compiled(function, free: tuple[str, ...], layouts: str) -> bytes | None:
     """The library's bytes: the model's rows and values, the glue and the solver (None: C cannot print it)."""
-    rows, values = function.c_source(free, False, layouts), function.c_source((), False, layouts)
-    if rows is None or values is None:
+    model = model_sources(function, free, layouts)
+    if model is None:
         return None
+    sources = [f"#define kernel {name}\n{source}" for name, source in zip(("rows_kernel", "values_kernel"), model)]
     inputs = len(layouts)
-    glue = "#include <stdint.h>\n" + _glue("rows_kernel", "cg_model_rows", inputs, len(free) + 1)
-    glue += _glue("values_kernel", "cg_model_values", inputs, 1)
-    sources = ["#define kernel rows_kernel\n" + rows, "#define kernel values_kernel\n" + values, glue]
+    rows = _declared_glue("cg_model_rows", "rows_kernel", inputs, len(free) + 1)
+    sources.append("#include <stdint.h>\n" + rows + _declared_glue("cg_model_values", "values_kernel", inputs, 1))
     from ..backends.cpu import library_bytes
 
     return library_bytes([*sources, _host_solver_source()], f"native fit of {function.text}", FLAGS)
 
 
+def _declared_glue(entry: str, kernel: str, inputs: int, outputs: int) -> str:
+    """The declaration of generated kernel ``kernel`` (in its own translation unit), then `glue` calling it."""
+    parameters = ", ".join(["const double*"] * inputs + ["double*"] * outputs)
+    return f"void {kernel}(int64_t n, int64_t inner, int threads, {parameters});\n" + glue(
+        entry, kernel, inputs, outputs
+    )
+
+
 class NotBuilt(BackendError):
-    """The model's library is not built yet, and this call may not build it."""
+    """The model's solver (CPU, or GPU: `cuda_engine`) is not built yet, and this call may not build it."""
 
 
 def engine_for(

@@ -24,20 +24,16 @@ import functools
 import sys
 import threading
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import BackendError, UsageError
-from .lm import BatchOutcome
 from .native import (
+    CurveSolver,
     NotBuilt,
     _layouts,
-    _options,
-    _statistics_options,
-    batch_outcome,
     cached,
     glue,
     model_key,
@@ -245,11 +241,11 @@ def _device_bytes(struct: ctypes.Structure, device: torch.device) -> torch.Tenso
     return torch.frombuffer(bytearray(bytes(struct)), dtype=torch.uint8).to(device)
 
 
-class CudaSolver:
-    """``solve`` and ``errors`` for the curves of one `model.Model` on a CUDA device, by `native_lm.c`
-    compiled for it; results on that device (float32 data: widened for the fit, results float32).
+class CudaSolver(CurveSolver):
+    """`native.CurveSolver` on a CUDA device, by `native_lm.c` compiled for it (float32 data: widened for
+    the fit, results float32).
 
-    Raises `NotBuilt` without ``build`` when the solver is not compiled yet, `BackendError` when C
+    Raises `native.NotBuilt` without ``build`` when the solver is not compiled yet, `BackendError` when C
     cannot print the model, RuntimeError when NVRTC fails.
     """
 
@@ -265,53 +261,9 @@ class CudaSolver:
         on_device = lambda array: torch.tensor(array, device=self.device)  # noqa: E731
         self.struct, self._keep = problem_struct(problem, on_device, torch.float64)  # (what the GPU reads)
 
-    def solve(
-        self,
-        index: torch.Tensor,
-        theta: torch.Tensor,
-        *,
-        ftol: float,
-        xtol: float,
-        gtol: float,
-        max_steps: int,
-        factor: float = 100.0,
-        saturation: float = 0.0,
-        advance: Callable[[str], None] | None = None,
-    ) -> BatchOutcome:
-        """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p), as
-        `native.NativeSolver.solve`; tensors on the data's device (``saturated`` on the CPU, for
-        indexing the CPU curve numbers)."""
-        options = _options(ftol, xtol, gtol, max_steps, factor, saturation)
-        count = len(theta)
-        solution = theta.to(self.device, torch.float64).contiguous().clone()
-        shapes = ((count,), torch.float64), ((count, 5), torch.int64), ((count, options.history), torch.float64)
-        outputs = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in shapes]
-        outputs.append(torch.empty(count, dtype=torch.int64, device=self.device))
-
-        def progress(end: int) -> None:
-            if advance is not None:
-                codes = outputs[1][:end, 0].cpu().numpy()
-                advance(progress_message(int(np.isin(codes, CONVERGED).sum()), end, count))
-
-        self._launch("cg_lm_batch", options, index, [solution, *outputs], progress)
-        return batch_outcome(solution.to(self.dtype), *outputs)
-
-    def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p), as
-        `native.NativeSolver.errors`, on the data's device in its dtype."""
-        count, p = values.shape
-        at = values.to(self.device, torch.float64).contiguous()
-        freedom = dof.to(self.device, torch.float64).contiguous()
-        stderr = torch.empty((count, p), dtype=torch.float64, device=self.device)
-        cost = torch.empty(count, dtype=torch.float64, device=self.device)
-        index = torch.arange(count, device=self.device)
-        self._launch("cg_lm_errors", _statistics_options(), index, [at, freedom, stderr, cost], None, scaled=False)
-        return stderr.to(self.dtype), cost.to(self.dtype)
-
-    def _launch(self, entry: str, options, index: torch.Tensor, arrays: list, progress, *, scaled: bool = True):
-        """``entry`` over curves ``index``, in chunks that fit the free GPU memory; ``arrays``: the entry's
-        own per-curve arguments (row k for curve index[k]), sliced per chunk."""
-        self.struct.scales = self.scales.data_ptr() if scaled and self.scales is not None else None
+    def _run(self, entry: str, options, index: torch.Tensor, arrays: list, advance) -> None:
+        """`native.CurveSolver._run` by the kernel ``cg_<entry>``, in chunks of curves that fit the free GPU
+        memory, the progress bar advanced once per chunk."""
         problem, settings = _device_bytes(self.struct, self.device), _device_bytes(options, self.device)
         index = index.to(self.device, torch.int64).contiguous()
         words = self.work_words(problem, settings)
@@ -319,7 +271,7 @@ class CudaSolver:
         free, _ = torch.cuda.mem_get_info(self.device)
         chunk = chunk_curves(count, words * 8, free)
         workspace = torch.zeros(chunk * words, dtype=torch.float64, device=self.device)
-        run = self.kernels[entry]
+        run = self.kernels[f"cg_{entry}"]
         for begin in range(0, count, chunk):
             end = min(begin + chunk, count)
             blocks = (end - begin + BLOCK - 1) // BLOCK
@@ -329,8 +281,9 @@ class CudaSolver:
                 block=(BLOCK, 1, 1),
                 args=[problem, settings, index[begin:], end - begin, workspace, words, *rows],
             )
-            if progress is not None:
-                progress(end)
+            if advance is not None:
+                codes = arrays[2][:end, 0].cpu().numpy()  # (lm_batch's counts)
+                advance(progress_message(int(np.isin(codes, CONVERGED).sum()), end, count))
         torch.cuda.synchronize(self.device)
 
     def work_words(self, problem: torch.Tensor, settings: torch.Tensor) -> int:

@@ -368,8 +368,55 @@ def batch_outcome(theta, cost, counts, history, recorded) -> BatchOutcome:
     )
 
 
-class NativeSolver:
-    """``solve`` and ``errors`` for the curves of one `model.Model` (a single fit: one curve), by `native_lm.c`.
+class CurveSolver:
+    """``solve`` and ``errors`` for the curves of one `model.Model` by `native_lm.c`, on the CPU
+    (`NativeSolver`) or a GPU (`cuda_engine.CudaSolver`): results on the data's ``device`` in its ``dtype``."""
+
+    device, dtype, scales, struct = torch.device("cpu"), torch.float64, None, None
+
+    def solve(
+        self, index: torch.Tensor, theta: torch.Tensor, *, factor=100.0, saturation=0.0, advance=None, **tolerances
+    ) -> BatchOutcome:
+        """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p) with the ``tolerances``
+        ftol, xtol, gtol and max_steps. The outcome's ``saturated`` (on the CPU) flags the curves (not
+        failed) where a parameter's relative sensitivity ||J_j|| max(|b_j|, 1) fell below ``saturation``
+        ||y|| at the solution."""
+        self._use_scales(self.scales)
+        return self._fit(index, theta, _options(factor=factor, saturation=saturation, **tolerances), advance)
+
+    def _fit(self, index: torch.Tensor, theta: torch.Tensor, options: _Options, advance) -> BatchOutcome:
+        count = len(theta)
+        solution = theta.to(self.device, torch.float64).contiguous().clone()
+        shapes = ((count,), torch.float64), ((count, 5), torch.int64), ((count, options.history), torch.float64)
+        outputs = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in shapes]
+        outputs.append(torch.empty(count, dtype=torch.int64, device=self.device))
+        self._run("lm_batch", options, index, [solution, *outputs], advance)
+        return batch_outcome(solution.to(self.dtype), *outputs)
+
+    def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p) with ``dof``
+        degrees of freedom, costs in the units of the problem's ``scales``."""
+        self._use_scales(self.scales)
+        count, p = values.shape
+        at, freedom = (tensor.to(self.device, torch.float64).contiguous() for tensor in (values, dof))
+        stderr, cost = (torch.empty(shape, dtype=torch.float64, device=self.device) for shape in ((count, p), count))
+        self._run("lm_errors", _statistics_options(), torch.arange(count), [at, freedom, stderr, cost], None)
+        return stderr.to(self.dtype), cost.to(self.dtype)
+
+    def _use_scales(self, scales: torch.Tensor | None) -> None:
+        """Residuals times ``scales`` (float64, one per curve of the problem, powers of two, where the cost
+        would overflow or underflow; None: 1)."""
+        self._scales = scales  # (kept alive while the solver reads it)
+        self.struct.scales = None if scales is None else scales.data_ptr()
+
+    def _run(self, entry: str, options: _Options, index: torch.Tensor, arrays: list, advance) -> None:
+        """`native_lm.c`'s ``entry`` over curves ``index`` with ``arrays``, its per-curve arguments (row k
+        for curve index[k]); ``advance`` the progress bar's."""
+        raise NotImplementedError
+
+
+class NativeSolver(CurveSolver):
+    """`CurveSolver` on the CPU (a single fit: one curve), by the model's library or the shared one.
 
     Raises `BackendError` when the library cannot be built, or without ``build`` is not built yet
     (see `unavailable` first).
@@ -391,53 +438,20 @@ class NativeSolver:
         if self.library is None:
             raise BackendError(f"the native engine cannot compile model {problem.text!r}")
         scales = getattr(problem, "scales", None)
-        self.scales = None if scales is None else np.ascontiguousarray(scales.cpu().numpy(), dtype=np.float64)
+        self.scales = None if scales is None else scales.to(torch.float64).contiguous()
         self.struct, self._keep = problem_struct(problem, lambda array: array)  # (what C reads: kept alive)
 
-    def solve(
-        self,
-        index: torch.Tensor,
-        theta: torch.Tensor,
-        *,
-        ftol: float,
-        xtol: float,
-        gtol: float,
-        max_steps: int,
-        factor: float = 100.0,
-        saturation: float = 0.0,
-        advance: Callable[[str], None] | None = None,
-    ) -> BatchOutcome:
-        """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p).
-
-        The outcome's ``saturated`` flags the curves (not failed) where a parameter's relative
-        sensitivity ||J_j|| max(|b_j|, 1) fell below ``saturation`` ||y|| at the solution.
-        """
-        options = _options(ftol, xtol, gtol, max_steps, factor, saturation)
-        self._use_scales(self.scales)
-        curves = np.ascontiguousarray(index.cpu().numpy(), dtype=np.int64)
-        solution = np.ascontiguousarray(theta.cpu().numpy(), dtype=np.float64).copy()
-        return self._fit(curves, solution, options, advance)
-
-    def _fit(self, curves: np.ndarray, solution: np.ndarray, options: _Options, advance) -> BatchOutcome:
-        """`lm_batch` over ``curves`` from ``solution`` (which receives the solutions), in calls of
-        `CALL_CURVES`."""
-        count = len(curves)
-        integers = np.empty((count, 5), dtype=np.int64), np.empty(count, dtype=np.int64)
-        outputs = solution, np.empty(count), integers[0], np.empty((count, options.history)), integers[1]
+    def _run(self, entry: str, options: _Options, index: torch.Tensor, arrays: list, advance) -> None:
+        """`CurveSolver._run` in calls of `CALL_CURVES` curves, the progress bar advanced between them."""
+        curves, count = index.to(torch.int64).contiguous(), len(index)
         for begin in range(0, count, CALL_CURVES):
             end = min(begin + CALL_CURVES, count)
-            self._call("lm_batch", options, curves[begin:end], *(array[begin:].ctypes.data for array in outputs))
+            self._call(entry, options, curves[begin:end], *(array[begin:].data_ptr() for array in arrays))
             if advance is not None:
-                message = progress_message(int(np.isin(integers[0][:end, 0], CONVERGED).sum()), end, count)
+                codes = arrays[2][:end, 0].numpy()  # (lm_batch's counts)
+                message = progress_message(int(np.isin(codes, CONVERGED).sum()), end, count)
                 for _ in range(end - begin):
                     advance(message)
-        return batch_outcome(*map(torch.from_numpy, outputs))
-
-    def _use_scales(self, scales: np.ndarray | None) -> None:
-        """Residuals times ``scales`` (one per curve of the problem, powers of two, where the cost would
-        overflow or underflow; None: 1)."""
-        self._scales = scales  # (kept alive while C reads it)
-        self.struct.scales = None if scales is None else scales.ctypes.data
 
     def solve_one(self, theta: torch.Tensor, scale: float, factor: float, **tolerances) -> Outcome:
         """A single fit (a batch of one curve) from ``theta`` (p,), residuals times ``scale``: `lm.Outcome`,
@@ -445,8 +459,8 @@ class NativeSolver:
         # one curve: its whole history as the torch engine keeps it, up to SINGLE_HISTORY_LIMIT costs
         history = min(tolerances["max_steps"] + 2, SINGLE_HISTORY_LIMIT)
         options = _options(factor=factor, saturation=plateau.SATURATION, history=history, **tolerances)
-        self._use_scales(np.array([scale]))
-        outcome = self._fit(np.zeros(1, dtype=np.int64), np.array([theta.tolist()]), options, None)
+        self._use_scales(torch.tensor([scale], dtype=torch.float64))
+        outcome = self._fit(torch.zeros(1, dtype=torch.int64), theta.unsqueeze(0), options, None)
         single = outcome.one(0)
         single.saturated = bool(outcome.saturated[0]) and single.status != "nonfinite"
         return single
@@ -456,22 +470,16 @@ class NativeSolver:
         the cost ||r||^2, ||y / sigma||, the predictions f, and `statistics.uncertainty` (the
         covariance from the R of the weighted Jacobian; ``dof`` degrees of freedom, ``absolute``
         sigma), all in one C call."""
-        self._use_scales(np.array([scale]))
+        self._use_scales(torch.tensor([scale], dtype=torch.float64))
         p, n = len(self.problem.names), self.problem.y.shape[-1]
         at, freedom = np.array(values.tolist()), np.array([float(dof)])
         scalars, fitted, finite = np.empty(2), np.empty(n), np.empty(1, dtype=np.int64)
-        matrices, s = np.empty((3, p, p)), np.empty((2, p))
-        covariance, correlation, vt = matrices
-        stderr, singular = s
-        report = _Report(
-            at.ctypes.data,
-            freedom.ctypes.data,
-            int(absolute),
-            statistics.INSENSITIVE,
-            *(array.ctypes.data for array in (scalars[:1], scalars[1:], fitted, covariance, correlation)),
-            *(array.ctypes.data for array in (stderr, singular, vt, finite)),
-        )
-        self._call("lm_report", _statistics_options(), np.zeros(1, dtype=np.int64), ctypes.byref(report))
+        covariance, correlation, vt = np.empty((3, p, p))
+        stderr, singular = np.empty((2, p))
+        outputs = (scalars[:1], scalars[1:], fitted, covariance, correlation, stderr, singular, vt, finite)
+        arguments = (at.ctypes.data, freedom.ctypes.data, int(absolute), statistics.INSENSITIVE)
+        report = _Report(*arguments, *(array.ctypes.data for array in outputs))
+        self._call("lm_report", _statistics_options(), torch.zeros(1, dtype=torch.int64), ctypes.byref(report))
         names = self.problem.names
         spread = (
             statistics.with_null_groups(covariance, stderr, correlation, singular, vt, names)
@@ -480,32 +488,19 @@ class NativeSolver:
         )
         return Report(float(scalars[0]), float(scalars[1]), fitted, spread)
 
-    def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p), costs in
-        the units of the problem's ``scales``."""
-        self._use_scales(self.scales)
-        count, p = values.shape
-        curves = np.arange(count, dtype=np.int64)
-        at = np.ascontiguousarray(values.cpu().numpy(), dtype=np.float64)
-        freedom = np.ascontiguousarray(dof.cpu().numpy(), dtype=np.float64)
-        stderr, cost = np.empty((count, p)), np.empty(count)
-        outputs = (at, freedom, stderr, cost)
-        self._call("lm_errors", _statistics_options(), curves, *(array.ctypes.data for array in outputs))
-        return torch.from_numpy(stderr), torch.from_numpy(cost)
-
-    def _call(self, entry: str, options: _Options, curves: np.ndarray, *arguments) -> None:
+    def _call(self, entry: str, options: _Options, curves: torch.Tensor, *arguments) -> None:
         """The library's ``entry`` over ``curves`` (int64) with this problem, ``options`` and the entry's
         own ``arguments`` (C runs one curve on one thread)."""
         problem, settings = ctypes.byref(self.struct), ctypes.byref(options)
         run = getattr(self.library, entry)
         if self.rows is None:
-            done = run(problem, settings, curves.ctypes.data, len(curves), self.threads, *arguments)
+            done = run(problem, settings, curves.data_ptr(), len(curves), self.threads, *arguments)
         else:
             from .native_library import LOCK
 
             with LOCK, np.errstate(all="ignore"):  # the solver handles non-finite points itself
                 self.rows.set_in(self.library)
-                done = run(problem, settings, curves.ctypes.data, len(curves), 1, *arguments)
+                done = run(problem, settings, curves.data_ptr(), len(curves), 1, *arguments)
             self.rows.raise_interrupt()
         if done != 0:
             raise MemoryError("the native fit engine ran out of memory")

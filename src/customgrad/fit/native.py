@@ -23,6 +23,7 @@ import functools
 import math
 import os
 import threading
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,50 +77,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
+def _fields(kind, names: str) -> list[tuple[str, type]]:
+    """ctypes fields of type ``kind``, one per word of ``names``."""
+    return [(name, kind) for name in names.split()]
+
+
 class _Problem(ctypes.Structure):
+    """`native_lm.c`'s Problem (its comments say what each field holds)."""
+
     _fields_ = [
-        ("points", ctypes.c_int64),
-        ("p", ctypes.c_int64),
-        ("inputs", ctypes.c_int64),
-        ("kind", ctypes.c_void_p),
-        ("slot", ctypes.c_void_p),
-        ("columns", ctypes.c_void_p),
-        ("fixed", ctypes.c_void_p),
-        ("y", ctypes.c_void_p),
-        ("weights", ctypes.c_void_p),
-        ("weights_per_curve", ctypes.c_int64),
-        ("mask", ctypes.c_void_p),
-        ("scales", ctypes.c_void_p),
-        ("bound", ctypes.c_void_p),
-        ("lower", ctypes.c_void_p),
-        ("upper", ctypes.c_void_p),
+        *_fields(ctypes.c_int64, "points p inputs"),
+        *_fields(ctypes.c_void_p, "kind slot columns fixed y weights"),
+        *_fields(ctypes.c_int64, "weights_per_curve"),
+        *_fields(ctypes.c_void_p, "mask scales bound lower upper"),
     ]
 
 
-_REAL_OPTIONS = (
-    "ftol",
-    "xtol",
-    "gtol",
-    "factor",
-    "rank_tolerance",
-    "drift_tolerance",
-    "polish_slack",
-    "probe",
-    "acceleration_ratio",
-    "unexploited_share",
-    "visible_step",
-    "statistics_rank_tolerance",
-    "null_component",
-    "saturation",
-    "shrunk",
-    "column_shrunk",
-)
-_INTEGER_OPTIONS = ("max_steps", "geodesic", "history", "drift_window", "nonfinite_retries", "polished")
-
-
 class _Options(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_double) for name in _REAL_OPTIONS] + [
-        (name, ctypes.c_int64) for name in _INTEGER_OPTIONS
+    """`native_lm.c`'s Options: a fit's settings and the constants of `lm` and `statistics` (see `_options`)."""
+
+    _fields_ = [
+        *_fields(ctypes.c_double, "ftol xtol gtol factor rank_tolerance drift_tolerance polish_slack probe"),
+        *_fields(ctypes.c_double, "acceleration_ratio unexploited_share visible_step statistics_rank_tolerance"),
+        *_fields(ctypes.c_double, "null_component saturation shrunk column_shrunk"),
+        *_fields(ctypes.c_int64, "max_steps geodesic history drift_window nonfinite_retries polished"),
     ]
 
 
@@ -129,13 +110,13 @@ def _statistics_options() -> _Options:
 
 
 class _Report(ctypes.Structure):
+    """`native_lm.c`'s Report: where `lm_report` writes a single fit's statistics."""
+
     _fields_ = [
-        ("values", ctypes.c_void_p),
-        ("dof", ctypes.c_void_p),
-        ("absolute", ctypes.c_int64),
-        ("insensitive", ctypes.c_double),
-        *[(name, ctypes.c_void_p) for name in ("cost", "norm", "fitted", "covariance", "correlation")],
-        *[(name, ctypes.c_void_p) for name in ("stderr", "s", "vt", "finite")],
+        *_fields(ctypes.c_void_p, "values dof"),
+        *_fields(ctypes.c_int64, "absolute"),
+        *_fields(ctypes.c_double, "insensitive"),
+        *_fields(ctypes.c_void_p, "cost norm fitted covariance correlation stderr s vt finite"),
     ]
 
 
@@ -509,7 +490,7 @@ class NativeSolver(CurveSolver):
 def problem_struct(problem, place: Callable[[np.ndarray], object], dtype: torch.dtype | None = None) -> tuple:
     """`native_lm.c`'s Problem of ``problem`` wherever the solver reads it (host or GPU), and what it
     points to (to keep alive): the data on their device (floating ones converted to ``dtype`` when
-    given), the `_Layout` and the tables of column and fixed-value pointers put there by ``place``
+    given), the `_layout` and the tables of column and fixed-value pointers put there by ``place``
     (a numpy array to something with a ``data_ptr`` or ``ctypes.data``)."""
     floating = (lambda tensor: tensor.contiguous()) if dtype is None else (lambda tensor: tensor.to(dtype).contiguous())
     columns = [floating(column) for column in problem.data.values()]
@@ -520,7 +501,7 @@ def problem_struct(problem, place: Callable[[np.ndarray], object], dtype: torch.
     weights = None if problem.weights is None else floating(problem.weights)
     mask = None if not problem.masked else problem.mask.contiguous().view(torch.uint8)
     y = floating(problem.y)
-    placed = {name: place(getattr(layout, name)) for name in ("kind", "slot", "bound", "lower", "upper")}
+    placed = {name: place(array) for name, array in layout.items()}
     for name, tensors in (("columns", columns), ("fixed", fixed)):
         pointers = np.asarray([tensor.data_ptr() for tensor in tensors], dtype=np.int64)
         placed[name] = place(pointers) if len(tensors) else None
@@ -528,7 +509,7 @@ def problem_struct(problem, place: Callable[[np.ndarray], object], dtype: torch.
     struct = _Problem(
         points=problem.y.shape[-1],
         p=len(problem.names),
-        inputs=len(layout.kind),
+        inputs=len(layout["kind"]),
         y=y.data_ptr(),
         weights=None if weights is None else weights.data_ptr(),
         weights_per_curve=int(weights is not None and weights.shape[0] != 1),
@@ -553,22 +534,14 @@ class Report:
     uncertainty: statistics.Uncertainty
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """What `native_lm.c`'s Problem reads besides the data: per input of the generated functions its
-    kind (`SHARED_COLUMN`...) and slot, per free parameter its bound kind and bounds."""
-
-    kind: np.ndarray
-    slot: np.ndarray
-    bound: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-
-
 @functools.lru_cache(maxsize=1024)
-def _layout(function, free: tuple, columns: tuple, fixed: tuple, shared: tuple, bounds: tuple) -> _Layout:
-    """The `_Layout` of a model over data ``columns`` (``shared``: one row for every curve) and ``fixed``
-    parameters, for its ``free`` ones with ``bounds`` (`_bound`); cached, as a loop of fits repeats it."""
+def _layout(
+    function, free: tuple, columns: tuple, fixed: tuple, shared: tuple, bounds: tuple
+) -> types.MappingProxyType:
+    """What `native_lm.c`'s Problem reads besides the data, by field: per input of the generated functions
+    its kind (`SHARED_COLUMN`...) and slot, per free parameter its bound kind and bounds (``bounds``, from
+    `_bound`), for a model over data ``columns`` (``shared``: one row for every curve) and ``fixed``
+    parameters; read-only and cached, as a loop of fits repeats it."""
     kinds, slots = [], []
     for name in function.names:
         if name in columns:
@@ -585,7 +558,7 @@ def _layout(function, free: tuple, columns: tuple, fixed: tuple, shared: tuple, 
     arrays += [np.asarray([b[k] for b in bounds], dtype=np.int64 if k == 0 else np.float64) for k in range(3)]
     for array in arrays:
         array.flags.writeable = False
-    return _Layout(*arrays)
+    return types.MappingProxyType(dict(zip(("kind", "slot", "bound", "lower", "upper"), arrays)))
 
 
 def _bound(spec) -> tuple[int, float, float]:

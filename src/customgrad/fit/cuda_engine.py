@@ -38,7 +38,6 @@ from .native import (
     glue,
     model_key,
     model_sources,
-    problem_struct,
 )
 from .native_library import solver_source
 from .status import CONVERGED, progress_message
@@ -227,10 +226,10 @@ def nvrtc_library() -> ctypes.CDLL:
     raise OSError("no NVRTC library found (install torch with CUDA, or the nvidia-cuda-nvrtc wheel)")
 
 
-def chunk_curves(count: int, curve_bytes: int, free_bytes: int, share: float = MEMORY_SHARE) -> int:
-    """Curves per launch: as many of ``count`` as fit ``curve_bytes`` each in ``share`` of ``free_bytes``
-    (at least 1; whole blocks of `BLOCK` where more than one block fits)."""
-    fitting = int(free_bytes * share) // max(curve_bytes, 1)
+def chunk_curves(count: int, curve_bytes: int, free_bytes: int) -> int:
+    """Curves per launch: as many of ``count`` as fit ``curve_bytes`` each in `MEMORY_SHARE` of
+    ``free_bytes`` (at least 1; whole blocks of `BLOCK` where more than one block fits)."""
+    fitting = int(free_bytes * MEMORY_SHARE) // max(curve_bytes, 1)
     if fitting >= count:
         return max(count, 1)
     return max(fitting // BLOCK * BLOCK, min(fitting, BLOCK), 1)
@@ -252,14 +251,8 @@ class CudaSolver(CurveSolver):
     def __init__(self, problem, *, build: bool = True):
         self.problem, self.device, self.dtype = problem, problem.y.device, problem.y.dtype
         self.kernels = kernels(problem.function, problem.names, _layouts(problem), self.device, build=build)
-        if self.kernels is None and not build:
-            raise NotBuilt("its GPU solver is not built yet (engine='native' builds it)")
-        if self.kernels is None:
-            raise BackendError(f"the native engine cannot compile model {problem.text!r}")
-        scales = getattr(problem, "scales", None)
-        self.scales = None if scales is None else scales.to(self.device, torch.float64).contiguous()
         on_device = lambda array: torch.tensor(array, device=self.device)  # noqa: E731
-        self.struct, self._keep = problem_struct(problem, on_device, torch.float64)  # (what the GPU reads)
+        self._prepare(problem, self.kernels, build, on_device, torch.float64)
 
     def _run(self, entry: str, options, index: torch.Tensor, arrays: list, advance) -> None:
         """`native.CurveSolver._run` by the kernel ``cg_<entry>``, in chunks of curves that fit the free GPU

@@ -390,6 +390,18 @@ class CurveSolver:
         self._scales = scales  # (kept alive while the solver reads it)
         self.struct.scales = None if scales is None else scales.data_ptr()
 
+    def _prepare(self, problem, solver, build: bool, place: Callable, dtype: torch.dtype | None = None) -> None:
+        """Raise `NotBuilt` (without ``build``) or a `BackendError` where ``solver`` (the library or the
+        kernels) is None; else the problem's residual scales and Problem where the solver reads them
+        (``place``, ``dtype``: see `problem_struct`)."""
+        if solver is None and not build:
+            raise NotBuilt("its solver is not built yet (engine='native' builds it)")
+        if solver is None:
+            raise BackendError(f"the native engine cannot compile model {problem.text!r}")
+        scales = getattr(problem, "scales", None)
+        self.scales = None if scales is None else scales.to(self.device, torch.float64).contiguous()
+        self.struct, self._keep = problem_struct(problem, place, dtype)  # (what the solver reads: kept alive)
+
     def _run(self, entry: str, options: _Options, index: torch.Tensor, arrays: list, advance) -> None:
         """`native_lm.c`'s ``entry`` over curves ``index`` with ``arrays``, its per-curve arguments (row k
         for curve index[k]); ``advance`` the progress bar's."""
@@ -414,13 +426,7 @@ class NativeSolver(CurveSolver):
             self.rows = rows.PythonRows(problem.numpy_rows, problem.numpy_values, columns, len(problem.names) + 1)
         else:
             self.library = library(problem.function, problem.names, _layouts(problem), build=build)
-        if self.library is None and not build:
-            raise NotBuilt("its library is not built yet (engine='native' builds it)")
-        if self.library is None:
-            raise BackendError(f"the native engine cannot compile model {problem.text!r}")
-        scales = getattr(problem, "scales", None)
-        self.scales = None if scales is None else scales.to(torch.float64).contiguous()
-        self.struct, self._keep = problem_struct(problem, lambda array: array)  # (what C reads: kept alive)
+        self._prepare(problem, self.library, build, lambda array: array)
 
     def _run(self, entry: str, options: _Options, index: torch.Tensor, arrays: list, advance) -> None:
         """`CurveSolver._run` in calls of `CALL_CURVES` curves, the progress bar advanced between them."""

@@ -596,15 +596,12 @@ CG_FN void standard_errors(Work *W, int64_t p, double cost, double dof, const Op
   }
 }
 
-/* ||y w s|| of curve b (weights w, the curve's scale s), safe from overflow; uses W->r_probe. */
+/* ||y w s|| of curve b (weights w, the curve's scale s), safe from overflow: the norm of the residuals
+   of f = 0 (-y w s, rounded as y w s); uses W->r_probe. */
 CG_FN double data_norm(const Problem *P, Work *W, int64_t b) {
-  int64_t n = P->points;
-  const double *y = P->y + b * n;
-  const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
-  const double *w = P->weights ? P->weights + (P->weights_per_curve ? b * n : 0) : NULL;
-  double scale = P->scales ? P->scales[b] : 1;
-  for (int64_t i = 0; i < n; i++) W->r_probe[i] = !mask || mask[i] ? y[i] * (w ? w[i] : 1) * scale : 0;
-  return safe_norm(W->r_probe, n, 1);
+  memset(W->r_probe, 0, P->points * sizeof(double));
+  finish(P, b, W->r_probe, NULL, 0);
+  return safe_norm(W->r_probe, P->points, 1);
 }
 
 /* The vectors of p + 1 doubles in Work (values ... live_scale). */

@@ -100,7 +100,7 @@ class _Options(ctypes.Structure):
         *_fields(ctypes.c_double, "ftol xtol gtol factor rank_tolerance drift_tolerance polish_slack probe"),
         *_fields(ctypes.c_double, "acceleration_ratio unexploited_share visible_step statistics_rank_tolerance"),
         *_fields(ctypes.c_double, "null_component saturation shrunk column_shrunk"),
-        *_fields(ctypes.c_int64, "max_steps geodesic history drift_window nonfinite_retries polished"),
+        *_fields(ctypes.c_int64, "max_steps history drift_window nonfinite_retries polished"),
     ]
 
 
@@ -144,7 +144,6 @@ def _options(
         shrunk=lm.SHRUNK,
         column_shrunk=lm.COLUMN_SHRUNK,
         max_steps=min(max_steps, MAX_STEPS),
-        geodesic=1,
         history=history or min(max_steps + 2, HISTORY_LIMIT),
         drift_window=lm.DRIFT_WINDOW,
         nonfinite_retries=lm.NONFINITE_RETRIES,

@@ -48,7 +48,7 @@ typedef struct {
   double rank_tolerance, drift_tolerance, polish_slack, probe, acceleration_ratio, unexploited_share,
       visible_step, statistics_rank_tolerance, null_component, saturation, shrunk,
       column_shrunk;
-  int64_t max_steps, geodesic, history, drift_window, nonfinite_retries;
+  int64_t max_steps, history, drift_window, nonfinite_retries;
   int64_t polished; /* bit mask of the statuses after which the polish step runs */
 } Options;
 
@@ -496,7 +496,7 @@ CG_FN Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history,
       double lam = solve(W, p, &d, radius, &step_norm, &decrease);
       if (o.steps == 0 && o.jacobians == 1) radius = fmin(radius, step_norm);
       step_from(W, p, W->coordinates, W->velocity);
-      if (O->geodesic && lam > 0) {
+      if (lam > 0) {
         half_acceleration(P, W, b, lam, step_norm, O);
         o.evaluations++;
         for (int64_t j = 0; j < p; j++) W->velocity[j] += W->projected[j];

@@ -334,17 +334,18 @@ class HistoryTable(Sequence):
 def batch_outcome(theta, cost, counts, history, recorded) -> BatchOutcome:
     """The `lm.BatchOutcome` of `lm_batch`'s outputs (tensors on the solver's device): ``counts`` per curve
     status, evaluations, jacobians, steps and saturated, ``history`` its costs (``recorded`` of them)."""
+    table = counts.cpu().numpy()
     return BatchOutcome(
         theta=theta,
-        status=[STATUSES[code] for code in counts[:, 0].tolist()],
+        status=[STATUSES[code] for code in table[:, 0].tolist()],
         cost=cost,
-        evaluations=counts[:, 1].clone(),
-        jacobians=counts[:, 2].clone(),
-        steps=counts[:, 3].clone(),
+        evaluations=counts[:, 1],  # (columns of counts, which nothing else reads)
+        jacobians=counts[:, 2],
+        steps=counts[:, 3],
         initial_cost=history[:, 0].clone(),
         accepted=[],
         histories=HistoryTable(history.cpu().numpy(), recorded.cpu().numpy()),
-        saturated=(counts[:, 4] != 0).cpu(),
+        saturated=torch.from_numpy(table[:, 4] != 0),
     )
 
 
@@ -361,10 +362,8 @@ class CurveSolver:
         ftol, xtol, gtol and max_steps. The outcome's ``saturated`` (on the CPU) flags the curves (not
         failed) where a parameter's relative sensitivity ||J_j|| max(|b_j|, 1) fell below ``saturation``
         ||y|| at the solution."""
+        options = _options(factor=factor, saturation=saturation, **tolerances)
         self._use_scales(self.scales)
-        return self._fit(index, theta, _options(factor=factor, saturation=saturation, **tolerances), advance)
-
-    def _fit(self, index: torch.Tensor, theta: torch.Tensor, options: _Options, advance) -> BatchOutcome:
         count = len(theta)
         solution = theta.to(self.device, torch.float64).contiguous().clone()
         shapes = ((count,), torch.float64), ((count, 5), torch.int64), ((count, options.history), torch.float64)
@@ -432,7 +431,8 @@ class NativeSolver(CurveSolver):
         curves, count = np.ascontiguousarray(index.numpy(), dtype=np.int64), len(index)
         for begin in range(0, count, CALL_CURVES):
             end = min(begin + CALL_CURVES, count)
-            self._call(entry, options, curves[begin:end], *(array[begin:].data_ptr() for array in arrays))
+            rows = (array.data_ptr() + begin * array.stride(0) * array.element_size() for array in arrays)
+            self._call(entry, options, curves[begin:end], *rows)
             if advance is not None:
                 codes = arrays[2][:end, 0].numpy()  # (lm_batch's counts)
                 message = progress_message(int(np.isin(codes, CONVERGED).sum()), end, count)

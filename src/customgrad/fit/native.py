@@ -366,11 +366,10 @@ class CurveSolver:
         self._use_scales(self.scales)
         count = len(theta)
         solution = theta.to(self.device, torch.float64).contiguous().clone()
-        shapes = ((count,), torch.float64), ((count, 5), torch.int64), ((count, options.history), torch.float64)
-        outputs = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in shapes]
-        outputs.append(torch.empty(count, dtype=torch.int64, device=self.device))
-        self._run("lm_batch", options, index, [solution, *outputs], advance)
-        return batch_outcome(solution.to(self.dtype), *outputs)
+        cost, history = self._empty(count), self._empty(count, options.history)
+        counts, recorded = self._empty(count, 5, dtype=torch.int64), self._empty(count, dtype=torch.int64)
+        self._run("lm_batch", options, index, [solution, cost, counts, history, recorded], advance)
+        return batch_outcome(solution.to(self.dtype), cost, counts, history, recorded)
 
     def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p) with ``dof``
@@ -378,9 +377,12 @@ class CurveSolver:
         self._use_scales(self.scales)
         count, p = values.shape
         at, freedom = (tensor.to(self.device, torch.float64).contiguous() for tensor in (values, dof))
-        stderr, cost = (torch.empty(shape, dtype=torch.float64, device=self.device) for shape in ((count, p), count))
+        stderr, cost = self._empty(count, p), self._empty(count)
         self._run("lm_errors", _statistics_options(), torch.arange(count), [at, freedom, stderr, cost], None)
         return stderr.to(self.dtype), cost.to(self.dtype)
+
+    def _empty(self, *shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device=self.device)
 
     def _use_scales(self, scales) -> None:
         """Residuals times ``scales`` (float64 tensor or array, one per curve of the problem, powers of two,

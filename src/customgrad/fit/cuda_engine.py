@@ -26,7 +26,6 @@ import threading
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import BackendError, UsageError
@@ -35,12 +34,12 @@ from .native import (
     NotBuilt,
     _layouts,
     cached,
+    converged_message,
     glue,
     model_key,
     model_sources,
 )
 from .native_library import solver_source
-from .status import CONVERGED, progress_message
 
 # Threads per block (one curve each): few, as each holds a long-lived solver state.
 BLOCK = 64
@@ -275,8 +274,7 @@ class CudaSolver(CurveSolver):
                 args=[problem, settings, index[begin:], end - begin, workspace, words, *rows],
             )
             if advance is not None:
-                codes = arrays[2][:end, 0].cpu().numpy()  # (lm_batch's counts)
-                advance(progress_message(int(np.isin(codes, CONVERGED).sum()), end, count))
+                advance(converged_message(arrays[2], end, count))
         torch.cuda.synchronize(self.device)
 
     def work_words(self, problem: torch.Tensor, settings: torch.Tensor) -> int:

@@ -349,6 +349,11 @@ def batch_outcome(theta, cost, counts, history, recorded) -> BatchOutcome:
     )
 
 
+def converged_message(counts: torch.Tensor, end: int, count: int) -> str:
+    """The progress bar's status once `lm_batch` has fitted ``end`` of ``count`` curves (``counts``: its output)."""
+    return progress_message(int(np.isin(counts[:end, 0].cpu().numpy(), CONVERGED).sum()), end, count)
+
+
 class CurveSolver:
     """``solve`` and ``errors`` for the curves of one `model.Model` by `native_lm.c`, on the CPU
     (`NativeSolver`) or a GPU (`cuda_engine.CudaSolver`): results on the data's ``device`` in its ``dtype``."""
@@ -436,8 +441,7 @@ class NativeSolver(CurveSolver):
             rows = (array.data_ptr() + begin * array.stride(0) * array.element_size() for array in arrays)
             self._call(entry, options, curves[begin:end], *rows)
             if advance is not None:
-                codes = arrays[2][:end, 0].numpy()  # (lm_batch's counts)
-                message = progress_message(int(np.isin(codes, CONVERGED).sum()), end, count)
+                message = converged_message(arrays[2], end, count)
                 for _ in range(end - begin):
                     advance(message)
 

@@ -332,6 +332,25 @@ def test_the_gpu_engines_python_side_with_the_cpu_solver_equals_the_native_engin
     assert found[3].history == expected[3].history
 
 
+@pytest.mark.parametrize("magnitude", [1e150, 1e-150])
+def test_the_gpu_engines_costs_and_errors_of_data_near_the_float64_limits_equal_the_native_engines(
+    monkeypatch, magnitude
+):
+    # squared residuals beyond float64's range: both engines fit each curve times a power of two, and the
+    # standard errors and costs are taken in those units too (they were not on the GPU: inf or 0)
+    x, y = _curves(12, points=30)
+    y = np.nan_to_num(y, nan=0.3) * magnitude
+    params = {**START, "a": magnitude}
+    expected = fit_batch(GAUSSIAN, x, y, params=params, engine="native")
+    _emulated_gpu(monkeypatch, 10**5)
+    found = fit_batch(GAUSSIAN, x, y, params=params, engine="native")
+    assert np.isfinite(expected.cost).all() and (expected.cost > 0).all()
+    assert found.cost.tolist() == expected.cost.tolist()
+    for name in START:
+        assert found.params[name].tolist() == expected.params[name].tolist()
+        assert np.array_equal(found.stderr[name], expected.stderr[name], equal_nan=True)
+
+
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 def test_the_gpu_translation_unit_run_thread_by_thread_on_the_host_fits_as_the_native_engine(monkeypatch, tmp_path):
     # the device path itself (workspace carving, word copies, the generated rows as device functions,

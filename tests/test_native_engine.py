@@ -79,8 +79,8 @@ def test_a_one_off_formula_fit_runs_the_c_solver_on_its_numpy_rows_without_the_c
     params = {"m1": 1.0, "m2": 1.0, "m3": 0.0}
     result = fit(model, x, y, params=params)
     assert models and not built(model)
-    values, covariance = curve_fit(lambda x, m1, m2, m3: m1 * x / (1 + m2 * x) + m3, x, y, p0=[1, 1, 0], xtol=1e-15,
-                                   ftol=1e-15, gtol=1e-15)  # fmt: skip
+    tight = {"xtol": 1e-15, "ftol": 1e-15, "gtol": 1e-15}
+    values, covariance = curve_fit(lambda x, m1, m2, m3: m1 * x / (1 + m2 * x) + m3, x, y, p0=[1, 1, 0], **tight)
     for k, name in enumerate(params):
         assert_matches_reference(result.params[name], values[k], rtol=1e-7, what=name)
         assert_matches_reference(result.stderr[name], np.sqrt(covariance[k, k]), rtol=1e-5, what=name)
@@ -161,8 +161,8 @@ def test_a_small_batch_runs_the_shared_c_solver_on_its_numpy_rows(monkeypatch):
     result = fit_batch(model, x, y, params=params, bounds={"n2": (0.0, 10.0)})
     assert models and not built(model)
     for i in range(5):
-        values, covariance = curve_fit(lambda x, a, b, c: a * x / (1 + b * x) + c, x, y[i], p0=[1, 1, 0],
-                                       xtol=1e-15, ftol=1e-15, gtol=1e-15)  # fmt: skip
+        tight = {"xtol": 1e-15, "ftol": 1e-15, "gtol": 1e-15}
+        values, covariance = curve_fit(lambda x, a, b, c: a * x / (1 + b * x) + c, x, y[i], p0=[1, 1, 0], **tight)
         for k, name in enumerate(params):
             assert_matches_reference(result.params[name][i], values[k], rtol=1e-7, what=name)
             assert_matches_reference(result.stderr[name][i], np.sqrt(covariance[k, k]), rtol=1e-5, what=name)

@@ -24,26 +24,22 @@ import functools
 import sys
 import threading
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .. import cache
 from ..errors import BackendError, UsageError
-from .lm import BatchOutcome
 from .native import (
-    HistoryTable,
+    CurveSolver,
+    NotBuilt,
     _layouts,
-    _options,
-    _pointers,
-    _statistics_options,
-    problem_arrays,
-    problem_struct,
+    cached,
+    converged_message,
+    glue,
+    model_key,
+    model_sources,
 )
 from .native_library import solver_source
-from .status import CONVERGED, STATUSES, progress_message
 
 # Threads per block (one curve each): few, as each holds a long-lived solver state.
 BLOCK = 64
@@ -99,30 +95,21 @@ extern "C" __global__ void cg_work_words(const Problem *P, const Options *O, int
 """
 
 
-def _device_glue(namespace: str, entry: str, inputs: int, outputs: int) -> str:
-    """A device function calling ``namespace::kernel`` over one curve of n points from arrays of pointers."""
-    arguments = ", ".join([f"in[{k}]" for k in range(inputs)] + [f"out[{k}]" for k in range(outputs)])
-    return (
-        f"static __device__ void {entry}(const double *const *in, double *const *out, int64_t n) "
-        f"{{ {namespace}::kernel(n, n, 1, {arguments}); }}\n"
-    )
-
-
 def cuda_source(function, free: tuple[str, ...], layouts: str) -> str | None:
     """The CUDA translation unit of a formula model's solver: `PRELUDE`, the model's rows and values as
     device functions, the glue, `native_lm.c` and `WORDS_ENTRY`; None where C cannot print the model."""
     from ..codegen.c import device_source  # SymPy's printer: only when building
 
-    rows, values = function.c_source(free, False, layouts), function.c_source((), False, layouts)
-    if rows is None or values is None:
+    model = model_sources(function, free, layouts)
+    if model is None:
         return None
-    inputs = len(layouts)
+    inputs, rows, values = len(layouts), *model
     parts = [
         PRELUDE,
         "namespace cg_rows {\n" + device_source(rows) + "}\n",
         "namespace cg_values {\n" + device_source(values) + "}\n",
-        _device_glue("cg_rows", "cg_model_rows", inputs, len(free) + 1),
-        _device_glue("cg_values", "cg_model_values", inputs, 1),
+        glue("cg_model_rows", "cg_rows::kernel", inputs, len(free) + 1, "static __device__ "),
+        glue("cg_model_values", "cg_values::kernel", inputs, 1, "static __device__ "),
         solver_source(),
         WORDS_ENTRY,
     ]
@@ -167,10 +154,6 @@ def engine_for(problem, engine: str, *, build: bool, what: str):
     return None
 
 
-class NotBuilt(BackendError):
-    """The model's GPU solver is not built yet, and this call may not build it."""
-
-
 def kernels(function, free: tuple[str, ...], layouts: str, device: torch.device, *, build: bool) -> dict | None:
     """The solver's kernels (`ENTRIES`) for a model, free parameters and layouts on ``device``'s
     architecture: loaded before, else from the disk cache, else (with ``build``) compiled by NVRTC and
@@ -185,16 +168,14 @@ def kernels(function, free: tuple[str, ...], layouts: str, device: torch.device,
         return found
     from torch.cuda._utils import _cuda_load_module
 
-    disk = None if function.cache_key is None else [function.cache_key, " ".join(free), layouts]
-    disk = disk and [*disk, architecture, str(torch.version.cuda), *NVRTC_OPTIONS]
-    binary = cache.load(_NAMESPACE, disk) if disk else None
-    if binary is None:
-        source = cuda_source(function, free, layouts) if build else None
-        if source is None:  # not to be built here, or C cannot print the model
-            return None
-        binary = nvrtc_compile(source, architecture)
-        if disk:
-            cache.store(_NAMESPACE, disk, binary)
+    def compiled() -> bytes | None:
+        source = cuda_source(function, free, layouts)
+        return None if source is None else nvrtc_compile(source, architecture)
+
+    disk = model_key(function, free, layouts, architecture, str(torch.version.cuda), *NVRTC_OPTIONS)
+    binary = cached(_NAMESPACE, disk, compiled if build else None)
+    if binary is None:  # not to be built here, or C cannot print the model
+        return None
     with torch.cuda.device(device):
         loaded = _cuda_load_module(binary, list(ENTRIES))
     with _LOCK:
@@ -244,10 +225,10 @@ def nvrtc_library() -> ctypes.CDLL:
     raise OSError("no NVRTC library found (install torch with CUDA, or the nvidia-cuda-nvrtc wheel)")
 
 
-def chunk_curves(count: int, curve_bytes: int, free_bytes: int, share: float = MEMORY_SHARE) -> int:
-    """Curves per launch: as many of ``count`` as fit ``curve_bytes`` each in ``share`` of ``free_bytes``
-    (at least 1; whole blocks of `BLOCK` where more than one block fits)."""
-    fitting = int(free_bytes * share) // max(curve_bytes, 1)
+def chunk_curves(count: int, curve_bytes: int, free_bytes: int) -> int:
+    """Curves per launch: as many of ``count`` as fit ``curve_bytes`` each in `MEMORY_SHARE` of
+    ``free_bytes`` (at least 1; whole blocks of `BLOCK` where more than one block fits)."""
+    fitting = int(free_bytes * MEMORY_SHARE) // max(curve_bytes, 1)
     if fitting >= count:
         return max(count, 1)
     return max(fitting // BLOCK * BLOCK, min(fitting, BLOCK), 1)
@@ -258,96 +239,23 @@ def _device_bytes(struct: ctypes.Structure, device: torch.device) -> torch.Tenso
     return torch.frombuffer(bytearray(bytes(struct)), dtype=torch.uint8).to(device)
 
 
-class CudaSolver:
-    """``solve`` and ``errors`` for the curves of one `model.Model` on a CUDA device, by `native_lm.c`
-    compiled for it; results on that device (float32 data: widened for the fit, results float32).
+class CudaSolver(CurveSolver):
+    """`native.CurveSolver` on a CUDA device, by `native_lm.c` compiled for it (float32 data: widened for
+    the fit, results float32).
 
-    Raises `NotBuilt` without ``build`` when the solver is not compiled yet, `BackendError` when C
+    Raises `native.NotBuilt` without ``build`` when the solver is not compiled yet, `BackendError` when C
     cannot print the model, RuntimeError when NVRTC fails.
     """
 
     def __init__(self, problem, *, build: bool = True):
         self.problem, self.device, self.dtype = problem, problem.y.device, problem.y.dtype
         self.kernels = kernels(problem.function, problem.names, _layouts(problem), self.device, build=build)
-        if self.kernels is None and not build:
-            raise NotBuilt("its GPU solver is not built yet (engine='native' builds it)")
-        if self.kernels is None:
-            raise BackendError(f"the native engine cannot compile model {problem.text!r}")
-        arrays = problem_arrays(problem, torch.float64)
-        columns, fixed, weights, mask, y, layout = arrays
-        names = layout.__dataclass_fields__
-        on_device = {name: torch.tensor(getattr(layout, name), device=self.device) for name in names}
-        pointers = [torch.from_numpy(_pointers(tensors).view(np.int64)).to(self.device) for tensors in (columns, fixed)]
-        scales = getattr(problem, "scales", None)
-        self.scales = None if scales is None else scales.to(self.device, torch.float64).contiguous()
-        self._keep = (columns, fixed, weights, mask, y, on_device, pointers)  # what the GPU reads
-        self.struct = problem_struct(
-            problem, arrays, lambda name: on_device[name].data_ptr(), lambda k: pointers[k].data_ptr()
-        )
+        on_device = lambda array: torch.tensor(array, device=self.device)  # noqa: E731
+        self._prepare(problem, self.kernels, build, on_device, torch.float64)
 
-    def solve(
-        self,
-        index: torch.Tensor,
-        theta: torch.Tensor,
-        *,
-        ftol: float,
-        xtol: float,
-        gtol: float,
-        max_steps: int,
-        factor: float = 100.0,
-        saturation: float = 0.0,
-        advance: Callable[[str], None] | None = None,
-    ) -> BatchOutcome:
-        """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p), as
-        `native.NativeSolver.solve`; tensors on the data's device (``saturated`` on the CPU, for
-        indexing the CPU curve numbers)."""
-        options = _options(ftol, xtol, gtol, max_steps, factor, saturation)
-        count, p = theta.shape
-        solution = theta.to(self.device, torch.float64).contiguous().clone()
-        outputs = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in (
-            ((count,), torch.float64), ((count, 5), torch.int64), ((count, options.history), torch.float64),
-            ((count,), torch.int64))]  # fmt: skip
-        cost, counts, history, recorded = outputs
-
-        def progress(end: int) -> None:
-            if advance is not None:
-                message = progress_message(
-                    int(torch.isin(counts[:end, 0].cpu(), torch.tensor(CONVERGED)).sum()), end, count
-                )
-                advance(message)
-
-        self._launch("cg_lm_batch", options, index, [solution, *outputs], progress)
-        table, done = history.cpu().numpy(), recorded.cpu().numpy()
-        codes = counts[:, 0].tolist()
-        return BatchOutcome(
-            theta=solution.to(self.dtype),
-            status=[STATUSES[code] for code in codes],
-            cost=cost,
-            evaluations=counts[:, 1].clone(),
-            jacobians=counts[:, 2].clone(),
-            steps=counts[:, 3].clone(),
-            initial_cost=history[:, 0].clone(),
-            accepted=[],
-            histories=HistoryTable(table, done),
-            saturated=(counts[:, 4] != 0).cpu(),
-        )
-
-    def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p), as
-        `native.NativeSolver.errors`, on the data's device in its dtype."""
-        count, p = values.shape
-        at = values.to(self.device, torch.float64).contiguous()
-        freedom = dof.to(self.device, torch.float64).contiguous()
-        stderr = torch.empty((count, p), dtype=torch.float64, device=self.device)
-        cost = torch.empty(count, dtype=torch.float64, device=self.device)
-        index = torch.arange(count, device=self.device)
-        self._launch("cg_lm_errors", _statistics_options(), index, [at, freedom, stderr, cost], None, scaled=False)
-        return stderr.to(self.dtype), cost.to(self.dtype)
-
-    def _launch(self, entry: str, options, index: torch.Tensor, arrays: list, progress, *, scaled: bool = True):
-        """``entry`` over curves ``index``, in chunks that fit the free GPU memory; ``arrays``: the entry's
-        own per-curve arguments (row k for curve index[k]), sliced per chunk."""
-        self.struct.scales = self.scales.data_ptr() if scaled and self.scales is not None else None
+    def _run(self, entry: str, options, index: torch.Tensor, arrays: list, advance) -> None:
+        """`native.CurveSolver._run` by the kernel ``cg_<entry>``, in chunks of curves that fit the free GPU
+        memory, the progress bar advanced once per chunk."""
         problem, settings = _device_bytes(self.struct, self.device), _device_bytes(options, self.device)
         index = index.to(self.device, torch.int64).contiguous()
         words = self.work_words(problem, settings)
@@ -355,7 +263,7 @@ class CudaSolver:
         free, _ = torch.cuda.mem_get_info(self.device)
         chunk = chunk_curves(count, words * 8, free)
         workspace = torch.zeros(chunk * words, dtype=torch.float64, device=self.device)
-        run = self.kernels[entry]
+        run = self.kernels[f"cg_{entry}"]
         for begin in range(0, count, chunk):
             end = min(begin + chunk, count)
             blocks = (end - begin + BLOCK - 1) // BLOCK
@@ -365,8 +273,8 @@ class CudaSolver:
                 block=(BLOCK, 1, 1),
                 args=[problem, settings, index[begin:], end - begin, workspace, words, *rows],
             )
-            if progress is not None:
-                progress(end)
+            if advance is not None:
+                advance(converged_message(arrays[2], end, count))
         torch.cuda.synchronize(self.device)
 
     def work_words(self, problem: torch.Tensor, settings: torch.Tensor) -> int:

@@ -17,11 +17,13 @@ Its constants come from `lm` and `statistics` through `Options`, so the two engi
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import functools
 import math
 import os
 import threading
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,50 +77,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
+def _fields(kind, names: str) -> list[tuple[str, type]]:
+    """ctypes fields of type ``kind``, one per word of ``names``."""
+    return [(name, kind) for name in names.split()]
+
+
 class _Problem(ctypes.Structure):
+    """`native_lm.c`'s Problem (its comments say what each field holds)."""
+
     _fields_ = [
-        ("points", ctypes.c_int64),
-        ("p", ctypes.c_int64),
-        ("inputs", ctypes.c_int64),
-        ("kind", ctypes.c_void_p),
-        ("slot", ctypes.c_void_p),
-        ("columns", ctypes.c_void_p),
-        ("fixed", ctypes.c_void_p),
-        ("y", ctypes.c_void_p),
-        ("weights", ctypes.c_void_p),
-        ("weights_per_curve", ctypes.c_int64),
-        ("mask", ctypes.c_void_p),
-        ("scales", ctypes.c_void_p),
-        ("bound", ctypes.c_void_p),
-        ("lower", ctypes.c_void_p),
-        ("upper", ctypes.c_void_p),
+        *_fields(ctypes.c_int64, "points p inputs"),
+        *_fields(ctypes.c_void_p, "kind slot columns fixed y weights"),
+        *_fields(ctypes.c_int64, "weights_per_curve"),
+        *_fields(ctypes.c_void_p, "mask scales bound lower upper"),
     ]
 
 
-_REAL_OPTIONS = (
-    "ftol",
-    "xtol",
-    "gtol",
-    "factor",
-    "rank_tolerance",
-    "drift_tolerance",
-    "polish_slack",
-    "probe",
-    "acceleration_ratio",
-    "unexploited_share",
-    "visible_step",
-    "statistics_rank_tolerance",
-    "null_component",
-    "saturation",
-    "shrunk",
-    "column_shrunk",
-)
-_INTEGER_OPTIONS = ("max_steps", "geodesic", "history", "drift_window", "nonfinite_retries", "polished")
-
-
 class _Options(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_double) for name in _REAL_OPTIONS] + [
-        (name, ctypes.c_int64) for name in _INTEGER_OPTIONS
+    """`native_lm.c`'s Options: a fit's settings and the constants of `lm` and `statistics` (see `_options`)."""
+
+    _fields_ = [
+        *_fields(ctypes.c_double, "ftol xtol gtol factor rank_tolerance drift_tolerance polish_slack probe"),
+        *_fields(ctypes.c_double, "acceleration_ratio unexploited_share visible_step statistics_rank_tolerance"),
+        *_fields(ctypes.c_double, "null_component saturation shrunk column_shrunk"),
+        *_fields(ctypes.c_int64, "max_steps history drift_window nonfinite_retries polished"),
     ]
 
 
@@ -128,13 +110,13 @@ def _statistics_options() -> _Options:
 
 
 class _Report(ctypes.Structure):
+    """`native_lm.c`'s Report: where `lm_report` writes a single fit's statistics."""
+
     _fields_ = [
-        ("values", ctypes.c_void_p),
-        ("dof", ctypes.c_void_p),
-        ("absolute", ctypes.c_int64),
-        ("insensitive", ctypes.c_double),
-        *[(name, ctypes.c_void_p) for name in ("cost", "norm", "fitted", "covariance", "correlation")],
-        *[(name, ctypes.c_void_p) for name in ("stderr", "s", "vt", "finite")],
+        *_fields(ctypes.c_void_p, "values dof"),
+        *_fields(ctypes.c_int64, "absolute"),
+        *_fields(ctypes.c_double, "insensitive"),
+        *_fields(ctypes.c_void_p, "cost norm fitted covariance correlation stderr s vt finite"),
     ]
 
 
@@ -162,7 +144,6 @@ def _options(
         shrunk=lm.SHRUNK,
         column_shrunk=lm.COLUMN_SHRUNK,
         max_steps=min(max_steps, MAX_STEPS),
-        geodesic=1,
         history=history or min(max_steps + 2, HISTORY_LIMIT),
         drift_window=lm.DRIFT_WINDOW,
         nonfinite_retries=lm.NONFINITE_RETRIES,
@@ -177,15 +158,37 @@ def _host_solver_source() -> str:
     return "\n".join([solver_source(), (Path(__file__).parent / "global_native.c").read_text()])
 
 
-def _glue(symbol: str, entry: str, inputs: int, outputs: int) -> str:
-    """C calling generated kernel ``symbol`` over one curve of n points from arrays of pointers."""
-    parameters = ", ".join(["const double*"] * inputs + ["double*"] * outputs)
+def glue(entry: str, call: str, inputs: int, outputs: int, qualifier: str = "") -> str:
+    """C function ``entry`` calling generated kernel ``call`` over one curve of n points from arrays of pointers."""
     arguments = ", ".join([f"in[{k}]" for k in range(inputs)] + [f"out[{k}]" for k in range(outputs)])
     return (
-        f"void {symbol}(int64_t n, int64_t inner, int threads, {parameters});\n"
-        f"void {entry}(const double *const *in, double *const *out, int64_t n) "
-        f"{{ {symbol}(n, n, 1, {arguments}); }}\n"
+        f"{qualifier}void {entry}(const double *const *in, double *const *out, int64_t n) "
+        f"{{ {call}(n, n, 1, {arguments}); }}\n"
     )
+
+
+def model_sources(function, free: tuple[str, ...], layouts: str) -> tuple[str, str] | None:
+    """The model's generated C (`FormulaModel.c_source`) of its rows [df/db_j, f] and of its values f;
+    None where C cannot print it."""
+    rows, values = function.c_source(free, False, layouts), function.c_source((), False, layouts)
+    return None if rows is None or values is None else (rows, values)
+
+
+def cached(namespace: str, key: list[str] | None, build: Callable[[], bytes | None] | None) -> bytes | None:
+    """The disk cache's bytes under ``key`` (None: the model has no cache key), else ``build()`` stored
+    there; None where neither gives any (no ``build``, or it gives None)."""
+    data = cache.load(namespace, key) if key else None
+    if data is None and build is not None:
+        data = build()
+        if data is not None and key:
+            cache.store(namespace, key, data)
+    return data
+
+
+def model_key(function, free: tuple[str, ...], layouts: str, *build: str) -> list[str] | None:
+    """The disk cache key of a model's solver for its free parameters, input layouts and ``build``
+    settings; None where the model has no cache key."""
+    return None if function.cache_key is None else [function.cache_key, " ".join(free), layouts, *build]
 
 
 def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ctypes.CDLL | None:
@@ -203,17 +206,12 @@ def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ct
         return None
     from ..backends.cpu import compiler_identity, open_library
 
-    disk = None if function.cache_key is None else [function.cache_key, " ".join(free), layouts, *FLAGS]
-    data = cache.load(_NAMESPACE, [*disk, compiler_identity()]) if disk else None
+    disk = model_key(function, free, layouts, *FLAGS, compiler_identity())
+    data = cached(_NAMESPACE, disk, (lambda: _compiled(function, free, layouts)) if build else None)
     if data is None:
         if not build:
             _ABSENT.add(absent)  # a loop of one-off fits looks on disk once (`count_fit` builds it later)
-            return None
-        data = _compiled(function, free, layouts)
-        if data is None:
-            return None
-        if disk:
-            cache.store(_NAMESPACE, [*disk, compiler_identity()], data)
+        return None
     loaded = prepared(open_library(data))
     with _LOCK:
         return _LIBRARIES.setdefault(key, loaded)
@@ -221,20 +219,28 @@ def library(function, free: tuple[str, ...], layouts: str, *, build: bool) -> ct
 
 def _compiled(function, free: tuple[str, ...], layouts: str) -> bytes | None:
     """The library's bytes: the model's rows and values, the glue and the solver (None: C cannot print it)."""
-    rows, values = function.c_source(free, False, layouts), function.c_source((), False, layouts)
-    if rows is None or values is None:
+    model = model_sources(function, free, layouts)
+    if model is None:
         return None
+    sources = [f"#define kernel {name}\n{source}" for name, source in zip(("rows_kernel", "values_kernel"), model)]
     inputs = len(layouts)
-    glue = "#include <stdint.h>\n" + _glue("rows_kernel", "cg_model_rows", inputs, len(free) + 1)
-    glue += _glue("values_kernel", "cg_model_values", inputs, 1)
-    sources = ["#define kernel rows_kernel\n" + rows, "#define kernel values_kernel\n" + values, glue]
+    rows = _declared_glue("cg_model_rows", "rows_kernel", inputs, len(free) + 1)
+    sources.append("#include <stdint.h>\n" + rows + _declared_glue("cg_model_values", "values_kernel", inputs, 1))
     from ..backends.cpu import library_bytes
 
     return library_bytes([*sources, _host_solver_source()], f"native fit of {function.text}", FLAGS)
 
 
+def _declared_glue(entry: str, kernel: str, inputs: int, outputs: int) -> str:
+    """The declaration of generated kernel ``kernel`` (in its own translation unit), then `glue` calling it."""
+    parameters = ", ".join(["const double*"] * inputs + ["double*"] * outputs)
+    return f"void {kernel}(int64_t n, int64_t inner, int threads, {parameters});\n" + glue(
+        entry, kernel, inputs, outputs
+    )
+
+
 class NotBuilt(BackendError):
-    """The model's library is not built yet, and this call may not build it."""
+    """The model's solver (CPU, or GPU: `cuda_engine`) is not built yet, and this call may not build it."""
 
 
 def engine_for(
@@ -244,7 +250,8 @@ def engine_for(
 
     ``engine`` "torch": None; "auto": None where ``reason`` (the caller's) or `unavailable` says it
     cannot run; where its library is missing and ``build`` is False (``count``: counted by `count_fit`),
-    the shared solver library with numpy rows (`native_library`; not with ``shared`` False), else None;
+    the shared solver library with numpy rows (`native_library`: not with ``shared`` False, nor for more
+    than `SHARED_MAX_CURVES` curves, nor where that library is not in the disk cache yet), else None;
     "native": built if need be, and where it cannot run a `UsageError` saying it cannot ``what`` and why.
     """
     if engine == "torch":
@@ -258,24 +265,13 @@ def engine_for(
             if isinstance(error, NotBuilt) and engine == "auto":
                 if count:
                     count_fit(problem)
-                solver = _with_python_rows(problem) if shared else None
-                if solver is not None:
-                    return solver
+                rows = shared and getattr(problem, "numpy_rows", None) is not None
+                if rows and problem.batch <= SHARED_MAX_CURVES:
+                    with contextlib.suppress(BackendError, OSError):
+                        return NativeSolver(problem, 1, build=False, python_rows=True)
     if engine == "native":
         raise UsageError(f"engine='native' cannot {what}: {reason}; use engine='torch' (or 'auto')")
     return None
-
-
-def _with_python_rows(problem) -> NativeSolver | None:
-    """The native engine on the one solver library, the model's rows computed by its generated numpy
-    (`native_library`): for a fit whose model's own library is not built; None where the model has no numpy
-    rows or that library is not in the disk cache yet (its build starts in the background)."""
-    if getattr(problem, "numpy_rows", None) is None or problem.batch > SHARED_MAX_CURVES:
-        return None
-    try:
-        return NativeSolver(problem, 1, build=False, python_rows=True)
-    except (BackendError, OSError):
-        return None
 
 
 def _layouts(problem) -> str:
@@ -334,8 +330,90 @@ class HistoryTable(Sequence):
         self.replaced[i] = history
 
 
-class NativeSolver:
-    """``solve`` and ``errors`` for the curves of one `model.Model` (a single fit: one curve), by `native_lm.c`.
+def batch_outcome(theta, cost, counts, history, recorded) -> BatchOutcome:
+    """The `lm.BatchOutcome` of `lm_batch`'s outputs (tensors on the solver's device): ``counts`` per curve
+    status, evaluations, jacobians, steps and saturated, ``history`` its costs (``recorded`` of them)."""
+    table = counts.cpu().numpy()
+    return BatchOutcome(
+        theta=theta,
+        status=[STATUSES[code] for code in table[:, 0].tolist()],
+        cost=cost,
+        evaluations=counts[:, 1],  # (columns of counts, which nothing else reads)
+        jacobians=counts[:, 2],
+        steps=counts[:, 3],
+        initial_cost=history[:, 0].clone(),
+        accepted=[],
+        histories=HistoryTable(history.cpu().numpy(), recorded.cpu().numpy()),
+        saturated=torch.from_numpy(table[:, 4] != 0),
+    )
+
+
+def converged_message(counts: torch.Tensor, end: int, count: int) -> str:
+    """The progress bar's status once `lm_batch` has fitted ``end`` of ``count`` curves (``counts``: its output)."""
+    return progress_message(int(np.isin(counts[:end, 0].cpu().numpy(), CONVERGED).sum()), end, count)
+
+
+class CurveSolver:
+    """``solve`` and ``errors`` for the curves of one `model.Model` by `native_lm.c`, on the CPU
+    (`NativeSolver`) or a GPU (`cuda_engine.CudaSolver`): results on the data's ``device`` in its ``dtype``."""
+
+    device, dtype, scales, struct = torch.device("cpu"), torch.float64, None, None
+
+    def solve(
+        self, index: torch.Tensor, theta: torch.Tensor, *, factor=100.0, saturation=0.0, advance=None, **tolerances
+    ) -> BatchOutcome:
+        """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p) with the ``tolerances``
+        ftol, xtol, gtol and max_steps. The outcome's ``saturated`` (on the CPU) flags the curves (not
+        failed) where a parameter's relative sensitivity ||J_j|| max(|b_j|, 1) fell below ``saturation``
+        ||y|| at the solution."""
+        options = _options(factor=factor, saturation=saturation, **tolerances)
+        self._use_scales(self.scales)
+        count = len(theta)
+        solution = theta.to(self.device, torch.float64).contiguous().clone()
+        cost, history = self._empty(count), self._empty(count, options.history)
+        counts, recorded = self._empty(count, 5, dtype=torch.int64), self._empty(count, dtype=torch.int64)
+        self._run("lm_batch", options, index, [solution, cost, counts, history, recorded], advance)
+        return batch_outcome(solution.to(self.dtype), cost, counts, history, recorded)
+
+    def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p) with ``dof``
+        degrees of freedom, costs in the units of the problem's ``scales``."""
+        self._use_scales(self.scales)
+        count, p = values.shape
+        at, freedom = (tensor.to(self.device, torch.float64).contiguous() for tensor in (values, dof))
+        stderr, cost = self._empty(count, p), self._empty(count)
+        self._run("lm_errors", _statistics_options(), torch.arange(count), [at, freedom, stderr, cost], None)
+        return stderr.to(self.dtype), cost.to(self.dtype)
+
+    def _empty(self, *shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device=self.device)
+
+    def _use_scales(self, scales) -> None:
+        """Residuals times ``scales`` (float64 tensor or array, one per curve of the problem, powers of two,
+        where the cost would overflow or underflow; None: 1)."""
+        self._scales = scales  # (kept alive while the solver reads it)
+        self.struct.scales = None if scales is None else _address(scales)
+
+    def _prepare(self, problem, solver, build: bool, place: Callable, dtype: torch.dtype | None = None) -> None:
+        """Raise `NotBuilt` (without ``build``) or a `BackendError` where ``solver`` (the library or the
+        kernels) is None; else the problem's residual scales and Problem where the solver reads them
+        (``place``, ``dtype``: see `problem_struct`)."""
+        if solver is None and not build:
+            raise NotBuilt("its solver is not built yet (engine='native' builds it)")
+        if solver is None:
+            raise BackendError(f"the native engine cannot compile model {problem.text!r}")
+        scales = getattr(problem, "scales", None)
+        self.scales = None if scales is None else scales.to(self.device, torch.float64).contiguous()
+        self.struct, self._keep = problem_struct(problem, place, dtype)  # (what the solver reads: kept alive)
+
+    def _run(self, entry: str, options: _Options, index: torch.Tensor, arrays: list, advance) -> None:
+        """`native_lm.c`'s ``entry`` over curves ``index`` with ``arrays``, its per-curve arguments (row k
+        for curve index[k]); ``advance`` the progress bar's."""
+        raise NotImplementedError
+
+
+class NativeSolver(CurveSolver):
+    """`CurveSolver` on the CPU (a single fit: one curve), by the model's library or the shared one.
 
     Raises `BackendError` when the library cannot be built, or without ``build`` is not built yet
     (see `unavailable` first).
@@ -343,111 +421,51 @@ class NativeSolver:
 
     def __init__(self, problem, threads: int, *, build: bool = True, python_rows: bool = False):
         self.problem, self.threads = problem, max(1, threads)
-        arrays = problem_arrays(problem)
-        columns, fixed, weights, mask, y, layout = arrays
         self.rows = None
         if python_rows:  # one library for every model, the rows computed by its numpy (`native_library`)
             from . import native_library as rows
 
             self.library = rows.library(build=build)
-            inputs = tuple(kind in (SHARED_COLUMN, CURVE_COLUMN) for kind in layout.kind.tolist())
-            self.rows = rows.PythonRows(problem.numpy_rows, problem.numpy_values, inputs, len(problem.names) + 1)
+            columns = tuple(letter == "v" for letter in _layouts(problem))
+            self.rows = rows.PythonRows(problem.numpy_rows, problem.numpy_values, columns, len(problem.names) + 1)
         else:
             self.library = library(problem.function, problem.names, _layouts(problem), build=build)
-        if self.library is None and not build:
-            raise NotBuilt("its library is not built yet (engine='native' builds it)")
-        if self.library is None:
-            raise BackendError(f"the native engine cannot compile model {problem.text!r}")
-        scales = getattr(problem, "scales", None)
-        self.scales = None if scales is None else np.ascontiguousarray(scales.cpu().numpy(), dtype=np.float64)
-        pointers = _pointers(columns), _pointers(fixed)
-        # every array the C side reads, kept alive as long as the solver
-        self._keep = {"layout": layout, "pointers": pointers, "tensors": (columns, fixed, weights, mask, y)}
-        self.struct = problem_struct(
-            problem, arrays, lambda name: getattr(layout, name).ctypes.data, lambda k: pointers[k].ctypes.data
-        )
+        self._prepare(problem, self.library, build, lambda array: array)
 
-    def solve(
-        self,
-        index: torch.Tensor,
-        theta: torch.Tensor,
-        *,
-        ftol: float,
-        xtol: float,
-        gtol: float,
-        max_steps: int,
-        factor: float = 100.0,
-        saturation: float = 0.0,
-        scales: np.ndarray | None = None,
-        advance: Callable[[str], None] | None = None,
-    ) -> BatchOutcome:
-        """Fit curves ``index`` from internal coordinates ``theta`` (len(index), p).
-
-        ``scales`` (one per curve of the problem, powers of two) multiply the residuals, for data whose
-        cost would overflow or underflow (default: the problem's ``scales``). The outcome's ``saturated``
-        flags the curves (not failed) where a parameter's relative sensitivity ||J_j|| max(|b_j|, 1)
-        fell below ``saturation`` ||y|| at the solution.
-        """
-        options = _options(ftol, xtol, gtol, max_steps, factor, saturation)
-        self._use_scales(scales)
-        curves = np.ascontiguousarray(index.cpu().numpy(), dtype=np.int64)
-        solution = np.ascontiguousarray(theta.cpu().numpy(), dtype=np.float64).copy()
-        cost, counts, history, recorded = self._run(curves, solution, options, advance)
-        return BatchOutcome(
-            theta=torch.from_numpy(solution),
-            status=[STATUSES[code] for code in counts[:, 0].tolist()],
-            cost=torch.from_numpy(cost),
-            evaluations=torch.from_numpy(counts[:, 1].copy()),
-            jacobians=torch.from_numpy(counts[:, 2].copy()),
-            steps=torch.from_numpy(counts[:, 3].copy()),
-            initial_cost=torch.from_numpy(history[:, 0].copy()),
-            accepted=[],
-            histories=HistoryTable(history, recorded),
-            saturated=torch.from_numpy(counts[:, 4] != 0),
-        )
-
-    def _run(self, curves: np.ndarray, solution: np.ndarray, options: _Options, advance) -> tuple:
-        """`lm_batch` over ``curves`` (solutions into ``solution``), in calls of `CALL_CURVES`:
-        the arrays cost, counts, history and recorded."""
-        count = len(curves)
-        cost = np.empty(count)
-        counts = np.empty((count, 5), dtype=np.int64)
-        history = np.empty((count, options.history))
-        recorded = np.empty(count, dtype=np.int64)
+    def _run(self, entry: str, options: _Options, index: torch.Tensor, arrays: list, advance) -> None:
+        """`CurveSolver._run` in calls of `CALL_CURVES` curves, the progress bar advanced between them."""
+        curves, count = np.ascontiguousarray(index.numpy(), dtype=np.int64), len(index)
         for begin in range(0, count, CALL_CURVES):
             end = min(begin + CALL_CURVES, count)
-            outputs = (solution, cost, counts, history, recorded)
-            self._call("lm_batch", options, curves[begin:end], *(array[begin:].ctypes.data for array in outputs))
+            rows = (array.data_ptr() + begin * array.stride(0) * array.element_size() for array in arrays)
+            self._call(entry, options, curves[begin:end], *rows)
             if advance is not None:
-                message = progress_message(int(np.isin(counts[:end, 0], CONVERGED).sum()), end, count)
+                message = converged_message(arrays[2], end, count)
                 for _ in range(end - begin):
                     advance(message)
-        return cost, counts, history, recorded
-
-    def _use_scales(self, scales: np.ndarray | None) -> None:
-        scales = self.scales if scales is None else np.ascontiguousarray(scales, dtype=np.float64)
-        self._keep["scales"] = scales
-        self.struct.scales = None if scales is None else scales.ctypes.data
 
     def solve_one(self, theta: torch.Tensor, scale: float, factor: float, **tolerances) -> Outcome:
         """A single fit (a batch of one curve) from ``theta`` (p,), residuals times ``scale``: `lm.Outcome`,
-        with ``saturated`` (see `solve`, at `plateau.SATURATION` as `api` tests it)."""
+        with ``saturated`` (see `solve`, at `plateau.SATURATION` as `api` tests it). In numpy, not through
+        `solve`'s tensors: a small fit takes 0.2 ms, which those would lengthen by a third."""
         # one curve: its whole history as the torch engine keeps it, up to SINGLE_HISTORY_LIMIT costs
         history = min(tolerances["max_steps"] + 2, SINGLE_HISTORY_LIMIT)
         options = _options(factor=factor, saturation=plateau.SATURATION, history=history, **tolerances)
         self._use_scales(np.array([scale]))
-        solution = np.array(theta.tolist())
-        cost, counts, history, recorded = self._run(np.zeros(1, dtype=np.int64), solution, options, None)
-        status, evaluations, jacobians, steps, saturated = counts[0].tolist()
+        solution, cost, costs = np.array(theta.tolist()), np.empty(1), np.empty(history)
+        counts, recorded = np.empty(5, dtype=np.int64), np.empty(1, dtype=np.int64)
+        outputs = (solution, cost, counts, costs, recorded)
+        self._call("lm_batch", options, np.zeros(1, dtype=np.int64), *(array.ctypes.data for array in outputs))
+        code, evaluations, jacobians, steps, saturated = counts.tolist()
         return Outcome(
             theta=torch.from_numpy(solution),
-            status=STATUSES[status],
+            status=STATUSES[code],
             cost=float(cost[0]),
             evaluations=evaluations,
             jacobians=jacobians,
             steps=steps,
-            history=HistoryTable(history, recorded)[0],
-            saturated=bool(saturated) and STATUSES[status] != "nonfinite",
+            history=costs[: min(int(recorded[0]), history)].tolist(),
+            saturated=bool(saturated) and STATUSES[code] != "nonfinite",
         )
 
     def report(self, values: torch.Tensor, scale: float, dof: int, absolute: bool) -> Report:
@@ -459,17 +477,11 @@ class NativeSolver:
         p, n = len(self.problem.names), self.problem.y.shape[-1]
         at, freedom = np.array(values.tolist()), np.array([float(dof)])
         scalars, fitted, finite = np.empty(2), np.empty(n), np.empty(1, dtype=np.int64)
-        matrices, s = np.empty((3, p, p)), np.empty((2, p))
-        covariance, correlation, vt = matrices
-        stderr, singular = s
-        report = _Report(
-            at.ctypes.data,
-            freedom.ctypes.data,
-            int(absolute),
-            statistics.INSENSITIVE,
-            *(array.ctypes.data for array in (scalars[:1], scalars[1:], fitted, covariance, correlation)),
-            *(array.ctypes.data for array in (stderr, singular, vt, finite)),
-        )
+        covariance, correlation, vt = np.empty((3, p, p))
+        stderr, singular = np.empty((2, p))
+        outputs = (scalars[:1], scalars[1:], fitted, covariance, correlation, stderr, singular, vt, finite)
+        arguments = (at.ctypes.data, freedom.ctypes.data, int(absolute), statistics.INSENSITIVE)
+        report = _Report(*arguments, *(array.ctypes.data for array in outputs))
         self._call("lm_report", _statistics_options(), np.zeros(1, dtype=np.int64), ctypes.byref(report))
         names = self.problem.names
         spread = (
@@ -478,19 +490,6 @@ class NativeSolver:
             else statistics.undetermined(names)
         )
         return Report(float(scalars[0]), float(scalars[1]), fitted, spread)
-
-    def errors(self, values: torch.Tensor, dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standard errors (B, p) and costs (B,) of every curve at parameter ``values`` (B, p), costs in
-        the units of the problem's ``scales``."""
-        self._use_scales(None)
-        count, p = values.shape
-        curves = np.arange(count, dtype=np.int64)
-        at = np.ascontiguousarray(values.cpu().numpy(), dtype=np.float64)
-        freedom = np.ascontiguousarray(dof.cpu().numpy(), dtype=np.float64)
-        stderr, cost = np.empty((count, p)), np.empty(count)
-        outputs = (at, freedom, stderr, cost)
-        self._call("lm_errors", _statistics_options(), curves, *(array.ctypes.data for array in outputs))
-        return torch.from_numpy(stderr), torch.from_numpy(cost)
 
     def _call(self, entry: str, options: _Options, curves: np.ndarray, *arguments) -> None:
         """The library's ``entry`` over ``curves`` (int64) with this problem, ``options`` and the entry's
@@ -510,10 +509,11 @@ class NativeSolver:
             raise MemoryError("the native fit engine ran out of memory")
 
 
-def problem_arrays(problem, dtype: torch.dtype | None = None) -> tuple:
-    """What `native_lm.c`'s Problem points to, on the data's device: the data columns, the fixed values
-    (B,) each, the weights (or None), the mask as uint8 (or None, all points count), y, and the
-    `_Layout`; the floating ones converted to ``dtype`` when given."""
+def problem_struct(problem, place: Callable[[np.ndarray], object], dtype: torch.dtype | None = None) -> tuple:
+    """`native_lm.c`'s Problem of ``problem`` wherever the solver reads it (host or GPU), and what it
+    points to (to keep alive): the data on their device (floating ones converted to ``dtype`` when
+    given), the `_layout` and the tables of column and fixed-value pointers put there by ``place``
+    (a numpy array to something with a ``data_ptr`` or ``ctypes.data``)."""
     floating = (lambda tensor: tensor.contiguous()) if dtype is None else (lambda tensor: tensor.to(dtype).contiguous())
     columns = [floating(column) for column in problem.data.values()]
     fixed = [floating(value[:, 0]) for value in problem.fixed.values()]
@@ -522,32 +522,27 @@ def problem_arrays(problem, dtype: torch.dtype | None = None) -> tuple:
     layout = _layout(problem.function, problem.names, tuple(problem.data), tuple(problem.fixed), shared, bounds)
     weights = None if problem.weights is None else floating(problem.weights)
     mask = None if not problem.masked else problem.mask.contiguous().view(torch.uint8)
-    return columns, fixed, weights, mask, floating(problem.y), layout
-
-
-def problem_struct(
-    problem, arrays: tuple, layout_address: Callable[[str], int], pointer_address: Callable[[int], int]
-) -> _Problem:
-    """`native_lm.c`'s Problem over ``arrays`` (`problem_arrays`), wherever the solver reads them (host
-    or GPU): ``layout_address(name)`` is the address of the layout's array ``name``, ``pointer_address(k)``
-    that of the table of column (0) or fixed-value (1) pointers."""
-    columns, fixed, weights, mask, y, layout = arrays
-    return _Problem(
+    y = floating(problem.y)
+    placed = {name: place(array) for name, array in layout.items()}
+    for name, tensors in (("columns", columns), ("fixed", fixed)):
+        pointers = np.asarray([tensor.data_ptr() for tensor in tensors], dtype=np.int64)
+        placed[name] = place(pointers) if len(tensors) else None
+    address = {name: None if array is None else _address(array) for name, array in placed.items()}
+    struct = _Problem(
         points=problem.y.shape[-1],
         p=len(problem.names),
-        inputs=len(layout.kind),
-        kind=layout_address("kind"),
-        slot=layout_address("slot"),
-        columns=pointer_address(0) if len(columns) else None,
-        fixed=pointer_address(1) if len(fixed) else None,
+        inputs=len(layout["kind"]),
         y=y.data_ptr(),
         weights=None if weights is None else weights.data_ptr(),
         weights_per_curve=int(weights is not None and weights.shape[0] != 1),
         mask=None if mask is None else mask.data_ptr(),
-        bound=layout_address("bound"),
-        lower=layout_address("lower"),
-        upper=layout_address("upper"),
+        **address,
     )
+    return struct, (columns, fixed, weights, mask, y, placed)
+
+
+def _address(array) -> int:
+    return array.ctypes.data if isinstance(array, np.ndarray) else array.data_ptr()
 
 
 @dataclass
@@ -561,22 +556,14 @@ class Report:
     uncertainty: statistics.Uncertainty
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """What `native_lm.c`'s Problem reads besides the data: per input of the generated functions its
-    kind (`SHARED_COLUMN`...) and slot, per free parameter its bound kind and bounds."""
-
-    kind: np.ndarray
-    slot: np.ndarray
-    bound: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-
-
 @functools.lru_cache(maxsize=1024)
-def _layout(function, free: tuple, columns: tuple, fixed: tuple, shared: tuple, bounds: tuple) -> _Layout:
-    """The `_Layout` of a model over data ``columns`` (``shared``: one row for every curve) and ``fixed``
-    parameters, for its ``free`` ones with ``bounds`` (`_bound`); cached, as a loop of fits repeats it."""
+def _layout(
+    function, free: tuple, columns: tuple, fixed: tuple, shared: tuple, bounds: tuple
+) -> types.MappingProxyType:
+    """What `native_lm.c`'s Problem reads besides the data, by field: per input of the generated functions
+    its kind (`SHARED_COLUMN`...) and slot, per free parameter its bound kind and bounds (``bounds``, from
+    `_bound`), for a model over data ``columns`` (``shared``: one row for every curve) and ``fixed``
+    parameters; read-only and cached, as a loop of fits repeats it."""
     kinds, slots = [], []
     for name in function.names:
         if name in columns:
@@ -593,7 +580,7 @@ def _layout(function, free: tuple, columns: tuple, fixed: tuple, shared: tuple, 
     arrays += [np.asarray([b[k] for b in bounds], dtype=np.int64 if k == 0 else np.float64) for k in range(3)]
     for array in arrays:
         array.flags.writeable = False
-    return _Layout(*arrays)
+    return types.MappingProxyType(dict(zip(("kind", "slot", "bound", "lower", "upper"), arrays)))
 
 
 def _bound(spec) -> tuple[int, float, float]:
@@ -603,7 +590,3 @@ def _bound(spec) -> tuple[int, float, float]:
     if math.isfinite(lo) and math.isfinite(hi):
         return BOTH, lo, hi
     return (LOWER, lo, 0.0) if math.isfinite(lo) else (UPPER, 0.0, hi)
-
-
-def _pointers(tensors: list[torch.Tensor]) -> np.ndarray:
-    return np.asarray([tensor.data_ptr() for tensor in tensors], dtype=np.uint64)

@@ -51,11 +51,6 @@ def solver_source() -> str:
     return (Path(__file__).parent / "native_lm.c").read_text()
 
 
-def sources() -> list[str]:
-    """The library's C sources: the forwarding functions and the solver."""
-    return [SHIM, solver_source()]
-
-
 def prepared(loaded: ctypes.CDLL) -> ctypes.CDLL:
     """``loaded`` with its solver entries' argument types set."""
     for name, outputs in (("lm_batch", 5), ("lm_errors", 4), ("lm_report", 1)):
@@ -76,7 +71,7 @@ def library(*, build: bool) -> ctypes.CDLL | None:
     if loaded is None:
         from ..backends.cpu import library_bytes, open_library
 
-        data = library_bytes(sources(), "the native fit engine", FLAGS, build=build)
+        data = library_bytes([SHIM, solver_source()], "the native fit engine", FLAGS, build=build)
         if data is None:
             start_build()
             return None
@@ -116,10 +111,13 @@ class PythonRows:
     """
 
     def __init__(self, rows, values, columns: tuple[bool, ...], outputs: int):
-        self._rows, self._values, self._columns, self._outputs = rows, values, columns, outputs
+        self._rows, self._values, self._columns = rows, values, columns
         self._views: dict[tuple[int, int], np.ndarray] = {}
         self.interrupted: BaseException | None = None
-        self.functions = (_MODEL_FUNCTION(self._call_rows), _MODEL_FUNCTION(self._call_values))
+        self.functions = (
+            _MODEL_FUNCTION(lambda inputs, out, n: self._call(self._rows, inputs, out, n, outputs)),
+            _MODEL_FUNCTION(lambda inputs, out, n: self._call(self._values, inputs, out, n, 1)),
+        )
 
     def _view(self, address: int, size: int) -> np.ndarray:
         key = (address, size)
@@ -135,9 +133,8 @@ class PythonRows:
             block.fill(np.nan)  # the solver gives up after a few non-finite points; `raise_interrupt` then
             return
         try:
-            arguments = [self._view(inputs[k], n) if column else self._view(inputs[k], 1)[0]
-                         for k, column in enumerate(self._columns)]  # fmt: skip
-            function(block, *arguments)
+            view, columns = self._view, enumerate(self._columns)
+            function(block, *(view(inputs[k], n) if column else view(inputs[k], 1)[0] for k, column in columns))
         except Exception:  # noqa: BLE001 - C cannot take a Python exception: the point is non-finite
             block.fill(np.nan)
         except BaseException as interrupt:  # Ctrl-C (KeyboardInterrupt) while C waits: raised once it returns
@@ -149,12 +146,6 @@ class PythonRows:
         interrupt, self.interrupted = self.interrupted, None
         if interrupt is not None:
             raise interrupt
-
-    def _call_rows(self, inputs, out, n: int) -> None:
-        self._call(self._rows, inputs, out, n, self._outputs)
-
-    def _call_values(self, inputs, out, n: int) -> None:
-        self._call(self._values, inputs, out, n, 1)
 
     def set_in(self, loaded: ctypes.CDLL) -> None:
         """Point ``loaded``'s model functions at this model (hold `LOCK` until its call returns)."""

@@ -48,7 +48,7 @@ typedef struct {
   double rank_tolerance, drift_tolerance, polish_slack, probe, acceleration_ratio, unexploited_share,
       visible_step, statistics_rank_tolerance, null_component, saturation, shrunk,
       column_shrunk;
-  int64_t max_steps, geodesic, history, drift_window, nonfinite_retries;
+  int64_t max_steps, history, drift_window, nonfinite_retries;
   int64_t polished; /* bit mask of the statuses after which the polish step runs */
 } Options;
 
@@ -496,7 +496,7 @@ CG_FN Outcome solve_curve(const Problem *P, Work *W, int64_t b, double *history,
       double lam = solve(W, p, &d, radius, &step_norm, &decrease);
       if (o.steps == 0 && o.jacobians == 1) radius = fmin(radius, step_norm);
       step_from(W, p, W->coordinates, W->velocity);
-      if (O->geodesic && lam > 0) {
+      if (lam > 0) {
         half_acceleration(P, W, b, lam, step_norm, O);
         o.evaluations++;
         for (int64_t j = 0; j < p; j++) W->velocity[j] += W->projected[j];
@@ -596,15 +596,12 @@ CG_FN void standard_errors(Work *W, int64_t p, double cost, double dof, const Op
   }
 }
 
-/* ||y w s|| of curve b (weights w, the curve's scale s), safe from overflow; uses W->r_probe. */
+/* ||y w s|| of curve b (weights w, the curve's scale s), safe from overflow: the norm of the residuals
+   of f = 0 (-y w s, rounded as y w s); uses W->r_probe. */
 CG_FN double data_norm(const Problem *P, Work *W, int64_t b) {
-  int64_t n = P->points;
-  const double *y = P->y + b * n;
-  const uint8_t *mask = P->mask ? P->mask + b * n : NULL;
-  const double *w = P->weights ? P->weights + (P->weights_per_curve ? b * n : 0) : NULL;
-  double scale = P->scales ? P->scales[b] : 1;
-  for (int64_t i = 0; i < n; i++) W->r_probe[i] = !mask || mask[i] ? y[i] * (w ? w[i] : 1) * scale : 0;
-  return safe_norm(W->r_probe, n, 1);
+  memset(W->r_probe, 0, P->points * sizeof(double));
+  finish(P, b, W->r_probe, NULL, 0);
+  return safe_norm(W->r_probe, P->points, 1);
 }
 
 /* The vectors of p + 1 doubles in Work (values ... live_scale). */
@@ -639,40 +636,6 @@ CG_FN void carve(Work *W, double *memory, int64_t n, int64_t p, int64_t inputs, 
   W->order = (int64_t *)memory;
 }
 
-#ifndef CG_DEVICE /* the host's threads: OpenMP, each thread's Work from calloc */
-CG_FN int allocate(Work *W, int64_t n, int64_t p, int64_t inputs, const Options *O) {
-  double *memory = (double *)calloc(work_words(n, p, inputs, O), sizeof(double));
-  W->memory = memory;
-  if (!memory) return 0;
-  carve(W, memory, n, p, inputs, O);
-  return 1;
-}
-
-CG_FN void release(Work *W) { free(W->memory); }
-
-/* task(..., k, index[k], context) for every k < count, in parallel, each thread with its own Work.
-   Returns 0, or -1 when memory ran out. */
-typedef void (*Task)(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context);
-
-CG_FN int for_each_curve(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads,
-                          Task task, void *context) {
-  int failed = 0;
-#pragma omp parallel num_threads(threads) if (threads > 1 && count > 1) reduction(| : failed)
-  {
-    Work W;
-    int ready = allocate(&W, P->points, P->p, P->inputs, O);
-    failed |= !ready;
-    /* every thread must reach the worksharing loop (its barrier), even one without memory */
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t k = 0; k < count; k++)
-      if (ready) task(P, O, &W, k, index[k], context);
-    release(&W);
-  }
-  return failed ? -1 : 0;
-}
-
-#endif
-
 typedef struct {
   double *theta, *cost, *history;
   int64_t *counts, *recorded;
@@ -704,19 +667,6 @@ CG_FN void fit_task(const Problem *P, const Options *O, Work *W, int64_t k, int6
   F->recorded[k] = o.recorded;
 }
 
-#ifndef CG_DEVICE
-/* Fit the curves ``index[0..count)``; row k of theta (count x p) holds curve index[k]'s start and
-   receives its solution. Per row: cost, counts (status, evaluations, jacobians, steps, and 1 when a
-   curve that did not fail stopped on a plateau: see `saturated`), ``history``
-   (H costs: the first H - 1 recorded and the last) with ``recorded`` the number there were.
-   Returns 0, or -1 when memory ran out. */
-int lm_batch(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads, double *theta,
-             double *cost, int64_t *counts, double *history, int64_t *recorded) {
-  Fits fits = {theta, cost, history, counts, recorded};
-  return for_each_curve(P, O, index, count, threads, fit_task, &fits);
-}
-#endif
-
 typedef struct {
   const double *values, *dof;
   double *stderr, *cost;
@@ -730,16 +680,6 @@ CG_FN void errors_task(const Problem *P, const Options *O, Work *W, int64_t k, i
   E->cost[k] = squared(W->block + p * n, n);
   standard_errors(W, p, E->cost[k], E->dof[k], O, E->stderr + k * p);
 }
-
-#ifndef CG_DEVICE
-/* Standard errors (count x p) and costs of the curves ``index`` at parameter ``values`` (count x p),
-   with ``dof`` degrees of freedom each. Returns 0, or -1 when memory ran out. */
-int lm_errors(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads,
-              const double *values, const double *dof, double *stderr, double *cost) {
-  Errors errors = {values, dof, stderr, cost};
-  return for_each_curve(P, O, index, count, threads, errors_task, &errors);
-}
-#endif
 
 typedef struct {
   const double *values;  /* count x p: the parameter values */
@@ -786,16 +726,64 @@ CG_FN void report_task(const Problem *P, const Options *O, Work *W, int64_t k, i
   memcpy(R->vt + k * p * p, W->vt, p * p * sizeof(double));
 }
 
-#ifndef CG_DEVICE
+#ifndef CG_DEVICE /* the host's threads: OpenMP, each thread's Work from calloc */
+CG_FN int allocate(Work *W, int64_t n, int64_t p, int64_t inputs, const Options *O) {
+  double *memory = (double *)calloc(work_words(n, p, inputs, O), sizeof(double));
+  W->memory = memory;
+  if (!memory) return 0;
+  carve(W, memory, n, p, inputs, O);
+  return 1;
+}
+
+CG_FN void release(Work *W) { free(W->memory); }
+
+/* task(..., k, index[k], context) for every k < count, in parallel, each thread with its own Work.
+   Returns 0, or -1 when memory ran out. */
+typedef void (*Task)(const Problem *P, const Options *O, Work *W, int64_t k, int64_t b, void *context);
+
+CG_FN int for_each_curve(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads,
+                          Task task, void *context) {
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1 && count > 1) reduction(| : failed)
+  {
+    Work W;
+    int ready = allocate(&W, P->points, P->p, P->inputs, O);
+    failed |= !ready;
+    /* every thread must reach the worksharing loop (its barrier), even one without memory */
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t k = 0; k < count; k++)
+      if (ready) task(P, O, &W, k, index[k], context);
+    release(&W);
+  }
+  return failed ? -1 : 0;
+}
+
+/* Fit the curves ``index[0..count)``; row k of theta (count x p) holds curve index[k]'s start and
+   receives its solution. Per row: cost, counts (status, evaluations, jacobians, steps, and 1 when a
+   curve that did not fail stopped on a plateau: see `saturated`), ``history``
+   (H costs: the first H - 1 recorded and the last) with ``recorded`` the number there were.
+   Returns 0, or -1 when memory ran out. */
+int lm_batch(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads, double *theta,
+             double *cost, int64_t *counts, double *history, int64_t *recorded) {
+  Fits fits = {theta, cost, history, counts, recorded};
+  return for_each_curve(P, O, index, count, threads, fit_task, &fits);
+}
+
+/* Standard errors (count x p) and costs of the curves ``index`` at parameter ``values`` (count x p),
+   with ``dof`` degrees of freedom each. Returns 0, or -1 when memory ran out. */
+int lm_errors(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads,
+              const double *values, const double *dof, double *stderr, double *cost) {
+  Errors errors = {values, dof, stderr, cost};
+  return for_each_curve(P, O, index, count, threads, errors_task, &errors);
+}
+
 /* The statistics of the curves ``index`` at their ``values`` (see `Report`). Returns 0, or -1 when
    memory ran out. */
 int lm_report(const Problem *P, const Options *O, const int64_t *index, int64_t count, int threads,
               Report *report) {
   return for_each_curve(P, O, index, count, threads, report_task, report);
 }
-#endif
-
-#ifdef CG_DEVICE /* the GPU's threads: one curve each, its Work carved from one preallocated workspace */
+#else /* the GPU's threads: one curve each, its Work carved from one preallocated workspace */
 /* Thread k's Work from ``workspace`` (``words`` = `work_words` per thread); 0 past ``count``. */
 CG_FN int thread_work(const Problem *P, const Options *O, double *workspace, int64_t words, int count, Work *W,
                       int64_t *k) {

@@ -12,6 +12,7 @@ per-curve units, chunks of curves, curves spread over ranks and the global fit (
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +47,8 @@ from .threads import threads_for
 from .ties import Ties, split_ties
 from .units import SAFE_EXPONENT, curve_unit, power_of_two_scale
 
+# A `BatchOutcome`'s tensors with one entry per curve.
+_PER_CURVE = ("theta", "cost", "evaluations", "jacobians", "steps", "initial_cost")
 # Restarts of LM in new units when the residuals left the range of the first ones (see `_in_range`).
 _RESTARTS = 3
 
@@ -432,8 +435,9 @@ def fit_batch(
             raise
         failure = error
     if shards is not None:
-        settings = (max_steps, chunk_size, ftol, xtol, gtol, nan_policy, str(dtype), engine, shared)
-        _raise_together(shards, failure, batch, settings)
+        # every rank holds every curve: any difference in what they fit is a mistake, found here
+        about = "" if batch is None else f"{batch.checked.summary(given)}, {batch.checksum()}"
+        shards.raise_together(failure, about, "and the same curves (each rank fits its share of them)")
     if shared:
         return _global_result(batch, shared, shards, start_time)
     enabled = progress and (shards is None or shards.rank == 0)
@@ -442,18 +446,10 @@ def fit_batch(
     return batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
 
 
-def _raise_together(shards: Shards, failure: CustomgradError | None, batch: _Batch | None, settings: tuple) -> None:
-    """Every rank raises where any rank failed, or where ranks fit different things: every rank holds every
-    curve, so any difference in what they fit is a mistake, found here (`Shards.raise_together`)."""
-    about = "" if batch is None else batch.description()
-    same = "and the same curves (each rank fits its share of them)"
-    shards.raise_together(failure, f"{about}, options {settings}", same)
-
-
 @dataclass
 class _Batch:
     """A checked batch of fits: its data, parameters, model and engine (``solver``: None for torch), the
-    solver's ``options`` (tolerances, max_steps) and the curves per chunk."""
+    solver's ``options`` (tolerances, max_steps), the curves per chunk and the checked `Options`."""
 
     data: FitData
     specs: list
@@ -462,7 +458,7 @@ class _Batch:
     solver: NativeSolver | cuda_engine.CudaSolver | None
     options: dict
     chunk_size: int
-    device: torch.device | None
+    checked: Options
 
     @classmethod
     def checked(cls, given: Mapping, params, *, joint: bool = False) -> _Batch:
@@ -474,13 +470,13 @@ class _Batch:
         problem = _model(given["model"], data, specs, Ties(), initial=initial, scales=scales)
         solver = _solver(problem, options.engine, joint)
         settings = dict(options.tolerances, max_steps=options.max_steps)
-        return cls(data, specs, initial, problem, solver, settings, options.chunk_size, options.device)
+        return cls(data, specs, initial, problem, solver, settings, options.chunk_size, options)
 
     def solve(self, shards: Shards | None, advance) -> tuple:
         """Fit this rank's curves (all of them when not distributed), gather every rank's; the outcome,
         parameter values (B, p), standard errors (B, p) and costs (B,) in the data's units."""
         problem, solver, batch = self.problem, self.solver, self.problem.batch
-        with threads_for(self.data.y.shape[-1] * (len(self.specs) + 1), self.device):
+        with threads_for(self.data.y.shape[-1] * (len(self.specs) + 1), self.checked.device):
             curves = range(batch) if shards is None else range(batch)[local_shard(batch, shards.rank, shards.world)]
             if solver is not None:
                 outcome = _solve_native(solver, problem, self.options, advance, curves)
@@ -500,9 +496,9 @@ class _Batch:
                 cost = cost / problem.scales.to(cost) / problem.scales.to(cost)
         return outcome, values, stderr, cost
 
-    def description(self) -> str:
-        """What a distributed batch fits, for `Shards.raise_together`: the model, parameters and bounds
-        in words, the curves' shape and a checksum of the data, sigma and initial values."""
+    def checksum(self) -> str:
+        """The curves' shape and a checksum of the data, sigma and initial values, in words (what a
+        distributed batch fits besides `Options.summary`)."""
         data, digest = self.data, hashlib.sha256()
         tensors = [data.y, data.mask, *(data.x[name] for name in sorted(data.x))]
         tensors += [data.weights] if data.weights is not None else []
@@ -510,12 +506,7 @@ class _Batch:
         arrays += [np.asarray(self.initial[spec.name], dtype=np.float64) for spec in self.specs]
         for array in arrays:
             digest.update(np.ascontiguousarray(array).tobytes())
-        bounds = [(spec.name, spec.lower, spec.upper, spec.fixed) for spec in self.specs]
-        return (
-            f"model {self.problem.text!r}, parameters and bounds {bounds}, curves {tuple(data.y.shape)}, sigma "
-            f"{'given' if data.weights is not None else 'none'}, checksum of data and initial values "
-            f"{digest.hexdigest()[:16]}"
-        )
+        return f"curves {tuple(data.y.shape)}, checksum of data and initial values {digest.hexdigest()[:16]}"
 
     @property
     def dof(self) -> torch.Tensor:
@@ -569,7 +560,7 @@ def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None
     # (`global_native`) on torch's setting from before, as the native engine, where OpenMP
     # waits passively (each of their ~30 short loops would wait a time slice on a busy machine otherwise)
     threads = torch.get_num_threads() if waits_passively() else 1
-    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):
+    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.checked.device):
         outcome, values, stderr, cost, joint = fit_global(batch, shared, shards, threads)
         result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
     result.shared, single = joint, result.single
@@ -620,45 +611,33 @@ def _solve_in_chunks(problem: Model, chunk_size: int, options: dict, advance, cu
     for begin in range(curves.start, curves.stop, chunk_size):
         index = torch.arange(begin, min(begin + chunk_size, curves.stop), device=theta.device)
         parts.append(_solve_chunk(problem, index, theta[index], options, advance))
-    if len(parts) == 1:
-        return parts[0]
-    offsets = [0]
-    for part in parts[:-1]:
-        offsets.append(offsets[-1] + len(part.status))
     if not parts:  # a rank of a distributed batch with no curves of its own
         counts = (theta.new_zeros(0, dtype=torch.long) for _ in range(3))
         return BatchOutcome(theta[:0], [], theta.new_zeros(0), *counts, theta.new_zeros(0), [])
-    per_curve = ("theta", "cost", "evaluations", "jacobians", "steps", "initial_cost")
-    return BatchOutcome(
-        **{name: torch.cat([getattr(part, name) for part in parts]) for name in per_curve},
-        status=[status for part in parts for status in part.status],
-        accepted=[(index + offset, cost) for part, offset in zip(parts, offsets) for index, cost in part.accepted],
-    )
+    return _joined(parts)
 
 
 def _gathered(shards: Shards, outcome: BatchOutcome) -> BatchOutcome:
     """Every rank's outcome for its curves, joined in curve order (ranks hold consecutive curves)."""
-    local = {
-        "theta": outcome.theta.cpu(),
-        "status": outcome.status,
-        "counts": torch.stack([outcome.evaluations, outcome.jacobians, outcome.steps]).cpu(),
-        "cost": outcome.cost.cpu(),
-        "histories": [outcome.history(i) for i in range(len(outcome.status))],
-    }
-    parts = shards.gather_objects(local)
-    device = outcome.theta.device
-    counts = torch.cat([part["counts"] for part in parts], dim=1).to(device)
-    histories = [history for part in parts for history in part["histories"]]
+    histories = [outcome.history(i) for i in range(len(outcome.status))]
+    local = {name: getattr(outcome, name).cpu() for name in _PER_CURVE}
+    local = BatchOutcome(**local, status=outcome.status, accepted=[], histories=histories)
+    joined = _joined(shards.gather_objects(local))
+    for name in _PER_CURVE:
+        setattr(joined, name, getattr(joined, name).to(outcome.theta.device))
+    return joined
+
+
+def _joined(parts: list[BatchOutcome]) -> BatchOutcome:
+    """The outcomes of consecutive runs of curves (chunks, or ranks) as one, in curve order."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets = itertools.accumulate((len(part.status) for part in parts[:-1]), initial=0)
     return BatchOutcome(
-        theta=torch.cat([part["theta"] for part in parts]).to(device),
-        status=[status for part in parts for status in part["status"]],
-        cost=torch.cat([part["cost"] for part in parts]).to(device),
-        evaluations=counts[0],
-        jacobians=counts[1],
-        steps=counts[2],
-        initial_cost=torch.tensor([history[0] for history in histories]),
-        accepted=[],
-        histories=histories,
+        **{name: torch.cat([getattr(part, name) for part in parts]) for name in _PER_CURVE},
+        status=[status for part in parts for status in part.status],
+        accepted=[(index + offset, cost) for part, offset in zip(parts, offsets) for index, cost in part.accepted],
+        histories=None if parts[0].histories is None else [history for part in parts for history in part.histories],
     )
 
 

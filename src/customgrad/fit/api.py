@@ -11,6 +11,7 @@ per-curve units, chunks of curves, curves spread over ranks and the global fit (
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -587,12 +588,16 @@ def _solver(problem: Model, engine: str, joint: bool):
 
 
 def _solve_native(solver: NativeSolver, problem: Model, options: dict, advance, curves: range) -> BatchOutcome:
-    """``curves`` by the native engine, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
-    index = torch.arange(curves.start, curves.stop)
-    theta = problem.initial_theta()[index]
-    outcome = solver.solve(index, theta, advance=advance, saturation=SATURATION, **options)
-    retry = lambda plateau: solver.solve(index[plateau], theta[plateau], factor=1.0, **options)  # noqa: E731
-    restart_plateaus(outcome, problem, index, retry)
+    """``curves`` by the native engine (`_restarted`)."""
+    index, solve = torch.arange(curves.start, curves.stop), functools.partial(solver.solve, **options)
+    return _restarted(problem, index, problem.initial_theta()[index], solve, advance=advance, saturation=SATURATION)
+
+
+def _restarted(problem: Model, index: torch.Tensor, theta: torch.Tensor, solve: Callable, **first) -> BatchOutcome:
+    """``solve(index, theta, **first)``: the curves ``index`` from ``theta``, then again with factor 1 for the
+    curves on a plateau (`plateau.restart_plateaus`, as `fit` does)."""
+    outcome = solve(index, theta, **first)
+    restart_plateaus(outcome, problem, index, lambda plateau: solve(index[plateau], theta[plateau], factor=1.0))
     return outcome
 
 
@@ -659,7 +664,7 @@ class _Subset(BatchProblem):
 
 
 def _solve_chunk(problem: Model, index: torch.Tensor, theta: torch.Tensor, options: dict, advance) -> BatchOutcome:
-    """The curves ``index``: the batched LM, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
+    """The curves ``index`` by the batched LM (`_restarted`), reporting the curves done to ``advance``."""
     done = [0]
 
     def on_round(state) -> None:
@@ -671,15 +676,10 @@ def _solve_chunk(problem: Model, index: torch.Tensor, theta: torch.Tensor, optio
             advance(message)
         done[0] = stopped
 
-    outcome = batch_levenberg_marquardt(
-        _Subset(problem, index), theta, reduce=reduce_gram, on_round=on_round, **options
-    )
+    def solve(index: torch.Tensor, theta: torch.Tensor, **extra) -> BatchOutcome:
+        return batch_levenberg_marquardt(_Subset(problem, index), theta, **options, **extra)
 
-    def retry(plateau: torch.Tensor) -> BatchOutcome:
-        return batch_levenberg_marquardt(_Subset(problem, index[plateau]), theta[plateau], factor=1.0, **options)
-
-    restart_plateaus(outcome, problem, index, retry)
-    return outcome
+    return _restarted(problem, index, theta, solve, reduce=reduce_gram, on_round=on_round)
 
 
 def _final_factors(problem: Model, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

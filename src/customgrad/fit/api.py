@@ -28,7 +28,7 @@ from ..progress import progress_bar
 from . import cuda_engine
 from .arrays import namespace_of
 from .chunked import ChunkedModel
-from .data import FitData, curve_data, prepare_data
+from .data import FitData, prepare_data
 from .distributed import Shards, local_shard
 from .global_fit import fit_global, global_curve, split_shared
 from .lm import BatchOutcome, BatchProblem, batch_levenberg_marquardt
@@ -693,22 +693,18 @@ def _final_factors(problem: Model, values: torch.Tensor) -> tuple[torch.Tensor, 
 
 def _curve_result(problem: Model, arrays, outcome: BatchOutcome, i: int, specs, initial, x_is_dict: bool):
     """Curve ``i``'s `FitResult`, made as `fit` makes one (statistics, diagnostics, data) from the batch's solution."""
-    rows, omitted = curve_data(arrays, i)
-    columns = {name: torch.as_tensor(rows[name]) for name in arrays if name not in ("y", "sigma")}
-    data_names = tuple(problem.data)
-    if "x" in columns and len(data_names) == 1 and data_names[0] != "x":
-        columns = {data_names[0]: columns.pop("x")}
-    columns = {name: column.reshape(1, -1) for name, column in columns.items()}
-    weights = 1 / torch.as_tensor(rows["sigma"]).reshape(1, -1) if "sigma" in rows else None
-    y = torch.as_tensor(rows["y"]).reshape(1, -1)
-    single = Model(problem.function, columns, y, weights, curve_specs(specs, initial, i), problem.text)
+    rows = {name: values[0 if len(values) == 1 else i] for name, values in arrays.items()}
+    x = {name: values for name, values in rows.items() if name not in ("y", "sigma")}
+    data = prepare_data(x if x_is_dict else x["x"], rows["y"], rows.get("sigma"), nan_policy="omit")
+    columns = data.x if x_is_dict else {next(iter(problem.data)): data.x["x"]}
+    single = Model(problem.function, columns, data.y, data.weights, curve_specs(specs, initial, i), problem.text)
     result = outcome.one(i)
     result.theta = result.theta.cpu().to(torch.float64)
     if not math.isfinite(result.cost):
         result.cost = math.nan
     source = FitSource(single, x_is_dict=x_is_dict)
     # not refined in 40 digits: curve i's FitResult keeps the batch's parameters for it
-    return curve_result(single, result, "lm", "linear", omitted, 0.0, None, source, refine=False)
+    return curve_result(single, result, "lm", "linear", data.omitted_rows, 0.0, None, source, refine=False)
 
 
 def fit_experiment(name: str, *, method: str = "lm", seed: int = 0, **options) -> FitResult:

@@ -282,14 +282,6 @@ def _check_sigma(sigma: np.ndarray, mask: np.ndarray, batch: bool) -> None:
         )
 
 
-def curve_data(arrays: dict[str, np.ndarray], i: int) -> tuple[dict, list[int]]:
-    """Curve ``i``'s finite entries: the columns by name, and the indices left out."""
-    rows = {name: values[0 if len(values) == 1 else i] for name, values in arrays.items()}
-    keep = functools.reduce(np.logical_and, (np.isfinite(values) for values in rows.values()))
-    omitted = np.flatnonzero(~keep).tolist()
-    return {name: rows[name][keep] for name in rows}, omitted
-
-
 def read_curves(path: str | Path, x_values: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Curves from a file, one per row: x (N,) and y (B, N), empty cells NaN (shorter curves).
 

@@ -173,9 +173,8 @@ def _fit(given: Mapping) -> FitResult:
     source = FitSource(problem, options.loss, options.absolute_sigma, data.x_is_dict, ties, shards=shards)
     seconds = time.perf_counter() - given["start_time"]
     return curve_result(
-        problem, outcome, options.method, options.loss, data.omitted_rows, seconds, exact, source, shards,
-        native=native, unit=calls.scale,
-    )  # fmt: skip
+        source, outcome, options.method, data.omitted_rows, seconds, exact, native=native, unit=calls.scale
+    )
 
 
 def _data(given: Mapping, options: Options, *, batch: bool, allow_empty: bool = False) -> FitData:
@@ -704,7 +703,7 @@ def _curve_result(problem: Model, arrays, outcome: BatchOutcome, i: int, specs, 
         result.cost = math.nan
     source = FitSource(single, x_is_dict=x_is_dict)
     # not refined in 40 digits: curve i's FitResult keeps the batch's parameters for it
-    return curve_result(single, result, "lm", "linear", data.omitted_rows, 0.0, None, source, refine=False)
+    return curve_result(source, result, "lm", data.omitted_rows, 0.0, refine=False)
 
 
 def fit_experiment(name: str, *, method: str = "lm", seed: int = 0, **options) -> FitResult:

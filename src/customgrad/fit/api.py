@@ -325,8 +325,6 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
     `native.BUILD_AFTER_FITS`."""
     if engine == "torch":
         return None
-    from .native import engine_for
-
     reasons = (
         (method != "lm", f"method {method!r} (it runs Levenberg-Marquardt only)"),
         (rho is not None, "a robust loss"),

@@ -434,7 +434,7 @@ def fit_batch(
         failure = error
     if shards is not None:
         # every rank holds every curve: any difference in what they fit is a mistake, found here
-        about = "" if batch is None else f"{batch.checked.summary(given)}, {batch.checksum()}"
+        about = "" if batch is None else f"{batch.settings.summary(given)}, {batch.checksum()}"
         shards.raise_together(failure, about, "and the same curves (each rank fits its share of them)")
     if shared:
         return _global_result(batch, shared, shards, start_time)
@@ -447,7 +447,7 @@ def fit_batch(
 @dataclass
 class _Batch:
     """A checked batch of fits: its data, parameters, model and engine (``solver``: None for torch), the
-    solver's ``options`` (tolerances, max_steps), the curves per chunk and the checked `Options`."""
+    solver's ``options`` (tolerances, max_steps), the curves per chunk and all the checked `Options` (``settings``)."""
 
     data: FitData
     specs: list
@@ -456,7 +456,7 @@ class _Batch:
     solver: NativeSolver | cuda_engine.CudaSolver | None
     options: dict
     chunk_size: int
-    checked: Options
+    settings: Options
 
     @classmethod
     def checked(cls, given: Mapping, params, *, joint: bool = False) -> _Batch:
@@ -467,14 +467,14 @@ class _Batch:
         scales = None if joint else _curve_scales(data)  # a joint cost has one unit for all curves
         problem = _model(given["model"], data, specs, Ties(), initial=initial, scales=scales)
         solver = _solver(problem, options.engine, joint)
-        settings = dict(options.tolerances, max_steps=options.max_steps)
-        return cls(data, specs, initial, problem, solver, settings, options.chunk_size, options)
+        solving = dict(options.tolerances, max_steps=options.max_steps)
+        return cls(data, specs, initial, problem, solver, solving, options.chunk_size, options)
 
     def solve(self, shards: Shards | None, advance) -> tuple:
         """Fit this rank's curves (all of them when not distributed), gather every rank's; the outcome,
         parameter values (B, p), standard errors (B, p) and costs (B,) in the data's units."""
         problem, solver, batch = self.problem, self.solver, self.problem.batch
-        with threads_for(self.data.y.shape[-1] * (len(self.specs) + 1), self.checked.device):
+        with threads_for(self.data.y.shape[-1] * (len(self.specs) + 1), self.settings.device):
             curves = range(batch) if shards is None else range(batch)[local_shard(batch, shards.rank, shards.world)]
             if solver is not None:
                 outcome = _solve_native(solver, problem, self.options, advance, curves)
@@ -558,7 +558,7 @@ def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None
     # (`global_native`) on torch's setting from before, as the native engine, where OpenMP
     # waits passively (each of their ~30 short loops would wait a time slice on a busy machine otherwise)
     threads = torch.get_num_threads() if waits_passively() else 1
-    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.checked.device):
+    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.settings.device):
         outcome, values, stderr, cost, joint = fit_global(batch, shared, shards, threads)
         result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
     result.shared, single = joint, result.single

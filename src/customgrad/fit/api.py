@@ -193,10 +193,9 @@ def _model(model, data: FitData, specs, ties: Ties, *, initial=None, scales=None
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
     if chunk_size is not None:
         return ChunkedModel(function, columns, data.y, data.weights, specs, text, chunk_size)
-    batch = data.mask is not None
     return Model(
         function, columns, data.y, data.weights, specs, text, initial=initial, mask=data.mask, scales=scales,
-        functional=batch,
+        functional=data.mask is not None,
     )  # fmt: skip
 
 

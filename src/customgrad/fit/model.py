@@ -276,16 +276,16 @@ class Model(BatchProblem):
     def _curve_call(self, values: torch.Tensor) -> torch.Tensor:
         """A batch of one's predictions f (N,) at values (p,) or per-entry copies (p, N), the callable called
         as a single fit calls it: data (N,), each parameter a scalar (or its (N,) copies)."""
-        data, fixed, _ = self._one_curve
+        data, fixed = self._one_curve
         named = dict(zip(self.names, values.unbind(0), strict=True))
         named.update(fixed)
         return torch.broadcast_to(self.function(data, named), (self.size,))
 
     @functools.cached_property
-    def _one_curve(self) -> tuple[dict, dict, torch.Tensor]:
-        """A batch of one's data columns (N,), fixed values (scalars) and y (N,)."""
+    def _one_curve(self) -> tuple[dict, dict]:
+        """A batch of one's data columns (N,) and fixed values (scalars)."""
         data = {name: column[0] for name, column in self.data.items()}
-        return data, {name: value[0, 0] for name, value in self.fixed.items()}, self.y[0]
+        return data, {name: value[0, 0] for name, value in self.fixed.items()}
 
     def _callable_rows(self, values: torch.Tensor, index) -> torch.Tensor:
         """[J | f - y] rows (p + 1, b, N) of a callable at external ``values`` (b, p) (a single fit's: (p,)): by
@@ -337,7 +337,7 @@ class Model(BatchProblem):
             rows = [torch.autograd.grad(f[i], leaf, retain_graph=True, allow_unused=True)[0] for i in range(self.size)]
         zero = torch.zeros_like(leaf)
         jacobian = torch.stack([zero if row is None else row for row in rows], -1)  # (p, N)
-        return torch.cat([jacobian, (f.detach() - self._one_curve[2])[None]]).unsqueeze(1)
+        return torch.cat([jacobian, f.detach() - self.y]).unsqueeze(1)
 
     def check_pointwise(self, theta: torch.Tensor) -> None:
         """Compare J^T v of a single fit's per-entry-copies Jacobian at ``theta`` (p,) with a plain backward

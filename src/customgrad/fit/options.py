@@ -39,7 +39,6 @@ class Options:
     engine: str
     absolute_sigma: bool
     chunk_size: int | None
-    distributed: bool
     dtype: torch.dtype
     device: torch.device | None
 
@@ -79,7 +78,7 @@ class Options:
                 )
         return cls(
             method, solver, loss, rho, max_steps, learning_rate, tolerances, on_step, bool(given["progress"]),
-            engine, bool(absolute_sigma), chunk_size, bool(given["distributed"]), dtype, device,
+            engine, bool(absolute_sigma), chunk_size, dtype, device,
         )  # fmt: skip
 
     def summary(self, given: Mapping) -> str:

@@ -127,8 +127,7 @@ def _native_final(native, problem: Model, values: torch.Tensor, unit: float, abs
     (`_final` refines it in extended precision)."""
     dof = problem.size - len(problem.names)
     report = native.report(values, unit, dof, absolute)
-    size = math.sqrt(report.cost)
-    if math.isfinite(size) and _EPS * report.data_norm >= _ROUNDOFF_SHARE * size:
+    if _roundoff_limited(math.sqrt(report.cost), report.data_norm):
         return None
     fitted = torch.from_numpy(report.fitted)
     return _Final(values, report.cost / unit / unit, report.cost, unit, dof, report.uncertainty, fitted)
@@ -139,7 +138,10 @@ def _final(problem: Model, values, method: str, loss: str, exact, shards, refine
     the combined R); where float64 roundoff limits a formula fit, refined and its cost recomputed in
     40-digit arithmetic."""
     r, jacobian = problem.jacobian(values, external=True)
-    limited = shards is None and _roundoff_limited(problem, r)
+    # a formula model on the CPU only (the extended-precision model and the refinement run there); norms
+    # safe from overflow and underflow
+    formula = shards is None and problem.rows is not None and problem.y.device.type == "cpu"
+    limited = formula and _roundoff_limited(safe_norm(r), safe_norm(problem.weighted_y()))
     if limited and refine and method == "lm" and loss == "linear" and not isinstance(problem, ChunkedModel):
         values, r, jacobian = _refined(problem, values, r, jacobian, exact or {})
     weighted_y = problem.weighted_y()[0]
@@ -175,14 +177,10 @@ def _final(problem: Model, values, method: str, loss: str, exact, shards, refine
     return _Final(values, cost, scaled_cost, scale, dof, spread, fitted)
 
 
-def _roundoff_limited(problem: Model, r: torch.Tensor) -> bool:
-    """Whether float64 roundoff in the predictions, eps ||y / sigma||, is not small next to the residuals
-    ||r|| (`_ROUNDOFF_SHARE`): both weighted alike, both norms safe from overflow and underflow; a formula
-    model on the CPU only (the extended-precision model and the refinement run there)."""
-    if problem.rows is None or problem.y.device.type != "cpu":
-        return False
-    size = safe_norm(r)
-    return math.isfinite(size) and _EPS * safe_norm(problem.weighted_y()) >= _ROUNDOFF_SHARE * size
+def _roundoff_limited(size: float, data_norm: float) -> bool:
+    """Whether float64 roundoff in the predictions, eps ||y / sigma|| (``data_norm``), is not small next to
+    the residuals' norm ``size`` (`_ROUNDOFF_SHARE`), both weighted alike."""
+    return math.isfinite(size) and _EPS * data_norm >= _ROUNDOFF_SHARE * size
 
 
 def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict) -> float:

@@ -153,17 +153,6 @@ class FitData:
     omitted_rows: list[int]
 
 
-@dataclass
-class _Curves:
-    """Checked float64 curves: predictors and sigma (1, N) or (B, N), y (B, N), and where all are finite."""
-
-    columns: dict[str, np.ndarray]
-    y: np.ndarray
-    sigma: np.ndarray | None
-    mask: np.ndarray  # (B, N) bool
-    x_is_dict: bool
-
-
 def prepare_data(
     x, y, sigma=None, *, nan_policy: str, dtype=None, device=None, batch: bool = False, allow_empty: bool = False
 ) -> FitData:
@@ -172,28 +161,30 @@ def prepare_data(
     curve's rows dropped, a batch's entries masked. ``allow_empty``: no rows is fine (a rank's shard)."""
     import torch
 
-    curves = _checked(x, y, sigma, nan_policy, batch=batch, allow_empty=allow_empty)
-    keep = curves.mask[0]
+    columns, y, sigma, mask, x_is_dict = _checked(x, y, sigma, nan_policy, batch=batch, allow_empty=allow_empty)
+    keep = mask[0]
     every = batch or bool(keep.all())  # (a curve with no row left out: no copy made)
 
     def tensor(values):
         return torch.as_tensor(values if every else values[:, keep], dtype=dtype or torch.float64, device=device)
 
-    named = {**curves.columns, **({} if curves.sigma is None else {"sigma": curves.sigma})}
+    named = {**columns, **({} if sigma is None else {"sigma": sigma})}
     return FitData(
-        x={name: tensor(values) for name, values in curves.columns.items()},
-        y=tensor(curves.y),
+        x={name: tensor(values) for name, values in columns.items()},
+        y=tensor(y),
         # sigma <= 0 only where a point does not count (checked): its weight NaN, as a NaN sigma's
-        weights=None if curves.sigma is None else tensor(1 / np.where(curves.sigma > 0, curves.sigma, np.nan)),
-        mask=torch.as_tensor(curves.mask, device=device) if batch else None,
-        x_is_dict=curves.x_is_dict,
-        arrays={**named, "y": curves.y},
+        weights=None if sigma is None else tensor(1 / np.where(sigma > 0, sigma, np.nan)),
+        mask=torch.as_tensor(mask, device=device) if batch else None,
+        x_is_dict=x_is_dict,
+        arrays={**named, "y": y},
         omitted_rows=[] if every else np.flatnonzero(~keep).tolist(),
     )
 
 
-def _checked(x, y, sigma, nan_policy: str, *, batch: bool, allow_empty: bool = False) -> _Curves:
-    """x, y and sigma as float64 rows (one curve, or a batch's), their shapes, NaN/inf and sigma checked."""
+def _checked(x, y, sigma, nan_policy: str, *, batch: bool, allow_empty: bool = False) -> tuple:
+    """x's columns, y and sigma as float64 rows (x and sigma (1, N) or (B, N), y (B, N), one curve's or a
+    batch's), the mask (B, N) of where all are finite, and whether x is a dict; shapes, NaN/inf and sigma
+    checked."""
     if nan_policy not in NAN_POLICIES:
         raise UsageError(f"nan_policy must be one of {{{', '.join(NAN_POLICIES)}}}, got {nan_policy!r}")
     if batch:
@@ -224,7 +215,7 @@ def _checked(x, y, sigma, nan_policy: str, *, batch: bool, allow_empty: bool = F
         raise DataError("every row has NaN or inf: nothing left to fit")
     if "sigma" in named:
         _check_sigma(named["sigma"], mask, batch)
-    return _Curves(columns, y_array, named.get("sigma"), mask, x_is_dict)
+    return columns, y_array, named.get("sigma"), mask, x_is_dict
 
 
 def _curve_array(values, what: str) -> np.ndarray:

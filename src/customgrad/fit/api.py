@@ -689,9 +689,10 @@ def _final_factors(problem: Model, values: torch.Tensor) -> tuple[torch.Tensor, 
 
 def _curve_result(problem: Model, arrays, outcome: BatchOutcome, i: int, specs, initial, x_is_dict: bool):
     """Curve ``i``'s `FitResult`, made as `fit` makes one (statistics, diagnostics, data) from the batch's solution."""
-    rows = {name: values[0 if len(values) == 1 else i] for name, values in arrays.items()}
-    x = {name: values for name, values in rows.items() if name not in ("y", "sigma")}
-    data = prepare_data(x if x_is_dict else x["x"], rows["y"], rows.get("sigma"), nan_policy="omit")
+    columns, y, sigma = arrays  # x and sigma (1, N) shared by all curves, or (B, N)
+    x = {name: values[0 if len(values) == 1 else i] for name, values in columns.items()}
+    sigma = None if sigma is None else sigma[0 if len(sigma) == 1 else i]
+    data = prepare_data(x if x_is_dict else x["x"], y[i], sigma, nan_policy="omit")
     columns = data.x if x_is_dict else {next(iter(problem.data)): data.x["x"]}
     single = Model(problem.function, columns, data.y, data.weights, curve_specs(specs, initial, i), problem.text)
     result = outcome.one(i)

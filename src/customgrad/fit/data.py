@@ -149,7 +149,7 @@ class FitData:
     weights: torch.Tensor | None  # 1 / sigma, (1, N) or (B, N)
     mask: torch.Tensor | None  # (B, N) bool
     x_is_dict: bool
-    arrays: dict[str, np.ndarray]  # the float64 inputs, for one curve's single fit
+    arrays: tuple  # the float64 inputs (x's columns, y, sigma or None), for a curve's own FitResult
     omitted_rows: list[int]
 
 
@@ -168,7 +168,6 @@ def prepare_data(
     def tensor(values):
         return torch.as_tensor(values if every else values[:, keep], dtype=dtype or torch.float64, device=device)
 
-    named = {**columns, **({} if sigma is None else {"sigma": sigma})}
     return FitData(
         x={name: tensor(values) for name, values in columns.items()},
         y=tensor(y),
@@ -176,7 +175,7 @@ def prepare_data(
         weights=None if sigma is None else tensor(1 / np.where(sigma > 0, sigma, np.nan)),
         mask=torch.as_tensor(mask, device=device) if batch else None,
         x_is_dict=x_is_dict,
-        arrays={**named, "y": y},
+        arrays=(columns, y, sigma),
         omitted_rows=[] if every else np.flatnonzero(~keep).tolist(),
     )
 
@@ -200,22 +199,23 @@ def _checked(x, y, sigma, nan_policy: str, *, batch: bool, allow_empty: bool = F
     columns = {str(k): convert(v, f"x[{k!r}]") for k, v in x.items()} if x_is_dict else {"x": convert(x, "x")}
     if not columns:
         raise DataError("x is an empty dict: give at least one predictor, e.g. x={'t': [...]}")
-    named = {**columns, "y": y_array, **({} if sigma is None else {"sigma": convert(sigma, "sigma")})}
-    lengths = {name: values.shape[-1] for name, values in named.items()}
-    if len(set(lengths.values())) > 1:
+    sigma = None if sigma is None else convert(sigma, "sigma")
+    # (name, array) pairs: a predictor may be named "y" or "sigma" too
+    named = [*columns.items(), ("y", y_array), *([] if sigma is None else [("sigma", sigma)])]
+    if len({values.shape[-1] for _, values in named}) > 1:
         unit = " points per curve" if batch else ""
-        listed = ", ".join(f"{name} has {n}{unit}" for name, n in lengths.items())
+        listed = ", ".join(f"{name} has {values.shape[-1]}{unit}" for name, values in named)
         raise DataError(f"data lengths differ ({listed}): every array needs one value per data point")
     if y_array.size == 0 and not allow_empty:
         raise DataError("no data: x and y are empty")
-    mask = functools.reduce(np.logical_and, (np.isfinite(values) for values in named.values()))  # y's shape
+    mask = functools.reduce(np.logical_and, (np.isfinite(values) for _, values in named))  # y's shape
     if nan_policy == "raise" and not mask.all():
         raise _not_finite(named, mask, batch)
     if not batch and y_array.size and not mask.any() and not allow_empty:
         raise DataError("every row has NaN or inf: nothing left to fit")
-    if "sigma" in named:
-        _check_sigma(named["sigma"], mask, batch)
-    return columns, y_array, named.get("sigma"), mask, x_is_dict
+    if sigma is not None:
+        _check_sigma(sigma, mask, batch)
+    return columns, y_array, sigma, mask, x_is_dict
 
 
 def _curve_array(values, what: str) -> np.ndarray:
@@ -242,9 +242,9 @@ def _batch_array(values, what: str, batch: int | None) -> np.ndarray:
     return array
 
 
-def _not_finite(named: dict[str, np.ndarray], mask: np.ndarray, batch: bool) -> DataError:
+def _not_finite(named: list[tuple[str, np.ndarray]], mask: np.ndarray, batch: bool) -> DataError:
     """The `DataError` of nan_policy="raise": the arrays holding NaN or inf, and the rows (curves) where."""
-    hit = [name for name, values in named.items() if not np.isfinite(values).all()]
+    hit = [name for name, values in named if not np.isfinite(values).all()]
     places = np.flatnonzero(~mask.all(-1) if batch else ~mask[0]).tolist()
     shown = ", ".join(map(str, places[:10])) + (f" and {len(places) - 10} more" if len(places) > 10 else "")
     fix = (

@@ -433,7 +433,7 @@ def fit_batch(
         failure = error
     if shards is not None:
         # every rank holds every curve: any difference in what they fit is a mistake, found here
-        about = "" if batch is None else f"{batch.settings.summary(given)}, {batch.checksum()}"
+        about = "" if batch is None else f"{batch.settings.summary(given, shared)}, {batch.checksum()}"
         shards.raise_together(failure, about, "and the same curves (each rank fits its share of them)")
     if shared:
         return _global_result(batch, shared, shards, start_time)
@@ -494,8 +494,8 @@ class _Batch:
         return outcome, values, stderr, cost
 
     def checksum(self) -> str:
-        """The curves' shape and a checksum of the data, sigma and initial values, in words (what a
-        distributed batch fits besides `Options.summary`)."""
+        """The parameters' bounds, the curves' shape and a checksum of the data, sigma and initial values,
+        in words (what a distributed batch fits besides `Options.summary`: values on any device alike)."""
         data, digest = self.data, hashlib.sha256()
         tensors = [data.y, data.mask, *(data.x[name] for name in sorted(data.x))]
         tensors += [data.weights] if data.weights is not None else []
@@ -503,7 +503,11 @@ class _Batch:
         arrays += [np.asarray(self.initial[spec.name], dtype=np.float64) for spec in self.specs]
         for array in arrays:
             digest.update(np.ascontiguousarray(array).tobytes())
-        return f"curves {tuple(data.y.shape)}, checksum of data and initial values {digest.hexdigest()[:16]}"
+        bounds = [(spec.name, spec.lower, spec.upper, spec.fixed) for spec in self.specs]
+        return (
+            f"parameters and bounds {bounds}, curves {tuple(data.y.shape)}, checksum of data and initial values "
+            f"{digest.hexdigest()[:16]}"
+        )
 
     @property
     def dof(self) -> torch.Tensor:

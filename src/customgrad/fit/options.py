@@ -81,18 +81,17 @@ class Options:
             engine, bool(absolute_sigma), chunk_size, dtype, device,
         )  # fmt: skip
 
-    def summary(self, given: Mapping) -> str:
-        """What every rank of a distributed `fit` must agree on, in words (`Shards.raise_together`)."""
+    def summary(self, given: Mapping, params=None) -> str:
+        """What every rank of a distributed fit must agree on, in words (`Shards.raise_together`), with
+        ``params`` in place of the given ones (a batch's: the shared names; `api._Batch.checksum` has the rest)."""
+        params = given["params"] if params is None else params
         model = given["model"]
         about = model if isinstance(model, str) else getattr(model, "__name__", "callable")
         columns = sorted(map(str, given["x"])) if isinstance(given["x"], Mapping) else ["x"]
         options = (self.method, self.loss, str(given["dtype"]), self.max_steps, *self.tolerances.values())
         options += (self.learning_rate, given["sigma"] is None, given["nan_policy"])
         options += (self.chunk_size, self.absolute_sigma, self.engine)
-        return (
-            f"model {about!r}, params {given['params']!r}, bounds {given['bounds']!r}, columns {columns}, "
-            f"options {options}"
-        )
+        return f"model {about!r}, params {params!r}, bounds {given['bounds']!r}, columns {columns}, options {options}"
 
 
 def _positive_integer(value, name: str, what: str = "") -> int:

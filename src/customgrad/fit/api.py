@@ -17,7 +17,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from .loss import robust_cost, robust_linearization
 from .model import Model, check_finite_start
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .options import Options
-from .parameters import batch_parameter_specs, curve_specs, parameter_specs, plain_params
+from .parameters import batch_parameter_specs, parameter_specs, plain_params
 from .plateau import SATURATION, model_sensitivities, restart_plateaus, saturated
 from .reduction import reduce_gram
 from .result import BatchFitResult, FitResult
@@ -698,7 +698,8 @@ def _curve_result(problem: Model, arrays, outcome: BatchOutcome, i: int, specs, 
     sigma = None if sigma is None else sigma[0 if len(sigma) == 1 else i]
     data = prepare_data(x if x_is_dict else x["x"], y[i], sigma, nan_policy="omit")
     columns = data.x if x_is_dict else {next(iter(problem.data)): data.x["x"]}
-    single = Model(problem.function, columns, data.y, data.weights, curve_specs(specs, initial, i), problem.text)
+    specs = [replace(spec, value=float(initial[spec.name][i])) for spec in specs]  # curve i's initial values
+    single = Model(problem.function, columns, data.y, data.weights, specs, problem.text)
     result = outcome.one(i)
     result.theta = result.theta.cpu().to(torch.float64)
     if not math.isfinite(result.cost):

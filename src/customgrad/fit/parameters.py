@@ -158,13 +158,6 @@ def batch_parameter_specs(params: Mapping, bounds: Mapping | None, batch: int) -
     return specs, initial
 
 
-def curve_specs(specs: list[ParameterSpec], initial: dict, i: int) -> list[ParameterSpec]:
-    """The parameter specs of curve ``i`` alone."""
-    return [
-        ParameterSpec(spec.name, float(initial[spec.name][i]), spec.lower, spec.upper, spec.fixed) for spec in specs
-    ]
-
-
 def _number(value, what: str, *, bound: bool = False) -> float:
     """``value`` as a float: a bound (not NaN) or an initial value (finite, not a bool); else a `UsageError`."""
     try:

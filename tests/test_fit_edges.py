@@ -387,3 +387,25 @@ def test_a_start_non_finite_on_some_rows_names_those_rows(engine):
         fit("log(a*x)", x, y, params={"a": 1.0}, engine=engine)
     result = fit("log(a*x + 4)", x, y, params={"a": 1.0}, engine=engine)
     assert math.isfinite(result.params["a"]) and math.isfinite(result.cost)
+
+
+@pytest.mark.parametrize("column", ["sigma", "y"])
+def test_a_predictor_named_sigma_or_y_is_a_predictor(column):
+    """x={"sigma": t} is a predictor, not the observations' sigma (it weighted the fit by 1 / t), and
+    its NaN are reported by its name; in a batch, each curve's FitResult keeps the column."""
+    from customgrad.errors import DataError
+
+    t = np.linspace(1.0, 5.0, 20)
+    y = 2 * t + 1 + 0.1 * np.sin(9 * t)
+    (a, c), stderr = straight_line_reference(t, y)
+    result = fit(f"a*{column} + c", {column: t}, y, params={"a": 1.0, "c": 0.0}, engine="torch")
+    assert result.data["sigma"] is None
+    assert_matches_reference(result.params["a"], a, rtol=1e-10, what="a")
+    assert_matches_reference(result.stderr["a"], stderr[0], rtol=1e-8, what="stderr a")
+    batch = fit_batch(f"a*{column} + c", {column: t}, np.stack([y, 2 * y]), params={"a": 1.0, "c": 0.0})
+    assert_matches_reference(batch.params["a"][1], 2 * a, rtol=1e-10, what="a of curve 1")
+    assert_matches_reference(batch[1].params["c"], 2 * c, rtol=1e-10, what="c of curve 1's FitResult")
+    holed = t.copy()
+    holed[3] = np.nan
+    with pytest.raises(DataError, match=f"NaN or inf in {column} at rows 3"):
+        fit(f"a*{column} + c", {column: holed}, y, params={"a": 1.0, "c": 0.0})

@@ -479,6 +479,10 @@ def test_bands_of_a_callable_model_and_of_named_predictors_match_the_formula():
     assert_close(named.predict({"t": new_x}), formula.predict(new_x), 1e-9, "named predict")
     with pytest.raises(DataError, match="lacks predictor"):
         named.predict({"x": new_x})
+    with pytest.raises(DataError, match="x is None"):  # (it predicted [nan] before)
+        formula.predict(None)
+    with pytest.raises(DataError, match="complex"):
+        formula.predict([1 + 2j])
 
 
 def _bounded_profile_interval(t, y, bounds, result, name, sigma):

@@ -11,11 +11,13 @@ per-curve units, chunks of curves, curves spread over ranks and the global fit (
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from ..progress import progress_bar
 from . import cuda_engine
 from .arrays import namespace_of
 from .chunked import ChunkedModel
-from .data import FitData, curve_data, prepare_data
+from .data import FitData, prepare_data
 from .distributed import Shards, local_shard
 from .global_fit import fit_global, global_curve, split_shared
 from .lm import BatchOutcome, BatchProblem, batch_levenberg_marquardt
@@ -34,7 +36,7 @@ from .loss import robust_cost, robust_linearization
 from .model import Model, check_finite_start
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .options import Options
-from .parameters import batch_parameter_specs, curve_specs, parameter_specs, plain_params
+from .parameters import batch_parameter_specs, parameter_specs, plain_params
 from .plateau import SATURATION, model_sensitivities, restart_plateaus, saturated
 from .reduction import reduce_gram
 from .result import BatchFitResult, FitResult
@@ -46,6 +48,8 @@ from .threads import threads_for
 from .ties import Ties, split_ties
 from .units import SAFE_EXPONENT, curve_unit, power_of_two_scale
 
+# A `BatchOutcome`'s tensors with one entry per curve.
+_PER_CURVE = ("theta", "cost", "evaluations", "jacobians", "steps", "initial_cost")
 # Restarts of LM in new units when the residuals left the range of the first ones (see `_in_range`).
 _RESTARTS = 3
 
@@ -169,9 +173,8 @@ def _fit(given: Mapping) -> FitResult:
     source = FitSource(problem, options.loss, options.absolute_sigma, data.x_is_dict, ties, shards=shards)
     seconds = time.perf_counter() - given["start_time"]
     return curve_result(
-        problem, outcome, options.method, options.loss, data.omitted_rows, seconds, exact, source, shards,
-        native=native, unit=calls.scale,
-    )  # fmt: skip
+        source, outcome, options.method, data.omitted_rows, seconds, exact, native=native, unit=calls.scale
+    )
 
 
 def _data(given: Mapping, options: Options, *, batch: bool, allow_empty: bool = False) -> FitData:
@@ -190,10 +193,9 @@ def _model(model, data: FitData, specs, ties: Ties, *, initial=None, scales=None
     columns = data.x if data.x_is_dict else {data_names[0]: data.x["x"]}
     if chunk_size is not None:
         return ChunkedModel(function, columns, data.y, data.weights, specs, text, chunk_size)
-    batch = data.mask is not None
     return Model(
         function, columns, data.y, data.weights, specs, text, initial=initial, mask=data.mask, scales=scales,
-        functional=batch,
+        functional=data.mask is not None,
     )  # fmt: skip
 
 
@@ -322,8 +324,6 @@ def _native_engine(engine: str, problem, method: str, rho, shards, callback):
     `native.BUILD_AFTER_FITS`."""
     if engine == "torch":
         return None
-    from .native import engine_for
-
     reasons = (
         (method != "lm", f"method {method!r} (it runs Levenberg-Marquardt only)"),
         (rho is not None, "a robust loss"),
@@ -432,8 +432,9 @@ def fit_batch(
             raise
         failure = error
     if shards is not None:
-        settings = (max_steps, chunk_size, ftol, xtol, gtol, nan_policy, str(dtype), engine, shared)
-        _raise_together(shards, failure, batch, settings)
+        # every rank holds every curve: any difference in what they fit is a mistake, found here
+        about = "" if batch is None else f"{batch.settings.summary(given, shared)}, {batch.checksum()}"
+        shards.raise_together(failure, about, "and the same curves (each rank fits its share of them)")
     if shared:
         return _global_result(batch, shared, shards, start_time)
     enabled = progress and (shards is None or shards.rank == 0)
@@ -442,18 +443,10 @@ def fit_batch(
     return batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
 
 
-def _raise_together(shards: Shards, failure: CustomgradError | None, batch: _Batch | None, settings: tuple) -> None:
-    """Every rank raises where any rank failed, or where ranks fit different things: every rank holds every
-    curve, so any difference in what they fit is a mistake, found here (`Shards.raise_together`)."""
-    about = "" if batch is None else batch.description()
-    same = "and the same curves (each rank fits its share of them)"
-    shards.raise_together(failure, f"{about}, options {settings}", same)
-
-
 @dataclass
 class _Batch:
     """A checked batch of fits: its data, parameters, model and engine (``solver``: None for torch), the
-    solver's ``options`` (tolerances, max_steps) and the curves per chunk."""
+    solver's ``options`` (tolerances, max_steps), the curves per chunk and all the checked `Options` (``settings``)."""
 
     data: FitData
     specs: list
@@ -462,7 +455,7 @@ class _Batch:
     solver: NativeSolver | cuda_engine.CudaSolver | None
     options: dict
     chunk_size: int
-    device: torch.device | None
+    settings: Options
 
     @classmethod
     def checked(cls, given: Mapping, params, *, joint: bool = False) -> _Batch:
@@ -473,14 +466,14 @@ class _Batch:
         scales = None if joint else _curve_scales(data)  # a joint cost has one unit for all curves
         problem = _model(given["model"], data, specs, Ties(), initial=initial, scales=scales)
         solver = _solver(problem, options.engine, joint)
-        settings = dict(options.tolerances, max_steps=options.max_steps)
-        return cls(data, specs, initial, problem, solver, settings, options.chunk_size, options.device)
+        solving = dict(options.tolerances, max_steps=options.max_steps)
+        return cls(data, specs, initial, problem, solver, solving, options.chunk_size, options)
 
     def solve(self, shards: Shards | None, advance) -> tuple:
         """Fit this rank's curves (all of them when not distributed), gather every rank's; the outcome,
         parameter values (B, p), standard errors (B, p) and costs (B,) in the data's units."""
         problem, solver, batch = self.problem, self.solver, self.problem.batch
-        with threads_for(self.data.y.shape[-1] * (len(self.specs) + 1), self.device):
+        with threads_for(self.data.y.shape[-1] * (len(self.specs) + 1), self.settings.device):
             curves = range(batch) if shards is None else range(batch)[local_shard(batch, shards.rank, shards.world)]
             if solver is not None:
                 outcome = _solve_native(solver, problem, self.options, advance, curves)
@@ -500,9 +493,9 @@ class _Batch:
                 cost = cost / problem.scales.to(cost) / problem.scales.to(cost)
         return outcome, values, stderr, cost
 
-    def description(self) -> str:
-        """What a distributed batch fits, for `Shards.raise_together`: the model, parameters and bounds
-        in words, the curves' shape and a checksum of the data, sigma and initial values."""
+    def checksum(self) -> str:
+        """The parameters' bounds, the curves' shape and a checksum of the data, sigma and initial values,
+        in words (what a distributed batch fits besides `Options.summary`: values on any device alike)."""
         data, digest = self.data, hashlib.sha256()
         tensors = [data.y, data.mask, *(data.x[name] for name in sorted(data.x))]
         tensors += [data.weights] if data.weights is not None else []
@@ -512,8 +505,7 @@ class _Batch:
             digest.update(np.ascontiguousarray(array).tobytes())
         bounds = [(spec.name, spec.lower, spec.upper, spec.fixed) for spec in self.specs]
         return (
-            f"model {self.problem.text!r}, parameters and bounds {bounds}, curves {tuple(data.y.shape)}, sigma "
-            f"{'given' if data.weights is not None else 'none'}, checksum of data and initial values "
+            f"parameters and bounds {bounds}, curves {tuple(data.y.shape)}, checksum of data and initial values "
             f"{digest.hexdigest()[:16]}"
         )
 
@@ -569,7 +561,7 @@ def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None
     # (`global_native`) on torch's setting from before, as the native engine, where OpenMP
     # waits passively (each of their ~30 short loops would wait a time slice on a busy machine otherwise)
     threads = torch.get_num_threads() if waits_passively() else 1
-    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.device):
+    with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.settings.device):
         outcome, values, stderr, cost, joint = fit_global(batch, shared, shards, threads)
         result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
     result.shared, single = joint, result.single
@@ -596,12 +588,16 @@ def _solver(problem: Model, engine: str, joint: bool):
 
 
 def _solve_native(solver: NativeSolver, problem: Model, options: dict, advance, curves: range) -> BatchOutcome:
-    """``curves`` by the native engine, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
-    index = torch.arange(curves.start, curves.stop)
-    theta = problem.initial_theta()[index]
-    outcome = solver.solve(index, theta, advance=advance, saturation=SATURATION, **options)
-    retry = lambda plateau: solver.solve(index[plateau], theta[plateau], factor=1.0, **options)  # noqa: E731
-    restart_plateaus(outcome, problem, index, retry)
+    """``curves`` by the native engine (`_restarted`)."""
+    index, solve = torch.arange(curves.start, curves.stop), functools.partial(solver.solve, **options)
+    return _restarted(problem, index, problem.initial_theta()[index], solve, advance=advance, saturation=SATURATION)
+
+
+def _restarted(problem: Model, index: torch.Tensor, theta: torch.Tensor, solve: Callable, **first) -> BatchOutcome:
+    """``solve(index, theta, **first)``: the curves ``index`` from ``theta``, then again with factor 1 for the
+    curves on a plateau (`plateau.restart_plateaus`, as `fit` does)."""
+    outcome = solve(index, theta, **first)
+    restart_plateaus(outcome, problem, index, lambda plateau: solve(index[plateau], theta[plateau], factor=1.0))
     return outcome
 
 
@@ -620,45 +616,33 @@ def _solve_in_chunks(problem: Model, chunk_size: int, options: dict, advance, cu
     for begin in range(curves.start, curves.stop, chunk_size):
         index = torch.arange(begin, min(begin + chunk_size, curves.stop), device=theta.device)
         parts.append(_solve_chunk(problem, index, theta[index], options, advance))
-    if len(parts) == 1:
-        return parts[0]
-    offsets = [0]
-    for part in parts[:-1]:
-        offsets.append(offsets[-1] + len(part.status))
     if not parts:  # a rank of a distributed batch with no curves of its own
         counts = (theta.new_zeros(0, dtype=torch.long) for _ in range(3))
         return BatchOutcome(theta[:0], [], theta.new_zeros(0), *counts, theta.new_zeros(0), [])
-    per_curve = ("theta", "cost", "evaluations", "jacobians", "steps", "initial_cost")
-    return BatchOutcome(
-        **{name: torch.cat([getattr(part, name) for part in parts]) for name in per_curve},
-        status=[status for part in parts for status in part.status],
-        accepted=[(index + offset, cost) for part, offset in zip(parts, offsets) for index, cost in part.accepted],
-    )
+    return _joined(parts)
 
 
 def _gathered(shards: Shards, outcome: BatchOutcome) -> BatchOutcome:
     """Every rank's outcome for its curves, joined in curve order (ranks hold consecutive curves)."""
-    local = {
-        "theta": outcome.theta.cpu(),
-        "status": outcome.status,
-        "counts": torch.stack([outcome.evaluations, outcome.jacobians, outcome.steps]).cpu(),
-        "cost": outcome.cost.cpu(),
-        "histories": [outcome.history(i) for i in range(len(outcome.status))],
-    }
-    parts = shards.gather_objects(local)
-    device = outcome.theta.device
-    counts = torch.cat([part["counts"] for part in parts], dim=1).to(device)
-    histories = [history for part in parts for history in part["histories"]]
+    histories = [outcome.history(i) for i in range(len(outcome.status))]
+    local = {name: getattr(outcome, name).cpu() for name in _PER_CURVE}
+    local = BatchOutcome(**local, status=outcome.status, accepted=[], histories=histories)
+    joined = _joined(shards.gather_objects(local))
+    for name in _PER_CURVE:
+        setattr(joined, name, getattr(joined, name).to(outcome.theta.device))
+    return joined
+
+
+def _joined(parts: list[BatchOutcome]) -> BatchOutcome:
+    """The outcomes of consecutive runs of curves (chunks, or ranks) as one, in curve order."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets = itertools.accumulate((len(part.status) for part in parts[:-1]), initial=0)
     return BatchOutcome(
-        theta=torch.cat([part["theta"] for part in parts]).to(device),
-        status=[status for part in parts for status in part["status"]],
-        cost=torch.cat([part["cost"] for part in parts]).to(device),
-        evaluations=counts[0],
-        jacobians=counts[1],
-        steps=counts[2],
-        initial_cost=torch.tensor([history[0] for history in histories]),
-        accepted=[],
-        histories=histories,
+        **{name: torch.cat([getattr(part, name) for part in parts]) for name in _PER_CURVE},
+        status=[status for part in parts for status in part.status],
+        accepted=[(index + offset, cost) for part, offset in zip(parts, offsets) for index, cost in part.accepted],
+        histories=None if parts[0].histories is None else [history for part in parts for history in part.histories],
     )
 
 
@@ -680,7 +664,7 @@ class _Subset(BatchProblem):
 
 
 def _solve_chunk(problem: Model, index: torch.Tensor, theta: torch.Tensor, options: dict, advance) -> BatchOutcome:
-    """The curves ``index``: the batched LM, then a restart with factor 1 for curves on a plateau (as `fit` does)."""
+    """The curves ``index`` by the batched LM (`_restarted`), reporting the curves done to ``advance``."""
     done = [0]
 
     def on_round(state) -> None:
@@ -692,15 +676,10 @@ def _solve_chunk(problem: Model, index: torch.Tensor, theta: torch.Tensor, optio
             advance(message)
         done[0] = stopped
 
-    outcome = batch_levenberg_marquardt(
-        _Subset(problem, index), theta, reduce=reduce_gram, on_round=on_round, **options
-    )
+    def solve(index: torch.Tensor, theta: torch.Tensor, **extra) -> BatchOutcome:
+        return batch_levenberg_marquardt(_Subset(problem, index), theta, **options, **extra)
 
-    def retry(plateau: torch.Tensor) -> BatchOutcome:
-        return batch_levenberg_marquardt(_Subset(problem, index[plateau]), theta[plateau], factor=1.0, **options)
-
-    restart_plateaus(outcome, problem, index, retry)
-    return outcome
+    return _restarted(problem, index, theta, solve, reduce=reduce_gram, on_round=on_round)
 
 
 def _final_factors(problem: Model, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -714,22 +693,20 @@ def _final_factors(problem: Model, values: torch.Tensor) -> tuple[torch.Tensor, 
 
 def _curve_result(problem: Model, arrays, outcome: BatchOutcome, i: int, specs, initial, x_is_dict: bool):
     """Curve ``i``'s `FitResult`, made as `fit` makes one (statistics, diagnostics, data) from the batch's solution."""
-    rows, omitted = curve_data(arrays, i)
-    columns = {name: torch.as_tensor(rows[name]) for name in arrays if name not in ("y", "sigma")}
-    data_names = tuple(problem.data)
-    if "x" in columns and len(data_names) == 1 and data_names[0] != "x":
-        columns = {data_names[0]: columns.pop("x")}
-    columns = {name: column.reshape(1, -1) for name, column in columns.items()}
-    weights = 1 / torch.as_tensor(rows["sigma"]).reshape(1, -1) if "sigma" in rows else None
-    y = torch.as_tensor(rows["y"]).reshape(1, -1)
-    single = Model(problem.function, columns, y, weights, curve_specs(specs, initial, i), problem.text)
+    columns, y, sigma = arrays  # x and sigma (1, N) shared by all curves, or (B, N)
+    x = {name: values[0 if len(values) == 1 else i] for name, values in columns.items()}
+    sigma = None if sigma is None else sigma[0 if len(sigma) == 1 else i]
+    data = prepare_data(x if x_is_dict else x["x"], y[i], sigma, nan_policy="omit")
+    columns = data.x if x_is_dict else {next(iter(problem.data)): data.x["x"]}
+    specs = [replace(spec, value=float(initial[spec.name][i])) for spec in specs]  # curve i's initial values
+    single = Model(problem.function, columns, data.y, data.weights, specs, problem.text)
     result = outcome.one(i)
     result.theta = result.theta.cpu().to(torch.float64)
     if not math.isfinite(result.cost):
         result.cost = math.nan
     source = FitSource(single, x_is_dict=x_is_dict)
     # not refined in 40 digits: curve i's FitResult keeps the batch's parameters for it
-    return curve_result(single, result, "lm", "linear", omitted, 0.0, None, source, refine=False)
+    return curve_result(source, result, "lm", data.omitted_rows, 0.0, refine=False)
 
 
 def fit_experiment(name: str, *, method: str = "lm", seed: int = 0, **options) -> FitResult:

@@ -149,19 +149,8 @@ class FitData:
     weights: torch.Tensor | None  # 1 / sigma, (1, N) or (B, N)
     mask: torch.Tensor | None  # (B, N) bool
     x_is_dict: bool
-    arrays: dict[str, np.ndarray]  # the float64 inputs, for one curve's single fit
+    arrays: tuple  # the float64 inputs (x's columns, y, sigma or None), for a curve's own FitResult
     omitted_rows: list[int]
-
-
-@dataclass
-class _Curves:
-    """Checked float64 curves: predictors and sigma (1, N) or (B, N), y (B, N), and where all are finite."""
-
-    columns: dict[str, np.ndarray]
-    y: np.ndarray
-    sigma: np.ndarray | None
-    mask: np.ndarray  # (B, N) bool
-    x_is_dict: bool
 
 
 def prepare_data(
@@ -172,28 +161,29 @@ def prepare_data(
     curve's rows dropped, a batch's entries masked. ``allow_empty``: no rows is fine (a rank's shard)."""
     import torch
 
-    curves = _checked(x, y, sigma, nan_policy, batch=batch, allow_empty=allow_empty)
-    keep = curves.mask[0]
+    columns, y, sigma, mask, x_is_dict = _checked(x, y, sigma, nan_policy, batch=batch, allow_empty=allow_empty)
+    keep = mask[0]
     every = batch or bool(keep.all())  # (a curve with no row left out: no copy made)
 
     def tensor(values):
         return torch.as_tensor(values if every else values[:, keep], dtype=dtype or torch.float64, device=device)
 
-    named = {**curves.columns, **({} if curves.sigma is None else {"sigma": curves.sigma})}
     return FitData(
-        x={name: tensor(values) for name, values in curves.columns.items()},
-        y=tensor(curves.y),
+        x={name: tensor(values) for name, values in columns.items()},
+        y=tensor(y),
         # sigma <= 0 only where a point does not count (checked): its weight NaN, as a NaN sigma's
-        weights=None if curves.sigma is None else tensor(1 / np.where(curves.sigma > 0, curves.sigma, np.nan)),
-        mask=torch.as_tensor(curves.mask, device=device) if batch else None,
-        x_is_dict=curves.x_is_dict,
-        arrays={**named, "y": curves.y},
+        weights=None if sigma is None else tensor(1 / np.where(sigma > 0, sigma, np.nan)),
+        mask=torch.as_tensor(mask, device=device) if batch else None,
+        x_is_dict=x_is_dict,
+        arrays=(columns, y, sigma),
         omitted_rows=[] if every else np.flatnonzero(~keep).tolist(),
     )
 
 
-def _checked(x, y, sigma, nan_policy: str, *, batch: bool, allow_empty: bool = False) -> _Curves:
-    """x, y and sigma as float64 rows (one curve, or a batch's), their shapes, NaN/inf and sigma checked."""
+def _checked(x, y, sigma, nan_policy: str, *, batch: bool, allow_empty: bool = False) -> tuple:
+    """x's columns, y and sigma as float64 rows (x and sigma (1, N) or (B, N), y (B, N), one curve's or a
+    batch's), the mask (B, N) of where all are finite, and whether x is a dict; shapes, NaN/inf and sigma
+    checked."""
     if nan_policy not in NAN_POLICIES:
         raise UsageError(f"nan_policy must be one of {{{', '.join(NAN_POLICIES)}}}, got {nan_policy!r}")
     if batch:
@@ -209,22 +199,23 @@ def _checked(x, y, sigma, nan_policy: str, *, batch: bool, allow_empty: bool = F
     columns = {str(k): convert(v, f"x[{k!r}]") for k, v in x.items()} if x_is_dict else {"x": convert(x, "x")}
     if not columns:
         raise DataError("x is an empty dict: give at least one predictor, e.g. x={'t': [...]}")
-    named = {**columns, "y": y_array, **({} if sigma is None else {"sigma": convert(sigma, "sigma")})}
-    lengths = {name: values.shape[-1] for name, values in named.items()}
-    if len(set(lengths.values())) > 1:
+    sigma = None if sigma is None else convert(sigma, "sigma")
+    # (name, array) pairs: a predictor may be named "y" or "sigma" too
+    named = [*columns.items(), ("y", y_array), *([] if sigma is None else [("sigma", sigma)])]
+    if len({values.shape[-1] for _, values in named}) > 1:
         unit = " points per curve" if batch else ""
-        listed = ", ".join(f"{name} has {n}{unit}" for name, n in lengths.items())
+        listed = ", ".join(f"{name} has {values.shape[-1]}{unit}" for name, values in named)
         raise DataError(f"data lengths differ ({listed}): every array needs one value per data point")
     if y_array.size == 0 and not allow_empty:
         raise DataError("no data: x and y are empty")
-    mask = functools.reduce(np.logical_and, (np.isfinite(values) for values in named.values()))  # y's shape
+    mask = functools.reduce(np.logical_and, (np.isfinite(values) for _, values in named))  # y's shape
     if nan_policy == "raise" and not mask.all():
         raise _not_finite(named, mask, batch)
     if not batch and y_array.size and not mask.any() and not allow_empty:
         raise DataError("every row has NaN or inf: nothing left to fit")
-    if "sigma" in named:
-        _check_sigma(named["sigma"], mask, batch)
-    return _Curves(columns, y_array, named.get("sigma"), mask, x_is_dict)
+    if sigma is not None:
+        _check_sigma(sigma, mask, batch)
+    return columns, y_array, sigma, mask, x_is_dict
 
 
 def _curve_array(values, what: str) -> np.ndarray:
@@ -251,9 +242,9 @@ def _batch_array(values, what: str, batch: int | None) -> np.ndarray:
     return array
 
 
-def _not_finite(named: dict[str, np.ndarray], mask: np.ndarray, batch: bool) -> DataError:
+def _not_finite(named: list[tuple[str, np.ndarray]], mask: np.ndarray, batch: bool) -> DataError:
     """The `DataError` of nan_policy="raise": the arrays holding NaN or inf, and the rows (curves) where."""
-    hit = [name for name, values in named.items() if not np.isfinite(values).all()]
+    hit = [name for name, values in named if not np.isfinite(values).all()]
     places = np.flatnonzero(~mask.all(-1) if batch else ~mask[0]).tolist()
     shown = ", ".join(map(str, places[:10])) + (f" and {len(places) - 10} more" if len(places) > 10 else "")
     fix = (
@@ -280,14 +271,6 @@ def _check_sigma(sigma: np.ndarray, mask: np.ndarray, batch: bool) -> None:
             f"sigma must be positive (it divides the residuals); {where} (0-based) are not: "
             "give each observation its standard deviation, or drop those rows"
         )
-
-
-def curve_data(arrays: dict[str, np.ndarray], i: int) -> tuple[dict, list[int]]:
-    """Curve ``i``'s finite entries: the columns by name, and the indices left out."""
-    rows = {name: values[0 if len(values) == 1 else i] for name, values in arrays.items()}
-    keep = functools.reduce(np.logical_and, (np.isfinite(values) for values in rows.values()))
-    omitted = np.flatnonzero(~keep).tolist()
-    return {name: rows[name][keep] for name in rows}, omitted
 
 
 def read_curves(path: str | Path, x_values: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:

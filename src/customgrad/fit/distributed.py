@@ -20,17 +20,12 @@ from ..errors import FitError, UsageError
 from .reduction import reduce_local, reduce_stacked
 
 
-def _distributed():
-    import torch.distributed as dist
-
-    return dist
-
-
 class Shards:
     """The collective operations of a fit whose rows are spread over the ranks of the default group."""
 
     def __init__(self):
-        dist = _distributed()
+        import torch.distributed as dist
+
         if not (dist.is_available() and dist.is_initialized()):
             raise UsageError(
                 "distributed=True needs an initialised process group: call "

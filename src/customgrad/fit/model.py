@@ -104,7 +104,7 @@ class Model(BatchProblem):
             self.rows, self.value_rows = function.linearization(self.names), function.values()
             self._numpy_rows()
             if self._curve is None and y.is_cpu:
-                self.rows, self.value_rows = _cpu_rows(function, self.names, y, self.rows, self.value_rows)
+                self._cpu_rows()
 
     def _numpy_rows(self) -> None:
         """A CPU float64 model's generated numpy rows and values of one curve (``numpy_rows``,
@@ -124,6 +124,23 @@ class Model(BatchProblem):
         slots = [(arrays.get(name), j) for name, (_, j) in zip(function.names, self._slots, strict=True)]
         weights = None if self.weights is None else self.weights.numpy()[0]
         self._curve = _Curve(slots, y.numpy()[0], weights)
+
+    def _cpu_rows(self) -> None:
+        """The rows and value rows for CPU data: from `AUTO_CPU_MIN_SIZE` entries (B x N) the cpu backend's
+        fused C loops where a C compiler is found (one SIMD pass: 10^4 x 64 Gaussian rows 0.7 ms against
+        3.0 ms for numpy in chunks; its first build, about 0.4 s, is cached on disk), else for float64 the
+        generated numpy code (`_on_arrays`); else the torch ones."""
+        from ..backends import AUTO_CPU_MIN_SIZE
+        from ..backends.cpu import compiler
+
+        y, function = self.y, self.function
+        if y.dtype in (torch.float64, torch.float32) and y.numel() >= AUTO_CPU_MIN_SIZE and compiler() is not None:
+            c_rows, c_values = function.linearization(self.names, "c"), function.linearization((), "c")
+            if c_rows is not None and c_values is not None:
+                self.rows, self.value_rows = c_rows, c_values
+                return
+        if self.numpy_rows is not None:
+            self.rows, self.value_rows = _on_arrays(self.numpy_rows), _on_arrays(self.numpy_values)
 
     @property
     def batch(self) -> int:
@@ -171,8 +188,7 @@ class Model(BatchProblem):
             r = self._finish(self._generated(self.value_rows, 1, _curves(values), index), index)[0]
         else:
             with torch.no_grad():
-                f = self._call(values, index) if theta.dim() > 1 else self._curve_call(values)
-                r = self._weigh(f - _pick(self.y, index), index)
+                r = self._weigh(self._call(_curves(values), index) - _pick(self.y, index), index)
         return r if theta.dim() > 1 else r[0]
 
     def augmented(self, theta: torch.Tensor, index=None, *, external: bool = False) -> torch.Tensor:
@@ -260,16 +276,16 @@ class Model(BatchProblem):
     def _curve_call(self, values: torch.Tensor) -> torch.Tensor:
         """A batch of one's predictions f (N,) at values (p,) or per-entry copies (p, N), the callable called
         as a single fit calls it: data (N,), each parameter a scalar (or its (N,) copies)."""
-        data, fixed, _ = self._one_curve
+        data, fixed = self._one_curve
         named = dict(zip(self.names, values.unbind(0), strict=True))
         named.update(fixed)
         return torch.broadcast_to(self.function(data, named), (self.size,))
 
     @functools.cached_property
-    def _one_curve(self) -> tuple[dict, dict, torch.Tensor]:
-        """A batch of one's data columns (N,), fixed values (scalars) and y (N,)."""
+    def _one_curve(self) -> tuple[dict, dict]:
+        """A batch of one's data columns (N,) and fixed values (scalars)."""
         data = {name: column[0] for name, column in self.data.items()}
-        return data, {name: value[0, 0] for name, value in self.fixed.items()}, self.y[0]
+        return data, {name: value[0, 0] for name, value in self.fixed.items()}
 
     def _callable_rows(self, values: torch.Tensor, index) -> torch.Tensor:
         """[J | f - y] rows (p + 1, b, N) of a callable at external ``values`` (b, p) (a single fit's: (p,)): by
@@ -280,20 +296,18 @@ class Model(BatchProblem):
                 return self._vmapped_rows(_curves(values), index)
             except Exception:  # noqa: BLE001 - e.g. an autograd Function without forward-mode rules
                 self.functional = False
-        one = self.batch == 1  # (called as a single fit calls it, on the curve's values (p,))
-        point = values if values.dim() == 1 else values[0] if one else values
+        values = _curves(values)
         if not self.pointwise:
-            return self._rows_one_by_one(point)
-        copies = point.detach().unsqueeze(-1)
-        copies = copies.expand(*copies.shape[:-1], self.size).clone().requires_grad_()
+            return self._rows_one_by_one(values[0])
+        copies = values.detach().unsqueeze(-1).expand(*values.shape, self.size).clone().requires_grad_()
         with torch.enable_grad():
-            f = self._curve_call(copies) if one else self._call(copies, index)
+            f = self._call(copies, index)
             grad = None
             if f.requires_grad:
                 (grad,) = torch.autograd.grad(f, copies, torch.ones_like(f), allow_unused=True)
-        r = f.detach() - (self._one_curve[2] if one else _pick(self.y, index))
+        r = f.detach() - _pick(self.y, index)
         out = torch.cat([torch.zeros_like(copies.detach()) if grad is None else grad, r.unsqueeze(-2)], -2)
-        return out.unsqueeze(1) if one else out.transpose(0, 1).contiguous()
+        return out.transpose(0, 1).contiguous()
 
     def _vmapped_rows(self, values: torch.Tensor, index) -> torch.Tensor:
         """[J | f - y] rows (p + 1, b, N) by torch.func: each curve called as a single fit calls it."""
@@ -323,7 +337,7 @@ class Model(BatchProblem):
             rows = [torch.autograd.grad(f[i], leaf, retain_graph=True, allow_unused=True)[0] for i in range(self.size)]
         zero = torch.zeros_like(leaf)
         jacobian = torch.stack([zero if row is None else row for row in rows], -1)  # (p, N)
-        return torch.cat([jacobian, (f.detach() - self._one_curve[2])[None]]).unsqueeze(1)
+        return torch.cat([jacobian, f.detach() - self.y]).unsqueeze(1)
 
     def check_pointwise(self, theta: torch.Tensor) -> None:
         """Compare J^T v of a single fit's per-entry-copies Jacobian at ``theta`` (p,) with a plain backward
@@ -358,26 +372,6 @@ def _pick(tensor, index):
 def _curves(theta):
     """``theta`` (b, p) as it is, a single fit's (p,) as (1, p): a tensor or a numpy array."""
     return theta if theta.ndim > 1 else theta[None]
-
-
-def _cpu_rows(function, names: tuple[str, ...], y: torch.Tensor, rows, value_rows) -> tuple:
-    """The model's (rows, value rows) for CPU data ``y``: from `AUTO_CPU_MIN_SIZE` entries (B x N) the cpu
-    backend's fused C loops where a C compiler is found (one SIMD pass: 10^4 x 64 Gaussian rows 0.7 ms
-    against 3.0 ms for numpy in chunks; its first build, about 0.4 s, is cached on disk), else for
-    float64 the generated numpy code; else the torch ``rows`` as given."""
-    from ..backends import AUTO_CPU_MIN_SIZE
-    from ..backends.cpu import compiler
-
-    dtype = y.dtype
-    if dtype in (torch.float64, torch.float32) and y.numel() >= AUTO_CPU_MIN_SIZE and compiler() is not None:
-        c_rows, c_values = function.linearization(names, "c"), function.linearization((), "c")
-        if c_rows is not None and c_values is not None:
-            return c_rows, c_values
-    if dtype == torch.float64:
-        numpy_rows, numpy_values = function.linearization(names, "numpy"), function.values("numpy")
-        if numpy_rows is not None and numpy_values is not None:
-            return _on_arrays(numpy_rows), _on_arrays(numpy_values)
-    return rows, value_rows
 
 
 def _on_arrays(generated):

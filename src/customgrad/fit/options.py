@@ -39,7 +39,6 @@ class Options:
     engine: str
     absolute_sigma: bool
     chunk_size: int | None
-    distributed: bool
     dtype: torch.dtype
     device: torch.device | None
 
@@ -52,68 +51,57 @@ class Options:
         device, y = given["device"], given["y"]
         if batch and device is None and isinstance(y, torch.Tensor) and y.device.type == "cuda":
             device = y.device  # CUDA curves are fitted where they are
-        dtype, device = dtype_and_device(given["dtype"], device)
+        dtype, device = _dtype_and_device(given["dtype"], device)
         solver = get_solver(method)
-        check_engine(engine)
+        if engine not in ENGINES:
+            raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
         rho = get_loss(loss)
         steps = given["max_steps"]
-        max_steps = positive_integer(DEFAULT_STEPS[method] if steps is None else steps, "max_steps")
+        max_steps = _positive_integer(DEFAULT_STEPS[method] if steps is None else steps, "max_steps")
         learning_rate = given.get("learning_rate")
         if learning_rate is not None:
-            learning_rate = finite_number(learning_rate, "learning_rate", positive=True)
-        tolerances = {name: finite_number(given[name], name) for name in ("ftol", "xtol", "gtol")}
+            learning_rate = _finite_number(learning_rate, "learning_rate", positive=True)
+        tolerances = {name: _finite_number(given[name], name) for name in ("ftol", "xtol", "gtol")}
         on_step, absolute_sigma = given.get("on_step"), given.get("absolute_sigma", False)
         if on_step is not None and not callable(on_step):
             raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
         if not isinstance(absolute_sigma, (bool, np.bool_)):
             raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
-        chunk_size = _curves_per_chunk(given["chunk_size"]) if batch else _rows_per_chunk(given["chunk_size"], loss)
+        chunk_size = given["chunk_size"]
+        if batch:
+            chunk_size = _positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
+        elif chunk_size is not None:
+            chunk_size = _positive_integer(chunk_size, "chunk_size", " (rows per chunk)")
+            if loss != "linear":
+                raise UsageError(
+                    f"chunk_size needs loss='linear' (a robust loss reweights rows one by one), got {loss!r}"
+                )
         return cls(
             method, solver, loss, rho, max_steps, learning_rate, tolerances, on_step, bool(given["progress"]),
-            engine, bool(absolute_sigma), chunk_size, bool(given["distributed"]), dtype, device,
+            engine, bool(absolute_sigma), chunk_size, dtype, device,
         )  # fmt: skip
 
-    def summary(self, given: Mapping) -> str:
-        """What every rank of a distributed `fit` must agree on, in words (`Shards.raise_together`)."""
+    def summary(self, given: Mapping, params=None) -> str:
+        """What every rank of a distributed fit must agree on, in words (`Shards.raise_together`), with
+        ``params`` in place of the given ones (a batch's: the shared names; `api._Batch.checksum` has the rest)."""
+        params = given["params"] if params is None else params
         model = given["model"]
         about = model if isinstance(model, str) else getattr(model, "__name__", "callable")
         columns = sorted(map(str, given["x"])) if isinstance(given["x"], Mapping) else ["x"]
         options = (self.method, self.loss, str(given["dtype"]), self.max_steps, *self.tolerances.values())
         options += (self.learning_rate, given["sigma"] is None, given["nan_policy"])
         options += (self.chunk_size, self.absolute_sigma, self.engine)
-        return (
-            f"model {about!r}, params {given['params']!r}, bounds {given['bounds']!r}, columns {columns}, "
-            f"options {options}"
-        )
+        return f"model {about!r}, params {params!r}, bounds {given['bounds']!r}, columns {columns}, options {options}"
 
 
-def _rows_per_chunk(chunk_size, loss: str) -> int | None:
-    if chunk_size is None:
-        return None
-    chunk_size = positive_integer(chunk_size, "chunk_size", " (rows per chunk)")
-    if loss != "linear":
-        raise UsageError(f"chunk_size needs loss='linear' (a robust loss reweights rows one by one), got {loss!r}")
-    return chunk_size
-
-
-def _curves_per_chunk(chunk_size) -> int:
-    return positive_integer(DEFAULT_CHUNK if chunk_size is None else chunk_size, "chunk_size")
-
-
-def check_engine(engine: str) -> None:
-    """A `UsageError` unless ``engine`` is one of `ENGINES`."""
-    if engine not in ENGINES:
-        raise UsageError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
-
-
-def positive_integer(value, name: str, what: str = "") -> int:
+def _positive_integer(value, name: str, what: str = "") -> int:
     """An integer option >= 1 (``max_steps``, ``chunk_size``); ``what`` says what it counts, in the error."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise UsageError(f"{name} must be a positive integer{what}, got {value!r}")
     return int(value)
 
 
-def finite_number(value, name: str, *, positive: bool = False) -> float:
+def _finite_number(value, name: str, *, positive: bool = False) -> float:
     """A finite real option (``ftol``, ``learning_rate``): positive, or at least 0."""
     if (
         isinstance(value, bool)
@@ -127,7 +115,7 @@ def finite_number(value, name: str, *, positive: bool = False) -> float:
     return float(value)
 
 
-def dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
+def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
     """Check the fit's dtype (float64 or float32: the solvers' linear algebra) and device (one that exists)."""
     if dtype not in _DTYPES:
         raise UsageError(

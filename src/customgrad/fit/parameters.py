@@ -96,15 +96,15 @@ def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSp
             )
         if spec.get("value") is None:
             raise UsageError(f"parameter {name!r} has no initial value: give one, e.g. params={{{name!r}: 1.0}}")
-        value = _finite(spec["value"], f"initial value of parameter {name!r}")
+        value = _number(spec["value"], f"initial value of parameter {name!r}")
         pair = bounds.get(name, (spec.get("min"), spec.get("max")))
         if isinstance(pair, (str, bytes)) or not isinstance(pair, Iterable) or len(pair := list(pair)) != 2:
             raise UsageError(
                 f"bounds for parameter {name!r} must be a pair (lower, upper), None for an open side, got {pair!r}"
             )
         lower, upper = pair
-        lower = -math.inf if lower is None else _bound(lower, f"lower bound of parameter {name!r}")
-        upper = math.inf if upper is None else _bound(upper, f"upper bound of parameter {name!r}")
+        lower = -math.inf if lower is None else _number(lower, f"lower bound of parameter {name!r}", bound=True)
+        upper = math.inf if upper is None else _number(upper, f"upper bound of parameter {name!r}", bound=True)
         if not lower < upper:
             raise UsageError(f"parameter {name!r}: lower bound {lower} must be below upper bound {upper}")
         if not lower <= value <= upper:
@@ -158,31 +158,17 @@ def batch_parameter_specs(params: Mapping, bounds: Mapping | None, batch: int) -
     return specs, initial
 
 
-def curve_specs(specs: list[ParameterSpec], initial: dict, i: int) -> list[ParameterSpec]:
-    """The parameter specs of curve ``i`` alone."""
-    return [
-        ParameterSpec(spec.name, float(initial[spec.name][i]), spec.lower, spec.upper, spec.fixed) for spec in specs
-    ]
-
-
-def _bound(value, what: str) -> float:
+def _number(value, what: str, *, bound: bool = False) -> float:
+    """``value`` as a float: a bound (not NaN) or an initial value (finite, not a bool); else a `UsageError`."""
     try:
-        number = float(value)
+        number = None if isinstance(value, (bool, np.bool_)) and not bound else float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{what} must be a number or None, got {value!r}") from None
-    if math.isnan(number):
+        number = None
+    if number is None:
+        raise UsageError(f"{what} must be a number{' or None' if bound else ''}, got {value!r}")
+    if bound and math.isnan(number):
         raise UsageError(f"{what} is NaN: give a number, or None for no bound")
-    return number
-
-
-def _finite(value, what: str) -> float:
-    if isinstance(value, (bool, np.bool_)):
-        raise UsageError(f"{what} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
+    if not (bound or math.isfinite(number)):
         raise UsageError(f"{what} must be finite, got {number}")
     return number
 

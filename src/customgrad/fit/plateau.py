@@ -34,16 +34,6 @@ PLATEAU = 1e-6
 STATIONARY = 1e-6
 
 
-def plateau_status(status: str, stuck: bool) -> str:
-    """Status "plateau" in place of a converged ``status`` where the fit is ``stuck`` (`stuck_on_plateau`).
-
-    With every Jacobian column negligible the cost is flat, so every convergence test passes, but the
-    model no longer depends on its parameters: not a minimum (a exp(-b x) from b = 40). A zero cost
-    ("exact") is a minimum all the same. `fit` and `fit_batch` apply it after their plateau restart.
-    """
-    return "plateau" if stuck and status != "exact" and TERMINATION[status][0] else status
-
-
 def stuck_on_plateau(
     reach: torch.Tensor, gradient: torch.Tensor, residual_norm: torch.Tensor, data_norm: torch.Tensor
 ) -> torch.Tensor:
@@ -157,10 +147,11 @@ def keep_restarts(
             outcome.histories[i] = retry.history(position)
             continue
         _replace_accepted(outcome, i, retry.history(position)[1:])
-    flags = stuck(outcome.theta[plateau])
-    for i, flag in zip(plateau.tolist(), flags.tolist()):
-        if outcome.status[i] != "nonfinite":
-            outcome.status[i] = plateau_status(outcome.status[i], flag)
+    # stuck: every convergence test passed on a flat cost, but the model no longer depends on its parameters
+    # (a exp(-b x) from b = 40): not a minimum, unless the cost is zero ("exact")
+    for i, flag in zip(plateau.tolist(), stuck(outcome.theta[plateau]).tolist()):
+        if flag and outcome.status[i] != "exact" and TERMINATION[outcome.status[i]][0]:
+            outcome.status[i] = "plateau"
 
 
 def _replace_accepted(outcome: BatchOutcome, i: int, costs: list[float]) -> None:

@@ -43,30 +43,31 @@ class _Final(NamedTuple):
 
 
 def curve_result(
-    problem: Model,
+    source: FitSource,
     outcome,
     method: str,
-    loss: str,
-    omitted: list[int],
+    omitted: list,
     seconds: float,
-    exact: dict | None,
-    source: FitSource | None = None,
-    shards: Shards | None = None,
+    exact: dict | None = None,
+    *,
     refine: bool = True,
     native=None,
     unit: float = 1.0,
 ) -> FitResult:
+    """The `FitResult` of ``source``'s model at ``outcome``'s solution: statistics from the native engine's
+    report where it ran (``native``, LM ended in units ``unit``), else from `_final` (``refine``: in 40 digits
+    where roundoff limits a formula fit, from the decimal text ``exact``), diagnostics and data."""
+    problem, shards, absolute = source.problem, source.shards, source.absolute_sigma
     values = problem.external(outcome.theta)
-    absolute = source is not None and source.absolute_sigma
     final = None if native is None else _native_final(native, problem, values, unit, absolute)
     if final is None:
-        final = _final(problem, values, method, loss, exact, shards, refine, absolute)
+        final = _final(problem, values, method, source.loss, exact, shards, refine, absolute)
     values, cost, scaled_cost, scale, dof, spread, fitted = final
     value_list = values.tolist()
     found = dict(zip(problem.names, value_list, strict=True))
     all_params = {spec.name: found.get(spec.name, spec.value) for spec in problem.specs}
     stderr = dict(zip(problem.names, spread.stderr.tolist(), strict=True))
-    ties = source.ties if source is not None else None
+    ties = source.ties
     if ties:
         tied_values, tied_errors = ties.values_and_errors(all_params, problem.names, spread.covariance)
         all_params.update(tied_values)
@@ -91,7 +92,7 @@ def curve_result(
         status=outcome.status,
         method=method,
         model=problem.text,
-        loss=loss,
+        loss=source.loss,
         loss_value=outcome.cost,
         history=outcome.history,
         warnings=warnings,
@@ -105,7 +106,7 @@ def curve_result(
             "fitted": fitted.detach().cpu().numpy(),
             "sigma": None if problem.weights is None else (1 / problem.weights).cpu().numpy()[0],
         },
-        tied=dict(ties.given) if ties else {},
+        tied=dict(ties.given),
         absolute_sigma=absolute,
         source=source,
         pooled_rsquared=None if shards is None else _pooled_rsquared(shards, problem.y[0], fitted),
@@ -126,8 +127,7 @@ def _native_final(native, problem: Model, values: torch.Tensor, unit: float, abs
     (`_final` refines it in extended precision)."""
     dof = problem.size - len(problem.names)
     report = native.report(values, unit, dof, absolute)
-    size = math.sqrt(report.cost)
-    if math.isfinite(size) and _EPS * report.data_norm >= _ROUNDOFF_SHARE * size:
+    if _roundoff_limited(math.sqrt(report.cost), report.data_norm):
         return None
     fitted = torch.from_numpy(report.fitted)
     return _Final(values, report.cost / unit / unit, report.cost, unit, dof, report.uncertainty, fitted)
@@ -138,7 +138,10 @@ def _final(problem: Model, values, method: str, loss: str, exact, shards, refine
     the combined R); where float64 roundoff limits a formula fit, refined and its cost recomputed in
     40-digit arithmetic."""
     r, jacobian = problem.jacobian(values, external=True)
-    limited = shards is None and _roundoff_limited(problem, r)
+    # a formula model on the CPU only (the extended-precision model and the refinement run there); norms
+    # safe from overflow and underflow
+    formula = shards is None and problem.rows is not None and problem.y.device.type == "cpu"
+    limited = formula and _roundoff_limited(safe_norm(r), safe_norm(problem.weighted_y()))
     if limited and refine and method == "lm" and loss == "linear" and not isinstance(problem, ChunkedModel):
         values, r, jacobian = _refined(problem, values, r, jacobian, exact or {})
     weighted_y = problem.weighted_y()[0]
@@ -174,14 +177,10 @@ def _final(problem: Model, values, method: str, loss: str, exact, shards, refine
     return _Final(values, cost, scaled_cost, scale, dof, spread, fitted)
 
 
-def _roundoff_limited(problem: Model, r: torch.Tensor) -> bool:
-    """Whether float64 roundoff in the predictions, eps ||y / sigma||, is not small next to the residuals
-    ||r|| (`_ROUNDOFF_SHARE`): both weighted alike, both norms safe from overflow and underflow; a formula
-    model on the CPU only (the extended-precision model and the refinement run there)."""
-    if problem.rows is None or problem.y.device.type != "cpu":
-        return False
-    size = safe_norm(r)
-    return math.isfinite(size) and _EPS * safe_norm(problem.weighted_y()) >= _ROUNDOFF_SHARE * size
+def _roundoff_limited(size: float, data_norm: float) -> bool:
+    """Whether float64 roundoff in the predictions, eps ||y / sigma|| (``data_norm``), is not small next to
+    the residuals' norm ``size`` (`_ROUNDOFF_SHARE`), both weighted alike."""
+    return math.isfinite(size) and _EPS * data_norm >= _ROUNDOFF_SHARE * size
 
 
 def _precise_cost(problem: Model, values: torch.Tensor, cost: float, exact: dict) -> float:
@@ -247,7 +246,7 @@ def _precise_residuals(problem: Model, values: torch.Tensor, exact: dict) -> lis
     with mpmath.workdps(40):
         columns = [
             column(name, problem.data[name][0].cpu().numpy()) if name in problem.data else [named[name]] * size
-            for name in _formula_names(problem)
+            for name in problem.function.names
         ]
         try:
             predictions = precise(columns)
@@ -259,10 +258,6 @@ def _precise_residuals(problem: Model, values: torch.Tensor, exact: dict) -> lis
         y = column("y", problem.y[0].cpu().numpy())
         weights = [1.0] * size if problem.weights is None else problem.weights[0].cpu().tolist()
         return [(mpmath.re(f) - mpmath.mpf(t)) * mpmath.mpf(w) for f, t, w in zip(predictions, y, weights, strict=True)]
-
-
-def _formula_names(problem: Model) -> tuple[str, ...]:
-    return problem.function.names  # type: ignore[attr-defined]
 
 
 # The warning a fit that stopped with these statuses carries.

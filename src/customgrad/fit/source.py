@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .data import real_array
 from .distributed import Shards
 from .model import Model
 from .ties import Ties
@@ -81,12 +82,8 @@ class FitSource:
 
 
 def _vector(values, what: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().to(torch.float64).numpy()
-    try:
-        array = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise DataError(f"{what} must be numbers (an array of predictor values), got {type(values).__name__}") from None
+    """``values`` as a float64 vector, one per point (`data.real_array`; a number: one point)."""
+    array = np.atleast_1d(real_array(values, what, " (predictor values)"))
     if array.ndim != 1:
         raise DataError(f"{what} must be one-dimensional (one value per point), got shape {array.shape}")
     return array

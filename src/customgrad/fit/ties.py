@@ -47,9 +47,8 @@ class Ties:
         from ..formula import parse_formula, recursion_limit  # here: fits without ties import no SymPy
 
         parse_formula(model, what="model")  # the usual errors for a bad model, before rewriting it
-        trees = {name: ast.parse(text, mode="eval").body for name, text in self.resolved.items()}
         with recursion_limit():  # both walk the tree recursively: a flat 1,000-term sum is 1,000 deep
-            return ast.unparse(_Substitute(trees).visit(ast.parse(model.strip(), mode="eval")))
+            return _substituted(model, self.resolved)
 
     def _computing(self, function: Callable) -> Callable:
         expressions = {name: formula_model(text) for name, text in self.resolved.items()}
@@ -155,9 +154,11 @@ def _resolve(name: str, given: dict, names_of: dict, resolved: dict, path: list[
         cycle = " -> ".join([*path[path.index(name) :], name])
         raise UsageError(f"tied parameters form a cycle: {cycle}; give one of them a value instead of an expr")
     inner = {n: _resolve(n, given, names_of, resolved, [*path, name]) for n in names_of[name] if n in given}
-    tree = ast.parse(given[name].strip(), mode="eval")
-    if inner:
-        trees = {n: ast.parse(text, mode="eval").body for n, text in inner.items()}
-        tree = _Substitute(trees).visit(tree)
-    resolved[name] = ast.unparse(tree)
+    resolved[name] = _substituted(given[name], inner)
     return resolved[name]
+
+
+def _substituted(text: str, expressions: Mapping[str, str]) -> str:
+    """Formula ``text`` with each name of ``expressions`` replaced by its expression (in parentheses)."""
+    trees = {name: ast.parse(expression, mode="eval").body for name, expression in expressions.items()}
+    return ast.unparse(_Substitute(trees).visit(ast.parse(text.strip(), mode="eval")))

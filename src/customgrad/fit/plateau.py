@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from .arrays import namespace_of
 from .lm import BatchOutcome
 from .parameters import held_at_bounds
 from .status import TERMINATION
@@ -43,9 +44,9 @@ def stuck_on_plateau(
 
     Shapes (..., p), (..., p), (...,), (...,), all in the same units (y, r and J scaled alike).
     """
-    threshold = data_norm.unsqueeze(-1)
+    threshold = data_norm[..., None]
     saturated = reach < SATURATION * threshold
-    cosine = gradient.abs() / (reach * residual_norm.unsqueeze(-1))
+    cosine = abs(gradient) / (reach * residual_norm[..., None])
     unfinished = (~saturated & (cosine > STATIONARY)).any(-1)  # NaN (a zero column or r) counts as finished
     return (reach < PLATEAU * threshold).all(-1) | (saturated.any(-1) & unfinished)
 
@@ -67,23 +68,24 @@ def sensitivities(
     every rank's rows (distributed). Parameters ``held`` (b, p) at a bound (`parameters.held_at_bounds`: their
     internal column is ~0, but they still matter) count as live and stationary: infinite reach, zero gradient.
     """
-    scale = scale.to(block).unsqueeze(-1)
-    reach = block[..., :-1] * (scale * values.to(block).abs().clamp_min(1.0)).unsqueeze(-2)
-    r, y = block[..., -1] * scale, y.to(block) * scale
-    squares = [(reach * reach).sum(-2), (reach * r.unsqueeze(-1)).sum(-2)]
-    sums = torch.cat([*squares, (r * r).sum(-1, keepdim=True), (y * y).sum(-1, keepdim=True)], dim=-1)
+    xp = namespace_of(block)  # torch, or numpy for one curve on the CPU (a fraction of torch's dispatch)
+    scale = scale[..., None]
+    reach = block[..., :-1] * (scale * xp.clamp_min(abs(values), 1.0))[..., None, :]
+    r, y = block[..., -1] * scale, y * scale
+    squares = [xp.sum(reach * reach, -2), xp.sum(reach * r[..., None], -2)]
+    sums = xp.concat([*squares, xp.sum(r * r, -1)[..., None], xp.sum(y * y, -1)[..., None]], -1)
     if sum_rows is not None:
         sums = sum_rows(sums)
     p = values.shape[-1]
-    reach, gradient = sums[..., :p].sqrt(), sums[..., p : 2 * p]
+    reach, gradient = xp.sqrt(sums[..., :p]), sums[..., p : 2 * p]
     if held is not None:
-        reach, gradient = reach.masked_fill(held, math.inf), gradient.masked_fill(held, 0.0)
-    return reach, gradient, sums[..., 2 * p].sqrt(), sums[..., 2 * p + 1].sqrt()
+        reach, gradient = xp.where(held, math.inf, reach), xp.where(held, 0.0, gradient)
+    return reach, gradient, xp.sqrt(sums[..., 2 * p]), xp.sqrt(sums[..., 2 * p + 1])
 
 
 def saturated(reach: torch.Tensor, data_norm: torch.Tensor) -> torch.Tensor:
     """(b,) how many parameters' sensitivity ``reach`` (b, p) is below `SATURATION` ``data_norm`` (b,)."""
-    return (reach < SATURATION * data_norm.unsqueeze(-1)).sum(-1)
+    return (reach < SATURATION * data_norm[..., None]).sum(-1)
 
 
 def restart_plateaus(outcome: BatchOutcome, problem, index, rerun: Callable, shards=None) -> None:
@@ -100,7 +102,7 @@ def restart_plateaus(outcome: BatchOutcome, problem, index, rerun: Callable, sha
     if plateau is None:
         live = torch.tensor([status != "nonfinite" for status in outcome.status], device=outcome.theta.device)
         reach, _, _, data_norm = sensitivities_of(slice(None), outcome.theta, False)
-        plateau = live & (saturated(reach, data_norm) > 0)
+        plateau = live & torch.as_tensor(saturated(reach, data_norm) > 0, device=live.device)
     plateau = plateau.nonzero().flatten()
     if len(plateau):
         stuck = lambda theta: stuck_on_plateau(*sensitivities_of(plateau, theta, True))  # noqa: E731
@@ -113,10 +115,16 @@ def model_sensitivities(problem, theta: torch.Tensor, index=None, *, held: bool 
     1 / sigma and the curves' scales alike: the tests do not depend on the units of y or sigma. With
     ``held`` the parameters held at a bound count as live (the plateau verdict; not the restart's
     trigger, where a restart also brings a parameter closer to its bound)."""
-    single = index is None and problem.batch == 1  # as a single fit takes it (chunked: R, not J)
-    block = problem.augmented(theta[0]).unsqueeze(0) if single else problem.augmented(theta, index)
+    values, at_bounds = problem.external(theta), held_at_bounds(theta, problem.bounded) if held else None
     y = problem.weighted_y(index)  # norms of data near 1e200 would overflow: in units 2^k
-    scale = torch.tensor([curve_unit(y[0])], dtype=torch.float64) if single else power_of_two_scale(y)
+    if index is None and problem.batch == 1:  # as a single fit takes it (chunked: R, not J), in numpy on the CPU
+        block = problem.augmented(theta[0]).unsqueeze(0)
+        scale = torch.tensor([curve_unit(y[0])], dtype=block.dtype)
+        if block.device.type == "cpu" and shards is None:
+            block, values, y, scale = (part.detach().numpy() for part in (block, values, y, scale))
+            at_bounds = None if at_bounds is None else at_bounds.numpy()
+    else:
+        block, scale = problem.augmented(theta, index), power_of_two_scale(y)
     sum_rows = None
     if shards is not None:
         scale = scale.new_tensor([shards.minimum(float(scale[0]))])
@@ -124,8 +132,7 @@ def model_sensitivities(problem, theta: torch.Tensor, index=None, *, held: bool 
         def sum_rows(sums: torch.Tensor) -> torch.Tensor:
             return torch.as_tensor(shards.sum(sums.cpu().numpy())).to(sums)
 
-    at_bounds = held_at_bounds(theta, problem.bounded) if held else None
-    return sensitivities(block, problem.external(theta), y, scale, sum_rows, at_bounds)
+    return sensitivities(block, values, y, scale, sum_rows, at_bounds)
 
 
 def keep_restarts(

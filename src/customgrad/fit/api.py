@@ -37,7 +37,7 @@ from .model import Model, check_finite_start
 from .native import BUILD_FOR_CURVES, NativeSolver, engine_for
 from .options import Options
 from .parameters import batch_parameter_specs, parameter_specs, plain_params
-from .plateau import SATURATION, model_sensitivities, restart_plateaus, saturated
+from .plateau import SATURATION, restart_plateaus, stalled
 from .reduction import reduce_gram
 from .result import BatchFitResult, FitResult
 from .solution import curve_result
@@ -301,11 +301,10 @@ def _restarted_on_plateau(run, calls: _Calls, theta: torch.Tensor, outcome):
     if that reached a lower cost, and status "plateau" where still stuck: `plateau.restart_plateaus` of
     a batch of one (converted only where the test, in C for the native engine, says it stalled)."""
     problem, shards = calls.problem, calls.shards
-    stalled = outcome.saturated
-    if stalled is None and outcome.status != "nonfinite":
-        reach, _, _, data_norm = model_sensitivities(problem, outcome.theta.unsqueeze(0), shards=shards)
-        stalled = bool(saturated(reach, data_norm))
-    if not stalled:
+    found = outcome.saturated
+    if found is None:
+        found = bool(stalled(problem, outcome.theta.unsqueeze(0), [outcome.status], shards=shards))
+    if not found:
         return outcome
     joined = BatchOutcome.of_one(outcome)
     joined.saturated = torch.ones(1, dtype=torch.bool)

@@ -88,10 +88,21 @@ def saturated(reach: torch.Tensor, data_norm: torch.Tensor) -> torch.Tensor:
     return (reach < SATURATION * data_norm[..., None]).sum(-1)
 
 
+def stalled(problem, theta: torch.Tensor, statuses: list[str], index=None, shards=None) -> torch.Tensor:
+    """(b,) bool: the restart's trigger for the curves ``index`` (None: all) of the `model.Model` ``problem``
+    stopped at internal ``theta`` (b, p) with ``statuses``: not failed, and some parameter `saturated`."""
+    live = [status != "nonfinite" for status in statuses]
+    if not any(live):
+        return torch.zeros(len(live), dtype=torch.bool, device=theta.device)
+    reach, _, _, data_norm = model_sensitivities(problem, theta, index, shards=shards)
+    found = torch.as_tensor(saturated(reach, data_norm) > 0, device=theta.device)
+    return torch.tensor(live, device=theta.device) & found
+
+
 def restart_plateaus(outcome: BatchOutcome, problem, index, rerun: Callable, shards=None) -> None:
     """Into ``outcome`` (of the curves ``index`` of the `model.Model` ``problem``; None: its only curve):
     ``rerun(positions)``, the restarts with factor 1 of the problems at those positions that stopped on a
-    plateau (`saturated`; the native engine tests it in C: ``outcome.saturated``), kept by `keep_restarts`.
+    plateau (`stalled`; the native engine tests it in C: ``outcome.saturated``), kept by `keep_restarts`.
     The one plateau safeguard of every engine, for `fit` (a batch of one) and `fit_batch`."""
 
     def sensitivities_of(positions, theta: torch.Tensor, held: bool) -> tuple[torch.Tensor, ...]:
@@ -100,9 +111,7 @@ def restart_plateaus(outcome: BatchOutcome, problem, index, rerun: Callable, sha
 
     plateau = outcome.saturated
     if plateau is None:
-        live = torch.tensor([status != "nonfinite" for status in outcome.status], device=outcome.theta.device)
-        reach, _, _, data_norm = sensitivities_of(slice(None), outcome.theta, False)
-        plateau = live & torch.as_tensor(saturated(reach, data_norm) > 0, device=live.device)
+        plateau = stalled(problem, outcome.theta, outcome.status, index, shards)
     plateau = plateau.nonzero().flatten()
     if len(plateau):
         stuck = lambda theta: stuck_on_plateau(*sensitivities_of(plateau, theta, True))  # noqa: E731

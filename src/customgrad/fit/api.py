@@ -444,17 +444,25 @@ def fit_batch(
 
 @dataclass
 class _Batch:
-    """A checked batch of fits: its data, parameters, model and engine (``solver``: None for torch), the
-    solver's ``options`` (tolerances, max_steps), the curves per chunk and all the checked `Options` (``settings``)."""
+    """A checked batch of fits: its data, parameters, model and engine (``solver``: None for torch), and its
+    checked `Options` (``settings``), from which the solver's ``options`` and the curves per chunk come."""
 
     data: FitData
     specs: list
     initial: dict
     problem: Model
     solver: NativeSolver | cuda_engine.CudaSolver | None
-    options: dict
-    chunk_size: int
     settings: Options
+
+    @property
+    def options(self) -> dict:
+        """The solver's options: the tolerances and max_steps."""
+        return dict(self.settings.tolerances, max_steps=self.settings.max_steps)
+
+    @property
+    def chunk_size(self) -> int:
+        """Curves per chunk."""
+        return self.settings.chunk_size
 
     @classmethod
     def checked(cls, given: Mapping, params, *, joint: bool = False) -> _Batch:
@@ -465,8 +473,7 @@ class _Batch:
         scales = None if joint else _curve_scales(data)  # a joint cost has one unit for all curves
         problem = _model(given["model"], data, specs, Ties(), initial=initial, scales=scales)
         solver = _solver(problem, options.engine, joint)
-        solving = dict(options.tolerances, max_steps=options.max_steps)
-        return cls(data, specs, initial, problem, solver, solving, options.chunk_size, options)
+        return cls(data, specs, initial, problem, solver, options)
 
     def solve(self, shards: Shards | None, advance) -> tuple:
         """Fit this rank's curves (all of them when not distributed), gather every rank's; the outcome,

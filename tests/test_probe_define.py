@@ -5,8 +5,12 @@ References are independent of the code under test: eager torch autograd in float
 
 from __future__ import annotations
 
+import copy
+import io
+import pickle
 import warnings
 
+import pytest
 import torch
 
 import customgrad
@@ -40,3 +44,47 @@ def test_compile_backend_falls_back_to_plain_code_past_the_recompile_limit(monke
         torch.testing.assert_close(value.double(), expected.detach(), rtol=tolerance, atol=tolerance)
         torch.testing.assert_close(gradient.double(), expected_gradient, rtol=tolerance, atol=tolerance)
     torch._dynamo.reset()
+
+
+# A function decorated with custom_gradient at module level pickles by reference, as a plain function does.
+
+
+@customgrad.custom_gradient
+def cube(x):
+    return x**3
+
+
+@cube.backward
+def _(x, grad):
+    return grad * 3 * x**2
+
+
+class _Cubed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.activation = cube
+        self.scale = torch.nn.Parameter(torch.tensor(2.0, dtype=F64))
+
+    def forward(self, x):
+        return self.scale * self.activation(x)
+
+
+def test_custom_gradient_pickles_by_reference():
+    assert pickle.loads(pickle.dumps(cube)) is cube
+    assert copy.deepcopy(cube) is cube
+    buffer = io.BytesIO()
+    torch.save(_Cubed(), buffer)
+    buffer.seek(0)
+    model = torch.load(buffer, weights_only=False)
+    x = torch.tensor([1.0, -2.0, 0.5], dtype=F64, requires_grad=True)
+    model(x).sum().backward()
+    torch.testing.assert_close(x.grad, 2 * 3 * x.detach() ** 2)
+
+
+def test_custom_gradient_defined_in_a_function_says_why_it_does_not_pickle():
+    @customgrad.custom_gradient
+    def local(x):
+        return x * 2
+
+    with pytest.raises((pickle.PicklingError, AttributeError), match="local"):
+        pickle.dumps(local)

@@ -309,6 +309,13 @@ class CustomGradient:
         if self.backward_function is None:
             raise UsageError(f"{what}: {self.signature.name} has no backward yet: define one with @...backward")
 
+    def __reduce__(self) -> str:
+        """Pickled by reference (module and qualified name), as the function it decorates would be: ``pickle``,
+        ``torch.save`` of a model holding it, spawn workers; ``copy.deepcopy`` gives the same object. Its
+        forward and generated classes cannot be pickled by value (the name the forward was defined under now
+        holds this object)."""
+        return self.__qualname__
+
     def __repr__(self) -> str:
         rules = ", ".join(
             name

@@ -88,3 +88,15 @@ def test_custom_gradient_defined_in_a_function_says_why_it_does_not_pickle():
 
     with pytest.raises((pickle.PicklingError, AttributeError), match="local"):
         pickle.dumps(local)
+
+
+# A Function's formula is the text it was defined with, also when the disk cache holds another spelling.
+
+
+def test_formula_text_is_the_callers_spelling_when_the_cache_holds_another():
+    first = customgrad.function("((x))*3 + y")
+    second = customgrad.function("x*3 + y  # three x plus y")
+    assert first.formula == "((x))*3 + y"
+    assert second.formula == "x*3 + y  # three x plus y"
+    restored = pickle.loads(pickle.dumps(second))
+    assert restored.formula == second.formula

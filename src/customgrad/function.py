@@ -441,7 +441,7 @@ def function(
             key, formula_spec(formula, inputs=inputs, grads=grads, class_name=class_name)
         )
 
-    spec = function_cache.load(key, class_name, build) or build()
+    spec = function_cache.load(key, class_name, build, formula) or build()
     if name is not None and name in spec.input_names:
         raise UsageError(
             f"name {name!r} is also an input of {shorten(formula)!r}: registering it would make {name!r} a "

@@ -144,8 +144,11 @@ class CachedSpec:
         return getattr(self.built, attribute)
 
 
-def load(key: str | None, name: str, build: Callable) -> CachedSpec | None:
-    """The cached spec of definition ``key`` named ``name``, or None (absent or damaged: rebuild)."""
+def load(key: str | None, name: str, build: Callable, formula: str | None = None) -> CachedSpec | None:
+    """The cached spec of definition ``key`` named ``name``, or None (absent or damaged: rebuild).
+
+    ``formula``: the caller's text, which the spec reports (the entry may have been written for another
+    spelling of the same formula: spacing, parentheses, a comment)."""
     if key is None:
         return None
     data = cache.load(NAMESPACE, key)
@@ -154,6 +157,8 @@ def load(key: str | None, name: str, build: Callable) -> CachedSpec | None:
         backwards = record["backwards"].values() if isinstance(record, dict) else ()
         if not _valid(record) or not all(_valid(r) and isinstance(r.get("level"), int) for r in backwards):
             return None
+        if formula is not None:
+            record["formula"] = formula.strip()
         return CachedSpec(name, record, build)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None

@@ -100,3 +100,33 @@ def test_formula_text_is_the_callers_spelling_when_the_cache_holds_another():
     assert second.formula == "x*3 + y  # three x plus y"
     restored = pickle.loads(pickle.dumps(second))
     assert restored.formula == second.formula
+
+
+# A custom_gradient function's first call may run under torch.inference_mode (it raised "Inference tensors
+# do not track version counter" until a call with autograd had passed).
+
+
+def _square():
+    @customgrad.custom_gradient
+    def square(x):
+        return x * x
+
+    @square.backward
+    def _(x, grad):
+        return 2 * x * grad
+
+    return square
+
+
+def test_custom_gradient_first_call_under_inference_mode():
+    x = torch.tensor([1.5, -2.0], dtype=F64)
+    with torch.inference_mode():
+        torch.testing.assert_close(_square()(x), x * x)
+        inference_tensor = torch.tensor([3.0, 0.5], dtype=F64)
+    torch.testing.assert_close(_square()(inference_tensor), inference_tensor * inference_tensor)
+    leaf = x.clone().requires_grad_()
+    square = _square()
+    with torch.inference_mode():
+        square(x)
+    square(leaf).sum().backward()  # still checked and differentiable afterwards
+    torch.testing.assert_close(leaf.grad, 2 * x)

@@ -59,9 +59,9 @@ class PairRules(NamedTuple):
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, arguments: tuple) -> object:
         """The user's forward on ``arguments``, checked: it returns tensors and leaves its inputs as they were."""
-        before = [a._version for a in arguments if isinstance(a, Tensor)]
+        before = _versions(arguments)
         result = self.forward_function(*arguments)
-        if [a._version for a in arguments if isinstance(a, Tensor)] != before:
+        if _versions(arguments) != before:
             self._raise_modified(arguments, before, "forward")
         outputs = result if isinstance(result, tuple) else (result,)
         count = len(outputs) - self.residual_count
@@ -91,7 +91,7 @@ class PairRules(NamedTuple):
 
     def _raise_modified(self, values: Sequence, before: list[int], role: str, names: Sequence[str] = ()) -> None:
         tensors = [(k, v) for k, v in enumerate(values) if isinstance(v, Tensor)]
-        position = next(k for (k, v), b in zip(tensors, before, strict=True) if v._version != b)
+        position = next(k for (k, v), b, a in zip(tensors, before, _versions(values), strict=True) if a != b)
         names = names or self.signature.inputs
         function = self.name if role == "forward" else self.backward_signature.name
         raise GradientError(
@@ -155,9 +155,9 @@ class PairRules(NamedTuple):
             check_slot_count(self.backward_signature, count, self.signature, "backward", "upstream gradients")
         needs = ctx.needs_input_grad
         arguments = self.arguments(self._saved(ctx), grads, needs, count)
-        before = [a._version for a in arguments if isinstance(a, Tensor)]
+        before = _versions(arguments)
         result = self.backward_function(*arguments)
-        if [a._version for a in arguments if isinstance(a, Tensor)] != before:
+        if _versions(arguments) != before:
             self._raise_modified(arguments, before, "backward", self._argument_names(count))
         gradients = self._gradients(result, ctx.like, needs, True)
         if torch.is_grad_enabled() and self._leaves_autograd(arguments, gradients):
@@ -464,6 +464,12 @@ def _save_values(ctx, kept: tuple) -> None:
     """Save the tensors among ``kept``; keep the other values (numbers, strings) on ctx as they are."""
     ctx.save_for_backward(*[v if isinstance(v, Tensor) else None for v in kept])
     ctx.others = {k: v for k, v in enumerate(kept) if v is not None and not isinstance(v, Tensor)}
+
+
+def _versions(values: Sequence) -> list[int]:
+    """The version counter of each tensor among ``values``; -1 for an inference tensor, which has none (made
+    under ``torch.inference_mode``, where nothing is recorded for autograd to be misled by)."""
+    return [-1 if v.is_inference() else v._version for v in values if isinstance(v, Tensor)]
 
 
 def _one_or_tuple(values: Sequence):

@@ -130,3 +130,30 @@ def test_custom_gradient_first_call_under_inference_mode():
         square(x)
     square(leaf).sum().backward()  # still checked and differentiable afterwards
     torch.testing.assert_close(leaf.grad, 2 * x)
+
+
+# A forward that returns its input as it is, with a backward that names the input (a saturating
+# straight-through estimator): autograd refused to save it ("An input that has been returned as-is ...").
+
+
+def test_custom_gradient_identity_forward_whose_backward_names_the_input():
+    @customgrad.custom_gradient
+    def clipped_identity(x):
+        return x
+
+    @clipped_identity.backward(surrogate=True)
+    def _(x, grad):
+        return grad * (x.abs() <= 1)
+
+    values = torch.tensor([0.5, -2.0, 1.0, -0.25], dtype=F64)
+    expected = (values.abs() <= 1).to(F64)
+    for _call in range(3):  # the checked class, then the fast one
+        leaf = values.clone().requires_grad_()
+        output = clipped_identity(leaf)
+        assert output is not leaf
+        torch.testing.assert_close(output, values)
+        output.sum().backward()
+        torch.testing.assert_close(leaf.grad, expected)
+    torch.testing.assert_close(torch.func.grad(lambda x: clipped_identity(x).sum())(values), expected)
+    batch = torch.stack([values, -values])
+    torch.testing.assert_close(torch.func.vmap(clipped_identity)(batch), batch)

@@ -22,7 +22,7 @@ import torch
 from torch._functorch.autograd_function import custom_function_call
 
 from .errors import UsageError
-from .gradient_rules import PairRules, pair_rules
+from .gradient_rules import PairRules, pair_rules, viewed_inputs
 from .gradient_signature import ForwardSignature, forward_signature, rule_signature
 
 
@@ -60,6 +60,12 @@ def build_pair_function(rules: PairRules, *, vmap: Callable | None, declared, ki
         forward, backward = _forward_with_signature(rules.forward, names), rules.backward
     elif kind == "fast":
         forward, backward = rules.forward_function, rules.backward_fast
+        if rules.returns_input:  # the checked forward saw an input returned as it is: view it, as that one does
+
+            def viewing(arguments):
+                return viewed_inputs(rules.forward_function(*arguments), arguments)
+
+            forward = _forward_with_signature(viewing, names)
     else:
         forward = rules.forward_function
 
@@ -240,7 +246,9 @@ class CustomGradient:
         )
         build = functools.partial(build_pair_function, rules, vmap=self.vmap_function, declared=self._declared(rules))
         with_jvp = self.jvp_function is not None
-        self.autograd_function = build(kind="fast", jvp=with_jvp)
+        self._build_fast = functools.partial(build, kind="fast", jvp=with_jvp)
+        self._rules = rules
+        self.autograd_function = self._build_fast()
         self.traced_function = build(kind="traced", jvp=False)
         self._eager_apply = build(kind="checked", jvp=with_jvp).apply
         rules.verified.append(self._verified)
@@ -257,7 +265,10 @@ class CustomGradient:
         return declared
 
     def _verified(self) -> None:
-        """A call passed every check: later eager calls take the fast class."""
+        """A call passed every check: later eager calls take the fast class (made again to view the inputs
+        the forward returns as they are, when the checked calls saw it do so)."""
+        if self._rules.returns_input:
+            self.autograd_function = self._build_fast()
         self._eager_apply = self.autograd_function.apply
 
     # -- calling -----------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ class PairRules(NamedTuple):
     verified: list
     save: Callable
     verdict: list
+    returns_input: list
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, arguments: tuple) -> object:
@@ -67,6 +68,10 @@ class PairRules(NamedTuple):
         count = len(outputs) - self.residual_count
         if count < 1 or any(not isinstance(value, Tensor) for value in outputs[:count]):
             self._raise_bad_outputs(outputs, count)
+        if any(value is argument for value in outputs for argument in arguments):
+            if not self.returns_input:
+                self.returns_input.append(True)  # the eager class made after the checks views them too
+            return viewed_inputs(result, arguments)
         return result
 
     def _raise_bad_outputs(self, outputs: tuple, count: int) -> None:
@@ -412,7 +417,18 @@ def pair_rules(
             symbolic_zeros,
         ),
         [],  # whether the backward leaves autograd, once probed
+        [],  # whether the forward returned one of its inputs as it is (seen by the checked forward)
     )
+
+
+def viewed_inputs(result, arguments: Sequence):
+    """``result`` with every value that is one of ``arguments`` itself replaced by a view of it: autograd
+    refuses to save an input a Function returns as it is (an identity forward whose backward names ``x``)."""
+    if isinstance(result, tuple):
+        return tuple(viewed_inputs(value, arguments) for value in result)
+    if isinstance(result, Tensor) and any(result is argument for argument in arguments):
+        return result.view_as(result)
+    return result
 
 
 def _argument_builder(plan: tuple, output_start: int, slot_count: int, rest: str | None) -> Callable:

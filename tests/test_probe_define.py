@@ -157,3 +157,33 @@ def test_custom_gradient_identity_forward_whose_backward_names_the_input():
     torch.testing.assert_close(torch.func.grad(lambda x: clipped_identity(x).sum())(values), expected)
     batch = torch.stack([values, -values])
     torch.testing.assert_close(torch.func.vmap(clipped_identity)(batch), batch)
+
+
+# floor/ceil of an expression (not of a bare input): the chain rule left SymPy's Subs(0, ...) in the
+# derivative, and the generated backward raised NameError: name 'Subs' is not defined.
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+@pytest.mark.parametrize(
+    ("formula", "reference"),
+    [
+        ("sin(floor(atan(x)))*y", lambda x, y: torch.sin(torch.floor(torch.atan(x))) * y),
+        ("floor(sin(x))*x + ceil(exp(y))", lambda x, y: torch.floor(torch.sin(x)) * x + torch.ceil(torch.exp(y))),
+        ("x*ceil(2*y)", lambda x, y: x * torch.ceil(2 * y)),
+    ],
+)
+def test_floor_and_ceil_of_an_expression_differentiate(formula, reference, backend):
+    generated = customgrad.function(formula, backend=backend)
+    values = [torch.tensor([0.3, 3.5, -2.2, 4.0], dtype=F64), torch.tensor([0.7, -1.3, 0.2, 1.1], dtype=F64)]
+    got = [v.clone().requires_grad_() for v in values]
+    want = [v.clone().requires_grad_() for v in values]
+    output, expected = generated(*got), reference(*want)
+    torch.testing.assert_close(output, expected)
+    first = torch.autograd.grad(output.sum(), got, create_graph=True, materialize_grads=True)
+    expected_first = torch.autograd.grad(expected.sum(), want, create_graph=True, materialize_grads=True)
+    for a, b in zip(first, expected_first, strict=True):
+        torch.testing.assert_close(a, b)
+    if first[0].requires_grad:
+        (second,) = torch.autograd.grad(first[0].sum(), got[0], materialize_grads=True)
+        (expected_second,) = torch.autograd.grad(expected_first[0].sum(), want[0], materialize_grads=True)
+        torch.testing.assert_close(second, expected_second)

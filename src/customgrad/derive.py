@@ -96,12 +96,15 @@ class FunctionSpec:
 
 
 def zero_almost_everywhere(expr: sympy.Expr) -> sympy.Expr:
-    """Replace DiracDelta and derivatives of floor/ceiling (zero almost everywhere) by 0."""
+    """Replace DiracDelta and derivatives of floor/ceiling (zero almost everywhere) by 0.
+
+    The chain rule through floor(u(x)) leaves ``Subs(Derivative(floor(xi), xi), xi, u(x))``: zero too."""
     expr = expr.replace(lambda e: isinstance(e, sympy.DiracDelta), lambda e: sympy.S.Zero)
-    return expr.replace(
+    expr = expr.replace(
         lambda e: isinstance(e, sympy.Derivative) and isinstance(e.expr, (sympy.floor, sympy.ceiling)),
         lambda e: sympy.S.Zero,
     )
+    return expr.replace(lambda e: isinstance(e, sympy.Subs) and e.expr == 0, lambda e: sympy.S.Zero)
 
 
 def derive_partial(expr: sympy.Expr, variable: sympy.Symbol) -> sympy.Expr:

@@ -187,3 +187,27 @@ def test_floor_and_ceil_of_an_expression_differentiate(formula, reference, backe
         (second,) = torch.autograd.grad(first[0].sum(), got[0], materialize_grads=True)
         (expected_second,) = torch.autograd.grad(expected_first[0].sum(), want[0], materialize_grads=True)
         torch.testing.assert_close(second, expected_second)
+
+
+# A formula whose partial sums two conditions (here pow's edge rule Eq(y, 0) and a where's x > z): the
+# comparisons' float operator was called `compare`, shadowing SymPy's ordering method, and defining
+# the Function raised "TypeError: gt expected 2 arguments, got 1".
+
+
+def test_formula_with_a_power_and_a_where_condition_in_one_partial():
+    generated = customgrad.function("x**y + where(1 > z - x, y, z - x)")
+    values = [
+        torch.tensor([0.5, 1.5, 2.0, 0.8], dtype=F64),
+        torch.tensor([0.0, 2.0, -1.5, 0.7], dtype=F64),
+        torch.tensor([3.0, 0.2, 4.5, 1.0], dtype=F64),
+    ]
+
+    def reference(x, y, z):
+        return x**y + torch.where(1 > z - x, y, z - x)
+
+    got = [v.clone().requires_grad_() for v in values]
+    want = [v.clone().requires_grad_() for v in values]
+    output, expected = generated(*got), reference(*want)
+    torch.testing.assert_close(output, expected)
+    for a, b in zip(torch.autograd.grad(output.sum(), got), torch.autograd.grad(expected.sum(), want), strict=True):
+        torch.testing.assert_close(a, b)

@@ -20,9 +20,11 @@ from sympy.logic.boolalg import BooleanFunction
 class Comparison(BooleanFunction):
     """``lhs <operator> rhs``, decided only when both sides are numbers (as floats compare them)."""
 
-    #: The operator as Python and torch write it; its function on floats; the SymPy relation it stands for.
+    #: The operator as Python and torch write it; its function on floats (not ``compare``, which is SymPy's
+    #: canonical ordering of expressions: sorting a sum's terms that hold two conditions called it); the
+    #: SymPy relation it stands for.
     operator = "?"
-    compare = staticmethod(operators.eq)
+    decide = staticmethod(operators.eq)
     relation: type = sympy.Eq
 
     @classmethod
@@ -35,7 +37,7 @@ class Comparison(BooleanFunction):
             return None
         if any(math.isnan(value) for value in values):
             return sympy.true if cls.operator == "!=" else sympy.false
-        return sympy.true if cls.compare(*values) else sympy.false
+        return sympy.true if cls.decide(*values) else sympy.false
 
     def _eval_as_set(self):
         # As a set of reals it would cover NaN by neither x < 0 nor x >= 0: SymPy would merge such pieces.
@@ -57,8 +59,8 @@ class Comparison(BooleanFunction):
     _sympystr = _pretty = _latex = _display
 
 
-def _comparison(name: str, operator: str, compare, relation: type) -> type[Comparison]:
-    return type(name, (Comparison,), {"operator": operator, "compare": staticmethod(compare), "relation": relation})
+def _comparison(name: str, operator: str, decide, relation: type) -> type[Comparison]:
+    return type(name, (Comparison,), {"operator": operator, "decide": staticmethod(decide), "relation": relation})
 
 
 Less = _comparison("Less", "<", operators.lt, sympy.StrictLessThan)

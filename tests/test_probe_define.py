@@ -211,3 +211,20 @@ def test_formula_with_a_power_and_a_where_condition_in_one_partial():
     torch.testing.assert_close(output, expected)
     for a, b in zip(torch.autograd.grad(output.sum(), got), torch.autograd.grad(expected.sum(), want), strict=True):
         torch.testing.assert_close(a, b)
+
+
+# round of a constant expression (round(sin(0.5)), round(sqrt(2))) stayed unevaluated and printing it
+# raised "TypeError: Cannot convert complex to float" at definition.
+
+
+@pytest.mark.parametrize(
+    ("formula", "constant"),
+    [("x*round(sin(0.5))", 0.0), ("x*round(sqrt(2))", 1.0), ("x + round(pi)*x", 4.0), ("x*round(-2.5)", -2.0)],
+)
+def test_round_of_a_constant_expression(formula, constant):
+    generated = customgrad.function(formula)
+    x = torch.tensor([1.5, -3.0], dtype=F64, requires_grad=True)
+    output = generated(x)
+    torch.testing.assert_close(output, constant * x.detach())
+    (gradient,) = torch.autograd.grad(output.sum(), x)
+    torch.testing.assert_close(gradient, torch.full_like(x, constant))

@@ -6,6 +6,7 @@ derivative declared next to it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,15 @@ class Round(sympy.Function):
 
     @classmethod
     def eval(cls, x):
-        if x.is_Number:
-            return sympy.Integer(round(float(x)))
+        # A number, or a constant expression such as sin(0.5) or sqrt(2) (printed as a value otherwise,
+        # which round(...) has none of): Python's round halves to even, as torch.round.
+        if x.is_Number or (x.is_number and x.is_extended_real):
+            try:
+                value = float(x)
+            except (TypeError, ValueError):
+                return None
+            if math.isfinite(value):
+                return sympy.Integer(round(value))
         return None
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import pickle
+import shutil
 import warnings
 
 import pytest
@@ -15,6 +17,7 @@ import torch
 
 import customgrad
 from customgrad.backends import compile as compile_backend
+from customgrad.backends import cpu as cpu_backend
 
 F64 = torch.float64
 
@@ -228,3 +231,30 @@ def test_round_of_a_constant_expression(formula, constant):
     torch.testing.assert_close(output, constant * x.detach())
     (gradient,) = torch.autograd.grad(output.sum(), x)
     torch.testing.assert_close(gradient, torch.full_like(x, constant))
+
+
+# $CC holding a command with arguments (CC="ccache gcc", CC="gcc -m64", as make and setuptools take it)
+# was run as one program name: "could not run the C compiler 'gcc -DPROBE': No such file or directory".
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_cpu_backend_takes_a_compiler_command_with_arguments():
+    saved = os.environ.get("CC")
+    os.environ["CC"] = f"{shutil.which('gcc')} -DCUSTOMGRAD_PROBE=1"
+    cpu_backend.compiler.cache_clear()  # found once per process
+    try:
+        generated = customgrad.function("x*sigmoid(x)*1.2345 + 0.5", backend="cpu")
+        x = torch.linspace(-3, 3, 7, dtype=F64, requires_grad=True)
+        output = generated(x)
+        (gradient,) = torch.autograd.grad(output.sum(), x)
+    finally:
+        if saved is None:
+            del os.environ["CC"]
+        else:
+            os.environ["CC"] = saved
+        cpu_backend.compiler.cache_clear()
+    reference = x.detach().clone().requires_grad_()
+    expected = reference * torch.sigmoid(reference) * 1.2345 + 0.5
+    (expected_gradient,) = torch.autograd.grad(expected.sum(), reference)
+    torch.testing.assert_close(output, expected)
+    torch.testing.assert_close(gradient, expected_gradient)

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -56,11 +57,21 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
 
 
+def compiler_command() -> list[str]:
+    """`compiler` as a command: ``$CC`` split as a shell splits it (``CC="ccache gcc"``, ``CC="gcc -m64"``, as
+    make and setuptools take it)."""
+    text = compiler() or "cc"
+    try:
+        return shlex.split(text) or [text]
+    except ValueError:  # unbalanced quotes: the text as one program name, whose error names it
+        return [text]
+
+
 @functools.cache
 def compiler_identity() -> str:
     """The compiler's version line and this CPU's model: part of every kernel's cache key (-march=native)."""
     try:
-        version = subprocess.run([compiler(), "--version"], capture_output=True, text=True, timeout=30).stdout
+        version = subprocess.run([*compiler_command(), "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
     model = ""
@@ -101,7 +112,7 @@ def _build(sources: Sequence[str], name: str, flags: Sequence[str] = ()) -> byte
             with open(c_files[-1], "w") as file:
                 file.write(source)
         libraries = LIBRARIES if vector_functions() else ("-lm",)
-        command = [compiler(), *FLAGS, *flags, *c_files, "-o", library, *libraries]
+        command = [*compiler_command(), *FLAGS, *flags, *c_files, "-o", library, *libraries]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as error:

@@ -258,3 +258,38 @@ def test_cpu_backend_takes_a_compiler_command_with_arguments():
     (expected_gradient,) = torch.autograd.grad(expected.sum(), reference)
     torch.testing.assert_close(output, expected)
     torch.testing.assert_close(gradient, expected_gradient)
+
+
+# as_custom_op of a custom_gradient function dropped the forward's defaults: op(x, k) raised "missing value
+# for argument 'power'" where f(x, k) works; an unannotated power=2 became a Tensor input.
+
+
+def _scaled_power(annotated: bool):
+    if annotated:
+
+        def forward(x, k, power: int = 2):
+            return x**power * k
+    else:
+
+        def forward(x, k, power=2):
+            return x**power * k
+
+    scaled = customgrad.custom_gradient(forward, nondiff_argnums=("k",))
+
+    @scaled.backward
+    def _(x, k, power, grad):
+        return grad * power * x ** (power - 1) * k, None
+
+    return scaled
+
+
+@pytest.mark.parametrize("annotated", [True, False])
+def test_custom_op_keeps_the_forwards_defaults(annotated):
+    op = _scaled_power(annotated).as_custom_op(f"probe_define::scaled_{'annotated' if annotated else 'plain'}")
+    k = torch.tensor(3.0, dtype=F64)
+    for arguments, power in (((), 2), ((3,), 3)):
+        x = torch.tensor([0.5, -2.0, 1.5], dtype=F64, requires_grad=True)
+        output = op(x, k, *arguments)
+        torch.testing.assert_close(output, x.detach() ** power * 3.0)
+        (gradient,) = torch.autograd.grad(output.sum(), x)
+        torch.testing.assert_close(gradient, 3.0 * power * x.detach() ** (power - 1))

@@ -121,7 +121,8 @@ def custom_gradient_op(function, qualified_name: str, *, fake=None, outputs: int
     rules = function.traced_function.custom_gradient_rules
     names = list(rules.signature.inputs)
     parameters = inspect.signature(rules.forward_function, eval_str=True)
-    types = [_schema_type(p.annotation) for p in parameters.parameters.values()]
+    types = [_schema_type(p.annotation, p.default) for p in parameters.parameters.values()]
+    defaults = _trailing_defaults(list(parameters.parameters.values()))
     count = (outputs if outputs is not None else _output_count(parameters.return_annotation)) + rules.residual_count
     returns = "torch.Tensor" if count == 1 else f"tuple[{', '.join(['torch.Tensor'] * count)}]"
 
@@ -131,8 +132,8 @@ def custom_gradient_op(function, qualified_name: str, *, fake=None, outputs: int
             return tuple(_fresh(r, inputs) for r in result)
         return _fresh(result, inputs)
 
-    op = torch.library.custom_op(qualified_name, mutates_args=())(_annotated(forward, names, types, returns))
-    op.register_fake(_annotated(fake or rules.forward_function, names, types, returns))
+    op = torch.library.custom_op(qualified_name, mutates_args=())(_annotated(forward, names, types, returns, defaults))
+    op.register_fake(_annotated(fake or rules.forward_function, names, types, returns, defaults))
 
     def backward(ctx, *grads):
         return rules.backward_traced(ctx, *grads)
@@ -150,8 +151,15 @@ def _check_qualified_name(qualified_name) -> None:
         raise UsageError(f"as_custom_op needs a name like 'mylib::p2', got {qualified_name!r}")
 
 
-def _schema_type(annotation) -> str:
-    """The torch.library type of an input annotated ``annotation`` (none: a tensor)."""
+#: Default values a torch.library schema can carry.
+_SCHEMA_DEFAULTS = (int, float, bool, str)
+
+
+def _schema_type(annotation, default=inspect.Parameter.empty) -> str:
+    """The torch.library type of an input annotated ``annotation`` (none: the type of a number or string
+    default, ``power=2`` an int; else a tensor)."""
+    if annotation is inspect.Parameter.empty and type(default) in _SCHEMA_DEFAULTS:
+        return type(default).__name__
     if annotation is inspect.Parameter.empty or annotation is torch.Tensor:
         return "torch.Tensor"
     if annotation in (int, float, bool, str):
@@ -167,10 +175,27 @@ def _output_count(annotation) -> int:
     return len(arguments) if arguments and Ellipsis not in arguments else 1
 
 
-def _annotated(function, names: list[str], types: list[str], returns: str):
-    """``function(*args)`` behind the signature ``(name0: type0, ...) -> returns`` torch.library reads."""
-    parameters = ", ".join(f"{name}: {kind}" for name, kind in zip(names, types, strict=True))
+def _trailing_defaults(parameters: list[inspect.Parameter]) -> dict[int, object]:
+    """Position -> default of the forward's last parameters whose defaults a schema can carry (a number or a
+    string): the operator takes them as the forward does (``op(x, k)`` for ``def f(x, k, power: int = 2)``)."""
+    defaults: dict[int, object] = {}
+    for position in range(len(parameters) - 1, -1, -1):
+        default = parameters[position].default
+        if type(default) not in _SCHEMA_DEFAULTS:
+            break
+        defaults[position] = default
+    return defaults
+
+
+def _annotated(function, names: list[str], types: list[str], returns: str, defaults: dict | None = None):
+    """``function(*args)`` behind the signature ``(name0: type0, ...) -> returns`` torch.library reads,
+    ``defaults`` (position -> value) given to the last parameters."""
+    defaults = defaults or {}
+    parameters = ", ".join(
+        f"{name}: {kind}" + (f" = _defaults[{k}]" if k in defaults else "")
+        for k, (name, kind) in enumerate(zip(names, types, strict=True))
+    )
     source = f"def operator({parameters}) -> {returns}:\n    return _implementation({', '.join(names)})\n"
-    namespace = {"torch": torch, "_implementation": function, "tuple": tuple}
+    namespace = {"torch": torch, "_implementation": function, "tuple": tuple, "_defaults": defaults}
     exec(compile(source, "<customgrad custom op>", "exec"), namespace)  # noqa: S102 - names are identifiers
     return namespace["operator"]

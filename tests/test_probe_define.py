@@ -293,3 +293,25 @@ def test_custom_op_keeps_the_forwards_defaults(annotated):
         torch.testing.assert_close(output, x.detach() ** power * 3.0)
         (gradient,) = torch.autograd.grad(output.sum(), x)
         torch.testing.assert_close(gradient, 3.0 * power * x.detach() ** (power - 1))
+
+
+# Function names from other tools: ln(x) got "unknown function 'ln': (known: ...)" and log10(x) "did you
+# mean 'log1p' or 'log'?" (log1p is not log10); the message now says how to write them here.
+
+
+@pytest.mark.parametrize(
+    ("formula", "spelling"),
+    [("ln(x)", "log(x)"), ("log10(x) + 1", "log(x)/log(10)"), ("pow(x, 2)", "x**y"), ("relu(x)*y", "max(x, 0)")],
+)
+def test_unknown_function_from_another_tool_says_how_to_write_it(formula, spelling):
+    with pytest.raises(customgrad.FormulaError, match="write it as") as raised:
+        customgrad.function(formula)
+    assert spelling in str(raised.value)
+    written = customgrad.function(spelling.replace("y", "2") if formula.startswith("pow") else spelling)
+    assert written.input_names == ("x",)
+
+
+def test_unknown_function_without_a_close_name_lists_the_known_ones():
+    with pytest.raises(customgrad.FormulaError) as raised:
+        customgrad.function("frobnicate(x)")
+    assert "unknown function 'frobnicate' (known: exp, log" in str(raised.value)

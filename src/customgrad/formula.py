@@ -38,7 +38,7 @@ import sympy
 
 from . import comparison
 from .errors import FormulaError
-from .functions import CONSTANTS, FUNCTIONS
+from .functions import CONSTANTS, FUNCTIONS, OTHER_SPELLINGS
 from .registry import is_registered, lookup, registered_names
 
 MAX_FORMULA_LENGTH = 10_000
@@ -410,15 +410,17 @@ class _Builder:
             self._arity(node, name, registered.arity, registered.arity)
             return self._apply(node, registered.symbol, [self.value(arg) for arg in node.args])
         known = known_function_names()
+        if name in OTHER_SPELLINGS:
+            raise self.fail(node.func, f"unknown function {name!r}: write it as {OTHER_SPELLINGS[name]}")
         close = difflib.get_close_matches(name, known, n=3)
-        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        hint = f": did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         define = (
             f"; define it with customgrad.function('...', name={name!r}) in Python, or "
             f"--define '{name}(u) = ...' on the command line"
             if not close and name.isidentifier() and not name.startswith("_")
             else ""
         )
-        raise self.fail(node.func, f"unknown function {name!r}: {hint}(known: {', '.join(known)}){define}")
+        raise self.fail(node.func, f"unknown function {name!r}{hint} (known: {', '.join(known)}){define}")
 
     def _apply(self, node: ast.Call, build, arguments: list):
         try:

@@ -123,3 +123,34 @@ FUNCTIONS: dict[str, FormulaFunction] = {
 
 #: Named constants a formula may use.
 CONSTANTS: dict[str, sympy.Expr] = {"pi": sympy.pi, "E": sympy.E}
+
+#: Functions of other tools (NumPy, torch, math, spreadsheets) a formula writes another way: their name ->
+#: how to write them here (for the error message of an unknown function).
+OTHER_SPELLINGS: dict[str, str] = {
+    "ln": "log(x)",
+    "log10": "log(x)/log(10)",
+    "log2": "log(x)/log(2)",
+    "exp2": "2**x",
+    "pow": "x**y",
+    "power": "x**y",
+    "square": "x**2",
+    "rsqrt": "1/sqrt(x)",
+    "cbrt": "sign(x)*abs(x)**(1/3)",
+    "hypot": "sqrt(x**2 + y**2)",
+    "relu": "max(x, 0)",
+    "clamp": "min(max(x, low), high)",
+    "clip": "min(max(x, low), high)",
+    "heaviside": "where(x > 0, 1, 0)",
+    "silu": "x*sigmoid(x)",
+    "swish": "x*sigmoid(x)",
+    "gelu": "0.5*x*(1 + erf(x/sqrt(2)))",
+    "logaddexp": "max(x, y) + log1p(exp(-abs(x - y)))",
+    "logsigmoid": "-softplus(-x)",
+    "maximum": "max(x, y)",
+    "minimum": "min(x, y)",
+    "fmax": "max(x, y)",
+    "fmin": "min(x, y)",
+    "fabs": "abs(x)",
+    "arctan2": "atan2(y, x)",
+    "trunc": "sign(x)*floor(abs(x))",
+}

@@ -7,10 +7,11 @@ gradient). Every check receives one `Subject` and one `Evaluation` helper, `eval
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +24,12 @@ from .parts import PHASE, short_path
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _CHECK_DIR = os.path.dirname(__file__)
 
-#: A vector-Jacobian product: (inputs, upstream gradients per differentiable output) -> one gradient
-#: (or None) per input.
+#: The seed of torch's random number generators at the start of every call of the Function in the checks
+#: (determinism's own runs excepted): a forward that draws random numbers (dropout, noise) draws the same
+#: ones at each call, so that the checks compare like with like. The caller's generator state is restored.
+#: 34: its first uniform draws alternate above and below 0.5 and its first normal ones alternate in sign, so
+#: that a dropout mask on a few elements keeps some and drops some (1234 dropped all of the first five).
+CALL_SEED = 34
 
 
 def is_function_class(value: Any) -> bool:
@@ -160,6 +165,8 @@ class Subject:
     all_parameter_names: tuple[str, ...] = field(init=False, default=())
     #: The backward raises: `evaluate` runs the forward alone and every gradient is None.
     forward_only: bool = field(init=False, default=False)
+    #: Whether each call starts from torch's generators seeded with `CALL_SEED` (`random_state`).
+    reseed: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -270,9 +277,39 @@ class Subject:
         """Run the forward on ``inputs`` (clones of tensors when the Function works in place)."""
         arguments = [v.clone() if self.clone_inputs and isinstance(v, torch.Tensor) else v for v in inputs]
         previous = PHASE.set("forward")
-        outputs = flatten_outputs(self.apply(*arguments))
+        with self.random_state(arguments):
+            outputs = flatten_outputs(self.apply(*arguments))
         PHASE.restore(previous)
         return outputs
+
+    @contextlib.contextmanager
+    def random_state(self, arguments: Sequence[Any]) -> Iterator[None]:
+        """torch's generators (CPU, and the CUDA devices of ``arguments``) seeded with `CALL_SEED` inside,
+        restored after; nothing when ``reseed`` is off."""
+        if not self.reseed:
+            yield
+            return
+        devices = _cuda_devices(arguments)
+        with torch.random.fork_rng(devices=devices):
+            torch.default_generator.manual_seed(CALL_SEED)
+            for device in devices:  # only these: torch.manual_seed would also seed CUDA for later
+                torch.cuda.default_generators[device].manual_seed(CALL_SEED)
+            yield
+
+    def draws_random_numbers(self, inputs: Sequence[Any]) -> bool:
+        """Whether the forward at ``inputs`` draws from torch's generators (dropout, noise); their state is
+        restored after. False when it raises (the checks report that)."""
+        arguments = [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in inputs]
+        devices = _cuda_devices(arguments)
+        with torch.random.fork_rng(devices=devices):
+            before = _generator_states(devices)
+            try:
+                with torch.no_grad():
+                    self.apply(*arguments)
+            except Exception:  # noqa: BLE001 - the user's forward; its errors are the checks' to report
+                return False
+            after = _generator_states(devices)
+        return any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
     def evaluate(
         self,
@@ -347,6 +384,16 @@ class Subject:
             numeric = numerical_vjp(forward, [inputs[p] for p in remaining], evaluation.upstream)
             result.update(zip(remaining, numeric, strict=True))
         return result
+
+
+def _cuda_devices(arguments: Sequence[Any]) -> list[int]:
+    """The indices of the CUDA devices the tensors among ``arguments`` are on."""
+    return sorted({a.device.index or 0 for a in arguments if isinstance(a, torch.Tensor) and a.is_cuda})
+
+
+def _generator_states(devices: Sequence[int]) -> list[torch.Tensor]:
+    """The states of torch's CPU generator and of the given CUDA devices' generators."""
+    return [torch.get_rng_state()] + [torch.cuda.get_rng_state(device) for device in devices]
 
 
 def sum_to_shape(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -23,6 +23,12 @@ HOW_TO_VMAP = (
     "only torch operations) or write a vmap staticmethod"
 )
 
+RANDOM_VMAP = (
+    "torch.vmap refuses it with its default randomness='error'; call vmap(..., randomness='different') "
+    "(an independent draw per batch element) or randomness='same'; with randomness='same' it is compared "
+    "with a loop"
+)
+
 BATCH = 3
 #: Jacobians with more rows than this are compared at `SAMPLED_JACOBIAN_ROWS` rows only.
 FULL_JACOBIAN_ROWS = 64
@@ -98,8 +104,17 @@ def _vmap_and_jacrev(
         if "generate_vmap_rule" in str(error) or "vmap staticmethod" in str(error):
             warnings_.append(f"vmap is not supported: {HOW_TO_VMAP}")
             return
-        problems.append(f"vmap raised {describe_error(error)}")
-        return
+        if "randomness" not in str(error):
+            problems.append(f"vmap raised {describe_error(error)}")
+            return
+        # A forward drawing random numbers (dropout): torch's vmap refuses it unless told how to draw.
+        warnings_.append(f"{subject.name} draws random numbers in forward: {RANDOM_VMAP}")
+        try:
+            with torch.no_grad():
+                mapped = torch.vmap(call, in_dims=in_dims, randomness="same")(*subject.with_values(batched))
+        except Exception as second:  # noqa: BLE001
+            problems.append(f"vmap(randomness='same') raised {describe_error(second)}")
+            return
     with torch.no_grad():
         looped = [call(*subject.with_values({p: v[b] for p, v in batched.items()})) for b in range(BATCH)]
     for index, got in enumerate(mapped):
@@ -199,7 +214,13 @@ def check_compile(subject: Subject) -> CheckResult:
     level = logger.level
     logger.setLevel(logging.ERROR)  # graph-break chatter: the result says it once, in words
     try:
-        return _compare_compiled(subject, run, backend, inputs, reference)
+        if backend != "inductor":
+            return _compare_compiled(subject, run, backend, inputs, reference)
+        import torch._inductor.config
+
+        # Inductor draws random numbers its own way; with fallback_random it draws eager's (same seed).
+        with torch._inductor.config.patch(fallback_random=True):
+            return _compare_compiled(subject, run, backend, inputs, reference)
     finally:
         logger.setLevel(level)
 
@@ -215,7 +236,7 @@ def _compare_compiled(subject: Subject, run, backend: str, inputs: list[Any], re
     # Without the backward, trace under no_grad so that Dynamo does not trace the broken backward.
     autograd = torch.no_grad if subject.forward_only else torch.enable_grad
     try:
-        with autograd():
+        with autograd(), subject.random_state(arguments):
             outputs = compiled(*arguments)
     except Exception as error:  # noqa: BLE001
         reason = " ".join(str(error).split("\n")[0].split())[:300]
@@ -231,7 +252,7 @@ def _compare_compiled(subject: Subject, run, backend: str, inputs: list[Any], re
         torch._dynamo.reset()
         compiled = torch.compile(run, backend=backend)
         try:
-            with autograd():
+            with autograd(), subject.random_state(arguments):
                 outputs = compiled(*arguments)
         except Exception as second:  # noqa: BLE001
             return failed(f"{capture_problem}; even with graph breaks it raised {describe_error(second)}")

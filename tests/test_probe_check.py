@@ -1,0 +1,79 @@
+"""The check battery on hand-written Functions an outside tester brings: random forwards (dropout), forward
+arguments with defaults, ... Each verdict is checked against what the Function really does."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+import customgrad
+
+check = functools.partial(customgrad.check, compile=False, isolation="thread")
+
+
+def _x(*shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64).to(dtype)
+
+
+class Dropout(torch.autograd.Function):
+    """Inverted dropout (p = 0.5): a random mask drawn in forward, saved, and applied in backward: right."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        mask = (torch.rand_like(x) > 0.5).to(x.dtype) * 2
+        return x * mask, mask
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        (mask,) = ctx.saved_tensors
+        return grad * mask
+
+
+class DropoutWithoutScale(torch.autograd.Function):
+    """Dropout whose backward forgets the 1 / (1 - p) = 2 its forward applies: wrong by a factor 0.5."""
+
+    @staticmethod
+    def forward(ctx, x):
+        mask = (torch.rand_like(x) > 0.5).to(x.dtype)
+        ctx.save_for_backward(mask)
+        return x * mask * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask
+
+
+def test_a_right_dropout_fails_no_check_and_its_randomness_is_named():
+    for dtype in (torch.float64, torch.float32):
+        report = check(Dropout, _x(5, dtype=dtype))
+        assert report.ok, str(report)
+        assert "draws from torch's random number generator" in report["determinism"].message, str(report)
+        assert report["torch_func"].status == "warning" and "randomness=" in report["torch_func"].message
+        assert "not judged" in report["precision"].message  # float32 masks differ from float64 ones
+
+
+def test_a_right_dropout_compiles():
+    report = customgrad.check(Dropout, _x(5), checks=["compile"], isolation="thread")
+    assert report["compile"].status == "passed", str(report)
+
+
+def test_a_dropout_missing_its_scale_fails_first_order_as_scaled():
+    report = check(DropoutWithoutScale, _x(5), checks=["first_order"])
+    result = report["first_order"]
+    assert result.status == "failed" and "scaled: got = 0.5 x expected" in result.message, str(report)
+
+
+def test_check_leaves_the_callers_random_state_alone():
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    check(Dropout, _x(5), checks=["runs", "first_order", "determinism"])
+    assert torch.equal(torch.get_rng_state(), state)

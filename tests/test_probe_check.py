@@ -77,3 +77,41 @@ def test_check_leaves_the_callers_random_state_alone():
     state = torch.get_rng_state()
     check(Dropout, _x(5), checks=["runs", "first_order", "determinism"])
     assert torch.equal(torch.get_rng_state(), state)
+
+
+class ScaleWithDefault(torch.autograd.Function):
+    """x * scale with scale defaulted: backward returns one gradient per parameter of forward (None for
+    scale), which torch accepts also when scale is not passed (it drops extra Nones)."""
+
+    @staticmethod
+    def forward(ctx, x, scale=2.0):
+        ctx.scale = scale
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+class ExtraGradient(torch.autograd.Function):
+    """x * 2 whose backward returns a second, non-None gradient for its one input: torch refuses it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2, grad
+
+
+def test_a_defaulted_argument_left_out_with_its_none_gradient_passes_arity_and_lint():
+    x = _x(5)
+    torch.autograd.gradcheck(ScaleWithDefault.apply, (x.clone().requires_grad_(),))  # torch: right
+    report = check(ScaleWithDefault, x, checks=["arity", "first_order", "lint"])
+    assert report.ok, str(report)
+
+
+def test_an_extra_gradient_that_is_not_none_still_fails_arity():
+    report = check(ExtraGradient, _x(5), checks=["arity", "lint"])
+    assert report["arity"].status == "failed" and "2 gradient(s)" in report["arity"].message, str(report)

@@ -84,6 +84,11 @@ def check_arity(subject: Subject) -> CheckResult:
         # apply() binds forward's default arguments: they are inputs too and need a gradient slot.
         names = names + subject.all_parameter_names[len(names) :]
     n_inputs = len(names)
+    notes = []
+    if len(grads) > n_inputs and all(grad is None for grad in grads[n_inputs:]):
+        # The engine drops extra None gradients: one per parameter of forward, defaulted ones included.
+        notes.append(f"the {len(grads) - n_inputs} None(s) after the {n_inputs} input(s) given are ignored")
+        grads = grads[:n_inputs]
     if len(grads) != n_inputs:
         return failed(
             f"backward returned {len(grads)} gradient(s) but forward takes {n_inputs} input(s) "
@@ -92,7 +97,7 @@ def check_arity(subject: Subject) -> CheckResult:
             returned=len(grads),
             inputs=n_inputs,
         )
-    problems, notes = [], []
+    problems = []
     values = list(inputs) + [None] * (n_inputs - len(inputs))
     for position, (grad, value) in enumerate(zip(grads, values, strict=True)):
         name = names[position]

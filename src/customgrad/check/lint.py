@@ -87,6 +87,8 @@ def _gradient_count(source: Source) -> list[Finding]:
         value = node.value
         if isinstance(value, ast.Tuple) and not any(isinstance(e, ast.Starred) for e in value.elts):
             count = len(value.elts)
+            if count > source.n_inputs and all(_is_none(e) for e in value.elts[source.n_inputs :]):
+                continue  # extra Nones (one per defaulted argument of forward): the engine drops them
         elif isinstance(value, (ast.BinOp, ast.UnaryOp, ast.Constant)):
             count = 1
         else:
@@ -102,6 +104,10 @@ def _gradient_count(source: Source) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _is_none(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
 
 
 def _ctx_tensor_attributes(source: Source) -> list[Finding]:

@@ -4,10 +4,12 @@ arguments with defaults, ... Each verdict is checked against what the Function r
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
 import customgrad
+from test_check_cli import run_cli
 
 check = functools.partial(customgrad.check, compile=False, isolation="thread")
 
@@ -115,3 +117,30 @@ def test_a_defaulted_argument_left_out_with_its_none_gradient_passes_arity_and_l
 def test_an_extra_gradient_that_is_not_none_still_fails_arity():
     report = check(ExtraGradient, _x(5), checks=["arity", "lint"])
     assert report["arity"].status == "failed" and "2 gradient(s)" in report["arity"].message, str(report)
+
+
+class ForwardWithoutCtx(torch.autograd.Function):
+    """forward(x) in the setup_context style, but setup_context is missing: torch passes ctx anyway."""
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def test_a_forward_without_ctx_nor_setup_context_fails_runs_naming_the_fix():
+    report = check(ForwardWithoutCtx, _x(5))  # was a UsageError: "takes () ... give one example per argument"
+    result = report["runs"]
+    assert result.status == "failed" and "add @staticmethod setup_context(ctx, inputs, output)" in result.message
+    assert "forward(ctx, x)" in result.message and report.inputs == "x: float64[5]"
+
+
+def test_the_cli_checks_a_forward_without_ctx_nor_setup_context(tmp_path):
+    target = tmp_path / "no_ctx.py"
+    target.write_text("import torch\n\n\n" + inspect.getsource(ForwardWithoutCtx))
+    result = run_cli(f"{target}:ForwardWithoutCtx", "--no-compile", timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr  # was 2: no tensor argument found
+    assert "runs          FAILED" in result.stdout and "setup_context staticmethod" in result.stdout

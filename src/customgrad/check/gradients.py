@@ -32,7 +32,15 @@ def check_runs(subject: Subject) -> CheckResult:
     try:
         outputs = _forward_with_leaves(subject, inputs)
     except Exception as error:  # noqa: BLE001 - the user's code may raise anything
-        return failed(f"forward raised {describe_error(error)}", stage="forward", error=type(error).__name__)
+        hint = ""
+        if subject.forward_lacks_ctx:
+            names = ", ".join(subject.parameter_names)
+            hint = (
+                f": {subject.name}.forward({names}) takes no ctx, which torch allows only beside a setup_context "
+                f"staticmethod: add @staticmethod setup_context(ctx, inputs, output) that saves what backward "
+                f"needs, or take ctx first: forward(ctx, {names})"
+            )
+        return failed(f"forward raised {describe_error(error)}{hint}", stage="forward", error=type(error).__name__)
     differentiable = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
     if not differentiable:
         return failed(

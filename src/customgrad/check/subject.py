@@ -167,6 +167,8 @@ class Subject:
     forward_only: bool = field(init=False, default=False)
     #: Whether each call starts from torch's generators seeded with `CALL_SEED` (`random_state`).
     reseed: bool = field(init=False, default=True)
+    #: forward takes no ctx (``forward(x)``) but there is no setup_context: torch passes ctx anyway.
+    forward_lacks_ctx: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -214,6 +216,12 @@ class Subject:
             else:
                 signature.replace(parameters=parameters).bind(*self.example_inputs)
         except TypeError as error:
+            if direct and not declared and not has_setup_context(self.function_class) and _binds(signature, count):
+                # forward(x) without ctx and without setup_context: the Function is broken, not the call;
+                # 'runs' reports it with the fix.
+                self.forward_lacks_ctx = True
+                self.parameter_names = tuple(list(signature.parameters)[:count])
+                return
             raise UsageError(
                 f"check({self.name}, ...) got {count} example input{'s' * (count != 1)}, but "
                 f"{self.name} takes ({', '.join(declared if direct and declared else names)})"
@@ -384,6 +392,15 @@ class Subject:
             numeric = numerical_vjp(forward, [inputs[p] for p in remaining], evaluation.upstream)
             result.update(zip(remaining, numeric, strict=True))
         return result
+
+
+def _binds(signature: inspect.Signature, count: int) -> bool:
+    """Whether ``count`` positional arguments fit ``signature``."""
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True
 
 
 def _cuda_devices(arguments: Sequence[Any]) -> list[int]:

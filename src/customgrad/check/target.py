@@ -134,8 +134,8 @@ def tensor_parameters(fn: Any) -> list[str]:
         return list(declared)
     if is_function_class(fn):
         parameters = list(inspect.signature(fn.forward).parameters.values())
-        if not has_setup_context(fn):
-            parameters = parameters[1:]
+        if not has_setup_context(fn) and len(parameters) > 1:
+            parameters = parameters[1:]  # ctx; a lone parameter is an input (forward(x) missing setup_context)
     elif callable(fn):
         try:
             parameters = list(inspect.signature(fn).parameters.values())

@@ -144,3 +144,23 @@ def test_the_cli_checks_a_forward_without_ctx_nor_setup_context(tmp_path):
     result = run_cli(f"{target}:ForwardWithoutCtx", "--no-compile", timeout=300)
     assert result.returncode == 1, result.stdout + result.stderr  # was 2: no tensor argument found
     assert "runs          FAILED" in result.stdout and "setup_context staticmethod" in result.stdout
+
+
+class Float32Result(torch.autograd.Function):
+    """x^2 whose forward casts its result to float32: float64 inputs get a float32 output."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x * x).float()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def test_a_forward_returning_float32_for_float64_inputs_fails_precision():
+    report = check(Float32Result, _x(5), checks=["precision"])
+    result = report["precision"]
+    assert result.status == "failed" and "output 0 is float32 for float64 inputs" in result.message, str(report)

@@ -135,6 +135,13 @@ def _float32_math(subject: Subject) -> list[str]:
         moved = subject.with_values({p: v * (1 + relative) for p, v in values.items()})
         evaluations.append(subject.evaluate(moved, generator=make_generator(73)))
     same, tiny, large = evaluations
+    for index in same.output_positions:
+        dtype = same.outputs[index].dtype
+        if dtype.is_floating_point and torch.finfo(dtype).bits < 64:
+            problems.append(
+                f"float64: output {index} is {str(dtype).replace('torch.', '')} for float64 inputs: forward casts "
+                "its result to (or computes it in) a lower precision; return the inputs' dtype"
+            )
     for label, pick in _quantities(subject, same):
         a, b, c = pick(same), pick(tiny), pick(large)
         if a is None or b is None or c is None or a.numel() == 0:

@@ -164,3 +164,50 @@ def test_a_forward_returning_float32_for_float64_inputs_fails_precision():
     report = check(Float32Result, _x(5), checks=["precision"])
     result = report["precision"]
     assert result.status == "failed" and "output 0 is float32 for float64 inputs" in result.message, str(report)
+
+
+class Sqrt(torch.autograd.Function):
+    """sqrt(x), backward from the saved output: right, and its gradient at 0 is inf (as torch.sqrt's)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.sqrt(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad / (2 * y)
+
+
+class DividesByZero(torch.autograd.Function):
+    """x^2 whose backward divides by (x - x): every gradient is inf."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * 2 * x / (x - x)
+
+
+def test_a_right_sqrt_with_zero_among_its_examples_passes_layouts():
+    x = torch.tensor([0.0, 1.0, 4.0, 0.25], dtype=torch.float64)
+    report = check(Sqrt, x, checks=["layouts"])  # was: "expected -inf, got -inf" for a non-contiguous x
+    assert report.ok, str(report)
+
+
+def test_an_infinite_gradient_is_named_as_such_and_not_called_nonlinear():
+    report = check(DividesByZero, _x(5), checks=["first_order", "linearity"])
+    first_order = report["first_order"].message
+    assert report["first_order"].status == "failed" and "inf or NaN where the expected one is finite" in first_order
+    assert "scaled" not in first_order, first_order  # was "scaled: got = inf x expected"
+    assert report["linearity"].status == "passed", str(report)  # was "not linear ... expected nan, got -inf"

@@ -375,6 +375,10 @@ def check_linearity(subject: Subject) -> CheckResult:
                 "be linear in grad_output"
             )
             continue
+        # Where backward(g1) or backward(g2) is inf or NaN, their combination tells nothing: not judged.
+        finite = torch.isfinite(g1) & torch.isfinite(g2)
+        g12 = torch.where(finite, g12, 0.0)
+        g1, g2 = torch.where(finite, g1, 0.0), torch.where(finite, g2, 0.0)
         mismatch = compare_gradient(g12, a * g1 + b * g2, scale=own_scale(a * g1, b * g2))
         if mismatch is not None:
             problems.append(

@@ -211,3 +211,26 @@ def test_an_infinite_gradient_is_named_as_such_and_not_called_nonlinear():
     assert report["first_order"].status == "failed" and "inf or NaN where the expected one is finite" in first_order
     assert "scaled" not in first_order, first_order  # was "scaled: got = inf x expected"
     assert report["linearity"].status == "passed", str(report)  # was "not linear ... expected nan, got -inf"
+
+
+def _usage_error(*arguments, **options) -> str:
+    try:
+        check(Sqrt, *arguments, **options)
+    except customgrad.errors.UsageError as error:
+        return str(error)
+    raise AssertionError("no UsageError")
+
+
+def test_meta_inputs_are_refused_naming_the_device():
+    x = torch.empty(5, dtype=torch.float64, device="meta")  # was: 'the checker itself failed' in 9 checks
+    assert "on the 'meta' device" in _usage_error(x)
+
+
+def test_inputs_packed_in_a_tuple_as_gradcheck_takes_them_are_refused_with_the_fix():
+    message = _usage_error((_x(5).abs(),))  # was: "needs at least one floating-point tensor ... got x=(tensor(["
+    assert "as torch.autograd.gradcheck takes them: pass them one by one" in message
+
+
+def test_an_infinite_timeout_is_refused():
+    # was accepted, then the worker could not start (OverflowError) and the Function ran in this process
+    assert "at most 1e+09, got inf" in _usage_error(_x(5).abs(), timeout=float("inf"))

@@ -185,13 +185,34 @@ class Subject:
         self.parameter_names = tuple(names[: len(self.example_inputs)]) + tuple(
             f"input{i}" for i in range(len(names), len(self.example_inputs))
         )
+        self._check_example_kinds()
         self._check_example_count()
         if not self.differentiable_positions:
+            complex_ = any(isinstance(v, torch.Tensor) and v.is_complex() for v in self.example_inputs)
             raise UsageError(
                 f"check({self.name}, ...) needs at least one floating-point tensor among the example "
                 f"inputs to differentiate; got {self.describe_inputs()}"
+                + ("; complex inputs are not checked (the battery compares real gradients)" if complex_ else "")
             )
         self.declared_vjp, self.declared_text = resolve_declared_gradient(self)
+
+    def _check_example_kinds(self) -> None:
+        """Example inputs with values (not on the 'meta' device), given one by one (not as one tuple): a
+        `UsageError` otherwise."""
+        meta = [i for i, v in enumerate(self.example_inputs) if isinstance(v, torch.Tensor) and v.is_meta]
+        if meta:
+            raise UsageError(
+                f"check({self.name}, ...): example input {meta[0]} is on the 'meta' device, which has shapes but no "
+                "values to differentiate or compare: give example tensors on the CPU or a GPU"
+            )
+        if len(self.example_inputs) == 1 and isinstance(self.example_inputs[0], (tuple, list)):
+            packed = self.example_inputs[0]
+            if packed and all(isinstance(v, torch.Tensor) for v in packed):
+                raise UsageError(
+                    f"check({self.name}, ...) got its example inputs as one {type(packed).__name__} of "
+                    f"{len(packed)} tensor(s), as torch.autograd.gradcheck takes them: pass them one by one, "
+                    "check(fn, x, y) (or check(fn, *inputs))"
+                )
 
     def _check_example_count(self) -> None:
         """One example input per argument of forward (or of the callable): a `UsageError` otherwise."""

@@ -234,3 +234,22 @@ def test_inputs_packed_in_a_tuple_as_gradcheck_takes_them_are_refused_with_the_f
 def test_an_infinite_timeout_is_refused():
     # was accepted, then the worker could not start (OverflowError) and the Function ran in this process
     assert "at most 1e+09, got inf" in _usage_error(_x(5).abs(), timeout=float("inf"))
+
+
+class TwoOutputsOneGradient(torch.autograd.Function):
+    """(2x, x^2) whose backward forgets the second output's grad_output."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * 2, x * x
+
+    @staticmethod
+    def backward(ctx, grad_double, grad_square):
+        return 2 * grad_double
+
+
+def test_a_backward_dropping_an_outputs_gradient_is_named():
+    report = check(TwoOutputsOneGradient, _x(5), checks=["first_order"])
+    result = report["first_order"]
+    assert result.status == "failed" and "only output 0's grad_output reaches the gradient" in result.message

@@ -253,6 +253,8 @@ class HintContext:
     upstream: torch.Tensor | None = None
     expected_with_unit_upstream: torch.Tensor | None = None
     other_expected: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: With several outputs: output index -> the gradient expected through that output alone.
+    through_output: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def _not_finite(c: HintContext) -> str | None:
@@ -324,12 +326,23 @@ def _swapped(c: HintContext) -> str | None:
     return None
 
 
+def _one_output_only(c: HintContext) -> str | None:
+    for index, alone in c.through_output.items():
+        if _close(c.got, alone) and not _close(c.expected, alone):
+            return (
+                f"only output {index}'s grad_output reaches the gradient: backward drops the part through the other "
+                "output(s); add each output's contribution (sum over its grad_outputs)"
+            )
+    return None
+
+
 #: Hint rules in the order they are tried; the first that matches explains the mismatch.
 HINTS: tuple[tuple[str, Callable[[HintContext], str | None]], ...] = (
     ("not finite", _not_finite),
     ("zeros", _zeros),
     ("sign flipped", _sign),
     ("inputs swapped", _swapped),
+    ("one output only", _one_output_only),
     ("ignores grad_output", _ignores_upstream),
     ("scaled", _scaled),
     ("off by a constant", _offset),

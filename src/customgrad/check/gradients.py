@@ -307,12 +307,14 @@ def _pool(contexts: list[HintContext]) -> HintContext:
         [c.upstream if c.upstream is not None and c.upstream.shape == c.expected.shape else None for c in contexts]
     )
     names = set.intersection(*(set(c.other_expected) for c in contexts))
+    outputs = set.intersection(*(set(c.through_output) for c in contexts))
     return HintContext(
         cat([c.got for c in contexts]),
         cat([c.expected for c in contexts]),
         upstream,
         cat([c.expected_with_unit_upstream for c in contexts]),
         {n: cat([c.other_expected[n] for c in contexts]) for n in names},
+        {k: cat([c.through_output[k] for c in contexts]) for k in outputs},
     )
 
 
@@ -342,13 +344,35 @@ def _hint_context(
     except Exception:  # noqa: BLE001 - a hint is optional
         with_unit = None
     others = {subject.input_name(p): e for p, e in expected.items() if p != position and e.shape == want.shape}
+    through = _through_each_output(subject, inputs, evaluation, position)
     known = getattr(want, "_known", None)
     if known is not None:  # a large input: finite differences at a sample of elements only
         pick = lambda t: None if t is None or t.shape != known.shape else t[known]  # noqa: E731
         return HintContext(
-            pick(got64), pick(want), pick(upstream), pick(with_unit), {k: pick(v) for k, v in others.items()}
+            pick(got64),
+            pick(want),
+            pick(upstream),
+            pick(with_unit),
+            {k: pick(v) for k, v in others.items()},
+            {k: pick(v) for k, v in through.items()},
         )
-    return HintContext(got64, want, upstream, with_unit, others)
+    return HintContext(got64, want, upstream, with_unit, others, through)
+
+
+def _through_each_output(subject: Subject, inputs: list[Any], evaluation, position: int) -> dict[int, torch.Tensor]:
+    """With several differentiable outputs: output index -> the gradient of ``position`` expected when only
+    that output's grad_output is kept (the others zero)."""
+    outputs = evaluation.output_positions
+    through = {}
+    for k, index in enumerate(outputs if len(outputs) > 1 else ()):
+        upstream = [g if j == k else torch.zeros_like(g) for j, g in enumerate(evaluation.upstream)]
+        try:
+            through[index] = subject.expected_gradients(inputs, dataclasses.replace(evaluation, upstream=upstream))[
+                position
+            ]
+        except Exception:  # noqa: BLE001 - a hint is optional
+            continue
+    return through
 
 
 # -- 4. linearity in grad_output, zero and undefined upstream gradients ------------------------

@@ -253,3 +253,28 @@ def test_a_backward_dropping_an_outputs_gradient_is_named():
     report = check(TwoOutputsOneGradient, _x(5), checks=["first_order"])
     result = report["first_order"]
     assert result.status == "failed" and "only output 0's grad_output reaches the gradient" in result.message
+
+
+class InPlaceOnGradOutput(torch.autograd.Function):
+    """x^2 whose backward multiplies grad_output in place and returns it: the right values, but it writes
+    into a tensor autograd owns (and cannot, when grad_output is expanded)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad.mul_(2 * x)
+        return grad
+
+
+def test_a_backward_writing_into_grad_output_is_named_not_called_a_wrong_gradient():
+    report = check(InPlaceOnGradOutput, _x(5), checks=["first_order", "linearity", "second_order", "hygiene"])
+    # was: first_order 'differs from finite differences' and linearity 'not linear' (the checker's own
+    # grad_output had been overwritten), and no check named the in-place write
+    assert report["first_order"].status == "passed" and report["linearity"].status == "passed", str(report)
+    assert report["hygiene"].status == "failed" and "writes into grad_output in place" in report["hygiene"].message
+    assert "writes into grad_output in place" in report["second_order"].message

@@ -499,6 +499,11 @@ def check_second_order(subject: Subject) -> CheckResult:
     except RuntimeError as error:
         if "once_differentiable" in str(error):
             return skipped("backward is marked @once_differentiable: second derivatives raise an error by design")
+        if "leaf Variable that requires grad is being used in an in-place operation" in str(error):
+            return failed(
+                f"double backward cannot run: backward writes into grad_output in place, which requires grad "
+                f"there ({describe_error(error)}); compute out of place (grad_output * ...)"
+            )
         raise
     upstream = [g.detach() for g in evaluation.upstream]
     n_inputs = len(subject.differentiable_positions)

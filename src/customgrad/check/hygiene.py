@@ -20,12 +20,18 @@ from .subject import CALL_SEED, Subject, make_generator
 
 
 def check_hygiene(subject: Subject) -> CheckResult:
-    """Inputs unmodified, state saved with save_for_backward, and no leak of the graph after backward
-    (the first alone when ``subject.forward_only``)."""
+    """Inputs unmodified, grad_output unmodified, state saved with save_for_backward, and no leak of the graph
+    after backward (the first alone when ``subject.forward_only``)."""
     inputs = checked_point(subject, seed=40)
     problems, warnings_, notes = [], [], []
     _inputs_unmodified(subject, inputs, problems, notes)
     if not subject.forward_only:
+        if subject.evaluate(inputs, generator=make_generator(42)).upstream_modified:
+            problems.append(
+                "backward writes into grad_output in place (grad_output.mul_(...), grad_output *= ...): autograd "
+                "may pass the same tensor on to other Functions, or an expanded one that cannot be written; "
+                "compute out of place (grad_output * ...)"
+            )
         _ctx_attributes(subject, inputs, problems, warnings_)
         _freed_after_backward(subject, inputs, problems)
     if problems:

@@ -135,6 +135,8 @@ class Evaluation:
     output_positions: list[int]
     upstream: list[torch.Tensor]
     gradients: dict[int, torch.Tensor | None]
+    #: Whether backward wrote into a grad_output in place (``upstream`` then holds the values passed).
+    upstream_modified: bool = False
 
 
 @dataclass
@@ -365,6 +367,7 @@ class Subject:
             if upstream is None:
                 upstream = [random_upstream(outputs[i], generator) for i in positions]
             upstream = [g.detach().requires_grad_(upstream_requires_grad) for g in upstream]
+            passed = [g.detach().clone() for g in upstream]
             if self.forward_only:
                 grads = (None,) * len(leaves)
             else:
@@ -377,8 +380,17 @@ class Subject:
                     create_graph=create_graph,
                 )
                 PHASE.restore(previous)
+        # A backward writing into grad_output in place (grad_output.mul_) must not corrupt the references
+        # computed from it: they use the values passed.
+        modified = any(not torch.equal(g.detach(), p) for g, p in zip(upstream, passed, strict=True))
         return Evaluation(
-            list(arguments), leaves, outputs, positions, list(upstream), dict(zip(leaves, grads, strict=True))
+            list(arguments),
+            leaves,
+            outputs,
+            positions,
+            passed if modified else list(upstream),
+            dict(zip(leaves, grads, strict=True)),
+            modified,
         )
 
     def forward_outputs(self, inputs: Sequence[Any], positions: Sequence[int]) -> list[torch.Tensor]:

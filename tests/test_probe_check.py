@@ -278,3 +278,47 @@ def test_a_backward_writing_into_grad_output_is_named_not_called_a_wrong_gradien
     assert report["first_order"].status == "passed" and report["linearity"].status == "passed", str(report)
     assert report["hygiene"].status == "failed" and "writes into grad_output in place" in report["hygiene"].message
     assert "writes into grad_output in place" in report["second_order"].message
+
+
+class GatherWithIndexGradient(torch.autograd.Function):
+    """x[index] whose backward also returns zeros for the integer index: torch drops that gradient."""
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.save_for_backward(index)
+        ctx.size = x.shape[0]
+        return x[index]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return torch.zeros(ctx.size, dtype=grad.dtype).index_add_(0, index, grad), torch.zeros_like(index)
+
+
+class ForgetsTheScale(torch.autograd.Function):
+    """x * s with a floating s, whose backward returns None for s although s needs a gradient."""
+
+    @staticmethod
+    def forward(ctx, x, s):
+        ctx.save_for_backward(s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, grad):
+        (s,) = ctx.saved_tensors
+        return grad * s, None
+
+
+def test_a_zero_gradient_for_an_integer_input_is_a_warning_not_a_failure():
+    x, index = _x(5), torch.tensor([0, 2, 2, 4])
+    torch.autograd.gradcheck(GatherWithIndexGradient.apply, (x.clone().requires_grad_(), index))  # torch: right
+    report = check(GatherWithIndexGradient, x, index, checks=["arity", "first_order"])
+    assert report.ok and report["arity"].status == "warning", str(report)  # was FAILED
+    assert "ignored by the engine: return None" in report["arity"].message
+
+
+def test_a_none_gradient_for_an_input_needing_one_says_so_without_a_zeros_hint():
+    report = check(ForgetsTheScale, _x(5), _x(5), checks=["first_order"])
+    message = report["first_order"].message
+    assert "backward returned None for it, although it needs a gradient" in message, message
+    assert "all zeros" not in message  # was: "Hint: the gradient is all zeros: is the returned value detached"

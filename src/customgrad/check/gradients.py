@@ -10,7 +10,7 @@ import torch
 
 from .finite_differences import HintContext, compare_gradient, diagnose, numerical_vjp, own_scale
 from .inputs import checked_point, float64_copies, sample_points
-from .outcome import failed, passed, skipped
+from .outcome import failed, passed, skipped, warning
 from .parts import PHASE
 from .report import CheckResult
 from .subject import (
@@ -105,7 +105,7 @@ def check_arity(subject: Subject) -> CheckResult:
             returned=len(grads),
             inputs=n_inputs,
         )
-    problems = []
+    problems, cautions = [], []
     values = list(inputs) + [None] * (n_inputs - len(inputs))
     for position, (grad, value) in enumerate(zip(grads, values, strict=True)):
         name = names[position]
@@ -118,7 +118,8 @@ def check_arity(subject: Subject) -> CheckResult:
             problems.append(f"gradient for {name!r} must be a tensor or None, got {type(grad).__name__}")
             continue
         if not value.is_floating_point() and not value.is_complex():
-            problems.append(f"gradient for integer input {name!r} must be None (it cannot have a gradient)")
+            # The engine drops it (an integer tensor has no gradient): wasted work, not a wrong result.
+            cautions.append(f"a gradient for integer input {name!r} is ignored by the engine: return None for it")
             continue
         if grad.shape != value.shape:
             if _reducible(grad.shape, value.shape):
@@ -140,7 +141,9 @@ def check_arity(subject: Subject) -> CheckResult:
         if grad.device != value.device:
             problems.append(f"gradient for {name!r} is on {grad.device} but the input is on {value.device}")
     if problems:
-        return failed("; ".join(problems), notes=notes)
+        return failed("; ".join(problems + cautions), notes=notes)
+    if cautions:
+        return warning("; ".join(cautions), notes=notes)
     message = f"{len(grads)} gradient(s) for {n_inputs} input(s), shapes, dtypes and devices fit"
     return passed(message + (f" ({'; '.join(notes)})" if notes else ""), notes=notes)
 
@@ -226,7 +229,10 @@ def check_first_order(subject: Subject) -> CheckResult:
                 continue
             text = f"gradient of {name!r} differs from {what} at the {label!r} point: {mismatch.describe()}"
             if got is None:
-                text += " (backward returned None for it)"
+                text += (
+                    " (backward returned None for it, although it needs a gradient: None is only for inputs "
+                    "that need none, ctx.needs_input_grad False)"
+                )
             problems[name] = text
         for key, text in _partly_needed(subject, label, inputs, evaluation, expected, what).items():
             partial.setdefault(key, text)
@@ -254,7 +260,8 @@ def _first_order_message(
 ) -> str:
     texts = []
     for name, text in problems.items():
-        hint = diagnose(_pool(contexts[name]))
+        # No hint for a None: the all-zeros it would describe are the None.
+        hint = None if "returned None for it" in text else diagnose(_pool(contexts[name]))
         texts.append(f"{text}. Hint: {hint}" if hint else text)
     message = "; ".join(texts + [text for key, text in partial.items() if key not in problems])
     if problems and subject.declared_vjp is None:

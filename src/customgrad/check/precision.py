@@ -149,8 +149,8 @@ def _float32_math(subject: Subject) -> list[str]:
         if a.dtype == torch.float64 and _stuck_in_float32(a, b, c):
             problems.append(
                 f"float64: {label} does not change when the inputs change by 1e-11 (relative) but "
-                "does for 1e-3: it is computed in float32 (a .float(), float32 constant or "
-                "numpy float32 array); keep the input's dtype throughout"
+                "does for 1e-3: it is computed in float32 or lower (a .float() or .half(), a float32 constant "
+                "or numpy float32 array); keep the input's dtype throughout"
             )
     return problems
 

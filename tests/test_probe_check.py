@@ -322,3 +322,23 @@ def test_a_none_gradient_for_an_input_needing_one_says_so_without_a_zeros_hint()
     message = report["first_order"].message
     assert "backward returned None for it, although it needs a gradient" in message, message
     assert "all zeros" not in message  # was: "Hint: the gradient is all zeros: is the returned value detached"
+
+
+def _scale_by(factor: float) -> type:
+    """A Function class made by a factory: its methods read ``factor`` from the enclosing function."""
+
+    class ScaleBy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * factor
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * factor
+
+    return ScaleBy
+
+
+def test_lint_knows_the_names_a_factory_made_class_reads_from_its_enclosing_function():
+    report = check(_scale_by(3.0), _x(5), checks=["lint"])
+    assert report["lint"].status == "passed", str(report)  # was: undefined name 'factor' in forward, backward

@@ -47,7 +47,7 @@ class Source:
 
 def _undefined_names(source: Source) -> list[Finding]:
     findings = []
-    known = source.module_names | set(dir(builtins)) | set(source.cls.__dict__)
+    known = source.module_names | set(dir(builtins)) | set(source.cls.__dict__) | _closure_names(source.cls)
     for method_name, method in source.methods.items():
         local = {a.arg for a in ast.walk(method.args) if isinstance(a, ast.arg)}
         for node in ast.walk(method):
@@ -74,6 +74,15 @@ def _undefined_names(source: Source) -> list[Finding]:
                     )
                 )
     return findings
+
+
+def _closure_names(cls: type) -> set[str]:
+    """Names the methods take from enclosing functions (a class defined inside a factory function)."""
+    names = set()
+    for value in vars(cls).values():
+        function = getattr(value, "__func__", value)
+        names.update(getattr(getattr(function, "__code__", None), "co_freevars", ()))
+    return names
 
 
 def _gradient_count(source: Source) -> list[Finding]:

@@ -342,3 +342,56 @@ def _scale_by(factor: float) -> type:
 def test_lint_knows_the_names_a_factory_made_class_reads_from_its_enclosing_function():
     report = check(_scale_by(3.0), _x(5), checks=["lint"])
     assert report["lint"].status == "passed", str(report)  # was: undefined name 'factor' in forward, backward
+
+
+class SquareWithJvp(torch.autograd.Function):
+    """x^2 with a right backward and a forward-mode jvp that forgets the 2."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        (x,) = ctx.saved_tensors
+        return x * tangent
+
+
+class SquareWithRightJvp(SquareWithJvp):
+    @staticmethod
+    def jvp(ctx, tangent):
+        (x,) = ctx.saved_tensors
+        return 2 * x * tangent
+
+
+def test_a_wrong_jvp_fails_torch_func_and_a_right_one_passes():
+    wrong = check(SquareWithJvp, _x(5), checks=["torch_func"])["torch_func"]
+    assert wrong.status == "failed" and "torch.func.jvp (forward mode) is wrong" in wrong.message
+    right = check(SquareWithRightJvp, _x(5), checks=["torch_func"])["torch_func"]
+    assert right.status == "passed" and "jvp" in right.message, right.message
+
+
+def test_forward_mode_of_generated_functions_is_checked_and_right():
+    for formula in ("x**2 + 2*x", "exp(x)*sin(y)", "atan2(y, x)"):
+        function = customgrad.function(formula)
+        result = check(function, *[_x(5)] * len(function.input_names), checks=["torch_func"])["torch_func"]
+        assert result.status == "passed" and "jvp" in result.message, result.message
+
+
+def test_first_order_judges_acosh_even_when_every_example_lies_outside_its_domain():
+    # As the command line's random examples may: all below 1, where acosh is NaN.
+    x = torch.tensor([-1.3986, 0.4033, 0.8380, -0.7193, -0.4033], dtype=torch.float64)
+    result = check(customgrad.function("acosh(x)"), x, checks=["first_order"])["first_order"]
+    assert result.status == "passed" and "moved to |x| + 1.5" in result.message, result.message  # was skipped

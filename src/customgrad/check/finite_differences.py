@@ -44,7 +44,7 @@ def numerical_vjp(
     than `FULL_ELEMENTS` elements only a sample of elements is computed (NaN elsewhere, ``._known`` says
     which) and ``._probes`` holds ``(u, v^T J u, its error estimate)`` triples for `compare_gradient`.
     """
-    differences = _CentralDifferences(function, tensors, upstream, step)
+    differences = CentralDifferences(function, tensors, upstream, step)
     generator = torch.Generator().manual_seed(12345)
     gradients = []
     for index, tensor in enumerate(differences.base):
@@ -70,7 +70,7 @@ def numerical_vjp(
     return gradients
 
 
-class _CentralDifferences:
+class CentralDifferences:
     """Central differences of ``sum_k <upstream_k, function(*tensors)_k>`` along one input's directions."""
 
     def __init__(self, function: Callable, tensors: Sequence[torch.Tensor], upstream: Sequence[torch.Tensor], step):

@@ -60,7 +60,7 @@ CHECKS: tuple[Check, ...] = (
         hygiene.check_hygiene,
         forward_only=True,
     ),
-    Check("torch_func", "vmap, grad, jacrev", transforms.check_torch_func, forward_only=True),
+    Check("torch_func", "vmap, grad, jacrev, jvp", transforms.check_torch_func, forward_only=True),
     Check(
         "compile",
         "torch.compile(fullgraph=True) vs eager",

@@ -45,8 +45,8 @@ SAMPLED_JACOBIAN_ROWS = 8
 
 
 def check_torch_func(subject: Subject) -> CheckResult:
-    """vmap over a batch equals a loop; torch.func.grad and jacrev agree with autograd (vmap of the
-    forward alone when ``subject.forward_only``)."""
+    """vmap over a batch equals a loop; torch.func.grad and jacrev agree with autograd, jvp (forward mode) with
+    finite differences or the backward (vmap of the forward alone when ``subject.forward_only``)."""
     cls = subject.function_class
     if cls is not None and not has_setup_context(cls):
         return warning(

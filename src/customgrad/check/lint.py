@@ -171,6 +171,7 @@ def _inplace_on_inputs(source: Source) -> list[Finding]:
     if forward is None or _calls(source, "mark_dirty"):
         return []
     inputs = set(source.tensor_inputs)
+    rebound = _first_rebinding(forward)  # x = x.clone(): later in-place work is on the copy
     findings = []
     for node in ast.walk(forward):
         name = None
@@ -184,7 +185,7 @@ def _inplace_on_inputs(source: Source) -> list[Finding]:
             name, operation = node.func.value.id, f"{node.func.value.id}.{node.func.attr}(...)"
         elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
             name, operation = node.target.id, f"{node.target.id} {_operator(node.op)}= ..."
-        if name in inputs:
+        if name in inputs and node.lineno <= rebound.get(name, node.lineno):
             findings.append(
                 Finding(
                     "in-place on input",
@@ -195,6 +196,18 @@ def _inplace_on_inputs(source: Source) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _first_rebinding(method: ast.FunctionDef) -> dict[str, int]:
+    """name -> the first line where the method assigns the name anew (``x = x.clone()``)."""
+    lines: dict[str, int] = {}
+    for node in ast.walk(method):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name) and isinstance(name.ctx, ast.Store):
+                        lines[name.id] = min(lines.get(name.id, node.lineno), node.lineno)
+    return lines
 
 
 def _operator(op: ast.operator) -> str:

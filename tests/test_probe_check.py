@@ -415,3 +415,10 @@ def test_lint_does_not_warn_of_in_place_work_on_a_copy_of_the_input():
     report = check(AddsOneToACopy, _x(5), checks=["lint", "hygiene"])
     assert report["lint"].status == "passed", str(report)  # was: "forward modifies its input in place (x += ...)"
     assert report["hygiene"].status == "passed", str(report)
+
+
+def test_the_cli_names_a_target_that_is_neither_a_function_nor_callable(tmp_path):
+    target = tmp_path / "constants.py"
+    target.write_text("LIMIT = 3\n")
+    result = run_cli(f"{target}:LIMIT", timeout=300)
+    assert result.returncode == 2 and "target is 3 (of type int)" in result.stderr, result.stderr  # was "a int"

@@ -145,7 +145,7 @@ def tensor_parameters(fn: Any) -> list[str]:
                 "Python function of tensors, or call customgrad.check(fn, *inputs) from Python"
             ) from None
     else:
-        raise UsageError(f"target is a {type(fn).__name__}, not an autograd.Function or a callable")
+        raise UsageError(f"target is {fn!r:.60} (of type {type(fn).__name__}), not an autograd.Function or a callable")
     return [
         p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]

@@ -60,7 +60,7 @@ CHECKS: tuple[Check, ...] = (
         hygiene.check_hygiene,
         forward_only=True,
     ),
-    Check("torch_func", "vmap, grad, jacrev", transforms.check_torch_func, forward_only=True),
+    Check("torch_func", "vmap, grad, jacrev, jvp", transforms.check_torch_func, forward_only=True),
     Check(
         "compile",
         "torch.compile(fullgraph=True) vs eager",
@@ -82,6 +82,8 @@ CHECK_NAMES = tuple(check.name for check in CHECKS)
 
 #: Default time limit in seconds of each call of the Function in a check (``Check.time_limit`` overrides it).
 DEFAULT_TIME_LIMIT = 60.0
+#: The largest time limit accepted (about 31 years): inf overflows the waits of select and threading.
+MAX_TIME_LIMIT = 1e9
 
 
 def check(
@@ -117,7 +119,7 @@ def check(
         backward with fullgraph=True, fast); a string names the backend (``"inductor"``); False skips.
     timeout : float, optional
         Time limit in seconds of each part of the Function (a forward, a backward), counted from when it
-        starts (default 60, and 300 for ``compile``), and so has the checker's own work between the parts.
+        starts (default 60, and 300 for ``compile``; at most 1e9), and so has the checker's own work between the parts.
         A part that runs past it is stopped and reported; the checks that need it are skipped.
     isolation : {"auto", "process", "thread"}
         Where the Function runs. "process": in a worker process that re-imports it by reference (its
@@ -193,8 +195,11 @@ def _run(runner: Any, item: Check, subject: Subject, limit: float) -> CheckResul
 def _check_timeout(timeout: Any) -> float:
     if timeout is None:
         return DEFAULT_TIME_LIMIT
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise UsageError(f"timeout must be a positive number of seconds (per call of the Function), got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIME_LIMIT:
+        raise UsageError(
+            f"timeout must be a positive number of seconds (per call of the Function), at most {MAX_TIME_LIMIT:g}, "
+            f"got {timeout!r}"
+        )
     return float(timeout)
 
 

@@ -44,7 +44,7 @@ def numerical_vjp(
     than `FULL_ELEMENTS` elements only a sample of elements is computed (NaN elsewhere, ``._known`` says
     which) and ``._probes`` holds ``(u, v^T J u, its error estimate)`` triples for `compare_gradient`.
     """
-    differences = _CentralDifferences(function, tensors, upstream, step)
+    differences = CentralDifferences(function, tensors, upstream, step)
     generator = torch.Generator().manual_seed(12345)
     gradients = []
     for index, tensor in enumerate(differences.base):
@@ -70,7 +70,7 @@ def numerical_vjp(
     return gradients
 
 
-class _CentralDifferences:
+class CentralDifferences:
     """Central differences of ``sum_k <upstream_k, function(*tensors)_k>`` along one input's directions."""
 
     def __init__(self, function: Callable, tensors: Sequence[torch.Tensor], upstream: Sequence[torch.Tensor], step):
@@ -199,7 +199,7 @@ def compare_gradient(
     both_nan = torch.isnan(got_t) & torch.isnan(expected)
     # A finite difference that is not finite (the forward is not, near that element) is no reference.
     no_reference = ~torch.isfinite(expected) if numerical else torch.zeros_like(both_nan)
-    bad = ~((error <= bound) | both_nan | no_reference)
+    bad = ~((error <= bound) | both_nan | (got_t == expected) | no_reference)  # == : the same infinity
     if known is not None:
         bad &= known
     if not bool(bad.any()):
@@ -253,6 +253,17 @@ class HintContext:
     upstream: torch.Tensor | None = None
     expected_with_unit_upstream: torch.Tensor | None = None
     other_expected: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: With several outputs: output index -> the gradient expected through that output alone.
+    through_output: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def _not_finite(c: HintContext) -> str | None:
+    if bool((~torch.isfinite(c.got) & torch.isfinite(c.expected)).any()):
+        return (
+            "the gradient is inf or NaN where the expected one is finite: a division by zero, log(0) or an "
+            "overflow in backward?"
+        )
+    return None
 
 
 def _zeros(c: HintContext) -> str | None:
@@ -315,11 +326,23 @@ def _swapped(c: HintContext) -> str | None:
     return None
 
 
+def _one_output_only(c: HintContext) -> str | None:
+    for index, alone in c.through_output.items():
+        if _close(c.got, alone) and not _close(c.expected, alone):
+            return (
+                f"only output {index}'s grad_output reaches the gradient: backward drops the part through the other "
+                "output(s); add each output's contribution (sum over its grad_outputs)"
+            )
+    return None
+
+
 #: Hint rules in the order they are tried; the first that matches explains the mismatch.
 HINTS: tuple[tuple[str, Callable[[HintContext], str | None]], ...] = (
+    ("not finite", _not_finite),
     ("zeros", _zeros),
     ("sign flipped", _sign),
     ("inputs swapped", _swapped),
+    ("one output only", _one_output_only),
     ("ignores grad_output", _ignores_upstream),
     ("scaled", _scaled),
     ("off by a constant", _offset),

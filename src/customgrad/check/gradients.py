@@ -10,7 +10,7 @@ import torch
 
 from .finite_differences import HintContext, compare_gradient, diagnose, numerical_vjp, own_scale
 from .inputs import checked_point, float64_copies, sample_points
-from .outcome import failed, passed, skipped
+from .outcome import failed, passed, skipped, warning
 from .parts import PHASE
 from .report import CheckResult
 from .subject import (
@@ -32,7 +32,15 @@ def check_runs(subject: Subject) -> CheckResult:
     try:
         outputs = _forward_with_leaves(subject, inputs)
     except Exception as error:  # noqa: BLE001 - the user's code may raise anything
-        return failed(f"forward raised {describe_error(error)}", stage="forward", error=type(error).__name__)
+        hint = ""
+        if subject.forward_lacks_ctx:
+            names = ", ".join(subject.parameter_names)
+            hint = (
+                f": {subject.name}.forward({names}) takes no ctx, which torch allows only beside a setup_context "
+                f"staticmethod: add @staticmethod setup_context(ctx, inputs, output) that saves what backward "
+                f"needs, or take ctx first: forward(ctx, {names})"
+            )
+        return failed(f"forward raised {describe_error(error)}{hint}", stage="forward", error=type(error).__name__)
     differentiable = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
     if not differentiable:
         return failed(
@@ -84,6 +92,11 @@ def check_arity(subject: Subject) -> CheckResult:
         # apply() binds forward's default arguments: they are inputs too and need a gradient slot.
         names = names + subject.all_parameter_names[len(names) :]
     n_inputs = len(names)
+    notes = []
+    if len(grads) > n_inputs and all(grad is None for grad in grads[n_inputs:]):
+        # The engine drops extra None gradients: one per parameter of forward, defaulted ones included.
+        notes.append(f"the {len(grads) - n_inputs} None(s) after the {n_inputs} input(s) given are ignored")
+        grads = grads[:n_inputs]
     if len(grads) != n_inputs:
         return failed(
             f"backward returned {len(grads)} gradient(s) but forward takes {n_inputs} input(s) "
@@ -92,7 +105,7 @@ def check_arity(subject: Subject) -> CheckResult:
             returned=len(grads),
             inputs=n_inputs,
         )
-    problems, notes = [], []
+    problems, cautions = [], []
     values = list(inputs) + [None] * (n_inputs - len(inputs))
     for position, (grad, value) in enumerate(zip(grads, values, strict=True)):
         name = names[position]
@@ -105,7 +118,8 @@ def check_arity(subject: Subject) -> CheckResult:
             problems.append(f"gradient for {name!r} must be a tensor or None, got {type(grad).__name__}")
             continue
         if not value.is_floating_point() and not value.is_complex():
-            problems.append(f"gradient for integer input {name!r} must be None (it cannot have a gradient)")
+            # The engine drops it (an integer tensor has no gradient): wasted work, not a wrong result.
+            cautions.append(f"a gradient for integer input {name!r} is ignored by the engine: return None for it")
             continue
         if grad.shape != value.shape:
             if _reducible(grad.shape, value.shape):
@@ -127,7 +141,9 @@ def check_arity(subject: Subject) -> CheckResult:
         if grad.device != value.device:
             problems.append(f"gradient for {name!r} is on {grad.device} but the input is on {value.device}")
     if problems:
-        return failed("; ".join(problems), notes=notes)
+        return failed("; ".join(problems + cautions), notes=notes)
+    if cautions:
+        return warning("; ".join(cautions), notes=notes)
     message = f"{len(grads)} gradient(s) for {n_inputs} input(s), shapes, dtypes and devices fit"
     return passed(message + (f" ({'; '.join(notes)})" if notes else ""), notes=notes)
 
@@ -213,7 +229,10 @@ def check_first_order(subject: Subject) -> CheckResult:
                 continue
             text = f"gradient of {name!r} differs from {what} at the {label!r} point: {mismatch.describe()}"
             if got is None:
-                text += " (backward returned None for it)"
+                text += (
+                    " (backward returned None for it, although it needs a gradient: None is only for inputs "
+                    "that need none, ctx.needs_input_grad False)"
+                )
             problems[name] = text
         for key, text in _partly_needed(subject, label, inputs, evaluation, expected, what).items():
             partial.setdefault(key, text)
@@ -241,7 +260,8 @@ def _first_order_message(
 ) -> str:
     texts = []
     for name, text in problems.items():
-        hint = diagnose(_pool(contexts[name]))
+        # No hint for a None: the all-zeros it would describe are the None.
+        hint = None if "returned None for it" in text else diagnose(_pool(contexts[name]))
         texts.append(f"{text}. Hint: {hint}" if hint else text)
     message = "; ".join(texts + [text for key, text in partial.items() if key not in problems])
     if problems and subject.declared_vjp is None:
@@ -294,12 +314,14 @@ def _pool(contexts: list[HintContext]) -> HintContext:
         [c.upstream if c.upstream is not None and c.upstream.shape == c.expected.shape else None for c in contexts]
     )
     names = set.intersection(*(set(c.other_expected) for c in contexts))
+    outputs = set.intersection(*(set(c.through_output) for c in contexts))
     return HintContext(
         cat([c.got for c in contexts]),
         cat([c.expected for c in contexts]),
         upstream,
         cat([c.expected_with_unit_upstream for c in contexts]),
         {n: cat([c.other_expected[n] for c in contexts]) for n in names},
+        {k: cat([c.through_output[k] for c in contexts]) for k in outputs},
     )
 
 
@@ -329,13 +351,35 @@ def _hint_context(
     except Exception:  # noqa: BLE001 - a hint is optional
         with_unit = None
     others = {subject.input_name(p): e for p, e in expected.items() if p != position and e.shape == want.shape}
+    through = _through_each_output(subject, inputs, evaluation, position)
     known = getattr(want, "_known", None)
     if known is not None:  # a large input: finite differences at a sample of elements only
         pick = lambda t: None if t is None or t.shape != known.shape else t[known]  # noqa: E731
         return HintContext(
-            pick(got64), pick(want), pick(upstream), pick(with_unit), {k: pick(v) for k, v in others.items()}
+            pick(got64),
+            pick(want),
+            pick(upstream),
+            pick(with_unit),
+            {k: pick(v) for k, v in others.items()},
+            {k: pick(v) for k, v in through.items()},
         )
-    return HintContext(got64, want, upstream, with_unit, others)
+    return HintContext(got64, want, upstream, with_unit, others, through)
+
+
+def _through_each_output(subject: Subject, inputs: list[Any], evaluation, position: int) -> dict[int, torch.Tensor]:
+    """With several differentiable outputs: output index -> the gradient of ``position`` expected when only
+    that output's grad_output is kept (the others zero)."""
+    outputs = evaluation.output_positions
+    through = {}
+    for k, index in enumerate(outputs if len(outputs) > 1 else ()):
+        upstream = [g if j == k else torch.zeros_like(g) for j, g in enumerate(evaluation.upstream)]
+        try:
+            through[index] = subject.expected_gradients(inputs, dataclasses.replace(evaluation, upstream=upstream))[
+                position
+            ]
+        except Exception:  # noqa: BLE001 - a hint is optional
+            continue
+    return through
 
 
 # -- 4. linearity in grad_output, zero and undefined upstream gradients ------------------------
@@ -362,6 +406,10 @@ def check_linearity(subject: Subject) -> CheckResult:
                 "be linear in grad_output"
             )
             continue
+        # Where backward(g1) or backward(g2) is inf or NaN, their combination tells nothing: not judged.
+        finite = torch.isfinite(g1) & torch.isfinite(g2)
+        g12 = torch.where(finite, g12, 0.0)
+        g1, g2 = torch.where(finite, g1, 0.0), torch.where(finite, g2, 0.0)
         mismatch = compare_gradient(g12, a * g1 + b * g2, scale=own_scale(a * g1, b * g2))
         if mismatch is not None:
             problems.append(
@@ -458,6 +506,11 @@ def check_second_order(subject: Subject) -> CheckResult:
     except RuntimeError as error:
         if "once_differentiable" in str(error):
             return skipped("backward is marked @once_differentiable: second derivatives raise an error by design")
+        if "leaf Variable that requires grad is being used in an in-place operation" in str(error):
+            return failed(
+                f"double backward cannot run: backward writes into grad_output in place, which requires grad "
+                f"there ({describe_error(error)}); compute out of place (grad_output * ...)"
+            )
         raise
     upstream = [g.detach() for g in evaluation.upstream]
     n_inputs = len(subject.differentiable_positions)

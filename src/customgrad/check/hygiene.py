@@ -4,6 +4,7 @@ after backward, and two identical runs give identical results."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import weakref
 from typing import Any
@@ -15,16 +16,22 @@ from .finite_differences import compare_gradient
 from .inputs import checked_point
 from .outcome import failed, passed, warning
 from .report import CheckResult
-from .subject import Subject, make_generator
+from .subject import CALL_SEED, Subject, make_generator
 
 
 def check_hygiene(subject: Subject) -> CheckResult:
-    """Inputs unmodified, state saved with save_for_backward, and no leak of the graph after backward
-    (the first alone when ``subject.forward_only``)."""
+    """Inputs unmodified, grad_output unmodified, state saved with save_for_backward, and no leak of the graph
+    after backward (the first alone when ``subject.forward_only``)."""
     inputs = checked_point(subject, seed=40)
     problems, warnings_, notes = [], [], []
     _inputs_unmodified(subject, inputs, problems, notes)
     if not subject.forward_only:
+        if subject.evaluate(inputs, generator=make_generator(42)).upstream_modified:
+            problems.append(
+                "backward writes into grad_output in place (grad_output.mul_(...), grad_output *= ...): autograd "
+                "may pass the same tensor on to other Functions, or an expanded one that cannot be written; "
+                "compute out of place (grad_output * ...)"
+            )
         _ctx_attributes(subject, inputs, problems, warnings_)
         _freed_after_backward(subject, inputs, problems)
     if problems:
@@ -46,7 +53,7 @@ def _inputs_unmodified(subject: Subject, inputs: list[Any], problems: list[str],
     # Non-leaf copies, so that in-place work in forward is allowed and can be seen.
     sources = {p: inputs[p].clone().requires_grad_(True) for p in originals}
     arguments = subject.with_values({p: s.clone() for p, s in sources.items()})
-    with torch.enable_grad():
+    with torch.enable_grad(), subject.random_state(arguments):
         outputs = subject.apply(*arguments)
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
     for position, original in originals.items():
@@ -70,7 +77,11 @@ def _ctx_attributes(subject: Subject, inputs: list[Any], problems: list[str], wa
     sources = {p: inputs[p].clone().requires_grad_(True) for p in subject.differentiable_positions}
     arguments = subject.with_values({p: s.clone() for p, s in sources.items()})
     with torch.enable_grad():
-        outputs = subject.call(arguments) if not subject.clone_inputs else subject.apply(*arguments)
+        if subject.clone_inputs:
+            with subject.random_state(arguments):
+                outputs = subject.apply(*arguments)
+        else:
+            outputs = subject.call(arguments)
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
     attributes = _tensor_attributes(outputs)
     differentiable = [outputs[i] for i in reference.output_positions]
@@ -161,10 +172,14 @@ def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def check_determinism(subject: Subject) -> CheckResult:
     """Two runs with the same inputs and grad_output give bitwise identical outputs and gradients (outputs
-    alone when ``subject.forward_only``: the gradients are then None)."""
+    alone when ``subject.forward_only``: the gradients are then None), torch's generators not reseeded."""
     inputs = checked_point(subject, seed=50)
-    first = subject.evaluate(inputs, generator=make_generator(51))
-    second = subject.evaluate(inputs, list(first.upstream))
+    draws = subject.draws_random_numbers(inputs)
+    subject = copy.copy(subject)
+    subject.reseed = False
+    with torch.random.fork_rng(devices=[]):  # the caller's generator left as it was
+        first = subject.evaluate(inputs, generator=make_generator(51))
+        second = subject.evaluate(inputs, list(first.upstream))
     differences = []
     for index, (a, b) in enumerate(zip(first.outputs, second.outputs, strict=True)):
         if isinstance(a, torch.Tensor) and not identical(a.detach(), b.detach()):
@@ -173,6 +188,13 @@ def check_determinism(subject: Subject) -> CheckResult:
         a, b = first.gradients[position], second.gradients[position]
         if (a is None) != (b is None) or (a is not None and not identical(a, b)):
             differences.append(f"gradient of {subject.input_name(position)!r}")
+    if differences and draws:
+        return warning(
+            f"two identical runs differ in {', '.join(differences)}: {subject.name} draws from torch's random "
+            "number generator (dropout, noise), so results reproduce only under torch.manual_seed; the other "
+            f"checks seeded it before each call (torch.manual_seed({CALL_SEED})), comparing like with like",
+            random=True,
+        )
     if differences:
         return warning(
             f"two identical runs differ in {', '.join(differences)}: nondeterministic (atomics, "

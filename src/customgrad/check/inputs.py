@@ -33,6 +33,9 @@ FINITE_MOVES = (
     ("|x| + 0.5", lambda x: x.abs() + 0.5),
     ("-(|x| + 0.5)", lambda x: -(x.abs() + 0.5)),
 )
+#: Tried after the values drawn from the examples, for examples wholly outside the domain (the command line's
+#: random ones for acosh or log(x - 1), defined from 1 on).
+LAST_MOVES = (("|x| + 1.5", lambda x: x.abs() + 1.5),)
 
 
 def sample_points(subject: Subject, seed: int = 0) -> list[tuple[str, list[Any]]]:
@@ -63,8 +66,8 @@ def checked_point(subject: Subject, seed: int) -> list[Any]:
 
 def finite_point(subject: Subject, label: str, values: dict[int, torch.Tensor], seed: int = 0) -> tuple[str, list[Any]]:
     """``(label, inputs)``: the drawn ``values`` where the forward is finite there; else the first of
-    `FINITE_MOVES`, values between the example values, or example values resampled where it is (the label
-    says which). Values of any shape, for the shapes an elementwise Function is also tried at."""
+    `FINITE_MOVES`, values between the example values, example values resampled, or `LAST_MOVES` where it is
+    (the label says which). Values of any shape, for the shapes an elementwise Function is also tried at."""
     inputs = subject.with_values(values)
     if _finite_forward(subject, inputs):
         return label, inputs
@@ -73,6 +76,7 @@ def finite_point(subject: Subject, label: str, values: dict[int, torch.Tensor], 
         drawn = from_examples(subject, {p: v.shape for p, v in values.items()}, seed, between)
         if drawn is not None:
             candidates.append((how, drawn))
+    candidates += [(how, {p: move(v) for p, v in values.items()}) for how, move in LAST_MOVES]
     for how, moved in candidates:
         moved_inputs = subject.with_values(moved)
         if _finite_forward(subject, moved_inputs):

@@ -47,7 +47,7 @@ class Source:
 
 def _undefined_names(source: Source) -> list[Finding]:
     findings = []
-    known = source.module_names | set(dir(builtins)) | set(source.cls.__dict__)
+    known = source.module_names | set(dir(builtins)) | set(source.cls.__dict__) | _closure_names(source.cls)
     for method_name, method in source.methods.items():
         local = {a.arg for a in ast.walk(method.args) if isinstance(a, ast.arg)}
         for node in ast.walk(method):
@@ -76,6 +76,15 @@ def _undefined_names(source: Source) -> list[Finding]:
     return findings
 
 
+def _closure_names(cls: type) -> set[str]:
+    """Names the methods take from enclosing functions (a class defined inside a factory function)."""
+    names = set()
+    for value in vars(cls).values():
+        function = getattr(value, "__func__", value)
+        names.update(getattr(getattr(function, "__code__", None), "co_freevars", ()))
+    return names
+
+
 def _gradient_count(source: Source) -> list[Finding]:
     backward = source.methods.get("backward")
     if backward is None:
@@ -87,6 +96,8 @@ def _gradient_count(source: Source) -> list[Finding]:
         value = node.value
         if isinstance(value, ast.Tuple) and not any(isinstance(e, ast.Starred) for e in value.elts):
             count = len(value.elts)
+            if count > source.n_inputs and all(_is_none(e) for e in value.elts[source.n_inputs :]):
+                continue  # extra Nones (one per defaulted argument of forward): the engine drops them
         elif isinstance(value, (ast.BinOp, ast.UnaryOp, ast.Constant)):
             count = 1
         else:
@@ -102,6 +113,10 @@ def _gradient_count(source: Source) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _is_none(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
 
 
 def _ctx_tensor_attributes(source: Source) -> list[Finding]:
@@ -156,6 +171,7 @@ def _inplace_on_inputs(source: Source) -> list[Finding]:
     if forward is None or _calls(source, "mark_dirty"):
         return []
     inputs = set(source.tensor_inputs)
+    rebound = _first_rebinding(forward)  # x = x.clone(): later in-place work is on the copy
     findings = []
     for node in ast.walk(forward):
         name = None
@@ -169,7 +185,7 @@ def _inplace_on_inputs(source: Source) -> list[Finding]:
             name, operation = node.func.value.id, f"{node.func.value.id}.{node.func.attr}(...)"
         elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
             name, operation = node.target.id, f"{node.target.id} {_operator(node.op)}= ..."
-        if name in inputs:
+        if name in inputs and node.lineno <= rebound.get(name, node.lineno):
             findings.append(
                 Finding(
                     "in-place on input",
@@ -180,6 +196,18 @@ def _inplace_on_inputs(source: Source) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _first_rebinding(method: ast.FunctionDef) -> dict[str, int]:
+    """name -> the first line where the method assigns the name anew (``x = x.clone()``)."""
+    lines: dict[str, int] = {}
+    for node in ast.walk(method):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name) and isinstance(name.ctx, ast.Store):
+                        lines[name.id] = min(lines.get(name.id, node.lineno), node.lineno)
+    return lines
 
 
 def _operator(op: ast.operator) -> str:

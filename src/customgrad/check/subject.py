@@ -7,10 +7,11 @@ gradient). Every check receives one `Subject` and one `Evaluation` helper, `eval
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +24,12 @@ from .parts import PHASE, short_path
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _CHECK_DIR = os.path.dirname(__file__)
 
-#: A vector-Jacobian product: (inputs, upstream gradients per differentiable output) -> one gradient
-#: (or None) per input.
+#: The seed of torch's random number generators at the start of every call of the Function in the checks
+#: (determinism's own runs excepted): a forward that draws random numbers (dropout, noise) draws the same
+#: ones at each call, so that the checks compare like with like. The caller's generator state is restored.
+#: 34: its first uniform draws alternate above and below 0.5 and its first normal ones alternate in sign, so
+#: that a dropout mask on a few elements keeps some and drops some (1234 dropped all of the first five).
+CALL_SEED = 34
 
 
 def is_function_class(value: Any) -> bool:
@@ -130,6 +135,8 @@ class Evaluation:
     output_positions: list[int]
     upstream: list[torch.Tensor]
     gradients: dict[int, torch.Tensor | None]
+    #: Whether backward wrote into a grad_output in place (``upstream`` then holds the values passed).
+    upstream_modified: bool = False
 
 
 @dataclass
@@ -160,6 +167,10 @@ class Subject:
     all_parameter_names: tuple[str, ...] = field(init=False, default=())
     #: The backward raises: `evaluate` runs the forward alone and every gradient is None.
     forward_only: bool = field(init=False, default=False)
+    #: Whether each call starts from torch's generators seeded with `CALL_SEED` (`random_state`).
+    reseed: bool = field(init=False, default=True)
+    #: forward takes no ctx (``forward(x)``) but there is no setup_context: torch passes ctx anyway.
+    forward_lacks_ctx: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -176,13 +187,34 @@ class Subject:
         self.parameter_names = tuple(names[: len(self.example_inputs)]) + tuple(
             f"input{i}" for i in range(len(names), len(self.example_inputs))
         )
+        self._check_example_kinds()
         self._check_example_count()
         if not self.differentiable_positions:
+            complex_ = any(isinstance(v, torch.Tensor) and v.is_complex() for v in self.example_inputs)
             raise UsageError(
                 f"check({self.name}, ...) needs at least one floating-point tensor among the example "
                 f"inputs to differentiate; got {self.describe_inputs()}"
+                + ("; complex inputs are not checked (the battery compares real gradients)" if complex_ else "")
             )
         self.declared_vjp, self.declared_text = resolve_declared_gradient(self)
+
+    def _check_example_kinds(self) -> None:
+        """Example inputs with values (not on the 'meta' device), given one by one (not as one tuple): a
+        `UsageError` otherwise."""
+        meta = [i for i, v in enumerate(self.example_inputs) if isinstance(v, torch.Tensor) and v.is_meta]
+        if meta:
+            raise UsageError(
+                f"check({self.name}, ...): example input {meta[0]} is on the 'meta' device, which has shapes but no "
+                "values to differentiate or compare: give example tensors on the CPU or a GPU"
+            )
+        if len(self.example_inputs) == 1 and isinstance(self.example_inputs[0], (tuple, list)):
+            packed = self.example_inputs[0]
+            if packed and all(isinstance(v, torch.Tensor) for v in packed):
+                raise UsageError(
+                    f"check({self.name}, ...) got its example inputs as one {type(packed).__name__} of "
+                    f"{len(packed)} tensor(s), as torch.autograd.gradcheck takes them: pass them one by one, "
+                    "check(fn, x, y) (or check(fn, *inputs))"
+                )
 
     def _check_example_count(self) -> None:
         """One example input per argument of forward (or of the callable): a `UsageError` otherwise."""
@@ -207,6 +239,12 @@ class Subject:
             else:
                 signature.replace(parameters=parameters).bind(*self.example_inputs)
         except TypeError as error:
+            if direct and not declared and not has_setup_context(self.function_class) and _binds(signature, count):
+                # forward(x) without ctx and without setup_context: the Function is broken, not the call;
+                # 'runs' reports it with the fix.
+                self.forward_lacks_ctx = True
+                self.parameter_names = tuple(list(signature.parameters)[:count])
+                return
             raise UsageError(
                 f"check({self.name}, ...) got {count} example input{'s' * (count != 1)}, but "
                 f"{self.name} takes ({', '.join(declared if direct and declared else names)})"
@@ -270,9 +308,39 @@ class Subject:
         """Run the forward on ``inputs`` (clones of tensors when the Function works in place)."""
         arguments = [v.clone() if self.clone_inputs and isinstance(v, torch.Tensor) else v for v in inputs]
         previous = PHASE.set("forward")
-        outputs = flatten_outputs(self.apply(*arguments))
+        with self.random_state(arguments):
+            outputs = flatten_outputs(self.apply(*arguments))
         PHASE.restore(previous)
         return outputs
+
+    @contextlib.contextmanager
+    def random_state(self, arguments: Sequence[Any]) -> Iterator[None]:
+        """torch's generators (CPU, and the CUDA devices of ``arguments``) seeded with `CALL_SEED` inside,
+        restored after; nothing when ``reseed`` is off."""
+        if not self.reseed:
+            yield
+            return
+        devices = _cuda_devices(arguments)
+        with torch.random.fork_rng(devices=devices):
+            torch.default_generator.manual_seed(CALL_SEED)
+            for device in devices:  # only these: torch.manual_seed would also seed CUDA for later
+                torch.cuda.default_generators[device].manual_seed(CALL_SEED)
+            yield
+
+    def draws_random_numbers(self, inputs: Sequence[Any]) -> bool:
+        """Whether the forward at ``inputs`` draws from torch's generators (dropout, noise); their state is
+        restored after. False when it raises (the checks report that)."""
+        arguments = [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in inputs]
+        devices = _cuda_devices(arguments)
+        with torch.random.fork_rng(devices=devices):
+            before = _generator_states(devices)
+            try:
+                with torch.no_grad():
+                    self.apply(*arguments)
+            except Exception:  # noqa: BLE001 - the user's forward; its errors are the checks' to report
+                return False
+            after = _generator_states(devices)
+        return any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
     def evaluate(
         self,
@@ -299,6 +367,7 @@ class Subject:
             if upstream is None:
                 upstream = [random_upstream(outputs[i], generator) for i in positions]
             upstream = [g.detach().requires_grad_(upstream_requires_grad) for g in upstream]
+            passed = [g.detach().clone() for g in upstream]
             if self.forward_only:
                 grads = (None,) * len(leaves)
             else:
@@ -311,8 +380,17 @@ class Subject:
                     create_graph=create_graph,
                 )
                 PHASE.restore(previous)
+        # A backward writing into grad_output in place (grad_output.mul_) must not corrupt the references
+        # computed from it: they use the values passed.
+        modified = any(not torch.equal(g.detach(), p) for g, p in zip(upstream, passed, strict=True))
         return Evaluation(
-            list(arguments), leaves, outputs, positions, list(upstream), dict(zip(leaves, grads, strict=True))
+            list(arguments),
+            leaves,
+            outputs,
+            positions,
+            passed if modified else list(upstream),
+            dict(zip(leaves, grads, strict=True)),
+            modified,
         )
 
     def forward_outputs(self, inputs: Sequence[Any], positions: Sequence[int]) -> list[torch.Tensor]:
@@ -347,6 +425,25 @@ class Subject:
             numeric = numerical_vjp(forward, [inputs[p] for p in remaining], evaluation.upstream)
             result.update(zip(remaining, numeric, strict=True))
         return result
+
+
+def _binds(signature: inspect.Signature, count: int) -> bool:
+    """Whether ``count`` positional arguments fit ``signature``."""
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True
+
+
+def _cuda_devices(arguments: Sequence[Any]) -> list[int]:
+    """The indices of the CUDA devices the tensors among ``arguments`` are on."""
+    return sorted({a.device.index or 0 for a in arguments if isinstance(a, torch.Tensor) and a.is_cuda})
+
+
+def _generator_states(devices: Sequence[int]) -> list[torch.Tensor]:
+    """The states of torch's CPU generator and of the given CUDA devices' generators."""
+    return [torch.get_rng_state()] + [torch.cuda.get_rng_state(device) for device in devices]
 
 
 def sum_to_shape(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -134,8 +134,8 @@ def tensor_parameters(fn: Any) -> list[str]:
         return list(declared)
     if is_function_class(fn):
         parameters = list(inspect.signature(fn.forward).parameters.values())
-        if not has_setup_context(fn):
-            parameters = parameters[1:]
+        if not has_setup_context(fn) and len(parameters) > 1:
+            parameters = parameters[1:]  # ctx; a lone parameter is an input (forward(x) missing setup_context)
     elif callable(fn):
         try:
             parameters = list(inspect.signature(fn).parameters.values())
@@ -145,7 +145,7 @@ def tensor_parameters(fn: Any) -> list[str]:
                 "Python function of tensors, or call customgrad.check(fn, *inputs) from Python"
             ) from None
     else:
-        raise UsageError(f"target is a {type(fn).__name__}, not an autograd.Function or a callable")
+        raise UsageError(f"target is {fn!r:.60} (of type {type(fn).__name__}), not an autograd.Function or a callable")
     return [
         p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]

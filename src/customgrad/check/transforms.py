@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
 
-from .finite_differences import compare_gradient
+from .finite_differences import NOISE_FACTOR, STEP, CentralDifferences, compare_gradient
 from .inputs import checked_point, finite_point, random_like
 from .outcome import failed, passed, skipped, warning
 from .report import CheckResult
-from .subject import Subject, describe_error, flatten_outputs, has_setup_context, make_generator
+from .subject import (
+    Subject,
+    describe_error,
+    flatten_outputs,
+    has_setup_context,
+    make_generator,
+    random_upstream,
+    sum_to_shape,
+)
 
 HOW_TO_SETUP_CONTEXT = (
     "to support torch.func, split forward: forward(x, ...) without ctx computes the output, and "
@@ -23,6 +32,12 @@ HOW_TO_VMAP = (
     "only torch operations) or write a vmap staticmethod"
 )
 
+RANDOM_VMAP = (
+    "torch.vmap refuses it with its default randomness='error'; call vmap(..., randomness='different') "
+    "(an independent draw per batch element) or randomness='same'; with randomness='same' it is compared "
+    "with a loop"
+)
+
 BATCH = 3
 #: Jacobians with more rows than this are compared at `SAMPLED_JACOBIAN_ROWS` rows only.
 FULL_JACOBIAN_ROWS = 64
@@ -30,8 +45,8 @@ SAMPLED_JACOBIAN_ROWS = 8
 
 
 def check_torch_func(subject: Subject) -> CheckResult:
-    """vmap over a batch equals a loop; torch.func.grad and jacrev agree with autograd (vmap of the
-    forward alone when ``subject.forward_only``)."""
+    """vmap over a batch equals a loop; torch.func.grad and jacrev agree with autograd, jvp (forward mode) with
+    finite differences or the backward (vmap of the forward alone when ``subject.forward_only``)."""
     cls = subject.function_class
     if cls is not None and not has_setup_context(cls):
         return warning(
@@ -44,6 +59,8 @@ def check_torch_func(subject: Subject) -> CheckResult:
     if not subject.forward_only:
         _grad(subject, inputs, reference, problems, passed_parts)
     _vmap_and_jacrev(subject, inputs, reference, problems, warnings_, passed_parts)
+    if not subject.forward_only:
+        _jvp(subject, inputs, reference, problems, passed_parts)
     if problems:
         return failed("; ".join(problems + warnings_))
     if warnings_:
@@ -76,6 +93,54 @@ def _grad(subject: Subject, inputs: list[Any], reference, problems: list[str], p
         problems.append(f"torch.func.grad raised {describe_error(error)}")
 
 
+def _jvp(subject: Subject, inputs: list[Any], reference, problems: list[str], passed_parts: list[str]) -> None:
+    """Forward mode: ``u . (J v)`` from torch.func.jvp for random directions u, v, against ``(J^T u) . v`` from
+    the backward and central differences of ``u . f`` along v. Wrong when it agrees with neither (a jvp that
+    agrees with a wrong backward is left to first_order). Skipped silently where forward mode is not
+    supported and the Function defines no jvp of its own."""
+    cls, positions = subject.function_class, subject.differentiable_positions
+    custom = cls is not None and cls.jvp is not torch.autograd.Function.jvp
+
+    def outputs_of(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = subject.call(subject.with_values(dict(zip(positions, tensors, strict=True))))
+        return tuple(outputs[i] for i in reference.output_positions)
+
+    generator = make_generator(84)
+    primals = tuple(inputs[p] for p in positions)
+    tangents = [random_like(t.shape, generator, t.device).to(t.dtype) for t in primals]
+    try:
+        _, derivatives = torch.func.jvp(outputs_of, primals, tuple(tangents))
+    except Exception as error:  # noqa: BLE001
+        if custom:
+            problems.append(f"torch.func.jvp raised {describe_error(error)}")
+        return
+    weights = [random_upstream(d, generator) for d in derivatives]
+    gradients = subject.evaluate(inputs, weights).gradients
+    terms = [w.double() * d.double() for w, d in zip(weights, derivatives, strict=True)]
+    backward_terms = [
+        sum_to_shape(gradients[p].double(), inputs[p].shape) * v.double()
+        for p, v in zip(positions, tangents, strict=True)
+        if gradients[p] is not None
+    ]
+    got, by_backward = sum(float(t.sum()) for t in terms), sum(float(t.sum()) for t in backward_terms)
+    scale = max(sum(float(t.abs().sum()) for t in group) for group in (terms, backward_terms))
+    differences = CentralDifferences(outputs_of, primals, weights, STEP)
+    by_differences, noise = 0.0, 0.0
+    for index, tangent in enumerate(tangents):
+        value, error = differences.central(index, tangent.double())
+        by_differences, noise = by_differences + value, noise + error
+    agrees_with_backward = abs(got - by_backward) <= 1e-6 * scale
+    agrees_with_differences = abs(got - by_differences) <= 1e-6 * scale + NOISE_FACTOR * noise
+    if agrees_with_backward or agrees_with_differences or not math.isfinite(by_differences):
+        passed_parts.append("jvp")
+        return
+    what = "the jvp staticmethod" if custom else "forward mode"
+    problems.append(
+        f"torch.func.jvp (forward mode) is wrong: along random directions u, v, u . (J v) is {got:.6g}, but "
+        f"{by_differences:.6g} by finite differences ({by_backward:.6g} by backward, (J^T u) . v); fix {what}"
+    )
+
+
 def _vmap_and_jacrev(
     subject: Subject,
     inputs: list[Any],
@@ -98,8 +163,17 @@ def _vmap_and_jacrev(
         if "generate_vmap_rule" in str(error) or "vmap staticmethod" in str(error):
             warnings_.append(f"vmap is not supported: {HOW_TO_VMAP}")
             return
-        problems.append(f"vmap raised {describe_error(error)}")
-        return
+        if "randomness" not in str(error):
+            problems.append(f"vmap raised {describe_error(error)}")
+            return
+        # A forward drawing random numbers (dropout): torch's vmap refuses it unless told how to draw.
+        warnings_.append(f"{subject.name} draws random numbers in forward: {RANDOM_VMAP}")
+        try:
+            with torch.no_grad():
+                mapped = torch.vmap(call, in_dims=in_dims, randomness="same")(*subject.with_values(batched))
+        except Exception as second:  # noqa: BLE001
+            problems.append(f"vmap(randomness='same') raised {describe_error(second)}")
+            return
     with torch.no_grad():
         looped = [call(*subject.with_values({p: v[b] for p, v in batched.items()})) for b in range(BATCH)]
     for index, got in enumerate(mapped):
@@ -199,7 +273,13 @@ def check_compile(subject: Subject) -> CheckResult:
     level = logger.level
     logger.setLevel(logging.ERROR)  # graph-break chatter: the result says it once, in words
     try:
-        return _compare_compiled(subject, run, backend, inputs, reference)
+        if backend != "inductor":
+            return _compare_compiled(subject, run, backend, inputs, reference)
+        import torch._inductor.config
+
+        # Inductor draws random numbers its own way; with fallback_random it draws eager's (same seed).
+        with torch._inductor.config.patch(fallback_random=True):
+            return _compare_compiled(subject, run, backend, inputs, reference)
     finally:
         logger.setLevel(level)
 
@@ -215,7 +295,7 @@ def _compare_compiled(subject: Subject, run, backend: str, inputs: list[Any], re
     # Without the backward, trace under no_grad so that Dynamo does not trace the broken backward.
     autograd = torch.no_grad if subject.forward_only else torch.enable_grad
     try:
-        with autograd():
+        with autograd(), subject.random_state(arguments):
             outputs = compiled(*arguments)
     except Exception as error:  # noqa: BLE001
         reason = " ".join(str(error).split("\n")[0].split())[:300]
@@ -231,7 +311,7 @@ def _compare_compiled(subject: Subject, run, backend: str, inputs: list[Any], re
         torch._dynamo.reset()
         compiled = torch.compile(run, backend=backend)
         try:
-            with autograd():
+            with autograd(), subject.random_state(arguments):
                 outputs = compiled(*arguments)
         except Exception as second:  # noqa: BLE001
             return failed(f"{capture_problem}; even with graph breaks it raised {describe_error(second)}")

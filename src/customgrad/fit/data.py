@@ -119,7 +119,8 @@ def real_array(values, what: str, per: str = "") -> np.ndarray:
         values = values.detach().cpu().to(torch.float64).numpy()
     try:
         complex_values = np.iscomplexobj(values)
-        array = None if complex_values else np.asarray(values, dtype=np.float64)
+        # C order: a reversed view (x[::-1]) has negative strides, which torch tensors cannot take
+        array = None if complex_values else np.asarray(values, dtype=np.float64, order="C")
     except (TypeError, ValueError):
         if _ragged(values):
             raise DataError(

@@ -2,10 +2,13 @@
 a defect found by probing, checked against SciPy's `curve_fit` or a plain NumPy reference.
 """
 
+import json
+
 import numpy as np
 import pytest
 from scipy.optimize import curve_fit
 
+from command_line import run_customgrad
 from customgrad.errors import UsageError
 from customgrad.fit import fit, fit_batch
 from reference import assert_matches_reference
@@ -43,3 +46,19 @@ def test_scipy_style_bounds_are_a_usage_error_that_shows_the_dict_form():
         data = y if run is fit else y[None]
         with pytest.raises(UsageError, match=r"bounds must be a dict of name -> \(lower, upper\)"):
             run(MODEL, x, data, params=START, bounds=([0, 0, 0], [10, 10, 10]))
+
+
+def test_cli_nan_policy_omit_drops_rows_with_empty_csv_cells(tmp_path):
+    # an empty cell is how spreadsheets and pandas write a missing value: it was "'' is not a number"
+    data = tmp_path / "hole.csv"
+    data.write_text("x,y\n1,2.1\n2,\n3,6.5\n4,8.2\n5,9.7\n")
+    result_path = tmp_path / "fit.json"
+    arguments = ("fit", "--data", data, "--model", "a*x + b", "--param", "a=1", "--param", "b=0", "--quiet")
+    done = run_customgrad(*arguments, "--nan-policy", "omit", "--json", result_path)
+    assert done.returncode == 0, done.stderr
+    params = json.loads(result_path.read_text())["params"]
+    kept = np.array([[1, 2.1], [3, 6.5], [4, 8.2], [5, 9.7]])
+    slope, intercept = np.polyfit(kept[:, 0], kept[:, 1], 1)
+    assert_matches_reference(np.array([params["a"], params["b"]]), np.array([slope, intercept]), rtol=1e-10)
+    refused = run_customgrad(*arguments)
+    assert refused.returncode == 1 and "--nan-policy omit" in refused.stderr, refused.stderr

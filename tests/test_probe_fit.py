@@ -9,7 +9,7 @@ import pytest
 from scipy.optimize import curve_fit
 
 from command_line import run_customgrad
-from customgrad.errors import UsageError
+from customgrad.errors import FitError, UsageError
 from customgrad.fit import fit, fit_batch
 from reference import assert_matches_reference
 
@@ -62,3 +62,12 @@ def test_cli_nan_policy_omit_drops_rows_with_empty_csv_cells(tmp_path):
     assert_matches_reference(np.array([params["a"], params["b"]]), np.array([slope, intercept]), rtol=1e-10)
     refused = run_customgrad(*arguments)
     assert refused.returncode == 1 and "--nan-policy omit" in refused.stderr, refused.stderr
+
+
+@pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")  # NumPy 2 on a tensor, as users see it
+@pytest.mark.parametrize("run", [fit, fit_batch])
+def test_a_callable_written_with_numpy_is_told_to_use_torch_ops(run):
+    # curve_fit users write np.exp: the Jacobian's autograd then failed deep in torch with a RuntimeError
+    x, y = decay(10)
+    with pytest.raises(FitError, match=r"torch operations \(torch.exp, not np.exp\)"):
+        run(lambda x, a, k, c: a * np.exp(-k * x) + c, x, y if run is fit else y[None], params=START)

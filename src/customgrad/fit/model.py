@@ -495,7 +495,16 @@ def _check_signature(model: Callable, text: str, param_names: tuple[str, ...]) -
 
 def _returning_tensor(function: Callable, text: str) -> Callable:
     def checked(data, values):
-        result = function(data, values)
+        try:
+            result = function(data, values)
+        except RuntimeError as error:
+            if "numpy()" not in str(error):
+                raise
+            # NumPy functions turn the tensors into arrays, which autograd cannot differentiate
+            raise FitError(
+                f"model {text} converts its tensors to NumPy ({error}): the Jacobian needs autograd, so "
+                "compute with torch operations (torch.exp, not np.exp) on x and the parameters"
+            ) from None
         if not isinstance(result, torch.Tensor):
             raise FitError(
                 f"model {text} returned {type(result).__name__}, not a tensor: compute the predictions with "

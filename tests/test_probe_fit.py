@@ -71,3 +71,13 @@ def test_a_callable_written_with_numpy_is_told_to_use_torch_ops(run):
     x, y = decay(10)
     with pytest.raises(FitError, match=r"torch operations \(torch.exp, not np.exp\)"):
         run(lambda x, a, k, c: a * np.exp(-k * x) + c, x, y if run is fit else y[None], params=START)
+
+
+def test_a_tie_to_a_constant_is_refused_before_fitting_naming_the_fixed_form():
+    # lmfit users write {"expr": "0.7"}: the fit ran, then its result failed with "model '0.7' has no inputs"
+    x, y = decay()
+    with pytest.raises(UsageError, match=r"expr of parameter 'k' \('0.7'\) names no parameter.*'fixed': True"):
+        fit(MODEL, x, y, params={"a": 1.0, "k": {"expr": "0.7"}, "c": 0.0})
+    fixed = fit(MODEL, x, y, params={"a": 1.0, "k": {"value": 0.7, "fixed": True}, "c": 0.0})
+    values, _ = curve_fit(lambda x, a, c: a * np.exp(-0.7 * x) + c, x, y, p0=[1, 0])
+    assert_matches_reference(np.array([fixed.params["a"], fixed.params["c"]]), values, rtol=1e-7)

@@ -137,6 +137,11 @@ def _names(name: str, text, params: Mapping) -> tuple[str, ...]:
             f"expr of parameter {name!r} ({text!r}) refers to {name!r} itself: a tied parameter must be "
             "given by the others"
         )
+    if not names:
+        raise UsageError(
+            f"expr of parameter {name!r} ({text!r}) names no parameter, so it is a constant: give it as a fixed "
+            f"value instead, e.g. params={{{name!r}: {{'value': {text}, 'fixed': True}}}}"
+        )
     unknown = [n for n in names if n not in params]
     if unknown:
         raise UsageError(

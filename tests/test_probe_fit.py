@@ -81,3 +81,19 @@ def test_a_tie_to_a_constant_is_refused_before_fitting_naming_the_fixed_form():
     fixed = fit(MODEL, x, y, params={"a": 1.0, "k": {"value": 0.7, "fixed": True}, "c": 0.0})
     values, _ = curve_fit(lambda x, a, c: a * np.exp(-0.7 * x) + c, x, y, p0=[1, 0])
     assert_matches_reference(np.array([fixed.params["a"], fixed.params["c"]]), values, rtol=1e-7)
+
+
+@pytest.mark.parametrize("engine", ["native", "torch"])
+def test_batch_stderr_arrays_mark_a_parameter_the_model_no_longer_depends_on_as_undetermined(engine):
+    # constant data: c + a exp(-k x) fits exactly with a ~ 1e-16, so k is free; the batch's arrays said
+    # k +- 0 (exact fit, zero cost) where the curve's FitResult and a single fit say NaN
+    x, y = decay(15)
+    curves = np.stack([np.ones_like(x), y])
+    batch = fit_batch(MODEL, x, curves, params=START, engine=engine)
+    alone = fit(MODEL, x, np.ones_like(x), params=START, engine=engine)
+    assert np.isnan(alone.stderr["k"]) and np.isnan(batch[0].stderr["k"])
+    assert np.isnan(batch.stderr["k"][0]), batch.stderr
+    _, covariance = curve_fit(lambda x, a, k, c: a * np.exp(-k * x) + c, x, y, p0=list(batch[1].params.values()))
+    expected = np.sqrt(np.diag(covariance))
+    got = np.array([batch.stderr[name][1] for name in ("a", "k", "c")])
+    assert_matches_reference(got, expected, rtol=1e-5, what="stderr of the other curve")

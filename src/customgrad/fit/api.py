@@ -42,7 +42,7 @@ from .reduction import reduce_gram
 from .result import BatchFitResult, FitResult
 from .solution import curve_result
 from .source import FitSource
-from .statistics import batch_stderr
+from .statistics import batch_stderr, safe_column_norms
 from .status import CONVERGED, progress_message
 from .threads import threads_for
 from .ties import Ties, split_ties
@@ -494,7 +494,8 @@ class _Batch:
                 stderr, cost = solver.errors(values, self.dof)
             else:
                 upper, cost = _final_factors(problem, values)
-                stderr = batch_stderr(upper, cost, self.dof)
+                data_norm = safe_column_norms(problem.weighted_y().unsqueeze(-1))[:, 0]
+                stderr = batch_stderr(upper, cost, self.dof, values, data_norm)
             if problem.scales is not None:
                 cost = cost / problem.scales.to(cost) / problem.scales.to(cost)
         return outcome, values, stderr, cost

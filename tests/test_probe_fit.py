@@ -97,3 +97,17 @@ def test_batch_stderr_arrays_mark_a_parameter_the_model_no_longer_depends_on_as_
     expected = np.sqrt(np.diag(covariance))
     got = np.array([batch.stderr[name][1] for name in ("a", "k", "c")])
     assert_matches_reference(got, expected, rtol=1e-5, what="stderr of the other curve")
+
+
+def test_cli_batch_shared_named_twice_is_one_shared_parameter(tmp_path):
+    # --shared k --shared k failed: "initial value of parameter 'k' must be a number, got {'value': 1.0, ...}"
+    x, y = decay(12)
+    curves = tmp_path / "curves.csv"
+    curves.write_text("\n".join(",".join(f"{v:.17g}" for v in row) for row in (x, y, 2 * y - 0.5)) + "\n")
+    arguments = ["fit", "--batch", "--data", curves, "--model", MODEL, "--param", "a=1", "--param", "k=0.1"]
+    arguments += ["--param", "c=0", "--quiet"]
+    once = run_customgrad(*arguments, "--shared", "k", "--json", tmp_path / "once.json")
+    twice = run_customgrad(*arguments, "--shared", "k", "--shared", "k", "--json", tmp_path / "twice.json")
+    assert once.returncode == 0 and twice.returncode == 0, twice.stderr
+    shared = json.loads((tmp_path / "twice.json").read_text())["shared"]
+    assert shared == json.loads((tmp_path / "once.json").read_text())["shared"]

@@ -304,7 +304,7 @@ def batch_inputs(args) -> BatchFitResult:
 
 def _with_shared(params: dict, shared: list[str]) -> dict:
     """``params`` with the ``--shared`` names marked {"shared": True} (each must have a --param)."""
-    for name in shared:
+    for name in dict.fromkeys(shared):  # --shared k --shared k: once
         if name not in params:
             known = ", ".join(params) or "none"
             raise UsageError(f"--shared {name}: no --param {name}=VALUE gives its initial value (parameters: {known})")

@@ -111,3 +111,12 @@ def test_cli_batch_shared_named_twice_is_one_shared_parameter(tmp_path):
     assert once.returncode == 0 and twice.returncode == 0, twice.stderr
     shared = json.loads((tmp_path / "twice.json").read_text())["shared"]
     assert shared == json.loads((tmp_path / "once.json").read_text())["shared"]
+
+
+def test_a_batch_indexed_by_a_slice_or_a_list_says_how_to_index_it():
+    # batch[1:3] raised "unhashable type: 'slice'" from the hint's own lookup
+    x, y = decay(10)
+    batch = fit_batch(MODEL, x, np.stack([y, y, y]), params=START)
+    for index in (slice(1, 3), [0, 1]):
+        with pytest.raises(TypeError, match=r"index a batch by curve number, batch\[17\]"):
+            batch[index]

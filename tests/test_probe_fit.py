@@ -3,9 +3,11 @@ a defect found by probing, checked against SciPy's `curve_fit` or a plain NumPy 
 """
 
 import json
+import pickle
 
 import numpy as np
 import pytest
+import torch
 from scipy.optimize import curve_fit
 
 from command_line import run_customgrad
@@ -120,3 +122,38 @@ def test_a_batch_indexed_by_a_slice_or_a_list_says_how_to_index_it():
     for index in (slice(1, 3), [0, 1]):
         with pytest.raises(TypeError, match=r"index a batch by curve number, batch\[17\]"):
             batch[index]
+
+
+def torch_decay(x, a, k, c):
+    """The decay as a callable model (module level, so that it pickles)."""
+    return a * torch.exp(-k * x) + c
+
+
+@pytest.mark.parametrize(
+    "model, params",
+    [(MODEL, START), (MODEL, {"a": 1.0, "k": {"expr": "a/4"}, "c": 0.0}), (torch_decay, START)],
+    ids=["formula", "tied", "callable"],
+)
+def test_fit_results_pickle_and_still_predict_and_profile(model, params):
+    # multiprocessing / joblib return results by pickle: it failed on the model's lambdas and closures
+    x, y = decay()
+    result = fit(model, x, y, params=params)
+    again = pickle.loads(pickle.dumps(result))
+    assert again.params == result.params and again.stderr == result.stderr
+    new_x = np.array([0.5, 6.0])
+    values = [result.params[name] for name in ("a", "k", "c")]
+    assert_matches_reference(again.predict(new_x), values[0] * np.exp(-values[1] * new_x) + values[2], rtol=1e-13)
+    assert np.array_equal(again.eval_uncertainty(new_x), result.eval_uncertainty(new_x))
+    assert again.conf_interval(sigmas=1) == result.conf_interval(sigmas=1)
+
+
+def test_batch_results_pickle_with_their_curves():
+    x, y = decay()
+    batch = fit_batch(MODEL, x, np.stack([y, 2 * y, np.full_like(y, np.nan)]), params=START)
+    joint = fit_batch(MODEL, x, np.stack([y, 2 * y]), params={**START, "k": {"value": 0.1, "shared": True}})
+    for result in (batch, joint):
+        again = pickle.loads(pickle.dumps(result))
+        assert again.to_csv() == result.to_csv()
+        assert again[1].params == result[1].params and again[1].stderr == result[1].stderr
+        a, k, c = (result[1].params[name] for name in ("a", "k", "c"))
+        assert_matches_reference(again[1].predict([0.5]), np.array([a * np.exp(-k * 0.5) + c]), rtol=1e-13)

@@ -157,3 +157,18 @@ def test_batch_results_pickle_with_their_curves():
         assert again[1].params == result[1].params and again[1].stderr == result[1].stderr
         a, k, c = (result[1].params[name] for name in ("a", "k", "c"))
         assert_matches_reference(again[1].predict([0.5]), np.array([a * np.exp(-k * 0.5) + c]), rtol=1e-13)
+
+
+def test_profile_levels_asked_for_one_after_another_are_all_kept_and_reported():
+    # conf_interval(sigmas=3) after conf_interval() replaced the 1 and 2 sigma intervals, and report(ci=True)
+    # (documented: "the profile intervals at 1 and 2 sigma") then showed the 3 sigma column only
+    x, y = decay()
+    result = fit(MODEL, x, y, params=START)
+    first = result.conf_interval(sigmas=(1, 2), params="k")
+    third = result.conf_interval(sigmas=3, params="k")
+    assert list(third["k"]) == [3]
+    table = result.report(ci=True)
+    assert all(f"{level} sigma (lower, upper)" in table for level in (1, 2, 3)), table
+    intervals = json.loads(result.to_json())["conf_interval"]
+    assert intervals["k"]["1"] == list(first["k"][1]) and intervals["k"]["3"] == list(third["k"][3])
+    assert set(intervals["a"]) == {"1", "2"}

@@ -11,7 +11,7 @@ import torch
 from scipy.optimize import curve_fit
 
 from command_line import run_customgrad
-from customgrad.errors import FitError, UsageError
+from customgrad.errors import DataError, FitError, UsageError
 from customgrad.fit import fit, fit_batch
 from reference import assert_matches_reference
 
@@ -172,3 +172,21 @@ def test_profile_levels_asked_for_one_after_another_are_all_kept_and_reported():
     intervals = json.loads(result.to_json())["conf_interval"]
     assert intervals["k"]["1"] == list(first["k"][1]) and intervals["k"]["3"] == list(third["k"][3])
     assert set(intervals["a"]) == {"1", "2"}
+
+
+@pytest.mark.parametrize("run", [fit, fit_batch])
+def test_devices_without_values_or_backend_are_usage_errors(run):
+    # device="meta" was a FitError "fails at the initial values" (a raw RuntimeError in a batch), a torch
+    # without MPS / XPU a raw RuntimeError / AssertionError, meta tensors a NotImplementedError
+    x, y = decay(10)
+    data = y if run is fit else y[None]
+    with pytest.raises(UsageError, match="device 'meta' holds no values"):
+        run(MODEL, x, data, params=START, device="meta")
+    for device in ("mps", "xpu"):
+        backend = getattr(torch.backends, device, None) or getattr(torch, device, None)
+        if backend is not None and backend.is_available():
+            continue
+        with pytest.raises(UsageError, match=f"device '{device}' is not available"):
+            run(MODEL, x, data, params=START, device=device)
+    with pytest.raises(DataError, match="'meta' tensor: it has a shape but no values"):
+        run(MODEL, torch.zeros(10, device="meta"), torch.zeros(data.shape, device="meta"), params=START)

@@ -119,6 +119,8 @@ def real_array(values, what: str, per: str = "") -> np.ndarray:
         raise DataError(f"{what} is None: give an array of numbers{per}")
     torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
     if torch is not None and isinstance(values, torch.Tensor):
+        if values.is_meta:
+            raise DataError(f"{what} is a 'meta' tensor: it has a shape but no values to fit; give real data")
         if values.is_complex():
             raise DataError(f"{what} is a complex tensor: a fit needs real data (pass .real or .abs())")
         values = values.detach().cpu().to(torch.float64).numpy()

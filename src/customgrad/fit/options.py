@@ -131,4 +131,11 @@ def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
         raise UsageError(f"device {str(device)!r} is not available: this torch has no CUDA device; use 'cpu'")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"device {str(device)!r} does not exist: there are {torch.cuda.device_count()} CUDA devices")
+    if device.type == "meta":
+        raise UsageError("device 'meta' holds no values, so there is nothing to fit there: use 'cpu' or 'cuda'")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # torch built without that backend ('mps', 'xpu')
+        reason = str(error).split(". ")[0].strip()
+        raise UsageError(f"device {str(device)!r} is not available ({reason}): use 'cpu'") from None
     return dtype, device

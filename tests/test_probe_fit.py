@@ -190,3 +190,16 @@ def test_devices_without_values_or_backend_are_usage_errors(run):
             run(MODEL, x, data, params=START, device=device)
     with pytest.raises(DataError, match="'meta' tensor: it has a shape but no values"):
         run(MODEL, torch.zeros(10, device="meta"), torch.zeros(data.shape, device="meta"), params=START)
+
+
+def test_masked_array_entries_are_missing_values_not_silently_fitted():
+    # np.ma arrays were read through np.asarray, which drops the mask: the masked outlier was fitted
+    x = np.ma.array([1.0, 2.0, 3.0, 4.0, 5.0], mask=[0, 0, 1, 0, 0])
+    y = np.array([1.1, 2.0, 300.0, 3.9, 5.2])
+    with pytest.raises(DataError, match="NaN or inf in x at rows 2"):
+        fit("a*x + b", x, y, params={"a": 1, "b": 0})
+    result = fit("a*x + b", x, y, params={"a": 1, "b": 0}, nan_policy="omit")
+    kept = np.array([0, 1, 3, 4])
+    assert_matches_reference(
+        np.array([result.params["a"], result.params["b"]]), np.polyfit(x.data[kept], y[kept], 1), rtol=1e-10
+    )

@@ -124,6 +124,8 @@ def real_array(values, what: str, per: str = "") -> np.ndarray:
         if values.is_complex():
             raise DataError(f"{what} is a complex tensor: a fit needs real data (pass .real or .abs())")
         values = values.detach().cpu().to(torch.float64).numpy()
+    if isinstance(values, np.ma.MaskedArray):  # masked entries are missing values: NaN, for nan_policy
+        values = np.ma.filled(values.astype(np.float64), np.nan)
     try:
         complex_values = np.iscomplexobj(values)
         # C order: a reversed view (x[::-1]) has negative strides, which torch tensors cannot take

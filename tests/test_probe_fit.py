@@ -203,3 +203,16 @@ def test_masked_array_entries_are_missing_values_not_silently_fitted():
     assert_matches_reference(
         np.array([result.params["a"], result.params["b"]]), np.polyfit(x.data[kept], y[kept], 1), rtol=1e-10
     )
+
+
+def test_predict_takes_x_in_the_column_shape_fit_took_it_in():
+    # fit(x[:, None], y) worked (one axis longer than 1), but predict(x[:, None]) was refused
+    x, y = decay()
+    result = fit(MODEL, x[:, None], y, params=START)
+    a, k, c = (result.params[name] for name in ("a", "k", "c"))
+    expected = a * np.exp(-k * x) + c
+    assert_matches_reference(result.predict(x[:, None]), expected, rtol=1e-13)
+    assert_matches_reference(result.eval_uncertainty(x[None, :]), result.eval_uncertainty(x), rtol=1e-13)
+    assert_matches_reference(result.predict(np.array([[1.0]])), np.array([a * np.exp(-k) + c]), rtol=1e-13)
+    with pytest.raises(DataError, match=r"got shape \(2, 30\)"):
+        result.predict(np.stack([x, x]))

@@ -216,3 +216,13 @@ def test_predict_takes_x_in_the_column_shape_fit_took_it_in():
     assert_matches_reference(result.predict(np.array([[1.0]])), np.array([a * np.exp(-k) + c]), rtol=1e-13)
     with pytest.raises(DataError, match=r"got shape \(2, 30\)"):
         result.predict(np.stack([x, x]))
+
+
+def test_an_on_step_that_cannot_take_step_and_cost_is_refused_before_fitting():
+    # on_step=lambda step: ... failed at the first step with a TypeError from inside the solver
+    x, y = decay()
+    with pytest.raises(UsageError, match=r"on_step\(step\) cannot be called as on_step\(step, cost\)"):
+        fit(MODEL, x, y, params=START, on_step=lambda step: None)
+    seen = []
+    fit(MODEL, x, y, params=START, on_step=lambda step, cost, *rest: seen.append(cost))
+    assert seen and all(np.isfinite(seen))

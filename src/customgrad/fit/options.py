@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -65,6 +66,8 @@ class Options:
         on_step, absolute_sigma = given.get("on_step"), given.get("absolute_sigma", False)
         if on_step is not None and not callable(on_step):
             raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
+        if on_step is not None:
+            _check_on_step(on_step)
         if not isinstance(absolute_sigma, (bool, np.bool_)):
             raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
         chunk_size = given["chunk_size"]
@@ -113,6 +116,21 @@ def _finite_number(value, name: str, *, positive: bool = False) -> float:
         rule = "a finite positive number" if positive else "a finite number >= 0"
         raise UsageError(f"{name} must be {rule} such as 1e-6, got {value!r}")
     return float(value)
+
+
+def _check_on_step(on_step: Callable) -> None:
+    """A `UsageError` unless ``on_step`` can be called as on_step(step, cost) (before the fit, not at its
+    first step)."""
+    try:
+        signature = inspect.signature(on_step)
+    except (TypeError, ValueError):
+        return  # builtins and the like: the first call tells
+    try:
+        signature.bind(0, 0.0)
+    except TypeError as error:
+        raise UsageError(
+            f"on_step{signature} cannot be called as on_step(step, cost) ({error}): take the step number and the cost"
+        ) from None
 
 
 def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:

@@ -209,7 +209,8 @@ def _add_fit_model_options(parser) -> None:
         "--nan-policy",
         choices=["raise", "omit"],
         default=None,
-        help="rows (--batch: entries) with NaN/inf: stop with an error or drop them (default: raise; --batch: omit)",
+        help="rows (--batch: entries) with NaN/inf or an empty cell: stop with an error or drop them "
+        "(default: raise; --batch: omit)",
     )
     parser.add_argument(
         "--distributed",

@@ -164,7 +164,7 @@ def _checked_table(args):
         raise UsageError(f'--data {args.data!r} is a table: give the model with --model, e.g. --model "a + b*x"')
     if not args.param:
         raise UsageError("give each parameter an initial value with --param NAME=VALUE (e.g. --param a=0 --param b=1)")
-    table = read_table(Path(args.data))
+    table = read_table(Path(args.data), missing=args.nan_policy == "omit")
     roles = [*(("--x", spec) for spec in args.x or ["0"]), ("--y", args.y or "1")]
     roles += [("--sigma", args.sigma)] if args.sigma else []
     seen: dict[str, str] = {}
@@ -304,7 +304,7 @@ def batch_inputs(args) -> BatchFitResult:
 
 def _with_shared(params: dict, shared: list[str]) -> dict:
     """``params`` with the ``--shared`` names marked {"shared": True} (each must have a --param)."""
-    for name in shared:
+    for name in dict.fromkeys(shared):  # --shared k --shared k: once
         if name not in params:
             known = ", ".join(params) or "none"
             raise UsageError(f"--shared {name}: no --param {name}=VALUE gives its initial value (parameters: {known})")

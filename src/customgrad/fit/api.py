@@ -42,7 +42,7 @@ from .reduction import reduce_gram
 from .result import BatchFitResult, FitResult
 from .solution import curve_result
 from .source import FitSource
-from .statistics import batch_stderr
+from .statistics import batch_stderr, safe_column_norms
 from .status import CONVERGED, progress_message
 from .threads import threads_for
 from .ties import Ties, split_ties
@@ -494,7 +494,8 @@ class _Batch:
                 stderr, cost = solver.errors(values, self.dof)
             else:
                 upper, cost = _final_factors(problem, values)
-                stderr = batch_stderr(upper, cost, self.dof)
+                data_norm = safe_column_norms(problem.weighted_y().unsqueeze(-1))[:, 0]
+                stderr = batch_stderr(upper, cost, self.dof, values, data_norm)
             if problem.scales is not None:
                 cost = cost / problem.scales.to(cost) / problem.scales.to(cost)
         return outcome, values, stderr, cost
@@ -538,14 +539,8 @@ class _Batch:
             for column in table.values():
                 column[empty] = math.nan
 
-        def single(i: int):
-            if outcome.status[i] == "no_data":
-                raise DataError(f"curve {i} has no finite data points: it was not fitted (its results are NaN)")
-            data = self.data
-            result = _curve_result(self.problem, data.arrays, outcome, i, self.specs, self.initial, data.x_is_dict)
-            result.seconds = seconds / self.problem.batch
-            return result
-
+        data = self.data
+        single = _Curves(self.problem, data.arrays, outcome, self.specs, self.initial, data.x_is_dict, seconds)
         return BatchFitResult(
             params=all_params,
             stderr=stderr,
@@ -570,9 +565,14 @@ def _global_result(batch: _Batch, shared: tuple[str, ...], shards: Shards | None
     with threads_for(batch.data.y.shape[-1] * (len(batch.specs) + 1), batch.settings.device):
         outcome, values, stderr, cost, joint = fit_global(batch, shared, shards, threads)
         result = batch.result(outcome, values, stderr, cost, time.perf_counter() - start_time)
-    result.shared, single = joint, result.single
-    result.single = lambda i: global_curve(single(i), i, joint, batch.problem.names)
+    result.shared = joint
+    result.single = functools.partial(_global_single, result.single, joint, batch.problem.names)
     return result
+
+
+def _global_single(single: Callable, joint, names: tuple[str, ...], i: int) -> FitResult:
+    """Curve ``i``'s `FitResult` of a global fit: ``single(i)`` with the joint fit's errors (`global_curve`)."""
+    return global_curve(single(i), i, joint, names)
 
 
 def _solver(problem: Model, engine: str, joint: bool):
@@ -695,6 +695,28 @@ def _final_factors(problem: Model, values: torch.Tensor) -> tuple[torch.Tensor, 
     p = len(problem.names)
     cost = (block[..., p] ** 2).sum(-1)
     return reduce_gram(block)[:, :p, :p], cost
+
+
+@dataclass
+class _Curves:
+    """``BatchFitResult.single``: curve i's `FitResult`, made on demand from what the batch keeps (it
+    pickles with the batch)."""
+
+    problem: Model
+    arrays: tuple
+    outcome: BatchOutcome
+    specs: list
+    initial: dict
+    x_is_dict: bool
+    seconds: float
+
+    def __call__(self, i: int) -> FitResult:
+        if self.outcome.status[i] == "no_data":
+            raise DataError(f"curve {i} has no finite data points: it was not fitted (its results are NaN)")
+        outcome, specs, initial = self.outcome, self.specs, self.initial
+        result = _curve_result(self.problem, self.arrays, outcome, i, specs, initial, self.x_is_dict)
+        result.seconds = self.seconds / self.problem.batch
+        return result
 
 
 def _curve_result(problem: Model, arrays, outcome: BatchOutcome, i: int, specs, initial, x_is_dict: bool):

@@ -38,6 +38,11 @@ class ChunkedModel(Model):
             for start in range(0, max(y.shape[-1], 1), chunk_size)
         ]
 
+    def __reduce__(self):
+        """Pickled as what it is built from, its chunks' size included (`model.Model.__reduce__`)."""
+        rebuild, (kind, arguments, _, pointwise) = super().__reduce__()
+        return rebuild, (kind, arguments, {"chunk_size": self.chunks[0].size}, pointwise)
+
     def augmented(self, theta: torch.Tensor, index=None, *, external: bool = False) -> torch.Tensor:
         """R of [J | r] over all rows, (p + 1) square, built chunk by chunk (``theta`` (p,))."""
         running = None

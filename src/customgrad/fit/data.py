@@ -54,8 +54,9 @@ class Table:
         )
 
 
-def read_table(path: str | Path) -> Table:
-    """Read a CSV file (comma or semicolon, header optional) or a whitespace-separated table."""
+def read_table(path: str | Path, *, missing: bool = False) -> Table:
+    """Read a CSV file (comma or semicolon, header optional) or a whitespace-separated table; with
+    ``missing``, an empty cell is a missing value (NaN, for ``nan_policy="omit"`` to drop its row)."""
     path = Path(path)
     numbered = _data_lines(path)
     lines = [line for _, line in numbered]
@@ -81,8 +82,12 @@ def read_table(path: str | Path) -> Table:
         if len(row) != width:
             raise DataError(f"{str(path)!r} line {number}: {len(row)} fields, expected {width}")
         for j, cell in enumerate(row):
+            if missing and not cell:
+                values[i, j] = math.nan
+                continue
             if not _is_number(cell):
-                raise DataError(f"{str(path)!r} line {number}, column {j}: {cell!r} is not a number")
+                hint = ": fill it in, or pass --nan-policy omit to drop rows with empty cells" if not cell else ""
+                raise DataError(f"{str(path)!r} line {number}, column {j}: {cell!r} is not a number{hint}")
             values[i, j] = float(cell)
     names = header or [f"c{j}" for j in range(width)]
     return Table(names=names, values=values, path=str(path), has_header=bool(header))
@@ -114,12 +119,17 @@ def real_array(values, what: str, per: str = "") -> np.ndarray:
         raise DataError(f"{what} is None: give an array of numbers{per}")
     torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
     if torch is not None and isinstance(values, torch.Tensor):
+        if values.is_meta:
+            raise DataError(f"{what} is a 'meta' tensor: it has a shape but no values to fit; give real data")
         if values.is_complex():
             raise DataError(f"{what} is a complex tensor: a fit needs real data (pass .real or .abs())")
         values = values.detach().cpu().to(torch.float64).numpy()
+    if isinstance(values, np.ma.MaskedArray):  # masked entries are missing values: NaN, for nan_policy
+        values = np.ma.filled(values.astype(np.float64), np.nan)
     try:
         complex_values = np.iscomplexobj(values)
-        array = None if complex_values else np.asarray(values, dtype=np.float64)
+        # C order: a reversed view (x[::-1]) has negative strides, which torch tensors cannot take
+        array = None if complex_values else np.asarray(values, dtype=np.float64, order="C")
     except (TypeError, ValueError):
         if _ragged(values):
             raise DataError(

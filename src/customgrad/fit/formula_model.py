@@ -67,6 +67,10 @@ class FormulaModel:
         self._linearizations: dict[tuple, Callable | None] = {}
         self._row_specs: dict[tuple[str, ...], FunctionSpec] = {}
 
+    def __reduce__(self):
+        """Pickled as its text: unpickled, `formula_model` compiles it again (or finds it compiled)."""
+        return formula_model, (self.text,)
+
     @functools.cached_property
     def spec(self) -> FunctionSpec:
         """The model's `FunctionSpec`: f over its names (data columns and parameters) in order of appearance,

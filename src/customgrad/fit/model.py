@@ -106,6 +106,12 @@ class Model(BatchProblem):
             if self._curve is None and y.is_cpu:
                 self._cpu_rows()
 
+    def __reduce__(self):
+        """Pickled as what it is built from (a formula's kernels come back from the caches, not the pickle)."""
+        options = {"initial": self.initial, "mask": self.mask, "scales": self.scales, "functional": self.functional}
+        arguments = (self.function, self.data, self.y, self.weights, self.specs, self.text)
+        return _rebuilt, (type(self), arguments, options, self.pointwise)
+
     def _numpy_rows(self) -> None:
         """A CPU float64 model's generated numpy rows and values of one curve (``numpy_rows``,
         ``numpy_values``: what the native engine's shared library calls back), and for a batch of one
@@ -394,6 +400,13 @@ def _on_arrays(generated):
     return call
 
 
+def _rebuilt(kind: type, arguments: tuple, options: dict, pointwise: bool) -> Model:
+    """A pickled `Model` (or subclass, whose ``options`` are its own) built again (`Model.__reduce__`)."""
+    model = kind(*arguments, **options)
+    model.pointwise = pointwise
+    return model
+
+
 def _every(mask: torch.Tensor) -> bool:
     """True where every entry of the bool ``mask`` is set (on the CPU through numpy: torch's bool reduction
     takes ~0.2 ms over 10^4 x 64 entries, numpy's ~5 us)."""
@@ -410,10 +423,8 @@ def build_function(
     if callable(model):
         text = getattr(model, "__name__", type(model).__name__)
         _check_signature(model, text, param_names)
-        if x_is_dict:
-            return _returning_tensor(lambda data, values: model(data, **values), text), text, data_names
-        (only,) = data_names
-        return _returning_tensor(lambda data, values: model(data[only], **values), text), text, data_names
+        only = None if x_is_dict else data_names[0]
+        return _CallableModel(model, only, text), text, data_names
     if not isinstance(model, str):
         raise UsageError(f"model must be a formula string or a callable f(x, **params), got {type(model).__name__}")
     compiled = formula_model(model)
@@ -493,17 +504,30 @@ def _check_signature(model: Callable, text: str, param_names: tuple[str, ...]) -
         ) from None
 
 
-def _returning_tensor(function: Callable, text: str) -> Callable:
-    def checked(data, values):
-        result = function(data, values)
+class _CallableModel:
+    """``function(data, values)`` of a callable model ``model(x, **params)``: ``x`` the column ``only``,
+    or the dict of columns (None); the result checked to be a tensor. Pickles when ``model`` does."""
+
+    def __init__(self, model: Callable, only: str | None, text: str):
+        self.model, self.only, self.text = model, only, text
+
+    def __call__(self, data, values):
+        try:
+            result = self.model(data if self.only is None else data[self.only], **values)
+        except RuntimeError as error:
+            if "numpy()" not in str(error):
+                raise
+            # NumPy functions turn the tensors into arrays, which autograd cannot differentiate
+            raise FitError(
+                f"model {self.text} converts its tensors to NumPy ({error}): the Jacobian needs autograd, so "
+                "compute with torch operations (torch.exp, not np.exp) on x and the parameters"
+            ) from None
         if not isinstance(result, torch.Tensor):
             raise FitError(
-                f"model {text} returned {type(result).__name__}, not a tensor: compute the predictions with "
+                f"model {self.text} returned {type(result).__name__}, not a tensor: compute the predictions with "
                 "torch operations on x and the parameters (both are tensors)"
             )
         return result
-
-    return checked
 
 
 def check_finite_start(r: torch.Tensor) -> None:

@@ -99,7 +99,7 @@ class _Options(ctypes.Structure):
     _fields_ = [
         *_fields(ctypes.c_double, "ftol xtol gtol factor rank_tolerance drift_tolerance polish_slack probe"),
         *_fields(ctypes.c_double, "acceleration_ratio unexploited_share visible_step statistics_rank_tolerance"),
-        *_fields(ctypes.c_double, "null_component saturation shrunk column_shrunk"),
+        *_fields(ctypes.c_double, "null_component saturation shrunk column_shrunk insensitive"),
         *_fields(ctypes.c_int64, "max_steps history drift_window nonfinite_retries polished"),
     ]
 
@@ -143,6 +143,7 @@ def _options(
         saturation=saturation,
         shrunk=lm.SHRUNK,
         column_shrunk=lm.COLUMN_SHRUNK,
+        insensitive=statistics.INSENSITIVE,
         max_steps=min(max_steps, MAX_STEPS),
         history=history or min(max_steps + 2, HISTORY_LIMIT),
         drift_window=lm.DRIFT_WINDOW,

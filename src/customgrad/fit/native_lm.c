@@ -47,7 +47,7 @@ typedef struct {
   double ftol, xtol, gtol, factor;
   double rank_tolerance, drift_tolerance, polish_slack, probe, acceleration_ratio, unexploited_share,
       visible_step, statistics_rank_tolerance, null_component, saturation, shrunk,
-      column_shrunk;
+      column_shrunk, insensitive;
   int64_t max_steps, history, drift_window, nonfinite_retries;
   int64_t polished; /* bit mask of the statuses after which the polish step runs */
 } Options;
@@ -581,9 +581,11 @@ CG_FN double core_entry(const Work *W, int64_t p, int64_t i, int64_t j, const Op
 
 /* Standard errors of curve b from the R of J (with respect to the values) at its solution (as
    `statistics.batch_stderr`): s^2 D^-1 V diag(1 / S^2) V^T D^-1, NaN for the parameters of a null
-   direction (their entry of the projector onto the null space above `statistics.NULL_COMPONENT`^2). */
-CG_FN void standard_errors(Work *W, int64_t p, double cost, double dof, const Options *O, double *out) {
-  int finite = scaled_svd(W, p, NULL, 0);
+   direction (their entry of the projector onto the null space above `statistics.NULL_COMPONENT`^2),
+   a column whose reach is below ``floor`` counting as zero (`scaled_svd` at the ``values``). */
+CG_FN void standard_errors(Work *W, int64_t p, double cost, double dof, const Options *O, const double *values,
+                           double floor, double *out) {
+  int finite = scaled_svd(W, p, values, floor);
   double variance = dof > 0 ? cost / dof : NAN;
   for (int64_t i = 0; i < p; i++) {
     double null_share = 0;
@@ -678,7 +680,8 @@ CG_FN void errors_task(const Problem *P, const Options *O, Work *W, int64_t k, i
   augmented(P, W, b, E->values + k * p, 1);
   reduce(W->block, n, p + 1, W->qr, W->reduced);
   E->cost[k] = squared(W->block + p * n, n);
-  standard_errors(W, p, E->cost[k], E->dof[k], O, E->stderr + k * p);
+  double floor = O->insensitive * data_norm(P, W, b); /* as a single fit's report: `statistics.INSENSITIVE` */
+  standard_errors(W, p, E->cost[k], E->dof[k], O, E->values + k * p, floor, E->stderr + k * p);
 }
 
 typedef struct {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -65,6 +66,8 @@ class Options:
         on_step, absolute_sigma = given.get("on_step"), given.get("absolute_sigma", False)
         if on_step is not None and not callable(on_step):
             raise UsageError(f"on_step must be a callable on_step(step, cost), got {type(on_step).__name__}")
+        if on_step is not None:
+            _check_on_step(on_step)
         if not isinstance(absolute_sigma, (bool, np.bool_)):
             raise UsageError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
         chunk_size = given["chunk_size"]
@@ -115,6 +118,21 @@ def _finite_number(value, name: str, *, positive: bool = False) -> float:
     return float(value)
 
 
+def _check_on_step(on_step: Callable) -> None:
+    """A `UsageError` unless ``on_step`` can be called as on_step(step, cost) (before the fit, not at its
+    first step)."""
+    try:
+        signature = inspect.signature(on_step)
+    except (TypeError, ValueError):
+        return  # builtins and the like: the first call tells
+    try:
+        signature.bind(0, 0.0)
+    except TypeError as error:
+        raise UsageError(
+            f"on_step{signature} cannot be called as on_step(step, cost) ({error}): take the step number and the cost"
+        ) from None
+
+
 def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
     """Check the fit's dtype (float64 or float32: the solvers' linear algebra) and device (one that exists)."""
     if dtype not in _DTYPES:
@@ -131,4 +149,11 @@ def _dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device | None]:
         raise UsageError(f"device {str(device)!r} is not available: this torch has no CUDA device; use 'cpu'")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"device {str(device)!r} does not exist: there are {torch.cuda.device_count()} CUDA devices")
+    if device.type == "meta":
+        raise UsageError("device 'meta' holds no values, so there is nothing to fit there: use 'cpu' or 'cuda'")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # torch built without that backend ('mps', 'xpu')
+        reason = str(error).split(". ")[0].strip()
+        raise UsageError(f"device {str(device)!r} is not available ({reason}): use 'cpu'") from None
     return dtype, device

@@ -78,7 +78,13 @@ def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSp
     """Read ``params`` (name -> value, or name -> {"value", "min", "max", "fixed"}) and ``bounds``."""
     if not isinstance(params, Mapping) or not params:
         raise UsageError("params must be a non-empty dict of name -> initial value, e.g. {'a': 0.0, 'b': 1.0}")
-    bounds = dict(bounds or {})
+    try:
+        bounds = dict(bounds or {})
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"bounds must be a dict of name -> (lower, upper), got {type(bounds).__name__}: SciPy's "
+            "(lower_list, upper_list) is spelled {'a': (0, 10), 'b': (None, 5)} here (None for an open side)"
+        ) from None
     unknown = set(bounds) - set(params)
     if unknown:
         raise UsageError(

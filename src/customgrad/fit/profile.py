@@ -186,8 +186,8 @@ def conf_interval(
     with _thread_setting(source), progress_bar(2 * len(names), "profile intervals", enabled=progress) as advance:
         for name in names:
             if name in unidentified or not math.isfinite(result.stderr[name]):
-                source.intervals[name] = {sigma: (math.nan, math.nan) for sigma in sigmas}
-                source.notes[name] = "undetermined: the data do not identify it (see the fit's warnings)"
+                source.intervals.setdefault(name, {}).update({sigma: (math.nan, math.nan) for sigma in sigmas})
+                _note(source, name, ["undetermined: the data do not identify it (see the fit's warnings)"])
                 advance(name)
                 advance(name)
                 continue
@@ -200,10 +200,18 @@ def conf_interval(
                 advance(name)
             if min(cost for cost, _ in profile.points.values()) < profile.best * (1 - 1e-9):
                 notes.append("the profile dips below the fit's chi-square: the fit is not at the minimum")
-            source.intervals[name] = {sigma: (ends[-1][sigma], ends[1][sigma]) for sigma in levels}
-            source.notes[name] = "; ".join(note for note in notes if note)
-            source.traces[name] = {value: profile.in_data_units(point[0]) for value, point in profile.points.items()}
-    return {name: dict(source.intervals[name]) for name in names}
+            # levels asked for before stay (report(ci=True) and to_json show every level computed)
+            source.intervals.setdefault(name, {}).update({sigma: (ends[-1][sigma], ends[1][sigma]) for sigma in levels})
+            _note(source, name, notes)
+            traces = source.traces.setdefault(name, {})
+            traces.update({value: profile.in_data_units(point[0]) for value, point in profile.points.items()})
+    return {name: {sigma: source.intervals[name][sigma] for sigma in sigmas} for name in names}
+
+
+def _note(source: FitSource, name: str, notes: list[str]) -> None:
+    """Add ``notes`` (empty ones left out) to parameter ``name``'s notes, each once."""
+    known = [note for note in source.notes.get(name, "").split("; ") if note]
+    source.notes[name] = "; ".join(dict.fromkeys([*known, *(note for note in notes if note)]))
 
 
 def _check(result: Fitted, sigmas, params) -> tuple[FitSource, list[str], list[float]]:
@@ -325,10 +333,11 @@ def profile_curve(result: Fitted, name: str) -> tuple[list[float], list[float]]:
 
 
 def interval_table(result: Fitted) -> list[str]:
-    """Lines of a table: each free parameter's profile interval per sigma (1 and 2 where not computed yet),
-    as offsets from the value."""
+    """Lines of a table: each free parameter's profile interval per sigma computed, 1 and 2 always (computed
+    where not yet), as offsets from the value."""
     source = result.source
-    missing = [] if source is None else [n for n in source.problem.names if n not in source.intervals]
+    names = [] if source is None else source.problem.names
+    missing = [n for n in names if not {1, 2} <= set(source.intervals.get(n, {}))]
     if source is None or missing:
         conf_interval(result, (1, 2), missing or None)
     names = [n for n in source.problem.names if n in source.intervals]

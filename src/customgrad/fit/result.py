@@ -343,7 +343,11 @@ class BatchFitResult:
 
     def __getitem__(self, i: int) -> FitResult:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            hint = f": the values of parameter {i!r} are batch.params[{i!r}]" if i in self.params else ""
+            hint = (
+                f": the values of parameter {i!r} are batch.params[{i!r}]"
+                if isinstance(i, str) and i in self.params
+                else ""
+            )
             raise TypeError(f"index a batch by curve number, batch[17], not by {i!r}{hint}")
         if not -len(self) <= i < len(self):
             raise IndexError(f"curve {i} out of range: the batch has {len(self)} curves")

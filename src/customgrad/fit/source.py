@@ -82,8 +82,11 @@ class FitSource:
 
 
 def _vector(values, what: str) -> np.ndarray:
-    """``values`` as a float64 vector, one per point (`data.real_array`; a number: one point)."""
+    """``values`` as a float64 vector, one per point (`data.real_array`; a number: one point; a column or row
+    (N, 1) or (1, N): its N values, as `fit` takes them)."""
     array = np.atleast_1d(real_array(values, what, " (predictor values)"))
+    if array.ndim != 1:
+        array = np.atleast_1d(array.squeeze())
     if array.ndim != 1:
         raise DataError(f"{what} must be one-dimensional (one value per point), got shape {array.shape}")
     return array

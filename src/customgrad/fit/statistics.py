@@ -108,11 +108,18 @@ def uncertainty(
     return spread_uncertainty(*(part[0] for part in scaled_spread(upper[None])), variance, names)
 
 
-def batch_stderr(upper: torch.Tensor, cost: torch.Tensor, dof: torch.Tensor) -> torch.Tensor:
+def batch_stderr(
+    upper: torch.Tensor, cost: torch.Tensor, dof: torch.Tensor, values: torch.Tensor, data_norm: torch.Tensor
+) -> torch.Tensor:
     """Standard errors s_b sqrt(core_jj) / D_j (B, p), s_b^2 = cost_b / dof_b, from the R factors ``upper``
-    (B, p, p) of the Jacobians at the solutions: `uncertainty`'s numbers for every curve at once."""
+    (B, p, p) of the Jacobians at the solutions ``values`` (B, p): `uncertainty`'s numbers for every curve
+    at once, a column below `INSENSITIVE` of the curve's ``data_norm`` (B,) (||y||, weighted as J is) too."""
     matrices = upper.detach().to(torch.float64).cpu().numpy()
     finite = np.isfinite(matrices).all((-2, -1))
+    values, data_norm = (part.detach().to(torch.float64).cpu().numpy() for part in (values, data_norm))
+    with np.errstate(invalid="ignore", over="ignore"):
+        reach = column_norms(np.where(finite[:, None, None], matrices, 0.0)) * np.maximum(np.abs(values), 1.0)
+    matrices = np.where((reach < INSENSITIVE * data_norm[:, None])[:, None, :], 0.0, matrices)  # rounding noise
     scale, s, vt, core = scaled_spread(np.where(finite[:, None, None], matrices, 0.0))
     cost, dof = (part.detach().to(torch.float64).cpu().numpy() for part in (cost, dof))
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -51,15 +51,7 @@ class Ties:
             return _substituted(model, self.resolved)
 
     def _computing(self, function: Callable) -> Callable:
-        expressions = {name: formula_model(text) for name, text in self.resolved.items()}
-
-        def call(data, values):
-            full = dict(values)
-            for name, expression in expressions.items():
-                full[name] = expression.evaluate(*(values[n] for n in expression.names))
-            return function(data, full)
-
-        return call
+        return _Tied(function, self.resolved)
 
     def values_and_errors(
         self, values: Mapping[str, float], free: tuple[str, ...], covariance: np.ndarray
@@ -80,6 +72,24 @@ class Ties:
             variance = float(gradient @ covariance @ gradient) if len(free) else 0.0
             errors[name] = math.sqrt(variance) if variance >= 0 else math.nan
         return tied, errors
+
+
+class _Tied:
+    """``function(data, values)`` with the tied values computed from the free ones first (a callable
+    model's ties); pickles as the function and the expressions' text."""
+
+    def __init__(self, function: Callable, resolved: dict[str, str]):
+        self.function, self.resolved = function, resolved
+        self.expressions = {name: formula_model(text) for name, text in resolved.items()}
+
+    def __call__(self, data, values):
+        full = dict(values)
+        for name, expression in self.expressions.items():
+            full[name] = expression.evaluate(*(values[n] for n in expression.names))
+        return self.function(data, full)
+
+    def __reduce__(self):
+        return _Tied, (self.function, self.resolved)
 
 
 class _Substitute(ast.NodeTransformer):
@@ -136,6 +146,11 @@ def _names(name: str, text, params: Mapping) -> tuple[str, ...]:
         raise UsageError(
             f"expr of parameter {name!r} ({text!r}) refers to {name!r} itself: a tied parameter must be "
             "given by the others"
+        )
+    if not names:
+        raise UsageError(
+            f"expr of parameter {name!r} ({text!r}) names no parameter, so it is a constant: give it as a fixed "
+            f"value instead, e.g. params={{{name!r}: {{'value': {text}, 'fixed': True}}}}"
         )
     unknown = [n for n in names if n not in params]
     if unknown:

@@ -28,7 +28,12 @@ F64 = torch.float64
 def test_compile_backend_falls_back_to_plain_code_past_the_recompile_limit(monkeypatch):
     import torch._dynamo
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    # (config.patch, not monkeypatch: undoing a monkeypatch deletes the option from torch's config module)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        _calls_past_the_recompile_limit(monkeypatch)
+
+
+def _calls_past_the_recompile_limit(monkeypatch):
     torch._dynamo.reset()
     monkeypatch.setattr(compile_backend, "_warned", [], raising=False)
     swish = customgrad.function("x*sigmoid(x)", backend="compile")

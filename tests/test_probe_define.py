@@ -320,3 +320,17 @@ def test_unknown_function_without_a_close_name_lists_the_known_ones():
     with pytest.raises(customgrad.FormulaError) as raised:
         customgrad.function("frobnicate(x)")
     assert "unknown function 'frobnicate' (known: exp, log" in str(raised.value)
+
+
+# A function of constants inside a where's condition (floor(2), built unevaluated with the comparison's
+# operands) sent SymPy's evalf into endless recursion, reported as "nested too deeply" for a shallow formula.
+
+
+def test_function_of_constants_inside_a_condition():
+    generated = customgrad.function("where(where(floor(2.0) > 0.5, erf(0.5), 0.5) > 0.25, x, 2*x) + floor(1.5)")
+    x = torch.tensor([3.0, -1.0], dtype=F64, requires_grad=True)
+    output = generated(x)
+    expected = x.detach() + 1.0  # erf(0.5) = 0.5205 > 0.25
+    torch.testing.assert_close(output, expected)
+    (gradient,) = torch.autograd.grad(output.sum(), x)
+    torch.testing.assert_close(gradient, torch.ones_like(x))

@@ -424,6 +424,11 @@ class _Builder:
 
     def _apply(self, node: ast.Call, build, arguments: list):
         try:
+            if all(not a.free_symbols for a in arguments if isinstance(a, sympy.Basic)):
+                # A function of constants, evaluated also inside a comparison's operands (built unevaluated):
+                # SymPy's evalf recurses without end on an unevaluated floor(2).
+                with sympy.evaluate(True):
+                    return build(*arguments)
             return build(*arguments)
         except (ValueError, TypeError, ArithmeticError) as error:  # e.g. max(x, c) with c not comparable
             raise self.fail(node, f"cannot be built ({error})") from None

@@ -240,3 +240,9 @@ def test_results_written_where_they_cannot_be_are_usage_errors(tmp_path):
         with pytest.raises(UsageError, match="is a directory"):
             write(tmp_path)
     assert json.loads(result.to_json(tmp_path / "fit.json")) == json.loads((tmp_path / "fit.json").read_text())
+
+
+def test_shared_in_a_single_fit_says_it_belongs_to_fit_batch():
+    x, y = decay()
+    with pytest.raises(UsageError, match=r"unknown keys \['shared'\].*'shared' is for fit_batch"):
+        fit(MODEL, x, y, params={**START, "k": {"value": 0.1, "shared": True}})

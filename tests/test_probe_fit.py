@@ -226,3 +226,23 @@ def test_an_on_step_that_cannot_take_step_and_cost_is_refused_before_fitting():
     seen = []
     fit(MODEL, x, y, params=START, on_step=lambda step, cost, *rest: seen.append(cost))
     assert seen and all(np.isfinite(seen))
+
+
+def test_results_written_where_they_cannot_be_are_usage_errors(tmp_path):
+    # to_json / to_csv into a missing directory raised a raw FileNotFoundError; plot() already said why
+    x, y = decay()
+    result = fit(MODEL, x, y, params=START)
+    batch = fit_batch(MODEL, x, y[None], params=START)
+    missing = tmp_path / "missing" / "out.json"
+    for write in (result.to_json, batch.to_json, batch.to_csv):
+        with pytest.raises(UsageError, match="does not exist; create it or choose another path"):
+            write(missing)
+        with pytest.raises(UsageError, match="is a directory"):
+            write(tmp_path)
+    assert json.loads(result.to_json(tmp_path / "fit.json")) == json.loads((tmp_path / "fit.json").read_text())
+
+
+def test_shared_in_a_single_fit_says_it_belongs_to_fit_batch():
+    x, y = decay()
+    with pytest.raises(UsageError, match=r"unknown keys \['shared'\].*'shared' is for fit_batch"):
+        fit(MODEL, x, y, params={**START, "k": {"value": 0.1, "shared": True}})

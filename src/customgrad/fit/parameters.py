@@ -97,8 +97,10 @@ def parameter_specs(params: Mapping, bounds: Mapping | None) -> list[ParameterSp
         spec = dict(given) if isinstance(given, Mapping) else {"value": given}
         extra = set(spec) - {"value", "min", "max", "fixed"}
         if extra:
+            shared = " ('shared' is for fit_batch: one value for every curve)" if "shared" in extra else ""
             raise UsageError(
-                f"parameter {name!r}: unknown keys {sorted(extra)} (allowed: value, min, max, fixed or vary; or expr)"
+                f"parameter {name!r}: unknown keys {sorted(extra)} (allowed: value, min, max, fixed or vary; or "
+                f"expr){shared}"
             )
         if spec.get("value") is None:
             raise UsageError(f"parameter {name!r} has no initial value: give one, e.g. params={{{name!r}: 1.0}}")

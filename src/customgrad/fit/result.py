@@ -28,9 +28,11 @@ BAND_KINDS = ("confidence", "prediction")
 
 
 def _written(text: str, path: str | Path | None) -> str:
-    """``text``, also written to ``path`` when given."""
+    """``text``, also written to ``path`` when given (a `UsageError` naming it where it cannot be written)."""
     if path is not None:
-        Path(path).write_text(text)
+        from ..plot import check_writable
+
+        check_writable(path, "path").write_text(text)
     return text
 
 

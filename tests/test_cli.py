@@ -13,8 +13,9 @@ def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
     return run_customgrad(*arguments, cwd=cwd)
 
 
-def test_fit_without_arguments_runs_the_blog_experiment_fixed():
-    result = run_in_new_process("fit")  # python -m customgrad, as a user runs it
+@pytest.mark.parametrize("arguments", [("fit",), ()], ids=["fit", "no-command"])
+def test_fit_without_arguments_runs_the_blog_experiment_fixed(arguments):
+    result = run_in_new_process(*arguments)  # python -m customgrad, as a user runs it
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     logged = [line.split() for line in lines[:20]]

@@ -604,7 +604,10 @@ def _run_cache(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``customgrad`` argument parser with all its subcommands."""
-    parser = _ArgumentParser(prog="customgrad", description="Define, check and fit custom autograd Functions.")
+    parser = _ArgumentParser(
+        prog="customgrad",
+        description="Define, check and fit custom autograd Functions. With no command: the blog's fit, as 'customgrad fit' runs it.",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     _add_fit(subparsers)
@@ -620,12 +623,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        args, unknown = build_parser().parse_known_args(argv)
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
         if unknown:  # argparse would name the top-level help: point to the command's own
             where = f"customgrad {args.command}" if args.command else "customgrad"
             raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see '{where} --help')")
-        if args.command is None:
-            raise UsageError("no command given: try 'customgrad fit' (see 'customgrad --help')")
+        if args.command is None:  # no command: the blog's experiment, as 'customgrad fit' runs it
+            args = parser.parse_args([*argv, "fit"])
         return args.run(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from ..errors import FitError, UsageError
+from .bounds import hold_and_release, refit, residual_unit
 from .goodness import profile_target
-from .solvers import get_solver
 from .threads import threads_for
 
 if TYPE_CHECKING:
@@ -65,22 +65,17 @@ class Fitted(Protocol):
 SEARCH_STEPS, STEP_DOUBLING = 40, 4
 # The root of chi2_p(v) = level, to this share of the search step (or of sqrt(level - chi2_best)).
 ROOT_TOLERANCE = 1e-8
-REFIT_STEPS = 1000
-# A parameter a re-fit left within AT_BOUND of its range from a bound is let go again from INSIDE of it.
-AT_BOUND, INSIDE = 1e-9, 1e-3
-# Data beyond 2^+-SAFE_EXPONENT are profiled in units where they are near 1 (`_unit`; `api._SAFE_EXPONENT`).
-SAFE_EXPONENT = 256
 
 
 class Profile:
     """chi2_p(v) for one parameter p of a fit, each value by a warm-started LM re-fit, remembered; in
-    units where the residuals are multiplied by ``unit`` (`_unit`: chi2 in float64's range)."""
+    units where the residuals are multiplied by ``unit`` (`bounds.residual_unit`: chi2 in float64's range)."""
 
     def __init__(self, result: Fitted, name: str):
         self.source = source = result.source
         values = {free: result.params[free] for free in source.problem.names}
         self.name = name
-        self.unit = _unit(source)
+        self.unit = residual_unit(source)
         self.specs = {spec.name: spec for spec in source.problem.specs}
         self.points: dict[float, tuple[float, dict[str, float]]] = {}
         self.best_value = values[name]
@@ -96,62 +91,11 @@ class Profile:
         return self.points[value][0]
 
     def _fit(self, value: float, start: dict[str, float]) -> tuple[float, dict[str, float]]:
-        """min chi2 over the other parameters with p at ``value``, within their bounds.
-
-        A parameter at a bound sits where its internal coordinate's derivative vanishes, so LM cannot
-        move it, nor (its D-scaled column as large as any) the others: the fit stays at its start.
-        So where the re-fit ends with parameters at a bound, they are also held there while the rest
-        is re-fitted, and then let go again from a point just inside; the lowest chi2 of the three counts.
-        """
+        """min chi2 over the other parameters with p at ``value``, within their bounds: the LM re-fit,
+        and where it ends with parameters at a bound, `bounds.hold_and_release`."""
         held = {self.name: value}
-        best = self._refit(held, start)
-        inside = self._inside(best[1])
-        if inside:
-            bounded = self._refit({**held, **{name: best[1][name] for name in inside}}, best[1])
-            released = self._refit(held, {**bounded[1], **inside})
-            best = min(best, bounded, released, key=lambda point: point[0])
-        return best
-
-    def _inside(self, found: dict[str, float]) -> dict[str, float]:
-        """{name: a point `INSIDE` of its range in from the bound} for each parameter ``found`` within
-        `AT_BOUND` of its range from a bound (the range: max(|value|, 1) where it is open on one side)."""
-        moved = {}
-        for name, value in found.items():
-            spec = self.specs[name]
-            span = spec.upper - spec.lower
-            span = span if math.isfinite(span) else max(abs(value), 1.0)
-            below, above = abs(value - spec.lower), abs(spec.upper - value)
-            if min(below, above) <= AT_BOUND * span:
-                moved[name] = spec.lower + INSIDE * span if below <= above else spec.upper - INSIDE * span
-        return moved
-
-    def _refit(self, held: dict[str, float], start: dict[str, float]) -> tuple[float, dict[str, float]]:
-        """The LM re-fit of the parameters not in ``held`` from ``start``: chi2 and all the others' values."""
-        model = self.source.with_fixed(held, start)
-        theta = model.initial_theta()[0]
-        fixed = {name: value for name, value in held.items() if name != self.name}
-        shards = self.source.shards  # a distributed fit: every rank's rows, every rank the same steps
-        total = (lambda value: value) if shards is None else shards.sum
-        unit = self.unit
-        if not model.names:
-            r = model.residuals(theta) * unit
-            return total(float(r @ r)), fixed
-        collectives = {} if shards is None else dict(reduce=shards.factor, sum_rows=shards.sum)
-        outcome = get_solver("lm")(
-            lambda theta: model.residuals(theta) * unit,
-            lambda theta: model.augmented(theta) * unit,
-            lambda r: total(float(r @ r)),
-            theta,
-            max_steps=REFIT_STEPS,
-            ftol=1e-15,
-            xtol=1e-15,
-            gtol=1e-15,
-            geodesic_acceleration=True,
-            **collectives,
-        )
-        found = model.external(outcome.theta).tolist()
-        cost = outcome.cost if math.isfinite(outcome.cost) else math.inf
-        return cost, {**fixed, **dict(zip(model.names, found, strict=True))}
+        cost, values, _ = hold_and_release(self.source, self.unit, held, refit(self.source, self.unit, held, start))
+        return cost, values
 
     def level(self, sigma: float, nfree: int, absolute: bool) -> float:
         """chi2_p at the edge of the ``sigma`` interval (`profile_target`), in this profile's units."""
@@ -162,17 +106,6 @@ class Profile:
     def in_data_units(self, cost: float) -> float:
         """A chi2 of this profile in the data's units (inf or 0 where it leaves float64's range)."""
         return cost / self.unit / self.unit
-
-
-def _unit(source: FitSource) -> float:
-    """2^-k where 2^k is about max |y / sigma| over every rank's rows, beyond 2^+-`SAFE_EXPONENT`, else 1:
-    the residuals' squares, which overflow float64 from ~1e154 and underflow below ~1e-154, then neither."""
-    problem, shards = source.problem, source.shards
-    weighted = problem.weighted_y()
-    largest = float(weighted.abs().max()) if weighted.numel() else 0.0
-    largest = largest if shards is None else -shards.minimum(-largest)
-    exponent = math.frexp(largest)[1] if math.isfinite(largest) and largest > 0 else 0
-    return math.ldexp(1.0, -exponent) if abs(exponent) > SAFE_EXPONENT else 1.0
 
 
 def conf_interval(

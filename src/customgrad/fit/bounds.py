@@ -1,0 +1,117 @@
+"""The at-bound safeguard: chi2 = min over {as found, held at the bound, let go from just inside}.
+
+A bounded parameter at its bound sits where its internal coordinate's derivative vanishes (`parameters`:
+the MINUIT/lmfit transforms). Its D-scaled Jacobian column is as large as any other, but the cost is
+quadratic, not linear, along it: LM's trust region shrinks until every parameter moves by next to nothing,
+so a fit that starts at a bound, or walks into one, stalls short of the minimum of the others (lmfit does
+the same). Where a fit ends with parameters within `AT_BOUND` of a bound, they are held there while the
+rest is re-fitted, and then let go again from `INSIDE` of it; the lowest chi2 of the three counts. One
+routine for `fit`, each curve of `fit_batch` and every point of a profile (`profile.Profile`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from .solvers import get_solver
+from .units import SAFE_EXPONENT
+
+if TYPE_CHECKING:
+    from .lm import Outcome
+    from .source import FitSource
+
+# A parameter within AT_BOUND of its range (max(|value|, 1) where it is open on one side) from a bound is
+# at it (LM's transform has a slope below ~1e-3 of its largest there), and is let go again from INSIDE.
+AT_BOUND, INSIDE = 1e-6, 1e-3
+REFIT_STEPS = 1000
+# A settled point replaces the fit's own only when its chi2 is lower by more than roundoff.
+IMPROVEMENT = 1e-12
+
+Point = tuple[float, dict[str, float], str]  # chi2, every parameter's value, and the solver's status
+
+
+def residual_unit(source: FitSource) -> float:
+    """2^-k where 2^k is about max |y / sigma| over every rank's rows, beyond 2^+-`SAFE_EXPONENT`, else 1:
+    the residuals' squares, which overflow float64 from ~1e154 and underflow below ~1e-154, then neither."""
+    problem, shards = source.problem, source.shards
+    weighted = problem.weighted_y()
+    largest = float(weighted.abs().max()) if weighted.numel() else 0.0
+    largest = largest if shards is None else -shards.minimum(-largest)
+    exponent = math.frexp(largest)[1] if math.isfinite(largest) and largest > 0 else 0
+    return math.ldexp(1.0, -exponent) if abs(exponent) > SAFE_EXPONENT else 1.0
+
+
+def inside_points(source: FitSource, found: Mapping[str, float], held: Mapping[str, float]) -> dict[str, float]:
+    """{name: a point `INSIDE` of its range in from the bound} for each free parameter of ``found`` not in
+    ``held`` within `AT_BOUND` of its range from a bound."""
+    moved = {}
+    for spec in source.problem.specs:
+        if spec.fixed or spec.name in held or spec.name not in found:
+            continue
+        value = found[spec.name]
+        span = spec.upper - spec.lower
+        span = span if math.isfinite(span) else max(abs(value), 1.0)
+        below, above = abs(value - spec.lower), abs(spec.upper - value)
+        if min(below, above) <= AT_BOUND * span:
+            moved[spec.name] = spec.lower + INSIDE * span if below <= above else spec.upper - INSIDE * span
+    return moved
+
+
+def refit(source: FitSource, unit: float, held: Mapping[str, float], start: Mapping[str, float]) -> Point:
+    """The LM re-fit (tolerances 1e-15) of the parameters not in ``held`` from ``start``: chi2 in units
+    where the residuals are multiplied by ``unit``, every parameter's value and the solver's status."""
+    model = source.with_fixed(held, start)
+    theta = model.initial_theta()[0]
+    shards = source.shards  # a distributed fit: every rank's rows, every rank the same steps
+    total = (lambda value: value) if shards is None else shards.sum
+    if not model.names:
+        r = model.residuals(theta) * unit
+        return total(float(r @ r)), dict(held), "exact"
+    collectives = {} if shards is None else dict(reduce=shards.factor, sum_rows=shards.sum)
+    outcome = get_solver("lm")(
+        lambda theta: model.residuals(theta) * unit,
+        lambda theta: model.augmented(theta) * unit,
+        lambda r: total(float(r @ r)),
+        theta,
+        max_steps=REFIT_STEPS,
+        ftol=1e-15,
+        xtol=1e-15,
+        gtol=1e-15,
+        geodesic_acceleration=True,
+        **collectives,
+    )
+    found = model.external(outcome.theta).tolist()
+    cost = outcome.cost if math.isfinite(outcome.cost) else math.inf
+    return cost, {**held, **dict(zip(model.names, found, strict=True))}, outcome.status
+
+
+def hold_and_release(source: FitSource, unit: float, held: Mapping[str, float], best: Point) -> Point:
+    """The lowest chi2 of ``best`` (a fit with ``held`` fixed), the re-fit with its parameters at a bound
+    held there too, and the re-fit from `INSIDE` of those bounds."""
+    inside = inside_points(source, best[1], held)
+    if not inside:
+        return best
+    bounded = refit(source, unit, {**held, **{name: best[1][name] for name in inside}}, best[1])
+    released = refit(source, unit, held, {**bounded[1], **inside})
+    return min(best, bounded, released, key=lambda point: point[0])
+
+
+def settled(source: FitSource, outcome: Outcome) -> Outcome:
+    """``outcome`` of a least-squares fit of ``source``, or where it ended with parameters at a bound and
+    `hold_and_release` found a chi2 lower by more than `IMPROVEMENT`, the outcome there: its parameters,
+    cost and the status of the re-fit that found it (the history ends with that cost)."""
+    problem = source.problem
+    values = dict(zip(problem.names, problem.external(outcome.theta.unsqueeze(0))[0].tolist(), strict=True))
+    if not math.isfinite(outcome.cost) or not inside_points(source, values, {}):
+        return outcome
+    unit = residual_unit(source)
+    found = hold_and_release(source, unit, {}, (outcome.cost * unit * unit, values, outcome.status))
+    cost = found[0] / unit / unit
+    if not cost < outcome.cost * (1 - IMPROVEMENT):
+        return outcome
+    theta = source.with_fixed({}, found[1]).initial_theta()[0].to(outcome.theta)
+    outcome.theta, outcome.cost, outcome.status = theta, cost, found[2]
+    outcome.history = [*outcome.history, cost]
+    return outcome

@@ -27,6 +27,7 @@ from ..openmp import waits_passively
 from ..progress import progress_bar
 from . import cuda_engine
 from .arrays import namespace_of
+from .bounds import at_bounds, settled
 from .chunked import ChunkedModel
 from .data import FitData, prepare_data
 from .distributed import Shards, local_shard
@@ -171,6 +172,8 @@ def _fit(given: Mapping) -> FitResult:
     if given["decimal_data"] is not None and not data.omitted_rows:
         exact = {name: list(texts) for name, texts in given["decimal_data"].items()}
     source = FitSource(problem, options.loss, options.absolute_sigma, data.x_is_dict, ties, shards=shards)
+    if options.method == "lm" and options.rho is None:
+        outcome = settled(source, outcome)
     seconds = time.perf_counter() - given["start_time"]
     return curve_result(
         source, outcome, options.method, data.omitted_rows, seconds, exact, native=native, unit=calls.scale
@@ -489,6 +492,8 @@ class _Batch:
                 outcome.in_data_units(problem.scales[curves.start : curves.stop])
             if shards is not None:
                 outcome = _gathered(shards, outcome)
+            if problem.bounded:
+                _settle_at_bounds(self, outcome)
             values = problem.external(outcome.theta)
             if solver is not None:
                 stderr, cost = solver.errors(values, self.dof)
@@ -719,8 +724,9 @@ class _Curves:
         return result
 
 
-def _curve_result(problem: Model, arrays, outcome: BatchOutcome, i: int, specs, initial, x_is_dict: bool):
-    """Curve ``i``'s `FitResult`, made as `fit` makes one (statistics, diagnostics, data) from the batch's solution."""
+def _curve_source(problem: Model, arrays, i: int, specs, initial, x_is_dict: bool) -> tuple[FitSource, list]:
+    """Curve ``i`` as `fit` takes one: its `FitSource` (a `Model` of its finite points and initial values)
+    and the rows left out."""
     columns, y, sigma = arrays  # x and sigma (1, N) shared by all curves, or (B, N)
     x = {name: values[0 if len(values) == 1 else i] for name, values in columns.items()}
     sigma = None if sigma is None else sigma[0 if len(sigma) == 1 else i]
@@ -728,13 +734,35 @@ def _curve_result(problem: Model, arrays, outcome: BatchOutcome, i: int, specs, 
     columns = data.x if x_is_dict else {next(iter(problem.data)): data.x["x"]}
     specs = [replace(spec, value=float(initial[spec.name][i])) for spec in specs]  # curve i's initial values
     single = Model(problem.function, columns, data.y, data.weights, specs, problem.text)
+    return FitSource(single, x_is_dict=x_is_dict), data.omitted_rows
+
+
+def _curve_result(problem: Model, arrays, outcome: BatchOutcome, i: int, specs, initial, x_is_dict: bool):
+    """Curve ``i``'s `FitResult`, made as `fit` makes one (statistics, diagnostics, data) from the batch's solution."""
+    source, omitted = _curve_source(problem, arrays, i, specs, initial, x_is_dict)
     result = outcome.one(i)
     result.theta = result.theta.cpu().to(torch.float64)
     if not math.isfinite(result.cost):
         result.cost = math.nan
-    source = FitSource(single, x_is_dict=x_is_dict)
     # not refined in 40 digits: curve i's FitResult keeps the batch's parameters for it
-    return curve_result(source, result, "lm", data.omitted_rows, 0.0, refine=False)
+    return curve_result(source, result, "lm", omitted, 0.0, refine=False)
+
+
+def _settle_at_bounds(batch: _Batch, outcome: BatchOutcome) -> None:
+    """Into ``outcome``: each curve that ended with a parameter at a bound through `bounds.settled`, as `fit`
+    takes one (its history is left as the solver's)."""
+    problem = batch.problem
+    found = at_bounds(problem.external(outcome.theta), problem.bounded)
+    for i in found.nonzero().flatten().tolist():
+        if outcome.status[i] == "nonfinite":
+            continue
+        source, _ = _curve_source(problem, batch.data.arrays, i, batch.specs, batch.initial, batch.data.x_is_dict)
+        one = outcome.one(i)
+        one.theta = one.theta.cpu().to(torch.float64)
+        one = settled(source, one)
+        outcome.theta[i] = one.theta.to(outcome.theta)
+        outcome.cost[i] = one.cost
+        outcome.status[i] = one.status
 
 
 def fit_experiment(name: str, *, method: str = "lm", seed: int = 0, **options) -> FitResult:

@@ -15,11 +15,14 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import torch
+
 from .solvers import get_solver
 from .units import SAFE_EXPONENT
 
 if TYPE_CHECKING:
     from .lm import Outcome
+    from .parameters import ParameterSpec
     from .source import FitSource
 
 # A parameter within AT_BOUND of its range (max(|value|, 1) where it is open on one side) from a bound is
@@ -43,6 +46,15 @@ def residual_unit(source: FitSource) -> float:
     return math.ldexp(1.0, -exponent) if abs(exponent) > SAFE_EXPONENT else 1.0
 
 
+def _distances(spec: ParameterSpec, value):
+    """(below, above, span): ``value``'s distances from the bounds of ``spec`` and its range (max(|value|, 1)
+    where the range is open on one side); of a float or, elementwise, a tensor."""
+    span = spec.upper - spec.lower
+    if not math.isfinite(span):
+        span = max(abs(value), 1.0) if isinstance(value, float) else value.abs().clamp_min(1.0)
+    return abs(value - spec.lower), abs(spec.upper - value), span
+
+
 def inside_points(source: FitSource, found: Mapping[str, float], held: Mapping[str, float]) -> dict[str, float]:
     """{name: a point `INSIDE` of its range in from the bound} for each free parameter of ``found`` not in
     ``held`` within `AT_BOUND` of its range from a bound."""
@@ -50,13 +62,20 @@ def inside_points(source: FitSource, found: Mapping[str, float], held: Mapping[s
     for spec in source.problem.specs:
         if spec.fixed or spec.name in held or spec.name not in found:
             continue
-        value = found[spec.name]
-        span = spec.upper - spec.lower
-        span = span if math.isfinite(span) else max(abs(value), 1.0)
-        below, above = abs(value - spec.lower), abs(spec.upper - value)
+        below, above, span = _distances(spec, float(found[spec.name]))
         if min(below, above) <= AT_BOUND * span:
             moved[spec.name] = spec.lower + INSIDE * span if below <= above else spec.upper - INSIDE * span
     return moved
+
+
+def at_bounds(values: torch.Tensor, bounded: list[tuple[int, ParameterSpec]]) -> torch.Tensor:
+    """(b,) bool: curves with some parameter of ``values`` (b, p) within `AT_BOUND` of its range from a bound
+    (`inside_points` of every curve at once; ``bounded``: `model.Model.bounded`)."""
+    found = torch.zeros(values.shape[:-1], dtype=torch.bool, device=values.device)
+    for i, spec in bounded:
+        below, above, span = _distances(spec, values[..., i])
+        found |= torch.minimum(below, above) <= AT_BOUND * span
+    return found
 
 
 def refit(source: FitSource, unit: float, held: Mapping[str, float], start: Mapping[str, float]) -> Point:

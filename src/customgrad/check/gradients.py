@@ -92,11 +92,7 @@ def check_arity(subject: Subject) -> CheckResult:
         # apply() binds forward's default arguments: they are inputs too and need a gradient slot.
         names = names + subject.all_parameter_names[len(names) :]
     n_inputs = len(names)
-    notes = []
-    if len(grads) > n_inputs and all(grad is None for grad in grads[n_inputs:]):
-        # The engine drops extra None gradients: one per parameter of forward, defaulted ones included.
-        notes.append(f"the {len(grads) - n_inputs} None(s) after the {n_inputs} input(s) given are ignored")
-        grads = grads[:n_inputs]
+    grads, notes = _without_extra_nones(grads, n_inputs)
     if len(grads) != n_inputs:
         return failed(
             f"backward returned {len(grads)} gradient(s) but forward takes {n_inputs} input(s) "
@@ -146,6 +142,15 @@ def check_arity(subject: Subject) -> CheckResult:
         return warning("; ".join(cautions), notes=notes)
     message = f"{len(grads)} gradient(s) for {n_inputs} input(s), shapes, dtypes and devices fit"
     return passed(message + (f" ({'; '.join(notes)})" if notes else ""), notes=notes)
+
+
+def _without_extra_nones(grads: tuple[Any, ...], n_inputs: int) -> tuple[tuple[Any, ...], list[str]]:
+    """The gradients without the None(s) after the first ``n_inputs``, which the engine drops (one per
+    parameter of forward, defaulted ones included), and a note saying so."""
+    if len(grads) > n_inputs and all(grad is None for grad in grads[n_inputs:]):
+        extra = len(grads) - n_inputs
+        return grads[:n_inputs], [f"the {extra} None(s) after the {n_inputs} input(s) given are ignored"]
+    return grads, []
 
 
 class _BackwardRaised(Exception):
@@ -478,6 +483,19 @@ LEAVES_GRAPH = (
 )
 
 
+def _double_backward_refused(error: RuntimeError) -> CheckResult:
+    """The result when the backward with a grad_output requiring grad raised by design or by an in-place
+    write into grad_output; any other error propagates (the battery reports it)."""
+    if "once_differentiable" in str(error):
+        return skipped("backward is marked @once_differentiable: second derivatives raise an error by design")
+    if "leaf Variable that requires grad is being used in an in-place operation" in str(error):
+        return failed(
+            f"double backward cannot run: backward writes into grad_output in place, which requires grad "
+            f"there ({describe_error(error)}); compute out of place (grad_output * ...)"
+        )
+    raise error
+
+
 def check_second_order(subject: Subject) -> CheckResult:
     """Double backward agrees with finite differences of the backward (gradgradcheck)."""
     if is_once_differentiable(subject.function_class):
@@ -504,14 +522,7 @@ def check_second_order(subject: Subject) -> CheckResult:
             )
             PHASE.restore(previous)
     except RuntimeError as error:
-        if "once_differentiable" in str(error):
-            return skipped("backward is marked @once_differentiable: second derivatives raise an error by design")
-        if "leaf Variable that requires grad is being used in an in-place operation" in str(error):
-            return failed(
-                f"double backward cannot run: backward writes into grad_output in place, which requires grad "
-                f"there ({describe_error(error)}); compute out of place (grad_output * ...)"
-            )
-        raise
+        return _double_backward_refused(error)
     upstream = [g.detach() for g in evaluation.upstream]
     n_inputs = len(subject.differentiable_positions)
 

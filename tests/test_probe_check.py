@@ -451,3 +451,37 @@ def test_a_forward_drawing_from_a_given_generator_is_checked_at_its_state_as_giv
     assert report.ok, str(report)
     assert "draws random numbers" in report["determinism"].message
     assert torch.equal(generator.get_state(), state)  # the caller's generator is left as it was
+
+
+class CtxBesideSetupContext(torch.autograd.Function):
+    """x * y whose forward still takes ctx although setup_context is defined: torch passes none."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        return x * y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        return grad * y, grad * x
+
+
+def test_a_forward_taking_ctx_beside_setup_context_fails_runs_naming_the_fix():
+    report = check(CtxBesideSetupContext, _x(5), _x(5))  # was a UsageError: "takes (ctx, x, y) ... missing 'y'"
+    runs = report["runs"].message
+    assert report["runs"].status == "failed" and "write forward(x, y) and save what backward needs" in runs
+    assert "inspect.py" not in runs  # the error's location is not Python's inspect module
+    assert report["lint"].status == "passed", str(report)  # its backward returns one gradient per input
+
+
+def test_the_cli_checks_a_forward_taking_ctx_beside_setup_context(tmp_path):
+    target = tmp_path / "extra_ctx.py"
+    target.write_text("import torch\n\n\n" + inspect.getsource(CtxBesideSetupContext))
+    result = run_cli(f"{target}:CtxBesideSetupContext", "--no-compile", timeout=300)
+    # was: three example tensors (ctx counted), then 'backward raised ValueError: too many values to unpack'
+    assert result.returncode == 1 and "CtxBesideSetupContext(x: float64[5], y: float64[5])" in result.stdout
+    assert "beside a setup_context staticmethod torch calls it without one" in " ".join(result.stdout.split())

@@ -32,14 +32,7 @@ def check_runs(subject: Subject) -> CheckResult:
     try:
         outputs = _forward_with_leaves(subject, inputs)
     except Exception as error:  # noqa: BLE001 - the user's code may raise anything
-        hint = ""
-        if subject.forward_lacks_ctx:
-            names = ", ".join(subject.parameter_names)
-            hint = (
-                f": {subject.name}.forward({names}) takes no ctx, which torch allows only beside a setup_context "
-                f"staticmethod: add @staticmethod setup_context(ctx, inputs, output) that saves what backward "
-                f"needs, or take ctx first: forward(ctx, {names})"
-            )
+        hint = _ctx_hint(subject)
         return failed(f"forward raised {describe_error(error)}{hint}", stage="forward", error=type(error).__name__)
     differentiable = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
     if not differentiable:
@@ -54,6 +47,23 @@ def check_runs(subject: Subject) -> CheckResult:
         return failed(f"backward raised {describe_error(error)}", stage="backward", error=type(error).__name__)
     note = " (inputs are cloned: the Function works in place)" if subject.clone_inputs else ""
     return passed(f"forward and backward run on {subject.describe_inputs()}{note}")
+
+
+def _ctx_hint(subject: Subject) -> str:
+    """How to fix a forward whose ctx parameter does not fit the style (with or without setup_context)."""
+    names = ", ".join(subject.parameter_names)
+    if subject.ctx_mistake == "missing":
+        return (
+            f": {subject.name}.forward({names}) takes no ctx, which torch allows only beside a setup_context "
+            f"staticmethod: add @staticmethod setup_context(ctx, inputs, output) that saves what backward "
+            f"needs, or take ctx first: forward(ctx, {names})"
+        )
+    if subject.ctx_mistake == "extra":
+        return (
+            f": {subject.name}.forward takes ctx, but beside a setup_context staticmethod torch calls it without "
+            f"one: write forward({names}) and save what backward needs in setup_context (or drop setup_context)"
+        )
+    return ""
 
 
 def _forward_with_leaves(subject: Subject, inputs: list[Any]) -> tuple[Any, ...]:

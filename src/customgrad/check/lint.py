@@ -306,7 +306,8 @@ def check_lint(subject: Subject) -> CheckResult:
             f"{cls.__name__} is built by customgrad.custom_gradient: it has no ctx code of its own to lint "
             "(what it saves, the gradients' count and shapes and in-place changes are checked when it runs)"
         )
-    n_inputs = len(subject.all_parameter_names) if has_setup_context(cls) else len(subject.example_inputs)
+    extra_ctx = subject.ctx_mistake == "extra"  # forward(ctx, x) beside setup_context: 'runs' reports it
+    n_inputs = len(subject.all_parameter_names) - extra_ctx if has_setup_context(cls) else len(subject.example_inputs)
     findings = lint_function(cls, subject.example_inputs, n_inputs)
     try:
         path = inspect.getsourcefile(cls)

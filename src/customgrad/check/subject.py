@@ -23,6 +23,7 @@ from .parts import PHASE, short_path
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _CHECK_DIR = os.path.dirname(__file__)
+_STDLIB_DIR = os.path.dirname(os.path.abspath(inspect.__file__))  # inspect's own frames are not the user's
 
 #: The seed of torch's random number generators at the start of every call of the Function in the checks
 #: (determinism's own runs excepted): a forward that draws random numbers (dropout, noise) draws the same
@@ -102,7 +103,7 @@ def user_location(error: BaseException) -> str | None:
     frames = traceback.extract_tb(error.__traceback__)
     for frame in reversed(frames):
         path = os.path.abspath(frame.filename)
-        if path.startswith(_TORCH_DIR) or path.startswith(_CHECK_DIR) or frame.filename.startswith("<"):
+        if path.startswith((_TORCH_DIR, _CHECK_DIR, _STDLIB_DIR + os.sep)) or frame.filename.startswith("<"):
             continue
         where = f"{short_path(frame.filename)}:{frame.lineno}"
         return f"{where}: {frame.line.strip()}" if frame.line else where
@@ -169,8 +170,9 @@ class Subject:
     forward_only: bool = field(init=False, default=False)
     #: Whether each call starts from torch's generators seeded with `CALL_SEED` (`random_state`).
     reseed: bool = field(init=False, default=True)
-    #: forward takes no ctx (``forward(x)``) but there is no setup_context: torch passes ctx anyway.
-    forward_lacks_ctx: bool = field(init=False, default=False)
+    #: "missing": forward takes no ctx (``forward(x)``) but there is no setup_context (torch passes ctx
+    #: anyway); "extra": forward takes ctx beside a setup_context (torch passes none); "" otherwise.
+    ctx_mistake: str = field(init=False, default="")
     #: id -> initial state of each ``torch.Generator`` among the example inputs (`random_state` restores it).
     given_generators: dict[int, torch.Tensor] = field(init=False, default_factory=dict)
 
@@ -244,18 +246,30 @@ class Subject:
             else:
                 signature.replace(parameters=parameters).bind(*self.example_inputs)
         except TypeError as error:
-            if direct and not declared and not has_setup_context(self.function_class) and _binds(signature, count):
-                # forward(x) without ctx and without setup_context: the Function is broken, not the call;
-                # 'runs' reports it with the fix.
-                self.forward_lacks_ctx = True
-                self.parameter_names = tuple(list(signature.parameters)[:count])
-                return
+            if direct and not declared and self._ctx_mistake(signature, count):
+                return  # the Function is broken, not the call: 'runs' reports it with the fix
             raise UsageError(
                 f"check({self.name}, ...) got {count} example input{'s' * (count != 1)}, but "
                 f"{self.name} takes ({', '.join(declared if direct and declared else names)})"
                 f"{f' ({error})' if str(error) else ''}: "
                 "give one example per argument of forward"
             ) from None
+
+    def _ctx_mistake(self, signature: inspect.Signature, count: int) -> bool:
+        """Whether the examples fit forward once its ctx parameter is seen as missing (``forward(x)`` without
+        setup_context) or extra (``forward(ctx, x)`` beside setup_context); sets `ctx_mistake` then."""
+        parameters = list(signature.parameters.values())
+        if not has_setup_context(self.function_class):
+            mistake, fitting = "missing", parameters
+        elif parameters and parameters[0].name == "ctx":
+            mistake, fitting = "extra", parameters[1:]
+        else:
+            return False
+        if not _binds(signature.replace(parameters=fitting), count):
+            return False
+        self.ctx_mistake = mistake
+        self.parameter_names = tuple(p.name for p in fitting[:count])
+        return True
 
     @property
     def name(self) -> str:

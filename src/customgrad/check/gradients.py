@@ -193,11 +193,16 @@ def _raw_backward(subject: Subject, inputs: list[Any]) -> tuple[tuple[Any, ...],
             upstream.append(None)
     with torch.no_grad():
         try:
-            grads = cls.backward(node, *upstream)
+            grads = _user_backward(cls)(node, *upstream)
         except Exception as error:  # noqa: BLE001 - told apart from a failing forward by check_arity
             raise _BackwardRaised(error) from error
     grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
     return grads, {}
+
+
+def _user_backward(cls: type) -> Any:
+    """The method the engine calls for the Function's backward: ``vjp`` where it is defined instead."""
+    return cls.vjp if cls.vjp is not torch.autograd.Function.vjp else cls.backward
 
 
 def _reducible(grad_shape: torch.Size, input_shape: torch.Size) -> bool:

@@ -86,7 +86,7 @@ def _closure_names(cls: type) -> set[str]:
 
 
 def _gradient_count(source: Source) -> list[Finding]:
-    backward = source.methods.get("backward")
+    backward = source.methods.get("backward", source.methods.get("vjp"))
     if backward is None:
         return []
     findings = []
@@ -215,7 +215,7 @@ def _operator(op: ast.operator) -> str:
 
 
 def _detach_in_backward(source: Source) -> list[Finding]:
-    backward = source.methods.get("backward")
+    backward = source.methods.get("backward", source.methods.get("vjp"))
     if backward is None or any("once_differentiable" in ast.unparse(d) for d in backward.decorator_list):
         return []
     findings = []

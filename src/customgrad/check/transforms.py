@@ -62,6 +62,8 @@ def check_torch_func(subject: Subject) -> CheckResult:
     if not subject.forward_only:
         _jvp(subject, inputs, reference, problems, passed_parts)
     if problems:
+        if cls is not None and cls.vjp is not torch.autograd.Function.vjp and "NotImplementedError" in str(problems):
+            problems.append("torch.func calls the method named backward, never vjp: rename vjp to backward")
         return failed("; ".join(problems + warnings_))
     if warnings_:
         return warning("; ".join(warnings_) + (f" ({', '.join(passed_parts)} work)" if passed_parts else ""))

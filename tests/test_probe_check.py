@@ -323,6 +323,7 @@ def test_a_none_gradient_for_an_input_needing_one_says_so_without_a_zeros_hint()
     message = report["first_order"].message
     assert "backward returned None for it, although it needs a gradient" in message, message
     assert "all zeros" not in message  # was: "Hint: the gradient is all zeros: is the returned value detached"
+    assert "declare custom_gradient={'s': 0}" in message
 
 
 def _scale_by(factor: float) -> type:

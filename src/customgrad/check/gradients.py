@@ -251,7 +251,8 @@ def check_first_order(subject: Subject) -> CheckResult:
             if got is None:
                 text += (
                     " (backward returned None for it, although it needs a gradient: None is only for inputs "
-                    "that need none, ctx.needs_input_grad False)"
+                    f"that need none, ctx.needs_input_grad False; if {name!r} is a constant such as a mask, "
+                    f"declare custom_gradient={{{name!r}: 0}} or pass it as an integer or bool tensor)"
                 )
             problems[name] = text
         for key, text in _partly_needed(subject, label, inputs, evaluation, expected, what).items():

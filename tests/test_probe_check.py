@@ -512,3 +512,23 @@ def test_a_backward_named_vjp_is_inspected_and_torch_funcs_refusal_explained():
     assert report["arity"].status == "passed", str(report)  # was skipped: 'backward raises NotImplementedError'
     assert report["first_order"].status == "passed"
     assert "rename vjp to backward" in report["torch_func"].message
+
+
+class MulAveragingTheBroadcast(torch.autograd.Function):
+    """x (3, 4) * y (4,) whose backward reduces y's broadcast gradient with mean instead of sum."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x, y)
+        return x * y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        return grad * y, (grad * x).mean(0)
+
+
+def test_a_broadcast_gradient_averaged_instead_of_summed_is_named():
+    report = check(MulAveragingTheBroadcast, _x(3, 4), _x(4), checks=["first_order"])
+    message = report["first_order"].message  # was: "scaled: got = 0.333333 x expected"
+    assert "averaged over the broadcast dimension(s): got = expected / 3" in message, message

@@ -336,6 +336,7 @@ def _pool(contexts: list[HintContext]) -> HintContext:
     )
     names = set.intersection(*(set(c.other_expected) for c in contexts))
     outputs = set.intersection(*(set(c.through_output) for c in contexts))
+    factors = {c.broadcast_factor for c in contexts}
     return HintContext(
         cat([c.got for c in contexts]),
         cat([c.expected for c in contexts]),
@@ -343,6 +344,7 @@ def _pool(contexts: list[HintContext]) -> HintContext:
         cat([c.expected_with_unit_upstream for c in contexts]),
         {n: cat([c.other_expected[n] for c in contexts]) for n in names},
         {k: cat([c.through_output[k] for c in contexts]) for k in outputs},
+        factors.pop() if len(factors) == 1 else 1.0,
     )
 
 
@@ -373,6 +375,9 @@ def _hint_context(
         with_unit = None
     others = {subject.input_name(p): e for p, e in expected.items() if p != position and e.shape == want.shape}
     through = _through_each_output(subject, inputs, evaluation, position)
+    output = evaluation.outputs[evaluation.output_positions[0]]
+    single = len(evaluation.output_positions) == 1 and 0 < want.numel() < output.numel()
+    factor = output.numel() / want.numel() if single and want.dim() <= output.dim() else 1.0
     known = getattr(want, "_known", None)
     if known is not None:  # a large input: finite differences at a sample of elements only
         pick = lambda t: None if t is None or t.shape != known.shape else t[known]  # noqa: E731
@@ -383,8 +388,9 @@ def _hint_context(
             pick(with_unit),
             {k: pick(v) for k, v in others.items()},
             {k: pick(v) for k, v in through.items()},
+            factor,
         )
-    return HintContext(got64, want, upstream, with_unit, others, through)
+    return HintContext(got64, want, upstream, with_unit, others, through, factor)
 
 
 def _through_each_output(subject: Subject, inputs: list[Any], evaluation, position: int) -> dict[int, torch.Tensor]:

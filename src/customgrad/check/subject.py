@@ -23,7 +23,7 @@ from .parts import PHASE, short_path
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _CHECK_DIR = os.path.dirname(__file__)
-_STDLIB_DIR = os.path.dirname(os.path.abspath(inspect.__file__))  # inspect's own frames are not the user's
+_STDLIB_DIR = os.path.dirname(os.path.abspath(inspect.__file__))  # its frames (inspect's) are not the user's
 
 #: The seed of torch's random number generators at the start of every call of the Function in the checks
 #: (determinism's own runs excepted): a forward that draws random numbers (dropout, noise) draws the same
@@ -103,7 +103,8 @@ def user_location(error: BaseException) -> str | None:
     frames = traceback.extract_tb(error.__traceback__)
     for frame in reversed(frames):
         path = os.path.abspath(frame.filename)
-        if path.startswith((_TORCH_DIR, _CHECK_DIR, _STDLIB_DIR + os.sep)) or frame.filename.startswith("<"):
+        standard = path.startswith(_STDLIB_DIR + os.sep) and "site-packages" not in path
+        if path.startswith((_TORCH_DIR, _CHECK_DIR)) or standard or frame.filename.startswith("<"):
             continue
         where = f"{short_path(frame.filename)}:{frame.lineno}"
         return f"{where}: {frame.line.strip()}" if frame.line else where

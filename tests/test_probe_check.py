@@ -58,7 +58,8 @@ def test_a_right_dropout_fails_no_check_and_its_randomness_is_named():
     for dtype in (torch.float64, torch.float32):
         report = check(Dropout, _x(5, dtype=dtype))
         assert report.ok, str(report)
-        assert "draws from torch's random number generator" in report["determinism"].message, str(report)
+        determinism = report["determinism"].message
+        assert "draws random numbers (dropout, noise) from torch's generator" in determinism, str(report)
         assert report["torch_func"].status == "warning" and "randomness=" in report["torch_func"].message
         assert "not judged" in report["precision"].message  # float32 masks differ from float64 ones
 
@@ -322,6 +323,7 @@ def test_a_none_gradient_for_an_input_needing_one_says_so_without_a_zeros_hint()
     message = report["first_order"].message
     assert "backward returned None for it, although it needs a gradient" in message, message
     assert "all zeros" not in message  # was: "Hint: the gradient is all zeros: is the returned value detached"
+    assert "declare custom_gradient={'s': 0}" in message
 
 
 def _scale_by(factor: float) -> type:
@@ -422,3 +424,111 @@ def test_the_cli_names_a_target_that_is_neither_a_function_nor_callable(tmp_path
     target.write_text("LIMIT = 3\n")
     result = run_cli(f"{target}:LIMIT", timeout=300)
     assert result.returncode == 2 and "target is 3 (of type int)" in result.stderr, result.stderr  # was "a int"
+
+
+class NoiseFromGivenGenerator(torch.autograd.Function):
+    """x (1 + 0.1 n) with the noise n drawn from a generator passed to forward; backward from the output."""
+
+    @staticmethod
+    def forward(x, generator):
+        return x * (1 + 0.1 * torch.randn(x.shape, generator=generator, dtype=x.dtype))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, output = ctx.saved_tensors
+        return grad * output / x, None
+
+
+def test_a_forward_drawing_from_a_given_generator_is_checked_at_its_state_as_given():
+    generator = torch.Generator().manual_seed(3)
+    state = generator.get_state()
+    checks = ["first_order", "linearity", "layouts", "determinism"]
+    report = check(NoiseFromGivenGenerator, _x(5), generator, checks=checks)
+    # was: layouts, precision and torch_func FAILED ('differs from the contiguous result', ...)
+    assert report.ok, str(report)
+    assert "draws random numbers" in report["determinism"].message
+    assert torch.equal(generator.get_state(), state)  # the caller's generator is left as it was
+
+
+class CtxBesideSetupContext(torch.autograd.Function):
+    """x * y whose forward still takes ctx although setup_context is defined: torch passes none."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        return x * y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        return grad * y, grad * x
+
+
+def test_a_forward_taking_ctx_beside_setup_context_fails_runs_naming_the_fix():
+    report = check(CtxBesideSetupContext, _x(5), _x(5))  # was a UsageError: "takes (ctx, x, y) ... missing 'y'"
+    runs = report["runs"].message
+    assert report["runs"].status == "failed" and "write forward(x, y) and save what backward needs" in runs
+    assert "inspect.py" not in runs  # the error's location is not Python's inspect module
+    assert report["lint"].status == "passed", str(report)  # its backward returns one gradient per input
+
+
+def test_the_cli_checks_a_forward_taking_ctx_beside_setup_context(tmp_path):
+    target = tmp_path / "extra_ctx.py"
+    target.write_text("import torch\n\n\n" + inspect.getsource(CtxBesideSetupContext))
+    result = run_cli(f"{target}:CtxBesideSetupContext", "--no-compile", timeout=300)
+    # was: three example tensors (ctx counted), then 'backward raised ValueError: too many values to unpack'
+    assert result.returncode == 1 and "CtxBesideSetupContext(x: float64[5], y: float64[5])" in result.stdout
+    assert "beside a setup_context staticmethod torch calls it without one" in " ".join(result.stdout.split())
+
+
+class SquareByVjp(torch.autograd.Function):
+    """x^2 with its backward named vjp (torch's alias): autograd uses it, torch.func does not."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def vjp(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def test_a_backward_named_vjp_is_inspected_and_torch_funcs_refusal_explained():
+    report = check(SquareByVjp, _x(5), checks=["arity", "first_order", "torch_func"])
+    assert report["arity"].status == "passed", str(report)  # was skipped: 'backward raises NotImplementedError'
+    assert report["first_order"].status == "passed"
+    assert "rename vjp to backward" in report["torch_func"].message
+
+
+class MulAveragingTheBroadcast(torch.autograd.Function):
+    """x (3, 4) * y (4,) whose backward reduces y's broadcast gradient with mean instead of sum."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x, y)
+        return x * y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        return grad * y, (grad * x).mean(0)
+
+
+def test_a_broadcast_gradient_averaged_instead_of_summed_is_named():
+    report = check(MulAveragingTheBroadcast, _x(3, 4), _x(4), checks=["first_order"])
+    message = report["first_order"].message  # was: "scaled: got = 0.333333 x expected"
+    assert "averaged over the broadcast dimension(s): got = expected / 3" in message, message

@@ -255,6 +255,8 @@ class HintContext:
     other_expected: dict[str, torch.Tensor] = field(default_factory=dict)
     #: With several outputs: output index -> the gradient expected through that output alone.
     through_output: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: How many output elements each input element is broadcast to (1: none).
+    broadcast_factor: float = 1.0
 
 
 def _not_finite(c: HintContext) -> str | None:
@@ -275,6 +277,15 @@ def _zeros(c: HintContext) -> str | None:
 def _sign(c: HintContext) -> str | None:
     if _close(c.got, -c.expected):
         return "sign flipped: got = -expected; check the sign of the derivative"
+    return None
+
+
+def _averaged(c: HintContext) -> str | None:
+    if c.broadcast_factor > 1 and _close(c.got * c.broadcast_factor, c.expected) and not _close(c.got, c.expected):
+        return (
+            f"averaged over the broadcast dimension(s): got = expected / {c.broadcast_factor:g}; reduce a "
+            "broadcast gradient with .sum (or sum_to_size), not .mean"
+        )
     return None
 
 
@@ -344,6 +355,7 @@ HINTS: tuple[tuple[str, Callable[[HintContext], str | None]], ...] = (
     ("inputs swapped", _swapped),
     ("one output only", _one_output_only),
     ("ignores grad_output", _ignores_upstream),
+    ("averaged over broadcast dimensions", _averaged),
     ("scaled", _scaled),
     ("off by a constant", _offset),
     ("derivative off by a constant", _local_offset),

@@ -32,14 +32,7 @@ def check_runs(subject: Subject) -> CheckResult:
     try:
         outputs = _forward_with_leaves(subject, inputs)
     except Exception as error:  # noqa: BLE001 - the user's code may raise anything
-        hint = ""
-        if subject.forward_lacks_ctx:
-            names = ", ".join(subject.parameter_names)
-            hint = (
-                f": {subject.name}.forward({names}) takes no ctx, which torch allows only beside a setup_context "
-                f"staticmethod: add @staticmethod setup_context(ctx, inputs, output) that saves what backward "
-                f"needs, or take ctx first: forward(ctx, {names})"
-            )
+        hint = _ctx_hint(subject)
         return failed(f"forward raised {describe_error(error)}{hint}", stage="forward", error=type(error).__name__)
     differentiable = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
     if not differentiable:
@@ -54,6 +47,23 @@ def check_runs(subject: Subject) -> CheckResult:
         return failed(f"backward raised {describe_error(error)}", stage="backward", error=type(error).__name__)
     note = " (inputs are cloned: the Function works in place)" if subject.clone_inputs else ""
     return passed(f"forward and backward run on {subject.describe_inputs()}{note}")
+
+
+def _ctx_hint(subject: Subject) -> str:
+    """How to fix a forward whose ctx parameter does not fit the style (with or without setup_context)."""
+    names = ", ".join(subject.parameter_names)
+    if subject.ctx_mistake == "missing":
+        return (
+            f": {subject.name}.forward({names}) takes no ctx, which torch allows only beside a setup_context "
+            f"staticmethod: add @staticmethod setup_context(ctx, inputs, output) that saves what backward "
+            f"needs, or take ctx first: forward(ctx, {names})"
+        )
+    if subject.ctx_mistake == "extra":
+        return (
+            f": {subject.name}.forward takes ctx, but beside a setup_context staticmethod torch calls it without "
+            f"one: write forward({names}) and save what backward needs in setup_context (or drop setup_context)"
+        )
+    return ""
 
 
 def _forward_with_leaves(subject: Subject, inputs: list[Any]) -> tuple[Any, ...]:
@@ -92,11 +102,7 @@ def check_arity(subject: Subject) -> CheckResult:
         # apply() binds forward's default arguments: they are inputs too and need a gradient slot.
         names = names + subject.all_parameter_names[len(names) :]
     n_inputs = len(names)
-    notes = []
-    if len(grads) > n_inputs and all(grad is None for grad in grads[n_inputs:]):
-        # The engine drops extra None gradients: one per parameter of forward, defaulted ones included.
-        notes.append(f"the {len(grads) - n_inputs} None(s) after the {n_inputs} input(s) given are ignored")
-        grads = grads[:n_inputs]
+    grads, notes = _without_extra_nones(grads, n_inputs)
     if len(grads) != n_inputs:
         return failed(
             f"backward returned {len(grads)} gradient(s) but forward takes {n_inputs} input(s) "
@@ -148,6 +154,15 @@ def check_arity(subject: Subject) -> CheckResult:
     return passed(message + (f" ({'; '.join(notes)})" if notes else ""), notes=notes)
 
 
+def _without_extra_nones(grads: tuple[Any, ...], n_inputs: int) -> tuple[tuple[Any, ...], list[str]]:
+    """The gradients without the None(s) after the first ``n_inputs``, which the engine drops (one per
+    parameter of forward, defaulted ones included), and a note saying so."""
+    if len(grads) > n_inputs and all(grad is None for grad in grads[n_inputs:]):
+        extra = len(grads) - n_inputs
+        return grads[:n_inputs], [f"the {extra} None(s) after the {n_inputs} input(s) given are ignored"]
+    return grads, []
+
+
 class _BackwardRaised(Exception):
     """The Function's backward (not its forward) raised ``error``."""
 
@@ -178,11 +193,16 @@ def _raw_backward(subject: Subject, inputs: list[Any]) -> tuple[tuple[Any, ...],
             upstream.append(None)
     with torch.no_grad():
         try:
-            grads = cls.backward(node, *upstream)
+            grads = _user_backward(cls)(node, *upstream)
         except Exception as error:  # noqa: BLE001 - told apart from a failing forward by check_arity
             raise _BackwardRaised(error) from error
     grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
     return grads, {}
+
+
+def _user_backward(cls: type) -> Any:
+    """The method the engine calls for the Function's backward: ``vjp`` where it is defined instead."""
+    return cls.vjp if cls.vjp is not torch.autograd.Function.vjp else cls.backward
 
 
 def _reducible(grad_shape: torch.Size, input_shape: torch.Size) -> bool:
@@ -231,7 +251,8 @@ def check_first_order(subject: Subject) -> CheckResult:
             if got is None:
                 text += (
                     " (backward returned None for it, although it needs a gradient: None is only for inputs "
-                    "that need none, ctx.needs_input_grad False)"
+                    f"that need none, ctx.needs_input_grad False; if {name!r} is a constant such as a mask, "
+                    f"declare custom_gradient={{{name!r}: 0}} or pass it as an integer or bool tensor)"
                 )
             problems[name] = text
         for key, text in _partly_needed(subject, label, inputs, evaluation, expected, what).items():
@@ -315,6 +336,7 @@ def _pool(contexts: list[HintContext]) -> HintContext:
     )
     names = set.intersection(*(set(c.other_expected) for c in contexts))
     outputs = set.intersection(*(set(c.through_output) for c in contexts))
+    factors = {c.broadcast_factor for c in contexts}
     return HintContext(
         cat([c.got for c in contexts]),
         cat([c.expected for c in contexts]),
@@ -322,6 +344,7 @@ def _pool(contexts: list[HintContext]) -> HintContext:
         cat([c.expected_with_unit_upstream for c in contexts]),
         {n: cat([c.other_expected[n] for c in contexts]) for n in names},
         {k: cat([c.through_output[k] for c in contexts]) for k in outputs},
+        factors.pop() if len(factors) == 1 else 1.0,
     )
 
 
@@ -352,6 +375,9 @@ def _hint_context(
         with_unit = None
     others = {subject.input_name(p): e for p, e in expected.items() if p != position and e.shape == want.shape}
     through = _through_each_output(subject, inputs, evaluation, position)
+    output = evaluation.outputs[evaluation.output_positions[0]]
+    single = len(evaluation.output_positions) == 1 and 0 < want.numel() < output.numel()
+    factor = output.numel() / want.numel() if single and want.dim() <= output.dim() else 1.0
     known = getattr(want, "_known", None)
     if known is not None:  # a large input: finite differences at a sample of elements only
         pick = lambda t: None if t is None or t.shape != known.shape else t[known]  # noqa: E731
@@ -362,8 +388,9 @@ def _hint_context(
             pick(with_unit),
             {k: pick(v) for k, v in others.items()},
             {k: pick(v) for k, v in through.items()},
+            factor,
         )
-    return HintContext(got64, want, upstream, with_unit, others, through)
+    return HintContext(got64, want, upstream, with_unit, others, through, factor)
 
 
 def _through_each_output(subject: Subject, inputs: list[Any], evaluation, position: int) -> dict[int, torch.Tensor]:
@@ -478,6 +505,19 @@ LEAVES_GRAPH = (
 )
 
 
+def _double_backward_refused(error: RuntimeError) -> CheckResult:
+    """The result when the backward with a grad_output requiring grad raised by design or by an in-place
+    write into grad_output; any other error propagates (the battery reports it)."""
+    if "once_differentiable" in str(error):
+        return skipped("backward is marked @once_differentiable: second derivatives raise an error by design")
+    if "leaf Variable that requires grad is being used in an in-place operation" in str(error):
+        return failed(
+            f"double backward cannot run: backward writes into grad_output in place, which requires grad "
+            f"there ({describe_error(error)}); compute out of place (grad_output * ...)"
+        )
+    raise error
+
+
 def check_second_order(subject: Subject) -> CheckResult:
     """Double backward agrees with finite differences of the backward (gradgradcheck)."""
     if is_once_differentiable(subject.function_class):
@@ -504,14 +544,7 @@ def check_second_order(subject: Subject) -> CheckResult:
             )
             PHASE.restore(previous)
     except RuntimeError as error:
-        if "once_differentiable" in str(error):
-            return skipped("backward is marked @once_differentiable: second derivatives raise an error by design")
-        if "leaf Variable that requires grad is being used in an in-place operation" in str(error):
-            return failed(
-                f"double backward cannot run: backward writes into grad_output in place, which requires grad "
-                f"there ({describe_error(error)}); compute out of place (grad_output * ...)"
-            )
-        raise
+        return _double_backward_refused(error)
     upstream = [g.detach() for g in evaluation.upstream]
     n_inputs = len(subject.differentiable_positions)
 

@@ -177,9 +177,13 @@ def check_determinism(subject: Subject) -> CheckResult:
     draws = subject.draws_random_numbers(inputs)
     subject = copy.copy(subject)
     subject.reseed = False
-    with torch.random.fork_rng(devices=[]):  # the caller's generator left as it was
+    given = [value for value in inputs if isinstance(value, torch.Generator)]
+    saved = [generator.get_state() for generator in given]
+    with torch.random.fork_rng(devices=[]):  # the caller's generators left as they were
         first = subject.evaluate(inputs, generator=make_generator(51))
         second = subject.evaluate(inputs, list(first.upstream))
+    for generator, state in zip(given, saved, strict=True):
+        generator.set_state(state)
     differences = []
     for index, (a, b) in enumerate(zip(first.outputs, second.outputs, strict=True)):
         if isinstance(a, torch.Tensor) and not identical(a.detach(), b.detach()):
@@ -190,9 +194,10 @@ def check_determinism(subject: Subject) -> CheckResult:
             differences.append(f"gradient of {subject.input_name(position)!r}")
     if differences and draws:
         return warning(
-            f"two identical runs differ in {', '.join(differences)}: {subject.name} draws from torch's random "
-            "number generator (dropout, noise), so results reproduce only under torch.manual_seed; the other "
-            f"checks seeded it before each call (torch.manual_seed({CALL_SEED})), comparing like with like",
+            f"two identical runs differ in {', '.join(differences)}: {subject.name} draws random numbers (dropout, "
+            "noise) from torch's generator or one it is given, so results reproduce only from a seeded generator; "
+            f"the other checks started each call from the same state (torch.manual_seed({CALL_SEED}), a given "
+            "generator as passed), comparing like with like",
             random=True,
         )
     if differences:

@@ -86,7 +86,7 @@ def _closure_names(cls: type) -> set[str]:
 
 
 def _gradient_count(source: Source) -> list[Finding]:
-    backward = source.methods.get("backward")
+    backward = source.methods.get("backward", source.methods.get("vjp"))
     if backward is None:
         return []
     findings = []
@@ -215,7 +215,7 @@ def _operator(op: ast.operator) -> str:
 
 
 def _detach_in_backward(source: Source) -> list[Finding]:
-    backward = source.methods.get("backward")
+    backward = source.methods.get("backward", source.methods.get("vjp"))
     if backward is None or any("once_differentiable" in ast.unparse(d) for d in backward.decorator_list):
         return []
     findings = []
@@ -306,7 +306,8 @@ def check_lint(subject: Subject) -> CheckResult:
             f"{cls.__name__} is built by customgrad.custom_gradient: it has no ctx code of its own to lint "
             "(what it saves, the gradients' count and shapes and in-place changes are checked when it runs)"
         )
-    n_inputs = len(subject.all_parameter_names) if has_setup_context(cls) else len(subject.example_inputs)
+    extra_ctx = subject.ctx_mistake == "extra"  # forward(ctx, x) beside setup_context: 'runs' reports it
+    n_inputs = len(subject.all_parameter_names) - extra_ctx if has_setup_context(cls) else len(subject.example_inputs)
     findings = lint_function(cls, subject.example_inputs, n_inputs)
     try:
         path = inspect.getsourcefile(cls)

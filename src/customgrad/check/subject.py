@@ -23,6 +23,7 @@ from .parts import PHASE, short_path
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _CHECK_DIR = os.path.dirname(__file__)
+_STDLIB_DIR = os.path.dirname(os.path.abspath(inspect.__file__))  # its frames (inspect's) are not the user's
 
 #: The seed of torch's random number generators at the start of every call of the Function in the checks
 #: (determinism's own runs excepted): a forward that draws random numbers (dropout, noise) draws the same
@@ -102,7 +103,8 @@ def user_location(error: BaseException) -> str | None:
     frames = traceback.extract_tb(error.__traceback__)
     for frame in reversed(frames):
         path = os.path.abspath(frame.filename)
-        if path.startswith(_TORCH_DIR) or path.startswith(_CHECK_DIR) or frame.filename.startswith("<"):
+        standard = path.startswith(_STDLIB_DIR + os.sep) and "site-packages" not in path
+        if path.startswith((_TORCH_DIR, _CHECK_DIR)) or standard or frame.filename.startswith("<"):
             continue
         where = f"{short_path(frame.filename)}:{frame.lineno}"
         return f"{where}: {frame.line.strip()}" if frame.line else where
@@ -169,8 +171,11 @@ class Subject:
     forward_only: bool = field(init=False, default=False)
     #: Whether each call starts from torch's generators seeded with `CALL_SEED` (`random_state`).
     reseed: bool = field(init=False, default=True)
-    #: forward takes no ctx (``forward(x)``) but there is no setup_context: torch passes ctx anyway.
-    forward_lacks_ctx: bool = field(init=False, default=False)
+    #: "missing": forward takes no ctx (``forward(x)``) but there is no setup_context (torch passes ctx
+    #: anyway); "extra": forward takes ctx beside a setup_context (torch passes none); "" otherwise.
+    ctx_mistake: str = field(init=False, default="")
+    #: id -> initial state of each ``torch.Generator`` among the example inputs (`random_state` restores it).
+    given_generators: dict[int, torch.Tensor] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -181,6 +186,9 @@ class Subject:
                 f"{self.fn.__qualname__}, which is not one: define forward and backward on a Function subclass"
             )
         self.function_class = _find_function_class(self.fn)
+        self.given_generators = {
+            id(value): value.get_state() for value in self.example_inputs if isinstance(value, torch.Generator)
+        }
         self.apply = self.fn.apply if is_function_class(self.fn) else self.fn
         names = _parameter_names(self.fn, self.function_class)
         self.all_parameter_names = names
@@ -239,18 +247,30 @@ class Subject:
             else:
                 signature.replace(parameters=parameters).bind(*self.example_inputs)
         except TypeError as error:
-            if direct and not declared and not has_setup_context(self.function_class) and _binds(signature, count):
-                # forward(x) without ctx and without setup_context: the Function is broken, not the call;
-                # 'runs' reports it with the fix.
-                self.forward_lacks_ctx = True
-                self.parameter_names = tuple(list(signature.parameters)[:count])
-                return
+            if direct and not declared and self._ctx_mistake(signature, count):
+                return  # the Function is broken, not the call: 'runs' reports it with the fix
             raise UsageError(
                 f"check({self.name}, ...) got {count} example input{'s' * (count != 1)}, but "
                 f"{self.name} takes ({', '.join(declared if direct and declared else names)})"
                 f"{f' ({error})' if str(error) else ''}: "
                 "give one example per argument of forward"
             ) from None
+
+    def _ctx_mistake(self, signature: inspect.Signature, count: int) -> bool:
+        """Whether the examples fit forward once its ctx parameter is seen as missing (``forward(x)`` without
+        setup_context) or extra (``forward(ctx, x)`` beside setup_context); sets `ctx_mistake` then."""
+        parameters = list(signature.parameters.values())
+        if not has_setup_context(self.function_class):
+            mistake, fitting = "missing", parameters
+        elif parameters and parameters[0].name == "ctx":
+            mistake, fitting = "extra", parameters[1:]
+        else:
+            return False
+        if not _binds(signature.replace(parameters=fitting), count):
+            return False
+        self.ctx_mistake = mistake
+        self.parameter_names = tuple(p.name for p in fitting[:count])
+        return True
 
     @property
     def name(self) -> str:
@@ -315,31 +335,45 @@ class Subject:
 
     @contextlib.contextmanager
     def random_state(self, arguments: Sequence[Any]) -> Iterator[None]:
-        """torch's generators (CPU, and the CUDA devices of ``arguments``) seeded with `CALL_SEED` inside,
-        restored after; nothing when ``reseed`` is off."""
+        """torch's generators (CPU, and the CUDA devices of ``arguments``) seeded with `CALL_SEED` inside, and
+        generators among ``arguments`` (``torch.Generator``) at the state they had when given; all restored
+        after. Nothing when ``reseed`` is off."""
         if not self.reseed:
             yield
             return
         devices = _cuda_devices(arguments)
+        given = [a for a in arguments if isinstance(a, torch.Generator) and id(a) in self.given_generators]
+        saved = [generator.get_state() for generator in given]
         with torch.random.fork_rng(devices=devices):
             torch.default_generator.manual_seed(CALL_SEED)
             for device in devices:  # only these: torch.manual_seed would also seed CUDA for later
                 torch.cuda.default_generators[device].manual_seed(CALL_SEED)
-            yield
+            for generator in given:
+                generator.set_state(self.given_generators[id(generator)])
+            try:
+                yield
+            finally:
+                for generator, state in zip(given, saved, strict=True):
+                    generator.set_state(state)
 
     def draws_random_numbers(self, inputs: Sequence[Any]) -> bool:
-        """Whether the forward at ``inputs`` draws from torch's generators (dropout, noise); their state is
-        restored after. False when it raises (the checks report that)."""
+        """Whether the forward at ``inputs`` draws from torch's generators (dropout, noise) or from a generator
+        among its arguments; their states are restored after. False when it raises (the checks report that)."""
         arguments = [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in inputs]
         devices = _cuda_devices(arguments)
+        given = [a for a in arguments if isinstance(a, torch.Generator)]
+        saved = [generator.get_state() for generator in given]
         with torch.random.fork_rng(devices=devices):
-            before = _generator_states(devices)
+            before = _generator_states(devices, given)
             try:
                 with torch.no_grad():
                     self.apply(*arguments)
+                after = _generator_states(devices, given)
             except Exception:  # noqa: BLE001 - the user's forward; its errors are the checks' to report
                 return False
-            after = _generator_states(devices)
+            finally:
+                for generator, state in zip(given, saved, strict=True):
+                    generator.set_state(state)
         return any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
     def evaluate(
@@ -441,9 +475,10 @@ def _cuda_devices(arguments: Sequence[Any]) -> list[int]:
     return sorted({a.device.index or 0 for a in arguments if isinstance(a, torch.Tensor) and a.is_cuda})
 
 
-def _generator_states(devices: Sequence[int]) -> list[torch.Tensor]:
-    """The states of torch's CPU generator and of the given CUDA devices' generators."""
-    return [torch.get_rng_state()] + [torch.cuda.get_rng_state(device) for device in devices]
+def _generator_states(devices: Sequence[int], generators: Sequence[torch.Generator]) -> list[torch.Tensor]:
+    """The states of torch's CPU generator, of the given CUDA devices' generators, and of ``generators``."""
+    states = [torch.get_rng_state()] + [torch.cuda.get_rng_state(device) for device in devices]
+    return states + [generator.get_state() for generator in generators]
 
 
 def sum_to_shape(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -136,6 +136,8 @@ def tensor_parameters(fn: Any) -> list[str]:
         parameters = list(inspect.signature(fn.forward).parameters.values())
         if not has_setup_context(fn) and len(parameters) > 1:
             parameters = parameters[1:]  # ctx; a lone parameter is an input (forward(x) missing setup_context)
+        elif has_setup_context(fn) and parameters and parameters[0].name == "ctx":
+            parameters = parameters[1:]  # a ctx that should not be there: 'runs' says so
     elif callable(fn):
         try:
             parameters = list(inspect.signature(fn).parameters.values())

@@ -62,6 +62,8 @@ def check_torch_func(subject: Subject) -> CheckResult:
     if not subject.forward_only:
         _jvp(subject, inputs, reference, problems, passed_parts)
     if problems:
+        if cls is not None and cls.vjp is not torch.autograd.Function.vjp and "NotImplementedError" in str(problems):
+            problems.append("torch.func calls the method named backward, never vjp: rename vjp to backward")
         return failed("; ".join(problems + warnings_))
     if warnings_:
         return warning("; ".join(warnings_) + (f" ({', '.join(passed_parts)} work)" if passed_parts else ""))
@@ -156,24 +158,9 @@ def _vmap_and_jacrev(
     def call(*arguments: Any) -> tuple[Any, ...]:
         return tuple(o for o in subject.call(list(arguments)) if isinstance(o, torch.Tensor))
 
-    try:
-        with torch.no_grad():
-            mapped = torch.vmap(call, in_dims=in_dims)(*subject.with_values(batched))
-    except Exception as error:  # noqa: BLE001
-        if "generate_vmap_rule" in str(error) or "vmap staticmethod" in str(error):
-            warnings_.append(f"vmap is not supported: {HOW_TO_VMAP}")
-            return
-        if "randomness" not in str(error):
-            problems.append(f"vmap raised {describe_error(error)}")
-            return
-        # A forward drawing random numbers (dropout): torch's vmap refuses it unless told how to draw.
-        warnings_.append(f"{subject.name} draws random numbers in forward: {RANDOM_VMAP}")
-        try:
-            with torch.no_grad():
-                mapped = torch.vmap(call, in_dims=in_dims, randomness="same")(*subject.with_values(batched))
-        except Exception as second:  # noqa: BLE001
-            problems.append(f"vmap(randomness='same') raised {describe_error(second)}")
-            return
+    mapped = _vmapped(subject, call, in_dims, subject.with_values(batched), problems, warnings_)
+    if mapped is None:
+        return
     with torch.no_grad():
         looped = [call(*subject.with_values({p: v[b] for p, v in batched.items()})) for b in range(BATCH)]
     for index, got in enumerate(mapped):
@@ -218,6 +205,29 @@ def _vmap_and_jacrev(
                 f"Jacobian ({mismatch.describe()})"
             )
     passed_parts.append("jacrev")
+
+
+def _vmapped(subject: Subject, call, in_dims, arguments, problems: list[str], warnings_: list[str]) -> Any:
+    """``torch.vmap(call)(*arguments)``, with randomness='same' (and a warning) for a forward drawing random
+    numbers; None, with a problem or warning, when vmap refuses the Function."""
+    try:
+        with torch.no_grad():
+            return torch.vmap(call, in_dims=in_dims)(*arguments)
+    except Exception as error:  # noqa: BLE001
+        if "generate_vmap_rule" in str(error) or "vmap staticmethod" in str(error):
+            warnings_.append(f"vmap is not supported: {HOW_TO_VMAP}")
+            return None
+        if "randomness" not in str(error):
+            problems.append(f"vmap raised {describe_error(error)}")
+            return None
+    # A forward drawing random numbers (dropout): torch's vmap refuses it unless told how to draw.
+    warnings_.append(f"{subject.name} draws random numbers in forward: {RANDOM_VMAP}")
+    try:
+        with torch.no_grad():
+            return torch.vmap(call, in_dims=in_dims, randomness="same")(*arguments)
+    except Exception as error:  # noqa: BLE001
+        problems.append(f"vmap(randomness='same') raised {describe_error(error)}")
+        return None
 
 
 def _finite_batch(subject: Subject, inputs: list[Any]) -> dict[int, torch.Tensor]:

@@ -349,7 +349,11 @@ def test_a_solution_held_at_a_bound_is_converged_not_a_plateau(engine, batch):
     assert distance.max() < 1e-3, distance
 
 
-AT_ITS_BOUND = [{"value": 1.0, "max": 1.0}, {"value": 1.0, "min": 0.0, "max": 1.0}, {"value": 0.99, "min": 0.0, "max": 1.0}]
+AT_ITS_BOUND = [
+    {"value": 1.0, "max": 1.0},
+    {"value": 1.0, "min": 0.0, "max": 1.0},
+    {"value": 0.99, "min": 0.0, "max": 1.0},
+]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -367,7 +371,7 @@ def test_a_fit_whose_best_answer_is_on_a_bound_reaches_it(engine, spec):
     upper = spec["max"]
     for i, y in enumerate(curves):
         reference = least_squares(
-            lambda p: p[0] * np.exp(-p[1] * x) + p[2] - y,
+            lambda p, y=y: p[0] * np.exp(-p[1] * x) + p[2] - y,
             [0.5, 0.1, 0.0],
             bounds=([spec.get("min", -np.inf), -np.inf, -np.inf], [upper, np.inf, np.inf]),
             xtol=1e-15,

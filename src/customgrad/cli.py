@@ -606,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``customgrad`` argument parser with all its subcommands."""
     parser = _ArgumentParser(
         prog="customgrad",
-        description="Define, check and fit custom autograd Functions. With no command: the blog's fit, as 'customgrad fit' runs it.",
+        description="Define, check and fit custom autograd Functions. With no command: the blog's fit, as "
+        "'customgrad fit' runs it.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)

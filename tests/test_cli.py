@@ -178,3 +178,19 @@ def test_fit_and_check_take_json_alike_a_path_or_dash_for_stdout(tmp_path):
     assert json.loads((tmp_path / "check.json").read_text())["ok"] is True
     old_spelling = run_cli("check", target, "--json")
     assert old_spelling.returncode == 2 and "--json: expected one argument" in old_spelling.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("check", "tests/fixtures/blog_p2.py:P2", "--timeout", "-1"), "--timeout must be a positive number"),
+        (("derive", "x*y", "--grad", "x=1", "--grad", "x=2"), "--grad names input 'x' twice"),
+        (("derive", "x*y", "--inputs="), "--inputs is empty"),
+    ],
+    ids=["negative-timeout", "gradient-given-twice", "empty-inputs"],
+)
+def test_option_values_that_cannot_be_used_are_usage_errors_naming_the_option(arguments, message):
+    # each ran on silently (the last --grad kept, the default input order taken) or named the API's argument
+    result = run_cli(*arguments)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr

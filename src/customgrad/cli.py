@@ -521,7 +521,11 @@ def _run_derive(args) -> int:
         input_name, separator, text = item.partition("=")
         if not separator or not input_name.strip() or not text.strip():
             raise UsageError(f"--grad expects INPUT=FORMULA such as x=2*x, got {item!r}")
+        if input_name.strip() in grads:
+            raise UsageError(f"--grad names input {input_name.strip()!r} twice: give one gradient per input")
         grads[input_name.strip()] = text.strip()
+    if args.inputs is not None and not args.inputs.strip():
+        raise UsageError("--inputs is empty: give the input names in call order, e.g. --inputs x,y")
     inputs = [n.strip() for n in args.inputs.split(",")] if args.inputs else None
     check_class_name(args.name, "--name")
     spec = formula_spec(args.formula, inputs=inputs, grads=grads, class_name=args.name)
@@ -568,9 +572,14 @@ def _add_check(subparsers) -> None:
 
 def _run_check(args) -> int:
     from .check import check
+    from .check.battery import MAX_TIME_LIMIT
     from .check.target import example_inputs, load_target, user_output_to_stderr
 
     json_path = _json_destination(args)
+    if args.timeout is not None and not 0 < args.timeout <= MAX_TIME_LIMIT:  # before the user's module runs
+        raise UsageError(
+            f"--timeout must be a positive number of seconds, at most {MAX_TIME_LIMIT:g}, got {args.timeout:g}"
+        )
     with user_output_to_stderr():  # what the user's module prints never mixes with the report or the JSON
         target = load_target(args.target)
         report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile, timeout=args.timeout)

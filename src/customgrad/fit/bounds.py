@@ -122,8 +122,10 @@ def settled(source: FitSource, outcome: Outcome) -> Outcome:
     `hold_and_release` found a chi2 lower by more than `IMPROVEMENT`, the outcome there: its parameters,
     cost and the status of the re-fit that found it (the history ends with that cost)."""
     problem = source.problem
+    if not problem.bounded or not math.isfinite(outcome.cost):  # (no work for a fit without bounds)
+        return outcome
     values = dict(zip(problem.names, problem.external(outcome.theta.unsqueeze(0))[0].tolist(), strict=True))
-    if not math.isfinite(outcome.cost) or not inside_points(source, values, {}):
+    if not inside_points(source, values, {}):
         return outcome
     unit = residual_unit(source)
     found = hold_and_release(source, unit, {}, (outcome.cost * unit * unit, values, outcome.status))

@@ -27,7 +27,7 @@ from ..openmp import waits_passively
 from ..progress import progress_bar
 from . import cuda_engine
 from .arrays import namespace_of
-from .bounds import at_bounds, settled
+from .bounds import settled, unsettled
 from .chunked import ChunkedModel
 from .data import FitData, prepare_data
 from .distributed import Shards, local_shard
@@ -752,7 +752,7 @@ def _settle_at_bounds(batch: _Batch, outcome: BatchOutcome) -> None:
     """Into ``outcome``: each curve that ended with a parameter at a bound through `bounds.settled`, as `fit`
     takes one (its history is left as the solver's)."""
     problem = batch.problem
-    found = at_bounds(problem.external(outcome.theta), problem.bounded)
+    found = unsettled(problem, problem.external(outcome.theta))
     for i in found.nonzero().flatten().tolist():
         if outcome.status[i] == "nonfinite":
             continue

@@ -532,3 +532,35 @@ def test_a_broadcast_gradient_averaged_instead_of_summed_is_named():
     report = check(MulAveragingTheBroadcast, _x(3, 4), _x(4), checks=["first_order"])
     message = report["first_order"].message  # was: "scaled: got = 0.333333 x expected"
     assert "averaged over the broadcast dimension(s): got = expected / 3" in message, message
+
+
+# A custom_gradient's nondiff_argnums are not differentiated: the battery compared their (None) gradient with
+# finite differences and FAILED a right backward.
+
+
+@customgrad.custom_gradient(nondiff_argnums=("k",))
+def _scaled(x, k):
+    return x * k
+
+
+@_scaled.backward
+def _(x, k, grad):
+    return grad * k
+
+
+@customgrad.custom_gradient(nondiff_argnums=("k",))
+def _scaled_wrong(x, k):
+    return x * k
+
+
+@_scaled_wrong.backward
+def _(x, k, grad):
+    return grad * 2 * k
+
+
+def test_nondiff_argnums_are_not_differentiated_by_the_battery():
+    x, k = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    right = customgrad.check(_scaled, x, k, compile=False)
+    assert right.ok, right
+    wrong = customgrad.check(_scaled_wrong, x, k, compile=False)
+    assert wrong["first_order"].status == "failed", wrong

@@ -334,3 +334,27 @@ def test_function_of_constants_inside_a_condition():
     torch.testing.assert_close(output, expected)
     (gradient,) = torch.autograd.grad(output.sum(), x)
     torch.testing.assert_close(gradient, torch.ones_like(x))
+
+
+# A nondiff input that requires grad: the fast class's backward returned its gradients as a list (one output
+# to the autograd engine: "returned an incorrect number of gradients (expected 2, got 1)").
+
+
+@customgrad.custom_gradient(nondiff_argnums=("k",))
+def scaled_by(x, k):
+    return x * k
+
+
+@scaled_by.backward
+def _(x, k, grad):
+    return grad * k
+
+
+def test_a_nondiff_input_that_requires_grad_gets_none_on_every_call():
+    x = torch.randn(5, dtype=F64, requires_grad=True)
+    k = torch.randn(5, dtype=F64, requires_grad=True)
+    for _ in range(3):  # the first call runs the checked class, the next ones the fast one
+        (gradient,) = torch.autograd.grad(scaled_by(x, k).sum(), x)
+        torch.testing.assert_close(gradient, k.detach(), rtol=0, atol=0)
+        scaled_by(x, k).sum().backward()
+        assert k.grad is None

@@ -130,7 +130,7 @@ class PairRules(NamedTuple):
         if not isinstance(result, tuple):
             result = tuple(result) if isinstance(result, list) else (result,)
         if len(result) != self.input_count:
-            result = self._expanded(result)
+            result = tuple(self._expanded(result))  # (a list would be one output to the engine)
         if self.signature.nondiff:
             self._check_nondiff(result)
         # The engine ignores a gradient for a tensor that needs none, but refuses one for a non-tensor input.

@@ -285,7 +285,10 @@ class Subject:
 
     @property
     def differentiable_positions(self) -> list[int]:
-        return [i for i, value in enumerate(self.example_inputs) if is_float_tensor(value)]
+        """The floating-point tensor inputs, less a `custom_gradient` function's ``nondiff_argnums``."""
+        rules = getattr(self.function_class, "custom_gradient_rules", None)
+        nondiff = () if rules is None else rules.signature.nondiff
+        return [i for i, value in enumerate(self.example_inputs) if is_float_tensor(value) and i not in nondiff]
 
     def input_name(self, position: int) -> str:
         return self.parameter_names[position]

@@ -4,9 +4,10 @@ A bounded parameter at its bound sits where its internal coordinate's derivative
 the MINUIT/lmfit transforms). Its D-scaled Jacobian column is as large as any other, but the cost is
 quadratic, not linear, along it: LM's trust region shrinks until every parameter moves by next to nothing,
 so a fit that starts at a bound, or walks into one, stalls short of the minimum of the others (lmfit does
-the same). Where a fit ends with parameters within `AT_BOUND` of a bound, they are held there while the
-rest is re-fitted, and then let go again from `INSIDE` of it; the lowest chi2 of the three counts. One
-routine for `fit`, each curve of `fit_batch` and every point of a profile (`profile.Profile`).
+the same). Where a fit ends with parameters within `AT_BOUND` of a bound and is no constrained minimum
+(`unsettled`), they are held there while the rest is re-fitted, and then let go again from `INSIDE` of
+it; the lowest chi2 of the three counts. One routine for `fit`, each curve of `fit_batch` and every point
+of a profile (`profile.Profile`, which re-fits wherever its parameters end at a bound).
 """
 
 from __future__ import annotations

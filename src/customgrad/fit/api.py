@@ -737,11 +737,17 @@ def _curve_source(problem: Model, arrays, i: int, specs, initial, x_is_dict: boo
     return FitSource(single, x_is_dict=x_is_dict), data.omitted_rows
 
 
+def _curve_outcome(outcome: BatchOutcome, i: int):
+    """Curve ``i``'s `lm.Outcome`, its coordinates on the CPU in float64 (as curve i's own `Model` takes them)."""
+    one = outcome.one(i)
+    one.theta = one.theta.cpu().to(torch.float64)
+    return one
+
+
 def _curve_result(problem: Model, arrays, outcome: BatchOutcome, i: int, specs, initial, x_is_dict: bool):
     """Curve ``i``'s `FitResult`, made as `fit` makes one (statistics, diagnostics, data) from the batch's solution."""
     source, omitted = _curve_source(problem, arrays, i, specs, initial, x_is_dict)
-    result = outcome.one(i)
-    result.theta = result.theta.cpu().to(torch.float64)
+    result = _curve_outcome(outcome, i)
     if not math.isfinite(result.cost):
         result.cost = math.nan
     # not refined in 40 digits: curve i's FitResult keeps the batch's parameters for it
@@ -752,14 +758,12 @@ def _settle_at_bounds(batch: _Batch, outcome: BatchOutcome) -> None:
     """Into ``outcome``: each curve that ended with a parameter at a bound through `bounds.settled`, as `fit`
     takes one (its history is left as the solver's)."""
     problem = batch.problem
-    found = unsettled(problem, problem.external(outcome.theta))
+    found = unsettled(problem, outcome.theta)
     for i in found.nonzero().flatten().tolist():
         if outcome.status[i] == "nonfinite":
             continue
         source, _ = _curve_source(problem, batch.data.arrays, i, batch.specs, batch.initial, batch.data.x_is_dict)
-        one = outcome.one(i)
-        one.theta = one.theta.cpu().to(torch.float64)
-        one = settled(source, one)
+        one = settled(source, _curve_outcome(outcome, i))
         outcome.theta[i] = one.theta.to(outcome.theta)
         outcome.cost[i] = one.cost
         outcome.status[i] = one.status

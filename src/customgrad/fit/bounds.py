@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .plateau import STATIONARY
+from .plateau import STATIONARY, model_sensitivities
 from .solvers import get_solver
-from .units import SAFE_EXPONENT, power_of_two_scale
+from .units import SAFE_EXPONENT
 
 if TYPE_CHECKING:
     from .lm import Outcome
@@ -70,13 +70,14 @@ def inside_points(source: FitSource, found: Mapping[str, float], held: Mapping[s
     return moved
 
 
-def unsettled(problem, values: torch.Tensor, index=None, *, unit: float | None = None, shards=None) -> torch.Tensor:
-    """(b,) bool: the curves ``index`` (None: all) of the `model.Model` ``problem`` at parameter values
-    ``values`` (b, p) that have a parameter within `AT_BOUND` of a bound and are no constrained minimum:
-    a parameter not at a bound has a cosine |J_j^T r| / (||J_j|| ||r||) above `plateau.STATIONARY`, or one
-    at a bound a gradient pointing into its range (moving it inward lowers chi2). Only those need
-    `hold_and_release`. J and r are taken in units 2^k (``unit``, or each curve's `power_of_two_scale`);
-    ``shards`` sums the products over every rank's rows (a distributed single fit)."""
+def unsettled(problem, theta: torch.Tensor, index=None, *, shards=None) -> torch.Tensor:
+    """(b,) bool: the curves ``index`` (None: all) of the `model.Model` ``problem`` at internal ``theta``
+    (b, p) that have a parameter within `AT_BOUND` of a bound and are no constrained minimum: a parameter
+    not at a bound has a cosine |J_j^T r| / (||J_j|| ||r||) above `plateau.STATIONARY`, or one at a bound
+    a gradient pointing into its range (moving it inward lowers chi2). Only those need `hold_and_release`.
+    The products are `plateau.model_sensitivities`' (J with respect to the values, over every rank's rows
+    with ``shards``: a distributed single fit)."""
+    values = problem.external(theta)
     lower, upper = torch.zeros_like(values, dtype=torch.bool), torch.zeros_like(values, dtype=torch.bool)
     for i, spec in problem.bounded:
         below, above, span = _distances(spec, values[..., i])
@@ -86,20 +87,13 @@ def unsettled(problem, values: torch.Tensor, index=None, *, unit: float | None =
     near = (lower | upper).any(-1).nonzero().flatten()  # (only those curves' rows are evaluated)
     if not len(near):
         return found
-    values, lower, upper = values[near], lower[near], upper[near]
     curves = near if index is None else index[near]
-    block = problem.augmented(values, curves, external=True)  # (b, N, p + 1): J or its R, and r
-    scale = power_of_two_scale(problem.weighted_y(curves)) if unit is None else values.new_full(values.shape[:-1], unit)
-    block = block * scale.to(block)[:, None, None]
-    p = values.shape[-1]
-    sums = torch.cat([torch.einsum("bnj,bn->bj", block[..., :p], block[..., p]), (block * block).sum(-2)], -1)
-    if shards is not None:
-        sums = torch.as_tensor(shards.sum(sums.cpu().numpy()), dtype=sums.dtype, device=sums.device)
-    gradient, squares = sums[:, :p], sums[:, p:]
-    cosine = (gradient.abs() / (squares[:, :p] * squares[:, p:]).sqrt()).nan_to_num(0.0)  # (a zero column: 0)
+    reach, gradient, residual_norm, _ = model_sensitivities(problem, theta[near], curves, external=True, shards=shards)
+    cosine = (gradient.abs() / (reach * residual_norm[:, None])).nan_to_num(0.0)  # (a zero column: 0)
     moving = cosine > STATIONARY
+    lower, upper = lower[near], upper[near]
     inward = (lower & (gradient < 0)) | (upper & (gradient > 0))  # (r = f - y: chi2's gradient is 2 J^T r)
-    found[near] = ((moving & ~(lower | upper)) | (moving & inward)).any(-1)
+    found[near] = (moving & (~(lower | upper) | inward)).any(-1)
     return found
 
 
@@ -149,11 +143,11 @@ def settled(source: FitSource, outcome: Outcome) -> Outcome:
     problem = source.problem
     if not problem.bounded or not math.isfinite(outcome.cost):  # (no work for a fit without bounds)
         return outcome
-    unit = residual_unit(source)
-    point = problem.external(outcome.theta.unsqueeze(0).to(torch.float64))
-    if not bool(unsettled(problem, point, unit=unit, shards=source.shards)[0]):
+    stopped = outcome.theta.unsqueeze(0).to(torch.float64)
+    if not bool(unsettled(problem, stopped, shards=source.shards)[0]):
         return outcome
-    values = dict(zip(problem.names, point[0].tolist(), strict=True))
+    unit = residual_unit(source)
+    values = dict(zip(problem.names, problem.external(stopped)[0].tolist(), strict=True))
     found = hold_and_release(source, unit, {}, (outcome.cost * unit * unit, values, outcome.status))
     cost = found[0] / unit / unit
     if not cost < outcome.cost * (1 - IMPROVEMENT):

@@ -118,22 +118,27 @@ def restart_plateaus(outcome: BatchOutcome, problem, index, rerun: Callable, sha
         keep_restarts(outcome, plateau, rerun(plateau), stuck)
 
 
-def model_sensitivities(problem, theta: torch.Tensor, index=None, *, held: bool = False, shards=None) -> tuple:
+def model_sensitivities(
+    problem, theta: torch.Tensor, index=None, *, held: bool = False, external: bool = False, shards=None
+) -> tuple:
     """`sensitivities` of the curves ``index`` (None: all) of the `model.Model` ``problem`` at internal
     ``theta`` (b, p), over every rank's rows with ``shards`` (a distributed single fit). J, r and y carry
     1 / sigma and the curves' scales alike: the tests do not depend on the units of y or sigma. With
     ``held`` the parameters held at a bound count as live (the plateau verdict; not the restart's
-    trigger, where a restart also brings a parameter closer to its bound)."""
+    trigger, where a restart also brings a parameter closer to its bound). With ``external`` J is taken
+    with respect to the parameter values, not the internal coordinates (`bounds.unsettled`: the sign of a
+    gradient at a bound, where the transform's slope vanishes)."""
     values, at_bounds = problem.external(theta), held_at_bounds(theta, problem.bounded) if held else None
+    point = values if external else theta
     y = problem.weighted_y(index)  # norms of data near 1e200 would overflow: in units 2^k
     if index is None and problem.batch == 1:  # as a single fit takes it (chunked: R, not J), in numpy on the CPU
-        block = problem.augmented(theta[0]).unsqueeze(0)
+        block = problem.augmented(point[0], external=external).unsqueeze(0)
         scale = torch.tensor([curve_unit(y[0])], dtype=block.dtype)
         if block.device.type == "cpu" and shards is None:
             block, values, y, scale = (part.detach().numpy() for part in (block, values, y, scale))
             at_bounds = None if at_bounds is None else at_bounds.numpy()
     else:
-        block, scale = problem.augmented(theta, index), power_of_two_scale(y)
+        block, scale = problem.augmented(point, index, external=external), power_of_two_scale(y)
     sum_rows = None
     if shards is not None:
         scale = scale.new_tensor([shards.minimum(float(scale[0]))])

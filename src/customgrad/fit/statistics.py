@@ -101,9 +101,8 @@ def uncertainty(
     upper = reduce_local(torch.as_tensor(jacobian).detach().to(torch.float64)).cpu().numpy()
     if not np.isfinite(upper).all():
         return undetermined(names)
-    if values is not None and data_norm is not None and data_norm > 0:
-        reach = column_norms(upper) * np.maximum(np.abs(np.asarray(values, dtype=np.float64)), 1.0)
-        upper = np.where(reach < INSENSITIVE * data_norm, 0.0, upper)  # such a column is rounding noise
+    if values is not None and data_norm is not None:
+        upper = insensitive_zeroed(upper, np.asarray(values, dtype=np.float64), np.float64(data_norm))
     variance = unit * unit if absolute else cost / dof if dof > 0 else math.nan
     return spread_uncertainty(*(part[0] for part in scaled_spread(upper[None])), variance, names)
 
@@ -117,10 +116,8 @@ def batch_stderr(
     matrices = upper.detach().to(torch.float64).cpu().numpy()
     finite = np.isfinite(matrices).all((-2, -1))
     values, data_norm = (part.detach().to(torch.float64).cpu().numpy() for part in (values, data_norm))
-    with np.errstate(invalid="ignore", over="ignore"):
-        reach = column_norms(np.where(finite[:, None, None], matrices, 0.0)) * np.maximum(np.abs(values), 1.0)
-    matrices = np.where((reach < INSENSITIVE * data_norm[:, None])[:, None, :], 0.0, matrices)  # rounding noise
-    scale, s, vt, core = scaled_spread(np.where(finite[:, None, None], matrices, 0.0))
+    matrices = insensitive_zeroed(np.where(finite[:, None, None], matrices, 0.0), values, data_norm)
+    scale, s, vt, core = scaled_spread(matrices)
     cost, dof = (part.detach().to(torch.float64).cpu().numpy() for part in (cost, dof))
     with np.errstate(invalid="ignore", divide="ignore"):
         variance = np.where(dof > 0, cost / np.maximum(dof, 1), math.nan)
@@ -128,6 +125,15 @@ def batch_stderr(
         stderr = np.sqrt(np.abs(np.diagonal(core, axis1=-2, axis2=-1))) * np.sqrt(variance)[:, None] / scale
     stderr = np.where(null_involved(s, vt) | ~finite[:, None], math.nan, stderr)
     return torch.from_numpy(stderr).to(upper)
+
+
+def insensitive_zeroed(upper: np.ndarray, values: np.ndarray, data_norm: np.ndarray) -> np.ndarray:
+    """``upper`` (..., p, p), R of J at the parameter ``values`` (..., p), with the columns whose reach
+    ||J_j|| max(|b_j|, 1) is below `INSENSITIVE` of ``data_norm`` (...) set to 0: such a column is rounding
+    noise, and its parameter is not identifiable."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        reach = column_norms(upper) * np.maximum(np.abs(values), 1.0)
+    return np.where(np.expand_dims(reach < INSENSITIVE * np.expand_dims(data_norm, -1), -2), 0.0, upper)
 
 
 def scaled_spread(upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -572,14 +572,11 @@ def _add_check(subparsers) -> None:
 
 def _run_check(args) -> int:
     from .check import check
-    from .check.battery import MAX_TIME_LIMIT
+    from .check.battery import checked_timeout
     from .check.target import example_inputs, load_target, user_output_to_stderr
 
     json_path = _json_destination(args)
-    if args.timeout is not None and not 0 < args.timeout <= MAX_TIME_LIMIT:  # before the user's module runs
-        raise UsageError(
-            f"--timeout must be a positive number of seconds, at most {MAX_TIME_LIMIT:g}, got {args.timeout:g}"
-        )
+    checked_timeout(args.timeout, "--timeout")  # before the user's module runs
     with user_output_to_stderr():  # what the user's module prints never mixes with the report or the JSON
         target = load_target(args.target)
         report = check(target, *example_inputs(target, args.shapes), compile=not args.no_compile, timeout=args.timeout)

@@ -137,7 +137,7 @@ def check(
     """
     selected = _select(checks)
     _check_compile_option(compile)
-    default_limit = _check_timeout(timeout)
+    default_limit = checked_timeout(timeout)
     subject = Subject(fn, tuple(example_inputs), custom_gradient)
     subject.compile_backend = ("aot_eager" if compile is True else compile) if compile else None
     runner = open_runner(subject, isolation, default_limit)
@@ -192,12 +192,13 @@ def _run(runner: Any, item: Check, subject: Subject, limit: float) -> CheckResul
     return runner.run(item, subject, limit)
 
 
-def _check_timeout(timeout: Any) -> float:
+def checked_timeout(timeout: Any, name: str = "timeout") -> float:
+    """``timeout`` in seconds (`DEFAULT_TIME_LIMIT` for None), or a `UsageError` naming ``name``."""
     if timeout is None:
         return DEFAULT_TIME_LIMIT
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIME_LIMIT:
         raise UsageError(
-            f"timeout must be a positive number of seconds (per call of the Function), at most {MAX_TIME_LIMIT:g}, "
+            f"{name} must be a positive number of seconds (per call of the Function), at most {MAX_TIME_LIMIT:g}, "
             f"got {timeout!r}"
         )
     return float(timeout)

@@ -130,7 +130,7 @@ class PairRules(NamedTuple):
         if not isinstance(result, tuple):
             result = tuple(result) if isinstance(result, list) else (result,)
         if len(result) != self.input_count:
-            result = tuple(self._expanded(result))  # (a list would be one output to the engine)
+            result = self._expanded(result)
         if self.signature.nondiff:
             self._check_nondiff(result)
         # The engine ignores a gradient for a tensor that needs none, but refuses one for a non-tensor input.
@@ -208,15 +208,16 @@ class PairRules(NamedTuple):
             gradients.append(gradient)
         return tuple(gradients)
 
-    def _expanded(self, result: tuple) -> list:
-        """A backward's gradients for the differentiable inputs only, as one per input (None for nondiff)."""
+    def _expanded(self, result: tuple) -> tuple:
+        """A backward's gradients for the differentiable inputs only, as one per input (None for nondiff): a
+        tuple, what the autograd engine takes (a list would be one output to it)."""
         differentiable = self.differentiable
         if len(result) != len(differentiable):
             raise self._count_error(len(result))
         full = [None] * self.input_count
         for position, gradient in zip(differentiable, result, strict=True):
             full[position] = gradient
-        return full
+        return tuple(full)
 
     def _count_error(self, returned: int) -> GradientError:
         inputs = self.signature.inputs

@@ -346,18 +346,13 @@ class Subject:
             return
         devices = _cuda_devices(arguments)
         given = [a for a in arguments if isinstance(a, torch.Generator) and id(a) in self.given_generators]
-        saved = [generator.get_state() for generator in given]
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), _states_kept(given):
             torch.default_generator.manual_seed(CALL_SEED)
             for device in devices:  # only these: torch.manual_seed would also seed CUDA for later
                 torch.cuda.default_generators[device].manual_seed(CALL_SEED)
             for generator in given:
                 generator.set_state(self.given_generators[id(generator)])
-            try:
-                yield
-            finally:
-                for generator, state in zip(given, saved, strict=True):
-                    generator.set_state(state)
+            yield
 
     def draws_random_numbers(self, inputs: Sequence[Any]) -> bool:
         """Whether the forward at ``inputs`` draws from torch's generators (dropout, noise) or from a generator
@@ -365,8 +360,7 @@ class Subject:
         arguments = [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in inputs]
         devices = _cuda_devices(arguments)
         given = [a for a in arguments if isinstance(a, torch.Generator)]
-        saved = [generator.get_state() for generator in given]
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), _states_kept(given):
             before = _generator_states(devices, given)
             try:
                 with torch.no_grad():
@@ -374,9 +368,6 @@ class Subject:
                 after = _generator_states(devices, given)
             except Exception:  # noqa: BLE001 - the user's forward; its errors are the checks' to report
                 return False
-            finally:
-                for generator, state in zip(given, saved, strict=True):
-                    generator.set_state(state)
         return any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
     def evaluate(
@@ -471,6 +462,18 @@ def _binds(signature: inspect.Signature, count: int) -> bool:
     except TypeError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def _states_kept(generators: Sequence[torch.Generator]) -> Iterator[None]:
+    """``generators`` (``torch.Generator`` arguments, which ``fork_rng`` leaves alone) back at their states
+    on exit."""
+    saved = [generator.get_state() for generator in generators]
+    try:
+        yield
+    finally:
+        for generator, state in zip(generators, saved, strict=True):
+            generator.set_state(state)
 
 
 def _cuda_devices(arguments: Sequence[Any]) -> list[int]:

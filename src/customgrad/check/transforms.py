@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any
@@ -283,15 +284,19 @@ def check_compile(subject: Subject) -> CheckResult:
     level = logger.level
     logger.setLevel(logging.ERROR)  # graph-break chatter: the result says it once, in words
     try:
-        if backend != "inductor":
-            return _compare_compiled(subject, run, backend, inputs, reference)
-        import torch._inductor.config
-
-        # Inductor draws random numbers its own way; with fallback_random it draws eager's (same seed).
-        with torch._inductor.config.patch(fallback_random=True):
+        with _eager_random_draws(backend):
             return _compare_compiled(subject, run, backend, inputs, reference)
     finally:
         logger.setLevel(level)
+
+
+def _eager_random_draws(backend: str) -> contextlib.AbstractContextManager:
+    """Inductor draws random numbers its own way; with fallback_random it draws eager's (same seed)."""
+    if backend != "inductor":
+        return contextlib.nullcontext()
+    import torch._inductor.config
+
+    return torch._inductor.config.patch(fallback_random=True)
 
 
 def _compare_compiled(subject: Subject, run, backend: str, inputs: list[Any], reference) -> CheckResult:

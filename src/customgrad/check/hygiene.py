@@ -16,7 +16,7 @@ from .finite_differences import compare_gradient
 from .inputs import checked_point
 from .outcome import failed, passed, warning
 from .report import CheckResult
-from .subject import CALL_SEED, Subject, make_generator
+from .subject import CALL_SEED, Subject, generator_states_kept, make_generator
 
 
 def check_hygiene(subject: Subject) -> CheckResult:
@@ -178,12 +178,9 @@ def check_determinism(subject: Subject) -> CheckResult:
     subject = copy.copy(subject)
     subject.reseed = False
     given = [value for value in inputs if isinstance(value, torch.Generator)]
-    saved = [generator.get_state() for generator in given]
-    with torch.random.fork_rng(devices=[]):  # the caller's generators left as they were
+    with torch.random.fork_rng(devices=[]), generator_states_kept(given):  # the caller's generators as they were
         first = subject.evaluate(inputs, generator=make_generator(51))
         second = subject.evaluate(inputs, list(first.upstream))
-    for generator, state in zip(given, saved, strict=True):
-        generator.set_state(state)
     differences = []
     for index, (a, b) in enumerate(zip(first.outputs, second.outputs, strict=True)):
         if isinstance(a, torch.Tensor) and not identical(a.detach(), b.detach()):

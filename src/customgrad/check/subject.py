@@ -346,7 +346,7 @@ class Subject:
             return
         devices = _cuda_devices(arguments)
         given = [a for a in arguments if isinstance(a, torch.Generator) and id(a) in self.given_generators]
-        with torch.random.fork_rng(devices=devices), _states_kept(given):
+        with torch.random.fork_rng(devices=devices), generator_states_kept(given):
             torch.default_generator.manual_seed(CALL_SEED)
             for device in devices:  # only these: torch.manual_seed would also seed CUDA for later
                 torch.cuda.default_generators[device].manual_seed(CALL_SEED)
@@ -360,7 +360,7 @@ class Subject:
         arguments = [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in inputs]
         devices = _cuda_devices(arguments)
         given = [a for a in arguments if isinstance(a, torch.Generator)]
-        with torch.random.fork_rng(devices=devices), _states_kept(given):
+        with torch.random.fork_rng(devices=devices), generator_states_kept(given):
             before = _generator_states(devices, given)
             try:
                 with torch.no_grad():
@@ -465,7 +465,7 @@ def _binds(signature: inspect.Signature, count: int) -> bool:
 
 
 @contextlib.contextmanager
-def _states_kept(generators: Sequence[torch.Generator]) -> Iterator[None]:
+def generator_states_kept(generators: Sequence[torch.Generator]) -> Iterator[None]:
     """``generators`` (``torch.Generator`` arguments, which ``fork_rng`` leaves alone) back at their states
     on exit."""
     saved = [generator.get_state() for generator in generators]
